@@ -1,0 +1,355 @@
+//! Users, devices, access and refresh tokens, registration tokens.
+
+use crate::{flag, Exec, Result};
+
+#[derive(Clone, Debug)]
+pub struct User {
+    pub user_id: String,
+    pub password_hash: Option<String>,
+    pub displayname: Option<String>,
+    pub avatar_url: Option<String>,
+    pub is_admin: bool,
+    pub deactivated: bool,
+}
+
+type UserRow = (String, Option<String>, Option<String>, Option<String>, i64, i64);
+
+fn user_from_row(r: UserRow) -> User {
+    User {
+        user_id: r.0,
+        password_hash: r.1,
+        displayname: r.2,
+        avatar_url: r.3,
+        is_admin: flag(r.4),
+        deactivated: flag(r.5),
+    }
+}
+
+const USER_COLUMNS: &str =
+    "user_id, password_hash, displayname, avatar_url, is_admin, deactivated";
+
+/// Inserts a user; fails with a unique violation when the id is taken.
+pub async fn create_user<'e>(
+    e: impl Exec<'e>,
+    user_id: &str,
+    password_hash: Option<&str>,
+    displayname: Option<&str>,
+    is_admin: bool,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO users (user_id, password_hash, displayname, is_admin, created_ts) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(user_id)
+    .bind(password_hash)
+    .bind(displayname)
+    .bind(is_admin as i64)
+    .bind(now)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+pub async fn get_user<'e>(e: impl Exec<'e>, user_id: &str) -> Result<Option<User>> {
+    let row: Option<UserRow> =
+        sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = $1"))
+            .bind(user_id)
+            .fetch_optional(e)
+            .await?;
+    Ok(row.map(user_from_row))
+}
+
+pub async fn user_exists<'e>(e: impl Exec<'e>, user_id: &str) -> Result<bool> {
+    let row: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM users WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_optional(e)
+        .await?;
+    Ok(row.is_some())
+}
+
+pub async fn set_password<'e>(e: impl Exec<'e>, user_id: &str, hash: Option<&str>) -> Result<()> {
+    sqlx::query("UPDATE users SET password_hash = $1 WHERE user_id = $2")
+        .bind(hash)
+        .bind(user_id)
+        .execute(e)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_deactivated<'e>(e: impl Exec<'e>, user_id: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE users SET deactivated = 1, password_hash = NULL, displayname = NULL, \
+         avatar_url = NULL WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_displayname<'e>(e: impl Exec<'e>, user_id: &str, v: Option<&str>) -> Result<()> {
+    sqlx::query("UPDATE users SET displayname = $1 WHERE user_id = $2")
+        .bind(v)
+        .bind(user_id)
+        .execute(e)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_avatar_url<'e>(e: impl Exec<'e>, user_id: &str, v: Option<&str>) -> Result<()> {
+    sqlx::query("UPDATE users SET avatar_url = $1 WHERE user_id = $2")
+        .bind(v)
+        .bind(user_id)
+        .execute(e)
+        .await?;
+    Ok(())
+}
+
+/// Searches active users whose id or display name contains `term` (case-insensitive).
+pub async fn search_users<'e>(e: impl Exec<'e>, term: &str, limit: i64) -> Result<Vec<User>> {
+    let pattern = format!("%{}%", term.to_lowercase().replace(['%', '_'], ""));
+    let rows: Vec<UserRow> = sqlx::query_as(&format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE deactivated = 0 AND \
+         (LOWER(user_id) LIKE $1 OR LOWER(COALESCE(displayname, '')) LIKE $1) \
+         ORDER BY user_id LIMIT $2"
+    ))
+    .bind(pattern)
+    .bind(limit)
+    .fetch_all(e)
+    .await?;
+    Ok(rows.into_iter().map(user_from_row).collect())
+}
+
+#[derive(Clone, Debug)]
+pub struct Device {
+    pub device_id: String,
+    pub display_name: Option<String>,
+    pub last_seen_ts: Option<i64>,
+    pub last_seen_ip: Option<String>,
+}
+
+/// Creates the device, or keeps the existing one (a login may re-use a device id).
+pub async fn upsert_device<'e>(
+    e: impl Exec<'e>,
+    user_id: &str,
+    device_id: &str,
+    display_name: Option<&str>,
+    now: i64,
+    ip: Option<&str>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO devices (user_id, device_id, display_name, last_seen_ts, last_seen_ip, created_ts) \
+         VALUES ($1, $2, $3, $4, $5, $4) ON CONFLICT (user_id, device_id) DO UPDATE SET \
+         display_name = COALESCE(excluded.display_name, devices.display_name), \
+         last_seen_ts = excluded.last_seen_ts, last_seen_ip = excluded.last_seen_ip",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .bind(display_name)
+    .bind(now)
+    .bind(ip)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+pub async fn get_devices<'e>(e: impl Exec<'e>, user_id: &str) -> Result<Vec<Device>> {
+    let rows: Vec<(String, Option<String>, Option<i64>, Option<String>)> = sqlx::query_as(
+        "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices \
+         WHERE user_id = $1 ORDER BY device_id",
+    )
+    .bind(user_id)
+    .fetch_all(e)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Device { device_id: r.0, display_name: r.1, last_seen_ts: r.2, last_seen_ip: r.3 })
+        .collect())
+}
+
+pub async fn get_device<'e>(e: impl Exec<'e>, user_id: &str, device_id: &str) -> Result<Option<Device>> {
+    let row: Option<(String, Option<String>, Option<i64>, Option<String>)> = sqlx::query_as(
+        "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices \
+         WHERE user_id = $1 AND device_id = $2",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .fetch_optional(e)
+    .await?;
+    Ok(row.map(|r| Device { device_id: r.0, display_name: r.1, last_seen_ts: r.2, last_seen_ip: r.3 }))
+}
+
+pub async fn rename_device<'e>(
+    e: impl Exec<'e>,
+    user_id: &str,
+    device_id: &str,
+    name: Option<&str>,
+) -> Result<bool> {
+    let done = sqlx::query("UPDATE devices SET display_name = $1 WHERE user_id = $2 AND device_id = $3")
+        .bind(name)
+        .bind(user_id)
+        .bind(device_id)
+        .execute(e)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Removes a device with every token bound to it. Run it inside a transaction.
+pub async fn delete_device(conn: &mut crate::Connection, user_id: &str, device_id: &str) -> Result<()> {
+    for table in ["devices", "access_tokens", "refresh_tokens"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1 AND device_id = $2"))
+            .bind(user_id)
+            .bind(device_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Removes all devices and tokens of a user, but `keep_device` if given.
+pub async fn delete_all_devices(
+    conn: &mut crate::Connection,
+    user_id: &str,
+    keep_device: Option<&str>,
+) -> Result<Vec<String>> {
+    let keep = keep_device.unwrap_or("");
+    let gone: Vec<(String,)> =
+        sqlx::query_as("SELECT device_id FROM devices WHERE user_id = $1 AND device_id <> $2")
+            .bind(user_id)
+            .bind(keep)
+            .fetch_all(&mut *conn)
+            .await?;
+    for table in ["devices", "access_tokens", "refresh_tokens"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1 AND device_id <> $2"))
+            .bind(user_id)
+            .bind(keep)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(gone.into_iter().map(|(d,)| d).collect())
+}
+
+pub async fn touch_device<'e>(e: impl Exec<'e>, user_id: &str, device_id: &str, now: i64, ip: Option<&str>) -> Result<()> {
+    sqlx::query("UPDATE devices SET last_seen_ts = $1, last_seen_ip = COALESCE($2, last_seen_ip) WHERE user_id = $3 AND device_id = $4")
+        .bind(now)
+        .bind(ip)
+        .bind(user_id)
+        .bind(device_id)
+        .execute(e)
+        .await?;
+    Ok(())
+}
+
+#[derive(Clone, Debug)]
+pub struct AccessToken {
+    pub user_id: String,
+    pub device_id: String,
+    pub expires_ts: Option<i64>,
+}
+
+pub async fn insert_access_token<'e>(
+    e: impl Exec<'e>,
+    token: &str,
+    user_id: &str,
+    device_id: &str,
+    expires_ts: Option<i64>,
+    refresh_token: Option<&str>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO access_tokens (token, user_id, device_id, expires_ts, refresh_token) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(token)
+    .bind(user_id)
+    .bind(device_id)
+    .bind(expires_ts)
+    .bind(refresh_token)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+pub async fn get_access_token<'e>(e: impl Exec<'e>, token: &str) -> Result<Option<AccessToken>> {
+    let row: Option<(String, String, Option<i64>)> =
+        sqlx::query_as("SELECT user_id, device_id, expires_ts FROM access_tokens WHERE token = $1")
+            .bind(token)
+            .fetch_optional(e)
+            .await?;
+    Ok(row.map(|r| AccessToken { user_id: r.0, device_id: r.1, expires_ts: r.2 }))
+}
+
+pub async fn delete_access_token<'e>(e: impl Exec<'e>, token: &str) -> Result<()> {
+    sqlx::query("DELETE FROM access_tokens WHERE token = $1").bind(token).execute(e).await?;
+    Ok(())
+}
+
+pub async fn insert_refresh_token<'e>(e: impl Exec<'e>, token: &str, user_id: &str, device_id: &str) -> Result<()> {
+    sqlx::query("INSERT INTO refresh_tokens (token, user_id, device_id) VALUES ($1, $2, $3)")
+        .bind(token)
+        .bind(user_id)
+        .bind(device_id)
+        .execute(e)
+        .await?;
+    Ok(())
+}
+
+/// Consumes a refresh token: returns its owner and removes it (and the access token it backed).
+pub async fn take_refresh_token(conn: &mut crate::Connection, token: &str) -> Result<Option<(String, String)>> {
+    let row: Option<(String, String)> =
+        sqlx::query_as("DELETE FROM refresh_tokens WHERE token = $1 RETURNING user_id, device_id")
+            .bind(token)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if row.is_some() {
+        sqlx::query("DELETE FROM access_tokens WHERE refresh_token = $1")
+            .bind(token)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(row)
+}
+
+/// Registration tokens (the spec's `m.login.registration_token`).
+#[derive(Clone, Debug)]
+pub struct RegistrationToken {
+    pub token: String,
+    pub uses_allowed: Option<i64>,
+    pub pending: i64,
+    pub completed: i64,
+    pub expiry_ts: Option<i64>,
+}
+
+pub async fn create_registration_token<'e>(
+    e: impl Exec<'e>,
+    token: &str,
+    uses_allowed: Option<i64>,
+    expiry_ts: Option<i64>,
+) -> Result<()> {
+    sqlx::query("INSERT INTO registration_tokens (token, uses_allowed, expiry_ts) VALUES ($1, $2, $3)")
+        .bind(token)
+        .bind(uses_allowed)
+        .bind(expiry_ts)
+        .execute(e)
+        .await?;
+    Ok(())
+}
+
+pub async fn get_registration_token<'e>(e: impl Exec<'e>, token: &str) -> Result<Option<RegistrationToken>> {
+    let row: Option<(String, Option<i64>, i64, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT token, uses_allowed, pending, completed, expiry_ts FROM registration_tokens WHERE token = $1",
+    )
+    .bind(token)
+    .fetch_optional(e)
+    .await?;
+    Ok(row.map(|r| RegistrationToken { token: r.0, uses_allowed: r.1, pending: r.2, completed: r.3, expiry_ts: r.4 }))
+}
+
+/// Counts one completed use of a registration token.
+pub async fn use_registration_token<'e>(e: impl Exec<'e>, token: &str) -> Result<()> {
+    sqlx::query("UPDATE registration_tokens SET completed = completed + 1 WHERE token = $1")
+        .bind(token)
+        .execute(e)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! The database layer of Diplomatie.
+//!
+//! One interface over two backends: SQLite (embedded, the default, zero set-up) and PostgreSQL
+//! (for deployments that outgrow one machine). Both are reached through sqlx's `Any` driver, and
+//! every query in this crate is written in the SQL both dialects share (`$n` placeholders,
+//! `ON CONFLICT`, `RETURNING`), so there is exactly one implementation of each query.
+//!
+//! This crate knows nothing of Matrix: it stores and returns strings, integers and JSON text.
+//! Meaning is given by `diplomatie-service`, the only crate that calls it.
+
+pub mod accounts;
+pub mod events;
+pub mod rooms;
+pub mod state;
+pub mod streams;
+
+use std::{borrow::Cow, str::FromStr, time::Duration};
+
+use sqlx::{
+    any::{AnyConnectOptions, AnyPoolOptions},
+    migrate::{Migration, MigrationSource, MigrationType, Migrator},
+    Any, AnyPool, Executor,
+};
+
+pub use sqlx::{AnyConnection as Connection, Transaction};
+
+/// A failure of the database. The service layer logs it and answers `M_UNKNOWN`.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct StorageError(#[from] sqlx::Error);
+
+impl StorageError {
+    /// Whether the failure is a violated uniqueness constraint (the row already exists).
+    pub fn is_unique_violation(&self) -> bool {
+        self.0.as_database_error().is_some_and(|e| e.is_unique_violation())
+    }
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Anything a query can run on: the pool, a connection or an open transaction.
+pub trait Exec<'e>: Executor<'e, Database = Any> {}
+impl<'e, T: Executor<'e, Database = Any>> Exec<'e> for T {}
+
+/// Which database engine is behind the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A handle on the database: cheap to clone, shared by every service.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// The migrations, embedded in the binary so that a fresh data directory needs nothing else.
+/// Their SQL is portable; a migration that needs dialect-specific SQL would be split in two.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "core", include_str!("../migrations/0001_core.sql"))];
+
+#[derive(Debug)]
+struct Embedded;
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(
+        self,
+    ) -> futures_core::future::BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>>
+    {
+        Box::pin(async {
+            Ok(MIGRATIONS
+                .iter()
+                .map(|(version, description, sql)| {
+                    Migration::new(
+                        *version,
+                        Cow::Borrowed(description),
+                        MigrationType::Simple,
+                        Cow::Borrowed(sql),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+impl Db {
+    /// Connects to `url` (`sqlite://path` or `postgres://...`), configures the connection and
+    /// applies pending migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let options = AnyConnectOptions::from_str(url)?;
+        let pool = AnyPoolOptions::new()
+            // SQLite allows one writer at a time; readers run beside it thanks to WAL.
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL: readers never block the writer. synchronous=NORMAL is durable
+                        // against a crash of the process (the guarantee a 200 on send gives);
+                        // only a power cut may lose the last commits.
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = OFF;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        let db = Db { pool, backend };
+        let migrator = Migrator::new(Embedded).await.map_err(sqlx::Error::from)?;
+        migrator.run(&db.pool).await.map_err(sqlx::Error::from)?;
+        Ok(db)
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Opens a transaction: everything written through it lands together or not at all.
+    pub async fn begin(&self) -> Result<Transaction<'static, Any>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Reads a named counter (0 when never set).
+pub async fn counter<'e>(e: impl Exec<'e>, name: &str) -> Result<i64> {
+    let v: Option<(i64,)> = sqlx::query_as("SELECT value FROM counters WHERE name = $1")
+        .bind(name)
+        .fetch_optional(e)
+        .await?;
+    Ok(v.map(|(v,)| v).unwrap_or(0))
+}
+
+/// Sets a named counter.
+pub async fn set_counter<'e>(e: impl Exec<'e>, name: &str, value: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO counters (name, value) VALUES ($1, $2) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )
+    .bind(name)
+    .bind(value)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+/// Converts a stored 0/1 flag.
+pub(crate) fn flag(v: i64) -> bool {
+    v != 0
+}

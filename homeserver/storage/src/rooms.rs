@@ -1,0 +1,118 @@
+//! Rooms, aliases, the public room directory, forgotten rooms.
+
+use crate::{flag, Connection, Exec, Result};
+
+#[derive(Clone, Debug)]
+pub struct Room {
+    pub room_id: String,
+    pub room_version: String,
+    pub creator: String,
+    pub is_public: bool,
+}
+
+pub async fn insert_room(
+    conn: &mut Connection,
+    room_id: &str,
+    room_version: &str,
+    creator: &str,
+    is_public: bool,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(room_id)
+    .bind(room_version)
+    .bind(creator)
+    .bind(is_public as i64)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn get_room<'e>(e: impl Exec<'e>, room_id: &str) -> Result<Option<Room>> {
+    let row: Option<(String, String, String, i64)> = sqlx::query_as(
+        "SELECT room_id, room_version, creator, is_public FROM rooms WHERE room_id = $1",
+    )
+    .bind(room_id)
+    .fetch_optional(e)
+    .await?;
+    Ok(row.map(|r| Room { room_id: r.0, room_version: r.1, creator: r.2, is_public: flag(r.3) }))
+}
+
+pub async fn set_public<'e>(e: impl Exec<'e>, room_id: &str, is_public: bool) -> Result<()> {
+    sqlx::query("UPDATE rooms SET is_public = $1 WHERE room_id = $2")
+        .bind(is_public as i64)
+        .bind(room_id)
+        .execute(e)
+        .await?;
+    Ok(())
+}
+
+/// Room ids published in the directory, in a stable order.
+pub async fn public_rooms<'e>(e: impl Exec<'e>) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT room_id FROM rooms WHERE is_public = 1 ORDER BY room_id")
+            .fetch_all(e)
+            .await?;
+    Ok(rows.into_iter().map(|(r,)| r).collect())
+}
+
+pub async fn insert_alias<'e>(e: impl Exec<'e>, alias: &str, room_id: &str, creator: &str) -> Result<()> {
+    sqlx::query("INSERT INTO room_aliases (alias, room_id, creator) VALUES ($1, $2, $3)")
+        .bind(alias)
+        .bind(room_id)
+        .bind(creator)
+        .execute(e)
+        .await?;
+    Ok(())
+}
+
+/// (room id, creator) of an alias.
+pub async fn get_alias<'e>(e: impl Exec<'e>, alias: &str) -> Result<Option<(String, String)>> {
+    Ok(sqlx::query_as("SELECT room_id, creator FROM room_aliases WHERE alias = $1")
+        .bind(alias)
+        .fetch_optional(e)
+        .await?)
+}
+
+pub async fn delete_alias<'e>(e: impl Exec<'e>, alias: &str) -> Result<()> {
+    sqlx::query("DELETE FROM room_aliases WHERE alias = $1").bind(alias).execute(e).await?;
+    Ok(())
+}
+
+pub async fn room_aliases<'e>(e: impl Exec<'e>, room_id: &str) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT alias FROM room_aliases WHERE room_id = $1 ORDER BY alias")
+            .bind(room_id)
+            .fetch_all(e)
+            .await?;
+    Ok(rows.into_iter().map(|(r,)| r).collect())
+}
+
+pub async fn forget<'e>(e: impl Exec<'e>, user_id: &str, room_id: &str) -> Result<()> {
+    sqlx::query("INSERT INTO room_forgotten (user_id, room_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(user_id)
+        .bind(room_id)
+        .execute(e)
+        .await?;
+    Ok(())
+}
+
+pub async fn unforget<'e>(e: impl Exec<'e>, user_id: &str, room_id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM room_forgotten WHERE user_id = $1 AND room_id = $2")
+        .bind(user_id)
+        .bind(room_id)
+        .execute(e)
+        .await?;
+    Ok(())
+}
+
+pub async fn forgotten_rooms<'e>(e: impl Exec<'e>, user_id: &str) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT room_id FROM room_forgotten WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_all(e)
+        .await?;
+    Ok(rows.into_iter().map(|(r,)| r).collect())
+}

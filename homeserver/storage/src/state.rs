@@ -1,0 +1,126 @@
+//! Room state: snapshots as delta chains (state groups) and the current state of each room.
+
+use crate::{Connection, Exec, Result};
+
+/// One (type, state key) -> event id entry of a state map.
+pub type StateEntry = (String, String, String);
+
+pub async fn insert_state_group(
+    conn: &mut Connection,
+    id: i64,
+    room_id: &str,
+    prev_group: Option<i64>,
+    chain_length: i64,
+    delta: &[(&str, &str, &str)],
+) -> Result<()> {
+    sqlx::query("INSERT INTO state_groups (id, room_id, prev_group, chain_length) VALUES ($1, $2, $3, $4)")
+        .bind(id)
+        .bind(room_id)
+        .bind(prev_group)
+        .bind(chain_length)
+        .execute(&mut *conn)
+        .await?;
+    for (ty, key, event_id) in delta {
+        sqlx::query(
+            "INSERT INTO state_group_entries (state_group, event_type, state_key, event_id) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(*ty)
+        .bind(*key)
+        .bind(*event_id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// A group's link and its own delta: (prev_group, chain_length, entries).
+pub async fn get_state_group<'e, E: Exec<'e> + Copy>(
+    e: E,
+    id: i64,
+) -> Result<Option<(Option<i64>, i64, Vec<StateEntry>)>> {
+    let head: Option<(Option<i64>, i64)> =
+        sqlx::query_as("SELECT prev_group, chain_length FROM state_groups WHERE id = $1")
+            .bind(id)
+            .fetch_optional(e)
+            .await?;
+    let Some((prev, len)) = head else { return Ok(None) };
+    let entries: Vec<StateEntry> = sqlx::query_as(
+        "SELECT event_type, state_key, event_id FROM state_group_entries WHERE state_group = $1",
+    )
+    .bind(id)
+    .fetch_all(e)
+    .await?;
+    Ok(Some((prev, len, entries)))
+}
+
+pub async fn set_current_state(
+    conn: &mut Connection,
+    room_id: &str,
+    (event_type, state_key, event_id): (&str, &str, &str),
+    membership: Option<&str>,
+    stream_ordering: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership, stream_ordering) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET \
+         event_id = excluded.event_id, membership = excluded.membership, \
+         stream_ordering = excluded.stream_ordering",
+    )
+    .bind(room_id)
+    .bind(event_type)
+    .bind(state_key)
+    .bind(event_id)
+    .bind(membership)
+    .bind(stream_ordering)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn current_state<'e>(e: impl Exec<'e>, room_id: &str) -> Result<Vec<StateEntry>> {
+    Ok(sqlx::query_as(
+        "SELECT event_type, state_key, event_id FROM current_state WHERE room_id = $1",
+    )
+    .bind(room_id)
+    .fetch_all(e)
+    .await?)
+}
+
+/// Rooms where `user_id`'s current membership is one of `memberships`: (room id, membership).
+pub async fn rooms_for_user<'e>(e: impl Exec<'e>, user_id: &str) -> Result<Vec<(String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT room_id, membership FROM current_state WHERE state_key = $1 \
+         AND event_type = 'm.room.member'",
+    )
+    .bind(user_id)
+    .fetch_all(e)
+    .await?)
+}
+
+/// Members of a room with their current membership: (user id, membership, event id).
+pub async fn room_members<'e>(e: impl Exec<'e>, room_id: &str) -> Result<Vec<(String, String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT state_key, membership, event_id FROM current_state WHERE room_id = $1 \
+         AND event_type = 'm.room.member'",
+    )
+    .bind(room_id)
+    .fetch_all(e)
+    .await?)
+}
+
+/// Whether two users currently share a joined room.
+pub async fn share_a_room<'e>(e: impl Exec<'e>, a: &str, b: &str) -> Result<bool> {
+    let row: Option<(i64,)> = sqlx::query_as(
+        "SELECT 1 FROM current_state x JOIN current_state y ON x.room_id = y.room_id \
+         WHERE x.event_type = 'm.room.member' AND y.event_type = 'm.room.member' \
+         AND x.state_key = $1 AND y.state_key = $2 AND x.membership = 'join' \
+         AND y.membership = 'join' LIMIT 1",
+    )
+    .bind(a)
+    .bind(b)
+    .fetch_optional(e)
+    .await?;
+    Ok(row.is_some())
+}
