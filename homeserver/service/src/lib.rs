@@ -1,1 +1,141 @@
+//! The business logic of the Diplomatie homeserver.
+//!
+//! Handlers in `diplomatie-api` call [`Services`]; services call `diplomatie-storage`. Calls go
+//! downwards only. Nothing here knows HTTP: failures are Matrix error kinds ([`Error`]).
+//!
+//! One module a section of the client-server spec: [`accounts`] (registration, login, devices,
+//! profile), [`rooms`] (the room DAG: building, authorising and persisting events, state),
+//! [`sync`] (the `/sync` algorithm), [`ephemeral`] (typing, receipts, presence, account data).
 
+pub mod accounts;
+pub mod config;
+pub mod ephemeral;
+pub mod error;
+pub mod keys;
+pub mod notifier;
+pub mod pdu;
+pub mod ratelimit;
+pub mod rooms;
+pub mod sync;
+pub mod uia;
+
+use std::sync::{
+    atomic::{AtomicI64, Ordering},
+    Arc,
+};
+
+use diplomatie_storage::Db;
+use ruma::{OwnedServerName, ServerName};
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use pdu::Pdu;
+
+/// Every service of the homeserver, shared by all request handlers.
+pub struct Services {
+    pub config: Config,
+    pub db: Db,
+    server_name: OwnedServerName,
+    pub keys: keys::ServerKeys,
+    /// Serialises every write that takes a stream position, so that positions are committed in
+    /// the order they are handed out and a reader never skips one.
+    writer: tokio::sync::Mutex<()>,
+    /// The highest stream position whose write is committed and visible.
+    stream: AtomicI64,
+    pub rooms: rooms::RoomCaches,
+    pub notifier: notifier::Notifier,
+    pub typing: ephemeral::Typing,
+    pub uia: uia::UiaSessions,
+    pub ratelimiter: ratelimit::RateLimiter,
+}
+
+impl Services {
+    /// Opens the database (creating and migrating it if needed), loads or creates the signing
+    /// key, and restores the stream position.
+    pub async fn start(config: Config) -> anyhow_like::Result<Arc<Services>> {
+        let server_name = ServerName::parse(&config.server_name)
+            .map_err(|e| anyhow_like::msg(format!("invalid server_name {:?}: {e}", config.server_name)))?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| anyhow_like::msg(format!("cannot create {}: {e}", config.data_dir.display())))?;
+        let db = Db::connect(&config.database_url(), config.database_max_connections)
+            .await
+            .map_err(|e| anyhow_like::msg(format!("cannot open the database: {e}")))?;
+        let keys = keys::ServerKeys::load_or_create(&config.data_dir)?;
+        let stream = ephemeral::max_stream_position(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
+        let ratelimiter = ratelimit::RateLimiter::new(&config.rate_limits);
+        let services = Arc::new(Services {
+            config,
+            db,
+            server_name,
+            keys,
+            writer: tokio::sync::Mutex::new(()),
+            stream: AtomicI64::new(stream),
+            rooms: rooms::RoomCaches::default(),
+            notifier: notifier::Notifier::default(),
+            typing: ephemeral::Typing::default(),
+            uia: uia::UiaSessions::default(),
+            ratelimiter,
+        });
+        ephemeral::spawn_typing_expiry(Arc::downgrade(&services));
+        Ok(services)
+    }
+
+    pub fn server_name(&self) -> &ServerName {
+        &self.server_name
+    }
+
+    /// The current stream position (what a `/sync` made now would be up to).
+    pub fn stream_position(&self) -> i64 {
+        self.stream.load(Ordering::Acquire)
+    }
+
+    /// Takes the write lock and hands out the next stream position. The position becomes
+    /// visible to readers only through [`StreamWrite::publish`], after the write committed.
+    pub(crate) async fn begin_write(&self) -> StreamWrite<'_> {
+        let guard = self.writer.lock().await;
+        let position = self.stream.load(Ordering::Acquire) + 1;
+        StreamWrite { services: self, position, _guard: guard }
+    }
+}
+
+/// A write in progress under the writer lock.
+pub(crate) struct StreamWrite<'a> {
+    services: &'a Services,
+    pub position: i64,
+    _guard: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl StreamWrite<'_> {
+    /// Makes the position visible, once the write is committed. Dropping a `StreamWrite`
+    /// without publishing leaves a gap in the stream, which readers tolerate.
+    pub fn publish(self) {
+        self.services.stream.store(self.position, Ordering::Release);
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    ruma::MilliSecondsSinceUnixEpoch::now().get().into()
+}
+
+/// A random alphanumeric string, for tokens and ids.
+pub fn random_string(len: usize) -> String {
+    use rand::{distributions::Alphanumeric, Rng};
+    rand::thread_rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
+}
+
+/// Start-up errors: plain messages for the operator.
+pub mod anyhow_like {
+    #[derive(Debug)]
+    pub struct StartError(pub String);
+    impl std::fmt::Display for StartError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+    impl std::error::Error for StartError {}
+    pub type Result<T> = std::result::Result<T, StartError>;
+    pub fn msg(s: impl Into<String>) -> StartError {
+        StartError(s.into())
+    }
+}

@@ -167,3 +167,8 @@ pub async fn set_counter<'e>(e: impl Exec<'e>, name: &str, value: i64) -> Result
 pub(crate) fn flag(v: i64) -> bool {
     v != 0
 }
+
+/// Commits a transaction opened with [`Db::begin`].
+pub async fn commit(tx: Transaction<'static, Any>) -> Result<()> {
+    Ok(tx.commit().await?)
+}

@@ -124,3 +124,18 @@ pub async fn share_a_room<'e>(e: impl Exec<'e>, a: &str, b: &str) -> Result<bool
     .await?;
     Ok(row.is_some())
 }
+
+/// The highest state group id in use (0 when none).
+pub async fn max_state_group<'e>(e: impl Exec<'e>) -> Result<i64> {
+    let row: (Option<i64>,) = sqlx::query_as("SELECT MAX(id) FROM state_groups").fetch_one(e).await?;
+    Ok(row.0.unwrap_or(0))
+}
+
+/// The chain length of a group (0 for unknown groups).
+pub async fn chain_length<'e>(e: impl Exec<'e>, id: i64) -> Result<i64> {
+    let row: Option<(i64,)> = sqlx::query_as("SELECT chain_length FROM state_groups WHERE id = $1")
+        .bind(id)
+        .fetch_optional(e)
+        .await?;
+    Ok(row.map(|(v,)| v).unwrap_or(0))
+}

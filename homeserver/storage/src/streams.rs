@@ -204,3 +204,28 @@ pub async fn presence_between<'e>(e: impl Exec<'e>, from: i64, to: i64) -> Resul
         .map(|r| Presence { user_id: r.0, state: r.1, status_msg: r.2, last_active_ts: r.3 })
         .collect())
 }
+
+/// The highest position used by any stream (events, account data, receipts, presence).
+pub async fn max_stream_position<'e>(e: impl Exec<'e>) -> Result<i64> {
+    let row: (Option<i64>,) = sqlx::query_as(
+        "SELECT MAX(m) FROM (SELECT MAX(stream_ordering) AS m FROM events \
+         UNION ALL SELECT MAX(stream_id) FROM account_data \
+         UNION ALL SELECT MAX(stream_id) FROM receipts \
+         UNION ALL SELECT MAX(stream_id) FROM presence) AS positions",
+    )
+    .fetch_one(e)
+    .await?;
+    Ok(row.0.unwrap_or(0))
+}
+
+/// Hands out the next value of a named counter, inside the caller's transaction.
+pub async fn next_counter(conn: &mut crate::Connection, name: &str) -> Result<i64> {
+    let row: (i64,) = sqlx::query_as(
+        "INSERT INTO counters (name, value) VALUES ($1, 1) ON CONFLICT (name) \
+         DO UPDATE SET value = counters.value + 1 RETURNING value",
+    )
+    .bind(name)
+    .fetch_one(conn)
+    .await?;
+    Ok(row.0)
+}

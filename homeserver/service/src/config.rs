@@ -1,0 +1,120 @@
+//! Configuration: defaults, then a TOML file, then `DIPLOMATIE_*` environment variables.
+//!
+//! Every option can be overridden by an environment variable named after its path, upper-cased,
+//! with `__` between sections: `registration.enabled` is `DIPLOMATIE_REGISTRATION__ENABLED`.
+//! `config/diplomatie.example.toml` documents each option.
+
+use std::path::{Path, PathBuf};
+
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The server name: the part after the colon in user ids and room aliases.
+    pub server_name: String,
+    /// Address and port the client (and later federation) API listens on.
+    pub listen: String,
+    /// Where the embedded database, the signing key and media live.
+    pub data_dir: PathBuf,
+    /// `sqlite://...` or `postgres://...`; empty means SQLite in `data_dir`.
+    pub database_url: String,
+    pub database_max_connections: u32,
+    /// The URL clients should use, published in `/.well-known/matrix/client`.
+    pub public_baseurl: String,
+    /// The room version of new rooms when the client names none.
+    pub default_room_version: String,
+    /// Largest request body accepted, in bytes (`M_TOO_LARGE` above).
+    pub max_request_bytes: usize,
+    pub registration: Registration,
+    pub rate_limits: RateLimits,
+    /// Lifetime of access tokens issued with a refresh token, in milliseconds.
+    pub access_token_lifetime_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Registration {
+    /// Whether anyone may register through the client API.
+    pub enabled: bool,
+    /// Whether registration requires a registration token (`m.login.registration_token`).
+    pub require_token: bool,
+    /// Shared secret of the Synapse-compatible admin registration endpoint; empty disables it.
+    pub shared_secret: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimits {
+    pub enabled: bool,
+    /// Sustained requests per second per user (or per address when unauthenticated).
+    pub per_second: f64,
+    /// Requests allowed in a burst above the sustained rate.
+    pub burst: f64,
+    /// Sustained login and registration attempts per second per address.
+    pub login_per_second: f64,
+    pub login_burst: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server_name: "localhost".into(),
+            listen: "127.0.0.1:8008".into(),
+            data_dir: PathBuf::from("data"),
+            database_url: String::new(),
+            database_max_connections: 16,
+            public_baseurl: String::new(),
+            default_room_version: "10".into(),
+            max_request_bytes: 50 * 1024 * 1024,
+            registration: Registration::default(),
+            rate_limits: RateLimits::default(),
+            access_token_lifetime_ms: 24 * 3600 * 1000,
+        }
+    }
+}
+
+impl Default for Registration {
+    fn default() -> Self {
+        Registration { enabled: false, require_token: false, shared_secret: String::new() }
+    }
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits { enabled: true, per_second: 50.0, burst: 200.0, login_per_second: 1.0, login_burst: 10.0 }
+    }
+}
+
+impl Config {
+    /// Loads the configuration: defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(Env::prefixed("DIPLOMATIE_").split("__"));
+        figment.extract().map_err(Box::new)
+    }
+
+    /// The database URL, defaulting to SQLite in the data directory.
+    pub fn database_url(&self) -> String {
+        if self.database_url.is_empty() {
+            format!("sqlite://{}?mode=rwc", self.data_dir.join("diplomatie.db").display())
+        } else {
+            self.database_url.clone()
+        }
+    }
+
+    pub fn public_baseurl(&self) -> String {
+        if self.public_baseurl.is_empty() {
+            format!("http://{}", self.listen)
+        } else {
+            self.public_baseurl.trim_end_matches('/').to_owned()
+        }
+    }
+}

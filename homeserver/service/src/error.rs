@@ -1,0 +1,81 @@
+//! The one error type of the service layer, expressed in the spec's error codes.
+//!
+//! Services speak in Matrix error kinds (`M_FORBIDDEN`, `M_NOT_FOUND`, ...) and never in HTTP
+//! statuses: the HTTP layer maps each kind to its status. Internal failures (database, I/O) are
+//! logged where they happen and surface as `M_UNKNOWN` without their details.
+
+use ruma::api::{
+    client::uiaa::UiaaInfo,
+    error::{ErrorKind, StandardErrorBody},
+};
+
+#[derive(Debug)]
+pub enum Error {
+    /// A failure the client should see, with the spec's error code and a readable message.
+    Matrix(ErrorKind, String),
+    /// User-interactive authentication is needed (or failed): the spec's 401 with flows.
+    Uiaa(Box<UiaaInfo>),
+    /// A failure inside the server; its details were logged.
+    Internal,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error::Matrix(kind, message.into())
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Forbidden, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::NotFound, message)
+    }
+    pub fn bad_json(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::BadJson, message)
+    }
+    pub fn invalid_param(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::InvalidParam, message)
+    }
+    pub fn missing_param(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::MissingParam, message)
+    }
+    pub fn unrecognized(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Unrecognized, message)
+    }
+
+    /// The body the client receives (for UIA, the `auth_error` part).
+    pub fn body(&self) -> StandardErrorBody {
+        match self {
+            Error::Matrix(kind, message) => StandardErrorBody::new(kind.clone(), message.clone()),
+            Error::Uiaa(info) => info
+                .auth_error
+                .as_deref()
+                .cloned()
+                .unwrap_or(StandardErrorBody::new(ErrorKind::Unauthorized, "Authentication required".into())),
+            Error::Internal => StandardErrorBody::new(ErrorKind::Unknown, "Internal server error".into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let body = self.body();
+        write!(f, "{}: {}", body.kind.errcode(), body.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<diplomatie_storage::StorageError> for Error {
+    fn from(e: diplomatie_storage::StorageError) -> Self {
+        tracing::error!(error = %e, "database failure");
+        Error::Internal
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::bad_json(e.to_string())
+    }
+}

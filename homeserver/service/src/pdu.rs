@@ -1,0 +1,246 @@
+//! The persistent data unit: an event as the room DAG holds it, and its client-facing form.
+
+use std::collections::BTreeMap;
+
+use ruma::{
+    events::TimelineEventType, CanonicalJsonObject, MilliSecondsSinceUnixEpoch, OwnedEventId,
+    OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+};
+use serde::Deserialize;
+use serde_json::{json, value::RawValue, Value};
+
+use crate::{Error, Result};
+
+/// An event of a room's DAG. Its JSON (`json`) is exactly what was hashed and signed.
+#[derive(Clone, Debug)]
+pub struct Pdu {
+    pub event_id: OwnedEventId,
+    pub room_id: OwnedRoomId,
+    /// False only for the create event of room versions whose room id is its hash (v12+),
+    /// which carries no `room_id` field.
+    pub has_room_id: bool,
+    pub sender: OwnedUserId,
+    pub kind: TimelineEventType,
+    pub content: Box<RawValue>,
+    pub state_key: Option<String>,
+    pub prev_events: Vec<OwnedEventId>,
+    pub auth_events: Vec<OwnedEventId>,
+    pub redacts: Option<OwnedEventId>,
+    pub origin_server_ts: MilliSecondsSinceUnixEpoch,
+    pub depth: UInt,
+    pub unsigned: BTreeMap<String, Value>,
+    /// Position in this server's stream (0 until persisted).
+    pub stream_ordering: i64,
+    /// The state group of the room state after this event.
+    pub state_group: i64,
+    pub redacted_by: Option<String>,
+    pub json: String,
+}
+
+#[derive(Deserialize)]
+struct Wire {
+    room_id: Option<OwnedRoomId>,
+    sender: OwnedUserId,
+    #[serde(rename = "type")]
+    kind: TimelineEventType,
+    content: Box<RawValue>,
+    state_key: Option<String>,
+    #[serde(default)]
+    prev_events: Vec<PrevRef>,
+    #[serde(default)]
+    auth_events: Vec<PrevRef>,
+    redacts: Option<OwnedEventId>,
+    origin_server_ts: MilliSecondsSinceUnixEpoch,
+    depth: UInt,
+    #[serde(default)]
+    unsigned: BTreeMap<String, Value>,
+}
+
+/// Event references: plain ids (v3+) or `[id, hashes]` pairs (v1, v2).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PrevRef {
+    Id(OwnedEventId),
+    Pair(OwnedEventId, serde::de::IgnoredAny),
+}
+
+impl PrevRef {
+    fn id(self) -> OwnedEventId {
+        match self {
+            PrevRef::Id(id) | PrevRef::Pair(id, _) => id,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RedactsInContent {
+    redacts: Option<OwnedEventId>,
+}
+
+impl Pdu {
+    /// Reads a PDU from its JSON; `event_id` is given apart (it is the hash for v3+ rooms), and
+    /// so is the room for a v12 create event (whose room id is derived from its event id).
+    pub fn from_json(event_id: OwnedEventId, json: String, room: Option<OwnedRoomId>) -> Result<Pdu> {
+        let wire: Wire = serde_json::from_str(&json).map_err(|e| {
+            tracing::error!(%event_id, error = %e, "stored event does not parse");
+            Error::Internal
+        })?;
+        let redacts = wire.redacts.or_else(|| {
+            (wire.kind == TimelineEventType::RoomRedaction)
+                .then(|| serde_json::from_str::<RedactsInContent>(wire.content.get()).ok())
+                .flatten()
+                .and_then(|c| c.redacts)
+        });
+        let has_room_id = wire.room_id.is_some();
+        let Some(room_id) = wire.room_id.or(room) else {
+            tracing::error!(%event_id, "event without a room");
+            return Err(Error::Internal);
+        };
+        Ok(Pdu {
+            event_id,
+            room_id,
+            has_room_id,
+            sender: wire.sender,
+            kind: wire.kind,
+            content: wire.content,
+            state_key: wire.state_key,
+            prev_events: wire.prev_events.into_iter().map(PrevRef::id).collect(),
+            auth_events: wire.auth_events.into_iter().map(PrevRef::id).collect(),
+            redacts,
+            origin_server_ts: wire.origin_server_ts,
+            depth: wire.depth,
+            unsigned: wire.unsigned,
+            stream_ordering: 0,
+            state_group: 0,
+            redacted_by: None,
+            json,
+        })
+    }
+
+    pub fn from_stored(stored: diplomatie_storage::events::StoredEvent) -> Result<Pdu> {
+        let event_id = OwnedEventId::try_from(stored.event_id).map_err(|_| Error::Internal)?;
+        let room = OwnedRoomId::try_from(stored.room_id).ok();
+        let mut pdu = Pdu::from_json(event_id, stored.json, room)?;
+        pdu.stream_ordering = stored.stream_ordering;
+        pdu.state_group = stored.state_group;
+        pdu.redacted_by = stored.redacted_by;
+        Ok(pdu)
+    }
+
+    pub fn room(&self) -> &RoomId {
+        &self.room_id
+    }
+
+    pub fn is_state(&self) -> bool {
+        self.state_key.is_some()
+    }
+
+    /// The content as a JSON value.
+    pub fn content_value(&self) -> Value {
+        serde_json::from_str(self.content.get()).unwrap_or(Value::Null)
+    }
+
+    /// A field of the content, for the few fields the server reads (membership, name, ...).
+    pub fn content_field(&self, field: &str) -> Option<Value> {
+        let mut v = self.content_value();
+        v.get_mut(field).map(Value::take)
+    }
+
+    pub fn membership(&self) -> Option<String> {
+        (self.kind == TimelineEventType::RoomMember)
+            .then(|| self.content_field("membership"))
+            .flatten()
+            .and_then(|v| v.as_str().map(str::to_owned))
+    }
+
+    /// The event in the client-server format. `room_id` is left out in `/sync`, where the room
+    /// is the key; `for_device` adds the transaction id for the device that sent it.
+    pub fn to_client(&self, with_room_id: bool) -> Value {
+        let mut obj = serde_json::Map::new();
+        obj.insert("event_id".into(), json!(self.event_id));
+        obj.insert("type".into(), json!(self.kind));
+        obj.insert("sender".into(), json!(self.sender));
+        obj.insert("origin_server_ts".into(), json!(self.origin_server_ts));
+        obj.insert("content".into(), self.content_value());
+        if with_room_id {
+            obj.insert("room_id".into(), json!(self.room()));
+        }
+        if let Some(sk) = &self.state_key {
+            obj.insert("state_key".into(), json!(sk));
+        }
+        if let Some(r) = &self.redacts {
+            obj.insert("redacts".into(), json!(r));
+        }
+        let mut unsigned: serde_json::Map<String, Value> = self
+            .unsigned
+            .iter()
+            .filter(|(k, _)| matches!(k.as_str(), "prev_content" | "replaces_state" | "prev_sender" | "invite_room_state" | "knock_room_state"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let age = MilliSecondsSinceUnixEpoch::now().get().saturating_sub(self.origin_server_ts.get());
+        unsigned.insert("age".into(), json!(age));
+        obj.insert("unsigned".into(), Value::Object(unsigned));
+        Value::Object(obj)
+    }
+
+    pub fn to_raw<T>(&self, with_room_id: bool) -> ruma::serde::Raw<T> {
+        raw(&self.to_client(with_room_id))
+    }
+
+    /// The stripped form used in invite and knock room state.
+    pub fn to_stripped(&self) -> Value {
+        json!({
+            "type": self.kind,
+            "state_key": self.state_key,
+            "sender": self.sender,
+            "content": self.content_value(),
+        })
+    }
+
+    pub fn canonical_object(&self) -> Result<CanonicalJsonObject> {
+        serde_json::from_str(&self.json).map_err(|_| Error::Internal)
+    }
+}
+
+/// Wraps a JSON value as a typed raw value of the response types.
+pub fn raw<T>(value: &Value) -> ruma::serde::Raw<T> {
+    ruma::serde::Raw::from_json(serde_json::value::to_raw_value(value).expect("JSON values serialise"))
+}
+
+impl ruma::state_res::Event for Pdu {
+    type Id = OwnedEventId;
+
+    fn event_id(&self) -> &Self::Id {
+        &self.event_id
+    }
+    fn room_id(&self) -> Option<&RoomId> {
+        self.has_room_id.then_some(&*self.room_id)
+    }
+    fn sender(&self) -> &UserId {
+        &self.sender
+    }
+    fn origin_server_ts(&self) -> MilliSecondsSinceUnixEpoch {
+        self.origin_server_ts
+    }
+    fn event_type(&self) -> &TimelineEventType {
+        &self.kind
+    }
+    fn content(&self) -> &RawValue {
+        &self.content
+    }
+    fn state_key(&self) -> Option<&str> {
+        self.state_key.as_deref()
+    }
+    fn prev_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
+        Box::new(self.prev_events.iter())
+    }
+    fn auth_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
+        Box::new(self.auth_events.iter())
+    }
+    fn redacts(&self) -> Option<&Self::Id> {
+        self.redacts.as_ref()
+    }
+    fn rejected(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,45 @@
+//! Request rate limits: a token bucket per key (user, or address when unauthenticated).
+
+use std::{collections::HashMap, sync::Mutex, time::Instant};
+
+use crate::config::RateLimits;
+
+pub struct RateLimiter {
+    enabled: bool,
+    normal: (f64, f64),
+    login: (f64, f64),
+    buckets: Mutex<HashMap<(bool, String), (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    pub fn new(config: &RateLimits) -> Self {
+        RateLimiter {
+            enabled: config.enabled,
+            normal: (config.per_second, config.burst),
+            login: (config.login_per_second, config.login_burst),
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Takes one request from `key`'s bucket. `Err(ms)` says how long to wait before retrying.
+    pub fn check(&self, key: &str, login: bool) -> Result<(), u64> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let (rate, burst) = if login { self.login } else { self.normal };
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap();
+        if buckets.len() > 100_000 {
+            buckets.retain(|_, (tokens, at)| *tokens + at.elapsed().as_secs_f64() * rate < burst);
+        }
+        let (tokens, at) = buckets.entry((login, key.to_owned())).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err((((1.0 - *tokens) / rate) * 1000.0).ceil() as u64)
+        }
+    }
+}

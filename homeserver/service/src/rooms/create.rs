@@ -1,0 +1,215 @@
+//! Room creation (`POST /createRoom`), in the order the spec gives for the initial events.
+
+use ruma::{
+    api::{
+        client::room::{create_room::v3::Request as CreateRoomRequest, Visibility},
+        error::ErrorKind,
+    },
+    events::TimelineEventType,
+    room::RoomType,
+    OwnedRoomAliasId, OwnedRoomId, RoomVersionId, UserId,
+};
+use serde_json::{json, Map, Value};
+
+use super::{PduBuilder, Target};
+use crate::{Error, Result, Services};
+
+/// Room versions this server creates and joins. The spec's recommended default is 12.
+pub const SUPPORTED_ROOM_VERSIONS: &[&str] = &["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Preset {
+    PrivateChat,
+    TrustedPrivateChat,
+    PublicChat,
+}
+
+impl Services {
+    pub fn default_room_version(&self) -> RoomVersionId {
+        RoomVersionId::try_from(self.config.default_room_version.as_str()).unwrap_or(RoomVersionId::V12)
+    }
+
+    pub fn is_supported_room_version(&self, version: &RoomVersionId) -> bool {
+        SUPPORTED_ROOM_VERSIONS.contains(&version.as_str())
+    }
+
+    /// Creates a room as `creator` asks, and returns its id once every initial event is durable.
+    pub async fn create_room(&self, creator: &UserId, req: CreateRoomRequest) -> Result<OwnedRoomId> {
+        let version = req.room_version.clone().unwrap_or_else(|| self.default_room_version());
+        if !self.is_supported_room_version(&version) {
+            return Err(Error::new(ErrorKind::UnsupportedRoomVersion, format!("Room version {version} is not supported")));
+        }
+        let rules = version.rules().ok_or(Error::Internal)?;
+        let v12 = rules.authorization.room_create_event_id_as_room_id;
+
+        // Check everything that can fail before the first event is written.
+        let alias = match &req.room_alias_name {
+            Some(name) => {
+                let alias = OwnedRoomAliasId::try_from(format!("#{name}:{}", self.server_name()))
+                    .map_err(|_| Error::new(ErrorKind::InvalidParam, "Invalid room alias name"))?;
+                if name.contains(':') || name.is_empty() {
+                    return Err(Error::new(ErrorKind::InvalidParam, "Invalid room alias name"));
+                }
+                if diplomatie_storage::rooms::get_alias(self.db.pool(), alias.as_str()).await?.is_some() {
+                    return Err(Error::new(ErrorKind::RoomInUse, "Room alias already taken"));
+                }
+                Some(alias)
+            }
+            None => None,
+        };
+        let mut creation: Map<String, Value> = match &req.creation_content {
+            Some(raw) => serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(format!("creation_content: {e}")))?,
+            None => Map::new(),
+        };
+        let power_override: Option<Map<String, Value>> = match &req.power_level_content_override {
+            Some(raw) => Some(serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(format!("power_level_content_override: {e}")))?),
+            None => None,
+        };
+        let mut initial_state = Vec::new();
+        for raw in &req.initial_state {
+            let ev: Value = serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(format!("initial_state: {e}")))?;
+            let kind = ev.get("type").and_then(Value::as_str).ok_or_else(|| Error::bad_json("initial_state event without type"))?;
+            let state_key = ev.get("state_key").and_then(Value::as_str).unwrap_or("").to_owned();
+            let content = ev.get("content").cloned().filter(Value::is_object).ok_or_else(|| Error::bad_json("initial_state event without content"))?;
+            initial_state.push(PduBuilder::state(kind, state_key, content));
+        }
+
+        let preset = match req.preset.as_ref().map(|p| p.as_str()) {
+            Some("private_chat") => Preset::PrivateChat,
+            Some("trusted_private_chat") => Preset::TrustedPrivateChat,
+            Some("public_chat") => Preset::PublicChat,
+            Some(other) => return Err(Error::bad_json(format!("Unknown preset {other}"))),
+            None if req.visibility == Visibility::Public => Preset::PublicChat,
+            None => Preset::PrivateChat,
+        };
+
+        // 1. m.room.create
+        creation.insert("room_version".into(), json!(version));
+        if !rules.authorization.use_room_create_sender {
+            creation.insert("creator".into(), json!(creator));
+        }
+        let room_id = if v12 { None } else { Some(self.new_room_id()?) };
+        let create = self
+            .append_event(
+                Target::New { room_id, version: version.clone() },
+                creator,
+                PduBuilder::state(TimelineEventType::RoomCreate, "", Value::Object(creation.clone())),
+                None,
+            )
+            .await?;
+        let room_id = create.room_id.clone();
+
+        // 2. the creator joins
+        let profile = self.member_profile(creator).await?;
+        self.append_event(Target::Room(&room_id), creator, PduBuilder::state(TimelineEventType::RoomMember, creator.as_str(), with_membership("join", profile, req.is_direct)), None)
+            .await?;
+
+        // 3. power levels: defaults, the preset's changes, then the client's override
+        let mut users = Map::new();
+        if !v12 {
+            users.insert(creator.to_string(), json!(100));
+        }
+        if preset == Preset::TrustedPrivateChat {
+            for invitee in &req.invite {
+                users.insert(invitee.to_string(), json!(100));
+            }
+        }
+        let mut power = json!({
+            "users": users,
+            "users_default": 0,
+            "events": {
+                "m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
+                "m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
+                "m.room.server_acl": 100, "m.room.encryption": 100
+            },
+            "events_default": 0, "state_default": 50, "ban": 50, "kick": 50, "redact": 50,
+            "invite": if preset == Preset::PublicChat { 50 } else { 0 },
+            "notifications": { "room": 50 },
+        });
+        if let Some(overrides) = power_override {
+            for (k, v) in overrides {
+                power[k] = v;
+            }
+        }
+        let creation_type = creation.get("type").and_then(Value::as_str).map(RoomType::from);
+        if creation_type == Some(RoomType::Space) && power.get("events_default").is_some() {
+            // Spaces: only moderators post messages (m.space.child are state and need PL 50).
+            power["events_default"] = json!(100);
+        }
+        self.append_event(Target::Room(&room_id), creator, PduBuilder::state(TimelineEventType::RoomPowerLevels, "", power), None).await?;
+
+        // 4. canonical alias
+        if let Some(alias) = &alias {
+            diplomatie_storage::rooms::insert_alias(self.db.pool(), alias.as_str(), room_id.as_str(), creator.as_str())
+                .await
+                .map_err(|e| if e.is_unique_violation() { Error::new(ErrorKind::RoomInUse, "Room alias already taken") } else { e.into() })?;
+            self.append_event(Target::Room(&room_id), creator, PduBuilder::state(TimelineEventType::RoomCanonicalAlias, "", json!({ "alias": alias })), None).await?;
+        }
+
+        // 5. the preset's join rules, history visibility and guest access
+        let (join_rule, guest) = match preset {
+            Preset::PublicChat => ("public", "forbidden"),
+            _ => ("invite", "can_join"),
+        };
+        let preset_events = [
+            PduBuilder::state(TimelineEventType::RoomJoinRules, "", json!({ "join_rule": join_rule })),
+            PduBuilder::state(TimelineEventType::RoomHistoryVisibility, "", json!({ "history_visibility": "shared" })),
+            PduBuilder::state(TimelineEventType::RoomGuestAccess, "", json!({ "guest_access": guest })),
+        ];
+        for builder in preset_events {
+            let overridden = initial_state.iter().any(|b| b.kind == builder.kind && b.state_key == builder.state_key);
+            if !overridden {
+                self.append_event(Target::Room(&room_id), creator, builder, None).await?;
+            }
+        }
+
+        // 6. initial state, 7. name and topic
+        for builder in initial_state {
+            self.append_event(Target::Room(&room_id), creator, builder, None).await?;
+        }
+        if let Some(name) = &req.name {
+            self.append_event(Target::Room(&room_id), creator, PduBuilder::state(TimelineEventType::RoomName, "", json!({ "name": name })), None).await?;
+        }
+        if let Some(topic) = &req.topic {
+            let content = json!({ "topic": topic, "m.topic": [{ "mimetype": "text/plain", "body": topic }] });
+            self.append_event(Target::Room(&room_id), creator, PduBuilder::state(TimelineEventType::RoomTopic, "", content), None).await?;
+        }
+
+        // 8. invites
+        for invitee in &req.invite {
+            self.invite(creator, &room_id, invitee, None, req.is_direct).await?;
+        }
+        if req.visibility == Visibility::Public {
+            diplomatie_storage::rooms::set_public(self.db.pool(), room_id.as_str(), true).await?;
+        }
+        Ok(room_id)
+    }
+
+    fn new_room_id(&self) -> Result<OwnedRoomId> {
+        OwnedRoomId::try_from(format!("!{}:{}", crate::random_string(18), self.server_name())).map_err(|_| Error::Internal)
+    }
+
+    /// The displayname and avatar a member event of `user` carries.
+    pub async fn member_profile(&self, user: &UserId) -> Result<Map<String, Value>> {
+        let mut profile = Map::new();
+        if let Some(u) = diplomatie_storage::accounts::get_user(self.db.pool(), user.as_str()).await? {
+            if let Some(d) = u.displayname {
+                profile.insert("displayname".into(), json!(d));
+            }
+            if let Some(a) = u.avatar_url {
+                profile.insert("avatar_url".into(), json!(a));
+            }
+        }
+        Ok(profile)
+    }
+}
+
+/// Member event content: `membership` plus the profile fields.
+pub(crate) fn with_membership(membership: &str, mut profile: Map<String, Value>, is_direct: bool) -> Value {
+    profile.insert("membership".into(), json!(membership));
+    if is_direct {
+        profile.insert("is_direct".into(), json!(true));
+    }
+    Value::Object(profile)
+}
+

@@ -1,0 +1,167 @@
+//! Room aliases, the public room directory and the user directory.
+
+use ruma::{
+    api::error::ErrorKind,
+    events::StateEventType,
+    OwnedRoomId, RoomAliasId, RoomId, UserId,
+};
+use serde_json::{json, Value};
+
+use crate::{Error, Result, Services};
+
+
+impl Services {
+    pub async fn create_alias(&self, user: &UserId, alias: &RoomAliasId, room_id: &RoomId) -> Result<()> {
+        if alias.server_name() != self.server_name() {
+            return Err(Error::invalid_param("Aliases must be on this server"));
+        }
+        self.known_room(room_id).await?;
+        if !self.is_joined(room_id, user).await? {
+            return Err(Error::forbidden("You are not joined to this room"));
+        }
+        diplomatie_storage::rooms::insert_alias(self.db.pool(), alias.as_str(), room_id.as_str(), user.as_str())
+            .await
+            .map_err(|e| if e.is_unique_violation() { Error::new(ErrorKind::Unknown, "Room alias already exists") } else { e.into() })
+    }
+
+    pub async fn delete_alias(&self, user: &UserId, alias: &RoomAliasId) -> Result<()> {
+        let (room_id, creator) = diplomatie_storage::rooms::get_alias(self.db.pool(), alias.as_str())
+            .await?
+            .ok_or_else(|| Error::not_found("Room alias not found"))?;
+        if creator != user.as_str() && !self.is_admin(user).await? {
+            let room_id = OwnedRoomId::try_from(room_id).map_err(|_| Error::Internal)?;
+            let levels = self.power_levels(&room_id).await?;
+            let needed = levels
+                .get("events")
+                .and_then(|e| e.get("m.room.canonical_alias"))
+                .and_then(Value::as_i64)
+                .or_else(|| levels.get("state_default").and_then(Value::as_i64))
+                .unwrap_or(50);
+            if self.user_power(&room_id, &levels, user).await? < needed {
+                return Err(Error::forbidden("You may not delete this alias"));
+            }
+        }
+        diplomatie_storage::rooms::delete_alias(self.db.pool(), alias.as_str()).await?;
+        Ok(())
+    }
+
+    pub async fn resolve_alias(&self, alias: &RoomAliasId) -> Result<OwnedRoomId> {
+        let (room_id, _) = diplomatie_storage::rooms::get_alias(self.db.pool(), alias.as_str())
+            .await?
+            .ok_or_else(|| Error::not_found("Room alias not found"))?;
+        OwnedRoomId::try_from(room_id).map_err(|_| Error::Internal)
+    }
+
+    pub async fn room_aliases(&self, user: &UserId, room_id: &RoomId) -> Result<Vec<String>> {
+        self.readable_until(user, room_id).await?;
+        Ok(diplomatie_storage::rooms::room_aliases(self.db.pool(), room_id.as_str()).await?)
+    }
+
+    pub async fn set_room_visibility(&self, user: &UserId, room_id: &RoomId, public: bool) -> Result<()> {
+        self.known_room(room_id).await?;
+        let levels = self.power_levels(room_id).await?;
+        let needed = levels.get("state_default").and_then(Value::as_i64).unwrap_or(50);
+        if self.user_power(room_id, &levels, user).await? < needed && !self.is_admin(user).await? {
+            return Err(Error::forbidden("You may not publish this room"));
+        }
+        diplomatie_storage::rooms::set_public(self.db.pool(), room_id.as_str(), public).await?;
+        Ok(())
+    }
+
+    pub async fn room_is_public(&self, room_id: &RoomId) -> Result<bool> {
+        let room = diplomatie_storage::rooms::get_room(self.db.pool(), room_id.as_str()).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        Ok(room.is_public)
+    }
+
+    /// The room's summary as the directory and the hierarchy show it.
+    pub async fn room_summary(&self, room_id: &RoomId) -> Result<Value> {
+        let state = self.current_state(room_id).await?;
+        let field = |kind: StateEventType, name: &'static str| {
+            let state = state.clone();
+            async move {
+                Ok::<_, Error>(match self.state_event_in(&state, &kind, "").await? {
+                    Some(p) => p.content_field(name),
+                    None => None,
+                })
+            }
+        };
+        let name = field(StateEventType::RoomName, "name").await?;
+        let topic = field(StateEventType::RoomTopic, "topic").await?;
+        let avatar = field(StateEventType::RoomAvatar, "url").await?;
+        let alias = field(StateEventType::RoomCanonicalAlias, "alias").await?;
+        let join_rule = field(StateEventType::RoomJoinRules, "join_rule").await?.unwrap_or(json!("invite"));
+        let visibility = field(StateEventType::RoomHistoryVisibility, "history_visibility").await?;
+        let guest = field(StateEventType::RoomGuestAccess, "guest_access").await?;
+        let room_type = field(StateEventType::RoomCreate, "type").await?;
+        let mut summary = json!({
+            "room_id": room_id,
+            "num_joined_members": self.joined_members(room_id).await?.len(),
+            "world_readable": visibility.is_some_and(|v| v == "world_readable"),
+            "guest_can_join": guest.is_some_and(|v| v == "can_join"),
+            "join_rule": join_rule,
+        });
+        for (key, value) in [("name", name), ("topic", topic), ("avatar_url", avatar), ("canonical_alias", alias), ("room_type", room_type)] {
+            if let Some(v) = value.filter(|v| !v.is_null()) {
+                summary[key] = v;
+            }
+        }
+        Ok(summary)
+    }
+
+    /// The public room directory, filtered by a search term, paginated by offset tokens.
+    pub async fn public_rooms(&self, term: Option<&str>, since: Option<&str>, limit: Option<usize>) -> Result<(Vec<Value>, Option<String>, Option<String>, usize)> {
+        let ids = diplomatie_storage::rooms::public_rooms(self.db.pool()).await?;
+        let term = term.map(str::to_lowercase).filter(|t| !t.is_empty());
+        let mut rooms = Vec::new();
+        for id in ids {
+            let Ok(room_id) = OwnedRoomId::try_from(id) else { continue };
+            let summary = self.room_summary(&room_id).await?;
+            if let Some(term) = &term {
+                let hay = ["name", "topic", "canonical_alias", "room_id"]
+                    .iter()
+                    .filter_map(|k| summary.get(*k).and_then(Value::as_str))
+                    .map(str::to_lowercase)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                if !hay.contains(term.as_str()) {
+                    continue;
+                }
+            }
+            rooms.push(summary);
+        }
+        // Largest rooms first, as Synapse orders them.
+        rooms.sort_by(|a, b| b["num_joined_members"].as_u64().cmp(&a["num_joined_members"].as_u64()).then_with(|| a["room_id"].as_str().cmp(&b["room_id"].as_str())));
+        let total = rooms.len();
+        let offset = match since {
+            Some(s) => s.trim_start_matches('o').parse::<usize>().map_err(|_| Error::invalid_param("Invalid since token"))?,
+            None => 0,
+        };
+        let limit = limit.unwrap_or(usize::MAX).max(1);
+        let page: Vec<Value> = rooms.into_iter().skip(offset).take(limit).collect();
+        let next = (offset + page.len() < total).then(|| format!("o{}", offset + page.len()));
+        let prev = (offset > 0).then(|| format!("o{}", offset.saturating_sub(limit)));
+        Ok((page, next, prev, total))
+    }
+
+    /// The user directory: local users matching the term. Results are (user id, name, avatar).
+    pub async fn search_users(&self, _searcher: &UserId, term: &str, limit: usize) -> Result<(Vec<Value>, bool)> {
+        let limit = limit.clamp(1, 100);
+        let users = diplomatie_storage::accounts::search_users(self.db.pool(), term, limit as i64 + 1).await?;
+        let limited = users.len() > limit;
+        let results = users
+            .into_iter()
+            .take(limit)
+            .map(|u| {
+                let mut v = json!({ "user_id": u.user_id });
+                if let Some(d) = u.displayname {
+                    v["display_name"] = json!(d);
+                }
+                if let Some(a) = u.avatar_url {
+                    v["avatar_url"] = json!(a);
+                }
+                v
+            })
+            .collect();
+        Ok((results, limited))
+    }
+}

@@ -1,0 +1,516 @@
+//! The room DAG: building, authorising and persisting events; room state.
+//!
+//! Every event this server creates goes through [`Services::append_event`]: it takes the room's
+//! forward extremities as `prev_events`, selects `auth_events` from the current state, hashes and
+//! signs the event (ruma-signatures), runs the authorisation rules of the room version
+//! (ruma-state-res), and persists event, state and extremities in one transaction before anyone
+//! may see it. Caches are updated only after the commit.
+
+pub mod create;
+pub mod directory;
+pub mod membership;
+pub mod timeline;
+
+use std::{
+    collections::{HashMap, HashSet},
+    num::NonZeroUsize,
+    sync::{atomic::AtomicI64, Arc, Mutex},
+};
+
+use diplomatie_storage::{events as ev_store, rooms as room_store, state as state_store};
+use lru::LruCache;
+use ruma::{
+    api::error::ErrorKind,
+    canonical_json::CanonicalJsonObject,
+    events::{StateEventType, TimelineEventType},
+    room_version_rules::{EventIdFormatVersion, RoomVersionRules},
+    state_res::{self, StateMap},
+    DeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, TransactionId, UserId,
+};
+use serde_json::{json, Value};
+
+use crate::{now_ms, Error, Pdu, Result, Services};
+
+/// A room's position in its DAG, kept in memory and changed only by the writer.
+#[derive(Clone, Debug)]
+pub struct RoomMeta {
+    pub version: RoomVersionId,
+    pub extremities: Vec<OwnedEventId>,
+    pub depth: u64,
+    /// The state group of the current state.
+    pub state_group: i64,
+    /// How many deltas separate `state_group` from a full snapshot.
+    pub chain_length: i64,
+}
+
+impl RoomMeta {
+    pub fn rules(&self) -> RoomVersionRules {
+        self.version.rules().expect("only known room versions are stored")
+    }
+}
+
+/// In-memory views of the rooms. Only the writer changes them, after its commit.
+pub struct RoomCaches {
+    meta: Mutex<HashMap<OwnedRoomId, Arc<RoomMeta>>>,
+    states: Mutex<LruCache<i64, Arc<StateMap<OwnedEventId>>>>,
+    events: Mutex<LruCache<OwnedEventId, Arc<Pdu>>>,
+    /// Users whose membership is `join`, per room.
+    joined: Mutex<HashMap<OwnedRoomId, Arc<HashSet<OwnedUserId>>>>,
+    next_state_group: AtomicI64,
+}
+
+impl Default for RoomCaches {
+    fn default() -> Self {
+        RoomCaches {
+            meta: Mutex::default(),
+            states: Mutex::new(LruCache::new(NonZeroUsize::new(2_000).unwrap())),
+            events: Mutex::new(LruCache::new(NonZeroUsize::new(50_000).unwrap())),
+            joined: Mutex::default(),
+            next_state_group: AtomicI64::new(-1),
+        }
+    }
+}
+
+/// Longest chain of state deltas before a full snapshot is written.
+const MAX_STATE_CHAIN: i64 = 64;
+
+/// What a service asks the writer to build.
+#[derive(Clone, Debug)]
+pub struct PduBuilder {
+    pub kind: TimelineEventType,
+    pub content: Value,
+    pub state_key: Option<String>,
+    pub redacts: Option<OwnedEventId>,
+    pub timestamp: Option<i64>,
+}
+
+impl PduBuilder {
+    pub fn state(kind: impl Into<TimelineEventType>, state_key: impl Into<String>, content: Value) -> Self {
+        PduBuilder { kind: kind.into(), content, state_key: Some(state_key.into()), redacts: None, timestamp: None }
+    }
+    pub fn message(kind: impl Into<TimelineEventType>, content: Value) -> Self {
+        PduBuilder { kind: kind.into(), content, state_key: None, redacts: None, timestamp: None }
+    }
+}
+
+/// The room an event goes into: an existing room, or a new one (for its create event).
+pub enum Target<'a> {
+    Room(&'a RoomId),
+    New { room_id: Option<OwnedRoomId>, version: RoomVersionId },
+}
+
+impl Services {
+    /// The DAG position of a room, or `None` if this server does not know the room.
+    pub async fn room_meta(&self, room_id: &RoomId) -> Result<Option<Arc<RoomMeta>>> {
+        if let Some(m) = self.rooms.meta.lock().unwrap().get(room_id) {
+            return Ok(Some(m.clone()));
+        }
+        let pool = self.db.pool();
+        let Some(room) = room_store::get_room(pool, room_id.as_str()).await? else { return Ok(None) };
+        let version = RoomVersionId::try_from(room.room_version.as_str()).map_err(|_| Error::Internal)?;
+        let ids = ev_store::forward_extremities(pool, room_id.as_str()).await?;
+        let mut extremities = Vec::new();
+        let mut depth = 0;
+        let mut state_group = 0;
+        for id in ids {
+            let id = OwnedEventId::try_from(id).map_err(|_| Error::Internal)?;
+            if let Some(pdu) = self.get_pdu(&id).await? {
+                depth = depth.max(u64::from(pdu.depth));
+                state_group = state_group.max(pdu.state_group);
+            }
+            extremities.push(id);
+        }
+        let chain_length = state_store::chain_length(pool, state_group).await?;
+        let meta = Arc::new(RoomMeta { version, extremities, depth, state_group, chain_length });
+        self.rooms.meta.lock().unwrap().insert(room_id.to_owned(), meta.clone());
+        Ok(Some(meta))
+    }
+
+    /// The room's meta, or `M_NOT_FOUND`.
+    pub async fn known_room(&self, room_id: &RoomId) -> Result<Arc<RoomMeta>> {
+        self.room_meta(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))
+    }
+
+    pub async fn get_pdu(&self, event_id: &ruma::EventId) -> Result<Option<Arc<Pdu>>> {
+        if let Some(p) = self.rooms.events.lock().unwrap().get(event_id) {
+            return Ok(Some(p.clone()));
+        }
+        let Some(stored) = ev_store::get_event(self.db.pool(), event_id.as_str()).await? else {
+            return Ok(None);
+        };
+        let pdu = Arc::new(Pdu::from_stored(stored)?);
+        self.rooms.events.lock().unwrap().put(event_id.to_owned(), pdu.clone());
+        Ok(Some(pdu))
+    }
+
+    /// The full state map of a state group.
+    pub async fn state_map(&self, group: i64) -> Result<Arc<StateMap<OwnedEventId>>> {
+        if group == 0 {
+            return Ok(Arc::default());
+        }
+        // Walk the delta chain up to a cached group or a snapshot, then apply the deltas.
+        let mut deltas = Vec::new();
+        let mut current = Some(group);
+        let mut base: Arc<StateMap<OwnedEventId>> = Arc::default();
+        while let Some(g) = current {
+            if let Some(s) = self.rooms.states.lock().unwrap().get(&g) {
+                base = s.clone();
+                break;
+            }
+            let Some((prev, _, entries)) = state_store::get_state_group(self.db.pool(), g).await? else {
+                tracing::error!(group = g, "missing state group");
+                return Err(Error::Internal);
+            };
+            deltas.push((g, entries));
+            current = prev;
+        }
+        let mut map = (*base).clone();
+        let mut result = base;
+        for (g, entries) in deltas.into_iter().rev() {
+            for (ty, key, id) in entries {
+                let id = OwnedEventId::try_from(id).map_err(|_| Error::Internal)?;
+                map.insert((StateEventType::from(ty), key), id);
+            }
+            result = Arc::new(map.clone());
+            self.rooms.states.lock().unwrap().put(g, result.clone());
+        }
+        Ok(result)
+    }
+
+    /// The current state of a room.
+    pub async fn current_state(&self, room_id: &RoomId) -> Result<Arc<StateMap<OwnedEventId>>> {
+        let meta = self.known_room(room_id).await?;
+        self.state_map(meta.state_group).await
+    }
+
+    /// One event of a state map.
+    pub async fn state_event_in(
+        &self,
+        state: &StateMap<OwnedEventId>,
+        kind: &StateEventType,
+        state_key: &str,
+    ) -> Result<Option<Arc<Pdu>>> {
+        match state.get(&(kind.clone(), state_key.to_owned())) {
+            Some(id) => self.get_pdu(id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// One event of the current state of a room.
+    pub async fn state_event(&self, room_id: &RoomId, kind: &StateEventType, state_key: &str) -> Result<Option<Arc<Pdu>>> {
+        let state = self.current_state(room_id).await?;
+        self.state_event_in(&state, kind, state_key).await
+    }
+
+    /// A user's current membership in a room (`None` if never a member).
+    pub async fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<String>> {
+        if self.room_meta(room_id).await?.is_none() {
+            return Ok(None);
+        }
+        Ok(self
+            .state_event(room_id, &StateEventType::RoomMember, user_id.as_str())
+            .await?
+            .and_then(|p| p.membership()))
+    }
+
+    pub async fn is_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
+        Ok(self.joined_members(room_id).await?.contains(user_id))
+    }
+
+    /// Users whose membership in the room is `join`.
+    pub async fn joined_members(&self, room_id: &RoomId) -> Result<Arc<HashSet<OwnedUserId>>> {
+        if let Some(j) = self.rooms.joined.lock().unwrap().get(room_id) {
+            return Ok(j.clone());
+        }
+        let members = state_store::room_members(self.db.pool(), room_id.as_str()).await?;
+        let joined: HashSet<OwnedUserId> = members
+            .into_iter()
+            .filter(|(_, m, _)| m == "join")
+            .filter_map(|(u, _, _)| OwnedUserId::try_from(u).ok())
+            .collect();
+        let joined = Arc::new(joined);
+        self.rooms.joined.lock().unwrap().insert(room_id.to_owned(), joined.clone());
+        Ok(joined)
+    }
+
+    /// Builds, authorises and persists an event sent by a local user. Returns the event once it
+    /// is durable. `txn` records the client's transaction id for idempotent sends.
+    pub async fn append_event(
+        &self,
+        target: Target<'_>,
+        sender: &UserId,
+        builder: PduBuilder,
+        txn: Option<(&DeviceId, &TransactionId)>,
+    ) -> Result<Arc<Pdu>> {
+        let write = self.begin_write().await;
+        let (meta, state, is_new) = match &target {
+            Target::Room(room_id) => {
+                let meta = self.known_room(room_id).await?;
+                let state = self.state_map(meta.state_group).await?;
+                (meta, state, false)
+            }
+            Target::New { version, .. } => {
+                let meta = RoomMeta { version: version.clone(), extremities: vec![], depth: 0, state_group: 0, chain_length: 0 };
+                (Arc::new(meta), Arc::default(), true)
+            }
+        };
+        let rules = meta.rules();
+        let content_raw = serde_json::value::to_raw_value(&builder.content).map_err(|_| Error::bad_json("Invalid content"))?;
+
+        // Select the auth events from the current state, and load what the auth rules may read.
+        let auth_types = state_res::auth_types_for_event(
+            &builder.kind,
+            sender,
+            builder.state_key.as_deref(),
+            &content_raw,
+            &rules.authorization,
+        )
+        .map_err(Error::bad_json)?;
+        let mut auth_events = Vec::new();
+        let mut loaded: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
+        for key in auth_types {
+            if let Some(id) = state.get(&key) {
+                auth_events.push(id.clone());
+                if let Some(p) = self.get_pdu(id).await? {
+                    loaded.insert(id.clone(), p);
+                }
+            }
+        }
+        if let Some(id) = state.get(&(StateEventType::RoomCreate, String::new())) {
+            if let Some(p) = self.get_pdu(id).await? {
+                loaded.insert(id.clone(), p);
+            }
+        }
+
+        // Assemble the PDU.
+        let room_id_field = match &target {
+            Target::Room(r) => Some((*r).to_owned()),
+            Target::New { room_id, .. } => room_id.clone(),
+        };
+        let ts = builder.timestamp.unwrap_or_else(now_ms);
+        let mut object = serde_json::Map::new();
+        object.insert("type".into(), json!(builder.kind));
+        object.insert("content".into(), builder.content.clone());
+        object.insert("sender".into(), json!(sender));
+        object.insert("origin_server_ts".into(), json!(ts));
+        object.insert("depth".into(), json!(meta.depth + 1));
+        if let Some(r) = &room_id_field {
+            object.insert("room_id".into(), json!(r));
+        }
+        if let Some(sk) = &builder.state_key {
+            object.insert("state_key".into(), json!(sk));
+        }
+        if let Some(r) = &builder.redacts {
+            if !rules.redaction.content_field_redacts {
+                object.insert("redacts".into(), json!(r));
+            }
+        }
+        if rules.event_id_format == EventIdFormatVersion::V1 {
+            // v1 and v2 reference events with their hashes, and carry their own event id.
+            object.insert("prev_events".into(), Value::Array(self.event_refs(&meta.extremities, &rules).await?));
+            object.insert("auth_events".into(), Value::Array(self.event_refs(&auth_events, &rules).await?));
+            object.insert("event_id".into(), json!(format!("${}:{}", crate::random_string(18), self.server_name())));
+        } else {
+            object.insert("prev_events".into(), json!(meta.extremities));
+            object.insert("auth_events".into(), json!(auth_events));
+        }
+        let mut canonical: CanonicalJsonObject =
+            serde_json::from_value(Value::Object(object)).map_err(|e| Error::bad_json(format!("Content is not canonical JSON: {e}")))?;
+        ruma::signatures::hash_and_sign_event(self.server_name().as_str(), &self.keys.keypair, &mut canonical, &rules.redaction)
+            .map_err(|e| Error::bad_json(format!("Cannot sign the event: {e}")))?;
+        let event_id: OwnedEventId = if rules.event_id_format == EventIdFormatVersion::V1 {
+            canonical.get("event_id").and_then(|v| v.as_str()).and_then(|s| s.try_into().ok()).ok_or(Error::Internal)?
+        } else {
+            let hash = ruma::signatures::reference_hash(&canonical, &rules)
+                .map_err(|e| Error::new(ErrorKind::TooLarge, format!("Event rejected: {e}")))?;
+            format!("${hash}").try_into().map_err(|_| Error::Internal)?
+        };
+        let room_id: OwnedRoomId = match room_id_field {
+            Some(r) => r,
+            // Since v12 the room id is the create event's id with the `!` sigil.
+            None => format!("!{}", &event_id.as_str()[1..]).try_into().map_err(|_| Error::Internal)?,
+        };
+
+        // Keep what replaced state for clients (`unsigned.prev_content`); not hashed nor signed.
+        let mut json = serde_json::to_string(&canonical).map_err(|_| Error::Internal)?;
+        let mut unsigned = serde_json::Map::new();
+        if let Some(sk) = &builder.state_key {
+            let key = (StateEventType::from(builder.kind.to_string()), sk.clone());
+            if let Some(prev_id) = state.get(&key) {
+                if let Some(prev) = self.get_pdu(prev_id).await? {
+                    unsigned.insert("replaces_state".into(), json!(prev_id));
+                    unsigned.insert("prev_content".into(), prev.content_value());
+                    unsigned.insert("prev_sender".into(), json!(prev.sender));
+                }
+            }
+        }
+        if !unsigned.is_empty() {
+            let mut v: Value = serde_json::from_str(&json).map_err(|_| Error::Internal)?;
+            v["unsigned"] = Value::Object(unsigned);
+            json = serde_json::to_string(&v).map_err(|_| Error::Internal)?;
+        }
+        let mut pdu = Pdu::from_json(event_id.clone(), json, Some(room_id.clone()))?;
+
+        // Authorise it against the room's current state.
+        state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| loaded.get(id).cloned())
+            .map_err(|reason| Error::forbidden(format!("Event not authorised: {reason}")))?;
+        if !is_new {
+            state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |kind, key| {
+                state.get(&(kind.clone(), key.to_owned())).and_then(|id| loaded.get(id)).cloned()
+            })
+            .map_err(|reason| Error::forbidden(format!("Event not authorised: {reason}")))?;
+        }
+
+        // Persist event, state, extremities and transaction id together.
+        let mut new_state = None;
+        let mut state_group = meta.state_group;
+        let mut chain_length = meta.chain_length;
+        let mut tx = self.db.begin().await?;
+        if let Target::New { version, .. } = &target {
+            room_store::insert_room(&mut tx, room_id.as_str(), version.as_str(), sender.as_str(), false, ts).await?;
+        }
+        if let Some(sk) = &pdu.state_key {
+            let mut map = (*state).clone();
+            map.insert((StateEventType::from(pdu.kind.to_string()), sk.clone()), event_id.clone());
+            let id = self.next_state_group().await?;
+            let kind = pdu.kind.to_string();
+            let (prev, owned): (Option<i64>, Vec<(String, &str, &str)>) = if meta.state_group == 0 || meta.chain_length >= MAX_STATE_CHAIN {
+                chain_length = 0;
+                (None, map.iter().map(|((t, k), e)| (t.to_string(), k.as_str(), e.as_str())).collect())
+            } else {
+                chain_length = meta.chain_length + 1;
+                (Some(meta.state_group), vec![(kind.clone(), sk.as_str(), event_id.as_str())])
+            };
+            let delta: Vec<(&str, &str, &str)> = owned.iter().map(|(t, k, e)| (t.as_str(), *k, *e)).collect();
+            state_store::insert_state_group(&mut tx, id, room_id.as_str(), prev, chain_length, &delta).await?;
+            state_store::set_current_state(&mut tx, room_id.as_str(), (&kind, sk, event_id.as_str()), pdu.membership().as_deref(), write.position).await?;
+            state_group = id;
+            new_state = Some(Arc::new(map));
+        }
+        let relation = relation_of(&pdu);
+        ev_store::insert_event(
+            &mut tx,
+            &ev_store::NewEvent {
+                stream_ordering: write.position,
+                event_id: event_id.as_str(),
+                room_id: room_id.as_str(),
+                sender: sender.as_str(),
+                event_type: &pdu.kind.to_string(),
+                state_key: pdu.state_key.as_deref(),
+                depth: i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX),
+                origin_server_ts: ts,
+                state_group,
+                rel_type: relation.as_ref().map(|r| r.0.as_str()),
+                relates_to: relation.as_ref().map(|r| r.1.as_str()),
+                json: &pdu.json,
+            },
+        )
+        .await?;
+        ev_store::set_forward_extremities(&mut tx, room_id.as_str(), &[event_id.as_str()]).await?;
+        if let Some((device, txn_id)) = txn {
+            ev_store::insert_txn(&mut tx, sender.as_str(), device.as_str(), txn_id.as_str(), event_id.as_str()).await?;
+        }
+        let redacted = match &pdu.redacts {
+            Some(target_id) if pdu.kind == TimelineEventType::RoomRedaction => {
+                self.apply_redaction(&mut tx, target_id, &event_id, &rules).await?
+            }
+            _ => None,
+        };
+        diplomatie_storage::commit(tx).await?;
+        write.publish();
+
+        // The event is durable: update the in-memory views and wake the readers.
+        pdu.stream_ordering = self.stream_position();
+        pdu.state_group = state_group;
+        let pdu = Arc::new(pdu);
+        let new_meta = RoomMeta {
+            version: meta.version.clone(),
+            extremities: vec![event_id.clone()],
+            depth: u64::from(pdu.depth),
+            state_group,
+            chain_length,
+        };
+        self.rooms.meta.lock().unwrap().insert(room_id.clone(), Arc::new(new_meta));
+        if let Some(map) = new_state {
+            self.rooms.states.lock().unwrap().put(state_group, map);
+        }
+        self.rooms.events.lock().unwrap().put(event_id.clone(), pdu.clone());
+        if let Some(redacted) = redacted {
+            self.rooms.events.lock().unwrap().put(redacted.event_id.clone(), Arc::new(redacted));
+        }
+        let mut wake: Vec<OwnedUserId> = Vec::new();
+        if pdu.kind == TimelineEventType::RoomMember {
+            if let Some(target) = pdu.state_key.as_deref().and_then(|s| OwnedUserId::try_from(s).ok()) {
+                let mut joined = self.rooms.joined.lock().unwrap();
+                if let Some(set) = joined.get_mut(&room_id) {
+                    let set = Arc::make_mut(set);
+                    if pdu.membership().as_deref() == Some("join") {
+                        set.insert(target.clone());
+                    } else {
+                        set.remove(&target);
+                    }
+                }
+                wake.push(target);
+            }
+        }
+        let joined = self.joined_members(&room_id).await?;
+        self.notifier.notify(joined.iter().map(|u| &**u).chain(wake.iter().map(|u| &**u)));
+        Ok(pdu)
+    }
+
+    /// `[event_id, {"sha256": reference hash}]` pairs for room versions 1 and 2.
+    async fn event_refs(&self, ids: &[OwnedEventId], rules: &RoomVersionRules) -> Result<Vec<Value>> {
+        let mut refs = Vec::new();
+        for id in ids {
+            let pdu = self.get_pdu(id).await?.ok_or(Error::Internal)?;
+            let hash = ruma::signatures::reference_hash(&pdu.canonical_object()?, rules).map_err(|_| Error::Internal)?;
+            refs.push(json!([id, { "sha256": hash }]));
+        }
+        Ok(refs)
+    }
+
+    async fn next_state_group(&self) -> Result<i64> {
+        use std::sync::atomic::Ordering;
+        if self.rooms.next_state_group.load(Ordering::Acquire) < 0 {
+            let max = state_store::max_state_group(self.db.pool()).await?;
+            let _ = self.rooms.next_state_group.compare_exchange(-1, max + 1, Ordering::AcqRel, Ordering::Acquire);
+        }
+        Ok(self.rooms.next_state_group.fetch_add(1, Ordering::AcqRel))
+    }
+
+    /// Replaces the redacted event's stored JSON by its redacted form (inside the writer's
+    /// transaction). Returns the redacted event for the cache.
+    async fn apply_redaction(
+        &self,
+        tx: &mut diplomatie_storage::Connection,
+        target_id: &ruma::EventId,
+        redaction_id: &ruma::EventId,
+        rules: &RoomVersionRules,
+    ) -> Result<Option<Pdu>> {
+        let Some(target) = self.get_pdu(target_id).await? else { return Ok(None) };
+        let object = target.canonical_object()?;
+        let mut redacted = ruma::canonical_json::redact(object, &rules.redaction, None).map_err(|_| Error::Internal)?;
+        redacted.remove("unsigned");
+        let json = serde_json::to_string(&redacted).map_err(|_| Error::Internal)?;
+        ev_store::redact_event(tx, target_id.as_str(), redaction_id.as_str(), &json).await?;
+        let mut pdu = Pdu::from_json(target.event_id.clone(), json, Some(target.room_id.clone()))?;
+        pdu.stream_ordering = target.stream_ordering;
+        pdu.state_group = target.state_group;
+        pdu.redacted_by = Some(redaction_id.to_string());
+        Ok(Some(pdu))
+    }
+}
+
+/// The (rel_type, event id) an event relates to, from `m.relates_to`.
+fn relation_of(pdu: &Pdu) -> Option<(String, String)> {
+    let rel = pdu.content_field("m.relates_to")?;
+    let rel_type = rel.get("rel_type").and_then(Value::as_str);
+    let event_id = rel.get("event_id").and_then(Value::as_str);
+    match (rel_type, event_id) {
+        (Some(t), Some(e)) => Some((t.to_owned(), e.to_owned())),
+        _ => {
+            let reply = rel.get("m.in_reply_to")?.get("event_id")?.as_str()?;
+            Some(("m.in_reply_to".to_owned(), reply.to_owned()))
+        }
+    }
+}

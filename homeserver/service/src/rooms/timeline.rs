@@ -1,0 +1,466 @@
+//! Sending events and reading the timeline: send, state, redact, get event, `/messages`,
+//! `/context`, relations and threads; and the history visibility rules that bound every read.
+//!
+//! Pagination tokens are stream positions: token `t` stands between the events at positions `t`
+//! and `t + 1`, so backwards pagination from `t` returns events at `t` and below.
+
+use std::{collections::HashSet, sync::Arc};
+
+use diplomatie_storage::events as ev_store;
+use ruma::{
+    api::error::ErrorKind,
+    events::{StateEventType, TimelineEventType},
+    DeviceId, EventId, OwnedEventId, RoomId, TransactionId, UserId,
+};
+use serde_json::{json, Value};
+
+use super::{PduBuilder, Target};
+use crate::{Error, Pdu, Result, Services};
+
+/// A filter on room events (`RoomEventFilter`), with the fields the server applies.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct EventFilter {
+    pub limit: Option<u64>,
+    pub types: Option<Vec<String>>,
+    pub not_types: Vec<String>,
+    pub senders: Option<Vec<String>>,
+    pub not_senders: Vec<String>,
+    pub contains_url: Option<bool>,
+    pub lazy_load_members: bool,
+    pub include_redundant_members: bool,
+    pub rooms: Option<Vec<String>>,
+    pub not_rooms: Vec<String>,
+}
+
+fn type_matches(pattern: &str, kind: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => kind.starts_with(prefix),
+        None => pattern == kind,
+    }
+}
+
+impl EventFilter {
+    pub fn allows(&self, pdu: &Pdu) -> bool {
+        let kind = pdu.kind.to_string();
+        if let Some(types) = &self.types {
+            if !types.iter().any(|t| type_matches(t, &kind)) {
+                return false;
+            }
+        }
+        if self.not_types.iter().any(|t| type_matches(t, &kind)) {
+            return false;
+        }
+        if let Some(senders) = &self.senders {
+            if !senders.iter().any(|s| s == pdu.sender.as_str()) {
+                return false;
+            }
+        }
+        if self.not_senders.iter().any(|s| s == pdu.sender.as_str()) {
+            return false;
+        }
+        if let Some(want) = self.contains_url {
+            let has = pdu.content_field("url").is_some_and(|u| u.is_string());
+            if has != want {
+                return false;
+            }
+        }
+        true
+    }
+
+    pub fn allows_room(&self, room_id: &RoomId) -> bool {
+        if let Some(rooms) = &self.rooms {
+            if !rooms.iter().any(|r| r == room_id.as_str()) {
+                return false;
+            }
+        }
+        !self.not_rooms.iter().any(|r| r == room_id.as_str())
+    }
+}
+
+/// A page of events with the tokens around it.
+pub struct Page {
+    pub events: Vec<Arc<Pdu>>,
+    pub start: String,
+    pub end: Option<String>,
+    pub state: Vec<Arc<Pdu>>,
+}
+
+/// Parses a pagination token: our own positions, or a `/sync` token (its event position).
+pub fn parse_token(token: &str) -> Result<i64> {
+    let pos = token.trim_start_matches(['s', 't']).split('_').next().unwrap_or("");
+    pos.parse().map_err(|_| Error::invalid_param("Invalid pagination token"))
+}
+
+impl Services {
+    /// Sends a message-like event, idempotently per (device, transaction id).
+    pub async fn send_message(
+        &self,
+        sender: &UserId,
+        device: &DeviceId,
+        room_id: &RoomId,
+        kind: &str,
+        txn_id: &TransactionId,
+        content: Value,
+    ) -> Result<OwnedEventId> {
+        if let Some(id) = ev_store::txn_event(self.db.pool(), sender.as_str(), device.as_str(), txn_id.as_str()).await? {
+            return OwnedEventId::try_from(id).map_err(|_| Error::Internal);
+        }
+        self.known_room(room_id).await?;
+        if !self.is_joined(room_id, sender).await? {
+            return Err(Error::forbidden("You are not joined to this room"));
+        }
+        if kind == "m.room.redaction" {
+            return Err(Error::bad_json("Redact with the /redact endpoint"));
+        }
+        let pdu = self.append_event(Target::Room(room_id), sender, PduBuilder::message(kind, content), Some((device, txn_id))).await?;
+        Ok(pdu.event_id.clone())
+    }
+
+    /// Sets a piece of room state.
+    pub async fn send_state(&self, sender: &UserId, room_id: &RoomId, kind: &str, state_key: &str, content: Value) -> Result<OwnedEventId> {
+        self.known_room(room_id).await?;
+        if kind == "m.room.member" {
+            // Membership changes go through their own endpoints, but clients (and Element) also
+            // set their own member event to change their per-room profile.
+            if state_key != sender.as_str() {
+                return Err(Error::forbidden("Use the membership endpoints to change another user's membership"));
+            }
+        } else if !self.is_joined(room_id, sender).await? {
+            return Err(Error::forbidden("You are not joined to this room"));
+        }
+        if kind == "m.room.create" {
+            return Err(Error::forbidden("The create event cannot be replaced"));
+        }
+        if kind == "m.room.canonical_alias" {
+            self.check_canonical_alias(room_id, &content).await?;
+        }
+        if kind == "m.room.encryption" {
+            if let Some(current) = self.state_event(room_id, &StateEventType::RoomEncryption, "").await? {
+                if current.content_value() != content {
+                    return Err(Error::forbidden("Encryption cannot be changed or turned off once enabled"));
+                }
+            }
+        }
+        let pdu = self.append_event(Target::Room(room_id), sender, PduBuilder::state(kind, state_key, content), None).await?;
+        Ok(pdu.event_id.clone())
+    }
+
+    /// A canonical alias must point at this room (spec: `M_BAD_ALIAS` otherwise).
+    async fn check_canonical_alias(&self, room_id: &RoomId, content: &Value) -> Result<()> {
+        let mut aliases: Vec<&str> = Vec::new();
+        if let Some(a) = content.get("alias").and_then(Value::as_str) {
+            aliases.push(a);
+        }
+        if let Some(alts) = content.get("alt_aliases").and_then(Value::as_array) {
+            aliases.extend(alts.iter().filter_map(Value::as_str));
+        }
+        for alias in aliases {
+            let parsed = ruma::RoomAliasId::parse(alias).map_err(|_| Error::invalid_param(format!("Invalid alias {alias}")))?;
+            if parsed.server_name() == self.server_name() {
+                match diplomatie_storage::rooms::get_alias(self.db.pool(), alias).await? {
+                    Some((r, _)) if r == room_id.as_str() => {}
+                    _ => return Err(Error::new(ErrorKind::BadAlias, format!("{alias} does not point to this room"))),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Redacts an event: its sender, or someone with the room's redact power, may.
+    pub async fn redact(
+        &self,
+        sender: &UserId,
+        device: &DeviceId,
+        room_id: &RoomId,
+        target: &EventId,
+        txn_id: &TransactionId,
+        reason: Option<String>,
+    ) -> Result<OwnedEventId> {
+        if let Some(id) = ev_store::txn_event(self.db.pool(), sender.as_str(), device.as_str(), txn_id.as_str()).await? {
+            return OwnedEventId::try_from(id).map_err(|_| Error::Internal);
+        }
+        let meta = self.known_room(room_id).await?;
+        if !self.is_joined(room_id, sender).await? {
+            return Err(Error::forbidden("You are not joined to this room"));
+        }
+        let original = self.get_pdu(target).await?.filter(|p| p.room() == room_id).ok_or_else(|| Error::not_found("Event not found"))?;
+        if original.sender != sender {
+            let levels = self.power_levels(room_id).await?;
+            let needed = levels.get("redact").and_then(Value::as_i64).unwrap_or(50);
+            if self.user_power(room_id, &levels, sender).await? < needed {
+                return Err(Error::forbidden("You may only redact your own events"));
+            }
+        }
+        let mut content = json!({});
+        if let Some(r) = reason {
+            content["reason"] = json!(r);
+        }
+        if meta.rules().redaction.content_field_redacts {
+            content["redacts"] = json!(target);
+        }
+        let builder = PduBuilder { kind: TimelineEventType::RoomRedaction, content, state_key: None, redacts: Some(target.to_owned()), timestamp: None };
+        let pdu = self.append_event(Target::Room(room_id), sender, builder, Some((device, txn_id))).await?;
+        Ok(pdu.event_id.clone())
+    }
+
+    /// Whether `user` may see `pdu`, by the history visibility at the event.
+    pub async fn can_see_event(&self, user: &UserId, pdu: &Pdu) -> Result<bool> {
+        let state = self.state_map(pdu.state_group).await?;
+        let visibility = self
+            .state_event_in(&state, &StateEventType::RoomHistoryVisibility, "")
+            .await?
+            .and_then(|p| p.content_field("history_visibility"))
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "shared".into());
+        if visibility == "world_readable" {
+            return Ok(true);
+        }
+        let at_event = self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await?.and_then(|p| p.membership());
+        if at_event.as_deref() == Some("join") {
+            return Ok(true);
+        }
+        match visibility.as_str() {
+            "shared" => Ok(self.is_joined(pdu.room(), user).await?),
+            "invited" => Ok(at_event.as_deref() == Some("invite") || self.is_joined(pdu.room(), user).await? && at_event.is_some()),
+            _ => Ok(false),
+        }
+    }
+
+    /// The highest stream position of the room `user` may read: everything while joined, up
+    /// to their leave (or ban) otherwise. `M_FORBIDDEN` for users never in the room, unless it is
+    /// world readable.
+    pub async fn readable_until(&self, user: &UserId, room_id: &RoomId) -> Result<i64> {
+        self.known_room(room_id).await?;
+        let Some(member) = self.state_event(room_id, &StateEventType::RoomMember, user.as_str()).await? else {
+            if self.is_world_readable(room_id).await? {
+                return Ok(self.stream_position());
+            }
+            return Err(Error::forbidden("You are not a member of this room"));
+        };
+        match member.membership().as_deref() {
+            Some("join") => Ok(self.stream_position()),
+            Some("invite" | "knock") if !self.is_world_readable(room_id).await? => Ok(member.stream_ordering),
+            _ => Ok(member.stream_ordering),
+        }
+    }
+
+    async fn is_world_readable(&self, room_id: &RoomId) -> Result<bool> {
+        Ok(self
+            .state_event(room_id, &StateEventType::RoomHistoryVisibility, "")
+            .await?
+            .and_then(|p| p.content_field("history_visibility"))
+            .is_some_and(|v| v == "world_readable"))
+    }
+
+    /// `GET /rooms/{roomId}/event/{eventId}`.
+    pub async fn event_for_user(&self, user: &UserId, room_id: &RoomId, event_id: &EventId) -> Result<Arc<Pdu>> {
+        let until = self.readable_until(user, room_id).await?;
+        let pdu = self.get_pdu(event_id).await?.filter(|p| p.room() == room_id).ok_or_else(|| Error::not_found("Event not found"))?;
+        if pdu.stream_ordering > until || !self.can_see_event(user, &pdu).await? {
+            return Err(Error::not_found("Event not found"));
+        }
+        Ok(pdu)
+    }
+
+    /// Reads a page of visible events between stream positions.
+    async fn visible_page(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        from: i64,
+        to: i64,
+        backwards: bool,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<(Vec<Arc<Pdu>>, Option<i64>)> {
+        let mut out = Vec::new();
+        let (mut lo, mut hi) = (from, to);
+        // Read in batches until the page is full, skipping what the filter or visibility hides.
+        loop {
+            let batch = ev_store::room_events(self.db.pool(), room_id.as_str(), lo, hi, backwards, (limit * 2).max(20) as i64).await?;
+            let exhausted = batch.len() < (limit * 2).max(20);
+            let mut last = None;
+            for stored in batch {
+                let so = stored.stream_ordering;
+                last = Some(so);
+                let pdu = match self.get_pdu(<&EventId>::try_from(stored.event_id.as_str()).map_err(|_| Error::Internal)?).await? {
+                    Some(p) => p,
+                    None => continue,
+                };
+                if filter.allows(&pdu) && self.can_see_event(user, &pdu).await? {
+                    out.push(pdu);
+                    if out.len() >= limit {
+                        let next = if backwards { so - 1 } else { so };
+                        return Ok((out, Some(next)));
+                    }
+                }
+            }
+            match last {
+                Some(so) if !exhausted => {
+                    if backwards {
+                        hi = so - 1;
+                    } else {
+                        lo = so;
+                    }
+                }
+                _ => return Ok((out, None)),
+            }
+        }
+    }
+
+    /// `GET /rooms/{roomId}/messages`.
+    pub async fn messages(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        from: Option<&str>,
+        to: Option<&str>,
+        backwards: bool,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<Page> {
+        let until = self.readable_until(user, room_id).await?;
+        let limit = limit.clamp(1, 1000);
+        let from_pos = match from {
+            Some(t) => parse_token(t)?,
+            None if backwards => until,
+            None => 0,
+        };
+        let to_pos = to.map(parse_token).transpose()?;
+        let (events, next) = if backwards {
+            let hi = from_pos.min(until);
+            let lo = to_pos.unwrap_or(0);
+            self.visible_page(user, room_id, lo, hi, true, limit, filter).await?
+        } else {
+            let hi = to_pos.unwrap_or(i64::MAX).min(until);
+            self.visible_page(user, room_id, from_pos, hi, false, limit, filter).await?
+        };
+        let state = if filter.lazy_load_members { self.member_events_for(room_id, &events, user).await? } else { Vec::new() };
+        Ok(Page { events, start: from_pos.to_string(), end: next.map(|n| n.to_string()), state })
+    }
+
+    /// The current member events of the senders of `events` (lazy-loading members).
+    pub async fn member_events_for(&self, room_id: &RoomId, events: &[Arc<Pdu>], user: &UserId) -> Result<Vec<Arc<Pdu>>> {
+        let state = self.current_state(room_id).await?;
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for sender in events.iter().map(|e| e.sender.as_str()).chain(std::iter::once(user.as_str())) {
+            if seen.insert(sender.to_owned()) {
+                if let Some(p) = self.state_event_in(&state, &StateEventType::RoomMember, sender).await? {
+                    out.push(p);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `GET /rooms/{roomId}/context/{eventId}`: events around one event, and the state.
+    pub async fn context(&self, user: &UserId, room_id: &RoomId, event_id: &EventId, limit: usize, filter: &EventFilter) -> Result<(Arc<Pdu>, Page, Page)> {
+        let event = self.event_for_user(user, room_id, event_id).await?;
+        let until = self.readable_until(user, room_id).await?;
+        let before_n = limit / 2;
+        let after_n = limit - before_n;
+        let (before, before_next) = if before_n > 0 {
+            self.visible_page(user, room_id, 0, event.stream_ordering - 1, true, before_n, filter).await?
+        } else {
+            (Vec::new(), None)
+        };
+        let (after, after_next) = if after_n > 0 {
+            self.visible_page(user, room_id, event.stream_ordering, until, false, after_n, filter).await?
+        } else {
+            (Vec::new(), None)
+        };
+        let start = before_next.unwrap_or(before.last().map_or(event.stream_ordering - 1, |e| e.stream_ordering - 1));
+        let end = after_next.unwrap_or(after.last().map_or(event.stream_ordering, |e| e.stream_ordering));
+        let last = after.last().cloned().unwrap_or_else(|| event.clone());
+        let state_map = self.state_map(last.state_group).await?;
+        let mut state = Vec::new();
+        for ((kind, key), id) in state_map.iter() {
+            if filter.lazy_load_members && *kind == StateEventType::RoomMember {
+                let relevant = key == user.as_str() || before.iter().chain(after.iter()).chain(std::iter::once(&event)).any(|e| e.sender.as_str() == key);
+                if !relevant {
+                    continue;
+                }
+            }
+            if let Some(p) = self.get_pdu(id).await? {
+                state.push(p);
+            }
+        }
+        Ok((
+            event,
+            Page { events: before, start: start.to_string(), end: None, state },
+            Page { events: after, start: String::new(), end: Some(end.to_string()), state: Vec::new() },
+        ))
+    }
+
+    /// `GET /rooms/{roomId}/relations/{eventId}[/{relType}[/{eventType}]]`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn relations(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        event_id: &EventId,
+        rel_type: Option<&str>,
+        event_type: Option<&str>,
+        from: Option<&str>,
+        to: Option<&str>,
+        backwards: bool,
+        limit: usize,
+    ) -> Result<(Vec<Arc<Pdu>>, Option<String>)> {
+        self.event_for_user(user, room_id, event_id).await?;
+        let until = self.readable_until(user, room_id).await?;
+        let limit = limit.clamp(1, 1000);
+        let (lo, hi) = match (backwards, from.map(parse_token).transpose()?, to.map(parse_token).transpose()?) {
+            (true, f, t) => (t.unwrap_or(0), f.unwrap_or(until).min(until)),
+            (false, f, t) => (f.unwrap_or(0), t.unwrap_or(until).min(until)),
+        };
+        let rows = ev_store::relations(self.db.pool(), event_id.as_str(), rel_type, event_type, lo, hi, backwards, limit as i64 + 1).await?;
+        let more = rows.len() > limit;
+        let mut out = Vec::new();
+        let mut last = None;
+        for stored in rows.into_iter().take(limit) {
+            last = Some(stored.stream_ordering);
+            let pdu = Arc::new(Pdu::from_stored(stored)?);
+            if self.can_see_event(user, &pdu).await? {
+                out.push(pdu);
+            }
+        }
+        let next = if more { last.map(|so| if backwards { so - 1 } else { so }.to_string()) } else { None };
+        Ok((out, next))
+    }
+
+    /// `GET /rooms/{roomId}/threads`: thread roots by latest activity, with their summaries.
+    pub async fn threads(&self, user: &UserId, room_id: &RoomId, participated_only: bool, from: Option<&str>, limit: usize) -> Result<(Vec<Value>, Option<String>)> {
+        let until = self.readable_until(user, room_id).await?;
+        let before = from.map(parse_token).transpose()?.unwrap_or(until + 1);
+        let limit = limit.clamp(1, 100);
+        let rows = ev_store::threads(self.db.pool(), room_id.as_str(), before, limit as i64 + 1).await?;
+        let more = rows.len() > limit;
+        let mut out = Vec::new();
+        let mut last = None;
+        for (root_id, latest, count) in rows.into_iter().take(limit) {
+            last = Some(latest);
+            let Ok(root_id) = OwnedEventId::try_from(root_id) else { continue };
+            let Some(root) = self.get_pdu(&root_id).await? else { continue };
+            if !self.can_see_event(user, &root).await? {
+                continue;
+            }
+            let replies = ev_store::relations(self.db.pool(), root_id.as_str(), Some("m.thread"), None, 0, i64::MAX, true, 1000).await?;
+            let participated = root.sender == user || replies.iter().any(|r| r.json.contains(&format!("\"sender\":\"{user}\"")));
+            if participated_only && !participated {
+                continue;
+            }
+            let latest_event = match replies.first() {
+                Some(s) => Some(Pdu::from_stored(s.clone())?.to_client(true)),
+                None => None,
+            };
+            let mut value = root.to_client(true);
+            value["unsigned"]["m.relations"] = json!({
+                "m.thread": { "latest_event": latest_event, "count": count, "current_user_participated": participated }
+            });
+            out.push(value);
+        }
+        Ok((out, if more { last.map(|l| l.to_string()) } else { None }))
+    }
+}

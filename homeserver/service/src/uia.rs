@@ -1,0 +1,119 @@
+//! User-interactive authentication (the spec's UIA): sessions, flows and stages.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use ruma::{
+    api::{
+        client::uiaa::{AuthData, AuthFlow, AuthType, UiaaInfo, UserIdentifier},
+        error::{ErrorKind, StandardErrorBody},
+    },
+    UserId,
+};
+
+use crate::{Error, Result, Services};
+
+/// How long a UIA session may stay unfinished.
+const SESSION_LIFETIME: Duration = Duration::from_secs(30 * 60);
+
+struct Session {
+    completed: Vec<AuthType>,
+    created: Instant,
+}
+
+#[derive(Default)]
+pub struct UiaSessions {
+    sessions: Mutex<HashMap<String, Session>>,
+}
+
+impl Services {
+    /// Runs one step of user-interactive authentication. `Ok(())` once a flow is complete;
+    /// otherwise the spec's 401 with the flows, the completed stages and the session.
+    /// `user` is whom the password stage must authenticate.
+    pub async fn user_interactive_auth(&self, flows: &[Vec<AuthType>], auth: Option<&AuthData>, user: Option<&UserId>) -> Result<()> {
+        let info = |session: String, completed: Vec<AuthType>, error: Option<StandardErrorBody>| {
+            let mut info = UiaaInfo::new(flows.iter().map(|f| AuthFlow::new(f.clone())).collect());
+            info.session = Some(session);
+            info.completed = completed;
+            info.auth_error = error.map(Box::new);
+            Error::Uiaa(Box::new(info))
+        };
+        let Some(auth) = auth else {
+            let session = crate::random_string(24);
+            self.uia.sessions.lock().unwrap().insert(session.clone(), Session { completed: vec![], created: Instant::now() });
+            return Err(info(session, vec![], None));
+        };
+        let session_id = match auth.session() {
+            Some(s) => s.to_owned(),
+            None => {
+                let s = crate::random_string(24);
+                self.uia.sessions.lock().unwrap().insert(s.clone(), Session { completed: vec![], created: Instant::now() });
+                s
+            }
+        };
+        let completed = {
+            let mut sessions = self.uia.sessions.lock().unwrap();
+            sessions.retain(|_, s| s.created.elapsed() < SESSION_LIFETIME);
+            match sessions.get(&session_id) {
+                Some(s) => s.completed.clone(),
+                None => return Err(Error::new(ErrorKind::Unknown, "Unknown or expired UIA session")),
+            }
+        };
+
+        // Check the stage the client just completed.
+        let stage = auth.auth_type();
+        let allowed = stage.as_ref().is_some_and(|t| flows.iter().any(|f| f.contains(t)));
+        if !allowed {
+            let err = StandardErrorBody::new(ErrorKind::Unrecognized, "This stage is not offered here".into());
+            return Err(info(session_id, completed, Some(err)));
+        }
+        let check = match auth {
+            AuthData::Dummy(_) => Ok(()),
+            AuthData::Password(p) => self.check_password_stage(&p.identifier, &p.password, user).await,
+            AuthData::RegistrationToken(t) => self.check_registration_token(&t.token).await,
+            _ => Err(Error::new(ErrorKind::Unrecognized, "Unsupported stage")),
+        };
+        if let Err(e) = check {
+            return Err(info(session_id, completed, Some(e.body())));
+        }
+        let stage = stage.expect("checked above");
+        let mut completed = completed;
+        if !completed.contains(&stage) {
+            completed.push(stage);
+        }
+        if flows.iter().any(|f| f.iter().all(|s| completed.contains(s))) {
+            self.uia.sessions.lock().unwrap().remove(&session_id);
+            return Ok(());
+        }
+        if let Some(s) = self.uia.sessions.lock().unwrap().get_mut(&session_id) {
+            s.completed = completed.clone();
+        }
+        Err(info(session_id, completed, None))
+    }
+
+    async fn check_password_stage(&self, identifier: &UserIdentifier, password: &str, user: Option<&UserId>) -> Result<()> {
+        let UserIdentifier::Matrix(id) = identifier else {
+            return Err(Error::new(ErrorKind::Unrecognized, "Only user identifiers are supported"));
+        };
+        let claimed = self.parse_local_user(&id.user)?;
+        if user.is_some_and(|u| u != claimed) {
+            return Err(Error::forbidden("Invalid username or password"));
+        }
+        self.verify_password(&claimed, password).await
+    }
+
+    async fn check_registration_token(&self, token: &str) -> Result<()> {
+        let valid = match diplomatie_storage::accounts::get_registration_token(self.db.pool(), token).await? {
+            Some(t) => t.uses_allowed.is_none_or(|n| t.completed < n) && t.expiry_ts.is_none_or(|e| e > crate::now_ms()),
+            None => false,
+        };
+        if valid {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::Unauthorized, "Invalid registration token"))
+        }
+    }
+}
