@@ -1,1 +1,183 @@
+//! The HTTP layer of Diplomatie: the only crate that knows routes and status codes.
+//!
+//! Each handler takes a typed ruma request (parsed and authenticated by [`ruma_wrapper::Ruma`])
+//! and calls the services. Routes are registered from ruma's own path tables, so every version
+//! of a path the spec lists (`r0`, `v3`, unstable prefixes) reaches the same handler.
 
+pub mod admin;
+pub mod client;
+pub mod error;
+pub mod ruma_wrapper;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    extract::Request,
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use diplomatie_service::{Error, Services};
+use ruma::api::client as c;
+use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer, trace::TraceLayer};
+
+use crate::{client::*, error::ApiError, ruma_wrapper::route};
+
+/// Builds the application: every route, CORS for web clients, per-request tracing spans, and
+/// the spec's `M_UNRECOGNIZED` for everything else.
+pub fn router(services: Arc<Services>) -> Router {
+    let r = Router::new();
+    // Discovery
+    let r = r
+        .route("/_matrix/client/versions", get(discovery::versions))
+        .route(
+            "/.well-known/matrix/client",
+            get(discovery::well_known_client),
+        )
+        .route(
+            "/.well-known/matrix/server",
+            get(discovery::well_known_server),
+        )
+        .route(
+            "/_matrix/client/v3/capabilities",
+            get(discovery::capabilities),
+        )
+        .route(
+            "/_matrix/client/r0/capabilities",
+            get(discovery::capabilities),
+        );
+    // Accounts and sessions
+    let r = route::<c::account::register::v3::Request, _, _>(r, account::register);
+    let r = route::<c::account::get_username_availability::v3::Request, _, _>(
+        r,
+        account::username_available,
+    );
+    let r = route::<c::account::check_registration_token_validity::v1::Request, _, _>(
+        r,
+        account::registration_token_validity,
+    );
+    let r = route::<c::session::get_login_types::v3::Request, _, _>(r, account::login_types);
+    let r = route::<c::session::login::v3::Request, _, _>(r, account::login);
+    let r = route::<c::session::refresh_token::v3::Request, _, _>(r, account::refresh);
+    let r = route::<c::session::logout::v3::Request, _, _>(r, account::logout);
+    let r = route::<c::session::logout_all::v3::Request, _, _>(r, account::logout_all);
+    let r = route::<c::account::whoami::v3::Request, _, _>(r, account::whoami);
+    let r = route::<c::account::change_password::v3::Request, _, _>(r, account::change_password);
+    let r = route::<c::account::deactivate::v3::Request, _, _>(r, account::deactivate);
+    let r = route::<c::device::get_devices::v3::Request, _, _>(r, account::devices);
+    let r = route::<c::device::get_device::v3::Request, _, _>(r, account::device);
+    let r = route::<c::device::update_device::v3::Request, _, _>(r, account::update_device);
+    let r = route::<c::device::delete_device::v3::Request, _, _>(r, account::delete_device);
+    let r = route::<c::device::delete_devices::v3::Request, _, _>(r, account::delete_devices);
+    let r = route::<c::profile::get_profile::v3::Request, _, _>(r, account::profile);
+    let r = r
+        .route(
+            "/_matrix/client/v3/profile/{user_id}/{field}",
+            get(account::profile_field_untyped).put(account::set_profile_field),
+        )
+        .route(
+            "/_matrix/client/r0/profile/{user_id}/{field}",
+            get(account::profile_field_untyped).put(account::set_profile_field),
+        );
+    // Rooms
+    let r = route::<c::room::create_room::v3::Request, _, _>(r, rooms::create_room);
+    let r = route::<c::membership::join_room_by_id::v3::Request, _, _>(r, rooms::join_by_id);
+    let r = route::<c::membership::join_room_by_id_or_alias::v3::Request, _, _>(
+        r,
+        rooms::join_by_id_or_alias,
+    );
+    let r = route::<c::knock::knock_room::v3::Request, _, _>(r, rooms::knock);
+    let r = route::<c::membership::invite_user::v3::Request, _, _>(r, rooms::invite);
+    let r = route::<c::membership::leave_room::v3::Request, _, _>(r, rooms::leave);
+    let r = route::<c::membership::forget_room::v3::Request, _, _>(r, rooms::forget);
+    let r = route::<c::membership::kick_user::v3::Request, _, _>(r, rooms::kick);
+    let r = route::<c::membership::ban_user::v3::Request, _, _>(r, rooms::ban);
+    let r = route::<c::membership::unban_user::v3::Request, _, _>(r, rooms::unban);
+    let r = route::<c::membership::joined_rooms::v3::Request, _, _>(r, rooms::joined_rooms);
+    let r = route::<c::membership::get_member_events::v3::Request, _, _>(r, rooms::members);
+    let r = route::<c::membership::joined_members::v3::Request, _, _>(r, rooms::joined_members);
+    let r = route::<c::state::get_state_events::v3::Request, _, _>(r, rooms::state);
+    let r = route::<c::state::get_state_event_for_key::v3::Request, _, _>(r, rooms::state_event);
+    let r = route::<c::state::send_state_event::v3::Request, _, _>(r, rooms::send_state);
+    let r = route::<c::room::aliases::v3::Request, _, _>(r, rooms::room_aliases);
+    let r = route::<c::alias::get_alias::v3::Request, _, _>(r, rooms::get_alias);
+    let r = route::<c::alias::create_alias::v3::Request, _, _>(r, rooms::create_alias);
+    let r = route::<c::alias::delete_alias::v3::Request, _, _>(r, rooms::delete_alias);
+    let r =
+        route::<c::directory::get_room_visibility::v3::Request, _, _>(r, rooms::room_visibility);
+    let r = route::<c::directory::set_room_visibility::v3::Request, _, _>(r, rooms::set_visibility);
+    let r = route::<c::directory::get_public_rooms::v3::Request, _, _>(r, rooms::public_rooms);
+    let r = route::<c::directory::get_public_rooms_filtered::v3::Request, _, _>(
+        r,
+        rooms::public_rooms_filtered,
+    );
+    let r = route::<c::user_directory::search_users::v3::Request, _, _>(r, rooms::search_users);
+    // Events
+    let r = route::<c::message::send_message_event::v3::Request, _, _>(r, events::send_message);
+    let r = route::<c::redact::redact_event::v3::Request, _, _>(r, events::redact);
+    let r = route::<c::room::get_room_event::v3::Request, _, _>(r, events::get_event);
+    let r = route::<c::message::get_message_events::v3::Request, _, _>(r, events::messages);
+    let r = route::<c::context::get_context::v3::Request, _, _>(r, events::context);
+    let r = route::<c::relations::get_relating_events::v1::Request, _, _>(r, events::relations);
+    let r = route::<c::relations::get_relating_events_with_rel_type::v1::Request, _, _>(
+        r,
+        events::relations_with_type,
+    );
+    let r = route::<
+        c::relations::get_relating_events_with_rel_type_and_event_type::v1::Request,
+        _,
+        _,
+    >(r, events::relations_with_type_and_event_type);
+    let r = route::<c::threads::get_threads::v1::Request, _, _>(r, events::threads);
+    // Sync and its streams
+    let r = route::<c::sync::sync_events::v3::Request, _, _>(r, sync::sync);
+    let r = route::<c::filter::create_filter::v3::Request, _, _>(r, sync::create_filter);
+    let r = route::<c::filter::get_filter::v3::Request, _, _>(r, sync::get_filter);
+    let r = route::<c::typing::create_typing_event::v3::Request, _, _>(r, sync::typing);
+    let r = route::<c::receipt::create_receipt::v3::Request, _, _>(r, sync::receipt);
+    let r = route::<c::read_marker::set_read_marker::v3::Request, _, _>(r, sync::read_markers);
+    let r = route::<c::config::set_global_account_data::v3::Request, _, _>(
+        r,
+        sync::set_global_account_data,
+    );
+    let r = route::<c::config::get_global_account_data::v3::Request, _, _>(
+        r,
+        sync::global_account_data,
+    );
+    let r = route::<c::config::set_room_account_data::v3::Request, _, _>(
+        r,
+        sync::set_room_account_data,
+    );
+    let r =
+        route::<c::config::get_room_account_data::v3::Request, _, _>(r, sync::room_account_data);
+    let r = route::<c::tag::get_tags::v3::Request, _, _>(r, sync::tags);
+    let r = route::<c::tag::create_tag::v3::Request, _, _>(r, sync::set_tag);
+    let r = route::<c::tag::delete_tag::v3::Request, _, _>(r, sync::delete_tag);
+    let r = route::<c::presence::set_presence::v3::Request, _, _>(r, sync::set_presence);
+    let r = route::<c::presence::get_presence::v3::Request, _, _>(r, sync::presence);
+    // Synapse-compatible administration
+    let r = r.route(
+        "/_synapse/admin/v1/register",
+        get(admin::register_nonce).post(admin::register),
+    );
+
+    r.fallback(unrecognized)
+        .method_not_allowed_fallback(unrecognized)
+        .with_state(services)
+        .layer(CorsLayer::very_permissive().max_age(Duration::from_secs(86400)))
+        .layer(CatchPanicLayer::custom(|_| ApiError(Error::Internal).into_response()))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+        }))
+}
+
+/// Any endpoint this server does not implement: the spec's `M_UNRECOGNIZED`.
+async fn unrecognized(req: Request) -> Response {
+    let status = if req.method() == http::Method::OPTIONS {
+        http::StatusCode::OK
+    } else {
+        http::StatusCode::NOT_FOUND
+    };
+    let body = serde_json::json!({ "errcode": "M_UNRECOGNIZED", "error": "Unrecognized request" });
+    (status, axum::Json(body)).into_response()
+}

@@ -69,7 +69,7 @@ impl Default for Config {
             database_url: String::new(),
             database_max_connections: 16,
             public_baseurl: String::new(),
-            default_room_version: "10".into(),
+            default_room_version: "12".into(),
             max_request_bytes: 50 * 1024 * 1024,
             registration: Registration::default(),
             rate_limits: RateLimits::default(),
@@ -80,13 +80,23 @@ impl Default for Config {
 
 impl Default for Registration {
     fn default() -> Self {
-        Registration { enabled: false, require_token: false, shared_secret: String::new() }
+        Registration {
+            enabled: false,
+            require_token: false,
+            shared_secret: String::new(),
+        }
     }
 }
 
 impl Default for RateLimits {
     fn default() -> Self {
-        RateLimits { enabled: true, per_second: 50.0, burst: 200.0, login_per_second: 1.0, login_burst: 10.0 }
+        RateLimits {
+            enabled: true,
+            per_second: 50.0,
+            burst: 200.0,
+            login_per_second: 1.0,
+            login_burst: 10.0,
+        }
     }
 }
 
@@ -104,7 +114,10 @@ impl Config {
     /// The database URL, defaulting to SQLite in the data directory.
     pub fn database_url(&self) -> String {
         if self.database_url.is_empty() {
-            format!("sqlite://{}?mode=rwc", self.data_dir.join("diplomatie.db").display())
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("diplomatie.db").display()
+            )
         } else {
             self.database_url.clone()
         }

@@ -46,6 +46,7 @@ pub struct Services {
     pub notifier: notifier::Notifier,
     pub typing: ephemeral::Typing,
     pub uia: uia::UiaSessions,
+    pub admin_nonces: uia::Nonces,
     pub ratelimiter: ratelimit::RateLimiter,
 }
 
@@ -53,15 +54,19 @@ impl Services {
     /// Opens the database (creating and migrating it if needed), loads or creates the signing
     /// key, and restores the stream position.
     pub async fn start(config: Config) -> anyhow_like::Result<Arc<Services>> {
-        let server_name = ServerName::parse(&config.server_name)
-            .map_err(|e| anyhow_like::msg(format!("invalid server_name {:?}: {e}", config.server_name)))?;
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| anyhow_like::msg(format!("cannot create {}: {e}", config.data_dir.display())))?;
+        let server_name = ServerName::parse(&config.server_name).map_err(|e| {
+            anyhow_like::msg(format!("invalid server_name {:?}: {e}", config.server_name))
+        })?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            anyhow_like::msg(format!("cannot create {}: {e}", config.data_dir.display()))
+        })?;
         let db = Db::connect(&config.database_url(), config.database_max_connections)
             .await
             .map_err(|e| anyhow_like::msg(format!("cannot open the database: {e}")))?;
         let keys = keys::ServerKeys::load_or_create(&config.data_dir)?;
-        let stream = ephemeral::max_stream_position(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
+        let stream = ephemeral::max_stream_position(&db)
+            .await
+            .map_err(|e| anyhow_like::msg(e.to_string()))?;
         let ratelimiter = ratelimit::RateLimiter::new(&config.rate_limits);
         let services = Arc::new(Services {
             config,
@@ -74,6 +79,7 @@ impl Services {
             notifier: notifier::Notifier::default(),
             typing: ephemeral::Typing::default(),
             uia: uia::UiaSessions::default(),
+            admin_nonces: uia::Nonces::default(),
             ratelimiter,
         });
         ephemeral::spawn_typing_expiry(Arc::downgrade(&services));
@@ -94,7 +100,11 @@ impl Services {
     pub(crate) async fn begin_write(&self) -> StreamWrite<'_> {
         let guard = self.writer.lock().await;
         let position = self.stream.load(Ordering::Acquire) + 1;
-        StreamWrite { services: self, position, _guard: guard }
+        StreamWrite {
+            services: self,
+            position,
+            _guard: guard,
+        }
     }
 }
 
@@ -121,7 +131,11 @@ pub fn now_ms() -> i64 {
 /// A random alphanumeric string, for tokens and ids.
 pub fn random_string(len: usize) -> String {
     use rand::{distributions::Alphanumeric, Rng};
-    rand::thread_rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
 }
 
 /// Start-up errors: plain messages for the operator.

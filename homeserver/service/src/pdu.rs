@@ -80,7 +80,11 @@ struct RedactsInContent {
 impl Pdu {
     /// Reads a PDU from its JSON; `event_id` is given apart (it is the hash for v3+ rooms), and
     /// so is the room for a v12 create event (whose room id is derived from its event id).
-    pub fn from_json(event_id: OwnedEventId, json: String, room: Option<OwnedRoomId>) -> Result<Pdu> {
+    pub fn from_json(
+        event_id: OwnedEventId,
+        json: String,
+        room: Option<OwnedRoomId>,
+    ) -> Result<Pdu> {
         let wire: Wire = serde_json::from_str(&json).map_err(|e| {
             tracing::error!(%event_id, error = %e, "stored event does not parse");
             Error::Internal
@@ -174,10 +178,21 @@ impl Pdu {
         let mut unsigned: serde_json::Map<String, Value> = self
             .unsigned
             .iter()
-            .filter(|(k, _)| matches!(k.as_str(), "prev_content" | "replaces_state" | "prev_sender" | "invite_room_state" | "knock_room_state"))
+            .filter(|(k, _)| {
+                matches!(
+                    k.as_str(),
+                    "prev_content"
+                        | "replaces_state"
+                        | "prev_sender"
+                        | "invite_room_state"
+                        | "knock_room_state"
+                )
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let age = MilliSecondsSinceUnixEpoch::now().get().saturating_sub(self.origin_server_ts.get());
+        let age = MilliSecondsSinceUnixEpoch::now()
+            .get()
+            .saturating_sub(self.origin_server_ts.get());
         unsigned.insert("age".into(), json!(age));
         obj.insert("unsigned".into(), Value::Object(unsigned));
         Value::Object(obj)
@@ -204,7 +219,9 @@ impl Pdu {
 
 /// Wraps a JSON value as a typed raw value of the response types.
 pub fn raw<T>(value: &Value) -> ruma::serde::Raw<T> {
-    ruma::serde::Raw::from_json(serde_json::value::to_raw_value(value).expect("JSON values serialise"))
+    ruma::serde::Raw::from_json(
+        serde_json::value::to_raw_value(value).expect("JSON values serialise"),
+    )
 }
 
 impl ruma::state_res::Event for Pdu {

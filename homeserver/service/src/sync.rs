@@ -58,7 +58,10 @@ impl SyncToken {
         let bad = || Error::invalid_param("Invalid since token");
         let rest = s.strip_prefix('s').ok_or_else(bad)?;
         let (stream, typing) = rest.split_once('_').ok_or_else(bad)?;
-        Ok(SyncToken { stream: stream.parse().map_err(|_| bad())?, typing: typing.parse().map_err(|_| bad())? })
+        Ok(SyncToken {
+            stream: stream.parse().map_err(|_| bad())?,
+            typing: typing.parse().map_err(|_| bad())?,
+        })
     }
 }
 
@@ -78,7 +81,10 @@ pub struct SyncRequest<'a> {
 
 impl Services {
     pub fn current_token(&self) -> SyncToken {
-        SyncToken { stream: self.stream_position(), typing: self.typing.serial() }
+        SyncToken {
+            stream: self.stream_position(),
+            typing: self.typing.serial(),
+        }
     }
 
     /// Answers a sync request, waiting up to its timeout when nothing is new.
@@ -88,7 +94,11 @@ impl Services {
         loop {
             let to = self.current_token();
             let (body, empty) = self.sync_between(&req, to).await?;
-            if !empty || req.since.is_none() || req.full_state || tokio::time::Instant::now() >= deadline {
+            if !empty
+                || req.since.is_none()
+                || req.full_state
+                || tokio::time::Instant::now() >= deadline
+            {
                 return Ok(body);
             }
             if req.since == Some(to) || empty {
@@ -108,14 +118,22 @@ impl Services {
         let since = req.since.unwrap_or_default();
         let initial = req.since.is_none();
         let pool = self.db.pool();
-        let forgotten: HashSet<String> = room_store::forgotten_rooms(pool, user.as_str()).await?.into_iter().collect();
+        let forgotten: HashSet<String> = room_store::forgotten_rooms(pool, user.as_str())
+            .await?
+            .into_iter()
+            .collect();
         let memberships = state_store::rooms_for_user(pool, user.as_str()).await?;
-        let changed: Vec<_> = ev_store::membership_events_between(pool, user.as_str(), since.stream, to.stream).await?;
+        let changed: Vec<_> =
+            ev_store::membership_events_between(pool, user.as_str(), since.stream, to.stream)
+                .await?;
         let changed_rooms: HashSet<String> = changed.iter().map(|e| e.room_id.clone()).collect();
         let active_rooms: HashSet<String> = if initial {
             HashSet::new()
         } else {
-            ev_store::rooms_with_events_between(pool, since.stream, to.stream).await?.into_iter().collect()
+            ev_store::rooms_with_events_between(pool, since.stream, to.stream)
+                .await?
+                .into_iter()
+                .collect()
         };
 
         let mut join = Map::new();
@@ -124,7 +142,9 @@ impl Services {
         let mut knock = Map::new();
         let mut shared_users: HashSet<OwnedUserId> = HashSet::new();
         for (room, membership) in memberships {
-            let Ok(room_id) = OwnedRoomId::try_from(room.as_str()) else { continue };
+            let Ok(room_id) = OwnedRoomId::try_from(room.as_str()) else {
+                continue;
+            };
             if !req.filter.room.allows(&room_id) {
                 continue;
             }
@@ -132,7 +152,17 @@ impl Services {
             match membership.as_str() {
                 "join" => {
                     shared_users.extend(self.joined_members(&room_id).await?.iter().cloned());
-                    if let Some(v) = self.sync_joined_room(req, &room_id, since, to, initial || newly, active_rooms.contains(&room) || initial || newly).await? {
+                    if let Some(v) = self
+                        .sync_joined_room(
+                            req,
+                            &room_id,
+                            since,
+                            to,
+                            initial || newly,
+                            active_rooms.contains(&room) || initial || newly,
+                        )
+                        .await?
+                    {
                         join.insert(room.clone(), v);
                     }
                 }
@@ -142,12 +172,17 @@ impl Services {
                 "knock" if initial || newly => {
                     knock.insert(room.clone(), json!({ "knock_state": { "events": self.stripped_state(&room_id, user).await? } }));
                 }
-                "leave" | "ban" if (newly && !initial) || (initial && req.filter.room.include_leave) => {
+                "leave" | "ban"
+                    if (newly && !initial) || (initial && req.filter.room.include_leave) =>
+                {
                     if forgotten.contains(&room) {
                         continue;
                     }
                     // A rejected invite or a withdrawn knock shows as a leave with no history.
-                    leave.insert(room.clone(), self.sync_left_room(req, &room_id, since, to).await?);
+                    leave.insert(
+                        room.clone(),
+                        self.sync_left_room(req, &room_id, since, to).await?,
+                    );
                 }
                 _ => {}
             }
@@ -177,7 +212,12 @@ impl Services {
             })
             .collect();
 
-        let empty = join.is_empty() && invite.is_empty() && leave.is_empty() && knock.is_empty() && account_data.is_empty() && presence.is_empty();
+        let empty = join.is_empty()
+            && invite.is_empty()
+            && leave.is_empty()
+            && knock.is_empty()
+            && account_data.is_empty()
+            && presence.is_empty();
         let body = json!({
             "next_batch": to.to_string(),
             "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
@@ -191,7 +231,15 @@ impl Services {
     }
 
     /// A joined room's section, or `None` when nothing changed in it.
-    async fn sync_joined_room(&self, req: &SyncRequest<'_>, room_id: &RoomId, since: SyncToken, to: SyncToken, full: bool, active: bool) -> Result<Option<Value>> {
+    async fn sync_joined_room(
+        &self,
+        req: &SyncRequest<'_>,
+        room_id: &RoomId,
+        since: SyncToken,
+        to: SyncToken,
+        full: bool,
+        active: bool,
+    ) -> Result<Option<Value>> {
         let user = req.user;
         let pool = self.db.pool();
         let full = full || req.full_state;
@@ -201,10 +249,24 @@ impl Services {
         let from = if full { 0 } else { since.stream };
         if active || full {
             let limit = req.filter.room.timeline.limit.unwrap_or(10).clamp(1, 100) as usize;
-            let rows = ev_store::room_events(pool, room_id.as_str(), if full { 0 } else { since.stream }, to.stream, true, limit as i64 + 1).await?;
+            let rows = ev_store::room_events(
+                pool,
+                room_id.as_str(),
+                if full { 0 } else { since.stream },
+                to.stream,
+                true,
+                limit as i64 + 1,
+            )
+            .await?;
             limited = rows.len() > limit;
             for stored in rows.into_iter().take(limit) {
-                let pdu = match self.get_pdu(<&ruma::EventId>::try_from(stored.event_id.as_str()).map_err(|_| Error::Internal)?).await? {
+                let pdu = match self
+                    .get_pdu(
+                        <&ruma::EventId>::try_from(stored.event_id.as_str())
+                            .map_err(|_| Error::Internal)?,
+                    )
+                    .await?
+                {
                     Some(p) => p,
                     None => continue,
                 };
@@ -233,9 +295,14 @@ impl Services {
                 None => self.known_room(room_id).await?.state_group,
             };
             let map = self.state_map(group).await?;
-            let in_timeline: HashSet<&ruma::EventId> = timeline.iter().map(|p| &*p.event_id).collect();
+            let in_timeline: HashSet<&ruma::EventId> =
+                timeline.iter().map(|p| &*p.event_id).collect();
             let lazy = req.filter.room.state.lazy_load_members;
-            let senders: HashSet<&str> = filtered.iter().map(|p| p.sender.as_str()).chain(std::iter::once(user.as_str())).collect();
+            let senders: HashSet<&str> = filtered
+                .iter()
+                .map(|p| p.sender.as_str())
+                .chain(std::iter::once(user.as_str()))
+                .collect();
             let first_so = timeline.first().map_or(i64::MAX, |p| p.stream_ordering);
             for ((kind, key), id) in map.iter() {
                 if in_timeline.contains(&**id) {
@@ -244,7 +311,9 @@ impl Services {
                 if lazy && *kind == StateEventType::RoomMember && !senders.contains(key.as_str()) {
                     continue;
                 }
-                let Some(pdu) = self.get_pdu(id).await? else { continue };
+                let Some(pdu) = self.get_pdu(id).await? else {
+                    continue;
+                };
                 if !full && !(pdu.stream_ordering > from && pdu.stream_ordering < first_so) {
                     continue;
                 }
@@ -255,7 +324,9 @@ impl Services {
         } else if req.filter.room.state.lazy_load_members {
             // Members of the timeline's senders, so clients can show their names.
             for p in self.member_events_for(room_id, &filtered, user).await? {
-                if !timeline.iter().any(|t| t.event_id == p.event_id) && p.stream_ordering > since.stream {
+                if !timeline.iter().any(|t| t.event_id == p.event_id)
+                    && p.stream_ordering > since.stream
+                {
                     state.push(p.to_client(false));
                 }
             }
@@ -279,7 +350,11 @@ impl Services {
                     receipt["thread_id"] = json!(r.thread_id);
                 }
                 let entry = content.entry(r.event_id).or_insert_with(|| json!({}));
-                entry.as_object_mut().expect("object").entry(r.receipt_type).or_insert_with(|| json!({}))[r.user_id] = receipt;
+                entry
+                    .as_object_mut()
+                    .expect("object")
+                    .entry(r.receipt_type)
+                    .or_insert_with(|| json!({}))[r.user_id] = receipt;
             }
             if !content.is_empty() {
                 ephemeral.push(json!({ "type": "m.receipt", "content": content }));
@@ -294,10 +369,18 @@ impl Services {
             .map(|(_, kind, content)| json!({ "type": kind, "content": serde_json::from_str::<Value>(&content).unwrap_or(Value::Null) }))
             .collect();
 
-        if timeline.is_empty() && state.is_empty() && ephemeral.is_empty() && account_data.is_empty() && !full {
+        if timeline.is_empty()
+            && state.is_empty()
+            && ephemeral.is_empty()
+            && account_data.is_empty()
+            && !full
+        {
             return Ok(None);
         }
-        let events: Vec<Value> = filtered.iter().map(|p| self.client_event_for(p, user, false)).collect();
+        let events: Vec<Value> = filtered
+            .iter()
+            .map(|p| self.client_event_for(p, user, false))
+            .collect();
         let mut timeline_json = json!({ "events": events, "limited": limited });
         if let Some(pb) = prev_batch {
             timeline_json["prev_batch"] = json!(pb);
@@ -313,11 +396,28 @@ impl Services {
     }
 
     /// A room the user left (or was kicked or banned from) since the last sync.
-    async fn sync_left_room(&self, req: &SyncRequest<'_>, room_id: &RoomId, since: SyncToken, _to: SyncToken) -> Result<Value> {
+    async fn sync_left_room(
+        &self,
+        req: &SyncRequest<'_>,
+        room_id: &RoomId,
+        since: SyncToken,
+        _to: SyncToken,
+    ) -> Result<Value> {
         let user = req.user;
-        let until = self.readable_until(user, room_id).await.unwrap_or(since.stream);
+        let until = self
+            .readable_until(user, room_id)
+            .await
+            .unwrap_or(since.stream);
         let limit = req.filter.room.timeline.limit.unwrap_or(10).clamp(1, 100) as i64;
-        let rows = ev_store::room_events(self.db.pool(), room_id.as_str(), since.stream, until, true, limit + 1).await?;
+        let rows = ev_store::room_events(
+            self.db.pool(),
+            room_id.as_str(),
+            since.stream,
+            until,
+            true,
+            limit + 1,
+        )
+        .await?;
         let limited = rows.len() as i64 > limit;
         let mut events = Vec::new();
         let mut first = None;
@@ -333,7 +433,9 @@ impl Services {
         if let Some(f) = first {
             timeline["prev_batch"] = json!((f - 1).to_string());
         }
-        Ok(json!({ "timeline": timeline, "state": { "events": [] }, "account_data": { "events": [] } }))
+        Ok(
+            json!({ "timeline": timeline, "state": { "events": [] }, "account_data": { "events": [] } }),
+        )
     }
 
     /// The event as `/sync` sends it to `user`: with the transaction id for the sender's device.
@@ -358,10 +460,16 @@ impl Services {
                 out.push(p.to_stripped());
             }
         }
-        if let Some(p) = self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await? {
+        if let Some(p) = self
+            .state_event_in(&state, &StateEventType::RoomMember, user.as_str())
+            .await?
+        {
             out.push(p.to_stripped());
             if let Ok(sender) = OwnedUserId::try_from(p.sender.as_str()) {
-                if let Some(s) = self.state_event_in(&state, &StateEventType::RoomMember, sender.as_str()).await? {
+                if let Some(s) = self
+                    .state_event_in(&state, &StateEventType::RoomMember, sender.as_str())
+                    .await?
+                {
                     if s.sender != p.sender || s.event_id != p.event_id {
                         out.push(s.to_stripped());
                     }
@@ -383,24 +491,36 @@ impl Services {
             .collect();
         heroes.sort();
         heroes.truncate(5);
-        Ok(json!({ "m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited }))
+        Ok(
+            json!({ "m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited }),
+        )
     }
 
     /// Messages from others after the user's read receipt.
     async fn unread_count(&self, room_id: &RoomId, user: &UserId) -> Result<u64> {
         let pool = self.db.pool();
-        let since = match streams::user_receipt(pool, room_id.as_str(), user.as_str(), "m.read").await? {
-            Some(id) => match self.get_pdu(<&ruma::EventId>::try_from(id.as_str()).map_err(|_| Error::Internal)?).await? {
-                Some(p) => p.stream_ordering,
+        let since =
+            match streams::user_receipt(pool, room_id.as_str(), user.as_str(), "m.read").await? {
+                Some(id) => match self
+                    .get_pdu(<&ruma::EventId>::try_from(id.as_str()).map_err(|_| Error::Internal)?)
+                    .await?
+                {
+                    Some(p) => p.stream_ordering,
+                    None => 0,
+                },
                 None => 0,
-            },
-            None => 0,
-        };
-        let rows = ev_store::room_events(pool, room_id.as_str(), since, i64::MAX, false, 100).await?;
+            };
+        let rows =
+            ev_store::room_events(pool, room_id.as_str(), since, i64::MAX, false, 100).await?;
         let mut count = 0;
         for r in rows {
             let pdu = Pdu::from_stored(r)?;
-            if pdu.sender != user && matches!(pdu.kind.to_string().as_str(), "m.room.message" | "m.room.encrypted" | "m.sticker") {
+            if pdu.sender != user
+                && matches!(
+                    pdu.kind.to_string().as_str(),
+                    "m.room.message" | "m.room.encrypted" | "m.sticker"
+                )
+            {
                 count += 1;
             }
         }

@@ -12,7 +12,14 @@ pub struct User {
     pub deactivated: bool,
 }
 
-type UserRow = (String, Option<String>, Option<String>, Option<String>, i64, i64);
+type UserRow = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
+);
 
 fn user_from_row(r: UserRow) -> User {
     User {
@@ -25,8 +32,7 @@ fn user_from_row(r: UserRow) -> User {
     }
 }
 
-const USER_COLUMNS: &str =
-    "user_id, password_hash, displayname, avatar_url, is_admin, deactivated";
+const USER_COLUMNS: &str = "user_id, password_hash, displayname, avatar_url, is_admin, deactivated";
 
 /// Inserts a user; fails with a unique violation when the id is taken.
 pub async fn create_user<'e>(
@@ -52,11 +58,12 @@ pub async fn create_user<'e>(
 }
 
 pub async fn get_user<'e>(e: impl Exec<'e>, user_id: &str) -> Result<Option<User>> {
-    let row: Option<UserRow> =
-        sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = $1"))
-            .bind(user_id)
-            .fetch_optional(e)
-            .await?;
+    let row: Option<UserRow> = sqlx::query_as(&format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE user_id = $1"
+    ))
+    .bind(user_id)
+    .fetch_optional(e)
+    .await?;
     Ok(row.map(user_from_row))
 }
 
@@ -164,11 +171,20 @@ pub async fn get_devices<'e>(e: impl Exec<'e>, user_id: &str) -> Result<Vec<Devi
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| Device { device_id: r.0, display_name: r.1, last_seen_ts: r.2, last_seen_ip: r.3 })
+        .map(|r| Device {
+            device_id: r.0,
+            display_name: r.1,
+            last_seen_ts: r.2,
+            last_seen_ip: r.3,
+        })
         .collect())
 }
 
-pub async fn get_device<'e>(e: impl Exec<'e>, user_id: &str, device_id: &str) -> Result<Option<Device>> {
+pub async fn get_device<'e>(
+    e: impl Exec<'e>,
+    user_id: &str,
+    device_id: &str,
+) -> Result<Option<Device>> {
     let row: Option<(String, Option<String>, Option<i64>, Option<String>)> = sqlx::query_as(
         "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices \
          WHERE user_id = $1 AND device_id = $2",
@@ -177,7 +193,12 @@ pub async fn get_device<'e>(e: impl Exec<'e>, user_id: &str, device_id: &str) ->
     .bind(device_id)
     .fetch_optional(e)
     .await?;
-    Ok(row.map(|r| Device { device_id: r.0, display_name: r.1, last_seen_ts: r.2, last_seen_ip: r.3 }))
+    Ok(row.map(|r| Device {
+        device_id: r.0,
+        display_name: r.1,
+        last_seen_ts: r.2,
+        last_seen_ip: r.3,
+    }))
 }
 
 pub async fn rename_device<'e>(
@@ -186,23 +207,30 @@ pub async fn rename_device<'e>(
     device_id: &str,
     name: Option<&str>,
 ) -> Result<bool> {
-    let done = sqlx::query("UPDATE devices SET display_name = $1 WHERE user_id = $2 AND device_id = $3")
-        .bind(name)
-        .bind(user_id)
-        .bind(device_id)
-        .execute(e)
-        .await?;
+    let done =
+        sqlx::query("UPDATE devices SET display_name = $1 WHERE user_id = $2 AND device_id = $3")
+            .bind(name)
+            .bind(user_id)
+            .bind(device_id)
+            .execute(e)
+            .await?;
     Ok(done.rows_affected() > 0)
 }
 
 /// Removes a device with every token bound to it. Run it inside a transaction.
-pub async fn delete_device(conn: &mut crate::Connection, user_id: &str, device_id: &str) -> Result<()> {
+pub async fn delete_device(
+    conn: &mut crate::Connection,
+    user_id: &str,
+    device_id: &str,
+) -> Result<()> {
     for table in ["devices", "access_tokens", "refresh_tokens"] {
-        sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1 AND device_id = $2"))
-            .bind(user_id)
-            .bind(device_id)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE user_id = $1 AND device_id = $2"
+        ))
+        .bind(user_id)
+        .bind(device_id)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }
@@ -221,16 +249,24 @@ pub async fn delete_all_devices(
             .fetch_all(&mut *conn)
             .await?;
     for table in ["devices", "access_tokens", "refresh_tokens"] {
-        sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1 AND device_id <> $2"))
-            .bind(user_id)
-            .bind(keep)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE user_id = $1 AND device_id <> $2"
+        ))
+        .bind(user_id)
+        .bind(keep)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(gone.into_iter().map(|(d,)| d).collect())
 }
 
-pub async fn touch_device<'e>(e: impl Exec<'e>, user_id: &str, device_id: &str, now: i64, ip: Option<&str>) -> Result<()> {
+pub async fn touch_device<'e>(
+    e: impl Exec<'e>,
+    user_id: &str,
+    device_id: &str,
+    now: i64,
+    ip: Option<&str>,
+) -> Result<()> {
     sqlx::query("UPDATE devices SET last_seen_ts = $1, last_seen_ip = COALESCE($2, last_seen_ip) WHERE user_id = $3 AND device_id = $4")
         .bind(now)
         .bind(ip)
@@ -276,15 +312,27 @@ pub async fn get_access_token<'e>(e: impl Exec<'e>, token: &str) -> Result<Optio
             .bind(token)
             .fetch_optional(e)
             .await?;
-    Ok(row.map(|r| AccessToken { user_id: r.0, device_id: r.1, expires_ts: r.2 }))
+    Ok(row.map(|r| AccessToken {
+        user_id: r.0,
+        device_id: r.1,
+        expires_ts: r.2,
+    }))
 }
 
 pub async fn delete_access_token<'e>(e: impl Exec<'e>, token: &str) -> Result<()> {
-    sqlx::query("DELETE FROM access_tokens WHERE token = $1").bind(token).execute(e).await?;
+    sqlx::query("DELETE FROM access_tokens WHERE token = $1")
+        .bind(token)
+        .execute(e)
+        .await?;
     Ok(())
 }
 
-pub async fn insert_refresh_token<'e>(e: impl Exec<'e>, token: &str, user_id: &str, device_id: &str) -> Result<()> {
+pub async fn insert_refresh_token<'e>(
+    e: impl Exec<'e>,
+    token: &str,
+    user_id: &str,
+    device_id: &str,
+) -> Result<()> {
     sqlx::query("INSERT INTO refresh_tokens (token, user_id, device_id) VALUES ($1, $2, $3)")
         .bind(token)
         .bind(user_id)
@@ -295,7 +343,10 @@ pub async fn insert_refresh_token<'e>(e: impl Exec<'e>, token: &str, user_id: &s
 }
 
 /// Consumes a refresh token: returns its owner and removes it (and the access token it backed).
-pub async fn take_refresh_token(conn: &mut crate::Connection, token: &str) -> Result<Option<(String, String)>> {
+pub async fn take_refresh_token(
+    conn: &mut crate::Connection,
+    token: &str,
+) -> Result<Option<(String, String)>> {
     let row: Option<(String, String)> =
         sqlx::query_as("DELETE FROM refresh_tokens WHERE token = $1 RETURNING user_id, device_id")
             .bind(token)
@@ -326,23 +377,34 @@ pub async fn create_registration_token<'e>(
     uses_allowed: Option<i64>,
     expiry_ts: Option<i64>,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO registration_tokens (token, uses_allowed, expiry_ts) VALUES ($1, $2, $3)")
-        .bind(token)
-        .bind(uses_allowed)
-        .bind(expiry_ts)
-        .execute(e)
-        .await?;
+    sqlx::query(
+        "INSERT INTO registration_tokens (token, uses_allowed, expiry_ts) VALUES ($1, $2, $3)",
+    )
+    .bind(token)
+    .bind(uses_allowed)
+    .bind(expiry_ts)
+    .execute(e)
+    .await?;
     Ok(())
 }
 
-pub async fn get_registration_token<'e>(e: impl Exec<'e>, token: &str) -> Result<Option<RegistrationToken>> {
+pub async fn get_registration_token<'e>(
+    e: impl Exec<'e>,
+    token: &str,
+) -> Result<Option<RegistrationToken>> {
     let row: Option<(String, Option<i64>, i64, i64, Option<i64>)> = sqlx::query_as(
         "SELECT token, uses_allowed, pending, completed, expiry_ts FROM registration_tokens WHERE token = $1",
     )
     .bind(token)
     .fetch_optional(e)
     .await?;
-    Ok(row.map(|r| RegistrationToken { token: r.0, uses_allowed: r.1, pending: r.2, completed: r.3, expiry_ts: r.4 }))
+    Ok(row.map(|r| RegistrationToken {
+        token: r.0,
+        uses_allowed: r.1,
+        pending: r.2,
+        completed: r.3,
+        expiry_ts: r.4,
+    }))
 }
 
 /// Counts one completed use of a registration token.

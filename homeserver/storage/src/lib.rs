@@ -32,7 +32,9 @@ pub struct StorageError(#[from] sqlx::Error);
 impl StorageError {
     /// Whether the failure is a violated uniqueness constraint (the row already exists).
     pub fn is_unique_violation(&self) -> bool {
-        self.0.as_database_error().is_some_and(|e| e.is_unique_violation())
+        self.0
+            .as_database_error()
+            .is_some_and(|e| e.is_unique_violation())
     }
 }
 
@@ -58,7 +60,8 @@ pub struct Db {
 
 /// The migrations, embedded in the binary so that a fresh data directory needs nothing else.
 /// Their SQL is portable; a migration that needs dialect-specific SQL would be split in two.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "core", include_str!("../migrations/0001_core.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "core", include_str!("../migrations/0001_core.sql"))];
 
 #[derive(Debug)]
 struct Embedded;

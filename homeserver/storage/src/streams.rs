@@ -99,7 +99,12 @@ pub async fn set_receipt<'e>(
 }
 
 /// Receipts of a room with `from < stream_id <= to`.
-pub async fn receipts_between<'e>(e: impl Exec<'e>, room_id: &str, from: i64, to: i64) -> Result<Vec<Receipt>> {
+pub async fn receipts_between<'e>(
+    e: impl Exec<'e>,
+    room_id: &str,
+    from: i64,
+    to: i64,
+) -> Result<Vec<Receipt>> {
     let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
         "SELECT user_id, receipt_type, thread_id, event_id, ts FROM receipts WHERE room_id = $1 \
          AND stream_id > $2 AND stream_id <= $3",
@@ -111,12 +116,23 @@ pub async fn receipts_between<'e>(e: impl Exec<'e>, room_id: &str, from: i64, to
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| Receipt { user_id: r.0, receipt_type: r.1, thread_id: r.2, event_id: r.3, ts: r.4 })
+        .map(|r| Receipt {
+            user_id: r.0,
+            receipt_type: r.1,
+            thread_id: r.2,
+            event_id: r.3,
+            ts: r.4,
+        })
         .collect())
 }
 
 /// The event a user's receipt of a type points at in a room (main timeline or unthreaded).
-pub async fn user_receipt<'e>(e: impl Exec<'e>, room_id: &str, user_id: &str, receipt_type: &str) -> Result<Option<String>> {
+pub async fn user_receipt<'e>(
+    e: impl Exec<'e>,
+    room_id: &str,
+    user_id: &str,
+    receipt_type: &str,
+) -> Result<Option<String>> {
     let row: Option<(String,)> = sqlx::query_as(
         "SELECT event_id FROM receipts WHERE room_id = $1 AND user_id = $2 AND receipt_type = $3 \
          ORDER BY stream_id DESC LIMIT 1",
@@ -129,7 +145,12 @@ pub async fn user_receipt<'e>(e: impl Exec<'e>, room_id: &str, user_id: &str, re
     Ok(row.map(|(r,)| r))
 }
 
-pub async fn insert_filter<'e>(e: impl Exec<'e>, user_id: &str, filter_id: i64, json: &str) -> Result<()> {
+pub async fn insert_filter<'e>(
+    e: impl Exec<'e>,
+    user_id: &str,
+    filter_id: i64,
+    json: &str,
+) -> Result<()> {
     sqlx::query("INSERT INTO filters (user_id, filter_id, json) VALUES ($1, $2, $3)")
         .bind(user_id)
         .bind(filter_id)
@@ -139,12 +160,17 @@ pub async fn insert_filter<'e>(e: impl Exec<'e>, user_id: &str, filter_id: i64, 
     Ok(())
 }
 
-pub async fn get_filter<'e>(e: impl Exec<'e>, user_id: &str, filter_id: i64) -> Result<Option<String>> {
-    let row: Option<(String,)> = sqlx::query_as("SELECT json FROM filters WHERE user_id = $1 AND filter_id = $2")
-        .bind(user_id)
-        .bind(filter_id)
-        .fetch_optional(e)
-        .await?;
+pub async fn get_filter<'e>(
+    e: impl Exec<'e>,
+    user_id: &str,
+    filter_id: i64,
+) -> Result<Option<String>> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT json FROM filters WHERE user_id = $1 AND filter_id = $2")
+            .bind(user_id)
+            .bind(filter_id)
+            .fetch_optional(e)
+            .await?;
     Ok(row.map(|(r,)| r))
 }
 
@@ -187,7 +213,12 @@ pub async fn get_presence<'e>(e: impl Exec<'e>, user_id: &str) -> Result<Option<
     .bind(user_id)
     .fetch_optional(e)
     .await?;
-    Ok(row.map(|r| Presence { user_id: r.0, state: r.1, status_msg: r.2, last_active_ts: r.3 }))
+    Ok(row.map(|r| Presence {
+        user_id: r.0,
+        state: r.1,
+        status_msg: r.2,
+        last_active_ts: r.3,
+    }))
 }
 
 /// Presence updates with `from < stream_id <= to`.
@@ -201,7 +232,12 @@ pub async fn presence_between<'e>(e: impl Exec<'e>, from: i64, to: i64) -> Resul
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| Presence { user_id: r.0, state: r.1, status_msg: r.2, last_active_ts: r.3 })
+        .map(|r| Presence {
+            user_id: r.0,
+            state: r.1,
+            status_msg: r.2,
+            last_active_ts: r.3,
+        })
         .collect())
 }
 

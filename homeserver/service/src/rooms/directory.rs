@@ -1,17 +1,19 @@
 //! Room aliases, the public room directory and the user directory.
 
 use ruma::{
-    api::error::ErrorKind,
-    events::StateEventType,
-    OwnedRoomId, RoomAliasId, RoomId, UserId,
+    api::error::ErrorKind, events::StateEventType, OwnedRoomId, RoomAliasId, RoomId, UserId,
 };
 use serde_json::{json, Value};
 
 use crate::{Error, Result, Services};
 
-
 impl Services {
-    pub async fn create_alias(&self, user: &UserId, alias: &RoomAliasId, room_id: &RoomId) -> Result<()> {
+    pub async fn create_alias(
+        &self,
+        user: &UserId,
+        alias: &RoomAliasId,
+        room_id: &RoomId,
+    ) -> Result<()> {
         if alias.server_name() != self.server_name() {
             return Err(Error::invalid_param("Aliases must be on this server"));
         }
@@ -19,15 +21,27 @@ impl Services {
         if !self.is_joined(room_id, user).await? {
             return Err(Error::forbidden("You are not joined to this room"));
         }
-        diplomatie_storage::rooms::insert_alias(self.db.pool(), alias.as_str(), room_id.as_str(), user.as_str())
-            .await
-            .map_err(|e| if e.is_unique_violation() { Error::new(ErrorKind::Unknown, "Room alias already exists") } else { e.into() })
+        diplomatie_storage::rooms::insert_alias(
+            self.db.pool(),
+            alias.as_str(),
+            room_id.as_str(),
+            user.as_str(),
+        )
+        .await
+        .map_err(|e| {
+            if e.is_unique_violation() {
+                Error::new(ErrorKind::Unknown, "Room alias already exists")
+            } else {
+                e.into()
+            }
+        })
     }
 
     pub async fn delete_alias(&self, user: &UserId, alias: &RoomAliasId) -> Result<()> {
-        let (room_id, creator) = diplomatie_storage::rooms::get_alias(self.db.pool(), alias.as_str())
-            .await?
-            .ok_or_else(|| Error::not_found("Room alias not found"))?;
+        let (room_id, creator) =
+            diplomatie_storage::rooms::get_alias(self.db.pool(), alias.as_str())
+                .await?
+                .ok_or_else(|| Error::not_found("Room alias not found"))?;
         if creator != user.as_str() && !self.is_admin(user).await? {
             let room_id = OwnedRoomId::try_from(room_id).map_err(|_| Error::Internal)?;
             let levels = self.power_levels(&room_id).await?;
@@ -57,10 +71,18 @@ impl Services {
         Ok(diplomatie_storage::rooms::room_aliases(self.db.pool(), room_id.as_str()).await?)
     }
 
-    pub async fn set_room_visibility(&self, user: &UserId, room_id: &RoomId, public: bool) -> Result<()> {
+    pub async fn set_room_visibility(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        public: bool,
+    ) -> Result<()> {
         self.known_room(room_id).await?;
         let levels = self.power_levels(room_id).await?;
-        let needed = levels.get("state_default").and_then(Value::as_i64).unwrap_or(50);
+        let needed = levels
+            .get("state_default")
+            .and_then(Value::as_i64)
+            .unwrap_or(50);
         if self.user_power(room_id, &levels, user).await? < needed && !self.is_admin(user).await? {
             return Err(Error::forbidden("You may not publish this room"));
         }
@@ -69,7 +91,9 @@ impl Services {
     }
 
     pub async fn room_is_public(&self, room_id: &RoomId) -> Result<bool> {
-        let room = diplomatie_storage::rooms::get_room(self.db.pool(), room_id.as_str()).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        let room = diplomatie_storage::rooms::get_room(self.db.pool(), room_id.as_str())
+            .await?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
         Ok(room.is_public)
     }
 
@@ -89,7 +113,9 @@ impl Services {
         let topic = field(StateEventType::RoomTopic, "topic").await?;
         let avatar = field(StateEventType::RoomAvatar, "url").await?;
         let alias = field(StateEventType::RoomCanonicalAlias, "alias").await?;
-        let join_rule = field(StateEventType::RoomJoinRules, "join_rule").await?.unwrap_or(json!("invite"));
+        let join_rule = field(StateEventType::RoomJoinRules, "join_rule")
+            .await?
+            .unwrap_or(json!("invite"));
         let visibility = field(StateEventType::RoomHistoryVisibility, "history_visibility").await?;
         let guest = field(StateEventType::RoomGuestAccess, "guest_access").await?;
         let room_type = field(StateEventType::RoomCreate, "type").await?;
@@ -100,7 +126,13 @@ impl Services {
             "guest_can_join": guest.is_some_and(|v| v == "can_join"),
             "join_rule": join_rule,
         });
-        for (key, value) in [("name", name), ("topic", topic), ("avatar_url", avatar), ("canonical_alias", alias), ("room_type", room_type)] {
+        for (key, value) in [
+            ("name", name),
+            ("topic", topic),
+            ("avatar_url", avatar),
+            ("canonical_alias", alias),
+            ("room_type", room_type),
+        ] {
             if let Some(v) = value.filter(|v| !v.is_null()) {
                 summary[key] = v;
             }
@@ -109,12 +141,19 @@ impl Services {
     }
 
     /// The public room directory, filtered by a search term, paginated by offset tokens.
-    pub async fn public_rooms(&self, term: Option<&str>, since: Option<&str>, limit: Option<usize>) -> Result<(Vec<Value>, Option<String>, Option<String>, usize)> {
+    pub async fn public_rooms(
+        &self,
+        term: Option<&str>,
+        since: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<(Vec<Value>, Option<String>, Option<String>, usize)> {
         let ids = diplomatie_storage::rooms::public_rooms(self.db.pool()).await?;
         let term = term.map(str::to_lowercase).filter(|t| !t.is_empty());
         let mut rooms = Vec::new();
         for id in ids {
-            let Ok(room_id) = OwnedRoomId::try_from(id) else { continue };
+            let Ok(room_id) = OwnedRoomId::try_from(id) else {
+                continue;
+            };
             let summary = self.room_summary(&room_id).await?;
             if let Some(term) = &term {
                 let hay = ["name", "topic", "canonical_alias", "room_id"]
@@ -130,10 +169,18 @@ impl Services {
             rooms.push(summary);
         }
         // Largest rooms first, as Synapse orders them.
-        rooms.sort_by(|a, b| b["num_joined_members"].as_u64().cmp(&a["num_joined_members"].as_u64()).then_with(|| a["room_id"].as_str().cmp(&b["room_id"].as_str())));
+        rooms.sort_by(|a, b| {
+            b["num_joined_members"]
+                .as_u64()
+                .cmp(&a["num_joined_members"].as_u64())
+                .then_with(|| a["room_id"].as_str().cmp(&b["room_id"].as_str()))
+        });
         let total = rooms.len();
         let offset = match since {
-            Some(s) => s.trim_start_matches('o').parse::<usize>().map_err(|_| Error::invalid_param("Invalid since token"))?,
+            Some(s) => s
+                .trim_start_matches('o')
+                .parse::<usize>()
+                .map_err(|_| Error::invalid_param("Invalid since token"))?,
             None => 0,
         };
         let limit = limit.unwrap_or(usize::MAX).max(1);
@@ -144,9 +191,16 @@ impl Services {
     }
 
     /// The user directory: local users matching the term. Results are (user id, name, avatar).
-    pub async fn search_users(&self, _searcher: &UserId, term: &str, limit: usize) -> Result<(Vec<Value>, bool)> {
+    pub async fn search_users(
+        &self,
+        _searcher: &UserId,
+        term: &str,
+        limit: usize,
+    ) -> Result<(Vec<Value>, bool)> {
         let limit = limit.clamp(1, 100);
-        let users = diplomatie_storage::accounts::search_users(self.db.pool(), term, limit as i64 + 1).await?;
+        let users =
+            diplomatie_storage::accounts::search_users(self.db.pool(), term, limit as i64 + 1)
+                .await?;
         let limited = users.len() > limit;
         let results = users
             .into_iter()

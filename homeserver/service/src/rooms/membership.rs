@@ -16,49 +16,86 @@ impl Services {
         match <&RoomId>::try_from(room) {
             Ok(id) => Ok(id.to_owned()),
             Err(alias) => {
-                let (room_id, _) = diplomatie_storage::rooms::get_alias(self.db.pool(), alias.as_str())
-                    .await?
-                    .ok_or_else(|| Error::not_found("Room alias not found"))?;
+                let (room_id, _) =
+                    diplomatie_storage::rooms::get_alias(self.db.pool(), alias.as_str())
+                        .await?
+                        .ok_or_else(|| Error::not_found("Room alias not found"))?;
                 OwnedRoomId::try_from(room_id).map_err(|_| Error::Internal)
             }
         }
     }
 
-    pub async fn invite(&self, sender: &UserId, room_id: &RoomId, invitee: &UserId, reason: Option<String>, is_direct: bool) -> Result<()> {
+    pub async fn invite(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        invitee: &UserId,
+        reason: Option<String>,
+        is_direct: bool,
+    ) -> Result<()> {
         self.known_room(room_id).await?;
         if !self.is_joined(room_id, sender).await? {
             return Err(Error::forbidden("You are not joined to this room"));
         }
         if invitee.server_name() != self.server_name() {
-            return Err(Error::forbidden("Invites to users of other servers need federation, which is not enabled"));
+            return Err(Error::forbidden(
+                "Invites to users of other servers need federation, which is not enabled",
+            ));
         }
-        if diplomatie_storage::accounts::get_user(self.db.pool(), invitee.as_str()).await?.is_none() {
+        if diplomatie_storage::accounts::get_user(self.db.pool(), invitee.as_str())
+            .await?
+            .is_none()
+        {
             return Err(Error::not_found("Unknown user"));
         }
         let mut content = with_membership("invite", self.member_profile(invitee).await?, is_direct);
         add_reason(&mut content, reason);
-        self.append_event(Target::Room(room_id), sender, PduBuilder::state(TimelineEventType::RoomMember, invitee.as_str(), content), None)
-            .await?;
+        self.append_event(
+            Target::Room(room_id),
+            sender,
+            PduBuilder::state(TimelineEventType::RoomMember, invitee.as_str(), content),
+            None,
+        )
+        .await?;
         Ok(())
     }
 
     /// Joins `user` to a room known to this server.
-    pub async fn join(&self, user: &UserId, room_id: &RoomId, reason: Option<String>) -> Result<OwnedRoomId> {
+    pub async fn join(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        reason: Option<String>,
+    ) -> Result<OwnedRoomId> {
         let Some(meta) = self.room_meta(room_id).await? else {
-            return Err(Error::not_found("This server does not know this room, and federation is not enabled"));
+            return Err(Error::not_found(
+                "This server does not know this room, and federation is not enabled",
+            ));
         };
         let state = self.state_map(meta.state_group).await?;
-        let current = self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await?.and_then(|p| p.membership());
+        let current = self
+            .state_event_in(&state, &StateEventType::RoomMember, user.as_str())
+            .await?
+            .and_then(|p| p.membership());
         let mut content = with_membership("join", self.member_profile(user).await?, false);
         add_reason(&mut content, reason);
 
         // Restricted rooms: a local member who may invite vouches for the joiner, when the joiner
         // is in one of the rooms the join rule allows.
         if current.as_deref() != Some("invite") && current.as_deref() != Some("join") {
-            if let Some(rule) = self.state_event_in(&state, &StateEventType::RoomJoinRules, "").await? {
-                let kind = rule.content_field("join_rule").and_then(|v| v.as_str().map(str::to_owned));
-                if matches!(kind.as_deref(), Some("restricted" | "knock_restricted")) && meta.rules().authorization.restricted_join_rule {
-                    let allowed = self.allowed_by_restricted_rule(&rule.content_value(), user).await?;
+            if let Some(rule) = self
+                .state_event_in(&state, &StateEventType::RoomJoinRules, "")
+                .await?
+            {
+                let kind = rule
+                    .content_field("join_rule")
+                    .and_then(|v| v.as_str().map(str::to_owned));
+                if matches!(kind.as_deref(), Some("restricted" | "knock_restricted"))
+                    && meta.rules().authorization.restricted_join_rule
+                {
+                    let allowed = self
+                        .allowed_by_restricted_rule(&rule.content_value(), user)
+                        .await?;
                     if allowed {
                         if let Some(authoriser) = self.local_inviter(room_id).await? {
                             content["join_authorised_via_users_server"] = json!(authoriser);
@@ -67,25 +104,47 @@ impl Services {
                 }
             }
         }
-        let result = self.append_event(Target::Room(room_id), user, PduBuilder::state(TimelineEventType::RoomMember, user.as_str(), content), None).await;
+        let result = self
+            .append_event(
+                Target::Room(room_id),
+                user,
+                PduBuilder::state(TimelineEventType::RoomMember, user.as_str(), content),
+                None,
+            )
+            .await;
         match result {
             Ok(_) => {
-                diplomatie_storage::rooms::unforget(self.db.pool(), user.as_str(), room_id.as_str()).await?;
+                diplomatie_storage::rooms::unforget(
+                    self.db.pool(),
+                    user.as_str(),
+                    room_id.as_str(),
+                )
+                .await?;
                 Ok(room_id.to_owned())
             }
-            Err(Error::Matrix(ErrorKind::Forbidden, reason)) => Err(Error::forbidden(format!("You are not allowed to join this room ({reason})"))),
+            Err(Error::Matrix(ErrorKind::Forbidden, reason)) => Err(Error::forbidden(format!(
+                "You are not allowed to join this room ({reason})"
+            ))),
             Err(e) => Err(e),
         }
     }
 
     /// Whether `user` is joined to one of the rooms a restricted join rule allows.
     async fn allowed_by_restricted_rule(&self, content: &Value, user: &UserId) -> Result<bool> {
-        let Some(allow) = content.get("allow").and_then(Value::as_array) else { return Ok(false) };
+        let Some(allow) = content.get("allow").and_then(Value::as_array) else {
+            return Ok(false);
+        };
         for entry in allow {
             if entry.get("type").and_then(Value::as_str) != Some("m.room_membership") {
                 continue;
             }
-            let Some(room) = entry.get("room_id").and_then(Value::as_str).and_then(|r| <&RoomId>::try_from(r).ok()) else { continue };
+            let Some(room) = entry
+                .get("room_id")
+                .and_then(Value::as_str)
+                .and_then(|r| <&RoomId>::try_from(r).ok())
+            else {
+                continue;
+            };
             if self.room_meta(room).await?.is_some() && self.is_joined(room, user).await? {
                 return Ok(true);
             }
@@ -97,8 +156,13 @@ impl Services {
     async fn local_inviter(&self, room_id: &RoomId) -> Result<Option<OwnedUserId>> {
         let levels = self.power_levels(room_id).await?;
         let invite_level = levels.get("invite").and_then(Value::as_i64).unwrap_or(0);
-        let mut candidates: Vec<OwnedUserId> =
-            self.joined_members(room_id).await?.iter().filter(|u| u.server_name() == self.server_name()).cloned().collect();
+        let mut candidates: Vec<OwnedUserId> = self
+            .joined_members(room_id)
+            .await?
+            .iter()
+            .filter(|u| u.server_name() == self.server_name())
+            .cloned()
+            .collect();
         candidates.sort();
         for user in candidates {
             if self.user_power(room_id, &levels, &user).await? >= invite_level {
@@ -110,23 +174,45 @@ impl Services {
 
     /// The content of the room's power levels (the spec's defaults when absent).
     pub async fn power_levels(&self, room_id: &RoomId) -> Result<Map<String, Value>> {
-        Ok(match self.state_event(room_id, &StateEventType::RoomPowerLevels, "").await? {
-            Some(p) => match p.content_value() {
-                Value::Object(m) => m,
-                _ => Map::new(),
+        Ok(
+            match self
+                .state_event(room_id, &StateEventType::RoomPowerLevels, "")
+                .await?
+            {
+                Some(p) => match p.content_value() {
+                    Value::Object(m) => m,
+                    _ => Map::new(),
+                },
+                None => Map::new(),
             },
-            None => Map::new(),
-        })
+        )
     }
 
     /// A user's power level, counting v12 creators as above every level.
-    pub async fn user_power(&self, room_id: &RoomId, levels: &Map<String, Value>, user: &UserId) -> Result<i64> {
+    pub async fn user_power(
+        &self,
+        room_id: &RoomId,
+        levels: &Map<String, Value>,
+        user: &UserId,
+    ) -> Result<i64> {
         let meta = self.known_room(room_id).await?;
-        if meta.rules().authorization.explicitly_privilege_room_creators {
-            if let Some(create) = self.state_event(room_id, &StateEventType::RoomCreate, "").await? {
+        if meta
+            .rules()
+            .authorization
+            .explicitly_privilege_room_creators
+        {
+            if let Some(create) = self
+                .state_event(room_id, &StateEventType::RoomCreate, "")
+                .await?
+            {
                 let extra = create.content_field("additional_creators");
                 let is_creator = create.sender == user
-                    || extra.and_then(|v| v.as_array().map(|a| a.iter().any(|u| u.as_str() == Some(user.as_str())))).unwrap_or(false);
+                    || extra
+                        .and_then(|v| {
+                            v.as_array()
+                                .map(|a| a.iter().any(|u| u.as_str() == Some(user.as_str())))
+                        })
+                        .unwrap_or(false);
                 if is_creator {
                     return Ok(i64::MAX);
                 }
@@ -134,15 +220,33 @@ impl Services {
         }
         let default = if levels.is_empty() {
             // Without a power levels event the creator has 100, everyone else 0.
-            let create = self.state_event(room_id, &StateEventType::RoomCreate, "").await?;
-            return Ok(if create.is_some_and(|c| c.sender == user) { 100 } else { 0 });
+            let create = self
+                .state_event(room_id, &StateEventType::RoomCreate, "")
+                .await?;
+            return Ok(if create.is_some_and(|c| c.sender == user) {
+                100
+            } else {
+                0
+            });
         } else {
-            levels.get("users_default").and_then(Value::as_i64).unwrap_or(0)
+            levels
+                .get("users_default")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
         };
-        Ok(levels.get("users").and_then(|u| u.get(user.as_str())).and_then(Value::as_i64).unwrap_or(default))
+        Ok(levels
+            .get("users")
+            .and_then(|u| u.get(user.as_str()))
+            .and_then(Value::as_i64)
+            .unwrap_or(default))
     }
 
-    pub async fn leave(&self, user: &UserId, room_id: &RoomId, reason: Option<String>) -> Result<()> {
+    pub async fn leave(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        reason: Option<String>,
+    ) -> Result<()> {
         let current = self.membership(room_id, user).await?;
         match current.as_deref() {
             None => return Err(Error::forbidden("You are not a member of this room")),
@@ -152,12 +256,25 @@ impl Services {
         }
         let mut content = json!({ "membership": "leave" });
         add_reason(&mut content, reason);
-        self.append_event(Target::Room(room_id), user, PduBuilder::state(TimelineEventType::RoomMember, user.as_str(), content), None).await?;
+        self.append_event(
+            Target::Room(room_id),
+            user,
+            PduBuilder::state(TimelineEventType::RoomMember, user.as_str(), content),
+            None,
+        )
+        .await?;
         Ok(())
     }
 
     /// Kick, ban and unban: a membership event about someone else.
-    pub async fn set_membership_of(&self, sender: &UserId, room_id: &RoomId, target: &UserId, membership: &str, reason: Option<String>) -> Result<()> {
+    pub async fn set_membership_of(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        membership: &str,
+        reason: Option<String>,
+    ) -> Result<()> {
         self.known_room(room_id).await?;
         let current = self.membership(room_id, target).await?;
         if membership == "leave" && matches!(current.as_deref(), None | Some("leave")) {
@@ -165,33 +282,63 @@ impl Services {
         }
         let mut content = json!({ "membership": membership });
         add_reason(&mut content, reason);
-        self.append_event(Target::Room(room_id), sender, PduBuilder::state(TimelineEventType::RoomMember, target.as_str(), content), None).await?;
+        self.append_event(
+            Target::Room(room_id),
+            sender,
+            PduBuilder::state(TimelineEventType::RoomMember, target.as_str(), content),
+            None,
+        )
+        .await?;
         Ok(())
     }
 
-    pub async fn unban(&self, sender: &UserId, room_id: &RoomId, target: &UserId, reason: Option<String>) -> Result<()> {
+    pub async fn unban(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        reason: Option<String>,
+    ) -> Result<()> {
         if self.membership(room_id, target).await?.as_deref() != Some("ban") {
             return Err(Error::forbidden("The user is not banned"));
         }
-        self.set_membership_of(sender, room_id, target, "leave", reason).await
+        self.set_membership_of(sender, room_id, target, "leave", reason)
+            .await
     }
 
-    pub async fn knock(&self, user: &UserId, room_id: &RoomId, reason: Option<String>) -> Result<OwnedRoomId> {
+    pub async fn knock(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        reason: Option<String>,
+    ) -> Result<OwnedRoomId> {
         if self.room_meta(room_id).await?.is_none() {
-            return Err(Error::not_found("This server does not know this room, and federation is not enabled"));
+            return Err(Error::not_found(
+                "This server does not know this room, and federation is not enabled",
+            ));
         }
         let mut content = with_membership("knock", self.member_profile(user).await?, false);
         add_reason(&mut content, reason);
-        self.append_event(Target::Room(room_id), user, PduBuilder::state(TimelineEventType::RoomMember, user.as_str(), content), None).await?;
+        self.append_event(
+            Target::Room(room_id),
+            user,
+            PduBuilder::state(TimelineEventType::RoomMember, user.as_str(), content),
+            None,
+        )
+        .await?;
         Ok(room_id.to_owned())
     }
 
     pub async fn forget(&self, user: &UserId, room_id: &RoomId) -> Result<()> {
         match self.membership(room_id, user).await?.as_deref() {
-            Some("join" | "invite" | "knock") => Err(Error::new(ErrorKind::Unknown, "You must leave the room before forgetting it")),
+            Some("join" | "invite" | "knock") => Err(Error::new(
+                ErrorKind::Unknown,
+                "You must leave the room before forgetting it",
+            )),
             None => Err(Error::not_found("You were never a member of this room")),
             _ => {
-                diplomatie_storage::rooms::forget(self.db.pool(), user.as_str(), room_id.as_str()).await?;
+                diplomatie_storage::rooms::forget(self.db.pool(), user.as_str(), room_id.as_str())
+                    .await?;
                 Ok(())
             }
         }

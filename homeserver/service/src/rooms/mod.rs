@@ -45,7 +45,9 @@ pub struct RoomMeta {
 
 impl RoomMeta {
     pub fn rules(&self) -> RoomVersionRules {
-        self.version.rules().expect("only known room versions are stored")
+        self.version
+            .rules()
+            .expect("only known room versions are stored")
     }
 }
 
@@ -85,18 +87,37 @@ pub struct PduBuilder {
 }
 
 impl PduBuilder {
-    pub fn state(kind: impl Into<TimelineEventType>, state_key: impl Into<String>, content: Value) -> Self {
-        PduBuilder { kind: kind.into(), content, state_key: Some(state_key.into()), redacts: None, timestamp: None }
+    pub fn state(
+        kind: impl Into<TimelineEventType>,
+        state_key: impl Into<String>,
+        content: Value,
+    ) -> Self {
+        PduBuilder {
+            kind: kind.into(),
+            content,
+            state_key: Some(state_key.into()),
+            redacts: None,
+            timestamp: None,
+        }
     }
     pub fn message(kind: impl Into<TimelineEventType>, content: Value) -> Self {
-        PduBuilder { kind: kind.into(), content, state_key: None, redacts: None, timestamp: None }
+        PduBuilder {
+            kind: kind.into(),
+            content,
+            state_key: None,
+            redacts: None,
+            timestamp: None,
+        }
     }
 }
 
 /// The room an event goes into: an existing room, or a new one (for its create event).
 pub enum Target<'a> {
     Room(&'a RoomId),
-    New { room_id: Option<OwnedRoomId>, version: RoomVersionId },
+    New {
+        room_id: Option<OwnedRoomId>,
+        version: RoomVersionId,
+    },
 }
 
 impl Services {
@@ -106,8 +127,11 @@ impl Services {
             return Ok(Some(m.clone()));
         }
         let pool = self.db.pool();
-        let Some(room) = room_store::get_room(pool, room_id.as_str()).await? else { return Ok(None) };
-        let version = RoomVersionId::try_from(room.room_version.as_str()).map_err(|_| Error::Internal)?;
+        let Some(room) = room_store::get_room(pool, room_id.as_str()).await? else {
+            return Ok(None);
+        };
+        let version =
+            RoomVersionId::try_from(room.room_version.as_str()).map_err(|_| Error::Internal)?;
         let ids = ev_store::forward_extremities(pool, room_id.as_str()).await?;
         let mut extremities = Vec::new();
         let mut depth = 0;
@@ -121,14 +145,26 @@ impl Services {
             extremities.push(id);
         }
         let chain_length = state_store::chain_length(pool, state_group).await?;
-        let meta = Arc::new(RoomMeta { version, extremities, depth, state_group, chain_length });
-        self.rooms.meta.lock().unwrap().insert(room_id.to_owned(), meta.clone());
+        let meta = Arc::new(RoomMeta {
+            version,
+            extremities,
+            depth,
+            state_group,
+            chain_length,
+        });
+        self.rooms
+            .meta
+            .lock()
+            .unwrap()
+            .insert(room_id.to_owned(), meta.clone());
         Ok(Some(meta))
     }
 
     /// The room's meta, or `M_NOT_FOUND`.
     pub async fn known_room(&self, room_id: &RoomId) -> Result<Arc<RoomMeta>> {
-        self.room_meta(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))
+        self.room_meta(room_id)
+            .await?
+            .ok_or_else(|| Error::not_found("Unknown room"))
     }
 
     pub async fn get_pdu(&self, event_id: &ruma::EventId) -> Result<Option<Arc<Pdu>>> {
@@ -139,7 +175,11 @@ impl Services {
             return Ok(None);
         };
         let pdu = Arc::new(Pdu::from_stored(stored)?);
-        self.rooms.events.lock().unwrap().put(event_id.to_owned(), pdu.clone());
+        self.rooms
+            .events
+            .lock()
+            .unwrap()
+            .put(event_id.to_owned(), pdu.clone());
         Ok(Some(pdu))
     }
 
@@ -157,7 +197,8 @@ impl Services {
                 base = s.clone();
                 break;
             }
-            let Some((prev, _, entries)) = state_store::get_state_group(self.db.pool(), g).await? else {
+            let Some((prev, _, entries)) = state_store::get_state_group(self.db.pool(), g).await?
+            else {
                 tracing::error!(group = g, "missing state group");
                 return Err(Error::Internal);
             };
@@ -197,7 +238,12 @@ impl Services {
     }
 
     /// One event of the current state of a room.
-    pub async fn state_event(&self, room_id: &RoomId, kind: &StateEventType, state_key: &str) -> Result<Option<Arc<Pdu>>> {
+    pub async fn state_event(
+        &self,
+        room_id: &RoomId,
+        kind: &StateEventType,
+        state_key: &str,
+    ) -> Result<Option<Arc<Pdu>>> {
         let state = self.current_state(room_id).await?;
         self.state_event_in(&state, kind, state_key).await
     }
@@ -229,7 +275,11 @@ impl Services {
             .filter_map(|(u, _, _)| OwnedUserId::try_from(u).ok())
             .collect();
         let joined = Arc::new(joined);
-        self.rooms.joined.lock().unwrap().insert(room_id.to_owned(), joined.clone());
+        self.rooms
+            .joined
+            .lock()
+            .unwrap()
+            .insert(room_id.to_owned(), joined.clone());
         Ok(joined)
     }
 
@@ -250,12 +300,19 @@ impl Services {
                 (meta, state, false)
             }
             Target::New { version, .. } => {
-                let meta = RoomMeta { version: version.clone(), extremities: vec![], depth: 0, state_group: 0, chain_length: 0 };
+                let meta = RoomMeta {
+                    version: version.clone(),
+                    extremities: vec![],
+                    depth: 0,
+                    state_group: 0,
+                    chain_length: 0,
+                };
                 (Arc::new(meta), Arc::default(), true)
             }
         };
         let rules = meta.rules();
-        let content_raw = serde_json::value::to_raw_value(&builder.content).map_err(|_| Error::bad_json("Invalid content"))?;
+        let content_raw = serde_json::value::to_raw_value(&builder.content)
+            .map_err(|_| Error::bad_json("Invalid content"))?;
 
         // Select the auth events from the current state, and load what the auth rules may read.
         let auth_types = state_res::auth_types_for_event(
@@ -307,19 +364,41 @@ impl Services {
         }
         if rules.event_id_format == EventIdFormatVersion::V1 {
             // v1 and v2 reference events with their hashes, and carry their own event id.
-            object.insert("prev_events".into(), Value::Array(self.event_refs(&meta.extremities, &rules).await?));
-            object.insert("auth_events".into(), Value::Array(self.event_refs(&auth_events, &rules).await?));
-            object.insert("event_id".into(), json!(format!("${}:{}", crate::random_string(18), self.server_name())));
+            object.insert(
+                "prev_events".into(),
+                Value::Array(self.event_refs(&meta.extremities, &rules).await?),
+            );
+            object.insert(
+                "auth_events".into(),
+                Value::Array(self.event_refs(&auth_events, &rules).await?),
+            );
+            object.insert(
+                "event_id".into(),
+                json!(format!(
+                    "${}:{}",
+                    crate::random_string(18),
+                    self.server_name()
+                )),
+            );
         } else {
             object.insert("prev_events".into(), json!(meta.extremities));
             object.insert("auth_events".into(), json!(auth_events));
         }
-        let mut canonical: CanonicalJsonObject =
-            serde_json::from_value(Value::Object(object)).map_err(|e| Error::bad_json(format!("Content is not canonical JSON: {e}")))?;
-        ruma::signatures::hash_and_sign_event(self.server_name().as_str(), &self.keys.keypair, &mut canonical, &rules.redaction)
-            .map_err(|e| Error::bad_json(format!("Cannot sign the event: {e}")))?;
+        let mut canonical: CanonicalJsonObject = serde_json::from_value(Value::Object(object))
+            .map_err(|e| Error::bad_json(format!("Content is not canonical JSON: {e}")))?;
+        ruma::signatures::hash_and_sign_event(
+            self.server_name().as_str(),
+            &self.keys.keypair,
+            &mut canonical,
+            &rules.redaction,
+        )
+        .map_err(|e| Error::bad_json(format!("Cannot sign the event: {e}")))?;
         let event_id: OwnedEventId = if rules.event_id_format == EventIdFormatVersion::V1 {
-            canonical.get("event_id").and_then(|v| v.as_str()).and_then(|s| s.try_into().ok()).ok_or(Error::Internal)?
+            canonical
+                .get("event_id")
+                .and_then(|v| v.as_str())
+                .and_then(|s| s.try_into().ok())
+                .ok_or(Error::Internal)?
         } else {
             let hash = ruma::signatures::reference_hash(&canonical, &rules)
                 .map_err(|e| Error::new(ErrorKind::TooLarge, format!("Event rejected: {e}")))?;
@@ -328,7 +407,9 @@ impl Services {
         let room_id: OwnedRoomId = match room_id_field {
             Some(r) => r,
             // Since v12 the room id is the create event's id with the `!` sigil.
-            None => format!("!{}", &event_id.as_str()[1..]).try_into().map_err(|_| Error::Internal)?,
+            None => format!("!{}", &event_id.as_str()[1..])
+                .try_into()
+                .map_err(|_| Error::Internal)?,
         };
 
         // Keep what replaced state for clients (`unsigned.prev_content`); not hashed nor signed.
@@ -352,11 +433,16 @@ impl Services {
         let mut pdu = Pdu::from_json(event_id.clone(), json, Some(room_id.clone()))?;
 
         // Authorise it against the room's current state.
-        state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| loaded.get(id).cloned())
-            .map_err(|reason| Error::forbidden(format!("Event not authorised: {reason}")))?;
+        state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| {
+            loaded.get(id).cloned()
+        })
+        .map_err(|reason| Error::forbidden(format!("Event not authorised: {reason}")))?;
         if !is_new {
             state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |kind, key| {
-                state.get(&(kind.clone(), key.to_owned())).and_then(|id| loaded.get(id)).cloned()
+                state
+                    .get(&(kind.clone(), key.to_owned()))
+                    .and_then(|id| loaded.get(id))
+                    .cloned()
             })
             .map_err(|reason| Error::forbidden(format!("Event not authorised: {reason}")))?;
         }
@@ -367,23 +453,59 @@ impl Services {
         let mut chain_length = meta.chain_length;
         let mut tx = self.db.begin().await?;
         if let Target::New { version, .. } = &target {
-            room_store::insert_room(&mut tx, room_id.as_str(), version.as_str(), sender.as_str(), false, ts).await?;
+            room_store::insert_room(
+                &mut tx,
+                room_id.as_str(),
+                version.as_str(),
+                sender.as_str(),
+                false,
+                ts,
+            )
+            .await?;
         }
         if let Some(sk) = &pdu.state_key {
             let mut map = (*state).clone();
-            map.insert((StateEventType::from(pdu.kind.to_string()), sk.clone()), event_id.clone());
+            map.insert(
+                (StateEventType::from(pdu.kind.to_string()), sk.clone()),
+                event_id.clone(),
+            );
             let id = self.next_state_group().await?;
             let kind = pdu.kind.to_string();
-            let (prev, owned): (Option<i64>, Vec<(String, &str, &str)>) = if meta.state_group == 0 || meta.chain_length >= MAX_STATE_CHAIN {
-                chain_length = 0;
-                (None, map.iter().map(|((t, k), e)| (t.to_string(), k.as_str(), e.as_str())).collect())
-            } else {
-                chain_length = meta.chain_length + 1;
-                (Some(meta.state_group), vec![(kind.clone(), sk.as_str(), event_id.as_str())])
-            };
-            let delta: Vec<(&str, &str, &str)> = owned.iter().map(|(t, k, e)| (t.as_str(), *k, *e)).collect();
-            state_store::insert_state_group(&mut tx, id, room_id.as_str(), prev, chain_length, &delta).await?;
-            state_store::set_current_state(&mut tx, room_id.as_str(), (&kind, sk, event_id.as_str()), pdu.membership().as_deref(), write.position).await?;
+            let (prev, owned): (Option<i64>, Vec<(String, &str, &str)>) =
+                if meta.state_group == 0 || meta.chain_length >= MAX_STATE_CHAIN {
+                    chain_length = 0;
+                    (
+                        None,
+                        map.iter()
+                            .map(|((t, k), e)| (t.to_string(), k.as_str(), e.as_str()))
+                            .collect(),
+                    )
+                } else {
+                    chain_length = meta.chain_length + 1;
+                    (
+                        Some(meta.state_group),
+                        vec![(kind.clone(), sk.as_str(), event_id.as_str())],
+                    )
+                };
+            let delta: Vec<(&str, &str, &str)> =
+                owned.iter().map(|(t, k, e)| (t.as_str(), *k, *e)).collect();
+            state_store::insert_state_group(
+                &mut tx,
+                id,
+                room_id.as_str(),
+                prev,
+                chain_length,
+                &delta,
+            )
+            .await?;
+            state_store::set_current_state(
+                &mut tx,
+                room_id.as_str(),
+                (&kind, sk, event_id.as_str()),
+                pdu.membership().as_deref(),
+                write.position,
+            )
+            .await?;
             state_group = id;
             new_state = Some(Arc::new(map));
         }
@@ -408,11 +530,19 @@ impl Services {
         .await?;
         ev_store::set_forward_extremities(&mut tx, room_id.as_str(), &[event_id.as_str()]).await?;
         if let Some((device, txn_id)) = txn {
-            ev_store::insert_txn(&mut tx, sender.as_str(), device.as_str(), txn_id.as_str(), event_id.as_str()).await?;
+            ev_store::insert_txn(
+                &mut tx,
+                sender.as_str(),
+                device.as_str(),
+                txn_id.as_str(),
+                event_id.as_str(),
+            )
+            .await?;
         }
         let redacted = match &pdu.redacts {
             Some(target_id) if pdu.kind == TimelineEventType::RoomRedaction => {
-                self.apply_redaction(&mut tx, target_id, &event_id, &rules).await?
+                self.apply_redaction(&mut tx, target_id, &event_id, &rules)
+                    .await?
             }
             _ => None,
         };
@@ -430,17 +560,33 @@ impl Services {
             state_group,
             chain_length,
         };
-        self.rooms.meta.lock().unwrap().insert(room_id.clone(), Arc::new(new_meta));
+        self.rooms
+            .meta
+            .lock()
+            .unwrap()
+            .insert(room_id.clone(), Arc::new(new_meta));
         if let Some(map) = new_state {
             self.rooms.states.lock().unwrap().put(state_group, map);
         }
-        self.rooms.events.lock().unwrap().put(event_id.clone(), pdu.clone());
+        self.rooms
+            .events
+            .lock()
+            .unwrap()
+            .put(event_id.clone(), pdu.clone());
         if let Some(redacted) = redacted {
-            self.rooms.events.lock().unwrap().put(redacted.event_id.clone(), Arc::new(redacted));
+            self.rooms
+                .events
+                .lock()
+                .unwrap()
+                .put(redacted.event_id.clone(), Arc::new(redacted));
         }
         let mut wake: Vec<OwnedUserId> = Vec::new();
         if pdu.kind == TimelineEventType::RoomMember {
-            if let Some(target) = pdu.state_key.as_deref().and_then(|s| OwnedUserId::try_from(s).ok()) {
+            if let Some(target) = pdu
+                .state_key
+                .as_deref()
+                .and_then(|s| OwnedUserId::try_from(s).ok())
+            {
                 let mut joined = self.rooms.joined.lock().unwrap();
                 if let Some(set) = joined.get_mut(&room_id) {
                     let set = Arc::make_mut(set);
@@ -454,16 +600,22 @@ impl Services {
             }
         }
         let joined = self.joined_members(&room_id).await?;
-        self.notifier.notify(joined.iter().map(|u| &**u).chain(wake.iter().map(|u| &**u)));
+        self.notifier
+            .notify(joined.iter().map(|u| &**u).chain(wake.iter().map(|u| &**u)));
         Ok(pdu)
     }
 
     /// `[event_id, {"sha256": reference hash}]` pairs for room versions 1 and 2.
-    async fn event_refs(&self, ids: &[OwnedEventId], rules: &RoomVersionRules) -> Result<Vec<Value>> {
+    async fn event_refs(
+        &self,
+        ids: &[OwnedEventId],
+        rules: &RoomVersionRules,
+    ) -> Result<Vec<Value>> {
         let mut refs = Vec::new();
         for id in ids {
             let pdu = self.get_pdu(id).await?.ok_or(Error::Internal)?;
-            let hash = ruma::signatures::reference_hash(&pdu.canonical_object()?, rules).map_err(|_| Error::Internal)?;
+            let hash = ruma::signatures::reference_hash(&pdu.canonical_object()?, rules)
+                .map_err(|_| Error::Internal)?;
             refs.push(json!([id, { "sha256": hash }]));
         }
         Ok(refs)
@@ -473,7 +625,12 @@ impl Services {
         use std::sync::atomic::Ordering;
         if self.rooms.next_state_group.load(Ordering::Acquire) < 0 {
             let max = state_store::max_state_group(self.db.pool()).await?;
-            let _ = self.rooms.next_state_group.compare_exchange(-1, max + 1, Ordering::AcqRel, Ordering::Acquire);
+            let _ = self.rooms.next_state_group.compare_exchange(
+                -1,
+                max + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
         Ok(self.rooms.next_state_group.fetch_add(1, Ordering::AcqRel))
     }
@@ -487,9 +644,12 @@ impl Services {
         redaction_id: &ruma::EventId,
         rules: &RoomVersionRules,
     ) -> Result<Option<Pdu>> {
-        let Some(target) = self.get_pdu(target_id).await? else { return Ok(None) };
+        let Some(target) = self.get_pdu(target_id).await? else {
+            return Ok(None);
+        };
         let object = target.canonical_object()?;
-        let mut redacted = ruma::canonical_json::redact(object, &rules.redaction, None).map_err(|_| Error::Internal)?;
+        let mut redacted = ruma::canonical_json::redact(object, &rules.redaction, None)
+            .map_err(|_| Error::Internal)?;
         redacted.remove("unsigned");
         let json = serde_json::to_string(&redacted).map_err(|_| Error::Internal)?;
         ev_store::redact_event(tx, target_id.as_str(), redaction_id.as_str(), &json).await?;
@@ -511,6 +671,36 @@ fn relation_of(pdu: &Pdu) -> Option<(String, String)> {
         _ => {
             let reply = rel.get("m.in_reply_to")?.get("event_id")?.as_str()?;
             Some(("m.in_reply_to".to_owned(), reply.to_owned()))
+        }
+    }
+}
+
+/// The rooms a user is joined to.
+pub async fn joined_rooms(services: &Services, user: &UserId) -> Result<Vec<OwnedRoomId>> {
+    Ok(
+        state_store::rooms_for_user(services.db.pool(), user.as_str())
+            .await?
+            .into_iter()
+            .filter(|(_, m)| m == "join")
+            .filter_map(|(r, _)| OwnedRoomId::try_from(r).ok())
+            .collect(),
+    )
+}
+
+impl Services {
+    /// The room state as of a stream position (the state after the last event at or before it).
+    pub async fn state_at_position(
+        &self,
+        room_id: &RoomId,
+        position: i64,
+    ) -> Result<Arc<StateMap<OwnedEventId>>> {
+        let meta = self.known_room(room_id).await?;
+        if position >= self.stream_position() {
+            return self.state_map(meta.state_group).await;
+        }
+        match ev_store::last_room_event(self.db.pool(), room_id.as_str(), position).await? {
+            Some(e) => self.state_map(e.state_group).await,
+            None => Ok(Arc::default()),
         }
     }
 }

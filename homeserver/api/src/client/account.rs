@@ -1,0 +1,391 @@
+//! Account endpoints: registration, login and logout, tokens, password, deactivation, devices,
+//! profile (client-server spec, "Client Authentication", "Device Management", "Profiles").
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{extract::State, response::Response};
+use diplomatie_service::{Error, Services};
+use ruma::api::{
+    client::{
+        account::{
+            change_password, check_registration_token_validity, deactivate,
+            get_username_availability, register, whoami,
+        },
+        device::{self, delete_device, delete_devices, get_device, get_devices, update_device},
+        profile::get_profile,
+        session::{get_login_types, login, logout, logout_all, refresh_token},
+        uiaa::{AuthData, AuthType, UserIdentifier},
+    },
+    error::ErrorKind,
+};
+use serde_json::{json, Value};
+
+use crate::{
+    error::ApiError,
+    ruma_wrapper::{json_ok, ApiResult, Ruma},
+};
+
+type S = State<Arc<Services>>;
+
+/// `GET /register/available`
+pub async fn username_available(
+    State(s): S,
+    req: Ruma<get_username_availability::v3::Request>,
+) -> ApiResult<get_username_availability::v3::Response> {
+    if !s.config.registration.enabled {
+        return Err(Error::forbidden("Registration is disabled").into());
+    }
+    s.check_username_available(&req.body.username).await?;
+    Ok(get_username_availability::v3::Response::new(true).into())
+}
+
+/// `GET /register/m.login.registration_token/validity`
+pub async fn registration_token_validity(
+    State(s): S,
+    req: Ruma<check_registration_token_validity::v1::Request>,
+) -> ApiResult<check_registration_token_validity::v1::Response> {
+    if !s.config.registration.enabled || !s.config.registration.require_token {
+        return Err(Error::forbidden("Registration tokens are not in use").into());
+    }
+    Ok(check_registration_token_validity::v1::Response::new(
+        s.registration_token_valid(&req.body.token).await?,
+    )
+    .into())
+}
+
+/// `POST /register`: user-interactive, with `m.login.dummy` or `m.login.registration_token`.
+pub async fn register(
+    State(s): S,
+    req: Ruma<register::v3::Request>,
+) -> ApiResult<register::v3::Response> {
+    let body = req.body;
+    if body.kind == register::RegistrationKind::Guest {
+        return Err(Error::forbidden("Guest access is disabled").into());
+    }
+    if !s.config.registration.enabled {
+        return Err(Error::forbidden("Registration is disabled").into());
+    }
+    // Check the username before asking for authentication, as Synapse does.
+    if let Some(name) = &body.username {
+        s.check_username_available(&name.to_lowercase()).await?;
+    }
+    let flows = if s.config.registration.require_token {
+        vec![vec![AuthType::RegistrationToken]]
+    } else {
+        vec![vec![AuthType::Dummy]]
+    };
+    s.user_interactive_auth(&flows, body.auth.as_ref(), None)
+        .await?;
+    if body.password.as_deref().is_none_or(str::is_empty) {
+        return Err(Error::missing_param("A password is required").into());
+    }
+    let user_id = s
+        .create_account(
+            body.username.as_deref().map(str::to_lowercase).as_deref(),
+            body.password.as_deref(),
+            false,
+            None,
+        )
+        .await?;
+    if let Some(AuthData::RegistrationToken(t)) = &body.auth {
+        s.consume_registration_token(&t.token).await?;
+    }
+    let mut resp = register::v3::Response::new(user_id.clone());
+    if !body.inhibit_login {
+        let session = s
+            .open_session(
+                &user_id,
+                body.device_id.as_ref().map(|d| d.as_str()),
+                body.initial_device_display_name.as_deref(),
+                body.refresh_token,
+            )
+            .await?;
+        resp.access_token = Some(session.access_token);
+        resp.device_id = Some(session.device_id);
+        resp.refresh_token = session.refresh_token;
+        resp.expires_in = session.expires_in_ms.map(Duration::from_millis);
+    }
+    Ok(resp.into())
+}
+
+/// `GET /login`
+pub async fn login_types(
+    _: S,
+    _req: Ruma<get_login_types::v3::Request>,
+) -> ApiResult<get_login_types::v3::Response> {
+    let password = get_login_types::v3::LoginType::Password(Default::default());
+    Ok(get_login_types::v3::Response::new(vec![password]).into())
+}
+
+/// `POST /login` with `m.login.password`.
+pub async fn login(State(s): S, req: Ruma<login::v3::Request>) -> ApiResult<login::v3::Response> {
+    let body = req.body;
+    let login::v3::LoginInfo::Password(info) = &body.login_info else {
+        return Err(Error::new(ErrorKind::Unknown, "Only m.login.password is supported").into());
+    };
+    #[allow(deprecated)]
+    let user = match (&info.identifier, &info.user) {
+        (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
+        (None, Some(user)) => user.clone(),
+        (Some(_), _) => {
+            return Err(
+                Error::new(ErrorKind::Unknown, "Only user identifiers are supported").into(),
+            )
+        }
+        (None, None) => return Err(Error::missing_param("identifier is required").into()),
+    };
+    let user_id = s
+        .parse_local_user(&user)
+        .map_err(|_| Error::forbidden("Invalid username or password"))?;
+    s.verify_password(&user_id, &info.password).await?;
+    let session = s
+        .open_session(
+            &user_id,
+            body.device_id.as_ref().map(|d| d.as_str()),
+            body.initial_device_display_name.as_deref(),
+            body.refresh_token,
+        )
+        .await?;
+    let mut resp =
+        login::v3::Response::new(session.user_id, session.access_token, session.device_id);
+    resp.refresh_token = session.refresh_token;
+    resp.expires_in = session.expires_in_ms.map(Duration::from_millis);
+    Ok(resp.into())
+}
+
+/// `POST /refresh`
+pub async fn refresh(
+    State(s): S,
+    req: Ruma<refresh_token::v3::Request>,
+) -> ApiResult<refresh_token::v3::Response> {
+    let session = s.refresh(&req.body.refresh_token).await?;
+    let mut resp = refresh_token::v3::Response::new(session.access_token);
+    resp.refresh_token = session.refresh_token;
+    resp.expires_in_ms = session.expires_in_ms.map(Duration::from_millis);
+    Ok(resp.into())
+}
+
+pub async fn logout(
+    State(s): S,
+    req: Ruma<logout::v3::Request>,
+) -> ApiResult<logout::v3::Response> {
+    s.logout(req.caller()).await?;
+    Ok(logout::v3::Response::new().into())
+}
+
+pub async fn logout_all(
+    State(s): S,
+    req: Ruma<logout_all::v3::Request>,
+) -> ApiResult<logout_all::v3::Response> {
+    s.logout_all(&req.caller().user_id).await?;
+    Ok(logout_all::v3::Response::new().into())
+}
+
+pub async fn whoami(_: S, req: Ruma<whoami::v3::Request>) -> ApiResult<whoami::v3::Response> {
+    let caller = req.caller();
+    let mut resp = whoami::v3::Response::new(caller.user_id.clone(), false);
+    resp.device_id = Some(caller.device_id.clone());
+    Ok(resp.into())
+}
+
+fn password_flow() -> Vec<Vec<AuthType>> {
+    vec![vec![AuthType::Password]]
+}
+
+/// `POST /account/password` (user-interactive: the current password).
+pub async fn change_password(
+    State(s): S,
+    req: Ruma<change_password::v3::Request>,
+) -> ApiResult<change_password::v3::Response> {
+    let caller = req.caller();
+    s.user_interactive_auth(
+        &password_flow(),
+        req.body.auth.as_ref(),
+        Some(&caller.user_id),
+    )
+    .await?;
+    if req.body.new_password.is_empty() {
+        return Err(Error::new(ErrorKind::WeakPassword, "The password must not be empty").into());
+    }
+    s.change_password(caller, &req.body.new_password, req.body.logout_devices)
+        .await?;
+    Ok(change_password::v3::Response::new().into())
+}
+
+/// `POST /account/deactivate` (user-interactive: the current password).
+pub async fn deactivate(
+    State(s): S,
+    req: Ruma<deactivate::v3::Request>,
+) -> ApiResult<deactivate::v3::Response> {
+    let caller = req.caller();
+    s.user_interactive_auth(
+        &password_flow(),
+        req.body.auth.as_ref(),
+        Some(&caller.user_id),
+    )
+    .await?;
+    s.deactivate(&caller.user_id).await?;
+    Ok(deactivate::v3::Response::new(
+        ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport,
+    )
+    .into())
+}
+
+fn to_device(d: diplomatie_service::accounts::DeviceRecord) -> device::Device {
+    let mut out = device::Device::new(d.device_id.into());
+    out.display_name = d.display_name;
+    out.last_seen_ip = d.last_seen_ip;
+    out.last_seen_ts = d
+        .last_seen_ts
+        .and_then(|t| ruma::UInt::try_from(t.max(0) as u64).ok())
+        .map(ruma::MilliSecondsSinceUnixEpoch);
+    out
+}
+
+pub async fn devices(
+    State(s): S,
+    req: Ruma<get_devices::v3::Request>,
+) -> ApiResult<get_devices::v3::Response> {
+    let list = s.devices(&req.caller().user_id).await?;
+    Ok(get_devices::v3::Response::new(list.into_iter().map(to_device).collect()).into())
+}
+
+pub async fn device(
+    State(s): S,
+    req: Ruma<get_device::v3::Request>,
+) -> ApiResult<get_device::v3::Response> {
+    let d = s
+        .device(&req.caller().user_id, req.body.device_id.as_str())
+        .await?;
+    Ok(get_device::v3::Response::new(to_device(d)).into())
+}
+
+pub async fn update_device(
+    State(s): S,
+    req: Ruma<update_device::v3::Request>,
+) -> ApiResult<update_device::v3::Response> {
+    s.rename_device(
+        &req.caller().user_id,
+        req.body.device_id.as_str(),
+        req.body.display_name.as_deref(),
+    )
+    .await?;
+    Ok(update_device::v3::Response::new().into())
+}
+
+/// `DELETE /devices/{deviceId}` (user-interactive).
+pub async fn delete_device(
+    State(s): S,
+    req: Ruma<delete_device::v3::Request>,
+) -> ApiResult<delete_device::v3::Response> {
+    let caller = req.caller();
+    s.device(&caller.user_id, req.body.device_id.as_str())
+        .await?;
+    s.user_interactive_auth(
+        &password_flow(),
+        req.body.auth.as_ref(),
+        Some(&caller.user_id),
+    )
+    .await?;
+    s.delete_devices(&caller.user_id, &[req.body.device_id.as_str()])
+        .await?;
+    Ok(delete_device::v3::Response::new().into())
+}
+
+/// `POST /delete_devices` (user-interactive).
+pub async fn delete_devices(
+    State(s): S,
+    req: Ruma<delete_devices::v3::Request>,
+) -> ApiResult<delete_devices::v3::Response> {
+    let caller = req.caller();
+    s.user_interactive_auth(
+        &password_flow(),
+        req.body.auth.as_ref(),
+        Some(&caller.user_id),
+    )
+    .await?;
+    let ids: Vec<&str> = req.body.devices.iter().map(|d| d.as_str()).collect();
+    s.delete_devices(&caller.user_id, &ids).await?;
+    Ok(delete_devices::v3::Response::new().into())
+}
+
+/// `GET /profile/{userId}`
+pub async fn profile(
+    State(s): S,
+    req: Ruma<get_profile::v3::Request>,
+) -> Result<Response, ApiError> {
+    let (displayname, avatar) = s.profile(&req.body.user_id).await?;
+    let mut body = json!({});
+    if let Some(d) = displayname {
+        body["displayname"] = json!(d);
+    }
+    if let Some(a) = avatar {
+        body["avatar_url"] = json!(a);
+    }
+    Ok(json_ok(body))
+}
+
+/// `GET /profile/{userId}/{field}`
+pub async fn profile_field_untyped(
+    State(s): S,
+    axum::extract::Path((user_id, field)): axum::extract::Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let user_id = ruma::OwnedUserId::try_from(user_id)
+        .map_err(|_| Error::invalid_param("Invalid user id"))?;
+    let (displayname, avatar) = s.profile(&user_id).await?;
+    let value = match field.as_str() {
+        "displayname" => displayname,
+        "avatar_url" => avatar,
+        _ => None,
+    };
+    match value {
+        Some(v) => Ok(json_ok(json!({ field: v }))),
+        None => Err(Error::not_found("Profile field not set").into()),
+    }
+}
+
+/// `PUT /profile/{userId}/{field}`: parsed by hand, the field is in the path and the body.
+pub async fn set_profile_field(
+    State(s): S,
+    axum::extract::Path((user_id, field)): axum::extract::Path<(String, String)>,
+    headers: http::HeaderMap,
+    uri: http::Uri,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&s, &headers, &uri).await?;
+    if caller.user_id.as_str() != user_id {
+        return Err(Error::forbidden("You may only change your own profile").into());
+    }
+    let value: Value =
+        serde_json::from_slice(&body).map_err(|e| Error::new(ErrorKind::NotJson, e.to_string()))?;
+    let v = match value.get(&field) {
+        Some(Value::String(v)) => Some(v.clone()),
+        Some(Value::Null) => None,
+        Some(_) => return Err(Error::bad_json(format!("{field} must be a string")).into()),
+        None => return Err(Error::missing_param(format!("Missing {field}")).into()),
+    };
+    if !matches!(field.as_str(), "displayname" | "avatar_url") {
+        return Err(Error::forbidden("Only displayname and avatar_url can be set").into());
+    }
+    s.set_profile_field(&caller.user_id, &field, v.as_deref())
+        .await?;
+    Ok(json_ok(json!({})))
+}
+
+/// Authentication for the few handlers that do not use a typed ruma request.
+pub async fn authenticate(
+    s: &Services,
+    headers: &http::HeaderMap,
+    uri: &http::Uri,
+) -> Result<diplomatie_service::accounts::Caller, ApiError> {
+    let mut parts = http::Request::builder()
+        .uri(uri.clone())
+        .body(())
+        .map_err(|_| ApiError(Error::Internal))?
+        .into_parts()
+        .0;
+    parts.headers = headers.clone();
+    let token = crate::ruma_wrapper::access_token(&parts)
+        .ok_or_else(|| ApiError(Error::new(ErrorKind::MissingToken, "Missing access token")))?;
+    Ok(s.authenticate(&token).await?)
+}

@@ -1,0 +1,265 @@
+//! Events: send, redact, get, `/messages`, `/context`, relations and threads
+//! (client-server spec, "Events", "Relationships", "Threading").
+
+use std::sync::Arc;
+
+use axum::{extract::State, response::Response};
+use diplomatie_service::{rooms::timeline::EventFilter, Error, Services};
+use ruma::api::{
+    client::{
+        context::get_context,
+        filter::RoomEventFilter,
+        message::{get_message_events, send_message_event},
+        redact::redact_event,
+        relations::{
+            get_relating_events, get_relating_events_with_rel_type,
+            get_relating_events_with_rel_type_and_event_type,
+        },
+        room::get_room_event,
+        threads::get_threads,
+    },
+    Direction,
+};
+use serde_json::{json, Value};
+
+use crate::{
+    error::ApiError,
+    ruma_wrapper::{json_ok, ApiResult, Ruma},
+};
+
+type S = State<Arc<Services>>;
+
+/// Our view of a ruma filter (the server applies a subset of its fields).
+pub fn event_filter(filter: &RoomEventFilter) -> EventFilter {
+    serde_json::to_value(filter)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
+}
+
+pub async fn send_message(
+    State(s): S,
+    req: Ruma<send_message_event::v3::Request>,
+) -> ApiResult<send_message_event::v3::Response> {
+    let caller = req.caller();
+    let content: Value = serde_json::from_str(req.body.body.json().get())
+        .map_err(|e| Error::bad_json(e.to_string()))?;
+    let id = s
+        .send_message(
+            &caller.user_id,
+            &caller.device_id,
+            &req.body.room_id,
+            &req.body.event_type.to_string(),
+            &req.body.txn_id,
+            content,
+        )
+        .await?;
+    Ok(send_message_event::v3::Response::new(id).into())
+}
+
+pub async fn redact(
+    State(s): S,
+    req: Ruma<redact_event::v3::Request>,
+) -> ApiResult<redact_event::v3::Response> {
+    let caller = req.caller().clone();
+    let b = req.body;
+    let id = s
+        .redact(
+            &caller.user_id,
+            &caller.device_id,
+            &b.room_id,
+            &b.event_id,
+            &b.txn_id,
+            b.reason,
+        )
+        .await?;
+    Ok(redact_event::v3::Response::new(id).into())
+}
+
+pub async fn get_event(
+    State(s): S,
+    req: Ruma<get_room_event::v3::Request>,
+) -> Result<Response, ApiError> {
+    let pdu = s
+        .event_for_user(&req.caller().user_id, &req.body.room_id, &req.body.event_id)
+        .await?;
+    Ok(json_ok(pdu.to_client(true)))
+}
+
+/// `GET /rooms/{roomId}/messages`
+pub async fn messages(
+    State(s): S,
+    req: Ruma<get_message_events::v3::Request>,
+) -> Result<Response, ApiError> {
+    let b = &req.body;
+    let filter = event_filter(&b.filter);
+    let backwards = b.dir == Direction::Backward;
+    let limit = u64::from(b.limit) as usize;
+    let page = s
+        .messages(
+            &req.caller().user_id,
+            &b.room_id,
+            b.from.as_deref(),
+            b.to.as_deref(),
+            backwards,
+            limit,
+            &filter,
+        )
+        .await?;
+    let mut body = json!({
+        "start": page.start,
+        "chunk": page.events.iter().map(|p| p.to_client(true)).collect::<Vec<_>>(),
+        "state": page.state.iter().map(|p| p.to_client(true)).collect::<Vec<_>>(),
+    });
+    if let Some(end) = page.end {
+        body["end"] = json!(end);
+    }
+    Ok(json_ok(body))
+}
+
+/// `GET /rooms/{roomId}/context/{eventId}`
+pub async fn context(
+    State(s): S,
+    req: Ruma<get_context::v3::Request>,
+) -> Result<Response, ApiError> {
+    let b = &req.body;
+    let filter = event_filter(&b.filter);
+    let (event, before, after) = s
+        .context(
+            &req.caller().user_id,
+            &b.room_id,
+            &b.event_id,
+            u64::from(b.limit) as usize,
+            &filter,
+        )
+        .await?;
+    Ok(json_ok(json!({
+        "event": event.to_client(true),
+        "events_before": before.events.iter().map(|p| p.to_client(true)).collect::<Vec<_>>(),
+        "events_after": after.events.iter().map(|p| p.to_client(true)).collect::<Vec<_>>(),
+        "state": before.state.iter().map(|p| p.to_client(true)).collect::<Vec<_>>(),
+        "start": before.start,
+        "end": after.end,
+    })))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn relations_page(
+    s: &Services,
+    caller: &diplomatie_service::accounts::Caller,
+    room_id: &ruma::RoomId,
+    event_id: &ruma::EventId,
+    rel_type: Option<&str>,
+    event_type: Option<&str>,
+    from: Option<&str>,
+    to: Option<&str>,
+    dir: Direction,
+    limit: Option<ruma::UInt>,
+) -> Result<Response, ApiError> {
+    let limit = limit.map_or(50, |l| u64::from(l) as usize);
+    let (events, next) = s
+        .relations(
+            &caller.user_id,
+            room_id,
+            event_id,
+            rel_type,
+            event_type,
+            from,
+            to,
+            dir == Direction::Backward,
+            limit,
+        )
+        .await?;
+    let mut body = json!({ "chunk": events.iter().map(|p| p.to_client(true)).collect::<Vec<_>>() });
+    if let Some(n) = next {
+        body["next_batch"] = json!(n);
+    }
+    Ok(json_ok(body))
+}
+
+pub async fn relations(
+    State(s): S,
+    req: Ruma<get_relating_events::v1::Request>,
+) -> Result<Response, ApiError> {
+    let b = &req.body;
+    relations_page(
+        &s,
+        req.caller(),
+        &b.room_id,
+        &b.event_id,
+        None,
+        None,
+        b.from.as_deref(),
+        b.to.as_deref(),
+        b.dir,
+        b.limit,
+    )
+    .await
+}
+
+pub async fn relations_with_type(
+    State(s): S,
+    req: Ruma<get_relating_events_with_rel_type::v1::Request>,
+) -> Result<Response, ApiError> {
+    let b = &req.body;
+    let rel = b.rel_type.to_string();
+    relations_page(
+        &s,
+        req.caller(),
+        &b.room_id,
+        &b.event_id,
+        Some(&rel),
+        None,
+        b.from.as_deref(),
+        b.to.as_deref(),
+        b.dir,
+        b.limit,
+    )
+    .await
+}
+
+pub async fn relations_with_type_and_event_type(
+    State(s): S,
+    req: Ruma<get_relating_events_with_rel_type_and_event_type::v1::Request>,
+) -> Result<Response, ApiError> {
+    let b = &req.body;
+    let rel = b.rel_type.to_string();
+    let kind = b.event_type.to_string();
+    relations_page(
+        &s,
+        req.caller(),
+        &b.room_id,
+        &b.event_id,
+        Some(&rel),
+        Some(&kind),
+        b.from.as_deref(),
+        b.to.as_deref(),
+        b.dir,
+        b.limit,
+    )
+    .await
+}
+
+/// `GET /rooms/{roomId}/threads`
+pub async fn threads(
+    State(s): S,
+    req: Ruma<get_threads::v1::Request>,
+) -> Result<Response, ApiError> {
+    let b = &req.body;
+    let participated = b.include == get_threads::v1::IncludeThreads::Participated;
+    let limit = b.limit.map_or(50, |l| u64::from(l) as usize);
+    let (chunk, next) = s
+        .threads(
+            &req.caller().user_id,
+            &b.room_id,
+            participated,
+            b.from.as_deref(),
+            limit,
+        )
+        .await?;
+    let mut body = json!({ "chunk": chunk });
+    if let Some(n) = next {
+        body["next_batch"] = json!(n);
+    }
+    Ok(json_ok(body))
+}

@@ -1,0 +1,7 @@
+//! Client-server API handlers, one file per section of the spec.
+
+pub mod account;
+pub mod discovery;
+pub mod events;
+pub mod rooms;
+pub mod sync;

@@ -1,0 +1,298 @@
+//! `/sync` and what it reports beside the timeline: filters, typing, receipts, read markers,
+//! account data, tags, presence.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{extract::State, response::Response};
+use diplomatie_service::{
+    sync::{SyncFilter, SyncRequest, SyncToken},
+    Error, Services,
+};
+use ruma::{
+    api::client::{
+        config::{
+            get_global_account_data, get_room_account_data, set_global_account_data,
+            set_room_account_data,
+        },
+        filter::{create_filter, get_filter},
+        presence::{get_presence, set_presence},
+        read_marker::set_read_marker,
+        receipt::create_receipt,
+        sync::sync_events,
+        tag::{create_tag, delete_tag, get_tags},
+        typing::create_typing_event,
+    },
+    events::receipt::ReceiptThread,
+    UserId,
+};
+use serde_json::{json, Value};
+
+use crate::{
+    error::ApiError,
+    ruma_wrapper::{json_ok, ApiResult, Ruma},
+};
+
+type S = State<Arc<Services>>;
+
+fn only_self(caller: &UserId, target: &UserId) -> Result<(), ApiError> {
+    if caller != target {
+        return Err(Error::forbidden("You may only access your own data").into());
+    }
+    Ok(())
+}
+
+/// `GET /sync`
+pub async fn sync(State(s): S, req: Ruma<sync_events::v3::Request>) -> Result<Response, ApiError> {
+    let user = &req.caller().user_id;
+    let filter: SyncFilter = match &req.body.filter {
+        None => SyncFilter::default(),
+        Some(sync_events::v3::Filter::FilterDefinition(def)) => serde_json::to_value(def)
+            .ok()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default(),
+        Some(sync_events::v3::Filter::FilterId(id)) => {
+            let v = s.filter(user, id).await?;
+            serde_json::from_value(v).unwrap_or_default()
+        }
+        Some(_) => SyncFilter::default(),
+    };
+    let since = req
+        .body
+        .since
+        .as_deref()
+        .map(SyncToken::parse)
+        .transpose()?;
+    let presence = req.body.set_presence.to_string();
+    if presence != "offline" {
+        // Syncing marks the user online (or as the client asks), as Synapse does; only
+        // changes are written.
+        let current = s.presence(user).await?;
+        if current.state != presence {
+            s.set_presence(user, &presence, current.status_msg.as_deref())
+                .await?;
+        }
+    }
+    let body = s
+        .sync(SyncRequest {
+            user,
+            since,
+            filter,
+            full_state: req.body.full_state,
+            timeout: req.body.timeout.unwrap_or(Duration::ZERO),
+        })
+        .await?;
+    Ok(json_ok(body))
+}
+
+pub async fn create_filter(
+    State(s): S,
+    req: Ruma<create_filter::v3::Request>,
+) -> ApiResult<create_filter::v3::Response> {
+    only_self(&req.caller().user_id, &req.body.user_id)?;
+    let v = serde_json::to_value(&req.body.filter).map_err(|e| Error::bad_json(e.to_string()))?;
+    let id = s.create_filter(&req.caller().user_id, &v).await?;
+    Ok(create_filter::v3::Response::new(id).into())
+}
+
+pub async fn get_filter(
+    State(s): S,
+    req: Ruma<get_filter::v3::Request>,
+) -> Result<Response, ApiError> {
+    only_self(&req.caller().user_id, &req.body.user_id)?;
+    Ok(json_ok(
+        s.filter(&req.caller().user_id, &req.body.filter_id).await?,
+    ))
+}
+
+pub async fn typing(
+    State(s): S,
+    req: Ruma<create_typing_event::v3::Request>,
+) -> ApiResult<create_typing_event::v3::Response> {
+    only_self(&req.caller().user_id, &req.body.user_id)?;
+    let (typing, timeout) = match req.body.state {
+        create_typing_event::v3::Typing::Yes(info) => (true, Some(info.timeout.as_millis() as u64)),
+        _ => (false, None),
+    };
+    s.set_typing(&req.caller().user_id, &req.body.room_id, typing, timeout)
+        .await?;
+    Ok(create_typing_event::v3::Response::new().into())
+}
+
+pub async fn receipt(
+    State(s): S,
+    req: Ruma<create_receipt::v3::Request>,
+) -> ApiResult<create_receipt::v3::Response> {
+    let b = &req.body;
+    let thread = match &b.thread {
+        ReceiptThread::Unthreaded => None,
+        ReceiptThread::Main => Some("main".to_owned()),
+        ReceiptThread::Thread(id) => Some(id.to_string()),
+        _ => None,
+    };
+    s.set_receipt(
+        &req.caller().user_id,
+        &b.room_id,
+        &b.receipt_type.to_string(),
+        &b.event_id,
+        thread.as_deref(),
+    )
+    .await?;
+    Ok(create_receipt::v3::Response::new().into())
+}
+
+pub async fn read_markers(
+    State(s): S,
+    req: Ruma<set_read_marker::v3::Request>,
+) -> ApiResult<set_read_marker::v3::Response> {
+    let b = &req.body;
+    let user = &req.caller().user_id;
+    if let Some(id) = &b.fully_read {
+        s.set_receipt(user, &b.room_id, "m.fully_read", id, None)
+            .await?;
+    }
+    if let Some(id) = &b.read_receipt {
+        s.set_receipt(user, &b.room_id, "m.read", id, None).await?;
+    }
+    if let Some(id) = &b.private_read_receipt {
+        s.set_receipt(user, &b.room_id, "m.read.private", id, None)
+            .await?;
+    }
+    Ok(set_read_marker::v3::Response::new().into())
+}
+
+pub async fn set_global_account_data(
+    State(s): S,
+    req: Ruma<set_global_account_data::v3::Request>,
+) -> ApiResult<set_global_account_data::v3::Response> {
+    only_self(&req.caller().user_id, &req.body.user_id)?;
+    let content: Value = serde_json::from_str(req.body.data.json().get())
+        .map_err(|e| Error::bad_json(e.to_string()))?;
+    s.set_account_data(
+        &req.caller().user_id,
+        None,
+        &req.body.event_type.to_string(),
+        &content,
+    )
+    .await?;
+    Ok(set_global_account_data::v3::Response::new().into())
+}
+
+pub async fn global_account_data(
+    State(s): S,
+    req: Ruma<get_global_account_data::v3::Request>,
+) -> Result<Response, ApiError> {
+    only_self(&req.caller().user_id, &req.body.user_id)?;
+    Ok(json_ok(
+        s.account_data(
+            &req.caller().user_id,
+            None,
+            &req.body.event_type.to_string(),
+        )
+        .await?,
+    ))
+}
+
+pub async fn set_room_account_data(
+    State(s): S,
+    req: Ruma<set_room_account_data::v3::Request>,
+) -> ApiResult<set_room_account_data::v3::Response> {
+    only_self(&req.caller().user_id, &req.body.user_id)?;
+    let content: Value = serde_json::from_str(req.body.data.json().get())
+        .map_err(|e| Error::bad_json(e.to_string()))?;
+    s.set_account_data(
+        &req.caller().user_id,
+        Some(&req.body.room_id),
+        &req.body.event_type.to_string(),
+        &content,
+    )
+    .await?;
+    Ok(set_room_account_data::v3::Response::new().into())
+}
+
+pub async fn room_account_data(
+    State(s): S,
+    req: Ruma<get_room_account_data::v3::Request>,
+) -> Result<Response, ApiError> {
+    only_self(&req.caller().user_id, &req.body.user_id)?;
+    Ok(json_ok(
+        s.account_data(
+            &req.caller().user_id,
+            Some(&req.body.room_id),
+            &req.body.event_type.to_string(),
+        )
+        .await?,
+    ))
+}
+
+/// Room tags live in the room account data `m.tag`, as the spec describes.
+async fn tags_of(s: &Services, user: &UserId, room_id: &ruma::RoomId) -> Result<Value, ApiError> {
+    Ok(match s.account_data(user, Some(room_id), "m.tag").await {
+        Ok(v) => v,
+        Err(Error::Matrix(ruma::api::error::ErrorKind::NotFound, _)) => json!({ "tags": {} }),
+        Err(e) => return Err(e.into()),
+    })
+}
+
+pub async fn tags(State(s): S, req: Ruma<get_tags::v3::Request>) -> Result<Response, ApiError> {
+    only_self(&req.caller().user_id, &req.body.user_id)?;
+    Ok(json_ok(
+        tags_of(&s, &req.body.user_id, &req.body.room_id).await?,
+    ))
+}
+
+pub async fn set_tag(
+    State(s): S,
+    req: Ruma<create_tag::v3::Request>,
+) -> ApiResult<create_tag::v3::Response> {
+    let b = &req.body;
+    only_self(&req.caller().user_id, &b.user_id)?;
+    let mut tags = tags_of(&s, &b.user_id, &b.room_id).await?;
+    tags["tags"][b.tag.as_str()] = serde_json::to_value(&b.tag_info).unwrap_or(json!({}));
+    s.set_account_data(&b.user_id, Some(&b.room_id), "m.tag", &tags)
+        .await?;
+    Ok(create_tag::v3::Response::new().into())
+}
+
+pub async fn delete_tag(
+    State(s): S,
+    req: Ruma<delete_tag::v3::Request>,
+) -> ApiResult<delete_tag::v3::Response> {
+    let b = &req.body;
+    only_self(&req.caller().user_id, &b.user_id)?;
+    let mut tags = tags_of(&s, &b.user_id, &b.room_id).await?;
+    if let Some(map) = tags["tags"].as_object_mut() {
+        map.remove(&b.tag);
+    }
+    s.set_account_data(&b.user_id, Some(&b.room_id), "m.tag", &tags)
+        .await?;
+    Ok(delete_tag::v3::Response::new().into())
+}
+
+pub async fn set_presence(
+    State(s): S,
+    req: Ruma<set_presence::v3::Request>,
+) -> ApiResult<set_presence::v3::Response> {
+    only_self(&req.caller().user_id, &req.body.user_id)?;
+    s.set_presence(
+        &req.body.user_id,
+        &req.body.presence.to_string(),
+        req.body.status_msg.as_deref(),
+    )
+    .await?;
+    Ok(set_presence::v3::Response::new().into())
+}
+
+pub async fn presence(
+    State(s): S,
+    req: Ruma<get_presence::v3::Request>,
+) -> Result<Response, ApiError> {
+    let p = s.presence(&req.body.user_id).await?;
+    let mut body = json!({ "presence": p.state, "currently_active": p.state == "online" });
+    if p.last_active_ts > 0 {
+        body["last_active_ago"] = json!((diplomatie_service::now_ms() - p.last_active_ts).max(0));
+    }
+    if let Some(m) = p.status_msg {
+        body["status_msg"] = json!(m);
+    }
+    Ok(json_ok(body))
+}

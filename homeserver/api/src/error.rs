@@ -1,0 +1,61 @@
+//! The HTTP face of service errors: the only place that knows which status each errcode has.
+
+use axum::response::{IntoResponse, Response};
+use diplomatie_service::Error;
+use http::StatusCode;
+use ruma::api::error::ErrorKind;
+
+/// A service error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+/// The status the spec gives each error code.
+pub fn status_of(kind: &ErrorKind) -> StatusCode {
+    use ErrorKind::*;
+    match kind {
+        Forbidden
+        | UserDeactivated
+        | GuestAccessForbidden
+        | ServerNotTrusted
+        | ThreepidDenied
+        | CannotOverwriteMedia
+        | WrongRoomKeysVersion(_)
+        | UserLocked
+        | UserSuspended => StatusCode::FORBIDDEN,
+        NotFound | Unrecognized => StatusCode::NOT_FOUND,
+        UnknownToken(_) | MissingToken | Unauthorized => StatusCode::UNAUTHORIZED,
+        LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+        TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        NotYetUploaded => StatusCode::GATEWAY_TIMEOUT,
+        Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self.0 {
+            Error::Uiaa(info) => (StatusCode::UNAUTHORIZED, axum::Json(info)).into_response(),
+            Error::Internal => {
+                let body =
+                    serde_json::json!({ "errcode": "M_UNKNOWN", "error": "Internal server error" });
+                (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
+            }
+            Error::Matrix(kind, message) => {
+                let status = match kind {
+                    // M_UNKNOWN for a refused request that is not the server's fault.
+                    ErrorKind::Unknown => StatusCode::BAD_REQUEST,
+                    ref k => status_of(k),
+                };
+                let body = ruma::api::error::StandardErrorBody::new(kind, message);
+                (status, axum::Json(body)).into_response()
+            }
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The bridge between axum and ruma: a request extractor that parses the typed ruma request and
+//! authenticates its caller, and a response type that serialises the typed ruma response.
+
+use std::{any::TypeId, net::SocketAddr, sync::Arc};
+
+use axum::{
+    body::Body,
+    extract::{ConnectInfo, FromRequest, RawPathParams, Request},
+    response::{IntoResponse, Response},
+};
+use bytes::BytesMut;
+use diplomatie_service::{accounts::Caller, Error, Services};
+use http::StatusCode;
+use http_body_util::BodyExt;
+use ruma::api::{
+    auth_scheme::{AccessToken, AccessTokenOptional, AppserviceToken},
+    error::{DeserializationError, ErrorKind, FromHttpRequestError, LimitExceededErrorData},
+    IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponse, OutgoingResponseExt,
+};
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// A typed ruma request with its authenticated caller.
+pub struct Ruma<T> {
+    pub body: T,
+    /// The caller, for endpoints that take an access token.
+    pub caller: Option<Caller>,
+    /// The request body as JSON, for the fields ruma's types do not keep.
+    pub json: Option<Value>,
+    pub ip: Option<String>,
+}
+
+impl<T> Ruma<T> {
+    /// The caller of an endpoint that requires authentication.
+    pub fn caller(&self) -> &Caller {
+        self.caller
+            .as_ref()
+            .expect("the extractor authenticates endpoints that require it")
+    }
+}
+
+/// The access token of a request: the `Authorization` header, or the deprecated query parameter.
+pub fn access_token(parts: &http::request::Parts) -> Option<String> {
+    if let Some(h) = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+    {
+        return h.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
+    }
+    parts.uri.query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("access_token=").map(|t| t.to_owned()))
+    })
+}
+
+/// Maps a ruma parse failure to the spec's error code.
+fn parse_error(e: FromHttpRequestError) -> ApiError {
+    let (kind, message) = match e {
+        FromHttpRequestError::Deserialization(DeserializationError::Json(e)) => {
+            let text = e.to_string();
+            if text.starts_with("missing field") {
+                (ErrorKind::MissingParam, text)
+            } else {
+                (ErrorKind::BadJson, text)
+            }
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Query(e)) => {
+            let text = e.to_string();
+            if text.starts_with("missing field") {
+                (ErrorKind::MissingParam, text)
+            } else {
+                (ErrorKind::InvalidParam, text)
+            }
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Ident(e)) => {
+            (ErrorKind::InvalidParam, e.to_string())
+        }
+        FromHttpRequestError::MethodMismatch { .. } => {
+            (ErrorKind::Unrecognized, "Method not allowed".to_owned())
+        }
+        other => (ErrorKind::BadJson, other.to_string()),
+    };
+    ApiError(Error::Matrix(kind, message))
+}
+
+impl<T> FromRequest<Arc<Services>> for Ruma<T>
+where
+    T: IncomingRequest + Send + 'static,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, services: &Arc<Services>) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let path_params: Vec<String> = {
+            use axum::extract::FromRequestParts;
+            let params = RawPathParams::from_request_parts(&mut parts, services)
+                .await
+                .map_err(|_| ApiError(Error::unrecognized("Bad path")))?;
+            params.iter().map(|(_, v)| v.to_owned()).collect()
+        };
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
+
+        // Authenticate before reading the body.
+        let token = access_token(&parts);
+        let auth = TypeId::of::<T::Authentication>();
+        let caller = if auth == TypeId::of::<AccessToken>() {
+            let token = token.ok_or_else(|| {
+                ApiError(Error::new(ErrorKind::MissingToken, "Missing access token"))
+            })?;
+            Some(services.authenticate(&token).await.map_err(ApiError)?)
+        } else if auth == TypeId::of::<AccessTokenOptional>()
+            || auth == TypeId::of::<AppserviceToken>()
+        {
+            match token {
+                Some(t) => Some(services.authenticate(&t).await.map_err(ApiError)?),
+                None => None,
+            }
+        } else {
+            None
+        };
+
+        if T::RATE_LIMITED {
+            let key = caller
+                .as_ref()
+                .map(|c| c.user_id.to_string())
+                .or_else(|| ip.clone())
+                .unwrap_or_default();
+            let login = caller.is_none();
+            services.ratelimiter.check(&key, login).map_err(|ms| {
+                let mut data = LimitExceededErrorData::new();
+                data.retry_after = Some(ruma::api::error::RetryAfter::Delay(
+                    std::time::Duration::from_millis(ms),
+                ));
+                ApiError(Error::new(
+                    ErrorKind::LimitExceeded(data),
+                    "Too many requests",
+                ))
+            })?;
+        }
+
+        let limit = services.config.max_request_bytes;
+        let bytes = http_body_util::Limited::new(body, limit)
+            .collect()
+            .await
+            .map_err(|_| ApiError(Error::new(ErrorKind::TooLarge, "Request body too large")))?
+            .to_bytes();
+        let json = if bytes.is_empty() {
+            None
+        } else {
+            match serde_json::from_slice::<Value>(&bytes) {
+                Ok(v) => Some(v),
+                Err(_) if T::METHOD == http::Method::GET => None,
+                Err(e) => {
+                    return Err(ApiError(Error::new(
+                        ErrorKind::NotJson,
+                        format!("Body is not JSON: {e}"),
+                    )))
+                }
+            }
+        };
+        if matches!(T::METHOD, http::Method::POST | http::Method::PUT)
+            && json.as_ref().is_some_and(|j| !j.is_object())
+        {
+            return Err(ApiError(Error::bad_json("Body must be a JSON object")));
+        }
+        let body_bytes: &[u8] =
+            if bytes.is_empty() && matches!(T::METHOD, http::Method::POST | http::Method::PUT) {
+                b"{}"
+            } else {
+                &bytes
+            };
+        let http_req = http::Request::from_parts(parts, body_bytes);
+        let args: Vec<&str> = path_params.iter().map(String::as_str).collect();
+        let body = T::try_from_http_request(http_req, &args).map_err(parse_error)?;
+        Ok(Ruma {
+            body,
+            caller,
+            json,
+            ip,
+        })
+    }
+}
+
+/// A typed ruma response.
+pub struct RumaResponse<T>(pub T);
+
+impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<BytesMut>() {
+            Ok(res) => res.map(|b| Body::from(b.freeze())).into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, "could not serialise a response");
+                ApiError(Error::Internal).into_response()
+            }
+        }
+    }
+}
+
+impl<T> From<T> for RumaResponse<T> {
+    fn from(t: T) -> Self {
+        RumaResponse(t)
+    }
+}
+
+pub type ApiResult<T> = Result<RumaResponse<T>, ApiError>;
+
+/// A JSON response with status 200.
+pub fn json_ok(v: Value) -> Response {
+    (StatusCode::OK, axum::Json(v)).into_response()
+}
+
+/// Registers `handler` on every path the spec gives `T` (all versions, stable and unstable).
+pub fn route<T, H, X>(
+    router: axum::Router<Arc<Services>>,
+    handler: H,
+) -> axum::Router<Arc<Services>>
+where
+    T: Metadata,
+    H: axum::handler::Handler<X, Arc<Services>>,
+    X: 'static,
+{
+    use ruma::api::path_builder::PathBuilder;
+    let method = T::METHOD;
+    let mut router = router;
+    for path in T::PATH_BUILDER.all_paths() {
+        let filter =
+            axum::routing::MethodFilter::try_from(method.clone()).expect("standard method");
+        router = router.route(path, axum::routing::on(filter, handler.clone()));
+    }
+    router
+}
