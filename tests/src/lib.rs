@@ -1,1 +1,310 @@
+//! The harness of the black-box tests: starts the real `diplomatie` binary on a free loopback
+//! port with a fresh database (SQLite in a temporary directory, or a new PostgreSQL database),
+//! and speaks HTTP to it as a client would. Servers stop when the test drops them.
+//!
+//! Every scenario runs on both backends through [`backend_tests!`].
 
+use std::{
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+
+/// Where PostgreSQL listens in CI and on every developer machine (trust auth).
+pub const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The path of the `diplomatie` binary built beside the test executable.
+pub fn binary() -> PathBuf {
+    if let Ok(p) = std::env::var("DIPLOMATIE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/diplomatie
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target directory");
+    let bin = dir.join("diplomatie");
+    assert!(bin.exists(), "{} is missing: build it first (cargo build -p diplomatie)", bin.display());
+    bin
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running server with its own data.
+pub struct TestServer {
+    pub base: String,
+    pub server_name: String,
+    pub backend: Backend,
+    pub data_dir: tempfile::TempDir,
+    pub database_url: String,
+    pg_database: Option<String>,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl TestServer {
+    /// Starts a server with open registration, rate limits off, and `extra` settings as
+    /// `DIPLOMATIE_*` variables (for example `("REGISTRATION__REQUIRE_TOKEN", "true")`).
+    pub async fn start(backend: Backend, extra: &[(&str, &str)]) -> TestServer {
+        let data_dir = tempfile::tempdir().expect("temporary directory");
+        let (database_url, pg_database) = match backend {
+            Backend::Sqlite => (String::new(), None),
+            Backend::Postgres => {
+                let name = format!("dip_test_{}", rand_suffix());
+                let mut admin = connect_pg().await;
+                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create test database");
+                (format!("postgres://postgres@127.0.0.1:5432/{name}"), Some(name))
+            }
+        };
+        let mut env = vec![
+            ("REGISTRATION__ENABLED".to_owned(), "true".to_owned()),
+            ("RATE_LIMITS__ENABLED".to_owned(), "false".to_owned()),
+            ("SERVER_NAME".to_owned(), "localhost".to_owned()),
+            ("DATA_DIR".to_owned(), data_dir.path().display().to_string()),
+            ("DATABASE_URL".to_owned(), database_url.clone()),
+        ];
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        let mut server = TestServer {
+            base: String::new(),
+            server_name: "localhost".into(),
+            backend,
+            data_dir,
+            database_url,
+            pg_database,
+            env,
+            child: None,
+        };
+        server.launch().await;
+        server
+    }
+
+    /// Starts (or restarts) the process on a new port, over the same data.
+    pub async fn launch(&mut self) {
+        let port = free_port();
+        let mut cmd = Command::new(binary());
+        for (k, v) in &self.env {
+            cmd.env(format!("DIPLOMATIE_{k}"), v);
+        }
+        cmd.env("DIPLOMATIE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("DIPLOMATIE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let child = cmd.spawn().expect("start diplomatie");
+        self.child = Some(child);
+        self.base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let http = reqwest::Client::new();
+        loop {
+            if let Ok(r) = http.get(format!("{}/_matrix/client/versions", self.base)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("server exited at start-up: {status}");
+            }
+            assert!(Instant::now() < deadline, "server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the process at once (SIGKILL): nothing is flushed on the way out.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill server");
+        }
+    }
+
+    /// Runs the binary with a sub-command over this server's configuration.
+    pub async fn command(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(binary());
+        for (k, v) in &self.env {
+            cmd.env(format!("DIPLOMATIE_{k}"), v);
+        }
+        cmd.env("DIPLOMATIE_LOG", "warn").args(args).output().await.expect("run diplomatie")
+    }
+
+    pub fn client(&self) -> Client {
+        Client { base: self.base.clone(), http: reqwest::Client::new(), token: None, user_id: String::new(), device_id: String::new() }
+    }
+
+    /// Registers a user through the spec's UIA flow (`m.login.dummy`) and returns its client.
+    pub async fn register(&self, localpart: &str) -> Client {
+        let mut c = self.client();
+        let body = json!({ "username": localpart, "password": "correct horse", "initial_device_display_name": "test device" });
+        let (status, first) = c.post("/_matrix/client/v3/register", &body).await;
+        assert_eq!(status, 401, "{first}");
+        let mut body = body;
+        body["auth"] = json!({ "type": "m.login.dummy", "session": first["session"] });
+        let (status, reg) = c.post("/_matrix/client/v3/register", &body).await;
+        assert_eq!(status, 200, "{reg}");
+        c.token = Some(reg["access_token"].as_str().unwrap().to_owned());
+        c.user_id = reg["user_id"].as_str().unwrap().to_owned();
+        c.device_id = reg["device_id"].as_str().unwrap().to_owned();
+        c
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        if let Some(name) = self.pg_database.take() {
+            // Drop the database from a thread of its own: Drop cannot await.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async {
+                    let mut admin = connect_pg().await;
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
+                });
+            })
+            .join();
+        }
+    }
+}
+
+async fn connect_pg() -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(POSTGRES_ADMIN_URL).await.expect("PostgreSQL at 127.0.0.1:5432 (database test)")
+}
+
+fn rand_suffix() -> String {
+    use rand::Rng;
+    let n: u64 = rand::thread_rng().gen();
+    format!("{n:016x}")
+}
+
+/// A Matrix client speaking raw HTTP: every call returns the status and the JSON body.
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub token: Option<String>,
+    pub user_id: String,
+    pub device_id: String,
+}
+
+impl Client {
+    pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    /// Sends a raw body (for malformed-input tests).
+    pub async fn raw(&self, method: reqwest::Method, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path)).body(body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.request(reqwest::Method::GET, path, None).await
+    }
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.request(reqwest::Method::POST, path, Some(body)).await
+    }
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.request(reqwest::Method::PUT, path, Some(body)).await
+    }
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.request(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// Like `get`/`post`/`put`, but panics unless the status is 200.
+    pub async fn ok(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Value {
+        let (status, v) = self.request(method.clone(), path, body).await;
+        assert_eq!(status, 200, "{method} {path}: {v}");
+        v
+    }
+
+    pub async fn create_room(&self, body: Value) -> String {
+        let v = self.ok(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(&body)).await;
+        v["room_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn send_text(&self, room: &str, text: &str) -> String {
+        let txn = rand_suffix();
+        let v = self
+            .ok(reqwest::Method::PUT, &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}"), Some(&json!({ "msgtype": "m.text", "body": text })))
+            .await;
+        v["event_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn join(&self, room: &str) -> (u16, Value) {
+        self.post(&format!("/_matrix/client/v3/join/{}", urlencode(room)), &json!({})).await
+    }
+
+    pub async fn invite(&self, room: &str, user: &str) -> (u16, Value) {
+        self.post(&format!("/_matrix/client/v3/rooms/{room}/invite"), &json!({ "user_id": user })).await
+    }
+
+    pub async fn sync(&self, since: Option<&str>, extra: &str) -> Value {
+        let mut path = "/_matrix/client/v3/sync?".to_owned();
+        if let Some(s) = since {
+            path.push_str(&format!("since={s}&"));
+        }
+        path.push_str(extra);
+        self.ok(reqwest::Method::GET, &path, None).await
+    }
+}
+
+/// Percent-encodes the characters of room ids and aliases that a path cannot hold.
+pub fn urlencode(s: &str) -> String {
+    s.replace('#', "%23").replace('!', "%21").replace(':', "%3A").replace('$', "%24")
+}
+
+/// Asserts an error response: status and errcode.
+#[track_caller]
+pub fn assert_error(resp: &(u16, Value), status: u16, errcode: &str) {
+    assert_eq!(resp.0, status, "expected {status} {errcode}, got {} {}", resp.0, resp.1);
+    assert_eq!(resp.1["errcode"], errcode, "expected {errcode}: {}", resp.1);
+}
+
+/// Declares a scenario once and runs it on both backends: `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::Backend::Sqlite).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::Backend::Postgres).await;
+                }
+            }
+        )*
+    };
+}

@@ -107,7 +107,9 @@ impl Config {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment = figment.merge(Env::prefixed("DIPLOMATIE_").split("__"));
+        // DIPLOMATIE_LOG and DIPLOMATIE_CONFIG belong to the command line, not to this file.
+        let env = Env::prefixed("DIPLOMATIE_").filter(|k| k != "log" && k != "config").split("__");
+        figment = figment.merge(env);
         figment.extract().map_err(Box::new)
     }
 

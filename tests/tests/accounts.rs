@@ -1,0 +1,286 @@
+//! Accounts: registration (UIA, tokens, shared secret), login, tokens, devices, password,
+//! deactivation, profile (client-server spec, "Client Authentication" and following).
+
+use diplomatie_tests::{assert_error, backend_tests, Backend, TestServer};
+use hmac::{Hmac, Mac};
+use reqwest::Method;
+use serde_json::json;
+
+backend_tests!(
+    registration_follows_user_interactive_auth,
+    registration_rejects_bad_and_taken_usernames,
+    registration_tokens_gate_registration,
+    registration_disabled_is_forbidden,
+    login_logout_and_whoami,
+    refresh_tokens_rotate,
+    devices_list_rename_and_delete_with_uia,
+    password_change_logs_out_other_devices,
+    deactivated_accounts_cannot_log_in,
+    profile_changes_propagate_to_member_events,
+    shared_secret_registration_checks_the_hmac,
+    cli_creates_users,
+);
+
+async fn registration_follows_user_interactive_auth(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let c = server.client();
+    let (status, v) = c.get("/_matrix/client/v3/register/available?username=alice").await;
+    assert_eq!((status, v["available"].clone()), (200, json!(true)));
+    // The first request gets the flows and a session.
+    let (status, flows) = c.post("/_matrix/client/v3/register", &json!({ "username": "alice", "password": "pw" })).await;
+    assert_eq!(status, 401);
+    assert_eq!(flows["flows"][0]["stages"], json!(["m.login.dummy"]));
+    let session = flows["session"].as_str().unwrap();
+    // An unknown stage is refused with the flows again.
+    let (status, v) = c.post("/_matrix/client/v3/register", &json!({ "username": "alice", "password": "pw", "auth": { "type": "org.example.unknown", "session": session } })).await;
+    assert_eq!(status, 401, "{v}");
+    let (status, reg) = c.post("/_matrix/client/v3/register", &json!({ "username": "alice", "password": "pw", "auth": { "type": "m.login.dummy", "session": session } })).await;
+    assert_eq!(status, 200, "{reg}");
+    assert_eq!(reg["user_id"], "@alice:localhost");
+    assert!(reg["access_token"].is_string() && reg["device_id"].is_string());
+    let (status, v) = c.get("/_matrix/client/v3/register/available?username=alice").await;
+    assert_error(&(status, v), 400, "M_USER_IN_USE");
+    // inhibit_login gives no token.
+    let alice = server.register("bob").await;
+    assert!(alice.token.is_some());
+    let (_, f) = c.post("/_matrix/client/v3/register", &json!({ "username": "carol", "password": "pw", "inhibit_login": true })).await;
+    let (status, reg) = c
+        .post("/_matrix/client/v3/register", &json!({ "username": "carol", "password": "pw", "inhibit_login": true, "auth": { "type": "m.login.dummy", "session": f["session"] } }))
+        .await;
+    assert_eq!(status, 200);
+    assert!(reg.get("access_token").is_none(), "{reg}");
+}
+
+async fn registration_rejects_bad_and_taken_usernames(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let c = server.client();
+    assert_error(&c.get("/_matrix/client/v3/register/available?username=b%C3%A9b%C3%A9").await, 400, "M_INVALID_USERNAME");
+    assert_error(&c.post("/_matrix/client/v3/register", &json!({ "username": "has space", "password": "pw" })).await, 400, "M_INVALID_USERNAME");
+    server.register("dave").await;
+    assert_error(&c.post("/_matrix/client/v3/register", &json!({ "username": "dave", "password": "pw" })).await, 400, "M_USER_IN_USE");
+    // Guests are not admitted.
+    assert_error(&c.post("/_matrix/client/v3/register?kind=guest", &json!({})).await, 403, "M_FORBIDDEN");
+}
+
+async fn registration_tokens_gate_registration(backend: Backend) {
+    let server = TestServer::start(backend, &[("REGISTRATION__REQUIRE_TOKEN", "true")]).await;
+    let out = server.command(&["registration-token", "create", "--token", "ministere", "--uses", "1"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let c = server.client();
+    let (_, v) = c.get("/_matrix/client/v1/register/m.login.registration_token/validity?token=ministere").await;
+    assert_eq!(v["valid"], true);
+    let (_, v) = c.get("/_matrix/client/v1/register/m.login.registration_token/validity?token=nope").await;
+    assert_eq!(v["valid"], false);
+    let (status, flows) = c.post("/_matrix/client/v3/register", &json!({ "username": "eve", "password": "pw" })).await;
+    assert_eq!(status, 401);
+    assert_eq!(flows["flows"][0]["stages"], json!(["m.login.registration_token"]));
+    let session = flows["session"].clone();
+    // A wrong token keeps the session open and says why.
+    let (status, v) = c.post("/_matrix/client/v3/register", &json!({ "username": "eve", "password": "pw", "auth": { "type": "m.login.registration_token", "token": "nope", "session": session } })).await;
+    assert_eq!(status, 401);
+    assert_eq!(v["errcode"], "M_UNAUTHORIZED", "{v}");
+    let (status, v) = c.post("/_matrix/client/v3/register", &json!({ "username": "eve", "password": "pw", "auth": { "type": "m.login.registration_token", "token": "ministere", "session": session } })).await;
+    assert_eq!(status, 200, "{v}");
+    // The token allowed one use: it is now spent.
+    let (_, v) = c.get("/_matrix/client/v1/register/m.login.registration_token/validity?token=ministere").await;
+    assert_eq!(v["valid"], false);
+    // Dummy auth is not enough here.
+    let (_, flows) = c.post("/_matrix/client/v3/register", &json!({ "username": "frank", "password": "pw" })).await;
+    let (status, _) = c.post("/_matrix/client/v3/register", &json!({ "username": "frank", "password": "pw", "auth": { "type": "m.login.dummy", "session": flows["session"] } })).await;
+    assert_eq!(status, 401);
+}
+
+async fn registration_disabled_is_forbidden(backend: Backend) {
+    let server = TestServer::start(backend, &[("REGISTRATION__ENABLED", "false")]).await;
+    let c = server.client();
+    assert_error(&c.post("/_matrix/client/v3/register", &json!({ "username": "x", "password": "pw" })).await, 403, "M_FORBIDDEN");
+    // The administrator still creates accounts from the command line.
+    let out = server.command(&["user", "create", "agent", "--password", "secret"]).await;
+    assert!(out.status.success());
+    let (status, v) = c.post("/_matrix/client/v3/login", &json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "agent" }, "password": "secret" })).await;
+    assert_eq!(status, 200, "{v}");
+}
+
+async fn login_logout_and_whoami(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let c = server.client();
+    let (_, types) = c.get("/_matrix/client/v3/login").await;
+    assert_eq!(types["flows"][0]["type"], "m.login.password");
+    assert_error(
+        &c.post("/_matrix/client/v3/login", &json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "wrong" })).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &c.post("/_matrix/client/v3/login", &json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "nobody" }, "password": "wrong" })).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    // Login by full user id, with a chosen device id.
+    let (status, login) = c
+        .post("/_matrix/client/v3/login", &json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "@alice:localhost" }, "password": "correct horse", "device_id": "PHONE" }))
+        .await;
+    assert_eq!(status, 200, "{login}");
+    assert_eq!(login["device_id"], "PHONE");
+    let mut phone = alice.clone();
+    phone.token = Some(login["access_token"].as_str().unwrap().to_owned());
+    let me = phone.ok(Method::GET, "/_matrix/client/v3/account/whoami", None).await;
+    assert_eq!(me["user_id"], "@alice:localhost");
+    assert_eq!(me["device_id"], "PHONE");
+    // Logging out kills that token only.
+    phone.ok(Method::POST, "/_matrix/client/v3/logout", Some(&json!({}))).await;
+    assert_error(&phone.get("/_matrix/client/v3/account/whoami").await, 401, "M_UNKNOWN_TOKEN");
+    alice.ok(Method::GET, "/_matrix/client/v3/account/whoami", None).await;
+    // logout/all kills every token.
+    alice.ok(Method::POST, "/_matrix/client/v3/logout/all", Some(&json!({}))).await;
+    assert_error(&alice.get("/_matrix/client/v3/account/whoami").await, 401, "M_UNKNOWN_TOKEN");
+    assert_error(&c.get("/_matrix/client/v3/account/whoami").await, 401, "M_MISSING_TOKEN");
+}
+
+async fn refresh_tokens_rotate(backend: Backend) {
+    let server = TestServer::start(backend, &[("ACCESS_TOKEN_LIFETIME_MS", "1500")]).await;
+    server.register("alice").await;
+    let c = server.client();
+    let (status, login) = c
+        .post("/_matrix/client/v3/login", &json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "correct horse", "refresh_token": true }))
+        .await;
+    assert_eq!(status, 200);
+    let refresh = login["refresh_token"].as_str().expect("refresh token").to_owned();
+    assert_eq!(login["expires_in_ms"], 1500);
+    let mut me = c.clone();
+    me.token = Some(login["access_token"].as_str().unwrap().to_owned());
+    me.ok(Method::GET, "/_matrix/client/v3/account/whoami", None).await;
+    // Once expired, the token is refused with soft_logout, and the refresh token renews it.
+    tokio::time::sleep(std::time::Duration::from_millis(1700)).await;
+    let expired = me.get("/_matrix/client/v3/account/whoami").await;
+    assert_error(&expired, 401, "M_UNKNOWN_TOKEN");
+    assert_eq!(expired.1["soft_logout"], true);
+    let (status, renewed) = c.post("/_matrix/client/v3/refresh", &json!({ "refresh_token": refresh })).await;
+    assert_eq!(status, 200, "{renewed}");
+    me.token = Some(renewed["access_token"].as_str().unwrap().to_owned());
+    me.ok(Method::GET, "/_matrix/client/v3/account/whoami", None).await;
+    // A refresh token works once.
+    assert_error(&c.post("/_matrix/client/v3/refresh", &json!({ "refresh_token": refresh })).await, 401, "M_UNKNOWN_TOKEN");
+}
+
+async fn devices_list_rename_and_delete_with_uia(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let c = server.client();
+    let (_, second) = c
+        .post("/_matrix/client/v3/login", &json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "correct horse", "device_id": "LAPTOP" }))
+        .await;
+    assert!(second["access_token"].is_string());
+    let devices = alice.ok(Method::GET, "/_matrix/client/v3/devices", None).await;
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 2);
+    alice.ok(Method::PUT, "/_matrix/client/v3/devices/LAPTOP", Some(&json!({ "display_name": "Poste du cabinet" }))).await;
+    let d = alice.ok(Method::GET, "/_matrix/client/v3/devices/LAPTOP", None).await;
+    assert_eq!(d["display_name"], "Poste du cabinet");
+    assert_error(&alice.get("/_matrix/client/v3/devices/NOPE").await, 404, "M_NOT_FOUND");
+    // Deleting needs the password (UIA).
+    let (status, uia) = alice.delete("/_matrix/client/v3/devices/LAPTOP").await;
+    assert_eq!(status, 401);
+    assert_eq!(uia["flows"][0]["stages"], json!(["m.login.password"]));
+    let wrong = json!({ "auth": { "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "bad", "session": uia["session"] } });
+    let (status, v) = alice.request(Method::DELETE, "/_matrix/client/v3/devices/LAPTOP", Some(&wrong)).await;
+    assert_eq!((status, v["errcode"].clone()), (401, json!("M_FORBIDDEN")), "{v}");
+    let right = json!({ "auth": { "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "correct horse", "session": uia["session"] } });
+    alice.ok(Method::DELETE, "/_matrix/client/v3/devices/LAPTOP", Some(&right)).await;
+    let devices = alice.ok(Method::GET, "/_matrix/client/v3/devices", None).await;
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 1);
+    let mut laptop = c.clone();
+    laptop.token = Some(second["access_token"].as_str().unwrap().to_owned());
+    assert_error(&laptop.get("/_matrix/client/v3/account/whoami").await, 401, "M_UNKNOWN_TOKEN");
+}
+
+async fn password_change_logs_out_other_devices(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let c = server.client();
+    let (_, other) = c.post("/_matrix/client/v3/login", &json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "correct horse" })).await;
+    let mut other_client = c.clone();
+    other_client.token = Some(other["access_token"].as_str().unwrap().to_owned());
+    let (status, uia) = alice.post("/_matrix/client/v3/account/password", &json!({ "new_password": "new secret" })).await;
+    assert_eq!(status, 401);
+    let auth = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "correct horse", "session": uia["session"] });
+    alice.ok(Method::POST, "/_matrix/client/v3/account/password", Some(&json!({ "new_password": "new secret", "auth": auth }))).await;
+    alice.ok(Method::GET, "/_matrix/client/v3/account/whoami", None).await;
+    assert_error(&other_client.get("/_matrix/client/v3/account/whoami").await, 401, "M_UNKNOWN_TOKEN");
+    let (status, _) = c.post("/_matrix/client/v3/login", &json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "new secret" })).await;
+    assert_eq!(status, 200);
+}
+
+async fn deactivated_accounts_cannot_log_in(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({ "name": "Salle" })).await;
+    let (_, uia) = alice.post("/_matrix/client/v3/account/deactivate", &json!({})).await;
+    let auth = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "correct horse", "session": uia["session"] });
+    alice.ok(Method::POST, "/_matrix/client/v3/account/deactivate", Some(&json!({ "auth": auth }))).await;
+    assert_error(&alice.get("/_matrix/client/v3/account/whoami").await, 401, "M_UNKNOWN_TOKEN");
+    let c = server.client();
+    let r = c.post("/_matrix/client/v3/login", &json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "correct horse" })).await;
+    assert_eq!(r.0, 403);
+    // The account left its rooms, and its id stays taken.
+    let bob = server.register("bob").await;
+    bob.create_room(json!({})).await;
+    let _ = room;
+    assert_error(&c.get("/_matrix/client/v3/register/available?username=alice").await, 400, "M_USER_IN_USE");
+}
+
+async fn profile_changes_propagate_to_member_events(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    assert_eq!(bob.join(&room).await.0, 200);
+    alice.ok(Method::PUT, "/_matrix/client/v3/profile/@alice:localhost/displayname", Some(&json!({ "displayname": "Alice Martin" }))).await;
+    alice.ok(Method::PUT, "/_matrix/client/v3/profile/@alice:localhost/avatar_url", Some(&json!({ "avatar_url": "mxc://localhost/abc" }))).await;
+    let p = bob.ok(Method::GET, "/_matrix/client/v3/profile/@alice:localhost", None).await;
+    assert_eq!(p, json!({ "displayname": "Alice Martin", "avatar_url": "mxc://localhost/abc" }));
+    let d = bob.ok(Method::GET, "/_matrix/client/v3/profile/@alice:localhost/displayname", None).await;
+    assert_eq!(d["displayname"], "Alice Martin");
+    let member = bob.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/@alice:localhost"), None).await;
+    assert_eq!(member["displayname"], "Alice Martin");
+    assert_eq!(member["avatar_url"], "mxc://localhost/abc");
+    assert_error(&bob.put("/_matrix/client/v3/profile/@alice:localhost/displayname", &json!({ "displayname": "x" })).await, 403, "M_FORBIDDEN");
+    assert_error(&bob.get("/_matrix/client/v3/profile/@nobody:localhost").await, 404, "M_NOT_FOUND");
+}
+
+fn mac(secret: &str, nonce: &str, user: &str, password: &str, admin: bool) -> String {
+    let mut m = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
+    m.update(format!("{nonce}\0{user}\0{password}\0{}", if admin { "admin" } else { "notadmin" }).as_bytes());
+    hex::encode(m.finalize().into_bytes())
+}
+
+async fn shared_secret_registration_checks_the_hmac(backend: Backend) {
+    let server = TestServer::start(backend, &[("REGISTRATION__SHARED_SECRET", "s3cret"), ("REGISTRATION__ENABLED", "false")]).await;
+    let c = server.client();
+    let (_, n) = c.get("/_synapse/admin/v1/register").await;
+    let nonce = n["nonce"].as_str().unwrap().to_owned();
+    let bad = json!({ "nonce": nonce, "username": "admin", "password": "pw", "admin": true, "mac": mac("wrong", &nonce, "admin", "pw", true) });
+    assert_error(&c.post("/_synapse/admin/v1/register", &bad).await, 403, "M_FORBIDDEN");
+    let good = json!({ "nonce": nonce, "username": "admin", "password": "pw", "admin": true, "mac": mac("s3cret", &nonce, "admin", "pw", true) });
+    let (status, v) = c.post("/_synapse/admin/v1/register", &good).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["user_id"], "@admin:localhost");
+    // A nonce is good once.
+    let again = json!({ "nonce": nonce, "username": "admin2", "password": "pw", "admin": false, "mac": mac("s3cret", &nonce, "admin2", "pw", false) });
+    assert_eq!(c.post("/_synapse/admin/v1/register", &again).await.0, 400);
+    assert_error(&c.post("/_synapse/admin/v1/register", &json!({ "nonce": "x" })).await, 400, "M_MISSING_PARAM");
+}
+
+async fn cli_creates_users(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let out = server.command(&["user", "create", "Consul", "--password", "pw", "--displayname", "Consul général", "--admin"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "@consul:localhost");
+    let again = server.command(&["user", "create", "consul", "--password", "pw"]).await;
+    assert!(!again.status.success());
+    let c = server.client();
+    let (status, _) = c.post("/_matrix/client/v3/login", &json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "consul" }, "password": "pw" })).await;
+    assert_eq!(status, 200);
+    let p = c.get("/_matrix/client/v3/profile/@consul:localhost/displayname").await;
+    assert_eq!(p.1["displayname"], "Consul général");
+}
