@@ -61,7 +61,10 @@ impl TestServer {
             Backend::Postgres => {
                 let name = format!("dip_test_{}", rand_suffix());
                 let mut admin = connect_pg().await;
-                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create test database");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut admin)
+                    .await
+                    .expect("create test database");
                 (format!("postgres://postgres@127.0.0.1:5432/{name}"), Some(name))
             }
         };
@@ -139,13 +142,20 @@ impl TestServer {
     }
 
     pub fn client(&self) -> Client {
-        Client { base: self.base.clone(), http: reqwest::Client::new(), token: None, user_id: String::new(), device_id: String::new() }
+        Client {
+            base: self.base.clone(),
+            http: reqwest::Client::new(),
+            token: None,
+            user_id: String::new(),
+            device_id: String::new(),
+        }
     }
 
     /// Registers a user through the spec's UIA flow (`m.login.dummy`) and returns its client.
     pub async fn register(&self, localpart: &str) -> Client {
         let mut c = self.client();
-        let body = json!({ "username": localpart, "password": "correct horse", "initial_device_display_name": "test device" });
+        let body =
+            json!({ "username": localpart, "password": "correct horse", "initial_device_display_name": "test device" });
         let (status, first) = c.post("/_matrix/client/v3/register", &body).await;
         assert_eq!(status, 401, "{first}");
         let mut body = body;
@@ -170,7 +180,8 @@ impl Drop for TestServer {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                 rt.block_on(async {
                     let mut admin = connect_pg().await;
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
                 });
             })
             .join();
@@ -255,7 +266,11 @@ impl Client {
     pub async fn send_text(&self, room: &str, text: &str) -> String {
         let txn = rand_suffix();
         let v = self
-            .ok(reqwest::Method::PUT, &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}"), Some(&json!({ "msgtype": "m.text", "body": text })))
+            .ok(
+                reqwest::Method::PUT,
+                &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}"),
+                Some(&json!({ "msgtype": "m.text", "body": text })),
+            )
             .await;
         v["event_id"].as_str().unwrap().to_owned()
     }
@@ -278,9 +293,14 @@ impl Client {
     }
 }
 
-/// Percent-encodes the characters of room ids and aliases that a path cannot hold.
+/// Percent-encodes a path segment (room ids, aliases, event ids with `/` and `+`).
 pub fn urlencode(s: &str) -> String {
-    s.replace('#', "%23").replace('!', "%21").replace(':', "%3A").replace('$', "%24")
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Asserts an error response: status and errcode.

@@ -27,14 +27,20 @@ async fn registration_follows_user_interactive_auth(backend: Backend) {
     let (status, v) = c.get("/_matrix/client/v3/register/available?username=alice").await;
     assert_eq!((status, v["available"].clone()), (200, json!(true)));
     // The first request gets the flows and a session.
-    let (status, flows) = c.post("/_matrix/client/v3/register", &json!({ "username": "alice", "password": "pw" })).await;
+    let (status, flows) =
+        c.post("/_matrix/client/v3/register", &json!({ "username": "alice", "password": "pw" })).await;
     assert_eq!(status, 401);
     assert_eq!(flows["flows"][0]["stages"], json!(["m.login.dummy"]));
     let session = flows["session"].as_str().unwrap();
     // An unknown stage is refused with the flows again.
     let (status, v) = c.post("/_matrix/client/v3/register", &json!({ "username": "alice", "password": "pw", "auth": { "type": "org.example.unknown", "session": session } })).await;
     assert_eq!(status, 401, "{v}");
-    let (status, reg) = c.post("/_matrix/client/v3/register", &json!({ "username": "alice", "password": "pw", "auth": { "type": "m.login.dummy", "session": session } })).await;
+    let (status, reg) = c
+        .post(
+            "/_matrix/client/v3/register",
+            &json!({ "username": "alice", "password": "pw", "auth": { "type": "m.login.dummy", "session": session } }),
+        )
+        .await;
     assert_eq!(status, 200, "{reg}");
     assert_eq!(reg["user_id"], "@alice:localhost");
     assert!(reg["access_token"].is_string() && reg["device_id"].is_string());
@@ -43,7 +49,9 @@ async fn registration_follows_user_interactive_auth(backend: Backend) {
     // inhibit_login gives no token.
     let alice = server.register("bob").await;
     assert!(alice.token.is_some());
-    let (_, f) = c.post("/_matrix/client/v3/register", &json!({ "username": "carol", "password": "pw", "inhibit_login": true })).await;
+    let (_, f) = c
+        .post("/_matrix/client/v3/register", &json!({ "username": "carol", "password": "pw", "inhibit_login": true }))
+        .await;
     let (status, reg) = c
         .post("/_matrix/client/v3/register", &json!({ "username": "carol", "password": "pw", "inhibit_login": true, "auth": { "type": "m.login.dummy", "session": f["session"] } }))
         .await;
@@ -54,10 +62,22 @@ async fn registration_follows_user_interactive_auth(backend: Backend) {
 async fn registration_rejects_bad_and_taken_usernames(backend: Backend) {
     let server = TestServer::start(backend, &[]).await;
     let c = server.client();
-    assert_error(&c.get("/_matrix/client/v3/register/available?username=b%C3%A9b%C3%A9").await, 400, "M_INVALID_USERNAME");
-    assert_error(&c.post("/_matrix/client/v3/register", &json!({ "username": "has space", "password": "pw" })).await, 400, "M_INVALID_USERNAME");
+    assert_error(
+        &c.get("/_matrix/client/v3/register/available?username=b%C3%A9b%C3%A9").await,
+        400,
+        "M_INVALID_USERNAME",
+    );
+    assert_error(
+        &c.post("/_matrix/client/v3/register", &json!({ "username": "has space", "password": "pw" })).await,
+        400,
+        "M_INVALID_USERNAME",
+    );
     server.register("dave").await;
-    assert_error(&c.post("/_matrix/client/v3/register", &json!({ "username": "dave", "password": "pw" })).await, 400, "M_USER_IN_USE");
+    assert_error(
+        &c.post("/_matrix/client/v3/register", &json!({ "username": "dave", "password": "pw" })).await,
+        400,
+        "M_USER_IN_USE",
+    );
     // Guests are not admitted.
     assert_error(&c.post("/_matrix/client/v3/register?kind=guest", &json!({})).await, 403, "M_FORBIDDEN");
 }
@@ -93,7 +113,11 @@ async fn registration_tokens_gate_registration(backend: Backend) {
 async fn registration_disabled_is_forbidden(backend: Backend) {
     let server = TestServer::start(backend, &[("REGISTRATION__ENABLED", "false")]).await;
     let c = server.client();
-    assert_error(&c.post("/_matrix/client/v3/register", &json!({ "username": "x", "password": "pw" })).await, 403, "M_FORBIDDEN");
+    assert_error(
+        &c.post("/_matrix/client/v3/register", &json!({ "username": "x", "password": "pw" })).await,
+        403,
+        "M_FORBIDDEN",
+    );
     // The administrator still creates accounts from the command line.
     let out = server.command(&["user", "create", "agent", "--password", "secret"]).await;
     assert!(out.status.success());
@@ -161,7 +185,11 @@ async fn refresh_tokens_rotate(backend: Backend) {
     me.token = Some(renewed["access_token"].as_str().unwrap().to_owned());
     me.ok(Method::GET, "/_matrix/client/v3/account/whoami", None).await;
     // A refresh token works once.
-    assert_error(&c.post("/_matrix/client/v3/refresh", &json!({ "refresh_token": refresh })).await, 401, "M_UNKNOWN_TOKEN");
+    assert_error(
+        &c.post("/_matrix/client/v3/refresh", &json!({ "refresh_token": refresh })).await,
+        401,
+        "M_UNKNOWN_TOKEN",
+    );
 }
 
 async fn devices_list_rename_and_delete_with_uia(backend: Backend) {
@@ -174,7 +202,9 @@ async fn devices_list_rename_and_delete_with_uia(backend: Backend) {
     assert!(second["access_token"].is_string());
     let devices = alice.ok(Method::GET, "/_matrix/client/v3/devices", None).await;
     assert_eq!(devices["devices"].as_array().unwrap().len(), 2);
-    alice.ok(Method::PUT, "/_matrix/client/v3/devices/LAPTOP", Some(&json!({ "display_name": "Poste du cabinet" }))).await;
+    alice
+        .ok(Method::PUT, "/_matrix/client/v3/devices/LAPTOP", Some(&json!({ "display_name": "Poste du cabinet" })))
+        .await;
     let d = alice.ok(Method::GET, "/_matrix/client/v3/devices/LAPTOP", None).await;
     assert_eq!(d["display_name"], "Poste du cabinet");
     assert_error(&alice.get("/_matrix/client/v3/devices/NOPE").await, 404, "M_NOT_FOUND");
@@ -201,10 +231,17 @@ async fn password_change_logs_out_other_devices(backend: Backend) {
     let (_, other) = c.post("/_matrix/client/v3/login", &json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "correct horse" })).await;
     let mut other_client = c.clone();
     other_client.token = Some(other["access_token"].as_str().unwrap().to_owned());
-    let (status, uia) = alice.post("/_matrix/client/v3/account/password", &json!({ "new_password": "new secret" })).await;
+    let (status, uia) =
+        alice.post("/_matrix/client/v3/account/password", &json!({ "new_password": "new secret" })).await;
     assert_eq!(status, 401);
     let auth = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "correct horse", "session": uia["session"] });
-    alice.ok(Method::POST, "/_matrix/client/v3/account/password", Some(&json!({ "new_password": "new secret", "auth": auth }))).await;
+    alice
+        .ok(
+            Method::POST,
+            "/_matrix/client/v3/account/password",
+            Some(&json!({ "new_password": "new secret", "auth": auth })),
+        )
+        .await;
     alice.ok(Method::GET, "/_matrix/client/v3/account/whoami", None).await;
     assert_error(&other_client.get("/_matrix/client/v3/account/whoami").await, 401, "M_UNKNOWN_TOKEN");
     let (status, _) = c.post("/_matrix/client/v3/login", &json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "new secret" })).await;
@@ -235,16 +272,34 @@ async fn profile_changes_propagate_to_member_events(backend: Backend) {
     let bob = server.register("bob").await;
     let room = alice.create_room(json!({ "preset": "public_chat" })).await;
     assert_eq!(bob.join(&room).await.0, 200);
-    alice.ok(Method::PUT, "/_matrix/client/v3/profile/@alice:localhost/displayname", Some(&json!({ "displayname": "Alice Martin" }))).await;
-    alice.ok(Method::PUT, "/_matrix/client/v3/profile/@alice:localhost/avatar_url", Some(&json!({ "avatar_url": "mxc://localhost/abc" }))).await;
+    alice
+        .ok(
+            Method::PUT,
+            "/_matrix/client/v3/profile/@alice:localhost/displayname",
+            Some(&json!({ "displayname": "Alice Martin" })),
+        )
+        .await;
+    alice
+        .ok(
+            Method::PUT,
+            "/_matrix/client/v3/profile/@alice:localhost/avatar_url",
+            Some(&json!({ "avatar_url": "mxc://localhost/abc" })),
+        )
+        .await;
     let p = bob.ok(Method::GET, "/_matrix/client/v3/profile/@alice:localhost", None).await;
     assert_eq!(p, json!({ "displayname": "Alice Martin", "avatar_url": "mxc://localhost/abc" }));
     let d = bob.ok(Method::GET, "/_matrix/client/v3/profile/@alice:localhost/displayname", None).await;
     assert_eq!(d["displayname"], "Alice Martin");
-    let member = bob.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/@alice:localhost"), None).await;
+    let member = bob
+        .ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/@alice:localhost"), None)
+        .await;
     assert_eq!(member["displayname"], "Alice Martin");
     assert_eq!(member["avatar_url"], "mxc://localhost/abc");
-    assert_error(&bob.put("/_matrix/client/v3/profile/@alice:localhost/displayname", &json!({ "displayname": "x" })).await, 403, "M_FORBIDDEN");
+    assert_error(
+        &bob.put("/_matrix/client/v3/profile/@alice:localhost/displayname", &json!({ "displayname": "x" })).await,
+        403,
+        "M_FORBIDDEN",
+    );
     assert_error(&bob.get("/_matrix/client/v3/profile/@nobody:localhost").await, 404, "M_NOT_FOUND");
 }
 
@@ -255,7 +310,9 @@ fn mac(secret: &str, nonce: &str, user: &str, password: &str, admin: bool) -> St
 }
 
 async fn shared_secret_registration_checks_the_hmac(backend: Backend) {
-    let server = TestServer::start(backend, &[("REGISTRATION__SHARED_SECRET", "s3cret"), ("REGISTRATION__ENABLED", "false")]).await;
+    let server =
+        TestServer::start(backend, &[("REGISTRATION__SHARED_SECRET", "s3cret"), ("REGISTRATION__ENABLED", "false")])
+            .await;
     let c = server.client();
     let (_, n) = c.get("/_synapse/admin/v1/register").await;
     let nonce = n["nonce"].as_str().unwrap().to_owned();
@@ -273,7 +330,9 @@ async fn shared_secret_registration_checks_the_hmac(backend: Backend) {
 
 async fn cli_creates_users(backend: Backend) {
     let server = TestServer::start(backend, &[]).await;
-    let out = server.command(&["user", "create", "Consul", "--password", "pw", "--displayname", "Consul général", "--admin"]).await;
+    let out = server
+        .command(&["user", "create", "Consul", "--password", "pw", "--displayname", "Consul général", "--admin"])
+        .await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "@consul:localhost");
     let again = server.command(&["user", "create", "consul", "--password", "pw"]).await;

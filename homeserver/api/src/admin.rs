@@ -44,23 +44,12 @@ pub async fn register(State(s): S, body: axum::body::Bytes) -> Result<Response, 
         };
         Error::new(kind, e.to_string())
     })?;
-    s.check_shared_secret_mac(
-        &req.nonce,
-        &req.username,
-        &req.password,
-        req.admin,
-        &req.mac,
-    )?;
+    s.check_shared_secret_mac(&req.nonce, &req.username, &req.password, req.admin, &req.mac)?;
     if !s.admin_nonces.take(&req.nonce) {
         return Err(Error::new(ErrorKind::Unknown, "Unrecognised nonce").into());
     }
     let user_id = s
-        .create_account(
-            Some(&req.username.to_lowercase()),
-            Some(&req.password),
-            req.admin,
-            req.displayname.as_deref(),
-        )
+        .create_account(Some(&req.username.to_lowercase()), Some(&req.password), req.admin, req.displayname.as_deref())
         .await?;
     let session = s.open_session(&user_id, None, None, false).await?;
     Ok(json_ok(json!({

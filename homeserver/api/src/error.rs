@@ -43,8 +43,7 @@ impl IntoResponse for ApiError {
         match self.0 {
             Error::Uiaa(info) => (StatusCode::UNAUTHORIZED, axum::Json(info)).into_response(),
             Error::Internal => {
-                let body =
-                    serde_json::json!({ "errcode": "M_UNKNOWN", "error": "Internal server error" });
+                let body = serde_json::json!({ "errcode": "M_UNKNOWN", "error": "Internal server error" });
                 (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
             }
             Error::Matrix(kind, message) => {

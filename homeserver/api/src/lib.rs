@@ -30,28 +30,13 @@ pub fn router(services: Arc<Services>) -> Router {
     // Discovery
     let r = r
         .route("/_matrix/client/versions", get(discovery::versions))
-        .route(
-            "/.well-known/matrix/client",
-            get(discovery::well_known_client),
-        )
-        .route(
-            "/.well-known/matrix/server",
-            get(discovery::well_known_server),
-        )
-        .route(
-            "/_matrix/client/v3/capabilities",
-            get(discovery::capabilities),
-        )
-        .route(
-            "/_matrix/client/r0/capabilities",
-            get(discovery::capabilities),
-        );
+        .route("/.well-known/matrix/client", get(discovery::well_known_client))
+        .route("/.well-known/matrix/server", get(discovery::well_known_server))
+        .route("/_matrix/client/v3/capabilities", get(discovery::capabilities))
+        .route("/_matrix/client/r0/capabilities", get(discovery::capabilities));
     // Accounts and sessions
     let r = route::<c::account::register::v3::Request, _, _>(r, account::register);
-    let r = route::<c::account::get_username_availability::v3::Request, _, _>(
-        r,
-        account::username_available,
-    );
+    let r = route::<c::account::get_username_availability::v3::Request, _, _>(r, account::username_available);
     let r = route::<c::account::check_registration_token_validity::v1::Request, _, _>(
         r,
         account::registration_token_validity,
@@ -82,10 +67,7 @@ pub fn router(services: Arc<Services>) -> Router {
     // Rooms
     let r = route::<c::room::create_room::v3::Request, _, _>(r, rooms::create_room);
     let r = route::<c::membership::join_room_by_id::v3::Request, _, _>(r, rooms::join_by_id);
-    let r = route::<c::membership::join_room_by_id_or_alias::v3::Request, _, _>(
-        r,
-        rooms::join_by_id_or_alias,
-    );
+    let r = route::<c::membership::join_room_by_id_or_alias::v3::Request, _, _>(r, rooms::join_by_id_or_alias);
     let r = route::<c::knock::knock_room::v3::Request, _, _>(r, rooms::knock);
     let r = route::<c::membership::invite_user::v3::Request, _, _>(r, rooms::invite);
     let r = route::<c::membership::leave_room::v3::Request, _, _>(r, rooms::leave);
@@ -103,14 +85,10 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = route::<c::alias::get_alias::v3::Request, _, _>(r, rooms::get_alias);
     let r = route::<c::alias::create_alias::v3::Request, _, _>(r, rooms::create_alias);
     let r = route::<c::alias::delete_alias::v3::Request, _, _>(r, rooms::delete_alias);
-    let r =
-        route::<c::directory::get_room_visibility::v3::Request, _, _>(r, rooms::room_visibility);
+    let r = route::<c::directory::get_room_visibility::v3::Request, _, _>(r, rooms::room_visibility);
     let r = route::<c::directory::set_room_visibility::v3::Request, _, _>(r, rooms::set_visibility);
     let r = route::<c::directory::get_public_rooms::v3::Request, _, _>(r, rooms::public_rooms);
-    let r = route::<c::directory::get_public_rooms_filtered::v3::Request, _, _>(
-        r,
-        rooms::public_rooms_filtered,
-    );
+    let r = route::<c::directory::get_public_rooms_filtered::v3::Request, _, _>(r, rooms::public_rooms_filtered);
     let r = route::<c::user_directory::search_users::v3::Request, _, _>(r, rooms::search_users);
     // Events
     let r = route::<c::message::send_message_event::v3::Request, _, _>(r, events::send_message);
@@ -119,15 +97,11 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = route::<c::message::get_message_events::v3::Request, _, _>(r, events::messages);
     let r = route::<c::context::get_context::v3::Request, _, _>(r, events::context);
     let r = route::<c::relations::get_relating_events::v1::Request, _, _>(r, events::relations);
-    let r = route::<c::relations::get_relating_events_with_rel_type::v1::Request, _, _>(
+    let r = route::<c::relations::get_relating_events_with_rel_type::v1::Request, _, _>(r, events::relations_with_type);
+    let r = route::<c::relations::get_relating_events_with_rel_type_and_event_type::v1::Request, _, _>(
         r,
-        events::relations_with_type,
+        events::relations_with_type_and_event_type,
     );
-    let r = route::<
-        c::relations::get_relating_events_with_rel_type_and_event_type::v1::Request,
-        _,
-        _,
-    >(r, events::relations_with_type_and_event_type);
     let r = route::<c::threads::get_threads::v1::Request, _, _>(r, events::threads);
     // Sync and its streams
     let r = route::<c::sync::sync_events::v3::Request, _, _>(r, sync::sync);
@@ -136,48 +110,31 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = route::<c::typing::create_typing_event::v3::Request, _, _>(r, sync::typing);
     let r = route::<c::receipt::create_receipt::v3::Request, _, _>(r, sync::receipt);
     let r = route::<c::read_marker::set_read_marker::v3::Request, _, _>(r, sync::read_markers);
-    let r = route::<c::config::set_global_account_data::v3::Request, _, _>(
-        r,
-        sync::set_global_account_data,
-    );
-    let r = route::<c::config::get_global_account_data::v3::Request, _, _>(
-        r,
-        sync::global_account_data,
-    );
-    let r = route::<c::config::set_room_account_data::v3::Request, _, _>(
-        r,
-        sync::set_room_account_data,
-    );
-    let r =
-        route::<c::config::get_room_account_data::v3::Request, _, _>(r, sync::room_account_data);
+    let r = route::<c::config::set_global_account_data::v3::Request, _, _>(r, sync::set_global_account_data);
+    let r = route::<c::config::get_global_account_data::v3::Request, _, _>(r, sync::global_account_data);
+    let r = route::<c::config::set_room_account_data::v3::Request, _, _>(r, sync::set_room_account_data);
+    let r = route::<c::config::get_room_account_data::v3::Request, _, _>(r, sync::room_account_data);
     let r = route::<c::tag::get_tags::v3::Request, _, _>(r, sync::tags);
     let r = route::<c::tag::create_tag::v3::Request, _, _>(r, sync::set_tag);
     let r = route::<c::tag::delete_tag::v3::Request, _, _>(r, sync::delete_tag);
     let r = route::<c::presence::set_presence::v3::Request, _, _>(r, sync::set_presence);
     let r = route::<c::presence::get_presence::v3::Request, _, _>(r, sync::presence);
     // Synapse-compatible administration
-    let r = r.route(
-        "/_synapse/admin/v1/register",
-        get(admin::register_nonce).post(admin::register),
-    );
+    let r = r.route("/_synapse/admin/v1/register", get(admin::register_nonce).post(admin::register));
 
     r.fallback(unrecognized)
         .method_not_allowed_fallback(unrecognized)
         .with_state(services)
         .layer(CorsLayer::very_permissive().max_age(Duration::from_secs(86400)))
         .layer(CatchPanicLayer::custom(|_| ApiError(Error::Internal).into_response()))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
-        }))
+        .layer(TraceLayer::new_for_http().make_span_with(
+            |req: &Request| tracing::info_span!("request", method = %req.method(), path = %req.uri().path()),
+        ))
 }
 
 /// Any endpoint this server does not implement: the spec's `M_UNRECOGNIZED`.
 async fn unrecognized(req: Request) -> Response {
-    let status = if req.method() == http::Method::OPTIONS {
-        http::StatusCode::OK
-    } else {
-        http::StatusCode::NOT_FOUND
-    };
+    let status = if req.method() == http::Method::OPTIONS { http::StatusCode::OK } else { http::StatusCode::NOT_FOUND };
     let body = serde_json::json!({ "errcode": "M_UNRECOGNIZED", "error": "Unrecognized request" });
     (status, axum::Json(body)).into_response()
 }

@@ -34,25 +34,16 @@ pub struct Ruma<T> {
 impl<T> Ruma<T> {
     /// The caller of an endpoint that requires authentication.
     pub fn caller(&self) -> &Caller {
-        self.caller
-            .as_ref()
-            .expect("the extractor authenticates endpoints that require it")
+        self.caller.as_ref().expect("the extractor authenticates endpoints that require it")
     }
 }
 
 /// The access token of a request: the `Authorization` header, or the deprecated query parameter.
 pub fn access_token(parts: &http::request::Parts) -> Option<String> {
-    if let Some(h) = parts
-        .headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-    {
+    if let Some(h) = parts.headers.get(http::header::AUTHORIZATION).and_then(|h| h.to_str().ok()) {
         return h.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
     }
-    parts.uri.query().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("access_token=").map(|t| t.to_owned()))
-    })
+    parts.uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token=").map(|t| t.to_owned())))
 }
 
 /// Maps a ruma parse failure to the spec's error code.
@@ -77,9 +68,7 @@ fn parse_error(e: FromHttpRequestError) -> ApiError {
         FromHttpRequestError::Deserialization(DeserializationError::Ident(e)) => {
             (ErrorKind::InvalidParam, e.to_string())
         }
-        FromHttpRequestError::MethodMismatch { .. } => {
-            (ErrorKind::Unrecognized, "Method not allowed".to_owned())
-        }
+        FromHttpRequestError::MethodMismatch { .. } => (ErrorKind::Unrecognized, "Method not allowed".to_owned()),
         other => (ErrorKind::BadJson, other.to_string()),
     };
     ApiError(Error::Matrix(kind, message))
@@ -98,24 +87,23 @@ where
             let params = RawPathParams::from_request_parts(&mut parts, services)
                 .await
                 .map_err(|_| ApiError(Error::unrecognized("Bad path")))?;
-            params.iter().map(|(_, v)| v.to_owned()).collect()
+            let mut args: Vec<String> = params.iter().map(|(_, v)| v.to_owned()).collect();
+            // `/state/{eventType}` and `/state/{eventType}/` stand for an empty state key.
+            let matched = parts.extensions.get::<axum::extract::MatchedPath>().map(|m| m.as_str().to_owned());
+            if matched.is_some_and(|m| m.ends_with("/state/{event_type}") || m.ends_with("/state/{event_type}/")) {
+                args.push(String::new());
+            }
+            args
         };
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
+        let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
 
         // Authenticate before reading the body.
         let token = access_token(&parts);
         let auth = TypeId::of::<T::Authentication>();
         let caller = if auth == TypeId::of::<AccessToken>() {
-            let token = token.ok_or_else(|| {
-                ApiError(Error::new(ErrorKind::MissingToken, "Missing access token"))
-            })?;
+            let token = token.ok_or_else(|| ApiError(Error::new(ErrorKind::MissingToken, "Missing access token")))?;
             Some(services.authenticate(&token).await.map_err(ApiError)?)
-        } else if auth == TypeId::of::<AccessTokenOptional>()
-            || auth == TypeId::of::<AppserviceToken>()
-        {
+        } else if auth == TypeId::of::<AccessTokenOptional>() || auth == TypeId::of::<AppserviceToken>() {
             match token {
                 Some(t) => Some(services.authenticate(&t).await.map_err(ApiError)?),
                 None => None,
@@ -125,21 +113,12 @@ where
         };
 
         if T::RATE_LIMITED {
-            let key = caller
-                .as_ref()
-                .map(|c| c.user_id.to_string())
-                .or_else(|| ip.clone())
-                .unwrap_or_default();
+            let key = caller.as_ref().map(|c| c.user_id.to_string()).or_else(|| ip.clone()).unwrap_or_default();
             let login = caller.is_none();
             services.ratelimiter.check(&key, login).map_err(|ms| {
                 let mut data = LimitExceededErrorData::new();
-                data.retry_after = Some(ruma::api::error::RetryAfter::Delay(
-                    std::time::Duration::from_millis(ms),
-                ));
-                ApiError(Error::new(
-                    ErrorKind::LimitExceeded(data),
-                    "Too many requests",
-                ))
+                data.retry_after = Some(ruma::api::error::RetryAfter::Delay(std::time::Duration::from_millis(ms)));
+                ApiError(Error::new(ErrorKind::LimitExceeded(data), "Too many requests"))
             })?;
         }
 
@@ -155,34 +134,22 @@ where
             match serde_json::from_slice::<Value>(&bytes) {
                 Ok(v) => Some(v),
                 Err(_) if T::METHOD == http::Method::GET => None,
-                Err(e) => {
-                    return Err(ApiError(Error::new(
-                        ErrorKind::NotJson,
-                        format!("Body is not JSON: {e}"),
-                    )))
-                }
+                Err(e) => return Err(ApiError(Error::new(ErrorKind::NotJson, format!("Body is not JSON: {e}")))),
             }
         };
-        if matches!(T::METHOD, http::Method::POST | http::Method::PUT)
-            && json.as_ref().is_some_and(|j| !j.is_object())
+        if matches!(T::METHOD, http::Method::POST | http::Method::PUT) && json.as_ref().is_some_and(|j| !j.is_object())
         {
             return Err(ApiError(Error::bad_json("Body must be a JSON object")));
         }
-        let body_bytes: &[u8] =
-            if bytes.is_empty() && matches!(T::METHOD, http::Method::POST | http::Method::PUT) {
-                b"{}"
-            } else {
-                &bytes
-            };
+        let body_bytes: &[u8] = if bytes.is_empty() && matches!(T::METHOD, http::Method::POST | http::Method::PUT) {
+            b"{}"
+        } else {
+            &bytes
+        };
         let http_req = http::Request::from_parts(parts, body_bytes);
         let args: Vec<&str> = path_params.iter().map(String::as_str).collect();
         let body = T::try_from_http_request(http_req, &args).map_err(parse_error)?;
-        Ok(Ruma {
-            body,
-            caller,
-            json,
-            ip,
-        })
+        Ok(Ruma { body, caller, json, ip })
     }
 }
 
@@ -215,10 +182,7 @@ pub fn json_ok(v: Value) -> Response {
 }
 
 /// Registers `handler` on every path the spec gives `T` (all versions, stable and unstable).
-pub fn route<T, H, X>(
-    router: axum::Router<Arc<Services>>,
-    handler: H,
-) -> axum::Router<Arc<Services>>
+pub fn route<T, H, X>(router: axum::Router<Arc<Services>>, handler: H) -> axum::Router<Arc<Services>>
 where
     T: Metadata,
     H: axum::handler::Handler<X, Arc<Services>>,
@@ -227,10 +191,14 @@ where
     use ruma::api::path_builder::PathBuilder;
     let method = T::METHOD;
     let mut router = router;
+    let filter = axum::routing::MethodFilter::try_from(method).expect("standard method");
     for path in T::PATH_BUILDER.all_paths() {
-        let filter =
-            axum::routing::MethodFilter::try_from(method.clone()).expect("standard method");
         router = router.route(path, axum::routing::on(filter, handler.clone()));
+        // State keys may be empty: the path then ends at the event type, with or without `/`.
+        if let Some(short) = path.strip_suffix("/{state_key}") {
+            router = router.route(short, axum::routing::on(filter, handler.clone()));
+            router = router.route(&format!("{short}/"), axum::routing::on(filter, handler.clone()));
+        }
     }
     router
 }

@@ -7,11 +7,7 @@ use clap::{Parser, Subcommand};
 use diplomatie_service::{Config, Services};
 
 #[derive(Parser)]
-#[command(
-    name = "diplomatie",
-    version,
-    about = "The Diplomatie Matrix homeserver"
-)]
+#[command(name = "diplomatie", version, about = "The Diplomatie Matrix homeserver")]
 struct Cli {
     /// Configuration file (TOML); every option can also be set by a DIPLOMATIE_* variable.
     #[arg(long, short, env = "DIPLOMATIE_CONFIG")]
@@ -74,35 +70,19 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    let config =
-        Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let config = Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let services = Services::start(config).await?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(services).await,
-        Command::User {
-            command:
-                UserCommand::Create {
-                    localpart,
-                    password,
-                    displayname,
-                    admin,
-                },
-        } => {
+        Command::User { command: UserCommand::Create { localpart, password, displayname, admin } } => {
             let user = services
-                .create_account(
-                    Some(&localpart.to_lowercase()),
-                    Some(&password),
-                    admin,
-                    displayname.as_deref(),
-                )
+                .create_account(Some(&localpart.to_lowercase()), Some(&password), admin, displayname.as_deref())
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{user}");
             Ok(())
         }
-        Command::RegistrationToken {
-            command: TokenCommand::Create { token, uses },
-        } => {
+        Command::RegistrationToken { command: TokenCommand::Create { token, uses } } => {
             let token = services
                 .create_registration_token(token.as_deref(), uses, None)
                 .await
@@ -114,22 +94,14 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(services: std::sync::Arc<Services>) -> anyhow::Result<()> {
-    let addr: SocketAddr = services
-        .config
-        .listen
-        .parse()
-        .with_context(|| format!("invalid listen address {}", services.config.listen))?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let addr: SocketAddr =
+        services.config.listen.parse().with_context(|| format!("invalid listen address {}", services.config.listen))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(server_name = %services.server_name(), %addr, "Diplomatie is listening");
     let app = diplomatie_api::router(services.clone());
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     services.db.close().await;
     tracing::info!("stopped");
     Ok(())
@@ -140,8 +112,7 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             s.recv().await;
         }
     };

@@ -44,8 +44,7 @@ impl Services {
         } else {
             format!("@{}:{}", user.to_lowercase(), self.server_name())
         };
-        let id = OwnedUserId::try_from(id)
-            .map_err(|_| Error::new(ErrorKind::InvalidUsername, "Invalid user id"))?;
+        let id = OwnedUserId::try_from(id).map_err(|_| Error::new(ErrorKind::InvalidUsername, "Invalid user id"))?;
         if id.server_name() != self.server_name() {
             return Err(Error::forbidden("User is not local to this server"));
         }
@@ -55,14 +54,9 @@ impl Services {
     /// Checks a requested localpart: the spec's grammar, and not taken.
     pub async fn check_username_available(&self, localpart: &str) -> Result<OwnedUserId> {
         let valid = !localpart.is_empty()
-            && localpart
-                .chars()
-                .all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+'));
+            && localpart.chars().all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+'));
         if !valid {
-            return Err(Error::new(
-                ErrorKind::InvalidUsername,
-                "User ids may contain only a-z, 0-9 and ._=-/+",
-            ));
+            return Err(Error::new(ErrorKind::InvalidUsername, "User ids may contain only a-z, 0-9 and ._=-/+"));
         }
         let user_id = OwnedUserId::try_from(format!("@{localpart}:{}", self.server_name()))
             .map_err(|_| Error::new(ErrorKind::InvalidUsername, "Invalid user id"))?;
@@ -96,25 +90,16 @@ impl Services {
             Some(p) => Some(hash_password(p).await?),
             None => None,
         };
-        let display = displayname
-            .map(str::to_owned)
-            .unwrap_or_else(|| user_id.localpart().to_owned());
-        store::create_user(
-            self.db.pool(),
-            user_id.as_str(),
-            hash.as_deref(),
-            Some(&display),
-            is_admin,
-            now_ms(),
-        )
-        .await
-        .map_err(|e| {
-            if e.is_unique_violation() {
-                Error::new(ErrorKind::UserInUse, "User id already taken")
-            } else {
-                e.into()
-            }
-        })?;
+        let display = displayname.map(str::to_owned).unwrap_or_else(|| user_id.localpart().to_owned());
+        store::create_user(self.db.pool(), user_id.as_str(), hash.as_deref(), Some(&display), is_admin, now_ms())
+            .await
+            .map_err(|e| {
+                if e.is_unique_violation() {
+                    Error::new(ErrorKind::UserInUse, "User id already taken")
+                } else {
+                    e.into()
+                }
+            })?;
         tracing::info!(user = %user_id, "account created");
         Ok(user_id)
     }
@@ -127,27 +112,16 @@ impl Services {
         display_name: Option<&str>,
         refresh: bool,
     ) -> Result<Session> {
-        let device_id = device_id
-            .map(str::to_owned)
-            .unwrap_or_else(|| random_string(10).to_uppercase());
+        let device_id = device_id.map(str::to_owned).unwrap_or_else(|| random_string(10).to_uppercase());
         let device_id = OwnedDeviceId::from(device_id);
         let mut tx = self.db.begin().await?;
         // Re-using a device id replaces its old tokens.
         store::delete_device(&mut tx, user_id.as_str(), device_id.as_str()).await?;
-        store::upsert_device(
-            &mut *tx,
-            user_id.as_str(),
-            device_id.as_str(),
-            display_name,
-            now_ms(),
-            None,
-        )
-        .await?;
+        store::upsert_device(&mut *tx, user_id.as_str(), device_id.as_str(), display_name, now_ms(), None).await?;
         let access_token = format!("dip_{}", random_string(32));
         let (refresh_token, expires) = if refresh {
             let rt = format!("dipr_{}", random_string(32));
-            store::insert_refresh_token(&mut *tx, &rt, user_id.as_str(), device_id.as_str())
-                .await?;
+            store::insert_refresh_token(&mut *tx, &rt, user_id.as_str(), device_id.as_str()).await?;
             (Some(rt), Some(self.config.access_token_lifetime_ms))
         } else {
             (None, None)
@@ -163,13 +137,7 @@ impl Services {
         )
         .await?;
         diplomatie_storage::commit(tx).await?;
-        Ok(Session {
-            user_id: user_id.to_owned(),
-            device_id,
-            access_token,
-            refresh_token,
-            expires_in_ms: expires,
-        })
+        Ok(Session { user_id: user_id.to_owned(), device_id, access_token, refresh_token, expires_in_ms: expires })
     }
 
     /// Marks a registration token as used once.
@@ -184,55 +152,37 @@ impl Services {
         uses_allowed: Option<i64>,
         expiry_ts: Option<i64>,
     ) -> Result<String> {
-        let token = token
-            .map(str::to_owned)
-            .unwrap_or_else(|| random_string(16));
-        store::create_registration_token(self.db.pool(), &token, uses_allowed, expiry_ts)
-            .await
-            .map_err(|e| {
-                if e.is_unique_violation() {
-                    Error::invalid_param("Token already exists")
-                } else {
-                    e.into()
-                }
-            })?;
+        let token = token.map(str::to_owned).unwrap_or_else(|| random_string(16));
+        store::create_registration_token(self.db.pool(), &token, uses_allowed, expiry_ts).await.map_err(|e| {
+            if e.is_unique_violation() {
+                Error::invalid_param("Token already exists")
+            } else {
+                e.into()
+            }
+        })?;
         Ok(token)
     }
 
     pub async fn registration_token_valid(&self, token: &str) -> Result<bool> {
-        Ok(
-            match store::get_registration_token(self.db.pool(), token).await? {
-                Some(t) => {
-                    t.uses_allowed.is_none_or(|n| t.completed < n)
-                        && t.expiry_ts.is_none_or(|e| e > now_ms())
-                }
-                None => false,
-            },
-        )
+        Ok(match store::get_registration_token(self.db.pool(), token).await? {
+            Some(t) => t.uses_allowed.is_none_or(|n| t.completed < n) && t.expiry_ts.is_none_or(|e| e > now_ms()),
+            None => false,
+        })
     }
 
     /// Checks a user's password (`M_FORBIDDEN` on any mismatch, without saying which part).
     pub async fn verify_password(&self, user_id: &UserId, password: &str) -> Result<()> {
         let denied = || Error::forbidden("Invalid username or password");
-        let user = store::get_user(self.db.pool(), user_id.as_str())
-            .await?
-            .ok_or_else(denied)?;
+        let user = store::get_user(self.db.pool(), user_id.as_str()).await?.ok_or_else(denied)?;
         if user.deactivated {
-            return Err(Error::new(
-                ErrorKind::UserDeactivated,
-                "This account has been deactivated",
-            ));
+            return Err(Error::new(ErrorKind::UserDeactivated, "This account has been deactivated"));
         }
         let hash = user.password_hash.ok_or_else(denied)?;
         let password = password.to_owned();
         let ok = tokio::task::spawn_blocking(move || {
             use argon2::{password_hash::PasswordHash, Argon2, PasswordVerifier};
             PasswordHash::new(&hash)
-                .map(|h| {
-                    Argon2::default()
-                        .verify_password(password.as_bytes(), &h)
-                        .is_ok()
-                })
+                .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
                 .unwrap_or(false)
         })
         .await
@@ -256,15 +206,11 @@ impl Services {
                 "Unknown or expired access token",
             )
         };
-        let t = store::get_access_token(self.db.pool(), token)
-            .await?
-            .ok_or_else(|| unknown(false))?;
+        let t = store::get_access_token(self.db.pool(), token).await?.ok_or_else(|| unknown(false))?;
         if t.expires_ts.is_some_and(|e| e <= now_ms()) {
             return Err(unknown(true));
         }
-        let user = store::get_user(self.db.pool(), &t.user_id)
-            .await?
-            .ok_or_else(|| unknown(false))?;
+        let user = store::get_user(self.db.pool(), &t.user_id).await?.ok_or_else(|| unknown(false))?;
         if user.deactivated {
             return Err(unknown(false));
         }
@@ -276,22 +222,15 @@ impl Services {
     }
 
     pub async fn is_admin(&self, user: &UserId) -> Result<bool> {
-        Ok(store::get_user(self.db.pool(), user.as_str())
-            .await?
-            .is_some_and(|u| u.is_admin))
+        Ok(store::get_user(self.db.pool(), user.as_str()).await?.is_some_and(|u| u.is_admin))
     }
 
     /// Exchanges a refresh token for new tokens; the old pair stops working.
     pub async fn refresh(&self, refresh_token: &str) -> Result<Session> {
         let mut tx = self.db.begin().await?;
-        let (user_id, device_id) = store::take_refresh_token(&mut tx, refresh_token)
-            .await?
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::UnknownToken(UnknownTokenErrorData::new()),
-                    "Unknown refresh token",
-                )
-            })?;
+        let (user_id, device_id) = store::take_refresh_token(&mut tx, refresh_token).await?.ok_or_else(|| {
+            Error::new(ErrorKind::UnknownToken(UnknownTokenErrorData::new()), "Unknown refresh token")
+        })?;
         let access_token = format!("dip_{}", random_string(32));
         let new_refresh = format!("dipr_{}", random_string(32));
         let lifetime = self.config.access_token_lifetime_ms;
@@ -317,8 +256,7 @@ impl Services {
 
     /// Logs out one device: its tokens and the device itself go.
     pub async fn logout(&self, caller: &Caller) -> Result<()> {
-        self.delete_devices(&caller.user_id, &[caller.device_id.as_str()])
-            .await
+        self.delete_devices(&caller.user_id, &[caller.device_id.as_str()]).await
     }
 
     pub async fn logout_all(&self, user: &UserId) -> Result<()> {
@@ -347,12 +285,7 @@ impl Services {
             .ok_or_else(|| Error::not_found("Unknown device"))
     }
 
-    pub async fn rename_device(
-        &self,
-        user: &UserId,
-        device_id: &str,
-        name: Option<&str>,
-    ) -> Result<()> {
+    pub async fn rename_device(&self, user: &UserId, device_id: &str, name: Option<&str>) -> Result<()> {
         if store::rename_device(self.db.pool(), user.as_str(), device_id, name).await? {
             Ok(())
         } else {
@@ -361,22 +294,12 @@ impl Services {
     }
 
     /// Changes the password; with `logout_devices`, every other device is logged out.
-    pub async fn change_password(
-        &self,
-        caller: &Caller,
-        new_password: &str,
-        logout_devices: bool,
-    ) -> Result<()> {
+    pub async fn change_password(&self, caller: &Caller, new_password: &str, logout_devices: bool) -> Result<()> {
         let hash = hash_password(new_password).await?;
         let mut tx = self.db.begin().await?;
         store::set_password(&mut *tx, caller.user_id.as_str(), Some(&hash)).await?;
         if logout_devices {
-            store::delete_all_devices(
-                &mut tx,
-                caller.user_id.as_str(),
-                Some(caller.device_id.as_str()),
-            )
-            .await?;
+            store::delete_all_devices(&mut tx, caller.user_id.as_str(), Some(caller.device_id.as_str())).await?;
         }
         diplomatie_storage::commit(tx).await?;
         Ok(())
@@ -384,15 +307,10 @@ impl Services {
 
     /// Deactivates an account: it leaves every room, loses its devices and can never log in.
     pub async fn deactivate(&self, user: &UserId) -> Result<()> {
-        for (room, membership) in
-            diplomatie_storage::state::rooms_for_user(self.db.pool(), user.as_str()).await?
-        {
+        for (room, membership) in diplomatie_storage::state::rooms_for_user(self.db.pool(), user.as_str()).await? {
             if matches!(membership.as_str(), "join" | "invite" | "knock") {
                 if let Ok(room_id) = ruma::OwnedRoomId::try_from(room) {
-                    if let Err(e) = self
-                        .leave(user, &room_id, Some("Account deactivated".into()))
-                        .await
-                    {
+                    if let Err(e) = self.leave(user, &room_id, Some("Account deactivated".into())).await {
                         tracing::warn!(%room_id, error = %e, "could not leave room on deactivation");
                     }
                 }
@@ -414,12 +332,7 @@ impl Services {
 
     /// Sets the display name or avatar and propagates it into the member event of every joined
     /// room, as clients expect.
-    pub async fn set_profile_field(
-        &self,
-        user: &UserId,
-        field: &str,
-        value: Option<&str>,
-    ) -> Result<()> {
+    pub async fn set_profile_field(&self, user: &UserId, field: &str, value: Option<&str>) -> Result<()> {
         if value.is_some_and(|v| v.len() > 1024) {
             return Err(Error::new(ErrorKind::TooLarge, "Profile field too long"));
         }
@@ -428,21 +341,15 @@ impl Services {
             "avatar_url" => store::set_avatar_url(self.db.pool(), user.as_str(), value).await?,
             _ => return Err(Error::bad_json("Unknown profile field")),
         }
-        for (room, membership) in
-            diplomatie_storage::state::rooms_for_user(self.db.pool(), user.as_str()).await?
-        {
+        for (room, membership) in diplomatie_storage::state::rooms_for_user(self.db.pool(), user.as_str()).await? {
             if membership != "join" {
                 continue;
             }
             let Ok(room_id) = ruma::OwnedRoomId::try_from(room) else {
                 continue;
             };
-            let current = self
-                .state_event(&room_id, &StateEventType::RoomMember, user.as_str())
-                .await?;
-            let mut content = current
-                .map(|p| p.content_value())
-                .unwrap_or_else(|| json!({ "membership": "join" }));
+            let current = self.state_event(&room_id, &StateEventType::RoomMember, user.as_str()).await?;
+            let mut content = current.map(|p| p.content_value()).unwrap_or_else(|| json!({ "membership": "join" }));
             match value {
                 Some(v) => content[field] = json!(v),
                 None => {
@@ -452,10 +359,7 @@ impl Services {
                 }
             }
             let builder = PduBuilder::state(TimelineEventType::RoomMember, user.as_str(), content);
-            if let Err(e) = self
-                .append_event(Target::Room(&room_id), user, builder, None)
-                .await
-            {
+            if let Err(e) = self.append_event(Target::Room(&room_id), user, builder, None).await {
                 tracing::warn!(%room_id, error = %e, "could not propagate profile change");
             }
         }
@@ -474,27 +378,18 @@ impl Services {
     ) -> Result<()> {
         let secret = &self.config.registration.shared_secret;
         if secret.is_empty() {
-            return Err(Error::new(
-                ErrorKind::Forbidden,
-                "Shared secret registration is not enabled",
-            ));
+            return Err(Error::new(ErrorKind::Forbidden, "Shared secret registration is not enabled"));
         }
-        let mut mac =
-            Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(|_| Error::Internal)?;
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(|_| Error::Internal)?;
         mac.update(nonce.as_bytes());
         mac.update(b"\0");
         mac.update(username.as_bytes());
         mac.update(b"\0");
         mac.update(password.as_bytes());
         mac.update(b"\0");
-        mac.update(if admin {
-            b"admin" as &[u8]
-        } else {
-            b"notadmin"
-        });
+        mac.update(if admin { b"admin" as &[u8] } else { b"notadmin" });
         let given = hex::decode(mac_hex).map_err(|_| Error::forbidden("HMAC incorrect"))?;
-        mac.verify_slice(&given)
-            .map_err(|_| Error::forbidden("HMAC incorrect"))
+        mac.verify_slice(&given).map_err(|_| Error::forbidden("HMAC incorrect"))
     }
 }
 
@@ -504,9 +399,7 @@ pub async fn hash_password(password: &str) -> Result<String> {
     tokio::task::spawn_blocking(move || {
         use argon2::{password_hash::SaltString, Argon2, PasswordHasher};
         let salt = SaltString::generate(&mut rand::rngs::OsRng);
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
+        Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
     })
     .await
     .map_err(|_| Error::Internal)?

@@ -80,23 +80,13 @@ impl Default for Config {
 
 impl Default for Registration {
     fn default() -> Self {
-        Registration {
-            enabled: false,
-            require_token: false,
-            shared_secret: String::new(),
-        }
+        Registration { enabled: false, require_token: false, shared_secret: String::new() }
     }
 }
 
 impl Default for RateLimits {
     fn default() -> Self {
-        RateLimits {
-            enabled: true,
-            per_second: 50.0,
-            burst: 200.0,
-            login_per_second: 1.0,
-            login_burst: 10.0,
-        }
+        RateLimits { enabled: true, per_second: 50.0, burst: 200.0, login_per_second: 1.0, login_burst: 10.0 }
     }
 }
 
@@ -116,10 +106,7 @@ impl Config {
     /// The database URL, defaulting to SQLite in the data directory.
     pub fn database_url(&self) -> String {
         if self.database_url.is_empty() {
-            format!(
-                "sqlite://{}?mode=rwc",
-                self.data_dir.join("diplomatie.db").display()
-            )
+            format!("sqlite://{}?mode=rwc", self.data_dir.join("diplomatie.db").display())
         } else {
             self.database_url.clone()
         }

@@ -41,12 +41,8 @@ impl Typing {
         let room = rooms.get(room_id)?;
         (room.changed > since).then(|| {
             let now = Instant::now();
-            let mut users: Vec<_> = room
-                .users
-                .iter()
-                .filter(|(_, until)| **until > now)
-                .map(|(u, _)| u.clone())
-                .collect();
+            let mut users: Vec<_> =
+                room.users.iter().filter(|(_, until)| **until > now).map(|(u, _)| u.clone()).collect();
             users.sort();
             users
         })
@@ -84,9 +80,7 @@ pub fn spawn_typing_expiry(services: Weak<Services>) {
                         changed_rooms.push(room_id.clone());
                     }
                 }
-                rooms.retain(|_, r| {
-                    !r.users.is_empty() || r.changed + 1_000_000 > services.typing.serial()
-                });
+                rooms.retain(|_, r| !r.users.is_empty() || r.changed + 1_000_000 > services.typing.serial());
             }
             for room_id in changed_rooms {
                 if let Ok(members) = services.joined_members(&room_id).await {
@@ -147,21 +141,18 @@ impl Services {
             .ok_or_else(|| Error::not_found("Event not found"))?;
         if receipt_type == "m.fully_read" {
             let content = serde_json::json!({ "event_id": event.event_id });
-            return self
-                .set_account_data(user, Some(room_id), "m.fully_read", &content)
-                .await;
+            return self.set_account_data(user, Some(room_id), "m.fully_read", &content).await;
         }
         if !matches!(receipt_type, "m.read" | "m.read.private") {
             return Err(Error::invalid_param("Unknown receipt type"));
         }
         if let Some(t) = thread_id {
             if t != "main" && ruma::EventId::parse(t).is_err() {
-                return Err(Error::invalid_param(
-                    "thread_id must be main or an event id",
-                ));
+                return Err(Error::invalid_param("thread_id must be main or an event id"));
             }
         }
-        let write = self.begin_write().await;
+        let mut write = self.begin_write().await;
+        let position = write.next_position();
         streams::set_receipt(
             self.db.pool(),
             room_id.as_str(),
@@ -170,7 +161,7 @@ impl Services {
             thread_id.unwrap_or(""),
             event_id.as_str(),
             now_ms(),
-            write.position,
+            position,
         )
         .await?;
         write.publish();
@@ -193,24 +184,22 @@ impl Services {
         if !content.is_object() {
             return Err(Error::bad_json("Account data must be a JSON object"));
         }
-        if matches!(data_type, "m.fully_read" | "m.push_rules")
-            && room_id.is_none()
-            && data_type == "m.fully_read"
-        {
+        if matches!(data_type, "m.fully_read" | "m.push_rules") && room_id.is_none() && data_type == "m.fully_read" {
             return Err(Error::bad_json("m.fully_read is per room"));
         }
         if let Some(room_id) = room_id {
             self.known_room(room_id).await?;
         }
         let json = serde_json::to_string(content)?;
-        let write = self.begin_write().await;
+        let mut write = self.begin_write().await;
+        let position = write.next_position();
         streams::set_account_data(
             self.db.pool(),
             user.as_str(),
             room_id.map_or("", |r| r.as_str()),
             data_type,
             &json,
-            write.position,
+            position,
         )
         .await?;
         write.publish();
@@ -218,47 +207,24 @@ impl Services {
         Ok(())
     }
 
-    pub async fn account_data(
-        &self,
-        user: &UserId,
-        room_id: Option<&RoomId>,
-        data_type: &str,
-    ) -> Result<Value> {
-        let json = streams::get_account_data(
-            self.db.pool(),
-            user.as_str(),
-            room_id.map_or("", |r| r.as_str()),
-            data_type,
-        )
-        .await?
-        .ok_or_else(|| Error::not_found("Account data not found"))?;
+    pub async fn account_data(&self, user: &UserId, room_id: Option<&RoomId>, data_type: &str) -> Result<Value> {
+        let json =
+            streams::get_account_data(self.db.pool(), user.as_str(), room_id.map_or("", |r| r.as_str()), data_type)
+                .await?
+                .ok_or_else(|| Error::not_found("Account data not found"))?;
         Ok(serde_json::from_str(&json)?)
     }
 
-    pub async fn set_presence(
-        &self,
-        user: &UserId,
-        state: &str,
-        status_msg: Option<&str>,
-    ) -> Result<()> {
+    pub async fn set_presence(&self, user: &UserId, state: &str, status_msg: Option<&str>) -> Result<()> {
         if !matches!(state, "online" | "offline" | "unavailable") {
             return Err(Error::invalid_param("Unknown presence state"));
         }
-        let write = self.begin_write().await;
-        streams::set_presence(
-            self.db.pool(),
-            user.as_str(),
-            state,
-            status_msg,
-            now_ms(),
-            write.position,
-        )
-        .await?;
+        let mut write = self.begin_write().await;
+        let position = write.next_position();
+        streams::set_presence(self.db.pool(), user.as_str(), state, status_msg, now_ms(), position).await?;
         write.publish();
         let mut targets = vec![user.to_owned()];
-        for (room, membership) in
-            diplomatie_storage::state::rooms_for_user(self.db.pool(), user.as_str()).await?
-        {
+        for (room, membership) in diplomatie_storage::state::rooms_for_user(self.db.pool(), user.as_str()).await? {
             if membership == "join" {
                 if let Ok(room_id) = OwnedRoomId::try_from(room) {
                     targets.extend(self.joined_members(&room_id).await?.iter().cloned());
@@ -273,14 +239,12 @@ impl Services {
         if !diplomatie_storage::accounts::user_exists(self.db.pool(), user.as_str()).await? {
             return Err(Error::not_found("Unknown user"));
         }
-        Ok(streams::get_presence(self.db.pool(), user.as_str())
-            .await?
-            .unwrap_or(streams::Presence {
-                user_id: user.to_string(),
-                state: "offline".into(),
-                status_msg: None,
-                last_active_ts: 0,
-            }))
+        Ok(streams::get_presence(self.db.pool(), user.as_str()).await?.unwrap_or(streams::Presence {
+            user_id: user.to_string(),
+            state: "offline".into(),
+            status_msg: None,
+            last_active_ts: 0,
+        }))
     }
 
     pub async fn create_filter(&self, user: &UserId, filter: &Value) -> Result<String> {
@@ -293,9 +257,7 @@ impl Services {
     }
 
     pub async fn filter(&self, user: &UserId, filter_id: &str) -> Result<Value> {
-        let id: i64 = filter_id
-            .parse()
-            .map_err(|_| Error::not_found("Unknown filter"))?;
+        let id: i64 = filter_id.parse().map_err(|_| Error::not_found("Unknown filter"))?;
         let json = streams::get_filter(self.db.pool(), user.as_str(), id)
             .await?
             .ok_or_else(|| Error::not_found("Unknown filter"))?;

@@ -48,18 +48,12 @@ impl Error {
     pub fn body(&self) -> StandardErrorBody {
         match self {
             Error::Matrix(kind, message) => StandardErrorBody::new(kind.clone(), message.clone()),
-            Error::Uiaa(info) => {
-                info.auth_error
-                    .as_deref()
-                    .cloned()
-                    .unwrap_or(StandardErrorBody::new(
-                        ErrorKind::Unauthorized,
-                        "Authentication required".into(),
-                    ))
-            }
-            Error::Internal => {
-                StandardErrorBody::new(ErrorKind::Unknown, "Internal server error".into())
-            }
+            Error::Uiaa(info) => info
+                .auth_error
+                .as_deref()
+                .cloned()
+                .unwrap_or(StandardErrorBody::new(ErrorKind::Unauthorized, "Authentication required".into())),
+            Error::Internal => StandardErrorBody::new(ErrorKind::Unknown, "Internal server error".into()),
         }
     }
 }

@@ -21,23 +21,15 @@ impl ServerKeys {
             let document = Ed25519KeyPair::generate();
             let version = crate::random_string(6);
             let line = format!("ed25519 {version} {}\n", STANDARD_NO_PAD.encode(&*document));
-            std::fs::write(&path, line)
-                .map_err(|e| msg(format!("cannot write {}: {e}", path.display())))?;
+            std::fs::write(&path, line).map_err(|e| msg(format!("cannot write {}: {e}", path.display())))?;
         }
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| msg(format!("cannot read {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| msg(format!("cannot read {}: {e}", path.display())))?;
         let parts: Vec<&str> = text.split_whitespace().collect();
         let [algorithm, version, key] = parts[..] else {
-            return Err(msg(format!(
-                "{} is not `ed25519 <version> <key>`",
-                path.display()
-            )));
+            return Err(msg(format!("{} is not `ed25519 <version> <key>`", path.display())));
         };
         if algorithm != "ed25519" {
-            return Err(msg(format!(
-                "{}: unsupported algorithm {algorithm}",
-                path.display()
-            )));
+            return Err(msg(format!("{}: unsupported algorithm {algorithm}", path.display())));
         }
         let der = STANDARD_NO_PAD
             .decode(key.trim_end_matches('='))

@@ -54,19 +54,15 @@ impl Services {
     /// Opens the database (creating and migrating it if needed), loads or creates the signing
     /// key, and restores the stream position.
     pub async fn start(config: Config) -> anyhow_like::Result<Arc<Services>> {
-        let server_name = ServerName::parse(&config.server_name).map_err(|e| {
-            anyhow_like::msg(format!("invalid server_name {:?}: {e}", config.server_name))
-        })?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            anyhow_like::msg(format!("cannot create {}: {e}", config.data_dir.display()))
-        })?;
+        let server_name = ServerName::parse(&config.server_name)
+            .map_err(|e| anyhow_like::msg(format!("invalid server_name {:?}: {e}", config.server_name)))?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| anyhow_like::msg(format!("cannot create {}: {e}", config.data_dir.display())))?;
         let db = Db::connect(&config.database_url(), config.database_max_connections)
             .await
             .map_err(|e| anyhow_like::msg(format!("cannot open the database: {e}")))?;
         let keys = keys::ServerKeys::load_or_create(&config.data_dir)?;
-        let stream = ephemeral::max_stream_position(&db)
-            .await
-            .map_err(|e| anyhow_like::msg(e.to_string()))?;
+        let stream = ephemeral::max_stream_position(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         let ratelimiter = ratelimit::RateLimiter::new(&config.rate_limits);
         let services = Arc::new(Services {
             config,
@@ -95,28 +91,31 @@ impl Services {
         self.stream.load(Ordering::Acquire)
     }
 
-    /// Takes the write lock and hands out the next stream position. The position becomes
-    /// visible to readers only through [`StreamWrite::publish`], after the write committed.
+    /// Takes the write lock. Stream positions handed out by [`StreamWrite::next_position`]
+    /// become visible to readers only through [`StreamWrite::publish`], after the commit.
     pub(crate) async fn begin_write(&self) -> StreamWrite<'_> {
         let guard = self.writer.lock().await;
-        let position = self.stream.load(Ordering::Acquire) + 1;
-        StreamWrite {
-            services: self,
-            position,
-            _guard: guard,
-        }
+        let position = self.stream.load(Ordering::Acquire);
+        StreamWrite { services: self, position, _guard: guard }
     }
 }
 
 /// A write in progress under the writer lock.
 pub(crate) struct StreamWrite<'a> {
     services: &'a Services,
-    pub position: i64,
+    /// The last position handed out.
+    position: i64,
     _guard: tokio::sync::MutexGuard<'a, ()>,
 }
 
 impl StreamWrite<'_> {
-    /// Makes the position visible, once the write is committed. Dropping a `StreamWrite`
+    /// Hands out the next stream position.
+    pub fn next_position(&mut self) -> i64 {
+        self.position += 1;
+        self.position
+    }
+
+    /// Makes the positions visible, once the write is committed. Dropping a `StreamWrite`
     /// without publishing leaves a gap in the stream, which readers tolerate.
     pub fn publish(self) {
         self.services.stream.store(self.position, Ordering::Release);
@@ -131,11 +130,7 @@ pub fn now_ms() -> i64 {
 /// A random alphanumeric string, for tokens and ids.
 pub fn random_string(len: usize) -> String {
     use rand::{distributions::Alphanumeric, Rng};
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
+    rand::thread_rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
 }
 
 /// Start-up errors: plain messages for the operator.
@@ -151,5 +146,16 @@ pub mod anyhow_like {
     pub type Result<T> = std::result::Result<T, StartError>;
     pub fn msg(s: impl Into<String>) -> StartError {
         StartError(s.into())
+    }
+}
+
+#[cfg(test)]
+mod send_checks {
+    use super::*;
+    fn assert_send<T: Send>(_: &T) {}
+    #[allow(dead_code)]
+    fn futures_are_send(s: &Services, u: &ruma::UserId) {
+        assert_send(&s.deactivate(u));
+        assert_send(&s.set_profile_field(u, "displayname", None));
     }
 }

@@ -15,10 +15,7 @@ impl Notifier {
     /// reading the streams, so that no change between the read and the wait is missed.
     pub fn subscribe(&self, user: &UserId) -> watch::Receiver<u64> {
         let mut users = self.users.lock().unwrap();
-        users
-            .entry(user.to_owned())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
+        users.entry(user.to_owned()).or_insert_with(|| watch::channel(0).0).subscribe()
     }
 
     pub fn notify<'a>(&self, targets: impl IntoIterator<Item = &'a UserId>) {

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use ruma::{
-    events::TimelineEventType, CanonicalJsonObject, MilliSecondsSinceUnixEpoch, OwnedEventId,
-    OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    events::TimelineEventType, CanonicalJsonObject, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId,
+    RoomId, UInt, UserId,
 };
 use serde::Deserialize;
 use serde_json::{json, value::RawValue, Value};
@@ -80,11 +80,7 @@ struct RedactsInContent {
 impl Pdu {
     /// Reads a PDU from its JSON; `event_id` is given apart (it is the hash for v3+ rooms), and
     /// so is the room for a v12 create event (whose room id is derived from its event id).
-    pub fn from_json(
-        event_id: OwnedEventId,
-        json: String,
-        room: Option<OwnedRoomId>,
-    ) -> Result<Pdu> {
+    pub fn from_json(event_id: OwnedEventId, json: String, room: Option<OwnedRoomId>) -> Result<Pdu> {
         let wire: Wire = serde_json::from_str(&json).map_err(|e| {
             tracing::error!(%event_id, error = %e, "stored event does not parse");
             Error::Internal
@@ -181,18 +177,12 @@ impl Pdu {
             .filter(|(k, _)| {
                 matches!(
                     k.as_str(),
-                    "prev_content"
-                        | "replaces_state"
-                        | "prev_sender"
-                        | "invite_room_state"
-                        | "knock_room_state"
+                    "prev_content" | "replaces_state" | "prev_sender" | "invite_room_state" | "knock_room_state"
                 )
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let age = MilliSecondsSinceUnixEpoch::now()
-            .get()
-            .saturating_sub(self.origin_server_ts.get());
+        let age = MilliSecondsSinceUnixEpoch::now().get().saturating_sub(self.origin_server_ts.get());
         unsigned.insert("age".into(), json!(age));
         obj.insert("unsigned".into(), Value::Object(unsigned));
         Value::Object(obj)
@@ -219,9 +209,7 @@ impl Pdu {
 
 /// Wraps a JSON value as a typed raw value of the response types.
 pub fn raw<T>(value: &Value) -> ruma::serde::Raw<T> {
-    ruma::serde::Raw::from_json(
-        serde_json::value::to_raw_value(value).expect("JSON values serialise"),
-    )
+    ruma::serde::Raw::from_json(serde_json::value::to_raw_value(value).expect("JSON values serialise"))
 }
 
 impl ruma::state_res::Event for Pdu {

@@ -32,9 +32,7 @@ impl RateLimiter {
         if buckets.len() > 100_000 {
             buckets.retain(|_, (tokens, at)| *tokens + at.elapsed().as_secs_f64() * rate < burst);
         }
-        let (tokens, at) = buckets
-            .entry((login, key.to_owned()))
-            .or_insert((burst, now));
+        let (tokens, at) = buckets.entry((login, key.to_owned())).or_insert((burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
         *at = now;
         if *tokens >= 1.0 {

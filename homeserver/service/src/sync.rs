@@ -58,10 +58,7 @@ impl SyncToken {
         let bad = || Error::invalid_param("Invalid since token");
         let rest = s.strip_prefix('s').ok_or_else(bad)?;
         let (stream, typing) = rest.split_once('_').ok_or_else(bad)?;
-        Ok(SyncToken {
-            stream: stream.parse().map_err(|_| bad())?,
-            typing: typing.parse().map_err(|_| bad())?,
-        })
+        Ok(SyncToken { stream: stream.parse().map_err(|_| bad())?, typing: typing.parse().map_err(|_| bad())? })
     }
 }
 
@@ -81,10 +78,7 @@ pub struct SyncRequest<'a> {
 
 impl Services {
     pub fn current_token(&self) -> SyncToken {
-        SyncToken {
-            stream: self.stream_position(),
-            typing: self.typing.serial(),
-        }
+        SyncToken { stream: self.stream_position(), typing: self.typing.serial() }
     }
 
     /// Answers a sync request, waiting up to its timeout when nothing is new.
@@ -94,11 +88,7 @@ impl Services {
         loop {
             let to = self.current_token();
             let (body, empty) = self.sync_between(&req, to).await?;
-            if !empty
-                || req.since.is_none()
-                || req.full_state
-                || tokio::time::Instant::now() >= deadline
-            {
+            if !empty || req.since.is_none() || req.full_state || tokio::time::Instant::now() >= deadline {
                 return Ok(body);
             }
             if req.since == Some(to) || empty {
@@ -118,22 +108,14 @@ impl Services {
         let since = req.since.unwrap_or_default();
         let initial = req.since.is_none();
         let pool = self.db.pool();
-        let forgotten: HashSet<String> = room_store::forgotten_rooms(pool, user.as_str())
-            .await?
-            .into_iter()
-            .collect();
+        let forgotten: HashSet<String> = room_store::forgotten_rooms(pool, user.as_str()).await?.into_iter().collect();
         let memberships = state_store::rooms_for_user(pool, user.as_str()).await?;
-        let changed: Vec<_> =
-            ev_store::membership_events_between(pool, user.as_str(), since.stream, to.stream)
-                .await?;
+        let changed: Vec<_> = ev_store::membership_events_between(pool, user.as_str(), since.stream, to.stream).await?;
         let changed_rooms: HashSet<String> = changed.iter().map(|e| e.room_id.clone()).collect();
         let active_rooms: HashSet<String> = if initial {
             HashSet::new()
         } else {
-            ev_store::rooms_with_events_between(pool, since.stream, to.stream)
-                .await?
-                .into_iter()
-                .collect()
+            ev_store::rooms_with_events_between(pool, since.stream, to.stream).await?.into_iter().collect()
         };
 
         let mut join = Map::new();
@@ -167,22 +149,23 @@ impl Services {
                     }
                 }
                 "invite" if initial || newly => {
-                    invite.insert(room.clone(), json!({ "invite_state": { "events": self.stripped_state(&room_id, user).await? } }));
+                    invite.insert(
+                        room.clone(),
+                        json!({ "invite_state": { "events": self.stripped_state(&room_id, user).await? } }),
+                    );
                 }
                 "knock" if initial || newly => {
-                    knock.insert(room.clone(), json!({ "knock_state": { "events": self.stripped_state(&room_id, user).await? } }));
+                    knock.insert(
+                        room.clone(),
+                        json!({ "knock_state": { "events": self.stripped_state(&room_id, user).await? } }),
+                    );
                 }
-                "leave" | "ban"
-                    if (newly && !initial) || (initial && req.filter.room.include_leave) =>
-                {
+                "leave" | "ban" if (newly && !initial) || (initial && req.filter.room.include_leave) => {
                     if forgotten.contains(&room) {
                         continue;
                     }
                     // A rejected invite or a withdrawn knock shows as a leave with no history.
-                    leave.insert(
-                        room.clone(),
-                        self.sync_left_room(req, &room_id, since, to).await?,
-                    );
+                    leave.insert(room.clone(), self.sync_left_room(req, &room_id, since, to).await?);
                 }
                 _ => {}
             }
@@ -261,10 +244,7 @@ impl Services {
             limited = rows.len() > limit;
             for stored in rows.into_iter().take(limit) {
                 let pdu = match self
-                    .get_pdu(
-                        <&ruma::EventId>::try_from(stored.event_id.as_str())
-                            .map_err(|_| Error::Internal)?,
-                    )
+                    .get_pdu(<&ruma::EventId>::try_from(stored.event_id.as_str()).map_err(|_| Error::Internal)?)
                     .await?
                 {
                     Some(p) => p,
@@ -295,14 +275,10 @@ impl Services {
                 None => self.known_room(room_id).await?.state_group,
             };
             let map = self.state_map(group).await?;
-            let in_timeline: HashSet<&ruma::EventId> =
-                timeline.iter().map(|p| &*p.event_id).collect();
+            let in_timeline: HashSet<&ruma::EventId> = timeline.iter().map(|p| &*p.event_id).collect();
             let lazy = req.filter.room.state.lazy_load_members;
-            let senders: HashSet<&str> = filtered
-                .iter()
-                .map(|p| p.sender.as_str())
-                .chain(std::iter::once(user.as_str()))
-                .collect();
+            let senders: HashSet<&str> =
+                filtered.iter().map(|p| p.sender.as_str()).chain(std::iter::once(user.as_str())).collect();
             let first_so = timeline.first().map_or(i64::MAX, |p| p.stream_ordering);
             for ((kind, key), id) in map.iter() {
                 if in_timeline.contains(&**id) {
@@ -324,9 +300,7 @@ impl Services {
         } else if req.filter.room.state.lazy_load_members {
             // Members of the timeline's senders, so clients can show their names.
             for p in self.member_events_for(room_id, &filtered, user).await? {
-                if !timeline.iter().any(|t| t.event_id == p.event_id)
-                    && p.stream_ordering > since.stream
-                {
+                if !timeline.iter().any(|t| t.event_id == p.event_id) && p.stream_ordering > since.stream {
                     state.push(p.to_client(false));
                 }
             }
@@ -350,11 +324,8 @@ impl Services {
                     receipt["thread_id"] = json!(r.thread_id);
                 }
                 let entry = content.entry(r.event_id).or_insert_with(|| json!({}));
-                entry
-                    .as_object_mut()
-                    .expect("object")
-                    .entry(r.receipt_type)
-                    .or_insert_with(|| json!({}))[r.user_id] = receipt;
+                entry.as_object_mut().expect("object").entry(r.receipt_type).or_insert_with(|| json!({}))[r.user_id] =
+                    receipt;
             }
             if !content.is_empty() {
                 ephemeral.push(json!({ "type": "m.receipt", "content": content }));
@@ -369,18 +340,10 @@ impl Services {
             .map(|(_, kind, content)| json!({ "type": kind, "content": serde_json::from_str::<Value>(&content).unwrap_or(Value::Null) }))
             .collect();
 
-        if timeline.is_empty()
-            && state.is_empty()
-            && ephemeral.is_empty()
-            && account_data.is_empty()
-            && !full
-        {
+        if timeline.is_empty() && state.is_empty() && ephemeral.is_empty() && account_data.is_empty() && !full {
             return Ok(None);
         }
-        let events: Vec<Value> = filtered
-            .iter()
-            .map(|p| self.client_event_for(p, user, false))
-            .collect();
+        let events: Vec<Value> = filtered.iter().map(|p| self.client_event_for(p, user, false)).collect();
         let mut timeline_json = json!({ "events": events, "limited": limited });
         if let Some(pb) = prev_batch {
             timeline_json["prev_batch"] = json!(pb);
@@ -404,20 +367,10 @@ impl Services {
         _to: SyncToken,
     ) -> Result<Value> {
         let user = req.user;
-        let until = self
-            .readable_until(user, room_id)
-            .await
-            .unwrap_or(since.stream);
+        let until = self.readable_until(user, room_id).await.unwrap_or(since.stream);
         let limit = req.filter.room.timeline.limit.unwrap_or(10).clamp(1, 100) as i64;
-        let rows = ev_store::room_events(
-            self.db.pool(),
-            room_id.as_str(),
-            since.stream,
-            until,
-            true,
-            limit + 1,
-        )
-        .await?;
+        let rows =
+            ev_store::room_events(self.db.pool(), room_id.as_str(), since.stream, until, true, limit + 1).await?;
         let limited = rows.len() as i64 > limit;
         let mut events = Vec::new();
         let mut first = None;
@@ -433,9 +386,7 @@ impl Services {
         if let Some(f) = first {
             timeline["prev_batch"] = json!((f - 1).to_string());
         }
-        Ok(
-            json!({ "timeline": timeline, "state": { "events": [] }, "account_data": { "events": [] } }),
-        )
+        Ok(json!({ "timeline": timeline, "state": { "events": [] }, "account_data": { "events": [] } }))
     }
 
     /// The event as `/sync` sends it to `user`: with the transaction id for the sender's device.
@@ -460,16 +411,10 @@ impl Services {
                 out.push(p.to_stripped());
             }
         }
-        if let Some(p) = self
-            .state_event_in(&state, &StateEventType::RoomMember, user.as_str())
-            .await?
-        {
+        if let Some(p) = self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await? {
             out.push(p.to_stripped());
             if let Ok(sender) = OwnedUserId::try_from(p.sender.as_str()) {
-                if let Some(s) = self
-                    .state_event_in(&state, &StateEventType::RoomMember, sender.as_str())
-                    .await?
-                {
+                if let Some(s) = self.state_event_in(&state, &StateEventType::RoomMember, sender.as_str()).await? {
                     if s.sender != p.sender || s.event_id != p.event_id {
                         out.push(s.to_stripped());
                     }
@@ -491,35 +436,27 @@ impl Services {
             .collect();
         heroes.sort();
         heroes.truncate(5);
-        Ok(
-            json!({ "m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited }),
-        )
+        Ok(json!({ "m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited }))
     }
 
     /// Messages from others after the user's read receipt.
     async fn unread_count(&self, room_id: &RoomId, user: &UserId) -> Result<u64> {
         let pool = self.db.pool();
-        let since =
-            match streams::user_receipt(pool, room_id.as_str(), user.as_str(), "m.read").await? {
-                Some(id) => match self
-                    .get_pdu(<&ruma::EventId>::try_from(id.as_str()).map_err(|_| Error::Internal)?)
-                    .await?
-                {
+        let since = match streams::user_receipt(pool, room_id.as_str(), user.as_str(), "m.read").await? {
+            Some(id) => {
+                match self.get_pdu(<&ruma::EventId>::try_from(id.as_str()).map_err(|_| Error::Internal)?).await? {
                     Some(p) => p.stream_ordering,
                     None => 0,
-                },
-                None => 0,
-            };
-        let rows =
-            ev_store::room_events(pool, room_id.as_str(), since, i64::MAX, false, 100).await?;
+                }
+            }
+            None => 0,
+        };
+        let rows = ev_store::room_events(pool, room_id.as_str(), since, i64::MAX, false, 100).await?;
         let mut count = 0;
         for r in rows {
             let pdu = Pdu::from_stored(r)?;
             if pdu.sender != user
-                && matches!(
-                    pdu.kind.to_string().as_str(),
-                    "m.room.message" | "m.room.encrypted" | "m.sticker"
-                )
+                && matches!(pdu.kind.to_string().as_str(), "m.room.message" | "m.room.encrypted" | "m.sticker")
             {
                 count += 1;
             }

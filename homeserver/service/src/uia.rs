@@ -48,26 +48,22 @@ impl Services {
         };
         let Some(auth) = auth else {
             let session = crate::random_string(24);
-            self.uia.sessions.lock().unwrap().insert(
-                session.clone(),
-                Session {
-                    completed: vec![],
-                    created: Instant::now(),
-                },
-            );
+            self.uia
+                .sessions
+                .lock()
+                .unwrap()
+                .insert(session.clone(), Session { completed: vec![], created: Instant::now() });
             return Err(info(session, vec![], None));
         };
         let session_id = match auth.session() {
             Some(s) => s.to_owned(),
             None => {
                 let s = crate::random_string(24);
-                self.uia.sessions.lock().unwrap().insert(
-                    s.clone(),
-                    Session {
-                        completed: vec![],
-                        created: Instant::now(),
-                    },
-                );
+                self.uia
+                    .sessions
+                    .lock()
+                    .unwrap()
+                    .insert(s.clone(), Session { completed: vec![], created: Instant::now() });
                 s
             }
         };
@@ -76,33 +72,20 @@ impl Services {
             sessions.retain(|_, s| s.created.elapsed() < SESSION_LIFETIME);
             match sessions.get(&session_id) {
                 Some(s) => s.completed.clone(),
-                None => {
-                    return Err(Error::new(
-                        ErrorKind::Unknown,
-                        "Unknown or expired UIA session",
-                    ))
-                }
+                None => return Err(Error::new(ErrorKind::Unknown, "Unknown or expired UIA session")),
             }
         };
 
         // Check the stage the client just completed.
         let stage = auth.auth_type();
-        let allowed = stage
-            .as_ref()
-            .is_some_and(|t| flows.iter().any(|f| f.contains(t)));
+        let allowed = stage.as_ref().is_some_and(|t| flows.iter().any(|f| f.contains(t)));
         if !allowed {
-            let err = StandardErrorBody::new(
-                ErrorKind::Unrecognized,
-                "This stage is not offered here".into(),
-            );
+            let err = StandardErrorBody::new(ErrorKind::Unrecognized, "This stage is not offered here".into());
             return Err(info(session_id, completed, Some(err)));
         }
         let check = match auth {
             AuthData::Dummy(_) => Ok(()),
-            AuthData::Password(p) => {
-                self.check_password_stage(&p.identifier, &p.password, user)
-                    .await
-            }
+            AuthData::Password(p) => self.check_password_stage(&p.identifier, &p.password, user).await,
             AuthData::RegistrationToken(t) => self.check_registration_token(&t.token).await,
             _ => Err(Error::new(ErrorKind::Unrecognized, "Unsupported stage")),
         };
@@ -114,10 +97,7 @@ impl Services {
         if !completed.contains(&stage) {
             completed.push(stage);
         }
-        if flows
-            .iter()
-            .any(|f| f.iter().all(|s| completed.contains(s)))
-        {
+        if flows.iter().any(|f| f.iter().all(|s| completed.contains(s))) {
             self.uia.sessions.lock().unwrap().remove(&session_id);
             return Ok(());
         }
@@ -134,10 +114,7 @@ impl Services {
         user: Option<&UserId>,
     ) -> Result<()> {
         let UserIdentifier::Matrix(id) = identifier else {
-            return Err(Error::new(
-                ErrorKind::Unrecognized,
-                "Only user identifiers are supported",
-            ));
+            return Err(Error::new(ErrorKind::Unrecognized, "Only user identifiers are supported"));
         };
         let claimed = self.parse_local_user(&id.user)?;
         if user.is_some_and(|u| u != claimed) {
@@ -147,23 +124,16 @@ impl Services {
     }
 
     async fn check_registration_token(&self, token: &str) -> Result<()> {
-        let valid =
-            match diplomatie_storage::accounts::get_registration_token(self.db.pool(), token)
-                .await?
-            {
-                Some(t) => {
-                    t.uses_allowed.is_none_or(|n| t.completed < n)
-                        && t.expiry_ts.is_none_or(|e| e > crate::now_ms())
-                }
-                None => false,
-            };
+        let valid = match diplomatie_storage::accounts::get_registration_token(self.db.pool(), token).await? {
+            Some(t) => {
+                t.uses_allowed.is_none_or(|n| t.completed < n) && t.expiry_ts.is_none_or(|e| e > crate::now_ms())
+            }
+            None => false,
+        };
         if valid {
             Ok(())
         } else {
-            Err(Error::new(
-                ErrorKind::Unauthorized,
-                "Invalid registration token",
-            ))
+            Err(Error::new(ErrorKind::Unauthorized, "Invalid registration token"))
         }
     }
 }
@@ -185,10 +155,6 @@ impl Nonces {
 
     /// Consumes a nonce; false if it is unknown, used or expired.
     pub fn take(&self, nonce: &str) -> bool {
-        self.nonces
-            .lock()
-            .unwrap()
-            .remove(nonce)
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(60))
+        self.nonces.lock().unwrap().remove(nonce).is_some_and(|at| at.elapsed() < Duration::from_secs(60))
     }
 }

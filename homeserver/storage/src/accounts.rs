@@ -12,14 +12,7 @@ pub struct User {
     pub deactivated: bool,
 }
 
-type UserRow = (
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    i64,
-    i64,
-);
+type UserRow = (String, Option<String>, Option<String>, Option<String>, i64, i64);
 
 fn user_from_row(r: UserRow) -> User {
     User {
@@ -58,29 +51,21 @@ pub async fn create_user<'e>(
 }
 
 pub async fn get_user<'e>(e: impl Exec<'e>, user_id: &str) -> Result<Option<User>> {
-    let row: Option<UserRow> = sqlx::query_as(&format!(
-        "SELECT {USER_COLUMNS} FROM users WHERE user_id = $1"
-    ))
-    .bind(user_id)
-    .fetch_optional(e)
-    .await?;
+    let row: Option<UserRow> = sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = $1"))
+        .bind(user_id)
+        .fetch_optional(e)
+        .await?;
     Ok(row.map(user_from_row))
 }
 
 pub async fn user_exists<'e>(e: impl Exec<'e>, user_id: &str) -> Result<bool> {
-    let row: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM users WHERE user_id = $1")
-        .bind(user_id)
-        .fetch_optional(e)
-        .await?;
+    let row: Option<(i64,)> =
+        sqlx::query_as("SELECT 1 FROM users WHERE user_id = $1").bind(user_id).fetch_optional(e).await?;
     Ok(row.is_some())
 }
 
 pub async fn set_password<'e>(e: impl Exec<'e>, user_id: &str, hash: Option<&str>) -> Result<()> {
-    sqlx::query("UPDATE users SET password_hash = $1 WHERE user_id = $2")
-        .bind(hash)
-        .bind(user_id)
-        .execute(e)
-        .await?;
+    sqlx::query("UPDATE users SET password_hash = $1 WHERE user_id = $2").bind(hash).bind(user_id).execute(e).await?;
     Ok(())
 }
 
@@ -96,20 +81,12 @@ pub async fn set_deactivated<'e>(e: impl Exec<'e>, user_id: &str) -> Result<()> 
 }
 
 pub async fn set_displayname<'e>(e: impl Exec<'e>, user_id: &str, v: Option<&str>) -> Result<()> {
-    sqlx::query("UPDATE users SET displayname = $1 WHERE user_id = $2")
-        .bind(v)
-        .bind(user_id)
-        .execute(e)
-        .await?;
+    sqlx::query("UPDATE users SET displayname = $1 WHERE user_id = $2").bind(v).bind(user_id).execute(e).await?;
     Ok(())
 }
 
 pub async fn set_avatar_url<'e>(e: impl Exec<'e>, user_id: &str, v: Option<&str>) -> Result<()> {
-    sqlx::query("UPDATE users SET avatar_url = $1 WHERE user_id = $2")
-        .bind(v)
-        .bind(user_id)
-        .execute(e)
-        .await?;
+    sqlx::query("UPDATE users SET avatar_url = $1 WHERE user_id = $2").bind(v).bind(user_id).execute(e).await?;
     Ok(())
 }
 
@@ -171,20 +148,11 @@ pub async fn get_devices<'e>(e: impl Exec<'e>, user_id: &str) -> Result<Vec<Devi
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| Device {
-            device_id: r.0,
-            display_name: r.1,
-            last_seen_ts: r.2,
-            last_seen_ip: r.3,
-        })
+        .map(|r| Device { device_id: r.0, display_name: r.1, last_seen_ts: r.2, last_seen_ip: r.3 })
         .collect())
 }
 
-pub async fn get_device<'e>(
-    e: impl Exec<'e>,
-    user_id: &str,
-    device_id: &str,
-) -> Result<Option<Device>> {
+pub async fn get_device<'e>(e: impl Exec<'e>, user_id: &str, device_id: &str) -> Result<Option<Device>> {
     let row: Option<(String, Option<String>, Option<i64>, Option<String>)> = sqlx::query_as(
         "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices \
          WHERE user_id = $1 AND device_id = $2",
@@ -193,44 +161,27 @@ pub async fn get_device<'e>(
     .bind(device_id)
     .fetch_optional(e)
     .await?;
-    Ok(row.map(|r| Device {
-        device_id: r.0,
-        display_name: r.1,
-        last_seen_ts: r.2,
-        last_seen_ip: r.3,
-    }))
+    Ok(row.map(|r| Device { device_id: r.0, display_name: r.1, last_seen_ts: r.2, last_seen_ip: r.3 }))
 }
 
-pub async fn rename_device<'e>(
-    e: impl Exec<'e>,
-    user_id: &str,
-    device_id: &str,
-    name: Option<&str>,
-) -> Result<bool> {
-    let done =
-        sqlx::query("UPDATE devices SET display_name = $1 WHERE user_id = $2 AND device_id = $3")
-            .bind(name)
-            .bind(user_id)
-            .bind(device_id)
-            .execute(e)
-            .await?;
+pub async fn rename_device<'e>(e: impl Exec<'e>, user_id: &str, device_id: &str, name: Option<&str>) -> Result<bool> {
+    let done = sqlx::query("UPDATE devices SET display_name = $1 WHERE user_id = $2 AND device_id = $3")
+        .bind(name)
+        .bind(user_id)
+        .bind(device_id)
+        .execute(e)
+        .await?;
     Ok(done.rows_affected() > 0)
 }
 
 /// Removes a device with every token bound to it. Run it inside a transaction.
-pub async fn delete_device(
-    conn: &mut crate::Connection,
-    user_id: &str,
-    device_id: &str,
-) -> Result<()> {
+pub async fn delete_device(conn: &mut crate::Connection, user_id: &str, device_id: &str) -> Result<()> {
     for table in ["devices", "access_tokens", "refresh_tokens"] {
-        sqlx::query(&format!(
-            "DELETE FROM {table} WHERE user_id = $1 AND device_id = $2"
-        ))
-        .bind(user_id)
-        .bind(device_id)
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1 AND device_id = $2"))
+            .bind(user_id)
+            .bind(device_id)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
@@ -242,20 +193,17 @@ pub async fn delete_all_devices(
     keep_device: Option<&str>,
 ) -> Result<Vec<String>> {
     let keep = keep_device.unwrap_or("");
-    let gone: Vec<(String,)> =
-        sqlx::query_as("SELECT device_id FROM devices WHERE user_id = $1 AND device_id <> $2")
-            .bind(user_id)
-            .bind(keep)
-            .fetch_all(&mut *conn)
-            .await?;
-    for table in ["devices", "access_tokens", "refresh_tokens"] {
-        sqlx::query(&format!(
-            "DELETE FROM {table} WHERE user_id = $1 AND device_id <> $2"
-        ))
+    let gone: Vec<(String,)> = sqlx::query_as("SELECT device_id FROM devices WHERE user_id = $1 AND device_id <> $2")
         .bind(user_id)
         .bind(keep)
-        .execute(&mut *conn)
+        .fetch_all(&mut *conn)
         .await?;
+    for table in ["devices", "access_tokens", "refresh_tokens"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1 AND device_id <> $2"))
+            .bind(user_id)
+            .bind(keep)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(gone.into_iter().map(|(d,)| d).collect())
 }
@@ -312,27 +260,15 @@ pub async fn get_access_token<'e>(e: impl Exec<'e>, token: &str) -> Result<Optio
             .bind(token)
             .fetch_optional(e)
             .await?;
-    Ok(row.map(|r| AccessToken {
-        user_id: r.0,
-        device_id: r.1,
-        expires_ts: r.2,
-    }))
+    Ok(row.map(|r| AccessToken { user_id: r.0, device_id: r.1, expires_ts: r.2 }))
 }
 
 pub async fn delete_access_token<'e>(e: impl Exec<'e>, token: &str) -> Result<()> {
-    sqlx::query("DELETE FROM access_tokens WHERE token = $1")
-        .bind(token)
-        .execute(e)
-        .await?;
+    sqlx::query("DELETE FROM access_tokens WHERE token = $1").bind(token).execute(e).await?;
     Ok(())
 }
 
-pub async fn insert_refresh_token<'e>(
-    e: impl Exec<'e>,
-    token: &str,
-    user_id: &str,
-    device_id: &str,
-) -> Result<()> {
+pub async fn insert_refresh_token<'e>(e: impl Exec<'e>, token: &str, user_id: &str, device_id: &str) -> Result<()> {
     sqlx::query("INSERT INTO refresh_tokens (token, user_id, device_id) VALUES ($1, $2, $3)")
         .bind(token)
         .bind(user_id)
@@ -343,20 +279,14 @@ pub async fn insert_refresh_token<'e>(
 }
 
 /// Consumes a refresh token: returns its owner and removes it (and the access token it backed).
-pub async fn take_refresh_token(
-    conn: &mut crate::Connection,
-    token: &str,
-) -> Result<Option<(String, String)>> {
+pub async fn take_refresh_token(conn: &mut crate::Connection, token: &str) -> Result<Option<(String, String)>> {
     let row: Option<(String, String)> =
         sqlx::query_as("DELETE FROM refresh_tokens WHERE token = $1 RETURNING user_id, device_id")
             .bind(token)
             .fetch_optional(&mut *conn)
             .await?;
     if row.is_some() {
-        sqlx::query("DELETE FROM access_tokens WHERE refresh_token = $1")
-            .bind(token)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query("DELETE FROM access_tokens WHERE refresh_token = $1").bind(token).execute(&mut *conn).await?;
     }
     Ok(row)
 }
@@ -377,34 +307,23 @@ pub async fn create_registration_token<'e>(
     uses_allowed: Option<i64>,
     expiry_ts: Option<i64>,
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO registration_tokens (token, uses_allowed, expiry_ts) VALUES ($1, $2, $3)",
-    )
-    .bind(token)
-    .bind(uses_allowed)
-    .bind(expiry_ts)
-    .execute(e)
-    .await?;
+    sqlx::query("INSERT INTO registration_tokens (token, uses_allowed, expiry_ts) VALUES ($1, $2, $3)")
+        .bind(token)
+        .bind(uses_allowed)
+        .bind(expiry_ts)
+        .execute(e)
+        .await?;
     Ok(())
 }
 
-pub async fn get_registration_token<'e>(
-    e: impl Exec<'e>,
-    token: &str,
-) -> Result<Option<RegistrationToken>> {
+pub async fn get_registration_token<'e>(e: impl Exec<'e>, token: &str) -> Result<Option<RegistrationToken>> {
     let row: Option<(String, Option<i64>, i64, i64, Option<i64>)> = sqlx::query_as(
         "SELECT token, uses_allowed, pending, completed, expiry_ts FROM registration_tokens WHERE token = $1",
     )
     .bind(token)
     .fetch_optional(e)
     .await?;
-    Ok(row.map(|r| RegistrationToken {
-        token: r.0,
-        uses_allowed: r.1,
-        pending: r.2,
-        completed: r.3,
-        expiry_ts: r.4,
-    }))
+    Ok(row.map(|r| RegistrationToken { token: r.0, uses_allowed: r.1, pending: r.2, completed: r.3, expiry_ts: r.4 }))
 }
 
 /// Counts one completed use of a registration token.

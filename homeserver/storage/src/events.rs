@@ -16,14 +16,7 @@ pub struct StoredEvent {
 type EventRow = (i64, String, String, i64, Option<String>, String);
 
 fn from_row(r: EventRow) -> StoredEvent {
-    StoredEvent {
-        stream_ordering: r.0,
-        event_id: r.1,
-        room_id: r.2,
-        state_group: r.3,
-        redacted_by: r.4,
-        json: r.5,
-    }
+    StoredEvent { stream_ordering: r.0, event_id: r.1, room_id: r.2, state_group: r.3, redacted_by: r.4, json: r.5 }
 }
 
 const COLUMNS: &str = "stream_ordering, event_id, room_id, state_group, redacted_by, json";
@@ -68,11 +61,10 @@ pub async fn insert_event(conn: &mut Connection, ev: &NewEvent<'_>) -> Result<()
 }
 
 pub async fn get_event<'e>(e: impl Exec<'e>, event_id: &str) -> Result<Option<StoredEvent>> {
-    let row: Option<EventRow> =
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM events WHERE event_id = $1"))
-            .bind(event_id)
-            .fetch_optional(e)
-            .await?;
+    let row: Option<EventRow> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM events WHERE event_id = $1"))
+        .bind(event_id)
+        .fetch_optional(e)
+        .await?;
     Ok(row.map(from_row))
 }
 
@@ -100,18 +92,13 @@ pub async fn room_events<'e>(
 }
 
 /// The rooms that received an event with `from < stream_ordering <= to`.
-pub async fn rooms_with_events_between<'e>(
-    e: impl Exec<'e>,
-    from: i64,
-    to: i64,
-) -> Result<Vec<String>> {
-    let rows: Vec<(String,)> = sqlx::query_as(
-        "SELECT DISTINCT room_id FROM events WHERE stream_ordering > $1 AND stream_ordering <= $2",
-    )
-    .bind(from)
-    .bind(to)
-    .fetch_all(e)
-    .await?;
+pub async fn rooms_with_events_between<'e>(e: impl Exec<'e>, from: i64, to: i64) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT DISTINCT room_id FROM events WHERE stream_ordering > $1 AND stream_ordering <= $2")
+            .bind(from)
+            .bind(to)
+            .fetch_all(e)
+            .await?;
     Ok(rows.into_iter().map(|(r,)| r).collect())
 }
 
@@ -135,11 +122,7 @@ pub async fn membership_events_between<'e>(
 }
 
 /// The latest event of a room at or before `to`.
-pub async fn last_room_event<'e>(
-    e: impl Exec<'e>,
-    room_id: &str,
-    to: i64,
-) -> Result<Option<StoredEvent>> {
+pub async fn last_room_event<'e>(e: impl Exec<'e>, room_id: &str, to: i64) -> Result<Option<StoredEvent>> {
     let row: Option<EventRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM events WHERE room_id = $1 AND stream_ordering <= $2 \
          ORDER BY stream_ordering DESC LIMIT 1"
@@ -152,12 +135,7 @@ pub async fn last_room_event<'e>(
 }
 
 /// Marks an event redacted and replaces its stored JSON with the redacted form.
-pub async fn redact_event(
-    conn: &mut Connection,
-    event_id: &str,
-    redacted_by: &str,
-    json: &str,
-) -> Result<()> {
+pub async fn redact_event(conn: &mut Connection, event_id: &str, redacted_by: &str, json: &str) -> Result<()> {
     sqlx::query("UPDATE events SET redacted_by = $1, json = $2 WHERE event_id = $3")
         .bind(redacted_by)
         .bind(json)
@@ -168,25 +146,17 @@ pub async fn redact_event(
 }
 
 pub async fn forward_extremities<'e>(e: impl Exec<'e>, room_id: &str) -> Result<Vec<String>> {
-    let rows: Vec<(String,)> = sqlx::query_as(
-        "SELECT event_id FROM forward_extremities WHERE room_id = $1 ORDER BY event_id",
-    )
-    .bind(room_id)
-    .fetch_all(e)
-    .await?;
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT event_id FROM forward_extremities WHERE room_id = $1 ORDER BY event_id")
+            .bind(room_id)
+            .fetch_all(e)
+            .await?;
     Ok(rows.into_iter().map(|(r,)| r).collect())
 }
 
 /// Replaces the forward extremities of a room by `event_ids`.
-pub async fn set_forward_extremities(
-    conn: &mut Connection,
-    room_id: &str,
-    event_ids: &[&str],
-) -> Result<()> {
-    sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1")
-        .bind(room_id)
-        .execute(&mut *conn)
-        .await?;
+pub async fn set_forward_extremities(conn: &mut Connection, room_id: &str, event_ids: &[&str]) -> Result<()> {
+    sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1").bind(room_id).execute(&mut *conn).await?;
     for id in event_ids {
         sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)")
             .bind(room_id)
@@ -197,20 +167,14 @@ pub async fn set_forward_extremities(
     Ok(())
 }
 
-pub async fn txn_event<'e>(
-    e: impl Exec<'e>,
-    user_id: &str,
-    device_id: &str,
-    txn_id: &str,
-) -> Result<Option<String>> {
-    let row: Option<(String,)> = sqlx::query_as(
-        "SELECT event_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND txn_id = $3",
-    )
-    .bind(user_id)
-    .bind(device_id)
-    .bind(txn_id)
-    .fetch_optional(e)
-    .await?;
+pub async fn txn_event<'e>(e: impl Exec<'e>, user_id: &str, device_id: &str, txn_id: &str) -> Result<Option<String>> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT event_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND txn_id = $3")
+            .bind(user_id)
+            .bind(device_id)
+            .bind(txn_id)
+            .fetch_optional(e)
+            .await?;
     Ok(row.map(|(r,)| r))
 }
 
@@ -221,30 +185,23 @@ pub async fn insert_txn(
     txn_id: &str,
     event_id: &str,
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(user_id)
-    .bind(device_id)
-    .bind(txn_id)
-    .bind(event_id)
-    .execute(conn)
-    .await?;
+    sqlx::query("INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4)")
+        .bind(user_id)
+        .bind(device_id)
+        .bind(txn_id)
+        .bind(event_id)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
 /// The transaction id a device used to send an event, if it sent it.
-pub async fn txn_for_event<'e>(
-    e: impl Exec<'e>,
-    event_id: &str,
-    device_id: &str,
-) -> Result<Option<String>> {
-    let row: Option<(String,)> =
-        sqlx::query_as("SELECT txn_id FROM event_txns WHERE event_id = $1 AND device_id = $2")
-            .bind(event_id)
-            .bind(device_id)
-            .fetch_optional(e)
-            .await?;
+pub async fn txn_for_event<'e>(e: impl Exec<'e>, event_id: &str, device_id: &str) -> Result<Option<String>> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT txn_id FROM event_txns WHERE event_id = $1 AND device_id = $2")
+        .bind(event_id)
+        .bind(device_id)
+        .fetch_optional(e)
+        .await?;
     Ok(row.map(|(r,)| r))
 }
 
@@ -280,12 +237,7 @@ pub async fn relations<'e>(
 
 /// Thread roots of a room, by latest activity (newest first), before stream position `before`.
 /// Returns (root event id, latest stream ordering in the thread, number of replies).
-pub async fn threads<'e>(
-    e: impl Exec<'e>,
-    room_id: &str,
-    before: i64,
-    limit: i64,
-) -> Result<Vec<(String, i64, i64)>> {
+pub async fn threads<'e>(e: impl Exec<'e>, room_id: &str, before: i64, limit: i64) -> Result<Vec<(String, i64, i64)>> {
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(
         "SELECT relates_to, MAX(stream_ordering) AS latest, COUNT(*) FROM events \
          WHERE room_id = $1 AND rel_type = 'm.thread' AND redacted_by IS NULL \
@@ -311,23 +263,16 @@ pub async fn thread_summary<'e>(e: impl Exec<'e>, root: &str) -> Result<(i64, Op
     Ok((row.0, row.1.map(|v| v.to_string())))
 }
 
-pub async fn event_by_stream<'e>(
-    e: impl Exec<'e>,
-    stream_ordering: i64,
-) -> Result<Option<StoredEvent>> {
-    let row: Option<EventRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM events WHERE stream_ordering = $1"
-    ))
-    .bind(stream_ordering)
-    .fetch_optional(e)
-    .await?;
+pub async fn event_by_stream<'e>(e: impl Exec<'e>, stream_ordering: i64) -> Result<Option<StoredEvent>> {
+    let row: Option<EventRow> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM events WHERE stream_ordering = $1"))
+        .bind(stream_ordering)
+        .fetch_optional(e)
+        .await?;
     Ok(row.map(from_row))
 }
 
 /// The highest stream position any stream has used (events and the other streams).
 pub async fn max_stream_ordering<'e>(e: impl Exec<'e>) -> Result<i64> {
-    let row: (Option<i64>,) = sqlx::query_as("SELECT MAX(stream_ordering) FROM events")
-        .fetch_one(e)
-        .await?;
+    let row: (Option<i64>,) = sqlx::query_as("SELECT MAX(stream_ordering) FROM events").fetch_one(e).await?;
     Ok(row.0.unwrap_or(0))
 }

@@ -32,9 +32,7 @@ pub struct StorageError(#[from] sqlx::Error);
 impl StorageError {
     /// Whether the failure is a violated uniqueness constraint (the row already exists).
     pub fn is_unique_violation(&self) -> bool {
-        self.0
-            .as_database_error()
-            .is_some_and(|e| e.is_unique_violation())
+        self.0.as_database_error().is_some_and(|e| e.is_unique_violation())
     }
 }
 
@@ -60,17 +58,13 @@ pub struct Db {
 
 /// The migrations, embedded in the binary so that a fresh data directory needs nothing else.
 /// Their SQL is portable; a migration that needs dialect-specific SQL would be split in two.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "core", include_str!("../migrations/0001_core.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "core", include_str!("../migrations/0001_core.sql"))];
 
 #[derive(Debug)]
 struct Embedded;
 
 impl MigrationSource<'static> for Embedded {
-    fn resolve(
-        self,
-    ) -> futures_core::future::BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>>
-    {
+    fn resolve(self) -> futures_core::future::BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
         Box::pin(async {
             Ok(MIGRATIONS
                 .iter()
@@ -93,11 +87,7 @@ impl Db {
     /// applies pending migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
         sqlx::any::install_default_drivers();
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else {
-            Backend::Postgres
-        };
+        let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
         let options = AnyConnectOptions::from_str(url)?;
         let pool = AnyPoolOptions::new()
             // SQLite allows one writer at a time; readers run beside it thanks to WAL.
@@ -146,10 +136,8 @@ impl Db {
 
 /// Reads a named counter (0 when never set).
 pub async fn counter<'e>(e: impl Exec<'e>, name: &str) -> Result<i64> {
-    let v: Option<(i64,)> = sqlx::query_as("SELECT value FROM counters WHERE name = $1")
-        .bind(name)
-        .fetch_optional(e)
-        .await?;
+    let v: Option<(i64,)> =
+        sqlx::query_as("SELECT value FROM counters WHERE name = $1").bind(name).fetch_optional(e).await?;
     Ok(v.map(|(v,)| v).unwrap_or(0))
 }
 
@@ -175,3 +163,6 @@ pub(crate) fn flag(v: i64) -> bool {
 pub async fn commit(tx: Transaction<'static, Any>) -> Result<()> {
     Ok(tx.commit().await?)
 }
+
+/// An open transaction on the database.
+pub type Tx = Transaction<'static, Any>;

@@ -32,18 +32,12 @@ pub async fn insert_room(
 }
 
 pub async fn get_room<'e>(e: impl Exec<'e>, room_id: &str) -> Result<Option<Room>> {
-    let row: Option<(String, String, String, i64)> = sqlx::query_as(
-        "SELECT room_id, room_version, creator, is_public FROM rooms WHERE room_id = $1",
-    )
-    .bind(room_id)
-    .fetch_optional(e)
-    .await?;
-    Ok(row.map(|r| Room {
-        room_id: r.0,
-        room_version: r.1,
-        creator: r.2,
-        is_public: flag(r.3),
-    }))
+    let row: Option<(String, String, String, i64)> =
+        sqlx::query_as("SELECT room_id, room_version, creator, is_public FROM rooms WHERE room_id = $1")
+            .bind(room_id)
+            .fetch_optional(e)
+            .await?;
+    Ok(row.map(|r| Room { room_id: r.0, room_version: r.1, creator: r.2, is_public: flag(r.3) }))
 }
 
 pub async fn set_public<'e>(e: impl Exec<'e>, room_id: &str, is_public: bool) -> Result<()> {
@@ -58,18 +52,11 @@ pub async fn set_public<'e>(e: impl Exec<'e>, room_id: &str, is_public: bool) ->
 /// Room ids published in the directory, in a stable order.
 pub async fn public_rooms<'e>(e: impl Exec<'e>) -> Result<Vec<String>> {
     let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT room_id FROM rooms WHERE is_public = 1 ORDER BY room_id")
-            .fetch_all(e)
-            .await?;
+        sqlx::query_as("SELECT room_id FROM rooms WHERE is_public = 1 ORDER BY room_id").fetch_all(e).await?;
     Ok(rows.into_iter().map(|(r,)| r).collect())
 }
 
-pub async fn insert_alias<'e>(
-    e: impl Exec<'e>,
-    alias: &str,
-    room_id: &str,
-    creator: &str,
-) -> Result<()> {
+pub async fn insert_alias<'e>(e: impl Exec<'e>, alias: &str, room_id: &str, creator: &str) -> Result<()> {
     sqlx::query("INSERT INTO room_aliases (alias, room_id, creator) VALUES ($1, $2, $3)")
         .bind(alias)
         .bind(room_id)
@@ -81,39 +68,31 @@ pub async fn insert_alias<'e>(
 
 /// (room id, creator) of an alias.
 pub async fn get_alias<'e>(e: impl Exec<'e>, alias: &str) -> Result<Option<(String, String)>> {
-    Ok(
-        sqlx::query_as("SELECT room_id, creator FROM room_aliases WHERE alias = $1")
-            .bind(alias)
-            .fetch_optional(e)
-            .await?,
-    )
+    Ok(sqlx::query_as("SELECT room_id, creator FROM room_aliases WHERE alias = $1")
+        .bind(alias)
+        .fetch_optional(e)
+        .await?)
 }
 
 pub async fn delete_alias<'e>(e: impl Exec<'e>, alias: &str) -> Result<()> {
-    sqlx::query("DELETE FROM room_aliases WHERE alias = $1")
-        .bind(alias)
-        .execute(e)
-        .await?;
+    sqlx::query("DELETE FROM room_aliases WHERE alias = $1").bind(alias).execute(e).await?;
     Ok(())
 }
 
 pub async fn room_aliases<'e>(e: impl Exec<'e>, room_id: &str) -> Result<Vec<String>> {
-    let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT alias FROM room_aliases WHERE room_id = $1 ORDER BY alias")
-            .bind(room_id)
-            .fetch_all(e)
-            .await?;
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT alias FROM room_aliases WHERE room_id = $1 ORDER BY alias")
+        .bind(room_id)
+        .fetch_all(e)
+        .await?;
     Ok(rows.into_iter().map(|(r,)| r).collect())
 }
 
 pub async fn forget<'e>(e: impl Exec<'e>, user_id: &str, room_id: &str) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO room_forgotten (user_id, room_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-    )
-    .bind(user_id)
-    .bind(room_id)
-    .execute(e)
-    .await?;
+    sqlx::query("INSERT INTO room_forgotten (user_id, room_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(user_id)
+        .bind(room_id)
+        .execute(e)
+        .await?;
     Ok(())
 }
 
@@ -128,9 +107,6 @@ pub async fn unforget<'e>(e: impl Exec<'e>, user_id: &str, room_id: &str) -> Res
 
 pub async fn forgotten_rooms<'e>(e: impl Exec<'e>, user_id: &str) -> Result<Vec<String>> {
     let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT room_id FROM room_forgotten WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_all(e)
-            .await?;
+        sqlx::query_as("SELECT room_id FROM room_forgotten WHERE user_id = $1").bind(user_id).fetch_all(e).await?;
     Ok(rows.into_iter().map(|(r,)| r).collect())
 }

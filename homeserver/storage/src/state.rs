@@ -13,15 +13,13 @@ pub async fn insert_state_group(
     chain_length: i64,
     delta: &[(&str, &str, &str)],
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO state_groups (id, room_id, prev_group, chain_length) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(id)
-    .bind(room_id)
-    .bind(prev_group)
-    .bind(chain_length)
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query("INSERT INTO state_groups (id, room_id, prev_group, chain_length) VALUES ($1, $2, $3, $4)")
+        .bind(id)
+        .bind(room_id)
+        .bind(prev_group)
+        .bind(chain_length)
+        .execute(&mut *conn)
+        .await?;
     for (ty, key, event_id) in delta {
         sqlx::query(
             "INSERT INTO state_group_entries (state_group, event_type, state_key, event_id) \
@@ -50,12 +48,11 @@ pub async fn get_state_group<'e, E: Exec<'e> + Copy>(
     let Some((prev, len)) = head else {
         return Ok(None);
     };
-    let entries: Vec<StateEntry> = sqlx::query_as(
-        "SELECT event_type, state_key, event_id FROM state_group_entries WHERE state_group = $1",
-    )
-    .bind(id)
-    .fetch_all(e)
-    .await?;
+    let entries: Vec<StateEntry> =
+        sqlx::query_as("SELECT event_type, state_key, event_id FROM state_group_entries WHERE state_group = $1")
+            .bind(id)
+            .fetch_all(e)
+            .await?;
     Ok(Some((prev, len, entries)))
 }
 
@@ -84,12 +81,10 @@ pub async fn set_current_state(
 }
 
 pub async fn current_state<'e>(e: impl Exec<'e>, room_id: &str) -> Result<Vec<StateEntry>> {
-    Ok(sqlx::query_as(
-        "SELECT event_type, state_key, event_id FROM current_state WHERE room_id = $1",
-    )
-    .bind(room_id)
-    .fetch_all(e)
-    .await?)
+    Ok(sqlx::query_as("SELECT event_type, state_key, event_id FROM current_state WHERE room_id = $1")
+        .bind(room_id)
+        .fetch_all(e)
+        .await?)
 }
 
 /// Rooms where `user_id`'s current membership is one of `memberships`: (room id, membership).
@@ -104,10 +99,7 @@ pub async fn rooms_for_user<'e>(e: impl Exec<'e>, user_id: &str) -> Result<Vec<(
 }
 
 /// Members of a room with their current membership: (user id, membership, event id).
-pub async fn room_members<'e>(
-    e: impl Exec<'e>,
-    room_id: &str,
-) -> Result<Vec<(String, String, String)>> {
+pub async fn room_members<'e>(e: impl Exec<'e>, room_id: &str) -> Result<Vec<(String, String, String)>> {
     Ok(sqlx::query_as(
         "SELECT state_key, membership, event_id FROM current_state WHERE room_id = $1 \
          AND event_type = 'm.room.member'",
@@ -134,17 +126,13 @@ pub async fn share_a_room<'e>(e: impl Exec<'e>, a: &str, b: &str) -> Result<bool
 
 /// The highest state group id in use (0 when none).
 pub async fn max_state_group<'e>(e: impl Exec<'e>) -> Result<i64> {
-    let row: (Option<i64>,) = sqlx::query_as("SELECT MAX(id) FROM state_groups")
-        .fetch_one(e)
-        .await?;
+    let row: (Option<i64>,) = sqlx::query_as("SELECT MAX(id) FROM state_groups").fetch_one(e).await?;
     Ok(row.0.unwrap_or(0))
 }
 
 /// The chain length of a group (0 for unknown groups).
 pub async fn chain_length<'e>(e: impl Exec<'e>, id: i64) -> Result<i64> {
-    let row: Option<(i64,)> = sqlx::query_as("SELECT chain_length FROM state_groups WHERE id = $1")
-        .bind(id)
-        .fetch_optional(e)
-        .await?;
+    let row: Option<(i64,)> =
+        sqlx::query_as("SELECT chain_length FROM state_groups WHERE id = $1").bind(id).fetch_optional(e).await?;
     Ok(row.map(|(v,)| v).unwrap_or(0))
 }

@@ -32,14 +32,13 @@ pub async fn get_account_data<'e>(
     room_id: &str,
     data_type: &str,
 ) -> Result<Option<String>> {
-    let row: Option<(String,)> = sqlx::query_as(
-        "SELECT content FROM account_data WHERE user_id = $1 AND room_id = $2 AND data_type = $3",
-    )
-    .bind(user_id)
-    .bind(room_id)
-    .bind(data_type)
-    .fetch_optional(e)
-    .await?;
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT content FROM account_data WHERE user_id = $1 AND room_id = $2 AND data_type = $3")
+            .bind(user_id)
+            .bind(room_id)
+            .bind(data_type)
+            .fetch_optional(e)
+            .await?;
     Ok(row.map(|(c,)| c))
 }
 
@@ -99,12 +98,7 @@ pub async fn set_receipt<'e>(
 }
 
 /// Receipts of a room with `from < stream_id <= to`.
-pub async fn receipts_between<'e>(
-    e: impl Exec<'e>,
-    room_id: &str,
-    from: i64,
-    to: i64,
-) -> Result<Vec<Receipt>> {
+pub async fn receipts_between<'e>(e: impl Exec<'e>, room_id: &str, from: i64, to: i64) -> Result<Vec<Receipt>> {
     let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
         "SELECT user_id, receipt_type, thread_id, event_id, ts FROM receipts WHERE room_id = $1 \
          AND stream_id > $2 AND stream_id <= $3",
@@ -116,13 +110,7 @@ pub async fn receipts_between<'e>(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| Receipt {
-            user_id: r.0,
-            receipt_type: r.1,
-            thread_id: r.2,
-            event_id: r.3,
-            ts: r.4,
-        })
+        .map(|r| Receipt { user_id: r.0, receipt_type: r.1, thread_id: r.2, event_id: r.3, ts: r.4 })
         .collect())
 }
 
@@ -145,12 +133,7 @@ pub async fn user_receipt<'e>(
     Ok(row.map(|(r,)| r))
 }
 
-pub async fn insert_filter<'e>(
-    e: impl Exec<'e>,
-    user_id: &str,
-    filter_id: i64,
-    json: &str,
-) -> Result<()> {
+pub async fn insert_filter<'e>(e: impl Exec<'e>, user_id: &str, filter_id: i64, json: &str) -> Result<()> {
     sqlx::query("INSERT INTO filters (user_id, filter_id, json) VALUES ($1, $2, $3)")
         .bind(user_id)
         .bind(filter_id)
@@ -160,17 +143,12 @@ pub async fn insert_filter<'e>(
     Ok(())
 }
 
-pub async fn get_filter<'e>(
-    e: impl Exec<'e>,
-    user_id: &str,
-    filter_id: i64,
-) -> Result<Option<String>> {
-    let row: Option<(String,)> =
-        sqlx::query_as("SELECT json FROM filters WHERE user_id = $1 AND filter_id = $2")
-            .bind(user_id)
-            .bind(filter_id)
-            .fetch_optional(e)
-            .await?;
+pub async fn get_filter<'e>(e: impl Exec<'e>, user_id: &str, filter_id: i64) -> Result<Option<String>> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT json FROM filters WHERE user_id = $1 AND filter_id = $2")
+        .bind(user_id)
+        .bind(filter_id)
+        .fetch_optional(e)
+        .await?;
     Ok(row.map(|(r,)| r))
 }
 
@@ -207,18 +185,12 @@ pub async fn set_presence<'e>(
 }
 
 pub async fn get_presence<'e>(e: impl Exec<'e>, user_id: &str) -> Result<Option<Presence>> {
-    let row: Option<(String, String, Option<String>, i64)> = sqlx::query_as(
-        "SELECT user_id, state, status_msg, last_active_ts FROM presence WHERE user_id = $1",
-    )
-    .bind(user_id)
-    .fetch_optional(e)
-    .await?;
-    Ok(row.map(|r| Presence {
-        user_id: r.0,
-        state: r.1,
-        status_msg: r.2,
-        last_active_ts: r.3,
-    }))
+    let row: Option<(String, String, Option<String>, i64)> =
+        sqlx::query_as("SELECT user_id, state, status_msg, last_active_ts FROM presence WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(e)
+            .await?;
+    Ok(row.map(|r| Presence { user_id: r.0, state: r.1, status_msg: r.2, last_active_ts: r.3 }))
 }
 
 /// Presence updates with `from < stream_id <= to`.
@@ -230,15 +202,7 @@ pub async fn presence_between<'e>(e: impl Exec<'e>, from: i64, to: i64) -> Resul
     .bind(to)
     .fetch_all(e)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Presence {
-            user_id: r.0,
-            state: r.1,
-            status_msg: r.2,
-            last_active_ts: r.3,
-        })
-        .collect())
+    Ok(rows.into_iter().map(|r| Presence { user_id: r.0, state: r.1, status_msg: r.2, last_active_ts: r.3 }).collect())
 }
 
 /// The highest position used by any stream (events, account data, receipts, presence).

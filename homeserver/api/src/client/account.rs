@@ -8,8 +8,7 @@ use diplomatie_service::{Error, Services};
 use ruma::api::{
     client::{
         account::{
-            change_password, check_registration_token_validity, deactivate,
-            get_username_availability, register, whoami,
+            change_password, check_registration_token_validity, deactivate, get_username_availability, register, whoami,
         },
         device::{self, delete_device, delete_devices, get_device, get_devices, update_device},
         profile::get_profile,
@@ -47,17 +46,11 @@ pub async fn registration_token_validity(
     if !s.config.registration.enabled || !s.config.registration.require_token {
         return Err(Error::forbidden("Registration tokens are not in use").into());
     }
-    Ok(check_registration_token_validity::v1::Response::new(
-        s.registration_token_valid(&req.body.token).await?,
-    )
-    .into())
+    Ok(check_registration_token_validity::v1::Response::new(s.registration_token_valid(&req.body.token).await?).into())
 }
 
 /// `POST /register`: user-interactive, with `m.login.dummy` or `m.login.registration_token`.
-pub async fn register(
-    State(s): S,
-    req: Ruma<register::v3::Request>,
-) -> ApiResult<register::v3::Response> {
+pub async fn register(State(s): S, req: Ruma<register::v3::Request>) -> ApiResult<register::v3::Response> {
     let body = req.body;
     if body.kind == register::RegistrationKind::Guest {
         return Err(Error::forbidden("Guest access is disabled").into());
@@ -74,8 +67,7 @@ pub async fn register(
     } else {
         vec![vec![AuthType::Dummy]]
     };
-    s.user_interactive_auth(&flows, body.auth.as_ref(), None)
-        .await?;
+    s.user_interactive_auth(&flows, body.auth.as_ref(), None).await?;
     if body.password.as_deref().is_none_or(str::is_empty) {
         return Err(Error::missing_param("A password is required").into());
     }
@@ -109,10 +101,7 @@ pub async fn register(
 }
 
 /// `GET /login`
-pub async fn login_types(
-    _: S,
-    _req: Ruma<get_login_types::v3::Request>,
-) -> ApiResult<get_login_types::v3::Response> {
+pub async fn login_types(_: S, _req: Ruma<get_login_types::v3::Request>) -> ApiResult<get_login_types::v3::Response> {
     let password = get_login_types::v3::LoginType::Password(Default::default());
     Ok(get_login_types::v3::Response::new(vec![password]).into())
 }
@@ -127,16 +116,10 @@ pub async fn login(State(s): S, req: Ruma<login::v3::Request>) -> ApiResult<logi
     let user = match (&info.identifier, &info.user) {
         (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
         (None, Some(user)) => user.clone(),
-        (Some(_), _) => {
-            return Err(
-                Error::new(ErrorKind::Unknown, "Only user identifiers are supported").into(),
-            )
-        }
+        (Some(_), _) => return Err(Error::new(ErrorKind::Unknown, "Only user identifiers are supported").into()),
         (None, None) => return Err(Error::missing_param("identifier is required").into()),
     };
-    let user_id = s
-        .parse_local_user(&user)
-        .map_err(|_| Error::forbidden("Invalid username or password"))?;
+    let user_id = s.parse_local_user(&user).map_err(|_| Error::forbidden("Invalid username or password"))?;
     s.verify_password(&user_id, &info.password).await?;
     let session = s
         .open_session(
@@ -146,18 +129,14 @@ pub async fn login(State(s): S, req: Ruma<login::v3::Request>) -> ApiResult<logi
             body.refresh_token,
         )
         .await?;
-    let mut resp =
-        login::v3::Response::new(session.user_id, session.access_token, session.device_id);
+    let mut resp = login::v3::Response::new(session.user_id, session.access_token, session.device_id);
     resp.refresh_token = session.refresh_token;
     resp.expires_in = session.expires_in_ms.map(Duration::from_millis);
     Ok(resp.into())
 }
 
 /// `POST /refresh`
-pub async fn refresh(
-    State(s): S,
-    req: Ruma<refresh_token::v3::Request>,
-) -> ApiResult<refresh_token::v3::Response> {
+pub async fn refresh(State(s): S, req: Ruma<refresh_token::v3::Request>) -> ApiResult<refresh_token::v3::Response> {
     let session = s.refresh(&req.body.refresh_token).await?;
     let mut resp = refresh_token::v3::Response::new(session.access_token);
     resp.refresh_token = session.refresh_token;
@@ -165,18 +144,12 @@ pub async fn refresh(
     Ok(resp.into())
 }
 
-pub async fn logout(
-    State(s): S,
-    req: Ruma<logout::v3::Request>,
-) -> ApiResult<logout::v3::Response> {
+pub async fn logout(State(s): S, req: Ruma<logout::v3::Request>) -> ApiResult<logout::v3::Response> {
     s.logout(req.caller()).await?;
     Ok(logout::v3::Response::new().into())
 }
 
-pub async fn logout_all(
-    State(s): S,
-    req: Ruma<logout_all::v3::Request>,
-) -> ApiResult<logout_all::v3::Response> {
+pub async fn logout_all(State(s): S, req: Ruma<logout_all::v3::Request>) -> ApiResult<logout_all::v3::Response> {
     s.logout_all(&req.caller().user_id).await?;
     Ok(logout_all::v3::Response::new().into())
 }
@@ -198,65 +171,38 @@ pub async fn change_password(
     req: Ruma<change_password::v3::Request>,
 ) -> ApiResult<change_password::v3::Response> {
     let caller = req.caller();
-    s.user_interactive_auth(
-        &password_flow(),
-        req.body.auth.as_ref(),
-        Some(&caller.user_id),
-    )
-    .await?;
+    s.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
     if req.body.new_password.is_empty() {
         return Err(Error::new(ErrorKind::WeakPassword, "The password must not be empty").into());
     }
-    s.change_password(caller, &req.body.new_password, req.body.logout_devices)
-        .await?;
+    s.change_password(caller, &req.body.new_password, req.body.logout_devices).await?;
     Ok(change_password::v3::Response::new().into())
 }
 
 /// `POST /account/deactivate` (user-interactive: the current password).
-pub async fn deactivate(
-    State(s): S,
-    req: Ruma<deactivate::v3::Request>,
-) -> ApiResult<deactivate::v3::Response> {
+pub async fn deactivate(State(s): S, req: Ruma<deactivate::v3::Request>) -> ApiResult<deactivate::v3::Response> {
     let caller = req.caller();
-    s.user_interactive_auth(
-        &password_flow(),
-        req.body.auth.as_ref(),
-        Some(&caller.user_id),
-    )
-    .await?;
+    s.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
     s.deactivate(&caller.user_id).await?;
-    Ok(deactivate::v3::Response::new(
-        ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport,
-    )
-    .into())
+    Ok(deactivate::v3::Response::new(ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport).into())
 }
 
 fn to_device(d: diplomatie_service::accounts::DeviceRecord) -> device::Device {
     let mut out = device::Device::new(d.device_id.into());
     out.display_name = d.display_name;
     out.last_seen_ip = d.last_seen_ip;
-    out.last_seen_ts = d
-        .last_seen_ts
-        .and_then(|t| ruma::UInt::try_from(t.max(0) as u64).ok())
-        .map(ruma::MilliSecondsSinceUnixEpoch);
+    out.last_seen_ts =
+        d.last_seen_ts.and_then(|t| ruma::UInt::try_from(t.max(0) as u64).ok()).map(ruma::MilliSecondsSinceUnixEpoch);
     out
 }
 
-pub async fn devices(
-    State(s): S,
-    req: Ruma<get_devices::v3::Request>,
-) -> ApiResult<get_devices::v3::Response> {
+pub async fn devices(State(s): S, req: Ruma<get_devices::v3::Request>) -> ApiResult<get_devices::v3::Response> {
     let list = s.devices(&req.caller().user_id).await?;
     Ok(get_devices::v3::Response::new(list.into_iter().map(to_device).collect()).into())
 }
 
-pub async fn device(
-    State(s): S,
-    req: Ruma<get_device::v3::Request>,
-) -> ApiResult<get_device::v3::Response> {
-    let d = s
-        .device(&req.caller().user_id, req.body.device_id.as_str())
-        .await?;
+pub async fn device(State(s): S, req: Ruma<get_device::v3::Request>) -> ApiResult<get_device::v3::Response> {
+    let d = s.device(&req.caller().user_id, req.body.device_id.as_str()).await?;
     Ok(get_device::v3::Response::new(to_device(d)).into())
 }
 
@@ -264,12 +210,7 @@ pub async fn update_device(
     State(s): S,
     req: Ruma<update_device::v3::Request>,
 ) -> ApiResult<update_device::v3::Response> {
-    s.rename_device(
-        &req.caller().user_id,
-        req.body.device_id.as_str(),
-        req.body.display_name.as_deref(),
-    )
-    .await?;
+    s.rename_device(&req.caller().user_id, req.body.device_id.as_str(), req.body.display_name.as_deref()).await?;
     Ok(update_device::v3::Response::new().into())
 }
 
@@ -279,16 +220,9 @@ pub async fn delete_device(
     req: Ruma<delete_device::v3::Request>,
 ) -> ApiResult<delete_device::v3::Response> {
     let caller = req.caller();
-    s.device(&caller.user_id, req.body.device_id.as_str())
-        .await?;
-    s.user_interactive_auth(
-        &password_flow(),
-        req.body.auth.as_ref(),
-        Some(&caller.user_id),
-    )
-    .await?;
-    s.delete_devices(&caller.user_id, &[req.body.device_id.as_str()])
-        .await?;
+    s.device(&caller.user_id, req.body.device_id.as_str()).await?;
+    s.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
+    s.delete_devices(&caller.user_id, &[req.body.device_id.as_str()]).await?;
     Ok(delete_device::v3::Response::new().into())
 }
 
@@ -298,22 +232,14 @@ pub async fn delete_devices(
     req: Ruma<delete_devices::v3::Request>,
 ) -> ApiResult<delete_devices::v3::Response> {
     let caller = req.caller();
-    s.user_interactive_auth(
-        &password_flow(),
-        req.body.auth.as_ref(),
-        Some(&caller.user_id),
-    )
-    .await?;
+    s.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
     let ids: Vec<&str> = req.body.devices.iter().map(|d| d.as_str()).collect();
     s.delete_devices(&caller.user_id, &ids).await?;
     Ok(delete_devices::v3::Response::new().into())
 }
 
 /// `GET /profile/{userId}`
-pub async fn profile(
-    State(s): S,
-    req: Ruma<get_profile::v3::Request>,
-) -> Result<Response, ApiError> {
+pub async fn profile(State(s): S, req: Ruma<get_profile::v3::Request>) -> Result<Response, ApiError> {
     let (displayname, avatar) = s.profile(&req.body.user_id).await?;
     let mut body = json!({});
     if let Some(d) = displayname {
@@ -330,8 +256,7 @@ pub async fn profile_field_untyped(
     State(s): S,
     axum::extract::Path((user_id, field)): axum::extract::Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let user_id = ruma::OwnedUserId::try_from(user_id)
-        .map_err(|_| Error::invalid_param("Invalid user id"))?;
+    let user_id = ruma::OwnedUserId::try_from(user_id).map_err(|_| Error::invalid_param("Invalid user id"))?;
     let (displayname, avatar) = s.profile(&user_id).await?;
     let value = match field.as_str() {
         "displayname" => displayname,
@@ -356,8 +281,7 @@ pub async fn set_profile_field(
     if caller.user_id.as_str() != user_id {
         return Err(Error::forbidden("You may only change your own profile").into());
     }
-    let value: Value =
-        serde_json::from_slice(&body).map_err(|e| Error::new(ErrorKind::NotJson, e.to_string()))?;
+    let value: Value = serde_json::from_slice(&body).map_err(|e| Error::new(ErrorKind::NotJson, e.to_string()))?;
     let v = match value.get(&field) {
         Some(Value::String(v)) => Some(v.clone()),
         Some(Value::Null) => None,
@@ -367,8 +291,7 @@ pub async fn set_profile_field(
     if !matches!(field.as_str(), "displayname" | "avatar_url") {
         return Err(Error::forbidden("Only displayname and avatar_url can be set").into());
     }
-    s.set_profile_field(&caller.user_id, &field, v.as_deref())
-        .await?;
+    s.set_profile_field(&caller.user_id, &field, v.as_deref()).await?;
     Ok(json_ok(json!({})))
 }
 
@@ -378,12 +301,8 @@ pub async fn authenticate(
     headers: &http::HeaderMap,
     uri: &http::Uri,
 ) -> Result<diplomatie_service::accounts::Caller, ApiError> {
-    let mut parts = http::Request::builder()
-        .uri(uri.clone())
-        .body(())
-        .map_err(|_| ApiError(Error::Internal))?
-        .into_parts()
-        .0;
+    let mut parts =
+        http::Request::builder().uri(uri.clone()).body(()).map_err(|_| ApiError(Error::Internal))?.into_parts().0;
     parts.headers = headers.clone();
     let token = crate::ruma_wrapper::access_token(&parts)
         .ok_or_else(|| ApiError(Error::new(ErrorKind::MissingToken, "Missing access token")))?;

@@ -13,9 +13,8 @@ type S = State<Arc<Services>>;
 
 /// The spec versions this server speaks, advertised to clients.
 pub const SPEC_VERSIONS: &[&str] = &[
-    "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8",
-    "v1.9", "v1.10", "v1.11", "v1.12", "v1.13", "v1.14", "v1.15", "v1.16", "v1.17", "v1.18",
-    "v1.19",
+    "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10",
+    "v1.11", "v1.12", "v1.13", "v1.14", "v1.15", "v1.16", "v1.17", "v1.18", "v1.19",
 ];
 
 pub async fn versions() -> Response {
@@ -36,10 +35,8 @@ pub async fn capabilities(
     uri: http::Uri,
 ) -> Result<Response, crate::error::ApiError> {
     super::account::authenticate(&s, &headers, &uri).await?;
-    let available: Map<String, Value> = SUPPORTED_ROOM_VERSIONS
-        .iter()
-        .map(|v| (v.to_string(), json!("stable")))
-        .collect();
+    let available: Map<String, Value> =
+        SUPPORTED_ROOM_VERSIONS.iter().map(|v| (v.to_string(), json!("stable"))).collect();
     Ok(json_ok(json!({
         "capabilities": {
             "m.room_versions": { "default": s.default_room_version(), "available": available },

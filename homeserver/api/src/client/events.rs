@@ -12,8 +12,7 @@ use ruma::api::{
         message::{get_message_events, send_message_event},
         redact::redact_event,
         relations::{
-            get_relating_events, get_relating_events_with_rel_type,
-            get_relating_events_with_rel_type_and_event_type,
+            get_relating_events, get_relating_events_with_rel_type, get_relating_events_with_rel_type_and_event_type,
         },
         room::get_room_event,
         threads::get_threads,
@@ -31,10 +30,7 @@ type S = State<Arc<Services>>;
 
 /// Our view of a ruma filter (the server applies a subset of its fields).
 pub fn event_filter(filter: &RoomEventFilter) -> EventFilter {
-    serde_json::to_value(filter)
-        .ok()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default()
+    serde_json::to_value(filter).ok().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default()
 }
 
 pub async fn send_message(
@@ -42,8 +38,8 @@ pub async fn send_message(
     req: Ruma<send_message_event::v3::Request>,
 ) -> ApiResult<send_message_event::v3::Response> {
     let caller = req.caller();
-    let content: Value = serde_json::from_str(req.body.body.json().get())
-        .map_err(|e| Error::bad_json(e.to_string()))?;
+    let content: Value =
+        serde_json::from_str(req.body.body.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
     let id = s
         .send_message(
             &caller.user_id,
@@ -57,54 +53,26 @@ pub async fn send_message(
     Ok(send_message_event::v3::Response::new(id).into())
 }
 
-pub async fn redact(
-    State(s): S,
-    req: Ruma<redact_event::v3::Request>,
-) -> ApiResult<redact_event::v3::Response> {
+pub async fn redact(State(s): S, req: Ruma<redact_event::v3::Request>) -> ApiResult<redact_event::v3::Response> {
     let caller = req.caller().clone();
     let b = req.body;
-    let id = s
-        .redact(
-            &caller.user_id,
-            &caller.device_id,
-            &b.room_id,
-            &b.event_id,
-            &b.txn_id,
-            b.reason,
-        )
-        .await?;
+    let id = s.redact(&caller.user_id, &caller.device_id, &b.room_id, &b.event_id, &b.txn_id, b.reason).await?;
     Ok(redact_event::v3::Response::new(id).into())
 }
 
-pub async fn get_event(
-    State(s): S,
-    req: Ruma<get_room_event::v3::Request>,
-) -> Result<Response, ApiError> {
-    let pdu = s
-        .event_for_user(&req.caller().user_id, &req.body.room_id, &req.body.event_id)
-        .await?;
+pub async fn get_event(State(s): S, req: Ruma<get_room_event::v3::Request>) -> Result<Response, ApiError> {
+    let pdu = s.event_for_user(&req.caller().user_id, &req.body.room_id, &req.body.event_id).await?;
     Ok(json_ok(pdu.to_client(true)))
 }
 
 /// `GET /rooms/{roomId}/messages`
-pub async fn messages(
-    State(s): S,
-    req: Ruma<get_message_events::v3::Request>,
-) -> Result<Response, ApiError> {
+pub async fn messages(State(s): S, req: Ruma<get_message_events::v3::Request>) -> Result<Response, ApiError> {
     let b = &req.body;
     let filter = event_filter(&b.filter);
     let backwards = b.dir == Direction::Backward;
     let limit = u64::from(b.limit) as usize;
     let page = s
-        .messages(
-            &req.caller().user_id,
-            &b.room_id,
-            b.from.as_deref(),
-            b.to.as_deref(),
-            backwards,
-            limit,
-            &filter,
-        )
+        .messages(&req.caller().user_id, &b.room_id, b.from.as_deref(), b.to.as_deref(), backwards, limit, &filter)
         .await?;
     let mut body = json!({
         "start": page.start,
@@ -118,21 +86,11 @@ pub async fn messages(
 }
 
 /// `GET /rooms/{roomId}/context/{eventId}`
-pub async fn context(
-    State(s): S,
-    req: Ruma<get_context::v3::Request>,
-) -> Result<Response, ApiError> {
+pub async fn context(State(s): S, req: Ruma<get_context::v3::Request>) -> Result<Response, ApiError> {
     let b = &req.body;
     let filter = event_filter(&b.filter);
-    let (event, before, after) = s
-        .context(
-            &req.caller().user_id,
-            &b.room_id,
-            &b.event_id,
-            u64::from(b.limit) as usize,
-            &filter,
-        )
-        .await?;
+    let (event, before, after) =
+        s.context(&req.caller().user_id, &b.room_id, &b.event_id, u64::from(b.limit) as usize, &filter).await?;
     Ok(json_ok(json!({
         "event": event.to_client(true),
         "events_before": before.events.iter().map(|p| p.to_client(true)).collect::<Vec<_>>(),
@@ -177,10 +135,7 @@ async fn relations_page(
     Ok(json_ok(body))
 }
 
-pub async fn relations(
-    State(s): S,
-    req: Ruma<get_relating_events::v1::Request>,
-) -> Result<Response, ApiError> {
+pub async fn relations(State(s): S, req: Ruma<get_relating_events::v1::Request>) -> Result<Response, ApiError> {
     let b = &req.body;
     relations_page(
         &s,
@@ -241,22 +196,11 @@ pub async fn relations_with_type_and_event_type(
 }
 
 /// `GET /rooms/{roomId}/threads`
-pub async fn threads(
-    State(s): S,
-    req: Ruma<get_threads::v1::Request>,
-) -> Result<Response, ApiError> {
+pub async fn threads(State(s): S, req: Ruma<get_threads::v1::Request>) -> Result<Response, ApiError> {
     let b = &req.body;
     let participated = b.include == get_threads::v1::IncludeThreads::Participated;
     let limit = b.limit.map_or(50, |l| u64::from(l) as usize);
-    let (chunk, next) = s
-        .threads(
-            &req.caller().user_id,
-            &b.room_id,
-            participated,
-            b.from.as_deref(),
-            limit,
-        )
-        .await?;
+    let (chunk, next) = s.threads(&req.caller().user_id, &b.room_id, participated, b.from.as_deref(), limit).await?;
     let mut body = json!({ "chunk": chunk });
     if let Some(n) = next {
         body["next_batch"] = json!(n);

@@ -8,14 +8,11 @@ use diplomatie_service::{Error, Services};
 use ruma::{
     api::client::{
         alias::{create_alias, delete_alias, get_alias},
-        directory::{
-            get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
-        },
+        directory::{get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility},
         knock::knock_room,
         membership::{
-            ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
-            join_room_by_id_or_alias, joined_members, joined_rooms, kick_user, leave_room,
-            unban_user,
+            ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
+            joined_members, joined_rooms, kick_user, leave_room, unban_user,
         },
         room::{aliases, create_room, Visibility},
         state::{get_state_event_for_key, get_state_events, send_state_event},
@@ -32,10 +29,7 @@ use crate::{
 
 type S = State<Arc<Services>>;
 
-pub async fn create_room(
-    State(s): S,
-    req: Ruma<create_room::v3::Request>,
-) -> ApiResult<create_room::v3::Response> {
+pub async fn create_room(State(s): S, req: Ruma<create_room::v3::Request>) -> ApiResult<create_room::v3::Response> {
     let user = req.caller().user_id.clone();
     let room_id = s.create_room(&user, req.body).await?;
     Ok(create_room::v3::Response::new(room_id).into())
@@ -60,112 +54,58 @@ pub async fn join_by_id_or_alias(
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id).into())
 }
 
-pub async fn knock(
-    State(s): S,
-    req: Ruma<knock_room::v3::Request>,
-) -> ApiResult<knock_room::v3::Response> {
+pub async fn knock(State(s): S, req: Ruma<knock_room::v3::Request>) -> ApiResult<knock_room::v3::Response> {
     let room_id = s.resolve_room(&req.body.room_id_or_alias).await?;
     let user = req.caller().user_id.clone();
     let room_id = s.knock(&user, &room_id, req.body.reason).await?;
     Ok(knock_room::v3::Response::new(room_id).into())
 }
 
-pub async fn invite(
-    State(s): S,
-    req: Ruma<invite_user::v3::Request>,
-) -> ApiResult<invite_user::v3::Response> {
+pub async fn invite(State(s): S, req: Ruma<invite_user::v3::Request>) -> ApiResult<invite_user::v3::Response> {
     let invite_user::v3::InvitationRecipient::UserId(recipient) = &req.body.recipient else {
         return Err(Error::unrecognized("Third-party invites are not supported").into());
     };
-    let is_direct = req
-        .json
-        .as_ref()
-        .and_then(|j| j.get("is_direct"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    s.invite(
-        &req.caller().user_id,
-        &req.body.room_id,
-        &recipient.user_id,
-        recipient.reason.clone(),
-        is_direct,
-    )
-    .await?;
+    let is_direct = req.json.as_ref().and_then(|j| j.get("is_direct")).and_then(Value::as_bool).unwrap_or(false);
+    s.invite(&req.caller().user_id, &req.body.room_id, &recipient.user_id, recipient.reason.clone(), is_direct).await?;
     Ok(invite_user::v3::Response::new().into())
 }
 
-pub async fn leave(
-    State(s): S,
-    req: Ruma<leave_room::v3::Request>,
-) -> ApiResult<leave_room::v3::Response> {
+pub async fn leave(State(s): S, req: Ruma<leave_room::v3::Request>) -> ApiResult<leave_room::v3::Response> {
     let user = req.caller().user_id.clone();
     s.leave(&user, &req.body.room_id, req.body.reason).await?;
     Ok(leave_room::v3::Response::new().into())
 }
 
-pub async fn forget(
-    State(s): S,
-    req: Ruma<forget_room::v3::Request>,
-) -> ApiResult<forget_room::v3::Response> {
+pub async fn forget(State(s): S, req: Ruma<forget_room::v3::Request>) -> ApiResult<forget_room::v3::Response> {
     s.forget(&req.caller().user_id, &req.body.room_id).await?;
     Ok(forget_room::v3::Response::new().into())
 }
 
-pub async fn kick(
-    State(s): S,
-    req: Ruma<kick_user::v3::Request>,
-) -> ApiResult<kick_user::v3::Response> {
+pub async fn kick(State(s): S, req: Ruma<kick_user::v3::Request>) -> ApiResult<kick_user::v3::Response> {
     let user = req.caller().user_id.clone();
-    s.set_membership_of(
-        &user,
-        &req.body.room_id,
-        &req.body.user_id,
-        "leave",
-        req.body.reason,
-    )
-    .await?;
+    s.set_membership_of(&user, &req.body.room_id, &req.body.user_id, "leave", req.body.reason).await?;
     Ok(kick_user::v3::Response::new().into())
 }
 
-pub async fn ban(
-    State(s): S,
-    req: Ruma<ban_user::v3::Request>,
-) -> ApiResult<ban_user::v3::Response> {
+pub async fn ban(State(s): S, req: Ruma<ban_user::v3::Request>) -> ApiResult<ban_user::v3::Response> {
     let user = req.caller().user_id.clone();
-    s.set_membership_of(
-        &user,
-        &req.body.room_id,
-        &req.body.user_id,
-        "ban",
-        req.body.reason,
-    )
-    .await?;
+    s.set_membership_of(&user, &req.body.room_id, &req.body.user_id, "ban", req.body.reason).await?;
     Ok(ban_user::v3::Response::new().into())
 }
 
-pub async fn unban(
-    State(s): S,
-    req: Ruma<unban_user::v3::Request>,
-) -> ApiResult<unban_user::v3::Response> {
+pub async fn unban(State(s): S, req: Ruma<unban_user::v3::Request>) -> ApiResult<unban_user::v3::Response> {
     let user = req.caller().user_id.clone();
-    s.unban(&user, &req.body.room_id, &req.body.user_id, req.body.reason)
-        .await?;
+    s.unban(&user, &req.body.room_id, &req.body.user_id, req.body.reason).await?;
     Ok(unban_user::v3::Response::new().into())
 }
 
-pub async fn joined_rooms(
-    State(s): S,
-    req: Ruma<joined_rooms::v3::Request>,
-) -> ApiResult<joined_rooms::v3::Response> {
+pub async fn joined_rooms(State(s): S, req: Ruma<joined_rooms::v3::Request>) -> ApiResult<joined_rooms::v3::Response> {
     let rooms = diplomatie_service::rooms::joined_rooms(&s, &req.caller().user_id).await?;
     Ok(joined_rooms::v3::Response::new(rooms).into())
 }
 
 /// `GET /rooms/{roomId}/members`: member events, as of now or of a sync token, filtered.
-pub async fn members(
-    State(s): S,
-    req: Ruma<get_member_events::v3::Request>,
-) -> Result<Response, ApiError> {
+pub async fn members(State(s): S, req: Ruma<get_member_events::v3::Request>) -> Result<Response, ApiError> {
     let user = &req.caller().user_id;
     let room_id = &req.body.room_id;
     let until = s.readable_until(user, room_id).await?;
@@ -181,9 +121,7 @@ pub async fn members(
             continue;
         };
         let m = pdu.membership();
-        if want.as_ref().is_some_and(|w| m.as_ref() != Some(w))
-            || not.as_ref().is_some_and(|n| m.as_ref() == Some(n))
-        {
+        if want.as_ref().is_some_and(|w| m.as_ref() != Some(w)) || not.as_ref().is_some_and(|n| m.as_ref() == Some(n)) {
             continue;
         }
         chunk.push(pdu.to_client(true));
@@ -191,10 +129,7 @@ pub async fn members(
     Ok(json_ok(json!({ "chunk": chunk })))
 }
 
-pub async fn joined_members(
-    State(s): S,
-    req: Ruma<joined_members::v3::Request>,
-) -> Result<Response, ApiError> {
+pub async fn joined_members(State(s): S, req: Ruma<joined_members::v3::Request>) -> Result<Response, ApiError> {
     let room_id = &req.body.room_id;
     if !s.is_joined(room_id, &req.caller().user_id).await? {
         return Err(Error::forbidden("You are not joined to this room").into());
@@ -216,10 +151,7 @@ pub async fn joined_members(
 }
 
 /// `GET /rooms/{roomId}/state`
-pub async fn state(
-    State(s): S,
-    req: Ruma<get_state_events::v3::Request>,
-) -> Result<Response, ApiError> {
+pub async fn state(State(s): S, req: Ruma<get_state_events::v3::Request>) -> Result<Response, ApiError> {
     let user = &req.caller().user_id;
     let until = s.readable_until(user, &req.body.room_id).await?;
     let state = s.state_at_position(&req.body.room_id, until).await?;
@@ -233,10 +165,7 @@ pub async fn state(
 }
 
 /// `GET /rooms/{roomId}/state/{eventType}/{stateKey}`
-pub async fn state_event(
-    State(s): S,
-    req: Ruma<get_state_event_for_key::v3::Request>,
-) -> Result<Response, ApiError> {
+pub async fn state_event(State(s): S, req: Ruma<get_state_event_for_key::v3::Request>) -> Result<Response, ApiError> {
     let user = &req.caller().user_id;
     let until = s.readable_until(user, &req.body.room_id).await?;
     let state = s.state_at_position(&req.body.room_id, until).await?;
@@ -244,15 +173,8 @@ pub async fn state_event(
         .state_event_in(&state, &req.body.event_type, &req.body.state_key)
         .await?
         .ok_or_else(|| Error::not_found("State event not found"))?;
-    let full = matches!(
-        req.body.format,
-        get_state_event_for_key::v3::StateEventFormat::Event
-    );
-    Ok(json_ok(if full {
-        pdu.to_client(true)
-    } else {
-        pdu.content_value()
-    }))
+    let full = matches!(req.body.format, get_state_event_for_key::v3::StateEventFormat::Event);
+    Ok(json_ok(if full { pdu.to_client(true) } else { pdu.content_value() }))
 }
 
 /// `PUT /rooms/{roomId}/state/{eventType}/{stateKey}`
@@ -260,8 +182,8 @@ pub async fn send_state(
     State(s): S,
     req: Ruma<send_state_event::v3::Request>,
 ) -> ApiResult<send_state_event::v3::Response> {
-    let content: Value = serde_json::from_str(req.body.body.json().get())
-        .map_err(|e| Error::bad_json(e.to_string()))?;
+    let content: Value =
+        serde_json::from_str(req.body.body.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
     let id = s
         .send_state(
             &req.caller().user_id,
@@ -274,43 +196,23 @@ pub async fn send_state(
     Ok(send_state_event::v3::Response::new(id).into())
 }
 
-pub async fn room_aliases(
-    State(s): S,
-    req: Ruma<aliases::v3::Request>,
-) -> Result<Response, ApiError> {
-    let aliases = s
-        .room_aliases(&req.caller().user_id, &req.body.room_id)
-        .await?;
+pub async fn room_aliases(State(s): S, req: Ruma<aliases::v3::Request>) -> Result<Response, ApiError> {
+    let aliases = s.room_aliases(&req.caller().user_id, &req.body.room_id).await?;
     Ok(json_ok(json!({ "aliases": aliases })))
 }
 
-pub async fn get_alias(
-    State(s): S,
-    req: Ruma<get_alias::v3::Request>,
-) -> ApiResult<get_alias::v3::Response> {
+pub async fn get_alias(State(s): S, req: Ruma<get_alias::v3::Request>) -> ApiResult<get_alias::v3::Response> {
     let room_id = s.resolve_alias(&req.body.room_alias).await?;
     Ok(get_alias::v3::Response::new(room_id, vec![s.server_name().to_owned()]).into())
 }
 
-pub async fn create_alias(
-    State(s): S,
-    req: Ruma<create_alias::v3::Request>,
-) -> ApiResult<create_alias::v3::Response> {
-    s.create_alias(
-        &req.caller().user_id,
-        &req.body.room_alias,
-        &req.body.room_id,
-    )
-    .await?;
+pub async fn create_alias(State(s): S, req: Ruma<create_alias::v3::Request>) -> ApiResult<create_alias::v3::Response> {
+    s.create_alias(&req.caller().user_id, &req.body.room_alias, &req.body.room_id).await?;
     Ok(create_alias::v3::Response::new().into())
 }
 
-pub async fn delete_alias(
-    State(s): S,
-    req: Ruma<delete_alias::v3::Request>,
-) -> ApiResult<delete_alias::v3::Response> {
-    s.delete_alias(&req.caller().user_id, &req.body.room_alias)
-        .await?;
+pub async fn delete_alias(State(s): S, req: Ruma<delete_alias::v3::Request>) -> ApiResult<delete_alias::v3::Response> {
+    s.delete_alias(&req.caller().user_id, &req.body.room_alias).await?;
     Ok(delete_alias::v3::Response::new().into())
 }
 
@@ -319,33 +221,18 @@ pub async fn room_visibility(
     req: Ruma<get_room_visibility::v3::Request>,
 ) -> ApiResult<get_room_visibility::v3::Response> {
     let public = s.room_is_public(&req.body.room_id).await?;
-    Ok(get_room_visibility::v3::Response::new(if public {
-        Visibility::Public
-    } else {
-        Visibility::Private
-    })
-    .into())
+    Ok(get_room_visibility::v3::Response::new(if public { Visibility::Public } else { Visibility::Private }).into())
 }
 
 pub async fn set_visibility(
     State(s): S,
     req: Ruma<set_room_visibility::v3::Request>,
 ) -> ApiResult<set_room_visibility::v3::Response> {
-    s.set_room_visibility(
-        &req.caller().user_id,
-        &req.body.room_id,
-        req.body.visibility == Visibility::Public,
-    )
-    .await?;
+    s.set_room_visibility(&req.caller().user_id, &req.body.room_id, req.body.visibility == Visibility::Public).await?;
     Ok(set_room_visibility::v3::Response::new().into())
 }
 
-fn directory_page(
-    chunk: Vec<Value>,
-    next: Option<String>,
-    prev: Option<String>,
-    total: usize,
-) -> Response {
+fn directory_page(chunk: Vec<Value>, next: Option<String>, prev: Option<String>, total: usize) -> Response {
     let mut body = json!({ "chunk": chunk, "total_room_count_estimate": total });
     if let Some(n) = next {
         body["next_batch"] = json!(n);
@@ -358,24 +245,18 @@ fn directory_page(
 
 fn check_local(s: &Services, server: Option<&ruma::ServerName>) -> Result<(), ApiError> {
     match server {
-        Some(name) if name != s.server_name() => Err(Error::unrecognized(
-            "Remote room directories need federation, which is not enabled",
-        )
-        .into()),
+        Some(name) if name != s.server_name() => {
+            Err(Error::unrecognized("Remote room directories need federation, which is not enabled").into())
+        }
         _ => Ok(()),
     }
 }
 
 /// `GET /publicRooms`
-pub async fn public_rooms(
-    State(s): S,
-    req: Ruma<get_public_rooms::v3::Request>,
-) -> Result<Response, ApiError> {
+pub async fn public_rooms(State(s): S, req: Ruma<get_public_rooms::v3::Request>) -> Result<Response, ApiError> {
     check_local(&s, req.body.server.as_deref())?;
     let limit = req.body.limit.map(|l| u64::from(l) as usize);
-    let (chunk, next, prev, total) = s
-        .public_rooms(None, req.body.since.as_deref(), limit)
-        .await?;
+    let (chunk, next, prev, total) = s.public_rooms(None, req.body.since.as_deref(), limit).await?;
     Ok(directory_page(chunk, next, prev, total))
 }
 
@@ -386,27 +267,14 @@ pub async fn public_rooms_filtered(
 ) -> Result<Response, ApiError> {
     check_local(&s, req.body.server.as_deref())?;
     let limit = req.body.limit.map(|l| u64::from(l) as usize);
-    let (chunk, next, prev, total) = s
-        .public_rooms(
-            req.body.filter.generic_search_term.as_deref(),
-            req.body.since.as_deref(),
-            limit,
-        )
-        .await?;
+    let (chunk, next, prev, total) =
+        s.public_rooms(req.body.filter.generic_search_term.as_deref(), req.body.since.as_deref(), limit).await?;
     Ok(directory_page(chunk, next, prev, total))
 }
 
 /// `POST /user_directory/search`
-pub async fn search_users(
-    State(s): S,
-    req: Ruma<search_users::v3::Request>,
-) -> Result<Response, ApiError> {
-    let (results, limited) = s
-        .search_users(
-            &req.caller().user_id,
-            &req.body.search_term,
-            u64::from(req.body.limit) as usize,
-        )
-        .await?;
+pub async fn search_users(State(s): S, req: Ruma<search_users::v3::Request>) -> Result<Response, ApiError> {
+    let (results, limited) =
+        s.search_users(&req.caller().user_id, &req.body.search_term, u64::from(req.body.limit) as usize).await?;
     Ok(json_ok(json!({ "results": results, "limited": limited })))
 }

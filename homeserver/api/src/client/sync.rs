@@ -10,10 +10,7 @@ use diplomatie_service::{
 };
 use ruma::{
     api::client::{
-        config::{
-            get_global_account_data, get_room_account_data, set_global_account_data,
-            set_room_account_data,
-        },
+        config::{get_global_account_data, get_room_account_data, set_global_account_data, set_room_account_data},
         filter::{create_filter, get_filter},
         presence::{get_presence, set_presence},
         read_marker::set_read_marker,
@@ -46,30 +43,23 @@ pub async fn sync(State(s): S, req: Ruma<sync_events::v3::Request>) -> Result<Re
     let user = &req.caller().user_id;
     let filter: SyncFilter = match &req.body.filter {
         None => SyncFilter::default(),
-        Some(sync_events::v3::Filter::FilterDefinition(def)) => serde_json::to_value(def)
-            .ok()
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default(),
+        Some(sync_events::v3::Filter::FilterDefinition(def)) => {
+            serde_json::to_value(def).ok().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default()
+        }
         Some(sync_events::v3::Filter::FilterId(id)) => {
             let v = s.filter(user, id).await?;
             serde_json::from_value(v).unwrap_or_default()
         }
         Some(_) => SyncFilter::default(),
     };
-    let since = req
-        .body
-        .since
-        .as_deref()
-        .map(SyncToken::parse)
-        .transpose()?;
+    let since = req.body.since.as_deref().map(SyncToken::parse).transpose()?;
     let presence = req.body.set_presence.to_string();
     if presence != "offline" {
         // Syncing marks the user online (or as the client asks), as Synapse does; only
         // changes are written.
         let current = s.presence(user).await?;
         if current.state != presence {
-            s.set_presence(user, &presence, current.status_msg.as_deref())
-                .await?;
+            s.set_presence(user, &presence, current.status_msg.as_deref()).await?;
         }
     }
     let body = s
@@ -94,14 +84,9 @@ pub async fn create_filter(
     Ok(create_filter::v3::Response::new(id).into())
 }
 
-pub async fn get_filter(
-    State(s): S,
-    req: Ruma<get_filter::v3::Request>,
-) -> Result<Response, ApiError> {
+pub async fn get_filter(State(s): S, req: Ruma<get_filter::v3::Request>) -> Result<Response, ApiError> {
     only_self(&req.caller().user_id, &req.body.user_id)?;
-    Ok(json_ok(
-        s.filter(&req.caller().user_id, &req.body.filter_id).await?,
-    ))
+    Ok(json_ok(s.filter(&req.caller().user_id, &req.body.filter_id).await?))
 }
 
 pub async fn typing(
@@ -113,15 +98,11 @@ pub async fn typing(
         create_typing_event::v3::Typing::Yes(info) => (true, Some(info.timeout.as_millis() as u64)),
         _ => (false, None),
     };
-    s.set_typing(&req.caller().user_id, &req.body.room_id, typing, timeout)
-        .await?;
+    s.set_typing(&req.caller().user_id, &req.body.room_id, typing, timeout).await?;
     Ok(create_typing_event::v3::Response::new().into())
 }
 
-pub async fn receipt(
-    State(s): S,
-    req: Ruma<create_receipt::v3::Request>,
-) -> ApiResult<create_receipt::v3::Response> {
+pub async fn receipt(State(s): S, req: Ruma<create_receipt::v3::Request>) -> ApiResult<create_receipt::v3::Response> {
     let b = &req.body;
     let thread = match &b.thread {
         ReceiptThread::Unthreaded => None,
@@ -129,14 +110,8 @@ pub async fn receipt(
         ReceiptThread::Thread(id) => Some(id.to_string()),
         _ => None,
     };
-    s.set_receipt(
-        &req.caller().user_id,
-        &b.room_id,
-        &b.receipt_type.to_string(),
-        &b.event_id,
-        thread.as_deref(),
-    )
-    .await?;
+    s.set_receipt(&req.caller().user_id, &b.room_id, &b.receipt_type.to_string(), &b.event_id, thread.as_deref())
+        .await?;
     Ok(create_receipt::v3::Response::new().into())
 }
 
@@ -147,15 +122,13 @@ pub async fn read_markers(
     let b = &req.body;
     let user = &req.caller().user_id;
     if let Some(id) = &b.fully_read {
-        s.set_receipt(user, &b.room_id, "m.fully_read", id, None)
-            .await?;
+        s.set_receipt(user, &b.room_id, "m.fully_read", id, None).await?;
     }
     if let Some(id) = &b.read_receipt {
         s.set_receipt(user, &b.room_id, "m.read", id, None).await?;
     }
     if let Some(id) = &b.private_read_receipt {
-        s.set_receipt(user, &b.room_id, "m.read.private", id, None)
-            .await?;
+        s.set_receipt(user, &b.room_id, "m.read.private", id, None).await?;
     }
     Ok(set_read_marker::v3::Response::new().into())
 }
@@ -165,15 +138,9 @@ pub async fn set_global_account_data(
     req: Ruma<set_global_account_data::v3::Request>,
 ) -> ApiResult<set_global_account_data::v3::Response> {
     only_self(&req.caller().user_id, &req.body.user_id)?;
-    let content: Value = serde_json::from_str(req.body.data.json().get())
-        .map_err(|e| Error::bad_json(e.to_string()))?;
-    s.set_account_data(
-        &req.caller().user_id,
-        None,
-        &req.body.event_type.to_string(),
-        &content,
-    )
-    .await?;
+    let content: Value =
+        serde_json::from_str(req.body.data.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
+    s.set_account_data(&req.caller().user_id, None, &req.body.event_type.to_string(), &content).await?;
     Ok(set_global_account_data::v3::Response::new().into())
 }
 
@@ -182,14 +149,7 @@ pub async fn global_account_data(
     req: Ruma<get_global_account_data::v3::Request>,
 ) -> Result<Response, ApiError> {
     only_self(&req.caller().user_id, &req.body.user_id)?;
-    Ok(json_ok(
-        s.account_data(
-            &req.caller().user_id,
-            None,
-            &req.body.event_type.to_string(),
-        )
-        .await?,
-    ))
+    Ok(json_ok(s.account_data(&req.caller().user_id, None, &req.body.event_type.to_string()).await?))
 }
 
 pub async fn set_room_account_data(
@@ -197,15 +157,10 @@ pub async fn set_room_account_data(
     req: Ruma<set_room_account_data::v3::Request>,
 ) -> ApiResult<set_room_account_data::v3::Response> {
     only_self(&req.caller().user_id, &req.body.user_id)?;
-    let content: Value = serde_json::from_str(req.body.data.json().get())
-        .map_err(|e| Error::bad_json(e.to_string()))?;
-    s.set_account_data(
-        &req.caller().user_id,
-        Some(&req.body.room_id),
-        &req.body.event_type.to_string(),
-        &content,
-    )
-    .await?;
+    let content: Value =
+        serde_json::from_str(req.body.data.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
+    s.set_account_data(&req.caller().user_id, Some(&req.body.room_id), &req.body.event_type.to_string(), &content)
+        .await?;
     Ok(set_room_account_data::v3::Response::new().into())
 }
 
@@ -214,14 +169,7 @@ pub async fn room_account_data(
     req: Ruma<get_room_account_data::v3::Request>,
 ) -> Result<Response, ApiError> {
     only_self(&req.caller().user_id, &req.body.user_id)?;
-    Ok(json_ok(
-        s.account_data(
-            &req.caller().user_id,
-            Some(&req.body.room_id),
-            &req.body.event_type.to_string(),
-        )
-        .await?,
-    ))
+    Ok(json_ok(s.account_data(&req.caller().user_id, Some(&req.body.room_id), &req.body.event_type.to_string()).await?))
 }
 
 /// Room tags live in the room account data `m.tag`, as the spec describes.
@@ -235,57 +183,36 @@ async fn tags_of(s: &Services, user: &UserId, room_id: &ruma::RoomId) -> Result<
 
 pub async fn tags(State(s): S, req: Ruma<get_tags::v3::Request>) -> Result<Response, ApiError> {
     only_self(&req.caller().user_id, &req.body.user_id)?;
-    Ok(json_ok(
-        tags_of(&s, &req.body.user_id, &req.body.room_id).await?,
-    ))
+    Ok(json_ok(tags_of(&s, &req.body.user_id, &req.body.room_id).await?))
 }
 
-pub async fn set_tag(
-    State(s): S,
-    req: Ruma<create_tag::v3::Request>,
-) -> ApiResult<create_tag::v3::Response> {
+pub async fn set_tag(State(s): S, req: Ruma<create_tag::v3::Request>) -> ApiResult<create_tag::v3::Response> {
     let b = &req.body;
     only_self(&req.caller().user_id, &b.user_id)?;
     let mut tags = tags_of(&s, &b.user_id, &b.room_id).await?;
     tags["tags"][b.tag.as_str()] = serde_json::to_value(&b.tag_info).unwrap_or(json!({}));
-    s.set_account_data(&b.user_id, Some(&b.room_id), "m.tag", &tags)
-        .await?;
+    s.set_account_data(&b.user_id, Some(&b.room_id), "m.tag", &tags).await?;
     Ok(create_tag::v3::Response::new().into())
 }
 
-pub async fn delete_tag(
-    State(s): S,
-    req: Ruma<delete_tag::v3::Request>,
-) -> ApiResult<delete_tag::v3::Response> {
+pub async fn delete_tag(State(s): S, req: Ruma<delete_tag::v3::Request>) -> ApiResult<delete_tag::v3::Response> {
     let b = &req.body;
     only_self(&req.caller().user_id, &b.user_id)?;
     let mut tags = tags_of(&s, &b.user_id, &b.room_id).await?;
     if let Some(map) = tags["tags"].as_object_mut() {
         map.remove(&b.tag);
     }
-    s.set_account_data(&b.user_id, Some(&b.room_id), "m.tag", &tags)
-        .await?;
+    s.set_account_data(&b.user_id, Some(&b.room_id), "m.tag", &tags).await?;
     Ok(delete_tag::v3::Response::new().into())
 }
 
-pub async fn set_presence(
-    State(s): S,
-    req: Ruma<set_presence::v3::Request>,
-) -> ApiResult<set_presence::v3::Response> {
+pub async fn set_presence(State(s): S, req: Ruma<set_presence::v3::Request>) -> ApiResult<set_presence::v3::Response> {
     only_self(&req.caller().user_id, &req.body.user_id)?;
-    s.set_presence(
-        &req.body.user_id,
-        &req.body.presence.to_string(),
-        req.body.status_msg.as_deref(),
-    )
-    .await?;
+    s.set_presence(&req.body.user_id, &req.body.presence.to_string(), req.body.status_msg.as_deref()).await?;
     Ok(set_presence::v3::Response::new().into())
 }
 
-pub async fn presence(
-    State(s): S,
-    req: Ruma<get_presence::v3::Request>,
-) -> Result<Response, ApiError> {
+pub async fn presence(State(s): S, req: Ruma<get_presence::v3::Request>) -> Result<Response, ApiError> {
     let p = s.presence(&req.body.user_id).await?;
     let mut body = json!({ "presence": p.state, "currently_active": p.state == "online" });
     if p.last_active_ts > 0 {

@@ -6,18 +6,15 @@ use ruma::{
         error::ErrorKind,
     },
     events::TimelineEventType,
-    room::RoomType,
     OwnedRoomAliasId, OwnedRoomId, RoomVersionId, UserId,
 };
 use serde_json::{json, Map, Value};
 
-use super::{PduBuilder, Target};
+use super::{PduBuilder, RoomWriter, Target};
 use crate::{Error, Result, Services};
 
 /// Room versions this server creates and joins. The spec's recommended default is 12.
-pub const SUPPORTED_ROOM_VERSIONS: &[&str] = &[
-    "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
-];
+pub const SUPPORTED_ROOM_VERSIONS: &[&str] = &["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Preset {
@@ -28,8 +25,7 @@ enum Preset {
 
 impl Services {
     pub fn default_room_version(&self) -> RoomVersionId {
-        RoomVersionId::try_from(self.config.default_room_version.as_str())
-            .unwrap_or(RoomVersionId::V12)
+        RoomVersionId::try_from(self.config.default_room_version.as_str()).unwrap_or(RoomVersionId::V12)
     }
 
     pub fn is_supported_room_version(&self, version: &RoomVersionId) -> bool {
@@ -37,15 +33,8 @@ impl Services {
     }
 
     /// Creates a room as `creator` asks, and returns its id once every initial event is durable.
-    pub async fn create_room(
-        &self,
-        creator: &UserId,
-        req: CreateRoomRequest,
-    ) -> Result<OwnedRoomId> {
-        let version = req
-            .room_version
-            .clone()
-            .unwrap_or_else(|| self.default_room_version());
+    pub async fn create_room(&self, creator: &UserId, req: CreateRoomRequest) -> Result<OwnedRoomId> {
+        let version = req.room_version.clone().unwrap_or_else(|| self.default_room_version());
         if !self.is_supported_room_version(&version) {
             return Err(Error::new(
                 ErrorKind::UnsupportedRoomVersion,
@@ -59,19 +48,11 @@ impl Services {
         let alias = match &req.room_alias_name {
             Some(name) => {
                 let alias = OwnedRoomAliasId::try_from(format!("#{name}:{}", self.server_name()))
-                    .map_err(|_| {
-                    Error::new(ErrorKind::InvalidParam, "Invalid room alias name")
-                })?;
+                    .map_err(|_| Error::new(ErrorKind::InvalidParam, "Invalid room alias name"))?;
                 if name.contains(':') || name.is_empty() {
-                    return Err(Error::new(
-                        ErrorKind::InvalidParam,
-                        "Invalid room alias name",
-                    ));
+                    return Err(Error::new(ErrorKind::InvalidParam, "Invalid room alias name"));
                 }
-                if diplomatie_storage::rooms::get_alias(self.db.pool(), alias.as_str())
-                    .await?
-                    .is_some()
-                {
+                if diplomatie_storage::rooms::get_alias(self.db.pool(), alias.as_str()).await?.is_some() {
                     return Err(Error::new(ErrorKind::RoomInUse, "Room alias already taken"));
                 }
                 Some(alias)
@@ -79,30 +60,20 @@ impl Services {
             None => None,
         };
         let mut creation: Map<String, Value> = match &req.creation_content {
-            Some(raw) => serde_json::from_str(raw.json().get())
-                .map_err(|e| Error::bad_json(format!("creation_content: {e}")))?,
+            Some(raw) => {
+                serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(format!("creation_content: {e}")))?
+            }
             None => Map::new(),
-        };
-        let power_override: Option<Map<String, Value>> = match &req.power_level_content_override {
-            Some(raw) => Some(
-                serde_json::from_str(raw.json().get())
-                    .map_err(|e| Error::bad_json(format!("power_level_content_override: {e}")))?,
-            ),
-            None => None,
         };
         let mut initial_state = Vec::new();
         for raw in &req.initial_state {
-            let ev: Value = serde_json::from_str(raw.json().get())
-                .map_err(|e| Error::bad_json(format!("initial_state: {e}")))?;
+            let ev: Value =
+                serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(format!("initial_state: {e}")))?;
             let kind = ev
                 .get("type")
                 .and_then(Value::as_str)
                 .ok_or_else(|| Error::bad_json("initial_state event without type"))?;
-            let state_key = ev
-                .get("state_key")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned();
+            let state_key = ev.get("state_key").and_then(Value::as_str).unwrap_or("").to_owned();
             let content = ev
                 .get("content")
                 .cloned()
@@ -120,42 +91,62 @@ impl Services {
             None => Preset::PrivateChat,
         };
 
-        // 1. m.room.create
+        // Invitees must exist here before anything is written.
+        for invitee in &req.invite {
+            if invitee.server_name() != self.server_name() {
+                return Err(Error::forbidden(
+                    "Invites to users of other servers need federation, which is not enabled",
+                ));
+            }
+            if diplomatie_storage::accounts::get_user(self.db.pool(), invitee.as_str()).await?.is_none() {
+                return Err(Error::not_found(format!("Unknown user {invitee}")));
+            }
+        }
+
+        // Every initial event goes into one batch: the room exists whole, or not at all.
         creation.insert("room_version".into(), json!(version));
         if !rules.authorization.use_room_create_sender {
             creation.insert("creator".into(), json!(creator));
         }
         let room_id = if v12 { None } else { Some(self.new_room_id()?) };
-        let create = self
-            .append_event(
-                Target::New {
-                    room_id,
-                    version: version.clone(),
-                },
-                creator,
-                PduBuilder::state(
-                    TimelineEventType::RoomCreate,
-                    "",
-                    Value::Object(creation.clone()),
-                ),
-                None,
-            )
-            .await?;
-        let room_id = create.room_id.clone();
+        let mut w = self.room_writer(Target::New { room_id, version: version.clone() }).await?;
+        let create = PduBuilder::state(TimelineEventType::RoomCreate, "", Value::Object(creation.clone()));
+        w.append(creator, create, None).await?;
+        let room_id = w.room_id().ok_or(Error::Internal)?.to_owned();
+        let result =
+            self.initial_events(&mut w, creator, &req, preset, v12, &creation, alias.as_ref(), initial_state).await;
+        match result {
+            Ok(()) => {}
+            Err(Error::Matrix(ErrorKind::Forbidden, reason)) => {
+                return Err(Error::new(ErrorKind::InvalidRoomState, format!("Invalid initial room state: {reason}")));
+            }
+            Err(e) => return Err(e),
+        }
+        if req.visibility == Visibility::Public {
+            diplomatie_storage::rooms::set_public(w.transaction(), room_id.as_str(), true).await?;
+        }
+        w.commit().await?;
+        Ok(room_id)
+    }
 
+    /// The events after `m.room.create`, in the order the spec gives.
+    #[allow(clippy::too_many_arguments)]
+    async fn initial_events(
+        &self,
+        w: &mut RoomWriter<'_>,
+        creator: &UserId,
+        req: &CreateRoomRequest,
+        preset: Preset,
+        v12: bool,
+        creation: &Map<String, Value>,
+        alias: Option<&OwnedRoomAliasId>,
+        initial_state: Vec<PduBuilder>,
+    ) -> Result<()> {
+        let room_id = w.room_id().ok_or(Error::Internal)?.to_owned();
         // 2. the creator joins
         let profile = self.member_profile(creator).await?;
-        self.append_event(
-            Target::Room(&room_id),
-            creator,
-            PduBuilder::state(
-                TimelineEventType::RoomMember,
-                creator.as_str(),
-                with_membership("join", profile, req.is_direct),
-            ),
-            None,
-        )
-        .await?;
+        let join = with_membership("join", profile, req.is_direct);
+        w.append(creator, PduBuilder::state(TimelineEventType::RoomMember, creator.as_str(), join), None).await?;
 
         // 3. power levels: defaults, the preset's changes, then the client's override
         let mut users = Map::new();
@@ -179,31 +170,23 @@ impl Services {
             "invite": if preset == Preset::PublicChat { 50 } else { 0 },
             "notifications": { "room": 50 },
         });
-        if let Some(overrides) = power_override {
+        if let Some(raw) = &req.power_level_content_override {
+            let overrides: Map<String, Value> = serde_json::from_str(raw.json().get())
+                .map_err(|e| Error::bad_json(format!("power_level_content_override: {e}")))?;
             for (k, v) in overrides {
                 power[k] = v;
             }
         }
-        let creation_type = creation
-            .get("type")
-            .and_then(Value::as_str)
-            .map(RoomType::from);
-        if creation_type == Some(RoomType::Space) && power.get("events_default").is_some() {
-            // Spaces: only moderators post messages (m.space.child are state and need PL 50).
+        if creation.get("type").and_then(Value::as_str) == Some("m.space") {
+            // Spaces: only moderators post messages (children are state and need power 50).
             power["events_default"] = json!(100);
         }
-        self.append_event(
-            Target::Room(&room_id),
-            creator,
-            PduBuilder::state(TimelineEventType::RoomPowerLevels, "", power),
-            None,
-        )
-        .await?;
+        w.append(creator, PduBuilder::state(TimelineEventType::RoomPowerLevels, "", power), None).await?;
 
         // 4. canonical alias
-        if let Some(alias) = &alias {
+        if let Some(alias) = alias {
             diplomatie_storage::rooms::insert_alias(
-                self.db.pool(),
+                w.transaction(),
                 alias.as_str(),
                 room_id.as_str(),
                 creator.as_str(),
@@ -216,17 +199,8 @@ impl Services {
                     e.into()
                 }
             })?;
-            self.append_event(
-                Target::Room(&room_id),
-                creator,
-                PduBuilder::state(
-                    TimelineEventType::RoomCanonicalAlias,
-                    "",
-                    json!({ "alias": alias }),
-                ),
-                None,
-            )
-            .await?;
+            let content = json!({ "alias": alias });
+            w.append(creator, PduBuilder::state(TimelineEventType::RoomCanonicalAlias, "", content), None).await?;
         }
 
         // 5. the preset's join rules, history visibility and guest access
@@ -235,84 +209,51 @@ impl Services {
             _ => ("invite", "can_join"),
         };
         let preset_events = [
-            PduBuilder::state(
-                TimelineEventType::RoomJoinRules,
-                "",
-                json!({ "join_rule": join_rule }),
-            ),
-            PduBuilder::state(
-                TimelineEventType::RoomHistoryVisibility,
-                "",
-                json!({ "history_visibility": "shared" }),
-            ),
-            PduBuilder::state(
-                TimelineEventType::RoomGuestAccess,
-                "",
-                json!({ "guest_access": guest }),
-            ),
+            PduBuilder::state(TimelineEventType::RoomJoinRules, "", json!({ "join_rule": join_rule })),
+            PduBuilder::state(TimelineEventType::RoomHistoryVisibility, "", json!({ "history_visibility": "shared" })),
+            PduBuilder::state(TimelineEventType::RoomGuestAccess, "", json!({ "guest_access": guest })),
         ];
         for builder in preset_events {
-            let overridden = initial_state
-                .iter()
-                .any(|b| b.kind == builder.kind && b.state_key == builder.state_key);
+            let overridden = initial_state.iter().any(|b| b.kind == builder.kind && b.state_key == builder.state_key);
             if !overridden {
-                self.append_event(Target::Room(&room_id), creator, builder, None)
-                    .await?;
+                w.append(creator, builder, None).await?;
             }
         }
 
         // 6. initial state, 7. name and topic
         for builder in initial_state {
-            self.append_event(Target::Room(&room_id), creator, builder, None)
-                .await?;
+            if builder.kind == TimelineEventType::RoomCreate {
+                return Err(Error::bad_json("initial_state cannot hold m.room.create"));
+            }
+            w.append(creator, builder, None).await?;
         }
         if let Some(name) = &req.name {
-            self.append_event(
-                Target::Room(&room_id),
-                creator,
-                PduBuilder::state(TimelineEventType::RoomName, "", json!({ "name": name })),
-                None,
-            )
-            .await?;
+            w.append(creator, PduBuilder::state(TimelineEventType::RoomName, "", json!({ "name": name })), None)
+                .await?;
         }
         if let Some(topic) = &req.topic {
-            let content =
-                json!({ "topic": topic, "m.topic": [{ "mimetype": "text/plain", "body": topic }] });
-            self.append_event(
-                Target::Room(&room_id),
-                creator,
-                PduBuilder::state(TimelineEventType::RoomTopic, "", content),
-                None,
-            )
-            .await?;
+            let content = json!({ "topic": topic, "m.topic": [{ "mimetype": "text/plain", "body": topic }] });
+            w.append(creator, PduBuilder::state(TimelineEventType::RoomTopic, "", content), None).await?;
         }
 
         // 8. invites
         for invitee in &req.invite {
-            self.invite(creator, &room_id, invitee, None, req.is_direct)
+            let content = with_membership("invite", self.member_profile(invitee).await?, req.is_direct);
+            w.append(creator, PduBuilder::state(TimelineEventType::RoomMember, invitee.as_str(), content), None)
                 .await?;
         }
-        if req.visibility == Visibility::Public {
-            diplomatie_storage::rooms::set_public(self.db.pool(), room_id.as_str(), true).await?;
-        }
-        Ok(room_id)
+        Ok(())
     }
 
     fn new_room_id(&self) -> Result<OwnedRoomId> {
-        OwnedRoomId::try_from(format!(
-            "!{}:{}",
-            crate::random_string(18),
-            self.server_name()
-        ))
-        .map_err(|_| Error::Internal)
+        OwnedRoomId::try_from(format!("!{}:{}", crate::random_string(18), self.server_name()))
+            .map_err(|_| Error::Internal)
     }
 
     /// The displayname and avatar a member event of `user` carries.
     pub async fn member_profile(&self, user: &UserId) -> Result<Map<String, Value>> {
         let mut profile = Map::new();
-        if let Some(u) =
-            diplomatie_storage::accounts::get_user(self.db.pool(), user.as_str()).await?
-        {
+        if let Some(u) = diplomatie_storage::accounts::get_user(self.db.pool(), user.as_str()).await? {
             if let Some(d) = u.displayname {
                 profile.insert("displayname".into(), json!(d));
             }
@@ -325,11 +266,7 @@ impl Services {
 }
 
 /// Member event content: `membership` plus the profile fields.
-pub(crate) fn with_membership(
-    membership: &str,
-    mut profile: Map<String, Value>,
-    is_direct: bool,
-) -> Value {
+pub(crate) fn with_membership(membership: &str, mut profile: Map<String, Value>, is_direct: bool) -> Value {
     profile.insert("membership".into(), json!(membership));
     if is_direct {
         profile.insert("is_direct".into(), json!(true));

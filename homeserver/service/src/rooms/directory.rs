@@ -1,19 +1,12 @@
 //! Room aliases, the public room directory and the user directory.
 
-use ruma::{
-    api::error::ErrorKind, events::StateEventType, OwnedRoomId, RoomAliasId, RoomId, UserId,
-};
+use ruma::{api::error::ErrorKind, events::StateEventType, OwnedRoomId, RoomAliasId, RoomId, UserId};
 use serde_json::{json, Value};
 
 use crate::{Error, Result, Services};
 
 impl Services {
-    pub async fn create_alias(
-        &self,
-        user: &UserId,
-        alias: &RoomAliasId,
-        room_id: &RoomId,
-    ) -> Result<()> {
+    pub async fn create_alias(&self, user: &UserId, alias: &RoomAliasId, room_id: &RoomId) -> Result<()> {
         if alias.server_name() != self.server_name() {
             return Err(Error::invalid_param("Aliases must be on this server"));
         }
@@ -21,27 +14,21 @@ impl Services {
         if !self.is_joined(room_id, user).await? {
             return Err(Error::forbidden("You are not joined to this room"));
         }
-        diplomatie_storage::rooms::insert_alias(
-            self.db.pool(),
-            alias.as_str(),
-            room_id.as_str(),
-            user.as_str(),
-        )
-        .await
-        .map_err(|e| {
-            if e.is_unique_violation() {
-                Error::new(ErrorKind::Unknown, "Room alias already exists")
-            } else {
-                e.into()
-            }
-        })
+        diplomatie_storage::rooms::insert_alias(self.db.pool(), alias.as_str(), room_id.as_str(), user.as_str())
+            .await
+            .map_err(|e| {
+                if e.is_unique_violation() {
+                    Error::new(ErrorKind::Unknown, "Room alias already exists")
+                } else {
+                    e.into()
+                }
+            })
     }
 
     pub async fn delete_alias(&self, user: &UserId, alias: &RoomAliasId) -> Result<()> {
-        let (room_id, creator) =
-            diplomatie_storage::rooms::get_alias(self.db.pool(), alias.as_str())
-                .await?
-                .ok_or_else(|| Error::not_found("Room alias not found"))?;
+        let (room_id, creator) = diplomatie_storage::rooms::get_alias(self.db.pool(), alias.as_str())
+            .await?
+            .ok_or_else(|| Error::not_found("Room alias not found"))?;
         if creator != user.as_str() && !self.is_admin(user).await? {
             let room_id = OwnedRoomId::try_from(room_id).map_err(|_| Error::Internal)?;
             let levels = self.power_levels(&room_id).await?;
@@ -71,18 +58,10 @@ impl Services {
         Ok(diplomatie_storage::rooms::room_aliases(self.db.pool(), room_id.as_str()).await?)
     }
 
-    pub async fn set_room_visibility(
-        &self,
-        user: &UserId,
-        room_id: &RoomId,
-        public: bool,
-    ) -> Result<()> {
+    pub async fn set_room_visibility(&self, user: &UserId, room_id: &RoomId, public: bool) -> Result<()> {
         self.known_room(room_id).await?;
         let levels = self.power_levels(room_id).await?;
-        let needed = levels
-            .get("state_default")
-            .and_then(Value::as_i64)
-            .unwrap_or(50);
+        let needed = levels.get("state_default").and_then(Value::as_i64).unwrap_or(50);
         if self.user_power(room_id, &levels, user).await? < needed && !self.is_admin(user).await? {
             return Err(Error::forbidden("You may not publish this room"));
         }
@@ -113,9 +92,7 @@ impl Services {
         let topic = field(StateEventType::RoomTopic, "topic").await?;
         let avatar = field(StateEventType::RoomAvatar, "url").await?;
         let alias = field(StateEventType::RoomCanonicalAlias, "alias").await?;
-        let join_rule = field(StateEventType::RoomJoinRules, "join_rule")
-            .await?
-            .unwrap_or(json!("invite"));
+        let join_rule = field(StateEventType::RoomJoinRules, "join_rule").await?.unwrap_or(json!("invite"));
         let visibility = field(StateEventType::RoomHistoryVisibility, "history_visibility").await?;
         let guest = field(StateEventType::RoomGuestAccess, "guest_access").await?;
         let room_type = field(StateEventType::RoomCreate, "type").await?;
@@ -177,10 +154,9 @@ impl Services {
         });
         let total = rooms.len();
         let offset = match since {
-            Some(s) => s
-                .trim_start_matches('o')
-                .parse::<usize>()
-                .map_err(|_| Error::invalid_param("Invalid since token"))?,
+            Some(s) => {
+                s.trim_start_matches('o').parse::<usize>().map_err(|_| Error::invalid_param("Invalid since token"))?
+            }
             None => 0,
         };
         let limit = limit.unwrap_or(usize::MAX).max(1);
@@ -191,16 +167,9 @@ impl Services {
     }
 
     /// The user directory: local users matching the term. Results are (user id, name, avatar).
-    pub async fn search_users(
-        &self,
-        _searcher: &UserId,
-        term: &str,
-        limit: usize,
-    ) -> Result<(Vec<Value>, bool)> {
+    pub async fn search_users(&self, _searcher: &UserId, term: &str, limit: usize) -> Result<(Vec<Value>, bool)> {
         let limit = limit.clamp(1, 100);
-        let users =
-            diplomatie_storage::accounts::search_users(self.db.pool(), term, limit as i64 + 1)
-                .await?;
+        let users = diplomatie_storage::accounts::search_users(self.db.pool(), term, limit as i64 + 1).await?;
         let limited = users.len() > limit;
         let results = users
             .into_iter()

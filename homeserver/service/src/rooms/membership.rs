@@ -16,10 +16,9 @@ impl Services {
         match <&RoomId>::try_from(room) {
             Ok(id) => Ok(id.to_owned()),
             Err(alias) => {
-                let (room_id, _) =
-                    diplomatie_storage::rooms::get_alias(self.db.pool(), alias.as_str())
-                        .await?
-                        .ok_or_else(|| Error::not_found("Room alias not found"))?;
+                let (room_id, _) = diplomatie_storage::rooms::get_alias(self.db.pool(), alias.as_str())
+                    .await?
+                    .ok_or_else(|| Error::not_found("Room alias not found"))?;
                 OwnedRoomId::try_from(room_id).map_err(|_| Error::Internal)
             }
         }
@@ -38,14 +37,9 @@ impl Services {
             return Err(Error::forbidden("You are not joined to this room"));
         }
         if invitee.server_name() != self.server_name() {
-            return Err(Error::forbidden(
-                "Invites to users of other servers need federation, which is not enabled",
-            ));
+            return Err(Error::forbidden("Invites to users of other servers need federation, which is not enabled"));
         }
-        if diplomatie_storage::accounts::get_user(self.db.pool(), invitee.as_str())
-            .await?
-            .is_none()
-        {
+        if diplomatie_storage::accounts::get_user(self.db.pool(), invitee.as_str()).await?.is_none() {
             return Err(Error::not_found("Unknown user"));
         }
         let mut content = with_membership("invite", self.member_profile(invitee).await?, is_direct);
@@ -61,41 +55,25 @@ impl Services {
     }
 
     /// Joins `user` to a room known to this server.
-    pub async fn join(
-        &self,
-        user: &UserId,
-        room_id: &RoomId,
-        reason: Option<String>,
-    ) -> Result<OwnedRoomId> {
+    pub async fn join(&self, user: &UserId, room_id: &RoomId, reason: Option<String>) -> Result<OwnedRoomId> {
         let Some(meta) = self.room_meta(room_id).await? else {
-            return Err(Error::not_found(
-                "This server does not know this room, and federation is not enabled",
-            ));
+            return Err(Error::not_found("This server does not know this room, and federation is not enabled"));
         };
         let state = self.state_map(meta.state_group).await?;
-        let current = self
-            .state_event_in(&state, &StateEventType::RoomMember, user.as_str())
-            .await?
-            .and_then(|p| p.membership());
+        let current =
+            self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await?.and_then(|p| p.membership());
         let mut content = with_membership("join", self.member_profile(user).await?, false);
         add_reason(&mut content, reason);
 
         // Restricted rooms: a local member who may invite vouches for the joiner, when the joiner
         // is in one of the rooms the join rule allows.
         if current.as_deref() != Some("invite") && current.as_deref() != Some("join") {
-            if let Some(rule) = self
-                .state_event_in(&state, &StateEventType::RoomJoinRules, "")
-                .await?
-            {
-                let kind = rule
-                    .content_field("join_rule")
-                    .and_then(|v| v.as_str().map(str::to_owned));
+            if let Some(rule) = self.state_event_in(&state, &StateEventType::RoomJoinRules, "").await? {
+                let kind = rule.content_field("join_rule").and_then(|v| v.as_str().map(str::to_owned));
                 if matches!(kind.as_deref(), Some("restricted" | "knock_restricted"))
                     && meta.rules().authorization.restricted_join_rule
                 {
-                    let allowed = self
-                        .allowed_by_restricted_rule(&rule.content_value(), user)
-                        .await?;
+                    let allowed = self.allowed_by_restricted_rule(&rule.content_value(), user).await?;
                     if allowed {
                         if let Some(authoriser) = self.local_inviter(room_id).await? {
                             content["join_authorised_via_users_server"] = json!(authoriser);
@@ -114,17 +92,12 @@ impl Services {
             .await;
         match result {
             Ok(_) => {
-                diplomatie_storage::rooms::unforget(
-                    self.db.pool(),
-                    user.as_str(),
-                    room_id.as_str(),
-                )
-                .await?;
+                diplomatie_storage::rooms::unforget(self.db.pool(), user.as_str(), room_id.as_str()).await?;
                 Ok(room_id.to_owned())
             }
-            Err(Error::Matrix(ErrorKind::Forbidden, reason)) => Err(Error::forbidden(format!(
-                "You are not allowed to join this room ({reason})"
-            ))),
+            Err(Error::Matrix(ErrorKind::Forbidden, reason)) => {
+                Err(Error::forbidden(format!("You are not allowed to join this room ({reason})")))
+            }
             Err(e) => Err(e),
         }
     }
@@ -138,10 +111,7 @@ impl Services {
             if entry.get("type").and_then(Value::as_str) != Some("m.room_membership") {
                 continue;
             }
-            let Some(room) = entry
-                .get("room_id")
-                .and_then(Value::as_str)
-                .and_then(|r| <&RoomId>::try_from(r).ok())
+            let Some(room) = entry.get("room_id").and_then(Value::as_str).and_then(|r| <&RoomId>::try_from(r).ok())
             else {
                 continue;
             };
@@ -174,44 +144,24 @@ impl Services {
 
     /// The content of the room's power levels (the spec's defaults when absent).
     pub async fn power_levels(&self, room_id: &RoomId) -> Result<Map<String, Value>> {
-        Ok(
-            match self
-                .state_event(room_id, &StateEventType::RoomPowerLevels, "")
-                .await?
-            {
-                Some(p) => match p.content_value() {
-                    Value::Object(m) => m,
-                    _ => Map::new(),
-                },
-                None => Map::new(),
+        Ok(match self.state_event(room_id, &StateEventType::RoomPowerLevels, "").await? {
+            Some(p) => match p.content_value() {
+                Value::Object(m) => m,
+                _ => Map::new(),
             },
-        )
+            None => Map::new(),
+        })
     }
 
     /// A user's power level, counting v12 creators as above every level.
-    pub async fn user_power(
-        &self,
-        room_id: &RoomId,
-        levels: &Map<String, Value>,
-        user: &UserId,
-    ) -> Result<i64> {
+    pub async fn user_power(&self, room_id: &RoomId, levels: &Map<String, Value>, user: &UserId) -> Result<i64> {
         let meta = self.known_room(room_id).await?;
-        if meta
-            .rules()
-            .authorization
-            .explicitly_privilege_room_creators
-        {
-            if let Some(create) = self
-                .state_event(room_id, &StateEventType::RoomCreate, "")
-                .await?
-            {
+        if meta.rules().authorization.explicitly_privilege_room_creators {
+            if let Some(create) = self.state_event(room_id, &StateEventType::RoomCreate, "").await? {
                 let extra = create.content_field("additional_creators");
                 let is_creator = create.sender == user
                     || extra
-                        .and_then(|v| {
-                            v.as_array()
-                                .map(|a| a.iter().any(|u| u.as_str() == Some(user.as_str())))
-                        })
+                        .and_then(|v| v.as_array().map(|a| a.iter().any(|u| u.as_str() == Some(user.as_str()))))
                         .unwrap_or(false);
                 if is_creator {
                     return Ok(i64::MAX);
@@ -220,33 +170,15 @@ impl Services {
         }
         let default = if levels.is_empty() {
             // Without a power levels event the creator has 100, everyone else 0.
-            let create = self
-                .state_event(room_id, &StateEventType::RoomCreate, "")
-                .await?;
-            return Ok(if create.is_some_and(|c| c.sender == user) {
-                100
-            } else {
-                0
-            });
+            let create = self.state_event(room_id, &StateEventType::RoomCreate, "").await?;
+            return Ok(if create.is_some_and(|c| c.sender == user) { 100 } else { 0 });
         } else {
-            levels
-                .get("users_default")
-                .and_then(Value::as_i64)
-                .unwrap_or(0)
+            levels.get("users_default").and_then(Value::as_i64).unwrap_or(0)
         };
-        Ok(levels
-            .get("users")
-            .and_then(|u| u.get(user.as_str()))
-            .and_then(Value::as_i64)
-            .unwrap_or(default))
+        Ok(levels.get("users").and_then(|u| u.get(user.as_str())).and_then(Value::as_i64).unwrap_or(default))
     }
 
-    pub async fn leave(
-        &self,
-        user: &UserId,
-        room_id: &RoomId,
-        reason: Option<String>,
-    ) -> Result<()> {
+    pub async fn leave(&self, user: &UserId, room_id: &RoomId, reason: Option<String>) -> Result<()> {
         let current = self.membership(room_id, user).await?;
         match current.as_deref() {
             None => return Err(Error::forbidden("You are not a member of this room")),
@@ -302,20 +234,12 @@ impl Services {
         if self.membership(room_id, target).await?.as_deref() != Some("ban") {
             return Err(Error::forbidden("The user is not banned"));
         }
-        self.set_membership_of(sender, room_id, target, "leave", reason)
-            .await
+        self.set_membership_of(sender, room_id, target, "leave", reason).await
     }
 
-    pub async fn knock(
-        &self,
-        user: &UserId,
-        room_id: &RoomId,
-        reason: Option<String>,
-    ) -> Result<OwnedRoomId> {
+    pub async fn knock(&self, user: &UserId, room_id: &RoomId, reason: Option<String>) -> Result<OwnedRoomId> {
         if self.room_meta(room_id).await?.is_none() {
-            return Err(Error::not_found(
-                "This server does not know this room, and federation is not enabled",
-            ));
+            return Err(Error::not_found("This server does not know this room, and federation is not enabled"));
         }
         let mut content = with_membership("knock", self.member_profile(user).await?, false);
         add_reason(&mut content, reason);
@@ -331,14 +255,12 @@ impl Services {
 
     pub async fn forget(&self, user: &UserId, room_id: &RoomId) -> Result<()> {
         match self.membership(room_id, user).await?.as_deref() {
-            Some("join" | "invite" | "knock") => Err(Error::new(
-                ErrorKind::Unknown,
-                "You must leave the room before forgetting it",
-            )),
+            Some("join" | "invite" | "knock") => {
+                Err(Error::new(ErrorKind::Unknown, "You must leave the room before forgetting it"))
+            }
             None => Err(Error::not_found("You were never a member of this room")),
             _ => {
-                diplomatie_storage::rooms::forget(self.db.pool(), user.as_str(), room_id.as_str())
-                    .await?;
+                diplomatie_storage::rooms::forget(self.db.pool(), user.as_str(), room_id.as_str()).await?;
                 Ok(())
             }
         }

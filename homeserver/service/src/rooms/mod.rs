@@ -45,9 +45,7 @@ pub struct RoomMeta {
 
 impl RoomMeta {
     pub fn rules(&self) -> RoomVersionRules {
-        self.version
-            .rules()
-            .expect("only known room versions are stored")
+        self.version.rules().expect("only known room versions are stored")
     }
 }
 
@@ -87,37 +85,18 @@ pub struct PduBuilder {
 }
 
 impl PduBuilder {
-    pub fn state(
-        kind: impl Into<TimelineEventType>,
-        state_key: impl Into<String>,
-        content: Value,
-    ) -> Self {
-        PduBuilder {
-            kind: kind.into(),
-            content,
-            state_key: Some(state_key.into()),
-            redacts: None,
-            timestamp: None,
-        }
+    pub fn state(kind: impl Into<TimelineEventType>, state_key: impl Into<String>, content: Value) -> Self {
+        PduBuilder { kind: kind.into(), content, state_key: Some(state_key.into()), redacts: None, timestamp: None }
     }
     pub fn message(kind: impl Into<TimelineEventType>, content: Value) -> Self {
-        PduBuilder {
-            kind: kind.into(),
-            content,
-            state_key: None,
-            redacts: None,
-            timestamp: None,
-        }
+        PduBuilder { kind: kind.into(), content, state_key: None, redacts: None, timestamp: None }
     }
 }
 
 /// The room an event goes into: an existing room, or a new one (for its create event).
 pub enum Target<'a> {
     Room(&'a RoomId),
-    New {
-        room_id: Option<OwnedRoomId>,
-        version: RoomVersionId,
-    },
+    New { room_id: Option<OwnedRoomId>, version: RoomVersionId },
 }
 
 impl Services {
@@ -130,8 +109,7 @@ impl Services {
         let Some(room) = room_store::get_room(pool, room_id.as_str()).await? else {
             return Ok(None);
         };
-        let version =
-            RoomVersionId::try_from(room.room_version.as_str()).map_err(|_| Error::Internal)?;
+        let version = RoomVersionId::try_from(room.room_version.as_str()).map_err(|_| Error::Internal)?;
         let ids = ev_store::forward_extremities(pool, room_id.as_str()).await?;
         let mut extremities = Vec::new();
         let mut depth = 0;
@@ -145,26 +123,14 @@ impl Services {
             extremities.push(id);
         }
         let chain_length = state_store::chain_length(pool, state_group).await?;
-        let meta = Arc::new(RoomMeta {
-            version,
-            extremities,
-            depth,
-            state_group,
-            chain_length,
-        });
-        self.rooms
-            .meta
-            .lock()
-            .unwrap()
-            .insert(room_id.to_owned(), meta.clone());
+        let meta = Arc::new(RoomMeta { version, extremities, depth, state_group, chain_length });
+        self.rooms.meta.lock().unwrap().insert(room_id.to_owned(), meta.clone());
         Ok(Some(meta))
     }
 
     /// The room's meta, or `M_NOT_FOUND`.
     pub async fn known_room(&self, room_id: &RoomId) -> Result<Arc<RoomMeta>> {
-        self.room_meta(room_id)
-            .await?
-            .ok_or_else(|| Error::not_found("Unknown room"))
+        self.room_meta(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))
     }
 
     pub async fn get_pdu(&self, event_id: &ruma::EventId) -> Result<Option<Arc<Pdu>>> {
@@ -175,11 +141,7 @@ impl Services {
             return Ok(None);
         };
         let pdu = Arc::new(Pdu::from_stored(stored)?);
-        self.rooms
-            .events
-            .lock()
-            .unwrap()
-            .put(event_id.to_owned(), pdu.clone());
+        self.rooms.events.lock().unwrap().put(event_id.to_owned(), pdu.clone());
         Ok(Some(pdu))
     }
 
@@ -197,8 +159,7 @@ impl Services {
                 base = s.clone();
                 break;
             }
-            let Some((prev, _, entries)) = state_store::get_state_group(self.db.pool(), g).await?
-            else {
+            let Some((prev, _, entries)) = state_store::get_state_group(self.db.pool(), g).await? else {
                 tracing::error!(group = g, "missing state group");
                 return Err(Error::Internal);
             };
@@ -253,10 +214,7 @@ impl Services {
         if self.room_meta(room_id).await?.is_none() {
             return Ok(None);
         }
-        Ok(self
-            .state_event(room_id, &StateEventType::RoomMember, user_id.as_str())
-            .await?
-            .and_then(|p| p.membership()))
+        Ok(self.state_event(room_id, &StateEventType::RoomMember, user_id.as_str()).await?.and_then(|p| p.membership()))
     }
 
     pub async fn is_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
@@ -275,16 +233,12 @@ impl Services {
             .filter_map(|(u, _, _)| OwnedUserId::try_from(u).ok())
             .collect();
         let joined = Arc::new(joined);
-        self.rooms
-            .joined
-            .lock()
-            .unwrap()
-            .insert(room_id.to_owned(), joined.clone());
+        self.rooms.joined.lock().unwrap().insert(room_id.to_owned(), joined.clone());
         Ok(joined)
     }
 
-    /// Builds, authorises and persists an event sent by a local user. Returns the event once it
-    /// is durable. `txn` records the client's transaction id for idempotent sends.
+    /// Builds, authorises and persists one event sent by a local user. Returns the event once
+    /// it is durable. `txn` records the client's transaction id for idempotent sends.
     pub async fn append_event(
         &self,
         target: Target<'_>,
@@ -292,14 +246,22 @@ impl Services {
         builder: PduBuilder,
         txn: Option<(&DeviceId, &TransactionId)>,
     ) -> Result<Arc<Pdu>> {
+        let mut writer = self.room_writer(target).await?;
+        let pdu = writer.append(sender, builder, txn).await?;
+        writer.commit().await?;
+        Ok(pdu)
+    }
+
+    /// Opens a batch of events for one room: all of them land in one transaction, or none.
+    pub async fn room_writer(&self, target: Target<'_>) -> Result<RoomWriter<'_>> {
         let write = self.begin_write().await;
-        let (meta, state, is_new) = match &target {
+        let (room_id, meta, state, version) = match target {
             Target::Room(room_id) => {
                 let meta = self.known_room(room_id).await?;
                 let state = self.state_map(meta.state_group).await?;
-                (meta, state, false)
+                (Some(room_id.to_owned()), (*meta).clone(), state, None)
             }
-            Target::New { version, .. } => {
+            Target::New { room_id, version } => {
                 let meta = RoomMeta {
                     version: version.clone(),
                     extremities: vec![],
@@ -307,12 +269,81 @@ impl Services {
                     state_group: 0,
                     chain_length: 0,
                 };
-                (Arc::new(meta), Arc::default(), true)
+                (room_id, meta, Arc::default(), Some(version))
             }
         };
-        let rules = meta.rules();
-        let content_raw = serde_json::value::to_raw_value(&builder.content)
-            .map_err(|_| Error::bad_json("Invalid content"))?;
+        let tx = self.db.begin().await?;
+        Ok(RoomWriter {
+            services: self,
+            write,
+            tx,
+            room_id,
+            new_room: version,
+            meta,
+            state,
+            appended: vec![],
+            new_states: vec![],
+            redacted: vec![],
+        })
+    }
+
+    async fn next_state_group(&self) -> Result<i64> {
+        use std::sync::atomic::Ordering;
+        if self.rooms.next_state_group.load(Ordering::Acquire) < 0 {
+            let max = state_store::max_state_group(self.db.pool()).await?;
+            let _ = self.rooms.next_state_group.compare_exchange(-1, max + 1, Ordering::AcqRel, Ordering::Acquire);
+        }
+        Ok(self.rooms.next_state_group.fetch_add(1, Ordering::AcqRel))
+    }
+}
+
+/// A batch of events being appended to one room, under the writer lock and inside one
+/// transaction. Nothing is visible to anyone until [`RoomWriter::commit`]; dropping the writer
+/// rolls everything back.
+pub struct RoomWriter<'a> {
+    services: &'a Services,
+    write: crate::StreamWrite<'a>,
+    tx: diplomatie_storage::Tx,
+    /// `None` until the create event of a v12 room gives the room its id.
+    room_id: Option<OwnedRoomId>,
+    /// The version, while the room is being created by this batch.
+    new_room: Option<RoomVersionId>,
+    meta: RoomMeta,
+    state: Arc<StateMap<OwnedEventId>>,
+    appended: Vec<Arc<Pdu>>,
+    new_states: Vec<(i64, Arc<StateMap<OwnedEventId>>)>,
+    redacted: Vec<Pdu>,
+}
+
+impl RoomWriter<'_> {
+    /// The room id (known once the create event is appended).
+    pub fn room_id(&self) -> Option<&RoomId> {
+        self.room_id.as_deref()
+    }
+
+    /// The room state after the events appended so far.
+    pub fn state(&self) -> &StateMap<OwnedEventId> {
+        &self.state
+    }
+
+    /// The batch's transaction, for rows that must land with the events (aliases, say).
+    pub fn transaction(&mut self) -> &mut diplomatie_storage::Connection {
+        &mut self.tx
+    }
+
+    /// Builds, hashes, signs and authorises one event against the batch's current state, and
+    /// writes it into the batch's transaction.
+    pub async fn append(
+        &mut self,
+        sender: &UserId,
+        builder: PduBuilder,
+        txn: Option<(&DeviceId, &TransactionId)>,
+    ) -> Result<Arc<Pdu>> {
+        let services = self.services;
+        let state = self.state.clone();
+        let rules = self.meta.rules();
+        let content_raw =
+            serde_json::value::to_raw_value(&builder.content).map_err(|_| Error::bad_json("Invalid content"))?;
 
         // Select the auth events from the current state, and load what the auth rules may read.
         let auth_types = state_res::auth_types_for_event(
@@ -328,30 +359,26 @@ impl Services {
         for key in auth_types {
             if let Some(id) = state.get(&key) {
                 auth_events.push(id.clone());
-                if let Some(p) = self.get_pdu(id).await? {
+                if let Some(p) = find_pdu(self.services, &self.appended, id).await? {
                     loaded.insert(id.clone(), p);
                 }
             }
         }
         if let Some(id) = state.get(&(StateEventType::RoomCreate, String::new())) {
-            if let Some(p) = self.get_pdu(id).await? {
+            if let Some(p) = find_pdu(self.services, &self.appended, id).await? {
                 loaded.insert(id.clone(), p);
             }
         }
 
         // Assemble the PDU.
-        let room_id_field = match &target {
-            Target::Room(r) => Some((*r).to_owned()),
-            Target::New { room_id, .. } => room_id.clone(),
-        };
         let ts = builder.timestamp.unwrap_or_else(now_ms);
         let mut object = serde_json::Map::new();
         object.insert("type".into(), json!(builder.kind));
         object.insert("content".into(), builder.content.clone());
         object.insert("sender".into(), json!(sender));
         object.insert("origin_server_ts".into(), json!(ts));
-        object.insert("depth".into(), json!(meta.depth + 1));
-        if let Some(r) = &room_id_field {
+        object.insert("depth".into(), json!(self.meta.depth + 1));
+        if let Some(r) = &self.room_id {
             object.insert("room_id".into(), json!(r));
         }
         if let Some(sk) = &builder.state_key {
@@ -364,52 +391,38 @@ impl Services {
         }
         if rules.event_id_format == EventIdFormatVersion::V1 {
             // v1 and v2 reference events with their hashes, and carry their own event id.
-            object.insert(
-                "prev_events".into(),
-                Value::Array(self.event_refs(&meta.extremities, &rules).await?),
-            );
+            let prev = event_refs(self.services, &self.appended, &self.meta.extremities, &rules).await?;
+            object.insert("prev_events".into(), Value::Array(prev));
             object.insert(
                 "auth_events".into(),
-                Value::Array(self.event_refs(&auth_events, &rules).await?),
+                Value::Array(event_refs(self.services, &self.appended, &auth_events, &rules).await?),
             );
-            object.insert(
-                "event_id".into(),
-                json!(format!(
-                    "${}:{}",
-                    crate::random_string(18),
-                    self.server_name()
-                )),
-            );
+            object
+                .insert("event_id".into(), json!(format!("${}:{}", crate::random_string(18), services.server_name())));
         } else {
-            object.insert("prev_events".into(), json!(meta.extremities));
+            object.insert("prev_events".into(), json!(self.meta.extremities));
             object.insert("auth_events".into(), json!(auth_events));
         }
         let mut canonical: CanonicalJsonObject = serde_json::from_value(Value::Object(object))
             .map_err(|e| Error::bad_json(format!("Content is not canonical JSON: {e}")))?;
         ruma::signatures::hash_and_sign_event(
-            self.server_name().as_str(),
-            &self.keys.keypair,
+            services.server_name().as_str(),
+            &services.keys.keypair,
             &mut canonical,
             &rules.redaction,
         )
         .map_err(|e| Error::bad_json(format!("Cannot sign the event: {e}")))?;
         let event_id: OwnedEventId = if rules.event_id_format == EventIdFormatVersion::V1 {
-            canonical
-                .get("event_id")
-                .and_then(|v| v.as_str())
-                .and_then(|s| s.try_into().ok())
-                .ok_or(Error::Internal)?
+            canonical.get("event_id").and_then(|v| v.as_str()).and_then(|s| s.try_into().ok()).ok_or(Error::Internal)?
         } else {
             let hash = ruma::signatures::reference_hash(&canonical, &rules)
                 .map_err(|e| Error::new(ErrorKind::TooLarge, format!("Event rejected: {e}")))?;
             format!("${hash}").try_into().map_err(|_| Error::Internal)?
         };
-        let room_id: OwnedRoomId = match room_id_field {
-            Some(r) => r,
+        let room_id: OwnedRoomId = match &self.room_id {
+            Some(r) => r.clone(),
             // Since v12 the room id is the create event's id with the `!` sigil.
-            None => format!("!{}", &event_id.as_str()[1..])
-                .try_into()
-                .map_err(|_| Error::Internal)?,
+            None => format!("!{}", &event_id.as_str()[1..]).try_into().map_err(|_| Error::Internal)?,
         };
 
         // Keep what replaced state for clients (`unsigned.prev_content`); not hashed nor signed.
@@ -418,7 +431,7 @@ impl Services {
         if let Some(sk) = &builder.state_key {
             let key = (StateEventType::from(builder.kind.to_string()), sk.clone());
             if let Some(prev_id) = state.get(&key) {
-                if let Some(prev) = self.get_pdu(prev_id).await? {
+                if let Some(prev) = find_pdu(self.services, &self.appended, prev_id).await? {
                     unsigned.insert("replaces_state".into(), json!(prev_id));
                     unsigned.insert("prev_content".into(), prev.content_value());
                     unsigned.insert("prev_sender".into(), json!(prev.sender));
@@ -433,232 +446,176 @@ impl Services {
         let mut pdu = Pdu::from_json(event_id.clone(), json, Some(room_id.clone()))?;
 
         // Authorise it against the room's current state.
-        state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| {
-            loaded.get(id).cloned()
-        })
-        .map_err(|reason| Error::forbidden(format!("Event not authorised: {reason}")))?;
-        if !is_new {
+        let not_authorised = |reason: String| Error::forbidden(format!("Event not authorised: {reason}"));
+        state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| loaded.get(id).cloned())
+            .map_err(not_authorised)?;
+        if pdu.kind != TimelineEventType::RoomCreate {
             state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |kind, key| {
-                state
-                    .get(&(kind.clone(), key.to_owned()))
-                    .and_then(|id| loaded.get(id))
-                    .cloned()
+                state.get(&(kind.clone(), key.to_owned())).and_then(|id| loaded.get(id)).cloned()
             })
-            .map_err(|reason| Error::forbidden(format!("Event not authorised: {reason}")))?;
+            .map_err(not_authorised)?;
+        } else if self.new_room.is_none() || self.room_id.is_some() && !self.appended.is_empty() {
+            return Err(Error::forbidden("A room has one create event"));
         }
 
-        // Persist event, state, extremities and transaction id together.
-        let mut new_state = None;
-        let mut state_group = meta.state_group;
-        let mut chain_length = meta.chain_length;
-        let mut tx = self.db.begin().await?;
-        if let Target::New { version, .. } = &target {
-            room_store::insert_room(
-                &mut tx,
-                room_id.as_str(),
-                version.as_str(),
-                sender.as_str(),
-                false,
-                ts,
-            )
-            .await?;
+        // Write event, state, extremities and transaction id into the batch.
+        let position = self.write.next_position();
+        if let (Some(version), TimelineEventType::RoomCreate) = (&self.new_room, &pdu.kind) {
+            room_store::insert_room(&mut self.tx, room_id.as_str(), version.as_str(), sender.as_str(), false, ts)
+                .await?;
         }
+        let mut state_group = self.meta.state_group;
+        let mut chain_length = self.meta.chain_length;
         if let Some(sk) = &pdu.state_key {
             let mut map = (*state).clone();
-            map.insert(
-                (StateEventType::from(pdu.kind.to_string()), sk.clone()),
-                event_id.clone(),
-            );
-            let id = self.next_state_group().await?;
             let kind = pdu.kind.to_string();
-            let (prev, owned): (Option<i64>, Vec<(String, &str, &str)>) =
-                if meta.state_group == 0 || meta.chain_length >= MAX_STATE_CHAIN {
-                    chain_length = 0;
-                    (
-                        None,
-                        map.iter()
-                            .map(|((t, k), e)| (t.to_string(), k.as_str(), e.as_str()))
-                            .collect(),
-                    )
-                } else {
-                    chain_length = meta.chain_length + 1;
-                    (
-                        Some(meta.state_group),
-                        vec![(kind.clone(), sk.as_str(), event_id.as_str())],
-                    )
-                };
-            let delta: Vec<(&str, &str, &str)> =
-                owned.iter().map(|(t, k, e)| (t.as_str(), *k, *e)).collect();
-            state_store::insert_state_group(
-                &mut tx,
-                id,
-                room_id.as_str(),
-                prev,
-                chain_length,
-                &delta,
-            )
-            .await?;
-            state_store::set_current_state(
-                &mut tx,
-                room_id.as_str(),
-                (&kind, sk, event_id.as_str()),
-                pdu.membership().as_deref(),
-                write.position,
-            )
-            .await?;
+            map.insert((StateEventType::from(kind.clone()), sk.clone()), event_id.clone());
+            let id = services.next_state_group().await?;
+            let snapshot = self.meta.state_group == 0 || self.meta.chain_length >= MAX_STATE_CHAIN;
+            let (prev, owned): (Option<i64>, Vec<(String, &str, &str)>) = if snapshot {
+                chain_length = 0;
+                (None, map.iter().map(|((t, k), e)| (t.to_string(), k.as_str(), e.as_str())).collect())
+            } else {
+                chain_length = self.meta.chain_length + 1;
+                (Some(self.meta.state_group), vec![(kind.clone(), sk.as_str(), event_id.as_str())])
+            };
+            let delta: Vec<(&str, &str, &str)> = owned.iter().map(|(t, k, e)| (t.as_str(), *k, *e)).collect();
+            state_store::insert_state_group(&mut self.tx, id, room_id.as_str(), prev, chain_length, &delta).await?;
+            let entry = (kind.as_str(), sk.as_str(), event_id.as_str());
+            let membership = pdu.membership();
+            state_store::set_current_state(&mut self.tx, room_id.as_str(), entry, membership.as_deref(), position)
+                .await?;
             state_group = id;
-            new_state = Some(Arc::new(map));
+            let map = Arc::new(map);
+            self.new_states.push((id, map.clone()));
+            self.state = map;
         }
         let relation = relation_of(&pdu);
-        ev_store::insert_event(
-            &mut tx,
-            &ev_store::NewEvent {
-                stream_ordering: write.position,
-                event_id: event_id.as_str(),
-                room_id: room_id.as_str(),
-                sender: sender.as_str(),
-                event_type: &pdu.kind.to_string(),
-                state_key: pdu.state_key.as_deref(),
-                depth: i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX),
-                origin_server_ts: ts,
-                state_group,
-                rel_type: relation.as_ref().map(|r| r.0.as_str()),
-                relates_to: relation.as_ref().map(|r| r.1.as_str()),
-                json: &pdu.json,
-            },
-        )
-        .await?;
-        ev_store::set_forward_extremities(&mut tx, room_id.as_str(), &[event_id.as_str()]).await?;
-        if let Some((device, txn_id)) = txn {
-            ev_store::insert_txn(
-                &mut tx,
-                sender.as_str(),
-                device.as_str(),
-                txn_id.as_str(),
-                event_id.as_str(),
-            )
-            .await?;
-        }
-        let redacted = match &pdu.redacts {
-            Some(target_id) if pdu.kind == TimelineEventType::RoomRedaction => {
-                self.apply_redaction(&mut tx, target_id, &event_id, &rules)
-                    .await?
-            }
-            _ => None,
+        let kind = pdu.kind.to_string();
+        let row = ev_store::NewEvent {
+            stream_ordering: position,
+            event_id: event_id.as_str(),
+            room_id: room_id.as_str(),
+            sender: sender.as_str(),
+            event_type: &kind,
+            state_key: pdu.state_key.as_deref(),
+            depth: i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX),
+            origin_server_ts: ts,
+            state_group,
+            rel_type: relation.as_ref().map(|r| r.0.as_str()),
+            relates_to: relation.as_ref().map(|r| r.1.as_str()),
+            json: &pdu.json,
         };
-        diplomatie_storage::commit(tx).await?;
-        write.publish();
+        ev_store::insert_event(&mut self.tx, &row).await?;
+        ev_store::set_forward_extremities(&mut self.tx, room_id.as_str(), &[event_id.as_str()]).await?;
+        if let Some((device, txn_id)) = txn {
+            let (user, device, txn_id) = (sender.as_str(), device.as_str(), txn_id.as_str());
+            ev_store::insert_txn(&mut self.tx, user, device, txn_id, event_id.as_str()).await?;
+        }
+        if let (Some(target_id), TimelineEventType::RoomRedaction) = (&pdu.redacts, &pdu.kind) {
+            if let Some(redacted) = self.apply_redaction(target_id, &event_id, &rules).await? {
+                self.redacted.push(redacted);
+            }
+        }
 
-        // The event is durable: update the in-memory views and wake the readers.
-        pdu.stream_ordering = self.stream_position();
+        pdu.stream_ordering = position;
         pdu.state_group = state_group;
         let pdu = Arc::new(pdu);
-        let new_meta = RoomMeta {
-            version: meta.version.clone(),
-            extremities: vec![event_id.clone()],
-            depth: u64::from(pdu.depth),
-            state_group,
-            chain_length,
-        };
-        self.rooms
-            .meta
-            .lock()
-            .unwrap()
-            .insert(room_id.clone(), Arc::new(new_meta));
-        if let Some(map) = new_state {
-            self.rooms.states.lock().unwrap().put(state_group, map);
-        }
-        self.rooms
-            .events
-            .lock()
-            .unwrap()
-            .put(event_id.clone(), pdu.clone());
-        if let Some(redacted) = redacted {
-            self.rooms
-                .events
-                .lock()
-                .unwrap()
-                .put(redacted.event_id.clone(), Arc::new(redacted));
-        }
-        let mut wake: Vec<OwnedUserId> = Vec::new();
-        if pdu.kind == TimelineEventType::RoomMember {
-            if let Some(target) = pdu
-                .state_key
-                .as_deref()
-                .and_then(|s| OwnedUserId::try_from(s).ok())
-            {
-                let mut joined = self.rooms.joined.lock().unwrap();
-                if let Some(set) = joined.get_mut(&room_id) {
-                    let set = Arc::make_mut(set);
-                    if pdu.membership().as_deref() == Some("join") {
-                        set.insert(target.clone());
-                    } else {
-                        set.remove(&target);
-                    }
-                }
-                wake.push(target);
-            }
-        }
-        let joined = self.joined_members(&room_id).await?;
-        self.notifier
-            .notify(joined.iter().map(|u| &**u).chain(wake.iter().map(|u| &**u)));
+        let version = self.meta.version.clone();
+        let depth = u64::from(pdu.depth);
+        self.meta = RoomMeta { version, extremities: vec![event_id], depth, state_group, chain_length };
+        self.room_id = Some(room_id);
+        self.appended.push(pdu.clone());
         Ok(pdu)
     }
 
-    /// `[event_id, {"sha256": reference hash}]` pairs for room versions 1 and 2.
-    async fn event_refs(
-        &self,
-        ids: &[OwnedEventId],
-        rules: &RoomVersionRules,
-    ) -> Result<Vec<Value>> {
-        let mut refs = Vec::new();
-        for id in ids {
-            let pdu = self.get_pdu(id).await?.ok_or(Error::Internal)?;
-            let hash = ruma::signatures::reference_hash(&pdu.canonical_object()?, rules)
-                .map_err(|_| Error::Internal)?;
-            refs.push(json!([id, { "sha256": hash }]));
-        }
-        Ok(refs)
-    }
-
-    async fn next_state_group(&self) -> Result<i64> {
-        use std::sync::atomic::Ordering;
-        if self.rooms.next_state_group.load(Ordering::Acquire) < 0 {
-            let max = state_store::max_state_group(self.db.pool()).await?;
-            let _ = self.rooms.next_state_group.compare_exchange(
-                -1,
-                max + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
-        }
-        Ok(self.rooms.next_state_group.fetch_add(1, Ordering::AcqRel))
-    }
-
-    /// Replaces the redacted event's stored JSON by its redacted form (inside the writer's
-    /// transaction). Returns the redacted event for the cache.
+    /// Replaces the redacted event's stored JSON by its redacted form, in the batch.
     async fn apply_redaction(
-        &self,
-        tx: &mut diplomatie_storage::Connection,
+        &mut self,
         target_id: &ruma::EventId,
         redaction_id: &ruma::EventId,
         rules: &RoomVersionRules,
     ) -> Result<Option<Pdu>> {
-        let Some(target) = self.get_pdu(target_id).await? else {
-            return Ok(None);
-        };
+        let Some(target) = find_pdu(self.services, &self.appended, target_id).await? else { return Ok(None) };
         let object = target.canonical_object()?;
-        let mut redacted = ruma::canonical_json::redact(object, &rules.redaction, None)
-            .map_err(|_| Error::Internal)?;
+        let mut redacted = ruma::canonical_json::redact(object, &rules.redaction, None).map_err(|_| Error::Internal)?;
         redacted.remove("unsigned");
         let json = serde_json::to_string(&redacted).map_err(|_| Error::Internal)?;
-        ev_store::redact_event(tx, target_id.as_str(), redaction_id.as_str(), &json).await?;
+        ev_store::redact_event(&mut self.tx, target_id.as_str(), redaction_id.as_str(), &json).await?;
         let mut pdu = Pdu::from_json(target.event_id.clone(), json, Some(target.room_id.clone()))?;
         pdu.stream_ordering = target.stream_ordering;
         pdu.state_group = target.state_group;
         pdu.redacted_by = Some(redaction_id.to_string());
         Ok(Some(pdu))
     }
+
+    /// Commits the batch, then (and only then) updates the in-memory views and wakes readers.
+    pub async fn commit(self) -> Result<()> {
+        let RoomWriter { services, write, tx, room_id, meta, appended, new_states, redacted, .. } = self;
+        let Some(room_id) = room_id else { return Ok(()) };
+        diplomatie_storage::commit(tx).await?;
+        write.publish();
+
+        let caches = &services.rooms;
+        caches.meta.lock().unwrap().insert(room_id.clone(), Arc::new(meta));
+        {
+            let mut states = caches.states.lock().unwrap();
+            for (id, map) in new_states {
+                states.put(id, map);
+            }
+        }
+        {
+            let mut events = caches.events.lock().unwrap();
+            for pdu in &appended {
+                events.put(pdu.event_id.clone(), pdu.clone());
+            }
+            for pdu in redacted {
+                events.put(pdu.event_id.clone(), Arc::new(pdu));
+            }
+        }
+        let mut wake: Vec<OwnedUserId> = Vec::new();
+        for pdu in appended.iter().filter(|p| p.kind == TimelineEventType::RoomMember) {
+            let Some(target) = pdu.state_key.as_deref().and_then(|s| OwnedUserId::try_from(s).ok()) else { continue };
+            let mut joined = caches.joined.lock().unwrap();
+            if let Some(set) = joined.get_mut(&room_id) {
+                let set = Arc::make_mut(set);
+                if pdu.membership().as_deref() == Some("join") {
+                    set.insert(target.clone());
+                } else {
+                    set.remove(&target);
+                }
+            }
+            wake.push(target);
+        }
+        let joined = services.joined_members(&room_id).await?;
+        services.notifier.notify(joined.iter().map(|u| &**u).chain(wake.iter().map(|u| &**u)));
+        Ok(())
+    }
+}
+
+/// An event written earlier in a batch, or a stored one. (A free function: the writer holds a
+/// transaction, which is not `Sync`, so its `&self` cannot cross an await.)
+async fn find_pdu(services: &Services, appended: &[Arc<Pdu>], id: &ruma::EventId) -> Result<Option<Arc<Pdu>>> {
+    if let Some(p) = appended.iter().rev().find(|p| p.event_id == id) {
+        return Ok(Some(p.clone()));
+    }
+    services.get_pdu(id).await
+}
+
+/// `[event_id, {"sha256": reference hash}]` pairs for room versions 1 and 2.
+async fn event_refs(
+    services: &Services,
+    appended: &[Arc<Pdu>],
+    ids: &[OwnedEventId],
+    rules: &RoomVersionRules,
+) -> Result<Vec<Value>> {
+    let mut refs = Vec::new();
+    for id in ids {
+        let pdu = find_pdu(services, appended, id).await?.ok_or(Error::Internal)?;
+        let hash = ruma::signatures::reference_hash(&pdu.canonical_object()?, rules).map_err(|_| Error::Internal)?;
+        refs.push(json!([id, { "sha256": hash }]));
+    }
+    Ok(refs)
 }
 
 /// The (rel_type, event id) an event relates to, from `m.relates_to`.
@@ -677,23 +634,17 @@ fn relation_of(pdu: &Pdu) -> Option<(String, String)> {
 
 /// The rooms a user is joined to.
 pub async fn joined_rooms(services: &Services, user: &UserId) -> Result<Vec<OwnedRoomId>> {
-    Ok(
-        state_store::rooms_for_user(services.db.pool(), user.as_str())
-            .await?
-            .into_iter()
-            .filter(|(_, m)| m == "join")
-            .filter_map(|(r, _)| OwnedRoomId::try_from(r).ok())
-            .collect(),
-    )
+    Ok(state_store::rooms_for_user(services.db.pool(), user.as_str())
+        .await?
+        .into_iter()
+        .filter(|(_, m)| m == "join")
+        .filter_map(|(r, _)| OwnedRoomId::try_from(r).ok())
+        .collect())
 }
 
 impl Services {
     /// The room state as of a stream position (the state after the last event at or before it).
-    pub async fn state_at_position(
-        &self,
-        room_id: &RoomId,
-        position: i64,
-    ) -> Result<Arc<StateMap<OwnedEventId>>> {
+    pub async fn state_at_position(&self, room_id: &RoomId, position: i64) -> Result<Arc<StateMap<OwnedEventId>>> {
         let meta = self.known_room(room_id).await?;
         if position >= self.stream_position() {
             return self.state_map(meta.state_group).await;

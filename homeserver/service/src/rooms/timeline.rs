@@ -88,13 +88,8 @@ pub struct Page {
 
 /// Parses a pagination token: our own positions, or a `/sync` token (its event position).
 pub fn parse_token(token: &str) -> Result<i64> {
-    let pos = token
-        .trim_start_matches(['s', 't'])
-        .split('_')
-        .next()
-        .unwrap_or("");
-    pos.parse()
-        .map_err(|_| Error::invalid_param("Invalid pagination token"))
+    let pos = token.trim_start_matches(['s', 't']).split('_').next().unwrap_or("");
+    pos.parse().map_err(|_| Error::invalid_param("Invalid pagination token"))
 }
 
 impl Services {
@@ -108,13 +103,7 @@ impl Services {
         txn_id: &TransactionId,
         content: Value,
     ) -> Result<OwnedEventId> {
-        if let Some(id) = ev_store::txn_event(
-            self.db.pool(),
-            sender.as_str(),
-            device.as_str(),
-            txn_id.as_str(),
-        )
-        .await?
+        if let Some(id) = ev_store::txn_event(self.db.pool(), sender.as_str(), device.as_str(), txn_id.as_str()).await?
         {
             return OwnedEventId::try_from(id).map_err(|_| Error::Internal);
         }
@@ -126,12 +115,7 @@ impl Services {
             return Err(Error::bad_json("Redact with the /redact endpoint"));
         }
         let pdu = self
-            .append_event(
-                Target::Room(room_id),
-                sender,
-                PduBuilder::message(kind, content),
-                Some((device, txn_id)),
-            )
+            .append_event(Target::Room(room_id), sender, PduBuilder::message(kind, content), Some((device, txn_id)))
             .await?;
         Ok(pdu.event_id.clone())
     }
@@ -150,9 +134,7 @@ impl Services {
             // Membership changes go through their own endpoints, but clients (and Element) also
             // set their own member event to change their per-room profile.
             if state_key != sender.as_str() {
-                return Err(Error::forbidden(
-                    "Use the membership endpoints to change another user's membership",
-                ));
+                return Err(Error::forbidden("Use the membership endpoints to change another user's membership"));
             }
         } else if !self.is_joined(room_id, sender).await? {
             return Err(Error::forbidden("You are not joined to this room"));
@@ -164,25 +146,14 @@ impl Services {
             self.check_canonical_alias(room_id, &content).await?;
         }
         if kind == "m.room.encryption" {
-            if let Some(current) = self
-                .state_event(room_id, &StateEventType::RoomEncryption, "")
-                .await?
-            {
+            if let Some(current) = self.state_event(room_id, &StateEventType::RoomEncryption, "").await? {
                 if current.content_value() != content {
-                    return Err(Error::forbidden(
-                        "Encryption cannot be changed or turned off once enabled",
-                    ));
+                    return Err(Error::forbidden("Encryption cannot be changed or turned off once enabled"));
                 }
             }
         }
-        let pdu = self
-            .append_event(
-                Target::Room(room_id),
-                sender,
-                PduBuilder::state(kind, state_key, content),
-                None,
-            )
-            .await?;
+        let pdu =
+            self.append_event(Target::Room(room_id), sender, PduBuilder::state(kind, state_key, content), None).await?;
         Ok(pdu.event_id.clone())
     }
 
@@ -196,17 +167,12 @@ impl Services {
             aliases.extend(alts.iter().filter_map(Value::as_str));
         }
         for alias in aliases {
-            let parsed = ruma::RoomAliasId::parse(alias)
-                .map_err(|_| Error::invalid_param(format!("Invalid alias {alias}")))?;
+            let parsed =
+                ruma::RoomAliasId::parse(alias).map_err(|_| Error::invalid_param(format!("Invalid alias {alias}")))?;
             if parsed.server_name() == self.server_name() {
                 match diplomatie_storage::rooms::get_alias(self.db.pool(), alias).await? {
                     Some((r, _)) if r == room_id.as_str() => {}
-                    _ => {
-                        return Err(Error::new(
-                            ErrorKind::BadAlias,
-                            format!("{alias} does not point to this room"),
-                        ))
-                    }
+                    _ => return Err(Error::new(ErrorKind::BadAlias, format!("{alias} does not point to this room"))),
                 }
             }
         }
@@ -223,13 +189,7 @@ impl Services {
         txn_id: &TransactionId,
         reason: Option<String>,
     ) -> Result<OwnedEventId> {
-        if let Some(id) = ev_store::txn_event(
-            self.db.pool(),
-            sender.as_str(),
-            device.as_str(),
-            txn_id.as_str(),
-        )
-        .await?
+        if let Some(id) = ev_store::txn_event(self.db.pool(), sender.as_str(), device.as_str(), txn_id.as_str()).await?
         {
             return OwnedEventId::try_from(id).map_err(|_| Error::Internal);
         }
@@ -263,14 +223,7 @@ impl Services {
             redacts: Some(target.to_owned()),
             timestamp: None,
         };
-        let pdu = self
-            .append_event(
-                Target::Room(room_id),
-                sender,
-                builder,
-                Some((device, txn_id)),
-            )
-            .await?;
+        let pdu = self.append_event(Target::Room(room_id), sender, builder, Some((device, txn_id))).await?;
         Ok(pdu.event_id.clone())
     }
 
@@ -286,17 +239,17 @@ impl Services {
         if visibility == "world_readable" {
             return Ok(true);
         }
-        let at_event = self
-            .state_event_in(&state, &StateEventType::RoomMember, user.as_str())
-            .await?
-            .and_then(|p| p.membership());
+        let at_event =
+            self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await?.and_then(|p| p.membership());
         if at_event.as_deref() == Some("join") {
             return Ok(true);
         }
         match visibility.as_str() {
             "shared" => Ok(self.is_joined(pdu.room(), user).await?),
-            "invited" => Ok(at_event.as_deref() == Some("invite")
-                || self.is_joined(pdu.room(), user).await? && at_event.is_some()),
+            "invited" => {
+                Ok(at_event.as_deref() == Some("invite")
+                    || self.is_joined(pdu.room(), user).await? && at_event.is_some())
+            }
             _ => Ok(false),
         }
     }
@@ -306,10 +259,7 @@ impl Services {
     /// world readable.
     pub async fn readable_until(&self, user: &UserId, room_id: &RoomId) -> Result<i64> {
         self.known_room(room_id).await?;
-        let Some(member) = self
-            .state_event(room_id, &StateEventType::RoomMember, user.as_str())
-            .await?
-        else {
+        let Some(member) = self.state_event(room_id, &StateEventType::RoomMember, user.as_str()).await? else {
             if self.is_world_readable(room_id).await? {
                 return Ok(self.stream_position());
             }
@@ -317,9 +267,7 @@ impl Services {
         };
         match member.membership().as_deref() {
             Some("join") => Ok(self.stream_position()),
-            Some("invite" | "knock") if !self.is_world_readable(room_id).await? => {
-                Ok(member.stream_ordering)
-            }
+            Some("invite" | "knock") if !self.is_world_readable(room_id).await? => Ok(member.stream_ordering),
             _ => Ok(member.stream_ordering),
         }
     }
@@ -333,12 +281,7 @@ impl Services {
     }
 
     /// `GET /rooms/{roomId}/event/{eventId}`.
-    pub async fn event_for_user(
-        &self,
-        user: &UserId,
-        room_id: &RoomId,
-        event_id: &EventId,
-    ) -> Result<Arc<Pdu>> {
+    pub async fn event_for_user(&self, user: &UserId, room_id: &RoomId, event_id: &EventId) -> Result<Arc<Pdu>> {
         let until = self.readable_until(user, room_id).await?;
         let pdu = self
             .get_pdu(event_id)
@@ -366,25 +309,16 @@ impl Services {
         let (mut lo, mut hi) = (from, to);
         // Read in batches until the page is full, skipping what the filter or visibility hides.
         loop {
-            let batch = ev_store::room_events(
-                self.db.pool(),
-                room_id.as_str(),
-                lo,
-                hi,
-                backwards,
-                (limit * 2).max(20) as i64,
-            )
-            .await?;
+            let batch =
+                ev_store::room_events(self.db.pool(), room_id.as_str(), lo, hi, backwards, (limit * 2).max(20) as i64)
+                    .await?;
             let exhausted = batch.len() < (limit * 2).max(20);
             let mut last = None;
             for stored in batch {
                 let so = stored.stream_ordering;
                 last = Some(so);
                 let pdu = match self
-                    .get_pdu(
-                        <&EventId>::try_from(stored.event_id.as_str())
-                            .map_err(|_| Error::Internal)?,
-                    )
+                    .get_pdu(<&EventId>::try_from(stored.event_id.as_str()).map_err(|_| Error::Internal)?)
                     .await?
                 {
                     Some(p) => p,
@@ -433,24 +367,14 @@ impl Services {
         let (events, next) = if backwards {
             let hi = from_pos.min(until);
             let lo = to_pos.unwrap_or(0);
-            self.visible_page(user, room_id, lo, hi, true, limit, filter)
-                .await?
+            self.visible_page(user, room_id, lo, hi, true, limit, filter).await?
         } else {
             let hi = to_pos.unwrap_or(i64::MAX).min(until);
-            self.visible_page(user, room_id, from_pos, hi, false, limit, filter)
-                .await?
+            self.visible_page(user, room_id, from_pos, hi, false, limit, filter).await?
         };
-        let state = if filter.lazy_load_members {
-            self.member_events_for(room_id, &events, user).await?
-        } else {
-            Vec::new()
-        };
-        Ok(Page {
-            events,
-            start: from_pos.to_string(),
-            end: next.map(|n| n.to_string()),
-            state,
-        })
+        let state =
+            if filter.lazy_load_members { self.member_events_for(room_id, &events, user).await? } else { Vec::new() };
+        Ok(Page { events, start: from_pos.to_string(), end: next.map(|n| n.to_string()), state })
     }
 
     /// The current member events of the senders of `events` (lazy-loading members).
@@ -463,16 +387,9 @@ impl Services {
         let state = self.current_state(room_id).await?;
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        for sender in events
-            .iter()
-            .map(|e| e.sender.as_str())
-            .chain(std::iter::once(user.as_str()))
-        {
+        for sender in events.iter().map(|e| e.sender.as_str()).chain(std::iter::once(user.as_str())) {
             if seen.insert(sender.to_owned()) {
-                if let Some(p) = self
-                    .state_event_in(&state, &StateEventType::RoomMember, sender)
-                    .await?
-                {
+                if let Some(p) = self.state_event_in(&state, &StateEventType::RoomMember, sender).await? {
                     out.push(p);
                 }
             }
@@ -494,43 +411,17 @@ impl Services {
         let before_n = limit / 2;
         let after_n = limit - before_n;
         let (before, before_next) = if before_n > 0 {
-            self.visible_page(
-                user,
-                room_id,
-                0,
-                event.stream_ordering - 1,
-                true,
-                before_n,
-                filter,
-            )
-            .await?
+            self.visible_page(user, room_id, 0, event.stream_ordering - 1, true, before_n, filter).await?
         } else {
             (Vec::new(), None)
         };
         let (after, after_next) = if after_n > 0 {
-            self.visible_page(
-                user,
-                room_id,
-                event.stream_ordering,
-                until,
-                false,
-                after_n,
-                filter,
-            )
-            .await?
+            self.visible_page(user, room_id, event.stream_ordering, until, false, after_n, filter).await?
         } else {
             (Vec::new(), None)
         };
-        let start = before_next.unwrap_or(
-            before
-                .last()
-                .map_or(event.stream_ordering - 1, |e| e.stream_ordering - 1),
-        );
-        let end = after_next.unwrap_or(
-            after
-                .last()
-                .map_or(event.stream_ordering, |e| e.stream_ordering),
-        );
+        let start = before_next.unwrap_or(before.last().map_or(event.stream_ordering - 1, |e| e.stream_ordering - 1));
+        let end = after_next.unwrap_or(after.last().map_or(event.stream_ordering, |e| e.stream_ordering));
         let last = after.last().cloned().unwrap_or_else(|| event.clone());
         let state_map = self.state_map(last.state_group).await?;
         let mut state = Vec::new();
@@ -552,18 +443,8 @@ impl Services {
         }
         Ok((
             event,
-            Page {
-                events: before,
-                start: start.to_string(),
-                end: None,
-                state,
-            },
-            Page {
-                events: after,
-                start: String::new(),
-                end: Some(end.to_string()),
-                state: Vec::new(),
-            },
+            Page { events: before, start: start.to_string(), end: None, state },
+            Page { events: after, start: String::new(), end: Some(end.to_string()), state: Vec::new() },
         ))
     }
 
@@ -584,11 +465,7 @@ impl Services {
         self.event_for_user(user, room_id, event_id).await?;
         let until = self.readable_until(user, room_id).await?;
         let limit = limit.clamp(1, 1000);
-        let (lo, hi) = match (
-            backwards,
-            from.map(parse_token).transpose()?,
-            to.map(parse_token).transpose()?,
-        ) {
+        let (lo, hi) = match (backwards, from.map(parse_token).transpose()?, to.map(parse_token).transpose()?) {
             (true, f, t) => (t.unwrap_or(0), f.unwrap_or(until).min(until)),
             (false, f, t) => (f.unwrap_or(0), t.unwrap_or(until).min(until)),
         };
@@ -613,11 +490,7 @@ impl Services {
                 out.push(pdu);
             }
         }
-        let next = if more {
-            last.map(|so| if backwards { so - 1 } else { so }.to_string())
-        } else {
-            None
-        };
+        let next = if more { last.map(|so| if backwards { so - 1 } else { so }.to_string()) } else { None };
         Ok((out, next))
     }
 
@@ -633,8 +506,7 @@ impl Services {
         let until = self.readable_until(user, room_id).await?;
         let before = from.map(parse_token).transpose()?.unwrap_or(until + 1);
         let limit = limit.clamp(1, 100);
-        let rows =
-            ev_store::threads(self.db.pool(), room_id.as_str(), before, limit as i64 + 1).await?;
+        let rows = ev_store::threads(self.db.pool(), room_id.as_str(), before, limit as i64 + 1).await?;
         let more = rows.len() > limit;
         let mut out = Vec::new();
         let mut last = None;
@@ -649,21 +521,11 @@ impl Services {
             if !self.can_see_event(user, &root).await? {
                 continue;
             }
-            let replies = ev_store::relations(
-                self.db.pool(),
-                root_id.as_str(),
-                Some("m.thread"),
-                None,
-                0,
-                i64::MAX,
-                true,
-                1000,
-            )
-            .await?;
-            let participated = root.sender == user
-                || replies
-                    .iter()
-                    .any(|r| r.json.contains(&format!("\"sender\":\"{user}\"")));
+            let replies =
+                ev_store::relations(self.db.pool(), root_id.as_str(), Some("m.thread"), None, 0, i64::MAX, true, 1000)
+                    .await?;
+            let participated =
+                root.sender == user || replies.iter().any(|r| r.json.contains(&format!("\"sender\":\"{user}\"")));
             if participated_only && !participated {
                 continue;
             }
@@ -677,13 +539,6 @@ impl Services {
             });
             out.push(value);
         }
-        Ok((
-            out,
-            if more {
-                last.map(|l| l.to_string())
-            } else {
-                None
-            },
-        ))
+        Ok((out, if more { last.map(|l| l.to_string()) } else { None }))
     }
 }

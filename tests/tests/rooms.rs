@@ -1,0 +1,394 @@
+//! Rooms: creation, membership, state, aliases and the directories (client-server spec,
+//! "Rooms", "Room Membership", "Room Directory", "User Directory").
+
+use diplomatie_tests::{assert_error, backend_tests, urlencode, Backend, TestServer};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+backend_tests!(
+    create_room_applies_presets_and_options,
+    create_room_checks_its_input,
+    every_advertised_room_version_creates_rooms,
+    invite_join_leave_and_forget,
+    kick_ban_and_unban,
+    knocking_and_restricted_joins,
+    state_is_read_and_written_with_power_levels,
+    aliases_resolve_and_belong_to_their_creator,
+    public_directory_searches_and_paginates,
+    user_directory_finds_users,
+);
+
+async fn state(c: &diplomatie_tests::Client, room: &str, kind: &str, key: &str) -> Value {
+    c.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/state/{kind}/{key}"), None).await
+}
+
+async fn create_room_applies_presets_and_options(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    server.register("bob").await;
+    let room = alice
+        .create_room(json!({
+            "preset": "trusted_private_chat",
+            "name": "Cellule de crise",
+            "topic": "Suivi",
+            "room_alias_name": "crise",
+            "invite": ["@bob:localhost"],
+            "initial_state": [{ "type": "m.room.history_visibility", "state_key": "", "content": { "history_visibility": "invited" } }],
+            "power_level_content_override": { "events_default": 10 },
+            "creation_content": { "m.federate": false },
+        }))
+        .await;
+    assert_eq!(state(&alice, &room, "m.room.name", "").await["name"], "Cellule de crise");
+    assert_eq!(state(&alice, &room, "m.room.topic", "").await["topic"], "Suivi");
+    assert_eq!(state(&alice, &room, "m.room.join_rules", "").await["join_rule"], "invite");
+    assert_eq!(state(&alice, &room, "m.room.history_visibility", "").await["history_visibility"], "invited");
+    assert_eq!(state(&alice, &room, "m.room.canonical_alias", "").await["alias"], "#crise:localhost");
+    assert_eq!(state(&alice, &room, "m.room.create", "").await["m.federate"], false);
+    let pl = state(&alice, &room, "m.room.power_levels", "").await;
+    assert_eq!(pl["events_default"], 10);
+    // trusted_private_chat: invitees get the creator's power. v12 creators are implicit.
+    assert_eq!(pl["users"]["@bob:localhost"], 100);
+    assert_eq!(state(&alice, &room, "m.room.member", "@bob:localhost").await["membership"], "invite");
+    // The default room version is the spec's recommendation.
+    let caps = alice.ok(Method::GET, "/_matrix/client/v3/capabilities", None).await;
+    assert_eq!(caps["capabilities"]["m.room_versions"]["default"], "12");
+    assert_eq!(state(&alice, &room, "m.room.create", "").await["room_version"], "12");
+    let alias = alice.ok(Method::GET, "/_matrix/client/v3/directory/room/%23crise:localhost", None).await;
+    assert_eq!(alias["room_id"], room.as_str());
+    // A public chat is public and published when asked.
+    let public = alice.create_room(json!({ "visibility": "public", "name": "Agora" })).await;
+    assert_eq!(state(&alice, &public, "m.room.join_rules", "").await["join_rule"], "public");
+    let vis = alice.ok(Method::GET, &format!("/_matrix/client/v3/directory/list/room/{public}"), None).await;
+    assert_eq!(vis["visibility"], "public");
+}
+
+async fn create_room_checks_its_input(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    alice.create_room(json!({ "room_alias_name": "pris" })).await;
+    assert_error(
+        &alice.post("/_matrix/client/v3/createRoom", &json!({ "room_alias_name": "pris" })).await,
+        400,
+        "M_ROOM_IN_USE",
+    );
+    assert_error(
+        &alice.post("/_matrix/client/v3/createRoom", &json!({ "room_version": "99" })).await,
+        400,
+        "M_UNSUPPORTED_ROOM_VERSION",
+    );
+    assert_error(&alice.post("/_matrix/client/v3/createRoom", &json!({ "preset": "nope" })).await, 400, "M_BAD_JSON");
+    assert_error(&alice.post("/_matrix/client/v3/createRoom", &json!({ "name": 12 })).await, 400, "M_BAD_JSON");
+    // A power level override that strips the creator's power is refused by the auth rules.
+    let rooms_before =
+        alice.ok(Method::GET, "/_matrix/client/v3/joined_rooms", None).await["joined_rooms"].as_array().unwrap().len();
+    let bad_power =
+        json!({ "room_version": "10", "power_level_content_override": { "users": { "@alice:localhost": "high" } } });
+    assert_error(&alice.post("/_matrix/client/v3/createRoom", &bad_power).await, 400, "M_INVALID_ROOM_STATE");
+    let bad_state = json!({ "room_version": "10", "initial_state": [
+        { "type": "m.room.power_levels", "state_key": "", "content": { "users": {} } },
+        { "type": "m.room.name", "state_key": "", "content": { "name": "x" } },
+    ] });
+    assert_error(&alice.post("/_matrix/client/v3/createRoom", &bad_state).await, 400, "M_INVALID_ROOM_STATE");
+    // Nothing of the refused rooms remains: no half-created room.
+    let rooms_after =
+        alice.ok(Method::GET, "/_matrix/client/v3/joined_rooms", None).await["joined_rooms"].as_array().unwrap().len();
+    assert_eq!(rooms_after, rooms_before);
+}
+
+async fn every_advertised_room_version_creates_rooms(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let caps = alice.ok(Method::GET, "/_matrix/client/v3/capabilities", None).await;
+    let versions: Vec<String> =
+        caps["capabilities"]["m.room_versions"]["available"].as_object().unwrap().keys().cloned().collect();
+    for v in ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"] {
+        assert!(versions.contains(&v.to_owned()), "version {v} is advertised");
+        let room =
+            alice.create_room(json!({ "room_version": v, "preset": "public_chat", "name": format!("v{v}") })).await;
+        assert_eq!(bob.join(&room).await.0, 200, "join v{v}");
+        let id = bob.send_text(&room, &format!("message in v{v}")).await;
+        let ev =
+            alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/event/{}", urlencode(&id)), None).await;
+        assert_eq!(ev["content"]["body"], format!("message in v{v}"));
+        // Redaction follows the version's algorithm.
+        alice
+            .ok(
+                Method::PUT,
+                &format!("/_matrix/client/v3/rooms/{room}/redact/{}/r{v}", urlencode(&id)),
+                Some(&json!({ "reason": "test" })),
+            )
+            .await;
+        let ev =
+            alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/event/{}", urlencode(&id)), None).await;
+        assert_eq!(ev["content"], json!({}), "redacted in v{v}");
+    }
+}
+
+async fn invite_join_leave_and_forget(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "name": "Privée" })).await;
+    // Not invited: refused.
+    assert_error(&bob.join(&room).await, 403, "M_FORBIDDEN");
+    assert_error(&bob.invite(&room, "@alice:localhost").await, 403, "M_FORBIDDEN");
+    assert_error(&alice.invite(&room, "@nobody:localhost").await, 404, "M_NOT_FOUND");
+    assert_eq!(alice.invite(&room, "@bob:localhost").await.0, 200);
+    let (status, v) = bob.post(&format!("/_matrix/client/v3/rooms/{room}/join"), &json!({ "reason": "hello" })).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["room_id"], room.as_str());
+    let joined = alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/joined_members"), None).await;
+    assert_eq!(joined["joined"].as_object().unwrap().len(), 2);
+    assert_eq!(joined["joined"]["@bob:localhost"]["display_name"], "bob");
+    let rooms = bob.ok(Method::GET, "/_matrix/client/v3/joined_rooms", None).await;
+    assert_eq!(rooms["joined_rooms"], json!([room]));
+    // Forgetting requires leaving first.
+    assert_error(&bob.post(&format!("/_matrix/client/v3/rooms/{room}/forget"), &json!({})).await, 400, "M_UNKNOWN");
+    bob.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&json!({}))).await;
+    assert_eq!(state(&alice, &room, "m.room.member", "@bob:localhost").await["membership"], "leave");
+    bob.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/forget"), Some(&json!({}))).await;
+    let members =
+        alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/members?membership=join"), None).await;
+    assert_eq!(members["chunk"].as_array().unwrap().len(), 1);
+    let left =
+        alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/members?not_membership=join"), None).await;
+    assert_eq!(left["chunk"][0]["state_key"], "@bob:localhost");
+    // Rejecting an invite is a leave.
+    let other = alice.create_room(json!({ "invite": ["@bob:localhost"] })).await;
+    bob.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{other}/leave"), Some(&json!({}))).await;
+    assert_eq!(state(&alice, &other, "m.room.member", "@bob:localhost").await["membership"], "leave");
+    assert_error(&bob.join("!unknown:localhost").await, 404, "M_NOT_FOUND");
+}
+
+async fn kick_ban_and_unban(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await;
+    carol.join(&room).await;
+    // Without power, kicking is refused.
+    assert_error(
+        &bob.post(&format!("/_matrix/client/v3/rooms/{room}/kick"), &json!({ "user_id": "@carol:localhost" })).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{room}/kick"),
+            Some(&json!({ "user_id": "@carol:localhost", "reason": "rappel" })),
+        )
+        .await;
+    let m = state(&alice, &room, "m.room.member", "@carol:localhost").await;
+    assert_eq!((m["membership"].clone(), m["reason"].clone()), (json!("leave"), json!("rappel")));
+    assert_eq!(carol.join(&room).await.0, 200);
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{room}/ban"),
+            Some(&json!({ "user_id": "@carol:localhost" })),
+        )
+        .await;
+    assert_error(&carol.join(&room).await, 403, "M_FORBIDDEN");
+    assert_error(&carol.send_raw(&room).await, 403, "M_FORBIDDEN");
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{room}/unban"),
+            Some(&json!({ "user_id": "@carol:localhost" })),
+        )
+        .await;
+    assert_eq!(carol.join(&room).await.0, 200);
+    assert_error(
+        &alice.post(&format!("/_matrix/client/v3/rooms/{room}/unban"), &json!({ "user_id": "@bob:localhost" })).await,
+        403,
+        "M_FORBIDDEN",
+    );
+}
+
+trait SendRaw {
+    async fn send_raw(&self, room: &str) -> (u16, Value);
+}
+
+impl SendRaw for diplomatie_tests::Client {
+    async fn send_raw(&self, room: &str) -> (u16, Value) {
+        self.put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/x1"),
+            &json!({ "msgtype": "m.text", "body": "x" }),
+        )
+        .await
+    }
+}
+
+async fn knocking_and_restricted_joins(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    // Knocking: allowed where the join rule says so; the knocker can then be invited.
+    let room = alice.create_room(json!({ "initial_state": [{ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }] })).await;
+    let (status, v) =
+        bob.post(&format!("/_matrix/client/v3/knock/{room}"), &json!({ "reason": "Affecté à la direction" })).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(state(&alice, &room, "m.room.member", "@bob:localhost").await["membership"], "knock");
+    assert_eq!(alice.invite(&room, "@bob:localhost").await.0, 200);
+    assert_eq!(bob.join(&room).await.0, 200);
+    let closed = alice.create_room(json!({})).await;
+    assert_error(&carol.post(&format!("/_matrix/client/v3/knock/{closed}"), &json!({})).await, 403, "M_FORBIDDEN");
+    // Restricted: members of the space may join; others may not.
+    let space = alice.create_room(json!({ "preset": "public_chat", "creation_content": { "type": "m.space" } })).await;
+    let restricted = alice
+        .create_room(json!({ "initial_state": [{ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "restricted", "allow": [{ "type": "m.room_membership", "room_id": space }] } }] }))
+        .await;
+    assert_error(&carol.join(&restricted).await, 403, "M_FORBIDDEN");
+    assert_eq!(carol.join(&space).await.0, 200);
+    assert_eq!(carol.join(&restricted).await.0, 200);
+    let m = state(&alice, &restricted, "m.room.member", "@carol:localhost").await;
+    assert_eq!(m["join_authorised_via_users_server"], "@alice:localhost");
+}
+
+async fn state_is_read_and_written_with_power_levels(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await;
+    alice
+        .ok(Method::PUT, &format!("/_matrix/client/v3/rooms/{room}/state/m.room.name"), Some(&json!({ "name": "Nom" })))
+        .await;
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{room}/state/org.example.custom/clé"),
+            Some(&json!({ "v": 1 })),
+        )
+        .await;
+    assert_eq!(state(&bob, &room, "org.example.custom", "clé").await["v"], 1);
+    assert_error(
+        &bob.put(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.name/"), &json!({ "name": "Pirate" })).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    assert_eq!(state(&bob, &room, "m.room.name", "").await["name"], "Nom");
+    let all = bob.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/state"), None).await;
+    assert!(all.as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"));
+    assert_error(&bob.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.avatar/")).await, 404, "M_NOT_FOUND");
+    // Encryption, once on, stays on.
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.encryption/"),
+            Some(&json!({ "algorithm": "m.megolm.v1.aes-sha2" })),
+        )
+        .await;
+    assert_error(
+        &alice
+            .put(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.encryption/"), &json!({ "algorithm": "none" }))
+            .await,
+        403,
+        "M_FORBIDDEN",
+    );
+    // Outsiders read nothing.
+    let carol = server.register("carol").await;
+    let private = alice.create_room(json!({})).await;
+    assert_error(&carol.get(&format!("/_matrix/client/v3/rooms/{private}/state")).await, 403, "M_FORBIDDEN");
+    // A canonical alias must point at the room.
+    assert_error(
+        &alice
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/state/m.room.canonical_alias/"),
+                &json!({ "alias": "#nowhere:localhost" }),
+            )
+            .await,
+        400,
+        "M_BAD_ALIAS",
+    );
+}
+
+async fn aliases_resolve_and_belong_to_their_creator(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    alice
+        .ok(Method::PUT, "/_matrix/client/v3/directory/room/%23dgm:localhost", Some(&json!({ "room_id": room })))
+        .await;
+    assert_error(
+        &alice.put("/_matrix/client/v3/directory/room/%23dgm:localhost", &json!({ "room_id": room })).await,
+        400,
+        "M_UNKNOWN",
+    );
+    let (status, _) = bob.join("#dgm:localhost").await;
+    assert_eq!(status, 200);
+    let aliases = bob.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/aliases"), None).await;
+    assert_eq!(aliases["aliases"], json!(["#dgm:localhost"]));
+    assert_error(&bob.delete("/_matrix/client/v3/directory/room/%23dgm:localhost").await, 403, "M_FORBIDDEN");
+    alice.ok(Method::DELETE, "/_matrix/client/v3/directory/room/%23dgm:localhost", None).await;
+    assert_error(&bob.get("/_matrix/client/v3/directory/room/%23dgm:localhost").await, 404, "M_NOT_FOUND");
+    assert_error(&bob.get("/_matrix/client/v3/directory/room/notanalias").await, 400, "M_INVALID_PARAM");
+}
+
+async fn public_directory_searches_and_paginates(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    for i in 0..5 {
+        alice.create_room(json!({ "visibility": "public", "preset": "public_chat", "name": format!("Communauté {i}"), "topic": if i == 3 { "Sahel" } else { "autre" } })).await;
+    }
+    let private = alice.create_room(json!({ "name": "Secret" })).await;
+    let c = server.client();
+    let page1 = c.ok(Method::GET, "/_matrix/client/v3/publicRooms?limit=2", None).await;
+    assert_eq!(page1["chunk"].as_array().unwrap().len(), 2);
+    assert_eq!(page1["total_room_count_estimate"], 5);
+    let next = page1["next_batch"].as_str().unwrap();
+    let page2 = c.ok(Method::GET, &format!("/_matrix/client/v3/publicRooms?limit=2&since={next}"), None).await;
+    assert_eq!(page2["chunk"].as_array().unwrap().len(), 2);
+    assert_ne!(page1["chunk"][0]["room_id"], page2["chunk"][0]["room_id"]);
+    let found = alice
+        .ok(
+            Method::POST,
+            "/_matrix/client/v3/publicRooms",
+            Some(&json!({ "filter": { "generic_search_term": "sahel" } })),
+        )
+        .await;
+    assert_eq!(found["chunk"].as_array().unwrap().len(), 1);
+    assert_eq!(found["chunk"][0]["name"], "Communauté 3");
+    assert_eq!(found["chunk"][0]["num_joined_members"], 1);
+    // Publishing needs power in the room; then the room appears.
+    let bob = server.register("bob").await;
+    assert_error(
+        &bob.put(&format!("/_matrix/client/v3/directory/list/room/{private}"), &json!({ "visibility": "public" }))
+            .await,
+        403,
+        "M_FORBIDDEN",
+    );
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/directory/list/room/{private}"),
+            Some(&json!({ "visibility": "public" })),
+        )
+        .await;
+    let all = c.ok(Method::GET, "/_matrix/client/v3/publicRooms", None).await;
+    assert_eq!(all["chunk"].as_array().unwrap().len(), 6);
+    assert_error(&c.get("/_matrix/client/v3/publicRooms?since=garbage").await, 400, "M_INVALID_PARAM");
+}
+
+async fn user_directory_finds_users(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    server.register("ambassadeur").await;
+    server.register("consul").await;
+    let res = alice
+        .ok(Method::POST, "/_matrix/client/v3/user_directory/search", Some(&json!({ "search_term": "amba" })))
+        .await;
+    assert_eq!(res["results"].as_array().unwrap().len(), 1);
+    assert_eq!(res["results"][0]["user_id"], "@ambassadeur:localhost");
+    let res = alice
+        .ok(Method::POST, "/_matrix/client/v3/user_directory/search", Some(&json!({ "search_term": "", "limit": 2 })))
+        .await;
+    assert_eq!(res["limited"], true);
+    assert_error(&alice.post("/_matrix/client/v3/user_directory/search", &json!({})).await, 400, "M_MISSING_PARAM");
+}
