@@ -229,13 +229,14 @@ impl Services {
         let mut timeline = Vec::new();
         let mut limited = false;
         let mut prev_batch = None;
-        let from = if full { 0 } else { since.stream };
+        // The timeline always starts at the since token; a full sync only widens the state.
+        let from = since.stream;
         if active || full {
             let limit = req.filter.room.timeline.limit.unwrap_or(10).clamp(1, 100) as usize;
             let rows = ev_store::room_events(
                 pool,
                 room_id.as_str(),
-                if full { 0 } else { since.stream },
+                since.stream,
                 to.stream,
                 true,
                 limit as i64 + 1,

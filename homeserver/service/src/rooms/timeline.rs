@@ -239,6 +239,10 @@ impl Services {
         if visibility == "world_readable" {
             return Ok(true);
         }
+        // Users always see their own membership changes (their invite, join, leave, ban).
+        if pdu.kind == TimelineEventType::RoomMember && pdu.state_key.as_deref() == Some(user.as_str()) {
+            return Ok(true);
+        }
         let at_event =
             self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await?.and_then(|p| p.membership());
         if at_event.as_deref() == Some("join") {

@@ -1,0 +1,227 @@
+//! `/sync`: initial and incremental, long-poll, filters, full state, lazy-loaded members,
+//! limited timelines, the invite/leave/knock sections, typing, receipts, account data, tags,
+//! presence and unread counts (client-server spec, "Syncing" and the modules it reports).
+
+use std::time::Duration;
+
+use diplomatie_tests::{assert_error, backend_tests, urlencode, Backend, TestServer};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+backend_tests!(
+    initial_then_incremental_sync,
+    long_poll_wakes_on_new_events,
+    filters_limit_and_lazy_load,
+    invite_leave_and_knock_sections,
+    typing_receipts_and_unread_counts,
+    account_data_tags_and_presence,
+);
+
+fn timeline_bodies(sync: &Value, room: &str) -> Vec<String> {
+    sync["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+async fn initial_then_incremental_sync(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({ "name": "Synchro" })).await;
+    alice.send_text(&room, "premier").await;
+    let initial = alice.sync(None, "").await;
+    let joined = &initial["rooms"]["join"][&room];
+    assert!(joined["timeline"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"));
+    assert_eq!(timeline_bodies(&initial, &room), vec!["premier"]);
+    assert_eq!(joined["summary"]["m.joined_member_count"], 1);
+    let since = initial["next_batch"].as_str().unwrap().to_owned();
+    // Nothing new: the room is absent.
+    let empty = alice.sync(Some(&since), "timeout=0").await;
+    assert!(empty["rooms"]["join"].get(&room).is_none(), "{empty}");
+    alice.send_text(&room, "second").await;
+    let inc = alice.sync(Some(&since), "timeout=0").await;
+    assert_eq!(timeline_bodies(&inc, &room), vec!["second"]);
+    assert_eq!(inc["rooms"]["join"][&room]["timeline"]["limited"], false);
+    // full_state: the whole state again.
+    let full = alice.sync(Some(&since), "full_state=true").await;
+    let state = full["rooms"]["join"][&room]["state"]["events"].as_array().unwrap();
+    assert!(state.iter().any(|e| e["type"] == "m.room.name"), "{full}");
+    assert_error(&alice.get("/_matrix/client/v3/sync?since=garbage").await, 400, "M_INVALID_PARAM");
+}
+
+async fn long_poll_wakes_on_new_events(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await;
+    let since = bob.sync(None, "").await["next_batch"].as_str().unwrap().to_owned();
+    let waiting = {
+        let bob = bob.clone();
+        let since = since.clone();
+        tokio::spawn(async move { bob.sync(Some(&since), "timeout=20000").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the sync waits while nothing happens");
+    alice.send_text(&room, "réveil").await;
+    // The waiting sync returns with the event (it would return empty after 20 s otherwise).
+    let woke = waiting.await.unwrap();
+    assert_eq!(timeline_bodies(&woke, &room), vec!["réveil"]);
+}
+
+async fn filters_limit_and_lazy_load(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await;
+    carol.join(&room).await;
+    for i in 0..6 {
+        bob.send_text(&room, &format!("b{i}")).await;
+    }
+    // A stored filter: limit 3 and lazy-loaded members.
+    let filter = json!({ "room": { "timeline": { "limit": 3 }, "state": { "lazy_load_members": true } } });
+    let created = alice.ok(Method::POST, "/_matrix/client/v3/user/@alice:localhost/filter", Some(&filter)).await;
+    let id = created["filter_id"].as_str().unwrap();
+    let stored = alice.ok(Method::GET, &format!("/_matrix/client/v3/user/@alice:localhost/filter/{id}"), None).await;
+    assert_eq!(stored["room"]["timeline"]["limit"], 3);
+    let s = alice.sync(None, &format!("filter={id}")).await;
+    let joined = &s["rooms"]["join"][&room];
+    assert_eq!(timeline_bodies(&s, &room), vec!["b3", "b4", "b5"]);
+    assert_eq!(joined["timeline"]["limited"], true);
+    let prev = joined["timeline"]["prev_batch"].as_str().unwrap();
+    let members: Vec<&str> = joined["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .map(|e| e["state_key"].as_str().unwrap())
+        .collect();
+    assert!(members.contains(&"@bob:localhost") && members.contains(&"@alice:localhost"), "{members:?}");
+    assert!(!members.contains(&"@carol:localhost"), "carol sent nothing: {members:?}");
+    // prev_batch continues backwards where the timeline starts.
+    let older = alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=2&from={prev}"), None).await;
+    let b: Vec<&str> = older["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(b, vec!["b2", "b1"]);
+    // An inline filter that excludes the room.
+    let inline = urlencode(&json!({ "room": { "not_rooms": [room] } }).to_string());
+    let s = alice.sync(None, &format!("filter={inline}")).await;
+    assert!(s["rooms"]["join"].get(&room).is_none());
+    assert_error(&alice.get("/_matrix/client/v3/user/@alice:localhost/filter/999").await, 404, "M_NOT_FOUND");
+    assert_error(&alice.get("/_matrix/client/v3/user/@bob:localhost/filter/1").await, 403, "M_FORBIDDEN");
+}
+
+async fn invite_leave_and_knock_sections(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let since = bob.sync(None, "").await["next_batch"].as_str().unwrap().to_owned();
+    let room = alice.create_room(json!({ "name": "Invitation", "invite": ["@bob:localhost"] })).await;
+    let s = bob.sync(Some(&since), "timeout=0").await;
+    let invite = &s["rooms"]["invite"][&room]["invite_state"]["events"];
+    assert!(invite.as_array().unwrap().iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Invitation"));
+    assert!(invite.as_array().unwrap().iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == "@bob:localhost"));
+    let since = s["next_batch"].as_str().unwrap().to_owned();
+    bob.join(&room).await;
+    let s = bob.sync(Some(&since), "timeout=0").await;
+    assert!(s["rooms"]["join"].get(&room).is_some(), "joined room appears in join: {s}");
+    assert!(s["rooms"]["invite"].get(&room).is_none());
+    let since = s["next_batch"].as_str().unwrap().to_owned();
+    alice.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/kick"), Some(&json!({ "user_id": "@bob:localhost" }))).await;
+    let s = bob.sync(Some(&since), "timeout=0").await;
+    let left = &s["rooms"]["leave"][&room]["timeline"]["events"];
+    assert!(left.as_array().unwrap().iter().any(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "leave"));
+    // Knocks show in the knock section.
+    let knockable = alice.create_room(json!({ "initial_state": [{ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }] })).await;
+    let since = s["next_batch"].as_str().unwrap().to_owned();
+    bob.ok(Method::POST, &format!("/_matrix/client/v3/knock/{knockable}"), Some(&json!({}))).await;
+    let s = bob.sync(Some(&since), "timeout=0").await;
+    assert!(s["rooms"]["knock"][&knockable]["knock_state"]["events"].is_array(), "{s}");
+    // And the moderator sees the knock in the room's timeline.
+    let a = alice.sync(None, "").await;
+    let events = a["rooms"]["join"][&knockable]["timeline"]["events"].as_array().unwrap();
+    assert!(events.iter().any(|e| e["content"]["membership"] == "knock"));
+}
+
+async fn typing_receipts_and_unread_counts(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await;
+    let since = alice.sync(None, "").await["next_batch"].as_str().unwrap().to_owned();
+    bob.ok(Method::PUT, &format!("/_matrix/client/v3/rooms/{room}/typing/@bob:localhost"), Some(&json!({ "typing": true, "timeout": 30000 }))).await;
+    let s = alice.sync(Some(&since), "timeout=0").await;
+    let eph = s["rooms"]["join"][&room]["ephemeral"]["events"].as_array().unwrap().clone();
+    let typing = eph.iter().find(|e| e["type"] == "m.typing").expect("typing event");
+    assert_eq!(typing["content"]["user_ids"], json!(["@bob:localhost"]));
+    assert_error(
+        &bob.put(&format!("/_matrix/client/v3/rooms/{room}/typing/@alice:localhost"), &json!({ "typing": true, "timeout": 1000 })).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    let since = s["next_batch"].as_str().unwrap().to_owned();
+    let m1 = alice.send_text(&room, "un").await;
+    alice.send_text(&room, "deux").await;
+    let b = bob.sync(None, "").await;
+    assert_eq!(b["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 2);
+    // Bob reads the first message: a public receipt Alice sees, and one unread left.
+    bob.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{}", urlencode(&m1)), Some(&json!({}))).await;
+    let s = alice.sync(Some(&since), "timeout=0").await;
+    let eph = s["rooms"]["join"][&room]["ephemeral"]["events"].as_array().unwrap().clone();
+    let receipt = eph.iter().find(|e| e["type"] == "m.receipt").expect("receipt event");
+    assert!(receipt["content"][&m1]["m.read"]["@bob:localhost"]["ts"].is_number(), "{receipt}");
+    let b = bob.sync(None, "").await;
+    assert_eq!(b["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 1);
+    // Private receipts are not shown to others; read markers set m.fully_read.
+    let since = s["next_batch"].as_str().unwrap().to_owned();
+    bob.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/read_markers"), Some(&json!({ "m.fully_read": m1, "m.read.private": m1 }))).await;
+    let s = alice.sync(Some(&since), "timeout=0").await;
+    let shown = s["rooms"]["join"].get(&room).map(|r| r["ephemeral"].to_string()).unwrap_or_default();
+    assert!(!shown.contains("m.read.private"), "{shown}");
+    let b = bob.sync(None, "").await;
+    let data = b["rooms"]["join"][&room]["account_data"]["events"].as_array().unwrap().clone();
+    assert!(data.iter().any(|e| e["type"] == "m.fully_read" && e["content"]["event_id"] == m1.as_str()));
+    assert_error(
+        &bob.post(&format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/%24nope"), &json!({})).await,
+        404,
+        "M_NOT_FOUND",
+    );
+}
+
+async fn account_data_tags_and_presence(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await;
+    let since = alice.sync(None, "").await["next_batch"].as_str().unwrap().to_owned();
+    alice.ok(Method::PUT, "/_matrix/client/v3/user/@alice:localhost/account_data/org.example.prefs", Some(&json!({ "theme": "sombre" }))).await;
+    let got = alice.ok(Method::GET, "/_matrix/client/v3/user/@alice:localhost/account_data/org.example.prefs", None).await;
+    assert_eq!(got["theme"], "sombre");
+    alice.ok(Method::PUT, &format!("/_matrix/client/v3/user/@alice:localhost/rooms/{room}/account_data/org.example.room"), Some(&json!({ "pin": true }))).await;
+    alice.ok(Method::PUT, &format!("/_matrix/client/v3/user/@alice:localhost/rooms/{room}/tags/m.favourite"), Some(&json!({ "order": 0.5 }))).await;
+    let tags = alice.ok(Method::GET, &format!("/_matrix/client/v3/user/@alice:localhost/rooms/{room}/tags"), None).await;
+    assert_eq!(tags["tags"]["m.favourite"]["order"], 0.5);
+    let s = alice.sync(Some(&since), "timeout=0").await;
+    let global = s["account_data"]["events"].as_array().unwrap();
+    assert!(global.iter().any(|e| e["type"] == "org.example.prefs" && e["content"]["theme"] == "sombre"));
+    let per_room = s["rooms"]["join"][&room]["account_data"]["events"].as_array().unwrap();
+    assert!(per_room.iter().any(|e| e["type"] == "m.tag" && e["content"]["tags"]["m.favourite"]["order"] == 0.5));
+    assert!(per_room.iter().any(|e| e["type"] == "org.example.room"));
+    alice.ok(Method::DELETE, &format!("/_matrix/client/v3/user/@alice:localhost/rooms/{room}/tags/m.favourite"), None).await;
+    let tags = alice.ok(Method::GET, &format!("/_matrix/client/v3/user/@alice:localhost/rooms/{room}/tags"), None).await;
+    assert_eq!(tags["tags"], json!({}));
+    assert_error(&bob.put("/_matrix/client/v3/user/@alice:localhost/account_data/x", &json!({})).await, 403, "M_FORBIDDEN");
+    assert_error(&alice.get("/_matrix/client/v3/user/@alice:localhost/account_data/unset").await, 404, "M_NOT_FOUND");
+    // Presence: set, read, and seen by room mates in /sync.
+    let since = bob.sync(None, "set_presence=offline").await["next_batch"].as_str().unwrap().to_owned();
+    alice.ok(Method::PUT, "/_matrix/client/v3/presence/@alice:localhost/status", Some(&json!({ "presence": "unavailable", "status_msg": "En réunion" }))).await;
+    let p = bob.ok(Method::GET, "/_matrix/client/v3/presence/@alice:localhost/status", None).await;
+    assert_eq!((p["presence"].clone(), p["status_msg"].clone()), (json!("unavailable"), json!("En réunion")));
+    let s = bob.sync(Some(&since), "timeout=0&set_presence=offline").await;
+    let events = s["presence"]["events"].as_array().unwrap();
+    assert!(events.iter().any(|e| e["sender"] == "@alice:localhost" && e["content"]["status_msg"] == "En réunion"), "{s}");
+    assert_error(&alice.put("/_matrix/client/v3/presence/@alice:localhost/status", &json!({ "presence": "dancing" })).await, 400, "M_INVALID_PARAM");
+}
