@@ -112,7 +112,10 @@ where
             None
         };
 
-        if T::RATE_LIMITED {
+        // The spec's rate-limited endpoints, and every change an authenticated user makes
+        // (sending, as Synapse's rc_message does).
+        let mutates = matches!(T::METHOD, http::Method::POST | http::Method::PUT | http::Method::DELETE);
+        if T::RATE_LIMITED || (caller.is_some() && mutates) {
             let key = caller.as_ref().map(|c| c.user_id.to_string()).or_else(|| ip.clone()).unwrap_or_default();
             let login = caller.is_none();
             services.ratelimiter.check(&key, login).map_err(|ms| {

@@ -411,7 +411,10 @@ impl RoomWriter<'_> {
             &mut canonical,
             &rules.redaction,
         )
-        .map_err(|e| Error::bad_json(format!("Cannot sign the event: {e}")))?;
+        .map_err(|e| match e {
+            ruma::signatures::JsonError::PduTooLarge => Error::new(ErrorKind::TooLarge, "Event larger than 64 KiB"),
+            e => Error::bad_json(format!("Cannot sign the event: {e}")),
+        })?;
         let event_id: OwnedEventId = if rules.event_id_format == EventIdFormatVersion::V1 {
             canonical.get("event_id").and_then(|v| v.as_str()).and_then(|s| s.try_into().ok()).ok_or(Error::Internal)?
         } else {
