@@ -22,13 +22,27 @@ async fn malformed_requests_get_spec_errors(backend: Backend) {
     // Not JSON at all.
     let r = alice.raw(Method::POST, "/_matrix/client/v3/createRoom", b"{not json".to_vec()).await;
     assert_error(&r, 400, "M_NOT_JSON");
-    let r = alice.raw(Method::PUT, &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t1"), b"[1,2]".to_vec()).await;
+    let r = alice
+        .raw(Method::PUT, &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t1"), b"[1,2]".to_vec())
+        .await;
     assert_error(&r, 400, "M_BAD_JSON");
     // Wrong types and missing fields.
-    assert_error(&alice.post("/_matrix/client/v3/createRoom", &json!({ "invite": "not-a-list" })).await, 400, "M_BAD_JSON");
-    assert_error(&alice.post("/_matrix/client/v3/login", &json!({ "type": "m.login.password" })).await, 400, "M_MISSING_PARAM");
+    assert_error(
+        &alice.post("/_matrix/client/v3/createRoom", &json!({ "invite": "not-a-list" })).await,
+        400,
+        "M_BAD_JSON",
+    );
+    assert_error(
+        &alice.post("/_matrix/client/v3/login", &json!({ "type": "m.login.password" })).await,
+        400,
+        "M_MISSING_PARAM",
+    );
     assert_error(&alice.post(&format!("/_matrix/client/v3/rooms/{room}/invite"), &json!({})).await, 400, "M_BAD_JSON");
-    assert_error(&alice.post(&format!("/_matrix/client/v3/rooms/{room}/invite"), &json!({ "user_id": "not a user" })).await, 400, "M_BAD_JSON");
+    assert_error(
+        &alice.post(&format!("/_matrix/client/v3/rooms/{room}/invite"), &json!({ "user_id": "not a user" })).await,
+        400,
+        "M_BAD_JSON",
+    );
     // Bad identifiers in the path.
     assert_error(&alice.get("/_matrix/client/v3/rooms/not-a-room/state").await, 400, "M_INVALID_PARAM");
     // Tokens.
@@ -40,7 +54,13 @@ async fn malformed_requests_get_spec_errors(backend: Backend) {
     assert_error(&r, 401, "M_UNKNOWN_TOKEN");
     assert_ne!(r.1["soft_logout"], true);
     // The deprecated query parameter works too.
-    let (status, _) = anon.http.get(format!("{}/_matrix/client/v3/joined_rooms?access_token={}", alice.base, alice.token.as_ref().unwrap())).send().await.map(|r| (r.status().as_u16(), ())).unwrap();
+    let (status, _) = anon
+        .http
+        .get(format!("{}/_matrix/client/v3/joined_rooms?access_token={}", alice.base, alice.token.as_ref().unwrap()))
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), ()))
+        .unwrap();
     assert_eq!(status, 200);
     // The server is still healthy after all that.
     alice.send_text(&room, "toujours là").await;
@@ -54,7 +74,14 @@ async fn unknown_endpoints_are_unrecognized(backend: Backend) {
     // A known path with the wrong method.
     assert_error(&c.request(Method::DELETE, "/_matrix/client/v3/login", None).await, 404, "M_UNRECOGNIZED");
     // CORS pre-flight for web clients.
-    let r = c.http.request(Method::OPTIONS, format!("{}/_matrix/client/v3/login", c.base)).header("Origin", "https://app.element.io").header("Access-Control-Request-Method", "POST").send().await.unwrap();
+    let r = c
+        .http
+        .request(Method::OPTIONS, format!("{}/_matrix/client/v3/login", c.base))
+        .header("Origin", "https://app.element.io")
+        .header("Access-Control-Request-Method", "POST")
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success());
     assert!(r.headers().contains_key("access-control-allow-origin"));
 }
@@ -64,24 +91,41 @@ async fn oversized_bodies_are_refused(backend: Backend) {
     let alice = server.register("alice").await;
     let room = alice.create_room(json!({})).await;
     let big = json!({ "msgtype": "m.text", "body": "x".repeat(20_000) });
-    assert_error(&alice.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/big"), &big).await, 413, "M_TOO_LARGE");
+    assert_error(
+        &alice.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/big"), &big).await,
+        413,
+        "M_TOO_LARGE",
+    );
     // Events over the spec's 64 KiB limit are refused even when the body limit allows them.
     let server = TestServer::start(backend, &[]).await;
     let alice = server.register("alice").await;
     let room = alice.create_room(json!({})).await;
     let huge = json!({ "msgtype": "m.text", "body": "x".repeat(70_000) });
-    assert_error(&alice.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/huge"), &huge).await, 413, "M_TOO_LARGE");
+    assert_error(
+        &alice.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/huge"), &huge).await,
+        413,
+        "M_TOO_LARGE",
+    );
     let msgs = alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1"), None).await;
     assert_ne!(msgs["chunk"][0]["type"], "m.room.message", "nothing was stored");
 }
 
 async fn rate_limits_answer_limit_exceeded(backend: Backend) {
-    let server = TestServer::start(backend, &[("RATE_LIMITS__ENABLED", "true"), ("RATE_LIMITS__PER_SECOND", "1"), ("RATE_LIMITS__BURST", "3")]).await;
+    let server = TestServer::start(
+        backend,
+        &[("RATE_LIMITS__ENABLED", "true"), ("RATE_LIMITS__PER_SECOND", "1"), ("RATE_LIMITS__BURST", "3")],
+    )
+    .await;
     let alice = server.register("alice").await;
     let room = alice.create_room(json!({})).await;
     let mut limited = None;
     for i in 0..10 {
-        let r = alice.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/rl{i}"), &json!({ "msgtype": "m.text", "body": "x" })).await;
+        let r = alice
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/rl{i}"),
+                &json!({ "msgtype": "m.text", "body": "x" }),
+            )
+            .await;
         if r.0 == 429 {
             limited = Some(r);
             break;
@@ -119,8 +163,20 @@ async fn acknowledged_events_survive_a_kill(backend: Backend) {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["content"]["body"], "après redémarrage");
     // Transaction ids survive as well.
-    let r = alice.ok(Method::PUT, &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/again"), Some(&json!({ "msgtype": "m.text", "body": "x" }))).await;
-    let r2 = alice.ok(Method::PUT, &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/again"), Some(&json!({ "msgtype": "m.text", "body": "x" }))).await;
+    let r = alice
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/again"),
+            Some(&json!({ "msgtype": "m.text", "body": "x" })),
+        )
+        .await;
+    let r2 = alice
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/again"),
+            Some(&json!({ "msgtype": "m.text", "body": "x" })),
+        )
+        .await;
     assert_eq!(r["event_id"], r2["event_id"]);
 }
 

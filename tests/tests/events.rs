@@ -47,7 +47,9 @@ async fn sending_is_idempotent_per_transaction(backend: Backend) {
     let third = other.ok(Method::PUT, &path, Some(&json!({ "msgtype": "m.text", "body": "autre appareil" }))).await;
     assert_ne!(third["event_id"], first["event_id"]);
     // Custom event types go through; state-only and unknown rooms do not.
-    alice.ok(Method::PUT, &format!("/_matrix/client/v3/rooms/{room}/send/org.example.note/t2"), Some(&json!({ "x": 1 }))).await;
+    alice
+        .ok(Method::PUT, &format!("/_matrix/client/v3/rooms/{room}/send/org.example.note/t2"), Some(&json!({ "x": 1 })))
+        .await;
     assert_error(
         &alice.put("/_matrix/client/v3/rooms/!nope:localhost/send/m.room.message/t3", &json!({ "body": "x" })).await,
         404,
@@ -71,10 +73,18 @@ async fn redaction_strips_content_and_checks_power(backend: Backend) {
         403,
         "M_FORBIDDEN",
     );
-    let r = bob.ok(Method::PUT, &format!("/_matrix/client/v3/rooms/{room}/redact/{}/r2", urlencode(&b_msg)), Some(&json!({ "reason": "erreur" }))).await;
+    let r = bob
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{room}/redact/{}/r2", urlencode(&b_msg)),
+            Some(&json!({ "reason": "erreur" })),
+        )
+        .await;
     assert!(r["event_id"].as_str().unwrap().starts_with('$'));
     // Moderators can redact anyone's.
-    alice.ok(Method::PUT, &format!("/_matrix/client/v3/rooms/{room}/redact/{}/r3", urlencode(&a_msg)), Some(&json!({}))).await;
+    alice
+        .ok(Method::PUT, &format!("/_matrix/client/v3/rooms/{room}/redact/{}/r3", urlencode(&a_msg)), Some(&json!({})))
+        .await;
     for id in [&a_msg, &b_msg] {
         let ev = bob.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/event/{}", urlencode(id)), None).await;
         assert_eq!(ev["content"], json!({}));
@@ -104,23 +114,44 @@ async fn messages_paginate_both_ways_with_filters(backend: Backend) {
     let p1 = alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=3"), None).await;
     assert_eq!(bodies(&p1["chunk"]), vec!["m6", "m5", "m4"]);
     let end = p1["end"].as_str().unwrap();
-    let p2 = alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=3&from={end}"), None).await;
+    let p2 = alice
+        .ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=3&from={end}"), None)
+        .await;
     assert_eq!(bodies(&p2["chunk"]), vec!["m3", "m2", "m1"]);
     // Forwards from that point returns what came after, in order.
-    let f = alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=2&from={}", p2["end"].as_str().unwrap()), None).await;
+    let f = alice
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=2&from={}", p2["end"].as_str().unwrap()),
+            None,
+        )
+        .await;
     assert_eq!(f["chunk"].as_array().unwrap().len(), 2);
     // Filter: only Bob's messages, with lazy-loaded members.
-    let filter = urlencode(&json!({ "senders": ["@bob:localhost"], "types": ["m.room.message"], "lazy_load_members": true }).to_string());
-    let only_bob = alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=10&filter={filter}"), None).await;
+    let filter = urlencode(
+        &json!({ "senders": ["@bob:localhost"], "types": ["m.room.message"], "lazy_load_members": true }).to_string(),
+    );
+    let only_bob = alice
+        .ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=10&filter={filter}"), None)
+        .await;
     assert_eq!(bodies(&only_bob["chunk"]), vec!["m5", "m3", "m1"]);
-    let members: Vec<&str> = only_bob["state"].as_array().unwrap().iter().map(|e| e["state_key"].as_str().unwrap()).collect();
+    let members: Vec<&str> =
+        only_bob["state"].as_array().unwrap().iter().map(|e| e["state_key"].as_str().unwrap()).collect();
     assert!(members.contains(&"@bob:localhost"), "{members:?}");
     // The start of the room: no `end` once everything was returned.
     let all = alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100"), None).await;
     assert!(all.get("end").is_none(), "{}", all["end"]);
     assert_eq!(all["chunk"].as_array().unwrap().last().unwrap()["type"], "m.room.create");
-    assert_error(&alice.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&from=garbage")).await, 400, "M_INVALID_PARAM");
-    assert_error(&alice.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=sideways")).await, 400, "M_INVALID_PARAM");
+    assert_error(
+        &alice.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&from=garbage")).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    assert_error(
+        &alice.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=sideways")).await,
+        400,
+        "M_INVALID_PARAM",
+    );
 }
 
 async fn context_returns_events_around_one(backend: Backend) {
@@ -131,13 +162,21 @@ async fn context_returns_events_around_one(backend: Backend) {
     for i in 0..5 {
         ids.push(alice.send_text(&room, &format!("c{i}")).await);
     }
-    let ctx = alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/context/{}?limit=4", urlencode(&ids[2])), None).await;
+    let ctx = alice
+        .ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/context/{}?limit=4", urlencode(&ids[2])), None)
+        .await;
     assert_eq!(ctx["event"]["content"]["body"], "c2");
     assert_eq!(bodies(&ctx["events_before"]), vec!["c1", "c0"]);
     assert_eq!(bodies(&ctx["events_after"]), vec!["c3", "c4"]);
     assert!(ctx["state"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.name"));
     assert!(ctx["start"].is_string() && ctx["end"].is_string());
-    let after = alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&from={}", ctx["end"].as_str().unwrap()), None).await;
+    let after = alice
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&from={}", ctx["end"].as_str().unwrap()),
+            None,
+        )
+        .await;
     assert!(bodies(&after["chunk"]).is_empty());
     assert_error(&alice.get(&format!("/_matrix/client/v3/rooms/{room}/context/%24missing")).await, 404, "M_NOT_FOUND");
 }
@@ -156,17 +195,40 @@ async fn relations_and_threads(backend: Backend) {
         async move { c.ok(Method::PUT, &path, Some(&content)).await["event_id"].as_str().unwrap().to_owned() }
     };
     let reply = send(&bob, "m.room.message", "t1", json!({ "msgtype": "m.text", "body": "Pris en compte", "m.relates_to": { "rel_type": "m.thread", "event_id": root } })).await;
-    send(&alice, "m.room.message", "t2", json!({ "msgtype": "m.text", "body": "Merci", "m.relates_to": { "rel_type": "m.thread", "event_id": root } })).await;
-    send(&bob, "m.reaction", "t3", json!({ "m.relates_to": { "rel_type": "m.annotation", "event_id": root, "key": "👍" } })).await;
+    send(
+        &alice,
+        "m.room.message",
+        "t2",
+        json!({ "msgtype": "m.text", "body": "Merci", "m.relates_to": { "rel_type": "m.thread", "event_id": root } }),
+    )
+    .await;
+    send(
+        &bob,
+        "m.reaction",
+        "t3",
+        json!({ "m.relates_to": { "rel_type": "m.annotation", "event_id": root, "key": "👍" } }),
+    )
+    .await;
     send(&alice, "m.room.message", "t4", json!({ "msgtype": "m.text", "body": "* Télégramme 1235", "m.new_content": { "msgtype": "m.text", "body": "Télégramme 1235" }, "m.relates_to": { "rel_type": "m.replace", "event_id": root } })).await;
-    let all = bob.ok(Method::GET, &format!("/_matrix/client/v1/rooms/{room}/relations/{}", urlencode(&root)), None).await;
+    let all =
+        bob.ok(Method::GET, &format!("/_matrix/client/v1/rooms/{room}/relations/{}", urlencode(&root)), None).await;
     assert_eq!(all["chunk"].as_array().unwrap().len(), 4);
-    let threaded = bob.ok(Method::GET, &format!("/_matrix/client/v1/rooms/{room}/relations/{}/m.thread", urlencode(&root)), None).await;
+    let threaded = bob
+        .ok(Method::GET, &format!("/_matrix/client/v1/rooms/{room}/relations/{}/m.thread", urlencode(&root)), None)
+        .await;
     assert_eq!(threaded["chunk"].as_array().unwrap().len(), 2);
     assert_eq!(threaded["chunk"][1]["event_id"], reply.as_str(), "newest first");
-    let reactions = bob.ok(Method::GET, &format!("/_matrix/client/v1/rooms/{room}/relations/{}/m.annotation/m.reaction", urlencode(&root)), None).await;
+    let reactions = bob
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v1/rooms/{room}/relations/{}/m.annotation/m.reaction", urlencode(&root)),
+            None,
+        )
+        .await;
     assert_eq!(reactions["chunk"][0]["content"]["m.relates_to"]["key"], "👍");
-    let page = bob.ok(Method::GET, &format!("/_matrix/client/v1/rooms/{room}/relations/{}?limit=1", urlencode(&root)), None).await;
+    let page = bob
+        .ok(Method::GET, &format!("/_matrix/client/v1/rooms/{room}/relations/{}?limit=1", urlencode(&root)), None)
+        .await;
     assert!(page["next_batch"].is_string());
     // Threads list: only the root with replies, with its summary.
     let threads = bob.ok(Method::GET, &format!("/_matrix/client/v1/rooms/{room}/threads"), None).await;
@@ -193,7 +255,11 @@ async fn history_visibility_bounds_what_users_read(backend: Backend) {
     alice.send_text(&room, "après l'arrivée de Bob").await;
     let msgs = bob.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"), None).await;
     assert_eq!(bodies(&msgs["chunk"]), vec!["après l'arrivée de Bob"]);
-    assert_error(&bob.get(&format!("/_matrix/client/v3/rooms/{room}/event/{}", urlencode(&before))).await, 404, "M_NOT_FOUND");
+    assert_error(
+        &bob.get(&format!("/_matrix/client/v3/rooms/{room}/event/{}", urlencode(&before))).await,
+        404,
+        "M_NOT_FOUND",
+    );
     // After leaving, Bob reads up to his departure, not beyond.
     bob.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&json!({}))).await;
     alice.send_text(&room, "après le départ de Bob").await;

@@ -101,8 +101,11 @@ async fn filters_limit_and_lazy_load(backend: Backend) {
     assert!(members.contains(&"@bob:localhost") && members.contains(&"@alice:localhost"), "{members:?}");
     assert!(!members.contains(&"@carol:localhost"), "carol sent nothing: {members:?}");
     // prev_batch continues backwards where the timeline starts.
-    let older = alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=2&from={prev}"), None).await;
-    let b: Vec<&str> = older["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    let older = alice
+        .ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=2&from={prev}"), None)
+        .await;
+    let b: Vec<&str> =
+        older["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
     assert_eq!(b, vec!["b2", "b1"]);
     // An inline filter that excludes the room.
     let inline = urlencode(&json!({ "room": { "not_rooms": [room] } }).to_string());
@@ -120,18 +123,36 @@ async fn invite_leave_and_knock_sections(backend: Backend) {
     let room = alice.create_room(json!({ "name": "Invitation", "invite": ["@bob:localhost"] })).await;
     let s = bob.sync(Some(&since), "timeout=0").await;
     let invite = &s["rooms"]["invite"][&room]["invite_state"]["events"];
-    assert!(invite.as_array().unwrap().iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Invitation"));
-    assert!(invite.as_array().unwrap().iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == "@bob:localhost"));
+    assert!(invite
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Invitation"));
+    assert!(invite
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "m.room.member" && e["state_key"] == "@bob:localhost"));
     let since = s["next_batch"].as_str().unwrap().to_owned();
     bob.join(&room).await;
     let s = bob.sync(Some(&since), "timeout=0").await;
     assert!(s["rooms"]["join"].get(&room).is_some(), "joined room appears in join: {s}");
     assert!(s["rooms"]["invite"].get(&room).is_none());
     let since = s["next_batch"].as_str().unwrap().to_owned();
-    alice.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/kick"), Some(&json!({ "user_id": "@bob:localhost" }))).await;
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{room}/kick"),
+            Some(&json!({ "user_id": "@bob:localhost" })),
+        )
+        .await;
     let s = bob.sync(Some(&since), "timeout=0").await;
     let left = &s["rooms"]["leave"][&room]["timeline"]["events"];
-    assert!(left.as_array().unwrap().iter().any(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "leave"));
+    assert!(left
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "leave"));
     // Knocks show in the knock section.
     let knockable = alice.create_room(json!({ "initial_state": [{ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }] })).await;
     let since = s["next_batch"].as_str().unwrap().to_owned();
@@ -151,13 +172,22 @@ async fn typing_receipts_and_unread_counts(backend: Backend) {
     let room = alice.create_room(json!({ "preset": "public_chat" })).await;
     bob.join(&room).await;
     let since = alice.sync(None, "").await["next_batch"].as_str().unwrap().to_owned();
-    bob.ok(Method::PUT, &format!("/_matrix/client/v3/rooms/{room}/typing/@bob:localhost"), Some(&json!({ "typing": true, "timeout": 30000 }))).await;
+    bob.ok(
+        Method::PUT,
+        &format!("/_matrix/client/v3/rooms/{room}/typing/@bob:localhost"),
+        Some(&json!({ "typing": true, "timeout": 30000 })),
+    )
+    .await;
     let s = alice.sync(Some(&since), "timeout=0").await;
     let eph = s["rooms"]["join"][&room]["ephemeral"]["events"].as_array().unwrap().clone();
     let typing = eph.iter().find(|e| e["type"] == "m.typing").expect("typing event");
     assert_eq!(typing["content"]["user_ids"], json!(["@bob:localhost"]));
     assert_error(
-        &bob.put(&format!("/_matrix/client/v3/rooms/{room}/typing/@alice:localhost"), &json!({ "typing": true, "timeout": 1000 })).await,
+        &bob.put(
+            &format!("/_matrix/client/v3/rooms/{room}/typing/@alice:localhost"),
+            &json!({ "typing": true, "timeout": 1000 }),
+        )
+        .await,
         403,
         "M_FORBIDDEN",
     );
@@ -167,7 +197,12 @@ async fn typing_receipts_and_unread_counts(backend: Backend) {
     let b = bob.sync(None, "").await;
     assert_eq!(b["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 2);
     // Bob reads the first message: a public receipt Alice sees, and one unread left.
-    bob.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{}", urlencode(&m1)), Some(&json!({}))).await;
+    bob.ok(
+        Method::POST,
+        &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{}", urlencode(&m1)),
+        Some(&json!({})),
+    )
+    .await;
     let s = alice.sync(Some(&since), "timeout=0").await;
     let eph = s["rooms"]["join"][&room]["ephemeral"]["events"].as_array().unwrap().clone();
     let receipt = eph.iter().find(|e| e["type"] == "m.receipt").expect("receipt event");
@@ -176,7 +211,12 @@ async fn typing_receipts_and_unread_counts(backend: Backend) {
     assert_eq!(b["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 1);
     // Private receipts are not shown to others; read markers set m.fully_read.
     let since = s["next_batch"].as_str().unwrap().to_owned();
-    bob.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/read_markers"), Some(&json!({ "m.fully_read": m1, "m.read.private": m1 }))).await;
+    bob.ok(
+        Method::POST,
+        &format!("/_matrix/client/v3/rooms/{room}/read_markers"),
+        Some(&json!({ "m.fully_read": m1, "m.read.private": m1 })),
+    )
+    .await;
     let s = alice.sync(Some(&since), "timeout=0").await;
     let shown = s["rooms"]["join"].get(&room).map(|r| r["ephemeral"].to_string()).unwrap_or_default();
     assert!(!shown.contains("m.read.private"), "{shown}");
@@ -197,12 +237,32 @@ async fn account_data_tags_and_presence(backend: Backend) {
     let room = alice.create_room(json!({ "preset": "public_chat" })).await;
     bob.join(&room).await;
     let since = alice.sync(None, "").await["next_batch"].as_str().unwrap().to_owned();
-    alice.ok(Method::PUT, "/_matrix/client/v3/user/@alice:localhost/account_data/org.example.prefs", Some(&json!({ "theme": "sombre" }))).await;
-    let got = alice.ok(Method::GET, "/_matrix/client/v3/user/@alice:localhost/account_data/org.example.prefs", None).await;
+    alice
+        .ok(
+            Method::PUT,
+            "/_matrix/client/v3/user/@alice:localhost/account_data/org.example.prefs",
+            Some(&json!({ "theme": "sombre" })),
+        )
+        .await;
+    let got =
+        alice.ok(Method::GET, "/_matrix/client/v3/user/@alice:localhost/account_data/org.example.prefs", None).await;
     assert_eq!(got["theme"], "sombre");
-    alice.ok(Method::PUT, &format!("/_matrix/client/v3/user/@alice:localhost/rooms/{room}/account_data/org.example.room"), Some(&json!({ "pin": true }))).await;
-    alice.ok(Method::PUT, &format!("/_matrix/client/v3/user/@alice:localhost/rooms/{room}/tags/m.favourite"), Some(&json!({ "order": 0.5 }))).await;
-    let tags = alice.ok(Method::GET, &format!("/_matrix/client/v3/user/@alice:localhost/rooms/{room}/tags"), None).await;
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/user/@alice:localhost/rooms/{room}/account_data/org.example.room"),
+            Some(&json!({ "pin": true })),
+        )
+        .await;
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/user/@alice:localhost/rooms/{room}/tags/m.favourite"),
+            Some(&json!({ "order": 0.5 })),
+        )
+        .await;
+    let tags =
+        alice.ok(Method::GET, &format!("/_matrix/client/v3/user/@alice:localhost/rooms/{room}/tags"), None).await;
     assert_eq!(tags["tags"]["m.favourite"]["order"], 0.5);
     let s = alice.sync(Some(&since), "timeout=0").await;
     let global = s["account_data"]["events"].as_array().unwrap();
@@ -210,18 +270,38 @@ async fn account_data_tags_and_presence(backend: Backend) {
     let per_room = s["rooms"]["join"][&room]["account_data"]["events"].as_array().unwrap();
     assert!(per_room.iter().any(|e| e["type"] == "m.tag" && e["content"]["tags"]["m.favourite"]["order"] == 0.5));
     assert!(per_room.iter().any(|e| e["type"] == "org.example.room"));
-    alice.ok(Method::DELETE, &format!("/_matrix/client/v3/user/@alice:localhost/rooms/{room}/tags/m.favourite"), None).await;
-    let tags = alice.ok(Method::GET, &format!("/_matrix/client/v3/user/@alice:localhost/rooms/{room}/tags"), None).await;
+    alice
+        .ok(Method::DELETE, &format!("/_matrix/client/v3/user/@alice:localhost/rooms/{room}/tags/m.favourite"), None)
+        .await;
+    let tags =
+        alice.ok(Method::GET, &format!("/_matrix/client/v3/user/@alice:localhost/rooms/{room}/tags"), None).await;
     assert_eq!(tags["tags"], json!({}));
-    assert_error(&bob.put("/_matrix/client/v3/user/@alice:localhost/account_data/x", &json!({})).await, 403, "M_FORBIDDEN");
+    assert_error(
+        &bob.put("/_matrix/client/v3/user/@alice:localhost/account_data/x", &json!({})).await,
+        403,
+        "M_FORBIDDEN",
+    );
     assert_error(&alice.get("/_matrix/client/v3/user/@alice:localhost/account_data/unset").await, 404, "M_NOT_FOUND");
     // Presence: set, read, and seen by room mates in /sync.
     let since = bob.sync(None, "set_presence=offline").await["next_batch"].as_str().unwrap().to_owned();
-    alice.ok(Method::PUT, "/_matrix/client/v3/presence/@alice:localhost/status", Some(&json!({ "presence": "unavailable", "status_msg": "En réunion" }))).await;
+    alice
+        .ok(
+            Method::PUT,
+            "/_matrix/client/v3/presence/@alice:localhost/status",
+            Some(&json!({ "presence": "unavailable", "status_msg": "En réunion" })),
+        )
+        .await;
     let p = bob.ok(Method::GET, "/_matrix/client/v3/presence/@alice:localhost/status", None).await;
     assert_eq!((p["presence"].clone(), p["status_msg"].clone()), (json!("unavailable"), json!("En réunion")));
     let s = bob.sync(Some(&since), "timeout=0&set_presence=offline").await;
     let events = s["presence"]["events"].as_array().unwrap();
-    assert!(events.iter().any(|e| e["sender"] == "@alice:localhost" && e["content"]["status_msg"] == "En réunion"), "{s}");
-    assert_error(&alice.put("/_matrix/client/v3/presence/@alice:localhost/status", &json!({ "presence": "dancing" })).await, 400, "M_INVALID_PARAM");
+    assert!(
+        events.iter().any(|e| e["sender"] == "@alice:localhost" && e["content"]["status_msg"] == "En réunion"),
+        "{s}"
+    );
+    assert_error(
+        &alice.put("/_matrix/client/v3/presence/@alice:localhost/status", &json!({ "presence": "dancing" })).await,
+        400,
+        "M_INVALID_PARAM",
+    );
 }

@@ -179,6 +179,7 @@ impl Services {
         }
         let hash = user.password_hash.ok_or_else(denied)?;
         let password = password.to_owned();
+        let _permit = HASHING.acquire().await.map_err(|_| Error::Internal)?;
         let ok = tokio::task::spawn_blocking(move || {
             use argon2::{password_hash::PasswordHash, Argon2, PasswordVerifier};
             PasswordHash::new(&hash)
@@ -393,9 +394,16 @@ impl Services {
     }
 }
 
-/// Hashes a password with Argon2id (off the async threads: it is deliberately slow).
+/// Password hashing is deliberately slow and takes 19 MiB a hash: at most one per core runs at a
+/// time, so that a burst of logins neither starves the server nor inflates its memory.
+static HASHING: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    tokio::sync::Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+});
+
+/// Hashes a password with Argon2id, off the async threads.
 pub async fn hash_password(password: &str) -> Result<String> {
     let password = password.to_owned();
+    let _permit = HASHING.acquire().await.map_err(|_| Error::Internal)?;
     tokio::task::spawn_blocking(move || {
         use argon2::{password_hash::SaltString, Argon2, PasswordHasher};
         let salt = SaltString::generate(&mut rand::rngs::OsRng);

@@ -233,15 +233,8 @@ impl Services {
         let from = since.stream;
         if active || full {
             let limit = req.filter.room.timeline.limit.unwrap_or(10).clamp(1, 100) as usize;
-            let rows = ev_store::room_events(
-                pool,
-                room_id.as_str(),
-                since.stream,
-                to.stream,
-                true,
-                limit as i64 + 1,
-            )
-            .await?;
+            let rows =
+                ev_store::room_events(pool, room_id.as_str(), since.stream, to.stream, true, limit as i64 + 1).await?;
             limited = rows.len() > limit;
             for stored in rows.into_iter().take(limit) {
                 let pdu = match self

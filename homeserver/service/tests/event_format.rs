@@ -42,7 +42,8 @@ async fn every_event_verifies_in_every_room_version() {
         let room_id = s.create_room(&alice, req).await.unwrap();
         let device = ruma::OwnedDeviceId::from("DEV");
         let txn = ruma::OwnedTransactionId::from(format!("t{v}"));
-        let msg = s.send_message(&alice, &device, &room_id, "m.room.message", &txn, json!({ "body": "x" })).await.unwrap();
+        let msg =
+            s.send_message(&alice, &device, &room_id, "m.room.message", &txn, json!({ "body": "x" })).await.unwrap();
         let state = s.current_state(&room_id).await.unwrap();
         let mut ids: Vec<_> = state.values().cloned().collect();
         ids.push(msg.clone());
@@ -87,7 +88,9 @@ async fn state_groups_rebuild_the_same_state_after_a_restart() {
     let room_id = s.create_room(&alice, CreateRoom::new()).await.unwrap();
     // Past the delta chain length, so that snapshots and deltas both matter.
     for i in 0..150 {
-        s.send_state(&alice, &room_id, "org.example.counter", &format!("k{}", i % 40), json!({ "i": i })).await.unwrap();
+        s.send_state(&alice, &room_id, "org.example.counter", &format!("k{}", i % 40), json!({ "i": i }))
+            .await
+            .unwrap();
     }
     let before = (*s.current_state(&room_id).await.unwrap()).clone();
     drop(s);
