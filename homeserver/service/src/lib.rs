@@ -33,6 +33,8 @@ pub use pdu::Pdu;
 
 /// Every service of the homeserver, shared by all request handlers.
 pub struct Services {
+    /// This very value, for the tasks it spawns (writes that must outlive their request).
+    me: std::sync::Weak<Services>,
     pub config: Config,
     pub db: Db,
     server_name: OwnedServerName,
@@ -64,7 +66,8 @@ impl Services {
         let keys = keys::ServerKeys::load_or_create(&config.data_dir)?;
         let stream = ephemeral::max_stream_position(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         let ratelimiter = ratelimit::RateLimiter::new(&config.rate_limits);
-        let services = Arc::new(Services {
+        let services = Arc::new_cyclic(|me| Services {
+            me: me.clone(),
             config,
             db,
             server_name,

@@ -60,6 +60,64 @@ pub async fn insert_event(conn: &mut Connection, ev: &NewEvent<'_>) -> Result<()
     Ok(())
 }
 
+/// Inserts many events in one statement (fewer round trips to the database under load).
+pub async fn insert_events(conn: &mut Connection, events: &[NewEvent<'_>]) -> Result<()> {
+    // 12 parameters a row; stay far below SQLite's limit of 32766 parameters a statement.
+    for chunk in events.chunks(1000) {
+        let mut sql = String::from(
+            "INSERT INTO events (stream_ordering, event_id, room_id, sender, event_type, state_key, \
+             depth, origin_server_ts, state_group, rel_type, relates_to, json) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let b = i * 12;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            sql.push_str(&(1..=12).map(|k| format!("${}", b + k)).collect::<Vec<_>>().join(", "));
+            sql.push(')');
+        }
+        let mut q = sqlx::query(&sql);
+        for ev in chunk {
+            q = q
+                .bind(ev.stream_ordering)
+                .bind(ev.event_id)
+                .bind(ev.room_id)
+                .bind(ev.sender)
+                .bind(ev.event_type)
+                .bind(ev.state_key)
+                .bind(ev.depth)
+                .bind(ev.origin_server_ts)
+                .bind(ev.state_group)
+                .bind(ev.rel_type)
+                .bind(ev.relates_to)
+                .bind(ev.json);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Records many (user, device, txn id, event id) transaction ids in one statement.
+pub async fn insert_txns(conn: &mut Connection, txns: &[(&str, &str, &str, &str)]) -> Result<()> {
+    for chunk in txns.chunks(2000) {
+        let mut sql = String::from("INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES ");
+        for i in 0..chunk.len() {
+            let b = i * 4;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("(${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4));
+        }
+        let mut q = sqlx::query(&sql);
+        for (user, device, txn, event) in chunk {
+            q = q.bind(*user).bind(*device).bind(*txn).bind(*event);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 pub async fn get_event<'e>(e: impl Exec<'e>, event_id: &str) -> Result<Option<StoredEvent>> {
     let row: Option<EventRow> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM events WHERE event_id = $1"))
         .bind(event_id)

@@ -31,7 +31,10 @@ type S = State<Arc<Services>>;
 
 pub async fn create_room(State(s): S, req: Ruma<create_room::v3::Request>) -> ApiResult<create_room::v3::Response> {
     let user = req.caller().user_id.clone();
-    let room_id = s.create_room(&user, req.body).await?;
+    // Spawned: a client that disconnects must not interrupt the room's creation half-way
+    // between its commit and the update of the caches.
+    let task = tokio::spawn(async move { s.create_room(&user, req.body).await });
+    let room_id = task.await.map_err(|_| Error::Internal)??;
     Ok(create_room::v3::Response::new(room_id).into())
 }
 

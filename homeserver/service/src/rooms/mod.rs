@@ -25,7 +25,8 @@ use ruma::{
     events::{StateEventType, TimelineEventType},
     room_version_rules::{EventIdFormatVersion, RoomVersionRules},
     state_res::{self, StateMap},
-    DeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, TransactionId, UserId,
+    DeviceId, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, RoomVersionId,
+    TransactionId, UserId,
 };
 use serde_json::{json, Value};
 
@@ -57,6 +58,10 @@ pub struct RoomCaches {
     /// Users whose membership is `join`, per room.
     joined: Mutex<HashMap<OwnedRoomId, Arc<HashSet<OwnedUserId>>>>,
     next_state_group: AtomicI64,
+    /// Events waiting for the group commit.
+    queue: Mutex<Vec<SendJob>>,
+    /// Transaction ids of recent sends, so that a retry racing its original is recognised.
+    recent_txns: Mutex<LruCache<TxnKey, OwnedEventId>>,
 }
 
 impl Default for RoomCaches {
@@ -67,7 +72,27 @@ impl Default for RoomCaches {
             events: Mutex::new(LruCache::new(NonZeroUsize::new(50_000).unwrap())),
             joined: Mutex::default(),
             next_state_group: AtomicI64::new(-1),
+            queue: Mutex::default(),
+            recent_txns: Mutex::new(LruCache::new(NonZeroUsize::new(10_000).unwrap())),
         }
+    }
+}
+
+/// An event waiting for the group commit.
+struct SendJob {
+    room_id: OwnedRoomId,
+    sender: OwnedUserId,
+    builder: PduBuilder,
+    txn: Option<(OwnedDeviceId, OwnedTransactionId)>,
+    reply: tokio::sync::oneshot::Sender<Result<Arc<Pdu>>>,
+}
+
+type TxnKey = (OwnedUserId, OwnedDeviceId, OwnedTransactionId);
+
+fn fail_all(replies: impl Iterator<Item = tokio::sync::oneshot::Sender<Result<Arc<Pdu>>>>, e: Error) {
+    tracing::error!(error = %e, "a batch of events failed; none was kept");
+    for reply in replies {
+        let _ = reply.send(Err(Error::Internal));
     }
 }
 
@@ -239,6 +264,10 @@ impl Services {
 
     /// Builds, authorises and persists one event sent by a local user. Returns the event once
     /// it is durable. `txn` records the client's transaction id for idempotent sends.
+    ///
+    /// Events for existing rooms are queued and written by a spawned task: whoever holds the
+    /// writer lock takes every queued event into one transaction (group commit), and a client
+    /// that disconnects cannot interrupt a write between its commit and the cache update.
     pub async fn append_event(
         &self,
         target: Target<'_>,
@@ -246,10 +275,94 @@ impl Services {
         builder: PduBuilder,
         txn: Option<(&DeviceId, &TransactionId)>,
     ) -> Result<Arc<Pdu>> {
-        let mut writer = self.room_writer(target).await?;
-        let pdu = writer.append(sender, builder, txn).await?;
-        writer.commit().await?;
-        Ok(pdu)
+        let room_id = match target {
+            Target::Room(room_id) => room_id.to_owned(),
+            Target::New { .. } => {
+                let mut writer = self.room_writer(target).await?;
+                let pdu = writer.append(sender, builder, txn).await?;
+                writer.commit().await?;
+                return Ok(pdu);
+            }
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let txn = txn.map(|(d, t)| (d.to_owned(), t.to_owned()));
+        self.rooms.queue.lock().unwrap().push(SendJob { room_id, sender: sender.to_owned(), builder, txn, reply });
+        let me = self.me.upgrade().ok_or(Error::Internal)?;
+        tokio::spawn(async move { me.drain_queue().await });
+        answer.await.map_err(|_| Error::Internal)?
+    }
+
+    /// Writes every queued event in one transaction, under the writer lock.
+    async fn drain_queue(&self) {
+        let write = self.begin_write().await;
+        let jobs = std::mem::take(&mut *self.rooms.queue.lock().unwrap());
+        if jobs.is_empty() {
+            return;
+        }
+        let mut writer = match self.batch_writer(write).await {
+            Ok(w) => w,
+            Err(e) => return fail_all(jobs.into_iter().map(|j| j.reply), e),
+        };
+        let mut answers: Vec<(tokio::sync::oneshot::Sender<Result<Arc<Pdu>>>, Result<Arc<Pdu>>)> = Vec::new();
+        let mut by_txn: HashMap<(OwnedUserId, OwnedDeviceId, OwnedTransactionId), Arc<Pdu>> = HashMap::new();
+        let mut jobs = jobs.into_iter();
+        while let Some(job) = jobs.next() {
+            // The same transaction id twice: the second gets the first's event.
+            if let Some((device, txn_id)) = &job.txn {
+                let key = (job.sender.clone(), device.clone(), txn_id.clone());
+                let earlier = match by_txn.get(&key) {
+                    Some(p) => Some(p.clone()),
+                    None => {
+                        let recent = self.rooms.recent_txns.lock().unwrap().get(&key).cloned();
+                        match recent {
+                            Some(id) => self.get_pdu(&id).await.ok().flatten(),
+                            None => None,
+                        }
+                    }
+                };
+                if let Some(p) = earlier {
+                    answers.push((job.reply, Ok(p)));
+                    continue;
+                }
+            }
+            let result = async {
+                writer.switch_to(&job.room_id).await?;
+                let txn = job.txn.as_ref().map(|(d, t)| (&**d, &**t));
+                writer.append(&job.sender, job.builder, txn).await
+            }
+            .await;
+            match result {
+                // A failure inside the server spoils the transaction: nobody's event is kept.
+                Err(Error::Internal) => {
+                    let replies = answers
+                        .into_iter()
+                        .map(|(r, _)| r)
+                        .chain(std::iter::once(job.reply))
+                        .chain(jobs.map(|j| j.reply));
+                    return fail_all(replies, Error::Internal);
+                }
+                Ok(pdu) => {
+                    if let Some((device, txn_id)) = job.txn {
+                        by_txn.insert((job.sender, device, txn_id), pdu.clone());
+                    }
+                    answers.push((job.reply, Ok(pdu)));
+                }
+                Err(e) => answers.push((job.reply, Err(e))),
+            }
+        }
+        match writer.commit().await {
+            Ok(()) => {
+                let mut recent = self.rooms.recent_txns.lock().unwrap();
+                for (key, pdu) in by_txn {
+                    recent.put(key, pdu.event_id.clone());
+                }
+                drop(recent);
+                for (reply, result) in answers {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => fail_all(answers.into_iter().map(|(r, _)| r), e),
+        }
     }
 
     /// Opens a batch of events for one room: all of them land in one transaction, or none.
@@ -284,6 +397,31 @@ impl Services {
             appended: vec![],
             new_states: vec![],
             redacted: vec![],
+            others: HashMap::new(),
+            rows: vec![],
+            txns: vec![],
+        })
+    }
+
+    /// Opens a batch spanning several rooms, for the group commit of queued sends.
+    async fn batch_writer<'a>(&'a self, write: crate::StreamWrite<'a>) -> Result<RoomWriter<'a>> {
+        let tx = self.db.begin().await?;
+        let meta =
+            RoomMeta { version: RoomVersionId::V12, extremities: vec![], depth: 0, state_group: 0, chain_length: 0 };
+        Ok(RoomWriter {
+            services: self,
+            write,
+            tx,
+            room_id: None,
+            new_room: None,
+            meta,
+            state: Arc::default(),
+            appended: vec![],
+            new_states: vec![],
+            redacted: vec![],
+            others: HashMap::new(),
+            rows: vec![],
+            txns: vec![],
         })
     }
 
@@ -313,9 +451,53 @@ pub struct RoomWriter<'a> {
     appended: Vec<Arc<Pdu>>,
     new_states: Vec<(i64, Arc<StateMap<OwnedEventId>>)>,
     redacted: Vec<Pdu>,
+    /// The other rooms of a batch that spans several (group commit of sends).
+    others: HashMap<OwnedRoomId, (RoomMeta, Arc<StateMap<OwnedEventId>>)>,
+    /// Event rows and transaction ids, written together at commit.
+    rows: Vec<EventRow>,
+    txns: Vec<[String; 4]>,
+}
+
+/// An event row waiting for the batch's commit.
+struct EventRow {
+    stream_ordering: i64,
+    event_id: String,
+    room_id: String,
+    sender: String,
+    event_type: String,
+    state_key: Option<String>,
+    depth: i64,
+    origin_server_ts: i64,
+    state_group: i64,
+    relation: Option<(String, String)>,
+    json: String,
 }
 
 impl RoomWriter<'_> {
+    /// Makes `room_id` the room the next appends go to, keeping what the batch did elsewhere.
+    pub async fn switch_to(&mut self, room_id: &RoomId) -> Result<()> {
+        if self.room_id.as_deref() == Some(room_id) {
+            return Ok(());
+        }
+        if self.new_room.is_some() {
+            return Err(Error::Internal);
+        }
+        let (meta, state) = match self.others.remove(room_id) {
+            Some(entry) => entry,
+            None => {
+                let meta = self.services.known_room(room_id).await?;
+                let state = self.services.state_map(meta.state_group).await?;
+                ((*meta).clone(), state)
+            }
+        };
+        let previous_meta = std::mem::replace(&mut self.meta, meta);
+        let previous_state = std::mem::replace(&mut self.state, state);
+        if let Some(previous) = self.room_id.replace(room_id.to_owned()) {
+            self.others.insert(previous, (previous_meta, previous_state));
+        }
+        Ok(())
+    }
+
     /// The room id (known once the create event is appended).
     pub fn room_id(&self) -> Option<&RoomId> {
         self.room_id.as_deref()
@@ -493,27 +675,21 @@ impl RoomWriter<'_> {
             self.new_states.push((id, map.clone()));
             self.state = map;
         }
-        let relation = relation_of(&pdu);
-        let kind = pdu.kind.to_string();
-        let row = ev_store::NewEvent {
+        self.rows.push(EventRow {
             stream_ordering: position,
-            event_id: event_id.as_str(),
-            room_id: room_id.as_str(),
-            sender: sender.as_str(),
-            event_type: &kind,
-            state_key: pdu.state_key.as_deref(),
+            event_id: event_id.to_string(),
+            room_id: room_id.to_string(),
+            sender: sender.to_string(),
+            event_type: pdu.kind.to_string(),
+            state_key: pdu.state_key.clone(),
             depth: i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX),
             origin_server_ts: ts,
             state_group,
-            rel_type: relation.as_ref().map(|r| r.0.as_str()),
-            relates_to: relation.as_ref().map(|r| r.1.as_str()),
-            json: &pdu.json,
-        };
-        ev_store::insert_event(&mut self.tx, &row).await?;
-        ev_store::set_forward_extremities(&mut self.tx, room_id.as_str(), &[event_id.as_str()]).await?;
+            relation: relation_of(&pdu),
+            json: pdu.json.clone(),
+        });
         if let Some((device, txn_id)) = txn {
-            let (user, device, txn_id) = (sender.as_str(), device.as_str(), txn_id.as_str());
-            ev_store::insert_txn(&mut self.tx, user, device, txn_id, event_id.as_str()).await?;
+            self.txns.push([sender.to_string(), device.to_string(), txn_id.to_string(), event_id.to_string()]);
         }
         if let (Some(target_id), TimelineEventType::RoomRedaction) = (&pdu.redacts, &pdu.kind) {
             if let Some(redacted) = self.apply_redaction(target_id, &event_id, &rules).await? {
@@ -544,7 +720,11 @@ impl RoomWriter<'_> {
         let mut redacted = ruma::canonical_json::redact(object, &rules.redaction, None).map_err(|_| Error::Internal)?;
         redacted.remove("unsigned");
         let json = serde_json::to_string(&redacted).map_err(|_| Error::Internal)?;
-        ev_store::redact_event(&mut self.tx, target_id.as_str(), redaction_id.as_str(), &json).await?;
+        match self.rows.iter_mut().find(|r| r.event_id == target_id.as_str()) {
+            // The target is in this very batch: its row is not written yet.
+            Some(row) => row.json = json.clone(),
+            None => ev_store::redact_event(&mut self.tx, target_id.as_str(), redaction_id.as_str(), &json).await?,
+        }
         let mut pdu = Pdu::from_json(target.event_id.clone(), json, Some(target.room_id.clone()))?;
         pdu.stream_ordering = target.stream_ordering;
         pdu.state_group = target.state_group;
@@ -554,13 +734,64 @@ impl RoomWriter<'_> {
 
     /// Commits the batch, then (and only then) updates the in-memory views and wakes readers.
     pub async fn commit(self) -> Result<()> {
-        let RoomWriter { services, write, tx, room_id, meta, appended, new_states, redacted, .. } = self;
-        let Some(room_id) = room_id else { return Ok(()) };
+        let RoomWriter {
+            services,
+            write,
+            mut tx,
+            room_id,
+            meta,
+            appended,
+            new_states,
+            redacted,
+            mut others,
+            rows,
+            txns,
+            ..
+        } = self;
+        if let Some(room_id) = room_id {
+            others.insert(room_id, (meta, Arc::default()));
+        }
+        if others.is_empty() {
+            return Ok(());
+        }
+        // Write the rows, the transaction ids and each room's new forward extremity.
+        let new_events: Vec<ev_store::NewEvent<'_>> = rows
+            .iter()
+            .map(|r| ev_store::NewEvent {
+                stream_ordering: r.stream_ordering,
+                event_id: &r.event_id,
+                room_id: &r.room_id,
+                sender: &r.sender,
+                event_type: &r.event_type,
+                state_key: r.state_key.as_deref(),
+                depth: r.depth,
+                origin_server_ts: r.origin_server_ts,
+                state_group: r.state_group,
+                rel_type: r.relation.as_ref().map(|x| x.0.as_str()),
+                relates_to: r.relation.as_ref().map(|x| x.1.as_str()),
+                json: &r.json,
+            })
+            .collect();
+        ev_store::insert_events(&mut tx, &new_events).await?;
+        let txn_rows: Vec<(&str, &str, &str, &str)> =
+            txns.iter().map(|[u, d, t, e]| (u.as_str(), d.as_str(), t.as_str(), e.as_str())).collect();
+        ev_store::insert_txns(&mut tx, &txn_rows).await?;
+        for (room_id, (meta, _)) in &others {
+            let ids: Vec<&str> = meta.extremities.iter().map(|e| e.as_str()).collect();
+            if !ids.is_empty() {
+                ev_store::set_forward_extremities(&mut tx, room_id.as_str(), &ids).await?;
+            }
+        }
         diplomatie_storage::commit(tx).await?;
         write.publish();
 
         let caches = &services.rooms;
-        caches.meta.lock().unwrap().insert(room_id.clone(), Arc::new(meta));
+        {
+            let mut metas = caches.meta.lock().unwrap();
+            for (room_id, (meta, _)) in &others {
+                metas.insert(room_id.clone(), Arc::new(meta.clone()));
+            }
+        }
         {
             let mut states = caches.states.lock().unwrap();
             for (id, map) in new_states {
@@ -580,7 +811,7 @@ impl RoomWriter<'_> {
         for pdu in appended.iter().filter(|p| p.kind == TimelineEventType::RoomMember) {
             let Some(target) = pdu.state_key.as_deref().and_then(|s| OwnedUserId::try_from(s).ok()) else { continue };
             let mut joined = caches.joined.lock().unwrap();
-            if let Some(set) = joined.get_mut(&room_id) {
+            if let Some(set) = joined.get_mut(&pdu.room_id) {
                 let set = Arc::make_mut(set);
                 if pdu.membership().as_deref() == Some("join") {
                     set.insert(target.clone());
@@ -590,8 +821,11 @@ impl RoomWriter<'_> {
             }
             wake.push(target);
         }
-        let joined = services.joined_members(&room_id).await?;
-        services.notifier.notify(joined.iter().map(|u| &**u).chain(wake.iter().map(|u| &**u)));
+        for room_id in others.keys() {
+            let joined = services.joined_members(room_id).await?;
+            services.notifier.notify(joined.iter().map(|u| &**u));
+        }
+        services.notifier.notify(wake.iter().map(|u| &**u));
         Ok(())
     }
 }

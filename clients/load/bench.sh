@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs the load tool against Diplomatie and against Synapse (from PyPI), both on SQLite, on
+# loopback, with rate limits off, and prints both sets of figures.
+#   bash clients/load/bench.sh            (takes a few minutes; installs Synapse in a venv)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+cargo build --release -p diplomatie -p diplomatie-load
+load=target/release/diplomatie-load
+args=(--senders "${SENDERS:-100}" --rooms "${ROOMS:-10}" --messages "${MESSAGES:-20}" --syncers "${SYNCERS:-200}" --probes "${PROBES:-100}")
+
+wait_up() { for _ in $(seq 1 300); do curl -sf "$1/_matrix/client/versions" >/dev/null && return 0; sleep 0.2; done; echo "$1 did not start" >&2; exit 1; }
+
+# Diplomatie, embedded SQLite.
+DIPLOMATIE_DATA_DIR="$work/dip" DIPLOMATIE_LISTEN=127.0.0.1:18101 DIPLOMATIE_REGISTRATION__ENABLED=true \
+  DIPLOMATIE_RATE_LIMITS__ENABLED=false DIPLOMATIE_LOG=warn target/release/diplomatie &
+dip=$!
+wait_up http://127.0.0.1:18101
+"$load" --url http://127.0.0.1:18101 --pid "$dip" --label "Diplomatie $(git rev-parse --short HEAD) (SQLite)" "${args[@]}"
+kill "$dip"
+
+# Synapse, SQLite, the same workload.
+venv="${SYNAPSE_VENV:-$HOME/.cache/diplomatie-bench/synapse-venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet matrix-synapse
+fi
+mkdir -p "$work/syn"
+(cd "$work/syn" && "$venv/bin/python" -m synapse.app.homeserver --server-name localhost \
+  --config-path homeserver.yaml --generate-config --report-stats=no >/dev/null)
+python3 - "$work/syn/homeserver.yaml" <<'PY'
+import sys
+path = sys.argv[1]
+text = open(path).read().replace("port: 8008", "port: 18102").replace("bind_addresses: ['::1', '127.0.0.1']", "bind_addresses: ['127.0.0.1']")
+unlimited = "{per_second: 100000, burst_count: 100000}"
+text += f"""
+enable_registration: true
+enable_registration_without_verification: true
+rc_message: {unlimited}
+rc_registration: {unlimited}
+rc_joins: {{local: {unlimited}, remote: {unlimited}}}
+rc_login: {{address: {unlimited}, account: {unlimited}, failed_attempts: {unlimited}}}
+rc_presence: {{per_user: {unlimited}}}
+"""
+open(path, "w").write(text)
+PY
+(cd "$work/syn" && exec "$venv/bin/python" -m synapse.app.homeserver --config-path homeserver.yaml >/dev/null 2>&1) &
+syn=$!
+wait_up http://127.0.0.1:18102
+"$load" --url http://127.0.0.1:18102 --pid "$syn" --label "Synapse $("$venv/bin/python" -c 'import synapse; print(synapse.__version__)') (SQLite)" "${args[@]}"
+kill "$syn"
