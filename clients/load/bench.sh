@@ -47,7 +47,7 @@ rc_presence: {{per_user: {unlimited}}}
 open(path, "w").write(text)
 PY
 (cd "$work/syn" && exec "$venv/bin/python" -m synapse.app.homeserver --config-path homeserver.yaml >/dev/null 2>&1) &
-syn=$!
 wait_up http://127.0.0.1:18102
+syn=$(pgrep -f "synapse.app.homeserver --config-path homeserver.yaml" | head -n1)
 "$load" --url http://127.0.0.1:18102 --pid "$syn" --label "Synapse $("$venv/bin/python" -c 'import synapse; print(synapse.__version__)') (SQLite)" "${args[@]}"
 kill "$syn"

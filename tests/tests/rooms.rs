@@ -392,3 +392,29 @@ async fn user_directory_finds_users(backend: Backend) {
     assert_eq!(res["limited"], true);
     assert_error(&alice.post("/_matrix/client/v3/user_directory/search", &json!({})).await, 400, "M_MISSING_PARAM");
 }
+
+mod same_millisecond {
+    use super::*;
+
+    /// v12 room ids are create-event hashes: rooms created at once with the same options must
+    /// still get distinct ids.
+    async fn identical_rooms_created_at_once_are_distinct(backend: Backend) {
+        let server = TestServer::start(backend, &[]).await;
+        let alice = server.register("alice").await;
+        let body = json!({ "preset": "public_chat" });
+        let creations = (0..8).map(|_| alice.post("/_matrix/client/v3/createRoom", &body));
+        let results = futures::future::join_all(creations).await;
+        let mut ids: Vec<String> = results
+            .into_iter()
+            .map(|(status, v)| {
+                assert_eq!(status, 200, "{v}");
+                v["room_id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 8);
+    }
+
+    backend_tests!(identical_rooms_created_at_once_are_distinct);
+}

@@ -77,7 +77,8 @@ pub async fn insert_events(conn: &mut Connection, events: &[NewEvent<'_>]) -> Re
             sql.push_str(&(1..=12).map(|k| format!("${}", b + k)).collect::<Vec<_>>().join(", "));
             sql.push(')');
         }
-        let mut q = sqlx::query(&sql);
+        // Not cached as a prepared statement: each batch size is a different statement.
+        let mut q = sqlx::query(&sql).persistent(false);
         for ev in chunk {
             q = q
                 .bind(ev.stream_ordering)
@@ -109,7 +110,7 @@ pub async fn insert_txns(conn: &mut Connection, txns: &[(&str, &str, &str, &str)
             }
             sql.push_str(&format!("(${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4));
         }
-        let mut q = sqlx::query(&sql);
+        let mut q = sqlx::query(&sql).persistent(false);
         for (user, device, txn, event) in chunk {
             q = q.bind(*user).bind(*device).bind(*txn).bind(*event);
         }

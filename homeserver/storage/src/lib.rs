@@ -101,7 +101,8 @@ impl Db {
                         // only a power cut may lose the last commits.
                         conn.execute(
                             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = OFF;",
+                             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = OFF; \
+                             PRAGMA cache_size = -1024;",
                         )
                         .await?;
                     }

@@ -110,7 +110,10 @@ impl Services {
         }
         let room_id = if v12 { None } else { Some(self.new_room_id()?) };
         let mut w = self.room_writer(Target::New { room_id, version: version.clone() }).await?;
-        let create = PduBuilder::state(TimelineEventType::RoomCreate, "", Value::Object(creation.clone()));
+        let mut create = PduBuilder::state(TimelineEventType::RoomCreate, "", Value::Object(creation.clone()));
+        // Since v12 a room id is its create event's hash: two rooms created by the same user in
+        // the same millisecond with the same options would collide, so timestamps never repeat.
+        create.timestamp = Some(self.rooms.unique_timestamp());
         w.append(creator, create, None).await?;
         let room_id = w.room_id().ok_or(Error::Internal)?.to_owned();
         let result =

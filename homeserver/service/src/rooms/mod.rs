@@ -62,6 +62,19 @@ pub struct RoomCaches {
     queue: Mutex<Vec<SendJob>>,
     /// Transaction ids of recent sends, so that a retry racing its original is recognised.
     recent_txns: Mutex<LruCache<TxnKey, OwnedEventId>>,
+    last_create_ts: AtomicI64,
+}
+
+impl RoomCaches {
+    /// The current time in milliseconds, strictly greater than any value it returned before.
+    pub fn unique_timestamp(&self) -> i64 {
+        use std::sync::atomic::Ordering;
+        let now = now_ms();
+        let previous =
+            self.last_create_ts.fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| Some(now.max(last + 1)));
+        let previous = previous.unwrap_or(now);
+        now.max(previous + 1)
+    }
 }
 
 impl Default for RoomCaches {
@@ -74,6 +87,7 @@ impl Default for RoomCaches {
             next_state_group: AtomicI64::new(-1),
             queue: Mutex::default(),
             recent_txns: Mutex::new(LruCache::new(NonZeroUsize::new(10_000).unwrap())),
+            last_create_ts: AtomicI64::new(0),
         }
     }
 }
