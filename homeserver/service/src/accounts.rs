@@ -180,14 +180,9 @@ impl Services {
         let hash = user.password_hash.ok_or_else(denied)?;
         let password = password.to_owned();
         let _permit = HASHING.acquire().await.map_err(|_| Error::Internal)?;
-        let ok = tokio::task::spawn_blocking(move || {
-            use argon2::{password_hash::PasswordHash, Argon2, PasswordVerifier};
-            PasswordHash::new(&hash)
-                .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
-                .unwrap_or(false)
-        })
-        .await
-        .map_err(|_| Error::Internal)?;
+        let ok = tokio::task::spawn_blocking(move || crate::password::verify(&password, &hash))
+            .await
+            .map_err(|_| Error::Internal)?;
         if ok {
             Ok(())
         } else {
@@ -404,12 +399,11 @@ static HASHING: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLoc
 pub async fn hash_password(password: &str) -> Result<String> {
     let password = password.to_owned();
     let _permit = HASHING.acquire().await.map_err(|_| Error::Internal)?;
-    tokio::task::spawn_blocking(move || {
-        use argon2::{password_hash::SaltString, Argon2, PasswordHasher};
-        let salt = SaltString::generate(&mut rand::rngs::OsRng);
-        Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
-    })
-    .await
-    .map_err(|_| Error::Internal)?
-    .map_err(|_| Error::Internal)
+    tokio::task::spawn_blocking(move || crate::password::hash(&password))
+        .await
+        .map_err(|_| Error::Internal)?
+        .map_err(|e| {
+            tracing::error!(error = %e, "password hashing failed");
+            Error::Internal
+        })
 }

@@ -23,6 +23,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `sqlite://...` or `postgres://...`; empty means SQLite in `data_dir`.
     pub database_url: String,
+    /// Connections in the pool; 0 picks for the backend (4 for SQLite, whose writes are
+    /// serialised anyway and whose every connection costs memory; 16 for PostgreSQL).
     pub database_max_connections: u32,
     /// The URL clients should use, published in `/.well-known/matrix/client`.
     pub public_baseurl: String,
@@ -67,7 +69,7 @@ impl Default for Config {
             listen: "127.0.0.1:8008".into(),
             data_dir: PathBuf::from("data"),
             database_url: String::new(),
-            database_max_connections: 16,
+            database_max_connections: 0,
             public_baseurl: String::new(),
             default_room_version: "12".into(),
             max_request_bytes: 50 * 1024 * 1024,
@@ -109,6 +111,15 @@ impl Config {
             format!("sqlite://{}?mode=rwc", self.data_dir.join("diplomatie.db").display())
         } else {
             self.database_url.clone()
+        }
+    }
+
+    /// The pool size, with 0 meaning "the backend's default".
+    pub fn database_max_connections(&self) -> u32 {
+        match self.database_max_connections {
+            0 if self.database_url().starts_with("sqlite:") => 4,
+            0 => 16,
+            n => n,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod ephemeral;
 pub mod error;
 pub mod keys;
 pub mod notifier;
+pub mod password;
 pub mod pdu;
 pub mod ratelimit;
 pub mod rooms;
@@ -60,7 +61,7 @@ impl Services {
             .map_err(|e| anyhow_like::msg(format!("invalid server_name {:?}: {e}", config.server_name)))?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| anyhow_like::msg(format!("cannot create {}: {e}", config.data_dir.display())))?;
-        let db = Db::connect(&config.database_url(), config.database_max_connections)
+        let db = Db::connect(&config.database_url(), config.database_max_connections())
             .await
             .map_err(|e| anyhow_like::msg(format!("cannot open the database: {e}")))?;
         let keys = keys::ServerKeys::load_or_create(&config.data_dir)?;
