@@ -399,11 +399,10 @@ static HASHING: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLoc
 pub async fn hash_password(password: &str) -> Result<String> {
     let password = password.to_owned();
     let _permit = HASHING.acquire().await.map_err(|_| Error::Internal)?;
-    tokio::task::spawn_blocking(move || crate::password::hash(&password))
-        .await
-        .map_err(|_| Error::Internal)?
-        .map_err(|e| {
+    tokio::task::spawn_blocking(move || crate::password::hash(&password)).await.map_err(|_| Error::Internal)?.map_err(
+        |e| {
             tracing::error!(error = %e, "password hashing failed");
             Error::Internal
-        })
+        },
+    )
 }

@@ -38,7 +38,7 @@ pub struct Config {
     pub access_token_lifetime_ms: u64,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Registration {
     /// Whether anyone may register through the client API.
@@ -77,12 +77,6 @@ impl Default for Config {
             rate_limits: RateLimits::default(),
             access_token_lifetime_ms: 24 * 3600 * 1000,
         }
-    }
-}
-
-impl Default for Registration {
-    fn default() -> Self {
-        Registration { enabled: false, require_token: false, shared_secret: String::new() }
     }
 }
 

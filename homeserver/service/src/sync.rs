@@ -284,7 +284,7 @@ impl Services {
                 let Some(pdu) = self.get_pdu(id).await? else {
                     continue;
                 };
-                if !full && !(pdu.stream_ordering > from && pdu.stream_ordering < first_so) {
+                if !full && (pdu.stream_ordering <= from || pdu.stream_ordering >= first_so) {
                     continue;
                 }
                 if req.filter.room.state.allows(&pdu) {

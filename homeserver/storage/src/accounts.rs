@@ -138,8 +138,10 @@ pub async fn upsert_device<'e>(
     Ok(())
 }
 
+type DeviceRow = (String, Option<String>, Option<i64>, Option<String>);
+
 pub async fn get_devices<'e>(e: impl Exec<'e>, user_id: &str) -> Result<Vec<Device>> {
-    let rows: Vec<(String, Option<String>, Option<i64>, Option<String>)> = sqlx::query_as(
+    let rows: Vec<DeviceRow> = sqlx::query_as(
         "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices \
          WHERE user_id = $1 ORDER BY device_id",
     )
@@ -153,7 +155,7 @@ pub async fn get_devices<'e>(e: impl Exec<'e>, user_id: &str) -> Result<Vec<Devi
 }
 
 pub async fn get_device<'e>(e: impl Exec<'e>, user_id: &str, device_id: &str) -> Result<Option<Device>> {
-    let row: Option<(String, Option<String>, Option<i64>, Option<String>)> = sqlx::query_as(
+    let row: Option<DeviceRow> = sqlx::query_as(
         "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices \
          WHERE user_id = $1 AND device_id = $2",
     )
@@ -316,8 +318,10 @@ pub async fn create_registration_token<'e>(
     Ok(())
 }
 
+type TokenRow = (String, Option<i64>, i64, i64, Option<i64>);
+
 pub async fn get_registration_token<'e>(e: impl Exec<'e>, token: &str) -> Result<Option<RegistrationToken>> {
-    let row: Option<(String, Option<i64>, i64, i64, Option<i64>)> = sqlx::query_as(
+    let row: Option<TokenRow> = sqlx::query_as(
         "SELECT token, uses_allowed, pending, completed, expiry_ts FROM registration_tokens WHERE token = $1",
     )
     .bind(token)

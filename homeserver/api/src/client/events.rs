@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use axum::{extract::State, response::Response};
-use diplomatie_service::{rooms::timeline::EventFilter, Error, Services};
+use diplomatie_service::{
+    rooms::timeline::{EventFilter, Paging},
+    Error, Services,
+};
 use ruma::api::{
     client::{
         context::get_context,
@@ -71,9 +74,8 @@ pub async fn messages(State(s): S, req: Ruma<get_message_events::v3::Request>) -
     let filter = event_filter(&b.filter);
     let backwards = b.dir == Direction::Backward;
     let limit = u64::from(b.limit) as usize;
-    let page = s
-        .messages(&req.caller().user_id, &b.room_id, b.from.as_deref(), b.to.as_deref(), backwards, limit, &filter)
-        .await?;
+    let paging = Paging { from: b.from.as_deref(), to: b.to.as_deref(), backwards, limit };
+    let page = s.messages(&req.caller().user_id, &b.room_id, paging, &filter).await?;
     let mut body = json!({
         "start": page.start,
         "chunk": page.events.iter().map(|p| p.to_client(true)).collect::<Vec<_>>(),

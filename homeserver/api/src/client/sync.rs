@@ -110,8 +110,7 @@ pub async fn receipt(State(s): S, req: Ruma<create_receipt::v3::Request>) -> Api
         ReceiptThread::Thread(id) => Some(id.to_string()),
         _ => None,
     };
-    s.set_receipt(&req.caller().user_id, &b.room_id, &b.receipt_type.to_string(), &b.event_id, thread.as_deref())
-        .await?;
+    s.set_receipt(&req.caller().user_id, &b.room_id, b.receipt_type.as_str(), &b.event_id, thread.as_deref()).await?;
     Ok(create_receipt::v3::Response::new().into())
 }
 
@@ -208,7 +207,7 @@ pub async fn delete_tag(State(s): S, req: Ruma<delete_tag::v3::Request>) -> ApiR
 
 pub async fn set_presence(State(s): S, req: Ruma<set_presence::v3::Request>) -> ApiResult<set_presence::v3::Response> {
     only_self(&req.caller().user_id, &req.body.user_id)?;
-    s.set_presence(&req.body.user_id, &req.body.presence.to_string(), req.body.status_msg.as_deref()).await?;
+    s.set_presence(&req.body.user_id, req.body.presence.as_str(), req.body.status_msg.as_deref()).await?;
     Ok(set_presence::v3::Response::new().into())
 }
 

@@ -17,6 +17,7 @@ use crate::{Error, Result, Services};
 pub const SUPPORTED_ROOM_VERSIONS: &[&str] = &["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // the spec's preset names
 enum Preset {
     PrivateChat,
     TrustedPrivateChat,

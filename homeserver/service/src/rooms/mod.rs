@@ -98,12 +98,13 @@ struct SendJob {
     sender: OwnedUserId,
     builder: PduBuilder,
     txn: Option<(OwnedDeviceId, OwnedTransactionId)>,
-    reply: tokio::sync::oneshot::Sender<Result<Arc<Pdu>>>,
+    reply: Reply,
 }
 
 type TxnKey = (OwnedUserId, OwnedDeviceId, OwnedTransactionId);
+type Reply = tokio::sync::oneshot::Sender<Result<Arc<Pdu>>>;
 
-fn fail_all(replies: impl Iterator<Item = tokio::sync::oneshot::Sender<Result<Arc<Pdu>>>>, e: Error) {
+fn fail_all(replies: impl Iterator<Item = Reply>, e: Error) {
     tracing::error!(error = %e, "a batch of events failed; none was kept");
     for reply in replies {
         let _ = reply.send(Err(Error::Internal));
@@ -317,8 +318,8 @@ impl Services {
             Ok(w) => w,
             Err(e) => return fail_all(jobs.into_iter().map(|j| j.reply), e),
         };
-        let mut answers: Vec<(tokio::sync::oneshot::Sender<Result<Arc<Pdu>>>, Result<Arc<Pdu>>)> = Vec::new();
-        let mut by_txn: HashMap<(OwnedUserId, OwnedDeviceId, OwnedTransactionId), Arc<Pdu>> = HashMap::new();
+        let mut answers: Vec<(Reply, Result<Arc<Pdu>>)> = Vec::new();
+        let mut by_txn: HashMap<TxnKey, Arc<Pdu>> = HashMap::new();
         let mut jobs = jobs.into_iter();
         while let Some(job) = jobs.next() {
             // The same transaction id twice: the second gets the first's event.

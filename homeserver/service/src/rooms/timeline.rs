@@ -78,6 +78,24 @@ impl EventFilter {
     }
 }
 
+/// Stream positions to read between (`from < position <= to`), in one direction.
+#[derive(Clone, Copy)]
+struct Window {
+    from: i64,
+    to: i64,
+    backwards: bool,
+    limit: usize,
+}
+
+/// A client's pagination request: tokens, direction and page size.
+#[derive(Clone, Copy)]
+pub struct Paging<'a> {
+    pub from: Option<&'a str>,
+    pub to: Option<&'a str>,
+    pub backwards: bool,
+    pub limit: usize,
+}
+
 /// A page of events with the tokens around it.
 pub struct Page {
     pub events: Vec<Arc<Pdu>>,
@@ -303,12 +321,10 @@ impl Services {
         &self,
         user: &UserId,
         room_id: &RoomId,
-        from: i64,
-        to: i64,
-        backwards: bool,
-        limit: usize,
+        window: Window,
         filter: &EventFilter,
     ) -> Result<(Vec<Arc<Pdu>>, Option<i64>)> {
+        let Window { from, to, backwards, limit } = window;
         let mut out = Vec::new();
         let (mut lo, mut hi) = (from, to);
         // Read in batches until the page is full, skipping what the filter or visibility hides.
@@ -354,12 +370,10 @@ impl Services {
         &self,
         user: &UserId,
         room_id: &RoomId,
-        from: Option<&str>,
-        to: Option<&str>,
-        backwards: bool,
-        limit: usize,
+        paging: Paging<'_>,
         filter: &EventFilter,
     ) -> Result<Page> {
+        let Paging { from, to, backwards, limit } = paging;
         let until = self.readable_until(user, room_id).await?;
         let limit = limit.clamp(1, 1000);
         let from_pos = match from {
@@ -371,10 +385,10 @@ impl Services {
         let (events, next) = if backwards {
             let hi = from_pos.min(until);
             let lo = to_pos.unwrap_or(0);
-            self.visible_page(user, room_id, lo, hi, true, limit, filter).await?
+            self.visible_page(user, room_id, Window { from: lo, to: hi, backwards: true, limit }, filter).await?
         } else {
             let hi = to_pos.unwrap_or(i64::MAX).min(until);
-            self.visible_page(user, room_id, from_pos, hi, false, limit, filter).await?
+            self.visible_page(user, room_id, Window { from: from_pos, to: hi, backwards: false, limit }, filter).await?
         };
         let state =
             if filter.lazy_load_members { self.member_events_for(room_id, &events, user).await? } else { Vec::new() };
@@ -415,12 +429,24 @@ impl Services {
         let before_n = limit / 2;
         let after_n = limit - before_n;
         let (before, before_next) = if before_n > 0 {
-            self.visible_page(user, room_id, 0, event.stream_ordering - 1, true, before_n, filter).await?
+            self.visible_page(
+                user,
+                room_id,
+                Window { from: 0, to: event.stream_ordering - 1, backwards: true, limit: before_n },
+                filter,
+            )
+            .await?
         } else {
             (Vec::new(), None)
         };
         let (after, after_next) = if after_n > 0 {
-            self.visible_page(user, room_id, event.stream_ordering, until, false, after_n, filter).await?
+            self.visible_page(
+                user,
+                room_id,
+                Window { from: event.stream_ordering, to: until, backwards: false, limit: after_n },
+                filter,
+            )
+            .await?
         } else {
             (Vec::new(), None)
         };
