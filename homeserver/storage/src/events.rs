@@ -37,29 +37,6 @@ pub struct NewEvent<'a> {
     pub json: &'a str,
 }
 
-pub async fn insert_event(conn: &mut Connection, ev: &NewEvent<'_>) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO events (stream_ordering, event_id, room_id, sender, event_type, state_key, \
-         depth, origin_server_ts, state_group, rel_type, relates_to, json) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
-    .bind(ev.stream_ordering)
-    .bind(ev.event_id)
-    .bind(ev.room_id)
-    .bind(ev.sender)
-    .bind(ev.event_type)
-    .bind(ev.state_key)
-    .bind(ev.depth)
-    .bind(ev.origin_server_ts)
-    .bind(ev.state_group)
-    .bind(ev.rel_type)
-    .bind(ev.relates_to)
-    .bind(ev.json)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Inserts many events in one statement (fewer round trips to the database under load).
 pub async fn insert_events(conn: &mut Connection, events: &[NewEvent<'_>]) -> Result<()> {
     // 12 parameters a row; stay far below SQLite's limit of 32766 parameters a statement.
@@ -235,23 +212,6 @@ pub async fn txn_event<'e>(e: impl Exec<'e>, user_id: &str, device_id: &str, txn
             .fetch_optional(e)
             .await?;
     Ok(row.map(|(r,)| r))
-}
-
-pub async fn insert_txn(
-    conn: &mut Connection,
-    user_id: &str,
-    device_id: &str,
-    txn_id: &str,
-    event_id: &str,
-) -> Result<()> {
-    sqlx::query("INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4)")
-        .bind(user_id)
-        .bind(device_id)
-        .bind(txn_id)
-        .bind(event_id)
-        .execute(conn)
-        .await?;
-    Ok(())
 }
 
 /// The transaction id a device used to send an event, if it sent it.

@@ -44,13 +44,7 @@ impl Services {
         }
         let mut content = with_membership("invite", self.member_profile(invitee).await?, is_direct);
         add_reason(&mut content, reason);
-        self.append_event(
-            Target::Room(room_id),
-            sender,
-            PduBuilder::state(TimelineEventType::RoomMember, invitee.as_str(), content),
-            None,
-        )
-        .await?;
+        self.send_membership(sender, room_id, invitee, content).await?;
         Ok(())
     }
 
@@ -82,15 +76,7 @@ impl Services {
                 }
             }
         }
-        let result = self
-            .append_event(
-                Target::Room(room_id),
-                user,
-                PduBuilder::state(TimelineEventType::RoomMember, user.as_str(), content),
-                None,
-            )
-            .await;
-        match result {
+        match self.send_membership(user, room_id, user, content).await {
             Ok(_) => {
                 diplomatie_storage::rooms::unforget(self.db.pool(), user.as_str(), room_id.as_str()).await?;
                 Ok(room_id.to_owned())
@@ -188,13 +174,7 @@ impl Services {
         }
         let mut content = json!({ "membership": "leave" });
         add_reason(&mut content, reason);
-        self.append_event(
-            Target::Room(room_id),
-            user,
-            PduBuilder::state(TimelineEventType::RoomMember, user.as_str(), content),
-            None,
-        )
-        .await?;
+        self.send_membership(user, room_id, user, content).await?;
         Ok(())
     }
 
@@ -214,13 +194,7 @@ impl Services {
         }
         let mut content = json!({ "membership": membership });
         add_reason(&mut content, reason);
-        self.append_event(
-            Target::Room(room_id),
-            sender,
-            PduBuilder::state(TimelineEventType::RoomMember, target.as_str(), content),
-            None,
-        )
-        .await?;
+        self.send_membership(sender, room_id, target, content).await?;
         Ok(())
     }
 
@@ -243,13 +217,7 @@ impl Services {
         }
         let mut content = with_membership("knock", self.member_profile(user).await?, false);
         add_reason(&mut content, reason);
-        self.append_event(
-            Target::Room(room_id),
-            user,
-            PduBuilder::state(TimelineEventType::RoomMember, user.as_str(), content),
-            None,
-        )
-        .await?;
+        self.send_membership(user, room_id, user, content).await?;
         Ok(room_id.to_owned())
     }
 
@@ -264,6 +232,15 @@ impl Services {
                 Ok(())
             }
         }
+    }
+}
+
+impl Services {
+    /// Appends `sender`'s membership event about `target`.
+    async fn send_membership(&self, sender: &UserId, room_id: &RoomId, target: &UserId, content: Value) -> Result<()> {
+        let builder = PduBuilder::state(TimelineEventType::RoomMember, target.as_str(), content);
+        self.append_event(Target::Room(room_id), sender, builder, None).await?;
+        Ok(())
     }
 }
 

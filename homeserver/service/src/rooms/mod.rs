@@ -401,43 +401,16 @@ impl Services {
             }
         };
         let tx = self.db.begin().await?;
-        Ok(RoomWriter {
-            services: self,
-            write,
-            tx,
-            room_id,
-            new_room: version,
-            meta,
-            state,
-            appended: vec![],
-            new_states: vec![],
-            redacted: vec![],
-            others: HashMap::new(),
-            rows: vec![],
-            txns: vec![],
-        })
+        Ok(RoomWriter::new(self, write, tx, (room_id, version), meta, state))
     }
 
     /// Opens a batch spanning several rooms, for the group commit of queued sends.
     async fn batch_writer<'a>(&'a self, write: crate::StreamWrite<'a>) -> Result<RoomWriter<'a>> {
         let tx = self.db.begin().await?;
+        // No current room yet: `switch_to` picks each job's room.
         let meta =
             RoomMeta { version: RoomVersionId::V12, extremities: vec![], depth: 0, state_group: 0, chain_length: 0 };
-        Ok(RoomWriter {
-            services: self,
-            write,
-            tx,
-            room_id: None,
-            new_room: None,
-            meta,
-            state: Arc::default(),
-            appended: vec![],
-            new_states: vec![],
-            redacted: vec![],
-            others: HashMap::new(),
-            rows: vec![],
-            txns: vec![],
-        })
+        Ok(RoomWriter::new(self, write, tx, (None, None), meta, Arc::default()))
     }
 
     async fn next_state_group(&self) -> Result<i64> {
@@ -488,7 +461,32 @@ struct EventRow {
     json: String,
 }
 
-impl RoomWriter<'_> {
+impl<'a> RoomWriter<'a> {
+    fn new(
+        services: &'a Services,
+        write: crate::StreamWrite<'a>,
+        tx: diplomatie_storage::Tx,
+        (room_id, new_room): (Option<OwnedRoomId>, Option<RoomVersionId>),
+        meta: RoomMeta,
+        state: Arc<StateMap<OwnedEventId>>,
+    ) -> Self {
+        RoomWriter {
+            services,
+            write,
+            tx,
+            room_id,
+            new_room,
+            meta,
+            state,
+            appended: vec![],
+            new_states: vec![],
+            redacted: vec![],
+            others: HashMap::new(),
+            rows: vec![],
+            txns: vec![],
+        }
+    }
+
     /// Makes `room_id` the room the next appends go to, keeping what the batch did elsewhere.
     pub async fn switch_to(&mut self, room_id: &RoomId) -> Result<()> {
         if self.room_id.as_deref() == Some(room_id) {
