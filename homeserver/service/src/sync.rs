@@ -46,6 +46,13 @@ impl RoomFilter {
     }
 }
 
+/// The changes beside the timelines, by room ("" for global account data).
+#[derive(Default)]
+struct Changes {
+    account_data: std::collections::HashMap<String, Vec<Value>>,
+    receipts: std::collections::HashMap<String, Vec<streams::Receipt>>,
+}
+
 /// A position in all streams.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyncToken {
@@ -118,6 +125,19 @@ impl Services {
             ev_store::rooms_with_events_between(pool, since.stream, to.stream).await?.into_iter().collect()
         };
 
+        // What changed beside the timelines, read once for every room (not once a room).
+        let data_changes = streams::account_data_between(pool, user.as_str(), since.stream, to.stream).await?;
+        let mut changes = Changes::default();
+        for (room, kind, content) in &data_changes {
+            let event = json!({ "type": kind, "content": serde_json::from_str::<Value>(content).unwrap_or(Value::Null) });
+            changes.account_data.entry(room.clone()).or_default().push(event);
+        }
+        if !initial {
+            for (room, receipt) in streams::all_receipts_between(pool, since.stream, to.stream).await? {
+                changes.receipts.entry(room).or_default().push(receipt);
+            }
+        }
+
         let mut join = Map::new();
         let mut invite = Map::new();
         let mut leave = Map::new();
@@ -137,6 +157,7 @@ impl Services {
                     if let Some(v) = self
                         .sync_joined_room(
                             req,
+                            &changes,
                             &room_id,
                             since,
                             to,
@@ -172,12 +193,7 @@ impl Services {
         }
 
         // Global account data.
-        let account_data: Vec<Value> = streams::account_data_between(pool, user.as_str(), since.stream, to.stream)
-            .await?
-            .into_iter()
-            .filter(|(room, _, _)| room.is_empty())
-            .map(|(_, kind, content)| json!({ "type": kind, "content": serde_json::from_str::<Value>(&content).unwrap_or(Value::Null) }))
-            .collect();
+        let account_data = changes.account_data.remove("").unwrap_or_default();
 
         // Presence of the users the user shares a room with.
         shared_users.insert(user.to_owned());
@@ -214,9 +230,11 @@ impl Services {
     }
 
     /// A joined room's section, or `None` when nothing changed in it.
+    #[allow(clippy::too_many_arguments)]
     async fn sync_joined_room(
         &self,
         req: &SyncRequest<'_>,
+        changes: &Changes,
         room_id: &RoomId,
         since: SyncToken,
         to: SyncToken,
@@ -306,7 +324,10 @@ impl Services {
         if let Some(users) = self.typing.changed_since(room_id, typing_since) {
             ephemeral.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
         }
-        let receipts = streams::receipts_between(pool, room_id.as_str(), from, to.stream).await?;
+        let receipts = match req.since {
+            Some(_) => changes.receipts.get(room_id.as_str()).cloned().unwrap_or_default(),
+            None => streams::receipts_between(pool, room_id.as_str(), from, to.stream).await?,
+        };
         if !receipts.is_empty() {
             let mut content = Map::new();
             for r in receipts {
@@ -327,12 +348,7 @@ impl Services {
         }
 
         // Room account data.
-        let account_data: Vec<Value> = streams::account_data_between(pool, user.as_str(), from, to.stream)
-            .await?
-            .into_iter()
-            .filter(|(room, _, _)| room == room_id.as_str())
-            .map(|(_, kind, content)| json!({ "type": kind, "content": serde_json::from_str::<Value>(&content).unwrap_or(Value::Null) }))
-            .collect();
+        let account_data = changes.account_data.get(room_id.as_str()).cloned().unwrap_or_default();
 
         if timeline.is_empty() && state.is_empty() && ephemeral.is_empty() && account_data.is_empty() && !full {
             return Ok(None);

@@ -114,6 +114,22 @@ pub async fn receipts_between<'e>(e: impl Exec<'e>, room_id: &str, from: i64, to
         .collect())
 }
 
+/// Receipts of every room with `from < stream_id <= to`: (room id, receipt).
+pub async fn all_receipts_between<'e>(e: impl Exec<'e>, from: i64, to: i64) -> Result<Vec<(String, Receipt)>> {
+    let rows: Vec<(String, String, String, String, String, i64)> = sqlx::query_as(
+        "SELECT room_id, user_id, receipt_type, thread_id, event_id, ts FROM receipts \
+         WHERE stream_id > $1 AND stream_id <= $2",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(e)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.0, Receipt { user_id: r.1, receipt_type: r.2, thread_id: r.3, event_id: r.4, ts: r.5 }))
+        .collect())
+}
+
 /// The event a user's receipt of a type points at in a room (main timeline or unthreaded).
 pub async fn user_receipt<'e>(
     e: impl Exec<'e>,
