@@ -28,7 +28,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.pg_db = None
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DIPLOMATIE_")}
         env.update({
             "DIPLOMATIE_SERVER_NAME": "localhost",
             "DIPLOMATIE_LISTEN": f"127.0.0.1:{self.port}",

@@ -62,6 +62,21 @@ pub struct RateLimits {
     pub login_burst: f64,
 }
 
+/// The top-level options, as environment variables name them.
+const OPTIONS: &[&str] = &[
+    "server_name",
+    "listen",
+    "data_dir",
+    "database_url",
+    "database_max_connections",
+    "public_baseurl",
+    "default_room_version",
+    "max_request_bytes",
+    "registration",
+    "rate_limits",
+    "access_token_lifetime_ms",
+];
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -93,8 +108,15 @@ impl Config {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        // DIPLOMATIE_LOG and DIPLOMATIE_CONFIG belong to the command line, not to this file.
-        let env = Env::prefixed("DIPLOMATIE_").filter(|k| k != "log" && k != "config").split("__");
+        // Only variables naming an option are read: others with the prefix (DIPLOMATIE_LOG,
+        // DIPLOMATIE_CONFIG, or a test harness's DIPLOMATIE_BIN) belong to someone else.
+        let env = Env::prefixed("DIPLOMATIE_")
+            .filter(|key| {
+                let key = key.as_str().to_ascii_lowercase();
+                let top = key.split("__").next().unwrap_or_default();
+                OPTIONS.contains(&top)
+            })
+            .split("__");
         figment = figment.merge(env);
         figment.extract().map_err(Box::new)
     }
@@ -123,5 +145,22 @@ impl Config {
         } else {
             self.public_baseurl.trim_end_matches('/').to_owned()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_option_can_be_set_by_environment() {
+        // Each top-level field must be listed in OPTIONS, or its variable would be ignored.
+        let value = serde_json::to_value(Config::default()).unwrap();
+        let fields: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut listed = OPTIONS.to_vec();
+        listed.sort();
+        let mut fields = fields;
+        fields.sort();
+        assert_eq!(fields, listed);
     }
 }

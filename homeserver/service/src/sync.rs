@@ -129,7 +129,8 @@ impl Services {
         let data_changes = streams::account_data_between(pool, user.as_str(), since.stream, to.stream).await?;
         let mut changes = Changes::default();
         for (room, kind, content) in &data_changes {
-            let event = json!({ "type": kind, "content": serde_json::from_str::<Value>(content).unwrap_or(Value::Null) });
+            let event =
+                json!({ "type": kind, "content": serde_json::from_str::<Value>(content).unwrap_or(Value::Null) });
             changes.account_data.entry(room.clone()).or_default().push(event);
         }
         if !initial {
