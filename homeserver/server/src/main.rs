@@ -6,11 +6,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use diplomatie_service::{Config, Services};
 
-/// mimalloc returns freed memory to the system far better than glibc's allocator under many
-/// threads (password hashing allocates 19 MiB at a time on blocking threads).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "diplomatie", version, about = "The Diplomatie Matrix homeserver")]
 struct Cli {
