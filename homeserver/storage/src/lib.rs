@@ -102,7 +102,7 @@ impl Db {
                         conn.execute(
                             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                              PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = OFF; \
-                             PRAGMA cache_size = -1024;",
+                             PRAGMA cache_size = -512;",
                         )
                         .await?;
                     }
