@@ -113,6 +113,11 @@ pub(crate) struct StreamWrite<'a> {
 }
 
 impl StreamWrite<'_> {
+    /// The last position handed out.
+    pub fn position(&self) -> i64 {
+        self.position
+    }
+
     /// Hands out the next stream position.
     pub fn next_position(&mut self) -> i64 {
         self.position += 1;

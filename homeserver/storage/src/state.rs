@@ -136,3 +136,18 @@ pub async fn chain_length<'e>(e: impl Exec<'e>, id: i64) -> Result<i64> {
         sqlx::query_as("SELECT chain_length FROM state_groups WHERE id = $1").bind(id).fetch_optional(e).await?;
     Ok(row.map(|(v,)| v).unwrap_or(0))
 }
+
+/// Replaces the whole current state of a room (after state resolution merged forks).
+/// Entries are (type, state key, event id, membership).
+pub async fn replace_current_state(
+    conn: &mut Connection,
+    room_id: &str,
+    entries: &[(&str, &str, &str, Option<&str>)],
+    stream_ordering: i64,
+) -> Result<()> {
+    sqlx::query("DELETE FROM current_state WHERE room_id = $1").bind(room_id).execute(&mut *conn).await?;
+    for (kind, key, event_id, membership) in entries {
+        set_current_state(conn, room_id, (kind, key, event_id), *membership, stream_ordering).await?;
+    }
+    Ok(())
+}

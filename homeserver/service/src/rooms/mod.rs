@@ -9,6 +9,7 @@
 pub mod create;
 pub mod directory;
 pub mod membership;
+pub mod resolve;
 pub mod timeline;
 
 use std::{
@@ -444,6 +445,8 @@ pub struct RoomWriter<'a> {
     /// Event rows and transaction ids, written together at commit.
     rows: Vec<EventRow>,
     txns: Vec<[String; 4]>,
+    /// Rooms whose forks this batch merged: their whole current state is rewritten.
+    resolved_rooms: Vec<OwnedRoomId>,
 }
 
 /// An event row waiting for the batch's commit.
@@ -484,7 +487,15 @@ impl<'a> RoomWriter<'a> {
             others: HashMap::new(),
             rows: vec![],
             txns: vec![],
+            resolved_rooms: vec![],
         }
+    }
+
+    /// Sets the forward extremities the next event builds on. Federation brings forks; tests
+    /// make them with this.
+    #[doc(hidden)]
+    pub fn set_extremities(&mut self, extremities: Vec<OwnedEventId>) {
+        self.meta.extremities = extremities;
     }
 
     /// Makes `room_id` the room the next appends go to, keeping what the batch did elsewhere.
@@ -535,6 +546,13 @@ impl<'a> RoomWriter<'a> {
         txn: Option<(&DeviceId, &TransactionId)>,
     ) -> Result<Arc<Pdu>> {
         let services = self.services;
+        // Forks (several forward extremities) meet here: the state is their resolution.
+        let forked = self.meta.extremities.len() > 1;
+        if forked {
+            let resolved = services.resolve_extremities(&self.meta.version, &self.meta.extremities).await?;
+            self.state = Arc::new(resolved);
+            self.resolved_rooms.push(self.room_id.clone().ok_or(Error::Internal)?);
+        }
         let state = self.state.clone();
         let rules = self.meta.rules();
         let content_raw =
@@ -669,7 +687,7 @@ impl<'a> RoomWriter<'a> {
             let kind = pdu.kind.to_string();
             map.insert((StateEventType::from(kind.clone()), sk.clone()), event_id.clone());
             let id = services.next_state_group().await?;
-            let snapshot = self.meta.state_group == 0 || self.meta.chain_length >= MAX_STATE_CHAIN;
+            let snapshot = forked || self.meta.state_group == 0 || self.meta.chain_length >= MAX_STATE_CHAIN;
             let (prev, owned): (Option<i64>, Vec<(String, &str, &str)>) = if snapshot {
                 chain_length = 0;
                 (None, map.iter().map(|((t, k), e)| (t.to_string(), k.as_str(), e.as_str())).collect())
@@ -687,6 +705,16 @@ impl<'a> RoomWriter<'a> {
             let map = Arc::new(map);
             self.new_states.push((id, map.clone()));
             self.state = map;
+        } else if forked {
+            // A message on top of forks: its state is the resolved one, kept as a snapshot.
+            let id = services.next_state_group().await?;
+            let entries: Vec<(String, &str, &str)> =
+                state.iter().map(|((t, k), e)| (t.to_string(), k.as_str(), e.as_str())).collect();
+            let delta: Vec<(&str, &str, &str)> = entries.iter().map(|(t, k, e)| (t.as_str(), *k, *e)).collect();
+            state_store::insert_state_group(&mut self.tx, id, room_id.as_str(), None, 0, &delta).await?;
+            state_group = id;
+            chain_length = 0;
+            self.new_states.push((id, state.clone()));
         }
         self.rows.push(EventRow {
             stream_ordering: position,
@@ -753,16 +781,30 @@ impl<'a> RoomWriter<'a> {
             mut tx,
             room_id,
             meta,
+            state,
             appended,
             new_states,
             redacted,
             mut others,
             rows,
             txns,
+            resolved_rooms,
             ..
         } = self;
+        // Rooms whose forks were merged get their whole current state from the resolution.
+        for resolved in &resolved_rooms {
+            let map = if room_id.as_deref() == Some(&**resolved) { state.clone() } else { others[resolved].1.clone() };
+            let mut entries = Vec::new();
+            for ((kind, key), id) in map.iter() {
+                let membership = find_pdu(services, &appended, id).await?.and_then(|p| p.membership());
+                entries.push((kind.to_string(), key.clone(), id.to_string(), membership));
+            }
+            let refs: Vec<(&str, &str, &str, Option<&str>)> =
+                entries.iter().map(|(t, k, e, m)| (t.as_str(), k.as_str(), e.as_str(), m.as_deref())).collect();
+            state_store::replace_current_state(&mut tx, resolved.as_str(), &refs, write.position()).await?;
+        }
         if let Some(room_id) = room_id {
-            others.insert(room_id, (meta, Arc::default()));
+            others.insert(room_id, (meta, state));
         }
         if others.is_empty() {
             return Ok(());
@@ -819,6 +861,9 @@ impl<'a> RoomWriter<'a> {
             for pdu in redacted {
                 events.put(pdu.event_id.clone(), Arc::new(pdu));
             }
+        }
+        for resolved in &resolved_rooms {
+            caches.joined.lock().unwrap().remove(resolved);
         }
         let mut wake: Vec<OwnedUserId> = Vec::new();
         for pdu in appended.iter().filter(|p| p.kind == TimelineEventType::RoomMember) {

@@ -1,0 +1,168 @@
+//! State resolution: the room state where the DAG's forks meet.
+//!
+//! A room whose forward extremities are several (forks, which federation brings) has as its
+//! state the resolution of the states after each extremity, by the version's algorithm
+//! (v2, or v2.1 with the conflicted state subgraph since v12), computed by ruma-state-res.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::Arc,
+};
+
+use ruma::{
+    api::error::ErrorKind,
+    state_res::{self, utils::event_id_set::EventIdSet, StateMap},
+    EventId, OwnedEventId, RoomVersionId,
+};
+
+use crate::{Error, Pdu, Result, Services};
+
+impl Services {
+    /// The state of a room at the meeting point of `extremities`.
+    pub async fn resolve_extremities(
+        &self,
+        version: &RoomVersionId,
+        extremities: &[OwnedEventId],
+    ) -> Result<StateMap<OwnedEventId>> {
+        let mut maps = Vec::new();
+        for id in extremities {
+            let pdu = self.get_pdu(id).await?.ok_or(Error::Internal)?;
+            maps.push((*self.state_map(pdu.state_group).await?).clone());
+        }
+        maps.dedup();
+        if maps.len() == 1 {
+            return Ok(maps.pop().expect("one map"));
+        }
+        let rules = version.rules().ok_or(Error::Internal)?;
+        let Some(v2) = rules.state_res.v2_rules() else {
+            return Err(Error::new(
+                ErrorKind::UnsupportedRoomVersion,
+                "State resolution v1 (room versions 1 and 2) is not available to merge forks",
+            ));
+        };
+
+        // Every event the algorithm may read: the states' events and their auth chains.
+        let mut events: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
+        let mut auth_chains = Vec::new();
+        for map in &maps {
+            let starts: Vec<OwnedEventId> = map.values().cloned().collect();
+            auth_chains.push(self.auth_chain(&starts, &mut events).await?);
+            for id in map.values() {
+                if let Some(p) = self.get_pdu(id).await? {
+                    events.insert(id.clone(), p);
+                }
+            }
+        }
+
+        // Since v12: the events between conflicted events, along prev_events.
+        let subgraph = if v2.consider_conflicted_state_subgraph {
+            let conflicted: HashSet<OwnedEventId> = {
+                let mut all: HashMap<_, HashSet<&OwnedEventId>> = HashMap::new();
+                for map in &maps {
+                    for (key, id) in map {
+                        all.entry(key.clone()).or_default().insert(id);
+                    }
+                }
+                let complete = |key: &(_, _)| maps.iter().all(|m| m.contains_key(key));
+                all.into_iter()
+                    .filter(|(k, ids)| ids.len() > 1 || !complete(k))
+                    .flat_map(|(_, ids)| ids.into_iter().cloned())
+                    .collect()
+            };
+            let graph = self.conflicted_subgraph(&conflicted, &mut events).await?;
+            Some(graph)
+        } else {
+            None
+        };
+
+        let resolved = state_res::resolve(
+            &rules.authorization,
+            v2,
+            maps.iter(),
+            auth_chains,
+            |id| events.get(id).cloned(),
+            |_| subgraph.clone(),
+        )
+        .map_err(|e| {
+            tracing::error!(error = %e, "state resolution failed");
+            Error::Internal
+        })?;
+        Ok(resolved)
+    }
+
+    /// The full recursive set of auth events of `starts`, loading each event into `events`.
+    async fn auth_chain(
+        &self,
+        starts: &[OwnedEventId],
+        events: &mut HashMap<OwnedEventId, Arc<Pdu>>,
+    ) -> Result<EventIdSet<OwnedEventId>> {
+        let mut chain = EventIdSet::new();
+        let mut queue: VecDeque<OwnedEventId> = VecDeque::new();
+        for id in starts {
+            if let Some(p) = self.get_pdu(id).await? {
+                queue.extend(p.auth_events.iter().cloned());
+            }
+        }
+        while let Some(id) = queue.pop_front() {
+            if !chain.insert(id.clone()) {
+                continue;
+            }
+            if let Some(p) = self.get_pdu(&id).await? {
+                queue.extend(p.auth_events.iter().cloned());
+                events.insert(id, p);
+            }
+        }
+        Ok(chain)
+    }
+
+    /// The conflicted state subgraph (MSC4297): events that descend from one conflicted event
+    /// and lead to another, along prev_events.
+    async fn conflicted_subgraph(
+        &self,
+        conflicted: &HashSet<OwnedEventId>,
+        events: &mut HashMap<OwnedEventId, Arc<Pdu>>,
+    ) -> Result<EventIdSet<OwnedEventId>> {
+        // Ancestors of the conflicted events (inclusive), with their prev_events.
+        let mut prevs: HashMap<OwnedEventId, Vec<OwnedEventId>> = HashMap::new();
+        let mut queue: VecDeque<OwnedEventId> = conflicted.iter().cloned().collect();
+        while let Some(id) = queue.pop_front() {
+            if prevs.contains_key(&id) {
+                continue;
+            }
+            let Some(p) = self.get_pdu(&id).await? else {
+                prevs.insert(id, Vec::new());
+                continue;
+            };
+            queue.extend(p.prev_events.iter().cloned());
+            prevs.insert(id.clone(), p.prev_events.clone());
+            events.insert(id, p);
+        }
+        // An ancestor is in the subgraph when walking back from it reaches a conflicted event.
+        let mut reaches: HashMap<OwnedEventId, bool> = HashMap::new();
+        fn walk(
+            id: &EventId,
+            prevs: &HashMap<OwnedEventId, Vec<OwnedEventId>>,
+            conflicted: &HashSet<OwnedEventId>,
+            reaches: &mut HashMap<OwnedEventId, bool>,
+        ) -> bool {
+            if let Some(r) = reaches.get(id) {
+                return *r;
+            }
+            // Guard against cycles in malformed DAGs before recursing.
+            reaches.insert(id.to_owned(), false);
+            let r = prevs
+                .get(id)
+                .map(|ps| ps.iter().any(|p| conflicted.contains(p) || walk(p, prevs, conflicted, reaches)))
+                .unwrap_or(false);
+            reaches.insert(id.to_owned(), r);
+            r
+        }
+        let mut subgraph = EventIdSet::new();
+        for id in prevs.keys() {
+            if conflicted.contains(id) || walk(id, &prevs, conflicted, &mut reaches) {
+                subgraph.insert(id.clone());
+            }
+        }
+        Ok(subgraph)
+    }
+}
