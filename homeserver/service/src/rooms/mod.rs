@@ -112,6 +112,9 @@ fn fail_all(replies: impl Iterator<Item = Reply>, e: Error) {
     }
 }
 
+/// The spec's limit on the size of a PDU, in bytes of canonical JSON.
+const MAX_PDU_BYTES: usize = 65_536;
+
 /// Longest chain of state deltas before a full snapshot is written.
 const MAX_STATE_CHAIN: i64 = 64;
 
@@ -643,6 +646,9 @@ impl<'a> RoomWriter<'a> {
 
         // Keep what replaced state for clients (`unsigned.prev_content`); not hashed nor signed.
         let mut json = serde_json::to_string(&canonical).map_err(|_| Error::Internal)?;
+        if json.len() > MAX_PDU_BYTES {
+            return Err(Error::new(ErrorKind::TooLarge, "Event larger than 64 KiB"));
+        }
         let mut unsigned = serde_json::Map::new();
         if let Some(sk) = &builder.state_key {
             let key = (StateEventType::from(builder.kind.to_string()), sk.clone());

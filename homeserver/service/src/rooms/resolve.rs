@@ -12,7 +12,7 @@ use std::{
 use ruma::{
     api::error::ErrorKind,
     state_res::{self, utils::event_id_set::EventIdSet, StateMap},
-    EventId, OwnedEventId, RoomVersionId,
+    OwnedEventId, RoomVersionId,
 };
 
 use crate::{Error, Pdu, Result, Services};
@@ -137,30 +137,31 @@ impl Services {
             prevs.insert(id.clone(), p.prev_events.clone());
             events.insert(id, p);
         }
-        // An ancestor is in the subgraph when walking back from it reaches a conflicted event.
-        let mut reaches: HashMap<OwnedEventId, bool> = HashMap::new();
-        fn walk(
-            id: &EventId,
-            prevs: &HashMap<OwnedEventId, Vec<OwnedEventId>>,
-            conflicted: &HashSet<OwnedEventId>,
-            reaches: &mut HashMap<OwnedEventId, bool>,
-        ) -> bool {
-            if let Some(r) = reaches.get(id) {
-                return *r;
+        // An ancestor is in the subgraph when walking back from it reaches a conflicted event:
+        // equivalently, when it is a conflicted event or a descendant of one. Propagate forward
+        // from the conflicted events along the reversed prev_events edges (no recursion, so
+        // long histories cannot exhaust the stack).
+        let mut children: HashMap<&OwnedEventId, Vec<&OwnedEventId>> = HashMap::new();
+        for (id, ps) in &prevs {
+            for p in ps {
+                children.entry(p).or_default().push(id);
             }
-            // Guard against cycles in malformed DAGs before recursing.
-            reaches.insert(id.to_owned(), false);
-            let r = prevs
-                .get(id)
-                .map(|ps| ps.iter().any(|p| conflicted.contains(p) || walk(p, prevs, conflicted, reaches)))
-                .unwrap_or(false);
-            reaches.insert(id.to_owned(), r);
-            r
         }
         let mut subgraph = EventIdSet::new();
-        for id in prevs.keys() {
-            if conflicted.contains(id) || walk(id, &prevs, conflicted, &mut reaches) {
-                subgraph.insert(id.clone());
+        let mut frontier: Vec<&OwnedEventId> = Vec::new();
+        for c in conflicted {
+            if let Some(kids) = children.get(c) {
+                frontier.extend(kids.iter().copied());
+            }
+            if prevs.contains_key(c) {
+                subgraph.insert(c.clone());
+            }
+        }
+        while let Some(id) = frontier.pop() {
+            if subgraph.insert(id.clone()) {
+                if let Some(kids) = children.get(id) {
+                    frontier.extend(kids.iter().copied());
+                }
             }
         }
         Ok(subgraph)
