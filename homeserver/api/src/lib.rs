@@ -119,6 +119,12 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = route::<c::tag::delete_tag::v3::Request, _, _>(r, sync::delete_tag);
     let r = route::<c::presence::set_presence::v3::Request, _, _>(r, sync::set_presence);
     let r = route::<c::presence::get_presence::v3::Request, _, _>(r, sync::presence);
+    // End-to-end encryption
+    let r = route::<c::keys::upload_keys::v3::Request, _, _>(r, keys::upload);
+    let r = route::<c::keys::get_keys::v3::Request, _, _>(r, keys::query);
+    let r = route::<c::keys::claim_keys::v3::Request, _, _>(r, keys::claim);
+    let r = route::<c::keys::get_key_changes::v3::Request, _, _>(r, keys::changes);
+    let r = route::<c::to_device::send_event_to_device::v3::Request, _, _>(r, keys::send_to_device);
     // Synapse-compatible administration
     let r = r.route("/_synapse/admin/v1/register", get(admin::register_nonce).post(admin::register));
 

@@ -259,16 +259,17 @@ impl Services {
         let mut tx = self.db.begin().await?;
         store::delete_all_devices(&mut tx, user.as_str(), None).await?;
         diplomatie_storage::commit(tx).await?;
-        Ok(())
+        self.device_list_changed(user).await
     }
 
+    /// Deletes devices with their tokens and keys; users sharing a room learn it in `/sync`.
     pub async fn delete_devices(&self, user: &UserId, devices: &[&str]) -> Result<()> {
         let mut tx = self.db.begin().await?;
         for d in devices {
             store::delete_device(&mut tx, user.as_str(), d).await?;
         }
         diplomatie_storage::commit(tx).await?;
-        Ok(())
+        self.device_list_changed(user).await
     }
 
     pub async fn devices(&self, user: &UserId) -> Result<Vec<store::Device>> {
@@ -298,6 +299,9 @@ impl Services {
             store::delete_all_devices(&mut tx, caller.user_id.as_str(), Some(caller.device_id.as_str())).await?;
         }
         diplomatie_storage::commit(tx).await?;
+        if logout_devices {
+            self.device_list_changed(&caller.user_id).await?;
+        }
         Ok(())
     }
 

@@ -77,6 +77,7 @@ impl std::fmt::Display for SyncToken {
 
 pub struct SyncRequest<'a> {
     pub user: &'a UserId,
+    pub device: &'a str,
     pub since: Option<SyncToken>,
     pub filter: SyncFilter,
     pub full_state: bool,
@@ -212,7 +213,11 @@ impl Services {
             })
             .collect();
 
-        let empty = join.is_empty()
+        let e2ee = self.sync_e2ee(user, req.device, req.since.map(|s| s.stream), to.stream).await?;
+        let e2ee_news = e2ee["to_device"]["events"].as_array().is_some_and(|a| !a.is_empty())
+            || e2ee["device_lists"]["changed"].as_array().is_some_and(|a| !a.is_empty());
+        let empty = !e2ee_news
+            && join.is_empty()
             && invite.is_empty()
             && leave.is_empty()
             && knock.is_empty()
@@ -223,9 +228,10 @@ impl Services {
             "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
             "account_data": { "events": account_data },
             "presence": { "events": presence },
-            "to_device": { "events": [] },
-            "device_lists": { "changed": [], "left": [] },
-            "device_one_time_keys_count": {},
+            "to_device": e2ee["to_device"],
+            "device_lists": e2ee["device_lists"],
+            "device_one_time_keys_count": e2ee["device_one_time_keys_count"],
+            "device_unused_fallback_key_types": e2ee["device_unused_fallback_key_types"],
         });
         Ok((body, empty))
     }

@@ -176,9 +176,13 @@ pub async fn rename_device<'e>(e: impl Exec<'e>, user_id: &str, device_id: &str,
     Ok(done.rows_affected() > 0)
 }
 
-/// Removes a device with every token bound to it. Run it inside a transaction.
+/// Everything bound to a device: its row, its tokens, its keys, its pending to-device messages.
+const DEVICE_TABLES: [&str; 7] =
+    ["devices", "access_tokens", "refresh_tokens", "device_keys", "one_time_keys", "fallback_keys", "to_device"];
+
+/// Removes a device with everything bound to it. Run it inside a transaction.
 pub async fn delete_device(conn: &mut crate::Connection, user_id: &str, device_id: &str) -> Result<()> {
-    for table in ["devices", "access_tokens", "refresh_tokens"] {
+    for table in DEVICE_TABLES {
         sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1 AND device_id = $2"))
             .bind(user_id)
             .bind(device_id)
@@ -200,7 +204,7 @@ pub async fn delete_all_devices(
         .bind(keep)
         .fetch_all(&mut *conn)
         .await?;
-    for table in ["devices", "access_tokens", "refresh_tokens"] {
+    for table in DEVICE_TABLES {
         sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1 AND device_id <> $2"))
             .bind(user_id)
             .bind(keep)

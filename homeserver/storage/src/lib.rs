@@ -9,6 +9,7 @@
 //! Meaning is given by `diplomatie-service`, the only crate that calls it.
 
 pub mod accounts;
+pub mod e2ee;
 pub mod events;
 pub mod rooms;
 pub mod state;
@@ -58,7 +59,10 @@ pub struct Db {
 
 /// The migrations, embedded in the binary so that a fresh data directory needs nothing else.
 /// Their SQL is portable; a migration that needs dialect-specific SQL would be split in two.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "core", include_str!("../migrations/0001_core.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "core", include_str!("../migrations/0001_core.sql")),
+    (2, "e2ee", include_str!("../migrations/0002_e2ee.sql")),
+];
 
 #[derive(Debug)]
 struct Embedded;

@@ -227,7 +227,9 @@ pub async fn max_stream_position<'e>(e: impl Exec<'e>) -> Result<i64> {
         "SELECT MAX(m) FROM (SELECT MAX(stream_ordering) AS m FROM events \
          UNION ALL SELECT MAX(stream_id) FROM account_data \
          UNION ALL SELECT MAX(stream_id) FROM receipts \
-         UNION ALL SELECT MAX(stream_id) FROM presence) AS positions",
+         UNION ALL SELECT MAX(stream_id) FROM presence \
+         UNION ALL SELECT MAX(stream_id) FROM device_list_changes \
+         UNION ALL SELECT MAX(stream_id) FROM to_device) AS positions",
     )
     .fetch_one(e)
     .await?;

@@ -3,5 +3,6 @@
 pub mod account;
 pub mod discovery;
 pub mod events;
+pub mod keys;
 pub mod rooms;
 pub mod sync;

@@ -65,6 +65,7 @@ pub async fn sync(State(s): S, req: Ruma<sync_events::v3::Request>) -> Result<Re
     let body = s
         .sync(SyncRequest {
             user,
+            device: req.caller().device_id.as_str(),
             since,
             filter,
             full_state: req.body.full_state,

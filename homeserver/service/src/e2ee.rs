@@ -1,0 +1,293 @@
+//! End-to-end encryption support (client-server spec, "End-to-End Encryption"): the server
+//! stores and relays public keys and ciphertext, and tells clients whose devices changed.
+//! It never sees plaintext.
+
+use std::collections::{BTreeMap, HashSet};
+
+use diplomatie_storage::e2ee as store;
+use ruma::{api::error::ErrorKind, serde::Base64, CanonicalJsonObject, OwnedUserId, UserId};
+use serde_json::{json, Map, Value};
+
+use crate::{accounts::Caller, Error, Result, Services};
+
+/// The (algorithm, key id) of a key name such as `signed_curve25519:AAAAHg`.
+fn split_key_name(name: &str) -> Result<(&str, &str)> {
+    name.split_once(':')
+        .filter(|(a, k)| !a.is_empty() && !k.is_empty())
+        .ok_or_else(|| Error::invalid_param(format!("Invalid key name {name}")))
+}
+
+/// Checks the signature `user_id`'s device made over `object` with its ed25519 key.
+fn verify_signed(object: &Value, user_id: &str, key_id: &str, public_key: &str) -> Result<()> {
+    let mut canonical: CanonicalJsonObject =
+        serde_json::from_value(object.clone()).map_err(|_| Error::bad_json("Keys must be canonical JSON"))?;
+    canonical.remove("unsigned");
+    let key = Base64::parse(public_key).map_err(|_| Error::invalid_param("Invalid ed25519 key"))?;
+    let mut keys = BTreeMap::new();
+    keys.insert(key_id.to_owned(), key);
+    let mut map = BTreeMap::new();
+    map.insert(user_id.to_owned(), keys);
+    ruma::signatures::verify_json(&map, &canonical)
+        .map_err(|e| Error::new(ErrorKind::InvalidParam, format!("Signature does not verify: {e}")))
+}
+
+impl Services {
+    /// `POST /keys/upload`. Returns the unclaimed one-time key counts by algorithm.
+    pub async fn upload_keys(
+        &self,
+        caller: &Caller,
+        device_keys: Option<Value>,
+        one_time_keys: BTreeMap<String, Value>,
+        fallback_keys: BTreeMap<String, Value>,
+    ) -> Result<BTreeMap<String, u64>> {
+        let user = caller.user_id.as_str();
+        let device = caller.device_id.as_str();
+        let signing_key_id = format!("ed25519:{device}");
+        let stored = store::device_keys(self.db.pool(), user, device).await?;
+        let stored: Option<Value> = stored.map(|s| serde_json::from_str(&s)).transpose()?;
+
+        // Device keys: for this very device, self-signed, and never replaced by other keys.
+        let mut new_device_keys = None;
+        if let Some(keys) = &device_keys {
+            if keys.get("user_id").and_then(Value::as_str) != Some(user)
+                || keys.get("device_id").and_then(Value::as_str) != Some(device)
+            {
+                return Err(Error::invalid_param("device_keys must be this device's keys"));
+            }
+            let ed25519 = keys
+                .get("keys")
+                .and_then(|k| k.get(&signing_key_id))
+                .and_then(Value::as_str)
+                .ok_or_else(|| Error::invalid_param(format!("device_keys.keys lacks {signing_key_id}")))?;
+            if !keys.get("algorithms").is_some_and(Value::is_array) {
+                return Err(Error::invalid_param("device_keys.algorithms must be a list"));
+            }
+            verify_signed(keys, user, &signing_key_id, ed25519)?;
+            match &stored {
+                Some(old) if old.get("keys") != keys.get("keys") => {
+                    return Err(Error::invalid_param("This device already has other keys: log in as a new device"));
+                }
+                Some(old) if old == keys => {}
+                _ => new_device_keys = Some(keys.clone()),
+            }
+        }
+        let signing_key = device_keys
+            .as_ref()
+            .or(stored.as_ref())
+            .and_then(|k| k.get("keys")?.get(&signing_key_id)?.as_str().map(str::to_owned));
+
+        // One-time and fallback keys: signed ones must verify; a key id keeps its first value.
+        let check = |name: &str, value: &Value| -> Result<()> {
+            split_key_name(name)?;
+            if value.is_object() {
+                if let Some(key) = &signing_key {
+                    verify_signed(value, user, &signing_key_id, key)?;
+                }
+            } else if !value.is_string() {
+                return Err(Error::bad_json(format!("Key {name} must be a string or an object")));
+            }
+            Ok(())
+        };
+        for (name, value) in one_time_keys.iter().chain(fallback_keys.iter()) {
+            check(name, value)?;
+        }
+        for (name, value) in &one_time_keys {
+            let (algorithm, key_id) = split_key_name(name)?;
+            if let Some(existing) = store::one_time_key(self.db.pool(), user, device, algorithm, key_id).await? {
+                if serde_json::from_str::<Value>(&existing)? != *value {
+                    return Err(Error::invalid_param(format!("One-time key {name} already exists with another value")));
+                }
+            }
+        }
+
+        let mut tx = self.db.begin().await?;
+        if let Some(keys) = &new_device_keys {
+            store::set_device_keys(&mut tx, user, device, &serde_json::to_string(keys)?).await?;
+        }
+        for (name, value) in &one_time_keys {
+            store::add_one_time_key(&mut tx, user, device, split_key_name(name)?, &serde_json::to_string(value)?)
+                .await?;
+        }
+        for (name, value) in &fallback_keys {
+            store::set_fallback_key(&mut tx, user, device, split_key_name(name)?, &serde_json::to_string(value)?)
+                .await?;
+        }
+        diplomatie_storage::commit(tx).await?;
+        if new_device_keys.is_some() {
+            self.device_list_changed(&caller.user_id).await?;
+        }
+        self.one_time_key_counts(caller).await
+    }
+
+    pub async fn one_time_key_counts(&self, caller: &Caller) -> Result<BTreeMap<String, u64>> {
+        let counts =
+            store::one_time_key_counts(self.db.pool(), caller.user_id.as_str(), caller.device_id.as_str()).await?;
+        Ok(counts.into_iter().map(|(a, n)| (a, n.max(0) as u64)).collect())
+    }
+
+    /// Records that a user's devices changed, and wakes whoever shares a room with them.
+    pub async fn device_list_changed(&self, user: &UserId) -> Result<()> {
+        let mut write = self.begin_write().await;
+        let position = write.next_position();
+        store::record_device_list_change(self.db.pool(), user.as_str(), position).await?;
+        write.publish();
+        let mut targets = self.users_sharing_rooms_with(user).await?;
+        targets.insert(user.to_owned());
+        self.notifier.notify(targets.iter().map(|u| &**u));
+        Ok(())
+    }
+
+    /// Users who share a joined room with `user` (including `user`).
+    pub async fn users_sharing_rooms_with(&self, user: &UserId) -> Result<HashSet<OwnedUserId>> {
+        let mut users = HashSet::new();
+        for room in crate::rooms::joined_rooms(self, user).await? {
+            users.extend(self.joined_members(&room).await?.iter().cloned());
+        }
+        Ok(users)
+    }
+
+    /// `POST /keys/query`: device keys of local users (remote users need federation).
+    pub async fn query_keys(&self, requested: &BTreeMap<OwnedUserId, Vec<String>>) -> Result<Value> {
+        let mut device_keys = Map::new();
+        let mut failures = Map::new();
+        for (user, devices) in requested {
+            if user.server_name() != self.server_name() {
+                failures.insert(
+                    user.server_name().to_string(),
+                    json!({ "errcode": "M_UNRECOGNIZED", "error": "Federation is not enabled" }),
+                );
+                continue;
+            }
+            let names: BTreeMap<String, Option<String>> =
+                self.devices(user).await?.into_iter().map(|d| (d.device_id, d.display_name)).collect();
+            let mut user_keys = Map::new();
+            for (device, json) in store::user_device_keys(self.db.pool(), user.as_str()).await? {
+                if !devices.is_empty() && !devices.contains(&device) {
+                    continue;
+                }
+                let mut keys: Value = serde_json::from_str(&json)?;
+                if let Some(Some(name)) = names.get(&device) {
+                    keys["unsigned"] = json!({ "device_display_name": name });
+                }
+                user_keys.insert(device, keys);
+            }
+            device_keys.insert(user.to_string(), Value::Object(user_keys));
+        }
+        Ok(json!({ "device_keys": device_keys, "failures": failures }))
+    }
+
+    /// `POST /keys/claim`: a one-time key per requested device, the fallback key otherwise.
+    pub async fn claim_keys(&self, requested: &BTreeMap<OwnedUserId, BTreeMap<String, String>>) -> Result<Value> {
+        let mut claimed = Map::new();
+        let mut failures = Map::new();
+        let mut tx = self.db.begin().await?;
+        for (user, devices) in requested {
+            if user.server_name() != self.server_name() {
+                failures.insert(
+                    user.server_name().to_string(),
+                    json!({ "errcode": "M_UNRECOGNIZED", "error": "Federation is not enabled" }),
+                );
+                continue;
+            }
+            let mut user_keys = Map::new();
+            for (device, algorithm) in devices {
+                let key = match store::claim_one_time_key(&mut tx, user.as_str(), device, algorithm).await? {
+                    Some(k) => Some(k),
+                    None => store::claim_fallback_key(&mut tx, user.as_str(), device, algorithm).await?,
+                };
+                if let Some((key_id, json)) = key {
+                    let value: Value = serde_json::from_str(&json)?;
+                    user_keys.insert(device.clone(), json!({ format!("{algorithm}:{key_id}"): value }));
+                }
+            }
+            claimed.insert(user.to_string(), Value::Object(user_keys));
+        }
+        diplomatie_storage::commit(tx).await?;
+        Ok(json!({ "one_time_keys": claimed, "failures": failures }))
+    }
+
+    /// `GET /keys/changes`: users sharing a room whose devices changed between two tokens.
+    pub async fn key_changes(&self, user: &UserId, from: i64, to: i64) -> Result<Vec<String>> {
+        let shared = self.users_sharing_rooms_with(user).await?;
+        let mut changed: Vec<String> = store::device_list_changes_between(self.db.pool(), from, to)
+            .await?
+            .into_iter()
+            .filter(|u| shared.iter().any(|s| s.as_str() == u))
+            .collect();
+        changed.sort();
+        Ok(changed)
+    }
+
+    /// `PUT /sendToDevice/{eventType}/{txnId}`: queues messages for devices of local users;
+    /// `*` stands for every device of a user.
+    pub async fn send_to_device(
+        &self,
+        caller: &Caller,
+        event_type: &str,
+        txn_id: &str,
+        messages: &BTreeMap<OwnedUserId, BTreeMap<String, Value>>,
+    ) -> Result<()> {
+        let mut rows = Vec::new();
+        let mut recipients = Vec::new();
+        for (user, devices) in messages {
+            if user.server_name() != self.server_name() {
+                // Remote recipients need federation (issue: federation); they are skipped.
+                continue;
+            }
+            let known: Vec<String> = self.devices(user).await?.into_iter().map(|d| d.device_id).collect();
+            for (device, content) in devices {
+                let content = serde_json::to_string(content)?;
+                let targets: Vec<&String> = if device == "*" {
+                    known.iter().collect()
+                } else {
+                    known.iter().filter(|d| *d == device).collect()
+                };
+                for target in targets {
+                    rows.push((user.to_string(), target.clone(), content.clone()));
+                }
+            }
+            recipients.push(user.clone());
+        }
+        let mut write = self.begin_write().await;
+        let position = write.next_position();
+        let mut tx = self.db.begin().await?;
+        if !store::use_to_device_txn(&mut tx, caller.user_id.as_str(), caller.device_id.as_str(), txn_id).await? {
+            // A retry of a transaction already delivered.
+            return Ok(());
+        }
+        store::add_to_device(&mut tx, position, caller.user_id.as_str(), event_type, &rows).await?;
+        diplomatie_storage::commit(tx).await?;
+        write.publish();
+        self.notifier.notify(recipients.iter().map(|u| &**u));
+        Ok(())
+    }
+
+    /// The encryption part of `/sync` for one device: to-device messages (acknowledging those
+    /// up to `since`), device list changes, key counts.
+    pub async fn sync_e2ee(&self, user: &UserId, device: &str, since: Option<i64>, to: i64) -> Result<Value> {
+        let pool = self.db.pool();
+        if let Some(since) = since {
+            store::ack_to_device(pool, user.as_str(), device, since).await?;
+        }
+        let messages: Vec<Value> = store::to_device_for(pool, user.as_str(), device, to, 100)
+            .await?
+            .into_iter()
+            .map(|(sender, kind, content, _)| {
+                json!({ "sender": sender, "type": kind, "content": serde_json::from_str::<Value>(&content).unwrap_or(Value::Null) })
+            })
+            .collect();
+        let changed = match since {
+            Some(since) => self.key_changes(user, since, to).await?,
+            None => Vec::new(),
+        };
+        let counts = store::one_time_key_counts(pool, user.as_str(), device).await?;
+        let counts: Map<String, Value> = counts.into_iter().map(|(a, n)| (a, json!(n))).collect();
+        let fallback = store::unused_fallback_algorithms(pool, user.as_str(), device).await?;
+        Ok(json!({
+            "to_device": { "events": messages },
+            "device_lists": { "changed": changed, "left": [] },
+            "device_one_time_keys_count": counts,
+            "device_unused_fallback_key_types": fallback,
+        }))
+    }
+}

@@ -1,0 +1,271 @@
+//! End-to-end encryption storage: device keys, one-time and fallback keys, to-device messages,
+//! the device list stream.
+
+use crate::{Connection, Exec, Result};
+
+pub async fn device_keys<'e>(e: impl Exec<'e>, user_id: &str, device_id: &str) -> Result<Option<String>> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT json FROM device_keys WHERE user_id = $1 AND device_id = $2")
+        .bind(user_id)
+        .bind(device_id)
+        .fetch_optional(e)
+        .await?;
+    Ok(row.map(|(j,)| j))
+}
+
+/// Device keys of all of a user's devices: (device id, JSON).
+pub async fn user_device_keys<'e>(e: impl Exec<'e>, user_id: &str) -> Result<Vec<(String, String)>> {
+    Ok(sqlx::query_as("SELECT device_id, json FROM device_keys WHERE user_id = $1 ORDER BY device_id")
+        .bind(user_id)
+        .fetch_all(e)
+        .await?)
+}
+
+pub async fn set_device_keys(conn: &mut Connection, user_id: &str, device_id: &str, json: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO device_keys (user_id, device_id, json) VALUES ($1, $2, $3) \
+         ON CONFLICT (user_id, device_id) DO UPDATE SET json = excluded.json",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .bind(json)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Adds a one-time key; an existing key id keeps its first upload (returns false then).
+pub async fn add_one_time_key(
+    conn: &mut Connection,
+    user_id: &str,
+    device_id: &str,
+    (algorithm, key_id): (&str, &str),
+    json: &str,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, json) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .bind(algorithm)
+    .bind(key_id)
+    .bind(json)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// The stored JSON of one one-time key, to compare a re-upload with it.
+pub async fn one_time_key<'e>(
+    e: impl Exec<'e>,
+    user_id: &str,
+    device_id: &str,
+    algorithm: &str,
+    key_id: &str,
+) -> Result<Option<String>> {
+    let row: Option<(String,)> = sqlx::query_as(
+        "SELECT json FROM one_time_keys WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 AND key_id = $4",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .bind(algorithm)
+    .bind(key_id)
+    .fetch_optional(e)
+    .await?;
+    Ok(row.map(|(j,)| j))
+}
+
+/// Unclaimed one-time keys by algorithm.
+pub async fn one_time_key_counts<'e>(e: impl Exec<'e>, user_id: &str, device_id: &str) -> Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT algorithm, COUNT(*) FROM one_time_keys WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .fetch_all(e)
+    .await?)
+}
+
+/// Takes one one-time key of the algorithm: (key id, JSON), removed from the store.
+pub async fn claim_one_time_key(
+    conn: &mut Connection,
+    user_id: &str,
+    device_id: &str,
+    algorithm: &str,
+) -> Result<Option<(String, String)>> {
+    let row: Option<(String, String)> = sqlx::query_as(
+        "SELECT key_id, json FROM one_time_keys WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 \
+         ORDER BY key_id LIMIT 1",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .bind(algorithm)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some((key_id, _)) = &row {
+        sqlx::query(
+            "DELETE FROM one_time_keys WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 AND key_id = $4",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(algorithm)
+        .bind(key_id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(row)
+}
+
+pub async fn set_fallback_key(
+    conn: &mut Connection,
+    user_id: &str,
+    device_id: &str,
+    (algorithm, key_id): (&str, &str),
+    json: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO fallback_keys (user_id, device_id, algorithm, key_id, json, used) VALUES ($1, $2, $3, $4, $5, 0) \
+         ON CONFLICT (user_id, device_id, algorithm) DO UPDATE SET key_id = excluded.key_id, \
+         json = excluded.json, used = 0",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .bind(algorithm)
+    .bind(key_id)
+    .bind(json)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The fallback key of the algorithm, marked used: (key id, JSON).
+pub async fn claim_fallback_key(
+    conn: &mut Connection,
+    user_id: &str,
+    device_id: &str,
+    algorithm: &str,
+) -> Result<Option<(String, String)>> {
+    let row: Option<(String, String)> = sqlx::query_as(
+        "UPDATE fallback_keys SET used = 1 WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 \
+         RETURNING key_id, json",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .bind(algorithm)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row)
+}
+
+/// Algorithms whose fallback key is still unused.
+pub async fn unused_fallback_algorithms<'e>(e: impl Exec<'e>, user_id: &str, device_id: &str) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT algorithm FROM fallback_keys WHERE user_id = $1 AND device_id = $2 AND used = 0 ORDER BY algorithm",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .fetch_all(e)
+    .await?;
+    Ok(rows.into_iter().map(|(a,)| a).collect())
+}
+
+/// Removes every key of a device (when the device is deleted).
+pub async fn delete_device_keys(conn: &mut Connection, user_id: &str, device_id: &str) -> Result<()> {
+    for table in ["device_keys", "one_time_keys", "fallback_keys", "to_device"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1 AND device_id = $2"))
+            .bind(user_id)
+            .bind(device_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn record_device_list_change<'e>(e: impl Exec<'e>, user_id: &str, stream_id: i64) -> Result<()> {
+    sqlx::query("INSERT INTO device_list_changes (stream_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(stream_id)
+        .bind(user_id)
+        .execute(e)
+        .await?;
+    Ok(())
+}
+
+/// Users whose devices changed with `from < stream_id <= to`.
+pub async fn device_list_changes_between<'e>(e: impl Exec<'e>, from: i64, to: i64) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT DISTINCT user_id FROM device_list_changes WHERE stream_id > $1 AND stream_id <= $2")
+            .bind(from)
+            .bind(to)
+            .fetch_all(e)
+            .await?;
+    Ok(rows.into_iter().map(|(u,)| u).collect())
+}
+
+/// Queues to-device messages (user, device, content) from `sender`, at one stream position.
+pub async fn add_to_device(
+    conn: &mut Connection,
+    stream_id: i64,
+    sender: &str,
+    event_type: &str,
+    messages: &[(String, String, String)],
+) -> Result<()> {
+    for (user, device, content) in messages {
+        sqlx::query(
+            "INSERT INTO to_device (stream_id, user_id, device_id, sender, event_type, content) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(stream_id)
+        .bind(user)
+        .bind(device)
+        .bind(sender)
+        .bind(event_type)
+        .bind(content)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// To-device messages for a device up to `to`: (sender, type, content).
+pub async fn to_device_for<'e>(
+    e: impl Exec<'e>,
+    user_id: &str,
+    device_id: &str,
+    to: i64,
+    limit: i64,
+) -> Result<Vec<(String, String, String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT sender, event_type, content, stream_id FROM to_device WHERE user_id = $1 AND device_id = $2 \
+         AND stream_id <= $3 ORDER BY stream_id LIMIT $4",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .bind(to)
+    .bind(limit)
+    .fetch_all(e)
+    .await?)
+}
+
+/// Deletes the messages a device acknowledged by syncing past them.
+pub async fn ack_to_device<'e>(e: impl Exec<'e>, user_id: &str, device_id: &str, up_to: i64) -> Result<()> {
+    sqlx::query("DELETE FROM to_device WHERE user_id = $1 AND device_id = $2 AND stream_id <= $3")
+        .bind(user_id)
+        .bind(device_id)
+        .bind(up_to)
+        .execute(e)
+        .await?;
+    Ok(())
+}
+
+/// Records a to-device transaction id; false when it was already used.
+pub async fn use_to_device_txn(conn: &mut Connection, user_id: &str, device_id: &str, txn_id: &str) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO to_device_txns (user_id, device_id, txn_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .bind(txn_id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
