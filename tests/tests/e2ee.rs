@@ -227,3 +227,212 @@ async fn to_device_messages_and_device_lists(backend: Backend) {
     assert_eq!(q["device_keys"][&alice.user_id], json!({}));
     assert_error(&bob.get("/_matrix/client/v3/keys/changes?from=x&to=y").await, 400, "M_INVALID_PARAM");
 }
+
+mod cross_signing_and_backup {
+    use super::*;
+
+    backend_tests!(cross_signing_keys_and_signatures, key_backup_versions_and_keys);
+
+    /// A cross-signing key of `user` with the given usage.
+    fn cs_key(user: &str, usage: &str, key: &SigningKey) -> Value {
+        let public = STANDARD_NO_PAD.encode(key.verifying_key().to_bytes());
+        json!({ "user_id": user, "usage": [usage], "keys": { format!("ed25519:{public}"): public } })
+    }
+
+    /// Signs `object` as `user` with `key`, under the key id `ed25519:<public>`.
+    fn sign_with(object: &Value, user: &str, key: &SigningKey) -> Value {
+        let public = STANDARD_NO_PAD.encode(key.verifying_key().to_bytes());
+        let signer = Device { key: key.clone(), user: user.to_owned(), id: public };
+        let mut signed = signer.sign(object.clone());
+        // Keep signatures already there (sign() replaces them).
+        if let Some(existing) = object.get("signatures").and_then(Value::as_object) {
+            for (u, sigs) in existing {
+                for (k, v) in sigs.as_object().unwrap() {
+                    signed["signatures"][u][k] = v.clone();
+                }
+            }
+        }
+        signed
+    }
+
+    async fn cross_signing_keys_and_signatures(backend: Backend) {
+        let server = TestServer::start(backend, &[]).await;
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let (master, ssk, usk) =
+            (SigningKey::from_bytes(&[11; 32]), SigningKey::from_bytes(&[12; 32]), SigningKey::from_bytes(&[13; 32]));
+        let master_key = cs_key(&alice.user_id, "master", &master);
+        let upload = json!({
+            "master_key": master_key,
+            "self_signing_key": sign_with(&cs_key(&alice.user_id, "self_signing", &ssk), &alice.user_id, &master),
+            "user_signing_key": sign_with(&cs_key(&alice.user_id, "user_signing", &usk), &alice.user_id, &master),
+        });
+        // A self-signing key not signed by the master key is refused.
+        let unsigned =
+            json!({ "master_key": master_key, "self_signing_key": cs_key(&alice.user_id, "self_signing", &ssk) });
+        assert_error(
+            &alice.post("/_matrix/client/v3/keys/device_signing/upload", &unsigned).await,
+            400,
+            "M_INVALID_PARAM",
+        );
+        // The first upload needs no password; replacing the keys does.
+        alice.ok(Method::POST, "/_matrix/client/v3/keys/device_signing/upload", Some(&upload)).await;
+        let (status, uia) = alice.post("/_matrix/client/v3/keys/device_signing/upload", &upload).await;
+        assert_eq!(status, 401, "{uia}");
+        let mut with_auth = upload.clone();
+        with_auth["auth"] = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "correct horse", "session": uia["session"] });
+        alice.ok(Method::POST, "/_matrix/client/v3/keys/device_signing/upload", Some(&with_auth)).await;
+
+        // Others see the master and self-signing keys; only Alice sees her user-signing key.
+        let q = bob
+            .ok(Method::POST, "/_matrix/client/v3/keys/query", Some(&json!({ "device_keys": { &alice.user_id: [] } })))
+            .await;
+        assert_eq!(q["master_keys"][&alice.user_id]["keys"], master_key["keys"]);
+        assert!(q["self_signing_keys"][&alice.user_id].is_object());
+        assert!(q.get("user_signing_keys").is_none_or(|u| u.get(&alice.user_id).is_none()), "{q}");
+        let q = alice
+            .ok(Method::POST, "/_matrix/client/v3/keys/query", Some(&json!({ "device_keys": { &alice.user_id: [] } })))
+            .await;
+        assert!(q["user_signing_keys"][&alice.user_id].is_object());
+
+        // Alice's self-signing key signs her device: the signature shows in /keys/query.
+        let dev = Device::new(&alice, 21);
+        alice
+            .ok(Method::POST, "/_matrix/client/v3/keys/upload", Some(&json!({ "device_keys": dev.device_keys() })))
+            .await;
+        let signed_device = sign_with(&dev.device_keys(), &alice.user_id, &ssk);
+        let r = alice
+            .ok(
+                Method::POST,
+                "/_matrix/client/v3/keys/signatures/upload",
+                Some(&json!({ &alice.user_id: { &alice.device_id: signed_device } })),
+            )
+            .await;
+        assert_eq!(r["failures"], json!({}));
+        let q = bob
+            .ok(Method::POST, "/_matrix/client/v3/keys/query", Some(&json!({ "device_keys": { &alice.user_id: [] } })))
+            .await;
+        let ssk_id = format!("ed25519:{}", STANDARD_NO_PAD.encode(ssk.verifying_key().to_bytes()));
+        assert!(
+            q["device_keys"][&alice.user_id][&alice.device_id]["signatures"][&alice.user_id][&ssk_id].is_string(),
+            "{q}"
+        );
+        // A signature made with another key is reported as a failure and changes nothing.
+        let forged = sign_with(&dev.device_keys(), &alice.user_id, &SigningKey::from_bytes(&[99; 32]));
+        let r = alice
+            .ok(
+                Method::POST,
+                "/_matrix/client/v3/keys/signatures/upload",
+                Some(&json!({ &alice.user_id: { &alice.device_id: forged } })),
+            )
+            .await;
+        assert_eq!(r["failures"][&alice.user_id][&alice.device_id]["errcode"], "M_INVALID_SIGNATURE");
+
+        // Bob verifies Alice: his user-signing key signs her master key; he sees it, Alice does not.
+        let (bob_master, bob_usk) = (SigningKey::from_bytes(&[31; 32]), SigningKey::from_bytes(&[33; 32]));
+        let bob_upload = json!({
+            "master_key": cs_key(&bob.user_id, "master", &bob_master),
+            "user_signing_key": sign_with(&cs_key(&bob.user_id, "user_signing", &bob_usk), &bob.user_id, &bob_master),
+        });
+        bob.ok(Method::POST, "/_matrix/client/v3/keys/device_signing/upload", Some(&bob_upload)).await;
+        let master_public = STANDARD_NO_PAD.encode(master.verifying_key().to_bytes());
+        let signed_master = sign_with(&master_key, &bob.user_id, &bob_usk);
+        let r = bob
+            .ok(
+                Method::POST,
+                "/_matrix/client/v3/keys/signatures/upload",
+                Some(&json!({ &alice.user_id: { &master_public: signed_master } })),
+            )
+            .await;
+        assert_eq!(r["failures"], json!({}), "{r}");
+        let q = bob
+            .ok(Method::POST, "/_matrix/client/v3/keys/query", Some(&json!({ "device_keys": { &alice.user_id: [] } })))
+            .await;
+        assert!(q["master_keys"][&alice.user_id]["signatures"][&bob.user_id].is_object(), "{q}");
+        let q = server
+            .register("carol")
+            .await
+            .ok(Method::POST, "/_matrix/client/v3/keys/query", Some(&json!({ "device_keys": { &alice.user_id: [] } })))
+            .await;
+        assert!(q["master_keys"][&alice.user_id]["signatures"].get(&bob.user_id).is_none());
+    }
+
+    async fn key_backup_versions_and_keys(backend: Backend) {
+        let server = TestServer::start(backend, &[]).await;
+        let alice = server.register("alice").await;
+        assert_error(&alice.get("/_matrix/client/v3/room_keys/version").await, 404, "M_NOT_FOUND");
+        let algorithm =
+            json!({ "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": { "public_key": "cHVibGlj" } });
+        let v1 = alice.ok(Method::POST, "/_matrix/client/v3/room_keys/version", Some(&algorithm)).await["version"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let info = alice.ok(Method::GET, "/_matrix/client/v3/room_keys/version", None).await;
+        assert_eq!((info["version"].clone(), info["count"].clone()), (json!(v1), json!(0)));
+        let etag0 = info["etag"].clone();
+
+        let key = |index: u64, verified: bool| json!({ "first_message_index": index, "forwarded_count": 0, "is_verified": verified, "session_data": { "ciphertext": format!("c{index}") } });
+        let put = json!({ "rooms": { "!r:localhost": { "sessions": { "s1": key(5, false), "s2": key(0, true) } } } });
+        let r = alice.ok(Method::PUT, &format!("/_matrix/client/v3/room_keys/keys?version={v1}"), Some(&put)).await;
+        assert_eq!(r["count"], 2);
+        assert_ne!(r["etag"], etag0);
+        // A better key (lower index) replaces; a worse one does not.
+        alice
+            .ok(
+                Method::PUT,
+                &format!("/_matrix/client/v3/room_keys/keys/!r:localhost/s1?version={v1}"),
+                Some(&key(1, false)),
+            )
+            .await;
+        alice
+            .ok(
+                Method::PUT,
+                &format!("/_matrix/client/v3/room_keys/keys/!r:localhost?version={v1}"),
+                Some(&json!({ "sessions": { "s2": key(9, false) } })),
+            )
+            .await;
+        let s1 = alice
+            .ok(Method::GET, &format!("/_matrix/client/v3/room_keys/keys/!r:localhost/s1?version={v1}"), None)
+            .await;
+        assert_eq!(s1["first_message_index"], 1);
+        let room =
+            alice.ok(Method::GET, &format!("/_matrix/client/v3/room_keys/keys/!r:localhost?version={v1}"), None).await;
+        assert_eq!(room["sessions"]["s2"]["first_message_index"], 0);
+        let all = alice.ok(Method::GET, &format!("/_matrix/client/v3/room_keys/keys?version={v1}"), None).await;
+        assert_eq!(all["rooms"]["!r:localhost"]["sessions"].as_object().unwrap().len(), 2);
+        assert_error(
+            &alice.get(&format!("/_matrix/client/v3/room_keys/keys/!r:localhost/nope?version={v1}")).await,
+            404,
+            "M_NOT_FOUND",
+        );
+
+        // Only the current version takes keys.
+        let v2 = alice.ok(Method::POST, "/_matrix/client/v3/room_keys/version", Some(&algorithm)).await["version"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let old = alice.put(&format!("/_matrix/client/v3/room_keys/keys?version={v1}"), &put).await;
+        assert_error(&old, 403, "M_WRONG_ROOM_KEYS_VERSION");
+        assert_eq!(old.1["current_version"], v2.as_str());
+        // The algorithm of a version cannot change; deleting removes it.
+        let other = json!({ "algorithm": "org.example.other", "auth_data": {} });
+        assert_error(
+            &alice.put(&format!("/_matrix/client/v3/room_keys/version/{v2}"), &other).await,
+            400,
+            "M_INVALID_PARAM",
+        );
+        let mut updated = algorithm.clone();
+        updated["auth_data"]["signatures"] = json!({});
+        alice.ok(Method::PUT, &format!("/_matrix/client/v3/room_keys/version/{v2}"), Some(&updated)).await;
+        alice
+            .ok(Method::DELETE, &format!("/_matrix/client/v3/room_keys/keys/!r:localhost/s1?version={v1}"), None)
+            .await;
+        assert_eq!(
+            alice.ok(Method::GET, &format!("/_matrix/client/v3/room_keys/version/{v1}"), None).await["count"],
+            1
+        );
+        alice.ok(Method::DELETE, &format!("/_matrix/client/v3/room_keys/version/{v2}"), None).await;
+        assert_error(&alice.get(&format!("/_matrix/client/v3/room_keys/version/{v2}")).await, 404, "M_NOT_FOUND");
+        assert_eq!(alice.ok(Method::GET, "/_matrix/client/v3/room_keys/version", None).await["version"], v1.as_str());
+    }
+}

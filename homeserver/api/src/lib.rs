@@ -125,6 +125,22 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = route::<c::keys::claim_keys::v3::Request, _, _>(r, keys::claim);
     let r = route::<c::keys::get_key_changes::v3::Request, _, _>(r, keys::changes);
     let r = route::<c::to_device::send_event_to_device::v3::Request, _, _>(r, keys::send_to_device);
+    let r = route::<c::keys::upload_signing_keys::v3::Request, _, _>(r, keys::upload_signing_keys);
+    let r = route::<c::keys::upload_signatures::v3::Request, _, _>(r, keys::upload_signatures);
+    let r = route::<c::backup::create_backup_version::v3::Request, _, _>(r, keys::create_backup);
+    let r = route::<c::backup::get_latest_backup_info::v3::Request, _, _>(r, keys::latest_backup);
+    let r = route::<c::backup::get_backup_info::v3::Request, _, _>(r, keys::backup);
+    let r = route::<c::backup::update_backup_version::v3::Request, _, _>(r, keys::update_backup);
+    let r = route::<c::backup::delete_backup_version::v3::Request, _, _>(r, keys::delete_backup);
+    let r = route::<c::backup::add_backup_keys::v3::Request, _, _>(r, keys::put_keys);
+    let r = route::<c::backup::add_backup_keys_for_room::v3::Request, _, _>(r, keys::put_room_keys);
+    let r = route::<c::backup::add_backup_keys_for_session::v3::Request, _, _>(r, keys::put_session_key);
+    let r = route::<c::backup::get_backup_keys::v3::Request, _, _>(r, keys::get_keys);
+    let r = route::<c::backup::get_backup_keys_for_room::v3::Request, _, _>(r, keys::get_room_keys);
+    let r = route::<c::backup::get_backup_keys_for_session::v3::Request, _, _>(r, keys::get_session_key);
+    let r = route::<c::backup::delete_backup_keys::v3::Request, _, _>(r, keys::delete_keys);
+    let r = route::<c::backup::delete_backup_keys_for_room::v3::Request, _, _>(r, keys::delete_room_keys);
+    let r = route::<c::backup::delete_backup_keys_for_session::v3::Request, _, _>(r, keys::delete_session_key);
     // Synapse-compatible administration
     let r = r.route("/_synapse/admin/v1/register", get(admin::register_nonce).post(admin::register));
 

@@ -147,9 +147,14 @@ impl Services {
     }
 
     /// `POST /keys/query`: device keys of local users (remote users need federation).
-    pub async fn query_keys(&self, requested: &BTreeMap<OwnedUserId, Vec<String>>) -> Result<Value> {
+    pub async fn query_keys(
+        &self,
+        requester: &UserId,
+        requested: &BTreeMap<OwnedUserId, Vec<String>>,
+    ) -> Result<Value> {
         let mut device_keys = Map::new();
         let mut failures = Map::new();
+        let mut cross_signing: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
         for (user, devices) in requested {
             if user.server_name() != self.server_name() {
                 failures.insert(
@@ -172,8 +177,15 @@ impl Services {
                 user_keys.insert(device, keys);
             }
             device_keys.insert(user.to_string(), Value::Object(user_keys));
+            for (kind, key) in self.cross_signing_keys_for(requester, user).await? {
+                cross_signing.entry(kind).or_default().insert(user.to_string(), key);
+            }
         }
-        Ok(json!({ "device_keys": device_keys, "failures": failures }))
+        let mut out = json!({ "device_keys": device_keys, "failures": failures });
+        for (kind, keys) in cross_signing {
+            out[format!("{kind}_keys")] = Value::Object(keys);
+        }
+        Ok(out)
     }
 
     /// `POST /keys/claim`: a one-time key per requested device, the fallback key otherwise.

@@ -8,7 +8,9 @@
 //! [`sync`] (the `/sync` algorithm), [`ephemeral`] (typing, receipts, presence, account data).
 
 pub mod accounts;
+pub mod backup;
 pub mod config;
+pub mod cross_signing;
 pub mod e2ee;
 pub mod ephemeral;
 pub mod error;

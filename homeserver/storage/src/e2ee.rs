@@ -269,3 +269,226 @@ pub async fn use_to_device_txn(conn: &mut Connection, user_id: &str, device_id: 
     .await?;
     Ok(done.rows_affected() > 0)
 }
+
+pub async fn cross_signing_key<'e>(e: impl Exec<'e>, user_id: &str, key_type: &str) -> Result<Option<String>> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT json FROM cross_signing_keys WHERE user_id = $1 AND key_type = $2")
+            .bind(user_id)
+            .bind(key_type)
+            .fetch_optional(e)
+            .await?;
+    Ok(row.map(|(j,)| j))
+}
+
+pub async fn set_cross_signing_key(conn: &mut Connection, user_id: &str, key_type: &str, json: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO cross_signing_keys (user_id, key_type, json) VALUES ($1, $2, $3) \
+         ON CONFLICT (user_id, key_type) DO UPDATE SET json = excluded.json",
+    )
+    .bind(user_id)
+    .bind(key_type)
+    .bind(json)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn add_cross_signing_signature<'e>(
+    e: impl Exec<'e>,
+    signer: &str,
+    (target_user, target_key_id): (&str, &str),
+    signing_key_id: &str,
+    signature: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO cross_signing_signatures (signer, target_user, target_key_id, signing_key_id, signature) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (signer, target_user, target_key_id, signing_key_id) \
+         DO UPDATE SET signature = excluded.signature",
+    )
+    .bind(signer)
+    .bind(target_user)
+    .bind(target_key_id)
+    .bind(signing_key_id)
+    .bind(signature)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+/// Signatures `signer` made over `target_user`'s keys: (key id signed, signing key id, signature).
+pub async fn cross_signing_signatures<'e>(
+    e: impl Exec<'e>,
+    signer: &str,
+    target_user: &str,
+) -> Result<Vec<(String, String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT target_key_id, signing_key_id, signature FROM cross_signing_signatures \
+         WHERE signer = $1 AND target_user = $2",
+    )
+    .bind(signer)
+    .bind(target_user)
+    .fetch_all(e)
+    .await?)
+}
+
+/// The current (latest, not deleted) backup: (version, algorithm JSON, etag).
+pub async fn current_backup<'e>(e: impl Exec<'e>, user_id: &str) -> Result<Option<(i64, String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT version, algorithm, etag FROM backup_versions WHERE user_id = $1 AND deleted = 0 \
+         ORDER BY version DESC LIMIT 1",
+    )
+    .bind(user_id)
+    .fetch_optional(e)
+    .await?)
+}
+
+pub async fn backup_version<'e>(e: impl Exec<'e>, user_id: &str, version: i64) -> Result<Option<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT algorithm, etag FROM backup_versions WHERE user_id = $1 AND version = $2 AND deleted = 0",
+    )
+    .bind(user_id)
+    .bind(version)
+    .fetch_optional(e)
+    .await?)
+}
+
+/// Creates the next backup version and returns it.
+pub async fn create_backup(conn: &mut Connection, user_id: &str, algorithm: &str) -> Result<i64> {
+    let row: (Option<i64>,) = sqlx::query_as("SELECT MAX(version) FROM backup_versions WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    let version = row.0.unwrap_or(0) + 1;
+    sqlx::query("INSERT INTO backup_versions (user_id, version, algorithm, etag) VALUES ($1, $2, $3, 0)")
+        .bind(user_id)
+        .bind(version)
+        .bind(algorithm)
+        .execute(conn)
+        .await?;
+    Ok(version)
+}
+
+pub async fn update_backup<'e>(e: impl Exec<'e>, user_id: &str, version: i64, algorithm: &str) -> Result<()> {
+    sqlx::query("UPDATE backup_versions SET algorithm = $1 WHERE user_id = $2 AND version = $3")
+        .bind(algorithm)
+        .bind(user_id)
+        .bind(version)
+        .execute(e)
+        .await?;
+    Ok(())
+}
+
+/// Marks a backup deleted and drops its keys; false when there was no such backup.
+pub async fn delete_backup(conn: &mut Connection, user_id: &str, version: i64) -> Result<bool> {
+    let done =
+        sqlx::query("UPDATE backup_versions SET deleted = 1 WHERE user_id = $1 AND version = $2 AND deleted = 0")
+            .bind(user_id)
+            .bind(version)
+            .execute(&mut *conn)
+            .await?;
+    sqlx::query("DELETE FROM backup_keys WHERE user_id = $1 AND version = $2")
+        .bind(user_id)
+        .bind(version)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Bumps a backup's etag (every change to its keys).
+pub async fn bump_backup_etag<'e>(e: impl Exec<'e>, user_id: &str, version: i64) -> Result<()> {
+    sqlx::query("UPDATE backup_versions SET etag = etag + 1 WHERE user_id = $1 AND version = $2")
+        .bind(user_id)
+        .bind(version)
+        .execute(e)
+        .await?;
+    Ok(())
+}
+
+pub async fn backup_key<'e>(
+    e: impl Exec<'e>,
+    user_id: &str,
+    version: i64,
+    room_id: &str,
+    session_id: &str,
+) -> Result<Option<String>> {
+    let row: Option<(String,)> = sqlx::query_as(
+        "SELECT json FROM backup_keys WHERE user_id = $1 AND version = $2 AND room_id = $3 AND session_id = $4",
+    )
+    .bind(user_id)
+    .bind(version)
+    .bind(room_id)
+    .bind(session_id)
+    .fetch_optional(e)
+    .await?;
+    Ok(row.map(|(j,)| j))
+}
+
+pub async fn set_backup_key(
+    conn: &mut Connection,
+    user_id: &str,
+    version: i64,
+    (room_id, session_id): (&str, &str),
+    json: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO backup_keys (user_id, version, room_id, session_id, json) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (user_id, version, room_id, session_id) DO UPDATE SET json = excluded.json",
+    )
+    .bind(user_id)
+    .bind(version)
+    .bind(room_id)
+    .bind(session_id)
+    .bind(json)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Backed-up keys, optionally of one room and one session: (room id, session id, JSON).
+pub async fn backup_keys<'e>(
+    e: impl Exec<'e>,
+    user_id: &str,
+    version: i64,
+    room_id: Option<&str>,
+    session_id: Option<&str>,
+) -> Result<Vec<(String, String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT room_id, session_id, json FROM backup_keys WHERE user_id = $1 AND version = $2 \
+         AND ($3 IS NULL OR room_id = $3) AND ($4 IS NULL OR session_id = $4) ORDER BY room_id, session_id",
+    )
+    .bind(user_id)
+    .bind(version)
+    .bind(room_id)
+    .bind(session_id)
+    .fetch_all(e)
+    .await?)
+}
+
+pub async fn delete_backup_keys<'e>(
+    e: impl Exec<'e>,
+    user_id: &str,
+    version: i64,
+    room_id: Option<&str>,
+    session_id: Option<&str>,
+) -> Result<()> {
+    sqlx::query(
+        "DELETE FROM backup_keys WHERE user_id = $1 AND version = $2 AND ($3 IS NULL OR room_id = $3) \
+         AND ($4 IS NULL OR session_id = $4)",
+    )
+    .bind(user_id)
+    .bind(version)
+    .bind(room_id)
+    .bind(session_id)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+pub async fn backup_count<'e>(e: impl Exec<'e>, user_id: &str, version: i64) -> Result<i64> {
+    let row: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM backup_keys WHERE user_id = $1 AND version = $2")
+        .bind(user_id)
+        .bind(version)
+        .fetch_one(e)
+        .await?;
+    Ok(row.0)
+}

@@ -62,6 +62,7 @@ pub struct Db {
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "core", include_str!("../migrations/0001_core.sql")),
     (2, "e2ee", include_str!("../migrations/0002_e2ee.sql")),
+    (3, "cross_signing_backup", include_str!("../migrations/0003_cross_signing_backup.sql")),
 ];
 
 #[derive(Debug)]

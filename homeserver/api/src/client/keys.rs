@@ -7,7 +7,13 @@ use axum::{extract::State, response::Response};
 use diplomatie_service::{sync::SyncToken, Error, Services};
 use ruma::{
     api::client::{
-        keys::{claim_keys, get_key_changes, get_keys, upload_keys},
+        backup::{
+            add_backup_keys, add_backup_keys_for_room, add_backup_keys_for_session, create_backup_version,
+            delete_backup_keys, delete_backup_keys_for_room, delete_backup_keys_for_session, delete_backup_version,
+            get_backup_info, get_backup_keys, get_backup_keys_for_room, get_backup_keys_for_session,
+            get_latest_backup_info, update_backup_version,
+        },
+        keys::{claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys},
         to_device::send_event_to_device,
     },
     OwnedUserId,
@@ -45,7 +51,7 @@ pub async fn query(State(s): S, req: Ruma<get_keys::v3::Request>) -> Result<Resp
         .iter()
         .map(|(u, devices)| (u.clone(), devices.iter().map(|d| d.to_string()).collect()))
         .collect();
-    Ok(json_ok(s.query_keys(&requested).await?))
+    Ok(json_ok(s.query_keys(&req.caller().user_id, &requested).await?))
 }
 
 pub async fn claim(State(s): S, req: Ruma<claim_keys::v3::Request>) -> Result<Response, ApiError> {
@@ -91,4 +97,129 @@ pub async fn send_to_device(
     let kind = req.body.event_type.to_string();
     s.send_to_device(req.caller(), &kind, req.body.txn_id.as_str(), &messages).await?;
     Ok(send_event_to_device::v3::Response::new().into())
+}
+
+pub async fn upload_signing_keys(
+    State(s): S,
+    req: Ruma<upload_signing_keys::v3::Request>,
+) -> Result<Response, ApiError> {
+    let body = req.json.clone().unwrap_or(Value::Null);
+    s.upload_signing_keys(req.caller(), req.body.auth.as_ref(), &body).await?;
+    Ok(json_ok(json!({})))
+}
+
+pub async fn upload_signatures(State(s): S, req: Ruma<upload_signatures::v3::Request>) -> Result<Response, ApiError> {
+    let mut signed: BTreeMap<OwnedUserId, BTreeMap<String, Value>> = BTreeMap::new();
+    if let Some(Value::Object(users)) = &req.json {
+        for (user, keys) in users {
+            let user =
+                OwnedUserId::try_from(user.as_str()).map_err(|_| ApiError(Error::invalid_param("Invalid user id")))?;
+            let keys =
+                keys.as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+            signed.insert(user, keys);
+        }
+    }
+    Ok(json_ok(s.upload_signatures(req.caller(), &signed).await?))
+}
+
+/// The body of a backup version request (algorithm and auth data), as sent.
+fn body(req_json: &Option<Value>) -> Value {
+    req_json.clone().unwrap_or(Value::Null)
+}
+
+pub async fn create_backup(State(s): S, req: Ruma<create_backup_version::v3::Request>) -> Result<Response, ApiError> {
+    let version = s.create_backup(&req.caller().user_id, &body(&req.json)).await?;
+    Ok(json_ok(json!({ "version": version })))
+}
+
+pub async fn latest_backup(State(s): S, req: Ruma<get_latest_backup_info::v3::Request>) -> Result<Response, ApiError> {
+    Ok(json_ok(s.backup_info(&req.caller().user_id, None).await?))
+}
+
+pub async fn backup(State(s): S, req: Ruma<get_backup_info::v3::Request>) -> Result<Response, ApiError> {
+    Ok(json_ok(s.backup_info(&req.caller().user_id, Some(&req.body.version)).await?))
+}
+
+pub async fn update_backup(State(s): S, req: Ruma<update_backup_version::v3::Request>) -> Result<Response, ApiError> {
+    s.update_backup(&req.caller().user_id, &req.body.version, &body(&req.json)).await?;
+    Ok(json_ok(json!({})))
+}
+
+pub async fn delete_backup(State(s): S, req: Ruma<delete_backup_version::v3::Request>) -> Result<Response, ApiError> {
+    s.delete_backup(&req.caller().user_id, &req.body.version).await?;
+    Ok(json_ok(json!({})))
+}
+
+/// room -> session -> key data, from the request body at each granularity.
+fn sessions_of(v: Option<&Value>) -> BTreeMap<String, Value> {
+    v.and_then(Value::as_object).map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
+}
+
+pub async fn put_keys(State(s): S, req: Ruma<add_backup_keys::v3::Request>) -> Result<Response, ApiError> {
+    let rooms = req.json.as_ref().and_then(|j| j.get("rooms")).and_then(Value::as_object);
+    let rooms = rooms
+        .map(|m| m.iter().map(|(room, r)| (room.clone(), sessions_of(r.get("sessions")))).collect())
+        .unwrap_or_default();
+    Ok(json_ok(s.put_backup_keys(&req.caller().user_id, &req.body.version, &rooms).await?))
+}
+
+pub async fn put_room_keys(
+    State(s): S,
+    req: Ruma<add_backup_keys_for_room::v3::Request>,
+) -> Result<Response, ApiError> {
+    let sessions = sessions_of(req.json.as_ref().and_then(|j| j.get("sessions")));
+    let rooms = BTreeMap::from([(req.body.room_id.to_string(), sessions)]);
+    Ok(json_ok(s.put_backup_keys(&req.caller().user_id, &req.body.version, &rooms).await?))
+}
+
+pub async fn put_session_key(
+    State(s): S,
+    req: Ruma<add_backup_keys_for_session::v3::Request>,
+) -> Result<Response, ApiError> {
+    let data = body(&req.json);
+    let rooms = BTreeMap::from([(req.body.room_id.to_string(), BTreeMap::from([(req.body.session_id.clone(), data)]))]);
+    Ok(json_ok(s.put_backup_keys(&req.caller().user_id, &req.body.version, &rooms).await?))
+}
+
+pub async fn get_keys(State(s): S, req: Ruma<get_backup_keys::v3::Request>) -> Result<Response, ApiError> {
+    Ok(json_ok(s.get_backup_keys(&req.caller().user_id, &req.body.version, None, None).await?))
+}
+
+pub async fn get_room_keys(
+    State(s): S,
+    req: Ruma<get_backup_keys_for_room::v3::Request>,
+) -> Result<Response, ApiError> {
+    let b = &req.body;
+    Ok(json_ok(s.get_backup_keys(&req.caller().user_id, &b.version, Some(b.room_id.as_str()), None).await?))
+}
+
+pub async fn get_session_key(
+    State(s): S,
+    req: Ruma<get_backup_keys_for_session::v3::Request>,
+) -> Result<Response, ApiError> {
+    let b = &req.body;
+    let v = s.get_backup_keys(&req.caller().user_id, &b.version, Some(b.room_id.as_str()), Some(&b.session_id)).await?;
+    Ok(json_ok(v))
+}
+
+pub async fn delete_keys(State(s): S, req: Ruma<delete_backup_keys::v3::Request>) -> Result<Response, ApiError> {
+    Ok(json_ok(s.delete_backup_keys(&req.caller().user_id, &req.body.version, None, None).await?))
+}
+
+pub async fn delete_room_keys(
+    State(s): S,
+    req: Ruma<delete_backup_keys_for_room::v3::Request>,
+) -> Result<Response, ApiError> {
+    let b = &req.body;
+    Ok(json_ok(s.delete_backup_keys(&req.caller().user_id, &b.version, Some(b.room_id.as_str()), None).await?))
+}
+
+pub async fn delete_session_key(
+    State(s): S,
+    req: Ruma<delete_backup_keys_for_session::v3::Request>,
+) -> Result<Response, ApiError> {
+    let b = &req.body;
+    let v =
+        s.delete_backup_keys(&req.caller().user_id, &b.version, Some(b.room_id.as_str()), Some(&b.session_id)).await?;
+    Ok(json_ok(v))
 }

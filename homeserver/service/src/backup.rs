@@ -1,0 +1,182 @@
+//! Server-side key backup (client-server spec, "Server-side key backups"): encrypted room keys,
+//! stored per backup version, with an etag that changes on every change.
+
+use std::collections::BTreeMap;
+
+use diplomatie_storage::e2ee as store;
+use ruma::{
+    api::error::{ErrorKind, WrongRoomKeysVersionErrorData},
+    UserId,
+};
+use serde_json::{json, Map, Value};
+
+use crate::{Error, Result, Services};
+
+fn parse_version(version: &str) -> Result<i64> {
+    version.parse().map_err(|_| Error::not_found("Unknown backup version"))
+}
+
+/// Whether `new` should replace `old` (the spec's rules for a key already backed up): the
+/// lower first message index wins, then verification, then the lower forwarded count.
+fn better(new: &Value, old: &Value) -> bool {
+    let index = |v: &Value| v["first_message_index"].as_u64().unwrap_or(u64::MAX);
+    let verified = |v: &Value| v["is_verified"].as_bool().unwrap_or(false);
+    let forwarded = |v: &Value| v["forwarded_count"].as_u64().unwrap_or(u64::MAX);
+    (index(new), !verified(new), forwarded(new)) < (index(old), !verified(old), forwarded(old))
+}
+
+impl Services {
+    pub async fn create_backup(&self, user: &UserId, algorithm: &Value) -> Result<String> {
+        if !algorithm.get("algorithm").is_some_and(Value::is_string)
+            || !algorithm.get("auth_data").is_some_and(Value::is_object)
+        {
+            return Err(Error::bad_json("algorithm and auth_data are required"));
+        }
+        let mut tx = self.db.begin().await?;
+        let version = store::create_backup(&mut tx, user.as_str(), &serde_json::to_string(algorithm)?).await?;
+        diplomatie_storage::commit(tx).await?;
+        Ok(version.to_string())
+    }
+
+    /// The backup's description: algorithm, auth data, count, etag, version.
+    pub async fn backup_info(&self, user: &UserId, version: Option<&str>) -> Result<Value> {
+        let pool = self.db.pool();
+        let (version, algorithm, etag) = match version {
+            None => store::current_backup(pool, user.as_str())
+                .await?
+                .ok_or_else(|| Error::not_found("No current backup version"))?,
+            Some(v) => {
+                let v = parse_version(v)?;
+                let (algorithm, etag) = store::backup_version(pool, user.as_str(), v)
+                    .await?
+                    .ok_or_else(|| Error::not_found("Unknown backup version"))?;
+                (v, algorithm, etag)
+            }
+        };
+        let mut info: Value = serde_json::from_str(&algorithm)?;
+        info["version"] = json!(version.to_string());
+        info["etag"] = json!(etag.to_string());
+        info["count"] = json!(store::backup_count(pool, user.as_str(), version).await?);
+        Ok(info)
+    }
+
+    pub async fn update_backup(&self, user: &UserId, version: &str, algorithm: &Value) -> Result<()> {
+        let v = parse_version(version)?;
+        let (current, _) = store::backup_version(self.db.pool(), user.as_str(), v)
+            .await?
+            .ok_or_else(|| Error::not_found("Unknown backup version"))?;
+        if algorithm.get("version").and_then(Value::as_str).is_some_and(|b| b != version) {
+            return Err(Error::invalid_param("The version in the body does not match the path"));
+        }
+        let current: Value = serde_json::from_str(&current)?;
+        if current.get("algorithm") != algorithm.get("algorithm") {
+            return Err(Error::invalid_param("The algorithm of a backup cannot change"));
+        }
+        let mut stored = algorithm.clone();
+        if let Value::Object(m) = &mut stored {
+            m.remove("version");
+        }
+        store::update_backup(self.db.pool(), user.as_str(), v, &serde_json::to_string(&stored)?).await?;
+        Ok(())
+    }
+
+    pub async fn delete_backup(&self, user: &UserId, version: &str) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        let deleted = store::delete_backup(&mut tx, user.as_str(), parse_version(version)?).await?;
+        diplomatie_storage::commit(tx).await?;
+        if deleted {
+            Ok(())
+        } else {
+            Err(Error::not_found("Unknown backup version"))
+        }
+    }
+
+    /// The version keys may be uploaded to: only the current one.
+    async fn writable_backup(&self, user: &UserId, version: &str) -> Result<i64> {
+        let current = store::current_backup(self.db.pool(), user.as_str()).await?;
+        match current {
+            Some((v, _, _)) if v.to_string() == version => Ok(v),
+            Some((v, _, _)) => Err(Error::new(
+                ErrorKind::WrongRoomKeysVersion(WrongRoomKeysVersionErrorData::new(v.to_string())),
+                "Not the current backup version",
+            )),
+            None => Err(Error::not_found("No current backup version")),
+        }
+    }
+
+    /// Stores keys (room -> session -> key data) and returns the new etag and count.
+    pub async fn put_backup_keys(
+        &self,
+        user: &UserId,
+        version: &str,
+        rooms: &BTreeMap<String, BTreeMap<String, Value>>,
+    ) -> Result<Value> {
+        let v = self.writable_backup(user, version).await?;
+        let pool = self.db.pool();
+        let mut tx = self.db.begin().await?;
+        for (room, sessions) in rooms {
+            for (session, data) in sessions {
+                if !data.is_object() {
+                    return Err(Error::bad_json("Key data must be objects"));
+                }
+                let keep_old = match store::backup_key(pool, user.as_str(), v, room, session).await? {
+                    Some(old) => !better(data, &serde_json::from_str(&old)?),
+                    None => false,
+                };
+                if !keep_old {
+                    store::set_backup_key(&mut tx, user.as_str(), v, (room, session), &serde_json::to_string(data)?)
+                        .await?;
+                }
+            }
+        }
+        store::bump_backup_etag(&mut *tx, user.as_str(), v).await?;
+        diplomatie_storage::commit(tx).await?;
+        let info = self.backup_info(user, Some(version)).await?;
+        Ok(json!({ "etag": info["etag"], "count": info["count"] }))
+    }
+
+    /// Backed-up keys at the granularity asked for.
+    pub async fn get_backup_keys(
+        &self,
+        user: &UserId,
+        version: &str,
+        room: Option<&str>,
+        session: Option<&str>,
+    ) -> Result<Value> {
+        let v = parse_version(version)?;
+        store::backup_version(self.db.pool(), user.as_str(), v)
+            .await?
+            .ok_or_else(|| Error::not_found("Unknown backup version"))?;
+        let keys = store::backup_keys(self.db.pool(), user.as_str(), v, room, session).await?;
+        if session.is_some() {
+            let (_, _, json) = keys.into_iter().next().ok_or_else(|| Error::not_found("No key for this session"))?;
+            return Ok(serde_json::from_str(&json)?);
+        }
+        let mut rooms: Map<String, Value> = Map::new();
+        for (room_id, session_id, json) in keys {
+            let entry = rooms.entry(room_id).or_insert_with(|| json!({ "sessions": {} }));
+            entry["sessions"][session_id] = serde_json::from_str(&json)?;
+        }
+        Ok(match room {
+            Some(r) => rooms.remove(r).unwrap_or_else(|| json!({ "sessions": {} })),
+            None => json!({ "rooms": rooms }),
+        })
+    }
+
+    pub async fn delete_backup_keys(
+        &self,
+        user: &UserId,
+        version: &str,
+        room: Option<&str>,
+        session: Option<&str>,
+    ) -> Result<Value> {
+        let v = parse_version(version)?;
+        store::backup_version(self.db.pool(), user.as_str(), v)
+            .await?
+            .ok_or_else(|| Error::not_found("Unknown backup version"))?;
+        store::delete_backup_keys(self.db.pool(), user.as_str(), v, room, session).await?;
+        store::bump_backup_etag(self.db.pool(), user.as_str(), v).await?;
+        let info = self.backup_info(user, Some(version)).await?;
+        Ok(json!({ "etag": info["etag"], "count": info["count"] }))
+    }
+}
