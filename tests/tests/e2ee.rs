@@ -226,6 +226,18 @@ async fn to_device_messages_and_device_lists(backend: Backend) {
         .await;
     assert_eq!(q["device_keys"][&alice.user_id], json!({}));
     assert_error(&bob.get("/_matrix/client/v3/keys/changes?from=x&to=y").await, 400, "M_INVALID_PARAM");
+
+    // Starting to share a room is a change; sharing none any more is a `left`.
+    let carol = server.register("carol").await;
+    let next = s["next_batch"].as_str().unwrap().to_owned();
+    carol.join(&room).await;
+    let s = bob.sync(Some(&next), "timeout=0").await;
+    assert_eq!(s["device_lists"]["changed"], json!([carol.user_id]), "{s}");
+    let next = s["next_batch"].as_str().unwrap().to_owned();
+    carol.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&json!({}))).await;
+    let s = bob.sync(Some(&next), "timeout=0").await;
+    assert_eq!(s["device_lists"]["left"], json!([carol.user_id]), "{s}");
+    assert_eq!(s["device_lists"]["changed"], json!([]));
 }
 
 mod cross_signing_and_backup {

@@ -230,6 +230,45 @@ impl Services {
         Ok(changed)
     }
 
+    /// Whose device lists a client must refresh (`changed`: their devices changed, or they
+    /// started sharing a room with the user) or may forget (`left`: they share no room anymore).
+    async fn device_list_updates(&self, user: &UserId, since: i64, to: i64) -> Result<(Vec<String>, Vec<String>)> {
+        let mut changed: std::collections::BTreeSet<String> =
+            self.key_changes(user, since, to).await?.into_iter().collect();
+        let mut left = std::collections::BTreeSet::new();
+        let shared = self.users_sharing_rooms_with(user).await?;
+        let my_rooms: HashSet<String> =
+            crate::rooms::joined_rooms(self, user).await?.into_iter().map(|r| r.to_string()).collect();
+        for (room, member, json) in
+            diplomatie_storage::events::membership_changes_between(self.db.pool(), since, to).await?
+        {
+            let membership =
+                serde_json::from_str::<Value>(&json)?["content"]["membership"].as_str().unwrap_or_default().to_owned();
+            let joined = membership == "join";
+            if member == user.as_str() {
+                // I joined a room: its members are new to me. I left one: some may be gone.
+                let Ok(room_id) = ruma::OwnedRoomId::try_from(room.as_str()) else { continue };
+                for other in self.joined_members(&room_id).await?.iter().filter(|u| *u != user) {
+                    if joined {
+                        changed.insert(other.to_string());
+                    } else if !shared.contains(other) {
+                        left.insert(other.to_string());
+                    }
+                }
+            } else if my_rooms.contains(&room) {
+                // Someone joined or left a room of mine.
+                if joined {
+                    changed.insert(member);
+                } else if !shared.iter().any(|u| u.as_str() == member) {
+                    left.insert(member);
+                }
+            }
+        }
+        changed.retain(|u| shared.iter().any(|s| s.as_str() == u));
+        left.retain(|u| !changed.contains(u));
+        Ok((changed.into_iter().collect(), left.into_iter().collect()))
+    }
+
     /// `PUT /sendToDevice/{eventType}/{txnId}`: queues messages for devices of local users;
     /// `*` stands for every device of a user.
     pub async fn send_to_device(
@@ -288,16 +327,16 @@ impl Services {
                 json!({ "sender": sender, "type": kind, "content": serde_json::from_str::<Value>(&content).unwrap_or(Value::Null) })
             })
             .collect();
-        let changed = match since {
-            Some(since) => self.key_changes(user, since, to).await?,
-            None => Vec::new(),
+        let (changed, left) = match since {
+            Some(since) => self.device_list_updates(user, since, to).await?,
+            None => (Vec::new(), Vec::new()),
         };
         let counts = store::one_time_key_counts(pool, user.as_str(), device).await?;
         let counts: Map<String, Value> = counts.into_iter().map(|(a, n)| (a, json!(n))).collect();
         let fallback = store::unused_fallback_algorithms(pool, user.as_str(), device).await?;
         Ok(json!({
             "to_device": { "events": messages },
-            "device_lists": { "changed": changed, "left": [] },
+            "device_lists": { "changed": changed, "left": left },
             "device_one_time_keys_count": counts,
             "device_unused_fallback_key_types": fallback,
         }))

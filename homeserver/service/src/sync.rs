@@ -215,7 +215,8 @@ impl Services {
 
         let e2ee = self.sync_e2ee(user, req.device, req.since.map(|s| s.stream), to.stream).await?;
         let e2ee_news = e2ee["to_device"]["events"].as_array().is_some_and(|a| !a.is_empty())
-            || e2ee["device_lists"]["changed"].as_array().is_some_and(|a| !a.is_empty());
+            || e2ee["device_lists"]["changed"].as_array().is_some_and(|a| !a.is_empty())
+            || e2ee["device_lists"]["left"].as_array().is_some_and(|a| !a.is_empty());
         let empty = !e2ee_news
             && join.is_empty()
             && invite.is_empty()

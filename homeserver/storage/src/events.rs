@@ -295,3 +295,20 @@ pub async fn max_stream_ordering<'e>(e: impl Exec<'e>) -> Result<i64> {
     let row: (Option<i64>,) = sqlx::query_as("SELECT MAX(stream_ordering) FROM events").fetch_one(e).await?;
     Ok(row.0.unwrap_or(0))
 }
+
+/// Membership changes in any room with `from < stream_ordering <= to`:
+/// (room id, user id, membership JSON content).
+pub async fn membership_changes_between<'e>(
+    e: impl Exec<'e>,
+    from: i64,
+    to: i64,
+) -> Result<Vec<(String, String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT room_id, state_key, json FROM events WHERE event_type = 'm.room.member' \
+         AND stream_ordering > $1 AND stream_ordering <= $2 ORDER BY stream_ordering",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(e)
+    .await?)
+}
