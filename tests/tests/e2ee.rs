@@ -7,7 +7,67 @@ use ed25519_dalek::{Signer, SigningKey};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-backend_tests!(keys_upload_query_and_claim, bad_keys_are_refused_and_lose_nothing, to_device_messages_and_device_lists);
+backend_tests!(
+    keys_upload_query_and_claim,
+    bad_keys_are_refused_and_lose_nothing,
+    to_device_messages_and_device_lists,
+    dehydrated_devices_receive_to_device_messages,
+);
+
+const DEHYDRATED: &str = "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device";
+
+async fn dehydrated_devices_receive_to_device_messages(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    assert_error(&alice.get(DEHYDRATED).await, 404, "M_NOT_FOUND");
+    let mut dehydrated = alice.clone();
+    dehydrated.device_id = "DEHYDRATED1".into();
+    let dev = Device::new(&dehydrated, 42);
+    let put = json!({
+        "device_id": "DEHYDRATED1",
+        "initial_device_display_name": "Dehydrated device",
+        "device_data": { "algorithm": "m.dehydration.v1.olm", "device_pickle": "encrypted" },
+        "device_keys": dev.device_keys(),
+        "one_time_keys": { "signed_curve25519:AAAAAQ": dev.one_time_key(1) },
+    });
+    let r = alice.ok(Method::PUT, DEHYDRATED, Some(&put)).await;
+    assert_eq!(r["device_id"], "DEHYDRATED1");
+    let got = alice.ok(Method::GET, DEHYDRATED, None).await;
+    assert_eq!(got["device_data"]["device_pickle"], "encrypted");
+    // Others see its keys and can claim its one-time key.
+    let q = bob
+        .ok(Method::POST, "/_matrix/client/v3/keys/query", Some(&json!({ "device_keys": { &alice.user_id: [] } })))
+        .await;
+    assert!(q["device_keys"][&alice.user_id]["DEHYDRATED1"].is_object(), "{q}");
+    // To-device messages wait for it, page by page.
+    let msg = json!({ "messages": { &alice.user_id: { "DEHYDRATED1": { "ciphertext": "for later" } } } });
+    bob.ok(Method::PUT, "/_matrix/client/v3/sendToDevice/m.room.encrypted/d1", Some(&msg)).await;
+    let events_path = format!("{DEHYDRATED}/DEHYDRATED1/events");
+    let page = alice.ok(Method::POST, &events_path, Some(&json!({}))).await;
+    assert_eq!(page["events"][0]["content"]["ciphertext"], "for later");
+    let next = page["next_batch"].as_str().unwrap().to_owned();
+    let page = alice.ok(Method::POST, &events_path, Some(&json!({ "next_batch": next }))).await;
+    assert_eq!(page["events"], json!([]));
+    assert_error(&bob.post(&events_path, &json!({})).await, 403, "M_FORBIDDEN");
+    // A bad signature refuses the whole device.
+    let mut forged = put.clone();
+    forged["device_id"] = json!("DEHYDRATED2");
+    assert_error(&alice.put(DEHYDRATED, &forged).await, 400, "M_INVALID_PARAM");
+    assert_eq!(alice.ok(Method::GET, DEHYDRATED, None).await["device_id"], "DEHYDRATED1");
+    // Deleting removes it and its keys.
+    let r = alice.ok(Method::DELETE, DEHYDRATED, None).await;
+    assert_eq!(r["device_id"], "DEHYDRATED1");
+    assert_error(&alice.get(DEHYDRATED).await, 404, "M_NOT_FOUND");
+    let q = bob
+        .ok(
+            Method::POST,
+            "/_matrix/client/v3/keys/query",
+            Some(&json!({ "device_keys": { &alice.user_id: ["DEHYDRATED1"] } })),
+        )
+        .await;
+    assert_eq!(q["device_keys"][&alice.user_id], json!({}));
+}
 
 /// A device's identity key, signing JSON as clients do (canonical JSON, sorted keys).
 struct Device {

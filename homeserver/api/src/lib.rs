@@ -141,6 +141,15 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = route::<c::backup::delete_backup_keys::v3::Request, _, _>(r, keys::delete_keys);
     let r = route::<c::backup::delete_backup_keys_for_room::v3::Request, _, _>(r, keys::delete_room_keys);
     let r = route::<c::backup::delete_backup_keys_for_session::v3::Request, _, _>(r, keys::delete_session_key);
+    let r =
+        route::<c::dehydrated_device::put_dehydrated_device::unstable::Request, _, _>(r, keys::put_dehydrated_device);
+    let r =
+        route::<c::dehydrated_device::get_dehydrated_device::unstable::Request, _, _>(r, keys::get_dehydrated_device);
+    let r = route::<c::dehydrated_device::delete_dehydrated_device::unstable::Request, _, _>(
+        r,
+        keys::delete_dehydrated_device,
+    );
+    let r = route::<c::dehydrated_device::get_events::unstable::Request, _, _>(r, keys::dehydrated_device_events);
     // Synapse-compatible administration
     let r = r.route("/_synapse/admin/v1/register", get(admin::register_nonce).post(admin::register));
 

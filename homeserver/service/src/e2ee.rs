@@ -10,6 +10,47 @@ use serde_json::{json, Map, Value};
 
 use crate::{accounts::Caller, Error, Result, Services};
 
+/// Keys a device uploads; `new_device_keys` is set by the check when they are to be stored.
+pub struct KeyUpload {
+    pub device_keys: Option<Value>,
+    pub one_time_keys: BTreeMap<String, Value>,
+    pub fallback_keys: BTreeMap<String, Value>,
+    new_device_keys: Option<Value>,
+}
+
+impl KeyUpload {
+    pub fn new(
+        device_keys: Option<Value>,
+        one_time_keys: BTreeMap<String, Value>,
+        fallback_keys: BTreeMap<String, Value>,
+    ) -> Self {
+        KeyUpload { device_keys, one_time_keys, fallback_keys, new_device_keys: None }
+    }
+
+    pub fn changes_device_keys(&self) -> bool {
+        self.new_device_keys.is_some()
+    }
+}
+
+/// Writes a checked upload into a transaction.
+pub async fn write_key_upload(
+    tx: &mut diplomatie_storage::Connection,
+    user: &str,
+    device: &str,
+    upload: &KeyUpload,
+) -> Result<()> {
+    if let Some(keys) = &upload.new_device_keys {
+        store::set_device_keys(tx, user, device, &serde_json::to_string(keys)?).await?;
+    }
+    for (name, value) in &upload.one_time_keys {
+        store::add_one_time_key(tx, user, device, split_key_name(name)?, &serde_json::to_string(value)?).await?;
+    }
+    for (name, value) in &upload.fallback_keys {
+        store::set_fallback_key(tx, user, device, split_key_name(name)?, &serde_json::to_string(value)?).await?;
+    }
+    Ok(())
+}
+
 /// The (algorithm, key id) of a key name such as `signed_curve25519:AAAAHg`.
 fn split_key_name(name: &str) -> Result<(&str, &str)> {
     name.split_once(':')
@@ -40,10 +81,31 @@ impl Services {
         one_time_keys: BTreeMap<String, Value>,
         fallback_keys: BTreeMap<String, Value>,
     ) -> Result<BTreeMap<String, u64>> {
-        let user = caller.user_id.as_str();
-        let device = caller.device_id.as_str();
+        let upload = KeyUpload { device_keys, one_time_keys, fallback_keys, new_device_keys: None };
+        let upload = self.check_key_upload(&caller.user_id, caller.device_id.as_str(), upload, false).await?;
+        let mut tx = self.db.begin().await?;
+        write_key_upload(&mut tx, caller.user_id.as_str(), caller.device_id.as_str(), &upload).await?;
+        diplomatie_storage::commit(tx).await?;
+        if upload.new_device_keys.is_some() {
+            self.device_list_changed(&caller.user_id).await?;
+        }
+        self.one_time_key_counts(caller).await
+    }
+
+    /// Checks an upload of keys for `device` without writing anything: device keys for this
+    /// device, self-signed, never replacing other keys (unless `replacing` the whole device);
+    /// signed one-time and fallback keys verified; one-time key ids keeping their first value.
+    pub async fn check_key_upload(
+        &self,
+        user_id: &UserId,
+        device: &str,
+        mut upload: KeyUpload,
+        replacing: bool,
+    ) -> Result<KeyUpload> {
+        let user = user_id.as_str();
+        let KeyUpload { device_keys, one_time_keys, fallback_keys, .. } = &upload;
         let signing_key_id = format!("ed25519:{device}");
-        let stored = store::device_keys(self.db.pool(), user, device).await?;
+        let stored = if replacing { None } else { store::device_keys(self.db.pool(), user, device).await? };
         let stored: Option<Value> = stored.map(|s| serde_json::from_str(&s)).transpose()?;
 
         // Device keys: for this very device, self-signed, and never replaced by other keys.
@@ -91,32 +153,21 @@ impl Services {
         for (name, value) in one_time_keys.iter().chain(fallback_keys.iter()) {
             check(name, value)?;
         }
-        for (name, value) in &one_time_keys {
-            let (algorithm, key_id) = split_key_name(name)?;
-            if let Some(existing) = store::one_time_key(self.db.pool(), user, device, algorithm, key_id).await? {
-                if serde_json::from_str::<Value>(&existing)? != *value {
-                    return Err(Error::invalid_param(format!("One-time key {name} already exists with another value")));
+
+        if !replacing {
+            for (name, value) in one_time_keys {
+                let (algorithm, key_id) = split_key_name(name)?;
+                if let Some(existing) = store::one_time_key(self.db.pool(), user, device, algorithm, key_id).await? {
+                    if serde_json::from_str::<Value>(&existing)? != *value {
+                        return Err(Error::invalid_param(format!(
+                            "One-time key {name} already exists with another value"
+                        )));
+                    }
                 }
             }
         }
-
-        let mut tx = self.db.begin().await?;
-        if let Some(keys) = &new_device_keys {
-            store::set_device_keys(&mut tx, user, device, &serde_json::to_string(keys)?).await?;
-        }
-        for (name, value) in &one_time_keys {
-            store::add_one_time_key(&mut tx, user, device, split_key_name(name)?, &serde_json::to_string(value)?)
-                .await?;
-        }
-        for (name, value) in &fallback_keys {
-            store::set_fallback_key(&mut tx, user, device, split_key_name(name)?, &serde_json::to_string(value)?)
-                .await?;
-        }
-        diplomatie_storage::commit(tx).await?;
-        if new_device_keys.is_some() {
-            self.device_list_changed(&caller.user_id).await?;
-        }
-        self.one_time_key_counts(caller).await
+        upload.new_device_keys = new_device_keys;
+        Ok(upload)
     }
 
     pub async fn one_time_key_counts(&self, caller: &Caller) -> Result<BTreeMap<String, u64>> {

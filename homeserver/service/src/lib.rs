@@ -11,6 +11,7 @@ pub mod accounts;
 pub mod backup;
 pub mod config;
 pub mod cross_signing;
+pub mod dehydrated;
 pub mod e2ee;
 pub mod ephemeral;
 pub mod error;

@@ -492,3 +492,29 @@ pub async fn backup_count<'e>(e: impl Exec<'e>, user_id: &str, version: i64) -> 
         .await?;
     Ok(row.0)
 }
+
+/// The user's dehydrated device: (device id, device data JSON).
+pub async fn dehydrated_device<'e>(e: impl Exec<'e>, user_id: &str) -> Result<Option<(String, String)>> {
+    Ok(sqlx::query_as("SELECT device_id, device_data FROM dehydrated_devices WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_optional(e)
+        .await?)
+}
+
+pub async fn set_dehydrated_device(conn: &mut Connection, user_id: &str, device_id: &str, data: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO dehydrated_devices (user_id, device_id, device_data) VALUES ($1, $2, $3) \
+         ON CONFLICT (user_id) DO UPDATE SET device_id = excluded.device_id, device_data = excluded.device_data",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .bind(data)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn delete_dehydrated_device(conn: &mut Connection, user_id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM dehydrated_devices WHERE user_id = $1").bind(user_id).execute(conn).await?;
+    Ok(())
+}

@@ -63,6 +63,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "core", include_str!("../migrations/0001_core.sql")),
     (2, "e2ee", include_str!("../migrations/0002_e2ee.sql")),
     (3, "cross_signing_backup", include_str!("../migrations/0003_cross_signing_backup.sql")),
+    (4, "dehydrated_devices", include_str!("../migrations/0004_dehydrated_devices.sql")),
 ];
 
 #[derive(Debug)]

@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{extract::State, response::Response};
-use diplomatie_service::{sync::SyncToken, Error, Services};
+use diplomatie_service::{dehydrated::Dehydrated, sync::SyncToken, Error, Services};
 use ruma::{
     api::client::{
         backup::{
@@ -13,6 +13,7 @@ use ruma::{
             get_backup_info, get_backup_keys, get_backup_keys_for_room, get_backup_keys_for_session,
             get_latest_backup_info, update_backup_version,
         },
+        dehydrated_device::{delete_dehydrated_device, get_dehydrated_device, get_events, put_dehydrated_device},
         keys::{claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys},
         to_device::send_event_to_device,
     },
@@ -222,4 +223,45 @@ pub async fn delete_session_key(
     let v =
         s.delete_backup_keys(&req.caller().user_id, &b.version, Some(b.room_id.as_str()), Some(&b.session_id)).await?;
     Ok(json_ok(v))
+}
+
+pub async fn put_dehydrated_device(
+    State(s): S,
+    req: Ruma<put_dehydrated_device::unstable::Request>,
+) -> Result<Response, ApiError> {
+    let raw = req.json.clone().unwrap_or(Value::Null);
+    let device = Dehydrated {
+        device_id: req.body.device_id.clone(),
+        display_name: req.body.initial_device_display_name.clone(),
+        device_data: raw.get("device_data").cloned().unwrap_or(Value::Null),
+        device_keys: raw.get("device_keys").cloned().unwrap_or(Value::Null),
+        one_time_keys: keys_field(&req.json, "one_time_keys"),
+        fallback_keys: keys_field(&req.json, "fallback_keys"),
+    };
+    let device_id = s.put_dehydrated_device(req.caller(), device).await?;
+    Ok(json_ok(json!({ "device_id": device_id })))
+}
+
+pub async fn get_dehydrated_device(
+    State(s): S,
+    req: Ruma<get_dehydrated_device::unstable::Request>,
+) -> Result<Response, ApiError> {
+    let (device_id, device_data) = s.dehydrated_device(&req.caller().user_id).await?;
+    Ok(json_ok(json!({ "device_id": device_id, "device_data": device_data })))
+}
+
+pub async fn delete_dehydrated_device(
+    State(s): S,
+    req: Ruma<delete_dehydrated_device::unstable::Request>,
+) -> Result<Response, ApiError> {
+    let device_id = s.delete_dehydrated_device(&req.caller().user_id).await?;
+    Ok(json_ok(json!({ "device_id": device_id })))
+}
+
+pub async fn dehydrated_device_events(
+    State(s): S,
+    req: Ruma<get_events::unstable::Request>,
+) -> Result<Response, ApiError> {
+    let b = &req.body;
+    Ok(json_ok(s.dehydrated_device_events(&req.caller().user_id, b.device_id.as_str(), b.next_batch.as_deref()).await?))
 }
