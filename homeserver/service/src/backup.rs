@@ -45,13 +45,7 @@ impl Services {
             None => store::current_backup(pool, user.as_str())
                 .await?
                 .ok_or_else(|| Error::not_found("No current backup version"))?,
-            Some(v) => {
-                let v = parse_version(v)?;
-                let (algorithm, etag) = store::backup_version(pool, user.as_str(), v)
-                    .await?
-                    .ok_or_else(|| Error::not_found("Unknown backup version"))?;
-                (v, algorithm, etag)
-            }
+            Some(v) => self.existing_backup(user, v).await?,
         };
         let mut info: Value = serde_json::from_str(&algorithm)?;
         info["version"] = json!(version.to_string());
@@ -61,10 +55,7 @@ impl Services {
     }
 
     pub async fn update_backup(&self, user: &UserId, version: &str, algorithm: &Value) -> Result<()> {
-        let v = parse_version(version)?;
-        let (current, _) = store::backup_version(self.db.pool(), user.as_str(), v)
-            .await?
-            .ok_or_else(|| Error::not_found("Unknown backup version"))?;
+        let (v, current, _) = self.existing_backup(user, version).await?;
         if algorithm.get("version").and_then(Value::as_str).is_some_and(|b| b != version) {
             return Err(Error::invalid_param("The version in the body does not match the path"));
         }
@@ -89,6 +80,15 @@ impl Services {
         } else {
             Err(Error::not_found("Unknown backup version"))
         }
+    }
+
+    /// A backup version that exists and is not deleted: (version, algorithm JSON, etag).
+    async fn existing_backup(&self, user: &UserId, version: &str) -> Result<(i64, String, i64)> {
+        let v = parse_version(version)?;
+        let (algorithm, etag) = store::backup_version(self.db.pool(), user.as_str(), v)
+            .await?
+            .ok_or_else(|| Error::not_found("Unknown backup version"))?;
+        Ok((v, algorithm, etag))
     }
 
     /// The version keys may be uploaded to: only the current one.
@@ -143,10 +143,7 @@ impl Services {
         room: Option<&str>,
         session: Option<&str>,
     ) -> Result<Value> {
-        let v = parse_version(version)?;
-        store::backup_version(self.db.pool(), user.as_str(), v)
-            .await?
-            .ok_or_else(|| Error::not_found("Unknown backup version"))?;
+        let v = self.existing_backup(user, version).await?.0;
         let keys = store::backup_keys(self.db.pool(), user.as_str(), v, room, session).await?;
         if session.is_some() {
             let (_, _, json) = keys.into_iter().next().ok_or_else(|| Error::not_found("No key for this session"))?;
@@ -170,10 +167,7 @@ impl Services {
         room: Option<&str>,
         session: Option<&str>,
     ) -> Result<Value> {
-        let v = parse_version(version)?;
-        store::backup_version(self.db.pool(), user.as_str(), v)
-            .await?
-            .ok_or_else(|| Error::not_found("Unknown backup version"))?;
+        let v = self.existing_backup(user, version).await?.0;
         store::delete_backup_keys(self.db.pool(), user.as_str(), v, room, session).await?;
         store::bump_backup_etag(self.db.pool(), user.as_str(), v).await?;
         let info = self.backup_info(user, Some(version)).await?;
