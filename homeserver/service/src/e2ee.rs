@@ -2,13 +2,62 @@
 //! stores and relays public keys and ciphertext, and tells clients whose devices changed.
 //! It never sees plaintext.
 
-use std::collections::{BTreeMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Mutex,
+    },
+};
 
 use diplomatie_storage::e2ee as store;
 use ruma::{api::error::ErrorKind, serde::Base64, CanonicalJsonObject, OwnedUserId, UserId};
 use serde_json::{json, Map, Value};
 
 use crate::{accounts::Caller, Error, Result, Services};
+
+/// What `/sync` needs to skip the encryption queries when nothing changed: which devices have
+/// to-device messages waiting, where the device list stream and the membership events stand,
+/// and each device's key counts.
+#[derive(Default)]
+pub struct E2eeState {
+    /// Devices with messages waiting, with a count of sends (so that a sync that found nothing
+    /// does not clear the mark of a send that raced it).
+    pending: Mutex<HashMap<(String, String), u64>>,
+    last_device_change: AtomicI64,
+    last_member_change: AtomicI64,
+    counts: Mutex<HashMap<(String, String), (Value, Value)>>,
+}
+
+impl E2eeState {
+    /// Loads the state from the database at start-up.
+    pub async fn load(db: &diplomatie_storage::Db) -> diplomatie_storage::Result<E2eeState> {
+        let state = E2eeState::default();
+        state
+            .pending
+            .lock()
+            .unwrap()
+            .extend(store::devices_with_to_device(db.pool()).await?.into_iter().map(|k| (k, 0)));
+        state.last_device_change.store(store::last_device_list_change(db.pool()).await?, Ordering::Release);
+        let member = diplomatie_storage::events::last_membership_change(db.pool()).await?;
+        state.last_member_change.store(member, Ordering::Release);
+        Ok(state)
+    }
+
+    /// Called by the room writer when membership events are committed at `position`.
+    pub fn membership_changed(&self, position: i64) {
+        self.last_member_change.fetch_max(position, Ordering::AcqRel);
+    }
+
+    fn forget_counts(&self, user: &str, device: &str) {
+        self.counts.lock().unwrap().remove(&(user.to_owned(), device.to_owned()));
+    }
+
+    /// Forgets the key counts of a user's devices (keys claimed or devices deleted).
+    pub fn forget_user_counts(&self, user: &str) {
+        self.counts.lock().unwrap().retain(|(u, _), _| u != user);
+    }
+}
 
 /// Keys a device uploads; `new_device_keys` is set by the check when they are to be stored.
 pub struct KeyUpload {
@@ -86,6 +135,7 @@ impl Services {
         let mut tx = self.db.begin().await?;
         write_key_upload(&mut tx, caller.user_id.as_str(), caller.device_id.as_str(), &upload).await?;
         diplomatie_storage::commit(tx).await?;
+        self.e2ee.forget_counts(caller.user_id.as_str(), caller.device_id.as_str());
         if upload.new_device_keys.is_some() {
             self.device_list_changed(&caller.user_id).await?;
         }
@@ -182,6 +232,8 @@ impl Services {
         let position = write.next_position();
         store::record_device_list_change(self.db.pool(), user.as_str(), position).await?;
         write.publish();
+        self.e2ee.last_device_change.fetch_max(position, Ordering::AcqRel);
+        self.e2ee.forget_user_counts(user.as_str());
         let mut targets = self.users_sharing_rooms_with(user).await?;
         targets.insert(user.to_owned());
         self.notifier.notify(targets.iter().map(|u| &**u));
@@ -258,6 +310,7 @@ impl Services {
                     Some(k) => Some(k),
                     None => store::claim_fallback_key(&mut tx, user.as_str(), device, algorithm).await?,
                 };
+                self.e2ee.forget_counts(user.as_str(), device);
                 if let Some((key_id, json)) = key {
                     let value: Value = serde_json::from_str(&json)?;
                     user_keys.insert(device.clone(), json!({ format!("{algorithm}:{key_id}"): value }));
@@ -271,6 +324,9 @@ impl Services {
 
     /// `GET /keys/changes`: users sharing a room whose devices changed between two tokens.
     pub async fn key_changes(&self, user: &UserId, from: i64, to: i64) -> Result<Vec<String>> {
+        if self.e2ee.last_device_change.load(Ordering::Acquire) <= from {
+            return Ok(Vec::new());
+        }
         let shared = self.users_sharing_rooms_with(user).await?;
         let mut changed: Vec<String> = store::device_list_changes_between(self.db.pool(), from, to)
             .await?
@@ -359,6 +415,12 @@ impl Services {
         }
         store::add_to_device(&mut tx, position, caller.user_id.as_str(), event_type, &rows).await?;
         diplomatie_storage::commit(tx).await?;
+        {
+            let mut pending = self.e2ee.pending.lock().unwrap();
+            for (u, d, _) in &rows {
+                *pending.entry((u.clone(), d.clone())).or_default() += 1;
+            }
+        }
         write.publish();
         self.notifier.notify(recipients.iter().map(|u| &**u));
         Ok(())
@@ -368,23 +430,44 @@ impl Services {
     /// up to `since`), device list changes, key counts.
     pub async fn sync_e2ee(&self, user: &UserId, device: &str, since: Option<i64>, to: i64) -> Result<Value> {
         let pool = self.db.pool();
-        if let Some(since) = since {
-            store::ack_to_device(pool, user.as_str(), device, since).await?;
+        let key = (user.to_string(), device.to_owned());
+        let mut messages = Vec::new();
+        let generation = self.e2ee.pending.lock().unwrap().get(&key).copied();
+        if let Some(generation) = generation {
+            if let Some(since) = since {
+                store::ack_to_device(pool, user.as_str(), device, since).await?;
+            }
+            let rows = store::to_device_for(pool, user.as_str(), device, i64::MAX, 100).await?;
+            if rows.is_empty() {
+                let mut pending = self.e2ee.pending.lock().unwrap();
+                if pending.get(&key) == Some(&generation) {
+                    pending.remove(&key);
+                }
+            }
+            messages = rows
+                .into_iter()
+                .filter(|r| r.3 <= to)
+                .map(|(sender, kind, content, _)| {
+                    json!({ "sender": sender, "type": kind, "content": serde_json::from_str::<Value>(&content).unwrap_or(Value::Null) })
+                })
+                .collect();
         }
-        let messages: Vec<Value> = store::to_device_for(pool, user.as_str(), device, to, 100)
-            .await?
-            .into_iter()
-            .map(|(sender, kind, content, _)| {
-                json!({ "sender": sender, "type": kind, "content": serde_json::from_str::<Value>(&content).unwrap_or(Value::Null) })
-            })
-            .collect();
         let (changed, left) = match since {
             Some(since) => self.device_list_updates(user, since, to).await?,
             None => (Vec::new(), Vec::new()),
         };
-        let counts = store::one_time_key_counts(pool, user.as_str(), device).await?;
-        let counts: Map<String, Value> = counts.into_iter().map(|(a, n)| (a, json!(n))).collect();
-        let fallback = store::unused_fallback_algorithms(pool, user.as_str(), device).await?;
+        let cached = self.e2ee.counts.lock().unwrap().get(&key).cloned();
+        let (counts, fallback) = match cached {
+            Some(c) => c,
+            None => {
+                let counts = store::one_time_key_counts(pool, user.as_str(), device).await?;
+                let counts: Map<String, Value> = counts.into_iter().map(|(a, n)| (a, json!(n))).collect();
+                let fallback = store::unused_fallback_algorithms(pool, user.as_str(), device).await?;
+                let entry = (Value::Object(counts), json!(fallback));
+                self.e2ee.counts.lock().unwrap().insert(key.clone(), entry.clone());
+                entry
+            }
+        };
         Ok(json!({
             "to_device": { "events": messages },
             "device_lists": { "changed": changed, "left": left },

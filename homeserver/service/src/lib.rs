@@ -54,6 +54,7 @@ pub struct Services {
     pub typing: ephemeral::Typing,
     pub uia: uia::UiaSessions,
     pub admin_nonces: uia::Nonces,
+    pub e2ee: e2ee::E2eeState,
     pub ratelimiter: ratelimit::RateLimiter,
 }
 
@@ -71,6 +72,7 @@ impl Services {
         let keys = keys::ServerKeys::load_or_create(&config.data_dir)?;
         let stream = ephemeral::max_stream_position(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         let ratelimiter = ratelimit::RateLimiter::new(&config.rate_limits);
+        let e2ee = e2ee::E2eeState::load(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         let services = Arc::new_cyclic(|me| Services {
             me: me.clone(),
             config,
@@ -84,6 +86,7 @@ impl Services {
             typing: ephemeral::Typing::default(),
             uia: uia::UiaSessions::default(),
             admin_nonces: uia::Nonces::default(),
+            e2ee,
             ratelimiter,
         });
         ephemeral::spawn_typing_expiry(Arc::downgrade(&services));

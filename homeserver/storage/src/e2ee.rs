@@ -518,3 +518,14 @@ pub async fn delete_dehydrated_device(conn: &mut Connection, user_id: &str) -> R
     sqlx::query("DELETE FROM dehydrated_devices WHERE user_id = $1").bind(user_id).execute(conn).await?;
     Ok(())
 }
+
+/// Devices with to-device messages waiting: (user id, device id).
+pub async fn devices_with_to_device<'e>(e: impl Exec<'e>) -> Result<Vec<(String, String)>> {
+    Ok(sqlx::query_as("SELECT DISTINCT user_id, device_id FROM to_device").fetch_all(e).await?)
+}
+
+/// The last position of the device list stream (0 when empty).
+pub async fn last_device_list_change<'e>(e: impl Exec<'e>) -> Result<i64> {
+    let row: (Option<i64>,) = sqlx::query_as("SELECT MAX(stream_id) FROM device_list_changes").fetch_one(e).await?;
+    Ok(row.0.unwrap_or(0))
+}

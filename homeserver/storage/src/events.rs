@@ -312,3 +312,12 @@ pub async fn membership_changes_between<'e>(
     .fetch_all(e)
     .await?)
 }
+
+/// The position of the last membership event (0 when none).
+pub async fn last_membership_change<'e>(e: impl Exec<'e>) -> Result<i64> {
+    let row: (Option<i64>,) =
+        sqlx::query_as("SELECT MAX(stream_ordering) FROM events WHERE event_type = 'm.room.member'")
+            .fetch_one(e)
+            .await?;
+    Ok(row.0.unwrap_or(0))
+}

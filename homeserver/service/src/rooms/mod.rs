@@ -873,6 +873,7 @@ impl<'a> RoomWriter<'a> {
         }
         let mut wake: Vec<OwnedUserId> = Vec::new();
         for pdu in appended.iter().filter(|p| p.kind == TimelineEventType::RoomMember) {
+            services.e2ee.membership_changed(pdu.stream_ordering);
             let Some(target) = pdu.state_key.as_deref().and_then(|s| OwnedUserId::try_from(s).ok()) else { continue };
             let mut joined = caches.joined.lock().unwrap();
             if let Some(set) = joined.get_mut(&pdu.room_id) {
