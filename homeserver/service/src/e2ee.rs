@@ -33,11 +33,8 @@ impl E2eeState {
     /// Loads the state from the database at start-up.
     pub async fn load(db: &diplomatie_storage::Db) -> diplomatie_storage::Result<E2eeState> {
         let state = E2eeState::default();
-        state
-            .pending
-            .lock()
-            .unwrap()
-            .extend(store::devices_with_to_device(db.pool()).await?.into_iter().map(|k| (k, 0)));
+        let waiting = store::devices_with_to_device(db.pool()).await?;
+        state.pending.lock().unwrap().extend(waiting.into_iter().map(|k| (k, 0)));
         state.last_device_change.store(store::last_device_list_change(db.pool()).await?, Ordering::Release);
         let member = diplomatie_storage::events::last_membership_change(db.pool()).await?;
         state.last_member_change.store(member, Ordering::Release);
