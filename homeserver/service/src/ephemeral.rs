@@ -223,16 +223,28 @@ impl Services {
         let position = write.next_position();
         streams::set_presence(self.db.pool(), user.as_str(), state, status_msg, now_ms(), position).await?;
         write.publish();
-        let mut targets = vec![user.to_owned()];
-        for (room, membership) in diplomatie_storage::state::rooms_for_user(self.db.pool(), user.as_str()).await? {
-            if membership == "join" {
-                if let Ok(room_id) = OwnedRoomId::try_from(room) {
-                    targets.extend(self.joined_members(&room_id).await?.iter().cloned());
-                }
-            }
-        }
+        self.presence_states.lock().unwrap().insert(user.to_owned(), state.to_owned());
+        let mut targets = self.users_sharing_rooms_with(user).await?;
+        targets.insert(user.to_owned());
         self.notifier.notify(targets.iter().map(|u| &**u));
         Ok(())
+    }
+
+    /// Presence set by a `/sync` request (`set_presence`): written only when it changes, and
+    /// known in memory after the first time, so that syncing costs no query for it.
+    pub async fn presence_on_sync(&self, user: &UserId, state: &str) -> Result<()> {
+        if self.presence_states.lock().unwrap().get(user).is_some_and(|s| s == state) {
+            return Ok(());
+        }
+        let current = streams::get_presence(self.db.pool(), user.as_str()).await?;
+        match current {
+            Some(p) if p.state == state => {
+                self.presence_states.lock().unwrap().insert(user.to_owned(), p.state);
+                Ok(())
+            }
+            Some(p) => self.set_presence(user, state, p.status_msg.as_deref()).await,
+            None => self.set_presence(user, state, None).await,
+        }
     }
 
     pub async fn presence(&self, user: &UserId) -> Result<streams::Presence> {

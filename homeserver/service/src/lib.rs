@@ -55,6 +55,8 @@ pub struct Services {
     pub uia: uia::UiaSessions,
     pub admin_nonces: uia::Nonces,
     pub e2ee: e2ee::E2eeState,
+    /// The last presence state written for each user (see `presence_on_sync`).
+    presence_states: std::sync::Mutex<std::collections::HashMap<ruma::OwnedUserId, String>>,
     pub ratelimiter: ratelimit::RateLimiter,
 }
 
@@ -87,6 +89,7 @@ impl Services {
             uia: uia::UiaSessions::default(),
             admin_nonces: uia::Nonces::default(),
             e2ee,
+            presence_states: Default::default(),
             ratelimiter,
         });
         ephemeral::spawn_typing_expiry(Arc::downgrade(&services));

@@ -55,12 +55,8 @@ pub async fn sync(State(s): S, req: Ruma<sync_events::v3::Request>) -> Result<Re
     let since = req.body.since.as_deref().map(SyncToken::parse).transpose()?;
     let presence = req.body.set_presence.to_string();
     if presence != "offline" {
-        // Syncing marks the user online (or as the client asks), as Synapse does; only
-        // changes are written.
-        let current = s.presence(user).await?;
-        if current.state != presence {
-            s.set_presence(user, &presence, current.status_msg.as_deref()).await?;
-        }
+        // Syncing marks the user online (or as the client asks), as Synapse does.
+        s.presence_on_sync(user, &presence).await?;
     }
     let body = s
         .sync(SyncRequest {
