@@ -90,6 +90,7 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = route::<c::directory::get_public_rooms::v3::Request, _, _>(r, rooms::public_rooms);
     let r = route::<c::directory::get_public_rooms_filtered::v3::Request, _, _>(r, rooms::public_rooms_filtered);
     let r = route::<c::user_directory::search_users::v3::Request, _, _>(r, rooms::search_users);
+    let r = route::<c::space::get_hierarchy::v1::Request, _, _>(r, rooms::hierarchy);
     // Events
     let r = route::<c::message::send_message_event::v3::Request, _, _>(r, events::send_message);
     let r = route::<c::redact::redact_event::v3::Request, _, _>(r, events::redact);
@@ -150,6 +151,16 @@ pub fn router(services: Arc<Services>) -> Router {
         keys::delete_dehydrated_device,
     );
     let r = route::<c::dehydrated_device::get_events::unstable::Request, _, _>(r, keys::dehydrated_device_events);
+    // Content repository
+    let r = route::<c::authenticated_media::get_media_config::v1::Request, _, _>(r, media::config);
+    let r = route::<c::authenticated_media::get_content::v1::Request, _, _>(r, media::download);
+    let r = route::<c::authenticated_media::get_content_as_filename::v1::Request, _, _>(r, media::download_as);
+    let r = route::<c::authenticated_media::get_content_thumbnail::v1::Request, _, _>(r, media::thumbnail);
+    let r = route::<c::authenticated_media::get_media_preview::v1::Request, _, _>(r, media::preview);
+    let r = route::<c::media::create_content::v3::Request, _, _>(r, media::upload);
+    let r = route::<c::media::create_mxc_uri::v1::Request, _, _>(r, media::create);
+    let r = route::<c::media::create_content_async::v3::Request, _, _>(r, media::upload_to);
+    let r = legacy_media_routes(r);
     // Synapse-compatible administration
     let r = r.route("/_synapse/admin/v1/register", get(admin::register_nonce).post(admin::register));
 
@@ -161,6 +172,18 @@ pub fn router(services: Arc<Services>) -> Router {
         .layer(TraceLayer::new_for_http().make_span_with(
             |req: &Request| tracing::info_span!("request", method = %req.method(), path = %req.uri().path()),
         ))
+}
+
+/// The content repository's `/_matrix/media/v3` endpoints, deprecated since v1.11 but still
+/// allowed by the spec.
+#[allow(deprecated)]
+fn legacy_media_routes(r: axum::Router<Arc<Services>>) -> axum::Router<Arc<Services>> {
+    let r = route::<c::media::get_media_config::v3::Request, _, _>(r, media::legacy_config);
+    let r = route::<c::media::get_media_preview::v3::Request, _, _>(r, media::legacy_preview);
+    let r = route::<c::media::get_content::v3::Request, _, _>(r, media::legacy_download);
+    let r = route::<c::media::get_content_as_filename::v3::Request, _, _>(r, media::legacy_download_as);
+    let r = route::<c::media::get_content_thumbnail::v3::Request, _, _>(r, media::legacy_thumbnail);
+    r
 }
 
 /// Any endpoint this server does not implement: the spec's `M_UNRECOGNIZED`.

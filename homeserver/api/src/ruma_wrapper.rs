@@ -125,13 +125,15 @@ where
             })?;
         }
 
-        let limit = services.config.max_request_bytes;
+        let raw = has_raw_body::<T>();
+        let limit =
+            if raw { services.config.media.max_upload_bytes as usize } else { services.config.max_request_bytes };
         let bytes = http_body_util::Limited::new(body, limit)
             .collect()
             .await
             .map_err(|_| ApiError(Error::new(ErrorKind::TooLarge, "Request body too large")))?
             .to_bytes();
-        let json = if bytes.is_empty() {
+        let json = if bytes.is_empty() || raw {
             None
         } else {
             match serde_json::from_slice::<Value>(&bytes) {
@@ -144,16 +146,25 @@ where
         {
             return Err(ApiError(Error::bad_json("Body must be a JSON object")));
         }
-        let body_bytes: &[u8] = if bytes.is_empty() && matches!(T::METHOD, http::Method::POST | http::Method::PUT) {
-            b"{}"
-        } else {
-            &bytes
-        };
+        let body_bytes: &[u8] =
+            if bytes.is_empty() && !raw && matches!(T::METHOD, http::Method::POST | http::Method::PUT) {
+                b"{}"
+            } else {
+                &bytes
+            };
         let http_req = http::Request::from_parts(parts, body_bytes);
         let args: Vec<&str> = path_params.iter().map(String::as_str).collect();
         let body = T::try_from_http_request(http_req, &args).map_err(parse_error)?;
         Ok(Ruma { body, caller, json, ip })
     }
+}
+
+/// Whether `T`'s body is a file rather than JSON (media uploads): it is neither parsed as JSON
+/// nor held to the JSON size limit, but to the media one.
+fn has_raw_body<T: 'static>() -> bool {
+    use ruma::api::client::media::{create_content, create_content_async};
+    let t = TypeId::of::<T>();
+    t == TypeId::of::<create_content::v3::Request>() || t == TypeId::of::<create_content_async::v3::Request>()
 }
 
 /// A typed ruma response.

@@ -36,6 +36,45 @@ pub struct Config {
     pub rate_limits: RateLimits,
     /// Lifetime of access tokens issued with a refresh token, in milliseconds.
     pub access_token_lifetime_ms: u64,
+    pub media: Media,
+    pub url_preview: UrlPreview,
+}
+
+/// The media repository (`/_matrix/client/v1/media`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Media {
+    /// Largest file accepted, in bytes (`M_TOO_LARGE` above).
+    pub max_upload_bytes: u64,
+    /// Total bytes a user may have uploaded; 0 means no quota.
+    pub user_quota_bytes: u64,
+    /// Media ids a user may hold created (`/media/v1/create`) but not yet uploaded.
+    pub max_pending_uploads: u64,
+    /// How long a created media id waits for its upload, in milliseconds.
+    pub pending_expiry_ms: u64,
+    /// Content types refused at upload (exact types such as `text/html`, or prefixes such as
+    /// `application/x-`); `M_FORBIDDEN`.
+    pub refused_content_types: Vec<String>,
+    /// Whether the deprecated unauthenticated `/_matrix/media/v3/download` and `/thumbnail`
+    /// endpoints serve media. Off, as the spec recommends since v1.11 (authenticated media).
+    pub legacy_downloads: bool,
+    /// Largest image, in pixels, the server decodes to make a thumbnail.
+    pub max_thumbnail_source_pixels: u64,
+}
+
+/// URL previews (`/media/preview_url`): the server fetches pages on the users' behalf.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UrlPreview {
+    /// Off by default: fetching arbitrary URLs from the server is a risk to weigh.
+    pub enabled: bool,
+    /// Largest page or image fetched, in bytes.
+    pub max_bytes: u64,
+    /// Time allowed for a whole fetch, in milliseconds.
+    pub timeout_ms: u64,
+    /// Address ranges (CIDR) the server may fetch although they are loopback, private or
+    /// link-local. Empty in production; tests allow `127.0.0.1/32`.
+    pub ip_range_allowlist: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -75,6 +114,8 @@ const OPTIONS: &[&str] = &[
     "registration",
     "rate_limits",
     "access_token_lifetime_ms",
+    "media",
+    "url_preview",
 ];
 
 impl Default for Config {
@@ -91,7 +132,29 @@ impl Default for Config {
             registration: Registration::default(),
             rate_limits: RateLimits::default(),
             access_token_lifetime_ms: 24 * 3600 * 1000,
+            media: Media::default(),
+            url_preview: UrlPreview::default(),
         }
+    }
+}
+
+impl Default for Media {
+    fn default() -> Self {
+        Media {
+            max_upload_bytes: 50 * 1024 * 1024,
+            user_quota_bytes: 0,
+            max_pending_uploads: 5,
+            pending_expiry_ms: 24 * 3600 * 1000,
+            refused_content_types: Vec::new(),
+            legacy_downloads: false,
+            max_thumbnail_source_pixels: 32 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for UrlPreview {
+    fn default() -> Self {
+        UrlPreview { enabled: false, max_bytes: 10 * 1024 * 1024, timeout_ms: 10_000, ip_range_allowlist: Vec::new() }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod e2ee;
 pub mod ephemeral;
 pub mod error;
 pub mod keys;
+pub mod media;
 pub mod notifier;
 pub mod password;
 pub mod pdu;
@@ -23,6 +24,7 @@ pub mod ratelimit;
 pub mod rooms;
 pub mod sync;
 pub mod uia;
+pub mod url_preview;
 
 use std::sync::{
     atomic::{AtomicI64, Ordering},
@@ -55,6 +57,8 @@ pub struct Services {
     pub uia: uia::UiaSessions,
     pub admin_nonces: uia::Nonces,
     pub e2ee: e2ee::E2eeState,
+    pub media: media::MediaState,
+    pub previews: url_preview::Previews,
     /// The last presence state written for each user (see `presence_on_sync`).
     presence_states: std::sync::Mutex<std::collections::HashMap<ruma::OwnedUserId, String>>,
     pub ratelimiter: ratelimit::RateLimiter,
@@ -75,6 +79,7 @@ impl Services {
         let stream = ephemeral::max_stream_position(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         let ratelimiter = ratelimit::RateLimiter::new(&config.rate_limits);
         let e2ee = e2ee::E2eeState::load(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
+        let media = media::MediaState::new(&config.data_dir);
         let services = Arc::new_cyclic(|me| Services {
             me: me.clone(),
             config,
@@ -89,6 +94,8 @@ impl Services {
             uia: uia::UiaSessions::default(),
             admin_nonces: uia::Nonces::default(),
             e2ee,
+            media,
+            previews: Default::default(),
             presence_states: Default::default(),
             ratelimiter,
         });

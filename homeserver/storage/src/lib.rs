@@ -11,6 +11,7 @@
 pub mod accounts;
 pub mod e2ee;
 pub mod events;
+pub mod media;
 pub mod rooms;
 pub mod state;
 pub mod streams;
@@ -64,6 +65,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "e2ee", include_str!("../migrations/0002_e2ee.sql")),
     (3, "cross_signing_backup", include_str!("../migrations/0003_cross_signing_backup.sql")),
     (4, "dehydrated_devices", include_str!("../migrations/0004_dehydrated_devices.sql")),
+    (5, "media", include_str!("../migrations/0005_media.sql")),
 ];
 
 #[derive(Debug)]

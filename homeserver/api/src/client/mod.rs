@@ -4,5 +4,6 @@ pub mod account;
 pub mod discovery;
 pub mod events;
 pub mod keys;
+pub mod media;
 pub mod rooms;
 pub mod sync;

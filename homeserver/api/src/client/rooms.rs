@@ -281,3 +281,30 @@ pub async fn search_users(State(s): S, req: Ruma<search_users::v3::Request>) -> 
         s.search_users(&req.caller().user_id, &req.body.search_term, u64::from(req.body.limit) as usize).await?;
     Ok(json_ok(json!({ "results": results, "limited": limited })))
 }
+
+/// `GET /rooms/{roomId}/hierarchy` (client-server spec, "Spaces").
+pub async fn hierarchy(
+    State(s): S,
+    req: Ruma<ruma::api::client::space::get_hierarchy::v1::Request>,
+) -> Result<Response, ApiError> {
+    use diplomatie_service::rooms::spaces::HierarchyRequest;
+    let b = &req.body;
+    let as_usize = |v: Option<ruma::UInt>| v.map(|v| u64::from(v).min(usize::MAX as u64) as usize);
+    let page = s
+        .hierarchy(
+            &req.caller().user_id,
+            &b.room_id,
+            HierarchyRequest {
+                from: b.from.as_deref(),
+                limit: as_usize(b.limit),
+                max_depth: as_usize(b.max_depth),
+                suggested_only: b.suggested_only,
+            },
+        )
+        .await?;
+    let mut body = serde_json::json!({ "rooms": page.rooms });
+    if let Some(next) = page.next_batch {
+        body["next_batch"] = next.into();
+    }
+    Ok(json_ok(body))
+}

@@ -10,6 +10,7 @@ pub mod create;
 pub mod directory;
 pub mod membership;
 pub mod resolve;
+pub mod spaces;
 pub mod timeline;
 
 use std::{

@@ -1,0 +1,189 @@
+//! Spaces (client-server spec, "Spaces"): the room hierarchy under a space, walked through its
+//! `m.space.child` state events.
+//!
+//! The walk is depth-first in the order the spec gives children (`order`, then the child
+//! event's timestamp, then the room id), visits each room once (hierarchies may loop), and
+//! shows a room only to users who could see it from outside: members, or anyone when it is
+//! world readable, public, open to knocks, or restricted to a room the user is joined to. The
+//! children of a room that is not shown are not walked.
+
+use std::collections::HashSet;
+
+use ruma::{events::StateEventType, OwnedRoomId, RoomId, UserId};
+use serde_json::{json, Value};
+
+use crate::{Error, Result, Services};
+
+/// One page of the hierarchy.
+#[derive(Debug)]
+pub struct HierarchyPage {
+    pub rooms: Vec<Value>,
+    pub next_batch: Option<String>,
+}
+
+/// What the client asked for; a `from` token is valid only with the same options.
+#[derive(Clone, Copy, Debug)]
+pub struct HierarchyRequest<'a> {
+    pub from: Option<&'a str>,
+    pub limit: Option<usize>,
+    pub max_depth: Option<usize>,
+    pub suggested_only: bool,
+}
+
+/// A room's `m.space.child` event, as the walk orders and shows it.
+struct Child {
+    room_id: OwnedRoomId,
+    order: Option<String>,
+    ts: i64,
+    stripped: Value,
+}
+
+/// The spec's `order` key: at most 50 characters between 0x20 and 0x7E.
+fn valid_order(order: &str) -> bool {
+    order.len() <= 50 && order.bytes().all(|b| (0x20..=0x7e).contains(&b))
+}
+
+impl Services {
+    /// `GET /rooms/{roomId}/hierarchy`.
+    pub async fn hierarchy(&self, user: &UserId, root: &RoomId, req: HierarchyRequest<'_>) -> Result<HierarchyPage> {
+        let limit = req.limit.unwrap_or(50).clamp(1, 200);
+        let max_depth = req.max_depth.unwrap_or(usize::MAX);
+        let options = format!("{}_{}", req.max_depth.map(|d| d.to_string()).unwrap_or_default(), req.suggested_only);
+        let skip = match req.from {
+            None => 0,
+            Some(token) => {
+                let (skip, opts) =
+                    token.split_once('_').ok_or_else(|| Error::invalid_param("Unknown pagination token"))?;
+                if opts != options {
+                    return Err(Error::invalid_param("The pagination token was made with other parameters"));
+                }
+                skip.parse::<usize>().map_err(|_| Error::invalid_param("Unknown pagination token"))?
+            }
+        };
+        if self.room_meta(root).await?.is_none() || !self.can_peek_room(user, root).await? {
+            return Err(Error::forbidden("You cannot see this space"));
+        }
+
+        let mut rooms = Vec::new();
+        let mut seen: HashSet<OwnedRoomId> = HashSet::new();
+        let mut shown = 0usize;
+        // A stack of (room, depth); children are pushed in reverse so the first is walked first.
+        let mut stack = vec![(root.to_owned(), 0usize)];
+        while let Some((room_id, depth)) = stack.pop() {
+            if !seen.insert(room_id.clone()) {
+                continue;
+            }
+            if self.room_meta(&room_id).await?.is_none() || !self.can_peek_room(user, &room_id).await? {
+                continue;
+            }
+            let children = self.space_children(&room_id, req.suggested_only).await?;
+            if shown >= skip {
+                if rooms.len() == limit {
+                    return Ok(HierarchyPage { rooms, next_batch: Some(format!("{shown}_{options}")) });
+                }
+                let mut summary = self.room_summary(&room_id).await?;
+                summary["children_state"] = Value::Array(children.iter().map(|c| c.stripped.clone()).collect());
+                if let Some(allowed) = self.restricted_allow_rooms(&room_id).await? {
+                    summary["allowed_room_ids"] = json!(allowed);
+                }
+                rooms.push(summary);
+            }
+            shown += 1;
+            if depth < max_depth {
+                stack.extend(children.into_iter().rev().map(|c| (c.room_id, depth + 1)));
+            }
+        }
+        Ok(HierarchyPage { rooms, next_batch: None })
+    }
+
+    /// The children a space lists (events with a non-empty `via`), in the spec's order.
+    async fn space_children(&self, room_id: &RoomId, suggested_only: bool) -> Result<Vec<Child>> {
+        let state = self.current_state(room_id).await?;
+        let mut children = Vec::new();
+        for ((kind, key), event_id) in state.iter() {
+            if *kind != StateEventType::SpaceChild {
+                continue;
+            }
+            let Ok(child_id) = OwnedRoomId::try_from(key.as_str()) else { continue };
+            let Some(pdu) = self.get_pdu(event_id).await? else { continue };
+            let content = pdu.content_value();
+            if !content.get("via").and_then(Value::as_array).is_some_and(|v| !v.is_empty()) {
+                continue;
+            }
+            let suggested = content.get("suggested").and_then(Value::as_bool).unwrap_or(false);
+            if suggested_only && !suggested {
+                continue;
+            }
+            let order = content.get("order").and_then(Value::as_str).filter(|o| valid_order(o)).map(str::to_owned);
+            let mut stripped = pdu.to_stripped();
+            stripped["origin_server_ts"] = json!(pdu.origin_server_ts);
+            children.push(Child { room_id: child_id, order, ts: pdu.origin_server_ts.get().into(), stripped });
+        }
+        // Ordered children first (by order), then the rest, each by timestamp then room id.
+        children.sort_by(|a, b| {
+            let key = |c: &Child| (c.order.is_none(), c.order.clone(), c.ts, c.room_id.clone());
+            key(a).cmp(&key(b))
+        });
+        Ok(children)
+    }
+
+    /// Whether `user` may see a room's summary from outside.
+    pub async fn can_peek_room(&self, user: &UserId, room_id: &RoomId) -> Result<bool> {
+        if matches!(self.membership(room_id, user).await?.as_deref(), Some("join" | "invite" | "knock")) {
+            return Ok(true);
+        }
+        let summary = self.room_summary(room_id).await?;
+        if summary["world_readable"] == true {
+            return Ok(true);
+        }
+        match summary["join_rule"].as_str() {
+            Some("public" | "knock") => Ok(true),
+            Some("restricted" | "knock_restricted") => {
+                for allowed in self.restricted_allow_rooms(room_id).await?.unwrap_or_default() {
+                    if let Ok(r) = <&RoomId>::try_from(allowed.as_str()) {
+                        if self.room_meta(r).await?.is_some() && self.is_joined(r, user).await? {
+                            return Ok(true);
+                        }
+                    }
+                }
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// The rooms a restricted join rule names, when the room's rule is restricted.
+    async fn restricted_allow_rooms(&self, room_id: &RoomId) -> Result<Option<Vec<String>>> {
+        let Some(rules) = self.state_event(room_id, &StateEventType::RoomJoinRules, "").await? else {
+            return Ok(None);
+        };
+        let content = rules.content_value();
+        if !matches!(content.get("join_rule").and_then(Value::as_str), Some("restricted" | "knock_restricted")) {
+            return Ok(None);
+        }
+        let rooms = content
+            .get("allow")
+            .and_then(Value::as_array)
+            .map(|allow| {
+                allow
+                    .iter()
+                    .filter(|e| e.get("type").and_then(Value::as_str) == Some("m.room_membership"))
+                    .filter_map(|e| e.get("room_id").and_then(Value::as_str).map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Some(rooms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn order_keys_follow_the_spec() {
+        assert!(super::valid_order("a"));
+        assert!(super::valid_order(" ~"));
+        assert!(!super::valid_order(&"x".repeat(51)));
+        assert!(!super::valid_order("é"));
+        assert!(!super::valid_order("\n"));
+    }
+}
