@@ -151,6 +151,19 @@ pub fn router(services: Arc<Services>) -> Router {
         keys::delete_dehydrated_device,
     );
     let r = route::<c::dehydrated_device::get_events::unstable::Request, _, _>(r, keys::dehydrated_device_events);
+    // Push notifications
+    let r = route::<c::push::get_pushrules_all::v3::Request, _, _>(r, push::all);
+    let r = route::<c::push::get_pushrules_global_scope::v3::Request, _, _>(r, push::global);
+    let r = route::<c::push::get_pushrule::v3::Request, _, _>(r, push::get);
+    let r = route::<c::push::set_pushrule::v3::Request, _, _>(r, push::set);
+    let r = route::<c::push::delete_pushrule::v3::Request, _, _>(r, push::delete);
+    let r = route::<c::push::get_pushrule_enabled::v3::Request, _, _>(r, push::enabled);
+    let r = route::<c::push::set_pushrule_enabled::v3::Request, _, _>(r, push::set_enabled);
+    let r = route::<c::push::get_pushrule_actions::v3::Request, _, _>(r, push::actions);
+    let r = route::<c::push::set_pushrule_actions::v3::Request, _, _>(r, push::set_actions);
+    let r = route::<c::push::get_notifications::v3::Request, _, _>(r, push::notifications);
+    let r = route::<c::push::get_pushers::v3::Request, _, _>(r, push::pushers);
+    let r = route::<c::push::set_pusher::v3::Request, _, _>(r, push::set_pusher);
     // Content repository
     let r = route::<c::authenticated_media::get_media_config::v1::Request, _, _>(r, media::config);
     let r = route::<c::authenticated_media::get_content::v1::Request, _, _>(r, media::download);
@@ -182,8 +195,7 @@ fn legacy_media_routes(r: axum::Router<Arc<Services>>) -> axum::Router<Arc<Servi
     let r = route::<c::media::get_media_preview::v3::Request, _, _>(r, media::legacy_preview);
     let r = route::<c::media::get_content::v3::Request, _, _>(r, media::legacy_download);
     let r = route::<c::media::get_content_as_filename::v3::Request, _, _>(r, media::legacy_download_as);
-    let r = route::<c::media::get_content_thumbnail::v3::Request, _, _>(r, media::legacy_thumbnail);
-    r
+    route::<c::media::get_content_thumbnail::v3::Request, _, _>(r, media::legacy_thumbnail)
 }
 
 /// Any endpoint this server does not implement: the spec's `M_UNRECOGNIZED`.

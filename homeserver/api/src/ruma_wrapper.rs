@@ -208,6 +208,10 @@ where
     let filter = axum::routing::MethodFilter::try_from(method).expect("standard method");
     for path in T::PATH_BUILDER.all_paths() {
         router = router.route(path, axum::routing::on(filter, handler.clone()));
+        // `/pushrules/` is also asked for without its final slash.
+        if let Some(bare) = path.strip_suffix('/') {
+            router = router.route(bare, axum::routing::on(filter, handler.clone()));
+        }
         // State keys may be empty: the path then ends at the event type, with or without `/`.
         if let Some(short) = path.strip_suffix("/{state_key}") {
             router = router.route(short, axum::routing::on(filter, handler.clone()));

@@ -258,7 +258,9 @@ impl Services {
     pub async fn logout_all(&self, user: &UserId) -> Result<()> {
         let mut tx = self.db.begin().await?;
         store::delete_all_devices(&mut tx, user.as_str(), None).await?;
+        diplomatie_storage::push::delete_user_pushers(&mut *tx, user.as_str()).await?;
         diplomatie_storage::commit(tx).await?;
+        self.pushers_changed().await?;
         self.device_list_changed(user).await
     }
 
@@ -267,8 +269,11 @@ impl Services {
         let mut tx = self.db.begin().await?;
         for d in devices {
             store::delete_device(&mut tx, user.as_str(), d).await?;
+            // A device's pushers go with it (Synapse does the same on logout).
+            diplomatie_storage::push::delete_device_pushers(&mut *tx, user.as_str(), d).await?;
         }
         diplomatie_storage::commit(tx).await?;
+        self.pushers_changed().await?;
         self.device_list_changed(user).await
     }
 
@@ -319,8 +324,9 @@ impl Services {
         let mut tx = self.db.begin().await?;
         store::delete_all_devices(&mut tx, user.as_str(), None).await?;
         store::set_deactivated(&mut *tx, user.as_str()).await?;
+        diplomatie_storage::push::delete_user_pushers(&mut *tx, user.as_str()).await?;
         diplomatie_storage::commit(tx).await?;
-        Ok(())
+        self.pushers_changed().await
     }
 
     pub async fn profile(&self, user: &UserId) -> Result<(Option<String>, Option<String>)> {

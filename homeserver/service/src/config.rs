@@ -38,6 +38,20 @@ pub struct Config {
     pub access_token_lifetime_ms: u64,
     pub media: Media,
     pub url_preview: UrlPreview,
+    pub push: Push,
+}
+
+/// Delivery of notifications to push gateways (`/_matrix/push/v1/notify`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Push {
+    /// Time allowed for one request to a gateway, in milliseconds.
+    pub timeout_ms: u64,
+    /// Internal address ranges (CIDR) gateways may be reached at: pushers are set by users, so
+    /// the same address checks as URL previews apply. Allow a local Sygnal's range here.
+    pub ip_range_allowlist: Vec<String>,
+    /// Longest wait between two attempts to reach a failing gateway, in milliseconds.
+    pub max_backoff_ms: u64,
 }
 
 /// The media repository (`/_matrix/client/v1/media`).
@@ -116,6 +130,7 @@ const OPTIONS: &[&str] = &[
     "access_token_lifetime_ms",
     "media",
     "url_preview",
+    "push",
 ];
 
 impl Default for Config {
@@ -134,6 +149,7 @@ impl Default for Config {
             access_token_lifetime_ms: 24 * 3600 * 1000,
             media: Media::default(),
             url_preview: UrlPreview::default(),
+            push: Push::default(),
         }
     }
 }
@@ -149,6 +165,12 @@ impl Default for Media {
             legacy_downloads: false,
             max_thumbnail_source_pixels: 32 * 1024 * 1024,
         }
+    }
+}
+
+impl Default for Push {
+    fn default() -> Self {
+        Push { timeout_ms: 10_000, ip_range_allowlist: Vec::new(), max_backoff_ms: 600_000 }
     }
 }
 

@@ -18,8 +18,10 @@ pub mod error;
 pub mod keys;
 pub mod media;
 pub mod notifier;
+pub mod outbound;
 pub mod password;
 pub mod pdu;
+pub mod push;
 pub mod ratelimit;
 pub mod rooms;
 pub mod sync;
@@ -59,6 +61,7 @@ pub struct Services {
     pub e2ee: e2ee::E2eeState,
     pub media: media::MediaState,
     pub previews: url_preview::Previews,
+    pub push: push::PushState,
     /// The last presence state written for each user (see `presence_on_sync`).
     presence_states: std::sync::Mutex<std::collections::HashMap<ruma::OwnedUserId, String>>,
     pub ratelimiter: ratelimit::RateLimiter,
@@ -80,6 +83,7 @@ impl Services {
         let ratelimiter = ratelimit::RateLimiter::new(&config.rate_limits);
         let e2ee = e2ee::E2eeState::load(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         let media = media::MediaState::new(&config.data_dir);
+        let push = push::PushState::load(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         let services = Arc::new_cyclic(|me| Services {
             me: me.clone(),
             config,
@@ -96,10 +100,12 @@ impl Services {
             e2ee,
             media,
             previews: Default::default(),
+            push,
             presence_states: Default::default(),
             ratelimiter,
         });
         ephemeral::spawn_typing_expiry(Arc::downgrade(&services));
+        push::spawn_pusher_worker(Arc::downgrade(&services));
         Ok(services)
     }
 

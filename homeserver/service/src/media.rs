@@ -370,9 +370,9 @@ fn thumbnail_name(content_type: &str) -> String {
 /// request, or the largest of them.
 fn pick_size(width: u64, height: u64, method: ThumbnailMethod) -> (u32, u32, bool) {
     let crop = method == ThumbnailMethod::Crop;
-    let sizes = THUMBNAIL_SIZES.iter().filter(|s| s.2 == crop);
+    let mut sizes = THUMBNAIL_SIZES.iter().filter(|s| s.2 == crop);
     let covering = sizes.clone().find(|(w, h, _)| u64::from(*w) >= width && u64::from(*h) >= height);
-    *covering.or_else(|| sizes.last()).expect("each method has sizes")
+    *covering.or_else(|| sizes.next_back()).expect("each method has sizes")
 }
 
 /// Decodes an image and resizes it: `crop` fills exactly `width`×`height`, cutting what

@@ -194,8 +194,11 @@ impl Services {
             }
         }
 
-        // Global account data.
-        let account_data = changes.account_data.remove("").unwrap_or_default();
+        // Global account data; an initial sync always shows the push rules, defaults included.
+        let mut account_data = changes.account_data.remove("").unwrap_or_default();
+        if initial && !account_data.iter().any(|e| e["type"] == "m.push_rules") {
+            account_data.push(self.default_push_rules_event(user).await?);
+        }
 
         // Presence of the users the user shares a room with.
         shared_users.insert(user.to_owned());
@@ -366,14 +369,25 @@ impl Services {
         if let Some(pb) = prev_batch {
             timeline_json["prev_batch"] = json!(pb);
         }
-        Ok(Some(json!({
+        let by_thread = req.filter.room.timeline.unread_thread_notifications;
+        let counts = self.unread_counts(user, room_id, by_thread).await?;
+        let mut room = json!({
             "timeline": timeline_json,
             "state": { "events": state },
             "ephemeral": { "events": ephemeral },
             "account_data": { "events": account_data },
             "summary": self.room_member_summary(room_id, user).await?,
-            "unread_notifications": { "notification_count": self.unread_count(room_id, user).await?, "highlight_count": 0 },
-        })))
+            "unread_notifications": { "notification_count": counts.notifications, "highlight_count": counts.highlights },
+        });
+        if by_thread {
+            let threads: Map<String, Value> = counts
+                .threads
+                .into_iter()
+                .map(|(t, (n, h))| (t, json!({ "notification_count": n, "highlight_count": h })))
+                .collect();
+            room["unread_thread_notifications"] = Value::Object(threads);
+        }
+        Ok(Some(room))
     }
 
     /// A room the user left (or was kicked or banned from) since the last sync.
@@ -455,11 +469,5 @@ impl Services {
         heroes.sort();
         heroes.truncate(5);
         Ok(json!({ "m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited }))
-    }
-
-    /// Messages from others after the user's read receipt (one query, no event parsed).
-    async fn unread_count(&self, room_id: &RoomId, user: &UserId) -> Result<u64> {
-        let n = streams::unread_messages(self.db.pool(), room_id.as_str(), user.as_str(), 1000).await?;
-        Ok(n.max(0) as u64)
     }
 }

@@ -10,7 +10,6 @@
 //! connect with another (DNS rebinding). Size and time are bounded.
 
 use std::{
-    net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
@@ -19,7 +18,11 @@ use ipnet::IpNet;
 use ruma::{api::error::ErrorKind, UserId};
 use serde_json::{Map, Value};
 
-use crate::{now_ms, Error, Result, Services};
+use crate::{
+    now_ms,
+    outbound::{literal_is_forbidden, was_blocked},
+    Error, Result, Services,
+};
 
 /// How long a preview is served from memory before the page is fetched again.
 const CACHE_MS: i64 = 3600 * 1000;
@@ -31,122 +34,17 @@ pub struct Previews {
     cache: Mutex<Option<lru::LruCache<String, (i64, Value)>>>,
 }
 
-/// Whether an address is one a preview must never reach, unless `allowed` names its range.
-pub fn is_forbidden(ip: IpAddr, allowed: &[IpNet]) -> bool {
-    if allowed.iter().any(|net| net.contains(&ip)) {
-        return false;
-    }
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT
-                || (a == 198 && (b == 18 || b == 19)) // benchmarking
-                || a >= 240 // reserved
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_forbidden(IpAddr::V4(v4), allowed);
-            }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80 // link local
-                || (first & 0xffc0) == 0xfec0 // site local (deprecated)
-                || first == 0x2001 && v6.segments()[1] == 0x0db8 // documentation
-                || first == 0x0064 && v6.segments()[1] == 0xff9b // NAT64 to IPv4 space
-        }
-    }
-}
-
-/// The resolver the preview client connects through: it drops forbidden addresses, and fails
-/// with [`Blocked`] when none is left.
-struct CheckingResolver {
-    allowed: Arc<Vec<IpNet>>,
-}
-
-/// A host that resolves only to forbidden addresses.
-#[derive(Debug)]
-struct Blocked;
-
-impl std::fmt::Display for Blocked {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the host resolves only to addresses previews may not reach")
-    }
-}
-
-impl std::error::Error for Blocked {}
-
-impl reqwest::dns::Resolve for CheckingResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let allowed = self.allowed.clone();
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
-                .await?
-                .filter(|a| !is_forbidden(a.ip(), &allowed))
-                .collect();
-            if addrs.is_empty() {
-                return Err(Box::new(Blocked) as Box<dyn std::error::Error + Send + Sync>);
-            }
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
-/// Whether a URL names a forbidden address literally (literals bypass the resolver).
-fn literal_is_forbidden(url: &reqwest::Url, allowed: &[IpNet]) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => is_forbidden(IpAddr::V4(ip), allowed),
-        Some(url::Host::Ipv6(ip)) => is_forbidden(IpAddr::V6(ip), allowed),
-        Some(url::Host::Domain(_)) => false,
-        None => true,
-    }
-}
-
 impl Services {
     fn preview_allowlist(&self) -> Result<Arc<Vec<IpNet>>> {
-        let nets = self.config.url_preview.ip_range_allowlist.iter().map(|r| {
-            r.parse::<IpNet>().or_else(|_| r.parse::<IpAddr>().map(IpNet::from)).map_err(|_| {
-                tracing::error!(range = %r, "url_preview.ip_range_allowlist: not an address range");
-                Error::Internal
-            })
-        });
-        Ok(Arc::new(nets.collect::<Result<Vec<_>>>()?))
+        crate::outbound::parse_allowlist("url_preview.ip_range_allowlist", &self.config.url_preview.ip_range_allowlist)
     }
 
     fn preview_client(&self) -> Result<&reqwest::Client> {
         if let Some(c) = self.previews.client.get() {
             return Ok(c);
         }
-        let allowed = self.preview_allowlist()?;
-        let for_redirects = allowed.clone();
-        let client = reqwest::Client::builder()
-            .dns_resolver(Arc::new(CheckingResolver { allowed }))
-            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
-                if attempt.previous().len() >= 5 {
-                    attempt.error("too many redirects")
-                } else if literal_is_forbidden(attempt.url(), &for_redirects) {
-                    attempt.error(Blocked)
-                } else {
-                    attempt.follow()
-                }
-            }))
-            .timeout(Duration::from_millis(self.config.url_preview.timeout_ms))
-            .user_agent(concat!("Diplomatie/", env!("CARGO_PKG_VERSION"), " (URL preview)"))
-            .build()
-            .map_err(|e| {
-                tracing::error!(error = %e, "cannot build the URL preview client");
-                Error::Internal
-            })?;
+        let timeout = Duration::from_millis(self.config.url_preview.timeout_ms);
+        let client = crate::outbound::client(self.preview_allowlist()?, timeout, "URL preview")?;
         Ok(self.previews.client.get_or_init(|| client))
     }
 
@@ -199,12 +97,8 @@ impl Services {
         let max = self.config.url_preview.max_bytes;
         let too_large = || Error::new(ErrorKind::TooLarge, format!("The content is larger than {max} bytes"));
         let failed = |e: reqwest::Error| {
-            let mut source: Option<&dyn std::error::Error> = Some(&e);
-            while let Some(s) = source {
-                if s.is::<Blocked>() {
-                    return blocked();
-                }
-                source = s.source();
+            if was_blocked(&e) {
+                return blocked();
             }
             Error::new(ErrorKind::Unknown, format!("Could not fetch the URL: {e}"))
         };
@@ -310,34 +204,6 @@ pub fn parse_opengraph(html: &[u8]) -> Map<String, Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn internal_addresses_are_forbidden_unless_allowed() {
-        let none: &[IpNet] = &[];
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1",
-            "224.0.0.1",
-        ] {
-            assert!(is_forbidden(ip.parse().unwrap(), none), "{ip} must be forbidden");
-        }
-        for ip in ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "8.8.8.8"] {
-            assert!(!is_forbidden(ip.parse().unwrap(), none), "{ip} is public");
-        }
-        let allowed: Vec<IpNet> = vec!["127.0.0.1/32".parse().unwrap()];
-        assert!(!is_forbidden("127.0.0.1".parse().unwrap(), &allowed));
-        assert!(is_forbidden("127.0.0.2".parse().unwrap(), &allowed));
-    }
 
     #[test]
     fn opengraph_with_fallbacks() {

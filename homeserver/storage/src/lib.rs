@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod e2ee;
 pub mod events;
 pub mod media;
+pub mod push;
 pub mod rooms;
 pub mod state;
 pub mod streams;
@@ -66,6 +67,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "cross_signing_backup", include_str!("../migrations/0003_cross_signing_backup.sql")),
     (4, "dehydrated_devices", include_str!("../migrations/0004_dehydrated_devices.sql")),
     (5, "media", include_str!("../migrations/0005_media.sql")),
+    (6, "push", include_str!("../migrations/0006_push.sql")),
 ];
 
 #[derive(Debug)]

@@ -247,22 +247,3 @@ pub async fn next_counter(conn: &mut crate::Connection, name: &str) -> Result<i6
     .await?;
     Ok(row.0)
 }
-
-/// Messages from others in a room after the user's latest read receipt (public or private),
-/// counted up to `cap`.
-pub async fn unread_messages<'e>(e: impl Exec<'e>, room_id: &str, user_id: &str, cap: i64) -> Result<i64> {
-    let row: (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE room_id = $1 AND sender <> $2 \
-         AND event_type IN ('m.room.message', 'm.room.encrypted', 'm.sticker') \
-         AND stream_ordering > COALESCE((SELECT MAX(ev.stream_ordering) FROM receipts r \
-             JOIN events ev ON ev.event_id = r.event_id WHERE r.room_id = $1 AND r.user_id = $2 \
-             AND r.receipt_type IN ('m.read', 'm.read.private')), 0) \
-         LIMIT $3) AS unread",
-    )
-    .bind(room_id)
-    .bind(user_id)
-    .bind(cap)
-    .fetch_one(e)
-    .await?;
-    Ok(row.0)
-}

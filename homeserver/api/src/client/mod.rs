@@ -5,5 +5,6 @@ pub mod discovery;
 pub mod events;
 pub mod keys;
 pub mod media;
+pub mod push;
 pub mod rooms;
 pub mod sync;

@@ -3,7 +3,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use axum::{extract::State, response::Response};
+use axum::{
+    extract::State,
+    response::{IntoResponse, Response},
+};
 use diplomatie_service::{
     sync::{SyncFilter, SyncRequest, SyncToken},
     Error, Services,
@@ -129,15 +132,27 @@ pub async fn read_markers(
     Ok(set_read_marker::v3::Response::new().into())
 }
 
+/// Account data types the server manages: clients read them but set them only through their
+/// own endpoints (push rules, read markers). The spec's answer is 405 `M_BAD_JSON`.
+fn server_managed(event_type: &str) -> Option<Response> {
+    matches!(event_type, "m.push_rules" | "m.fully_read").then(|| {
+        let body = json!({ "errcode": "M_BAD_JSON", "error": format!("Cannot set {event_type} through this API") });
+        (http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+    })
+}
+
 pub async fn set_global_account_data(
     State(s): S,
     req: Ruma<set_global_account_data::v3::Request>,
-) -> ApiResult<set_global_account_data::v3::Response> {
+) -> Result<Response, ApiError> {
     only_self(&req.caller().user_id, &req.body.user_id)?;
+    if let Some(refused) = server_managed(&req.body.event_type.to_string()) {
+        return Ok(refused);
+    }
     let content: Value =
         serde_json::from_str(req.body.data.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
     s.set_account_data(&req.caller().user_id, None, &req.body.event_type.to_string(), &content).await?;
-    Ok(set_global_account_data::v3::Response::new().into())
+    Ok(json_ok(json!({})))
 }
 
 pub async fn global_account_data(
@@ -145,19 +160,27 @@ pub async fn global_account_data(
     req: Ruma<get_global_account_data::v3::Request>,
 ) -> Result<Response, ApiError> {
     only_self(&req.caller().user_id, &req.body.user_id)?;
-    Ok(json_ok(s.account_data(&req.caller().user_id, None, &req.body.event_type.to_string()).await?))
+    let kind = req.body.event_type.to_string();
+    if kind == "m.push_rules" {
+        // Stored or not, the user's rules (the defaults until one changes).
+        return Ok(json_ok(s.default_push_rules_event(&req.caller().user_id).await?["content"].take()));
+    }
+    Ok(json_ok(s.account_data(&req.caller().user_id, None, &kind).await?))
 }
 
 pub async fn set_room_account_data(
     State(s): S,
     req: Ruma<set_room_account_data::v3::Request>,
-) -> ApiResult<set_room_account_data::v3::Response> {
+) -> Result<Response, ApiError> {
     only_self(&req.caller().user_id, &req.body.user_id)?;
+    if let Some(refused) = server_managed(&req.body.event_type.to_string()) {
+        return Ok(refused);
+    }
     let content: Value =
         serde_json::from_str(req.body.data.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
     s.set_account_data(&req.caller().user_id, Some(&req.body.room_id), &req.body.event_type.to_string(), &content)
         .await?;
-    Ok(set_room_account_data::v3::Response::new().into())
+    Ok(json_ok(json!({})))
 }
 
 pub async fn room_account_data(

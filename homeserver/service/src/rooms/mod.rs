@@ -796,6 +796,7 @@ impl<'a> RoomWriter<'a> {
             rows,
             txns,
             resolved_rooms,
+            new_room,
             ..
         } = self;
         // Rooms whose forks were merged get their whole current state from the resolution.
@@ -810,6 +811,7 @@ impl<'a> RoomWriter<'a> {
                 entries.iter().map(|(t, k, e, m)| (t.as_str(), k.as_str(), e.as_str(), m.as_deref())).collect();
             state_store::replace_current_state(&mut tx, resolved.as_str(), &refs, write.position()).await?;
         }
+        let created_room = room_id.clone();
         if let Some(room_id) = room_id {
             others.insert(room_id, (meta, state));
         }
@@ -844,8 +846,16 @@ impl<'a> RoomWriter<'a> {
                 ev_store::set_forward_extremities(&mut tx, room_id.as_str(), &ids).await?;
             }
         }
+        // Notifications land with their events (push rules, evaluated for each recipient).
+        let created: HashSet<&RoomId> = match (&new_room, &created_room) {
+            (Some(_), Some(r)) => HashSet::from([&**r]),
+            _ => HashSet::new(),
+        };
+        let push_rows = services.push_rows(&appended, &new_states, &created).await?;
+        services.write_push_rows(&mut tx, &push_rows).await?;
         diplomatie_storage::commit(tx).await?;
         write.publish();
+        services.notifications_committed(&push_rows);
 
         let caches = &services.rooms;
         {

@@ -107,7 +107,7 @@ impl Services {
             let Ok(child_id) = OwnedRoomId::try_from(key.as_str()) else { continue };
             let Some(pdu) = self.get_pdu(event_id).await? else { continue };
             let content = pdu.content_value();
-            if !content.get("via").and_then(Value::as_array).is_some_and(|v| !v.is_empty()) {
+            if content.get("via").and_then(Value::as_array).is_none_or(|v| v.is_empty()) {
                 continue;
             }
             let suggested = content.get("suggested").and_then(Value::as_bool).unwrap_or(false);

@@ -29,6 +29,8 @@ pub struct EventFilter {
     pub contains_url: Option<bool>,
     pub lazy_load_members: bool,
     pub include_redundant_members: bool,
+    /// Notification counts per thread in `/sync` (`unread_thread_notifications`).
+    pub unread_thread_notifications: bool,
     pub rooms: Option<Vec<String>>,
     pub not_rooms: Vec<String>,
 }

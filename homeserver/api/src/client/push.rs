@@ -1,0 +1,133 @@
+//! Push notifications (client-server spec, "Push Notifications"): push rules, notifications,
+//! pushers.
+
+use std::sync::Arc;
+
+use axum::{extract::State, response::Response};
+use diplomatie_service::{Error, Services};
+use ruma::{
+    api::client::push::{
+        delete_pushrule, get_notifications, get_pushers, get_pushrule, get_pushrule_actions, get_pushrule_enabled,
+        get_pushrules_all, get_pushrules_global_scope, set_pusher, set_pushrule, set_pushrule_actions,
+        set_pushrule_enabled, PushRule,
+    },
+    push::{AnyPushRule, RuleKind},
+    UserId,
+};
+use serde_json::json;
+
+use crate::{
+    error::ApiError,
+    ruma_wrapper::{json_ok, ApiResult, Ruma},
+};
+
+type S = State<Arc<Services>>;
+
+pub async fn all(State(s): S, req: Ruma<get_pushrules_all::v3::Request>) -> ApiResult<get_pushrules_all::v3::Response> {
+    let rules = s.push_rules(&req.caller().user_id).await?;
+    Ok(get_pushrules_all::v3::Response::new((*rules).clone()).into())
+}
+
+pub async fn global(
+    State(s): S,
+    req: Ruma<get_pushrules_global_scope::v3::Request>,
+) -> ApiResult<get_pushrules_global_scope::v3::Response> {
+    let rules = s.push_rules(&req.caller().user_id).await?;
+    Ok(get_pushrules_global_scope::v3::Response::new((*rules).clone()).into())
+}
+
+/// One rule of the user's, or the spec's 404.
+async fn find(s: &Services, user: &UserId, kind: &RuleKind, rule_id: &str) -> Result<PushRule, ApiError> {
+    let rules = s.push_rules(user).await?;
+    let rule = rules.get(kind.clone(), rule_id).ok_or_else(|| Error::not_found("Unknown push rule"))?;
+    Ok(match rule.to_owned() {
+        AnyPushRule::Override(r) | AnyPushRule::Underride(r) => r.into(),
+        AnyPushRule::Content(r) => r.into(),
+        AnyPushRule::Room(r) => r.into(),
+        AnyPushRule::Sender(r) => r.into(),
+        _ => return Err(Error::not_found("Unknown push rule").into()),
+    })
+}
+
+pub async fn get(State(s): S, req: Ruma<get_pushrule::v3::Request>) -> ApiResult<get_pushrule::v3::Response> {
+    let rule = find(&s, &req.caller().user_id, &req.body.kind, &req.body.rule_id).await?;
+    Ok(get_pushrule::v3::Response::new(rule).into())
+}
+
+pub async fn set(State(s): S, req: Ruma<set_pushrule::v3::Request>) -> ApiResult<set_pushrule::v3::Response> {
+    let b = req.body;
+    let user = &req.caller.as_ref().ok_or(Error::Internal)?.user_id;
+    s.set_push_rule(user, b.rule, b.before.as_deref(), b.after.as_deref()).await?;
+    Ok(set_pushrule::v3::Response::new().into())
+}
+
+pub async fn delete(State(s): S, req: Ruma<delete_pushrule::v3::Request>) -> ApiResult<delete_pushrule::v3::Response> {
+    s.delete_push_rule(&req.caller().user_id, req.body.kind.clone(), &req.body.rule_id).await?;
+    Ok(delete_pushrule::v3::Response::new().into())
+}
+
+pub async fn enabled(
+    State(s): S,
+    req: Ruma<get_pushrule_enabled::v3::Request>,
+) -> ApiResult<get_pushrule_enabled::v3::Response> {
+    let rule = find(&s, &req.caller().user_id, &req.body.kind, &req.body.rule_id).await?;
+    Ok(get_pushrule_enabled::v3::Response::new(rule.enabled).into())
+}
+
+pub async fn set_enabled(
+    State(s): S,
+    req: Ruma<set_pushrule_enabled::v3::Request>,
+) -> ApiResult<set_pushrule_enabled::v3::Response> {
+    let b = &req.body;
+    s.set_push_rule_enabled(&req.caller().user_id, b.kind.clone(), &b.rule_id, b.enabled).await?;
+    Ok(set_pushrule_enabled::v3::Response::new().into())
+}
+
+pub async fn actions(
+    State(s): S,
+    req: Ruma<get_pushrule_actions::v3::Request>,
+) -> ApiResult<get_pushrule_actions::v3::Response> {
+    let rule = find(&s, &req.caller().user_id, &req.body.kind, &req.body.rule_id).await?;
+    Ok(get_pushrule_actions::v3::Response::new(rule.actions).into())
+}
+
+pub async fn set_actions(
+    State(s): S,
+    req: Ruma<set_pushrule_actions::v3::Request>,
+) -> ApiResult<set_pushrule_actions::v3::Response> {
+    let b = req.body;
+    let user = &req.caller.as_ref().ok_or(Error::Internal)?.user_id;
+    s.set_push_rule_actions(user, b.kind, &b.rule_id, b.actions).await?;
+    Ok(set_pushrule_actions::v3::Response::new().into())
+}
+
+pub async fn notifications(State(s): S, req: Ruma<get_notifications::v3::Request>) -> Result<Response, ApiError> {
+    let b = &req.body;
+    let limit = b.limit.map(|l| u64::from(l).min(1000) as usize);
+    let only_highlight = b.only.as_deref() == Some("highlight");
+    let (list, next) = s.notifications(&req.caller().user_id, b.from.as_deref(), limit, only_highlight).await?;
+    let mut body = json!({ "notifications": list });
+    if let Some(next) = next {
+        body["next_token"] = json!(next);
+    }
+    Ok(json_ok(body))
+}
+
+pub async fn pushers(State(s): S, req: Ruma<get_pushers::v3::Request>) -> Result<Response, ApiError> {
+    Ok(json_ok(json!({ "pushers": s.pushers(&req.caller().user_id) })))
+}
+
+pub async fn set_pusher(State(s): S, req: Ruma<set_pusher::v3::Request>) -> ApiResult<set_pusher::v3::Response> {
+    let caller = req.caller.clone().ok_or(Error::Internal)?;
+    match req.body.action {
+        set_pusher::v3::PusherAction::Post(data) => {
+            let pusher = serde_json::to_value(&data.pusher).map_err(|_| Error::Internal)?;
+            s.set_pusher(&caller.user_id, Some(caller.device_id.as_str()), &pusher, data.append).await?;
+        }
+        set_pusher::v3::PusherAction::Delete(ids) => {
+            s.delete_pusher(&caller.user_id, &ids.app_id, &ids.pushkey).await?;
+        }
+        _ => return Err(Error::invalid_param("Unknown pusher action").into()),
+    }
+    Ok(set_pusher::v3::Response::new().into())
+}

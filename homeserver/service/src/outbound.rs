@@ -1,0 +1,185 @@
+//! Requests the server makes on its users' behalf (URL previews, push gateways), guarded
+//! against server-side request forgery.
+//!
+//! Every address a host name resolves to is checked before any connection is made, in the
+//! resolver the HTTP client connects with, so a host cannot pass the check with one address and
+//! connect with another (DNS rebinding): loopback, private, link-local, carrier-grade NAT,
+//! unique-local, multicast and unspecified addresses are refused unless an operator allows their
+//! range explicitly. Address literals bypass resolvers, so URLs are checked too, redirects
+//! included.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use ipnet::IpNet;
+
+use crate::{Error, Result};
+
+/// Parses an allow-list of ranges (`127.0.0.1/32`) or single addresses from the configuration.
+pub fn parse_allowlist(option: &str, ranges: &[String]) -> Result<Arc<Vec<IpNet>>> {
+    let nets = ranges.iter().map(|r| {
+        r.parse::<IpNet>().or_else(|_| r.parse::<IpAddr>().map(IpNet::from)).map_err(|_| {
+            tracing::error!(range = %r, "{option}: not an address range");
+            Error::Internal
+        })
+    });
+    Ok(Arc::new(nets.collect::<Result<Vec<_>>>()?))
+}
+
+/// An HTTP client whose every connection, redirects included, passes the address check, with a
+/// bound on the time of a whole request.
+pub fn client(allowed: Arc<Vec<IpNet>>, timeout: std::time::Duration, purpose: &str) -> Result<reqwest::Client> {
+    let for_redirects = allowed.clone();
+    reqwest::Client::builder()
+        .dns_resolver(Arc::new(CheckingResolver::new(allowed)))
+        .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= 5 {
+                attempt.error("too many redirects")
+            } else if literal_is_forbidden(attempt.url(), &for_redirects) {
+                attempt.error(Blocked)
+            } else {
+                attempt.follow()
+            }
+        }))
+        .timeout(timeout)
+        .user_agent(format!("Diplomatie/{} ({purpose})", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot build an HTTP client");
+            Error::Internal
+        })
+}
+
+/// Whether a request failed because of the address check.
+pub fn was_blocked(e: &reqwest::Error) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        if s.is::<Blocked>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// Whether an address is one the server must never reach on a user's behalf, unless `allowed` names its range.
+pub fn is_forbidden(ip: IpAddr, allowed: &[IpNet]) -> bool {
+    if allowed.iter().any(|net| net.contains(&ip)) {
+        return false;
+    }
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT
+                || (a == 198 && (b == 18 || b == 19)) // benchmarking
+                || a >= 240 // reserved
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_forbidden(IpAddr::V4(v4), allowed);
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00 // unique local
+                || (first & 0xffc0) == 0xfe80 // link local
+                || (first & 0xffc0) == 0xfec0 // site local (deprecated)
+                || first == 0x2001 && v6.segments()[1] == 0x0db8 // documentation
+                || first == 0x0064 && v6.segments()[1] == 0xff9b // NAT64 to IPv4 space
+        }
+    }
+}
+
+/// The resolver the preview client connects through: it drops forbidden addresses, and fails
+/// with [`Blocked`] when none is left.
+pub struct CheckingResolver {
+    allowed: Arc<Vec<IpNet>>,
+}
+
+impl CheckingResolver {
+    pub fn new(allowed: Arc<Vec<IpNet>>) -> Self {
+        CheckingResolver { allowed }
+    }
+}
+
+/// A host that resolves only to forbidden addresses.
+#[derive(Debug)]
+pub struct Blocked;
+
+impl std::fmt::Display for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the host resolves only to addresses previews may not reach")
+    }
+}
+
+impl std::error::Error for Blocked {}
+
+impl reqwest::dns::Resolve for CheckingResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allowed = self.allowed.clone();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+                .await?
+                .filter(|a| !is_forbidden(a.ip(), &allowed))
+                .collect();
+            if addrs.is_empty() {
+                return Err(Box::new(Blocked) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Whether a URL names a forbidden address literally (literals bypass the resolver).
+pub fn literal_is_forbidden(url: &reqwest::Url, allowed: &[IpNet]) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => is_forbidden(IpAddr::V4(ip), allowed),
+        Some(url::Host::Ipv6(ip)) => is_forbidden(IpAddr::V6(ip), allowed),
+        Some(url::Host::Domain(_)) => false,
+        None => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_addresses_are_forbidden_unless_allowed() {
+        let none: &[IpNet] = &[];
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "224.0.0.1",
+        ] {
+            assert!(is_forbidden(ip.parse().unwrap(), none), "{ip} must be forbidden");
+        }
+        for ip in ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "8.8.8.8"] {
+            assert!(!is_forbidden(ip.parse().unwrap(), none), "{ip} is public");
+        }
+        let allowed: Vec<IpNet> = vec!["127.0.0.1/32".parse().unwrap()];
+        assert!(!is_forbidden("127.0.0.1".parse().unwrap(), &allowed));
+        assert!(is_forbidden("127.0.0.2".parse().unwrap(), &allowed));
+    }
+}

@@ -1,0 +1,667 @@
+//! Push rules and notifications (client-server spec, "Push Notifications").
+//!
+//! Each user's rules are the spec's defaults (ruma's `Ruleset::server_default`) until the user
+//! changes one; the changed set is kept as the user's `m.push_rules` account data, so clients
+//! see it through `/sync` as the spec says. Rules are evaluated with ruma for every event a
+//! batch writes, for every local member it may notify, *inside the batch's transaction*: the
+//! notifications of an event are durable exactly when the event is, and the counts `/sync`
+//! reports never lag behind the timeline it returns. The event is flattened once, whatever the
+//! number of recipients.
+//!
+//! Pushers deliver those notifications to push gateways from a background worker that resumes,
+//! after a restart, from the last notification each pusher delivered, and retries a failing
+//! gateway with exponential back-off.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    num::NonZeroUsize,
+    sync::{Arc, Mutex, Weak},
+    time::Duration,
+};
+
+use diplomatie_storage::{
+    push::{self as store, NewPushAction},
+    streams,
+};
+use lru::LruCache;
+use ruma::{
+    api::error::ErrorKind,
+    events::{room::power_levels::RoomPowerLevelsEventContent, StateEventType, TimelineEventType},
+    push::{
+        Action, FlattenedJson, InsertPushRuleError, NewPushRule, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
+        RemovePushRuleError, RuleKind, RuleNotFoundError, Ruleset, Tweak,
+    },
+    state_res::StateMap,
+    OwnedEventId, OwnedUserId, RoomId, UInt, UserId,
+};
+use serde_json::{json, Value};
+
+use crate::{now_ms, Error, Pdu, Result, Services};
+
+/// Push rules in memory, and what wakes the pusher worker.
+pub struct PushState {
+    rules: Mutex<LruCache<OwnedUserId, Arc<Ruleset>>>,
+    /// Serialises changes of rules, so that two concurrent edits cannot lose one another.
+    edit: tokio::sync::Mutex<()>,
+    /// The users who have pushers, with them (loaded at start, kept in step with the table).
+    pushers: Mutex<HashMap<String, Vec<store::Pusher>>>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl PushState {
+    pub async fn load(db: &diplomatie_storage::Db) -> diplomatie_storage::Result<PushState> {
+        let mut pushers: HashMap<String, Vec<store::Pusher>> = HashMap::new();
+        for p in store::all_pushers(db.pool()).await? {
+            pushers.entry(p.user_id.clone()).or_default().push(p);
+        }
+        Ok(PushState {
+            rules: Mutex::new(LruCache::new(NonZeroUsize::new(4096).unwrap())),
+            edit: tokio::sync::Mutex::new(()),
+            pushers: Mutex::new(pushers),
+            wake: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+}
+
+/// A notification decided inside a batch, written with it.
+pub(crate) struct PushRow {
+    user_id: String,
+    room_id: String,
+    event_id: String,
+    stream_ordering: i64,
+    thread_id: String,
+    highlight: bool,
+    actions: String,
+    ts: i64,
+}
+
+/// Unread notifications of a room as `/sync` shows them.
+#[derive(Debug, Default)]
+pub struct UnreadCounts {
+    pub notifications: u64,
+    pub highlights: u64,
+    /// Per thread root, when the client asked for thread counts.
+    pub threads: BTreeMap<String, (u64, u64)>,
+}
+
+/// The content of the `m.push_rules` account data event.
+fn account_data_content(ruleset: &Ruleset) -> Value {
+    json!({ "global": ruleset })
+}
+
+fn rule_error(e: impl std::fmt::Display, not_found: bool) -> Error {
+    let kind = if not_found { ErrorKind::NotFound } else { ErrorKind::InvalidParam };
+    Error::new(kind, e.to_string())
+}
+
+impl Services {
+    /// A user's push rules.
+    pub async fn push_rules(&self, user: &UserId) -> Result<Arc<Ruleset>> {
+        if let Some(r) = self.push.rules.lock().unwrap().get(user) {
+            return Ok(r.clone());
+        }
+        let stored = streams::get_account_data(self.db.pool(), user.as_str(), "", "m.push_rules").await?;
+        let ruleset = stored
+            .and_then(|json| serde_json::from_str::<Value>(&json).ok())
+            .and_then(|v| serde_json::from_value::<Ruleset>(v.get("global")?.clone()).ok())
+            .unwrap_or_else(|| Ruleset::server_default(user));
+        let ruleset = Arc::new(ruleset);
+        self.push.rules.lock().unwrap().put(user.to_owned(), ruleset.clone());
+        Ok(ruleset)
+    }
+
+    /// The `m.push_rules` account data event of an initial `/sync` for a user who never
+    /// changed a rule (the stored one comes with the rest of the account data).
+    pub async fn default_push_rules_event(&self, user: &UserId) -> Result<Value> {
+        Ok(json!({ "type": "m.push_rules", "content": account_data_content(&*self.push_rules(user).await?) }))
+    }
+
+    /// Applies `change` to the user's rules and stores the result.
+    async fn edit_push_rules(&self, user: &UserId, change: impl FnOnce(&mut Ruleset) -> Result<()>) -> Result<()> {
+        let _guard = self.push.edit.lock().await;
+        let mut ruleset = (*self.push_rules(user).await?).clone();
+        change(&mut ruleset)?;
+        self.set_account_data(user, None, "m.push_rules", &account_data_content(&ruleset)).await?;
+        self.push.rules.lock().unwrap().put(user.to_owned(), Arc::new(ruleset));
+        Ok(())
+    }
+
+    /// `PUT /pushrules/global/{kind}/{ruleId}`.
+    pub async fn set_push_rule(
+        &self,
+        user: &UserId,
+        rule: NewPushRule,
+        before: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<()> {
+        self.edit_push_rules(user, |rules| {
+            rules.insert(rule, after, before).map_err(|e| {
+                let not_found = matches!(e, InsertPushRuleError::UnknownRuleId);
+                rule_error(e, not_found)
+            })
+        })
+        .await
+    }
+
+    /// `DELETE /pushrules/global/{kind}/{ruleId}`.
+    pub async fn delete_push_rule(&self, user: &UserId, kind: RuleKind, rule_id: &str) -> Result<()> {
+        self.edit_push_rules(user, |rules| {
+            rules.remove(kind, rule_id).map_err(|e| {
+                let not_found = matches!(e, RemovePushRuleError::NotFound);
+                rule_error(e, not_found)
+            })
+        })
+        .await
+    }
+
+    /// `PUT /pushrules/global/{kind}/{ruleId}/enabled`.
+    pub async fn set_push_rule_enabled(
+        &self,
+        user: &UserId,
+        kind: RuleKind,
+        rule_id: &str,
+        enabled: bool,
+    ) -> Result<()> {
+        self.edit_push_rules(user, |rules| {
+            rules.set_enabled(kind, rule_id, enabled).map_err(|e: RuleNotFoundError| rule_error(e, true))
+        })
+        .await
+    }
+
+    /// `PUT /pushrules/global/{kind}/{ruleId}/actions`.
+    pub async fn set_push_rule_actions(
+        &self,
+        user: &UserId,
+        kind: RuleKind,
+        rule_id: &str,
+        actions: Vec<Action>,
+    ) -> Result<()> {
+        self.edit_push_rules(user, |rules| {
+            rules.set_actions(kind, rule_id, actions).map_err(|e: RuleNotFoundError| rule_error(e, true))
+        })
+        .await
+    }
+
+    /// Evaluates the push rules of every local user an event may notify, for the events of a
+    /// batch. `states` are the state maps the batch created (not in the caches yet);
+    /// `new_rooms` the rooms it created (whose members are not in the caches either).
+    pub(crate) async fn push_rows(
+        &self,
+        events: &[Arc<Pdu>],
+        states: &[(i64, Arc<StateMap<OwnedEventId>>)],
+        new_rooms: &HashSet<&RoomId>,
+    ) -> Result<Vec<PushRow>> {
+        let mut rows = Vec::new();
+        for pdu in events {
+            let mut recipients: Vec<OwnedUserId> = Vec::new();
+            let mut member_count = 0;
+            if !new_rooms.contains(pdu.room()) {
+                let joined = self.joined_members(pdu.room()).await?;
+                member_count = joined.len();
+                recipients.extend(joined.iter().filter(|u| **u != pdu.sender).cloned());
+            }
+            // An invite notifies its invitee, who is not a member yet.
+            if pdu.kind == TimelineEventType::RoomMember && pdu.membership().as_deref() == Some("invite") {
+                if let Some(target) = pdu.state_key.as_deref().and_then(|s| OwnedUserId::try_from(s).ok()) {
+                    if target.server_name() == self.server_name() && !recipients.contains(&target) {
+                        recipients.push(target);
+                    }
+                }
+            }
+            if recipients.is_empty() {
+                continue;
+            }
+            let state = match states.iter().find(|(id, _)| *id == pdu.state_group) {
+                Some((_, map)) => map.clone(),
+                None => self.state_map(pdu.state_group).await?,
+            };
+            let event = FlattenedJson::from_raw(&pdu.to_raw::<Value>(true));
+            let power_levels = self.push_power_levels(pdu.room(), &state).await?;
+            let mut ctx = PushConditionRoomCtx::new(
+                pdu.room_id.clone(),
+                UInt::new_saturating(member_count as u64),
+                pdu.sender.clone(),
+                String::new(),
+            )
+            .with_power_levels(power_levels);
+            let thread_id = pdu
+                .content_field("m.relates_to")
+                .filter(|rel| rel.get("rel_type").and_then(Value::as_str) == Some("m.thread"))
+                .and_then(|rel| rel.get("event_id").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_else(|| "main".to_owned());
+            for user in recipients {
+                let rules = self.push_rules(&user).await?;
+                ctx.user_display_name = self.display_name_in(&state, &user).await?;
+                ctx.user_id = user.clone();
+                let mut matched = None;
+                for rule in rules.iter() {
+                    if rule.applies(&event, &ctx).await {
+                        matched = Some(rule);
+                        break;
+                    }
+                }
+                let Some(rule) = matched else { continue };
+                if !rule.triggers_notification() {
+                    continue;
+                }
+                rows.push(PushRow {
+                    user_id: user.to_string(),
+                    room_id: pdu.room_id.to_string(),
+                    event_id: pdu.event_id.to_string(),
+                    stream_ordering: pdu.stream_ordering,
+                    thread_id: thread_id.clone(),
+                    highlight: rule.triggers_highlight(),
+                    actions: serde_json::to_string(rule.actions()).map_err(|_| Error::Internal)?,
+                    ts: pdu.origin_server_ts.get().into(),
+                });
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Writes a batch's notifications into its transaction.
+    pub(crate) async fn write_push_rows(
+        &self,
+        conn: &mut diplomatie_storage::Connection,
+        rows: &[PushRow],
+    ) -> Result<()> {
+        let new: Vec<NewPushAction<'_>> = rows
+            .iter()
+            .map(|r| NewPushAction {
+                user_id: &r.user_id,
+                room_id: &r.room_id,
+                event_id: &r.event_id,
+                stream_ordering: r.stream_ordering,
+                thread_id: &r.thread_id,
+                highlight: r.highlight,
+                actions: &r.actions,
+                ts: r.ts,
+            })
+            .collect();
+        store::insert_push_actions(conn, &new).await?;
+        Ok(())
+    }
+
+    /// After the commit of a batch: wakes the pusher worker if a notified user has a pusher.
+    pub(crate) fn notifications_committed(&self, rows: &[PushRow]) {
+        let pushers = self.push.pushers.lock().unwrap();
+        if rows.iter().any(|r| pushers.contains_key(&r.user_id)) {
+            self.push.wake.notify_one();
+        }
+    }
+
+    /// The display name a user has in a room's state (for `.m.rule.contains_display_name`).
+    async fn display_name_in(&self, state: &StateMap<OwnedEventId>, user: &UserId) -> Result<String> {
+        let member = self.state_event_in(state, &StateEventType::RoomMember, user.as_str()).await?;
+        Ok(member
+            .and_then(|m| m.content_field("displayname"))
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| user.localpart().to_owned()))
+    }
+
+    /// The power levels the push conditions need (`sender_notification_permission`).
+    async fn push_power_levels(
+        &self,
+        room_id: &RoomId,
+        state: &StateMap<OwnedEventId>,
+    ) -> Result<PushConditionPowerLevelsCtx> {
+        use ruma::events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsSource};
+        let rules = match self.room_meta(room_id).await? {
+            Some(meta) => meta.rules(),
+            None => ruma::RoomVersionId::V12.rules().ok_or(Error::Internal)?,
+        };
+        let content = match self.state_event_in(state, &StateEventType::RoomPowerLevels, "").await? {
+            Some(p) => serde_json::from_value::<RoomPowerLevelsEventContent>(p.content_value()).ok(),
+            None => None,
+        };
+        let mut creators = Vec::new();
+        if let Some(create) = self.state_event_in(state, &StateEventType::RoomCreate, "").await? {
+            creators.push(create.sender.clone());
+            if let Some(extra) = create.content_field("additional_creators").and_then(|v| v.as_array().cloned()) {
+                creators.extend(extra.iter().filter_map(|u| u.as_str().and_then(|s| OwnedUserId::try_from(s).ok())));
+            }
+        }
+        let source = content.map(RoomPowerLevelsSource::Original).unwrap_or_default();
+        let levels = RoomPowerLevels::new(source, &rules.authorization, creators);
+        Ok(levels.into())
+    }
+
+    /// A room's unread notifications for `/sync`: after the user's read receipt (for threads,
+    /// after the unthreaded receipt or the thread's own).
+    pub async fn unread_counts(&self, user: &UserId, room_id: &RoomId, by_thread: bool) -> Result<UnreadCounts> {
+        let mut counts = UnreadCounts::default();
+        for (thread, n, h) in store::unread_counts(self.db.pool(), user.as_str(), room_id.as_str()).await? {
+            let (n, h) = (n.max(0) as u64, h.max(0) as u64);
+            if by_thread && thread != "main" {
+                counts.threads.insert(thread, (n, h));
+            } else {
+                counts.notifications += n;
+                counts.highlights += h;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// `GET /notifications`: newest first, `from` being the token of the previous page.
+    pub async fn notifications(
+        &self,
+        user: &UserId,
+        from: Option<&str>,
+        limit: Option<usize>,
+        only_highlight: bool,
+    ) -> Result<(Vec<Value>, Option<String>)> {
+        let before = match from {
+            Some(t) => t.parse::<i64>().map_err(|_| Error::invalid_param("Unknown pagination token"))?,
+            None => i64::MAX,
+        };
+        let limit = limit.unwrap_or(20).clamp(1, 100);
+        let rows =
+            store::notifications(self.db.pool(), user.as_str(), before, limit as i64 + 1, only_highlight).await?;
+        let mut out = Vec::new();
+        let mut next = None;
+        for (i, row) in rows.into_iter().enumerate() {
+            if i == limit {
+                next = Some(out.last().map(|(p, _): &(i64, Value)| p.to_string()).unwrap_or_default());
+                break;
+            }
+            let Ok(event_id) = OwnedEventId::try_from(row.event_id.as_str()) else { continue };
+            let Some(pdu) = self.get_pdu(&event_id).await? else { continue };
+            let actions: Value = serde_json::from_str(&row.actions).unwrap_or(json!([]));
+            let entry = json!({
+                "actions": actions,
+                "event": pdu.to_client(false),
+                "read": row.read,
+                "room_id": row.room_id,
+                "ts": row.ts,
+            });
+            out.push((row.stream_ordering, entry));
+        }
+        Ok((out.into_iter().map(|(_, v)| v).collect(), next))
+    }
+
+    /// `GET /pushers`.
+    pub fn pushers(&self, user: &UserId) -> Vec<Value> {
+        let pushers = self.push.pushers.lock().unwrap();
+        pushers.get(user.as_str()).map(|list| list.iter().map(pusher_json).collect()).unwrap_or_default()
+    }
+
+    /// `POST /pushers/set` with a pusher: creates or replaces it. Without `append`, the same
+    /// app id and push key of other users are removed (the spec's default).
+    pub async fn set_pusher(&self, user: &UserId, device: Option<&str>, pusher: &Value, append: bool) -> Result<()> {
+        let text = |k: &str| pusher.get(k).and_then(Value::as_str).map(str::to_owned);
+        let required = |k: &str| text(k).ok_or_else(|| Error::missing_param(format!("Missing {k}")));
+        let app_id = required("app_id")?;
+        let pushkey = required("pushkey")?;
+        let kind = required("kind")?;
+        if app_id.len() > 64 {
+            return Err(Error::invalid_param("app_id is longer than 64 characters"));
+        }
+        if pushkey.len() > 512 {
+            return Err(Error::invalid_param("pushkey is longer than 512 bytes"));
+        }
+        if kind != "http" {
+            return Err(Error::invalid_param(format!("Pushers of kind {kind:?} are not supported: use http")));
+        }
+        let data = pusher.get("data").cloned().unwrap_or(json!({}));
+        let url = data
+            .get("url")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::missing_param("http pushers need data.url"))?;
+        let parsed = url::Url::parse(url).map_err(|e| Error::invalid_param(format!("data.url: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.path() != "/_matrix/push/v1/notify" {
+            return Err(Error::invalid_param("data.url must be an http(s) URL ending in /_matrix/push/v1/notify"));
+        }
+        let row = store::Pusher {
+            user_id: user.to_string(),
+            device_id: device.map(str::to_owned),
+            kind,
+            app_id,
+            pushkey,
+            app_display_name: required("app_display_name")?,
+            device_display_name: required("device_display_name")?,
+            profile_tag: text("profile_tag"),
+            lang: required("lang")?,
+            data: data.to_string(),
+            created_ts: now_ms(),
+            // Only what happens from now on is pushed.
+            last_stream_ordering: self.stream_position(),
+        };
+        let mut tx = self.db.begin().await?;
+        if !append {
+            store::delete_pushers(&mut *tx, &row.app_id, &row.pushkey, user.as_str(), true).await?;
+        }
+        store::upsert_pusher(&mut *tx, &row).await?;
+        diplomatie_storage::commit(tx).await?;
+        self.pushers_changed().await
+    }
+
+    /// `POST /pushers/set` with `kind: null`: deletes the user's pusher.
+    pub async fn delete_pusher(&self, user: &UserId, app_id: &str, pushkey: &str) -> Result<()> {
+        store::delete_pushers(self.db.pool(), app_id, pushkey, user.as_str(), false).await?;
+        self.pushers_changed().await
+    }
+
+    /// Reloads the pushers after a change of the table.
+    pub(crate) async fn pushers_changed(&self) -> Result<()> {
+        let mut by_user: HashMap<String, Vec<store::Pusher>> = HashMap::new();
+        for p in store::all_pushers(self.db.pool()).await? {
+            by_user.entry(p.user_id.clone()).or_default().push(p);
+        }
+        *self.push.pushers.lock().unwrap() = by_user;
+        self.push.wake.notify_one();
+        Ok(())
+    }
+}
+
+fn pusher_json(p: &store::Pusher) -> Value {
+    let mut v = json!({
+        "app_id": p.app_id,
+        "pushkey": p.pushkey,
+        "kind": p.kind,
+        "app_display_name": p.app_display_name,
+        "device_display_name": p.device_display_name,
+        "lang": p.lang,
+        "data": serde_json::from_str::<Value>(&p.data).unwrap_or(json!({})),
+    });
+    if let Some(tag) = &p.profile_tag {
+        v["profile_tag"] = json!(tag);
+    }
+    v
+}
+
+/// Starts the worker that delivers notifications to push gateways.
+pub fn spawn_pusher_worker(services: Weak<Services>) {
+    tokio::spawn(async move {
+        // Pushers whose gateway failed: when to try again, and the last wait.
+        let mut backoff: HashMap<(String, String, String), (tokio::time::Instant, Duration)> = HashMap::new();
+        let mut in_flight: HashSet<(String, String, String)> = HashSet::new();
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<((String, String, String), bool)>();
+        loop {
+            let Some(s) = services.upgrade() else { return };
+            let now = tokio::time::Instant::now();
+            let pushers: Vec<store::Pusher> = s.push.pushers.lock().unwrap().values().flatten().cloned().collect();
+            let mut next_retry: Option<tokio::time::Instant> = None;
+            for p in pushers {
+                let key = (p.app_id.clone(), p.pushkey.clone(), p.user_id.clone());
+                if in_flight.contains(&key) {
+                    continue;
+                }
+                if let Some((at, _)) = backoff.get(&key) {
+                    if *at > now {
+                        next_retry = Some(next_retry.map_or(*at, |n| n.min(*at)));
+                        continue;
+                    }
+                }
+                in_flight.insert(key.clone());
+                let (s, done) = (s.clone(), done_tx.clone());
+                tokio::spawn(async move {
+                    let ok = s.deliver(&p).await.unwrap_or(false);
+                    let _ = done.send((key, ok));
+                });
+            }
+            let max_backoff = Duration::from_millis(s.config.push.max_backoff_ms.max(1));
+            // Only the signal is held while waiting, not the services.
+            let wake = s.push.wake.clone();
+            drop(s);
+            let sleep_until = next_retry.unwrap_or_else(|| now + Duration::from_secs(3600));
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep_until(sleep_until) => {}
+                Some((key, ok)) = done_rx.recv() => {
+                    in_flight.remove(&key);
+                    if ok {
+                        backoff.remove(&key);
+                    } else {
+                        let wait = backoff.get(&key).map_or(Duration::from_millis(500), |(_, w)| (*w * 2).min(max_backoff));
+                        backoff.insert(key, (tokio::time::Instant::now() + wait, wait));
+                    }
+                }
+            }
+        }
+    });
+}
+
+impl Services {
+    /// Sends a pusher's pending notifications to its gateway, oldest first. False when the
+    /// gateway could not be reached or failed (the worker retries later).
+    async fn deliver(&self, p: &store::Pusher) -> Result<bool> {
+        let data: Value = serde_json::from_str(&p.data).unwrap_or(json!({}));
+        let Some(url) = data.get("url").and_then(Value::as_str) else { return Ok(true) };
+        let event_id_only = data.get("format").and_then(Value::as_str) == Some("event_id_only");
+        let mut device_data = data.clone();
+        if let Some(o) = device_data.as_object_mut() {
+            o.remove("url");
+        }
+        let allowed =
+            crate::outbound::parse_allowlist("push.ip_range_allowlist", &self.config.push.ip_range_allowlist)?;
+        let client = crate::outbound::client(allowed, Duration::from_millis(self.config.push.timeout_ms), "push")?;
+        loop {
+            let pending = store::notifications_after(self.db.pool(), &p.user_id, p_position(self, p), 20).await?;
+            if pending.is_empty() {
+                return Ok(true);
+            }
+            let user = OwnedUserId::try_from(p.user_id.as_str()).map_err(|_| Error::Internal)?;
+            for n in pending {
+                let still_there = self
+                    .push
+                    .pushers
+                    .lock()
+                    .unwrap()
+                    .get(&p.user_id)
+                    .is_some_and(|l| l.iter().any(|q| q.app_id == p.app_id && q.pushkey == p.pushkey));
+                if !still_there {
+                    return Ok(true);
+                }
+                let unread = store::total_unread(self.db.pool(), &p.user_id).await?;
+                let body = if n.read {
+                    None
+                } else {
+                    self.gateway_notification(&user, &n, unread, p, &device_data, event_id_only).await?
+                };
+                if let Some(body) = body {
+                    let response = match client.post(url).json(&body).send().await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(error = %e, app_id = %p.app_id, "push gateway unreachable");
+                            return Ok(false);
+                        }
+                    };
+                    if !response.status().is_success() {
+                        tracing::warn!(status = %response.status(), app_id = %p.app_id, "push gateway failed");
+                        return Ok(false);
+                    }
+                    let answer: Value = response.json().await.unwrap_or(json!({}));
+                    let rejected = answer.get("rejected").and_then(Value::as_array);
+                    if rejected.is_some_and(|r| r.iter().any(|k| k.as_str() == Some(p.pushkey.as_str()))) {
+                        // The gateway no longer knows this device: the spec says to drop it.
+                        self.delete_pusher(&user, &p.app_id, &p.pushkey).await?;
+                        return Ok(true);
+                    }
+                }
+                store::set_pusher_position(self.db.pool(), &p.app_id, &p.pushkey, &p.user_id, n.stream_ordering)
+                    .await?;
+                self.set_cached_pusher_position(p, n.stream_ordering);
+            }
+        }
+    }
+
+    fn set_cached_pusher_position(&self, p: &store::Pusher, position: i64) {
+        let mut pushers = self.push.pushers.lock().unwrap();
+        if let Some(list) = pushers.get_mut(&p.user_id) {
+            for q in list.iter_mut().filter(|q| q.app_id == p.app_id && q.pushkey == p.pushkey) {
+                q.last_stream_ordering = q.last_stream_ordering.max(position);
+            }
+        }
+    }
+
+    /// The body of `POST /_matrix/push/v1/notify` for one notification (push gateway spec).
+    async fn gateway_notification(
+        &self,
+        user: &UserId,
+        n: &store::PushAction,
+        unread: i64,
+        p: &store::Pusher,
+        device_data: &Value,
+        event_id_only: bool,
+    ) -> Result<Option<Value>> {
+        let Ok(event_id) = OwnedEventId::try_from(n.event_id.as_str()) else { return Ok(None) };
+        let Some(pdu) = self.get_pdu(&event_id).await? else { return Ok(None) };
+        let actions: Vec<Action> = serde_json::from_str(&n.actions).unwrap_or_default();
+        let mut tweaks = serde_json::Map::new();
+        for action in &actions {
+            if let Action::SetTweak(tweak) = action {
+                match tweak {
+                    Tweak::Sound(s) => {
+                        tweaks.insert("sound".into(), json!(s));
+                    }
+                    Tweak::Highlight(h) => {
+                        let on = matches!(h, ruma::push::HighlightTweakValue::Yes);
+                        tweaks.insert("highlight".into(), json!(on));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut notification = json!({
+            "event_id": pdu.event_id,
+            "room_id": pdu.room_id,
+            "prio": if n.highlight { "high" } else { "low" },
+            "counts": { "unread": unread },
+            "devices": [{
+                "app_id": p.app_id,
+                "pushkey": p.pushkey,
+                "pushkey_ts": p.created_ts / 1000,
+                "data": device_data,
+                "tweaks": tweaks,
+            }],
+        });
+        if !event_id_only {
+            notification["type"] = json!(pdu.kind);
+            notification["sender"] = json!(pdu.sender);
+            notification["content"] = pdu.content_value();
+            let state = self.current_state(pdu.room()).await?;
+            let sender_name = self.display_name_in(&state, &pdu.sender).await?;
+            notification["sender_display_name"] = json!(sender_name);
+            if let Some(name) =
+                self.state_event_in(&state, &StateEventType::RoomName, "").await?.and_then(|e| e.content_field("name"))
+            {
+                notification["room_name"] = name;
+            }
+            if pdu.kind == TimelineEventType::RoomMember {
+                notification["user_is_target"] = json!(pdu.state_key.as_deref() == Some(user.as_str()));
+            }
+        }
+        Ok(Some(json!({ "notification": notification })))
+    }
+}
+
+/// A pusher's delivery position, as the cache knows it (ahead of the copy a task started with).
+fn p_position(s: &Services, p: &store::Pusher) -> i64 {
+    s.push
+        .pushers
+        .lock()
+        .unwrap()
+        .get(&p.user_id)
+        .and_then(|l| l.iter().find(|q| q.app_id == p.app_id && q.pushkey == p.pushkey))
+        .map_or(p.last_stream_ordering, |q| q.last_stream_ordering)
+}
