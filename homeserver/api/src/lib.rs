@@ -104,6 +104,7 @@ pub fn router(services: Arc<Services>) -> Router {
         events::relations_with_type_and_event_type,
     );
     let r = route::<c::threads::get_threads::v1::Request, _, _>(r, events::threads);
+    let r = route::<c::search::search_events::v3::Request, _, _>(r, events::search);
     // Sync and its streams
     let r = route::<c::sync::sync_events::v3::Request, _, _>(r, sync::sync);
     let r = route::<c::filter::create_filter::v3::Request, _, _>(r, sync::create_filter);

@@ -30,6 +30,17 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Manages the full-text search index.
+    Search {
+        #[command(subcommand)]
+        command: SearchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SearchCommand {
+    /// Empties the index and indexes every event of the database again (stop the server first).
+    Rebuild,
 }
 
 #[derive(Subcommand)]
@@ -71,8 +82,12 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
-    let services = Services::start(config).await?;
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    let services = match command {
+        Command::Serve => Services::start_serving(config).await?,
+        _ => Services::start(config).await?,
+    };
+    match command {
         Command::Serve => serve(services).await,
         Command::User { command: UserCommand::Create { localpart, password, displayname, admin } } => {
             let user = services
@@ -88,6 +103,11 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{token}");
+            Ok(())
+        }
+        Command::Search { command: SearchCommand::Rebuild } => {
+            let position = services.rebuild_search_index().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("search index rebuilt up to stream position {position}");
             Ok(())
         }
     }

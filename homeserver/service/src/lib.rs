@@ -24,6 +24,7 @@ pub mod pdu;
 pub mod push;
 pub mod ratelimit;
 pub mod rooms;
+pub mod search;
 pub mod sync;
 pub mod uia;
 pub mod url_preview;
@@ -62,6 +63,7 @@ pub struct Services {
     pub media: media::MediaState,
     pub previews: url_preview::Previews,
     pub push: push::PushState,
+    pub search: search::SearchState,
     /// The last presence state written for each user (see `presence_on_sync`).
     presence_states: std::sync::Mutex<std::collections::HashMap<ruma::OwnedUserId, String>>,
     pub ratelimiter: ratelimit::RateLimiter,
@@ -69,7 +71,7 @@ pub struct Services {
 
 impl Services {
     /// Opens the database (creating and migrating it if needed), loads or creates the signing
-    /// key, and restores the stream position.
+    /// key, and restores the stream position: enough for commands run beside a server.
     pub async fn start(config: Config) -> anyhow_like::Result<Arc<Services>> {
         let server_name = ServerName::parse(&config.server_name)
             .map_err(|e| anyhow_like::msg(format!("invalid server_name {:?}: {e}", config.server_name)))?;
@@ -83,6 +85,7 @@ impl Services {
         let ratelimiter = ratelimit::RateLimiter::new(&config.rate_limits);
         let e2ee = e2ee::E2eeState::load(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         let media = media::MediaState::new(&config.data_dir);
+        let search = search::SearchState::new(&config.data_dir);
         let push = push::PushState::load(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         let services = Arc::new_cyclic(|me| Services {
             me: me.clone(),
@@ -101,11 +104,21 @@ impl Services {
             media,
             previews: Default::default(),
             push,
+            search,
             presence_states: Default::default(),
             ratelimiter,
         });
         ephemeral::spawn_typing_expiry(Arc::downgrade(&services));
+        Ok(services)
+    }
+
+    /// Starts the services of a serving process: [`Services::start`], then the search index
+    /// and the background workers (indexer, pushers).
+    pub async fn start_serving(config: Config) -> anyhow_like::Result<Arc<Services>> {
+        let services = Services::start(config).await?;
+        services.search.open().await.map_err(|e| anyhow_like::msg(format!("cannot open the search index: {e}")))?;
         push::spawn_pusher_worker(Arc::downgrade(&services));
+        search::spawn_indexer(&services);
         Ok(services)
     }
 

@@ -321,3 +321,24 @@ pub async fn last_membership_change<'e>(e: impl Exec<'e>) -> Result<i64> {
             .await?;
     Ok(row.0.unwrap_or(0))
 }
+
+/// Unredacted events of the given types after a stream position, oldest first (what the search
+/// index catches up on).
+pub async fn events_of_types_after<'e>(
+    e: impl Exec<'e>,
+    types: &[&str],
+    after: i64,
+    limit: i64,
+) -> Result<Vec<StoredEvent>> {
+    let placeholders: Vec<String> = (0..types.len()).map(|i| format!("${}", i + 3)).collect();
+    let sql = format!(
+        "SELECT {COLUMNS} FROM events WHERE stream_ordering > $1 AND redacted_by IS NULL \
+         AND event_type IN ({}) ORDER BY stream_ordering LIMIT $2",
+        placeholders.join(", ")
+    );
+    let mut q = sqlx::query_as::<_, EventRow>(&sql).bind(after).bind(limit);
+    for t in types {
+        q = q.bind(*t);
+    }
+    Ok(q.fetch_all(e).await?.into_iter().map(from_row).collect())
+}

@@ -209,3 +209,21 @@ pub async fn threads(State(s): S, req: Ruma<get_threads::v1::Request>) -> Result
     }
     Ok(json_ok(body))
 }
+
+/// `POST /search` (client-server spec, "Server Side Search"): `room_events` only, the one
+/// category the spec defines.
+pub async fn search(
+    State(s): S,
+    req: Ruma<ruma::api::client::search::search_events::v3::Request>,
+) -> Result<Response, ApiError> {
+    let mut categories = serde_json::Map::new();
+    if let Some(criteria) = &req.body.search_categories.room_events {
+        // Our own view of the criteria, as for filters.
+        let criteria = serde_json::to_value(criteria)
+            .and_then(serde_json::from_value)
+            .map_err(|e| Error::bad_json(e.to_string()))?;
+        let result = s.search_room_events(&req.caller().user_id, criteria, req.body.next_batch.as_deref()).await?;
+        categories.insert("room_events".into(), result);
+    }
+    Ok(json_ok(json!({ "search_categories": categories })))
+}

@@ -854,8 +854,10 @@ impl<'a> RoomWriter<'a> {
         let push_rows = services.push_rows(&appended, &new_states, &created).await?;
         services.write_push_rows(&mut tx, &push_rows).await?;
         diplomatie_storage::commit(tx).await?;
+        let position = write.position();
         write.publish();
         services.notifications_committed(&push_rows);
+        services.index_committed(&appended, &redacted, position);
 
         let caches = &services.rooms;
         {

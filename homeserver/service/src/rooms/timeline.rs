@@ -367,6 +367,36 @@ impl Services {
         }
     }
 
+    /// Up to `before` visible events before `event` (newest first) and `after` after it, and
+    /// the tokens that continue each way (the `event_context` of search results).
+    pub(crate) async fn events_around(
+        &self,
+        user: &UserId,
+        event: &Pdu,
+        before: usize,
+        after: usize,
+    ) -> Result<(Vec<Arc<Pdu>>, Vec<Arc<Pdu>>, String, String)> {
+        let room_id = event.room();
+        let until = self.readable_until(user, room_id).await?;
+        let filter = EventFilter::default();
+        let so = event.stream_ordering;
+        let (b, b_next) = if before > 0 {
+            let window = Window { from: 0, to: so - 1, backwards: true, limit: before };
+            self.visible_page(user, room_id, window, &filter).await?
+        } else {
+            (Vec::new(), None)
+        };
+        let (a, a_next) = if after > 0 {
+            self.visible_page(user, room_id, Window { from: so, to: until, backwards: false, limit: after }, &filter)
+                .await?
+        } else {
+            (Vec::new(), None)
+        };
+        let start = b_next.unwrap_or(b.last().map_or(so - 1, |e| e.stream_ordering - 1));
+        let end = a_next.unwrap_or(a.last().map_or(so, |e| e.stream_ordering));
+        Ok((b, a, start.to_string(), end.to_string()))
+    }
+
     /// `GET /rooms/{roomId}/messages`.
     pub async fn messages(
         &self,

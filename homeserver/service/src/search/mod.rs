@@ -1,0 +1,417 @@
+//! Server-side search (client-server spec, "Server Side Search"): `room_events` over message
+//! bodies, room names and topics, with tantivy.
+//!
+//! Committed events reach the index through a channel to one indexer task, which batches them
+//! into few commits; a search first waits (briefly) until every event committed before it is
+//! indexed, so a user finds what they just sent. On start the indexer catches up from the
+//! position its last commit recorded, so the index survives restarts and can be rebuilt from
+//! the database. Encrypted events are never indexed: the server cannot read them.
+//!
+//! The index returns candidates in the rooms the user has a membership in; each candidate is
+//! then checked like any event read (history visibility at the event), so results never show
+//! what the user could not read in the timeline.
+
+pub mod index;
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use diplomatie_storage::{events as ev_store, state as state_store, Db};
+use ruma::{events::TimelineEventType, EventId, UserId};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use self::index::{IndexedEvent, Key, SearchIndex};
+use crate::{rooms::timeline::EventFilter, Error, Pdu, Result, Services};
+
+/// The event types whose texts are indexed.
+const INDEXED_TYPES: &[&str] = &["m.room.message", "m.room.name", "m.room.topic"];
+
+/// Work for the indexer: events to add, events to remove, up to a stream position.
+struct Job {
+    add: Vec<IndexedEvent>,
+    delete: Vec<String>,
+    position: i64,
+    seq: u64,
+}
+
+/// The index and its indexer's queue. The index is opened by the serving process only (a
+/// command run beside a running server must not contend for its lock).
+pub struct SearchState {
+    dir: std::path::PathBuf,
+    index: std::sync::OnceLock<Arc<SearchIndex>>,
+    queue: tokio::sync::mpsc::UnboundedSender<Job>,
+    receiver: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Job>>>,
+    enqueued: AtomicU64,
+    processed: tokio::sync::watch::Sender<u64>,
+}
+
+impl SearchState {
+    pub fn new(data_dir: &std::path::Path) -> SearchState {
+        let (queue, receiver) = tokio::sync::mpsc::unbounded_channel();
+        SearchState {
+            dir: data_dir.join("search"),
+            index: std::sync::OnceLock::new(),
+            queue,
+            receiver: Mutex::new(Some(receiver)),
+            enqueued: AtomicU64::new(0),
+            processed: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    /// Opens the index. Another writer may still hold it for a moment (services being shut
+    /// down in this process): the lock is awaited a few seconds before giving up.
+    pub async fn open(&self) -> tantivy::Result<Arc<SearchIndex>> {
+        if let Some(index) = self.index.get() {
+            return Ok(index.clone());
+        }
+        let mut attempts = 0;
+        let index = loop {
+            match SearchIndex::open(&self.dir, 15_000_000) {
+                Err(tantivy::TantivyError::LockFailure(..)) if attempts < 50 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => break Arc::new(other?),
+            }
+        };
+        Ok(self.index.get_or_init(|| index).clone())
+    }
+
+    /// The index, once opened.
+    pub fn index(&self) -> Result<Arc<SearchIndex>> {
+        self.index.get().cloned().ok_or_else(|| {
+            tracing::error!("the search index is not open");
+            Error::Internal
+        })
+    }
+}
+
+/// What the index keeps of an event, when it has a searchable text.
+pub fn indexed_event(pdu: &Pdu) -> Option<IndexedEvent> {
+    let text = |field: &str| pdu.content_field(field).and_then(|v| v.as_str().map(str::to_owned));
+    let (body, name, topic) = match pdu.kind {
+        TimelineEventType::RoomMessage => (Some(text("body")?), None, None),
+        TimelineEventType::RoomName => (None, Some(text("name")?), None),
+        TimelineEventType::RoomTopic => (None, None, Some(text("topic")?)),
+        _ => return None,
+    };
+    Some(IndexedEvent {
+        event_id: pdu.event_id.to_string(),
+        room_id: pdu.room_id.to_string(),
+        sender: pdu.sender.to_string(),
+        kind: pdu.kind.to_string(),
+        stream: pdu.stream_ordering,
+        body,
+        name,
+        topic,
+    })
+}
+
+fn search_failed(e: tantivy::TantivyError) -> Error {
+    tracing::error!(error = %e, "search index failure");
+    Error::Internal
+}
+
+/// Indexes what the database holds after the index's last commit. Returns the position reached.
+async fn catch_up(db: &Db, index: &SearchIndex) -> Result<i64> {
+    let mut position = index.committed_position();
+    loop {
+        let batch = ev_store::events_of_types_after(db.pool(), INDEXED_TYPES, position, 2000).await?;
+        let Some(last) = batch.last().map(|e| e.stream_ordering) else { break };
+        let events: Vec<IndexedEvent> =
+            batch.into_iter().filter_map(|s| Pdu::from_stored(s).ok()).filter_map(|p| indexed_event(&p)).collect();
+        index.add(&events).map_err(search_failed)?;
+        index.commit(last).map_err(search_failed)?;
+        position = last;
+    }
+    Ok(position)
+}
+
+/// Starts the indexer on the opened index: it catches up with the database, then indexes what
+/// commits send it.
+pub fn spawn_indexer(services: &Services) {
+    let Ok(index) = services.search.index() else { return };
+    let Some(mut receiver) = services.search.receiver.lock().unwrap().take() else { return };
+    let db = services.db.clone();
+    let processed = services.search.processed.clone();
+    tokio::spawn(async move {
+        let caught_up = match catch_up(&db, &index).await {
+            Ok(p) => p,
+            Err(_) => index.committed_position(),
+        };
+        while let Some(first) = receiver.recv().await {
+            let mut jobs = vec![first];
+            while let Ok(more) = receiver.try_recv() {
+                jobs.push(more);
+            }
+            let index = index.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                let mut position = 0;
+                let mut seq = 0;
+                for job in jobs {
+                    // What the catch-up read is there already.
+                    let add: Vec<IndexedEvent> = job.add.into_iter().filter(|e| e.stream > caught_up).collect();
+                    index.add(&add)?;
+                    index.delete(&job.delete);
+                    position = position.max(job.position);
+                    seq = seq.max(job.seq);
+                }
+                index.commit(position.max(caught_up))?;
+                Ok::<u64, tantivy::TantivyError>(seq)
+            })
+            .await;
+            match done {
+                Ok(Ok(seq)) => {
+                    processed.send_modify(|p| *p = (*p).max(seq));
+                }
+                Ok(Err(e)) => {
+                    search_failed(e);
+                }
+                Err(_) => tracing::error!("the search indexer panicked"),
+            }
+        }
+    });
+}
+
+/// A `room_events` search, as the spec's `Criteria` gives it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Criteria {
+    pub search_term: String,
+    pub keys: Option<Vec<String>>,
+    pub filter: EventFilter,
+    pub order_by: Option<String>,
+    pub event_context: Option<ContextRequest>,
+    pub include_state: bool,
+    pub groupings: Option<Groupings>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct ContextRequest {
+    pub before_limit: usize,
+    pub after_limit: usize,
+    pub include_profile: bool,
+}
+
+impl Default for ContextRequest {
+    fn default() -> Self {
+        ContextRequest { before_limit: 5, after_limit: 5, include_profile: false }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Groupings {
+    pub group_by: Vec<GroupBy>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct GroupBy {
+    pub key: String,
+}
+
+impl Services {
+    /// Sends committed events to the indexer (after the commit: the index never holds events
+    /// the database does not).
+    pub(crate) fn index_committed(&self, appended: &[Arc<Pdu>], redacted: &[Pdu], position: i64) {
+        let add: Vec<IndexedEvent> = appended.iter().filter_map(|p| indexed_event(p)).collect();
+        let delete: Vec<String> = redacted.iter().map(|p| p.event_id.to_string()).collect();
+        // Without an index (a command, not a server), the next server catches up instead.
+        if (add.is_empty() && delete.is_empty()) || self.search.index.get().is_none() {
+            return;
+        }
+        let seq = self.search.enqueued.fetch_add(1, Ordering::AcqRel) + 1;
+        let _ = self.search.queue.send(Job { add, delete, position, seq });
+    }
+
+    /// Waits until every event committed so far is searchable (at most a few seconds).
+    async fn search_caught_up(&self) {
+        let target = self.search.enqueued.load(Ordering::Acquire);
+        let mut processed = self.search.processed.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(5), processed.wait_for(|p| *p >= target)).await;
+    }
+
+    /// Empties the index and indexes the whole database again (`diplomatie search rebuild`).
+    pub async fn rebuild_search_index(&self) -> Result<i64> {
+        let index = self.search.open().await.map_err(search_failed)?;
+        index.clear().map_err(search_failed)?;
+        catch_up(&self.db, &index).await
+    }
+
+    /// `POST /search` with `room_events`: the spec's `room_events` result object.
+    pub async fn search_room_events(
+        &self,
+        user: &UserId,
+        criteria: Criteria,
+        next_batch: Option<&str>,
+    ) -> Result<Value> {
+        let keys: Vec<Key> = match &criteria.keys {
+            None => vec![Key::Body, Key::Name, Key::Topic],
+            Some(keys) => keys
+                .iter()
+                .map(|k| match k.as_str() {
+                    "content.body" => Ok(Key::Body),
+                    "content.name" => Ok(Key::Name),
+                    "content.topic" => Ok(Key::Topic),
+                    other => Err(Error::invalid_param(format!("Unknown search key {other}"))),
+                })
+                .collect::<Result<_>>()?,
+        };
+        let recent = match criteria.order_by.as_deref() {
+            None | Some("rank") => false,
+            Some("recent") => true,
+            Some(other) => return Err(Error::invalid_param(format!("Unknown order_by {other}"))),
+        };
+        let mut offset: usize = match next_batch {
+            None => 0,
+            Some(t) => t.parse().map_err(|_| Error::invalid_param("Unknown next_batch token"))?,
+        };
+        let filter = &criteria.filter;
+        let limit = filter.limit.unwrap_or(10).clamp(1, 100) as usize;
+
+        // Rooms the user is or was in, as the filter allows.
+        let rooms: Vec<String> = state_store::rooms_for_user(self.db.pool(), user.as_str())
+            .await?
+            .into_iter()
+            .map(|(room, _)| room)
+            .filter(|r| filter.rooms.as_ref().is_none_or(|allowed| allowed.contains(r)))
+            .filter(|r| !filter.not_rooms.contains(r))
+            .collect();
+
+        self.search_caught_up().await;
+        let index = self.search.index()?;
+        let mut results: Vec<(f32, Arc<Pdu>)> = Vec::new();
+        let mut count = 0;
+        let mut next = None;
+        let chunk = limit * 2 + 10;
+        'pages: loop {
+            let (term, keys, rooms, index) = (criteria.search_term.clone(), keys.clone(), rooms.clone(), index.clone());
+            let found = tokio::task::spawn_blocking(move || index.search(&term, &keys, &rooms, recent, offset, chunk))
+                .await
+                .map_err(|_| Error::Internal)?
+                .map_err(search_failed)?;
+            count = count.max(found.count);
+            let exhausted = found.hits.len() < chunk;
+            for (event_id, score) in found.hits {
+                offset += 1;
+                let Ok(id) = <&EventId>::try_from(event_id.as_str()) else { continue };
+                let Some(pdu) = self.get_pdu(id).await? else { continue };
+                if pdu.redacted_by.is_some() || !filter.allows(&pdu) || !self.can_see_event(user, &pdu).await? {
+                    continue;
+                }
+                results.push((score, pdu));
+                if results.len() == limit {
+                    if offset < count {
+                        next = Some(offset.to_string());
+                    }
+                    break 'pages;
+                }
+            }
+            if exhausted {
+                break;
+            }
+        }
+
+        let context = criteria.event_context.as_ref();
+        let mut out = Vec::new();
+        for (score, pdu) in &results {
+            let mut result = json!({ "rank": score, "result": pdu.to_client(true) });
+            if let Some(ctx) = context {
+                result["context"] = self.search_context(user, pdu, ctx).await?;
+            }
+            out.push(result);
+        }
+        let mut body = json!({
+            "count": count,
+            "highlights": SearchIndex::words(&criteria.search_term),
+            "results": out,
+        });
+        if let Some(n) = next {
+            body["next_batch"] = json!(n);
+        }
+        if criteria.include_state {
+            let mut state = Map::new();
+            for (_, pdu) in &results {
+                let room = pdu.room_id.to_string();
+                if state.contains_key(&room) {
+                    continue;
+                }
+                let map = self.current_state(pdu.room()).await?;
+                let mut events = Vec::new();
+                for id in map.values() {
+                    if let Some(p) = self.get_pdu(id).await? {
+                        events.push(p.to_client(true));
+                    }
+                }
+                state.insert(room, Value::Array(events));
+            }
+            body["state"] = Value::Object(state);
+        }
+        if let Some(groupings) = &criteria.groupings {
+            let mut groups = Map::new();
+            for group in &groupings.group_by {
+                let key_of = |p: &Pdu| match group.key.as_str() {
+                    "room_id" => Ok(p.room_id.to_string()),
+                    "sender" => Ok(p.sender.to_string()),
+                    other => Err(Error::invalid_param(format!("Unknown grouping key {other}"))),
+                };
+                let mut by_key: BTreeMap<String, (usize, Vec<String>)> = BTreeMap::new();
+                for (_, pdu) in &results {
+                    let order = by_key.len();
+                    let entry = by_key.entry(key_of(pdu)?).or_insert((order, Vec::new()));
+                    entry.1.push(pdu.event_id.to_string());
+                }
+                let g: Map<String, Value> = by_key
+                    .into_iter()
+                    .map(|(k, (order, ids))| (k, json!({ "order": order, "results": ids })))
+                    .collect();
+                groups.insert(group.key.clone(), Value::Object(g));
+            }
+            body["groups"] = Value::Object(groups);
+        }
+        Ok(body)
+    }
+
+    /// The `context` of a search result.
+    async fn search_context(&self, user: &UserId, pdu: &Pdu, ctx: &ContextRequest) -> Result<Value> {
+        let (before, after, start, end) =
+            self.events_around(user, pdu, ctx.before_limit.min(50), ctx.after_limit.min(50)).await?;
+        let mut context = json!({
+            "events_before": before.iter().map(|p| p.to_client(true)).collect::<Vec<_>>(),
+            "events_after": after.iter().map(|p| p.to_client(true)).collect::<Vec<_>>(),
+            "start": start,
+            "end": end,
+        });
+        if ctx.include_profile {
+            let mut profiles = Map::new();
+            for p in before.iter().chain(after.iter()).map(|p| &**p).chain(std::iter::once(pdu)) {
+                if profiles.contains_key(p.sender.as_str()) {
+                    continue;
+                }
+                let state = self.state_map(p.state_group).await?;
+                let member =
+                    self.state_event_in(&state, &ruma::events::StateEventType::RoomMember, p.sender.as_str()).await?;
+                let mut profile = json!({});
+                if let Some(m) = member {
+                    for field in ["displayname", "avatar_url"] {
+                        if let Some(v) = m.content_field(field).filter(|v| !v.is_null()) {
+                            profile[field] = v;
+                        }
+                    }
+                }
+                profiles.insert(p.sender.to_string(), profile);
+            }
+            context["profile_info"] = Value::Object(profiles);
+        }
+        Ok(context)
+    }
+}
