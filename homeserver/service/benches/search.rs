@@ -16,9 +16,7 @@ fn vocabulary(rng: &mut StdRng, n: usize) -> Vec<String> {
         "ta", "ri", "ve", "lo", "men", "sa", "dé", "cri", "pol", "ba", "nu", "ré", "tion", "gou", "mi", "zon", "fé",
         "ar", "chi", "vé", "con", "sul", "am", "bas", "dor", "la", "ter", "né", "gal", "ris",
     ];
-    (0..n)
-        .map(|_| (0..rng.gen_range(2..4)).map(|_| SYLLABLES[rng.gen_range(0..SYLLABLES.len())]).collect())
-        .collect()
+    (0..n).map(|_| (0..rng.gen_range(2..4)).map(|_| SYLLABLES[rng.gen_range(0..SYLLABLES.len())]).collect()).collect()
 }
 
 /// A word index skewed towards the first ones (a rough Zipf law).
@@ -82,7 +80,11 @@ fn main() {
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     println!("search benchmark: {messages} messages in 100 rooms, {queries} queries (user in 20 rooms, limit 10)");
-    println!("  indexing: {:.1} s ({:.0} messages/s)", indexing.as_secs_f64(), messages as f64 / indexing.as_secs_f64());
+    println!(
+        "  indexing: {:.1} s ({:.0} messages/s)",
+        indexing.as_secs_f64(),
+        messages as f64 / indexing.as_secs_f64()
+    );
     println!("  index size: {:.1} MiB", index.size_on_disk() as f64 / (1024.0 * 1024.0));
     println!(
         "  query latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({:.1} hits a query)",

@@ -3,10 +3,9 @@
 //! Each user's rules are the spec's defaults (ruma's `Ruleset::server_default`) until the user
 //! changes one; the changed set is kept as the user's `m.push_rules` account data, so clients
 //! see it through `/sync` as the spec says. Rules are evaluated with ruma for every event a
-//! batch writes, for every local member it may notify, *inside the batch's transaction*: the
-//! notifications of an event are durable exactly when the event is, and the counts `/sync`
-//! reports never lag behind the timeline it returns. The event is flattened once, whatever the
-//! number of recipients.
+//! batch writes, for every local member it may notify, right after the batch's commit and
+//! before its stream positions are published: the counts `/sync` reports never lag behind the
+//! timeline it returns. The event is flattened once, whatever the number of recipients.
 //!
 //! Pushers deliver those notifications to push gateways from a background worker that resumes,
 //! after a restart, from the last notification each pusher delivered, and retries a failing
@@ -259,12 +258,11 @@ impl Services {
         Ok(rows)
     }
 
-    /// Writes a batch's notifications into its transaction.
-    pub(crate) async fn write_push_rows(
-        &self,
-        conn: &mut diplomatie_storage::Connection,
-        rows: &[PushRow],
-    ) -> Result<()> {
+    /// Writes a batch's notifications in one transaction.
+    pub(crate) async fn write_push_rows(&self, rows: &[PushRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
         let new: Vec<NewPushAction<'_>> = rows
             .iter()
             .map(|r| NewPushAction {
@@ -278,7 +276,9 @@ impl Services {
                 ts: r.ts,
             })
             .collect();
-        store::insert_push_actions(conn, &new).await?;
+        let mut tx = self.db.begin().await?;
+        store::insert_push_actions(&mut tx, &new).await?;
+        diplomatie_storage::commit(tx).await?;
         Ok(())
     }
 

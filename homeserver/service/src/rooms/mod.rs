@@ -846,14 +846,24 @@ impl<'a> RoomWriter<'a> {
                 ev_store::set_forward_extremities(&mut tx, room_id.as_str(), &ids).await?;
             }
         }
-        // Notifications land with their events (push rules, evaluated for each recipient).
+        diplomatie_storage::commit(tx).await?;
+        // Notifications (push rules, evaluated for each recipient) are written right after the
+        // events and before the positions are published: no `/sync` sees an event without
+        // them. Not in the events' transaction: the evaluation reads through the pool, which
+        // must not wait while this connection holds SQLite's write lock.
         let created: HashSet<&RoomId> = match (&new_room, &created_room) {
             (Some(_), Some(r)) => HashSet::from([&**r]),
             _ => HashSet::new(),
         };
-        let push_rows = services.push_rows(&appended, &new_states, &created).await?;
-        services.write_push_rows(&mut tx, &push_rows).await?;
-        diplomatie_storage::commit(tx).await?;
+        let push_rows = match services.push_rows(&appended, &new_states, &created).await {
+            Ok(rows) => services.write_push_rows(&rows).await.map(|()| rows),
+            Err(e) => Err(e),
+        }
+        .unwrap_or_else(|e| {
+            // The events are durable: their send succeeded, only their notifications are lost.
+            tracing::error!(error = %e, "could not record the notifications of a batch");
+            Vec::new()
+        });
         let position = write.position();
         write.publish();
         services.notifications_committed(&push_rows);
