@@ -13,6 +13,7 @@ backend_tests!(
     push_rules_start_from_the_spec_defaults_and_change_through_the_api,
     sync_counts_notifications_and_highlights_until_read,
     pushers_deliver_to_the_gateway_and_retry,
+    many_members_join_and_talk_at_once,
 );
 
 async fn push_rules_start_from_the_spec_defaults_and_change_through_the_api(backend: Backend) {
@@ -352,4 +353,36 @@ async fn pushers_deliver_to_the_gateway_and_retry(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(gone, "the rejected pusher is removed");
+}
+
+/// Notifications are computed for every write; under many concurrent joins and sends (each
+/// join also writes outside the room writer) nothing may stall or fail. Evaluating push rules
+/// inside the events' transaction once deadlocked SQLite's connection pool here.
+async fn many_members_join_and_talk_at_once(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let rooms = vec![
+        alice.create_room(json!({ "preset": "public_chat" })).await,
+        alice.create_room(json!({ "preset": "public_chat" })).await,
+    ];
+    let mut users = Vec::new();
+    for i in 0..80 {
+        users.push(server.register(&format!("agent{i}")).await);
+    }
+    let mut tasks = Vec::new();
+    for (i, user) in users.into_iter().enumerate() {
+        let room = rooms[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let joined = user.join(&room).await;
+            assert_eq!(joined.0, 200, "{}", joined.1);
+            send(&user, &room, json!({ "msgtype": "m.text", "body": format!("présent {i}") })).await;
+        }));
+    }
+    for t in tasks {
+        t.await.expect("every join and send succeeds");
+    }
+    // Everyone's messages notify Alice.
+    let list = alice.ok(Method::GET, "/_matrix/client/v3/notifications?limit=100", None).await;
+    let messages = list["notifications"].as_array().unwrap().iter().filter(|n| n["event"]["type"] == "m.room.message").count();
+    assert_eq!(messages, 80);
 }
