@@ -383,6 +383,7 @@ async fn many_members_join_and_talk_at_once(backend: Backend) {
     }
     // Everyone's messages notify Alice.
     let list = alice.ok(Method::GET, "/_matrix/client/v3/notifications?limit=100", None).await;
-    let messages = list["notifications"].as_array().unwrap().iter().filter(|n| n["event"]["type"] == "m.room.message").count();
+    let messages =
+        list["notifications"].as_array().unwrap().iter().filter(|n| n["event"]["type"] == "m.room.message").count();
     assert_eq!(messages, 80);
 }

@@ -2,7 +2,7 @@
 //! bodies, room names and topics, with tantivy.
 //!
 //! Committed events reach the index through a channel to one indexer task, which batches them
-//! into few commits; a search first waits (briefly) until every event committed before it is
+//! into at most one commit a second (sooner when a search waits); a search first waits (briefly) until every event committed before it is
 //! indexed, so a user finds what they just sent. On start the indexer catches up from the
 //! position its last commit recorded, so the index survives restarts and can be rebuilt from
 //! the database. Encrypted events are never indexed: the server cannot read them.
@@ -50,7 +50,12 @@ pub struct SearchState {
     receiver: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Job>>>,
     enqueued: AtomicU64,
     processed: tokio::sync::watch::Sender<u64>,
+    /// A search waits for the indexer: commit now.
+    wanted: Arc<tokio::sync::Notify>,
 }
+
+/// How long the indexer gathers events before a commit when no search waits.
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
 impl SearchState {
     pub fn new(data_dir: &std::path::Path) -> SearchState {
@@ -62,6 +67,7 @@ impl SearchState {
             receiver: Mutex::new(Some(receiver)),
             enqueued: AtomicU64::new(0),
             processed: tokio::sync::watch::Sender::new(0),
+            wanted: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -141,15 +147,25 @@ pub fn spawn_indexer(services: &Services) {
     let Some(mut receiver) = services.search.receiver.lock().unwrap().take() else { return };
     let db = services.db.clone();
     let processed = services.search.processed.clone();
+    let wanted = services.search.wanted.clone();
     tokio::spawn(async move {
         let caught_up = match catch_up(&db, &index).await {
             Ok(p) => p,
             Err(_) => index.committed_position(),
         };
         while let Some(first) = receiver.recv().await {
+            // A tantivy commit syncs files: batch for up to a second, unless a search waits.
             let mut jobs = vec![first];
-            while let Ok(more) = receiver.try_recv() {
-                jobs.push(more);
+            let deadline = tokio::time::Instant::now() + COMMIT_INTERVAL;
+            loop {
+                tokio::select! {
+                    more = receiver.recv() => match more {
+                        Some(job) => jobs.push(job),
+                        None => break,
+                    },
+                    _ = wanted.notified() => break,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
             }
             let index = index.clone();
             let done = tokio::task::spawn_blocking(move || {
@@ -237,6 +253,9 @@ impl Services {
     async fn search_caught_up(&self) {
         let target = self.search.enqueued.load(Ordering::Acquire);
         let mut processed = self.search.processed.subscribe();
+        if *processed.borrow() < target {
+            self.search.wanted.notify_one();
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), processed.wait_for(|p| *p >= target)).await;
     }
 
