@@ -39,8 +39,9 @@ pub struct NewEvent<'a> {
 
 /// Inserts many events in one statement (fewer round trips to the database under load).
 pub async fn insert_events(conn: &mut Connection, events: &[NewEvent<'_>]) -> Result<()> {
-    // 12 parameters a row; stay far below SQLite's limit of 32766 parameters a statement.
-    for chunk in events.chunks(1000) {
+    // 12 parameters a row. Small statements: binding a `$n` parameter searches the statement's
+    // names linearly, so a statement of thousands of parameters costs their square.
+    for chunk in events.chunks(64) {
         let mut sql = String::from(
             "INSERT INTO events (stream_ordering, event_id, room_id, sender, event_type, state_key, \
              depth, origin_server_ts, state_group, rel_type, relates_to, json) VALUES ",
@@ -78,7 +79,7 @@ pub async fn insert_events(conn: &mut Connection, events: &[NewEvent<'_>]) -> Re
 
 /// Records many (user, device, txn id, event id) transaction ids in one statement.
 pub async fn insert_txns(conn: &mut Connection, txns: &[(&str, &str, &str, &str)]) -> Result<()> {
-    for chunk in txns.chunks(2000) {
+    for chunk in txns.chunks(128) {
         let mut sql = String::from("INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES ");
         for i in 0..chunk.len() {
             let b = i * 4;
