@@ -361,7 +361,7 @@ async fn pushers_deliver_to_the_gateway_and_retry(backend: Backend) {
 async fn many_members_join_and_talk_at_once(backend: Backend) {
     let server = TestServer::start(backend, &[]).await;
     let alice = server.register("alice").await;
-    let rooms = vec![
+    let rooms = [
         alice.create_room(json!({ "preset": "public_chat" })).await,
         alice.create_room(json!({ "preset": "public_chat" })).await,
     ];
