@@ -330,12 +330,25 @@ impl Services {
     /// after the unthreaded receipt or the thread's own).
     pub async fn unread_counts(&self, user: &UserId, room_id: &RoomId, by_thread: bool) -> Result<UnreadCounts> {
         let mut counts = UnreadCounts::default();
-        for (thread, n, h) in store::unread_counts(self.db.pool(), user.as_str(), room_id.as_str()).await? {
-            let (n, h) = (n.max(0) as u64, h.max(0) as u64);
+        // Two plain queries (no per-row subquery): the receipts, then what comes after the
+        // unthreaded one, each notification judged against its thread's receipt.
+        let pool = self.db.pool();
+        let read: HashMap<String, i64> =
+            store::read_positions(pool, user.as_str(), room_id.as_str()).await?.into_iter().collect();
+        let unthreaded = read.get("").copied().unwrap_or(0);
+        let rows =
+            store::notifications_in_room_after(pool, user.as_str(), room_id.as_str(), unthreaded, 10_000).await?;
+        for (thread, position, highlight) in rows {
+            if position <= read.get(&thread).copied().unwrap_or(0) {
+                continue;
+            }
+            let h = u64::from(highlight != 0);
             if by_thread && thread != "main" {
-                counts.threads.insert(thread, (n, h));
+                let entry = counts.threads.entry(thread).or_insert((0, 0));
+                entry.0 += 1;
+                entry.1 += h;
             } else {
-                counts.notifications += n;
+                counts.notifications += 1;
                 counts.highlights += h;
             }
         }

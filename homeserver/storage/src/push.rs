@@ -59,15 +59,37 @@ const READ_UP_TO: &str = "COALESCE((SELECT MAX(ev.stream_ordering) FROM receipts
      JOIN events ev ON ev.event_id = r.event_id WHERE r.room_id = a.room_id AND r.user_id = a.user_id \
      AND r.receipt_type IN ('m.read', 'm.read.private') AND (r.thread_id = '' OR r.thread_id = a.thread_id)), 0)";
 
-/// Unread notifications of a user in a room, by thread: (thread id, notifications, highlights).
-pub async fn unread_counts<'e>(e: impl Exec<'e>, user_id: &str, room_id: &str) -> Result<Vec<(String, i64, i64)>> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT a.thread_id, CAST(COUNT(*) AS BIGINT), CAST(SUM(a.highlight) AS BIGINT) \
-         FROM event_push_actions a WHERE a.user_id = $1 AND a.room_id = $2 AND a.stream_ordering > {READ_UP_TO} \
-         GROUP BY a.thread_id"
-    ))
+/// The positions of a user's latest read receipts (public or private) in a room, by thread id
+/// (`""` for unthreaded receipts).
+pub async fn read_positions<'e>(e: impl Exec<'e>, user_id: &str, room_id: &str) -> Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT r.thread_id, MAX(ev.stream_ordering) FROM receipts r JOIN events ev ON ev.event_id = r.event_id \
+         WHERE r.room_id = $2 AND r.user_id = $1 AND r.receipt_type IN ('m.read', 'm.read.private') \
+         GROUP BY r.thread_id",
+    )
     .bind(user_id)
     .bind(room_id)
+    .fetch_all(e)
+    .await?)
+}
+
+/// A user's notifications in a room after a position: (thread id, position, highlight), at most
+/// `cap` of them.
+pub async fn notifications_in_room_after<'e>(
+    e: impl Exec<'e>,
+    user_id: &str,
+    room_id: &str,
+    after: i64,
+    cap: i64,
+) -> Result<Vec<(String, i64, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT thread_id, stream_ordering, highlight FROM event_push_actions \
+         WHERE user_id = $1 AND room_id = $2 AND stream_ordering > $3 ORDER BY stream_ordering LIMIT $4",
+    )
+    .bind(user_id)
+    .bind(room_id)
+    .bind(after)
+    .bind(cap)
     .fetch_all(e)
     .await?)
 }
