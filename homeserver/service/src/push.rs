@@ -45,6 +45,8 @@ pub struct PushState {
     /// The users who have pushers, with them (loaded at start, kept in step with the table).
     pushers: Mutex<HashMap<String, Vec<store::Pusher>>>,
     wake: Arc<tokio::sync::Notify>,
+    /// The gateways' HTTP client, built once (its resolver checks every address).
+    client: std::sync::OnceLock<reqwest::Client>,
 }
 
 impl PushState {
@@ -58,6 +60,7 @@ impl PushState {
             edit: tokio::sync::Mutex::new(()),
             pushers: Mutex::new(pushers),
             wake: Arc::new(tokio::sync::Notify::new()),
+            client: std::sync::OnceLock::new(),
         })
     }
 }
@@ -545,9 +548,7 @@ impl Services {
         if let Some(o) = device_data.as_object_mut() {
             o.remove("url");
         }
-        let allowed =
-            crate::outbound::parse_allowlist("push.ip_range_allowlist", &self.config.push.ip_range_allowlist)?;
-        let client = crate::outbound::client(allowed, Duration::from_millis(self.config.push.timeout_ms), "push")?;
+        let client = self.push_client()?;
         loop {
             let pending = store::notifications_after(self.db.pool(), &p.user_id, p_position(self, p), 20).await?;
             if pending.is_empty() {
@@ -596,6 +597,16 @@ impl Services {
                 self.set_cached_pusher_position(p, n.stream_ordering);
             }
         }
+    }
+
+    fn push_client(&self) -> Result<&reqwest::Client> {
+        if let Some(c) = self.push.client.get() {
+            return Ok(c);
+        }
+        let allowed =
+            crate::outbound::parse_allowlist("push.ip_range_allowlist", &self.config.push.ip_range_allowlist)?;
+        let client = crate::outbound::client(allowed, Duration::from_millis(self.config.push.timeout_ms), "push")?;
+        Ok(self.push.client.get_or_init(|| client))
     }
 
     fn set_cached_pusher_position(&self, p: &store::Pusher, position: i64) {
