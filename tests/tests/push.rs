@@ -14,6 +14,7 @@ backend_tests!(
     sync_counts_notifications_and_highlights_until_read,
     pushers_deliver_to_the_gateway_and_retry,
     many_members_join_and_talk_at_once,
+    each_member_keeps_their_own_outcome,
 );
 
 async fn push_rules_start_from_the_spec_defaults_and_change_through_the_api(backend: Backend) {
@@ -386,4 +387,63 @@ async fn many_members_join_and_talk_at_once(backend: Backend) {
     let messages =
         list["notifications"].as_array().unwrap().iter().filter(|n| n["event"]["type"] == "m.room.message").count();
     assert_eq!(messages, 80);
+}
+
+/// Most members share an event's outcome (written once per event); those with rules of their
+/// own, those it names and those who joined later each get theirs, in `/sync` as it runs and
+/// after a restart, when the counts are read back from the database.
+async fn each_member_keeps_their_own_outcome(backend: Backend) {
+    let mut server = TestServer::start(backend, &[]).await;
+    let mut alice = server.register("alice").await;
+    let mut bob = server.register("bob").await;
+    let mut carol = server.register("carol").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    assert_eq!(bob.join(&room).await.0, 200);
+    assert_eq!(carol.join(&room).await.0, 200);
+    // Carol mutes the room with a room rule of her own.
+    carol
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/pushrules/global/room/{}", urlencode(room.as_str())),
+            Some(&json!({ "actions": [] })),
+        )
+        .await;
+    // Counts are asked for (and cached) before the messages, then kept up to date.
+    assert_eq!(counts(&bob.sync(None, "timeout=0").await, &room), (0, 0));
+    assert_eq!(counts(&carol.sync(None, "timeout=0").await, &room), (0, 0));
+    send(&alice, &room, json!({ "msgtype": "m.text", "body": "un" })).await;
+    send(
+        &alice,
+        &room,
+        json!({ "msgtype": "m.text", "body": "carol ?", "m.mentions": { "user_ids": [carol.user_id] } }),
+    )
+    .await;
+    assert_eq!(counts(&bob.sync(None, "timeout=0").await, &room), (2, 0));
+    // Muted, but the mention still reaches her: override rules come before room rules.
+    let carol_counts = counts(&carol.sync(None, "timeout=0").await, &room);
+    assert_eq!(carol_counts, (1, 1), "only the mention reaches her");
+    // Dave joins after two messages: they are not his.
+    let mut dave = server.register("dave").await;
+    assert_eq!(dave.join(&room).await.0, 200);
+    send(&alice, &room, json!({ "msgtype": "m.text", "body": "trois" })).await;
+    assert_eq!(counts(&dave.sync(None, "timeout=0").await, &room), (1, 0));
+    assert_eq!(counts(&bob.sync(None, "timeout=0").await, &room), (3, 0));
+    let list = dave.ok(Method::GET, "/_matrix/client/v3/notifications", None).await;
+    assert_eq!(list["notifications"].as_array().unwrap().len(), 1);
+
+    // After a restart the same counts come from the database.
+    server.kill().await;
+    server.launch().await;
+    for c in [&mut alice, &mut bob, &mut carol, &mut dave] {
+        c.base = server.base.clone();
+    }
+    assert_eq!(counts(&bob.sync(None, "timeout=0").await, &room), (3, 0));
+    assert_eq!(counts(&carol.sync(None, "timeout=0").await, &room), (1, 1));
+    assert_eq!(counts(&dave.sync(None, "timeout=0").await, &room), (1, 0));
+    assert_eq!(counts(&alice.sync(None, "timeout=0").await, &room), (0, 0));
+    let list = bob.ok(Method::GET, "/_matrix/client/v3/notifications?limit=2", None).await;
+    assert_eq!(list["notifications"].as_array().unwrap().len(), 2);
+    let next = list["next_token"].as_str().unwrap();
+    let rest = bob.ok(Method::GET, &format!("/_matrix/client/v3/notifications?from={next}"), None).await;
+    assert_eq!(rest["notifications"].as_array().unwrap().len(), 1);
 }

@@ -1,11 +1,18 @@
-//! Synapse-compatible admin endpoints, so that existing tools (`register_new_matrix_user`) work.
+//! Administration: Synapse-compatible endpoints, so that existing tools
+//! (`register_new_matrix_user`) work, and the portal's (`/_diplomatie/admin/v1`): clearances of
+//! users and devices, kinds of accounts, primary groups.
 
 use std::sync::Arc;
 
-use axum::{extract::State, response::Response};
-use diplomatie_service::{Error, Services};
-use ruma::api::error::ErrorKind;
-use serde::Deserialize;
+use axum::{
+    extract::{Path, State},
+    http::request::Parts,
+    response::Response,
+};
+use diplomatie_policies::{AccountKind, Level};
+use diplomatie_service::{accounts::Caller, Error, Services};
+use ruma::{api::error::ErrorKind, OwnedDeviceId, OwnedRoomId, OwnedUserId};
+use serde::{de::DeserializeOwned, Deserialize};
 use serde_json::json;
 
 use crate::{error::ApiError, ruma_wrapper::json_ok};
@@ -34,16 +41,7 @@ pub struct SharedSecretRegistration {
 
 /// `POST /_synapse/admin/v1/register`: creates a user when the HMAC matches the shared secret.
 pub async fn register(State(s): S, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    let req: SharedSecretRegistration = serde_json::from_slice(&body).map_err(|e| {
-        let kind = if serde_json::from_slice::<serde_json::Value>(&body).is_err() {
-            ErrorKind::NotJson
-        } else if e.to_string().starts_with("missing field") {
-            ErrorKind::MissingParam
-        } else {
-            ErrorKind::BadJson
-        };
-        Error::new(kind, e.to_string())
-    })?;
+    let req: SharedSecretRegistration = parse_body(&body)?;
     s.check_shared_secret_mac(&req.nonce, &req.username, &req.password, req.admin, &req.mac)?;
     if !s.admin_nonces.take(&req.nonce) {
         return Err(Error::new(ErrorKind::Unknown, "Unrecognised nonce").into());
@@ -58,4 +56,138 @@ pub async fn register(State(s): S, body: axum::body::Bytes) -> Result<Response, 
         "home_server": s.server_name(),
         "device_id": session.device_id,
     })))
+}
+
+/// A JSON body, with the spec's error codes for what is wrong with it.
+fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| {
+        let kind = if serde_json::from_slice::<serde_json::Value>(body).is_err() {
+            ErrorKind::NotJson
+        } else if e.to_string().starts_with("missing field") {
+            ErrorKind::MissingParam
+        } else {
+            ErrorKind::BadJson
+        };
+        Error::new(kind, e.to_string())
+    })
+}
+
+/// The authenticated caller of a portal administration request.
+async fn caller(s: &Services, parts: &Parts) -> Result<Caller, Error> {
+    let token = crate::ruma_wrapper::access_token(parts)
+        .ok_or_else(|| Error::new(ErrorKind::MissingToken, "Missing access token"))?;
+    s.authenticate(&token).await
+}
+
+async fn admin(s: &Services, parts: &Parts) -> Result<Caller, Error> {
+    let caller = caller(s, parts).await?;
+    if !caller.is_admin {
+        return Err(Error::forbidden("You are not a server administrator"));
+    }
+    Ok(caller)
+}
+
+fn user_id(s: &Services, raw: &str) -> Result<OwnedUserId, Error> {
+    s.parse_local_user(raw)
+}
+
+/// `GET /_diplomatie/admin/v1/users/{user_id}/clearance`: clearance, kind, primary group, who
+/// set the clearance and when, and the history of changes.
+pub async fn get_clearance(State(s): S, Path(user): Path<String>, parts: Parts) -> Result<Response, ApiError> {
+    admin(&s, &parts).await?;
+    Ok(json_ok(s.clearance_report(&user_id(&s, &user)?).await?))
+}
+
+#[derive(Deserialize)]
+struct ClearanceBody {
+    clearance: String,
+}
+
+fn level(raw: &str) -> Result<Level, Error> {
+    Level::parse(raw).ok_or_else(|| Error::new(ErrorKind::InvalidParam, "clearance must be \"NP\" or \"DR\""))
+}
+
+/// `PUT /_diplomatie/admin/v1/users/{user_id}/clearance` `{"clearance": "DR"}`: by an
+/// administrator, or a manager of the user's primary functional group when delegated.
+pub async fn set_clearance(
+    State(s): S,
+    Path(user): Path<String>,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let caller = caller(&s, &parts).await?;
+    let req: ClearanceBody = parse_body(&body)?;
+    let target = user_id(&s, &user)?;
+    s.set_clearance(&caller.user_id, caller.is_admin, &target, level(&req.clearance)?).await?;
+    Ok(json_ok(s.clearance_report(&target).await?))
+}
+
+/// `GET /_diplomatie/admin/v1/users/{user_id}/devices/{device_id}/clearance`.
+pub async fn get_device_clearance(
+    State(s): S,
+    Path((user, device)): Path<(String, String)>,
+    parts: Parts,
+) -> Result<Response, ApiError> {
+    admin(&s, &parts).await?;
+    Ok(json_ok(s.device_clearance_report(&user_id(&s, &user)?, &OwnedDeviceId::from(device)).await?))
+}
+
+#[derive(Deserialize)]
+struct DeviceBody {
+    dr: bool,
+}
+
+/// `PUT /_diplomatie/admin/v1/users/{user_id}/devices/{device_id}/clearance` `{"dr": true}`:
+/// approves (or withdraws) a terminal for DR content.
+pub async fn set_device_clearance(
+    State(s): S,
+    Path((user, device)): Path<(String, String)>,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let caller = caller(&s, &parts).await?;
+    let req: DeviceBody = parse_body(&body)?;
+    let (target, device) = (user_id(&s, &user)?, OwnedDeviceId::from(device));
+    s.set_device_clearance(&caller.user_id, caller.is_admin, &target, &device, req.dr).await?;
+    Ok(json_ok(s.device_clearance_report(&target, &device).await?))
+}
+
+#[derive(Deserialize)]
+struct KindBody {
+    kind: String,
+}
+
+/// `PUT /_diplomatie/admin/v1/users/{user_id}/kind` `{"kind": "external"}` (or `"agent"`).
+pub async fn set_kind(
+    State(s): S,
+    Path(user): Path<String>,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    admin(&s, &parts).await?;
+    let req: KindBody = parse_body(&body)?;
+    let kind = AccountKind::parse(&req.kind)
+        .ok_or_else(|| Error::new(ErrorKind::InvalidParam, "kind must be \"agent\" or \"external\""))?;
+    let target = user_id(&s, &user)?;
+    s.set_account_kind(&target, kind).await?;
+    Ok(json_ok(s.clearance_report(&target).await?))
+}
+
+#[derive(Deserialize)]
+struct GroupBody {
+    room_id: Option<OwnedRoomId>,
+}
+
+/// `PUT /_diplomatie/admin/v1/users/{user_id}/primary_group` `{"room_id": "!space"}`.
+pub async fn set_primary_group(
+    State(s): S,
+    Path(user): Path<String>,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    admin(&s, &parts).await?;
+    let req: GroupBody = parse_body(&body)?;
+    let target = user_id(&s, &user)?;
+    s.set_primary_group(&target, req.room_id.as_deref()).await?;
+    Ok(json_ok(s.clearance_report(&target).await?))
 }

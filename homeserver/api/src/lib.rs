@@ -177,6 +177,15 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = legacy_media_routes(r);
     // Synapse-compatible administration
     let r = r.route("/_synapse/admin/v1/register", get(admin::register_nonce).post(admin::register));
+    // The portal's administration
+    let r = r
+        .route("/_diplomatie/admin/v1/users/{user_id}/clearance", get(admin::get_clearance).put(admin::set_clearance))
+        .route(
+            "/_diplomatie/admin/v1/users/{user_id}/devices/{device_id}/clearance",
+            get(admin::get_device_clearance).put(admin::set_device_clearance),
+        )
+        .route("/_diplomatie/admin/v1/users/{user_id}/kind", axum::routing::put(admin::set_kind))
+        .route("/_diplomatie/admin/v1/users/{user_id}/primary_group", axum::routing::put(admin::set_primary_group));
 
     r.fallback(unrecognized)
         .method_not_allowed_fallback(unrecognized)

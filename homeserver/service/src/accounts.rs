@@ -28,6 +28,67 @@ pub struct Session {
     pub expires_in_ms: Option<u64>,
 }
 
+/// Access tokens already checked, so that a request costs no query to authenticate. Every
+/// server-side change that ends tokens (logout, device deletion, refresh, password change,
+/// deactivation) drops the user's entries; entries also expire after a few seconds, so that
+/// changes made by a command beside the server apply soon.
+pub struct TokenCache {
+    /// Token → (caller, expiry, when it was checked).
+    entries: std::sync::Mutex<lru::LruCache<String, CachedToken>>,
+    /// Bumped by every [`TokenCache::forget_user`]: a check that started before is not cached.
+    generation: std::sync::atomic::AtomicU64,
+}
+
+type CachedToken = (Caller, Option<i64>, std::time::Instant);
+
+/// How long a checked token is trusted without asking the database again.
+const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        TokenCache {
+            entries: std::sync::Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(16384).unwrap())),
+            generation: Default::default(),
+        }
+    }
+}
+
+impl TokenCache {
+    fn get(&self, token: &str) -> Option<(Caller, Option<i64>)> {
+        let mut entries = self.entries.lock().unwrap();
+        match entries.get(token) {
+            Some((caller, expires, at)) if at.elapsed() < TOKEN_TTL => Some((caller.clone(), *expires)),
+            Some(_) => {
+                entries.pop(token);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn put(&self, token: &str, caller: &Caller, expires: Option<i64>, generation: u64) {
+        let mut entries = self.entries.lock().unwrap();
+        if self.generation() == generation {
+            entries.put(token.to_owned(), (caller.clone(), expires, std::time::Instant::now()));
+        }
+    }
+
+    /// Drops every cached token of a user.
+    pub fn forget_user(&self, user: &str) {
+        let mut entries = self.entries.lock().unwrap();
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let stale: Vec<String> =
+            entries.iter().filter(|(_, (c, _, _))| c.user_id.as_str() == user).map(|(t, _)| t.clone()).collect();
+        for t in stale {
+            entries.pop(&t);
+        }
+    }
+}
+
 /// The authenticated caller of a request.
 #[derive(Clone, Debug)]
 pub struct Caller {
@@ -137,6 +198,7 @@ impl Services {
         )
         .await?;
         diplomatie_storage::commit(tx).await?;
+        self.tokens.forget_user(user_id.as_str());
         Ok(Session { user_id: user_id.to_owned(), device_id, access_token, refresh_token, expires_in_ms: expires })
     }
 
@@ -202,6 +264,13 @@ impl Services {
                 "Unknown or expired access token",
             )
         };
+        if let Some((caller, expires)) = self.tokens.get(token) {
+            if expires.is_some_and(|e| e <= now_ms()) {
+                return Err(unknown(true));
+            }
+            return Ok(caller);
+        }
+        let generation = self.tokens.generation();
         let t = store::get_access_token(self.db.pool(), token).await?.ok_or_else(|| unknown(false))?;
         if t.expires_ts.is_some_and(|e| e <= now_ms()) {
             return Err(unknown(true));
@@ -210,11 +279,13 @@ impl Services {
         if user.deactivated {
             return Err(unknown(false));
         }
-        Ok(Caller {
+        let caller = Caller {
             user_id: OwnedUserId::try_from(t.user_id).map_err(|_| Error::Internal)?,
             device_id: t.device_id.into(),
             is_admin: user.is_admin,
-        })
+        };
+        self.tokens.put(token, &caller, t.expires_ts, generation);
+        Ok(caller)
     }
 
     pub async fn is_admin(&self, user: &UserId) -> Result<bool> {
@@ -241,6 +312,7 @@ impl Services {
         )
         .await?;
         diplomatie_storage::commit(tx).await?;
+        self.tokens.forget_user(&user_id);
         Ok(Session {
             user_id: OwnedUserId::try_from(user_id).map_err(|_| Error::Internal)?,
             device_id: device_id.into(),
@@ -260,6 +332,7 @@ impl Services {
         store::delete_all_devices(&mut tx, user.as_str(), None).await?;
         diplomatie_storage::push::delete_user_pushers(&mut *tx, user.as_str()).await?;
         diplomatie_storage::commit(tx).await?;
+        self.tokens.forget_user(user.as_str());
         self.pushers_changed().await?;
         self.device_list_changed(user).await
     }
@@ -273,6 +346,7 @@ impl Services {
             diplomatie_storage::push::delete_device_pushers(&mut *tx, user.as_str(), d).await?;
         }
         diplomatie_storage::commit(tx).await?;
+        self.tokens.forget_user(user.as_str());
         self.pushers_changed().await?;
         self.device_list_changed(user).await
     }
@@ -304,6 +378,7 @@ impl Services {
             store::delete_all_devices(&mut tx, caller.user_id.as_str(), Some(caller.device_id.as_str())).await?;
         }
         diplomatie_storage::commit(tx).await?;
+        self.tokens.forget_user(caller.user_id.as_str());
         if logout_devices {
             self.device_list_changed(&caller.user_id).await?;
         }
@@ -326,6 +401,7 @@ impl Services {
         store::set_deactivated(&mut *tx, user.as_str()).await?;
         diplomatie_storage::push::delete_user_pushers(&mut *tx, user.as_str()).await?;
         diplomatie_storage::commit(tx).await?;
+        self.tokens.forget_user(user.as_str());
         self.pushers_changed().await
     }
 

@@ -39,6 +39,32 @@ pub struct Config {
     pub media: Media,
     pub url_preview: UrlPreview,
     pub push: Push,
+    pub portal: Portal,
+}
+
+/// The portal's rules: clearances (NP, DR) and classified rooms.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Portal {
+    /// Other servers DR (restricted distribution) rooms may be shared with; their users count
+    /// as cleared DR. Empty: DR rooms stay on this server.
+    pub dr_federation_allowlist: Vec<String>,
+    /// Sending into a DR room needs a device approved for DR (its flag set by an
+    /// administrator).
+    pub dr_requires_approved_device: bool,
+    /// Managers of a user's primary functional group may set the user's clearance and the DR
+    /// flag of the user's devices, besides administrators.
+    pub delegate_clearance_to_managers: bool,
+}
+
+impl Default for Portal {
+    fn default() -> Self {
+        Portal {
+            dr_federation_allowlist: Vec::new(),
+            dr_requires_approved_device: true,
+            delegate_clearance_to_managers: true,
+        }
+    }
 }
 
 /// Delivery of notifications to push gateways (`/_matrix/push/v1/notify`).
@@ -131,6 +157,7 @@ const OPTIONS: &[&str] = &[
     "media",
     "url_preview",
     "push",
+    "portal",
 ];
 
 impl Default for Config {
@@ -150,6 +177,7 @@ impl Default for Config {
             media: Media::default(),
             url_preview: UrlPreview::default(),
             push: Push::default(),
+            portal: Portal::default(),
         }
     }
 }

@@ -164,6 +164,7 @@ impl Services {
             position,
         )
         .await?;
+        self.unread_receipt(user, room_id);
         write.publish();
         if receipt_type == "m.read.private" {
             self.notifier.notify([user]);

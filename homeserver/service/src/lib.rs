@@ -21,6 +21,7 @@ pub mod notifier;
 pub mod outbound;
 pub mod password;
 pub mod pdu;
+pub mod portal;
 pub mod push;
 pub mod ratelimit;
 pub mod rooms;
@@ -64,6 +65,8 @@ pub struct Services {
     pub previews: url_preview::Previews,
     pub push: push::PushState,
     pub search: search::SearchState,
+    pub portal: portal::PortalState,
+    pub tokens: accounts::TokenCache,
     /// The last presence state written for each user (see `presence_on_sync`).
     presence_states: std::sync::Mutex<std::collections::HashMap<ruma::OwnedUserId, String>>,
     pub ratelimiter: ratelimit::RateLimiter,
@@ -105,6 +108,8 @@ impl Services {
             previews: Default::default(),
             push,
             search,
+            portal: Default::default(),
+            tokens: Default::default(),
             presence_states: Default::default(),
             ratelimiter,
         });
@@ -117,6 +122,7 @@ impl Services {
     pub async fn start_serving(config: Config) -> anyhow_like::Result<Arc<Services>> {
         let services = Services::start(config).await?;
         services.search.open().await.map_err(|e| anyhow_like::msg(format!("cannot open the search index: {e}")))?;
+        services.db.spawn_checkpointer();
         push::spawn_pusher_worker(Arc::downgrade(&services));
         search::spawn_indexer(&services);
         Ok(services)

@@ -3,9 +3,10 @@
 //! Each user's rules are the spec's defaults (ruma's `Ruleset::server_default`) until the user
 //! changes one; the changed set is kept as the user's `m.push_rules` account data, so clients
 //! see it through `/sync` as the spec says. Rules are evaluated with ruma for every event a
-//! batch writes, for every local member it may notify, right after the batch's commit and
-//! before its stream positions are published: the counts `/sync` reports never lag behind the
-//! timeline it returns. The event is flattened once, whatever the number of recipients.
+//! batch writes, for every local member it may notify, and the notifications are written in
+//! the batch's own transaction: the counts `/sync` reports never lag behind the timeline it
+//! returns. The event is flattened once, whatever the number of recipients. `/sync` reads the
+//! counts from an in-memory cache that the writer and receipts keep exact.
 //!
 //! Pushers deliver those notifications to push gateways from a background worker that resumes,
 //! after a restart, from the last notification each pusher delivered, and retries a failing
@@ -19,7 +20,7 @@ use std::{
 };
 
 use diplomatie_storage::{
-    push::{self as store, NewPushAction},
+    push::{self as store, NewPushAction, NewPushDefault, Scan},
     streams,
 };
 use lru::LruCache;
@@ -39,7 +40,8 @@ use crate::{now_ms, Error, Pdu, Result, Services};
 
 /// Push rules in memory, and what wakes the pusher worker.
 pub struct PushState {
-    rules: Mutex<LruCache<OwnedUserId, Arc<Ruleset>>>,
+    /// Each user's rules; `None` for the spec's defaults (the user never changed a rule).
+    rules: Mutex<LruCache<OwnedUserId, Option<Arc<Ruleset>>>>,
     /// Serialises changes of rules, so that two concurrent edits cannot lose one another.
     edit: tokio::sync::Mutex<()>,
     /// The users who have pushers, with them (loaded at start, kept in step with the table).
@@ -47,6 +49,32 @@ pub struct PushState {
     wake: Arc<tokio::sync::Notify>,
     /// The gateways' HTTP client, built once (its resolver checks every address).
     client: std::sync::OnceLock<reqwest::Client>,
+    /// Unread counts of the rooms `/sync` asked about lately.
+    unread: Mutex<UnreadCache>,
+    /// The default rules of a user no event names, and that user.
+    anyone: std::sync::OnceLock<(OwnedUserId, Ruleset)>,
+}
+
+/// Unread counts per (user, room), computed from the database once and then kept up to date
+/// by the writer (new notifications) and by receipts (which drop the entry), so that `/sync`
+/// does not count rows that grow as long as a user reads nothing.
+///
+/// A count computed from the database is only cached if no batch and no receipt was applied
+/// while it was computed (`applied` and `generation` unchanged): it can never miss one.
+struct UnreadCache {
+    entries: LruCache<(OwnedUserId, ruma::OwnedRoomId), Arc<RoomUnread>>,
+    /// The last position of the batches applied to the entries: a count is cached only when
+    /// no batch was applied while it was computed.
+    applied: i64,
+    /// Bumped by every receipt.
+    generation: u64,
+}
+
+/// A room's unread notifications after the user's receipts.
+#[derive(Clone, Debug, Default)]
+struct RoomUnread {
+    /// (notifications, highlights) per thread ("main" for the main timeline).
+    threads: HashMap<String, (u64, u64)>,
 }
 
 impl PushState {
@@ -61,13 +89,48 @@ impl PushState {
             pushers: Mutex::new(pushers),
             wake: Arc::new(tokio::sync::Notify::new()),
             client: std::sync::OnceLock::new(),
+            anyone: std::sync::OnceLock::new(),
+            unread: Mutex::new(UnreadCache {
+                entries: LruCache::new(NonZeroUsize::new(65536).unwrap()),
+                applied: 0,
+                generation: 0,
+            }),
         })
     }
 }
 
-/// A notification decided inside a batch, written with it.
-pub(crate) struct PushRow {
+/// The notifications a batch decided, written with it: per event, the outcome of the default
+/// rules for the members it does not name, and the users whose outcome differs.
+#[derive(Default)]
+pub(crate) struct PushBatch {
+    defaults: Vec<PushRow>,
+    /// Users' own outcomes (`user_id` set).
+    own: Vec<PushRow>,
+}
+
+impl PushBatch {
+    pub(crate) fn len(&self) -> usize {
+        self.defaults.len() + self.own.len()
+    }
+}
+
+/// One outcome: for every member not named (`user_id` empty), or for one user.
+struct PushRow {
     user_id: String,
+    room_id: String,
+    event_id: String,
+    sender: String,
+    stream_ordering: i64,
+    thread_id: String,
+    notify: bool,
+    highlight: bool,
+    actions: String,
+    ts: i64,
+}
+
+/// A notification read back: the merge of an event's default outcome and the user's own.
+#[derive(Clone, Debug)]
+struct Notification {
     room_id: String,
     event_id: String,
     stream_ordering: i64,
@@ -86,6 +149,46 @@ pub struct UnreadCounts {
     pub threads: BTreeMap<String, (u64, u64)>,
 }
 
+impl RoomUnread {
+    fn counts(&self, by_thread: bool) -> UnreadCounts {
+        let mut counts = UnreadCounts::default();
+        for (thread, (n, h)) in &self.threads {
+            if by_thread && thread != "main" {
+                counts.threads.insert(thread.clone(), (*n, *h));
+            } else {
+                counts.notifications += n;
+                counts.highlights += h;
+            }
+        }
+        counts
+    }
+}
+
+/// The first rule of `rules` that applies: whether it highlights and its actions as JSON, or
+/// `None` when it does not notify.
+async fn evaluate(
+    rules: &Ruleset,
+    event: &FlattenedJson,
+    ctx: &PushConditionRoomCtx,
+) -> Result<Option<(bool, String)>> {
+    for rule in rules.iter() {
+        if rule.applies(event, ctx).await {
+            if !rule.triggers_notification() {
+                return Ok(None);
+            }
+            let actions = serde_json::to_string(rule.actions()).map_err(|_| Error::Internal)?;
+            return Ok(Some((rule.triggers_highlight(), actions)));
+        }
+    }
+    Ok(None)
+}
+
+/// A user id no event names, to evaluate the default rules once for every recipient an event
+/// does not name.
+fn anonymous_recipient(server: &ruma::ServerName) -> OwnedUserId {
+    UserId::parse(format!("@_diplomatie_anyone:{server}")).expect("a valid user id")
+}
+
 /// The content of the `m.push_rules` account data event.
 fn account_data_content(ruleset: &Ruleset) -> Value {
     json!({ "global": ruleset })
@@ -99,6 +202,11 @@ fn rule_error(e: impl std::fmt::Display, not_found: bool) -> Error {
 impl Services {
     /// A user's push rules.
     pub async fn push_rules(&self, user: &UserId) -> Result<Arc<Ruleset>> {
+        Ok(self.custom_push_rules(user).await?.unwrap_or_else(|| Arc::new(Ruleset::server_default(user))))
+    }
+
+    /// The user's rules when they changed any, `None` when they are the spec's defaults.
+    async fn custom_push_rules(&self, user: &UserId) -> Result<Option<Arc<Ruleset>>> {
         if let Some(r) = self.push.rules.lock().unwrap().get(user) {
             return Ok(r.clone());
         }
@@ -106,8 +214,7 @@ impl Services {
         let ruleset = stored
             .and_then(|json| serde_json::from_str::<Value>(&json).ok())
             .and_then(|v| serde_json::from_value::<Ruleset>(v.get("global")?.clone()).ok())
-            .unwrap_or_else(|| Ruleset::server_default(user));
-        let ruleset = Arc::new(ruleset);
+            .map(Arc::new);
         self.push.rules.lock().unwrap().put(user.to_owned(), ruleset.clone());
         Ok(ruleset)
     }
@@ -124,7 +231,7 @@ impl Services {
         let mut ruleset = (*self.push_rules(user).await?).clone();
         change(&mut ruleset)?;
         self.set_account_data(user, None, "m.push_rules", &account_data_content(&ruleset)).await?;
-        self.push.rules.lock().unwrap().put(user.to_owned(), Arc::new(ruleset));
+        self.push.rules.lock().unwrap().put(user.to_owned(), Some(Arc::new(ruleset)));
         Ok(())
     }
 
@@ -192,21 +299,24 @@ impl Services {
         events: &[Arc<Pdu>],
         states: &[(i64, Arc<StateMap<OwnedEventId>>)],
         new_rooms: &HashSet<&RoomId>,
-    ) -> Result<Vec<PushRow>> {
-        let mut rows = Vec::new();
+    ) -> Result<PushBatch> {
+        let mut batch = PushBatch::default();
+        let me = self.server_name();
         for pdu in events {
             let mut recipients: Vec<OwnedUserId> = Vec::new();
             let mut member_count = 0;
             if !new_rooms.contains(pdu.room()) {
                 let joined = self.joined_members(pdu.room()).await?;
                 member_count = joined.len();
-                recipients.extend(joined.iter().filter(|u| **u != pdu.sender).cloned());
+                recipients.extend(joined.iter().filter(|u| **u != pdu.sender && u.server_name() == me).cloned());
             }
             // An invite notifies its invitee, who is not a member yet.
+            let mut invitee = None;
             if pdu.kind == TimelineEventType::RoomMember && pdu.membership().as_deref() == Some("invite") {
                 if let Some(target) = pdu.state_key.as_deref().and_then(|s| OwnedUserId::try_from(s).ok()) {
-                    if target.server_name() == self.server_name() && !recipients.contains(&target) {
-                        recipients.push(target);
+                    if target.server_name() == me && !recipients.contains(&target) {
+                        recipients.push(target.clone());
+                        invitee = Some(target);
                     }
                 }
             }
@@ -231,42 +341,73 @@ impl Services {
                 .filter(|rel| rel.get("rel_type").and_then(Value::as_str) == Some("m.thread"))
                 .and_then(|rel| rel.get("event_id").and_then(Value::as_str).map(str::to_owned))
                 .unwrap_or_else(|| "main".to_owned());
+            let row = |user_id: String, outcome: Option<(bool, String)>| PushRow {
+                user_id,
+                room_id: pdu.room_id.to_string(),
+                event_id: pdu.event_id.to_string(),
+                sender: pdu.sender.to_string(),
+                stream_ordering: pdu.stream_ordering,
+                thread_id: thread_id.clone(),
+                notify: outcome.is_some(),
+                highlight: outcome.as_ref().is_some_and(|o| o.0),
+                actions: outcome.map(|o| o.1).unwrap_or_default(),
+                ts: pdu.origin_server_ts.get().into(),
+            };
+            // Members with the default rules whom the event does not name (no mention, not the
+            // target of a membership) all get the same outcome: computed and written once.
+            let (anyone, default_rules) = self.push.anyone.get_or_init(|| {
+                let anyone = anonymous_recipient(me);
+                let rules = Ruleset::server_default(&anyone);
+                (anyone, rules)
+            });
+            ctx.user_id = anyone.clone();
+            let default = evaluate(default_rules, &event, &ctx).await?;
             for user in recipients {
-                let rules = self.push_rules(&user).await?;
-                ctx.user_display_name = self.display_name_in(&state, &user).await?;
-                ctx.user_id = user.clone();
-                let mut matched = None;
-                for rule in rules.iter() {
-                    if rule.applies(&event, &ctx).await {
-                        matched = Some(rule);
-                        break;
-                    }
-                }
-                let Some(rule) = matched else { continue };
-                if !rule.triggers_notification() {
+                let custom = self.custom_push_rules(&user).await?;
+                let named = pdu.json.contains(user.as_str());
+                if custom.is_none() && !named {
                     continue;
                 }
-                rows.push(PushRow {
-                    user_id: user.to_string(),
-                    room_id: pdu.room_id.to_string(),
-                    event_id: pdu.event_id.to_string(),
-                    stream_ordering: pdu.stream_ordering,
-                    thread_id: thread_id.clone(),
-                    highlight: rule.triggers_highlight(),
-                    actions: serde_json::to_string(rule.actions()).map_err(|_| Error::Internal)?,
-                    ts: pdu.origin_server_ts.get().into(),
-                });
+                let rules = custom.unwrap_or_else(|| Arc::new(Ruleset::server_default(&user)));
+                ctx.user_display_name = self.display_name_in(&state, &user).await?;
+                ctx.user_id = user.clone();
+                let outcome = evaluate(&rules, &event, &ctx).await?;
+                // The default covers joined members only: an invitee's notification is their own.
+                let member = invitee.as_ref() != Some(&user);
+                if outcome != default || !member && outcome.is_some() {
+                    batch.own.push(row(user.to_string(), outcome));
+                }
+            }
+            if default.is_some() {
+                batch.defaults.push(row(String::new(), default));
             }
         }
-        Ok(rows)
+        Ok(batch)
     }
 
-    /// Writes a batch's notifications in one transaction.
-    pub(crate) async fn write_push_rows(&self, rows: &[PushRow]) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let new: Vec<NewPushAction<'_>> = rows
+    /// Writes a batch's notifications into its transaction.
+    pub(crate) async fn write_push_rows(
+        &self,
+        tx: &mut diplomatie_storage::Connection,
+        batch: &PushBatch,
+    ) -> Result<()> {
+        let defaults: Vec<NewPushDefault<'_>> = batch
+            .defaults
+            .iter()
+            .map(|r| NewPushDefault {
+                room_id: &r.room_id,
+                stream_ordering: r.stream_ordering,
+                event_id: &r.event_id,
+                sender: &r.sender,
+                thread_id: &r.thread_id,
+                highlight: r.highlight,
+                actions: &r.actions,
+                ts: r.ts,
+            })
+            .collect();
+        store::insert_push_defaults(tx, &defaults).await?;
+        let own: Vec<NewPushAction<'_>> = batch
+            .own
             .iter()
             .map(|r| NewPushAction {
                 user_id: &r.user_id,
@@ -274,21 +415,49 @@ impl Services {
                 event_id: &r.event_id,
                 stream_ordering: r.stream_ordering,
                 thread_id: &r.thread_id,
+                notify: r.notify,
                 highlight: r.highlight,
                 actions: &r.actions,
                 ts: r.ts,
             })
             .collect();
-        let mut tx = self.db.begin().await?;
-        store::insert_push_actions(&mut tx, &new).await?;
-        diplomatie_storage::commit(tx).await?;
+        store::insert_push_actions(tx, &own).await?;
         Ok(())
     }
 
+    /// The rooms whose members a batch's default outcomes notify, with those members.
+    pub(crate) async fn notified_members(
+        &self,
+        batch: &PushBatch,
+    ) -> Result<HashMap<String, Arc<HashSet<OwnedUserId>>>> {
+        let mut rooms = HashMap::new();
+        for row in &batch.defaults {
+            if !rooms.contains_key(&row.room_id) {
+                let Ok(room) = <&RoomId>::try_from(row.room_id.as_str()) else { continue };
+                rooms.insert(row.room_id.clone(), self.joined_members(room).await?);
+            }
+        }
+        Ok(rooms)
+    }
+
     /// After the commit of a batch: wakes the pusher worker if a notified user has a pusher.
-    pub(crate) fn notifications_committed(&self, rows: &[PushRow]) {
+    pub(crate) fn notifications_committed(
+        &self,
+        batch: &PushBatch,
+        members: &HashMap<String, Arc<HashSet<OwnedUserId>>>,
+    ) {
         let pushers = self.push.pushers.lock().unwrap();
-        if rows.iter().any(|r| pushers.contains_key(&r.user_id)) {
+        if pushers.is_empty() {
+            return;
+        }
+        let own = batch.own.iter().any(|r| r.notify && pushers.contains_key(&r.user_id));
+        let shared = || {
+            pushers.keys().any(|u| {
+                let Ok(user) = <&UserId>::try_from(u.as_str()) else { return false };
+                batch.defaults.iter().any(|r| members.get(&r.room_id).is_some_and(|m| m.contains(user)))
+            })
+        };
+        if own || shared() {
             self.push.wake.notify_one();
         }
     }
@@ -332,30 +501,185 @@ impl Services {
     /// A room's unread notifications for `/sync`: after the user's read receipt (for threads,
     /// after the unthreaded receipt or the thread's own).
     pub async fn unread_counts(&self, user: &UserId, room_id: &RoomId, by_thread: bool) -> Result<UnreadCounts> {
-        let mut counts = UnreadCounts::default();
-        // Two plain queries (no per-row subquery): the receipts, then what comes after the
-        // unthreaded one, each notification judged against its thread's receipt.
-        let pool = self.db.pool();
-        let read: HashMap<String, i64> =
-            store::read_positions(pool, user.as_str(), room_id.as_str()).await?.into_iter().collect();
-        let unthreaded = read.get("").copied().unwrap_or(0);
-        let rows =
-            store::notifications_in_room_after(pool, user.as_str(), room_id.as_str(), unthreaded, 10_000).await?;
-        for (thread, position, highlight) in rows {
-            if position <= read.get(&thread).copied().unwrap_or(0) {
-                continue;
+        let key = (user.to_owned(), room_id.to_owned());
+        let (applied, generation) = {
+            let mut cache = self.push.unread.lock().unwrap();
+            if let Some(entry) = cache.entries.get(&key) {
+                return Ok(entry.counts(by_thread));
             }
-            let h = u64::from(highlight != 0);
-            if by_thread && thread != "main" {
-                let entry = counts.threads.entry(thread).or_insert((0, 0));
-                entry.0 += 1;
-                entry.1 += h;
-            } else {
-                counts.notifications += 1;
-                counts.highlights += h;
-            }
+            (cache.applied, cache.generation)
+        };
+        // Every notification up to the published position is committed (a batch publishes its
+        // positions after its commit) and, once the cache exists, applied to it.
+        let entry = self.count_unread(user, room_id, self.stream_position()).await?;
+        let counts = entry.counts(by_thread);
+        let mut cache = self.push.unread.lock().unwrap();
+        if cache.applied == applied && cache.generation == generation {
+            cache.entries.put(key, Arc::new(entry));
         }
         Ok(counts)
+    }
+
+    /// Counts a room's unread notifications up to `up_to` from the database.
+    async fn count_unread(&self, user: &UserId, room_id: &RoomId, up_to: i64) -> Result<RoomUnread> {
+        let read: HashMap<String, i64> =
+            store::read_positions(self.db.pool(), user.as_str(), room_id.as_str()).await?.into_iter().collect();
+        let unthreaded = read.get("").copied().unwrap_or(0);
+        let joined_at = self.join_position(user, room_id).await?;
+        let scan = Scan { after: unthreaded, before: up_to.saturating_add(1), newest_first: false, limit: 100_000 };
+        let found = self.merged_notifications(user, &[(room_id.to_string(), joined_at)], scan).await?;
+        let mut threads: HashMap<String, (u64, u64)> = HashMap::new();
+        for n in found.into_iter().filter(|n| n.stream_ordering > read.get(&n.thread_id).copied().unwrap_or(0)) {
+            let counts = threads.entry(n.thread_id).or_insert((0, 0));
+            counts.0 += 1;
+            counts.1 += u64::from(n.highlight);
+        }
+        Ok(RoomUnread { threads })
+    }
+
+    /// The position at which a user joined a room (`None` when not joined).
+    async fn join_position(&self, user: &UserId, room_id: &RoomId) -> Result<Option<i64>> {
+        let member = self.state_event(room_id, &StateEventType::RoomMember, user.as_str()).await?;
+        Ok(member.filter(|m| m.membership().as_deref() == Some("join")).map(|m| m.stream_ordering))
+    }
+
+    /// A user's notifications within `scan` in `rooms` (each with the position the user joined
+    /// it at): the events' default outcomes, for events after the join and not the user's
+    /// own, merged with the user's own outcomes (which win). At most `scan.limit`, and never a
+    /// gap: a scan cut short by its limit stops where it is complete.
+    async fn merged_notifications(
+        &self,
+        user: &UserId,
+        rooms: &[(String, Option<i64>)],
+        scan: Scan,
+    ) -> Result<Vec<Notification>> {
+        let joined: HashMap<&str, i64> = rooms.iter().filter_map(|(r, at)| at.map(|at| (r.as_str(), at))).collect();
+        let ids: Vec<&str> = joined.keys().copied().collect();
+        let mut conn = self.db.acquire().await?;
+        let defaults = store::default_notifications(&mut conn, &ids, scan).await?;
+        drop(conn);
+        let room = (rooms.len() == 1).then(|| rooms[0].0.as_str());
+        let own = store::user_notifications(self.db.pool(), user.as_str(), room, scan).await?;
+        // Where a source was cut short by the limit, only what lies before its last row is
+        // complete.
+        let cut = |rows: &[store::PushAction]| {
+            (rows.len() as i64 >= scan.limit).then(|| rows.last().map(|r| r.stream_ordering)).flatten()
+        };
+        let horizon = [cut(&defaults), cut(&own)].into_iter().flatten().reduce(|a, b| {
+            if scan.newest_first {
+                a.max(b)
+            } else {
+                a.min(b)
+            }
+        });
+        let complete = |p: i64| horizon.is_none_or(|h| if scan.newest_first { p >= h } else { p <= h });
+        let mut merged: BTreeMap<i64, Notification> = BTreeMap::new();
+        let as_notification = |r: store::PushAction| Notification {
+            room_id: r.room_id,
+            event_id: r.event_id,
+            stream_ordering: r.stream_ordering,
+            thread_id: r.thread_id,
+            highlight: r.highlight,
+            actions: r.actions,
+            ts: r.ts,
+        };
+        for d in defaults {
+            let after_join = joined.get(d.room_id.as_str()).is_some_and(|at| d.stream_ordering > *at);
+            if after_join && d.sender != user.as_str() && complete(d.stream_ordering) {
+                merged.insert(d.stream_ordering, as_notification(d));
+            }
+        }
+        for o in own {
+            if !complete(o.stream_ordering) || room.is_some_and(|r| r != o.room_id) {
+                continue;
+            }
+            if o.notify {
+                merged.insert(o.stream_ordering, as_notification(o));
+            } else {
+                merged.remove(&o.stream_ordering);
+            }
+        }
+        let mut list: Vec<Notification> = merged.into_values().collect();
+        if scan.newest_first {
+            list.reverse();
+        }
+        list.truncate(scan.limit as usize);
+        Ok(list)
+    }
+
+    /// A user's notifications in all their rooms within `scan`, paging past the ones the merge
+    /// drops until `scan.limit` are found or there are no more.
+    async fn user_notifications(&self, user: &UserId, mut scan: Scan) -> Result<Vec<Notification>> {
+        let mut rooms = Vec::new();
+        for room in crate::rooms::joined_rooms(self, user).await? {
+            let at = self.join_position(user, &room).await?;
+            rooms.push((room.to_string(), at));
+        }
+        let wanted = scan.limit as usize;
+        let mut out: Vec<Notification> = Vec::new();
+        loop {
+            let page = self.merged_notifications(user, &rooms, scan).await?;
+            let Some(last) = page.last().map(|n| n.stream_ordering) else { return Ok(out) };
+            out.extend(page);
+            if out.len() >= wanted {
+                out.truncate(wanted);
+                return Ok(out);
+            }
+            if scan.newest_first {
+                scan.before = last;
+            } else {
+                scan.after = last;
+            }
+        }
+    }
+
+    /// After a batch's commit, under the writer lock: adds its notifications to the cached
+    /// counts; `position` is the batch's last stream position and `members` the members of
+    /// the rooms its default outcomes notify.
+    pub(crate) fn unread_committed(
+        &self,
+        batch: &PushBatch,
+        members: &HashMap<String, Arc<HashSet<OwnedUserId>>>,
+        memberships: &[(OwnedUserId, ruma::OwnedRoomId)],
+        position: i64,
+    ) {
+        let mut cache = self.push.unread.lock().unwrap();
+        let own: HashSet<(&str, i64)> = batch.own.iter().map(|r| (r.user_id.as_str(), r.stream_ordering)).collect();
+        let add = |cache: &mut UnreadCache, user: OwnedUserId, row: &PushRow| {
+            let Ok(room) = row.room_id.parse() else { return };
+            if let Some(entry) = cache.entries.get_mut(&(user, room)) {
+                let counts = Arc::make_mut(entry).threads.entry(row.thread_id.clone()).or_insert((0, 0));
+                counts.0 += 1;
+                counts.1 += u64::from(row.highlight);
+            }
+        };
+        for row in &batch.defaults {
+            for user in members.get(&row.room_id).into_iter().flat_map(|m| m.iter()) {
+                if user.as_str() != row.sender && !own.contains(&(user.as_str(), row.stream_ordering)) {
+                    add(&mut cache, user.clone(), row);
+                }
+            }
+        }
+        for row in batch.own.iter().filter(|r| r.notify) {
+            if let Ok(user) = OwnedUserId::try_from(row.user_id.as_str()) {
+                add(&mut cache, user, row);
+            }
+        }
+        // A membership change moves the join position the counts start from.
+        for key in memberships {
+            cache.entries.pop(key);
+        }
+        if !memberships.is_empty() {
+            cache.generation += 1;
+        }
+        cache.applied = cache.applied.max(position);
+    }
+
+    /// After a receipt's commit: the room's counts are computed again when next asked for.
+    pub(crate) fn unread_receipt(&self, user: &UserId, room_id: &RoomId) {
+        let mut cache = self.push.unread.lock().unwrap();
+        cache.entries.pop(&(user.to_owned(), room_id.to_owned()));
+        cache.generation += 1;
     }
 
     /// `GET /notifications`: newest first, `from` being the token of the previous page.
@@ -371,26 +695,45 @@ impl Services {
             None => i64::MAX,
         };
         let limit = limit.unwrap_or(20).clamp(1, 100);
-        let rows =
-            store::notifications(self.db.pool(), user.as_str(), before, limit as i64 + 1, only_highlight).await?;
         let mut out = Vec::new();
         let mut next = None;
-        for (i, row) in rows.into_iter().enumerate() {
-            if i == limit {
-                next = Some(out.last().map(|(p, _): &(i64, Value)| p.to_string()).unwrap_or_default());
+        let mut read_cache: HashMap<String, HashMap<String, i64>> = HashMap::new();
+        let mut cursor = before;
+        'pages: loop {
+            let scan = Scan { after: 0, before: cursor, newest_first: true, limit: limit as i64 + 1 };
+            let rows = self.user_notifications(user, scan).await?;
+            let exhausted = (rows.len() as i64) < scan.limit;
+            for row in rows {
+                cursor = row.stream_ordering;
+                if only_highlight && !row.highlight {
+                    continue;
+                }
+                if out.len() == limit {
+                    next = Some(out.last().map(|(p, _): &(i64, Value)| p.to_string()).unwrap_or_default());
+                    break 'pages;
+                }
+                let Ok(event_id) = OwnedEventId::try_from(row.event_id.as_str()) else { continue };
+                let Some(pdu) = self.get_pdu(&event_id).await? else { continue };
+                if !read_cache.contains_key(&row.room_id) {
+                    let positions = store::read_positions(self.db.pool(), user.as_str(), &row.room_id).await?;
+                    read_cache.insert(row.room_id.clone(), positions.into_iter().collect());
+                }
+                let receipts = &read_cache[&row.room_id];
+                let read_up_to =
+                    receipts.get("").copied().unwrap_or(0).max(receipts.get(&row.thread_id).copied().unwrap_or(0));
+                let actions: Value = serde_json::from_str(&row.actions).unwrap_or(json!([]));
+                let entry = json!({
+                    "actions": actions,
+                    "event": pdu.to_client(false),
+                    "read": row.stream_ordering <= read_up_to,
+                    "room_id": row.room_id,
+                    "ts": row.ts,
+                });
+                out.push((row.stream_ordering, entry));
+            }
+            if exhausted {
                 break;
             }
-            let Ok(event_id) = OwnedEventId::try_from(row.event_id.as_str()) else { continue };
-            let Some(pdu) = self.get_pdu(&event_id).await? else { continue };
-            let actions: Value = serde_json::from_str(&row.actions).unwrap_or(json!([]));
-            let entry = json!({
-                "actions": actions,
-                "event": pdu.to_client(false),
-                "read": row.read,
-                "room_id": row.room_id,
-                "ts": row.ts,
-            });
-            out.push((row.stream_ordering, entry));
         }
         Ok((out.into_iter().map(|(_, v)| v).collect(), next))
     }
@@ -550,11 +893,12 @@ impl Services {
         }
         let client = self.push_client()?;
         loop {
-            let pending = store::notifications_after(self.db.pool(), &p.user_id, p_position(self, p), 20).await?;
+            let user = OwnedUserId::try_from(p.user_id.as_str()).map_err(|_| Error::Internal)?;
+            let scan = Scan { after: p_position(self, p), before: i64::MAX, newest_first: false, limit: 20 };
+            let pending = self.user_notifications(&user, scan).await?;
             if pending.is_empty() {
                 return Ok(true);
             }
-            let user = OwnedUserId::try_from(p.user_id.as_str()).map_err(|_| Error::Internal)?;
             for n in pending {
                 let still_there = self
                     .push
@@ -566,8 +910,12 @@ impl Services {
                 if !still_there {
                     return Ok(true);
                 }
-                let unread = store::total_unread(self.db.pool(), &p.user_id).await?;
-                let body = if n.read {
+                let unread = self.total_unread(&user).await?;
+                let receipts: HashMap<String, i64> =
+                    store::read_positions(self.db.pool(), &p.user_id, &n.room_id).await?.into_iter().collect();
+                let read = n.stream_ordering
+                    <= receipts.get("").copied().unwrap_or(0).max(receipts.get(&n.thread_id).copied().unwrap_or(0));
+                let body = if read {
                     None
                 } else {
                     self.gateway_notification(&user, &n, unread, p, &device_data, event_id_only).await?
@@ -622,8 +970,8 @@ impl Services {
     async fn gateway_notification(
         &self,
         user: &UserId,
-        n: &store::PushAction,
-        unread: i64,
+        n: &Notification,
+        unread: u64,
         p: &store::Pusher,
         device_data: &Value,
         event_id_only: bool,
@@ -676,6 +1024,18 @@ impl Services {
             }
         }
         Ok(Some(json!({ "notification": notification })))
+    }
+}
+
+impl Services {
+    /// The unread notifications of a user in all rooms (the badge a push carries).
+    async fn total_unread(&self, user: &UserId) -> Result<u64> {
+        let mut total = 0;
+        for room in crate::rooms::joined_rooms(self, user).await? {
+            let counts = self.unread_counts(user, &room, false).await?;
+            total += counts.notifications;
+        }
+        Ok(total)
     }
 }
 

@@ -39,24 +39,11 @@ pub struct NewEvent<'a> {
 
 /// Inserts many events in one statement (fewer round trips to the database under load).
 pub async fn insert_events(conn: &mut Connection, events: &[NewEvent<'_>]) -> Result<()> {
-    // 12 parameters a row. Small statements: binding a `$n` parameter searches the statement's
-    // names linearly, so a statement of thousands of parameters costs their square.
-    for chunk in events.chunks(64) {
-        let mut sql = String::from(
-            "INSERT INTO events (stream_ordering, event_id, room_id, sender, event_type, state_key, \
-             depth, origin_server_ts, state_group, rel_type, relates_to, json) VALUES ",
-        );
-        for i in 0..chunk.len() {
-            let b = i * 12;
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('(');
-            sql.push_str(&(1..=12).map(|k| format!("${}", b + k)).collect::<Vec<_>>().join(", "));
-            sql.push(')');
-        }
-        // Not cached as a prepared statement: each batch size is a different statement.
-        let mut q = sqlx::query(&sql).persistent(false);
+    for chunk in crate::row_chunks(events) {
+        let head = "INSERT INTO events (stream_ordering, event_id, room_id, sender, event_type, state_key, \
+             depth, origin_server_ts, state_group, rel_type, relates_to, json)";
+        let sql = crate::values_sql(conn, head, 12, chunk.len());
+        let mut q = sqlx::query(&sql);
         for ev in chunk {
             q = q
                 .bind(ev.stream_ordering)
@@ -79,16 +66,10 @@ pub async fn insert_events(conn: &mut Connection, events: &[NewEvent<'_>]) -> Re
 
 /// Records many (user, device, txn id, event id) transaction ids in one statement.
 pub async fn insert_txns(conn: &mut Connection, txns: &[(&str, &str, &str, &str)]) -> Result<()> {
-    for chunk in txns.chunks(128) {
-        let mut sql = String::from("INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES ");
-        for i in 0..chunk.len() {
-            let b = i * 4;
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("(${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4));
-        }
-        let mut q = sqlx::query(&sql).persistent(false);
+    for chunk in crate::row_chunks(txns) {
+        let head = "INSERT INTO event_txns (user_id, device_id, txn_id, event_id)";
+        let sql = crate::values_sql(conn, head, 4, chunk.len());
+        let mut q = sqlx::query(&sql);
         for (user, device, txn, event) in chunk {
             q = q.bind(*user).bind(*device).bind(*txn).bind(*event);
         }

@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod e2ee;
 pub mod events;
 pub mod media;
+pub mod org;
 pub mod push;
 pub mod rooms;
 pub mod state;
@@ -68,6 +69,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "dehydrated_devices", include_str!("../migrations/0004_dehydrated_devices.sql")),
     (5, "media", include_str!("../migrations/0005_media.sql")),
     (6, "push", include_str!("../migrations/0006_push.sql")),
+    (7, "portal", include_str!("../migrations/0007_portal.sql")),
+    (8, "push_defaults", include_str!("../migrations/0008_push_defaults.sql")),
 ];
 
 #[derive(Debug)]
@@ -112,7 +115,8 @@ impl Db {
                         conn.execute(
                             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                              PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = OFF; \
-                             PRAGMA cache_size = -512;",
+                             PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY; \
+                             PRAGMA wal_autocheckpoint = 0;",
                         )
                         .await?;
                     }
@@ -125,6 +129,34 @@ impl Db {
         let migrator = Migrator::new(Embedded).await.map_err(sqlx::Error::from)?;
         migrator.run(&db.pool).await.map_err(sqlx::Error::from)?;
         Ok(db)
+    }
+
+    /// SQLite: copies the write-ahead log into the database once a second, in the background,
+    /// instead of inside whichever commit crosses the log's size limit (connections are opened
+    /// with automatic checkpoints off). Stops when the pool closes.
+    pub fn spawn_checkpointer(&self) {
+        if self.backend != Backend::Sqlite {
+            return;
+        }
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if pool.is_closed() {
+                    return;
+                }
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
+                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                }
+            }
+        });
+    }
+
+    /// A connection of the pool, for queries whose SQL depends on the backend.
+    pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<Any>> {
+        Ok(self.pool.acquire().await?)
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -168,6 +200,49 @@ pub async fn set_counter<'e>(e: impl Exec<'e>, name: &str, value: i64) -> Result
 /// Converts a stored 0/1 flag.
 pub(crate) fn flag(v: i64) -> bool {
     v != 0
+}
+
+/// Row counts of the statements multi-row inserts are split into: a handful of distinct
+/// statements per table, so each stays prepared in the connection's cache.
+const ROW_CHUNKS: [usize; 8] = [128, 64, 32, 16, 8, 4, 2, 1];
+
+/// Splits rows into chunks whose sizes come from [`ROW_CHUNKS`].
+pub(crate) fn row_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let size = ROW_CHUNKS.iter().copied().find(|s| *s <= rows.len())?;
+        let (head, tail) = rows.split_at(size);
+        rows = tail;
+        Some(head)
+    })
+}
+
+/// `head` followed by `rows` tuples of `columns` placeholders. SQLite gets anonymous `?`
+/// placeholders: it looks each named or numbered one (`$n`, `?n`) up by a linear search, both
+/// when parsing and when binding, which made statements of hundreds of parameters cost their
+/// square. PostgreSQL gets `$n`.
+pub(crate) fn values_sql(conn: &Connection, head: &str, columns: usize, rows: usize) -> String {
+    let sqlite = conn.backend_name().eq_ignore_ascii_case("sqlite");
+    let mut sql = String::with_capacity(head.len() + rows * columns * 5);
+    sql.push_str(head);
+    sql.push_str(" VALUES ");
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..columns {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            if sqlite {
+                sql.push('?');
+            } else {
+                sql.push_str(&format!("${}", r * columns + c + 1));
+            }
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 /// Commits a transaction opened with [`Db::begin`].

@@ -2,7 +2,7 @@
 
 use crate::{Connection, Exec, Result};
 
-/// One notification to write: an event notifies a user.
+/// One user's own outcome for an event (differing from the event's default outcome).
 #[derive(Clone, Debug)]
 pub struct NewPushAction<'a> {
     pub user_id: &'a str,
@@ -10,38 +10,62 @@ pub struct NewPushAction<'a> {
     pub event_id: &'a str,
     pub stream_ordering: i64,
     pub thread_id: &'a str,
+    /// False: not notified, although the default notifies.
+    pub notify: bool,
     pub highlight: bool,
     pub actions: &'a str,
     pub ts: i64,
 }
 
-/// Writes many notifications in few statements.
+/// Writes many users' own outcomes in few statements.
 pub async fn insert_push_actions(conn: &mut Connection, rows: &[NewPushAction<'_>]) -> Result<()> {
-    // 8 parameters a row. Statements stay small: SQLite finds each `$n` parameter by a linear
-    // search of the statement's names, so binding costs the square of their number (thousands
-    // of parameters made this the heaviest work of a send under load).
-    for chunk in rows.chunks(64) {
-        let mut sql = String::from(
-            "INSERT INTO event_push_actions (user_id, room_id, event_id, stream_ordering, thread_id, highlight, \
-             actions, ts) VALUES ",
-        );
-        for i in 0..chunk.len() {
-            let b = i * 8;
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('(');
-            sql.push_str(&(1..=8).map(|k| format!("${}", b + k)).collect::<Vec<_>>().join(", "));
-            sql.push(')');
-        }
-        // Not cached as a prepared statement: each batch size is a different statement.
-        let mut q = sqlx::query(&sql).persistent(false);
+    for chunk in crate::row_chunks(rows) {
+        let head = "INSERT INTO event_push_actions (user_id, room_id, event_id, stream_ordering, thread_id, \
+             notify, highlight, actions, ts)";
+        let sql = crate::values_sql(conn, head, 9, chunk.len());
+        let mut q = sqlx::query(&sql);
         for r in chunk {
             q = q
                 .bind(r.user_id)
                 .bind(r.room_id)
                 .bind(r.event_id)
                 .bind(r.stream_ordering)
+                .bind(r.thread_id)
+                .bind(r.notify as i64)
+                .bind(r.highlight as i64)
+                .bind(r.actions)
+                .bind(r.ts);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// The outcome an event's default rules give the members it does not name.
+#[derive(Clone, Debug)]
+pub struct NewPushDefault<'a> {
+    pub room_id: &'a str,
+    pub stream_ordering: i64,
+    pub event_id: &'a str,
+    pub sender: &'a str,
+    pub thread_id: &'a str,
+    pub highlight: bool,
+    pub actions: &'a str,
+    pub ts: i64,
+}
+
+pub async fn insert_push_defaults(conn: &mut Connection, rows: &[NewPushDefault<'_>]) -> Result<()> {
+    for chunk in crate::row_chunks(rows) {
+        let head = "INSERT INTO event_push_defaults (room_id, stream_ordering, event_id, sender, thread_id, \
+             highlight, actions, ts)";
+        let sql = crate::values_sql(conn, head, 8, chunk.len());
+        let mut q = sqlx::query(&sql);
+        for r in chunk {
+            q = q
+                .bind(r.room_id)
+                .bind(r.stream_ordering)
+                .bind(r.event_id)
+                .bind(r.sender)
                 .bind(r.thread_id)
                 .bind(r.highlight as i64)
                 .bind(r.actions)
@@ -52,15 +76,7 @@ pub async fn insert_push_actions(conn: &mut Connection, rows: &[NewPushAction<'_
     Ok(())
 }
 
-/// The position of the user's latest read receipt (public or private) in the room that counts
-/// for a thread: unthreaded receipts count for everything, threaded ones for their thread.
-/// `$1` is the user, `$2` the room; `a` is the notification row being tested.
-const READ_UP_TO: &str = "COALESCE((SELECT MAX(ev.stream_ordering) FROM receipts r \
-     JOIN events ev ON ev.event_id = r.event_id WHERE r.room_id = a.room_id AND r.user_id = a.user_id \
-     AND r.receipt_type IN ('m.read', 'm.read.private') AND (r.thread_id = '' OR r.thread_id = a.thread_id)), 0)";
-
-/// The positions of a user's latest read receipts (public or private) in a room, by thread id
-/// (`""` for unthreaded receipts).
+/// A user's receipt positions in a room, per thread ("" for the unthreaded receipt).
 pub async fn read_positions<'e>(e: impl Exec<'e>, user_id: &str, room_id: &str) -> Result<Vec<(String, i64)>> {
     Ok(sqlx::query_as(
         "SELECT r.thread_id, MAX(ev.stream_ordering) FROM receipts r JOIN events ev ON ev.event_id = r.event_id \
@@ -73,106 +89,103 @@ pub async fn read_positions<'e>(e: impl Exec<'e>, user_id: &str, room_id: &str) 
     .await?)
 }
 
-/// A user's notifications in a room after a position: (thread id, position, highlight), at most
-/// `cap` of them.
-pub async fn notifications_in_room_after<'e>(
-    e: impl Exec<'e>,
-    user_id: &str,
-    room_id: &str,
-    after: i64,
-    cap: i64,
-) -> Result<Vec<(String, i64, i64)>> {
-    Ok(sqlx::query_as(
-        "SELECT thread_id, stream_ordering, highlight FROM event_push_actions \
-         WHERE user_id = $1 AND room_id = $2 AND stream_ordering > $3 ORDER BY stream_ordering LIMIT $4",
-    )
-    .bind(user_id)
-    .bind(room_id)
-    .bind(after)
-    .bind(cap)
-    .fetch_all(e)
-    .await?)
-}
-
-/// Unread notifications of a user in all rooms (the badge a push carries).
-pub async fn total_unread<'e>(e: impl Exec<'e>, user_id: &str) -> Result<i64> {
-    let row: (i64,) = sqlx::query_as(&format!(
-        "SELECT CAST(COUNT(*) AS BIGINT) FROM event_push_actions a WHERE a.user_id = $1 \
-         AND a.stream_ordering > {READ_UP_TO}"
-    ))
-    .bind(user_id)
-    .fetch_one(e)
-    .await?;
-    Ok(row.0)
-}
-
-/// A stored notification.
+/// A notification as stored: an event's default outcome (`user_id` empty) or a user's own.
 #[derive(Clone, Debug)]
 pub struct PushAction {
+    pub user_id: String,
     pub room_id: String,
     pub event_id: String,
     pub stream_ordering: i64,
+    pub sender: String,
+    pub thread_id: String,
+    pub notify: bool,
     pub highlight: bool,
     pub actions: String,
     pub ts: i64,
-    pub read: bool,
 }
 
-type Row = (String, String, i64, i64, String, i64, i64);
+type Row = (String, String, String, i64, String, String, i64, i64, String, i64);
 
 fn from_row(r: Row) -> PushAction {
     PushAction {
-        room_id: r.0,
-        event_id: r.1,
-        stream_ordering: r.2,
-        highlight: r.3 != 0,
-        actions: r.4,
-        ts: r.5,
-        read: r.6 != 0,
+        user_id: r.0,
+        room_id: r.1,
+        event_id: r.2,
+        stream_ordering: r.3,
+        sender: r.4,
+        thread_id: r.5,
+        notify: r.6 != 0,
+        highlight: r.7 != 0,
+        actions: r.8,
+        ts: r.9,
     }
 }
 
-/// A user's notifications, newest first, below `before` (a stream position).
-pub async fn notifications<'e>(
-    e: impl Exec<'e>,
-    user_id: &str,
-    before: i64,
-    limit: i64,
-    only_highlight: bool,
-) -> Result<Vec<PushAction>> {
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT a.room_id, a.event_id, a.stream_ordering, a.highlight, a.actions, a.ts, \
-         CASE WHEN a.stream_ordering <= {READ_UP_TO} THEN 1 ELSE 0 END \
-         FROM event_push_actions a WHERE a.user_id = $1 AND a.stream_ordering < $2 AND a.highlight >= $3 \
-         ORDER BY a.stream_ordering DESC LIMIT $4"
-    ))
-    .bind(user_id)
-    .bind(before)
-    .bind(only_highlight as i64)
-    .bind(limit)
-    .fetch_all(e)
-    .await?;
-    Ok(rows.into_iter().map(from_row).collect())
+/// The order and bounds of a scan of notifications: `after < position < before`.
+#[derive(Clone, Copy, Debug)]
+pub struct Scan {
+    pub after: i64,
+    pub before: i64,
+    pub newest_first: bool,
+    pub limit: i64,
 }
 
-/// A user's notifications after `after`, oldest first (what a pusher has to deliver).
-pub async fn notifications_after<'e>(
+impl Scan {
+    fn order(&self) -> &'static str {
+        if self.newest_first {
+            "DESC"
+        } else {
+            "ASC"
+        }
+    }
+}
+
+/// Default outcomes of events in `rooms`, within `scan`.
+pub async fn default_notifications(conn: &mut Connection, rooms: &[&str], scan: Scan) -> Result<Vec<PushAction>> {
+    if rooms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sqlite = conn.backend_name().eq_ignore_ascii_case("sqlite");
+    let list: Vec<String> =
+        (0..rooms.len()).map(|i| if sqlite { "?".to_owned() } else { format!("${}", i + 3) }).collect();
+    let (p1, p2) = if sqlite { ("?", "?") } else { ("$1", "$2") };
+    // SQLite numbers anonymous parameters in order of appearance: the bounds come first.
+    let sql = format!(
+        "SELECT '', room_id, event_id, stream_ordering, sender, thread_id, 1, highlight, actions, ts \
+         FROM event_push_defaults WHERE stream_ordering > {p1} AND stream_ordering < {p2} AND room_id IN ({}) \
+         ORDER BY stream_ordering {} LIMIT {}",
+        list.join(", "),
+        scan.order(),
+        scan.limit.max(1)
+    );
+    let mut q = sqlx::query_as::<_, Row>(&sql).persistent(false).bind(scan.after).bind(scan.before);
+    for r in rooms {
+        q = q.bind(*r);
+    }
+    Ok(q.fetch_all(&mut *conn).await?.into_iter().map(from_row).collect())
+}
+
+/// A user's own outcomes within `scan`, in one room or all.
+pub async fn user_notifications<'e>(
     e: impl Exec<'e>,
     user_id: &str,
-    after: i64,
-    limit: i64,
+    room_id: Option<&str>,
+    scan: Scan,
 ) -> Result<Vec<PushAction>> {
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT a.room_id, a.event_id, a.stream_ordering, a.highlight, a.actions, a.ts, \
-         CASE WHEN a.stream_ordering <= {READ_UP_TO} THEN 1 ELSE 0 END \
-         FROM event_push_actions a WHERE a.user_id = $1 AND a.stream_ordering > $2 \
-         ORDER BY a.stream_ordering LIMIT $3"
-    ))
-    .bind(user_id)
-    .bind(after)
-    .bind(limit)
-    .fetch_all(e)
-    .await?;
+    let sql = format!(
+        "SELECT user_id, room_id, event_id, stream_ordering, '', thread_id, notify, highlight, actions, ts \
+         FROM event_push_actions WHERE user_id = $1 AND stream_ordering > $2 AND stream_ordering < $3 \
+         AND ($4 IS NULL OR room_id = $4) ORDER BY stream_ordering {} LIMIT $5",
+        scan.order()
+    );
+    let rows: Vec<Row> = sqlx::query_as(&sql)
+        .bind(user_id)
+        .bind(scan.after)
+        .bind(scan.before)
+        .bind(room_id)
+        .bind(scan.limit)
+        .fetch_all(e)
+        .await?;
     Ok(rows.into_iter().map(from_row).collect())
 }
 

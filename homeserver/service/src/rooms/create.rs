@@ -82,6 +82,22 @@ impl Services {
                 .ok_or_else(|| Error::bad_json("initial_state event without content"))?;
             initial_state.push(PduBuilder::state(kind, state_key, content));
         }
+        // A DR (restricted distribution) room is encrypted from its creation: encryption comes
+        // before the classification, and is added when the request forgot it.
+        let classified_dr = initial_state.iter().any(|b| {
+            b.kind.to_string() == crate::portal::CLASSIFICATION
+                && b.content.get("level").and_then(Value::as_str) == Some("DR")
+        });
+        if classified_dr {
+            if req.visibility == Visibility::Public {
+                return Err(Error::forbidden("A DR (restricted distribution) room is never listed in the directory"));
+            }
+            if !initial_state.iter().any(|b| b.kind == TimelineEventType::RoomEncryption) {
+                let content = json!({ "algorithm": "m.megolm.v1.aes-sha2" });
+                initial_state.insert(0, PduBuilder::state(TimelineEventType::RoomEncryption, "", content));
+            }
+            initial_state.sort_by_key(|b| b.kind != TimelineEventType::RoomEncryption);
+        }
 
         let preset = match req.preset.as_ref().map(|p| p.as_str()) {
             Some("private_chat") => Preset::PrivateChat,
@@ -126,8 +142,14 @@ impl Services {
             }
             Err(e) => return Err(e),
         }
+        // 8. invites (a refusal is the invitee's, not the state's: M_FORBIDDEN)
+        for invitee in &req.invite {
+            let content = with_membership("invite", self.member_profile(invitee).await?, req.is_direct);
+            w.append(creator, PduBuilder::state(TimelineEventType::RoomMember, invitee.as_str(), content), None)
+                .await?;
+        }
         if req.visibility == Visibility::Public {
-            diplomatie_storage::rooms::set_public(w.transaction(), room_id.as_str(), true).await?;
+            w.publish_room(&room_id);
         }
         w.commit().await?;
         Ok(room_id)
@@ -189,20 +211,7 @@ impl Services {
 
         // 4. canonical alias
         if let Some(alias) = alias {
-            diplomatie_storage::rooms::insert_alias(
-                w.transaction(),
-                alias.as_str(),
-                room_id.as_str(),
-                creator.as_str(),
-            )
-            .await
-            .map_err(|e| {
-                if e.is_unique_violation() {
-                    Error::new(ErrorKind::RoomInUse, "Room alias already taken")
-                } else {
-                    e.into()
-                }
-            })?;
+            w.add_alias(alias, &room_id, creator);
             let content = json!({ "alias": alias });
             w.append(creator, PduBuilder::state(TimelineEventType::RoomCanonicalAlias, "", content), None).await?;
         }
@@ -238,13 +247,6 @@ impl Services {
         if let Some(topic) = &req.topic {
             let content = json!({ "topic": topic, "m.topic": [{ "mimetype": "text/plain", "body": topic }] });
             w.append(creator, PduBuilder::state(TimelineEventType::RoomTopic, "", content), None).await?;
-        }
-
-        // 8. invites
-        for invitee in &req.invite {
-            let content = with_membership("invite", self.member_profile(invitee).await?, req.is_direct);
-            w.append(creator, PduBuilder::state(TimelineEventType::RoomMember, invitee.as_str(), content), None)
-                .await?;
         }
         Ok(())
     }

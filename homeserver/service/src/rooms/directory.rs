@@ -65,6 +65,9 @@ impl Services {
         if self.user_power(room_id, &levels, user).await? < needed && !self.is_admin(user).await? {
             return Err(Error::forbidden("You may not publish this room"));
         }
+        if public && !self.room_may_be_listed(room_id).await? {
+            return Err(Error::forbidden("A DR (restricted distribution) room is never listed in the directory"));
+        }
         diplomatie_storage::rooms::set_public(self.db.pool(), room_id.as_str(), public).await?;
         Ok(())
     }
@@ -131,6 +134,9 @@ impl Services {
             let Ok(room_id) = OwnedRoomId::try_from(id) else {
                 continue;
             };
+            if !self.room_may_be_listed(&room_id).await? {
+                continue;
+            }
             let summary = self.room_summary(&room_id).await?;
             if let Some(term) = &term {
                 let hay = ["name", "topic", "canonical_alias", "room_id"]
@@ -167,9 +173,17 @@ impl Services {
     }
 
     /// The user directory: local users matching the term. Results are (user id, name, avatar).
-    pub async fn search_users(&self, _searcher: &UserId, term: &str, limit: usize) -> Result<(Vec<Value>, bool)> {
+    pub async fn search_users(&self, searcher: &UserId, term: &str, limit: usize) -> Result<(Vec<Value>, bool)> {
         let limit = limit.clamp(1, 100);
-        let users = diplomatie_storage::accounts::search_users(self.db.pool(), term, limit as i64 + 1).await?;
+        let mut users = diplomatie_storage::accounts::search_users(self.db.pool(), term, limit as i64 + 1).await?;
+        // External persons do not see the internal directory: only people they share a room with.
+        if !diplomatie_policies::may_see_user_directory(self.person(searcher).await?) {
+            let mut known = std::collections::HashSet::new();
+            for room in super::joined_rooms(self, searcher).await? {
+                known.extend(self.joined_members(&room).await?.iter().map(|u| u.to_string()));
+            }
+            users.retain(|u| known.contains(&u.user_id));
+        }
         let limited = users.len() > limit;
         let results = users
             .into_iter()

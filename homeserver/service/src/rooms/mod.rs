@@ -319,10 +319,9 @@ impl Services {
         if jobs.is_empty() {
             return;
         }
-        let mut writer = match self.batch_writer(write).await {
-            Ok(w) => w,
-            Err(e) => return fail_all(jobs.into_iter().map(|j| j.reply), e),
-        };
+        let started = std::time::Instant::now();
+        let count = jobs.len();
+        let mut writer = self.batch_writer(write);
         let mut answers: Vec<(Reply, Result<Arc<Pdu>>)> = Vec::new();
         let mut by_txn: HashMap<TxnKey, Arc<Pdu>> = HashMap::new();
         let mut jobs = jobs.into_iter();
@@ -370,7 +369,10 @@ impl Services {
                 Err(e) => answers.push((job.reply, Err(e))),
             }
         }
-        match writer.commit().await {
+        let appended = started.elapsed();
+        let committed = writer.commit().await;
+        tracing::debug!(jobs = count, ?appended, total = ?started.elapsed(), "send queue drained");
+        match committed {
             Ok(()) => {
                 let mut recent = self.rooms.recent_txns.lock().unwrap();
                 for (key, pdu) in by_txn {
@@ -405,17 +407,15 @@ impl Services {
                 (room_id, meta, Arc::default(), Some(version))
             }
         };
-        let tx = self.db.begin().await?;
-        Ok(RoomWriter::new(self, write, tx, (room_id, version), meta, state))
+        Ok(RoomWriter::new(self, write, (room_id, version), meta, state))
     }
 
     /// Opens a batch spanning several rooms, for the group commit of queued sends.
-    async fn batch_writer<'a>(&'a self, write: crate::StreamWrite<'a>) -> Result<RoomWriter<'a>> {
-        let tx = self.db.begin().await?;
+    fn batch_writer<'a>(&'a self, write: crate::StreamWrite<'a>) -> RoomWriter<'a> {
         // No current room yet: `switch_to` picks each job's room.
         let meta =
             RoomMeta { version: RoomVersionId::V12, extremities: vec![], depth: 0, state_group: 0, chain_length: 0 };
-        Ok(RoomWriter::new(self, write, tx, (None, None), meta, Arc::default()))
+        RoomWriter::new(self, write, (None, None), meta, Arc::default())
     }
 
     async fn next_state_group(&self) -> Result<i64> {
@@ -428,13 +428,14 @@ impl Services {
     }
 }
 
-/// A batch of events being appended to one room, under the writer lock and inside one
-/// transaction. Nothing is visible to anyone until [`RoomWriter::commit`]; dropping the writer
-/// rolls everything back.
+/// A batch of events being appended to one room, under the writer lock. Every row is kept in
+/// memory and written at [`RoomWriter::commit`], in one transaction; dropping the writer
+/// discards them. The batch holds no database connection (and no SQLite write lock) while it
+/// builds and authorises events, so the reads it makes through the pool can never wait for a
+/// connection that waits for it.
 pub struct RoomWriter<'a> {
     services: &'a Services,
     write: crate::StreamWrite<'a>,
-    tx: diplomatie_storage::Tx,
     /// `None` until the create event of a v12 room gives the room its id.
     room_id: Option<OwnedRoomId>,
     /// The version, while the room is being created by this batch.
@@ -451,6 +452,49 @@ pub struct RoomWriter<'a> {
     txns: Vec<[String; 4]>,
     /// Rooms whose forks this batch merged: their whole current state is rewritten.
     resolved_rooms: Vec<OwnedRoomId>,
+    /// Other rows, written in this order before the events.
+    writes: Vec<PendingWrite>,
+}
+
+/// A row the batch writes at commit.
+enum PendingWrite {
+    Room { room_id: String, version: String, creator: String, ts: i64 },
+    StateGroup { id: i64, room_id: String, prev: Option<i64>, chain_length: i64, delta: Vec<[String; 3]> },
+    CurrentState { room_id: String, entry: [String; 3], membership: Option<String>, position: i64 },
+    Redaction { target: String, by: String, json: String },
+    Public { room_id: String },
+    Alias { alias: String, room_id: String, creator: String },
+}
+
+impl PendingWrite {
+    async fn run(&self, tx: &mut diplomatie_storage::Connection) -> Result<()> {
+        match self {
+            PendingWrite::Room { room_id, version, creator, ts } => {
+                room_store::insert_room(tx, room_id, version, creator, false, *ts).await?
+            }
+            PendingWrite::StateGroup { id, room_id, prev, chain_length, delta } => {
+                let delta: Vec<(&str, &str, &str)> =
+                    delta.iter().map(|[t, k, e]| (t.as_str(), k.as_str(), e.as_str())).collect();
+                state_store::insert_state_group(tx, *id, room_id, *prev, *chain_length, &delta).await?
+            }
+            PendingWrite::CurrentState { room_id, entry: [t, k, e], membership, position } => {
+                let entry = (t.as_str(), k.as_str(), e.as_str());
+                state_store::set_current_state(tx, room_id, entry, membership.as_deref(), *position).await?
+            }
+            PendingWrite::Redaction { target, by, json } => ev_store::redact_event(tx, target, by, json).await?,
+            PendingWrite::Public { room_id } => room_store::set_public(&mut *tx, room_id, true).await?,
+            PendingWrite::Alias { alias, room_id, creator } => {
+                room_store::insert_alias(&mut *tx, alias, room_id, creator).await.map_err(|e| {
+                    if e.is_unique_violation() {
+                        Error::new(ErrorKind::RoomInUse, "Room alias already taken")
+                    } else {
+                        e.into()
+                    }
+                })?
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An event row waiting for the batch's commit.
@@ -472,7 +516,6 @@ impl<'a> RoomWriter<'a> {
     fn new(
         services: &'a Services,
         write: crate::StreamWrite<'a>,
-        tx: diplomatie_storage::Tx,
         (room_id, new_room): (Option<OwnedRoomId>, Option<RoomVersionId>),
         meta: RoomMeta,
         state: Arc<StateMap<OwnedEventId>>,
@@ -480,7 +523,6 @@ impl<'a> RoomWriter<'a> {
         RoomWriter {
             services,
             write,
-            tx,
             room_id,
             new_room,
             meta,
@@ -492,6 +534,7 @@ impl<'a> RoomWriter<'a> {
             rows: vec![],
             txns: vec![],
             resolved_rooms: vec![],
+            writes: vec![],
         }
     }
 
@@ -536,9 +579,19 @@ impl<'a> RoomWriter<'a> {
         &self.state
     }
 
-    /// The batch's transaction, for rows that must land with the events (aliases, say).
-    pub fn transaction(&mut self) -> &mut diplomatie_storage::Connection {
-        &mut self.tx
+    /// Lists the room being created in the public directory, with its events.
+    pub fn publish_room(&mut self, room_id: &RoomId) {
+        self.writes.push(PendingWrite::Public { room_id: room_id.to_string() });
+    }
+
+    /// Records an alias of the room being created, with its events. Taken already: the commit
+    /// fails with `M_ROOM_IN_USE`.
+    pub fn add_alias(&mut self, alias: &ruma::RoomAliasId, room_id: &RoomId, creator: &UserId) {
+        self.writes.push(PendingWrite::Alias {
+            alias: alias.to_string(),
+            room_id: room_id.to_string(),
+            creator: creator.to_string(),
+        });
     }
 
     /// Builds, hashes, signs and authorises one event against the batch's current state, and
@@ -677,6 +730,8 @@ impl<'a> RoomWriter<'a> {
                 state.get(&(kind.clone(), key.to_owned())).and_then(|id| loaded.get(id)).cloned()
             })
             .map_err(not_authorised)?;
+            // The portal's rules (clearance, classification, externals).
+            services.check_portal(&state, &self.appended, &pdu, &rules).await?;
         } else if self.new_room.is_none() || self.room_id.is_some() && !self.appended.is_empty() {
             return Err(Error::forbidden("A room has one create event"));
         }
@@ -684,8 +739,12 @@ impl<'a> RoomWriter<'a> {
         // Write event, state, extremities and transaction id into the batch.
         let position = self.write.next_position();
         if let (Some(version), TimelineEventType::RoomCreate) = (&self.new_room, &pdu.kind) {
-            room_store::insert_room(&mut self.tx, room_id.as_str(), version.as_str(), sender.as_str(), false, ts)
-                .await?;
+            self.writes.push(PendingWrite::Room {
+                room_id: room_id.to_string(),
+                version: version.to_string(),
+                creator: sender.to_string(),
+                ts,
+            });
         }
         let mut state_group = self.meta.state_group;
         let mut chain_length = self.meta.chain_length;
@@ -695,19 +754,21 @@ impl<'a> RoomWriter<'a> {
             map.insert((StateEventType::from(kind.clone()), sk.clone()), event_id.clone());
             let id = services.next_state_group().await?;
             let snapshot = forked || self.meta.state_group == 0 || self.meta.chain_length >= MAX_STATE_CHAIN;
-            let (prev, owned): (Option<i64>, Vec<(String, &str, &str)>) = if snapshot {
+            let (prev, delta) = if snapshot {
                 chain_length = 0;
-                (None, map.iter().map(|((t, k), e)| (t.to_string(), k.as_str(), e.as_str())).collect())
+                (None, state_rows(&map))
             } else {
                 chain_length = self.meta.chain_length + 1;
-                (Some(self.meta.state_group), vec![(kind.clone(), sk.as_str(), event_id.as_str())])
+                (Some(self.meta.state_group), vec![[kind.clone(), sk.clone(), event_id.to_string()]])
             };
-            let delta: Vec<(&str, &str, &str)> = owned.iter().map(|(t, k, e)| (t.as_str(), *k, *e)).collect();
-            state_store::insert_state_group(&mut self.tx, id, room_id.as_str(), prev, chain_length, &delta).await?;
-            let entry = (kind.as_str(), sk.as_str(), event_id.as_str());
-            let membership = pdu.membership();
-            state_store::set_current_state(&mut self.tx, room_id.as_str(), entry, membership.as_deref(), position)
-                .await?;
+            let room = room_id.to_string();
+            self.writes.push(PendingWrite::StateGroup { id, room_id: room.clone(), prev, chain_length, delta });
+            self.writes.push(PendingWrite::CurrentState {
+                room_id: room,
+                entry: [kind, sk.clone(), event_id.to_string()],
+                membership: pdu.membership(),
+                position,
+            });
             state_group = id;
             let map = Arc::new(map);
             self.new_states.push((id, map.clone()));
@@ -715,10 +776,14 @@ impl<'a> RoomWriter<'a> {
         } else if forked {
             // A message on top of forks: its state is the resolved one, kept as a snapshot.
             let id = services.next_state_group().await?;
-            let entries: Vec<(String, &str, &str)> =
-                state.iter().map(|((t, k), e)| (t.to_string(), k.as_str(), e.as_str())).collect();
-            let delta: Vec<(&str, &str, &str)> = entries.iter().map(|(t, k, e)| (t.as_str(), *k, *e)).collect();
-            state_store::insert_state_group(&mut self.tx, id, room_id.as_str(), None, 0, &delta).await?;
+            let delta = state_rows(&state);
+            self.writes.push(PendingWrite::StateGroup {
+                id,
+                room_id: room_id.to_string(),
+                prev: None,
+                chain_length: 0,
+                delta,
+            });
             state_group = id;
             chain_length = 0;
             self.new_states.push((id, state.clone()));
@@ -771,7 +836,11 @@ impl<'a> RoomWriter<'a> {
         match self.rows.iter_mut().find(|r| r.event_id == target_id.as_str()) {
             // The target is in this very batch: its row is not written yet.
             Some(row) => row.json = json.clone(),
-            None => ev_store::redact_event(&mut self.tx, target_id.as_str(), redaction_id.as_str(), &json).await?,
+            None => self.writes.push(PendingWrite::Redaction {
+                target: target_id.to_string(),
+                by: redaction_id.to_string(),
+                json: json.clone(),
+            }),
         }
         let mut pdu = Pdu::from_json(target.event_id.clone(), json, Some(target.room_id.clone()))?;
         pdu.stream_ordering = target.stream_ordering;
@@ -785,7 +854,6 @@ impl<'a> RoomWriter<'a> {
         let RoomWriter {
             services,
             write,
-            mut tx,
             room_id,
             meta,
             state,
@@ -797,9 +865,12 @@ impl<'a> RoomWriter<'a> {
             txns,
             resolved_rooms,
             new_room,
+            writes,
             ..
         } = self;
+        // Everything the transaction needs is read first, before it takes the write lock.
         // Rooms whose forks were merged get their whole current state from the resolution.
+        let mut resolved_states = Vec::new();
         for resolved in &resolved_rooms {
             let map = if room_id.as_deref() == Some(&**resolved) { state.clone() } else { others[resolved].1.clone() };
             let mut entries = Vec::new();
@@ -807,9 +878,7 @@ impl<'a> RoomWriter<'a> {
                 let membership = find_pdu(services, &appended, id).await?.and_then(|p| p.membership());
                 entries.push((kind.to_string(), key.clone(), id.to_string(), membership));
             }
-            let refs: Vec<(&str, &str, &str, Option<&str>)> =
-                entries.iter().map(|(t, k, e, m)| (t.as_str(), k.as_str(), e.as_str(), m.as_deref())).collect();
-            state_store::replace_current_state(&mut tx, resolved.as_str(), &refs, write.position()).await?;
+            resolved_states.push((resolved, entries));
         }
         let created_room = room_id.clone();
         if let Some(room_id) = room_id {
@@ -818,7 +887,32 @@ impl<'a> RoomWriter<'a> {
         if others.is_empty() {
             return Ok(());
         }
-        // Write the rows, the transaction ids and each room's new forward extremity.
+        // Notifications: push rules evaluated for each recipient, written with the events so
+        // that no `/sync` ever sees an event without them.
+        let created: HashSet<&RoomId> = match (&new_room, &created_room) {
+            (Some(_), Some(r)) => HashSet::from([&**r]),
+            _ => HashSet::new(),
+        };
+        let started = std::time::Instant::now();
+        let push_rows = services.push_rows(&appended, &new_states, &created).await?;
+        let notified = services.notified_members(&push_rows).await?;
+        let memberships: Vec<(OwnedUserId, OwnedRoomId)> = appended
+            .iter()
+            .filter(|p| p.kind == TimelineEventType::RoomMember)
+            .filter_map(|p| Some((OwnedUserId::try_from(p.state_key.as_deref()?).ok()?, p.room_id.clone())))
+            .collect();
+        let evaluated = started.elapsed();
+        let mut tx = services.db.begin().await?;
+        let acquired = started.elapsed();
+        for w in &writes {
+            w.run(&mut tx).await?;
+        }
+        for (resolved, entries) in &resolved_states {
+            let refs: Vec<(&str, &str, &str, Option<&str>)> =
+                entries.iter().map(|(t, k, e, m)| (t.as_str(), k.as_str(), e.as_str(), m.as_deref())).collect();
+            state_store::replace_current_state(&mut tx, resolved.as_str(), &refs, write.position()).await?;
+        }
+        // The rows, the transaction ids, each room's new forward extremity, the notifications.
         let new_events: Vec<ev_store::NewEvent<'_>> = rows
             .iter()
             .map(|r| ev_store::NewEvent {
@@ -846,29 +940,19 @@ impl<'a> RoomWriter<'a> {
                 ev_store::set_forward_extremities(&mut tx, room_id.as_str(), &ids).await?;
             }
         }
+        services.write_push_rows(&mut tx, &push_rows).await?;
         diplomatie_storage::commit(tx).await?;
-        // Notifications (push rules, evaluated for each recipient) are written right after the
-        // events and before the positions are published: no `/sync` sees an event without
-        // them. Not in the events' transaction: the evaluation reads through the pool, which
-        // must not wait while this connection holds SQLite's write lock.
-        let created: HashSet<&RoomId> = match (&new_room, &created_room) {
-            (Some(_), Some(r)) => HashSet::from([&**r]),
-            _ => HashSet::new(),
-        };
-        let push_rows = match services.push_rows(&appended, &new_states, &created).await {
-            Ok(rows) => services.write_push_rows(&rows).await.map(|()| rows),
-            Err(e) => Err(e),
-        }
-        .unwrap_or_else(|e| {
-            // The events are durable: their send succeeded, only their notifications are lost.
-            tracing::error!(error = %e, "could not record the notifications of a batch");
-            Vec::new()
-        });
-        let position = write.position();
-        write.publish();
-        services.notifications_committed(&push_rows);
-        services.index_committed(&appended, &redacted, position);
-
+        tracing::debug!(
+            events = appended.len(),
+            notifications = push_rows.len(),
+            ?evaluated,
+            ?acquired,
+            committed = ?started.elapsed(),
+            "batch written"
+        );
+        // The in-memory views follow the commit before the writer lock is released (when the
+        // positions are published): the next batch must build on this one's state, never on
+        // what preceded it.
         let caches = &services.rooms;
         {
             let mut metas = caches.meta.lock().unwrap();
@@ -887,8 +971,8 @@ impl<'a> RoomWriter<'a> {
             for pdu in &appended {
                 events.put(pdu.event_id.clone(), pdu.clone());
             }
-            for pdu in redacted {
-                events.put(pdu.event_id.clone(), Arc::new(pdu));
+            for pdu in &redacted {
+                events.put(pdu.event_id.clone(), Arc::new(pdu.clone()));
             }
         }
         for resolved in &resolved_rooms {
@@ -909,6 +993,11 @@ impl<'a> RoomWriter<'a> {
             }
             wake.push(target);
         }
+        let position = write.position();
+        services.unread_committed(&push_rows, &notified, &memberships, position);
+        write.publish();
+        services.notifications_committed(&push_rows, &notified);
+        services.index_committed(&appended, &redacted, position);
         for room_id in others.keys() {
             let joined = services.joined_members(room_id).await?;
             services.notifier.notify(joined.iter().map(|u| &**u));
@@ -920,7 +1009,11 @@ impl<'a> RoomWriter<'a> {
 
 /// An event written earlier in a batch, or a stored one. (A free function: the writer holds a
 /// transaction, which is not `Sync`, so its `&self` cannot cross an await.)
-async fn find_pdu(services: &Services, appended: &[Arc<Pdu>], id: &ruma::EventId) -> Result<Option<Arc<Pdu>>> {
+pub(crate) async fn find_pdu(
+    services: &Services,
+    appended: &[Arc<Pdu>],
+    id: &ruma::EventId,
+) -> Result<Option<Arc<Pdu>>> {
     if let Some(p) = appended.iter().rev().find(|p| p.event_id == id) {
         return Ok(Some(p.clone()));
     }
@@ -944,6 +1037,11 @@ async fn event_refs(
 }
 
 /// The (rel_type, event id) an event relates to, from `m.relates_to`.
+/// A state map as (type, state key, event id) rows.
+fn state_rows(map: &StateMap<OwnedEventId>) -> Vec<[String; 3]> {
+    map.iter().map(|((t, k), e)| [t.to_string(), k.clone(), e.to_string()]).collect()
+}
+
 fn relation_of(pdu: &Pdu) -> Option<(String, String)> {
     let rel = pdu.content_field("m.relates_to")?;
     let rel_type = rel.get("rel_type").and_then(Value::as_str);

@@ -305,6 +305,15 @@ impl Services {
             .filter(|r| filter.rooms.as_ref().is_none_or(|allowed| allowed.contains(r)))
             .filter(|r| !filter.not_rooms.contains(r))
             .collect();
+        // DR (restricted distribution) rooms never appear in search.
+        let mut listed = Vec::with_capacity(rooms.len());
+        for room in rooms {
+            let Ok(id) = ruma::OwnedRoomId::try_from(room.as_str()) else { continue };
+            if self.room_meta(&id).await?.is_some() && self.room_may_be_listed(&id).await? {
+                listed.push(room);
+            }
+        }
+        let rooms = listed;
 
         self.search_caught_up().await;
         let index = self.search.index()?;

@@ -1,0 +1,371 @@
+//! The portal's organisation in the server: clearances of people and devices, classified
+//! rooms, external persons.
+//!
+//! The decisions themselves are `diplomatie-policies`' pure functions; this module gathers the
+//! facts they need (a person's clearance and kind, a room's classification from its state) and
+//! enforces them where events are made: [`Services::check_portal`] runs in the room writer for
+//! every event, whoever makes it (a client's send, invite, join or knock, a join through a
+//! restricted space, the server itself), before anything is written.
+//!
+//! A room's classification is the state event `fr.diplomatie.classification` (`{"level": "NP"}`
+//! or `"DR"`; none means NP); a room open to external persons has `fr.diplomatie.externals`
+//! with `{"allowed": true}`.
+
+use std::{num::NonZeroUsize, sync::Arc, sync::Mutex};
+
+use diplomatie_policies::{self as policies, AccountKind, Entry, Level, Person, Room};
+use diplomatie_storage::org as store;
+use lru::LruCache;
+use ruma::{
+    events::StateEventType, room_version_rules::RoomVersionRules, state_res::StateMap, DeviceId, OwnedEventId,
+    OwnedUserId, RoomId, UserId,
+};
+use serde_json::{json, Value};
+
+use crate::{now_ms, rooms::find_pdu, Error, Pdu, Result, Services};
+
+/// The state event holding a room's classification.
+pub const CLASSIFICATION: &str = "fr.diplomatie.classification";
+/// The state event opening a room to external persons.
+pub const EXTERNALS: &str = "fr.diplomatie.externals";
+/// The power level of a room's managers.
+pub const MANAGER_LEVEL: i64 = 100;
+
+/// People as the rules see them, cached.
+pub struct PortalState {
+    people: Mutex<LruCache<OwnedUserId, Person>>,
+}
+
+impl Default for PortalState {
+    fn default() -> Self {
+        PortalState { people: Mutex::new(LruCache::new(NonZeroUsize::new(65536).unwrap())) }
+    }
+}
+
+/// A refusal of the rules, as the client sees it.
+fn forbidden(r: policies::Refusal) -> Error {
+    Error::forbidden(r.0)
+}
+
+impl Services {
+    /// A person's clearance and kind. Users of other servers are agents, cleared DR only when
+    /// their server is on the DR allow-list.
+    pub async fn person(&self, user: &UserId) -> Result<Person> {
+        if user.server_name() != self.server_name() {
+            let listed = self.config.portal.dr_federation_allowlist.iter().any(|s| s == user.server_name().as_str());
+            return Ok(Person { clearance: if listed { Level::DR } else { Level::NP }, kind: AccountKind::Agent });
+        }
+        if let Some(p) = self.portal.people.lock().unwrap().get(user) {
+            return Ok(*p);
+        }
+        let person = match store::attributes(self.db.pool(), user.as_str()).await? {
+            Some(a) => Person {
+                clearance: Level::parse(&a.clearance).unwrap_or_default(),
+                kind: AccountKind::parse(&a.kind).unwrap_or_default(),
+            },
+            None => Person::default(),
+        };
+        self.portal.people.lock().unwrap().put(user.to_owned(), person);
+        Ok(person)
+    }
+
+    /// What the rules need to know of a room, from its state.
+    pub(crate) async fn room_facts(&self, state: &StateMap<OwnedEventId>, appended: &[Arc<Pdu>]) -> Result<Room> {
+        let event = |kind: &str| state.get(&(StateEventType::from(kind), String::new())).cloned();
+        let mut room = Room::default();
+        if let Some(id) = event(CLASSIFICATION) {
+            if let Some(p) = find_pdu(self, appended, &id).await? {
+                room.classification = classification_of(&p).unwrap_or_default();
+            }
+        }
+        if let Some(id) = event(EXTERNALS) {
+            if let Some(p) = find_pdu(self, appended, &id).await? {
+                room.externals = p.content_field("allowed").and_then(|v| v.as_bool()).unwrap_or(false);
+            }
+        }
+        room.encrypted = event("m.room.encryption").is_some();
+        Ok(room)
+    }
+
+    /// A room's facts from its current state.
+    pub async fn room_facts_now(&self, room_id: &RoomId) -> Result<Room> {
+        let state = self.current_state(room_id).await?;
+        self.room_facts(&state, &[]).await
+    }
+
+    /// The rules, for one event about to be appended on top of `state`.
+    pub(crate) async fn check_portal(
+        &self,
+        state: &StateMap<OwnedEventId>,
+        appended: &[Arc<Pdu>],
+        pdu: &Pdu,
+        rules: &RoomVersionRules,
+    ) -> Result<()> {
+        let creators = rules.authorization.explicitly_privilege_room_creators;
+        let kind = pdu.kind.to_string();
+        let Some(state_key) = pdu.state_key.as_deref() else {
+            // A message: what a DR room accepts (the device is checked where it is known).
+            let room = self.room_facts(state, appended).await?;
+            return policies::may_send(room, &kind, true, false).map_err(forbidden);
+        };
+        match kind.as_str() {
+            "m.room.member" => {
+                let entry = match pdu.membership().as_deref() {
+                    Some("invite") => Entry::Invite,
+                    Some("knock") => Entry::Knock,
+                    Some("join") => Entry::Join,
+                    _ => return Ok(()),
+                };
+                let Ok(target) = UserId::parse(state_key) else { return Ok(()) };
+                // A member changing their profile is not coming in.
+                let key = (StateEventType::RoomMember, state_key.to_owned());
+                if entry == Entry::Join {
+                    if let Some(id) = state.get(&key) {
+                        let current = find_pdu(self, appended, id).await?;
+                        if current.and_then(|p| p.membership()).as_deref() == Some("join") {
+                            return Ok(());
+                        }
+                    }
+                }
+                let room = self.room_facts(state, appended).await?;
+                policies::may_enter(self.person(&target).await?, room, entry).map_err(forbidden)
+            }
+            CLASSIFICATION => {
+                let new = classification_of(pdu)
+                    .ok_or_else(|| Error::bad_json("The classification's level must be \"NP\" or \"DR\""))?;
+                let mut room = self.room_facts(state, appended).await?;
+                room.has_content = appended.iter().any(|p| p.room_id == pdu.room_id && p.state_key.is_none())
+                    || store::room_has_messages(self.db.pool(), pdu.room_id.as_str()).await?;
+                let manager = self.power_in_state(state, appended, &pdu.sender, creators).await? >= MANAGER_LEVEL;
+                policies::may_classify(room, new, manager).map_err(forbidden)?;
+                if new == Level::DR && room.classification != Level::DR {
+                    // Everyone already in (or invited, or knocking) must be cleared.
+                    for ((kind, key), id) in state.iter() {
+                        if *kind != StateEventType::RoomMember {
+                            continue;
+                        }
+                        let Some(member) = find_pdu(self, appended, id).await? else { continue };
+                        let entry = match member.membership().as_deref() {
+                            Some("join") => Entry::Join,
+                            Some("invite") => Entry::Invite,
+                            Some("knock") => Entry::Knock,
+                            _ => continue,
+                        };
+                        let Ok(user) = UserId::parse(key.as_str()) else { continue };
+                        let cleared = Room { classification: Level::DR, ..room };
+                        if policies::may_enter(self.person(&user).await?, cleared, entry).is_err() {
+                            return Err(Error::forbidden(format!(
+                                "{user} has no DR clearance: the room cannot be classified DR while they are in it"
+                            )));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            EXTERNALS => {
+                let allowed = pdu.content_field("allowed").and_then(|v| v.as_bool()).unwrap_or(false);
+                if !allowed {
+                    return Ok(());
+                }
+                let room = self.room_facts(state, appended).await?;
+                let manager = self.power_in_state(state, appended, &pdu.sender, creators).await? >= MANAGER_LEVEL;
+                policies::may_open_to_externals(room, manager).map_err(forbidden)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A user's power level in a room's state (creators of v12 rooms above every level).
+    async fn power_in_state(
+        &self,
+        state: &StateMap<OwnedEventId>,
+        appended: &[Arc<Pdu>],
+        user: &UserId,
+        creators_privileged: bool,
+    ) -> Result<i64> {
+        let get = |kind: StateEventType| state.get(&(kind, String::new())).cloned();
+        let create = match get(StateEventType::RoomCreate) {
+            Some(id) => find_pdu(self, appended, &id).await?,
+            None => None,
+        };
+        if let Some(create) = &create {
+            let extra = create.content_field("additional_creators");
+            let listed = extra.and_then(|v| v.as_array().map(|a| a.iter().any(|u| u.as_str() == Some(user.as_str()))));
+            if creators_privileged && (create.sender == user || listed.unwrap_or(false)) {
+                return Ok(i64::MAX);
+            }
+        }
+        let levels = match get(StateEventType::RoomPowerLevels) {
+            Some(id) => find_pdu(self, appended, &id).await?.map(|p| p.content_value()),
+            None => None,
+        };
+        let Some(levels) = levels else {
+            return Ok(if create.is_some_and(|c| c.sender == user) { 100 } else { 0 });
+        };
+        let default = levels.get("users_default").and_then(Value::as_i64).unwrap_or(0);
+        Ok(levels.get("users").and_then(|u| u.get(user.as_str())).and_then(Value::as_i64).unwrap_or(default))
+    }
+
+    /// Whether a device is approved for DR content.
+    pub async fn device_is_dr(&self, user: &UserId, device: &DeviceId) -> Result<bool> {
+        Ok(store::device_flag(self.db.pool(), user.as_str(), device.as_str()).await?.is_some_and(|(dr, _, _)| dr))
+    }
+
+    /// Before a client's message goes into a room: the device's DR flag, for DR rooms.
+    pub(crate) async fn check_device_for_send(&self, user: &UserId, device: &DeviceId, room_id: &RoomId) -> Result<()> {
+        if !self.config.portal.dr_requires_approved_device {
+            return Ok(());
+        }
+        let room = self.room_facts_now(room_id).await?;
+        if room.classification != Level::DR {
+            return Ok(());
+        }
+        let dr = self.device_is_dr(user, device).await?;
+        // The type is checked with the event; here only the device.
+        policies::may_send(room, "m.room.encrypted", dr, true).map_err(forbidden)
+    }
+
+    /// Whether `actor` may set `target`'s clearance (or their devices' flags) to `level`.
+    async fn may_set_clearance(&self, actor: &UserId, actor_admin: bool, target: &UserId, level: Level) -> Result<()> {
+        let person = self.person(target).await?;
+        let mut manages = false;
+        if !actor_admin && self.config.portal.delegate_clearance_to_managers {
+            let group = store::attributes(self.db.pool(), target.as_str()).await?.and_then(|a| a.primary_group);
+            if let Some(group) = group.and_then(|g| ruma::OwnedRoomId::try_from(g).ok()) {
+                if let Some(meta) = self.room_meta(&group).await? {
+                    let creators = meta.rules().authorization.explicitly_privilege_room_creators;
+                    let state = self.current_state(&group).await?;
+                    manages = self.power_in_state(&state, &[], actor, creators).await? >= MANAGER_LEVEL;
+                }
+            }
+        }
+        let delegated = self.config.portal.delegate_clearance_to_managers;
+        policies::may_set_clearance(actor_admin, manages, delegated, person, level).map_err(forbidden)
+    }
+
+    /// Sets a local user's clearance, recording who did it and when.
+    pub async fn set_clearance(&self, actor: &UserId, actor_admin: bool, target: &UserId, level: Level) -> Result<()> {
+        self.local_account(target).await?;
+        self.may_set_clearance(actor, actor_admin, target, level).await?;
+        let mut tx = self.db.begin().await?;
+        store::set_clearance(&mut tx, target.as_str(), level.as_str(), actor.as_str(), now_ms()).await?;
+        diplomatie_storage::commit(tx).await?;
+        self.portal.people.lock().unwrap().pop(target);
+        self.leave_rooms_no_longer_allowed(target, "DR clearance withdrawn").await
+    }
+
+    /// After a user's clearance or kind changed: the user leaves (or withdraws an invite or a
+    /// knock from) every room the rules no longer let them in.
+    async fn leave_rooms_no_longer_allowed(&self, target: &UserId, reason: &str) -> Result<()> {
+        let person = self.person(target).await?;
+        for (room, membership) in diplomatie_storage::state::rooms_for_user(self.db.pool(), target.as_str()).await? {
+            if !matches!(membership.as_str(), "join" | "invite" | "knock") {
+                continue;
+            }
+            let Ok(room_id) = ruma::OwnedRoomId::try_from(room) else { continue };
+            let facts = self.room_facts_now(&room_id).await?;
+            if policies::may_enter(person, facts, Entry::Join).is_err() {
+                self.leave(target, &room_id, Some(reason.to_owned())).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets or clears the DR flag of one of a local user's devices.
+    pub async fn set_device_clearance(
+        &self,
+        actor: &UserId,
+        actor_admin: bool,
+        target: &UserId,
+        device: &DeviceId,
+        dr: bool,
+    ) -> Result<()> {
+        self.local_account(target).await?;
+        let level = if dr { Level::DR } else { Level::NP };
+        self.may_set_clearance(actor, actor_admin, target, level).await?;
+        if dr && self.person(target).await?.clearance != Level::DR {
+            return Err(Error::forbidden("The user has no DR clearance: their devices cannot be approved for DR"));
+        }
+        let mut tx = self.db.begin().await?;
+        if !store::set_device_flag(&mut tx, target.as_str(), device.as_str(), dr, actor.as_str(), now_ms()).await? {
+            return Err(Error::not_found("Unknown device"));
+        }
+        diplomatie_storage::commit(tx).await?;
+        Ok(())
+    }
+
+    /// Makes a local account an agent's or an external person's (administrators only).
+    pub async fn set_account_kind(&self, target: &UserId, kind: AccountKind) -> Result<()> {
+        self.local_account(target).await?;
+        if kind == AccountKind::External && self.person(target).await?.clearance == Level::DR {
+            return Err(Error::forbidden("External persons cannot be cleared DR: lower the clearance first"));
+        }
+        store::set_kind(self.db.pool(), target.as_str(), kind.as_str()).await?;
+        self.portal.people.lock().unwrap().pop(target);
+        self.leave_rooms_no_longer_allowed(target, "Account made external").await
+    }
+
+    /// Sets (or clears) a local user's primary functional group (the group's space).
+    pub async fn set_primary_group(&self, target: &UserId, group: Option<&RoomId>) -> Result<()> {
+        self.local_account(target).await?;
+        if let Some(g) = group {
+            self.known_room(g).await?;
+        }
+        store::set_primary_group(self.db.pool(), target.as_str(), group.map(|g| g.as_str())).await?;
+        Ok(())
+    }
+
+    /// What administrators see of a user's clearance: level, kind, primary group, who set the
+    /// clearance and when, and the history of changes (devices included).
+    pub async fn clearance_report(&self, target: &UserId) -> Result<Value> {
+        self.local_account(target).await?;
+        let a = store::attributes(self.db.pool(), target.as_str()).await?.ok_or(Error::Internal)?;
+        let log: Vec<Value> = store::clearance_log(self.db.pool(), target.as_str())
+            .await?
+            .into_iter()
+            .map(|(device, level, by, ts)| {
+                let mut entry = json!({ "level": level, "set_by": by, "set_ts": ts });
+                if !device.is_empty() {
+                    entry["device_id"] = json!(device);
+                }
+                entry
+            })
+            .collect();
+        Ok(json!({
+            "user_id": target,
+            "clearance": a.clearance,
+            "kind": a.kind,
+            "primary_group": a.primary_group,
+            "set_by": a.clearance_set_by,
+            "set_ts": a.clearance_set_ts,
+            "log": log,
+        }))
+    }
+
+    /// A device's DR flag, who set it and when.
+    pub async fn device_clearance_report(&self, target: &UserId, device: &DeviceId) -> Result<Value> {
+        let (dr, by, ts) = store::device_flag(self.db.pool(), target.as_str(), device.as_str())
+            .await?
+            .ok_or_else(|| Error::not_found("Unknown device"))?;
+        Ok(json!({ "user_id": target, "device_id": device, "dr": dr, "set_by": by, "set_ts": ts }))
+    }
+
+    async fn local_account(&self, user: &UserId) -> Result<()> {
+        if user.server_name() != self.server_name()
+            || !diplomatie_storage::accounts::user_exists(self.db.pool(), user.as_str()).await?
+        {
+            return Err(Error::not_found("Unknown user"));
+        }
+        Ok(())
+    }
+
+    /// Whether a room may be listed (public directory, search by non-members).
+    pub async fn room_may_be_listed(&self, room_id: &RoomId) -> Result<bool> {
+        Ok(policies::may_be_listed(self.room_facts_now(room_id).await?))
+    }
+}
+
+/// The level of a classification event.
+fn classification_of(pdu: &Pdu) -> Option<Level> {
+    pdu.content_field("level").and_then(|v| v.as_str().and_then(Level::parse))
+}

@@ -1,0 +1,390 @@
+//! The portal's rules, as pure decisions over data.
+//!
+//! Nothing here touches the database, the network or Matrix types: the server gathers the
+//! facts (who the person is, what the room is) and asks. Each decision is either `Ok(())` or a
+//! [`Refusal`] whose text is shown to the user as the `error` of an `M_FORBIDDEN`.
+//!
+//! The facts:
+//! - a person's **clearance** (NP, not protected; DR, restricted distribution) and **kind**
+//!   (an agent, or an external qualified person: NGO, think tank, company);
+//! - a device's DR flag (an approved terminal);
+//! - a room's (or space's) **classification** (NP or DR), whether it is open to externals,
+//!   encrypted, and whether it already holds content.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A clearance (of a person) or a classification (of a room). `DR` is above `NP`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Level {
+    /// Non protégé: not protected.
+    #[default]
+    NP,
+    /// Diffusion restreinte: restricted distribution.
+    DR,
+}
+
+impl Level {
+    pub fn parse(s: &str) -> Option<Level> {
+        match s {
+            "NP" => Some(Level::NP),
+            "DR" => Some(Level::DR),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::NP => "NP",
+            Level::DR => "DR",
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What kind of account a person has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountKind {
+    /// A public servant of the ministry or of another administration.
+    #[default]
+    Agent,
+    /// An external qualified person, invited to part of the portal.
+    External,
+}
+
+impl AccountKind {
+    pub fn parse(s: &str) -> Option<AccountKind> {
+        match s {
+            "agent" => Some(AccountKind::Agent),
+            "external" => Some(AccountKind::External),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::Agent => "agent",
+            AccountKind::External => "external",
+        }
+    }
+}
+
+/// A person as the rules see them. Users of other servers are agents whose clearance is DR
+/// only when their server is on the DR allow-list.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Person {
+    pub clearance: Level,
+    pub kind: AccountKind,
+}
+
+/// A room or a space as the rules see it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Room {
+    pub classification: Level,
+    /// Explicitly opened to external qualified persons.
+    pub externals: bool,
+    pub encrypted: bool,
+    /// Messages were already sent in it.
+    pub has_content: bool,
+}
+
+/// How a person would come into a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    Invite,
+    Join,
+    Knock,
+}
+
+impl Entry {
+    fn verb(self) -> &'static str {
+        match self {
+            Entry::Invite => "be invited to",
+            Entry::Join => "join",
+            Entry::Knock => "knock on",
+        }
+    }
+}
+
+/// Why something is refused, in words for the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal(pub String);
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+pub type Decision = Result<(), Refusal>;
+
+fn refuse(reason: impl Into<String>) -> Decision {
+    Err(Refusal(reason.into()))
+}
+
+/// Message types a DR room accepts outside encryption: the envelope of encrypted content, and
+/// redactions (which carry nothing but a reference).
+const CLEAR_TYPES_IN_DR: &[&str] = &["m.room.encrypted", "m.room.redaction"];
+
+/// May `person` come into `room` (invite, join, knock, including a join allowed through a
+/// restricted space)?
+pub fn may_enter(person: Person, room: Room, entry: Entry) -> Decision {
+    if person.kind == AccountKind::External {
+        if room.classification == Level::DR {
+            return refuse(format!("External persons cannot {} a DR (restricted distribution) room", entry.verb()));
+        }
+        if !room.externals {
+            return refuse(format!("This room is not open to external persons; they cannot {} it", entry.verb()));
+        }
+    }
+    if room.classification == Level::DR && person.clearance < Level::DR {
+        return refuse(format!(
+            "This room is classified DR (restricted distribution): a user without DR clearance cannot {} it",
+            entry.verb()
+        ));
+    }
+    Ok(())
+}
+
+/// May a message event of `event_type` be sent into `room` from a device whose DR flag is
+/// `device_dr`? State events are judged by [`may_set_state`].
+pub fn may_send(room: Room, event_type: &str, device_dr: bool, require_dr_device: bool) -> Decision {
+    if room.classification != Level::DR {
+        return Ok(());
+    }
+    if require_dr_device && !device_dr {
+        return refuse("This device is not approved for DR (restricted distribution) content");
+    }
+    if !CLEAR_TYPES_IN_DR.contains(&event_type) {
+        return refuse("A DR (restricted distribution) room only accepts encrypted messages");
+    }
+    Ok(())
+}
+
+/// May the classification of `room` change from `room.classification` to `new`, set by a
+/// sender who is (`manager`) or is not one of its managers?
+pub fn may_classify(room: Room, new: Level, manager: bool) -> Decision {
+    if !manager {
+        return refuse("Only a manager may set the classification of a room");
+    }
+    if new < room.classification && room.has_content {
+        return refuse("The classification of a room cannot be lowered once it holds messages");
+    }
+    if new == Level::DR && !room.encrypted {
+        return refuse("A DR (restricted distribution) room must be encrypted first");
+    }
+    if new == Level::DR && room.externals {
+        return refuse("A room open to external persons cannot be classified DR");
+    }
+    Ok(())
+}
+
+/// May `room` be opened to external persons?
+pub fn may_open_to_externals(room: Room, manager: bool) -> Decision {
+    if !manager {
+        return refuse("Only a manager may open a room to external persons");
+    }
+    if room.classification == Level::DR {
+        return refuse("A DR (restricted distribution) room cannot be opened to external persons");
+    }
+    Ok(())
+}
+
+/// May encryption be left out of a room being created with `classification`? (A DR room is
+/// encrypted from its creation.)
+pub fn may_create(classification: Level, encrypted: bool, externals: bool) -> Decision {
+    if classification == Level::DR && !encrypted {
+        return refuse("A DR (restricted distribution) room must be encrypted from its creation");
+    }
+    if classification == Level::DR && externals {
+        return refuse("A DR (restricted distribution) room cannot be open to external persons");
+    }
+    Ok(())
+}
+
+/// May `room` be shared with another server (events sent, joins and invites accepted), given
+/// whether that server is on the DR allow-list of the configuration?
+pub fn may_federate(room: Room, server_on_dr_allowlist: bool) -> Decision {
+    if room.classification == Level::DR && !server_on_dr_allowlist {
+        return refuse("This DR (restricted distribution) room is not shared with that server");
+    }
+    Ok(())
+}
+
+/// Whether `room` may appear in the public room directory and in search results of people
+/// who are not in it.
+pub fn may_be_listed(room: Room) -> bool {
+    room.classification != Level::DR
+}
+
+/// Whether `person` may search the internal user directory.
+pub fn may_see_user_directory(person: Person) -> bool {
+    person.kind == AccountKind::Agent
+}
+
+/// May someone set the clearance of a person or the DR flag of a device? Administrators may;
+/// managers of the person's primary functional group may, when delegation is on, and only up
+/// to DR for agents (an external is never cleared DR).
+pub fn may_set_clearance(
+    admin: bool,
+    manages_primary_group: bool,
+    delegated: bool,
+    target: Person,
+    new: Level,
+) -> Decision {
+    if target.kind == AccountKind::External && new == Level::DR {
+        return refuse("External persons cannot be cleared DR");
+    }
+    if admin || manages_primary_group && delegated {
+        return Ok(());
+    }
+    refuse("Only an administrator or a delegated manager of the user's functional group may set clearances")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NP_AGENT: Person = Person { clearance: Level::NP, kind: AccountKind::Agent };
+    const DR_AGENT: Person = Person { clearance: Level::DR, kind: AccountKind::Agent };
+    const EXTERNAL: Person = Person { clearance: Level::NP, kind: AccountKind::External };
+
+    const NP_ROOM: Room = Room { classification: Level::NP, externals: false, encrypted: false, has_content: false };
+    const OPEN_ROOM: Room = Room { classification: Level::NP, externals: true, encrypted: false, has_content: true };
+    const DR_ROOM: Room = Room { classification: Level::DR, externals: false, encrypted: true, has_content: true };
+
+    #[test]
+    fn who_may_enter() {
+        let entries = [Entry::Invite, Entry::Join, Entry::Knock];
+        let table: &[(Person, Room, bool)] = &[
+            (NP_AGENT, NP_ROOM, true),
+            (NP_AGENT, OPEN_ROOM, true),
+            (NP_AGENT, DR_ROOM, false),
+            (DR_AGENT, NP_ROOM, true),
+            (DR_AGENT, DR_ROOM, true),
+            (EXTERNAL, NP_ROOM, false),
+            (EXTERNAL, OPEN_ROOM, true),
+            (EXTERNAL, DR_ROOM, false),
+            // Even a (wrongly) cleared external never enters a DR room.
+            (Person { clearance: Level::DR, kind: AccountKind::External }, DR_ROOM, false),
+        ];
+        for &(person, room, allowed) in table {
+            for entry in entries {
+                assert_eq!(may_enter(person, room, entry).is_ok(), allowed, "{person:?} {room:?} {entry:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let e = may_enter(NP_AGENT, DR_ROOM, Entry::Knock).unwrap_err();
+        assert!(e.0.contains("DR") && e.0.contains("knock on"), "{e}");
+        let e = may_enter(EXTERNAL, NP_ROOM, Entry::Invite).unwrap_err();
+        assert!(e.0.contains("not open to external"), "{e}");
+    }
+
+    #[test]
+    fn what_may_be_sent() {
+        let table: &[(Room, &str, bool, bool, bool)] = &[
+            // room, type, device flag, flag required, allowed
+            (NP_ROOM, "m.room.message", false, true, true),
+            (NP_ROOM, "m.reaction", false, true, true),
+            (DR_ROOM, "m.room.message", true, true, false),
+            (DR_ROOM, "m.reaction", true, true, false),
+            (DR_ROOM, "m.room.encrypted", true, true, true),
+            (DR_ROOM, "m.room.redaction", true, true, true),
+            (DR_ROOM, "m.room.encrypted", false, true, false),
+            (DR_ROOM, "m.room.encrypted", false, false, true),
+            (DR_ROOM, "m.room.message", false, false, false),
+        ];
+        for &(room, kind, device, required, allowed) in table {
+            assert_eq!(may_send(room, kind, device, required).is_ok(), allowed, "{room:?} {kind} {device} {required}");
+        }
+    }
+
+    #[test]
+    fn classification_changes() {
+        let empty_np = Room { encrypted: true, has_content: false, ..NP_ROOM };
+        let empty_dr = Room { has_content: false, ..DR_ROOM };
+        let table: &[(Room, Level, bool, bool)] = &[
+            // room, new level, manager, allowed
+            (empty_np, Level::DR, true, true),
+            (empty_np, Level::DR, false, false),
+            (NP_ROOM, Level::DR, true, false),   // not encrypted
+            (OPEN_ROOM, Level::DR, true, false), // open to externals
+            (DR_ROOM, Level::NP, true, false),   // has content
+            (empty_dr, Level::NP, true, true),
+            (DR_ROOM, Level::DR, true, true),
+            (NP_ROOM, Level::NP, true, true),
+            (DR_ROOM, Level::DR, false, false),
+        ];
+        for &(room, new, manager, allowed) in table {
+            assert_eq!(may_classify(room, new, manager).is_ok(), allowed, "{room:?} -> {new} manager={manager}");
+        }
+    }
+
+    #[test]
+    fn creation() {
+        assert!(may_create(Level::NP, false, true).is_ok());
+        assert!(may_create(Level::DR, true, false).is_ok());
+        assert!(may_create(Level::DR, false, false).is_err());
+        assert!(may_create(Level::DR, true, true).is_err());
+    }
+
+    #[test]
+    fn opening_to_externals() {
+        assert!(may_open_to_externals(NP_ROOM, true).is_ok());
+        assert!(may_open_to_externals(NP_ROOM, false).is_err());
+        assert!(may_open_to_externals(DR_ROOM, true).is_err());
+    }
+
+    #[test]
+    fn federation_and_listing() {
+        assert!(may_federate(NP_ROOM, false).is_ok());
+        assert!(may_federate(DR_ROOM, true).is_ok());
+        assert!(may_federate(DR_ROOM, false).is_err());
+        assert!(may_be_listed(NP_ROOM));
+        assert!(!may_be_listed(DR_ROOM));
+        assert!(may_see_user_directory(NP_AGENT));
+        assert!(!may_see_user_directory(EXTERNAL));
+    }
+
+    #[test]
+    fn clearance_setting() {
+        let table: &[(bool, bool, bool, Person, Level, bool)] = &[
+            // admin, manages group, delegated, target, new, allowed
+            (true, false, false, NP_AGENT, Level::DR, true),
+            (false, true, true, NP_AGENT, Level::DR, true),
+            (false, true, false, NP_AGENT, Level::DR, false),
+            (false, false, true, NP_AGENT, Level::DR, false),
+            (true, false, false, EXTERNAL, Level::DR, false),
+            (true, false, false, EXTERNAL, Level::NP, true),
+            (false, false, false, DR_AGENT, Level::NP, false),
+        ];
+        for &(admin, manages, delegated, target, new, allowed) in table {
+            assert_eq!(
+                may_set_clearance(admin, manages, delegated, target, new).is_ok(),
+                allowed,
+                "admin={admin} manages={manages} delegated={delegated} {target:?} {new}"
+            );
+        }
+    }
+
+    #[test]
+    fn levels_parse_and_order() {
+        assert_eq!(Level::parse("DR"), Some(Level::DR));
+        assert_eq!(Level::parse("dr"), None);
+        assert!(Level::DR > Level::NP);
+        assert_eq!(AccountKind::parse("external"), Some(AccountKind::External));
+        assert_eq!(AccountKind::External.as_str(), "external");
+    }
+}
