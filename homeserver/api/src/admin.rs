@@ -10,7 +10,11 @@ use axum::{
     response::Response,
 };
 use diplomatie_policies::{AccountKind, Level};
-use diplomatie_service::{accounts::Caller, Error, Services};
+use diplomatie_service::{
+    accounts::Caller,
+    organisation::{CommunitySpec, GroupSpec, Organisation},
+    Error, Services,
+};
 use ruma::{api::error::ErrorKind, OwnedDeviceId, OwnedRoomId, OwnedUserId};
 use serde::{de::DeserializeOwned, Deserialize};
 use serde_json::json;
@@ -190,4 +194,40 @@ pub async fn set_primary_group(
     let target = user_id(&s, &user)?;
     s.set_primary_group(&target, req.room_id.as_deref()).await?;
     Ok(json_ok(s.clearance_report(&target).await?))
+}
+
+/// `POST /_diplomatie/admin/v1/groups`: creates a functional group (a space with its general
+/// and correspondence rooms) unless it exists.
+pub async fn create_group(State(s): S, parts: Parts, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    admin(&s, &parts).await?;
+    let spec: GroupSpec = parse_body(&body)?;
+    Ok(json_ok(serde_json::to_value(s.create_group(&spec).await?).map_err(|_| Error::Internal)?))
+}
+
+/// `POST /_diplomatie/client/v1/communities`: any agent creates a community of interest, with
+/// a named manager and project; its `members` are added.
+pub async fn create_community(State(s): S, parts: Parts, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let caller = caller(&s, &parts).await?;
+    let spec: CommunitySpec = parse_body(&body)?;
+    let created = s.create_community(Some(&caller.user_id), &spec).await?;
+    for member in &spec.members {
+        let user = user_id(&s, member)?;
+        s.add_to_org_space(&created.space_id, &user).await?;
+    }
+    Ok(json_ok(serde_json::to_value(created).map_err(|_| Error::Internal)?))
+}
+
+/// `POST /_diplomatie/admin/v1/import`: imports an organisation, YAML (or CSV of users when
+/// the content type is `text/csv`). Idempotent; answers what changed.
+pub async fn import(State(s): S, parts: Parts, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    admin(&s, &parts).await?;
+    let csv = parts
+        .headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/csv"));
+    let text = std::str::from_utf8(&body).map_err(|_| Error::new(ErrorKind::NotJson, "The file is not UTF-8"))?;
+    let org = Organisation::parse(text, csv)?;
+    let report = s.import_organisation(&org).await?;
+    Ok(json_ok(serde_json::to_value(report).map_err(|_| Error::Internal)?))
 }

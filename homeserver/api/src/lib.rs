@@ -185,7 +185,10 @@ pub fn router(services: Arc<Services>) -> Router {
             get(admin::get_device_clearance).put(admin::set_device_clearance),
         )
         .route("/_diplomatie/admin/v1/users/{user_id}/kind", axum::routing::put(admin::set_kind))
-        .route("/_diplomatie/admin/v1/users/{user_id}/primary_group", axum::routing::put(admin::set_primary_group));
+        .route("/_diplomatie/admin/v1/users/{user_id}/primary_group", axum::routing::put(admin::set_primary_group))
+        .route("/_diplomatie/admin/v1/groups", axum::routing::post(admin::create_group))
+        .route("/_diplomatie/admin/v1/import", axum::routing::post(admin::import))
+        .route("/_diplomatie/client/v1/communities", axum::routing::post(admin::create_community));
 
     r.fallback(unrecognized)
         .method_not_allowed_fallback(unrecognized)

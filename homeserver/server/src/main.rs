@@ -35,6 +35,23 @@ enum Command {
         #[command(subcommand)]
         command: SearchCommand,
     },
+    /// The ministry's organisation (functional groups, communities, clearances).
+    Org {
+        #[command(subcommand)]
+        command: OrgCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OrgCommand {
+    /// Imports an organisation from a YAML file (or a CSV file of users with --csv); importing
+    /// the same file twice changes nothing. The server must be stopped (with it running, use
+    /// POST /_diplomatie/admin/v1/import). See config/organisation.example.yaml.
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        csv: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -83,6 +100,12 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let command = cli.command.unwrap_or(Command::Serve);
+    // One process writes to a data directory at a time: the server, or a command that writes
+    // rooms (those would race the server's stream positions and caches).
+    let _lock = match &command {
+        Command::Serve | Command::Org { .. } | Command::Search { .. } => Some(lock_data_dir(&config)?),
+        _ => None,
+    };
     let services = match command {
         Command::Serve => Services::start_serving(config).await?,
         _ => Services::start(config).await?,
@@ -105,11 +128,44 @@ async fn main() -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::Org { command: OrgCommand::Import { file, csv } } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let org = diplomatie_service::organisation::Organisation::parse(&text, csv)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let started = std::time::Instant::now();
+            let report = services.import_organisation(&org).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}", serde_json::to_string(&report)?);
+            eprintln!("imported in {:.1} s", started.elapsed().as_secs_f64());
+            services.db.close().await;
+            Ok(())
+        }
         Command::Search { command: SearchCommand::Rebuild } => {
             let position = services.rebuild_search_index().await.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("search index rebuilt up to stream position {position}");
             Ok(())
         }
+    }
+}
+
+/// Takes the data directory's lock, held until the process ends.
+fn lock_data_dir(config: &Config) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    let path = config.data_dir.join("diplomatie.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another Diplomatie process (a running server?) uses the data directory {}; stop it, or \
+             use the admin API",
+            config.data_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
     }
 }
 

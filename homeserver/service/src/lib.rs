@@ -18,6 +18,7 @@ pub mod error;
 pub mod keys;
 pub mod media;
 pub mod notifier;
+pub mod organisation;
 pub mod outbound;
 pub mod password;
 pub mod pdu;

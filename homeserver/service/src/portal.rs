@@ -33,7 +33,7 @@ pub const MANAGER_LEVEL: i64 = 100;
 
 /// People as the rules see them, cached.
 pub struct PortalState {
-    people: Mutex<LruCache<OwnedUserId, Person>>,
+    pub(crate) people: Mutex<LruCache<OwnedUserId, Person>>,
 }
 
 impl Default for PortalState {

@@ -42,9 +42,14 @@ impl Services {
         if diplomatie_storage::accounts::get_user(self.db.pool(), invitee.as_str()).await?.is_none() {
             return Err(Error::not_found("Unknown user"));
         }
+        let knocked = self.membership(room_id, invitee).await?.as_deref() == Some("knock");
         let mut content = with_membership("invite", self.member_profile(invitee).await?, is_direct);
         add_reason(&mut content, reason);
         self.send_membership(sender, room_id, invitee, content).await?;
+        // Inviting someone who knocked on a group or community approves the request.
+        if knocked {
+            Box::pin(self.knock_approved(room_id, invitee)).await?;
+        }
         Ok(())
     }
 

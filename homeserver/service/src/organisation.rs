@@ -1,0 +1,575 @@
+//! The ministry's organisation as spaces: functional groups (directions, cabinets, embassies)
+//! and communities of interest, created by the server's own account, and the import of a whole
+//! organisation from a YAML or CSV file.
+//!
+//! A group or community is a space with the state event `fr.diplomatie.group` (its kind, slug,
+//! project, interest tags, join rule) and the alias `#g.<slug>` (groups) or `#c.<slug>`
+//! (communities). Its rooms (a general room; for functional groups also a correspondence room)
+//! are its children, restricted to the space's members. Managers have power 100 in the space
+//! and its rooms. Joining a functional group is by request: the agent knocks on the space, a
+//! manager approves by inviting (what "approve" does in standard clients) and the server then
+//! joins the agent to the space and its rooms; a manager refuses by kicking the knock.
+
+use diplomatie_policies::{AccountKind, Level};
+use ruma::{
+    api::client::room::{
+        create_room::v3::{Request as CreateRoomRequest, RoomPreset},
+        Visibility,
+    },
+    events::StateEventType,
+    serde::Raw,
+    OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::{
+    portal::{CLASSIFICATION, EXTERNALS},
+    Error, Result, Services,
+};
+
+/// The state event that makes a space a functional group or a community.
+pub const GROUP: &str = "fr.diplomatie.group";
+/// The localpart of the server's own account, which creates groups and communities.
+pub const SYSTEM_LOCALPART: &str = "diplomatie";
+
+/// A functional group to create.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSpec {
+    pub slug: String,
+    pub name: String,
+    #[serde(default)]
+    pub topic: Option<String>,
+    #[serde(default)]
+    pub avatar_url: Option<String>,
+    /// "NP" (default) or "DR".
+    #[serde(default)]
+    pub classification: Option<String>,
+    /// Localparts or user ids.
+    #[serde(default)]
+    pub managers: Vec<String>,
+}
+
+/// How one joins a community.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinRule {
+    Open,
+    #[default]
+    Request,
+    Invite,
+}
+
+/// A community of interest to create.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommunitySpec {
+    pub slug: String,
+    pub name: String,
+    #[serde(default)]
+    pub topic: Option<String>,
+    #[serde(default)]
+    pub avatar_url: Option<String>,
+    #[serde(default)]
+    pub classification: Option<String>,
+    /// The recognised person who runs it (localpart or user id).
+    pub manager: String,
+    /// The cross-cutting project it is backed by.
+    pub project: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub join: JoinRule,
+    /// Open to external qualified persons.
+    #[serde(default)]
+    pub externals: bool,
+    /// Members to add (localparts or user ids).
+    #[serde(default)]
+    pub members: Vec<String>,
+}
+
+/// An account to create or update.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSpec {
+    pub localpart: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// "NP" (default) or "DR".
+    #[serde(default)]
+    pub clearance: Option<String>,
+    /// "agent" (default) or "external".
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// The slug of the user's primary functional group.
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// A whole organisation, as an import file describes it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Organisation {
+    #[serde(default)]
+    pub users: Vec<UserSpec>,
+    #[serde(default)]
+    pub groups: Vec<GroupSpec>,
+    #[serde(default)]
+    pub communities: Vec<CommunitySpec>,
+}
+
+impl Organisation {
+    /// Reads YAML, or CSV of users (`localpart,name,clearance,kind,group,admin`, with that
+    /// header line) when `csv` is true.
+    pub fn parse(text: &str, csv: bool) -> Result<Organisation> {
+        if csv {
+            let mut reader = ::csv::Reader::from_reader(text.as_bytes());
+            let mut users = Vec::new();
+            for (line, record) in reader.deserialize::<CsvUser>().enumerate() {
+                let u = record.map_err(|e| Error::bad_json(format!("CSV line {}: {e}", line + 2)))?;
+                users.push(UserSpec {
+                    localpart: u.localpart,
+                    name: u.name.filter(|s| !s.is_empty()),
+                    password: None,
+                    clearance: u.clearance.filter(|s| !s.is_empty()),
+                    kind: u.kind.filter(|s| !s.is_empty()),
+                    group: u.group.filter(|s| !s.is_empty()),
+                    admin: u.admin.is_some_and(|a| matches!(a.as_str(), "true" | "yes" | "1")),
+                });
+            }
+            return Ok(Organisation { users, ..Default::default() });
+        }
+        let docs = yaml_rust2::YamlLoader::load_from_str(text)
+            .map_err(|e| Error::bad_json(format!("Organisation file: {e}")))?;
+        let value = docs.first().map(yaml_to_json).unwrap_or(Value::Null);
+        if value.is_null() {
+            return Ok(Organisation::default());
+        }
+        serde_json::from_value(value).map_err(|e| Error::bad_json(format!("Organisation file: {e}")))
+    }
+}
+
+/// A YAML document as JSON, for serde (keys become strings).
+fn yaml_to_json(y: &yaml_rust2::Yaml) -> Value {
+    use yaml_rust2::Yaml;
+    match y {
+        Yaml::Real(r) => r.parse::<f64>().map(Value::from).unwrap_or(Value::Null),
+        Yaml::Integer(i) => json!(i),
+        Yaml::String(s) => json!(s),
+        Yaml::Boolean(b) => json!(b),
+        Yaml::Array(items) => Value::Array(items.iter().map(yaml_to_json).collect()),
+        Yaml::Hash(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Yaml::String(s) => s.clone(),
+                        Yaml::Integer(i) => i.to_string(),
+                        Yaml::Boolean(b) => b.to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    (key, yaml_to_json(v))
+                })
+                .collect(),
+        ),
+        Yaml::Null | Yaml::BadValue | Yaml::Alias(_) => Value::Null,
+    }
+}
+
+#[derive(Deserialize)]
+struct CsvUser {
+    localpart: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    clearance: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    admin: Option<String>,
+}
+
+/// What an import changed (all zeros when the organisation was already there).
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ImportReport {
+    pub users_created: usize,
+    pub users_updated: usize,
+    pub groups_created: usize,
+    pub communities_created: usize,
+    pub memberships_added: usize,
+}
+
+/// A group or community, once created.
+#[derive(Clone, Debug, Serialize)]
+pub struct Created {
+    pub space_id: OwnedRoomId,
+    pub rooms: Vec<OwnedRoomId>,
+    pub created: bool,
+}
+
+fn level(raw: Option<&str>) -> Result<Level> {
+    match raw {
+        None => Ok(Level::NP),
+        Some(s) => Level::parse(s).ok_or_else(|| Error::invalid_param(format!("Unknown level {s:?} (NP or DR)"))),
+    }
+}
+
+fn raw<T>(v: Value) -> Result<Raw<T>> {
+    Ok(Raw::from_json(serde_json::value::to_raw_value(&v).map_err(|_| Error::Internal)?))
+}
+
+fn valid_slug(slug: &str) -> Result<()> {
+    let ok = !slug.is_empty()
+        && slug.len() <= 64
+        && slug.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid_param(format!("Invalid slug {slug:?}: lower-case letters, digits, - and _")))
+    }
+}
+
+/// The kind of a space of the organisation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SpaceKind {
+    Group,
+    Community,
+}
+
+impl Services {
+    /// The server's own account (created on first use, cleared DR so that it can create DR
+    /// spaces and rooms).
+    pub async fn system_user(&self) -> Result<OwnedUserId> {
+        let user = self.parse_local_user(SYSTEM_LOCALPART)?;
+        if !diplomatie_storage::accounts::user_exists(self.db.pool(), user.as_str()).await? {
+            match self.create_account(Some(SYSTEM_LOCALPART), None, true, Some("Diplomatie")).await {
+                Ok(_) | Err(Error::Matrix(ruma::api::error::ErrorKind::UserInUse, _)) => {}
+                Err(e) => return Err(e),
+            }
+            let mut tx = self.db.begin().await?;
+            diplomatie_storage::org::set_clearance(&mut tx, user.as_str(), "DR", user.as_str(), crate::now_ms())
+                .await?;
+            diplomatie_storage::commit(tx).await?;
+            self.portal.people.lock().unwrap().pop(&user);
+        }
+        Ok(user)
+    }
+
+    fn org_user(&self, raw: &str) -> Result<OwnedUserId> {
+        self.parse_local_user(raw)
+    }
+
+    /// The space of a group or community, by slug.
+    async fn org_space(&self, kind: SpaceKind, slug: &str) -> Result<Option<OwnedRoomId>> {
+        let prefix = if kind == SpaceKind::Group { "g" } else { "c" };
+        let alias = RoomAliasId::parse(format!("#{prefix}.{slug}:{}", self.server_name()))
+            .map_err(|_| Error::invalid_param("Invalid slug"))?;
+        match self.resolve_alias(&alias).await {
+            Ok(id) => Ok(Some(id)),
+            Err(Error::Matrix(ruma::api::error::ErrorKind::NotFound, _)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a functional group (a space, its general and correspondence rooms) unless it
+    /// exists.
+    pub async fn create_group(&self, spec: &GroupSpec) -> Result<Created> {
+        let managers: Vec<OwnedUserId> = spec.managers.iter().map(|m| self.org_user(m)).collect::<Result<_>>()?;
+        let marker = json!({ "kind": "functional_group", "slug": spec.slug });
+        let rooms = [("Général", "general"), ("Correspondance", "correspondence")];
+        let (join_rule, externals) = ("knock", false);
+        self.create_org_space(
+            SpaceKind::Group,
+            &spec.slug,
+            &spec.name,
+            spec.topic.as_deref(),
+            spec.avatar_url.as_deref(),
+            spec.classification.as_deref(),
+            &managers,
+            marker,
+            &rooms,
+            join_rule,
+            externals,
+        )
+        .await
+    }
+
+    /// Creates a community of interest unless it exists (its `members` are added apart, with
+    /// [`Services::add_to_org_space`]). `creator` is whoever asked (an agent, or the server for
+    /// an import).
+    pub async fn create_community(&self, creator: Option<&UserId>, spec: &CommunitySpec) -> Result<Created> {
+        if let Some(c) = creator {
+            if self.person(c).await?.kind == AccountKind::External {
+                return Err(Error::forbidden("External persons cannot create communities"));
+            }
+        }
+        if spec.project.trim().is_empty() {
+            return Err(Error::invalid_param("A community is backed by a named project"));
+        }
+        let manager = self.org_user(&spec.manager)?;
+        let marker = json!({
+            "kind": "community", "slug": spec.slug, "project": spec.project, "tags": spec.tags,
+            "manager": manager, "join": spec.join,
+        });
+        let join_rule = match spec.join {
+            JoinRule::Open => "public",
+            JoinRule::Request => "knock",
+            JoinRule::Invite => "invite",
+        };
+        self.create_org_space(
+            SpaceKind::Community,
+            &spec.slug,
+            &spec.name,
+            spec.topic.as_deref(),
+            spec.avatar_url.as_deref(),
+            spec.classification.as_deref(),
+            &[manager],
+            marker,
+            &[("Général", "general")],
+            join_rule,
+            spec.externals,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_org_space(
+        &self,
+        kind: SpaceKind,
+        slug: &str,
+        name: &str,
+        topic: Option<&str>,
+        avatar: Option<&str>,
+        classification: Option<&str>,
+        managers: &[OwnedUserId],
+        marker: Value,
+        rooms: &[(&str, &str)],
+        join_rule: &str,
+        externals: bool,
+    ) -> Result<Created> {
+        valid_slug(slug)?;
+        let level = level(classification)?;
+        if let Some(space) = self.org_space(kind, slug).await? {
+            return Ok(Created { space_id: space.clone(), rooms: self.org_rooms(&space).await?, created: false });
+        }
+        for m in managers {
+            if !diplomatie_storage::accounts::user_exists(self.db.pool(), m.as_str()).await? {
+                return Err(Error::not_found(format!("Unknown manager {m}")));
+            }
+        }
+        let system = self.system_user().await?;
+        let mut users = serde_json::Map::new();
+        for m in managers {
+            users.insert(m.to_string(), json!(crate::portal::MANAGER_LEVEL));
+        }
+        // Only managers approve requests (an invite approves a knock) and remove members.
+        let powers = json!({
+            "users": users,
+            "invite": 100,
+            "kick": 100,
+            "events": { CLASSIFICATION: 100, EXTERNALS: 100, GROUP: 100, "m.space.child": 100 },
+        });
+        let mut common =
+            vec![json!({ "type": CLASSIFICATION, "state_key": "", "content": { "level": level.as_str() } })];
+        if externals {
+            common.push(json!({ "type": EXTERNALS, "state_key": "", "content": { "allowed": true } }));
+        }
+        if let Some(url) = avatar {
+            common.push(json!({ "type": "m.room.avatar", "state_key": "", "content": { "url": url } }));
+        }
+        let prefix = if kind == SpaceKind::Group { "g" } else { "c" };
+
+        // The space.
+        let mut initial = common.clone();
+        initial.push(json!({ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": join_rule } }));
+        initial.push(json!({ "type": GROUP, "state_key": "", "content": marker }));
+        let mut req = CreateRoomRequest::new();
+        req.creation_content = Some(raw(json!({ "type": "m.space" }))?);
+        req.name = Some(name.to_owned());
+        req.topic = topic.map(str::to_owned);
+        req.preset = Some(RoomPreset::PrivateChat);
+        req.visibility = Visibility::Private;
+        req.room_alias_name = Some(format!("{prefix}.{slug}"));
+        req.power_level_content_override = Some(raw(powers.clone())?);
+        req.initial_state = initial.into_iter().map(raw).collect::<Result<_>>()?;
+        req.invite = managers.to_vec();
+        let space = self.create_room(&system, req).await?;
+        for m in managers {
+            self.join(m, &space, None).await?;
+        }
+
+        // Its rooms, restricted to its members.
+        let mut children = Vec::new();
+        for (i, (label, key)) in rooms.iter().enumerate() {
+            let mut initial = common.clone();
+            initial.push(json!({ "type": "m.room.join_rules", "state_key": "", "content": {
+                "join_rule": "restricted",
+                "allow": [{ "type": "m.room_membership", "room_id": space }],
+            } }));
+            initial.push(json!({ "type": "m.space.parent", "state_key": space, "content": {
+                "via": [self.server_name()], "canonical": true,
+            } }));
+            let mut req = CreateRoomRequest::new();
+            req.name = Some(format!("{name} — {label}"));
+            req.preset = Some(RoomPreset::PrivateChat);
+            req.visibility = Visibility::Private;
+            req.room_alias_name = Some(format!("{prefix}.{slug}.{key}"));
+            req.power_level_content_override = Some(raw(powers.clone())?);
+            req.initial_state = initial.into_iter().map(raw).collect::<Result<_>>()?;
+            let room = self.create_room(&system, req).await?;
+            let child = json!({ "via": [self.server_name()], "suggested": true, "order": format!("{:02}", i + 1) });
+            self.send_state(&system, &space, "m.space.child", room.as_str(), child).await?;
+            for m in managers {
+                self.join(m, &room, None).await?;
+            }
+            children.push(room);
+        }
+        tracing::info!(%space, slug, "organisation space created");
+        Ok(Created { space_id: space, rooms: children, created: true })
+    }
+
+    /// The rooms a space lists as children.
+    async fn org_rooms(&self, space: &RoomId) -> Result<Vec<OwnedRoomId>> {
+        let state = self.current_state(space).await?;
+        let mut rooms = Vec::new();
+        for ((kind, key), _) in state.iter() {
+            if *kind == StateEventType::SpaceChild {
+                if let Ok(id) = OwnedRoomId::try_from(key.as_str()) {
+                    rooms.push(id);
+                }
+            }
+        }
+        rooms.sort();
+        Ok(rooms)
+    }
+
+    /// Whether a space is a group or community, and which (`fr.diplomatie.group` content).
+    pub async fn org_marker(&self, room_id: &RoomId) -> Result<Option<Value>> {
+        Ok(self.state_event(room_id, &StateEventType::from(GROUP), "").await?.map(|p| p.content_value()))
+    }
+
+    /// Adds a user to a group or community: the space, then its rooms (the user's first
+    /// functional group becomes their primary one). False when they already were in.
+    pub async fn add_to_org_space(&self, space: &RoomId, user: &UserId) -> Result<bool> {
+        let mut added = false;
+        if !self.is_joined(space, user).await? {
+            if self.membership(space, user).await?.as_deref() != Some("invite") {
+                let system = self.system_user().await?;
+                self.invite(&system, space, user, None, false).await?;
+            }
+            self.join(user, space, None).await?;
+            added = true;
+        }
+        for room in self.org_rooms(space).await? {
+            if !self.is_joined(&room, user).await? {
+                self.join(user, &room, None).await?;
+                added = true;
+            }
+        }
+        let is_group = self
+            .org_marker(space)
+            .await?
+            .is_some_and(|m| m.get("kind").and_then(Value::as_str) == Some("functional_group"));
+        if is_group {
+            let current = diplomatie_storage::org::attributes(self.db.pool(), user.as_str()).await?;
+            if current.is_some_and(|a| a.primary_group.is_none()) {
+                self.set_primary_group(user, Some(space)).await?;
+            }
+        }
+        Ok(added)
+    }
+
+    /// After a manager invited a user who had knocked on a group or community: the request is
+    /// approved, the server joins the user to the space and its rooms.
+    pub(crate) async fn knock_approved(&self, space: &RoomId, user: &UserId) -> Result<()> {
+        if user.server_name() != self.server_name() || self.org_marker(space).await?.is_none() {
+            return Ok(());
+        }
+        self.add_to_org_space(space, user).await?;
+        Ok(())
+    }
+
+    /// Imports an organisation: creates what is missing, changes what differs, and leaves the
+    /// rest alone (importing the same file twice changes nothing the second time).
+    pub async fn import_organisation(&self, org: &Organisation) -> Result<ImportReport> {
+        let mut report = ImportReport::default();
+        let system = self.system_user().await?;
+        // Check everything that can be checked before the first change.
+        for u in &org.users {
+            self.parse_local_user(&u.localpart)?;
+            level(u.clearance.as_deref())?;
+            if let Some(k) = &u.kind {
+                AccountKind::parse(k).ok_or_else(|| Error::invalid_param(format!("Unknown kind {k:?}")))?;
+            }
+        }
+        for g in &org.groups {
+            valid_slug(&g.slug)?;
+            level(g.classification.as_deref())?;
+        }
+        for c in &org.communities {
+            valid_slug(&c.slug)?;
+            level(c.classification.as_deref())?;
+        }
+        for u in &org.users {
+            let Some(slug) = &u.group else { continue };
+            let in_file = org.groups.iter().any(|g| &g.slug == slug);
+            if !in_file && self.org_space(SpaceKind::Group, slug).await?.is_none() {
+                return Err(Error::not_found(format!("Unknown functional group {slug:?} (user {})", u.localpart)));
+            }
+        }
+        // Accounts, their kind and clearance.
+        for u in &org.users {
+            let user = self.parse_local_user(&u.localpart)?;
+            if !diplomatie_storage::accounts::user_exists(self.db.pool(), user.as_str()).await? {
+                self.create_account(Some(&u.localpart), u.password.as_deref(), u.admin, u.name.as_deref()).await?;
+                report.users_created += 1;
+            }
+            let person = self.person(&user).await?;
+            let kind = u.kind.as_deref().and_then(AccountKind::parse).unwrap_or_default();
+            let clearance = level(u.clearance.as_deref())?;
+            let mut changed = false;
+            if person.kind != kind {
+                self.set_account_kind(&user, kind).await?;
+                changed = true;
+            }
+            if person.clearance != clearance {
+                self.set_clearance(&system, true, &user, clearance).await?;
+                changed = true;
+            }
+            report.users_updated += usize::from(changed);
+        }
+        // Groups and communities.
+        for g in &org.groups {
+            report.groups_created += usize::from(self.create_group(g).await?.created);
+        }
+        for c in &org.communities {
+            let created = self.create_community(None, c).await?;
+            report.communities_created += usize::from(created.created);
+            for member in &c.members {
+                let user = self.org_user(member)?;
+                report.memberships_added += usize::from(self.add_to_org_space(&created.space_id, &user).await?);
+            }
+        }
+        // Each agent in their primary functional group.
+        for u in &org.users {
+            let Some(slug) = &u.group else { continue };
+            let user = self.parse_local_user(&u.localpart)?;
+            let space = self
+                .org_space(SpaceKind::Group, slug)
+                .await?
+                .ok_or_else(|| Error::not_found(format!("Unknown functional group {slug:?} (user {user})")))?;
+            report.memberships_added += usize::from(self.add_to_org_space(&space, &user).await?);
+            let current = diplomatie_storage::org::attributes(self.db.pool(), user.as_str()).await?;
+            if current.is_some_and(|a| a.primary_group.as_deref() != Some(space.as_str())) {
+                self.set_primary_group(&user, Some(&space)).await?;
+            }
+        }
+        Ok(report)
+    }
+}
