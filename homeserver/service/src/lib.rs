@@ -115,6 +115,8 @@ impl Services {
             ratelimiter,
         });
         ephemeral::spawn_typing_expiry(Arc::downgrade(&services));
+        // Every process that writes (the server, an import) keeps the write-ahead log short.
+        services.db.spawn_checkpointer();
         Ok(services)
     }
 
@@ -123,7 +125,6 @@ impl Services {
     pub async fn start_serving(config: Config) -> anyhow_like::Result<Arc<Services>> {
         let services = Services::start(config).await?;
         services.search.open().await.map_err(|e| anyhow_like::msg(format!("cannot open the search index: {e}")))?;
-        services.db.spawn_checkpointer();
         push::spawn_pusher_worker(Arc::downgrade(&services));
         search::spawn_indexer(&services);
         Ok(services)

@@ -11,6 +11,7 @@
 //! joins the agent to the space and its rooms; a manager refuses by kicking the knock.
 
 use diplomatie_policies::{AccountKind, Level};
+use futures::StreamExt;
 use ruma::{
     api::client::room::{
         create_room::v3::{Request as CreateRoomRequest, RoomPreset},
@@ -30,6 +31,9 @@ use crate::{
 
 /// The state event that makes a space a functional group or a community.
 pub const GROUP: &str = "fr.diplomatie.group";
+/// Memberships an import adds at the same time.
+const PARALLEL_JOINS: usize = 32;
+
 /// The localpart of the server's own account, which creates groups and communities.
 pub const SYSTEM_LOCALPART: &str = "diplomatie";
 
@@ -551,12 +555,21 @@ impl Services {
         for c in &org.communities {
             let created = self.create_community(None, c).await?;
             report.communities_created += usize::from(created.created);
-            for member in &c.members {
-                let user = self.org_user(member)?;
-                report.memberships_added += usize::from(self.add_to_org_space(&created.space_id, &user).await?);
+            let members: std::collections::BTreeSet<OwnedUserId> =
+                c.members.iter().map(|m| self.org_user(m)).collect::<Result<_>>()?;
+            let space = &created.space_id;
+            let added: Vec<Result<bool>> = futures::stream::iter(members)
+                .map(|user| async move { self.add_to_org_space(space, &user).await })
+                .buffer_unordered(PARALLEL_JOINS)
+                .collect()
+                .await;
+            for a in added {
+                report.memberships_added += usize::from(a?);
             }
         }
-        // Each agent in their primary functional group.
+        // Each agent in their primary functional group, many at a time (their joins share the
+        // writer's group commits).
+        let mut placements = Vec::new();
         for u in &org.users {
             let Some(slug) = &u.group else { continue };
             let user = self.parse_local_user(&u.localpart)?;
@@ -564,11 +577,24 @@ impl Services {
                 .org_space(SpaceKind::Group, slug)
                 .await?
                 .ok_or_else(|| Error::not_found(format!("Unknown functional group {slug:?} (user {user})")))?;
-            report.memberships_added += usize::from(self.add_to_org_space(&space, &user).await?);
-            let current = diplomatie_storage::org::attributes(self.db.pool(), user.as_str()).await?;
-            if current.is_some_and(|a| a.primary_group.as_deref() != Some(space.as_str())) {
-                self.set_primary_group(&user, Some(&space)).await?;
-            }
+            placements.push((user, space));
+        }
+        placements.sort();
+        placements.dedup_by(|a, b| a.0 == b.0);
+        let added: Vec<Result<bool>> = futures::stream::iter(placements)
+            .map(|(user, space)| async move {
+                let added = self.add_to_org_space(&space, &user).await?;
+                let current = diplomatie_storage::org::attributes(self.db.pool(), user.as_str()).await?;
+                if current.is_some_and(|a| a.primary_group.as_deref() != Some(space.as_str())) {
+                    self.set_primary_group(&user, Some(&space)).await?;
+                }
+                Ok(added)
+            })
+            .buffer_unordered(PARALLEL_JOINS)
+            .collect()
+            .await;
+        for a in added {
+            report.memberships_added += usize::from(a?);
         }
         Ok(report)
     }

@@ -116,7 +116,7 @@ impl Db {
                             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                              PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = OFF; \
                              PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY; \
-                             PRAGMA wal_autocheckpoint = 0;",
+                             PRAGMA wal_autocheckpoint = 10000;",
                         )
                         .await?;
                     }
@@ -132,8 +132,9 @@ impl Db {
     }
 
     /// SQLite: copies the write-ahead log into the database once a second, in the background,
-    /// instead of inside whichever commit crosses the log's size limit (connections are opened
-    /// with automatic checkpoints off). Stops when the pool closes.
+    /// so that commits seldom do it themselves (connections checkpoint automatically only past
+    /// 10,000 pages, a bound on the log should this task fall behind). Stops when the pool
+    /// closes.
     pub fn spawn_checkpointer(&self) {
         if self.backend != Backend::Sqlite {
             return;

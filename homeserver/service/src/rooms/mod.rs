@@ -454,6 +454,8 @@ pub struct RoomWriter<'a> {
     resolved_rooms: Vec<OwnedRoomId>,
     /// Other rows, written in this order before the events.
     writes: Vec<PendingWrite>,
+    /// Time spent checking the portal's rules (reported with the batch, to measure their cost).
+    portal_time: std::time::Duration,
 }
 
 /// A row the batch writes at commit.
@@ -535,6 +537,7 @@ impl<'a> RoomWriter<'a> {
             txns: vec![],
             resolved_rooms: vec![],
             writes: vec![],
+            portal_time: std::time::Duration::ZERO,
         }
     }
 
@@ -731,7 +734,10 @@ impl<'a> RoomWriter<'a> {
             })
             .map_err(not_authorised)?;
             // The portal's rules (clearance, classification, externals).
-            services.check_portal(&state, &self.appended, &pdu, &rules).await?;
+            let checking = std::time::Instant::now();
+            let checked = services.check_portal(&state, &self.appended, &pdu, &rules).await;
+            self.portal_time += checking.elapsed();
+            checked?;
         } else if self.new_room.is_none() || self.room_id.is_some() && !self.appended.is_empty() {
             return Err(Error::forbidden("A room has one create event"));
         }
@@ -866,6 +872,7 @@ impl<'a> RoomWriter<'a> {
             resolved_rooms,
             new_room,
             writes,
+            portal_time,
             ..
         } = self;
         // Everything the transaction needs is read first, before it takes the write lock.
@@ -948,6 +955,7 @@ impl<'a> RoomWriter<'a> {
             ?evaluated,
             ?acquired,
             committed = ?started.elapsed(),
+            portal_checks = ?portal_time,
             "batch written"
         );
         // The in-memory views follow the commit before the writer lock is released (when the
