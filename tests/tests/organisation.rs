@@ -193,6 +193,7 @@ users:
     group: ambassade-berlin
   - localpart: analyste
     name: Analyste DGM
+    password: secret-2
     group: dgm
   - localpart: ong.medecins
     name: Médecins du monde
@@ -298,7 +299,55 @@ async fn the_command_line_imports_while_the_server_is_stopped(backend: Backend) 
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["groups_created"], 0);
     assert_eq!(report["memberships_added"], 0);
+    // The other subcommands: clearance, device flag, kind, group, community.
+    let ok = |out: std::process::Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let report: Value =
+        serde_json::from_str(&ok(server.command(&["org", "clearance", "redacteur", "DR"]).await)).unwrap();
+    assert_eq!(report["clearance"], "DR");
+    assert_eq!(report["set_by"], "@diplomatie:localhost");
+    let out = server.command(&["org", "clearance", "redacteur", "secret"]).await;
+    assert!(!out.status.success());
+    let report: Value =
+        serde_json::from_str(&ok(server.command(&["org", "kind", "ong.medecins", "agent"]).await)).unwrap();
+    assert_eq!(report["kind"], "agent");
+    let created: Value = serde_json::from_str(&ok(server
+        .command(&["org", "group-create", "consulat", "--name", "Consulat", "--manager", "analyste"])
+        .await))
+    .unwrap();
+    assert_eq!(created["created"], true);
+    let created: Value = serde_json::from_str(&ok(server
+        .command(&[
+            "org",
+            "community-create",
+            "climat",
+            "--name",
+            "Climat",
+            "--manager",
+            "analyste",
+            "--project",
+            "COP",
+            "--tag",
+            "climat",
+        ])
+        .await))
+    .unwrap();
+    assert_eq!(created["rooms"].as_array().unwrap().len(), 1);
     server.launch().await;
     let amb = login(&server, "amb.berlin", "secret-1").await;
     assert_eq!(joined_rooms(&amb).await.len(), 5);
+    let analyste = login(&server, "analyste", "secret-2").await;
+    let marker = state(&analyste, created["space_id"].as_str().unwrap(), "fr.diplomatie.group", "").await;
+    assert_eq!(marker["project"], "COP");
+    // A device approved from the command line.
+    let out = server.command(&["org", "device-clearance", "amb.berlin", &amb.device_id, "on"]).await;
+    assert!(!out.status.success(), "the server runs: refused");
+    server.kill().await;
+    let device: Value = serde_json::from_str(&ok(server
+        .command(&["org", "device-clearance", "amb.berlin", &amb.device_id, "on"])
+        .await))
+    .unwrap();
+    assert_eq!(device["dr"], true);
 }

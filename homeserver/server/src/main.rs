@@ -52,6 +52,52 @@ enum OrgCommand {
         #[arg(long)]
         csv: bool,
     },
+    /// Sets a user's clearance (NP or DR).
+    Clearance { user: String, level: String },
+    /// Approves (on) or withdraws (off) one of a user's devices for DR content.
+    DeviceClearance { user: String, device: String, dr: OnOff },
+    /// Makes an account an agent's or an external person's.
+    Kind { user: String, kind: String },
+    /// Creates a functional group (a space with its general and correspondence rooms).
+    GroupCreate {
+        slug: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        topic: Option<String>,
+        /// NP (default) or DR.
+        #[arg(long)]
+        classification: Option<String>,
+        /// A manager (repeat for several).
+        #[arg(long = "manager")]
+        managers: Vec<String>,
+    },
+    /// Creates a community of interest.
+    CommunityCreate {
+        slug: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        manager: String,
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        topic: Option<String>,
+        /// An interest tag (repeat for several).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// open, request (default) or invite.
+        #[arg(long, default_value = "request")]
+        join: String,
+        #[arg(long)]
+        externals: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Subcommand)]
@@ -89,8 +135,18 @@ enum TokenCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // glibc gives every thread that allocates an arena of its own and keeps what is freed in
+    // it; the server's threads (runtime, database, index) need no more than two.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's tuning, before any thread is spawned.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DIPLOMATIE_LOG")
@@ -139,12 +195,71 @@ async fn main() -> anyhow::Result<()> {
             services.db.close().await;
             Ok(())
         }
+        Command::Org { command } => org_command(&services, command).await.map_err(|e| anyhow::anyhow!("{e}")),
         Command::Search { command: SearchCommand::Rebuild } => {
             let position = services.rebuild_search_index().await.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("search index rebuilt up to stream position {position}");
             Ok(())
         }
     }
+}
+
+/// The organisation's subcommands other than the import, as the server's own account.
+async fn org_command(services: &Services, command: OrgCommand) -> Result<(), diplomatie_service::Error> {
+    use diplomatie_policies::{AccountKind, Level};
+    use diplomatie_service::organisation::{CommunitySpec, GroupSpec, JoinRule};
+    let bad = |what: &str| diplomatie_service::Error::invalid_param(what.to_owned());
+    let system = services.system_user().await?;
+    match command {
+        OrgCommand::Import { .. } => unreachable!("handled by the caller"),
+        OrgCommand::Clearance { user, level } => {
+            let level = Level::parse(&level).ok_or_else(|| bad("The level is NP or DR"))?;
+            let user = services.parse_local_user(&user)?;
+            services.set_clearance(&system, true, &user, level).await?;
+            println!("{}", services.clearance_report(&user).await?);
+        }
+        OrgCommand::DeviceClearance { user, device, dr } => {
+            let user = services.parse_local_user(&user)?;
+            let device = ruma::OwnedDeviceId::from(device);
+            services.set_device_clearance(&system, true, &user, &device, matches!(dr, OnOff::On)).await?;
+            println!("{}", services.device_clearance_report(&user, &device).await?);
+        }
+        OrgCommand::Kind { user, kind } => {
+            let kind = AccountKind::parse(&kind).ok_or_else(|| bad("The kind is agent or external"))?;
+            let user = services.parse_local_user(&user)?;
+            services.set_account_kind(&user, kind).await?;
+            println!("{}", services.clearance_report(&user).await?);
+        }
+        OrgCommand::GroupCreate { slug, name, topic, classification, managers } => {
+            let spec = GroupSpec { slug, name, topic, avatar_url: None, classification, managers };
+            println!("{}", serde_json::to_string(&services.create_group(&spec).await?).unwrap_or_default());
+        }
+        OrgCommand::CommunityCreate { slug, name, manager, project, topic, tags, join, externals } => {
+            let join = match join.as_str() {
+                "open" => JoinRule::Open,
+                "request" => JoinRule::Request,
+                "invite" => JoinRule::Invite,
+                _ => return Err(bad("join is open, request or invite")),
+            };
+            let spec = CommunitySpec {
+                slug,
+                name,
+                topic,
+                avatar_url: None,
+                classification: None,
+                manager,
+                project,
+                tags,
+                join,
+                externals,
+                members: Vec::new(),
+            };
+            let created = services.create_community(None, &spec).await?;
+            println!("{}", serde_json::to_string(&created).unwrap_or_default());
+        }
+    }
+    services.db.close().await;
+    Ok(())
 }
 
 /// Takes the data directory's lock, held until the process ends.

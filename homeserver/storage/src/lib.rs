@@ -115,7 +115,7 @@ impl Db {
                         conn.execute(
                             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                              PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = OFF; \
-                             PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY; \
+                             PRAGMA cache_size = -4096; PRAGMA temp_store = MEMORY; \
                              PRAGMA wal_autocheckpoint = 10000;",
                         )
                         .await?;
