@@ -124,6 +124,28 @@ async fn a_functional_group_is_joined_by_request_that_a_manager_approves(backend
     // And a member who is no manager cannot approve.
     carol.ok(Method::POST, &format!("/_matrix/client/v3/knock/{space}"), Some(&json!({}))).await;
     assert_error(&bob.invite(&space, &carol.user_id).await, 403, "M_FORBIDDEN");
+
+    // The administrator hands the group to Bob: he approves, Alice no longer can.
+    let managers = "/_diplomatie/admin/v1/groups/dgm/managers";
+    assert_error(&root.put(managers, &json!({ "managers": [] })).await, 400, "M_INVALID_PARAM");
+    assert_error(
+        &root.put("/_diplomatie/admin/v1/groups/nope/managers", &json!({ "managers": ["bob"] })).await,
+        404,
+        "M_NOT_FOUND",
+    );
+    assert_error(&alice.put(managers, &json!({ "managers": ["alice"] })).await, 403, "M_FORBIDDEN");
+    let set = root.ok(Method::PUT, managers, Some(&json!({ "managers": ["bob"] }))).await;
+    assert_eq!(set["managers"], json!([bob.user_id]));
+    for r in &all {
+        let users = &state(&bob, r, "m.room.power_levels", "").await["users"];
+        assert_eq!(users[&bob.user_id], 100);
+        assert!(users.get(&alice.user_id).is_none());
+    }
+    assert_eq!(bob.invite(&space, &carol.user_id).await.0, 200);
+    assert_eq!(joined_rooms(&carol).await, all);
+    let dave = server.register("dave").await;
+    dave.ok(Method::POST, &format!("/_matrix/client/v3/knock/{space}"), Some(&json!({}))).await;
+    assert_error(&alice.invite(&space, &dave.user_id).await, 403, "M_FORBIDDEN");
 }
 
 async fn communities_follow_their_join_rule(backend: Backend) {
@@ -335,6 +357,11 @@ async fn the_command_line_imports_while_the_server_is_stopped(backend: Backend) 
         .await))
     .unwrap();
     assert_eq!(created["rooms"].as_array().unwrap().len(), 1);
+    let set: Value = serde_json::from_str(&ok(server
+        .command(&["org", "managers", "groups", "consulat", "--manager", "redacteur", "--manager", "analyste"])
+        .await))
+    .unwrap();
+    assert_eq!(set["managers"], json!(["@redacteur:localhost", "@analyste:localhost"]));
     server.launch().await;
     let amb = login(&server, "amb.berlin", "secret-1").await;
     assert_eq!(joined_rooms(&amb).await.len(), 5);

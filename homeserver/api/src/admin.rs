@@ -231,3 +231,26 @@ pub async fn import(State(s): S, parts: Parts, body: axum::body::Bytes) -> Resul
     let report = s.import_organisation(&org).await?;
     Ok(json_ok(serde_json::to_value(report).map_err(|_| Error::Internal)?))
 }
+
+#[derive(Deserialize)]
+struct ManagersBody {
+    managers: Vec<String>,
+}
+
+/// `PUT /_diplomatie/admin/v1/{groups|communities}/{slug}/managers` `{"managers": [...]}`.
+pub async fn set_managers(
+    State(s): S,
+    Path((kind, slug)): Path<(String, String)>,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    admin(&s, &parts).await?;
+    let community = match kind.as_str() {
+        "groups" => false,
+        "communities" => true,
+        _ => return Err(Error::new(ErrorKind::Unrecognized, "Unrecognized request").into()),
+    };
+    let req: ManagersBody = parse_body(&body)?;
+    let managers = s.set_managers(community, &slug, &req.managers).await?;
+    Ok(json_ok(json!({ "managers": managers })))
+}

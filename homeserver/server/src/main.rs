@@ -72,6 +72,14 @@ enum OrgCommand {
         #[arg(long = "manager")]
         managers: Vec<String>,
     },
+    /// Replaces the managers of a group or community (`groups` or `communities`).
+    Managers {
+        kind: String,
+        slug: String,
+        /// A manager (repeat for several).
+        #[arg(long = "manager")]
+        managers: Vec<String>,
+    },
     /// Creates a community of interest.
     CommunityCreate {
         slug: String,
@@ -229,6 +237,15 @@ async fn org_command(services: &Services, command: OrgCommand) -> Result<(), dip
             let user = services.parse_local_user(&user)?;
             services.set_account_kind(&user, kind).await?;
             println!("{}", services.clearance_report(&user).await?);
+        }
+        OrgCommand::Managers { kind, slug, managers } => {
+            let community = match kind.as_str() {
+                "groups" => false,
+                "communities" => true,
+                _ => return Err(bad("groups or communities")),
+            };
+            let set = services.set_managers(community, &slug, &managers).await?;
+            println!("{}", serde_json::json!({ "managers": set }));
         }
         OrgCommand::GroupCreate { slug, name, topic, classification, managers } => {
             let spec = GroupSpec { slug, name, topic, avatar_url: None, classification, managers };

@@ -453,6 +453,40 @@ impl Services {
         Ok(rooms)
     }
 
+    /// Replaces the managers of a functional group (`community` false) or of a community: power
+    /// 100 in the space and its rooms for them, none for the former ones; new managers are
+    /// joined to the space and its rooms.
+    pub async fn set_managers(&self, community: bool, slug: &str, managers: &[String]) -> Result<Vec<OwnedUserId>> {
+        let kind = if community { SpaceKind::Community } else { SpaceKind::Group };
+        let space = self.org_space(kind, slug).await?.ok_or_else(|| Error::not_found("Unknown group or community"))?;
+        let managers: Vec<OwnedUserId> = managers.iter().map(|m| self.org_user(m)).collect::<Result<_>>()?;
+        if managers.is_empty() {
+            return Err(Error::invalid_param("A group or community keeps at least one manager"));
+        }
+        for m in &managers {
+            if !diplomatie_storage::accounts::user_exists(self.db.pool(), m.as_str()).await? {
+                return Err(Error::not_found(format!("Unknown manager {m}")));
+            }
+        }
+        let system = self.system_user().await?;
+        let mut rooms = vec![space.clone()];
+        rooms.extend(self.org_rooms(&space).await?);
+        for room in &rooms {
+            let mut levels = self.power_levels(room).await?;
+            let users = levels.entry("users").or_insert_with(|| json!({}));
+            let Some(users) = users.as_object_mut() else { return Err(Error::Internal) };
+            users.retain(|u, v| u == system.as_str() || v.as_i64() != Some(crate::portal::MANAGER_LEVEL));
+            for m in &managers {
+                users.insert(m.to_string(), json!(crate::portal::MANAGER_LEVEL));
+            }
+            self.send_state(&system, room, "m.room.power_levels", "", Value::Object(levels)).await?;
+        }
+        for m in &managers {
+            self.add_to_org_space(&space, m).await?;
+        }
+        Ok(managers)
+    }
+
     /// Whether a space is a group or community, and which (`fr.diplomatie.group` content).
     pub async fn org_marker(&self, room_id: &RoomId) -> Result<Option<Value>> {
         Ok(self.state_event(room_id, &StateEventType::from(GROUP), "").await?.map(|p| p.content_value()))
