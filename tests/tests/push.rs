@@ -15,6 +15,7 @@ backend_tests!(
     pushers_deliver_to_the_gateway_and_retry,
     many_members_join_and_talk_at_once,
     each_member_keeps_their_own_outcome,
+    an_invite_is_listed_whatever_rooms_the_invitee_is_in,
 );
 
 async fn push_rules_start_from_the_spec_defaults_and_change_through_the_api(backend: Backend) {
@@ -446,4 +447,21 @@ async fn each_member_keeps_their_own_outcome(backend: Backend) {
     let next = list["next_token"].as_str().unwrap();
     let rest = bob.ok(Method::GET, &format!("/_matrix/client/v3/notifications?from={next}"), None).await;
     assert_eq!(rest["notifications"].as_array().unwrap().len(), 1);
+}
+
+/// An invite is the invitee's own notification, listed by `/notifications` wherever the invitee
+/// already is (a member of exactly one room used to lose it).
+async fn an_invite_is_listed_whatever_rooms_the_invitee_is_in(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let lobby = alice.create_room(json!({ "preset": "public_chat" })).await;
+    assert_eq!(bob.join(&lobby).await.0, 200);
+    let private = alice.create_room(json!({})).await;
+    assert_eq!(alice.invite(&private, &bob.user_id).await.0, 200);
+    let list = bob.ok(Method::GET, "/_matrix/client/v3/notifications", None).await;
+    let list = list["notifications"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["room_id"], private.as_str());
+    assert_eq!(list[0]["event"]["type"], "m.room.member");
 }

@@ -527,7 +527,8 @@ impl Services {
         let unthreaded = read.get("").copied().unwrap_or(0);
         let joined_at = self.join_position(user, room_id).await?;
         let scan = Scan { after: unthreaded, before: up_to.saturating_add(1), newest_first: false, limit: 100_000 };
-        let found = self.merged_notifications(user, &[(room_id.to_string(), joined_at)], scan).await?;
+        let room = room_id.to_string();
+        let found = self.merged_notifications(user, &[(room.clone(), joined_at)], Some(&room), scan).await?;
         let mut threads: HashMap<String, (u64, u64)> = HashMap::new();
         for n in found.into_iter().filter(|n| n.stream_ordering > read.get(&n.thread_id).copied().unwrap_or(0)) {
             let counts = threads.entry(n.thread_id).or_insert((0, 0));
@@ -543,14 +544,16 @@ impl Services {
         Ok(member.filter(|m| m.membership().as_deref() == Some("join")).map(|m| m.stream_ordering))
     }
 
-    /// A user's notifications within `scan` in `rooms` (each with the position the user joined
-    /// it at): the events' default outcomes, for events after the join and not the user's
-    /// own, merged with the user's own outcomes (which win). At most `scan.limit`, and never a
-    /// gap: a scan cut short by its limit stops where it is complete.
+    /// A user's notifications within `scan`: the default outcomes of events in `rooms` (each
+    /// with the position the user joined it at) sent after the join by someone else, merged
+    /// with the user's own outcomes (which win) in `only_room` or in every room (invites
+    /// included). At most `scan.limit`, and never a gap: a scan cut short by its limit stops
+    /// where it is complete.
     async fn merged_notifications(
         &self,
         user: &UserId,
         rooms: &[(String, Option<i64>)],
+        only_room: Option<&str>,
         scan: Scan,
     ) -> Result<Vec<Notification>> {
         let joined: HashMap<&str, i64> = rooms.iter().filter_map(|(r, at)| at.map(|at| (r.as_str(), at))).collect();
@@ -558,8 +561,7 @@ impl Services {
         let mut conn = self.db.acquire().await?;
         let defaults = store::default_notifications(&mut conn, &ids, scan).await?;
         drop(conn);
-        let room = (rooms.len() == 1).then(|| rooms[0].0.as_str());
-        let own = store::user_notifications(self.db.pool(), user.as_str(), room, scan).await?;
+        let own = store::user_notifications(self.db.pool(), user.as_str(), only_room, scan).await?;
         // Where a source was cut short by the limit, only what lies before its last row is
         // complete.
         let cut = |rows: &[store::PushAction]| {
@@ -590,7 +592,7 @@ impl Services {
             }
         }
         for o in own {
-            if !complete(o.stream_ordering) || room.is_some_and(|r| r != o.room_id) {
+            if !complete(o.stream_ordering) {
                 continue;
             }
             if o.notify {
@@ -618,7 +620,7 @@ impl Services {
         let wanted = scan.limit as usize;
         let mut out: Vec<Notification> = Vec::new();
         loop {
-            let page = self.merged_notifications(user, &rooms, scan).await?;
+            let page = self.merged_notifications(user, &rooms, None, scan).await?;
             let Some(last) = page.last().map(|n| n.stream_ordering) else { return Ok(out) };
             out.extend(page);
             if out.len() >= wanted {
