@@ -250,6 +250,30 @@ pub fn may_set_clearance(
     refuse("Only an administrator or a delegated manager of the user's functional group may set clearances")
 }
 
+/// May `person` create a community of interest? Agents may; external persons may not.
+pub fn may_create_community(person: Person) -> Decision {
+    if person.kind == AccountKind::External {
+        return refuse("External persons cannot create communities");
+    }
+    Ok(())
+}
+
+/// May one of `person`'s devices be approved for DR content? Only a DR-cleared person's.
+pub fn may_approve_device(person: Person) -> Decision {
+    if person.clearance < Level::DR {
+        return refuse("The user has no DR clearance: their devices cannot be approved for DR");
+    }
+    Ok(())
+}
+
+/// May `person`'s account become an external person's? Not while it is cleared DR.
+pub fn may_make_external(person: Person) -> Decision {
+    if person.clearance == Level::DR {
+        return refuse("External persons cannot be cleared DR: lower the clearance first");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,6 +401,16 @@ mod tests {
                 "admin={admin} manages={manages} delegated={delegated} {target:?} {new}"
             );
         }
+    }
+
+    #[test]
+    fn accounts_and_devices() {
+        assert!(may_create_community(NP_AGENT).is_ok());
+        assert!(may_create_community(EXTERNAL).is_err());
+        assert!(may_approve_device(DR_AGENT).is_ok());
+        assert!(may_approve_device(NP_AGENT).is_err());
+        assert!(may_make_external(NP_AGENT).is_ok());
+        assert!(may_make_external(DR_AGENT).is_err());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use diplomatie_service::{
     organisation::{CommunitySpec, GroupSpec, Organisation},
     Error, Services,
 };
-use ruma::{api::error::ErrorKind, OwnedDeviceId, OwnedRoomId, OwnedUserId};
+use ruma::{api::error::ErrorKind, OwnedDeviceId, OwnedRoomId};
 use serde::{de::DeserializeOwned, Deserialize};
 use serde_json::json;
 
@@ -91,15 +91,11 @@ async fn admin(s: &Services, parts: &Parts) -> Result<Caller, Error> {
     Ok(caller)
 }
 
-fn user_id(s: &Services, raw: &str) -> Result<OwnedUserId, Error> {
-    s.parse_local_user(raw)
-}
-
 /// `GET /_diplomatie/admin/v1/users/{user_id}/clearance`: clearance, kind, primary group, who
 /// set the clearance and when, and the history of changes.
 pub async fn get_clearance(State(s): S, Path(user): Path<String>, parts: Parts) -> Result<Response, ApiError> {
     admin(&s, &parts).await?;
-    Ok(json_ok(s.clearance_report(&user_id(&s, &user)?).await?))
+    Ok(json_ok(s.clearance_report(&s.parse_local_user(&user)?).await?))
 }
 
 #[derive(Deserialize)]
@@ -121,7 +117,7 @@ pub async fn set_clearance(
 ) -> Result<Response, ApiError> {
     let caller = caller(&s, &parts).await?;
     let req: ClearanceBody = parse_body(&body)?;
-    let target = user_id(&s, &user)?;
+    let target = s.parse_local_user(&user)?;
     s.set_clearance(&caller.user_id, caller.is_admin, &target, level(&req.clearance)?).await?;
     Ok(json_ok(s.clearance_report(&target).await?))
 }
@@ -133,7 +129,7 @@ pub async fn get_device_clearance(
     parts: Parts,
 ) -> Result<Response, ApiError> {
     admin(&s, &parts).await?;
-    Ok(json_ok(s.device_clearance_report(&user_id(&s, &user)?, &OwnedDeviceId::from(device)).await?))
+    Ok(json_ok(s.device_clearance_report(&s.parse_local_user(&user)?, &OwnedDeviceId::from(device)).await?))
 }
 
 #[derive(Deserialize)]
@@ -151,7 +147,7 @@ pub async fn set_device_clearance(
 ) -> Result<Response, ApiError> {
     let caller = caller(&s, &parts).await?;
     let req: DeviceBody = parse_body(&body)?;
-    let (target, device) = (user_id(&s, &user)?, OwnedDeviceId::from(device));
+    let (target, device) = (s.parse_local_user(&user)?, OwnedDeviceId::from(device));
     s.set_device_clearance(&caller.user_id, caller.is_admin, &target, &device, req.dr).await?;
     Ok(json_ok(s.device_clearance_report(&target, &device).await?))
 }
@@ -172,7 +168,7 @@ pub async fn set_kind(
     let req: KindBody = parse_body(&body)?;
     let kind = AccountKind::parse(&req.kind)
         .ok_or_else(|| Error::new(ErrorKind::InvalidParam, "kind must be \"agent\" or \"external\""))?;
-    let target = user_id(&s, &user)?;
+    let target = s.parse_local_user(&user)?;
     s.set_account_kind(&target, kind).await?;
     Ok(json_ok(s.clearance_report(&target).await?))
 }
@@ -191,7 +187,7 @@ pub async fn set_primary_group(
 ) -> Result<Response, ApiError> {
     admin(&s, &parts).await?;
     let req: GroupBody = parse_body(&body)?;
-    let target = user_id(&s, &user)?;
+    let target = s.parse_local_user(&user)?;
     s.set_primary_group(&target, req.room_id.as_deref()).await?;
     Ok(json_ok(s.clearance_report(&target).await?))
 }
@@ -211,7 +207,7 @@ pub async fn create_community(State(s): S, parts: Parts, body: axum::body::Bytes
     let spec: CommunitySpec = parse_body(&body)?;
     let created = s.create_community(Some(&caller.user_id), &spec).await?;
     for member in &spec.members {
-        let user = user_id(&s, member)?;
+        let user = s.parse_local_user(member)?;
         s.add_to_org_space(&created.space_id, &user).await?;
     }
     Ok(json_ok(serde_json::to_value(created).map_err(|_| Error::Internal)?))
@@ -237,20 +233,35 @@ struct ManagersBody {
     managers: Vec<String>,
 }
 
-/// `PUT /_diplomatie/admin/v1/{groups|communities}/{slug}/managers` `{"managers": [...]}`.
-pub async fn set_managers(
+/// `PUT /_diplomatie/admin/v1/groups/{slug}/managers` `{"managers": [...]}`.
+pub async fn set_group_managers(
     State(s): S,
-    Path((kind, slug)): Path<(String, String)>,
+    Path(slug): Path<String>,
     parts: Parts,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    admin(&s, &parts).await?;
-    let community = match kind.as_str() {
-        "groups" => false,
-        "communities" => true,
-        _ => return Err(Error::new(ErrorKind::Unrecognized, "Unrecognized request").into()),
-    };
-    let req: ManagersBody = parse_body(&body)?;
-    let managers = s.set_managers(community, &slug, &req.managers).await?;
+    set_managers(&s, false, &slug, &parts, &body).await
+}
+
+/// `PUT /_diplomatie/admin/v1/communities/{slug}/managers` `{"managers": [...]}`.
+pub async fn set_community_managers(
+    State(s): S,
+    Path(slug): Path<String>,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    set_managers(&s, true, &slug, &parts, &body).await
+}
+
+async fn set_managers(
+    s: &Services,
+    community: bool,
+    slug: &str,
+    parts: &Parts,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    admin(s, parts).await?;
+    let req: ManagersBody = parse_body(body)?;
+    let managers = s.set_managers(community, slug, &req.managers).await?;
     Ok(json_ok(json!({ "managers": managers })))
 }

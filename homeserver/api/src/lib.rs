@@ -188,7 +188,8 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/_diplomatie/admin/v1/users/{user_id}/primary_group", axum::routing::put(admin::set_primary_group))
         .route("/_diplomatie/admin/v1/groups", axum::routing::post(admin::create_group))
         .route("/_diplomatie/admin/v1/import", axum::routing::post(admin::import))
-        .route("/_diplomatie/admin/v1/{kind}/{slug}/managers", axum::routing::put(admin::set_managers))
+        .route("/_diplomatie/admin/v1/groups/{slug}/managers", axum::routing::put(admin::set_group_managers))
+        .route("/_diplomatie/admin/v1/communities/{slug}/managers", axum::routing::put(admin::set_community_managers))
         .route("/_diplomatie/client/v1/communities", axum::routing::post(admin::create_community));
 
     r.fallback(unrecognized)

@@ -173,6 +173,8 @@ impl Services {
         display_name: Option<&str>,
         refresh: bool,
     ) -> Result<Session> {
+        // A device id the client chose may be in use: its old tokens are replaced.
+        let reused = device_id.is_some();
         let device_id = device_id.map(str::to_owned).unwrap_or_else(|| random_string(10).to_uppercase());
         let device_id = OwnedDeviceId::from(device_id);
         let mut tx = self.db.begin().await?;
@@ -198,7 +200,9 @@ impl Services {
         )
         .await?;
         diplomatie_storage::commit(tx).await?;
-        self.tokens.forget_user(user_id.as_str());
+        if reused {
+            self.tokens.forget_user(user_id.as_str());
+        }
         Ok(Session { user_id: user_id.to_owned(), device_id, access_token, refresh_token, expires_in_ms: expires })
     }
 

@@ -10,7 +10,7 @@
 //! manager approves by inviting (what "approve" does in standard clients) and the server then
 //! joins the agent to the space and its rooms; a manager refuses by kicking the knock.
 
-use diplomatie_policies::{AccountKind, Level};
+use diplomatie_policies::{self as policies, AccountKind, Level};
 use futures::StreamExt;
 use ruma::{
     api::client::room::{
@@ -246,10 +246,40 @@ enum SpaceKind {
     Community,
 }
 
+impl SpaceKind {
+    /// The prefix of its aliases: `#g.<slug>`, `#c.<slug>`.
+    fn prefix(self) -> &'static str {
+        match self {
+            SpaceKind::Group => "g",
+            SpaceKind::Community => "c",
+        }
+    }
+}
+
+/// A group or community to create: its space, then its rooms.
+struct NewSpace<'a> {
+    kind: SpaceKind,
+    slug: &'a str,
+    name: &'a str,
+    topic: Option<&'a str>,
+    avatar: Option<&'a str>,
+    classification: Option<&'a str>,
+    managers: &'a [OwnedUserId],
+    /// The content of `fr.diplomatie.group`.
+    marker: Value,
+    /// (label, alias key) of each room.
+    rooms: &'a [(&'a str, &'a str)],
+    join_rule: &'a str,
+    externals: bool,
+}
+
 impl Services {
     /// The server's own account (created on first use, cleared DR so that it can create DR
     /// spaces and rooms).
     pub async fn system_user(&self) -> Result<OwnedUserId> {
+        if let Some(user) = self.portal.system.get() {
+            return Ok(user.clone());
+        }
         let user = self.parse_local_user(SYSTEM_LOCALPART)?;
         if !diplomatie_storage::accounts::user_exists(self.db.pool(), user.as_str()).await? {
             match self.create_account(Some(SYSTEM_LOCALPART), None, true, Some("Diplomatie")).await {
@@ -262,17 +292,25 @@ impl Services {
             diplomatie_storage::commit(tx).await?;
             self.portal.people.lock().unwrap().pop(&user);
         }
-        Ok(user)
+        Ok(self.portal.system.get_or_init(|| user).clone())
     }
 
-    fn org_user(&self, raw: &str) -> Result<OwnedUserId> {
-        self.parse_local_user(raw)
+    /// Local users named by localpart or id, who must exist.
+    async fn existing_users(&self, names: &[String]) -> Result<Vec<OwnedUserId>> {
+        let mut users = Vec::with_capacity(names.len());
+        for name in names {
+            let user = self.parse_local_user(name)?;
+            if !diplomatie_storage::accounts::user_exists(self.db.pool(), user.as_str()).await? {
+                return Err(Error::not_found(format!("Unknown user {user}")));
+            }
+            users.push(user);
+        }
+        Ok(users)
     }
 
     /// The space of a group or community, by slug.
     async fn org_space(&self, kind: SpaceKind, slug: &str) -> Result<Option<OwnedRoomId>> {
-        let prefix = if kind == SpaceKind::Group { "g" } else { "c" };
-        let alias = RoomAliasId::parse(format!("#{prefix}.{slug}:{}", self.server_name()))
+        let alias = RoomAliasId::parse(format!("#{}.{slug}:{}", kind.prefix(), self.server_name()))
             .map_err(|_| Error::invalid_param("Invalid slug"))?;
         match self.resolve_alias(&alias).await {
             Ok(id) => Ok(Some(id)),
@@ -284,23 +322,20 @@ impl Services {
     /// Creates a functional group (a space, its general and correspondence rooms) unless it
     /// exists.
     pub async fn create_group(&self, spec: &GroupSpec) -> Result<Created> {
-        let managers: Vec<OwnedUserId> = spec.managers.iter().map(|m| self.org_user(m)).collect::<Result<_>>()?;
-        let marker = json!({ "kind": "functional_group", "slug": spec.slug });
-        let rooms = [("Général", "general"), ("Correspondance", "correspondence")];
-        let (join_rule, externals) = ("knock", false);
-        self.create_org_space(
-            SpaceKind::Group,
-            &spec.slug,
-            &spec.name,
-            spec.topic.as_deref(),
-            spec.avatar_url.as_deref(),
-            spec.classification.as_deref(),
-            &managers,
-            marker,
-            &rooms,
-            join_rule,
-            externals,
-        )
+        let managers = self.existing_users(&spec.managers).await?;
+        self.create_org_space(NewSpace {
+            kind: SpaceKind::Group,
+            slug: &spec.slug,
+            name: &spec.name,
+            topic: spec.topic.as_deref(),
+            avatar: spec.avatar_url.as_deref(),
+            classification: spec.classification.as_deref(),
+            managers: &managers,
+            marker: json!({ "kind": "functional_group", "slug": spec.slug }),
+            rooms: &[("Général", "general"), ("Correspondance", "correspondence")],
+            join_rule: "knock",
+            externals: false,
+        })
         .await
     }
 
@@ -309,63 +344,45 @@ impl Services {
     /// an import).
     pub async fn create_community(&self, creator: Option<&UserId>, spec: &CommunitySpec) -> Result<Created> {
         if let Some(c) = creator {
-            if self.person(c).await?.kind == AccountKind::External {
-                return Err(Error::forbidden("External persons cannot create communities"));
-            }
+            policies::may_create_community(self.person(c).await?).map_err(crate::portal::forbidden)?;
         }
         if spec.project.trim().is_empty() {
             return Err(Error::invalid_param("A community is backed by a named project"));
         }
-        let manager = self.org_user(&spec.manager)?;
-        let marker = json!({
-            "kind": "community", "slug": spec.slug, "project": spec.project, "tags": spec.tags,
-            "manager": manager, "join": spec.join,
-        });
+        let managers = self.existing_users(std::slice::from_ref(&spec.manager)).await?;
+        // Members are added by the caller; that they exist is checked before anything is made.
+        self.existing_users(&spec.members).await?;
         let join_rule = match spec.join {
             JoinRule::Open => "public",
             JoinRule::Request => "knock",
             JoinRule::Invite => "invite",
         };
-        self.create_org_space(
-            SpaceKind::Community,
-            &spec.slug,
-            &spec.name,
-            spec.topic.as_deref(),
-            spec.avatar_url.as_deref(),
-            spec.classification.as_deref(),
-            &[manager],
-            marker,
-            &[("Général", "general")],
+        self.create_org_space(NewSpace {
+            kind: SpaceKind::Community,
+            slug: &spec.slug,
+            name: &spec.name,
+            topic: spec.topic.as_deref(),
+            avatar: spec.avatar_url.as_deref(),
+            classification: spec.classification.as_deref(),
+            marker: json!({
+                "kind": "community", "slug": spec.slug, "project": spec.project, "tags": spec.tags,
+                "manager": managers[0], "join": spec.join,
+            }),
+            managers: &managers,
+            rooms: &[("Général", "general")],
             join_rule,
-            spec.externals,
-        )
+            externals: spec.externals,
+        })
         .await
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn create_org_space(
-        &self,
-        kind: SpaceKind,
-        slug: &str,
-        name: &str,
-        topic: Option<&str>,
-        avatar: Option<&str>,
-        classification: Option<&str>,
-        managers: &[OwnedUserId],
-        marker: Value,
-        rooms: &[(&str, &str)],
-        join_rule: &str,
-        externals: bool,
-    ) -> Result<Created> {
+    async fn create_org_space(&self, new: NewSpace<'_>) -> Result<Created> {
+        let NewSpace { kind, slug, name, topic, avatar, classification, managers, marker, rooms, join_rule, externals } =
+            new;
         valid_slug(slug)?;
         let level = level(classification)?;
         if let Some(space) = self.org_space(kind, slug).await? {
-            return Ok(Created { space_id: space.clone(), rooms: self.org_rooms(&space).await?, created: false });
-        }
-        for m in managers {
-            if !diplomatie_storage::accounts::user_exists(self.db.pool(), m.as_str()).await? {
-                return Err(Error::not_found(format!("Unknown manager {m}")));
-            }
+            return Ok(Created { space_id: space.clone(), rooms: self.space_child_ids(&space).await?, created: false });
         }
         let system = self.system_user().await?;
         let mut users = serde_json::Map::new();
@@ -387,7 +404,7 @@ impl Services {
         if let Some(url) = avatar {
             common.push(json!({ "type": "m.room.avatar", "state_key": "", "content": { "url": url } }));
         }
-        let prefix = if kind == SpaceKind::Group { "g" } else { "c" };
+        let prefix = kind.prefix();
 
         // The space.
         let mut initial = common.clone();
@@ -438,39 +455,19 @@ impl Services {
         Ok(Created { space_id: space, rooms: children, created: true })
     }
 
-    /// The rooms a space lists as children.
-    async fn org_rooms(&self, space: &RoomId) -> Result<Vec<OwnedRoomId>> {
-        let state = self.current_state(space).await?;
-        let mut rooms = Vec::new();
-        for ((kind, key), _) in state.iter() {
-            if *kind == StateEventType::SpaceChild {
-                if let Ok(id) = OwnedRoomId::try_from(key.as_str()) {
-                    rooms.push(id);
-                }
-            }
-        }
-        rooms.sort();
-        Ok(rooms)
-    }
-
     /// Replaces the managers of a functional group (`community` false) or of a community: power
     /// 100 in the space and its rooms for them, none for the former ones; new managers are
     /// joined to the space and its rooms.
     pub async fn set_managers(&self, community: bool, slug: &str, managers: &[String]) -> Result<Vec<OwnedUserId>> {
         let kind = if community { SpaceKind::Community } else { SpaceKind::Group };
         let space = self.org_space(kind, slug).await?.ok_or_else(|| Error::not_found("Unknown group or community"))?;
-        let managers: Vec<OwnedUserId> = managers.iter().map(|m| self.org_user(m)).collect::<Result<_>>()?;
         if managers.is_empty() {
             return Err(Error::invalid_param("A group or community keeps at least one manager"));
         }
-        for m in &managers {
-            if !diplomatie_storage::accounts::user_exists(self.db.pool(), m.as_str()).await? {
-                return Err(Error::not_found(format!("Unknown manager {m}")));
-            }
-        }
+        let managers = self.existing_users(managers).await?;
         let system = self.system_user().await?;
         let mut rooms = vec![space.clone()];
-        rooms.extend(self.org_rooms(&space).await?);
+        rooms.extend(self.space_child_ids(&space).await?);
         for room in &rooms {
             let mut levels = self.power_levels(room).await?;
             let users = levels.entry("users").or_insert_with(|| json!({}));
@@ -492,8 +489,8 @@ impl Services {
         Ok(self.state_event(room_id, &StateEventType::from(GROUP), "").await?.map(|p| p.content_value()))
     }
 
-    /// Adds a user to a group or community: the space, then its rooms (the user's first
-    /// functional group becomes their primary one). False when they already were in.
+    /// Adds a user to a group or community: the space, then its rooms. False when they already
+    /// were in.
     pub async fn add_to_org_space(&self, space: &RoomId, user: &UserId) -> Result<bool> {
         let mut added = false;
         if !self.is_joined(space, user).await? {
@@ -504,32 +501,39 @@ impl Services {
             self.join(user, space, None).await?;
             added = true;
         }
-        for room in self.org_rooms(space).await? {
+        for room in self.space_child_ids(space).await? {
             if !self.is_joined(&room, user).await? {
                 self.join(user, &room, None).await?;
                 added = true;
             }
         }
-        let is_group = self
-            .org_marker(space)
-            .await?
-            .is_some_and(|m| m.get("kind").and_then(Value::as_str) == Some("functional_group"));
-        if is_group {
-            let current = diplomatie_storage::org::attributes(self.db.pool(), user.as_str()).await?;
-            if current.is_some_and(|a| a.primary_group.is_none()) {
-                self.set_primary_group(user, Some(space)).await?;
-            }
-        }
         Ok(added)
     }
 
+    /// Makes a functional group the user's primary one: always (`replace`), or only when the
+    /// user has none yet.
+    async fn make_primary_group(&self, user: &UserId, space: &RoomId, replace: bool) -> Result<()> {
+        let current = diplomatie_storage::org::attributes(self.db.pool(), user.as_str()).await?;
+        let Some(current) = current.map(|a| a.primary_group) else { return Ok(()) };
+        let change = if replace { current.as_deref() != Some(space.as_str()) } else { current.is_none() };
+        if change {
+            self.set_primary_group(user, Some(space)).await?;
+        }
+        Ok(())
+    }
+
     /// After a manager invited a user who had knocked on a group or community: the request is
-    /// approved, the server joins the user to the space and its rooms.
+    /// approved, the server joins the user to the space and its rooms (a user's first
+    /// functional group becomes their primary one).
     pub(crate) async fn knock_approved(&self, space: &RoomId, user: &UserId) -> Result<()> {
-        if user.server_name() != self.server_name() || self.org_marker(space).await?.is_none() {
+        if user.server_name() != self.server_name() {
             return Ok(());
         }
+        let Some(marker) = self.org_marker(space).await? else { return Ok(()) };
         self.add_to_org_space(space, user).await?;
+        if marker.get("kind").and_then(Value::as_str) == Some("functional_group") {
+            self.make_primary_group(user, space, false).await?;
+        }
         Ok(())
     }
 
@@ -590,7 +594,7 @@ impl Services {
             let created = self.create_community(None, c).await?;
             report.communities_created += usize::from(created.created);
             let members: std::collections::BTreeSet<OwnedUserId> =
-                c.members.iter().map(|m| self.org_user(m)).collect::<Result<_>>()?;
+                c.members.iter().map(|m| self.parse_local_user(m)).collect::<Result<_>>()?;
             let space = &created.space_id;
             let added: Vec<Result<bool>> = futures::stream::iter(members)
                 .map(|user| async move { self.add_to_org_space(space, &user).await })
@@ -618,10 +622,7 @@ impl Services {
         let added: Vec<Result<bool>> = futures::stream::iter(placements)
             .map(|(user, space)| async move {
                 let added = self.add_to_org_space(&space, &user).await?;
-                let current = diplomatie_storage::org::attributes(self.db.pool(), user.as_str()).await?;
-                if current.is_some_and(|a| a.primary_group.as_deref() != Some(space.as_str())) {
-                    self.set_primary_group(&user, Some(&space)).await?;
-                }
+                self.make_primary_group(&user, &space, true).await?;
                 Ok(added)
             })
             .buffer_unordered(PARALLEL_JOINS)

@@ -22,7 +22,11 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use crate::{now_ms, rooms::find_pdu, Error, Pdu, Result, Services};
+use crate::{
+    now_ms,
+    rooms::{find_pdu, membership::power_of},
+    Error, Pdu, Result, Services,
+};
 
 /// The state event holding a room's classification.
 pub const CLASSIFICATION: &str = "fr.diplomatie.classification";
@@ -34,16 +38,21 @@ pub const MANAGER_LEVEL: i64 = 100;
 /// People as the rules see them, cached.
 pub struct PortalState {
     pub(crate) people: Mutex<LruCache<OwnedUserId, Person>>,
+    /// The server's own account, once it exists (see `Services::system_user`).
+    pub(crate) system: std::sync::OnceLock<OwnedUserId>,
 }
 
 impl Default for PortalState {
     fn default() -> Self {
-        PortalState { people: Mutex::new(LruCache::new(NonZeroUsize::new(65536).unwrap())) }
+        PortalState {
+            people: Mutex::new(LruCache::new(NonZeroUsize::new(65536).unwrap())),
+            system: std::sync::OnceLock::new(),
+        }
     }
 }
 
 /// A refusal of the rules, as the client sees it.
-fn forbidden(r: policies::Refusal) -> Error {
+pub(crate) fn forbidden(r: policies::Refusal) -> Error {
     Error::forbidden(r.0)
 }
 
@@ -188,22 +197,12 @@ impl Services {
             Some(id) => find_pdu(self, appended, &id).await?,
             None => None,
         };
-        if let Some(create) = &create {
-            let extra = create.content_field("additional_creators");
-            let listed = extra.and_then(|v| v.as_array().map(|a| a.iter().any(|u| u.as_str() == Some(user.as_str()))));
-            if creators_privileged && (create.sender == user || listed.unwrap_or(false)) {
-                return Ok(i64::MAX);
-            }
-        }
         let levels = match get(StateEventType::RoomPowerLevels) {
             Some(id) => find_pdu(self, appended, &id).await?.map(|p| p.content_value()),
             None => None,
         };
-        let Some(levels) = levels else {
-            return Ok(if create.is_some_and(|c| c.sender == user) { 100 } else { 0 });
-        };
-        let default = levels.get("users_default").and_then(Value::as_i64).unwrap_or(0);
-        Ok(levels.get("users").and_then(|u| u.get(user.as_str())).and_then(Value::as_i64).unwrap_or(default))
+        let levels = levels.as_ref().and_then(Value::as_object);
+        Ok(power_of(create.as_deref(), levels, user, creators_privileged))
     }
 
     /// Whether a device is approved for DR content.
@@ -283,8 +282,8 @@ impl Services {
         self.local_account(target).await?;
         let level = if dr { Level::DR } else { Level::NP };
         self.may_set_clearance(actor, actor_admin, target, level).await?;
-        if dr && self.person(target).await?.clearance != Level::DR {
-            return Err(Error::forbidden("The user has no DR clearance: their devices cannot be approved for DR"));
+        if dr {
+            policies::may_approve_device(self.person(target).await?).map_err(forbidden)?;
         }
         let mut tx = self.db.begin().await?;
         if !store::set_device_flag(&mut tx, target.as_str(), device.as_str(), dr, actor.as_str(), now_ms()).await? {
@@ -297,8 +296,8 @@ impl Services {
     /// Makes a local account an agent's or an external person's (administrators only).
     pub async fn set_account_kind(&self, target: &UserId, kind: AccountKind) -> Result<()> {
         self.local_account(target).await?;
-        if kind == AccountKind::External && self.person(target).await?.clearance == Level::DR {
-            return Err(Error::forbidden("External persons cannot be cleared DR: lower the clearance first"));
+        if kind == AccountKind::External {
+            policies::may_make_external(self.person(target).await?).map_err(forbidden)?;
         }
         store::set_kind(self.db.pool(), target.as_str(), kind.as_str()).await?;
         self.portal.people.lock().unwrap().pop(target);

@@ -609,6 +609,23 @@ impl Services {
         Ok(list)
     }
 
+    /// Where the user has read a notification's thread up to: the unthreaded receipt, or the
+    /// thread's own when later. Each room's receipts are read once into `cache`.
+    async fn read_up_to(
+        &self,
+        user: &UserId,
+        n: &Notification,
+        cache: &mut HashMap<String, HashMap<String, i64>>,
+    ) -> Result<i64> {
+        if !cache.contains_key(&n.room_id) {
+            let positions = store::read_positions(self.db.pool(), user.as_str(), &n.room_id).await?;
+            cache.insert(n.room_id.clone(), positions.into_iter().collect());
+        }
+        let receipts = &cache[&n.room_id];
+        let at = |thread: &str| receipts.get(thread).copied().unwrap_or(0);
+        Ok(at("").max(at(&n.thread_id)))
+    }
+
     /// A user's notifications in all their rooms within `scan`, paging past the ones the merge
     /// drops until `scan.limit` are found or there are no more.
     async fn user_notifications(&self, user: &UserId, mut scan: Scan) -> Result<Vec<Notification>> {
@@ -647,24 +664,24 @@ impl Services {
     ) {
         let mut cache = self.push.unread.lock().unwrap();
         let own: HashSet<(&str, i64)> = batch.own.iter().map(|r| (r.user_id.as_str(), r.stream_ordering)).collect();
-        let add = |cache: &mut UnreadCache, user: OwnedUserId, row: &PushRow| {
-            let Ok(room) = row.room_id.parse() else { return };
-            if let Some(entry) = cache.entries.get_mut(&(user, room)) {
+        let add = |cache: &mut UnreadCache, key: (OwnedUserId, ruma::OwnedRoomId), row: &PushRow| {
+            if let Some(entry) = cache.entries.get_mut(&key) {
                 let counts = Arc::make_mut(entry).threads.entry(row.thread_id.clone()).or_insert((0, 0));
                 counts.0 += 1;
                 counts.1 += u64::from(row.highlight);
             }
         };
         for row in &batch.defaults {
+            let Ok(room) = ruma::OwnedRoomId::try_from(row.room_id.as_str()) else { continue };
             for user in members.get(&row.room_id).into_iter().flat_map(|m| m.iter()) {
                 if user.as_str() != row.sender && !own.contains(&(user.as_str(), row.stream_ordering)) {
-                    add(&mut cache, user.clone(), row);
+                    add(&mut cache, (user.clone(), room.clone()), row);
                 }
             }
         }
         for row in batch.own.iter().filter(|r| r.notify) {
-            if let Ok(user) = OwnedUserId::try_from(row.user_id.as_str()) {
-                add(&mut cache, user, row);
+            if let (Ok(user), Ok(room)) = (OwnedUserId::try_from(row.user_id.as_str()), row.room_id.parse()) {
+                add(&mut cache, (user, room), row);
             }
         }
         // A membership change moves the join position the counts start from.
@@ -699,7 +716,7 @@ impl Services {
         let limit = limit.unwrap_or(20).clamp(1, 100);
         let mut out = Vec::new();
         let mut next = None;
-        let mut read_cache: HashMap<String, HashMap<String, i64>> = HashMap::new();
+        let mut receipts = HashMap::new();
         let mut cursor = before;
         'pages: loop {
             let scan = Scan { after: 0, before: cursor, newest_first: true, limit: limit as i64 + 1 };
@@ -716,13 +733,7 @@ impl Services {
                 }
                 let Ok(event_id) = OwnedEventId::try_from(row.event_id.as_str()) else { continue };
                 let Some(pdu) = self.get_pdu(&event_id).await? else { continue };
-                if !read_cache.contains_key(&row.room_id) {
-                    let positions = store::read_positions(self.db.pool(), user.as_str(), &row.room_id).await?;
-                    read_cache.insert(row.room_id.clone(), positions.into_iter().collect());
-                }
-                let receipts = &read_cache[&row.room_id];
-                let read_up_to =
-                    receipts.get("").copied().unwrap_or(0).max(receipts.get(&row.thread_id).copied().unwrap_or(0));
+                let read_up_to = self.read_up_to(user, &row, &mut receipts).await?;
                 let actions: Value = serde_json::from_str(&row.actions).unwrap_or(json!([]));
                 let entry = json!({
                     "actions": actions,
@@ -901,6 +912,9 @@ impl Services {
             if pending.is_empty() {
                 return Ok(true);
             }
+            // The badge and the receipts, once for the page.
+            let unread = self.total_unread(&user).await?;
+            let mut receipts = HashMap::new();
             for n in pending {
                 let still_there = self
                     .push
@@ -912,11 +926,7 @@ impl Services {
                 if !still_there {
                     return Ok(true);
                 }
-                let unread = self.total_unread(&user).await?;
-                let receipts: HashMap<String, i64> =
-                    store::read_positions(self.db.pool(), &p.user_id, &n.room_id).await?.into_iter().collect();
-                let read = n.stream_ordering
-                    <= receipts.get("").copied().unwrap_or(0).max(receipts.get(&n.thread_id).copied().unwrap_or(0));
+                let read = n.stream_ordering <= self.read_up_to(&user, &n, &mut receipts).await?;
                 let body = if read {
                     None
                 } else {

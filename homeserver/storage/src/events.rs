@@ -39,43 +39,32 @@ pub struct NewEvent<'a> {
 
 /// Inserts many events in one statement (fewer round trips to the database under load).
 pub async fn insert_events(conn: &mut Connection, events: &[NewEvent<'_>]) -> Result<()> {
-    for chunk in crate::row_chunks(events) {
-        let head = "INSERT INTO events (stream_ordering, event_id, room_id, sender, event_type, state_key, \
-             depth, origin_server_ts, state_group, rel_type, relates_to, json)";
-        let sql = crate::values_sql(conn, head, 12, chunk.len());
-        let mut q = sqlx::query(&sql);
-        for ev in chunk {
-            q = q
-                .bind(ev.stream_ordering)
-                .bind(ev.event_id)
-                .bind(ev.room_id)
-                .bind(ev.sender)
-                .bind(ev.event_type)
-                .bind(ev.state_key)
-                .bind(ev.depth)
-                .bind(ev.origin_server_ts)
-                .bind(ev.state_group)
-                .bind(ev.rel_type)
-                .bind(ev.relates_to)
-                .bind(ev.json);
-        }
-        q.execute(&mut *conn).await?;
-    }
-    Ok(())
+    let head = "INSERT INTO events (stream_ordering, event_id, room_id, sender, event_type, state_key, depth, \
+         origin_server_ts, state_group, rel_type, relates_to, json)";
+    crate::insert_rows(conn, head, 12, events, |q, ev| {
+        q.bind(ev.stream_ordering)
+            .bind(ev.event_id)
+            .bind(ev.room_id)
+            .bind(ev.sender)
+            .bind(ev.event_type)
+            .bind(ev.state_key)
+            .bind(ev.depth)
+            .bind(ev.origin_server_ts)
+            .bind(ev.state_group)
+            .bind(ev.rel_type)
+            .bind(ev.relates_to)
+            .bind(ev.json)
+    })
+    .await
 }
 
 /// Records many (user, device, txn id, event id) transaction ids in one statement.
 pub async fn insert_txns(conn: &mut Connection, txns: &[(&str, &str, &str, &str)]) -> Result<()> {
-    for chunk in crate::row_chunks(txns) {
-        let head = "INSERT INTO event_txns (user_id, device_id, txn_id, event_id)";
-        let sql = crate::values_sql(conn, head, 4, chunk.len());
-        let mut q = sqlx::query(&sql);
-        for (user, device, txn, event) in chunk {
-            q = q.bind(*user).bind(*device).bind(*txn).bind(*event);
-        }
-        q.execute(&mut *conn).await?;
-    }
-    Ok(())
+    let head = "INSERT INTO event_txns (user_id, device_id, txn_id, event_id)";
+    crate::insert_rows(conn, head, 4, txns, |q, (user, device, txn, event)| {
+        q.bind(*user).bind(*device).bind(*txn).bind(*event)
+    })
+    .await
 }
 
 pub async fn get_event<'e>(e: impl Exec<'e>, event_id: &str) -> Result<Option<StoredEvent>> {

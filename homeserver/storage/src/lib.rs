@@ -208,7 +208,7 @@ pub(crate) fn flag(v: i64) -> bool {
 const ROW_CHUNKS: [usize; 8] = [128, 64, 32, 16, 8, 4, 2, 1];
 
 /// Splits rows into chunks whose sizes come from [`ROW_CHUNKS`].
-pub(crate) fn row_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+fn row_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
         let size = ROW_CHUNKS.iter().copied().find(|s| *s <= rows.len())?;
         let (head, tail) = rows.split_at(size);
@@ -221,7 +221,7 @@ pub(crate) fn row_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
 /// placeholders: it looks each named or numbered one (`$n`, `?n`) up by a linear search, both
 /// when parsing and when binding, which made statements of hundreds of parameters cost their
 /// square. PostgreSQL gets `$n`.
-pub(crate) fn values_sql(conn: &Connection, head: &str, columns: usize, rows: usize) -> String {
+fn values_sql(conn: &Connection, head: &str, columns: usize, rows: usize) -> String {
     let sqlite = conn.backend_name().eq_ignore_ascii_case("sqlite");
     let mut sql = String::with_capacity(head.len() + rows * columns * 5);
     sql.push_str(head);
@@ -244,6 +244,26 @@ pub(crate) fn values_sql(conn: &Connection, head: &str, columns: usize, rows: us
         sql.push(')');
     }
     sql
+}
+
+/// A query whose parameters are still being bound.
+pub(crate) type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>;
+
+/// Inserts many rows in few statements (`head` is `INSERT INTO t (columns...)`); `bind` binds
+/// one row's `columns` values, in order.
+pub(crate) async fn insert_rows<T>(
+    conn: &mut Connection,
+    head: &str,
+    columns: usize,
+    rows: &[T],
+    bind: impl for<'q> Fn(AnyQuery<'q>, &'q T) -> AnyQuery<'q>,
+) -> Result<()> {
+    for chunk in row_chunks(rows) {
+        let sql = values_sql(conn, head, columns, chunk.len());
+        let q = chunk.iter().fold(sqlx::query(&sql), &bind);
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// Commits a transaction opened with [`Db::begin`].

@@ -19,26 +19,20 @@ pub struct NewPushAction<'a> {
 
 /// Writes many users' own outcomes in few statements.
 pub async fn insert_push_actions(conn: &mut Connection, rows: &[NewPushAction<'_>]) -> Result<()> {
-    for chunk in crate::row_chunks(rows) {
-        let head = "INSERT INTO event_push_actions (user_id, room_id, event_id, stream_ordering, thread_id, \
-             notify, highlight, actions, ts)";
-        let sql = crate::values_sql(conn, head, 9, chunk.len());
-        let mut q = sqlx::query(&sql);
-        for r in chunk {
-            q = q
-                .bind(r.user_id)
-                .bind(r.room_id)
-                .bind(r.event_id)
-                .bind(r.stream_ordering)
-                .bind(r.thread_id)
-                .bind(r.notify as i64)
-                .bind(r.highlight as i64)
-                .bind(r.actions)
-                .bind(r.ts);
-        }
-        q.execute(&mut *conn).await?;
-    }
-    Ok(())
+    let head = "INSERT INTO event_push_actions (user_id, room_id, event_id, stream_ordering, thread_id, notify, \
+         highlight, actions, ts)";
+    crate::insert_rows(conn, head, 9, rows, |q, r| {
+        q.bind(r.user_id)
+            .bind(r.room_id)
+            .bind(r.event_id)
+            .bind(r.stream_ordering)
+            .bind(r.thread_id)
+            .bind(r.notify as i64)
+            .bind(r.highlight as i64)
+            .bind(r.actions)
+            .bind(r.ts)
+    })
+    .await
 }
 
 /// The outcome an event's default rules give the members it does not name.
@@ -55,25 +49,19 @@ pub struct NewPushDefault<'a> {
 }
 
 pub async fn insert_push_defaults(conn: &mut Connection, rows: &[NewPushDefault<'_>]) -> Result<()> {
-    for chunk in crate::row_chunks(rows) {
-        let head = "INSERT INTO event_push_defaults (room_id, stream_ordering, event_id, sender, thread_id, \
-             highlight, actions, ts)";
-        let sql = crate::values_sql(conn, head, 8, chunk.len());
-        let mut q = sqlx::query(&sql);
-        for r in chunk {
-            q = q
-                .bind(r.room_id)
-                .bind(r.stream_ordering)
-                .bind(r.event_id)
-                .bind(r.sender)
-                .bind(r.thread_id)
-                .bind(r.highlight as i64)
-                .bind(r.actions)
-                .bind(r.ts);
-        }
-        q.execute(&mut *conn).await?;
-    }
-    Ok(())
+    let head = "INSERT INTO event_push_defaults (room_id, stream_ordering, event_id, sender, thread_id, highlight, \
+         actions, ts)";
+    crate::insert_rows(conn, head, 8, rows, |q, r| {
+        q.bind(r.room_id)
+            .bind(r.stream_ordering)
+            .bind(r.event_id)
+            .bind(r.sender)
+            .bind(r.thread_id)
+            .bind(r.highlight as i64)
+            .bind(r.actions)
+            .bind(r.ts)
+    })
+    .await
 }
 
 /// A user's receipt positions in a room, per thread ("" for the unthreaded receipt).

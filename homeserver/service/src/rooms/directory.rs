@@ -175,9 +175,12 @@ impl Services {
     /// The user directory: local users matching the term. Results are (user id, name, avatar).
     pub async fn search_users(&self, searcher: &UserId, term: &str, limit: usize) -> Result<(Vec<Value>, bool)> {
         let limit = limit.clamp(1, 100);
-        let mut users = diplomatie_storage::accounts::search_users(self.db.pool(), term, limit as i64 + 1).await?;
-        // External persons do not see the internal directory: only people they share a room with.
-        if !diplomatie_policies::may_see_user_directory(self.person(searcher).await?) {
+        // External persons do not see the internal directory: only people they share a room
+        // with, picked among the matches (so many are read that none of those is cut off).
+        let internal = diplomatie_policies::may_see_user_directory(self.person(searcher).await?);
+        let wanted = if internal { limit as i64 + 1 } else { 10_000 };
+        let mut users = diplomatie_storage::accounts::search_users(self.db.pool(), term, wanted).await?;
+        if !internal {
             let mut known = std::collections::HashSet::new();
             for room in super::joined_rooms(self, searcher).await? {
                 known.extend(self.joined_members(&room).await?.iter().map(|u| u.to_string()));

@@ -147,26 +147,9 @@ impl Services {
     /// A user's power level, counting v12 creators as above every level.
     pub async fn user_power(&self, room_id: &RoomId, levels: &Map<String, Value>, user: &UserId) -> Result<i64> {
         let meta = self.known_room(room_id).await?;
-        if meta.rules().authorization.explicitly_privilege_room_creators {
-            if let Some(create) = self.state_event(room_id, &StateEventType::RoomCreate, "").await? {
-                let extra = create.content_field("additional_creators");
-                let is_creator = create.sender == user
-                    || extra
-                        .and_then(|v| v.as_array().map(|a| a.iter().any(|u| u.as_str() == Some(user.as_str()))))
-                        .unwrap_or(false);
-                if is_creator {
-                    return Ok(i64::MAX);
-                }
-            }
-        }
-        let default = if levels.is_empty() {
-            // Without a power levels event the creator has 100, everyone else 0.
-            let create = self.state_event(room_id, &StateEventType::RoomCreate, "").await?;
-            return Ok(if create.is_some_and(|c| c.sender == user) { 100 } else { 0 });
-        } else {
-            levels.get("users_default").and_then(Value::as_i64).unwrap_or(0)
-        };
-        Ok(levels.get("users").and_then(|u| u.get(user.as_str())).and_then(Value::as_i64).unwrap_or(default))
+        let create = self.state_event(room_id, &StateEventType::RoomCreate, "").await?;
+        let creators = meta.rules().authorization.explicitly_privilege_room_creators;
+        Ok(power_of(create.as_deref(), (!levels.is_empty()).then_some(levels), user, creators))
     }
 
     pub async fn leave(&self, user: &UserId, room_id: &RoomId, reason: Option<String>) -> Result<()> {
@@ -247,6 +230,29 @@ impl Services {
         self.append_event(Target::Room(room_id), sender, builder, None).await?;
         Ok(())
     }
+}
+
+/// A user's power level from a room's create event and power levels content (`None` without a
+/// power levels event), creators of rooms that privilege them (v12) above every level.
+pub(crate) fn power_of(
+    create: Option<&crate::Pdu>,
+    levels: Option<&Map<String, Value>>,
+    user: &UserId,
+    creators_privileged: bool,
+) -> i64 {
+    if let Some(create) = create {
+        let extra = create.content_field("additional_creators");
+        let listed = extra.and_then(|v| v.as_array().map(|a| a.iter().any(|u| u.as_str() == Some(user.as_str()))));
+        if creators_privileged && (create.sender == user || listed.unwrap_or(false)) {
+            return i64::MAX;
+        }
+    }
+    let Some(levels) = levels else {
+        // Without a power levels event the creator has 100, everyone else 0.
+        return if create.is_some_and(|c| c.sender == user) { 100 } else { 0 };
+    };
+    let default = levels.get("users_default").and_then(Value::as_i64).unwrap_or(0);
+    levels.get("users").and_then(|u| u.get(user.as_str())).and_then(Value::as_i64).unwrap_or(default)
 }
 
 fn add_reason(content: &mut Value, reason: Option<String>) {

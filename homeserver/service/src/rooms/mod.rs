@@ -903,11 +903,6 @@ impl<'a> RoomWriter<'a> {
         let started = std::time::Instant::now();
         let push_rows = services.push_rows(&appended, &new_states, &created).await?;
         let notified = services.notified_members(&push_rows).await?;
-        let memberships: Vec<(OwnedUserId, OwnedRoomId)> = appended
-            .iter()
-            .filter(|p| p.kind == TimelineEventType::RoomMember)
-            .filter_map(|p| Some((OwnedUserId::try_from(p.state_key.as_deref()?).ok()?, p.room_id.clone())))
-            .collect();
         let evaluated = started.elapsed();
         let mut tx = services.db.begin().await?;
         let acquired = started.elapsed();
@@ -987,6 +982,7 @@ impl<'a> RoomWriter<'a> {
             caches.joined.lock().unwrap().remove(resolved);
         }
         let mut wake: Vec<OwnedUserId> = Vec::new();
+        let mut memberships: Vec<(OwnedUserId, OwnedRoomId)> = Vec::new();
         for pdu in appended.iter().filter(|p| p.kind == TimelineEventType::RoomMember) {
             services.e2ee.membership_changed(pdu.stream_ordering);
             let Some(target) = pdu.state_key.as_deref().and_then(|s| OwnedUserId::try_from(s).ok()) else { continue };
@@ -999,6 +995,7 @@ impl<'a> RoomWriter<'a> {
                     set.remove(&target);
                 }
             }
+            memberships.push((target.clone(), pdu.room_id.clone()));
             wake.push(target);
         }
         let position = write.position();
@@ -1015,8 +1012,7 @@ impl<'a> RoomWriter<'a> {
     }
 }
 
-/// An event written earlier in a batch, or a stored one. (A free function: the writer holds a
-/// transaction, which is not `Sync`, so its `&self` cannot cross an await.)
+/// An event written earlier in a batch, or a stored one.
 pub(crate) async fn find_pdu(
     services: &Services,
     appended: &[Arc<Pdu>],
@@ -1044,12 +1040,12 @@ async fn event_refs(
     Ok(refs)
 }
 
-/// The (rel_type, event id) an event relates to, from `m.relates_to`.
 /// A state map as (type, state key, event id) rows.
 fn state_rows(map: &StateMap<OwnedEventId>) -> Vec<[String; 3]> {
     map.iter().map(|((t, k), e)| [t.to_string(), k.clone(), e.to_string()]).collect()
 }
 
+/// The (rel_type, event id) an event relates to, from `m.relates_to`.
 fn relation_of(pdu: &Pdu) -> Option<(String, String)> {
     let rel = pdu.content_field("m.relates_to")?;
     let rel_type = rel.get("rel_type").and_then(Value::as_str);

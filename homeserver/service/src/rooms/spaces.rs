@@ -96,6 +96,11 @@ impl Services {
         Ok(HierarchyPage { rooms, next_batch: None })
     }
 
+    /// The rooms a space lists as children, in the spec's order.
+    pub(crate) async fn space_child_ids(&self, space: &RoomId) -> Result<Vec<OwnedRoomId>> {
+        Ok(self.space_children(space, false).await?.into_iter().map(|c| c.room_id).collect())
+    }
+
     /// The children a space lists (events with a non-empty `via`), in the spec's order.
     async fn space_children(&self, room_id: &RoomId, suggested_only: bool) -> Result<Vec<Child>> {
         let state = self.current_state(room_id).await?;
