@@ -274,6 +274,70 @@ pub fn may_make_external(person: Person) -> Decision {
     Ok(())
 }
 
+/// May `author` dispatch a formal correspondence of classification `level` from a group they
+/// are (`member`) or are not a member of, asked from a device that is (`device_dr`) or is not
+/// approved for DR?
+pub fn may_send_correspondence(
+    author: Person,
+    member: bool,
+    level: Level,
+    device_dr: bool,
+    require_dr_device: bool,
+) -> Decision {
+    if author.kind == AccountKind::External {
+        return refuse("External persons cannot send formal correspondence");
+    }
+    if !member {
+        return refuse("Only members of the sending group may send its correspondence");
+    }
+    if level == Level::DR && author.clearance != Level::DR {
+        return refuse("You are not cleared for DR (restricted distribution) correspondence");
+    }
+    if level == Level::DR && require_dr_device && !device_dr {
+        return refuse("This device is not approved for DR (restricted distribution) content");
+    }
+    Ok(())
+}
+
+/// May a correspondence of classification `level` be addressed to a group whose space is
+/// `group`?
+pub fn may_address(group: Room, level: Level) -> Decision {
+    if level > group.classification {
+        return refuse("This group lacks DR (restricted distribution) clearance");
+    }
+    Ok(())
+}
+
+/// May a sealed record of classification `level` (a formal correspondence the server posts) be
+/// posted in `room`? Never DR content into a room below DR; a DR room takes such records in
+/// clear: the server sealed them and keeps them as the archive.
+pub fn may_post_record(room: Room, level: Level) -> Decision {
+    if level > room.classification {
+        return refuse("DR (restricted distribution) content never goes into a room below DR");
+    }
+    Ok(())
+}
+
+/// What an agent's journal (an NP room) shows of a correspondence of classification `level`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JournalView {
+    /// Subject, sender and text.
+    Full,
+    /// Only its reference and where to read it (DR content stays in DR rooms).
+    Pointer,
+    Nothing,
+}
+
+/// What the journal of `person` shows of a correspondence of classification `level`.
+pub fn journal_view(person: Person, level: Level) -> JournalView {
+    match (person.kind, level, person.clearance) {
+        (AccountKind::External, _, _) => JournalView::Nothing,
+        (_, Level::NP, _) => JournalView::Full,
+        (_, Level::DR, Level::DR) => JournalView::Pointer,
+        (_, Level::DR, Level::NP) => JournalView::Nothing,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,5 +484,45 @@ mod tests {
         assert!(Level::DR > Level::NP);
         assert_eq!(AccountKind::parse("external"), Some(AccountKind::External));
         assert_eq!(AccountKind::External.as_str(), "external");
+    }
+
+    #[test]
+    fn who_may_send_correspondence() {
+        let table = [
+            (NP_AGENT, true, Level::NP, false, true),
+            (NP_AGENT, false, Level::NP, false, false),
+            (NP_AGENT, true, Level::DR, true, false),
+            (DR_AGENT, true, Level::DR, true, true),
+            (DR_AGENT, true, Level::DR, false, false),
+            (EXTERNAL, true, Level::NP, false, false),
+        ];
+        for (person, member, level, device, allowed) in table {
+            let got = may_send_correspondence(person, member, level, device, true);
+            assert_eq!(got.is_ok(), allowed, "{person:?} member={member} {level} device={device}: {got:?}");
+        }
+        // Without approved devices required, a DR agent sends from any device.
+        assert!(may_send_correspondence(DR_AGENT, true, Level::DR, false, false).is_ok());
+    }
+
+    #[test]
+    fn where_correspondence_goes() {
+        assert!(may_address(NP_ROOM, Level::NP).is_ok());
+        assert!(may_address(DR_ROOM, Level::NP).is_ok());
+        assert!(may_address(DR_ROOM, Level::DR).is_ok());
+        let refused = may_address(NP_ROOM, Level::DR).unwrap_err();
+        assert!(refused.0.contains("lacks DR"), "{refused:?}");
+        assert!(may_post_record(DR_ROOM, Level::DR).is_ok());
+        assert!(may_post_record(OPEN_ROOM, Level::NP).is_ok());
+        assert!(may_post_record(NP_ROOM, Level::DR).is_err());
+        assert!(may_post_record(OPEN_ROOM, Level::DR).is_err());
+    }
+
+    #[test]
+    fn what_journals_show() {
+        assert_eq!(journal_view(NP_AGENT, Level::NP), JournalView::Full);
+        assert_eq!(journal_view(NP_AGENT, Level::DR), JournalView::Nothing);
+        assert_eq!(journal_view(DR_AGENT, Level::DR), JournalView::Pointer);
+        assert_eq!(journal_view(DR_AGENT, Level::NP), JournalView::Full);
+        assert_eq!(journal_view(EXTERNAL, Level::NP), JournalView::Nothing);
     }
 }

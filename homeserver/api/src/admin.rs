@@ -63,7 +63,7 @@ pub async fn register(State(s): S, body: axum::body::Bytes) -> Result<Response, 
 }
 
 /// A JSON body, with the spec's error codes for what is wrong with it.
-fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     serde_json::from_slice(body).map_err(|e| {
         let kind = if serde_json::from_slice::<serde_json::Value>(body).is_err() {
             ErrorKind::NotJson
@@ -77,7 +77,7 @@ fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
 }
 
 /// The authenticated caller of a portal administration request.
-async fn caller(s: &Services, parts: &Parts) -> Result<Caller, Error> {
+pub(crate) async fn caller(s: &Services, parts: &Parts) -> Result<Caller, Error> {
     let token = crate::ruma_wrapper::access_token(parts)
         .ok_or_else(|| Error::new(ErrorKind::MissingToken, "Missing access token"))?;
     s.authenticate(&token).await

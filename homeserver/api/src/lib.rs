@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod correspondence;
 pub mod error;
 pub mod ruma_wrapper;
 
@@ -191,6 +192,19 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/_diplomatie/admin/v1/groups/{slug}/managers", axum::routing::put(admin::set_group_managers))
         .route("/_diplomatie/admin/v1/communities/{slug}/managers", axum::routing::put(admin::set_community_managers))
         .route("/_diplomatie/client/v1/communities", axum::routing::post(admin::create_community));
+    // Formal correspondence and journals
+    use axum::routing::{delete, post, put};
+    use correspondence as corr;
+    let r = r
+        .route("/_diplomatie/client/v1/correspondence", post(corr::send))
+        .route("/_diplomatie/client/v1/correspondence/references", post(corr::reserve))
+        .route("/_diplomatie/client/v1/correspondence/keys/{key_id}", put(corr::put_key))
+        .route("/_diplomatie/client/v1/users/{user_id}/correspondence_keys", get(corr::keys))
+        .route("/_diplomatie/client/v1/correspondence/{reference}", get(corr::export))
+        .route("/_diplomatie/client/v1/correspondence/{reference}/audience", get(corr::audience))
+        .route("/_diplomatie/client/v1/correspondence/{reference}/status/{group}", put(corr::set_status))
+        .route("/_diplomatie/client/v1/journal", get(corr::journal))
+        .route("/_diplomatie/client/v1/journal/tags/{tag}", put(corr::follow).merge(delete(corr::unfollow)));
 
     r.fallback(unrecognized)
         .method_not_allowed_fallback(unrecognized)

@@ -40,6 +40,13 @@ enum Command {
         #[command(subcommand)]
         command: OrgCommand,
     },
+    /// Checks, offline, the signature of an exported correspondence (the JSON that
+    /// GET /_diplomatie/client/v1/correspondence/{reference} answers). Exit status 0 when it
+    /// verifies, 1 when it does not.
+    Verify {
+        /// The exported correspondence ("-" for standard input).
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -143,6 +150,30 @@ enum TokenCommand {
     },
 }
 
+/// `diplomatie verify`: needs no configuration, database nor network.
+fn verify(file: &std::path::Path) -> anyhow::Result<()> {
+    use diplomatie_service::correspondence::{verify_export, Export};
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    let export: Export = serde_json::from_str(&text).context("not an exported correspondence")?;
+    match verify_export(&export) {
+        Ok(v) => {
+            println!(
+                "valid: {} signed by {} with {} at {} (ms since the epoch)",
+                v.reference, v.author, v.key_id, v.signed_at
+            );
+            Ok(())
+        }
+        Err(reason) => {
+            eprintln!("INVALID: {reason}");
+            std::process::exit(1);
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     // glibc gives every thread that allocates an arena of its own and keeps what is freed in
     // it; the server's threads (runtime, database, index) need no more than two.
@@ -162,6 +193,9 @@ async fn run() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    if let Some(Command::Verify { file }) = &cli.command {
+        return verify(file);
+    }
     let config = Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let command = cli.command.unwrap_or(Command::Serve);
     // One process writes to a data directory at a time: the server, or a command that writes
@@ -176,6 +210,7 @@ async fn run() -> anyhow::Result<()> {
     };
     match command {
         Command::Serve => serve(services).await,
+        Command::Verify { file } => verify(&file),
         Command::User { command: UserCommand::Create { localpart, password, displayname, admin } } => {
             let user = services
                 .create_account(Some(&localpart.to_lowercase()), Some(&password), admin, displayname.as_deref())

@@ -10,6 +10,7 @@
 pub mod accounts;
 pub mod backup;
 pub mod config;
+pub mod correspondence;
 pub mod cross_signing;
 pub mod dehydrated;
 pub mod e2ee;
@@ -67,6 +68,7 @@ pub struct Services {
     pub push: push::PushState,
     pub search: search::SearchState,
     pub portal: portal::PortalState,
+    pub(crate) correspondence: correspondence::CorrespondenceState,
     pub tokens: accounts::TokenCache,
     /// The last presence state written for each user (see `presence_on_sync`).
     presence_states: std::sync::Mutex<std::collections::HashMap<ruma::OwnedUserId, String>>,
@@ -110,6 +112,7 @@ impl Services {
             push,
             search,
             portal: Default::default(),
+            correspondence: Default::default(),
             tokens: Default::default(),
             presence_states: Default::default(),
             ratelimiter,
@@ -127,6 +130,7 @@ impl Services {
         services.search.open().await.map_err(|e| anyhow_like::msg(format!("cannot open the search index: {e}")))?;
         push::spawn_pusher_worker(Arc::downgrade(&services));
         search::spawn_indexer(&services);
+        correspondence::spawn_worker(&services);
         Ok(services)
     }
 

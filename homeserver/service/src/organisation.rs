@@ -224,7 +224,7 @@ fn level(raw: Option<&str>) -> Result<Level> {
     }
 }
 
-fn raw<T>(v: Value) -> Result<Raw<T>> {
+pub(crate) fn raw<T>(v: Value) -> Result<Raw<T>> {
     Ok(Raw::from_json(serde_json::value::to_raw_value(&v).map_err(|_| Error::Internal)?))
 }
 

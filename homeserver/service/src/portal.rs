@@ -115,6 +115,18 @@ impl Services {
         let Some(state_key) = pdu.state_key.as_deref() else {
             // A message: what a DR room accepts (the device is checked where it is known).
             let room = self.room_facts(state, appended).await?;
+            // A sealed correspondence the server posts goes by its own classification.
+            if Some(&pdu.sender) == self.portal.system.get() && kind == "m.room.message" {
+                let content = pdu.content_value();
+                if content.get("msgtype").and_then(Value::as_str) == Some(crate::correspondence::MSGTYPE) {
+                    let record = match content.get(crate::correspondence::MSGTYPE) {
+                        Some(r) => r,
+                        None => &content["m.new_content"][crate::correspondence::MSGTYPE],
+                    };
+                    let level = record["classification"].as_str().and_then(Level::parse).unwrap_or(Level::DR);
+                    return policies::may_post_record(room, level).map_err(forbidden);
+                }
+            }
             return policies::may_send(room, &kind, true, false).map_err(forbidden);
         };
         match kind.as_str() {

@@ -9,6 +9,7 @@
 //! Meaning is given by `diplomatie-service`, the only crate that calls it.
 
 pub mod accounts;
+pub mod correspondence;
 pub mod e2ee;
 pub mod events;
 pub mod media;
@@ -71,6 +72,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "push", include_str!("../migrations/0006_push.sql")),
     (7, "portal", include_str!("../migrations/0007_portal.sql")),
     (8, "push_defaults", include_str!("../migrations/0008_push_defaults.sql")),
+    (9, "correspondence", include_str!("../migrations/0009_correspondence.sql")),
 ];
 
 #[derive(Debug)]

@@ -19,7 +19,7 @@ use std::{
     sync::{atomic::AtomicI64, Arc, Mutex},
 };
 
-use diplomatie_storage::{events as ev_store, rooms as room_store, state as state_store};
+use diplomatie_storage::{correspondence as cstore, events as ev_store, rooms as room_store, state as state_store};
 use lru::LruCache;
 use ruma::{
     api::error::ErrorKind,
@@ -411,7 +411,7 @@ impl Services {
     }
 
     /// Opens a batch spanning several rooms, for the group commit of queued sends.
-    fn batch_writer<'a>(&'a self, write: crate::StreamWrite<'a>) -> RoomWriter<'a> {
+    pub(crate) fn batch_writer<'a>(&'a self, write: crate::StreamWrite<'a>) -> RoomWriter<'a> {
         // No current room yet: `switch_to` picks each job's room.
         let meta =
             RoomMeta { version: RoomVersionId::V12, extremities: vec![], depth: 0, state_group: 0, chain_length: 0 };
@@ -460,12 +460,40 @@ pub struct RoomWriter<'a> {
 
 /// A row the batch writes at commit.
 enum PendingWrite {
-    Room { room_id: String, version: String, creator: String, ts: i64 },
-    StateGroup { id: i64, room_id: String, prev: Option<i64>, chain_length: i64, delta: Vec<[String; 3]> },
-    CurrentState { room_id: String, entry: [String; 3], membership: Option<String>, position: i64 },
-    Redaction { target: String, by: String, json: String },
-    Public { room_id: String },
-    Alias { alias: String, room_id: String, creator: String },
+    Room {
+        room_id: String,
+        version: String,
+        creator: String,
+        ts: i64,
+    },
+    StateGroup {
+        id: i64,
+        room_id: String,
+        prev: Option<i64>,
+        chain_length: i64,
+        delta: Vec<[String; 3]>,
+    },
+    CurrentState {
+        room_id: String,
+        entry: [String; 3],
+        membership: Option<String>,
+        position: i64,
+    },
+    Redaction {
+        target: String,
+        by: String,
+        json: String,
+    },
+    Public {
+        room_id: String,
+    },
+    Alias {
+        alias: String,
+        room_id: String,
+        creator: String,
+    },
+    /// A formal correspondence with its deliveries and action items (dispatched atomically).
+    Correspondence(Box<(cstore::Stored, Vec<cstore::Delivery>, Vec<cstore::Action>)>),
 }
 
 impl PendingWrite {
@@ -485,6 +513,18 @@ impl PendingWrite {
             }
             PendingWrite::Redaction { target, by, json } => ev_store::redact_event(tx, target, by, json).await?,
             PendingWrite::Public { room_id } => room_store::set_public(&mut *tx, room_id, true).await?,
+            PendingWrite::Correspondence(c) => {
+                let (stored, deliveries, actions) = &**c;
+                cstore::insert(&mut *tx, stored).await.map_err(|e| {
+                    if e.is_unique_violation() {
+                        Error::forbidden(format!("Reference {} was already dispatched (replay)", stored.reference))
+                    } else {
+                        e.into()
+                    }
+                })?;
+                cstore::insert_deliveries(tx, deliveries).await?;
+                cstore::insert_actions(tx, actions).await?;
+            }
             PendingWrite::Alias { alias, room_id, creator } => {
                 room_store::insert_alias(&mut *tx, alias, room_id, creator).await.map_err(|e| {
                     if e.is_unique_violation() {
@@ -585,6 +625,16 @@ impl<'a> RoomWriter<'a> {
     /// Lists the room being created in the public directory, with its events.
     pub fn publish_room(&mut self, room_id: &RoomId) {
         self.writes.push(PendingWrite::Public { room_id: room_id.to_string() });
+    }
+
+    /// Writes a correspondence's rows with the batch that delivers it.
+    pub(crate) fn add_correspondence(
+        &mut self,
+        stored: cstore::Stored,
+        deliveries: Vec<cstore::Delivery>,
+        actions: Vec<cstore::Action>,
+    ) {
+        self.writes.push(PendingWrite::Correspondence(Box::new((stored, deliveries, actions))));
     }
 
     /// Records an alias of the room being created, with its events. Taken already: the commit
@@ -1003,6 +1053,7 @@ impl<'a> RoomWriter<'a> {
         write.publish();
         services.notifications_committed(&push_rows, &notified);
         services.index_committed(&appended, &redacted, position);
+        services.correspondence_committed(&appended, &txns);
         for room_id in others.keys() {
             let joined = services.joined_members(room_id).await?;
             services.notifier.notify(joined.iter().map(|u| &**u));

@@ -1,0 +1,143 @@
+//! The portal's formal correspondence and journals, for programs
+//! (`/_diplomatie/client/v1/correspondence`, `/_diplomatie/client/v1/journal`). Standard clients
+//! do the same through drafts, reactions and commands in rooms (see the service).
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{Path, State},
+    http::request::Parts,
+    response::Response,
+};
+use diplomatie_service::{
+    correspondence::{Composition, Status},
+    Error, Services,
+};
+use ruma::{api::error::ErrorKind, OwnedUserId};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::{
+    admin::{caller, parse_body},
+    error::ApiError,
+    ruma_wrapper::json_ok,
+};
+
+type S = State<Arc<Services>>;
+
+fn to_json<T: serde::Serialize>(v: T) -> Result<Response, ApiError> {
+    Ok(json_ok(serde_json::to_value(v).map_err(|_| Error::Internal)?))
+}
+
+/// `POST /_diplomatie/client/v1/correspondence`: a composition the server seals with the
+/// author's key and dispatches, or `{"record": {...}}` a client signed itself.
+pub async fn send(State(s): S, parts: Parts, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let caller = caller(&s, &parts).await?;
+    let value: Value = parse_body(&body)?;
+    let dispatched = match value.get("record") {
+        Some(record) if value.as_object().is_some_and(|o| o.len() == 1) => {
+            s.send_signed_correspondence(&caller, record.clone()).await?
+        }
+        _ => {
+            let c: Composition = parse_body(&body)?;
+            s.send_correspondence(&caller.user_id, Some(&caller.device_id), &c).await?
+        }
+    };
+    to_json(dispatched)
+}
+
+#[derive(Deserialize)]
+struct ReferenceRequest {
+    from: String,
+}
+
+/// `POST /_diplomatie/client/v1/correspondence/references` `{"from": group}`: a reference for a
+/// record the client will sign itself.
+pub async fn reserve(State(s): S, parts: Parts, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let caller = caller(&s, &parts).await?;
+    let req: ReferenceRequest = parse_body(&body)?;
+    Ok(json_ok(json!({ "reference": s.reserve_reference(&caller.user_id, &req.from).await? })))
+}
+
+#[derive(Deserialize)]
+struct KeyRequest {
+    public_key: String,
+}
+
+/// `PUT /_diplomatie/client/v1/correspondence/keys/{key_id}` `{"public_key": base64}`.
+pub async fn put_key(
+    State(s): S,
+    Path(key_id): Path<String>,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let caller = caller(&s, &parts).await?;
+    let req: KeyRequest = parse_body(&body)?;
+    s.register_correspondence_key(&caller.user_id, &key_id, &req.public_key).await?;
+    Ok(json_ok(json!({})))
+}
+
+/// `GET /_diplomatie/client/v1/users/{user_id}/correspondence_keys`: the public keys that
+/// verify a user's correspondence.
+pub async fn keys(State(s): S, Path(user): Path<String>, parts: Parts) -> Result<Response, ApiError> {
+    caller(&s, &parts).await?;
+    let user = OwnedUserId::try_from(user).map_err(|_| Error::invalid_param("Invalid user id"))?;
+    Ok(json_ok(json!({ "user_id": user, "keys": s.correspondence_keys(&user).await? })))
+}
+
+/// `GET /_diplomatie/client/v1/correspondence/{reference}`: the signed record and the keys
+/// that verify it (what `diplomatie verify` checks).
+pub async fn export(State(s): S, Path(reference): Path<String>, parts: Parts) -> Result<Response, ApiError> {
+    let caller = caller(&s, &parts).await?;
+    to_json(s.export_correspondence(&caller, &reference).await?)
+}
+
+/// `GET /_diplomatie/client/v1/correspondence/{reference}/audience`.
+pub async fn audience(State(s): S, Path(reference): Path<String>, parts: Parts) -> Result<Response, ApiError> {
+    let caller = caller(&s, &parts).await?;
+    Ok(json_ok(s.audience(&caller, &reference).await?))
+}
+
+#[derive(Deserialize)]
+struct StatusRequest {
+    status: String,
+}
+
+/// `PUT /_diplomatie/client/v1/correspondence/{reference}/status/{group}`
+/// `{"status": "new" | "assigned" | "done"}`.
+pub async fn set_status(
+    State(s): S,
+    Path((reference, group)): Path<(String, String)>,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let caller = caller(&s, &parts).await?;
+    let req: StatusRequest = parse_body(&body)?;
+    let status = Status::parse(&req.status)
+        .ok_or_else(|| Error::new(ErrorKind::InvalidParam, "status is new, assigned or done"))?;
+    s.set_action_status(&caller.user_id, &reference, &group, status).await?;
+    Ok(json_ok(json!({})))
+}
+
+/// `GET /_diplomatie/client/v1/journal`: the caller's journal room, the action items of their
+/// groups and the tags they follow.
+pub async fn journal(State(s): S, parts: Parts) -> Result<Response, ApiError> {
+    let caller = caller(&s, &parts).await?;
+    let mut body = s.journal_items(&caller.user_id).await?;
+    body["room_id"] = json!(s.journal_of(&caller.user_id).await?);
+    Ok(json_ok(body))
+}
+
+/// `PUT /_diplomatie/client/v1/journal/tags/{tag}`: follows a tag.
+pub async fn follow(State(s): S, Path(tag): Path<String>, parts: Parts) -> Result<Response, ApiError> {
+    let caller = caller(&s, &parts).await?;
+    let added = s.follow_tag(&caller.user_id, &tag).await?;
+    Ok(json_ok(json!({ "followed": added })))
+}
+
+/// `DELETE /_diplomatie/client/v1/journal/tags/{tag}`: stops following a tag.
+pub async fn unfollow(State(s): S, Path(tag): Path<String>, parts: Parts) -> Result<Response, ApiError> {
+    let caller = caller(&s, &parts).await?;
+    let removed = s.unfollow_tag(&caller.user_id, &tag).await?;
+    Ok(json_ok(json!({ "unfollowed": removed })))
+}

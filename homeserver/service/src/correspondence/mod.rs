@@ -1,0 +1,782 @@
+//! Formal correspondence: telegrams, diplomatic notes and formal letters, as signed records
+//! the server dispatches between functional groups.
+//!
+//! A correspondence is a **record**: a JSON object with its kind, reference, subject, body,
+//! sending group, addressee groups for action and for information, tags, classification,
+//! attachments and the reference it answers, signed by its author (ed25519 over the canonical
+//! JSON, Matrix's signing scheme: `signatures.{author}.{ed25519:key}`, with `signed_at`). The
+//! server seals on the author's behalf with a key it holds for them (recording which device
+//! asked), or takes a record a client signed with a key it registered.
+//!
+//! Dispatch posts the record, as an `m.room.message` of msgtype
+//! `fr.diplomatie.correspondence` with a readable `body` and `formatted_body`, into the sending
+//! group's correspondence room, the correspondence room of every addressee group, the general
+//! room of every community whose tags match (when the classification allows), and the journals
+//! of the agents concerned; with the record's row, its deliveries and the addressees' action
+//! items, in **one** transaction: a refusal or a failure leaves nothing half-dispatched.
+
+mod journal;
+mod text;
+mod worker;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
+
+use diplomatie_policies::{self as policies, JournalView, Level};
+use diplomatie_storage::correspondence as store;
+use ruma::{
+    api::error::ErrorKind, serde::Base64, CanonicalJsonObject, DeviceId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId,
+    UserId,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+pub use journal::Status;
+pub use text::parse_draft;
+pub use worker::spawn_worker;
+pub(crate) use worker::CorrespondenceState;
+
+use crate::{
+    accounts::Caller,
+    rooms::{PduBuilder, Target},
+    Error, Result, Services,
+};
+
+/// The msgtype of a correspondence in a room, and the content key holding its record.
+pub const MSGTYPE: &str = "fr.diplomatie.correspondence";
+/// The content key telling how a copy was delivered (`{"as": ..., "group": ...}`).
+pub const DELIVERY: &str = "fr.diplomatie.delivery";
+
+/// The three kinds of formal correspondence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Telegram,
+    DiplomaticNote,
+    FormalLetter,
+}
+
+impl Kind {
+    /// Accepts the record's names and the words agents type (French or English).
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s.trim().to_lowercase().as_str() {
+            "telegram" | "télégramme" | "telegramme" | "td" => Some(Kind::Telegram),
+            "diplomatic_note" | "note" | "note diplomatique" | "note_diplomatique" => Some(Kind::DiplomaticNote),
+            "formal_letter" | "letter" | "courrier" | "courrier formel" | "courrier_formel" => Some(Kind::FormalLetter),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Telegram => "telegram",
+            Kind::DiplomaticNote => "diplomatic_note",
+            Kind::FormalLetter => "formal_letter",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Telegram => "Télégramme diplomatique",
+            Kind::DiplomaticNote => "Note diplomatique",
+            Kind::FormalLetter => "Courrier formel",
+        }
+    }
+}
+
+/// What an author asks to send (the API's body, or a draft typed in a correspondence room).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Composition {
+    pub kind: String,
+    /// The sending group's slug.
+    pub from: String,
+    pub subject: String,
+    pub body: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+    /// Addressee groups for action (slugs).
+    #[serde(default)]
+    pub action: Vec<String>,
+    /// Addressee groups for information (slugs).
+    #[serde(default)]
+    pub information: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// "NP" (default) or "DR".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classification: Option<String>,
+    /// Media (`mxc://` URIs).
+    #[serde(default)]
+    pub attachments: Vec<String>,
+    /// The reference of the correspondence this one answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_reply_to: Option<String>,
+}
+
+/// A group the correspondence goes to, and how.
+#[derive(Clone, Debug)]
+struct Addressee {
+    slug: String,
+    name: String,
+    space: OwnedRoomId,
+    /// Its correspondence room (groups) or general room (communities).
+    room: OwnedRoomId,
+    role: &'static str,
+}
+
+/// A correspondence checked and ready to be sealed and dispatched.
+#[derive(Clone, Debug)]
+struct Plan {
+    kind: Kind,
+    level: Level,
+    from: Addressee,
+    addressees: Vec<Addressee>,
+    communities: Vec<Addressee>,
+    tags: Vec<String>,
+}
+
+/// What a dispatch made.
+#[derive(Clone, Debug, Serialize)]
+pub struct Dispatched {
+    pub reference: String,
+    /// Every copy (rooms and journals), `{room_id, event_id, as, group}`.
+    pub deliveries: Vec<Value>,
+    pub journal_entries: usize,
+}
+
+/// The signed record of a correspondence, with the public keys that verify it: what
+/// `diplomatie verify` checks offline.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Export {
+    pub record: Value,
+    /// `{user_id: {key_id: base64 public key}}`.
+    pub public_keys: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// A verified export: who signed, with which key, when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub reference: String,
+    pub author: String,
+    pub key_id: String,
+    pub signed_at: i64,
+}
+
+/// Checks an exported correspondence's signature (offline: no server, no network).
+pub fn verify_export(export: &Export) -> std::result::Result<Verified, String> {
+    let author = export.record.get("author").and_then(Value::as_str).ok_or("the record names no author")?;
+    let keys = export.public_keys.get(author).ok_or("no public key of the author")?;
+    verify_record(&export.record, author, keys)
+}
+
+/// Checks that `record` carries a valid signature of `author` by one of `keys`, and nobody
+/// else's.
+fn verify_record(
+    record: &Value,
+    author: &str,
+    keys: &BTreeMap<String, String>,
+) -> std::result::Result<Verified, String> {
+    let object: CanonicalJsonObject =
+        serde_json::from_value(record.clone()).map_err(|e| format!("not canonical JSON: {e}"))?;
+    let signatures = record.get("signatures").and_then(Value::as_object).ok_or("the record is not signed")?;
+    if signatures.len() != 1 || !signatures.contains_key(author) {
+        return Err("the record must be signed by its author, and only by them".into());
+    }
+    let key_ids: Vec<&String> = signatures[author].as_object().map(|m| m.keys().collect()).unwrap_or_default();
+    let [key_id] = key_ids[..] else { return Err("the record must carry exactly one signature".into()) };
+    let public = keys.get(key_id).ok_or_else(|| format!("unknown key {key_id}"))?;
+    let public = Base64::parse(public).map_err(|_| format!("invalid public key {key_id}"))?;
+    let map = BTreeMap::from([(author.to_owned(), BTreeMap::from([(key_id.clone(), public)]))]);
+    ruma::signatures::verify_json(&map, &object).map_err(|e| format!("the signature does not verify: {e}"))?;
+    Ok(Verified {
+        reference: record.get("reference").and_then(Value::as_str).unwrap_or_default().to_owned(),
+        author: author.to_owned(),
+        key_id: key_id.clone(),
+        signed_at: record.get("signed_at").and_then(Value::as_i64).ok_or("the record has no signed_at")?,
+    })
+}
+
+/// The record's fields (without signatures) as the author composed them.
+fn composition_of(record: &Value) -> Result<Composition> {
+    let mut fields = record.as_object().cloned().ok_or_else(|| Error::bad_json("The record is not an object"))?;
+    for k in ["reference", "author", "signed_at", "signatures", "sealed", "unsigned"] {
+        fields.remove(k);
+    }
+    serde_json::from_value(Value::Object(fields)).map_err(|e| Error::bad_json(format!("Invalid record: {e}")))
+}
+
+fn level_of(raw: Option<&str>) -> Result<Level> {
+    match raw {
+        None => Ok(Level::NP),
+        Some(s) => Level::parse(s.trim().to_uppercase().as_str())
+            .ok_or_else(|| Error::invalid_param(format!("Unknown classification {s:?} (NP or DR)"))),
+    }
+}
+
+/// A tag as stored and matched: trimmed, lower case, without a leading `#`.
+pub fn normalise_tag(tag: &str) -> String {
+    tag.trim().trim_start_matches('#').to_lowercase()
+}
+
+fn refused(reason: impl Into<String>) -> Error {
+    Error::forbidden(reason)
+}
+
+impl Services {
+    /// A group's or community's space, name and room (`key`: `correspondence`, `general`).
+    async fn org_room(
+        &self,
+        prefix: &str,
+        slug: &str,
+        key: &str,
+    ) -> Result<Option<(OwnedRoomId, String, OwnedRoomId)>> {
+        let alias =
+            |s: String| RoomAliasId::parse(s).map_err(|_| Error::invalid_param(format!("Invalid group {slug:?}")));
+        let space_alias = alias(format!("#{prefix}.{slug}:{}", self.server_name()))?;
+        let room_alias = alias(format!("#{prefix}.{slug}.{key}:{}", self.server_name()))?;
+        let space = match self.resolve_alias(&space_alias).await {
+            Ok(id) => id,
+            Err(Error::Matrix(ErrorKind::NotFound, _)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let room = match self.resolve_alias(&room_alias).await {
+            Ok(id) => id,
+            Err(Error::Matrix(ErrorKind::NotFound, _)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let name = self
+            .state_event(&space, &ruma::events::StateEventType::RoomName, "")
+            .await?
+            .and_then(|p| p.content_value().get("name").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| slug.to_owned());
+        Ok(Some((space, name, room)))
+    }
+
+    async fn addressee(&self, slug: &str, role: &'static str) -> Result<Addressee> {
+        let (space, name, room) = self
+            .org_room("g", slug, "correspondence")
+            .await?
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("Unknown group {slug:?}")))?;
+        Ok(Addressee { slug: slug.to_owned(), name, space, room, role })
+    }
+
+    /// Checks everything about a composition that can be checked before anything is written.
+    async fn plan(&self, author: &UserId, device: Option<&DeviceId>, c: &Composition) -> Result<Plan> {
+        let kind = Kind::parse(&c.kind).ok_or_else(|| {
+            Error::invalid_param(format!("Unknown kind {:?}: telegram, diplomatic_note or formal_letter", c.kind))
+        })?;
+        let level = level_of(c.classification.as_deref())?;
+        if c.subject.trim().is_empty() {
+            return Err(Error::new(ErrorKind::MissingParam, "A correspondence has a subject"));
+        }
+        if c.body.trim().is_empty() {
+            return Err(Error::new(ErrorKind::MissingParam, "A correspondence has a body"));
+        }
+        if c.action.is_empty() && c.information.is_empty() {
+            return Err(Error::new(ErrorKind::MissingParam, "A correspondence has at least one addressee group"));
+        }
+        for uri in &c.attachments {
+            if ruma::OwnedMxcUri::from(uri.as_str()).validate().is_err() {
+                return Err(Error::invalid_param(format!("Attachment {uri:?} is not an mxc:// URI")));
+            }
+        }
+        if let Some(answered) = &c.in_reply_to {
+            if store::get(self.db.pool(), answered).await?.is_none() {
+                return Err(Error::new(ErrorKind::NotFound, format!("Unknown reference {answered:?} to answer")));
+            }
+        }
+        let from = self.addressee(&c.from, "origin").await.map_err(|e| match e {
+            Error::Matrix(ErrorKind::NotFound, _) => {
+                Error::new(ErrorKind::NotFound, format!("Unknown sending group {:?}", c.from))
+            }
+            e => e,
+        })?;
+        let person = self.person(author).await?;
+        let member = self.is_joined(&from.space, author).await?;
+        let device_dr = match device {
+            Some(d) => self.device_is_dr(author, d).await?,
+            None => false,
+        };
+        let require_device = self.config.portal.dr_requires_approved_device;
+        policies::may_send_correspondence(person, member, level, device_dr, require_device)
+            .map_err(crate::portal::forbidden)?;
+
+        let mut seen = BTreeSet::new();
+        let mut addressees = Vec::new();
+        for (slugs, role) in [(&c.action, "action"), (&c.information, "information")] {
+            for slug in slugs {
+                if !seen.insert(slug.as_str()) {
+                    return Err(Error::invalid_param(format!("Group {slug:?} is addressed twice")));
+                }
+                let a = self.addressee(slug, role).await?;
+                let facts = self.room_facts_now(&a.space).await?;
+                policies::may_address(facts, level).map_err(|r| refused(format!("{} ({slug})", r.0)))?;
+                addressees.push(a);
+            }
+        }
+        let tags: Vec<String> = c.tags.iter().map(|t| normalise_tag(t)).filter(|t| !t.is_empty()).collect();
+        let communities = self.matching_communities(&tags, level).await?;
+        Ok(Plan { kind, level, from, addressees, communities, tags })
+    }
+
+    /// The communities whose interest tags meet `tags` and whose room may take `level`.
+    async fn matching_communities(&self, tags: &[String], level: Level) -> Result<Vec<Addressee>> {
+        if tags.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut found = Vec::new();
+        for (slug, community_tags) in self.communities_with_tags().await? {
+            if !community_tags.iter().any(|t| tags.contains(t)) {
+                continue;
+            }
+            let Some((space, name, room)) = self.org_room("c", &slug, "general").await? else { continue };
+            let facts = self.room_facts_now(&room).await?;
+            if policies::may_post_record(facts, level).is_ok() {
+                found.push(Addressee { slug, name, space, room, role: "community" });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every community of this server with its (normalised) tags.
+    async fn communities_with_tags(&self) -> Result<Vec<(String, Vec<String>)>> {
+        let prefix = "#c.";
+        let suffix = format!(":{}", self.server_name());
+        let mut out = Vec::new();
+        for (alias, room) in diplomatie_storage::rooms::aliases_with_prefix(self.db.pool(), prefix).await? {
+            let Some(slug) = alias.strip_prefix(prefix).and_then(|a| a.strip_suffix(&suffix)) else { continue };
+            if slug.contains('.') {
+                continue; // a room of the community, not its space
+            }
+            let Ok(room) = OwnedRoomId::try_from(room) else { continue };
+            let Some(marker) = self.org_marker(&room).await? else { continue };
+            let tags = marker
+                .get("tags")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).map(normalise_tag).collect())
+                .unwrap_or_default();
+            out.push((slug.to_owned(), tags));
+        }
+        Ok(out)
+    }
+
+    /// The key the server holds to seal `user`'s correspondence, created on first use.
+    async fn sealing_key(&self, user: &UserId) -> Result<ruma::signatures::Ed25519KeyPair> {
+        use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};
+        use ruma::signatures::Ed25519KeyPair;
+        let stored = match store::held_key(self.db.pool(), user.as_str()).await? {
+            Some(k) => k,
+            None => {
+                let document = Ed25519KeyPair::generate();
+                let version = format!("seal_{}", crate::random_string(8));
+                let pair = Ed25519KeyPair::from_der(&document, version.clone()).map_err(|_| Error::Internal)?;
+                let key = store::SigningKey {
+                    key_id: format!("ed25519:{version}"),
+                    public_key: STANDARD_NO_PAD.encode(pair.public_key()),
+                    secret: Some(STANDARD_NO_PAD.encode(&*document)),
+                };
+                store::insert_key(self.db.pool(), user.as_str(), &key, crate::now_ms()).await?;
+                // Two first seals at once: both use whichever key was stored first.
+                store::held_key(self.db.pool(), user.as_str()).await?.ok_or(Error::Internal)?
+            }
+        };
+        let der = STANDARD_NO_PAD.decode(stored.secret.as_deref().unwrap_or_default()).map_err(|_| Error::Internal)?;
+        let version = stored.key_id.trim_start_matches("ed25519:").to_owned();
+        Ed25519KeyPair::from_der(&der, version).map_err(|_| Error::Internal)
+    }
+
+    /// Registers a key a client keeps, to sign its own correspondence (`key_id`
+    /// `ed25519:<version>`, unpadded base64 public key).
+    pub async fn register_correspondence_key(&self, user: &UserId, key_id: &str, public_key: &str) -> Result<()> {
+        let Some(version) = key_id.strip_prefix("ed25519:").filter(|v| !v.is_empty()) else {
+            return Err(Error::invalid_param("A key id is ed25519:<version>"));
+        };
+        if version.starts_with("seal_") {
+            return Err(Error::invalid_param("Key ids starting with seal_ are the server's"));
+        }
+        let decoded = Base64::<ruma::serde::base64::Standard>::parse(public_key)
+            .map_err(|_| Error::invalid_param("The public key is not base64"))?;
+        if decoded.as_bytes().len() != 32 {
+            return Err(Error::invalid_param("An ed25519 public key has 32 bytes"));
+        }
+        let key = store::SigningKey { key_id: key_id.to_owned(), public_key: public_key.to_owned(), secret: None };
+        if !store::insert_key(self.db.pool(), user.as_str(), &key, crate::now_ms()).await? {
+            let known = store::public_keys(self.db.pool(), user.as_str()).await?;
+            if !known.iter().any(|(id, k)| id == key_id && k == public_key) {
+                return Err(Error::invalid_param("This key id is already registered with another key"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The public keys of `user`'s correspondence (held by the server or by clients).
+    pub async fn correspondence_keys(&self, user: &UserId) -> Result<BTreeMap<String, String>> {
+        Ok(store::public_keys(self.db.pool(), user.as_str()).await?.into_iter().collect())
+    }
+
+    /// Hands out a reference of `group` for a client that signs itself.
+    pub async fn reserve_reference(&self, author: &UserId, group: &str) -> Result<String> {
+        let from = self.addressee(group, "origin").await?;
+        let person = self.person(author).await?;
+        let member = self.is_joined(&from.space, author).await?;
+        policies::may_send_correspondence(person, member, Level::NP, true, false).map_err(crate::portal::forbidden)?;
+        self.new_reference(author, group).await
+    }
+
+    async fn new_reference(&self, author: &UserId, group: &str) -> Result<String> {
+        let now = crate::now_ms();
+        let year = chrono_year(now);
+        let mut tx = self.db.begin().await?;
+        let reference = store::reserve_reference(&mut tx, group, year, author.as_str(), now, |n| {
+            format!("{}-{year}-{n:06}", group.to_uppercase())
+        })
+        .await?;
+        diplomatie_storage::commit(tx).await?;
+        Ok(reference)
+    }
+
+    /// Seals a composition with the author's key held by the server (recording which device
+    /// asked) and dispatches it.
+    pub async fn send_correspondence(
+        &self,
+        author: &UserId,
+        device: Option<&DeviceId>,
+        c: &Composition,
+    ) -> Result<Dispatched> {
+        let plan = self.plan(author, device, c).await?;
+        let reference = self.new_reference(author, &plan.from.slug).await?;
+        let mut record = serde_json::to_value(c).map_err(|_| Error::Internal)?;
+        record["kind"] = json!(plan.kind.as_str());
+        record["classification"] = json!(plan.level.as_str());
+        record["tags"] = json!(plan.tags);
+        record["reference"] = json!(reference);
+        record["author"] = json!(author);
+        record["signed_at"] = json!(crate::now_ms());
+        record["sealed"] = json!({ "by": self.server_name(), "device_id": device });
+        let mut object: CanonicalJsonObject = serde_json::from_value(record).map_err(|_| Error::Internal)?;
+        let key = self.sealing_key(author).await?;
+        ruma::signatures::sign_json(author.as_str(), &key, &mut object).map_err(|_| Error::Internal)?;
+        let record = serde_json::to_value(&object).map_err(|_| Error::Internal)?;
+        self.dispatch(author, device, plan, record).await
+    }
+
+    /// Dispatches a record its author signed with a key of their own (registered before), under
+    /// a reference reserved for them.
+    pub async fn send_signed_correspondence(&self, caller: &Caller, record: Value) -> Result<Dispatched> {
+        let author = record.get("author").and_then(Value::as_str).unwrap_or_default();
+        if author != caller.user_id.as_str() {
+            return Err(refused("The record's author must be the caller"));
+        }
+        if record.get("sealed").is_some() {
+            return Err(Error::invalid_param("A record the client signs carries no `sealed`"));
+        }
+        let reference = record
+            .get("reference")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::new(ErrorKind::MissingParam, "The record has no reference"))?
+            .to_owned();
+        let keys = self.correspondence_keys(&caller.user_id).await?;
+        verify_record(&record, author, &keys).map_err(|e| refused(format!("Refused: {e}")))?;
+        let c = composition_of(&record)?;
+        match store::reservation(self.db.pool(), &reference).await? {
+            Some((group, by)) if group == c.from && by == author => {}
+            _ => return Err(refused(format!("Reference {reference} was not reserved by you for group {}", c.from))),
+        }
+        if store::get(self.db.pool(), &reference).await?.is_some() {
+            return Err(refused(format!("Reference {reference} was already dispatched (replay)")));
+        }
+        let plan = self.plan(&caller.user_id, Some(&caller.device_id), &c).await?;
+        if Kind::parse(&c.kind) != Some(plan.kind)
+            || record.get("kind").and_then(Value::as_str) != Some(plan.kind.as_str())
+        {
+            return Err(Error::invalid_param("The record's kind must be telegram, diplomatic_note or formal_letter"));
+        }
+        self.dispatch(&caller.user_id, None, plan, record).await
+    }
+
+    /// Delivers a signed record everywhere `plan` says, in one transaction.
+    async fn dispatch(
+        &self,
+        author: &UserId,
+        device: Option<&DeviceId>,
+        plan: Plan,
+        record: Value,
+    ) -> Result<Dispatched> {
+        let system = self.system_user().await?;
+        let reference = record["reference"].as_str().ok_or(Error::Internal)?.to_owned();
+        // Journals: the members of groups for action, and the followers of the tags.
+        let mut action_readers: Vec<(OwnedUserId, usize)> = Vec::new();
+        for (i, a) in plan.addressees.iter().enumerate().filter(|(_, a)| a.role == "action") {
+            for member in self.joined_members(&a.space).await?.iter() {
+                if member.server_name() == self.server_name() && *member != system {
+                    action_readers.push((member.clone(), i));
+                }
+            }
+        }
+        action_readers.sort();
+        let with_action: BTreeSet<&OwnedUserId> = action_readers.iter().map(|(u, _)| u).collect();
+        let mut interested = BTreeSet::new();
+        for tag in &plan.tags {
+            for u in store::followers(self.db.pool(), tag).await? {
+                if let Ok(u) = OwnedUserId::try_from(u) {
+                    if !with_action.contains(&u) && u != system {
+                        interested.insert(u);
+                    }
+                }
+            }
+        }
+        let mut views: HashMap<OwnedUserId, JournalView> = HashMap::new();
+        for u in with_action.iter().map(|u| (*u).clone()).chain(interested.iter().cloned()) {
+            let view = policies::journal_view(self.person(&u).await?, plan.level);
+            views.insert(u, view);
+        }
+        views.retain(|_, v| *v != JournalView::Nothing);
+        let users: Vec<OwnedUserId> = views.keys().cloned().collect();
+        let journals = self.ensure_journals(&users).await?;
+
+        // Everything in one batch: a refusal or failure anywhere keeps nothing.
+        let kind = plan.kind;
+        let copy = |role: &str, group: &Addressee| {
+            let mut content = text::room_copy(&record, kind, &plan, role);
+            content[DELIVERY] = json!({ "as": role, "group": group.slug });
+            content
+        };
+        let mut targets: Vec<(OwnedRoomId, Value, &'static str, String)> = Vec::new();
+        targets.push((plan.from.room.clone(), copy("origin", &plan.from), "origin", plan.from.slug.clone()));
+        for a in plan.addressees.iter().chain(plan.communities.iter()) {
+            targets.push((a.room.clone(), copy(a.role, a), a.role, a.slug.clone()));
+        }
+        let mut journal_entries = 0;
+        for (user, i) in &action_readers {
+            let Some(view) = views.get(user) else { continue };
+            let a = &plan.addressees[*i];
+            let status = journal::ItemStatus::new_item();
+            let content = text::journal_entry(&record, kind, *view, "action", Some((a, &status)));
+            let role = if *view == JournalView::Pointer { "journal_action_pointer" } else { "journal_action" };
+            targets.push((journals[user].clone(), content, role, a.slug.clone()));
+            journal_entries += 1;
+        }
+        for user in &interested {
+            let Some(view) = views.get(user) else { continue };
+            let content = text::journal_entry(&record, kind, *view, "interest", None);
+            let role = if *view == JournalView::Pointer { "journal_interest_pointer" } else { "journal_interest" };
+            targets.push((journals[user].clone(), content, role, String::new()));
+            journal_entries += 1;
+        }
+
+        let mut writer = self.multi_room_writer().await;
+        let mut deliveries = Vec::with_capacity(targets.len());
+        for (room, content, role, group) in targets {
+            writer.switch_to(&room).await?;
+            let pdu = writer.append(&system, PduBuilder::message("m.room.message", content), None).await?;
+            deliveries.push(store::Delivery {
+                reference: reference.clone(),
+                room_id: room.to_string(),
+                event_id: pdu.event_id.to_string(),
+                stream_ordering: pdu.stream_ordering,
+                role: role.to_owned(),
+                group_slug: group,
+            });
+        }
+        let now = crate::now_ms();
+        let actions = plan
+            .addressees
+            .iter()
+            .filter(|a| a.role == "action")
+            .map(|a| store::Action {
+                reference: reference.clone(),
+                group_slug: a.slug.clone(),
+                status: Status::New.as_str().to_owned(),
+                assignee: None,
+                updated_by: None,
+                updated_ts: now,
+            })
+            .collect();
+        let stored = store::Stored {
+            reference: reference.clone(),
+            kind: kind.as_str().to_owned(),
+            group_slug: plan.from.slug.clone(),
+            author: author.to_string(),
+            sealed_for_device: device.map(|d| d.to_string()),
+            classification: plan.level.as_str().to_owned(),
+            subject: record["subject"].as_str().unwrap_or_default().to_owned(),
+            record: serde_json::to_string(&record).map_err(|_| Error::Internal)?,
+            ts: now,
+        };
+        writer.add_correspondence(stored, deliveries.clone(), actions);
+        writer.commit().await?;
+        tracing::info!(%reference, copies = deliveries.len(), journal_entries, "correspondence dispatched");
+        Ok(Dispatched {
+            reference,
+            deliveries: deliveries
+                .iter()
+                .map(|d| json!({ "room_id": d.room_id, "event_id": d.event_id, "as": d.role, "group": d.group_slug }))
+                .collect(),
+            journal_entries,
+        })
+    }
+
+    /// A dispatched correspondence's signed record and the keys that verify it, for whoever
+    /// may read it (its author, an administrator, or a member of a room it was delivered to).
+    pub async fn export_correspondence(&self, caller: &Caller, reference: &str) -> Result<Export> {
+        let stored = store::get(self.db.pool(), reference)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("Unknown correspondence {reference}")))?;
+        let mut allowed = caller.is_admin || stored.author == caller.user_id.as_str();
+        if !allowed {
+            for d in store::deliveries(self.db.pool(), reference).await? {
+                if d.role.ends_with("pointer") {
+                    continue;
+                }
+                let Ok(room) = OwnedRoomId::try_from(d.room_id) else { continue };
+                if self.is_joined(&room, &caller.user_id).await? {
+                    allowed = true;
+                    break;
+                }
+            }
+        }
+        if !allowed {
+            return Err(Error::not_found(format!("Unknown correspondence {reference}")));
+        }
+        let record: Value = serde_json::from_str(&stored.record).map_err(|_| Error::Internal)?;
+        let author = OwnedUserId::try_from(stored.author.clone()).map_err(|_| Error::Internal)?;
+        let keys = self.correspondence_keys(&author).await?;
+        Ok(Export { record, public_keys: BTreeMap::from([(stored.author, keys)]) })
+    }
+
+    /// How many distinct agents read a correspondence (a public read receipt at or after one of
+    /// its copies), in all and by their primary group; for its author or an administrator.
+    pub async fn audience(&self, caller: &Caller, reference: &str) -> Result<Value> {
+        self.audience_for(&caller.user_id, caller.is_admin, reference).await
+    }
+
+    pub(crate) async fn audience_for(&self, user: &UserId, is_admin: bool, reference: &str) -> Result<Value> {
+        let stored = store::get(self.db.pool(), reference)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("Unknown correspondence {reference}")))?;
+        if !is_admin && stored.author != user.as_str() {
+            return Err(refused("Only the author sees the audience of a correspondence"));
+        }
+        self.audience_of(&stored).await
+    }
+
+    async fn audience_of(&self, stored: &store::Stored) -> Result<Value> {
+        let system = self.system_user().await?;
+        let mut by_group: BTreeMap<String, u64> = BTreeMap::new();
+        let mut readers = 0u64;
+        let mut names: HashMap<String, String> = HashMap::new();
+        for (user, primary) in store::readers(self.db.pool(), &stored.reference).await? {
+            if user == stored.author || user == system.as_str() {
+                continue;
+            }
+            readers += 1;
+            let group = match primary {
+                Some(space) => match names.get(&space) {
+                    Some(slug) => slug.clone(),
+                    None => {
+                        let slug = match OwnedRoomId::try_from(space.clone()) {
+                            Ok(room) => self
+                                .org_marker(&room)
+                                .await?
+                                .and_then(|m| m.get("slug").and_then(Value::as_str).map(str::to_owned))
+                                .unwrap_or_else(|| space.clone()),
+                            Err(_) => space.clone(),
+                        };
+                        names.insert(space, slug.clone());
+                        slug
+                    }
+                },
+                None => "-".to_owned(),
+            };
+            *by_group.entry(group).or_default() += 1;
+        }
+        let deliveries = store::deliveries(self.db.pool(), &stored.reference).await?;
+        Ok(json!({
+            "reference": stored.reference,
+            "readers": readers,
+            "by_group": by_group,
+            "delivered_to": deliveries.iter().filter(|d| !d.role.starts_with("journal")).count(),
+            "journal_entries": deliveries.iter().filter(|d| d.role.starts_with("journal")).count(),
+        }))
+    }
+
+    /// A batch writer spanning rooms (see [`crate::rooms::RoomWriter`]).
+    async fn multi_room_writer(&self) -> crate::rooms::RoomWriter<'_> {
+        let write = self.begin_write().await;
+        self.batch_writer(write)
+    }
+
+    /// Posts a notice of the system account in a room (answers to drafts and commands).
+    async fn notice(&self, room: &RoomId, text: &str, reply_to: Option<&ruma::EventId>) -> Result<Arc<crate::Pdu>> {
+        let system = self.system_user().await?;
+        let mut content = json!({ "msgtype": "m.notice", "body": text });
+        if let Some(event) = reply_to {
+            content["m.relates_to"] = json!({ "m.in_reply_to": { "event_id": event } });
+        }
+        self.append_event(Target::Room(room), &system, PduBuilder::message("m.room.message", content), None).await
+    }
+}
+
+/// The calendar year of a timestamp (UTC).
+fn chrono_year(ms: i64) -> i64 {
+    // Days since 1970-01-01 to a civil year (Howard Hinnant's algorithm).
+    let days = ms.div_euclid(86_400_000);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    yoe + era * 400 + i64::from(month <= 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn years() {
+        assert_eq!(chrono_year(0), 1970);
+        assert_eq!(chrono_year(1_704_067_199_999), 2023); // 2023-12-31T23:59:59.999Z
+        assert_eq!(chrono_year(1_704_067_200_000), 2024);
+        assert_eq!(chrono_year(1_795_000_000_000), 2026);
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(Kind::parse("Télégramme"), Some(Kind::Telegram));
+        assert_eq!(Kind::parse("diplomatic_note"), Some(Kind::DiplomaticNote));
+        assert_eq!(Kind::parse("courrier"), Some(Kind::FormalLetter));
+        assert_eq!(Kind::parse("memo"), None);
+    }
+
+    #[test]
+    fn records_verify_and_tampering_fails() {
+        use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};
+        let doc = ruma::signatures::Ed25519KeyPair::generate();
+        let key = ruma::signatures::Ed25519KeyPair::from_der(&doc, "k1".into()).unwrap();
+        let mut object: CanonicalJsonObject = serde_json::from_value(json!({
+            "kind": "telegram", "reference": "DGM-2026-000001", "author": "@a:x", "subject": "s", "body": "b",
+            "from": "dgm", "signed_at": 1,
+        }))
+        .unwrap();
+        ruma::signatures::sign_json("@a:x", &key, &mut object).unwrap();
+        let record = serde_json::to_value(&object).unwrap();
+        let keys = BTreeMap::from([("ed25519:k1".to_owned(), STANDARD_NO_PAD.encode(key.public_key()))]);
+        let export =
+            Export { record: record.clone(), public_keys: BTreeMap::from([("@a:x".to_owned(), keys.clone())]) };
+        let ok = verify_export(&export).unwrap();
+        assert_eq!((ok.reference.as_str(), ok.key_id.as_str(), ok.signed_at), ("DGM-2026-000001", "ed25519:k1", 1));
+        let mut changed = record.clone();
+        changed["body"] = json!("c");
+        assert!(verify_record(&changed, "@a:x", &keys).is_err());
+        let mut other_author = record;
+        other_author["author"] = json!("@b:x");
+        let export = Export { record: other_author, public_keys: BTreeMap::from([("@b:x".to_owned(), keys)]) };
+        assert!(verify_export(&export).is_err());
+    }
+}
