@@ -41,6 +41,7 @@ class Server:
             self.pg_db = "dip_nio_" + uuid.uuid4().hex[:12]
             subprocess.run(PG + [f"CREATE DATABASE {self.pg_db}"], check=True)
             env["DIPLOMATIE_DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{self.pg_db}"
+        self.env = env
         self.proc = subprocess.Popen([BIN], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         deadline = time.time() + 30
         while True:
@@ -51,6 +52,10 @@ class Server:
                 if self.proc.poll() is not None or time.time() > deadline:
                     raise RuntimeError("diplomatie did not start")
                 time.sleep(0.05)
+
+    def command(self, *args, stdin=None):
+        """Runs `diplomatie <args>` on this server's data directory and database."""
+        return subprocess.run([BIN, *args], env=self.env, input=stdin, capture_output=True, text=True)
 
     def stop(self):
         self.proc.kill()
