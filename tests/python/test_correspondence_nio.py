@@ -155,7 +155,9 @@ async def test_a_telegram_composed_in_a_standard_client(server):
         journal_rooms = {}
         for agent in (bob, carol, dave):
             room_id, entry = await agent.sync_until(lambda a: a.find_anywhere(
-                lambda e: is_copy(reference)(e) and "fr.diplomatie.journal" in e["content"]))
+                lambda e: e["content"].get("fr.diplomatie.journal", {}).get("reference") == reference
+                and "m.new_content" not in e["content"]))
+            assert "Situation au Sahel" in entry["content"]["body"]
             assert entry["content"]["fr.diplomatie.journal"]["section"] == "action"
             assert entry["content"]["fr.diplomatie.journal"]["status"] == "new"
             journal_rooms[agent.client.user_id] = (room_id, entry["event_id"])

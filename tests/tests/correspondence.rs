@@ -111,6 +111,12 @@ fn copy_in<'a>(events: &'a [Value], reference: &str) -> Option<&'a Value> {
     })
 }
 
+fn entry_in<'a>(events: &'a [Value], reference: &str) -> Option<&'a Value> {
+    events.iter().find(|e| {
+        e["content"]["fr.diplomatie.journal"]["reference"] == reference && e["content"].get("m.new_content").is_none()
+    })
+}
+
 async fn journal(c: &Client) -> Value {
     c.ok(Method::GET, "/_diplomatie/client/v1/journal", None).await
 }
@@ -182,18 +188,20 @@ async fn a_telegram_goes_from_draft_to_journals_and_its_audience_is_counted(back
         let item = j["action"].as_array().unwrap().iter().find(|i| i["reference"] == reference.as_str()).cloned();
         assert_eq!(item.unwrap()["status"], "new", "{j}");
         let room = j["room_id"].as_str().unwrap();
-        let entry = copy_in(&recent(c, room).await, &reference).cloned().expect("journal entry");
+        let entry = entry_in(&recent(c, room).await, &reference).cloned().expect("journal entry");
+        assert_eq!(entry["content"]["msgtype"], "m.notice", "one line; the text is in the group's room");
+        assert!(body(&entry).contains("Approvisionnement en gaz"), "{entry}");
         assert_eq!(entry["content"]["fr.diplomatie.journal"]["section"], "action");
         assert_eq!(entry["content"]["fr.diplomatie.journal"]["status"], "new");
     }
-    let entry = copy_in(&recent(&frank, &frank_journal).await, &reference).cloned().expect("interest entry");
+    let entry = copy_in(&recent(&frank, &frank_journal).await, &reference).cloned().expect("interest entry, in full");
     assert_eq!(entry["content"]["fr.diplomatie.journal"]["section"], "interest");
     assert!(journal(&erin).await["room_id"].is_null());
 
     // Bob takes it (👀 on his journal entry): every dgm member's entry shows it assigned.
     let bob_journal = journal(&bob).await["room_id"].as_str().unwrap().to_owned();
     let bob_entry =
-        copy_in(&recent(&bob, &bob_journal).await, &reference).unwrap()["event_id"].as_str().unwrap().to_owned();
+        entry_in(&recent(&bob, &bob_journal).await, &reference).unwrap()["event_id"].as_str().unwrap().to_owned();
     react(&bob, &bob_journal, &bob_entry, "👀").await;
     let carol_journal = journal(&carol).await["room_id"].as_str().unwrap().to_owned();
     let edit =

@@ -196,8 +196,9 @@ pub(super) fn room_copy(record: &Value, kind: Kind, _plan: &Plan, role: &str) ->
     })
 }
 
-/// A journal entry: `section` is `action` (with the group and its item's status) or
-/// `interest`. A pointer shows only the reference and where to read it.
+/// A journal entry: `section` is `action` (with the group and its item's status: one line,
+/// the text being in the group's room) or `interest` (the whole correspondence, which the
+/// agent may read nowhere else). A pointer (DR) shows only the reference and where to read it.
 pub(super) fn journal_entry(
     record: &Value,
     kind: Kind,
@@ -223,6 +224,35 @@ pub(super) fn journal_entry(
             kind.label()
         );
         return json!({ "msgtype": "m.notice", "body": body, "fr.diplomatie.journal": journal });
+    }
+    if let Some((group, _)) = item {
+        // What a group must act on: one line each; the text is in the group's room.
+        let line = format!(
+            "{} {reference} [{}] — {} (de {}) — à lire dans le salon de correspondance de {}",
+            kind.label(),
+            field(record, "classification"),
+            field(record, "subject"),
+            field(record, "from"),
+            group.name
+        );
+        let link = format!("https://matrix.to/#/{}", group.room);
+        return json!({
+            "msgtype": "m.notice",
+            "body": format!("{head}{line}"),
+            "format": "org.matrix.custom.html",
+            "formatted_body": format!(
+                "{}<strong>{} {}</strong> [{}] — {} (de {}) — <a href=\"{}\">salon de correspondance de {}</a>",
+                escape(&head),
+                kind.label(),
+                escape(reference),
+                escape(field(record, "classification")),
+                escape(field(record, "subject")),
+                escape(field(record, "from")),
+                escape(&link),
+                escape(&group.name)
+            ),
+            "fr.diplomatie.journal": journal,
+        });
     }
     let (plain, html) = rendering(record, kind);
     json!({
