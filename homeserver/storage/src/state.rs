@@ -35,25 +35,31 @@ pub async fn insert_state_group(
     Ok(())
 }
 
-/// A group's link and its own delta: (prev_group, chain_length, entries).
-pub async fn get_state_group<'e, E: Exec<'e> + Copy>(
-    e: E,
-    id: i64,
-) -> Result<Option<(Option<i64>, i64, Vec<StateEntry>)>> {
-    let head: Option<(Option<i64>, i64)> =
-        sqlx::query_as("SELECT prev_group, chain_length FROM state_groups WHERE id = $1")
-            .bind(id)
-            .fetch_optional(e)
-            .await?;
-    let Some((prev, len)) = head else {
-        return Ok(None);
-    };
-    let entries: Vec<StateEntry> =
-        sqlx::query_as("SELECT event_type, state_key, event_id FROM state_group_entries WHERE state_group = $1")
-            .bind(id)
-            .fetch_all(e)
-            .await?;
-    Ok(Some((prev, len, entries)))
+/// A group's whole delta chain in one query, from its snapshot (first) to the group itself
+/// (last): `(group, entries of its delta)`. Empty when the group does not exist.
+pub async fn get_state_chain<'e>(e: impl Exec<'e>, id: i64) -> Result<Vec<(i64, Vec<StateEntry>)>> {
+    type ChainRow = (i64, i64, Option<String>, Option<String>, Option<String>);
+    let rows: Vec<ChainRow> = sqlx::query_as(
+        "WITH RECURSIVE chain (id, prev_group, depth) AS ( \
+             SELECT id, prev_group, 0 FROM state_groups WHERE id = $1 \
+             UNION ALL \
+             SELECT g.id, g.prev_group, c.depth + 1 FROM state_groups g JOIN chain c ON g.id = c.prev_group) \
+         SELECT c.id, c.depth, e.event_type, e.state_key, e.event_id FROM chain c \
+         LEFT JOIN state_group_entries e ON e.state_group = c.id ORDER BY c.depth DESC",
+    )
+    .bind(id)
+    .fetch_all(e)
+    .await?;
+    let mut chain: Vec<(i64, Vec<StateEntry>)> = Vec::new();
+    for (group, _, ty, key, event) in rows {
+        if chain.last().map(|(g, _)| *g) != Some(group) {
+            chain.push((group, Vec::new()));
+        }
+        if let (Some(ty), Some(key), Some(event)) = (ty, key, event) {
+            chain.last_mut().expect("pushed above").1.push((ty, key, event));
+        }
+    }
+    Ok(chain)
 }
 
 pub async fn set_current_state(

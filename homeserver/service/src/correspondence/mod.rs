@@ -118,13 +118,24 @@ pub struct Composition {
 
 /// A group the correspondence goes to, and how.
 #[derive(Clone, Debug)]
-struct Addressee {
+pub(crate) struct Addressee {
     slug: String,
     name: String,
     space: OwnedRoomId,
     /// Its correspondence room (groups) or general room (communities).
     room: OwnedRoomId,
     role: &'static str,
+}
+
+/// A group's or community's space, name, and one of its rooms.
+pub(crate) type OrgRoom = (OwnedRoomId, String, OwnedRoomId);
+
+/// A community, as dispatch matches it.
+#[derive(Clone, Debug)]
+pub(crate) struct Community {
+    addressee: Addressee,
+    tags: Vec<String>,
+    facts: diplomatie_policies::Room,
 }
 
 /// A correspondence checked and ready to be sealed and dispatched.
@@ -226,13 +237,20 @@ fn refused(reason: impl Into<String>) -> Error {
 }
 
 impl Services {
-    /// A group's or community's space, name and room (`key`: `correspondence`, `general`).
-    async fn org_room(
-        &self,
-        prefix: &str,
-        slug: &str,
-        key: &str,
-    ) -> Result<Option<(OwnedRoomId, String, OwnedRoomId)>> {
+    /// A group's or community's space, name and room (`key`: `correspondence`, `general`),
+    /// from the cache of the organisation's directory (see [`CorrespondenceState`]).
+    async fn org_room(&self, prefix: &str, slug: &str, key: &str) -> Result<Option<OrgRoom>> {
+        let cache_key = format!("{prefix}.{slug}.{key}");
+        if let Some(found) = self.correspondence.directory.lock().unwrap().get(&cache_key) {
+            return Ok(found.clone());
+        }
+        let generation = self.correspondence.generation();
+        let found = self.org_room_uncached(prefix, slug, key).await?;
+        self.correspondence.remember(generation, cache_key, found.clone());
+        Ok(found)
+    }
+
+    async fn org_room_uncached(&self, prefix: &str, slug: &str, key: &str) -> Result<Option<OrgRoom>> {
         let alias =
             |s: String| RoomAliasId::parse(s).map_err(|_| Error::invalid_param(format!("Invalid group {slug:?}")));
         let space_alias = alias(format!("#{prefix}.{slug}:{}", self.server_name()))?;
@@ -328,21 +346,24 @@ impl Services {
             return Ok(vec![]);
         }
         let mut found = Vec::new();
-        for (slug, community_tags) in self.communities_with_tags().await? {
-            if !community_tags.iter().any(|t| tags.contains(t)) {
-                continue;
-            }
-            let Some((space, name, room)) = self.org_room("c", &slug, "general").await? else { continue };
-            let facts = self.room_facts_now(&room).await?;
-            if policies::may_post_record(facts, level).is_ok() {
-                found.push(Addressee { slug, name, space, room, role: "community" });
+        for c in self.communities().await?.iter() {
+            if c.tags.iter().any(|t| tags.contains(t)) && policies::may_post_record(c.facts, level).is_ok() {
+                found.push(c.addressee.clone());
             }
         }
         Ok(found)
     }
 
-    /// Every community of this server with its (normalised) tags.
-    async fn communities_with_tags(&self) -> Result<Vec<(String, Vec<String>)>> {
+    /// Every community of this server with its (normalised) tags, from the cache.
+    async fn communities(&self) -> Result<Arc<Vec<Community>>> {
+        if let Some(list) = self.correspondence.communities.lock().unwrap().clone() {
+            return Ok(list);
+        }
+        let _reading = self.correspondence.reading_communities.lock().await;
+        if let Some(list) = self.correspondence.communities.lock().unwrap().clone() {
+            return Ok(list);
+        }
+        let generation = self.correspondence.generation();
         let prefix = "#c.";
         let suffix = format!(":{}", self.server_name());
         let mut out = Vec::new();
@@ -358,9 +379,14 @@ impl Services {
                 .and_then(Value::as_array)
                 .map(|a| a.iter().filter_map(Value::as_str).map(normalise_tag).collect())
                 .unwrap_or_default();
-            out.push((slug.to_owned(), tags));
+            let Some((space, name, general)) = self.org_room_uncached("c", slug, "general").await? else { continue };
+            let facts = self.room_facts_now(&general).await?;
+            let addressee = Addressee { slug: slug.to_owned(), name, space, room: general, role: "community" };
+            out.push(Community { addressee, tags, facts });
         }
-        Ok(out)
+        let list = Arc::new(out);
+        self.correspondence.remember_communities(generation, list.clone());
+        Ok(list)
     }
 
     /// The key the server holds to seal `user`'s correspondence, created on first use.

@@ -33,6 +33,62 @@ pub(crate) struct CorrespondenceState {
     queue: OnceLock<UnboundedSender<Job>>,
     /// The group whose correspondence room each room seen is (`None`: not one).
     rooms: Mutex<HashMap<OwnedRoomId, Option<String>>>,
+    /// The organisation's directory, as dispatch reads it: groups' and communities' rooms by
+    /// `<prefix>.<slug>.<key>`, and the communities with their tags. Emptied (and its
+    /// generation moved on) by every committed change of a group's marker, a classification
+    /// or a name; a reader that started before a change does not store what it read.
+    pub(super) directory: Mutex<HashMap<String, Option<super::OrgRoom>>>,
+    pub(super) communities: Mutex<Option<Arc<Vec<super::Community>>>>,
+    /// Held while the list of communities is read, so that it is read once.
+    pub(super) reading_communities: tokio::sync::Mutex<()>,
+    directory_generation: std::sync::atomic::AtomicU64,
+}
+
+impl CorrespondenceState {
+    pub(super) fn generation(&self) -> u64 {
+        self.directory_generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(super) fn remember(&self, generation: u64, key: String, value: Option<super::OrgRoom>) {
+        let mut directory = self.directory.lock().unwrap();
+        if self.generation() == generation {
+            directory.insert(key, value);
+        }
+    }
+
+    pub(super) fn remember_communities(&self, generation: u64, list: Arc<Vec<super::Community>>) {
+        let mut communities = self.communities.lock().unwrap();
+        if self.generation() == generation {
+            *communities = Some(list);
+        }
+    }
+
+    fn forget_directory(&self) {
+        let mut directory = self.directory.lock().unwrap();
+        let mut communities = self.communities.lock().unwrap();
+        self.directory_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        directory.clear();
+        *communities = None;
+    }
+}
+
+/// Whether a committed event changes the organisation's directory: a group's marker, a
+/// classification, or the name of a space or room the directory holds.
+fn changes_directory(state: &CorrespondenceState, pdu: &Pdu) -> bool {
+    if pdu.state_key.is_none() {
+        return false;
+    }
+    match pdu.kind.to_string().as_str() {
+        crate::organisation::GROUP | crate::portal::CLASSIFICATION => true,
+        "m.room.name" => state
+            .directory
+            .lock()
+            .unwrap()
+            .values()
+            .flatten()
+            .any(|(space, _, room)| *space == pdu.room_id || *room == pdu.room_id),
+        _ => false,
+    }
 }
 
 const HELP: &str = "Commandes : !suivre <mot-clé> · !ne-plus-suivre <mot-clé> · !mots-clés · \
@@ -70,6 +126,9 @@ fn may_concern(pdu: &Pdu) -> bool {
 impl Services {
     /// Called by the writer after each commit (`txns`: user, device, transaction, event).
     pub(crate) fn correspondence_committed(&self, appended: &[Arc<Pdu>], txns: &[[String; 4]]) {
+        if appended.iter().any(|p| changes_directory(&self.correspondence, p)) {
+            self.correspondence.forget_directory();
+        }
         let Some(queue) = self.correspondence.queue.get() else { return };
         let system = self.portal.system.get();
         for pdu in appended.iter().filter(|p| may_concern(p)) {

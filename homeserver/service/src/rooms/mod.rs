@@ -195,32 +195,25 @@ impl Services {
         if group == 0 {
             return Ok(Arc::default());
         }
-        // Walk the delta chain up to a cached group or a snapshot, then apply the deltas.
-        let mut deltas = Vec::new();
-        let mut current = Some(group);
-        let mut base: Arc<StateMap<OwnedEventId>> = Arc::default();
-        while let Some(g) = current {
-            if let Some(s) = self.rooms.states.lock().unwrap().get(&g) {
-                base = s.clone();
-                break;
-            }
-            let Some((prev, _, entries)) = state_store::get_state_group(self.db.pool(), g).await? else {
-                tracing::error!(group = g, "missing state group");
-                return Err(Error::Internal);
-            };
-            deltas.push((g, entries));
-            current = prev;
+        if let Some(s) = self.rooms.states.lock().unwrap().get(&group) {
+            return Ok(s.clone());
         }
-        let mut map = (*base).clone();
-        let mut result = base;
-        for (g, entries) in deltas.into_iter().rev() {
+        // The delta chain from its snapshot, in one query; only the group asked for is cached
+        // (caching every link would fill the cache with maps nobody asks for).
+        let chain = state_store::get_state_chain(self.db.pool(), group).await?;
+        if chain.last().map(|(g, _)| *g) != Some(group) {
+            tracing::error!(group, "missing state group");
+            return Err(Error::Internal);
+        }
+        let mut map = StateMap::new();
+        for (_, entries) in chain {
             for (ty, key, id) in entries {
                 let id = OwnedEventId::try_from(id).map_err(|_| Error::Internal)?;
                 map.insert((StateEventType::from(ty), key), id);
             }
-            result = Arc::new(map.clone());
-            self.rooms.states.lock().unwrap().put(g, result.clone());
         }
+        let result = Arc::new(map);
+        self.rooms.states.lock().unwrap().put(group, result.clone());
         Ok(result)
     }
 
