@@ -25,7 +25,7 @@ users:
   - { localpart: frank, password: pw }
 groups:
   - { slug: paris, name: "Ambassade à Paris", managers: [alice] }
-  - { slug: dgm, name: DGM, managers: [bob] }
+  - { slug: dgm, name: DGM, topic: "Direction générale de la mondialisation", avatar_url: "mxc://localhost/dgm", managers: [bob] }
   - { slug: dfae, name: DFAE, managers: [dave] }
   - { slug: cabinet, name: Cabinet, managers: [erin] }
 communities:
@@ -115,6 +115,15 @@ async def test_a_telegram_composed_in_a_standard_client(server):
             await a.login()
             await a.client.sync(timeout=0)
         alice, bob, carol, dave, erin, frank = (agents[n] for n in names)
+
+        # The functional group is a space that the client shows with its name, topic and avatar.
+        space = await bob.alias("#g.dgm:localhost")
+        await bob.sync_until(lambda a: space in a.client.rooms and a.client.rooms[space].name == "DGM")
+        room = bob.client.rooms[space]
+        assert room.topic == "Direction générale de la mondialisation"
+        assert room.room_avatar_url == "mxc://localhost/dgm"
+        create = await bob.client.room_get_state_event(space, "m.room.create")
+        assert create.content.get("type") == "m.space", create
         # Frank follows the tag from his journal (a command; the API creates the journal).
         http(server, "PUT", "/_diplomatie/client/v1/journal/tags/sahel", frank.client.access_token, b"{}")
 

@@ -11,6 +11,7 @@ backend_tests!(
     a_classification_rises_but_never_falls_once_there_is_content,
     externals_only_enter_rooms_opened_to_them,
     clearances_are_administered_and_recorded,
+    dr_rooms_are_shared_only_with_servers_on_the_allow_list,
 );
 
 const CLASSIFICATION: &str = "fr.diplomatie.classification";
@@ -317,4 +318,28 @@ async fn clearances_are_administered_and_recorded(backend: Backend) {
         401,
         "M_MISSING_TOKEN",
     );
+}
+
+async fn dr_rooms_are_shared_only_with_servers_on_the_allow_list(backend: Backend) {
+    let server = TestServer::start(backend, &[("PORTAL__DR_FEDERATION_ALLOWLIST", "[\"partner.example\"]")]).await;
+    let root = admin(&server).await;
+    let alice = server.register("alice").await;
+    assert_eq!(set_clearance(&root, &alice, "DR").await.0, 200);
+    let dr = alice
+        .create_room(
+            json!({ "initial_state": [{ "type": CLASSIFICATION, "state_key": "", "content": { "level": "DR" } }] }),
+        )
+        .await;
+    let np = alice.create_room(json!({})).await;
+    // A server off the allow-list: the DR rule refuses, with its reason.
+    let (status, v) = alice.invite(&dr, "@agent:elsewhere.example").await;
+    assert_eq!((status, v["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("not shared with that server"), "{v}");
+    // On the allow-list, or an NP room: the rule lets it through (federation itself is not
+    // built yet, and says so).
+    for (room, user) in [(&dr, "@agent:partner.example"), (&np, "@agent:elsewhere.example")] {
+        let (status, v) = alice.invite(room, user).await;
+        assert_eq!(status, 403, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("need federation"), "{v}");
+    }
 }

@@ -96,6 +96,13 @@ impl Services {
         Ok(room)
     }
 
+    /// May `room_id` be shared with `server` (invites, joins and events across servers)? DR
+    /// rooms only with servers on the DR allow-list of the configuration.
+    pub async fn check_federation(&self, room_id: &RoomId, server: &ruma::ServerName) -> Result<()> {
+        let listed = self.config.portal.dr_federation_allowlist.iter().any(|s| s == server.as_str());
+        policies::may_federate(self.room_facts_now(room_id).await?, listed).map_err(forbidden)
+    }
+
     /// A room's facts from its current state.
     pub async fn room_facts_now(&self, room_id: &RoomId) -> Result<Room> {
         let state = self.current_state(room_id).await?;

@@ -37,6 +37,8 @@ impl Services {
             return Err(Error::forbidden("You are not joined to this room"));
         }
         if invitee.server_name() != self.server_name() {
+            // The portal's rule for sharing a room with another server comes first.
+            self.check_federation(room_id, invitee.server_name()).await?;
             return Err(Error::forbidden("Invites to users of other servers need federation, which is not enabled"));
         }
         if diplomatie_storage::accounts::get_user(self.db.pool(), invitee.as_str()).await?.is_none() {
