@@ -46,7 +46,7 @@ PY
   "$bin" org import "$dir/org.yaml" >/dev/null
   echo "organisation imported in $(python3 -c "print(f'{$(date +%s.%N) - $started:.1f}')") s"
 fi
-DIPLOMATIE_LISTEN="127.0.0.1:$port" "$bin" &
+DIPLOMATIE_LISTEN="127.0.0.1:$port" DIPLOMATIE_RATE_LIMITS__ENABLED=false "$bin" &
 server=$!
 until curl -sf "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null; do sleep 0.2; done
 python3 clients/load/correspondence_bench.py "http://127.0.0.1:$port" "$dir/data"

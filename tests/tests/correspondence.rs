@@ -197,6 +197,14 @@ async fn a_telegram_goes_from_draft_to_journals_and_its_audience_is_counted(back
     let entry = copy_in(&recent(&frank, &frank_journal).await, &reference).cloned().expect("interest entry, in full");
     assert_eq!(entry["content"]["fr.diplomatie.journal"]["section"], "interest");
     assert!(journal(&erin).await["room_id"].is_null());
+    // Erin follows a tag from a standard client: a command in her group's correspondence room.
+    let cabinet = room_of(&erin, "#g.cabinet.correspondence:localhost").await;
+    erin.send_text(&cabinet, "!suivre #Sport").await;
+    wait_for(&erin, &cabinet, "follow answer", |e| body(e) == "Vous suivez désormais « sport ».").await;
+    erin.send_text(&cabinet, "!mots-clés").await;
+    wait_for(&erin, &cabinet, "tags answer", |e| body(e) == "Vous suivez : sport.").await;
+    assert_eq!(journal(&erin).await["tags"], json!(["sport"]));
+    assert!(journal(&erin).await["room_id"].is_string(), "following a tag makes the journal");
 
     // Bob takes it (👀 on his journal entry): every dgm member's entry shows it assigned.
     let bob_journal = journal(&bob).await["room_id"].as_str().unwrap().to_owned();

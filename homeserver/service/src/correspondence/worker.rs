@@ -267,24 +267,17 @@ impl Services {
             }
         };
         let answer = match command.as_str() {
-            "!suivre" | "!follow" => {
+            "!suivre" | "!follow" | "!ne-plus-suivre" | "!unfollow" => {
+                let follow = matches!(command.as_str(), "!suivre" | "!follow");
                 let tag = one("mot-clé")?;
-                let new = self.follow_tag(user, tag).await?;
+                let changed =
+                    if follow { self.follow_tag(user, tag).await? } else { self.unfollow_tag(user, tag).await? };
                 let tag = super::normalise_tag(tag);
-                if new {
-                    format!("Vous suivez désormais « {tag} ».")
-                } else {
-                    format!("Vous suiviez déjà « {tag} ».")
-                }
-            }
-            "!ne-plus-suivre" | "!unfollow" => {
-                let tag = one("mot-clé")?;
-                let was = self.unfollow_tag(user, tag).await?;
-                let tag = super::normalise_tag(tag);
-                if was {
-                    format!("Vous ne suivez plus « {tag} ».")
-                } else {
-                    format!("Vous ne suiviez pas « {tag} ».")
+                match (follow, changed) {
+                    (true, true) => format!("Vous suivez désormais « {tag} »."),
+                    (true, false) => format!("Vous suiviez déjà « {tag} »."),
+                    (false, true) => format!("Vous ne suivez plus « {tag} »."),
+                    (false, false) => format!("Vous ne suiviez pas « {tag} »."),
                 }
             }
             "!mots-clés" | "!mots-cles" | "!tags" => {
