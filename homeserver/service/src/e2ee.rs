@@ -30,14 +30,16 @@ pub struct E2eeState {
 }
 
 impl E2eeState {
-    /// Loads the state from the database at start-up.
-    pub async fn load(db: &diplomatie_storage::Db) -> diplomatie_storage::Result<E2eeState> {
+    /// Loads the state from the database at start-up. `stream` is the stream position: taken
+    /// as the last membership change (an over-estimate only makes the first `/sync`s after a
+    /// start compute device lists; scanning every event for the true one took seconds on a
+    /// large database).
+    pub async fn load(db: &diplomatie_storage::Db, stream: i64) -> diplomatie_storage::Result<E2eeState> {
         let state = E2eeState::default();
         let waiting = store::devices_with_to_device(db.pool()).await?;
         state.pending.lock().unwrap().extend(waiting.into_iter().map(|k| (k, 0)));
         state.last_device_change.store(store::last_device_list_change(db.pool()).await?, Ordering::Release);
-        let member = diplomatie_storage::events::last_membership_change(db.pool()).await?;
-        state.last_member_change.store(member, Ordering::Release);
+        state.last_member_change.store(stream, Ordering::Release);
         Ok(state)
     }
 

@@ -89,7 +89,7 @@ impl Services {
         let keys = keys::ServerKeys::load_or_create(&config.data_dir)?;
         let stream = ephemeral::max_stream_position(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         let ratelimiter = ratelimit::RateLimiter::new(&config.rate_limits);
-        let e2ee = e2ee::E2eeState::load(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
+        let e2ee = e2ee::E2eeState::load(&db, stream).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         let media = media::MediaState::new(&config.data_dir);
         let search = search::SearchState::new(&config.data_dir);
         let push = push::PushState::load(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;

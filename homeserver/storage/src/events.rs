@@ -284,15 +284,6 @@ pub async fn membership_changes_between<'e>(
     .await?)
 }
 
-/// The position of the last membership event (0 when none).
-pub async fn last_membership_change<'e>(e: impl Exec<'e>) -> Result<i64> {
-    let row: (Option<i64>,) =
-        sqlx::query_as("SELECT MAX(stream_ordering) FROM events WHERE event_type = 'm.room.member'")
-            .fetch_one(e)
-            .await?;
-    Ok(row.0.unwrap_or(0))
-}
-
 /// Unredacted events of the given types after a stream position, oldest first (what the search
 /// index catches up on).
 pub async fn events_of_types_after<'e>(
