@@ -46,10 +46,7 @@ const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Default for TokenCache {
     fn default() -> Self {
-        TokenCache {
-            entries: std::sync::Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(16384).unwrap())),
-            generation: Default::default(),
-        }
+        TokenCache { entries: std::sync::Mutex::new(crate::lru(16384)), generation: Default::default() }
     }
 }
 

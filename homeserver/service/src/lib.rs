@@ -179,6 +179,14 @@ impl StreamWrite<'_> {
     }
 }
 
+/// An LRU cache of at most `cap` entries whose table grows with use (`LruCache::new` allocates
+/// the table for `cap` entries at once: megabytes for caches that may stay nearly empty).
+pub(crate) fn lru<K: std::hash::Hash + Eq, V>(cap: usize) -> lru::LruCache<K, V> {
+    let mut cache = lru::LruCache::unbounded();
+    cache.resize(std::num::NonZeroUsize::new(cap.max(1)).expect("at least 1"));
+    cache
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     ruma::MilliSecondsSinceUnixEpoch::now().get().into()

@@ -11,7 +11,7 @@
 //! or `"DR"`; none means NP); a room open to external persons has `fr.diplomatie.externals`
 //! with `{"allowed": true}`.
 
-use std::{num::NonZeroUsize, sync::Arc, sync::Mutex};
+use std::{sync::Arc, sync::Mutex};
 
 use diplomatie_policies::{self as policies, AccountKind, Entry, Level, Person, Room};
 use diplomatie_storage::org as store;
@@ -44,10 +44,7 @@ pub struct PortalState {
 
 impl Default for PortalState {
     fn default() -> Self {
-        PortalState {
-            people: Mutex::new(LruCache::new(NonZeroUsize::new(65536).unwrap())),
-            system: std::sync::OnceLock::new(),
-        }
+        PortalState { people: Mutex::new(crate::lru(65536)), system: std::sync::OnceLock::new() }
     }
 }
 

@@ -14,7 +14,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    num::NonZeroUsize,
     sync::{Arc, Mutex, Weak},
     time::Duration,
 };
@@ -84,17 +83,13 @@ impl PushState {
             pushers.entry(p.user_id.clone()).or_default().push(p);
         }
         Ok(PushState {
-            rules: Mutex::new(LruCache::new(NonZeroUsize::new(4096).unwrap())),
+            rules: Mutex::new(crate::lru(4096)),
             edit: tokio::sync::Mutex::new(()),
             pushers: Mutex::new(pushers),
             wake: Arc::new(tokio::sync::Notify::new()),
             client: std::sync::OnceLock::new(),
             anyone: std::sync::OnceLock::new(),
-            unread: Mutex::new(UnreadCache {
-                entries: LruCache::new(NonZeroUsize::new(65536).unwrap()),
-                applied: 0,
-                generation: 0,
-            }),
+            unread: Mutex::new(UnreadCache { entries: crate::lru(65536), applied: 0, generation: 0 }),
         })
     }
 }

@@ -82,7 +82,7 @@ impl Services {
         }
         let value = Value::Object(og);
         let mut cache = self.previews.cache.lock().unwrap();
-        let cache = cache.get_or_insert_with(|| lru::LruCache::new(std::num::NonZeroUsize::new(256).unwrap()));
+        let cache = cache.get_or_insert_with(|| crate::lru(256));
         cache.put(url.to_owned(), (now, value.clone()));
         Ok(value)
     }

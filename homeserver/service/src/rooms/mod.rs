@@ -15,7 +15,6 @@ pub mod timeline;
 
 use std::{
     collections::{HashMap, HashSet},
-    num::NonZeroUsize,
     sync::{atomic::AtomicI64, Arc, Mutex},
 };
 
@@ -83,12 +82,12 @@ impl Default for RoomCaches {
     fn default() -> Self {
         RoomCaches {
             meta: Mutex::default(),
-            states: Mutex::new(LruCache::new(NonZeroUsize::new(2_000).unwrap())),
-            events: Mutex::new(LruCache::new(NonZeroUsize::new(50_000).unwrap())),
+            states: Mutex::new(crate::lru(20_000)),
+            events: Mutex::new(crate::lru(100_000)),
             joined: Mutex::default(),
             next_state_group: AtomicI64::new(-1),
             queue: Mutex::default(),
-            recent_txns: Mutex::new(LruCache::new(NonZeroUsize::new(10_000).unwrap())),
+            recent_txns: Mutex::new(crate::lru(10_000)),
             last_create_ts: AtomicI64::new(0),
         }
     }
