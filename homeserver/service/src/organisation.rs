@@ -312,11 +312,7 @@ impl Services {
     async fn org_space(&self, kind: SpaceKind, slug: &str) -> Result<Option<OwnedRoomId>> {
         let alias = RoomAliasId::parse(format!("#{}.{slug}:{}", kind.prefix(), self.server_name()))
             .map_err(|_| Error::invalid_param("Invalid slug"))?;
-        match self.resolve_alias(&alias).await {
-            Ok(id) => Ok(Some(id)),
-            Err(Error::Matrix(ruma::api::error::ErrorKind::NotFound, _)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.alias_target(&alias).await
     }
 
     /// Creates a functional group (a space, its general and correspondence rooms) unless it

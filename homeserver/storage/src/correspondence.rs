@@ -395,10 +395,3 @@ pub async fn take_draft<'e>(e: impl Exec<'e>, preview_event_id: &str) -> Result<
         .await?;
     Ok(done.rows_affected() == 1)
 }
-
-/// Database size hints for the benchmark: rows of the correspondence tables.
-pub async fn row_counts<'e>(e: impl Exec<'e> + Copy) -> Result<(i64, i64)> {
-    let (c,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM correspondence").fetch_one(e).await?;
-    let (d,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM correspondence_deliveries").fetch_one(e).await?;
-    Ok((c, d))
-}

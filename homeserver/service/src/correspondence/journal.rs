@@ -33,7 +33,7 @@ impl Status {
         match s.trim().to_lowercase().as_str() {
             "new" | "nouveau" | "🆕" => Some(Status::New),
             "assigned" | "attribué" | "attribue" | "👀" | "✋" => Some(Status::Assigned),
-            "done" | "traité" | "traite" | "fait" | "✅" | "✔️" => Some(Status::Done),
+            "done" | "traité" | "traite" | "fait" | "✅" | "✔" | "✔️" => Some(Status::Done),
             _ => None,
         }
     }

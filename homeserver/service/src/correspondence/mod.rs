@@ -232,10 +232,6 @@ pub fn normalise_tag(tag: &str) -> String {
     tag.trim().trim_start_matches('#').to_lowercase()
 }
 
-fn refused(reason: impl Into<String>) -> Error {
-    Error::forbidden(reason)
-}
-
 impl Services {
     /// A group's or community's space, name and room (`key`: `correspondence`, `general`),
     /// from the cache of the organisation's directory (see [`CorrespondenceState`]).
@@ -255,15 +251,9 @@ impl Services {
             |s: String| RoomAliasId::parse(s).map_err(|_| Error::invalid_param(format!("Invalid group {slug:?}")));
         let space_alias = alias(format!("#{prefix}.{slug}:{}", self.server_name()))?;
         let room_alias = alias(format!("#{prefix}.{slug}.{key}:{}", self.server_name()))?;
-        let space = match self.resolve_alias(&space_alias).await {
-            Ok(id) => id,
-            Err(Error::Matrix(ErrorKind::NotFound, _)) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let room = match self.resolve_alias(&room_alias).await {
-            Ok(id) => id,
-            Err(Error::Matrix(ErrorKind::NotFound, _)) => return Ok(None),
-            Err(e) => return Err(e),
+        let (Some(space), Some(room)) = (self.alias_target(&space_alias).await?, self.alias_target(&room_alias).await?)
+        else {
+            return Ok(None);
         };
         let name = self
             .state_event(&space, &ruma::events::StateEventType::RoomName, "")
@@ -331,7 +321,7 @@ impl Services {
                 }
                 let a = self.addressee(slug, role).await?;
                 let facts = self.room_facts_now(&a.space).await?;
-                policies::may_address(facts, level).map_err(|r| refused(format!("{} ({slug})", r.0)))?;
+                policies::may_address(facts, level).map_err(|r| Error::forbidden(format!("{} ({slug})", r.0)))?;
                 addressees.push(a);
             }
         }
@@ -454,7 +444,7 @@ impl Services {
 
     async fn new_reference(&self, author: &UserId, group: &str) -> Result<String> {
         let now = crate::now_ms();
-        let year = chrono_year(now);
+        let year = year_of(now);
         let mut tx = self.db.begin().await?;
         let reference = store::reserve_reference(&mut tx, group, year, author.as_str(), now, |n| {
             format!("{}-{year}-{n:06}", group.to_uppercase())
@@ -494,7 +484,7 @@ impl Services {
     pub async fn send_signed_correspondence(&self, caller: &Caller, record: Value) -> Result<Dispatched> {
         let author = record.get("author").and_then(Value::as_str).unwrap_or_default();
         if author != caller.user_id.as_str() {
-            return Err(refused("The record's author must be the caller"));
+            return Err(Error::forbidden("The record's author must be the caller"));
         }
         if record.get("sealed").is_some() {
             return Err(Error::invalid_param("A record the client signs carries no `sealed`"));
@@ -505,19 +495,23 @@ impl Services {
             .ok_or_else(|| Error::new(ErrorKind::MissingParam, "The record has no reference"))?
             .to_owned();
         let keys = self.correspondence_keys(&caller.user_id).await?;
-        verify_record(&record, author, &keys).map_err(|e| refused(format!("Refused: {e}")))?;
+        verify_record(&record, author, &keys).map_err(|e| Error::forbidden(format!("Refused: {e}")))?;
         let c = composition_of(&record)?;
         match store::reservation(self.db.pool(), &reference).await? {
             Some((group, by)) if group == c.from && by == author => {}
-            _ => return Err(refused(format!("Reference {reference} was not reserved by you for group {}", c.from))),
+            _ => {
+                return Err(Error::forbidden(format!(
+                    "Reference {reference} was not reserved by you for group {}",
+                    c.from
+                )))
+            }
         }
         if store::get(self.db.pool(), &reference).await?.is_some() {
-            return Err(refused(format!("Reference {reference} was already dispatched (replay)")));
+            return Err(Error::forbidden(format!("Reference {reference} was already dispatched (replay)")));
         }
         let plan = self.plan(&caller.user_id, Some(&caller.device_id), &c).await?;
-        if Kind::parse(&c.kind) != Some(plan.kind)
-            || record.get("kind").and_then(Value::as_str) != Some(plan.kind.as_str())
-        {
+        // `plan` accepts the words agents type; a signed record names its kind canonically.
+        if c.kind != plan.kind.as_str() {
             return Err(Error::invalid_param("The record's kind must be telegram, diplomatic_note or formal_letter"));
         }
         self.dispatch(&caller.user_id, None, plan, record).await
@@ -566,7 +560,7 @@ impl Services {
         // Everything in one batch: a refusal or failure anywhere keeps nothing.
         let kind = plan.kind;
         let copy = |role: &str, group: &Addressee| {
-            let mut content = text::room_copy(&record, kind, &plan, role);
+            let mut content = text::room_copy(&record, kind, role);
             content[DELIVERY] = json!({ "as": role, "group": group.slug });
             content
         };
@@ -684,7 +678,7 @@ impl Services {
             .await?
             .ok_or_else(|| Error::not_found(format!("Unknown correspondence {reference}")))?;
         if !is_admin && stored.author != user.as_str() {
-            return Err(refused("Only the author sees the audience of a correspondence"));
+            return Err(Error::forbidden("Only the author sees the audience of a correspondence"));
         }
         self.audience_of(&stored).await
     }
@@ -747,17 +741,9 @@ impl Services {
 }
 
 /// The calendar year of a timestamp (UTC).
-fn chrono_year(ms: i64) -> i64 {
-    // Days since 1970-01-01 to a civil year (Howard Hinnant's algorithm).
-    let days = ms.div_euclid(86_400_000);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    yoe + era * 400 + i64::from(month <= 2)
+fn year_of(ms: i64) -> i64 {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos).map(|t| i64::from(t.year())).unwrap_or(1970)
 }
 
 #[cfg(test)]
@@ -766,10 +752,10 @@ mod tests {
 
     #[test]
     fn years() {
-        assert_eq!(chrono_year(0), 1970);
-        assert_eq!(chrono_year(1_704_067_199_999), 2023); // 2023-12-31T23:59:59.999Z
-        assert_eq!(chrono_year(1_704_067_200_000), 2024);
-        assert_eq!(chrono_year(1_795_000_000_000), 2026);
+        assert_eq!(year_of(0), 1970);
+        assert_eq!(year_of(1_704_067_199_999), 2023); // 2023-12-31T23:59:59.999Z
+        assert_eq!(year_of(1_704_067_200_000), 2024);
+        assert_eq!(year_of(1_795_000_000_000), 2026);
     }
 
     #[test]

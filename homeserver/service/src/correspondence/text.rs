@@ -25,7 +25,7 @@
 use diplomatie_policies::JournalView;
 use serde_json::{json, Value};
 
-use super::{journal::ItemStatus, Addressee, Composition, Kind, Plan, MSGTYPE};
+use super::{journal::ItemStatus, Addressee, Composition, Kind, MSGTYPE};
 use crate::{Error, Result};
 
 /// The commands that start a draft, with their kind.
@@ -179,7 +179,7 @@ fn rendering(record: &Value, kind: Kind) -> (String, String) {
 }
 
 /// The content of a copy of a record in a group's or community's room.
-pub(super) fn room_copy(record: &Value, kind: Kind, _plan: &Plan, role: &str) -> Value {
+pub(super) fn room_copy(record: &Value, kind: Kind, role: &str) -> Value {
     let (plain, html) = rendering(record, kind);
     let marker = match role {
         "action" => "[POUR ACTION] ",

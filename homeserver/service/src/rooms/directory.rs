@@ -53,6 +53,15 @@ impl Services {
         OwnedRoomId::try_from(room_id).map_err(|_| Error::Internal)
     }
 
+    /// The room an alias of this server names, or `None` when it names none.
+    pub async fn alias_target(&self, alias: &RoomAliasId) -> Result<Option<OwnedRoomId>> {
+        match self.resolve_alias(alias).await {
+            Ok(id) => Ok(Some(id)),
+            Err(Error::Matrix(ErrorKind::NotFound, _)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn room_aliases(&self, user: &UserId, room_id: &RoomId) -> Result<Vec<String>> {
         self.readable_until(user, room_id).await?;
         Ok(diplomatie_storage::rooms::room_aliases(self.db.pool(), room_id.as_str()).await?)
