@@ -79,9 +79,10 @@ impl TestServer {
             env.retain(|(key, _)| key != k);
             env.push(((*k).to_owned(), (*v).to_owned()));
         }
+        let server_name = env.iter().find(|(k, _)| k == "SERVER_NAME").map(|(_, v)| v.clone()).unwrap_or_default();
         let mut server = TestServer {
             base: String::new(),
-            server_name: "localhost".into(),
+            server_name,
             backend,
             data_dir,
             database_url,
@@ -93,6 +94,24 @@ impl TestServer {
         server
     }
 
+    /// Starts a server that federates: its name is `127.0.0.1:<port>` where its built-in HTTPS
+    /// listener serves (a self-signed certificate, accepted by the others since every test
+    /// server skips certificate checks for loopback addresses only).
+    pub async fn start_federating(backend: Backend, extra: &[(&str, &str)]) -> TestServer {
+        let port = free_port();
+        let name = format!("127.0.0.1:{port}");
+        let mut settings: Vec<(&str, &str)> = vec![
+            ("SERVER_NAME", &name),
+            ("FEDERATION__ENABLED", "true"),
+            ("FEDERATION__INSECURE_LOOPBACK_TLS", "true"),
+            ("FEDERATION__MAX_BACKOFF_MS", "2000"),
+        ];
+        let listen = name.clone();
+        settings.push(("FEDERATION__TLS_LISTEN", &listen));
+        settings.extend_from_slice(extra);
+        TestServer::start(backend, &settings).await
+    }
+
     /// Starts (or restarts) the process on a new port, over the same data.
     pub async fn launch(&mut self) {
         let port = free_port();
@@ -101,9 +120,10 @@ impl TestServer {
             cmd.env(format!("DIPLOMATIE_{k}"), v);
         }
         cmd.env("DIPLOMATIE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("DIPLOMATIE_LOG", "warn")
+            // `DIPLOMATIE_TEST_LOG=info,diplomatie_service=debug` shows what the servers do.
+            .env("DIPLOMATIE_LOG", std::env::var("DIPLOMATIE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(if std::env::var_os("DIPLOMATIE_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
         let child = cmd.spawn().expect("start diplomatie");

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod client;
 pub mod correspondence;
 pub mod error;
+pub mod federation;
 pub mod ruma_wrapper;
 
 use std::{sync::Arc, time::Duration};
@@ -205,6 +206,8 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/_diplomatie/client/v1/correspondence/{reference}/status/{group}", put(corr::set_status))
         .route("/_diplomatie/client/v1/journal", get(corr::journal))
         .route("/_diplomatie/client/v1/journal/tags/{tag}", put(corr::follow).merge(delete(corr::unfollow)));
+
+    let r = federation::routes(r);
 
     r.fallback(unrecognized)
         .method_not_allowed_fallback(unrecognized)

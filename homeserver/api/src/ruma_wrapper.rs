@@ -15,6 +15,7 @@ use http_body_util::BodyExt;
 use ruma::api::{
     auth_scheme::{AccessToken, AccessTokenOptional, AppserviceToken},
     error::{DeserializationError, ErrorKind, FromHttpRequestError, LimitExceededErrorData},
+    federation::authentication::ServerSignatures,
     IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponse, OutgoingResponseExt,
 };
 use serde_json::Value;
@@ -29,9 +30,16 @@ pub struct Ruma<T> {
     /// The request body as JSON, for the fields ruma's types do not keep.
     pub json: Option<Value>,
     pub ip: Option<String>,
+    /// The server that sent a federation request (its `X-Matrix` signature checked).
+    pub origin: Option<ruma::OwnedServerName>,
 }
 
 impl<T> Ruma<T> {
+    /// The server that sent a federation request.
+    pub fn origin(&self) -> &ruma::ServerName {
+        self.origin.as_deref().expect("the extractor authenticates federation requests")
+    }
+
     /// The caller of an endpoint that requires authentication.
     pub fn caller(&self) -> &Caller {
         self.caller.as_ref().expect("the extractor authenticates endpoints that require it")
@@ -152,10 +160,21 @@ where
             } else {
                 &bytes
             };
+        // Federation: the request must be signed by its origin (checked on the whole request).
+        let origin = if auth == TypeId::of::<ServerSignatures>() {
+            let mut signed = http::Request::builder().method(parts.method.clone()).uri(parts.uri.clone());
+            if let Some(h) = signed.headers_mut() {
+                *h = parts.headers.clone();
+            }
+            let signed = signed.body(&bytes[..]).map_err(|_| ApiError(Error::Internal))?;
+            Some(services.verify_request(&signed).await.map_err(ApiError)?)
+        } else {
+            None
+        };
         let http_req = http::Request::from_parts(parts, body_bytes);
         let args: Vec<&str> = path_params.iter().map(String::as_str).collect();
         let body = T::try_from_http_request(http_req, &args).map_err(parse_error)?;
-        Ok(Ruma { body, caller, json, ip })
+        Ok(Ruma { body, caller, json, ip, origin })
     }
 }
 

@@ -3,8 +3,11 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
+
 use clap::{Parser, Subcommand};
 use diplomatie_service::{Config, Services};
+
+mod tls;
 
 #[derive(Parser)]
 #[command(name = "diplomatie", version, about = "The Diplomatie Matrix homeserver")]
@@ -342,9 +345,42 @@ async fn serve(services: std::sync::Arc<Services>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(server_name = %services.server_name(), %addr, "Diplomatie is listening");
     let app = diplomatie_api::router(services.clone());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    // The built-in HTTPS listener, for federation without a reverse proxy.
+    let tls = if services.config.federation.tls_listen.is_empty() {
+        None
+    } else {
+        let tls_addr: SocketAddr = services
+            .config
+            .federation
+            .tls_listen
+            .parse()
+            .with_context(|| format!("invalid federation.tls_listen {}", services.config.federation.tls_listen))?;
+        let config = diplomatie_service::federation::tls::server_config(&services.config)
+            .map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+        let listener =
+            tls::TlsListener::bind(tls_addr, config).await.with_context(|| format!("cannot listen on {tls_addr}"))?;
+        tracing::info!(addr = %tls_addr, "HTTPS listener");
+        let app = app
+            .clone()
+            .layer(axum::middleware::map_request(tls::peer_address))
+            .into_make_service_with_connect_info::<tls::TlsPeer>();
+        let serving = axum::serve(listener, app).with_graceful_shutdown(until_stopped(stopped.clone()));
+        Some(tokio::spawn(async move { serving.await }))
+    };
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(until_stopped(stopped))
         .await?;
+    if let Some(tls) = tls {
+        let _ = tls.await;
+    }
     services.db.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -40,6 +40,59 @@ pub struct Config {
     pub url_preview: UrlPreview,
     pub push: Push,
     pub portal: Portal,
+    pub federation: Federation,
+}
+
+/// Federation with other servers (the server-server API).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Federation {
+    /// Off by default: a ministry's server talks to no other server until its administrator
+    /// says which (`allowed_servers`). The federation API is then served on `listen` (behind a
+    /// TLS reverse proxy, as Synapse's usually is) and on `tls_listen` if set.
+    pub enabled: bool,
+    /// Servers this one federates with, inbound and outbound; empty means every server.
+    /// Requests from others are refused with `M_FORBIDDEN`, and nothing is sent to them.
+    pub allowed_servers: Vec<String>,
+    /// Verify keys pinned per partner server (`"server" = { "ed25519:id" = "base64" }`): they
+    /// are the only keys accepted for that server, and are never fetched from the network.
+    pub pinned_keys: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    /// An address on which the server itself serves HTTPS (federation and client API), such as
+    /// `0.0.0.0:8448`; empty: none.
+    pub tls_listen: String,
+    /// Certificate chain and private key (PEM) for `tls_listen`; both empty: a self-signed
+    /// certificate for `server_name` is made in the data directory (tests, trials).
+    pub tls_certificate: PathBuf,
+    pub tls_private_key: PathBuf,
+    /// An extra certificate authority (PEM) trusted for outbound requests (a ministry's own CA).
+    pub trusted_ca: PathBuf,
+    /// Tests only: skip the verification of other servers' certificates when, and only when,
+    /// the address connected to is a loopback address.
+    pub insecure_loopback_tls: bool,
+    /// How long the verify key this server publishes is valid, in milliseconds.
+    pub key_validity_ms: u64,
+    /// Time allowed for one request to another server, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Longest wait between two attempts to reach a failing server, in milliseconds.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for Federation {
+    fn default() -> Self {
+        Federation {
+            enabled: false,
+            allowed_servers: Vec::new(),
+            pinned_keys: Default::default(),
+            tls_listen: String::new(),
+            tls_certificate: PathBuf::new(),
+            tls_private_key: PathBuf::new(),
+            trusted_ca: PathBuf::new(),
+            insecure_loopback_tls: false,
+            key_validity_ms: 24 * 3600 * 1000,
+            request_timeout_ms: 30_000,
+            max_backoff_ms: 3600 * 1000,
+        }
+    }
 }
 
 /// The portal's rules: clearances (NP, DR) and classified rooms.
@@ -158,6 +211,7 @@ const OPTIONS: &[&str] = &[
     "url_preview",
     "push",
     "portal",
+    "federation",
 ];
 
 impl Default for Config {
@@ -178,6 +232,7 @@ impl Default for Config {
             url_preview: UrlPreview::default(),
             push: Push::default(),
             portal: Portal::default(),
+            federation: Federation::default(),
         }
     }
 }

@@ -103,6 +103,25 @@ impl Services {
         if !self.is_joined(room_id, user).await? {
             return Err(Error::forbidden("You are not joined to this room"));
         }
+        self.apply_typing(user, room_id, typing, timeout_ms).await?;
+        if user.server_name() == self.server_name() {
+            let edu = serde_json::json!({
+                "edu_type": "m.typing",
+                "content": { "room_id": room_id, "user_id": user, "typing": typing },
+            });
+            self.federate_edu(room_id, edu).await?;
+        }
+        Ok(())
+    }
+
+    /// Changes who types in a room (a local user, or one another server speaks for).
+    pub(crate) async fn apply_typing(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        typing: bool,
+        timeout_ms: Option<u64>,
+    ) -> Result<()> {
         {
             let mut rooms = self.typing.rooms.lock().unwrap();
             let room = rooms.entry(room_id.to_owned()).or_default();
@@ -151,6 +170,32 @@ impl Services {
                 return Err(Error::invalid_param("thread_id must be main or an event id"));
             }
         }
+        let ts = now_ms();
+        self.store_receipt(user, room_id, receipt_type, event_id, thread_id, ts).await?;
+        if receipt_type == "m.read" && user.server_name() == self.server_name() {
+            let mut data = serde_json::json!({ "ts": ts });
+            if let Some(t) = thread_id {
+                data["thread_id"] = serde_json::json!(t);
+            }
+            let edu = serde_json::json!({
+                "edu_type": "m.receipt",
+                "content": { room_id.as_str(): { "m.read": { user.as_str(): { "event_ids": [event_id], "data": data } } } },
+            });
+            self.federate_edu(room_id, edu).await?;
+        }
+        Ok(())
+    }
+
+    /// Records a receipt (of a local user, or one another server speaks for) and wakes readers.
+    pub(crate) async fn store_receipt(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        receipt_type: &str,
+        event_id: &EventId,
+        thread_id: Option<&str>,
+        ts: i64,
+    ) -> Result<()> {
         let mut write = self.begin_write().await;
         let position = write.next_position();
         streams::set_receipt(
@@ -160,7 +205,7 @@ impl Services {
             receipt_type,
             thread_id.unwrap_or(""),
             event_id.as_str(),
-            now_ms(),
+            ts,
             position,
         )
         .await?;

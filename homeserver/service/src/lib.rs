@@ -16,6 +16,7 @@ pub mod dehydrated;
 pub mod e2ee;
 pub mod ephemeral;
 pub mod error;
+pub mod federation;
 pub mod keys;
 pub mod media;
 pub mod notifier;
@@ -73,6 +74,7 @@ pub struct Services {
     /// The last presence state written for each user (see `presence_on_sync`).
     presence_states: std::sync::Mutex<std::collections::HashMap<ruma::OwnedUserId, String>>,
     pub ratelimiter: ratelimit::RateLimiter,
+    pub federation: federation::FederationState,
 }
 
 impl Services {
@@ -116,6 +118,7 @@ impl Services {
             tokens: Default::default(),
             presence_states: Default::default(),
             ratelimiter,
+            federation: Default::default(),
         });
         ephemeral::spawn_typing_expiry(Arc::downgrade(&services));
         // Every process that writes (the server, an import) keeps the write-ahead log short.
@@ -131,6 +134,7 @@ impl Services {
         push::spawn_pusher_worker(Arc::downgrade(&services));
         search::spawn_indexer(&services);
         correspondence::spawn_worker(&services);
+        federation::sender::spawn_senders(&services);
         Ok(services)
     }
 

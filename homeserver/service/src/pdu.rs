@@ -117,6 +117,14 @@ impl Pdu {
         })
     }
 
+    /// Reads a PDU another server sent: one that does not parse is bad JSON, not a fault here.
+    pub fn from_received(event_id: OwnedEventId, json: String, room: Option<OwnedRoomId>) -> Result<Pdu> {
+        if let Err(e) = serde_json::from_str::<Wire>(&json) {
+            return Err(Error::bad_json(format!("Malformed PDU {event_id}: {e}")));
+        }
+        Pdu::from_json(event_id, json, room)
+    }
+
     pub fn from_stored(stored: diplomatie_storage::events::StoredEvent) -> Result<Pdu> {
         let event_id = OwnedEventId::try_from(stored.event_id).map_err(|_| Error::Internal)?;
         let room = OwnedRoomId::try_from(stored.room_id).ok();

@@ -429,6 +429,14 @@ impl Services {
     /// Stripped state for invites and knocks: what a client shows before joining.
     pub async fn stripped_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
         let state = self.current_state(room_id).await?;
+        // An invite from another server, to a room this one is not in: what the inviter showed.
+        if let Some(p) = self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await? {
+            if let Some(Value::Array(shown)) = p.unsigned.get("invite_room_state") {
+                let mut out = shown.clone();
+                out.push(p.to_stripped());
+                return Ok(out);
+            }
+        }
         let mut out = Vec::new();
         for kind in [
             StateEventType::RoomCreate,

@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod correspondence;
 pub mod e2ee;
 pub mod events;
+pub mod federation;
 pub mod media;
 pub mod org;
 pub mod push;
@@ -73,6 +74,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "portal", include_str!("../migrations/0007_portal.sql")),
     (8, "push_defaults", include_str!("../migrations/0008_push_defaults.sql")),
     (9, "correspondence", include_str!("../migrations/0009_correspondence.sql")),
+    (10, "federation", include_str!("../migrations/0010_federation.sql")),
 ];
 
 #[derive(Debug)]
@@ -260,8 +262,21 @@ pub(crate) async fn insert_rows<T>(
     rows: &[T],
     bind: impl for<'q> Fn(AnyQuery<'q>, &'q T) -> AnyQuery<'q>,
 ) -> Result<()> {
+    insert_rows_with_tail(conn, head, columns, rows, "", bind).await
+}
+
+/// [`insert_rows`] with a clause after the values (`ON CONFLICT ...`).
+pub(crate) async fn insert_rows_with_tail<T>(
+    conn: &mut Connection,
+    head: &str,
+    columns: usize,
+    rows: &[T],
+    tail: &str,
+    bind: impl for<'q> Fn(AnyQuery<'q>, &'q T) -> AnyQuery<'q>,
+) -> Result<()> {
     for chunk in row_chunks(rows) {
-        let sql = values_sql(conn, head, columns, chunk.len());
+        let mut sql = values_sql(conn, head, columns, chunk.len());
+        sql.push_str(tail);
         let q = chunk.iter().fold(sqlx::query(&sql), &bind);
         q.execute(&mut *conn).await?;
     }

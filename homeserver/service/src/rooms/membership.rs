@@ -3,7 +3,7 @@
 use ruma::{
     api::error::ErrorKind,
     events::{StateEventType, TimelineEventType},
-    OwnedRoomId, OwnedUserId, RoomId, RoomOrAliasId, UserId,
+    OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomOrAliasId, UserId,
 };
 use serde_json::{json, Map, Value};
 
@@ -13,13 +13,24 @@ use crate::{Error, Result, Services};
 impl Services {
     /// Resolves a room id or a local alias to a room id.
     pub async fn resolve_room(&self, room: &RoomOrAliasId) -> Result<OwnedRoomId> {
+        Ok(self.resolve_room_and_servers(room).await?.0)
+    }
+
+    /// Resolves a room id or an alias (another server's through federation) to a room id and
+    /// servers that are in the room.
+    pub async fn resolve_room_and_servers(&self, room: &RoomOrAliasId) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
         match <&RoomId>::try_from(room) {
-            Ok(id) => Ok(id.to_owned()),
+            Ok(id) => Ok((id.to_owned(), Vec::new())),
+            Err(alias) if alias.server_name() != self.server_name() && self.federation_enabled() => {
+                let request = ruma::api::federation::query::get_room_information::v1::Request::new(alias.to_owned());
+                let answer = self.federation_request(alias.server_name(), request).await?;
+                Ok((answer.room_id, answer.servers))
+            }
             Err(alias) => {
                 let (room_id, _) = diplomatie_storage::rooms::get_alias(self.db.pool(), alias.as_str())
                     .await?
                     .ok_or_else(|| Error::not_found("Room alias not found"))?;
-                OwnedRoomId::try_from(room_id).map_err(|_| Error::Internal)
+                Ok((OwnedRoomId::try_from(room_id).map_err(|_| Error::Internal)?, Vec::new()))
             }
         }
     }
@@ -39,7 +50,13 @@ impl Services {
         if invitee.server_name() != self.server_name() {
             // The portal's rule for sharing a room with another server comes first.
             self.check_federation(room_id, invitee.server_name()).await?;
-            return Err(Error::forbidden("Invites to users of other servers need federation, which is not enabled"));
+            self.check_server_allowed(invitee.server_name())?;
+            let mut content = json!({ "membership": "invite" });
+            if is_direct {
+                content["is_direct"] = json!(true);
+            }
+            add_reason(&mut content, reason);
+            return self.invite_remote(sender, room_id, invitee, content).await;
         }
         if diplomatie_storage::accounts::get_user(self.db.pool(), invitee.as_str()).await?.is_none() {
             return Err(Error::not_found("Unknown user"));
@@ -57,7 +74,26 @@ impl Services {
 
     /// Joins `user` to a room known to this server.
     pub async fn join(&self, user: &UserId, room_id: &RoomId, reason: Option<String>) -> Result<OwnedRoomId> {
-        let Some(meta) = self.room_meta(room_id).await? else {
+        self.join_via(user, room_id, reason, &[]).await
+    }
+
+    /// Joins `user` to a room: here if this server is in the room, else through `via` (and
+    /// the servers this one knows to be in it).
+    pub async fn join_via(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        reason: Option<String>,
+        via: &[OwnedServerName],
+    ) -> Result<OwnedRoomId> {
+        let meta = self.room_meta(room_id).await?;
+        if self.federation_enabled() && (meta.is_none() || !self.server_in_room(room_id).await?) {
+            let mut servers = via.to_vec();
+            servers.extend(self.servers_known_in(room_id, user).await?);
+            self.remote_join(user, room_id, &servers, reason).await?;
+            return Ok(room_id.to_owned());
+        }
+        let Some(meta) = meta else {
             return Err(Error::not_found("This server does not know this room, and federation is not enabled"));
         };
         let state = self.state_map(meta.state_group).await?;
@@ -96,7 +132,7 @@ impl Services {
     }
 
     /// Whether `user` is joined to one of the rooms a restricted join rule allows.
-    async fn allowed_by_restricted_rule(&self, content: &Value, user: &UserId) -> Result<bool> {
+    pub(crate) async fn allowed_by_restricted_rule(&self, content: &Value, user: &UserId) -> Result<bool> {
         let Some(allow) = content.get("allow").and_then(Value::as_array) else {
             return Ok(false);
         };
@@ -116,7 +152,7 @@ impl Services {
     }
 
     /// A local joined member whose power allows inviting, to authorise restricted joins.
-    async fn local_inviter(&self, room_id: &RoomId) -> Result<Option<OwnedUserId>> {
+    pub(crate) async fn local_inviter(&self, room_id: &RoomId) -> Result<Option<OwnedUserId>> {
         let levels = self.power_levels(room_id).await?;
         let invite_level = levels.get("invite").and_then(Value::as_i64).unwrap_or(0);
         let mut candidates: Vec<OwnedUserId> = self
@@ -161,6 +197,11 @@ impl Services {
             Some("leave") => return Ok(()),
             Some("ban") => return Err(Error::forbidden("You are banned from this room")),
             _ => {}
+        }
+        // An invite (or knock) to a room this server is not in is refused through another.
+        if self.federation_enabled() && !self.server_in_room(room_id).await? {
+            let servers = self.servers_known_in(room_id, user).await?;
+            return self.remote_leave(user, room_id, &servers).await;
         }
         let mut content = json!({ "membership": "leave" });
         add_reason(&mut content, reason);
@@ -226,6 +267,29 @@ impl Services {
 }
 
 impl Services {
+    /// Servers this one knows in a room it may not be in: the sender of `user`'s membership
+    /// (an invite's), then those of the members it knew.
+    async fn servers_known_in(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<OwnedServerName>> {
+        let mut servers = Vec::new();
+        if self.room_meta(room_id).await?.is_none() {
+            return Ok(servers);
+        }
+        let state = self.current_state(room_id).await?;
+        if let Some(p) = self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await? {
+            servers.push(p.sender.server_name().to_owned());
+        }
+        for ((kind, key), _) in state.iter() {
+            if *kind == StateEventType::RoomMember {
+                if let Ok(u) = <&UserId>::try_from(key.as_str()) {
+                    if !servers.iter().any(|s| s == u.server_name()) {
+                        servers.push(u.server_name().to_owned());
+                    }
+                }
+            }
+        }
+        Ok(servers)
+    }
+
     /// Appends `sender`'s membership event about `target`.
     async fn send_membership(&self, sender: &UserId, room_id: &RoomId, target: &UserId, content: Value) -> Result<()> {
         let builder = PduBuilder::state(TimelineEventType::RoomMember, target.as_str(), content);

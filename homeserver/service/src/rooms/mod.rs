@@ -9,6 +9,7 @@
 pub mod create;
 pub mod directory;
 pub mod membership;
+pub mod received;
 pub mod resolve;
 pub mod spaces;
 pub mod timeline;
@@ -181,10 +182,15 @@ impl Services {
         if let Some(p) = self.rooms.events.lock().unwrap().get(event_id) {
             return Ok(Some(p.clone()));
         }
-        let Some(stored) = ev_store::get_event(self.db.pool(), event_id.as_str()).await? else {
-            return Ok(None);
+        let pdu = match ev_store::get_event(self.db.pool(), event_id.as_str()).await? {
+            Some(stored) => Pdu::from_stored(stored)?,
+            // Known outside the timeline (state a join brought, auth events fetched).
+            None => match diplomatie_storage::federation::get_outlier(self.db.pool(), event_id.as_str()).await? {
+                Some((room, json)) => Pdu::from_json(event_id.to_owned(), json, room.try_into().ok())?,
+                None => return Ok(None),
+            },
         };
-        let pdu = Arc::new(Pdu::from_stored(stored)?);
+        let pdu = Arc::new(pdu);
         self.rooms.events.lock().unwrap().put(event_id.to_owned(), pdu.clone());
         Ok(Some(pdu))
     }
@@ -945,6 +951,8 @@ impl<'a> RoomWriter<'a> {
         let started = std::time::Instant::now();
         let push_rows = services.push_rows(&appended, &new_states, &created).await?;
         let notified = services.notified_members(&push_rows).await?;
+        // What goes to other servers is queued with the events.
+        let outgoing = services.outgoing_pdus(&appended).await?;
         let evaluated = started.elapsed();
         let mut tx = services.db.begin().await?;
         let acquired = started.elapsed();
@@ -985,6 +993,9 @@ impl<'a> RoomWriter<'a> {
             }
         }
         services.write_push_rows(&mut tx, &push_rows).await?;
+        if !outgoing.is_empty() {
+            outgoing.write(&mut tx).await?;
+        }
         diplomatie_storage::commit(tx).await?;
         tracing::debug!(
             events = appended.len(),
@@ -1046,6 +1057,7 @@ impl<'a> RoomWriter<'a> {
         services.notifications_committed(&push_rows, &notified);
         services.index_committed(&appended, &redacted, position);
         services.correspondence_committed(&appended, &txns);
+        services.outgoing_committed(&outgoing);
         for room_id in others.keys() {
             let joined = services.joined_members(room_id).await?;
             services.notifier.notify(joined.iter().map(|u| &**u));

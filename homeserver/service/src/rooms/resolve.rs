@@ -29,6 +29,15 @@ impl Services {
             let pdu = self.get_pdu(id).await?.ok_or(Error::Internal)?;
             maps.push((*self.state_map(pdu.state_group).await?).clone());
         }
+        self.resolve_states(version, maps).await
+    }
+
+    /// The resolution of several states of a room (v2, or v2.1 since v12).
+    pub async fn resolve_states(
+        &self,
+        version: &RoomVersionId,
+        mut maps: Vec<StateMap<OwnedEventId>>,
+    ) -> Result<StateMap<OwnedEventId>> {
         maps.dedup();
         if maps.len() == 1 {
             return Ok(maps.pop().expect("one map"));

@@ -1,0 +1,251 @@
+//! The server-server API: keys, transactions, joins, leaves and invites, history and queries.
+//! Every handler but the key endpoints takes a request whose `X-Matrix` signature the
+//! extractor checked; the origin's permissions are checked by the services.
+
+use std::sync::Arc;
+
+use axum::{extract::State, response::Response};
+use diplomatie_service::{federation::membership::federation_json, Error, Services};
+use ruma::{
+    api::federation::{
+        authorization::get_event_authorization,
+        backfill::get_backfill,
+        discovery::{get_remote_server_keys, get_remote_server_keys_batch, get_server_version},
+        event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
+        membership::{create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event},
+        query::{get_profile_information, get_room_information},
+        transactions::send_transaction_message,
+    },
+    serde::Raw,
+    MilliSecondsSinceUnixEpoch, OwnedServerName,
+};
+use serde_json::value::RawValue;
+
+use crate::ruma_wrapper::{json_ok, route, ApiResult, Ruma};
+
+type S = State<Arc<Services>>;
+
+/// Registers the federation routes.
+pub fn routes(r: axum::Router<Arc<Services>>) -> axum::Router<Arc<Services>> {
+    use axum::routing::get;
+    let r =
+        r.route("/_matrix/key/v2/server", get(server_keys)).route("/_matrix/key/v2/server/{key_id}", get(server_keys));
+    let r = route::<get_remote_server_keys_batch::v2::Request, _, _>(r, notary_batch);
+    let r = route::<get_remote_server_keys::v2::Request, _, _>(r, notary_one);
+    let r = route::<get_server_version::v1::Request, _, _>(r, version);
+    let r = route::<send_transaction_message::v1::Request, _, _>(r, send_transaction);
+    let r = route::<prepare_join_event::v1::Request, _, _>(r, make_join);
+    let r = route::<create_join_event::v2::Request, _, _>(r, send_join);
+    let r = route::<prepare_leave_event::v1::Request, _, _>(r, make_leave);
+    let r = route::<create_leave_event::v2::Request, _, _>(r, send_leave);
+    let r = route::<create_invite::v2::Request, _, _>(r, invite);
+    let r = route::<get_event::v1::Request, _, _>(r, event);
+    let r = route::<get_room_state_ids::v1::Request, _, _>(r, state_ids);
+    let r = route::<get_room_state::v1::Request, _, _>(r, state);
+    let r = route::<get_event_authorization::v1::Request, _, _>(r, event_auth);
+    let r = route::<get_backfill::v1::Request, _, _>(r, backfill);
+    let r = route::<get_missing_events::v1::Request, _, _>(r, missing_events);
+    let r = route::<get_profile_information::v1::Request, _, _>(r, query_profile);
+    route::<get_room_information::v1::Request, _, _>(r, query_directory)
+}
+
+/// `GET /_matrix/key/v2/server`: this server's keys, self-signed.
+async fn server_keys(State(s): S) -> Result<Response, crate::error::ApiError> {
+    Ok(json_ok(s.own_server_keys()?))
+}
+
+fn raw_keys(v: serde_json::Value) -> Result<Raw<ruma::api::federation::discovery::ServerSigningKeys>, Error> {
+    let raw = serde_json::value::to_raw_value(&v).map_err(|_| Error::Internal)?;
+    Ok(Raw::from_json(raw))
+}
+
+async fn notary_batch(
+    State(s): S,
+    req: Ruma<get_remote_server_keys_batch::v2::Request>,
+) -> ApiResult<get_remote_server_keys_batch::v2::Response> {
+    let mut keys = Vec::new();
+    for server in req.body.server_keys.keys() {
+        match s.notary_keys(server).await {
+            Ok(v) => keys.push(raw_keys(v)?),
+            Err(e) => tracing::info!(%server, error = %e, "notary: no keys"),
+        }
+    }
+    Ok(get_remote_server_keys_batch::v2::Response::new(keys).into())
+}
+
+async fn notary_one(
+    State(s): S,
+    req: Ruma<get_remote_server_keys::v2::Request>,
+) -> ApiResult<get_remote_server_keys::v2::Response> {
+    let keys = match s.notary_keys(&req.body.server_name).await {
+        Ok(v) => vec![raw_keys(v)?],
+        Err(_) => vec![],
+    };
+    Ok(get_remote_server_keys::v2::Response::new(keys).into())
+}
+
+async fn version(_: S, _: Ruma<get_server_version::v1::Request>) -> ApiResult<get_server_version::v1::Response> {
+    let mut server = get_server_version::v1::Server::new();
+    server.name = Some("Diplomatie".into());
+    server.version = Some(env!("CARGO_PKG_VERSION").into());
+    let mut response = get_server_version::v1::Response::new();
+    response.server = Some(server);
+    Ok(response.into())
+}
+
+async fn send_transaction(
+    State(s): S,
+    req: Ruma<send_transaction_message::v1::Request>,
+) -> ApiResult<send_transaction_message::v1::Response> {
+    if req.body.origin != req.origin() {
+        return Err(Error::forbidden("The transaction's origin is not the server that signed it").into());
+    }
+    let edus: Vec<Box<RawValue>> = req.body.edus.iter().map(|e| e.json().to_owned()).collect();
+    let results = s.receive_transaction(req.origin(), req.body.transaction_id.as_str(), &req.body.pdus, &edus).await?;
+    Ok(send_transaction_message::v1::Response::new(results).into())
+}
+
+async fn make_join(
+    State(s): S,
+    req: Ruma<prepare_join_event::v1::Request>,
+) -> ApiResult<prepare_join_event::v1::Response> {
+    let (version, event) =
+        s.make_membership(req.origin(), &req.body.room_id, &req.body.user_id, "join", Some(&req.body.ver)).await?;
+    let mut response = prepare_join_event::v1::Response::new(event);
+    response.room_version = Some(version);
+    Ok(response.into())
+}
+
+async fn send_join(
+    State(s): S,
+    req: Ruma<create_join_event::v2::Request>,
+) -> ApiResult<create_join_event::v2::Response> {
+    let b = &req.body;
+    let (pdu, state_before, signed) =
+        s.send_membership_from(req.origin(), &b.room_id, &b.event_id, &b.pdu, "join").await?;
+    let state = s.join_response(&b.room_id, &pdu, &state_before, signed).await?;
+    Ok(create_join_event::v2::Response::new(state).into())
+}
+
+async fn make_leave(
+    State(s): S,
+    req: Ruma<prepare_leave_event::v1::Request>,
+) -> ApiResult<prepare_leave_event::v1::Response> {
+    let (version, event) = s.make_membership(req.origin(), &req.body.room_id, &req.body.user_id, "leave", None).await?;
+    Ok(prepare_leave_event::v1::Response::new(Some(version), event).into())
+}
+
+async fn send_leave(
+    State(s): S,
+    req: Ruma<create_leave_event::v2::Request>,
+) -> ApiResult<create_leave_event::v2::Response> {
+    let b = &req.body;
+    s.send_membership_from(req.origin(), &b.room_id, &b.event_id, &b.pdu, "leave").await?;
+    Ok(create_leave_event::v2::Response::new().into())
+}
+
+async fn invite(State(s): S, req: Ruma<create_invite::v2::Request>) -> ApiResult<create_invite::v2::Response> {
+    let b = &req.body;
+    let signed = s
+        .receive_invite(req.origin(), &b.room_id, &b.event_id, &b.room_version, &b.event, &b.invite_room_state)
+        .await?;
+    Ok(create_invite::v2::Response::new(signed).into())
+}
+
+async fn event(State(s): S, req: Ruma<get_event::v1::Request>) -> ApiResult<get_event::v1::Response> {
+    let pdu = s.event_for_server(req.origin(), &req.body.event_id).await?;
+    let response = get_event::v1::Response::new(
+        s.server_name().to_owned(),
+        MilliSecondsSinceUnixEpoch::now(),
+        federation_json(&pdu)?,
+    );
+    Ok(response.into())
+}
+
+async fn state_ids(
+    State(s): S,
+    req: Ruma<get_room_state_ids::v1::Request>,
+) -> ApiResult<get_room_state_ids::v1::Response> {
+    s.check_origin_may_read(&req.body.room_id, req.origin()).await?;
+    let state = s.state_before_event(&req.body.room_id, &req.body.event_id).await?;
+    let ids: Vec<_> = state.values().cloned().collect();
+    let chain = s.auth_chain_events(&ids).await?.iter().map(|p| p.event_id.clone()).collect();
+    Ok(get_room_state_ids::v1::Response::new(chain, ids).into())
+}
+
+async fn state(State(s): S, req: Ruma<get_room_state::v1::Request>) -> ApiResult<get_room_state::v1::Response> {
+    s.check_origin_may_read(&req.body.room_id, req.origin()).await?;
+    let state = s.state_before_event(&req.body.room_id, &req.body.event_id).await?;
+    let ids: Vec<_> = state.values().cloned().collect();
+    let mut pdus = Vec::new();
+    for id in &ids {
+        if let Some(p) = s.get_pdu(id).await? {
+            pdus.push(federation_json(&p)?);
+        }
+    }
+    let chain = s.auth_chain_events(&ids).await?.iter().map(|p| federation_json(p)).collect::<Result<_, _>>()?;
+    Ok(get_room_state::v1::Response::new(chain, pdus).into())
+}
+
+async fn event_auth(
+    State(s): S,
+    req: Ruma<get_event_authorization::v1::Request>,
+) -> ApiResult<get_event_authorization::v1::Response> {
+    s.check_origin_may_read(&req.body.room_id, req.origin()).await?;
+    let chain = s.auth_chain_events(&[req.body.event_id.clone()]).await?;
+    let chain = chain.iter().map(|p| federation_json(p)).collect::<Result<_, _>>()?;
+    Ok(get_event_authorization::v1::Response::new(chain).into())
+}
+
+async fn backfill(State(s): S, req: Ruma<get_backfill::v1::Request>) -> ApiResult<get_backfill::v1::Response> {
+    s.check_origin_may_read(&req.body.room_id, req.origin()).await?;
+    let limit = u64::from(req.body.limit).min(100) as usize;
+    let events = s.backfill_events(&req.body.room_id, &req.body.v, limit).await?;
+    let pdus = events.iter().map(|p| federation_json(p)).collect::<Result<_, _>>()?;
+    Ok(get_backfill::v1::Response::new(s.server_name().to_owned(), MilliSecondsSinceUnixEpoch::now(), pdus).into())
+}
+
+async fn missing_events(
+    State(s): S,
+    req: Ruma<get_missing_events::v1::Request>,
+) -> ApiResult<get_missing_events::v1::Response> {
+    let b = &req.body;
+    s.check_origin_may_read(&b.room_id, req.origin()).await?;
+    let limit = u64::from(b.limit).min(100) as usize;
+    let events =
+        s.missing_events(&b.room_id, &b.earliest_events, &b.latest_events, limit, u64::from(b.min_depth)).await?;
+    let pdus = events.iter().map(|p| federation_json(p)).collect::<Result<_, _>>()?;
+    Ok(get_missing_events::v1::Response::new(pdus).into())
+}
+
+async fn query_profile(
+    State(s): S,
+    req: Ruma<get_profile_information::v1::Request>,
+) -> Result<Response, crate::error::ApiError> {
+    let user = &req.body.user_id;
+    if user.server_name() != s.server_name() {
+        return Err(Error::invalid_param("Not a user of this server").into());
+    }
+    let (displayname, avatar_url) = s.profile(user).await?;
+    let mut answer = serde_json::Map::new();
+    for (field, value) in [("displayname", displayname), ("avatar_url", avatar_url)] {
+        let wanted = req.body.field.as_ref().is_none_or(|f| f.as_str() == field);
+        if let Some(v) = value.filter(|_| wanted) {
+            answer.insert(field.into(), v.into());
+        }
+    }
+    Ok(json_ok(serde_json::Value::Object(answer)))
+}
+
+async fn query_directory(
+    State(s): S,
+    req: Ruma<get_room_information::v1::Request>,
+) -> ApiResult<get_room_information::v1::Response> {
+    let alias = &req.body.room_alias;
+    if alias.server_name() != s.server_name() {
+        return Err(Error::not_found("Not an alias of this server").into());
+    }
+    let room_id = s.alias_target(alias).await?.ok_or_else(|| Error::not_found("Room alias not found"))?;
+    let servers: Vec<OwnedServerName> = s.servers_in_room(&room_id).await?;
+    Ok(get_room_information::v1::Response::new(room_id, servers).into())
+}

@@ -1,0 +1,348 @@
+//! Requests to other servers: server discovery (IP literals, explicit ports, `.well-known`,
+//! SRV records, port 8448) and requests signed with `X-Matrix`, over TLS (rustls).
+//!
+//! Discovery decides the address connected to, the name the certificate must carry and the
+//! `Host` header; the HTTP client connects through a resolver that answers with the addresses
+//! discovery chose. Certificates are verified against the system's roots and an optional extra
+//! authority (`federation.trusted_ca`); `federation.insecure_loopback_tls`, for tests, skips the
+//! verification only when every address of the destination is a loopback address.
+
+use std::{
+    any::TypeId,
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use ruma::{
+    api::{
+        federation::authentication::{ServerSignatures, XMatrix, XMatrixSigningInput},
+        IncomingResponseExt, OutgoingBody, OutgoingRequest,
+    },
+    OwnedServerName, ServerName,
+};
+
+use super::remote_error;
+use crate::{Error, Result, Services};
+
+/// How long a discovered destination is reused.
+const DESTINATION_TTL: Duration = Duration::from_secs(3600);
+
+/// Where to reach a server.
+#[derive(Clone, Debug)]
+pub struct Destination {
+    /// `https://host:port`, the host being the name the certificate must carry.
+    pub base_url: String,
+    /// The `Host` header.
+    pub host: String,
+    /// The addresses to connect to.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// HTTP clients and discovered destinations.
+#[derive(Default)]
+pub struct Clients {
+    built: OnceLock<Built>,
+    destinations: Mutex<HashMap<OwnedServerName, (Destination, Instant)>>,
+}
+
+struct Built {
+    verified: reqwest::Client,
+    insecure: Option<reqwest::Client>,
+    /// Host name → the addresses discovery chose for it.
+    resolved: Arc<Mutex<HashMap<String, Vec<SocketAddr>>>>,
+    dns: Option<hickory_resolver::TokioResolver>,
+}
+
+/// The resolver the clients connect through.
+struct DiscoveredResolver(Arc<Mutex<HashMap<String, Vec<SocketAddr>>>>);
+
+impl reqwest::dns::Resolve for DiscoveredResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let known = self.0.lock().unwrap().get(name.as_str()).cloned();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = match known {
+                Some(a) => a,
+                None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
+            };
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+impl Services {
+    fn federation_clients(&self) -> Result<&Built> {
+        if let Some(b) = self.federation.clients.built.get() {
+            return Ok(b);
+        }
+        let config = &self.config.federation;
+        let resolved: Arc<Mutex<HashMap<String, Vec<SocketAddr>>>> = Arc::default();
+        let timeout = Duration::from_millis(config.request_timeout_ms);
+        let base = || {
+            reqwest::Client::builder()
+                .dns_resolver(Arc::new(DiscoveredResolver(resolved.clone())))
+                .timeout(timeout)
+                .connect_timeout(Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::limited(3))
+                .user_agent(format!("Diplomatie/{}", env!("CARGO_PKG_VERSION")))
+        };
+        let mut verified = base();
+        if !config.trusted_ca.as_os_str().is_empty() {
+            let pem = std::fs::read(&config.trusted_ca).map_err(|e| {
+                tracing::error!(path = %config.trusted_ca.display(), error = %e, "federation.trusted_ca");
+                Error::Internal
+            })?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| Error::Internal)? {
+                verified = verified.add_root_certificate(cert);
+            }
+        }
+        let build = |b: reqwest::ClientBuilder| {
+            b.build().map_err(|e| {
+                tracing::error!(error = %e, "cannot build the federation HTTP client");
+                Error::Internal
+            })
+        };
+        let verified = build(verified)?;
+        let insecure =
+            if config.insecure_loopback_tls { Some(build(base().danger_accept_invalid_certs(true))?) } else { None };
+        let dns = hickory_resolver::TokioResolver::builder_tokio().ok().map(|b| b.build());
+        let _ = self.federation.clients.built.set(Built { verified, insecure, resolved, dns });
+        Ok(self.federation.clients.built.get().expect("just set"))
+    }
+
+    /// Where `server` is reached (cached for an hour).
+    pub async fn destination(&self, server: &ServerName) -> Result<Destination> {
+        if let Some((d, at)) = self.federation.clients.destinations.lock().unwrap().get(server) {
+            if at.elapsed() < DESTINATION_TTL {
+                return Ok(d.clone());
+            }
+        }
+        let d = self.discover(server).await?;
+        let built = self.federation_clients()?;
+        if let Some((host, _)) = split_host(&d.base_url["https://".len()..]) {
+            built.resolved.lock().unwrap().insert(host.trim_matches(['[', ']']).to_owned(), d.addrs.clone());
+        }
+        self.federation.clients.destinations.lock().unwrap().insert(server.to_owned(), (d.clone(), Instant::now()));
+        Ok(d)
+    }
+
+    /// Server discovery, as the spec orders its steps.
+    async fn discover(&self, server: &ServerName) -> Result<Destination> {
+        let name = server.as_str();
+        let (host, port) = split_host(name).ok_or_else(|| remote_error(server, "not a server name"))?;
+        // 1. An IP literal, with or without a port.
+        if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
+            let port = port.unwrap_or(8448);
+            return Ok(Destination {
+                base_url: format!("https://{host}:{port}"),
+                host: name.to_owned(),
+                addrs: vec![SocketAddr::new(ip, port)],
+            });
+        }
+        // 2. A host name with an explicit port.
+        if let Some(port) = port {
+            return Ok(Destination {
+                base_url: format!("https://{host}:{port}"),
+                host: name.to_owned(),
+                addrs: lookup(server, host, port).await?,
+            });
+        }
+        // 3. `.well-known` delegation.
+        if let Some(delegated) = self.well_known(host).await {
+            if let Some((dhost, dport)) = split_host(&delegated) {
+                if let Ok(ip) = dhost.trim_matches(['[', ']']).parse::<IpAddr>() {
+                    let port = dport.unwrap_or(8448);
+                    return Ok(Destination {
+                        base_url: format!("https://{dhost}:{port}"),
+                        host: delegated.clone(),
+                        addrs: vec![SocketAddr::new(ip, port)],
+                    });
+                }
+                if let Some(port) = dport {
+                    return Ok(Destination {
+                        base_url: format!("https://{dhost}:{port}"),
+                        host: delegated.clone(),
+                        addrs: lookup(server, dhost, port).await?,
+                    });
+                }
+                if let Some((target, port)) = self.srv(dhost).await {
+                    return Ok(Destination {
+                        base_url: format!("https://{dhost}:{port}"),
+                        host: dhost.to_owned(),
+                        addrs: lookup(server, &target, port).await?,
+                    });
+                }
+                return Ok(Destination {
+                    base_url: format!("https://{dhost}:8448"),
+                    host: dhost.to_owned(),
+                    addrs: lookup(server, dhost, 8448).await?,
+                });
+            }
+        }
+        // 4. SRV records of the server name itself; 5. port 8448.
+        if let Some((target, port)) = self.srv(host).await {
+            return Ok(Destination {
+                base_url: format!("https://{host}:{port}"),
+                host: host.to_owned(),
+                addrs: lookup(server, &target, port).await?,
+            });
+        }
+        Ok(Destination {
+            base_url: format!("https://{host}:8448"),
+            host: host.to_owned(),
+            addrs: lookup(server, host, 8448).await?,
+        })
+    }
+
+    /// `m.server` of `https://host/.well-known/matrix/server`, if it says one.
+    async fn well_known(&self, host: &str) -> Option<String> {
+        let built = self.federation_clients().ok()?;
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 443)).await.ok()?.collect();
+        let client = self.client_for(built, &addrs);
+        let response = client
+            .get(format!("https://{host}/.well-known/matrix/server"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let body: serde_json::Value = response.json().await.ok()?;
+        let delegated = body.get("m.server")?.as_str()?.to_owned();
+        // It must itself be a valid server name.
+        ServerName::parse(&delegated).ok()?;
+        Some(delegated)
+    }
+
+    /// The first SRV record (`_matrix-fed._tcp`, then the deprecated `_matrix._tcp`).
+    async fn srv(&self, host: &str) -> Option<(String, u16)> {
+        let dns = self.federation_clients().ok()?.dns.as_ref()?;
+        for prefix in ["_matrix-fed._tcp", "_matrix._tcp"] {
+            if let Ok(found) = dns.srv_lookup(format!("{prefix}.{host}.")).await {
+                if let Some(r) = found.iter().min_by_key(|r| r.priority()) {
+                    let target = r.target().to_utf8();
+                    return Some((target.trim_end_matches('.').to_owned(), r.port()));
+                }
+            }
+        }
+        None
+    }
+
+    fn client_for<'b>(&self, built: &'b Built, addrs: &[SocketAddr]) -> &'b reqwest::Client {
+        match &built.insecure {
+            Some(insecure) if !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()) => insecure,
+            _ => &built.verified,
+        }
+    }
+
+    /// Sends a typed request to another server, signed with `X-Matrix` when the endpoint
+    /// requires it, and parses its answer. A Matrix error of the other server is passed on.
+    pub async fn federation_request<T>(&self, server: &ServerName, request: T) -> Result<T::IncomingResponse>
+    where
+        T: OutgoingRequest<PathBuilder = ruma::api::path_builder::SinglePath> + 'static,
+    {
+        self.check_server_allowed(server)?;
+        let destination = self.destination(server).await?;
+        let built = self.federation_clients()?;
+        let (mut parts, body) = request
+            .try_into_http_request_inner(&destination.base_url, ())
+            .map_err(|e| remote_error(server, format!("cannot build the request: {e}")))?
+            .into_parts();
+        if let Some(content_type) = body.content_type() {
+            parts.headers.entry(http::header::CONTENT_TYPE).or_insert(content_type);
+        }
+        let body: Vec<u8> = body.try_into_buf().map_err(|e| {
+            remote_error(
+                server,
+                format!("cannot build the request: {}", Into::<ruma::api::error::IntoHttpError>::into(e)),
+            )
+        })?;
+        let mut http = http::Request::from_parts(parts, body);
+        if TypeId::of::<T::Authentication>() == TypeId::of::<ServerSignatures>() {
+            let input = XMatrixSigningInput::new(self.server_name().to_owned(), server.to_owned(), &self.keys.keypair);
+            let header = XMatrix::sign_http_request(&http, input)
+                .map_err(|e| remote_error(server, format!("cannot sign the request: {e}")))?;
+            http.headers_mut().insert(http::header::AUTHORIZATION, http::HeaderValue::from(&header));
+        }
+        let client = self.client_for(built, &destination.addrs);
+        let (parts, body) = http.into_parts();
+        let url = parts.uri.to_string();
+        let mut builder = client.request(parts.method, url).headers(parts.headers).body(body);
+        builder = builder.header(http::header::HOST, destination.host.clone());
+        let response = builder.send().await.map_err(|e| remote_error(server, e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.map_err(|e| remote_error(server, e))?;
+        let mut answer = http::Response::builder().status(status);
+        if let Some(h) = answer.headers_mut() {
+            *h = headers;
+        }
+        let answer = answer.body(&bytes[..]).map_err(|_| Error::Internal)?;
+        T::IncomingResponse::try_from_http_response(answer).map_err(|e| from_response_error(server, e))
+    }
+}
+
+/// The error of another server's answer: its own Matrix error when it gave one.
+fn from_response_error<E: std::fmt::Display + 'static>(
+    server: &ServerName,
+    e: ruma::api::error::FromHttpResponseError<E>,
+) -> Error {
+    use ruma::api::error::FromHttpResponseError;
+    match e {
+        FromHttpResponseError::Server(inner) => {
+            let any: &dyn std::any::Any = &inner;
+            if let Some(m) = any.downcast_ref::<ruma::api::error::Error>() {
+                if let ruma::api::error::ErrorBody::Standard(body) = &m.body {
+                    tracing::info!(%server, errcode = ?body.kind, message = %body.message, "other server refused");
+                    return Error::new(body.kind.clone(), format!("{server}: {}", body.message));
+                }
+            }
+            remote_error(server, inner)
+        }
+        other => remote_error(server, other),
+    }
+}
+
+/// Splits `host[:port]` (IPv6 literals in brackets).
+fn split_host(name: &str) -> Option<(&str, Option<u16>)> {
+    if name.starts_with('[') {
+        let end = name.find(']')?;
+        let (host, rest) = name.split_at(end + 1);
+        let port = match rest.strip_prefix(':') {
+            Some(p) => Some(p.parse().ok()?),
+            None => None,
+        };
+        return Some((host, port));
+    }
+    match name.rsplit_once(':') {
+        Some((host, port)) => Some((host, Some(port.parse().ok()?))),
+        None => Some((name, None)),
+    }
+}
+
+async fn lookup(server: &ServerName, host: &str, port: u16) -> Result<Vec<SocketAddr>> {
+    let addrs: Vec<SocketAddr> =
+        tokio::net::lookup_host((host, port)).await.map_err(|e| remote_error(server, e))?.collect();
+    if addrs.is_empty() {
+        return Err(remote_error(server, format!("{host} has no address")));
+    }
+    Ok(addrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_host;
+
+    #[test]
+    fn server_names_split_into_host_and_port() {
+        assert_eq!(split_host("example.org"), Some(("example.org", None)));
+        assert_eq!(split_host("example.org:8449"), Some(("example.org", Some(8449))));
+        assert_eq!(split_host("127.0.0.1:1234"), Some(("127.0.0.1", Some(1234))));
+        assert_eq!(split_host("[::1]:80"), Some(("[::1]", Some(80))));
+        assert_eq!(split_host("[::1]"), Some(("[::1]", None)));
+        assert_eq!(split_host("example.org:port"), None);
+    }
+}

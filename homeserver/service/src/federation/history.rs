@@ -1,0 +1,143 @@
+//! What other servers read of a room: events, the state at an event, auth chains, backfill and
+//! missing events. Only servers with a member in the room (or a world-readable room) may read.
+
+use std::{
+    collections::{BinaryHeap, HashSet},
+    sync::Arc,
+};
+
+use ruma::{events::StateEventType, state_res::StateMap, OwnedEventId, RoomId, ServerName};
+
+use crate::{Error, Pdu, Result, Services};
+
+impl Services {
+    /// Refuses `origin` unless one of its users is (or was) a member of the room, or the room
+    /// is world-readable; and if the room's server ACL denies it.
+    pub async fn check_origin_may_read(&self, room_id: &RoomId, origin: &ServerName) -> Result<()> {
+        self.room_meta(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        self.check_server_acl(room_id, origin).await?;
+        let state = self.current_state(room_id).await?;
+        let member = state.keys().any(|(kind, key)| {
+            *kind == StateEventType::RoomMember
+                && <&ruma::UserId>::try_from(key.as_str()).is_ok_and(|u| u.server_name() == origin)
+        });
+        if member {
+            return Ok(());
+        }
+        let readable = self
+            .state_event_in(&state, &StateEventType::RoomHistoryVisibility, "")
+            .await?
+            .and_then(|p| p.content_field("history_visibility"))
+            .is_some_and(|v| v == "world_readable");
+        if readable {
+            Ok(())
+        } else {
+            Err(Error::forbidden(format!("{origin} is not in the room")))
+        }
+    }
+
+    /// An event of the timeline (or an outlier) `origin` may read.
+    pub async fn event_for_server(&self, origin: &ServerName, event_id: &ruma::EventId) -> Result<Arc<Pdu>> {
+        let pdu = self.get_pdu(event_id).await?.ok_or_else(|| Error::not_found("Unknown event"))?;
+        self.check_origin_may_read(&pdu.room_id, origin).await?;
+        Ok(pdu)
+    }
+
+    /// The room state before `event_id` (the state after its prev_events).
+    pub async fn state_before_event(
+        &self,
+        room_id: &RoomId,
+        event_id: &ruma::EventId,
+    ) -> Result<StateMap<OwnedEventId>> {
+        let pdu = self
+            .get_pdu(event_id)
+            .await?
+            .filter(|p| p.room_id == room_id && p.stream_ordering > 0)
+            .ok_or_else(|| Error::not_found("Unknown event"))?;
+        if pdu.state_key.is_none() {
+            return Ok((*self.state_map(pdu.state_group).await?).clone());
+        }
+        let meta = self.known_room(room_id).await?;
+        let mut maps = Vec::new();
+        for prev in &pdu.prev_events {
+            if let Some(p) = self.get_pdu(prev).await?.filter(|p| p.stream_ordering > 0) {
+                maps.push((*self.state_map(p.state_group).await?).clone());
+            }
+        }
+        match maps.len() {
+            0 => Ok(StateMap::new()),
+            1 => Ok(maps.pop().expect("one")),
+            _ => self.resolve_states(&meta.version, maps).await,
+        }
+    }
+
+    /// Events before `from` (inclusive), newest first along prev_events, at most `limit`.
+    pub async fn backfill_events(
+        &self,
+        room_id: &RoomId,
+        from: &[OwnedEventId],
+        limit: usize,
+    ) -> Result<Vec<Arc<Pdu>>> {
+        self.walk_back(room_id, from, &HashSet::new(), limit, 0).await
+    }
+
+    /// `get_missing_events`: events between `earliest` (excluded) and `latest` (excluded), at
+    /// most `limit`, not below `min_depth`, oldest first.
+    pub async fn missing_events(
+        &self,
+        room_id: &RoomId,
+        earliest: &[OwnedEventId],
+        latest: &[OwnedEventId],
+        limit: usize,
+        min_depth: u64,
+    ) -> Result<Vec<Arc<Pdu>>> {
+        let mut starts = Vec::new();
+        for id in latest {
+            if let Some(p) = self.get_pdu(id).await?.filter(|p| p.room_id == room_id) {
+                starts.extend(p.prev_events.iter().cloned());
+            }
+        }
+        let stop: HashSet<OwnedEventId> = earliest.iter().cloned().chain(latest.iter().cloned()).collect();
+        let mut events = self.walk_back(room_id, &starts, &stop, limit, min_depth).await?;
+        events.reverse();
+        Ok(events)
+    }
+
+    /// Walks prev_events from `starts`, deepest first, skipping `stop`.
+    async fn walk_back(
+        &self,
+        room_id: &RoomId,
+        starts: &[OwnedEventId],
+        stop: &HashSet<OwnedEventId>,
+        limit: usize,
+        min_depth: u64,
+    ) -> Result<Vec<Arc<Pdu>>> {
+        let mut heap: BinaryHeap<(u64, OwnedEventId)> = BinaryHeap::new();
+        let mut seen: HashSet<OwnedEventId> = HashSet::new();
+        let mut out = Vec::new();
+        for id in starts {
+            if let Some(p) = self.get_pdu(id).await? {
+                heap.push((u64::from(p.depth), id.clone()));
+            }
+        }
+        while let Some((_, id)) = heap.pop() {
+            if out.len() >= limit {
+                break;
+            }
+            if stop.contains(&id) || !seen.insert(id.clone()) {
+                continue;
+            }
+            let Some(p) = self.get_pdu(&id).await? else { continue };
+            if p.room_id != room_id || p.stream_ordering <= 0 || u64::from(p.depth) < min_depth {
+                continue;
+            }
+            for prev in &p.prev_events {
+                if let Some(pp) = self.get_pdu(prev).await? {
+                    heap.push((u64::from(pp.depth), prev.clone()));
+                }
+            }
+            out.push(p);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,350 @@
+//! PDUs received from other servers, checked as the spec orders it before anything is kept:
+//!
+//! 1. it parses and belongs to a room this server is in (else dropped);
+//! 2. its signatures verify with its servers' keys (else dropped);
+//! 3. its content hash matches (else it is kept redacted);
+//! 4. it passes the authorisation rules against its own auth events (else rejected);
+//! 5. it passes them against the room state before it (else rejected);
+//! 6. it passes them against the current state of the room (else soft-failed: not kept in the
+//!    timeline nor the state).
+//!
+//! Missing `prev_events` are asked of the sender (`get_missing_events`); where a gap remains,
+//! the state at the missing event is fetched (`state_ids`) and its events kept as outliers.
+//! Rejected and soft-failed events are not stored: they change nothing.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use diplomatie_storage::federation as store;
+use ruma::{
+    api::{
+        error::ErrorKind,
+        federation::event::{get_event, get_missing_events, get_room_state_ids},
+    },
+    events::{StateEventType, TimelineEventType},
+    room_version_rules::{EventIdFormatVersion, RoomVersionRules},
+    state_res::{self, StateMap},
+    CanonicalJsonObject, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, ServerName,
+};
+use serde_json::value::RawValue;
+
+use crate::{rooms::received::Placement, Error, Pdu, Result, Services};
+
+/// How deep a chain of missing events is followed through `get_missing_events`.
+const MAX_FETCH_DEPTH: usize = 2;
+
+/// The id of an event: carried by it (v1, v2), its reference hash since v3.
+pub fn event_id_of(object: &CanonicalJsonObject, rules: &RoomVersionRules) -> Result<OwnedEventId> {
+    if rules.event_id_format == EventIdFormatVersion::V1 {
+        return object
+            .get("event_id")
+            .and_then(|v| v.as_str())
+            .and_then(|s| OwnedEventId::try_from(s).ok())
+            .ok_or_else(|| Error::bad_json("PDU without a valid event_id"));
+    }
+    let hash = ruma::signatures::reference_hash(object, rules)
+        .map_err(|e| Error::bad_json(format!("Cannot hash the PDU: {e}")))?;
+    OwnedEventId::try_from(format!("${hash}")).map_err(|_| Error::Internal)
+}
+
+/// Parses a PDU's JSON into a canonical object (the spec's rules for integers and nesting).
+pub fn canonical(raw: &RawValue) -> Result<CanonicalJsonObject> {
+    serde_json::from_str(raw.get()).map_err(|e| Error::bad_json(format!("PDU is not canonical JSON: {e}")))
+}
+
+/// The room a PDU names.
+pub fn room_of(object: &CanonicalJsonObject) -> Result<OwnedRoomId> {
+    object
+        .get("room_id")
+        .and_then(|v| v.as_str())
+        .and_then(|s| OwnedRoomId::try_from(s).ok())
+        .ok_or_else(|| Error::bad_json("PDU without a valid room_id"))
+}
+
+impl Services {
+    /// Handles one PDU of a transaction from `origin`; answers its event id when it was
+    /// accepted (or already known).
+    pub async fn receive_pdu(&self, origin: &ServerName, raw: &RawValue) -> Result<OwnedEventId> {
+        let object = canonical(raw)?;
+        let room_id = room_of(&object)?;
+        let meta = self.room_meta(&room_id).await?.ok_or_else(|| Error::not_found("This server is not in the room"))?;
+        if !self.server_in_room(&room_id).await? {
+            return Err(Error::not_found("This server is not in the room"));
+        }
+        self.check_server_acl(&room_id, origin).await?;
+        let lock = self.room_lock(&room_id);
+        let _guard = lock.lock().await;
+        let (pdu, _) = self.handle_pdu(origin, &meta.version, object, Placement::Extend, 0).await?;
+        Ok(pdu.event_id.clone())
+    }
+
+    /// Whether a user of this server is joined to the room (the server is then in the room).
+    pub async fn server_in_room(&self, room_id: &RoomId) -> Result<bool> {
+        let me = self.server_name();
+        Ok(self.joined_members(room_id).await?.iter().any(|u| u.server_name() == me))
+    }
+
+    /// Checks and persists a PDU (the room's lock held). Answers the event as stored and the
+    /// state before it.
+    pub(crate) async fn handle_pdu(
+        &self,
+        origin: &ServerName,
+        version: &RoomVersionId,
+        object: CanonicalJsonObject,
+        placement: Placement,
+        depth: usize,
+    ) -> Result<(Arc<Pdu>, Arc<StateMap<OwnedEventId>>)> {
+        let rules =
+            version.rules().ok_or_else(|| Error::new(ErrorKind::UnsupportedRoomVersion, "Unknown room version"))?;
+        let room_id = room_of(&object)?;
+        let event_id = event_id_of(&object, &rules)?;
+        if let Some(known) = self.get_pdu(&event_id).await? {
+            if known.stream_ordering > 0 {
+                let state = self.state_map(known.state_group).await?;
+                return Ok((known, state));
+            }
+        }
+        let object = self.verify_pdu(&object, version).await?;
+        let json = serde_json::to_string(&object).map_err(|_| Error::Internal)?;
+        let pdu = Pdu::from_received(event_id.clone(), json, Some(room_id.clone()))?;
+        if pdu.room_id != room_id {
+            return Err(Error::bad_json("PDU of another room"));
+        }
+        if pdu.kind == TimelineEventType::RoomCreate {
+            return Err(Error::forbidden("A create event cannot be added to an existing room"));
+        }
+
+        // 4. The auth events, fetched when unknown, and the checks against them.
+        let mut auth: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
+        for id in &pdu.auth_events {
+            let event = match self.get_pdu(id).await? {
+                Some(p) => p,
+                None => self.fetch_outlier(origin, version, &room_id, id).await?,
+            };
+            auth.insert(id.clone(), event);
+        }
+        // Since v12 the create event is not among the auth events: the room id names it.
+        if rules.authorization.room_create_event_id_as_room_id {
+            let create_id =
+                OwnedEventId::try_from(format!("${}", &room_id.as_str()[1..])).map_err(|_| Error::Internal)?;
+            if !auth.contains_key(&create_id) {
+                let create = match self.get_pdu(&create_id).await? {
+                    Some(p) => p,
+                    None => self.fetch_outlier(origin, version, &room_id, &create_id).await?,
+                };
+                auth.insert(create_id, create);
+            }
+        }
+        let reject = |reason: String| Error::forbidden(format!("Event {event_id} rejected: {reason}"));
+        state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| auth.get(id).cloned())
+            .map_err(reject)?;
+        let by_key: HashMap<(StateEventType, String), Arc<Pdu>> = auth
+            .values()
+            .filter_map(|p| Some(((StateEventType::from(p.kind.to_string()), p.state_key.clone()?), p.clone())))
+            .collect();
+        state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |k, s| {
+            by_key.get(&(k.clone(), s.to_owned())).cloned()
+        })
+        .map_err(reject)?;
+
+        // 5. The state before it, and the checks against it.
+        let state_before = Arc::new(self.state_before(origin, version, &pdu, depth).await?);
+        let loaded = self.auth_state(&state_before, &pdu, &rules).await?;
+        state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |k, s| {
+            loaded.get(&(k.clone(), s.to_owned())).cloned()
+        })
+        .map_err(reject)?;
+
+        // 6. The current state: an event it forbids is soft-failed.
+        if placement == Placement::Extend {
+            let current = self.current_state(&room_id).await?;
+            if *current != *state_before {
+                let loaded = self.auth_state(&current, &pdu, &rules).await?;
+                if let Err(reason) = state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |k, s| {
+                    loaded.get(&(k.clone(), s.to_owned())).cloned()
+                }) {
+                    tracing::info!(%event_id, %reason, "soft-failed a received event");
+                    return Err(Error::forbidden(format!("Event {event_id} soft-failed: {reason}")));
+                }
+            }
+        }
+
+        let creator = pdu.sender.clone();
+        let mut writer = self.received_writer(&room_id, version, &creator).await?;
+        let stored = writer.append_received(pdu, state_before.clone(), placement).await?;
+        writer.commit().await?;
+        Ok((stored, state_before))
+    }
+
+    /// The events among `state` the authorisation rules read for `pdu`.
+    pub(crate) async fn auth_state(
+        &self,
+        state: &StateMap<OwnedEventId>,
+        pdu: &Pdu,
+        rules: &RoomVersionRules,
+    ) -> Result<HashMap<(StateEventType, String), Arc<Pdu>>> {
+        let mut keys = state_res::auth_types_for_event(
+            &pdu.kind,
+            &pdu.sender,
+            pdu.state_key.as_deref(),
+            &pdu.content,
+            &rules.authorization,
+        )
+        .map_err(Error::bad_json)?;
+        keys.push((StateEventType::RoomCreate, String::new()));
+        let mut out = HashMap::new();
+        for key in keys {
+            if let Some(id) = state.get(&key) {
+                if let Some(p) = self.get_pdu(id).await? {
+                    out.insert(key, p);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The room state before `pdu`: after its prev_events (resolved when they are several),
+    /// fetching what is missing from `origin`.
+    async fn state_before(
+        &self,
+        origin: &ServerName,
+        version: &RoomVersionId,
+        pdu: &Pdu,
+        depth: usize,
+    ) -> Result<StateMap<OwnedEventId>> {
+        let mut missing: Vec<OwnedEventId> = Vec::new();
+        for id in &pdu.prev_events {
+            if !self.get_pdu(id).await?.is_some_and(|p| p.stream_ordering > 0) {
+                missing.push(id.clone());
+            }
+        }
+        if !missing.is_empty() && depth < MAX_FETCH_DEPTH {
+            self.fill_gap(origin, version, pdu, depth).await;
+        }
+        let mut maps = Vec::new();
+        for id in &pdu.prev_events {
+            match self.get_pdu(id).await? {
+                Some(p) if p.stream_ordering > 0 => maps.push((*self.state_map(p.state_group).await?).clone()),
+                _ => maps.push(self.state_at_remote_event(origin, version, &pdu.room_id, id).await?),
+            }
+        }
+        match maps.len() {
+            0 => Err(Error::bad_json("PDU without prev_events")),
+            1 => Ok(maps.pop().expect("one")),
+            _ => self.resolve_states(version, maps).await,
+        }
+    }
+
+    /// Asks `origin` for the events between the room's extremities and `pdu`, and handles
+    /// them oldest first. Failures leave the gap to `state_at_remote_event`.
+    async fn fill_gap(&self, origin: &ServerName, version: &RoomVersionId, pdu: &Pdu, depth: usize) {
+        let Ok(meta) = self.known_room(&pdu.room_id).await else { return };
+        let mut request = get_missing_events::v1::Request::new(
+            pdu.room_id.clone(),
+            meta.extremities.clone(),
+            vec![pdu.event_id.clone()],
+        );
+        request.limit = 20u32.into();
+        let events = match self.federation_request(origin, request).await {
+            Ok(r) => r.events,
+            Err(e) => {
+                tracing::info!(error = %e, "get_missing_events failed");
+                return;
+            }
+        };
+        let mut objects: Vec<CanonicalJsonObject> = events.iter().filter_map(|r| canonical(r).ok()).collect();
+        objects.sort_by_key(|o| match o.get("depth") {
+            Some(ruma::CanonicalJsonValue::Integer(i)) => i64::from(*i),
+            _ => 0,
+        });
+        for object in objects {
+            if room_of(&object).ok().as_deref() != Some(&*pdu.room_id) {
+                continue;
+            }
+            if let Err(e) = Box::pin(self.handle_pdu(origin, version, object, Placement::Extend, depth + 1)).await {
+                tracing::info!(error = %e, "a missing event was not accepted");
+            }
+        }
+    }
+
+    /// The state after an event this server does not have in its timeline, as `origin` says
+    /// (`state_ids`), its events fetched and kept as outliers.
+    async fn state_at_remote_event(
+        &self,
+        origin: &ServerName,
+        version: &RoomVersionId,
+        room_id: &RoomId,
+        event_id: &ruma::EventId,
+    ) -> Result<StateMap<OwnedEventId>> {
+        let request = get_room_state_ids::v1::Request::new(event_id.to_owned(), room_id.to_owned());
+        let response = self.federation_request(origin, request).await?;
+        let mut map = StateMap::new();
+        for id in response.pdu_ids.iter().chain(std::iter::once(&event_id.to_owned())) {
+            let event = match self.get_pdu(id).await? {
+                Some(p) => p,
+                None => self.fetch_outlier(origin, version, room_id, id).await?,
+            };
+            if let Some(sk) = &event.state_key {
+                map.insert((StateEventType::from(event.kind.to_string()), sk.clone()), id.clone());
+            }
+        }
+        // `state_ids` gives the state before the event; the event itself completes it.
+        Ok(map)
+    }
+
+    /// Fetches one event from `origin`, checks its signatures, and keeps it as an outlier.
+    pub(crate) async fn fetch_outlier(
+        &self,
+        origin: &ServerName,
+        version: &RoomVersionId,
+        room_id: &RoomId,
+        event_id: &ruma::EventId,
+    ) -> Result<Arc<Pdu>> {
+        let response = self.federation_request(origin, get_event::v1::Request::new(event_id.to_owned())).await?;
+        let object = canonical(&response.pdu)?;
+        let mut stored = self.store_outliers(version, room_id, vec![object]).await?;
+        let pdu = stored.pop().ok_or_else(|| Error::bad_json("No event"))?;
+        if pdu.event_id != event_id {
+            return Err(Error::bad_json(format!("{origin} answered another event than {event_id}")));
+        }
+        Ok(pdu)
+    }
+
+    /// Checks the signatures of events known outside the timeline and stores them.
+    pub(crate) async fn store_outliers(
+        &self,
+        version: &RoomVersionId,
+        room_id: &RoomId,
+        objects: Vec<CanonicalJsonObject>,
+    ) -> Result<Vec<Arc<Pdu>>> {
+        let rules = version.rules().ok_or(Error::Internal)?;
+        let mut pdus = Vec::new();
+        let mut seen = HashSet::new();
+        for object in objects {
+            let event_id = event_id_of(&object, &rules)?;
+            if !seen.insert(event_id.clone()) {
+                continue;
+            }
+            let object = self.verify_pdu(&object, version).await?;
+            let mut value = serde_json::to_value(&object).map_err(|_| Error::Internal)?;
+            if let Some(o) = value.as_object_mut() {
+                o.remove("unsigned");
+            }
+            let json = serde_json::to_string(&value).map_err(|_| Error::Internal)?;
+            let pdu = Pdu::from_received(event_id, json, Some(room_id.to_owned()))?;
+            if pdu.room_id != room_id {
+                return Err(Error::bad_json("An event of another room"));
+            }
+            pdus.push(Arc::new(pdu));
+        }
+        let rows: Vec<(String, String, String)> =
+            pdus.iter().map(|p| (p.event_id.to_string(), p.room_id.to_string(), p.json.clone())).collect();
+        let refs: Vec<(&str, &str, &str)> = rows.iter().map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str())).collect();
+        let mut tx = self.db.begin().await?;
+        store::insert_outliers(&mut tx, &refs).await?;
+        diplomatie_storage::commit(tx).await?;
+        Ok(pdus)
+    }
+}

@@ -1,0 +1,220 @@
+//! Server keys: the verify key this server publishes (`/_matrix/key/v2/server`), the keys of
+//! other servers (fetched from them, checked against their own signature, cached in memory and
+//! in the database; or pinned in the configuration and then never fetched), and the checks of
+//! signatures on received events and requests.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Mutex,
+};
+
+use diplomatie_storage::federation as store;
+use ruma::{
+    api::{
+        error::ErrorKind,
+        federation::{authentication::XMatrix, discovery::get_server_keys},
+    },
+    serde::Base64,
+    signatures::{PublicKeyMap, PublicKeySet, Verified},
+    CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, RoomVersionId, ServerName,
+};
+use serde_json::{json, Value};
+
+use crate::{now_ms, Error, Result, Services};
+
+/// Other servers' keys in memory: key id → (public key, valid until).
+#[derive(Default)]
+pub struct KeyCache {
+    servers: Mutex<HashMap<OwnedServerName, BTreeMap<String, (String, i64)>>>,
+}
+
+impl Services {
+    /// This server's keys, signed by itself, as `/_matrix/key/v2/server` serves them.
+    pub fn own_server_keys(&self) -> Result<Value> {
+        use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};
+        let key = STANDARD_NO_PAD.encode(self.keys.keypair.public_key());
+        let valid_until = now_ms() + self.config.federation.key_validity_ms as i64;
+        let object = json!({
+            "server_name": self.server_name(),
+            "valid_until_ts": valid_until,
+            "verify_keys": { self.keys.key_id(): { "key": key } },
+            "old_verify_keys": {},
+        });
+        let mut object: CanonicalJsonObject = serde_json::from_value(object).map_err(|_| Error::Internal)?;
+        ruma::signatures::sign_json(self.server_name().as_str(), &self.keys.keypair, &mut object)
+            .map_err(|_| Error::Internal)?;
+        serde_json::to_value(object).map_err(|_| Error::Internal)
+    }
+
+    /// The keys of `server` valid at `valid_at` (ms), fetching them when none known is.
+    pub async fn server_keys(&self, server: &ServerName, valid_at: i64) -> Result<PublicKeySet> {
+        if server == self.server_name() {
+            let mut set = PublicKeySet::new();
+            set.insert(self.keys.key_id(), Base64::new(self.keys.keypair.public_key().to_vec()));
+            return Ok(set);
+        }
+        // A partner's pinned keys are the only ones accepted for it.
+        if let Some(pinned) = self.config.federation.pinned_keys.get(server.as_str()) {
+            return pinned
+                .iter()
+                .map(|(id, key)| {
+                    let key = Base64::parse(key.trim_end_matches('=')).map_err(|_| {
+                        tracing::error!(%server, key_id = %id, "federation.pinned_keys: not base64");
+                        Error::Internal
+                    })?;
+                    Ok((id.clone(), key))
+                })
+                .collect();
+        }
+        let usable = |keys: &BTreeMap<String, (String, i64)>| -> PublicKeySet {
+            keys.iter()
+                .filter(|(_, (_, until))| *until >= valid_at)
+                .filter_map(|(id, (key, _))| Some((id.clone(), Base64::parse(key).ok()?)))
+                .collect()
+        };
+        if let Some(keys) = self.federation.keys.servers.lock().unwrap().get(server) {
+            let set = usable(keys);
+            if !set.is_empty() {
+                return Ok(set);
+            }
+        }
+        let stored: BTreeMap<String, (String, i64)> = store::server_keys(self.db.pool(), server.as_str())
+            .await?
+            .into_iter()
+            .map(|(id, key, until, expired)| (id, (key, expired.unwrap_or(until))))
+            .collect();
+        let set = usable(&stored);
+        if !set.is_empty() {
+            self.federation.keys.servers.lock().unwrap().insert(server.to_owned(), stored);
+            return Ok(set);
+        }
+        let (_, fetched) = self.fetch_server_keys(server).await?;
+        let set = usable(&fetched);
+        self.federation.keys.servers.lock().unwrap().insert(server.to_owned(), fetched);
+        if set.is_empty() {
+            return Err(Error::forbidden(format!("No key of {server} is valid at {valid_at}")));
+        }
+        Ok(set)
+    }
+
+    /// Asks `server` for its keys and keeps those its own signature vouches for.
+    async fn fetch_server_keys(
+        &self,
+        server: &ServerName,
+    ) -> Result<(CanonicalJsonObject, BTreeMap<String, (String, i64)>)> {
+        let response = self.federation_request(server, get_server_keys::v2::Request::new()).await?;
+        let object: CanonicalJsonObject = response
+            .server_key
+            .deserialize_as_unchecked()
+            .map_err(|e| super::remote_error(server, format!("bad key response: {e}")))?;
+        let bad = |what: &str| super::remote_error(server, format!("bad key response: {what}"));
+        if object.get("server_name").and_then(|v| v.as_str()) != Some(server.as_str()) {
+            return Err(bad("server_name is another server's"));
+        }
+        let valid_until = match object.get("valid_until_ts") {
+            Some(CanonicalJsonValue::Integer(i)) => i64::from(*i),
+            _ => return Err(bad("no valid_until_ts")),
+        };
+        let mut keys = BTreeMap::new();
+        let mut set = PublicKeySet::new();
+        if let Some(CanonicalJsonValue::Object(verify)) = object.get("verify_keys") {
+            for (id, v) in verify {
+                if let Some(key) = v.as_object().and_then(|o| o.get("key")).and_then(|k| k.as_str()) {
+                    let parsed = Base64::parse(key).map_err(|_| bad("key is not base64"))?;
+                    set.insert(id.clone(), parsed);
+                    keys.insert(id.clone(), (key.to_owned(), valid_until));
+                }
+            }
+        }
+        // The response must be signed by the keys it lists.
+        let map: PublicKeyMap = BTreeMap::from([(server.to_string(), set)]);
+        ruma::signatures::verify_json(&map, &object).map_err(|e| bad(&format!("self-signature: {e}")))?;
+        if let Some(CanonicalJsonValue::Object(old)) = object.get("old_verify_keys") {
+            for (id, v) in old {
+                let o = v.as_object();
+                let key = o.and_then(|o| o.get("key")).and_then(|k| k.as_str());
+                let expired = match o.and_then(|o| o.get("expired_ts")) {
+                    Some(CanonicalJsonValue::Integer(i)) => i64::from(*i),
+                    _ => continue,
+                };
+                if let Some(key) = key {
+                    keys.insert(id.clone(), (key.to_owned(), expired));
+                }
+            }
+        }
+        for (id, (key, until)) in &keys {
+            store::put_server_key(self.db.pool(), server.as_str(), id, key, *until, None).await?;
+        }
+        Ok((object, keys))
+    }
+
+    /// `/_matrix/key/v2/query` (notary): a server's keys as it signed them, countersigned by
+    /// this server.
+    pub async fn notary_keys(&self, server: &ServerName) -> Result<Value> {
+        if server == self.server_name() {
+            return self.own_server_keys();
+        }
+        self.check_server_allowed(server)?;
+        let (mut object, keys) = self.fetch_server_keys(server).await?;
+        self.federation.keys.servers.lock().unwrap().insert(server.to_owned(), keys);
+        ruma::signatures::sign_json(self.server_name().as_str(), &self.keys.keypair, &mut object)
+            .map_err(|_| Error::Internal)?;
+        serde_json::to_value(object).map_err(|_| Error::Internal)
+    }
+
+    /// Checks the signatures and content hash of a received event. A hash that does not match
+    /// (an event redacted on the way, or altered) gives the redacted event, as the spec says.
+    pub async fn verify_pdu(
+        &self,
+        object: &CanonicalJsonObject,
+        version: &RoomVersionId,
+    ) -> Result<CanonicalJsonObject> {
+        let rules =
+            version.rules().ok_or_else(|| Error::new(ErrorKind::UnsupportedRoomVersion, "Unknown room version"))?;
+        let bad = |e: String| Error::forbidden(format!("Event signature check failed: {e}"));
+        let servers = ruma::signatures::required_server_signatures_to_verify_event(object, &rules.signatures)
+            .map_err(|e| bad(e.to_string()))?;
+        let ts = match object.get("origin_server_ts") {
+            Some(CanonicalJsonValue::Integer(i)) => i64::from(*i),
+            _ => return Err(bad("no origin_server_ts".into())),
+        };
+        // Since v5, keys must be valid when the event was sent; before, any known key will do.
+        let valid_at = if rules.enforce_key_validity { ts } else { 0 };
+        let mut map = PublicKeyMap::new();
+        for server in servers {
+            let keys = self.server_keys(&server, valid_at).await?;
+            map.insert(server.to_string(), keys);
+        }
+        match ruma::signatures::verify_event(&map, object, &rules) {
+            Ok(Verified::All) => Ok(object.clone()),
+            Ok(Verified::Signatures) => {
+                tracing::info!("received event whose content hash does not match: kept redacted");
+                ruma::canonical_json::redact(object.clone(), &rules.redaction, None).map_err(|e| bad(e.to_string()))
+            }
+            Err(e) => Err(bad(e.to_string())),
+        }
+    }
+
+    /// Authenticates a request from another server: its `X-Matrix` header must be signed by
+    /// the origin's key for this very request (method, path, body, destination). Answers the
+    /// origin.
+    pub async fn verify_request(&self, request: &http::Request<&[u8]>) -> Result<OwnedServerName> {
+        let unauthorized = |m: String| Error::new(ErrorKind::Unauthorized, m);
+        let header = XMatrix::extract_from_http_headers(request.headers())
+            .map_err(|e| unauthorized(format!("Missing or malformed X-Matrix authorization: {e}")))?;
+        let origin = header.origin.clone();
+        self.check_server_allowed(&origin)?;
+        let keys = self.server_keys(&origin, now_ms()).await.map_err(|e| match e {
+            Error::Matrix(_, m) => unauthorized(format!("Cannot get the keys of {origin}: {m}")),
+            other => other,
+        })?;
+        if !keys.contains_key(header.key.as_str()) {
+            return Err(unauthorized(format!("Unknown key {} of {origin}", header.key)));
+        }
+        let map: PublicKeyMap = BTreeMap::from([(origin.to_string(), keys)]);
+        header
+            .verify_http_request(request, self.server_name(), &map)
+            .map_err(|e| unauthorized(format!("Bad X-Matrix signature: {e}")))?;
+        Ok(origin)
+    }
+}

@@ -1,0 +1,90 @@
+//! Federation: this server and others in the same rooms (the server-server API).
+//!
+//! - `keys.rs`: the verify key this server publishes, other servers' keys (fetched and cached,
+//!   or pinned by configuration), and the checks of signatures on events and requests.
+//! - `client.rs`: finding another server (server discovery) and sending it signed requests.
+//! - `inbound.rs`: PDUs received from others: checked (signatures, hashes, authorisation against
+//!   their auth events, the state before them and the current state) and persisted.
+//! - `membership.rs`: joining, leaving and inviting across servers, on both sides.
+//! - `sender.rs`: the outbound queue, one sender per destination, kept in the database.
+//! - `tls.rs`: the certificate of the built-in HTTPS listener.
+//!
+//! Every exchange with another server first asks [`Services::check_server_allowed`]: federation
+//! must be enabled and the server on the allow-list (when there is one).
+
+pub mod client;
+pub mod history;
+pub mod inbound;
+pub mod keys;
+pub mod membership;
+pub mod sender;
+pub mod tls;
+pub mod transactions;
+
+use std::{collections::HashMap, sync::Mutex};
+
+use ruma::{api::error::ErrorKind, events::StateEventType, OwnedRoomId, RoomId, ServerName};
+
+use crate::{Error, Result, Services};
+
+/// What federation keeps in memory.
+#[derive(Default)]
+pub struct FederationState {
+    pub(crate) keys: keys::KeyCache,
+    pub(crate) clients: client::Clients,
+    pub(crate) senders: sender::Senders,
+    /// Received PDUs of a room are handled one at a time (their order matters to the checks).
+    room_locks: Mutex<HashMap<OwnedRoomId, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Services {
+    /// Whether this server federates at all.
+    pub fn federation_enabled(&self) -> bool {
+        self.config.federation.enabled
+    }
+
+    /// Refuses servers federation may not reach (disabled, or not on the allow-list).
+    pub fn check_server_allowed(&self, server: &ServerName) -> Result<()> {
+        let config = &self.config.federation;
+        if !config.enabled {
+            return Err(Error::forbidden("Federation is disabled on this server"));
+        }
+        if server == self.server_name() {
+            return Err(Error::forbidden("A request from this server to itself"));
+        }
+        if !config.allowed_servers.is_empty() && !config.allowed_servers.iter().any(|s| s == server.as_str()) {
+            return Err(Error::forbidden(format!("This server does not federate with {server}")));
+        }
+        Ok(())
+    }
+
+    /// Refuses `server` if the room's server ACL (`m.room.server_acl`) denies it.
+    pub async fn check_server_acl(&self, room_id: &RoomId, server: &ServerName) -> Result<()> {
+        let state = self.current_state(room_id).await?;
+        let Some(acl) = self.state_event_in(&state, &StateEventType::RoomServerAcl, "").await? else {
+            return Ok(());
+        };
+        let content: ruma::events::room::server_acl::RoomServerAclEventContent =
+            match serde_json::from_str(acl.content.get()) {
+                Ok(c) => c,
+                // An ACL that does not parse denies nothing (as Synapse does).
+                Err(_) => return Ok(()),
+            };
+        if content.is_allowed(server) {
+            Ok(())
+        } else {
+            Err(Error::forbidden(format!("Server {server} is denied by the room's server ACL")))
+        }
+    }
+
+    /// The lock under which received PDUs of a room are handled.
+    pub(crate) fn room_lock(&self, room_id: &RoomId) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        self.federation.room_locks.lock().unwrap().entry(room_id.to_owned()).or_default().clone()
+    }
+}
+
+/// An error of another server, or of reaching it, as this server reports it.
+pub(crate) fn remote_error(server: &ServerName, what: impl std::fmt::Display) -> Error {
+    tracing::warn!(%server, error = %what, "federation request failed");
+    Error::new(ErrorKind::Unknown, format!("Request to {server} failed: {what}"))
+}

@@ -1,0 +1,238 @@
+//! Events built by other servers entering a room: the writer's side of federation.
+//!
+//! The checks (signatures, hashes, authorisation) are made by `federation::inbound` before an
+//! event gets here; this places an accepted event in the DAG and the room's state, in the same
+//! batch-and-commit discipline as the events this server builds.
+
+use std::sync::Arc;
+
+use ruma::{
+    events::{StateEventType, TimelineEventType},
+    state_res::StateMap,
+    OwnedEventId, RoomId, RoomVersionId, UserId,
+};
+
+use super::{find_pdu, relation_of, state_rows, EventRow, PendingWrite, RoomMeta, RoomWriter, MAX_STATE_CHAIN};
+use crate::{Error, Pdu, Result, Services};
+
+/// How a received event changes the room's position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// On the DAG as it stands: it replaces its `prev_events` among the forward extremities,
+    /// and the current state follows (resolved where forks remain).
+    Extend,
+    /// The room's state becomes the state after this event, its only forward extremity: a join
+    /// through another server, or an invite (or its rejection) in a room this server is not in.
+    Adopt,
+}
+
+impl Services {
+    /// A batch for events other servers built, in a room this server may not know yet (then
+    /// the commit records the room, with `version`).
+    pub(crate) async fn received_writer(
+        &self,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        creator: &UserId,
+    ) -> Result<RoomWriter<'_>> {
+        if self.room_meta(room_id).await?.is_some() {
+            return self.room_writer(super::Target::Room(room_id)).await;
+        }
+        let write = self.begin_write().await;
+        let meta =
+            RoomMeta { version: version.clone(), extremities: vec![], depth: 0, state_group: 0, chain_length: 0 };
+        let mut writer = RoomWriter::new(self, write, (Some(room_id.to_owned()), None), meta, Arc::default());
+        writer.writes.push(PendingWrite::Room {
+            room_id: room_id.to_string(),
+            version: version.to_string(),
+            creator: creator.to_string(),
+            ts: crate::now_ms(),
+        });
+        Ok(writer)
+    }
+}
+
+impl RoomWriter<'_> {
+    /// Writes a received event into the batch, `state_before` being the room state before it
+    /// (after its `prev_events`), already checked against it.
+    pub(crate) async fn append_received(
+        &mut self,
+        mut pdu: Pdu,
+        state_before: Arc<StateMap<OwnedEventId>>,
+        placement: Placement,
+    ) -> Result<Arc<Pdu>> {
+        let services = self.services;
+        let room_id = pdu.room_id.clone();
+        if self.room_id.as_deref() != Some(&*room_id) {
+            self.switch_to(&room_id).await?;
+        }
+        let event_id = pdu.event_id.clone();
+        let kind = pdu.kind.to_string();
+        let state_after = match &pdu.state_key {
+            Some(sk) => {
+                let mut map = (*state_before).clone();
+                map.insert((StateEventType::from(kind.clone()), sk.clone()), event_id.clone());
+                Arc::new(map)
+            }
+            None => state_before.clone(),
+        };
+        let position = self.write.next_position();
+
+        // The event's state group: a delta on the current one when it simply follows the
+        // room's only extremity, a snapshot otherwise.
+        let linear = placement == Placement::Extend
+            && self.meta.state_group != 0
+            && self.meta.extremities == pdu.prev_events
+            && *state_before == *self.state;
+        let (event_group, event_chain) = if linear && pdu.state_key.is_none() {
+            (self.meta.state_group, self.meta.chain_length)
+        } else if linear && self.meta.chain_length < MAX_STATE_CHAIN {
+            let id = services.next_state_group().await?;
+            let sk = pdu.state_key.clone().unwrap_or_default();
+            self.writes.push(PendingWrite::StateGroup {
+                id,
+                room_id: room_id.to_string(),
+                prev: Some(self.meta.state_group),
+                chain_length: self.meta.chain_length + 1,
+                delta: vec![[kind.clone(), sk, event_id.to_string()]],
+            });
+            self.new_states.push((id, state_after.clone()));
+            (id, self.meta.chain_length + 1)
+        } else {
+            let id = services.next_state_group().await?;
+            self.writes.push(PendingWrite::StateGroup {
+                id,
+                room_id: room_id.to_string(),
+                prev: None,
+                chain_length: 0,
+                delta: state_rows(&state_after),
+            });
+            self.new_states.push((id, state_after.clone()));
+            (id, 0)
+        };
+
+        // The forward extremities and the current state.
+        let extremities: Vec<OwnedEventId> = match placement {
+            Placement::Adopt => vec![event_id.clone()],
+            Placement::Extend => {
+                let mut e: Vec<OwnedEventId> =
+                    self.meta.extremities.iter().filter(|x| !pdu.prev_events.contains(x)).cloned().collect();
+                e.push(event_id.clone());
+                e
+            }
+        };
+        let (current, current_group, current_chain) = if linear {
+            if let Some(sk) = &pdu.state_key {
+                self.writes.push(PendingWrite::CurrentState {
+                    room_id: room_id.to_string(),
+                    entry: [kind.clone(), sk.clone(), event_id.to_string()],
+                    membership: pdu.membership(),
+                    position,
+                });
+            }
+            (state_after.clone(), event_group, event_chain)
+        } else if extremities.len() == 1 {
+            self.resolved_rooms.push(room_id.clone());
+            (state_after.clone(), event_group, event_chain)
+        } else {
+            // Forks remain: the current state is their resolution, kept as a snapshot.
+            let mut maps = vec![(*state_after).clone()];
+            for id in extremities.iter().filter(|x| **x != event_id) {
+                let other = find_pdu(services, &self.appended, id).await?.ok_or(Error::Internal)?;
+                maps.push((*services.state_map_in_batch(self, other.state_group).await?).clone());
+            }
+            let resolved = Arc::new(services.resolve_states(&self.meta.version, maps).await?);
+            let id = services.next_state_group().await?;
+            self.writes.push(PendingWrite::StateGroup {
+                id,
+                room_id: room_id.to_string(),
+                prev: None,
+                chain_length: 0,
+                delta: state_rows(&resolved),
+            });
+            self.new_states.push((id, resolved.clone()));
+            self.resolved_rooms.push(room_id.clone());
+            (resolved, id, 0)
+        };
+
+        // Stored without what the sender put in `unsigned`
+        let mut value: serde_json::Value = serde_json::from_str(&pdu.json).map_err(|_| Error::Internal)?;
+        // (but the room state an invite came with, which the invitee's client is shown).
+        if let Some(o) = value.as_object_mut() {
+            let invite_state = o.get("unsigned").and_then(|u| u.get("invite_room_state")).cloned();
+            o.remove("unsigned");
+            if let Some(state) = invite_state {
+                o.insert("unsigned".into(), serde_json::json!({ "invite_room_state": state }));
+            }
+        }
+        pdu.json = serde_json::to_string(&value).map_err(|_| Error::Internal)?;
+        pdu.unsigned.retain(|k, _| k == "invite_room_state");
+        self.rows.push(EventRow {
+            stream_ordering: position,
+            event_id: event_id.to_string(),
+            room_id: room_id.to_string(),
+            sender: pdu.sender.to_string(),
+            event_type: kind,
+            state_key: pdu.state_key.clone(),
+            depth: i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX),
+            origin_server_ts: i64::from(pdu.origin_server_ts.get()),
+            state_group: event_group,
+            relation: relation_of(&pdu),
+            json: pdu.json.clone(),
+        });
+        if let (Some(target), TimelineEventType::RoomRedaction) = (pdu.redacts.clone(), &pdu.kind) {
+            if self.may_redact(&pdu, &target, &current).await? {
+                let rules = self.meta.rules();
+                if let Some(redacted) = self.apply_redaction(&target, &event_id, &rules).await? {
+                    self.redacted.push(redacted);
+                }
+            }
+        }
+        pdu.stream_ordering = position;
+        pdu.state_group = event_group;
+        let pdu = Arc::new(pdu);
+        let depth = self.meta.depth.max(u64::from(pdu.depth));
+        self.meta = RoomMeta {
+            version: self.meta.version.clone(),
+            extremities,
+            depth,
+            state_group: current_group,
+            chain_length: current_chain,
+        };
+        self.state = current;
+        self.appended.push(pdu.clone());
+        Ok(pdu)
+    }
+
+    /// Whether a received redaction takes effect: its sender is of the redacted event's
+    /// server, or has the room's `redact` power level.
+    async fn may_redact(
+        &self,
+        redaction: &Pdu,
+        target: &ruma::EventId,
+        state: &StateMap<OwnedEventId>,
+    ) -> Result<bool> {
+        let Some(target) = find_pdu(self.services, &self.appended, target).await? else { return Ok(false) };
+        if target.sender.server_name() == redaction.sender.server_name() {
+            return Ok(true);
+        }
+        let services = self.services;
+        let Some(levels) = services.state_event_in(state, &StateEventType::RoomPowerLevels, "").await? else {
+            return Ok(false);
+        };
+        let levels = levels.content_value();
+        let needed = levels.get("redact").and_then(|v| v.as_i64()).unwrap_or(50);
+        let Some(map) = levels.as_object() else { return Ok(false) };
+        Ok(services.user_power(&redaction.room_id, map, &redaction.sender).await? >= needed)
+    }
+}
+
+impl Services {
+    /// A state map of the room, whether the batch made it or the database holds it.
+    async fn state_map_in_batch(&self, writer: &RoomWriter<'_>, group: i64) -> Result<Arc<StateMap<OwnedEventId>>> {
+        if let Some((_, map)) = writer.new_states.iter().find(|(id, _)| *id == group) {
+            return Ok(map.clone());
+        }
+        self.state_map(group).await
+    }
+}
