@@ -98,15 +98,20 @@ impl TestServer {
     /// listener serves (a self-signed certificate, accepted by the others since every test
     /// server skips certificate checks for loopback addresses only).
     pub async fn start_federating(backend: Backend, extra: &[(&str, &str)]) -> TestServer {
+        TestServer::start_federating_as(backend, "127.0.0.1", extra).await
+    }
+
+    /// [`TestServer::start_federating`] with the host part of the name given (`localhost`).
+    pub async fn start_federating_as(backend: Backend, host: &str, extra: &[(&str, &str)]) -> TestServer {
         let port = free_port();
-        let name = format!("127.0.0.1:{port}");
+        let name = format!("{host}:{port}");
         let mut settings: Vec<(&str, &str)> = vec![
             ("SERVER_NAME", &name),
             ("FEDERATION__ENABLED", "true"),
             ("FEDERATION__INSECURE_LOOPBACK_TLS", "true"),
             ("FEDERATION__MAX_BACKOFF_MS", "2000"),
         ];
-        let listen = name.clone();
+        let listen = format!("127.0.0.1:{port}");
         settings.push(("FEDERATION__TLS_LISTEN", &listen));
         settings.extend_from_slice(extra);
         TestServer::start(backend, &settings).await

@@ -7,7 +7,12 @@ use diplomatie_tests::{backend_tests, urlencode, Backend, Client, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-backend_tests!(two_servers_share_a_room);
+backend_tests!(
+    two_servers_share_a_room,
+    a_remote_server_cannot_forge_or_force_its_way,
+    only_allowed_servers_federate,
+    bans_and_acls_hold_across_servers,
+);
 
 /// Syncs `client` until `found` holds for a response (20 s at most); answers that response.
 async fn sync_until(client: &Client, what: &str, found: impl Fn(&Value) -> bool) -> Value {
@@ -124,4 +129,319 @@ async fn two_servers_share_a_room(backend: Backend) {
         )
         .await;
     assert_eq!(status, 403);
+}
+
+/// Another server played by the test: its key is pinned in the configuration of the server
+/// under test (which so never fetches it), and it signs its requests and events itself.
+struct FakeServer {
+    name: String,
+    keypair: ruma::signatures::Ed25519KeyPair,
+}
+
+impl FakeServer {
+    fn new(name: &str) -> FakeServer {
+        let der = ruma::signatures::Ed25519KeyPair::generate();
+        let keypair = ruma::signatures::Ed25519KeyPair::from_der(&der, "evil".into()).unwrap();
+        FakeServer { name: name.into(), keypair }
+    }
+
+    /// The configuration that pins this server's key (TOML).
+    fn pinned(&self) -> String {
+        use base64::Engine;
+        let key = base64::engine::general_purpose::STANDARD_NO_PAD.encode(self.keypair.public_key());
+        format!("[federation.pinned_keys.\"{}\"]\n\"ed25519:evil\" = \"{key}\"\n", self.name)
+    }
+
+    /// A request to `server`, signed with `X-Matrix` (or not, or with another key).
+    async fn request(
+        &self,
+        server: &TestServer,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        sign: Signing,
+    ) -> (u16, Value) {
+        use ruma::api::federation::authentication::{XMatrix, XMatrixSigningInput};
+        let bytes = body.map(|b| serde_json::to_vec(b).unwrap()).unwrap_or_default();
+        let http = http::Request::builder().method(method.as_str()).uri(path).body(bytes.clone()).unwrap();
+        let destination: ruma::OwnedServerName = server.server_name.as_str().try_into().unwrap();
+        let mut builder = reqwest::Client::new().request(method, format!("{}{path}", server.base));
+        let other;
+        let keypair = match sign {
+            Signing::Good => Some(&self.keypair),
+            Signing::OtherKey => {
+                let der = ruma::signatures::Ed25519KeyPair::generate();
+                other = ruma::signatures::Ed25519KeyPair::from_der(&der, "evil".into()).unwrap();
+                Some(&other)
+            }
+            Signing::None => None,
+        };
+        if let Some(keypair) = keypair {
+            let input = XMatrixSigningInput::new(self.name.as_str().try_into().unwrap(), destination, keypair);
+            let header = XMatrix::sign_http_request(&http, input).unwrap();
+            builder = builder.header("Authorization", http::HeaderValue::from(&header));
+        }
+        if body.is_some() {
+            builder = builder.header("Content-Type", "application/json").body(bytes);
+        }
+        let response = builder.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Signs an event (hashes first), as its sender's server would; answers it with its id.
+    fn sign(&self, mut event: Value) -> (String, Value) {
+        let rules = ruma::RoomVersionId::V12.rules().unwrap();
+        event.as_object_mut().unwrap().remove("signatures");
+        let mut object: ruma::CanonicalJsonObject = serde_json::from_value(event).unwrap();
+        ruma::signatures::hash_and_sign_event(&self.name, &self.keypair, &mut object, &rules.redaction).unwrap();
+        let id = format!("${}", ruma::signatures::reference_hash(&object, &rules).unwrap());
+        (id, serde_json::to_value(object).unwrap())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Signing {
+    Good,
+    OtherKey,
+    None,
+}
+
+/// A server under test whose configuration file is `toml` (with the federation settings).
+async fn start_with_config(backend: Backend, toml: &str) -> TestServer {
+    let path = std::env::temp_dir().join(format!("diplomatie-test-{}.toml", rand::random::<u64>()));
+    std::fs::write(&path, toml).unwrap();
+    let path = path.display().to_string();
+    TestServer::start_federating(backend, &[("CONFIG", &path)]).await
+}
+
+async fn room_state(client: &Client, room: &str, kind: &str, key: &str) -> (u16, Value) {
+    client.get(&format!("/_matrix/client/v3/rooms/{room}/state/{kind}/{}", urlencode(key))).await
+}
+
+async fn event_seen(client: &Client, room: &str, event_id: &str) -> (u16, Value) {
+    client.get(&format!("/_matrix/client/v3/rooms/{room}/event/{}", urlencode(event_id))).await
+}
+
+async fn a_remote_server_cannot_forge_or_force_its_way(backend: Backend) {
+    let evil = FakeServer::new("attacker.test");
+    let a = start_with_config(backend, &evil.pinned()).await;
+    let alice = a.register("alice").await;
+    let room = alice.create_room(json!({ "preset": "public_chat", "name": "Open" })).await;
+    let eve = format!("@eve:{}", evil.name);
+    let make_join = format!("/_matrix/federation/v1/make_join/{}/{}?ver=12", urlencode(&room), urlencode(&eve));
+
+    // Requests must carry a valid X-Matrix signature of their origin.
+    let (status, v) = evil.request(&a, Method::GET, &make_join, None, Signing::None).await;
+    assert_eq!((status, v["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "{v}");
+    let (status, v) = evil.request(&a, Method::GET, &make_join, None, Signing::OtherKey).await;
+    assert_eq!((status, v["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "{v}");
+    // Only for its own users.
+    let alice_join =
+        format!("/_matrix/federation/v1/make_join/{}/{}?ver=12", urlencode(&room), urlencode(&alice.user_id));
+    let (status, v) = evil.request(&a, Method::GET, &alice_join, None, Signing::Good).await;
+    assert_eq!((status, v["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{v}");
+
+    // A template altered on the way back (CVE-2026-24471): never accepted, never signed.
+    let (status, v) = evil.request(&a, Method::GET, &make_join, None, Signing::Good).await;
+    assert_eq!(status, 200, "{v}");
+    let template = v["event"].clone();
+    let levels_before = room_state(&alice, &room, "m.room.power_levels", "").await.1;
+    let forged = [
+        // Power levels instead of a join.
+        {
+            let mut e = template.clone();
+            e["type"] = json!("m.room.power_levels");
+            e["state_key"] = json!("");
+            e["content"] = json!({ "users": { eve.clone(): 100 }, "join_authorised_via_users_server": alice.user_id });
+            e
+        },
+        // A join of another server's user.
+        {
+            let mut e = template.clone();
+            e["sender"] = json!(alice.user_id);
+            e["state_key"] = json!(alice.user_id);
+            e
+        },
+        // A ban instead of a join.
+        {
+            let mut e = template.clone();
+            e["content"] = json!({ "membership": "ban" });
+            e["state_key"] = json!(alice.user_id);
+            e
+        },
+    ];
+    for e in forged {
+        let mut e = e;
+        e["origin_server_ts"] = json!(1);
+        let (id, signed) = evil.sign(e);
+        let path = format!("/_matrix/federation/v2/send_join/{}/{}", urlencode(&room), urlencode(&id));
+        let (status, v) = evil.request(&a, Method::PUT, &path, Some(&signed), Signing::Good).await;
+        assert_eq!((status, v["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{v}");
+        assert!(v.get("event").is_none() && v.get("state").is_none(), "{v}");
+        assert_eq!(event_seen(&alice, &room, &id).await.0, 404);
+    }
+    assert_eq!(room_state(&alice, &room, "m.room.power_levels", "").await.1, levels_before);
+    // The join as the template says: accepted, with the room's state.
+    let (join_id, join) = evil.sign(template);
+    let path = format!("/_matrix/federation/v2/send_join/{}/{}", urlencode(&room), urlencode(&join_id));
+    let (status, v) = evil.request(&a, Method::PUT, &path, Some(&join), Signing::Good).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["state"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"), "{v}");
+    assert_eq!(room_state(&alice, &room, "m.room.member", &eve).await.1["membership"], "join");
+
+    // make_leave / send_leave: a leave, nothing else.
+    let make_leave = format!("/_matrix/federation/v1/make_leave/{}/{}", urlencode(&room), urlencode(&eve));
+    let (status, v) = evil.request(&a, Method::GET, &make_leave, None, Signing::Good).await;
+    assert_eq!(status, 200, "{v}");
+    let mut e = v["event"].clone();
+    e["content"] = json!({ "membership": "join" });
+    let (id, signed) = evil.sign(e);
+    let path = format!("/_matrix/federation/v2/send_leave/{}/{}", urlencode(&room), urlencode(&id));
+    let (status, v) = evil.request(&a, Method::PUT, &path, Some(&signed), Signing::Good).await;
+    assert_eq!((status, v["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{v}");
+
+    // PDUs: one good, one badly signed, one with an altered content, one the rules forbid.
+    let last = alice.send_text(&room, "avant").await;
+    let base = |kind: &str, content: Value, state_key: Option<&str>| {
+        let mut e = json!({
+            "type": kind, "room_id": room, "sender": eve, "content": content,
+            "origin_server_ts": 1_000, "depth": 100, "prev_events": [last], "auth_events": [],
+        });
+        if let Some(k) = state_key {
+            e["state_key"] = json!(k);
+        }
+        e
+    };
+    // Auth events: Eve's join, the power levels, the create event is implied (v12).
+    let levels_id = alice
+        .get(&format!("/_matrix/client/v3/rooms/{room}/state"))
+        .await
+        .1
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.room.power_levels")
+        .unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let with_auth = |mut e: Value| {
+        e["auth_events"] = json!([join_id, levels_id]);
+        e
+    };
+    let (good_id, good) =
+        evil.sign(with_auth(base("m.room.message", json!({ "msgtype": "m.text", "body": "bonjour" }), None)));
+    let (bad_sig_id, mut bad_sig) =
+        evil.sign(with_auth(base("m.room.message", json!({ "msgtype": "m.text", "body": "faux" }), None)));
+    bad_sig["signatures"][&evil.name]["ed25519:evil"] = json!("AAAA");
+    let (altered_id, mut altered) =
+        evil.sign(with_auth(base("m.room.message", json!({ "msgtype": "m.text", "body": "original" }), None)));
+    altered["content"]["body"] = json!("altéré");
+    let (forbidden_id, forbidden) = evil.sign(with_auth(base(
+        "m.room.power_levels",
+        json!({ "users": { eve.clone(): 100, alice.user_id.clone(): 100 } }),
+        Some(""),
+    )));
+    let txn = json!({ "origin": evil.name, "origin_server_ts": 1_000, "pdus": [good, bad_sig, altered, forbidden] });
+    let (status, v) = evil.request(&a, Method::PUT, "/_matrix/federation/v1/send/t1", Some(&txn), Signing::Good).await;
+    assert_eq!(status, 200, "{v}");
+    let results = &v["pdus"];
+    assert_eq!(results[&good_id], json!({}), "{v}");
+    assert!(results[&bad_sig_id]["error"].is_string(), "{v}");
+    assert!(results[&forbidden_id]["error"].is_string(), "{v}");
+    assert_eq!(event_seen(&alice, &room, &good_id).await.1["content"]["body"], "bonjour");
+    assert_eq!(event_seen(&alice, &room, &bad_sig_id).await.0, 404);
+    assert_eq!(event_seen(&alice, &room, &forbidden_id).await.0, 404);
+    assert_eq!(room_state(&alice, &room, "m.room.power_levels", "").await.1, levels_before);
+    // An altered content is kept redacted, as the spec says: never the altered text.
+    let (status, v) = event_seen(&alice, &room, &altered_id).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["content"].get("body").is_none(), "{v}");
+    // The same transaction again changes nothing and gets the same answer.
+    let (status, again) =
+        evil.request(&a, Method::PUT, "/_matrix/federation/v1/send/t1", Some(&txn), Signing::Good).await;
+    assert_eq!((status, &again["pdus"]), (200, results));
+
+    // A server ACL shuts the server out of every path.
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.server_acl/"),
+            Some(&json!({ "allow": ["*"], "deny": [evil.name], "allow_ip_literals": true })),
+        )
+        .await;
+    let (status, v) = evil.request(&a, Method::GET, &make_join, None, Signing::Good).await;
+    assert_eq!(status, 403, "{v}");
+    let (late_id, late) =
+        evil.sign(with_auth(base("m.room.message", json!({ "msgtype": "m.text", "body": "encore" }), None)));
+    let txn = json!({ "origin": evil.name, "origin_server_ts": 2_000, "pdus": [late] });
+    let (status, v) = evil.request(&a, Method::PUT, "/_matrix/federation/v1/send/t2", Some(&txn), Signing::Good).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["pdus"][&late_id]["error"].is_string(), "{v}");
+    assert_eq!(event_seen(&alice, &room, &late_id).await.0, 404);
+}
+
+async fn only_allowed_servers_federate(backend: Backend) {
+    let friend = FakeServer::new("partner.test");
+    let stranger = FakeServer::new("stranger.test");
+    let config =
+        format!("[federation]\nallowed_servers = [\"partner.test\"]\n{}{}", friend.pinned(), stranger.pinned());
+    let a = start_with_config(backend, &config).await;
+    let alice = a.register("alice").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let path = |user: &str| format!("/_matrix/federation/v1/make_join/{}/{}?ver=12", urlencode(&room), urlencode(user));
+    let (status, v) = friend.request(&a, Method::GET, &path("@p:partner.test"), None, Signing::Good).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = stranger.request(&a, Method::GET, &path("@s:stranger.test"), None, Signing::Good).await;
+    assert_eq!((status, v["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{v}");
+    // Outbound too: no invite leaves for a server off the list.
+    let (status, v) = alice.invite(&room, "@s:stranger.test").await;
+    assert_eq!((status, v["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{v}");
+}
+
+async fn bans_and_acls_hold_across_servers(backend: Backend) {
+    let a = TestServer::start_federating(backend, &[]).await;
+    let b = TestServer::start_federating(backend, &[]).await;
+    // Named `localhost:<port>`: server ACLs match host names, without ports.
+    let c = TestServer::start_federating_as(backend, "localhost", &[]).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let carol = c.register("carol").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let (status, v) = bob
+        .post(&format!("/_matrix/client/v3/join/{}?via={}", urlencode(&room), urlencode(&a.server_name)), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    // A server ACL on A keeps C out.
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.server_acl/"),
+            Some(&json!({ "allow": ["*"], "deny": ["localhost"], "allow_ip_literals": true })),
+        )
+        .await;
+    let (status, v) = carol
+        .post(&format!("/_matrix/client/v3/join/{}?via={}", urlencode(&room), urlencode(&a.server_name)), &json!({}))
+        .await;
+    assert_eq!(status, 403, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("server ACL"), "{v}");
+    // A ban on A is enforced on B: Bob can no longer send there.
+    bob.send_text(&room, "avant").await;
+    alice
+        .ok(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/ban"), Some(&json!({ "user_id": bob.user_id })))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _) = room_state(&bob, &room, "m.room.member", &bob.user_id).await;
+        let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{}", rand::random::<u32>());
+        let (send, v) = bob.put(&path, &json!({ "msgtype": "m.text", "body": "après" })).await;
+        if send == 403 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the ban did not reach B ({status}): {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, v) = bob.join(&room).await;
+    assert_eq!(status, 403, "{v}");
 }
