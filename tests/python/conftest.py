@@ -22,27 +22,40 @@ def free_port():
 
 
 class Server:
-    def __init__(self, backend):
+    def __init__(self, backend, federating=False):
         self.backend = backend
         self.dir = tempfile.mkdtemp(prefix="diplomatie-nio-")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.pg_db = None
+        self.server_name = "localhost"
         env = {k: v for k, v in os.environ.items() if not k.startswith("DIPLOMATIE_")}
+        if federating:
+            # Named after its built-in HTTPS listener (self-signed certificate); certificates
+            # of others are not checked on loopback addresses only.
+            tls_port = free_port()
+            self.server_name = f"127.0.0.1:{tls_port}"
+            env.update({
+                "DIPLOMATIE_FEDERATION__ENABLED": "true",
+                "DIPLOMATIE_FEDERATION__TLS_LISTEN": self.server_name,
+                "DIPLOMATIE_FEDERATION__INSECURE_LOOPBACK_TLS": "true",
+                "DIPLOMATIE_FEDERATION__MAX_BACKOFF_MS": "2000",
+            })
         env.update({
-            "DIPLOMATIE_SERVER_NAME": "localhost",
+            "DIPLOMATIE_SERVER_NAME": self.server_name,
             "DIPLOMATIE_LISTEN": f"127.0.0.1:{self.port}",
             "DIPLOMATIE_DATA_DIR": self.dir,
             "DIPLOMATIE_REGISTRATION__ENABLED": "true",
             "DIPLOMATIE_RATE_LIMITS__ENABLED": "false",
-            "DIPLOMATIE_LOG": "warn",
+            "DIPLOMATIE_LOG": os.environ.get("DIPLOMATIE_TEST_LOG", "warn"),
         })
         if backend == "postgres":
             self.pg_db = "dip_nio_" + uuid.uuid4().hex[:12]
             subprocess.run(PG + [f"CREATE DATABASE {self.pg_db}"], check=True)
             env["DIPLOMATIE_DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{self.pg_db}"
         self.env = env
-        self.proc = subprocess.Popen([BIN], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        out = None if os.environ.get("DIPLOMATIE_TEST_LOG") else subprocess.DEVNULL
+        self.proc = subprocess.Popen([BIN], env=env, stdin=subprocess.DEVNULL, stdout=out)
         deadline = time.time() + 30
         while True:
             try:
@@ -68,5 +81,99 @@ class Server:
 @pytest.fixture(params=["sqlite", "postgres"])
 def server(request):
     s = Server(request.param)
+    yield s
+    s.stop()
+
+
+SYNAPSE_PYTHON = os.environ.get(
+    "SYNAPSE_PYTHON", os.path.expanduser("~/.cache/diplomatie-tests/synapse-venv/bin/python")
+)
+
+
+class Synapse:
+    """A Synapse homeserver (from PyPI, `tests/run` installs it) on loopback, SQLite, named
+    `127.0.0.1:<port>` after its HTTPS listener; it accepts any certificate (loopback only)."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="synapse-")
+        tls_port, self.port = free_port(), free_port()
+        self.server_name = f"127.0.0.1:{tls_port}"
+        self.url = f"http://127.0.0.1:{self.port}"
+        d = self.dir
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", f"{d}/tls.key", "-out", f"{d}/tls.crt"],
+            check=True, capture_output=True,
+        )
+        with open(f"{d}/log.yaml", "w") as f:
+            f.write("version: 1\nformatters: {p: {format: '%(asctime)s %(name)s %(levelname)s %(message)s'}}\n"
+                    "handlers: {f: {class: logging.FileHandler, filename: " + d + "/synapse.log, formatter: p}}\n"
+                    "root: {level: INFO, handlers: [f]}\ndisable_existing_loggers: false\n")
+        limits = "{per_second: 1000, burst_count: 1000}"
+        with open(f"{d}/homeserver.yaml", "w") as f:
+            f.write(f"""server_name: "{self.server_name}"
+pid_file: {d}/homeserver.pid
+report_stats: false
+listeners:
+  - {{port: {tls_port}, bind_addresses: ['127.0.0.1'], type: http, tls: true, resources: [{{names: [federation, client]}}]}}
+  - {{port: {self.port}, bind_addresses: ['127.0.0.1'], type: http, tls: false, resources: [{{names: [client]}}]}}
+tls_certificate_path: {d}/tls.crt
+tls_private_key_path: {d}/tls.key
+federation_verify_certificates: false
+federation_ip_range_blacklist: []
+ip_range_blacklist: []
+ip_range_whitelist: ['127.0.0.1']
+trusted_key_servers: []
+suppress_key_server_warning: true
+database: {{name: sqlite3, args: {{database: {d}/homeserver.db}}}}
+log_config: {d}/log.yaml
+media_store_path: {d}/media
+signing_key_path: {d}/signing.key
+macaroon_secret_key: "{uuid.uuid4().hex}"
+form_secret: "{uuid.uuid4().hex}"
+registration_shared_secret: "{uuid.uuid4().hex}"
+enable_registration: true
+enable_registration_without_verification: true
+rc_message: {limits}
+rc_registration: {limits}
+rc_login: {{address: {limits}, account: {limits}, failed_attempts: {limits}}}
+rc_joins: {{local: {limits}, remote: {limits}}}
+rc_invites: {{per_room: {limits}, per_user: {limits}, per_sender: {limits}}}
+rc_federation: {{window_size: 1000, sleep_limit: 1000, sleep_delay: 1, reject_limit: 1000, concurrent: 100}}
+""")
+        base = [SYNAPSE_PYTHON, "-m", "synapse.app.homeserver", "--config-path", f"{d}/homeserver.yaml"]
+        subprocess.run(base + ["--generate-keys"], check=True, capture_output=True, cwd=d)
+        self.proc = subprocess.Popen(base, cwd=d, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/_matrix/client/versions", timeout=1)
+                break
+            except Exception:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("synapse did not start; see " + d + "/synapse.log")
+                time.sleep(0.2)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        if not os.environ.get("KEEP_SYNAPSE"):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def federating_server(request):
+    s = Server(request.param, federating=True)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def synapse():
+    s = Synapse()
     yield s
     s.stop()

@@ -1,0 +1,141 @@
+"""Federation with Synapse (from PyPI) on loopback: a room made on our server and one made on
+Synapse, each joined by a user of the other server; messages, state, typing and receipts both
+ways; matrix-nio clients on each side."""
+
+import asyncio
+
+import pytest
+from nio import (
+    AsyncClient,
+    JoinResponse,
+    ReceiptEvent,
+    RegisterResponse,
+    RoomCreateResponse,
+    RoomGetStateEventResponse,
+    RoomInviteResponse,
+    RoomMemberEvent,
+    RoomMessageText,
+    RoomSendResponse,
+    SyncResponse,
+    TypingNoticeEvent,
+)
+
+
+async def sync_until(client, predicate, what, timeout=30):
+    deadline = asyncio.get_event_loop().time() + timeout
+    while asyncio.get_event_loop().time() < deadline:
+        resp = await client.sync(timeout=2000)
+        assert isinstance(resp, SyncResponse), resp
+        if predicate(resp):
+            return resp
+    raise AssertionError(f"never seen: {what}")
+
+
+def has_text(room_id, body):
+    def check(r):
+        room = r.rooms.join.get(room_id)
+        return bool(room) and any(isinstance(e, RoomMessageText) and e.body == body for e in room.timeline.events)
+    return check
+
+
+def has_member(room_id, user_id, membership):
+    def check(r):
+        room = r.rooms.join.get(room_id)
+        return bool(room) and any(
+            isinstance(e, RoomMemberEvent) and e.state_key == user_id and e.membership == membership
+            for e in room.timeline.events
+        )
+    return check
+
+
+async def register(url, name):
+    client = AsyncClient(url, name)
+    resp = await client.register(name, f"{name} secret pw", f"{name} device")
+    assert isinstance(resp, RegisterResponse), resp
+    await client.sync(timeout=0)
+    return client
+
+
+async def talk(host, guest, room_id):
+    """`host` (of the room's server) and `guest` (of the other) exchange messages, a state
+    change, typing and receipts."""
+    sent = await host.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "from the host"})
+    assert isinstance(sent, RoomSendResponse), sent
+    await sync_until(guest, has_text(room_id, "from the host"), "host's message at the guest")
+    sent = await guest.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "from the guest"})
+    assert isinstance(sent, RoomSendResponse), sent
+    guest_event = sent.event_id
+    await sync_until(host, has_text(room_id, "from the guest"), "guest's message at the host")
+
+    await host.room_put_state(room_id, "m.room.topic", {"topic": "Cellule de crise"})
+    deadline = asyncio.get_event_loop().time() + 30
+    while True:
+        got = await guest.room_get_state_event(room_id, "m.room.topic")
+        if isinstance(got, RoomGetStateEventResponse) and got.content.get("topic") == "Cellule de crise":
+            break
+        assert asyncio.get_event_loop().time() < deadline, "topic never reached the guest"
+        await asyncio.sleep(0.3)
+
+    await guest.room_typing(room_id, True, timeout=20000)
+
+    def typing(r):
+        room = r.rooms.join.get(room_id)
+        return bool(room) and any(
+            isinstance(e, TypingNoticeEvent) and guest.user_id in e.users for e in room.ephemeral
+        )
+    await sync_until(host, typing, "guest typing at the host")
+
+    await host.room_read_markers(room_id, guest_event, guest_event)
+
+    def receipt(r):
+        room = r.rooms.join.get(room_id)
+        return bool(room) and any(
+            isinstance(e, ReceiptEvent) and any(x.user_id == host.user_id and x.event_id == guest_event for x in e.receipts)
+            for e in room.ephemeral
+        )
+    await sync_until(guest, receipt, "host's receipt at the guest")
+
+
+@pytest.mark.asyncio
+async def test_room_created_on_our_server(federating_server, synapse):
+    alice = await register(federating_server.url, "alice")
+    bob = await register(synapse.url, "bob")
+    try:
+        created = await alice.room_create(name="Task force (Diplomatie)")
+        assert isinstance(created, RoomCreateResponse), created
+        room_id = created.room_id
+        invited = await alice.room_invite(room_id, bob.user_id)
+        assert isinstance(invited, RoomInviteResponse), invited
+        await sync_until(bob, lambda r: room_id in r.rooms.invite, "invite at Synapse")
+        joined = await bob.join(room_id)
+        assert isinstance(joined, JoinResponse), joined
+        await sync_until(alice, has_member(room_id, bob.user_id, "join"), "Synapse user's join")
+        await talk(alice, bob, room_id)
+        # Bob leaves: Alice sees it.
+        await bob.room_leave(room_id)
+        await sync_until(alice, has_member(room_id, bob.user_id, "leave"), "Synapse user's leave")
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+@pytest.mark.asyncio
+async def test_room_created_on_synapse(federating_server, synapse):
+    alice = await register(federating_server.url, "alice")
+    bob = await register(synapse.url, "bob")
+    try:
+        created = await bob.room_create(name="Task force (Synapse)")
+        assert isinstance(created, RoomCreateResponse), created
+        room_id = created.room_id
+        invited = await bob.room_invite(room_id, alice.user_id)
+        assert isinstance(invited, RoomInviteResponse), invited
+        await sync_until(alice, lambda r: room_id in r.rooms.invite, "invite at our server")
+        joined = await alice.join(room_id)
+        assert isinstance(joined, JoinResponse), joined
+        await sync_until(bob, has_member(room_id, alice.user_id, "join"), "our user's join at Synapse")
+        await talk(bob, alice, room_id)
+        await alice.room_leave(room_id)
+        await sync_until(bob, has_member(room_id, alice.user_id, "leave"), "our user's leave at Synapse")
+    finally:
+        await alice.close()
+        await bob.close()
