@@ -10,8 +10,10 @@ use ruma::{
     api::federation::{
         authorization::get_event_authorization,
         backfill::get_backfill,
+        device::get_devices,
         discovery::{get_remote_server_keys, get_remote_server_keys_batch, get_server_version},
         event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
+        keys::{claim_keys, get_keys},
         membership::{create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event},
         query::{get_profile_information, get_room_information},
         transactions::send_transaction_message,
@@ -46,6 +48,9 @@ pub fn routes(r: axum::Router<Arc<Services>>) -> axum::Router<Arc<Services>> {
     let r = route::<get_backfill::v1::Request, _, _>(r, backfill);
     let r = route::<get_missing_events::v1::Request, _, _>(r, missing_events);
     let r = route::<get_profile_information::v1::Request, _, _>(r, query_profile);
+    let r = route::<get_keys::v1::Request, _, _>(r, keys_query);
+    let r = route::<claim_keys::v1::Request, _, _>(r, keys_claim);
+    let r = route::<get_devices::v1::Request, _, _>(r, user_devices);
     route::<get_room_information::v1::Request, _, _>(r, query_directory)
 }
 
@@ -248,4 +253,30 @@ async fn query_directory(
     let room_id = s.alias_target(alias).await?.ok_or_else(|| Error::not_found("Room alias not found"))?;
     let servers: Vec<OwnedServerName> = s.servers_in_room(&room_id).await?;
     Ok(get_room_information::v1::Response::new(room_id, servers).into())
+}
+
+async fn keys_query(State(s): S, req: Ruma<get_keys::v1::Request>) -> Result<Response, crate::error::ApiError> {
+    let mut answer = s.federation_query_keys(&req.body.device_keys).await?;
+    if let Some(o) = answer.as_object_mut() {
+        o.remove("failures");
+    }
+    Ok(json_ok(answer))
+}
+
+async fn keys_claim(State(s): S, req: Ruma<claim_keys::v1::Request>) -> Result<Response, crate::error::ApiError> {
+    let requested = req
+        .body
+        .one_time_keys
+        .iter()
+        .map(|(u, d)| (u.clone(), d.iter().map(|(dev, alg)| (dev.to_string(), alg.to_string())).collect()))
+        .collect();
+    let mut answer = s.federation_claim_keys(&requested).await?;
+    if let Some(o) = answer.as_object_mut() {
+        o.remove("failures");
+    }
+    Ok(json_ok(answer))
+}
+
+async fn user_devices(State(s): S, req: Ruma<get_devices::v1::Request>) -> ApiResult<get_devices::v1::Response> {
+    Ok(s.federation_user_devices(&req.body.user_id).await?.into())
 }

@@ -236,6 +236,9 @@ impl Services {
         let mut targets = self.users_sharing_rooms_with(user).await?;
         targets.insert(user.to_owned());
         self.notifier.notify(targets.iter().map(|u| &**u));
+        if user.server_name() == self.server_name() {
+            self.federate_device_list_change(user, &targets, position).await?;
+        }
         Ok(())
     }
 
@@ -248,7 +251,7 @@ impl Services {
         Ok(users)
     }
 
-    /// `POST /keys/query`: device keys of local users (remote users need federation).
+    /// `POST /keys/query`: device keys of local users, and of other servers' users (asked of them).
     pub async fn query_keys(
         &self,
         requester: &UserId,
@@ -257,12 +260,10 @@ impl Services {
         let mut device_keys = Map::new();
         let mut failures = Map::new();
         let mut cross_signing: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
+        let mut remote: BTreeMap<ruma::OwnedServerName, BTreeMap<OwnedUserId, Vec<String>>> = BTreeMap::new();
         for (user, devices) in requested {
             if user.server_name() != self.server_name() {
-                failures.insert(
-                    user.server_name().to_string(),
-                    json!({ "errcode": "M_UNRECOGNIZED", "error": "Federation is not enabled" }),
-                );
+                remote.entry(user.server_name().to_owned()).or_default().insert(user.clone(), devices.clone());
                 continue;
             }
             let names: BTreeMap<String, Option<String>> =
@@ -283,6 +284,22 @@ impl Services {
                 cross_signing.entry(kind).or_default().insert(user.to_string(), key);
             }
         }
+        // Users of other servers: asked of their servers (a server that fails is a failure).
+        for (server, users) in remote {
+            match self.query_remote_keys(&server, users).await {
+                Ok(answer) => {
+                    for (user, keys) in answer.device_keys {
+                        device_keys.insert(user, keys);
+                    }
+                    for (kind, keys) in answer.cross_signing {
+                        cross_signing.entry(kind).or_default().extend(keys);
+                    }
+                }
+                Err(e) => {
+                    failures.insert(server.to_string(), json!({ "errcode": "M_UNKNOWN", "error": e.to_string() }));
+                }
+            }
+        }
         let mut out = json!({ "device_keys": device_keys, "failures": failures });
         for (kind, keys) in cross_signing {
             out[format!("{kind}_keys")] = Value::Object(keys);
@@ -294,13 +311,12 @@ impl Services {
     pub async fn claim_keys(&self, requested: &BTreeMap<OwnedUserId, BTreeMap<String, String>>) -> Result<Value> {
         let mut claimed = Map::new();
         let mut failures = Map::new();
+        let mut remote: BTreeMap<ruma::OwnedServerName, BTreeMap<OwnedUserId, BTreeMap<String, String>>> =
+            BTreeMap::new();
         let mut tx = self.db.begin().await?;
         for (user, devices) in requested {
             if user.server_name() != self.server_name() {
-                failures.insert(
-                    user.server_name().to_string(),
-                    json!({ "errcode": "M_UNRECOGNIZED", "error": "Federation is not enabled" }),
-                );
+                remote.entry(user.server_name().to_owned()).or_default().insert(user.clone(), devices.clone());
                 continue;
             }
             let mut user_keys = Map::new();
@@ -318,6 +334,14 @@ impl Services {
             claimed.insert(user.to_string(), Value::Object(user_keys));
         }
         diplomatie_storage::commit(tx).await?;
+        for (server, users) in remote {
+            match self.claim_remote_keys(&server, users).await {
+                Ok(keys) => claimed.extend(keys),
+                Err(e) => {
+                    failures.insert(server.to_string(), json!({ "errcode": "M_UNKNOWN", "error": e.to_string() }));
+                }
+            }
+        }
         Ok(json!({ "one_time_keys": claimed, "failures": failures }))
     }
 
@@ -384,11 +408,37 @@ impl Services {
         txn_id: &str,
         messages: &BTreeMap<OwnedUserId, BTreeMap<String, Value>>,
     ) -> Result<()> {
+        let remote: BTreeMap<OwnedUserId, BTreeMap<String, Value>> = messages
+            .iter()
+            .filter(|(u, _)| u.server_name() != self.server_name())
+            .map(|(u, m)| (u.clone(), m.clone()))
+            .collect();
+        if !remote.is_empty() {
+            // Sent on as `m.direct_to_device` EDUs, one per server.
+            self.send_remote_to_device(&caller.user_id, event_type, txn_id, remote).await?;
+        }
+        let local: BTreeMap<OwnedUserId, BTreeMap<String, Value>> = messages
+            .iter()
+            .filter(|(u, _)| u.server_name() == self.server_name())
+            .map(|(u, m)| (u.clone(), m.clone()))
+            .collect();
+        self.deliver_to_device(&caller.user_id, caller.device_id.as_str(), event_type, txn_id, &local).await
+    }
+
+    /// Queues to-device messages for local users' devices (`*`: every device), once per
+    /// (sender, sender's device, transaction id).
+    pub(crate) async fn deliver_to_device(
+        &self,
+        sender: &UserId,
+        sender_device: &str,
+        event_type: &str,
+        txn_id: &str,
+        messages: &BTreeMap<OwnedUserId, BTreeMap<String, Value>>,
+    ) -> Result<()> {
         let mut rows = Vec::new();
         let mut recipients = Vec::new();
         for (user, devices) in messages {
             if user.server_name() != self.server_name() {
-                // Remote recipients need federation (issue: federation); they are skipped.
                 continue;
             }
             let known: Vec<String> = self.devices(user).await?.into_iter().map(|d| d.device_id).collect();
@@ -408,11 +458,11 @@ impl Services {
         let mut write = self.begin_write().await;
         let position = write.next_position();
         let mut tx = self.db.begin().await?;
-        if !store::use_to_device_txn(&mut tx, caller.user_id.as_str(), caller.device_id.as_str(), txn_id).await? {
+        if !store::use_to_device_txn(&mut tx, sender.as_str(), sender_device, txn_id).await? {
             // A retry of a transaction already delivered.
             return Ok(());
         }
-        store::add_to_device(&mut tx, position, caller.user_id.as_str(), event_type, &rows).await?;
+        store::add_to_device(&mut tx, position, sender.as_str(), event_type, &rows).await?;
         diplomatie_storage::commit(tx).await?;
         {
             let mut pending = self.e2ee.pending.lock().unwrap();

@@ -15,6 +15,7 @@ pub enum Backend {
 
 pub struct Server {
     pub base: String,
+    pub server_name: String,
     _dir: tempfile::TempDir,
     child: Child,
     pg_database: Option<String>,
@@ -44,6 +45,15 @@ fn psql(sql: &str) {
 
 impl Server {
     pub async fn start(backend: Backend) -> Server {
+        Server::start_with(backend, false).await
+    }
+
+    /// A server that federates, named `127.0.0.1:<port>` after its built-in HTTPS listener.
+    pub async fn start_federating(backend: Backend) -> Server {
+        Server::start_with(backend, true).await
+    }
+
+    async fn start_with(backend: Backend, federating: bool) -> Server {
         let bin = std::env::var("DIPLOMATIE_BIN").expect("DIPLOMATIE_BIN names the server binary");
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -56,6 +66,16 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true);
+        let mut server_name = "localhost".to_owned();
+        if federating {
+            let tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            server_name = format!("127.0.0.1:{tls_port}");
+            cmd.env("DIPLOMATIE_SERVER_NAME", &server_name)
+                .env("DIPLOMATIE_FEDERATION__ENABLED", "true")
+                .env("DIPLOMATIE_FEDERATION__TLS_LISTEN", &server_name)
+                .env("DIPLOMATIE_FEDERATION__INSECURE_LOOPBACK_TLS", "true")
+                .env("DIPLOMATIE_FEDERATION__MAX_BACKOFF_MS", "2000");
+        }
         let pg_database = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => {
@@ -69,7 +89,7 @@ impl Server {
         let base = format!("http://127.0.0.1:{port}");
         for _ in 0..600 {
             if reqwest::get(format!("{base}/_matrix/client/versions")).await.is_ok_and(|r| r.status().is_success()) {
-                return Server { base, _dir: dir, child, pg_database };
+                return Server { base, server_name, _dir: dir, child, pg_database };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -78,8 +98,15 @@ impl Server {
 
     /// Registers `user` with the password `correct horse` (open registration, m.login.dummy).
     pub async fn register(&self, user: &str) {
+        register(&self.base, user).await
+    }
+}
+
+/// Registers `user` on the server at `base` with the password `correct horse`.
+pub async fn register(base: &str, user: &str) {
+    {
         let http = reqwest::Client::new();
-        let url = format!("{}/_matrix/client/v3/register", self.base);
+        let url = format!("{base}/_matrix/client/v3/register");
         let body = json!({ "username": user, "password": "correct horse", "inhibit_login": true });
         let first: Value = http.post(&url).json(&body).send().await.unwrap().json().await.unwrap();
         let mut body = body;
@@ -95,5 +122,101 @@ impl Drop for Server {
         if let Some(name) = self.pg_database.take() {
             psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         }
+    }
+}
+
+/// Synapse (from PyPI: `SYNAPSE_PYTHON` names its Python) on loopback, SQLite, named
+/// `127.0.0.1:<port>` after its HTTPS listener (a self-signed certificate), accepting any
+/// certificate from the servers it federates with. It stops when the value is dropped.
+pub struct Synapse {
+    pub base: String,
+    pub server_name: String,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Synapse {
+    pub async fn start() -> Synapse {
+        let python = std::env::var("SYNAPSE_PYTHON").expect("SYNAPSE_PYTHON names Synapse's Python");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (tls_port, port) = (free(), free());
+        let server_name = format!("127.0.0.1:{tls_port}");
+        let openssl = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+            .args([
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-keyout",
+                &format!("{d}/tls.key"),
+                "-out",
+                &format!("{d}/tls.crt"),
+            ])
+            .output()
+            .expect("openssl");
+        assert!(openssl.status.success());
+        std::fs::write(
+            format!("{d}/log.yaml"),
+            format!(
+                "version: 1\nformatters: {{p: {{format: '%(asctime)s %(name)s %(levelname)s %(message)s'}}}}\n\
+                 handlers: {{f: {{class: logging.FileHandler, filename: {d}/synapse.log, formatter: p}}}}\n\
+                 root: {{level: INFO, handlers: [f]}}\ndisable_existing_loggers: false\n"
+            ),
+        )
+        .unwrap();
+        let limits = "{per_second: 1000, burst_count: 1000}";
+        let secret = |n: u32| format!("{}{}{n}", std::process::id(), tls_port);
+        let config = format!(
+            "server_name: \"{server_name}\"\npid_file: {d}/homeserver.pid\nreport_stats: false\nlisteners:\n\
+             - {{port: {tls_port}, bind_addresses: ['127.0.0.1'], type: http, tls: true, resources: [{{names: [federation, client]}}]}}\n\
+             - {{port: {port}, bind_addresses: ['127.0.0.1'], type: http, tls: false, resources: [{{names: [client]}}]}}\n\
+             tls_certificate_path: {d}/tls.crt\ntls_private_key_path: {d}/tls.key\nfederation_verify_certificates: false\n\
+             federation_ip_range_blacklist: []\nip_range_blacklist: []\nip_range_whitelist: ['127.0.0.1']\n\
+             trusted_key_servers: []\nsuppress_key_server_warning: true\n\
+             database: {{name: sqlite3, args: {{database: {d}/homeserver.db}}}}\nlog_config: {d}/log.yaml\n\
+             media_store_path: {d}/media\nsigning_key_path: {d}/signing.key\nmacaroon_secret_key: \"{}\"\n\
+             form_secret: \"{}\"\nregistration_shared_secret: \"{}\"\nenable_registration: true\n\
+             enable_registration_without_verification: true\nrc_message: {limits}\nrc_registration: {limits}\n\
+             rc_login: {{address: {limits}, account: {limits}, failed_attempts: {limits}}}\n\
+             rc_joins: {{local: {limits}, remote: {limits}}}\n\
+             rc_key_requests: {limits}\n",
+            secret(1),
+            secret(2),
+            secret(3),
+        );
+        let config_path = format!("{d}/homeserver.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let args = ["-m", "synapse.app.homeserver", "--config-path", config_path.as_str()];
+        let keys = std::process::Command::new(&python).args(args).arg("--generate-keys").current_dir(&d).output();
+        assert!(keys.expect("synapse").status.success(), "synapse --generate-keys");
+        let child = Command::new(&python)
+            .args(args)
+            .current_dir(&d)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start synapse");
+        let base = format!("http://127.0.0.1:{port}");
+        for _ in 0..900 {
+            if reqwest::get(format!("{base}/_matrix/client/versions")).await.is_ok_and(|r| r.status().is_success()) {
+                return Synapse { base, server_name, dir, child };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("synapse did not start; see {d}/synapse.log");
+    }
+
+    /// Synapse's log, for a failing test to show.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("synapse.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Synapse {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
     }
 }

@@ -13,6 +13,7 @@
 //! must be enabled and the server on the allow-list (when there is one).
 
 pub mod client;
+pub mod e2ee;
 pub mod history;
 pub mod inbound;
 pub mod keys;

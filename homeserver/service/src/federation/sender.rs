@@ -124,6 +124,17 @@ impl Services {
         self.enqueue(out).await
     }
 
+    /// Queues an EDU for `servers`.
+    pub(crate) async fn enqueue_edu(&self, servers: &[OwnedServerName], edu: Value) -> Result<()> {
+        let payload = serde_json::to_string(&edu)?;
+        let mut out = Outgoing::default();
+        for server in servers.iter().filter(|s| *s != self.server_name() && self.check_server_allowed(s).is_ok()) {
+            out.rows.push((self.outbox_id().await?, server.to_string(), "edu", payload.clone()));
+            out.destinations.insert(server.clone());
+        }
+        self.enqueue(out).await
+    }
+
     /// Queues an EDU for every other server in the room.
     pub(crate) async fn federate_edu(&self, room_id: &RoomId, edu: Value) -> Result<()> {
         if !self.federation_enabled() {

@@ -113,7 +113,11 @@ impl Services {
                 }
                 Ok(())
             }
-            // Presence, device lists, to-device and signing keys are not handled yet.
+            Some("m.direct_to_device") => self.receive_to_device(origin, &content).await,
+            Some("m.device_list_update" | "m.signing_key_update") => {
+                self.receive_device_list_update(origin, &content).await
+            }
+            // Presence is not federated.
             _ => Ok(()),
         }
     }

@@ -111,9 +111,8 @@ impl Services {
         // Invitees must exist here before anything is written.
         for invitee in &req.invite {
             if invitee.server_name() != self.server_name() {
-                return Err(Error::forbidden(
-                    "Invites to users of other servers need federation, which is not enabled",
-                ));
+                self.check_server_allowed(invitee.server_name())?;
+                continue;
             }
             if diplomatie_storage::accounts::get_user(self.db.pool(), invitee.as_str()).await?.is_none() {
                 return Err(Error::not_found(format!("Unknown user {invitee}")));
@@ -143,7 +142,7 @@ impl Services {
             Err(e) => return Err(e),
         }
         // 8. invites (a refusal is the invitee's, not the state's: M_FORBIDDEN)
-        for invitee in &req.invite {
+        for invitee in req.invite.iter().filter(|u| u.server_name() == self.server_name()) {
             let content = with_membership("invite", self.member_profile(invitee).await?, req.is_direct);
             w.append(creator, PduBuilder::state(TimelineEventType::RoomMember, invitee.as_str(), content), None)
                 .await?;
@@ -152,6 +151,13 @@ impl Services {
             w.publish_room(&room_id);
         }
         w.commit().await?;
+        // Users of other servers are invited once the room exists (their servers sign the
+        // invites); a server that refuses or cannot be reached does not undo the room.
+        for invitee in req.invite.iter().filter(|u| u.server_name() != self.server_name()) {
+            if let Err(e) = self.invite(creator, &room_id, invitee, None, req.is_direct).await {
+                tracing::warn!(%room_id, %invitee, error = %e, "invite to another server failed");
+            }
+        }
         Ok(room_id)
     }
 
