@@ -12,6 +12,7 @@ backend_tests!(
     a_remote_server_cannot_forge_or_force_its_way,
     only_allowed_servers_federate,
     bans_and_acls_hold_across_servers,
+    knocking_across_servers,
 );
 
 /// Syncs `client` until `found` holds for a response (20 s at most); answers that response.
@@ -444,4 +445,36 @@ async fn bans_and_acls_hold_across_servers(backend: Backend) {
     }
     let (status, v) = bob.join(&room).await;
     assert_eq!(status, 403, "{v}");
+}
+
+async fn knocking_across_servers(backend: Backend) {
+    let a = TestServer::start_federating(backend, &[]).await;
+    let b = TestServer::start_federating(backend, &[]).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice
+        .create_room(json!({
+            "name": "Sur demande",
+            "initial_state": [{ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }],
+        }))
+        .await;
+    // Bob knocks through A (make_knock / send_knock) and is shown the room.
+    let path = format!("/_matrix/client/v3/knock/{}?via={}", urlencode(&room), urlencode(&a.server_name));
+    let (status, v) = bob.post(&path, &json!({ "reason": "Pour la cellule" })).await;
+    assert_eq!(status, 200, "{v}");
+    let v = sync_until(&bob, "knock on B", |v| v["rooms"]["knock"][&room].is_object()).await;
+    let shown = &v["rooms"]["knock"][&room]["knock_state"]["events"];
+    assert!(
+        shown.as_array().unwrap().iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Sur demande"),
+        "{v}"
+    );
+    let member = room_state(&alice, &room, "m.room.member", &bob.user_id).await.1;
+    assert_eq!((member["membership"].as_str(), member["reason"].as_str()), (Some("knock"), Some("Pour la cellule")));
+    // Alice lets him in: the invite reaches B, and Bob joins.
+    let (status, v) = alice.invite(&room, &bob.user_id).await;
+    assert_eq!(status, 200, "{v}");
+    sync_until(&bob, "invite on B", |v| v["rooms"]["invite"][&room].is_object()).await;
+    let (status, v) = bob.join(&room).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(room_state(&alice, &room, "m.room.member", &bob.user_id).await.1["membership"], "join");
 }

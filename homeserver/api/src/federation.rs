@@ -14,7 +14,10 @@ use ruma::{
         discovery::{get_remote_server_keys, get_remote_server_keys_batch, get_server_version},
         event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
         keys::{claim_keys, get_keys},
-        membership::{create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event},
+        membership::{
+            create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event,
+            prepare_knock_event, prepare_leave_event,
+        },
         query::{get_profile_information, get_room_information},
         transactions::send_transaction_message,
     },
@@ -41,6 +44,8 @@ pub fn routes(r: axum::Router<Arc<Services>>) -> axum::Router<Arc<Services>> {
     let r = route::<prepare_leave_event::v1::Request, _, _>(r, make_leave);
     let r = route::<create_leave_event::v2::Request, _, _>(r, send_leave);
     let r = route::<create_invite::v2::Request, _, _>(r, invite);
+    let r = route::<prepare_knock_event::v1::Request, _, _>(r, make_knock);
+    let r = route::<create_knock_event::v1::Request, _, _>(r, send_knock);
     let r = route::<get_event::v1::Request, _, _>(r, event);
     let r = route::<get_room_state_ids::v1::Request, _, _>(r, state_ids);
     let r = route::<get_room_state::v1::Request, _, _>(r, state);
@@ -147,6 +152,25 @@ async fn send_leave(
     let b = &req.body;
     s.send_membership_from(req.origin(), &b.room_id, &b.event_id, &b.pdu, "leave").await?;
     Ok(create_leave_event::v2::Response::new().into())
+}
+
+async fn make_knock(
+    State(s): S,
+    req: Ruma<prepare_knock_event::v1::Request>,
+) -> ApiResult<prepare_knock_event::v1::Response> {
+    let (version, event) =
+        s.make_membership(req.origin(), &req.body.room_id, &req.body.user_id, "knock", Some(&req.body.ver)).await?;
+    Ok(prepare_knock_event::v1::Response::new(version, event).into())
+}
+
+async fn send_knock(
+    State(s): S,
+    req: Ruma<create_knock_event::v1::Request>,
+) -> ApiResult<create_knock_event::v1::Response> {
+    let b = &req.body;
+    let (pdu, _, _) = s.send_membership_from(req.origin(), &b.room_id, &b.event_id, &b.pdu, "knock").await?;
+    let shown = s.state_shown_before_joining(&b.room_id, &pdu.sender).await?;
+    Ok(create_knock_event::v1::Response::new(shown).into())
 }
 
 async fn invite(State(s): S, req: Ruma<create_invite::v2::Request>) -> ApiResult<create_invite::v2::Response> {

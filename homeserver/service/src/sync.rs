@@ -429,9 +429,10 @@ impl Services {
     /// Stripped state for invites and knocks: what a client shows before joining.
     pub async fn stripped_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
         let state = self.current_state(room_id).await?;
-        // An invite from another server, to a room this one is not in: what the inviter showed.
+        // An invite or a knock to a room this server is not in: what the other server showed.
         if let Some(p) = self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await? {
-            if let Some(Value::Array(shown)) = p.unsigned.get("invite_room_state") {
+            let shown = p.unsigned.get("invite_room_state").or_else(|| p.unsigned.get("knock_room_state"));
+            if let Some(Value::Array(shown)) = shown {
                 let mut out = shown.clone();
                 out.push(p.to_stripped());
                 return Ok(out);

@@ -59,9 +59,10 @@ pub async fn join_by_id_or_alias(
 }
 
 pub async fn knock(State(s): S, req: Ruma<knock_room::v3::Request>) -> ApiResult<knock_room::v3::Response> {
-    let room_id = s.resolve_room(&req.body.room_id_or_alias).await?;
+    let (room_id, mut servers) = s.resolve_room_and_servers(&req.body.room_id_or_alias).await?;
+    servers.extend(req.body.via.iter().cloned());
     let user = req.caller().user_id.clone();
-    let room_id = s.knock(&user, &room_id, req.body.reason).await?;
+    let room_id = s.knock_via(&user, &room_id, req.body.reason, &servers).await?;
     Ok(knock_room::v3::Response::new(room_id).into())
 }
 

@@ -16,8 +16,8 @@ use ruma::{
     api::{
         error::{ErrorKind, IncompatibleRoomVersionErrorData},
         federation::membership::{
-            create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
-            RawStrippedState,
+            create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event,
+            prepare_knock_event, prepare_leave_event, RawStrippedState,
         },
     },
     events::{StateEventType, TimelineEventType},
@@ -476,24 +476,7 @@ impl Services {
             .await?;
         drop(writer);
         let event = federation_json(&built)?;
-        let mut invite_state = Vec::new();
-        let state = self.current_state(room_id).await?;
-        for kind in [
-            StateEventType::RoomCreate,
-            StateEventType::RoomJoinRules,
-            StateEventType::RoomName,
-            StateEventType::RoomAvatar,
-            StateEventType::RoomCanonicalAlias,
-            StateEventType::RoomTopic,
-            StateEventType::RoomEncryption,
-        ] {
-            if let Some(p) = self.state_event_in(&state, &kind, "").await? {
-                invite_state.push(RawStrippedState::Pdu(federation_json(&p)?));
-            }
-        }
-        if let Some(p) = self.state_event_in(&state, &StateEventType::RoomMember, sender.as_str()).await? {
-            invite_state.push(RawStrippedState::Pdu(federation_json(&p)?));
-        }
+        let invite_state = self.state_shown_before_joining(room_id, sender).await?;
         let request = create_invite::v2::Request::new(
             room_id.to_owned(),
             built.event_id.clone(),
@@ -514,6 +497,80 @@ impl Services {
         let _guard = lock.lock().await;
         self.handle_pdu(self.server_name(), &meta.version, signed, Placement::Extend, 0).await?;
         Ok(())
+    }
+
+    /// What a server not in the room is shown of it (an invite's or a knock's room state):
+    /// its name, topic, avatar, alias, join rules, encryption and create event, and the
+    /// membership of `user`, as full events.
+    pub async fn state_shown_before_joining(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<RawStrippedState>> {
+        let mut shown = Vec::new();
+        let state = self.current_state(room_id).await?;
+        for kind in [
+            StateEventType::RoomCreate,
+            StateEventType::RoomJoinRules,
+            StateEventType::RoomName,
+            StateEventType::RoomAvatar,
+            StateEventType::RoomCanonicalAlias,
+            StateEventType::RoomTopic,
+            StateEventType::RoomEncryption,
+        ] {
+            if let Some(p) = self.state_event_in(&state, &kind, "").await? {
+                shown.push(RawStrippedState::Pdu(federation_json(&p)?));
+            }
+        }
+        if let Some(p) = self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await? {
+            shown.push(RawStrippedState::Pdu(federation_json(&p)?));
+        }
+        Ok(shown)
+    }
+
+    /// Knocks on a room this server is not in, through one of `servers`; the room's state
+    /// shown to knockers is kept with the knock, for the user's client.
+    pub async fn remote_knock(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        servers: &[OwnedServerName],
+        reason: Option<String>,
+    ) -> Result<()> {
+        let mut last = Error::not_found("No server to knock through");
+        for server in candidates(self.server_name(), room_id, servers) {
+            let attempt = async {
+                let mut request = prepare_knock_event::v1::Request::new(room_id.to_owned(), user.to_owned());
+                request.ver = supported_versions();
+                let response = self.federation_request(&server, request).await?;
+                let version = response.room_version;
+                let rules = version.rules().ok_or_else(|| Error::new(ErrorKind::UnsupportedRoomVersion, "Unknown"))?;
+                let template = canonical(&response.event)?;
+                let mut content = json!({ "membership": "knock" });
+                if let Some(r) = &reason {
+                    content["reason"] = json!(r);
+                }
+                let object = self.event_from_template(&template, &rules, room_id, user, content)?;
+                let event_id = event_id_of(&object, &rules)?;
+                let raw = serde_json::value::to_raw_value(&object).map_err(|_| Error::Internal)?;
+                let answer = self
+                    .federation_request(
+                        &server,
+                        create_knock_event::v1::Request::new(room_id.to_owned(), event_id.clone(), raw),
+                    )
+                    .await?;
+                let shown: Vec<Value> = answer.knock_room_state.iter().filter_map(stripped_of).collect();
+                let mut stored = serde_json::to_value(&object).map_err(|_| Error::Internal)?;
+                stored["unsigned"] = json!({ "knock_room_state": shown });
+                let json = serde_json::to_string(&stored).map_err(|_| Error::Internal)?;
+                let pdu = Pdu::from_received(event_id, json, Some(room_id.to_owned()))?;
+                let state = self.current_state(room_id).await.unwrap_or_default();
+                let mut writer = self.received_writer(room_id, &version, user).await?;
+                writer.append_received(pdu, state, Placement::Adopt).await?;
+                writer.commit().await
+            };
+            match attempt.await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     /// `invite` v2 from another server: a user of this server is invited. The event is checked,

@@ -243,7 +243,25 @@ impl Services {
     }
 
     pub async fn knock(&self, user: &UserId, room_id: &RoomId, reason: Option<String>) -> Result<OwnedRoomId> {
-        if self.room_meta(room_id).await?.is_none() {
+        self.knock_via(user, room_id, reason, &[]).await
+    }
+
+    /// Knocks here if this server is in the room, else through `via` (and the servers known).
+    pub async fn knock_via(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        reason: Option<String>,
+        via: &[OwnedServerName],
+    ) -> Result<OwnedRoomId> {
+        let known = self.room_meta(room_id).await?.is_some();
+        if self.federation_enabled() && (!known || !self.server_in_room(room_id).await?) {
+            let mut servers = via.to_vec();
+            servers.extend(self.servers_known_in(room_id, user).await?);
+            self.remote_knock(user, room_id, &servers, reason).await?;
+            return Ok(room_id.to_owned());
+        }
+        if !known {
             return Err(Error::not_found("This server does not know this room, and federation is not enabled"));
         }
         let mut content = with_membership("knock", self.member_profile(user).await?, false);

@@ -157,16 +157,17 @@ impl RoomWriter<'_> {
 
         // Stored without what the sender put in `unsigned`
         let mut value: serde_json::Value = serde_json::from_str(&pdu.json).map_err(|_| Error::Internal)?;
-        // (but the room state an invite came with, which the invitee's client is shown).
+        // (but the room state an invite or a knock came with, which the user's client is shown).
         if let Some(o) = value.as_object_mut() {
-            let invite_state = o.get("unsigned").and_then(|u| u.get("invite_room_state")).cloned();
-            o.remove("unsigned");
-            if let Some(state) = invite_state {
-                o.insert("unsigned".into(), serde_json::json!({ "invite_room_state": state }));
+            let unsigned = o.remove("unsigned");
+            for key in ["invite_room_state", "knock_room_state"] {
+                if let Some(state) = unsigned.as_ref().and_then(|u| u.get(key)) {
+                    o.insert("unsigned".into(), serde_json::json!({ key: state }));
+                }
             }
         }
         pdu.json = serde_json::to_string(&value).map_err(|_| Error::Internal)?;
-        pdu.unsigned.retain(|k, _| k == "invite_room_state");
+        pdu.unsigned.retain(|k, _| k == "invite_room_state" || k == "knock_room_state");
         self.rows.push(EventRow {
             stream_ordering: position,
             event_id: event_id.to_string(),

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Federation join benchmark: a room of N_MEMBERS (1,000) members and about N_EVENTS (10,000)
+# events is built on a Diplomatie host server; then a user of another Diplomatie server and a
+# user of Synapse (from PyPI) join it over federation, one after the other, and the time each
+# join takes is printed. Every server on loopback, SQLite, HTTPS with self-signed certificates
+# (accepted on loopback only). BIN: a binary to use instead of building the release one.
+#   bash clients/load/federation-bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bin=${BIN:-./target/release/diplomatie}
+[ -n "${BIN:-}" ] || cargo build --release -p diplomatie
+venv="${SYNAPSE_VENV:-$HOME/.cache/diplomatie-tests/synapse-venv}"
+if ! "$venv/bin/python" -c "import synapse" >/dev/null 2>&1; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet matrix-synapse
+fi
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+free() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_up() { for _ in $(seq 1 600); do curl -sf "$1/_matrix/client/versions" >/dev/null && return 0; sleep 0.2; done; echo "$1 did not start" >&2; exit 1; }
+
+start_diplomatie() { # name: data dir; prints the client URL and the server name
+  local port tls
+  port=$(free); tls=$(free)
+  DIPLOMATIE_DATA_DIR="$work/$1" DIPLOMATIE_LISTEN="127.0.0.1:$port" DIPLOMATIE_SERVER_NAME="127.0.0.1:$tls" \
+    DIPLOMATIE_REGISTRATION__ENABLED=true DIPLOMATIE_RATE_LIMITS__ENABLED=false DIPLOMATIE_LOG=warn \
+    DIPLOMATIE_FEDERATION__ENABLED=true DIPLOMATIE_FEDERATION__TLS_LISTEN="127.0.0.1:$tls" \
+    DIPLOMATIE_FEDERATION__INSECURE_LOOPBACK_TLS=true "$bin" >/dev/null &
+  echo "http://127.0.0.1:$port 127.0.0.1:$tls"
+}
+read -r host_url host_name < <(start_diplomatie host)
+read -r dip_url _ < <(start_diplomatie joiner)
+
+# Synapse: the same settings as the federation tests (tests/python/conftest.py).
+syn_tls=$(free); syn_port=$(free); s="$work/synapse"; mkdir -p "$s"
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+  -keyout "$s/tls.key" -out "$s/tls.crt" 2>/dev/null
+limits="{per_second: 100000, burst_count: 100000}"
+cat > "$s/homeserver.yaml" <<YAML
+server_name: "127.0.0.1:$syn_tls"
+pid_file: $s/homeserver.pid
+report_stats: false
+listeners:
+  - {port: $syn_tls, bind_addresses: ['127.0.0.1'], type: http, tls: true, resources: [{names: [federation, client]}]}
+  - {port: $syn_port, bind_addresses: ['127.0.0.1'], type: http, tls: false, resources: [{names: [client]}]}
+tls_certificate_path: $s/tls.crt
+tls_private_key_path: $s/tls.key
+federation_verify_certificates: false
+federation_ip_range_blacklist: []
+ip_range_blacklist: []
+ip_range_whitelist: ['127.0.0.1']
+trusted_key_servers: []
+suppress_key_server_warning: true
+database: {name: sqlite3, args: {database: $s/homeserver.db}}
+media_store_path: $s/media
+signing_key_path: $s/signing.key
+macaroon_secret_key: "$RANDOM$RANDOM$RANDOM"
+form_secret: "$RANDOM$RANDOM$RANDOM"
+enable_registration: true
+enable_registration_without_verification: true
+rc_message: $limits
+rc_registration: $limits
+rc_joins: {local: $limits, remote: $limits}
+rc_login: {address: $limits, account: $limits, failed_attempts: $limits}
+YAML
+(cd "$s" && "$venv/bin/python" -m synapse.app.homeserver --config-path homeserver.yaml --generate-keys >/dev/null 2>&1)
+(cd "$s" && exec "$venv/bin/python" -m synapse.app.homeserver --config-path homeserver.yaml >/dev/null 2>&1) &
+for url in "$host_url" "$dip_url" "http://127.0.0.1:$syn_port"; do wait_up "$url"; done
+echo "Synapse $("$venv/bin/python" -c 'import synapse; print(synapse.__version__)'), Diplomatie $(git rev-parse --short HEAD)"
+python3 clients/load/federation_bench.py "$host_url" "$host_name" "$dip_url" "http://127.0.0.1:$syn_port"
