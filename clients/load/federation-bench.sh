@@ -19,17 +19,16 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 free() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_up() { for _ in $(seq 1 600); do curl -sf "$1/_matrix/client/versions" >/dev/null && return 0; sleep 0.2; done; echo "$1 did not start" >&2; exit 1; }
 
-start_diplomatie() { # name: data dir; prints the client URL and the server name
-  local port tls
-  port=$(free); tls=$(free)
-  DIPLOMATIE_DATA_DIR="$work/$1" DIPLOMATIE_LISTEN="127.0.0.1:$port" DIPLOMATIE_SERVER_NAME="127.0.0.1:$tls" \
+start_diplomatie() { # data dir name, client port, HTTPS port (the server's name)
+  DIPLOMATIE_DATA_DIR="$work/$1" DIPLOMATIE_LISTEN="127.0.0.1:$2" DIPLOMATIE_SERVER_NAME="127.0.0.1:$3" \
     DIPLOMATIE_REGISTRATION__ENABLED=true DIPLOMATIE_RATE_LIMITS__ENABLED=false DIPLOMATIE_LOG=warn \
-    DIPLOMATIE_FEDERATION__ENABLED=true DIPLOMATIE_FEDERATION__TLS_LISTEN="127.0.0.1:$tls" \
+    DIPLOMATIE_FEDERATION__ENABLED=true DIPLOMATIE_FEDERATION__TLS_LISTEN="127.0.0.1:$3" \
     DIPLOMATIE_FEDERATION__INSECURE_LOOPBACK_TLS=true "$bin" >/dev/null &
-  echo "http://127.0.0.1:$port 127.0.0.1:$tls"
 }
-read -r host_url host_name < <(start_diplomatie host)
-read -r dip_url _ < <(start_diplomatie joiner)
+host_port=$(free); host_tls=$(free); dip_port=$(free); dip_tls=$(free)
+start_diplomatie host "$host_port" "$host_tls"
+start_diplomatie joiner "$dip_port" "$dip_tls"
+host_url="http://127.0.0.1:$host_port"; host_name="127.0.0.1:$host_tls"; dip_url="http://127.0.0.1:$dip_port"
 
 # Synapse: the same settings as the federation tests (tests/python/conftest.py).
 syn_tls=$(free); syn_port=$(free); s="$work/synapse"; mkdir -p "$s"
