@@ -97,45 +97,26 @@ async def talk(host, guest, room_id):
 
 
 @pytest.mark.asyncio
-async def test_room_created_on_our_server(federating_server, synapse):
+@pytest.mark.parametrize("made_on", ["diplomatie", "synapse"])
+async def test_a_room_shared_with_synapse(federating_server, synapse, made_on):
+    """A room made on one side (`made_on`), joined from the other."""
     alice = await register(federating_server.url, "alice")
     bob = await register(synapse.url, "bob")
+    host, guest = (alice, bob) if made_on == "diplomatie" else (bob, alice)
     try:
-        created = await alice.room_create(name="Task force (Diplomatie)")
+        created = await host.room_create(name=f"Task force ({made_on})")
         assert isinstance(created, RoomCreateResponse), created
         room_id = created.room_id
-        invited = await alice.room_invite(room_id, bob.user_id)
+        invited = await host.room_invite(room_id, guest.user_id)
         assert isinstance(invited, RoomInviteResponse), invited
-        await sync_until(bob, lambda r: room_id in r.rooms.invite, "invite at Synapse")
-        joined = await bob.join(room_id)
+        await sync_until(guest, lambda r: room_id in r.rooms.invite, "invite on the guest's server")
+        joined = await guest.join(room_id)
         assert isinstance(joined, JoinResponse), joined
-        await sync_until(alice, has_member(room_id, bob.user_id, "join"), "Synapse user's join")
-        await talk(alice, bob, room_id)
-        # Bob leaves: Alice sees it.
-        await bob.room_leave(room_id)
-        await sync_until(alice, has_member(room_id, bob.user_id, "leave"), "Synapse user's leave")
-    finally:
-        await alice.close()
-        await bob.close()
-
-
-@pytest.mark.asyncio
-async def test_room_created_on_synapse(federating_server, synapse):
-    alice = await register(federating_server.url, "alice")
-    bob = await register(synapse.url, "bob")
-    try:
-        created = await bob.room_create(name="Task force (Synapse)")
-        assert isinstance(created, RoomCreateResponse), created
-        room_id = created.room_id
-        invited = await bob.room_invite(room_id, alice.user_id)
-        assert isinstance(invited, RoomInviteResponse), invited
-        await sync_until(alice, lambda r: room_id in r.rooms.invite, "invite at our server")
-        joined = await alice.join(room_id)
-        assert isinstance(joined, JoinResponse), joined
-        await sync_until(bob, has_member(room_id, alice.user_id, "join"), "our user's join at Synapse")
-        await talk(bob, alice, room_id)
-        await alice.room_leave(room_id)
-        await sync_until(bob, has_member(room_id, alice.user_id, "leave"), "our user's leave at Synapse")
+        await sync_until(host, has_member(room_id, guest.user_id, "join"), "the guest's join")
+        await talk(host, guest, room_id)
+        # The guest leaves: the host sees it.
+        await guest.room_leave(room_id)
+        await sync_until(host, has_member(room_id, guest.user_id, "leave"), "the guest's leave")
     finally:
         await alice.close()
         await bob.close()

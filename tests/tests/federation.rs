@@ -44,6 +44,15 @@ async fn two_servers_share_a_room(backend: Backend) {
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
 
+    // B's users see A's public rooms (publicRooms over federation), with a search term too.
+    alice.create_room(json!({ "preset": "public_chat", "visibility": "public", "name": "Annuaire de crise" })).await;
+    let server = urlencode(&a.server_name);
+    let v = bob.ok(Method::GET, &format!("/_matrix/client/v3/publicRooms?server={server}"), None).await;
+    assert!(v["chunk"].as_array().unwrap().iter().any(|r| r["name"] == "Annuaire de crise"), "{v}");
+    let body = json!({ "filter": { "generic_search_term": "annuaire" } });
+    let v = bob.ok(Method::POST, &format!("/_matrix/client/v3/publicRooms?server={server}"), Some(&body)).await;
+    assert_eq!(v["chunk"].as_array().unwrap().len(), 1, "{v}");
+
     // Alice creates a room on A and invites Bob of B: B signs the invite, Bob sees it.
     let room = alice.create_room(json!({ "name": "Task force", "preset": "private_chat" })).await;
     let (status, v) = alice.invite(&room, &bob.user_id).await;
@@ -364,6 +373,18 @@ async fn a_remote_server_cannot_forge_or_force_its_way(backend: Backend) {
         evil.request(&a, Method::PUT, "/_matrix/federation/v1/send/t1", Some(&txn), Signing::Good).await;
     assert_eq!((status, &again["pdus"]), (200, results));
 
+    // Soft failure: an event the state before it allows, but the current state forbids (Eve
+    // is banned meanwhile), is kept out of the timeline and the state.
+    alice.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/ban"), Some(&json!({ "user_id": eve }))).await;
+    let (stale_id, stale) =
+        evil.sign(with_auth(base("m.room.message", json!({ "msgtype": "m.text", "body": "trop tard" }), None)));
+    let txn = json!({ "origin": evil.name, "origin_server_ts": 1_500, "pdus": [stale] });
+    let (status, v) = evil.request(&a, Method::PUT, "/_matrix/federation/v1/send/t3", Some(&txn), Signing::Good).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["pdus"][&stale_id]["error"].as_str().unwrap().contains("soft-failed"), "{v}");
+    assert_eq!(event_seen(&alice, &room, &stale_id).await.0, 404);
+    assert_eq!(room_state(&alice, &room, "m.room.member", &eve).await.1["membership"], "ban");
+
     // A server ACL shuts the server out of every path.
     alice
         .ok(
@@ -374,12 +395,13 @@ async fn a_remote_server_cannot_forge_or_force_its_way(backend: Backend) {
         .await;
     let (status, v) = evil.request(&a, Method::GET, &make_join, None, Signing::Good).await;
     assert_eq!(status, 403, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("server ACL"), "{v}");
     let (late_id, late) =
         evil.sign(with_auth(base("m.room.message", json!({ "msgtype": "m.text", "body": "encore" }), None)));
     let txn = json!({ "origin": evil.name, "origin_server_ts": 2_000, "pdus": [late] });
     let (status, v) = evil.request(&a, Method::PUT, "/_matrix/federation/v1/send/t2", Some(&txn), Signing::Good).await;
     assert_eq!(status, 200, "{v}");
-    assert!(v["pdus"][&late_id]["error"].is_string(), "{v}");
+    assert!(v["pdus"][&late_id]["error"].as_str().unwrap().contains("server ACL"), "{v}");
     assert_eq!(event_seen(&alice, &room, &late_id).await.0, 404);
 }
 

@@ -11,6 +11,7 @@ use ruma::{
         authorization::get_event_authorization,
         backfill::get_backfill,
         device::get_devices,
+        directory::{get_public_rooms, get_public_rooms_filtered},
         discovery::{get_remote_server_keys, get_remote_server_keys_batch, get_server_version},
         event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
         keys::{claim_keys, get_keys},
@@ -53,6 +54,8 @@ pub fn routes(r: axum::Router<Arc<Services>>) -> axum::Router<Arc<Services>> {
     let r = route::<get_backfill::v1::Request, _, _>(r, backfill);
     let r = route::<get_missing_events::v1::Request, _, _>(r, missing_events);
     let r = route::<get_profile_information::v1::Request, _, _>(r, query_profile);
+    let r = route::<get_public_rooms::v1::Request, _, _>(r, public_rooms);
+    let r = route::<get_public_rooms_filtered::v1::Request, _, _>(r, public_rooms_filtered);
     let r = route::<get_keys::v1::Request, _, _>(r, keys_query);
     let r = route::<claim_keys::v1::Request, _, _>(r, keys_claim);
     let r = route::<get_devices::v1::Request, _, _>(r, user_devices);
@@ -303,4 +306,31 @@ async fn keys_claim(State(s): S, req: Ruma<claim_keys::v1::Request>) -> Result<R
 
 async fn user_devices(State(s): S, req: Ruma<get_devices::v1::Request>) -> ApiResult<get_devices::v1::Response> {
     Ok(s.federation_user_devices(&req.body.user_id).await?.into())
+}
+
+/// This server's public rooms, for another server's users.
+async fn directory_page(
+    s: &Services,
+    term: Option<&str>,
+    since: Option<&str>,
+    limit: Option<ruma::UInt>,
+) -> Result<Response, crate::error::ApiError> {
+    let limit = limit.map(|l| u64::from(l) as usize);
+    let (chunk, next, prev, total) = s.public_rooms(term, since, limit).await?;
+    Ok(crate::client::rooms::directory_page(chunk, next, prev, total))
+}
+
+async fn public_rooms(
+    State(s): S,
+    req: Ruma<get_public_rooms::v1::Request>,
+) -> Result<Response, crate::error::ApiError> {
+    directory_page(&s, None, req.body.since.as_deref(), req.body.limit).await
+}
+
+async fn public_rooms_filtered(
+    State(s): S,
+    req: Ruma<get_public_rooms_filtered::v1::Request>,
+) -> Result<Response, crate::error::ApiError> {
+    let b = &req.body;
+    directory_page(&s, b.filter.generic_search_term.as_deref(), b.since.as_deref(), b.limit).await
 }

@@ -220,3 +220,50 @@ impl Drop for Synapse {
         let _ = self.child.start_kill();
     }
 }
+
+/// A logged-in matrix-sdk client (password `correct horse`) whose decrypted text messages
+/// arrive on the returned channel.
+pub async fn login(
+    base: &str,
+    user: &str,
+    device: &str,
+) -> (matrix_sdk::Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use matrix_sdk::{
+        config::SyncSettings,
+        room::Room,
+        ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent},
+    };
+    let client = matrix_sdk::Client::builder().homeserver_url(base).build().await.expect("client");
+    client.matrix_auth().login_username(user, "correct horse").device_id(device).send().await.expect("login");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, _room: Room| {
+        let tx = tx.clone();
+        async move {
+            if let MessageType::Text(text) = ev.content.msgtype {
+                let _ = tx.send(text.body);
+            }
+        }
+    });
+    client.sync_once(SyncSettings::default().timeout(Duration::ZERO)).await.expect("first sync");
+    (client, rx)
+}
+
+/// Syncs (up to `rounds` times) until `body` was decrypted and delivered to the client's
+/// handler; answers whether it was.
+pub async fn received(
+    client: &matrix_sdk::Client,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    body: &str,
+    rounds: usize,
+) -> bool {
+    let settings = matrix_sdk::config::SyncSettings::default().timeout(Duration::from_millis(500));
+    for _ in 0..rounds {
+        client.sync_once(settings.clone()).await.expect("sync");
+        while let Ok(got) = rx.try_recv() {
+            if got == body {
+                return true;
+            }
+        }
+    }
+    false
+}

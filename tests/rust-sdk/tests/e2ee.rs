@@ -8,10 +8,8 @@ use std::time::Duration;
 use diplomatie_rust_sdk_tests::{Backend, Server};
 use matrix_sdk::{
     config::SyncSettings,
-    room::Room,
     ruma::{
-        api::client::room::create_room::v3::Request as CreateRoom,
-        events::room::message::{MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent},
+        api::client::room::create_room::v3::Request as CreateRoom, events::room::message::RoomMessageEventContent,
         OwnedUserId,
     },
     Client,
@@ -28,35 +26,14 @@ async fn encrypted_messages_on_postgres() {
     encrypted_messages_between_real_clients(Backend::Postgres).await;
 }
 
-/// A logged-in client whose decrypted text messages arrive on the returned channel.
 async fn login(server: &Server, user: &str, device: &str) -> (Client, mpsc::UnboundedReceiver<String>) {
-    let client = Client::builder().homeserver_url(&server.base).build().await.expect("client");
-    client.matrix_auth().login_username(user, "correct horse").device_id(device).send().await.expect("login");
-    let (tx, rx) = mpsc::unbounded_channel();
-    client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, _room: Room| {
-        let tx = tx.clone();
-        async move {
-            if let MessageType::Text(text) = ev.content.msgtype {
-                let _ = tx.send(text.body);
-            }
-        }
-    });
-    client.sync_once(SyncSettings::default().timeout(Duration::ZERO)).await.expect("first sync");
-    (client, rx)
+    diplomatie_rust_sdk_tests::login(&server.base, user, device).await
 }
 
-/// Syncs until `body` was decrypted and delivered to the client's handler.
 async fn receive(client: &Client, rx: &mut mpsc::UnboundedReceiver<String>, body: &str) {
-    let settings = SyncSettings::default().timeout(Duration::from_millis(500));
-    for _ in 0..40 {
-        client.sync_once(settings.clone()).await.expect("sync");
-        while let Ok(got) = rx.try_recv() {
-            if got == body {
-                return;
-            }
-        }
+    if !diplomatie_rust_sdk_tests::received(client, rx, body, 40).await {
+        panic!("{} never decrypted {body:?}", client.user_id().unwrap());
     }
-    panic!("{} never decrypted {body:?}", client.user_id().unwrap());
 }
 
 async fn encrypted_messages_between_real_clients(backend: Backend) {

@@ -5,13 +5,11 @@
 
 use std::time::Duration;
 
-use diplomatie_rust_sdk_tests::{register, Backend, Server, Synapse};
+use diplomatie_rust_sdk_tests::{login, received, register, Backend, Server, Synapse};
 use matrix_sdk::{
     config::SyncSettings,
-    room::Room,
     ruma::{
-        api::client::room::create_room::v3::Request as CreateRoom,
-        events::room::message::{MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent},
+        api::client::room::create_room::v3::Request as CreateRoom, events::room::message::RoomMessageEventContent,
         OwnedUserId,
     },
     Client,
@@ -28,35 +26,12 @@ async fn encrypted_room_with_synapse_on_postgres() {
     encrypted_room_with_synapse(Backend::Postgres).await;
 }
 
-async fn login(base: &str, user: &str, device: &str) -> (Client, mpsc::UnboundedReceiver<String>) {
-    let client = Client::builder().homeserver_url(base).build().await.expect("client");
-    client.matrix_auth().login_username(user, "correct horse").device_id(device).send().await.expect("login");
-    let (tx, rx) = mpsc::unbounded_channel();
-    client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, _room: Room| {
-        let tx = tx.clone();
-        async move {
-            if let MessageType::Text(text) = ev.content.msgtype {
-                let _ = tx.send(text.body);
-            }
-        }
-    });
-    client.sync_once(SyncSettings::default().timeout(Duration::ZERO)).await.expect("first sync");
-    (client, rx)
-}
-
 async fn receive(client: &Client, rx: &mut mpsc::UnboundedReceiver<String>, body: &str, synapse: &Synapse) {
-    let settings = SyncSettings::default().timeout(Duration::from_millis(500));
-    for _ in 0..60 {
-        client.sync_once(settings.clone()).await.expect("sync");
-        while let Ok(got) = rx.try_recv() {
-            if got == body {
-                return;
-            }
-        }
+    if !received(client, rx, body, 60).await {
+        let log = synapse.log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        panic!("{} never decrypted {body:?}; Synapse's log ends with:\n{}", client.user_id().unwrap(), tail.join("\n"));
     }
-    let log = synapse.log();
-    let tail: Vec<&str> = log.lines().rev().take(40).collect();
-    panic!("{} never decrypted {body:?}; Synapse's log ends with:\n{}", client.user_id().unwrap(), tail.join("\n"));
 }
 
 async fn sync(client: &Client) {

@@ -237,7 +237,7 @@ pub async fn set_visibility(
     Ok(set_room_visibility::v3::Response::new().into())
 }
 
-fn directory_page(chunk: Vec<Value>, next: Option<String>, prev: Option<String>, total: usize) -> Response {
+pub(crate) fn directory_page(chunk: Vec<Value>, next: Option<String>, prev: Option<String>, total: usize) -> Response {
     let mut body = json!({ "chunk": chunk, "total_room_count_estimate": total });
     if let Some(n) = next {
         body["next_batch"] = json!(n);
@@ -248,19 +248,17 @@ fn directory_page(chunk: Vec<Value>, next: Option<String>, prev: Option<String>,
     json_ok(body)
 }
 
-fn check_local(s: &Services, server: Option<&ruma::ServerName>) -> Result<(), ApiError> {
-    match server {
-        Some(name) if name != s.server_name() => {
-            Err(Error::unrecognized("Remote room directories need federation, which is not enabled").into())
-        }
-        _ => Ok(()),
-    }
+/// Another server's public room directory, asked over federation.
+fn remote(s: &Services, server: Option<&ruma::ServerName>) -> Option<ruma::OwnedServerName> {
+    server.filter(|name| *name != s.server_name()).map(|n| n.to_owned())
 }
 
 /// `GET /publicRooms`
 pub async fn public_rooms(State(s): S, req: Ruma<get_public_rooms::v3::Request>) -> Result<Response, ApiError> {
-    check_local(&s, req.body.server.as_deref())?;
     let limit = req.body.limit.map(|l| u64::from(l) as usize);
+    if let Some(server) = remote(&s, req.body.server.as_deref()) {
+        return Ok(json_ok(s.remote_public_rooms(&server, None, req.body.since.clone(), req.body.limit).await?));
+    }
     let (chunk, next, prev, total) = s.public_rooms(None, req.body.since.as_deref(), limit).await?;
     Ok(directory_page(chunk, next, prev, total))
 }
@@ -270,10 +268,12 @@ pub async fn public_rooms_filtered(
     State(s): S,
     req: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> Result<Response, ApiError> {
-    check_local(&s, req.body.server.as_deref())?;
     let limit = req.body.limit.map(|l| u64::from(l) as usize);
-    let (chunk, next, prev, total) =
-        s.public_rooms(req.body.filter.generic_search_term.as_deref(), req.body.since.as_deref(), limit).await?;
+    let term = req.body.filter.generic_search_term.clone();
+    if let Some(server) = remote(&s, req.body.server.as_deref()) {
+        return Ok(json_ok(s.remote_public_rooms(&server, term, req.body.since.clone(), req.body.limit).await?));
+    }
+    let (chunk, next, prev, total) = s.public_rooms(term.as_deref(), req.body.since.as_deref(), limit).await?;
     Ok(directory_page(chunk, next, prev, total))
 }
 

@@ -141,3 +141,33 @@ impl Services {
         Ok(out)
     }
 }
+
+impl Services {
+    /// Another server's public room directory (`publicRooms` over federation), as the
+    /// client-server API answers it.
+    pub async fn remote_public_rooms(
+        &self,
+        server: &ServerName,
+        term: Option<String>,
+        since: Option<String>,
+        limit: Option<ruma::UInt>,
+    ) -> Result<serde_json::Value> {
+        use ruma::api::federation::directory::get_public_rooms_filtered;
+        let mut request = get_public_rooms_filtered::v1::Request::new();
+        request.filter.generic_search_term = term;
+        request.since = since;
+        request.limit = limit;
+        let answer = self.federation_request(server, request).await?;
+        let mut out = serde_json::json!({ "chunk": answer.chunk });
+        if let Some(n) = answer.next_batch {
+            out["next_batch"] = n.into();
+        }
+        if let Some(p) = answer.prev_batch {
+            out["prev_batch"] = p.into();
+        }
+        if let Some(t) = answer.total_room_count_estimate {
+            out["total_room_count_estimate"] = u64::from(t).into();
+        }
+        Ok(out)
+    }
+}

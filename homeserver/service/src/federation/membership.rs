@@ -422,6 +422,48 @@ impl Services {
         Ok(object)
     }
 
+    /// A membership of `user` built from another server's template: the signed event, its id,
+    /// and its JSON to send.
+    fn from_template(
+        &self,
+        template: &RawValue,
+        version: &RoomVersionId,
+        room_id: &RoomId,
+        user: &UserId,
+        content: Value,
+    ) -> Result<(CanonicalJsonObject, OwnedEventId, Box<RawValue>)> {
+        let rules = version.rules().ok_or_else(|| {
+            Error::new(ErrorKind::UnsupportedRoomVersion, format!("Room version {version} is not supported"))
+        })?;
+        let object = self.event_from_template(&canonical(template)?, &rules, room_id, user, content)?;
+        let event_id = event_id_of(&object, &rules)?;
+        let raw = serde_json::value::to_raw_value(&object).map_err(|_| Error::Internal)?;
+        Ok((object, event_id, raw))
+    }
+
+    /// Keeps a membership event of a room this server is not in as the room's state here
+    /// (with what the other server showed of the room, in `unsigned`).
+    async fn keep_outside_membership(
+        &self,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        user: &UserId,
+        object: CanonicalJsonObject,
+        event_id: OwnedEventId,
+        unsigned: Option<Value>,
+    ) -> Result<()> {
+        let mut stored = serde_json::to_value(&object).map_err(|_| Error::Internal)?;
+        if let Some(u) = unsigned {
+            stored["unsigned"] = u;
+        }
+        let json = serde_json::to_string(&stored).map_err(|_| Error::Internal)?;
+        let pdu = Pdu::from_received(event_id, json, Some(room_id.to_owned()))?;
+        let state = self.current_state(room_id).await.unwrap_or_default();
+        let mut writer = self.received_writer(room_id, version, user).await?;
+        writer.append_received(pdu, state, Placement::Adopt).await?;
+        writer.commit().await
+    }
+
     /// Leaves (or refuses the invite to) a room this server is not in, through `servers`.
     pub async fn remote_leave(&self, user: &UserId, room_id: &RoomId, servers: &[OwnedServerName]) -> Result<()> {
         let mut last = Error::not_found("No server to leave the room through");
@@ -430,24 +472,11 @@ impl Services {
                 let request = prepare_leave_event::v1::Request::new(room_id.to_owned(), user.to_owned());
                 let response = self.federation_request(&server, request).await?;
                 let version = response.room_version.unwrap_or(RoomVersionId::V1);
-                let rules = version.rules().ok_or_else(|| Error::new(ErrorKind::UnsupportedRoomVersion, "Unknown"))?;
-                let template = canonical(&response.event)?;
-                let object =
-                    self.event_from_template(&template, &rules, room_id, user, json!({ "membership": "leave" }))?;
-                let event_id = event_id_of(&object, &rules)?;
-                let raw = serde_json::value::to_raw_value(&object).map_err(|_| Error::Internal)?;
-                self.federation_request(
-                    &server,
-                    create_leave_event::v2::Request::new(room_id.to_owned(), event_id.clone(), raw),
-                )
-                .await?;
-                // Kept as the room's state here: this server is not in the room.
-                let json = serde_json::to_string(&object).map_err(|_| Error::Internal)?;
-                let pdu = Pdu::from_received(event_id, json, Some(room_id.to_owned()))?;
-                let state = self.current_state(room_id).await.unwrap_or_default();
-                let mut writer = self.received_writer(room_id, &version, user).await?;
-                writer.append_received(pdu, state, Placement::Adopt).await?;
-                writer.commit().await
+                let built =
+                    self.from_template(&response.event, &version, room_id, user, json!({ "membership": "leave" }))?;
+                let request = create_leave_event::v2::Request::new(room_id.to_owned(), built.1.clone(), built.2);
+                self.federation_request(&server, request).await?;
+                self.keep_outside_membership(room_id, &version, user, built.0, built.1, None).await
             };
             match attempt.await {
                 Ok(()) => return Ok(()),
@@ -540,30 +569,16 @@ impl Services {
                 request.ver = supported_versions();
                 let response = self.federation_request(&server, request).await?;
                 let version = response.room_version;
-                let rules = version.rules().ok_or_else(|| Error::new(ErrorKind::UnsupportedRoomVersion, "Unknown"))?;
-                let template = canonical(&response.event)?;
                 let mut content = json!({ "membership": "knock" });
                 if let Some(r) = &reason {
                     content["reason"] = json!(r);
                 }
-                let object = self.event_from_template(&template, &rules, room_id, user, content)?;
-                let event_id = event_id_of(&object, &rules)?;
-                let raw = serde_json::value::to_raw_value(&object).map_err(|_| Error::Internal)?;
-                let answer = self
-                    .federation_request(
-                        &server,
-                        create_knock_event::v1::Request::new(room_id.to_owned(), event_id.clone(), raw),
-                    )
-                    .await?;
+                let built = self.from_template(&response.event, &version, room_id, user, content)?;
+                let request = create_knock_event::v1::Request::new(room_id.to_owned(), built.1.clone(), built.2);
+                let answer = self.federation_request(&server, request).await?;
                 let shown: Vec<Value> = answer.knock_room_state.iter().filter_map(stripped_of).collect();
-                let mut stored = serde_json::to_value(&object).map_err(|_| Error::Internal)?;
-                stored["unsigned"] = json!({ "knock_room_state": shown });
-                let json = serde_json::to_string(&stored).map_err(|_| Error::Internal)?;
-                let pdu = Pdu::from_received(event_id, json, Some(room_id.to_owned()))?;
-                let state = self.current_state(room_id).await.unwrap_or_default();
-                let mut writer = self.received_writer(room_id, &version, user).await?;
-                writer.append_received(pdu, state, Placement::Adopt).await?;
-                writer.commit().await
+                let unsigned = json!({ "knock_room_state": shown });
+                self.keep_outside_membership(room_id, &version, user, built.0, built.1, Some(unsigned)).await
             };
             match attempt.await {
                 Ok(()) => return Ok(()),
@@ -635,15 +650,9 @@ impl Services {
         }
         // A room this server is not in: the invite alone, with what the inviter showed of it.
         let stripped: Vec<Value> = invite_state.iter().filter_map(stripped_of).collect();
-        let mut stored = serde_json::to_value(&object).map_err(|_| Error::Internal)?;
-        stored["unsigned"] = json!({ "invite_room_state": stripped });
-        let json = serde_json::to_string(&stored).map_err(|_| Error::Internal)?;
-        let pdu = Pdu::from_received(event_id.to_owned(), json, Some(room_id.to_owned()))?;
-        let sender = pdu.sender.clone();
-        let state = self.current_state(room_id).await.unwrap_or_default();
-        let mut writer = self.received_writer(room_id, version, &sender).await?;
-        writer.append_received(pdu, state, Placement::Adopt).await?;
-        writer.commit().await?;
+        let sender = OwnedUserId::try_from(sender_of(&object)?).map_err(|_| Error::bad_json("sender"))?;
+        let unsigned = json!({ "invite_room_state": stripped });
+        self.keep_outside_membership(room_id, version, &sender, object, event_id.to_owned(), Some(unsigned)).await?;
         Ok(signed)
     }
 }
@@ -682,6 +691,11 @@ fn check_membership_shape(object: &CanonicalJsonObject, expected: &Expected<'_>)
         return refuse("another membership");
     }
     Ok(())
+}
+
+/// The sender of an event (checked to be a user id).
+fn sender_of(object: &CanonicalJsonObject) -> Result<&str> {
+    object.get("sender").and_then(|v| v.as_str()).ok_or_else(|| Error::bad_json("No sender"))
 }
 
 /// The stripped form of an invite's room state entry.

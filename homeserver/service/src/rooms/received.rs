@@ -99,16 +99,7 @@ impl RoomWriter<'_> {
             self.new_states.push((id, state_after.clone()));
             (id, self.meta.chain_length + 1)
         } else {
-            let id = services.next_state_group().await?;
-            self.writes.push(PendingWrite::StateGroup {
-                id,
-                room_id: room_id.to_string(),
-                prev: None,
-                chain_length: 0,
-                delta: state_rows(&state_after),
-            });
-            self.new_states.push((id, state_after.clone()));
-            (id, 0)
+            (self.push_snapshot(&room_id, state_after.clone()).await?, 0)
         };
 
         // The forward extremities and the current state.
@@ -142,15 +133,7 @@ impl RoomWriter<'_> {
                 maps.push((*services.state_map_in_batch(self, other.state_group).await?).clone());
             }
             let resolved = Arc::new(services.resolve_states(&self.meta.version, maps).await?);
-            let id = services.next_state_group().await?;
-            self.writes.push(PendingWrite::StateGroup {
-                id,
-                room_id: room_id.to_string(),
-                prev: None,
-                chain_length: 0,
-                delta: state_rows(&resolved),
-            });
-            self.new_states.push((id, resolved.clone()));
+            let id = self.push_snapshot(&room_id, resolved.clone()).await?;
             self.resolved_rooms.push(room_id.clone());
             (resolved, id, 0)
         };
@@ -203,6 +186,20 @@ impl RoomWriter<'_> {
         self.state = current;
         self.appended.push(pdu.clone());
         Ok(pdu)
+    }
+
+    /// A new state group holding the whole of `map`.
+    async fn push_snapshot(&mut self, room_id: &RoomId, map: Arc<StateMap<OwnedEventId>>) -> Result<i64> {
+        let id = self.services.next_state_group().await?;
+        self.writes.push(PendingWrite::StateGroup {
+            id,
+            room_id: room_id.to_string(),
+            prev: None,
+            chain_length: 0,
+            delta: state_rows(&map),
+        });
+        self.new_states.push((id, map));
+        Ok(id)
     }
 
     /// Whether a received redaction takes effect: its sender is of the redacted event's
