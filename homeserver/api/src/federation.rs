@@ -224,7 +224,7 @@ async fn event_auth(
     req: Ruma<get_event_authorization::v1::Request>,
 ) -> ApiResult<get_event_authorization::v1::Response> {
     s.check_origin_may_read(&req.body.room_id, req.origin()).await?;
-    let chain = s.auth_chain_events(&[req.body.event_id.clone()]).await?;
+    let chain = s.auth_chain_events(std::slice::from_ref(&req.body.event_id)).await?;
     let chain = chain.iter().map(|p| federation_json(p)).collect::<Result<_, _>>()?;
     Ok(get_event_authorization::v1::Response::new(chain).into())
 }

@@ -129,12 +129,12 @@ impl Services {
         if rules.authorization.room_create_event_id_as_room_id {
             let create_id =
                 OwnedEventId::try_from(format!("${}", &room_id.as_str()[1..])).map_err(|_| Error::Internal)?;
-            if !auth.contains_key(&create_id) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = auth.entry(create_id.clone()) {
                 let create = match self.get_pdu(&create_id).await? {
                     Some(p) => p,
                     None => self.fetch_outlier(origin, version, &room_id, &create_id).await?,
                 };
-                auth.insert(create_id, create);
+                slot.insert(create);
             }
         }
         let reject = |reason: String| Error::forbidden(format!("Event {event_id} rejected: {reason}"));
@@ -216,7 +216,7 @@ impl Services {
     ) -> Result<StateMap<OwnedEventId>> {
         let mut missing: Vec<OwnedEventId> = Vec::new();
         for id in &pdu.prev_events {
-            if !self.get_pdu(id).await?.is_some_and(|p| p.stream_ordering > 0) {
+            if self.get_pdu(id).await?.is_none_or(|p| p.stream_ordering <= 0) {
                 missing.push(id.clone());
             }
         }

@@ -22,10 +22,13 @@ use serde_json::{json, Value};
 
 use crate::{now_ms, Error, Result, Services};
 
-/// Other servers' keys in memory: key id → (public key, valid until).
+/// A server's keys: key id → (public key, valid until).
+type KeySet = BTreeMap<String, (String, i64)>;
+
+/// Other servers' keys in memory.
 #[derive(Default)]
 pub struct KeyCache {
-    servers: Mutex<HashMap<OwnedServerName, BTreeMap<String, (String, i64)>>>,
+    servers: Mutex<HashMap<OwnedServerName, KeySet>>,
 }
 
 impl Services {

@@ -192,7 +192,7 @@ impl Services {
         // The other servers of the room learn of it from here.
         let mut servers = self.servers_in_room(room_id).await?;
         servers.retain(|s| s != origin);
-        self.enqueue_pdus(&servers, &[pdu.event_id.clone()]).await?;
+        self.enqueue_pdus(&servers, std::slice::from_ref(&pdu.event_id)).await?;
         Ok((pdu, state_before, countersigned.then_some(object)))
     }
 
@@ -424,7 +424,7 @@ impl Services {
 
     /// A membership of `user` built from another server's template: the signed event, its id,
     /// and its JSON to send.
-    fn from_template(
+    fn build_from_template(
         &self,
         template: &RawValue,
         version: &RoomVersionId,
@@ -473,7 +473,7 @@ impl Services {
                 let response = self.federation_request(&server, request).await?;
                 let version = response.room_version.unwrap_or(RoomVersionId::V1);
                 let built =
-                    self.from_template(&response.event, &version, room_id, user, json!({ "membership": "leave" }))?;
+                    self.build_from_template(&response.event, &version, room_id, user, json!({ "membership": "leave" }))?;
                 let request = create_leave_event::v2::Request::new(room_id.to_owned(), built.1.clone(), built.2);
                 self.federation_request(&server, request).await?;
                 self.keep_outside_membership(room_id, &version, user, built.0, built.1, None).await
@@ -573,7 +573,7 @@ impl Services {
                 if let Some(r) = &reason {
                     content["reason"] = json!(r);
                 }
-                let built = self.from_template(&response.event, &version, room_id, user, content)?;
+                let built = self.build_from_template(&response.event, &version, room_id, user, content)?;
                 let request = create_knock_event::v1::Request::new(room_id.to_owned(), built.1.clone(), built.2);
                 let answer = self.federation_request(&server, request).await?;
                 let shown: Vec<Value> = answer.knock_room_state.iter().filter_map(stripped_of).collect();
@@ -618,7 +618,7 @@ impl Services {
             .and_then(|v| v.as_str());
         if kind != Some("m.room.member")
             || membership != Some("invite")
-            || !sender.is_some_and(|s| s.server_name() == origin)
+            || sender.is_none_or(|s| s.server_name() != origin)
         {
             return Err(Error::forbidden(format!("Not an invite sent by a user of {origin}")));
         }

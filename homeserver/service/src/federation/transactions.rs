@@ -103,7 +103,7 @@ impl Services {
                         else {
                             continue;
                         };
-                        if !self.get_pdu(&event_id).await?.is_some_and(|p| p.room_id == room) {
+                        if self.get_pdu(&event_id).await?.is_none_or(|p| p.room_id != room) {
                             continue;
                         }
                         let ts = receipt["data"]["ts"].as_i64().unwrap_or_else(now_ms);
