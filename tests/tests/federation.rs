@@ -53,6 +53,25 @@ async fn two_servers_share_a_room(backend: Backend) {
     let v = bob.ok(Method::POST, &format!("/_matrix/client/v3/publicRooms?server={server}"), Some(&body)).await;
     assert_eq!(v["chunk"].as_array().unwrap().len(), 1, "{v}");
 
+    // OpenID: a third party learns from A who holds Alice's token (and nothing of a bad one).
+    let path = format!("/_matrix/client/v3/user/{}/openid/request_token", urlencode(&alice.user_id));
+    let v = alice.ok(Method::POST, &path, Some(&json!({}))).await;
+    assert_eq!(
+        (v["token_type"].as_str(), v["matrix_server_name"].as_str()),
+        (Some("Bearer"), Some(a.server_name.as_str()))
+    );
+    let token = v["access_token"].as_str().unwrap();
+    let (status, v) =
+        bob.get(&format!("/_matrix/client/v3/user/{}/openid/request_token", urlencode(&alice.user_id))).await;
+    assert_eq!(status, 404, "only POST: {v}");
+    let (status, v) = bob.post(&path, &json!({})).await;
+    assert_eq!(status, 403, "not for someone else: {v}");
+    let userinfo = |t: &str| format!("{}/_matrix/federation/v1/openid/userinfo?access_token={t}", a.base);
+    let v: Value = reqwest::get(userinfo(token)).await.unwrap().json().await.unwrap();
+    assert_eq!(v["sub"], alice.user_id.as_str());
+    let r = reqwest::get(userinfo("forged")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
     // Alice creates a room on A and invites Bob of B: B signs the invite, Bob sees it.
     let room = alice.create_room(json!({ "name": "Task force", "preset": "private_chat" })).await;
     let (status, v) = alice.invite(&room, &bob.user_id).await;

@@ -19,6 +19,7 @@ use ruma::{
             create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event,
             prepare_knock_event, prepare_leave_event,
         },
+        openid::get_openid_userinfo,
         query::{get_profile_information, get_room_information},
         transactions::send_transaction_message,
     },
@@ -55,6 +56,7 @@ pub fn routes(r: axum::Router<Arc<Services>>) -> axum::Router<Arc<Services>> {
     let r = route::<get_missing_events::v1::Request, _, _>(r, missing_events);
     let r = route::<get_profile_information::v1::Request, _, _>(r, query_profile);
     let r = route::<get_public_rooms::v1::Request, _, _>(r, public_rooms);
+    let r = route::<get_openid_userinfo::v1::Request, _, _>(r, openid_userinfo);
     let r = route::<get_public_rooms_filtered::v1::Request, _, _>(r, public_rooms_filtered);
     let r = route::<get_keys::v1::Request, _, _>(r, keys_query);
     let r = route::<claim_keys::v1::Request, _, _>(r, keys_claim);
@@ -333,4 +335,12 @@ async fn public_rooms_filtered(
 ) -> Result<Response, crate::error::ApiError> {
     let b = &req.body;
     directory_page(&s, b.filter.generic_search_term.as_deref(), b.since.as_deref(), b.limit).await
+}
+
+/// `openid/userinfo`: a third party asks whose OpenID token it holds (no server signature).
+async fn openid_userinfo(
+    State(s): S,
+    req: Ruma<get_openid_userinfo::v1::Request>,
+) -> ApiResult<get_openid_userinfo::v1::Response> {
+    Ok(get_openid_userinfo::v1::Response::new(s.openid_userinfo(&req.body.access_token)?).into())
 }

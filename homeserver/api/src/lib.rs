@@ -49,6 +49,7 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = route::<c::session::logout::v3::Request, _, _>(r, account::logout);
     let r = route::<c::session::logout_all::v3::Request, _, _>(r, account::logout_all);
     let r = route::<c::account::whoami::v3::Request, _, _>(r, account::whoami);
+    let r = route::<c::account::request_openid_token::v3::Request, _, _>(r, account::request_openid_token);
     let r = route::<c::account::change_password::v3::Request, _, _>(r, account::change_password);
     let r = route::<c::account::deactivate::v3::Request, _, _>(r, account::deactivate);
     let r = route::<c::device::get_devices::v3::Request, _, _>(r, account::devices);

@@ -308,3 +308,14 @@ pub async fn authenticate(
         .ok_or_else(|| ApiError(Error::new(ErrorKind::MissingToken, "Missing access token")))?;
     Ok(s.authenticate(&token).await?)
 }
+
+/// `POST /user/{userId}/openid/request_token`
+pub async fn request_openid_token(
+    State(s): S,
+    req: Ruma<ruma::api::client::account::request_openid_token::v3::Request>,
+) -> crate::ruma_wrapper::ApiResult<ruma::api::client::account::request_openid_token::v3::Response> {
+    use ruma::api::client::account::request_openid_token::v3::Response;
+    let token = s.request_openid_token(&req.caller().user_id, &req.body.user_id)?;
+    let lifetime = diplomatie_service::federation::openid::OPENID_TOKEN_LIFETIME;
+    Ok(Response::new(token, "Bearer".into(), s.server_name().to_owned(), lifetime).into())
+}

@@ -472,8 +472,13 @@ impl Services {
                 let request = prepare_leave_event::v1::Request::new(room_id.to_owned(), user.to_owned());
                 let response = self.federation_request(&server, request).await?;
                 let version = response.room_version.unwrap_or(RoomVersionId::V1);
-                let built =
-                    self.build_from_template(&response.event, &version, room_id, user, json!({ "membership": "leave" }))?;
+                let built = self.build_from_template(
+                    &response.event,
+                    &version,
+                    room_id,
+                    user,
+                    json!({ "membership": "leave" }),
+                )?;
                 let request = create_leave_event::v2::Request::new(room_id.to_owned(), built.1.clone(), built.2);
                 self.federation_request(&server, request).await?;
                 self.keep_outside_membership(room_id, &version, user, built.0, built.1, None).await

@@ -18,6 +18,7 @@ pub mod history;
 pub mod inbound;
 pub mod keys;
 pub mod membership;
+pub mod openid;
 pub mod sender;
 pub mod tls;
 pub mod transactions;
@@ -34,6 +35,7 @@ pub struct FederationState {
     pub(crate) keys: keys::KeyCache,
     pub(crate) clients: client::Clients,
     pub(crate) senders: sender::Senders,
+    pub(crate) openid: openid::OpenIdTokens,
     /// Received PDUs of a room are handled one at a time (their order matters to the checks).
     room_locks: Mutex<HashMap<OwnedRoomId, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
