@@ -140,6 +140,19 @@ async fn two_servers_share_a_room(backend: Backend) {
     })
     .await;
 
+    // Presence travels as an EDU too.
+    let presence = format!("/_matrix/client/v3/presence/{}/status", urlencode(&bob.user_id));
+    bob.ok(Method::PUT, &presence, Some(&json!({ "presence": "unavailable", "status_msg": "En réunion" }))).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, v) = alice.get(&presence).await;
+        if status == 200 && v["presence"] == "unavailable" && v["status_msg"] == "En réunion" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Bob's presence not on A: {status} {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // Bob leaves; A sees it, and B is no longer in the room.
     let (status, v) = bob.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), &json!({})).await;
     assert_eq!(status, 200, "{v}");

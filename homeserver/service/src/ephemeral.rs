@@ -265,15 +265,40 @@ impl Services {
         if !matches!(state, "online" | "offline" | "unavailable") {
             return Err(Error::invalid_param("Unknown presence state"));
         }
+        let targets = self.store_presence(user, state, status_msg, now_ms()).await?;
+        if user.server_name() == self.server_name() {
+            let mut presence = serde_json::json!({
+                "user_id": user,
+                "presence": state,
+                "last_active_ago": 0,
+                "currently_active": state == "online",
+            });
+            if let Some(m) = status_msg {
+                presence["status_msg"] = serde_json::json!(m);
+            }
+            self.federate_presence(&targets, presence).await?;
+        }
+        Ok(())
+    }
+
+    /// Records a user's presence (local, or one another server speaks for) and wakes who
+    /// shares a room with the user; answers those users.
+    pub(crate) async fn store_presence(
+        &self,
+        user: &UserId,
+        state: &str,
+        status_msg: Option<&str>,
+        last_active_ts: i64,
+    ) -> Result<std::collections::HashSet<ruma::OwnedUserId>> {
         let mut write = self.begin_write().await;
         let position = write.next_position();
-        streams::set_presence(self.db.pool(), user.as_str(), state, status_msg, now_ms(), position).await?;
+        streams::set_presence(self.db.pool(), user.as_str(), state, status_msg, last_active_ts, position).await?;
         write.publish();
         self.presence_states.lock().unwrap().insert(user.to_owned(), state.to_owned());
         let mut targets = self.users_sharing_rooms_with(user).await?;
         targets.insert(user.to_owned());
         self.notifier.notify(targets.iter().map(|u| &**u));
-        Ok(())
+        Ok(targets)
     }
 
     /// Presence set by a `/sync` request (`set_presence`): written only when it changes, and
@@ -294,7 +319,8 @@ impl Services {
     }
 
     pub async fn presence(&self, user: &UserId) -> Result<streams::Presence> {
-        if !diplomatie_storage::accounts::user_exists(self.db.pool(), user.as_str()).await? {
+        let remote = user.server_name() != self.server_name();
+        if !remote && !diplomatie_storage::accounts::user_exists(self.db.pool(), user.as_str()).await? {
             return Err(Error::not_found("Unknown user"));
         }
         Ok(streams::get_presence(self.db.pool(), user.as_str()).await?.unwrap_or(streams::Presence {

@@ -19,6 +19,7 @@ pub mod inbound;
 pub mod keys;
 pub mod membership;
 pub mod openid;
+pub mod presence;
 pub mod sender;
 pub mod tls;
 pub mod transactions;

@@ -117,7 +117,7 @@ impl Services {
             Some("m.device_list_update" | "m.signing_key_update") => {
                 self.receive_device_list_update(origin, &content).await
             }
-            // Presence is not federated.
+            Some("m.presence") => self.receive_presence(origin, &content).await,
             _ => Ok(()),
         }
     }
