@@ -13,6 +13,7 @@ backend_tests!(
     only_allowed_servers_federate,
     bans_and_acls_hold_across_servers,
     knocking_across_servers,
+    a_space_seen_from_another_server,
 );
 
 /// Syncs `client` until `found` holds for a response (20 s at most); answers that response.
@@ -531,4 +532,31 @@ async fn knocking_across_servers(backend: Backend) {
     let (status, v) = bob.join(&room).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(room_state(&alice, &room, "m.room.member", &bob.user_id).await.1["membership"], "join");
+}
+
+async fn a_space_seen_from_another_server(backend: Backend) {
+    let other = FakeServer::new("partner.test");
+    let a = start_with_config(backend, &other.pinned()).await;
+    let alice = a.register("alice").await;
+    let space = alice
+        .create_room(json!({ "preset": "public_chat", "name": "Direction", "creation_content": { "type": "m.space" } }))
+        .await;
+    let open = alice.create_room(json!({ "preset": "public_chat", "name": "Ouvert" })).await;
+    let closed = alice.create_room(json!({ "preset": "private_chat", "name": "Fermé" })).await;
+    for child in [&open, &closed] {
+        let path = format!("/_matrix/client/v3/rooms/{space}/state/m.space.child/{}", urlencode(child));
+        alice.ok(Method::PUT, &path, Some(&json!({ "via": [a.server_name] }))).await;
+    }
+    let path = format!("/_matrix/federation/v1/hierarchy/{}", urlencode(&space));
+    let (status, v) = other.request(&a, Method::GET, &path, None, Signing::Good).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["room"]["name"], "Direction");
+    assert_eq!(v["room"]["children_state"].as_array().unwrap().len(), 2, "{v}");
+    let children: Vec<&str> = v["children"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(children, ["Ouvert"], "{v}");
+    assert_eq!(v["inaccessible_children"], json!([closed]), "{v}");
+    // A private room is not shown to a server with no user in it.
+    let path = format!("/_matrix/federation/v1/hierarchy/{}", urlencode(&closed));
+    let (status, v) = other.request(&a, Method::GET, &path, None, Signing::Good).await;
+    assert_eq!((status, v["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{v}");
 }

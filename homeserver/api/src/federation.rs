@@ -21,6 +21,7 @@ use ruma::{
         },
         openid::get_openid_userinfo,
         query::{get_profile_information, get_room_information},
+        space::get_hierarchy,
         transactions::send_transaction_message,
     },
     serde::Raw,
@@ -57,6 +58,7 @@ pub fn routes(r: axum::Router<Arc<Services>>) -> axum::Router<Arc<Services>> {
     let r = route::<get_profile_information::v1::Request, _, _>(r, query_profile);
     let r = route::<get_public_rooms::v1::Request, _, _>(r, public_rooms);
     let r = route::<get_openid_userinfo::v1::Request, _, _>(r, openid_userinfo);
+    let r = route::<get_hierarchy::v1::Request, _, _>(r, hierarchy);
     let r = route::<get_public_rooms_filtered::v1::Request, _, _>(r, public_rooms_filtered);
     let r = route::<get_keys::v1::Request, _, _>(r, keys_query);
     let r = route::<claim_keys::v1::Request, _, _>(r, keys_claim);
@@ -343,4 +345,8 @@ async fn openid_userinfo(
     req: Ruma<get_openid_userinfo::v1::Request>,
 ) -> ApiResult<get_openid_userinfo::v1::Response> {
     Ok(get_openid_userinfo::v1::Response::new(s.openid_userinfo(&req.body.access_token)?).into())
+}
+
+async fn hierarchy(State(s): S, req: Ruma<get_hierarchy::v1::Request>) -> Result<Response, crate::error::ApiError> {
+    Ok(json_ok(s.federation_hierarchy(req.origin(), &req.body.room_id, req.body.suggested_only).await?))
 }

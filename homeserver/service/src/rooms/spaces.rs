@@ -192,3 +192,59 @@ mod tests {
         assert!(!super::valid_order("\n"));
     }
 }
+
+impl Services {
+    /// `hierarchy` over federation: a space (or room) and its direct children, as another
+    /// server's users could see them from outside (or `origin` from inside, for rooms it is
+    /// in); children it may not see are listed as inaccessible.
+    pub async fn federation_hierarchy(
+        &self,
+        origin: &ruma::ServerName,
+        room_id: &RoomId,
+        suggested_only: bool,
+    ) -> Result<Value> {
+        if self.room_meta(room_id).await?.is_none() {
+            return Err(Error::not_found("Unknown room"));
+        }
+        if !self.server_may_see(origin, room_id).await? {
+            return Err(Error::not_found("Unknown room"));
+        }
+        let children = self.space_children(room_id, suggested_only).await?;
+        let mut room = self.room_summary(room_id).await?;
+        room["children_state"] = Value::Array(children.iter().map(|c| c.stripped.clone()).collect());
+        if let Some(allowed) = self.restricted_allow_rooms(room_id).await? {
+            room["allowed_room_ids"] = json!(allowed);
+        }
+        let mut shown = Vec::new();
+        let mut inaccessible = Vec::new();
+        for child in children {
+            if self.room_meta(&child.room_id).await?.is_none() {
+                continue;
+            }
+            if !self.server_may_see(origin, &child.room_id).await? {
+                inaccessible.push(json!(child.room_id));
+                continue;
+            }
+            let mut summary = self.room_summary(&child.room_id).await?;
+            if let Some(allowed) = self.restricted_allow_rooms(&child.room_id).await? {
+                summary["allowed_room_ids"] = json!(allowed);
+            }
+            shown.push(summary);
+        }
+        Ok(json!({ "room": room, "children": shown, "inaccessible_children": inaccessible }))
+    }
+
+    /// Whether another server may see a room's summary: one of its users is in the room, or
+    /// anyone could see it from outside (world readable, public, knock, restricted).
+    async fn server_may_see(&self, origin: &ruma::ServerName, room_id: &RoomId) -> Result<bool> {
+        if self.check_server_acl(room_id, origin).await.is_err() {
+            return Ok(false);
+        }
+        if self.check_origin_may_read(room_id, origin).await.is_ok() {
+            return Ok(true);
+        }
+        // No user of that server is a member: a user id of it that is no one stands for it.
+        let outsider = ruma::UserId::parse_with_server_name("_", origin).map_err(|_| Error::Internal)?;
+        self.can_peek_room(&outsider, room_id).await
+    }
+}
