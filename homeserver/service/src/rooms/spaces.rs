@@ -181,18 +181,6 @@ impl Services {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn order_keys_follow_the_spec() {
-        assert!(super::valid_order("a"));
-        assert!(super::valid_order(" ~"));
-        assert!(!super::valid_order(&"x".repeat(51)));
-        assert!(!super::valid_order("é"));
-        assert!(!super::valid_order("\n"));
-    }
-}
-
 impl Services {
     /// `hierarchy` over federation: a space (or room) and its direct children, as another
     /// server's users could see them from outside (or `origin` from inside, for rooms it is
@@ -246,5 +234,17 @@ impl Services {
         // No user of that server is a member: a user id of it that is no one stands for it.
         let outsider = ruma::UserId::parse_with_server_name("_", origin).map_err(|_| Error::Internal)?;
         self.can_peek_room(&outsider, room_id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn order_keys_follow_the_spec() {
+        assert!(super::valid_order("a"));
+        assert!(super::valid_order(" ~"));
+        assert!(!super::valid_order(&"x".repeat(51)));
+        assert!(!super::valid_order("é"));
+        assert!(!super::valid_order("\n"));
     }
 }
