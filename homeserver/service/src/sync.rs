@@ -84,6 +84,17 @@ pub struct SyncRequest<'a> {
     pub timeout: Duration,
 }
 
+/// The state events shown of a room to someone not in it (invites, knocks, over federation).
+pub(crate) const STRIPPED_STATE: [StateEventType; 7] = [
+    StateEventType::RoomCreate,
+    StateEventType::RoomJoinRules,
+    StateEventType::RoomName,
+    StateEventType::RoomAvatar,
+    StateEventType::RoomCanonicalAlias,
+    StateEventType::RoomTopic,
+    StateEventType::RoomEncryption,
+];
+
 impl Services {
     pub fn current_token(&self) -> SyncToken {
         SyncToken { stream: self.stream_position(), typing: self.typing.serial() }
@@ -426,7 +437,8 @@ impl Services {
         pdu.to_client(with_room_id)
     }
 
-    /// Stripped state for invites and knocks: what a client shows before joining.
+    /// Stripped state for invites and knocks: what a client shows before joining (the room's
+    /// [`STRIPPED_STATE`] events and the user's membership).
     pub async fn stripped_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
         let state = self.current_state(room_id).await?;
         // An invite or a knock to a room this server is not in: what the other server showed.
@@ -439,15 +451,7 @@ impl Services {
             }
         }
         let mut out = Vec::new();
-        for kind in [
-            StateEventType::RoomCreate,
-            StateEventType::RoomJoinRules,
-            StateEventType::RoomName,
-            StateEventType::RoomAvatar,
-            StateEventType::RoomCanonicalAlias,
-            StateEventType::RoomTopic,
-            StateEventType::RoomEncryption,
-        ] {
+        for kind in STRIPPED_STATE {
             if let Some(p) = self.state_event_in(&state, &kind, "").await? {
                 out.push(p.to_stripped());
             }

@@ -539,15 +539,7 @@ impl Services {
     pub async fn state_shown_before_joining(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<RawStrippedState>> {
         let mut shown = Vec::new();
         let state = self.current_state(room_id).await?;
-        for kind in [
-            StateEventType::RoomCreate,
-            StateEventType::RoomJoinRules,
-            StateEventType::RoomName,
-            StateEventType::RoomAvatar,
-            StateEventType::RoomCanonicalAlias,
-            StateEventType::RoomTopic,
-            StateEventType::RoomEncryption,
-        ] {
+        for kind in crate::sync::STRIPPED_STATE {
             if let Some(p) = self.state_event_in(&state, &kind, "").await? {
                 shown.push(RawStrippedState::Pdu(federation_json(&p)?));
             }
