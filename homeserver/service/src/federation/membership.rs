@@ -258,20 +258,43 @@ impl Services {
         Ok(servers)
     }
 
-    /// Joins a local user to a room this server is not in, through one of `servers`.
+    /// Joins a local user to a room this server is not in, through one of `via` (then the
+    /// servers this one knows in the room).
     pub async fn remote_join(
         &self,
         user: &UserId,
         room_id: &RoomId,
-        servers: &[OwnedServerName],
+        via: &[OwnedServerName],
         reason: Option<String>,
     ) -> Result<()> {
-        let mut last = Error::not_found("No server to join the room through");
-        for server in candidates(self.server_name(), room_id, servers) {
-            match self.join_through(&server, user, room_id, reason.clone()).await {
+        let reason = &reason;
+        self.through_servers("join", user, room_id, via, move |server| async move {
+            self.join_through(&server, user, room_id, reason.clone()).await
+        })
+        .await
+    }
+
+    /// Tries `attempt` with each server that may be in the room, in order, until one succeeds;
+    /// answers the last failure.
+    async fn through_servers<F>(
+        &self,
+        what: &str,
+        user: &UserId,
+        room_id: &RoomId,
+        via: &[OwnedServerName],
+        attempt: impl Fn(OwnedServerName) -> F,
+    ) -> Result<()>
+    where
+        F: std::future::Future<Output = Result<()>> + Send,
+    {
+        let mut servers = via.to_vec();
+        servers.extend(self.servers_known_in(room_id, user).await?);
+        let mut last = Error::not_found(format!("No server to {what} the room through"));
+        for server in candidates(self.server_name(), room_id, &servers) {
+            match attempt(server.clone()).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {
-                    tracing::info!(%server, %room_id, error = %e, "remote join failed");
+                    tracing::info!(%server, %room_id, error = %e, "remote {what} failed");
                     last = e;
                 }
             }
@@ -464,31 +487,21 @@ impl Services {
         writer.commit().await
     }
 
-    /// Leaves (or refuses the invite to) a room this server is not in, through `servers`.
-    pub async fn remote_leave(&self, user: &UserId, room_id: &RoomId, servers: &[OwnedServerName]) -> Result<()> {
-        let mut last = Error::not_found("No server to leave the room through");
-        for server in candidates(self.server_name(), room_id, servers) {
-            let attempt = async {
-                let request = prepare_leave_event::v1::Request::new(room_id.to_owned(), user.to_owned());
-                let response = self.federation_request(&server, request).await?;
-                let version = response.room_version.unwrap_or(RoomVersionId::V1);
-                let built = self.build_from_template(
-                    &response.event,
-                    &version,
-                    room_id,
-                    user,
-                    json!({ "membership": "leave" }),
-                )?;
-                let request = create_leave_event::v2::Request::new(room_id.to_owned(), built.1.clone(), built.2);
-                self.federation_request(&server, request).await?;
-                self.keep_outside_membership(room_id, &version, user, built.0, built.1, None).await
-            };
-            match attempt.await {
-                Ok(()) => return Ok(()),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+    /// Leaves (or refuses the invite to) a room this server is not in, through one of `via`
+    /// (then the servers this one knows in the room).
+    pub async fn remote_leave(&self, user: &UserId, room_id: &RoomId, via: &[OwnedServerName]) -> Result<()> {
+        self.through_servers("leave", user, room_id, via, move |server| async move {
+            let server = &*server;
+            let request = prepare_leave_event::v1::Request::new(room_id.to_owned(), user.to_owned());
+            let response = self.federation_request(server, request).await?;
+            let version = response.room_version.unwrap_or(RoomVersionId::V1);
+            let content = json!({ "membership": "leave" });
+            let built = self.build_from_template(&response.event, &version, room_id, user, content)?;
+            let request = create_leave_event::v2::Request::new(room_id.to_owned(), built.1.clone(), built.2);
+            self.federation_request(server, request).await?;
+            self.keep_outside_membership(room_id, &version, user, built.0, built.1, None).await
+        })
+        .await
     }
 
     /// Invites a user of another server: the event is built here, signed by the invitee's
@@ -550,39 +563,35 @@ impl Services {
         Ok(shown)
     }
 
-    /// Knocks on a room this server is not in, through one of `servers`; the room's state
-    /// shown to knockers is kept with the knock, for the user's client.
+    /// Knocks on a room this server is not in, through one of `via` (then the servers this one
+    /// knows in the room); the room's state shown to knockers is kept with the knock, for the
+    /// user's client.
     pub async fn remote_knock(
         &self,
         user: &UserId,
         room_id: &RoomId,
-        servers: &[OwnedServerName],
+        via: &[OwnedServerName],
         reason: Option<String>,
     ) -> Result<()> {
-        let mut last = Error::not_found("No server to knock through");
-        for server in candidates(self.server_name(), room_id, servers) {
-            let attempt = async {
-                let mut request = prepare_knock_event::v1::Request::new(room_id.to_owned(), user.to_owned());
-                request.ver = supported_versions();
-                let response = self.federation_request(&server, request).await?;
-                let version = response.room_version;
-                let mut content = json!({ "membership": "knock" });
-                if let Some(r) = &reason {
-                    content["reason"] = json!(r);
-                }
-                let built = self.build_from_template(&response.event, &version, room_id, user, content)?;
-                let request = create_knock_event::v1::Request::new(room_id.to_owned(), built.1.clone(), built.2);
-                let answer = self.federation_request(&server, request).await?;
-                let shown: Vec<Value> = answer.knock_room_state.iter().filter_map(stripped_of).collect();
-                let unsigned = json!({ "knock_room_state": shown });
-                self.keep_outside_membership(room_id, &version, user, built.0, built.1, Some(unsigned)).await
-            };
-            match attempt.await {
-                Ok(()) => return Ok(()),
-                Err(e) => last = e,
+        let reason = &reason;
+        self.through_servers("knock on", user, room_id, via, move |server| async move {
+            let server = &*server;
+            let mut request = prepare_knock_event::v1::Request::new(room_id.to_owned(), user.to_owned());
+            request.ver = supported_versions();
+            let response = self.federation_request(server, request).await?;
+            let version = response.room_version;
+            let mut content = json!({ "membership": "knock" });
+            if let Some(r) = reason {
+                content["reason"] = json!(r);
             }
-        }
-        Err(last)
+            let built = self.build_from_template(&response.event, &version, room_id, user, content)?;
+            let request = create_knock_event::v1::Request::new(room_id.to_owned(), built.1.clone(), built.2);
+            let answer = self.federation_request(server, request).await?;
+            let shown: Vec<Value> = answer.knock_room_state.iter().filter_map(stripped_of).collect();
+            let unsigned = json!({ "knock_room_state": shown });
+            self.keep_outside_membership(room_id, &version, user, built.0, built.1, Some(unsigned)).await
+        })
+        .await
     }
 
     /// `invite` v2 from another server: a user of this server is invited. The event is checked,

@@ -86,13 +86,11 @@ impl Services {
         reason: Option<String>,
         via: &[OwnedServerName],
     ) -> Result<OwnedRoomId> {
-        let meta = self.room_meta(room_id).await?;
-        if self.federation_enabled() && (meta.is_none() || !self.server_in_room(room_id).await?) {
-            let mut servers = via.to_vec();
-            servers.extend(self.servers_known_in(room_id, user).await?);
-            self.remote_join(user, room_id, &servers, reason).await?;
+        if self.outside_room(room_id).await? {
+            self.remote_join(user, room_id, via, reason).await?;
             return Ok(room_id.to_owned());
         }
+        let meta = self.room_meta(room_id).await?;
         let Some(meta) = meta else {
             return Err(Error::not_found("This server does not know this room, and federation is not enabled"));
         };
@@ -199,9 +197,8 @@ impl Services {
             _ => {}
         }
         // An invite (or knock) to a room this server is not in is refused through another.
-        if self.federation_enabled() && !self.server_in_room(room_id).await? {
-            let servers = self.servers_known_in(room_id, user).await?;
-            return self.remote_leave(user, room_id, &servers).await;
+        if self.outside_room(room_id).await? {
+            return self.remote_leave(user, room_id, &[]).await;
         }
         let mut content = json!({ "membership": "leave" });
         add_reason(&mut content, reason);
@@ -254,14 +251,11 @@ impl Services {
         reason: Option<String>,
         via: &[OwnedServerName],
     ) -> Result<OwnedRoomId> {
-        let known = self.room_meta(room_id).await?.is_some();
-        if self.federation_enabled() && (!known || !self.server_in_room(room_id).await?) {
-            let mut servers = via.to_vec();
-            servers.extend(self.servers_known_in(room_id, user).await?);
-            self.remote_knock(user, room_id, &servers, reason).await?;
+        if self.outside_room(room_id).await? {
+            self.remote_knock(user, room_id, via, reason).await?;
             return Ok(room_id.to_owned());
         }
-        if !known {
+        if self.room_meta(room_id).await?.is_none() {
             return Err(Error::not_found("This server does not know this room, and federation is not enabled"));
         }
         let mut content = with_membership("knock", self.member_profile(user).await?, false);
@@ -285,9 +279,16 @@ impl Services {
 }
 
 impl Services {
+    /// Whether memberships in this room go through another server: federation is on and no
+    /// user of this server is in the room (or the room is unknown here).
+    async fn outside_room(&self, room_id: &RoomId) -> Result<bool> {
+        Ok(self.federation_enabled()
+            && (self.room_meta(room_id).await?.is_none() || !self.server_in_room(room_id).await?))
+    }
+
     /// Servers this one knows in a room it may not be in: the sender of `user`'s membership
     /// (an invite's), then those of the members it knew.
-    async fn servers_known_in(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<OwnedServerName>> {
+    pub(crate) async fn servers_known_in(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<OwnedServerName>> {
         let mut servers = Vec::new();
         if self.room_meta(room_id).await?.is_none() {
             return Ok(servers);
