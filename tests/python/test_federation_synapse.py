@@ -120,3 +120,49 @@ async def test_a_room_shared_with_synapse(federating_server, synapse, made_on):
     finally:
         await alice.close()
         await bob.close()
+
+
+async def http(client, method, path, data=None, content_type=None):
+    """A raw authenticated request with the client's session: status, content type, body."""
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {client.access_token}"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    async with aiohttp.ClientSession() as session:
+        async with session.request(method, client.homeserver + path, data=data, headers=headers) as r:
+            return r.status, r.headers.get("Content-Type", ""), await r.read()
+
+
+async def upload(client, data, content_type, filename):
+    import json
+
+    status, _, body = await http(client, "POST", f"/_matrix/media/v3/upload?filename={filename}", data, content_type)
+    assert status == 200, body
+    return json.loads(body)["content_uri"][len("mxc://"):]
+
+
+@pytest.mark.asyncio
+async def test_media_crosses_to_and_from_synapse(federating_server, synapse):
+    """Each side downloads what was uploaded to the other: Synapse fetches from our federation
+    media endpoint, and we from Synapse's (`multipart/mixed` both ways)."""
+    alice = await register(federating_server.url, "alice")
+    bob = await register(synapse.url, "bob")
+    try:
+        ours = "Télégramme diplomatique n° 42".encode()
+        theirs = b"Verbalnote der Botschaft"
+        on_ours = await upload(alice, ours, "text/plain", "tel.txt")
+        on_synapse = await upload(bob, theirs, "text/plain", "note.txt")
+        assert on_ours.startswith(federating_server.server_name + "/")
+        status, content_type, body = await http(bob, "GET", f"/_matrix/client/v1/media/download/{on_ours}")
+        assert (status, body) == (200, ours), body
+        assert content_type.startswith("text/plain")
+        status, content_type, body = await http(alice, "GET", f"/_matrix/client/v1/media/download/{on_synapse}")
+        assert (status, body) == (200, theirs), body
+        assert content_type.startswith("text/plain")
+        # Unknown media on the other side is unknown here too.
+        status, _, _ = await http(alice, "GET", f"/_matrix/client/v1/media/download/{synapse.server_name}/nothing")
+        assert status == 404
+    finally:
+        await alice.close()
+        await bob.close()

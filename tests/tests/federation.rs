@@ -14,6 +14,9 @@ backend_tests!(
     bans_and_acls_hold_across_servers,
     knocking_across_servers,
     a_space_seen_from_another_server,
+    media_travels_between_servers,
+    a_space_lists_rooms_of_another_server,
+    the_outbound_queue_survives_restarts,
 );
 
 /// Syncs `client` until `found` holds for a response (20 s at most); answers that response.
@@ -64,7 +67,7 @@ async fn two_servers_share_a_room(backend: Backend) {
     let token = v["access_token"].as_str().unwrap();
     let (status, v) =
         bob.get(&format!("/_matrix/client/v3/user/{}/openid/request_token", urlencode(&alice.user_id))).await;
-    assert_eq!(status, 404, "only POST: {v}");
+    assert_eq!(status, 405, "only POST: {v}");
     let (status, v) = bob.post(&path, &json!({})).await;
     assert_eq!(status, 403, "not for someone else: {v}");
     let userinfo = |t: &str| format!("{}/_matrix/federation/v1/openid/userinfo?access_token={t}", a.base);
@@ -559,4 +562,125 @@ async fn a_space_seen_from_another_server(backend: Backend) {
     let path = format!("/_matrix/federation/v1/hierarchy/{}", urlencode(&closed));
     let (status, v) = other.request(&a, Method::GET, &path, None, Signing::Good).await;
     assert_eq!((status, v["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{v}");
+}
+
+/// A download as raw bytes: status, content type, disposition and body.
+async fn download(c: &Client, path: &str) -> (u16, String, String, Vec<u8>) {
+    let r = c.http.get(format!("{}{path}", c.base)).bearer_auth(c.token.as_deref().unwrap()).send().await.unwrap();
+    let header = |n: &str| r.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let (ct, cd) = (header("content-type"), header("content-disposition"));
+    (r.status().as_u16(), ct, cd, r.bytes().await.unwrap().to_vec())
+}
+
+async fn upload(c: &Client, content_type: &str, filename: &str, bytes: Vec<u8>) -> String {
+    let r = c
+        .http
+        .post(format!("{}/_matrix/media/v3/upload?filename={filename}", c.base))
+        .bearer_auth(c.token.as_deref().unwrap())
+        .header("content-type", content_type)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().await.unwrap();
+    v["content_uri"].as_str().unwrap().trim_start_matches("mxc://").to_owned()
+}
+
+async fn media_travels_between_servers(backend: Backend) {
+    let mut a = TestServer::start_federating(backend, &[]).await;
+    let b = TestServer::start_federating(backend, &[]).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+
+    // Bob, on B, downloads what Alice uploaded to A: B fetches it over federation.
+    let text = "Compte rendu de la réunion de crise".as_bytes().to_vec();
+    let note = upload(&alice, "text/plain", "cr.txt", text.clone()).await;
+    let (status, ct, cd, body) = download(&bob, &format!("/_matrix/client/v1/media/download/{note}")).await;
+    assert_eq!((status, ct.as_str(), body), (200, "text/plain", text.clone()));
+    assert!(cd.starts_with("inline") && cd.contains("cr.txt"), "{cd}");
+    // Thumbnails of remote images are made from the fetched original.
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(400, 300, image::Rgb([0, 85, 164])))
+        .write_to(&mut png, image::ImageFormat::Png)
+        .unwrap();
+    let flag = upload(&alice, "image/png", "drapeau.png", png.into_inner()).await;
+    let path = format!("/_matrix/client/v1/media/thumbnail/{flag}?width=96&height=96&method=crop");
+    let (status, ct, _, body) = download(&bob, &path).await;
+    assert_eq!((status, ct.as_str()), (200, "image/jpeg"));
+    let size = image::ImageReader::new(std::io::Cursor::new(body)).with_guessed_format().unwrap().into_dimensions();
+    assert_eq!(size.unwrap(), (96, 96));
+    // A's own federation endpoint wants a signed request.
+    let media_id = note.split('/').nth(1).unwrap();
+    let r = reqwest::get(format!("{}/_matrix/federation/v1/media/download/{media_id}", a.base)).await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
+    // Unknown media on A is unknown on B; a server that cannot be reached is a 502.
+    let (status, v) = bob.get(&format!("/_matrix/client/v1/media/download/{}/nothing_here", a.server_name)).await;
+    assert_eq!((status, v["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{v}");
+    let (status, v) = bob.get("/_matrix/client/v1/media/download/127.0.0.1:9/unreachable").await;
+    assert_eq!((status, v["errcode"].as_str()), (502, Some("M_UNKNOWN")), "{v}");
+    // A server that does not federate never fetches remote media.
+    let c = TestServer::start(backend, &[]).await;
+    let carol = c.register("carol").await;
+    let (status, v) = carol.get(&format!("/_matrix/client/v1/media/download/{note}")).await;
+    assert_eq!((status, v["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{v}");
+
+    // B keeps what it fetched: served while A is down.
+    a.kill().await;
+    let (status, _, _, body) = download(&bob, &format!("/_matrix/client/v1/media/download/{note}")).await;
+    assert_eq!((status, body), (200, text));
+}
+
+/// Events queued for a server that is down are kept in the database: they reach it after both
+/// servers restart.
+async fn the_outbound_queue_survives_restarts(backend: Backend) {
+    let mut a = TestServer::start_federating(backend, &[]).await;
+    let mut b = TestServer::start_federating(backend, &[]).await;
+    let alice = a.register("alice").await;
+    let mut bob = b.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let join = format!("/_matrix/client/v3/join/{}?via={}", urlencode(&room), urlencode(&a.server_name));
+    bob.ok(Method::POST, &join, Some(&json!({}))).await;
+
+    b.kill().await;
+    alice.send_text(&room, "Envoyé pendant la panne").await;
+    // Let A try (and fail) at least once, then kill it too before B is back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.kill().await;
+    b.launch().await;
+    a.launch().await;
+    bob.base = b.base.clone();
+    sync_until(&bob, "the queued message on B", |v| has_message(v, &room, "Envoyé pendant la panne")).await;
+}
+
+/// A space on B lists rooms of A: B asks A for them (federation `hierarchy`) and shows Bob what
+/// an outsider may see.
+async fn a_space_lists_rooms_of_another_server(backend: Backend) {
+    let a = TestServer::start_federating(backend, &[]).await;
+    let b = TestServer::start_federating(backend, &[]).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let open = alice.create_room(json!({ "preset": "public_chat", "name": "Salle de A", "topic": "Ouverte" })).await;
+    let closed = alice.create_room(json!({ "preset": "private_chat", "name": "Secret de A" })).await;
+    let space = bob
+        .create_room(
+            json!({ "preset": "public_chat", "name": "Espace de B", "creation_content": { "type": "m.space" } }),
+        )
+        .await;
+    let local = bob.create_room(json!({ "preset": "public_chat", "name": "Salle de B" })).await;
+    for (child, server) in [(&open, &a.server_name), (&closed, &a.server_name), (&local, &b.server_name)] {
+        let path = format!("/_matrix/client/v3/rooms/{space}/state/m.space.child/{}", urlencode(child));
+        bob.ok(Method::PUT, &path, Some(&json!({ "via": [server] }))).await;
+    }
+    let v = bob.ok(Method::GET, &format!("/_matrix/client/v1/rooms/{space}/hierarchy"), None).await;
+    let rooms = v["rooms"].as_array().unwrap();
+    let names: Vec<&str> = rooms.iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(names.len(), 3, "{v}");
+    for name in ["Espace de B", "Salle de A", "Salle de B"] {
+        assert!(names.contains(&name), "{name} missing: {v}");
+    }
+    let remote = rooms.iter().find(|r| r["room_id"] == open.as_str()).unwrap();
+    assert_eq!((remote["topic"].as_str(), remote["num_joined_members"].as_u64()), (Some("Ouverte"), Some(1)), "{v}");
+    assert!(!rooms.iter().any(|r| r["room_id"] == closed.as_str()), "{v}");
 }

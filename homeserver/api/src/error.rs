@@ -46,6 +46,10 @@ impl IntoResponse for ApiError {
                 let body = serde_json::json!({ "errcode": "M_UNKNOWN", "error": "Internal server error" });
                 (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
             }
+            Error::Remote(message) => {
+                let body = serde_json::json!({ "errcode": "M_UNKNOWN", "error": message });
+                (StatusCode::BAD_GATEWAY, axum::Json(body)).into_response()
+            }
             Error::Matrix(kind, message) => {
                 let status = match kind {
                     // M_UNKNOWN for a refused request that is not the server's fault.

@@ -8,6 +8,7 @@ use axum::{extract::State, response::Response};
 use diplomatie_service::{federation::membership::federation_json, Error, Services};
 use ruma::{
     api::federation::{
+        authenticated_media::{get_content, get_content_thumbnail, Content, ContentMetadata, FileOrLocation},
         authorization::get_event_authorization,
         backfill::get_backfill,
         device::get_devices,
@@ -63,7 +64,38 @@ pub fn routes(r: axum::Router<Arc<Services>>) -> axum::Router<Arc<Services>> {
     let r = route::<get_keys::v1::Request, _, _>(r, keys_query);
     let r = route::<claim_keys::v1::Request, _, _>(r, keys_claim);
     let r = route::<get_devices::v1::Request, _, _>(r, user_devices);
+    let r = route::<get_content::v1::Request, _, _>(r, media_download);
+    let r = route::<get_content_thumbnail::v1::Request, _, _>(r, media_thumbnail);
     route::<get_room_information::v1::Request, _, _>(r, query_directory)
+}
+
+/// A file of this server's as the federation media endpoints send it: `multipart/mixed`, the
+/// metadata then the bytes (never a redirection).
+fn media_content(d: diplomatie_service::media::Download) -> FileOrLocation {
+    use ruma::http_headers::{ContentDisposition, ContentDispositionType};
+    let kind = if diplomatie_service::media::is_inline(&d.content_type) {
+        ContentDispositionType::Inline
+    } else {
+        ContentDispositionType::Attachment
+    };
+    FileOrLocation::File(Content::new(d.bytes, d.content_type, ContentDisposition::new(kind).with_filename(d.filename)))
+}
+
+/// `GET /_matrix/federation/v1/media/download/{mediaId}`: media uploaded to this server.
+async fn media_download(State(s): S, req: Ruma<get_content::v1::Request>) -> ApiResult<get_content::v1::Response> {
+    let d = s.download_media(s.server_name(), &req.body.media_id, req.body.timeout_ms).await?;
+    Ok(get_content::v1::Response::new(ContentMetadata::new(), media_content(d)).into())
+}
+
+/// `GET /_matrix/federation/v1/media/thumbnail/{mediaId}`.
+async fn media_thumbnail(
+    State(s): S,
+    req: Ruma<get_content_thumbnail::v1::Request>,
+) -> ApiResult<get_content_thumbnail::v1::Response> {
+    let b = req.body;
+    let method = crate::client::media::method_of(b.method.as_ref());
+    let d = s.thumbnail(s.server_name(), &b.media_id, b.width.into(), b.height.into(), method, b.timeout_ms).await?;
+    Ok(get_content_thumbnail::v1::Response::new(ContentMetadata::new(), media_content(d)).into())
 }
 
 /// `GET /_matrix/key/v2/server`: this server's keys, self-signed.

@@ -211,7 +211,7 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = federation::routes(r);
 
     r.fallback(unrecognized)
-        .method_not_allowed_fallback(unrecognized)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(services)
         .layer(CorsLayer::very_permissive().max_age(Duration::from_secs(86400)))
         .layer(CatchPanicLayer::custom(|_| ApiError(Error::Internal).into_response()))
@@ -231,9 +231,20 @@ fn legacy_media_routes(r: axum::Router<Arc<Services>>) -> axum::Router<Arc<Servi
     route::<c::media::get_content_thumbnail::v3::Request, _, _>(r, media::legacy_thumbnail)
 }
 
-/// Any endpoint this server does not implement: the spec's `M_UNRECOGNIZED`.
+/// Any endpoint this server does not implement: the spec's `M_UNRECOGNIZED`, 404.
 async fn unrecognized(req: Request) -> Response {
-    let status = if req.method() == http::Method::OPTIONS { http::StatusCode::OK } else { http::StatusCode::NOT_FOUND };
+    unrecognized_with(req, http::StatusCode::NOT_FOUND)
+}
+
+/// A known endpoint asked with a method it does not take: `M_UNRECOGNIZED`, 405 (client-server
+/// spec, "Common error codes").
+async fn method_not_allowed(req: Request) -> Response {
+    unrecognized_with(req, http::StatusCode::METHOD_NOT_ALLOWED)
+}
+
+fn unrecognized_with(req: Request, status: http::StatusCode) -> Response {
+    // CORS preflights of any path succeed (the CORS layer adds its headers).
+    let status = if req.method() == http::Method::OPTIONS { http::StatusCode::OK } else { status };
     let body = serde_json::json!({ "errcode": "M_UNRECOGNIZED", "error": "Unrecognized request" });
     (status, axum::Json(body)).into_response()
 }

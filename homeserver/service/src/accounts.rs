@@ -329,13 +329,15 @@ impl Services {
     }
 
     pub async fn logout_all(&self, user: &UserId) -> Result<()> {
+        let gone = self.devices(user).await?;
         let mut tx = self.db.begin().await?;
         store::delete_all_devices(&mut tx, user.as_str(), None).await?;
         diplomatie_storage::push::delete_user_pushers(&mut *tx, user.as_str()).await?;
         diplomatie_storage::commit(tx).await?;
         self.tokens.forget_user(user.as_str());
         self.pushers_changed().await?;
-        self.device_list_changed(user).await
+        let gone: Vec<&str> = gone.iter().map(|d| d.device_id.as_str()).collect();
+        self.devices_changed(user, &gone).await
     }
 
     /// Deletes devices with their tokens and keys; users sharing a room learn it in `/sync`.
@@ -349,7 +351,7 @@ impl Services {
         diplomatie_storage::commit(tx).await?;
         self.tokens.forget_user(user.as_str());
         self.pushers_changed().await?;
-        self.device_list_changed(user).await
+        self.devices_changed(user, devices).await
     }
 
     pub async fn devices(&self, user: &UserId) -> Result<Vec<store::Device>> {
@@ -373,6 +375,12 @@ impl Services {
     /// Changes the password; with `logout_devices`, every other device is logged out.
     pub async fn change_password(&self, caller: &Caller, new_password: &str, logout_devices: bool) -> Result<()> {
         let hash = hash_password(new_password).await?;
+        let gone: Vec<String> = if logout_devices {
+            let devices = self.devices(&caller.user_id).await?.into_iter().map(|d| d.device_id);
+            devices.filter(|d| d != caller.device_id.as_str()).collect()
+        } else {
+            Vec::new()
+        };
         let mut tx = self.db.begin().await?;
         store::set_password(&mut *tx, caller.user_id.as_str(), Some(&hash)).await?;
         if logout_devices {
@@ -381,7 +389,8 @@ impl Services {
         diplomatie_storage::commit(tx).await?;
         self.tokens.forget_user(caller.user_id.as_str());
         if logout_devices {
-            self.device_list_changed(&caller.user_id).await?;
+            let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
+            self.devices_changed(&caller.user_id, &gone).await?;
         }
         Ok(())
     }

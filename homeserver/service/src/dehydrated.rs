@@ -66,7 +66,7 @@ impl Services {
         store::delete_dehydrated_device(&mut tx, user.as_str()).await?;
         diplomatie_storage::commit(tx).await?;
         self.tokens.forget_user(user.as_str());
-        self.device_list_changed(user).await?;
+        self.devices_changed(user, &[device.as_str()]).await?;
         Ok(device)
     }
 

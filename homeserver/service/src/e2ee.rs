@@ -227,6 +227,12 @@ impl Services {
 
     /// Records that a user's devices changed, and wakes whoever shares a room with them.
     pub async fn device_list_changed(&self, user: &UserId) -> Result<()> {
+        self.devices_changed(user, &[]).await
+    }
+
+    /// [`Self::device_list_changed`] when `deleted` devices are gone: other servers are told
+    /// so by name (they keep remote device lists; `/sync` needs no more than the change).
+    pub async fn devices_changed(&self, user: &UserId, deleted: &[&str]) -> Result<()> {
         let mut write = self.begin_write().await;
         let position = write.next_position();
         store::record_device_list_change(self.db.pool(), user.as_str(), position).await?;
@@ -237,7 +243,7 @@ impl Services {
         targets.insert(user.to_owned());
         self.notifier.notify(targets.iter().map(|u| &**u));
         if user.server_name() == self.server_name() {
-            self.federate_device_list_change(user, &targets, position).await?;
+            self.federate_device_list_change(user, &targets, position, deleted).await?;
         }
         Ok(())
     }

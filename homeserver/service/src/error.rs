@@ -17,6 +17,9 @@ pub enum Error {
     Uiaa(Box<UiaaInfo>),
     /// A failure inside the server; its details were logged.
     Internal,
+    /// Another server could not be reached, or answered something that is not the spec's: the
+    /// request may succeed later (answered `M_UNKNOWN` with 502 Bad Gateway).
+    Remote(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -54,6 +57,7 @@ impl Error {
                 .cloned()
                 .unwrap_or(StandardErrorBody::new(ErrorKind::Unauthorized, "Authentication required".into())),
             Error::Internal => StandardErrorBody::new(ErrorKind::Unknown, "Internal server error".into()),
+            Error::Remote(message) => StandardErrorBody::new(ErrorKind::Unknown, message.clone()),
         }
     }
 }

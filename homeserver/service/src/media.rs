@@ -9,15 +9,21 @@
 //! size), and cached like uploads.
 
 use std::{
+    collections::HashMap,
     io::Cursor,
     path::{Path, PathBuf},
+    sync::{Arc, OnceLock},
     time::Duration,
 };
 
 use diplomatie_storage::media::{self as store, Media, Thumbnail};
 use ruma::{
-    api::error::{ErrorKind, ResourceLimitExceededErrorData},
-    OwnedMxcUri, ServerName, UserId,
+    api::{
+        error::{ErrorKind, ResourceLimitExceededErrorData},
+        federation::authenticated_media::{get_content, Content, FileOrLocation},
+    },
+    http_headers::ContentDisposition,
+    OwnedMxcUri, OwnedServerName, ServerName, UserId,
 };
 use sha2::{Digest, Sha256};
 
@@ -69,11 +75,20 @@ pub fn is_inline(content_type: &str) -> bool {
 pub struct MediaState {
     dir: PathBuf,
     uploaded: tokio::sync::watch::Sender<u64>,
+    /// One lock per remote media being fetched, so that concurrent downloads fetch it once.
+    fetching: std::sync::Mutex<HashMap<(OwnedServerName, String), Arc<tokio::sync::Mutex<()>>>>,
+    /// The client that follows another server's redirection to its media (`Location`).
+    redirect_client: OnceLock<reqwest::Client>,
 }
 
 impl MediaState {
     pub fn new(data_dir: &Path) -> MediaState {
-        MediaState { dir: data_dir.join("media"), uploaded: tokio::sync::watch::Sender::new(0) }
+        MediaState {
+            dir: data_dir.join("media"),
+            uploaded: tokio::sync::watch::Sender::new(0),
+            fetching: Default::default(),
+            redirect_client: OnceLock::new(),
+        }
     }
 
     fn path_of(&self, sha256: &str) -> PathBuf {
@@ -283,8 +298,7 @@ impl Services {
     async fn uploaded_media(&self, server: &ServerName, media_id: &str, timeout: Duration) -> Result<Media> {
         let unknown = || Error::not_found("Media not found");
         if server != self.server_name() {
-            // Remote media comes with federation.
-            return Err(unknown());
+            return self.remote_media(server, media_id, timeout).await;
         }
         let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_secs(120));
         let mut uploaded = self.media.uploaded.subscribe();
@@ -301,6 +315,113 @@ impl Services {
                 return Err(Error::new(ErrorKind::NotYetUploaded, "The content has not been uploaded yet"));
             }
         }
+    }
+
+    /// Another server's media: from the cache of what was fetched before, or fetched now over
+    /// federation (`/_matrix/federation/v1/media/download`) and kept. Unknown when federation
+    /// with that server is not allowed.
+    async fn remote_media(&self, server: &ServerName, media_id: &str, timeout: Duration) -> Result<Media> {
+        let cached = || async {
+            Ok::<_, Error>(
+                store::get_media(self.db.pool(), server.as_str(), media_id).await?.filter(|m| m.sha256.is_some()),
+            )
+        };
+        if let Some(media) = cached().await? {
+            return Ok(media);
+        }
+        if let Err(e) = self.check_server_allowed(server) {
+            tracing::debug!(%server, error = %e, "remote media not fetched");
+            return Err(Error::not_found("Media not found"));
+        }
+        let lock = {
+            let mut fetching = self.media.fetching.lock().unwrap();
+            fetching.entry((server.to_owned(), media_id.to_owned())).or_default().clone()
+        };
+        let fetched = async {
+            let _guard = lock.lock().await;
+            if let Some(media) = cached().await? {
+                return Ok(media);
+            }
+            self.fetch_remote_media(server, media_id, timeout).await
+        }
+        .await;
+        let mut fetching = self.media.fetching.lock().unwrap();
+        if Arc::strong_count(&lock) <= 2 {
+            fetching.remove(&(server.to_owned(), media_id.to_owned()));
+        }
+        fetched
+    }
+
+    async fn fetch_remote_media(&self, server: &ServerName, media_id: &str, timeout: Duration) -> Result<Media> {
+        let max = self.config.media.max_upload_bytes;
+        let mut request = get_content::v1::Request::new(media_id.to_owned());
+        request.timeout_ms = timeout.min(Duration::from_secs(120));
+        // The multipart envelope and its metadata part come on top of the file.
+        let response = self.federation_request_within(server, request, max + 64 * 1024).await?;
+        let content = match response.content {
+            FileOrLocation::File(content) => content,
+            FileOrLocation::Location(url) => self.follow_media_location(server, &url, max).await?,
+            _ => return Err(crate::federation::remote_error(server, "an answer of an unknown kind")),
+        };
+        if content.file.len() as u64 > max {
+            return Err(Error::new(ErrorKind::TooLarge, format!("The remote file is larger than {max} bytes")));
+        }
+        // What another server declares is kept only when it is well-formed.
+        let content_type =
+            content.content_type.as_deref().and_then(|ct| self.check_content_type(Some(ct)).ok().flatten());
+        let sha256 = self.media.store(&content.file).await?;
+        let media = Media {
+            origin: server.to_string(),
+            media_id: media_id.to_owned(),
+            uploader: String::new(),
+            content_type,
+            filename: content.content_disposition.and_then(|d| d.filename),
+            size: Some(content.file.len() as i64),
+            sha256: Some(sha256),
+            created_ts: now_ms(),
+            expires_ts: None,
+        };
+        store::insert_media(self.db.pool(), &media).await?;
+        tracing::info!(%server, media_id, size = content.file.len(), "remote media fetched");
+        Ok(media)
+    }
+
+    /// Follows the URL another server gave instead of its file, through the client that refuses
+    /// private and loopback addresses (the URL comes from that server, not from us).
+    async fn follow_media_location(&self, server: &ServerName, url: &str, max: u64) -> Result<Content> {
+        use crate::outbound::{read_limited, BodyError};
+        let failed = |what: String| crate::federation::remote_error(server, what);
+        let parsed = reqwest::Url::parse(url).map_err(|e| failed(format!("bad media location {url:?}: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(failed(format!("bad media location {url:?}")));
+        }
+        let client = match self.media.redirect_client.get() {
+            Some(c) => c,
+            None => {
+                let timeout = Duration::from_millis(self.config.federation.request_timeout_ms);
+                let c = crate::outbound::client(Arc::new(Vec::new()), timeout, "remote media")?;
+                self.media.redirect_client.get_or_init(|| c)
+            }
+        };
+        let response = client.get(parsed).send().await.map_err(|e| failed(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(failed(format!("media location answered {}", response.status())));
+        }
+        let header =
+            |name| response.headers().get(name).and_then(|v: &http::HeaderValue| v.to_str().ok()).map(str::to_owned);
+        let content_type = header(reqwest::header::CONTENT_TYPE);
+        let disposition =
+            header(reqwest::header::CONTENT_DISPOSITION).and_then(|d| d.parse::<ContentDisposition>().ok());
+        let file = read_limited(response, max).await.map_err(|e| match e {
+            BodyError::TooLarge => {
+                Error::new(ErrorKind::TooLarge, format!("The remote file is larger than {max} bytes"))
+            }
+            BodyError::Http(e) => failed(e.to_string()),
+        })?;
+        let mut content = Content::new(file, String::new(), ContentDisposition::new(Default::default()));
+        content.content_type = content_type;
+        content.content_disposition = disposition;
+        Ok(content)
     }
 
     /// `GET /media/download`: the file, its content type and file name.

@@ -183,3 +183,27 @@ mod tests {
         assert!(is_forbidden("127.0.0.2".parse().unwrap(), &allowed));
     }
 }
+
+/// Why a body could not be read whole.
+#[derive(Debug)]
+pub enum BodyError {
+    /// It is longer than the limit (said in advance or found on the way).
+    TooLarge,
+    Http(reqwest::Error),
+}
+
+/// Reads a response's body, refusing it as soon as it is longer than `max` bytes: what another
+/// host sends is never held in memory beyond the limit.
+pub async fn read_limited(mut response: reqwest::Response, max: u64) -> std::result::Result<Vec<u8>, BodyError> {
+    if response.content_length().is_some_and(|n| n > max) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Http)? {
+        if body.len() as u64 + chunk.len() as u64 > max {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}

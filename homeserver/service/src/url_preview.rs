@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 
 use crate::{
     now_ms,
-    outbound::{literal_is_forbidden, was_blocked},
+    outbound::{literal_is_forbidden, read_limited, was_blocked, BodyError},
     Error, Result, Services,
 };
 
@@ -102,12 +102,9 @@ impl Services {
             }
             Error::new(ErrorKind::Unknown, format!("Could not fetch the URL: {e}"))
         };
-        let mut response = self.preview_client()?.get(url.clone()).send().await.map_err(failed)?;
+        let response = self.preview_client()?.get(url.clone()).send().await.map_err(failed)?;
         if !response.status().is_success() {
             return Err(Error::new(ErrorKind::Unknown, format!("The URL answered {}", response.status())));
-        }
-        if response.content_length().is_some_and(|n| n > max) {
-            return Err(too_large());
         }
         let content_type = response
             .headers()
@@ -115,13 +112,10 @@ impl Services {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/octet-stream")
             .to_ascii_lowercase();
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(failed)? {
-            if body.len() as u64 + chunk.len() as u64 > max {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_limited(response, max).await.map_err(|e| match e {
+            BodyError::TooLarge => too_large(),
+            BodyError::Http(e) => failed(e),
+        })?;
         Ok((body, content_type))
     }
 

@@ -30,7 +30,7 @@ pub struct Thumbnail {
 pub async fn insert_media<'e>(e: impl Exec<'e>, m: &Media) -> Result<()> {
     sqlx::query(
         "INSERT INTO media (origin, media_id, uploader, content_type, filename, size, sha256, created_ts, \
-         expires_ts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+         expires_ts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (origin, media_id) DO NOTHING",
     )
     .bind(&m.origin)
     .bind(&m.media_id)

@@ -62,7 +62,7 @@ fn file_response(d: Download, filename: Option<String>, force_inline: bool) -> R
     response
 }
 
-fn method_of(method: Option<&Method>) -> ThumbnailMethod {
+pub(crate) fn method_of(method: Option<&Method>) -> ThumbnailMethod {
     match method {
         Some(Method::Crop) => ThumbnailMethod::Crop,
         _ => ThumbnailMethod::Scale,
@@ -164,17 +164,22 @@ pub async fn legacy_preview(
 
 /// The deprecated unauthenticated downloads answer as if the media did not exist unless the
 /// configuration keeps them (the spec's "freeze" of unauthenticated media).
-fn legacy_allowed(s: &Services) -> Result<(), ApiError> {
-    if s.config.media.legacy_downloads {
-        Ok(())
-    } else {
-        Err(ApiError(Error::not_found("Unauthenticated media downloads are disabled: use /_matrix/client/v1/media")))
+/// `allow_remote=false` keeps them to this server's own media.
+fn legacy_allowed(s: &Services, server: &ruma::ServerName, allow_remote: bool) -> Result<(), ApiError> {
+    if !s.config.media.legacy_downloads {
+        return Err(ApiError(Error::not_found(
+            "Unauthenticated media downloads are disabled: use /_matrix/client/v1/media",
+        )));
     }
+    if !allow_remote && server != s.server_name() {
+        return Err(ApiError(Error::not_found("Remote media not fetched (allow_remote is false)")));
+    }
+    Ok(())
 }
 
 pub async fn legacy_download(State(s): S, req: Ruma<media::get_content::v3::Request>) -> Result<Response, ApiError> {
-    legacy_allowed(&s)?;
     let b = req.body;
+    legacy_allowed(&s, &b.server_name, b.allow_remote)?;
     let d = s.download_media(&b.server_name, &b.media_id, b.timeout_ms).await?;
     Ok(file_response(d, None, false))
 }
@@ -183,8 +188,8 @@ pub async fn legacy_download_as(
     State(s): S,
     req: Ruma<media::get_content_as_filename::v3::Request>,
 ) -> Result<Response, ApiError> {
-    legacy_allowed(&s)?;
     let b = req.body;
+    legacy_allowed(&s, &b.server_name, b.allow_remote)?;
     let d = s.download_media(&b.server_name, &b.media_id, b.timeout_ms).await?;
     Ok(file_response(d, Some(b.filename), false))
 }
@@ -193,8 +198,8 @@ pub async fn legacy_thumbnail(
     State(s): S,
     req: Ruma<media::get_content_thumbnail::v3::Request>,
 ) -> Result<Response, ApiError> {
-    legacy_allowed(&s)?;
     let b = req.body;
+    legacy_allowed(&s, &b.server_name, b.allow_remote)?;
     let (w, h) = (b.width.into(), b.height.into());
     let timeout: Duration = b.timeout_ms;
     let d = s.thumbnail(&b.server_name, &b.media_id, w, h, method_of(b.method.as_ref()), timeout).await?;

@@ -24,7 +24,13 @@ use ruma::{
 };
 
 use super::remote_error;
-use crate::{Error, Result, Services};
+use crate::{
+    outbound::{read_limited, BodyError},
+    Error, Result, Services,
+};
+
+/// The longest answer taken from another server (a `send_join` of a very large room fits).
+const MAX_RESPONSE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// How long a discovered destination is reused.
 const DESTINATION_TTL: Duration = Duration::from_secs(3600);
@@ -244,6 +250,20 @@ impl Services {
     where
         T: OutgoingRequest<PathBuilder = ruma::api::path_builder::SinglePath> + 'static,
     {
+        self.federation_request_within(server, request, MAX_RESPONSE_BYTES).await
+    }
+
+    /// [`Self::federation_request`] whose answer is refused when its body is longer than
+    /// `max_bytes`.
+    pub async fn federation_request_within<T>(
+        &self,
+        server: &ServerName,
+        request: T,
+        max_bytes: u64,
+    ) -> Result<T::IncomingResponse>
+    where
+        T: OutgoingRequest<PathBuilder = ruma::api::path_builder::SinglePath> + 'static,
+    {
         self.check_server_allowed(server)?;
         let destination = self.destination(server).await?;
         let built = self.federation_clients()?;
@@ -275,7 +295,10 @@ impl Services {
         let response = builder.send().await.map_err(|e| remote_error(server, e))?;
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response.bytes().await.map_err(|e| remote_error(server, e))?;
+        let bytes = read_limited(response, max_bytes).await.map_err(|e| match e {
+            BodyError::TooLarge => remote_error(server, format!("the answer is longer than {max_bytes} bytes")),
+            BodyError::Http(e) => remote_error(server, e),
+        })?;
         let mut answer = http::Response::builder().status(status);
         if let Some(h) = answer.headers_mut() {
             *h = headers;

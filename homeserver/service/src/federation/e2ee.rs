@@ -112,12 +112,14 @@ impl Services {
     }
 
     /// Tells the servers sharing a room with a local user that its devices changed: an
-    /// `m.device_list_update` per device (they may also resync through `user/devices`).
+    /// `m.device_list_update` per device, and one with `deleted: true` per deleted device
+    /// (they may also resync through `user/devices`).
     pub(crate) async fn federate_device_list_change(
         &self,
         user: &UserId,
         sharing: &HashSet<OwnedUserId>,
         position: i64,
+        deleted: &[&str],
     ) -> Result<()> {
         if !self.federation_enabled() {
             return Ok(());
@@ -151,6 +153,16 @@ impl Services {
             if let Some(k) = keys.get(&device.device_id) {
                 content["keys"] = serde_json::from_str(k)?;
             }
+            self.enqueue_edu(&servers, json!({ "edu_type": "m.device_list_update", "content": content })).await?;
+        }
+        for device in deleted {
+            let content = json!({
+                "user_id": user,
+                "device_id": device,
+                "stream_id": position,
+                "prev_id": [],
+                "deleted": true,
+            });
             self.enqueue_edu(&servers, json!({ "edu_type": "m.device_list_update", "content": content })).await?;
         }
         Ok(())

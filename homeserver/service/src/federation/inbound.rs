@@ -26,7 +26,7 @@ use ruma::{
     events::{StateEventType, TimelineEventType},
     room_version_rules::{EventIdFormatVersion, RoomVersionRules},
     state_res::{self, StateMap},
-    CanonicalJsonObject, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, ServerName,
+    CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, ServerName,
 };
 use serde_json::value::RawValue;
 
@@ -61,6 +61,81 @@ pub fn room_of(object: &CanonicalJsonObject) -> Result<OwnedRoomId> {
         .and_then(|v| v.as_str())
         .and_then(|s| OwnedRoomId::try_from(s).ok())
         .ok_or_else(|| Error::bad_json("PDU without a valid room_id"))
+}
+
+/// Step 4 of the checks on receipt: `pdu` against its own auth events (`auth` holds them, and
+/// the create event since v12, where it is not among them).
+pub(crate) fn check_auth_events(
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    auth: &HashMap<OwnedEventId, Arc<Pdu>>,
+) -> std::result::Result<(), String> {
+    state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id| auth.get(id).cloned())?;
+    let by_key: HashMap<(StateEventType, String), Arc<Pdu>> = auth
+        .values()
+        .filter_map(|p| Some(((StateEventType::from(p.kind.to_string()), p.state_key.clone()?), p.clone())))
+        .collect();
+    state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |k, s| {
+        by_key.get(&(k.clone(), s.to_owned())).cloned()
+    })
+}
+
+/// The state and auth chain another server gave with a join: every event checked against its
+/// own auth events (among them, or in `known`, events accepted here before), in order of depth,
+/// an event whose auth events were refused being refused too. An error names the first state
+/// event refused.
+pub(crate) fn check_join_state(
+    rules: &RoomVersionRules,
+    room_id: &RoomId,
+    state: &[Arc<Pdu>],
+    auth_chain: &[Arc<Pdu>],
+    known: &HashMap<OwnedEventId, Arc<Pdu>>,
+) -> Result<()> {
+    let given: HashSet<&EventId> = state.iter().chain(auth_chain).map(|p| &*p.event_id).collect();
+    let mut order: Vec<&Arc<Pdu>> = state.iter().chain(auth_chain).collect();
+    order.sort_by(|a, b| (a.depth, a.origin_server_ts, &a.event_id).cmp(&(b.depth, b.origin_server_ts, &b.event_id)));
+    order.dedup_by_key(|p| &p.event_id);
+    // Since v12 the create event is every event's implicit auth event.
+    let create_id = rules
+        .authorization
+        .room_create_event_id_as_room_id
+        .then(|| OwnedEventId::try_from(format!("${}", &room_id.as_str()[1..])).ok())
+        .flatten();
+    let mut accepted: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
+    let mut refused: HashMap<&EventId, String> = HashMap::new();
+    for pdu in order {
+        let mut auth = HashMap::new();
+        let mut missing = None;
+        for id in pdu.auth_events.iter().chain(create_id.as_ref().filter(|c| **c != pdu.event_id)) {
+            // Given but not accepted yet: refused, or placed after this one by its depth.
+            let event = if given.contains(&**id) { accepted.get(id) } else { known.get(id) };
+            match event {
+                Some(p) => {
+                    auth.insert(id.clone(), p.clone());
+                }
+                None => missing = Some(id),
+            }
+        }
+        let verdict = match missing {
+            Some(id) => Err(format!("its auth event {id} is missing or refused")),
+            None => check_auth_events(rules, pdu, &auth),
+        };
+        match verdict {
+            Ok(()) => {
+                accepted.insert(pdu.event_id.clone(), pdu.clone());
+            }
+            Err(reason) => {
+                tracing::info!(event_id = %pdu.event_id, %reason, "refused an event of a join's state");
+                refused.insert(&pdu.event_id, reason);
+            }
+        }
+    }
+    match state.iter().find_map(|p| refused.get(&*p.event_id).map(|r| (&p.event_id, r))) {
+        Some((id, reason)) => {
+            Err(Error::bad_json(format!("The room's state holds an event that fails its rules: {id} ({reason})")))
+        }
+        None => Ok(()),
+    }
 }
 
 impl Services {
@@ -138,16 +213,7 @@ impl Services {
             }
         }
         let reject = |reason: String| Error::forbidden(format!("Event {event_id} rejected: {reason}"));
-        state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| auth.get(id).cloned())
-            .map_err(reject)?;
-        let by_key: HashMap<(StateEventType, String), Arc<Pdu>> = auth
-            .values()
-            .filter_map(|p| Some(((StateEventType::from(p.kind.to_string()), p.state_key.clone()?), p.clone())))
-            .collect();
-        state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |k, s| {
-            by_key.get(&(k.clone(), s.to_owned())).cloned()
-        })
-        .map_err(reject)?;
+        check_auth_events(&rules, &pdu, &auth).map_err(reject)?;
 
         // 5. The state before it, and the checks against it.
         let state_before = Arc::new(self.state_before(origin, version, &pdu, depth).await?);
@@ -165,7 +231,13 @@ impl Services {
                 if let Err(reason) = state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |k, s| {
                     loaded.get(&(k.clone(), s.to_owned())).cloned()
                 }) {
+                    // Kept as an outlier: known (and served) as part of the graph, but neither
+                    // in the timeline nor in the state.
                     tracing::info!(%event_id, %reason, "soft-failed a received event");
+                    let row = (event_id.as_str(), room_id.as_str(), pdu.json.as_str());
+                    let mut tx = self.db.begin().await?;
+                    store::insert_outliers(&mut tx, &[row]).await?;
+                    diplomatie_storage::commit(tx).await?;
                     return Err(Error::forbidden(format!("Event {event_id} soft-failed: {reason}")));
                 }
             }
@@ -312,8 +384,22 @@ impl Services {
         Ok(pdu)
     }
 
-    /// Checks the signatures of events known outside the timeline and stores them.
+    /// Checks signatures and hashes of events known outside the timeline (a join's state, auth
+    /// events), then stores them as outliers.
     pub(crate) async fn store_outliers(
+        &self,
+        version: &RoomVersionId,
+        room_id: &RoomId,
+        objects: Vec<CanonicalJsonObject>,
+    ) -> Result<Vec<Arc<Pdu>>> {
+        let pdus = self.verify_outliers(version, room_id, objects).await?;
+        self.persist_outliers(&pdus).await?;
+        Ok(pdus)
+    }
+
+    /// The events of `objects` whose signatures and hashes hold (an error if one does not),
+    /// each once.
+    pub(crate) async fn verify_outliers(
         &self,
         version: &RoomVersionId,
         room_id: &RoomId,
@@ -339,12 +425,132 @@ impl Services {
             }
             pdus.push(Arc::new(pdu));
         }
-        let rows: Vec<(String, String, String)> =
-            pdus.iter().map(|p| (p.event_id.to_string(), p.room_id.to_string(), p.json.clone())).collect();
-        let refs: Vec<(&str, &str, &str)> = rows.iter().map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str())).collect();
-        let mut tx = self.db.begin().await?;
-        store::insert_outliers(&mut tx, &refs).await?;
-        diplomatie_storage::commit(tx).await?;
         Ok(pdus)
+    }
+
+    pub(crate) async fn persist_outliers(&self, pdus: &[Arc<Pdu>]) -> Result<()> {
+        let rows: Vec<(&str, &str, &str)> =
+            pdus.iter().map(|p| (p.event_id.as_str(), p.room_id.as_str(), p.json.as_str())).collect();
+        let mut tx = self.db.begin().await?;
+        store::insert_outliers(&mut tx, &rows).await?;
+        Ok(diplomatie_storage::commit(tx).await?)
+    }
+
+    /// The state and auth chain another server gave with a join, checked by
+    /// [`check_join_state`] (auth events neither given nor known here count as missing).
+    pub(crate) async fn check_join_state(
+        &self,
+        rules: &RoomVersionRules,
+        room_id: &RoomId,
+        state: &[Arc<Pdu>],
+        auth_chain: &[Arc<Pdu>],
+    ) -> Result<()> {
+        let given: HashSet<&EventId> = state.iter().chain(auth_chain).map(|p| &*p.event_id).collect();
+        let mut known = HashMap::new();
+        for id in state.iter().chain(auth_chain).flat_map(|p| &p.auth_events) {
+            if !given.contains(&**id) && !known.contains_key(id) {
+                if let Some(p) = self.get_pdu(id).await?.filter(|p| p.stream_ordering > 0) {
+                    known.insert(id.clone(), p);
+                }
+            }
+        }
+        check_join_state(rules, room_id, state, auth_chain, &known)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// An event of room `!r:a.test` (version 10), its auth events and depth given.
+    fn event(
+        id: &str,
+        kind: &str,
+        sender: &str,
+        state_key: &str,
+        content: serde_json::Value,
+        auth: &[&str],
+        depth: u64,
+    ) -> Arc<Pdu> {
+        let json = json!({
+            "room_id": "!r:a.test", "type": kind, "sender": sender, "state_key": state_key,
+            "content": content, "auth_events": auth, "prev_events": auth, "depth": depth,
+            "origin_server_ts": depth,
+        });
+        Arc::new(
+            Pdu::from_json(id.try_into().unwrap(), json.to_string(), Some("!r:a.test".try_into().unwrap())).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_join_state_that_breaks_the_rules_is_refused() {
+        let rules = RoomVersionId::V10.rules().unwrap();
+        let room: OwnedRoomId = "!r:a.test".try_into().unwrap();
+        let alice = "@alice:a.test";
+        let create =
+            event("$create", "m.room.create", alice, "", json!({ "creator": alice, "room_version": "10" }), &[], 1);
+        let join = event("$join", "m.room.member", alice, alice, json!({ "membership": "join" }), &["$create"], 2);
+        let pl = event(
+            "$pl",
+            "m.room.power_levels",
+            alice,
+            "",
+            json!({ "users": { alice: 100 } }),
+            &["$create", "$join"],
+            3,
+        );
+        let rules_ev = event(
+            "$jr",
+            "m.room.join_rules",
+            alice,
+            "",
+            json!({ "join_rule": "invite" }),
+            &["$create", "$join", "$pl"],
+            4,
+        );
+        let state = vec![create.clone(), join.clone(), pl.clone(), rules_ev.clone()];
+        let known = HashMap::new();
+        check_join_state(&rules, &room, &state, &state, &known).unwrap();
+
+        // Mallory joins an invite-only room uninvited: the resident server's state is refused.
+        let mallory = "@mallory:evil.test";
+        let intruder = event(
+            "$mallory",
+            "m.room.member",
+            mallory,
+            mallory,
+            json!({ "membership": "join" }),
+            &["$create", "$jr", "$pl"],
+            5,
+        );
+        let mut bad = state.clone();
+        bad.push(intruder.clone());
+        let e = check_join_state(&rules, &room, &bad, &state, &known).unwrap_err();
+        assert!(e.to_string().contains("$mallory"), "{e}");
+
+        // What builds on a refused event is refused with it.
+        let power = event(
+            "$pl2",
+            "m.room.power_levels",
+            mallory,
+            "",
+            json!({ "users": { mallory: 100 } }),
+            &["$create", "$mallory", "$pl"],
+            6,
+        );
+        let mut chain = state.clone();
+        chain.push(intruder);
+        let e =
+            check_join_state(&rules, &room, &[create.clone(), join.clone(), power, rules_ev.clone()], &chain, &known)
+                .unwrap_err();
+        assert!(e.to_string().contains("$pl2"), "{e}");
+
+        // An auth event that is neither given nor known here is missing.
+        let e = check_join_state(&rules, &room, &[join.clone()], &[], &known).unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
+        let known = HashMap::from([(create.event_id.clone(), create)]);
+        check_join_state(&rules, &room, &[join], &[], &known).unwrap();
     }
 }

@@ -354,12 +354,15 @@ impl Services {
         for raw in &answer.state {
             state_objects.push(canonical(raw)?);
         }
-        let state_events = self.store_outliers(&version, room_id, state_objects).await?;
+        let state_events = self.verify_outliers(&version, room_id, state_objects).await?;
         let mut auth_objects = Vec::new();
         for raw in &answer.auth_chain {
             auth_objects.push(canonical(raw)?);
         }
-        self.store_outliers(&version, room_id, auth_objects).await?;
+        let auth_events = self.verify_outliers(&version, room_id, auth_objects).await?;
+        self.check_join_state(&rules, room_id, &state_events, &auth_events).await?;
+        self.persist_outliers(&state_events).await?;
+        self.persist_outliers(&auth_events).await?;
         let mut state = StateMap::new();
         for p in &state_events {
             if let Some(sk) = &p.state_key {

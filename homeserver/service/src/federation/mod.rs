@@ -26,7 +26,7 @@ pub mod transactions;
 
 use std::{collections::HashMap, sync::Mutex};
 
-use ruma::{api::error::ErrorKind, events::StateEventType, OwnedRoomId, RoomId, ServerName};
+use ruma::{events::StateEventType, OwnedRoomId, RoomId, ServerName};
 
 use crate::{Error, Result, Services};
 
@@ -90,5 +90,5 @@ impl Services {
 /// An error of another server, or of reaching it, as this server reports it.
 pub(crate) fn remote_error(server: &ServerName, what: impl std::fmt::Display) -> Error {
     tracing::warn!(%server, error = %what, "federation request failed");
-    Error::new(ErrorKind::Unknown, format!("Request to {server} failed: {what}"))
+    Error::Remote(format!("Request to {server} failed: {what}"))
 }

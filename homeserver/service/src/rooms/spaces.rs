@@ -5,11 +5,14 @@
 //! event's timestamp, then the room id), visits each room once (hierarchies may loop), and
 //! shows a room only to users who could see it from outside: members, or anyone when it is
 //! world readable, public, open to knocks, or restricted to a room the user is joined to. The
-//! children of a room that is not shown are not walked.
+//! children of a room that is not shown are not walked. A room this server does not know is
+//! asked of the servers its `m.space.child` event names (`via`), over federation.
 
 use std::collections::HashSet;
 
-use ruma::{events::StateEventType, OwnedRoomId, RoomId, UserId};
+use ruma::{
+    api::federation::space::get_hierarchy, events::StateEventType, OwnedRoomId, OwnedServerName, RoomId, UserId,
+};
 use serde_json::{json, Value};
 
 use crate::{Error, Result, Services};
@@ -36,6 +39,41 @@ struct Child {
     order: Option<String>,
     ts: i64,
     stripped: Value,
+    /// The servers to ask about the room when this one does not know it.
+    via: Vec<OwnedServerName>,
+}
+
+impl Child {
+    /// A child from its `m.space.child` event (stripped): `None` without a `via`, or when only
+    /// suggested children are wanted and it is not one.
+    fn from_stripped(stripped: Value, suggested_only: bool) -> Option<Child> {
+        let room_id = OwnedRoomId::try_from(stripped.get("state_key")?.as_str()?).ok()?;
+        let content = stripped.get("content")?;
+        let via: Vec<OwnedServerName> = content
+            .get("via")?
+            .as_array()?
+            .iter()
+            .filter_map(|v| OwnedServerName::try_from(v.as_str()?).ok())
+            .collect();
+        if via.is_empty() {
+            return None;
+        }
+        if suggested_only && !content.get("suggested").and_then(Value::as_bool).unwrap_or(false) {
+            return None;
+        }
+        let order = content.get("order").and_then(Value::as_str).filter(|o| valid_order(o)).map(str::to_owned);
+        let ts = stripped.get("origin_server_ts").and_then(Value::as_i64).unwrap_or(0);
+        Some(Child { room_id, order, ts, stripped, via })
+    }
+
+    /// The spec's order: ordered children first (by order), then the rest, each by timestamp
+    /// then room id.
+    fn sort(children: &mut [Child]) {
+        children.sort_by(|a, b| {
+            let key = |c: &Child| (c.order.is_none(), c.order.clone(), c.ts, c.room_id.clone());
+            key(a).cmp(&key(b))
+        });
+    }
 }
 
 /// The spec's `order` key: at most 50 characters between 0x20 and 0x7E.
@@ -60,37 +98,53 @@ impl Services {
                 skip.parse::<usize>().map_err(|_| Error::invalid_param("Unknown pagination token"))?
             }
         };
-        if self.room_meta(root).await?.is_none() || !self.can_peek_room(user, root).await? {
-            return Err(Error::forbidden("You cannot see this space"));
-        }
-
+        // A root this server does not know is asked of the server its id names (up to v11).
+        let root_via: Vec<OwnedServerName> = root.server_name().map(|s| vec![s.to_owned()]).unwrap_or_default();
         let mut rooms = Vec::new();
         let mut seen: HashSet<OwnedRoomId> = HashSet::new();
         let mut shown = 0usize;
-        // A stack of (room, depth); children are pushed in reverse so the first is walked first.
-        let mut stack = vec![(root.to_owned(), 0usize)];
-        while let Some((room_id, depth)) = stack.pop() {
+        // A stack of (room, depth, via); children are pushed in reverse so the first is walked
+        // first.
+        let mut stack = vec![(root.to_owned(), 0usize, root_via)];
+        while let Some((room_id, depth, via)) = stack.pop() {
             if !seen.insert(room_id.clone()) {
                 continue;
             }
-            if self.room_meta(&room_id).await?.is_none() || !self.can_peek_room(user, &room_id).await? {
-                continue;
-            }
-            let children = self.space_children(&room_id, req.suggested_only).await?;
+            let (summary, children) = if self.room_meta(&room_id).await?.is_some() {
+                if !self.can_peek_room(user, &room_id).await? {
+                    if room_id == root {
+                        return Err(Error::forbidden("You cannot see this space"));
+                    }
+                    continue;
+                }
+                (None, self.space_children(&room_id, req.suggested_only).await?)
+            } else {
+                match self.remote_hierarchy(user, &room_id, &via, req.suggested_only).await? {
+                    Some((summary, children)) => (Some(summary), children),
+                    None if room_id == root => return Err(Error::forbidden("You cannot see this space")),
+                    None => continue,
+                }
+            };
             if shown >= skip {
                 if rooms.len() == limit {
                     return Ok(HierarchyPage { rooms, next_batch: Some(format!("{shown}_{options}")) });
                 }
-                let mut summary = self.room_summary(&room_id).await?;
-                summary["children_state"] = Value::Array(children.iter().map(|c| c.stripped.clone()).collect());
-                if let Some(allowed) = self.restricted_allow_rooms(&room_id).await? {
-                    summary["allowed_room_ids"] = json!(allowed);
-                }
+                let summary = match summary {
+                    Some(remote) => remote,
+                    None => {
+                        let mut summary = self.room_summary(&room_id).await?;
+                        summary["children_state"] = Value::Array(children.iter().map(|c| c.stripped.clone()).collect());
+                        if let Some(allowed) = self.restricted_allow_rooms(&room_id).await? {
+                            summary["allowed_room_ids"] = json!(allowed);
+                        }
+                        summary
+                    }
+                };
                 rooms.push(summary);
             }
             shown += 1;
             if depth < max_depth {
-                stack.extend(children.into_iter().rev().map(|c| (c.room_id, depth + 1)));
+                stack.extend(children.into_iter().rev().map(|c| (c.room_id, depth + 1, c.via)));
             }
         }
         Ok(HierarchyPage { rooms, next_batch: None })
@@ -105,31 +159,72 @@ impl Services {
     async fn space_children(&self, room_id: &RoomId, suggested_only: bool) -> Result<Vec<Child>> {
         let state = self.current_state(room_id).await?;
         let mut children = Vec::new();
-        for ((kind, key), event_id) in state.iter() {
+        for ((kind, _), event_id) in state.iter() {
             if *kind != StateEventType::SpaceChild {
                 continue;
             }
-            let Ok(child_id) = OwnedRoomId::try_from(key.as_str()) else { continue };
             let Some(pdu) = self.get_pdu(event_id).await? else { continue };
-            let content = pdu.content_value();
-            if content.get("via").and_then(Value::as_array).is_none_or(|v| v.is_empty()) {
-                continue;
-            }
-            let suggested = content.get("suggested").and_then(Value::as_bool).unwrap_or(false);
-            if suggested_only && !suggested {
-                continue;
-            }
-            let order = content.get("order").and_then(Value::as_str).filter(|o| valid_order(o)).map(str::to_owned);
             let mut stripped = pdu.to_stripped();
             stripped["origin_server_ts"] = json!(pdu.origin_server_ts);
-            children.push(Child { room_id: child_id, order, ts: pdu.origin_server_ts.get().into(), stripped });
+            children.extend(Child::from_stripped(stripped, suggested_only));
         }
-        // Ordered children first (by order), then the rest, each by timestamp then room id.
-        children.sort_by(|a, b| {
-            let key = |c: &Child| (c.order.is_none(), c.order.clone(), c.ts, c.room_id.clone());
-            key(a).cmp(&key(b))
-        });
+        Child::sort(&mut children);
         Ok(children)
+    }
+
+    /// A room this server does not know, asked of `via` (three servers at most): its summary
+    /// (with `children_state`) and children, when `user` may see it from outside (world
+    /// readable, public, open to knocks, or restricted to a room the user is joined to).
+    async fn remote_hierarchy(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        via: &[OwnedServerName],
+        suggested_only: bool,
+    ) -> Result<Option<(Value, Vec<Child>)>> {
+        if !self.federation_enabled() {
+            return Ok(None);
+        }
+        for server in via.iter().filter(|s| *s != self.server_name()).take(3) {
+            let mut request = get_hierarchy::v1::Request::new(room_id.to_owned());
+            request.suggested_only = suggested_only;
+            let room = match self.federation_request(server, request).await {
+                Ok(answer) => answer.room,
+                Err(e) => {
+                    tracing::info!(%room_id, %server, error = %e, "remote hierarchy not available");
+                    continue;
+                }
+            };
+            let summary = serde_json::to_value(&room)?;
+            if summary.get("room_id").and_then(Value::as_str) != Some(room_id.as_str()) {
+                continue;
+            }
+            if !self.may_see_remote_summary(user, &summary).await? {
+                return Ok(None);
+            }
+            let stripped = summary.get("children_state").and_then(Value::as_array).cloned().unwrap_or_default();
+            let mut children: Vec<Child> =
+                stripped.into_iter().filter_map(|c| Child::from_stripped(c, suggested_only)).collect();
+            Child::sort(&mut children);
+            return Ok(Some((summary, children)));
+        }
+        Ok(None)
+    }
+
+    /// Whether `user`, who is not in it, may see a remote room's summary.
+    async fn may_see_remote_summary(&self, user: &UserId, summary: &Value) -> Result<bool> {
+        if summary.get("world_readable").and_then(Value::as_bool) == Some(true) {
+            return Ok(true);
+        }
+        match summary.get("join_rule").and_then(Value::as_str).unwrap_or("public") {
+            "public" | "knock" | "knock_restricted" => Ok(true),
+            "restricted" => {
+                let joined = crate::rooms::joined_rooms(self, user).await?;
+                let allowed = summary.get("allowed_room_ids").and_then(Value::as_array).cloned().unwrap_or_default();
+                Ok(allowed.iter().any(|r| joined.iter().any(|j| r.as_str() == Some(j.as_str()))))
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Whether `user` may see a room's summary from outside.

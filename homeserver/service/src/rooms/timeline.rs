@@ -313,7 +313,8 @@ impl Services {
             .await?
             .filter(|p| p.room() == room_id)
             .ok_or_else(|| Error::not_found("Event not found"))?;
-        if pdu.stream_ordering > until || !self.can_see_event(user, &pdu).await? {
+        // Outliers (state a join brought, soft-failed events) are not in the room's timeline.
+        if pdu.stream_ordering == 0 || pdu.stream_ordering > until || !self.can_see_event(user, &pdu).await? {
             return Err(Error::not_found("Event not found"));
         }
         Ok(pdu)
