@@ -166,3 +166,43 @@ async def test_media_crosses_to_and_from_synapse(federating_server, synapse):
     finally:
         await alice.close()
         await bob.close()
+
+
+@pytest.mark.asyncio
+async def test_history_of_a_synapse_room_is_backfilled(federating_server, synapse):
+    """A room on Synapse with history: after joining, our user reads what was said before
+    (our server asks Synapse's `/backfill` and `/state`)."""
+    import json
+    import urllib.parse
+
+    alice = await register(federating_server.url, "alice")
+    bob = await register(synapse.url, "bob")
+    try:
+        created = await bob.room_create(name="Archives", preset=None)
+        assert isinstance(created, RoomCreateResponse), created
+        room_id = created.room_id
+        for i in range(12):
+            sent = await bob.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": f"avant {i}"})
+            assert isinstance(sent, RoomSendResponse), sent
+        invited = await bob.room_invite(room_id, alice.user_id)
+        assert isinstance(invited, RoomInviteResponse), invited
+        await sync_until(alice, lambda r: room_id in r.rooms.invite, "invite from Synapse")
+        joined = await alice.join(room_id)
+        assert isinstance(joined, JoinResponse), joined
+
+        bodies, frm = [], None
+        for _ in range(20):
+            path = f"/_matrix/client/v3/rooms/{urllib.parse.quote(room_id)}/messages?dir=b&limit=5"
+            if frm:
+                path += "&from=" + urllib.parse.quote(frm)
+            status, _, body = await http(alice, "GET", path)
+            assert status == 200, body
+            page = json.loads(body)
+            bodies += [e["content"]["body"] for e in page["chunk"] if e["type"] == "m.room.message"]
+            frm = page.get("end")
+            if frm is None:
+                break
+        assert bodies == [f"avant {i}" for i in reversed(range(12))], bodies
+    finally:
+        await alice.close()
+        await bob.close()

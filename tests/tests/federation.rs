@@ -15,6 +15,7 @@ backend_tests!(
     knocking_across_servers,
     a_space_seen_from_another_server,
     media_travels_between_servers,
+    history_before_a_join_is_backfilled,
     a_space_lists_rooms_of_another_server,
     the_outbound_queue_survives_restarts,
 );
@@ -683,4 +684,72 @@ async fn a_space_lists_rooms_of_another_server(backend: Backend) {
     let remote = rooms.iter().find(|r| r["room_id"] == open.as_str()).unwrap();
     assert_eq!((remote["topic"].as_str(), remote["num_joined_members"].as_u64()), (Some("Ouverte"), Some(1)), "{v}");
     assert!(!rooms.iter().any(|r| r["room_id"] == closed.as_str()), "{v}");
+}
+
+/// Every page of `/messages` backwards from the end (until no `end`), events newest first.
+async fn all_messages_backwards(client: &Client, room: &str, limit: usize) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut from: Option<String> = None;
+    for _ in 0..50 {
+        let mut path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit={limit}", urlencode(room));
+        if let Some(f) = &from {
+            path.push_str(&format!("&from={}", urlencode(f)));
+        }
+        let v = client.ok(Method::GET, &path, None).await;
+        events.extend(v["chunk"].as_array().cloned().unwrap_or_default());
+        match v["end"].as_str() {
+            Some(end) => from = Some(end.to_owned()),
+            None => return events,
+        }
+    }
+    panic!("pagination never ended");
+}
+
+/// B joins a room with history: paginating back past the join, Bob reads what was said before
+/// (A's `/backfill`), in order, down to the room's creation; unless the room shows its history
+/// to joined members only.
+async fn history_before_a_join_is_backfilled(backend: Backend) {
+    let a = TestServer::start_federating(backend, &[]).await;
+    let b = TestServer::start_federating(backend, &[]).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let via = urlencode(&a.server_name);
+
+    let room = alice.create_room(json!({ "preset": "public_chat", "name": "Archives" })).await;
+    for i in 0..30 {
+        alice.send_text(&room, &format!("avant {i}")).await;
+    }
+    let path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/");
+    alice.ok(Method::PUT, &path, Some(&json!({ "topic": "Historique" }))).await;
+    bob.ok(Method::POST, &format!("/_matrix/client/v3/join/{}?via={via}", urlencode(&room)), Some(&json!({}))).await;
+    bob.send_text(&room, "après").await;
+
+    let events = all_messages_backwards(&bob, &room, 7).await;
+    let bodies: Vec<&str> = events.iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    let expected: Vec<String> =
+        std::iter::once("après".to_owned()).chain((0..30).rev().map(|i| format!("avant {i}"))).collect();
+    assert_eq!(bodies, expected, "{events:?}");
+    assert_eq!(events.last().unwrap()["type"], "m.room.create", "down to the creation");
+    assert!(events.iter().any(|e| e["type"] == "m.room.topic" && e["content"]["topic"] == "Historique"));
+    let ids: std::collections::HashSet<&str> = events.iter().filter_map(|e| e["event_id"].as_str()).collect();
+    assert_eq!(ids.len(), events.len(), "each event once");
+    // A backfilled event is readable on its own too.
+    let first = events.iter().find(|e| e["content"]["body"] == "avant 0").unwrap();
+    let (status, v) = event_seen(&bob, &room, first["event_id"].as_str().unwrap()).await;
+    assert_eq!((status, v["content"]["body"].as_str()), (200, Some("avant 0")), "{v}");
+    // Paginating again asks nothing more and finds the same.
+    assert_eq!(all_messages_backwards(&bob, &room, 50).await.len(), events.len());
+
+    // History shown to joined members only stays hidden.
+    let closed = alice
+        .create_room(json!({
+            "preset": "public_chat",
+            "initial_state": [{ "type": "m.room.history_visibility", "state_key": "", "content": { "history_visibility": "joined" } }],
+        }))
+        .await;
+    alice.send_text(&closed, "entre nous").await;
+    bob.ok(Method::POST, &format!("/_matrix/client/v3/join/{}?via={via}", urlencode(&closed)), Some(&json!({}))).await;
+    let events = all_messages_backwards(&bob, &closed, 10).await;
+    assert!(!events.iter().any(|e| e["content"]["body"] == "entre nous"), "{events:?}");
+    assert!(events.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str()));
 }

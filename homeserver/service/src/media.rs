@@ -70,13 +70,15 @@ pub fn is_inline(content_type: &str) -> bool {
     INLINE_CONTENT_TYPES.contains(&essence.as_str())
 }
 
+type FetchLock = Arc<tokio::sync::Mutex<()>>;
+
 /// Files on disk, content-addressed, and the signal that wakes downloads waiting for an
 /// upload.
 pub struct MediaState {
     dir: PathBuf,
     uploaded: tokio::sync::watch::Sender<u64>,
     /// One lock per remote media being fetched, so that concurrent downloads fetch it once.
-    fetching: std::sync::Mutex<HashMap<(OwnedServerName, String), Arc<tokio::sync::Mutex<()>>>>,
+    fetching: std::sync::Mutex<HashMap<(OwnedServerName, String), FetchLock>>,
     /// The client that follows another server's redirection to its media (`Location`).
     redirect_client: OnceLock<reqwest::Client>,
 }

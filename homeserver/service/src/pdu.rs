@@ -154,6 +154,13 @@ impl Pdu {
         v.get_mut(field).map(Value::take)
     }
 
+    /// Whether the event is in the room's timeline here (with a stream position and a state),
+    /// rather than an outlier known outside it. History fetched from other servers has
+    /// positions below zero.
+    pub fn in_timeline(&self) -> bool {
+        self.stream_ordering != 0
+    }
+
     pub fn membership(&self) -> Option<String> {
         (self.kind == TimelineEventType::RoomMember)
             .then(|| self.content_field("membership"))

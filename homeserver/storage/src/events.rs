@@ -304,3 +304,21 @@ pub async fn events_of_types_after<'e>(
     }
     Ok(q.fetch_all(e).await?.into_iter().map(from_row).collect())
 }
+
+/// The lowest stream position of any event (0 when there are none below 1): history fetched
+/// from other servers takes positions below it.
+pub async fn min_stream_ordering<'e>(e: impl Exec<'e>) -> Result<i64> {
+    let row: (Option<i64>,) = sqlx::query_as("SELECT MIN(stream_ordering) FROM events").fetch_one(e).await?;
+    Ok(row.0.unwrap_or(0).min(0))
+}
+
+/// The room's event with the lowest stream position (its oldest known here).
+pub async fn oldest_room_event<'e>(e: impl Exec<'e>, room_id: &str) -> Result<Option<StoredEvent>> {
+    let row: Option<EventRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM events WHERE room_id = $1 ORDER BY stream_ordering ASC LIMIT 1"
+    ))
+    .bind(room_id)
+    .fetch_optional(e)
+    .await?;
+    Ok(row.map(from_row))
+}

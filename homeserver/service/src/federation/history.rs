@@ -52,7 +52,7 @@ impl Services {
         let pdu = self
             .get_pdu(event_id)
             .await?
-            .filter(|p| p.room_id == room_id && p.stream_ordering > 0)
+            .filter(|p| p.room_id == room_id && p.in_timeline())
             .ok_or_else(|| Error::not_found("Unknown event"))?;
         if pdu.state_key.is_none() {
             return Ok((*self.state_map(pdu.state_group).await?).clone());
@@ -60,7 +60,7 @@ impl Services {
         let meta = self.known_room(room_id).await?;
         let mut maps = Vec::new();
         for prev in &pdu.prev_events {
-            if let Some(p) = self.get_pdu(prev).await?.filter(|p| p.stream_ordering > 0) {
+            if let Some(p) = self.get_pdu(prev).await?.filter(|p| p.in_timeline()) {
                 maps.push((*self.state_map(p.state_group).await?).clone());
             }
         }
@@ -128,7 +128,7 @@ impl Services {
                 continue;
             }
             let Some(p) = self.get_pdu(&id).await? else { continue };
-            if p.room_id != room_id || p.stream_ordering <= 0 || u64::from(p.depth) < min_depth {
+            if p.room_id != room_id || !p.in_timeline() || u64::from(p.depth) < min_depth {
                 continue;
             }
             for prev in &p.prev_events {

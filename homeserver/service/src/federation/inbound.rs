@@ -63,6 +63,15 @@ pub fn room_of(object: &CanonicalJsonObject) -> Result<OwnedRoomId> {
         .ok_or_else(|| Error::bad_json("PDU without a valid room_id"))
 }
 
+/// Since v12 the create event is not among an event's auth events, and carries no room id:
+/// the room id names it. `None` before v12.
+pub(crate) fn implicit_create_id(rules: &RoomVersionRules, room_id: &RoomId) -> Option<OwnedEventId> {
+    if !rules.authorization.room_create_event_id_as_room_id {
+        return None;
+    }
+    OwnedEventId::try_from(format!("${}", &room_id.as_str()[1..])).ok()
+}
+
 /// Step 4 of the checks on receipt: `pdu` against its own auth events (`auth` holds them, and
 /// the create event since v12, where it is not among them).
 pub(crate) fn check_auth_events(
@@ -95,12 +104,7 @@ pub(crate) fn check_join_state(
     let mut order: Vec<&Arc<Pdu>> = state.iter().chain(auth_chain).collect();
     order.sort_by(|a, b| (a.depth, a.origin_server_ts, &a.event_id).cmp(&(b.depth, b.origin_server_ts, &b.event_id)));
     order.dedup_by_key(|p| &p.event_id);
-    // Since v12 the create event is every event's implicit auth event.
-    let create_id = rules
-        .authorization
-        .room_create_event_id_as_room_id
-        .then(|| OwnedEventId::try_from(format!("${}", &room_id.as_str()[1..])).ok())
-        .flatten();
+    let create_id = implicit_create_id(rules, room_id);
     let mut accepted: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
     let mut refused: HashMap<&EventId, String> = HashMap::new();
     for pdu in order {
@@ -176,7 +180,7 @@ impl Services {
         let room_id = room_of(&object)?;
         let event_id = event_id_of(&object, &rules)?;
         if let Some(known) = self.get_pdu(&event_id).await? {
-            if known.stream_ordering > 0 {
+            if known.in_timeline() {
                 let state = self.state_map(known.state_group).await?;
                 return Ok((known, state));
             }
@@ -200,10 +204,7 @@ impl Services {
             };
             auth.insert(id.clone(), event);
         }
-        // Since v12 the create event is not among the auth events: the room id names it.
-        if rules.authorization.room_create_event_id_as_room_id {
-            let create_id =
-                OwnedEventId::try_from(format!("${}", &room_id.as_str()[1..])).map_err(|_| Error::Internal)?;
+        if let Some(create_id) = implicit_create_id(&rules, &room_id) {
             if let std::collections::hash_map::Entry::Vacant(slot) = auth.entry(create_id.clone()) {
                 let create = match self.get_pdu(&create_id).await? {
                     Some(p) => p,
@@ -288,7 +289,7 @@ impl Services {
     ) -> Result<StateMap<OwnedEventId>> {
         let mut missing: Vec<OwnedEventId> = Vec::new();
         for id in &pdu.prev_events {
-            if self.get_pdu(id).await?.is_none_or(|p| p.stream_ordering <= 0) {
+            if self.get_pdu(id).await?.is_none_or(|p| !p.in_timeline()) {
                 missing.push(id.clone());
             }
         }
@@ -298,7 +299,7 @@ impl Services {
         let mut maps = Vec::new();
         for id in &pdu.prev_events {
             match self.get_pdu(id).await? {
-                Some(p) if p.stream_ordering > 0 => maps.push((*self.state_map(p.state_group).await?).clone()),
+                Some(p) if p.in_timeline() => maps.push((*self.state_map(p.state_group).await?).clone()),
                 _ => maps.push(self.state_at_remote_event(origin, version, &pdu.room_id, id).await?),
             }
         }
@@ -449,7 +450,7 @@ impl Services {
         let mut known = HashMap::new();
         for id in state.iter().chain(auth_chain).flat_map(|p| &p.auth_events) {
             if !given.contains(&**id) && !known.contains_key(id) {
-                if let Some(p) = self.get_pdu(id).await?.filter(|p| p.stream_ordering > 0) {
+                if let Some(p) = self.get_pdu(id).await?.filter(|p| p.in_timeline()) {
                     known.insert(id.clone(), p);
                 }
             }
@@ -548,7 +549,7 @@ mod tests {
         assert!(e.to_string().contains("$pl2"), "{e}");
 
         // An auth event that is neither given nor known here is missing.
-        let e = check_join_state(&rules, &room, &[join.clone()], &[], &known).unwrap_err();
+        let e = check_join_state(&rules, &room, std::slice::from_ref(&join), &[], &known).unwrap_err();
         assert!(e.to_string().contains("missing"), "{e}");
         let known = HashMap::from([(create.event_id.clone(), create)]);
         check_join_state(&rules, &room, &[join], &[], &known).unwrap();

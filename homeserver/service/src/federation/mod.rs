@@ -12,6 +12,7 @@
 //! Every exchange with another server first asks [`Services::check_server_allowed`]: federation
 //! must be enabled and the server on the allow-list (when there is one).
 
+pub mod backfill;
 pub mod client;
 pub mod e2ee;
 pub mod history;

@@ -65,6 +65,9 @@ pub struct RoomCaches {
     /// Transaction ids of recent sends, so that a retry racing its original is recognised.
     recent_txns: Mutex<LruCache<TxnKey, OwnedEventId>>,
     last_create_ts: AtomicI64,
+    /// The lowest stream position given out (history from other servers goes below it);
+    /// read from the database at first use.
+    backfill_low: tokio::sync::Mutex<Option<i64>>,
 }
 
 impl RoomCaches {
@@ -90,6 +93,7 @@ impl Default for RoomCaches {
             queue: Mutex::default(),
             recent_txns: Mutex::new(crate::lru(10_000)),
             last_create_ts: AtomicI64::new(0),
+            backfill_low: tokio::sync::Mutex::default(),
         }
     }
 }
@@ -552,6 +556,25 @@ struct EventRow {
     json: String,
 }
 
+impl EventRow {
+    fn as_new(&self) -> ev_store::NewEvent<'_> {
+        ev_store::NewEvent {
+            stream_ordering: self.stream_ordering,
+            event_id: &self.event_id,
+            room_id: &self.room_id,
+            sender: &self.sender,
+            event_type: &self.event_type,
+            state_key: self.state_key.as_deref(),
+            depth: self.depth,
+            origin_server_ts: self.origin_server_ts,
+            state_group: self.state_group,
+            rel_type: self.relation.as_ref().map(|x| x.0.as_str()),
+            relates_to: self.relation.as_ref().map(|x| x.1.as_str()),
+            json: &self.json,
+        }
+    }
+}
+
 impl<'a> RoomWriter<'a> {
     fn new(
         services: &'a Services,
@@ -965,23 +988,7 @@ impl<'a> RoomWriter<'a> {
             state_store::replace_current_state(&mut tx, resolved.as_str(), &refs, write.position()).await?;
         }
         // The rows, the transaction ids, each room's new forward extremity, the notifications.
-        let new_events: Vec<ev_store::NewEvent<'_>> = rows
-            .iter()
-            .map(|r| ev_store::NewEvent {
-                stream_ordering: r.stream_ordering,
-                event_id: &r.event_id,
-                room_id: &r.room_id,
-                sender: &r.sender,
-                event_type: &r.event_type,
-                state_key: r.state_key.as_deref(),
-                depth: r.depth,
-                origin_server_ts: r.origin_server_ts,
-                state_group: r.state_group,
-                rel_type: r.relation.as_ref().map(|x| x.0.as_str()),
-                relates_to: r.relation.as_ref().map(|x| x.1.as_str()),
-                json: &r.json,
-            })
-            .collect();
+        let new_events: Vec<ev_store::NewEvent<'_>> = rows.iter().map(EventRow::as_new).collect();
         ev_store::insert_events(&mut tx, &new_events).await?;
         let txn_rows: Vec<(&str, &str, &str, &str)> =
             txns.iter().map(|[u, d, t, e]| (u.as_str(), d.as_str(), t.as_str(), e.as_str())).collect();

@@ -12,6 +12,8 @@ use ruma::{
     OwnedEventId, RoomId, RoomVersionId, UserId,
 };
 
+use diplomatie_storage::events as ev_store;
+
 use super::{find_pdu, relation_of, state_rows, EventRow, PendingWrite, RoomMeta, RoomWriter, MAX_STATE_CHAIN};
 use crate::{Error, Pdu, Result, Services};
 
@@ -49,6 +51,121 @@ impl Services {
             ts: crate::now_ms(),
         });
         Ok(writer)
+    }
+}
+
+impl Services {
+    /// Stores history from another server, older than every event of the room here
+    /// (`/backfill`): `events` oldest first, `state_before` the room state before the first.
+    /// Each event's state is the one before it plus itself (history taken as a line). They take
+    /// stream positions below all others, so that they are read by paginating backwards and
+    /// never by `/sync`, and change nothing else: not the current state, the forward
+    /// extremities, notifications or unread counts. One transaction.
+    pub(crate) async fn store_backfilled(
+        &self,
+        room_id: &RoomId,
+        state_before: StateMap<OwnedEventId>,
+        events: Vec<Pdu>,
+    ) -> Result<Vec<Arc<Pdu>>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let first = {
+            let mut low = self.rooms.backfill_low.lock().await;
+            let current = match *low {
+                Some(l) => l,
+                None => ev_store::min_stream_ordering(self.db.pool()).await?,
+            };
+            let first = current - events.len() as i64;
+            *low = Some(first);
+            first
+        };
+        let mut writes = Vec::new();
+        let mut new_states = Vec::new();
+        let mut rows = Vec::new();
+        let mut stored = Vec::new();
+        let mut state = Arc::new(state_before);
+        let mut group: Option<(i64, i64)> = None;
+        for (i, mut pdu) in events.into_iter().enumerate() {
+            let kind = pdu.kind.to_string();
+            if let Some(sk) = &pdu.state_key {
+                let mut map = (*state).clone();
+                map.insert((StateEventType::from(kind.clone()), sk.clone()), pdu.event_id.clone());
+                state = Arc::new(map);
+            }
+            let (id, chain) = match group {
+                Some((id, chain)) if pdu.state_key.is_none() => (id, chain),
+                Some((prev, chain)) if chain < MAX_STATE_CHAIN => {
+                    let id = self.next_state_group().await?;
+                    let sk = pdu.state_key.clone().unwrap_or_default();
+                    let delta = vec![[kind.clone(), sk, pdu.event_id.to_string()]];
+                    writes.push(PendingWrite::StateGroup {
+                        id,
+                        room_id: room_id.to_string(),
+                        prev: Some(prev),
+                        chain_length: chain + 1,
+                        delta,
+                    });
+                    (id, chain + 1)
+                }
+                _ => {
+                    let id = self.next_state_group().await?;
+                    let delta = state_rows(&state);
+                    writes.push(PendingWrite::StateGroup {
+                        id,
+                        room_id: room_id.to_string(),
+                        prev: None,
+                        chain_length: 0,
+                        delta,
+                    });
+                    (id, 0)
+                }
+            };
+            if group.is_none_or(|(g, _)| g != id) {
+                new_states.push((id, state.clone()));
+            }
+            group = Some((id, chain));
+            let mut value: serde_json::Value = serde_json::from_str(&pdu.json).map_err(|_| Error::Internal)?;
+            if let Some(o) = value.as_object_mut() {
+                o.remove("unsigned");
+            }
+            pdu.json = serde_json::to_string(&value).map_err(|_| Error::Internal)?;
+            pdu.unsigned.clear();
+            pdu.stream_ordering = first + i as i64;
+            pdu.state_group = id;
+            rows.push(EventRow {
+                stream_ordering: pdu.stream_ordering,
+                event_id: pdu.event_id.to_string(),
+                room_id: room_id.to_string(),
+                sender: pdu.sender.to_string(),
+                event_type: kind,
+                state_key: pdu.state_key.clone(),
+                depth: i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX),
+                origin_server_ts: i64::from(pdu.origin_server_ts.get()),
+                state_group: id,
+                relation: relation_of(&pdu),
+                json: pdu.json.clone(),
+            });
+            stored.push(Arc::new(pdu));
+        }
+        let mut tx = self.db.begin().await?;
+        for w in &writes {
+            w.run(&mut tx).await?;
+        }
+        let new_events: Vec<ev_store::NewEvent<'_>> = rows.iter().map(EventRow::as_new).collect();
+        ev_store::insert_events(&mut tx, &new_events).await?;
+        diplomatie_storage::commit(tx).await?;
+        {
+            let mut states = self.rooms.states.lock().unwrap();
+            for (id, map) in new_states {
+                states.put(id, map);
+            }
+        }
+        let mut cache = self.rooms.events.lock().unwrap();
+        for pdu in &stored {
+            cache.put(pdu.event_id.clone(), pdu.clone());
+        }
+        Ok(stored)
     }
 }
 

@@ -314,7 +314,7 @@ impl Services {
             .filter(|p| p.room() == room_id)
             .ok_or_else(|| Error::not_found("Event not found"))?;
         // Outliers (state a join brought, soft-failed events) are not in the room's timeline.
-        if pdu.stream_ordering == 0 || pdu.stream_ordering > until || !self.can_see_event(user, &pdu).await? {
+        if !pdu.in_timeline() || pdu.stream_ordering > until || !self.can_see_event(user, &pdu).await? {
             return Err(Error::not_found("Event not found"));
         }
         Ok(pdu)
@@ -413,13 +413,21 @@ impl Services {
         let from_pos = match from {
             Some(t) => parse_token(t)?,
             None if backwards => until,
-            None => 0,
+            // History fetched from other servers lies below zero.
+            None => i64::MIN,
         };
         let to_pos = to.map(parse_token).transpose()?;
         let (events, next) = if backwards {
             let hi = from_pos.min(until);
-            let lo = to_pos.unwrap_or(0);
-            self.visible_page(user, room_id, Window { from: lo, to: hi, backwards: true, limit }, filter).await?
+            let lo = to_pos.unwrap_or(i64::MIN);
+            let window = Window { from: lo, to: hi, backwards: true, limit };
+            let (events, next) = self.visible_page(user, room_id, window, filter).await?;
+            // At the start of what this server holds: ask the room's other servers for more.
+            if next.is_none() && to_pos.is_none() && events.len() < limit && self.backfill(room_id, limit).await? > 0 {
+                self.visible_page(user, room_id, window, filter).await?
+            } else {
+                (events, next)
+            }
         } else {
             let hi = to_pos.unwrap_or(i64::MAX).min(until);
             self.visible_page(user, room_id, Window { from: from_pos, to: hi, backwards: false, limit }, filter).await?

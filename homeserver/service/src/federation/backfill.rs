@@ -1,0 +1,189 @@
+//! History older than what this server holds of a room (server-server spec, "Backfilling"):
+//! when a client paginates back to the oldest event here, the room's other servers are asked
+//! for the events before it (`/backfill`).
+//!
+//! Each event is checked as on receipt, as far as history allows: signatures and content hash
+//! (an altered event is kept redacted), then authorisation against its own auth events (those
+//! not known here are fetched). The state before the oldest one comes from `/state` (checked
+//! like a join's); from there each event's state is the one before it plus itself. Events that
+//! fail are left out; the rest are stored below every stream position of the room
+//! (`Services::store_backfilled`), so that only backward pagination reads them.
+
+use std::{collections::HashMap, sync::Arc};
+
+use ruma::{
+    api::federation::{backfill::get_backfill, event::get_room_state},
+    events::StateEventType,
+    state_res::StateMap,
+    OwnedEventId, OwnedServerName, RoomId, RoomVersionId, ServerName, UInt,
+};
+use serde_json::value::RawValue;
+
+use super::inbound::{canonical, check_auth_events, event_id_of, implicit_create_id, room_of};
+use crate::{Error, Pdu, Result, Services};
+
+/// The most events asked for at once.
+const MAX_BACKFILL: usize = 100;
+
+impl Services {
+    /// Asks the room's other servers for up to `limit` events before the oldest one held here;
+    /// answers how many were added. A failure of theirs adds nothing and is not an error.
+    pub(crate) async fn backfill(&self, room_id: &RoomId, limit: usize) -> Result<usize> {
+        if !self.federation_enabled() {
+            return Ok(0);
+        }
+        let Some(meta) = self.room_meta(room_id).await? else { return Ok(0) };
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().await;
+        let pool = self.db.pool();
+        let Some(oldest) = diplomatie_storage::events::oldest_room_event(pool, room_id.as_str()).await? else {
+            return Ok(0);
+        };
+        let oldest = Pdu::from_stored(oldest)?;
+        let mut missing = Vec::new();
+        for prev in &oldest.prev_events {
+            if !self.get_pdu(prev).await?.is_some_and(|p| p.in_timeline()) {
+                missing.push(prev.clone());
+            }
+        }
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let servers: Vec<OwnedServerName> = self
+            .servers_in_room(room_id)
+            .await?
+            .into_iter()
+            .filter(|s| s != self.server_name() && self.check_server_allowed(s).is_ok())
+            .collect();
+        let limit = UInt::new_saturating(limit.clamp(1, MAX_BACKFILL) as u64);
+        for server in servers.iter().take(3) {
+            let request = get_backfill::v1::Request::new(room_id.to_owned(), missing.clone(), limit);
+            let pdus = match self.federation_request(server, request).await {
+                Ok(answer) => answer.pdus,
+                Err(e) => {
+                    tracing::info!(%room_id, %server, error = %e, "backfill failed");
+                    continue;
+                }
+            };
+            match self.take_backfilled(server, &meta.version, room_id, &pdus).await {
+                Ok(n) => {
+                    tracing::info!(%room_id, %server, events = n, "backfilled");
+                    return Ok(n);
+                }
+                Err(e) => tracing::info!(%room_id, %server, error = %e, "backfilled events refused"),
+            }
+        }
+        Ok(0)
+    }
+
+    /// Checks and stores what `server` answered to `/backfill`; answers how many were kept.
+    async fn take_backfilled(
+        &self,
+        server: &ServerName,
+        version: &RoomVersionId,
+        room_id: &RoomId,
+        pdus: &[Box<RawValue>],
+    ) -> Result<usize> {
+        let rules = version.rules().ok_or(Error::Internal)?;
+        let create_id = implicit_create_id(&rules, room_id);
+        let mut batch: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
+        for raw in pdus {
+            let Ok(object) = canonical(raw) else { continue };
+            let event_id = event_id_of(&object, &rules)?;
+            let of_room = match room_of(&object) {
+                Ok(r) => r == room_id,
+                Err(_) => create_id.as_ref() == Some(&event_id),
+            };
+            if !of_room {
+                continue;
+            }
+            if batch.contains_key(&event_id) || self.get_pdu(&event_id).await?.is_some_and(|p| p.in_timeline()) {
+                continue;
+            }
+            let object = match self.verify_pdu(&object, version).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::info!(%event_id, error = %e, "backfilled event refused");
+                    continue;
+                }
+            };
+            let json = serde_json::to_string(&object).map_err(|_| Error::Internal)?;
+            let pdu = Pdu::from_received(event_id.clone(), json, Some(room_id.to_owned()))?;
+            batch.insert(event_id, Arc::new(pdu));
+        }
+        let mut order: Vec<Arc<Pdu>> = batch.values().cloned().collect();
+        order.sort_by(|a, b| {
+            (a.depth, a.origin_server_ts, &a.event_id).cmp(&(b.depth, b.origin_server_ts, &b.event_id))
+        });
+
+        // Authorisation against each event's own auth events: the batch's accepted ones, those
+        // known here, or fetched.
+        let mut accepted: Vec<Arc<Pdu>> = Vec::new();
+        for pdu in order {
+            let mut auth = HashMap::new();
+            let mut refused = None;
+            for id in pdu.auth_events.iter().chain(create_id.as_ref().filter(|c| **c != pdu.event_id)) {
+                let event = if let Some(p) = accepted.iter().find(|p| p.event_id == *id) {
+                    Some(p.clone())
+                } else if batch.contains_key(id) {
+                    // In the batch but refused (or placed after it by its depth).
+                    None
+                } else {
+                    match self.get_pdu(id).await? {
+                        Some(p) => Some(p),
+                        None => self.fetch_outlier(server, version, room_id, id).await.ok(),
+                    }
+                };
+                match event {
+                    Some(p) => {
+                        auth.insert(id.clone(), p);
+                    }
+                    None => refused = Some(format!("auth event {id} unavailable")),
+                }
+            }
+            let verdict = match refused {
+                Some(reason) => Err(reason),
+                None => check_auth_events(&rules, &pdu, &auth),
+            };
+            match verdict {
+                Ok(()) => accepted.push(pdu),
+                Err(reason) => tracing::info!(event_id = %pdu.event_id, %reason, "backfilled event refused"),
+            }
+        }
+        let Some(first) = accepted.first() else { return Ok(0) };
+
+        // The state before the oldest: nothing before the create event, else as `server` says.
+        let state_before = if first.prev_events.is_empty() {
+            StateMap::new()
+        } else {
+            self.remote_state_before(server, version, first).await?
+        };
+        let events: Vec<Pdu> = accepted.iter().map(|p| (**p).clone()).collect();
+        Ok(self.store_backfilled(room_id, state_before, events).await?.len())
+    }
+
+    /// The room state before `pdu` as `server` gives it (`/state`), its events checked like a
+    /// join's state and kept as outliers.
+    async fn remote_state_before(
+        &self,
+        server: &ServerName,
+        version: &RoomVersionId,
+        pdu: &Pdu,
+    ) -> Result<StateMap<OwnedEventId>> {
+        let rules = version.rules().ok_or(Error::Internal)?;
+        let request = get_room_state::v1::Request::new(pdu.event_id.clone(), pdu.room_id.clone());
+        let answer = self.federation_request(server, request).await?;
+        let objects = |raws: &[Box<RawValue>]| raws.iter().map(|r| canonical(r)).collect::<Result<Vec<_>>>();
+        let state = self.verify_outliers(version, &pdu.room_id, objects(&answer.pdus)?).await?;
+        let auth_chain = self.verify_outliers(version, &pdu.room_id, objects(&answer.auth_chain)?).await?;
+        self.check_join_state(&rules, &pdu.room_id, &state, &auth_chain).await?;
+        self.persist_outliers(&state).await?;
+        self.persist_outliers(&auth_chain).await?;
+        Ok(state
+            .iter()
+            .filter_map(|p| {
+                Some(((StateEventType::from(p.kind.to_string()), p.state_key.clone()?), p.event_id.clone()))
+            })
+            .collect())
+    }
+}
