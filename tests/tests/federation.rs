@@ -15,6 +15,7 @@ backend_tests!(
     knocking_across_servers,
     a_space_seen_from_another_server,
     media_travels_between_servers,
+    every_room_version_federates,
     history_before_a_join_is_backfilled,
     a_space_lists_rooms_of_another_server,
     the_outbound_queue_survives_restarts,
@@ -752,4 +753,27 @@ async fn history_before_a_join_is_backfilled(backend: Backend) {
     let events = all_messages_backwards(&bob, &closed, 10).await;
     assert!(!events.iter().any(|e| e["content"]["body"] == "entre nous"), "{events:?}");
     assert!(events.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str()));
+}
+
+/// Rooms of every version the server offers are joined across servers and carry messages both
+/// ways (v1 and v2 name events `$id:server` and reference them with their hashes; v3 onwards
+/// by their hash; v12 names the room by its create event).
+async fn every_room_version_federates(backend: Backend) {
+    let a = TestServer::start_federating(backend, &[]).await;
+    let b = TestServer::start_federating(backend, &[]).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let via = urlencode(&a.server_name);
+    for version in ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"] {
+        let room = alice.create_room(json!({ "preset": "public_chat", "room_version": version })).await;
+        let (status, v) =
+            bob.post(&format!("/_matrix/client/v3/join/{}?via={via}", urlencode(&room)), &json!({})).await;
+        assert_eq!(status, 200, "v{version}: {v}");
+        let from_a = format!("de A en v{version}");
+        alice.send_text(&room, &from_a).await;
+        sync_until(&bob, &format!("v{version} message on B"), |v| has_message(v, &room, &from_a)).await;
+        let from_b = format!("de B en v{version}");
+        bob.send_text(&room, &from_b).await;
+        sync_until(&alice, &format!("v{version} message on A"), |v| has_message(v, &room, &from_b)).await;
+    }
 }

@@ -485,7 +485,7 @@ impl Services {
     }
 }
 
-/// Password hashing is deliberately slow and takes 19 MiB a hash: at most one per core runs at a
+/// Password hashing is deliberately slow and takes 7 MiB a hash: at most one per core runs at a
 /// time, so that a burst of logins neither starves the server nor inflates its memory.
 static HASHING: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
     tokio::sync::Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))

@@ -73,4 +73,27 @@ async fn encrypted_room_with_synapse(backend: Backend) {
     let bob_room = bob.get_room(room.room_id()).unwrap();
     bob_room.send(RoomMessageEventContent::text_plain("Verschlüsselt erhalten")).await.expect("reply");
     receive(&alice, &mut alice_rx, "Verschlüsselt erhalten", &synapse).await;
+
+    // Alice's new device reaches Synapse's copy of her device list, and so does its deletion
+    // (an `m.device_list_update` with `deleted: true`).
+    let alice_id = alice.user_id().unwrap().to_owned();
+    let (tablet, _) = login(&ours.base, "alice", "ALICETAB").await;
+    let device_seen = |present: bool| {
+        let bob = bob.clone();
+        let alice_id = alice_id.clone();
+        async move {
+            for _ in 0..80 {
+                sync(&bob).await;
+                let devices = bob.encryption().get_user_devices(&alice_id).await.expect("devices");
+                if devices.get(matrix_sdk::ruma::device_id!("ALICETAB")).is_some() == present {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            false
+        }
+    };
+    assert!(device_seen(true).await, "Alice's new device never reached Synapse");
+    tablet.matrix_auth().logout().await.expect("log the tablet out");
+    assert!(device_seen(false).await, "Synapse still lists Alice's deleted device");
 }

@@ -67,7 +67,10 @@ pub struct SearchIndex {
     dir: PathBuf,
     index: Index,
     reader: IndexReader,
-    writer: std::sync::Mutex<IndexWriter<TantivyDocument>>,
+    /// Made when there is something to write, dropped after each commit (with its threads,
+    /// queue and buffers: about 10 MB the server does not keep while nothing is indexed).
+    writer: std::sync::Mutex<Option<IndexWriter<TantivyDocument>>>,
+    writer_bytes: usize,
     fields: Fields,
 }
 
@@ -102,9 +105,39 @@ impl SearchIndex {
         };
         let index = Index::open_or_create(MmapDirectory::open(dir)?, builder.build())?;
         index.tokenizers().register(ANALYZER, analyzer());
-        let writer = index.writer_with_num_threads(1, writer_bytes.max(15_000_000))?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
-        Ok(SearchIndex { dir: dir.to_owned(), index, reader, writer: std::sync::Mutex::new(writer), fields })
+        let writer_bytes = writer_bytes.max(15_000_000);
+        Ok(SearchIndex { dir: dir.to_owned(), index, reader, writer: Default::default(), writer_bytes, fields })
+    }
+
+    /// Runs `f` with the writer, made first when there is none.
+    fn with_writer<T>(
+        &self,
+        f: impl FnOnce(&mut IndexWriter<TantivyDocument>) -> tantivy::Result<T>,
+    ) -> tantivy::Result<T> {
+        f(self.writer_in(&mut self.writer.lock().unwrap())?)
+    }
+
+    /// The writer in `slot`, made when there is none. Another writer may hold the index's lock
+    /// for a moment (services of this process being shut down): it is awaited a few seconds.
+    fn writer_in<'a>(
+        &self,
+        slot: &'a mut Option<IndexWriter<TantivyDocument>>,
+    ) -> tantivy::Result<&'a mut IndexWriter<TantivyDocument>> {
+        if slot.is_none() {
+            let mut attempts = 0;
+            let writer = loop {
+                match self.index.writer_with_num_threads(1, self.writer_bytes) {
+                    Err(tantivy::TantivyError::LockFailure(..)) if attempts < 50 => {
+                        attempts += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                    other => break other?,
+                }
+            };
+            *slot = Some(writer);
+        }
+        Ok(slot.as_mut().expect("made above"))
     }
 
     /// The highest stream position the last commit covers (0 for a new index).
@@ -114,7 +147,10 @@ impl SearchIndex {
 
     /// Adds (or replaces) events; visible to searches after [`SearchIndex::commit`].
     pub fn add(&self, events: &[IndexedEvent]) -> tantivy::Result<()> {
-        let writer = self.writer.lock().unwrap();
+        self.with_writer(|writer| self.add_with(writer, events))
+    }
+
+    fn add_with(&self, writer: &mut IndexWriter<TantivyDocument>, events: &[IndexedEvent]) -> tantivy::Result<()> {
         let f = self.fields;
         for e in events {
             writer.delete_term(Term::from_field_text(f.event_id, &e.event_id));
@@ -135,27 +171,37 @@ impl SearchIndex {
     }
 
     /// Removes events (redacted ones).
-    pub fn delete(&self, event_ids: &[String]) {
-        let writer = self.writer.lock().unwrap();
-        for id in event_ids {
-            writer.delete_term(Term::from_field_text(self.fields.event_id, id));
+    pub fn delete(&self, event_ids: &[String]) -> tantivy::Result<()> {
+        if event_ids.is_empty() {
+            return Ok(());
         }
+        self.with_writer(|writer| {
+            for id in event_ids {
+                writer.delete_term(Term::from_field_text(self.fields.event_id, id));
+            }
+            Ok(())
+        })
     }
 
-    /// Makes everything added durable and searchable, recording `position` as covered.
+    /// Makes everything added durable and searchable, recording `position` as covered; the
+    /// writer then finishes its merges and goes.
     pub fn commit(&self, position: i64) -> tantivy::Result<()> {
-        {
-            let mut writer = self.writer.lock().unwrap();
-            let mut prepared = writer.prepare_commit()?;
+        let writer = {
+            let mut slot = self.writer.lock().unwrap();
+            let mut prepared = self.writer_in(&mut slot)?.prepare_commit()?;
             prepared.set_payload(&position.to_string());
             prepared.commit()?;
+            slot.take()
+        };
+        if let Some(writer) = writer {
+            writer.wait_merging_threads()?;
         }
         self.reader.reload()
     }
 
     /// Empties the index (before a rebuild).
     pub fn clear(&self) -> tantivy::Result<()> {
-        self.writer.lock().unwrap().delete_all_documents()?;
+        self.with_writer(|writer| writer.delete_all_documents().map(drop))?;
         self.commit(0)
     }
 
@@ -272,7 +318,7 @@ mod tests {
         assert!(index.search("crise", &[Key::Name], &rooms, false, 0, 10).unwrap().hits.is_empty());
         // Syntax is no error.
         assert!(index.search("crise AND (", &[Key::Body], &rooms, false, 0, 10).is_ok());
-        index.delete(&["$2".to_owned()]);
+        index.delete(&["$2".to_owned()]).unwrap();
         index.commit(5).unwrap();
         drop(index);
         let index = SearchIndex::open(dir.path(), 15_000_000).unwrap();

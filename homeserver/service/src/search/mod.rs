@@ -71,22 +71,12 @@ impl SearchState {
         }
     }
 
-    /// Opens the index. Another writer may still hold it for a moment (services being shut
-    /// down in this process): the lock is awaited a few seconds before giving up.
+    /// Opens the index (its writer is made when there is something to write).
     pub async fn open(&self) -> tantivy::Result<Arc<SearchIndex>> {
         if let Some(index) = self.index.get() {
             return Ok(index.clone());
         }
-        let mut attempts = 0;
-        let index = loop {
-            match SearchIndex::open(&self.dir, 15_000_000) {
-                Err(tantivy::TantivyError::LockFailure(..)) if attempts < 50 => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                other => break Arc::new(other?),
-            }
-        };
+        let index = Arc::new(SearchIndex::open(&self.dir, 15_000_000)?);
         Ok(self.index.get_or_init(|| index).clone())
     }
 
@@ -175,7 +165,7 @@ pub fn spawn_indexer(services: &Services) {
                     // What the catch-up read is there already.
                     let add: Vec<IndexedEvent> = job.add.into_iter().filter(|e| e.stream > caught_up).collect();
                     index.add(&add)?;
-                    index.delete(&job.delete);
+                    index.delete(&job.delete)?;
                     position = position.max(job.position);
                     seq = seq.max(job.seq);
                 }
