@@ -557,6 +557,23 @@ struct EventRow {
 }
 
 impl EventRow {
+    /// The row of `pdu` at `stream_ordering`, the room state after it being `state_group`.
+    fn of(pdu: &Pdu, stream_ordering: i64, state_group: i64) -> EventRow {
+        EventRow {
+            stream_ordering,
+            event_id: pdu.event_id.to_string(),
+            room_id: pdu.room_id.to_string(),
+            sender: pdu.sender.to_string(),
+            event_type: pdu.kind.to_string(),
+            state_key: pdu.state_key.clone(),
+            depth: i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX),
+            origin_server_ts: i64::from(pdu.origin_server_ts.get()),
+            state_group,
+            relation: relation_of(pdu),
+            json: pdu.json.clone(),
+        }
+    }
+
     fn as_new(&self) -> ev_store::NewEvent<'_> {
         ev_store::NewEvent {
             stream_ordering: self.stream_ordering,
@@ -865,19 +882,7 @@ impl<'a> RoomWriter<'a> {
             chain_length = 0;
             self.new_states.push((id, state.clone()));
         }
-        self.rows.push(EventRow {
-            stream_ordering: position,
-            event_id: event_id.to_string(),
-            room_id: room_id.to_string(),
-            sender: sender.to_string(),
-            event_type: pdu.kind.to_string(),
-            state_key: pdu.state_key.clone(),
-            depth: i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX),
-            origin_server_ts: ts,
-            state_group,
-            relation: relation_of(&pdu),
-            json: pdu.json.clone(),
-        });
+        self.rows.push(EventRow::of(&pdu, position, state_group));
         if let Some((device, txn_id)) = txn {
             self.txns.push([sender.to_string(), device.to_string(), txn_id.to_string(), event_id.to_string()]);
         }

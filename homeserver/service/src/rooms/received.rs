@@ -14,7 +14,7 @@ use ruma::{
 
 use diplomatie_storage::events as ev_store;
 
-use super::{find_pdu, relation_of, state_rows, EventRow, PendingWrite, RoomMeta, RoomWriter, MAX_STATE_CHAIN};
+use super::{find_pdu, state_rows, EventRow, PendingWrite, RoomMeta, RoomWriter, MAX_STATE_CHAIN};
 use crate::{Error, Pdu, Result, Services};
 
 /// How a received event changes the room's position.
@@ -133,19 +133,7 @@ impl Services {
             pdu.unsigned.clear();
             pdu.stream_ordering = first + i as i64;
             pdu.state_group = id;
-            rows.push(EventRow {
-                stream_ordering: pdu.stream_ordering,
-                event_id: pdu.event_id.to_string(),
-                room_id: room_id.to_string(),
-                sender: pdu.sender.to_string(),
-                event_type: kind,
-                state_key: pdu.state_key.clone(),
-                depth: i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX),
-                origin_server_ts: i64::from(pdu.origin_server_ts.get()),
-                state_group: id,
-                relation: relation_of(&pdu),
-                json: pdu.json.clone(),
-            });
+            rows.push(EventRow::of(&pdu, pdu.stream_ordering, id));
             stored.push(Arc::new(pdu));
         }
         let mut tx = self.db.begin().await?;
@@ -268,19 +256,7 @@ impl RoomWriter<'_> {
         }
         pdu.json = serde_json::to_string(&value).map_err(|_| Error::Internal)?;
         pdu.unsigned.retain(|k, _| k == "invite_room_state" || k == "knock_room_state");
-        self.rows.push(EventRow {
-            stream_ordering: position,
-            event_id: event_id.to_string(),
-            room_id: room_id.to_string(),
-            sender: pdu.sender.to_string(),
-            event_type: kind,
-            state_key: pdu.state_key.clone(),
-            depth: i64::try_from(u64::from(pdu.depth)).unwrap_or(i64::MAX),
-            origin_server_ts: i64::from(pdu.origin_server_ts.get()),
-            state_group: event_group,
-            relation: relation_of(&pdu),
-            json: pdu.json.clone(),
-        });
+        self.rows.push(EventRow::of(&pdu, position, event_group));
         if let (Some(target), TimelineEventType::RoomRedaction) = (pdu.redacts.clone(), &pdu.kind) {
             if self.may_redact(&pdu, &target, &current).await? {
                 let rules = self.meta.rules();
