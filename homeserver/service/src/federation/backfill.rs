@@ -19,7 +19,7 @@ use ruma::{
 };
 use serde_json::value::RawValue;
 
-use super::inbound::{canonical, check_auth_events, event_id_of, implicit_create_id, room_of};
+use super::inbound::{authorise_in_depth_order, canonical, event_id_of, implicit_create_id, room_of};
 use crate::{Error, Pdu, Result, Services};
 
 /// The most events asked for at once.
@@ -111,45 +111,25 @@ impl Services {
             let pdu = Pdu::from_received(event_id.clone(), json, Some(room_id.to_owned()))?;
             batch.insert(event_id, Arc::new(pdu));
         }
-        let mut order: Vec<Arc<Pdu>> = batch.values().cloned().collect();
-        order.sort_by(|a, b| {
-            (a.depth, a.origin_server_ts, &a.event_id).cmp(&(b.depth, b.origin_server_ts, &b.event_id))
-        });
-
-        // Authorisation against each event's own auth events: the batch's accepted ones, those
-        // known here, or fetched.
-        let mut accepted: Vec<Arc<Pdu>> = Vec::new();
-        for pdu in order {
-            let mut auth = HashMap::new();
-            let mut refused = None;
-            for id in pdu.auth_events.iter().chain(create_id.as_ref().filter(|c| **c != pdu.event_id)) {
-                let event = if let Some(p) = accepted.iter().find(|p| p.event_id == *id) {
-                    Some(p.clone())
-                } else if batch.contains_key(id) {
-                    // In the batch but refused (or placed after it by its depth).
-                    None
-                } else {
-                    match self.get_pdu(id).await? {
-                        Some(p) => Some(p),
-                        None => self.fetch_outlier(server, version, room_id, id).await.ok(),
-                    }
-                };
-                match event {
-                    Some(p) => {
-                        auth.insert(id.clone(), p);
-                    }
-                    None => refused = Some(format!("auth event {id} unavailable")),
-                }
+        // Authorisation against each event's own auth events: the batch's, those held here, or
+        // fetched from `server`.
+        let mut wanted: Vec<OwnedEventId> = batch.values().flat_map(|p| p.auth_events.iter().cloned()).collect();
+        wanted.extend(create_id);
+        let mut known = HashMap::new();
+        for id in &wanted {
+            if batch.contains_key(id) || known.contains_key(id) {
+                continue;
             }
-            let verdict = match refused {
-                Some(reason) => Err(reason),
-                None => check_auth_events(&rules, &pdu, &auth),
+            let event = match self.get_pdu(id).await? {
+                Some(p) => Some(p),
+                None => self.fetch_outlier(server, version, room_id, id).await.ok(),
             };
-            match verdict {
-                Ok(()) => accepted.push(pdu),
-                Err(reason) => tracing::info!(event_id = %pdu.event_id, %reason, "backfilled event refused"),
+            if let Some(p) = event {
+                known.insert(id.clone(), p);
             }
         }
+        let events: Vec<Arc<Pdu>> = batch.into_values().collect();
+        let (accepted, _) = authorise_in_depth_order(&rules, room_id, &events, &known);
         let Some(first) = accepted.first() else { return Ok(0) };
 
         // The state before the oldest: nothing before the create event, else as `server` says.

@@ -89,24 +89,24 @@ pub(crate) fn check_auth_events(
     })
 }
 
-/// The state and auth chain another server gave with a join: every event checked against its
-/// own auth events (among them, or in `known`, events accepted here before), in order of depth,
-/// an event whose auth events were refused being refused too. An error names the first state
-/// event refused.
-pub(crate) fn check_join_state(
+/// Events another server gave (a join's state and auth chain, a backfilled batch), each checked
+/// against its own auth events (among them, or in `known`, events this server holds), in order
+/// of depth, an event whose auth events were refused being refused too. Answers the accepted
+/// events in that order, and why each refused one was.
+pub(crate) fn authorise_in_depth_order(
     rules: &RoomVersionRules,
     room_id: &RoomId,
-    state: &[Arc<Pdu>],
-    auth_chain: &[Arc<Pdu>],
+    events: &[Arc<Pdu>],
     known: &HashMap<OwnedEventId, Arc<Pdu>>,
-) -> Result<()> {
-    let given: HashSet<&EventId> = state.iter().chain(auth_chain).map(|p| &*p.event_id).collect();
-    let mut order: Vec<&Arc<Pdu>> = state.iter().chain(auth_chain).collect();
+) -> (Vec<Arc<Pdu>>, HashMap<OwnedEventId, String>) {
+    let given: HashSet<&EventId> = events.iter().map(|p| &*p.event_id).collect();
+    let mut order: Vec<&Arc<Pdu>> = events.iter().collect();
     order.sort_by(|a, b| (a.depth, a.origin_server_ts, &a.event_id).cmp(&(b.depth, b.origin_server_ts, &b.event_id)));
     order.dedup_by_key(|p| &p.event_id);
     let create_id = implicit_create_id(rules, room_id);
     let mut accepted: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
-    let mut refused: HashMap<&EventId, String> = HashMap::new();
+    let mut in_order = Vec::new();
+    let mut refused = HashMap::new();
     for pdu in order {
         let mut auth = HashMap::new();
         let mut missing = None;
@@ -127,14 +127,29 @@ pub(crate) fn check_join_state(
         match verdict {
             Ok(()) => {
                 accepted.insert(pdu.event_id.clone(), pdu.clone());
+                in_order.push(pdu.clone());
             }
             Err(reason) => {
-                tracing::info!(event_id = %pdu.event_id, %reason, "refused an event of a join's state");
-                refused.insert(&pdu.event_id, reason);
+                tracing::info!(event_id = %pdu.event_id, %reason, "refused an event another server gave");
+                refused.insert(pdu.event_id.clone(), reason);
             }
         }
     }
-    match state.iter().find_map(|p| refused.get(&*p.event_id).map(|r| (&p.event_id, r))) {
+    (in_order, refused)
+}
+
+/// The state and auth chain another server gave with a join, through
+/// [`authorise_in_depth_order`]: an error names the first state event refused.
+pub(crate) fn check_join_state(
+    rules: &RoomVersionRules,
+    room_id: &RoomId,
+    state: &[Arc<Pdu>],
+    auth_chain: &[Arc<Pdu>],
+    known: &HashMap<OwnedEventId, Arc<Pdu>>,
+) -> Result<()> {
+    let events: Vec<Arc<Pdu>> = state.iter().chain(auth_chain).cloned().collect();
+    let (_, refused) = authorise_in_depth_order(rules, room_id, &events, known);
+    match state.iter().find_map(|p| refused.get(&p.event_id).map(|r| (&p.event_id, r))) {
         Some((id, reason)) => {
             Err(Error::bad_json(format!("The room's state holds an event that fails its rules: {id} ({reason})")))
         }
