@@ -125,10 +125,11 @@ impl TestServer {
             cmd.env(format!("DIPLOMATIE_{k}"), v);
         }
         cmd.env("DIPLOMATIE_LISTEN", format!("127.0.0.1:{port}"))
+            // Warnings and errors always reach the test's output (shown when it fails);
             // `DIPLOMATIE_TEST_LOG=info,diplomatie_service=debug` shows what the servers do.
             .env("DIPLOMATIE_LOG", std::env::var("DIPLOMATIE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
-            .stdout(if std::env::var_os("DIPLOMATIE_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
+            .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
         let child = cmd.spawn().expect("start diplomatie");

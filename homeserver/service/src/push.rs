@@ -505,8 +505,11 @@ impl Services {
             (cache.applied, cache.generation)
         };
         // Every notification up to the published position is committed (a batch publishes its
-        // positions after its commit) and, once the cache exists, applied to it.
-        let entry = self.count_unread(user, room_id, self.stream_position()).await?;
+        // positions after its commit), and so is every one up to `applied` (a batch is applied
+        // after its commit, before it publishes): counting up to the later of the two misses
+        // none that the cache has seen, and a batch applied after this point changes `applied`.
+        let up_to = applied.max(self.stream_position());
+        let entry = self.count_unread(user, room_id, up_to).await?;
         let counts = entry.counts(by_thread);
         let mut cache = self.push.unread.lock().unwrap();
         if cache.applied == applied && cache.generation == generation {

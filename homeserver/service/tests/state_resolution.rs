@@ -28,9 +28,14 @@ async fn forks_meet_through_state_resolution() {
         let base = s.known_room(&room).await.unwrap().extremities.clone();
         let t = now_ms();
 
-        // Branch A renames the room and sets a topic; branch B, later, renames it again.
+        // Branch A renames the room, talks, and sets a topic; branch B, later, sets another
+        // topic and renames it again. (Branch A's message lies between two conflicted events
+        // along prev_events, not along auth_events: it stays out of v12's conflicted state
+        // subgraph, which holds state events only.)
         let mut w = s.room_writer(Target::Room(&room)).await.unwrap();
         w.append(&alice, at(PduBuilder::state("m.room.name", "", json!({ "name": "A" })), t), None).await.unwrap();
+        let talk = PduBuilder::message("m.room.message", json!({ "msgtype": "m.text", "body": "entre" }));
+        w.append(&alice, at(talk, t), None).await.unwrap();
         let a2 = w
             .append(&alice, at(PduBuilder::state("m.room.topic", "", json!({ "topic": "T" })), t + 1), None)
             .await
@@ -38,12 +43,20 @@ async fn forks_meet_through_state_resolution() {
         w.commit().await.unwrap();
         let mut w = s.room_writer(Target::Room(&room)).await.unwrap();
         w.set_extremities(base.clone());
+        w.append(&alice, at(PduBuilder::state("m.room.topic", "", json!({ "topic": "U" })), t + 4), None)
+            .await
+            .unwrap();
         let b = w
             .append(&alice, at(PduBuilder::state("m.room.name", "", json!({ "name": "B" })), t + 5), None)
             .await
             .unwrap();
         w.commit().await.unwrap();
-        assert_eq!(b.prev_events, base, "v{version}: branch B forks from the base");
+        assert_eq!(b.prev_events.len(), 1);
+        assert_eq!(
+            s.get_pdu(&b.prev_events[0]).await.unwrap().unwrap().prev_events,
+            base,
+            "v{version}: branch B forks from the base"
+        );
         let mut w = s.room_writer(Target::Room(&room)).await.unwrap();
         w.set_extremities(vec![a2.event_id.clone(), b.event_id.clone()]);
         let merge_msg = PduBuilder::message("m.room.message", json!({ "body": "merge" }));
@@ -55,12 +68,11 @@ async fn forks_meet_through_state_resolution() {
         let mut expected = vec![a2.event_id.clone(), b.event_id.clone()];
         expected.sort();
         assert_eq!(prev, expected, "v{version}: the merge builds on both branches");
-        // Conflicted name: same sender and power, so the later event (B) wins. Unconflicted
-        // topic from branch A is kept.
+        // Conflicted name and topic: same sender and power, so the later events (B's) win.
         let name = s.state_event(&room, &StateEventType::RoomName, "").await.unwrap().unwrap();
         assert_eq!(name.content_value()["name"], "B", "v{version}");
         let topic = s.state_event(&room, &StateEventType::RoomTopic, "").await.unwrap().unwrap();
-        assert_eq!(topic.content_value()["topic"], "T", "v{version}");
+        assert_eq!(topic.content_value()["topic"], "U", "v{version}");
         assert_eq!(
             s.state_map(merge.state_group).await.unwrap().get(&(StateEventType::RoomName, String::new())),
             Some(&b.event_id)

@@ -124,34 +124,35 @@ impl Services {
         Ok(chain)
     }
 
-    /// The conflicted state subgraph (MSC4297): events that descend from one conflicted event
-    /// and lead to another, along prev_events.
+    /// The conflicted state subgraph (MSC4297, room version 12): the events on some path of
+    /// `auth_events` links from one conflicted event to another, both included. Only state
+    /// events lie on such paths (auth events are state events).
     async fn conflicted_subgraph(
         &self,
         conflicted: &HashSet<OwnedEventId>,
         events: &mut HashMap<OwnedEventId, Arc<Pdu>>,
     ) -> Result<EventIdSet<OwnedEventId>> {
-        // Ancestors of the conflicted events (inclusive), with their prev_events.
-        let mut prevs: HashMap<OwnedEventId, Vec<OwnedEventId>> = HashMap::new();
+        // The auth ancestors of the conflicted events (inclusive), with their auth events.
+        let mut auths: HashMap<OwnedEventId, Vec<OwnedEventId>> = HashMap::new();
         let mut queue: VecDeque<OwnedEventId> = conflicted.iter().cloned().collect();
         while let Some(id) = queue.pop_front() {
-            if prevs.contains_key(&id) {
+            if auths.contains_key(&id) {
                 continue;
             }
             let Some(p) = self.get_pdu(&id).await? else {
-                prevs.insert(id, Vec::new());
+                auths.insert(id, Vec::new());
                 continue;
             };
-            queue.extend(p.prev_events.iter().cloned());
-            prevs.insert(id.clone(), p.prev_events.clone());
+            queue.extend(p.auth_events.iter().cloned());
+            auths.insert(id.clone(), p.auth_events.clone());
             events.insert(id, p);
         }
-        // An ancestor is in the subgraph when walking back from it reaches a conflicted event:
-        // equivalently, when it is a conflicted event or a descendant of one. Propagate forward
-        // from the conflicted events along the reversed prev_events edges (no recursion, so
-        // long histories cannot exhaust the stack).
+        // An ancestor lies on such a path when its own auth chain reaches a conflicted event:
+        // equivalently, when it is a conflicted event or is authorised (transitively) by one.
+        // Propagate from the conflicted events along the reversed edges (no recursion, so long
+        // histories cannot exhaust the stack).
         let mut children: HashMap<&OwnedEventId, Vec<&OwnedEventId>> = HashMap::new();
-        for (id, ps) in &prevs {
+        for (id, ps) in &auths {
             for p in ps {
                 children.entry(p).or_default().push(id);
             }
@@ -162,7 +163,7 @@ impl Services {
             if let Some(kids) = children.get(c) {
                 frontier.extend(kids.iter().copied());
             }
-            if prevs.contains_key(c) {
+            if events.contains_key(c) {
                 subgraph.insert(c.clone());
             }
         }
