@@ -740,6 +740,32 @@ async fn history_before_a_join_is_backfilled(backend: Backend) {
     assert_eq!((status, v["content"]["body"].as_str()), (200, Some("avant 0")), "{v}");
     // Paginating again asks nothing more and finds the same.
     assert_eq!(all_messages_backwards(&bob, &room, 50).await.len(), events.len());
+    // Backfilled messages are searchable, and stay so when the index is made anew from the
+    // database (B restarted without its index: the start-up catch-up, then a rebuild).
+    let search = |bob: &Client| {
+        let bob = bob.clone();
+        async move {
+            let q = json!({ "search_categories": { "room_events": { "search_term": "avant" } } });
+            bob.ok(Method::POST, "/_matrix/client/v3/search", Some(&q)).await["search_categories"]["room_events"]
+                ["count"]
+                .clone()
+        }
+    };
+    assert_eq!(search(&bob).await, 30);
+    let mut b = b;
+    b.kill().await;
+    std::fs::remove_dir_all(b.data_dir.path().join("search")).unwrap();
+    b.launch().await;
+    let mut bob = bob;
+    bob.base = b.base.clone();
+    assert_eq!(search(&bob).await, 30);
+    b.kill().await;
+    std::fs::remove_dir_all(b.data_dir.path().join("search")).unwrap();
+    let out = b.command(&["search", "rebuild"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    b.launch().await;
+    bob.base = b.base.clone();
+    assert_eq!(search(&bob).await, 30);
 
     // History shown to joined members only stays hidden.
     let closed = alice

@@ -258,8 +258,8 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Org { command } => org_command(&services, command).await.map_err(|e| anyhow::anyhow!("{e}")),
         Command::Search { command: SearchCommand::Rebuild } => {
-            let position = services.rebuild_search_index().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("search index rebuilt up to stream position {position}");
+            let covered = services.rebuild_search_index().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("search index rebuilt up to stream position {}", covered.high);
             Ok(())
         }
     }

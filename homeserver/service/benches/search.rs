@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use diplomatie_service::search::index::{IndexedEvent, Key, SearchIndex};
+use diplomatie_service::search::index::{Covered, IndexedEvent, Key, SearchIndex};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 fn vocabulary(rng: &mut StdRng, n: usize) -> Vec<String> {
@@ -54,11 +54,11 @@ fn main() {
             batch.clear();
         }
         if (i + 1) % 100_000 == 0 {
-            index.commit(i as i64 + 1).unwrap();
+            index.commit(Covered::up_to(i as i64 + 1)).unwrap();
         }
     }
     index.add(&batch).unwrap();
-    index.commit(messages as i64).unwrap();
+    index.commit(Covered::up_to(messages as i64)).unwrap();
     let indexing = started.elapsed();
 
     let mut latencies = Vec::with_capacity(queries);

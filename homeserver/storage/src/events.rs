@@ -292,13 +292,36 @@ pub async fn events_of_types_after<'e>(
     after: i64,
     limit: i64,
 ) -> Result<Vec<StoredEvent>> {
+    events_of_types(e, types, after, true, limit).await
+}
+
+/// Unredacted events of `types` below position `before` (history fetched from other
+/// servers), newest first, at most `limit`.
+pub async fn events_of_types_before<'e>(
+    e: impl Exec<'e>,
+    types: &[&str],
+    before: i64,
+    limit: i64,
+) -> Result<Vec<StoredEvent>> {
+    events_of_types(e, types, before, false, limit).await
+}
+
+/// Past `bound`: above it, oldest first (`upwards`), or below it, newest first.
+async fn events_of_types<'e>(
+    e: impl Exec<'e>,
+    types: &[&str],
+    bound: i64,
+    upwards: bool,
+    limit: i64,
+) -> Result<Vec<StoredEvent>> {
     let placeholders: Vec<String> = (0..types.len()).map(|i| format!("${}", i + 3)).collect();
+    let (cmp, order) = if upwards { (">", "ASC") } else { ("<", "DESC") };
     let sql = format!(
-        "SELECT {COLUMNS} FROM events WHERE stream_ordering > $1 AND redacted_by IS NULL \
-         AND event_type IN ({}) ORDER BY stream_ordering LIMIT $2",
+        "SELECT {COLUMNS} FROM events WHERE stream_ordering {cmp} $1 AND redacted_by IS NULL \
+         AND event_type IN ({}) ORDER BY stream_ordering {order} LIMIT $2",
         placeholders.join(", ")
     );
-    let mut q = sqlx::query_as::<_, EventRow>(&sql).bind(after).bind(limit);
+    let mut q = sqlx::query_as::<_, EventRow>(&sql).bind(bound).bind(limit);
     for t in types {
         q = q.bind(*t);
     }

@@ -1067,7 +1067,7 @@ impl<'a> RoomWriter<'a> {
         services.unread_committed(&push_rows, &notified, &memberships, position);
         write.publish();
         services.notifications_committed(&push_rows, &notified);
-        services.index_committed(&appended, &redacted, position);
+        services.index_committed(&appended, &redacted, crate::search::index::Covered::up_to(position));
         services.correspondence_committed(&appended, &txns);
         services.outgoing_committed(&outgoing);
         for room_id in others.keys() {

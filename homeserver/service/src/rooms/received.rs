@@ -153,6 +153,9 @@ impl Services {
         for pdu in &stored {
             cache.put(pdu.event_id.clone(), pdu.clone());
         }
+        drop(cache);
+        // Searchable like the rest of the room (history visibility still applies to results).
+        self.index_committed(&stored, &[], crate::search::index::Covered { high: 0, low: first });
         Ok(stored)
     }
 }

@@ -4,8 +4,8 @@
 //! restricted to a set of rooms.
 //!
 //! Texts go through a tokenizer that splits on non-alphanumerics, lower-cases and folds accents,
-//! so that `reunion` finds « Réunion ». Each commit records, as its payload, the highest stream
-//! position indexed: a restart resumes from there.
+//! so that `reunion` finds « Réunion ». Each commit records, as its payload, the stream positions
+//! it covers (see [`Covered`]): a restart resumes from there.
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +29,49 @@ pub enum Key {
     Body,
     Name,
     Topic,
+}
+
+/// The stream positions whose events the index holds: every indexable event from `low` to
+/// `high`. Events written here take positions above 0, going up (`high`); history fetched from
+/// other servers takes positions below 0, going down (`low`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Covered {
+    pub high: i64,
+    pub low: i64,
+}
+
+impl Covered {
+    /// Up to `high`, nothing below 0.
+    pub fn up_to(high: i64) -> Covered {
+        Covered { high, low: 0 }
+    }
+
+    /// Whether the position is inside.
+    pub fn holds(&self, stream: i64) -> bool {
+        (self.low..=self.high).contains(&stream)
+    }
+
+    /// The union of two (adjacent) ranges.
+    pub fn union(self, other: Covered) -> Covered {
+        Covered { high: self.high.max(other.high), low: self.low.min(other.low) }
+    }
+
+    /// A payload: `high`, or `high low` (older indexes hold the first form).
+    fn parse(payload: &str) -> Option<Covered> {
+        let mut parts = payload.split_whitespace();
+        let high = parts.next()?.parse().ok()?;
+        let low = match parts.next() {
+            Some(l) => l.parse().ok()?,
+            None => 0,
+        };
+        Some(Covered { high, low })
+    }
+}
+
+impl std::fmt::Display for Covered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.high, self.low)
+    }
 }
 
 /// An event as the index keeps it.
@@ -140,9 +183,9 @@ impl SearchIndex {
         Ok(slot.as_mut().expect("made above"))
     }
 
-    /// The highest stream position the last commit covers (0 for a new index).
-    pub fn committed_position(&self) -> i64 {
-        self.index.load_metas().ok().and_then(|m| m.payload).and_then(|p| p.parse().ok()).unwrap_or(0)
+    /// The stream positions the last commit covers (none for a new index).
+    pub fn committed(&self) -> Covered {
+        self.index.load_metas().ok().and_then(|m| m.payload).and_then(|p| Covered::parse(&p)).unwrap_or_default()
     }
 
     /// Adds (or replaces) events; visible to searches after [`SearchIndex::commit`].
@@ -185,11 +228,11 @@ impl SearchIndex {
 
     /// Makes everything added durable and searchable, recording `position` as covered; the
     /// writer then finishes its merges and goes.
-    pub fn commit(&self, position: i64) -> tantivy::Result<()> {
+    pub fn commit(&self, covered: Covered) -> tantivy::Result<()> {
         let writer = {
             let mut slot = self.writer.lock().unwrap();
             let mut prepared = self.writer_in(&mut slot)?.prepare_commit()?;
-            prepared.set_payload(&position.to_string());
+            prepared.set_payload(&covered.to_string());
             prepared.commit()?;
             slot.take()
         };
@@ -202,7 +245,7 @@ impl SearchIndex {
     /// Empties the index (before a rebuild).
     pub fn clear(&self) -> tantivy::Result<()> {
         self.with_writer(|writer| writer.delete_all_documents().map(drop))?;
-        self.commit(0)
+        self.commit(Covered::default())
     }
 
     /// The words of a search term as the index sees them (the spec's `highlights`).
@@ -304,7 +347,7 @@ mod tests {
                 event("$4", "!a", 4, "déjeuner"),
             ])
             .unwrap();
-        index.commit(4).unwrap();
+        index.commit(Covered::up_to(4)).unwrap();
         let rooms = vec!["!a".to_owned()];
         let ids = |c: Candidates| c.hits.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
         // Accents folded, other rooms excluded, the denser match first.
@@ -319,10 +362,11 @@ mod tests {
         // Syntax is no error.
         assert!(index.search("crise AND (", &[Key::Body], &rooms, false, 0, 10).is_ok());
         index.delete(&["$2".to_owned()]).unwrap();
-        index.commit(5).unwrap();
+        index.commit(Covered { high: 5, low: -3 }).unwrap();
         drop(index);
         let index = SearchIndex::open(dir.path(), 15_000_000).unwrap();
-        assert_eq!(index.committed_position(), 5);
+        assert_eq!(index.committed(), Covered { high: 5, low: -3 });
+        assert_eq!(Covered::parse("7"), Some(Covered::up_to(7)), "payloads of older indexes");
         let found = index.search("crise", &[Key::Body], &rooms, false, 0, 10).unwrap();
         assert_eq!((found.count, ids(found)), (1, vec!["$1".to_owned()]));
         assert_eq!(SearchIndex::words("Réunion, réunion! Crise"), ["reunion", "crise"]);

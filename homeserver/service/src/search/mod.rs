@@ -2,10 +2,12 @@
 //! bodies, room names and topics, with tantivy.
 //!
 //! Committed events reach the index through a channel to one indexer task, which batches them
-//! into at most one commit a second (sooner when a search waits); a search first waits (briefly) until every event committed before it is
-//! indexed, so a user finds what they just sent. On start the indexer catches up from the
-//! position its last commit recorded, so the index survives restarts and can be rebuilt from
-//! the database. Encrypted events are never indexed: the server cannot read them.
+//! into at most one commit a second (sooner when a search waits); a search first waits
+//! (briefly) until every event committed before it is indexed, so a user finds what they just
+//! sent. On start the indexer catches up from the positions its last commit recorded (searches
+//! wait for it), so the index survives restarts and can be rebuilt from the database. History
+//! fetched from other servers (backfill, below stream position 0) is indexed like the rest.
+//! Encrypted events are never indexed: the server cannot read them.
 //!
 //! The index returns candidates in the rooms the user has a membership in; each candidate is
 //! then checked like any event read (history visibility at the event), so results never show
@@ -27,17 +29,18 @@ use ruma::{events::TimelineEventType, EventId, UserId};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use self::index::{IndexedEvent, Key, SearchIndex};
+use self::index::{Covered, IndexedEvent, Key, SearchIndex};
 use crate::{rooms::timeline::EventFilter, Error, Pdu, Result, Services};
 
 /// The event types whose texts are indexed.
 const INDEXED_TYPES: &[&str] = &["m.room.message", "m.room.name", "m.room.topic"];
 
-/// Work for the indexer: events to add, events to remove, up to a stream position.
+/// Work for the indexer: events to add, events to remove, and the stream positions their
+/// commit covered.
 struct Job {
     add: Vec<IndexedEvent>,
     delete: Vec<String>,
-    position: i64,
+    covered: Covered,
     seq: u64,
 }
 
@@ -50,6 +53,8 @@ pub struct SearchState {
     receiver: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Job>>>,
     enqueued: AtomicU64,
     processed: tokio::sync::watch::Sender<u64>,
+    /// The indexer has caught up with the database (at start-up).
+    ready: tokio::sync::watch::Sender<bool>,
     /// A search waits for the indexer: commit now.
     wanted: Arc<tokio::sync::Notify>,
 }
@@ -67,6 +72,7 @@ impl SearchState {
             receiver: Mutex::new(Some(receiver)),
             enqueued: AtomicU64::new(0),
             processed: tokio::sync::watch::Sender::new(0),
+            ready: tokio::sync::watch::Sender::new(false),
             wanted: Arc::new(tokio::sync::Notify::new()),
         }
     }
@@ -116,18 +122,26 @@ fn search_failed(e: tantivy::TantivyError) -> Error {
 }
 
 /// Indexes what the database holds after the index's last commit. Returns the position reached.
-async fn catch_up(db: &Db, index: &SearchIndex) -> Result<i64> {
-    let mut position = index.committed_position();
-    loop {
-        let batch = ev_store::events_of_types_after(db.pool(), INDEXED_TYPES, position, 2000).await?;
-        let Some(last) = batch.last().map(|e| e.stream_ordering) else { break };
-        let events: Vec<IndexedEvent> =
-            batch.into_iter().filter_map(|s| Pdu::from_stored(s).ok()).filter_map(|p| indexed_event(&p)).collect();
-        index.add(&events).map_err(search_failed)?;
-        index.commit(last).map_err(search_failed)?;
-        position = last;
+async fn catch_up(db: &Db, index: &SearchIndex) -> Result<Covered> {
+    let mut covered = index.committed();
+    // Events written here since, oldest first; then history fetched from other servers since,
+    // newest first (each below the last).
+    for newer in [true, false] {
+        loop {
+            let batch = if newer {
+                ev_store::events_of_types_after(db.pool(), INDEXED_TYPES, covered.high, 2000).await?
+            } else {
+                ev_store::events_of_types_before(db.pool(), INDEXED_TYPES, covered.low, 2000).await?
+            };
+            let Some(last) = batch.last().map(|e| e.stream_ordering) else { break };
+            let events: Vec<IndexedEvent> =
+                batch.into_iter().filter_map(|s| Pdu::from_stored(s).ok()).filter_map(|p| indexed_event(&p)).collect();
+            index.add(&events).map_err(search_failed)?;
+            covered = covered.union(Covered { high: last, low: last });
+            index.commit(covered).map_err(search_failed)?;
+        }
     }
-    Ok(position)
+    Ok(covered)
 }
 
 /// Starts the indexer on the opened index: it catches up with the database, then indexes what
@@ -138,11 +152,13 @@ pub fn spawn_indexer(services: &Services) {
     let db = services.db.clone();
     let processed = services.search.processed.clone();
     let wanted = services.search.wanted.clone();
+    let ready = services.search.ready.clone();
     tokio::spawn(async move {
         let caught_up = match catch_up(&db, &index).await {
-            Ok(p) => p,
-            Err(_) => index.committed_position(),
+            Ok(c) => c,
+            Err(_) => index.committed(),
         };
+        ready.send_replace(true);
         while let Some(first) = receiver.recv().await {
             // A tantivy commit syncs files: batch for up to a second, unless a search waits.
             let mut jobs = vec![first];
@@ -159,17 +175,17 @@ pub fn spawn_indexer(services: &Services) {
             }
             let index = index.clone();
             let done = tokio::task::spawn_blocking(move || {
-                let mut position = 0;
+                let mut covered = caught_up;
                 let mut seq = 0;
                 for job in jobs {
                     // What the catch-up read is there already.
-                    let add: Vec<IndexedEvent> = job.add.into_iter().filter(|e| e.stream > caught_up).collect();
+                    let add: Vec<IndexedEvent> = job.add.into_iter().filter(|e| !caught_up.holds(e.stream)).collect();
                     index.add(&add)?;
                     index.delete(&job.delete)?;
-                    position = position.max(job.position);
+                    covered = covered.union(job.covered);
                     seq = seq.max(job.seq);
                 }
-                index.commit(position.max(caught_up))?;
+                index.commit(covered)?;
                 Ok::<u64, tantivy::TantivyError>(seq)
             })
             .await;
@@ -228,7 +244,7 @@ pub struct GroupBy {
 impl Services {
     /// Sends committed events to the indexer (after the commit: the index never holds events
     /// the database does not).
-    pub(crate) fn index_committed(&self, appended: &[Arc<Pdu>], redacted: &[Pdu], position: i64) {
+    pub(crate) fn index_committed(&self, appended: &[Arc<Pdu>], redacted: &[Pdu], covered: Covered) {
         let add: Vec<IndexedEvent> = appended.iter().filter_map(|p| indexed_event(p)).collect();
         let delete: Vec<String> = redacted.iter().map(|p| p.event_id.to_string()).collect();
         // Without an index (a command, not a server), the next server catches up instead.
@@ -236,7 +252,7 @@ impl Services {
             return;
         }
         let seq = self.search.enqueued.fetch_add(1, Ordering::AcqRel) + 1;
-        let _ = self.search.queue.send(Job { add, delete, position, seq });
+        let _ = self.search.queue.send(Job { add, delete, covered, seq });
     }
 
     /// Waits until every event committed so far is searchable (at most a few seconds).
@@ -246,11 +262,16 @@ impl Services {
         if *processed.borrow() < target {
             self.search.wanted.notify_one();
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), processed.wait_for(|p| *p >= target)).await;
+        let mut ready = self.search.ready.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let _ = ready.wait_for(|r| *r).await;
+            let _ = processed.wait_for(|p| *p >= target).await;
+        })
+        .await;
     }
 
     /// Empties the index and indexes the whole database again (`diplomatie search rebuild`).
-    pub async fn rebuild_search_index(&self) -> Result<i64> {
+    pub async fn rebuild_search_index(&self) -> Result<Covered> {
         let index = self.search.open().await.map_err(search_failed)?;
         index.clear().map_err(search_failed)?;
         catch_up(&self.db, &index).await
