@@ -35,7 +35,9 @@ pub fn binary() -> PathBuf {
     bin
 }
 
-fn free_port() -> u16 {
+pub mod dns;
+
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -104,9 +106,14 @@ impl TestServer {
     /// [`TestServer::start_federating`] with the host part of the name given (`localhost`).
     pub async fn start_federating_as(backend: Backend, host: &str, extra: &[(&str, &str)]) -> TestServer {
         let port = free_port();
-        let name = format!("{host}:{port}");
+        TestServer::start_federating_named(backend, &format!("{host}:{port}"), port, extra).await
+    }
+
+    /// A federating server named `name` (with or without a port), serving HTTPS on
+    /// `127.0.0.1:tls_port`: other servers find it there through its name or through DNS.
+    pub async fn start_federating_named(backend: Backend, name: &str, port: u16, extra: &[(&str, &str)]) -> TestServer {
         let mut settings: Vec<(&str, &str)> = vec![
-            ("SERVER_NAME", &name),
+            ("SERVER_NAME", name),
             ("FEDERATION__ENABLED", "true"),
             ("FEDERATION__INSECURE_LOOPBACK_TLS", "true"),
             ("FEDERATION__MAX_BACKOFF_MS", "2000"),

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use diplomatie_tests::{backend_tests, urlencode, Backend, Client, TestServer};
+use diplomatie_tests::{backend_tests, dns::Dns, free_port, urlencode, Backend, Client, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -19,6 +19,7 @@ backend_tests!(
     history_before_a_join_is_backfilled,
     a_space_lists_rooms_of_another_server,
     the_outbound_queue_survives_restarts,
+    servers_named_without_a_port_are_found_through_srv_records,
 );
 
 /// Syncs `client` until `found` holds for a response (20 s at most); answers that response.
@@ -802,4 +803,42 @@ async fn every_room_version_federates(backend: Backend) {
         bob.send_text(&room, &from_b).await;
         sync_until(&alice, &format!("v{version} message on A"), |v| has_message(v, &room, &from_b)).await;
     }
+}
+
+/// Server discovery through DNS: servers named without a port are reached where their SRV
+/// records say (`_matrix-fed._tcp`, and the deprecated `_matrix._tcp`), asked of the DNS
+/// servers of `federation.dns_servers`. B and C cannot resolve each other's names: each gets
+/// the other's keys from A, its notary (`federation.trusted_key_servers`).
+async fn servers_named_without_a_port_are_found_through_srv_records(backend: Backend) {
+    let dns = Dns::start().await;
+    let (b_port, c_port) = (free_port(), free_port());
+    dns.srv("_matrix-fed._tcp.bureau.test", "localhost", b_port);
+    dns.srv("_matrix._tcp.ancien.test", "localhost", c_port);
+    let setting = dns.setting();
+    let a = TestServer::start_federating(backend, &[("FEDERATION__DNS_SERVERS", &setting)]).await;
+    let notary = format!("[\"{}\"]", a.server_name);
+    let trust_a = [("FEDERATION__TRUSTED_KEY_SERVERS", notary.as_str())];
+    let b = TestServer::start_federating_named(backend, "bureau.test", b_port, &trust_a).await;
+    let c = TestServer::start_federating_named(backend, "ancien.test", c_port, &trust_a).await;
+    let alice = a.register("alice").await;
+    let room = alice.create_room(json!({ "preset": "private_chat" })).await;
+    let via = urlencode(&a.server_name);
+    for server in [&b, &c] {
+        let user = server.register("agent").await;
+        assert!(user.user_id.ends_with(&format!(":{}", server.server_name)), "{}", user.user_id);
+        // A reaches the server through its SRV record (the invite), the server reaches A by
+        // its name (an IP literal with a port).
+        let (status, v) = alice.invite(&room, &user.user_id).await;
+        assert_eq!(status, 200, "{}: {v}", server.server_name);
+        sync_until(&user, "the invite", |v| v["rooms"]["invite"][&room].is_object()).await;
+        let (status, v) =
+            user.post(&format!("/_matrix/client/v3/join/{}?via={via}", urlencode(&room)), &json!({})).await;
+        assert_eq!(status, 200, "{}: {v}", server.server_name);
+        let body = format!("pour {}", server.server_name);
+        alice.send_text(&room, &body).await;
+        sync_until(&user, "A's message", |v| has_message(v, &room, &body)).await;
+    }
+    // A name nothing answers for is an error, not a wait: 502 from the other side's absence.
+    let (status, v) = alice.invite(&room, "@personne:nulle-part.test").await;
+    assert!(status == 502 || status == 404 || status == 403, "{status}: {v}");
 }

@@ -69,6 +69,12 @@ pub struct Federation {
     /// Tests only: skip the verification of other servers' certificates when, and only when,
     /// the address connected to is a loopback address.
     pub insecure_loopback_tls: bool,
+    /// DNS servers asked for other servers' SRV records (`"10.0.0.53:53"`, a ministry's own
+    /// resolvers); empty: the system's (`/etc/resolv.conf`).
+    pub dns_servers: Vec<String>,
+    /// Notaries asked for a server's keys when that server cannot be reached itself
+    /// (`/_matrix/key/v2/query`), as Synapse's `trusted_key_servers`; none by default.
+    pub trusted_key_servers: Vec<String>,
     /// How long the verify key this server publishes is valid, in milliseconds.
     pub key_validity_ms: u64,
     /// Time allowed for one request to another server, in milliseconds.
@@ -88,6 +94,8 @@ impl Default for Federation {
             tls_private_key: PathBuf::new(),
             trusted_ca: PathBuf::new(),
             insecure_loopback_tls: false,
+            dns_servers: Vec::new(),
+            trusted_key_servers: Vec::new(),
             key_validity_ms: 24 * 3600 * 1000,
             request_timeout_ms: 30_000,
             max_backoff_ms: 3600 * 1000,

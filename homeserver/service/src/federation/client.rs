@@ -78,6 +78,28 @@ impl reqwest::dns::Resolve for DiscoveredResolver {
     }
 }
 
+/// The resolver of SRV records: the configured DNS servers, or the system's.
+fn dns_resolver(servers: &[String]) -> Result<Option<hickory_resolver::TokioResolver>> {
+    use hickory_resolver::{
+        config::{NameServerConfigGroup, ResolverConfig},
+        name_server::TokioConnectionProvider,
+        TokioResolver,
+    };
+    if servers.is_empty() {
+        return Ok(TokioResolver::builder_tokio().ok().map(|b| b.build()));
+    }
+    let mut group = NameServerConfigGroup::new();
+    for s in servers {
+        let addr: SocketAddr = s.parse().map_err(|_| {
+            tracing::error!(server = %s, "federation.dns_servers: not an ip:port");
+            Error::Internal
+        })?;
+        group.merge(NameServerConfigGroup::from_ips_clear(&[addr.ip()], addr.port(), true));
+    }
+    let config = ResolverConfig::from_parts(None, Vec::new(), group);
+    Ok(Some(TokioResolver::builder_with_config(config, TokioConnectionProvider::default()).build()))
+}
+
 impl Services {
     fn federation_clients(&self) -> Result<&Built> {
         if let Some(b) = self.federation.clients.built.get() {
@@ -113,7 +135,7 @@ impl Services {
         let verified = build(verified)?;
         let insecure =
             if config.insecure_loopback_tls { Some(build(base().danger_accept_invalid_certs(true))?) } else { None };
-        let dns = hickory_resolver::TokioResolver::builder_tokio().ok().map(|b| b.build());
+        let dns = dns_resolver(&config.dns_servers)?;
         let _ = self.federation.clients.built.set(Built { verified, insecure, resolved, dns });
         Ok(self.federation.clients.built.get().expect("just set"))
     }

@@ -12,7 +12,10 @@ use diplomatie_storage::federation as store;
 use ruma::{
     api::{
         error::ErrorKind,
-        federation::{authentication::XMatrix, discovery::get_server_keys},
+        federation::{
+            authentication::XMatrix,
+            discovery::{get_remote_server_keys, get_server_keys},
+        },
     },
     serde::Base64,
     signatures::{PublicKeyMap, PublicKeySet, Verified},
@@ -100,17 +103,66 @@ impl Services {
         Ok(set)
     }
 
-    /// Asks `server` for its keys and keeps those its own signature vouches for.
-    async fn fetch_server_keys(
+    /// Asks `server` for its keys and keeps those its own signature vouches for; when it cannot
+    /// be reached, asks the notaries of `federation.trusted_key_servers` in turn.
+    async fn fetch_server_keys(&self, server: &ServerName) -> Result<(CanonicalJsonObject, KeySet)> {
+        let direct = async {
+            let response = self.federation_request(server, get_server_keys::v2::Request::new()).await?;
+            let object: CanonicalJsonObject = response
+                .server_key
+                .deserialize_as_unchecked()
+                .map_err(|e| super::remote_error(server, format!("bad key response: {e}")))?;
+            self.accept_server_keys(server, object, None).await
+        };
+        let error = match direct.await {
+            Ok(found) => return Ok(found),
+            Err(e) => e,
+        };
+        for notary in &self.config.federation.trusted_key_servers {
+            let Ok(notary) = ServerName::parse(notary) else { continue };
+            if notary == server || notary == self.server_name() {
+                continue;
+            }
+            match self.fetch_server_keys_via(server, &notary).await {
+                Ok(found) => return Ok(found),
+                Err(e) => tracing::info!(%server, %notary, error = %e, "no keys from the notary"),
+            }
+        }
+        Err(error)
+    }
+
+    /// `server`'s keys as `notary` vouches for them (`/_matrix/key/v2/query/{server}`): signed
+    /// by `server` itself and by the notary.
+    async fn fetch_server_keys_via(
         &self,
         server: &ServerName,
-    ) -> Result<(CanonicalJsonObject, BTreeMap<String, (String, i64)>)> {
-        let response = self.federation_request(server, get_server_keys::v2::Request::new()).await?;
-        let object: CanonicalJsonObject = response
-            .server_key
-            .deserialize_as_unchecked()
-            .map_err(|e| super::remote_error(server, format!("bad key response: {e}")))?;
-        let bad = |what: &str| super::remote_error(server, format!("bad key response: {what}"));
+        notary: &ServerName,
+    ) -> Result<(CanonicalJsonObject, KeySet)> {
+        let request =
+            get_remote_server_keys::v2::Request::new(server.to_owned(), ruma::MilliSecondsSinceUnixEpoch::now());
+        let response = self.federation_request(notary, request).await?;
+        let mut found: Option<(CanonicalJsonObject, KeySet)> = None;
+        for raw in response.server_keys {
+            let Ok(object) = raw.deserialize_as_unchecked::<CanonicalJsonObject>() else { continue };
+            let Ok((object, keys)) = self.accept_server_keys(server, object, Some(notary)).await else { continue };
+            match &mut found {
+                Some((_, all)) => all.extend(keys),
+                None => found = Some((object, keys)),
+            }
+        }
+        found.ok_or_else(|| super::remote_error(notary, format!("no usable keys of {server}")))
+    }
+
+    /// Checks a key object of `server` (its name, its validity, its own signature and, from a
+    /// notary, the notary's), stores its keys and answers them.
+    async fn accept_server_keys(
+        &self,
+        server: &ServerName,
+        object: CanonicalJsonObject,
+        notary: Option<&ServerName>,
+    ) -> Result<(CanonicalJsonObject, KeySet)> {
+        let from = notary.unwrap_or(server);
+        let bad = |what: &str| super::remote_error(from, format!("bad keys of {server}: {what}"));
         if object.get("server_name").and_then(|v| v.as_str()) != Some(server.as_str()) {
             return Err(bad("server_name is another server's"));
         }
@@ -129,9 +181,12 @@ impl Services {
                 }
             }
         }
-        // The response must be signed by the keys it lists.
-        let map: PublicKeyMap = BTreeMap::from([(server.to_string(), set)]);
-        ruma::signatures::verify_json(&map, &object).map_err(|e| bad(&format!("self-signature: {e}")))?;
+        // The object must be signed by the keys it lists (and, from a notary, by the notary).
+        verify_signature_of(server, set, &object).map_err(|e| bad(&format!("self-signature: {e}")))?;
+        if let Some(notary) = notary {
+            let notary_keys = Box::pin(self.server_keys(notary, now_ms())).await?;
+            verify_signature_of(notary, notary_keys, &object).map_err(|e| bad(&format!("notary signature: {e}")))?;
+        }
         if let Some(CanonicalJsonValue::Object(old)) = object.get("old_verify_keys") {
             for (id, v) in old {
                 let o = v.as_object();
@@ -220,4 +275,21 @@ impl Services {
             .map_err(|e| unauthorized(format!("Bad X-Matrix signature: {e}")))?;
         Ok(origin)
     }
+}
+
+/// Checks `signer`'s signature on `object` with its `keys`, whoever else signed it too.
+fn verify_signature_of(
+    signer: &ServerName,
+    keys: PublicKeySet,
+    object: &CanonicalJsonObject,
+) -> std::result::Result<(), String> {
+    let mut only = object.clone();
+    match only.get_mut("signatures") {
+        Some(CanonicalJsonValue::Object(signatures)) if signatures.contains_key(signer.as_str()) => {
+            signatures.retain(|name, _| name == signer.as_str());
+        }
+        _ => return Err(format!("no signature of {signer}")),
+    }
+    let map: PublicKeyMap = BTreeMap::from([(signer.to_string(), keys)]);
+    ruma::signatures::verify_json(&map, &only).map_err(|e| e.to_string())
 }
