@@ -54,6 +54,12 @@ impl Services {
 
     /// The keys of `server` valid at `valid_at` (ms), fetching them when none known is.
     pub async fn server_keys(&self, server: &ServerName, valid_at: i64) -> Result<PublicKeySet> {
+        self.server_keys_from(server, valid_at, true).await
+    }
+
+    /// [`Self::server_keys`], asking notaries for them only when `notaries` (a notary's own keys
+    /// are taken from the notary alone, so that notaries never vouch for each other in a loop).
+    async fn server_keys_from(&self, server: &ServerName, valid_at: i64, notaries: bool) -> Result<PublicKeySet> {
         if server == self.server_name() {
             let mut set = PublicKeySet::new();
             set.insert(self.keys.key_id(), Base64::new(self.keys.keypair.public_key().to_vec()));
@@ -94,7 +100,7 @@ impl Services {
             self.federation.keys.servers.lock().unwrap().insert(server.to_owned(), stored);
             return Ok(set);
         }
-        let (_, fetched) = self.fetch_server_keys(server).await?;
+        let (_, fetched) = self.fetch_server_keys(server, notaries).await?;
         let set = usable(&fetched);
         self.federation.keys.servers.lock().unwrap().insert(server.to_owned(), fetched);
         if set.is_empty() {
@@ -104,8 +110,8 @@ impl Services {
     }
 
     /// Asks `server` for its keys and keeps those its own signature vouches for; when it cannot
-    /// be reached, asks the notaries of `federation.trusted_key_servers` in turn.
-    async fn fetch_server_keys(&self, server: &ServerName) -> Result<(CanonicalJsonObject, KeySet)> {
+    /// be reached, asks the notaries of `federation.trusted_key_servers` in turn (if `notaries`).
+    async fn fetch_server_keys(&self, server: &ServerName, notaries: bool) -> Result<(CanonicalJsonObject, KeySet)> {
         let direct = async {
             let response = self.federation_request(server, get_server_keys::v2::Request::new()).await?;
             let object: CanonicalJsonObject = response
@@ -118,7 +124,8 @@ impl Services {
             Ok(found) => return Ok(found),
             Err(e) => e,
         };
-        for notary in &self.config.federation.trusted_key_servers {
+        let notaries = if notaries { self.config.federation.trusted_key_servers.as_slice() } else { &[] };
+        for notary in notaries {
             let Ok(notary) = ServerName::parse(notary) else { continue };
             if notary == server || notary == self.server_name() {
                 continue;
@@ -184,7 +191,7 @@ impl Services {
         // The object must be signed by the keys it lists (and, from a notary, by the notary).
         verify_signature_of(server, set, &object).map_err(|e| bad(&format!("self-signature: {e}")))?;
         if let Some(notary) = notary {
-            let notary_keys = Box::pin(self.server_keys(notary, now_ms())).await?;
+            let notary_keys = Box::pin(self.server_keys_from(notary, now_ms(), false)).await?;
             verify_signature_of(notary, notary_keys, &object).map_err(|e| bad(&format!("notary signature: {e}")))?;
         }
         if let Some(CanonicalJsonValue::Object(old)) = object.get("old_verify_keys") {
@@ -207,13 +214,13 @@ impl Services {
     }
 
     /// `/_matrix/key/v2/query` (notary): a server's keys as it signed them, countersigned by
-    /// this server.
+    /// this server (fetched from that server itself, never through other notaries).
     pub async fn notary_keys(&self, server: &ServerName) -> Result<Value> {
         if server == self.server_name() {
             return self.own_server_keys();
         }
         self.check_server_allowed(server)?;
-        let (mut object, keys) = self.fetch_server_keys(server).await?;
+        let (mut object, keys) = self.fetch_server_keys(server, false).await?;
         self.federation.keys.servers.lock().unwrap().insert(server.to_owned(), keys);
         ruma::signatures::sign_json(self.server_name().as_str(), &self.keys.keypair, &mut object)
             .map_err(|_| Error::Internal)?;
