@@ -159,6 +159,8 @@ pub fn spawn_indexer(services: &Services) {
             Err(_) => index.committed(),
         };
         ready.send_replace(true);
+        // What the index's commits have covered so far.
+        let mut committed = caught_up;
         while let Some(first) = receiver.recv().await {
             // A tantivy commit syncs files: batch for up to a second, unless a search waits.
             let mut jobs = vec![first];
@@ -175,7 +177,7 @@ pub fn spawn_indexer(services: &Services) {
             }
             let index = index.clone();
             let done = tokio::task::spawn_blocking(move || {
-                let mut covered = caught_up;
+                let mut covered = committed;
                 let mut seq = 0;
                 for job in jobs {
                     // What the catch-up read is there already.
@@ -186,11 +188,12 @@ pub fn spawn_indexer(services: &Services) {
                     seq = seq.max(job.seq);
                 }
                 index.commit(covered)?;
-                Ok::<u64, tantivy::TantivyError>(seq)
+                Ok::<(u64, Covered), tantivy::TantivyError>((seq, covered))
             })
             .await;
             match done {
-                Ok(Ok(seq)) => {
+                Ok(Ok((seq, covered))) => {
+                    committed = covered;
                     processed.send_modify(|p| *p = (*p).max(seq));
                 }
                 Ok(Err(e)) => {
