@@ -37,6 +37,25 @@ pub fn binary() -> PathBuf {
 
 pub mod dns;
 
+/// A log line without its ANSI colour sequences.
+fn without_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ parameters, up to a final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -124,25 +143,54 @@ impl TestServer {
         TestServer::start(backend, &settings).await
     }
 
-    /// Starts (or restarts) the process on a new port, over the same data.
+    /// Starts (or restarts) the process on a port the system chooses, over the same data. The
+    /// server says which in its log (the `diplomatie::listening` line), which is read here and
+    /// passed on to the test's output with the rest: a port chosen beforehand could be taken
+    /// by another test's server in between, and this test would then talk to that one.
     pub async fn launch(&mut self) {
-        let port = free_port();
+        use tokio::io::AsyncBufReadExt;
         let mut cmd = Command::new(binary());
         for (k, v) in &self.env {
             cmd.env(format!("DIPLOMATIE_{k}"), v);
         }
-        cmd.env("DIPLOMATIE_LISTEN", format!("127.0.0.1:{port}"))
-            // Warnings and errors always reach the test's output (shown when it fails);
-            // `DIPLOMATIE_TEST_LOG=info,diplomatie_service=debug` shows what the servers do.
-            .env("DIPLOMATIE_LOG", std::env::var("DIPLOMATIE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        // Warnings and errors always reach the test's output (shown when it fails);
+        // `DIPLOMATIE_TEST_LOG=info,diplomatie_service=debug` shows what the servers do.
+        let log = std::env::var("DIPLOMATIE_TEST_LOG").unwrap_or_else(|_| "warn".into());
+        cmd.env("DIPLOMATIE_LISTEN", "127.0.0.1:0")
+            .env("DIPLOMATIE_LOG", format!("{log},diplomatie::listening=info"))
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        let child = cmd.spawn().expect("start diplomatie");
+        let mut child = cmd.spawn().expect("start diplomatie");
+        let stdout = child.stdout.take().expect("piped stdout");
         self.child = Some(child);
-        self.base = format!("http://127.0.0.1:{port}");
+        let (found, mut listening) = tokio::sync::mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                println!("{line}");
+                let line = without_colours(&line);
+                if line.contains("Diplomatie is listening") {
+                    if let Some(addr) = line.split_whitespace().find_map(|w| w.strip_prefix("addr=")) {
+                        let _ = found.send(addr.to_owned());
+                    }
+                }
+            }
+        });
         let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            match tokio::time::timeout(Duration::from_millis(50), listening.recv()).await {
+                Ok(Some(addr)) => break addr,
+                Ok(None) | Err(_) => {}
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("server exited at start-up: {status}");
+            }
+            assert!(Instant::now() < deadline, "server did not start");
+        };
+        self.base = format!("http://{addr}");
         let http = reqwest::Client::new();
         loop {
             if let Ok(r) = http.get(format!("{}/_matrix/client/versions", self.base)).send().await {

@@ -358,7 +358,10 @@ async fn serve(services: std::sync::Arc<Services>) -> anyhow::Result<()> {
     let addr: SocketAddr =
         services.config.listen.parse().with_context(|| format!("invalid listen address {}", services.config.listen))?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-    tracing::info!(server_name = %services.server_name(), %addr, "Diplomatie is listening");
+    // The address bound (port 0 in the configuration: one the system chose), under a target
+    // of its own so that a log filter can keep this line alone.
+    let addr = listener.local_addr().unwrap_or(addr);
+    tracing::info!(target: "diplomatie::listening", server_name = %services.server_name(), %addr, "Diplomatie is listening");
     let app = diplomatie_api::router(services.clone());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
