@@ -326,8 +326,18 @@ async fn aliases_resolve_and_belong_to_their_creator(backend: Backend) {
     let aliases = bob.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/aliases"), None).await;
     assert_eq!(aliases["aliases"], json!(["#dgm:localhost"]));
     assert_error(&bob.delete("/_matrix/client/v3/directory/room/%23dgm:localhost").await, 403, "M_FORBIDDEN");
+    // The canonical alias event names it; deleting the alias takes it out of that event too.
+    alice
+        .ok(Method::PUT, "/_matrix/client/v3/directory/room/%23dgm-bis:localhost", Some(&json!({ "room_id": room })))
+        .await;
+    let canonical = format!("/_matrix/client/v3/rooms/{room}/state/m.room.canonical_alias/");
+    let content = json!({ "alias": "#dgm:localhost", "alt_aliases": ["#dgm-bis:localhost"] });
+    alice.ok(Method::PUT, &canonical, Some(&content)).await;
     alice.ok(Method::DELETE, "/_matrix/client/v3/directory/room/%23dgm:localhost", None).await;
     assert_error(&bob.get("/_matrix/client/v3/directory/room/%23dgm:localhost").await, 404, "M_NOT_FOUND");
+    assert_eq!(alice.ok(Method::GET, &canonical, None).await, json!({ "alt_aliases": ["#dgm-bis:localhost"] }));
+    alice.ok(Method::DELETE, "/_matrix/client/v3/directory/room/%23dgm-bis:localhost", None).await;
+    assert_eq!(alice.ok(Method::GET, &canonical, None).await, json!({ "alt_aliases": [] }));
     assert_error(&bob.get("/_matrix/client/v3/directory/room/notanalias").await, 400, "M_INVALID_PARAM");
 }
 

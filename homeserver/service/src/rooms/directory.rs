@@ -29,8 +29,8 @@ impl Services {
         let (room_id, creator) = diplomatie_storage::rooms::get_alias(self.db.pool(), alias.as_str())
             .await?
             .ok_or_else(|| Error::not_found("Room alias not found"))?;
+        let room_id = OwnedRoomId::try_from(room_id).map_err(|_| Error::Internal)?;
         if creator != user.as_str() && !self.is_admin(user).await? {
-            let room_id = OwnedRoomId::try_from(room_id).map_err(|_| Error::Internal)?;
             let levels = self.power_levels(&room_id).await?;
             let needed = levels
                 .get("events")
@@ -43,6 +43,35 @@ impl Services {
             }
         }
         diplomatie_storage::rooms::delete_alias(self.db.pool(), alias.as_str()).await?;
+        // The room's canonical alias event stops naming it (as Synapse does), when the user may
+        // change that event; the alias is gone either way (the spec's recommendation).
+        if let Err(e) = self.forget_canonical_alias(user, &room_id, alias).await {
+            tracing::info!(%alias, error = %e, "the canonical alias event was left as it was");
+        }
+        Ok(())
+    }
+
+    /// Removes `alias` from the room's `m.room.canonical_alias` event (`alias` and
+    /// `alt_aliases`), if it is there.
+    async fn forget_canonical_alias(&self, user: &UserId, room_id: &RoomId, alias: &RoomAliasId) -> Result<()> {
+        let Some(event) = self.state_event(room_id, &StateEventType::RoomCanonicalAlias, "").await? else {
+            return Ok(());
+        };
+        let mut content = event.content_value();
+        let Some(object) = content.as_object_mut() else { return Ok(()) };
+        let mut changed = false;
+        if object.get("alias").and_then(Value::as_str) == Some(alias.as_str()) {
+            object.remove("alias");
+            changed = true;
+        }
+        if let Some(Value::Array(alt)) = object.get_mut("alt_aliases") {
+            let before = alt.len();
+            alt.retain(|a| a.as_str() != Some(alias.as_str()));
+            changed |= alt.len() != before;
+        }
+        if changed {
+            self.send_state(user, room_id, "m.room.canonical_alias", "", content).await?;
+        }
         Ok(())
     }
 
