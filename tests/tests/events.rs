@@ -127,6 +127,23 @@ async fn messages_paginate_both_ways_with_filters(backend: Backend) {
         )
         .await;
     assert_eq!(f["chunk"].as_array().unwrap().len(), 2);
+    // Forwards to the newest event: an `end` to wait for more from, then an empty page without.
+    let f = alice
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=50&from={}", f["end"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(bodies(&f["chunk"]), vec!["m3", "m4", "m5", "m6"]);
+    let f = alice
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=50&from={}", f["end"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert!(f["chunk"].as_array().unwrap().is_empty() && f.get("end").is_none(), "{f}");
     // Filter: only Bob's messages, with lazy-loaded members.
     let filter = urlencode(
         &json!({ "senders": ["@bob:localhost"], "types": ["m.room.message"], "lazy_load_members": true }).to_string(),

@@ -432,6 +432,13 @@ impl Services {
             let hi = to_pos.unwrap_or(i64::MAX).min(until);
             self.visible_page(user, room_id, Window { from: from_pos, to: hi, backwards: false, limit }, filter).await?
         };
+        // Forwards, the newest events are never the last ones: as Synapse does (and clients
+        // expect), a page that returned events has an `end` to wait for more from; only an
+        // empty page has none.
+        let next = match (next, events.last()) {
+            (None, Some(last)) if !backwards => Some(last.stream_ordering),
+            (next, _) => next,
+        };
         let state =
             if filter.lazy_load_members { self.member_events_for(room_id, &events, user).await? } else { Vec::new() };
         Ok(Page { events, start: from_pos.to_string(), end: next.map(|n| n.to_string()), state })
