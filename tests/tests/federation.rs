@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use diplomatie_tests::{backend_tests, dns::Dns, free_port, urlencode, Backend, Client, TestServer};
+use diplomatie_tests::{assert_error, backend_tests, dns::Dns, free_port, urlencode, Backend, Client, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -841,4 +841,37 @@ async fn servers_named_without_a_port_are_found_through_srv_records(backend: Bac
     // A name nothing answers for is an error, not a wait: 502 from the other side's absence.
     let (status, v) = alice.invite(&room, "@personne:nulle-part.test").await;
     assert!(status == 502 || status == 404 || status == 403, "{status}: {v}");
+}
+
+/// Delegation through `.well-known`: a server named without a port (`localhost`) is reached where
+/// `https://localhost/.well-known/matrix/server` says, here itself on port 443. One test for
+/// both backends, one after the other: port 443 can be taken by one server at a time (the tests
+/// run as root, as on CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_named_without_a_port_is_found_through_well_known() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        // Without a DNS answer: were `.well-known` not followed, port 8448 would be tried and fail.
+        let dns = Dns::start().await;
+        let setting = dns.setting();
+        let a = TestServer::start_federating(backend, &[("FEDERATION__DNS_SERVERS", &setting)]).await;
+        let mut b = TestServer::start_federating_named(backend, "localhost", 443, &[]).await;
+        // A name with its port delegates nothing.
+        assert_error(&a.client().get("/.well-known/matrix/server").await, 404, "M_NOT_FOUND");
+        assert_eq!(b.client().ok(Method::GET, "/.well-known/matrix/server", None).await["m.server"], "localhost:443");
+
+        let alice = a.register("alice").await;
+        let bob = b.register("bob").await;
+        assert_eq!(bob.user_id, "@bob:localhost");
+        let room = alice.create_room(json!({ "preset": "private_chat" })).await;
+        let (status, v) = alice.invite(&room, &bob.user_id).await;
+        assert_eq!(status, 200, "{backend:?}: {v}");
+        sync_until(&bob, "the invite", |v| v["rooms"]["invite"][&room].is_object()).await;
+        let via = urlencode(&a.server_name);
+        let (status, v) =
+            bob.post(&format!("/_matrix/client/v3/join/{}?via={via}", urlencode(&room)), &json!({})).await;
+        assert_eq!(status, 200, "{backend:?}: {v}");
+        alice.send_text(&room, "par délégation").await;
+        sync_until(&bob, "A's message", |v| has_message(v, &room, "par délégation")).await;
+        b.kill().await;
+    }
 }

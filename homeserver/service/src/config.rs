@@ -75,6 +75,10 @@ pub struct Federation {
     /// Notaries asked for a server's keys when that server cannot be reached itself
     /// (`/_matrix/key/v2/query`), as Synapse's `trusted_key_servers`; none by default.
     pub trusted_key_servers: Vec<String>,
+    /// What `/.well-known/matrix/server` answers as `m.server` (`host:port` where other servers
+    /// reach this one, for delegation); empty: `server_name:443` when the name has no port,
+    /// nothing (404) when it has one.
+    pub well_known_server: String,
     /// How long the verify key this server publishes is valid, in milliseconds.
     pub key_validity_ms: u64,
     /// Time allowed for one request to another server, in milliseconds.
@@ -96,6 +100,7 @@ impl Default for Federation {
             insecure_loopback_tls: false,
             dns_servers: Vec::new(),
             trusted_key_servers: Vec::new(),
+            well_known_server: String::new(),
             key_validity_ms: 24 * 3600 * 1000,
             request_timeout_ms: 30_000,
             max_backoff_ms: 3600 * 1000,

@@ -25,8 +25,18 @@ pub async fn well_known_client(State(s): S) -> Response {
     json_ok(json!({ "m.homeserver": { "base_url": s.config.public_baseurl() } }))
 }
 
-pub async fn well_known_server(State(s): S) -> Response {
-    json_ok(json!({ "m.server": format!("{}:443", s.server_name()) }))
+/// Delegation (`m.server`): as configured, or the server name on port 443 when the name has no
+/// port; a name with a port needs none (404).
+pub async fn well_known_server(State(s): S) -> Result<Response, crate::error::ApiError> {
+    let configured = &s.config.federation.well_known_server;
+    let delegated = if !configured.is_empty() {
+        configured.clone()
+    } else if s.server_name().port().is_none() {
+        format!("{}:443", s.server_name())
+    } else {
+        return Err(diplomatie_service::Error::not_found("No delegation: the server name carries its port").into());
+    };
+    Ok(json_ok(json!({ "m.server": delegated })))
 }
 
 pub async fn capabilities(
