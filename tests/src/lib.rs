@@ -181,9 +181,8 @@ impl TestServer {
         });
         let deadline = Instant::now() + Duration::from_secs(30);
         let addr = loop {
-            match tokio::time::timeout(Duration::from_millis(50), listening.recv()).await {
-                Ok(Some(addr)) => break addr,
-                Ok(None) | Err(_) => {}
+            if let Ok(Some(addr)) = tokio::time::timeout(Duration::from_millis(50), listening.recv()).await {
+                break addr;
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("server exited at start-up: {status}");
