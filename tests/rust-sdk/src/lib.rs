@@ -2,7 +2,11 @@
 //! `DIPLOMATIE_BIN`) on a free loopback port, on SQLite or on a fresh PostgreSQL database, and
 //! registers users through the spec's UIA flow. The server stops when the value is dropped.
 
-use std::{process::Stdio, time::Duration};
+use std::{
+    process::Stdio,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
 
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
@@ -43,6 +47,9 @@ fn psql(sql: &str) {
     assert!(status.success(), "{sql}");
 }
 
+/// PostgreSQL databases made by this process so far (each test server gets its own).
+static DATABASES: AtomicUsize = AtomicUsize::new(0);
+
 impl Server {
     pub async fn start(backend: Backend) -> Server {
         Server::start_with(backend, false).await
@@ -56,15 +63,17 @@ impl Server {
     async fn start_with(backend: Backend, federating: bool) -> Server {
         let bin = std::env::var("DIPLOMATIE_BIN").expect("DIPLOMATIE_BIN names the server binary");
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // A port the system chooses, read from the server's log: one chosen here beforehand
+        // could be taken by another test's server in between.
         let mut cmd = Command::new(bin);
-        cmd.env("DIPLOMATIE_LISTEN", format!("127.0.0.1:{port}"))
+        cmd.env("DIPLOMATIE_LISTEN", "127.0.0.1:0")
             .env("DIPLOMATIE_DATA_DIR", dir.path())
             .env("DIPLOMATIE_REGISTRATION__ENABLED", "true")
             .env("DIPLOMATIE_RATE_LIMITS__ENABLED", "false")
-            .env("DIPLOMATIE_LOG", "warn")
+            .env("DIPLOMATIE_LOG", "warn,diplomatie::listening=info")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .kill_on_drop(true);
         let mut server_name = "localhost".to_owned();
         if federating {
@@ -79,14 +88,33 @@ impl Server {
         let pg_database = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => {
-                let name = format!("dip_sdk_{port}_{}", std::process::id());
+                let name = format!("dip_sdk_{}_{}", std::process::id(), DATABASES.fetch_add(1, Ordering::Relaxed));
                 psql(&format!("CREATE DATABASE {name}"));
                 cmd.env("DIPLOMATIE_DATABASE_URL", format!("postgres://postgres@127.0.0.1:5432/{name}"));
                 Some(name)
             }
         };
-        let child = cmd.spawn().expect("start diplomatie");
-        let base = format!("http://127.0.0.1:{port}");
+        let mut child = cmd.spawn().expect("start diplomatie");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (found, mut listening) = tokio::sync::mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match line.split_whitespace().find_map(|w| w.strip_prefix("addr=")) {
+                    Some(addr) if line.contains("Diplomatie is listening") => {
+                        let _ = found.send(addr.to_owned());
+                    }
+                    _ => eprintln!("{line}"),
+                }
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(30), listening.recv())
+            .await
+            .ok()
+            .flatten()
+            .expect("diplomatie did not say where it listens");
+        let base = format!("http://{addr}");
         for _ in 0..600 {
             if reqwest::get(format!("{base}/_matrix/client/versions")).await.is_ok_and(|r| r.status().is_success()) {
                 return Server { base, server_name, _dir: dir, child, pg_database };
