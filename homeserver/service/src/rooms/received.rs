@@ -4,7 +4,7 @@
 //! event gets here; this places an accepted event in the DAG and the room's state, in the same
 //! batch-and-commit discipline as the events this server builds.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use ruma::{
     events::{StateEventType, TimelineEventType},
@@ -56,11 +56,13 @@ impl Services {
 
 impl Services {
     /// Stores history from another server, older than every event of the room here
-    /// (`/backfill`): `events` oldest first, `state_before` the room state before the first.
-    /// Each event's state is the one before it plus itself (history taken as a line). They take
-    /// stream positions below all others, so that they are read by paginating backwards and
-    /// never by `/sync`, and change nothing else: not the current state, the forward
-    /// extremities, notifications or unread counts. One transaction.
+    /// (`/backfill`): `events` oldest first (by depth), `state_before` the room state before the
+    /// first. The state before each event is the state after its prev_events (those of the
+    /// batch, or held here), resolved where they are several (a fork inside the history);
+    /// `state_before` where none is known. They take stream positions below all others, so
+    /// that they are read by paginating backwards and never by `/sync`, and change nothing
+    /// else: not the current state, the forward extremities, notifications or unread counts.
+    /// One transaction.
     pub(crate) async fn store_backfilled(
         &self,
         room_id: &RoomId,
@@ -84,9 +86,20 @@ impl Services {
         let mut new_states = Vec::new();
         let mut rows = Vec::new();
         let mut stored = Vec::new();
-        let mut state = Arc::new(state_before);
+        let version = self.known_room(room_id).await?.version.clone();
+        let state_before = Arc::new(state_before);
+        let pending: HashMap<OwnedEventId, Arc<Pdu>> =
+            events.iter().map(|p| (p.event_id.clone(), Arc::new(p.clone()))).collect();
+        let mut after: HashMap<OwnedEventId, Arc<StateMap<OwnedEventId>>> = HashMap::new();
+        let mut state = state_before.clone();
         let mut group: Option<(i64, i64)> = None;
         for (i, mut pdu) in events.into_iter().enumerate() {
+            let before = self.backfilled_state_before(&pdu, &after, &state_before, &version, &pending).await?;
+            if !Arc::ptr_eq(&before, &state) && *before != *state {
+                // Not the line the previous event left: the deltas start again from a snapshot.
+                group = None;
+            }
+            state = before;
             let kind = pdu.kind.to_string();
             if let Some(sk) = &pdu.state_key {
                 let mut map = (*state).clone();
@@ -131,6 +144,7 @@ impl Services {
             }
             pdu.json = serde_json::to_string(&value).map_err(|_| Error::Internal)?;
             pdu.unsigned.clear();
+            after.insert(pdu.event_id.clone(), state.clone());
             pdu.stream_ordering = first + i as i64;
             pdu.state_group = id;
             rows.push(EventRow::of(&pdu, pdu.stream_ordering, id));
@@ -157,6 +171,44 @@ impl Services {
         // Searchable like the rest of the room (history visibility still applies to results).
         self.index_committed(&stored, &[], crate::search::index::Covered { high: 0, low: first });
         Ok(stored)
+    }
+}
+
+impl Services {
+    /// The state before a backfilled event: after its prev_events (the batch's, or those held
+    /// here), resolved when they differ; `fallback` (the state a server gave for the batch's
+    /// oldest event) when none of them is known.
+    async fn backfilled_state_before(
+        &self,
+        pdu: &Pdu,
+        after: &HashMap<OwnedEventId, Arc<StateMap<OwnedEventId>>>,
+        fallback: &Arc<StateMap<OwnedEventId>>,
+        version: &RoomVersionId,
+        pending: &HashMap<OwnedEventId, Arc<Pdu>>,
+    ) -> Result<Arc<StateMap<OwnedEventId>>> {
+        let mut states: Vec<Arc<StateMap<OwnedEventId>>> = Vec::new();
+        for prev in &pdu.prev_events {
+            let known = match after.get(prev) {
+                Some(s) => Some(s.clone()),
+                None => match self.get_pdu(prev).await? {
+                    Some(p) if p.in_timeline() && p.state_group != 0 => Some(self.state_map(p.state_group).await?),
+                    _ => None,
+                },
+            };
+            if let Some(s) = known {
+                if !states.iter().any(|k| Arc::ptr_eq(k, &s) || **k == *s) {
+                    states.push(s);
+                }
+            }
+        }
+        match states.len() {
+            0 => Ok(fallback.clone()),
+            1 => Ok(states.pop().expect("one")),
+            _ => {
+                let maps = states.iter().map(|s| (**s).clone()).collect();
+                Ok(Arc::new(self.resolve_states_with(version, maps, pending).await?))
+            }
+        }
     }
 }
 
@@ -328,5 +380,72 @@ impl Services {
             return Ok(map.clone());
         }
         self.state_map(group).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{api::client::room::create_room::v3::Request as CreateRoom, events::StateEventType, OwnedEventId};
+    use serde_json::json;
+
+    use crate::{Config, Pdu, Services};
+
+    /// A fork inside backfilled history: branch A sets a topic then renames the room, branch B
+    /// (older) renames it too, then a message follows both. Each branch's state is its own, and
+    /// the message's is their resolution (same sender and power: the later rename, A's, wins;
+    /// the topic only A set is kept) — not whatever was stored last.
+    #[tokio::test]
+    async fn a_fork_inside_backfilled_history_is_resolved() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { data_dir: dir.path().to_owned(), ..Config::default() };
+        let s = Services::start(config).await.unwrap();
+        let alice = s.create_account(Some("alice"), Some("pw"), false, None).await.unwrap();
+        let room = s.create_room(&alice, CreateRoom::new()).await.unwrap();
+        let base = s.known_room(&room).await.unwrap().extremities[0].clone();
+        let state = (*s.current_state(&room).await.unwrap()).clone();
+        let id = |ty: StateEventType, key: &str| state.get(&(ty, key.to_owned())).unwrap().to_string();
+        let auth = [id(StateEventType::RoomPowerLevels, ""), id(StateEventType::RoomMember, alice.as_str())];
+        let event = |event_id: &str, body: serde_json::Value| {
+            let mut e = json!({
+                "room_id": room, "sender": alice, "depth": 50,
+                "auth_events": auth, "hashes": { "sha256": "x" }, "signatures": {},
+            });
+            e.as_object_mut().unwrap().extend(body.as_object().unwrap().clone());
+            Pdu::from_received(OwnedEventId::try_from(event_id).unwrap(), e.to_string(), None).unwrap()
+        };
+        let set = |id: &str, ty: &str, content: serde_json::Value, prev: &str, ts: i64| {
+            event(
+                id,
+                json!({ "type": ty, "state_key": "", "content": content, "prev_events": [prev], "origin_server_ts": ts }),
+            )
+        };
+        let topic = set("$a-topic", "m.room.topic", json!({ "topic": "T" }), base.as_str(), 2_500);
+        let a = set("$a-name", "m.room.name", json!({ "name": "A" }), "$a-topic", 3_000);
+        let b = set("$b-name", "m.room.name", json!({ "name": "B" }), base.as_str(), 2_000);
+        let message = event(
+            "$merge",
+            json!({ "type": "m.room.message", "content": { "msgtype": "m.text", "body": "fusion" },
+                    "prev_events": ["$a-name", "$b-name"], "origin_server_ts": 4_000, "depth": 52 }),
+        );
+        let stored = s.store_backfilled(&room, state.clone(), vec![topic, a, b, message]).await.unwrap();
+        let state_of = |i: usize| {
+            let s = &s;
+            let group = stored[i].state_group;
+            async move {
+                let map = s.state_map(group).await.unwrap();
+                let mut out = Vec::new();
+                for ty in [StateEventType::RoomName, StateEventType::RoomTopic] {
+                    let value = match map.get(&(ty.clone(), String::new())) {
+                        Some(id) => s.get_pdu(id).await.unwrap().unwrap().content_value(),
+                        None => json!(null),
+                    };
+                    out.push(value);
+                }
+                out
+            }
+        };
+        assert_eq!(state_of(1).await, [json!({ "name": "A" }), json!({ "topic": "T" })]);
+        assert_eq!(state_of(2).await, [json!({ "name": "B" }), json!(null)], "branch B does not build on branch A");
+        assert_eq!(state_of(3).await, [json!({ "name": "A" }), json!({ "topic": "T" })], "resolved where they meet");
     }
 }

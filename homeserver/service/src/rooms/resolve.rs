@@ -36,8 +36,20 @@ impl Services {
     pub async fn resolve_states(
         &self,
         version: &RoomVersionId,
-        mut maps: Vec<StateMap<OwnedEventId>>,
+        maps: Vec<StateMap<OwnedEventId>>,
     ) -> Result<StateMap<OwnedEventId>> {
+        self.resolve_states_with(version, maps, &HashMap::new()).await
+    }
+
+    /// [`Self::resolve_states`] where some events are not stored yet (`pending`: a batch being
+    /// written).
+    pub(crate) async fn resolve_states_with(
+        &self,
+        version: &RoomVersionId,
+        mut maps: Vec<StateMap<OwnedEventId>>,
+        pending: &HashMap<OwnedEventId, Arc<Pdu>>,
+    ) -> Result<StateMap<OwnedEventId>> {
+        let lookup = Lookup { services: self, pending };
         maps.dedup();
         if maps.len() == 1 {
             return Ok(maps.pop().expect("one map"));
@@ -55,9 +67,9 @@ impl Services {
         let mut auth_chains = Vec::new();
         for map in &maps {
             let starts: Vec<OwnedEventId> = map.values().cloned().collect();
-            auth_chains.push(self.auth_chain(&starts, &mut events).await?);
+            auth_chains.push(lookup.auth_chain(&starts, &mut events).await?);
             for id in map.values() {
-                if let Some(p) = self.get_pdu(id).await? {
+                if let Some(p) = lookup.get(id).await? {
                     events.insert(id.clone(), p);
                 }
             }
@@ -78,7 +90,7 @@ impl Services {
                     .flat_map(|(_, ids)| ids.into_iter().cloned())
                     .collect()
             };
-            let graph = self.conflicted_subgraph(&conflicted, &mut events).await?;
+            let graph = lookup.conflicted_subgraph(&conflicted, &mut events).await?;
             Some(graph)
         } else {
             None
@@ -98,6 +110,21 @@ impl Services {
         })?;
         Ok(resolved)
     }
+}
+
+/// Events read by a resolution: a batch's pending ones, then those stored.
+struct Lookup<'a> {
+    services: &'a Services,
+    pending: &'a HashMap<OwnedEventId, Arc<Pdu>>,
+}
+
+impl Lookup<'_> {
+    async fn get(&self, id: &ruma::EventId) -> Result<Option<Arc<Pdu>>> {
+        match self.pending.get(id) {
+            Some(p) => Ok(Some(p.clone())),
+            None => self.services.get_pdu(id).await,
+        }
+    }
 
     /// The full recursive set of auth events of `starts`, loading each event into `events`.
     async fn auth_chain(
@@ -108,7 +135,7 @@ impl Services {
         let mut chain = EventIdSet::new();
         let mut queue: VecDeque<OwnedEventId> = VecDeque::new();
         for id in starts {
-            if let Some(p) = self.get_pdu(id).await? {
+            if let Some(p) = self.get(id).await? {
                 queue.extend(p.auth_events.iter().cloned());
             }
         }
@@ -116,7 +143,7 @@ impl Services {
             if !chain.insert(id.clone()) {
                 continue;
             }
-            if let Some(p) = self.get_pdu(&id).await? {
+            if let Some(p) = self.get(&id).await? {
                 queue.extend(p.auth_events.iter().cloned());
                 events.insert(id, p);
             }
@@ -139,7 +166,7 @@ impl Services {
             if auths.contains_key(&id) {
                 continue;
             }
-            let Some(p) = self.get_pdu(&id).await? else {
+            let Some(p) = self.get(&id).await? else {
                 auths.insert(id, Vec::new());
                 continue;
             };
