@@ -1,10 +1,13 @@
 """Starts the real `diplomatie` binary for the real-client tests, on both storage backends."""
 
 import os
+import queue
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -25,8 +28,6 @@ class Server:
     def __init__(self, backend, federating=False):
         self.backend = backend
         self.dir = tempfile.mkdtemp(prefix="diplomatie-nio-")
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.pg_db = None
         self.server_name = "localhost"
         env = {k: v for k, v in os.environ.items() if not k.startswith("DIPLOMATIE_")}
@@ -43,19 +44,38 @@ class Server:
             })
         env.update({
             "DIPLOMATIE_SERVER_NAME": self.server_name,
-            "DIPLOMATIE_LISTEN": f"127.0.0.1:{self.port}",
+            # A port the system chooses, read from the server's log (a port chosen here
+            # beforehand could be taken by another server in between).
+            "DIPLOMATIE_LISTEN": "127.0.0.1:0",
             "DIPLOMATIE_DATA_DIR": self.dir,
             "DIPLOMATIE_REGISTRATION__ENABLED": "true",
             "DIPLOMATIE_RATE_LIMITS__ENABLED": "false",
-            "DIPLOMATIE_LOG": os.environ.get("DIPLOMATIE_TEST_LOG", "warn"),
+            "DIPLOMATIE_LOG": os.environ.get("DIPLOMATIE_TEST_LOG", "warn") + ",diplomatie::listening=info",
+            "NO_COLOR": "1",
         })
         if backend == "postgres":
             self.pg_db = "dip_nio_" + uuid.uuid4().hex[:12]
             subprocess.run(PG + [f"CREATE DATABASE {self.pg_db}"], check=True)
             env["DIPLOMATIE_DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{self.pg_db}"
         self.env = env
-        out = None if os.environ.get("DIPLOMATIE_TEST_LOG") else subprocess.DEVNULL
-        self.proc = subprocess.Popen([BIN], env=env, stdin=subprocess.DEVNULL, stdout=out)
+        self.proc = subprocess.Popen([BIN], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+        listening = queue.Queue()
+
+        def read_log():
+            for line in self.proc.stdout:
+                if "Diplomatie is listening" in line:
+                    addr = next((w[len("addr="):] for w in line.split() if w.startswith("addr=")), None)
+                    listening.put(addr)
+                else:
+                    sys.stdout.write(line)
+            listening.put(None)
+
+        threading.Thread(target=read_log, daemon=True).start()
+        addr = listening.get(timeout=30)
+        if addr is None:
+            raise RuntimeError("diplomatie did not start")
+        self.port = int(addr.rsplit(":", 1)[1])
+        self.url = f"http://{addr}"
         deadline = time.time() + 30
         while True:
             try:
