@@ -206,7 +206,14 @@ impl Services {
             1 => Ok(states.pop().expect("one")),
             _ => {
                 let maps = states.iter().map(|s| (**s).clone()).collect();
-                Ok(Arc::new(self.resolve_states_with(version, maps, pending).await?))
+                match self.resolve_states_with(version, maps, pending).await {
+                    Ok(resolved) => Ok(Arc::new(resolved)),
+                    // Room versions 1 and 2 (state resolution v1): the first branch's state.
+                    Err(e) => {
+                        tracing::info!(event_id = %pdu.event_id, error = %e, "backfilled fork left unresolved");
+                        Ok(states.swap_remove(0))
+                    }
+                }
             }
         }
     }
