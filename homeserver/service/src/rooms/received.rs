@@ -209,10 +209,11 @@ impl Services {
                 match self.resolve_states_with(version, maps, pending).await {
                     Ok(resolved) => Ok(Arc::new(resolved)),
                     // Room versions 1 and 2 (state resolution v1): the first branch's state.
-                    Err(e) => {
-                        tracing::info!(event_id = %pdu.event_id, error = %e, "backfilled fork left unresolved");
+                    Err(Error::Matrix(ruma::api::error::ErrorKind::UnsupportedRoomVersion, _)) => {
+                        tracing::info!(event_id = %pdu.event_id, "backfilled fork left unresolved (state resolution v1)");
                         Ok(states.swap_remove(0))
                     }
+                    Err(e) => Err(e),
                 }
             }
         }
