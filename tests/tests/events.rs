@@ -119,30 +119,18 @@ async fn messages_paginate_both_ways_with_filters(backend: Backend) {
         .await;
     assert_eq!(bodies(&p2["chunk"]), vec!["m3", "m2", "m1"]);
     // Forwards from that point returns what came after, in order.
-    let f = alice
-        .ok(
-            Method::GET,
-            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=2&from={}", p2["end"].as_str().unwrap()),
-            None,
-        )
-        .await;
+    let forwards = |limit: usize, from: &Value| {
+        let path =
+            format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit={limit}&from={}", from.as_str().unwrap());
+        let alice = &alice;
+        async move { alice.ok(Method::GET, &path, None).await }
+    };
+    let f = forwards(2, &p2["end"]).await;
     assert_eq!(f["chunk"].as_array().unwrap().len(), 2);
     // Forwards to the newest event: an `end` to wait for more from, then an empty page without.
-    let f = alice
-        .ok(
-            Method::GET,
-            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=50&from={}", f["end"].as_str().unwrap()),
-            None,
-        )
-        .await;
+    let f = forwards(50, &f["end"]).await;
     assert_eq!(bodies(&f["chunk"]), vec!["m3", "m4", "m5", "m6"]);
-    let f = alice
-        .ok(
-            Method::GET,
-            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=50&from={}", f["end"].as_str().unwrap()),
-            None,
-        )
-        .await;
+    let f = forwards(50, &f["end"]).await;
     assert!(f["chunk"].as_array().unwrap().is_empty() && f.get("end").is_none(), "{f}");
     // Filter: only Bob's messages, with lazy-loaded members.
     let filter = urlencode(
