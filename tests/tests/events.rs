@@ -46,6 +46,26 @@ async fn sending_is_idempotent_per_transaction(backend: Backend) {
     other.token = Some(login["access_token"].as_str().unwrap().to_owned());
     let third = other.ok(Method::PUT, &path, Some(&json!({ "msgtype": "m.text", "body": "autre appareil" }))).await;
     assert_ne!(third["event_id"], first["event_id"]);
+    // The sending device sees its transaction id on its event (to match its local echo), in
+    // /sync, /messages and /event; the other device does not.
+    let txn_of = |events: &Value, id: &Value| {
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event_id"] == *id)
+            .map(|e| e["unsigned"]["transaction_id"].clone())
+    };
+    let synced = alice.sync(None, "").await;
+    assert_eq!(txn_of(&synced["rooms"]["join"][&room]["timeline"]["events"], &first["event_id"]), Some(json!("txn1")));
+    let msgs = alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"), None).await;
+    assert_eq!(txn_of(&msgs["chunk"], &first["event_id"]), Some(json!("txn1")));
+    assert_eq!(txn_of(&msgs["chunk"], &third["event_id"]), Some(Value::Null), "sent by the other device");
+    let msgs = other.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"), None).await;
+    assert_eq!(txn_of(&msgs["chunk"], &first["event_id"]), Some(Value::Null));
+    assert_eq!(txn_of(&msgs["chunk"], &third["event_id"]), Some(json!("txn1")));
+    let event_path = format!("/_matrix/client/v3/rooms/{room}/event/{}", first["event_id"].as_str().unwrap());
+    assert_eq!(alice.ok(Method::GET, &event_path, None).await["unsigned"]["transaction_id"], "txn1");
     // Custom event types go through; state-only and unknown rooms do not.
     alice
         .ok(Method::PUT, &format!("/_matrix/client/v3/rooms/{room}/send/org.example.note/t2"), Some(&json!({ "x": 1 })))

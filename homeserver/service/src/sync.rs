@@ -375,7 +375,7 @@ impl Services {
         if timeline.is_empty() && state.is_empty() && ephemeral.is_empty() && account_data.is_empty() && !full {
             return Ok(None);
         }
-        let events: Vec<Value> = filtered.iter().map(|p| self.client_event_for(p, user, false)).collect();
+        let events: Vec<Value> = filtered.iter().map(|p| self.client_event(p, user, req.device, false)).collect();
         let mut timeline_json = json!({ "events": events, "limited": limited });
         if let Some(pb) = prev_batch {
             timeline_json["prev_batch"] = json!(pb);
@@ -421,7 +421,7 @@ impl Services {
             first = Some(stored.stream_ordering);
             let pdu = Pdu::from_stored(stored)?;
             if self.can_see_event(user, &pdu).await? {
-                events.push(pdu.to_client(false));
+                events.push(self.client_event(&pdu, user, req.device, false));
             }
         }
         events.reverse();
@@ -430,11 +430,6 @@ impl Services {
             timeline["prev_batch"] = json!((f - 1).to_string());
         }
         Ok(json!({ "timeline": timeline, "state": { "events": [] }, "account_data": { "events": [] } }))
-    }
-
-    /// The event as `/sync` sends it to `user`: with the transaction id for the sender's device.
-    pub fn client_event_for(&self, pdu: &Pdu, _user: &UserId, with_room_id: bool) -> Value {
-        pdu.to_client(with_room_id)
     }
 
     /// Stripped state for invites and knocks: what a client shows before joining (the room's

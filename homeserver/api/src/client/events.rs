@@ -64,8 +64,9 @@ pub async fn redact(State(s): S, req: Ruma<redact_event::v3::Request>) -> ApiRes
 }
 
 pub async fn get_event(State(s): S, req: Ruma<get_room_event::v3::Request>) -> Result<Response, ApiError> {
-    let pdu = s.event_for_user(&req.caller().user_id, &req.body.room_id, &req.body.event_id).await?;
-    Ok(json_ok(pdu.to_client(true)))
+    let caller = req.caller();
+    let pdu = s.event_for_user(&caller.user_id, &req.body.room_id, &req.body.event_id).await?;
+    Ok(json_ok(s.client_event(&pdu, &caller.user_id, caller.device_id.as_str(), true)))
 }
 
 /// `GET /rooms/{roomId}/messages`
@@ -75,10 +76,11 @@ pub async fn messages(State(s): S, req: Ruma<get_message_events::v3::Request>) -
     let backwards = b.dir == Direction::Backward;
     let limit = u64::from(b.limit) as usize;
     let paging = Paging { from: b.from.as_deref(), to: b.to.as_deref(), backwards, limit };
-    let page = s.messages(&req.caller().user_id, &b.room_id, paging, &filter).await?;
+    let caller = req.caller();
+    let page = s.messages(&caller.user_id, &b.room_id, paging, &filter).await?;
     let mut body = json!({
         "start": page.start,
-        "chunk": page.events.iter().map(|p| p.to_client(true)).collect::<Vec<_>>(),
+        "chunk": page.events.iter().map(|p| s.client_event(p, &caller.user_id, caller.device_id.as_str(), true)).collect::<Vec<_>>(),
         "state": page.state.iter().map(|p| p.to_client(true)).collect::<Vec<_>>(),
     });
     if let Some(end) = page.end {
@@ -91,12 +93,14 @@ pub async fn messages(State(s): S, req: Ruma<get_message_events::v3::Request>) -
 pub async fn context(State(s): S, req: Ruma<get_context::v3::Request>) -> Result<Response, ApiError> {
     let b = &req.body;
     let filter = event_filter(&b.filter);
+    let caller = req.caller();
     let (event, before, after) =
-        s.context(&req.caller().user_id, &b.room_id, &b.event_id, u64::from(b.limit) as usize, &filter).await?;
+        s.context(&caller.user_id, &b.room_id, &b.event_id, u64::from(b.limit) as usize, &filter).await?;
+    let client = |p: &diplomatie_service::Pdu| s.client_event(p, &caller.user_id, caller.device_id.as_str(), true);
     Ok(json_ok(json!({
-        "event": event.to_client(true),
-        "events_before": before.events.iter().map(|p| p.to_client(true)).collect::<Vec<_>>(),
-        "events_after": after.events.iter().map(|p| p.to_client(true)).collect::<Vec<_>>(),
+        "event": client(&event),
+        "events_before": before.events.iter().map(|p| client(p)).collect::<Vec<_>>(),
+        "events_after": after.events.iter().map(|p| client(p)).collect::<Vec<_>>(),
         "state": before.state.iter().map(|p| p.to_client(true)).collect::<Vec<_>>(),
         "start": before.start,
         "end": after.end,

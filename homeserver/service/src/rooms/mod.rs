@@ -64,6 +64,9 @@ pub struct RoomCaches {
     queue: Mutex<Vec<SendJob>>,
     /// Transaction ids of recent sends, so that a retry racing its original is recognised.
     recent_txns: Mutex<LruCache<TxnKey, OwnedEventId>>,
+    /// The reverse, for the events' `unsigned.transaction_id`: event → (device, transaction id),
+    /// for recent sends (as Synapse keeps them for a day).
+    txn_of: Mutex<LruCache<OwnedEventId, (String, String)>>,
     last_create_ts: AtomicI64,
     /// The lowest stream position given out (history from other servers goes below it);
     /// read from the database at first use.
@@ -92,6 +95,7 @@ impl Default for RoomCaches {
             next_state_group: AtomicI64::new(-1),
             queue: Mutex::default(),
             recent_txns: Mutex::new(crate::lru(10_000)),
+            txn_of: Mutex::new(crate::lru(10_000)),
             last_create_ts: AtomicI64::new(0),
             backfill_low: tokio::sync::Mutex::default(),
         }
@@ -180,6 +184,20 @@ impl Services {
     /// The room's meta, or `M_NOT_FOUND`.
     pub async fn known_room(&self, room_id: &RoomId) -> Result<Arc<RoomMeta>> {
         self.room_meta(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))
+    }
+
+    /// The event in the client-server format for `user` on `device`: with
+    /// `unsigned.transaction_id` when that device sent it (recently), so that clients match
+    /// it with their local echo.
+    pub fn client_event(&self, pdu: &Pdu, user: &UserId, device: &str, with_room_id: bool) -> Value {
+        let mut value = pdu.to_client(with_room_id);
+        if pdu.sender == user {
+            let txn = self.rooms.txn_of.lock().unwrap().get(&pdu.event_id).cloned();
+            if let Some((_, txn_id)) = txn.filter(|(sent_by, _)| sent_by == device) {
+                value["unsigned"]["transaction_id"] = Value::String(txn_id);
+            }
+        }
+        value
     }
 
     pub async fn get_pdu(&self, event_id: &ruma::EventId) -> Result<Option<Arc<Pdu>>> {
@@ -1062,6 +1080,14 @@ impl<'a> RoomWriter<'a> {
             }
             memberships.push((target.clone(), pdu.room_id.clone()));
             wake.push(target);
+        }
+        if !txns.is_empty() {
+            let mut txn_of = caches.txn_of.lock().unwrap();
+            for [_, device, txn_id, event_id] in &txns {
+                if let Ok(id) = OwnedEventId::try_from(event_id.as_str()) {
+                    txn_of.put(id, (device.clone(), txn_id.clone()));
+                }
+            }
         }
         let position = write.position();
         services.unread_committed(&push_rows, &notified, &memberships, position);
