@@ -875,3 +875,21 @@ async fn a_server_named_without_a_port_is_found_through_well_known() {
         b.kill().await;
     }
 }
+
+/// Unusable `[federation]` settings stop the server at start-up, with their reason.
+#[tokio::test]
+async fn unusable_federation_settings_stop_the_server_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(diplomatie_tests::binary())
+        .env("DIPLOMATIE_DATA_DIR", dir.path())
+        .env("DIPLOMATIE_LISTEN", "127.0.0.1:0")
+        .env("DIPLOMATIE_FEDERATION__ENABLED", "true")
+        .env("DIPLOMATIE_FEDERATION__DNS_SERVERS", "[\"pas-une-adresse\"]")
+        .env("DIPLOMATIE_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("federation.dns_servers") && stderr.contains("pas-une-adresse"), "{stderr}");
+}

@@ -130,6 +130,9 @@ impl Services {
     /// and the background workers (indexer, pushers).
     pub async fn start_serving(config: Config) -> anyhow_like::Result<Arc<Services>> {
         let services = Services::start(config).await?;
+        if services.config.federation.enabled {
+            services.prepare_federation_clients().map_err(anyhow_like::msg)?;
+        }
         services.search.open().await.map_err(|e| anyhow_like::msg(format!("cannot open the search index: {e}")))?;
         push::spawn_pusher_worker(Arc::downgrade(&services));
         search::spawn_indexer(&services);

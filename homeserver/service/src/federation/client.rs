@@ -79,7 +79,7 @@ impl reqwest::dns::Resolve for DiscoveredResolver {
 }
 
 /// The resolver of SRV records: the configured DNS servers, or the system's.
-fn dns_resolver(servers: &[String]) -> Result<Option<hickory_resolver::TokioResolver>> {
+fn dns_resolver(servers: &[String]) -> std::result::Result<Option<hickory_resolver::TokioResolver>, String> {
     use hickory_resolver::{
         config::{NameServerConfigGroup, ResolverConfig},
         name_server::TokioConnectionProvider,
@@ -90,14 +90,42 @@ fn dns_resolver(servers: &[String]) -> Result<Option<hickory_resolver::TokioReso
     }
     let mut group = NameServerConfigGroup::new();
     for s in servers {
-        let addr: SocketAddr = s.parse().map_err(|_| {
-            tracing::error!(server = %s, "federation.dns_servers: not an ip:port");
-            Error::Internal
-        })?;
+        let addr: SocketAddr = s.parse().map_err(|_| format!("federation.dns_servers: {s:?} is not an ip:port"))?;
         group.merge(NameServerConfigGroup::from_ips_clear(&[addr.ip()], addr.port(), true));
     }
     let config = ResolverConfig::from_parts(None, Vec::new(), group);
     Ok(Some(TokioResolver::builder_with_config(config, TokioConnectionProvider::default()).build()))
+}
+
+/// The HTTP clients and the resolver that the `[federation]` settings describe.
+fn build_clients(config: &crate::config::Federation) -> std::result::Result<Built, String> {
+    let resolved: Arc<Mutex<HashMap<String, Vec<SocketAddr>>>> = Arc::default();
+    let timeout = Duration::from_millis(config.request_timeout_ms);
+    let base = || {
+        reqwest::Client::builder()
+            .dns_resolver(Arc::new(DiscoveredResolver(resolved.clone())))
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .user_agent(format!("Diplomatie/{}", env!("CARGO_PKG_VERSION")))
+    };
+    let mut verified = base();
+    if !config.trusted_ca.as_os_str().is_empty() {
+        let path = config.trusted_ca.display();
+        let pem = std::fs::read(&config.trusted_ca).map_err(|e| format!("federation.trusted_ca {path}: {e}"))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("federation.trusted_ca {path}: not PEM certificates: {e}"))?;
+        for cert in certs {
+            verified = verified.add_root_certificate(cert);
+        }
+    }
+    let build =
+        |b: reqwest::ClientBuilder| b.build().map_err(|e| format!("cannot build the federation HTTP client: {e}"));
+    let verified = build(verified)?;
+    let insecure =
+        if config.insecure_loopback_tls { Some(build(base().danger_accept_invalid_certs(true))?) } else { None };
+    let dns = dns_resolver(&config.dns_servers)?;
+    Ok(Built { verified, insecure, resolved, dns })
 }
 
 impl Services {
@@ -105,39 +133,21 @@ impl Services {
         if let Some(b) = self.federation.clients.built.get() {
             return Ok(b);
         }
-        let config = &self.config.federation;
-        let resolved: Arc<Mutex<HashMap<String, Vec<SocketAddr>>>> = Arc::default();
-        let timeout = Duration::from_millis(config.request_timeout_ms);
-        let base = || {
-            reqwest::Client::builder()
-                .dns_resolver(Arc::new(DiscoveredResolver(resolved.clone())))
-                .timeout(timeout)
-                .connect_timeout(Duration::from_secs(10))
-                .redirect(reqwest::redirect::Policy::limited(3))
-                .user_agent(format!("Diplomatie/{}", env!("CARGO_PKG_VERSION")))
-        };
-        let mut verified = base();
-        if !config.trusted_ca.as_os_str().is_empty() {
-            let pem = std::fs::read(&config.trusted_ca).map_err(|e| {
-                tracing::error!(path = %config.trusted_ca.display(), error = %e, "federation.trusted_ca");
-                Error::Internal
-            })?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| Error::Internal)? {
-                verified = verified.add_root_certificate(cert);
-            }
-        }
-        let build = |b: reqwest::ClientBuilder| {
-            b.build().map_err(|e| {
-                tracing::error!(error = %e, "cannot build the federation HTTP client");
-                Error::Internal
-            })
-        };
-        let verified = build(verified)?;
-        let insecure =
-            if config.insecure_loopback_tls { Some(build(base().danger_accept_invalid_certs(true))?) } else { None };
-        let dns = dns_resolver(&config.dns_servers)?;
-        let _ = self.federation.clients.built.set(Built { verified, insecure, resolved, dns });
+        let built = build_clients(&self.config.federation).map_err(|e| {
+            tracing::error!(error = %e, "federation settings");
+            Error::Internal
+        })?;
+        let _ = self.federation.clients.built.set(built);
         Ok(self.federation.clients.built.get().expect("just set"))
+    }
+
+    /// Builds the federation clients at start-up, so that unusable `[federation]` settings stop
+    /// the server with their reason rather than fail its requests later.
+    pub(crate) fn prepare_federation_clients(&self) -> std::result::Result<(), String> {
+        if self.federation.clients.built.get().is_none() {
+            let _ = self.federation.clients.built.set(build_clients(&self.config.federation)?);
+        }
+        Ok(())
     }
 
     /// Where `server` is reached (cached for an hour).
