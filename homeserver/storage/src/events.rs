@@ -284,30 +284,10 @@ pub async fn membership_changes_between<'e>(
     .await?)
 }
 
-/// Unredacted events of the given types after a stream position, oldest first (what the search
-/// index catches up on).
-pub async fn events_of_types_after<'e>(
-    e: impl Exec<'e>,
-    types: &[&str],
-    after: i64,
-    limit: i64,
-) -> Result<Vec<StoredEvent>> {
-    events_of_types(e, types, after, true, limit).await
-}
-
-/// Unredacted events of `types` below position `before` (history fetched from other
-/// servers), newest first, at most `limit`.
-pub async fn events_of_types_before<'e>(
-    e: impl Exec<'e>,
-    types: &[&str],
-    before: i64,
-    limit: i64,
-) -> Result<Vec<StoredEvent>> {
-    events_of_types(e, types, before, false, limit).await
-}
-
-/// Past `bound`: above it, oldest first (`upwards`), or below it, newest first.
-async fn events_of_types<'e>(
+/// Unredacted events of `types` past stream position `bound` (what the search index catches
+/// up on): above it, oldest first (`upwards`), or below it, newest first (history fetched from
+/// other servers); at most `limit`.
+pub async fn events_of_types<'e>(
     e: impl Exec<'e>,
     types: &[&str],
     bound: i64,

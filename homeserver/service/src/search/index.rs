@@ -226,7 +226,7 @@ impl SearchIndex {
         })
     }
 
-    /// Makes everything added durable and searchable, recording `position` as covered; the
+    /// Makes everything added durable and searchable, recording `covered` as covered; the
     /// writer then finishes its merges and goes.
     pub fn commit(&self, covered: Covered) -> tantivy::Result<()> {
         let writer = {

@@ -126,13 +126,10 @@ async fn catch_up(db: &Db, index: &SearchIndex) -> Result<Covered> {
     let mut covered = index.committed();
     // Events written here since, oldest first; then history fetched from other servers since,
     // newest first (each below the last).
-    for newer in [true, false] {
+    for upwards in [true, false] {
         loop {
-            let batch = if newer {
-                ev_store::events_of_types_after(db.pool(), INDEXED_TYPES, covered.high, 2000).await?
-            } else {
-                ev_store::events_of_types_before(db.pool(), INDEXED_TYPES, covered.low, 2000).await?
-            };
+            let bound = if upwards { covered.high } else { covered.low };
+            let batch = ev_store::events_of_types(db.pool(), INDEXED_TYPES, bound, upwards, 2000).await?;
             let Some(last) = batch.last().map(|e| e.stream_ordering) else { break };
             let events: Vec<IndexedEvent> =
                 batch.into_iter().filter_map(|s| Pdu::from_stored(s).ok()).filter_map(|p| indexed_event(&p)).collect();
