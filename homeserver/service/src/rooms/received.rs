@@ -88,8 +88,9 @@ impl Services {
         let mut stored = Vec::new();
         let version = self.known_room(room_id).await?.version.clone();
         let state_before = Arc::new(state_before);
-        let pending: HashMap<OwnedEventId, Arc<Pdu>> =
-            events.iter().map(|p| (p.event_id.clone(), Arc::new(p.clone()))).collect();
+        // The batch's events stored so far, for a resolution (their auth events come before
+        // them: the batch is in depth order).
+        let mut pending: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
         let mut after: HashMap<OwnedEventId, Arc<StateMap<OwnedEventId>>> = HashMap::new();
         let mut state = state_before.clone();
         let mut group: Option<(i64, i64)> = None;
@@ -148,7 +149,9 @@ impl Services {
             pdu.stream_ordering = first + i as i64;
             pdu.state_group = id;
             rows.push(EventRow::of(&pdu, pdu.stream_ordering, id));
-            stored.push(Arc::new(pdu));
+            let pdu = Arc::new(pdu);
+            pending.insert(pdu.event_id.clone(), pdu.clone());
+            stored.push(pdu);
         }
         let mut tx = self.db.begin().await?;
         for w in &writes {
