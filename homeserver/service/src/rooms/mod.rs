@@ -394,11 +394,6 @@ impl Services {
         tracing::debug!(jobs = count, ?appended, total = ?started.elapsed(), "send queue drained");
         match committed {
             Ok(()) => {
-                let mut recent = self.rooms.recent_txns.lock().unwrap();
-                for (key, pdu) in by_txn {
-                    recent.put(key, pdu.event_id.clone());
-                }
-                drop(recent);
                 for (reply, result) in answers {
                     let _ = reply.send(result);
                 }
@@ -1082,11 +1077,17 @@ impl<'a> RoomWriter<'a> {
             wake.push(target);
         }
         if !txns.is_empty() {
-            let mut txn_of = caches.txn_of.lock().unwrap();
-            for [_, device, txn_id, event_id] in &txns {
-                if let Ok(id) = OwnedEventId::try_from(event_id.as_str()) {
-                    txn_of.put(id, (device.clone(), txn_id.clone()));
-                }
+            // Both ways: a retry racing its original finds the event, and the sending device
+            // sees its transaction id on it.
+            let (mut recent, mut txn_of) = (caches.recent_txns.lock().unwrap(), caches.txn_of.lock().unwrap());
+            for [user, device, txn_id, event_id] in &txns {
+                let (Ok(user), Ok(id)) =
+                    (OwnedUserId::try_from(user.as_str()), OwnedEventId::try_from(event_id.as_str()))
+                else {
+                    continue;
+                };
+                recent.put((user, device.as_str().into(), txn_id.as_str().into()), id.clone());
+                txn_of.put(id, (device.clone(), txn_id.clone()));
             }
         }
         let position = write.position();
