@@ -78,9 +78,10 @@ pub async fn messages(State(s): S, req: Ruma<get_message_events::v3::Request>) -
     let paging = Paging { from: b.from.as_deref(), to: b.to.as_deref(), backwards, limit };
     let caller = req.caller();
     let page = s.messages(&caller.user_id, &b.room_id, paging, &filter).await?;
+    let client = |p: &diplomatie_service::Pdu| s.client_event(p, &caller.user_id, caller.device_id.as_str(), true);
     let mut body = json!({
         "start": page.start,
-        "chunk": page.events.iter().map(|p| s.client_event(p, &caller.user_id, caller.device_id.as_str(), true)).collect::<Vec<_>>(),
+        "chunk": page.events.iter().map(|p| client(p)).collect::<Vec<_>>(),
         "state": page.state.iter().map(|p| p.to_client(true)).collect::<Vec<_>>(),
     });
     if let Some(end) = page.end {
