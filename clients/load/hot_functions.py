@@ -1,6 +1,9 @@
 """Reads a callgrind profile of the server and prints the functions of the binary that ran,
 by instructions spent in each (hottest first), one symbol name a line: the linker's symbol
-ordering file. Usage: hot_functions.py CALLGRIND_OUT BINARY (see hot-functions.sh)."""
+ordering file, followed by the names of PREVIOUS (the list in use) that this run did not see but
+the binary still has: which rarer paths a run takes depends on timing, and names the binary no
+longer has are dropped. Usage: hot_functions.py CALLGRIND_OUT BINARY [PREVIOUS]
+(see hot-functions.sh)."""
 import re
 import subprocess
 import sys
@@ -41,4 +44,10 @@ ranked = sorted(((c, names[i]) for i, c in cost.items() if names.get(i) in syms)
 seen = set()
 for c, n in ranked:
     if n not in seen:
-        seen.add(n); print(n)
+        seen.add(n)
+        print(n)
+if len(sys.argv) > 3:
+    for n in open(sys.argv[3]).read().split():
+        if n in syms and n not in seen:
+            seen.add(n)
+            print(n)

@@ -8,7 +8,8 @@
 //!
 //! The list names symbols; a name the build no longer has is skipped, so a stale list only
 //! costs memory, never correctness. It is passed to the linker only where the linker is
-//! Rust's default LLD (x86_64 Linux with no linker configured) and for optimised builds.
+//! Rust's default LLD (x86_64 Linux with no linker configured) and for optimised builds;
+//! `DIPLOMATIE_NO_LAYOUT=1` at build time leaves the compiler's order (to compare).
 
 use std::{env, path::Path};
 
@@ -16,8 +17,8 @@ fn main() {
     let list = Path::new(&env::var("CARGO_MANIFEST_DIR").unwrap()).join("layout/hot-functions.txt");
     println!("cargo:rerun-if-changed={}", list.display());
     println!("cargo:rerun-if-env-changed=DIPLOMATIE_NO_LAYOUT");
-    let target_is_default_lld = env::var("TARGET").as_deref() == Ok("x86_64-unknown-linux-gnu")
-        && env::var_os("RUSTC_LINKER").is_none();
+    let target_is_default_lld =
+        env::var("TARGET").as_deref() == Ok("x86_64-unknown-linux-gnu") && env::var_os("RUSTC_LINKER").is_none();
     let optimised = env::var("PROFILE").as_deref() == Ok("release");
     if target_is_default_lld && optimised && list.exists() && env::var_os("DIPLOMATIE_NO_LAYOUT").is_none() {
         println!(

@@ -179,26 +179,36 @@ fn verify(file: &std::path::Path) -> anyhow::Result<()> {
 
 /// jemalloc for the server's own allocations: it gives freed pages back to the system at once
 /// (glibc keeps them, fragmented, in its arenas, about 10 MB after a burst of requests).
+/// (Built without the default `jemalloc` feature, the server uses the system's allocator, which
+/// heap profilers such as heaptrack can follow.)
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's settings: freed pages returned by a background thread, without delay; two arenas
-/// (the server's threads are few).
+/// (the server's threads are few); small thread caches (objects up to 512 bytes, half the
+/// usual count of each): with a dozen threads, full-size caches hold megabytes the server is
+/// not using. `_RJEM_MALLOC_CONF` in the environment overrides them.
+#[cfg(feature = "jemalloc")]
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
-pub static malloc_conf: &[u8; 67] = b"background_thread:true,dirty_decay_ms:0,muzzy_decay_ms:0,narenas:2\0";
+pub static malloc_conf: &[u8; 106] =
+    b"background_thread:true,dirty_decay_ms:0,muzzy_decay_ms:0,narenas:2,tcache_max:512,lg_tcache_nslots_mul:-1\0";
 
 fn main() -> anyhow::Result<()> {
     // What still uses glibc's allocator (SQLite): every thread that allocates would get an
     // arena of its own and keep what is freed in it; the server's threads need no more than two.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes the allocator's tuning, before any thread is spawned.
     // Blocks of 128 KiB and more are mapped on their own and unmapped when freed: glibc would
     // otherwise raise that threshold after the first such block is freed and serve the next
-    // ones from the heap, which keeps them.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    // ones from the heap, which keeps them. An administrator's own GLIBC_TUNABLES take
+    // precedence.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("GLIBC_TUNABLES").is_none() {
+        // SAFETY: mallopt only changes the allocator's tuning, before any thread is spawned.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        }
     }
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())
 }

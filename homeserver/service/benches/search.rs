@@ -50,14 +50,14 @@ fn main() {
             topic: None,
         });
         if batch.len() == 10_000 {
-            index.add(&batch).unwrap();
+            index.add(&batch, Covered::default()).unwrap();
             batch.clear();
         }
         if (i + 1) % 100_000 == 0 {
             index.commit(Covered::up_to(i as i64 + 1)).unwrap();
         }
     }
-    index.add(&batch).unwrap();
+    index.add(&batch, Covered::default()).unwrap();
     index.commit(Covered::up_to(messages as i64)).unwrap();
     let indexing = started.elapsed();
 

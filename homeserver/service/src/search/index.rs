@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use tantivy::{
     collector::{Count, TopDocs},
     directory::MmapDirectory,
+    indexer::IndexWriterOptions,
     query::{BooleanQuery, Occur, Query, QueryParser, TermSetQuery},
     schema::{
         Field, IndexRecordOption, NumericOptions, OwnedValue, Schema, TextFieldIndexing, TextOptions, STORED, STRING,
@@ -170,7 +171,14 @@ impl SearchIndex {
         if slot.is_none() {
             let mut attempts = 0;
             let writer = loop {
-                match self.index.writer_with_num_threads(1, self.writer_bytes) {
+                // One indexing thread and one merging thread: the writer lives only for a
+                // commit, and every thread it starts costs a stack and an allocator cache.
+                let options = IndexWriterOptions::builder()
+                    .num_worker_threads(1)
+                    .num_merge_threads(1)
+                    .memory_budget_per_thread(self.writer_bytes)
+                    .build();
+                match self.index.writer_with_options(options) {
                     Err(tantivy::TantivyError::LockFailure(..)) if attempts < 50 => {
                         attempts += 1;
                         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -188,15 +196,24 @@ impl SearchIndex {
         self.index.load_metas().ok().and_then(|m| m.payload).and_then(|p| Covered::parse(&p)).unwrap_or_default()
     }
 
-    /// Adds (or replaces) events; visible to searches after [`SearchIndex::commit`].
-    pub fn add(&self, events: &[IndexedEvent]) -> tantivy::Result<()> {
-        self.with_writer(|writer| self.add_with(writer, events))
+    /// Adds events; visible to searches after [`SearchIndex::commit`]. `covered` is what the
+    /// index held before (its last commit's positions): an event there replaces its copy.
+    /// Others are only added, which spares the commit looking each one up in every segment.
+    pub fn add(&self, events: &[IndexedEvent], covered: Covered) -> tantivy::Result<()> {
+        self.with_writer(|writer| self.add_with(writer, events, covered))
     }
 
-    fn add_with(&self, writer: &mut IndexWriter<TantivyDocument>, events: &[IndexedEvent]) -> tantivy::Result<()> {
+    fn add_with(
+        &self,
+        writer: &mut IndexWriter<TantivyDocument>,
+        events: &[IndexedEvent],
+        covered: Covered,
+    ) -> tantivy::Result<()> {
         let f = self.fields;
         for e in events {
-            writer.delete_term(Term::from_field_text(f.event_id, &e.event_id));
+            if covered.holds(e.stream) {
+                writer.delete_term(Term::from_field_text(f.event_id, &e.event_id));
+            }
             let mut doc = TantivyDocument::default();
             doc.add_text(f.event_id, &e.event_id);
             doc.add_text(f.room_id, &e.room_id);
@@ -340,12 +357,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = SearchIndex::open(dir.path(), 15_000_000).unwrap();
         index
-            .add(&[
-                event("$1", "!a", 1, "Réunion de crise à Berlin"),
-                event("$2", "!a", 2, "crise crise crise"),
-                event("$3", "!b", 3, "crise au Sahel"),
-                event("$4", "!a", 4, "déjeuner"),
-            ])
+            .add(
+                &[
+                    event("$1", "!a", 1, "Réunion de crise à Berlin"),
+                    event("$2", "!a", 2, "crise crise crise"),
+                    event("$3", "!b", 3, "crise au Sahel"),
+                    event("$4", "!a", 4, "déjeuner"),
+                ],
+                Covered::default(),
+            )
             .unwrap();
         index.commit(Covered::up_to(4)).unwrap();
         let rooms = vec!["!a".to_owned()];
@@ -370,5 +390,23 @@ mod tests {
         let found = index.search("crise", &[Key::Body], &rooms, false, 0, 10).unwrap();
         assert_eq!((found.count, ids(found)), (1, vec!["$1".to_owned()]));
         assert_eq!(SearchIndex::words("Réunion, réunion! Crise"), ["reunion", "crise"]);
+    }
+
+    #[test]
+    fn an_event_the_index_covers_is_replaced_others_are_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SearchIndex::open(dir.path(), 15_000_000).unwrap();
+        index.add(&[event("$1", "!a", 1, "télégramme"), event("$2", "!a", 2, "note")], Covered::default()).unwrap();
+        index.commit(Covered::up_to(2)).unwrap();
+        // Indexed again (a catch-up that overlaps the last commit): one copy, the new one.
+        index.add(&[event("$1", "!a", 1, "télégramme chiffré")], Covered::up_to(2)).unwrap();
+        index.add(&[event("$3", "!a", 3, "télégramme")], Covered::up_to(2)).unwrap();
+        index.commit(Covered::up_to(3)).unwrap();
+        let rooms = vec!["!a".to_owned()];
+        let found = index.search("télégramme", &[Key::Body], &rooms, false, 0, 10).unwrap();
+        let mut ids: Vec<String> = found.hits.into_iter().map(|(id, _)| id).collect();
+        ids.sort();
+        assert_eq!((found.count, ids), (2, vec!["$1".to_owned(), "$3".to_owned()]));
+        assert_eq!(index.search("chiffre", &[Key::Body], &rooms, false, 0, 10).unwrap().count, 1);
     }
 }

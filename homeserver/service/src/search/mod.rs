@@ -133,7 +133,7 @@ async fn catch_up(db: &Db, index: &SearchIndex) -> Result<Covered> {
             let Some(last) = batch.last().map(|e| e.stream_ordering) else { break };
             let events: Vec<IndexedEvent> =
                 batch.into_iter().filter_map(|s| Pdu::from_stored(s).ok()).filter_map(|p| indexed_event(&p)).collect();
-            index.add(&events).map_err(search_failed)?;
+            index.add(&events, covered).map_err(search_failed)?;
             covered = covered.union(Covered { high: last, low: last });
             index.commit(covered).map_err(search_failed)?;
         }
@@ -179,7 +179,7 @@ pub fn spawn_indexer(services: &Services) {
                 for job in jobs {
                     // What the catch-up read is there already.
                     let add: Vec<IndexedEvent> = job.add.into_iter().filter(|e| !caught_up.holds(e.stream)).collect();
-                    index.add(&add)?;
+                    index.add(&add, committed)?;
                     index.delete(&job.delete)?;
                     covered = covered.union(job.covered);
                     seq = seq.max(job.seq);
