@@ -17,8 +17,11 @@ fn main() {
     let list = Path::new(&env::var("CARGO_MANIFEST_DIR").unwrap()).join("layout/hot-functions.txt");
     println!("cargo:rerun-if-changed={}", list.display());
     println!("cargo:rerun-if-env-changed=DIPLOMATIE_NO_LAYOUT");
-    let target_is_default_lld =
-        env::var("TARGET").as_deref() == Ok("x86_64-unknown-linux-gnu") && env::var_os("RUSTC_LINKER").is_none();
+    // No linker configured (by cargo or by flags), on the target whose default is LLD.
+    let target_is_default_lld = env::var("TARGET").as_deref() == Ok("x86_64-unknown-linux-gnu")
+        && env::var_os("RUSTC_LINKER").is_none()
+        && !env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default().contains("link")
+        && rustc_minor().is_some_and(|minor| minor >= 90);
     let optimised = env::var("PROFILE").as_deref() == Ok("release");
     if target_is_default_lld && optimised && list.exists() && env::var_os("DIPLOMATIE_NO_LAYOUT").is_none() {
         println!(
@@ -26,4 +29,12 @@ fn main() {
             list.display()
         );
     }
+}
+
+/// The minor version of the compiler (LLD is the default linker from Rust 1.90 on).
+fn rustc_minor() -> Option<u32> {
+    let rustc = env::var_os("RUSTC")?;
+    let out = std::process::Command::new(rustc).arg("--version").output().ok()?;
+    let version = String::from_utf8(out.stdout).ok()?;
+    version.split_whitespace().nth(1)?.split('.').nth(1)?.parse().ok()
 }
