@@ -23,7 +23,8 @@ start_diplomatie() { # data dir name, client port, HTTPS port (the server's name
   DIPLOMATIE_DATA_DIR="$work/$1" DIPLOMATIE_LISTEN="127.0.0.1:$2" DIPLOMATIE_SERVER_NAME="127.0.0.1:$3" \
     DIPLOMATIE_REGISTRATION__ENABLED=true DIPLOMATIE_RATE_LIMITS__ENABLED=false DIPLOMATIE_LOG=warn \
     DIPLOMATIE_FEDERATION__ENABLED=true DIPLOMATIE_FEDERATION__TLS_LISTEN="127.0.0.1:$3" \
-    DIPLOMATIE_FEDERATION__INSECURE_LOOPBACK_TLS=true "$bin" >/dev/null &
+    DIPLOMATIE_FEDERATION__INSECURE_LOOPBACK_TLS=true DIPLOMATIE_FEDERATION__IP_RANGE_ALLOWLIST='["127.0.0.0/8"]' \
+    "$bin" >/dev/null &
 }
 host_port=$(free); host_tls=$(free); dip_port=$(free); dip_tls=$(free)
 start_diplomatie host "$host_port" "$host_tls"

@@ -231,19 +231,30 @@ pub fn may_see_user_directory(person: Person) -> bool {
     person.kind == AccountKind::Agent
 }
 
-/// May someone set the clearance of a person or the DR flag of a device? Administrators may;
-/// managers of the person's primary functional group may, when delegation is on, and only up
-/// to DR for agents (an external is never cleared DR).
-pub fn may_set_clearance(
-    admin: bool,
-    manages_primary_group: bool,
-    delegated: bool,
-    target: Person,
-    new: Level,
-) -> Decision {
+/// Who changes a clearance, as far as the rules care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Actor {
+    /// A server administrator (or the server itself, from its command line).
+    pub admin: bool,
+    /// A manager of the target's primary functional group.
+    pub manages_primary_group: bool,
+    /// The target themselves.
+    pub is_target: bool,
+}
+
+/// May someone set the clearance of a person or the DR flag of one of their devices?
+/// Administrators may; managers of the person's primary functional group may, when delegation
+/// is on, and only up to DR for agents (an external is never cleared DR). Nobody raises their
+/// own clearance nor approves their own device for DR, administrators and managers included:
+/// that takes someone else. Lowering one's own is allowed.
+pub fn may_set_clearance(actor: Actor, delegated: bool, target: Person, new: Level, raises: bool) -> Decision {
     if target.kind == AccountKind::External && new == Level::DR {
         return refuse("External persons cannot be cleared DR");
     }
+    if actor.is_target && raises {
+        return refuse("Nobody may raise their own clearance or approve their own device: ask an administrator");
+    }
+    let (admin, manages_primary_group) = (actor.admin, actor.manages_primary_group);
     if admin || manages_primary_group && delegated {
         return Ok(());
     }
@@ -448,21 +459,29 @@ mod tests {
 
     #[test]
     fn clearance_setting() {
-        let table: &[(bool, bool, bool, Person, Level, bool)] = &[
-            // admin, manages group, delegated, target, new, allowed
-            (true, false, false, NP_AGENT, Level::DR, true),
-            (false, true, true, NP_AGENT, Level::DR, true),
-            (false, true, false, NP_AGENT, Level::DR, false),
-            (false, false, true, NP_AGENT, Level::DR, false),
-            (true, false, false, EXTERNAL, Level::DR, false),
-            (true, false, false, EXTERNAL, Level::NP, true),
-            (false, false, false, DR_AGENT, Level::NP, false),
+        let table: &[(bool, bool, bool, bool, Person, Level, bool, bool)] = &[
+            // admin, manages group, oneself, delegated, target, new, raises, allowed
+            (true, false, false, false, NP_AGENT, Level::DR, true, true),
+            (false, true, false, true, NP_AGENT, Level::DR, true, true),
+            (false, true, false, false, NP_AGENT, Level::DR, true, false),
+            (false, false, false, true, NP_AGENT, Level::DR, true, false),
+            (true, false, false, false, EXTERNAL, Level::DR, true, false),
+            (true, false, false, false, EXTERNAL, Level::NP, false, true),
+            (false, false, false, false, DR_AGENT, Level::NP, false, false),
+            // Nobody raises their own: neither a manager of their own group nor an admin.
+            (false, true, true, true, NP_AGENT, Level::DR, true, false),
+            (true, false, true, false, NP_AGENT, Level::DR, true, false),
+            (true, true, true, true, DR_AGENT, Level::DR, true, false),
+            // Lowering one's own is allowed to whoever may set it.
+            (false, true, true, true, DR_AGENT, Level::NP, false, true),
+            (false, false, true, true, DR_AGENT, Level::NP, false, false),
         ];
-        for &(admin, manages, delegated, target, new, allowed) in table {
+        for &(admin, manages, oneself, delegated, target, new, raises, allowed) in table {
+            let actor = Actor { admin, manages_primary_group: manages, is_target: oneself };
             assert_eq!(
-                may_set_clearance(admin, manages, delegated, target, new).is_ok(),
+                may_set_clearance(actor, delegated, target, new, raises).is_ok(),
                 allowed,
-                "admin={admin} manages={manages} delegated={delegated} {target:?} {new}"
+                "{actor:?} delegated={delegated} {target:?} {new} raises={raises}"
             );
         }
     }

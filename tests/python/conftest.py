@@ -40,6 +40,8 @@ class Server:
                 "DIPLOMATIE_FEDERATION__ENABLED": "true",
                 "DIPLOMATIE_FEDERATION__TLS_LISTEN": self.server_name,
                 "DIPLOMATIE_FEDERATION__INSECURE_LOOPBACK_TLS": "true",
+                # Loopback, which federation never reaches by default.
+                "DIPLOMATIE_FEDERATION__IP_RANGE_ALLOWLIST": '["127.0.0.0/8"]',
                 "DIPLOMATIE_FEDERATION__MAX_BACKOFF_MS": "2000",
             })
         env.update({

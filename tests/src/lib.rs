@@ -135,6 +135,8 @@ impl TestServer {
             ("SERVER_NAME", name),
             ("FEDERATION__ENABLED", "true"),
             ("FEDERATION__INSECURE_LOOPBACK_TLS", "true"),
+            // Every test server is on loopback, which federation never reaches by default.
+            ("FEDERATION__IP_RANGE_ALLOWLIST", r#"["127.0.0.0/8", "::1/128"]"#),
             ("FEDERATION__MAX_BACKOFF_MS", "2000"),
         ];
         let listen = format!("127.0.0.1:{port}");

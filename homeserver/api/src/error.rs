@@ -56,8 +56,21 @@ impl IntoResponse for ApiError {
                     ErrorKind::Unknown => StatusCode::BAD_REQUEST,
                     ref k => status_of(k),
                 };
+                // A rate-limited client is told when to come back in the header too (RFC 9110),
+                // which HTTP libraries read without knowing Matrix.
+                let retry_after = match &kind {
+                    ErrorKind::LimitExceeded(data) => match &data.retry_after {
+                        Some(ruma::api::error::RetryAfter::Delay(d)) => Some(d.as_millis().div_ceil(1000).max(1)),
+                        _ => Some(1),
+                    },
+                    _ => None,
+                };
                 let body = ruma::api::error::StandardErrorBody::new(kind, message);
-                (status, axum::Json(body)).into_response()
+                let mut response = (status, axum::Json(body)).into_response();
+                if let Some(secs) = retry_after {
+                    response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs as u64));
+                }
+                response
             }
         }
     }

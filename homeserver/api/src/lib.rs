@@ -9,6 +9,7 @@ pub mod client;
 pub mod correspondence;
 pub mod error;
 pub mod federation;
+pub mod limits;
 pub mod ruma_wrapper;
 
 use std::{sync::Arc, time::Duration};
@@ -210,9 +211,14 @@ pub fn router(services: Arc<Services>) -> Router {
 
     let r = federation::routes(r);
 
+    let limits = limits::Limits::new(&services);
     r.fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(services)
+        .with_state(services.clone())
+        // Bodies are limited by `limits` (per endpoint, answered as Matrix errors), not by
+        // axum's plain-text default of 2 MiB.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state((services, limits), limits::limit_requests))
         .layer(CorsLayer::very_permissive().max_age(Duration::from_secs(86400)))
         .layer(CatchPanicLayer::custom(|_| ApiError(Error::Internal).into_response()))
         .layer(TraceLayer::new_for_http().make_span_with(

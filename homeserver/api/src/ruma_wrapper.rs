@@ -20,7 +20,7 @@ use ruma::api::{
 };
 use serde_json::Value;
 
-use crate::error::ApiError;
+use crate::{error::ApiError, limits::Limits};
 
 /// A typed ruma request with its authenticated caller.
 pub struct Ruma<T> {
@@ -32,6 +32,9 @@ pub struct Ruma<T> {
     pub ip: Option<String>,
     /// The server that sent a federation request (its `X-Matrix` signature checked).
     pub origin: Option<ruma::OwnedServerName>,
+    /// A media upload's file, written to disk as it arrived (ruma's request then carries an
+    /// empty `file`), with its place among the uploads in progress.
+    pub upload: Option<(diplomatie_service::media::Spooled, crate::limits::UploadSlot)>,
 }
 
 impl<T> Ruma<T> {
@@ -133,14 +136,34 @@ where
             })?;
         }
 
+        // Federation: the origin and its key are checked before the body is read; the
+        // signature over the whole request after.
+        let signer = if auth == TypeId::of::<ServerSignatures>() {
+            Some(services.request_signer(&parts.headers).await.map_err(ApiError)?)
+        } else {
+            None
+        };
+
         let raw = has_raw_body::<T>();
-        let limit =
-            if raw { services.config.media.max_upload_bytes as usize } else { services.config.max_request_bytes };
-        let bytes = http_body_util::Limited::new(body, limit)
-            .collect()
-            .await
-            .map_err(|_| ApiError(Error::new(ErrorKind::TooLarge, "Request body too large")))?
-            .to_bytes();
+        let mut upload = None;
+        let bytes = if raw {
+            // A media upload goes to disk as it arrives, within the user's and the server's
+            // number of uploads in progress.
+            let user = &caller.as_ref().ok_or(ApiError(Error::Internal))?.user_id;
+            let limits = parts.extensions.get::<Arc<Limits>>().cloned().ok_or(ApiError(Error::Internal))?;
+            let slot = limits.upload_slot(services, user)?;
+            let chunks = body.into_data_stream();
+            let spooled = services.spool_upload(chunks).await.map_err(ApiError)?;
+            upload = Some((spooled, slot));
+            bytes::Bytes::new()
+        } else {
+            let limit = services.config.max_request_bytes;
+            http_body_util::Limited::new(body, limit)
+                .collect()
+                .await
+                .map_err(|e| crate::limits::body_error(&*e))?
+                .to_bytes()
+        };
         let json = if bytes.is_empty() || raw {
             None
         } else {
@@ -154,27 +177,59 @@ where
         {
             return Err(ApiError(Error::bad_json("Body must be a JSON object")));
         }
+        // No identifier nor text may hold a NUL (PostgreSQL cannot store one; SQLite would
+        // keep what the other refuses). Other servers' events are checked one by one instead.
+        if signer.is_none() {
+            if let Some(path) = json.as_ref().and_then(nul_in) {
+                return Err(ApiError(Error::bad_json(format!("A NUL character is not allowed (at {path})"))));
+            }
+            if path_params.iter().any(|p| p.contains('\0')) {
+                return Err(ApiError(Error::invalid_param("A NUL character is not allowed in the path")));
+            }
+        }
         let body_bytes: &[u8] =
             if bytes.is_empty() && !raw && matches!(T::METHOD, http::Method::POST | http::Method::PUT) {
                 b"{}"
             } else {
                 &bytes
             };
-        // Federation: the request must be signed by its origin (checked on the whole request).
-        let origin = if auth == TypeId::of::<ServerSignatures>() {
-            let mut signed = http::Request::builder().method(parts.method.clone()).uri(parts.uri.clone());
-            if let Some(h) = signed.headers_mut() {
-                *h = parts.headers.clone();
+        let origin = match signer {
+            Some(signer) => {
+                let mut signed = http::Request::builder().method(parts.method.clone()).uri(parts.uri.clone());
+                if let Some(h) = signed.headers_mut() {
+                    *h = parts.headers.clone();
+                }
+                let signed = signed.body(&bytes[..]).map_err(|_| ApiError(Error::Internal))?;
+                Some(services.verify_request(&signed, signer).map_err(ApiError)?)
             }
-            let signed = signed.body(&bytes[..]).map_err(|_| ApiError(Error::Internal))?;
-            Some(services.verify_request(&signed).await.map_err(ApiError)?)
-        } else {
-            None
+            None => None,
         };
         let http_req = http::Request::from_parts(parts, body_bytes);
         let args: Vec<&str> = path_params.iter().map(String::as_str).collect();
-        let body = T::try_from_http_request(http_req, &args).map_err(parse_error)?;
-        Ok(Ruma { body, caller, json, ip, origin })
+        // ruma's parsers are not ours: one that panics on some input (as its login body did on
+        // a body without `type`) must refuse the request, not take the worker down.
+        let parsed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| T::try_from_http_request(http_req, &args)));
+        let body = match parsed {
+            Ok(parsed) => parsed.map_err(parse_error)?,
+            Err(_) => return Err(ApiError(Error::bad_json("The request could not be parsed"))),
+        };
+        Ok(Ruma { body, caller, json, ip, origin, upload })
+    }
+}
+
+/// Where in `value` a string (or an object's key) holds a NUL character, if one does.
+pub fn nul_in(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if s.contains('\0') => Some("a string".to_owned()),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| nul_in(v).map(|p| format!("[{i}] {p}"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                return Some("a key".to_owned());
+            }
+            nul_in(v).map(|p| format!("{k}: {p}"))
+        }),
+        _ => None,
     }
 }
 

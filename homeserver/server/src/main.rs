@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use diplomatie_service::{Config, Services};
 
-mod tls;
+mod listener;
 
 #[derive(Parser)]
 #[command(name = "diplomatie", version, about = "The Diplomatie Matrix homeserver")]
@@ -220,6 +220,19 @@ async fn run() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,sqlx=warn,ruma_state_res=warn,tower_http=info".into()),
         )
         .init();
+    // A panic (caught per request by the API, answered M_UNKNOWN) is logged as one line with
+    // its place, whatever RUST_BACKTRACE says: a client that can reach one must not be able to
+    // fill the disk with backtraces.
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let place = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        tracing::error!(%place, "panic: {message}");
+    }));
     let cli = Cli::parse();
     if let Some(Command::Verify { file }) = &cli.command {
         return verify(file);
@@ -365,22 +378,22 @@ fn lock_data_dir(config: &Config) -> anyhow::Result<std::fs::File> {
 }
 
 async fn serve(services: std::sync::Arc<Services>) -> anyhow::Result<()> {
+    let files = listener::raise_file_limit();
+    let connections = listener::Connections::new(&services.config.http, files)?;
     let addr: SocketAddr =
         services.config.listen.parse().with_context(|| format!("invalid listen address {}", services.config.listen))?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     // The address bound (port 0 in the configuration: one the system chose), under a target
     // of its own so that a log filter can keep this line alone.
-    let addr = listener.local_addr().unwrap_or(addr);
-    tracing::info!(target: "diplomatie::listening", server_name = %services.server_name(), %addr, "Diplomatie is listening");
+    let addr = tcp.local_addr().unwrap_or(addr);
+    tracing::info!(target: "diplomatie::listening", server_name = %services.server_name(), %addr, open_files = files, "Diplomatie is listening");
     let app = diplomatie_api::router(services.clone());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop.send(true);
     });
-    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
+    let grace = std::time::Duration::from_secs(30);
     // The built-in HTTPS listener, for federation without a reverse proxy.
     let tls = if services.config.federation.tls_listen.is_empty() {
         None
@@ -393,19 +406,15 @@ async fn serve(services: std::sync::Arc<Services>) -> anyhow::Result<()> {
             .with_context(|| format!("invalid federation.tls_listen {}", services.config.federation.tls_listen))?;
         let config = diplomatie_service::federation::tls::server_config(&services.config)
             .map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
-        let listener =
-            tls::TlsListener::bind(tls_addr, config).await.with_context(|| format!("cannot listen on {tls_addr}"))?;
+        let tls_tcp =
+            tokio::net::TcpListener::bind(tls_addr).await.with_context(|| format!("cannot listen on {tls_addr}"))?;
         tracing::info!(addr = %tls_addr, "HTTPS listener");
-        let app = app
-            .clone()
-            .layer(axum::middleware::map_request(tls::peer_address))
-            .into_make_service_with_connect_info::<tls::TlsPeer>();
-        let serving = axum::serve(listener, app).with_graceful_shutdown(until_stopped(stopped.clone()));
-        Some(tokio::spawn(async move { serving.await }))
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let serving =
+            listener::serve(tls_tcp, Some(acceptor), app.clone(), connections.clone(), stopped.clone(), grace);
+        Some(tokio::spawn(serving))
     };
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(until_stopped(stopped))
-        .await?;
+    listener::serve(tcp, None, app, connections, stopped, grace).await;
     if let Some(tls) = tls {
         let _ = tls.await;
     }

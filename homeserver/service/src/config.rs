@@ -30,8 +30,12 @@ pub struct Config {
     pub public_baseurl: String,
     /// The room version of new rooms when the client names none.
     pub default_room_version: String,
-    /// Largest request body accepted, in bytes (`M_TOO_LARGE` above).
+    /// Largest request body accepted, in bytes (`M_TOO_LARGE` above), for the endpoints of
+    /// authenticated callers and of other servers; media uploads have `media.max_upload_bytes`,
+    /// organisation imports `portal.max_import_bytes`, and requests without an access token
+    /// `http.max_unauthenticated_body_bytes`.
     pub max_request_bytes: usize,
+    pub http: Http,
     pub registration: Registration,
     pub rate_limits: RateLimits,
     /// Lifetime of access tokens issued with a refresh token, in milliseconds.
@@ -41,6 +45,51 @@ pub struct Config {
     pub push: Push,
     pub portal: Portal,
     pub federation: Federation,
+}
+
+/// What the HTTP listeners allow a client: time, connections and memory. A slow or idle
+/// client is disconnected, one address cannot hold every connection, and request bodies never
+/// take more memory than `max_buffered_body_bytes` together.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http {
+    /// Time a client has to send a request's headers, counted from the opening of the
+    /// connection or the end of the previous response: idle connections, kept alive or never
+    /// used, are closed after it too. Milliseconds.
+    pub header_timeout_ms: u64,
+    /// Time a client has to send a whole request body (media uploads excepted, which are held to
+    /// `body_idle_timeout_ms` alone). Milliseconds.
+    pub body_timeout_ms: u64,
+    /// Longest silence inside any request body. Milliseconds.
+    pub body_idle_timeout_ms: u64,
+    /// Connections open at once, all addresses together; more wait to be accepted.
+    pub max_connections: usize,
+    /// Connections open at once from one address; more are closed at once.
+    pub max_connections_per_ip: usize,
+    /// Address ranges (CIDR) held to `max_connections` alone, not to the per-address cap: a
+    /// reverse proxy on the same machine, whose every connection comes from loopback.
+    pub connection_limit_exempt: Vec<String>,
+    /// Memory all request bodies being read may take together (JSON bodies are read whole;
+    /// media uploads are written to disk as they arrive and are not counted). A request waits
+    /// for room, or is answered `M_LIMIT_EXCEEDED` after `body_timeout_ms`.
+    pub max_buffered_body_bytes: u64,
+    /// Largest body of a request without an access token (login, registration, and the like).
+    pub max_unauthenticated_body_bytes: usize,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            header_timeout_ms: 30_000,
+            body_timeout_ms: 60_000,
+            body_idle_timeout_ms: 30_000,
+            max_connections: 16_384,
+            max_connections_per_ip: 256,
+            connection_limit_exempt: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            max_buffered_body_bytes: 256 * 1024 * 1024,
+            max_unauthenticated_body_bytes: 64 * 1024,
+        }
+    }
 }
 
 /// Federation with other servers (the server-server API).
@@ -83,6 +132,12 @@ pub struct Federation {
     pub key_validity_ms: u64,
     /// Time allowed for one request to another server, in milliseconds.
     pub request_timeout_ms: u64,
+    /// Address ranges (CIDR) other servers may be reached at although they are loopback,
+    /// private, link-local or otherwise internal. Empty (the default): a server name that
+    /// resolves only to such addresses is never connected to, whoever names it (a request's
+    /// `X-Matrix` origin, `publicRooms?server=`, a join's `via`). A private deployment whose
+    /// partners sit on internal addresses lists their ranges here.
+    pub ip_range_allowlist: Vec<String>,
     /// Longest wait between two attempts to reach a failing server, in milliseconds.
     pub max_backoff_ms: u64,
 }
@@ -103,6 +158,7 @@ impl Default for Federation {
             well_known_server: String::new(),
             key_validity_ms: 24 * 3600 * 1000,
             request_timeout_ms: 30_000,
+            ip_range_allowlist: Vec::new(),
             max_backoff_ms: 3600 * 1000,
         }
     }
@@ -121,6 +177,9 @@ pub struct Portal {
     /// Managers of a user's primary functional group may set the user's clearance and the DR
     /// flag of the user's devices, besides administrators.
     pub delegate_clearance_to_managers: bool,
+    /// Largest organisation file `POST /_diplomatie/admin/v1/import` accepts, in bytes
+    /// (administrators only).
+    pub max_import_bytes: usize,
 }
 
 impl Default for Portal {
@@ -129,6 +188,7 @@ impl Default for Portal {
             dr_federation_allowlist: Vec::new(),
             dr_requires_approved_device: true,
             delegate_clearance_to_managers: true,
+            max_import_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -166,6 +226,10 @@ pub struct Media {
     pub legacy_downloads: bool,
     /// Largest image, in pixels, the server decodes to make a thumbnail.
     pub max_thumbnail_source_pixels: u64,
+    /// Uploads in progress at once, all users together; more are answered `M_LIMIT_EXCEEDED`.
+    pub max_concurrent_uploads: usize,
+    /// Uploads in progress at once for one user.
+    pub max_concurrent_uploads_per_user: usize,
 }
 
 /// URL previews (`/media/preview_url`): the server fetches pages on the users' behalf.
@@ -217,6 +281,7 @@ const OPTIONS: &[&str] = &[
     "public_baseurl",
     "default_room_version",
     "max_request_bytes",
+    "http",
     "registration",
     "rate_limits",
     "access_token_lifetime_ms",
@@ -237,7 +302,8 @@ impl Default for Config {
             database_max_connections: 0,
             public_baseurl: String::new(),
             default_room_version: "12".into(),
-            max_request_bytes: 50 * 1024 * 1024,
+            max_request_bytes: 10 * 1024 * 1024,
+            http: Http::default(),
             registration: Registration::default(),
             rate_limits: RateLimits::default(),
             access_token_lifetime_ms: 24 * 3600 * 1000,
@@ -260,6 +326,8 @@ impl Default for Media {
             refused_content_types: Vec::new(),
             legacy_downloads: false,
             max_thumbnail_source_pixels: 32 * 1024 * 1024,
+            max_concurrent_uploads: 32,
+            max_concurrent_uploads_per_user: 4,
         }
     }
 }

@@ -133,6 +133,7 @@ impl Services {
         if services.config.federation.enabled {
             services.prepare_federation_clients().map_err(anyhow_like::msg)?;
         }
+        services.media.remove_interrupted_uploads();
         services.search.open().await.map_err(|e| anyhow_like::msg(format!("cannot open the search index: {e}")))?;
         push::spawn_pusher_worker(Arc::downgrade(&services));
         search::spawn_indexer(&services);

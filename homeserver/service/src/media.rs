@@ -93,6 +93,12 @@ impl MediaState {
         }
     }
 
+    /// Removes the uploads a crash interrupted (nothing refers to them); only the serving
+    /// process, which holds the data directory's lock, calls it.
+    pub fn remove_interrupted_uploads(&self) {
+        let _ = std::fs::remove_dir_all(self.dir.join("tmp"));
+    }
+
     fn path_of(&self, sha256: &str) -> PathBuf {
         self.dir.join(&sha256[..2]).join(&sha256[2..4]).join(sha256)
     }
@@ -120,11 +126,112 @@ impl MediaState {
         Ok(sha256)
     }
 
+    /// Writes an upload to a temporary file as it arrives, hashing it on the way, and refuses
+    /// it (`M_TOO_LARGE`, the file removed) as soon as it is longer than `max` bytes: an upload
+    /// never takes more memory than one chunk.
+    async fn spool<S, B, E>(&self, mut chunks: S, max: u64) -> Result<Spooled>
+    where
+        S: futures::Stream<Item = std::result::Result<B, E>> + Unpin,
+        B: AsRef<[u8]>,
+        E: std::fmt::Display,
+    {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let io = |e: std::io::Error| {
+            tracing::error!(error = %e, "cannot write an upload");
+            Error::Internal
+        };
+        let dir = self.dir.join("tmp");
+        tokio::fs::create_dir_all(&dir).await.map_err(io)?;
+        let path = dir.join(format!("upload-{}", random_string(16)));
+        let mut file = tokio::fs::File::create(&path).await.map_err(io)?;
+        // Removed on any early return from here on.
+        let mut spooled = Spooled { path: Some(path), sha256: String::new(), len: 0 };
+        let mut hasher = Sha256::new();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| Error::bad_json(format!("The upload was interrupted: {e}")))?;
+            let chunk = chunk.as_ref();
+            spooled.len += chunk.len() as u64;
+            if spooled.len > max {
+                return Err(Error::new(
+                    ErrorKind::TooLarge,
+                    format!("The file is larger than this server's limit of {max} bytes"),
+                ));
+            }
+            hasher.update(chunk);
+            file.write_all(chunk).await.map_err(io)?;
+        }
+        file.sync_all().await.map_err(io)?;
+        spooled.sha256 = hex::encode(hasher.finalize());
+        Ok(spooled)
+    }
+
+    /// Moves a spooled upload to its place (or drops it when the same bytes are stored
+    /// already); returns its SHA-256.
+    async fn keep(&self, mut spooled: Spooled) -> Result<String> {
+        let tmp = spooled.path.take().ok_or(Error::Internal)?;
+        let path = self.path_of(&spooled.sha256);
+        let io = |e: std::io::Error| {
+            tracing::error!(error = %e, "cannot move an upload in place");
+            Error::Internal
+        };
+        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Ok(spooled.sha256.clone());
+        }
+        tokio::fs::create_dir_all(path.parent().ok_or(Error::Internal)?).await.map_err(io)?;
+        tokio::fs::rename(&tmp, &path).await.map_err(io)?;
+        Ok(spooled.sha256.clone())
+    }
+
     async fn read(&self, sha256: &str) -> Result<Vec<u8>> {
         tokio::fs::read(self.path_of(sha256)).await.map_err(|e| {
             tracing::error!(error = %e, sha256, "media file missing");
             Error::Internal
         })
+    }
+}
+
+/// An upload written to a temporary file, not yet kept: the file is removed when this is
+/// dropped unkept (a refused or failed upload leaves nothing behind).
+#[derive(Debug)]
+pub struct Spooled {
+    path: Option<PathBuf>,
+    sha256: String,
+    len: u64,
+}
+
+impl Spooled {
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for Spooled {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The content of an upload: bytes in memory (made by the server itself), or a client's file
+/// spooled to disk.
+pub enum Upload<'a> {
+    Bytes(&'a [u8]),
+    Spooled(Spooled),
+}
+
+impl Upload<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Upload::Bytes(b) => b.len() as u64,
+            Upload::Spooled(s) => s.len,
+        }
     }
 }
 
@@ -167,9 +274,9 @@ impl Services {
     }
 
     /// Refuses an upload of `len` bytes that is too large or over the user's quota.
-    async fn check_upload_size(&self, user: &UserId, len: usize) -> Result<()> {
+    async fn check_upload_size(&self, user: &UserId, len: u64) -> Result<()> {
         let media = &self.config.media;
-        if len as u64 > media.max_upload_bytes {
+        if len > media.max_upload_bytes {
             return Err(Error::new(
                 ErrorKind::TooLarge,
                 format!("The file is larger than this server's limit of {} bytes", media.max_upload_bytes),
@@ -177,7 +284,7 @@ impl Services {
         }
         if media.user_quota_bytes > 0 {
             let (used, _) = store::usage(self.db.pool(), user.as_str(), now_ms()).await?;
-            if used as u64 + len as u64 > media.user_quota_bytes {
+            if used as u64 + len > media.user_quota_bytes {
                 let contact = format!("mailto:postmaster@{}", self.server_name());
                 return Err(Error::new(
                     ErrorKind::ResourceLimitExceeded(ResourceLimitExceededErrorData::new(contact)),
@@ -188,17 +295,37 @@ impl Services {
         Ok(())
     }
 
+    /// Writes a client's upload to disk as it arrives, within `media.max_upload_bytes`; then
+    /// [`Self::upload_media`] or [`Self::upload_to_media_id`] keeps it.
+    pub async fn spool_upload<S, B, E>(&self, chunks: S) -> Result<Spooled>
+    where
+        S: futures::Stream<Item = std::result::Result<B, E>> + Unpin,
+        B: AsRef<[u8]>,
+        E: std::fmt::Display,
+    {
+        self.media.spool(chunks, self.config.media.max_upload_bytes).await
+    }
+
+    /// Stores an upload's content, once its checks passed.
+    async fn store_upload(&self, file: Upload<'_>) -> Result<String> {
+        match file {
+            Upload::Bytes(bytes) => self.media.store(bytes).await,
+            Upload::Spooled(spooled) => self.media.keep(spooled).await,
+        }
+    }
+
     /// `POST /media/v3/upload`: stores a file and returns its new `mxc://` URI.
     pub async fn upload_media(
         &self,
         user: &UserId,
-        bytes: &[u8],
+        file: Upload<'_>,
         content_type: Option<&str>,
         filename: Option<&str>,
     ) -> Result<OwnedMxcUri> {
         let content_type = self.check_content_type(content_type)?;
-        self.check_upload_size(user, bytes.len()).await?;
-        let sha256 = self.media.store(bytes).await?;
+        let len = file.len();
+        self.check_upload_size(user, len).await?;
+        let sha256 = self.store_upload(file).await?;
         let media_id = random_string(24);
         store::insert_media(
             self.db.pool(),
@@ -208,7 +335,7 @@ impl Services {
                 uploader: user.to_string(),
                 content_type,
                 filename: filename.map(str::to_owned),
-                size: Some(bytes.len() as i64),
+                size: Some(len as i64),
                 sha256: Some(sha256),
                 created_ts: now_ms(),
                 expires_ts: None,
@@ -257,7 +384,7 @@ impl Services {
         user: &UserId,
         server: &ServerName,
         media_id: &str,
-        bytes: &[u8],
+        file: Upload<'_>,
         content_type: Option<&str>,
         filename: Option<&str>,
     ) -> Result<()> {
@@ -276,15 +403,16 @@ impl Services {
             return Err(unknown());
         }
         let content_type = self.check_content_type(content_type)?;
-        self.check_upload_size(user, bytes.len()).await?;
-        let sha256 = self.media.store(bytes).await?;
+        let len = file.len();
+        self.check_upload_size(user, len).await?;
+        let sha256 = self.store_upload(file).await?;
         let done = store::complete_upload(
             self.db.pool(),
             server.as_str(),
             media_id,
             content_type.as_deref(),
             filename,
-            bytes.len() as i64,
+            len as i64,
             &sha256,
         )
         .await?;

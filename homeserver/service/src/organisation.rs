@@ -130,8 +130,18 @@ pub struct Organisation {
 impl Organisation {
     /// Reads YAML, or CSV of users (`localpart,name,clearance,kind,group,admin`, with that
     /// header line) when `csv` is true.
+    ///
+    /// Hostile files are refused before anything is built from them: a NUL character anywhere,
+    /// a CSV line over [`MAX_CSV_LINE`] bytes, YAML anchors and aliases (an alias bomb expands
+    /// a few hundred bytes into gigabytes), YAML nested deeper than [`MAX_YAML_DEPTH`].
     pub fn parse(text: &str, csv: bool) -> Result<Organisation> {
+        if text.contains('\0') {
+            return Err(Error::bad_json("Organisation file: a NUL character is not allowed"));
+        }
         if csv {
+            if let Some(n) = text.lines().position(|l| l.len() > MAX_CSV_LINE) {
+                return Err(Error::bad_json(format!("CSV line {}: longer than {MAX_CSV_LINE} bytes", n + 1)));
+            }
             let mut reader = ::csv::Reader::from_reader(text.as_bytes());
             let mut users = Vec::new();
             for (line, record) in reader.deserialize::<CsvUser>().enumerate() {
@@ -148,6 +158,7 @@ impl Organisation {
             }
             return Ok(Organisation { users, ..Default::default() });
         }
+        check_yaml(text)?;
         let docs = yaml_rust2::YamlLoader::load_from_str(text)
             .map_err(|e| Error::bad_json(format!("Organisation file: {e}")))?;
         let value = docs.first().map(yaml_to_json).unwrap_or(Value::Null);
@@ -155,6 +166,44 @@ impl Organisation {
             return Ok(Organisation::default());
         }
         serde_json::from_value(value).map_err(|e| Error::bad_json(format!("Organisation file: {e}")))
+    }
+}
+
+/// The longest line of an organisation CSV file, in bytes.
+pub const MAX_CSV_LINE: usize = 4096;
+/// The deepest nesting of an organisation YAML file (the format itself needs four levels).
+pub const MAX_YAML_DEPTH: usize = 32;
+
+/// Reads a YAML text's events without building anything, and refuses anchors, aliases, NUL
+/// characters in values (an escaped `"\0"`) and nesting deeper than [`MAX_YAML_DEPTH`].
+fn check_yaml(text: &str) -> Result<()> {
+    use yaml_rust2::parser::{Event, Parser};
+    let refuse = |m: String| Err(Error::bad_json(format!("Organisation file: {m}")));
+    let mut parser = Parser::new_from_str(text);
+    let mut depth = 0usize;
+    loop {
+        let (event, mark) = parser.next_token().map_err(|e| Error::bad_json(format!("Organisation file: {e}")))?;
+        let line = mark.line();
+        match event {
+            Event::StreamEnd => return Ok(()),
+            Event::Alias(_) => return refuse(format!("line {line}: aliases (*name) are not accepted")),
+            Event::Scalar(_, _, anchor, _) | Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _)
+                if anchor != 0 =>
+            {
+                return refuse(format!("line {line}: anchors (&name) are not accepted"))
+            }
+            Event::Scalar(value, ..) if value.contains('\0') => {
+                return refuse(format!("line {line}: a NUL character is not allowed"))
+            }
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                depth += 1;
+                if depth > MAX_YAML_DEPTH {
+                    return refuse(format!("line {line}: nested deeper than {MAX_YAML_DEPTH} levels"));
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            _ => {}
+        }
     }
 }
 

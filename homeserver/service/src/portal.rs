@@ -240,8 +240,16 @@ impl Services {
         policies::may_send(room, "m.room.encrypted", dr, true).map_err(forbidden)
     }
 
-    /// Whether `actor` may set `target`'s clearance (or their devices' flags) to `level`.
-    async fn may_set_clearance(&self, actor: &UserId, actor_admin: bool, target: &UserId, level: Level) -> Result<()> {
+    /// Whether `actor` may set `target`'s clearance (or their devices' flags) to `level`;
+    /// `raises` when that is more than the target has (a clearance raised, a device approved).
+    async fn may_set_clearance(
+        &self,
+        actor: &UserId,
+        actor_admin: bool,
+        target: &UserId,
+        level: Level,
+        raises: bool,
+    ) -> Result<()> {
         let person = self.person(target).await?;
         let mut manages = false;
         if !actor_admin && self.config.portal.delegate_clearance_to_managers {
@@ -255,13 +263,15 @@ impl Services {
             }
         }
         let delegated = self.config.portal.delegate_clearance_to_managers;
-        policies::may_set_clearance(actor_admin, manages, delegated, person, level).map_err(forbidden)
+        let actor = policies::Actor { admin: actor_admin, manages_primary_group: manages, is_target: actor == target };
+        policies::may_set_clearance(actor, delegated, person, level, raises).map_err(forbidden)
     }
 
     /// Sets a local user's clearance, recording who did it and when.
     pub async fn set_clearance(&self, actor: &UserId, actor_admin: bool, target: &UserId, level: Level) -> Result<()> {
         self.local_account(target).await?;
-        self.may_set_clearance(actor, actor_admin, target, level).await?;
+        let raises = level > self.person(target).await?.clearance;
+        self.may_set_clearance(actor, actor_admin, target, level, raises).await?;
         let mut tx = self.db.begin().await?;
         store::set_clearance(&mut tx, target.as_str(), level.as_str(), actor.as_str(), now_ms()).await?;
         diplomatie_storage::commit(tx).await?;
@@ -297,7 +307,7 @@ impl Services {
     ) -> Result<()> {
         self.local_account(target).await?;
         let level = if dr { Level::DR } else { Level::NP };
-        self.may_set_clearance(actor, actor_admin, target, level).await?;
+        self.may_set_clearance(actor, actor_admin, target, level, dr).await?;
         if dr {
             policies::may_approve_device(self.person(target).await?).map_err(forbidden)?;
         }

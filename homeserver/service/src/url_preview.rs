@@ -127,7 +127,7 @@ impl Services {
         content_type: &str,
         og: &mut Map<String, Value>,
     ) -> Result<()> {
-        let mxc = self.upload_media(user, bytes, Some(content_type), None).await?;
+        let mxc = self.upload_media(user, crate::media::Upload::Bytes(bytes), Some(content_type), None).await?;
         og.insert("og:image".into(), mxc.to_string().into());
         og.insert("og:image:type".into(), content_type.into());
         og.insert("matrix:image:size".into(), bytes.len().into());

@@ -90,12 +90,13 @@ pub async fn set_avatar_url<'e>(e: impl Exec<'e>, user_id: &str, v: Option<&str>
     Ok(())
 }
 
-/// Searches active users whose id or display name contains `term` (case-insensitive).
+/// Searches active users whose id or display name contains `term` (case-insensitive): `%`
+/// and `_` in it are matched as themselves.
 pub async fn search_users<'e>(e: impl Exec<'e>, term: &str, limit: i64) -> Result<Vec<User>> {
-    let pattern = format!("%{}%", term.to_lowercase().replace(['%', '_'], ""));
+    let pattern = format!("%{}%", like_escaped(&term.to_lowercase()));
     let rows: Vec<UserRow> = sqlx::query_as(&format!(
         "SELECT {USER_COLUMNS} FROM users WHERE deactivated = 0 AND \
-         (LOWER(user_id) LIKE $1 OR LOWER(COALESCE(displayname, '')) LIKE $1) \
+         (LOWER(user_id) LIKE $1 ESCAPE '\\' OR LOWER(COALESCE(displayname, '')) LIKE $1 ESCAPE '\\') \
          ORDER BY user_id LIMIT $2"
     ))
     .bind(pattern)
@@ -103,6 +104,19 @@ pub async fn search_users<'e>(e: impl Exec<'e>, term: &str, limit: i64) -> Resul
     .fetch_all(e)
     .await?;
     Ok(rows.into_iter().map(user_from_row).collect())
+}
+
+/// `text` with the wildcards of `LIKE` (`%`, `_`) and the escape character itself escaped
+/// by `\`, for `LIKE ... ESCAPE '\'` (the same on SQLite and PostgreSQL).
+pub fn like_escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[derive(Clone, Debug)]

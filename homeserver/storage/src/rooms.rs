@@ -74,10 +74,10 @@ pub async fn get_alias<'e>(e: impl Exec<'e>, alias: &str) -> Result<Option<(Stri
         .await?)
 }
 
-/// Aliases starting with `prefix` (no `%` nor `_` in it), with their rooms.
+/// Aliases starting with `prefix`, with their rooms.
 pub async fn aliases_with_prefix<'e>(e: impl Exec<'e>, prefix: &str) -> Result<Vec<(String, String)>> {
-    Ok(sqlx::query_as("SELECT alias, room_id FROM room_aliases WHERE alias LIKE $1 ORDER BY alias")
-        .bind(format!("{prefix}%"))
+    Ok(sqlx::query_as("SELECT alias, room_id FROM room_aliases WHERE alias LIKE $1 ESCAPE '\\' ORDER BY alias")
+        .bind(format!("{}%", crate::accounts::like_escaped(prefix)))
         .fetch_all(e)
         .await?)
 }

@@ -83,6 +83,7 @@ impl Server {
                 .env("DIPLOMATIE_FEDERATION__ENABLED", "true")
                 .env("DIPLOMATIE_FEDERATION__TLS_LISTEN", &server_name)
                 .env("DIPLOMATIE_FEDERATION__INSECURE_LOOPBACK_TLS", "true")
+                .env("DIPLOMATIE_FEDERATION__IP_RANGE_ALLOWLIST", r#"["127.0.0.0/8"]"#)
                 .env("DIPLOMATIE_FEDERATION__MAX_BACKOFF_MS", "2000");
         }
         let pg_database = match backend {

@@ -13,7 +13,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use diplomatie_service::{
-    media::{is_inline, Download, ThumbnailMethod},
+    media::{is_inline, Download, ThumbnailMethod, Upload},
     Error, Services,
 };
 use http::{header, HeaderValue, StatusCode};
@@ -87,14 +87,20 @@ pub async fn legacy_config(
     Ok(media::get_media_config::v3::Response::new(upload_size(&s)).into())
 }
 
+/// The file of an upload, spooled to disk by the extractor.
+fn spooled<T>(req: &mut Ruma<T>) -> Result<Upload<'static>, ApiError> {
+    let (file, _slot) = req.upload.take().ok_or(ApiError(Error::Internal))?;
+    Ok(Upload::Spooled(file))
+}
+
 pub async fn upload(
     State(s): S,
-    req: Ruma<media::create_content::v3::Request>,
+    mut req: Ruma<media::create_content::v3::Request>,
 ) -> ApiResult<media::create_content::v3::Response> {
+    let file = spooled(&mut req)?;
     let caller = req.caller();
     let body = &req.body;
-    let uri =
-        s.upload_media(&caller.user_id, &body.file, body.content_type.as_deref(), body.filename.as_deref()).await?;
+    let uri = s.upload_media(&caller.user_id, file, body.content_type.as_deref(), body.filename.as_deref()).await?;
     Ok(media::create_content::v3::Response::new(uri).into())
 }
 
@@ -108,14 +114,18 @@ pub async fn create(
     Ok(response.into())
 }
 
-pub async fn upload_to(State(s): S, req: Ruma<media::create_content_async::v3::Request>) -> Result<Response, ApiError> {
+pub async fn upload_to(
+    State(s): S,
+    mut req: Ruma<media::create_content_async::v3::Request>,
+) -> Result<Response, ApiError> {
+    let file = spooled(&mut req)?;
     let caller = req.caller();
     let body = &req.body;
     s.upload_to_media_id(
         &caller.user_id,
         &body.server_name,
         &body.media_id,
-        &body.file,
+        file,
         body.content_type.as_deref(),
         body.filename.as_deref(),
     )

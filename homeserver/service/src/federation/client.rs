@@ -25,7 +25,7 @@ use ruma::{
 
 use super::remote_error;
 use crate::{
-    outbound::{read_limited, BodyError},
+    outbound::{is_forbidden, read_limited, BodyError},
     Error, Result, Services,
 };
 
@@ -54,6 +54,8 @@ pub struct Clients {
 }
 
 struct Built {
+    /// Internal ranges other servers may be reached at (`federation.ip_range_allowlist`).
+    allowed: Arc<Vec<ipnet::IpNet>>,
     verified: reqwest::Client,
     insecure: Option<reqwest::Client>,
     /// Host name → the addresses discovery chose for it.
@@ -61,18 +63,25 @@ struct Built {
     dns: Option<hickory_resolver::TokioResolver>,
 }
 
-/// The resolver the clients connect through.
-struct DiscoveredResolver(Arc<Mutex<HashMap<String, Vec<SocketAddr>>>>);
+/// The resolver the clients connect through: the addresses discovery chose, or the system's
+/// answer, without internal addresses the configuration does not allow (checked here, where
+/// the connection is made, so that no later answer can slip one in).
+struct DiscoveredResolver(Arc<Mutex<HashMap<String, Vec<SocketAddr>>>>, Arc<Vec<ipnet::IpNet>>);
 
 impl reqwest::dns::Resolve for DiscoveredResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let known = self.0.lock().unwrap().get(name.as_str()).cloned();
         let host = name.as_str().to_owned();
+        let allowed = self.1.clone();
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = match known {
                 Some(a) => a,
                 None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
             };
+            let addrs: Vec<SocketAddr> = addrs.into_iter().filter(|a| !is_forbidden(a.ip(), &allowed)).collect();
+            if addrs.is_empty() {
+                return Err(Box::new(crate::outbound::Blocked) as Box<dyn std::error::Error + Send + Sync>);
+            }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }
@@ -100,10 +109,12 @@ fn dns_resolver(servers: &[String]) -> std::result::Result<Option<hickory_resolv
 /// The HTTP clients and the resolver that the `[federation]` settings describe.
 fn build_clients(config: &crate::config::Federation) -> std::result::Result<Built, String> {
     let resolved: Arc<Mutex<HashMap<String, Vec<SocketAddr>>>> = Arc::default();
+    let allowed = crate::outbound::parse_allowlist("federation.ip_range_allowlist", &config.ip_range_allowlist)
+        .map_err(|_| "federation.ip_range_allowlist: not a list of address ranges".to_owned())?;
     let timeout = Duration::from_millis(config.request_timeout_ms);
     let base = || {
         reqwest::Client::builder()
-            .dns_resolver(Arc::new(DiscoveredResolver(resolved.clone())))
+            .dns_resolver(Arc::new(DiscoveredResolver(resolved.clone(), allowed.clone())))
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::limited(3))
@@ -125,7 +136,7 @@ fn build_clients(config: &crate::config::Federation) -> std::result::Result<Buil
     let insecure =
         if config.insecure_loopback_tls { Some(build(base().danger_accept_invalid_certs(true))?) } else { None };
     let dns = dns_resolver(&config.dns_servers)?;
-    Ok(Built { verified, insecure, resolved, dns })
+    Ok(Built { allowed, verified, insecure, resolved, dns })
 }
 
 impl Services {
@@ -157,8 +168,17 @@ impl Services {
                 return Ok(d.clone());
             }
         }
-        let d = self.discover(server).await?;
+        let mut d = self.discover(server).await?;
         let built = self.federation_clients()?;
+        // Never an internal address unless allowed: a server name is anybody's to write (an
+        // unsigned request's origin, a `via`), and must not aim this server at its own network.
+        d.addrs.retain(|a| !is_forbidden(a.ip(), &built.allowed));
+        if d.addrs.is_empty() {
+            return Err(remote_error(
+                server,
+                "it is reached only at internal addresses, which federation.ip_range_allowlist does not allow",
+            ));
+        }
         if let Some((host, _)) = split_host(&d.base_url["https://".len()..]) {
             built.resolved.lock().unwrap().insert(host.trim_matches(['[', ']']).to_owned(), d.addrs.clone());
         }
@@ -237,7 +257,14 @@ impl Services {
     /// `m.server` of `https://host/.well-known/matrix/server`, if it says one.
     async fn well_known(&self, host: &str) -> Option<String> {
         let built = self.federation_clients().ok()?;
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 443)).await.ok()?.collect();
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 443))
+            .await
+            .ok()?
+            .filter(|a| !is_forbidden(a.ip(), &built.allowed))
+            .collect();
+        if addrs.is_empty() {
+            return None;
+        }
         let client = self.client_for(built, &addrs);
         let response = client
             .get(format!("https://{host}/.well-known/matrix/server"))

@@ -237,6 +237,11 @@ impl Services {
         let rules =
             version.rules().ok_or_else(|| Error::new(ErrorKind::UnsupportedRoomVersion, "Unknown room version"))?;
         let bad = |e: String| Error::forbidden(format!("Event signature check failed: {e}"));
+        // No NUL in any string: identifiers cannot hold one, and PostgreSQL cannot store one.
+        // Such an event is refused alone, like one with a bad signature.
+        if canonical_has_nul(object) {
+            return Err(Error::bad_json("The event contains a NUL character"));
+        }
         let servers = ruma::signatures::required_server_signatures_to_verify_event(object, &rules.signatures)
             .map_err(|e| bad(e.to_string()))?;
         let ts = match object.get("origin_server_ts") {
@@ -260,28 +265,61 @@ impl Services {
         }
     }
 
-    /// Authenticates a request from another server: its `X-Matrix` header must be signed by
-    /// the origin's key for this very request (method, path, body, destination). Answers the
-    /// origin.
-    pub async fn verify_request(&self, request: &http::Request<&[u8]>) -> Result<OwnedServerName> {
+    /// The first half of authenticating a request from another server, before its body is
+    /// read: the `X-Matrix` header is well formed, names a server this one federates with, and
+    /// a key of that server that is known here or can be fetched from it. Whatever fails is
+    /// `401 M_UNAUTHORIZED` (an unreachable origin included): an unsigned request never learns
+    /// more, and its body is never read.
+    pub async fn request_signer(&self, headers: &http::HeaderMap) -> Result<RequestSigner> {
         let unauthorized = |m: String| Error::new(ErrorKind::Unauthorized, m);
-        let header = XMatrix::extract_from_http_headers(request.headers())
+        let header = XMatrix::extract_from_http_headers(headers)
             .map_err(|e| unauthorized(format!("Missing or malformed X-Matrix authorization: {e}")))?;
+        if header.destination.as_deref().is_some_and(|d| d != self.server_name()) {
+            return Err(unauthorized("The X-Matrix destination is another server".into()));
+        }
         let origin = header.origin.clone();
         self.check_server_allowed(&origin)?;
         let keys = self.server_keys(&origin, now_ms()).await.map_err(|e| match e {
-            Error::Matrix(_, m) => unauthorized(format!("Cannot get the keys of {origin}: {m}")),
+            Error::Matrix(_, m) | Error::Remote(m) => unauthorized(format!("Cannot get the keys of {origin}: {m}")),
             other => other,
         })?;
         if !keys.contains_key(header.key.as_str()) {
             return Err(unauthorized(format!("Unknown key {} of {origin}", header.key)));
         }
+        Ok(RequestSigner { header, keys })
+    }
+
+    /// The second half: the `X-Matrix` signature of `signer` covers this very request (method,
+    /// path, body, destination). Answers the origin.
+    pub fn verify_request(&self, request: &http::Request<&[u8]>, signer: RequestSigner) -> Result<OwnedServerName> {
+        let RequestSigner { header, keys } = signer;
+        let origin = header.origin.clone();
         let map: PublicKeyMap = BTreeMap::from([(origin.to_string(), keys)]);
         header
             .verify_http_request(request, self.server_name(), &map)
-            .map_err(|e| unauthorized(format!("Bad X-Matrix signature: {e}")))?;
+            .map_err(|e| Error::new(ErrorKind::Unauthorized, format!("Bad X-Matrix signature: {e}")))?;
         Ok(origin)
     }
+}
+
+/// A federation request's `X-Matrix` header and the keys of the server it names, checked
+/// before the body is read ([`Services::request_signer`]).
+pub struct RequestSigner {
+    header: XMatrix,
+    keys: PublicKeySet,
+}
+
+/// Whether a string or a key anywhere in `object` holds a NUL character.
+pub fn canonical_has_nul(object: &CanonicalJsonObject) -> bool {
+    fn value_has_nul(v: &CanonicalJsonValue) -> bool {
+        match v {
+            CanonicalJsonValue::String(s) => s.contains('\0'),
+            CanonicalJsonValue::Array(items) => items.iter().any(value_has_nul),
+            CanonicalJsonValue::Object(map) => canonical_has_nul(map),
+            _ => false,
+        }
+    }
+    object.iter().any(|(k, v)| k.contains('\0') || value_has_nul(v))
 }
 
 /// Checks `signer`'s signature on `object` with its `keys`, whoever else signed it too.

@@ -213,6 +213,11 @@ impl Services {
     /// The user directory: local users matching the term. Results are (user id, name, avatar).
     pub async fn search_users(&self, searcher: &UserId, term: &str, limit: usize) -> Result<(Vec<Value>, bool)> {
         let limit = limit.clamp(1, 100);
+        // A user id has at most 255 bytes, and so has a display name here: a longer term
+        // matches nobody, and is not handed to the database.
+        if term.len() > MAX_USER_SEARCH_TERM {
+            return Ok((Vec::new(), false));
+        }
         // External persons do not see the internal directory: only people they share a room
         // with, picked among the matches (so many are read that none of those is cut off).
         let internal = diplomatie_policies::may_see_user_directory(self.person(searcher).await?);
@@ -243,3 +248,6 @@ impl Services {
         Ok((results, limited))
     }
 }
+
+/// The longest user directory term worth searching: a user id's limit (bytes).
+const MAX_USER_SEARCH_TERM: usize = 255;

@@ -329,8 +329,16 @@ impl Services {
         self.search_caught_up().await;
         let index = self.search.index()?;
         let mut results: Vec<(f32, Arc<Pdu>)> = Vec::new();
-        let mut count = 0;
+        // `count` is over what the user may read, never the index's own count: that would
+        // tell how many matching messages were posted where the user cannot look (after they
+        // left a room, say). It counts the readable hits from this page's start on, reading
+        // up to COUNT_CAP candidates past the page (a lower bound beyond that).
+        let mut count = 0usize;
         let mut next = None;
+        // The candidate position after this page's last result, and how many candidates were
+        // read past it.
+        let mut page_end = offset;
+        let mut past_page = 0usize;
         let chunk = limit * 2 + 10;
         'pages: loop {
             let (term, keys, rooms, index) = (criteria.search_term.clone(), keys.clone(), rooms.clone(), index.clone());
@@ -338,21 +346,28 @@ impl Services {
                 .await
                 .map_err(|_| Error::Internal)?
                 .map_err(search_failed)?;
-            count = count.max(found.count);
             let exhausted = found.hits.len() < chunk;
             for (event_id, score) in found.hits {
                 offset += 1;
+                if results.len() == limit {
+                    past_page += 1;
+                    if past_page > COUNT_CAP {
+                        // Not read to the end: there may be more.
+                        next.get_or_insert_with(|| page_end.to_string());
+                        break 'pages;
+                    }
+                }
                 let Ok(id) = <&EventId>::try_from(event_id.as_str()) else { continue };
                 let Some(pdu) = self.get_pdu(id).await? else { continue };
                 if pdu.redacted_by.is_some() || !filter.allows(&pdu) || !self.can_see_event(user, &pdu).await? {
                     continue;
                 }
-                results.push((score, pdu));
-                if results.len() == limit {
-                    if offset < count {
-                        next = Some(offset.to_string());
-                    }
-                    break 'pages;
+                count += 1;
+                if results.len() < limit {
+                    results.push((score, pdu));
+                    page_end = offset;
+                } else {
+                    next.get_or_insert_with(|| page_end.to_string());
                 }
             }
             if exhausted {
@@ -454,3 +469,6 @@ impl Services {
         Ok(context)
     }
 }
+
+/// How many candidates a search reads past its page to count the results the user may read.
+const COUNT_CAP: usize = 500;
