@@ -64,14 +64,14 @@ pub async fn register(State(s): S, body: axum::body::Bytes) -> Result<Response, 
 
 /// A JSON body, with the spec's error codes for what is wrong with it.
 pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(body).map_err(|e| {
-        let kind = if serde_json::from_slice::<serde_json::Value>(body).is_err() {
-            ErrorKind::NotJson
-        } else if e.to_string().starts_with("missing field") {
-            ErrorKind::MissingParam
-        } else {
-            ErrorKind::BadJson
-        };
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| Error::new(ErrorKind::NotJson, e.to_string()))?;
+    if let Some(at) = crate::ruma_wrapper::nul_in(&value) {
+        return Err(Error::bad_json(format!("A NUL character is not allowed (at {at})")));
+    }
+    serde_json::from_value(value).map_err(|e| {
+        let kind =
+            if e.to_string().starts_with("missing field") { ErrorKind::MissingParam } else { ErrorKind::BadJson };
         Error::new(kind, e.to_string())
     })
 }

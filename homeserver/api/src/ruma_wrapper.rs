@@ -152,7 +152,8 @@ where
             let user = &caller.as_ref().ok_or(ApiError(Error::Internal))?.user_id;
             let limits = parts.extensions.get::<Arc<Limits>>().cloned().ok_or(ApiError(Error::Internal))?;
             let slot = limits.upload_slot(services, user)?;
-            let chunks = body.into_data_stream();
+            use futures::StreamExt;
+            let chunks = body.into_data_stream().map(|r| r.map_err(|e| crate::limits::body_error(&e).0));
             let spooled = services.spool_upload(chunks).await.map_err(ApiError)?;
             upload = Some((spooled, slot));
             bytes::Bytes::new()
@@ -176,6 +177,14 @@ where
         if matches!(T::METHOD, http::Method::POST | http::Method::PUT) && json.as_ref().is_some_and(|j| !j.is_object())
         {
             return Err(ApiError(Error::bad_json("Body must be a JSON object")));
+        }
+        // ruma's login body panics without a `type` (ruma 0.17): the spec's error instead.
+        if TypeId::of::<T>() == TypeId::of::<ruma::api::client::session::login::v3::Request>() {
+            match json.as_ref().and_then(|j| j.get("type")) {
+                None => return Err(ApiError(Error::new(ErrorKind::MissingParam, "Missing field `type`"))),
+                Some(Value::String(_)) => {}
+                Some(_) => return Err(ApiError(Error::bad_json("`type` must be a string"))),
+            }
         }
         // No identifier nor text may hold a NUL (PostgreSQL cannot store one; SQLite would
         // keep what the other refuses). Other servers' events are checked one by one instead.

@@ -129,11 +129,10 @@ impl MediaState {
     /// Writes an upload to a temporary file as it arrives, hashing it on the way, and refuses
     /// it (`M_TOO_LARGE`, the file removed) as soon as it is longer than `max` bytes: an upload
     /// never takes more memory than one chunk.
-    async fn spool<S, B, E>(&self, mut chunks: S, max: u64) -> Result<Spooled>
+    async fn spool<S, B>(&self, mut chunks: S, max: u64) -> Result<Spooled>
     where
-        S: futures::Stream<Item = std::result::Result<B, E>> + Unpin,
+        S: futures::Stream<Item = Result<B>> + Unpin,
         B: AsRef<[u8]>,
-        E: std::fmt::Display,
     {
         use futures::StreamExt;
         use tokio::io::AsyncWriteExt;
@@ -149,7 +148,7 @@ impl MediaState {
         let mut spooled = Spooled { path: Some(path), sha256: String::new(), len: 0 };
         let mut hasher = Sha256::new();
         while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(|e| Error::bad_json(format!("The upload was interrupted: {e}")))?;
+            let chunk = chunk?;
             let chunk = chunk.as_ref();
             spooled.len += chunk.len() as u64;
             if spooled.len > max {
@@ -296,12 +295,12 @@ impl Services {
     }
 
     /// Writes a client's upload to disk as it arrives, within `media.max_upload_bytes`; then
-    /// [`Self::upload_media`] or [`Self::upload_to_media_id`] keeps it.
-    pub async fn spool_upload<S, B, E>(&self, chunks: S) -> Result<Spooled>
+    /// [`Self::upload_media`] or [`Self::upload_to_media_id`] keeps it. The stream's errors
+    /// (the client too slow, its body over a limit) are answered as they are.
+    pub async fn spool_upload<S, B>(&self, chunks: S) -> Result<Spooled>
     where
-        S: futures::Stream<Item = std::result::Result<B, E>> + Unpin,
+        S: futures::Stream<Item = Result<B>> + Unpin,
         B: AsRef<[u8]>,
-        E: std::fmt::Display,
     {
         self.media.spool(chunks, self.config.media.max_upload_bytes).await
     }

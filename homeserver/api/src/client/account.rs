@@ -282,6 +282,9 @@ pub async fn set_profile_field(
         return Err(Error::forbidden("You may only change your own profile").into());
     }
     let value: Value = serde_json::from_slice(&body).map_err(|e| Error::new(ErrorKind::NotJson, e.to_string()))?;
+    if crate::ruma_wrapper::nul_in(&value).is_some() {
+        return Err(Error::bad_json("A NUL character is not allowed").into());
+    }
     let v = match value.get(&field) {
         Some(Value::String(v)) => Some(v.clone()),
         Some(Value::Null) => None,
