@@ -459,7 +459,8 @@ mod tests {
 
     #[test]
     fn clearance_setting() {
-        let table: &[(bool, bool, bool, bool, Person, Level, bool, bool)] = &[
+        type Row = (bool, bool, bool, bool, Person, Level, bool, bool);
+        let table: &[Row] = &[
             // admin, manages group, oneself, delegated, target, new, raises, allowed
             (true, false, false, false, NP_AGENT, Level::DR, true, true),
             (false, true, false, true, NP_AGENT, Level::DR, true, true),

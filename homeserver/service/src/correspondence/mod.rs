@@ -16,7 +16,7 @@
 //! items, in **one** transaction: a refusal or a failure leaves nothing half-dispatched.
 
 mod journal;
-mod text;
+pub mod text;
 mod worker;
 
 use std::{
