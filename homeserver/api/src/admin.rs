@@ -197,7 +197,7 @@ pub async fn set_primary_group(
 pub async fn create_group(State(s): S, parts: Parts, body: axum::body::Bytes) -> Result<Response, ApiError> {
     admin(&s, &parts).await?;
     let spec: GroupSpec = parse_body(&body)?;
-    Ok(json_ok(serde_json::to_value(s.create_group(&spec).await?).map_err(|_| Error::Internal)?))
+    Ok(json_ok(serde_json::to_value(s.create_group(&spec).await?).map_err(diplomatie_service::internal!())?))
 }
 
 /// `POST /_diplomatie/client/v1/communities`: any agent creates a community of interest, with
@@ -210,7 +210,7 @@ pub async fn create_community(State(s): S, parts: Parts, body: axum::body::Bytes
         let user = s.parse_local_user(member)?;
         s.add_to_org_space(&created.space_id, &user).await?;
     }
-    Ok(json_ok(serde_json::to_value(created).map_err(|_| Error::Internal)?))
+    Ok(json_ok(serde_json::to_value(created).map_err(diplomatie_service::internal!())?))
 }
 
 /// `POST /_diplomatie/admin/v1/import`: imports an organisation, YAML (or CSV of users when
@@ -225,7 +225,7 @@ pub async fn import(State(s): S, parts: Parts, body: axum::body::Bytes) -> Resul
     let text = std::str::from_utf8(&body).map_err(|_| Error::new(ErrorKind::NotJson, "The file is not UTF-8"))?;
     let org = Organisation::parse(text, csv)?;
     let report = s.import_organisation(&org).await?;
-    Ok(json_ok(serde_json::to_value(report).map_err(|_| Error::Internal)?))
+    Ok(json_ok(serde_json::to_value(report).map_err(diplomatie_service::internal!())?))
 }
 
 #[derive(Deserialize)]

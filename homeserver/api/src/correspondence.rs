@@ -26,7 +26,7 @@ use crate::{
 type S = State<Arc<Services>>;
 
 fn to_json<T: serde::Serialize>(v: T) -> Result<Response, ApiError> {
-    Ok(json_ok(serde_json::to_value(v).map_err(|_| Error::Internal)?))
+    Ok(json_ok(serde_json::to_value(v).map_err(diplomatie_service::internal!())?))
 }
 
 /// `POST /_diplomatie/client/v1/correspondence`: a composition the server seals with the

@@ -104,7 +104,7 @@ async fn server_keys(State(s): S) -> Result<Response, crate::error::ApiError> {
 }
 
 fn raw_keys(v: serde_json::Value) -> Result<Raw<ruma::api::federation::discovery::ServerSigningKeys>, Error> {
-    let raw = serde_json::value::to_raw_value(&v).map_err(|_| Error::Internal)?;
+    let raw = serde_json::value::to_raw_value(&v).map_err(diplomatie_service::internal!())?;
     Ok(Raw::from_json(raw))
 }
 

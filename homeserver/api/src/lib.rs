@@ -222,7 +222,16 @@ pub fn router(services: Arc<Services>) -> Router {
         .layer(CorsLayer::very_permissive().max_age(Duration::from_secs(86400)))
         .layer(CatchPanicLayer::custom(|_| ApiError(Error::Internal).into_response()))
         .layer(TraceLayer::new_for_http().make_span_with(
-            |req: &Request| tracing::info_span!("request", method = %req.method(), path = %req.uri().path()),
+            // `user` and `room` are recorded by the extractor once it knows them.
+            |req: &Request| {
+                tracing::info_span!(
+                    "request",
+                    method = %req.method(),
+                    path = %req.uri().path(),
+                    user = tracing::field::Empty,
+                    room = tracing::field::Empty,
+                )
+            },
         ))
 }
 

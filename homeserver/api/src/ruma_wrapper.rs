@@ -123,6 +123,15 @@ where
             None
         };
 
+        // The request's span names who asks, and about which room.
+        let span = tracing::Span::current();
+        if let Some(c) = &caller {
+            span.record("user", c.user_id.as_str());
+        }
+        if let Some(room) = path_params.iter().find(|p| p.starts_with('!')) {
+            span.record("room", room.as_str());
+        }
+
         // The spec's rate-limited endpoints, and every change an authenticated user makes
         // (sending, as Synapse's rc_message does).
         let mutates = matches!(T::METHOD, http::Method::POST | http::Method::PUT | http::Method::DELETE);
@@ -149,8 +158,12 @@ where
         let bytes = if raw {
             // A media upload goes to disk as it arrives, within the user's and the server's
             // number of uploads in progress.
-            let user = &caller.as_ref().ok_or(ApiError(Error::Internal))?.user_id;
-            let limits = parts.extensions.get::<Arc<Limits>>().cloned().ok_or(ApiError(Error::Internal))?;
+            let user = &caller.as_ref().ok_or_else(diplomatie_service::internal!("uploads need a caller"))?.user_id;
+            let limits = parts
+                .extensions
+                .get::<Arc<Limits>>()
+                .cloned()
+                .ok_or_else(diplomatie_service::internal!("the limits middleware runs first"))?;
             let slot = limits.upload_slot(services, user)?;
             use futures::StreamExt;
             let chunks = body.into_data_stream().map(|r| r.map_err(|e| crate::limits::body_error(&e).0));
@@ -208,7 +221,7 @@ where
                 if let Some(h) = signed.headers_mut() {
                     *h = parts.headers.clone();
                 }
-                let signed = signed.body(&bytes[..]).map_err(|_| ApiError(Error::Internal))?;
+                let signed = signed.body(&bytes[..]).map_err(diplomatie_service::internal!())?;
                 Some(services.verify_request(&signed, signer).map_err(ApiError)?)
             }
             None => None,

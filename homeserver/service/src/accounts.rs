@@ -242,10 +242,10 @@ impl Services {
         }
         let hash = user.password_hash.ok_or_else(denied)?;
         let password = password.to_owned();
-        let _permit = HASHING.acquire().await.map_err(|_| Error::Internal)?;
+        let _permit = HASHING.acquire().await.map_err(crate::internal!())?;
         let ok = tokio::task::spawn_blocking(move || crate::password::verify(&password, &hash))
             .await
-            .map_err(|_| Error::Internal)?;
+            .map_err(crate::internal!())?;
         if ok {
             Ok(())
         } else {
@@ -281,7 +281,7 @@ impl Services {
             return Err(unknown(false));
         }
         let caller = Caller {
-            user_id: OwnedUserId::try_from(t.user_id).map_err(|_| Error::Internal)?,
+            user_id: OwnedUserId::try_from(t.user_id).map_err(crate::internal!())?,
             device_id: t.device_id.into(),
             is_admin: user.is_admin,
         };
@@ -315,7 +315,7 @@ impl Services {
         diplomatie_storage::commit(tx).await?;
         self.tokens.forget_user(&user_id);
         Ok(Session {
-            user_id: OwnedUserId::try_from(user_id).map_err(|_| Error::Internal)?,
+            user_id: OwnedUserId::try_from(user_id).map_err(crate::internal!())?,
             device_id: device_id.into(),
             access_token,
             refresh_token: Some(new_refresh),
@@ -472,7 +472,7 @@ impl Services {
         if secret.is_empty() {
             return Err(Error::new(ErrorKind::Forbidden, "Shared secret registration is not enabled"));
         }
-        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(|_| Error::Internal)?;
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).map_err(crate::internal!())?;
         mac.update(nonce.as_bytes());
         mac.update(b"\0");
         mac.update(username.as_bytes());
@@ -494,8 +494,8 @@ static HASHING: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLoc
 /// Hashes a password with Argon2id, off the async threads.
 pub async fn hash_password(password: &str) -> Result<String> {
     let password = password.to_owned();
-    let _permit = HASHING.acquire().await.map_err(|_| Error::Internal)?;
-    tokio::task::spawn_blocking(move || crate::password::hash(&password)).await.map_err(|_| Error::Internal)?.map_err(
+    let _permit = HASHING.acquire().await.map_err(crate::internal!())?;
+    tokio::task::spawn_blocking(move || crate::password::hash(&password)).await.map_err(crate::internal!())?.map_err(
         |e| {
             tracing::error!(error = %e, "password hashing failed");
             Error::Internal

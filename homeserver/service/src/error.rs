@@ -62,6 +62,28 @@ impl Error {
     }
 }
 
+/// Logs an internal failure once, where it happened, and answers [`Error::Internal`]; used
+/// through [`internal!`](crate::internal).
+pub fn log_internal(error: &dyn std::fmt::Debug, place: &str) -> Error {
+    tracing::error!(%place, error = ?error, "internal error");
+    Error::Internal
+}
+
+/// A closure for `map_err` that logs the error with the file and line it happened at, then
+/// answers [`Error::Internal`] (`M_UNKNOWN` to the client, without details):
+/// `serde_json::to_value(&report).map_err(internal!())?`. With a message, a closure for
+/// `ok_or_else` instead, where a value that must be there is missing:
+/// `path.parent().ok_or_else(internal!("a media path has a parent"))?`.
+#[macro_export]
+macro_rules! internal {
+    () => {
+        |e| $crate::error::log_internal(&e, concat!(file!(), ":", line!()))
+    };
+    ($expected:literal) => {
+        || $crate::error::log_internal(&concat!("expected: ", $expected), concat!(file!(), ":", line!()))
+    };
+}
+
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let body = self.body();

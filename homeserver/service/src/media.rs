@@ -116,7 +116,7 @@ impl MediaState {
             tracing::error!(error = %e, "cannot write media");
             Error::Internal
         };
-        let parent = path.parent().ok_or(Error::Internal)?;
+        let parent = path.parent().ok_or_else(crate::internal!("a value present by construction"))?;
         tokio::fs::create_dir_all(parent).await.map_err(io)?;
         let tmp = parent.join(format!(".{sha256}.{}", random_string(8)));
         let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
@@ -168,7 +168,7 @@ impl MediaState {
     /// Moves a spooled upload to its place (or drops it when the same bytes are stored
     /// already); returns its SHA-256.
     async fn keep(&self, mut spooled: Spooled) -> Result<String> {
-        let tmp = spooled.path.take().ok_or(Error::Internal)?;
+        let tmp = spooled.path.take().ok_or_else(crate::internal!("a value present by construction"))?;
         let path = self.path_of(&spooled.sha256);
         let io = |e: std::io::Error| {
             tracing::error!(error = %e, "cannot move an upload in place");
@@ -178,7 +178,9 @@ impl MediaState {
             let _ = tokio::fs::remove_file(&tmp).await;
             return Ok(spooled.sha256.clone());
         }
-        tokio::fs::create_dir_all(path.parent().ok_or(Error::Internal)?).await.map_err(io)?;
+        tokio::fs::create_dir_all(path.parent().ok_or_else(crate::internal!("a value present by construction"))?)
+            .await
+            .map_err(io)?;
         tokio::fs::rename(&tmp, &path).await.map_err(io)?;
         Ok(spooled.sha256.clone())
     }
@@ -597,7 +599,7 @@ impl Services {
         let (bytes, content_type) =
             tokio::task::spawn_blocking(move || make_thumbnail(&source, tw, th, crop, max_pixels))
                 .await
-                .map_err(|_| Error::Internal)??;
+                .map_err(crate::internal!())??;
         let sha256 = self.media.store(&bytes).await?;
         let thumbnail = Thumbnail {
             width: tw.into(),

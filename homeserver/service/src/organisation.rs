@@ -274,7 +274,7 @@ fn level(raw: Option<&str>) -> Result<Level> {
 }
 
 pub(crate) fn raw<T>(v: Value) -> Result<Raw<T>> {
-    Ok(Raw::from_json(serde_json::value::to_raw_value(&v).map_err(|_| Error::Internal)?))
+    Ok(Raw::from_json(serde_json::value::to_raw_value(&v).map_err(crate::internal!())?))
 }
 
 fn valid_slug(slug: &str) -> Result<()> {

@@ -126,7 +126,7 @@ impl Pdu {
     }
 
     pub fn from_stored(stored: diplomatie_storage::events::StoredEvent) -> Result<Pdu> {
-        let event_id = OwnedEventId::try_from(stored.event_id).map_err(|_| Error::Internal)?;
+        let event_id = OwnedEventId::try_from(stored.event_id).map_err(crate::internal!())?;
         let room = OwnedRoomId::try_from(stored.room_id).ok();
         let mut pdu = Pdu::from_json(event_id, stored.json, room)?;
         pdu.stream_ordering = stored.stream_ordering;
@@ -218,7 +218,7 @@ impl Pdu {
     }
 
     pub fn canonical_object(&self) -> Result<CanonicalJsonObject> {
-        serde_json::from_str(&self.json).map_err(|_| Error::Internal)
+        serde_json::from_str(&self.json).map_err(crate::internal!())
     }
 }
 

@@ -344,7 +344,9 @@ impl Services {
     /// clearance and when, and the history of changes (devices included).
     pub async fn clearance_report(&self, target: &UserId) -> Result<Value> {
         self.local_account(target).await?;
-        let a = store::attributes(self.db.pool(), target.as_str()).await?.ok_or(Error::Internal)?;
+        let a = store::attributes(self.db.pool(), target.as_str())
+            .await?
+            .ok_or_else(crate::internal!("a value present by construction"))?;
         let log: Vec<Value> = store::clearance_log(self.db.pool(), target.as_str())
             .await?
             .into_iter()

@@ -171,7 +171,7 @@ async fn evaluate(
             if !rule.triggers_notification() {
                 return Ok(None);
             }
-            let actions = serde_json::to_string(rule.actions()).map_err(|_| Error::Internal)?;
+            let actions = serde_json::to_string(rule.actions()).map_err(crate::internal!())?;
             return Ok(Some((rule.triggers_highlight(), actions)));
         }
     }
@@ -475,7 +475,7 @@ impl Services {
         use ruma::events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsSource};
         let rules = match self.room_meta(room_id).await? {
             Some(meta) => meta.rules(),
-            None => ruma::RoomVersionId::V12.rules().ok_or(Error::Internal)?,
+            None => ruma::RoomVersionId::V12.rules().ok_or_else(crate::internal!("a value present by construction"))?,
         };
         let content = match self.state_event_in(state, &StateEventType::RoomPowerLevels, "").await? {
             Some(p) => serde_json::from_value::<RoomPowerLevelsEventContent>(p.content_value()).ok(),
@@ -904,7 +904,7 @@ impl Services {
         }
         let client = self.push_client()?;
         loop {
-            let user = OwnedUserId::try_from(p.user_id.as_str()).map_err(|_| Error::Internal)?;
+            let user = OwnedUserId::try_from(p.user_id.as_str()).map_err(crate::internal!())?;
             let scan = Scan { after: p_position(self, p), before: i64::MAX, newest_first: false, limit: 20 };
             let pending = self.user_notifications(&user, scan).await?;
             if pending.is_empty() {

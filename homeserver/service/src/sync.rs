@@ -278,7 +278,7 @@ impl Services {
             limited = rows.len() > limit;
             for stored in rows.into_iter().take(limit) {
                 let pdu = match self
-                    .get_pdu(<&ruma::EventId>::try_from(stored.event_id.as_str()).map_err(|_| Error::Internal)?)
+                    .get_pdu(<&ruma::EventId>::try_from(stored.event_id.as_str()).map_err(crate::internal!())?)
                     .await?
                 {
                     Some(p) => p,

@@ -305,7 +305,7 @@ pub async fn authenticate(
     uri: &http::Uri,
 ) -> Result<diplomatie_service::accounts::Caller, ApiError> {
     let mut parts =
-        http::Request::builder().uri(uri.clone()).body(()).map_err(|_| ApiError(Error::Internal))?.into_parts().0;
+        http::Request::builder().uri(uri.clone()).body(()).map_err(diplomatie_service::internal!())?.into_parts().0;
     parts.headers = headers.clone();
     let token = crate::ruma_wrapper::access_token(&parts)
         .ok_or_else(|| ApiError(Error::new(ErrorKind::MissingToken, "Missing access token")))?;

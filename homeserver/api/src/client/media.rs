@@ -89,7 +89,7 @@ pub async fn legacy_config(
 
 /// The file of an upload, spooled to disk by the extractor.
 fn spooled<T>(req: &mut Ruma<T>) -> Result<Upload<'static>, ApiError> {
-    let (file, _slot) = req.upload.take().ok_or(ApiError(Error::Internal))?;
+    let (file, _slot) = req.upload.take().ok_or_else(diplomatie_service::internal!("the extractor spools uploads"))?;
     Ok(Upload::Spooled(file))
 }
 

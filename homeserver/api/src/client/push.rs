@@ -56,7 +56,8 @@ pub async fn get(State(s): S, req: Ruma<get_pushrule::v3::Request>) -> ApiResult
 
 pub async fn set(State(s): S, req: Ruma<set_pushrule::v3::Request>) -> ApiResult<set_pushrule::v3::Response> {
     let b = req.body;
-    let user = &req.caller.as_ref().ok_or(Error::Internal)?.user_id;
+    let user =
+        &req.caller.as_ref().ok_or_else(diplomatie_service::internal!("a value present by construction"))?.user_id;
     s.set_push_rule(user, b.rule, b.before.as_deref(), b.after.as_deref()).await?;
     Ok(set_pushrule::v3::Response::new().into())
 }
@@ -96,7 +97,8 @@ pub async fn set_actions(
     req: Ruma<set_pushrule_actions::v3::Request>,
 ) -> ApiResult<set_pushrule_actions::v3::Response> {
     let b = req.body;
-    let user = &req.caller.as_ref().ok_or(Error::Internal)?.user_id;
+    let user =
+        &req.caller.as_ref().ok_or_else(diplomatie_service::internal!("a value present by construction"))?.user_id;
     s.set_push_rule_actions(user, b.kind, &b.rule_id, b.actions).await?;
     Ok(set_pushrule_actions::v3::Response::new().into())
 }
@@ -118,10 +120,10 @@ pub async fn pushers(State(s): S, req: Ruma<get_pushers::v3::Request>) -> Result
 }
 
 pub async fn set_pusher(State(s): S, req: Ruma<set_pusher::v3::Request>) -> ApiResult<set_pusher::v3::Response> {
-    let caller = req.caller.clone().ok_or(Error::Internal)?;
+    let caller = req.caller.clone().ok_or_else(diplomatie_service::internal!("a value present by construction"))?;
     match req.body.action {
         set_pusher::v3::PusherAction::Post(data) => {
-            let pusher = serde_json::to_value(&data.pusher).map_err(|_| Error::Internal)?;
+            let pusher = serde_json::to_value(&data.pusher).map_err(diplomatie_service::internal!())?;
             s.set_pusher(&caller.user_id, Some(caller.device_id.as_str()), &pusher, data.append).await?;
         }
         set_pusher::v3::PusherAction::Delete(ids) => {

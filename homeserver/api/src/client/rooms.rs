@@ -34,7 +34,7 @@ pub async fn create_room(State(s): S, req: Ruma<create_room::v3::Request>) -> Ap
     // Spawned: a client that disconnects must not interrupt the room's creation half-way
     // between its commit and the update of the caches.
     let task = tokio::spawn(async move { s.create_room(&user, req.body).await });
-    let room_id = task.await.map_err(|_| Error::Internal)??;
+    let room_id = task.await.map_err(diplomatie_service::internal!())??;
     Ok(create_room::v3::Response::new(room_id).into())
 }
 

@@ -195,10 +195,13 @@ impl Services {
         item.updated_by = Some(actor.to_string());
         item.updated_ts = crate::now_ms();
         store::set_action(self.db.pool(), &item).await?;
-        let stored = store::get(self.db.pool(), reference).await?.ok_or(Error::Internal)?;
-        let record: Value = serde_json::from_str(&stored.record).map_err(|_| Error::Internal)?;
-        let kind = Kind::parse(&stored.kind).ok_or(Error::Internal)?;
-        let level = diplomatie_policies::Level::parse(&stored.classification).ok_or(Error::Internal)?;
+        let stored = store::get(self.db.pool(), reference)
+            .await?
+            .ok_or_else(crate::internal!("a value present by construction"))?;
+        let record: Value = serde_json::from_str(&stored.record).map_err(crate::internal!())?;
+        let kind = Kind::parse(&stored.kind).ok_or_else(crate::internal!("a value present by construction"))?;
+        let level = diplomatie_policies::Level::parse(&stored.classification)
+            .ok_or_else(crate::internal!("a value present by construction"))?;
         let shown = ItemStatus { status, assignee: item.assignee.clone() };
         let system = self.system_user().await?;
         for entry in store::action_entries(self.db.pool(), reference, group).await? {

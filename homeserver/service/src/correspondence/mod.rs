@@ -388,7 +388,7 @@ impl Services {
             None => {
                 let document = Ed25519KeyPair::generate();
                 let version = format!("seal_{}", crate::random_string(8));
-                let pair = Ed25519KeyPair::from_der(&document, version.clone()).map_err(|_| Error::Internal)?;
+                let pair = Ed25519KeyPair::from_der(&document, version.clone()).map_err(crate::internal!())?;
                 let key = store::SigningKey {
                     key_id: format!("ed25519:{version}"),
                     public_key: STANDARD_NO_PAD.encode(pair.public_key()),
@@ -396,12 +396,14 @@ impl Services {
                 };
                 store::insert_key(self.db.pool(), user.as_str(), &key, crate::now_ms()).await?;
                 // Two first seals at once: both use whichever key was stored first.
-                store::held_key(self.db.pool(), user.as_str()).await?.ok_or(Error::Internal)?
+                store::held_key(self.db.pool(), user.as_str())
+                    .await?
+                    .ok_or_else(crate::internal!("a value present by construction"))?
             }
         };
-        let der = STANDARD_NO_PAD.decode(stored.secret.as_deref().unwrap_or_default()).map_err(|_| Error::Internal)?;
+        let der = STANDARD_NO_PAD.decode(stored.secret.as_deref().unwrap_or_default()).map_err(crate::internal!())?;
         let version = stored.key_id.trim_start_matches("ed25519:").to_owned();
-        Ed25519KeyPair::from_der(&der, version).map_err(|_| Error::Internal)
+        Ed25519KeyPair::from_der(&der, version).map_err(crate::internal!())
     }
 
     /// Registers a key a client keeps, to sign its own correspondence (`key_id`
@@ -464,7 +466,7 @@ impl Services {
     ) -> Result<Dispatched> {
         let plan = self.plan(author, device, c).await?;
         let reference = self.new_reference(author, &plan.from.slug).await?;
-        let mut record = serde_json::to_value(c).map_err(|_| Error::Internal)?;
+        let mut record = serde_json::to_value(c).map_err(crate::internal!())?;
         record["kind"] = json!(plan.kind.as_str());
         record["classification"] = json!(plan.level.as_str());
         record["tags"] = json!(plan.tags);
@@ -472,10 +474,10 @@ impl Services {
         record["author"] = json!(author);
         record["signed_at"] = json!(crate::now_ms());
         record["sealed"] = json!({ "by": self.server_name(), "device_id": device });
-        let mut object: CanonicalJsonObject = serde_json::from_value(record).map_err(|_| Error::Internal)?;
+        let mut object: CanonicalJsonObject = serde_json::from_value(record).map_err(crate::internal!())?;
         let key = self.sealing_key(author).await?;
-        ruma::signatures::sign_json(author.as_str(), &key, &mut object).map_err(|_| Error::Internal)?;
-        let record = serde_json::to_value(&object).map_err(|_| Error::Internal)?;
+        ruma::signatures::sign_json(author.as_str(), &key, &mut object).map_err(crate::internal!())?;
+        let record = serde_json::to_value(&object).map_err(crate::internal!())?;
         self.dispatch(author, device, plan, record).await
     }
 
@@ -526,7 +528,8 @@ impl Services {
         record: Value,
     ) -> Result<Dispatched> {
         let system = self.system_user().await?;
-        let reference = record["reference"].as_str().ok_or(Error::Internal)?.to_owned();
+        let reference =
+            record["reference"].as_str().ok_or_else(crate::internal!("a value present by construction"))?.to_owned();
         // Journals: the members of groups for action, and the followers of the tags.
         let mut action_readers: Vec<(OwnedUserId, usize)> = Vec::new();
         for (i, a) in plan.addressees.iter().enumerate().filter(|(_, a)| a.role == "action") {
@@ -623,7 +626,7 @@ impl Services {
             sealed_for_device: device.map(|d| d.to_string()),
             classification: plan.level.as_str().to_owned(),
             subject: record["subject"].as_str().unwrap_or_default().to_owned(),
-            record: serde_json::to_string(&record).map_err(|_| Error::Internal)?,
+            record: serde_json::to_string(&record).map_err(crate::internal!())?,
             ts: now,
         };
         writer.add_correspondence(stored, deliveries.clone(), actions);
@@ -661,8 +664,8 @@ impl Services {
         if !allowed {
             return Err(Error::not_found(format!("Unknown correspondence {reference}")));
         }
-        let record: Value = serde_json::from_str(&stored.record).map_err(|_| Error::Internal)?;
-        let author = OwnedUserId::try_from(stored.author.clone()).map_err(|_| Error::Internal)?;
+        let record: Value = serde_json::from_str(&stored.record).map_err(crate::internal!())?;
+        let author = OwnedUserId::try_from(stored.author.clone()).map_err(crate::internal!())?;
         let keys = self.correspondence_keys(&author).await?;
         Ok(Export { record, public_keys: BTreeMap::from([(stored.author, keys)]) })
     }

@@ -202,7 +202,7 @@ impl Services {
             room_id: pdu.room_id.to_string(),
             author: pdu.sender.to_string(),
             device_id: device.map(|d| d.to_string()),
-            draft: serde_json::to_string(&c).map_err(|_| Error::Internal)?,
+            draft: serde_json::to_string(&c).map_err(crate::internal!())?,
             ts: crate::now_ms(),
         };
         store::insert_draft(self.db.pool(), &draft).await?;
@@ -226,7 +226,7 @@ impl Services {
             if !store::take_draft(self.db.pool(), target).await? {
                 return Ok(()); // dispatched already
             }
-            let c: super::Composition = serde_json::from_str(&draft.draft).map_err(|_| Error::Internal)?;
+            let c: super::Composition = serde_json::from_str(&draft.draft).map_err(crate::internal!())?;
             let text = match self.send_correspondence(&pdu.sender, device, &c).await {
                 Ok(d) => format!(
                     "✅ Signé et envoyé : {} ({} salons, {} entrées de journal).",
@@ -237,7 +237,7 @@ impl Services {
                 Err(Error::Matrix(_, message)) => format!("⚠ Envoi refusé, rien n'a été diffusé : {message}"),
                 Err(e) => return Err(e),
             };
-            let preview = ruma::OwnedEventId::try_from(target).map_err(|_| Error::Internal)?;
+            let preview = ruma::OwnedEventId::try_from(target).map_err(crate::internal!())?;
             self.notice(&pdu.room_id, &text, Some(&preview)).await?;
             return Ok(());
         }

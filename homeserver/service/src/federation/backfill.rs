@@ -20,7 +20,7 @@ use ruma::{
 use serde_json::value::RawValue;
 
 use super::inbound::{authorise_in_depth_order, canonical, event_id_of, implicit_create_id, room_of};
-use crate::{Error, Pdu, Result, Services};
+use crate::{Pdu, Result, Services};
 
 /// The most events asked for at once.
 const MAX_BACKFILL: usize = 100;
@@ -84,7 +84,7 @@ impl Services {
         room_id: &RoomId,
         pdus: &[Box<RawValue>],
     ) -> Result<usize> {
-        let rules = version.rules().ok_or(Error::Internal)?;
+        let rules = version.rules().ok_or_else(crate::internal!("a value present by construction"))?;
         let create_id = implicit_create_id(&rules, room_id);
         let mut batch: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
         for raw in pdus {
@@ -107,7 +107,7 @@ impl Services {
                     continue;
                 }
             };
-            let json = serde_json::to_string(&object).map_err(|_| Error::Internal)?;
+            let json = serde_json::to_string(&object).map_err(crate::internal!())?;
             let pdu = Pdu::from_received(event_id.clone(), json, Some(room_id.to_owned()))?;
             batch.insert(event_id, Arc::new(pdu));
         }
@@ -150,7 +150,7 @@ impl Services {
         version: &RoomVersionId,
         pdu: &Pdu,
     ) -> Result<StateMap<OwnedEventId>> {
-        let rules = version.rules().ok_or(Error::Internal)?;
+        let rules = version.rules().ok_or_else(crate::internal!("a value present by construction"))?;
         let request = get_room_state::v1::Request::new(pdu.event_id.clone(), pdu.room_id.clone());
         let answer = self.federation_request(server, request).await?;
         let objects = |raws: &[Box<RawValue>]| raws.iter().map(|r| canonical(r)).collect::<Result<Vec<_>>>();

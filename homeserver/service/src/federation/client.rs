@@ -362,7 +362,7 @@ impl Services {
         if let Some(h) = answer.headers_mut() {
             *h = headers;
         }
-        let answer = answer.body(&bytes[..]).map_err(|_| Error::Internal)?;
+        let answer = answer.body(&bytes[..]).map_err(crate::internal!())?;
         T::IncomingResponse::try_from_http_response(answer).map_err(|e| from_response_error(server, e))
     }
 }

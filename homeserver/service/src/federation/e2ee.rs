@@ -202,7 +202,7 @@ impl Services {
         let mut devices = Vec::new();
         for d in self.devices(user).await? {
             let Some(k) = keys.get(&d.device_id) else { continue };
-            let raw = serde_json::value::RawValue::from_string(k.clone()).map_err(|_| Error::Internal)?;
+            let raw = serde_json::value::RawValue::from_string(k.clone()).map_err(crate::internal!())?;
             let mut device =
                 get_devices::v1::UserDevice::new(d.device_id.as_str().into(), ruma::serde::Raw::from_json(raw));
             device.device_display_name = d.display_name.clone();
@@ -213,7 +213,7 @@ impl Services {
         response.devices = devices;
         let me = self.federation_reader();
         for (kind, key) in self.cross_signing_keys_for(&me, user).await? {
-            let raw = serde_json::value::to_raw_value(&key).map_err(|_| Error::Internal)?;
+            let raw = serde_json::value::to_raw_value(&key).map_err(crate::internal!())?;
             match kind {
                 "master" => response.master_key = Some(ruma::serde::Raw::from_json(raw)),
                 "self_signing" => response.self_signing_key = Some(ruma::serde::Raw::from_json(raw)),

@@ -46,7 +46,7 @@ pub fn event_id_of(object: &CanonicalJsonObject, rules: &RoomVersionRules) -> Re
     }
     let hash = ruma::signatures::reference_hash(object, rules)
         .map_err(|e| Error::bad_json(format!("Cannot hash the PDU: {e}")))?;
-    OwnedEventId::try_from(format!("${hash}")).map_err(|_| Error::Internal)
+    OwnedEventId::try_from(format!("${hash}")).map_err(crate::internal!())
 }
 
 /// Parses a PDU's JSON into a canonical object (the spec's rules for integers and nesting).
@@ -201,7 +201,7 @@ impl Services {
             }
         }
         let object = self.verify_pdu(&object, version).await?;
-        let json = serde_json::to_string(&object).map_err(|_| Error::Internal)?;
+        let json = serde_json::to_string(&object).map_err(crate::internal!())?;
         let pdu = Pdu::from_received(event_id.clone(), json, Some(room_id.clone()))?;
         if pdu.room_id != room_id {
             return Err(Error::bad_json("PDU of another room"));
@@ -421,7 +421,7 @@ impl Services {
         room_id: &RoomId,
         objects: Vec<CanonicalJsonObject>,
     ) -> Result<Vec<Arc<Pdu>>> {
-        let rules = version.rules().ok_or(Error::Internal)?;
+        let rules = version.rules().ok_or_else(crate::internal!("a value present by construction"))?;
         let mut pdus = Vec::new();
         let mut seen = HashSet::new();
         for object in objects {
@@ -430,11 +430,11 @@ impl Services {
                 continue;
             }
             let object = self.verify_pdu(&object, version).await?;
-            let mut value = serde_json::to_value(&object).map_err(|_| Error::Internal)?;
+            let mut value = serde_json::to_value(&object).map_err(crate::internal!())?;
             if let Some(o) = value.as_object_mut() {
                 o.remove("unsigned");
             }
-            let json = serde_json::to_string(&value).map_err(|_| Error::Internal)?;
+            let json = serde_json::to_string(&value).map_err(crate::internal!())?;
             let pdu = Pdu::from_received(event_id, json, Some(room_id.to_owned()))?;
             if pdu.room_id != room_id {
                 return Err(Error::bad_json("An event of another room"));

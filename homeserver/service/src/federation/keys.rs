@@ -46,10 +46,10 @@ impl Services {
             "verify_keys": { self.keys.key_id(): { "key": key } },
             "old_verify_keys": {},
         });
-        let mut object: CanonicalJsonObject = serde_json::from_value(object).map_err(|_| Error::Internal)?;
+        let mut object: CanonicalJsonObject = serde_json::from_value(object).map_err(crate::internal!())?;
         ruma::signatures::sign_json(self.server_name().as_str(), &self.keys.keypair, &mut object)
-            .map_err(|_| Error::Internal)?;
-        serde_json::to_value(object).map_err(|_| Error::Internal)
+            .map_err(crate::internal!())?;
+        serde_json::to_value(object).map_err(crate::internal!())
     }
 
     /// The keys of `server` valid at `valid_at` (ms), fetching them when none known is.
@@ -223,8 +223,8 @@ impl Services {
         let (mut object, keys) = self.fetch_server_keys(server, false).await?;
         self.federation.keys.servers.lock().unwrap().insert(server.to_owned(), keys);
         ruma::signatures::sign_json(self.server_name().as_str(), &self.keys.keypair, &mut object)
-            .map_err(|_| Error::Internal)?;
-        serde_json::to_value(object).map_err(|_| Error::Internal)
+            .map_err(crate::internal!())?;
+        serde_json::to_value(object).map_err(crate::internal!())
     }
 
     /// Checks the signatures and content hash of a received event. A hash that does not match

@@ -47,11 +47,11 @@ struct Expected<'a> {
 
 /// An event as sent over federation: its JSON without `unsigned`.
 pub fn federation_json(pdu: &Pdu) -> Result<Box<RawValue>> {
-    let mut value: Value = serde_json::from_str(&pdu.json).map_err(|_| Error::Internal)?;
+    let mut value: Value = serde_json::from_str(&pdu.json).map_err(crate::internal!())?;
     if let Some(o) = value.as_object_mut() {
         o.remove("unsigned");
     }
-    serde_json::value::to_raw_value(&value).map_err(|_| Error::Internal)
+    serde_json::value::to_raw_value(&value).map_err(crate::internal!())
 }
 
 impl Services {
@@ -117,7 +117,7 @@ impl Services {
                 e => e,
             })?;
         drop(writer);
-        let mut template: Value = serde_json::from_str(&built.json).map_err(|_| Error::Internal)?;
+        let mut template: Value = serde_json::from_str(&built.json).map_err(crate::internal!())?;
         if let Some(o) = template.as_object_mut() {
             for field in ["signatures", "hashes", "unsigned"] {
                 o.remove(field);
@@ -127,7 +127,7 @@ impl Services {
             }
             o.insert("origin".into(), json!(origin));
         }
-        Ok((meta.version.clone(), serde_json::value::to_raw_value(&template).map_err(|_| Error::Internal)?))
+        Ok((meta.version.clone(), serde_json::value::to_raw_value(&template).map_err(crate::internal!())?))
     }
 
     /// `send_join` / `send_leave`: takes the membership event `origin` built from a template,
@@ -187,7 +187,7 @@ impl Services {
         let (pdu, state_before) = self.handle_pdu(origin, &meta.version, object.clone(), Placement::Extend, 0).await?;
         drop(guard);
         if pdu.kind != TimelineEventType::RoomMember || pdu.membership().as_deref() != Some(membership) {
-            return Err(Error::Internal);
+            return Err(crate::internal!("a checked membership event stays one")());
         }
         // The other servers of the room learn of it from here.
         let mut servers = self.servers_in_room(room_id).await?;
@@ -220,7 +220,7 @@ impl Services {
         answer.state = state;
         answer.auth_chain = auth_chain;
         answer.event = match signed {
-            Some(o) => Some(serde_json::value::to_raw_value(&o).map_err(|_| Error::Internal)?),
+            Some(o) => Some(serde_json::value::to_raw_value(&o).map_err(crate::internal!())?),
             None => None,
         };
         answer.servers_in_room = Some(self.servers_in_room(room_id).await?.iter().map(|s| s.to_string()).collect());
@@ -338,7 +338,7 @@ impl Services {
         }
         let object = self.event_from_template(&template, &rules, room_id, user, content)?;
         let event_id = event_id_of(&object, &rules)?;
-        let pdu_raw = serde_json::value::to_raw_value(&object).map_err(|_| Error::Internal)?;
+        let pdu_raw = serde_json::value::to_raw_value(&object).map_err(crate::internal!())?;
         let request = create_join_event::v2::Request::new(room_id.to_owned(), event_id.clone(), pdu_raw);
         let answer = self.federation_request(server, request).await?.room_state;
 
@@ -378,10 +378,15 @@ impl Services {
         {
             return Err(Error::bad_json(format!("{server} sent the state of another room")));
         }
-        let creator = self.get_pdu(&create_id).await?.ok_or(Error::Internal)?.sender.clone();
+        let creator = self
+            .get_pdu(&create_id)
+            .await?
+            .ok_or_else(crate::internal!("a value present by construction"))?
+            .sender
+            .clone();
 
         // The join must pass the rules against that state.
-        let json = serde_json::to_string(&join).map_err(|_| Error::Internal)?;
+        let json = serde_json::to_string(&join).map_err(crate::internal!())?;
         let pdu = Pdu::from_received(event_id.clone(), json, Some(room_id.to_owned()))?;
         let loaded = self.auth_state(&state, &pdu, &rules).await?;
         state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |k, s| {
@@ -434,7 +439,7 @@ impl Services {
             object["event_id"] = json!(format!("${}:{}", crate::random_string(18), self.server_name()));
             object["origin"] = json!(self.server_name());
         }
-        let mut object: CanonicalJsonObject = serde_json::from_value(object).map_err(|_| Error::Internal)?;
+        let mut object: CanonicalJsonObject = serde_json::from_value(object).map_err(crate::internal!())?;
         object.insert("prev_events".into(), ids("prev_events")?);
         object.insert("auth_events".into(), ids("auth_events")?);
         object.insert("depth".into(), CanonicalJsonValue::Integer(depth));
@@ -463,7 +468,7 @@ impl Services {
         })?;
         let object = self.event_from_template(&canonical(template)?, &rules, room_id, user, content)?;
         let event_id = event_id_of(&object, &rules)?;
-        let raw = serde_json::value::to_raw_value(&object).map_err(|_| Error::Internal)?;
+        let raw = serde_json::value::to_raw_value(&object).map_err(crate::internal!())?;
         Ok((object, event_id, raw))
     }
 
@@ -478,11 +483,11 @@ impl Services {
         event_id: OwnedEventId,
         unsigned: Option<Value>,
     ) -> Result<()> {
-        let mut stored = serde_json::to_value(&object).map_err(|_| Error::Internal)?;
+        let mut stored = serde_json::to_value(&object).map_err(crate::internal!())?;
         if let Some(u) = unsigned {
             stored["unsigned"] = u;
         }
-        let json = serde_json::to_string(&stored).map_err(|_| Error::Internal)?;
+        let json = serde_json::to_string(&stored).map_err(crate::internal!())?;
         let pdu = Pdu::from_received(event_id, json, Some(room_id.to_owned()))?;
         let state = self.current_state(room_id).await.unwrap_or_default();
         let mut writer = self.received_writer(room_id, version, user).await?;
@@ -649,7 +654,7 @@ impl Services {
         let mut object = object;
         ruma::signatures::sign_event(self.server_name().as_str(), &self.keys.keypair, &mut object, &rules.redaction)
             .map_err(|e| Error::bad_json(format!("Cannot sign the invite: {e}")))?;
-        let signed = serde_json::value::to_raw_value(&object).map_err(|_| Error::Internal)?;
+        let signed = serde_json::value::to_raw_value(&object).map_err(crate::internal!())?;
 
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().await;

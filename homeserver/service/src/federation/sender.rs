@@ -23,7 +23,7 @@ use ruma::{
 use serde_json::Value;
 
 use super::membership::federation_json;
-use crate::{Error, Pdu, Result, Services};
+use crate::{Pdu, Result, Services};
 
 /// The running senders.
 pub struct Senders {
@@ -224,6 +224,12 @@ async fn run_sender(services: Arc<Services>, destination: OwnedServerName, notif
 
 /// Sends one transaction of what waits for `destination`; `Ok(false)` when nothing waited.
 async fn send_once(services: &Services, destination: &ServerName) -> Result<bool> {
+    use tracing::Instrument;
+    let span = tracing::info_span!("federation_send", %destination);
+    send_once_in_span(services, destination).instrument(span).await
+}
+
+async fn send_once_in_span(services: &Services, destination: &ServerName) -> Result<bool> {
     let items = store::outbox(services.db.pool(), destination.as_str(), 150).await?;
     if items.is_empty() {
         return Ok(false);
@@ -245,7 +251,7 @@ async fn send_once(services: &Services, destination: &ServerName) -> Result<bool
                 }
             }
             _ => {
-                let raw = serde_json::value::RawValue::from_string(payload.clone()).map_err(|_| Error::Internal)?;
+                let raw = serde_json::value::RawValue::from_string(payload.clone()).map_err(crate::internal!())?;
                 edus.push(Raw::from_json(raw));
             }
         }

@@ -19,7 +19,20 @@ const MAX_EDUS: usize = 100;
 pub type PduResults = BTreeMap<OwnedEventId, std::result::Result<(), String>>;
 
 impl Services {
+    /// `/send`: a transaction from `origin`, in a span of its own (origin, id, sizes).
     pub async fn receive_transaction(
+        &self,
+        origin: &ServerName,
+        txn_id: &str,
+        pdus: &[Box<RawValue>],
+        edus: &[Box<RawValue>],
+    ) -> Result<PduResults> {
+        use tracing::Instrument;
+        let span = tracing::info_span!("federation_transaction", %origin, txn_id, pdus = pdus.len(), edus = edus.len());
+        self.receive_transaction_in_span(origin, txn_id, pdus, edus).instrument(span).await
+    }
+
+    async fn receive_transaction_in_span(
         &self,
         origin: &ServerName,
         txn_id: &str,

@@ -42,7 +42,7 @@ impl Services {
                 format!("Room version {version} is not supported"),
             ));
         }
-        let rules = version.rules().ok_or(Error::Internal)?;
+        let rules = version.rules().ok_or_else(crate::internal!("a value present by construction"))?;
         let v12 = rules.authorization.room_create_event_id_as_room_id;
 
         // Check everything that can fail before the first event is written.
@@ -131,7 +131,7 @@ impl Services {
         // the same millisecond with the same options would collide, so timestamps never repeat.
         create.timestamp = Some(self.rooms.unique_timestamp());
         w.append(creator, create, None).await?;
-        let room_id = w.room_id().ok_or(Error::Internal)?.to_owned();
+        let room_id = w.room_id().ok_or_else(crate::internal!("a value present by construction"))?.to_owned();
         let result =
             self.initial_events(&mut w, creator, &req, preset, v12, &creation, alias.as_ref(), initial_state).await;
         match result {
@@ -174,7 +174,7 @@ impl Services {
         alias: Option<&OwnedRoomAliasId>,
         initial_state: Vec<PduBuilder>,
     ) -> Result<()> {
-        let room_id = w.room_id().ok_or(Error::Internal)?.to_owned();
+        let room_id = w.room_id().ok_or_else(crate::internal!("a value present by construction"))?.to_owned();
         // 2. the creator joins
         let profile = self.member_profile(creator).await?;
         let join = with_membership("join", profile, req.is_direct);
@@ -259,7 +259,7 @@ impl Services {
 
     fn new_room_id(&self) -> Result<OwnedRoomId> {
         OwnedRoomId::try_from(format!("!{}:{}", crate::random_string(18), self.server_name()))
-            .map_err(|_| Error::Internal)
+            .map_err(crate::internal!())
     }
 
     /// The displayname and avatar a member event of `user` carries.

@@ -29,7 +29,7 @@ impl Services {
         let (room_id, creator) = diplomatie_storage::rooms::get_alias(self.db.pool(), alias.as_str())
             .await?
             .ok_or_else(|| Error::not_found("Room alias not found"))?;
-        let room_id = OwnedRoomId::try_from(room_id).map_err(|_| Error::Internal)?;
+        let room_id = OwnedRoomId::try_from(room_id).map_err(crate::internal!())?;
         if creator != user.as_str() && !self.is_admin(user).await? {
             let levels = self.power_levels(&room_id).await?;
             let needed = levels
@@ -79,7 +79,7 @@ impl Services {
         let (room_id, _) = diplomatie_storage::rooms::get_alias(self.db.pool(), alias.as_str())
             .await?
             .ok_or_else(|| Error::not_found("Room alias not found"))?;
-        OwnedRoomId::try_from(room_id).map_err(|_| Error::Internal)
+        OwnedRoomId::try_from(room_id).map_err(crate::internal!())
     }
 
     /// The room an alias of this server names, or `None` when it names none.

@@ -30,7 +30,7 @@ impl Services {
                 let (room_id, _) = diplomatie_storage::rooms::get_alias(self.db.pool(), alias.as_str())
                     .await?
                     .ok_or_else(|| Error::not_found("Room alias not found"))?;
-                Ok((OwnedRoomId::try_from(room_id).map_err(|_| Error::Internal)?, Vec::new()))
+                Ok((OwnedRoomId::try_from(room_id).map_err(crate::internal!())?, Vec::new()))
             }
         }
     }

@@ -162,13 +162,13 @@ impl Services {
         let Some(room) = room_store::get_room(pool, room_id.as_str()).await? else {
             return Ok(None);
         };
-        let version = RoomVersionId::try_from(room.room_version.as_str()).map_err(|_| Error::Internal)?;
+        let version = RoomVersionId::try_from(room.room_version.as_str()).map_err(crate::internal!())?;
         let ids = ev_store::forward_extremities(pool, room_id.as_str()).await?;
         let mut extremities = Vec::new();
         let mut depth = 0;
         let mut state_group = 0;
         for id in ids {
-            let id = OwnedEventId::try_from(id).map_err(|_| Error::Internal)?;
+            let id = OwnedEventId::try_from(id).map_err(crate::internal!())?;
             if let Some(pdu) = self.get_pdu(&id).await? {
                 depth = depth.max(u64::from(pdu.depth));
                 state_group = state_group.max(pdu.state_group);
@@ -235,7 +235,7 @@ impl Services {
         let mut map = StateMap::new();
         for (_, entries) in chain {
             for (ty, key, id) in entries {
-                let id = OwnedEventId::try_from(id).map_err(|_| Error::Internal)?;
+                let id = OwnedEventId::try_from(id).map_err(crate::internal!())?;
                 map.insert((StateEventType::from(ty), key), id);
             }
         }
@@ -327,9 +327,9 @@ impl Services {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let txn = txn.map(|(d, t)| (d.to_owned(), t.to_owned()));
         self.rooms.queue.lock().unwrap().push(SendJob { room_id, sender: sender.to_owned(), builder, txn, reply });
-        let me = self.me.upgrade().ok_or(Error::Internal)?;
+        let me = self.me.upgrade().ok_or_else(crate::internal!("a value present by construction"))?;
         tokio::spawn(async move { me.drain_queue().await });
-        answer.await.map_err(|_| Error::Internal)?
+        answer.await.map_err(crate::internal!())?
     }
 
     /// Writes every queued event in one transaction, under the writer lock.
@@ -645,7 +645,7 @@ impl<'a> RoomWriter<'a> {
             return Ok(());
         }
         if self.new_room.is_some() {
-            return Err(Error::Internal);
+            return Err(crate::internal!("a batch that creates a room stays in it")());
         }
         let (meta, state) = match self.others.remove(room_id) {
             Some(entry) => entry,
@@ -712,7 +712,8 @@ impl<'a> RoomWriter<'a> {
         if forked {
             let resolved = services.resolve_extremities(&self.meta.version, &self.meta.extremities).await?;
             self.state = Arc::new(resolved);
-            self.resolved_rooms.push(self.room_id.clone().ok_or(Error::Internal)?);
+            self.resolved_rooms
+                .push(self.room_id.clone().ok_or_else(crate::internal!("a value present by construction"))?);
         }
         let state = self.state.clone();
         let rules = self.meta.rules();
@@ -790,20 +791,24 @@ impl<'a> RoomWriter<'a> {
             e => Error::bad_json(format!("Cannot sign the event: {e}")),
         })?;
         let event_id: OwnedEventId = if rules.event_id_format == EventIdFormatVersion::V1 {
-            canonical.get("event_id").and_then(|v| v.as_str()).and_then(|s| s.try_into().ok()).ok_or(Error::Internal)?
+            canonical
+                .get("event_id")
+                .and_then(|v| v.as_str())
+                .and_then(|s| s.try_into().ok())
+                .ok_or_else(crate::internal!("a value present by construction"))?
         } else {
             let hash = ruma::signatures::reference_hash(&canonical, &rules)
                 .map_err(|e| Error::new(ErrorKind::TooLarge, format!("Event rejected: {e}")))?;
-            format!("${hash}").try_into().map_err(|_| Error::Internal)?
+            format!("${hash}").try_into().map_err(crate::internal!())?
         };
         let room_id: OwnedRoomId = match &self.room_id {
             Some(r) => r.clone(),
             // Since v12 the room id is the create event's id with the `!` sigil.
-            None => format!("!{}", &event_id.as_str()[1..]).try_into().map_err(|_| Error::Internal)?,
+            None => format!("!{}", &event_id.as_str()[1..]).try_into().map_err(crate::internal!())?,
         };
 
         // Keep what replaced state for clients (`unsigned.prev_content`); not hashed nor signed.
-        let mut json = serde_json::to_string(&canonical).map_err(|_| Error::Internal)?;
+        let mut json = serde_json::to_string(&canonical).map_err(crate::internal!())?;
         if json.len() > MAX_PDU_BYTES {
             return Err(Error::new(ErrorKind::TooLarge, "Event larger than 64 KiB"));
         }
@@ -819,9 +824,9 @@ impl<'a> RoomWriter<'a> {
             }
         }
         if !unsigned.is_empty() {
-            let mut v: Value = serde_json::from_str(&json).map_err(|_| Error::Internal)?;
+            let mut v: Value = serde_json::from_str(&json).map_err(crate::internal!())?;
             v["unsigned"] = Value::Object(unsigned);
-            json = serde_json::to_string(&v).map_err(|_| Error::Internal)?;
+            json = serde_json::to_string(&v).map_err(crate::internal!())?;
         }
         let mut pdu = Pdu::from_json(event_id.clone(), json, Some(room_id.clone()))?;
 
@@ -925,9 +930,9 @@ impl<'a> RoomWriter<'a> {
     ) -> Result<Option<Pdu>> {
         let Some(target) = find_pdu(self.services, &self.appended, target_id).await? else { return Ok(None) };
         let object = target.canonical_object()?;
-        let mut redacted = ruma::canonical_json::redact(object, &rules.redaction, None).map_err(|_| Error::Internal)?;
+        let mut redacted = ruma::canonical_json::redact(object, &rules.redaction, None).map_err(crate::internal!())?;
         redacted.remove("unsigned");
-        let json = serde_json::to_string(&redacted).map_err(|_| Error::Internal)?;
+        let json = serde_json::to_string(&redacted).map_err(crate::internal!())?;
         match self.rows.iter_mut().find(|r| r.event_id == target_id.as_str()) {
             // The target is in this very batch: its row is not written yet.
             Some(row) => row.json = json.clone(),
@@ -1127,8 +1132,9 @@ async fn event_refs(
 ) -> Result<Vec<Value>> {
     let mut refs = Vec::new();
     for id in ids {
-        let pdu = find_pdu(services, appended, id).await?.ok_or(Error::Internal)?;
-        let hash = ruma::signatures::reference_hash(&pdu.canonical_object()?, rules).map_err(|_| Error::Internal)?;
+        let pdu =
+            find_pdu(services, appended, id).await?.ok_or_else(crate::internal!("a value present by construction"))?;
+        let hash = ruma::signatures::reference_hash(&pdu.canonical_object()?, rules).map_err(crate::internal!())?;
         refs.push(json!([id, { "sha256": hash }]));
     }
     Ok(refs)

@@ -139,11 +139,11 @@ impl Services {
                 new_states.push((id, state.clone()));
             }
             group = Some((id, chain));
-            let mut value: serde_json::Value = serde_json::from_str(&pdu.json).map_err(|_| Error::Internal)?;
+            let mut value: serde_json::Value = serde_json::from_str(&pdu.json).map_err(crate::internal!())?;
             if let Some(o) = value.as_object_mut() {
                 o.remove("unsigned");
             }
-            pdu.json = serde_json::to_string(&value).map_err(|_| Error::Internal)?;
+            pdu.json = serde_json::to_string(&value).map_err(crate::internal!())?;
             pdu.unsigned.clear();
             after.insert(pdu.event_id.clone(), state.clone());
             pdu.stream_ordering = first + i as i64;
@@ -300,7 +300,9 @@ impl RoomWriter<'_> {
             // Forks remain: the current state is their resolution, kept as a snapshot.
             let mut maps = vec![(*state_after).clone()];
             for id in extremities.iter().filter(|x| **x != event_id) {
-                let other = find_pdu(services, &self.appended, id).await?.ok_or(Error::Internal)?;
+                let other = find_pdu(services, &self.appended, id)
+                    .await?
+                    .ok_or_else(crate::internal!("a value present by construction"))?;
                 maps.push((*services.state_map_in_batch(self, other.state_group).await?).clone());
             }
             let resolved = Arc::new(services.resolve_states(&self.meta.version, maps).await?);
@@ -310,7 +312,7 @@ impl RoomWriter<'_> {
         };
 
         // Stored without what the sender put in `unsigned`
-        let mut value: serde_json::Value = serde_json::from_str(&pdu.json).map_err(|_| Error::Internal)?;
+        let mut value: serde_json::Value = serde_json::from_str(&pdu.json).map_err(crate::internal!())?;
         // (but the room state an invite or a knock came with, which the user's client is shown).
         if let Some(o) = value.as_object_mut() {
             let unsigned = o.remove("unsigned");
@@ -320,7 +322,7 @@ impl RoomWriter<'_> {
                 }
             }
         }
-        pdu.json = serde_json::to_string(&value).map_err(|_| Error::Internal)?;
+        pdu.json = serde_json::to_string(&value).map_err(crate::internal!())?;
         pdu.unsigned.retain(|k, _| k == "invite_room_state" || k == "knock_room_state");
         self.rows.push(EventRow::of(&pdu, position, event_group));
         if let (Some(target), TimelineEventType::RoomRedaction) = (pdu.redacts.clone(), &pdu.kind) {

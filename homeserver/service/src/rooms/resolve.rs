@@ -26,7 +26,7 @@ impl Services {
     ) -> Result<StateMap<OwnedEventId>> {
         let mut maps = Vec::new();
         for id in extremities {
-            let pdu = self.get_pdu(id).await?.ok_or(Error::Internal)?;
+            let pdu = self.get_pdu(id).await?.ok_or_else(crate::internal!("a value present by construction"))?;
             maps.push((*self.state_map(pdu.state_group).await?).clone());
         }
         self.resolve_states(version, maps).await
@@ -54,7 +54,7 @@ impl Services {
         if maps.len() == 1 {
             return Ok(maps.pop().expect("one map"));
         }
-        let rules = version.rules().ok_or(Error::Internal)?;
+        let rules = version.rules().ok_or_else(crate::internal!("a value present by construction"))?;
         let Some(v2) = rules.state_res.v2_rules() else {
             return Err(Error::new(
                 ErrorKind::UnsupportedRoomVersion,

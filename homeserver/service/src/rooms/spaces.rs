@@ -327,7 +327,7 @@ impl Services {
             return Ok(true);
         }
         // No user of that server is a member: a user id of it that is no one stands for it.
-        let outsider = ruma::UserId::parse_with_server_name("_", origin).map_err(|_| Error::Internal)?;
+        let outsider = ruma::UserId::parse_with_server_name("_", origin).map_err(crate::internal!())?;
         self.can_peek_room(&outsider, room_id).await
     }
 }

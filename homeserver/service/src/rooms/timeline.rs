@@ -125,7 +125,7 @@ impl Services {
     ) -> Result<OwnedEventId> {
         if let Some(id) = ev_store::txn_event(self.db.pool(), sender.as_str(), device.as_str(), txn_id.as_str()).await?
         {
-            return OwnedEventId::try_from(id).map_err(|_| Error::Internal);
+            return OwnedEventId::try_from(id).map_err(crate::internal!());
         }
         self.known_room(room_id).await?;
         if !self.is_joined(room_id, sender).await? {
@@ -212,7 +212,7 @@ impl Services {
     ) -> Result<OwnedEventId> {
         if let Some(id) = ev_store::txn_event(self.db.pool(), sender.as_str(), device.as_str(), txn_id.as_str()).await?
         {
-            return OwnedEventId::try_from(id).map_err(|_| Error::Internal);
+            return OwnedEventId::try_from(id).map_err(crate::internal!());
         }
         let meta = self.known_room(room_id).await?;
         if !self.is_joined(room_id, sender).await? {
@@ -342,7 +342,7 @@ impl Services {
                 let so = stored.stream_ordering;
                 last = Some(so);
                 let pdu = match self
-                    .get_pdu(<&EventId>::try_from(stored.event_id.as_str()).map_err(|_| Error::Internal)?)
+                    .get_pdu(<&EventId>::try_from(stored.event_id.as_str()).map_err(crate::internal!())?)
                     .await?
                 {
                     Some(p) => p,

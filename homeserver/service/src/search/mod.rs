@@ -344,7 +344,7 @@ impl Services {
             let (term, keys, rooms, index) = (criteria.search_term.clone(), keys.clone(), rooms.clone(), index.clone());
             let found = tokio::task::spawn_blocking(move || index.search(&term, &keys, &rooms, recent, offset, chunk))
                 .await
-                .map_err(|_| Error::Internal)?
+                .map_err(crate::internal!())?
                 .map_err(search_failed)?;
             let exhausted = found.hits.len() < chunk;
             for (event_id, score) in found.hits {
