@@ -138,6 +138,19 @@ fn memory_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// The CPU time a process has used (user and system), in milliseconds, from `/proc`.
+fn cpu_ms(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at `) `.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks * 1000.0 / per_second)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -293,6 +306,8 @@ async fn main() -> Result<()> {
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // The server's CPU over the delivery phase: mostly the woken syncs it answers.
+    let cpu_before = args.pid.and_then(cpu_ms);
     for p in 0..args.probes {
         let sender = &users[p % args.rooms];
         let room = &rooms[p % args.rooms];
@@ -315,6 +330,7 @@ async fn main() -> Result<()> {
     while latencies.lock().await.len() < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let cpu_used = args.pid.and_then(cpu_ms).zip(cpu_before).map(|(after, before)| after - before);
     done.store(true, std::sync::atomic::Ordering::Release);
     let mut lat = latencies.lock().await.clone();
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -335,6 +351,14 @@ async fn main() -> Result<()> {
         duplicates.load(std::sync::atomic::Ordering::Relaxed),
         args.syncers
     );
+    if let Some(cpu) = cpu_used {
+        let woken = lat.len().max(1);
+        println!(
+            "server CPU while delivering: {cpu:.0} ms for {} deliveries, {:.3} ms per woken sync (the probes' sends included)",
+            lat.len(),
+            cpu / woken as f64
+        );
+    }
     if let Some(pid) = args.pid {
         match memory_kib(pid) {
             Some((rss, peak)) => {
