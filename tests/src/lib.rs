@@ -256,6 +256,25 @@ impl TestServer {
         }
     }
 
+    /// Logs a user in with a password and returns its client.
+    pub async fn login(&self, user: &str, password: &str) -> Client {
+        let mut c = self.client();
+        let body = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": user }, "password": password });
+        let (status, v) = c.post("/_matrix/client/v3/login", &body).await;
+        assert_eq!(status, 200, "{v}");
+        c.token = Some(v["access_token"].as_str().unwrap().to_owned());
+        c.user_id = v["user_id"].as_str().unwrap().to_owned();
+        c.device_id = v["device_id"].as_str().unwrap().to_owned();
+        c
+    }
+
+    /// A server administrator `root` (password `pw`), made with the command line, logged in.
+    pub async fn admin(&self) -> Client {
+        let out = self.command(&["user", "create", "root", "--password", "pw", "--admin"]).await;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        self.login("root", "pw").await
+    }
+
     /// Registers a user through the spec's UIA flow (`m.login.dummy`) and returns its client.
     pub async fn register(&self, localpart: &str) -> Client {
         let mut c = self.client();

@@ -405,17 +405,6 @@ async fn federation_never_reaches_internal_addresses(backend: Backend) {
     assert!(offered.load(std::sync::atomic::Ordering::SeqCst) > 0, "the allow-list is not applied");
 }
 
-async fn login(server: &TestServer, user: &str, password: &str) -> Client {
-    let mut c = server.client();
-    let body = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": user }, "password": password });
-    let (status, v) = c.post("/_matrix/client/v3/login", &body).await;
-    assert_eq!(status, 200, "{v}");
-    c.token = Some(v["access_token"].as_str().unwrap().to_owned());
-    c.user_id = v["user_id"].as_str().unwrap().to_owned();
-    c.device_id = v["device_id"].as_str().unwrap().to_owned();
-    c
-}
-
 async fn import(root: &Client, body: Vec<u8>, csv: bool) -> (u16, Value) {
     let resp = root
         .http
@@ -432,15 +421,13 @@ async fn import(root: &Client, body: Vec<u8>, csv: bool) -> (u16, Value) {
 
 async fn nobody_raises_their_own_clearance(backend: Backend) {
     let server = TestServer::start(backend, &[]).await;
-    let out = server.command(&["user", "create", "root", "--password", "pw", "--admin"]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let root = login(&server, "root", "pw").await;
+    let root = server.admin().await;
     let org = "users:\n  - { localpart: chef, password: pw-chef, group: dgm }\n  - { localpart: agent, password: pw-agent, group: dgm }\n\
                groups:\n  - { slug: dgm, name: DGM, managers: [chef] }\n";
     let (status, report) = import(&root, org.as_bytes().to_vec(), false).await;
     assert_eq!(status, 200, "{report}");
-    let chef = login(&server, "chef", "pw-chef").await;
-    let agent = login(&server, "agent", "pw-agent").await;
+    let chef = server.login("chef", "pw-chef").await;
+    let agent = server.login("agent", "pw-agent").await;
     let clearance = |c: &Client| format!("/_diplomatie/admin/v1/users/{}/clearance", urlencode(&c.user_id));
     let device = |c: &Client| {
         format!("/_diplomatie/admin/v1/users/{}/devices/{}/clearance", urlencode(&c.user_id), urlencode(&c.device_id))
@@ -470,9 +457,7 @@ async fn nobody_raises_their_own_clearance(backend: Backend) {
 
 async fn hostile_organisation_files_are_refused(backend: Backend) {
     let server = TestServer::start(backend, &[]).await;
-    let out = server.command(&["user", "create", "root", "--password", "pw", "--admin"]).await;
-    assert!(out.status.success());
-    let root = login(&server, "root", "pw").await;
+    let root = server.admin().await;
     // An alias bomb: 9 levels of 9 aliases each, a billion strings once expanded.
     let mut bomb = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
     for (prev, next) in ["a", "b", "c", "d", "e", "f", "g", "h"].iter().zip(["b", "c", "d", "e", "f", "g", "h", "i"]) {

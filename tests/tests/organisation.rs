@@ -12,23 +12,6 @@ backend_tests!(
     the_command_line_imports_while_the_server_is_stopped,
 );
 
-async fn admin(server: &TestServer) -> Client {
-    let out = server.command(&["user", "create", "root", "--password", "pw", "--admin"]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    login(server, "root", "pw").await
-}
-
-async fn login(server: &TestServer, user: &str, password: &str) -> Client {
-    let mut c = server.client();
-    let body = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": user }, "password": password });
-    let (status, v) = c.post("/_matrix/client/v3/login", &body).await;
-    assert_eq!(status, 200, "{v}");
-    c.token = Some(v["access_token"].as_str().unwrap().to_owned());
-    c.user_id = v["user_id"].as_str().unwrap().to_owned();
-    c.device_id = v["device_id"].as_str().unwrap().to_owned();
-    c
-}
-
 async fn joined_rooms(c: &Client) -> Vec<String> {
     let v = c.ok(Method::GET, "/_matrix/client/v3/joined_rooms", None).await;
     let mut rooms: Vec<String> =
@@ -55,7 +38,7 @@ fn ids(v: &Value) -> (String, Vec<String>) {
 
 async fn a_functional_group_is_joined_by_request_that_a_manager_approves(backend: Backend) {
     let server = TestServer::start(backend, &[]).await;
-    let root = admin(&server).await;
+    let root = server.admin().await;
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let carol = server.register("carol").await;
@@ -150,7 +133,7 @@ async fn a_functional_group_is_joined_by_request_that_a_manager_approves(backend
 
 async fn communities_follow_their_join_rule(backend: Backend) {
     let server = TestServer::start(backend, &[]).await;
-    let root = admin(&server).await;
+    let root = server.admin().await;
     let bob = server.register("bob").await;
     let carol = server.register("carol").await;
     let dave = server.register("dave").await;
@@ -241,7 +224,7 @@ communities:
 
 async fn an_organisation_is_imported_once(backend: Backend) {
     let server = TestServer::start(backend, &[]).await;
-    let root = admin(&server).await;
+    let root = server.admin().await;
     let import = |body: &'static str, csv: bool| {
         let root = root.clone();
         async move {
@@ -261,7 +244,7 @@ async fn an_organisation_is_imported_once(backend: Backend) {
         // the community.
         json!({ "users_created": 4, "users_updated": 2, "groups_created": 2, "communities_created": 1, "memberships_added": 2 })
     );
-    let amb = login(&server, "amb.berlin", "secret-1").await;
+    let amb = server.login("amb.berlin", "secret-1").await;
     let rooms = joined_rooms(&amb).await;
     assert_eq!(rooms.len(), 3 + 2, "his embassy (space and 2 rooms) and the community (space and room)");
     let clearance =
@@ -363,9 +346,9 @@ async fn the_command_line_imports_while_the_server_is_stopped(backend: Backend) 
     .unwrap();
     assert_eq!(set["managers"], json!(["@redacteur:localhost", "@analyste:localhost"]));
     server.launch().await;
-    let amb = login(&server, "amb.berlin", "secret-1").await;
+    let amb = server.login("amb.berlin", "secret-1").await;
     assert_eq!(joined_rooms(&amb).await.len(), 5);
-    let analyste = login(&server, "analyste", "secret-2").await;
+    let analyste = server.login("analyste", "secret-2").await;
     let marker = state(&analyste, created["space_id"].as_str().unwrap(), "fr.diplomatie.group", "").await;
     assert_eq!(marker["project"], "COP");
     // A device approved from the command line.

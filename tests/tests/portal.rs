@@ -17,21 +17,6 @@ backend_tests!(
 const CLASSIFICATION: &str = "fr.diplomatie.classification";
 const EXTERNALS: &str = "fr.diplomatie.externals";
 
-/// A server administrator, made with the command line.
-async fn admin(server: &TestServer) -> Client {
-    let out = server.command(&["user", "create", "root", "--password", "pw", "--admin"]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut c = server.client();
-    let login =
-        json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "root" }, "password": "pw" });
-    let (status, v) = c.post("/_matrix/client/v3/login", &login).await;
-    assert_eq!(status, 200, "{v}");
-    c.token = Some(v["access_token"].as_str().unwrap().to_owned());
-    c.user_id = v["user_id"].as_str().unwrap().to_owned();
-    c.device_id = v["device_id"].as_str().unwrap().to_owned();
-    c
-}
-
 async fn set_clearance(by: &Client, user: &Client, level: &str) -> (u16, Value) {
     let path = format!("/_diplomatie/admin/v1/users/{}/clearance", urlencode(&user.user_id));
     by.put(&path, &json!({ "clearance": level })).await
@@ -62,7 +47,7 @@ async fn state(c: &Client, room: &str, kind: &str) -> (u16, Value) {
 
 async fn users_without_dr_clearance_stay_out_of_dr_rooms(backend: Backend) {
     let server = TestServer::start(backend, &[]).await;
-    let root = admin(&server).await;
+    let root = server.admin().await;
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     assert_eq!(set_clearance(&root, &alice, "DR").await.0, 200);
@@ -127,7 +112,7 @@ async fn users_without_dr_clearance_stay_out_of_dr_rooms(backend: Backend) {
 
 async fn dr_rooms_take_only_encrypted_messages_from_approved_devices(backend: Backend) {
     let server = TestServer::start(backend, &[]).await;
-    let root = admin(&server).await;
+    let root = server.admin().await;
     let alice = server.register("alice").await;
     assert_eq!(set_clearance(&root, &alice, "DR").await.0, 200);
     let room = alice.create_room(json!({ "initial_state": [classified("DR")] })).await;
@@ -163,7 +148,7 @@ async fn dr_rooms_take_only_encrypted_messages_from_approved_devices(backend: Ba
 
 async fn a_classification_rises_but_never_falls_once_there_is_content(backend: Backend) {
     let server = TestServer::start(backend, &[]).await;
-    let root = admin(&server).await;
+    let root = server.admin().await;
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     assert_eq!(set_clearance(&root, &alice, "DR").await.0, 200);
@@ -204,7 +189,7 @@ async fn a_classification_rises_but_never_falls_once_there_is_content(backend: B
 
 async fn externals_only_enter_rooms_opened_to_them(backend: Backend) {
     let server = TestServer::start(backend, &[]).await;
-    let root = admin(&server).await;
+    let root = server.admin().await;
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let ngo = server.register("ngo").await;
@@ -261,7 +246,7 @@ async fn externals_only_enter_rooms_opened_to_them(backend: Backend) {
 
 async fn clearances_are_administered_and_recorded(backend: Backend) {
     let server = TestServer::start(backend, &[]).await;
-    let root = admin(&server).await;
+    let root = server.admin().await;
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
 
@@ -322,7 +307,7 @@ async fn clearances_are_administered_and_recorded(backend: Backend) {
 
 async fn dr_rooms_are_shared_only_with_servers_on_the_allow_list(backend: Backend) {
     let server = TestServer::start(backend, &[("PORTAL__DR_FEDERATION_ALLOWLIST", "[\"partner.example\"]")]).await;
-    let root = admin(&server).await;
+    let root = server.admin().await;
     let alice = server.register("alice").await;
     assert_eq!(set_clearance(&root, &alice, "DR").await.0, 200);
     let dr = alice
