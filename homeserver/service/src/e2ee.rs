@@ -44,7 +44,7 @@ impl E2eeState {
     }
 
     /// Called by the room writer when membership events are committed at `position`.
-    pub fn membership_changed(&self, position: i64) {
+    pub(crate) fn membership_changed(&self, position: i64) {
         self.last_member_change.fetch_max(position, Ordering::AcqRel);
     }
 
@@ -529,5 +529,23 @@ impl Services {
             "device_one_time_keys_count": counts,
             "device_unused_fallback_key_types": fallback,
         }))
+    }
+}
+
+/// Records the position of each membership change before it is published, so that `/sync`
+/// looks at device lists again (a commit subscriber).
+pub(crate) struct MembershipPositions;
+
+impl crate::rooms::commit::Subscriber for MembershipPositions {
+    fn committed(
+        &self,
+        services: &Services,
+        batch: &crate::rooms::commit::Batch<'_>,
+        _at: &crate::rooms::commit::Committed<'_>,
+    ) {
+        let members = batch.events.iter().filter(|p| p.kind == ruma::events::TimelineEventType::RoomMember);
+        for pdu in members {
+            services.e2ee.membership_changed(pdu.stream_ordering);
+        }
     }
 }

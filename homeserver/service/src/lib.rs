@@ -75,6 +75,8 @@ pub struct Services {
     presence_states: std::sync::Mutex<std::collections::HashMap<ruma::OwnedUserId, String>>,
     pub ratelimiter: ratelimit::RateLimiter,
     pub federation: federation::FederationState,
+    /// Told of every batch the room writer commits (`rooms::commit`).
+    pub(crate) commit_subscribers: rooms::commit::CommitSubscribers,
 }
 
 impl Services {
@@ -119,6 +121,7 @@ impl Services {
             presence_states: Default::default(),
             ratelimiter,
             federation: Default::default(),
+            commit_subscribers: rooms::commit::CommitSubscribers::standard(),
         });
         ephemeral::spawn_typing_expiry(Arc::downgrade(&services));
         // Every process that writes (the server, an import) keeps the write-ahead log short.

@@ -103,12 +103,6 @@ pub(crate) struct PushBatch {
     own: Vec<PushRow>,
 }
 
-impl PushBatch {
-    pub(crate) fn len(&self) -> usize {
-        self.defaults.len() + self.own.len()
-    }
-}
-
 /// One outcome: for every member not named (`user_id` empty), or for one user.
 struct PushRow {
     user_id: String,
@@ -1058,4 +1052,45 @@ fn p_position(s: &Services, p: &store::Pusher) -> i64 {
         .get(&p.user_id)
         .and_then(|l| l.iter().find(|q| q.app_id == p.app_id && q.pushkey == p.pushkey))
         .map_or(p.last_stream_ordering, |q| q.last_stream_ordering)
+}
+
+/// The notifications of each batch, written in its transaction: no `/sync` ever sees an event
+/// without them (a commit subscriber).
+pub(crate) struct NotificationRows;
+
+struct PreparedNotifications {
+    rows: PushBatch,
+    notified: HashMap<String, Arc<HashSet<OwnedUserId>>>,
+}
+
+impl crate::rooms::commit::RowsSubscriber for NotificationRows {
+    fn prepare<'a>(
+        &'a self,
+        services: &'a Services,
+        batch: &'a crate::rooms::commit::Batch<'a>,
+    ) -> futures::future::BoxFuture<'a, Result<Box<dyn crate::rooms::commit::Rows>>> {
+        Box::pin(async move {
+            let rows = services.push_rows(batch.events, batch.states, batch.created).await?;
+            let notified = services.notified_members(&rows).await?;
+            Ok(Box::new(PreparedNotifications { rows, notified }) as Box<dyn crate::rooms::commit::Rows>)
+        })
+    }
+}
+
+impl crate::rooms::commit::Rows for PreparedNotifications {
+    fn write<'a>(
+        &'a self,
+        services: &'a Services,
+        tx: &'a mut diplomatie_storage::Connection,
+    ) -> futures::future::BoxFuture<'a, Result<()>> {
+        Box::pin(services.write_push_rows(tx, &self.rows))
+    }
+
+    fn committed(&self, services: &Services, at: &crate::rooms::commit::Committed<'_>) {
+        services.unread_committed(&self.rows, &self.notified, at.memberships, at.position);
+    }
+
+    fn published(&self, services: &Services) {
+        services.notifications_committed(&self.rows, &self.notified);
+    }
 }

@@ -17,7 +17,7 @@
 
 mod journal;
 pub mod text;
-mod worker;
+pub(crate) mod worker;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},

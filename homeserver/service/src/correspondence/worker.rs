@@ -323,3 +323,18 @@ impl Services {
         Ok(Some(answer))
     }
 }
+
+/// Hands the service account the events of each published batch that may concern it (a commit
+/// subscriber).
+pub(crate) struct Drafts;
+
+impl crate::rooms::commit::Subscriber for Drafts {
+    fn published(
+        &self,
+        services: &Services,
+        batch: &crate::rooms::commit::Batch<'_>,
+        _at: &crate::rooms::commit::Committed<'_>,
+    ) {
+        services.correspondence_committed(batch.events, batch.txns);
+    }
+}

@@ -47,6 +47,42 @@ pub struct Outgoing {
     destinations: HashSet<OwnedServerName>,
 }
 
+/// The federation outbox of each batch: the PDUs this server built, queued for the rooms'
+/// other servers in the batch's transaction (a committed event is never lost to federation),
+/// their senders woken once published (a commit subscriber).
+pub(crate) struct OutboxRows;
+
+impl crate::rooms::commit::RowsSubscriber for OutboxRows {
+    fn prepare<'a>(
+        &'a self,
+        services: &'a Services,
+        batch: &'a crate::rooms::commit::Batch<'a>,
+    ) -> futures::future::BoxFuture<'a, Result<Box<dyn crate::rooms::commit::Rows>>> {
+        Box::pin(async move {
+            Ok(Box::new(services.outgoing_pdus(batch.events).await?) as Box<dyn crate::rooms::commit::Rows>)
+        })
+    }
+}
+
+impl crate::rooms::commit::Rows for Outgoing {
+    fn write<'a>(
+        &'a self,
+        _services: &'a Services,
+        tx: &'a mut diplomatie_storage::Connection,
+    ) -> futures::future::BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            if !self.is_empty() {
+                Outgoing::write(self, tx).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn published(&self, services: &Services) {
+        services.outgoing_committed(self);
+    }
+}
+
 impl Outgoing {
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()

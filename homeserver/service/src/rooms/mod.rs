@@ -6,6 +6,7 @@
 //! (ruma-state-res), and persists event, state and extremities in one transaction before anyone
 //! may see it. Caches are updated only after the commit.
 
+pub(crate) mod commit;
 pub mod create;
 pub mod directory;
 pub mod membership;
@@ -988,17 +989,25 @@ impl<'a> RoomWriter<'a> {
         if others.is_empty() {
             return Ok(());
         }
-        // Notifications: push rules evaluated for each recipient, written with the events so
-        // that no `/sync` ever sees an event without them.
+        // The subscribers' rows (notifications, the federation outbox) are computed before the
+        // transaction opens and written in it.
         let created: HashSet<&RoomId> = match (&new_room, &created_room) {
             (Some(_), Some(r)) => HashSet::from([&**r]),
             _ => HashSet::new(),
         };
+        let batch = commit::Batch {
+            events: &appended,
+            redacted: &redacted,
+            states: &new_states,
+            created: &created,
+            txns: &txns,
+        };
+        let subscribers = &services.commit_subscribers;
         let started = std::time::Instant::now();
-        let push_rows = services.push_rows(&appended, &new_states, &created).await?;
-        let notified = services.notified_members(&push_rows).await?;
-        // What goes to other servers is queued with the events.
-        let outgoing = services.outgoing_pdus(&appended).await?;
+        let mut prepared = Vec::with_capacity(subscribers.rows.len());
+        for s in &subscribers.rows {
+            prepared.push(s.prepare(services, &batch).await?);
+        }
         let evaluated = started.elapsed();
         let mut tx = services.db.begin().await?;
         let acquired = started.elapsed();
@@ -1010,7 +1019,7 @@ impl<'a> RoomWriter<'a> {
                 entries.iter().map(|(t, k, e, m)| (t.as_str(), k.as_str(), e.as_str(), m.as_deref())).collect();
             state_store::replace_current_state(&mut tx, resolved.as_str(), &refs, write.position()).await?;
         }
-        // The rows, the transaction ids, each room's new forward extremity, the notifications.
+        // The rows, the transaction ids, each room's new forward extremity, the subscribers'.
         let new_events: Vec<ev_store::NewEvent<'_>> = rows.iter().map(EventRow::as_new).collect();
         ev_store::insert_events(&mut tx, &new_events).await?;
         let txn_rows: Vec<(&str, &str, &str, &str)> =
@@ -1022,14 +1031,12 @@ impl<'a> RoomWriter<'a> {
                 ev_store::set_forward_extremities(&mut tx, room_id.as_str(), &ids).await?;
             }
         }
-        services.write_push_rows(&mut tx, &push_rows).await?;
-        if !outgoing.is_empty() {
-            outgoing.write(&mut tx).await?;
+        for p in &prepared {
+            p.write(services, &mut tx).await?;
         }
         diplomatie_storage::commit(tx).await?;
         tracing::debug!(
             events = appended.len(),
-            notifications = push_rows.len(),
             ?evaluated,
             ?acquired,
             committed = ?started.elapsed(),
@@ -1048,8 +1055,8 @@ impl<'a> RoomWriter<'a> {
         }
         {
             let mut states = caches.states.lock().unwrap();
-            for (id, map) in new_states {
-                states.put(id, map);
+            for (id, map) in &new_states {
+                states.put(*id, map.clone());
             }
         }
         {
@@ -1067,7 +1074,6 @@ impl<'a> RoomWriter<'a> {
         let mut wake: Vec<OwnedUserId> = Vec::new();
         let mut memberships: Vec<(OwnedUserId, OwnedRoomId)> = Vec::new();
         for pdu in appended.iter().filter(|p| p.kind == TimelineEventType::RoomMember) {
-            services.e2ee.membership_changed(pdu.stream_ordering);
             let Some(target) = pdu.state_key.as_deref().and_then(|s| OwnedUserId::try_from(s).ok()) else { continue };
             let mut joined = caches.joined.lock().unwrap();
             if let Some(set) = joined.get_mut(&pdu.room_id) {
@@ -1095,13 +1101,21 @@ impl<'a> RoomWriter<'a> {
                 txn_of.put(id, (device.clone(), txn_id.clone()));
             }
         }
-        let position = write.position();
-        services.unread_committed(&push_rows, &notified, &memberships, position);
+        // The subscribers, before the positions are published and after.
+        let at = commit::Committed { position: write.position(), memberships: &memberships };
+        for s in &subscribers.others {
+            s.committed(services, &batch, &at);
+        }
+        for p in &prepared {
+            p.committed(services, &at);
+        }
         write.publish();
-        services.notifications_committed(&push_rows, &notified);
-        services.index_committed(&appended, &redacted, crate::search::index::Covered::up_to(position));
-        services.correspondence_committed(&appended, &txns);
-        services.outgoing_committed(&outgoing);
+        for p in &prepared {
+            p.published(services);
+        }
+        for s in &subscribers.others {
+            s.published(services, &batch, &at);
+        }
         for room_id in others.keys() {
             let joined = services.joined_members(room_id).await?;
             services.notifier.notify(joined.iter().map(|u| &**u));

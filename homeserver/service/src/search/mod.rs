@@ -470,5 +470,19 @@ impl Services {
     }
 }
 
+/// Sends each committed batch to the indexer, once published (a commit subscriber).
+pub(crate) struct Indexer;
+
+impl crate::rooms::commit::Subscriber for Indexer {
+    fn published(
+        &self,
+        services: &Services,
+        batch: &crate::rooms::commit::Batch<'_>,
+        at: &crate::rooms::commit::Committed<'_>,
+    ) {
+        services.index_committed(batch.events, batch.redacted, Covered::up_to(at.position));
+    }
+}
+
 /// How many candidates a search reads past its page to count the results the user may read.
 const COUNT_CAP: usize = 500;

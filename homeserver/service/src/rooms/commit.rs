@@ -1,0 +1,84 @@
+//! What happens to a batch of events around its commit, told to subscribers registered at
+//! start-up ([`CommitSubscribers::standard`]): the room writer names none of them, so a new
+//! concern (MLS, a bridge) subscribes here without touching the writer.
+//!
+//! Two kinds: [`RowsSubscriber`]s add rows to the batch's own transaction (push notifications,
+//! the federation outbox), so that nothing reads the events without them; [`Subscriber`]s
+//! only learn of the batch once it is committed (device-list positions, the search indexer,
+//! the correspondence worker). Each is told, in this order: `committed` (after the commit,
+//! still under the writer lock, before the stream positions are published: what readers of
+//! the new positions need must be exact by then), then `published` (after).
+
+use std::{collections::HashSet, sync::Arc};
+
+use futures::future::BoxFuture;
+use ruma::{state_res::StateMap, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId};
+
+use crate::{pdu::Pdu, Result, Services};
+
+/// A batch of events on its way to the database, as subscribers see it.
+pub(crate) struct Batch<'a> {
+    /// The events appended, in order.
+    pub events: &'a [Arc<Pdu>],
+    /// Events whose stored copy the batch redacts.
+    pub redacted: &'a [Pdu],
+    /// The state maps the batch created (not in the caches before the commit).
+    pub states: &'a [(i64, Arc<StateMap<OwnedEventId>>)],
+    /// The rooms the batch creates.
+    pub created: &'a HashSet<&'a RoomId>,
+    /// `[user, device, transaction id, event id]` of the clients' sends.
+    pub txns: &'a [[String; 4]],
+}
+
+/// A batch once committed.
+pub(crate) struct Committed<'a> {
+    /// The batch's last stream position.
+    pub position: i64,
+    /// The (user, room) pairs whose membership the batch changed.
+    pub memberships: &'a [(OwnedUserId, OwnedRoomId)],
+}
+
+/// A concern that writes rows in the batch's transaction.
+pub(crate) trait RowsSubscriber: Send + Sync {
+    /// Computes its rows, reading through the pool, before the transaction opens (no read
+    /// may go through the pool while a connection holds SQLite's write lock).
+    fn prepare<'a>(&'a self, services: &'a Services, batch: &'a Batch<'a>) -> BoxFuture<'a, Result<Box<dyn Rows>>>;
+}
+
+/// The rows one [`RowsSubscriber`] prepared for one batch.
+pub(crate) trait Rows: Send + Sync {
+    fn write<'a>(
+        &'a self,
+        services: &'a Services,
+        tx: &'a mut diplomatie_storage::Connection,
+    ) -> BoxFuture<'a, Result<()>>;
+    fn committed(&self, _services: &Services, _at: &Committed<'_>) {}
+    fn published(&self, _services: &Services) {}
+}
+
+/// A concern told of a batch after its commit.
+pub(crate) trait Subscriber: Send + Sync {
+    fn committed(&self, _services: &Services, _batch: &Batch<'_>, _at: &Committed<'_>) {}
+    fn published(&self, _services: &Services, _batch: &Batch<'_>, _at: &Committed<'_>) {}
+}
+
+/// The subscribers of every batch.
+pub(crate) struct CommitSubscribers {
+    pub rows: Vec<Box<dyn RowsSubscriber>>,
+    pub others: Vec<Box<dyn Subscriber>>,
+}
+
+impl CommitSubscribers {
+    /// The server's: notifications and the federation outbox in the transaction; device-list
+    /// positions before publication; the search indexer and the correspondence worker after.
+    pub(crate) fn standard() -> CommitSubscribers {
+        CommitSubscribers {
+            rows: vec![Box::new(crate::push::NotificationRows), Box::new(crate::federation::sender::OutboxRows)],
+            others: vec![
+                Box::new(crate::e2ee::MembershipPositions),
+                Box::new(crate::search::Indexer),
+                Box::new(crate::correspondence::worker::Drafts),
+            ],
+        }
+    }
+}
