@@ -62,6 +62,11 @@ impl Error {
     }
 }
 
+/// A refusal of the portal's rules (`policies`), answered `M_FORBIDDEN` with its reason.
+pub(crate) fn forbidden(r: diplomatie_policies::Refusal) -> Error {
+    Error::forbidden(r.0)
+}
+
 /// Logs an internal failure once, where it happened, and answers [`Error::Internal`]; used
 /// through [`internal!`](crate::internal).
 pub fn log_internal(error: &dyn std::fmt::Debug, place: &str) -> Error {

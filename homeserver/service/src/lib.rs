@@ -19,6 +19,7 @@ pub mod error;
 pub mod federation;
 pub mod keys;
 pub mod media;
+pub mod names;
 pub mod notifier;
 pub mod organisation;
 pub mod outbound;
@@ -79,6 +80,20 @@ pub struct Services {
     pub(crate) commit_subscribers: rooms::commit::CommitSubscribers,
 }
 
+/// The subscribers of every batch the room writer commits: notifications and the federation
+/// outbox write rows in its transaction; device-list positions are recorded before its
+/// positions are published; the search indexer and the correspondence worker hear of it after.
+fn commit_subscribers() -> rooms::commit::CommitSubscribers {
+    rooms::commit::CommitSubscribers {
+        rows: vec![Box::new(push::NotificationRows), Box::new(federation::sender::OutboxRows)],
+        others: vec![
+            Box::new(e2ee::MembershipPositions),
+            Box::new(search::Indexer),
+            Box::new(correspondence::worker::Drafts),
+        ],
+    }
+}
+
 impl Services {
     /// Opens the database (creating and migrating it if needed), loads or creates the signing
     /// key, and restores the stream position: enough for commands run beside a server.
@@ -121,7 +136,7 @@ impl Services {
             presence_states: Default::default(),
             ratelimiter,
             federation: Default::default(),
-            commit_subscribers: rooms::commit::CommitSubscribers::standard(),
+            commit_subscribers: commit_subscribers(),
         });
         ephemeral::spawn_typing_expiry(Arc::downgrade(&services));
         // Every process that writes (the server, an import) keeps the write-ahead log short.

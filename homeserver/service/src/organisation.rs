@@ -29,8 +29,7 @@ use crate::{
     Error, Result, Services,
 };
 
-/// The state event that makes a space a functional group or a community.
-pub const GROUP: &str = "fr.diplomatie.group";
+pub use crate::names::GROUP;
 /// Memberships an import adds at the same time.
 const PARALLEL_JOINS: usize = 32;
 
@@ -389,7 +388,7 @@ impl Services {
     /// an import).
     pub async fn create_community(&self, creator: Option<&UserId>, spec: &CommunitySpec) -> Result<Created> {
         if let Some(c) = creator {
-            policies::may_create_community(self.person(c).await?).map_err(crate::portal::forbidden)?;
+            policies::may_create_community(self.person(c).await?).map_err(crate::error::forbidden)?;
         }
         if spec.project.trim().is_empty() {
             return Err(Error::invalid_param("A community is backed by a named project"));
@@ -432,7 +431,7 @@ impl Services {
         let system = self.system_user().await?;
         let mut users = serde_json::Map::new();
         for m in managers {
-            users.insert(m.to_string(), json!(crate::portal::MANAGER_LEVEL));
+            users.insert(m.to_string(), json!(crate::names::MANAGER_LEVEL));
         }
         // Only managers approve requests (an invite approves a knock) and remove members.
         let powers = json!({
@@ -517,9 +516,9 @@ impl Services {
             let mut levels = self.power_levels(room).await?;
             let users = levels.entry("users").or_insert_with(|| json!({}));
             let Some(users) = users.as_object_mut() else { return Err(Error::Internal) };
-            users.retain(|u, v| u == system.as_str() || v.as_i64() != Some(crate::portal::MANAGER_LEVEL));
+            users.retain(|u, v| u == system.as_str() || v.as_i64() != Some(crate::names::MANAGER_LEVEL));
             for m in &managers {
-                users.insert(m.to_string(), json!(crate::portal::MANAGER_LEVEL));
+                users.insert(m.to_string(), json!(crate::names::MANAGER_LEVEL));
             }
             self.send_state(&system, room, "m.room.power_levels", "", Value::Object(levels)).await?;
         }

@@ -28,12 +28,7 @@ use crate::{
     Error, Pdu, Result, Services,
 };
 
-/// The state event holding a room's classification.
-pub const CLASSIFICATION: &str = "fr.diplomatie.classification";
-/// The state event opening a room to external persons.
-pub const EXTERNALS: &str = "fr.diplomatie.externals";
-/// The power level of a room's managers.
-pub const MANAGER_LEVEL: i64 = 100;
+pub use crate::names::{CLASSIFICATION, EXTERNALS, MANAGER_LEVEL};
 
 /// People as the rules see them, cached.
 pub struct PortalState {
@@ -49,9 +44,7 @@ impl Default for PortalState {
 }
 
 /// A refusal of the rules, as the client sees it.
-pub(crate) fn forbidden(r: policies::Refusal) -> Error {
-    Error::forbidden(r.0)
-}
+pub(crate) use crate::error::forbidden;
 
 impl Services {
     /// A person's clearance and kind. Users of other servers are agents, cleared DR only when
@@ -122,10 +115,10 @@ impl Services {
             // A sealed correspondence the server posts goes by its own classification.
             if Some(&pdu.sender) == self.portal.system.get() && kind == "m.room.message" {
                 let content = pdu.content_value();
-                if content.get("msgtype").and_then(Value::as_str) == Some(crate::correspondence::MSGTYPE) {
-                    let record = match content.get(crate::correspondence::MSGTYPE) {
+                if content.get("msgtype").and_then(Value::as_str) == Some(crate::names::MSGTYPE) {
+                    let record = match content.get(crate::names::MSGTYPE) {
                         Some(r) => r,
-                        None => &content["m.new_content"][crate::correspondence::MSGTYPE],
+                        None => &content["m.new_content"][crate::names::MSGTYPE],
                     };
                     let level = record["classification"].as_str().and_then(Level::parse).unwrap_or(Level::DR);
                     return policies::may_post_record(room, level).map_err(forbidden);

@@ -13,61 +13,16 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use super::{normalise_tag, text, Kind};
-use crate::organisation::raw;
+use super::{
+    model::{normalise_tag, Kind},
+    status::{ItemStatus, Status},
+    text,
+};
+use crate::pdu::raw;
 use crate::{
     rooms::{PduBuilder, Target},
     Error, Result, Services,
 };
-
-/// The status of an action item.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    New,
-    Assigned,
-    Done,
-}
-
-impl Status {
-    pub fn parse(s: &str) -> Option<Status> {
-        match s.trim().to_lowercase().as_str() {
-            "new" | "nouveau" | "🆕" => Some(Status::New),
-            "assigned" | "attribué" | "attribue" | "👀" | "✋" => Some(Status::Assigned),
-            "done" | "traité" | "traite" | "fait" | "✅" | "✔" | "✔️" => Some(Status::Done),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::New => "new",
-            Status::Assigned => "assigned",
-            Status::Done => "done",
-        }
-    }
-}
-
-/// An item's status and who it is assigned to.
-#[derive(Clone, Debug)]
-pub(crate) struct ItemStatus {
-    pub status: Status,
-    pub assignee: Option<String>,
-}
-
-impl ItemStatus {
-    pub fn new_item() -> ItemStatus {
-        ItemStatus { status: Status::New, assignee: None }
-    }
-
-    pub fn label(&self) -> String {
-        match (self.status, &self.assignee) {
-            (Status::New, _) => "nouveau".to_owned(),
-            (Status::Assigned, Some(who)) => format!("attribué à {who}"),
-            (Status::Assigned, None) => "attribué".to_owned(),
-            (Status::Done, _) => "traité".to_owned(),
-        }
-    }
-}
 
 /// Journals created at once when a dispatch needs many.
 const PARALLEL_CREATIONS: usize = 16;
@@ -147,10 +102,10 @@ impl Services {
         req.topic = Some(JOURNAL_TOPIC.to_owned());
         req.preset = Some(ruma::api::client::room::create_room::v3::RoomPreset::PrivateChat);
         req.visibility = Visibility::Private;
-        req.power_level_content_override = Some(raw(powers)?);
-        req.initial_state = vec![raw(json!({
+        req.power_level_content_override = Some(raw(&powers));
+        req.initial_state = vec![raw(&json!({
             "type": "fr.diplomatie.journal", "state_key": "", "content": { "owner": user },
-        }))?];
+        }))];
         req.invite = vec![user.to_owned()];
         let room = self.create_room(&system, req).await?;
         self.join(user, &room, None).await?;

@@ -16,6 +16,8 @@
 //! items, in **one** transaction: a refusal or a failure leaves nothing half-dispatched.
 
 mod journal;
+mod model;
+mod status;
 pub mod text;
 pub(crate) mod worker;
 
@@ -33,7 +35,9 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-pub use journal::Status;
+pub use model::{normalise_tag, Composition, Kind};
+pub(crate) use model::{Addressee, Community, OrgRoom};
+pub use status::Status;
 pub use text::parse_draft;
 pub use worker::spawn_worker;
 pub(crate) use worker::CorrespondenceState;
@@ -44,99 +48,7 @@ use crate::{
     Error, Result, Services,
 };
 
-/// The msgtype of a correspondence in a room, and the content key holding its record.
-pub const MSGTYPE: &str = "fr.diplomatie.correspondence";
-/// The content key telling how a copy was delivered (`{"as": ..., "group": ...}`).
-pub const DELIVERY: &str = "fr.diplomatie.delivery";
-
-/// The three kinds of formal correspondence.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    Telegram,
-    DiplomaticNote,
-    FormalLetter,
-}
-
-impl Kind {
-    /// Accepts the record's names and the words agents type (French or English).
-    pub fn parse(s: &str) -> Option<Kind> {
-        match s.trim().to_lowercase().as_str() {
-            "telegram" | "télégramme" | "telegramme" | "td" => Some(Kind::Telegram),
-            "diplomatic_note" | "note" | "note diplomatique" | "note_diplomatique" => Some(Kind::DiplomaticNote),
-            "formal_letter" | "letter" | "courrier" | "courrier formel" | "courrier_formel" => Some(Kind::FormalLetter),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Telegram => "telegram",
-            Kind::DiplomaticNote => "diplomatic_note",
-            Kind::FormalLetter => "formal_letter",
-        }
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Kind::Telegram => "Télégramme diplomatique",
-            Kind::DiplomaticNote => "Note diplomatique",
-            Kind::FormalLetter => "Courrier formel",
-        }
-    }
-}
-
-/// What an author asks to send (the API's body, or a draft typed in a correspondence room).
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Composition {
-    pub kind: String,
-    /// The sending group's slug.
-    pub from: String,
-    pub subject: String,
-    pub body: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub html: Option<String>,
-    /// Addressee groups for action (slugs).
-    #[serde(default)]
-    pub action: Vec<String>,
-    /// Addressee groups for information (slugs).
-    #[serde(default)]
-    pub information: Vec<String>,
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// "NP" (default) or "DR".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub classification: Option<String>,
-    /// Media (`mxc://` URIs).
-    #[serde(default)]
-    pub attachments: Vec<String>,
-    /// The reference of the correspondence this one answers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub in_reply_to: Option<String>,
-}
-
-/// A group the correspondence goes to, and how.
-#[derive(Clone, Debug)]
-pub(crate) struct Addressee {
-    slug: String,
-    name: String,
-    space: OwnedRoomId,
-    /// Its correspondence room (groups) or general room (communities).
-    room: OwnedRoomId,
-    role: &'static str,
-}
-
-/// A group's or community's space, name, and one of its rooms.
-pub(crate) type OrgRoom = (OwnedRoomId, String, OwnedRoomId);
-
-/// A community, as dispatch matches it.
-#[derive(Clone, Debug)]
-pub(crate) struct Community {
-    addressee: Addressee,
-    tags: Vec<String>,
-    facts: diplomatie_policies::Room,
-}
+pub use crate::names::{DELIVERY, MSGTYPE};
 
 /// A correspondence checked and ready to be sealed and dispatched.
 #[derive(Clone, Debug)]
@@ -227,11 +139,6 @@ fn level_of(raw: Option<&str>) -> Result<Level> {
     }
 }
 
-/// A tag as stored and matched: trimmed, lower case, without a leading `#`.
-pub fn normalise_tag(tag: &str) -> String {
-    tag.trim().trim_start_matches('#').to_lowercase()
-}
-
 impl Services {
     /// A group's or community's space, name and room (`key`: `correspondence`, `general`),
     /// from the cache of the organisation's directory (see [`CorrespondenceState`]).
@@ -310,7 +217,7 @@ impl Services {
         };
         let require_device = self.config.portal.dr_requires_approved_device;
         policies::may_send_correspondence(person, member, level, device_dr, require_device)
-            .map_err(crate::portal::forbidden)?;
+            .map_err(crate::error::forbidden)?;
 
         let mut seen = BTreeSet::new();
         let mut addressees = Vec::new();
@@ -440,7 +347,7 @@ impl Services {
         let from = self.addressee(group, "origin").await?;
         let person = self.person(author).await?;
         let member = self.is_joined(&from.space, author).await?;
-        policies::may_send_correspondence(person, member, Level::NP, true, false).map_err(crate::portal::forbidden)?;
+        policies::may_send_correspondence(person, member, Level::NP, true, false).map_err(crate::error::forbidden)?;
         self.new_reference(author, group).await
     }
 
@@ -576,7 +483,7 @@ impl Services {
         for (user, i) in &action_readers {
             let Some(view) = views.get(user) else { continue };
             let a = &plan.addressees[*i];
-            let status = journal::ItemStatus::new_item();
+            let status = status::ItemStatus::new_item();
             let content = text::journal_entry(&record, kind, *view, "action", Some((a, &status)));
             let role = if *view == JournalView::Pointer { "journal_action_pointer" } else { "journal_action" };
             targets.push((journals[user].clone(), content, role, a.slug.clone()));

@@ -25,7 +25,11 @@
 use diplomatie_policies::JournalView;
 use serde_json::{json, Value};
 
-use super::{journal::ItemStatus, Addressee, Composition, Kind, MSGTYPE};
+use super::{
+    model::{Addressee, Composition, Kind},
+    status::ItemStatus,
+};
+use crate::names::MSGTYPE;
 use crate::{Error, Result};
 
 /// The commands that start a draft, with their kind.

@@ -17,7 +17,11 @@ use ruma::{events::TimelineEventType, OwnedDeviceId, OwnedRoomId, OwnedUserId, R
 use serde_json::Value;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
-use super::{journal::Status, text};
+use super::{
+    model::{normalise_tag, Community, Composition, OrgRoom},
+    status::Status,
+    text,
+};
 use crate::{Error, Pdu, Result, Services};
 
 /// An event the service looks at, with the device that sent it when known.
@@ -37,8 +41,8 @@ pub(crate) struct CorrespondenceState {
     /// `<prefix>.<slug>.<key>`, and the communities with their tags. Emptied (and its
     /// generation moved on) by every committed change of a group's marker, a classification
     /// or a name; a reader that started before a change does not store what it read.
-    pub(super) directory: Mutex<HashMap<String, Option<super::OrgRoom>>>,
-    pub(super) communities: Mutex<Option<Arc<Vec<super::Community>>>>,
+    pub(super) directory: Mutex<HashMap<String, Option<OrgRoom>>>,
+    pub(super) communities: Mutex<Option<Arc<Vec<Community>>>>,
     /// Held while the list of communities is read, so that it is read once.
     pub(super) reading_communities: tokio::sync::Mutex<()>,
     directory_generation: std::sync::atomic::AtomicU64,
@@ -49,14 +53,14 @@ impl CorrespondenceState {
         self.directory_generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    pub(super) fn remember(&self, generation: u64, key: String, value: Option<super::OrgRoom>) {
+    pub(super) fn remember(&self, generation: u64, key: String, value: Option<OrgRoom>) {
         let mut directory = self.directory.lock().unwrap();
         if self.generation() == generation {
             directory.insert(key, value);
         }
     }
 
-    pub(super) fn remember_communities(&self, generation: u64, list: Arc<Vec<super::Community>>) {
+    pub(super) fn remember_communities(&self, generation: u64, list: Arc<Vec<Community>>) {
         let mut communities = self.communities.lock().unwrap();
         if self.generation() == generation {
             *communities = Some(list);
@@ -226,7 +230,7 @@ impl Services {
             if !store::take_draft(self.db.pool(), target).await? {
                 return Ok(()); // dispatched already
             }
-            let c: super::Composition = serde_json::from_str(&draft.draft).map_err(crate::internal!())?;
+            let c: Composition = serde_json::from_str(&draft.draft).map_err(crate::internal!())?;
             let text = match self.send_correspondence(&pdu.sender, device, &c).await {
                 Ok(d) => format!(
                     "✅ Signé et envoyé : {} ({} salons, {} entrées de journal).",
@@ -272,7 +276,7 @@ impl Services {
                 let tag = one("mot-clé")?;
                 let changed =
                     if follow { self.follow_tag(user, tag).await? } else { self.unfollow_tag(user, tag).await? };
-                let tag = super::normalise_tag(tag);
+                let tag = normalise_tag(tag);
                 match (follow, changed) {
                     (true, true) => format!("Vous suivez désormais « {tag} »."),
                     (true, false) => format!("Vous suiviez déjà « {tag} »."),

@@ -23,7 +23,6 @@ use ruma::{
     OwnedServerName, ServerName,
 };
 
-use super::remote_error;
 use crate::{
     outbound::{is_forbidden, read_limited, BodyError},
     Error, Result, Services,
@@ -365,6 +364,12 @@ impl Services {
         let answer = answer.body(&bytes[..]).map_err(crate::internal!())?;
         T::IncomingResponse::try_from_http_response(answer).map_err(|e| from_response_error(server, e))
     }
+}
+
+/// An error of another server, or of reaching it, as this server reports it.
+pub(crate) fn remote_error(server: &ServerName, what: impl std::fmt::Display) -> Error {
+    tracing::warn!(%server, error = %what, "federation request failed");
+    Error::Remote(format!("Request to {server} failed: {what}"))
 }
 
 /// The error of another server's answer: its own Matrix error when it gave one.

@@ -117,7 +117,7 @@ impl Services {
             let object: CanonicalJsonObject = response
                 .server_key
                 .deserialize_as_unchecked()
-                .map_err(|e| super::remote_error(server, format!("bad key response: {e}")))?;
+                .map_err(|e| super::client::remote_error(server, format!("bad key response: {e}")))?;
             self.accept_server_keys(server, object, None).await
         };
         let error = match direct.await {
@@ -157,7 +157,7 @@ impl Services {
                 None => found = Some((object, keys)),
             }
         }
-        found.ok_or_else(|| super::remote_error(notary, format!("no usable keys of {server}")))
+        found.ok_or_else(|| super::client::remote_error(notary, format!("no usable keys of {server}")))
     }
 
     /// Checks a key object of `server` (its name, its validity, its own signature and, from a
@@ -169,7 +169,7 @@ impl Services {
         notary: Option<&ServerName>,
     ) -> Result<(CanonicalJsonObject, KeySet)> {
         let from = notary.unwrap_or(server);
-        let bad = |what: &str| super::remote_error(from, format!("bad keys of {server}: {what}"));
+        let bad = |what: &str| super::client::remote_error(from, format!("bad keys of {server}: {what}"));
         if object.get("server_name").and_then(|v| v.as_str()) != Some(server.as_str()) {
             return Err(bad("server_name is another server's"));
         }

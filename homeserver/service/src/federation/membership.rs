@@ -542,11 +542,11 @@ impl Services {
         let answer = self.federation_request(server, request).await?;
         let signed = canonical(&answer.event)?;
         if event_id_of(&signed, &rules)? != built.event_id {
-            return Err(super::remote_error(server, "the invite came back altered"));
+            return Err(super::client::remote_error(server, "the invite came back altered"));
         }
         let signatures = signed.get("signatures").and_then(|s| s.as_object());
         if !signatures.is_some_and(|s| s.contains_key(server.as_str())) {
-            return Err(super::remote_error(server, "the invite came back without its signature"));
+            return Err(super::client::remote_error(server, "the invite came back without its signature"));
         }
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().await;

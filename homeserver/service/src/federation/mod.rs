@@ -88,8 +88,4 @@ impl Services {
     }
 }
 
-/// An error of another server, or of reaching it, as this server reports it.
-pub(crate) fn remote_error(server: &ServerName, what: impl std::fmt::Display) -> Error {
-    tracing::warn!(%server, error = %what, "federation request failed");
-    Error::Remote(format!("Request to {server} failed: {what}"))
-}
+pub(crate) use client::remote_error;

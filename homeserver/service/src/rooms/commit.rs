@@ -1,6 +1,6 @@
 //! What happens to a batch of events around its commit, told to subscribers registered at
-//! start-up ([`CommitSubscribers::standard`]): the room writer names none of them, so a new
-//! concern (MLS, a bridge) subscribes here without touching the writer.
+//! start-up (`Services::start` assembles them): the room writer names none of them, so a new
+//! concern (MLS, a bridge) subscribes without touching the writer.
 //!
 //! Two kinds: [`RowsSubscriber`]s add rows to the batch's own transaction (push notifications,
 //! the federation outbox), so that nothing reads the events without them; [`Subscriber`]s
@@ -66,19 +66,4 @@ pub(crate) trait Subscriber: Send + Sync {
 pub(crate) struct CommitSubscribers {
     pub rows: Vec<Box<dyn RowsSubscriber>>,
     pub others: Vec<Box<dyn Subscriber>>,
-}
-
-impl CommitSubscribers {
-    /// The server's: notifications and the federation outbox in the transaction; device-list
-    /// positions before publication; the search indexer and the correspondence worker after.
-    pub(crate) fn standard() -> CommitSubscribers {
-        CommitSubscribers {
-            rows: vec![Box::new(crate::push::NotificationRows), Box::new(crate::federation::sender::OutboxRows)],
-            others: vec![
-                Box::new(crate::e2ee::MembershipPositions),
-                Box::new(crate::search::Indexer),
-                Box::new(crate::correspondence::worker::Drafts),
-            ],
-        }
-    }
 }

@@ -85,7 +85,7 @@ impl Services {
         // A DR (restricted distribution) room is encrypted from its creation: encryption comes
         // before the classification, and is added when the request forgot it.
         let classified_dr = initial_state.iter().any(|b| {
-            b.kind.to_string() == crate::portal::CLASSIFICATION
+            b.kind.to_string() == crate::names::CLASSIFICATION
                 && b.content.get("level").and_then(Value::as_str) == Some("DR")
         });
         if classified_dr {

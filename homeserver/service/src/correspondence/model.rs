@@ -1,0 +1,100 @@
+//! The vocabulary of formal correspondence: its kinds, a composition before it is sealed, and
+//! the organisation's rooms as dispatch addresses them. The other files of this module use it;
+//! it uses none of them.
+
+use ruma::OwnedRoomId;
+use serde::{Deserialize, Serialize};
+
+/// The three kinds of formal correspondence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Telegram,
+    DiplomaticNote,
+    FormalLetter,
+}
+
+impl Kind {
+    /// Accepts the record's names and the words agents type (French or English).
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s.trim().to_lowercase().as_str() {
+            "telegram" | "télégramme" | "telegramme" | "td" => Some(Kind::Telegram),
+            "diplomatic_note" | "note" | "note diplomatique" | "note_diplomatique" => Some(Kind::DiplomaticNote),
+            "formal_letter" | "letter" | "courrier" | "courrier formel" | "courrier_formel" => Some(Kind::FormalLetter),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Telegram => "telegram",
+            Kind::DiplomaticNote => "diplomatic_note",
+            Kind::FormalLetter => "formal_letter",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Telegram => "Télégramme diplomatique",
+            Kind::DiplomaticNote => "Note diplomatique",
+            Kind::FormalLetter => "Courrier formel",
+        }
+    }
+}
+
+/// What an author asks to send (the API's body, or a draft typed in a correspondence room).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Composition {
+    pub kind: String,
+    /// The sending group's slug.
+    pub from: String,
+    pub subject: String,
+    pub body: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+    /// Addressee groups for action (slugs).
+    #[serde(default)]
+    pub action: Vec<String>,
+    /// Addressee groups for information (slugs).
+    #[serde(default)]
+    pub information: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// "NP" (default) or "DR".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classification: Option<String>,
+    /// Media (`mxc://` URIs).
+    #[serde(default)]
+    pub attachments: Vec<String>,
+    /// The reference of the correspondence this one answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_reply_to: Option<String>,
+}
+
+/// A group the correspondence goes to, and how.
+#[derive(Clone, Debug)]
+pub(crate) struct Addressee {
+    pub(crate) slug: String,
+    pub(crate) name: String,
+    pub(crate) space: OwnedRoomId,
+    /// Its correspondence room (groups) or general room (communities).
+    pub(crate) room: OwnedRoomId,
+    pub(crate) role: &'static str,
+}
+
+/// A group's or community's space, name, and one of its rooms.
+pub(crate) type OrgRoom = (OwnedRoomId, String, OwnedRoomId);
+
+/// A community, as dispatch matches it.
+#[derive(Clone, Debug)]
+pub(crate) struct Community {
+    pub(crate) addressee: Addressee,
+    pub(crate) tags: Vec<String>,
+    pub(crate) facts: diplomatie_policies::Room,
+}
+
+/// A tag as stored and matched: trimmed, lower case, without a leading `#`.
+pub fn normalise_tag(tag: &str) -> String {
+    tag.trim().trim_start_matches('#').to_lowercase()
+}

@@ -1,0 +1,16 @@
+//! The portal's names in Matrix: its state event types, its message type, the power level of
+//! its managers. At the bottom of the service crate: every module may use them, they use
+//! nothing.
+
+/// The state event holding a room's classification (NP, DR).
+pub const CLASSIFICATION: &str = "fr.diplomatie.classification";
+/// The state event opening a room to external persons.
+pub const EXTERNALS: &str = "fr.diplomatie.externals";
+/// The state event that makes a space a functional group or a community.
+pub const GROUP: &str = "fr.diplomatie.group";
+/// The power level of a room's managers.
+pub const MANAGER_LEVEL: i64 = 100;
+/// The msgtype of a correspondence in a room, and the content key holding its record.
+pub const MSGTYPE: &str = "fr.diplomatie.correspondence";
+/// The content key telling how a copy was delivered (`{"as": ..., "group": ...}`).
+pub const DELIVERY: &str = "fr.diplomatie.delivery";
