@@ -12,6 +12,7 @@
 
 use diplomatie_policies::{self as policies, AccountKind, Level};
 use futures::StreamExt;
+use ruma::events::room::member::MembershipState;
 use ruma::{
     api::client::room::{
         create_room::v3::{Request as CreateRoomRequest, RoomPreset},
@@ -538,7 +539,7 @@ impl Services {
     pub async fn add_to_org_space(&self, space: &RoomId, user: &UserId) -> Result<bool> {
         let mut added = false;
         if !self.is_joined(space, user).await? {
-            if self.membership(space, user).await?.as_deref() != Some("invite") {
+            if self.membership(space, user).await? != Some(MembershipState::Invite) {
                 let system = self.system_user().await?;
                 self.invite(&system, space, user, None, false).await?;
             }

@@ -161,11 +161,12 @@ impl Pdu {
         self.stream_ordering != 0
     }
 
-    pub fn membership(&self) -> Option<String> {
+    /// The membership a member event sets (`None` for other events).
+    pub fn membership(&self) -> Option<ruma::events::room::member::MembershipState> {
         (self.kind == TimelineEventType::RoomMember)
             .then(|| self.content_field("membership"))
             .flatten()
-            .and_then(|v| v.as_str().map(str::to_owned))
+            .and_then(|v| v.as_str().map(ruma::events::room::member::MembershipState::from))
     }
 
     /// The event in the client-server format. `room_id` is left out in `/sync`, where the room

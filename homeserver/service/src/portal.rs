@@ -16,6 +16,7 @@ use std::{sync::Arc, sync::Mutex};
 use diplomatie_policies::{self as policies, AccountKind, Entry, Level, Person, Room};
 use diplomatie_storage::org as store;
 use lru::LruCache;
+use ruma::events::room::member::MembershipState;
 use ruma::{
     events::StateEventType, room_version_rules::RoomVersionRules, state_res::StateMap, DeviceId, OwnedEventId,
     OwnedUserId, RoomId, UserId,
@@ -128,10 +129,10 @@ impl Services {
         };
         match kind.as_str() {
             "m.room.member" => {
-                let entry = match pdu.membership().as_deref() {
-                    Some("invite") => Entry::Invite,
-                    Some("knock") => Entry::Knock,
-                    Some("join") => Entry::Join,
+                let entry = match pdu.membership() {
+                    Some(MembershipState::Invite) => Entry::Invite,
+                    Some(MembershipState::Knock) => Entry::Knock,
+                    Some(MembershipState::Join) => Entry::Join,
                     _ => return Ok(()),
                 };
                 let Ok(target) = UserId::parse(state_key) else { return Ok(()) };
@@ -140,7 +141,7 @@ impl Services {
                 if entry == Entry::Join {
                     if let Some(id) = state.get(&key) {
                         let current = find_pdu(self, appended, id).await?;
-                        if current.and_then(|p| p.membership()).as_deref() == Some("join") {
+                        if current.and_then(|p| p.membership()) == Some(MembershipState::Join) {
                             return Ok(());
                         }
                     }
@@ -163,10 +164,10 @@ impl Services {
                             continue;
                         }
                         let Some(member) = find_pdu(self, appended, id).await? else { continue };
-                        let entry = match member.membership().as_deref() {
-                            Some("join") => Entry::Join,
-                            Some("invite") => Entry::Invite,
-                            Some("knock") => Entry::Knock,
+                        let entry = match member.membership() {
+                            Some(MembershipState::Join) => Entry::Join,
+                            Some(MembershipState::Invite) => Entry::Invite,
+                            Some(MembershipState::Knock) => Entry::Knock,
                             _ => continue,
                         };
                         let Ok(user) = UserId::parse(key.as_str()) else { continue };

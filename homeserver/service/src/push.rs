@@ -23,6 +23,7 @@ use diplomatie_storage::{
     streams,
 };
 use lru::LruCache;
+use ruma::events::room::member::MembershipState;
 use ruma::{
     api::error::ErrorKind,
     events::{room::power_levels::RoomPowerLevelsEventContent, StateEventType, TimelineEventType},
@@ -301,7 +302,7 @@ impl Services {
             }
             // An invite notifies its invitee, who is not a member yet.
             let mut invitee = None;
-            if pdu.kind == TimelineEventType::RoomMember && pdu.membership().as_deref() == Some("invite") {
+            if pdu.kind == TimelineEventType::RoomMember && pdu.membership() == Some(MembershipState::Invite) {
                 if let Some(target) = pdu.state_key.as_deref().and_then(|s| OwnedUserId::try_from(s).ok()) {
                     if target.server_name() == me && !recipients.contains(&target) {
                         recipients.push(target.clone());
@@ -533,7 +534,7 @@ impl Services {
     /// The position at which a user joined a room (`None` when not joined).
     async fn join_position(&self, user: &UserId, room_id: &RoomId) -> Result<Option<i64>> {
         let member = self.state_event(room_id, &StateEventType::RoomMember, user.as_str()).await?;
-        Ok(member.filter(|m| m.membership().as_deref() == Some("join")).map(|m| m.stream_ordering))
+        Ok(member.filter(|m| m.membership() == Some(MembershipState::Join)).map(|m| m.stream_ordering))
     }
 
     /// A user's notifications within `scan`: the default outcomes of events in `rooms` (each

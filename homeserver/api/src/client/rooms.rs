@@ -125,7 +125,7 @@ pub async fn members(State(s): S, req: Ruma<get_member_events::v3::Request>) -> 
         let Some(pdu) = s.get_pdu(id).await? else {
             continue;
         };
-        let m = pdu.membership();
+        let m = pdu.membership().map(|m| m.to_string());
         if want.as_ref().is_some_and(|w| m.as_ref() != Some(w)) || not.as_ref().is_some_and(|n| m.as_ref() == Some(n)) {
             continue;
         }

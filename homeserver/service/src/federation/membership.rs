@@ -12,6 +12,7 @@
 
 use std::{collections::HashSet, sync::Arc};
 
+use ruma::events::room::member::MembershipState;
 use ruma::{
     api::{
         error::{ErrorKind, IncompatibleRoomVersionErrorData},
@@ -91,7 +92,7 @@ impl Services {
                 .state_event_in(&state, &StateEventType::RoomMember, user.as_str())
                 .await?
                 .and_then(|p| p.membership());
-            if current.as_deref() != Some("invite") && current.as_deref() != Some("join") {
+            if !matches!(current, Some(MembershipState::Invite | MembershipState::Join)) {
                 if let Some(rule) = self.state_event_in(&state, &StateEventType::RoomJoinRules, "").await? {
                     let kind = rule.content_field("join_rule").and_then(|v| v.as_str().map(str::to_owned));
                     if matches!(kind.as_deref(), Some("restricted" | "knock_restricted"))
@@ -186,7 +187,9 @@ impl Services {
         let guard = lock.lock().await;
         let (pdu, state_before) = self.handle_pdu(origin, &meta.version, object.clone(), Placement::Extend, 0).await?;
         drop(guard);
-        if pdu.kind != TimelineEventType::RoomMember || pdu.membership().as_deref() != Some(membership) {
+        if pdu.kind != TimelineEventType::RoomMember
+            || pdu.membership().as_ref().map(MembershipState::as_str) != Some(membership)
+        {
             return Err(crate::internal!("a checked membership event stays one")());
         }
         // The other servers of the room learn of it from here.

@@ -16,6 +16,7 @@ use std::{
 };
 
 use diplomatie_storage::federation as store;
+use ruma::events::room::member::MembershipState;
 use ruma::{
     api::federation::transactions::send_transaction_message, serde::Raw, MilliSecondsSinceUnixEpoch, OwnedEventId,
     OwnedServerName, OwnedTransactionId, RoomId, ServerName,
@@ -123,7 +124,7 @@ impl Services {
             let mut servers = by_room[&*pdu.room_id].clone();
             // The server of a user whose membership changes learns of it (an invite reached it
             // already, through `invite`).
-            let member = pdu.kind.to_string() == "m.room.member" && pdu.membership().as_deref() != Some("invite");
+            let member = pdu.kind.to_string() == "m.room.member" && pdu.membership() != Some(MembershipState::Invite);
             if let Some(target) = pdu.state_key.as_deref().filter(|_| member) {
                 if let Ok(user) = <&ruma::UserId>::try_from(target) {
                     servers.insert(user.server_name().to_owned());

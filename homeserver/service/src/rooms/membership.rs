@@ -1,5 +1,6 @@
 //! Membership: invite, join (by id, by alias, restricted), leave, kick, ban, unban, knock, forget.
 
+use ruma::events::room::member::MembershipState;
 use ruma::{
     api::error::ErrorKind,
     events::{StateEventType, TimelineEventType},
@@ -61,7 +62,7 @@ impl Services {
         if diplomatie_storage::accounts::get_user(self.db.pool(), invitee.as_str()).await?.is_none() {
             return Err(Error::not_found("Unknown user"));
         }
-        let knocked = self.membership(room_id, invitee).await?.as_deref() == Some("knock");
+        let knocked = self.membership(room_id, invitee).await? == Some(MembershipState::Knock);
         let mut content = with_membership("invite", self.member_profile(invitee).await?, is_direct);
         add_reason(&mut content, reason);
         self.send_membership(sender, room_id, invitee, content).await?;
@@ -102,7 +103,7 @@ impl Services {
 
         // Restricted rooms: a local member who may invite vouches for the joiner, when the joiner
         // is in one of the rooms the join rule allows.
-        if current.as_deref() != Some("invite") && current.as_deref() != Some("join") {
+        if !matches!(current, Some(MembershipState::Invite | MembershipState::Join)) {
             if let Some(rule) = self.state_event_in(&state, &StateEventType::RoomJoinRules, "").await? {
                 let kind = rule.content_field("join_rule").and_then(|v| v.as_str().map(str::to_owned));
                 if matches!(kind.as_deref(), Some("restricted" | "knock_restricted"))
@@ -190,10 +191,10 @@ impl Services {
 
     pub async fn leave(&self, user: &UserId, room_id: &RoomId, reason: Option<String>) -> Result<()> {
         let current = self.membership(room_id, user).await?;
-        match current.as_deref() {
+        match current {
             None => return Err(Error::forbidden("You are not a member of this room")),
-            Some("leave") => return Ok(()),
-            Some("ban") => return Err(Error::forbidden("You are banned from this room")),
+            Some(MembershipState::Leave) => return Ok(()),
+            Some(MembershipState::Ban) => return Err(Error::forbidden("You are banned from this room")),
             _ => {}
         }
         // An invite (or knock) to a room this server is not in is refused through another.
@@ -217,7 +218,7 @@ impl Services {
     ) -> Result<()> {
         self.known_room(room_id).await?;
         let current = self.membership(room_id, target).await?;
-        if membership == "leave" && matches!(current.as_deref(), None | Some("leave")) {
+        if membership == "leave" && matches!(current, None | Some(MembershipState::Leave)) {
             return Err(Error::forbidden("The user is not a member of this room"));
         }
         let mut content = json!({ "membership": membership });
@@ -233,7 +234,7 @@ impl Services {
         target: &UserId,
         reason: Option<String>,
     ) -> Result<()> {
-        if self.membership(room_id, target).await?.as_deref() != Some("ban") {
+        if self.membership(room_id, target).await? != Some(MembershipState::Ban) {
             return Err(Error::forbidden("The user is not banned"));
         }
         self.set_membership_of(sender, room_id, target, "leave", reason).await
@@ -265,8 +266,8 @@ impl Services {
     }
 
     pub async fn forget(&self, user: &UserId, room_id: &RoomId) -> Result<()> {
-        match self.membership(room_id, user).await?.as_deref() {
-            Some("join" | "invite" | "knock") => {
+        match self.membership(room_id, user).await? {
+            Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {
                 Err(Error::new(ErrorKind::Unknown, "You must leave the room before forgetting it"))
             }
             None => Err(Error::not_found("You were never a member of this room")),

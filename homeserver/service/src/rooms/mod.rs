@@ -22,6 +22,7 @@ use std::{
 
 use diplomatie_storage::{correspondence as cstore, events as ev_store, rooms as room_store, state as state_store};
 use lru::LruCache;
+use ruma::events::room::member::MembershipState;
 use ruma::{
     api::error::ErrorKind,
     canonical_json::CanonicalJsonObject,
@@ -276,7 +277,7 @@ impl Services {
     }
 
     /// A user's current membership in a room (`None` if never a member).
-    pub async fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<String>> {
+    pub async fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<MembershipState>> {
         if self.room_meta(room_id).await?.is_none() {
             return Ok(None);
         }
@@ -879,7 +880,7 @@ impl<'a> RoomWriter<'a> {
             self.writes.push(PendingWrite::CurrentState {
                 room_id: room,
                 entry: [kind, sk.clone(), event_id.to_string()],
-                membership: pdu.membership(),
+                membership: pdu.membership().map(|m| m.to_string()),
                 position,
             });
             state_group = id;
@@ -977,7 +978,8 @@ impl<'a> RoomWriter<'a> {
             let map = if room_id.as_deref() == Some(&**resolved) { state.clone() } else { others[resolved].1.clone() };
             let mut entries = Vec::new();
             for ((kind, key), id) in map.iter() {
-                let membership = find_pdu(services, &appended, id).await?.and_then(|p| p.membership());
+                let membership =
+                    find_pdu(services, &appended, id).await?.and_then(|p| p.membership()).map(|m| m.to_string());
                 entries.push((kind.to_string(), key.clone(), id.to_string(), membership));
             }
             resolved_states.push((resolved, entries));
@@ -1078,7 +1080,7 @@ impl<'a> RoomWriter<'a> {
             let mut joined = caches.joined.lock().unwrap();
             if let Some(set) = joined.get_mut(&pdu.room_id) {
                 let set = Arc::make_mut(set);
-                if pdu.membership().as_deref() == Some("join") {
+                if pdu.membership() == Some(MembershipState::Join) {
                     set.insert(target.clone());
                 } else {
                     set.remove(&target);

@@ -288,7 +288,7 @@ impl RoomWriter<'_> {
                 self.writes.push(PendingWrite::CurrentState {
                     room_id: room_id.to_string(),
                     entry: [kind.clone(), sk.clone(), event_id.to_string()],
-                    membership: pdu.membership(),
+                    membership: pdu.membership().map(|m| m.to_string()),
                     position,
                 });
             }

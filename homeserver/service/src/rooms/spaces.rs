@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 
+use ruma::events::room::member::MembershipState;
 use ruma::{
     api::federation::space::get_hierarchy, events::StateEventType, OwnedRoomId, OwnedServerName, RoomId, UserId,
 };
@@ -229,7 +230,10 @@ impl Services {
 
     /// Whether `user` may see a room's summary from outside.
     pub async fn can_peek_room(&self, user: &UserId, room_id: &RoomId) -> Result<bool> {
-        if matches!(self.membership(room_id, user).await?.as_deref(), Some("join" | "invite" | "knock")) {
+        if matches!(
+            self.membership(room_id, user).await?,
+            Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock)
+        ) {
             return Ok(true);
         }
         let summary = self.room_summary(room_id).await?;

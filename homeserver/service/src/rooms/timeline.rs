@@ -7,6 +7,7 @@
 use std::{collections::HashSet, sync::Arc};
 
 use diplomatie_storage::events as ev_store;
+use ruma::events::room::member::MembershipState;
 use ruma::{
     api::error::ErrorKind,
     events::{StateEventType, TimelineEventType},
@@ -266,15 +267,13 @@ impl Services {
         }
         let at_event =
             self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await?.and_then(|p| p.membership());
-        if at_event.as_deref() == Some("join") {
+        if at_event == Some(MembershipState::Join) {
             return Ok(true);
         }
         match visibility.as_str() {
             "shared" => Ok(self.is_joined(pdu.room(), user).await?),
-            "invited" => {
-                Ok(at_event.as_deref() == Some("invite")
-                    || self.is_joined(pdu.room(), user).await? && at_event.is_some())
-            }
+            "invited" => Ok(at_event == Some(MembershipState::Invite)
+                || self.is_joined(pdu.room(), user).await? && at_event.is_some()),
             _ => Ok(false),
         }
     }
@@ -290,9 +289,11 @@ impl Services {
             }
             return Err(Error::forbidden("You are not a member of this room"));
         };
-        match member.membership().as_deref() {
-            Some("join") => Ok(self.stream_position()),
-            Some("invite" | "knock") if !self.is_world_readable(room_id).await? => Ok(member.stream_ordering),
+        match member.membership() {
+            Some(MembershipState::Join) => Ok(self.stream_position()),
+            Some(MembershipState::Invite | MembershipState::Knock) if !self.is_world_readable(room_id).await? => {
+                Ok(member.stream_ordering)
+            }
             _ => Ok(member.stream_ordering),
         }
     }
