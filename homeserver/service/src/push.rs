@@ -36,7 +36,7 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use crate::{now_ms, Error, Pdu, Result, Services};
+use crate::{now_ms, rooms::commit, Error, Pdu, Result, Services};
 
 /// Push rules in memory, and what wakes the pusher worker.
 pub struct PushState {
@@ -1064,30 +1064,22 @@ struct PreparedNotifications {
     notified: HashMap<String, Arc<HashSet<OwnedUserId>>>,
 }
 
-impl crate::rooms::commit::RowsSubscriber for NotificationRows {
-    fn prepare<'a>(
-        &'a self,
-        services: &'a Services,
-        batch: &'a crate::rooms::commit::Batch<'a>,
-    ) -> futures::future::BoxFuture<'a, Result<Box<dyn crate::rooms::commit::Rows>>> {
+impl commit::RowsSubscriber for NotificationRows {
+    fn prepare<'a>(&'a self, services: &'a Services, batch: &'a commit::Batch<'a>) -> commit::Preparing<'a> {
         Box::pin(async move {
             let rows = services.push_rows(batch.events, batch.states, batch.created).await?;
             let notified = services.notified_members(&rows).await?;
-            Ok(Box::new(PreparedNotifications { rows, notified }) as Box<dyn crate::rooms::commit::Rows>)
+            Ok(Box::new(PreparedNotifications { rows, notified }) as Box<dyn commit::Rows>)
         })
     }
 }
 
-impl crate::rooms::commit::Rows for PreparedNotifications {
-    fn write<'a>(
-        &'a self,
-        services: &'a Services,
-        tx: &'a mut diplomatie_storage::Connection,
-    ) -> futures::future::BoxFuture<'a, Result<()>> {
+impl commit::Rows for PreparedNotifications {
+    fn write<'a>(&'a self, services: &'a Services, tx: &'a mut commit::Transaction) -> commit::Writing<'a> {
         Box::pin(services.write_push_rows(tx, &self.rows))
     }
 
-    fn committed(&self, services: &Services, at: &crate::rooms::commit::Committed<'_>) {
+    fn committed(&self, services: &Services, at: &commit::Committed<'_>) {
         services.unread_committed(&self.rows, &self.notified, at.memberships, at.position);
     }
 

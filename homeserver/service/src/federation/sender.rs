@@ -24,7 +24,7 @@ use ruma::{
 use serde_json::Value;
 
 use super::membership::federation_json;
-use crate::{Pdu, Result, Services};
+use crate::{rooms::commit, Pdu, Result, Services};
 
 /// The running senders.
 pub struct Senders {
@@ -53,24 +53,14 @@ pub struct Outgoing {
 /// their senders woken once published (a commit subscriber).
 pub(crate) struct OutboxRows;
 
-impl crate::rooms::commit::RowsSubscriber for OutboxRows {
-    fn prepare<'a>(
-        &'a self,
-        services: &'a Services,
-        batch: &'a crate::rooms::commit::Batch<'a>,
-    ) -> futures::future::BoxFuture<'a, Result<Box<dyn crate::rooms::commit::Rows>>> {
-        Box::pin(async move {
-            Ok(Box::new(services.outgoing_pdus(batch.events).await?) as Box<dyn crate::rooms::commit::Rows>)
-        })
+impl commit::RowsSubscriber for OutboxRows {
+    fn prepare<'a>(&'a self, services: &'a Services, batch: &'a commit::Batch<'a>) -> commit::Preparing<'a> {
+        Box::pin(async move { Ok(Box::new(services.outgoing_pdus(batch.events).await?) as Box<dyn commit::Rows>) })
     }
 }
 
-impl crate::rooms::commit::Rows for Outgoing {
-    fn write<'a>(
-        &'a self,
-        _services: &'a Services,
-        tx: &'a mut diplomatie_storage::Connection,
-    ) -> futures::future::BoxFuture<'a, Result<()>> {
+impl commit::Rows for Outgoing {
+    fn write<'a>(&'a self, _services: &'a Services, tx: &'a mut commit::Transaction) -> commit::Writing<'a> {
         Box::pin(async move {
             if !self.is_empty() {
                 Outgoing::write(self, tx).await?;

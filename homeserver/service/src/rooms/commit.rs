@@ -38,20 +38,23 @@ pub(crate) struct Committed<'a> {
     pub memberships: &'a [(OwnedUserId, OwnedRoomId)],
 }
 
+/// What [`RowsSubscriber::prepare`] answers: the rows, once computed.
+pub(crate) type Preparing<'a> = BoxFuture<'a, Result<Box<dyn Rows>>>;
+/// What [`Rows::write`] answers.
+pub(crate) type Writing<'a> = BoxFuture<'a, Result<()>>;
+/// The batch's transaction.
+pub(crate) type Transaction = diplomatie_storage::Connection;
+
 /// A concern that writes rows in the batch's transaction.
 pub(crate) trait RowsSubscriber: Send + Sync {
     /// Computes its rows, reading through the pool, before the transaction opens (no read
     /// may go through the pool while a connection holds SQLite's write lock).
-    fn prepare<'a>(&'a self, services: &'a Services, batch: &'a Batch<'a>) -> BoxFuture<'a, Result<Box<dyn Rows>>>;
+    fn prepare<'a>(&'a self, services: &'a Services, batch: &'a Batch<'a>) -> Preparing<'a>;
 }
 
 /// The rows one [`RowsSubscriber`] prepared for one batch.
 pub(crate) trait Rows: Send + Sync {
-    fn write<'a>(
-        &'a self,
-        services: &'a Services,
-        tx: &'a mut diplomatie_storage::Connection,
-    ) -> BoxFuture<'a, Result<()>>;
+    fn write<'a>(&'a self, services: &'a Services, tx: &'a mut Transaction) -> Writing<'a>;
     fn committed(&self, _services: &Services, _at: &Committed<'_>) {}
     fn published(&self, _services: &Services) {}
 }
