@@ -9,6 +9,7 @@ use ruma::{
     api::federation::{
         device::get_devices,
         keys::{claim_keys, get_keys},
+        transactions::edu::DirectDeviceContent,
     },
     OwnedDeviceId, OwnedServerName, OwnedUserId, ServerName, UserId,
 };
@@ -229,25 +230,29 @@ impl Services {
     }
 
     /// `m.direct_to_device` from `origin`: to-device messages of one of its users for ours.
-    pub(crate) async fn receive_to_device(&self, origin: &ServerName, content: &Value) -> Result<()> {
-        let sender: OwnedUserId = serde_json::from_value(content["sender"].clone())?;
+    pub(crate) async fn receive_to_device(&self, origin: &ServerName, content: DirectDeviceContent) -> Result<()> {
+        let sender = content.sender;
         if sender.server_name() != origin {
             return Err(Error::forbidden("to-device messages of a user the origin does not speak for"));
         }
-        let event_type = content["type"].as_str().ok_or_else(|| Error::bad_json("type"))?;
-        let message_id = content["message_id"].as_str().ok_or_else(|| Error::bad_json("message_id"))?;
-        let messages: BTreeMap<OwnedUserId, BTreeMap<String, Value>> =
-            serde_json::from_value(content["messages"].clone())?;
-        self.deliver_to_device(&sender, &format!("federation:{origin}"), event_type, message_id, &messages).await
+        let mut messages: BTreeMap<OwnedUserId, BTreeMap<String, Value>> = BTreeMap::new();
+        for (user, devices) in content.messages {
+            let mut out = BTreeMap::new();
+            for (device, message) in devices {
+                out.insert(device.to_string(), serde_json::from_str(message.json().get())?);
+            }
+            messages.insert(user, out);
+        }
+        let (event_type, message_id) = (content.ev_type.to_string(), content.message_id.to_string());
+        self.deliver_to_device(&sender, &format!("federation:{origin}"), &event_type, &message_id, &messages).await
     }
 
     /// `m.device_list_update` / `m.signing_key_update` from `origin`: local users sharing a room
     /// with that user are told to fetch its keys again.
-    pub(crate) async fn receive_device_list_update(&self, origin: &ServerName, content: &Value) -> Result<()> {
-        let user: OwnedUserId = serde_json::from_value(content["user_id"].clone())?;
+    pub(crate) async fn receive_device_list_update(&self, origin: &ServerName, user: &UserId) -> Result<()> {
         if user.server_name() != origin {
             return Err(Error::forbidden("devices of a user the origin does not speak for"));
         }
-        self.device_list_changed(&user).await
+        self.device_list_changed(user).await
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use ruma::{OwnedServerName, OwnedUserId, ServerName};
+use ruma::{api::federation::transactions::edu::PresenceContent, OwnedServerName, OwnedUserId, ServerName};
 use serde_json::{json, Value};
 
 use crate::{Result, Services};
@@ -26,11 +26,10 @@ impl Services {
     }
 
     /// `m.presence` from `origin`: the presence of its users who share a room with ours.
-    pub(crate) async fn receive_presence(&self, origin: &ServerName, content: &Value) -> Result<()> {
-        let Some(push) = content["push"].as_array() else { return Ok(()) };
-        for entry in push {
-            let Ok(user) = serde_json::from_value::<OwnedUserId>(entry["user_id"].clone()) else { continue };
-            let state = entry["presence"].as_str().unwrap_or_default();
+    pub(crate) async fn receive_presence(&self, origin: &ServerName, content: PresenceContent) -> Result<()> {
+        for entry in content.push {
+            let user = entry.user_id;
+            let state = entry.presence.as_str();
             if user.server_name() != origin || !matches!(state, "online" | "offline" | "unavailable") {
                 continue;
             }
@@ -38,8 +37,8 @@ impl Services {
             if !sharing.iter().any(|u| u.server_name() == self.server_name()) {
                 continue;
             }
-            let ago = entry["last_active_ago"].as_i64().unwrap_or(0).max(0);
-            self.store_presence(&user, state, entry["status_msg"].as_str(), crate::now_ms() - ago).await?;
+            let ago = i64::try_from(u64::from(entry.last_active_ago)).unwrap_or(0);
+            self.store_presence(&user, state, entry.status_msg.as_deref(), crate::now_ms() - ago).await?;
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use diplomatie_storage::federation as store;
-use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, ServerName};
+use ruma::{api::federation::transactions::edu::Edu, events::receipt::ReceiptThread, OwnedEventId, ServerName};
 use serde_json::{value::RawValue, Value};
 
 use super::inbound::{canonical, event_id_of, room_of};
@@ -82,55 +82,45 @@ impl Services {
         Ok(results)
     }
 
-    /// Applies an EDU: typing and read receipts of the origin's own users in rooms they are in.
+    /// Applies an EDU (ruma's `Edu`): typing and read receipts of the origin's own users in
+    /// rooms they are in, to-device messages, device-list and signing-key updates, presence.
     async fn receive_edu(&self, origin: &ServerName, raw: &RawValue) -> Result<()> {
-        let edu: Value = serde_json::from_str(raw.get())?;
-        let content = edu.get("content").cloned().unwrap_or(Value::Null);
-        match edu.get("edu_type").and_then(Value::as_str) {
-            Some("m.typing") => {
-                let room: OwnedRoomId = serde_json::from_value(content["room_id"].clone())?;
-                let user: OwnedUserId = serde_json::from_value(content["user_id"].clone())?;
-                if user.server_name() != origin || !self.is_joined(&room, &user).await? {
+        let edu: Edu = serde_json::from_str(raw.get()).map_err(|e| Error::bad_json(format!("EDU: {e}")))?;
+        match edu {
+            Edu::Typing(typing) => {
+                let (room, user) = (&typing.room_id, &typing.user_id);
+                if user.server_name() != origin || !self.is_joined(room, user).await? {
                     return Err(Error::forbidden("typing of a user the origin does not speak for"));
                 }
-                self.check_server_acl(&room, origin).await?;
-                let typing = content["typing"].as_bool().unwrap_or(false);
-                self.apply_typing(&user, &room, typing, None).await
+                self.check_server_acl(room, origin).await?;
+                self.apply_typing(user, room, typing.typing, None).await
             }
-            Some("m.receipt") => {
-                let Some(rooms) = content.as_object() else { return Ok(()) };
-                for (room, receipts) in rooms {
-                    let room = OwnedRoomId::try_from(room.as_str()).map_err(|_| Error::bad_json("room id"))?;
+            Edu::Receipt(receipts) => {
+                for (room, map) in receipts.receipts {
                     self.check_server_acl(&room, origin).await?;
-                    let Some(read) = receipts.get("m.read").and_then(Value::as_object) else { continue };
-                    for (user, receipt) in read {
-                        let user = OwnedUserId::try_from(user.as_str()).map_err(|_| Error::bad_json("user id"))?;
+                    for (user, receipt) in map.read {
                         if user.server_name() != origin || !self.is_joined(&room, &user).await? {
                             continue;
                         }
-                        let Some(event_id) = receipt["event_ids"]
-                            .as_array()
-                            .and_then(|a| a.first())
-                            .and_then(Value::as_str)
-                            .and_then(|s| OwnedEventId::try_from(s).ok())
-                        else {
-                            continue;
-                        };
-                        if self.get_pdu(&event_id).await?.is_none_or(|p| p.room_id != room) {
+                        let Some(event_id) = receipt.event_ids.first() else { continue };
+                        if self.get_pdu(event_id).await?.is_none_or(|p| p.room_id != room) {
                             continue;
                         }
-                        let ts = receipt["data"]["ts"].as_i64().unwrap_or_else(now_ms);
-                        let thread = receipt["data"]["thread_id"].as_str();
-                        self.store_receipt(&user, &room, "m.read", &event_id, thread, ts).await?;
+                        let ts = receipt.data.ts.map(|t| i64::from(t.get())).unwrap_or_else(now_ms);
+                        let thread = match &receipt.data.thread {
+                            ReceiptThread::Main => Some("main"),
+                            ReceiptThread::Thread(id) => Some(id.as_str()),
+                            _ => None,
+                        };
+                        self.store_receipt(&user, &room, "m.read", event_id, thread, ts).await?;
                     }
                 }
                 Ok(())
             }
-            Some("m.direct_to_device") => self.receive_to_device(origin, &content).await,
-            Some("m.device_list_update" | "m.signing_key_update") => {
-                self.receive_device_list_update(origin, &content).await
-            }
-            Some("m.presence") => self.receive_presence(origin, &content).await,
+            Edu::DirectToDevice(content) => self.receive_to_device(origin, content).await,
+            Edu::DeviceListUpdate(update) => self.receive_device_list_update(origin, &update.user_id).await,
+            Edu::SigningKeyUpdate(update) => self.receive_device_list_update(origin, &update.user_id).await,
+            Edu::Presence(presence) => self.receive_presence(origin, presence).await,
             _ => Ok(()),
         }
     }
