@@ -607,6 +607,12 @@ async fn nul_characters_are_refused_alike(backend: Backend) {
             .await,
         "correspondence",
     );
+    // Numbers that canonical JSON cannot hold (push rules could not be evaluated on them).
+    for n in ["9007199254740993", "18446744073709551615", "1.5"] {
+        let body: Value = serde_json::from_str(&format!(r#"{{"msgtype":"m.text","body":"n","n":{n}}}"#)).unwrap();
+        let r = alice.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/n{}", n.len()), &body).await;
+        assert_error(&r, 400, "M_BAD_JSON");
+    }
     // Nothing of it was kept: the display name is unchanged, and the server serves.
     let profile = alice.ok(Method::GET, &format!("/_matrix/client/v3/profile/{me}"), None).await;
     assert_eq!(profile["displayname"], "alice");

@@ -24,7 +24,7 @@ use http::{header, HeaderValue, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
 use ruma::api::error::{ErrorKind, LimitExceededErrorData, RetryAfter};
 use tokio::{
-    sync::Semaphore,
+    sync::{OwnedSemaphorePermit, Semaphore},
     time::{Instant, Sleep},
 };
 
@@ -34,7 +34,7 @@ use crate::{error::ApiError, ruma_wrapper::access_token};
 /// progress (per user and in all).
 pub struct Limits {
     /// One permit a byte of body held in memory.
-    budget: Semaphore,
+    budget: Arc<Semaphore>,
     budget_bytes: usize,
     uploads: Mutex<Uploads>,
 }
@@ -48,7 +48,7 @@ struct Uploads {
 impl Limits {
     pub fn new(services: &Services) -> Arc<Limits> {
         let budget_bytes = (services.config.http.max_buffered_body_bytes as usize).min(Semaphore::MAX_PERMITS);
-        Arc::new(Limits { budget: Semaphore::new(budget_bytes), budget_bytes, uploads: Mutex::default() })
+        Arc::new(Limits { budget: Arc::new(Semaphore::new(budget_bytes)), budget_bytes, uploads: Mutex::default() })
     }
 
     /// A place for one more upload by `user`, or `M_LIMIT_EXCEEDED` when the user or the server
@@ -174,22 +174,43 @@ pub async fn limit_requests(
     let timeouts = &config.http;
     let idle = Duration::from_millis(timeouts.body_idle_timeout_ms);
     let whole = (kind != BodyKind::Upload).then(|| Duration::from_millis(timeouts.body_timeout_ms));
-    // Memory for the body, reserved before a byte of it is read (uploads go to disk).
-    let _reserved = if has_body && kind != BodyKind::Upload {
-        let wanted = declared.map_or(limit, |n| n as usize).min(limit).clamp(1, limits.budget_bytes);
-        let wanted = u32::try_from(wanted).unwrap_or(u32::MAX);
-        let wait = Duration::from_millis(timeouts.body_timeout_ms);
-        match tokio::time::timeout(wait, limits.budget.acquire_many(wanted)).await {
-            Ok(Ok(permit)) => Some(permit),
-            _ => return limit_exceeded("The server is reading too many requests at once", 1000).into_response(),
-        }
+    // Memory for the body, taken from the shared budget as its bytes arrive (a client that
+    // declares much and sends little holds little) and held until the response; uploads go to
+    // disk and take none.
+    let held: Held = Arc::default();
+    let accounting = (kind != BodyKind::Upload).then(|| Accounting {
+        budget: limits.budget.clone(),
+        cap: limits.budget_bytes,
+        held: held.clone(),
+    });
+    let body = if has_body {
+        Body::new(http_body_util::Limited::new(TimedBody::new(body, idle, whole, accounting), limit))
     } else {
-        None
+        body
     };
-    let body =
-        if has_body { Body::new(http_body_util::Limited::new(TimedBody::new(body, idle, whole), limit)) } else { body };
     let response = next.run(Request::from_parts(parts, body)).await;
+    drop(held);
     as_matrix_error(response).await
+}
+
+/// The budget a request's body holds, until its response.
+type Held = Arc<Mutex<Option<OwnedSemaphorePermit>>>;
+
+/// Where a body takes the memory of its bytes from.
+pub struct Accounting {
+    budget: Arc<Semaphore>,
+    cap: usize,
+    held: Held,
+}
+
+impl Accounting {
+    fn keep(&self, permit: OwnedSemaphorePermit) {
+        let mut held = self.held.lock().unwrap();
+        match held.as_mut() {
+            Some(p) => p.merge(permit),
+            None => *held = Some(permit),
+        }
+    }
 }
 
 /// Refuses a path or query carrying a NUL character, or a path that is not UTF-8 once decoded:
@@ -290,23 +311,36 @@ pub fn body_error(e: &(dyn std::error::Error + 'static)) -> ApiError {
     ApiError(Error::bad_json(format!("The request body could not be read: {e}")))
 }
 
+type Acquiring = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send>>;
+
 /// A request body that fails when the client is silent for longer than `idle`, or, when
-/// `whole` is set, takes longer than that in all.
+/// `whole` is set, takes longer than that in all; with `accounting`, each frame is passed on
+/// once its bytes have their share of the memory budget.
 pub struct TimedBody {
     inner: Body,
     idle_for: Duration,
     idle: Pin<Box<Sleep>>,
     whole: Option<Pin<Box<Sleep>>>,
+    accounting: Option<Accounting>,
+    /// A frame waiting for its memory.
+    waiting: Option<(Frame<Bytes>, Acquiring)>,
 }
 
 impl TimedBody {
-    pub fn new(inner: Body, idle_for: Duration, whole: Option<Duration>) -> TimedBody {
+    pub fn new(inner: Body, idle_for: Duration, whole: Option<Duration>, accounting: Option<Accounting>) -> TimedBody {
         TimedBody {
             inner,
             idle_for,
             idle: Box::pin(tokio::time::sleep(idle_for)),
             whole: whole.map(|d| Box::pin(tokio::time::sleep(d))),
+            accounting,
+            waiting: None,
         }
+    }
+
+    fn timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        let late = self.whole.as_mut().is_some_and(|w| w.as_mut().poll(cx).is_ready());
+        late || self.idle.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -316,22 +350,48 @@ impl http_body::Body for TimedBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            if frame.is_some() {
-                let next = Instant::now() + this.idle_for;
-                this.idle.as_mut().reset(next);
+        loop {
+            if let Some((_, acquiring)) = this.waiting.as_mut() {
+                match acquiring.as_mut().poll(cx) {
+                    Poll::Ready(Ok(permit)) => {
+                        if let Some(a) = &this.accounting {
+                            a.keep(permit);
+                        }
+                        let (frame, _) = this.waiting.take().expect("a frame waits");
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(Box::new(e)))),
+                    Poll::Pending if this.timed_out(cx) => return Poll::Ready(Some(Err(Box::new(BodyTimedOut)))),
+                    Poll::Pending => return Poll::Pending,
+                }
             }
-            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let next = Instant::now() + this.idle_for;
+                    this.idle.as_mut().reset(next);
+                    let len = frame.data_ref().map_or(0, Bytes::len);
+                    let Some(a) = this.accounting.as_ref().filter(|_| len > 0) else {
+                        return Poll::Ready(Some(Ok(frame)));
+                    };
+                    let wanted = u32::try_from(len.min(a.cap)).unwrap_or(u32::MAX);
+                    match a.budget.clone().try_acquire_many_owned(wanted) {
+                        Ok(permit) => {
+                            a.keep(permit);
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
+                        // No room now: the frame waits for it (the loop polls the wait).
+                        Err(_) => this.waiting = Some((frame, Box::pin(a.budget.clone().acquire_many_owned(wanted)))),
+                    }
+                }
+                Poll::Ready(other) => return Poll::Ready(other.map(|f| f.map_err(Into::into))),
+                Poll::Pending if this.timed_out(cx) => return Poll::Ready(Some(Err(Box::new(BodyTimedOut)))),
+                Poll::Pending => return Poll::Pending,
+            }
         }
-        let late = this.whole.as_mut().is_some_and(|w| w.as_mut().poll(cx).is_ready());
-        if late || this.idle.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(Err(Box::new(BodyTimedOut))));
-        }
-        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.waiting.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -353,5 +413,27 @@ mod tests {
         }
         assert_eq!(percent_decode("%4"), b"%4");
         assert_eq!(percent_decode("a%41%"), b"aA%");
+    }
+
+    #[tokio::test]
+    async fn a_body_takes_its_memory_as_it_arrives_and_holds_it_until_the_response() {
+        use http_body_util::BodyExt;
+        let budget = Arc::new(Semaphore::new(10));
+        let held: Held = Arc::default();
+        let accounting = Accounting { budget: budget.clone(), cap: 10, held: held.clone() };
+        let frames = vec![Ok::<_, std::io::Error>(Bytes::from(vec![1u8; 6])), Ok(Bytes::from(vec![2u8; 6]))];
+        let body = Body::from_stream(futures::stream::iter(frames));
+        let mut body = TimedBody::new(body, Duration::from_secs(5), Some(Duration::from_millis(300)), Some(accounting));
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().unwrap().len(), 6);
+        assert_eq!(budget.available_permits(), 4);
+        // The second needs 6 bytes of the 4 left: it waits, until the body's time is up.
+        let second = body.frame().await.expect("an answer");
+        assert!(second.is_err());
+        drop(body);
+        // The body is gone, but what it read is held until the response.
+        assert_eq!(budget.available_permits(), 4);
+        drop(held);
+        assert_eq!(budget.available_permits(), 10);
     }
 }

@@ -69,9 +69,10 @@ pub struct Http {
     /// Address ranges (CIDR) held to `max_connections` alone, not to the per-address cap: a
     /// reverse proxy on the same machine, whose every connection comes from loopback.
     pub connection_limit_exempt: Vec<String>,
-    /// Memory all request bodies being read may take together (JSON bodies are read whole;
-    /// media uploads are written to disk as they arrive and are not counted). A request waits
-    /// for room, or is answered `M_LIMIT_EXCEEDED` after `body_timeout_ms`.
+    /// Memory all request bodies may take together: each holds the bytes it has sent until its
+    /// response (a client that declares much and sends little holds little). A body that finds
+    /// no room waits for it, within its timeouts. Media uploads are written to disk as they
+    /// arrive and are not counted.
     pub max_buffered_body_bytes: u64,
     /// Largest body of a request without an access token (login, registration, and the like).
     pub max_unauthenticated_body_bytes: usize,
