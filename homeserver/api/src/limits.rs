@@ -134,11 +134,14 @@ pub async fn limit_requests(
     next: Next,
 ) -> Response {
     let (mut parts, body) = req.into_parts();
-    parts.extensions.insert(limits.clone());
     if let Err(e) = check_target(&parts.uri) {
         return e.into_response();
     }
     let kind = body_kind(&parts);
+    if kind == BodyKind::Upload {
+        // The extractor takes the upload's place among those in progress.
+        parts.extensions.insert(limits.clone());
+    }
     let config = &services.config;
     let limit = match kind {
         BodyKind::Upload => usize::try_from(config.media.max_upload_bytes).unwrap_or(usize::MAX),
@@ -177,13 +180,13 @@ pub async fn limit_requests(
     // Memory for the body, taken from the shared budget as its bytes arrive (a client that
     // declares much and sends little holds little) and held until the response; uploads go to
     // disk and take none.
-    let held: Held = Arc::default();
-    let accounting = (kind != BodyKind::Upload).then(|| Accounting {
-        budget: limits.budget.clone(),
-        cap: limits.budget_bytes,
-        held: held.clone(),
-    });
+    let mut held: Option<Held> = None;
     let body = if has_body {
+        let accounting = (kind != BodyKind::Upload).then(|| Accounting {
+            budget: limits.budget.clone(),
+            cap: limits.budget_bytes,
+            held: held.insert(Held::default()).clone(),
+        });
         Body::new(http_body_util::Limited::new(TimedBody::new(body, idle, whole, accounting), limit))
     } else {
         body
@@ -216,24 +219,18 @@ impl Accounting {
 /// Refuses a path or query carrying a NUL character, or a path that is not UTF-8 once decoded:
 /// no identifier may hold either, and PostgreSQL cannot store a NUL.
 fn check_target(uri: &http::Uri) -> Result<(), ApiError> {
-    let path = uri.path();
-    let decoded = percent_decode(path);
+    use percent_encoding::percent_decode_str;
     let bad = |what: &str| Err(ApiError(Error::new(ErrorKind::InvalidParam, what.to_owned())));
-    match std::str::from_utf8(&decoded) {
+    // Decoded without a copy unless the path has escapes.
+    match percent_decode_str(uri.path()).decode_utf8() {
         Err(_) => return bad("The request path is not UTF-8"),
         Ok(p) if p.contains('\0') => return bad("The request path contains a NUL character"),
         Ok(_) => {}
     }
-    if let Some(query) = uri.query() {
-        if percent_decode(query).contains(&0) {
-            return bad("The query string contains a NUL character");
-        }
+    if uri.query().is_some_and(|q| percent_decode_str(q).any(|b| b == 0)) {
+        return bad("The query string contains a NUL character");
     }
     Ok(())
-}
-
-fn percent_decode(s: &str) -> Vec<u8> {
-    percent_encoding::percent_decode_str(s).collect()
 }
 
 /// Asks the client to close the connection after a response whose request body was not read.
@@ -411,8 +408,9 @@ mod tests {
             let uri: http::Uri = bad.parse().unwrap();
             assert!(check_target(&uri).is_err(), "{bad}");
         }
-        assert_eq!(percent_decode("%4"), b"%4");
-        assert_eq!(percent_decode("a%41%"), b"aA%");
+        let decoded = |s: &str| percent_encoding::percent_decode_str(s).collect::<Vec<u8>>();
+        assert_eq!(decoded("%4"), b"%4");
+        assert_eq!(decoded("a%41%"), b"aA%");
     }
 
     #[tokio::test]

@@ -171,12 +171,8 @@ where
             upload = Some((spooled, slot));
             bytes::Bytes::new()
         } else {
-            let limit = services.config.max_request_bytes;
-            http_body_util::Limited::new(body, limit)
-                .collect()
-                .await
-                .map_err(|e| crate::limits::body_error(&*e))?
-                .to_bytes()
+            // Limited and timed by the `limits` middleware, which every route passes.
+            body.collect().await.map_err(|e| crate::limits::body_error(&e))?.to_bytes()
         };
         let json = if bytes.is_empty() || raw {
             None

@@ -14,7 +14,7 @@ use diplomatie_storage::e2ee as store;
 use ruma::{api::error::ErrorKind, serde::Base64, CanonicalJsonObject, OwnedUserId, UserId};
 use serde_json::{json, Map, Value};
 
-use crate::{accounts::Caller, Error, Result, Services};
+use crate::{accounts::Caller, rooms::commit, Error, Result, Services};
 
 /// What `/sync` needs to skip the encryption queries when nothing changed: which devices have
 /// to-device messages waiting, where the device list stream and the membership events stand,
@@ -536,13 +536,8 @@ impl Services {
 /// looks at device lists again (a commit subscriber).
 pub(crate) struct MembershipPositions;
 
-impl crate::rooms::commit::Subscriber for MembershipPositions {
-    fn committed(
-        &self,
-        services: &Services,
-        batch: &crate::rooms::commit::Batch<'_>,
-        _at: &crate::rooms::commit::Committed<'_>,
-    ) {
+impl commit::Subscriber for MembershipPositions {
+    fn committed(&self, services: &Services, batch: &commit::Batch<'_>, _at: &commit::Committed<'_>) {
         let members = batch.events.iter().filter(|p| p.kind == ruma::events::TimelineEventType::RoomMember);
         for pdu in members {
             services.e2ee.membership_changed(pdu.stream_ordering);

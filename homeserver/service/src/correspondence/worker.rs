@@ -22,7 +22,7 @@ use super::{
     status::Status,
     text,
 };
-use crate::{Error, Pdu, Result, Services};
+use crate::{rooms::commit, Error, Pdu, Result, Services};
 
 /// An event the service looks at, with the device that sent it when known.
 type Job = (Arc<Pdu>, Option<OwnedDeviceId>);
@@ -332,13 +332,8 @@ impl Services {
 /// subscriber).
 pub(crate) struct Drafts;
 
-impl crate::rooms::commit::Subscriber for Drafts {
-    fn published(
-        &self,
-        services: &Services,
-        batch: &crate::rooms::commit::Batch<'_>,
-        _at: &crate::rooms::commit::Committed<'_>,
-    ) {
+impl commit::Subscriber for Drafts {
+    fn published(&self, services: &Services, batch: &commit::Batch<'_>, _at: &commit::Committed<'_>) {
         services.correspondence_committed(batch.events, batch.txns);
     }
 }

@@ -30,7 +30,10 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use self::index::{Covered, IndexedEvent, Key, SearchIndex};
-use crate::{rooms::timeline::EventFilter, Error, Pdu, Result, Services};
+use crate::{
+    rooms::{commit, timeline::EventFilter},
+    Error, Pdu, Result, Services,
+};
 
 /// The event types whose texts are indexed.
 const INDEXED_TYPES: &[&str] = &["m.room.message", "m.room.name", "m.room.topic"];
@@ -473,13 +476,8 @@ impl Services {
 /// Sends each committed batch to the indexer, once published (a commit subscriber).
 pub(crate) struct Indexer;
 
-impl crate::rooms::commit::Subscriber for Indexer {
-    fn published(
-        &self,
-        services: &Services,
-        batch: &crate::rooms::commit::Batch<'_>,
-        at: &crate::rooms::commit::Committed<'_>,
-    ) {
+impl commit::Subscriber for Indexer {
+    fn published(&self, services: &Services, batch: &commit::Batch<'_>, at: &commit::Committed<'_>) {
         services.index_committed(batch.events, batch.redacted, Covered::up_to(at.position));
     }
 }
