@@ -9,6 +9,7 @@
 pub(crate) mod commit;
 pub mod create;
 pub mod directory;
+pub mod event_core;
 pub mod membership;
 pub mod received;
 pub mod resolve;
@@ -25,10 +26,9 @@ use lru::LruCache;
 use ruma::events::room::member::MembershipState;
 use ruma::{
     api::error::ErrorKind,
-    canonical_json::CanonicalJsonObject,
     events::{StateEventType, TimelineEventType},
     room_version_rules::{EventIdFormatVersion, RoomVersionRules},
-    state_res::{self, StateMap},
+    state_res::StateMap,
     DeviceId, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomId, RoomVersionId,
     TransactionId, UserId,
 };
@@ -122,9 +122,6 @@ fn fail_all(replies: impl Iterator<Item = Reply>, e: Error) {
         let _ = reply.send(Err(Error::Internal));
     }
 }
-
-/// The spec's limit on the size of a PDU, in bytes of canonical JSON.
-const MAX_PDU_BYTES: usize = 65_536;
 
 /// Longest chain of state deltas before a full snapshot is written.
 const MAX_STATE_CHAIN: i64 = 64;
@@ -722,125 +719,67 @@ impl<'a> RoomWriter<'a> {
         let content_raw =
             serde_json::value::to_raw_value(&builder.content).map_err(|_| Error::bad_json("Invalid content"))?;
 
-        // Select the auth events from the current state, and load what the auth rules may read.
-        let auth_types = state_res::auth_types_for_event(
+        // Load what the auth rules may read: the auth events the state gives, and the create event.
+        let auth_events = event_core::auth_events_for(
+            &rules,
             &builder.kind,
             sender,
             builder.state_key.as_deref(),
             &content_raw,
-            &rules.authorization,
-        )
-        .map_err(Error::bad_json)?;
-        let mut auth_events = Vec::new();
+            &state,
+        )?;
         let mut loaded: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
-        for key in auth_types {
-            if let Some(id) = state.get(&key) {
-                auth_events.push(id.clone());
-                if let Some(p) = find_pdu(self.services, &self.appended, id).await? {
-                    loaded.insert(id.clone(), p);
-                }
-            }
-        }
-        if let Some(id) = state.get(&(StateEventType::RoomCreate, String::new())) {
+        let create = state.get(&(StateEventType::RoomCreate, String::new()));
+        for id in auth_events.iter().chain(create) {
             if let Some(p) = find_pdu(self.services, &self.appended, id).await? {
                 loaded.insert(id.clone(), p);
             }
         }
-
-        // Assemble the PDU.
-        let ts = builder.timestamp.unwrap_or_else(now_ms);
-        let mut object = serde_json::Map::new();
-        object.insert("type".into(), json!(builder.kind));
-        object.insert("content".into(), builder.content.clone());
-        object.insert("sender".into(), json!(sender));
-        object.insert("origin_server_ts".into(), json!(ts));
-        object.insert("depth".into(), json!(self.meta.depth + 1));
-        if let Some(r) = &self.room_id {
-            object.insert("room_id".into(), json!(r));
-        }
-        if let Some(sk) = &builder.state_key {
-            object.insert("state_key".into(), json!(sk));
-        }
-        if let Some(r) = &builder.redacts {
-            if !rules.redaction.content_field_redacts {
-                object.insert("redacts".into(), json!(r));
-            }
-        }
-        if rules.event_id_format == EventIdFormatVersion::V1 {
-            // v1 and v2 reference events with their hashes, and carry their own event id.
-            let prev = event_refs(self.services, &self.appended, &self.meta.extremities, &rules).await?;
-            object.insert("prev_events".into(), Value::Array(prev));
-            object.insert(
-                "auth_events".into(),
-                Value::Array(event_refs(self.services, &self.appended, &auth_events, &rules).await?),
-            );
-            object
-                .insert("event_id".into(), json!(format!("${}:{}", crate::random_string(18), services.server_name())));
-        } else {
-            object.insert("prev_events".into(), json!(self.meta.extremities));
-            object.insert("auth_events".into(), json!(auth_events));
-        }
-        let mut canonical: CanonicalJsonObject = serde_json::from_value(Value::Object(object))
-            .map_err(|e| Error::bad_json(format!("Content is not canonical JSON: {e}")))?;
-        ruma::signatures::hash_and_sign_event(
-            services.server_name().as_str(),
-            &services.keys.keypair,
-            &mut canonical,
-            &rules.redaction,
-        )
-        .map_err(|e| match e {
-            ruma::signatures::JsonError::PduTooLarge => Error::new(ErrorKind::TooLarge, "Event larger than 64 KiB"),
-            e => Error::bad_json(format!("Cannot sign the event: {e}")),
-        })?;
-        let event_id: OwnedEventId = if rules.event_id_format == EventIdFormatVersion::V1 {
-            canonical
-                .get("event_id")
-                .and_then(|v| v.as_str())
-                .and_then(|s| s.try_into().ok())
-                .ok_or_else(crate::internal!("a value present by construction"))?
-        } else {
-            let hash = ruma::signatures::reference_hash(&canonical, &rules)
-                .map_err(|e| Error::new(ErrorKind::TooLarge, format!("Event rejected: {e}")))?;
-            format!("${hash}").try_into().map_err(crate::internal!())?
-        };
-        let room_id: OwnedRoomId = match &self.room_id {
-            Some(r) => r.clone(),
-            // Since v12 the room id is the create event's id with the `!` sigil.
-            None => format!("!{}", &event_id.as_str()[1..]).try_into().map_err(crate::internal!())?,
-        };
-
-        // Keep what replaced state for clients (`unsigned.prev_content`); not hashed nor signed.
-        let mut json = serde_json::to_string(&canonical).map_err(crate::internal!())?;
-        if json.len() > MAX_PDU_BYTES {
-            return Err(Error::new(ErrorKind::TooLarge, "Event larger than 64 KiB"));
-        }
-        let mut unsigned = serde_json::Map::new();
+        // Room versions 1 and 2 cite events with their reference hashes, and carry their own id.
+        let v1 = rules.event_id_format == EventIdFormatVersion::V1;
+        let prev_events = references(self.services, &self.appended, &self.meta.extremities, &rules).await?;
+        let auth_refs = references(self.services, &self.appended, &auth_events, &rules).await?;
+        // What the event replaces, for clients (`unsigned`).
+        let mut unsigned = std::collections::BTreeMap::new();
         if let Some(sk) = &builder.state_key {
             let key = (StateEventType::from(builder.kind.to_string()), sk.clone());
             if let Some(prev_id) = state.get(&key) {
                 if let Some(prev) = find_pdu(self.services, &self.appended, prev_id).await? {
-                    unsigned.insert("replaces_state".into(), json!(prev_id));
-                    unsigned.insert("prev_content".into(), prev.content_value());
-                    unsigned.insert("prev_sender".into(), json!(prev.sender));
+                    unsigned.insert("replaces_state".to_owned(), json!(prev_id));
+                    unsigned.insert("prev_content".to_owned(), prev.content_value());
+                    unsigned.insert("prev_sender".to_owned(), json!(prev.sender));
                 }
             }
         }
-        if !unsigned.is_empty() {
-            let mut v: Value = serde_json::from_str(&json).map_err(crate::internal!())?;
-            v["unsigned"] = Value::Object(unsigned);
-            json = serde_json::to_string(&v).map_err(crate::internal!())?;
-        }
-        let mut pdu = Pdu::from_json(event_id.clone(), json, Some(room_id.clone()))?;
 
-        // Authorise it against the room's current state.
-        let not_authorised = |reason: String| Error::forbidden(format!("Event not authorised: {reason}"));
-        state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| loaded.get(id).cloned())
-            .map_err(not_authorised)?;
+        let ts = builder.timestamp.unwrap_or_else(now_ms);
+        let draft = event_core::Draft {
+            room_id: self.room_id.as_deref(),
+            sender,
+            kind: &builder.kind,
+            state_key: builder.state_key.as_deref(),
+            content: &builder.content,
+            content_raw: &content_raw,
+            redacts: builder.redacts.as_deref(),
+            origin_server_ts: ruma::MilliSecondsSinceUnixEpoch(
+                ruma::UInt::try_from(ts.max(0)).map_err(crate::internal!())?,
+            ),
+            depth: ruma::UInt::try_from(self.meta.depth + 1).map_err(crate::internal!())?,
+            prev_events: &prev_events,
+            auth_events: &auth_refs,
+            event_id: v1
+                .then(|| format!("${}:{}", crate::random_string(18), services.server_name()).try_into())
+                .transpose()
+                .map_err(crate::internal!())?,
+            unsigned,
+        };
+        let mut pdu = event_core::build(draft, &rules, services.server_name(), &services.keys.keypair)?;
+        let event_id = pdu.event_id.clone();
+        let room_id = pdu.room_id.clone();
+
+        // Authorise it against the room's current state, then by the portal's rules.
+        event_core::authorise(&rules, &pdu, &state, &loaded)?;
         if pdu.kind != TimelineEventType::RoomCreate {
-            state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |kind, key| {
-                state.get(&(kind.clone(), key.to_owned())).and_then(|id| loaded.get(id)).cloned()
-            })
-            .map_err(not_authorised)?;
             // The portal's rules (clearance, classification, externals).
             let checking = std::time::Instant::now();
             let checked = services.check_portal(&state, &self.appended, &pdu, &rules).await;
@@ -1139,19 +1078,23 @@ pub(crate) async fn find_pdu(
     services.get_pdu(id).await
 }
 
-/// `[event_id, {"sha256": reference hash}]` pairs for room versions 1 and 2.
-async fn event_refs(
+/// How an event cites `ids` (as previous or auth events): by id, or for room versions 1 and 2
+/// with their reference hashes.
+async fn references(
     services: &Services,
     appended: &[Arc<Pdu>],
     ids: &[OwnedEventId],
     rules: &RoomVersionRules,
-) -> Result<Vec<Value>> {
-    let mut refs = Vec::new();
+) -> Result<Vec<event_core::Reference>> {
+    let mut refs = Vec::with_capacity(ids.len());
     for id in ids {
+        if rules.event_id_format != EventIdFormatVersion::V1 {
+            refs.push(event_core::Reference::id(id.clone()));
+            continue;
+        }
         let pdu =
             find_pdu(services, appended, id).await?.ok_or_else(crate::internal!("a value present by construction"))?;
-        let hash = ruma::signatures::reference_hash(&pdu.canonical_object()?, rules).map_err(crate::internal!())?;
-        refs.push(json!([id, { "sha256": hash }]));
+        refs.push(event_core::reference(&pdu, rules)?);
     }
     Ok(refs)
 }
