@@ -149,7 +149,7 @@ async fn keys_upload_query_and_claim(backend: Backend) {
 
     // Sync reports the counts and that the fallback key was used.
     let s = alice.sync(None, "").await;
-    assert_eq!(s["device_one_time_keys_count"], json!({}));
+    assert_eq!(s["device_one_time_keys_count"], json!({ "signed_curve25519": 0 }));
     assert_eq!(s["device_unused_fallback_key_types"], json!([]));
     // Claims for unknown devices come back empty.
     let c = bob
@@ -239,7 +239,7 @@ async fn to_device_messages_and_device_lists(backend: Backend) {
     assert_eq!(events[0]["content"]["ciphertext"], "opaque");
     let next = s["next_batch"].as_str().unwrap().to_owned();
     let again = bob.sync(Some(&next), "timeout=0").await;
-    assert_eq!(again["to_device"]["events"], json!([]));
+    assert!(again["to_device"]["events"].as_array().is_none_or(Vec::is_empty), "{again}");
     // `*` reaches every device of the user.
     alice
         .ok(
@@ -297,7 +297,7 @@ async fn to_device_messages_and_device_lists(backend: Backend) {
     carol.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&json!({}))).await;
     let s = bob.sync(Some(&next), "timeout=0").await;
     assert_eq!(s["device_lists"]["left"], json!([carol.user_id]), "{s}");
-    assert_eq!(s["device_lists"]["changed"], json!([]));
+    assert!(s["device_lists"]["changed"].as_array().is_none_or(Vec::is_empty), "{s}");
 }
 
 mod cross_signing_and_backup {

@@ -15,6 +15,7 @@ backend_tests!(
     invite_leave_and_knock_sections,
     typing_receipts_and_unread_counts,
     account_data_tags_and_presence,
+    every_stream_is_seen_across_a_restart,
 );
 
 fn timeline_bodies(sync: &Value, room: &str) -> Vec<String> {
@@ -41,7 +42,8 @@ async fn initial_then_incremental_sync(backend: Backend) {
     alice.send_text(&room, "second").await;
     let inc = alice.sync(Some(&since), "timeout=0").await;
     assert_eq!(timeline_bodies(&inc, &room), vec!["second"]);
-    assert_eq!(inc["rooms"]["join"][&room]["timeline"]["limited"], false);
+    // Not limited (`limited` is false, or absent: the spec's default).
+    assert!(!inc["rooms"]["join"][&room]["timeline"]["limited"].as_bool().unwrap_or(false), "{inc}");
     // full_state: the whole state again.
     let full = alice.sync(Some(&since), "full_state=true").await;
     let state = full["rooms"]["join"][&room]["state"]["events"].as_array().unwrap();
@@ -304,4 +306,65 @@ async fn account_data_tags_and_presence(backend: Backend) {
         400,
         "M_INVALID_PARAM",
     );
+}
+
+/// What moved in each stream since a token is found whether the token predates the process
+/// (read from the database) or not (the streams' marks kept in memory): new events, a new
+/// membership, account data, receipts and presence.
+async fn every_stream_is_seen_across_a_restart(backend: Backend) {
+    let mut server = TestServer::start(backend, &[]).await;
+    let mut alice = server.register("alice").await;
+    let mut bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await;
+    let other = alice.create_room(json!({ "preset": "public_chat" })).await;
+
+    // Moves every stream, then checks that bob's sync from `since` sees each move.
+    async fn move_streams(
+        alice: &diplomatie_tests::Client,
+        bob: &diplomatie_tests::Client,
+        room: &str,
+        other: &str,
+        tag: &str,
+    ) {
+        let event = alice.send_text(room, tag).await;
+        bob.join(other).await;
+        let data = format!("/_matrix/client/v3/user/{}/account_data/org.example.{tag}", urlencode(&bob.user_id));
+        bob.ok(Method::PUT, &data, Some(&json!({ "n": tag }))).await;
+        let receipt = format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{}", urlencode(&event));
+        alice.ok(Method::POST, &receipt, Some(&json!({}))).await;
+        let presence = format!("/_matrix/client/v3/presence/{}/status", urlencode(&alice.user_id));
+        alice.ok(Method::PUT, &presence, Some(&json!({ "presence": "unavailable", "status_msg": tag }))).await;
+        bob.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{other}/leave"), Some(&json!({}))).await;
+    }
+    fn assert_moved(s: &Value, room: &str, other: &str, tag: &str) {
+        assert_eq!(timeline_bodies(s, room), vec![tag], "the new message: {s}");
+        assert!(s["rooms"]["leave"].get(other).is_some(), "the membership (joined then left): {s}");
+        let data = s["account_data"]["events"].as_array().unwrap();
+        assert!(data.iter().any(|e| e["type"] == format!("org.example.{tag}")), "account data: {s}");
+        let ephemeral = s["rooms"]["join"][room]["ephemeral"]["events"].as_array().unwrap();
+        assert!(ephemeral.iter().any(|e| e["type"] == "m.receipt"), "the receipt: {s}");
+        let presence = s["presence"]["events"].as_array().unwrap();
+        assert!(presence.iter().any(|e| e["content"]["status_msg"] == tag), "presence: {s}");
+    }
+
+    // A token from before a restart.
+    let since = bob.sync(None, "set_presence=offline").await["next_batch"].as_str().unwrap().to_owned();
+    move_streams(&alice, &bob, &room, &other, "before").await;
+    server.kill().await;
+    server.launch().await;
+    for c in [&mut alice, &mut bob] {
+        c.base = server.base.clone();
+    }
+    let s = bob.sync(Some(&since), "timeout=0&set_presence=offline").await;
+    assert_moved(&s, &room, &other, "before");
+
+    // A token from after it; and nothing new since the next one.
+    let since = s["next_batch"].as_str().unwrap().to_owned();
+    move_streams(&alice, &bob, &room, &other, "after").await;
+    let s = bob.sync(Some(&since), "timeout=0&set_presence=offline").await;
+    assert_moved(&s, &room, &other, "after");
+    let next = s["next_batch"].as_str().unwrap().to_owned();
+    let quiet = bob.sync(Some(&next), "timeout=0&set_presence=offline").await;
+    assert!(quiet["rooms"]["join"].get(&room).is_none() && quiet["presence"]["events"].is_null(), "{quiet}");
 }

@@ -11,7 +11,12 @@ use std::{
 };
 
 use diplomatie_storage::e2ee as store;
-use ruma::{api::error::ErrorKind, serde::Base64, CanonicalJsonObject, OwnedUserId, UserId};
+use ruma::{
+    api::error::ErrorKind,
+    events::AnyToDeviceEvent,
+    serde::{Base64, Raw},
+    CanonicalJsonObject, OneTimeKeyAlgorithm, OwnedUserId, UInt, UserId,
+};
 use serde_json::{json, Map, Value};
 
 use crate::{accounts::Caller, rooms::commit, Error, Result, Services};
@@ -26,7 +31,7 @@ pub struct E2eeState {
     pending: Mutex<HashMap<(String, String), u64>>,
     last_device_change: AtomicI64,
     last_member_change: AtomicI64,
-    counts: Mutex<HashMap<(String, String), (Value, Value)>>,
+    counts: Mutex<HashMap<(String, String), KeyCounts>>,
 }
 
 impl E2eeState {
@@ -369,6 +374,11 @@ impl Services {
     /// Whose device lists a client must refresh (`changed`: their devices changed, or they
     /// started sharing a room with the user) or may forget (`left`: they share no room anymore).
     async fn device_list_updates(&self, user: &UserId, since: i64, to: i64) -> Result<(Vec<String>, Vec<String>)> {
+        // Nothing to say when no device and no membership changed since.
+        let moved = |mark: &AtomicI64| mark.load(Ordering::Acquire) > since;
+        if !moved(&self.e2ee.last_device_change) && !moved(&self.e2ee.last_member_change) {
+            return Ok((Vec::new(), Vec::new()));
+        }
         let mut changed: std::collections::BTreeSet<String> =
             self.key_changes(user, since, to).await?.into_iter().collect();
         let mut left = std::collections::BTreeSet::new();
@@ -483,10 +493,10 @@ impl Services {
 
     /// The encryption part of `/sync` for one device: to-device messages (acknowledging those
     /// up to `since`), device list changes, key counts.
-    pub async fn sync_e2ee(&self, user: &UserId, device: &str, since: Option<i64>, to: i64) -> Result<Value> {
+    pub async fn sync_e2ee(&self, user: &UserId, device: &str, since: Option<i64>, to: i64) -> Result<SyncE2ee> {
         let pool = self.db.pool();
         let key = (user.to_string(), device.to_owned());
-        let mut messages = Vec::new();
+        let mut to_device = Vec::new();
         let generation = self.e2ee.pending.lock().unwrap().get(&key).copied();
         if let Some(generation) = generation {
             if let Some(since) = since {
@@ -499,37 +509,75 @@ impl Services {
                     pending.remove(&key);
                 }
             }
-            messages = rows
-                .into_iter()
-                .filter(|r| r.3 <= to)
-                .map(|(sender, kind, content, _)| {
-                    json!({ "sender": sender, "type": kind, "content": serde_json::from_str::<Value>(&content).unwrap_or(Value::Null) })
-                })
-                .collect();
+            for (sender, kind, content, position) in rows {
+                if position <= to {
+                    to_device.push(to_device_event(&sender, &kind, &content)?);
+                }
+            }
         }
         let (changed, left) = match since {
             Some(since) => self.device_list_updates(user, since, to).await?,
             None => (Vec::new(), Vec::new()),
         };
+        let users = |list: Vec<String>| list.into_iter().filter_map(|u| OwnedUserId::try_from(u).ok()).collect();
         let cached = self.e2ee.counts.lock().unwrap().get(&key).cloned();
-        let (counts, fallback) = match cached {
+        let counts = match cached {
             Some(c) => c,
             None => {
                 let counts = store::one_time_key_counts(pool, user.as_str(), device).await?;
-                let counts: Map<String, Value> = counts.into_iter().map(|(a, n)| (a, json!(n))).collect();
                 let fallback = store::unused_fallback_algorithms(pool, user.as_str(), device).await?;
-                let entry = (Value::Object(counts), json!(fallback));
+                let mut one_time_keys: BTreeMap<OneTimeKeyAlgorithm, UInt> = counts
+                    .into_iter()
+                    .map(|(a, n)| (OneTimeKeyAlgorithm::from(a), UInt::try_from(n.max(0)).unwrap_or_default()))
+                    .collect();
+                // Always stated, at zero too, as Synapse does: clients that read a missing count
+                // as unknown would otherwise never upload their first keys.
+                one_time_keys.entry(OneTimeKeyAlgorithm::SignedCurve25519).or_default();
+                let entry = KeyCounts {
+                    one_time_keys,
+                    unused_fallback: fallback.into_iter().map(OneTimeKeyAlgorithm::from).collect(),
+                };
                 self.e2ee.counts.lock().unwrap().insert(key.clone(), entry.clone());
                 entry
             }
         };
-        Ok(json!({
-            "to_device": { "events": messages },
-            "device_lists": { "changed": changed, "left": left },
-            "device_one_time_keys_count": counts,
-            "device_unused_fallback_key_types": fallback,
-        }))
+        Ok(SyncE2ee {
+            to_device,
+            changed: users(changed),
+            left: users(left),
+            one_time_keys_count: counts.one_time_keys,
+            unused_fallback_key_types: counts.unused_fallback,
+        })
     }
+}
+
+/// A device's unclaimed key counts, as `/sync` reports them.
+#[derive(Clone)]
+struct KeyCounts {
+    one_time_keys: BTreeMap<OneTimeKeyAlgorithm, UInt>,
+    unused_fallback: Vec<OneTimeKeyAlgorithm>,
+}
+
+/// What `/sync` reports of end-to-end encryption for one device.
+pub struct SyncE2ee {
+    pub to_device: Vec<Raw<AnyToDeviceEvent>>,
+    pub changed: Vec<OwnedUserId>,
+    pub left: Vec<OwnedUserId>,
+    pub one_time_keys_count: BTreeMap<OneTimeKeyAlgorithm, UInt>,
+    pub unused_fallback_key_types: Vec<OneTimeKeyAlgorithm>,
+}
+
+/// A to-device message as stored, its content kept as it came.
+fn to_device_event(sender: &str, kind: &str, content: &str) -> Result<Raw<AnyToDeviceEvent>> {
+    #[derive(serde::Serialize)]
+    struct Event<'a> {
+        sender: &'a str,
+        #[serde(rename = "type")]
+        kind: &'a str,
+        content: &'a serde_json::value::RawValue,
+    }
+    let content = serde_json::from_str(content).map_err(crate::internal!())?;
+    Ok(Raw::from_json(serde_json::value::to_raw_value(&Event { sender, kind, content }).map_err(crate::internal!())?))
 }
 
 /// Records the position of each membership change before it is published, so that `/sync`

@@ -210,6 +210,7 @@ impl Services {
         )
         .await?;
         self.unread_receipt(user, room_id);
+        self.marks.receipt_written(position);
         write.publish();
         if receipt_type == "m.read.private" {
             self.notifier.notify([user]);
@@ -248,6 +249,7 @@ impl Services {
             position,
         )
         .await?;
+        self.marks.account_data_written(user, position);
         write.publish();
         self.notifier.notify([user]);
         Ok(())
@@ -293,6 +295,13 @@ impl Services {
         let mut write = self.begin_write().await;
         let position = write.next_position();
         streams::set_presence(self.db.pool(), user.as_str(), state, status_msg, last_active_ts, position).await?;
+        let row = streams::Presence {
+            user_id: user.to_string(),
+            state: state.to_owned(),
+            status_msg: status_msg.map(str::to_owned),
+            last_active_ts,
+        };
+        self.marks.presence_written(position, row);
         write.publish();
         self.presence_states.lock().unwrap().insert(user.to_owned(), state.to_owned());
         let mut targets = self.users_sharing_rooms_with(user).await?;

@@ -18,6 +18,7 @@ pub mod ephemeral;
 pub mod error;
 pub mod federation;
 pub mod keys;
+pub mod marks;
 pub mod media;
 pub mod names;
 pub mod notifier;
@@ -61,6 +62,8 @@ pub struct Services {
     stream: AtomicI64,
     pub rooms: rooms::RoomCaches,
     pub notifier: notifier::Notifier,
+    /// Where the streams `/sync` reads last moved.
+    pub marks: marks::StreamMarks,
     pub typing: ephemeral::Typing,
     pub uia: uia::UiaSessions,
     pub admin_nonces: uia::Nonces,
@@ -81,12 +84,13 @@ pub struct Services {
 }
 
 /// The subscribers of every batch the room writer commits: notifications and the federation
-/// outbox write rows in its transaction; device-list positions are recorded before its
-/// positions are published; the search indexer and the correspondence worker hear of it after.
+/// outbox write rows in its transaction; the marks `/sync` reads and device-list positions
+/// are recorded before its positions are published; the search indexer and the correspondence worker hear of it after.
 fn commit_subscribers() -> rooms::commit::CommitSubscribers {
     rooms::commit::CommitSubscribers {
         rows: vec![Box::new(push::NotificationRows), Box::new(federation::sender::OutboxRows)],
         others: vec![
+            Box::new(marks::EventMarks),
             Box::new(e2ee::MembershipPositions),
             Box::new(search::Indexer),
             Box::new(correspondence::worker::Drafts),
@@ -122,6 +126,7 @@ impl Services {
             stream: AtomicI64::new(stream),
             rooms: rooms::RoomCaches::default(),
             notifier: notifier::Notifier::default(),
+            marks: marks::StreamMarks::new(stream),
             typing: ephemeral::Typing::default(),
             uia: uia::UiaSessions::default(),
             admin_nonces: uia::Nonces::default(),

@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 
 use ruma::{
-    events::TimelineEventType, CanonicalJsonObject, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId,
-    RoomId, UInt, UserId,
+    events::TimelineEventType, CanonicalJsonObject, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId,
+    OwnedUserId, RoomId, UInt, UserId,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, value::RawValue, Value};
 
 use crate::{Error, Result};
@@ -169,43 +169,41 @@ impl Pdu {
             .and_then(|v| v.as_str().map(ruma::events::room::member::MembershipState::from))
     }
 
-    /// The event in the client-server format. `room_id` is left out in `/sync`, where the room
-    /// is the key; `for_device` adds the transaction id for the device that sent it.
-    pub fn to_client(&self, with_room_id: bool) -> Value {
-        let mut obj = serde_json::Map::new();
-        obj.insert("event_id".into(), json!(self.event_id));
-        obj.insert("type".into(), json!(self.kind));
-        obj.insert("sender".into(), json!(self.sender));
-        obj.insert("origin_server_ts".into(), json!(self.origin_server_ts));
-        obj.insert("content".into(), self.content_value());
-        if with_room_id {
-            obj.insert("room_id".into(), json!(self.room()));
+    /// The event in the client-server format, borrowed from the PDU (its content is not
+    /// parsed again). `room_id` is left out in `/sync`, where the room is the key;
+    /// `transaction_id` is given to the device that sent it.
+    pub fn client_view<'a>(&'a self, with_room_id: bool, transaction_id: Option<&'a str>) -> ClientEvent<'a> {
+        let age = u64::from(MilliSecondsSinceUnixEpoch::now().get().saturating_sub(self.origin_server_ts.get()));
+        let kept = |key: &str| self.unsigned.get(key);
+        ClientEvent {
+            content: &self.content,
+            event_id: &self.event_id,
+            origin_server_ts: self.origin_server_ts,
+            room_id: with_room_id.then_some(&*self.room_id),
+            sender: &self.sender,
+            state_key: self.state_key.as_deref(),
+            kind: &self.kind,
+            redacts: self.redacts.as_deref(),
+            unsigned: ClientUnsigned {
+                age,
+                transaction_id,
+                prev_content: kept("prev_content"),
+                replaces_state: kept("replaces_state"),
+                prev_sender: kept("prev_sender"),
+                invite_room_state: kept("invite_room_state"),
+                knock_room_state: kept("knock_room_state"),
+            },
         }
-        if let Some(sk) = &self.state_key {
-            obj.insert("state_key".into(), json!(sk));
-        }
-        if let Some(r) = &self.redacts {
-            obj.insert("redacts".into(), json!(r));
-        }
-        let mut unsigned: serde_json::Map<String, Value> = self
-            .unsigned
-            .iter()
-            .filter(|(k, _)| {
-                matches!(
-                    k.as_str(),
-                    "prev_content" | "replaces_state" | "prev_sender" | "invite_room_state" | "knock_room_state"
-                )
-            })
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let age = MilliSecondsSinceUnixEpoch::now().get().saturating_sub(self.origin_server_ts.get());
-        unsigned.insert("age".into(), json!(age));
-        obj.insert("unsigned".into(), Value::Object(unsigned));
-        Value::Object(obj)
     }
 
+    /// [`Pdu::client_view`] as a JSON value.
+    pub fn to_client(&self, with_room_id: bool) -> Value {
+        serde_json::to_value(self.client_view(with_room_id, None)).unwrap_or(Value::Null)
+    }
+
+    /// [`Pdu::client_view`] as a typed raw value of the response types, serialised once.
     pub fn to_raw<T>(&self, with_room_id: bool) -> ruma::serde::Raw<T> {
-        raw(&self.to_client(with_room_id))
+        self.client_view(with_room_id, None).to_raw()
     }
 
     /// The stripped form used in invite and knock room state.
@@ -220,6 +218,49 @@ impl Pdu {
 
     pub fn canonical_object(&self) -> Result<CanonicalJsonObject> {
         serde_json::from_str(&self.json).map_err(crate::internal!())
+    }
+}
+
+/// An event in the client-server format, borrowing the PDU's fields (see [`Pdu::client_view`]).
+#[derive(Serialize)]
+pub struct ClientEvent<'a> {
+    content: &'a RawValue,
+    event_id: &'a EventId,
+    origin_server_ts: MilliSecondsSinceUnixEpoch,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room_id: Option<&'a RoomId>,
+    sender: &'a UserId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_key: Option<&'a str>,
+    #[serde(rename = "type")]
+    kind: &'a TimelineEventType,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redacts: Option<&'a EventId>,
+    unsigned: ClientUnsigned<'a>,
+}
+
+/// What clients read in an event's `unsigned`.
+#[derive(Serialize)]
+struct ClientUnsigned<'a> {
+    age: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transaction_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prev_content: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replaces_state: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prev_sender: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    invite_room_state: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    knock_room_state: Option<&'a Value>,
+}
+
+impl ClientEvent<'_> {
+    /// The event as a typed raw value of the response types.
+    pub fn to_raw<T>(&self) -> ruma::serde::Raw<T> {
+        ruma::serde::Raw::from_json(serde_json::value::to_raw_value(self).expect("events serialise"))
     }
 }
 

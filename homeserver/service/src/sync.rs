@@ -8,11 +8,23 @@
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use diplomatie_storage::{events as ev_store, rooms as room_store, state as state_store, streams};
-use ruma::{events::StateEventType, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{
+    api::client::sync::sync_events::{
+        v3::{self, InviteState, KnockState},
+        UnreadNotificationsCount,
+    },
+    events::{presence::PresenceEvent, room::member::MembershipState, StateEventType},
+    serde::Raw,
+    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, value::RawValue, Map, Value};
 
-use crate::{pdu::Pdu, rooms::timeline::EventFilter, Error, Result, Services};
+use crate::{
+    pdu::{self, Pdu},
+    rooms::timeline::EventFilter,
+    Error, Result, Services,
+};
 
 /// The parts of a sync filter the server applies.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -49,7 +61,7 @@ impl RoomFilter {
 /// The changes beside the timelines, by room ("" for global account data).
 #[derive(Default)]
 struct Changes {
-    account_data: std::collections::HashMap<String, Vec<Value>>,
+    account_data: std::collections::HashMap<String, Vec<Box<RawValue>>>,
     receipts: std::collections::HashMap<String, Vec<streams::Receipt>>,
 }
 
@@ -101,7 +113,7 @@ impl Services {
     }
 
     /// Answers a sync request, waiting up to its timeout when nothing is new.
-    pub async fn sync(&self, req: SyncRequest<'_>) -> Result<Value> {
+    pub async fn sync(&self, req: SyncRequest<'_>) -> Result<v3::Response> {
         let mut changes = self.notifier.subscribe(req.user);
         let deadline = tokio::time::Instant::now() + req.timeout.min(Duration::from_secs(120));
         loop {
@@ -122,84 +134,91 @@ impl Services {
         }
     }
 
-    async fn sync_between(&self, req: &SyncRequest<'_>, to: SyncToken) -> Result<(Value, bool)> {
+    async fn sync_between(&self, req: &SyncRequest<'_>, to: SyncToken) -> Result<(v3::Response, bool)> {
         let user = req.user;
         let since = req.since.unwrap_or_default();
         let initial = req.since.is_none();
         let pool = self.db.pool();
-        let forgotten: HashSet<String> = room_store::forgotten_rooms(pool, user.as_str()).await?.into_iter().collect();
-        let memberships = state_store::rooms_for_user(pool, user.as_str()).await?;
-        let changed: Vec<_> = ev_store::membership_events_between(pool, user.as_str(), since.stream, to.stream).await?;
-        let changed_rooms: HashSet<String> = changed.iter().map(|e| e.room_id.clone()).collect();
-        let active_rooms: HashSet<String> = if initial {
-            HashSet::new()
+        let marks = &self.marks;
+        // The database is asked only about the streams that moved since the token.
+        let memberships = match marks.listed(user) {
+            Some(list) => list,
+            None => {
+                let list = Arc::new(state_store::rooms_for_user(pool, user.as_str()).await?);
+                marks.list(user, to.stream, list.clone());
+                list
+            }
+        };
+        let changed_rooms: HashSet<String> = if initial || marks.memberships_since(user, since.stream) {
+            let changed = ev_store::membership_events_between(pool, user.as_str(), since.stream, to.stream).await?;
+            changed.into_iter().map(|e| e.room_id).collect()
         } else {
-            ev_store::rooms_with_events_between(pool, since.stream, to.stream).await?.into_iter().collect()
+            HashSet::new()
         };
 
         // What changed beside the timelines, read once for every room (not once a room).
-        let data_changes = streams::account_data_between(pool, user.as_str(), since.stream, to.stream).await?;
         let mut changes = Changes::default();
-        for (room, kind, content) in &data_changes {
-            let event =
-                json!({ "type": kind, "content": serde_json::from_str::<Value>(content).unwrap_or(Value::Null) });
-            changes.account_data.entry(room.clone()).or_default().push(event);
+        let mut global_kinds = HashSet::new();
+        if initial || marks.account_data_since(user, since.stream) {
+            let data_changes = streams::account_data_between(pool, user.as_str(), since.stream, to.stream).await?;
+            for (room, kind, content) in data_changes {
+                let event = account_data_event(&kind, &content)?;
+                if room.is_empty() {
+                    global_kinds.insert(kind);
+                }
+                changes.account_data.entry(room).or_default().push(event);
+            }
         }
-        if !initial {
+        if !initial && marks.receipts_since(since.stream) {
             for (room, receipt) in streams::all_receipts_between(pool, since.stream, to.stream).await? {
                 changes.receipts.entry(room).or_default().push(receipt);
             }
         }
 
-        let mut join = Map::new();
-        let mut invite = Map::new();
-        let mut leave = Map::new();
-        let mut knock = Map::new();
-        let mut shared_users: HashSet<OwnedUserId> = HashSet::new();
-        for (room, membership) in memberships {
+        let mut response = v3::Response::new(to.to_string());
+        let mut forgotten: Option<HashSet<String>> = None;
+        let mut joined_rooms = Vec::new();
+        for (room, membership) in memberships.iter() {
             let Ok(room_id) = OwnedRoomId::try_from(room.as_str()) else {
                 continue;
             };
             if !req.filter.room.allows(&room_id) {
                 continue;
             }
-            let newly = changed_rooms.contains(&room);
-            match membership.as_str() {
-                "join" => {
-                    shared_users.extend(self.joined_members(&room_id).await?.iter().cloned());
-                    if let Some(v) = self
-                        .sync_joined_room(
-                            req,
-                            &changes,
-                            &room_id,
-                            since,
-                            to,
-                            initial || newly,
-                            active_rooms.contains(&room) || initial || newly,
-                        )
-                        .await?
-                    {
-                        join.insert(room.clone(), v);
+            let newly = changed_rooms.contains(room);
+            match MembershipState::from(membership.as_str()) {
+                MembershipState::Join => {
+                    let active = initial || newly || marks.room_since(&room_id, since.stream);
+                    let section =
+                        self.sync_joined_room(req, &changes, &room_id, since, to, initial || newly, active).await?;
+                    if let Some(section) = section {
+                        response.rooms.join.insert(room_id.clone(), section);
                     }
+                    joined_rooms.push(room_id);
                 }
-                "invite" if initial || newly => {
-                    invite.insert(
-                        room.clone(),
-                        json!({ "invite_state": { "events": self.stripped_state(&room_id, user).await? } }),
-                    );
+                MembershipState::Invite if initial || newly => {
+                    let state = InviteState::from(raws(&self.stripped_state(&room_id, user).await?));
+                    response.rooms.invite.insert(room_id, state.into());
                 }
-                "knock" if initial || newly => {
-                    knock.insert(
-                        room.clone(),
-                        json!({ "knock_state": { "events": self.stripped_state(&room_id, user).await? } }),
-                    );
+                MembershipState::Knock if initial || newly => {
+                    let mut state = KnockState::new();
+                    state.events = raws(&self.stripped_state(&room_id, user).await?);
+                    response.rooms.knock.insert(room_id, state.into());
                 }
-                "leave" | "ban" if (newly && !initial) || (initial && req.filter.room.include_leave) => {
-                    if forgotten.contains(&room) {
+                MembershipState::Leave | MembershipState::Ban
+                    if (newly && !initial) || (initial && req.filter.room.include_leave) =>
+                {
+                    let forgotten = match &mut forgotten {
+                        Some(f) => f,
+                        None => forgotten
+                            .insert(room_store::forgotten_rooms(pool, user.as_str()).await?.into_iter().collect()),
+                    };
+                    if forgotten.contains(room) {
                         continue;
                     }
                     // A rejected invite or a withdrawn knock shows as a leave with no history.
-                    leave.insert(room.clone(), self.sync_left_room(req, &room_id, since, to).await?);
+                    let section = self.sync_left_room(req, &room_id, since).await?;
+                    response.rooms.leave.insert(room_id, section);
                 }
                 _ => {}
             }
@@ -207,48 +226,44 @@ impl Services {
 
         // Global account data; an initial sync always shows the push rules, defaults included.
         let mut account_data = changes.account_data.remove("").unwrap_or_default();
-        if initial && !account_data.iter().any(|e| e["type"] == "m.push_rules") {
-            account_data.push(self.default_push_rules_event(user).await?);
+        if initial && !global_kinds.contains("m.push_rules") {
+            let rules = self.default_push_rules_event(user).await?;
+            account_data.push(serde_json::value::to_raw_value(&rules).map_err(crate::internal!())?);
         }
+        response.account_data.events = account_data.into_iter().map(Raw::from_json).collect();
 
         // Presence of the users the user shares a room with.
-        shared_users.insert(user.to_owned());
-        let now = crate::now_ms();
-        let presence: Vec<Value> = streams::presence_between(pool, since.stream, to.stream)
-            .await?
-            .into_iter()
-            .filter(|p| shared_users.iter().any(|u| u.as_str() == p.user_id))
-            .map(|p| {
-                let mut content = json!({ "presence": p.state, "last_active_ago": (now - p.last_active_ts).max(0), "currently_active": p.state == "online" });
-                if let Some(m) = p.status_msg {
-                    content["status_msg"] = json!(m);
+        let updates = match marks.presence_between(since.stream, to.stream) {
+            Some(updates) => updates,
+            None => streams::presence_between(pool, since.stream, to.stream).await?.into_iter().map(Arc::new).collect(),
+        };
+        if !updates.is_empty() {
+            let mut shared = Vec::with_capacity(joined_rooms.len());
+            for room in &joined_rooms {
+                shared.push(self.joined_members(room).await?);
+            }
+            let now = crate::now_ms();
+            for p in updates {
+                let Ok(sender) = <&UserId>::try_from(p.user_id.as_str()) else { continue };
+                if sender != user && !shared.iter().any(|members| members.contains(sender)) {
+                    continue;
                 }
-                json!({ "type": "m.presence", "sender": p.user_id, "content": content })
-            })
-            .collect();
+                response.presence.events.push(presence_event(&p, now)?);
+            }
+        }
 
         let e2ee = self.sync_e2ee(user, req.device, req.since.map(|s| s.stream), to.stream).await?;
-        let e2ee_news = e2ee["to_device"]["events"].as_array().is_some_and(|a| !a.is_empty())
-            || e2ee["device_lists"]["changed"].as_array().is_some_and(|a| !a.is_empty())
-            || e2ee["device_lists"]["left"].as_array().is_some_and(|a| !a.is_empty());
+        let e2ee_news = !e2ee.to_device.is_empty() || !e2ee.changed.is_empty() || !e2ee.left.is_empty();
+        response.to_device.events = e2ee.to_device;
+        response.device_lists.changed = e2ee.changed;
+        response.device_lists.left = e2ee.left;
+        response.device_one_time_keys_count = e2ee.one_time_keys_count;
+        response.device_unused_fallback_key_types = Some(e2ee.unused_fallback_key_types);
         let empty = !e2ee_news
-            && join.is_empty()
-            && invite.is_empty()
-            && leave.is_empty()
-            && knock.is_empty()
-            && account_data.is_empty()
-            && presence.is_empty();
-        let body = json!({
-            "next_batch": to.to_string(),
-            "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
-            "account_data": { "events": account_data },
-            "presence": { "events": presence },
-            "to_device": e2ee["to_device"],
-            "device_lists": e2ee["device_lists"],
-            "device_one_time_keys_count": e2ee["device_one_time_keys_count"],
-            "device_unused_fallback_key_types": e2ee["device_unused_fallback_key_types"],
-        });
-        Ok((body, empty))
+            && response.rooms.is_empty()
+            && response.account_data.events.is_empty()
+            && response.presence.events.is_empty();
+        Ok((response, empty))
     }
 
     /// A joined room's section, or `None` when nothing changed in it.
@@ -262,7 +277,7 @@ impl Services {
         to: SyncToken,
         full: bool,
         active: bool,
-    ) -> Result<Option<Value>> {
+    ) -> Result<Option<v3::JoinedRoom>> {
         let user = req.user;
         let pool = self.db.pool();
         let full = full || req.full_state;
@@ -273,18 +288,15 @@ impl Services {
         let from = since.stream;
         if active || full {
             let limit = req.filter.room.timeline.limit.unwrap_or(10).clamp(1, 100) as usize;
-            let rows =
-                ev_store::room_events(pool, room_id.as_str(), since.stream, to.stream, true, limit as i64 + 1).await?;
-            limited = rows.len() > limit;
-            for stored in rows.into_iter().take(limit) {
-                let pdu = match self
-                    .get_pdu(<&ruma::EventId>::try_from(stored.event_id.as_str()).map_err(crate::internal!())?)
-                    .await?
+            let ids =
+                ev_store::room_event_ids(pool, room_id.as_str(), since.stream, to.stream, limit as i64 + 1).await?;
+            limited = ids.len() > limit;
+            for id in ids.iter().take(limit) {
+                if let Some(pdu) =
+                    self.get_pdu(<&ruma::EventId>::try_from(id.as_str()).map_err(crate::internal!())?).await?
                 {
-                    Some(p) => p,
-                    None => continue,
-                };
-                timeline.push(pdu);
+                    timeline.push(pdu);
+                }
             }
             timeline.reverse();
             if let Some(first) = timeline.first() {
@@ -302,7 +314,7 @@ impl Services {
         };
 
         // State: everything for a full sync, what changed before the timeline when limited.
-        let mut state = Vec::new();
+        let mut state: Vec<Arc<Pdu>> = Vec::new();
         if full || limited {
             let group = match timeline.last() {
                 Some(last) => last.state_group,
@@ -328,14 +340,14 @@ impl Services {
                     continue;
                 }
                 if req.filter.room.state.allows(&pdu) {
-                    state.push(pdu.to_client(false));
+                    state.push(pdu);
                 }
             }
         } else if req.filter.room.state.lazy_load_members {
             // Members of the timeline's senders, so clients can show their names.
             for p in self.member_events_for(room_id, &filtered, user).await? {
                 if !timeline.iter().any(|t| t.event_id == p.event_id) && p.stream_ordering > since.stream {
-                    state.push(p.to_client(false));
+                    state.push(p);
                 }
             }
         }
@@ -344,7 +356,7 @@ impl Services {
         let mut ephemeral = Vec::new();
         let typing_since = if full { 0 } else { since.typing };
         if let Some(users) = self.typing.changed_since(room_id, typing_since) {
-            ephemeral.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
+            ephemeral.push(pdu::raw(&json!({ "type": "m.typing", "content": { "user_ids": users } })));
         }
         let receipts = match req.since {
             Some(_) => changes.receipts.get(room_id.as_str()).cloned().unwrap_or_default(),
@@ -365,7 +377,7 @@ impl Services {
                     receipt;
             }
             if !content.is_empty() {
-                ephemeral.push(json!({ "type": "m.receipt", "content": content }));
+                ephemeral.push(pdu::raw(&json!({ "type": "m.receipt", "content": content })));
             }
         }
 
@@ -375,61 +387,51 @@ impl Services {
         if timeline.is_empty() && state.is_empty() && ephemeral.is_empty() && account_data.is_empty() && !full {
             return Ok(None);
         }
-        let events: Vec<Value> = filtered.iter().map(|p| self.client_event(p, user, req.device, false)).collect();
-        let mut timeline_json = json!({ "events": events, "limited": limited });
-        if let Some(pb) = prev_batch {
-            timeline_json["prev_batch"] = json!(pb);
+        let mut room = v3::JoinedRoom::new();
+        room.timeline.events = filtered.iter().map(|p| self.client_raw(p, user, req.device, false)).collect();
+        room.timeline.limited = limited;
+        room.timeline.prev_batch = prev_batch;
+        // The summary when the room is new to the client or its members changed.
+        let members_changed =
+            full || timeline.iter().chain(&state).any(|p| p.kind == ruma::events::TimelineEventType::RoomMember);
+        room.state = v3::State::Before(state.iter().map(|p| p.to_raw(false)).collect::<Vec<_>>().into());
+        room.ephemeral.events = ephemeral;
+        room.account_data.events = account_data.into_iter().map(Raw::from_json).collect();
+        if members_changed {
+            room.summary = self.room_member_summary(room_id, user).await?;
         }
         let by_thread = req.filter.room.timeline.unread_thread_notifications;
         let counts = self.unread_counts(user, room_id, by_thread).await?;
-        let mut room = json!({
-            "timeline": timeline_json,
-            "state": { "events": state },
-            "ephemeral": { "events": ephemeral },
-            "account_data": { "events": account_data },
-            "summary": self.room_member_summary(room_id, user).await?,
-            "unread_notifications": { "notification_count": counts.notifications, "highlight_count": counts.highlights },
-        });
+        room.unread_notifications = notification_counts(counts.notifications, counts.highlights);
         if by_thread {
-            let threads: Map<String, Value> = counts
-                .threads
-                .into_iter()
-                .map(|(t, (n, h))| (t, json!({ "notification_count": n, "highlight_count": h })))
-                .collect();
-            room["unread_thread_notifications"] = Value::Object(threads);
+            for (thread, (n, h)) in counts.threads {
+                let Ok(thread) = OwnedEventId::try_from(thread) else { continue };
+                room.unread_thread_notifications.insert(thread, notification_counts(n, h));
+            }
         }
         Ok(Some(room))
     }
 
     /// A room the user left (or was kicked or banned from) since the last sync.
-    async fn sync_left_room(
-        &self,
-        req: &SyncRequest<'_>,
-        room_id: &RoomId,
-        since: SyncToken,
-        _to: SyncToken,
-    ) -> Result<Value> {
+    async fn sync_left_room(&self, req: &SyncRequest<'_>, room_id: &RoomId, since: SyncToken) -> Result<v3::LeftRoom> {
         let user = req.user;
         let until = self.readable_until(user, room_id).await.unwrap_or(since.stream);
         let limit = req.filter.room.timeline.limit.unwrap_or(10).clamp(1, 100) as i64;
         let rows =
             ev_store::room_events(self.db.pool(), room_id.as_str(), since.stream, until, true, limit + 1).await?;
-        let limited = rows.len() as i64 > limit;
-        let mut events = Vec::new();
+        let mut left = v3::LeftRoom::new();
+        left.timeline.limited = rows.len() as i64 > limit;
         let mut first = None;
         for stored in rows.into_iter().take(limit as usize) {
             first = Some(stored.stream_ordering);
             let pdu = Pdu::from_stored(stored)?;
             if self.can_see_event(user, &pdu).await? {
-                events.push(self.client_event(&pdu, user, req.device, false));
+                left.timeline.events.push(self.client_raw(&pdu, user, req.device, false));
             }
         }
-        events.reverse();
-        let mut timeline = json!({ "events": events, "limited": limited });
-        if let Some(f) = first {
-            timeline["prev_batch"] = json!((f - 1).to_string());
-        }
-        Ok(json!({ "timeline": timeline, "state": { "events": [] }, "account_data": { "events": [] } }))
+        left.timeline.events.reverse();
+        left.timeline.prev_batch = first.map(|f| (f - 1).to_string());
+        Ok(left)
     }
 
     /// Stripped state for invites and knocks: what a client shows before joining (the room's
@@ -465,17 +467,72 @@ impl Services {
     }
 
     /// `summary`: member counts and heroes.
-    async fn room_member_summary(&self, room_id: &RoomId, user: &UserId) -> Result<Value> {
+    async fn room_member_summary(&self, room_id: &RoomId, user: &UserId) -> Result<v3::RoomSummary> {
         let members = state_store::room_members(self.db.pool(), room_id.as_str()).await?;
-        let joined = members.iter().filter(|(_, m, _)| m == "join").count();
-        let invited = members.iter().filter(|(_, m, _)| m == "invite").count();
-        let mut heroes: Vec<&str> = members
+        let count = |m: &str| UInt::try_from(members.iter().filter(|(_, state, _)| state == m).count()).ok();
+        let mut heroes: Vec<OwnedUserId> = members
             .iter()
             .filter(|(u, m, _)| u != user.as_str() && (m == "join" || m == "invite"))
-            .map(|(u, _, _)| u.as_str())
+            .filter_map(|(u, _, _)| OwnedUserId::try_from(u.as_str()).ok())
             .collect();
         heroes.sort();
         heroes.truncate(5);
-        Ok(json!({ "m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited }))
+        let mut summary = v3::RoomSummary::new();
+        summary.heroes = heroes;
+        summary.joined_member_count = count("join");
+        summary.invited_member_count = count("invite");
+        Ok(summary)
     }
+}
+
+/// Unread counts as the response gives them.
+fn notification_counts(notifications: u64, highlights: u64) -> UnreadNotificationsCount {
+    let mut counts = UnreadNotificationsCount::new();
+    counts.notification_count = UInt::try_from(notifications).ok();
+    counts.highlight_count = UInt::try_from(highlights).ok();
+    counts
+}
+
+/// An account data event, its content kept as stored.
+fn account_data_event(kind: &str, content: &str) -> Result<Box<RawValue>> {
+    #[derive(serde::Serialize)]
+    struct Event<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        content: &'a RawValue,
+    }
+    let content: &RawValue = serde_json::from_str(content).map_err(crate::internal!())?;
+    serde_json::value::to_raw_value(&Event { kind, content }).map_err(crate::internal!())
+}
+
+/// A presence event, as `/sync` shows it.
+fn presence_event(p: &streams::Presence, now: i64) -> Result<Raw<PresenceEvent>> {
+    #[derive(serde::Serialize)]
+    struct Content<'a> {
+        presence: &'a str,
+        last_active_ago: i64,
+        currently_active: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        status_msg: Option<&'a str>,
+    }
+    #[derive(serde::Serialize)]
+    struct Event<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        sender: &'a str,
+        content: Content<'a>,
+    }
+    let content = Content {
+        presence: &p.state,
+        last_active_ago: (now - p.last_active_ts).max(0),
+        currently_active: p.state == "online",
+        status_msg: p.status_msg.as_deref(),
+    };
+    let event = Event { kind: "m.presence", sender: &p.user_id, content };
+    Ok(Raw::from_json(serde_json::value::to_raw_value(&event).map_err(crate::internal!())?))
+}
+
+/// JSON values as typed raw values of the response.
+fn raws<T>(values: &[Value]) -> Vec<Raw<T>> {
+    values.iter().map(pdu::raw).collect()
 }

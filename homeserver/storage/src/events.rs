@@ -98,15 +98,26 @@ pub async fn room_events<'e>(
     Ok(rows.into_iter().map(from_row).collect())
 }
 
-/// The rooms that received an event with `from < stream_ordering <= to`.
-pub async fn rooms_with_events_between<'e>(e: impl Exec<'e>, from: i64, to: i64) -> Result<Vec<String>> {
-    let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT DISTINCT room_id FROM events WHERE stream_ordering > $1 AND stream_ordering <= $2")
-            .bind(from)
-            .bind(to)
-            .fetch_all(e)
-            .await?;
-    Ok(rows.into_iter().map(|(r,)| r).collect())
+/// The ids of a room's newest events with `from < stream_ordering <= to`, newest first: for
+/// readers that hold the events themselves in memory.
+pub async fn room_event_ids<'e>(
+    e: impl Exec<'e>,
+    room_id: &str,
+    from: i64,
+    to: i64,
+    limit: i64,
+) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT event_id FROM events WHERE room_id = $1 AND stream_ordering > $2 \
+         AND stream_ordering <= $3 ORDER BY stream_ordering DESC LIMIT $4",
+    )
+    .bind(room_id)
+    .bind(from)
+    .bind(to)
+    .bind(limit)
+    .fetch_all(e)
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
 /// Membership events about `user_id` with `from < stream_ordering <= to`, oldest first.

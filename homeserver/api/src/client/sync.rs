@@ -42,7 +42,7 @@ fn only_self(caller: &UserId, target: &UserId) -> Result<(), ApiError> {
 }
 
 /// `GET /sync`
-pub async fn sync(State(s): S, req: Ruma<sync_events::v3::Request>) -> Result<Response, ApiError> {
+pub async fn sync(State(s): S, req: Ruma<sync_events::v3::Request>) -> ApiResult<sync_events::v3::Response> {
     let user = &req.caller().user_id;
     let filter: SyncFilter = match &req.body.filter {
         None => SyncFilter::default(),
@@ -71,7 +71,7 @@ pub async fn sync(State(s): S, req: Ruma<sync_events::v3::Request>) -> Result<Re
             timeout: req.body.timeout.unwrap_or(Duration::ZERO),
         })
         .await?;
-    Ok(json_ok(body))
+    Ok(body.into())
 }
 
 pub async fn create_filter(

@@ -189,14 +189,17 @@ impl Services {
     /// `unsigned.transaction_id` when that device sent it (recently), so that clients match
     /// it with their local echo.
     pub fn client_event(&self, pdu: &Pdu, user: &UserId, device: &str, with_room_id: bool) -> Value {
-        let mut value = pdu.to_client(with_room_id);
-        if pdu.sender == user {
-            let txn = self.rooms.txn_of.lock().unwrap().get(&pdu.event_id).cloned();
-            if let Some((_, txn_id)) = txn.filter(|(sent_by, _)| sent_by == device) {
-                value["unsigned"]["transaction_id"] = Value::String(txn_id);
-            }
-        }
-        value
+        serde_json::to_value(self.client_raw::<Value>(pdu, user, device, with_room_id)).unwrap_or(Value::Null)
+    }
+
+    /// [`Services::client_event`] as a typed raw value, serialised once from the PDU.
+    pub fn client_raw<T>(&self, pdu: &Pdu, user: &UserId, device: &str, with_room_id: bool) -> ruma::serde::Raw<T> {
+        let txn = if pdu.sender == user {
+            self.rooms.txn_of.lock().unwrap().get(&pdu.event_id).filter(|(sent_by, _)| sent_by == device).cloned()
+        } else {
+            None
+        };
+        pdu.client_view(with_room_id, txn.as_ref().map(|(_, id)| id.as_str())).to_raw()
     }
 
     pub async fn get_pdu(&self, event_id: &ruma::EventId) -> Result<Option<Arc<Pdu>>> {
