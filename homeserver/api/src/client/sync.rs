@@ -8,6 +8,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use diplomatie_service::{
+    pdu::raw,
     sync::{SyncFilter, SyncRequest, SyncToken},
     Error, Services,
 };
@@ -23,13 +24,14 @@ use ruma::{
         typing::create_typing_event,
     },
     events::receipt::ReceiptThread,
+    presence::PresenceState,
     UserId,
 };
 use serde_json::{json, Value};
 
 use crate::{
     error::ApiError,
-    ruma_wrapper::{json_ok, ApiResult, Ruma},
+    ruma_wrapper::{ApiResult, Ruma, RumaResponse},
 };
 
 type S = State<Arc<Services>>;
@@ -84,9 +86,10 @@ pub async fn create_filter(
     Ok(create_filter::v3::Response::new(id).into())
 }
 
-pub async fn get_filter(State(s): S, req: Ruma<get_filter::v3::Request>) -> Result<Response, ApiError> {
+pub async fn get_filter(State(s): S, req: Ruma<get_filter::v3::Request>) -> ApiResult<get_filter::v3::Response> {
     only_self(&req.caller().user_id, &req.body.user_id)?;
-    Ok(json_ok(s.filter(&req.caller().user_id, &req.body.filter_id).await?))
+    let filter = s.filter(&req.caller().user_id, &req.body.filter_id).await?;
+    Ok(get_filter::v3::Response::new(serde_json::from_value(filter).map_err(diplomatie_service::internal!())?).into())
 }
 
 pub async fn typing(
@@ -152,20 +155,22 @@ pub async fn set_global_account_data(
     let content: Value =
         serde_json::from_str(req.body.data.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
     s.set_account_data(&req.caller().user_id, None, &req.body.event_type.to_string(), &content).await?;
-    Ok(json_ok(json!({})))
+    Ok(RumaResponse(set_global_account_data::v3::Response::new()).into_response())
 }
 
 pub async fn global_account_data(
     State(s): S,
     req: Ruma<get_global_account_data::v3::Request>,
-) -> Result<Response, ApiError> {
+) -> ApiResult<get_global_account_data::v3::Response> {
     only_self(&req.caller().user_id, &req.body.user_id)?;
     let kind = req.body.event_type.to_string();
-    if kind == "m.push_rules" {
+    let content = if kind == "m.push_rules" {
         // Stored or not, the user's rules (the defaults until one changes).
-        return Ok(json_ok(s.default_push_rules_event(&req.caller().user_id).await?["content"].take()));
-    }
-    Ok(json_ok(s.account_data(&req.caller().user_id, None, &kind).await?))
+        s.default_push_rules_event(&req.caller().user_id).await?["content"].take()
+    } else {
+        s.account_data(&req.caller().user_id, None, &kind).await?
+    };
+    Ok(get_global_account_data::v3::Response::new(raw(&content)).into())
 }
 
 pub async fn set_room_account_data(
@@ -180,15 +185,17 @@ pub async fn set_room_account_data(
         serde_json::from_str(req.body.data.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
     s.set_account_data(&req.caller().user_id, Some(&req.body.room_id), &req.body.event_type.to_string(), &content)
         .await?;
-    Ok(json_ok(json!({})))
+    Ok(RumaResponse(set_room_account_data::v3::Response::new()).into_response())
 }
 
 pub async fn room_account_data(
     State(s): S,
     req: Ruma<get_room_account_data::v3::Request>,
-) -> Result<Response, ApiError> {
+) -> ApiResult<get_room_account_data::v3::Response> {
     only_self(&req.caller().user_id, &req.body.user_id)?;
-    Ok(json_ok(s.account_data(&req.caller().user_id, Some(&req.body.room_id), &req.body.event_type.to_string()).await?))
+    let b = &req.body;
+    let content = s.account_data(&req.caller().user_id, Some(&b.room_id), &b.event_type.to_string()).await?;
+    Ok(get_room_account_data::v3::Response::new(raw(&content)).into())
 }
 
 /// Room tags live in the room account data `m.tag`, as the spec describes.
@@ -200,9 +207,11 @@ async fn tags_of(s: &Services, user: &UserId, room_id: &ruma::RoomId) -> Result<
     })
 }
 
-pub async fn tags(State(s): S, req: Ruma<get_tags::v3::Request>) -> Result<Response, ApiError> {
+pub async fn tags(State(s): S, req: Ruma<get_tags::v3::Request>) -> ApiResult<get_tags::v3::Response> {
     only_self(&req.caller().user_id, &req.body.user_id)?;
-    Ok(json_ok(tags_of(&s, &req.body.user_id, &req.body.room_id).await?))
+    let mut tags = tags_of(&s, &req.body.user_id, &req.body.room_id).await?;
+    let tags: ruma::events::tag::Tags = serde_json::from_value(tags["tags"].take()).unwrap_or_default();
+    Ok(get_tags::v3::Response::new(tags).into())
 }
 
 pub async fn set_tag(State(s): S, req: Ruma<create_tag::v3::Request>) -> ApiResult<create_tag::v3::Response> {
@@ -231,14 +240,14 @@ pub async fn set_presence(State(s): S, req: Ruma<set_presence::v3::Request>) -> 
     Ok(set_presence::v3::Response::new().into())
 }
 
-pub async fn presence(State(s): S, req: Ruma<get_presence::v3::Request>) -> Result<Response, ApiError> {
+pub async fn presence(State(s): S, req: Ruma<get_presence::v3::Request>) -> ApiResult<get_presence::v3::Response> {
     let p = s.presence(&req.body.user_id).await?;
-    let mut body = json!({ "presence": p.state, "currently_active": p.state == "online" });
+    let mut response = get_presence::v3::Response::new(PresenceState::from(p.state.as_str()));
+    response.currently_active = Some(p.state == "online");
     if p.last_active_ts > 0 {
-        body["last_active_ago"] = json!((diplomatie_service::now_ms() - p.last_active_ts).max(0));
+        let ago = (diplomatie_service::now_ms() - p.last_active_ts).max(0);
+        response.last_active_ago = Some(Duration::from_millis(ago as u64));
     }
-    if let Some(m) = p.status_msg {
-        body["status_msg"] = json!(m);
-    }
-    Ok(json_ok(body))
+    response.status_msg = p.status_msg;
+    Ok(response.into())
 }
