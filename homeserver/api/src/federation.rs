@@ -247,7 +247,7 @@ async fn state(State(s): S, req: Ruma<get_room_state::v1::Request>) -> ApiResult
     let ids: Vec<_> = state.values().cloned().collect();
     let mut pdus = Vec::new();
     for id in &ids {
-        if let Some(p) = s.get_pdu(id).await? {
+        if let Some(p) = s.rooms.get_pdu(id).await? {
             pdus.push(federation_json(&p)?);
         }
     }

@@ -440,7 +440,7 @@ impl Services {
             let Ok(room_id) = ruma::OwnedRoomId::try_from(room) else {
                 continue;
             };
-            let current = self.state_event(&room_id, &StateEventType::RoomMember, user.as_str()).await?;
+            let current = self.rooms.state_event(&room_id, &StateEventType::RoomMember, user.as_str()).await?;
             let mut content = current.map(|p| p.content_value()).unwrap_or_else(|| json!({ "membership": "join" }));
             match value {
                 Some(v) => content[field] = json!(v),
@@ -451,7 +451,7 @@ impl Services {
                 }
             }
             let builder = PduBuilder::state(TimelineEventType::RoomMember, user.as_str(), content);
-            if let Err(e) = self.append_event(Target::Room(&room_id), user, builder, None).await {
+            if let Err(e) = self.rooms.append_event(Target::Room(&room_id), user, builder, None).await {
                 tracing::warn!(%room_id, error = %e, "could not propagate profile change");
             }
         }

@@ -257,7 +257,7 @@ impl Services {
     pub async fn users_sharing_rooms_with(&self, user: &UserId) -> Result<HashSet<OwnedUserId>> {
         let mut users = HashSet::new();
         for room in crate::rooms::joined_rooms(self, user).await? {
-            users.extend(self.joined_members(&room).await?.iter().cloned());
+            users.extend(self.rooms.joined_members(&room).await?.iter().cloned());
         }
         Ok(users)
     }
@@ -394,7 +394,7 @@ impl Services {
             if member == user.as_str() {
                 // I joined a room: its members are new to me. I left one: some may be gone.
                 let Ok(room_id) = ruma::OwnedRoomId::try_from(room.as_str()) else { continue };
-                for other in self.joined_members(&room_id).await?.iter().filter(|u| *u != user) {
+                for other in self.rooms.joined_members(&room_id).await?.iter().filter(|u| *u != user) {
                     if joined {
                         changed.insert(other.to_string());
                     } else if !shared.contains(other) {
@@ -582,10 +582,11 @@ fn to_device_event(sender: &str, kind: &str, content: &str) -> Result<Raw<AnyToD
 
 /// Records the position of each membership change before it is published, so that `/sync`
 /// looks at device lists again (a commit subscriber).
-pub(crate) struct MembershipPositions;
+pub(crate) struct MembershipPositions(pub(crate) std::sync::Weak<Services>);
 
 impl commit::Subscriber for MembershipPositions {
-    fn committed(&self, services: &Services, batch: &commit::Batch<'_>, _at: &commit::Committed<'_>) {
+    fn committed(&self, batch: &commit::Batch<'_>, _at: &commit::Committed<'_>) {
+        let Some(services) = self.0.upgrade() else { return };
         let members = batch.events.iter().filter(|p| p.kind == ruma::events::TimelineEventType::RoomMember);
         for pdu in members {
             services.e2ee.membership_changed(pdu.stream_ordering);

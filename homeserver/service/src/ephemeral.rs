@@ -83,7 +83,7 @@ pub fn spawn_typing_expiry(services: Weak<Services>) {
                 rooms.retain(|_, r| !r.users.is_empty() || r.changed + 1_000_000 > services.typing.serial());
             }
             for room_id in changed_rooms {
-                if let Ok(members) = services.joined_members(&room_id).await {
+                if let Ok(members) = services.rooms.joined_members(&room_id).await {
                     services.notifier.notify(members.iter().map(|u| &**u));
                 }
             }
@@ -100,7 +100,7 @@ impl Services {
         typing: bool,
         timeout_ms: Option<u64>,
     ) -> Result<()> {
-        if !self.is_joined(room_id, user).await? {
+        if !self.rooms.is_joined(room_id, user).await? {
             return Err(Error::forbidden("You are not joined to this room"));
         }
         self.apply_typing(user, room_id, typing, timeout_ms).await?;
@@ -136,7 +136,7 @@ impl Services {
                 room.changed = self.typing.serial.fetch_add(1, Ordering::AcqRel) + 1;
             }
         }
-        let members = self.joined_members(room_id).await?;
+        let members = self.rooms.joined_members(room_id).await?;
         self.notifier.notify(members.iter().map(|u| &**u));
         Ok(())
     }
@@ -150,10 +150,11 @@ impl Services {
         event_id: &EventId,
         thread_id: Option<&str>,
     ) -> Result<()> {
-        if !self.is_joined(room_id, user).await? {
+        if !self.rooms.is_joined(room_id, user).await? {
             return Err(Error::forbidden("You are not joined to this room"));
         }
         let event = self
+            .rooms
             .get_pdu(event_id)
             .await?
             .filter(|p| p.room() == room_id)
@@ -215,7 +216,7 @@ impl Services {
         if receipt_type == "m.read.private" {
             self.notifier.notify([user]);
         } else {
-            let members = self.joined_members(room_id).await?;
+            let members = self.rooms.joined_members(room_id).await?;
             self.notifier.notify(members.iter().map(|u| &**u));
         }
         Ok(())
@@ -235,7 +236,7 @@ impl Services {
             return Err(Error::bad_json("m.fully_read is per room"));
         }
         if let Some(room_id) = room_id {
-            self.known_room(room_id).await?;
+            self.rooms.known_room(room_id).await?;
         }
         let json = serde_json::to_string(content)?;
         let mut write = self.begin_write().await;

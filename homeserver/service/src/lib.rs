@@ -10,6 +10,7 @@
 pub mod accounts;
 pub mod backup;
 pub mod config;
+pub mod core;
 pub mod correspondence;
 pub mod cross_signing;
 pub mod dehydrated;
@@ -35,35 +36,23 @@ pub mod sync;
 pub mod uia;
 pub mod url_preview;
 
-use std::sync::{
-    atomic::{AtomicI64, Ordering},
-    Arc,
-};
+use std::sync::{Arc, Weak};
 
 use diplomatie_storage::Db;
-use ruma::{OwnedServerName, ServerName};
+use ruma::ServerName;
 
 pub use config::Config;
 pub use error::{Error, Result};
 pub use pdu::Pdu;
 
-/// Every service of the homeserver, shared by all request handlers.
+/// Every service of the homeserver, shared by all request handlers: where they are assembled.
+/// It dereferences to [`core::Core`] (configuration, database, stream positions, notifier).
 pub struct Services {
     /// This very value, for the tasks it spawns (writes that must outlive their request).
-    me: std::sync::Weak<Services>,
-    pub config: Config,
-    pub db: Db,
-    server_name: OwnedServerName,
-    pub keys: keys::ServerKeys,
-    /// Serialises every write that takes a stream position, so that positions are committed in
-    /// the order they are handed out and a reader never skips one.
-    writer: tokio::sync::Mutex<()>,
-    /// The highest stream position whose write is committed and visible.
-    stream: AtomicI64,
-    pub rooms: rooms::RoomCaches,
-    pub notifier: notifier::Notifier,
-    /// Where the streams `/sync` reads last moved.
-    pub marks: marks::StreamMarks,
+    me: Weak<Services>,
+    core: Arc<core::Core>,
+    /// The rooms' DAG, state and writer.
+    pub rooms: Arc<rooms::Rooms>,
     pub typing: ephemeral::Typing,
     pub uia: uia::UiaSessions,
     pub admin_nonces: uia::Nonces,
@@ -79,21 +68,27 @@ pub struct Services {
     presence_states: std::sync::Mutex<std::collections::HashMap<ruma::OwnedUserId, String>>,
     pub ratelimiter: ratelimit::RateLimiter,
     pub federation: federation::FederationState,
-    /// Told of every batch the room writer commits (`rooms::commit`).
-    pub(crate) commit_subscribers: rooms::commit::CommitSubscribers,
+}
+
+impl std::ops::Deref for Services {
+    type Target = core::Core;
+    fn deref(&self) -> &core::Core {
+        &self.core
+    }
 }
 
 /// The subscribers of every batch the room writer commits: notifications and the federation
 /// outbox write rows in its transaction; the marks `/sync` reads and device-list positions
-/// are recorded before its positions are published; the search indexer and the correspondence worker hear of it after.
-fn commit_subscribers() -> rooms::commit::CommitSubscribers {
+/// are recorded before its positions are published; the search indexer and the correspondence
+/// worker hear of it after. Each holds a handle on the services it calls.
+fn commit_subscribers(me: &Weak<Services>, core: &Arc<core::Core>) -> rooms::commit::CommitSubscribers {
     rooms::commit::CommitSubscribers {
-        rows: vec![Box::new(push::NotificationRows), Box::new(federation::sender::OutboxRows)],
+        rows: vec![Box::new(push::NotificationRows(me.clone())), Box::new(federation::sender::OutboxRows(me.clone()))],
         others: vec![
-            Box::new(marks::EventMarks),
-            Box::new(e2ee::MembershipPositions),
-            Box::new(search::Indexer),
-            Box::new(correspondence::worker::Drafts),
+            Box::new(marks::EventMarks(core.marks.clone())),
+            Box::new(e2ee::MembershipPositions(me.clone())),
+            Box::new(search::Indexer(me.clone())),
+            Box::new(correspondence::worker::Drafts(me.clone())),
         ],
     }
 }
@@ -116,17 +111,15 @@ impl Services {
         let media = media::MediaState::new(&config.data_dir);
         let search = search::SearchState::new(&config.data_dir);
         let push = push::PushState::load(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
+        let core = Arc::new(core::Core::new(config, db, server_name, keys, stream));
         let services = Arc::new_cyclic(|me| Services {
             me: me.clone(),
-            config,
-            db,
-            server_name,
-            keys,
-            writer: tokio::sync::Mutex::new(()),
-            stream: AtomicI64::new(stream),
-            rooms: rooms::RoomCaches::default(),
-            notifier: notifier::Notifier::default(),
-            marks: marks::StreamMarks::new(stream),
+            rooms: rooms::Rooms::new(
+                core.clone(),
+                commit_subscribers(me, &core),
+                Box::new(portal::PortalRules(me.clone())),
+            ),
+            core,
             typing: ephemeral::Typing::default(),
             uia: uia::UiaSessions::default(),
             admin_nonces: uia::Nonces::default(),
@@ -141,7 +134,6 @@ impl Services {
             presence_states: Default::default(),
             ratelimiter,
             federation: Default::default(),
-            commit_subscribers: commit_subscribers(),
         });
         ephemeral::spawn_typing_expiry(Arc::downgrade(&services));
         // Every process that writes (the server, an import) keeps the write-ahead log short.
@@ -164,50 +156,6 @@ impl Services {
         federation::sender::spawn_senders(&services);
         Ok(services)
     }
-
-    pub fn server_name(&self) -> &ServerName {
-        &self.server_name
-    }
-
-    /// The current stream position (what a `/sync` made now would be up to).
-    pub fn stream_position(&self) -> i64 {
-        self.stream.load(Ordering::Acquire)
-    }
-
-    /// Takes the write lock. Stream positions handed out by [`StreamWrite::next_position`]
-    /// become visible to readers only through [`StreamWrite::publish`], after the commit.
-    pub(crate) async fn begin_write(&self) -> StreamWrite<'_> {
-        let guard = self.writer.lock().await;
-        let position = self.stream.load(Ordering::Acquire);
-        StreamWrite { services: self, position, _guard: guard }
-    }
-}
-
-/// A write in progress under the writer lock.
-pub(crate) struct StreamWrite<'a> {
-    services: &'a Services,
-    /// The last position handed out.
-    position: i64,
-    _guard: tokio::sync::MutexGuard<'a, ()>,
-}
-
-impl StreamWrite<'_> {
-    /// The last position handed out.
-    pub fn position(&self) -> i64 {
-        self.position
-    }
-
-    /// Hands out the next stream position.
-    pub fn next_position(&mut self) -> i64 {
-        self.position += 1;
-        self.position
-    }
-
-    /// Makes the positions visible, once the write is committed. Dropping a `StreamWrite`
-    /// without publishing leaves a gap in the stream, which readers tolerate.
-    pub fn publish(self) {
-        self.services.stream.store(self.position, Ordering::Release);
-    }
 }
 
 /// An LRU cache of at most `cap` entries whose table grows with use (`LruCache::new` allocates
@@ -216,6 +164,11 @@ pub(crate) fn lru<K: std::hash::Hash + Eq, V>(cap: usize) -> lru::LruCache<K, V>
     let mut cache = lru::LruCache::unbounded();
     cache.resize(std::num::NonZeroUsize::new(cap.max(1)).expect("at least 1"));
     cache
+}
+
+/// The services behind a subscriber's handle; gone only while the process stops.
+pub(crate) fn upgrade(me: &Weak<Services>) -> Result<Arc<Services>> {
+    me.upgrade().ok_or_else(internal!("the services are stopping"))
 }
 
 /// Milliseconds since the Unix epoch.

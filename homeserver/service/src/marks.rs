@@ -20,7 +20,7 @@ use diplomatie_storage::streams::Presence;
 use lru::LruCache;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
-use crate::{rooms::commit, Services};
+use crate::rooms::commit;
 
 /// Each user's last presence, by the position it was written at (what the `presence` table
 /// holds, in memory).
@@ -130,11 +130,11 @@ impl StreamMarks {
 
 /// The room writer's marks: each room's last event, each member's last membership change (a
 /// commit subscriber, told before the positions are published).
-pub(crate) struct EventMarks;
+pub(crate) struct EventMarks(pub(crate) std::sync::Arc<StreamMarks>);
 
 impl commit::Subscriber for EventMarks {
-    fn committed(&self, services: &Services, batch: &commit::Batch<'_>, at: &commit::Committed<'_>) {
-        let marks = &services.marks;
+    fn committed(&self, batch: &commit::Batch<'_>, at: &commit::Committed<'_>) {
+        let marks = &self.0;
         {
             let mut rooms = marks.rooms.lock().unwrap();
             for pdu in batch.events {

@@ -531,15 +531,15 @@ impl Services {
 
     /// Whether a space is a group or community, and which (`fr.diplomatie.group` content).
     pub async fn org_marker(&self, room_id: &RoomId) -> Result<Option<Value>> {
-        Ok(self.state_event(room_id, &StateEventType::from(GROUP), "").await?.map(|p| p.content_value()))
+        Ok(self.rooms.state_event(room_id, &StateEventType::from(GROUP), "").await?.map(|p| p.content_value()))
     }
 
     /// Adds a user to a group or community: the space, then its rooms. False when they already
     /// were in.
     pub async fn add_to_org_space(&self, space: &RoomId, user: &UserId) -> Result<bool> {
         let mut added = false;
-        if !self.is_joined(space, user).await? {
-            if self.membership(space, user).await? != Some(MembershipState::Invite) {
+        if !self.rooms.is_joined(space, user).await? {
+            if self.rooms.membership(space, user).await? != Some(MembershipState::Invite) {
                 let system = self.system_user().await?;
                 self.invite(&system, space, user, None, false).await?;
             }
@@ -547,7 +547,7 @@ impl Services {
             added = true;
         }
         for room in self.space_child_ids(space).await? {
-            if !self.is_joined(&room, user).await? {
+            if !self.rooms.is_joined(&room, user).await? {
                 self.join(user, &room, None).await?;
                 added = true;
             }

@@ -3,7 +3,7 @@
 //!
 //! The decisions themselves are `diplomatie-policies`' pure functions; this module gathers the
 //! facts they need (a person's clearance and kind, a room's classification from its state) and
-//! enforces them where events are made: [`Services::check_portal`] runs in the room writer for
+//! enforces them where events are made: [`Services::check_portal`] runs in the room writer (as its `EventPolicy`) for
 //! every event, whoever makes it (a client's send, invite, join or knock, a join through a
 //! restricted space, the server itself), before anything is written.
 //!
@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 
 use crate::{
     now_ms,
-    rooms::{find_pdu, membership::power_of},
+    rooms::{find_pdu, power_of},
     Error, Pdu, Result, Services,
 };
 
@@ -41,6 +41,21 @@ pub struct PortalState {
 impl Default for PortalState {
     fn default() -> Self {
         PortalState { people: Mutex::new(crate::lru(65536)), system: std::sync::OnceLock::new() }
+    }
+}
+
+/// The portal's rules as the room writer's [`crate::rooms::commit::EventPolicy`].
+pub(crate) struct PortalRules(pub(crate) std::sync::Weak<Services>);
+
+impl crate::rooms::commit::EventPolicy for PortalRules {
+    fn check<'a>(
+        &'a self,
+        state: &'a StateMap<OwnedEventId>,
+        appended: &'a [Arc<Pdu>],
+        pdu: &'a Pdu,
+        rules: &'a RoomVersionRules,
+    ) -> crate::rooms::commit::Checking<'a> {
+        Box::pin(async move { crate::upgrade(&self.0)?.check_portal(state, appended, pdu, rules).await })
     }
 }
 
@@ -74,12 +89,12 @@ impl Services {
         let event = |kind: &str| state.get(&(StateEventType::from(kind), String::new())).cloned();
         let mut room = Room::default();
         if let Some(id) = event(CLASSIFICATION) {
-            if let Some(p) = find_pdu(self, appended, &id).await? {
+            if let Some(p) = find_pdu(&self.rooms, appended, &id).await? {
                 room.classification = classification_of(&p).unwrap_or_default();
             }
         }
         if let Some(id) = event(EXTERNALS) {
-            if let Some(p) = find_pdu(self, appended, &id).await? {
+            if let Some(p) = find_pdu(&self.rooms, appended, &id).await? {
                 room.externals = p.content_field("allowed").and_then(|v| v.as_bool()).unwrap_or(false);
             }
         }
@@ -96,7 +111,7 @@ impl Services {
 
     /// A room's facts from its current state.
     pub async fn room_facts_now(&self, room_id: &RoomId) -> Result<Room> {
-        let state = self.current_state(room_id).await?;
+        let state = self.rooms.current_state(room_id).await?;
         self.room_facts(&state, &[]).await
     }
 
@@ -140,7 +155,7 @@ impl Services {
                 let key = (StateEventType::RoomMember, state_key.to_owned());
                 if entry == Entry::Join {
                     if let Some(id) = state.get(&key) {
-                        let current = find_pdu(self, appended, id).await?;
+                        let current = find_pdu(&self.rooms, appended, id).await?;
                         if current.and_then(|p| p.membership()) == Some(MembershipState::Join) {
                             return Ok(());
                         }
@@ -163,7 +178,7 @@ impl Services {
                         if *kind != StateEventType::RoomMember {
                             continue;
                         }
-                        let Some(member) = find_pdu(self, appended, id).await? else { continue };
+                        let Some(member) = find_pdu(&self.rooms, appended, id).await? else { continue };
                         let entry = match member.membership() {
                             Some(MembershipState::Join) => Entry::Join,
                             Some(MembershipState::Invite) => Entry::Invite,
@@ -204,11 +219,11 @@ impl Services {
     ) -> Result<i64> {
         let get = |kind: StateEventType| state.get(&(kind, String::new())).cloned();
         let create = match get(StateEventType::RoomCreate) {
-            Some(id) => find_pdu(self, appended, &id).await?,
+            Some(id) => find_pdu(&self.rooms, appended, &id).await?,
             None => None,
         };
         let levels = match get(StateEventType::RoomPowerLevels) {
-            Some(id) => find_pdu(self, appended, &id).await?.map(|p| p.content_value()),
+            Some(id) => find_pdu(&self.rooms, appended, &id).await?.map(|p| p.content_value()),
             None => None,
         };
         let levels = levels.as_ref().and_then(Value::as_object);
@@ -249,9 +264,9 @@ impl Services {
         if !actor_admin && self.config.portal.delegate_clearance_to_managers {
             let group = store::attributes(self.db.pool(), target.as_str()).await?.and_then(|a| a.primary_group);
             if let Some(group) = group.and_then(|g| ruma::OwnedRoomId::try_from(g).ok()) {
-                if let Some(meta) = self.room_meta(&group).await? {
+                if let Some(meta) = self.rooms.room_meta(&group).await? {
                     let creators = meta.rules().authorization.explicitly_privilege_room_creators;
-                    let state = self.current_state(&group).await?;
+                    let state = self.rooms.current_state(&group).await?;
                     manages = self.power_in_state(&state, &[], actor, creators).await? >= MANAGER_LEVEL;
                 }
             }
@@ -328,7 +343,7 @@ impl Services {
     pub async fn set_primary_group(&self, target: &UserId, group: Option<&RoomId>) -> Result<()> {
         self.local_account(target).await?;
         if let Some(g) = group {
-            self.known_room(g).await?;
+            self.rooms.known_room(g).await?;
         }
         store::set_primary_group(self.db.pool(), target.as_str(), group.map(|g| g.as_str())).await?;
         Ok(())

@@ -296,7 +296,7 @@ impl Services {
             let mut recipients: Vec<OwnedUserId> = Vec::new();
             let mut member_count = 0;
             if !new_rooms.contains(pdu.room()) {
-                let joined = self.joined_members(pdu.room()).await?;
+                let joined = self.rooms.joined_members(pdu.room()).await?;
                 member_count = joined.len();
                 recipients.extend(joined.iter().filter(|u| **u != pdu.sender && u.server_name() == me).cloned());
             }
@@ -315,7 +315,7 @@ impl Services {
             }
             let state = match states.iter().find(|(id, _)| *id == pdu.state_group) {
                 Some((_, map)) => map.clone(),
-                None => self.state_map(pdu.state_group).await?,
+                None => self.rooms.state_map(pdu.state_group).await?,
             };
             let event = FlattenedJson::from_raw(&pdu.to_raw::<Value>(true));
             let power_levels = self.push_power_levels(pdu.room(), &state).await?;
@@ -424,7 +424,7 @@ impl Services {
         for row in &batch.defaults {
             if !rooms.contains_key(&row.room_id) {
                 let Ok(room) = <&RoomId>::try_from(row.room_id.as_str()) else { continue };
-                rooms.insert(row.room_id.clone(), self.joined_members(room).await?);
+                rooms.insert(row.room_id.clone(), self.rooms.joined_members(room).await?);
             }
         }
         Ok(rooms)
@@ -454,7 +454,7 @@ impl Services {
 
     /// The display name a user has in a room's state (for `.m.rule.contains_display_name`).
     async fn display_name_in(&self, state: &StateMap<OwnedEventId>, user: &UserId) -> Result<String> {
-        let member = self.state_event_in(state, &StateEventType::RoomMember, user.as_str()).await?;
+        let member = self.rooms.state_event_in(state, &StateEventType::RoomMember, user.as_str()).await?;
         Ok(member
             .and_then(|m| m.content_field("displayname"))
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -468,16 +468,16 @@ impl Services {
         state: &StateMap<OwnedEventId>,
     ) -> Result<PushConditionPowerLevelsCtx> {
         use ruma::events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsSource};
-        let rules = match self.room_meta(room_id).await? {
+        let rules = match self.rooms.room_meta(room_id).await? {
             Some(meta) => meta.rules(),
             None => ruma::RoomVersionId::V12.rules().ok_or_else(crate::internal!("a value present by construction"))?,
         };
-        let content = match self.state_event_in(state, &StateEventType::RoomPowerLevels, "").await? {
+        let content = match self.rooms.state_event_in(state, &StateEventType::RoomPowerLevels, "").await? {
             Some(p) => serde_json::from_value::<RoomPowerLevelsEventContent>(p.content_value()).ok(),
             None => None,
         };
         let mut creators = Vec::new();
-        if let Some(create) = self.state_event_in(state, &StateEventType::RoomCreate, "").await? {
+        if let Some(create) = self.rooms.state_event_in(state, &StateEventType::RoomCreate, "").await? {
             creators.push(create.sender.clone());
             if let Some(extra) = create.content_field("additional_creators").and_then(|v| v.as_array().cloned()) {
                 creators.extend(extra.iter().filter_map(|u| u.as_str().and_then(|s| OwnedUserId::try_from(s).ok())));
@@ -533,7 +533,7 @@ impl Services {
 
     /// The position at which a user joined a room (`None` when not joined).
     async fn join_position(&self, user: &UserId, room_id: &RoomId) -> Result<Option<i64>> {
-        let member = self.state_event(room_id, &StateEventType::RoomMember, user.as_str()).await?;
+        let member = self.rooms.state_event(room_id, &StateEventType::RoomMember, user.as_str()).await?;
         Ok(member.filter(|m| m.membership() == Some(MembershipState::Join)).map(|m| m.stream_ordering))
     }
 
@@ -725,7 +725,7 @@ impl Services {
                     break 'pages;
                 }
                 let Ok(event_id) = OwnedEventId::try_from(row.event_id.as_str()) else { continue };
-                let Some(pdu) = self.get_pdu(&event_id).await? else { continue };
+                let Some(pdu) = self.rooms.get_pdu(&event_id).await? else { continue };
                 let read_up_to = self.read_up_to(user, &row, &mut receipts).await?;
                 let actions: Value = serde_json::from_str(&row.actions).unwrap_or(json!([]));
                 let entry = json!({
@@ -982,7 +982,7 @@ impl Services {
         event_id_only: bool,
     ) -> Result<Option<Value>> {
         let Ok(event_id) = OwnedEventId::try_from(n.event_id.as_str()) else { return Ok(None) };
-        let Some(pdu) = self.get_pdu(&event_id).await? else { return Ok(None) };
+        let Some(pdu) = self.rooms.get_pdu(&event_id).await? else { return Ok(None) };
         let actions: Vec<Action> = serde_json::from_str(&n.actions).unwrap_or_default();
         let mut tweaks = serde_json::Map::new();
         for action in &actions {
@@ -1016,11 +1016,14 @@ impl Services {
             notification["type"] = json!(pdu.kind);
             notification["sender"] = json!(pdu.sender);
             notification["content"] = pdu.content_value();
-            let state = self.current_state(pdu.room()).await?;
+            let state = self.rooms.current_state(pdu.room()).await?;
             let sender_name = self.display_name_in(&state, &pdu.sender).await?;
             notification["sender_display_name"] = json!(sender_name);
-            if let Some(name) =
-                self.state_event_in(&state, &StateEventType::RoomName, "").await?.and_then(|e| e.content_field("name"))
+            if let Some(name) = self
+                .rooms
+                .state_event_in(&state, &StateEventType::RoomName, "")
+                .await?
+                .and_then(|e| e.content_field("name"))
             {
                 notification["room_name"] = name;
             }
@@ -1057,33 +1060,35 @@ fn p_position(s: &Services, p: &store::Pusher) -> i64 {
 
 /// The notifications of each batch, written in its transaction: no `/sync` ever sees an event
 /// without them (a commit subscriber).
-pub(crate) struct NotificationRows;
+pub(crate) struct NotificationRows(pub(crate) std::sync::Weak<Services>);
 
 struct PreparedNotifications {
+    services: Arc<Services>,
     rows: PushBatch,
     notified: HashMap<String, Arc<HashSet<OwnedUserId>>>,
 }
 
 impl commit::RowsSubscriber for NotificationRows {
-    fn prepare<'a>(&'a self, services: &'a Services, batch: &'a commit::Batch<'a>) -> commit::Preparing<'a> {
+    fn prepare<'a>(&'a self, batch: &'a commit::Batch<'a>) -> commit::Preparing<'a> {
         Box::pin(async move {
+            let services = crate::upgrade(&self.0)?;
             let rows = services.push_rows(batch.events, batch.states, batch.created).await?;
             let notified = services.notified_members(&rows).await?;
-            Ok(Box::new(PreparedNotifications { rows, notified }) as Box<dyn commit::Rows>)
+            Ok(Box::new(PreparedNotifications { services, rows, notified }) as Box<dyn commit::Rows>)
         })
     }
 }
 
 impl commit::Rows for PreparedNotifications {
-    fn write<'a>(&'a self, services: &'a Services, tx: &'a mut commit::Transaction) -> commit::Writing<'a> {
-        Box::pin(services.write_push_rows(tx, &self.rows))
+    fn write<'a>(&'a self, tx: &'a mut commit::Transaction) -> commit::Writing<'a> {
+        Box::pin(self.services.write_push_rows(tx, &self.rows))
     }
 
-    fn committed(&self, services: &Services, at: &commit::Committed<'_>) {
-        services.unread_committed(&self.rows, &self.notified, at.memberships, at.position);
+    fn committed(&self, at: &commit::Committed<'_>) {
+        self.services.unread_committed(&self.rows, &self.notified, at.memberships, at.position);
     }
 
-    fn published(&self, services: &Services) {
-        services.notifications_committed(&self.rows, &self.notified);
+    fn published(&self) {
+        self.services.notifications_committed(&self.rows, &self.notified);
     }
 }

@@ -240,7 +240,7 @@ impl Services {
         if !updates.is_empty() {
             let mut shared = Vec::with_capacity(joined_rooms.len());
             for room in &joined_rooms {
-                shared.push(self.joined_members(room).await?);
+                shared.push(self.rooms.joined_members(room).await?);
             }
             let now = crate::now_ms();
             for p in updates {
@@ -293,7 +293,7 @@ impl Services {
             limited = ids.len() > limit;
             for id in ids.iter().take(limit) {
                 if let Some(pdu) =
-                    self.get_pdu(<&ruma::EventId>::try_from(id.as_str()).map_err(crate::internal!())?).await?
+                    self.rooms.get_pdu(<&ruma::EventId>::try_from(id.as_str()).map_err(crate::internal!())?).await?
                 {
                     timeline.push(pdu);
                 }
@@ -318,9 +318,9 @@ impl Services {
         if full || limited {
             let group = match timeline.last() {
                 Some(last) => last.state_group,
-                None => self.known_room(room_id).await?.state_group,
+                None => self.rooms.known_room(room_id).await?.state_group,
             };
-            let map = self.state_map(group).await?;
+            let map = self.rooms.state_map(group).await?;
             let in_timeline: HashSet<&ruma::EventId> = timeline.iter().map(|p| &*p.event_id).collect();
             let lazy = req.filter.room.state.lazy_load_members;
             let senders: HashSet<&str> =
@@ -333,7 +333,7 @@ impl Services {
                 if lazy && *kind == StateEventType::RoomMember && !senders.contains(key.as_str()) {
                     continue;
                 }
-                let Some(pdu) = self.get_pdu(id).await? else {
+                let Some(pdu) = self.rooms.get_pdu(id).await? else {
                     continue;
                 };
                 if !full && (pdu.stream_ordering <= from || pdu.stream_ordering >= first_so) {
@@ -388,7 +388,7 @@ impl Services {
             return Ok(None);
         }
         let mut room = v3::JoinedRoom::new();
-        room.timeline.events = filtered.iter().map(|p| self.client_raw(p, user, req.device, false)).collect();
+        room.timeline.events = filtered.iter().map(|p| self.rooms.client_raw(p, user, req.device, false)).collect();
         room.timeline.limited = limited;
         room.timeline.prev_batch = prev_batch;
         // The summary when the room is new to the client or its members changed.
@@ -426,7 +426,7 @@ impl Services {
             first = Some(stored.stream_ordering);
             let pdu = Pdu::from_stored(stored)?;
             if self.can_see_event(user, &pdu).await? {
-                left.timeline.events.push(self.client_raw(&pdu, user, req.device, false));
+                left.timeline.events.push(self.rooms.client_raw(&pdu, user, req.device, false));
             }
         }
         left.timeline.events.reverse();
@@ -437,9 +437,9 @@ impl Services {
     /// Stripped state for invites and knocks: what a client shows before joining (the room's
     /// [`STRIPPED_STATE`] events and the user's membership).
     pub async fn stripped_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
-        let state = self.current_state(room_id).await?;
+        let state = self.rooms.current_state(room_id).await?;
         // An invite or a knock to a room this server is not in: what the other server showed.
-        if let Some(p) = self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await? {
+        if let Some(p) = self.rooms.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await? {
             let shown = p.unsigned.get("invite_room_state").or_else(|| p.unsigned.get("knock_room_state"));
             if let Some(Value::Array(shown)) = shown {
                 let mut out = shown.clone();
@@ -449,14 +449,15 @@ impl Services {
         }
         let mut out = Vec::new();
         for kind in STRIPPED_STATE {
-            if let Some(p) = self.state_event_in(&state, &kind, "").await? {
+            if let Some(p) = self.rooms.state_event_in(&state, &kind, "").await? {
                 out.push(p.to_stripped());
             }
         }
-        if let Some(p) = self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await? {
+        if let Some(p) = self.rooms.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await? {
             out.push(p.to_stripped());
             if let Ok(sender) = OwnedUserId::try_from(p.sender.as_str()) {
-                if let Some(s) = self.state_event_in(&state, &StateEventType::RoomMember, sender.as_str()).await? {
+                if let Some(s) = self.rooms.state_event_in(&state, &StateEventType::RoomMember, sender.as_str()).await?
+                {
                     if s.sender != p.sender || s.event_id != p.event_id {
                         out.push(s.to_stripped());
                     }

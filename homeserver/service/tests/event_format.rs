@@ -44,11 +44,11 @@ async fn every_event_verifies_in_every_room_version() {
         let txn = ruma::OwnedTransactionId::from(format!("t{v}"));
         let msg =
             s.send_message(&alice, &device, &room_id, "m.room.message", &txn, json!({ "body": "x" })).await.unwrap();
-        let state = s.current_state(&room_id).await.unwrap();
+        let state = s.rooms.current_state(&room_id).await.unwrap();
         let mut ids: Vec<_> = state.values().cloned().collect();
         ids.push(msg.clone());
         for id in &ids {
-            let pdu = s.get_pdu(id).await.unwrap().unwrap();
+            let pdu = s.rooms.get_pdu(id).await.unwrap().unwrap();
             let object = pdu.canonical_object().unwrap();
             assert_eq!(verify_event(&keys, &object, &rules).unwrap(), Verified::All, "v{v} {id}");
             if rules.event_id_format != ruma::room_version_rules::EventIdFormatVersion::V1 {
@@ -57,7 +57,7 @@ async fn every_event_verifies_in_every_room_version() {
             }
         }
         // A tampered event no longer verifies.
-        let pdu = s.get_pdu(&msg).await.unwrap().unwrap();
+        let pdu = s.rooms.get_pdu(&msg).await.unwrap().unwrap();
         let mut object = pdu.canonical_object().unwrap();
         object.insert("origin_server_ts".into(), ruma::CanonicalJsonValue::Integer(ruma::Int::from(1u32)));
         assert!(verify_event(&keys, &object, &rules).is_err(), "v{v}: tampering is detected");
@@ -68,7 +68,7 @@ async fn every_event_verifies_in_every_room_version() {
         // Redaction follows the version's algorithm and the redacted event still verifies.
         let rtxn = ruma::OwnedTransactionId::from(format!("r{v}"));
         s.redact(&alice, &device, &room_id, &msg, &rtxn, None).await.unwrap();
-        let redacted = s.get_pdu(&msg).await.unwrap().unwrap();
+        let redacted = s.rooms.get_pdu(&msg).await.unwrap().unwrap();
         assert_eq!(redacted.content_value(), json!({}));
         assert!(verify_event(&keys, &redacted.canonical_object().unwrap(), &rules).is_ok(), "v{v}: redacted verifies");
         // v12: the room id is the create event's reference hash.
@@ -92,12 +92,13 @@ async fn state_groups_rebuild_the_same_state_after_a_restart() {
             .await
             .unwrap();
     }
-    let before = (*s.current_state(&room_id).await.unwrap()).clone();
+    let before = (*s.rooms.current_state(&room_id).await.unwrap()).clone();
     drop(s);
     let s = Services::start(config).await.unwrap();
-    let after = (*s.current_state(&room_id).await.unwrap()).clone();
+    let after = (*s.rooms.current_state(&room_id).await.unwrap()).clone();
     assert_eq!(before, after);
     assert_eq!(after.len(), 5 + 1 + 40, "create, member, power, join rules, history, guest + 40 keys");
-    let last = s.state_event(&room_id, &StateEventType::from("org.example.counter"), "k29").await.unwrap().unwrap();
+    let last =
+        s.rooms.state_event(&room_id, &StateEventType::from("org.example.counter"), "k29").await.unwrap().unwrap();
     assert_eq!(last.content_value(), json!({ "i": 149 }));
 }

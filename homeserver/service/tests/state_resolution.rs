@@ -25,14 +25,14 @@ async fn forks_meet_through_state_resolution() {
         let mut req = CreateRoom::new();
         req.room_version = Some(RoomVersionId::try_from(version).unwrap());
         let room = s.create_room(&alice, req).await.unwrap();
-        let base = s.known_room(&room).await.unwrap().extremities.clone();
+        let base = s.rooms.known_room(&room).await.unwrap().extremities.clone();
         let t = now_ms();
 
         // Branch A renames the room, talks, and sets a topic; branch B, later, sets another
         // topic and renames it again. (Branch A's message lies between two conflicted events
         // along prev_events, not along auth_events: it stays out of v12's conflicted state
         // subgraph, which holds state events only.)
-        let mut w = s.room_writer(Target::Room(&room)).await.unwrap();
+        let mut w = s.rooms.room_writer(Target::Room(&room)).await.unwrap();
         w.append(&alice, at(PduBuilder::state("m.room.name", "", json!({ "name": "A" })), t), None).await.unwrap();
         let talk = PduBuilder::message("m.room.message", json!({ "msgtype": "m.text", "body": "entre" }));
         w.append(&alice, at(talk, t), None).await.unwrap();
@@ -41,7 +41,7 @@ async fn forks_meet_through_state_resolution() {
             .await
             .unwrap();
         w.commit().await.unwrap();
-        let mut w = s.room_writer(Target::Room(&room)).await.unwrap();
+        let mut w = s.rooms.room_writer(Target::Room(&room)).await.unwrap();
         w.set_extremities(base.clone());
         w.append(&alice, at(PduBuilder::state("m.room.topic", "", json!({ "topic": "U" })), t + 4), None)
             .await
@@ -53,11 +53,11 @@ async fn forks_meet_through_state_resolution() {
         w.commit().await.unwrap();
         assert_eq!(b.prev_events.len(), 1);
         assert_eq!(
-            s.get_pdu(&b.prev_events[0]).await.unwrap().unwrap().prev_events,
+            s.rooms.get_pdu(&b.prev_events[0]).await.unwrap().unwrap().prev_events,
             base,
             "v{version}: branch B forks from the base"
         );
-        let mut w = s.room_writer(Target::Room(&room)).await.unwrap();
+        let mut w = s.rooms.room_writer(Target::Room(&room)).await.unwrap();
         w.set_extremities(vec![a2.event_id.clone(), b.event_id.clone()]);
         let merge_msg = PduBuilder::message("m.room.message", json!({ "body": "merge" }));
         let merge = w.append(&alice, at(merge_msg, t + 10), None).await.unwrap();
@@ -69,21 +69,21 @@ async fn forks_meet_through_state_resolution() {
         expected.sort();
         assert_eq!(prev, expected, "v{version}: the merge builds on both branches");
         // Conflicted name and topic: same sender and power, so the later events (B's) win.
-        let name = s.state_event(&room, &StateEventType::RoomName, "").await.unwrap().unwrap();
+        let name = s.rooms.state_event(&room, &StateEventType::RoomName, "").await.unwrap().unwrap();
         assert_eq!(name.content_value()["name"], "B", "v{version}");
-        let topic = s.state_event(&room, &StateEventType::RoomTopic, "").await.unwrap().unwrap();
+        let topic = s.rooms.state_event(&room, &StateEventType::RoomTopic, "").await.unwrap().unwrap();
         assert_eq!(topic.content_value()["topic"], "U", "v{version}");
         assert_eq!(
-            s.state_map(merge.state_group).await.unwrap().get(&(StateEventType::RoomName, String::new())),
+            s.rooms.state_map(merge.state_group).await.unwrap().get(&(StateEventType::RoomName, String::new())),
             Some(&b.event_id)
         );
 
         // The resolved state is what the database holds too.
         drop(s);
         let s = Services::start(config).await.unwrap();
-        let name = s.state_event(&room, &StateEventType::RoomName, "").await.unwrap().unwrap();
+        let name = s.rooms.state_event(&room, &StateEventType::RoomName, "").await.unwrap().unwrap();
         assert_eq!(name.content_value()["name"], "B", "v{version} after restart");
-        assert!(s.is_joined(&room, &alice).await.unwrap());
-        assert_eq!(s.known_room(&room).await.unwrap().extremities, vec![merge.event_id.clone()]);
+        assert!(s.rooms.is_joined(&room, &alice).await.unwrap());
+        assert_eq!(s.rooms.known_room(&room).await.unwrap().extremities, vec![merge.event_id.clone()]);
     }
 }

@@ -66,7 +66,7 @@ pub async fn redact(State(s): S, req: Ruma<redact_event::v3::Request>) -> ApiRes
 pub async fn get_event(State(s): S, req: Ruma<get_room_event::v3::Request>) -> Result<Response, ApiError> {
     let caller = req.caller();
     let pdu = s.event_for_user(&caller.user_id, &req.body.room_id, &req.body.event_id).await?;
-    Ok(json_ok(s.client_event(&pdu, &caller.user_id, caller.device_id.as_str(), true)))
+    Ok(json_ok(s.rooms.client_event(&pdu, &caller.user_id, caller.device_id.as_str(), true)))
 }
 
 /// `GET /rooms/{roomId}/messages`
@@ -78,7 +78,8 @@ pub async fn messages(State(s): S, req: Ruma<get_message_events::v3::Request>) -
     let paging = Paging { from: b.from.as_deref(), to: b.to.as_deref(), backwards, limit };
     let caller = req.caller();
     let page = s.messages(&caller.user_id, &b.room_id, paging, &filter).await?;
-    let client = |p: &diplomatie_service::Pdu| s.client_event(p, &caller.user_id, caller.device_id.as_str(), true);
+    let client =
+        |p: &diplomatie_service::Pdu| s.rooms.client_event(p, &caller.user_id, caller.device_id.as_str(), true);
     let mut body = json!({
         "start": page.start,
         "chunk": page.events.iter().map(|p| client(p)).collect::<Vec<_>>(),
@@ -97,7 +98,8 @@ pub async fn context(State(s): S, req: Ruma<get_context::v3::Request>) -> Result
     let caller = req.caller();
     let (event, before, after) =
         s.context(&caller.user_id, &b.room_id, &b.event_id, u64::from(b.limit) as usize, &filter).await?;
-    let client = |p: &diplomatie_service::Pdu| s.client_event(p, &caller.user_id, caller.device_id.as_str(), true);
+    let client =
+        |p: &diplomatie_service::Pdu| s.rooms.client_event(p, &caller.user_id, caller.device_id.as_str(), true);
     Ok(json_ok(json!({
         "event": client(&event),
         "events_before": before.events.iter().map(|p| client(p)).collect::<Vec<_>>(),

@@ -114,7 +114,7 @@ pub async fn members(State(s): S, req: Ruma<get_member_events::v3::Request>) -> 
     let user = &req.caller().user_id;
     let room_id = &req.body.room_id;
     let until = s.readable_until(user, room_id).await?;
-    let state = s.state_at_position(room_id, until).await?;
+    let state = s.rooms.state_at_position(room_id, until).await?;
     let want = req.body.membership.as_ref().map(|m| m.to_string());
     let not = req.body.not_membership.as_ref().map(|m| m.to_string());
     let mut chunk = Vec::new();
@@ -122,7 +122,7 @@ pub async fn members(State(s): S, req: Ruma<get_member_events::v3::Request>) -> 
         if *kind != StateEventType::RoomMember {
             continue;
         }
-        let Some(pdu) = s.get_pdu(id).await? else {
+        let Some(pdu) = s.rooms.get_pdu(id).await? else {
             continue;
         };
         let m = pdu.membership().map(|m| m.to_string());
@@ -136,13 +136,14 @@ pub async fn members(State(s): S, req: Ruma<get_member_events::v3::Request>) -> 
 
 pub async fn joined_members(State(s): S, req: Ruma<joined_members::v3::Request>) -> Result<Response, ApiError> {
     let room_id = &req.body.room_id;
-    if !s.is_joined(room_id, &req.caller().user_id).await? {
+    if !s.rooms.is_joined(room_id, &req.caller().user_id).await? {
         return Err(Error::forbidden("You are not joined to this room").into());
     }
-    let state = s.current_state(room_id).await?;
+    let state = s.rooms.current_state(room_id).await?;
     let mut joined = serde_json::Map::new();
-    for user in s.joined_members(room_id).await?.iter() {
+    for user in s.rooms.joined_members(room_id).await?.iter() {
         let content = s
+            .rooms
             .state_event_in(&state, &StateEventType::RoomMember, user.as_str())
             .await?
             .map(|p| p.content_value())
@@ -159,10 +160,10 @@ pub async fn joined_members(State(s): S, req: Ruma<joined_members::v3::Request>)
 pub async fn state(State(s): S, req: Ruma<get_state_events::v3::Request>) -> Result<Response, ApiError> {
     let user = &req.caller().user_id;
     let until = s.readable_until(user, &req.body.room_id).await?;
-    let state = s.state_at_position(&req.body.room_id, until).await?;
+    let state = s.rooms.state_at_position(&req.body.room_id, until).await?;
     let mut events = Vec::new();
     for id in state.values() {
-        if let Some(p) = s.get_pdu(id).await? {
+        if let Some(p) = s.rooms.get_pdu(id).await? {
             events.push(p.to_client(true));
         }
     }
@@ -173,8 +174,9 @@ pub async fn state(State(s): S, req: Ruma<get_state_events::v3::Request>) -> Res
 pub async fn state_event(State(s): S, req: Ruma<get_state_event_for_key::v3::Request>) -> Result<Response, ApiError> {
     let user = &req.caller().user_id;
     let until = s.readable_until(user, &req.body.room_id).await?;
-    let state = s.state_at_position(&req.body.room_id, until).await?;
+    let state = s.rooms.state_at_position(&req.body.room_id, until).await?;
     let pdu = s
+        .rooms
         .state_event_in(&state, &req.body.event_type, &req.body.state_key)
         .await?
         .ok_or_else(|| Error::not_found("State event not found"))?;

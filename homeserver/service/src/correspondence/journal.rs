@@ -139,7 +139,7 @@ impl Services {
             .await?
             .ok_or_else(|| Error::not_found(format!("{reference} is not for action by {group}")))?;
         let addressee = self.addressee(group, "action").await?;
-        if !self.is_joined(&addressee.space, actor).await? {
+        if !self.rooms.is_joined(&addressee.space, actor).await? {
             return Err(Error::forbidden(format!("Only members of {group} change its action items")));
         }
         item.status = status.as_str().to_owned();
@@ -173,7 +173,9 @@ impl Services {
                 edit["format"] = json!("org.matrix.custom.html");
                 edit["formatted_body"] = json!(format!("* {}", f.as_str().unwrap_or_default()));
             }
-            self.append_event(Target::Room(&room), &system, PduBuilder::message("m.room.message", edit), None).await?;
+            self.rooms
+                .append_event(Target::Room(&room), &system, PduBuilder::message("m.room.message", edit), None)
+                .await?;
         }
         Ok(())
     }

@@ -163,6 +163,7 @@ impl Services {
             return Ok(None);
         };
         let name = self
+            .rooms
             .state_event(&space, &ruma::events::StateEventType::RoomName, "")
             .await?
             .and_then(|p| p.content_value().get("name").and_then(Value::as_str).map(str::to_owned))
@@ -210,7 +211,7 @@ impl Services {
             e => e,
         })?;
         let person = self.person(author).await?;
-        let member = self.is_joined(&from.space, author).await?;
+        let member = self.rooms.is_joined(&from.space, author).await?;
         let device_dr = match device {
             Some(d) => self.device_is_dr(author, d).await?,
             None => false,
@@ -346,7 +347,7 @@ impl Services {
     pub async fn reserve_reference(&self, author: &UserId, group: &str) -> Result<String> {
         let from = self.addressee(group, "origin").await?;
         let person = self.person(author).await?;
-        let member = self.is_joined(&from.space, author).await?;
+        let member = self.rooms.is_joined(&from.space, author).await?;
         policies::may_send_correspondence(person, member, Level::NP, true, false).map_err(crate::error::forbidden)?;
         self.new_reference(author, group).await
     }
@@ -440,7 +441,7 @@ impl Services {
         // Journals: the members of groups for action, and the followers of the tags.
         let mut action_readers: Vec<(OwnedUserId, usize)> = Vec::new();
         for (i, a) in plan.addressees.iter().enumerate().filter(|(_, a)| a.role == "action") {
-            for member in self.joined_members(&a.space).await?.iter() {
+            for member in self.rooms.joined_members(&a.space).await?.iter() {
                 if member.server_name() == self.server_name() && *member != system {
                     action_readers.push((member.clone(), i));
                 }
@@ -562,7 +563,7 @@ impl Services {
                     continue;
                 }
                 let Ok(room) = OwnedRoomId::try_from(d.room_id) else { continue };
-                if self.is_joined(&room, &caller.user_id).await? {
+                if self.rooms.is_joined(&room, &caller.user_id).await? {
                     allowed = true;
                     break;
                 }
@@ -636,7 +637,7 @@ impl Services {
     /// A batch writer spanning rooms (see [`crate::rooms::RoomWriter`]).
     async fn multi_room_writer(&self) -> crate::rooms::RoomWriter<'_> {
         let write = self.begin_write().await;
-        self.batch_writer(write)
+        self.rooms.batch_writer(write)
     }
 
     /// Posts a notice of the system account in a room (answers to drafts and commands).
@@ -646,7 +647,7 @@ impl Services {
         if let Some(event) = reply_to {
             content["m.relates_to"] = json!({ "m.in_reply_to": { "event_id": event } });
         }
-        self.append_event(Target::Room(room), &system, PduBuilder::message("m.room.message", content), None).await
+        self.rooms.append_event(Target::Room(room), &system, PduBuilder::message("m.room.message", content), None).await
     }
 }
 

@@ -330,10 +330,11 @@ impl Services {
 
 /// Hands the service account the events of each published batch that may concern it (a commit
 /// subscriber).
-pub(crate) struct Drafts;
+pub(crate) struct Drafts(pub(crate) std::sync::Weak<Services>);
 
 impl commit::Subscriber for Drafts {
-    fn published(&self, services: &Services, batch: &commit::Batch<'_>, _at: &commit::Committed<'_>) {
+    fn published(&self, batch: &commit::Batch<'_>, _at: &commit::Committed<'_>) {
+        let Some(services) = self.0.upgrade() else { return };
         services.correspondence_committed(batch.events, batch.txns);
     }
 }

@@ -7,7 +7,7 @@
 //! not known here are fetched). The state before the oldest one comes from `/state` (checked
 //! like a join's); from there each event's state is the one before it plus itself. Events that
 //! fail are left out; the rest are stored below every stream position of the room
-//! (`Services::store_backfilled`), so that only backward pagination reads them.
+//! (`Rooms::store_backfilled`), so that only backward pagination reads them.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -32,7 +32,7 @@ impl Services {
         if !self.federation_enabled() {
             return Ok(0);
         }
-        let Some(meta) = self.room_meta(room_id).await? else { return Ok(0) };
+        let Some(meta) = self.rooms.room_meta(room_id).await? else { return Ok(0) };
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().await;
         let pool = self.db.pool();
@@ -42,7 +42,7 @@ impl Services {
         let oldest = Pdu::from_stored(oldest)?;
         let mut missing = Vec::new();
         for prev in &oldest.prev_events {
-            if !self.get_pdu(prev).await?.is_some_and(|p| p.in_timeline()) {
+            if !self.rooms.get_pdu(prev).await?.is_some_and(|p| p.in_timeline()) {
                 missing.push(prev.clone());
             }
         }
@@ -97,7 +97,7 @@ impl Services {
             if !of_room {
                 continue;
             }
-            if batch.contains_key(&event_id) || self.get_pdu(&event_id).await?.is_some_and(|p| p.in_timeline()) {
+            if batch.contains_key(&event_id) || self.rooms.get_pdu(&event_id).await?.is_some_and(|p| p.in_timeline()) {
                 continue;
             }
             let object = match self.verify_pdu(&object, version).await {
@@ -120,7 +120,7 @@ impl Services {
             if batch.contains_key(id) || known.contains_key(id) {
                 continue;
             }
-            let event = match self.get_pdu(id).await? {
+            let event = match self.rooms.get_pdu(id).await? {
                 Some(p) => Some(p),
                 None => self.fetch_outlier(server, version, room_id, id).await.ok(),
             };
@@ -139,7 +139,12 @@ impl Services {
             self.remote_state_before(server, version, first).await?
         };
         let events: Vec<Pdu> = accepted.iter().map(|p| (**p).clone()).collect();
-        Ok(self.store_backfilled(room_id, state_before, events).await?.len())
+        let stored = self.rooms.store_backfilled(room_id, state_before, events).await?;
+        // Searchable like the rest of the room (history visibility still applies to results).
+        if let Some(low) = stored.iter().map(|p| p.stream_ordering).min() {
+            self.index_committed(&stored, &[], crate::search::index::Covered { high: 0, low });
+        }
+        Ok(stored.len())
     }
 
     /// The room state before `pdu` as `server` gives it (`/state`), its events checked like a

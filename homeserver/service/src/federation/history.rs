@@ -14,9 +14,9 @@ impl Services {
     /// Refuses `origin` unless one of its users is (or was) a member of the room, or the room
     /// is world-readable; and if the room's server ACL denies it.
     pub async fn check_origin_may_read(&self, room_id: &RoomId, origin: &ServerName) -> Result<()> {
-        self.room_meta(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        self.rooms.room_meta(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
         self.check_server_acl(room_id, origin).await?;
-        let state = self.current_state(room_id).await?;
+        let state = self.rooms.current_state(room_id).await?;
         let member = state.keys().any(|(kind, key)| {
             *kind == StateEventType::RoomMember
                 && <&ruma::UserId>::try_from(key.as_str()).is_ok_and(|u| u.server_name() == origin)
@@ -25,6 +25,7 @@ impl Services {
             return Ok(());
         }
         let readable = self
+            .rooms
             .state_event_in(&state, &StateEventType::RoomHistoryVisibility, "")
             .await?
             .and_then(|p| p.content_field("history_visibility"))
@@ -38,7 +39,7 @@ impl Services {
 
     /// An event of the timeline (or an outlier) `origin` may read.
     pub async fn event_for_server(&self, origin: &ServerName, event_id: &ruma::EventId) -> Result<Arc<Pdu>> {
-        let pdu = self.get_pdu(event_id).await?.ok_or_else(|| Error::not_found("Unknown event"))?;
+        let pdu = self.rooms.get_pdu(event_id).await?.ok_or_else(|| Error::not_found("Unknown event"))?;
         self.check_origin_may_read(&pdu.room_id, origin).await?;
         Ok(pdu)
     }
@@ -50,24 +51,25 @@ impl Services {
         event_id: &ruma::EventId,
     ) -> Result<StateMap<OwnedEventId>> {
         let pdu = self
+            .rooms
             .get_pdu(event_id)
             .await?
             .filter(|p| p.room_id == room_id && p.in_timeline())
             .ok_or_else(|| Error::not_found("Unknown event"))?;
         if pdu.state_key.is_none() {
-            return Ok((*self.state_map(pdu.state_group).await?).clone());
+            return Ok((*self.rooms.state_map(pdu.state_group).await?).clone());
         }
-        let meta = self.known_room(room_id).await?;
+        let meta = self.rooms.known_room(room_id).await?;
         let mut maps = Vec::new();
         for prev in &pdu.prev_events {
-            if let Some(p) = self.get_pdu(prev).await?.filter(|p| p.in_timeline()) {
-                maps.push((*self.state_map(p.state_group).await?).clone());
+            if let Some(p) = self.rooms.get_pdu(prev).await?.filter(|p| p.in_timeline()) {
+                maps.push((*self.rooms.state_map(p.state_group).await?).clone());
             }
         }
         match maps.len() {
             0 => Ok(StateMap::new()),
             1 => Ok(maps.pop().expect("one")),
-            _ => self.resolve_states(&meta.version, maps).await,
+            _ => self.rooms.resolve_states(&meta.version, maps).await,
         }
     }
 
@@ -93,7 +95,7 @@ impl Services {
     ) -> Result<Vec<Arc<Pdu>>> {
         let mut starts = Vec::new();
         for id in latest {
-            if let Some(p) = self.get_pdu(id).await?.filter(|p| p.room_id == room_id) {
+            if let Some(p) = self.rooms.get_pdu(id).await?.filter(|p| p.room_id == room_id) {
                 starts.extend(p.prev_events.iter().cloned());
             }
         }
@@ -116,7 +118,7 @@ impl Services {
         let mut seen: HashSet<OwnedEventId> = HashSet::new();
         let mut out = Vec::new();
         for id in starts {
-            if let Some(p) = self.get_pdu(id).await? {
+            if let Some(p) = self.rooms.get_pdu(id).await? {
                 heap.push((u64::from(p.depth), id.clone()));
             }
         }
@@ -127,12 +129,12 @@ impl Services {
             if stop.contains(&id) || !seen.insert(id.clone()) {
                 continue;
             }
-            let Some(p) = self.get_pdu(&id).await? else { continue };
+            let Some(p) = self.rooms.get_pdu(&id).await? else { continue };
             if p.room_id != room_id || !p.in_timeline() || u64::from(p.depth) < min_depth {
                 continue;
             }
             for prev in &p.prev_events {
-                if let Some(pp) = self.get_pdu(prev).await? {
+                if let Some(pp) = self.rooms.get_pdu(prev).await? {
                     heap.push((u64::from(pp.depth), prev.clone()));
                 }
             }

@@ -163,7 +163,8 @@ impl Services {
     pub async fn receive_pdu(&self, origin: &ServerName, raw: &RawValue) -> Result<OwnedEventId> {
         let object = canonical(raw)?;
         let room_id = room_of(&object)?;
-        let meta = self.room_meta(&room_id).await?.ok_or_else(|| Error::not_found("This server is not in the room"))?;
+        let meta =
+            self.rooms.room_meta(&room_id).await?.ok_or_else(|| Error::not_found("This server is not in the room"))?;
         if !self.server_in_room(&room_id).await? {
             return Err(Error::not_found("This server is not in the room"));
         }
@@ -177,7 +178,7 @@ impl Services {
     /// Whether a user of this server is joined to the room (the server is then in the room).
     pub async fn server_in_room(&self, room_id: &RoomId) -> Result<bool> {
         let me = self.server_name();
-        Ok(self.joined_members(room_id).await?.iter().any(|u| u.server_name() == me))
+        Ok(self.rooms.joined_members(room_id).await?.iter().any(|u| u.server_name() == me))
     }
 
     /// Checks and persists a PDU (the room's lock held). Answers the event as stored and the
@@ -194,9 +195,9 @@ impl Services {
             version.rules().ok_or_else(|| Error::new(ErrorKind::UnsupportedRoomVersion, "Unknown room version"))?;
         let room_id = room_of(&object)?;
         let event_id = event_id_of(&object, &rules)?;
-        if let Some(known) = self.get_pdu(&event_id).await? {
+        if let Some(known) = self.rooms.get_pdu(&event_id).await? {
             if known.in_timeline() {
-                let state = self.state_map(known.state_group).await?;
+                let state = self.rooms.state_map(known.state_group).await?;
                 return Ok((known, state));
             }
         }
@@ -213,7 +214,7 @@ impl Services {
         // 4. The auth events, fetched when unknown, and the checks against them.
         let mut auth: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
         for id in &pdu.auth_events {
-            let event = match self.get_pdu(id).await? {
+            let event = match self.rooms.get_pdu(id).await? {
                 Some(p) => p,
                 None => self.fetch_outlier(origin, version, &room_id, id).await?,
             };
@@ -221,7 +222,7 @@ impl Services {
         }
         if let Some(create_id) = implicit_create_id(&rules, &room_id) {
             if let std::collections::hash_map::Entry::Vacant(slot) = auth.entry(create_id.clone()) {
-                let create = match self.get_pdu(&create_id).await? {
+                let create = match self.rooms.get_pdu(&create_id).await? {
                     Some(p) => p,
                     None => self.fetch_outlier(origin, version, &room_id, &create_id).await?,
                 };
@@ -241,7 +242,7 @@ impl Services {
 
         // 6. The current state: an event it forbids is soft-failed.
         if placement == Placement::Extend {
-            let current = self.current_state(&room_id).await?;
+            let current = self.rooms.current_state(&room_id).await?;
             if *current != *state_before {
                 let loaded = self.auth_state(&current, &pdu, &rules).await?;
                 if let Err(reason) = state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |k, s| {
@@ -260,7 +261,7 @@ impl Services {
         }
 
         let creator = pdu.sender.clone();
-        let mut writer = self.received_writer(&room_id, version, &creator).await?;
+        let mut writer = self.rooms.received_writer(&room_id, version, &creator).await?;
         let stored = writer.append_received(pdu, state_before.clone(), placement).await?;
         writer.commit().await?;
         Ok((stored, state_before))
@@ -285,7 +286,7 @@ impl Services {
         let mut out = HashMap::new();
         for key in keys {
             if let Some(id) = state.get(&key) {
-                if let Some(p) = self.get_pdu(id).await? {
+                if let Some(p) = self.rooms.get_pdu(id).await? {
                     out.insert(key, p);
                 }
             }
@@ -304,7 +305,7 @@ impl Services {
     ) -> Result<StateMap<OwnedEventId>> {
         let mut missing: Vec<OwnedEventId> = Vec::new();
         for id in &pdu.prev_events {
-            if self.get_pdu(id).await?.is_none_or(|p| !p.in_timeline()) {
+            if self.rooms.get_pdu(id).await?.is_none_or(|p| !p.in_timeline()) {
                 missing.push(id.clone());
             }
         }
@@ -313,22 +314,22 @@ impl Services {
         }
         let mut maps = Vec::new();
         for id in &pdu.prev_events {
-            match self.get_pdu(id).await? {
-                Some(p) if p.in_timeline() => maps.push((*self.state_map(p.state_group).await?).clone()),
+            match self.rooms.get_pdu(id).await? {
+                Some(p) if p.in_timeline() => maps.push((*self.rooms.state_map(p.state_group).await?).clone()),
                 _ => maps.push(self.state_at_remote_event(origin, version, &pdu.room_id, id).await?),
             }
         }
         match maps.len() {
             0 => Err(Error::bad_json("PDU without prev_events")),
             1 => Ok(maps.pop().expect("one")),
-            _ => self.resolve_states(version, maps).await,
+            _ => self.rooms.resolve_states(version, maps).await,
         }
     }
 
     /// Asks `origin` for the events between the room's extremities and `pdu`, and handles
     /// them oldest first. Failures leave the gap to `state_at_remote_event`.
     async fn fill_gap(&self, origin: &ServerName, version: &RoomVersionId, pdu: &Pdu, depth: usize) {
-        let Ok(meta) = self.known_room(&pdu.room_id).await else { return };
+        let Ok(meta) = self.rooms.known_room(&pdu.room_id).await else { return };
         let mut request = get_missing_events::v1::Request::new(
             pdu.room_id.clone(),
             meta.extremities.clone(),
@@ -370,7 +371,7 @@ impl Services {
         let response = self.federation_request(origin, request).await?;
         let mut map = StateMap::new();
         for id in response.pdu_ids.iter().chain(std::iter::once(&event_id.to_owned())) {
-            let event = match self.get_pdu(id).await? {
+            let event = match self.rooms.get_pdu(id).await? {
                 Some(p) => p,
                 None => self.fetch_outlier(origin, version, room_id, id).await?,
             };
@@ -465,7 +466,7 @@ impl Services {
         let mut known = HashMap::new();
         for id in state.iter().chain(auth_chain).flat_map(|p| &p.auth_events) {
             if !given.contains(&**id) && !known.contains_key(id) {
-                if let Some(p) = self.get_pdu(id).await?.filter(|p| p.in_timeline()) {
+                if let Some(p) = self.rooms.get_pdu(id).await?.filter(|p| p.in_timeline()) {
                     known.insert(id.clone(), p);
                 }
             }

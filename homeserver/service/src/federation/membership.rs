@@ -69,7 +69,7 @@ impl Services {
         if user.server_name() != origin {
             return Err(Error::forbidden("A server may only ask for memberships of its own users"));
         }
-        let meta = self.room_meta(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        let meta = self.rooms.room_meta(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
         if !self.server_in_room(room_id).await? {
             return Err(Error::not_found("This server is no longer in the room"));
         }
@@ -87,13 +87,14 @@ impl Services {
         }
         let mut content = json!({ "membership": membership });
         if membership == "join" {
-            let state = self.current_state(room_id).await?;
+            let state = self.rooms.current_state(room_id).await?;
             let current = self
+                .rooms
                 .state_event_in(&state, &StateEventType::RoomMember, user.as_str())
                 .await?
                 .and_then(|p| p.membership());
             if !matches!(current, Some(MembershipState::Invite | MembershipState::Join)) {
-                if let Some(rule) = self.state_event_in(&state, &StateEventType::RoomJoinRules, "").await? {
+                if let Some(rule) = self.rooms.state_event_in(&state, &StateEventType::RoomJoinRules, "").await? {
                     let kind = rule.content_field("join_rule").and_then(|v| v.as_str().map(str::to_owned));
                     if matches!(kind.as_deref(), Some("restricted" | "knock_restricted"))
                         && meta.rules().authorization.restricted_join_rule
@@ -107,7 +108,7 @@ impl Services {
             }
         }
         // Built, authorised and then discarded: nothing of it is written.
-        let mut writer = self.room_writer(Target::Room(room_id)).await?;
+        let mut writer = self.rooms.room_writer(Target::Room(room_id)).await?;
         let built = writer
             .append(user, PduBuilder::state(TimelineEventType::RoomMember, user.as_str(), content), None)
             .await
@@ -147,7 +148,7 @@ impl Services {
         if room_of(&object)? != room_id {
             return Err(Error::bad_json("The event is of another room than the path's"));
         }
-        let meta = self.room_meta(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        let meta = self.rooms.room_meta(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
         if !self.server_in_room(room_id).await? {
             return Err(Error::not_found("This server is no longer in the room"));
         }
@@ -171,7 +172,7 @@ impl Services {
             .and_then(|v| v.as_str())
             .and_then(|s| OwnedUserId::try_from(s).ok());
         if let Some(authoriser) = authoriser.filter(|u| u.server_name() == self.server_name()) {
-            if membership != "join" || !self.is_joined(room_id, &authoriser).await? {
+            if membership != "join" || !self.rooms.is_joined(room_id, &authoriser).await? {
                 return Err(Error::forbidden("The authorising user cannot vouch for this join"));
             }
             ruma::signatures::sign_event(
@@ -209,7 +210,7 @@ impl Services {
     ) -> Result<create_join_event::v2::RoomState> {
         let mut state = Vec::new();
         for id in state_before.values() {
-            if let Some(p) = self.get_pdu(id).await? {
+            if let Some(p) = self.rooms.get_pdu(id).await? {
                 state.push(federation_json(&p)?);
             }
         }
@@ -235,7 +236,7 @@ impl Services {
         let mut seen: HashSet<OwnedEventId> = HashSet::new();
         let mut queue: Vec<OwnedEventId> = Vec::new();
         for id in starts {
-            if let Some(p) = self.get_pdu(id).await? {
+            if let Some(p) = self.rooms.get_pdu(id).await? {
                 queue.extend(p.auth_events.iter().cloned());
             }
         }
@@ -244,7 +245,7 @@ impl Services {
             if !seen.insert(id.clone()) {
                 continue;
             }
-            if let Some(p) = self.get_pdu(&id).await? {
+            if let Some(p) = self.rooms.get_pdu(&id).await? {
                 queue.extend(p.auth_events.iter().cloned());
                 out.push(p);
             }
@@ -255,7 +256,7 @@ impl Services {
     /// The servers with a joined user in the room, this one included.
     pub async fn servers_in_room(&self, room_id: &RoomId) -> Result<Vec<OwnedServerName>> {
         let mut servers: Vec<OwnedServerName> =
-            self.joined_members(room_id).await?.iter().map(|u| u.server_name().to_owned()).collect();
+            self.rooms.joined_members(room_id).await?.iter().map(|u| u.server_name().to_owned()).collect();
         servers.sort();
         servers.dedup();
         Ok(servers)
@@ -382,6 +383,7 @@ impl Services {
             return Err(Error::bad_json(format!("{server} sent the state of another room")));
         }
         let creator = self
+            .rooms
             .get_pdu(&create_id)
             .await?
             .ok_or_else(crate::internal!("a value present by construction"))?
@@ -399,7 +401,7 @@ impl Services {
 
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().await;
-        let mut writer = self.received_writer(room_id, &version, &creator).await?;
+        let mut writer = self.rooms.received_writer(room_id, &version, &creator).await?;
         writer.append_received(pdu, Arc::new(state), Placement::Adopt).await?;
         writer.commit().await?;
         diplomatie_storage::rooms::unforget(self.db.pool(), user.as_str(), room_id.as_str()).await?;
@@ -492,8 +494,8 @@ impl Services {
         }
         let json = serde_json::to_string(&stored).map_err(crate::internal!())?;
         let pdu = Pdu::from_received(event_id, json, Some(room_id.to_owned()))?;
-        let state = self.current_state(room_id).await.unwrap_or_default();
-        let mut writer = self.received_writer(room_id, version, user).await?;
+        let state = self.rooms.current_state(room_id).await.unwrap_or_default();
+        let mut writer = self.rooms.received_writer(room_id, version, user).await?;
         writer.append_received(pdu, state, Placement::Adopt).await?;
         writer.commit().await
     }
@@ -526,9 +528,9 @@ impl Services {
     ) -> Result<()> {
         let server = invitee.server_name();
         self.check_server_allowed(server)?;
-        let meta = self.known_room(room_id).await?;
+        let meta = self.rooms.known_room(room_id).await?;
         let rules = meta.rules();
-        let mut writer = self.room_writer(Target::Room(room_id)).await?;
+        let mut writer = self.rooms.room_writer(Target::Room(room_id)).await?;
         let built = writer
             .append(sender, PduBuilder::state(TimelineEventType::RoomMember, invitee.as_str(), content), None)
             .await?;
@@ -562,13 +564,13 @@ impl Services {
     /// membership of `user`, as full events.
     pub async fn state_shown_before_joining(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<RawStrippedState>> {
         let mut shown = Vec::new();
-        let state = self.current_state(room_id).await?;
+        let state = self.rooms.current_state(room_id).await?;
         for kind in crate::sync::STRIPPED_STATE {
-            if let Some(p) = self.state_event_in(&state, &kind, "").await? {
+            if let Some(p) = self.rooms.state_event_in(&state, &kind, "").await? {
                 shown.push(RawStrippedState::Pdu(federation_json(&p)?));
             }
         }
-        if let Some(p) = self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await? {
+        if let Some(p) = self.rooms.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await? {
             shown.push(RawStrippedState::Pdu(federation_json(&p)?));
         }
         Ok(shown)
@@ -650,7 +652,7 @@ impl Services {
         if diplomatie_storage::accounts::get_user(self.db.pool(), invitee.as_str()).await?.is_none() {
             return Err(Error::not_found("Unknown user"));
         }
-        if self.room_meta(room_id).await?.is_some() {
+        if self.rooms.room_meta(room_id).await?.is_some() {
             self.check_server_acl(room_id, origin).await?;
         }
         let object = self.verify_pdu(&object, version).await?;
@@ -661,7 +663,7 @@ impl Services {
 
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().await;
-        if self.room_meta(room_id).await?.is_some() && self.server_in_room(room_id).await? {
+        if self.rooms.room_meta(room_id).await?.is_some() && self.server_in_room(room_id).await? {
             self.handle_pdu(origin, version, object, Placement::Extend, 0).await?;
             return Ok(signed);
         }

@@ -65,8 +65,8 @@ impl Services {
 
     /// Refuses `server` if the room's server ACL (`m.room.server_acl`) denies it.
     pub async fn check_server_acl(&self, room_id: &RoomId, server: &ServerName) -> Result<()> {
-        let state = self.current_state(room_id).await?;
-        let Some(acl) = self.state_event_in(&state, &StateEventType::RoomServerAcl, "").await? else {
+        let state = self.rooms.current_state(room_id).await?;
+        let Some(acl) = self.rooms.state_event_in(&state, &StateEventType::RoomServerAcl, "").await? else {
             return Ok(());
         };
         let content: ruma::events::room::server_acl::RoomServerAclEventContent =

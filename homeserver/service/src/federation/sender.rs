@@ -51,26 +51,36 @@ pub struct Outgoing {
 /// The federation outbox of each batch: the PDUs this server built, queued for the rooms'
 /// other servers in the batch's transaction (a committed event is never lost to federation),
 /// their senders woken once published (a commit subscriber).
-pub(crate) struct OutboxRows;
+pub(crate) struct OutboxRows(pub(crate) std::sync::Weak<Services>);
 
 impl commit::RowsSubscriber for OutboxRows {
-    fn prepare<'a>(&'a self, services: &'a Services, batch: &'a commit::Batch<'a>) -> commit::Preparing<'a> {
-        Box::pin(async move { Ok(Box::new(services.outgoing_pdus(batch.events).await?) as Box<dyn commit::Rows>) })
+    fn prepare<'a>(&'a self, batch: &'a commit::Batch<'a>) -> commit::Preparing<'a> {
+        Box::pin(async move {
+            let services = crate::upgrade(&self.0)?;
+            let out = services.outgoing_pdus(batch.events).await?;
+            Ok(Box::new(OutboxBatch { services, out }) as Box<dyn commit::Rows>)
+        })
     }
 }
 
-impl commit::Rows for Outgoing {
-    fn write<'a>(&'a self, _services: &'a Services, tx: &'a mut commit::Transaction) -> commit::Writing<'a> {
+/// A batch's outbox rows, with the services that start the senders once they are published.
+struct OutboxBatch {
+    services: Arc<Services>,
+    out: Outgoing,
+}
+
+impl commit::Rows for OutboxBatch {
+    fn write<'a>(&'a self, tx: &'a mut commit::Transaction) -> commit::Writing<'a> {
         Box::pin(async move {
-            if !self.is_empty() {
-                Outgoing::write(self, tx).await?;
+            if !self.out.is_empty() {
+                self.out.write(tx).await?;
             }
             Ok(())
         })
     }
 
-    fn published(&self, services: &Services) {
-        services.outgoing_committed(self);
+    fn published(&self) {
+        self.services.outgoing_committed(&self.out);
     }
 }
 
@@ -108,7 +118,7 @@ impl Services {
         for pdu in appended.iter().filter(|p| p.sender.server_name() == me) {
             if !by_room.contains_key(&*pdu.room_id) {
                 let servers: HashSet<OwnedServerName> =
-                    self.joined_members(&pdu.room_id).await?.iter().map(|u| u.server_name().to_owned()).collect();
+                    self.rooms.joined_members(&pdu.room_id).await?.iter().map(|u| u.server_name().to_owned()).collect();
                 by_room.insert(&pdu.room_id, servers);
             }
             let mut servers = by_room[&*pdu.room_id].clone();
@@ -273,7 +283,7 @@ async fn send_once_in_span(services: &Services, destination: &ServerName) -> Res
         match kind.as_str() {
             "pdu" => {
                 let Ok(event_id) = OwnedEventId::try_from(payload.as_str()) else { continue };
-                if let Some(p) = services.get_pdu(&event_id).await? {
+                if let Some(p) = services.rooms.get_pdu(&event_id).await? {
                     pdus.push(federation_json(&p)?);
                 }
             }

@@ -89,7 +89,7 @@ impl Services {
         match edu {
             Edu::Typing(typing) => {
                 let (room, user) = (&typing.room_id, &typing.user_id);
-                if user.server_name() != origin || !self.is_joined(room, user).await? {
+                if user.server_name() != origin || !self.rooms.is_joined(room, user).await? {
                     return Err(Error::forbidden("typing of a user the origin does not speak for"));
                 }
                 self.check_server_acl(room, origin).await?;
@@ -99,11 +99,11 @@ impl Services {
                 for (room, map) in receipts.receipts {
                     self.check_server_acl(&room, origin).await?;
                     for (user, receipt) in map.read {
-                        if user.server_name() != origin || !self.is_joined(&room, &user).await? {
+                        if user.server_name() != origin || !self.rooms.is_joined(&room, &user).await? {
                             continue;
                         }
                         let Some(event_id) = receipt.event_ids.first() else { continue };
-                        if self.get_pdu(event_id).await?.is_none_or(|p| p.room_id != room) {
+                        if self.rooms.get_pdu(event_id).await?.is_none_or(|p| p.room_id != room) {
                             continue;
                         }
                         let ts = receipt.data.ts.map(|t| i64::from(t.get())).unwrap_or_else(now_ms);
@@ -130,6 +130,6 @@ impl Services {
 async fn pdu_event_id(services: &Services, raw: &RawValue) -> Option<OwnedEventId> {
     let object = canonical(raw).ok()?;
     let room = room_of(&object).ok()?;
-    let meta = services.room_meta(&room).await.ok()??;
+    let meta = services.rooms.room_meta(&room).await.ok()??;
     event_id_of(&object, &meta.rules()).ok()
 }

@@ -1,6 +1,7 @@
 //! What happens to a batch of events around its commit, told to subscribers registered at
 //! start-up (`Services::start` assembles them): the room writer names none of them, so a new
-//! concern (MLS, a bridge) subscribes without touching the writer.
+//! concern (MLS, a bridge) subscribes without touching the writer. Each subscriber holds the
+//! handles it needs; the writer hands it the batch only.
 //!
 //! Two kinds: [`RowsSubscriber`]s add rows to the batch's own transaction (push notifications,
 //! the federation outbox), so that nothing reads the events without them; [`Subscriber`]s
@@ -14,7 +15,8 @@ use std::{collections::HashSet, sync::Arc};
 use futures::future::BoxFuture;
 use ruma::{state_res::StateMap, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId};
 
-use crate::{pdu::Pdu, Result, Services};
+use crate::{pdu::Pdu, Result};
+use ruma::room_version_rules::RoomVersionRules;
 
 /// A batch of events on its way to the database, as subscribers see it.
 pub(crate) struct Batch<'a> {
@@ -49,24 +51,41 @@ pub(crate) type Transaction = diplomatie_storage::Connection;
 pub(crate) trait RowsSubscriber: Send + Sync {
     /// Computes its rows, reading through the pool, before the transaction opens (no read
     /// may go through the pool while a connection holds SQLite's write lock).
-    fn prepare<'a>(&'a self, services: &'a Services, batch: &'a Batch<'a>) -> Preparing<'a>;
+    fn prepare<'a>(&'a self, batch: &'a Batch<'a>) -> Preparing<'a>;
 }
 
 /// The rows one [`RowsSubscriber`] prepared for one batch.
 pub(crate) trait Rows: Send + Sync {
-    fn write<'a>(&'a self, services: &'a Services, tx: &'a mut Transaction) -> Writing<'a>;
-    fn committed(&self, _services: &Services, _at: &Committed<'_>) {}
-    fn published(&self, _services: &Services) {}
+    fn write<'a>(&'a self, tx: &'a mut Transaction) -> Writing<'a>;
+    fn committed(&self, _at: &Committed<'_>) {}
+    fn published(&self) {}
 }
 
 /// A concern told of a batch after its commit.
 pub(crate) trait Subscriber: Send + Sync {
-    fn committed(&self, _services: &Services, _batch: &Batch<'_>, _at: &Committed<'_>) {}
-    fn published(&self, _services: &Services, _batch: &Batch<'_>, _at: &Committed<'_>) {}
+    fn committed(&self, _batch: &Batch<'_>, _at: &Committed<'_>) {}
+    fn published(&self, _batch: &Batch<'_>, _at: &Committed<'_>) {}
 }
 
 /// The subscribers of every batch.
 pub(crate) struct CommitSubscribers {
     pub rows: Vec<Box<dyn RowsSubscriber>>,
     pub others: Vec<Box<dyn Subscriber>>,
+}
+
+/// What [`EventPolicy::check`] answers.
+pub(crate) type Checking<'a> = BoxFuture<'a, Result<()>>;
+
+/// Rules beyond the room version's that every event this server builds must pass (the
+/// portal's: clearances, classification, external persons), checked by the writer after the
+/// authorisation rules and before anything is written.
+pub(crate) trait EventPolicy: Send + Sync {
+    /// May `pdu` be appended on top of `state` (`appended`: the batch's events so far)?
+    fn check<'a>(
+        &'a self,
+        state: &'a StateMap<OwnedEventId>,
+        appended: &'a [Arc<Pdu>],
+        pdu: &'a Pdu,
+        rules: &'a RoomVersionRules,
+    ) -> Checking<'a>;
 }

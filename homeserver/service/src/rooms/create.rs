@@ -125,7 +125,7 @@ impl Services {
             creation.insert("creator".into(), json!(creator));
         }
         let room_id = if v12 { None } else { Some(self.new_room_id()?) };
-        let mut w = self.room_writer(Target::New { room_id, version: version.clone() }).await?;
+        let mut w = self.rooms.room_writer(Target::New { room_id, version: version.clone() }).await?;
         let mut create = PduBuilder::state(TimelineEventType::RoomCreate, "", Value::Object(creation.clone()));
         // Since v12 a room id is its create event's hash: two rooms created by the same user in
         // the same millisecond with the same options would collide, so timestamps never repeat.

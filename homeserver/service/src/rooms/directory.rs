@@ -10,8 +10,8 @@ impl Services {
         if alias.server_name() != self.server_name() {
             return Err(Error::invalid_param("Aliases must be on this server"));
         }
-        self.known_room(room_id).await?;
-        if !self.is_joined(room_id, user).await? {
+        self.rooms.known_room(room_id).await?;
+        if !self.rooms.is_joined(room_id, user).await? {
             return Err(Error::forbidden("You are not joined to this room"));
         }
         diplomatie_storage::rooms::insert_alias(self.db.pool(), alias.as_str(), room_id.as_str(), user.as_str())
@@ -38,7 +38,7 @@ impl Services {
                 .and_then(Value::as_i64)
                 .or_else(|| levels.get("state_default").and_then(Value::as_i64))
                 .unwrap_or(50);
-            if self.user_power(&room_id, &levels, user).await? < needed {
+            if self.rooms.user_power(&room_id, &levels, user).await? < needed {
                 return Err(Error::forbidden("You may not delete this alias"));
             }
         }
@@ -54,7 +54,7 @@ impl Services {
     /// Removes `alias` from the room's `m.room.canonical_alias` event (`alias` and
     /// `alt_aliases`), if it is there.
     async fn forget_canonical_alias(&self, user: &UserId, room_id: &RoomId, alias: &RoomAliasId) -> Result<()> {
-        let Some(event) = self.state_event(room_id, &StateEventType::RoomCanonicalAlias, "").await? else {
+        let Some(event) = self.rooms.state_event(room_id, &StateEventType::RoomCanonicalAlias, "").await? else {
             return Ok(());
         };
         let mut content = event.content_value();
@@ -97,10 +97,10 @@ impl Services {
     }
 
     pub async fn set_room_visibility(&self, user: &UserId, room_id: &RoomId, public: bool) -> Result<()> {
-        self.known_room(room_id).await?;
+        self.rooms.known_room(room_id).await?;
         let levels = self.power_levels(room_id).await?;
         let needed = levels.get("state_default").and_then(Value::as_i64).unwrap_or(50);
-        if self.user_power(room_id, &levels, user).await? < needed && !self.is_admin(user).await? {
+        if self.rooms.user_power(room_id, &levels, user).await? < needed && !self.is_admin(user).await? {
             return Err(Error::forbidden("You may not publish this room"));
         }
         if public && !self.room_may_be_listed(room_id).await? {
@@ -119,11 +119,11 @@ impl Services {
 
     /// The room's summary as the directory and the hierarchy show it.
     pub async fn room_summary(&self, room_id: &RoomId) -> Result<Value> {
-        let state = self.current_state(room_id).await?;
+        let state = self.rooms.current_state(room_id).await?;
         let field = |kind: StateEventType, name: &'static str| {
             let state = state.clone();
             async move {
-                Ok::<_, Error>(match self.state_event_in(&state, &kind, "").await? {
+                Ok::<_, Error>(match self.rooms.state_event_in(&state, &kind, "").await? {
                     Some(p) => p.content_field(name),
                     None => None,
                 })
@@ -139,7 +139,7 @@ impl Services {
         let room_type = field(StateEventType::RoomCreate, "type").await?;
         let mut summary = json!({
             "room_id": room_id,
-            "num_joined_members": self.joined_members(room_id).await?.len(),
+            "num_joined_members": self.rooms.joined_members(room_id).await?.len(),
             "world_readable": visibility.is_some_and(|v| v == "world_readable"),
             "guest_can_join": guest.is_some_and(|v| v == "can_join"),
             "join_rule": join_rule,
@@ -226,7 +226,7 @@ impl Services {
         if !internal {
             let mut known = std::collections::HashSet::new();
             for room in super::joined_rooms(self, searcher).await? {
-                known.extend(self.joined_members(&room).await?.iter().map(|u| u.to_string()));
+                known.extend(self.rooms.joined_members(&room).await?.iter().map(|u| u.to_string()));
             }
             users.retain(|u| known.contains(&u.user_id));
         }

@@ -44,8 +44,8 @@ impl Services {
         reason: Option<String>,
         is_direct: bool,
     ) -> Result<()> {
-        self.known_room(room_id).await?;
-        if !self.is_joined(room_id, sender).await? {
+        self.rooms.known_room(room_id).await?;
+        if !self.rooms.is_joined(room_id, sender).await? {
             return Err(Error::forbidden("You are not joined to this room"));
         }
         if invitee.server_name() != self.server_name() {
@@ -62,7 +62,7 @@ impl Services {
         if diplomatie_storage::accounts::get_user(self.db.pool(), invitee.as_str()).await?.is_none() {
             return Err(Error::not_found("Unknown user"));
         }
-        let knocked = self.membership(room_id, invitee).await? == Some(MembershipState::Knock);
+        let knocked = self.rooms.membership(room_id, invitee).await? == Some(MembershipState::Knock);
         let mut content = with_membership("invite", self.member_profile(invitee).await?, is_direct);
         add_reason(&mut content, reason);
         self.send_membership(sender, room_id, invitee, content).await?;
@@ -91,20 +91,23 @@ impl Services {
             self.remote_join(user, room_id, via, reason).await?;
             return Ok(room_id.to_owned());
         }
-        let meta = self.room_meta(room_id).await?;
+        let meta = self.rooms.room_meta(room_id).await?;
         let Some(meta) = meta else {
             return Err(Error::not_found("This server does not know this room, and federation is not enabled"));
         };
-        let state = self.state_map(meta.state_group).await?;
-        let current =
-            self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await?.and_then(|p| p.membership());
+        let state = self.rooms.state_map(meta.state_group).await?;
+        let current = self
+            .rooms
+            .state_event_in(&state, &StateEventType::RoomMember, user.as_str())
+            .await?
+            .and_then(|p| p.membership());
         let mut content = with_membership("join", self.member_profile(user).await?, false);
         add_reason(&mut content, reason);
 
         // Restricted rooms: a local member who may invite vouches for the joiner, when the joiner
         // is in one of the rooms the join rule allows.
         if !matches!(current, Some(MembershipState::Invite | MembershipState::Join)) {
-            if let Some(rule) = self.state_event_in(&state, &StateEventType::RoomJoinRules, "").await? {
+            if let Some(rule) = self.rooms.state_event_in(&state, &StateEventType::RoomJoinRules, "").await? {
                 let kind = rule.content_field("join_rule").and_then(|v| v.as_str().map(str::to_owned));
                 if matches!(kind.as_deref(), Some("restricted" | "knock_restricted"))
                     && meta.rules().authorization.restricted_join_rule
@@ -143,7 +146,7 @@ impl Services {
             else {
                 continue;
             };
-            if self.room_meta(room).await?.is_some() && self.is_joined(room, user).await? {
+            if self.rooms.room_meta(room).await?.is_some() && self.rooms.is_joined(room, user).await? {
                 return Ok(true);
             }
         }
@@ -155,6 +158,7 @@ impl Services {
         let levels = self.power_levels(room_id).await?;
         let invite_level = levels.get("invite").and_then(Value::as_i64).unwrap_or(0);
         let mut candidates: Vec<OwnedUserId> = self
+            .rooms
             .joined_members(room_id)
             .await?
             .iter()
@@ -163,7 +167,7 @@ impl Services {
             .collect();
         candidates.sort();
         for user in candidates {
-            if self.user_power(room_id, &levels, &user).await? >= invite_level {
+            if self.rooms.user_power(room_id, &levels, &user).await? >= invite_level {
                 return Ok(Some(user));
             }
         }
@@ -172,7 +176,7 @@ impl Services {
 
     /// The content of the room's power levels (the spec's defaults when absent).
     pub async fn power_levels(&self, room_id: &RoomId) -> Result<Map<String, Value>> {
-        Ok(match self.state_event(room_id, &StateEventType::RoomPowerLevels, "").await? {
+        Ok(match self.rooms.state_event(room_id, &StateEventType::RoomPowerLevels, "").await? {
             Some(p) => match p.content_value() {
                 Value::Object(m) => m,
                 _ => Map::new(),
@@ -181,16 +185,8 @@ impl Services {
         })
     }
 
-    /// A user's power level, counting v12 creators as above every level.
-    pub async fn user_power(&self, room_id: &RoomId, levels: &Map<String, Value>, user: &UserId) -> Result<i64> {
-        let meta = self.known_room(room_id).await?;
-        let create = self.state_event(room_id, &StateEventType::RoomCreate, "").await?;
-        let creators = meta.rules().authorization.explicitly_privilege_room_creators;
-        Ok(power_of(create.as_deref(), (!levels.is_empty()).then_some(levels), user, creators))
-    }
-
     pub async fn leave(&self, user: &UserId, room_id: &RoomId, reason: Option<String>) -> Result<()> {
-        let current = self.membership(room_id, user).await?;
+        let current = self.rooms.membership(room_id, user).await?;
         match current {
             None => return Err(Error::forbidden("You are not a member of this room")),
             Some(MembershipState::Leave) => return Ok(()),
@@ -216,8 +212,8 @@ impl Services {
         membership: &str,
         reason: Option<String>,
     ) -> Result<()> {
-        self.known_room(room_id).await?;
-        let current = self.membership(room_id, target).await?;
+        self.rooms.known_room(room_id).await?;
+        let current = self.rooms.membership(room_id, target).await?;
         if membership == "leave" && matches!(current, None | Some(MembershipState::Leave)) {
             return Err(Error::forbidden("The user is not a member of this room"));
         }
@@ -234,7 +230,7 @@ impl Services {
         target: &UserId,
         reason: Option<String>,
     ) -> Result<()> {
-        if self.membership(room_id, target).await? != Some(MembershipState::Ban) {
+        if self.rooms.membership(room_id, target).await? != Some(MembershipState::Ban) {
             return Err(Error::forbidden("The user is not banned"));
         }
         self.set_membership_of(sender, room_id, target, "leave", reason).await
@@ -256,7 +252,7 @@ impl Services {
             self.remote_knock(user, room_id, via, reason).await?;
             return Ok(room_id.to_owned());
         }
-        if self.room_meta(room_id).await?.is_none() {
+        if self.rooms.room_meta(room_id).await?.is_none() {
             return Err(Error::not_found("This server does not know this room, and federation is not enabled"));
         }
         let mut content = with_membership("knock", self.member_profile(user).await?, false);
@@ -266,7 +262,7 @@ impl Services {
     }
 
     pub async fn forget(&self, user: &UserId, room_id: &RoomId) -> Result<()> {
-        match self.membership(room_id, user).await? {
+        match self.rooms.membership(room_id, user).await? {
             Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {
                 Err(Error::new(ErrorKind::Unknown, "You must leave the room before forgetting it"))
             }
@@ -284,18 +280,18 @@ impl Services {
     /// user of this server is in the room (or the room is unknown here).
     async fn outside_room(&self, room_id: &RoomId) -> Result<bool> {
         Ok(self.federation_enabled()
-            && (self.room_meta(room_id).await?.is_none() || !self.server_in_room(room_id).await?))
+            && (self.rooms.room_meta(room_id).await?.is_none() || !self.server_in_room(room_id).await?))
     }
 
     /// Servers this one knows in a room it may not be in: the sender of `user`'s membership
     /// (an invite's), then those of the members it knew.
     pub(crate) async fn servers_known_in(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<OwnedServerName>> {
         let mut servers = Vec::new();
-        if self.room_meta(room_id).await?.is_none() {
+        if self.rooms.room_meta(room_id).await?.is_none() {
             return Ok(servers);
         }
-        let state = self.current_state(room_id).await?;
-        if let Some(p) = self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await? {
+        let state = self.rooms.current_state(room_id).await?;
+        if let Some(p) = self.rooms.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await? {
             servers.push(p.sender.server_name().to_owned());
         }
         for ((kind, key), _) in state.iter() {
@@ -313,32 +309,9 @@ impl Services {
     /// Appends `sender`'s membership event about `target`.
     async fn send_membership(&self, sender: &UserId, room_id: &RoomId, target: &UserId, content: Value) -> Result<()> {
         let builder = PduBuilder::state(TimelineEventType::RoomMember, target.as_str(), content);
-        self.append_event(Target::Room(room_id), sender, builder, None).await?;
+        self.rooms.append_event(Target::Room(room_id), sender, builder, None).await?;
         Ok(())
     }
-}
-
-/// A user's power level from a room's create event and power levels content (`None` without a
-/// power levels event), creators of rooms that privilege them (v12) above every level.
-pub(crate) fn power_of(
-    create: Option<&crate::Pdu>,
-    levels: Option<&Map<String, Value>>,
-    user: &UserId,
-    creators_privileged: bool,
-) -> i64 {
-    if let Some(create) = create {
-        let extra = create.content_field("additional_creators");
-        let listed = extra.and_then(|v| v.as_array().map(|a| a.iter().any(|u| u.as_str() == Some(user.as_str()))));
-        if creators_privileged && (create.sender == user || listed.unwrap_or(false)) {
-            return i64::MAX;
-        }
-    }
-    let Some(levels) = levels else {
-        // Without a power levels event the creator has 100, everyone else 0.
-        return if create.is_some_and(|c| c.sender == user) { 100 } else { 0 };
-    };
-    let default = levels.get("users_default").and_then(Value::as_i64).unwrap_or(0);
-    levels.get("users").and_then(|u| u.get(user.as_str())).and_then(Value::as_i64).unwrap_or(default)
 }
 
 fn add_reason(content: &mut Value, reason: Option<String>) {

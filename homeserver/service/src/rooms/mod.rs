@@ -1,6 +1,6 @@
 //! The room DAG: building, authorising and persisting events; room state.
 //!
-//! Every event this server creates goes through [`Services::append_event`]: it takes the room's
+//! Every event this server creates goes through [`Rooms::append_event`]: it takes the room's
 //! forward extremities as `prev_events`, selects `auth_events` from the current state, hashes and
 //! signs the event (ruma-signatures), runs the authorisation rules of the room version
 //! (ruma-state-res), and persists event, state and extremities in one transaction before anyone
@@ -18,7 +18,7 @@ pub mod timeline;
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{atomic::AtomicI64, Arc, Mutex},
+    sync::{atomic::AtomicI64, Arc, Mutex, Weak},
 };
 
 use diplomatie_storage::{correspondence as cstore, events as ev_store, rooms as room_store, state as state_store};
@@ -34,7 +34,7 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use crate::{now_ms, Error, Pdu, Result, Services};
+use crate::{core::Core, now_ms, Error, Pdu, Result};
 
 /// A room's position in its DAG, kept in memory and changed only by the writer.
 #[derive(Clone, Debug)]
@@ -54,8 +54,16 @@ impl RoomMeta {
     }
 }
 
-/// In-memory views of the rooms. Only the writer changes them, after its commit.
-pub struct RoomCaches {
+/// The rooms' DAG and state: the one writer of events, and the in-memory views of the rooms
+/// (only the writer changes them, after its commit). It calls no other service: what must
+/// happen around a commit is told to the subscribers it was given ([`commit`]), and the
+/// portal's rules reach the writer as the [`commit::EventPolicy`] it was given.
+pub struct Rooms {
+    core: Arc<Core>,
+    /// This very value, for the task that drains the send queue.
+    me: Weak<Rooms>,
+    subscribers: commit::CommitSubscribers,
+    policy: Box<dyn commit::EventPolicy>,
     meta: Mutex<HashMap<OwnedRoomId, Arc<RoomMeta>>>,
     states: Mutex<LruCache<i64, Arc<StateMap<OwnedEventId>>>>,
     events: Mutex<LruCache<OwnedEventId, Arc<Pdu>>>,
@@ -75,7 +83,14 @@ pub struct RoomCaches {
     backfill_low: tokio::sync::Mutex<Option<i64>>,
 }
 
-impl RoomCaches {
+impl std::ops::Deref for Rooms {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl Rooms {
     /// The current time in milliseconds, strictly greater than any value it returned before.
     pub fn unique_timestamp(&self) -> i64 {
         use std::sync::atomic::Ordering;
@@ -87,9 +102,17 @@ impl RoomCaches {
     }
 }
 
-impl Default for RoomCaches {
-    fn default() -> Self {
-        RoomCaches {
+impl Rooms {
+    pub(crate) fn new(
+        core: Arc<Core>,
+        subscribers: commit::CommitSubscribers,
+        policy: Box<dyn commit::EventPolicy>,
+    ) -> Arc<Rooms> {
+        Arc::new_cyclic(|me| Rooms {
+            core,
+            me: me.clone(),
+            subscribers,
+            policy,
             meta: Mutex::default(),
             states: Mutex::new(crate::lru(20_000)),
             events: Mutex::new(crate::lru(100_000)),
@@ -100,7 +123,7 @@ impl Default for RoomCaches {
             txn_of: Mutex::new(crate::lru(10_000)),
             last_create_ts: AtomicI64::new(0),
             backfill_low: tokio::sync::Mutex::default(),
-        }
+        })
     }
 }
 
@@ -151,10 +174,10 @@ pub enum Target<'a> {
     New { room_id: Option<OwnedRoomId>, version: RoomVersionId },
 }
 
-impl Services {
+impl Rooms {
     /// The DAG position of a room, or `None` if this server does not know the room.
     pub async fn room_meta(&self, room_id: &RoomId) -> Result<Option<Arc<RoomMeta>>> {
-        if let Some(m) = self.rooms.meta.lock().unwrap().get(room_id) {
+        if let Some(m) = self.meta.lock().unwrap().get(room_id) {
             return Ok(Some(m.clone()));
         }
         let pool = self.db.pool();
@@ -176,7 +199,7 @@ impl Services {
         }
         let chain_length = state_store::chain_length(pool, state_group).await?;
         let meta = Arc::new(RoomMeta { version, extremities, depth, state_group, chain_length });
-        self.rooms.meta.lock().unwrap().insert(room_id.to_owned(), meta.clone());
+        self.meta.lock().unwrap().insert(room_id.to_owned(), meta.clone());
         Ok(Some(meta))
     }
 
@@ -192,10 +215,10 @@ impl Services {
         serde_json::to_value(self.client_raw::<Value>(pdu, user, device, with_room_id)).unwrap_or(Value::Null)
     }
 
-    /// [`Services::client_event`] as a typed raw value, serialised once from the PDU.
+    /// [`Rooms::client_event`] as a typed raw value, serialised once from the PDU.
     pub fn client_raw<T>(&self, pdu: &Pdu, user: &UserId, device: &str, with_room_id: bool) -> ruma::serde::Raw<T> {
         let txn = if pdu.sender == user {
-            self.rooms.txn_of.lock().unwrap().get(&pdu.event_id).filter(|(sent_by, _)| sent_by == device).cloned()
+            self.txn_of.lock().unwrap().get(&pdu.event_id).filter(|(sent_by, _)| sent_by == device).cloned()
         } else {
             None
         };
@@ -203,7 +226,7 @@ impl Services {
     }
 
     pub async fn get_pdu(&self, event_id: &ruma::EventId) -> Result<Option<Arc<Pdu>>> {
-        if let Some(p) = self.rooms.events.lock().unwrap().get(event_id) {
+        if let Some(p) = self.events.lock().unwrap().get(event_id) {
             return Ok(Some(p.clone()));
         }
         let pdu = match ev_store::get_event(self.db.pool(), event_id.as_str()).await? {
@@ -215,7 +238,7 @@ impl Services {
             },
         };
         let pdu = Arc::new(pdu);
-        self.rooms.events.lock().unwrap().put(event_id.to_owned(), pdu.clone());
+        self.events.lock().unwrap().put(event_id.to_owned(), pdu.clone());
         Ok(Some(pdu))
     }
 
@@ -224,7 +247,7 @@ impl Services {
         if group == 0 {
             return Ok(Arc::default());
         }
-        if let Some(s) = self.rooms.states.lock().unwrap().get(&group) {
+        if let Some(s) = self.states.lock().unwrap().get(&group) {
             return Ok(s.clone());
         }
         // The delta chain from its snapshot, in one query; only the group asked for is cached
@@ -242,7 +265,7 @@ impl Services {
             }
         }
         let result = Arc::new(map);
-        self.rooms.states.lock().unwrap().put(group, result.clone());
+        self.states.lock().unwrap().put(group, result.clone());
         Ok(result)
     }
 
@@ -284,13 +307,26 @@ impl Services {
         Ok(self.state_event(room_id, &StateEventType::RoomMember, user_id.as_str()).await?.and_then(|p| p.membership()))
     }
 
+    /// A user's power level, counting v12 creators as above every level.
+    pub async fn user_power(
+        &self,
+        room_id: &RoomId,
+        levels: &serde_json::Map<String, Value>,
+        user: &UserId,
+    ) -> Result<i64> {
+        let meta = self.known_room(room_id).await?;
+        let create = self.state_event(room_id, &StateEventType::RoomCreate, "").await?;
+        let creators = meta.rules().authorization.explicitly_privilege_room_creators;
+        Ok(power_of(create.as_deref(), (!levels.is_empty()).then_some(levels), user, creators))
+    }
+
     pub async fn is_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
         Ok(self.joined_members(room_id).await?.contains(user_id))
     }
 
     /// Users whose membership in the room is `join`.
     pub async fn joined_members(&self, room_id: &RoomId) -> Result<Arc<HashSet<OwnedUserId>>> {
-        if let Some(j) = self.rooms.joined.lock().unwrap().get(room_id) {
+        if let Some(j) = self.joined.lock().unwrap().get(room_id) {
             return Ok(j.clone());
         }
         let members = state_store::room_members(self.db.pool(), room_id.as_str()).await?;
@@ -300,7 +336,7 @@ impl Services {
             .filter_map(|(u, _, _)| OwnedUserId::try_from(u).ok())
             .collect();
         let joined = Arc::new(joined);
-        self.rooms.joined.lock().unwrap().insert(room_id.to_owned(), joined.clone());
+        self.joined.lock().unwrap().insert(room_id.to_owned(), joined.clone());
         Ok(joined)
     }
 
@@ -328,7 +364,7 @@ impl Services {
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let txn = txn.map(|(d, t)| (d.to_owned(), t.to_owned()));
-        self.rooms.queue.lock().unwrap().push(SendJob { room_id, sender: sender.to_owned(), builder, txn, reply });
+        self.queue.lock().unwrap().push(SendJob { room_id, sender: sender.to_owned(), builder, txn, reply });
         let me = self.me.upgrade().ok_or_else(crate::internal!("a value present by construction"))?;
         tokio::spawn(async move { me.drain_queue().await });
         answer.await.map_err(crate::internal!())?
@@ -337,7 +373,7 @@ impl Services {
     /// Writes every queued event in one transaction, under the writer lock.
     async fn drain_queue(&self) {
         let write = self.begin_write().await;
-        let jobs = std::mem::take(&mut *self.rooms.queue.lock().unwrap());
+        let jobs = std::mem::take(&mut *self.queue.lock().unwrap());
         if jobs.is_empty() {
             return;
         }
@@ -354,7 +390,7 @@ impl Services {
                 let earlier = match by_txn.get(&key) {
                     Some(p) => Some(p.clone()),
                     None => {
-                        let recent = self.rooms.recent_txns.lock().unwrap().get(&key).cloned();
+                        let recent = self.recent_txns.lock().unwrap().get(&key).cloned();
                         match recent {
                             Some(id) => self.get_pdu(&id).await.ok().flatten(),
                             None => None,
@@ -428,7 +464,7 @@ impl Services {
     }
 
     /// Opens a batch spanning several rooms, for the group commit of queued sends.
-    pub(crate) fn batch_writer<'a>(&'a self, write: crate::StreamWrite<'a>) -> RoomWriter<'a> {
+    pub(crate) fn batch_writer<'a>(&'a self, write: crate::core::StreamWrite<'a>) -> RoomWriter<'a> {
         // No current room yet: `switch_to` picks each job's room.
         let meta =
             RoomMeta { version: RoomVersionId::V12, extremities: vec![], depth: 0, state_group: 0, chain_length: 0 };
@@ -437,11 +473,11 @@ impl Services {
 
     async fn next_state_group(&self) -> Result<i64> {
         use std::sync::atomic::Ordering;
-        if self.rooms.next_state_group.load(Ordering::Acquire) < 0 {
+        if self.next_state_group.load(Ordering::Acquire) < 0 {
             let max = state_store::max_state_group(self.db.pool()).await?;
-            let _ = self.rooms.next_state_group.compare_exchange(-1, max + 1, Ordering::AcqRel, Ordering::Acquire);
+            let _ = self.next_state_group.compare_exchange(-1, max + 1, Ordering::AcqRel, Ordering::Acquire);
         }
-        Ok(self.rooms.next_state_group.fetch_add(1, Ordering::AcqRel))
+        Ok(self.next_state_group.fetch_add(1, Ordering::AcqRel))
     }
 }
 
@@ -451,8 +487,8 @@ impl Services {
 /// builds and authorises events, so the reads it makes through the pool can never wait for a
 /// connection that waits for it.
 pub struct RoomWriter<'a> {
-    services: &'a Services,
-    write: crate::StreamWrite<'a>,
+    rooms: &'a Rooms,
+    write: crate::core::StreamWrite<'a>,
     /// `None` until the create event of a v12 room gives the room its id.
     room_id: Option<OwnedRoomId>,
     /// The version, while the room is being created by this batch.
@@ -609,14 +645,14 @@ impl EventRow {
 
 impl<'a> RoomWriter<'a> {
     fn new(
-        services: &'a Services,
-        write: crate::StreamWrite<'a>,
+        rooms: &'a Rooms,
+        write: crate::core::StreamWrite<'a>,
         (room_id, new_room): (Option<OwnedRoomId>, Option<RoomVersionId>),
         meta: RoomMeta,
         state: Arc<StateMap<OwnedEventId>>,
     ) -> Self {
         RoomWriter {
-            services,
+            rooms,
             write,
             room_id,
             new_room,
@@ -652,8 +688,8 @@ impl<'a> RoomWriter<'a> {
         let (meta, state) = match self.others.remove(room_id) {
             Some(entry) => entry,
             None => {
-                let meta = self.services.known_room(room_id).await?;
-                let state = self.services.state_map(meta.state_group).await?;
+                let meta = self.rooms.known_room(room_id).await?;
+                let state = self.rooms.state_map(meta.state_group).await?;
                 ((*meta).clone(), state)
             }
         };
@@ -708,11 +744,11 @@ impl<'a> RoomWriter<'a> {
         builder: PduBuilder,
         txn: Option<(&DeviceId, &TransactionId)>,
     ) -> Result<Arc<Pdu>> {
-        let services = self.services;
+        let rooms = self.rooms;
         // Forks (several forward extremities) meet here: the state is their resolution.
         let forked = self.meta.extremities.len() > 1;
         if forked {
-            let resolved = services.resolve_extremities(&self.meta.version, &self.meta.extremities).await?;
+            let resolved = rooms.resolve_extremities(&self.meta.version, &self.meta.extremities).await?;
             self.state = Arc::new(resolved);
             self.resolved_rooms
                 .push(self.room_id.clone().ok_or_else(crate::internal!("a value present by construction"))?);
@@ -734,20 +770,20 @@ impl<'a> RoomWriter<'a> {
         let mut loaded: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
         let create = state.get(&(StateEventType::RoomCreate, String::new()));
         for id in auth_events.iter().chain(create) {
-            if let Some(p) = find_pdu(self.services, &self.appended, id).await? {
+            if let Some(p) = find_pdu(self.rooms, &self.appended, id).await? {
                 loaded.insert(id.clone(), p);
             }
         }
         // Room versions 1 and 2 cite events with their reference hashes, and carry their own id.
         let v1 = rules.event_id_format == EventIdFormatVersion::V1;
-        let prev_events = references(self.services, &self.appended, &self.meta.extremities, &rules).await?;
-        let auth_refs = references(self.services, &self.appended, &auth_events, &rules).await?;
+        let prev_events = references(self.rooms, &self.appended, &self.meta.extremities, &rules).await?;
+        let auth_refs = references(self.rooms, &self.appended, &auth_events, &rules).await?;
         // What the event replaces, for clients (`unsigned`).
         let mut unsigned = std::collections::BTreeMap::new();
         if let Some(sk) = &builder.state_key {
             let key = (StateEventType::from(builder.kind.to_string()), sk.clone());
             if let Some(prev_id) = state.get(&key) {
-                if let Some(prev) = find_pdu(self.services, &self.appended, prev_id).await? {
+                if let Some(prev) = find_pdu(self.rooms, &self.appended, prev_id).await? {
                     unsigned.insert("replaces_state".to_owned(), json!(prev_id));
                     unsigned.insert("prev_content".to_owned(), prev.content_value());
                     unsigned.insert("prev_sender".to_owned(), json!(prev.sender));
@@ -771,12 +807,12 @@ impl<'a> RoomWriter<'a> {
             prev_events: &prev_events,
             auth_events: &auth_refs,
             event_id: v1
-                .then(|| format!("${}:{}", crate::random_string(18), services.server_name()).try_into())
+                .then(|| format!("${}:{}", crate::random_string(18), rooms.server_name()).try_into())
                 .transpose()
                 .map_err(crate::internal!())?,
             unsigned,
         };
-        let mut pdu = event_core::build(draft, &rules, services.server_name(), &services.keys.keypair)?;
+        let mut pdu = event_core::build(draft, &rules, rooms.server_name(), &rooms.keys.keypair)?;
         let event_id = pdu.event_id.clone();
         let room_id = pdu.room_id.clone();
 
@@ -785,7 +821,7 @@ impl<'a> RoomWriter<'a> {
         if pdu.kind != TimelineEventType::RoomCreate {
             // The portal's rules (clearance, classification, externals).
             let checking = std::time::Instant::now();
-            let checked = services.check_portal(&state, &self.appended, &pdu, &rules).await;
+            let checked = rooms.policy.check(&state, &self.appended, &pdu, &rules).await;
             self.portal_time += checking.elapsed();
             checked?;
         } else if self.new_room.is_none() || self.room_id.is_some() && !self.appended.is_empty() {
@@ -808,7 +844,7 @@ impl<'a> RoomWriter<'a> {
             let mut map = (*state).clone();
             let kind = pdu.kind.to_string();
             map.insert((StateEventType::from(kind.clone()), sk.clone()), event_id.clone());
-            let id = services.next_state_group().await?;
+            let id = rooms.next_state_group().await?;
             let snapshot = forked || self.meta.state_group == 0 || self.meta.chain_length >= MAX_STATE_CHAIN;
             let (prev, delta) = if snapshot {
                 chain_length = 0;
@@ -831,7 +867,7 @@ impl<'a> RoomWriter<'a> {
             self.state = map;
         } else if forked {
             // A message on top of forks: its state is the resolved one, kept as a snapshot.
-            let id = services.next_state_group().await?;
+            let id = rooms.next_state_group().await?;
             let delta = state_rows(&state);
             self.writes.push(PendingWrite::StateGroup {
                 id,
@@ -872,7 +908,7 @@ impl<'a> RoomWriter<'a> {
         redaction_id: &ruma::EventId,
         rules: &RoomVersionRules,
     ) -> Result<Option<Pdu>> {
-        let Some(target) = find_pdu(self.services, &self.appended, target_id).await? else { return Ok(None) };
+        let Some(target) = find_pdu(self.rooms, &self.appended, target_id).await? else { return Ok(None) };
         let object = target.canonical_object()?;
         let mut redacted = ruma::canonical_json::redact(object, &rules.redaction, None).map_err(crate::internal!())?;
         redacted.remove("unsigned");
@@ -896,7 +932,7 @@ impl<'a> RoomWriter<'a> {
     /// Commits the batch, then (and only then) updates the in-memory views and wakes readers.
     pub async fn commit(self) -> Result<()> {
         let RoomWriter {
-            services,
+            rooms,
             write,
             room_id,
             meta,
@@ -921,7 +957,7 @@ impl<'a> RoomWriter<'a> {
             let mut entries = Vec::new();
             for ((kind, key), id) in map.iter() {
                 let membership =
-                    find_pdu(services, &appended, id).await?.and_then(|p| p.membership()).map(|m| m.to_string());
+                    find_pdu(rooms, &appended, id).await?.and_then(|p| p.membership()).map(|m| m.to_string());
                 entries.push((kind.to_string(), key.clone(), id.to_string(), membership));
             }
             resolved_states.push((resolved, entries));
@@ -946,14 +982,14 @@ impl<'a> RoomWriter<'a> {
             created: &created,
             txns: &txns,
         };
-        let subscribers = &services.commit_subscribers;
+        let subscribers = &rooms.subscribers;
         let started = std::time::Instant::now();
         let mut prepared = Vec::with_capacity(subscribers.rows.len());
         for s in &subscribers.rows {
-            prepared.push(s.prepare(services, &batch).await?);
+            prepared.push(s.prepare(&batch).await?);
         }
         let evaluated = started.elapsed();
-        let mut tx = services.db.begin().await?;
+        let mut tx = rooms.db.begin().await?;
         let acquired = started.elapsed();
         for w in &writes {
             w.run(&mut tx).await?;
@@ -976,7 +1012,7 @@ impl<'a> RoomWriter<'a> {
             }
         }
         for p in &prepared {
-            p.write(services, &mut tx).await?;
+            p.write(&mut tx).await?;
         }
         diplomatie_storage::commit(tx).await?;
         tracing::debug!(
@@ -990,7 +1026,7 @@ impl<'a> RoomWriter<'a> {
         // The in-memory views follow the commit before the writer lock is released (when the
         // positions are published): the next batch must build on this one's state, never on
         // what preceded it.
-        let caches = &services.rooms;
+        let caches = rooms;
         {
             let mut metas = caches.meta.lock().unwrap();
             for (room_id, (meta, _)) in &others {
@@ -1048,43 +1084,39 @@ impl<'a> RoomWriter<'a> {
         // The subscribers, before the positions are published and after.
         let at = commit::Committed { position: write.position(), memberships: &memberships };
         for s in &subscribers.others {
-            s.committed(services, &batch, &at);
+            s.committed(&batch, &at);
         }
         for p in &prepared {
-            p.committed(services, &at);
+            p.committed(&at);
         }
         write.publish();
         for p in &prepared {
-            p.published(services);
+            p.published();
         }
         for s in &subscribers.others {
-            s.published(services, &batch, &at);
+            s.published(&batch, &at);
         }
         for room_id in others.keys() {
-            let joined = services.joined_members(room_id).await?;
-            services.notifier.notify(joined.iter().map(|u| &**u));
+            let joined = rooms.joined_members(room_id).await?;
+            rooms.notifier.notify(joined.iter().map(|u| &**u));
         }
-        services.notifier.notify(wake.iter().map(|u| &**u));
+        rooms.notifier.notify(wake.iter().map(|u| &**u));
         Ok(())
     }
 }
 
 /// An event written earlier in a batch, or a stored one.
-pub(crate) async fn find_pdu(
-    services: &Services,
-    appended: &[Arc<Pdu>],
-    id: &ruma::EventId,
-) -> Result<Option<Arc<Pdu>>> {
+pub(crate) async fn find_pdu(rooms: &Rooms, appended: &[Arc<Pdu>], id: &ruma::EventId) -> Result<Option<Arc<Pdu>>> {
     if let Some(p) = appended.iter().rev().find(|p| p.event_id == id) {
         return Ok(Some(p.clone()));
     }
-    services.get_pdu(id).await
+    rooms.get_pdu(id).await
 }
 
 /// How an event cites `ids` (as previous or auth events): by id, or for room versions 1 and 2
 /// with their reference hashes.
 async fn references(
-    services: &Services,
+    rooms: &Rooms,
     appended: &[Arc<Pdu>],
     ids: &[OwnedEventId],
     rules: &RoomVersionRules,
@@ -1096,10 +1128,33 @@ async fn references(
             continue;
         }
         let pdu =
-            find_pdu(services, appended, id).await?.ok_or_else(crate::internal!("a value present by construction"))?;
+            find_pdu(rooms, appended, id).await?.ok_or_else(crate::internal!("a value present by construction"))?;
         refs.push(event_core::reference(&pdu, rules)?);
     }
     Ok(refs)
+}
+
+/// A user's power level from a room's create event and power levels content (`None` without a
+/// power levels event), creators of rooms that privilege them (v12) above every level.
+pub(crate) fn power_of(
+    create: Option<&crate::Pdu>,
+    levels: Option<&serde_json::Map<String, Value>>,
+    user: &UserId,
+    creators_privileged: bool,
+) -> i64 {
+    if let Some(create) = create {
+        let extra = create.content_field("additional_creators");
+        let listed = extra.and_then(|v| v.as_array().map(|a| a.iter().any(|u| u.as_str() == Some(user.as_str()))));
+        if creators_privileged && (create.sender == user || listed.unwrap_or(false)) {
+            return i64::MAX;
+        }
+    }
+    let Some(levels) = levels else {
+        // Without a power levels event the creator has 100, everyone else 0.
+        return if create.is_some_and(|c| c.sender == user) { 100 } else { 0 };
+    };
+    let default = levels.get("users_default").and_then(Value::as_i64).unwrap_or(0);
+    levels.get("users").and_then(|u| u.get(user.as_str())).and_then(Value::as_i64).unwrap_or(default)
 }
 
 /// A state map as (type, state key, event id) rows.
@@ -1122,8 +1177,8 @@ fn relation_of(pdu: &Pdu) -> Option<(String, String)> {
 }
 
 /// The rooms a user is joined to.
-pub async fn joined_rooms(services: &Services, user: &UserId) -> Result<Vec<OwnedRoomId>> {
-    Ok(state_store::rooms_for_user(services.db.pool(), user.as_str())
+pub async fn joined_rooms(core: &Core, user: &UserId) -> Result<Vec<OwnedRoomId>> {
+    Ok(state_store::rooms_for_user(core.db.pool(), user.as_str())
         .await?
         .into_iter()
         .filter(|(_, m)| m == "join")
@@ -1131,7 +1186,7 @@ pub async fn joined_rooms(services: &Services, user: &UserId) -> Result<Vec<Owne
         .collect())
 }
 
-impl Services {
+impl Rooms {
     /// The room state as of a stream position (the state after the last event at or before it).
     pub async fn state_at_position(&self, room_id: &RoomId, position: i64) -> Result<Arc<StateMap<OwnedEventId>>> {
         let meta = self.known_room(room_id).await?;

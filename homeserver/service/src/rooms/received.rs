@@ -14,8 +14,9 @@ use ruma::{
 
 use diplomatie_storage::events as ev_store;
 
+use super::Rooms;
 use super::{find_pdu, state_rows, EventRow, PendingWrite, RoomMeta, RoomWriter, MAX_STATE_CHAIN};
-use crate::{Error, Pdu, Result, Services};
+use crate::{Error, Pdu, Result};
 
 /// How a received event changes the room's position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,7 +29,7 @@ pub enum Placement {
     Adopt,
 }
 
-impl Services {
+impl Rooms {
     /// A batch for events other servers built, in a room this server may not know yet (then
     /// the commit records the room, with `version`).
     pub(crate) async fn received_writer(
@@ -54,7 +55,7 @@ impl Services {
     }
 }
 
-impl Services {
+impl Rooms {
     /// Stores history from another server, older than every event of the room here
     /// (`/backfill`): `events` oldest first (by depth), `state_before` the room state before the
     /// first. The state before each event is the state after its prev_events (those of the
@@ -73,7 +74,7 @@ impl Services {
             return Ok(Vec::new());
         }
         let first = {
-            let mut low = self.rooms.backfill_low.lock().await;
+            let mut low = self.backfill_low.lock().await;
             let current = match *low {
                 Some(l) => l,
                 None => ev_store::min_stream_ordering(self.db.pool()).await?,
@@ -161,23 +162,21 @@ impl Services {
         ev_store::insert_events(&mut tx, &new_events).await?;
         diplomatie_storage::commit(tx).await?;
         {
-            let mut states = self.rooms.states.lock().unwrap();
+            let mut states = self.states.lock().unwrap();
             for (id, map) in new_states {
                 states.put(id, map);
             }
         }
-        let mut cache = self.rooms.events.lock().unwrap();
+        let mut cache = self.events.lock().unwrap();
         for pdu in &stored {
             cache.put(pdu.event_id.clone(), pdu.clone());
         }
         drop(cache);
-        // Searchable like the rest of the room (history visibility still applies to results).
-        self.index_committed(&stored, &[], crate::search::index::Covered { high: 0, low: first });
         Ok(stored)
     }
 }
 
-impl Services {
+impl Rooms {
     /// The state before a backfilled event: after its prev_events (the batch's, or those held
     /// here), resolved when they differ; `fallback` (the state a server gave for the batch's
     /// oldest event) when none of them is known.
@@ -232,7 +231,7 @@ impl RoomWriter<'_> {
         state_before: Arc<StateMap<OwnedEventId>>,
         placement: Placement,
     ) -> Result<Arc<Pdu>> {
-        let services = self.services;
+        let rooms = self.rooms;
         let room_id = pdu.room_id.clone();
         if self.room_id.as_deref() != Some(&*room_id) {
             self.switch_to(&room_id).await?;
@@ -258,7 +257,7 @@ impl RoomWriter<'_> {
         let (event_group, event_chain) = if linear && pdu.state_key.is_none() {
             (self.meta.state_group, self.meta.chain_length)
         } else if linear && self.meta.chain_length < MAX_STATE_CHAIN {
-            let id = services.next_state_group().await?;
+            let id = rooms.next_state_group().await?;
             let sk = pdu.state_key.clone().unwrap_or_default();
             self.writes.push(PendingWrite::StateGroup {
                 id,
@@ -300,12 +299,12 @@ impl RoomWriter<'_> {
             // Forks remain: the current state is their resolution, kept as a snapshot.
             let mut maps = vec![(*state_after).clone()];
             for id in extremities.iter().filter(|x| **x != event_id) {
-                let other = find_pdu(services, &self.appended, id)
+                let other = find_pdu(rooms, &self.appended, id)
                     .await?
                     .ok_or_else(crate::internal!("a value present by construction"))?;
-                maps.push((*services.state_map_in_batch(self, other.state_group).await?).clone());
+                maps.push((*rooms.state_map_in_batch(self, other.state_group).await?).clone());
             }
-            let resolved = Arc::new(services.resolve_states(&self.meta.version, maps).await?);
+            let resolved = Arc::new(rooms.resolve_states(&self.meta.version, maps).await?);
             let id = self.push_snapshot(&room_id, resolved.clone()).await?;
             self.resolved_rooms.push(room_id.clone());
             (resolved, id, 0)
@@ -351,7 +350,7 @@ impl RoomWriter<'_> {
 
     /// A new state group holding the whole of `map`.
     async fn push_snapshot(&mut self, room_id: &RoomId, map: Arc<StateMap<OwnedEventId>>) -> Result<i64> {
-        let id = self.services.next_state_group().await?;
+        let id = self.rooms.next_state_group().await?;
         self.writes.push(PendingWrite::StateGroup {
             id,
             room_id: room_id.to_string(),
@@ -371,22 +370,22 @@ impl RoomWriter<'_> {
         target: &ruma::EventId,
         state: &StateMap<OwnedEventId>,
     ) -> Result<bool> {
-        let Some(target) = find_pdu(self.services, &self.appended, target).await? else { return Ok(false) };
+        let Some(target) = find_pdu(self.rooms, &self.appended, target).await? else { return Ok(false) };
         if target.sender.server_name() == redaction.sender.server_name() {
             return Ok(true);
         }
-        let services = self.services;
-        let Some(levels) = services.state_event_in(state, &StateEventType::RoomPowerLevels, "").await? else {
+        let rooms = self.rooms;
+        let Some(levels) = rooms.state_event_in(state, &StateEventType::RoomPowerLevels, "").await? else {
             return Ok(false);
         };
         let levels = levels.content_value();
         let needed = levels.get("redact").and_then(|v| v.as_i64()).unwrap_or(50);
         let Some(map) = levels.as_object() else { return Ok(false) };
-        Ok(services.user_power(&redaction.room_id, map, &redaction.sender).await? >= needed)
+        Ok(rooms.user_power(&redaction.room_id, map, &redaction.sender).await? >= needed)
     }
 }
 
-impl Services {
+impl Rooms {
     /// A state map of the room, whether the batch made it or the database holds it.
     async fn state_map_in_batch(&self, writer: &RoomWriter<'_>, group: i64) -> Result<Arc<StateMap<OwnedEventId>>> {
         if let Some((_, map)) = writer.new_states.iter().find(|(id, _)| *id == group) {
@@ -414,8 +413,8 @@ mod tests {
         let s = Services::start(config).await.unwrap();
         let alice = s.create_account(Some("alice"), Some("pw"), false, None).await.unwrap();
         let room = s.create_room(&alice, CreateRoom::new()).await.unwrap();
-        let base = s.known_room(&room).await.unwrap().extremities[0].clone();
-        let state = (*s.current_state(&room).await.unwrap()).clone();
+        let base = s.rooms.known_room(&room).await.unwrap().extremities[0].clone();
+        let state = (*s.rooms.current_state(&room).await.unwrap()).clone();
         let id = |ty: StateEventType, key: &str| state.get(&(ty, key.to_owned())).unwrap().to_string();
         let auth = [id(StateEventType::RoomPowerLevels, ""), id(StateEventType::RoomMember, alice.as_str())];
         let event = |event_id: &str, body: serde_json::Value| {
@@ -440,16 +439,16 @@ mod tests {
             json!({ "type": "m.room.message", "content": { "msgtype": "m.text", "body": "fusion" },
                     "prev_events": ["$a-name", "$b-name"], "origin_server_ts": 4_000, "depth": 52 }),
         );
-        let stored = s.store_backfilled(&room, state.clone(), vec![topic, a, b, message]).await.unwrap();
+        let stored = s.rooms.store_backfilled(&room, state.clone(), vec![topic, a, b, message]).await.unwrap();
         let state_of = |i: usize| {
             let s = &s;
             let group = stored[i].state_group;
             async move {
-                let map = s.state_map(group).await.unwrap();
+                let map = s.rooms.state_map(group).await.unwrap();
                 let mut out = Vec::new();
                 for ty in [StateEventType::RoomName, StateEventType::RoomTopic] {
                     let value = match map.get(&(ty.clone(), String::new())) {
-                        Some(id) => s.get_pdu(id).await.unwrap().unwrap().content_value(),
+                        Some(id) => s.rooms.get_pdu(id).await.unwrap().unwrap().content_value(),
                         None => json!(null),
                     };
                     out.push(value);

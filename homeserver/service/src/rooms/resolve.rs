@@ -13,9 +13,10 @@ use std::{
 use ruma::{api::error::ErrorKind, state_res::StateMap, OwnedEventId, RoomVersionId};
 
 use super::event_core;
-use crate::{Error, Pdu, Result, Services};
+use super::Rooms;
+use crate::{Error, Pdu, Result};
 
-impl Services {
+impl Rooms {
     /// The state of a room at the meeting point of `extremities`.
     pub async fn resolve_extremities(
         &self,

@@ -111,7 +111,7 @@ impl Services {
             if !seen.insert(room_id.clone()) {
                 continue;
             }
-            let (summary, children) = if self.room_meta(&room_id).await?.is_some() {
+            let (summary, children) = if self.rooms.room_meta(&room_id).await?.is_some() {
                 if !self.can_peek_room(user, &room_id).await? {
                     if room_id == root {
                         return Err(Error::forbidden("You cannot see this space"));
@@ -158,13 +158,13 @@ impl Services {
 
     /// The children a space lists (events with a non-empty `via`), in the spec's order.
     async fn space_children(&self, room_id: &RoomId, suggested_only: bool) -> Result<Vec<Child>> {
-        let state = self.current_state(room_id).await?;
+        let state = self.rooms.current_state(room_id).await?;
         let mut children = Vec::new();
         for ((kind, _), event_id) in state.iter() {
             if *kind != StateEventType::SpaceChild {
                 continue;
             }
-            let Some(pdu) = self.get_pdu(event_id).await? else { continue };
+            let Some(pdu) = self.rooms.get_pdu(event_id).await? else { continue };
             let mut stripped = pdu.to_stripped();
             stripped["origin_server_ts"] = json!(pdu.origin_server_ts);
             children.extend(Child::from_stripped(stripped, suggested_only));
@@ -231,7 +231,7 @@ impl Services {
     /// Whether `user` may see a room's summary from outside.
     pub async fn can_peek_room(&self, user: &UserId, room_id: &RoomId) -> Result<bool> {
         if matches!(
-            self.membership(room_id, user).await?,
+            self.rooms.membership(room_id, user).await?,
             Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock)
         ) {
             return Ok(true);
@@ -245,7 +245,7 @@ impl Services {
             Some("restricted" | "knock_restricted") => {
                 for allowed in self.restricted_allow_rooms(room_id).await?.unwrap_or_default() {
                     if let Ok(r) = <&RoomId>::try_from(allowed.as_str()) {
-                        if self.room_meta(r).await?.is_some() && self.is_joined(r, user).await? {
+                        if self.rooms.room_meta(r).await?.is_some() && self.rooms.is_joined(r, user).await? {
                             return Ok(true);
                         }
                     }
@@ -258,7 +258,7 @@ impl Services {
 
     /// The rooms a restricted join rule names, when the room's rule is restricted.
     async fn restricted_allow_rooms(&self, room_id: &RoomId) -> Result<Option<Vec<String>>> {
-        let Some(rules) = self.state_event(room_id, &StateEventType::RoomJoinRules, "").await? else {
+        let Some(rules) = self.rooms.state_event(room_id, &StateEventType::RoomJoinRules, "").await? else {
             return Ok(None);
         };
         let content = rules.content_value();
@@ -290,7 +290,7 @@ impl Services {
         room_id: &RoomId,
         suggested_only: bool,
     ) -> Result<Value> {
-        if self.room_meta(room_id).await?.is_none() {
+        if self.rooms.room_meta(room_id).await?.is_none() {
             return Err(Error::not_found("Unknown room"));
         }
         if !self.server_may_see(origin, room_id).await? {
@@ -305,7 +305,7 @@ impl Services {
         let mut shown = Vec::new();
         let mut inaccessible = Vec::new();
         for child in children {
-            if self.room_meta(&child.room_id).await?.is_none() {
+            if self.rooms.room_meta(&child.room_id).await?.is_none() {
                 continue;
             }
             if !self.server_may_see(origin, &child.room_id).await? {

@@ -128,8 +128,8 @@ impl Services {
         {
             return OwnedEventId::try_from(id).map_err(crate::internal!());
         }
-        self.known_room(room_id).await?;
-        if !self.is_joined(room_id, sender).await? {
+        self.rooms.known_room(room_id).await?;
+        if !self.rooms.is_joined(room_id, sender).await? {
             return Err(Error::forbidden("You are not joined to this room"));
         }
         if kind == "m.room.redaction" {
@@ -137,6 +137,7 @@ impl Services {
         }
         self.check_device_for_send(sender, device, room_id).await?;
         let pdu = self
+            .rooms
             .append_event(Target::Room(room_id), sender, PduBuilder::message(kind, content), Some((device, txn_id)))
             .await?;
         Ok(pdu.event_id.clone())
@@ -151,14 +152,14 @@ impl Services {
         state_key: &str,
         content: Value,
     ) -> Result<OwnedEventId> {
-        self.known_room(room_id).await?;
+        self.rooms.known_room(room_id).await?;
         if kind == "m.room.member" {
             // Membership changes go through their own endpoints, but clients (and Element) also
             // set their own member event to change their per-room profile.
             if state_key != sender.as_str() {
                 return Err(Error::forbidden("Use the membership endpoints to change another user's membership"));
             }
-        } else if !self.is_joined(room_id, sender).await? {
+        } else if !self.rooms.is_joined(room_id, sender).await? {
             return Err(Error::forbidden("You are not joined to this room"));
         }
         if kind == "m.room.create" {
@@ -168,14 +169,16 @@ impl Services {
             self.check_canonical_alias(room_id, &content).await?;
         }
         if kind == "m.room.encryption" {
-            if let Some(current) = self.state_event(room_id, &StateEventType::RoomEncryption, "").await? {
+            if let Some(current) = self.rooms.state_event(room_id, &StateEventType::RoomEncryption, "").await? {
                 if current.content_value() != content {
                     return Err(Error::forbidden("Encryption cannot be changed or turned off once enabled"));
                 }
             }
         }
-        let pdu =
-            self.append_event(Target::Room(room_id), sender, PduBuilder::state(kind, state_key, content), None).await?;
+        let pdu = self
+            .rooms
+            .append_event(Target::Room(room_id), sender, PduBuilder::state(kind, state_key, content), None)
+            .await?;
         Ok(pdu.event_id.clone())
     }
 
@@ -215,11 +218,12 @@ impl Services {
         {
             return OwnedEventId::try_from(id).map_err(crate::internal!());
         }
-        let meta = self.known_room(room_id).await?;
-        if !self.is_joined(room_id, sender).await? {
+        let meta = self.rooms.known_room(room_id).await?;
+        if !self.rooms.is_joined(room_id, sender).await? {
             return Err(Error::forbidden("You are not joined to this room"));
         }
         let original = self
+            .rooms
             .get_pdu(target)
             .await?
             .filter(|p| p.room() == room_id)
@@ -227,7 +231,7 @@ impl Services {
         if original.sender != sender {
             let levels = self.power_levels(room_id).await?;
             let needed = levels.get("redact").and_then(Value::as_i64).unwrap_or(50);
-            if self.user_power(room_id, &levels, sender).await? < needed {
+            if self.rooms.user_power(room_id, &levels, sender).await? < needed {
                 return Err(Error::forbidden("You may only redact your own events"));
             }
         }
@@ -245,14 +249,15 @@ impl Services {
             redacts: Some(target.to_owned()),
             timestamp: None,
         };
-        let pdu = self.append_event(Target::Room(room_id), sender, builder, Some((device, txn_id))).await?;
+        let pdu = self.rooms.append_event(Target::Room(room_id), sender, builder, Some((device, txn_id))).await?;
         Ok(pdu.event_id.clone())
     }
 
     /// Whether `user` may see `pdu`, by the history visibility at the event.
     pub async fn can_see_event(&self, user: &UserId, pdu: &Pdu) -> Result<bool> {
-        let state = self.state_map(pdu.state_group).await?;
+        let state = self.rooms.state_map(pdu.state_group).await?;
         let visibility = self
+            .rooms
             .state_event_in(&state, &StateEventType::RoomHistoryVisibility, "")
             .await?
             .and_then(|p| p.content_field("history_visibility"))
@@ -265,15 +270,18 @@ impl Services {
         if pdu.kind == TimelineEventType::RoomMember && pdu.state_key.as_deref() == Some(user.as_str()) {
             return Ok(true);
         }
-        let at_event =
-            self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await?.and_then(|p| p.membership());
+        let at_event = self
+            .rooms
+            .state_event_in(&state, &StateEventType::RoomMember, user.as_str())
+            .await?
+            .and_then(|p| p.membership());
         if at_event == Some(MembershipState::Join) {
             return Ok(true);
         }
         match visibility.as_str() {
-            "shared" => Ok(self.is_joined(pdu.room(), user).await?),
+            "shared" => Ok(self.rooms.is_joined(pdu.room(), user).await?),
             "invited" => Ok(at_event == Some(MembershipState::Invite)
-                || self.is_joined(pdu.room(), user).await? && at_event.is_some()),
+                || self.rooms.is_joined(pdu.room(), user).await? && at_event.is_some()),
             _ => Ok(false),
         }
     }
@@ -282,8 +290,8 @@ impl Services {
     /// to their leave (or ban) otherwise. `M_FORBIDDEN` for users never in the room, unless it is
     /// world readable.
     pub async fn readable_until(&self, user: &UserId, room_id: &RoomId) -> Result<i64> {
-        self.known_room(room_id).await?;
-        let Some(member) = self.state_event(room_id, &StateEventType::RoomMember, user.as_str()).await? else {
+        self.rooms.known_room(room_id).await?;
+        let Some(member) = self.rooms.state_event(room_id, &StateEventType::RoomMember, user.as_str()).await? else {
             if self.is_world_readable(room_id).await? {
                 return Ok(self.stream_position());
             }
@@ -300,6 +308,7 @@ impl Services {
 
     async fn is_world_readable(&self, room_id: &RoomId) -> Result<bool> {
         Ok(self
+            .rooms
             .state_event(room_id, &StateEventType::RoomHistoryVisibility, "")
             .await?
             .and_then(|p| p.content_field("history_visibility"))
@@ -310,6 +319,7 @@ impl Services {
     pub async fn event_for_user(&self, user: &UserId, room_id: &RoomId, event_id: &EventId) -> Result<Arc<Pdu>> {
         let until = self.readable_until(user, room_id).await?;
         let pdu = self
+            .rooms
             .get_pdu(event_id)
             .await?
             .filter(|p| p.room() == room_id)
@@ -343,6 +353,7 @@ impl Services {
                 let so = stored.stream_ordering;
                 last = Some(so);
                 let pdu = match self
+                    .rooms
                     .get_pdu(<&EventId>::try_from(stored.event_id.as_str()).map_err(crate::internal!())?)
                     .await?
                 {
@@ -452,12 +463,12 @@ impl Services {
         events: &[Arc<Pdu>],
         user: &UserId,
     ) -> Result<Vec<Arc<Pdu>>> {
-        let state = self.current_state(room_id).await?;
+        let state = self.rooms.current_state(room_id).await?;
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for sender in events.iter().map(|e| e.sender.as_str()).chain(std::iter::once(user.as_str())) {
             if seen.insert(sender.to_owned()) {
-                if let Some(p) = self.state_event_in(&state, &StateEventType::RoomMember, sender).await? {
+                if let Some(p) = self.rooms.state_event_in(&state, &StateEventType::RoomMember, sender).await? {
                     out.push(p);
                 }
             }
@@ -503,7 +514,7 @@ impl Services {
         let start = before_next.unwrap_or(before.last().map_or(event.stream_ordering - 1, |e| e.stream_ordering - 1));
         let end = after_next.unwrap_or(after.last().map_or(event.stream_ordering, |e| e.stream_ordering));
         let last = after.last().cloned().unwrap_or_else(|| event.clone());
-        let state_map = self.state_map(last.state_group).await?;
+        let state_map = self.rooms.state_map(last.state_group).await?;
         let mut state = Vec::new();
         for ((kind, key), id) in state_map.iter() {
             if filter.lazy_load_members && *kind == StateEventType::RoomMember {
@@ -517,7 +528,7 @@ impl Services {
                     continue;
                 }
             }
-            if let Some(p) = self.get_pdu(id).await? {
+            if let Some(p) = self.rooms.get_pdu(id).await? {
                 state.push(p);
             }
         }
@@ -595,7 +606,7 @@ impl Services {
             let Ok(root_id) = OwnedEventId::try_from(root_id) else {
                 continue;
             };
-            let Some(root) = self.get_pdu(&root_id).await? else {
+            let Some(root) = self.rooms.get_pdu(&root_id).await? else {
                 continue;
             };
             if !self.can_see_event(user, &root).await? {

@@ -323,7 +323,7 @@ impl Services {
         let mut listed = Vec::with_capacity(rooms.len());
         for room in rooms {
             let Ok(id) = ruma::OwnedRoomId::try_from(room.as_str()) else { continue };
-            if self.room_meta(&id).await?.is_some() && self.room_may_be_listed(&id).await? {
+            if self.rooms.room_meta(&id).await?.is_some() && self.room_may_be_listed(&id).await? {
                 listed.push(room);
             }
         }
@@ -361,7 +361,7 @@ impl Services {
                     }
                 }
                 let Ok(id) = <&EventId>::try_from(event_id.as_str()) else { continue };
-                let Some(pdu) = self.get_pdu(id).await? else { continue };
+                let Some(pdu) = self.rooms.get_pdu(id).await? else { continue };
                 if pdu.redacted_by.is_some() || !filter.allows(&pdu) || !self.can_see_event(user, &pdu).await? {
                     continue;
                 }
@@ -402,10 +402,10 @@ impl Services {
                 if state.contains_key(&room) {
                     continue;
                 }
-                let map = self.current_state(pdu.room()).await?;
+                let map = self.rooms.current_state(pdu.room()).await?;
                 let mut events = Vec::new();
                 for id in map.values() {
-                    if let Some(p) = self.get_pdu(id).await? {
+                    if let Some(p) = self.rooms.get_pdu(id).await? {
                         events.push(p.to_client(true));
                     }
                 }
@@ -454,9 +454,11 @@ impl Services {
                 if profiles.contains_key(p.sender.as_str()) {
                     continue;
                 }
-                let state = self.state_map(p.state_group).await?;
-                let member =
-                    self.state_event_in(&state, &ruma::events::StateEventType::RoomMember, p.sender.as_str()).await?;
+                let state = self.rooms.state_map(p.state_group).await?;
+                let member = self
+                    .rooms
+                    .state_event_in(&state, &ruma::events::StateEventType::RoomMember, p.sender.as_str())
+                    .await?;
                 let mut profile = json!({});
                 if let Some(m) = member {
                     for field in ["displayname", "avatar_url"] {
@@ -474,10 +476,11 @@ impl Services {
 }
 
 /// Sends each committed batch to the indexer, once published (a commit subscriber).
-pub(crate) struct Indexer;
+pub(crate) struct Indexer(pub(crate) std::sync::Weak<Services>);
 
 impl commit::Subscriber for Indexer {
-    fn published(&self, services: &Services, batch: &commit::Batch<'_>, at: &commit::Committed<'_>) {
+    fn published(&self, batch: &commit::Batch<'_>, at: &commit::Committed<'_>) {
+        let Some(services) = self.0.upgrade() else { return };
         services.index_committed(batch.events, batch.redacted, Covered::up_to(at.position));
     }
 }

@@ -1,0 +1,89 @@
+//! What every service shares: the configuration, the database, the server's name and signing
+//! key, the stream of positions that orders every write, and the notifier that wakes readers.
+//!
+//! [`Core`] sits at the bottom of the service layer: it calls no service, and every service
+//! holds an `Arc<Core>` (and dereferences to it, so that `self.db` reads the same everywhere).
+
+use std::sync::{
+    atomic::{AtomicI64, Ordering},
+    Arc,
+};
+
+use diplomatie_storage::Db;
+use ruma::{OwnedServerName, ServerName};
+
+use crate::{config::Config, keys::ServerKeys, marks::StreamMarks, notifier::Notifier};
+
+pub struct Core {
+    pub config: Config,
+    pub db: Db,
+    server_name: OwnedServerName,
+    pub keys: ServerKeys,
+    /// Serialises every write that takes a stream position, so that positions are committed in
+    /// the order they are handed out and a reader never skips one.
+    writer: tokio::sync::Mutex<()>,
+    /// The highest stream position whose write is committed and visible.
+    stream: AtomicI64,
+    pub notifier: Notifier,
+    /// Where the streams `/sync` reads last moved.
+    pub marks: Arc<StreamMarks>,
+}
+
+impl Core {
+    pub(crate) fn new(config: Config, db: Db, server_name: OwnedServerName, keys: ServerKeys, stream: i64) -> Core {
+        Core {
+            config,
+            db,
+            server_name,
+            keys,
+            writer: tokio::sync::Mutex::new(()),
+            stream: AtomicI64::new(stream),
+            notifier: Notifier::default(),
+            marks: Arc::new(StreamMarks::new(stream)),
+        }
+    }
+
+    pub fn server_name(&self) -> &ServerName {
+        &self.server_name
+    }
+
+    /// The current stream position (what a `/sync` made now would be up to).
+    pub fn stream_position(&self) -> i64 {
+        self.stream.load(Ordering::Acquire)
+    }
+
+    /// Takes the write lock. Stream positions handed out by [`StreamWrite::next_position`]
+    /// become visible to readers only through [`StreamWrite::publish`], after the commit.
+    pub(crate) async fn begin_write(&self) -> StreamWrite<'_> {
+        let guard = self.writer.lock().await;
+        let position = self.stream.load(Ordering::Acquire);
+        StreamWrite { core: self, position, _guard: guard }
+    }
+}
+
+/// A write in progress under the writer lock.
+pub(crate) struct StreamWrite<'a> {
+    core: &'a Core,
+    /// The last position handed out.
+    position: i64,
+    _guard: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl StreamWrite<'_> {
+    /// The last position handed out.
+    pub fn position(&self) -> i64 {
+        self.position
+    }
+
+    /// Hands out the next stream position.
+    pub fn next_position(&mut self) -> i64 {
+        self.position += 1;
+        self.position
+    }
+
+    /// Makes the positions visible, once the write is committed. Dropping a `StreamWrite`
+    /// without publishing leaves a gap in the stream, which readers tolerate.
+    pub fn publish(self) {
+        self.core.stream.store(self.position, Ordering::Release);
+    }
+}
