@@ -46,14 +46,15 @@ pub struct SharedSecretRegistration {
 /// `POST /_synapse/admin/v1/register`: creates a user when the HMAC matches the shared secret.
 pub async fn register(State(s): S, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let req: SharedSecretRegistration = parse_body(&body)?;
-    s.check_shared_secret_mac(&req.nonce, &req.username, &req.password, req.admin, &req.mac)?;
+    s.accounts.check_shared_secret_mac(&req.nonce, &req.username, &req.password, req.admin, &req.mac)?;
     if !s.admin_nonces.take(&req.nonce) {
         return Err(Error::new(ErrorKind::Unknown, "Unrecognised nonce").into());
     }
     let user_id = s
+        .accounts
         .create_account(Some(&req.username.to_lowercase()), Some(&req.password), req.admin, req.displayname.as_deref())
         .await?;
-    let session = s.open_session(&user_id, None, None, false).await?;
+    let session = s.accounts.open_session(&user_id, None, None, false).await?;
     Ok(json_ok(json!({
         "access_token": session.access_token,
         "user_id": session.user_id,
@@ -80,7 +81,7 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
 pub(crate) async fn caller(s: &Services, parts: &Parts) -> Result<Caller, Error> {
     let token = crate::ruma_wrapper::access_token(parts)
         .ok_or_else(|| Error::new(ErrorKind::MissingToken, "Missing access token"))?;
-    s.authenticate(&token).await
+    s.accounts.authenticate(&token).await
 }
 
 async fn admin(s: &Services, parts: &Parts) -> Result<Caller, Error> {
@@ -95,7 +96,7 @@ async fn admin(s: &Services, parts: &Parts) -> Result<Caller, Error> {
 /// set the clearance and when, and the history of changes.
 pub async fn get_clearance(State(s): S, Path(user): Path<String>, parts: Parts) -> Result<Response, ApiError> {
     admin(&s, &parts).await?;
-    Ok(json_ok(s.clearance_report(&s.parse_local_user(&user)?).await?))
+    Ok(json_ok(s.clearance_report(&s.accounts.parse_local_user(&user)?).await?))
 }
 
 #[derive(Deserialize)]
@@ -117,7 +118,7 @@ pub async fn set_clearance(
 ) -> Result<Response, ApiError> {
     let caller = caller(&s, &parts).await?;
     let req: ClearanceBody = parse_body(&body)?;
-    let target = s.parse_local_user(&user)?;
+    let target = s.accounts.parse_local_user(&user)?;
     s.set_clearance(&caller.user_id, caller.is_admin, &target, level(&req.clearance)?).await?;
     Ok(json_ok(s.clearance_report(&target).await?))
 }
@@ -129,7 +130,7 @@ pub async fn get_device_clearance(
     parts: Parts,
 ) -> Result<Response, ApiError> {
     admin(&s, &parts).await?;
-    Ok(json_ok(s.device_clearance_report(&s.parse_local_user(&user)?, &OwnedDeviceId::from(device)).await?))
+    Ok(json_ok(s.device_clearance_report(&s.accounts.parse_local_user(&user)?, &OwnedDeviceId::from(device)).await?))
 }
 
 #[derive(Deserialize)]
@@ -147,7 +148,7 @@ pub async fn set_device_clearance(
 ) -> Result<Response, ApiError> {
     let caller = caller(&s, &parts).await?;
     let req: DeviceBody = parse_body(&body)?;
-    let (target, device) = (s.parse_local_user(&user)?, OwnedDeviceId::from(device));
+    let (target, device) = (s.accounts.parse_local_user(&user)?, OwnedDeviceId::from(device));
     s.set_device_clearance(&caller.user_id, caller.is_admin, &target, &device, req.dr).await?;
     Ok(json_ok(s.device_clearance_report(&target, &device).await?))
 }
@@ -168,7 +169,7 @@ pub async fn set_kind(
     let req: KindBody = parse_body(&body)?;
     let kind = AccountKind::parse(&req.kind)
         .ok_or_else(|| Error::new(ErrorKind::InvalidParam, "kind must be \"agent\" or \"external\""))?;
-    let target = s.parse_local_user(&user)?;
+    let target = s.accounts.parse_local_user(&user)?;
     s.set_account_kind(&target, kind).await?;
     Ok(json_ok(s.clearance_report(&target).await?))
 }
@@ -187,7 +188,7 @@ pub async fn set_primary_group(
 ) -> Result<Response, ApiError> {
     admin(&s, &parts).await?;
     let req: GroupBody = parse_body(&body)?;
-    let target = s.parse_local_user(&user)?;
+    let target = s.accounts.parse_local_user(&user)?;
     s.set_primary_group(&target, req.room_id.as_deref()).await?;
     Ok(json_ok(s.clearance_report(&target).await?))
 }
@@ -207,7 +208,7 @@ pub async fn create_community(State(s): S, parts: Parts, body: axum::body::Bytes
     let spec: CommunitySpec = parse_body(&body)?;
     let created = s.create_community(Some(&caller.user_id), &spec).await?;
     for member in &spec.members {
-        let user = s.parse_local_user(member)?;
+        let user = s.accounts.parse_local_user(member)?;
         s.add_to_org_space(&created.space_id, &user).await?;
     }
     Ok(json_ok(serde_json::to_value(created).map_err(diplomatie_service::internal!())?))

@@ -294,7 +294,7 @@ async fn query_profile(
     if user.server_name() != s.server_name() {
         return Err(Error::invalid_param("Not a user of this server").into());
     }
-    let (displayname, avatar_url) = s.profile(user).await?;
+    let (displayname, avatar_url) = s.accounts.profile(user).await?;
     let mut answer = serde_json::Map::new();
     for (field, value) in [("displayname", displayname), ("avatar_url", avatar_url)] {
         let wanted = req.body.field.as_ref().is_none_or(|f| f.as_str() == field);

@@ -148,7 +148,7 @@ pub async fn limit_requests(
         BodyKind::Import => {
             // Only an administrator may send a body that large: checked before reading it.
             let admin = match access_token(&parts) {
-                Some(token) => services.authenticate(&token).await.map(|c| c.is_admin).unwrap_or(false),
+                Some(token) => services.accounts.authenticate(&token).await.map(|c| c.is_admin).unwrap_or(false),
                 None => false,
             };
             if admin {

@@ -113,10 +113,10 @@ where
         let auth = TypeId::of::<T::Authentication>();
         let caller = if auth == TypeId::of::<AccessToken>() {
             let token = token.ok_or_else(|| ApiError(Error::new(ErrorKind::MissingToken, "Missing access token")))?;
-            Some(services.authenticate(&token).await.map_err(ApiError)?)
+            Some(services.accounts.authenticate(&token).await.map_err(ApiError)?)
         } else if auth == TypeId::of::<AccessTokenOptional>() || auth == TypeId::of::<AppserviceToken>() {
             match token {
-                Some(t) => Some(services.authenticate(&t).await.map_err(ApiError)?),
+                Some(t) => Some(services.accounts.authenticate(&t).await.map_err(ApiError)?),
                 None => None,
             }
         } else {

@@ -254,6 +254,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Verify { file } => verify(&file),
         Command::User { command: UserCommand::Create { localpart, password, displayname, admin } } => {
             let user = services
+                .accounts
                 .create_account(Some(&localpart.to_lowercase()), Some(&password), admin, displayname.as_deref())
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -262,6 +263,7 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::RegistrationToken { command: TokenCommand::Create { token, uses } } => {
             let token = services
+                .accounts
                 .create_registration_token(token.as_deref(), uses, None)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -298,19 +300,19 @@ async fn org_command(services: &Services, command: OrgCommand) -> Result<(), dip
         OrgCommand::Import { .. } => unreachable!("handled by the caller"),
         OrgCommand::Clearance { user, level } => {
             let level = Level::parse(&level).ok_or_else(|| bad("The level is NP or DR"))?;
-            let user = services.parse_local_user(&user)?;
+            let user = services.accounts.parse_local_user(&user)?;
             services.set_clearance(&system, true, &user, level).await?;
             println!("{}", services.clearance_report(&user).await?);
         }
         OrgCommand::DeviceClearance { user, device, dr } => {
-            let user = services.parse_local_user(&user)?;
+            let user = services.accounts.parse_local_user(&user)?;
             let device = ruma::OwnedDeviceId::from(device);
             services.set_device_clearance(&system, true, &user, &device, matches!(dr, OnOff::On)).await?;
             println!("{}", services.device_clearance_report(&user, &device).await?);
         }
         OrgCommand::Kind { user, kind } => {
             let kind = AccountKind::parse(&kind).ok_or_else(|| bad("The kind is agent or external"))?;
-            let user = services.parse_local_user(&user)?;
+            let user = services.accounts.parse_local_user(&user)?;
             services.set_account_kind(&user, kind).await?;
             println!("{}", services.clearance_report(&user).await?);
         }

@@ -45,7 +45,7 @@ impl Services {
         store::set_dehydrated_device(&mut tx, user, device.device_id.as_str(), &data).await?;
         write_key_upload(&mut tx, user, device.device_id.as_str(), &upload).await?;
         diplomatie_storage::commit(tx).await?;
-        self.tokens.forget_user(user);
+        self.accounts.tokens.forget_user(user);
         self.device_list_changed(&caller.user_id).await?;
         Ok(device.device_id)
     }
@@ -65,7 +65,7 @@ impl Services {
         accounts::delete_device(&mut tx, user.as_str(), &device).await?;
         store::delete_dehydrated_device(&mut tx, user.as_str()).await?;
         diplomatie_storage::commit(tx).await?;
-        self.tokens.forget_user(user.as_str());
+        self.accounts.tokens.forget_user(user.as_str());
         self.devices_changed(user, &[device.as_str()]).await?;
         Ok(device)
     }

@@ -278,7 +278,7 @@ impl Services {
                 continue;
             }
             let names: BTreeMap<String, Option<String>> =
-                self.devices(user).await?.into_iter().map(|d| (d.device_id, d.display_name)).collect();
+                self.accounts.devices(user).await?.into_iter().map(|d| (d.device_id, d.display_name)).collect();
             let mut user_keys = Map::new();
             for (device, json) in store::user_device_keys(self.db.pool(), user.as_str()).await? {
                 if !devices.is_empty() && !devices.contains(&device) {
@@ -457,7 +457,7 @@ impl Services {
             if user.server_name() != self.server_name() {
                 continue;
             }
-            let known: Vec<String> = self.devices(user).await?.into_iter().map(|d| d.device_id).collect();
+            let known: Vec<String> = self.accounts.devices(user).await?.into_iter().map(|d| d.device_id).collect();
             for (device, content) in devices {
                 let content = serde_json::to_string(content)?;
                 let targets: Vec<&String> = if device == "*" {

@@ -53,6 +53,7 @@ pub struct Services {
     core: Arc<core::Core>,
     /// The rooms' DAG, state and writer.
     pub rooms: Arc<rooms::Rooms>,
+    pub accounts: Arc<accounts::Accounts>,
     pub typing: ephemeral::Typing,
     pub uia: uia::UiaSessions,
     pub admin_nonces: uia::Nonces,
@@ -63,7 +64,6 @@ pub struct Services {
     pub search: search::SearchState,
     pub portal: portal::PortalState,
     pub(crate) correspondence: correspondence::CorrespondenceState,
-    pub tokens: accounts::TokenCache,
     /// The last presence state written for each user (see `presence_on_sync`).
     presence_states: std::sync::Mutex<std::collections::HashMap<ruma::OwnedUserId, String>>,
     pub ratelimiter: ratelimit::RateLimiter,
@@ -112,28 +112,31 @@ impl Services {
         let search = search::SearchState::new(&config.data_dir);
         let push = push::PushState::load(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         let core = Arc::new(core::Core::new(config, db, server_name, keys, stream));
-        let services = Arc::new_cyclic(|me| Services {
-            me: me.clone(),
-            rooms: rooms::Rooms::new(
+        let services = Arc::new_cyclic(|me| {
+            let rooms = rooms::Rooms::new(
                 core.clone(),
                 commit_subscribers(me, &core),
                 Box::new(portal::PortalRules(me.clone())),
-            ),
-            core,
-            typing: ephemeral::Typing::default(),
-            uia: uia::UiaSessions::default(),
-            admin_nonces: uia::Nonces::default(),
-            e2ee,
-            media,
-            previews: Default::default(),
-            push,
-            search,
-            portal: Default::default(),
-            correspondence: Default::default(),
-            tokens: Default::default(),
-            presence_states: Default::default(),
-            ratelimiter,
-            federation: Default::default(),
+            );
+            Services {
+                me: me.clone(),
+                accounts: Arc::new(accounts::Accounts::new(core.clone(), rooms.clone())),
+                rooms,
+                core,
+                typing: ephemeral::Typing::default(),
+                uia: uia::UiaSessions::default(),
+                admin_nonces: uia::Nonces::default(),
+                e2ee,
+                media,
+                previews: Default::default(),
+                push,
+                search,
+                portal: Default::default(),
+                correspondence: Default::default(),
+                presence_states: Default::default(),
+                ratelimiter,
+                federation: Default::default(),
+            }
         });
         ephemeral::spawn_typing_expiry(Arc::downgrade(&services));
         // Every process that writes (the server, an import) keeps the write-ahead log short.
@@ -205,6 +208,6 @@ mod send_checks {
     #[allow(dead_code)]
     fn futures_are_send(s: &Services, u: &ruma::UserId) {
         assert_send(&s.deactivate(u));
-        assert_send(&s.set_profile_field(u, "displayname", None));
+        assert_send(&s.accounts.set_profile_field(u, "displayname", None));
     }
 }

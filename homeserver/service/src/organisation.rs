@@ -329,9 +329,9 @@ impl Services {
         if let Some(user) = self.portal.system.get() {
             return Ok(user.clone());
         }
-        let user = self.parse_local_user(SYSTEM_LOCALPART)?;
+        let user = self.accounts.parse_local_user(SYSTEM_LOCALPART)?;
         if !diplomatie_storage::accounts::user_exists(self.db.pool(), user.as_str()).await? {
-            match self.create_account(Some(SYSTEM_LOCALPART), None, true, Some("Diplomatie")).await {
+            match self.accounts.create_account(Some(SYSTEM_LOCALPART), None, true, Some("Diplomatie")).await {
                 Ok(_) | Err(Error::Matrix(ruma::api::error::ErrorKind::UserInUse, _)) => {}
                 Err(e) => return Err(e),
             }
@@ -348,7 +348,7 @@ impl Services {
     async fn existing_users(&self, names: &[String]) -> Result<Vec<OwnedUserId>> {
         let mut users = Vec::with_capacity(names.len());
         for name in names {
-            let user = self.parse_local_user(name)?;
+            let user = self.accounts.parse_local_user(name)?;
             if !diplomatie_storage::accounts::user_exists(self.db.pool(), user.as_str()).await? {
                 return Err(Error::not_found(format!("Unknown user {user}")));
             }
@@ -589,7 +589,7 @@ impl Services {
         let system = self.system_user().await?;
         // Check everything that can be checked before the first change.
         for u in &org.users {
-            self.parse_local_user(&u.localpart)?;
+            self.accounts.parse_local_user(&u.localpart)?;
             level(u.clearance.as_deref())?;
             if let Some(k) = &u.kind {
                 AccountKind::parse(k).ok_or_else(|| Error::invalid_param(format!("Unknown kind {k:?}")))?;
@@ -612,9 +612,11 @@ impl Services {
         }
         // Accounts, their kind and clearance.
         for u in &org.users {
-            let user = self.parse_local_user(&u.localpart)?;
+            let user = self.accounts.parse_local_user(&u.localpart)?;
             if !diplomatie_storage::accounts::user_exists(self.db.pool(), user.as_str()).await? {
-                self.create_account(Some(&u.localpart), u.password.as_deref(), u.admin, u.name.as_deref()).await?;
+                self.accounts
+                    .create_account(Some(&u.localpart), u.password.as_deref(), u.admin, u.name.as_deref())
+                    .await?;
                 report.users_created += 1;
             }
             let person = self.person(&user).await?;
@@ -639,7 +641,7 @@ impl Services {
             let created = self.create_community(None, c).await?;
             report.communities_created += usize::from(created.created);
             let members: std::collections::BTreeSet<OwnedUserId> =
-                c.members.iter().map(|m| self.parse_local_user(m)).collect::<Result<_>>()?;
+                c.members.iter().map(|m| self.accounts.parse_local_user(m)).collect::<Result<_>>()?;
             let space = &created.space_id;
             let added: Vec<Result<bool>> = futures::stream::iter(members)
                 .map(|user| async move { self.add_to_org_space(space, &user).await })
@@ -655,7 +657,7 @@ impl Services {
         let mut placements = Vec::new();
         for u in &org.users {
             let Some(slug) = &u.group else { continue };
-            let user = self.parse_local_user(&u.localpart)?;
+            let user = self.accounts.parse_local_user(&u.localpart)?;
             let space = self
                 .org_space(SpaceKind::Group, slug)
                 .await?

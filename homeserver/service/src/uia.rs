@@ -116,11 +116,11 @@ impl Services {
         let UserIdentifier::Matrix(id) = identifier else {
             return Err(Error::new(ErrorKind::Unrecognized, "Only user identifiers are supported"));
         };
-        let claimed = self.parse_local_user(&id.user)?;
+        let claimed = self.accounts.parse_local_user(&id.user)?;
         if user.is_some_and(|u| u != claimed) {
             return Err(Error::forbidden("Invalid username or password"));
         }
-        self.verify_password(&claimed, password).await
+        self.accounts.verify_password(&claimed, password).await
     }
 
     async fn check_registration_token(&self, token: &str) -> Result<()> {

@@ -31,7 +31,7 @@ fn public_keys(s: &Services) -> ruma::signatures::PublicKeyMap {
 #[tokio::test]
 async fn every_event_verifies_in_every_room_version() {
     let (s, _dir) = services().await;
-    let alice = s.create_account(Some("alice"), Some("pw"), false, None).await.unwrap();
+    let alice = s.accounts.create_account(Some("alice"), Some("pw"), false, None).await.unwrap();
     let keys = public_keys(&s);
     for v in SUPPORTED_ROOM_VERSIONS {
         let version = RoomVersionId::try_from(*v).unwrap();
@@ -84,7 +84,7 @@ async fn state_groups_rebuild_the_same_state_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let config = Config { data_dir: dir.path().to_owned(), ..Config::default() };
     let s = Services::start(config.clone()).await.unwrap();
-    let alice = s.create_account(Some("alice"), Some("pw"), false, None).await.unwrap();
+    let alice = s.accounts.create_account(Some("alice"), Some("pw"), false, None).await.unwrap();
     let room_id = s.create_room(&alice, CreateRoom::new()).await.unwrap();
     // Past the delta chain length, so that snapshots and deltas both matter.
     for i in 0..150 {

@@ -21,7 +21,7 @@ async fn forks_meet_through_state_resolution() {
         let dir = tempfile::tempdir().unwrap();
         let config = Config { data_dir: dir.path().to_owned(), ..Config::default() };
         let s = Services::start(config.clone()).await.unwrap();
-        let alice = s.create_account(Some("alice"), Some("pw"), false, None).await.unwrap();
+        let alice = s.accounts.create_account(Some("alice"), Some("pw"), false, None).await.unwrap();
         let mut req = CreateRoom::new();
         req.room_version = Some(RoomVersionId::try_from(version).unwrap());
         let room = s.create_room(&alice, req).await.unwrap();

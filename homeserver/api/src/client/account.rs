@@ -34,7 +34,7 @@ pub async fn username_available(
     if !s.config.registration.enabled {
         return Err(Error::forbidden("Registration is disabled").into());
     }
-    s.check_username_available(&req.body.username).await?;
+    s.accounts.check_username_available(&req.body.username).await?;
     Ok(get_username_availability::v3::Response::new(true).into())
 }
 
@@ -46,7 +46,10 @@ pub async fn registration_token_validity(
     if !s.config.registration.enabled || !s.config.registration.require_token {
         return Err(Error::forbidden("Registration tokens are not in use").into());
     }
-    Ok(check_registration_token_validity::v1::Response::new(s.registration_token_valid(&req.body.token).await?).into())
+    Ok(check_registration_token_validity::v1::Response::new(
+        s.accounts.registration_token_valid(&req.body.token).await?,
+    )
+    .into())
 }
 
 /// `POST /register`: user-interactive, with `m.login.dummy` or `m.login.registration_token`.
@@ -60,7 +63,7 @@ pub async fn register(State(s): S, req: Ruma<register::v3::Request>) -> ApiResul
     }
     // Check the username before asking for authentication, as Synapse does.
     if let Some(name) = &body.username {
-        s.check_username_available(&name.to_lowercase()).await?;
+        s.accounts.check_username_available(&name.to_lowercase()).await?;
     }
     let flows = if s.config.registration.require_token {
         vec![vec![AuthType::RegistrationToken]]
@@ -72,6 +75,7 @@ pub async fn register(State(s): S, req: Ruma<register::v3::Request>) -> ApiResul
         return Err(Error::missing_param("A password is required").into());
     }
     let user_id = s
+        .accounts
         .create_account(
             body.username.as_deref().map(str::to_lowercase).as_deref(),
             body.password.as_deref(),
@@ -80,11 +84,12 @@ pub async fn register(State(s): S, req: Ruma<register::v3::Request>) -> ApiResul
         )
         .await?;
     if let Some(AuthData::RegistrationToken(t)) = &body.auth {
-        s.consume_registration_token(&t.token).await?;
+        s.accounts.consume_registration_token(&t.token).await?;
     }
     let mut resp = register::v3::Response::new(user_id.clone());
     if !body.inhibit_login {
         let session = s
+            .accounts
             .open_session(
                 &user_id,
                 body.device_id.as_ref().map(|d| d.as_str()),
@@ -119,9 +124,10 @@ pub async fn login(State(s): S, req: Ruma<login::v3::Request>) -> ApiResult<logi
         (Some(_), _) => return Err(Error::new(ErrorKind::Unknown, "Only user identifiers are supported").into()),
         (None, None) => return Err(Error::missing_param("identifier is required").into()),
     };
-    let user_id = s.parse_local_user(&user).map_err(|_| Error::forbidden("Invalid username or password"))?;
-    s.verify_password(&user_id, &info.password).await?;
+    let user_id = s.accounts.parse_local_user(&user).map_err(|_| Error::forbidden("Invalid username or password"))?;
+    s.accounts.verify_password(&user_id, &info.password).await?;
     let session = s
+        .accounts
         .open_session(
             &user_id,
             body.device_id.as_ref().map(|d| d.as_str()),
@@ -137,7 +143,7 @@ pub async fn login(State(s): S, req: Ruma<login::v3::Request>) -> ApiResult<logi
 
 /// `POST /refresh`
 pub async fn refresh(State(s): S, req: Ruma<refresh_token::v3::Request>) -> ApiResult<refresh_token::v3::Response> {
-    let session = s.refresh(&req.body.refresh_token).await?;
+    let session = s.accounts.refresh(&req.body.refresh_token).await?;
     let mut resp = refresh_token::v3::Response::new(session.access_token);
     resp.refresh_token = session.refresh_token;
     resp.expires_in_ms = session.expires_in_ms.map(Duration::from_millis);
@@ -197,12 +203,12 @@ fn to_device(d: diplomatie_service::accounts::DeviceRecord) -> device::Device {
 }
 
 pub async fn devices(State(s): S, req: Ruma<get_devices::v3::Request>) -> ApiResult<get_devices::v3::Response> {
-    let list = s.devices(&req.caller().user_id).await?;
+    let list = s.accounts.devices(&req.caller().user_id).await?;
     Ok(get_devices::v3::Response::new(list.into_iter().map(to_device).collect()).into())
 }
 
 pub async fn device(State(s): S, req: Ruma<get_device::v3::Request>) -> ApiResult<get_device::v3::Response> {
-    let d = s.device(&req.caller().user_id, req.body.device_id.as_str()).await?;
+    let d = s.accounts.device(&req.caller().user_id, req.body.device_id.as_str()).await?;
     Ok(get_device::v3::Response::new(to_device(d)).into())
 }
 
@@ -210,7 +216,9 @@ pub async fn update_device(
     State(s): S,
     req: Ruma<update_device::v3::Request>,
 ) -> ApiResult<update_device::v3::Response> {
-    s.rename_device(&req.caller().user_id, req.body.device_id.as_str(), req.body.display_name.as_deref()).await?;
+    s.accounts
+        .rename_device(&req.caller().user_id, req.body.device_id.as_str(), req.body.display_name.as_deref())
+        .await?;
     Ok(update_device::v3::Response::new().into())
 }
 
@@ -220,7 +228,7 @@ pub async fn delete_device(
     req: Ruma<delete_device::v3::Request>,
 ) -> ApiResult<delete_device::v3::Response> {
     let caller = req.caller();
-    s.device(&caller.user_id, req.body.device_id.as_str()).await?;
+    s.accounts.device(&caller.user_id, req.body.device_id.as_str()).await?;
     s.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
     s.delete_devices(&caller.user_id, &[req.body.device_id.as_str()]).await?;
     Ok(delete_device::v3::Response::new().into())
@@ -240,7 +248,7 @@ pub async fn delete_devices(
 
 /// `GET /profile/{userId}`
 pub async fn profile(State(s): S, req: Ruma<get_profile::v3::Request>) -> Result<Response, ApiError> {
-    let (displayname, avatar) = s.profile(&req.body.user_id).await?;
+    let (displayname, avatar) = s.accounts.profile(&req.body.user_id).await?;
     let mut body = json!({});
     if let Some(d) = displayname {
         body["displayname"] = json!(d);
@@ -257,7 +265,7 @@ pub async fn profile_field_untyped(
     axum::extract::Path((user_id, field)): axum::extract::Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let user_id = ruma::OwnedUserId::try_from(user_id).map_err(|_| Error::invalid_param("Invalid user id"))?;
-    let (displayname, avatar) = s.profile(&user_id).await?;
+    let (displayname, avatar) = s.accounts.profile(&user_id).await?;
     let value = match field.as_str() {
         "displayname" => displayname,
         "avatar_url" => avatar,
@@ -294,7 +302,7 @@ pub async fn set_profile_field(
     if !matches!(field.as_str(), "displayname" | "avatar_url") {
         return Err(Error::forbidden("Only displayname and avatar_url can be set").into());
     }
-    s.set_profile_field(&caller.user_id, &field, v.as_deref()).await?;
+    s.accounts.set_profile_field(&caller.user_id, &field, v.as_deref()).await?;
     Ok(json_ok(json!({})))
 }
 
@@ -309,7 +317,7 @@ pub async fn authenticate(
     parts.headers = headers.clone();
     let token = crate::ruma_wrapper::access_token(&parts)
         .ok_or_else(|| ApiError(Error::new(ErrorKind::MissingToken, "Missing access token")))?;
-    Ok(s.authenticate(&token).await?)
+    Ok(s.accounts.authenticate(&token).await?)
 }
 
 /// `POST /user/{userId}/openid/request_token`

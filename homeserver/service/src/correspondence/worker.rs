@@ -309,7 +309,7 @@ impl Services {
             }
             "!audience" => {
                 let reference = one("référence")?;
-                let admin = self.is_admin(user).await?;
+                let admin = self.accounts.is_admin(user).await?;
                 let a = self.audience_for(user, admin, reference).await?;
                 let groups: Vec<String> = a["by_group"]
                     .as_object()

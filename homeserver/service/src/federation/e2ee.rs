@@ -140,7 +140,7 @@ impl Services {
         }
         let keys: BTreeMap<String, String> =
             diplomatie_storage::e2ee::user_device_keys(self.db.pool(), user.as_str()).await?.into_iter().collect();
-        for device in self.devices(user).await? {
+        for device in self.accounts.devices(user).await? {
             let mut content = json!({
                 "user_id": user,
                 "device_id": device.device_id,
@@ -201,7 +201,7 @@ impl Services {
         let keys: BTreeMap<String, String> =
             diplomatie_storage::e2ee::user_device_keys(self.db.pool(), user.as_str()).await?.into_iter().collect();
         let mut devices = Vec::new();
-        for d in self.devices(user).await? {
+        for d in self.accounts.devices(user).await? {
             let Some(k) = keys.get(&d.device_id) else { continue };
             let raw = serde_json::value::RawValue::from_string(k.clone()).map_err(crate::internal!())?;
             let mut device =

@@ -30,7 +30,7 @@ impl Services {
             .await?
             .ok_or_else(|| Error::not_found("Room alias not found"))?;
         let room_id = OwnedRoomId::try_from(room_id).map_err(crate::internal!())?;
-        if creator != user.as_str() && !self.is_admin(user).await? {
+        if creator != user.as_str() && !self.accounts.is_admin(user).await? {
             let levels = self.power_levels(&room_id).await?;
             let needed = levels
                 .get("events")
@@ -100,7 +100,7 @@ impl Services {
         self.rooms.known_room(room_id).await?;
         let levels = self.power_levels(room_id).await?;
         let needed = levels.get("state_default").and_then(Value::as_i64).unwrap_or(50);
-        if self.rooms.user_power(room_id, &levels, user).await? < needed && !self.is_admin(user).await? {
+        if self.rooms.user_power(room_id, &levels, user).await? < needed && !self.accounts.is_admin(user).await? {
             return Err(Error::forbidden("You may not publish this room"));
         }
         if public && !self.room_may_be_listed(room_id).await? {
