@@ -96,7 +96,7 @@ async fn admin(s: &Services, parts: &Parts) -> Result<Caller, Error> {
 /// set the clearance and when, and the history of changes.
 pub async fn get_clearance(State(s): S, Path(user): Path<String>, parts: Parts) -> Result<Response, ApiError> {
     admin(&s, &parts).await?;
-    Ok(json_ok(s.clearance_report(&s.accounts.parse_local_user(&user)?).await?))
+    Ok(json_ok(s.portal.clearance_report(&s.accounts.parse_local_user(&user)?).await?))
 }
 
 #[derive(Deserialize)]
@@ -120,7 +120,7 @@ pub async fn set_clearance(
     let req: ClearanceBody = parse_body(&body)?;
     let target = s.accounts.parse_local_user(&user)?;
     s.set_clearance(&caller.user_id, caller.is_admin, &target, level(&req.clearance)?).await?;
-    Ok(json_ok(s.clearance_report(&target).await?))
+    Ok(json_ok(s.portal.clearance_report(&target).await?))
 }
 
 /// `GET /_diplomatie/admin/v1/users/{user_id}/devices/{device_id}/clearance`.
@@ -130,7 +130,9 @@ pub async fn get_device_clearance(
     parts: Parts,
 ) -> Result<Response, ApiError> {
     admin(&s, &parts).await?;
-    Ok(json_ok(s.device_clearance_report(&s.accounts.parse_local_user(&user)?, &OwnedDeviceId::from(device)).await?))
+    Ok(json_ok(
+        s.portal.device_clearance_report(&s.accounts.parse_local_user(&user)?, &OwnedDeviceId::from(device)).await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -149,8 +151,8 @@ pub async fn set_device_clearance(
     let caller = caller(&s, &parts).await?;
     let req: DeviceBody = parse_body(&body)?;
     let (target, device) = (s.accounts.parse_local_user(&user)?, OwnedDeviceId::from(device));
-    s.set_device_clearance(&caller.user_id, caller.is_admin, &target, &device, req.dr).await?;
-    Ok(json_ok(s.device_clearance_report(&target, &device).await?))
+    s.portal.set_device_clearance(&caller.user_id, caller.is_admin, &target, &device, req.dr).await?;
+    Ok(json_ok(s.portal.device_clearance_report(&target, &device).await?))
 }
 
 #[derive(Deserialize)]
@@ -171,7 +173,7 @@ pub async fn set_kind(
         .ok_or_else(|| Error::new(ErrorKind::InvalidParam, "kind must be \"agent\" or \"external\""))?;
     let target = s.accounts.parse_local_user(&user)?;
     s.set_account_kind(&target, kind).await?;
-    Ok(json_ok(s.clearance_report(&target).await?))
+    Ok(json_ok(s.portal.clearance_report(&target).await?))
 }
 
 #[derive(Deserialize)]
@@ -189,8 +191,8 @@ pub async fn set_primary_group(
     admin(&s, &parts).await?;
     let req: GroupBody = parse_body(&body)?;
     let target = s.accounts.parse_local_user(&user)?;
-    s.set_primary_group(&target, req.room_id.as_deref()).await?;
-    Ok(json_ok(s.clearance_report(&target).await?))
+    s.portal.set_primary_group(&target, req.room_id.as_deref()).await?;
+    Ok(json_ok(s.portal.clearance_report(&target).await?))
 }
 
 /// `POST /_diplomatie/admin/v1/groups`: creates a functional group (a space with its general

@@ -62,7 +62,7 @@ pub struct Services {
     pub previews: url_preview::Previews,
     pub push: push::PushState,
     pub search: search::SearchState,
-    pub portal: portal::PortalState,
+    pub portal: Arc<portal::Portal>,
     pub(crate) correspondence: correspondence::CorrespondenceState,
     /// The last presence state written for each user (see `presence_on_sync`).
     presence_states: std::sync::Mutex<std::collections::HashMap<ruma::OwnedUserId, String>>,
@@ -113,14 +113,12 @@ impl Services {
         let push = push::PushState::load(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         let core = Arc::new(core::Core::new(config, db, server_name, keys, stream));
         let services = Arc::new_cyclic(|me| {
-            let rooms = rooms::Rooms::new(
-                core.clone(),
-                commit_subscribers(me, &core),
-                Box::new(portal::PortalRules(me.clone())),
-            );
+            let clearances = portal::Clearances::new(core.clone());
+            let rooms = rooms::Rooms::new(core.clone(), commit_subscribers(me, &core), clearances.clone());
             Services {
                 me: me.clone(),
                 accounts: Arc::new(accounts::Accounts::new(core.clone(), rooms.clone())),
+                portal: Arc::new(portal::Portal::new(rooms.clone(), clearances)),
                 rooms,
                 core,
                 typing: ephemeral::Typing::default(),
@@ -131,7 +129,6 @@ impl Services {
                 previews: Default::default(),
                 push,
                 search,
-                portal: Default::default(),
                 correspondence: Default::default(),
                 presence_states: Default::default(),
                 ratelimiter,

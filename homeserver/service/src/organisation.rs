@@ -389,7 +389,7 @@ impl Services {
     /// an import).
     pub async fn create_community(&self, creator: Option<&UserId>, spec: &CommunitySpec) -> Result<Created> {
         if let Some(c) = creator {
-            policies::may_create_community(self.person(c).await?).map_err(crate::error::forbidden)?;
+            policies::may_create_community(self.portal.person(c).await?).map_err(crate::error::forbidden)?;
         }
         if spec.project.trim().is_empty() {
             return Err(Error::invalid_param("A community is backed by a named project"));
@@ -562,7 +562,7 @@ impl Services {
         let Some(current) = current.map(|a| a.primary_group) else { return Ok(()) };
         let change = if replace { current.as_deref() != Some(space.as_str()) } else { current.is_none() };
         if change {
-            self.set_primary_group(user, Some(space)).await?;
+            self.portal.set_primary_group(user, Some(space)).await?;
         }
         Ok(())
     }
@@ -619,7 +619,7 @@ impl Services {
                     .await?;
                 report.users_created += 1;
             }
-            let person = self.person(&user).await?;
+            let person = self.portal.person(&user).await?;
             let kind = u.kind.as_deref().and_then(AccountKind::parse).unwrap_or_default();
             let clearance = level(u.clearance.as_deref())?;
             let mut changed = false;

@@ -3,7 +3,7 @@
 //!
 //! The decisions themselves are `diplomatie-policies`' pure functions; this module gathers the
 //! facts they need (a person's clearance and kind, a room's classification from its state) and
-//! enforces them where events are made: [`Services::check_portal`] runs in the room writer (as its `EventPolicy`) for
+//! enforces them where events are made: [`Clearances::check_portal`] runs in the room writer (as its `EventPolicy`) for
 //! every event, whoever makes it (a client's send, invite, join or knock, a join through a
 //! restricted space, the server itself), before anything is written.
 //!
@@ -24,45 +24,74 @@ use ruma::{
 use serde_json::{json, Value};
 
 use crate::{
+    core::Core,
     now_ms,
-    rooms::{find_pdu, power_of},
+    rooms::{commit::EventPolicy, find_pdu, power_of, Rooms},
     Error, Pdu, Result, Services,
 };
 
 pub use crate::names::{CLASSIFICATION, EXTERNALS, MANAGER_LEVEL};
 
-/// People as the rules see them, cached.
-pub struct PortalState {
+/// The portal's rules over events: people as the rules see them (cached), and the checks the
+/// room writer runs for every event (its [`EventPolicy`]). Below the rooms: the writer hands
+/// itself to the checks, which read the state through it.
+pub struct Clearances {
+    core: Arc<Core>,
     pub(crate) people: Mutex<LruCache<OwnedUserId, Person>>,
     /// The server's own account, once it exists (see `Services::system_user`).
     pub(crate) system: std::sync::OnceLock<OwnedUserId>,
 }
 
-impl Default for PortalState {
-    fn default() -> Self {
-        PortalState { people: Mutex::new(crate::lru(65536)), system: std::sync::OnceLock::new() }
+impl std::ops::Deref for Clearances {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
     }
 }
 
-/// The portal's rules as the room writer's [`crate::rooms::commit::EventPolicy`].
-pub(crate) struct PortalRules(pub(crate) std::sync::Weak<Services>);
+impl Clearances {
+    pub(crate) fn new(core: Arc<Core>) -> Arc<Clearances> {
+        Arc::new(Clearances { core, people: Mutex::new(crate::lru(65536)), system: std::sync::OnceLock::new() })
+    }
+}
 
-impl crate::rooms::commit::EventPolicy for PortalRules {
+/// The portal's organisation of rooms and people: classified rooms, clearances of people and
+/// devices as administrators and managers set them. Above the rooms.
+pub struct Portal {
+    rooms: Arc<Rooms>,
+    pub clearances: Arc<Clearances>,
+}
+
+impl std::ops::Deref for Portal {
+    type Target = Clearances;
+    fn deref(&self) -> &Clearances {
+        &self.clearances
+    }
+}
+
+impl Portal {
+    pub(crate) fn new(rooms: Arc<Rooms>, clearances: Arc<Clearances>) -> Portal {
+        Portal { rooms, clearances }
+    }
+}
+
+impl EventPolicy for Clearances {
     fn check<'a>(
         &'a self,
+        rooms: &'a Rooms,
         state: &'a StateMap<OwnedEventId>,
         appended: &'a [Arc<Pdu>],
         pdu: &'a Pdu,
         rules: &'a RoomVersionRules,
     ) -> crate::rooms::commit::Checking<'a> {
-        Box::pin(async move { crate::upgrade(&self.0)?.check_portal(state, appended, pdu, rules).await })
+        Box::pin(self.check_portal(rooms, state, appended, pdu, rules))
     }
 }
 
 /// A refusal of the rules, as the client sees it.
 pub(crate) use crate::error::forbidden;
 
-impl Services {
+impl Clearances {
     /// A person's clearance and kind. Users of other servers are agents, cleared DR only when
     /// their server is on the DR allow-list.
     pub async fn person(&self, user: &UserId) -> Result<Person> {
@@ -70,7 +99,7 @@ impl Services {
             let listed = self.config.portal.dr_federation_allowlist.iter().any(|s| s == user.server_name().as_str());
             return Ok(Person { clearance: if listed { Level::DR } else { Level::NP }, kind: AccountKind::Agent });
         }
-        if let Some(p) = self.portal.people.lock().unwrap().get(user) {
+        if let Some(p) = self.people.lock().unwrap().get(user) {
             return Ok(*p);
         }
         let person = match store::attributes(self.db.pool(), user.as_str()).await? {
@@ -80,21 +109,26 @@ impl Services {
             },
             None => Person::default(),
         };
-        self.portal.people.lock().unwrap().put(user.to_owned(), person);
+        self.people.lock().unwrap().put(user.to_owned(), person);
         Ok(person)
     }
 
     /// What the rules need to know of a room, from its state.
-    pub(crate) async fn room_facts(&self, state: &StateMap<OwnedEventId>, appended: &[Arc<Pdu>]) -> Result<Room> {
+    pub(crate) async fn room_facts(
+        &self,
+        rooms: &Rooms,
+        state: &StateMap<OwnedEventId>,
+        appended: &[Arc<Pdu>],
+    ) -> Result<Room> {
         let event = |kind: &str| state.get(&(StateEventType::from(kind), String::new())).cloned();
         let mut room = Room::default();
         if let Some(id) = event(CLASSIFICATION) {
-            if let Some(p) = find_pdu(&self.rooms, appended, &id).await? {
+            if let Some(p) = find_pdu(rooms, appended, &id).await? {
                 room.classification = classification_of(&p).unwrap_or_default();
             }
         }
         if let Some(id) = event(EXTERNALS) {
-            if let Some(p) = find_pdu(&self.rooms, appended, &id).await? {
+            if let Some(p) = find_pdu(rooms, appended, &id).await? {
                 room.externals = p.content_field("allowed").and_then(|v| v.as_bool()).unwrap_or(false);
             }
         }
@@ -102,22 +136,10 @@ impl Services {
         Ok(room)
     }
 
-    /// May `room_id` be shared with `server` (invites, joins and events across servers)? DR
-    /// rooms only with servers on the DR allow-list of the configuration.
-    pub async fn check_federation(&self, room_id: &RoomId, server: &ruma::ServerName) -> Result<()> {
-        let listed = self.config.portal.dr_federation_allowlist.iter().any(|s| s == server.as_str());
-        policies::may_federate(self.room_facts_now(room_id).await?, listed).map_err(forbidden)
-    }
-
-    /// A room's facts from its current state.
-    pub async fn room_facts_now(&self, room_id: &RoomId) -> Result<Room> {
-        let state = self.rooms.current_state(room_id).await?;
-        self.room_facts(&state, &[]).await
-    }
-
     /// The rules, for one event about to be appended on top of `state`.
     pub(crate) async fn check_portal(
         &self,
+        rooms: &Rooms,
         state: &StateMap<OwnedEventId>,
         appended: &[Arc<Pdu>],
         pdu: &Pdu,
@@ -127,9 +149,9 @@ impl Services {
         let kind = pdu.kind.to_string();
         let Some(state_key) = pdu.state_key.as_deref() else {
             // A message: what a DR room accepts (the device is checked where it is known).
-            let room = self.room_facts(state, appended).await?;
+            let room = self.room_facts(rooms, state, appended).await?;
             // A sealed correspondence the server posts goes by its own classification.
-            if Some(&pdu.sender) == self.portal.system.get() && kind == "m.room.message" {
+            if Some(&pdu.sender) == self.system.get() && kind == "m.room.message" {
                 let content = pdu.content_value();
                 if content.get("msgtype").and_then(Value::as_str) == Some(crate::names::MSGTYPE) {
                     let record = match content.get(crate::names::MSGTYPE) {
@@ -155,22 +177,23 @@ impl Services {
                 let key = (StateEventType::RoomMember, state_key.to_owned());
                 if entry == Entry::Join {
                     if let Some(id) = state.get(&key) {
-                        let current = find_pdu(&self.rooms, appended, id).await?;
+                        let current = find_pdu(rooms, appended, id).await?;
                         if current.and_then(|p| p.membership()) == Some(MembershipState::Join) {
                             return Ok(());
                         }
                     }
                 }
-                let room = self.room_facts(state, appended).await?;
+                let room = self.room_facts(rooms, state, appended).await?;
                 policies::may_enter(self.person(&target).await?, room, entry).map_err(forbidden)
             }
             CLASSIFICATION => {
                 let new = classification_of(pdu)
                     .ok_or_else(|| Error::bad_json("The classification's level must be \"NP\" or \"DR\""))?;
-                let mut room = self.room_facts(state, appended).await?;
+                let mut room = self.room_facts(rooms, state, appended).await?;
                 room.has_content = appended.iter().any(|p| p.room_id == pdu.room_id && p.state_key.is_none())
                     || store::room_has_messages(self.db.pool(), pdu.room_id.as_str()).await?;
-                let manager = self.power_in_state(state, appended, &pdu.sender, creators).await? >= MANAGER_LEVEL;
+                let manager =
+                    self.power_in_state(rooms, state, appended, &pdu.sender, creators).await? >= MANAGER_LEVEL;
                 policies::may_classify(room, new, manager).map_err(forbidden)?;
                 if new == Level::DR && room.classification != Level::DR {
                     // Everyone already in (or invited, or knocking) must be cleared.
@@ -178,7 +201,7 @@ impl Services {
                         if *kind != StateEventType::RoomMember {
                             continue;
                         }
-                        let Some(member) = find_pdu(&self.rooms, appended, id).await? else { continue };
+                        let Some(member) = find_pdu(rooms, appended, id).await? else { continue };
                         let entry = match member.membership() {
                             Some(MembershipState::Join) => Entry::Join,
                             Some(MembershipState::Invite) => Entry::Invite,
@@ -201,8 +224,9 @@ impl Services {
                 if !allowed {
                     return Ok(());
                 }
-                let room = self.room_facts(state, appended).await?;
-                let manager = self.power_in_state(state, appended, &pdu.sender, creators).await? >= MANAGER_LEVEL;
+                let room = self.room_facts(rooms, state, appended).await?;
+                let manager =
+                    self.power_in_state(rooms, state, appended, &pdu.sender, creators).await? >= MANAGER_LEVEL;
                 policies::may_open_to_externals(room, manager).map_err(forbidden)
             }
             _ => Ok(()),
@@ -212,6 +236,7 @@ impl Services {
     /// A user's power level in a room's state (creators of v12 rooms above every level).
     async fn power_in_state(
         &self,
+        rooms: &Rooms,
         state: &StateMap<OwnedEventId>,
         appended: &[Arc<Pdu>],
         user: &UserId,
@@ -219,11 +244,11 @@ impl Services {
     ) -> Result<i64> {
         let get = |kind: StateEventType| state.get(&(kind, String::new())).cloned();
         let create = match get(StateEventType::RoomCreate) {
-            Some(id) => find_pdu(&self.rooms, appended, &id).await?,
+            Some(id) => find_pdu(rooms, appended, &id).await?,
             None => None,
         };
         let levels = match get(StateEventType::RoomPowerLevels) {
-            Some(id) => find_pdu(&self.rooms, appended, &id).await?.map(|p| p.content_value()),
+            Some(id) => find_pdu(rooms, appended, &id).await?.map(|p| p.content_value()),
             None => None,
         };
         let levels = levels.as_ref().and_then(Value::as_object);
@@ -233,6 +258,21 @@ impl Services {
     /// Whether a device is approved for DR content.
     pub async fn device_is_dr(&self, user: &UserId, device: &DeviceId) -> Result<bool> {
         Ok(store::device_flag(self.db.pool(), user.as_str(), device.as_str()).await?.is_some_and(|(dr, _, _)| dr))
+    }
+}
+
+impl Portal {
+    /// May `room_id` be shared with `server` (invites, joins and events across servers)? DR
+    /// rooms only with servers on the DR allow-list of the configuration.
+    pub async fn check_federation(&self, room_id: &RoomId, server: &ruma::ServerName) -> Result<()> {
+        let listed = self.config.portal.dr_federation_allowlist.iter().any(|s| s == server.as_str());
+        policies::may_federate(self.room_facts_now(room_id).await?, listed).map_err(forbidden)
+    }
+
+    /// A room's facts from its current state.
+    pub async fn room_facts_now(&self, room_id: &RoomId) -> Result<Room> {
+        let state = self.rooms.current_state(room_id).await?;
+        self.room_facts(&self.rooms, &state, &[]).await
     }
 
     /// Before a client's message goes into a room: the device's DR flag, for DR rooms.
@@ -251,7 +291,7 @@ impl Services {
 
     /// Whether `actor` may set `target`'s clearance (or their devices' flags) to `level`;
     /// `raises` when that is more than the target has (a clearance raised, a device approved).
-    async fn may_set_clearance(
+    pub(crate) async fn may_set_clearance(
         &self,
         actor: &UserId,
         actor_admin: bool,
@@ -267,42 +307,13 @@ impl Services {
                 if let Some(meta) = self.rooms.room_meta(&group).await? {
                     let creators = meta.rules().authorization.explicitly_privilege_room_creators;
                     let state = self.rooms.current_state(&group).await?;
-                    manages = self.power_in_state(&state, &[], actor, creators).await? >= MANAGER_LEVEL;
+                    manages = self.power_in_state(&self.rooms, &state, &[], actor, creators).await? >= MANAGER_LEVEL;
                 }
             }
         }
         let delegated = self.config.portal.delegate_clearance_to_managers;
         let actor = policies::Actor { admin: actor_admin, manages_primary_group: manages, is_target: actor == target };
         policies::may_set_clearance(actor, delegated, person, level, raises).map_err(forbidden)
-    }
-
-    /// Sets a local user's clearance, recording who did it and when.
-    pub async fn set_clearance(&self, actor: &UserId, actor_admin: bool, target: &UserId, level: Level) -> Result<()> {
-        self.local_account(target).await?;
-        let raises = level > self.person(target).await?.clearance;
-        self.may_set_clearance(actor, actor_admin, target, level, raises).await?;
-        let mut tx = self.db.begin().await?;
-        store::set_clearance(&mut tx, target.as_str(), level.as_str(), actor.as_str(), now_ms()).await?;
-        diplomatie_storage::commit(tx).await?;
-        self.portal.people.lock().unwrap().pop(target);
-        self.leave_rooms_no_longer_allowed(target, "DR clearance withdrawn").await
-    }
-
-    /// After a user's clearance or kind changed: the user leaves (or withdraws an invite or a
-    /// knock from) every room the rules no longer let them in.
-    async fn leave_rooms_no_longer_allowed(&self, target: &UserId, reason: &str) -> Result<()> {
-        let person = self.person(target).await?;
-        for (room, membership) in diplomatie_storage::state::rooms_for_user(self.db.pool(), target.as_str()).await? {
-            if !matches!(membership.as_str(), "join" | "invite" | "knock") {
-                continue;
-            }
-            let Ok(room_id) = ruma::OwnedRoomId::try_from(room) else { continue };
-            let facts = self.room_facts_now(&room_id).await?;
-            if policies::may_enter(person, facts, Entry::Join).is_err() {
-                self.leave(target, &room_id, Some(reason.to_owned())).await?;
-            }
-        }
-        Ok(())
     }
 
     /// Sets or clears the DR flag of one of a local user's devices.
@@ -326,17 +337,6 @@ impl Services {
         }
         diplomatie_storage::commit(tx).await?;
         Ok(())
-    }
-
-    /// Makes a local account an agent's or an external person's (administrators only).
-    pub async fn set_account_kind(&self, target: &UserId, kind: AccountKind) -> Result<()> {
-        self.local_account(target).await?;
-        if kind == AccountKind::External {
-            policies::may_make_external(self.person(target).await?).map_err(forbidden)?;
-        }
-        store::set_kind(self.db.pool(), target.as_str(), kind.as_str()).await?;
-        self.portal.people.lock().unwrap().pop(target);
-        self.leave_rooms_no_longer_allowed(target, "Account made external").await
     }
 
     /// Sets (or clears) a local user's primary functional group (the group's space).
@@ -386,7 +386,7 @@ impl Services {
         Ok(json!({ "user_id": target, "device_id": device, "dr": dr, "set_by": by, "set_ts": ts }))
     }
 
-    async fn local_account(&self, user: &UserId) -> Result<()> {
+    pub(crate) async fn local_account(&self, user: &UserId) -> Result<()> {
         if user.server_name() != self.server_name()
             || !diplomatie_storage::accounts::user_exists(self.db.pool(), user.as_str()).await?
         {
@@ -398,6 +398,49 @@ impl Services {
     /// Whether a room may be listed (public directory, search by non-members).
     pub async fn room_may_be_listed(&self, room_id: &RoomId) -> Result<bool> {
         Ok(policies::may_be_listed(self.room_facts_now(room_id).await?))
+    }
+}
+
+/// A change of clearance or kind may take people out of rooms: it reaches the memberships.
+impl Services {
+    /// Sets a local user's clearance, recording who did it and when.
+    pub async fn set_clearance(&self, actor: &UserId, actor_admin: bool, target: &UserId, level: Level) -> Result<()> {
+        self.portal.local_account(target).await?;
+        let raises = level > self.portal.person(target).await?.clearance;
+        self.portal.may_set_clearance(actor, actor_admin, target, level, raises).await?;
+        let mut tx = self.db.begin().await?;
+        store::set_clearance(&mut tx, target.as_str(), level.as_str(), actor.as_str(), now_ms()).await?;
+        diplomatie_storage::commit(tx).await?;
+        self.portal.people.lock().unwrap().pop(target);
+        self.leave_rooms_no_longer_allowed(target, "DR clearance withdrawn").await
+    }
+
+    /// After a user's clearance or kind changed: the user leaves (or withdraws an invite or a
+    /// knock from) every room the rules no longer let them in.
+    async fn leave_rooms_no_longer_allowed(&self, target: &UserId, reason: &str) -> Result<()> {
+        let person = self.portal.person(target).await?;
+        for (room, membership) in diplomatie_storage::state::rooms_for_user(self.db.pool(), target.as_str()).await? {
+            if !matches!(membership.as_str(), "join" | "invite" | "knock") {
+                continue;
+            }
+            let Ok(room_id) = ruma::OwnedRoomId::try_from(room) else { continue };
+            let facts = self.portal.room_facts_now(&room_id).await?;
+            if policies::may_enter(person, facts, Entry::Join).is_err() {
+                self.leave(target, &room_id, Some(reason.to_owned())).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes a local account an agent's or an external person's (administrators only).
+    pub async fn set_account_kind(&self, target: &UserId, kind: AccountKind) -> Result<()> {
+        self.portal.local_account(target).await?;
+        if kind == AccountKind::External {
+            policies::may_make_external(self.portal.person(target).await?).map_err(forbidden)?;
+        }
+        store::set_kind(self.db.pool(), target.as_str(), kind.as_str()).await?;
+        self.portal.people.lock().unwrap().pop(target);
+        self.leave_rooms_no_longer_allowed(target, "Account made external").await
     }
 }
 

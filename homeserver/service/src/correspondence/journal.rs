@@ -162,7 +162,7 @@ impl Services {
         for entry in store::action_entries(self.db.pool(), reference, group).await? {
             let Ok(room) = OwnedRoomId::try_from(entry.room_id.as_str()) else { continue };
             let Some(owner) = self.journal_owner(&room).await? else { continue };
-            let view = diplomatie_policies::journal_view(self.person(&owner).await?, level);
+            let view = diplomatie_policies::journal_view(self.portal.person(&owner).await?, level);
             let new = text::journal_entry(&record, kind, view, "action", Some((&addressee, &shown)));
             let body = format!("* {}", new["body"].as_str().unwrap_or_default());
             let mut edit = json!({
@@ -182,7 +182,7 @@ impl Services {
 
     /// The action items of the groups `user` belongs to, with their status.
     pub async fn journal_items(&self, user: &UserId) -> Result<Value> {
-        let cleared = self.person(user).await?.clearance == diplomatie_policies::Level::DR;
+        let cleared = self.portal.person(user).await?.clearance == diplomatie_policies::Level::DR;
         let mut items = Vec::new();
         for slug in self.groups_of(user).await? {
             for a in store::group_actions(self.db.pool(), &slug).await? {
@@ -236,5 +236,5 @@ fn valid_tag(tag: &str) -> Result<String> {
 }
 
 async fn policies_allow_journal(s: &Services, user: &UserId) -> Result<bool> {
-    Ok(s.person(user).await?.kind != diplomatie_policies::AccountKind::External)
+    Ok(s.portal.person(user).await?.kind != diplomatie_policies::AccountKind::External)
 }

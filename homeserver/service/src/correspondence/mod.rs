@@ -210,10 +210,10 @@ impl Services {
             }
             e => e,
         })?;
-        let person = self.person(author).await?;
+        let person = self.portal.person(author).await?;
         let member = self.rooms.is_joined(&from.space, author).await?;
         let device_dr = match device {
-            Some(d) => self.device_is_dr(author, d).await?,
+            Some(d) => self.portal.device_is_dr(author, d).await?,
             None => false,
         };
         let require_device = self.config.portal.dr_requires_approved_device;
@@ -228,7 +228,7 @@ impl Services {
                     return Err(Error::invalid_param(format!("Group {slug:?} is addressed twice")));
                 }
                 let a = self.addressee(slug, role).await?;
-                let facts = self.room_facts_now(&a.space).await?;
+                let facts = self.portal.room_facts_now(&a.space).await?;
                 policies::may_address(facts, level).map_err(|r| Error::forbidden(format!("{} ({slug})", r.0)))?;
                 addressees.push(a);
             }
@@ -278,7 +278,7 @@ impl Services {
                 .map(|a| a.iter().filter_map(Value::as_str).map(normalise_tag).collect())
                 .unwrap_or_default();
             let Some((space, name, general)) = self.org_room_uncached("c", slug, "general").await? else { continue };
-            let facts = self.room_facts_now(&general).await?;
+            let facts = self.portal.room_facts_now(&general).await?;
             let addressee = Addressee { slug: slug.to_owned(), name, space, room: general, role: "community" };
             out.push(Community { addressee, tags, facts });
         }
@@ -346,7 +346,7 @@ impl Services {
     /// Hands out a reference of `group` for a client that signs itself.
     pub async fn reserve_reference(&self, author: &UserId, group: &str) -> Result<String> {
         let from = self.addressee(group, "origin").await?;
-        let person = self.person(author).await?;
+        let person = self.portal.person(author).await?;
         let member = self.rooms.is_joined(&from.space, author).await?;
         policies::may_send_correspondence(person, member, Level::NP, true, false).map_err(crate::error::forbidden)?;
         self.new_reference(author, group).await
@@ -461,7 +461,7 @@ impl Services {
         }
         let mut views: HashMap<OwnedUserId, JournalView> = HashMap::new();
         for u in with_action.iter().map(|u| (*u).clone()).chain(interested.iter().cloned()) {
-            let view = policies::journal_view(self.person(&u).await?, plan.level);
+            let view = policies::journal_view(self.portal.person(&u).await?, plan.level);
             views.insert(u, view);
         }
         views.retain(|_, v| *v != JournalView::Nothing);

@@ -75,7 +75,7 @@ impl Services {
         }
         self.check_server_acl(room_id, origin).await?;
         if membership == "join" {
-            self.check_federation(room_id, origin).await?;
+            self.portal.check_federation(room_id, origin).await?;
         }
         if let Some(versions) = versions {
             if !versions.contains(&meta.version) {
@@ -159,7 +159,7 @@ impl Services {
         }
         check_membership_shape(&object, &Expected { membership, origin })?;
         if membership == "join" {
-            self.check_federation(room_id, origin).await?;
+            self.portal.check_federation(room_id, origin).await?;
         }
         // A restricted join names a user of this server: vouch for it (sign) only now that it is
         // known to be the join of the origin's own user; the authorisation rules then check

@@ -80,9 +80,11 @@ pub(crate) type Checking<'a> = BoxFuture<'a, Result<()>>;
 /// portal's: clearances, classification, external persons), checked by the writer after the
 /// authorisation rules and before anything is written.
 pub(crate) trait EventPolicy: Send + Sync {
-    /// May `pdu` be appended on top of `state` (`appended`: the batch's events so far)?
+    /// May `pdu` be appended on top of `state` (`appended`: the batch's events so far)? The
+    /// writer hands its rooms, to read events and state through.
     fn check<'a>(
         &'a self,
+        rooms: &'a super::Rooms,
         state: &'a StateMap<OwnedEventId>,
         appended: &'a [Arc<Pdu>],
         pdu: &'a Pdu,

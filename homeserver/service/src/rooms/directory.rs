@@ -103,7 +103,7 @@ impl Services {
         if self.rooms.user_power(room_id, &levels, user).await? < needed && !self.accounts.is_admin(user).await? {
             return Err(Error::forbidden("You may not publish this room"));
         }
-        if public && !self.room_may_be_listed(room_id).await? {
+        if public && !self.portal.room_may_be_listed(room_id).await? {
             return Err(Error::forbidden("A DR (restricted distribution) room is never listed in the directory"));
         }
         diplomatie_storage::rooms::set_public(self.db.pool(), room_id.as_str(), public).await?;
@@ -172,7 +172,7 @@ impl Services {
             let Ok(room_id) = OwnedRoomId::try_from(id) else {
                 continue;
             };
-            if !self.room_may_be_listed(&room_id).await? {
+            if !self.portal.room_may_be_listed(&room_id).await? {
                 continue;
             }
             let summary = self.room_summary(&room_id).await?;
@@ -220,7 +220,7 @@ impl Services {
         }
         // External persons do not see the internal directory: only people they share a room
         // with, picked among the matches (so many are read that none of those is cut off).
-        let internal = diplomatie_policies::may_see_user_directory(self.person(searcher).await?);
+        let internal = diplomatie_policies::may_see_user_directory(self.portal.person(searcher).await?);
         let wanted = if internal { limit as i64 + 1 } else { 10_000 };
         let mut users = diplomatie_storage::accounts::search_users(self.db.pool(), term, wanted).await?;
         if !internal {

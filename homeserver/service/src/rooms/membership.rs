@@ -50,7 +50,7 @@ impl Services {
         }
         if invitee.server_name() != self.server_name() {
             // The portal's rule for sharing a room with another server comes first.
-            self.check_federation(room_id, invitee.server_name()).await?;
+            self.portal.check_federation(room_id, invitee.server_name()).await?;
             self.check_server_allowed(invitee.server_name())?;
             let mut content = json!({ "membership": "invite" });
             if is_direct {

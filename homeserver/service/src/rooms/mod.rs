@@ -63,7 +63,7 @@ pub struct Rooms {
     /// This very value, for the task that drains the send queue.
     me: Weak<Rooms>,
     subscribers: commit::CommitSubscribers,
-    policy: Box<dyn commit::EventPolicy>,
+    policy: Arc<dyn commit::EventPolicy>,
     meta: Mutex<HashMap<OwnedRoomId, Arc<RoomMeta>>>,
     states: Mutex<LruCache<i64, Arc<StateMap<OwnedEventId>>>>,
     events: Mutex<LruCache<OwnedEventId, Arc<Pdu>>>,
@@ -106,7 +106,7 @@ impl Rooms {
     pub(crate) fn new(
         core: Arc<Core>,
         subscribers: commit::CommitSubscribers,
-        policy: Box<dyn commit::EventPolicy>,
+        policy: Arc<dyn commit::EventPolicy>,
     ) -> Arc<Rooms> {
         Arc::new_cyclic(|me| Rooms {
             core,
@@ -821,7 +821,7 @@ impl<'a> RoomWriter<'a> {
         if pdu.kind != TimelineEventType::RoomCreate {
             // The portal's rules (clearance, classification, externals).
             let checking = std::time::Instant::now();
-            let checked = rooms.policy.check(&state, &self.appended, &pdu, &rules).await;
+            let checked = rooms.policy.check(rooms, &state, &self.appended, &pdu, &rules).await;
             self.portal_time += checking.elapsed();
             checked?;
         } else if self.new_room.is_none() || self.room_id.is_some() && !self.appended.is_empty() {

@@ -135,7 +135,7 @@ impl Services {
         if kind == "m.room.redaction" {
             return Err(Error::bad_json("Redact with the /redact endpoint"));
         }
-        self.check_device_for_send(sender, device, room_id).await?;
+        self.portal.check_device_for_send(sender, device, room_id).await?;
         let pdu = self
             .rooms
             .append_event(Target::Room(room_id), sender, PduBuilder::message(kind, content), Some((device, txn_id)))

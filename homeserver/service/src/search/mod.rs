@@ -323,7 +323,7 @@ impl Services {
         let mut listed = Vec::with_capacity(rooms.len());
         for room in rooms {
             let Ok(id) = ruma::OwnedRoomId::try_from(room.as_str()) else { continue };
-            if self.rooms.room_meta(&id).await?.is_some() && self.room_may_be_listed(&id).await? {
+            if self.rooms.room_meta(&id).await?.is_some() && self.portal.room_may_be_listed(&id).await? {
                 listed.push(room);
             }
         }
