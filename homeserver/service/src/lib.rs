@@ -85,7 +85,7 @@ fn commit_subscribers(me: &Weak<Services>, core: &Arc<core::Core>) -> rooms::com
     rooms::commit::CommitSubscribers {
         rows: vec![Box::new(push::NotificationRows(me.clone())), Box::new(federation::sender::OutboxRows(me.clone()))],
         others: vec![
-            Box::new(marks::EventMarks(core.marks.clone())),
+            Box::new(EventMarks(core.marks.clone())),
             Box::new(e2ee::MembershipPositions(me.clone())),
             Box::new(search::Indexer(me.clone())),
             Box::new(correspondence::worker::Drafts(me.clone())),
@@ -164,6 +164,15 @@ pub(crate) fn lru<K: std::hash::Hash + Eq, V>(cap: usize) -> lru::LruCache<K, V>
     let mut cache = lru::LruCache::unbounded();
     cache.resize(std::num::NonZeroUsize::new(cap.max(1)).expect("at least 1"));
     cache
+}
+
+/// The streams' marks as a commit subscriber (`marks` itself knows nothing of the writer).
+struct EventMarks(Arc<marks::StreamMarks>);
+
+impl rooms::commit::Subscriber for EventMarks {
+    fn committed(&self, batch: &rooms::commit::Batch<'_>, at: &rooms::commit::Committed<'_>) {
+        self.0.events_committed(batch.events, at.memberships, at.position);
+    }
 }
 
 /// The services behind a subscriber's handle; gone only while the process stops.

@@ -20,8 +20,6 @@ use diplomatie_storage::streams::Presence;
 use lru::LruCache;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
-use crate::rooms::commit;
-
 /// Each user's last presence, by the position it was written at (what the `presence` table
 /// holds, in memory).
 #[derive(Default)]
@@ -128,24 +126,26 @@ impl StreamMarks {
     }
 }
 
-/// The room writer's marks: each room's last event, each member's last membership change (a
-/// commit subscriber, told before the positions are published).
-pub(crate) struct EventMarks(pub(crate) std::sync::Arc<StreamMarks>);
-
-impl commit::Subscriber for EventMarks {
-    fn committed(&self, batch: &commit::Batch<'_>, at: &commit::Committed<'_>) {
-        let marks = &self.0;
+impl StreamMarks {
+    /// What the room writer committed: each room's last event, each member's last membership
+    /// change (told before the positions are published).
+    pub(crate) fn events_committed(
+        &self,
+        events: &[std::sync::Arc<crate::Pdu>],
+        memberships: &[(ruma::OwnedUserId, ruma::OwnedRoomId)],
+        position: i64,
+    ) {
         {
-            let mut rooms = marks.rooms.lock().unwrap();
-            for pdu in batch.events {
+            let mut rooms = self.rooms.lock().unwrap();
+            for pdu in events {
                 let mark = rooms.entry(pdu.room_id.clone()).or_insert(pdu.stream_ordering);
                 *mark = (*mark).max(pdu.stream_ordering);
             }
         }
-        let mut members = marks.memberships.lock().unwrap();
-        for (user, _) in at.memberships {
-            let mark = members.entry(user.clone()).or_insert(at.position);
-            *mark = (*mark).max(at.position);
+        let mut members = self.memberships.lock().unwrap();
+        for (user, _) in memberships {
+            let mark = members.entry(user.clone()).or_insert(position);
+            *mark = (*mark).max(position);
         }
     }
 }

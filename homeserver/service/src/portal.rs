@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use crate::{
     core::Core,
     now_ms,
-    rooms::{commit::EventPolicy, find_pdu, power_of, Rooms},
+    rooms::{find_pdu, power_of, EventPolicy, Rooms},
     Error, Pdu, Result, Services,
 };
 
@@ -83,7 +83,7 @@ impl EventPolicy for Clearances {
         appended: &'a [Arc<Pdu>],
         pdu: &'a Pdu,
         rules: &'a RoomVersionRules,
-    ) -> crate::rooms::commit::Checking<'a> {
+    ) -> crate::rooms::Checking<'a> {
         Box::pin(self.check_portal(rooms, state, appended, pdu, rules))
     }
 }

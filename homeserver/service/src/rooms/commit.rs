@@ -16,7 +16,6 @@ use futures::future::BoxFuture;
 use ruma::{state_res::StateMap, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId};
 
 use crate::{pdu::Pdu, Result};
-use ruma::room_version_rules::RoomVersionRules;
 
 /// A batch of events on its way to the database, as subscribers see it.
 pub(crate) struct Batch<'a> {
@@ -71,23 +70,4 @@ pub(crate) trait Subscriber: Send + Sync {
 pub(crate) struct CommitSubscribers {
     pub rows: Vec<Box<dyn RowsSubscriber>>,
     pub others: Vec<Box<dyn Subscriber>>,
-}
-
-/// What [`EventPolicy::check`] answers.
-pub(crate) type Checking<'a> = BoxFuture<'a, Result<()>>;
-
-/// Rules beyond the room version's that every event this server builds must pass (the
-/// portal's: clearances, classification, external persons), checked by the writer after the
-/// authorisation rules and before anything is written.
-pub(crate) trait EventPolicy: Send + Sync {
-    /// May `pdu` be appended on top of `state` (`appended`: the batch's events so far)? The
-    /// writer hands its rooms, to read events and state through.
-    fn check<'a>(
-        &'a self,
-        rooms: &'a super::Rooms,
-        state: &'a StateMap<OwnedEventId>,
-        appended: &'a [Arc<Pdu>],
-        pdu: &'a Pdu,
-        rules: &'a RoomVersionRules,
-    ) -> Checking<'a>;
 }

@@ -57,13 +57,13 @@ impl RoomMeta {
 /// The rooms' DAG and state: the one writer of events, and the in-memory views of the rooms
 /// (only the writer changes them, after its commit). It calls no other service: what must
 /// happen around a commit is told to the subscribers it was given ([`commit`]), and the
-/// portal's rules reach the writer as the [`commit::EventPolicy`] it was given.
+/// portal's rules reach the writer as the [`EventPolicy`] it was given.
 pub struct Rooms {
     core: Arc<Core>,
     /// This very value, for the task that drains the send queue.
     me: Weak<Rooms>,
     subscribers: commit::CommitSubscribers,
-    policy: Arc<dyn commit::EventPolicy>,
+    policy: Arc<dyn EventPolicy>,
     meta: Mutex<HashMap<OwnedRoomId, Arc<RoomMeta>>>,
     states: Mutex<LruCache<i64, Arc<StateMap<OwnedEventId>>>>,
     events: Mutex<LruCache<OwnedEventId, Arc<Pdu>>>,
@@ -106,7 +106,7 @@ impl Rooms {
     pub(crate) fn new(
         core: Arc<Core>,
         subscribers: commit::CommitSubscribers,
-        policy: Arc<dyn commit::EventPolicy>,
+        policy: Arc<dyn EventPolicy>,
     ) -> Arc<Rooms> {
         Arc::new_cyclic(|me| Rooms {
             core,
@@ -125,6 +125,25 @@ impl Rooms {
             backfill_low: tokio::sync::Mutex::default(),
         })
     }
+}
+
+/// What [`EventPolicy::check`] answers.
+pub(crate) type Checking<'a> = futures::future::BoxFuture<'a, Result<()>>;
+
+/// Rules beyond the room version's that every event this server builds must pass (the
+/// portal's: clearances, classification, external persons), checked by the writer after the
+/// authorisation rules and before anything is written.
+pub(crate) trait EventPolicy: Send + Sync {
+    /// May `pdu` be appended on top of `state` (`appended`: the batch's events so far)? The
+    /// writer hands its rooms, to read events and state through.
+    fn check<'a>(
+        &'a self,
+        rooms: &'a Rooms,
+        state: &'a StateMap<OwnedEventId>,
+        appended: &'a [Arc<Pdu>],
+        pdu: &'a Pdu,
+        rules: &'a RoomVersionRules,
+    ) -> Checking<'a>;
 }
 
 /// An event waiting for the group commit.
