@@ -100,7 +100,7 @@ async fn media_thumbnail(
 
 /// `GET /_matrix/key/v2/server`: this server's keys, self-signed.
 async fn server_keys(State(s): S) -> Result<Response, crate::error::ApiError> {
-    Ok(json_ok(s.own_server_keys()?))
+    Ok(json_ok(s.transport.own_server_keys()?))
 }
 
 fn raw_keys(v: serde_json::Value) -> Result<Raw<ruma::api::federation::discovery::ServerSigningKeys>, Error> {
@@ -114,7 +114,7 @@ async fn notary_batch(
 ) -> ApiResult<get_remote_server_keys_batch::v2::Response> {
     let mut keys = Vec::new();
     for server in req.body.server_keys.keys() {
-        match s.notary_keys(server).await {
+        match s.transport.notary_keys(server).await {
             Ok(v) => keys.push(raw_keys(v)?),
             Err(e) => tracing::info!(%server, error = %e, "notary: no keys"),
         }
@@ -126,7 +126,7 @@ async fn notary_one(
     State(s): S,
     req: Ruma<get_remote_server_keys::v2::Request>,
 ) -> ApiResult<get_remote_server_keys::v2::Response> {
-    let keys = match s.notary_keys(&req.body.server_name).await {
+    let keys = match s.transport.notary_keys(&req.body.server_name).await {
         Ok(v) => vec![raw_keys(v)?],
         Err(_) => vec![],
     };

@@ -148,7 +148,7 @@ where
         // Federation: the origin and its key are checked before the body is read; the
         // signature over the whole request after.
         let signer = if auth == TypeId::of::<ServerSignatures>() {
-            Some(services.request_signer(&parts.headers).await.map_err(ApiError)?)
+            Some(services.transport.request_signer(&parts.headers).await.map_err(ApiError)?)
         } else {
             None
         };
@@ -218,7 +218,7 @@ where
                     *h = parts.headers.clone();
                 }
                 let signed = signed.body(&bytes[..]).map_err(diplomatie_service::internal!())?;
-                Some(services.verify_request(&signed, signer).map_err(ApiError)?)
+                Some(services.transport.verify_request(&signed, signer).map_err(ApiError)?)
             }
             None => None,
         };

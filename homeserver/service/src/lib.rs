@@ -54,6 +54,8 @@ pub struct Services {
     /// The rooms' DAG, state and writer.
     pub rooms: Arc<rooms::Rooms>,
     pub accounts: Arc<accounts::Accounts>,
+    /// Requests to other servers, other servers' keys.
+    pub transport: Arc<federation::client::Transport>,
     pub typing: ephemeral::Typing,
     pub uia: uia::UiaSessions,
     pub admin_nonces: uia::Nonces,
@@ -118,6 +120,7 @@ impl Services {
             Services {
                 me: me.clone(),
                 accounts: Arc::new(accounts::Accounts::new(core.clone(), rooms.clone())),
+                transport: Arc::new(federation::client::Transport::new(core.clone())),
                 portal: Arc::new(portal::Portal::new(rooms.clone(), clearances)),
                 rooms,
                 core,
@@ -146,7 +149,7 @@ impl Services {
     pub async fn start_serving(config: Config) -> anyhow_like::Result<Arc<Services>> {
         let services = Services::start(config).await?;
         if services.config.federation.enabled {
-            services.prepare_federation_clients().map_err(anyhow_like::msg)?;
+            services.transport.prepare_federation_clients().map_err(anyhow_like::msg)?;
         }
         services.media.remove_interrupted_uploads();
         services.search.open().await.map_err(|e| anyhow_like::msg(format!("cannot open the search index: {e}")))?;

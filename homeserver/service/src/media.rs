@@ -460,7 +460,7 @@ impl Services {
         if let Some(media) = cached().await? {
             return Ok(media);
         }
-        if let Err(e) = self.check_server_allowed(server) {
+        if let Err(e) = self.transport.check_server_allowed(server) {
             tracing::debug!(%server, error = %e, "remote media not fetched");
             return Err(Error::not_found("Media not found"));
         }
@@ -488,7 +488,7 @@ impl Services {
         let mut request = get_content::v1::Request::new(media_id.to_owned());
         request.timeout_ms = timeout.min(Duration::from_secs(120));
         // The multipart envelope and its metadata part come on top of the file.
-        let response = self.federation_request_within(server, request, max + 64 * 1024).await?;
+        let response = self.transport.federation_request_within(server, request, max + 64 * 1024).await?;
         let content = match response.content {
             FileOrLocation::File(content) => content,
             FileOrLocation::Location(url) => self.follow_media_location(server, &url, max).await?,

@@ -29,7 +29,7 @@ impl Services {
     /// Asks the room's other servers for up to `limit` events before the oldest one held here;
     /// answers how many were added. A failure of theirs adds nothing and is not an error.
     pub(crate) async fn backfill(&self, room_id: &RoomId, limit: usize) -> Result<usize> {
-        if !self.federation_enabled() {
+        if !self.transport.federation_enabled() {
             return Ok(0);
         }
         let Some(meta) = self.rooms.room_meta(room_id).await? else { return Ok(0) };
@@ -53,12 +53,12 @@ impl Services {
             .servers_in_room(room_id)
             .await?
             .into_iter()
-            .filter(|s| s != self.server_name() && self.check_server_allowed(s).is_ok())
+            .filter(|s| s != self.server_name() && self.transport.check_server_allowed(s).is_ok())
             .collect();
         let limit = UInt::new_saturating(limit.clamp(1, MAX_BACKFILL) as u64);
         for server in servers.iter().take(3) {
             let request = get_backfill::v1::Request::new(room_id.to_owned(), missing.clone(), limit);
-            let pdus = match self.federation_request(server, request).await {
+            let pdus = match self.transport.federation_request(server, request).await {
                 Ok(answer) => answer.pdus,
                 Err(e) => {
                     tracing::info!(%room_id, %server, error = %e, "backfill failed");
@@ -100,7 +100,7 @@ impl Services {
             if batch.contains_key(&event_id) || self.rooms.get_pdu(&event_id).await?.is_some_and(|p| p.in_timeline()) {
                 continue;
             }
-            let object = match self.verify_pdu(&object, version).await {
+            let object = match self.transport.verify_pdu(&object, version).await {
                 Ok(o) => o,
                 Err(e) => {
                     tracing::info!(%event_id, error = %e, "backfilled event refused");
@@ -157,7 +157,7 @@ impl Services {
     ) -> Result<StateMap<OwnedEventId>> {
         let rules = version.rules().ok_or_else(crate::internal!("a value present by construction"))?;
         let request = get_room_state::v1::Request::new(pdu.event_id.clone(), pdu.room_id.clone());
-        let answer = self.federation_request(server, request).await?;
+        let answer = self.transport.federation_request(server, request).await?;
         let objects = |raws: &[Box<RawValue>]| raws.iter().map(|r| canonical(r)).collect::<Result<Vec<_>>>();
         let state = self.verify_outliers(version, &pdu.room_id, objects(&answer.pdus)?).await?;
         let auth_chain = self.verify_outliers(version, &pdu.room_id, objects(&answer.auth_chain)?).await?;

@@ -24,8 +24,9 @@ use ruma::{
 };
 
 use crate::{
+    core::Core,
     outbound::{is_forbidden, read_limited, BodyError},
-    Error, Result, Services,
+    Error, Result,
 };
 
 /// The longest answer taken from another server (a `send_join` of a very large room fits).
@@ -45,9 +46,61 @@ pub struct Destination {
     pub addrs: Vec<SocketAddr>,
 }
 
+/// Requests to other servers and the checks of what they sign: discovery, signed requests,
+/// other servers' keys (`keys.rs`). Above the core only; every service that speaks to another
+/// server holds it.
+pub struct Transport {
+    core: Arc<Core>,
+    clients: Clients,
+    /// Other servers' keys in memory.
+    pub(crate) remote_keys: KeyCache,
+}
+
+impl std::ops::Deref for Transport {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl Transport {
+    pub(crate) fn new(core: Arc<Core>) -> Transport {
+        Transport { core, clients: Clients::default(), remote_keys: KeyCache::default() }
+    }
+
+    /// Whether this server federates at all.
+    pub fn federation_enabled(&self) -> bool {
+        self.config.federation.enabled
+    }
+
+    /// Refuses servers federation may not reach (disabled, or not on the allow-list).
+    pub fn check_server_allowed(&self, server: &ServerName) -> Result<()> {
+        let config = &self.config.federation;
+        if !config.enabled {
+            return Err(Error::forbidden("Federation is disabled on this server"));
+        }
+        if server == self.server_name() {
+            return Err(Error::forbidden("A request from this server to itself"));
+        }
+        if !config.allowed_servers.is_empty() && !config.allowed_servers.iter().any(|s| s == server.as_str()) {
+            return Err(Error::forbidden(format!("This server does not federate with {server}")));
+        }
+        Ok(())
+    }
+}
+
+/// A server's keys: key id → (public key, valid until).
+pub(crate) type KeySet = std::collections::BTreeMap<String, (String, i64)>;
+
+/// Other servers' keys in memory.
+#[derive(Default)]
+pub struct KeyCache {
+    pub(crate) servers: Mutex<HashMap<OwnedServerName, KeySet>>,
+}
+
 /// HTTP clients and discovered destinations.
 #[derive(Default)]
-pub struct Clients {
+struct Clients {
     built: OnceLock<Built>,
     destinations: Mutex<HashMap<OwnedServerName, (Destination, Instant)>>,
 }
@@ -138,31 +191,31 @@ fn build_clients(config: &crate::config::Federation) -> std::result::Result<Buil
     Ok(Built { allowed, verified, insecure, resolved, dns })
 }
 
-impl Services {
+impl Transport {
     fn federation_clients(&self) -> Result<&Built> {
-        if let Some(b) = self.federation.clients.built.get() {
+        if let Some(b) = self.clients.built.get() {
             return Ok(b);
         }
         let built = build_clients(&self.config.federation).map_err(|e| {
             tracing::error!(error = %e, "federation settings");
             Error::Internal
         })?;
-        let _ = self.federation.clients.built.set(built);
-        Ok(self.federation.clients.built.get().expect("just set"))
+        let _ = self.clients.built.set(built);
+        Ok(self.clients.built.get().expect("just set"))
     }
 
     /// Builds the federation clients at start-up, so that unusable `[federation]` settings stop
     /// the server with their reason rather than fail its requests later.
     pub(crate) fn prepare_federation_clients(&self) -> std::result::Result<(), String> {
-        if self.federation.clients.built.get().is_none() {
-            let _ = self.federation.clients.built.set(build_clients(&self.config.federation)?);
+        if self.clients.built.get().is_none() {
+            let _ = self.clients.built.set(build_clients(&self.config.federation)?);
         }
         Ok(())
     }
 
     /// Where `server` is reached (cached for an hour).
     pub async fn destination(&self, server: &ServerName) -> Result<Destination> {
-        if let Some((d, at)) = self.federation.clients.destinations.lock().unwrap().get(server) {
+        if let Some((d, at)) = self.clients.destinations.lock().unwrap().get(server) {
             if at.elapsed() < DESTINATION_TTL {
                 return Ok(d.clone());
             }
@@ -181,7 +234,7 @@ impl Services {
         if let Some((host, _)) = split_host(&d.base_url["https://".len()..]) {
             built.resolved.lock().unwrap().insert(host.trim_matches(['[', ']']).to_owned(), d.addrs.clone());
         }
-        self.federation.clients.destinations.lock().unwrap().insert(server.to_owned(), (d.clone(), Instant::now()));
+        self.clients.destinations.lock().unwrap().insert(server.to_owned(), (d.clone(), Instant::now()));
         Ok(d)
     }
 

@@ -32,7 +32,7 @@ impl Services {
     ) -> Result<RemoteKeys> {
         let request: BTreeMap<OwnedUserId, Vec<OwnedDeviceId>> =
             users.into_iter().map(|(u, d)| (u, d.into_iter().map(OwnedDeviceId::from).collect())).collect();
-        let answer = self.federation_request(server, get_keys::v1::Request::new(request)).await?;
+        let answer = self.transport.federation_request(server, get_keys::v1::Request::new(request)).await?;
         let mut device_keys = Vec::new();
         for (user, devices) in answer.device_keys {
             if user.server_name() != server {
@@ -67,7 +67,7 @@ impl Services {
                 (u, d.into_iter().map(|(dev, alg)| (OwnedDeviceId::from(dev), alg.as_str().into())).collect())
             })
             .collect();
-        let answer = self.federation_request(server, claim_keys::v1::Request::new(request)).await?;
+        let answer = self.transport.federation_request(server, claim_keys::v1::Request::new(request)).await?;
         let value = serde_json::to_value(&answer.one_time_keys)?;
         let mut out = Map::new();
         if let Value::Object(users) = value {
@@ -97,7 +97,7 @@ impl Services {
                 .insert(user.to_string(), Value::Object(devices));
         }
         for (server, messages) in by_server {
-            self.check_server_allowed(&server)?;
+            self.transport.check_server_allowed(&server)?;
             let edu = json!({
                 "edu_type": "m.direct_to_device",
                 "content": {
@@ -122,14 +122,14 @@ impl Services {
         position: i64,
         deleted: &[&str],
     ) -> Result<()> {
-        if !self.federation_enabled() {
+        if !self.transport.federation_enabled() {
             return Ok(());
         }
         let servers: Vec<OwnedServerName> = {
             let mut s: Vec<OwnedServerName> = sharing
                 .iter()
                 .map(|u| u.server_name().to_owned())
-                .filter(|s| s != self.server_name() && self.check_server_allowed(s).is_ok())
+                .filter(|s| s != self.server_name() && self.transport.check_server_allowed(s).is_ok())
                 .collect();
             s.sort();
             s.dedup();

@@ -159,7 +159,7 @@ impl Services {
         request.filter.generic_search_term = term;
         request.since = since;
         request.limit = limit;
-        let answer = self.federation_request(server, request).await?;
+        let answer = self.transport.federation_request(server, request).await?;
         let mut out = serde_json::json!({ "chunk": answer.chunk });
         if let Some(n) = answer.next_batch {
             out["next_batch"] = n.into();

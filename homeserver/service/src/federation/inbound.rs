@@ -201,7 +201,7 @@ impl Services {
                 return Ok((known, state));
             }
         }
-        let object = self.verify_pdu(&object, version).await?;
+        let object = self.transport.verify_pdu(&object, version).await?;
         let json = serde_json::to_string(&object).map_err(crate::internal!())?;
         let pdu = Pdu::from_received(event_id.clone(), json, Some(room_id.clone()))?;
         if pdu.room_id != room_id {
@@ -336,7 +336,7 @@ impl Services {
             vec![pdu.event_id.clone()],
         );
         request.limit = 20u32.into();
-        let events = match self.federation_request(origin, request).await {
+        let events = match self.transport.federation_request(origin, request).await {
             Ok(r) => r.events,
             Err(e) => {
                 tracing::info!(error = %e, "get_missing_events failed");
@@ -368,7 +368,7 @@ impl Services {
         event_id: &ruma::EventId,
     ) -> Result<StateMap<OwnedEventId>> {
         let request = get_room_state_ids::v1::Request::new(event_id.to_owned(), room_id.to_owned());
-        let response = self.federation_request(origin, request).await?;
+        let response = self.transport.federation_request(origin, request).await?;
         let mut map = StateMap::new();
         for id in response.pdu_ids.iter().chain(std::iter::once(&event_id.to_owned())) {
             let event = match self.rooms.get_pdu(id).await? {
@@ -391,7 +391,8 @@ impl Services {
         room_id: &RoomId,
         event_id: &ruma::EventId,
     ) -> Result<Arc<Pdu>> {
-        let response = self.federation_request(origin, get_event::v1::Request::new(event_id.to_owned())).await?;
+        let response =
+            self.transport.federation_request(origin, get_event::v1::Request::new(event_id.to_owned())).await?;
         let object = canonical(&response.pdu)?;
         let mut stored = self.store_outliers(version, room_id, vec![object]).await?;
         let pdu = stored.pop().ok_or_else(|| Error::bad_json("No event"))?;
@@ -430,7 +431,7 @@ impl Services {
             if !seen.insert(event_id.clone()) {
                 continue;
             }
-            let object = self.verify_pdu(&object, version).await?;
+            let object = self.transport.verify_pdu(&object, version).await?;
             let mut value = serde_json::to_value(&object).map_err(crate::internal!())?;
             if let Some(o) = value.as_object_mut() {
                 o.remove("unsigned");

@@ -3,10 +3,7 @@
 //! in the database; or pinned in the configuration and then never fetched), and the checks of
 //! signatures on received events and requests.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Mutex,
-};
+use std::collections::BTreeMap;
 
 use diplomatie_storage::federation as store;
 use ruma::{
@@ -23,18 +20,10 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use crate::{now_ms, Error, Result, Services};
+use super::client::{KeySet, Transport};
+use crate::{now_ms, Error, Result};
 
-/// A server's keys: key id → (public key, valid until).
-type KeySet = BTreeMap<String, (String, i64)>;
-
-/// Other servers' keys in memory.
-#[derive(Default)]
-pub struct KeyCache {
-    servers: Mutex<HashMap<OwnedServerName, KeySet>>,
-}
-
-impl Services {
+impl Transport {
     /// This server's keys, signed by itself, as `/_matrix/key/v2/server` serves them.
     pub fn own_server_keys(&self) -> Result<Value> {
         use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};
@@ -84,7 +73,7 @@ impl Services {
                 .filter_map(|(id, (key, _))| Some((id.clone(), Base64::parse(key).ok()?)))
                 .collect()
         };
-        if let Some(keys) = self.federation.keys.servers.lock().unwrap().get(server) {
+        if let Some(keys) = self.remote_keys.servers.lock().unwrap().get(server) {
             let set = usable(keys);
             if !set.is_empty() {
                 return Ok(set);
@@ -97,12 +86,12 @@ impl Services {
             .collect();
         let set = usable(&stored);
         if !set.is_empty() {
-            self.federation.keys.servers.lock().unwrap().insert(server.to_owned(), stored);
+            self.remote_keys.servers.lock().unwrap().insert(server.to_owned(), stored);
             return Ok(set);
         }
         let (_, fetched) = self.fetch_server_keys(server, notaries).await?;
         let set = usable(&fetched);
-        self.federation.keys.servers.lock().unwrap().insert(server.to_owned(), fetched);
+        self.remote_keys.servers.lock().unwrap().insert(server.to_owned(), fetched);
         if set.is_empty() {
             return Err(Error::forbidden(format!("No key of {server} is valid at {valid_at}")));
         }
@@ -221,7 +210,7 @@ impl Services {
         }
         self.check_server_allowed(server)?;
         let (mut object, keys) = self.fetch_server_keys(server, false).await?;
-        self.federation.keys.servers.lock().unwrap().insert(server.to_owned(), keys);
+        self.remote_keys.servers.lock().unwrap().insert(server.to_owned(), keys);
         ruma::signatures::sign_json(self.server_name().as_str(), &self.keys.keypair, &mut object)
             .map_err(crate::internal!())?;
         serde_json::to_value(object).map_err(crate::internal!())

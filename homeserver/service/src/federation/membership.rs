@@ -315,7 +315,7 @@ impl Services {
     ) -> Result<()> {
         let mut request = prepare_join_event::v1::Request::new(room_id.to_owned(), user.to_owned());
         request.ver = supported_versions();
-        let response = self.federation_request(server, request).await?;
+        let response = self.transport.federation_request(server, request).await?;
         let version = response.room_version.unwrap_or(RoomVersionId::V1);
         let rules = version.rules().ok_or_else(|| {
             Error::new(ErrorKind::UnsupportedRoomVersion, format!("Room version {version} is not supported"))
@@ -344,7 +344,7 @@ impl Services {
         let event_id = event_id_of(&object, &rules)?;
         let pdu_raw = serde_json::value::to_raw_value(&object).map_err(crate::internal!())?;
         let request = create_join_event::v2::Request::new(room_id.to_owned(), event_id.clone(), pdu_raw);
-        let answer = self.federation_request(server, request).await?.room_state;
+        let answer = self.transport.federation_request(server, request).await?.room_state;
 
         // The join as the resident server returns it (countersigned), if it is ours.
         let mut join = object;
@@ -506,12 +506,12 @@ impl Services {
         self.through_servers("leave", user, room_id, via, move |server| async move {
             let server = &*server;
             let request = prepare_leave_event::v1::Request::new(room_id.to_owned(), user.to_owned());
-            let response = self.federation_request(server, request).await?;
+            let response = self.transport.federation_request(server, request).await?;
             let version = response.room_version.unwrap_or(RoomVersionId::V1);
             let content = json!({ "membership": "leave" });
             let built = self.build_from_template(&response.event, &version, room_id, user, content)?;
             let request = create_leave_event::v2::Request::new(room_id.to_owned(), built.1.clone(), built.2);
-            self.federation_request(server, request).await?;
+            self.transport.federation_request(server, request).await?;
             self.keep_outside_membership(room_id, &version, user, built.0, built.1, None).await
         })
         .await
@@ -527,7 +527,7 @@ impl Services {
         content: Value,
     ) -> Result<()> {
         let server = invitee.server_name();
-        self.check_server_allowed(server)?;
+        self.transport.check_server_allowed(server)?;
         let meta = self.rooms.known_room(room_id).await?;
         let rules = meta.rules();
         let mut writer = self.rooms.room_writer(Target::Room(room_id)).await?;
@@ -544,7 +544,7 @@ impl Services {
             event,
             invite_state,
         );
-        let answer = self.federation_request(server, request).await?;
+        let answer = self.transport.federation_request(server, request).await?;
         let signed = canonical(&answer.event)?;
         if event_id_of(&signed, &rules)? != built.event_id {
             return Err(super::client::remote_error(server, "the invite came back altered"));
@@ -591,7 +591,7 @@ impl Services {
             let server = &*server;
             let mut request = prepare_knock_event::v1::Request::new(room_id.to_owned(), user.to_owned());
             request.ver = supported_versions();
-            let response = self.federation_request(server, request).await?;
+            let response = self.transport.federation_request(server, request).await?;
             let version = response.room_version;
             let mut content = json!({ "membership": "knock" });
             if let Some(r) = reason {
@@ -599,7 +599,7 @@ impl Services {
             }
             let built = self.build_from_template(&response.event, &version, room_id, user, content)?;
             let request = create_knock_event::v1::Request::new(room_id.to_owned(), built.1.clone(), built.2);
-            let answer = self.federation_request(server, request).await?;
+            let answer = self.transport.federation_request(server, request).await?;
             let shown: Vec<Value> = answer.knock_room_state.iter().filter_map(stripped_of).collect();
             let unsigned = json!({ "knock_room_state": shown });
             self.keep_outside_membership(room_id, &version, user, built.0, built.1, Some(unsigned)).await
@@ -655,7 +655,7 @@ impl Services {
         if self.rooms.room_meta(room_id).await?.is_some() {
             self.check_server_acl(room_id, origin).await?;
         }
-        let object = self.verify_pdu(&object, version).await?;
+        let object = self.transport.verify_pdu(&object, version).await?;
         let mut object = object;
         ruma::signatures::sign_event(self.server_name().as_str(), &self.keys.keypair, &mut object, &rules.redaction)
             .map_err(|e| Error::bad_json(format!("Cannot sign the invite: {e}")))?;

@@ -9,7 +9,7 @@
 //! - `sender.rs`: the outbound queue, one sender per destination, kept in the database.
 //! - `tls.rs`: the certificate of the built-in HTTPS listener.
 //!
-//! Every exchange with another server first asks [`Services::check_server_allowed`]: federation
+//! Every exchange with another server first asks [`client::Transport::check_server_allowed`]: federation
 //! must be enabled and the server on the allow-list (when there is one).
 
 pub mod backfill;
@@ -34,8 +34,6 @@ use crate::{Error, Result, Services};
 /// What federation keeps in memory.
 #[derive(Default)]
 pub struct FederationState {
-    pub(crate) keys: keys::KeyCache,
-    pub(crate) clients: client::Clients,
     pub(crate) senders: sender::Senders,
     pub(crate) openid: openid::OpenIdTokens,
     /// Received PDUs of a room are handled one at a time (their order matters to the checks).
@@ -43,26 +41,6 @@ pub struct FederationState {
 }
 
 impl Services {
-    /// Whether this server federates at all.
-    pub fn federation_enabled(&self) -> bool {
-        self.config.federation.enabled
-    }
-
-    /// Refuses servers federation may not reach (disabled, or not on the allow-list).
-    pub fn check_server_allowed(&self, server: &ServerName) -> Result<()> {
-        let config = &self.config.federation;
-        if !config.enabled {
-            return Err(Error::forbidden("Federation is disabled on this server"));
-        }
-        if server == self.server_name() {
-            return Err(Error::forbidden("A request from this server to itself"));
-        }
-        if !config.allowed_servers.is_empty() && !config.allowed_servers.iter().any(|s| s == server.as_str()) {
-            return Err(Error::forbidden(format!("This server does not federate with {server}")));
-        }
-        Ok(())
-    }
-
     /// Refuses `server` if the room's server ACL (`m.room.server_acl`) denies it.
     pub async fn check_server_acl(&self, room_id: &RoomId, server: &ServerName) -> Result<()> {
         let state = self.rooms.current_state(room_id).await?;

@@ -12,7 +12,7 @@ use crate::{Result, Services};
 impl Services {
     /// Sends a local user's presence to the servers of the users sharing a room with them.
     pub(crate) async fn federate_presence(&self, sharing: &HashSet<OwnedUserId>, presence: Value) -> Result<()> {
-        if !self.federation_enabled() {
+        if !self.transport.federation_enabled() {
             return Ok(());
         }
         let mut servers: Vec<OwnedServerName> =

@@ -110,7 +110,7 @@ impl Services {
     /// The PDUs of a batch this server built, for every other server of their rooms.
     pub(crate) async fn outgoing_pdus(&self, appended: &[Arc<Pdu>]) -> Result<Outgoing> {
         let mut out = Outgoing::default();
-        if !self.federation_enabled() {
+        if !self.transport.federation_enabled() {
             return Ok(out);
         }
         let me = self.server_name();
@@ -131,7 +131,7 @@ impl Services {
                 }
             }
             for server in servers {
-                if server == me || self.check_server_allowed(&server).is_err() {
+                if server == me || self.transport.check_server_allowed(&server).is_err() {
                     continue;
                 }
                 let id = self.outbox_id().await?;
@@ -152,7 +152,9 @@ impl Services {
     /// Queues PDUs for destinations outside a room batch (a join relayed to the room's servers).
     pub(crate) async fn enqueue_pdus(&self, servers: &[OwnedServerName], events: &[OwnedEventId]) -> Result<()> {
         let mut out = Outgoing::default();
-        for server in servers.iter().filter(|s| *s != self.server_name() && self.check_server_allowed(s).is_ok()) {
+        for server in
+            servers.iter().filter(|s| *s != self.server_name() && self.transport.check_server_allowed(s).is_ok())
+        {
             for e in events {
                 out.rows.push((self.outbox_id().await?, server.to_string(), "pdu", e.to_string()));
             }
@@ -165,7 +167,9 @@ impl Services {
     pub(crate) async fn enqueue_edu(&self, servers: &[OwnedServerName], edu: Value) -> Result<()> {
         let payload = serde_json::to_string(&edu)?;
         let mut out = Outgoing::default();
-        for server in servers.iter().filter(|s| *s != self.server_name() && self.check_server_allowed(s).is_ok()) {
+        for server in
+            servers.iter().filter(|s| *s != self.server_name() && self.transport.check_server_allowed(s).is_ok())
+        {
             out.rows.push((self.outbox_id().await?, server.to_string(), "edu", payload.clone()));
             out.destinations.insert(server.clone());
         }
@@ -174,13 +178,13 @@ impl Services {
 
     /// Queues an EDU for every other server in the room.
     pub(crate) async fn federate_edu(&self, room_id: &RoomId, edu: Value) -> Result<()> {
-        if !self.federation_enabled() {
+        if !self.transport.federation_enabled() {
             return Ok(());
         }
         let payload = serde_json::to_string(&edu)?;
         let mut out = Outgoing::default();
         for server in self.servers_in_room(room_id).await? {
-            if server == self.server_name() || self.check_server_allowed(&server).is_err() {
+            if server == self.server_name() || self.transport.check_server_allowed(&server).is_err() {
                 continue;
             }
             out.rows.push((self.outbox_id().await?, server.to_string(), "edu", payload.clone()));
@@ -217,7 +221,7 @@ impl Services {
 
 /// Starts the senders of destinations with something queued (after a restart).
 pub fn spawn_senders(services: &Arc<Services>) {
-    if !services.federation_enabled() {
+    if !services.transport.federation_enabled() {
         return;
     }
     let services = services.clone();
@@ -301,7 +305,7 @@ async fn send_once_in_span(services: &Services, destination: &ServerName) -> Res
     );
     request.pdus = pdus;
     request.edus = edus;
-    let response = services.federation_request(destination, request).await?;
+    let response = services.transport.federation_request(destination, request).await?;
     for (event_id, result) in response.pdus {
         if let Err(e) = result {
             tracing::info!(%destination, %event_id, error = %e, "the other server did not accept an event");

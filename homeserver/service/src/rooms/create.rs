@@ -111,7 +111,7 @@ impl Services {
         // Invitees must exist here before anything is written.
         for invitee in &req.invite {
             if invitee.server_name() != self.server_name() {
-                self.check_server_allowed(invitee.server_name())?;
+                self.transport.check_server_allowed(invitee.server_name())?;
                 continue;
             }
             if diplomatie_storage::accounts::get_user(self.db.pool(), invitee.as_str()).await?.is_none() {

@@ -22,9 +22,9 @@ impl Services {
     pub async fn resolve_room_and_servers(&self, room: &RoomOrAliasId) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
         match <&RoomId>::try_from(room) {
             Ok(id) => Ok((id.to_owned(), Vec::new())),
-            Err(alias) if alias.server_name() != self.server_name() && self.federation_enabled() => {
+            Err(alias) if alias.server_name() != self.server_name() && self.transport.federation_enabled() => {
                 let request = ruma::api::federation::query::get_room_information::v1::Request::new(alias.to_owned());
-                let answer = self.federation_request(alias.server_name(), request).await?;
+                let answer = self.transport.federation_request(alias.server_name(), request).await?;
                 Ok((answer.room_id, answer.servers))
             }
             Err(alias) => {
@@ -51,7 +51,7 @@ impl Services {
         if invitee.server_name() != self.server_name() {
             // The portal's rule for sharing a room with another server comes first.
             self.portal.check_federation(room_id, invitee.server_name()).await?;
-            self.check_server_allowed(invitee.server_name())?;
+            self.transport.check_server_allowed(invitee.server_name())?;
             let mut content = json!({ "membership": "invite" });
             if is_direct {
                 content["is_direct"] = json!(true);
@@ -279,7 +279,7 @@ impl Services {
     /// Whether memberships in this room go through another server: federation is on and no
     /// user of this server is in the room (or the room is unknown here).
     async fn outside_room(&self, room_id: &RoomId) -> Result<bool> {
-        Ok(self.federation_enabled()
+        Ok(self.transport.federation_enabled()
             && (self.rooms.room_meta(room_id).await?.is_none() || !self.server_in_room(room_id).await?))
     }
 

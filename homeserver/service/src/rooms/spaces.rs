@@ -183,13 +183,13 @@ impl Services {
         via: &[OwnedServerName],
         suggested_only: bool,
     ) -> Result<Option<(Value, Vec<Child>)>> {
-        if !self.federation_enabled() {
+        if !self.transport.federation_enabled() {
             return Ok(None);
         }
         for server in via.iter().filter(|s| *s != self.server_name()).take(3) {
             let mut request = get_hierarchy::v1::Request::new(room_id.to_owned());
             request.suggested_only = suggested_only;
-            let room = match self.federation_request(server, request).await {
+            let room = match self.transport.federation_request(server, request).await {
                 Ok(answer) => answer.room,
                 Err(e) => {
                     tracing::info!(%room_id, %server, error = %e, "remote hierarchy not available");
