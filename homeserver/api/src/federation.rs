@@ -83,7 +83,7 @@ fn media_content(d: diplomatie_service::media::Download) -> FileOrLocation {
 
 /// `GET /_matrix/federation/v1/media/download/{mediaId}`: media uploaded to this server.
 async fn media_download(State(s): S, req: Ruma<get_content::v1::Request>) -> ApiResult<get_content::v1::Response> {
-    let d = s.download_media(s.server_name(), &req.body.media_id, req.body.timeout_ms).await?;
+    let d = s.media.download_media(s.server_name(), &req.body.media_id, req.body.timeout_ms).await?;
     Ok(get_content::v1::Response::new(ContentMetadata::new(), media_content(d)).into())
 }
 
@@ -94,7 +94,8 @@ async fn media_thumbnail(
 ) -> ApiResult<get_content_thumbnail::v1::Response> {
     let b = req.body;
     let method = crate::client::media::method_of(b.method.as_ref());
-    let d = s.thumbnail(s.server_name(), &b.media_id, b.width.into(), b.height.into(), method, b.timeout_ms).await?;
+    let d =
+        s.media.thumbnail(s.server_name(), &b.media_id, b.width.into(), b.height.into(), method, b.timeout_ms).await?;
     Ok(get_content_thumbnail::v1::Response::new(ContentMetadata::new(), media_content(d)).into())
 }
 

@@ -167,7 +167,7 @@ where
             let slot = limits.upload_slot(services, user)?;
             use futures::StreamExt;
             let chunks = body.into_data_stream().map(|r| r.map_err(|e| crate::limits::body_error(&e).0));
-            let spooled = services.spool_upload(chunks).await.map_err(ApiError)?;
+            let spooled = services.media.spool_upload(chunks).await.map_err(ApiError)?;
             upload = Some((spooled, slot));
             bytes::Bytes::new()
         } else {

@@ -60,8 +60,8 @@ pub struct Services {
     pub uia: uia::UiaSessions,
     pub admin_nonces: uia::Nonces,
     pub e2ee: e2ee::E2eeState,
-    pub media: media::MediaState,
-    pub previews: url_preview::Previews,
+    pub media: Arc<media::Repository>,
+    pub previews: Arc<url_preview::Previews>,
     pub push: push::PushState,
     pub search: search::SearchState,
     pub portal: Arc<portal::Portal>,
@@ -114,13 +114,15 @@ impl Services {
         let search = search::SearchState::new(&config.data_dir);
         let push = push::PushState::load(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         let core = Arc::new(core::Core::new(config, db, server_name, keys, stream));
+        let transport = Arc::new(federation::client::Transport::new(core.clone()));
+        let media = Arc::new(media::Repository::new(core.clone(), transport.clone(), media));
+        let previews = Arc::new(url_preview::Previews::new(core.clone(), media.clone()));
         let services = Arc::new_cyclic(|me| {
             let clearances = portal::Clearances::new(core.clone());
             let rooms = rooms::Rooms::new(core.clone(), commit_subscribers(me, &core), clearances.clone());
             Services {
                 me: me.clone(),
                 accounts: Arc::new(accounts::Accounts::new(core.clone(), rooms.clone())),
-                transport: Arc::new(federation::client::Transport::new(core.clone())),
                 portal: Arc::new(portal::Portal::new(rooms.clone(), clearances)),
                 rooms,
                 core,
@@ -128,8 +130,9 @@ impl Services {
                 uia: uia::UiaSessions::default(),
                 admin_nonces: uia::Nonces::default(),
                 e2ee,
+                previews,
                 media,
-                previews: Default::default(),
+                transport,
                 push,
                 search,
                 correspondence: Default::default(),
@@ -151,7 +154,7 @@ impl Services {
         if services.config.federation.enabled {
             services.transport.prepare_federation_clients().map_err(anyhow_like::msg)?;
         }
-        services.media.remove_interrupted_uploads();
+        services.media.files.remove_interrupted_uploads();
         services.search.open().await.map_err(|e| anyhow_like::msg(format!("cannot open the search index: {e}")))?;
         push::spawn_pusher_worker(Arc::downgrade(&services));
         search::spawn_indexer(&services);

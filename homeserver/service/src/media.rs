@@ -27,7 +27,7 @@ use ruma::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::{now_ms, random_string, Error, Result, Services};
+use crate::{core::Core, federation::client::Transport, now_ms, random_string, Error, Result};
 
 /// The thumbnail sizes the server makes: (width, height, crop).
 const THUMBNAIL_SIZES: &[(u32, u32, bool)] =
@@ -251,7 +251,27 @@ pub enum ThumbnailMethod {
     Scale,
 }
 
-impl Services {
+/// The media repository: uploads, downloads (other servers' media fetched once and kept),
+/// thumbnails. Over the core and the federation transport.
+pub struct Repository {
+    core: Arc<Core>,
+    transport: Arc<Transport>,
+    /// The files and what waits for them.
+    pub files: MediaState,
+}
+
+impl std::ops::Deref for Repository {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl Repository {
+    pub(crate) fn new(core: Arc<Core>, transport: Arc<Transport>, files: MediaState) -> Repository {
+        Repository { core, transport, files }
+    }
+
     /// The media id's URI on this server.
     fn mxc(&self, media_id: &str) -> OwnedMxcUri {
         format!("mxc://{}/{media_id}", self.server_name()).into()
@@ -304,14 +324,14 @@ impl Services {
         S: futures::Stream<Item = Result<B>> + Unpin,
         B: AsRef<[u8]>,
     {
-        self.media.spool(chunks, self.config.media.max_upload_bytes).await
+        self.files.spool(chunks, self.config.media.max_upload_bytes).await
     }
 
     /// Stores an upload's content, once its checks passed.
     async fn store_upload(&self, file: Upload<'_>) -> Result<String> {
         match file {
-            Upload::Bytes(bytes) => self.media.store(bytes).await,
-            Upload::Spooled(spooled) => self.media.keep(spooled).await,
+            Upload::Bytes(bytes) => self.files.store(bytes).await,
+            Upload::Spooled(spooled) => self.files.keep(spooled).await,
         }
     }
 
@@ -421,7 +441,7 @@ impl Services {
             // Two uploads raced: the other one won.
             return Err(Error::new(ErrorKind::CannotOverwriteMedia, "This media id already has its content"));
         }
-        self.media.uploaded.send_modify(|n| *n += 1);
+        self.files.uploaded.send_modify(|n| *n += 1);
         Ok(())
     }
 
@@ -432,7 +452,7 @@ impl Services {
             return self.remote_media(server, media_id, timeout).await;
         }
         let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_secs(120));
-        let mut uploaded = self.media.uploaded.subscribe();
+        let mut uploaded = self.files.uploaded.subscribe();
         loop {
             uploaded.borrow_and_update();
             let media = store::get_media(self.db.pool(), server.as_str(), media_id).await?.ok_or_else(unknown)?;
@@ -465,7 +485,7 @@ impl Services {
             return Err(Error::not_found("Media not found"));
         }
         let lock = {
-            let mut fetching = self.media.fetching.lock().unwrap();
+            let mut fetching = self.files.fetching.lock().unwrap();
             fetching.entry((server.to_owned(), media_id.to_owned())).or_default().clone()
         };
         let fetched = async {
@@ -476,7 +496,7 @@ impl Services {
             self.fetch_remote_media(server, media_id, timeout).await
         }
         .await;
-        let mut fetching = self.media.fetching.lock().unwrap();
+        let mut fetching = self.files.fetching.lock().unwrap();
         if Arc::strong_count(&lock) <= 2 {
             fetching.remove(&(server.to_owned(), media_id.to_owned()));
         }
@@ -500,7 +520,7 @@ impl Services {
         // What another server declares is kept only when it is well-formed.
         let content_type =
             content.content_type.as_deref().and_then(|ct| self.check_content_type(Some(ct)).ok().flatten());
-        let sha256 = self.media.store(&content.file).await?;
+        let sha256 = self.files.store(&content.file).await?;
         let media = Media {
             origin: server.to_string(),
             media_id: media_id.to_owned(),
@@ -526,12 +546,12 @@ impl Services {
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(failed(format!("bad media location {url:?}")));
         }
-        let client = match self.media.redirect_client.get() {
+        let client = match self.files.redirect_client.get() {
             Some(c) => c,
             None => {
                 let timeout = Duration::from_millis(self.config.federation.request_timeout_ms);
                 let c = crate::outbound::client(Arc::new(Vec::new()), timeout, "remote media")?;
-                self.media.redirect_client.get_or_init(|| c)
+                self.files.redirect_client.get_or_init(|| c)
             }
         };
         let response = client.get(parsed).send().await.map_err(|e| failed(e.to_string()))?;
@@ -558,7 +578,7 @@ impl Services {
     /// `GET /media/download`: the file, its content type and file name.
     pub async fn download_media(&self, server: &ServerName, media_id: &str, timeout: Duration) -> Result<Download> {
         let media = self.uploaded_media(server, media_id, timeout).await?;
-        let bytes = self.media.read(media.sha256.as_deref().unwrap_or_default()).await?;
+        let bytes = self.files.read(media.sha256.as_deref().unwrap_or_default()).await?;
         Ok(Download {
             bytes,
             content_type: media.content_type.unwrap_or_else(|| "application/octet-stream".to_owned()),
@@ -587,20 +607,20 @@ impl Services {
         if let Some(t) =
             store::get_thumbnail(self.db.pool(), origin, media_id, tw.into(), th.into(), method_name).await?
         {
-            let bytes = self.media.read(&t.sha256).await?;
+            let bytes = self.files.read(&t.sha256).await?;
             let filename = Some(thumbnail_name(&t.content_type));
             return Ok(Download { bytes, content_type: t.content_type, filename });
         }
         if media.size.unwrap_or(0) as u64 > self.config.media.max_upload_bytes {
             return Err(Error::new(ErrorKind::TooLarge, "Content is too large to thumbnail"));
         }
-        let source = self.media.read(media.sha256.as_deref().unwrap_or_default()).await?;
+        let source = self.files.read(media.sha256.as_deref().unwrap_or_default()).await?;
         let max_pixels = self.config.media.max_thumbnail_source_pixels;
         let (bytes, content_type) =
             tokio::task::spawn_blocking(move || make_thumbnail(&source, tw, th, crop, max_pixels))
                 .await
                 .map_err(crate::internal!())??;
-        let sha256 = self.media.store(&bytes).await?;
+        let sha256 = self.files.store(&bytes).await?;
         let thumbnail = Thumbnail {
             width: tw.into(),
             height: th.into(),

@@ -19,33 +19,47 @@ use ruma::{api::error::ErrorKind, UserId};
 use serde_json::{Map, Value};
 
 use crate::{
+    core::Core,
+    media::Repository,
     now_ms,
     outbound::{literal_is_forbidden, read_limited, was_blocked, BodyError},
-    Error, Result, Services,
+    Error, Result,
 };
 
 /// How long a preview is served from memory before the page is fetched again.
 const CACHE_MS: i64 = 3600 * 1000;
 
-/// The HTTP client of previews and its cache.
-#[derive(Default)]
+/// URL previews: their HTTP client and cache; the images they find are stored as media.
 pub struct Previews {
+    core: Arc<Core>,
+    media: Arc<Repository>,
     client: OnceLock<reqwest::Client>,
     cache: Mutex<Option<lru::LruCache<String, (i64, Value)>>>,
 }
 
-impl Services {
+impl std::ops::Deref for Previews {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl Previews {
+    pub(crate) fn new(core: Arc<Core>, media: Arc<Repository>) -> Previews {
+        Previews { core, media, client: OnceLock::new(), cache: Mutex::new(None) }
+    }
+
     fn preview_allowlist(&self) -> Result<Arc<Vec<IpNet>>> {
         crate::outbound::parse_allowlist("url_preview.ip_range_allowlist", &self.config.url_preview.ip_range_allowlist)
     }
 
     fn preview_client(&self) -> Result<&reqwest::Client> {
-        if let Some(c) = self.previews.client.get() {
+        if let Some(c) = self.client.get() {
             return Ok(c);
         }
         let timeout = Duration::from_millis(self.config.url_preview.timeout_ms);
         let client = crate::outbound::client(self.preview_allowlist()?, timeout, "URL preview")?;
-        Ok(self.previews.client.get_or_init(|| client))
+        Ok(self.client.get_or_init(|| client))
     }
 
     /// `GET /media/preview_url`: the OpenGraph data of a page, its image stored as media.
@@ -58,7 +72,7 @@ impl Services {
             return Err(Error::invalid_param("Only http and https URLs can be previewed"));
         }
         let now = now_ms();
-        if let Some((at, v)) = self.previews.cache.lock().unwrap().as_mut().and_then(|c| c.get(url).cloned()) {
+        if let Some((at, v)) = self.cache.lock().unwrap().as_mut().and_then(|c| c.get(url).cloned()) {
             if now - at < CACHE_MS {
                 return Ok(v);
             }
@@ -81,7 +95,7 @@ impl Services {
             }
         }
         let value = Value::Object(og);
-        let mut cache = self.previews.cache.lock().unwrap();
+        let mut cache = self.cache.lock().unwrap();
         let cache = cache.get_or_insert_with(|| crate::lru(256));
         cache.put(url.to_owned(), (now, value.clone()));
         Ok(value)
@@ -127,7 +141,7 @@ impl Services {
         content_type: &str,
         og: &mut Map<String, Value>,
     ) -> Result<()> {
-        let mxc = self.upload_media(user, crate::media::Upload::Bytes(bytes), Some(content_type), None).await?;
+        let mxc = self.media.upload_media(user, crate::media::Upload::Bytes(bytes), Some(content_type), None).await?;
         og.insert("og:image".into(), mxc.to_string().into());
         og.insert("og:image:type".into(), content_type.into());
         og.insert("matrix:image:size".into(), bytes.len().into());

@@ -100,7 +100,8 @@ pub async fn upload(
     let file = spooled(&mut req)?;
     let caller = req.caller();
     let body = &req.body;
-    let uri = s.upload_media(&caller.user_id, file, body.content_type.as_deref(), body.filename.as_deref()).await?;
+    let uri =
+        s.media.upload_media(&caller.user_id, file, body.content_type.as_deref(), body.filename.as_deref()).await?;
     Ok(media::create_content::v3::Response::new(uri).into())
 }
 
@@ -108,7 +109,7 @@ pub async fn create(
     State(s): S,
     req: Ruma<media::create_mxc_uri::v1::Request>,
 ) -> ApiResult<media::create_mxc_uri::v1::Response> {
-    let (uri, expires) = s.create_media_id(&req.caller().user_id).await?;
+    let (uri, expires) = s.media.create_media_id(&req.caller().user_id).await?;
     let mut response = media::create_mxc_uri::v1::Response::new(uri);
     response.unused_expires_at = UInt::new(expires as u64).map(MilliSecondsSinceUnixEpoch);
     Ok(response.into())
@@ -121,22 +122,23 @@ pub async fn upload_to(
     let file = spooled(&mut req)?;
     let caller = req.caller();
     let body = &req.body;
-    s.upload_to_media_id(
-        &caller.user_id,
-        &body.server_name,
-        &body.media_id,
-        file,
-        body.content_type.as_deref(),
-        body.filename.as_deref(),
-    )
-    .await?;
+    s.media
+        .upload_to_media_id(
+            &caller.user_id,
+            &body.server_name,
+            &body.media_id,
+            file,
+            body.content_type.as_deref(),
+            body.filename.as_deref(),
+        )
+        .await?;
     // ruma's response type has no constructor: its body is `{}`.
     Ok(crate::ruma_wrapper::json_ok(serde_json::json!({})))
 }
 
 pub async fn download(State(s): S, req: Ruma<authed::get_content::v1::Request>) -> Result<Response, ApiError> {
     let b = req.body;
-    let d = s.download_media(&b.server_name, &b.media_id, b.timeout_ms).await?;
+    let d = s.media.download_media(&b.server_name, &b.media_id, b.timeout_ms).await?;
     Ok(file_response(d, None, false))
 }
 
@@ -145,7 +147,7 @@ pub async fn download_as(
     req: Ruma<authed::get_content_as_filename::v1::Request>,
 ) -> Result<Response, ApiError> {
     let b = req.body;
-    let d = s.download_media(&b.server_name, &b.media_id, b.timeout_ms).await?;
+    let d = s.media.download_media(&b.server_name, &b.media_id, b.timeout_ms).await?;
     Ok(file_response(d, Some(b.filename), false))
 }
 
@@ -155,12 +157,12 @@ pub async fn thumbnail(
 ) -> Result<Response, ApiError> {
     let b = req.body;
     let (w, h) = (b.width.into(), b.height.into());
-    let d = s.thumbnail(&b.server_name, &b.media_id, w, h, method_of(b.method.as_ref()), b.timeout_ms).await?;
+    let d = s.media.thumbnail(&b.server_name, &b.media_id, w, h, method_of(b.method.as_ref()), b.timeout_ms).await?;
     Ok(file_response(d, None, true))
 }
 
 pub async fn preview(State(s): S, req: Ruma<authed::get_media_preview::v1::Request>) -> Result<Response, ApiError> {
-    let og = s.preview_url(&req.caller().user_id, &req.body.url).await?;
+    let og = s.previews.preview_url(&req.caller().user_id, &req.body.url).await?;
     Ok(crate::ruma_wrapper::json_ok(og))
 }
 
@@ -168,7 +170,7 @@ pub async fn legacy_preview(
     State(s): S,
     req: Ruma<media::get_media_preview::v3::Request>,
 ) -> Result<Response, ApiError> {
-    let og = s.preview_url(&req.caller().user_id, &req.body.url).await?;
+    let og = s.previews.preview_url(&req.caller().user_id, &req.body.url).await?;
     Ok(crate::ruma_wrapper::json_ok(og))
 }
 
@@ -190,7 +192,7 @@ fn legacy_allowed(s: &Services, server: &ruma::ServerName, allow_remote: bool) -
 pub async fn legacy_download(State(s): S, req: Ruma<media::get_content::v3::Request>) -> Result<Response, ApiError> {
     let b = req.body;
     legacy_allowed(&s, &b.server_name, b.allow_remote)?;
-    let d = s.download_media(&b.server_name, &b.media_id, b.timeout_ms).await?;
+    let d = s.media.download_media(&b.server_name, &b.media_id, b.timeout_ms).await?;
     Ok(file_response(d, None, false))
 }
 
@@ -200,7 +202,7 @@ pub async fn legacy_download_as(
 ) -> Result<Response, ApiError> {
     let b = req.body;
     legacy_allowed(&s, &b.server_name, b.allow_remote)?;
-    let d = s.download_media(&b.server_name, &b.media_id, b.timeout_ms).await?;
+    let d = s.media.download_media(&b.server_name, &b.media_id, b.timeout_ms).await?;
     Ok(file_response(d, Some(b.filename), false))
 }
 
@@ -212,6 +214,6 @@ pub async fn legacy_thumbnail(
     legacy_allowed(&s, &b.server_name, b.allow_remote)?;
     let (w, h) = (b.width.into(), b.height.into());
     let timeout: Duration = b.timeout_ms;
-    let d = s.thumbnail(&b.server_name, &b.media_id, w, h, method_of(b.method.as_ref()), timeout).await?;
+    let d = s.media.thumbnail(&b.server_name, &b.media_id, w, h, method_of(b.method.as_ref()), timeout).await?;
     Ok(file_response(d, None, true))
 }
