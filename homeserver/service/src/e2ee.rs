@@ -79,10 +79,6 @@ impl KeyUpload {
     ) -> Self {
         KeyUpload { device_keys, one_time_keys, fallback_keys, new_device_keys: None }
     }
-
-    pub fn changes_device_keys(&self) -> bool {
-        self.new_device_keys.is_some()
-    }
 }
 
 /// Writes a checked upload into a transaction.

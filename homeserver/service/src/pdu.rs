@@ -139,10 +139,6 @@ impl Pdu {
         &self.room_id
     }
 
-    pub fn is_state(&self) -> bool {
-        self.state_key.is_some()
-    }
-
     /// The content as a JSON value.
     pub fn content_value(&self) -> Value {
         serde_json::from_str(self.content.get()).unwrap_or(Value::Null)

@@ -12,11 +12,6 @@ use super::{create::with_membership, PduBuilder, Target};
 use crate::{Error, Result, Services};
 
 impl Services {
-    /// Resolves a room id or a local alias to a room id.
-    pub async fn resolve_room(&self, room: &RoomOrAliasId) -> Result<OwnedRoomId> {
-        Ok(self.resolve_room_and_servers(room).await?.0)
-    }
-
     /// Resolves a room id or an alias (another server's through federation) to a room id and
     /// servers that are in the room.
     pub async fn resolve_room_and_servers(&self, room: &RoomOrAliasId) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {

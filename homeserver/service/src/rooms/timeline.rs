@@ -70,15 +70,6 @@ impl EventFilter {
         }
         true
     }
-
-    pub fn allows_room(&self, room_id: &RoomId) -> bool {
-        if let Some(rooms) = &self.rooms {
-            if !rooms.iter().any(|r| r == room_id.as_str()) {
-                return false;
-            }
-        }
-        !self.not_rooms.iter().any(|r| r == room_id.as_str())
-    }
 }
 
 /// Stream positions to read between (`from < position <= to`), in one direction.
