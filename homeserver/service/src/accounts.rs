@@ -105,12 +105,7 @@ pub struct Accounts {
     pub tokens: TokenCache,
 }
 
-impl std::ops::Deref for Accounts {
-    type Target = Core;
-    fn deref(&self) -> &Core {
-        &self.core
-    }
-}
+crate::core::over_core!(Accounts);
 
 impl Accounts {
     pub(crate) fn new(core: Arc<Core>, rooms: Arc<Rooms>) -> Accounts {

@@ -14,6 +14,19 @@ use ruma::{OwnedServerName, ServerName};
 
 use crate::{config::Config, keys::ServerKeys, marks::StreamMarks, notifier::Notifier};
 
+/// Lets a service (a struct with a `core: Arc<Core>` field) read the core's fields as its own.
+macro_rules! over_core {
+    ($service:ty) => {
+        impl std::ops::Deref for $service {
+            type Target = $crate::core::Core;
+            fn deref(&self) -> &$crate::core::Core {
+                &self.core
+            }
+        }
+    };
+}
+pub(crate) use over_core;
+
 pub struct Core {
     pub config: Config,
     pub db: Db,

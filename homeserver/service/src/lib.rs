@@ -72,12 +72,7 @@ pub struct Services {
     pub federation: federation::FederationState,
 }
 
-impl std::ops::Deref for Services {
-    type Target = core::Core;
-    fn deref(&self) -> &core::Core {
-        &self.core
-    }
-}
+crate::core::over_core!(Services);
 
 /// The subscribers of every batch the room writer commits: notifications and the federation
 /// outbox write rows in its transaction; the marks `/sync` reads and device-list positions

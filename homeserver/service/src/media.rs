@@ -260,12 +260,7 @@ pub struct Repository {
     pub files: MediaState,
 }
 
-impl std::ops::Deref for Repository {
-    type Target = Core;
-    fn deref(&self) -> &Core {
-        &self.core
-    }
-}
+crate::core::over_core!(Repository);
 
 impl Repository {
     pub(crate) fn new(core: Arc<Core>, transport: Arc<Transport>, files: MediaState) -> Repository {

@@ -42,12 +42,7 @@ pub struct Clearances {
     pub(crate) system: std::sync::OnceLock<OwnedUserId>,
 }
 
-impl std::ops::Deref for Clearances {
-    type Target = Core;
-    fn deref(&self) -> &Core {
-        &self.core
-    }
-}
+crate::core::over_core!(Clearances);
 
 impl Clearances {
     pub(crate) fn new(core: Arc<Core>) -> Arc<Clearances> {

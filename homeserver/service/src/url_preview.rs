@@ -37,12 +37,7 @@ pub struct Previews {
     cache: Mutex<Option<lru::LruCache<String, (i64, Value)>>>,
 }
 
-impl std::ops::Deref for Previews {
-    type Target = Core;
-    fn deref(&self) -> &Core {
-        &self.core
-    }
-}
+crate::core::over_core!(Previews);
 
 impl Previews {
     pub(crate) fn new(core: Arc<Core>, media: Arc<Repository>) -> Previews {

@@ -56,12 +56,7 @@ pub struct Transport {
     pub(crate) remote_keys: KeyCache,
 }
 
-impl std::ops::Deref for Transport {
-    type Target = Core;
-    fn deref(&self) -> &Core {
-        &self.core
-    }
-}
+crate::core::over_core!(Transport);
 
 impl Transport {
     pub(crate) fn new(core: Arc<Core>) -> Transport {

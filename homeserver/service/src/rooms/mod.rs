@@ -83,12 +83,7 @@ pub struct Rooms {
     backfill_low: tokio::sync::Mutex<Option<i64>>,
 }
 
-impl std::ops::Deref for Rooms {
-    type Target = Core;
-    fn deref(&self) -> &Core {
-        &self.core
-    }
-}
+crate::core::over_core!(Rooms);
 
 impl Rooms {
     /// The current time in milliseconds, strictly greater than any value it returned before.
