@@ -315,7 +315,7 @@ async fn query_directory(
         return Err(Error::not_found("Not an alias of this server").into());
     }
     let room_id = s.alias_target(alias).await?.ok_or_else(|| Error::not_found("Room alias not found"))?;
-    let servers: Vec<OwnedServerName> = s.servers_in_room(&room_id).await?;
+    let servers: Vec<OwnedServerName> = s.rooms.servers_in_room(&room_id).await?;
     Ok(get_room_information::v1::Response::new(room_id, servers).into())
 }
 

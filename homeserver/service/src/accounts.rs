@@ -6,7 +6,7 @@ use ruma::{
     events::{StateEventType, TimelineEventType},
     OwnedDeviceId, OwnedUserId, UserId,
 };
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use std::sync::Arc;
 
@@ -426,6 +426,20 @@ impl Accounts {
         let given = hex::decode(mac_hex).map_err(|_| Error::forbidden("HMAC incorrect"))?;
         mac.verify_slice(&given).map_err(|_| Error::forbidden("HMAC incorrect"))
     }
+
+    /// The displayname and avatar a member event of `user` carries.
+    pub async fn member_profile(&self, user: &UserId) -> Result<Map<String, Value>> {
+        let mut profile = Map::new();
+        if let Some(u) = diplomatie_storage::accounts::get_user(self.db.pool(), user.as_str()).await? {
+            if let Some(d) = u.displayname {
+                profile.insert("displayname".into(), json!(d));
+            }
+            if let Some(a) = u.avatar_url {
+                profile.insert("avatar_url".into(), json!(a));
+            }
+        }
+        Ok(profile)
+    }
 }
 
 /// Password hashing is deliberately slow and takes 7 MiB a hash: at most one per core runs at a
@@ -448,9 +462,9 @@ impl Services {
         diplomatie_storage::push::delete_user_pushers(&mut *tx, user.as_str()).await?;
         diplomatie_storage::commit(tx).await?;
         self.accounts.tokens.forget_user(user.as_str());
-        self.pushers_changed().await?;
+        self.push.pushers_changed().await?;
         let gone: Vec<&str> = gone.iter().map(|d| d.device_id.as_str()).collect();
-        self.devices_changed(user, &gone).await
+        self.e2ee.devices_changed(user, &gone).await
     }
 
     /// Deletes devices with their tokens and keys; users sharing a room learn it in `/sync`.
@@ -463,8 +477,8 @@ impl Services {
         }
         diplomatie_storage::commit(tx).await?;
         self.accounts.tokens.forget_user(user.as_str());
-        self.pushers_changed().await?;
-        self.devices_changed(user, devices).await
+        self.push.pushers_changed().await?;
+        self.e2ee.devices_changed(user, devices).await
     }
 
     /// Changes the password; with `logout_devices`, every other device is logged out.
@@ -485,7 +499,7 @@ impl Services {
         self.accounts.tokens.forget_user(caller.user_id.as_str());
         if logout_devices {
             let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
-            self.devices_changed(&caller.user_id, &gone).await?;
+            self.e2ee.devices_changed(&caller.user_id, &gone).await?;
         }
         Ok(())
     }
@@ -507,7 +521,7 @@ impl Services {
         diplomatie_storage::push::delete_user_pushers(&mut *tx, user.as_str()).await?;
         diplomatie_storage::commit(tx).await?;
         self.accounts.tokens.forget_user(user.as_str());
-        self.pushers_changed().await
+        self.push.pushers_changed().await
     }
 }
 

@@ -1,20 +1,57 @@
-//! The streams beside the room DAG: typing (in memory), receipts, presence, account data, and
-//! the filters clients store for `/sync`.
+//! The streams beside the room DAG: typing (in memory), receipts and presence. (Account data
+//! and filters are in [`crate::account_data`].)
 
 use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Mutex, Weak,
+        Arc, Mutex, Weak,
     },
     time::{Duration, Instant},
 };
 
 use diplomatie_storage::{streams, Db};
 use ruma::{EventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
-use serde_json::Value;
 
-use crate::{now_ms, Error, Result, Services};
+use crate::{
+    account_data::AccountData, core::Core, federation::sender::Outbox, now_ms, push::Push, rooms::Rooms, Error, Result,
+};
+
+/// Typing, receipts and presence, over the rooms (who hears of them), the account data (where
+/// a fully-read marker goes), push (receipts clear unread counts) and the outbox (other
+/// servers hear of them too).
+pub struct Ephemeral {
+    core: Arc<Core>,
+    rooms: Arc<Rooms>,
+    account_data: Arc<AccountData>,
+    push: Arc<Push>,
+    outbox: Arc<Outbox>,
+    pub typing: Typing,
+    /// The last presence state written for each user (see `presence_on_sync`).
+    presence_states: Mutex<HashMap<OwnedUserId, String>>,
+}
+
+crate::core::over_core!(Ephemeral);
+
+impl Ephemeral {
+    pub(crate) fn new(
+        core: Arc<Core>,
+        rooms: Arc<Rooms>,
+        account_data: Arc<AccountData>,
+        push: Arc<Push>,
+        outbox: Arc<Outbox>,
+    ) -> Ephemeral {
+        Ephemeral {
+            core,
+            rooms,
+            account_data,
+            push,
+            outbox,
+            typing: Typing::default(),
+            presence_states: Mutex::default(),
+        }
+    }
+}
 
 /// Who is typing where. Typing never touches the database: it is worthless after a restart.
 #[derive(Default)]
@@ -60,7 +97,7 @@ pub async fn max_stream_position(db: &Db) -> diplomatie_storage::Result<i64> {
 }
 
 /// Expires typing notifications every second, so that syncs learn when typing stopped.
-pub fn spawn_typing_expiry(services: Weak<Services>) {
+pub fn spawn_typing_expiry(services: Weak<Ephemeral>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -91,7 +128,7 @@ pub fn spawn_typing_expiry(services: Weak<Services>) {
     });
 }
 
-impl Services {
+impl Ephemeral {
     /// `PUT /rooms/{roomId}/typing/{userId}`.
     pub async fn set_typing(
         &self,
@@ -109,7 +146,7 @@ impl Services {
                 "edu_type": "m.typing",
                 "content": { "room_id": room_id, "user_id": user, "typing": typing },
             });
-            self.federate_edu(room_id, edu).await?;
+            self.outbox.federate_edu(room_id, edu).await?;
         }
         Ok(())
     }
@@ -161,7 +198,7 @@ impl Services {
             .ok_or_else(|| Error::not_found("Event not found"))?;
         if receipt_type == "m.fully_read" {
             let content = serde_json::json!({ "event_id": event.event_id });
-            return self.set_account_data(user, Some(room_id), "m.fully_read", &content).await;
+            return self.account_data.set(user, Some(room_id), "m.fully_read", &content).await;
         }
         if !matches!(receipt_type, "m.read" | "m.read.private") {
             return Err(Error::invalid_param("Unknown receipt type"));
@@ -182,7 +219,7 @@ impl Services {
                 "edu_type": "m.receipt",
                 "content": { room_id.as_str(): { "m.read": { user.as_str(): { "event_ids": [event_id], "data": data } } } },
             });
-            self.federate_edu(room_id, edu).await?;
+            self.outbox.federate_edu(room_id, edu).await?;
         }
         Ok(())
     }
@@ -210,7 +247,7 @@ impl Services {
             position,
         )
         .await?;
-        self.unread_receipt(user, room_id);
+        self.push.unread_receipt(user, room_id);
         self.marks.receipt_written(position);
         write.publish();
         if receipt_type == "m.read.private" {
@@ -220,48 +257,6 @@ impl Services {
             self.notifier.notify(members.iter().map(|u| &**u));
         }
         Ok(())
-    }
-
-    pub async fn set_account_data(
-        &self,
-        user: &UserId,
-        room_id: Option<&RoomId>,
-        data_type: &str,
-        content: &Value,
-    ) -> Result<()> {
-        if !content.is_object() {
-            return Err(Error::bad_json("Account data must be a JSON object"));
-        }
-        if matches!(data_type, "m.fully_read" | "m.push_rules") && room_id.is_none() && data_type == "m.fully_read" {
-            return Err(Error::bad_json("m.fully_read is per room"));
-        }
-        if let Some(room_id) = room_id {
-            self.rooms.known_room(room_id).await?;
-        }
-        let json = serde_json::to_string(content)?;
-        let mut write = self.begin_write().await;
-        let position = write.next_position();
-        streams::set_account_data(
-            self.db.pool(),
-            user.as_str(),
-            room_id.map_or("", |r| r.as_str()),
-            data_type,
-            &json,
-            position,
-        )
-        .await?;
-        self.marks.account_data_written(user, position);
-        write.publish();
-        self.notifier.notify([user]);
-        Ok(())
-    }
-
-    pub async fn account_data(&self, user: &UserId, room_id: Option<&RoomId>, data_type: &str) -> Result<Value> {
-        let json =
-            streams::get_account_data(self.db.pool(), user.as_str(), room_id.map_or("", |r| r.as_str()), data_type)
-                .await?
-                .ok_or_else(|| Error::not_found("Account data not found"))?;
-        Ok(serde_json::from_str(&json)?)
     }
 
     pub async fn set_presence(&self, user: &UserId, state: &str, status_msg: Option<&str>) -> Result<()> {
@@ -279,7 +274,7 @@ impl Services {
             if let Some(m) = status_msg {
                 presence["status_msg"] = serde_json::json!(m);
             }
-            self.federate_presence(&targets, presence).await?;
+            self.outbox.federate_presence(&targets, presence).await?;
         }
         Ok(())
     }
@@ -305,7 +300,7 @@ impl Services {
         self.marks.presence_written(position, row);
         write.publish();
         self.presence_states.lock().unwrap().insert(user.to_owned(), state.to_owned());
-        let mut targets = self.users_sharing_rooms_with(user).await?;
+        let mut targets = self.rooms.users_sharing_rooms_with(user).await?;
         targets.insert(user.to_owned());
         self.notifier.notify(targets.iter().map(|u| &**u));
         Ok(targets)
@@ -339,22 +334,5 @@ impl Services {
             status_msg: None,
             last_active_ts: 0,
         }))
-    }
-
-    pub async fn create_filter(&self, user: &UserId, filter: &Value) -> Result<String> {
-        let json = serde_json::to_string(filter)?;
-        let mut tx = self.db.begin().await?;
-        let id = streams::next_counter(&mut tx, "filter").await?;
-        streams::insert_filter(&mut *tx, user.as_str(), id, &json).await?;
-        diplomatie_storage::commit(tx).await?;
-        Ok(id.to_string())
-    }
-
-    pub async fn filter(&self, user: &UserId, filter_id: &str) -> Result<Value> {
-        let id: i64 = filter_id.parse().map_err(|_| Error::not_found("Unknown filter"))?;
-        let json = streams::get_filter(self.db.pool(), user.as_str(), id)
-            .await?
-            .ok_or_else(|| Error::not_found("Unknown filter"))?;
-        Ok(serde_json::from_str(&json)?)
     }
 }

@@ -7,13 +7,11 @@
 //! profile), [`rooms`] (the room DAG: building, authorising and persisting events, state),
 //! [`sync`] (the `/sync` algorithm), [`ephemeral`] (typing, receipts, presence, account data).
 
+pub mod account_data;
 pub mod accounts;
-pub mod backup;
 pub mod config;
 pub mod core;
 pub mod correspondence;
-pub mod cross_signing;
-pub mod dehydrated;
 pub mod e2ee;
 pub mod ephemeral;
 pub mod error;
@@ -48,26 +46,26 @@ pub use pdu::Pdu;
 /// Every service of the homeserver, shared by all request handlers: where they are assembled.
 /// It dereferences to [`core::Core`] (configuration, database, stream positions, notifier).
 pub struct Services {
-    /// This very value, for the tasks it spawns (writes that must outlive their request).
-    me: Weak<Services>,
     core: Arc<core::Core>,
     /// The rooms' DAG, state and writer.
     pub rooms: Arc<rooms::Rooms>,
     pub accounts: Arc<accounts::Accounts>,
+    /// Account data and stored filters.
+    pub account_data: Arc<account_data::AccountData>,
     /// Requests to other servers, other servers' keys.
     pub transport: Arc<federation::client::Transport>,
-    pub typing: ephemeral::Typing,
-    pub uia: uia::UiaSessions,
+    /// What this server sends to others, queued until they acknowledge it.
+    pub outbox: Arc<federation::sender::Outbox>,
+    pub ephemeral: Arc<ephemeral::Ephemeral>,
+    pub uia: Arc<uia::Uia>,
     pub admin_nonces: uia::Nonces,
-    pub e2ee: e2ee::E2eeState,
+    pub e2ee: Arc<e2ee::E2ee>,
     pub media: Arc<media::Repository>,
     pub previews: Arc<url_preview::Previews>,
-    pub push: push::PushState,
+    pub push: Arc<push::Push>,
     pub search: search::SearchState,
     pub portal: Arc<portal::Portal>,
     pub(crate) correspondence: correspondence::CorrespondenceState,
-    /// The last presence state written for each user (see `presence_on_sync`).
-    presence_states: std::sync::Mutex<std::collections::HashMap<ruma::OwnedUserId, String>>,
     pub ratelimiter: ratelimit::RateLimiter,
     pub federation: federation::FederationState,
 }
@@ -104,10 +102,10 @@ impl Services {
         let keys = keys::ServerKeys::load_or_create(&config.data_dir)?;
         let stream = ephemeral::max_stream_position(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         let ratelimiter = ratelimit::RateLimiter::new(&config.rate_limits);
-        let e2ee = e2ee::E2eeState::load(&db, stream).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
+        let e2ee_state = e2ee::E2eeState::load(&db, stream).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         let media = media::MediaState::new(&config.data_dir);
         let search = search::SearchState::new(&config.data_dir);
-        let push = push::PushState::load(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
+        let push_state = push::PushState::load(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         let core = Arc::new(core::Core::new(config, db, server_name, keys, stream));
         let transport = Arc::new(federation::client::Transport::new(core.clone()));
         let media = Arc::new(media::Repository::new(core.clone(), transport.clone(), media));
@@ -115,28 +113,49 @@ impl Services {
         let services = Arc::new_cyclic(|me| {
             let clearances = portal::Clearances::new(core.clone());
             let rooms = rooms::Rooms::new(core.clone(), commit_subscribers(me, &core), clearances.clone());
+            let accounts = Arc::new(accounts::Accounts::new(core.clone(), rooms.clone()));
+            let uia = Arc::new(uia::Uia::new(core.clone(), accounts.clone()));
+            let outbox = federation::sender::Outbox::new(core.clone(), rooms.clone(), transport.clone());
+            let e2ee = Arc::new(e2ee::E2ee::new(
+                core.clone(),
+                rooms.clone(),
+                accounts.clone(),
+                uia.clone(),
+                transport.clone(),
+                outbox.clone(),
+                e2ee_state,
+            ));
+            let account_data = Arc::new(account_data::AccountData::new(core.clone(), rooms.clone()));
+            let push = Arc::new(push::Push::new(core.clone(), rooms.clone(), account_data.clone(), push_state));
+            let ephemeral = Arc::new(ephemeral::Ephemeral::new(
+                core.clone(),
+                rooms.clone(),
+                account_data.clone(),
+                push.clone(),
+                outbox.clone(),
+            ));
             Services {
-                me: me.clone(),
-                accounts: Arc::new(accounts::Accounts::new(core.clone(), rooms.clone())),
+                uia,
+                ephemeral,
+                push,
+                account_data,
+                outbox,
+                accounts,
                 portal: Arc::new(portal::Portal::new(rooms.clone(), clearances)),
                 rooms,
                 core,
-                typing: ephemeral::Typing::default(),
-                uia: uia::UiaSessions::default(),
                 admin_nonces: uia::Nonces::default(),
                 e2ee,
                 previews,
                 media,
                 transport,
-                push,
                 search,
                 correspondence: Default::default(),
-                presence_states: Default::default(),
                 ratelimiter,
                 federation: Default::default(),
             }
         });
-        ephemeral::spawn_typing_expiry(Arc::downgrade(&services));
+        ephemeral::spawn_typing_expiry(Arc::downgrade(&services.ephemeral));
         // Every process that writes (the server, an import) keeps the write-ahead log short.
         services.db.spawn_checkpointer();
         Ok(services)
@@ -151,10 +170,10 @@ impl Services {
         }
         services.media.files.remove_interrupted_uploads();
         services.search.open().await.map_err(|e| anyhow_like::msg(format!("cannot open the search index: {e}")))?;
-        push::spawn_pusher_worker(Arc::downgrade(&services));
+        push::spawn_pusher_worker(Arc::downgrade(&services.push));
         search::spawn_indexer(&services);
         correspondence::spawn_worker(&services);
-        federation::sender::spawn_senders(&services);
+        federation::sender::spawn_senders(&services.outbox);
         Ok(services)
     }
 }

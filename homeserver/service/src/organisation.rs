@@ -514,7 +514,7 @@ impl Services {
         let mut rooms = vec![space.clone()];
         rooms.extend(self.space_child_ids(&space).await?);
         for room in &rooms {
-            let mut levels = self.power_levels(room).await?;
+            let mut levels = self.rooms.power_levels(room).await?;
             let users = levels.entry("users").or_insert_with(|| json!({}));
             let Some(users) = users.as_object_mut() else { return Err(Error::Internal) };
             users.retain(|u, v| u == system.as_str() || v.as_i64() != Some(crate::names::MANAGER_LEVEL));
@@ -567,10 +567,29 @@ impl Services {
         Ok(())
     }
 
+    /// `POST /rooms/{roomId}/invite`: an invite, which approves the request of a user who had
+    /// knocked on a group or community.
+    pub async fn invite_approving_knock(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        invitee: &UserId,
+        reason: Option<String>,
+        is_direct: bool,
+    ) -> Result<()> {
+        let knocked = invitee.server_name() == self.server_name()
+            && self.rooms.membership(room_id, invitee).await? == Some(MembershipState::Knock);
+        self.invite(sender, room_id, invitee, reason, is_direct).await?;
+        if knocked {
+            self.knock_approved(room_id, invitee).await?;
+        }
+        Ok(())
+    }
+
     /// After a manager invited a user who had knocked on a group or community: the request is
     /// approved, the server joins the user to the space and its rooms (a user's first
     /// functional group becomes their primary one).
-    pub(crate) async fn knock_approved(&self, space: &RoomId, user: &UserId) -> Result<()> {
+    async fn knock_approved(&self, space: &RoomId, user: &UserId) -> Result<()> {
         if user.server_name() != self.server_name() {
             return Ok(());
         }

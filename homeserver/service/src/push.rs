@@ -36,7 +36,30 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use crate::{now_ms, rooms::commit, Error, Pdu, Result, Services};
+use crate::{
+    account_data::AccountData,
+    core::Core,
+    now_ms,
+    rooms::{commit, Rooms},
+    Error, Pdu, Result, Services,
+};
+
+/// Push rules, notifications, unread counts and pushers, over the rooms (who is notified, with
+/// which power) and the account data (where the rules are kept).
+pub struct Push {
+    core: Arc<Core>,
+    rooms: Arc<Rooms>,
+    account_data: Arc<AccountData>,
+    state: PushState,
+}
+
+crate::core::over_core!(Push);
+
+impl Push {
+    pub(crate) fn new(core: Arc<Core>, rooms: Arc<Rooms>, account_data: Arc<AccountData>, state: PushState) -> Push {
+        Push { core, rooms, account_data, state }
+    }
+}
 
 /// Push rules in memory, and what wakes the pusher worker.
 pub struct PushState {
@@ -189,7 +212,7 @@ fn rule_error(e: impl std::fmt::Display, not_found: bool) -> Error {
     Error::new(kind, e.to_string())
 }
 
-impl Services {
+impl Push {
     /// A user's push rules.
     pub async fn push_rules(&self, user: &UserId) -> Result<Arc<Ruleset>> {
         Ok(self.custom_push_rules(user).await?.unwrap_or_else(|| Arc::new(Ruleset::server_default(user))))
@@ -197,7 +220,7 @@ impl Services {
 
     /// The user's rules when they changed any, `None` when they are the spec's defaults.
     async fn custom_push_rules(&self, user: &UserId) -> Result<Option<Arc<Ruleset>>> {
-        if let Some(r) = self.push.rules.lock().unwrap().get(user) {
+        if let Some(r) = self.state.rules.lock().unwrap().get(user) {
             return Ok(r.clone());
         }
         let stored = streams::get_account_data(self.db.pool(), user.as_str(), "", "m.push_rules").await?;
@@ -205,7 +228,7 @@ impl Services {
             .and_then(|json| serde_json::from_str::<Value>(&json).ok())
             .and_then(|v| serde_json::from_value::<Ruleset>(v.get("global")?.clone()).ok())
             .map(Arc::new);
-        self.push.rules.lock().unwrap().put(user.to_owned(), ruleset.clone());
+        self.state.rules.lock().unwrap().put(user.to_owned(), ruleset.clone());
         Ok(ruleset)
     }
 
@@ -217,11 +240,11 @@ impl Services {
 
     /// Applies `change` to the user's rules and stores the result.
     async fn edit_push_rules(&self, user: &UserId, change: impl FnOnce(&mut Ruleset) -> Result<()>) -> Result<()> {
-        let _guard = self.push.edit.lock().await;
+        let _guard = self.state.edit.lock().await;
         let mut ruleset = (*self.push_rules(user).await?).clone();
         change(&mut ruleset)?;
-        self.set_account_data(user, None, "m.push_rules", &account_data_content(&ruleset)).await?;
-        self.push.rules.lock().unwrap().put(user.to_owned(), Some(Arc::new(ruleset)));
+        self.account_data.set(user, None, "m.push_rules", &account_data_content(&ruleset)).await?;
+        self.state.rules.lock().unwrap().put(user.to_owned(), Some(Arc::new(ruleset)));
         Ok(())
     }
 
@@ -345,7 +368,7 @@ impl Services {
             };
             // Members with the default rules whom the event does not name (no mention, not the
             // target of a membership) all get the same outcome: computed and written once.
-            let (anyone, default_rules) = self.push.anyone.get_or_init(|| {
+            let (anyone, default_rules) = self.state.anyone.get_or_init(|| {
                 let anyone = anonymous_recipient(me);
                 let rules = Ruleset::server_default(&anyone);
                 (anyone, rules)
@@ -436,7 +459,7 @@ impl Services {
         batch: &PushBatch,
         members: &HashMap<String, Arc<HashSet<OwnedUserId>>>,
     ) {
-        let pushers = self.push.pushers.lock().unwrap();
+        let pushers = self.state.pushers.lock().unwrap();
         if pushers.is_empty() {
             return;
         }
@@ -448,7 +471,7 @@ impl Services {
             })
         };
         if own || shared() {
-            self.push.wake.notify_one();
+            self.state.wake.notify_one();
         }
     }
 
@@ -493,7 +516,7 @@ impl Services {
     pub async fn unread_counts(&self, user: &UserId, room_id: &RoomId, by_thread: bool) -> Result<UnreadCounts> {
         let key = (user.to_owned(), room_id.to_owned());
         let (applied, generation) = {
-            let mut cache = self.push.unread.lock().unwrap();
+            let mut cache = self.state.unread.lock().unwrap();
             if let Some(entry) = cache.entries.get(&key) {
                 return Ok(entry.counts(by_thread));
             }
@@ -506,7 +529,7 @@ impl Services {
         let up_to = applied.max(self.stream_position());
         let entry = self.count_unread(user, room_id, up_to).await?;
         let counts = entry.counts(by_thread);
-        let mut cache = self.push.unread.lock().unwrap();
+        let mut cache = self.state.unread.lock().unwrap();
         if cache.applied == applied && cache.generation == generation {
             cache.entries.put(key, Arc::new(entry));
         }
@@ -655,7 +678,7 @@ impl Services {
         memberships: &[(OwnedUserId, ruma::OwnedRoomId)],
         position: i64,
     ) {
-        let mut cache = self.push.unread.lock().unwrap();
+        let mut cache = self.state.unread.lock().unwrap();
         let own: HashSet<(&str, i64)> = batch.own.iter().map(|r| (r.user_id.as_str(), r.stream_ordering)).collect();
         let add = |cache: &mut UnreadCache, key: (OwnedUserId, ruma::OwnedRoomId), row: &PushRow| {
             if let Some(entry) = cache.entries.get_mut(&key) {
@@ -689,7 +712,7 @@ impl Services {
 
     /// After a receipt's commit: the room's counts are computed again when next asked for.
     pub(crate) fn unread_receipt(&self, user: &UserId, room_id: &RoomId) {
-        let mut cache = self.push.unread.lock().unwrap();
+        let mut cache = self.state.unread.lock().unwrap();
         cache.entries.pop(&(user.to_owned(), room_id.to_owned()));
         cache.generation += 1;
     }
@@ -746,7 +769,7 @@ impl Services {
 
     /// `GET /pushers`.
     pub fn pushers(&self, user: &UserId) -> Vec<Value> {
-        let pushers = self.push.pushers.lock().unwrap();
+        let pushers = self.state.pushers.lock().unwrap();
         pushers.get(user.as_str()).map(|list| list.iter().map(pusher_json).collect()).unwrap_or_default()
     }
 
@@ -812,8 +835,8 @@ impl Services {
         for p in store::all_pushers(self.db.pool()).await? {
             by_user.entry(p.user_id.clone()).or_default().push(p);
         }
-        *self.push.pushers.lock().unwrap() = by_user;
-        self.push.wake.notify_one();
+        *self.state.pushers.lock().unwrap() = by_user;
+        self.state.wake.notify_one();
         Ok(())
     }
 }
@@ -835,7 +858,7 @@ fn pusher_json(p: &store::Pusher) -> Value {
 }
 
 /// Starts the worker that delivers notifications to push gateways.
-pub fn spawn_pusher_worker(services: Weak<Services>) {
+pub fn spawn_pusher_worker(services: Weak<Push>) {
     tokio::spawn(async move {
         // Pushers whose gateway failed: when to try again, and the last wait.
         let mut backoff: HashMap<(String, String, String), (tokio::time::Instant, Duration)> = HashMap::new();
@@ -844,7 +867,7 @@ pub fn spawn_pusher_worker(services: Weak<Services>) {
         loop {
             let Some(s) = services.upgrade() else { return };
             let now = tokio::time::Instant::now();
-            let pushers: Vec<store::Pusher> = s.push.pushers.lock().unwrap().values().flatten().cloned().collect();
+            let pushers: Vec<store::Pusher> = s.state.pushers.lock().unwrap().values().flatten().cloned().collect();
             let mut next_retry: Option<tokio::time::Instant> = None;
             for p in pushers {
                 let key = (p.app_id.clone(), p.pushkey.clone(), p.user_id.clone());
@@ -866,7 +889,7 @@ pub fn spawn_pusher_worker(services: Weak<Services>) {
             }
             let max_backoff = Duration::from_millis(s.config.push.max_backoff_ms.max(1));
             // Only the signal is held while waiting, not the services.
-            let wake = s.push.wake.clone();
+            let wake = s.state.wake.clone();
             drop(s);
             let sleep_until = next_retry.unwrap_or_else(|| now + Duration::from_secs(3600));
             tokio::select! {
@@ -886,7 +909,7 @@ pub fn spawn_pusher_worker(services: Weak<Services>) {
     });
 }
 
-impl Services {
+impl Push {
     /// Sends a pusher's pending notifications to its gateway, oldest first. False when the
     /// gateway could not be reached or failed (the worker retries later).
     async fn deliver(&self, p: &store::Pusher) -> Result<bool> {
@@ -910,7 +933,7 @@ impl Services {
             let mut receipts = HashMap::new();
             for n in pending {
                 let still_there = self
-                    .push
+                    .state
                     .pushers
                     .lock()
                     .unwrap()
@@ -953,17 +976,17 @@ impl Services {
     }
 
     fn push_client(&self) -> Result<&reqwest::Client> {
-        if let Some(c) = self.push.client.get() {
+        if let Some(c) = self.state.client.get() {
             return Ok(c);
         }
         let allowed =
             crate::outbound::parse_allowlist("push.ip_range_allowlist", &self.config.push.ip_range_allowlist)?;
         let client = crate::outbound::client(allowed, Duration::from_millis(self.config.push.timeout_ms), "push")?;
-        Ok(self.push.client.get_or_init(|| client))
+        Ok(self.state.client.get_or_init(|| client))
     }
 
     fn set_cached_pusher_position(&self, p: &store::Pusher, position: i64) {
-        let mut pushers = self.push.pushers.lock().unwrap();
+        let mut pushers = self.state.pushers.lock().unwrap();
         if let Some(list) = pushers.get_mut(&p.user_id) {
             for q in list.iter_mut().filter(|q| q.app_id == p.app_id && q.pushkey == p.pushkey) {
                 q.last_stream_ordering = q.last_stream_ordering.max(position);
@@ -1035,7 +1058,7 @@ impl Services {
     }
 }
 
-impl Services {
+impl Push {
     /// The unread notifications of a user in all rooms (the badge a push carries).
     async fn total_unread(&self, user: &UserId) -> Result<u64> {
         let mut total = 0;
@@ -1048,8 +1071,8 @@ impl Services {
 }
 
 /// A pusher's delivery position, as the cache knows it (ahead of the copy a task started with).
-fn p_position(s: &Services, p: &store::Pusher) -> i64 {
-    s.push
+fn p_position(s: &Push, p: &store::Pusher) -> i64 {
+    s.state
         .pushers
         .lock()
         .unwrap()
@@ -1063,7 +1086,7 @@ fn p_position(s: &Services, p: &store::Pusher) -> i64 {
 pub(crate) struct NotificationRows(pub(crate) std::sync::Weak<Services>);
 
 struct PreparedNotifications {
-    services: Arc<Services>,
+    push: Arc<Push>,
     rows: PushBatch,
     notified: HashMap<String, Arc<HashSet<OwnedUserId>>>,
 }
@@ -1071,24 +1094,24 @@ struct PreparedNotifications {
 impl commit::RowsSubscriber for NotificationRows {
     fn prepare<'a>(&'a self, batch: &'a commit::Batch<'a>) -> commit::Preparing<'a> {
         Box::pin(async move {
-            let services = crate::upgrade(&self.0)?;
-            let rows = services.push_rows(batch.events, batch.states, batch.created).await?;
-            let notified = services.notified_members(&rows).await?;
-            Ok(Box::new(PreparedNotifications { services, rows, notified }) as Box<dyn commit::Rows>)
+            let push = crate::upgrade(&self.0)?.push.clone();
+            let rows = push.push_rows(batch.events, batch.states, batch.created).await?;
+            let notified = push.notified_members(&rows).await?;
+            Ok(Box::new(PreparedNotifications { push, rows, notified }) as Box<dyn commit::Rows>)
         })
     }
 }
 
 impl commit::Rows for PreparedNotifications {
     fn write<'a>(&'a self, tx: &'a mut commit::Transaction) -> commit::Writing<'a> {
-        Box::pin(self.services.write_push_rows(tx, &self.rows))
+        Box::pin(self.push.write_push_rows(tx, &self.rows))
     }
 
     fn committed(&self, at: &commit::Committed<'_>) {
-        self.services.unread_committed(&self.rows, &self.notified, at.memberships, at.position);
+        self.push.unread_committed(&self.rows, &self.notified, at.memberships, at.position);
     }
 
     fn published(&self) {
-        self.services.notifications_committed(&self.rows, &self.notified);
+        self.push.notifications_committed(&self.rows, &self.notified);
     }
 }

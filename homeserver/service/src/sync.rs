@@ -109,7 +109,7 @@ pub(crate) const STRIPPED_STATE: [StateEventType; 7] = [
 
 impl Services {
     pub fn current_token(&self) -> SyncToken {
-        SyncToken { stream: self.stream_position(), typing: self.typing.serial() }
+        SyncToken { stream: self.stream_position(), typing: self.ephemeral.typing.serial() }
     }
 
     /// Answers a sync request, waiting up to its timeout when nothing is new.
@@ -227,7 +227,7 @@ impl Services {
         // Global account data; an initial sync always shows the push rules, defaults included.
         let mut account_data = changes.account_data.remove("").unwrap_or_default();
         if initial && !global_kinds.contains("m.push_rules") {
-            let rules = self.default_push_rules_event(user).await?;
+            let rules = self.push.default_push_rules_event(user).await?;
             account_data.push(serde_json::value::to_raw_value(&rules).map_err(crate::internal!())?);
         }
         response.account_data.events = account_data.into_iter().map(Raw::from_json).collect();
@@ -252,7 +252,7 @@ impl Services {
             }
         }
 
-        let e2ee = self.sync_e2ee(user, req.device, req.since.map(|s| s.stream), to.stream).await?;
+        let e2ee = self.e2ee.sync_e2ee(user, req.device, req.since.map(|s| s.stream), to.stream).await?;
         let e2ee_news = !e2ee.to_device.is_empty() || !e2ee.changed.is_empty() || !e2ee.left.is_empty();
         response.to_device.events = e2ee.to_device;
         response.device_lists.changed = e2ee.changed;
@@ -355,7 +355,7 @@ impl Services {
         // Ephemeral: typing and receipts.
         let mut ephemeral = Vec::new();
         let typing_since = if full { 0 } else { since.typing };
-        if let Some(users) = self.typing.changed_since(room_id, typing_since) {
+        if let Some(users) = self.ephemeral.typing.changed_since(room_id, typing_since) {
             ephemeral.push(pdu::raw(&json!({ "type": "m.typing", "content": { "user_ids": users } })));
         }
         let receipts = match req.since {
@@ -401,7 +401,7 @@ impl Services {
             room.summary = self.room_member_summary(room_id, user).await?;
         }
         let by_thread = req.filter.room.timeline.unread_thread_notifications;
-        let counts = self.unread_counts(user, room_id, by_thread).await?;
+        let counts = self.push.unread_counts(user, room_id, by_thread).await?;
         room.unread_notifications = notification_counts(counts.notifications, counts.highlights);
         if by_thread {
             for (thread, (n, h)) in counts.threads {

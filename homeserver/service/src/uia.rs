@@ -2,7 +2,7 @@
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -14,7 +14,7 @@ use ruma::{
     UserId,
 };
 
-use crate::{Error, Result, Services};
+use crate::{accounts::Accounts, core::Core, Error, Result};
 
 /// How long a UIA session may stay unfinished.
 const SESSION_LIFETIME: Duration = Duration::from_secs(30 * 60);
@@ -24,12 +24,21 @@ struct Session {
     created: Instant,
 }
 
-#[derive(Default)]
-pub struct UiaSessions {
+/// User-interactive authentication, over the accounts (whose passwords the password stage
+/// checks): the sessions in progress.
+pub struct Uia {
+    core: Arc<Core>,
+    accounts: Arc<Accounts>,
     sessions: Mutex<HashMap<String, Session>>,
 }
 
-impl Services {
+crate::core::over_core!(Uia);
+
+impl Uia {
+    pub(crate) fn new(core: Arc<Core>, accounts: Arc<Accounts>) -> Uia {
+        Uia { core, accounts, sessions: Mutex::default() }
+    }
+
     /// Runs one step of user-interactive authentication. `Ok(())` once a flow is complete;
     /// otherwise the spec's 401 with the flows, the completed stages and the session.
     /// `user` is whom the password stage must authenticate.
@@ -48,8 +57,7 @@ impl Services {
         };
         let Some(auth) = auth else {
             let session = crate::random_string(24);
-            self.uia
-                .sessions
+            self.sessions
                 .lock()
                 .unwrap()
                 .insert(session.clone(), Session { completed: vec![], created: Instant::now() });
@@ -59,16 +67,12 @@ impl Services {
             Some(s) => s.to_owned(),
             None => {
                 let s = crate::random_string(24);
-                self.uia
-                    .sessions
-                    .lock()
-                    .unwrap()
-                    .insert(s.clone(), Session { completed: vec![], created: Instant::now() });
+                self.sessions.lock().unwrap().insert(s.clone(), Session { completed: vec![], created: Instant::now() });
                 s
             }
         };
         let completed = {
-            let mut sessions = self.uia.sessions.lock().unwrap();
+            let mut sessions = self.sessions.lock().unwrap();
             sessions.retain(|_, s| s.created.elapsed() < SESSION_LIFETIME);
             match sessions.get(&session_id) {
                 Some(s) => s.completed.clone(),
@@ -98,10 +102,10 @@ impl Services {
             completed.push(stage);
         }
         if flows.iter().any(|f| f.iter().all(|s| completed.contains(s))) {
-            self.uia.sessions.lock().unwrap().remove(&session_id);
+            self.sessions.lock().unwrap().remove(&session_id);
             return Ok(());
         }
-        if let Some(s) = self.uia.sessions.lock().unwrap().get_mut(&session_id) {
+        if let Some(s) = self.sessions.lock().unwrap().get_mut(&session_id) {
             s.completed = completed.clone();
         }
         Err(info(session_id, completed, None))

@@ -70,7 +70,7 @@ pub async fn register(State(s): S, req: Ruma<register::v3::Request>) -> ApiResul
     } else {
         vec![vec![AuthType::Dummy]]
     };
-    s.user_interactive_auth(&flows, body.auth.as_ref(), None).await?;
+    s.uia.user_interactive_auth(&flows, body.auth.as_ref(), None).await?;
     if body.password.as_deref().is_none_or(str::is_empty) {
         return Err(Error::missing_param("A password is required").into());
     }
@@ -177,7 +177,7 @@ pub async fn change_password(
     req: Ruma<change_password::v3::Request>,
 ) -> ApiResult<change_password::v3::Response> {
     let caller = req.caller();
-    s.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
+    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
     if req.body.new_password.is_empty() {
         return Err(Error::new(ErrorKind::WeakPassword, "The password must not be empty").into());
     }
@@ -188,7 +188,7 @@ pub async fn change_password(
 /// `POST /account/deactivate` (user-interactive: the current password).
 pub async fn deactivate(State(s): S, req: Ruma<deactivate::v3::Request>) -> ApiResult<deactivate::v3::Response> {
     let caller = req.caller();
-    s.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
+    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
     s.deactivate(&caller.user_id).await?;
     Ok(deactivate::v3::Response::new(ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport).into())
 }
@@ -229,7 +229,7 @@ pub async fn delete_device(
 ) -> ApiResult<delete_device::v3::Response> {
     let caller = req.caller();
     s.accounts.device(&caller.user_id, req.body.device_id.as_str()).await?;
-    s.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
+    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
     s.delete_devices(&caller.user_id, &[req.body.device_id.as_str()]).await?;
     Ok(delete_device::v3::Response::new().into())
 }
@@ -240,7 +240,7 @@ pub async fn delete_devices(
     req: Ruma<delete_devices::v3::Request>,
 ) -> ApiResult<delete_devices::v3::Response> {
     let caller = req.caller();
-    s.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
+    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
     let ids: Vec<&str> = req.body.devices.iter().map(|d| d.as_str()).collect();
     s.delete_devices(&caller.user_id, &ids).await?;
     Ok(delete_devices::v3::Response::new().into())

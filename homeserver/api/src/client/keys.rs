@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{extract::State, response::Response};
-use diplomatie_service::{dehydrated::Dehydrated, sync::SyncToken, Error, Services};
+use diplomatie_service::{e2ee::dehydrated::Dehydrated, sync::SyncToken, Error, Services};
 use ruma::{
     api::client::{
         backup::{
@@ -41,7 +41,7 @@ pub async fn upload(State(s): S, req: Ruma<upload_keys::v3::Request>) -> Result<
     let device_keys = req.json.as_ref().and_then(|j| j.get("device_keys")).filter(|v| !v.is_null()).cloned();
     let one_time = keys_field(&req.json, "one_time_keys");
     let fallback = keys_field(&req.json, "fallback_keys");
-    let counts = s.upload_keys(req.caller(), device_keys, one_time, fallback).await?;
+    let counts = s.e2ee.upload_keys(req.caller(), device_keys, one_time, fallback).await?;
     Ok(json_ok(json!({ "one_time_key_counts": counts })))
 }
 
@@ -52,7 +52,7 @@ pub async fn query(State(s): S, req: Ruma<get_keys::v3::Request>) -> Result<Resp
         .iter()
         .map(|(u, devices)| (u.clone(), devices.iter().map(|d| d.to_string()).collect()))
         .collect();
-    Ok(json_ok(s.query_keys(&req.caller().user_id, &requested).await?))
+    Ok(json_ok(s.e2ee.query_keys(&req.caller().user_id, &requested).await?))
 }
 
 pub async fn claim(State(s): S, req: Ruma<claim_keys::v3::Request>) -> Result<Response, ApiError> {
@@ -62,7 +62,7 @@ pub async fn claim(State(s): S, req: Ruma<claim_keys::v3::Request>) -> Result<Re
         .iter()
         .map(|(u, devices)| (u.clone(), devices.iter().map(|(d, a)| (d.to_string(), a.to_string())).collect()))
         .collect();
-    Ok(json_ok(s.claim_keys(&requested).await?))
+    Ok(json_ok(s.e2ee.claim_keys(&requested).await?))
 }
 
 /// Tokens of `/keys/changes` are sync tokens (or bare stream positions).
@@ -75,7 +75,7 @@ fn position(token: &str) -> Result<i64, ApiError> {
 
 pub async fn changes(State(s): S, req: Ruma<get_key_changes::v3::Request>) -> Result<Response, ApiError> {
     let (from, to) = (position(&req.body.from)?, position(&req.body.to)?);
-    let changed = s.key_changes(&req.caller().user_id, from, to).await?;
+    let changed = s.e2ee.key_changes(&req.caller().user_id, from, to).await?;
     Ok(json_ok(json!({ "changed": changed, "left": [] })))
 }
 
@@ -96,7 +96,7 @@ pub async fn send_to_device(
         })
         .collect();
     let kind = req.body.event_type.to_string();
-    s.send_to_device(req.caller(), &kind, req.body.txn_id.as_str(), &messages).await?;
+    s.e2ee.send_to_device(req.caller(), &kind, req.body.txn_id.as_str(), &messages).await?;
     Ok(send_event_to_device::v3::Response::new().into())
 }
 
@@ -105,7 +105,7 @@ pub async fn upload_signing_keys(
     req: Ruma<upload_signing_keys::v3::Request>,
 ) -> Result<Response, ApiError> {
     let body = req.json.clone().unwrap_or(Value::Null);
-    s.upload_signing_keys(req.caller(), req.body.auth.as_ref(), &body).await?;
+    s.e2ee.upload_signing_keys(req.caller(), req.body.auth.as_ref(), &body).await?;
     Ok(json_ok(json!({})))
 }
 
@@ -120,7 +120,7 @@ pub async fn upload_signatures(State(s): S, req: Ruma<upload_signatures::v3::Req
             signed.insert(user, keys);
         }
     }
-    Ok(json_ok(s.upload_signatures(req.caller(), &signed).await?))
+    Ok(json_ok(s.e2ee.upload_signatures(req.caller(), &signed).await?))
 }
 
 /// The body of a backup version request (algorithm and auth data), as sent.
@@ -129,25 +129,25 @@ fn body(req_json: &Option<Value>) -> Value {
 }
 
 pub async fn create_backup(State(s): S, req: Ruma<create_backup_version::v3::Request>) -> Result<Response, ApiError> {
-    let version = s.create_backup(&req.caller().user_id, &body(&req.json)).await?;
+    let version = s.e2ee.create_backup(&req.caller().user_id, &body(&req.json)).await?;
     Ok(json_ok(json!({ "version": version })))
 }
 
 pub async fn latest_backup(State(s): S, req: Ruma<get_latest_backup_info::v3::Request>) -> Result<Response, ApiError> {
-    Ok(json_ok(s.backup_info(&req.caller().user_id, None).await?))
+    Ok(json_ok(s.e2ee.backup_info(&req.caller().user_id, None).await?))
 }
 
 pub async fn backup(State(s): S, req: Ruma<get_backup_info::v3::Request>) -> Result<Response, ApiError> {
-    Ok(json_ok(s.backup_info(&req.caller().user_id, Some(&req.body.version)).await?))
+    Ok(json_ok(s.e2ee.backup_info(&req.caller().user_id, Some(&req.body.version)).await?))
 }
 
 pub async fn update_backup(State(s): S, req: Ruma<update_backup_version::v3::Request>) -> Result<Response, ApiError> {
-    s.update_backup(&req.caller().user_id, &req.body.version, &body(&req.json)).await?;
+    s.e2ee.update_backup(&req.caller().user_id, &req.body.version, &body(&req.json)).await?;
     Ok(json_ok(json!({})))
 }
 
 pub async fn delete_backup(State(s): S, req: Ruma<delete_backup_version::v3::Request>) -> Result<Response, ApiError> {
-    s.delete_backup(&req.caller().user_id, &req.body.version).await?;
+    s.e2ee.delete_backup(&req.caller().user_id, &req.body.version).await?;
     Ok(json_ok(json!({})))
 }
 
@@ -161,7 +161,7 @@ pub async fn put_keys(State(s): S, req: Ruma<add_backup_keys::v3::Request>) -> R
     let rooms = rooms
         .map(|m| m.iter().map(|(room, r)| (room.clone(), sessions_of(r.get("sessions")))).collect())
         .unwrap_or_default();
-    Ok(json_ok(s.put_backup_keys(&req.caller().user_id, &req.body.version, &rooms).await?))
+    Ok(json_ok(s.e2ee.put_backup_keys(&req.caller().user_id, &req.body.version, &rooms).await?))
 }
 
 pub async fn put_room_keys(
@@ -170,7 +170,7 @@ pub async fn put_room_keys(
 ) -> Result<Response, ApiError> {
     let sessions = sessions_of(req.json.as_ref().and_then(|j| j.get("sessions")));
     let rooms = BTreeMap::from([(req.body.room_id.to_string(), sessions)]);
-    Ok(json_ok(s.put_backup_keys(&req.caller().user_id, &req.body.version, &rooms).await?))
+    Ok(json_ok(s.e2ee.put_backup_keys(&req.caller().user_id, &req.body.version, &rooms).await?))
 }
 
 pub async fn put_session_key(
@@ -179,11 +179,11 @@ pub async fn put_session_key(
 ) -> Result<Response, ApiError> {
     let data = body(&req.json);
     let rooms = BTreeMap::from([(req.body.room_id.to_string(), BTreeMap::from([(req.body.session_id.clone(), data)]))]);
-    Ok(json_ok(s.put_backup_keys(&req.caller().user_id, &req.body.version, &rooms).await?))
+    Ok(json_ok(s.e2ee.put_backup_keys(&req.caller().user_id, &req.body.version, &rooms).await?))
 }
 
 pub async fn get_keys(State(s): S, req: Ruma<get_backup_keys::v3::Request>) -> Result<Response, ApiError> {
-    Ok(json_ok(s.get_backup_keys(&req.caller().user_id, &req.body.version, None, None).await?))
+    Ok(json_ok(s.e2ee.get_backup_keys(&req.caller().user_id, &req.body.version, None, None).await?))
 }
 
 pub async fn get_room_keys(
@@ -191,7 +191,7 @@ pub async fn get_room_keys(
     req: Ruma<get_backup_keys_for_room::v3::Request>,
 ) -> Result<Response, ApiError> {
     let b = &req.body;
-    Ok(json_ok(s.get_backup_keys(&req.caller().user_id, &b.version, Some(b.room_id.as_str()), None).await?))
+    Ok(json_ok(s.e2ee.get_backup_keys(&req.caller().user_id, &b.version, Some(b.room_id.as_str()), None).await?))
 }
 
 pub async fn get_session_key(
@@ -199,12 +199,15 @@ pub async fn get_session_key(
     req: Ruma<get_backup_keys_for_session::v3::Request>,
 ) -> Result<Response, ApiError> {
     let b = &req.body;
-    let v = s.get_backup_keys(&req.caller().user_id, &b.version, Some(b.room_id.as_str()), Some(&b.session_id)).await?;
+    let v = s
+        .e2ee
+        .get_backup_keys(&req.caller().user_id, &b.version, Some(b.room_id.as_str()), Some(&b.session_id))
+        .await?;
     Ok(json_ok(v))
 }
 
 pub async fn delete_keys(State(s): S, req: Ruma<delete_backup_keys::v3::Request>) -> Result<Response, ApiError> {
-    Ok(json_ok(s.delete_backup_keys(&req.caller().user_id, &req.body.version, None, None).await?))
+    Ok(json_ok(s.e2ee.delete_backup_keys(&req.caller().user_id, &req.body.version, None, None).await?))
 }
 
 pub async fn delete_room_keys(
@@ -212,7 +215,7 @@ pub async fn delete_room_keys(
     req: Ruma<delete_backup_keys_for_room::v3::Request>,
 ) -> Result<Response, ApiError> {
     let b = &req.body;
-    Ok(json_ok(s.delete_backup_keys(&req.caller().user_id, &b.version, Some(b.room_id.as_str()), None).await?))
+    Ok(json_ok(s.e2ee.delete_backup_keys(&req.caller().user_id, &b.version, Some(b.room_id.as_str()), None).await?))
 }
 
 pub async fn delete_session_key(
@@ -220,8 +223,10 @@ pub async fn delete_session_key(
     req: Ruma<delete_backup_keys_for_session::v3::Request>,
 ) -> Result<Response, ApiError> {
     let b = &req.body;
-    let v =
-        s.delete_backup_keys(&req.caller().user_id, &b.version, Some(b.room_id.as_str()), Some(&b.session_id)).await?;
+    let v = s
+        .e2ee
+        .delete_backup_keys(&req.caller().user_id, &b.version, Some(b.room_id.as_str()), Some(&b.session_id))
+        .await?;
     Ok(json_ok(v))
 }
 
@@ -238,7 +243,7 @@ pub async fn put_dehydrated_device(
         one_time_keys: keys_field(&req.json, "one_time_keys"),
         fallback_keys: keys_field(&req.json, "fallback_keys"),
     };
-    let device_id = s.put_dehydrated_device(req.caller(), device).await?;
+    let device_id = s.e2ee.put_dehydrated_device(req.caller(), device).await?;
     Ok(json_ok(json!({ "device_id": device_id })))
 }
 
@@ -246,7 +251,7 @@ pub async fn get_dehydrated_device(
     State(s): S,
     req: Ruma<get_dehydrated_device::unstable::Request>,
 ) -> Result<Response, ApiError> {
-    let (device_id, device_data) = s.dehydrated_device(&req.caller().user_id).await?;
+    let (device_id, device_data) = s.e2ee.dehydrated_device(&req.caller().user_id).await?;
     Ok(json_ok(json!({ "device_id": device_id, "device_data": device_data })))
 }
 
@@ -254,7 +259,7 @@ pub async fn delete_dehydrated_device(
     State(s): S,
     req: Ruma<delete_dehydrated_device::unstable::Request>,
 ) -> Result<Response, ApiError> {
-    let device_id = s.delete_dehydrated_device(&req.caller().user_id).await?;
+    let device_id = s.e2ee.delete_dehydrated_device(&req.caller().user_id).await?;
     Ok(json_ok(json!({ "device_id": device_id })))
 }
 
@@ -263,5 +268,7 @@ pub async fn dehydrated_device_events(
     req: Ruma<get_events::unstable::Request>,
 ) -> Result<Response, ApiError> {
     let b = &req.body;
-    Ok(json_ok(s.dehydrated_device_events(&req.caller().user_id, b.device_id.as_str(), b.next_batch.as_deref()).await?))
+    Ok(json_ok(
+        s.e2ee.dehydrated_device_events(&req.caller().user_id, b.device_id.as_str(), b.next_batch.as_deref()).await?,
+    ))
 }

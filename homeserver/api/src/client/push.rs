@@ -24,7 +24,7 @@ use crate::{
 type S = State<Arc<Services>>;
 
 pub async fn all(State(s): S, req: Ruma<get_pushrules_all::v3::Request>) -> ApiResult<get_pushrules_all::v3::Response> {
-    let rules = s.push_rules(&req.caller().user_id).await?;
+    let rules = s.push.push_rules(&req.caller().user_id).await?;
     Ok(get_pushrules_all::v3::Response::new((*rules).clone()).into())
 }
 
@@ -32,13 +32,13 @@ pub async fn global(
     State(s): S,
     req: Ruma<get_pushrules_global_scope::v3::Request>,
 ) -> ApiResult<get_pushrules_global_scope::v3::Response> {
-    let rules = s.push_rules(&req.caller().user_id).await?;
+    let rules = s.push.push_rules(&req.caller().user_id).await?;
     Ok(get_pushrules_global_scope::v3::Response::new((*rules).clone()).into())
 }
 
 /// One rule of the user's, or the spec's 404.
 async fn find(s: &Services, user: &UserId, kind: &RuleKind, rule_id: &str) -> Result<PushRule, ApiError> {
-    let rules = s.push_rules(user).await?;
+    let rules = s.push.push_rules(user).await?;
     let rule = rules.get(kind.clone(), rule_id).ok_or_else(|| Error::not_found("Unknown push rule"))?;
     Ok(match rule.to_owned() {
         AnyPushRule::Override(r) | AnyPushRule::Underride(r) => r.into(),
@@ -58,12 +58,12 @@ pub async fn set(State(s): S, req: Ruma<set_pushrule::v3::Request>) -> ApiResult
     let b = req.body;
     let user =
         &req.caller.as_ref().ok_or_else(diplomatie_service::internal!("a value present by construction"))?.user_id;
-    s.set_push_rule(user, b.rule, b.before.as_deref(), b.after.as_deref()).await?;
+    s.push.set_push_rule(user, b.rule, b.before.as_deref(), b.after.as_deref()).await?;
     Ok(set_pushrule::v3::Response::new().into())
 }
 
 pub async fn delete(State(s): S, req: Ruma<delete_pushrule::v3::Request>) -> ApiResult<delete_pushrule::v3::Response> {
-    s.delete_push_rule(&req.caller().user_id, req.body.kind.clone(), &req.body.rule_id).await?;
+    s.push.delete_push_rule(&req.caller().user_id, req.body.kind.clone(), &req.body.rule_id).await?;
     Ok(delete_pushrule::v3::Response::new().into())
 }
 
@@ -80,7 +80,7 @@ pub async fn set_enabled(
     req: Ruma<set_pushrule_enabled::v3::Request>,
 ) -> ApiResult<set_pushrule_enabled::v3::Response> {
     let b = &req.body;
-    s.set_push_rule_enabled(&req.caller().user_id, b.kind.clone(), &b.rule_id, b.enabled).await?;
+    s.push.set_push_rule_enabled(&req.caller().user_id, b.kind.clone(), &b.rule_id, b.enabled).await?;
     Ok(set_pushrule_enabled::v3::Response::new().into())
 }
 
@@ -99,7 +99,7 @@ pub async fn set_actions(
     let b = req.body;
     let user =
         &req.caller.as_ref().ok_or_else(diplomatie_service::internal!("a value present by construction"))?.user_id;
-    s.set_push_rule_actions(user, b.kind, &b.rule_id, b.actions).await?;
+    s.push.set_push_rule_actions(user, b.kind, &b.rule_id, b.actions).await?;
     Ok(set_pushrule_actions::v3::Response::new().into())
 }
 
@@ -107,7 +107,7 @@ pub async fn notifications(State(s): S, req: Ruma<get_notifications::v3::Request
     let b = &req.body;
     let limit = b.limit.map(|l| u64::from(l).min(1000) as usize);
     let only_highlight = b.only.as_deref() == Some("highlight");
-    let (list, next) = s.notifications(&req.caller().user_id, b.from.as_deref(), limit, only_highlight).await?;
+    let (list, next) = s.push.notifications(&req.caller().user_id, b.from.as_deref(), limit, only_highlight).await?;
     let mut body = json!({ "notifications": list });
     if let Some(next) = next {
         body["next_token"] = json!(next);
@@ -116,7 +116,7 @@ pub async fn notifications(State(s): S, req: Ruma<get_notifications::v3::Request
 }
 
 pub async fn pushers(State(s): S, req: Ruma<get_pushers::v3::Request>) -> Result<Response, ApiError> {
-    Ok(json_ok(json!({ "pushers": s.pushers(&req.caller().user_id) })))
+    Ok(json_ok(json!({ "pushers": s.push.pushers(&req.caller().user_id) })))
 }
 
 pub async fn set_pusher(State(s): S, req: Ruma<set_pusher::v3::Request>) -> ApiResult<set_pusher::v3::Response> {
@@ -124,10 +124,10 @@ pub async fn set_pusher(State(s): S, req: Ruma<set_pusher::v3::Request>) -> ApiR
     match req.body.action {
         set_pusher::v3::PusherAction::Post(data) => {
             let pusher = serde_json::to_value(&data.pusher).map_err(diplomatie_service::internal!())?;
-            s.set_pusher(&caller.user_id, Some(caller.device_id.as_str()), &pusher, data.append).await?;
+            s.push.set_pusher(&caller.user_id, Some(caller.device_id.as_str()), &pusher, data.append).await?;
         }
         set_pusher::v3::PusherAction::Delete(ids) => {
-            s.delete_pusher(&caller.user_id, &ids.app_id, &ids.pushkey).await?;
+            s.push.delete_pusher(&caller.user_id, &ids.app_id, &ids.pushkey).await?;
         }
         _ => return Err(Error::invalid_param("Unknown pusher action").into()),
     }

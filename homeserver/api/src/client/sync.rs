@@ -52,7 +52,7 @@ pub async fn sync(State(s): S, req: Ruma<sync_events::v3::Request>) -> ApiResult
             serde_json::to_value(def).ok().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default()
         }
         Some(sync_events::v3::Filter::FilterId(id)) => {
-            let v = s.filter(user, id).await?;
+            let v = s.account_data.filter(user, id).await?;
             serde_json::from_value(v).unwrap_or_default()
         }
         Some(_) => SyncFilter::default(),
@@ -61,7 +61,7 @@ pub async fn sync(State(s): S, req: Ruma<sync_events::v3::Request>) -> ApiResult
     let presence = req.body.set_presence.to_string();
     if presence != "offline" {
         // Syncing marks the user online (or as the client asks), as Synapse does.
-        s.presence_on_sync(user, &presence).await?;
+        s.ephemeral.presence_on_sync(user, &presence).await?;
     }
     let body = s
         .sync(SyncRequest {
@@ -82,13 +82,13 @@ pub async fn create_filter(
 ) -> ApiResult<create_filter::v3::Response> {
     only_self(&req.caller().user_id, &req.body.user_id)?;
     let v = serde_json::to_value(&req.body.filter).map_err(|e| Error::bad_json(e.to_string()))?;
-    let id = s.create_filter(&req.caller().user_id, &v).await?;
+    let id = s.account_data.create_filter(&req.caller().user_id, &v).await?;
     Ok(create_filter::v3::Response::new(id).into())
 }
 
 pub async fn get_filter(State(s): S, req: Ruma<get_filter::v3::Request>) -> ApiResult<get_filter::v3::Response> {
     only_self(&req.caller().user_id, &req.body.user_id)?;
-    let filter = s.filter(&req.caller().user_id, &req.body.filter_id).await?;
+    let filter = s.account_data.filter(&req.caller().user_id, &req.body.filter_id).await?;
     Ok(get_filter::v3::Response::new(serde_json::from_value(filter).map_err(diplomatie_service::internal!())?).into())
 }
 
@@ -101,7 +101,7 @@ pub async fn typing(
         create_typing_event::v3::Typing::Yes(info) => (true, Some(info.timeout.as_millis() as u64)),
         _ => (false, None),
     };
-    s.set_typing(&req.caller().user_id, &req.body.room_id, typing, timeout).await?;
+    s.ephemeral.set_typing(&req.caller().user_id, &req.body.room_id, typing, timeout).await?;
     Ok(create_typing_event::v3::Response::new().into())
 }
 
@@ -113,7 +113,9 @@ pub async fn receipt(State(s): S, req: Ruma<create_receipt::v3::Request>) -> Api
         ReceiptThread::Thread(id) => Some(id.to_string()),
         _ => None,
     };
-    s.set_receipt(&req.caller().user_id, &b.room_id, b.receipt_type.as_str(), &b.event_id, thread.as_deref()).await?;
+    s.ephemeral
+        .set_receipt(&req.caller().user_id, &b.room_id, b.receipt_type.as_str(), &b.event_id, thread.as_deref())
+        .await?;
     Ok(create_receipt::v3::Response::new().into())
 }
 
@@ -124,13 +126,13 @@ pub async fn read_markers(
     let b = &req.body;
     let user = &req.caller().user_id;
     if let Some(id) = &b.fully_read {
-        s.set_receipt(user, &b.room_id, "m.fully_read", id, None).await?;
+        s.ephemeral.set_receipt(user, &b.room_id, "m.fully_read", id, None).await?;
     }
     if let Some(id) = &b.read_receipt {
-        s.set_receipt(user, &b.room_id, "m.read", id, None).await?;
+        s.ephemeral.set_receipt(user, &b.room_id, "m.read", id, None).await?;
     }
     if let Some(id) = &b.private_read_receipt {
-        s.set_receipt(user, &b.room_id, "m.read.private", id, None).await?;
+        s.ephemeral.set_receipt(user, &b.room_id, "m.read.private", id, None).await?;
     }
     Ok(set_read_marker::v3::Response::new().into())
 }
@@ -154,7 +156,7 @@ pub async fn set_global_account_data(
     }
     let content: Value =
         serde_json::from_str(req.body.data.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
-    s.set_account_data(&req.caller().user_id, None, &req.body.event_type.to_string(), &content).await?;
+    s.account_data.set(&req.caller().user_id, None, &req.body.event_type.to_string(), &content).await?;
     Ok(RumaResponse(set_global_account_data::v3::Response::new()).into_response())
 }
 
@@ -166,9 +168,9 @@ pub async fn global_account_data(
     let kind = req.body.event_type.to_string();
     let content = if kind == "m.push_rules" {
         // Stored or not, the user's rules (the defaults until one changes).
-        s.default_push_rules_event(&req.caller().user_id).await?["content"].take()
+        s.push.default_push_rules_event(&req.caller().user_id).await?["content"].take()
     } else {
-        s.account_data(&req.caller().user_id, None, &kind).await?
+        s.account_data.get(&req.caller().user_id, None, &kind).await?
     };
     Ok(get_global_account_data::v3::Response::new(raw(&content)).into())
 }
@@ -183,7 +185,8 @@ pub async fn set_room_account_data(
     }
     let content: Value =
         serde_json::from_str(req.body.data.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
-    s.set_account_data(&req.caller().user_id, Some(&req.body.room_id), &req.body.event_type.to_string(), &content)
+    s.account_data
+        .set(&req.caller().user_id, Some(&req.body.room_id), &req.body.event_type.to_string(), &content)
         .await?;
     Ok(RumaResponse(set_room_account_data::v3::Response::new()).into_response())
 }
@@ -194,13 +197,13 @@ pub async fn room_account_data(
 ) -> ApiResult<get_room_account_data::v3::Response> {
     only_self(&req.caller().user_id, &req.body.user_id)?;
     let b = &req.body;
-    let content = s.account_data(&req.caller().user_id, Some(&b.room_id), &b.event_type.to_string()).await?;
+    let content = s.account_data.get(&req.caller().user_id, Some(&b.room_id), &b.event_type.to_string()).await?;
     Ok(get_room_account_data::v3::Response::new(raw(&content)).into())
 }
 
 /// Room tags live in the room account data `m.tag`, as the spec describes.
 async fn tags_of(s: &Services, user: &UserId, room_id: &ruma::RoomId) -> Result<Value, ApiError> {
-    Ok(match s.account_data(user, Some(room_id), "m.tag").await {
+    Ok(match s.account_data.get(user, Some(room_id), "m.tag").await {
         Ok(v) => v,
         Err(Error::Matrix(ruma::api::error::ErrorKind::NotFound, _)) => json!({ "tags": {} }),
         Err(e) => return Err(e.into()),
@@ -219,7 +222,7 @@ pub async fn set_tag(State(s): S, req: Ruma<create_tag::v3::Request>) -> ApiResu
     only_self(&req.caller().user_id, &b.user_id)?;
     let mut tags = tags_of(&s, &b.user_id, &b.room_id).await?;
     tags["tags"][b.tag.as_str()] = serde_json::to_value(&b.tag_info).unwrap_or(json!({}));
-    s.set_account_data(&b.user_id, Some(&b.room_id), "m.tag", &tags).await?;
+    s.account_data.set(&b.user_id, Some(&b.room_id), "m.tag", &tags).await?;
     Ok(create_tag::v3::Response::new().into())
 }
 
@@ -230,18 +233,18 @@ pub async fn delete_tag(State(s): S, req: Ruma<delete_tag::v3::Request>) -> ApiR
     if let Some(map) = tags["tags"].as_object_mut() {
         map.remove(&b.tag);
     }
-    s.set_account_data(&b.user_id, Some(&b.room_id), "m.tag", &tags).await?;
+    s.account_data.set(&b.user_id, Some(&b.room_id), "m.tag", &tags).await?;
     Ok(delete_tag::v3::Response::new().into())
 }
 
 pub async fn set_presence(State(s): S, req: Ruma<set_presence::v3::Request>) -> ApiResult<set_presence::v3::Response> {
     only_self(&req.caller().user_id, &req.body.user_id)?;
-    s.set_presence(&req.body.user_id, req.body.presence.as_str(), req.body.status_msg.as_deref()).await?;
+    s.ephemeral.set_presence(&req.body.user_id, req.body.presence.as_str(), req.body.status_msg.as_deref()).await?;
     Ok(set_presence::v3::Response::new().into())
 }
 
 pub async fn presence(State(s): S, req: Ruma<get_presence::v3::Request>) -> ApiResult<get_presence::v3::Response> {
-    let p = s.presence(&req.body.user_id).await?;
+    let p = s.ephemeral.presence(&req.body.user_id).await?;
     let mut response = get_presence::v3::Response::new(PresenceState::from(p.state.as_str()));
     response.currently_active = Some(p.state == "online");
     if p.last_active_ts > 0 {

@@ -50,6 +50,7 @@ impl Services {
             return Ok(0);
         }
         let servers: Vec<OwnedServerName> = self
+            .rooms
             .servers_in_room(room_id)
             .await?
             .into_iter()

@@ -165,7 +165,7 @@ impl Services {
         let room_id = room_of(&object)?;
         let meta =
             self.rooms.room_meta(&room_id).await?.ok_or_else(|| Error::not_found("This server is not in the room"))?;
-        if !self.server_in_room(&room_id).await? {
+        if !self.rooms.server_in_room(&room_id).await? {
             return Err(Error::not_found("This server is not in the room"));
         }
         self.check_server_acl(&room_id, origin).await?;
@@ -173,12 +173,6 @@ impl Services {
         let _guard = lock.lock().await;
         let (pdu, _) = self.handle_pdu(origin, &meta.version, object, Placement::Extend, 0).await?;
         Ok(pdu.event_id.clone())
-    }
-
-    /// Whether a user of this server is joined to the room (the server is then in the room).
-    pub async fn server_in_room(&self, room_id: &RoomId) -> Result<bool> {
-        let me = self.server_name();
-        Ok(self.rooms.joined_members(room_id).await?.iter().any(|u| u.server_name() == me))
     }
 
     /// Checks and persists a PDU (the room's lock held). Answers the event as stored and the

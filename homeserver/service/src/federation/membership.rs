@@ -70,7 +70,7 @@ impl Services {
             return Err(Error::forbidden("A server may only ask for memberships of its own users"));
         }
         let meta = self.rooms.room_meta(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
-        if !self.server_in_room(room_id).await? {
+        if !self.rooms.server_in_room(room_id).await? {
             return Err(Error::not_found("This server is no longer in the room"));
         }
         self.check_server_acl(room_id, origin).await?;
@@ -98,9 +98,9 @@ impl Services {
                     let kind = rule.content_field("join_rule").and_then(|v| v.as_str().map(str::to_owned));
                     if matches!(kind.as_deref(), Some("restricted" | "knock_restricted"))
                         && meta.rules().authorization.restricted_join_rule
-                        && self.allowed_by_restricted_rule(&rule.content_value(), user).await?
+                        && self.rooms.allowed_by_restricted_rule(&rule.content_value(), user).await?
                     {
-                        if let Some(authoriser) = self.local_inviter(room_id).await? {
+                        if let Some(authoriser) = self.rooms.local_inviter(room_id).await? {
                             content["join_authorised_via_users_server"] = json!(authoriser);
                         }
                     }
@@ -149,7 +149,7 @@ impl Services {
             return Err(Error::bad_json("The event is of another room than the path's"));
         }
         let meta = self.rooms.room_meta(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
-        if !self.server_in_room(room_id).await? {
+        if !self.rooms.server_in_room(room_id).await? {
             return Err(Error::not_found("This server is no longer in the room"));
         }
         self.check_server_acl(room_id, origin).await?;
@@ -194,9 +194,9 @@ impl Services {
             return Err(crate::internal!("a checked membership event stays one")());
         }
         // The other servers of the room learn of it from here.
-        let mut servers = self.servers_in_room(room_id).await?;
+        let mut servers = self.rooms.servers_in_room(room_id).await?;
         servers.retain(|s| s != origin);
-        self.enqueue_pdus(&servers, std::slice::from_ref(&pdu.event_id)).await?;
+        self.outbox.enqueue_pdus(&servers, std::slice::from_ref(&pdu.event_id)).await?;
         Ok((pdu, state_before, countersigned.then_some(object)))
     }
 
@@ -227,7 +227,8 @@ impl Services {
             Some(o) => Some(serde_json::value::to_raw_value(&o).map_err(crate::internal!())?),
             None => None,
         };
-        answer.servers_in_room = Some(self.servers_in_room(room_id).await?.iter().map(|s| s.to_string()).collect());
+        answer.servers_in_room =
+            Some(self.rooms.servers_in_room(room_id).await?.iter().map(|s| s.to_string()).collect());
         Ok(answer)
     }
 
@@ -251,15 +252,6 @@ impl Services {
             }
         }
         Ok(out)
-    }
-
-    /// The servers with a joined user in the room, this one included.
-    pub async fn servers_in_room(&self, room_id: &RoomId) -> Result<Vec<OwnedServerName>> {
-        let mut servers: Vec<OwnedServerName> =
-            self.rooms.joined_members(room_id).await?.iter().map(|u| u.server_name().to_owned()).collect();
-        servers.sort();
-        servers.dedup();
-        Ok(servers)
     }
 
     /// Joins a local user to a room this server is not in, through one of `via` (then the
@@ -292,7 +284,7 @@ impl Services {
         F: std::future::Future<Output = Result<()>> + Send,
     {
         let mut servers = via.to_vec();
-        servers.extend(self.servers_known_in(room_id, user).await?);
+        servers.extend(self.rooms.servers_known_in(room_id, user).await?);
         let mut last = Error::not_found(format!("No server to {what} the room through"));
         for server in candidates(self.server_name(), room_id, &servers) {
             match attempt(server.clone()).await {
@@ -321,7 +313,7 @@ impl Services {
             Error::new(ErrorKind::UnsupportedRoomVersion, format!("Room version {version} is not supported"))
         })?;
         let mut content = json!({ "membership": "join" });
-        let profile = self.member_profile(user).await?;
+        let profile = self.accounts.member_profile(user).await?;
         for field in ["displayname", "avatar_url"] {
             if let Some(v) = profile.get(field).filter(|v| !v.is_null()) {
                 content[field] = v.clone();
@@ -663,7 +655,7 @@ impl Services {
 
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().await;
-        if self.rooms.room_meta(room_id).await?.is_some() && self.server_in_room(room_id).await? {
+        if self.rooms.room_meta(room_id).await?.is_some() && self.rooms.server_in_room(room_id).await? {
             self.handle_pdu(origin, version, object, Placement::Extend, 0).await?;
             return Ok(signed);
         }

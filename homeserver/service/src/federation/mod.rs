@@ -34,7 +34,6 @@ use crate::{Error, Result, Services};
 /// What federation keeps in memory.
 #[derive(Default)]
 pub struct FederationState {
-    pub(crate) senders: sender::Senders,
     pub(crate) openid: openid::OpenIdTokens,
     /// Received PDUs of a room are handled one at a time (their order matters to the checks).
     room_locks: Mutex<HashMap<OwnedRoomId, std::sync::Arc<tokio::sync::Mutex<()>>>>,

@@ -10,7 +10,7 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         atomic::{AtomicI64, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, Weak,
     },
     time::Duration,
 };
@@ -19,15 +19,26 @@ use diplomatie_storage::federation as store;
 use ruma::events::room::member::MembershipState;
 use ruma::{
     api::federation::transactions::send_transaction_message, serde::Raw, MilliSecondsSinceUnixEpoch, OwnedEventId,
-    OwnedServerName, OwnedTransactionId, RoomId, ServerName,
+    OwnedServerName, OwnedTransactionId, OwnedUserId, RoomId, ServerName,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 
+use super::client::Transport;
 use super::membership::federation_json;
-use crate::{rooms::commit, Pdu, Result, Services};
+use crate::{
+    core::Core,
+    rooms::{commit, Rooms},
+    Pdu, Result, Services,
+};
 
-/// The running senders.
-pub struct Senders {
+/// The outbound queue and its running senders, over the core, the rooms (their servers, the
+/// events to send) and the transport.
+pub struct Outbox {
+    /// This very value, for the sender tasks it starts.
+    me: Weak<Outbox>,
+    core: Arc<Core>,
+    rooms: Arc<Rooms>,
+    transport: Arc<Transport>,
     next_id: AtomicI64,
     /// Transaction ids are `<this>-<first>-<last>`: a retry reuses its id, a restart (whose
     /// queue ids may repeat once delivered rows are gone) does not.
@@ -35,11 +46,7 @@ pub struct Senders {
     running: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Notify>>>,
 }
 
-impl Default for Senders {
-    fn default() -> Self {
-        Senders { next_id: AtomicI64::new(0), prefix: crate::random_string(8), running: Mutex::default() }
-    }
-}
+crate::core::over_core!(Outbox);
 
 /// Rows for the outbox, computed before a commit and written in its transaction.
 #[derive(Default)]
@@ -56,16 +63,16 @@ pub(crate) struct OutboxRows(pub(crate) std::sync::Weak<Services>);
 impl commit::RowsSubscriber for OutboxRows {
     fn prepare<'a>(&'a self, batch: &'a commit::Batch<'a>) -> commit::Preparing<'a> {
         Box::pin(async move {
-            let services = crate::upgrade(&self.0)?;
-            let out = services.outgoing_pdus(batch.events).await?;
-            Ok(Box::new(OutboxBatch { services, out }) as Box<dyn commit::Rows>)
+            let outbox = crate::upgrade(&self.0)?.outbox.clone();
+            let out = outbox.outgoing_pdus(batch.events).await?;
+            Ok(Box::new(OutboxBatch { outbox, out }) as Box<dyn commit::Rows>)
         })
     }
 }
 
-/// A batch's outbox rows, with the services that start the senders once they are published.
+/// A batch's outbox rows, with the outbox that starts the senders once they are published.
 struct OutboxBatch {
-    services: Arc<Services>,
+    outbox: Arc<Outbox>,
     out: Outgoing,
 }
 
@@ -80,7 +87,7 @@ impl commit::Rows for OutboxBatch {
     }
 
     fn published(&self) {
-        self.services.outgoing_committed(&self.out);
+        self.outbox.outgoing_committed(&self.out);
     }
 }
 
@@ -98,13 +105,25 @@ impl Outgoing {
     }
 }
 
-impl Services {
+impl Outbox {
+    pub(crate) fn new(core: Arc<Core>, rooms: Arc<Rooms>, transport: Arc<Transport>) -> Arc<Outbox> {
+        Arc::new_cyclic(|me| Outbox {
+            me: me.clone(),
+            core,
+            rooms,
+            transport,
+            next_id: AtomicI64::new(0),
+            prefix: crate::random_string(8),
+            running: Mutex::default(),
+        })
+    }
+
     async fn outbox_id(&self) -> Result<i64> {
-        if self.federation.senders.next_id.load(Ordering::Acquire) == 0 {
+        if self.next_id.load(Ordering::Acquire) == 0 {
             let max = store::max_outbox_id(self.db.pool()).await?;
-            let _ = self.federation.senders.next_id.compare_exchange(0, max + 1, Ordering::AcqRel, Ordering::Acquire);
+            let _ = self.next_id.compare_exchange(0, max + 1, Ordering::AcqRel, Ordering::Acquire);
         }
-        Ok(self.federation.senders.next_id.fetch_add(1, Ordering::AcqRel))
+        Ok(self.next_id.fetch_add(1, Ordering::AcqRel))
     }
 
     /// The PDUs of a batch this server built, for every other server of their rooms.
@@ -183,7 +202,7 @@ impl Services {
         }
         let payload = serde_json::to_string(&edu)?;
         let mut out = Outgoing::default();
-        for server in self.servers_in_room(room_id).await? {
+        for server in self.rooms.servers_in_room(room_id).await? {
             if server == self.server_name() || self.transport.check_server_allowed(&server).is_err() {
                 continue;
             }
@@ -206,7 +225,7 @@ impl Services {
 
     /// Wakes the sender of `destination`, starting it if it is not running.
     fn wake_sender(&self, destination: &ServerName) {
-        let mut running = self.federation.senders.running.lock().unwrap();
+        let mut running = self.running.lock().unwrap();
         if let Some(n) = running.get(destination) {
             n.notify_one();
             return;
@@ -220,17 +239,17 @@ impl Services {
 }
 
 /// Starts the senders of destinations with something queued (after a restart).
-pub fn spawn_senders(services: &Arc<Services>) {
-    if !services.transport.federation_enabled() {
+pub fn spawn_senders(outbox: &Arc<Outbox>) {
+    if !outbox.transport.federation_enabled() {
         return;
     }
-    let services = services.clone();
+    let outbox = outbox.clone();
     tokio::spawn(async move {
-        match store::pending_destinations(services.db.pool()).await {
+        match store::pending_destinations(outbox.db.pool()).await {
             Ok(destinations) => {
                 for d in destinations {
                     if let Ok(server) = OwnedServerName::try_from(d) {
-                        services.wake_sender(&server);
+                        outbox.wake_sender(&server);
                     }
                 }
             }
@@ -239,15 +258,15 @@ pub fn spawn_senders(services: &Arc<Services>) {
     });
 }
 
-async fn run_sender(services: Arc<Services>, destination: OwnedServerName, notify: Arc<tokio::sync::Notify>) {
-    let weak = Arc::downgrade(&services);
-    drop(services);
+async fn run_sender(outbox: Arc<Outbox>, destination: OwnedServerName, notify: Arc<tokio::sync::Notify>) {
+    let weak = Arc::downgrade(&outbox);
+    drop(outbox);
     let mut backoff = Duration::ZERO;
     loop {
-        let Some(services) = weak.upgrade() else { return };
-        let sent = send_once(&services, &destination).await;
-        let max_backoff = Duration::from_millis(services.config.federation.max_backoff_ms);
-        drop(services);
+        let Some(outbox) = weak.upgrade() else { return };
+        let sent = send_once(&outbox, &destination).await;
+        let max_backoff = Duration::from_millis(outbox.config.federation.max_backoff_ms);
+        drop(outbox);
         match sent {
             Ok(true) => backoff = Duration::ZERO,
             Ok(false) => {
@@ -264,14 +283,14 @@ async fn run_sender(services: Arc<Services>, destination: OwnedServerName, notif
 }
 
 /// Sends one transaction of what waits for `destination`; `Ok(false)` when nothing waited.
-async fn send_once(services: &Services, destination: &ServerName) -> Result<bool> {
+async fn send_once(outbox: &Outbox, destination: &ServerName) -> Result<bool> {
     use tracing::Instrument;
     let span = tracing::info_span!("federation_send", %destination);
-    send_once_in_span(services, destination).instrument(span).await
+    send_once_in_span(outbox, destination).instrument(span).await
 }
 
-async fn send_once_in_span(services: &Services, destination: &ServerName) -> Result<bool> {
-    let items = store::outbox(services.db.pool(), destination.as_str(), 150).await?;
+async fn send_once_in_span(outbox: &Outbox, destination: &ServerName) -> Result<bool> {
+    let items = store::outbox(outbox.db.pool(), destination.as_str(), 150).await?;
     if items.is_empty() {
         return Ok(false);
     }
@@ -287,7 +306,7 @@ async fn send_once_in_span(services: &Services, destination: &ServerName) -> Res
         match kind.as_str() {
             "pdu" => {
                 let Ok(event_id) = OwnedEventId::try_from(payload.as_str()) else { continue };
-                if let Some(p) = services.rooms.get_pdu(&event_id).await? {
+                if let Some(p) = outbox.rooms.get_pdu(&event_id).await? {
                     pdus.push(federation_json(&p)?);
                 }
             }
@@ -297,20 +316,37 @@ async fn send_once_in_span(services: &Services, destination: &ServerName) -> Res
             }
         }
     }
-    let txn_id = OwnedTransactionId::from(format!("{}-{first}-{last}", services.federation.senders.prefix));
+    let txn_id = OwnedTransactionId::from(format!("{}-{first}-{last}", outbox.prefix));
     let mut request = send_transaction_message::v1::Request::new(
         txn_id,
-        services.server_name().to_owned(),
+        outbox.server_name().to_owned(),
         MilliSecondsSinceUnixEpoch::now(),
     );
     request.pdus = pdus;
     request.edus = edus;
-    let response = services.transport.federation_request(destination, request).await?;
+    let response = outbox.transport.federation_request(destination, request).await?;
     for (event_id, result) in response.pdus {
         if let Err(e) = result {
             tracing::info!(%destination, %event_id, error = %e, "the other server did not accept an event");
         }
     }
-    store::delivered(services.db.pool(), destination.as_str(), last).await?;
+    store::delivered(outbox.db.pool(), destination.as_str(), last).await?;
     Ok(true)
+}
+
+impl Outbox {
+    /// Sends a local user's presence to the servers of the users sharing a room with them.
+    pub(crate) async fn federate_presence(&self, sharing: &HashSet<OwnedUserId>, presence: Value) -> Result<()> {
+        if !self.transport.federation_enabled() {
+            return Ok(());
+        }
+        let mut servers: Vec<OwnedServerName> =
+            sharing.iter().map(|u| u.server_name().to_owned()).filter(|s| s != self.server_name()).collect();
+        servers.sort();
+        servers.dedup();
+        if servers.is_empty() {
+            return Ok(());
+        }
+        self.enqueue_edu(&servers, json!({ "edu_type": "m.presence", "content": { "push": [presence] } })).await
+    }
 }

@@ -93,7 +93,7 @@ impl Services {
                     return Err(Error::forbidden("typing of a user the origin does not speak for"));
                 }
                 self.check_server_acl(room, origin).await?;
-                self.apply_typing(user, room, typing.typing, None).await
+                self.ephemeral.apply_typing(user, room, typing.typing, None).await
             }
             Edu::Receipt(receipts) => {
                 for (room, map) in receipts.receipts {
@@ -112,7 +112,7 @@ impl Services {
                             ReceiptThread::Thread(id) => Some(id.as_str()),
                             _ => None,
                         };
-                        self.store_receipt(&user, &room, "m.read", event_id, thread, ts).await?;
+                        self.ephemeral.store_receipt(&user, &room, "m.read", event_id, thread, ts).await?;
                     }
                 }
                 Ok(())

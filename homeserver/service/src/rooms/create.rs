@@ -143,7 +143,7 @@ impl Services {
         }
         // 8. invites (a refusal is the invitee's, not the state's: M_FORBIDDEN)
         for invitee in req.invite.iter().filter(|u| u.server_name() == self.server_name()) {
-            let content = with_membership("invite", self.member_profile(invitee).await?, req.is_direct);
+            let content = with_membership("invite", self.accounts.member_profile(invitee).await?, req.is_direct);
             w.append(creator, PduBuilder::state(TimelineEventType::RoomMember, invitee.as_str(), content), None)
                 .await?;
         }
@@ -176,7 +176,7 @@ impl Services {
     ) -> Result<()> {
         let room_id = w.room_id().ok_or_else(crate::internal!("a value present by construction"))?.to_owned();
         // 2. the creator joins
-        let profile = self.member_profile(creator).await?;
+        let profile = self.accounts.member_profile(creator).await?;
         let join = with_membership("join", profile, req.is_direct);
         w.append(creator, PduBuilder::state(TimelineEventType::RoomMember, creator.as_str(), join), None).await?;
 
@@ -260,20 +260,6 @@ impl Services {
     fn new_room_id(&self) -> Result<OwnedRoomId> {
         OwnedRoomId::try_from(format!("!{}:{}", crate::random_string(18), self.server_name()))
             .map_err(crate::internal!())
-    }
-
-    /// The displayname and avatar a member event of `user` carries.
-    pub async fn member_profile(&self, user: &UserId) -> Result<Map<String, Value>> {
-        let mut profile = Map::new();
-        if let Some(u) = diplomatie_storage::accounts::get_user(self.db.pool(), user.as_str()).await? {
-            if let Some(d) = u.displayname {
-                profile.insert("displayname".into(), json!(d));
-            }
-            if let Some(a) = u.avatar_url {
-                profile.insert("avatar_url".into(), json!(a));
-            }
-        }
-        Ok(profile)
     }
 }
 

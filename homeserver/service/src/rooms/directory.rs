@@ -31,7 +31,7 @@ impl Services {
             .ok_or_else(|| Error::not_found("Room alias not found"))?;
         let room_id = OwnedRoomId::try_from(room_id).map_err(crate::internal!())?;
         if creator != user.as_str() && !self.accounts.is_admin(user).await? {
-            let levels = self.power_levels(&room_id).await?;
+            let levels = self.rooms.power_levels(&room_id).await?;
             let needed = levels
                 .get("events")
                 .and_then(|e| e.get("m.room.canonical_alias"))
@@ -98,7 +98,7 @@ impl Services {
 
     pub async fn set_room_visibility(&self, user: &UserId, room_id: &RoomId, public: bool) -> Result<()> {
         self.rooms.known_room(room_id).await?;
-        let levels = self.power_levels(room_id).await?;
+        let levels = self.rooms.power_levels(room_id).await?;
         let needed = levels.get("state_default").and_then(Value::as_i64).unwrap_or(50);
         if self.rooms.user_power(room_id, &levels, user).await? < needed && !self.accounts.is_admin(user).await? {
             return Err(Error::forbidden("You may not publish this room"));

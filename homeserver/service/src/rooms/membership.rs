@@ -4,9 +4,9 @@ use ruma::events::room::member::MembershipState;
 use ruma::{
     api::error::ErrorKind,
     events::{StateEventType, TimelineEventType},
-    OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomOrAliasId, UserId,
+    OwnedRoomId, OwnedServerName, RoomId, RoomOrAliasId, UserId,
 };
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::{create::with_membership, PduBuilder, Target};
 use crate::{Error, Result, Services};
@@ -57,15 +57,9 @@ impl Services {
         if diplomatie_storage::accounts::get_user(self.db.pool(), invitee.as_str()).await?.is_none() {
             return Err(Error::not_found("Unknown user"));
         }
-        let knocked = self.rooms.membership(room_id, invitee).await? == Some(MembershipState::Knock);
-        let mut content = with_membership("invite", self.member_profile(invitee).await?, is_direct);
+        let mut content = with_membership("invite", self.accounts.member_profile(invitee).await?, is_direct);
         add_reason(&mut content, reason);
-        self.send_membership(sender, room_id, invitee, content).await?;
-        // Inviting someone who knocked on a group or community approves the request.
-        if knocked {
-            Box::pin(self.knock_approved(room_id, invitee)).await?;
-        }
-        Ok(())
+        self.send_membership(sender, room_id, invitee, content).await
     }
 
     /// Joins `user` to a room known to this server.
@@ -96,7 +90,7 @@ impl Services {
             .state_event_in(&state, &StateEventType::RoomMember, user.as_str())
             .await?
             .and_then(|p| p.membership());
-        let mut content = with_membership("join", self.member_profile(user).await?, false);
+        let mut content = with_membership("join", self.accounts.member_profile(user).await?, false);
         add_reason(&mut content, reason);
 
         // Restricted rooms: a local member who may invite vouches for the joiner, when the joiner
@@ -107,9 +101,9 @@ impl Services {
                 if matches!(kind.as_deref(), Some("restricted" | "knock_restricted"))
                     && meta.rules().authorization.restricted_join_rule
                 {
-                    let allowed = self.allowed_by_restricted_rule(&rule.content_value(), user).await?;
+                    let allowed = self.rooms.allowed_by_restricted_rule(&rule.content_value(), user).await?;
                     if allowed {
-                        if let Some(authoriser) = self.local_inviter(room_id).await? {
+                        if let Some(authoriser) = self.rooms.local_inviter(room_id).await? {
                             content["join_authorised_via_users_server"] = json!(authoriser);
                         }
                     }
@@ -126,58 +120,6 @@ impl Services {
             }
             Err(e) => Err(e),
         }
-    }
-
-    /// Whether `user` is joined to one of the rooms a restricted join rule allows.
-    pub(crate) async fn allowed_by_restricted_rule(&self, content: &Value, user: &UserId) -> Result<bool> {
-        let Some(allow) = content.get("allow").and_then(Value::as_array) else {
-            return Ok(false);
-        };
-        for entry in allow {
-            if entry.get("type").and_then(Value::as_str) != Some("m.room_membership") {
-                continue;
-            }
-            let Some(room) = entry.get("room_id").and_then(Value::as_str).and_then(|r| <&RoomId>::try_from(r).ok())
-            else {
-                continue;
-            };
-            if self.rooms.room_meta(room).await?.is_some() && self.rooms.is_joined(room, user).await? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
-    /// A local joined member whose power allows inviting, to authorise restricted joins.
-    pub(crate) async fn local_inviter(&self, room_id: &RoomId) -> Result<Option<OwnedUserId>> {
-        let levels = self.power_levels(room_id).await?;
-        let invite_level = levels.get("invite").and_then(Value::as_i64).unwrap_or(0);
-        let mut candidates: Vec<OwnedUserId> = self
-            .rooms
-            .joined_members(room_id)
-            .await?
-            .iter()
-            .filter(|u| u.server_name() == self.server_name())
-            .cloned()
-            .collect();
-        candidates.sort();
-        for user in candidates {
-            if self.rooms.user_power(room_id, &levels, &user).await? >= invite_level {
-                return Ok(Some(user));
-            }
-        }
-        Ok(None)
-    }
-
-    /// The content of the room's power levels (the spec's defaults when absent).
-    pub async fn power_levels(&self, room_id: &RoomId) -> Result<Map<String, Value>> {
-        Ok(match self.rooms.state_event(room_id, &StateEventType::RoomPowerLevels, "").await? {
-            Some(p) => match p.content_value() {
-                Value::Object(m) => m,
-                _ => Map::new(),
-            },
-            None => Map::new(),
-        })
     }
 
     pub async fn leave(&self, user: &UserId, room_id: &RoomId, reason: Option<String>) -> Result<()> {
@@ -250,7 +192,7 @@ impl Services {
         if self.rooms.room_meta(room_id).await?.is_none() {
             return Err(Error::not_found("This server does not know this room, and federation is not enabled"));
         }
-        let mut content = with_membership("knock", self.member_profile(user).await?, false);
+        let mut content = with_membership("knock", self.accounts.member_profile(user).await?, false);
         add_reason(&mut content, reason);
         self.send_membership(user, room_id, user, content).await?;
         Ok(room_id.to_owned())
@@ -275,30 +217,7 @@ impl Services {
     /// user of this server is in the room (or the room is unknown here).
     async fn outside_room(&self, room_id: &RoomId) -> Result<bool> {
         Ok(self.transport.federation_enabled()
-            && (self.rooms.room_meta(room_id).await?.is_none() || !self.server_in_room(room_id).await?))
-    }
-
-    /// Servers this one knows in a room it may not be in: the sender of `user`'s membership
-    /// (an invite's), then those of the members it knew.
-    pub(crate) async fn servers_known_in(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<OwnedServerName>> {
-        let mut servers = Vec::new();
-        if self.rooms.room_meta(room_id).await?.is_none() {
-            return Ok(servers);
-        }
-        let state = self.rooms.current_state(room_id).await?;
-        if let Some(p) = self.rooms.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await? {
-            servers.push(p.sender.server_name().to_owned());
-        }
-        for ((kind, key), _) in state.iter() {
-            if *kind == StateEventType::RoomMember {
-                if let Ok(u) = <&UserId>::try_from(key.as_str()) {
-                    if !servers.iter().any(|s| s == u.server_name()) {
-                        servers.push(u.server_name().to_owned());
-                    }
-                }
-            }
-        }
-        Ok(servers)
+            && (self.rooms.room_meta(room_id).await?.is_none() || !self.rooms.server_in_room(room_id).await?))
     }
 
     /// Appends `sender`'s membership event about `target`.

@@ -10,6 +10,7 @@ pub(crate) mod commit;
 pub mod create;
 pub mod directory;
 pub mod event_core;
+pub mod members;
 pub mod membership;
 pub mod received;
 pub mod resolve;

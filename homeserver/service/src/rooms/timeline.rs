@@ -220,7 +220,7 @@ impl Services {
             .filter(|p| p.room() == room_id)
             .ok_or_else(|| Error::not_found("Event not found"))?;
         if original.sender != sender {
-            let levels = self.power_levels(room_id).await?;
+            let levels = self.rooms.power_levels(room_id).await?;
             let needed = levels.get("redact").and_then(Value::as_i64).unwrap_or(50);
             if self.rooms.user_power(room_id, &levels, sender).await? < needed {
                 return Err(Error::forbidden("You may only redact your own events"));

@@ -10,7 +10,8 @@ use ruma::{
 };
 use serde_json::{json, Map, Value};
 
-use crate::{Error, Result, Services};
+use super::E2ee;
+use crate::{Error, Result};
 
 fn parse_version(version: &str) -> Result<i64> {
     version.parse().map_err(|_| Error::not_found("Unknown backup version"))
@@ -25,7 +26,7 @@ fn better(new: &Value, old: &Value) -> bool {
     (index(new), !verified(new), forwarded(new)) < (index(old), !verified(old), forwarded(old))
 }
 
-impl Services {
+impl E2ee {
     pub async fn create_backup(&self, user: &UserId, algorithm: &Value) -> Result<String> {
         if !algorithm.get("algorithm").is_some_and(Value::is_string)
             || !algorithm.get("auth_data").is_some_and(Value::is_object)

@@ -2,11 +2,16 @@
 //! stores and relays public keys and ciphertext, and tells clients whose devices changed.
 //! It never sees plaintext.
 
+pub mod backup;
+pub mod cross_signing;
+pub mod dehydrated;
+pub mod remote;
+
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::{
         atomic::{AtomicI64, Ordering},
-        Mutex,
+        Arc, Mutex,
     },
 };
 
@@ -19,7 +24,14 @@ use ruma::{
 };
 use serde_json::{json, Map, Value};
 
-use crate::{accounts::Caller, rooms::commit, Error, Result, Services};
+use crate::{
+    accounts::{Accounts, Caller},
+    core::Core,
+    federation::{client::Transport, sender::Outbox},
+    rooms::{commit, Rooms},
+    uia::Uia,
+    Error, Result, Services,
+};
 
 /// What `/sync` needs to skip the encryption queries when nothing changed: which devices have
 /// to-device messages waiting, where the device list stream and the membership events stand,
@@ -32,6 +44,35 @@ pub struct E2eeState {
     last_device_change: AtomicI64,
     last_member_change: AtomicI64,
     counts: Mutex<HashMap<(String, String), KeyCounts>>,
+}
+
+/// End-to-end encryption: device and one-time keys, cross-signing, key backups, dehydrated
+/// devices, to-device messages and device lists; over the rooms (who shares a room with whom),
+/// the accounts (devices), UIA, and the transport and outbox (other servers' users).
+pub struct E2ee {
+    core: Arc<Core>,
+    rooms: Arc<Rooms>,
+    accounts: Arc<Accounts>,
+    uia: Arc<Uia>,
+    transport: Arc<Transport>,
+    outbox: Arc<Outbox>,
+    pub(crate) state: E2eeState,
+}
+
+crate::core::over_core!(E2ee);
+
+impl E2ee {
+    pub(crate) fn new(
+        core: Arc<Core>,
+        rooms: Arc<Rooms>,
+        accounts: Arc<Accounts>,
+        uia: Arc<Uia>,
+        transport: Arc<Transport>,
+        outbox: Arc<Outbox>,
+        state: E2eeState,
+    ) -> E2ee {
+        E2ee { core, rooms, accounts, uia, transport, outbox, state }
+    }
 }
 
 impl E2eeState {
@@ -121,7 +162,7 @@ fn verify_signed(object: &Value, user_id: &str, key_id: &str, public_key: &str) 
         .map_err(|e| Error::new(ErrorKind::InvalidParam, format!("Signature does not verify: {e}")))
 }
 
-impl Services {
+impl E2ee {
     /// `POST /keys/upload`. Returns the unclaimed one-time key counts by algorithm.
     pub async fn upload_keys(
         &self,
@@ -135,7 +176,7 @@ impl Services {
         let mut tx = self.db.begin().await?;
         write_key_upload(&mut tx, caller.user_id.as_str(), caller.device_id.as_str(), &upload).await?;
         diplomatie_storage::commit(tx).await?;
-        self.e2ee.forget_counts(caller.user_id.as_str(), caller.device_id.as_str());
+        self.state.forget_counts(caller.user_id.as_str(), caller.device_id.as_str());
         if upload.new_device_keys.is_some() {
             self.device_list_changed(&caller.user_id).await?;
         }
@@ -238,24 +279,15 @@ impl Services {
         let position = write.next_position();
         store::record_device_list_change(self.db.pool(), user.as_str(), position).await?;
         write.publish();
-        self.e2ee.last_device_change.fetch_max(position, Ordering::AcqRel);
-        self.e2ee.forget_user_counts(user.as_str());
-        let mut targets = self.users_sharing_rooms_with(user).await?;
+        self.state.last_device_change.fetch_max(position, Ordering::AcqRel);
+        self.state.forget_user_counts(user.as_str());
+        let mut targets = self.rooms.users_sharing_rooms_with(user).await?;
         targets.insert(user.to_owned());
         self.notifier.notify(targets.iter().map(|u| &**u));
         if user.server_name() == self.server_name() {
             self.federate_device_list_change(user, &targets, position, deleted).await?;
         }
         Ok(())
-    }
-
-    /// Users who share a joined room with `user` (including `user`).
-    pub async fn users_sharing_rooms_with(&self, user: &UserId) -> Result<HashSet<OwnedUserId>> {
-        let mut users = HashSet::new();
-        for room in crate::rooms::joined_rooms(self, user).await? {
-            users.extend(self.rooms.joined_members(&room).await?.iter().cloned());
-        }
-        Ok(users)
     }
 
     /// `POST /keys/query`: device keys of local users, and of other servers' users (asked of them).
@@ -332,7 +364,7 @@ impl Services {
                     Some(k) => Some(k),
                     None => store::claim_fallback_key(&mut tx, user.as_str(), device, algorithm).await?,
                 };
-                self.e2ee.forget_counts(user.as_str(), device);
+                self.state.forget_counts(user.as_str(), device);
                 if let Some((key_id, json)) = key {
                     let value: Value = serde_json::from_str(&json)?;
                     user_keys.insert(device.clone(), json!({ format!("{algorithm}:{key_id}"): value }));
@@ -354,10 +386,10 @@ impl Services {
 
     /// `GET /keys/changes`: users sharing a room whose devices changed between two tokens.
     pub async fn key_changes(&self, user: &UserId, from: i64, to: i64) -> Result<Vec<String>> {
-        if self.e2ee.last_device_change.load(Ordering::Acquire) <= from {
+        if self.state.last_device_change.load(Ordering::Acquire) <= from {
             return Ok(Vec::new());
         }
-        let shared = self.users_sharing_rooms_with(user).await?;
+        let shared = self.rooms.users_sharing_rooms_with(user).await?;
         let mut changed: Vec<String> = store::device_list_changes_between(self.db.pool(), from, to)
             .await?
             .into_iter()
@@ -372,13 +404,13 @@ impl Services {
     async fn device_list_updates(&self, user: &UserId, since: i64, to: i64) -> Result<(Vec<String>, Vec<String>)> {
         // Nothing to say when no device and no membership changed since.
         let moved = |mark: &AtomicI64| mark.load(Ordering::Acquire) > since;
-        if !moved(&self.e2ee.last_device_change) && !moved(&self.e2ee.last_member_change) {
+        if !moved(&self.state.last_device_change) && !moved(&self.state.last_member_change) {
             return Ok((Vec::new(), Vec::new()));
         }
         let mut changed: std::collections::BTreeSet<String> =
             self.key_changes(user, since, to).await?.into_iter().collect();
         let mut left = std::collections::BTreeSet::new();
-        let shared = self.users_sharing_rooms_with(user).await?;
+        let shared = self.rooms.users_sharing_rooms_with(user).await?;
         let my_rooms: HashSet<String> =
             crate::rooms::joined_rooms(self, user).await?.into_iter().map(|r| r.to_string()).collect();
         for (room, member, json) in
@@ -477,7 +509,7 @@ impl Services {
         store::add_to_device(&mut tx, position, sender.as_str(), event_type, &rows).await?;
         diplomatie_storage::commit(tx).await?;
         {
-            let mut pending = self.e2ee.pending.lock().unwrap();
+            let mut pending = self.state.pending.lock().unwrap();
             for (u, d, _) in &rows {
                 *pending.entry((u.clone(), d.clone())).or_default() += 1;
             }
@@ -493,14 +525,14 @@ impl Services {
         let pool = self.db.pool();
         let key = (user.to_string(), device.to_owned());
         let mut to_device = Vec::new();
-        let generation = self.e2ee.pending.lock().unwrap().get(&key).copied();
+        let generation = self.state.pending.lock().unwrap().get(&key).copied();
         if let Some(generation) = generation {
             if let Some(since) = since {
                 store::ack_to_device(pool, user.as_str(), device, since).await?;
             }
             let rows = store::to_device_for(pool, user.as_str(), device, i64::MAX, 100).await?;
             if rows.is_empty() {
-                let mut pending = self.e2ee.pending.lock().unwrap();
+                let mut pending = self.state.pending.lock().unwrap();
                 if pending.get(&key) == Some(&generation) {
                     pending.remove(&key);
                 }
@@ -516,7 +548,7 @@ impl Services {
             None => (Vec::new(), Vec::new()),
         };
         let users = |list: Vec<String>| list.into_iter().filter_map(|u| OwnedUserId::try_from(u).ok()).collect();
-        let cached = self.e2ee.counts.lock().unwrap().get(&key).cloned();
+        let cached = self.state.counts.lock().unwrap().get(&key).cloned();
         let counts = match cached {
             Some(c) => c,
             None => {
@@ -533,7 +565,7 @@ impl Services {
                     one_time_keys,
                     unused_fallback: fallback.into_iter().map(OneTimeKeyAlgorithm::from).collect(),
                 };
-                self.e2ee.counts.lock().unwrap().insert(key.clone(), entry.clone());
+                self.state.counts.lock().unwrap().insert(key.clone(), entry.clone());
                 entry
             }
         };
@@ -585,7 +617,7 @@ impl commit::Subscriber for MembershipPositions {
         let Some(services) = self.0.upgrade() else { return };
         let members = batch.events.iter().filter(|p| p.kind == ruma::events::TimelineEventType::RoomMember);
         for pdu in members {
-            services.e2ee.membership_changed(pdu.stream_ordering);
+            services.e2ee.state.membership_changed(pdu.stream_ordering);
         }
     }
 }

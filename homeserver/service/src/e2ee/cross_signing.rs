@@ -7,7 +7,8 @@ use diplomatie_storage::e2ee as store;
 use ruma::{api::client::uiaa::AuthData, OwnedUserId, UserId};
 use serde_json::{json, Map, Value};
 
-use crate::{accounts::Caller, Error, Result, Services};
+use super::E2ee;
+use crate::{accounts::Caller, Error, Result};
 
 /// The single `ed25519:<public>` entry of a cross-signing key: (key id, public key).
 fn single_key(key: &Value) -> Result<(String, String)> {
@@ -53,14 +54,16 @@ fn merge_signatures(into: &mut Value, from: &Value, signer: &str) {
     }
 }
 
-impl Services {
+impl E2ee {
     /// `POST /keys/device_signing/upload`. The first upload needs no authentication
     /// (MSC3967, in the spec since v1.11); replacing keys needs the password.
     pub async fn upload_signing_keys(&self, caller: &Caller, auth: Option<&AuthData>, body: &Value) -> Result<()> {
         let user = &caller.user_id;
         let stored_master = store::cross_signing_key(self.db.pool(), user.as_str(), "master").await?;
         if stored_master.is_some() {
-            self.user_interactive_auth(&[vec![ruma::api::client::uiaa::AuthType::Password]], auth, Some(user)).await?;
+            self.uia
+                .user_interactive_auth(&[vec![ruma::api::client::uiaa::AuthType::Password]], auth, Some(user))
+                .await?;
         }
         let master = body.get("master_key").filter(|v| !v.is_null());
         let master_json: Value = match (master, &stored_master) {

@@ -7,10 +7,11 @@ use diplomatie_storage::{accounts, e2ee as store};
 use ruma::{OwnedDeviceId, UserId};
 use serde_json::{json, Value};
 
+use super::E2ee;
 use crate::{
     accounts::Caller,
     e2ee::{write_key_upload, KeyUpload},
-    now_ms, Error, Result, Services,
+    now_ms, Error, Result,
 };
 
 /// A dehydrated device as a client uploads it.
@@ -23,7 +24,7 @@ pub struct Dehydrated {
     pub fallback_keys: BTreeMap<String, Value>,
 }
 
-impl Services {
+impl E2ee {
     /// `PUT .../dehydrated_device`: replaces the user's dehydrated device (and its keys).
     pub async fn put_dehydrated_device(&self, caller: &Caller, device: Dehydrated) -> Result<OwnedDeviceId> {
         let user = caller.user_id.as_str();

@@ -1,0 +1,110 @@
+//! Who is in a room, read from its current state: the servers of its members, the users who
+//! share a room with someone, the power levels, and who may let a restricted join in.
+
+use std::collections::HashSet;
+
+use ruma::{events::StateEventType, OwnedServerName, OwnedUserId, RoomId, UserId};
+use serde_json::{Map, Value};
+
+use super::Rooms;
+use crate::Result;
+
+impl Rooms {
+    /// The servers with a joined user in the room, this one included.
+    pub async fn servers_in_room(&self, room_id: &RoomId) -> Result<Vec<OwnedServerName>> {
+        let mut servers: Vec<OwnedServerName> =
+            self.joined_members(room_id).await?.iter().map(|u| u.server_name().to_owned()).collect();
+        servers.sort();
+        servers.dedup();
+        Ok(servers)
+    }
+
+    /// Users who share a joined room with `user` (including `user`).
+    pub async fn users_sharing_rooms_with(&self, user: &UserId) -> Result<HashSet<OwnedUserId>> {
+        let mut users = HashSet::new();
+        for room in crate::rooms::joined_rooms(self, user).await? {
+            users.extend(self.joined_members(&room).await?.iter().cloned());
+        }
+        Ok(users)
+    }
+
+    /// The content of the room's power levels (the spec's defaults when absent).
+    pub async fn power_levels(&self, room_id: &RoomId) -> Result<Map<String, Value>> {
+        Ok(match self.state_event(room_id, &StateEventType::RoomPowerLevels, "").await? {
+            Some(p) => match p.content_value() {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            },
+            None => Map::new(),
+        })
+    }
+
+    /// Servers this one knows in a room it may not be in: the sender of `user`'s membership
+    /// (an invite's), then those of the members it knew.
+    pub(crate) async fn servers_known_in(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<OwnedServerName>> {
+        let mut servers = Vec::new();
+        if self.room_meta(room_id).await?.is_none() {
+            return Ok(servers);
+        }
+        let state = self.current_state(room_id).await?;
+        if let Some(p) = self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await? {
+            servers.push(p.sender.server_name().to_owned());
+        }
+        for ((kind, key), _) in state.iter() {
+            if *kind == StateEventType::RoomMember {
+                if let Ok(u) = <&UserId>::try_from(key.as_str()) {
+                    if !servers.iter().any(|s| s == u.server_name()) {
+                        servers.push(u.server_name().to_owned());
+                    }
+                }
+            }
+        }
+        Ok(servers)
+    }
+
+    /// Whether `user` is joined to one of the rooms a restricted join rule allows.
+    pub(crate) async fn allowed_by_restricted_rule(&self, content: &Value, user: &UserId) -> Result<bool> {
+        let Some(allow) = content.get("allow").and_then(Value::as_array) else {
+            return Ok(false);
+        };
+        for entry in allow {
+            if entry.get("type").and_then(Value::as_str) != Some("m.room_membership") {
+                continue;
+            }
+            let Some(room) = entry.get("room_id").and_then(Value::as_str).and_then(|r| <&RoomId>::try_from(r).ok())
+            else {
+                continue;
+            };
+            if self.room_meta(room).await?.is_some() && self.is_joined(room, user).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// A local joined member whose power allows inviting, to authorise restricted joins.
+    pub(crate) async fn local_inviter(&self, room_id: &RoomId) -> Result<Option<OwnedUserId>> {
+        let levels = self.power_levels(room_id).await?;
+        let invite_level = levels.get("invite").and_then(Value::as_i64).unwrap_or(0);
+        let mut candidates: Vec<OwnedUserId> = self
+            .joined_members(room_id)
+            .await?
+            .iter()
+            .filter(|u| u.server_name() == self.server_name())
+            .cloned()
+            .collect();
+        candidates.sort();
+        for user in candidates {
+            if self.user_power(room_id, &levels, &user).await? >= invite_level {
+                return Ok(Some(user));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether a user of this server is joined to the room (the server is then in the room).
+    pub async fn server_in_room(&self, room_id: &RoomId) -> Result<bool> {
+        let me = self.server_name();
+        Ok(self.joined_members(room_id).await?.iter().any(|u| u.server_name() == me))
+    }
+}
