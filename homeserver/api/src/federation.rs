@@ -222,7 +222,7 @@ async fn invite(State(s): S, req: Ruma<create_invite::v2::Request>) -> ApiResult
 }
 
 async fn event(State(s): S, req: Ruma<get_event::v1::Request>) -> ApiResult<get_event::v1::Response> {
-    let pdu = s.event_for_server(req.origin(), &req.body.event_id).await?;
+    let pdu = s.federation.event_for_server(req.origin(), &req.body.event_id).await?;
     let response = get_event::v1::Response::new(
         s.server_name().to_owned(),
         MilliSecondsSinceUnixEpoch::now(),
@@ -235,16 +235,16 @@ async fn state_ids(
     State(s): S,
     req: Ruma<get_room_state_ids::v1::Request>,
 ) -> ApiResult<get_room_state_ids::v1::Response> {
-    s.check_origin_may_read(&req.body.room_id, req.origin()).await?;
-    let state = s.state_before_event(&req.body.room_id, &req.body.event_id).await?;
+    s.federation.check_origin_may_read(&req.body.room_id, req.origin()).await?;
+    let state = s.federation.state_before_event(&req.body.room_id, &req.body.event_id).await?;
     let ids: Vec<_> = state.values().cloned().collect();
     let chain = s.auth_chain_events(&ids).await?.iter().map(|p| p.event_id.clone()).collect();
     Ok(get_room_state_ids::v1::Response::new(chain, ids).into())
 }
 
 async fn state(State(s): S, req: Ruma<get_room_state::v1::Request>) -> ApiResult<get_room_state::v1::Response> {
-    s.check_origin_may_read(&req.body.room_id, req.origin()).await?;
-    let state = s.state_before_event(&req.body.room_id, &req.body.event_id).await?;
+    s.federation.check_origin_may_read(&req.body.room_id, req.origin()).await?;
+    let state = s.federation.state_before_event(&req.body.room_id, &req.body.event_id).await?;
     let ids: Vec<_> = state.values().cloned().collect();
     let mut pdus = Vec::new();
     for id in &ids {
@@ -260,16 +260,16 @@ async fn event_auth(
     State(s): S,
     req: Ruma<get_event_authorization::v1::Request>,
 ) -> ApiResult<get_event_authorization::v1::Response> {
-    s.check_origin_may_read(&req.body.room_id, req.origin()).await?;
+    s.federation.check_origin_may_read(&req.body.room_id, req.origin()).await?;
     let chain = s.auth_chain_events(std::slice::from_ref(&req.body.event_id)).await?;
     let chain = chain.iter().map(|p| federation_json(p)).collect::<Result<_, _>>()?;
     Ok(get_event_authorization::v1::Response::new(chain).into())
 }
 
 async fn backfill(State(s): S, req: Ruma<get_backfill::v1::Request>) -> ApiResult<get_backfill::v1::Response> {
-    s.check_origin_may_read(&req.body.room_id, req.origin()).await?;
+    s.federation.check_origin_may_read(&req.body.room_id, req.origin()).await?;
     let limit = u64::from(req.body.limit).min(100) as usize;
-    let events = s.backfill_events(&req.body.room_id, &req.body.v, limit).await?;
+    let events = s.federation.backfill_events(&req.body.room_id, &req.body.v, limit).await?;
     let pdus = events.iter().map(|p| federation_json(p)).collect::<Result<_, _>>()?;
     Ok(get_backfill::v1::Response::new(s.server_name().to_owned(), MilliSecondsSinceUnixEpoch::now(), pdus).into())
 }
@@ -279,10 +279,12 @@ async fn missing_events(
     req: Ruma<get_missing_events::v1::Request>,
 ) -> ApiResult<get_missing_events::v1::Response> {
     let b = &req.body;
-    s.check_origin_may_read(&b.room_id, req.origin()).await?;
+    s.federation.check_origin_may_read(&b.room_id, req.origin()).await?;
     let limit = u64::from(b.limit).min(100) as usize;
-    let events =
-        s.missing_events(&b.room_id, &b.earliest_events, &b.latest_events, limit, u64::from(b.min_depth)).await?;
+    let events = s
+        .federation
+        .missing_events(&b.room_id, &b.earliest_events, &b.latest_events, limit, u64::from(b.min_depth))
+        .await?;
     let pdus = events.iter().map(|p| federation_json(p)).collect::<Result<_, _>>()?;
     Ok(get_missing_events::v1::Response::new(pdus).into())
 }
@@ -377,7 +379,7 @@ async fn openid_userinfo(
     State(s): S,
     req: Ruma<get_openid_userinfo::v1::Request>,
 ) -> ApiResult<get_openid_userinfo::v1::Response> {
-    Ok(get_openid_userinfo::v1::Response::new(s.openid_userinfo(&req.body.access_token)?).into())
+    Ok(get_openid_userinfo::v1::Response::new(s.openid.userinfo(&req.body.access_token)?).into())
 }
 
 async fn hierarchy(State(s): S, req: Ruma<get_hierarchy::v1::Request>) -> Result<Response, crate::error::ApiError> {

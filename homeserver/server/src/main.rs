@@ -283,7 +283,7 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Org { command } => org_command(&services, command).await.map_err(|e| anyhow::anyhow!("{e}")),
         Command::Search { command: SearchCommand::Rebuild } => {
-            let covered = services.rebuild_search_index().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let covered = services.search.rebuild_search_index().await.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("search index rebuilt up to stream position {}", covered.high);
             Ok(())
         }

@@ -21,6 +21,7 @@ pub mod marks;
 pub mod media;
 pub mod names;
 pub mod notifier;
+pub mod openid;
 pub mod organisation;
 pub mod outbound;
 pub mod password;
@@ -50,6 +51,10 @@ pub struct Services {
     /// The rooms' DAG, state and writer.
     pub rooms: Arc<rooms::Rooms>,
     pub accounts: Arc<accounts::Accounts>,
+    /// OpenID tokens for third parties.
+    pub openid: openid::OpenId,
+    /// Sending events and reading the timeline.
+    pub timeline: Arc<rooms::timeline::Timeline>,
     /// Account data and stored filters.
     pub account_data: Arc<account_data::AccountData>,
     /// Requests to other servers, other servers' keys.
@@ -63,11 +68,12 @@ pub struct Services {
     pub media: Arc<media::Repository>,
     pub previews: Arc<url_preview::Previews>,
     pub push: Arc<push::Push>,
-    pub search: search::SearchState,
+    pub search: Arc<search::Search>,
     pub portal: Arc<portal::Portal>,
     pub(crate) correspondence: correspondence::CorrespondenceState,
     pub ratelimiter: ratelimit::RateLimiter,
-    pub federation: federation::FederationState,
+    /// The room DAG across servers: events received, history asked and served.
+    pub federation: Arc<federation::Federation>,
 }
 
 crate::core::over_core!(Services);
@@ -104,7 +110,7 @@ impl Services {
         let ratelimiter = ratelimit::RateLimiter::new(&config.rate_limits);
         let e2ee_state = e2ee::E2eeState::load(&db, stream).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         let media = media::MediaState::new(&config.data_dir);
-        let search = search::SearchState::new(&config.data_dir);
+        let search_state = search::SearchState::new(&config.data_dir);
         let push_state = push::PushState::load(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         let core = Arc::new(core::Core::new(config, db, server_name, keys, stream));
         let transport = Arc::new(federation::client::Transport::new(core.clone()));
@@ -134,14 +140,25 @@ impl Services {
                 push.clone(),
                 outbox.clone(),
             ));
+            let federation = Arc::new(federation::Federation::new(core.clone(), rooms.clone(), transport.clone()));
+            let portal = Arc::new(portal::Portal::new(rooms.clone(), clearances));
+            let timeline = Arc::new(rooms::timeline::Timeline::new(
+                core.clone(),
+                rooms.clone(),
+                portal.clone(),
+                federation.clone(),
+            ));
+            let search = Arc::new(search::Search::new(core.clone(), rooms.clone(), portal.clone(), search_state));
             Services {
+                openid: openid::OpenId::default(),
                 uia,
+                timeline,
                 ephemeral,
                 push,
                 account_data,
                 outbox,
                 accounts,
-                portal: Arc::new(portal::Portal::new(rooms.clone(), clearances)),
+                portal,
                 rooms,
                 core,
                 admin_nonces: uia::Nonces::default(),
@@ -152,7 +169,7 @@ impl Services {
                 search,
                 correspondence: Default::default(),
                 ratelimiter,
-                federation: Default::default(),
+                federation,
             }
         });
         ephemeral::spawn_typing_expiry(Arc::downgrade(&services.ephemeral));
@@ -169,9 +186,14 @@ impl Services {
             services.transport.prepare_federation_clients().map_err(anyhow_like::msg)?;
         }
         services.media.files.remove_interrupted_uploads();
-        services.search.open().await.map_err(|e| anyhow_like::msg(format!("cannot open the search index: {e}")))?;
+        services
+            .search
+            .state
+            .open()
+            .await
+            .map_err(|e| anyhow_like::msg(format!("cannot open the search index: {e}")))?;
         push::spawn_pusher_worker(Arc::downgrade(&services.push));
-        search::spawn_indexer(&services);
+        search::spawn_indexer(&services.search);
         correspondence::spawn_worker(&services);
         federation::sender::spawn_senders(&services.outbox);
         Ok(services)

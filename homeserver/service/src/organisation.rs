@@ -490,7 +490,7 @@ impl Services {
             req.initial_state = initial.into_iter().map(raw).collect::<Result<_>>()?;
             let room = self.create_room(&system, req).await?;
             let child = json!({ "via": [self.server_name()], "suggested": true, "order": format!("{:02}", i + 1) });
-            self.send_state(&system, &space, "m.space.child", room.as_str(), child).await?;
+            self.timeline.send_state(&system, &space, "m.space.child", room.as_str(), child).await?;
             for m in managers {
                 self.join(m, &room, None).await?;
             }
@@ -521,7 +521,7 @@ impl Services {
             for m in &managers {
                 users.insert(m.to_string(), json!(crate::names::MANAGER_LEVEL));
             }
-            self.send_state(&system, room, "m.room.power_levels", "", Value::Object(levels)).await?;
+            self.timeline.send_state(&system, room, "m.room.power_levels", "", Value::Object(levels)).await?;
         }
         for m in &managers {
             self.add_to_org_space(&space, m).await?;

@@ -306,7 +306,7 @@ impl Services {
         let filtered: Vec<Arc<Pdu>> = {
             let mut out = Vec::new();
             for p in &timeline {
-                if req.filter.room.timeline.allows(p) && self.can_see_event(user, p).await? {
+                if req.filter.room.timeline.allows(p) && self.rooms.can_see_event(user, p).await? {
                     out.push(p.clone());
                 }
             }
@@ -345,7 +345,7 @@ impl Services {
             }
         } else if req.filter.room.state.lazy_load_members {
             // Members of the timeline's senders, so clients can show their names.
-            for p in self.member_events_for(room_id, &filtered, user).await? {
+            for p in self.rooms.member_events_for(room_id, &filtered, user).await? {
                 if !timeline.iter().any(|t| t.event_id == p.event_id) && p.stream_ordering > since.stream {
                     state.push(p);
                 }
@@ -415,7 +415,7 @@ impl Services {
     /// A room the user left (or was kicked or banned from) since the last sync.
     async fn sync_left_room(&self, req: &SyncRequest<'_>, room_id: &RoomId, since: SyncToken) -> Result<v3::LeftRoom> {
         let user = req.user;
-        let until = self.readable_until(user, room_id).await.unwrap_or(since.stream);
+        let until = self.rooms.readable_until(user, room_id).await.unwrap_or(since.stream);
         let limit = req.filter.room.timeline.limit.unwrap_or(10).clamp(1, 100) as i64;
         let rows =
             ev_store::room_events(self.db.pool(), room_id.as_str(), since.stream, until, true, limit + 1).await?;
@@ -425,7 +425,7 @@ impl Services {
         for stored in rows.into_iter().take(limit as usize) {
             first = Some(stored.stream_ordering);
             let pdu = Pdu::from_stored(stored)?;
-            if self.can_see_event(user, &pdu).await? {
+            if self.rooms.can_see_event(user, &pdu).await? {
                 left.timeline.events.push(self.rooms.client_raw(&pdu, user, req.device, false));
             }
         }

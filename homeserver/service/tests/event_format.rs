@@ -42,8 +42,11 @@ async fn every_event_verifies_in_every_room_version() {
         let room_id = s.create_room(&alice, req).await.unwrap();
         let device = ruma::OwnedDeviceId::from("DEV");
         let txn = ruma::OwnedTransactionId::from(format!("t{v}"));
-        let msg =
-            s.send_message(&alice, &device, &room_id, "m.room.message", &txn, json!({ "body": "x" })).await.unwrap();
+        let msg = s
+            .timeline
+            .send_message(&alice, &device, &room_id, "m.room.message", &txn, json!({ "body": "x" }))
+            .await
+            .unwrap();
         let state = s.rooms.current_state(&room_id).await.unwrap();
         let mut ids: Vec<_> = state.values().cloned().collect();
         ids.push(msg.clone());
@@ -67,7 +70,7 @@ async fn every_event_verifies_in_every_room_version() {
         assert_eq!(verify_event(&keys, &object, &rules).unwrap(), Verified::Signatures, "v{v}");
         // Redaction follows the version's algorithm and the redacted event still verifies.
         let rtxn = ruma::OwnedTransactionId::from(format!("r{v}"));
-        s.redact(&alice, &device, &room_id, &msg, &rtxn, None).await.unwrap();
+        s.timeline.redact(&alice, &device, &room_id, &msg, &rtxn, None).await.unwrap();
         let redacted = s.rooms.get_pdu(&msg).await.unwrap().unwrap();
         assert_eq!(redacted.content_value(), json!({}));
         assert!(verify_event(&keys, &redacted.canonical_object().unwrap(), &rules).is_ok(), "v{v}: redacted verifies");
@@ -88,7 +91,8 @@ async fn state_groups_rebuild_the_same_state_after_a_restart() {
     let room_id = s.create_room(&alice, CreateRoom::new()).await.unwrap();
     // Past the delta chain length, so that snapshots and deltas both matter.
     for i in 0..150 {
-        s.send_state(&alice, &room_id, "org.example.counter", &format!("k{}", i % 40), json!({ "i": i }))
+        s.timeline
+            .send_state(&alice, &room_id, "org.example.counter", &format!("k{}", i % 40), json!({ "i": i }))
             .await
             .unwrap();
     }

@@ -326,7 +326,7 @@ pub async fn request_openid_token(
     req: Ruma<ruma::api::client::account::request_openid_token::v3::Request>,
 ) -> crate::ruma_wrapper::ApiResult<ruma::api::client::account::request_openid_token::v3::Response> {
     use ruma::api::client::account::request_openid_token::v3::Response;
-    let token = s.request_openid_token(&req.caller().user_id, &req.body.user_id)?;
-    let lifetime = diplomatie_service::federation::openid::OPENID_TOKEN_LIFETIME;
+    let token = s.openid.request_token(&req.caller().user_id, &req.body.user_id)?;
+    let lifetime = diplomatie_service::openid::OPENID_TOKEN_LIFETIME;
     Ok(Response::new(token, "Bearer".into(), s.server_name().to_owned(), lifetime).into())
 }

@@ -44,6 +44,7 @@ pub async fn send_message(
     let content: Value =
         serde_json::from_str(req.body.body.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
     let id = s
+        .timeline
         .send_message(
             &caller.user_id,
             &caller.device_id,
@@ -59,13 +60,14 @@ pub async fn send_message(
 pub async fn redact(State(s): S, req: Ruma<redact_event::v3::Request>) -> ApiResult<redact_event::v3::Response> {
     let caller = req.caller().clone();
     let b = req.body;
-    let id = s.redact(&caller.user_id, &caller.device_id, &b.room_id, &b.event_id, &b.txn_id, b.reason).await?;
+    let id =
+        s.timeline.redact(&caller.user_id, &caller.device_id, &b.room_id, &b.event_id, &b.txn_id, b.reason).await?;
     Ok(redact_event::v3::Response::new(id).into())
 }
 
 pub async fn get_event(State(s): S, req: Ruma<get_room_event::v3::Request>) -> Result<Response, ApiError> {
     let caller = req.caller();
-    let pdu = s.event_for_user(&caller.user_id, &req.body.room_id, &req.body.event_id).await?;
+    let pdu = s.rooms.event_for_user(&caller.user_id, &req.body.room_id, &req.body.event_id).await?;
     Ok(json_ok(s.rooms.client_event(&pdu, &caller.user_id, caller.device_id.as_str(), true)))
 }
 
@@ -77,7 +79,7 @@ pub async fn messages(State(s): S, req: Ruma<get_message_events::v3::Request>) -
     let limit = u64::from(b.limit) as usize;
     let paging = Paging { from: b.from.as_deref(), to: b.to.as_deref(), backwards, limit };
     let caller = req.caller();
-    let page = s.messages(&caller.user_id, &b.room_id, paging, &filter).await?;
+    let page = s.timeline.messages(&caller.user_id, &b.room_id, paging, &filter).await?;
     let client =
         |p: &diplomatie_service::Pdu| s.rooms.client_event(p, &caller.user_id, caller.device_id.as_str(), true);
     let mut body = json!({
@@ -97,7 +99,7 @@ pub async fn context(State(s): S, req: Ruma<get_context::v3::Request>) -> Result
     let filter = event_filter(&b.filter);
     let caller = req.caller();
     let (event, before, after) =
-        s.context(&caller.user_id, &b.room_id, &b.event_id, u64::from(b.limit) as usize, &filter).await?;
+        s.timeline.context(&caller.user_id, &b.room_id, &b.event_id, u64::from(b.limit) as usize, &filter).await?;
     let client =
         |p: &diplomatie_service::Pdu| s.rooms.client_event(p, &caller.user_id, caller.device_id.as_str(), true);
     Ok(json_ok(json!({
@@ -125,6 +127,7 @@ async fn relations_page(
 ) -> Result<Response, ApiError> {
     let limit = limit.map_or(50, |l| u64::from(l) as usize);
     let (events, next) = s
+        .timeline
         .relations(
             &caller.user_id,
             room_id,
@@ -209,7 +212,8 @@ pub async fn threads(State(s): S, req: Ruma<get_threads::v1::Request>) -> Result
     let b = &req.body;
     let participated = b.include == get_threads::v1::IncludeThreads::Participated;
     let limit = b.limit.map_or(50, |l| u64::from(l) as usize);
-    let (chunk, next) = s.threads(&req.caller().user_id, &b.room_id, participated, b.from.as_deref(), limit).await?;
+    let (chunk, next) =
+        s.timeline.threads(&req.caller().user_id, &b.room_id, participated, b.from.as_deref(), limit).await?;
     let mut body = json!({ "chunk": chunk });
     if let Some(n) = next {
         body["next_batch"] = json!(n);
@@ -229,7 +233,8 @@ pub async fn search(
         let criteria = serde_json::to_value(criteria)
             .and_then(serde_json::from_value)
             .map_err(|e| Error::bad_json(e.to_string()))?;
-        let result = s.search_room_events(&req.caller().user_id, criteria, req.body.next_batch.as_deref()).await?;
+        let result =
+            s.search.search_room_events(&req.caller().user_id, criteria, req.body.next_batch.as_deref()).await?;
         categories.insert("room_events".into(), result);
     }
     Ok(json_ok(json!({ "search_categories": categories })))

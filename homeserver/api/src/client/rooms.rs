@@ -120,7 +120,7 @@ pub async fn joined_rooms(State(s): S, req: Ruma<joined_rooms::v3::Request>) -> 
 pub async fn members(State(s): S, req: Ruma<get_member_events::v3::Request>) -> Result<Response, ApiError> {
     let user = &req.caller().user_id;
     let room_id = &req.body.room_id;
-    let until = s.readable_until(user, room_id).await?;
+    let until = s.rooms.readable_until(user, room_id).await?;
     let state = s.rooms.state_at_position(room_id, until).await?;
     let want = req.body.membership.as_ref().map(|m| m.to_string());
     let not = req.body.not_membership.as_ref().map(|m| m.to_string());
@@ -166,7 +166,7 @@ pub async fn joined_members(State(s): S, req: Ruma<joined_members::v3::Request>)
 /// `GET /rooms/{roomId}/state`
 pub async fn state(State(s): S, req: Ruma<get_state_events::v3::Request>) -> Result<Response, ApiError> {
     let user = &req.caller().user_id;
-    let until = s.readable_until(user, &req.body.room_id).await?;
+    let until = s.rooms.readable_until(user, &req.body.room_id).await?;
     let state = s.rooms.state_at_position(&req.body.room_id, until).await?;
     let mut events = Vec::new();
     for id in state.values() {
@@ -180,7 +180,7 @@ pub async fn state(State(s): S, req: Ruma<get_state_events::v3::Request>) -> Res
 /// `GET /rooms/{roomId}/state/{eventType}/{stateKey}`
 pub async fn state_event(State(s): S, req: Ruma<get_state_event_for_key::v3::Request>) -> Result<Response, ApiError> {
     let user = &req.caller().user_id;
-    let until = s.readable_until(user, &req.body.room_id).await?;
+    let until = s.rooms.readable_until(user, &req.body.room_id).await?;
     let state = s.rooms.state_at_position(&req.body.room_id, until).await?;
     let pdu = s
         .rooms
@@ -199,6 +199,7 @@ pub async fn send_state(
     let content: Value =
         serde_json::from_str(req.body.body.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
     let id = s
+        .timeline
         .send_state(
             &req.caller().user_id,
             &req.body.room_id,
@@ -266,7 +267,9 @@ fn remote(s: &Services, server: Option<&ruma::ServerName>) -> Option<ruma::Owned
 pub async fn public_rooms(State(s): S, req: Ruma<get_public_rooms::v3::Request>) -> Result<Response, ApiError> {
     let limit = req.body.limit.map(|l| u64::from(l) as usize);
     if let Some(server) = remote(&s, req.body.server.as_deref()) {
-        return Ok(json_ok(s.remote_public_rooms(&server, None, req.body.since.clone(), req.body.limit).await?));
+        return Ok(json_ok(
+            s.federation.remote_public_rooms(&server, None, req.body.since.clone(), req.body.limit).await?,
+        ));
     }
     let (chunk, next, prev, total) = s.public_rooms(None, req.body.since.as_deref(), limit).await?;
     Ok(directory_page(chunk, next, prev, total))
@@ -280,7 +283,9 @@ pub async fn public_rooms_filtered(
     let limit = req.body.limit.map(|l| u64::from(l) as usize);
     let term = req.body.filter.generic_search_term.clone();
     if let Some(server) = remote(&s, req.body.server.as_deref()) {
-        return Ok(json_ok(s.remote_public_rooms(&server, term, req.body.since.clone(), req.body.limit).await?));
+        return Ok(json_ok(
+            s.federation.remote_public_rooms(&server, term, req.body.since.clone(), req.body.limit).await?,
+        ));
     }
     let (chunk, next, prev, total) = s.public_rooms(term.as_deref(), req.body.since.as_deref(), limit).await?;
     Ok(directory_page(chunk, next, prev, total))

@@ -20,12 +20,13 @@ use ruma::{
 use serde_json::value::RawValue;
 
 use super::inbound::{authorise_in_depth_order, canonical, event_id_of, implicit_create_id, room_of};
-use crate::{Pdu, Result, Services};
+use super::Federation;
+use crate::{Pdu, Result};
 
 /// The most events asked for at once.
 const MAX_BACKFILL: usize = 100;
 
-impl Services {
+impl Federation {
     /// Asks the room's other servers for up to `limit` events before the oldest one held here;
     /// answers how many were added. A failure of theirs adds nothing and is not an error.
     pub(crate) async fn backfill(&self, room_id: &RoomId, limit: usize) -> Result<usize> {
@@ -141,10 +142,6 @@ impl Services {
         };
         let events: Vec<Pdu> = accepted.iter().map(|p| (**p).clone()).collect();
         let stored = self.rooms.store_backfilled(room_id, state_before, events).await?;
-        // Searchable like the rest of the room (history visibility still applies to results).
-        if let Some(low) = stored.iter().map(|p| p.stream_ordering).min() {
-            self.index_committed(&stored, &[], crate::search::index::Covered { high: 0, low });
-        }
         Ok(stored.len())
     }
 

@@ -8,9 +8,10 @@ use std::{
 
 use ruma::{events::StateEventType, state_res::StateMap, OwnedEventId, RoomId, ServerName};
 
-use crate::{Error, Pdu, Result, Services};
+use super::Federation;
+use crate::{Error, Pdu, Result};
 
-impl Services {
+impl Federation {
     /// Refuses `origin` unless one of its users is (or was) a member of the room, or the room
     /// is world-readable; and if the room's server ACL denies it.
     pub async fn check_origin_may_read(&self, room_id: &RoomId, origin: &ServerName) -> Result<()> {
@@ -144,7 +145,7 @@ impl Services {
     }
 }
 
-impl Services {
+impl Federation {
     /// Another server's public room directory (`publicRooms` over federation), as the
     /// client-server API answers it.
     pub async fn remote_public_rooms(

@@ -30,7 +30,8 @@ use ruma::{
 };
 use serde_json::value::RawValue;
 
-use crate::{rooms::received::Placement, Error, Pdu, Result, Services};
+use super::Federation;
+use crate::{rooms::received::Placement, Error, Pdu, Result};
 
 /// How deep a chain of missing events is followed through `get_missing_events`.
 const MAX_FETCH_DEPTH: usize = 2;
@@ -157,7 +158,7 @@ pub(crate) fn check_join_state(
     }
 }
 
-impl Services {
+impl Federation {
     /// Handles one PDU of a transaction from `origin`; answers its event id when it was
     /// accepted (or already known).
     pub async fn receive_pdu(&self, origin: &ServerName, raw: &RawValue) -> Result<OwnedEventId> {

@@ -73,7 +73,7 @@ impl Services {
         if !self.rooms.server_in_room(room_id).await? {
             return Err(Error::not_found("This server is no longer in the room"));
         }
-        self.check_server_acl(room_id, origin).await?;
+        self.federation.check_server_acl(room_id, origin).await?;
         if membership == "join" {
             self.portal.check_federation(room_id, origin).await?;
         }
@@ -152,7 +152,7 @@ impl Services {
         if !self.rooms.server_in_room(room_id).await? {
             return Err(Error::not_found("This server is no longer in the room"));
         }
-        self.check_server_acl(room_id, origin).await?;
+        self.federation.check_server_acl(room_id, origin).await?;
         let rules = meta.rules();
         if event_id_of(&object, &rules)? != event_id {
             return Err(Error::bad_json("The event id does not match the event"));
@@ -184,9 +184,10 @@ impl Services {
             .map_err(|e| Error::bad_json(format!("Cannot sign the event: {e}")))?;
             countersigned = true;
         }
-        let lock = self.room_lock(room_id);
+        let lock = self.federation.room_lock(room_id);
         let guard = lock.lock().await;
-        let (pdu, state_before) = self.handle_pdu(origin, &meta.version, object.clone(), Placement::Extend, 0).await?;
+        let (pdu, state_before) =
+            self.federation.handle_pdu(origin, &meta.version, object.clone(), Placement::Extend, 0).await?;
         drop(guard);
         if pdu.kind != TimelineEventType::RoomMember
             || pdu.membership().as_ref().map(MembershipState::as_str) != Some(membership)
@@ -350,15 +351,15 @@ impl Services {
         for raw in &answer.state {
             state_objects.push(canonical(raw)?);
         }
-        let state_events = self.verify_outliers(&version, room_id, state_objects).await?;
+        let state_events = self.federation.verify_outliers(&version, room_id, state_objects).await?;
         let mut auth_objects = Vec::new();
         for raw in &answer.auth_chain {
             auth_objects.push(canonical(raw)?);
         }
-        let auth_events = self.verify_outliers(&version, room_id, auth_objects).await?;
-        self.check_join_state(&rules, room_id, &state_events, &auth_events).await?;
-        self.persist_outliers(&state_events).await?;
-        self.persist_outliers(&auth_events).await?;
+        let auth_events = self.federation.verify_outliers(&version, room_id, auth_objects).await?;
+        self.federation.check_join_state(&rules, room_id, &state_events, &auth_events).await?;
+        self.federation.persist_outliers(&state_events).await?;
+        self.federation.persist_outliers(&auth_events).await?;
         let mut state = StateMap::new();
         for p in &state_events {
             if let Some(sk) = &p.state_key {
@@ -385,13 +386,13 @@ impl Services {
         // The join must pass the rules against that state.
         let json = serde_json::to_string(&join).map_err(crate::internal!())?;
         let pdu = Pdu::from_received(event_id.clone(), json, Some(room_id.to_owned()))?;
-        let loaded = self.auth_state(&state, &pdu, &rules).await?;
+        let loaded = self.federation.auth_state(&state, &pdu, &rules).await?;
         state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |k, s| {
             loaded.get(&(k.clone(), s.to_owned())).cloned()
         })
         .map_err(|e| Error::forbidden(format!("The join does not pass the room's rules: {e}")))?;
 
-        let lock = self.room_lock(room_id);
+        let lock = self.federation.room_lock(room_id);
         let _guard = lock.lock().await;
         let mut writer = self.rooms.received_writer(room_id, &version, &creator).await?;
         writer.append_received(pdu, Arc::new(state), Placement::Adopt).await?;
@@ -545,9 +546,9 @@ impl Services {
         if !signatures.is_some_and(|s| s.contains_key(server.as_str())) {
             return Err(super::client::remote_error(server, "the invite came back without its signature"));
         }
-        let lock = self.room_lock(room_id);
+        let lock = self.federation.room_lock(room_id);
         let _guard = lock.lock().await;
-        self.handle_pdu(self.server_name(), &meta.version, signed, Placement::Extend, 0).await?;
+        self.federation.handle_pdu(self.server_name(), &meta.version, signed, Placement::Extend, 0).await?;
         Ok(())
     }
 
@@ -645,7 +646,7 @@ impl Services {
             return Err(Error::not_found("Unknown user"));
         }
         if self.rooms.room_meta(room_id).await?.is_some() {
-            self.check_server_acl(room_id, origin).await?;
+            self.federation.check_server_acl(room_id, origin).await?;
         }
         let object = self.transport.verify_pdu(&object, version).await?;
         let mut object = object;
@@ -653,10 +654,10 @@ impl Services {
             .map_err(|e| Error::bad_json(format!("Cannot sign the invite: {e}")))?;
         let signed = serde_json::value::to_raw_value(&object).map_err(crate::internal!())?;
 
-        let lock = self.room_lock(room_id);
+        let lock = self.federation.room_lock(room_id);
         let _guard = lock.lock().await;
         if self.rooms.room_meta(room_id).await?.is_some() && self.rooms.server_in_room(room_id).await? {
-            self.handle_pdu(origin, version, object, Placement::Extend, 0).await?;
+            self.federation.handle_pdu(origin, version, object, Placement::Extend, 0).await?;
             return Ok(signed);
         }
         // A room this server is not in: the invite alone, with what the inviter showed of it.

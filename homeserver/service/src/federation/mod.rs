@@ -6,6 +6,7 @@
 //! - `inbound.rs`: PDUs received from others: checked (signatures, hashes, authorisation against
 //!   their auth events, the state before them and the current state) and persisted.
 //! - `membership.rs`: joining, leaving and inviting across servers, on both sides.
+//! - `backfill.rs`, `history.rs`: history asked of other servers, and served to them.
 //! - `sender.rs`: the outbound queue, one sender per destination, kept in the database.
 //! - `tls.rs`: the certificate of the built-in HTTPS listener.
 //!
@@ -19,27 +20,38 @@ pub mod history;
 pub mod inbound;
 pub mod keys;
 pub mod membership;
-pub mod openid;
 pub mod presence;
 pub mod sender;
 pub mod tls;
 pub mod transactions;
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use ruma::{events::StateEventType, OwnedRoomId, RoomId, ServerName};
 
-use crate::{Error, Result, Services};
+use self::client::Transport;
+use crate::{core::Core, rooms::Rooms, Error, Result};
 
-/// What federation keeps in memory.
-#[derive(Default)]
-pub struct FederationState {
-    pub(crate) openid: openid::OpenIdTokens,
+/// The room DAG across servers: events received (`inbound.rs`), history asked of other
+/// servers (`backfill.rs`) and served to them (`history.rs`); over the rooms and the transport.
+pub struct Federation {
+    core: Arc<Core>,
+    rooms: Arc<Rooms>,
+    transport: Arc<Transport>,
     /// Received PDUs of a room are handled one at a time (their order matters to the checks).
-    room_locks: Mutex<HashMap<OwnedRoomId, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-impl Services {
+crate::core::over_core!(Federation);
+
+impl Federation {
+    pub(crate) fn new(core: Arc<Core>, rooms: Arc<Rooms>, transport: Arc<Transport>) -> Federation {
+        Federation { core, rooms, transport, room_locks: Mutex::default() }
+    }
+
     /// Refuses `server` if the room's server ACL (`m.room.server_acl`) denies it.
     pub async fn check_server_acl(&self, room_id: &RoomId, server: &ServerName) -> Result<()> {
         let state = self.rooms.current_state(room_id).await?;
@@ -60,8 +72,8 @@ impl Services {
     }
 
     /// The lock under which received PDUs of a room are handled.
-    pub(crate) fn room_lock(&self, room_id: &RoomId) -> std::sync::Arc<tokio::sync::Mutex<()>> {
-        self.federation.room_locks.lock().unwrap().entry(room_id.to_owned()).or_default().clone()
+    pub(crate) fn room_lock(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
+        self.room_locks.lock().unwrap().entry(room_id.to_owned()).or_default().clone()
     }
 }
 

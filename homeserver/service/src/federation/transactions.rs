@@ -57,7 +57,7 @@ impl Services {
         }
         let mut results = PduResults::new();
         for raw in pdus {
-            let outcome = self.receive_pdu(origin, raw).await;
+            let outcome = self.federation.receive_pdu(origin, raw).await;
             let Some(event_id) = pdu_event_id(self, raw).await else {
                 if let Err(e) = outcome {
                     tracing::info!(%origin, error = %e, "dropped a PDU without a usable id");
@@ -92,12 +92,12 @@ impl Services {
                 if user.server_name() != origin || !self.rooms.is_joined(room, user).await? {
                     return Err(Error::forbidden("typing of a user the origin does not speak for"));
                 }
-                self.check_server_acl(room, origin).await?;
+                self.federation.check_server_acl(room, origin).await?;
                 self.ephemeral.apply_typing(user, room, typing.typing, None).await
             }
             Edu::Receipt(receipts) => {
                 for (room, map) in receipts.receipts {
-                    self.check_server_acl(&room, origin).await?;
+                    self.federation.check_server_acl(&room, origin).await?;
                     for (user, receipt) in map.read {
                         if user.server_name() != origin || !self.rooms.is_joined(&room, &user).await? {
                             continue;

@@ -60,10 +60,12 @@ pub(crate) trait Rows: Send + Sync {
     fn published(&self) {}
 }
 
-/// A concern told of a batch after its commit.
+/// A concern told of a batch after its commit, and of history stored by backfill (events
+/// below every stream position, committed at once: nothing reads them before they are).
 pub(crate) trait Subscriber: Send + Sync {
     fn committed(&self, _batch: &Batch<'_>, _at: &Committed<'_>) {}
     fn published(&self, _batch: &Batch<'_>, _at: &Committed<'_>) {}
+    fn backfilled(&self, _events: &[Arc<Pdu>]) {}
 }
 
 /// The subscribers of every batch.

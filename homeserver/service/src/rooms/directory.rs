@@ -70,7 +70,7 @@ impl Services {
             changed |= alt.len() != before;
         }
         if changed {
-            self.send_state(user, room_id, "m.room.canonical_alias", "", content).await?;
+            self.timeline.send_state(user, room_id, "m.room.canonical_alias", "", content).await?;
         }
         Ok(())
     }
@@ -92,7 +92,7 @@ impl Services {
     }
 
     pub async fn room_aliases(&self, user: &UserId, room_id: &RoomId) -> Result<Vec<String>> {
-        self.readable_until(user, room_id).await?;
+        self.rooms.readable_until(user, room_id).await?;
         Ok(diplomatie_storage::rooms::room_aliases(self.db.pool(), room_id.as_str()).await?)
     }
 

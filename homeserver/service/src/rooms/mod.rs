@@ -16,6 +16,7 @@ pub mod received;
 pub mod resolve;
 pub mod spaces;
 pub mod timeline;
+pub mod visibility;
 
 use std::{
     collections::{HashMap, HashSet},

@@ -324,10 +324,10 @@ impl Services {
     /// Whether another server may see a room's summary: one of its users is in the room, or
     /// anyone could see it from outside (world readable, public, knock, restricted).
     async fn server_may_see(&self, origin: &ruma::ServerName, room_id: &RoomId) -> Result<bool> {
-        if self.check_server_acl(room_id, origin).await.is_err() {
+        if self.federation.check_server_acl(room_id, origin).await.is_err() {
             return Ok(false);
         }
-        if self.check_origin_may_read(room_id, origin).await.is_ok() {
+        if self.federation.check_origin_may_read(room_id, origin).await.is_ok() {
             return Ok(true);
         }
         // No user of that server is a member: a user id of it that is no one stands for it.

@@ -1,13 +1,13 @@
-//! Sending events and reading the timeline: send, state, redact, get event, `/messages`,
-//! `/context`, relations and threads; and the history visibility rules that bound every read.
+//! Sending events and reading the timeline: send, state, redact, `/messages`, `/context`,
+//! relations and threads. The history visibility rules that bound every read are in
+//! `visibility.rs`.
 //!
 //! Pagination tokens are stream positions: token `t` stands between the events at positions `t`
 //! and `t + 1`, so backwards pagination from `t` returns events at `t` and below.
 
-use std::{collections::HashSet, sync::Arc};
+use std::sync::Arc;
 
 use diplomatie_storage::events as ev_store;
-use ruma::events::room::member::MembershipState;
 use ruma::{
     api::error::ErrorKind,
     events::{StateEventType, TimelineEventType},
@@ -15,71 +15,9 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use super::{PduBuilder, Target};
-use crate::{Error, Pdu, Result, Services};
-
-/// A filter on room events (`RoomEventFilter`), with the fields the server applies.
-#[derive(Clone, Debug, Default, serde::Deserialize)]
-#[serde(default)]
-pub struct EventFilter {
-    pub limit: Option<u64>,
-    pub types: Option<Vec<String>>,
-    pub not_types: Vec<String>,
-    pub senders: Option<Vec<String>>,
-    pub not_senders: Vec<String>,
-    pub contains_url: Option<bool>,
-    pub lazy_load_members: bool,
-    pub include_redundant_members: bool,
-    /// Notification counts per thread in `/sync` (`unread_thread_notifications`).
-    pub unread_thread_notifications: bool,
-    pub rooms: Option<Vec<String>>,
-    pub not_rooms: Vec<String>,
-}
-
-fn type_matches(pattern: &str, kind: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => kind.starts_with(prefix),
-        None => pattern == kind,
-    }
-}
-
-impl EventFilter {
-    pub fn allows(&self, pdu: &Pdu) -> bool {
-        let kind = pdu.kind.to_string();
-        if let Some(types) = &self.types {
-            if !types.iter().any(|t| type_matches(t, &kind)) {
-                return false;
-            }
-        }
-        if self.not_types.iter().any(|t| type_matches(t, &kind)) {
-            return false;
-        }
-        if let Some(senders) = &self.senders {
-            if !senders.iter().any(|s| s == pdu.sender.as_str()) {
-                return false;
-            }
-        }
-        if self.not_senders.iter().any(|s| s == pdu.sender.as_str()) {
-            return false;
-        }
-        if let Some(want) = self.contains_url {
-            let has = pdu.content_field("url").is_some_and(|u| u.is_string());
-            if has != want {
-                return false;
-            }
-        }
-        true
-    }
-}
-
-/// Stream positions to read between (`from < position <= to`), in one direction.
-#[derive(Clone, Copy)]
-struct Window {
-    from: i64,
-    to: i64,
-    backwards: bool,
-    limit: usize,
-}
+pub use super::visibility::EventFilter;
+use super::{visibility::Window, PduBuilder, Rooms, Target};
+use crate::{core::Core, federation::Federation, portal::Portal, Error, Pdu, Result};
 
 /// A client's pagination request: tokens, direction and page size.
 #[derive(Clone, Copy)]
@@ -104,7 +42,27 @@ pub fn parse_token(token: &str) -> Result<i64> {
     pos.parse().map_err(|_| Error::invalid_param("Invalid pagination token"))
 }
 
-impl Services {
+/// Sending events and reading the timeline, over the rooms, the portal (the device check of a
+/// send) and federation (backfill, when a client paginates past what this server holds).
+pub struct Timeline {
+    core: Arc<Core>,
+    rooms: Arc<Rooms>,
+    portal: Arc<Portal>,
+    federation: Arc<Federation>,
+}
+
+crate::core::over_core!(Timeline);
+
+impl Timeline {
+    pub(crate) fn new(
+        core: Arc<Core>,
+        rooms: Arc<Rooms>,
+        portal: Arc<Portal>,
+        federation: Arc<Federation>,
+    ) -> Timeline {
+        Timeline { core, rooms, portal, federation }
+    }
+
     /// Sends a message-like event, idempotently per (device, transaction id).
     pub async fn send_message(
         &self,
@@ -244,164 +202,6 @@ impl Services {
         Ok(pdu.event_id.clone())
     }
 
-    /// Whether `user` may see `pdu`, by the history visibility at the event.
-    pub async fn can_see_event(&self, user: &UserId, pdu: &Pdu) -> Result<bool> {
-        let state = self.rooms.state_map(pdu.state_group).await?;
-        let visibility = self
-            .rooms
-            .state_event_in(&state, &StateEventType::RoomHistoryVisibility, "")
-            .await?
-            .and_then(|p| p.content_field("history_visibility"))
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_else(|| "shared".into());
-        if visibility == "world_readable" {
-            return Ok(true);
-        }
-        // Users always see their own membership changes (their invite, join, leave, ban).
-        if pdu.kind == TimelineEventType::RoomMember && pdu.state_key.as_deref() == Some(user.as_str()) {
-            return Ok(true);
-        }
-        let at_event = self
-            .rooms
-            .state_event_in(&state, &StateEventType::RoomMember, user.as_str())
-            .await?
-            .and_then(|p| p.membership());
-        if at_event == Some(MembershipState::Join) {
-            return Ok(true);
-        }
-        match visibility.as_str() {
-            "shared" => Ok(self.rooms.is_joined(pdu.room(), user).await?),
-            "invited" => Ok(at_event == Some(MembershipState::Invite)
-                || self.rooms.is_joined(pdu.room(), user).await? && at_event.is_some()),
-            _ => Ok(false),
-        }
-    }
-
-    /// The highest stream position of the room `user` may read: everything while joined, up
-    /// to their leave (or ban) otherwise. `M_FORBIDDEN` for users never in the room, unless it is
-    /// world readable.
-    pub async fn readable_until(&self, user: &UserId, room_id: &RoomId) -> Result<i64> {
-        self.rooms.known_room(room_id).await?;
-        let Some(member) = self.rooms.state_event(room_id, &StateEventType::RoomMember, user.as_str()).await? else {
-            if self.is_world_readable(room_id).await? {
-                return Ok(self.stream_position());
-            }
-            return Err(Error::forbidden("You are not a member of this room"));
-        };
-        match member.membership() {
-            Some(MembershipState::Join) => Ok(self.stream_position()),
-            Some(MembershipState::Invite | MembershipState::Knock) if !self.is_world_readable(room_id).await? => {
-                Ok(member.stream_ordering)
-            }
-            _ => Ok(member.stream_ordering),
-        }
-    }
-
-    async fn is_world_readable(&self, room_id: &RoomId) -> Result<bool> {
-        Ok(self
-            .rooms
-            .state_event(room_id, &StateEventType::RoomHistoryVisibility, "")
-            .await?
-            .and_then(|p| p.content_field("history_visibility"))
-            .is_some_and(|v| v == "world_readable"))
-    }
-
-    /// `GET /rooms/{roomId}/event/{eventId}`.
-    pub async fn event_for_user(&self, user: &UserId, room_id: &RoomId, event_id: &EventId) -> Result<Arc<Pdu>> {
-        let until = self.readable_until(user, room_id).await?;
-        let pdu = self
-            .rooms
-            .get_pdu(event_id)
-            .await?
-            .filter(|p| p.room() == room_id)
-            .ok_or_else(|| Error::not_found("Event not found"))?;
-        // Outliers (state a join brought, soft-failed events) are not in the room's timeline.
-        if !pdu.in_timeline() || pdu.stream_ordering > until || !self.can_see_event(user, &pdu).await? {
-            return Err(Error::not_found("Event not found"));
-        }
-        Ok(pdu)
-    }
-
-    /// Reads a page of visible events between stream positions.
-    async fn visible_page(
-        &self,
-        user: &UserId,
-        room_id: &RoomId,
-        window: Window,
-        filter: &EventFilter,
-    ) -> Result<(Vec<Arc<Pdu>>, Option<i64>)> {
-        let Window { from, to, backwards, limit } = window;
-        let mut out = Vec::new();
-        let (mut lo, mut hi) = (from, to);
-        // Read in batches until the page is full, skipping what the filter or visibility hides.
-        loop {
-            let batch =
-                ev_store::room_events(self.db.pool(), room_id.as_str(), lo, hi, backwards, (limit * 2).max(20) as i64)
-                    .await?;
-            let exhausted = batch.len() < (limit * 2).max(20);
-            let mut last = None;
-            for stored in batch {
-                let so = stored.stream_ordering;
-                last = Some(so);
-                let pdu = match self
-                    .rooms
-                    .get_pdu(<&EventId>::try_from(stored.event_id.as_str()).map_err(crate::internal!())?)
-                    .await?
-                {
-                    Some(p) => p,
-                    None => continue,
-                };
-                if filter.allows(&pdu) && self.can_see_event(user, &pdu).await? {
-                    out.push(pdu);
-                    if out.len() >= limit {
-                        let next = if backwards { so - 1 } else { so };
-                        return Ok((out, Some(next)));
-                    }
-                }
-            }
-            match last {
-                Some(so) if !exhausted => {
-                    if backwards {
-                        hi = so - 1;
-                    } else {
-                        lo = so;
-                    }
-                }
-                _ => return Ok((out, None)),
-            }
-        }
-    }
-
-    /// Up to `before` visible events before `event` (newest first) and `after` after it, and
-    /// the tokens that continue each way (the `event_context` of search results).
-    pub(crate) async fn events_around(
-        &self,
-        user: &UserId,
-        event: &Pdu,
-        before: usize,
-        after: usize,
-    ) -> Result<(Vec<Arc<Pdu>>, Vec<Arc<Pdu>>, String, String)> {
-        let room_id = event.room();
-        let until = self.readable_until(user, room_id).await?;
-        let filter = EventFilter::default();
-        let so = event.stream_ordering;
-        let (b, b_next) = if before > 0 {
-            let window = Window { from: 0, to: so - 1, backwards: true, limit: before };
-            self.visible_page(user, room_id, window, &filter).await?
-        } else {
-            (Vec::new(), None)
-        };
-        let (a, a_next) = if after > 0 {
-            self.visible_page(user, room_id, Window { from: so, to: until, backwards: false, limit: after }, &filter)
-                .await?
-        } else {
-            (Vec::new(), None)
-        };
-        let start = b_next.unwrap_or(b.last().map_or(so - 1, |e| e.stream_ordering - 1));
-        let end = a_next.unwrap_or(a.last().map_or(so, |e| e.stream_ordering));
-        Ok((b, a, start.to_string(), end.to_string()))
-    }
-
     /// `GET /rooms/{roomId}/messages`.
     pub async fn messages(
         &self,
@@ -411,7 +211,7 @@ impl Services {
         filter: &EventFilter,
     ) -> Result<Page> {
         let Paging { from, to, backwards, limit } = paging;
-        let until = self.readable_until(user, room_id).await?;
+        let until = self.rooms.readable_until(user, room_id).await?;
         let limit = limit.clamp(1, 1000);
         let from_pos = match from {
             Some(t) => parse_token(t)?,
@@ -424,16 +224,22 @@ impl Services {
             let hi = from_pos.min(until);
             let lo = to_pos.unwrap_or(i64::MIN);
             let window = Window { from: lo, to: hi, backwards: true, limit };
-            let (events, next) = self.visible_page(user, room_id, window, filter).await?;
+            let (events, next) = self.rooms.visible_page(user, room_id, window, filter).await?;
             // At the start of what this server holds: ask the room's other servers for more.
-            if next.is_none() && to_pos.is_none() && events.len() < limit && self.backfill(room_id, limit).await? > 0 {
-                self.visible_page(user, room_id, window, filter).await?
+            if next.is_none()
+                && to_pos.is_none()
+                && events.len() < limit
+                && self.federation.backfill(room_id, limit).await? > 0
+            {
+                self.rooms.visible_page(user, room_id, window, filter).await?
             } else {
                 (events, next)
             }
         } else {
             let hi = to_pos.unwrap_or(i64::MAX).min(until);
-            self.visible_page(user, room_id, Window { from: from_pos, to: hi, backwards: false, limit }, filter).await?
+            self.rooms
+                .visible_page(user, room_id, Window { from: from_pos, to: hi, backwards: false, limit }, filter)
+                .await?
         };
         // Forwards, the newest events are never the last ones: as Synapse does (and clients
         // expect), a page that returned events has an `end` to wait for more from; only an
@@ -442,29 +248,12 @@ impl Services {
             (None, Some(last)) if !backwards => Some(last.stream_ordering),
             (next, _) => next,
         };
-        let state =
-            if filter.lazy_load_members { self.member_events_for(room_id, &events, user).await? } else { Vec::new() };
+        let state = if filter.lazy_load_members {
+            self.rooms.member_events_for(room_id, &events, user).await?
+        } else {
+            Vec::new()
+        };
         Ok(Page { events, start: from_pos.to_string(), end: next.map(|n| n.to_string()), state })
-    }
-
-    /// The current member events of the senders of `events` (lazy-loading members).
-    pub async fn member_events_for(
-        &self,
-        room_id: &RoomId,
-        events: &[Arc<Pdu>],
-        user: &UserId,
-    ) -> Result<Vec<Arc<Pdu>>> {
-        let state = self.rooms.current_state(room_id).await?;
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        for sender in events.iter().map(|e| e.sender.as_str()).chain(std::iter::once(user.as_str())) {
-            if seen.insert(sender.to_owned()) {
-                if let Some(p) = self.rooms.state_event_in(&state, &StateEventType::RoomMember, sender).await? {
-                    out.push(p);
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// `GET /rooms/{roomId}/context/{eventId}`: events around one event, and the state.
@@ -476,29 +265,31 @@ impl Services {
         limit: usize,
         filter: &EventFilter,
     ) -> Result<(Arc<Pdu>, Page, Page)> {
-        let event = self.event_for_user(user, room_id, event_id).await?;
-        let until = self.readable_until(user, room_id).await?;
+        let event = self.rooms.event_for_user(user, room_id, event_id).await?;
+        let until = self.rooms.readable_until(user, room_id).await?;
         let before_n = limit / 2;
         let after_n = limit - before_n;
         let (before, before_next) = if before_n > 0 {
-            self.visible_page(
-                user,
-                room_id,
-                Window { from: 0, to: event.stream_ordering - 1, backwards: true, limit: before_n },
-                filter,
-            )
-            .await?
+            self.rooms
+                .visible_page(
+                    user,
+                    room_id,
+                    Window { from: 0, to: event.stream_ordering - 1, backwards: true, limit: before_n },
+                    filter,
+                )
+                .await?
         } else {
             (Vec::new(), None)
         };
         let (after, after_next) = if after_n > 0 {
-            self.visible_page(
-                user,
-                room_id,
-                Window { from: event.stream_ordering, to: until, backwards: false, limit: after_n },
-                filter,
-            )
-            .await?
+            self.rooms
+                .visible_page(
+                    user,
+                    room_id,
+                    Window { from: event.stream_ordering, to: until, backwards: false, limit: after_n },
+                    filter,
+                )
+                .await?
         } else {
             (Vec::new(), None)
         };
@@ -544,8 +335,8 @@ impl Services {
         backwards: bool,
         limit: usize,
     ) -> Result<(Vec<Arc<Pdu>>, Option<String>)> {
-        self.event_for_user(user, room_id, event_id).await?;
-        let until = self.readable_until(user, room_id).await?;
+        self.rooms.event_for_user(user, room_id, event_id).await?;
+        let until = self.rooms.readable_until(user, room_id).await?;
         let limit = limit.clamp(1, 1000);
         let (lo, hi) = match (backwards, from.map(parse_token).transpose()?, to.map(parse_token).transpose()?) {
             (true, f, t) => (t.unwrap_or(0), f.unwrap_or(until).min(until)),
@@ -568,7 +359,7 @@ impl Services {
         for stored in rows.into_iter().take(limit) {
             last = Some(stored.stream_ordering);
             let pdu = Arc::new(Pdu::from_stored(stored)?);
-            if self.can_see_event(user, &pdu).await? {
+            if self.rooms.can_see_event(user, &pdu).await? {
                 out.push(pdu);
             }
         }
@@ -585,7 +376,7 @@ impl Services {
         from: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<Value>, Option<String>)> {
-        let until = self.readable_until(user, room_id).await?;
+        let until = self.rooms.readable_until(user, room_id).await?;
         let before = from.map(parse_token).transpose()?.unwrap_or(until + 1);
         let limit = limit.clamp(1, 100);
         let rows = ev_store::threads(self.db.pool(), room_id.as_str(), before, limit as i64 + 1).await?;
@@ -600,7 +391,7 @@ impl Services {
             let Some(root) = self.rooms.get_pdu(&root_id).await? else {
                 continue;
             };
-            if !self.can_see_event(user, &root).await? {
+            if !self.rooms.can_see_event(user, &root).await? {
                 continue;
             }
             let replies =

@@ -31,7 +31,9 @@ use serde_json::{json, Map, Value};
 
 use self::index::{Covered, IndexedEvent, Key, SearchIndex};
 use crate::{
-    rooms::{commit, timeline::EventFilter},
+    core::Core,
+    portal::Portal,
+    rooms::{commit, timeline::EventFilter, Rooms},
     Error, Pdu, Result, Services,
 };
 
@@ -45,6 +47,23 @@ struct Job {
     delete: Vec<String>,
     covered: Covered,
     seq: u64,
+}
+
+/// Full-text search over the rooms' events, over the rooms (history visibility) and the portal
+/// (which rooms may be listed).
+pub struct Search {
+    core: Arc<Core>,
+    rooms: Arc<Rooms>,
+    portal: Arc<Portal>,
+    pub state: SearchState,
+}
+
+crate::core::over_core!(Search);
+
+impl Search {
+    pub(crate) fn new(core: Arc<Core>, rooms: Arc<Rooms>, portal: Arc<Portal>, state: SearchState) -> Search {
+        Search { core, rooms, portal, state }
+    }
 }
 
 /// The index and its indexer's queue. The index is opened by the serving process only (a
@@ -146,13 +165,13 @@ async fn catch_up(db: &Db, index: &SearchIndex) -> Result<Covered> {
 
 /// Starts the indexer on the opened index: it catches up with the database, then indexes what
 /// commits send it.
-pub fn spawn_indexer(services: &Services) {
-    let Ok(index) = services.search.index() else { return };
-    let Some(mut receiver) = services.search.receiver.lock().unwrap().take() else { return };
-    let db = services.db.clone();
-    let processed = services.search.processed.clone();
-    let wanted = services.search.wanted.clone();
-    let ready = services.search.ready.clone();
+pub fn spawn_indexer(search: &Search) {
+    let Ok(index) = search.state.index() else { return };
+    let Some(mut receiver) = search.state.receiver.lock().unwrap().take() else { return };
+    let db = search.db.clone();
+    let processed = search.state.processed.clone();
+    let wanted = search.state.wanted.clone();
+    let ready = search.state.ready.clone();
     tokio::spawn(async move {
         let caught_up = match catch_up(&db, &index).await {
             Ok(c) => c,
@@ -244,28 +263,28 @@ pub struct GroupBy {
     pub key: String,
 }
 
-impl Services {
+impl Search {
     /// Sends committed events to the indexer (after the commit: the index never holds events
     /// the database does not).
     pub(crate) fn index_committed(&self, appended: &[Arc<Pdu>], redacted: &[Pdu], covered: Covered) {
         let add: Vec<IndexedEvent> = appended.iter().filter_map(|p| indexed_event(p)).collect();
         let delete: Vec<String> = redacted.iter().map(|p| p.event_id.to_string()).collect();
         // Without an index (a command, not a server), the next server catches up instead.
-        if (add.is_empty() && delete.is_empty()) || self.search.index.get().is_none() {
+        if (add.is_empty() && delete.is_empty()) || self.state.index.get().is_none() {
             return;
         }
-        let seq = self.search.enqueued.fetch_add(1, Ordering::AcqRel) + 1;
-        let _ = self.search.queue.send(Job { add, delete, covered, seq });
+        let seq = self.state.enqueued.fetch_add(1, Ordering::AcqRel) + 1;
+        let _ = self.state.queue.send(Job { add, delete, covered, seq });
     }
 
     /// Waits until every event committed so far is searchable (at most a few seconds).
     async fn search_caught_up(&self) {
-        let target = self.search.enqueued.load(Ordering::Acquire);
-        let mut processed = self.search.processed.subscribe();
+        let target = self.state.enqueued.load(Ordering::Acquire);
+        let mut processed = self.state.processed.subscribe();
         if *processed.borrow() < target {
-            self.search.wanted.notify_one();
+            self.state.wanted.notify_one();
         }
-        let mut ready = self.search.ready.subscribe();
+        let mut ready = self.state.ready.subscribe();
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             let _ = ready.wait_for(|r| *r).await;
             let _ = processed.wait_for(|p| *p >= target).await;
@@ -275,7 +294,7 @@ impl Services {
 
     /// Empties the index and indexes the whole database again (`diplomatie search rebuild`).
     pub async fn rebuild_search_index(&self) -> Result<Covered> {
-        let index = self.search.open().await.map_err(search_failed)?;
+        let index = self.state.open().await.map_err(search_failed)?;
         index.clear().map_err(search_failed)?;
         catch_up(&self.db, &index).await
     }
@@ -330,7 +349,7 @@ impl Services {
         let rooms = listed;
 
         self.search_caught_up().await;
-        let index = self.search.index()?;
+        let index = self.state.index()?;
         let mut results: Vec<(f32, Arc<Pdu>)> = Vec::new();
         // `count` is over what the user may read, never the index's own count: that would
         // tell how many matching messages were posted where the user cannot look (after they
@@ -362,7 +381,7 @@ impl Services {
                 }
                 let Ok(id) = <&EventId>::try_from(event_id.as_str()) else { continue };
                 let Some(pdu) = self.rooms.get_pdu(id).await? else { continue };
-                if pdu.redacted_by.is_some() || !filter.allows(&pdu) || !self.can_see_event(user, &pdu).await? {
+                if pdu.redacted_by.is_some() || !filter.allows(&pdu) || !self.rooms.can_see_event(user, &pdu).await? {
                     continue;
                 }
                 count += 1;
@@ -441,7 +460,7 @@ impl Services {
     /// The `context` of a search result.
     async fn search_context(&self, user: &UserId, pdu: &Pdu, ctx: &ContextRequest) -> Result<Value> {
         let (before, after, start, end) =
-            self.events_around(user, pdu, ctx.before_limit.min(50), ctx.after_limit.min(50)).await?;
+            self.rooms.events_around(user, pdu, ctx.before_limit.min(50), ctx.after_limit.min(50)).await?;
         let mut context = json!({
             "events_before": before.iter().map(|p| p.to_client(true)).collect::<Vec<_>>(),
             "events_after": after.iter().map(|p| p.to_client(true)).collect::<Vec<_>>(),
@@ -481,7 +500,16 @@ pub(crate) struct Indexer(pub(crate) std::sync::Weak<Services>);
 impl commit::Subscriber for Indexer {
     fn published(&self, batch: &commit::Batch<'_>, at: &commit::Committed<'_>) {
         let Some(services) = self.0.upgrade() else { return };
-        services.index_committed(batch.events, batch.redacted, Covered::up_to(at.position));
+        services.search.index_committed(batch.events, batch.redacted, Covered::up_to(at.position));
+    }
+
+    /// Backfilled history is searchable like the rest of the room (history visibility still
+    /// applies to results).
+    fn backfilled(&self, events: &[Arc<Pdu>]) {
+        let Some(services) = self.0.upgrade() else { return };
+        if let Some(low) = events.iter().map(|p| p.stream_ordering).min() {
+            services.search.index_committed(events, &[], Covered { high: 0, low });
+        }
     }
 }
 

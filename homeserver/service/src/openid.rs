@@ -11,22 +11,23 @@ use std::{
 
 use ruma::{api::error::ErrorKind, OwnedUserId, UserId};
 
-use crate::{Error, Result, Services};
+use crate::{Error, Result};
 
 /// How long an OpenID token is valid.
 pub const OPENID_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
+/// The OpenID tokens handed out (a service with no dependencies).
 #[derive(Default)]
-pub struct OpenIdTokens(Mutex<HashMap<String, (OwnedUserId, Instant)>>);
+pub struct OpenId(Mutex<HashMap<String, (OwnedUserId, Instant)>>);
 
-impl Services {
+impl OpenId {
     /// A new OpenID token for `user` (the caller, who may ask for no one else).
-    pub fn request_openid_token(&self, caller: &UserId, user: &UserId) -> Result<String> {
+    pub fn request_token(&self, caller: &UserId, user: &UserId) -> Result<String> {
         if caller != user {
             return Err(Error::forbidden("You may only request an OpenID token for yourself"));
         }
         let token = crate::random_string(32);
-        let mut tokens = self.federation.openid.0.lock().unwrap();
+        let mut tokens = self.0.lock().unwrap();
         let now = Instant::now();
         tokens.retain(|_, (_, expires)| *expires > now);
         tokens.insert(token.clone(), (user.to_owned(), now + OPENID_TOKEN_LIFETIME));
@@ -34,8 +35,8 @@ impl Services {
     }
 
     /// `openid/userinfo`: whose token this is.
-    pub fn openid_userinfo(&self, token: &str) -> Result<OwnedUserId> {
-        let tokens = self.federation.openid.0.lock().unwrap();
+    pub fn userinfo(&self, token: &str) -> Result<OwnedUserId> {
+        let tokens = self.0.lock().unwrap();
         match tokens.get(token) {
             Some((user, expires)) if *expires > Instant::now() => Ok(user.clone()),
             _ => Err(Error::new(
