@@ -51,6 +51,8 @@ pub struct Services {
     /// The rooms' DAG, state and writer.
     pub rooms: Arc<rooms::Rooms>,
     pub accounts: Arc<accounts::Accounts>,
+    /// `/sync`.
+    pub sync: Arc<sync::Syncer>,
     /// OpenID tokens for third parties.
     pub openid: openid::OpenId,
     /// Sending events and reading the timeline.
@@ -149,7 +151,10 @@ impl Services {
                 federation.clone(),
             ));
             let search = Arc::new(search::Search::new(core.clone(), rooms.clone(), portal.clone(), search_state));
+            let sync =
+                Arc::new(sync::Syncer::new(core.clone(), rooms.clone(), e2ee.clone(), push.clone(), ephemeral.clone()));
             Services {
+                sync,
                 openid: openid::OpenId::default(),
                 uia,
                 timeline,

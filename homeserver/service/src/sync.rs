@@ -21,9 +21,13 @@ use serde::Deserialize;
 use serde_json::{json, value::RawValue, Map, Value};
 
 use crate::{
+    core::Core,
+    e2ee::E2ee,
+    ephemeral::Ephemeral,
     pdu::{self, Pdu},
-    rooms::timeline::EventFilter,
-    Error, Result, Services,
+    push::Push,
+    rooms::{timeline::EventFilter, Rooms},
+    Error, Result,
 };
 
 /// The parts of a sync filter the server applies.
@@ -107,7 +111,29 @@ pub(crate) const STRIPPED_STATE: [StateEventType; 7] = [
     StateEventType::RoomEncryption,
 ];
 
-impl Services {
+/// `/sync`, over the rooms, end-to-end encryption (to-device messages, device lists, key
+/// counts), push (unread counts, default rules) and the ephemeral streams (typing).
+pub struct Syncer {
+    core: Arc<Core>,
+    rooms: Arc<Rooms>,
+    e2ee: Arc<E2ee>,
+    push: Arc<Push>,
+    ephemeral: Arc<Ephemeral>,
+}
+
+crate::core::over_core!(Syncer);
+
+impl Syncer {
+    pub(crate) fn new(
+        core: Arc<Core>,
+        rooms: Arc<Rooms>,
+        e2ee: Arc<E2ee>,
+        push: Arc<Push>,
+        ephemeral: Arc<Ephemeral>,
+    ) -> Syncer {
+        Syncer { core, rooms, e2ee, push, ephemeral }
+    }
+
     pub fn current_token(&self) -> SyncToken {
         SyncToken { stream: self.stream_position(), typing: self.ephemeral.typing.serial() }
     }

@@ -64,6 +64,7 @@ pub async fn sync(State(s): S, req: Ruma<sync_events::v3::Request>) -> ApiResult
         s.ephemeral.presence_on_sync(user, &presence).await?;
     }
     let body = s
+        .sync
         .sync(SyncRequest {
             user,
             device: req.caller().device_id.as_str(),
