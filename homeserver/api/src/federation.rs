@@ -160,7 +160,7 @@ async fn make_join(
     req: Ruma<prepare_join_event::v1::Request>,
 ) -> ApiResult<prepare_join_event::v1::Response> {
     let (version, event) =
-        s.make_membership(req.origin(), &req.body.room_id, &req.body.user_id, "join", Some(&req.body.ver)).await?;
+        s.remote_membership.make_membership(req.origin(), &req.body.room_id, &req.body.user_id, "join", Some(&req.body.ver)).await?;
     let mut response = prepare_join_event::v1::Response::new(event);
     response.room_version = Some(version);
     Ok(response.into())
@@ -172,8 +172,8 @@ async fn send_join(
 ) -> ApiResult<create_join_event::v2::Response> {
     let b = &req.body;
     let (pdu, state_before, signed) =
-        s.send_membership_from(req.origin(), &b.room_id, &b.event_id, &b.pdu, "join").await?;
-    let state = s.join_response(&b.room_id, &pdu, &state_before, signed).await?;
+        s.remote_membership.send_membership_from(req.origin(), &b.room_id, &b.event_id, &b.pdu, "join").await?;
+    let state = s.remote_membership.join_response(&b.room_id, &pdu, &state_before, signed).await?;
     Ok(create_join_event::v2::Response::new(state).into())
 }
 
@@ -181,7 +181,7 @@ async fn make_leave(
     State(s): S,
     req: Ruma<prepare_leave_event::v1::Request>,
 ) -> ApiResult<prepare_leave_event::v1::Response> {
-    let (version, event) = s.make_membership(req.origin(), &req.body.room_id, &req.body.user_id, "leave", None).await?;
+    let (version, event) = s.remote_membership.make_membership(req.origin(), &req.body.room_id, &req.body.user_id, "leave", None).await?;
     Ok(prepare_leave_event::v1::Response::new(Some(version), event).into())
 }
 
@@ -190,7 +190,7 @@ async fn send_leave(
     req: Ruma<create_leave_event::v2::Request>,
 ) -> ApiResult<create_leave_event::v2::Response> {
     let b = &req.body;
-    s.send_membership_from(req.origin(), &b.room_id, &b.event_id, &b.pdu, "leave").await?;
+    s.remote_membership.send_membership_from(req.origin(), &b.room_id, &b.event_id, &b.pdu, "leave").await?;
     Ok(create_leave_event::v2::Response::new().into())
 }
 
@@ -199,7 +199,7 @@ async fn make_knock(
     req: Ruma<prepare_knock_event::v1::Request>,
 ) -> ApiResult<prepare_knock_event::v1::Response> {
     let (version, event) =
-        s.make_membership(req.origin(), &req.body.room_id, &req.body.user_id, "knock", Some(&req.body.ver)).await?;
+        s.remote_membership.make_membership(req.origin(), &req.body.room_id, &req.body.user_id, "knock", Some(&req.body.ver)).await?;
     Ok(prepare_knock_event::v1::Response::new(version, event).into())
 }
 
@@ -208,15 +208,15 @@ async fn send_knock(
     req: Ruma<create_knock_event::v1::Request>,
 ) -> ApiResult<create_knock_event::v1::Response> {
     let b = &req.body;
-    let (pdu, _, _) = s.send_membership_from(req.origin(), &b.room_id, &b.event_id, &b.pdu, "knock").await?;
-    let shown = s.state_shown_before_joining(&b.room_id, &pdu.sender).await?;
+    let (pdu, _, _) = s.remote_membership.send_membership_from(req.origin(), &b.room_id, &b.event_id, &b.pdu, "knock").await?;
+    let shown = s.remote_membership.state_shown_before_joining(&b.room_id, &pdu.sender).await?;
     Ok(create_knock_event::v1::Response::new(shown).into())
 }
 
 async fn invite(State(s): S, req: Ruma<create_invite::v2::Request>) -> ApiResult<create_invite::v2::Response> {
     let b = &req.body;
     let signed = s
-        .receive_invite(req.origin(), &b.room_id, &b.event_id, &b.room_version, &b.event, &b.invite_room_state)
+        .remote_membership.receive_invite(req.origin(), &b.room_id, &b.event_id, &b.room_version, &b.event, &b.invite_room_state)
         .await?;
     Ok(create_invite::v2::Response::new(signed).into())
 }
@@ -238,7 +238,7 @@ async fn state_ids(
     s.federation.check_origin_may_read(&req.body.room_id, req.origin()).await?;
     let state = s.federation.state_before_event(&req.body.room_id, &req.body.event_id).await?;
     let ids: Vec<_> = state.values().cloned().collect();
-    let chain = s.auth_chain_events(&ids).await?.iter().map(|p| p.event_id.clone()).collect();
+    let chain = s.remote_membership.auth_chain_events(&ids).await?.iter().map(|p| p.event_id.clone()).collect();
     Ok(get_room_state_ids::v1::Response::new(chain, ids).into())
 }
 
@@ -252,7 +252,7 @@ async fn state(State(s): S, req: Ruma<get_room_state::v1::Request>) -> ApiResult
             pdus.push(federation_json(&p)?);
         }
     }
-    let chain = s.auth_chain_events(&ids).await?.iter().map(|p| federation_json(p)).collect::<Result<_, _>>()?;
+    let chain = s.remote_membership.auth_chain_events(&ids).await?.iter().map(|p| federation_json(p)).collect::<Result<_, _>>()?;
     Ok(get_room_state::v1::Response::new(chain, pdus).into())
 }
 
@@ -261,7 +261,7 @@ async fn event_auth(
     req: Ruma<get_event_authorization::v1::Request>,
 ) -> ApiResult<get_event_authorization::v1::Response> {
     s.federation.check_origin_may_read(&req.body.room_id, req.origin()).await?;
-    let chain = s.auth_chain_events(std::slice::from_ref(&req.body.event_id)).await?;
+    let chain = s.remote_membership.auth_chain_events(std::slice::from_ref(&req.body.event_id)).await?;
     let chain = chain.iter().map(|p| federation_json(p)).collect::<Result<_, _>>()?;
     Ok(get_event_authorization::v1::Response::new(chain).into())
 }

@@ -51,6 +51,8 @@ pub struct Services {
     /// The rooms' DAG, state and writer.
     pub rooms: Arc<rooms::Rooms>,
     pub accounts: Arc<accounts::Accounts>,
+    /// Joins, leaves, knocks and invites across servers.
+    pub remote_membership: Arc<federation::membership::RemoteMembership>,
     /// `/sync`.
     pub sync: Arc<sync::Syncer>,
     /// OpenID tokens for third parties.
@@ -153,7 +155,17 @@ impl Services {
             let search = Arc::new(search::Search::new(core.clone(), rooms.clone(), portal.clone(), search_state));
             let sync =
                 Arc::new(sync::Syncer::new(core.clone(), rooms.clone(), e2ee.clone(), push.clone(), ephemeral.clone()));
+            let remote_membership = Arc::new(federation::membership::RemoteMembership::new(
+                core.clone(),
+                rooms.clone(),
+                accounts.clone(),
+                portal.clone(),
+                transport.clone(),
+                outbox.clone(),
+                federation.clone(),
+            ));
             Services {
+                remote_membership,
                 sync,
                 openid: openid::OpenId::default(),
                 uia,

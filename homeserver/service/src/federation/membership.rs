@@ -28,10 +28,18 @@ use ruma::{
 };
 use serde_json::{json, value::RawValue, Value};
 
-use super::inbound::{canonical, event_id_of, room_of};
+use super::{
+    client::Transport,
+    inbound::{canonical, event_id_of, room_of},
+    sender::Outbox,
+    Federation,
+};
 use crate::{
-    rooms::{received::Placement, PduBuilder, Target},
-    Error, Pdu, Result, Services,
+    accounts::Accounts,
+    core::Core,
+    portal::Portal,
+    rooms::{received::Placement, PduBuilder, Rooms, Target},
+    Error, Pdu, Result,
 };
 
 /// Room versions this server can join (those ruma knows the rules of, which it advertises).
@@ -55,7 +63,34 @@ pub fn federation_json(pdu: &Pdu) -> Result<Box<RawValue>> {
     serde_json::value::to_raw_value(&value).map_err(crate::internal!())
 }
 
-impl Services {
+/// Joining, leaving, knocking and inviting across servers, on both sides; over the rooms, the
+/// accounts (profiles), the portal (its federation rule), the transport, the outbox and the
+/// checks of received events.
+pub struct RemoteMembership {
+    core: Arc<Core>,
+    rooms: Arc<Rooms>,
+    accounts: Arc<Accounts>,
+    portal: Arc<Portal>,
+    transport: Arc<Transport>,
+    outbox: Arc<Outbox>,
+    federation: Arc<Federation>,
+}
+
+crate::core::over_core!(RemoteMembership);
+
+impl RemoteMembership {
+    pub(crate) fn new(
+        core: Arc<Core>,
+        rooms: Arc<Rooms>,
+        accounts: Arc<Accounts>,
+        portal: Arc<Portal>,
+        transport: Arc<Transport>,
+        outbox: Arc<Outbox>,
+        federation: Arc<Federation>,
+    ) -> RemoteMembership {
+        RemoteMembership { core, rooms, accounts, portal, transport, outbox, federation }
+    }
+
     /// `make_join` / `make_leave`: a template of `user`'s membership, built on the room's
     /// current position by this server's own writer (and so checked by its rules), unsigned.
     pub async fn make_membership(

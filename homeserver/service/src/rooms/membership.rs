@@ -52,7 +52,7 @@ impl Services {
                 content["is_direct"] = json!(true);
             }
             add_reason(&mut content, reason);
-            return self.invite_remote(sender, room_id, invitee, content).await;
+            return self.remote_membership.invite_remote(sender, room_id, invitee, content).await;
         }
         if diplomatie_storage::accounts::get_user(self.db.pool(), invitee.as_str()).await?.is_none() {
             return Err(Error::not_found("Unknown user"));
@@ -77,7 +77,7 @@ impl Services {
         via: &[OwnedServerName],
     ) -> Result<OwnedRoomId> {
         if self.outside_room(room_id).await? {
-            self.remote_join(user, room_id, via, reason).await?;
+            self.remote_membership.remote_join(user, room_id, via, reason).await?;
             return Ok(room_id.to_owned());
         }
         let meta = self.rooms.room_meta(room_id).await?;
@@ -132,7 +132,7 @@ impl Services {
         }
         // An invite (or knock) to a room this server is not in is refused through another.
         if self.outside_room(room_id).await? {
-            return self.remote_leave(user, room_id, &[]).await;
+            return self.remote_membership.remote_leave(user, room_id, &[]).await;
         }
         let mut content = json!({ "membership": "leave" });
         add_reason(&mut content, reason);
@@ -186,7 +186,7 @@ impl Services {
         via: &[OwnedServerName],
     ) -> Result<OwnedRoomId> {
         if self.outside_room(room_id).await? {
-            self.remote_knock(user, room_id, via, reason).await?;
+            self.remote_membership.remote_knock(user, room_id, via, reason).await?;
             return Ok(room_id.to_owned());
         }
         if self.rooms.room_meta(room_id).await?.is_none() {
