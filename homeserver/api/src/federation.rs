@@ -159,8 +159,10 @@ async fn make_join(
     State(s): S,
     req: Ruma<prepare_join_event::v1::Request>,
 ) -> ApiResult<prepare_join_event::v1::Response> {
-    let (version, event) =
-        s.remote_membership.make_membership(req.origin(), &req.body.room_id, &req.body.user_id, "join", Some(&req.body.ver)).await?;
+    let (version, event) = s
+        .remote_membership
+        .make_membership(req.origin(), &req.body.room_id, &req.body.user_id, "join", Some(&req.body.ver))
+        .await?;
     let mut response = prepare_join_event::v1::Response::new(event);
     response.room_version = Some(version);
     Ok(response.into())
@@ -181,7 +183,8 @@ async fn make_leave(
     State(s): S,
     req: Ruma<prepare_leave_event::v1::Request>,
 ) -> ApiResult<prepare_leave_event::v1::Response> {
-    let (version, event) = s.remote_membership.make_membership(req.origin(), &req.body.room_id, &req.body.user_id, "leave", None).await?;
+    let (version, event) =
+        s.remote_membership.make_membership(req.origin(), &req.body.room_id, &req.body.user_id, "leave", None).await?;
     Ok(prepare_leave_event::v1::Response::new(Some(version), event).into())
 }
 
@@ -198,8 +201,10 @@ async fn make_knock(
     State(s): S,
     req: Ruma<prepare_knock_event::v1::Request>,
 ) -> ApiResult<prepare_knock_event::v1::Response> {
-    let (version, event) =
-        s.remote_membership.make_membership(req.origin(), &req.body.room_id, &req.body.user_id, "knock", Some(&req.body.ver)).await?;
+    let (version, event) = s
+        .remote_membership
+        .make_membership(req.origin(), &req.body.room_id, &req.body.user_id, "knock", Some(&req.body.ver))
+        .await?;
     Ok(prepare_knock_event::v1::Response::new(version, event).into())
 }
 
@@ -208,7 +213,8 @@ async fn send_knock(
     req: Ruma<create_knock_event::v1::Request>,
 ) -> ApiResult<create_knock_event::v1::Response> {
     let b = &req.body;
-    let (pdu, _, _) = s.remote_membership.send_membership_from(req.origin(), &b.room_id, &b.event_id, &b.pdu, "knock").await?;
+    let (pdu, _, _) =
+        s.remote_membership.send_membership_from(req.origin(), &b.room_id, &b.event_id, &b.pdu, "knock").await?;
     let shown = s.remote_membership.state_shown_before_joining(&b.room_id, &pdu.sender).await?;
     Ok(create_knock_event::v1::Response::new(shown).into())
 }
@@ -216,7 +222,8 @@ async fn send_knock(
 async fn invite(State(s): S, req: Ruma<create_invite::v2::Request>) -> ApiResult<create_invite::v2::Response> {
     let b = &req.body;
     let signed = s
-        .remote_membership.receive_invite(req.origin(), &b.room_id, &b.event_id, &b.room_version, &b.event, &b.invite_room_state)
+        .remote_membership
+        .receive_invite(req.origin(), &b.room_id, &b.event_id, &b.room_version, &b.event, &b.invite_room_state)
         .await?;
     Ok(create_invite::v2::Response::new(signed).into())
 }
@@ -252,7 +259,13 @@ async fn state(State(s): S, req: Ruma<get_room_state::v1::Request>) -> ApiResult
             pdus.push(federation_json(&p)?);
         }
     }
-    let chain = s.remote_membership.auth_chain_events(&ids).await?.iter().map(|p| federation_json(p)).collect::<Result<_, _>>()?;
+    let chain = s
+        .remote_membership
+        .auth_chain_events(&ids)
+        .await?
+        .iter()
+        .map(|p| federation_json(p))
+        .collect::<Result<_, _>>()?;
     Ok(get_room_state::v1::Response::new(chain, pdus).into())
 }
 

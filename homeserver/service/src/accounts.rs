@@ -509,7 +509,7 @@ impl Services {
         for (room, membership) in diplomatie_storage::state::rooms_for_user(self.db.pool(), user.as_str()).await? {
             if matches!(membership.as_str(), "join" | "invite" | "knock") {
                 if let Ok(room_id) = ruma::OwnedRoomId::try_from(room) {
-                    if let Err(e) = self.leave(user, &room_id, Some("Account deactivated".into())).await {
+                    if let Err(e) = self.membership.leave(user, &room_id, Some("Account deactivated".into())).await {
                         tracing::warn!(%room_id, error = %e, "could not leave room on deactivation");
                     }
                 }

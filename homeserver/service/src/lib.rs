@@ -51,6 +51,8 @@ pub struct Services {
     /// The rooms' DAG, state and writer.
     pub rooms: Arc<rooms::Rooms>,
     pub accounts: Arc<accounts::Accounts>,
+    /// Room creation and memberships.
+    pub membership: Arc<rooms::membership::Membership>,
     /// Joins, leaves, knocks and invites across servers.
     pub remote_membership: Arc<federation::membership::RemoteMembership>,
     /// `/sync`.
@@ -164,7 +166,16 @@ impl Services {
                 outbox.clone(),
                 federation.clone(),
             ));
+            let membership = Arc::new(rooms::membership::Membership::new(
+                core.clone(),
+                rooms.clone(),
+                accounts.clone(),
+                portal.clone(),
+                transport.clone(),
+                remote_membership.clone(),
+            ));
             Services {
+                membership,
                 remote_membership,
                 sync,
                 openid: openid::OpenId::default(),

@@ -465,9 +465,9 @@ impl Services {
         req.power_level_content_override = Some(raw(powers.clone())?);
         req.initial_state = initial.into_iter().map(raw).collect::<Result<_>>()?;
         req.invite = managers.to_vec();
-        let space = self.create_room(&system, req).await?;
+        let space = self.membership.create_room(&system, req).await?;
         for m in managers {
-            self.join(m, &space, None).await?;
+            self.membership.join(m, &space, None).await?;
         }
 
         // Its rooms, restricted to its members.
@@ -488,11 +488,11 @@ impl Services {
             req.room_alias_name = Some(format!("{prefix}.{slug}.{key}"));
             req.power_level_content_override = Some(raw(powers.clone())?);
             req.initial_state = initial.into_iter().map(raw).collect::<Result<_>>()?;
-            let room = self.create_room(&system, req).await?;
+            let room = self.membership.create_room(&system, req).await?;
             let child = json!({ "via": [self.server_name()], "suggested": true, "order": format!("{:02}", i + 1) });
             self.timeline.send_state(&system, &space, "m.space.child", room.as_str(), child).await?;
             for m in managers {
-                self.join(m, &room, None).await?;
+                self.membership.join(m, &room, None).await?;
             }
             children.push(room);
         }
@@ -541,14 +541,14 @@ impl Services {
         if !self.rooms.is_joined(space, user).await? {
             if self.rooms.membership(space, user).await? != Some(MembershipState::Invite) {
                 let system = self.system_user().await?;
-                self.invite(&system, space, user, None, false).await?;
+                self.membership.invite(&system, space, user, None, false).await?;
             }
-            self.join(user, space, None).await?;
+            self.membership.join(user, space, None).await?;
             added = true;
         }
         for room in self.space_child_ids(space).await? {
             if !self.rooms.is_joined(&room, user).await? {
-                self.join(user, &room, None).await?;
+                self.membership.join(user, &room, None).await?;
                 added = true;
             }
         }
@@ -579,7 +579,7 @@ impl Services {
     ) -> Result<()> {
         let knocked = invitee.server_name() == self.server_name()
             && self.rooms.membership(room_id, invitee).await? == Some(MembershipState::Knock);
-        self.invite(sender, room_id, invitee, reason, is_direct).await?;
+        self.membership.invite(sender, room_id, invitee, reason, is_direct).await?;
         if knocked {
             self.knock_approved(room_id, invitee).await?;
         }

@@ -421,7 +421,7 @@ impl Services {
             let Ok(room_id) = ruma::OwnedRoomId::try_from(room) else { continue };
             let facts = self.portal.room_facts_now(&room_id).await?;
             if policies::may_enter(person, facts, Entry::Join).is_err() {
-                self.leave(target, &room_id, Some(reason.to_owned())).await?;
+                self.membership.leave(target, &room_id, Some(reason.to_owned())).await?;
             }
         }
         Ok(())

@@ -39,7 +39,7 @@ async fn every_event_verifies_in_every_room_version() {
         let mut req = CreateRoom::new();
         req.room_version = Some(version.clone());
         req.name = Some(format!("v{v}"));
-        let room_id = s.create_room(&alice, req).await.unwrap();
+        let room_id = s.membership.create_room(&alice, req).await.unwrap();
         let device = ruma::OwnedDeviceId::from("DEV");
         let txn = ruma::OwnedTransactionId::from(format!("t{v}"));
         let msg = s
@@ -88,7 +88,7 @@ async fn state_groups_rebuild_the_same_state_after_a_restart() {
     let config = Config { data_dir: dir.path().to_owned(), ..Config::default() };
     let s = Services::start(config.clone()).await.unwrap();
     let alice = s.accounts.create_account(Some("alice"), Some("pw"), false, None).await.unwrap();
-    let room_id = s.create_room(&alice, CreateRoom::new()).await.unwrap();
+    let room_id = s.membership.create_room(&alice, CreateRoom::new()).await.unwrap();
     // Past the delta chain length, so that snapshots and deltas both matter.
     for i in 0..150 {
         s.timeline

@@ -24,7 +24,7 @@ async fn forks_meet_through_state_resolution() {
         let alice = s.accounts.create_account(Some("alice"), Some("pw"), false, None).await.unwrap();
         let mut req = CreateRoom::new();
         req.room_version = Some(RoomVersionId::try_from(version).unwrap());
-        let room = s.create_room(&alice, req).await.unwrap();
+        let room = s.membership.create_room(&alice, req).await.unwrap();
         let base = s.rooms.known_room(&room).await.unwrap().extremities.clone();
         let t = now_ms();
 

@@ -49,7 +49,7 @@ pub async fn capabilities(
         SUPPORTED_ROOM_VERSIONS.iter().map(|v| (v.to_string(), json!("stable"))).collect();
     Ok(json_ok(json!({
         "capabilities": {
-            "m.room_versions": { "default": s.default_room_version(), "available": available },
+            "m.room_versions": { "default": s.membership.default_room_version(), "available": available },
             "m.change_password": { "enabled": true },
             "m.set_displayname": { "enabled": true },
             "m.set_avatar_url": { "enabled": true },

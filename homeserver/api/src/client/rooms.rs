@@ -33,7 +33,7 @@ pub async fn create_room(State(s): S, req: Ruma<create_room::v3::Request>) -> Ap
     let user = req.caller().user_id.clone();
     // Spawned: a client that disconnects must not interrupt the room's creation half-way
     // between its commit and the update of the caches.
-    let task = tokio::spawn(async move { s.create_room(&user, req.body).await });
+    let task = tokio::spawn(async move { s.membership.create_room(&user, req.body).await });
     let room_id = task.await.map_err(diplomatie_service::internal!())??;
     Ok(create_room::v3::Response::new(room_id).into())
 }
@@ -43,7 +43,7 @@ pub async fn join_by_id(
     req: Ruma<join_room_by_id::v3::Request>,
 ) -> ApiResult<join_room_by_id::v3::Response> {
     let user = req.caller().user_id.clone();
-    let room_id = s.join(&user, &req.body.room_id, req.body.reason).await?;
+    let room_id = s.membership.join(&user, &req.body.room_id, req.body.reason).await?;
     Ok(join_room_by_id::v3::Response::new(room_id).into())
 }
 
@@ -51,18 +51,18 @@ pub async fn join_by_id_or_alias(
     State(s): S,
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> ApiResult<join_room_by_id_or_alias::v3::Response> {
-    let (room_id, mut servers) = s.resolve_room_and_servers(&req.body.room_id_or_alias).await?;
+    let (room_id, mut servers) = s.membership.resolve_room_and_servers(&req.body.room_id_or_alias).await?;
     servers.extend(req.body.via.iter().cloned());
     let user = req.caller().user_id.clone();
-    let room_id = s.join_via(&user, &room_id, req.body.reason, &servers).await?;
+    let room_id = s.membership.join_via(&user, &room_id, req.body.reason, &servers).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id).into())
 }
 
 pub async fn knock(State(s): S, req: Ruma<knock_room::v3::Request>) -> ApiResult<knock_room::v3::Response> {
-    let (room_id, mut servers) = s.resolve_room_and_servers(&req.body.room_id_or_alias).await?;
+    let (room_id, mut servers) = s.membership.resolve_room_and_servers(&req.body.room_id_or_alias).await?;
     servers.extend(req.body.via.iter().cloned());
     let user = req.caller().user_id.clone();
-    let room_id = s.knock_via(&user, &room_id, req.body.reason, &servers).await?;
+    let room_id = s.membership.knock_via(&user, &room_id, req.body.reason, &servers).await?;
     Ok(knock_room::v3::Response::new(room_id).into())
 }
 
@@ -84,30 +84,30 @@ pub async fn invite(State(s): S, req: Ruma<invite_user::v3::Request>) -> ApiResu
 
 pub async fn leave(State(s): S, req: Ruma<leave_room::v3::Request>) -> ApiResult<leave_room::v3::Response> {
     let user = req.caller().user_id.clone();
-    s.leave(&user, &req.body.room_id, req.body.reason).await?;
+    s.membership.leave(&user, &req.body.room_id, req.body.reason).await?;
     Ok(leave_room::v3::Response::new().into())
 }
 
 pub async fn forget(State(s): S, req: Ruma<forget_room::v3::Request>) -> ApiResult<forget_room::v3::Response> {
-    s.forget(&req.caller().user_id, &req.body.room_id).await?;
+    s.membership.forget(&req.caller().user_id, &req.body.room_id).await?;
     Ok(forget_room::v3::Response::new().into())
 }
 
 pub async fn kick(State(s): S, req: Ruma<kick_user::v3::Request>) -> ApiResult<kick_user::v3::Response> {
     let user = req.caller().user_id.clone();
-    s.set_membership_of(&user, &req.body.room_id, &req.body.user_id, "leave", req.body.reason).await?;
+    s.membership.set_membership_of(&user, &req.body.room_id, &req.body.user_id, "leave", req.body.reason).await?;
     Ok(kick_user::v3::Response::new().into())
 }
 
 pub async fn ban(State(s): S, req: Ruma<ban_user::v3::Request>) -> ApiResult<ban_user::v3::Response> {
     let user = req.caller().user_id.clone();
-    s.set_membership_of(&user, &req.body.room_id, &req.body.user_id, "ban", req.body.reason).await?;
+    s.membership.set_membership_of(&user, &req.body.room_id, &req.body.user_id, "ban", req.body.reason).await?;
     Ok(ban_user::v3::Response::new().into())
 }
 
 pub async fn unban(State(s): S, req: Ruma<unban_user::v3::Request>) -> ApiResult<unban_user::v3::Response> {
     let user = req.caller().user_id.clone();
-    s.unban(&user, &req.body.room_id, &req.body.user_id, req.body.reason).await?;
+    s.membership.unban(&user, &req.body.room_id, &req.body.user_id, req.body.reason).await?;
     Ok(unban_user::v3::Response::new().into())
 }
 

@@ -107,8 +107,8 @@ impl Services {
             "type": "fr.diplomatie.journal", "state_key": "", "content": { "owner": user },
         }))];
         req.invite = vec![user.to_owned()];
-        let room = self.create_room(&system, req).await?;
-        self.join(user, &room, None).await?;
+        let room = self.membership.create_room(&system, req).await?;
+        self.membership.join(user, &room, None).await?;
         store::insert_journal(self.db.pool(), user.as_str(), room.as_str()).await?;
         Ok(room)
     }

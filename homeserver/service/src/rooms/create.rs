@@ -10,8 +10,8 @@ use ruma::{
 };
 use serde_json::{json, Map, Value};
 
-use super::{PduBuilder, RoomWriter, Target};
-use crate::{Error, Result, Services};
+use super::{membership::Membership, PduBuilder, RoomWriter, Target};
+use crate::{Error, Result};
 
 /// Room versions this server creates and joins. The spec's recommended default is 12.
 pub const SUPPORTED_ROOM_VERSIONS: &[&str] = &["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"];
@@ -24,7 +24,7 @@ enum Preset {
     PublicChat,
 }
 
-impl Services {
+impl Membership {
     pub fn default_room_version(&self) -> RoomVersionId {
         RoomVersionId::try_from(self.config.default_room_version.as_str()).unwrap_or(RoomVersionId::V12)
     }

@@ -1,5 +1,7 @@
 //! Membership: invite, join (by id, by alias, restricted), leave, kick, ban, unban, knock, forget.
 
+use std::sync::Arc;
+
 use ruma::events::room::member::MembershipState;
 use ruma::{
     api::error::ErrorKind,
@@ -8,10 +10,41 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use super::{create::with_membership, PduBuilder, Target};
-use crate::{Error, Result, Services};
+use super::{create::with_membership, PduBuilder, Rooms, Target};
+use crate::{
+    accounts::Accounts,
+    core::Core,
+    federation::{client::Transport, membership::RemoteMembership},
+    portal::Portal,
+    Error, Result,
+};
 
-impl Services {
+/// Creating rooms and changing memberships (join, leave, invite, knock, kick, ban), here or
+/// through other servers; over the rooms, the accounts (profiles), the portal, the transport
+/// (the allow-list) and the memberships across servers.
+pub struct Membership {
+    core: Arc<Core>,
+    pub(super) rooms: Arc<Rooms>,
+    pub(super) accounts: Arc<Accounts>,
+    portal: Arc<Portal>,
+    pub(super) transport: Arc<Transport>,
+    remote_membership: Arc<RemoteMembership>,
+}
+
+crate::core::over_core!(Membership);
+
+impl Membership {
+    pub(crate) fn new(
+        core: Arc<Core>,
+        rooms: Arc<Rooms>,
+        accounts: Arc<Accounts>,
+        portal: Arc<Portal>,
+        transport: Arc<Transport>,
+        remote_membership: Arc<RemoteMembership>,
+    ) -> Membership {
+        Membership { core, rooms, accounts, portal, transport, remote_membership }
+    }
+
     /// Resolves a room id or an alias (another server's through federation) to a room id and
     /// servers that are in the room.
     pub async fn resolve_room_and_servers(&self, room: &RoomOrAliasId) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
@@ -212,7 +245,7 @@ impl Services {
     }
 }
 
-impl Services {
+impl Membership {
     /// Whether memberships in this room go through another server: federation is on and no
     /// user of this server is in the room (or the room is unknown here).
     async fn outside_room(&self, room_id: &RoomId) -> Result<bool> {

@@ -415,7 +415,7 @@ mod tests {
         let config = Config { data_dir: dir.path().to_owned(), ..Config::default() };
         let s = Services::start(config).await.unwrap();
         let alice = s.accounts.create_account(Some("alice"), Some("pw"), false, None).await.unwrap();
-        let room = s.create_room(&alice, CreateRoom::new()).await.unwrap();
+        let room = s.membership.create_room(&alice, CreateRoom::new()).await.unwrap();
         let base = s.rooms.known_room(&room).await.unwrap().extremities[0].clone();
         let state = (*s.rooms.current_state(&room).await.unwrap()).clone();
         let id = |ty: StateEventType, key: &str| state.get(&(ty, key.to_owned())).unwrap().to_string();
