@@ -329,7 +329,7 @@ async fn query_directory(
     if alias.server_name() != s.server_name() {
         return Err(Error::not_found("Not an alias of this server").into());
     }
-    let room_id = s.alias_target(alias).await?.ok_or_else(|| Error::not_found("Room alias not found"))?;
+    let room_id = s.directory.alias_target(alias).await?.ok_or_else(|| Error::not_found("Room alias not found"))?;
     let servers: Vec<OwnedServerName> = s.rooms.servers_in_room(&room_id).await?;
     Ok(get_room_information::v1::Response::new(room_id, servers).into())
 }
@@ -368,7 +368,7 @@ async fn directory_page(
     limit: Option<ruma::UInt>,
 ) -> Result<Response, crate::error::ApiError> {
     let limit = limit.map(|l| u64::from(l) as usize);
-    let (chunk, next, prev, total) = s.public_rooms(term, since, limit).await?;
+    let (chunk, next, prev, total) = s.directory.public_rooms(term, since, limit).await?;
     Ok(crate::client::rooms::directory_page(chunk, next, prev, total))
 }
 
@@ -396,5 +396,5 @@ async fn openid_userinfo(
 }
 
 async fn hierarchy(State(s): S, req: Ruma<get_hierarchy::v1::Request>) -> Result<Response, crate::error::ApiError> {
-    Ok(json_ok(s.federation_hierarchy(req.origin(), &req.body.room_id, req.body.suggested_only).await?))
+    Ok(json_ok(s.directory.federation_hierarchy(req.origin(), &req.body.room_id, req.body.suggested_only).await?))
 }

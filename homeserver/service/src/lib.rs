@@ -51,6 +51,8 @@ pub struct Services {
     /// The rooms' DAG, state and writer.
     pub rooms: Arc<rooms::Rooms>,
     pub accounts: Arc<accounts::Accounts>,
+    /// Aliases, directories, room summaries, space hierarchies.
+    pub directory: Arc<rooms::directory::Directory>,
     /// Room creation and memberships.
     pub membership: Arc<rooms::membership::Membership>,
     /// Joins, leaves, knocks and invites across servers.
@@ -174,7 +176,17 @@ impl Services {
                 transport.clone(),
                 remote_membership.clone(),
             ));
+            let directory = Arc::new(rooms::directory::Directory::new(
+                core.clone(),
+                rooms.clone(),
+                accounts.clone(),
+                portal.clone(),
+                timeline.clone(),
+                transport.clone(),
+                federation.clone(),
+            ));
             Services {
+                directory,
                 membership,
                 remote_membership,
                 sync,

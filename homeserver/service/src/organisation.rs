@@ -361,7 +361,7 @@ impl Services {
     async fn org_space(&self, kind: SpaceKind, slug: &str) -> Result<Option<OwnedRoomId>> {
         let alias = RoomAliasId::parse(format!("#{}.{slug}:{}", kind.prefix(), self.server_name()))
             .map_err(|_| Error::invalid_param("Invalid slug"))?;
-        self.alias_target(&alias).await
+        self.directory.alias_target(&alias).await
     }
 
     /// Creates a functional group (a space, its general and correspondence rooms) unless it
@@ -427,7 +427,11 @@ impl Services {
         valid_slug(slug)?;
         let level = level(classification)?;
         if let Some(space) = self.org_space(kind, slug).await? {
-            return Ok(Created { space_id: space.clone(), rooms: self.space_child_ids(&space).await?, created: false });
+            return Ok(Created {
+                space_id: space.clone(),
+                rooms: self.directory.space_child_ids(&space).await?,
+                created: false,
+            });
         }
         let system = self.system_user().await?;
         let mut users = serde_json::Map::new();
@@ -512,7 +516,7 @@ impl Services {
         let managers = self.existing_users(managers).await?;
         let system = self.system_user().await?;
         let mut rooms = vec![space.clone()];
-        rooms.extend(self.space_child_ids(&space).await?);
+        rooms.extend(self.directory.space_child_ids(&space).await?);
         for room in &rooms {
             let mut levels = self.rooms.power_levels(room).await?;
             let users = levels.entry("users").or_insert_with(|| json!({}));
@@ -546,7 +550,7 @@ impl Services {
             self.membership.join(user, space, None).await?;
             added = true;
         }
-        for room in self.space_child_ids(space).await? {
+        for room in self.directory.space_child_ids(space).await? {
             if !self.rooms.is_joined(&room, user).await? {
                 self.membership.join(user, &room, None).await?;
                 added = true;

@@ -212,22 +212,22 @@ pub async fn send_state(
 }
 
 pub async fn room_aliases(State(s): S, req: Ruma<aliases::v3::Request>) -> Result<Response, ApiError> {
-    let aliases = s.room_aliases(&req.caller().user_id, &req.body.room_id).await?;
+    let aliases = s.directory.room_aliases(&req.caller().user_id, &req.body.room_id).await?;
     Ok(json_ok(json!({ "aliases": aliases })))
 }
 
 pub async fn get_alias(State(s): S, req: Ruma<get_alias::v3::Request>) -> ApiResult<get_alias::v3::Response> {
-    let room_id = s.resolve_alias(&req.body.room_alias).await?;
+    let room_id = s.directory.resolve_alias(&req.body.room_alias).await?;
     Ok(get_alias::v3::Response::new(room_id, vec![s.server_name().to_owned()]).into())
 }
 
 pub async fn create_alias(State(s): S, req: Ruma<create_alias::v3::Request>) -> ApiResult<create_alias::v3::Response> {
-    s.create_alias(&req.caller().user_id, &req.body.room_alias, &req.body.room_id).await?;
+    s.directory.create_alias(&req.caller().user_id, &req.body.room_alias, &req.body.room_id).await?;
     Ok(create_alias::v3::Response::new().into())
 }
 
 pub async fn delete_alias(State(s): S, req: Ruma<delete_alias::v3::Request>) -> ApiResult<delete_alias::v3::Response> {
-    s.delete_alias(&req.caller().user_id, &req.body.room_alias).await?;
+    s.directory.delete_alias(&req.caller().user_id, &req.body.room_alias).await?;
     Ok(delete_alias::v3::Response::new().into())
 }
 
@@ -235,7 +235,7 @@ pub async fn room_visibility(
     State(s): S,
     req: Ruma<get_room_visibility::v3::Request>,
 ) -> ApiResult<get_room_visibility::v3::Response> {
-    let public = s.room_is_public(&req.body.room_id).await?;
+    let public = s.directory.room_is_public(&req.body.room_id).await?;
     Ok(get_room_visibility::v3::Response::new(if public { Visibility::Public } else { Visibility::Private }).into())
 }
 
@@ -243,7 +243,9 @@ pub async fn set_visibility(
     State(s): S,
     req: Ruma<set_room_visibility::v3::Request>,
 ) -> ApiResult<set_room_visibility::v3::Response> {
-    s.set_room_visibility(&req.caller().user_id, &req.body.room_id, req.body.visibility == Visibility::Public).await?;
+    s.directory
+        .set_room_visibility(&req.caller().user_id, &req.body.room_id, req.body.visibility == Visibility::Public)
+        .await?;
     Ok(set_room_visibility::v3::Response::new().into())
 }
 
@@ -271,7 +273,7 @@ pub async fn public_rooms(State(s): S, req: Ruma<get_public_rooms::v3::Request>)
             s.federation.remote_public_rooms(&server, None, req.body.since.clone(), req.body.limit).await?,
         ));
     }
-    let (chunk, next, prev, total) = s.public_rooms(None, req.body.since.as_deref(), limit).await?;
+    let (chunk, next, prev, total) = s.directory.public_rooms(None, req.body.since.as_deref(), limit).await?;
     Ok(directory_page(chunk, next, prev, total))
 }
 
@@ -287,14 +289,17 @@ pub async fn public_rooms_filtered(
             s.federation.remote_public_rooms(&server, term, req.body.since.clone(), req.body.limit).await?,
         ));
     }
-    let (chunk, next, prev, total) = s.public_rooms(term.as_deref(), req.body.since.as_deref(), limit).await?;
+    let (chunk, next, prev, total) =
+        s.directory.public_rooms(term.as_deref(), req.body.since.as_deref(), limit).await?;
     Ok(directory_page(chunk, next, prev, total))
 }
 
 /// `POST /user_directory/search`
 pub async fn search_users(State(s): S, req: Ruma<search_users::v3::Request>) -> Result<Response, ApiError> {
-    let (results, limited) =
-        s.search_users(&req.caller().user_id, &req.body.search_term, u64::from(req.body.limit) as usize).await?;
+    let (results, limited) = s
+        .directory
+        .search_users(&req.caller().user_id, &req.body.search_term, u64::from(req.body.limit) as usize)
+        .await?;
     Ok(json_ok(json!({ "results": results, "limited": limited })))
 }
 
@@ -307,6 +312,7 @@ pub async fn hierarchy(
     let b = &req.body;
     let as_usize = |v: Option<ruma::UInt>| v.map(|v| u64::from(v).min(usize::MAX as u64) as usize);
     let page = s
+        .directory
         .hierarchy(
             &req.caller().user_id,
             &b.room_id,

@@ -158,7 +158,8 @@ impl Services {
             |s: String| RoomAliasId::parse(s).map_err(|_| Error::invalid_param(format!("Invalid group {slug:?}")));
         let space_alias = alias(format!("#{prefix}.{slug}:{}", self.server_name()))?;
         let room_alias = alias(format!("#{prefix}.{slug}.{key}:{}", self.server_name()))?;
-        let (Some(space), Some(room)) = (self.alias_target(&space_alias).await?, self.alias_target(&room_alias).await?)
+        let (Some(space), Some(room)) =
+            (self.directory.alias_target(&space_alias).await?, self.directory.alias_target(&room_alias).await?)
         else {
             return Ok(None);
         };

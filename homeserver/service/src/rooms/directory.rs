@@ -1,11 +1,48 @@
 //! Room aliases, the public room directory and the user directory.
 
+use std::sync::Arc;
+
 use ruma::{api::error::ErrorKind, events::StateEventType, OwnedRoomId, RoomAliasId, RoomId, UserId};
 use serde_json::{json, Value};
 
-use crate::{Error, Result, Services};
+use super::{timeline::Timeline, Rooms};
+use crate::{
+    accounts::Accounts,
+    core::Core,
+    federation::{client::Transport, Federation},
+    portal::Portal,
+    Error, Result,
+};
 
-impl Services {
+/// Aliases, the public room directory, the user directory, room summaries and the space
+/// hierarchy (`spaces.rs`); over the rooms, the accounts, the portal (what may be listed), the
+/// timeline (alias state events), the transport and federation (server ACLs, other servers'
+/// hierarchies).
+pub struct Directory {
+    core: Arc<Core>,
+    pub(super) rooms: Arc<Rooms>,
+    accounts: Arc<Accounts>,
+    pub(super) portal: Arc<Portal>,
+    timeline: Arc<Timeline>,
+    pub(super) transport: Arc<Transport>,
+    pub(super) federation: Arc<Federation>,
+}
+
+crate::core::over_core!(Directory);
+
+impl Directory {
+    pub(crate) fn new(
+        core: Arc<Core>,
+        rooms: Arc<Rooms>,
+        accounts: Arc<Accounts>,
+        portal: Arc<Portal>,
+        timeline: Arc<Timeline>,
+        transport: Arc<Transport>,
+        federation: Arc<Federation>,
+    ) -> Directory {
+        Directory { core, rooms, accounts, portal, timeline, transport, federation }
+    }
+
     pub async fn create_alias(&self, user: &UserId, alias: &RoomAliasId, room_id: &RoomId) -> Result<()> {
         if alias.server_name() != self.server_name() {
             return Err(Error::invalid_param("Aliases must be on this server"));

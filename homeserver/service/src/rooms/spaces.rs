@@ -16,7 +16,8 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use crate::{Error, Result, Services};
+use super::directory::Directory;
+use crate::{Error, Result};
 
 /// One page of the hierarchy.
 #[derive(Debug)]
@@ -82,7 +83,7 @@ fn valid_order(order: &str) -> bool {
     order.len() <= 50 && order.bytes().all(|b| (0x20..=0x7e).contains(&b))
 }
 
-impl Services {
+impl Directory {
     /// `GET /rooms/{roomId}/hierarchy`.
     pub async fn hierarchy(&self, user: &UserId, root: &RoomId, req: HierarchyRequest<'_>) -> Result<HierarchyPage> {
         let limit = req.limit.unwrap_or(50).clamp(1, 200);
@@ -280,7 +281,7 @@ impl Services {
     }
 }
 
-impl Services {
+impl Directory {
     /// `hierarchy` over federation: a space (or room) and its direct children, as another
     /// server's users could see them from outside (or `origin` from inside, for rooms it is
     /// in); children it may not see are listed as inaccessible.
