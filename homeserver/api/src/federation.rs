@@ -151,7 +151,8 @@ async fn send_transaction(
         return Err(Error::forbidden("The transaction's origin is not the server that signed it").into());
     }
     let edus: Vec<Box<RawValue>> = req.body.edus.iter().map(|e| e.json().to_owned()).collect();
-    let results = s.receive_transaction(req.origin(), req.body.transaction_id.as_str(), &req.body.pdus, &edus).await?;
+    let results =
+        s.peers.receive_transaction(req.origin(), req.body.transaction_id.as_str(), &req.body.pdus, &edus).await?;
     Ok(send_transaction_message::v1::Response::new(results).into())
 }
 
@@ -335,7 +336,7 @@ async fn query_directory(
 }
 
 async fn keys_query(State(s): S, req: Ruma<get_keys::v1::Request>) -> Result<Response, crate::error::ApiError> {
-    let mut answer = s.federation_query_keys(&req.body.device_keys).await?;
+    let mut answer = s.peers.federation_query_keys(&req.body.device_keys).await?;
     if let Some(o) = answer.as_object_mut() {
         o.remove("failures");
     }
@@ -349,7 +350,7 @@ async fn keys_claim(State(s): S, req: Ruma<claim_keys::v1::Request>) -> Result<R
         .iter()
         .map(|(u, d)| (u.clone(), d.iter().map(|(dev, alg)| (dev.to_string(), alg.to_string())).collect()))
         .collect();
-    let mut answer = s.federation_claim_keys(&requested).await?;
+    let mut answer = s.peers.federation_claim_keys(&requested).await?;
     if let Some(o) = answer.as_object_mut() {
         o.remove("failures");
     }
@@ -357,7 +358,7 @@ async fn keys_claim(State(s): S, req: Ruma<claim_keys::v1::Request>) -> Result<R
 }
 
 async fn user_devices(State(s): S, req: Ruma<get_devices::v1::Request>) -> ApiResult<get_devices::v1::Response> {
-    Ok(s.federation_user_devices(&req.body.user_id).await?.into())
+    Ok(s.peers.federation_user_devices(&req.body.user_id).await?.into())
 }
 
 /// This server's public rooms, for another server's users.

@@ -51,6 +51,8 @@ pub struct Services {
     /// The rooms' DAG, state and writer.
     pub rooms: Arc<rooms::Rooms>,
     pub accounts: Arc<accounts::Accounts>,
+    /// Transactions, presence and keys other servers send or ask.
+    pub peers: Arc<federation::transactions::Peers>,
     /// Aliases, directories, room summaries, space hierarchies.
     pub directory: Arc<rooms::directory::Directory>,
     /// Room creation and memberships.
@@ -185,7 +187,16 @@ impl Services {
                 transport.clone(),
                 federation.clone(),
             ));
+            let peers = Arc::new(federation::transactions::Peers::new(
+                core.clone(),
+                rooms.clone(),
+                accounts.clone(),
+                federation.clone(),
+                ephemeral.clone(),
+                e2ee.clone(),
+            ));
             Services {
+                peers,
                 directory,
                 membership,
                 remote_membership,

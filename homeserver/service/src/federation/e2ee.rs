@@ -11,9 +11,10 @@ use ruma::{
 };
 use serde_json::Value;
 
-use crate::{Error, Result, Services};
+use super::transactions::Peers;
+use crate::{Error, Result};
 
-impl Services {
+impl Peers {
     /// `user/keys/query` from another server: keys of this server's users.
     pub async fn federation_query_keys(&self, requested: &BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>) -> Result<Value> {
         let local: BTreeMap<OwnedUserId, Vec<String>> = requested

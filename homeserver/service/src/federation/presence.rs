@@ -4,9 +4,10 @@
 
 use ruma::{api::federation::transactions::edu::PresenceContent, ServerName};
 
-use crate::{Result, Services};
+use super::transactions::Peers;
+use crate::Result;
 
-impl Services {
+impl Peers {
     /// `m.presence` from `origin`: the presence of its users who share a room with ours.
     pub(crate) async fn receive_presence(&self, origin: &ServerName, content: PresenceContent) -> Result<()> {
         for entry in content.push {

@@ -2,14 +2,17 @@
 //! their EDUs (typing, receipts) applied when the origin speaks for the user. A transaction
 //! received again gets the answer the first one got, and changes nothing.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use diplomatie_storage::federation as store;
 use ruma::{api::federation::transactions::edu::Edu, events::receipt::ReceiptThread, OwnedEventId, ServerName};
 use serde_json::{value::RawValue, Value};
 
-use super::inbound::{canonical, event_id_of, room_of};
-use crate::{now_ms, Error, Result, Services};
+use super::{
+    inbound::{canonical, event_id_of, room_of},
+    Federation,
+};
+use crate::{accounts::Accounts, core::Core, e2ee::E2ee, ephemeral::Ephemeral, now_ms, rooms::Rooms, Error, Result};
 
 /// The spec's limits on a transaction.
 const MAX_PDUS: usize = 50;
@@ -18,7 +21,32 @@ const MAX_EDUS: usize = 100;
 /// The answer for each PDU: accepted, or why not.
 pub type PduResults = BTreeMap<OwnedEventId, std::result::Result<(), String>>;
 
-impl Services {
+/// What other servers send and ask beyond the room DAG: transactions (their PDUs handed to
+/// [`Federation`], their EDUs applied), their users' presence, and the keys and to-device
+/// messages of end-to-end encryption (`e2ee.rs`, `presence.rs`).
+pub struct Peers {
+    core: Arc<Core>,
+    pub(super) rooms: Arc<Rooms>,
+    pub(super) accounts: Arc<Accounts>,
+    federation: Arc<Federation>,
+    pub(super) ephemeral: Arc<Ephemeral>,
+    pub(super) e2ee: Arc<E2ee>,
+}
+
+crate::core::over_core!(Peers);
+
+impl Peers {
+    pub(crate) fn new(
+        core: Arc<Core>,
+        rooms: Arc<Rooms>,
+        accounts: Arc<Accounts>,
+        federation: Arc<Federation>,
+        ephemeral: Arc<Ephemeral>,
+        e2ee: Arc<E2ee>,
+    ) -> Peers {
+        Peers { core, rooms, accounts, federation, ephemeral, e2ee }
+    }
+
     /// `/send`: a transaction from `origin`, in a span of its own (origin, id, sizes).
     pub async fn receive_transaction(
         &self,
@@ -127,7 +155,7 @@ impl Services {
 }
 
 /// The id of a PDU of a transaction, for the answer (computed with its room's version).
-async fn pdu_event_id(services: &Services, raw: &RawValue) -> Option<OwnedEventId> {
+async fn pdu_event_id(services: &Peers, raw: &RawValue) -> Option<OwnedEventId> {
     let object = canonical(raw).ok()?;
     let room = room_of(&object).ok()?;
     let meta = services.rooms.room_meta(&room).await.ok()??;
