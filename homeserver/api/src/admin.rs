@@ -12,7 +12,7 @@ use axum::{
 use diplomatie_policies::{AccountKind, Level};
 use diplomatie_service::{
     accounts::Caller,
-    organisation::{CommunitySpec, GroupSpec, Organisation},
+    organisation::{CommunitySpec, GroupSpec, OrganisationFile},
     Error, Services,
 };
 use ruma::{api::error::ErrorKind, OwnedDeviceId, OwnedRoomId};
@@ -119,7 +119,7 @@ pub async fn set_clearance(
     let caller = caller(&s, &parts).await?;
     let req: ClearanceBody = parse_body(&body)?;
     let target = s.accounts.parse_local_user(&user)?;
-    s.set_clearance(&caller.user_id, caller.is_admin, &target, level(&req.clearance)?).await?;
+    s.organisation.set_clearance(&caller.user_id, caller.is_admin, &target, level(&req.clearance)?).await?;
     Ok(json_ok(s.portal.clearance_report(&target).await?))
 }
 
@@ -172,7 +172,7 @@ pub async fn set_kind(
     let kind = AccountKind::parse(&req.kind)
         .ok_or_else(|| Error::new(ErrorKind::InvalidParam, "kind must be \"agent\" or \"external\""))?;
     let target = s.accounts.parse_local_user(&user)?;
-    s.set_account_kind(&target, kind).await?;
+    s.organisation.set_account_kind(&target, kind).await?;
     Ok(json_ok(s.portal.clearance_report(&target).await?))
 }
 
@@ -200,7 +200,9 @@ pub async fn set_primary_group(
 pub async fn create_group(State(s): S, parts: Parts, body: axum::body::Bytes) -> Result<Response, ApiError> {
     admin(&s, &parts).await?;
     let spec: GroupSpec = parse_body(&body)?;
-    Ok(json_ok(serde_json::to_value(s.create_group(&spec).await?).map_err(diplomatie_service::internal!())?))
+    Ok(json_ok(
+        serde_json::to_value(s.organisation.create_group(&spec).await?).map_err(diplomatie_service::internal!())?,
+    ))
 }
 
 /// `POST /_diplomatie/client/v1/communities`: any agent creates a community of interest, with
@@ -208,10 +210,10 @@ pub async fn create_group(State(s): S, parts: Parts, body: axum::body::Bytes) ->
 pub async fn create_community(State(s): S, parts: Parts, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let caller = caller(&s, &parts).await?;
     let spec: CommunitySpec = parse_body(&body)?;
-    let created = s.create_community(Some(&caller.user_id), &spec).await?;
+    let created = s.organisation.create_community(Some(&caller.user_id), &spec).await?;
     for member in &spec.members {
         let user = s.accounts.parse_local_user(member)?;
-        s.add_to_org_space(&created.space_id, &user).await?;
+        s.organisation.add_to_org_space(&created.space_id, &user).await?;
     }
     Ok(json_ok(serde_json::to_value(created).map_err(diplomatie_service::internal!())?))
 }
@@ -226,8 +228,8 @@ pub async fn import(State(s): S, parts: Parts, body: axum::body::Bytes) -> Resul
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/csv"));
     let text = std::str::from_utf8(&body).map_err(|_| Error::new(ErrorKind::NotJson, "The file is not UTF-8"))?;
-    let org = Organisation::parse(text, csv)?;
-    let report = s.import_organisation(&org).await?;
+    let org = OrganisationFile::parse(text, csv)?;
+    let report = s.organisation.import_organisation(&org).await?;
     Ok(json_ok(serde_json::to_value(report).map_err(diplomatie_service::internal!())?))
 }
 
@@ -265,6 +267,6 @@ async fn set_managers(
 ) -> Result<Response, ApiError> {
     admin(s, parts).await?;
     let req: ManagersBody = parse_body(body)?;
-    let managers = s.set_managers(community, slug, &req.managers).await?;
+    let managers = s.organisation.set_managers(community, slug, &req.managers).await?;
     Ok(json_ok(json!({ "managers": managers })))
 }

@@ -272,10 +272,10 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Org { command: OrgCommand::Import { file, csv } } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let org = diplomatie_service::organisation::Organisation::parse(&text, csv)
+            let org = diplomatie_service::organisation::OrganisationFile::parse(&text, csv)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let started = std::time::Instant::now();
-            let report = services.import_organisation(&org).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let report = services.organisation.import_organisation(&org).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{}", serde_json::to_string(&report)?);
             eprintln!("imported in {:.1} s", started.elapsed().as_secs_f64());
             services.db.close().await;
@@ -295,13 +295,13 @@ async fn org_command(services: &Services, command: OrgCommand) -> Result<(), dip
     use diplomatie_policies::{AccountKind, Level};
     use diplomatie_service::organisation::{CommunitySpec, GroupSpec, JoinRule};
     let bad = |what: &str| diplomatie_service::Error::invalid_param(what.to_owned());
-    let system = services.system_user().await?;
+    let system = services.organisation.system_user().await?;
     match command {
         OrgCommand::Import { .. } => unreachable!("handled by the caller"),
         OrgCommand::Clearance { user, level } => {
             let level = Level::parse(&level).ok_or_else(|| bad("The level is NP or DR"))?;
             let user = services.accounts.parse_local_user(&user)?;
-            services.set_clearance(&system, true, &user, level).await?;
+            services.organisation.set_clearance(&system, true, &user, level).await?;
             println!("{}", services.portal.clearance_report(&user).await?);
         }
         OrgCommand::DeviceClearance { user, device, dr } => {
@@ -313,7 +313,7 @@ async fn org_command(services: &Services, command: OrgCommand) -> Result<(), dip
         OrgCommand::Kind { user, kind } => {
             let kind = AccountKind::parse(&kind).ok_or_else(|| bad("The kind is agent or external"))?;
             let user = services.accounts.parse_local_user(&user)?;
-            services.set_account_kind(&user, kind).await?;
+            services.organisation.set_account_kind(&user, kind).await?;
             println!("{}", services.portal.clearance_report(&user).await?);
         }
         OrgCommand::Managers { kind, slug, managers } => {
@@ -322,12 +322,15 @@ async fn org_command(services: &Services, command: OrgCommand) -> Result<(), dip
                 "communities" => true,
                 _ => return Err(bad("groups or communities")),
             };
-            let set = services.set_managers(community, &slug, &managers).await?;
+            let set = services.organisation.set_managers(community, &slug, &managers).await?;
             println!("{}", serde_json::json!({ "managers": set }));
         }
         OrgCommand::GroupCreate { slug, name, topic, classification, managers } => {
             let spec = GroupSpec { slug, name, topic, avatar_url: None, classification, managers };
-            println!("{}", serde_json::to_string(&services.create_group(&spec).await?).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string(&services.organisation.create_group(&spec).await?).unwrap_or_default()
+            );
         }
         OrgCommand::CommunityCreate { slug, name, manager, project, topic, tags, join, externals } => {
             let join = match join.as_str() {
@@ -349,7 +352,7 @@ async fn org_command(services: &Services, command: OrgCommand) -> Result<(), dip
                 externals,
                 members: Vec::new(),
             };
-            let created = services.create_community(None, &spec).await?;
+            let created = services.organisation.create_community(None, &spec).await?;
             println!("{}", serde_json::to_string(&created).unwrap_or_default());
         }
     }

@@ -14,7 +14,7 @@ use crate::{
     core::Core,
     now_ms, random_string,
     rooms::{PduBuilder, Rooms, Target},
-    Error, Result, Services,
+    Error, Result,
 };
 use diplomatie_storage::accounts as store;
 
@@ -447,83 +447,6 @@ impl Accounts {
 static HASHING: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
     tokio::sync::Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
 });
-
-/// What ends devices or accounts reaches beyond the accounts: pushers, device lists, rooms.
-impl Services {
-    /// Logs out one device: its tokens and the device itself go.
-    pub async fn logout(&self, caller: &Caller) -> Result<()> {
-        self.delete_devices(&caller.user_id, &[caller.device_id.as_str()]).await
-    }
-
-    pub async fn logout_all(&self, user: &UserId) -> Result<()> {
-        let gone = self.accounts.devices(user).await?;
-        let mut tx = self.db.begin().await?;
-        store::delete_all_devices(&mut tx, user.as_str(), None).await?;
-        diplomatie_storage::push::delete_user_pushers(&mut *tx, user.as_str()).await?;
-        diplomatie_storage::commit(tx).await?;
-        self.accounts.tokens.forget_user(user.as_str());
-        self.push.pushers_changed().await?;
-        let gone: Vec<&str> = gone.iter().map(|d| d.device_id.as_str()).collect();
-        self.e2ee.devices_changed(user, &gone).await
-    }
-
-    /// Deletes devices with their tokens and keys; users sharing a room learn it in `/sync`.
-    pub async fn delete_devices(&self, user: &UserId, devices: &[&str]) -> Result<()> {
-        let mut tx = self.db.begin().await?;
-        for d in devices {
-            store::delete_device(&mut tx, user.as_str(), d).await?;
-            // A device's pushers go with it (Synapse does the same on logout).
-            diplomatie_storage::push::delete_device_pushers(&mut *tx, user.as_str(), d).await?;
-        }
-        diplomatie_storage::commit(tx).await?;
-        self.accounts.tokens.forget_user(user.as_str());
-        self.push.pushers_changed().await?;
-        self.e2ee.devices_changed(user, devices).await
-    }
-
-    /// Changes the password; with `logout_devices`, every other device is logged out.
-    pub async fn change_password(&self, caller: &Caller, new_password: &str, logout_devices: bool) -> Result<()> {
-        let hash = hash_password(new_password).await?;
-        let gone: Vec<String> = if logout_devices {
-            let devices = self.accounts.devices(&caller.user_id).await?.into_iter().map(|d| d.device_id);
-            devices.filter(|d| d != caller.device_id.as_str()).collect()
-        } else {
-            Vec::new()
-        };
-        let mut tx = self.db.begin().await?;
-        store::set_password(&mut *tx, caller.user_id.as_str(), Some(&hash)).await?;
-        if logout_devices {
-            store::delete_all_devices(&mut tx, caller.user_id.as_str(), Some(caller.device_id.as_str())).await?;
-        }
-        diplomatie_storage::commit(tx).await?;
-        self.accounts.tokens.forget_user(caller.user_id.as_str());
-        if logout_devices {
-            let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
-            self.e2ee.devices_changed(&caller.user_id, &gone).await?;
-        }
-        Ok(())
-    }
-
-    /// Deactivates an account: it leaves every room, loses its devices and can never log in.
-    pub async fn deactivate(&self, user: &UserId) -> Result<()> {
-        for (room, membership) in diplomatie_storage::state::rooms_for_user(self.db.pool(), user.as_str()).await? {
-            if matches!(membership.as_str(), "join" | "invite" | "knock") {
-                if let Ok(room_id) = ruma::OwnedRoomId::try_from(room) {
-                    if let Err(e) = self.membership.leave(user, &room_id, Some("Account deactivated".into())).await {
-                        tracing::warn!(%room_id, error = %e, "could not leave room on deactivation");
-                    }
-                }
-            }
-        }
-        let mut tx = self.db.begin().await?;
-        store::delete_all_devices(&mut tx, user.as_str(), None).await?;
-        store::set_deactivated(&mut *tx, user.as_str()).await?;
-        diplomatie_storage::push::delete_user_pushers(&mut *tx, user.as_str()).await?;
-        diplomatie_storage::commit(tx).await?;
-        self.accounts.tokens.forget_user(user.as_str());
-        self.push.pushers_changed().await
-    }
-}
 
 /// Hashes a password with Argon2id, off the async threads.
 pub async fn hash_password(password: &str) -> Result<String> {

@@ -31,6 +31,7 @@ pub mod push;
 pub mod ratelimit;
 pub mod rooms;
 pub mod search;
+pub mod sessions;
 pub mod sync;
 pub mod uia;
 pub mod url_preview;
@@ -51,6 +52,10 @@ pub struct Services {
     /// The rooms' DAG, state and writer.
     pub rooms: Arc<rooms::Rooms>,
     pub accounts: Arc<accounts::Accounts>,
+    /// Logging out, deleting devices, changing passwords, deactivating accounts.
+    pub sessions: Arc<sessions::Sessions>,
+    /// Groups, communities, people's clearances and kinds.
+    pub organisation: Arc<organisation::Organisation>,
     /// Transactions, presence and keys other servers send or ask.
     pub peers: Arc<federation::transactions::Peers>,
     /// Aliases, directories, room summaries, space hierarchies.
@@ -195,7 +200,25 @@ impl Services {
                 ephemeral.clone(),
                 e2ee.clone(),
             ));
+            let organisation = Arc::new(organisation::Organisation::new(
+                core.clone(),
+                rooms.clone(),
+                accounts.clone(),
+                portal.clone(),
+                membership.clone(),
+                directory.clone(),
+                timeline.clone(),
+            ));
+            let sessions = Arc::new(sessions::Sessions::new(
+                core.clone(),
+                accounts.clone(),
+                push.clone(),
+                e2ee.clone(),
+                membership.clone(),
+            ));
             Services {
+                sessions,
+                organisation,
                 peers,
                 directory,
                 membership,
@@ -306,7 +329,7 @@ mod send_checks {
     fn assert_send<T: Send>(_: &T) {}
     #[allow(dead_code)]
     fn futures_are_send(s: &Services, u: &ruma::UserId) {
-        assert_send(&s.deactivate(u));
+        assert_send(&s.sessions.deactivate(u));
         assert_send(&s.accounts.set_profile_field(u, "displayname", None));
     }
 }

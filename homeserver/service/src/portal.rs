@@ -27,7 +27,7 @@ use crate::{
     core::Core,
     now_ms,
     rooms::{find_pdu, power_of, EventPolicy, Rooms},
-    Error, Pdu, Result, Services,
+    Error, Pdu, Result,
 };
 
 pub use crate::names::{CLASSIFICATION, EXTERNALS, MANAGER_LEVEL};
@@ -393,49 +393,6 @@ impl Portal {
     /// Whether a room may be listed (public directory, search by non-members).
     pub async fn room_may_be_listed(&self, room_id: &RoomId) -> Result<bool> {
         Ok(policies::may_be_listed(self.room_facts_now(room_id).await?))
-    }
-}
-
-/// A change of clearance or kind may take people out of rooms: it reaches the memberships.
-impl Services {
-    /// Sets a local user's clearance, recording who did it and when.
-    pub async fn set_clearance(&self, actor: &UserId, actor_admin: bool, target: &UserId, level: Level) -> Result<()> {
-        self.portal.local_account(target).await?;
-        let raises = level > self.portal.person(target).await?.clearance;
-        self.portal.may_set_clearance(actor, actor_admin, target, level, raises).await?;
-        let mut tx = self.db.begin().await?;
-        store::set_clearance(&mut tx, target.as_str(), level.as_str(), actor.as_str(), now_ms()).await?;
-        diplomatie_storage::commit(tx).await?;
-        self.portal.people.lock().unwrap().pop(target);
-        self.leave_rooms_no_longer_allowed(target, "DR clearance withdrawn").await
-    }
-
-    /// After a user's clearance or kind changed: the user leaves (or withdraws an invite or a
-    /// knock from) every room the rules no longer let them in.
-    async fn leave_rooms_no_longer_allowed(&self, target: &UserId, reason: &str) -> Result<()> {
-        let person = self.portal.person(target).await?;
-        for (room, membership) in diplomatie_storage::state::rooms_for_user(self.db.pool(), target.as_str()).await? {
-            if !matches!(membership.as_str(), "join" | "invite" | "knock") {
-                continue;
-            }
-            let Ok(room_id) = ruma::OwnedRoomId::try_from(room) else { continue };
-            let facts = self.portal.room_facts_now(&room_id).await?;
-            if policies::may_enter(person, facts, Entry::Join).is_err() {
-                self.membership.leave(target, &room_id, Some(reason.to_owned())).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Makes a local account an agent's or an external person's (administrators only).
-    pub async fn set_account_kind(&self, target: &UserId, kind: AccountKind) -> Result<()> {
-        self.portal.local_account(target).await?;
-        if kind == AccountKind::External {
-            policies::may_make_external(self.portal.person(target).await?).map_err(forbidden)?;
-        }
-        store::set_kind(self.db.pool(), target.as_str(), kind.as_str()).await?;
-        self.portal.people.lock().unwrap().pop(target);
-        self.leave_rooms_no_longer_allowed(target, "Account made external").await
     }
 }
 

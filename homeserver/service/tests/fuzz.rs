@@ -17,7 +17,7 @@ use diplomatie_service::{
     correspondence::{text::parse_draft, verify_export, Export},
     federation::inbound::{canonical, event_id_of, room_of},
     federation::keys::canonical_has_nul,
-    organisation::Organisation,
+    organisation::OrganisationFile,
     pdu::Pdu,
     rooms::timeline::EventFilter,
     sync::SyncFilter,
@@ -232,13 +232,13 @@ proptest! {
     #[test]
     fn organisation_yaml(edits in edits()) {
         let text = mutate(ORGANISATION_YAML, &edits);
-        let _ = bounded("organisation YAML", || Organisation::parse(&text, false));
+        let _ = bounded("organisation YAML", || OrganisationFile::parse(&text, false));
     }
 
     #[test]
     fn organisation_csv(edits in edits()) {
         let text = mutate(ORGANISATION_CSV, &edits);
-        let _ = bounded("organisation CSV", || Organisation::parse(&text, true));
+        let _ = bounded("organisation CSV", || OrganisationFile::parse(&text, true));
     }
 
     #[test]
@@ -320,8 +320,8 @@ proptest! {
 #[test]
 fn the_seeds_parse() {
     // The mutations start from valid inputs: each seed parses as it is.
-    Organisation::parse(ORGANISATION_YAML, false).expect("YAML seed");
-    Organisation::parse(ORGANISATION_CSV, true).expect("CSV seed");
+    OrganisationFile::parse(ORGANISATION_YAML, false).expect("YAML seed");
+    OrganisationFile::parse(ORGANISATION_CSV, true).expect("CSV seed");
     parse_draft(DRAFT, "dgm").expect("draft seed");
     serde_json::from_str::<Export>(EXPORT).expect("export seed");
     serde_json::from_str::<Vec<ruma::push::PushCondition>>(PUSH_CONDITIONS).expect("conditions seed");
@@ -337,6 +337,6 @@ fn an_alias_bomb_is_refused_without_expanding() {
     for (p, n) in ["a", "b", "c", "d", "e", "f", "g", "h"].iter().zip(["b", "c", "d", "e", "f", "g", "h", "i"]) {
         bomb.push_str(&format!("{n}: &{n} [{}]\n", vec![format!("*{p}"); 9].join(",")));
     }
-    let refused = bounded("alias bomb", || Organisation::parse(&bomb, false));
+    let refused = bounded("alias bomb", || OrganisationFile::parse(&bomb, false));
     assert!(refused.is_err());
 }

@@ -151,12 +151,12 @@ pub async fn refresh(State(s): S, req: Ruma<refresh_token::v3::Request>) -> ApiR
 }
 
 pub async fn logout(State(s): S, req: Ruma<logout::v3::Request>) -> ApiResult<logout::v3::Response> {
-    s.logout(req.caller()).await?;
+    s.sessions.logout(req.caller()).await?;
     Ok(logout::v3::Response::new().into())
 }
 
 pub async fn logout_all(State(s): S, req: Ruma<logout_all::v3::Request>) -> ApiResult<logout_all::v3::Response> {
-    s.logout_all(&req.caller().user_id).await?;
+    s.sessions.logout_all(&req.caller().user_id).await?;
     Ok(logout_all::v3::Response::new().into())
 }
 
@@ -181,7 +181,7 @@ pub async fn change_password(
     if req.body.new_password.is_empty() {
         return Err(Error::new(ErrorKind::WeakPassword, "The password must not be empty").into());
     }
-    s.change_password(caller, &req.body.new_password, req.body.logout_devices).await?;
+    s.sessions.change_password(caller, &req.body.new_password, req.body.logout_devices).await?;
     Ok(change_password::v3::Response::new().into())
 }
 
@@ -189,7 +189,7 @@ pub async fn change_password(
 pub async fn deactivate(State(s): S, req: Ruma<deactivate::v3::Request>) -> ApiResult<deactivate::v3::Response> {
     let caller = req.caller();
     s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
-    s.deactivate(&caller.user_id).await?;
+    s.sessions.deactivate(&caller.user_id).await?;
     Ok(deactivate::v3::Response::new(ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport).into())
 }
 
@@ -230,7 +230,7 @@ pub async fn delete_device(
     let caller = req.caller();
     s.accounts.device(&caller.user_id, req.body.device_id.as_str()).await?;
     s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
-    s.delete_devices(&caller.user_id, &[req.body.device_id.as_str()]).await?;
+    s.sessions.delete_devices(&caller.user_id, &[req.body.device_id.as_str()]).await?;
     Ok(delete_device::v3::Response::new().into())
 }
 
@@ -242,7 +242,7 @@ pub async fn delete_devices(
     let caller = req.caller();
     s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
     let ids: Vec<&str> = req.body.devices.iter().map(|d| d.as_str()).collect();
-    s.delete_devices(&caller.user_id, &ids).await?;
+    s.sessions.delete_devices(&caller.user_id, &ids).await?;
     Ok(delete_devices::v3::Response::new().into())
 }
 

@@ -71,14 +71,15 @@ pub async fn invite(State(s): S, req: Ruma<invite_user::v3::Request>) -> ApiResu
         return Err(Error::unrecognized("Third-party invites are not supported").into());
     };
     let is_direct = req.json.as_ref().and_then(|j| j.get("is_direct")).and_then(Value::as_bool).unwrap_or(false);
-    s.invite_approving_knock(
-        &req.caller().user_id,
-        &req.body.room_id,
-        &recipient.user_id,
-        recipient.reason.clone(),
-        is_direct,
-    )
-    .await?;
+    s.organisation
+        .invite_approving_knock(
+            &req.caller().user_id,
+            &req.body.room_id,
+            &recipient.user_id,
+            recipient.reason.clone(),
+            is_direct,
+        )
+        .await?;
     Ok(invite_user::v3::Response::new().into())
 }
 

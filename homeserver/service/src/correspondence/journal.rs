@@ -91,7 +91,7 @@ impl Services {
     /// Creates `user`'s journal: a private room of the system account that the user is joined
     /// to, where they may post (commands, reactions) but change nothing.
     async fn create_journal(&self, user: &UserId) -> Result<OwnedRoomId> {
-        let system = self.system_user().await?;
+        let system = self.organisation.system_user().await?;
         let powers = json!({
             "users": {},
             "users_default": 0, "events_default": 0, "state_default": 100,
@@ -158,7 +158,7 @@ impl Services {
         let level = diplomatie_policies::Level::parse(&stored.classification)
             .ok_or_else(crate::internal!("a value present by construction"))?;
         let shown = ItemStatus { status, assignee: item.assignee.clone() };
-        let system = self.system_user().await?;
+        let system = self.organisation.system_user().await?;
         for entry in store::action_entries(self.db.pool(), reference, group).await? {
             let Ok(room) = OwnedRoomId::try_from(entry.room_id.as_str()) else { continue };
             let Some(owner) = self.journal_owner(&room).await? else { continue };
@@ -204,7 +204,7 @@ impl Services {
     async fn groups_of(&self, user: &UserId) -> Result<Vec<String>> {
         let mut slugs = Vec::new();
         for room in crate::rooms::joined_rooms(self, user).await? {
-            if let Some(marker) = self.org_marker(&room).await? {
+            if let Some(marker) = self.organisation.org_marker(&room).await? {
                 if marker.get("kind").and_then(Value::as_str) == Some("functional_group") {
                     if let Some(slug) = marker.get("slug").and_then(Value::as_str) {
                         slugs.push(slug.to_owned());

@@ -272,7 +272,7 @@ impl Services {
                 continue; // a room of the community, not its space
             }
             let Ok(room) = OwnedRoomId::try_from(room) else { continue };
-            let Some(marker) = self.org_marker(&room).await? else { continue };
+            let Some(marker) = self.organisation.org_marker(&room).await? else { continue };
             let tags = marker
                 .get("tags")
                 .and_then(Value::as_array)
@@ -436,7 +436,7 @@ impl Services {
         plan: Plan,
         record: Value,
     ) -> Result<Dispatched> {
-        let system = self.system_user().await?;
+        let system = self.organisation.system_user().await?;
         let reference =
             record["reference"].as_str().ok_or_else(crate::internal!("a value present by construction"))?.to_owned();
         // Journals: the members of groups for action, and the followers of the tags.
@@ -596,7 +596,7 @@ impl Services {
     }
 
     async fn audience_of(&self, stored: &store::Stored) -> Result<Value> {
-        let system = self.system_user().await?;
+        let system = self.organisation.system_user().await?;
         let mut by_group: BTreeMap<String, u64> = BTreeMap::new();
         let mut readers = 0u64;
         let mut names: HashMap<String, String> = HashMap::new();
@@ -611,6 +611,7 @@ impl Services {
                     None => {
                         let slug = match OwnedRoomId::try_from(space.clone()) {
                             Ok(room) => self
+                                .organisation
                                 .org_marker(&room)
                                 .await?
                                 .and_then(|m| m.get("slug").and_then(Value::as_str).map(str::to_owned))
@@ -643,7 +644,7 @@ impl Services {
 
     /// Posts a notice of the system account in a room (answers to drafts and commands).
     async fn notice(&self, room: &RoomId, text: &str, reply_to: Option<&ruma::EventId>) -> Result<Arc<crate::Pdu>> {
-        let system = self.system_user().await?;
+        let system = self.organisation.system_user().await?;
         let mut content = json!({ "msgtype": "m.notice", "body": text });
         if let Some(event) = reply_to {
             content["m.relates_to"] = json!({ "m.in_reply_to": { "event_id": event } });

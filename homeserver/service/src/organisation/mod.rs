@@ -10,6 +10,8 @@
 //! manager approves by inviting (what "approve" does in standard clients) and the server then
 //! joins the agent to the space and its rooms; a manager refuses by kicking the knock.
 
+use std::sync::Arc;
+
 use diplomatie_policies::{self as policies, AccountKind, Level};
 use futures::StreamExt;
 use ruma::events::room::member::MembershipState;
@@ -25,9 +27,14 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+pub mod people;
+
 use crate::{
-    portal::{CLASSIFICATION, EXTERNALS},
-    Error, Result, Services,
+    accounts::Accounts,
+    core::Core,
+    portal::{Portal, CLASSIFICATION, EXTERNALS},
+    rooms::{directory::Directory, membership::Membership, timeline::Timeline, Rooms},
+    Error, Result,
 };
 
 pub use crate::names::GROUP;
@@ -118,7 +125,7 @@ pub struct UserSpec {
 /// A whole organisation, as an import file describes it.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct Organisation {
+pub struct OrganisationFile {
     #[serde(default)]
     pub users: Vec<UserSpec>,
     #[serde(default)]
@@ -127,14 +134,14 @@ pub struct Organisation {
     pub communities: Vec<CommunitySpec>,
 }
 
-impl Organisation {
+impl OrganisationFile {
     /// Reads YAML, or CSV of users (`localpart,name,clearance,kind,group,admin`, with that
     /// header line) when `csv` is true.
     ///
     /// Hostile files are refused before anything is built from them: a NUL character anywhere,
     /// a CSV line over [`MAX_CSV_LINE`] bytes, YAML anchors and aliases (an alias bomb expands
     /// a few hundred bytes into gigabytes), YAML nested deeper than [`MAX_YAML_DEPTH`].
-    pub fn parse(text: &str, csv: bool) -> Result<Organisation> {
+    pub fn parse(text: &str, csv: bool) -> Result<OrganisationFile> {
         if text.contains('\0') {
             return Err(Error::bad_json("Organisation file: a NUL character is not allowed"));
         }
@@ -156,14 +163,14 @@ impl Organisation {
                     admin: u.admin.is_some_and(|a| matches!(a.as_str(), "true" | "yes" | "1")),
                 });
             }
-            return Ok(Organisation { users, ..Default::default() });
+            return Ok(OrganisationFile { users, ..Default::default() });
         }
         check_yaml(text)?;
         let docs = yaml_rust2::YamlLoader::load_from_str(text)
             .map_err(|e| Error::bad_json(format!("Organisation file: {e}")))?;
         let value = docs.first().map(yaml_to_json).unwrap_or(Value::Null);
         if value.is_null() {
-            return Ok(Organisation::default());
+            return Ok(OrganisationFile::default());
         }
         serde_json::from_value(value).map_err(|e| Error::bad_json(format!("Organisation file: {e}")))
     }
@@ -322,7 +329,33 @@ struct NewSpace<'a> {
     externals: bool,
 }
 
-impl Services {
+/// Groups, communities and the people in them, over the rooms, the accounts, the portal,
+/// memberships, the directory and the timeline (the spaces' state).
+pub struct Organisation {
+    core: Arc<Core>,
+    rooms: Arc<Rooms>,
+    accounts: Arc<Accounts>,
+    portal: Arc<Portal>,
+    membership: Arc<Membership>,
+    directory: Arc<Directory>,
+    timeline: Arc<Timeline>,
+}
+
+crate::core::over_core!(Organisation);
+
+impl Organisation {
+    pub(crate) fn new(
+        core: Arc<Core>,
+        rooms: Arc<Rooms>,
+        accounts: Arc<Accounts>,
+        portal: Arc<Portal>,
+        membership: Arc<Membership>,
+        directory: Arc<Directory>,
+        timeline: Arc<Timeline>,
+    ) -> Organisation {
+        Organisation { core, rooms, accounts, portal, membership, directory, timeline }
+    }
+
     /// The server's own account (created on first use, cleared DR so that it can create DR
     /// spaces and rooms).
     pub async fn system_user(&self) -> Result<OwnedUserId> {
@@ -607,7 +640,7 @@ impl Services {
 
     /// Imports an organisation: creates what is missing, changes what differs, and leaves the
     /// rest alone (importing the same file twice changes nothing the second time).
-    pub async fn import_organisation(&self, org: &Organisation) -> Result<ImportReport> {
+    pub async fn import_organisation(&self, org: &OrganisationFile) -> Result<ImportReport> {
         let mut report = ImportReport::default();
         let system = self.system_user().await?;
         // Check everything that can be checked before the first change.
