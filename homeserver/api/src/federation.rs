@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::{extract::State, response::Response};
-use diplomatie_service::{federation::membership::federation_json, Error, Services};
+use diplomatie_service::{pdu::federation_json, Error, Services};
 use ruma::{
     api::federation::{
         authenticated_media::{get_content, get_content_thumbnail, Content, ContentMetadata, FileOrLocation},

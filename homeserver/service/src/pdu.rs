@@ -302,3 +302,12 @@ impl ruma::state_res::Event for Pdu {
         false
     }
 }
+
+/// An event as sent over federation: its JSON without `unsigned`.
+pub fn federation_json(pdu: &Pdu) -> Result<Box<RawValue>> {
+    let mut value: Value = serde_json::from_str(&pdu.json).map_err(crate::internal!())?;
+    if let Some(o) = value.as_object_mut() {
+        o.remove("unsigned");
+    }
+    serde_json::value::to_raw_value(&value).map_err(crate::internal!())
+}

@@ -100,17 +100,6 @@ pub struct SyncRequest<'a> {
     pub timeout: Duration,
 }
 
-/// The state events shown of a room to someone not in it (invites, knocks, over federation).
-pub(crate) const STRIPPED_STATE: [StateEventType; 7] = [
-    StateEventType::RoomCreate,
-    StateEventType::RoomJoinRules,
-    StateEventType::RoomName,
-    StateEventType::RoomAvatar,
-    StateEventType::RoomCanonicalAlias,
-    StateEventType::RoomTopic,
-    StateEventType::RoomEncryption,
-];
-
 /// `/sync`, over the rooms, end-to-end encryption (to-device messages, device lists, key
 /// counts), push (unread counts, default rules) and the ephemeral streams (typing).
 pub struct Syncer {
@@ -223,12 +212,12 @@ impl Syncer {
                     joined_rooms.push(room_id);
                 }
                 MembershipState::Invite if initial || newly => {
-                    let state = InviteState::from(raws(&self.stripped_state(&room_id, user).await?));
+                    let state = InviteState::from(raws(&self.rooms.stripped_state(&room_id, user).await?));
                     response.rooms.invite.insert(room_id, state.into());
                 }
                 MembershipState::Knock if initial || newly => {
                     let mut state = KnockState::new();
-                    state.events = raws(&self.stripped_state(&room_id, user).await?);
+                    state.events = raws(&self.rooms.stripped_state(&room_id, user).await?);
                     response.rooms.knock.insert(room_id, state.into());
                 }
                 MembershipState::Leave | MembershipState::Ban
@@ -458,39 +447,6 @@ impl Syncer {
         left.timeline.events.reverse();
         left.timeline.prev_batch = first.map(|f| (f - 1).to_string());
         Ok(left)
-    }
-
-    /// Stripped state for invites and knocks: what a client shows before joining (the room's
-    /// [`STRIPPED_STATE`] events and the user's membership).
-    pub async fn stripped_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
-        let state = self.rooms.current_state(room_id).await?;
-        // An invite or a knock to a room this server is not in: what the other server showed.
-        if let Some(p) = self.rooms.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await? {
-            let shown = p.unsigned.get("invite_room_state").or_else(|| p.unsigned.get("knock_room_state"));
-            if let Some(Value::Array(shown)) = shown {
-                let mut out = shown.clone();
-                out.push(p.to_stripped());
-                return Ok(out);
-            }
-        }
-        let mut out = Vec::new();
-        for kind in STRIPPED_STATE {
-            if let Some(p) = self.rooms.state_event_in(&state, &kind, "").await? {
-                out.push(p.to_stripped());
-            }
-        }
-        if let Some(p) = self.rooms.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await? {
-            out.push(p.to_stripped());
-            if let Ok(sender) = OwnedUserId::try_from(p.sender.as_str()) {
-                if let Some(s) = self.rooms.state_event_in(&state, &StateEventType::RoomMember, sender.as_str()).await?
-                {
-                    if s.sender != p.sender || s.event_id != p.event_id {
-                        out.push(s.to_stripped());
-                    }
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// `summary`: member counts and heroes.

@@ -34,6 +34,7 @@ use super::{
     sender::Outbox,
     Federation,
 };
+use crate::pdu::federation_json;
 use crate::{
     accounts::Accounts,
     core::Core,
@@ -52,15 +53,6 @@ pub fn supported_versions() -> Vec<RoomVersionId> {
 struct Expected<'a> {
     membership: &'a str,
     origin: &'a ServerName,
-}
-
-/// An event as sent over federation: its JSON without `unsigned`.
-pub fn federation_json(pdu: &Pdu) -> Result<Box<RawValue>> {
-    let mut value: Value = serde_json::from_str(&pdu.json).map_err(crate::internal!())?;
-    if let Some(o) = value.as_object_mut() {
-        o.remove("unsigned");
-    }
-    serde_json::value::to_raw_value(&value).map_err(crate::internal!())
 }
 
 /// Joining, leaving, knocking and inviting across servers, on both sides; over the rooms, the
@@ -593,7 +585,7 @@ impl RemoteMembership {
     pub async fn state_shown_before_joining(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<RawStrippedState>> {
         let mut shown = Vec::new();
         let state = self.rooms.current_state(room_id).await?;
-        for kind in crate::sync::STRIPPED_STATE {
+        for kind in crate::rooms::members::STRIPPED_STATE {
             if let Some(p) = self.rooms.state_event_in(&state, &kind, "").await? {
                 shown.push(RawStrippedState::Pdu(federation_json(&p)?));
             }

@@ -24,7 +24,7 @@ use ruma::{
 use serde_json::{json, Value};
 
 use super::client::Transport;
-use super::membership::federation_json;
+use crate::pdu::federation_json;
 use crate::{
     core::Core,
     rooms::{commit, Rooms},

@@ -10,7 +10,10 @@ use ruma::{
 };
 use serde_json::{json, Map, Value};
 
-use super::{membership::Membership, PduBuilder, RoomWriter, Target};
+use super::{
+    membership::{with_membership, Membership},
+    PduBuilder, RoomWriter, Target,
+};
 use crate::{Error, Result};
 
 /// Room versions this server creates and joins. The spec's recommended default is 12.
@@ -261,13 +264,4 @@ impl Membership {
         OwnedRoomId::try_from(format!("!{}:{}", crate::random_string(18), self.server_name()))
             .map_err(crate::internal!())
     }
-}
-
-/// Member event content: `membership` plus the profile fields.
-pub(crate) fn with_membership(membership: &str, mut profile: Map<String, Value>, is_direct: bool) -> Value {
-    profile.insert("membership".into(), json!(membership));
-    if is_direct {
-        profile.insert("is_direct".into(), json!(true));
-    }
-    Value::Object(profile)
 }

@@ -9,6 +9,17 @@ use serde_json::{Map, Value};
 use super::Rooms;
 use crate::Result;
 
+/// The state events shown of a room to someone not in it (invites, knocks, over federation).
+pub(crate) const STRIPPED_STATE: [StateEventType; 7] = [
+    StateEventType::RoomCreate,
+    StateEventType::RoomJoinRules,
+    StateEventType::RoomName,
+    StateEventType::RoomAvatar,
+    StateEventType::RoomCanonicalAlias,
+    StateEventType::RoomTopic,
+    StateEventType::RoomEncryption,
+];
+
 impl Rooms {
     /// The servers with a joined user in the room, this one included.
     pub async fn servers_in_room(&self, room_id: &RoomId) -> Result<Vec<OwnedServerName>> {
@@ -106,5 +117,37 @@ impl Rooms {
     pub async fn server_in_room(&self, room_id: &RoomId) -> Result<bool> {
         let me = self.server_name();
         Ok(self.joined_members(room_id).await?.iter().any(|u| u.server_name() == me))
+    }
+
+    /// Stripped state for invites and knocks: what a client shows before joining (the room's
+    /// [`STRIPPED_STATE`] events and the user's membership).
+    pub async fn stripped_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
+        let state = self.current_state(room_id).await?;
+        // An invite or a knock to a room this server is not in: what the other server showed.
+        if let Some(p) = self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await? {
+            let shown = p.unsigned.get("invite_room_state").or_else(|| p.unsigned.get("knock_room_state"));
+            if let Some(Value::Array(shown)) = shown {
+                let mut out = shown.clone();
+                out.push(p.to_stripped());
+                return Ok(out);
+            }
+        }
+        let mut out = Vec::new();
+        for kind in STRIPPED_STATE {
+            if let Some(p) = self.state_event_in(&state, &kind, "").await? {
+                out.push(p.to_stripped());
+            }
+        }
+        if let Some(p) = self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await? {
+            out.push(p.to_stripped());
+            if let Ok(sender) = OwnedUserId::try_from(p.sender.as_str()) {
+                if let Some(s) = self.state_event_in(&state, &StateEventType::RoomMember, sender.as_str()).await? {
+                    if s.sender != p.sender || s.event_id != p.event_id {
+                        out.push(s.to_stripped());
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 }

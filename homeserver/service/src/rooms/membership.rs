@@ -8,9 +8,9 @@ use ruma::{
     events::{StateEventType, TimelineEventType},
     OwnedRoomId, OwnedServerName, RoomId, RoomOrAliasId, UserId,
 };
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-use super::{create::with_membership, PduBuilder, Rooms, Target};
+use super::{PduBuilder, Rooms, Target};
 use crate::{
     accounts::Accounts,
     core::Core,
@@ -265,4 +265,13 @@ fn add_reason(content: &mut Value, reason: Option<String>) {
     if let Some(r) = reason {
         content["reason"] = json!(r);
     }
+}
+
+/// Member event content: `membership` plus the profile fields.
+pub(crate) fn with_membership(membership: &str, mut profile: Map<String, Value>, is_direct: bool) -> Value {
+    profile.insert("membership".into(), json!(membership));
+    if is_direct {
+        profile.insert("is_direct".into(), json!(true));
+    }
+    Value::Object(profile)
 }
