@@ -36,11 +36,11 @@ pub async fn send(State(s): S, parts: Parts, body: axum::body::Bytes) -> Result<
     let value: Value = parse_body(&body)?;
     let dispatched = match value.get("record") {
         Some(record) if value.as_object().is_some_and(|o| o.len() == 1) => {
-            s.send_signed_correspondence(&caller, record.clone()).await?
+            s.correspondence.send_signed_correspondence(&caller, record.clone()).await?
         }
         _ => {
             let c: Composition = parse_body(&body)?;
-            s.send_correspondence(&caller.user_id, Some(&caller.device_id), &c).await?
+            s.correspondence.send_correspondence(&caller.user_id, Some(&caller.device_id), &c).await?
         }
     };
     to_json(dispatched)
@@ -56,7 +56,7 @@ struct ReferenceRequest {
 pub async fn reserve(State(s): S, parts: Parts, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let caller = caller(&s, &parts).await?;
     let req: ReferenceRequest = parse_body(&body)?;
-    Ok(json_ok(json!({ "reference": s.reserve_reference(&caller.user_id, &req.from).await? })))
+    Ok(json_ok(json!({ "reference": s.correspondence.reserve_reference(&caller.user_id, &req.from).await? })))
 }
 
 #[derive(Deserialize)]
@@ -73,7 +73,7 @@ pub async fn put_key(
 ) -> Result<Response, ApiError> {
     let caller = caller(&s, &parts).await?;
     let req: KeyRequest = parse_body(&body)?;
-    s.register_correspondence_key(&caller.user_id, &key_id, &req.public_key).await?;
+    s.correspondence.register_correspondence_key(&caller.user_id, &key_id, &req.public_key).await?;
     Ok(json_ok(json!({})))
 }
 
@@ -82,20 +82,20 @@ pub async fn put_key(
 pub async fn keys(State(s): S, Path(user): Path<String>, parts: Parts) -> Result<Response, ApiError> {
     caller(&s, &parts).await?;
     let user = OwnedUserId::try_from(user).map_err(|_| Error::invalid_param("Invalid user id"))?;
-    Ok(json_ok(json!({ "user_id": user, "keys": s.correspondence_keys(&user).await? })))
+    Ok(json_ok(json!({ "user_id": user, "keys": s.correspondence.correspondence_keys(&user).await? })))
 }
 
 /// `GET /_diplomatie/client/v1/correspondence/{reference}`: the signed record and the keys
 /// that verify it (what `diplomatie verify` checks).
 pub async fn export(State(s): S, Path(reference): Path<String>, parts: Parts) -> Result<Response, ApiError> {
     let caller = caller(&s, &parts).await?;
-    to_json(s.export_correspondence(&caller, &reference).await?)
+    to_json(s.correspondence.export_correspondence(&caller, &reference).await?)
 }
 
 /// `GET /_diplomatie/client/v1/correspondence/{reference}/audience`.
 pub async fn audience(State(s): S, Path(reference): Path<String>, parts: Parts) -> Result<Response, ApiError> {
     let caller = caller(&s, &parts).await?;
-    Ok(json_ok(s.audience(&caller, &reference).await?))
+    Ok(json_ok(s.correspondence.audience(&caller, &reference).await?))
 }
 
 #[derive(Deserialize)]
@@ -115,7 +115,7 @@ pub async fn set_status(
     let req: StatusRequest = parse_body(&body)?;
     let status = Status::parse(&req.status)
         .ok_or_else(|| Error::new(ErrorKind::InvalidParam, "status is new, assigned or done"))?;
-    s.set_action_status(&caller.user_id, &reference, &group, status).await?;
+    s.correspondence.set_action_status(&caller.user_id, &reference, &group, status).await?;
     Ok(json_ok(json!({})))
 }
 
@@ -123,21 +123,21 @@ pub async fn set_status(
 /// groups and the tags they follow.
 pub async fn journal(State(s): S, parts: Parts) -> Result<Response, ApiError> {
     let caller = caller(&s, &parts).await?;
-    let mut body = s.journal_items(&caller.user_id).await?;
-    body["room_id"] = json!(s.journal_of(&caller.user_id).await?);
+    let mut body = s.correspondence.journal_items(&caller.user_id).await?;
+    body["room_id"] = json!(s.correspondence.journal_of(&caller.user_id).await?);
     Ok(json_ok(body))
 }
 
 /// `PUT /_diplomatie/client/v1/journal/tags/{tag}`: follows a tag.
 pub async fn follow(State(s): S, Path(tag): Path<String>, parts: Parts) -> Result<Response, ApiError> {
     let caller = caller(&s, &parts).await?;
-    let added = s.follow_tag(&caller.user_id, &tag).await?;
+    let added = s.correspondence.follow_tag(&caller.user_id, &tag).await?;
     Ok(json_ok(json!({ "followed": added })))
 }
 
 /// `DELETE /_diplomatie/client/v1/journal/tags/{tag}`: stops following a tag.
 pub async fn unfollow(State(s): S, Path(tag): Path<String>, parts: Parts) -> Result<Response, ApiError> {
     let caller = caller(&s, &parts).await?;
-    let removed = s.unfollow_tag(&caller.user_id, &tag).await?;
+    let removed = s.correspondence.unfollow_tag(&caller.user_id, &tag).await?;
     Ok(json_ok(json!({ "unfollowed": removed })))
 }

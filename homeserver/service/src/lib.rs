@@ -45,69 +45,56 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use pdu::Pdu;
 
-/// Every service of the homeserver, shared by all request handlers: where they are assembled.
-/// It dereferences to [`core::Core`] (configuration, database, stream positions, notifier).
+/// Every service of the homeserver, shared by all request handlers: where they are assembled,
+/// bottom up (each service holds handles only to those above it in this list). It
+/// dereferences to [`core::Core`] (configuration, database, stream positions, notifier).
 pub struct Services {
     core: Arc<core::Core>,
+    /// Requests to other servers, other servers' keys.
+    pub transport: Arc<federation::client::Transport>,
+    pub media: Arc<media::Repository>,
+    pub previews: Arc<url_preview::Previews>,
+    /// OpenID tokens for third parties.
+    pub openid: openid::OpenId,
+    pub admin_nonces: uia::Nonces,
+    pub ratelimiter: ratelimit::RateLimiter,
     /// The rooms' DAG, state and writer.
     pub rooms: Arc<rooms::Rooms>,
     pub accounts: Arc<accounts::Accounts>,
+    pub uia: Arc<uia::Uia>,
+    /// Account data and stored filters.
+    pub account_data: Arc<account_data::AccountData>,
+    pub portal: Arc<portal::Portal>,
+    /// What this server sends to others, queued until they acknowledge it.
+    pub outbox: Arc<federation::sender::Outbox>,
+    /// The room DAG across servers: events received, history asked and served.
+    pub federation: Arc<federation::Federation>,
+    pub e2ee: Arc<e2ee::E2ee>,
+    pub push: Arc<push::Push>,
+    /// Typing, receipts, presence.
+    pub ephemeral: Arc<ephemeral::Ephemeral>,
+    /// Sending events and reading the timeline.
+    pub timeline: Arc<rooms::timeline::Timeline>,
+    pub search: Arc<search::Search>,
+    /// `/sync`.
+    pub sync: Arc<sync::Syncer>,
+    /// Joins, leaves, knocks and invites across servers.
+    pub remote_membership: Arc<federation::membership::RemoteMembership>,
+    /// Room creation and memberships.
+    pub membership: Arc<rooms::membership::Membership>,
+    /// Aliases, directories, room summaries, space hierarchies.
+    pub directory: Arc<rooms::directory::Directory>,
+    /// Transactions, presence and keys other servers send or ask.
+    pub peers: Arc<federation::transactions::Peers>,
     /// Logging out, deleting devices, changing passwords, deactivating accounts.
     pub sessions: Arc<sessions::Sessions>,
     /// Groups, communities, people's clearances and kinds.
     pub organisation: Arc<organisation::Organisation>,
-    /// Transactions, presence and keys other servers send or ask.
-    pub peers: Arc<federation::transactions::Peers>,
-    /// Aliases, directories, room summaries, space hierarchies.
-    pub directory: Arc<rooms::directory::Directory>,
-    /// Room creation and memberships.
-    pub membership: Arc<rooms::membership::Membership>,
-    /// Joins, leaves, knocks and invites across servers.
-    pub remote_membership: Arc<federation::membership::RemoteMembership>,
-    /// `/sync`.
-    pub sync: Arc<sync::Syncer>,
-    /// OpenID tokens for third parties.
-    pub openid: openid::OpenId,
-    /// Sending events and reading the timeline.
-    pub timeline: Arc<rooms::timeline::Timeline>,
-    /// Account data and stored filters.
-    pub account_data: Arc<account_data::AccountData>,
-    /// Requests to other servers, other servers' keys.
-    pub transport: Arc<federation::client::Transport>,
-    /// What this server sends to others, queued until they acknowledge it.
-    pub outbox: Arc<federation::sender::Outbox>,
-    pub ephemeral: Arc<ephemeral::Ephemeral>,
-    pub uia: Arc<uia::Uia>,
-    pub admin_nonces: uia::Nonces,
-    pub e2ee: Arc<e2ee::E2ee>,
-    pub media: Arc<media::Repository>,
-    pub previews: Arc<url_preview::Previews>,
-    pub push: Arc<push::Push>,
-    pub search: Arc<search::Search>,
-    pub portal: Arc<portal::Portal>,
-    pub(crate) correspondence: correspondence::CorrespondenceState,
-    pub ratelimiter: ratelimit::RateLimiter,
-    /// The room DAG across servers: events received, history asked and served.
-    pub federation: Arc<federation::Federation>,
+    /// Formal correspondence and journals.
+    pub correspondence: Arc<correspondence::Correspondence>,
 }
 
 crate::core::over_core!(Services);
-
-/// The subscribers of every batch the room writer commits: notifications and the federation
-/// outbox write rows in its transaction; the marks `/sync` reads and device-list positions
-/// are recorded before its positions are published; the search indexer and the correspondence
-/// worker hear of it after. Each holds a handle on the services it calls.
-fn commit_subscribers(me: &Weak<Services>, core: &Arc<core::Core>) -> rooms::commit::CommitSubscribers {
-    rooms::commit::CommitSubscribers {
-        rows: vec![Box::new(push::NotificationRows(me.clone())), Box::new(federation::sender::OutboxRows(me.clone()))],
-        others: vec![
-            Box::new(EventMarks(core.marks.clone())),
-            Box::new(e2ee::MembershipPositions(me.clone())),
-            Box::new(search::Indexer(me.clone())),
-            Box::new(correspondence::worker::Drafts(me.clone())),
-        ],
-    }
-}
 
 impl Services {
     /// Opens the database (creating and migrating it if needed), loads or creates the signing
@@ -124,127 +111,138 @@ impl Services {
         let stream = ephemeral::max_stream_position(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         let ratelimiter = ratelimit::RateLimiter::new(&config.rate_limits);
         let e2ee_state = e2ee::E2eeState::load(&db, stream).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
-        let media = media::MediaState::new(&config.data_dir);
+        let files = media::MediaState::new(&config.data_dir);
         let search_state = search::SearchState::new(&config.data_dir);
         let push_state = push::PushState::load(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
+
         let core = Arc::new(core::Core::new(config, db, server_name, keys, stream));
-        let transport = Arc::new(federation::client::Transport::new(core.clone()));
-        let media = Arc::new(media::Repository::new(core.clone(), transport.clone(), media));
-        let previews = Arc::new(url_preview::Previews::new(core.clone(), media.clone()));
-        let services = Arc::new_cyclic(|me| {
-            let clearances = portal::Clearances::new(core.clone());
-            let rooms = rooms::Rooms::new(core.clone(), commit_subscribers(me, &core), clearances.clone());
-            let accounts = Arc::new(accounts::Accounts::new(core.clone(), rooms.clone()));
-            let uia = Arc::new(uia::Uia::new(core.clone(), accounts.clone()));
-            let outbox = federation::sender::Outbox::new(core.clone(), rooms.clone(), transport.clone());
-            let e2ee = Arc::new(e2ee::E2ee::new(
-                core.clone(),
-                rooms.clone(),
-                accounts.clone(),
-                uia.clone(),
-                transport.clone(),
-                outbox.clone(),
-                e2ee_state,
-            ));
-            let account_data = Arc::new(account_data::AccountData::new(core.clone(), rooms.clone()));
-            let push = Arc::new(push::Push::new(core.clone(), rooms.clone(), account_data.clone(), push_state));
-            let ephemeral = Arc::new(ephemeral::Ephemeral::new(
-                core.clone(),
-                rooms.clone(),
-                account_data.clone(),
-                push.clone(),
-                outbox.clone(),
-            ));
-            let federation = Arc::new(federation::Federation::new(core.clone(), rooms.clone(), transport.clone()));
-            let portal = Arc::new(portal::Portal::new(rooms.clone(), clearances));
-            let timeline = Arc::new(rooms::timeline::Timeline::new(
-                core.clone(),
-                rooms.clone(),
-                portal.clone(),
-                federation.clone(),
-            ));
-            let search = Arc::new(search::Search::new(core.clone(), rooms.clone(), portal.clone(), search_state));
-            let sync =
-                Arc::new(sync::Syncer::new(core.clone(), rooms.clone(), e2ee.clone(), push.clone(), ephemeral.clone()));
-            let remote_membership = Arc::new(federation::membership::RemoteMembership::new(
-                core.clone(),
-                rooms.clone(),
-                accounts.clone(),
-                portal.clone(),
-                transport.clone(),
-                outbox.clone(),
-                federation.clone(),
-            ));
-            let membership = Arc::new(rooms::membership::Membership::new(
-                core.clone(),
-                rooms.clone(),
-                accounts.clone(),
-                portal.clone(),
-                transport.clone(),
-                remote_membership.clone(),
-            ));
-            let directory = Arc::new(rooms::directory::Directory::new(
-                core.clone(),
-                rooms.clone(),
-                accounts.clone(),
-                portal.clone(),
-                timeline.clone(),
-                transport.clone(),
-                federation.clone(),
-            ));
-            let peers = Arc::new(federation::transactions::Peers::new(
-                core.clone(),
-                rooms.clone(),
-                accounts.clone(),
-                federation.clone(),
-                ephemeral.clone(),
-                e2ee.clone(),
-            ));
-            let organisation = Arc::new(organisation::Organisation::new(
-                core.clone(),
-                rooms.clone(),
-                accounts.clone(),
-                portal.clone(),
-                membership.clone(),
-                directory.clone(),
-                timeline.clone(),
-            ));
-            let sessions = Arc::new(sessions::Sessions::new(
-                core.clone(),
-                accounts.clone(),
-                push.clone(),
-                e2ee.clone(),
-                membership.clone(),
-            ));
-            Services {
-                sessions,
-                organisation,
-                peers,
-                directory,
-                membership,
-                remote_membership,
-                sync,
-                openid: openid::OpenId::default(),
-                uia,
-                timeline,
-                ephemeral,
-                push,
-                account_data,
-                outbox,
-                accounts,
-                portal,
-                rooms,
-                core,
-                admin_nonces: uia::Nonces::default(),
-                e2ee,
-                previews,
-                media,
-                transport,
-                search,
-                correspondence: Default::default(),
-                ratelimiter,
-                federation,
-            }
+        let c = || core.clone();
+        let transport = Arc::new(federation::client::Transport::new(c()));
+        let media = Arc::new(media::Repository::new(c(), transport.clone(), files));
+        let previews = Arc::new(url_preview::Previews::new(c(), media.clone()));
+        let clearances = portal::Clearances::new(c());
+        let rooms = rooms::Rooms::new(c(), clearances.clone());
+        let accounts = Arc::new(accounts::Accounts::new(c(), rooms.clone()));
+        let uia = Arc::new(uia::Uia::new(c(), accounts.clone()));
+        let account_data = Arc::new(account_data::AccountData::new(c(), rooms.clone()));
+        let portal = Arc::new(portal::Portal::new(rooms.clone(), clearances));
+        let outbox = federation::sender::Outbox::new(c(), rooms.clone(), transport.clone());
+        let federation = Arc::new(federation::Federation::new(c(), rooms.clone(), transport.clone()));
+        let e2ee = Arc::new(e2ee::E2ee::new(
+            c(),
+            rooms.clone(),
+            accounts.clone(),
+            uia.clone(),
+            transport.clone(),
+            outbox.clone(),
+            e2ee_state,
+        ));
+        let push = Arc::new(push::Push::new(c(), rooms.clone(), account_data.clone(), push_state));
+        let ephemeral =
+            Arc::new(ephemeral::Ephemeral::new(c(), rooms.clone(), account_data.clone(), push.clone(), outbox.clone()));
+        let timeline = Arc::new(rooms::timeline::Timeline::new(c(), rooms.clone(), portal.clone(), federation.clone()));
+        let search = Arc::new(search::Search::new(c(), rooms.clone(), portal.clone(), search_state));
+        let sync = Arc::new(sync::Syncer::new(c(), rooms.clone(), e2ee.clone(), push.clone(), ephemeral.clone()));
+        let remote_membership = Arc::new(federation::membership::RemoteMembership::new(
+            c(),
+            rooms.clone(),
+            accounts.clone(),
+            portal.clone(),
+            transport.clone(),
+            outbox.clone(),
+            federation.clone(),
+        ));
+        let membership = Arc::new(rooms::membership::Membership::new(
+            c(),
+            rooms.clone(),
+            accounts.clone(),
+            portal.clone(),
+            transport.clone(),
+            remote_membership.clone(),
+        ));
+        let directory = Arc::new(rooms::directory::Directory::new(
+            c(),
+            rooms.clone(),
+            accounts.clone(),
+            portal.clone(),
+            timeline.clone(),
+            transport.clone(),
+            federation.clone(),
+        ));
+        let peers = Arc::new(federation::transactions::Peers::new(
+            c(),
+            rooms.clone(),
+            accounts.clone(),
+            federation.clone(),
+            ephemeral.clone(),
+            e2ee.clone(),
+        ));
+        let sessions =
+            Arc::new(sessions::Sessions::new(c(), accounts.clone(), push.clone(), e2ee.clone(), membership.clone()));
+        let organisation = Arc::new(organisation::Organisation::new(
+            c(),
+            rooms.clone(),
+            accounts.clone(),
+            portal.clone(),
+            membership.clone(),
+            directory.clone(),
+            timeline.clone(),
+        ));
+        let correspondence = Arc::new(correspondence::Correspondence::new(
+            c(),
+            rooms.clone(),
+            accounts.clone(),
+            portal.clone(),
+            organisation.clone(),
+            directory.clone(),
+            membership.clone(),
+        ));
+
+        // What follows a commit, told to the services that subscribe (the writer names none):
+        // notifications and the federation outbox write rows in its transaction; the marks
+        // `/sync` reads and device-list positions are recorded before its positions are
+        // published; the search indexer and the correspondence worker hear of it after.
+        rooms.subscribe(rooms::commit::CommitSubscribers {
+            rows: vec![
+                Box::new(push::NotificationRows(Arc::downgrade(&push))),
+                Box::new(federation::sender::OutboxRows(Arc::downgrade(&outbox))),
+            ],
+            others: vec![
+                Box::new(EventMarks(core.marks.clone())),
+                Box::new(e2ee::MembershipPositions(Arc::downgrade(&e2ee))),
+                Box::new(search::Indexer(Arc::downgrade(&search))),
+                Box::new(correspondence::worker::Drafts(Arc::downgrade(&correspondence))),
+            ],
+        });
+
+        let services = Arc::new(Services {
+            core,
+            transport,
+            media,
+            previews,
+            openid: openid::OpenId::default(),
+            admin_nonces: uia::Nonces::default(),
+            ratelimiter,
+            rooms,
+            accounts,
+            uia,
+            account_data,
+            portal,
+            outbox,
+            federation,
+            e2ee,
+            push,
+            ephemeral,
+            timeline,
+            search,
+            sync,
+            remote_membership,
+            membership,
+            directory,
+            peers,
+            sessions,
+            organisation,
+            correspondence,
         });
         ephemeral::spawn_typing_expiry(Arc::downgrade(&services.ephemeral));
         // Every process that writes (the server, an import) keeps the write-ahead log short.
@@ -268,7 +266,7 @@ impl Services {
             .map_err(|e| anyhow_like::msg(format!("cannot open the search index: {e}")))?;
         push::spawn_pusher_worker(Arc::downgrade(&services.push));
         search::spawn_indexer(&services.search);
-        correspondence::spawn_worker(&services);
+        correspondence::spawn_worker(&services.correspondence);
         federation::sender::spawn_senders(&services.outbox);
         Ok(services)
     }
@@ -291,8 +289,8 @@ impl rooms::commit::Subscriber for EventMarks {
     }
 }
 
-/// The services behind a subscriber's handle; gone only while the process stops.
-pub(crate) fn upgrade(me: &Weak<Services>) -> Result<Arc<Services>> {
+/// The service behind a subscriber's handle; gone only while the process stops.
+pub(crate) fn upgrade<T>(me: &Weak<T>) -> Result<Arc<T>> {
     me.upgrade().ok_or_else(internal!("the services are stopping"))
 }
 

@@ -3,7 +3,7 @@
 //! each user's memberships and account data, receipts; presence is held whole (each user's
 //! last, ordered by position), so `/sync` reads it from memory. Writers set a mark before
 //! they publish its position (the room writer through its commit subscriber,
-//! [`EventMarks`]), so a reader that sees a position sees its mark too.
+//! `EventMarks` in `lib.rs`), so a reader that sees a position sees its mark too.
 //!
 //! Marks are exact only from the position the stream had when the process started (`floor`):
 //! a token older than it always asks the database.

@@ -38,7 +38,7 @@ pub use crate::names::{CLASSIFICATION, EXTERNALS, MANAGER_LEVEL};
 pub struct Clearances {
     core: Arc<Core>,
     pub(crate) people: Mutex<LruCache<OwnedUserId, Person>>,
-    /// The server's own account, once it exists (see `Services::system_user`).
+    /// The server's own account, once it exists (see `Organisation::system_user`).
     pub(crate) system: std::sync::OnceLock<OwnedUserId>,
 }
 

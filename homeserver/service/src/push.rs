@@ -41,7 +41,7 @@ use crate::{
     core::Core,
     now_ms,
     rooms::{commit, Rooms},
-    Error, Pdu, Result, Services,
+    Error, Pdu, Result,
 };
 
 /// Push rules, notifications, unread counts and pushers, over the rooms (who is notified, with
@@ -1083,7 +1083,7 @@ fn p_position(s: &Push, p: &store::Pusher) -> i64 {
 
 /// The notifications of each batch, written in its transaction: no `/sync` ever sees an event
 /// without them (a commit subscriber).
-pub(crate) struct NotificationRows(pub(crate) std::sync::Weak<Services>);
+pub(crate) struct NotificationRows(pub(crate) Weak<Push>);
 
 struct PreparedNotifications {
     push: Arc<Push>,
@@ -1094,7 +1094,7 @@ struct PreparedNotifications {
 impl commit::RowsSubscriber for NotificationRows {
     fn prepare<'a>(&'a self, batch: &'a commit::Batch<'a>) -> commit::Preparing<'a> {
         Box::pin(async move {
-            let push = crate::upgrade(&self.0)?.push.clone();
+            let push = crate::upgrade(&self.0)?;
             let rows = push.push_rows(batch.events, batch.states, batch.created).await?;
             let notified = push.notified_members(&rows).await?;
             Ok(Box::new(PreparedNotifications { push, rows, notified }) as Box<dyn commit::Rows>)

@@ -16,12 +16,12 @@ use serde_json::{json, Value};
 use super::{
     model::{normalise_tag, Kind},
     status::{ItemStatus, Status},
-    text,
+    text, Correspondence,
 };
 use crate::pdu::raw;
 use crate::{
     rooms::{PduBuilder, Target},
-    Error, Result, Services,
+    Error, Result,
 };
 
 /// Journals created at once when a dispatch needs many.
@@ -32,43 +32,43 @@ const JOURNAL_TOPIC: &str = "Ce que vos groupes doivent traiter, et la correspon
      nouveau|attribué|traité, !audience <référence>, !aide. Réagissez à une entrée avec 👀 (je m'en charge) \
      ou ✅ (traité).";
 
-impl Services {
+impl Correspondence {
     /// The journal room of `user`, if they have one.
     pub async fn journal_of(&self, user: &UserId) -> Result<Option<OwnedRoomId>> {
         self.correspondence_state().await?;
-        Ok(self.correspondence.journals.read().unwrap().get(user).cloned())
+        Ok(self.state.journals.read().unwrap().get(user).cloned())
     }
 
     /// Loads the journals into memory, once.
     async fn correspondence_state(&self) -> Result<()> {
-        if self.correspondence.loaded.get().is_some() {
+        if self.state.loaded.get().is_some() {
             return Ok(());
         }
         let rows = store::journals(self.db.pool()).await?;
-        let mut journals = self.correspondence.journals.write().unwrap();
-        let mut owners = self.correspondence.owners.write().unwrap();
+        let mut journals = self.state.journals.write().unwrap();
+        let mut owners = self.state.owners.write().unwrap();
         for (user, room) in rows {
             if let (Ok(u), Ok(r)) = (OwnedUserId::try_from(user), OwnedRoomId::try_from(room)) {
                 owners.insert(r.clone(), u.clone());
                 journals.insert(u, r);
             }
         }
-        let _ = self.correspondence.loaded.set(());
+        let _ = self.state.loaded.set(());
         Ok(())
     }
 
     /// The owner of a journal room.
     pub(crate) async fn journal_owner(&self, room: &ruma::RoomId) -> Result<Option<OwnedUserId>> {
         self.correspondence_state().await?;
-        Ok(self.correspondence.owners.read().unwrap().get(room).cloned())
+        Ok(self.state.owners.read().unwrap().get(room).cloned())
     }
 
     /// The journals of `users`, created for those who have none yet.
     pub(crate) async fn ensure_journals(&self, users: &[OwnedUserId]) -> Result<HashMap<OwnedUserId, OwnedRoomId>> {
         self.correspondence_state().await?;
-        let _creating = self.correspondence.creating.lock().await;
+        let _creating = self.state.creating.lock().await;
         let missing: Vec<OwnedUserId> = {
-            let journals = self.correspondence.journals.read().unwrap();
+            let journals = self.state.journals.read().unwrap();
             users.iter().filter(|u| !journals.contains_key(*u)).cloned().collect()
         };
         let created: Vec<Result<(OwnedUserId, OwnedRoomId)>> = futures::stream::iter(missing)
@@ -81,10 +81,10 @@ impl Services {
             .await;
         for c in created {
             let (user, room) = c?;
-            self.correspondence.owners.write().unwrap().insert(room.clone(), user.clone());
-            self.correspondence.journals.write().unwrap().insert(user, room);
+            self.state.owners.write().unwrap().insert(room.clone(), user.clone());
+            self.state.journals.write().unwrap().insert(user, room);
         }
-        let journals = self.correspondence.journals.read().unwrap();
+        let journals = self.state.journals.read().unwrap();
         Ok(users.iter().filter_map(|u| journals.get(u).map(|r| (u.clone(), r.clone()))).collect())
     }
 
@@ -235,6 +235,6 @@ fn valid_tag(tag: &str) -> Result<String> {
     Ok(tag)
 }
 
-async fn policies_allow_journal(s: &Services, user: &UserId) -> Result<bool> {
+async fn policies_allow_journal(s: &Correspondence, user: &UserId) -> Result<bool> {
     Ok(s.portal.person(user).await?.kind != diplomatie_policies::AccountKind::External)
 }

@@ -43,9 +43,12 @@ pub use worker::spawn_worker;
 pub(crate) use worker::CorrespondenceState;
 
 use crate::{
-    accounts::Caller,
-    rooms::{PduBuilder, Target},
-    Error, Result, Services,
+    accounts::{Accounts, Caller},
+    core::Core,
+    organisation::Organisation,
+    portal::Portal,
+    rooms::{directory::Directory, membership::Membership, PduBuilder, Rooms, Target},
+    Error, Result,
 };
 
 pub use crate::names::{DELIVERY, MSGTYPE};
@@ -139,17 +142,54 @@ fn level_of(raw: Option<&str>) -> Result<Level> {
     }
 }
 
-impl Services {
+/// Formal correspondence: composition, sealing, dispatch, journals, action items and the
+/// service account's worker; over the rooms, the accounts, the portal, the organisation, the
+/// directory (aliases) and memberships (journals).
+pub struct Correspondence {
+    core: Arc<Core>,
+    rooms: Arc<Rooms>,
+    accounts: Arc<Accounts>,
+    portal: Arc<Portal>,
+    organisation: Arc<Organisation>,
+    directory: Arc<Directory>,
+    membership: Arc<Membership>,
+    state: CorrespondenceState,
+}
+
+crate::core::over_core!(Correspondence);
+
+impl Correspondence {
+    pub(crate) fn new(
+        core: Arc<Core>,
+        rooms: Arc<Rooms>,
+        accounts: Arc<Accounts>,
+        portal: Arc<Portal>,
+        organisation: Arc<Organisation>,
+        directory: Arc<Directory>,
+        membership: Arc<Membership>,
+    ) -> Correspondence {
+        Correspondence {
+            core,
+            rooms,
+            accounts,
+            portal,
+            organisation,
+            directory,
+            membership,
+            state: CorrespondenceState::default(),
+        }
+    }
+
     /// A group's or community's space, name and room (`key`: `correspondence`, `general`),
     /// from the cache of the organisation's directory (see [`CorrespondenceState`]).
     async fn org_room(&self, prefix: &str, slug: &str, key: &str) -> Result<Option<OrgRoom>> {
         let cache_key = format!("{prefix}.{slug}.{key}");
-        if let Some(found) = self.correspondence.directory.lock().unwrap().get(&cache_key) {
+        if let Some(found) = self.state.directory.lock().unwrap().get(&cache_key) {
             return Ok(found.clone());
         }
-        let generation = self.correspondence.generation();
+        let generation = self.state.generation();
         let found = self.org_room_uncached(prefix, slug, key).await?;
-        self.correspondence.remember(generation, cache_key, found.clone());
+        self.state.remember(generation, cache_key, found.clone());
         Ok(found)
     }
 
@@ -255,14 +295,14 @@ impl Services {
 
     /// Every community of this server with its (normalised) tags, from the cache.
     async fn communities(&self) -> Result<Arc<Vec<Community>>> {
-        if let Some(list) = self.correspondence.communities.lock().unwrap().clone() {
+        if let Some(list) = self.state.communities.lock().unwrap().clone() {
             return Ok(list);
         }
-        let _reading = self.correspondence.reading_communities.lock().await;
-        if let Some(list) = self.correspondence.communities.lock().unwrap().clone() {
+        let _reading = self.state.reading_communities.lock().await;
+        if let Some(list) = self.state.communities.lock().unwrap().clone() {
             return Ok(list);
         }
-        let generation = self.correspondence.generation();
+        let generation = self.state.generation();
         let prefix = "#c.";
         let suffix = format!(":{}", self.server_name());
         let mut out = Vec::new();
@@ -284,7 +324,7 @@ impl Services {
             out.push(Community { addressee, tags, facts });
         }
         let list = Arc::new(out);
-        self.correspondence.remember_communities(generation, list.clone());
+        self.state.remember_communities(generation, list.clone());
         Ok(list)
     }
 

@@ -20,9 +20,9 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use super::{
     model::{normalise_tag, Community, Composition, OrgRoom},
     status::Status,
-    text,
+    text, Correspondence,
 };
-use crate::{rooms::commit, Error, Pdu, Result, Services};
+use crate::{rooms::commit, Error, Pdu, Result};
 
 /// An event the service looks at, with the device that sent it when known.
 type Job = (Arc<Pdu>, Option<OwnedDeviceId>);
@@ -101,12 +101,12 @@ const HELP: &str = "Commandes : !suivre <mot-clé> · !ne-plus-suivre <mot-clé>
      (en-têtes Action:, Information:, Tags:, Classification:, Subject:, puis une ligne vide et le texte).";
 
 /// Starts the service account's worker (serving processes only).
-pub fn spawn_worker(services: &Arc<Services>) {
+pub fn spawn_worker(correspondence: &Arc<Correspondence>) {
     let (sender, mut receiver) = unbounded_channel::<Job>();
-    if services.correspondence.queue.set(sender).is_err() {
+    if correspondence.state.queue.set(sender).is_err() {
         return;
     }
-    let weak: Weak<Services> = Arc::downgrade(services);
+    let weak: Weak<Correspondence> = Arc::downgrade(correspondence);
     tokio::spawn(async move {
         while let Some((pdu, device)) = receiver.recv().await {
             let Some(services) = weak.upgrade() else { break };
@@ -127,13 +127,13 @@ fn may_concern(pdu: &Pdu) -> bool {
     }
 }
 
-impl Services {
+impl Correspondence {
     /// Called by the writer after each commit (`txns`: user, device, transaction, event).
     pub(crate) fn correspondence_committed(&self, appended: &[Arc<Pdu>], txns: &[[String; 4]]) {
-        if appended.iter().any(|p| changes_directory(&self.correspondence, p)) {
-            self.correspondence.forget_directory();
+        if appended.iter().any(|p| changes_directory(&self.state, p)) {
+            self.state.forget_directory();
         }
-        let Some(queue) = self.correspondence.queue.get() else { return };
+        let Some(queue) = self.state.queue.get() else { return };
         let system = self.portal.system.get();
         for pdu in appended.iter().filter(|p| may_concern(p)) {
             if Some(&pdu.sender) == system || pdu.sender.server_name() != self.server_name() {
@@ -149,7 +149,7 @@ impl Services {
 
     /// The functional group whose correspondence room `room` is.
     async fn correspondence_room_group(&self, room: &RoomId) -> Result<Option<String>> {
-        if let Some(known) = self.correspondence.rooms.lock().unwrap().get(room) {
+        if let Some(known) = self.state.rooms.lock().unwrap().get(room) {
             return Ok(known.clone());
         }
         let suffix = format!(".correspondence:{}", self.server_name());
@@ -157,7 +157,7 @@ impl Services {
             .await?
             .into_iter()
             .find_map(|a| a.strip_prefix("#g.").and_then(|a| a.strip_suffix(&suffix)).map(str::to_owned));
-        self.correspondence.rooms.lock().unwrap().insert(room.to_owned(), slug.clone());
+        self.state.rooms.lock().unwrap().insert(room.to_owned(), slug.clone());
         Ok(slug)
     }
 
@@ -330,11 +330,11 @@ impl Services {
 
 /// Hands the service account the events of each published batch that may concern it (a commit
 /// subscriber).
-pub(crate) struct Drafts(pub(crate) std::sync::Weak<Services>);
+pub(crate) struct Drafts(pub(crate) Weak<Correspondence>);
 
 impl commit::Subscriber for Drafts {
     fn published(&self, batch: &commit::Batch<'_>, _at: &commit::Committed<'_>) {
-        let Some(services) = self.0.upgrade() else { return };
-        services.correspondence_committed(batch.events, batch.txns);
+        let Some(correspondence) = self.0.upgrade() else { return };
+        correspondence.correspondence_committed(batch.events, batch.txns);
     }
 }

@@ -30,7 +30,7 @@ use crate::{
     federation::{client::Transport, sender::Outbox},
     rooms::{commit, Rooms},
     uia::Uia,
-    Error, Result, Services,
+    Error, Result,
 };
 
 /// What `/sync` needs to skip the encryption queries when nothing changed: which devices have
@@ -610,14 +610,14 @@ fn to_device_event(sender: &str, kind: &str, content: &str) -> Result<Raw<AnyToD
 
 /// Records the position of each membership change before it is published, so that `/sync`
 /// looks at device lists again (a commit subscriber).
-pub(crate) struct MembershipPositions(pub(crate) std::sync::Weak<Services>);
+pub(crate) struct MembershipPositions(pub(crate) std::sync::Weak<E2ee>);
 
 impl commit::Subscriber for MembershipPositions {
     fn committed(&self, batch: &commit::Batch<'_>, _at: &commit::Committed<'_>) {
-        let Some(services) = self.0.upgrade() else { return };
+        let Some(e2ee) = self.0.upgrade() else { return };
         let members = batch.events.iter().filter(|p| p.kind == ruma::events::TimelineEventType::RoomMember);
         for pdu in members {
-            services.e2ee.state.membership_changed(pdu.stream_ordering);
+            e2ee.state.membership_changed(pdu.stream_ordering);
         }
     }
 }

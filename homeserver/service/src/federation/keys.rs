@@ -292,7 +292,7 @@ impl Transport {
 }
 
 /// A federation request's `X-Matrix` header and the keys of the server it names, checked
-/// before the body is read ([`Services::request_signer`]).
+/// before the body is read ([`Transport::request_signer`]).
 pub struct RequestSigner {
     header: XMatrix,
     keys: PublicKeySet,

@@ -28,7 +28,7 @@ use crate::pdu::federation_json;
 use crate::{
     core::Core,
     rooms::{commit, Rooms},
-    Pdu, Result, Services,
+    Pdu, Result,
 };
 
 /// The outbound queue and its running senders, over the core, the rooms (their servers, the
@@ -58,12 +58,12 @@ pub struct Outgoing {
 /// The federation outbox of each batch: the PDUs this server built, queued for the rooms'
 /// other servers in the batch's transaction (a committed event is never lost to federation),
 /// their senders woken once published (a commit subscriber).
-pub(crate) struct OutboxRows(pub(crate) std::sync::Weak<Services>);
+pub(crate) struct OutboxRows(pub(crate) Weak<Outbox>);
 
 impl commit::RowsSubscriber for OutboxRows {
     fn prepare<'a>(&'a self, batch: &'a commit::Batch<'a>) -> commit::Preparing<'a> {
         Box::pin(async move {
-            let outbox = crate::upgrade(&self.0)?.outbox.clone();
+            let outbox = crate::upgrade(&self.0)?;
             let out = outbox.outgoing_pdus(batch.events).await?;
             Ok(Box::new(OutboxBatch { outbox, out }) as Box<dyn commit::Rows>)
         })

@@ -418,7 +418,7 @@ impl Organisation {
     }
 
     /// Creates a community of interest unless it exists (its `members` are added apart, with
-    /// [`Services::add_to_org_space`]). `creator` is whoever asked (an agent, or the server for
+    /// [`Organisation::add_to_org_space`]). `creator` is whoever asked (an agent, or the server for
     /// an import).
     pub async fn create_community(&self, creator: Option<&UserId>, spec: &CommunitySpec) -> Result<Created> {
         if let Some(c) = creator {

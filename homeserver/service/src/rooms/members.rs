@@ -120,7 +120,7 @@ impl Rooms {
     }
 
     /// Stripped state for invites and knocks: what a client shows before joining (the room's
-    /// [`STRIPPED_STATE`] events and the user's membership).
+    /// `STRIPPED_STATE` events and the user's membership).
     pub async fn stripped_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
         let state = self.current_state(room_id).await?;
         // An invite or a knock to a room this server is not in: what the other server showed.

@@ -64,7 +64,8 @@ pub struct Rooms {
     core: Arc<Core>,
     /// This very value, for the task that drains the send queue.
     me: Weak<Rooms>,
-    subscribers: commit::CommitSubscribers,
+    /// Set once at start-up, when the services that subscribe exist.
+    subscribers: std::sync::OnceLock<commit::CommitSubscribers>,
     policy: Arc<dyn EventPolicy>,
     meta: Mutex<HashMap<OwnedRoomId, Arc<RoomMeta>>>,
     states: Mutex<LruCache<i64, Arc<StateMap<OwnedEventId>>>>,
@@ -100,15 +101,24 @@ impl Rooms {
 }
 
 impl Rooms {
-    pub(crate) fn new(
-        core: Arc<Core>,
-        subscribers: commit::CommitSubscribers,
-        policy: Arc<dyn EventPolicy>,
-    ) -> Arc<Rooms> {
+    /// Registers the subscribers of every batch (once, at start-up, before anything is written).
+    pub(crate) fn subscribe(&self, subscribers: commit::CommitSubscribers) {
+        if self.subscribers.set(subscribers).is_err() {
+            tracing::error!("the room writer's subscribers were registered twice");
+        }
+    }
+
+    /// The subscribers of every batch (none before [`Rooms::subscribe`]).
+    fn subscribers(&self) -> &commit::CommitSubscribers {
+        static NONE: commit::CommitSubscribers = commit::CommitSubscribers { rows: Vec::new(), others: Vec::new() };
+        self.subscribers.get().unwrap_or(&NONE)
+    }
+
+    pub(crate) fn new(core: Arc<Core>, policy: Arc<dyn EventPolicy>) -> Arc<Rooms> {
         Arc::new_cyclic(|me| Rooms {
             core,
             me: me.clone(),
-            subscribers,
+            subscribers: std::sync::OnceLock::new(),
             policy,
             meta: Mutex::default(),
             states: Mutex::new(crate::lru(20_000)),
@@ -998,7 +1008,7 @@ impl<'a> RoomWriter<'a> {
             created: &created,
             txns: &txns,
         };
-        let subscribers = &rooms.subscribers;
+        let subscribers = rooms.subscribers();
         let started = std::time::Instant::now();
         let mut prepared = Vec::with_capacity(subscribers.rows.len());
         for s in &subscribers.rows {

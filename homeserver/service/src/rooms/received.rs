@@ -172,7 +172,7 @@ impl Rooms {
             cache.put(pdu.event_id.clone(), pdu.clone());
         }
         drop(cache);
-        for subscriber in &self.subscribers.others {
+        for subscriber in &self.subscribers().others {
             subscriber.backfilled(&stored);
         }
         Ok(stored)

@@ -34,7 +34,7 @@ use crate::{
     core::Core,
     portal::Portal,
     rooms::{commit, timeline::EventFilter, Rooms},
-    Error, Pdu, Result, Services,
+    Error, Pdu, Result,
 };
 
 /// The event types whose texts are indexed.
@@ -495,20 +495,20 @@ impl Search {
 }
 
 /// Sends each committed batch to the indexer, once published (a commit subscriber).
-pub(crate) struct Indexer(pub(crate) std::sync::Weak<Services>);
+pub(crate) struct Indexer(pub(crate) std::sync::Weak<Search>);
 
 impl commit::Subscriber for Indexer {
     fn published(&self, batch: &commit::Batch<'_>, at: &commit::Committed<'_>) {
-        let Some(services) = self.0.upgrade() else { return };
-        services.search.index_committed(batch.events, batch.redacted, Covered::up_to(at.position));
+        let Some(search) = self.0.upgrade() else { return };
+        search.index_committed(batch.events, batch.redacted, Covered::up_to(at.position));
     }
 
     /// Backfilled history is searchable like the rest of the room (history visibility still
     /// applies to results).
     fn backfilled(&self, events: &[Arc<Pdu>]) {
-        let Some(services) = self.0.upgrade() else { return };
+        let Some(search) = self.0.upgrade() else { return };
         if let Some(low) = events.iter().map(|p| p.stream_ordering).min() {
-            services.search.index_committed(events, &[], Covered { high: 0, low });
+            search.index_committed(events, &[], Covered { high: 0, low });
         }
     }
 }
