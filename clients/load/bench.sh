@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Runs the load tool against Diplomatie and against Synapse (from PyPI), both on SQLite, on
-# loopback, with rate limits off, and prints both sets of figures.
-#   bash clients/load/bench.sh            (takes a few minutes; installs Synapse in a venv)
+# Runs the load tool against Diplomatie, Tuwunel (when TUWUNEL_BIN names a build of it) and
+# Synapse (from PyPI), on their embedded databases, on loopback, with rate limits off, and
+# prints each set of figures, then the three side by side.
+#   bash clients/load/bench.sh                     (a few minutes; installs Synapse in a venv)
+#   TUWUNEL_BIN=/path/to/tuwunel bash clients/load/bench.sh
+# Tuwunel is not built by this script: docs/benchmarks.md says how it was built here.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=$(mktemp -d)
@@ -18,8 +21,21 @@ DIPLOMATIE_DATA_DIR="$work/dip" DIPLOMATIE_LISTEN=127.0.0.1:18101 DIPLOMATIE_REG
   DIPLOMATIE_RATE_LIMITS__ENABLED=false DIPLOMATIE_LOG=warn target/release/diplomatie &
 dip=$!
 wait_up http://127.0.0.1:18101
-"$load" --url http://127.0.0.1:18101 --pid "$dip" --label "Diplomatie $(git rev-parse --short HEAD) (SQLite)" "${args[@]}"
+"$load" --url http://127.0.0.1:18101 --pid "$dip" --label "Diplomatie $(git rev-parse --short HEAD) (SQLite)" "${args[@]}" | tee "$work/dip.out"
 kill "$dip"
+
+# Tuwunel, embedded RocksDB, the same workload (federation and presence off, open registration).
+if [ -n "${TUWUNEL_BIN:-}" ]; then
+  mkdir -p "$work/tuw"
+  TUWUNEL_SERVER_NAME=localhost TUWUNEL_DATABASE_PATH="$work/tuw" TUWUNEL_ADDRESS='["127.0.0.1"]' TUWUNEL_PORT=18103 \
+    TUWUNEL_ALLOW_REGISTRATION=true TUWUNEL_YES_I_AM_VERY_VERY_SURE_I_WANT_AN_OPEN_REGISTRATION_SERVER_PRONE_TO_ABUSE=true \
+    TUWUNEL_ALLOW_FEDERATION=false TUWUNEL_ALLOW_LOCAL_PRESENCE=false TUWUNEL_ALLOW_INCOMING_PRESENCE=false \
+    TUWUNEL_ALLOW_OUTGOING_PRESENCE=false TUWUNEL_TRUSTED_SERVERS='[]' TUWUNEL_LOG=warn "$TUWUNEL_BIN" >"$work/tuw.log" 2>&1 &
+  tuw=$!
+  wait_up http://127.0.0.1:18103
+  "$load" --url http://127.0.0.1:18103 --pid "$tuw" --label "Tuwunel $("$TUWUNEL_BIN" --version 2>/dev/null | head -n1) (RocksDB)" "${args[@]}" | tee "$work/tuw.out"
+  kill "$tuw"
+fi
 
 # Synapse, SQLite, the same workload.
 venv="${SYNAPSE_VENV:-$HOME/.cache/diplomatie-bench/synapse-venv}"
@@ -49,5 +65,19 @@ PY
 (cd "$work/syn" && exec "$venv/bin/python" -m synapse.app.homeserver --config-path homeserver.yaml >/dev/null 2>&1) &
 wait_up http://127.0.0.1:18102
 syn=$(pgrep -f "synapse.app.homeserver --config-path homeserver.yaml" | head -n1)
-"$load" --url http://127.0.0.1:18102 --pid "$syn" --label "Synapse $("$venv/bin/python" -c 'import synapse; print(synapse.__version__)') (SQLite)" "${args[@]}"
+"$load" --url http://127.0.0.1:18102 --pid "$syn" --label "Synapse $("$venv/bin/python" -c 'import synapse; print(synapse.__version__)') (SQLite)" "${args[@]}" | tee "$work/syn.out"
 kill "$syn"
+
+# Side by side.
+echo
+printf '%-44s %12s %10s %10s %12s\n' server events/s "p50 ms" "p99 ms" "MiB (RSS)"
+for out in "$work/dip.out" "$work/tuw.out" "$work/syn.out"; do
+  [ -f "$out" ] || continue
+  awk '
+    /^== / { name = substr($0, 4); sub(/ \(http.*$/, "", name) }
+    /^send throughput:/ { rate = $3 }
+    /^delivery latency:/ { p50 = $4; p99 = $7 }
+    /^server memory:/ { rss = $3 }
+    END { printf "%-44s %12s %10s %10s %12s\n", name, rate, p50, p99, rss }
+  ' "$out"
+done

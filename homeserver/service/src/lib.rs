@@ -266,7 +266,7 @@ impl Services {
             .map_err(|e| anyhow_like::msg(format!("cannot open the search index: {e}")))?;
         push::spawn_pusher_worker(Arc::downgrade(&services.push));
         search::spawn_indexer(&services.search);
-        correspondence::spawn_worker(&services.correspondence);
+        correspondence::worker::spawn_worker(&services.correspondence);
         federation::sender::spawn_senders(&services.outbox);
         Ok(services)
     }

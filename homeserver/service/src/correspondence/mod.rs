@@ -17,6 +17,7 @@
 
 mod journal;
 mod model;
+mod state;
 mod status;
 pub mod text;
 pub(crate) mod worker;
@@ -39,9 +40,8 @@ pub use model::{normalise_tag, Composition, Kind};
 pub(crate) use model::{Addressee, Community, OrgRoom};
 pub use status::Status;
 pub use text::parse_draft;
-pub use worker::spawn_worker;
-pub(crate) use worker::CorrespondenceState;
 
+use self::state::CorrespondenceState;
 use crate::{
     accounts::{Accounts, Caller},
     core::Core,
