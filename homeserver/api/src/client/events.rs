@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::{extract::State, response::Response};
 use diplomatie_service::{
+    pdu::raw,
     rooms::timeline::{EventFilter, Paging},
     Error, Services,
 };
@@ -22,6 +23,7 @@ use ruma::api::{
     },
     Direction,
 };
+use ruma::{events::AnyMessageLikeEvent, serde::Raw};
 use serde_json::{json, Value};
 
 use crate::{
@@ -65,14 +67,18 @@ pub async fn redact(State(s): S, req: Ruma<redact_event::v3::Request>) -> ApiRes
     Ok(redact_event::v3::Response::new(id).into())
 }
 
-pub async fn get_event(State(s): S, req: Ruma<get_room_event::v3::Request>) -> Result<Response, ApiError> {
+pub async fn get_event(State(s): S, req: Ruma<get_room_event::v3::Request>) -> ApiResult<get_room_event::v3::Response> {
     let caller = req.caller();
     let pdu = s.rooms.event_for_user(&caller.user_id, &req.body.room_id, &req.body.event_id).await?;
-    Ok(json_ok(s.rooms.client_event(&pdu, &caller.user_id, caller.device_id.as_str(), true)))
+    Ok(get_room_event::v3::Response::new(s.rooms.client_raw(&pdu, &caller.user_id, caller.device_id.as_str(), true))
+        .into())
 }
 
 /// `GET /rooms/{roomId}/messages`
-pub async fn messages(State(s): S, req: Ruma<get_message_events::v3::Request>) -> Result<Response, ApiError> {
+pub async fn messages(
+    State(s): S,
+    req: Ruma<get_message_events::v3::Request>,
+) -> ApiResult<get_message_events::v3::Response> {
     let b = &req.body;
     let filter = event_filter(&b.filter);
     let backwards = b.dir == Direction::Backward;
@@ -80,36 +86,31 @@ pub async fn messages(State(s): S, req: Ruma<get_message_events::v3::Request>) -
     let paging = Paging { from: b.from.as_deref(), to: b.to.as_deref(), backwards, limit };
     let caller = req.caller();
     let page = s.timeline.messages(&caller.user_id, &b.room_id, paging, &filter).await?;
-    let client =
-        |p: &diplomatie_service::Pdu| s.rooms.client_event(p, &caller.user_id, caller.device_id.as_str(), true);
-    let mut body = json!({
-        "start": page.start,
-        "chunk": page.events.iter().map(|p| client(p)).collect::<Vec<_>>(),
-        "state": page.state.iter().map(|p| p.to_client(true)).collect::<Vec<_>>(),
-    });
-    if let Some(end) = page.end {
-        body["end"] = json!(end);
-    }
-    Ok(json_ok(body))
+    let mut response = get_message_events::v3::Response::new();
+    response.start = page.start;
+    response.end = page.end;
+    response.chunk =
+        page.events.iter().map(|p| s.rooms.client_raw(p, &caller.user_id, caller.device_id.as_str(), true)).collect();
+    response.state = page.state.iter().map(|p| p.to_raw(true)).collect();
+    Ok(response.into())
 }
 
 /// `GET /rooms/{roomId}/context/{eventId}`
-pub async fn context(State(s): S, req: Ruma<get_context::v3::Request>) -> Result<Response, ApiError> {
+pub async fn context(State(s): S, req: Ruma<get_context::v3::Request>) -> ApiResult<get_context::v3::Response> {
     let b = &req.body;
     let filter = event_filter(&b.filter);
     let caller = req.caller();
     let (event, before, after) =
         s.timeline.context(&caller.user_id, &b.room_id, &b.event_id, u64::from(b.limit) as usize, &filter).await?;
-    let client =
-        |p: &diplomatie_service::Pdu| s.rooms.client_event(p, &caller.user_id, caller.device_id.as_str(), true);
-    Ok(json_ok(json!({
-        "event": client(&event),
-        "events_before": before.events.iter().map(|p| client(p)).collect::<Vec<_>>(),
-        "events_after": after.events.iter().map(|p| client(p)).collect::<Vec<_>>(),
-        "state": before.state.iter().map(|p| p.to_client(true)).collect::<Vec<_>>(),
-        "start": before.start,
-        "end": after.end,
-    })))
+    let client = |p: &diplomatie_service::Pdu| s.rooms.client_raw(p, &caller.user_id, caller.device_id.as_str(), true);
+    let mut response = get_context::v3::Response::new();
+    response.event = Some(client(&event));
+    response.events_before = before.events.iter().map(|p| client(p)).collect();
+    response.events_after = after.events.iter().map(|p| client(p)).collect();
+    response.state = before.state.iter().map(|p| p.to_raw(true)).collect();
+    response.start = Some(before.start);
+    response.end = after.end;
+    Ok(response.into())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -124,7 +125,7 @@ async fn relations_page(
     to: Option<&str>,
     dir: Direction,
     limit: Option<ruma::UInt>,
-) -> Result<Response, ApiError> {
+) -> Result<(Vec<Raw<AnyMessageLikeEvent>>, Option<String>), ApiError> {
     let limit = limit.map_or(50, |l| u64::from(l) as usize);
     let (events, next) = s
         .timeline
@@ -140,16 +141,15 @@ async fn relations_page(
             limit,
         )
         .await?;
-    let mut body = json!({ "chunk": events.iter().map(|p| p.to_client(true)).collect::<Vec<_>>() });
-    if let Some(n) = next {
-        body["next_batch"] = json!(n);
-    }
-    Ok(json_ok(body))
+    Ok((events.iter().map(|p| p.to_raw(true)).collect(), next))
 }
 
-pub async fn relations(State(s): S, req: Ruma<get_relating_events::v1::Request>) -> Result<Response, ApiError> {
+pub async fn relations(
+    State(s): S,
+    req: Ruma<get_relating_events::v1::Request>,
+) -> ApiResult<get_relating_events::v1::Response> {
     let b = &req.body;
-    relations_page(
+    let (chunk, next) = relations_page(
         &s,
         req.caller(),
         &b.room_id,
@@ -161,16 +161,19 @@ pub async fn relations(State(s): S, req: Ruma<get_relating_events::v1::Request>)
         b.dir,
         b.limit,
     )
-    .await
+    .await?;
+    let mut response = get_relating_events::v1::Response::new(chunk);
+    response.next_batch = next;
+    Ok(response.into())
 }
 
 pub async fn relations_with_type(
     State(s): S,
     req: Ruma<get_relating_events_with_rel_type::v1::Request>,
-) -> Result<Response, ApiError> {
+) -> ApiResult<get_relating_events_with_rel_type::v1::Response> {
     let b = &req.body;
     let rel = b.rel_type.to_string();
-    relations_page(
+    let (chunk, next) = relations_page(
         &s,
         req.caller(),
         &b.room_id,
@@ -182,17 +185,20 @@ pub async fn relations_with_type(
         b.dir,
         b.limit,
     )
-    .await
+    .await?;
+    let mut response = get_relating_events_with_rel_type::v1::Response::new(chunk);
+    response.next_batch = next;
+    Ok(response.into())
 }
 
 pub async fn relations_with_type_and_event_type(
     State(s): S,
     req: Ruma<get_relating_events_with_rel_type_and_event_type::v1::Request>,
-) -> Result<Response, ApiError> {
+) -> ApiResult<get_relating_events_with_rel_type_and_event_type::v1::Response> {
     let b = &req.body;
     let rel = b.rel_type.to_string();
     let kind = b.event_type.to_string();
-    relations_page(
+    let (chunk, next) = relations_page(
         &s,
         req.caller(),
         &b.room_id,
@@ -204,21 +210,22 @@ pub async fn relations_with_type_and_event_type(
         b.dir,
         b.limit,
     )
-    .await
+    .await?;
+    let mut response = get_relating_events_with_rel_type_and_event_type::v1::Response::new(chunk);
+    response.next_batch = next;
+    Ok(response.into())
 }
 
 /// `GET /rooms/{roomId}/threads`
-pub async fn threads(State(s): S, req: Ruma<get_threads::v1::Request>) -> Result<Response, ApiError> {
+pub async fn threads(State(s): S, req: Ruma<get_threads::v1::Request>) -> ApiResult<get_threads::v1::Response> {
     let b = &req.body;
     let participated = b.include == get_threads::v1::IncludeThreads::Participated;
     let limit = b.limit.map_or(50, |l| u64::from(l) as usize);
     let (chunk, next) =
         s.timeline.threads(&req.caller().user_id, &b.room_id, participated, b.from.as_deref(), limit).await?;
-    let mut body = json!({ "chunk": chunk });
-    if let Some(n) = next {
-        body["next_batch"] = json!(n);
-    }
-    Ok(json_ok(body))
+    let mut response = get_threads::v1::Response::new(chunk.iter().map(raw).collect());
+    response.next_batch = next;
+    Ok(response.into())
 }
 
 /// `POST /search` (client-server spec, "Server Side Search"): `room_events` only, the one

@@ -17,7 +17,7 @@ use ruma::{
         keys::{claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys},
         to_device::send_event_to_device,
     },
-    OwnedUserId,
+    OwnedDeviceId, OwnedUserId, UInt,
 };
 use serde_json::{json, Value};
 
@@ -37,12 +37,13 @@ fn keys_field(json: &Option<Value>, field: &str) -> BTreeMap<String, Value> {
         .unwrap_or_default()
 }
 
-pub async fn upload(State(s): S, req: Ruma<upload_keys::v3::Request>) -> Result<Response, ApiError> {
+pub async fn upload(State(s): S, req: Ruma<upload_keys::v3::Request>) -> ApiResult<upload_keys::v3::Response> {
     let device_keys = req.json.as_ref().and_then(|j| j.get("device_keys")).filter(|v| !v.is_null()).cloned();
     let one_time = keys_field(&req.json, "one_time_keys");
     let fallback = keys_field(&req.json, "fallback_keys");
     let counts = s.e2ee.upload_keys(req.caller(), device_keys, one_time, fallback).await?;
-    Ok(json_ok(json!({ "one_time_key_counts": counts })))
+    let counts = counts.into_iter().map(|(algorithm, n)| (algorithm.into(), UInt::new_saturating(n))).collect();
+    Ok(upload_keys::v3::Response::new(counts).into())
 }
 
 pub async fn query(State(s): S, req: Ruma<get_keys::v3::Request>) -> Result<Response, ApiError> {
@@ -73,10 +74,11 @@ fn position(token: &str) -> Result<i64, ApiError> {
     }
 }
 
-pub async fn changes(State(s): S, req: Ruma<get_key_changes::v3::Request>) -> Result<Response, ApiError> {
+pub async fn changes(State(s): S, req: Ruma<get_key_changes::v3::Request>) -> ApiResult<get_key_changes::v3::Response> {
     let (from, to) = (position(&req.body.from)?, position(&req.body.to)?);
     let changed = s.e2ee.key_changes(&req.caller().user_id, from, to).await?;
-    Ok(json_ok(json!({ "changed": changed, "left": [] })))
+    let changed = changed.into_iter().filter_map(|u| OwnedUserId::try_from(u).ok()).collect();
+    Ok(get_key_changes::v3::Response::new(changed, Vec::new()).into())
 }
 
 pub async fn send_to_device(
@@ -103,10 +105,10 @@ pub async fn send_to_device(
 pub async fn upload_signing_keys(
     State(s): S,
     req: Ruma<upload_signing_keys::v3::Request>,
-) -> Result<Response, ApiError> {
+) -> ApiResult<upload_signing_keys::v3::Response> {
     let body = req.json.clone().unwrap_or(Value::Null);
     s.e2ee.upload_signing_keys(req.caller(), req.body.auth.as_ref(), &body).await?;
-    Ok(json_ok(json!({})))
+    Ok(upload_signing_keys::v3::Response::new().into())
 }
 
 pub async fn upload_signatures(State(s): S, req: Ruma<upload_signatures::v3::Request>) -> Result<Response, ApiError> {
@@ -128,9 +130,12 @@ fn body(req_json: &Option<Value>) -> Value {
     req_json.clone().unwrap_or(Value::Null)
 }
 
-pub async fn create_backup(State(s): S, req: Ruma<create_backup_version::v3::Request>) -> Result<Response, ApiError> {
+pub async fn create_backup(
+    State(s): S,
+    req: Ruma<create_backup_version::v3::Request>,
+) -> ApiResult<create_backup_version::v3::Response> {
     let version = s.e2ee.create_backup(&req.caller().user_id, &body(&req.json)).await?;
-    Ok(json_ok(json!({ "version": version })))
+    Ok(create_backup_version::v3::Response::new(version).into())
 }
 
 pub async fn latest_backup(State(s): S, req: Ruma<get_latest_backup_info::v3::Request>) -> Result<Response, ApiError> {
@@ -141,14 +146,20 @@ pub async fn backup(State(s): S, req: Ruma<get_backup_info::v3::Request>) -> Res
     Ok(json_ok(s.e2ee.backup_info(&req.caller().user_id, Some(&req.body.version)).await?))
 }
 
-pub async fn update_backup(State(s): S, req: Ruma<update_backup_version::v3::Request>) -> Result<Response, ApiError> {
+pub async fn update_backup(
+    State(s): S,
+    req: Ruma<update_backup_version::v3::Request>,
+) -> ApiResult<update_backup_version::v3::Response> {
     s.e2ee.update_backup(&req.caller().user_id, &req.body.version, &body(&req.json)).await?;
-    Ok(json_ok(json!({})))
+    Ok(update_backup_version::v3::Response::new().into())
 }
 
-pub async fn delete_backup(State(s): S, req: Ruma<delete_backup_version::v3::Request>) -> Result<Response, ApiError> {
+pub async fn delete_backup(
+    State(s): S,
+    req: Ruma<delete_backup_version::v3::Request>,
+) -> ApiResult<delete_backup_version::v3::Response> {
     s.e2ee.delete_backup(&req.caller().user_id, &req.body.version).await?;
-    Ok(json_ok(json!({})))
+    Ok(delete_backup_version::v3::Response::new().into())
 }
 
 /// room -> session -> key data, from the request body at each granularity.
@@ -156,30 +167,36 @@ fn sessions_of(v: Option<&Value>) -> BTreeMap<String, Value> {
     v.and_then(Value::as_object).map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
 }
 
-pub async fn put_keys(State(s): S, req: Ruma<add_backup_keys::v3::Request>) -> Result<Response, ApiError> {
+pub async fn put_keys(
+    State(s): S,
+    req: Ruma<add_backup_keys::v3::Request>,
+) -> ApiResult<add_backup_keys::v3::Response> {
     let rooms = req.json.as_ref().and_then(|j| j.get("rooms")).and_then(Value::as_object);
     let rooms = rooms
         .map(|m| m.iter().map(|(room, r)| (room.clone(), sessions_of(r.get("sessions")))).collect())
         .unwrap_or_default();
-    Ok(json_ok(s.e2ee.put_backup_keys(&req.caller().user_id, &req.body.version, &rooms).await?))
+    let c = s.e2ee.put_backup_keys(&req.caller().user_id, &req.body.version, &rooms).await?;
+    Ok(add_backup_keys::v3::Response::new(c.etag, UInt::new_saturating(c.count)).into())
 }
 
 pub async fn put_room_keys(
     State(s): S,
     req: Ruma<add_backup_keys_for_room::v3::Request>,
-) -> Result<Response, ApiError> {
+) -> ApiResult<add_backup_keys_for_room::v3::Response> {
     let sessions = sessions_of(req.json.as_ref().and_then(|j| j.get("sessions")));
     let rooms = BTreeMap::from([(req.body.room_id.to_string(), sessions)]);
-    Ok(json_ok(s.e2ee.put_backup_keys(&req.caller().user_id, &req.body.version, &rooms).await?))
+    let c = s.e2ee.put_backup_keys(&req.caller().user_id, &req.body.version, &rooms).await?;
+    Ok(add_backup_keys_for_room::v3::Response::new(c.etag, UInt::new_saturating(c.count)).into())
 }
 
 pub async fn put_session_key(
     State(s): S,
     req: Ruma<add_backup_keys_for_session::v3::Request>,
-) -> Result<Response, ApiError> {
+) -> ApiResult<add_backup_keys_for_session::v3::Response> {
     let data = body(&req.json);
     let rooms = BTreeMap::from([(req.body.room_id.to_string(), BTreeMap::from([(req.body.session_id.clone(), data)]))]);
-    Ok(json_ok(s.e2ee.put_backup_keys(&req.caller().user_id, &req.body.version, &rooms).await?))
+    let c = s.e2ee.put_backup_keys(&req.caller().user_id, &req.body.version, &rooms).await?;
+    Ok(add_backup_keys_for_session::v3::Response::new(c.etag, UInt::new_saturating(c.count)).into())
 }
 
 pub async fn get_keys(State(s): S, req: Ruma<get_backup_keys::v3::Request>) -> Result<Response, ApiError> {
@@ -206,34 +223,39 @@ pub async fn get_session_key(
     Ok(json_ok(v))
 }
 
-pub async fn delete_keys(State(s): S, req: Ruma<delete_backup_keys::v3::Request>) -> Result<Response, ApiError> {
-    Ok(json_ok(s.e2ee.delete_backup_keys(&req.caller().user_id, &req.body.version, None, None).await?))
+pub async fn delete_keys(
+    State(s): S,
+    req: Ruma<delete_backup_keys::v3::Request>,
+) -> ApiResult<delete_backup_keys::v3::Response> {
+    let c = s.e2ee.delete_backup_keys(&req.caller().user_id, &req.body.version, None, None).await?;
+    Ok(delete_backup_keys::v3::Response::new(c.etag, UInt::new_saturating(c.count)).into())
 }
 
 pub async fn delete_room_keys(
     State(s): S,
     req: Ruma<delete_backup_keys_for_room::v3::Request>,
-) -> Result<Response, ApiError> {
+) -> ApiResult<delete_backup_keys_for_room::v3::Response> {
     let b = &req.body;
-    Ok(json_ok(s.e2ee.delete_backup_keys(&req.caller().user_id, &b.version, Some(b.room_id.as_str()), None).await?))
+    let c = s.e2ee.delete_backup_keys(&req.caller().user_id, &b.version, Some(b.room_id.as_str()), None).await?;
+    Ok(delete_backup_keys_for_room::v3::Response::new(c.etag, UInt::new_saturating(c.count)).into())
 }
 
 pub async fn delete_session_key(
     State(s): S,
     req: Ruma<delete_backup_keys_for_session::v3::Request>,
-) -> Result<Response, ApiError> {
+) -> ApiResult<delete_backup_keys_for_session::v3::Response> {
     let b = &req.body;
     let v = s
         .e2ee
         .delete_backup_keys(&req.caller().user_id, &b.version, Some(b.room_id.as_str()), Some(&b.session_id))
         .await?;
-    Ok(json_ok(v))
+    Ok(delete_backup_keys_for_session::v3::Response::new(v.etag, UInt::new_saturating(v.count)).into())
 }
 
 pub async fn put_dehydrated_device(
     State(s): S,
     req: Ruma<put_dehydrated_device::unstable::Request>,
-) -> Result<Response, ApiError> {
+) -> ApiResult<put_dehydrated_device::unstable::Response> {
     let raw = req.json.clone().unwrap_or(Value::Null);
     let device = Dehydrated {
         device_id: req.body.device_id.clone(),
@@ -244,7 +266,7 @@ pub async fn put_dehydrated_device(
         fallback_keys: keys_field(&req.json, "fallback_keys"),
     };
     let device_id = s.e2ee.put_dehydrated_device(req.caller(), device).await?;
-    Ok(json_ok(json!({ "device_id": device_id })))
+    Ok(put_dehydrated_device::unstable::Response::new(device_id).into())
 }
 
 pub async fn get_dehydrated_device(
@@ -258,9 +280,10 @@ pub async fn get_dehydrated_device(
 pub async fn delete_dehydrated_device(
     State(s): S,
     req: Ruma<delete_dehydrated_device::unstable::Request>,
-) -> Result<Response, ApiError> {
+) -> ApiResult<delete_dehydrated_device::unstable::Response> {
     let device_id = s.e2ee.delete_dehydrated_device(&req.caller().user_id).await?;
-    Ok(json_ok(json!({ "device_id": device_id })))
+    let device_id = OwnedDeviceId::from(device_id);
+    Ok(delete_dehydrated_device::unstable::Response::new(device_id).into())
 }
 
 pub async fn dehydrated_device_events(

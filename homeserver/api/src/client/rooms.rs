@@ -5,20 +5,17 @@ use std::sync::Arc;
 
 use axum::{extract::State, response::Response};
 use diplomatie_service::{Error, Services};
-use ruma::{
-    api::client::{
-        alias::{create_alias, delete_alias, get_alias},
-        directory::{get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility},
-        knock::knock_room,
-        membership::{
-            ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
-            joined_members, joined_rooms, kick_user, leave_room, unban_user,
-        },
-        room::{aliases, create_room, Visibility},
-        state::{get_state_event_for_key, get_state_events, send_state_event},
-        user_directory::search_users,
+use ruma::api::client::{
+    alias::{create_alias, delete_alias, get_alias},
+    directory::{get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility},
+    knock::knock_room,
+    membership::{
+        ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
+        joined_members, joined_rooms, kick_user, leave_room, unban_user,
     },
-    events::StateEventType,
+    room::{aliases, create_room, Visibility},
+    state::{get_state_event_for_key, get_state_events, send_state_event},
+    user_directory::search_users,
 };
 use serde_json::{json, Value};
 
@@ -117,65 +114,40 @@ pub async fn joined_rooms(State(s): S, req: Ruma<joined_rooms::v3::Request>) -> 
     Ok(joined_rooms::v3::Response::new(rooms).into())
 }
 
-/// `GET /rooms/{roomId}/members`: member events, as of now or of a sync token, filtered.
-pub async fn members(State(s): S, req: Ruma<get_member_events::v3::Request>) -> Result<Response, ApiError> {
-    let user = &req.caller().user_id;
-    let room_id = &req.body.room_id;
-    let until = s.rooms.readable_until(user, room_id).await?;
-    let state = s.rooms.state_at_position(room_id, until).await?;
-    let want = req.body.membership.as_ref().map(|m| m.to_string());
-    let not = req.body.not_membership.as_ref().map(|m| m.to_string());
-    let mut chunk = Vec::new();
-    for ((kind, _), id) in state.iter() {
-        if *kind != StateEventType::RoomMember {
-            continue;
-        }
-        let Some(pdu) = s.rooms.get_pdu(id).await? else {
-            continue;
-        };
-        let m = pdu.membership().map(|m| m.to_string());
-        if want.as_ref().is_some_and(|w| m.as_ref() != Some(w)) || not.as_ref().is_some_and(|n| m.as_ref() == Some(n)) {
-            continue;
-        }
-        chunk.push(pdu.to_client(true));
-    }
-    Ok(json_ok(json!({ "chunk": chunk })))
+/// `GET /rooms/{roomId}/members`: member events, as far as the caller reads the room, filtered.
+pub async fn members(
+    State(s): S,
+    req: Ruma<get_member_events::v3::Request>,
+) -> ApiResult<get_member_events::v3::Response> {
+    let b = &req.body;
+    let chunk = s
+        .rooms
+        .members_for(&req.caller().user_id, &b.room_id, b.membership.as_ref(), b.not_membership.as_ref())
+        .await?;
+    Ok(get_member_events::v3::Response::new(chunk.iter().map(|p| p.to_raw(true)).collect()).into())
 }
 
-pub async fn joined_members(State(s): S, req: Ruma<joined_members::v3::Request>) -> Result<Response, ApiError> {
-    let room_id = &req.body.room_id;
-    if !s.rooms.is_joined(room_id, &req.caller().user_id).await? {
-        return Err(Error::forbidden("You are not joined to this room").into());
-    }
-    let state = s.rooms.current_state(room_id).await?;
-    let mut joined = serde_json::Map::new();
-    for user in s.rooms.joined_members(room_id).await?.iter() {
-        let content = s
-            .rooms
-            .state_event_in(&state, &StateEventType::RoomMember, user.as_str())
-            .await?
-            .map(|p| p.content_value())
-            .unwrap_or(json!({}));
-        joined.insert(
-            user.to_string(),
-            json!({ "display_name": content.get("displayname"), "avatar_url": content.get("avatar_url") }),
-        );
-    }
-    Ok(json_ok(json!({ "joined": joined })))
+pub async fn joined_members(
+    State(s): S,
+    req: Ruma<joined_members::v3::Request>,
+) -> ApiResult<joined_members::v3::Response> {
+    let joined = s.rooms.joined_profiles(&req.caller().user_id, &req.body.room_id).await?;
+    let joined = joined
+        .into_iter()
+        .map(|(user, display_name, avatar_url)| {
+            let mut member = joined_members::v3::RoomMember::new();
+            member.display_name = display_name;
+            member.avatar_url = avatar_url.map(Into::into);
+            (user, member)
+        })
+        .collect();
+    Ok(joined_members::v3::Response::new(joined).into())
 }
 
 /// `GET /rooms/{roomId}/state`
-pub async fn state(State(s): S, req: Ruma<get_state_events::v3::Request>) -> Result<Response, ApiError> {
-    let user = &req.caller().user_id;
-    let until = s.rooms.readable_until(user, &req.body.room_id).await?;
-    let state = s.rooms.state_at_position(&req.body.room_id, until).await?;
-    let mut events = Vec::new();
-    for id in state.values() {
-        if let Some(p) = s.rooms.get_pdu(id).await? {
-            events.push(p.to_client(true));
-        }
-    }
-    Ok(json_ok(Value::Array(events)))
+pub async fn state(State(s): S, req: Ruma<get_state_events::v3::Request>) -> ApiResult<get_state_events::v3::Response> {
+    let events = s.rooms.state_for(&req.caller().user_id, &req.body.room_id).await?;
+    Ok(get_state_events::v3::Response::new(events.iter().map(|p| p.to_raw(true)).collect()).into())
 }
 
 /// `GET /rooms/{roomId}/state/{eventType}/{stateKey}`
@@ -212,9 +184,10 @@ pub async fn send_state(
     Ok(send_state_event::v3::Response::new(id).into())
 }
 
-pub async fn room_aliases(State(s): S, req: Ruma<aliases::v3::Request>) -> Result<Response, ApiError> {
+pub async fn room_aliases(State(s): S, req: Ruma<aliases::v3::Request>) -> ApiResult<aliases::v3::Response> {
     let aliases = s.directory.room_aliases(&req.caller().user_id, &req.body.room_id).await?;
-    Ok(json_ok(json!({ "aliases": aliases })))
+    let aliases = aliases.into_iter().filter_map(|a| ruma::OwnedRoomAliasId::try_from(a).ok()).collect();
+    Ok(aliases::v3::Response::new(aliases).into())
 }
 
 pub async fn get_alias(State(s): S, req: Ruma<get_alias::v3::Request>) -> ApiResult<get_alias::v3::Response> {

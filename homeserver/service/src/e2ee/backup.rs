@@ -26,6 +26,12 @@ fn better(new: &Value, old: &Value) -> bool {
     (index(new), !verified(new), forwarded(new)) < (index(old), !verified(old), forwarded(old))
 }
 
+/// What a change of a backup's keys answers: its new etag and how many keys it holds.
+pub struct BackupCount {
+    pub etag: String,
+    pub count: u64,
+}
+
 impl E2ee {
     pub async fn create_backup(&self, user: &UserId, algorithm: &Value) -> Result<String> {
         if !algorithm.get("algorithm").is_some_and(Value::is_string)
@@ -37,6 +43,13 @@ impl E2ee {
         let version = store::create_backup(&mut tx, user.as_str(), &serde_json::to_string(algorithm)?).await?;
         diplomatie_storage::commit(tx).await?;
         Ok(version.to_string())
+    }
+
+    /// A backup's etag and key count, after a change of its keys.
+    async fn backup_count(&self, user: &UserId, version: &str) -> Result<BackupCount> {
+        let (v, _, etag) = self.existing_backup(user, version).await?;
+        let count = store::backup_count(self.db.pool(), user.as_str(), v).await?;
+        Ok(BackupCount { etag: etag.to_string(), count: u64::try_from(count).unwrap_or(0) })
     }
 
     /// The backup's description: algorithm, auth data, count, etag, version.
@@ -111,7 +124,7 @@ impl E2ee {
         user: &UserId,
         version: &str,
         rooms: &BTreeMap<String, BTreeMap<String, Value>>,
-    ) -> Result<Value> {
+    ) -> Result<BackupCount> {
         let v = self.writable_backup(user, version).await?;
         let pool = self.db.pool();
         let mut tx = self.db.begin().await?;
@@ -132,8 +145,7 @@ impl E2ee {
         }
         store::bump_backup_etag(&mut *tx, user.as_str(), v).await?;
         diplomatie_storage::commit(tx).await?;
-        let info = self.backup_info(user, Some(version)).await?;
-        Ok(json!({ "etag": info["etag"], "count": info["count"] }))
+        self.backup_count(user, version).await
     }
 
     /// Backed-up keys at the granularity asked for.
@@ -167,11 +179,10 @@ impl E2ee {
         version: &str,
         room: Option<&str>,
         session: Option<&str>,
-    ) -> Result<Value> {
+    ) -> Result<BackupCount> {
         let v = self.existing_backup(user, version).await?.0;
         store::delete_backup_keys(self.db.pool(), user.as_str(), v, room, session).await?;
         store::bump_backup_etag(self.db.pool(), user.as_str(), v).await?;
-        let info = self.backup_info(user, Some(version)).await?;
-        Ok(json!({ "etag": info["etag"], "count": info["count"] }))
+        self.backup_count(user, version).await
     }
 }

@@ -8,7 +8,7 @@ use diplomatie_storage::events as ev_store;
 use ruma::events::room::member::MembershipState;
 use ruma::{
     events::{StateEventType, TimelineEventType},
-    EventId, RoomId, UserId,
+    EventId, OwnedUserId, RoomId, UserId,
 };
 
 use super::Rooms;
@@ -247,5 +247,66 @@ impl Rooms {
             }
         }
         Ok(out)
+    }
+
+    /// `GET /rooms/{roomId}/members`: the member events as far as `user` reads the room,
+    /// with the membership asked for (`want`) or without the one refused (`not`).
+    pub async fn members_for(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        want: Option<&MembershipState>,
+        not: Option<&MembershipState>,
+    ) -> Result<Vec<Arc<Pdu>>> {
+        let until = self.readable_until(user, room_id).await?;
+        let state = self.state_at_position(room_id, until).await?;
+        let mut chunk = Vec::new();
+        for ((kind, _), id) in state.iter() {
+            if *kind != StateEventType::RoomMember {
+                continue;
+            }
+            let Some(pdu) = self.get_pdu(id).await? else { continue };
+            let m = pdu.membership();
+            if want.is_some_and(|w| m.as_ref() != Some(w)) || not.is_some_and(|n| m.as_ref() == Some(n)) {
+                continue;
+            }
+            chunk.push(pdu);
+        }
+        Ok(chunk)
+    }
+
+    /// `GET /rooms/{roomId}/state`: the state as far as `user` reads the room.
+    pub async fn state_for(&self, user: &UserId, room_id: &RoomId) -> Result<Vec<Arc<Pdu>>> {
+        let until = self.readable_until(user, room_id).await?;
+        let state = self.state_at_position(room_id, until).await?;
+        let mut events = Vec::new();
+        for id in state.values() {
+            if let Some(p) = self.get_pdu(id).await? {
+                events.push(p);
+            }
+        }
+        Ok(events)
+    }
+
+    /// `GET /rooms/{roomId}/joined_members`: each joined member's display name and avatar
+    /// (joined members only may ask).
+    pub async fn joined_profiles(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+    ) -> Result<Vec<(OwnedUserId, Option<String>, Option<String>)>> {
+        if !self.is_joined(room_id, user).await? {
+            return Err(Error::forbidden("You are not joined to this room"));
+        }
+        let state = self.current_state(room_id).await?;
+        let mut joined = Vec::new();
+        for member in self.joined_members(room_id).await?.iter() {
+            let event = self.state_event_in(&state, &StateEventType::RoomMember, member.as_str()).await?;
+            let field = |name: &str| {
+                event.as_ref().and_then(|p| p.content_field(name)).and_then(|v| v.as_str().map(str::to_owned))
+            };
+            joined.push((member.clone(), field("displayname"), field("avatar_url")));
+        }
+        Ok(joined)
     }
 }
