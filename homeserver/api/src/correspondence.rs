@@ -2,7 +2,7 @@
 //! (`/_diplomatie/client/v1/correspondence`, `/_diplomatie/client/v1/journal`). Standard clients
 //! do the same through drafts, reactions and commands in rooms (see the service).
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
     extract::{Path, State},
@@ -14,7 +14,7 @@ use diplomatie_service::{
     Error, Services,
 };
 use ruma::{api::error::ErrorKind, OwnedUserId};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::{
@@ -27,6 +27,35 @@ type S = State<Arc<Services>>;
 
 fn to_json<T: serde::Serialize>(v: T) -> Result<Response, ApiError> {
     Ok(json_ok(serde_json::to_value(v).map_err(diplomatie_service::internal!())?))
+}
+
+/// An answer with nothing to say: `{}`.
+#[derive(Serialize)]
+struct Done {}
+
+/// The answer of `reserve`.
+#[derive(Serialize)]
+struct Reference {
+    reference: String,
+}
+
+/// The answer of `keys`: key id -> public key (unpadded base64).
+#[derive(Serialize)]
+struct CorrespondenceKeys {
+    user_id: OwnedUserId,
+    keys: BTreeMap<String, String>,
+}
+
+/// The answer of `follow`: whether the tag was not followed yet.
+#[derive(Serialize)]
+struct Followed {
+    followed: bool,
+}
+
+/// The answer of `unfollow`: whether the tag was followed.
+#[derive(Serialize)]
+struct Unfollowed {
+    unfollowed: bool,
 }
 
 /// `POST /_diplomatie/client/v1/correspondence`: a composition the server seals with the
@@ -56,7 +85,7 @@ struct ReferenceRequest {
 pub async fn reserve(State(s): S, parts: Parts, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let caller = caller(&s, &parts).await?;
     let req: ReferenceRequest = parse_body(&body)?;
-    Ok(json_ok(json!({ "reference": s.correspondence.reserve_reference(&caller.user_id, &req.from).await? })))
+    to_json(Reference { reference: s.correspondence.reserve_reference(&caller.user_id, &req.from).await? })
 }
 
 #[derive(Deserialize)]
@@ -74,7 +103,7 @@ pub async fn put_key(
     let caller = caller(&s, &parts).await?;
     let req: KeyRequest = parse_body(&body)?;
     s.correspondence.register_correspondence_key(&caller.user_id, &key_id, &req.public_key).await?;
-    Ok(json_ok(json!({})))
+    to_json(Done {})
 }
 
 /// `GET /_diplomatie/client/v1/users/{user_id}/correspondence_keys`: the public keys that
@@ -82,7 +111,8 @@ pub async fn put_key(
 pub async fn keys(State(s): S, Path(user): Path<String>, parts: Parts) -> Result<Response, ApiError> {
     caller(&s, &parts).await?;
     let user = OwnedUserId::try_from(user).map_err(|_| Error::invalid_param("Invalid user id"))?;
-    Ok(json_ok(json!({ "user_id": user, "keys": s.correspondence.correspondence_keys(&user).await? })))
+    let keys = s.correspondence.correspondence_keys(&user).await?;
+    to_json(CorrespondenceKeys { user_id: user, keys })
 }
 
 /// `GET /_diplomatie/client/v1/correspondence/{reference}`: the signed record and the keys
@@ -116,7 +146,7 @@ pub async fn set_status(
     let status = Status::parse(&req.status)
         .ok_or_else(|| Error::new(ErrorKind::InvalidParam, "status is new, assigned or done"))?;
     s.correspondence.set_action_status(&caller.user_id, &reference, &group, status).await?;
-    Ok(json_ok(json!({})))
+    to_json(Done {})
 }
 
 /// `GET /_diplomatie/client/v1/journal`: the caller's journal room, the action items of their
@@ -132,12 +162,12 @@ pub async fn journal(State(s): S, parts: Parts) -> Result<Response, ApiError> {
 pub async fn follow(State(s): S, Path(tag): Path<String>, parts: Parts) -> Result<Response, ApiError> {
     let caller = caller(&s, &parts).await?;
     let added = s.correspondence.follow_tag(&caller.user_id, &tag).await?;
-    Ok(json_ok(json!({ "followed": added })))
+    to_json(Followed { followed: added })
 }
 
 /// `DELETE /_diplomatie/client/v1/journal/tags/{tag}`: stops following a tag.
 pub async fn unfollow(State(s): S, Path(tag): Path<String>, parts: Parts) -> Result<Response, ApiError> {
     let caller = caller(&s, &parts).await?;
     let removed = s.correspondence.unfollow_tag(&caller.user_id, &tag).await?;
-    Ok(json_ok(json!({ "unfollowed": removed })))
+    to_json(Unfollowed { unfollowed: removed })
 }
