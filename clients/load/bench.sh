@@ -33,7 +33,7 @@ if [ -n "${TUWUNEL_BIN:-}" ]; then
     TUWUNEL_ALLOW_OUTGOING_PRESENCE=false TUWUNEL_TRUSTED_SERVERS='[]' TUWUNEL_LOG=warn "$TUWUNEL_BIN" >"$work/tuw.log" 2>&1 &
   tuw=$!
   wait_up http://127.0.0.1:18103
-  "$load" --url http://127.0.0.1:18103 --pid "$tuw" --label "Tuwunel $("$TUWUNEL_BIN" --version 2>/dev/null | head -n1) (RocksDB)" "${args[@]}" | tee "$work/tuw.out"
+  "$load" --url http://127.0.0.1:18103 --pid "$tuw" --label "Tuwunel $("$TUWUNEL_BIN" --version 2>/dev/null | head -n1 | awk '{print $NF}') (RocksDB)" "${args[@]}" | tee "$work/tuw.out"
   kill "$tuw"
 fi
 
