@@ -269,12 +269,12 @@ pub async fn public_rooms_filtered(
 }
 
 /// `POST /user_directory/search`
-pub async fn search_users(State(s): S, req: Ruma<search_users::v3::Request>) -> Result<Response, ApiError> {
+pub async fn search_users(State(s): S, req: Ruma<search_users::v3::Request>) -> ApiResult<search_users::v3::Response> {
     let (results, limited) = s
         .directory
         .search_users(&req.caller().user_id, &req.body.search_term, u64::from(req.body.limit) as usize)
         .await?;
-    Ok(json_ok(json!({ "results": results, "limited": limited })))
+    Ok(search_users::v3::Response::new(results, limited).into())
 }
 
 /// `GET /rooms/{roomId}/hierarchy` (client-server spec, "Spaces").

@@ -2,7 +2,11 @@
 
 use std::sync::Arc;
 
-use ruma::{api::error::ErrorKind, events::StateEventType, OwnedRoomId, RoomAliasId, RoomId, UserId};
+use ruma::{
+    api::{client::user_directory::search_users, error::ErrorKind},
+    events::StateEventType,
+    OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
+};
 use serde_json::{json, Value};
 
 use super::{timeline::Timeline, Rooms};
@@ -248,7 +252,12 @@ impl Directory {
     }
 
     /// The user directory: local users matching the term. Results are (user id, name, avatar).
-    pub async fn search_users(&self, searcher: &UserId, term: &str, limit: usize) -> Result<(Vec<Value>, bool)> {
+    pub async fn search_users(
+        &self,
+        searcher: &UserId,
+        term: &str,
+        limit: usize,
+    ) -> Result<(Vec<search_users::v3::User>, bool)> {
         let limit = limit.clamp(1, 100);
         // A user id has at most 255 bytes, and so has a display name here: a longer term
         // matches nobody, and is not handed to the database.
@@ -271,15 +280,11 @@ impl Directory {
         let results = users
             .into_iter()
             .take(limit)
-            .map(|u| {
-                let mut v = json!({ "user_id": u.user_id });
-                if let Some(d) = u.displayname {
-                    v["display_name"] = json!(d);
-                }
-                if let Some(a) = u.avatar_url {
-                    v["avatar_url"] = json!(a);
-                }
-                v
+            .filter_map(|u| {
+                let mut user = search_users::v3::User::new(OwnedUserId::try_from(u.user_id).ok()?);
+                user.display_name = u.displayname;
+                user.avatar_url = u.avatar_url.map(Into::into);
+                Some(user)
             })
             .collect();
         Ok((results, limited))
