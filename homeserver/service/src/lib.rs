@@ -3,9 +3,12 @@
 //! Handlers in `diplomatie-api` call [`Services`]; services call `diplomatie-storage`. Calls go
 //! downwards only. Nothing here knows HTTP: failures are Matrix error kinds ([`Error`]).
 //!
-//! One module a section of the client-server spec: [`accounts`] (registration, login, devices,
-//! profile), [`rooms`] (the room DAG: building, authorising and persisting events, state),
-//! [`sync`] (the `/sync` algorithm), [`ephemeral`] (typing, receipts, presence, account data).
+//! Each area is a service, a struct holding the services it calls, assembled bottom up by
+//! [`Services::start`]: [`accounts`] (registration, login, devices, profile), [`rooms`] (the
+//! room DAG: building, authorising and persisting events, state; memberships, the timeline,
+//! the directory), [`sync`] (the `/sync` algorithm), [`ephemeral`] (typing, receipts,
+//! presence), [`account_data`], [`e2ee`], [`push`], [`search`], [`federation`],
+//! [`organisation`] and [`correspondence`] (the portal's).
 
 pub mod account_data;
 pub mod accounts;
