@@ -246,7 +246,7 @@ async fn state_ids(
     s.federation.check_origin_may_read(&req.body.room_id, req.origin()).await?;
     let state = s.federation.state_before_event(&req.body.room_id, &req.body.event_id).await?;
     let ids: Vec<_> = state.values().cloned().collect();
-    let chain = s.remote_membership.auth_chain_events(&ids).await?.iter().map(|p| p.event_id.clone()).collect();
+    let chain = s.rooms.auth_chain_events(&ids).await?.iter().map(|p| p.event_id.clone()).collect();
     Ok(get_room_state_ids::v1::Response::new(chain, ids).into())
 }
 
@@ -260,13 +260,7 @@ async fn state(State(s): S, req: Ruma<get_room_state::v1::Request>) -> ApiResult
             pdus.push(federation_json(&p)?);
         }
     }
-    let chain = s
-        .remote_membership
-        .auth_chain_events(&ids)
-        .await?
-        .iter()
-        .map(|p| federation_json(p))
-        .collect::<Result<_, _>>()?;
+    let chain = s.rooms.auth_chain_events(&ids).await?.iter().map(|p| federation_json(p)).collect::<Result<_, _>>()?;
     Ok(get_room_state::v1::Response::new(chain, pdus).into())
 }
 
@@ -275,7 +269,7 @@ async fn event_auth(
     req: Ruma<get_event_authorization::v1::Request>,
 ) -> ApiResult<get_event_authorization::v1::Response> {
     s.federation.check_origin_may_read(&req.body.room_id, req.origin()).await?;
-    let chain = s.remote_membership.auth_chain_events(std::slice::from_ref(&req.body.event_id)).await?;
+    let chain = s.rooms.auth_chain_events(std::slice::from_ref(&req.body.event_id)).await?;
     let chain = chain.iter().map(|p| federation_json(p)).collect::<Result<_, _>>()?;
     Ok(get_event_authorization::v1::Response::new(chain).into())
 }

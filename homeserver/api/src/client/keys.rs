@@ -17,7 +17,7 @@ use ruma::{
         keys::{claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys},
         to_device::send_event_to_device,
     },
-    OwnedDeviceId, OwnedUserId, UInt,
+    OwnedUserId, UInt,
 };
 use serde_json::{json, Value};
 
@@ -42,7 +42,6 @@ pub async fn upload(State(s): S, req: Ruma<upload_keys::v3::Request>) -> ApiResu
     let one_time = keys_field(&req.json, "one_time_keys");
     let fallback = keys_field(&req.json, "fallback_keys");
     let counts = s.e2ee.upload_keys(req.caller(), device_keys, one_time, fallback).await?;
-    let counts = counts.into_iter().map(|(algorithm, n)| (algorithm.into(), UInt::new_saturating(n))).collect();
     Ok(upload_keys::v3::Response::new(counts).into())
 }
 
@@ -77,7 +76,6 @@ fn position(token: &str) -> Result<i64, ApiError> {
 pub async fn changes(State(s): S, req: Ruma<get_key_changes::v3::Request>) -> ApiResult<get_key_changes::v3::Response> {
     let (from, to) = (position(&req.body.from)?, position(&req.body.to)?);
     let changed = s.e2ee.key_changes(&req.caller().user_id, from, to).await?;
-    let changed = changed.into_iter().filter_map(|u| OwnedUserId::try_from(u).ok()).collect();
     Ok(get_key_changes::v3::Response::new(changed, Vec::new()).into())
 }
 
@@ -282,7 +280,6 @@ pub async fn delete_dehydrated_device(
     req: Ruma<delete_dehydrated_device::unstable::Request>,
 ) -> ApiResult<delete_dehydrated_device::unstable::Response> {
     let device_id = s.e2ee.delete_dehydrated_device(&req.caller().user_id).await?;
-    let device_id = OwnedDeviceId::from(device_id);
     Ok(delete_dehydrated_device::unstable::Response::new(device_id).into())
 }
 

@@ -132,15 +132,6 @@ pub async fn joined_members(
     req: Ruma<joined_members::v3::Request>,
 ) -> ApiResult<joined_members::v3::Response> {
     let joined = s.rooms.joined_profiles(&req.caller().user_id, &req.body.room_id).await?;
-    let joined = joined
-        .into_iter()
-        .map(|(user, display_name, avatar_url)| {
-            let mut member = joined_members::v3::RoomMember::new();
-            member.display_name = display_name;
-            member.avatar_url = avatar_url.map(Into::into);
-            (user, member)
-        })
-        .collect();
     Ok(joined_members::v3::Response::new(joined).into())
 }
 
@@ -186,7 +177,6 @@ pub async fn send_state(
 
 pub async fn room_aliases(State(s): S, req: Ruma<aliases::v3::Request>) -> ApiResult<aliases::v3::Response> {
     let aliases = s.directory.room_aliases(&req.caller().user_id, &req.body.room_id).await?;
-    let aliases = aliases.into_iter().filter_map(|a| ruma::OwnedRoomAliasId::try_from(a).ok()).collect();
     Ok(aliases::v3::Response::new(aliases).into())
 }
 

@@ -60,7 +60,7 @@ impl E2ee {
     }
 
     /// `DELETE .../dehydrated_device`: removes it with its keys and messages.
-    pub async fn delete_dehydrated_device(&self, user: &UserId) -> Result<String> {
+    pub async fn delete_dehydrated_device(&self, user: &UserId) -> Result<OwnedDeviceId> {
         let (device, _) = self.dehydrated_device(user).await?;
         let mut tx = self.db.begin().await?;
         accounts::delete_device(&mut tx, user.as_str(), &device).await?;
@@ -68,7 +68,7 @@ impl E2ee {
         diplomatie_storage::commit(tx).await?;
         self.accounts.tokens.forget_user(user.as_str());
         self.devices_changed(user, &[device.as_str()]).await?;
-        Ok(device)
+        Ok(device.into())
     }
 
     /// `POST .../dehydrated_device/{deviceId}/events`: the device's to-device messages after

@@ -170,7 +170,7 @@ impl E2ee {
         device_keys: Option<Value>,
         one_time_keys: BTreeMap<String, Value>,
         fallback_keys: BTreeMap<String, Value>,
-    ) -> Result<BTreeMap<String, u64>> {
+    ) -> Result<BTreeMap<OneTimeKeyAlgorithm, UInt>> {
         let upload = KeyUpload { device_keys, one_time_keys, fallback_keys, new_device_keys: None };
         let upload = self.check_key_upload(&caller.user_id, caller.device_id.as_str(), upload, false).await?;
         let mut tx = self.db.begin().await?;
@@ -261,10 +261,8 @@ impl E2ee {
         Ok(upload)
     }
 
-    pub async fn one_time_key_counts(&self, caller: &Caller) -> Result<BTreeMap<String, u64>> {
-        let counts =
-            store::one_time_key_counts(self.db.pool(), caller.user_id.as_str(), caller.device_id.as_str()).await?;
-        Ok(counts.into_iter().map(|(a, n)| (a, n.max(0) as u64)).collect())
+    pub async fn one_time_key_counts(&self, caller: &Caller) -> Result<BTreeMap<OneTimeKeyAlgorithm, UInt>> {
+        one_time_key_counts(&self.db, caller.user_id.as_str(), caller.device_id.as_str()).await
     }
 
     /// Records that a user's devices changed, and wakes whoever shares a room with them.
@@ -385,15 +383,24 @@ impl E2ee {
     }
 
     /// `GET /keys/changes`: users sharing a room whose devices changed between two tokens.
-    pub async fn key_changes(&self, user: &UserId, from: i64, to: i64) -> Result<Vec<String>> {
+    pub async fn key_changes(&self, user: &UserId, from: i64, to: i64) -> Result<Vec<OwnedUserId>> {
         if self.state.last_device_change.load(Ordering::Acquire) <= from {
             return Ok(Vec::new());
         }
         let shared = self.rooms.users_sharing_rooms_with(user).await?;
+        let changed = self.device_changes_among(&shared, from, to).await?;
+        Ok(changed.into_iter().filter_map(|u| OwnedUserId::try_from(u).ok()).collect())
+    }
+
+    /// Those of `shared` whose devices changed between the two positions, sorted.
+    async fn device_changes_among(&self, shared: &HashSet<OwnedUserId>, from: i64, to: i64) -> Result<Vec<String>> {
+        if self.state.last_device_change.load(Ordering::Acquire) <= from {
+            return Ok(Vec::new());
+        }
         let mut changed: Vec<String> = store::device_list_changes_between(self.db.pool(), from, to)
             .await?
             .into_iter()
-            .filter(|u| shared.iter().any(|s| s.as_str() == u))
+            .filter(|u| <&UserId>::try_from(u.as_str()).is_ok_and(|u| shared.contains(u)))
             .collect();
         changed.sort();
         Ok(changed)
@@ -407,10 +414,10 @@ impl E2ee {
         if !moved(&self.state.last_device_change) && !moved(&self.state.last_member_change) {
             return Ok((Vec::new(), Vec::new()));
         }
-        let mut changed: std::collections::BTreeSet<String> =
-            self.key_changes(user, since, to).await?.into_iter().collect();
-        let mut left = std::collections::BTreeSet::new();
         let shared = self.rooms.users_sharing_rooms_with(user).await?;
+        let mut changed: std::collections::BTreeSet<String> =
+            self.device_changes_among(&shared, since, to).await?.into_iter().collect();
+        let mut left = std::collections::BTreeSet::new();
         let my_rooms: HashSet<String> =
             crate::rooms::joined_rooms(self, user).await?.into_iter().map(|r| r.to_string()).collect();
         for (room, member, json) in
@@ -552,12 +559,8 @@ impl E2ee {
         let counts = match cached {
             Some(c) => c,
             None => {
-                let counts = store::one_time_key_counts(pool, user.as_str(), device).await?;
+                let mut one_time_keys = one_time_key_counts(&self.db, user.as_str(), device).await?;
                 let fallback = store::unused_fallback_algorithms(pool, user.as_str(), device).await?;
-                let mut one_time_keys: BTreeMap<OneTimeKeyAlgorithm, UInt> = counts
-                    .into_iter()
-                    .map(|(a, n)| (OneTimeKeyAlgorithm::from(a), UInt::try_from(n.max(0)).unwrap_or_default()))
-                    .collect();
                 // Always stated, at zero too, as Synapse does: clients that read a missing count
                 // as unknown would otherwise never upload their first keys.
                 one_time_keys.entry(OneTimeKeyAlgorithm::SignedCurve25519).or_default();
@@ -577,6 +580,19 @@ impl E2ee {
             unused_fallback_key_types: counts.unused_fallback,
         })
     }
+}
+
+/// A device's unclaimed one-time keys by algorithm.
+async fn one_time_key_counts(
+    db: &diplomatie_storage::Db,
+    user: &str,
+    device: &str,
+) -> Result<BTreeMap<OneTimeKeyAlgorithm, UInt>> {
+    let counts = store::one_time_key_counts(db.pool(), user, device).await?;
+    Ok(counts
+        .into_iter()
+        .map(|(a, n)| (OneTimeKeyAlgorithm::from(a), UInt::try_from(n.max(0)).unwrap_or_default()))
+        .collect())
 }
 
 /// A device's unclaimed key counts, as `/sync` reports them.

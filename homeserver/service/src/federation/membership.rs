@@ -10,7 +10,7 @@
 //! As the joining server, it signs only an event it assembled itself from the template's room
 //! position (`prev_events`, `auth_events`, `depth`), never the template as given.
 
-use std::{collections::HashSet, sync::Arc};
+use std::sync::Arc;
 
 use ruma::events::room::member::MembershipState;
 use ruma::{
@@ -245,7 +245,7 @@ impl RemoteMembership {
         let starts: Vec<OwnedEventId> =
             state_before.values().cloned().chain(join.auth_events.iter().cloned()).collect();
         let mut auth_chain = Vec::new();
-        for p in self.auth_chain_events(&starts).await? {
+        for p in self.rooms.auth_chain_events(&starts).await? {
             auth_chain.push(federation_json(&p)?);
         }
         let mut answer = create_join_event::v2::RoomState::new();
@@ -258,28 +258,6 @@ impl RemoteMembership {
         answer.servers_in_room =
             Some(self.rooms.servers_in_room(room_id).await?.iter().map(|s| s.to_string()).collect());
         Ok(answer)
-    }
-
-    /// Every event reachable from `starts` through auth_events.
-    pub async fn auth_chain_events(&self, starts: &[OwnedEventId]) -> Result<Vec<Arc<Pdu>>> {
-        let mut seen: HashSet<OwnedEventId> = HashSet::new();
-        let mut queue: Vec<OwnedEventId> = Vec::new();
-        for id in starts {
-            if let Some(p) = self.rooms.get_pdu(id).await? {
-                queue.extend(p.auth_events.iter().cloned());
-            }
-        }
-        let mut out = Vec::new();
-        while let Some(id) = queue.pop() {
-            if !seen.insert(id.clone()) {
-                continue;
-            }
-            if let Some(p) = self.rooms.get_pdu(&id).await? {
-                queue.extend(p.auth_events.iter().cloned());
-                out.push(p);
-            }
-        }
-        Ok(out)
     }
 
     /// Joins a local user to a room this server is not in, through one of `via` (then the

@@ -200,16 +200,7 @@ impl Outbox {
         if !self.transport.federation_enabled() {
             return Ok(());
         }
-        let payload = serde_json::to_string(&edu)?;
-        let mut out = Outgoing::default();
-        for server in self.rooms.servers_in_room(room_id).await? {
-            if server == self.server_name() || self.transport.check_server_allowed(&server).is_err() {
-                continue;
-            }
-            out.rows.push((self.outbox_id().await?, server.to_string(), "edu", payload.clone()));
-            out.destinations.insert(server);
-        }
-        self.enqueue(out).await
+        self.enqueue_edu(&self.rooms.servers_in_room(room_id).await?, edu).await
     }
 
     async fn enqueue(&self, out: Outgoing) -> Result<()> {

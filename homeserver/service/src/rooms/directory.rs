@@ -5,7 +5,7 @@ use std::sync::Arc;
 use ruma::{
     api::{client::user_directory::search_users, error::ErrorKind},
     events::StateEventType,
-    OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
+    OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
 };
 use serde_json::{json, Value};
 
@@ -132,9 +132,10 @@ impl Directory {
         }
     }
 
-    pub async fn room_aliases(&self, user: &UserId, room_id: &RoomId) -> Result<Vec<String>> {
+    pub async fn room_aliases(&self, user: &UserId, room_id: &RoomId) -> Result<Vec<OwnedRoomAliasId>> {
         self.rooms.readable_until(user, room_id).await?;
-        Ok(diplomatie_storage::rooms::room_aliases(self.db.pool(), room_id.as_str()).await?)
+        let aliases = diplomatie_storage::rooms::room_aliases(self.db.pool(), room_id.as_str()).await?;
+        Ok(aliases.into_iter().filter_map(|a| OwnedRoomAliasId::try_from(a).ok()).collect())
     }
 
     pub async fn set_room_visibility(&self, user: &UserId, room_id: &RoomId, public: bool) -> Result<()> {

@@ -123,8 +123,9 @@ impl Rooms {
     /// `STRIPPED_STATE` events and the user's membership).
     pub async fn stripped_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
         let state = self.current_state(room_id).await?;
+        let member = self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await?;
         // An invite or a knock to a room this server is not in: what the other server showed.
-        if let Some(p) = self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await? {
+        if let Some(p) = &member {
             let shown = p.unsigned.get("invite_room_state").or_else(|| p.unsigned.get("knock_room_state"));
             if let Some(Value::Array(shown)) = shown {
                 let mut out = shown.clone();
@@ -138,13 +139,11 @@ impl Rooms {
                 out.push(p.to_stripped());
             }
         }
-        if let Some(p) = self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await? {
+        if let Some(p) = member {
             out.push(p.to_stripped());
-            if let Ok(sender) = OwnedUserId::try_from(p.sender.as_str()) {
-                if let Some(s) = self.state_event_in(&state, &StateEventType::RoomMember, sender.as_str()).await? {
-                    if s.sender != p.sender || s.event_id != p.event_id {
-                        out.push(s.to_stripped());
-                    }
+            if let Some(s) = self.state_event_in(&state, &StateEventType::RoomMember, p.sender.as_str()).await? {
+                if s.sender != p.sender || s.event_id != p.event_id {
+                    out.push(s.to_stripped());
                 }
             }
         }

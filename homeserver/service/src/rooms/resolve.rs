@@ -79,4 +79,26 @@ impl Rooms {
         }
         event_core::resolve(&rules, maps, &events)
     }
+
+    /// Every event reachable from `starts` through auth_events.
+    pub async fn auth_chain_events(&self, starts: &[OwnedEventId]) -> Result<Vec<Arc<Pdu>>> {
+        let mut seen: HashSet<OwnedEventId> = HashSet::new();
+        let mut queue: Vec<OwnedEventId> = Vec::new();
+        for id in starts {
+            if let Some(p) = self.get_pdu(id).await? {
+                queue.extend(p.auth_events.iter().cloned());
+            }
+        }
+        let mut out = Vec::new();
+        while let Some(id) = queue.pop() {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            if let Some(p) = self.get_pdu(&id).await? {
+                queue.extend(p.auth_events.iter().cloned());
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
 }

@@ -2,11 +2,15 @@
 //! left reads, and pages of visible events (what `/messages`, `/context`, search and `/sync`
 //! read through).
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+};
 
 use diplomatie_storage::events as ev_store;
 use ruma::events::room::member::MembershipState;
 use ruma::{
+    api::client::membership::joined_members,
     events::{StateEventType, TimelineEventType},
     EventId, OwnedUserId, RoomId, UserId,
 };
@@ -294,18 +298,21 @@ impl Rooms {
         &self,
         user: &UserId,
         room_id: &RoomId,
-    ) -> Result<Vec<(OwnedUserId, Option<String>, Option<String>)>> {
+    ) -> Result<BTreeMap<OwnedUserId, joined_members::v3::RoomMember>> {
         if !self.is_joined(room_id, user).await? {
             return Err(Error::forbidden("You are not joined to this room"));
         }
         let state = self.current_state(room_id).await?;
-        let mut joined = Vec::new();
+        let mut joined = BTreeMap::new();
         for member in self.joined_members(room_id).await?.iter() {
             let event = self.state_event_in(&state, &StateEventType::RoomMember, member.as_str()).await?;
             let field = |name: &str| {
                 event.as_ref().and_then(|p| p.content_field(name)).and_then(|v| v.as_str().map(str::to_owned))
             };
-            joined.push((member.clone(), field("displayname"), field("avatar_url")));
+            let mut profile = joined_members::v3::RoomMember::new();
+            profile.display_name = field("displayname");
+            profile.avatar_url = field("avatar_url").map(Into::into);
+            joined.insert(member.clone(), profile);
         }
         Ok(joined)
     }
