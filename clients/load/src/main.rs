@@ -265,6 +265,21 @@ async fn main() -> Result<()> {
             since.insert(u.id.clone(), t?["next_batch"].as_str().context("next_batch")?.to_owned());
         }
     }
+    // The first syncers' tokens predate the others' first sync (and so their coming online):
+    // one more sync each, once all are online, so that the long polls below wait for the probes
+    // rather than answer that burst of presence.
+    for chunk in syncers.chunks(20) {
+        let tokens = join_all(chunk.iter().map(|(u, _)| {
+            let api = api.clone();
+            let token = u.token.clone();
+            let path = format!("/_matrix/client/v3/sync?since={}&timeout=0", since[&u.id]);
+            async move { api.ok(reqwest::Method::GET, &path, Some(&token), None).await }
+        }))
+        .await;
+        for ((u, _), t) in chunk.iter().zip(tokens) {
+            since.insert(u.id.clone(), t?["next_batch"].as_str().context("next_batch")?.to_owned());
+        }
+    }
     let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -306,6 +321,7 @@ async fn main() -> Result<()> {
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    eprintln!("probes: {} messages, {} ms apart…", args.probes, 20);
     // The server's CPU over the delivery phase: mostly the woken syncs it answers.
     let cpu_before = args.pid.and_then(cpu_ms);
     for p in 0..args.probes {

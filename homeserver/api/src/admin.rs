@@ -7,28 +7,42 @@ use std::sync::Arc;
 use axum::{
     extract::{Path, State},
     http::request::Parts,
-    response::Response,
+    Json,
 };
 use diplomatie_policies::{AccountKind, Level};
 use diplomatie_service::{
     accounts::Caller,
-    organisation::{CommunitySpec, GroupSpec, OrganisationFile},
+    organisation::{CommunitySpec, Created, GroupSpec, ImportReport, OrganisationFile},
+    portal::{ClearanceReport, DeviceClearanceReport},
     Error, Services,
 };
-use ruma::{api::error::ErrorKind, OwnedDeviceId, OwnedRoomId};
-use serde::{de::DeserializeOwned, Deserialize};
-use serde_json::json;
+use ruma::{api::error::ErrorKind, OwnedDeviceId, OwnedRoomId, OwnedServerName, OwnedUserId};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::{error::ApiError, ruma_wrapper::json_ok};
+use crate::error::ApiError;
 
 type S = State<Arc<Services>>;
 
 /// `GET /_synapse/admin/v1/register`: a nonce for the next registration.
-pub async fn register_nonce(State(s): S) -> Result<Response, ApiError> {
+pub async fn register_nonce(State(s): S) -> Result<Json<Nonce>, ApiError> {
     if s.config.registration.shared_secret.is_empty() {
         return Err(Error::forbidden("Shared secret registration is not enabled").into());
     }
-    Ok(json_ok(json!({ "nonce": s.admin_nonces.issue() })))
+    Ok(Json(Nonce { nonce: s.admin_nonces.issue() }))
+}
+
+#[derive(Serialize)]
+pub struct Nonce {
+    nonce: String,
+}
+
+/// What a shared-secret registration answers: the new account's first session.
+#[derive(Serialize)]
+pub struct Registered {
+    access_token: String,
+    user_id: OwnedUserId,
+    home_server: OwnedServerName,
+    device_id: OwnedDeviceId,
 }
 
 #[derive(Deserialize)]
@@ -44,7 +58,7 @@ pub struct SharedSecretRegistration {
 }
 
 /// `POST /_synapse/admin/v1/register`: creates a user when the HMAC matches the shared secret.
-pub async fn register(State(s): S, body: axum::body::Bytes) -> Result<Response, ApiError> {
+pub async fn register(State(s): S, body: axum::body::Bytes) -> Result<Json<Registered>, ApiError> {
     let req: SharedSecretRegistration = parse_body(&body)?;
     s.accounts.check_shared_secret_mac(&req.nonce, &req.username, &req.password, req.admin, &req.mac)?;
     if !s.admin_nonces.take(&req.nonce) {
@@ -55,12 +69,12 @@ pub async fn register(State(s): S, body: axum::body::Bytes) -> Result<Response, 
         .create_account(Some(&req.username.to_lowercase()), Some(&req.password), req.admin, req.displayname.as_deref())
         .await?;
     let session = s.accounts.open_session(&user_id, None, None, false).await?;
-    Ok(json_ok(json!({
-        "access_token": session.access_token,
-        "user_id": session.user_id,
-        "home_server": s.server_name(),
-        "device_id": session.device_id,
-    })))
+    Ok(Json(Registered {
+        access_token: session.access_token,
+        user_id: session.user_id,
+        home_server: s.server_name().to_owned(),
+        device_id: session.device_id,
+    }))
 }
 
 /// A JSON body, with the spec's error codes for what is wrong with it.
@@ -94,9 +108,13 @@ async fn admin(s: &Services, parts: &Parts) -> Result<Caller, Error> {
 
 /// `GET /_diplomatie/admin/v1/users/{user_id}/clearance`: clearance, kind, primary group, who
 /// set the clearance and when, and the history of changes.
-pub async fn get_clearance(State(s): S, Path(user): Path<String>, parts: Parts) -> Result<Response, ApiError> {
+pub async fn get_clearance(
+    State(s): S,
+    Path(user): Path<String>,
+    parts: Parts,
+) -> Result<Json<ClearanceReport>, ApiError> {
     admin(&s, &parts).await?;
-    Ok(json_ok(s.portal.clearance_report(&s.accounts.parse_local_user(&user)?).await?))
+    Ok(Json(s.portal.clearance_report(&s.accounts.parse_local_user(&user)?).await?))
 }
 
 #[derive(Deserialize)]
@@ -115,12 +133,12 @@ pub async fn set_clearance(
     Path(user): Path<String>,
     parts: Parts,
     body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Json<ClearanceReport>, ApiError> {
     let caller = caller(&s, &parts).await?;
     let req: ClearanceBody = parse_body(&body)?;
     let target = s.accounts.parse_local_user(&user)?;
     s.organisation.set_clearance(&caller.user_id, caller.is_admin, &target, level(&req.clearance)?).await?;
-    Ok(json_ok(s.portal.clearance_report(&target).await?))
+    Ok(Json(s.portal.clearance_report(&target).await?))
 }
 
 /// `GET /_diplomatie/admin/v1/users/{user_id}/devices/{device_id}/clearance`.
@@ -128,9 +146,9 @@ pub async fn get_device_clearance(
     State(s): S,
     Path((user, device)): Path<(String, String)>,
     parts: Parts,
-) -> Result<Response, ApiError> {
+) -> Result<Json<DeviceClearanceReport>, ApiError> {
     admin(&s, &parts).await?;
-    Ok(json_ok(
+    Ok(Json(
         s.portal.device_clearance_report(&s.accounts.parse_local_user(&user)?, &OwnedDeviceId::from(device)).await?,
     ))
 }
@@ -147,12 +165,12 @@ pub async fn set_device_clearance(
     Path((user, device)): Path<(String, String)>,
     parts: Parts,
     body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Json<DeviceClearanceReport>, ApiError> {
     let caller = caller(&s, &parts).await?;
     let req: DeviceBody = parse_body(&body)?;
     let (target, device) = (s.accounts.parse_local_user(&user)?, OwnedDeviceId::from(device));
     s.portal.set_device_clearance(&caller.user_id, caller.is_admin, &target, &device, req.dr).await?;
-    Ok(json_ok(s.portal.device_clearance_report(&target, &device).await?))
+    Ok(Json(s.portal.device_clearance_report(&target, &device).await?))
 }
 
 #[derive(Deserialize)]
@@ -166,14 +184,14 @@ pub async fn set_kind(
     Path(user): Path<String>,
     parts: Parts,
     body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Json<ClearanceReport>, ApiError> {
     admin(&s, &parts).await?;
     let req: KindBody = parse_body(&body)?;
     let kind = AccountKind::parse(&req.kind)
         .ok_or_else(|| Error::new(ErrorKind::InvalidParam, "kind must be \"agent\" or \"external\""))?;
     let target = s.accounts.parse_local_user(&user)?;
     s.organisation.set_account_kind(&target, kind).await?;
-    Ok(json_ok(s.portal.clearance_report(&target).await?))
+    Ok(Json(s.portal.clearance_report(&target).await?))
 }
 
 #[derive(Deserialize)]
@@ -187,27 +205,29 @@ pub async fn set_primary_group(
     Path(user): Path<String>,
     parts: Parts,
     body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Json<ClearanceReport>, ApiError> {
     admin(&s, &parts).await?;
     let req: GroupBody = parse_body(&body)?;
     let target = s.accounts.parse_local_user(&user)?;
     s.portal.set_primary_group(&target, req.room_id.as_deref()).await?;
-    Ok(json_ok(s.portal.clearance_report(&target).await?))
+    Ok(Json(s.portal.clearance_report(&target).await?))
 }
 
 /// `POST /_diplomatie/admin/v1/groups`: creates a functional group (a space with its general
 /// and correspondence rooms) unless it exists.
-pub async fn create_group(State(s): S, parts: Parts, body: axum::body::Bytes) -> Result<Response, ApiError> {
+pub async fn create_group(State(s): S, parts: Parts, body: axum::body::Bytes) -> Result<Json<Created>, ApiError> {
     admin(&s, &parts).await?;
     let spec: GroupSpec = parse_body(&body)?;
-    Ok(json_ok(
-        serde_json::to_value(s.organisation.create_group(&spec).await?).map_err(diplomatie_service::internal!())?,
-    ))
+    Ok(Json(s.organisation.create_group(&spec).await?))
 }
 
 /// `POST /_diplomatie/client/v1/communities`: any agent creates a community of interest, with
 /// a named manager and project; its `members` are added.
-pub async fn create_community(State(s): S, parts: Parts, body: axum::body::Bytes) -> Result<Response, ApiError> {
+pub async fn create_community(
+    State(s): S,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Result<Json<Created>, ApiError> {
     let caller = caller(&s, &parts).await?;
     let spec: CommunitySpec = parse_body(&body)?;
     let created = s.organisation.create_community(Some(&caller.user_id), &spec).await?;
@@ -215,12 +235,12 @@ pub async fn create_community(State(s): S, parts: Parts, body: axum::body::Bytes
         let user = s.accounts.parse_local_user(member)?;
         s.organisation.add_to_org_space(&created.space_id, &user).await?;
     }
-    Ok(json_ok(serde_json::to_value(created).map_err(diplomatie_service::internal!())?))
+    Ok(Json(created))
 }
 
 /// `POST /_diplomatie/admin/v1/import`: imports an organisation, YAML (or CSV of users when
 /// the content type is `text/csv`). Idempotent; answers what changed.
-pub async fn import(State(s): S, parts: Parts, body: axum::body::Bytes) -> Result<Response, ApiError> {
+pub async fn import(State(s): S, parts: Parts, body: axum::body::Bytes) -> Result<Json<ImportReport>, ApiError> {
     admin(&s, &parts).await?;
     let csv = parts
         .headers
@@ -230,7 +250,7 @@ pub async fn import(State(s): S, parts: Parts, body: axum::body::Bytes) -> Resul
     let text = std::str::from_utf8(&body).map_err(|_| Error::new(ErrorKind::NotJson, "The file is not UTF-8"))?;
     let org = OrganisationFile::parse(text, csv)?;
     let report = s.organisation.import_organisation(&org).await?;
-    Ok(json_ok(serde_json::to_value(report).map_err(diplomatie_service::internal!())?))
+    Ok(Json(report))
 }
 
 #[derive(Deserialize)]
@@ -244,7 +264,7 @@ pub async fn set_group_managers(
     Path(slug): Path<String>,
     parts: Parts,
     body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Json<Managers>, ApiError> {
     set_managers(&s, false, &slug, &parts, &body).await
 }
 
@@ -254,7 +274,7 @@ pub async fn set_community_managers(
     Path(slug): Path<String>,
     parts: Parts,
     body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Json<Managers>, ApiError> {
     set_managers(&s, true, &slug, &parts, &body).await
 }
 
@@ -264,9 +284,14 @@ async fn set_managers(
     slug: &str,
     parts: &Parts,
     body: &[u8],
-) -> Result<Response, ApiError> {
+) -> Result<Json<Managers>, ApiError> {
     admin(s, parts).await?;
     let req: ManagersBody = parse_body(body)?;
-    let managers = s.organisation.set_managers(community, slug, &req.managers).await?;
-    Ok(json_ok(json!({ "managers": managers })))
+    Ok(Json(Managers { managers: s.organisation.set_managers(community, slug, &req.managers).await? }))
+}
+
+/// The managers of a group or community, once set.
+#[derive(Serialize)]
+pub struct Managers {
+    managers: Vec<OwnedUserId>,
 }

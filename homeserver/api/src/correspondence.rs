@@ -7,26 +7,26 @@ use std::{collections::BTreeMap, sync::Arc};
 use axum::{
     extract::{Path, State},
     http::request::Parts,
-    response::Response,
+    response::{IntoResponse, Response},
+    Json,
 };
 use diplomatie_service::{
-    correspondence::{Composition, Status},
+    correspondence::{Audience, Composition, JournalItems, Status},
     Error, Services,
 };
 use ruma::{api::error::ErrorKind, OwnedUserId};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::{
     admin::{caller, parse_body},
     error::ApiError,
-    ruma_wrapper::json_ok,
 };
 
 type S = State<Arc<Services>>;
 
 fn to_json<T: serde::Serialize>(v: T) -> Result<Response, ApiError> {
-    Ok(json_ok(serde_json::to_value(v).map_err(diplomatie_service::internal!())?))
+    Ok(Json(v).into_response())
 }
 
 /// An answer with nothing to say: `{}`.
@@ -123,9 +123,13 @@ pub async fn export(State(s): S, Path(reference): Path<String>, parts: Parts) ->
 }
 
 /// `GET /_diplomatie/client/v1/correspondence/{reference}/audience`.
-pub async fn audience(State(s): S, Path(reference): Path<String>, parts: Parts) -> Result<Response, ApiError> {
+pub async fn audience(
+    State(s): S,
+    Path(reference): Path<String>,
+    parts: Parts,
+) -> Result<Json<Audience>, ApiError> {
     let caller = caller(&s, &parts).await?;
-    Ok(json_ok(s.correspondence.audience(&caller, &reference).await?))
+    Ok(Json(s.correspondence.audience(&caller, &reference).await?))
 }
 
 #[derive(Deserialize)]
@@ -151,11 +155,18 @@ pub async fn set_status(
 
 /// `GET /_diplomatie/client/v1/journal`: the caller's journal room, the action items of their
 /// groups and the tags they follow.
-pub async fn journal(State(s): S, parts: Parts) -> Result<Response, ApiError> {
+pub async fn journal(State(s): S, parts: Parts) -> Result<Json<Journal>, ApiError> {
     let caller = caller(&s, &parts).await?;
-    let mut body = s.correspondence.journal_items(&caller.user_id).await?;
-    body["room_id"] = json!(s.correspondence.journal_of(&caller.user_id).await?);
-    Ok(json_ok(body))
+    let items = s.correspondence.journal_items(&caller.user_id).await?;
+    Ok(Json(Journal { room_id: s.correspondence.journal_of(&caller.user_id).await?, items }))
+}
+
+/// The answer of `journal`: the journal room, with its action items and followed tags.
+#[derive(Serialize)]
+pub struct Journal {
+    room_id: Option<ruma::OwnedRoomId>,
+    #[serde(flatten)]
+    items: JournalItems,
 }
 
 /// `PUT /_diplomatie/client/v1/journal/tags/{tag}`: follows a tag.

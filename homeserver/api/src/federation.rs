@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::{extract::State, response::Response};
+use axum::extract::State;
 use diplomatie_service::{pdu::federation_json, Error, Services};
 use ruma::{
     api::federation::{
@@ -13,7 +13,7 @@ use ruma::{
         backfill::get_backfill,
         device::get_devices,
         directory::{get_public_rooms, get_public_rooms_filtered},
-        discovery::{get_remote_server_keys, get_remote_server_keys_batch, get_server_version},
+        discovery::{get_remote_server_keys, get_remote_server_keys_batch, get_server_keys, get_server_version},
         event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
         keys::{claim_keys, get_keys},
         membership::{
@@ -25,12 +25,11 @@ use ruma::{
         space::get_hierarchy,
         transactions::send_transaction_message,
     },
-    serde::Raw,
     MilliSecondsSinceUnixEpoch, OwnedServerName,
 };
 use serde_json::value::RawValue;
 
-use crate::ruma_wrapper::{json_ok, route, ApiResult, Ruma};
+use crate::ruma_wrapper::{route, ApiResult, Ruma};
 
 type S = State<Arc<Services>>;
 
@@ -100,13 +99,8 @@ async fn media_thumbnail(
 }
 
 /// `GET /_matrix/key/v2/server`: this server's keys, self-signed.
-async fn server_keys(State(s): S) -> Result<Response, crate::error::ApiError> {
-    Ok(json_ok(s.transport.own_server_keys()?))
-}
-
-fn raw_keys(v: serde_json::Value) -> Result<Raw<ruma::api::federation::discovery::ServerSigningKeys>, Error> {
-    let raw = serde_json::value::to_raw_value(&v).map_err(diplomatie_service::internal!())?;
-    Ok(Raw::from_json(raw))
+async fn server_keys(State(s): S) -> ApiResult<get_server_keys::v2::Response> {
+    Ok(get_server_keys::v2::Response::new(s.transport.own_server_keys()?).into())
 }
 
 async fn notary_batch(
@@ -116,7 +110,7 @@ async fn notary_batch(
     let mut keys = Vec::new();
     for server in req.body.server_keys.keys() {
         match s.transport.notary_keys(server).await {
-            Ok(v) => keys.push(raw_keys(v)?),
+            Ok(v) => keys.push(v),
             Err(e) => tracing::info!(%server, error = %e, "notary: no keys"),
         }
     }
@@ -128,7 +122,7 @@ async fn notary_one(
     req: Ruma<get_remote_server_keys::v2::Request>,
 ) -> ApiResult<get_remote_server_keys::v2::Response> {
     let keys = match s.transport.notary_keys(&req.body.server_name).await {
-        Ok(v) => vec![raw_keys(v)?],
+        Ok(v) => vec![v],
         Err(_) => vec![],
     };
     Ok(get_remote_server_keys::v2::Response::new(keys).into())
@@ -300,20 +294,20 @@ async fn missing_events(
 async fn query_profile(
     State(s): S,
     req: Ruma<get_profile_information::v1::Request>,
-) -> Result<Response, crate::error::ApiError> {
+) -> ApiResult<get_profile_information::v1::Response> {
     let user = &req.body.user_id;
     if user.server_name() != s.server_name() {
         return Err(Error::invalid_param("Not a user of this server").into());
     }
     let (displayname, avatar_url) = s.accounts.profile(user).await?;
-    let mut answer = serde_json::Map::new();
+    let mut answer = get_profile_information::v1::Response::new();
     for (field, value) in [("displayname", displayname), ("avatar_url", avatar_url)] {
         let wanted = req.body.field.as_ref().is_none_or(|f| f.as_str() == field);
         if let Some(v) = value.filter(|_| wanted) {
-            answer.insert(field.into(), v.into());
+            answer.set(field.into(), v.into());
         }
     }
-    Ok(json_ok(serde_json::Value::Object(answer)))
+    Ok(answer.into())
 }
 
 async fn query_directory(
@@ -329,26 +323,18 @@ async fn query_directory(
     Ok(get_room_information::v1::Response::new(room_id, servers).into())
 }
 
-async fn keys_query(State(s): S, req: Ruma<get_keys::v1::Request>) -> Result<Response, crate::error::ApiError> {
-    let mut answer = s.peers.federation_query_keys(&req.body.device_keys).await?;
-    if let Some(o) = answer.as_object_mut() {
-        o.remove("failures");
-    }
-    Ok(json_ok(answer))
+async fn keys_query(State(s): S, req: Ruma<get_keys::v1::Request>) -> ApiResult<get_keys::v1::Response> {
+    Ok(s.peers.federation_query_keys(&req.body.device_keys).await?.into())
 }
 
-async fn keys_claim(State(s): S, req: Ruma<claim_keys::v1::Request>) -> Result<Response, crate::error::ApiError> {
+async fn keys_claim(State(s): S, req: Ruma<claim_keys::v1::Request>) -> ApiResult<claim_keys::v1::Response> {
     let requested = req
         .body
         .one_time_keys
         .iter()
         .map(|(u, d)| (u.clone(), d.iter().map(|(dev, alg)| (dev.to_string(), alg.to_string())).collect()))
         .collect();
-    let mut answer = s.peers.federation_claim_keys(&requested).await?;
-    if let Some(o) = answer.as_object_mut() {
-        o.remove("failures");
-    }
-    Ok(json_ok(answer))
+    Ok(s.peers.federation_claim_keys(&requested).await?.into())
 }
 
 async fn user_devices(State(s): S, req: Ruma<get_devices::v1::Request>) -> ApiResult<get_devices::v1::Response> {
@@ -356,30 +342,28 @@ async fn user_devices(State(s): S, req: Ruma<get_devices::v1::Request>) -> ApiRe
 }
 
 /// This server's public rooms, for another server's users.
-async fn directory_page(
-    s: &Services,
-    term: Option<&str>,
-    since: Option<&str>,
-    limit: Option<ruma::UInt>,
-) -> Result<Response, crate::error::ApiError> {
-    let limit = limit.map(|l| u64::from(l) as usize);
-    let (chunk, next, prev, total) = s.directory.public_rooms(term, since, limit).await?;
-    Ok(crate::client::rooms::directory_page(chunk, next, prev, total))
-}
-
-async fn public_rooms(
-    State(s): S,
-    req: Ruma<get_public_rooms::v1::Request>,
-) -> Result<Response, crate::error::ApiError> {
-    directory_page(&s, None, req.body.since.as_deref(), req.body.limit).await
+async fn public_rooms(State(s): S, req: Ruma<get_public_rooms::v1::Request>) -> ApiResult<get_public_rooms::v1::Response> {
+    let limit = req.body.limit.map(|l| u64::from(l) as usize);
+    let page = s.directory.public_rooms(None, req.body.since.as_deref(), limit).await?;
+    Ok(crate::client::rooms::rooms_page!(page, |chunk| {
+        let mut r = get_public_rooms::v1::Response::new();
+        r.chunk = chunk;
+        r
+    }).into())
 }
 
 async fn public_rooms_filtered(
     State(s): S,
     req: Ruma<get_public_rooms_filtered::v1::Request>,
-) -> Result<Response, crate::error::ApiError> {
+) -> ApiResult<get_public_rooms_filtered::v1::Response> {
     let b = &req.body;
-    directory_page(&s, b.filter.generic_search_term.as_deref(), b.since.as_deref(), b.limit).await
+    let limit = b.limit.map(|l| u64::from(l) as usize);
+    let page = s.directory.public_rooms(b.filter.generic_search_term.as_deref(), b.since.as_deref(), limit).await?;
+    Ok(crate::client::rooms::rooms_page!(page, |chunk| {
+        let mut r = get_public_rooms_filtered::v1::Response::new();
+        r.chunk = chunk;
+        r
+    }).into())
 }
 
 /// `openid/userinfo`: a third party asks whose OpenID token it holds (no server signature).
@@ -390,6 +374,6 @@ async fn openid_userinfo(
     Ok(get_openid_userinfo::v1::Response::new(s.openid.userinfo(&req.body.access_token)?).into())
 }
 
-async fn hierarchy(State(s): S, req: Ruma<get_hierarchy::v1::Request>) -> Result<Response, crate::error::ApiError> {
-    Ok(json_ok(s.directory.federation_hierarchy(req.origin(), &req.body.room_id, req.body.suggested_only).await?))
+async fn hierarchy(State(s): S, req: Ruma<get_hierarchy::v1::Request>) -> ApiResult<get_hierarchy::v1::Response> {
+    Ok(s.directory.federation_hierarchy(req.origin(), &req.body.room_id, req.body.suggested_only).await?.into())
 }

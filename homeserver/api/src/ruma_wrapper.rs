@@ -10,7 +10,6 @@ use axum::{
 };
 use bytes::BytesMut;
 use diplomatie_service::{accounts::Caller, Error, Services};
-use http::StatusCode;
 use http_body_util::BodyExt;
 use ruma::api::{
     auth_scheme::{AccessToken, AccessTokenOptional, AppserviceToken},
@@ -281,11 +280,6 @@ impl<T> From<T> for RumaResponse<T> {
 }
 
 pub type ApiResult<T> = Result<RumaResponse<T>, ApiError>;
-
-/// A JSON response with status 200.
-pub fn json_ok(v: Value) -> Response {
-    (StatusCode::OK, axum::Json(v)).into_response()
-}
 
 /// Registers `handler` on every path the spec gives `T` (all versions, stable and unstable).
 pub fn route<T, H, X>(router: axum::Router<Arc<Services>>, handler: H) -> axum::Router<Arc<Services>>

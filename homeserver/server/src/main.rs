@@ -302,19 +302,19 @@ async fn org_command(services: &Services, command: OrgCommand) -> Result<(), dip
             let level = Level::parse(&level).ok_or_else(|| bad("The level is NP or DR"))?;
             let user = services.accounts.parse_local_user(&user)?;
             services.organisation.set_clearance(&system, true, &user, level).await?;
-            println!("{}", services.portal.clearance_report(&user).await?);
+            println!("{}", serde_json::to_string(&services.portal.clearance_report(&user).await?)?);
         }
         OrgCommand::DeviceClearance { user, device, dr } => {
             let user = services.accounts.parse_local_user(&user)?;
             let device = ruma::OwnedDeviceId::from(device);
             services.portal.set_device_clearance(&system, true, &user, &device, matches!(dr, OnOff::On)).await?;
-            println!("{}", services.portal.device_clearance_report(&user, &device).await?);
+            println!("{}", serde_json::to_string(&services.portal.device_clearance_report(&user, &device).await?)?);
         }
         OrgCommand::Kind { user, kind } => {
             let kind = AccountKind::parse(&kind).ok_or_else(|| bad("The kind is agent or external"))?;
             let user = services.accounts.parse_local_user(&user)?;
             services.organisation.set_account_kind(&user, kind).await?;
-            println!("{}", services.portal.clearance_report(&user).await?);
+            println!("{}", serde_json::to_string(&services.portal.clearance_report(&user).await?)?);
         }
         OrgCommand::Managers { kind, slug, managers } => {
             let community = match kind.as_str() {

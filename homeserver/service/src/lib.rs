@@ -297,6 +297,11 @@ pub(crate) fn upgrade<T>(me: &Weak<T>) -> Result<Arc<T>> {
     me.upgrade().ok_or_else(internal!("the services are stopping"))
 }
 
+/// A JSON value as the raw value of a typed field of ruma's types.
+pub(crate) fn to_raw<T>(value: &serde_json::Value) -> Result<ruma::serde::Raw<T>> {
+    Ok(ruma::serde::Raw::from_json(serde_json::value::to_raw_value(value)?))
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     ruma::MilliSecondsSinceUnixEpoch::now().get().into()

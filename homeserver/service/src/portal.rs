@@ -21,7 +21,7 @@ use ruma::{
     events::StateEventType, room_version_rules::RoomVersionRules, state_res::StateMap, DeviceId, OwnedEventId,
     OwnedUserId, RoomId, UserId,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::{
     core::Core,
@@ -346,39 +346,38 @@ impl Portal {
 
     /// What administrators see of a user's clearance: level, kind, primary group, who set the
     /// clearance and when, and the history of changes (devices included).
-    pub async fn clearance_report(&self, target: &UserId) -> Result<Value> {
+    pub async fn clearance_report(&self, target: &UserId) -> Result<ClearanceReport> {
         self.local_account(target).await?;
         let a = store::attributes(self.db.pool(), target.as_str())
             .await?
             .ok_or_else(crate::internal!("a value present by construction"))?;
-        let log: Vec<Value> = store::clearance_log(self.db.pool(), target.as_str())
+        let log = store::clearance_log(self.db.pool(), target.as_str())
             .await?
             .into_iter()
-            .map(|(device, level, by, ts)| {
-                let mut entry = json!({ "level": level, "set_by": by, "set_ts": ts });
-                if !device.is_empty() {
-                    entry["device_id"] = json!(device);
-                }
-                entry
+            .map(|(device, level, set_by, set_ts)| ClearanceChange {
+                device_id: Some(device).filter(|d| !d.is_empty()),
+                level,
+                set_by,
+                set_ts,
             })
             .collect();
-        Ok(json!({
-            "user_id": target,
-            "clearance": a.clearance,
-            "kind": a.kind,
-            "primary_group": a.primary_group,
-            "set_by": a.clearance_set_by,
-            "set_ts": a.clearance_set_ts,
-            "log": log,
-        }))
+        Ok(ClearanceReport {
+            user_id: target.to_owned(),
+            clearance: a.clearance,
+            kind: a.kind,
+            primary_group: a.primary_group,
+            set_by: a.clearance_set_by,
+            set_ts: a.clearance_set_ts,
+            log,
+        })
     }
 
     /// A device's DR flag, who set it and when.
-    pub async fn device_clearance_report(&self, target: &UserId, device: &DeviceId) -> Result<Value> {
-        let (dr, by, ts) = store::device_flag(self.db.pool(), target.as_str(), device.as_str())
+    pub async fn device_clearance_report(&self, target: &UserId, device: &DeviceId) -> Result<DeviceClearanceReport> {
+        let (dr, set_by, set_ts) = store::device_flag(self.db.pool(), target.as_str(), device.as_str())
             .await?
             .ok_or_else(|| Error::not_found("Unknown device"))?;
-        Ok(json!({ "user_id": target, "device_id": device, "dr": dr, "set_by": by, "set_ts": ts }))
+        Ok(DeviceClearanceReport { user_id: target.to_owned(), device_id: device.to_owned(), dr, set_by, set_ts })
     }
 
     pub(crate) async fn local_account(&self, user: &UserId) -> Result<()> {
@@ -394,6 +393,39 @@ impl Portal {
     pub async fn room_may_be_listed(&self, room_id: &RoomId) -> Result<bool> {
         Ok(policies::may_be_listed(self.room_facts_now(room_id).await?))
     }
+}
+
+/// A user's clearance, account kind and primary group, with the history of their clearance
+/// and device flags (the admin API's answer).
+#[derive(Debug, serde::Serialize)]
+pub struct ClearanceReport {
+    pub user_id: OwnedUserId,
+    pub clearance: String,
+    pub kind: String,
+    pub primary_group: Option<String>,
+    pub set_by: Option<String>,
+    pub set_ts: Option<i64>,
+    pub log: Vec<ClearanceChange>,
+}
+
+/// One change of a user's clearance (no device) or of a device's DR flag.
+#[derive(Debug, serde::Serialize)]
+pub struct ClearanceChange {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    pub level: String,
+    pub set_by: String,
+    pub set_ts: i64,
+}
+
+/// A device's DR flag, who set it and when.
+#[derive(Debug, serde::Serialize)]
+pub struct DeviceClearanceReport {
+    pub user_id: OwnedUserId,
+    pub device_id: ruma::OwnedDeviceId,
+    pub dr: bool,
+    pub set_by: Option<String>,
+    pub set_ts: Option<i64>,
 }
 
 /// The level of a classification event.

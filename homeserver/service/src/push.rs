@@ -25,14 +25,17 @@ use diplomatie_storage::{
 use lru::LruCache;
 use ruma::events::room::member::MembershipState;
 use ruma::{
-    api::error::ErrorKind,
+    api::{
+        client::push::{get_notifications::v3::Notification as Listed, Pusher, PusherIds, PusherInit, PusherKind},
+        error::ErrorKind,
+    },
     events::{room::power_levels::RoomPowerLevelsEventContent, StateEventType, TimelineEventType},
     push::{
-        Action, FlattenedJson, InsertPushRuleError, NewPushRule, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
+        Action, FlattenedJson, HttpPusherData, InsertPushRuleError, NewPushRule, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
         RemovePushRuleError, RuleKind, RuleNotFoundError, Ruleset, Tweak,
     },
     state_res::StateMap,
-    OwnedEventId, OwnedUserId, RoomId, UInt, UserId,
+    MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedUserId, RoomId, UInt, UserId,
 };
 use serde_json::{json, Value};
 
@@ -724,7 +727,7 @@ impl Push {
         from: Option<&str>,
         limit: Option<usize>,
         only_highlight: bool,
-    ) -> Result<(Vec<Value>, Option<String>)> {
+    ) -> Result<(Vec<Listed>, Option<String>)> {
         let before = match from {
             Some(t) => t.parse::<i64>().map_err(|_| Error::invalid_param("Unknown pagination token"))?,
             None => i64::MAX,
@@ -744,20 +747,16 @@ impl Push {
                     continue;
                 }
                 if out.len() == limit {
-                    next = Some(out.last().map(|(p, _): &(i64, Value)| p.to_string()).unwrap_or_default());
+                    next = Some(out.last().map(|(p, _): &(i64, Listed)| p.to_string()).unwrap_or_default());
                     break 'pages;
                 }
                 let Ok(event_id) = OwnedEventId::try_from(row.event_id.as_str()) else { continue };
                 let Some(pdu) = self.rooms.get_pdu(&event_id).await? else { continue };
                 let read_up_to = self.read_up_to(user, &row, &mut receipts).await?;
-                let actions: Value = serde_json::from_str(&row.actions).unwrap_or(json!([]));
-                let entry = json!({
-                    "actions": actions,
-                    "event": pdu.to_client(false),
-                    "read": row.stream_ordering <= read_up_to,
-                    "room_id": row.room_id,
-                    "ts": row.ts,
-                });
+                let actions: Vec<Action> = serde_json::from_str(&row.actions).unwrap_or_default();
+                let ts = MilliSecondsSinceUnixEpoch(UInt::try_from(row.ts).unwrap_or_default());
+                let entry =
+                    Listed::new(actions, pdu.to_raw(false), row.stream_ordering <= read_up_to, pdu.room_id.clone(), ts);
                 out.push((row.stream_ordering, entry));
             }
             if exhausted {
@@ -768,9 +767,9 @@ impl Push {
     }
 
     /// `GET /pushers`.
-    pub fn pushers(&self, user: &UserId) -> Vec<Value> {
+    pub fn pushers(&self, user: &UserId) -> Vec<Pusher> {
         let pushers = self.state.pushers.lock().unwrap();
-        pushers.get(user.as_str()).map(|list| list.iter().map(pusher_json).collect()).unwrap_or_default()
+        pushers.get(user.as_str()).map(|list| list.iter().filter_map(typed_pusher).collect()).unwrap_or_default()
     }
 
     /// `POST /pushers/set` with a pusher: creates or replaces it. Without `append`, the same
@@ -841,20 +840,19 @@ impl Push {
     }
 }
 
-fn pusher_json(p: &store::Pusher) -> Value {
-    let mut v = json!({
-        "app_id": p.app_id,
-        "pushkey": p.pushkey,
-        "kind": p.kind,
-        "app_display_name": p.app_display_name,
-        "device_display_name": p.device_display_name,
-        "lang": p.lang,
-        "data": serde_json::from_str::<Value>(&p.data).unwrap_or(json!({})),
-    });
-    if let Some(tag) = &p.profile_tag {
-        v["profile_tag"] = json!(tag);
-    }
-    v
+/// A stored pusher as `GET /pushers` lists it (only http pushers are accepted).
+fn typed_pusher(p: &store::Pusher) -> Option<Pusher> {
+    let data: HttpPusherData = serde_json::from_str(&p.data)
+        .inspect_err(|e| tracing::error!(app_id = %p.app_id, "stored pusher data unreadable: {e}"))
+        .ok()?;
+    Some(Pusher::from(PusherInit {
+        ids: PusherIds::new(p.pushkey.clone(), p.app_id.clone()),
+        kind: PusherKind::Http(data),
+        app_display_name: p.app_display_name.clone(),
+        device_display_name: p.device_display_name.clone(),
+        profile_tag: p.profile_tag.clone(),
+        lang: p.lang.clone(),
+    }))
 }
 
 /// Starts the worker that delivers notifications to push gateways.

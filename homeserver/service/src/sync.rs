@@ -303,13 +303,10 @@ impl Syncer {
         let from = since.stream;
         if active || full {
             let limit = req.filter.room.timeline.limit.unwrap_or(10).clamp(1, 100) as usize;
-            let ids =
-                ev_store::room_event_ids(pool, room_id.as_str(), since.stream, to.stream, limit as i64 + 1).await?;
+            let ids = self.rooms.event_ids_between(room_id, since.stream, to.stream, limit + 1).await?;
             limited = ids.len() > limit;
             for id in ids.iter().take(limit) {
-                if let Some(pdu) =
-                    self.rooms.get_pdu(<&ruma::EventId>::try_from(id.as_str()).map_err(crate::internal!())?).await?
-                {
+                if let Some(pdu) = self.rooms.get_pdu(id).await? {
                     timeline.push(pdu);
                 }
             }

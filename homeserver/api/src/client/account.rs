@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use axum::{extract::State, response::Response};
+use axum::extract::State;
 use diplomatie_service::{Error, Services};
 use ruma::api::{
     client::{
@@ -11,17 +11,17 @@ use ruma::api::{
             change_password, check_registration_token_validity, deactivate, get_username_availability, register, whoami,
         },
         device::{self, delete_device, delete_devices, get_device, get_devices, update_device},
-        profile::get_profile,
+        profile::{get_profile, set_profile_field},
         session::{get_login_types, login, logout, logout_all, refresh_token},
         uiaa::{AuthData, AuthType, UserIdentifier},
     },
     error::ErrorKind,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::{
     error::ApiError,
-    ruma_wrapper::{json_ok, ApiResult, Ruma},
+    ruma_wrapper::{ApiResult, Ruma},
 };
 
 type S = State<Arc<Services>>;
@@ -247,23 +247,22 @@ pub async fn delete_devices(
 }
 
 /// `GET /profile/{userId}`
-pub async fn profile(State(s): S, req: Ruma<get_profile::v3::Request>) -> Result<Response, ApiError> {
+pub async fn profile(State(s): S, req: Ruma<get_profile::v3::Request>) -> ApiResult<get_profile::v3::Response> {
     let (displayname, avatar) = s.accounts.profile(&req.body.user_id).await?;
-    let mut body = json!({});
-    if let Some(d) = displayname {
-        body["displayname"] = json!(d);
+    let mut body = get_profile::v3::Response::new();
+    for (field, value) in [("displayname", displayname), ("avatar_url", avatar)] {
+        if let Some(v) = value {
+            body.set(field.to_owned(), v.into());
+        }
     }
-    if let Some(a) = avatar {
-        body["avatar_url"] = json!(a);
-    }
-    Ok(json_ok(body))
+    Ok(body.into())
 }
 
 /// `GET /profile/{userId}/{field}`
 pub async fn profile_field_untyped(
     State(s): S,
     axum::extract::Path((user_id, field)): axum::extract::Path<(String, String)>,
-) -> Result<Response, ApiError> {
+) -> ApiResult<get_profile::v3::Response> {
     let user_id = ruma::OwnedUserId::try_from(user_id).map_err(|_| Error::invalid_param("Invalid user id"))?;
     let (displayname, avatar) = s.accounts.profile(&user_id).await?;
     let value = match field.as_str() {
@@ -271,10 +270,10 @@ pub async fn profile_field_untyped(
         "avatar_url" => avatar,
         _ => None,
     };
-    match value {
-        Some(v) => Ok(json_ok(json!({ field: v }))),
-        None => Err(Error::not_found("Profile field not set").into()),
-    }
+    let value = value.ok_or_else(|| Error::not_found("Profile field not set"))?;
+    let mut body = get_profile::v3::Response::new();
+    body.set(field, value.into());
+    Ok(body.into())
 }
 
 /// `PUT /profile/{userId}/{field}`: parsed by hand, the field is in the path and the body.
@@ -284,7 +283,7 @@ pub async fn set_profile_field(
     headers: http::HeaderMap,
     uri: http::Uri,
     body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
+) -> ApiResult<set_profile_field::v3::Response> {
     let caller = authenticate(&s, &headers, &uri).await?;
     if caller.user_id.as_str() != user_id {
         return Err(Error::forbidden("You may only change your own profile").into());
@@ -303,7 +302,7 @@ pub async fn set_profile_field(
         return Err(Error::forbidden("Only displayname and avatar_url can be set").into());
     }
     s.accounts.set_profile_field(&caller.user_id, &field, v.as_deref()).await?;
-    Ok(json_ok(json!({})))
+    Ok(set_profile_field::v3::Response::new().into())
 }
 
 /// Authentication for the few handlers that do not use a typed ruma request.

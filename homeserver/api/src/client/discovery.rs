@@ -3,11 +3,29 @@
 
 use std::sync::Arc;
 
-use axum::{extract::State, response::Response};
+use axum::{extract::State, Json};
 use diplomatie_service::{rooms::create::SUPPORTED_ROOM_VERSIONS, Services};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
 
-use crate::ruma_wrapper::json_ok;
+// `m.set_displayname` and `m.set_avatar_url` are deprecated since Matrix 1.16, and still read
+// by clients of earlier versions.
+#[allow(deprecated)]
+use ruma::{
+    api::{
+        client::discovery::{
+            discover_homeserver::{self, HomeserverInfo},
+            get_capabilities::v3::{
+                ChangePasswordCapability, GetLoginTokenCapability, RoomVersionStability, RoomVersionsCapability,
+                SetAvatarUrlCapability, SetDisplayNameCapability, ThirdPartyIdChangesCapability,
+            },
+            get_supported_versions,
+        },
+        federation::discovery::discover_homeserver as federation_discovery,
+    },
+    OwnedServerName, RoomVersionId,
+};
+
+use crate::ruma_wrapper::{ApiResult, RumaResponse};
 
 type S = State<Arc<Services>>;
 
@@ -17,17 +35,17 @@ pub const SPEC_VERSIONS: &[&str] = &[
     "v1.11", "v1.12", "v1.13", "v1.14", "v1.15", "v1.16", "v1.17", "v1.18", "v1.19",
 ];
 
-pub async fn versions() -> Response {
-    json_ok(json!({ "versions": SPEC_VERSIONS, "unstable_features": {} }))
+pub async fn versions() -> RumaResponse<get_supported_versions::Response> {
+    get_supported_versions::Response::new(SPEC_VERSIONS.iter().map(|v| v.to_string()).collect()).into()
 }
 
-pub async fn well_known_client(State(s): S) -> Response {
-    json_ok(json!({ "m.homeserver": { "base_url": s.config.public_baseurl() } }))
+pub async fn well_known_client(State(s): S) -> RumaResponse<discover_homeserver::Response> {
+    discover_homeserver::Response::new(HomeserverInfo::new(s.config.public_baseurl())).into()
 }
 
 /// Delegation (`m.server`): as configured, or the server name on port 443 when the name has no
 /// port; a name with a port needs none (404).
-pub async fn well_known_server(State(s): S) -> Result<Response, crate::error::ApiError> {
+pub async fn well_known_server(State(s): S) -> ApiResult<federation_discovery::Response> {
     let configured = &s.config.federation.well_known_server;
     let delegated = if !configured.is_empty() {
         configured.clone()
@@ -36,25 +54,54 @@ pub async fn well_known_server(State(s): S) -> Result<Response, crate::error::Ap
     } else {
         return Err(diplomatie_service::Error::not_found("No delegation: the server name carries its port").into());
     };
-    Ok(json_ok(json!({ "m.server": delegated })))
+    let server = OwnedServerName::try_from(delegated).map_err(diplomatie_service::internal!())?;
+    Ok(federation_discovery::Response::new(server).into())
 }
 
+/// What `/capabilities` answers. ruma's `Capabilities` leaves out a capability at its default
+/// (`m.change_password` enabled, say); this server states each one it knows.
+#[derive(Serialize)]
+pub struct CapabilitiesAnswer {
+    capabilities: Capabilities,
+}
+
+#[derive(Serialize)]
+#[allow(deprecated)]
+struct Capabilities {
+    #[serde(rename = "m.room_versions")]
+    room_versions: RoomVersionsCapability,
+    #[serde(rename = "m.change_password")]
+    change_password: ChangePasswordCapability,
+    #[serde(rename = "m.set_displayname")]
+    set_displayname: SetDisplayNameCapability,
+    #[serde(rename = "m.set_avatar_url")]
+    set_avatar_url: SetAvatarUrlCapability,
+    #[serde(rename = "m.3pid_changes")]
+    thirdparty_id_changes: ThirdPartyIdChangesCapability,
+    #[serde(rename = "m.get_login_token")]
+    get_login_token: GetLoginTokenCapability,
+}
+
+#[allow(deprecated)]
 pub async fn capabilities(
     State(s): S,
     headers: http::HeaderMap,
     uri: http::Uri,
-) -> Result<Response, crate::error::ApiError> {
+) -> Result<Json<CapabilitiesAnswer>, crate::error::ApiError> {
     super::account::authenticate(&s, &headers, &uri).await?;
-    let available: Map<String, Value> =
-        SUPPORTED_ROOM_VERSIONS.iter().map(|v| (v.to_string(), json!("stable"))).collect();
-    Ok(json_ok(json!({
-        "capabilities": {
-            "m.room_versions": { "default": s.membership.default_room_version(), "available": available },
-            "m.change_password": { "enabled": true },
-            "m.set_displayname": { "enabled": true },
-            "m.set_avatar_url": { "enabled": true },
-            "m.3pid_changes": { "enabled": false },
-            "m.get_login_token": { "enabled": false },
-        }
-    })))
+    let available = SUPPORTED_ROOM_VERSIONS
+        .iter()
+        .filter_map(|v| RoomVersionId::try_from(*v).ok())
+        .map(|v| (v, RoomVersionStability::Stable))
+        .collect();
+    Ok(Json(CapabilitiesAnswer {
+        capabilities: Capabilities {
+            room_versions: RoomVersionsCapability::new(s.membership.default_room_version(), available),
+            change_password: ChangePasswordCapability::new(true),
+            set_displayname: SetDisplayNameCapability::new(true),
+            set_avatar_url: SetAvatarUrlCapability::new(true),
+            thirdparty_id_changes: ThirdPartyIdChangesCapability::new(false),
+            get_login_token: GetLoginTokenCapability::new(false),
+        },
+    }))
 }

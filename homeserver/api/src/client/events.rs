@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::{extract::State, response::Response};
+use axum::extract::State;
 use diplomatie_service::{
     pdu::raw,
     rooms::timeline::{EventFilter, Paging},
@@ -19,16 +19,17 @@ use ruma::api::{
             get_relating_events, get_relating_events_with_rel_type, get_relating_events_with_rel_type_and_event_type,
         },
         room::get_room_event,
+        search::search_events,
         threads::get_threads,
     },
     Direction,
 };
 use ruma::{events::AnyMessageLikeEvent, serde::Raw};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::{
     error::ApiError,
-    ruma_wrapper::{json_ok, ApiResult, Ruma},
+    ruma_wrapper::{ApiResult, Ruma},
 };
 
 type S = State<Arc<Services>>;
@@ -232,9 +233,9 @@ pub async fn threads(State(s): S, req: Ruma<get_threads::v1::Request>) -> ApiRes
 /// category the spec defines.
 pub async fn search(
     State(s): S,
-    req: Ruma<ruma::api::client::search::search_events::v3::Request>,
-) -> Result<Response, ApiError> {
-    let mut categories = serde_json::Map::new();
+    req: Ruma<search_events::v3::Request>,
+) -> ApiResult<search_events::v3::Response> {
+    let mut categories = search_events::v3::ResultCategories::new();
     if let Some(criteria) = &req.body.search_categories.room_events {
         // Our own view of the criteria, as for filters.
         let criteria = serde_json::to_value(criteria)
@@ -242,7 +243,7 @@ pub async fn search(
             .map_err(|e| Error::bad_json(e.to_string()))?;
         let result =
             s.search.search_room_events(&req.caller().user_id, criteria, req.body.next_batch.as_deref()).await?;
-        categories.insert("room_events".into(), result);
+        categories.room_events = result;
     }
-    Ok(json_ok(json!({ "search_categories": categories })))
+    Ok(search_events::v3::Response::new(categories).into())
 }

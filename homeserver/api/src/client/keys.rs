@@ -3,15 +3,19 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use axum::{extract::State, response::Response};
-use diplomatie_service::{e2ee::dehydrated::Dehydrated, sync::SyncToken, Error, Services};
+use axum::{extract::State, Json};
+use diplomatie_service::{
+    e2ee::{cross_signing::SignatureFailures, dehydrated::Dehydrated},
+    sync::SyncToken,
+    Error, Services,
+};
 use ruma::{
     api::client::{
         backup::{
             add_backup_keys, add_backup_keys_for_room, add_backup_keys_for_session, create_backup_version,
             delete_backup_keys, delete_backup_keys_for_room, delete_backup_keys_for_session, delete_backup_version,
             get_backup_info, get_backup_keys, get_backup_keys_for_room, get_backup_keys_for_session,
-            get_latest_backup_info, update_backup_version,
+            get_latest_backup_info, update_backup_version, RoomKeyBackup,
         },
         dehydrated_device::{delete_dehydrated_device, get_dehydrated_device, get_events, put_dehydrated_device},
         keys::{claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys},
@@ -19,11 +23,11 @@ use ruma::{
     },
     OwnedUserId, UInt,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::{
     error::ApiError,
-    ruma_wrapper::{json_ok, ApiResult, Ruma},
+    ruma_wrapper::{ApiResult, Ruma},
 };
 
 type S = State<Arc<Services>>;
@@ -45,24 +49,24 @@ pub async fn upload(State(s): S, req: Ruma<upload_keys::v3::Request>) -> ApiResu
     Ok(upload_keys::v3::Response::new(counts).into())
 }
 
-pub async fn query(State(s): S, req: Ruma<get_keys::v3::Request>) -> Result<Response, ApiError> {
+pub async fn query(State(s): S, req: Ruma<get_keys::v3::Request>) -> ApiResult<get_keys::v3::Response> {
     let requested: BTreeMap<OwnedUserId, Vec<String>> = req
         .body
         .device_keys
         .iter()
         .map(|(u, devices)| (u.clone(), devices.iter().map(|d| d.to_string()).collect()))
         .collect();
-    Ok(json_ok(s.e2ee.query_keys(&req.caller().user_id, &requested).await?))
+    Ok(s.e2ee.query_keys(&req.caller().user_id, &requested).await?.into())
 }
 
-pub async fn claim(State(s): S, req: Ruma<claim_keys::v3::Request>) -> Result<Response, ApiError> {
+pub async fn claim(State(s): S, req: Ruma<claim_keys::v3::Request>) -> ApiResult<claim_keys::v3::Response> {
     let requested: BTreeMap<OwnedUserId, BTreeMap<String, String>> = req
         .body
         .one_time_keys
         .iter()
         .map(|(u, devices)| (u.clone(), devices.iter().map(|(d, a)| (d.to_string(), a.to_string())).collect()))
         .collect();
-    Ok(json_ok(s.e2ee.claim_keys(&requested).await?))
+    Ok(s.e2ee.claim_keys(&requested).await?.into())
 }
 
 /// Tokens of `/keys/changes` are sync tokens (or bare stream positions).
@@ -109,7 +113,10 @@ pub async fn upload_signing_keys(
     Ok(upload_signing_keys::v3::Response::new().into())
 }
 
-pub async fn upload_signatures(State(s): S, req: Ruma<upload_signatures::v3::Request>) -> Result<Response, ApiError> {
+pub async fn upload_signatures(
+    State(s): S,
+    req: Ruma<upload_signatures::v3::Request>,
+) -> Result<Json<SignatureFailures>, ApiError> {
     let mut signed: BTreeMap<OwnedUserId, BTreeMap<String, Value>> = BTreeMap::new();
     if let Some(Value::Object(users)) = &req.json {
         for (user, keys) in users {
@@ -120,7 +127,7 @@ pub async fn upload_signatures(State(s): S, req: Ruma<upload_signatures::v3::Req
             signed.insert(user, keys);
         }
     }
-    Ok(json_ok(s.e2ee.upload_signatures(req.caller(), &signed).await?))
+    Ok(Json(s.e2ee.upload_signatures(req.caller(), &signed).await?))
 }
 
 /// The body of a backup version request (algorithm and auth data), as sent.
@@ -136,12 +143,17 @@ pub async fn create_backup(
     Ok(create_backup_version::v3::Response::new(version).into())
 }
 
-pub async fn latest_backup(State(s): S, req: Ruma<get_latest_backup_info::v3::Request>) -> Result<Response, ApiError> {
-    Ok(json_ok(s.e2ee.backup_info(&req.caller().user_id, None).await?))
+pub async fn latest_backup(
+    State(s): S,
+    req: Ruma<get_latest_backup_info::v3::Request>,
+) -> ApiResult<get_latest_backup_info::v3::Response> {
+    let b = s.e2ee.backup_info(&req.caller().user_id, None).await?;
+    Ok(get_latest_backup_info::v3::Response::new(b.algorithm, b.count, b.etag, b.version).into())
 }
 
-pub async fn backup(State(s): S, req: Ruma<get_backup_info::v3::Request>) -> Result<Response, ApiError> {
-    Ok(json_ok(s.e2ee.backup_info(&req.caller().user_id, Some(&req.body.version)).await?))
+pub async fn backup(State(s): S, req: Ruma<get_backup_info::v3::Request>) -> ApiResult<get_backup_info::v3::Response> {
+    let b = s.e2ee.backup_info(&req.caller().user_id, Some(&req.body.version)).await?;
+    Ok(get_backup_info::v3::Response::new(b.algorithm, b.count, b.etag, b.version).into())
 }
 
 pub async fn update_backup(
@@ -197,28 +209,32 @@ pub async fn put_session_key(
     Ok(add_backup_keys_for_session::v3::Response::new(c.etag, UInt::new_saturating(c.count)).into())
 }
 
-pub async fn get_keys(State(s): S, req: Ruma<get_backup_keys::v3::Request>) -> Result<Response, ApiError> {
-    Ok(json_ok(s.e2ee.get_backup_keys(&req.caller().user_id, &req.body.version, None, None).await?))
+pub async fn get_keys(State(s): S, req: Ruma<get_backup_keys::v3::Request>) -> ApiResult<get_backup_keys::v3::Response> {
+    let rooms = s.e2ee.get_backup_keys(&req.caller().user_id, &req.body.version, None, None).await?;
+    Ok(get_backup_keys::v3::Response::new(rooms.into_iter().map(|(r, k)| (r, RoomKeyBackup::new(k))).collect()).into())
 }
 
 pub async fn get_room_keys(
     State(s): S,
     req: Ruma<get_backup_keys_for_room::v3::Request>,
-) -> Result<Response, ApiError> {
+) -> ApiResult<get_backup_keys_for_room::v3::Response> {
     let b = &req.body;
-    Ok(json_ok(s.e2ee.get_backup_keys(&req.caller().user_id, &b.version, Some(b.room_id.as_str()), None).await?))
+    let rooms = s.e2ee.get_backup_keys(&req.caller().user_id, &b.version, Some(b.room_id.as_str()), None).await?;
+    Ok(get_backup_keys_for_room::v3::Response::new(rooms.into_values().next().unwrap_or_default()).into())
 }
 
 pub async fn get_session_key(
     State(s): S,
     req: Ruma<get_backup_keys_for_session::v3::Request>,
-) -> Result<Response, ApiError> {
+) -> ApiResult<get_backup_keys_for_session::v3::Response> {
     let b = &req.body;
-    let v = s
+    let rooms = s
         .e2ee
         .get_backup_keys(&req.caller().user_id, &b.version, Some(b.room_id.as_str()), Some(&b.session_id))
         .await?;
-    Ok(json_ok(v))
+    let key = rooms.into_values().flat_map(BTreeMap::into_values).next();
+    let key = key.ok_or_else(|| Error::not_found("No key for this session"))?;
+    Ok(get_backup_keys_for_session::v3::Response::new(key).into())
 }
 
 pub async fn delete_keys(
@@ -270,9 +286,9 @@ pub async fn put_dehydrated_device(
 pub async fn get_dehydrated_device(
     State(s): S,
     req: Ruma<get_dehydrated_device::unstable::Request>,
-) -> Result<Response, ApiError> {
+) -> ApiResult<get_dehydrated_device::unstable::Response> {
     let (device_id, device_data) = s.e2ee.dehydrated_device(&req.caller().user_id).await?;
-    Ok(json_ok(json!({ "device_id": device_id, "device_data": device_data })))
+    Ok(get_dehydrated_device::unstable::Response::new(device_id, device_data).into())
 }
 
 pub async fn delete_dehydrated_device(
@@ -286,9 +302,7 @@ pub async fn delete_dehydrated_device(
 pub async fn dehydrated_device_events(
     State(s): S,
     req: Ruma<get_events::unstable::Request>,
-) -> Result<Response, ApiError> {
+) -> ApiResult<get_events::unstable::Response> {
     let b = &req.body;
-    Ok(json_ok(
-        s.e2ee.dehydrated_device_events(&req.caller().user_id, b.device_id.as_str(), b.next_batch.as_deref()).await?,
-    ))
+    Ok(s.e2ee.dehydrated_device_events(&req.caller().user_id, b.device_id.as_str(), b.next_batch.as_deref()).await?.into())
 }

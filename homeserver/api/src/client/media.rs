@@ -133,7 +133,7 @@ pub async fn upload_to(
         )
         .await?;
     // ruma's response type has no constructor: its body is `{}`.
-    Ok(crate::ruma_wrapper::json_ok(serde_json::json!({})))
+    Ok(axum::Json(serde_json::Map::new()).into_response())
 }
 
 pub async fn download(State(s): S, req: Ruma<authed::get_content::v1::Request>) -> Result<Response, ApiError> {
@@ -161,17 +161,20 @@ pub async fn thumbnail(
     Ok(file_response(d, None, true))
 }
 
-pub async fn preview(State(s): S, req: Ruma<authed::get_media_preview::v1::Request>) -> Result<Response, ApiError> {
+pub async fn preview(
+    State(s): S,
+    req: Ruma<authed::get_media_preview::v1::Request>,
+) -> ApiResult<authed::get_media_preview::v1::Response> {
     let og = s.previews.preview_url(&req.caller().user_id, &req.body.url).await?;
-    Ok(crate::ruma_wrapper::json_ok(og))
+    Ok(authed::get_media_preview::v1::Response::from_serialize(&og).map_err(diplomatie_service::internal!())?.into())
 }
 
 pub async fn legacy_preview(
     State(s): S,
     req: Ruma<media::get_media_preview::v3::Request>,
-) -> Result<Response, ApiError> {
+) -> ApiResult<media::get_media_preview::v3::Response> {
     let og = s.previews.preview_url(&req.caller().user_id, &req.body.url).await?;
-    Ok(crate::ruma_wrapper::json_ok(og))
+    Ok(media::get_media_preview::v3::Response::from_serialize(&og).map_err(diplomatie_service::internal!())?.into())
 }
 
 /// The deprecated unauthenticated downloads answer as if the media did not exist unless the

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::{extract::State, response::Response};
+use axum::extract::State;
 use diplomatie_service::{Error, Services};
 use ruma::{
     api::client::push::{
@@ -14,11 +14,10 @@ use ruma::{
     push::{AnyPushRule, RuleKind},
     UserId,
 };
-use serde_json::json;
 
 use crate::{
     error::ApiError,
-    ruma_wrapper::{json_ok, ApiResult, Ruma},
+    ruma_wrapper::{ApiResult, Ruma},
 };
 
 type S = State<Arc<Services>>;
@@ -103,20 +102,21 @@ pub async fn set_actions(
     Ok(set_pushrule_actions::v3::Response::new().into())
 }
 
-pub async fn notifications(State(s): S, req: Ruma<get_notifications::v3::Request>) -> Result<Response, ApiError> {
+pub async fn notifications(
+    State(s): S,
+    req: Ruma<get_notifications::v3::Request>,
+) -> ApiResult<get_notifications::v3::Response> {
     let b = &req.body;
     let limit = b.limit.map(|l| u64::from(l).min(1000) as usize);
     let only_highlight = b.only.as_deref() == Some("highlight");
     let (list, next) = s.push.notifications(&req.caller().user_id, b.from.as_deref(), limit, only_highlight).await?;
-    let mut body = json!({ "notifications": list });
-    if let Some(next) = next {
-        body["next_token"] = json!(next);
-    }
-    Ok(json_ok(body))
+    let mut body = get_notifications::v3::Response::new(list);
+    body.next_token = next;
+    Ok(body.into())
 }
 
-pub async fn pushers(State(s): S, req: Ruma<get_pushers::v3::Request>) -> Result<Response, ApiError> {
-    Ok(json_ok(json!({ "pushers": s.push.pushers(&req.caller().user_id) })))
+pub async fn pushers(State(s): S, req: Ruma<get_pushers::v3::Request>) -> ApiResult<get_pushers::v3::Response> {
+    Ok(get_pushers::v3::Response::new(s.push.pushers(&req.caller().user_id)).into())
 }
 
 pub async fn set_pusher(State(s): S, req: Ruma<set_pusher::v3::Request>) -> ApiResult<set_pusher::v3::Response> {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::{extract::State, response::Response};
+use axum::extract::State;
 use diplomatie_service::{Error, Services};
 use ruma::api::client::{
     alias::{create_alias, delete_alias, get_alias},
@@ -17,11 +17,10 @@ use ruma::api::client::{
     state::{get_state_event_for_key, get_state_events, send_state_event},
     user_directory::search_users,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::{
-    error::ApiError,
-    ruma_wrapper::{json_ok, ApiResult, Ruma},
+    ruma_wrapper::{ApiResult, Ruma},
 };
 
 type S = State<Arc<Services>>;
@@ -142,7 +141,10 @@ pub async fn state(State(s): S, req: Ruma<get_state_events::v3::Request>) -> Api
 }
 
 /// `GET /rooms/{roomId}/state/{eventType}/{stateKey}`
-pub async fn state_event(State(s): S, req: Ruma<get_state_event_for_key::v3::Request>) -> Result<Response, ApiError> {
+pub async fn state_event(
+    State(s): S,
+    req: Ruma<get_state_event_for_key::v3::Request>,
+) -> ApiResult<get_state_event_for_key::v3::Response> {
     let user = &req.caller().user_id;
     let until = s.rooms.readable_until(user, &req.body.room_id).await?;
     let state = s.rooms.state_at_position(&req.body.room_id, until).await?;
@@ -152,7 +154,8 @@ pub async fn state_event(State(s): S, req: Ruma<get_state_event_for_key::v3::Req
         .await?
         .ok_or_else(|| Error::not_found("State event not found"))?;
     let full = matches!(req.body.format, get_state_event_for_key::v3::StateEventFormat::Event);
-    Ok(json_ok(if full { pdu.to_client(true) } else { pdu.content_value() }))
+    let body = if full { pdu.to_raw::<ruma::events::AnyStateEvent>(true).into_json() } else { pdu.content.clone() };
+    Ok(get_state_event_for_key::v3::Response::new(body).into())
 }
 
 /// `PUT /rooms/{roomId}/state/{eventType}/{stateKey}`
@@ -213,16 +216,19 @@ pub async fn set_visibility(
     Ok(set_room_visibility::v3::Response::new().into())
 }
 
-pub(crate) fn directory_page(chunk: Vec<Value>, next: Option<String>, prev: Option<String>, total: usize) -> Response {
-    let mut body = json!({ "chunk": chunk, "total_room_count_estimate": total });
-    if let Some(n) = next {
-        body["next_batch"] = json!(n);
-    }
-    if let Some(p) = prev {
-        body["prev_batch"] = json!(p);
-    }
-    json_ok(body)
+/// A page of a room directory as a response type (client or federation) carries it: `$new`
+/// makes the response from the page's rooms.
+macro_rules! rooms_page {
+    ($page:expr, $new:expr) => {{
+        let page: diplomatie_service::rooms::directory::RoomsPage = $page;
+        let mut response = $new(page.chunk);
+        response.next_batch = page.next_batch;
+        response.prev_batch = page.prev_batch;
+        response.total_room_count_estimate = page.total_room_count_estimate;
+        response
+    }};
 }
+pub(crate) use rooms_page;
 
 /// Another server's public room directory, asked over federation.
 fn remote(s: &Services, server: Option<&ruma::ServerName>) -> Option<ruma::OwnedServerName> {
@@ -230,32 +236,36 @@ fn remote(s: &Services, server: Option<&ruma::ServerName>) -> Option<ruma::Owned
 }
 
 /// `GET /publicRooms`
-pub async fn public_rooms(State(s): S, req: Ruma<get_public_rooms::v3::Request>) -> Result<Response, ApiError> {
+pub async fn public_rooms(
+    State(s): S,
+    req: Ruma<get_public_rooms::v3::Request>,
+) -> ApiResult<get_public_rooms::v3::Response> {
     let limit = req.body.limit.map(|l| u64::from(l) as usize);
-    if let Some(server) = remote(&s, req.body.server.as_deref()) {
-        return Ok(json_ok(
-            s.federation.remote_public_rooms(&server, None, req.body.since.clone(), req.body.limit).await?,
-        ));
-    }
-    let (chunk, next, prev, total) = s.directory.public_rooms(None, req.body.since.as_deref(), limit).await?;
-    Ok(directory_page(chunk, next, prev, total))
+    let page = match remote(&s, req.body.server.as_deref()) {
+        Some(server) => {
+            s.federation.remote_public_rooms(&server, None, req.body.since.clone(), req.body.limit).await?.into()
+        }
+        None => s.directory.public_rooms(None, req.body.since.as_deref(), limit).await?,
+    };
+    Ok(rooms_page!(page, get_public_rooms::v3::Response::new).into())
 }
 
 /// `POST /publicRooms` with a search filter.
 pub async fn public_rooms_filtered(
     State(s): S,
     req: Ruma<get_public_rooms_filtered::v3::Request>,
-) -> Result<Response, ApiError> {
+) -> ApiResult<get_public_rooms_filtered::v3::Response> {
     let limit = req.body.limit.map(|l| u64::from(l) as usize);
     let term = req.body.filter.generic_search_term.clone();
-    if let Some(server) = remote(&s, req.body.server.as_deref()) {
-        return Ok(json_ok(
-            s.federation.remote_public_rooms(&server, term, req.body.since.clone(), req.body.limit).await?,
-        ));
-    }
-    let (chunk, next, prev, total) =
-        s.directory.public_rooms(term.as_deref(), req.body.since.as_deref(), limit).await?;
-    Ok(directory_page(chunk, next, prev, total))
+    let page = match remote(&s, req.body.server.as_deref()) {
+        Some(server) => s.federation.remote_public_rooms(&server, term, req.body.since.clone(), req.body.limit).await?.into(),
+        None => s.directory.public_rooms(term.as_deref(), req.body.since.as_deref(), limit).await?,
+    };
+    Ok(rooms_page!(page, |chunk| {
+        let mut r = get_public_rooms_filtered::v3::Response::new();
+        r.chunk = chunk;
+        r
+    }).into())
 }
 
 /// `POST /user_directory/search`
@@ -271,7 +281,7 @@ pub async fn search_users(State(s): S, req: Ruma<search_users::v3::Request>) -> 
 pub async fn hierarchy(
     State(s): S,
     req: Ruma<ruma::api::client::space::get_hierarchy::v1::Request>,
-) -> Result<Response, ApiError> {
+) -> ApiResult<ruma::api::client::space::get_hierarchy::v1::Response> {
     use diplomatie_service::rooms::spaces::HierarchyRequest;
     let b = &req.body;
     let as_usize = |v: Option<ruma::UInt>| v.map(|v| u64::from(v).min(usize::MAX as u64) as usize);
@@ -288,9 +298,8 @@ pub async fn hierarchy(
             },
         )
         .await?;
-    let mut body = serde_json::json!({ "rooms": page.rooms });
-    if let Some(next) = page.next_batch {
-        body["next_batch"] = next.into();
-    }
-    Ok(json_ok(body))
+    let mut body = ruma::api::client::space::get_hierarchy::v1::Response::new();
+    body.rooms = page.rooms;
+    body.next_batch = page.next_batch;
+    Ok(body.into())
 }

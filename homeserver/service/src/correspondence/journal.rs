@@ -181,7 +181,7 @@ impl Correspondence {
     }
 
     /// The action items of the groups `user` belongs to, with their status.
-    pub async fn journal_items(&self, user: &UserId) -> Result<Value> {
+    pub async fn journal_items(&self, user: &UserId) -> Result<JournalItems> {
         let cleared = self.portal.person(user).await?.clearance == diplomatie_policies::Level::DR;
         let mut items = Vec::new();
         for slug in self.groups_of(user).await? {
@@ -190,14 +190,18 @@ impl Correspondence {
                     .await?
                     .filter(|s| s.classification != "DR" || cleared)
                     .map(|s| s.subject);
-                items.push(json!({
-                    "reference": a.reference, "group": a.group_slug, "status": a.status,
-                    "assignee": a.assignee, "updated_by": a.updated_by, "updated_ts": a.updated_ts,
-                    "subject": subject,
-                }));
+                items.push(ActionItem {
+                    reference: a.reference,
+                    group: a.group_slug,
+                    status: a.status,
+                    assignee: a.assignee,
+                    updated_by: a.updated_by,
+                    updated_ts: a.updated_ts,
+                    subject,
+                });
             }
         }
-        Ok(json!({ "action": items, "tags": self.followed_tags(user).await? }))
+        Ok(JournalItems { action: items, tags: self.followed_tags(user).await? })
     }
 
     /// The slugs of the functional groups `user` is a member of.
@@ -237,4 +241,25 @@ fn valid_tag(tag: &str) -> Result<String> {
 
 async fn policies_allow_journal(s: &Correspondence, user: &UserId) -> Result<bool> {
     Ok(s.portal.person(user).await?.kind != diplomatie_policies::AccountKind::External)
+}
+
+/// What an agent's journal holds besides its room: the action items of their groups, and the
+/// tags they follow.
+#[derive(Debug, serde::Serialize)]
+pub struct JournalItems {
+    pub action: Vec<ActionItem>,
+    pub tags: Vec<String>,
+}
+
+/// A correspondence one of the agent's groups must act on (its subject hidden above the
+/// agent's clearance).
+#[derive(Debug, serde::Serialize)]
+pub struct ActionItem {
+    pub reference: String,
+    pub group: String,
+    pub status: String,
+    pub assignee: Option<String>,
+    pub updated_by: Option<String>,
+    pub updated_ts: i64,
+    pub subject: Option<String>,
 }

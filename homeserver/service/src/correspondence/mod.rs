@@ -16,6 +16,7 @@
 //! items, in **one** transaction: a refusal or a failure leaves nothing half-dispatched.
 
 mod journal;
+pub use journal::{ActionItem, JournalItems};
 mod model;
 mod state;
 mod status;
@@ -621,11 +622,11 @@ impl Correspondence {
 
     /// How many distinct agents read a correspondence (a public read receipt at or after one of
     /// its copies), in all and by their primary group; for its author or an administrator.
-    pub async fn audience(&self, caller: &Caller, reference: &str) -> Result<Value> {
+    pub async fn audience(&self, caller: &Caller, reference: &str) -> Result<Audience> {
         self.audience_for(&caller.user_id, caller.is_admin, reference).await
     }
 
-    pub(crate) async fn audience_for(&self, user: &UserId, is_admin: bool, reference: &str) -> Result<Value> {
+    pub(crate) async fn audience_for(&self, user: &UserId, is_admin: bool, reference: &str) -> Result<Audience> {
         let stored = store::get(self.db.pool(), reference)
             .await?
             .ok_or_else(|| Error::not_found(format!("Unknown correspondence {reference}")))?;
@@ -635,7 +636,7 @@ impl Correspondence {
         self.audience_of(&stored).await
     }
 
-    async fn audience_of(&self, stored: &store::Stored) -> Result<Value> {
+    async fn audience_of(&self, stored: &store::Stored) -> Result<Audience> {
         let system = self.organisation.system_user().await?;
         let mut by_group: BTreeMap<String, u64> = BTreeMap::new();
         let mut readers = 0u64;
@@ -667,13 +668,13 @@ impl Correspondence {
             *by_group.entry(group).or_default() += 1;
         }
         let deliveries = store::deliveries(self.db.pool(), &stored.reference).await?;
-        Ok(json!({
-            "reference": stored.reference,
-            "readers": readers,
-            "by_group": by_group,
-            "delivered_to": deliveries.iter().filter(|d| !d.role.starts_with("journal")).count(),
-            "journal_entries": deliveries.iter().filter(|d| d.role.starts_with("journal")).count(),
-        }))
+        Ok(Audience {
+            reference: stored.reference.clone(),
+            readers,
+            by_group,
+            delivered_to: deliveries.iter().filter(|d| !d.role.starts_with("journal")).count(),
+            journal_entries: deliveries.iter().filter(|d| d.role.starts_with("journal")).count(),
+        })
     }
 
     /// A batch writer spanning rooms (see [`crate::rooms::RoomWriter`]).
@@ -691,6 +692,17 @@ impl Correspondence {
         }
         self.rooms.append_event(Target::Room(room), &system, PduBuilder::message("m.room.message", content), None).await
     }
+}
+
+/// Who read a correspondence: its readers (author and system account aside), by primary
+/// group (`-` for none), and where it was delivered.
+#[derive(Debug, serde::Serialize)]
+pub struct Audience {
+    pub reference: String,
+    pub readers: u64,
+    pub by_group: BTreeMap<String, u64>,
+    pub delivered_to: usize,
+    pub journal_entries: usize,
 }
 
 /// The calendar year of a timestamp (UTC).

@@ -257,13 +257,10 @@ impl Correspondence {
                 let reference = one("référence")?;
                 let admin = self.accounts.is_admin(user).await?;
                 let a = self.audience_for(user, admin, reference).await?;
-                let groups: Vec<String> = a["by_group"]
-                    .as_object()
-                    .map(|m| m.iter().map(|(g, n)| format!("{g} : {n}")).collect())
-                    .unwrap_or_default();
+                let groups: Vec<String> = a.by_group.iter().map(|(g, n)| format!("{g} : {n}")).collect();
                 format!(
                     "Audience de {reference} : {} lecteurs{}.",
-                    a["readers"],
+                    a.readers,
                     if groups.is_empty() { String::new() } else { format!(" ({})", groups.join(", ")) }
                 )
             }

@@ -5,10 +5,14 @@ use std::collections::BTreeMap;
 
 use diplomatie_storage::e2ee as store;
 use ruma::{
-    api::error::{ErrorKind, WrongRoomKeysVersionErrorData},
-    UserId,
+    api::{
+        client::backup::{BackupAlgorithm, KeyBackupData},
+        error::{ErrorKind, WrongRoomKeysVersionErrorData},
+    },
+    serde::Raw,
+    OwnedRoomId, UInt, UserId,
 };
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 use super::E2ee;
 use crate::{Error, Result};
@@ -24,6 +28,14 @@ fn better(new: &Value, old: &Value) -> bool {
     let verified = |v: &Value| v["is_verified"].as_bool().unwrap_or(false);
     let forwarded = |v: &Value| v["forwarded_count"].as_u64().unwrap_or(u64::MAX);
     (index(new), !verified(new), forwarded(new)) < (index(old), !verified(old), forwarded(old))
+}
+
+/// A backup version's description.
+pub struct BackupInfo {
+    pub algorithm: Raw<BackupAlgorithm>,
+    pub count: UInt,
+    pub etag: String,
+    pub version: String,
 }
 
 /// What a change of a backup's keys answers: its new etag and how many keys it holds.
@@ -52,8 +64,8 @@ impl E2ee {
         Ok(BackupCount { etag: etag.to_string(), count: u64::try_from(count).unwrap_or(0) })
     }
 
-    /// The backup's description: algorithm, auth data, count, etag, version.
-    pub async fn backup_info(&self, user: &UserId, version: Option<&str>) -> Result<Value> {
+    /// The backup's description: its algorithm and auth data, count, etag and version.
+    pub async fn backup_info(&self, user: &UserId, version: Option<&str>) -> Result<BackupInfo> {
         let pool = self.db.pool();
         let (version, algorithm, etag) = match version {
             None => store::current_backup(pool, user.as_str())
@@ -61,11 +73,13 @@ impl E2ee {
                 .ok_or_else(|| Error::not_found("No current backup version"))?,
             Some(v) => self.existing_backup(user, v).await?,
         };
-        let mut info: Value = serde_json::from_str(&algorithm)?;
-        info["version"] = json!(version.to_string());
-        info["etag"] = json!(etag.to_string());
-        info["count"] = json!(store::backup_count(pool, user.as_str(), version).await?);
-        Ok(info)
+        let count = store::backup_count(pool, user.as_str(), version).await?;
+        Ok(BackupInfo {
+            algorithm: Raw::from_json_string(algorithm)?,
+            count: UInt::try_from(count).unwrap_or_default(),
+            etag: etag.to_string(),
+            version: version.to_string(),
+        })
     }
 
     pub async fn update_backup(&self, user: &UserId, version: &str, algorithm: &Value) -> Result<()> {
@@ -149,28 +163,21 @@ impl E2ee {
     }
 
     /// Backed-up keys at the granularity asked for.
+    /// The keys of a backup, by room and session: all of them, a room's, or one session's.
     pub async fn get_backup_keys(
         &self,
         user: &UserId,
         version: &str,
         room: Option<&str>,
         session: Option<&str>,
-    ) -> Result<Value> {
+    ) -> Result<BTreeMap<OwnedRoomId, BTreeMap<String, Raw<KeyBackupData>>>> {
         let v = self.existing_backup(user, version).await?.0;
-        let keys = store::backup_keys(self.db.pool(), user.as_str(), v, room, session).await?;
-        if session.is_some() {
-            let (_, _, json) = keys.into_iter().next().ok_or_else(|| Error::not_found("No key for this session"))?;
-            return Ok(serde_json::from_str(&json)?);
+        let mut rooms: BTreeMap<OwnedRoomId, BTreeMap<String, Raw<KeyBackupData>>> = BTreeMap::new();
+        for (room_id, session_id, json) in store::backup_keys(self.db.pool(), user.as_str(), v, room, session).await? {
+            let room_id = OwnedRoomId::try_from(room_id).map_err(crate::internal!())?;
+            rooms.entry(room_id).or_default().insert(session_id, Raw::from_json_string(json)?);
         }
-        let mut rooms: Map<String, Value> = Map::new();
-        for (room_id, session_id, json) in keys {
-            let entry = rooms.entry(room_id).or_insert_with(|| json!({ "sessions": {} }));
-            entry["sessions"][session_id] = serde_json::from_str(&json)?;
-        }
-        Ok(match room {
-            Some(r) => rooms.remove(r).unwrap_or_else(|| json!({ "sessions": {} })),
-            None => json!({ "rooms": rooms }),
-        })
+        Ok(rooms)
     }
 
     pub async fn delete_backup_keys(

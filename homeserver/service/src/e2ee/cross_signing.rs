@@ -4,10 +4,23 @@
 use std::collections::BTreeMap;
 
 use diplomatie_storage::e2ee as store;
-use ruma::{api::client::uiaa::AuthData, OwnedUserId, UserId};
-use serde_json::{json, Map, Value};
+use ruma::{api::client::uiaa::AuthData, encryption::CrossSigningKey, serde::Raw, OwnedUserId, UserId};
+use serde_json::{json, Value};
 
 use super::E2ee;
+
+/// What `/keys/signatures/upload` answers: the signatures refused, by user and key.
+#[derive(serde::Serialize)]
+pub struct SignatureFailures {
+    pub failures: BTreeMap<OwnedUserId, BTreeMap<String, SignatureFailure>>,
+}
+
+/// A signature refused, and why.
+#[derive(serde::Serialize)]
+pub struct SignatureFailure {
+    pub errcode: &'static str,
+    pub error: String,
+}
 use crate::{accounts::Caller, Error, Result};
 
 /// The single `ed25519:<public>` entry of a cross-signing key: (key id, public key).
@@ -97,14 +110,14 @@ impl E2ee {
         &self,
         caller: &Caller,
         signed: &BTreeMap<OwnedUserId, BTreeMap<String, Value>>,
-    ) -> Result<Value> {
+    ) -> Result<SignatureFailures> {
         let me = caller.user_id.as_str();
         let pool = self.db.pool();
         let own_key = |kind: &'static str| async move {
             let json = store::cross_signing_key(pool, me, kind).await?;
             json.map(|j| serde_json::from_str::<Value>(&j)).transpose().map_err(Error::from)
         };
-        let mut failures = Map::new();
+        let mut failures: BTreeMap<OwnedUserId, BTreeMap<String, SignatureFailure>> = BTreeMap::new();
         let mut changed = false;
         for (user, objects) in signed {
             for (key_id, object) in objects {
@@ -177,9 +190,8 @@ impl E2ee {
                     Ok(()) => changed = true,
                     Err(Error::Internal) => return Err(Error::Internal),
                     Err(e) => {
-                        let body = e.body();
-                        let entry = failures.entry(user.to_string()).or_insert_with(|| json!({}));
-                        entry[key_id] = json!({ "errcode": "M_INVALID_SIGNATURE", "error": body.message });
+                        let failure = SignatureFailure { errcode: "M_INVALID_SIGNATURE", error: e.body().message };
+                        failures.entry(user.clone()).or_default().insert(key_id.clone(), failure);
                     }
                 }
             }
@@ -187,7 +199,7 @@ impl E2ee {
         if changed {
             self.device_list_changed(&caller.user_id).await?;
         }
-        Ok(json!({ "failures": failures }))
+        Ok(SignatureFailures { failures })
     }
 
     /// The cross-signing keys `/keys/query` returns for `user`, as `requester` sees them.
@@ -195,7 +207,7 @@ impl E2ee {
         &self,
         requester: &UserId,
         user: &UserId,
-    ) -> Result<BTreeMap<&'static str, Value>> {
+    ) -> Result<BTreeMap<&'static str, Raw<CrossSigningKey>>> {
         let mut out = BTreeMap::new();
         for kind in ["master", "self_signing", "user_signing"] {
             if kind == "user_signing" && requester != user {
@@ -212,7 +224,7 @@ impl E2ee {
                     }
                 }
             }
-            out.insert(kind, key);
+            out.insert(kind, crate::to_raw(&key)?);
         }
         Ok(out)
     }

@@ -4,8 +4,12 @@
 use std::collections::BTreeMap;
 
 use diplomatie_storage::{accounts, e2ee as store};
-use ruma::{OwnedDeviceId, UserId};
-use serde_json::{json, Value};
+use ruma::{
+    api::client::dehydrated_device::{get_events, DehydratedDeviceData},
+    serde::Raw,
+    OwnedDeviceId, UserId,
+};
+use serde_json::Value;
 
 use super::E2ee;
 use crate::{
@@ -52,23 +56,23 @@ impl E2ee {
     }
 
     /// `GET .../dehydrated_device`: (device id, device data).
-    pub async fn dehydrated_device(&self, user: &UserId) -> Result<(String, Value)> {
+    pub async fn dehydrated_device(&self, user: &UserId) -> Result<(OwnedDeviceId, Raw<DehydratedDeviceData>)> {
         let (device, data) = store::dehydrated_device(self.db.pool(), user.as_str())
             .await?
             .ok_or_else(|| Error::not_found("No dehydrated device"))?;
-        Ok((device, serde_json::from_str(&data)?))
+        Ok((device.into(), Raw::from_json_string(data)?))
     }
 
     /// `DELETE .../dehydrated_device`: removes it with its keys and messages.
     pub async fn delete_dehydrated_device(&self, user: &UserId) -> Result<OwnedDeviceId> {
         let (device, _) = self.dehydrated_device(user).await?;
         let mut tx = self.db.begin().await?;
-        accounts::delete_device(&mut tx, user.as_str(), &device).await?;
+        accounts::delete_device(&mut tx, user.as_str(), device.as_str()).await?;
         store::delete_dehydrated_device(&mut tx, user.as_str()).await?;
         diplomatie_storage::commit(tx).await?;
         self.accounts.tokens.forget_user(user.as_str());
         self.devices_changed(user, &[device.as_str()]).await?;
-        Ok(device.into())
+        Ok(device)
     }
 
     /// `POST .../dehydrated_device/{deviceId}/events`: the device's to-device messages after
@@ -78,7 +82,7 @@ impl E2ee {
         user: &UserId,
         device_id: &str,
         next_batch: Option<&str>,
-    ) -> Result<Value> {
+    ) -> Result<get_events::unstable::Response> {
         match store::dehydrated_device(self.db.pool(), user.as_str()).await? {
             Some((d, _)) if d == device_id => {}
             _ => return Err(Error::forbidden("Not your dehydrated device")),
@@ -90,16 +94,12 @@ impl E2ee {
         }
         let rows = store::to_device_for(self.db.pool(), user.as_str(), device_id, i64::MAX, 100).await?;
         let last = rows.last().map(|r| r.3).or(since);
-        let events: Vec<Value> = rows
+        let events = rows
             .into_iter()
-            .map(|(sender, kind, content, _)| {
-                json!({ "sender": sender, "type": kind, "content": serde_json::from_str::<Value>(&content).unwrap_or(Value::Null) })
-            })
-            .collect();
-        let mut out = json!({ "events": events });
-        if let Some(last) = last {
-            out["next_batch"] = json!(last.to_string());
-        }
+            .map(|(sender, kind, content, _)| super::to_device_event(&sender, &kind, &content))
+            .collect::<Result<_>>()?;
+        let mut out = get_events::unstable::Response::new(events);
+        out.next_batch = last.map(|l| l.to_string());
         Ok(out)
     }
 }

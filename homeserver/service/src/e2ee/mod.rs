@@ -17,12 +17,16 @@ use std::{
 
 use diplomatie_storage::e2ee as store;
 use ruma::{
-    api::error::ErrorKind,
+    api::{
+        client::keys::{claim_keys, get_keys},
+        error::ErrorKind,
+    },
+    encryption::{CrossSigningKey, OneTimeKey},
     events::AnyToDeviceEvent,
     serde::{Base64, Raw},
-    CanonicalJsonObject, OneTimeKeyAlgorithm, OwnedUserId, UInt, UserId,
+    CanonicalJsonObject, OneTimeKeyAlgorithm, OneTimeKeyId, OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId, UInt, UserId,
 };
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::{
     accounts::{Accounts, Caller},
@@ -293,10 +297,8 @@ impl E2ee {
         &self,
         requester: &UserId,
         requested: &BTreeMap<OwnedUserId, Vec<String>>,
-    ) -> Result<Value> {
-        let mut device_keys = Map::new();
-        let mut failures = Map::new();
-        let mut cross_signing: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
+    ) -> Result<get_keys::v3::Response> {
+        let mut out = get_keys::v3::Response::new();
         let mut remote: BTreeMap<ruma::OwnedServerName, BTreeMap<OwnedUserId, Vec<String>>> = BTreeMap::new();
         for (user, devices) in requested {
             if user.server_name() != self.server_name() {
@@ -305,49 +307,49 @@ impl E2ee {
             }
             let names: BTreeMap<String, Option<String>> =
                 self.accounts.devices(user).await?.into_iter().map(|d| (d.device_id, d.display_name)).collect();
-            let mut user_keys = Map::new();
+            let mut user_keys = BTreeMap::new();
             for (device, json) in store::user_device_keys(self.db.pool(), user.as_str()).await? {
                 if !devices.is_empty() && !devices.contains(&device) {
                     continue;
                 }
-                let mut keys: Value = serde_json::from_str(&json)?;
-                if let Some(Some(name)) = names.get(&device) {
-                    keys["unsigned"] = json!({ "device_display_name": name });
-                }
-                user_keys.insert(device, keys);
+                let keys = match names.get(&device) {
+                    Some(Some(name)) => {
+                        let mut keys: Value = serde_json::from_str(&json)?;
+                        keys["unsigned"] = json!({ "device_display_name": name });
+                        crate::to_raw(&keys)?
+                    }
+                    _ => Raw::from_json_string(json)?,
+                };
+                user_keys.insert(OwnedDeviceId::from(device), keys);
             }
-            device_keys.insert(user.to_string(), Value::Object(user_keys));
+            out.device_keys.insert(user.clone(), user_keys);
             for (kind, key) in self.cross_signing_keys_for(requester, user).await? {
-                cross_signing.entry(kind).or_default().insert(user.to_string(), key);
+                cross_signing_slot(&mut out, kind).insert(user.clone(), key);
             }
         }
         // Users of other servers: asked of their servers (a server that fails is a failure).
         for (server, users) in remote {
             match self.query_remote_keys(&server, users).await {
                 Ok(answer) => {
-                    for (user, keys) in answer.device_keys {
-                        device_keys.insert(user, keys);
-                    }
-                    for (kind, keys) in answer.cross_signing {
-                        cross_signing.entry(kind).or_default().extend(keys);
-                    }
+                    out.device_keys.extend(answer.device_keys);
+                    out.master_keys.extend(answer.master_keys);
+                    out.self_signing_keys.extend(answer.self_signing_keys);
                 }
                 Err(e) => {
-                    failures.insert(server.to_string(), json!({ "errcode": "M_UNKNOWN", "error": e.to_string() }));
+                    out.failures.insert(server.to_string(), json!({ "errcode": "M_UNKNOWN", "error": e.to_string() }));
                 }
             }
-        }
-        let mut out = json!({ "device_keys": device_keys, "failures": failures });
-        for (kind, keys) in cross_signing {
-            out[format!("{kind}_keys")] = Value::Object(keys);
         }
         Ok(out)
     }
 
     /// `POST /keys/claim`: a one-time key per requested device, the fallback key otherwise.
-    pub async fn claim_keys(&self, requested: &BTreeMap<OwnedUserId, BTreeMap<String, String>>) -> Result<Value> {
-        let mut claimed = Map::new();
-        let mut failures = Map::new();
+    pub async fn claim_keys(
+        &self,
+        requested: &BTreeMap<OwnedUserId, BTreeMap<String, String>>,
+    ) -> Result<claim_keys::v3::Response> {
+        let mut claimed: BTreeMap<OwnedUserId, OneTimeKeys> = BTreeMap::new();
+        let mut failures = BTreeMap::new();
         let mut remote: BTreeMap<ruma::OwnedServerName, BTreeMap<OwnedUserId, BTreeMap<String, String>>> =
             BTreeMap::new();
         let mut tx = self.db.begin().await?;
@@ -356,7 +358,7 @@ impl E2ee {
                 remote.entry(user.server_name().to_owned()).or_default().insert(user.clone(), devices.clone());
                 continue;
             }
-            let mut user_keys = Map::new();
+            let mut user_keys = BTreeMap::new();
             for (device, algorithm) in devices {
                 let key = match store::claim_one_time_key(&mut tx, user.as_str(), device, algorithm).await? {
                     Some(k) => Some(k),
@@ -364,11 +366,12 @@ impl E2ee {
                 };
                 self.state.forget_counts(user.as_str(), device);
                 if let Some((key_id, json)) = key {
-                    let value: Value = serde_json::from_str(&json)?;
-                    user_keys.insert(device.clone(), json!({ format!("{algorithm}:{key_id}"): value }));
+                    let id = OneTimeKeyId::parse(format!("{algorithm}:{key_id}"))
+                        .map_err(|_| Error::invalid_param("Invalid one-time key id"))?;
+                    user_keys.insert(OwnedDeviceId::from(device.as_str()), BTreeMap::from([(id, Raw::from_json_string(json)?)]));
                 }
             }
-            claimed.insert(user.to_string(), Value::Object(user_keys));
+            claimed.insert(user.clone(), user_keys);
         }
         diplomatie_storage::commit(tx).await?;
         for (server, users) in remote {
@@ -379,7 +382,9 @@ impl E2ee {
                 }
             }
         }
-        Ok(json!({ "one_time_keys": claimed, "failures": failures }))
+        let mut out = claim_keys::v3::Response::new(claimed);
+        out.failures = failures;
+        Ok(out)
     }
 
     /// `GET /keys/changes`: users sharing a room whose devices changed between two tokens.
@@ -635,5 +640,20 @@ impl commit::Subscriber for MembershipPositions {
         for pdu in members {
             e2ee.state.membership_changed(pdu.stream_ordering);
         }
+    }
+}
+
+/// One-time keys claimed for a user's devices.
+pub type OneTimeKeys = BTreeMap<OwnedDeviceId, BTreeMap<OwnedOneTimeKeyId, Raw<OneTimeKey>>>;
+
+/// The map of a `/keys/query` answer that holds cross-signing keys of `kind`.
+fn cross_signing_slot<'a>(
+    out: &'a mut get_keys::v3::Response,
+    kind: &str,
+) -> &'a mut BTreeMap<OwnedUserId, Raw<CrossSigningKey>> {
+    match kind {
+        "master" => &mut out.master_keys,
+        "self_signing" => &mut out.self_signing_keys,
+        _ => &mut out.user_signing_keys,
     }
 }

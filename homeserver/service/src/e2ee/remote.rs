@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use ruma::{
     api::federation::keys::{claim_keys, get_keys},
+    encryption::{CrossSigningKey, DeviceKeys},
+    serde::Raw,
     OwnedDeviceId, OwnedServerName, OwnedUserId, ServerName, UserId,
 };
 use serde_json::{json, Map, Value};
@@ -14,10 +16,11 @@ use serde_json::{json, Map, Value};
 use super::E2ee;
 use crate::Result;
 
-/// What another server answered about its users' keys.
+/// What another server answered about its users' keys (only its own users kept).
 pub struct RemoteKeys {
-    pub device_keys: Vec<(String, Value)>,
-    pub cross_signing: Vec<(&'static str, Map<String, Value>)>,
+    pub device_keys: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, Raw<DeviceKeys>>>,
+    pub master_keys: BTreeMap<OwnedUserId, Raw<CrossSigningKey>>,
+    pub self_signing_keys: BTreeMap<OwnedUserId, Raw<CrossSigningKey>>,
 }
 
 impl E2ee {
@@ -30,26 +33,12 @@ impl E2ee {
         let request: BTreeMap<OwnedUserId, Vec<OwnedDeviceId>> =
             users.into_iter().map(|(u, d)| (u, d.into_iter().map(OwnedDeviceId::from).collect())).collect();
         let answer = self.transport.federation_request(server, get_keys::v1::Request::new(request)).await?;
-        let mut device_keys = Vec::new();
-        for (user, devices) in answer.device_keys {
-            if user.server_name() != server {
-                continue;
-            }
-            let mut keys = Map::new();
-            for (device, raw) in devices {
-                keys.insert(device.to_string(), serde_json::from_str(raw.json().get())?);
-            }
-            device_keys.push((user.to_string(), Value::Object(keys)));
-        }
-        let mut cross_signing = Vec::new();
-        for (kind, keys) in [("master", answer.master_keys), ("self_signing", answer.self_signing_keys)] {
-            let mut map = Map::new();
-            for (user, raw) in keys.into_iter().filter(|(u, _)| u.server_name() == server) {
-                map.insert(user.to_string(), serde_json::from_str(raw.json().get())?);
-            }
-            cross_signing.push((kind, map));
-        }
-        Ok(RemoteKeys { device_keys, cross_signing })
+        let own = |u: &OwnedUserId| u.server_name() == server;
+        Ok(RemoteKeys {
+            device_keys: answer.device_keys.into_iter().filter(|(u, _)| own(u)).collect(),
+            master_keys: answer.master_keys.into_iter().filter(|(u, _)| own(u)).collect(),
+            self_signing_keys: answer.self_signing_keys.into_iter().filter(|(u, _)| own(u)).collect(),
+        })
     }
 
     /// Claims one-time keys of `server`'s users.
@@ -57,7 +46,7 @@ impl E2ee {
         &self,
         server: &ServerName,
         users: BTreeMap<OwnedUserId, BTreeMap<String, String>>,
-    ) -> Result<Map<String, Value>> {
+    ) -> Result<BTreeMap<OwnedUserId, super::OneTimeKeys>> {
         let request: claim_keys::v1::OneTimeKeyClaims = users
             .into_iter()
             .map(|(u, d)| {
@@ -65,16 +54,7 @@ impl E2ee {
             })
             .collect();
         let answer = self.transport.federation_request(server, claim_keys::v1::Request::new(request)).await?;
-        let value = serde_json::to_value(&answer.one_time_keys)?;
-        let mut out = Map::new();
-        if let Value::Object(users) = value {
-            for (user, keys) in users {
-                if <&UserId>::try_from(user.as_str()).is_ok_and(|u| u.server_name() == server) {
-                    out.insert(user, keys);
-                }
-            }
-        }
-        Ok(out)
+        Ok(answer.one_time_keys.into_iter().filter(|(u, _)| u.server_name() == server).collect())
     }
 
     /// Sends to-device messages to other servers' users, one EDU per server.

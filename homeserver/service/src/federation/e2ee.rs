@@ -6,7 +6,11 @@
 use std::collections::BTreeMap;
 
 use ruma::{
-    api::federation::{device::get_devices, transactions::edu::DirectDeviceContent},
+    api::federation::{
+        device::get_devices,
+        keys::{claim_keys, get_keys},
+        transactions::edu::DirectDeviceContent,
+    },
     OwnedDeviceId, OwnedUserId, ServerName, UserId,
 };
 use serde_json::Value;
@@ -16,27 +20,34 @@ use crate::{Error, Result};
 
 impl Peers {
     /// `user/keys/query` from another server: keys of this server's users.
-    pub async fn federation_query_keys(&self, requested: &BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>) -> Result<Value> {
+    pub async fn federation_query_keys(
+        &self,
+        requested: &BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
+    ) -> Result<get_keys::v1::Response> {
         let local: BTreeMap<OwnedUserId, Vec<String>> = requested
             .iter()
             .filter(|(u, _)| u.server_name() == self.server_name())
             .map(|(u, d)| (u.clone(), d.iter().map(|d| d.to_string()).collect()))
             .collect();
         let me = self.federation_reader();
-        self.e2ee.query_keys(&me, &local).await
+        let answer = self.e2ee.query_keys(&me, &local).await?;
+        let mut out = get_keys::v1::Response::new(answer.device_keys);
+        out.master_keys = answer.master_keys;
+        out.self_signing_keys = answer.self_signing_keys;
+        Ok(out)
     }
 
     /// `user/keys/claim` from another server: one-time keys of this server's users.
     pub async fn federation_claim_keys(
         &self,
         requested: &BTreeMap<OwnedUserId, BTreeMap<String, String>>,
-    ) -> Result<Value> {
+    ) -> Result<claim_keys::v1::Response> {
         let local: BTreeMap<OwnedUserId, BTreeMap<String, String>> = requested
             .iter()
             .filter(|(u, _)| u.server_name() == self.server_name())
             .map(|(u, d)| (u.clone(), d.clone()))
             .collect();
-        self.e2ee.claim_keys(&local).await
+        Ok(claim_keys::v1::Response::new(self.e2ee.claim_keys(&local).await?.one_time_keys))
     }
 
     /// `user/devices/{userId}` from another server.
@@ -60,10 +71,9 @@ impl Peers {
         response.devices = devices;
         let me = self.federation_reader();
         for (kind, key) in self.e2ee.cross_signing_keys_for(&me, user).await? {
-            let raw = serde_json::value::to_raw_value(&key).map_err(crate::internal!())?;
             match kind {
-                "master" => response.master_key = Some(ruma::serde::Raw::from_json(raw)),
-                "self_signing" => response.self_signing_key = Some(ruma::serde::Raw::from_json(raw)),
+                "master" => response.master_key = Some(key),
+                "self_signing" => response.self_signing_key = Some(key),
                 _ => {}
             }
         }

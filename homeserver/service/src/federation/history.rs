@@ -6,7 +6,10 @@ use std::{
     sync::Arc,
 };
 
-use ruma::{events::StateEventType, state_res::StateMap, OwnedEventId, RoomId, ServerName};
+use ruma::{
+    api::federation::directory::get_public_rooms_filtered, events::StateEventType, state_res::StateMap, OwnedEventId,
+    RoomId, ServerName,
+};
 
 use super::Federation;
 use crate::{Error, Pdu, Result};
@@ -154,23 +157,11 @@ impl Federation {
         term: Option<String>,
         since: Option<String>,
         limit: Option<ruma::UInt>,
-    ) -> Result<serde_json::Value> {
-        use ruma::api::federation::directory::get_public_rooms_filtered;
+    ) -> Result<get_public_rooms_filtered::v1::Response> {
         let mut request = get_public_rooms_filtered::v1::Request::new();
         request.filter.generic_search_term = term;
         request.since = since;
         request.limit = limit;
-        let answer = self.transport.federation_request(server, request).await?;
-        let mut out = serde_json::json!({ "chunk": answer.chunk });
-        if let Some(n) = answer.next_batch {
-            out["next_batch"] = n.into();
-        }
-        if let Some(p) = answer.prev_batch {
-            out["prev_batch"] = p.into();
-        }
-        if let Some(t) = answer.total_room_count_estimate {
-            out["total_room_count_estimate"] = u64::from(t).into();
-        }
-        Ok(out)
+        self.transport.federation_request(server, request).await
     }
 }

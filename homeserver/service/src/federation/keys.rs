@@ -11,21 +11,21 @@ use ruma::{
         error::ErrorKind,
         federation::{
             authentication::XMatrix,
-            discovery::{get_remote_server_keys, get_server_keys},
+            discovery::{get_remote_server_keys, get_server_keys, ServerSigningKeys},
         },
     },
-    serde::Base64,
+    serde::{Base64, Raw},
     signatures::{PublicKeyMap, PublicKeySet, Verified},
     CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, RoomVersionId, ServerName,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::client::{KeySet, Transport};
 use crate::{now_ms, Error, Result};
 
 impl Transport {
     /// This server's keys, signed by itself, as `/_matrix/key/v2/server` serves them.
-    pub fn own_server_keys(&self) -> Result<Value> {
+    pub fn own_server_keys(&self) -> Result<Raw<ServerSigningKeys>> {
         use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};
         let key = STANDARD_NO_PAD.encode(self.keys.keypair.public_key());
         let valid_until = now_ms() + self.config.federation.key_validity_ms as i64;
@@ -38,7 +38,7 @@ impl Transport {
         let mut object: CanonicalJsonObject = serde_json::from_value(object).map_err(crate::internal!())?;
         ruma::signatures::sign_json(self.server_name().as_str(), &self.keys.keypair, &mut object)
             .map_err(crate::internal!())?;
-        serde_json::to_value(object).map_err(crate::internal!())
+        Ok(Raw::from_json(serde_json::value::to_raw_value(&object).map_err(crate::internal!())?))
     }
 
     /// The keys of `server` valid at `valid_at` (ms), fetching them when none known is.
@@ -204,7 +204,7 @@ impl Transport {
 
     /// `/_matrix/key/v2/query` (notary): a server's keys as it signed them, countersigned by
     /// this server (fetched from that server itself, never through other notaries).
-    pub async fn notary_keys(&self, server: &ServerName) -> Result<Value> {
+    pub async fn notary_keys(&self, server: &ServerName) -> Result<Raw<ServerSigningKeys>> {
         if server == self.server_name() {
             return self.own_server_keys();
         }
@@ -213,7 +213,7 @@ impl Transport {
         self.remote_keys.servers.lock().unwrap().insert(server.to_owned(), keys);
         ruma::signatures::sign_json(self.server_name().as_str(), &self.keys.keypair, &mut object)
             .map_err(crate::internal!())?;
-        serde_json::to_value(object).map_err(crate::internal!())
+        Ok(Raw::from_json(serde_json::value::to_raw_value(&object).map_err(crate::internal!())?))
     }
 
     /// Checks the signatures and content hash of a received event. A hash that does not match

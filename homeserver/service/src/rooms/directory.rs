@@ -3,11 +3,16 @@
 use std::sync::Arc;
 
 use ruma::{
-    api::{client::user_directory::search_users, error::ErrorKind},
-    events::StateEventType,
-    OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
+    api::{
+        client::user_directory::search_users, error::ErrorKind,
+        federation::directory::get_public_rooms_filtered,
+    },
+    directory::PublicRoomsChunk,
+    events::{room::join_rules::RoomJoinRulesEventContent, StateEventType},
+    room::{JoinRuleSummary, RoomSummary, RoomType},
+    OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UInt, UserId,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{timeline::Timeline, Rooms};
 use crate::{
@@ -17,6 +22,25 @@ use crate::{
     portal::Portal,
     Error, Result,
 };
+
+/// A page of the public room directory (this server's, or another's asked over federation).
+pub struct RoomsPage {
+    pub chunk: Vec<PublicRoomsChunk>,
+    pub next_batch: Option<String>,
+    pub prev_batch: Option<String>,
+    pub total_room_count_estimate: Option<UInt>,
+}
+
+impl From<get_public_rooms_filtered::v1::Response> for RoomsPage {
+    fn from(r: get_public_rooms_filtered::v1::Response) -> Self {
+        RoomsPage {
+            chunk: r.chunk,
+            next_batch: r.next_batch,
+            prev_batch: r.prev_batch,
+            total_room_count_estimate: r.total_room_count_estimate,
+        }
+    }
+}
 
 /// Aliases, the public room directory, the user directory, room summaries and the space
 /// hierarchy (`spaces.rs`); over the rooms, the accounts, the portal (what may be listed), the
@@ -159,54 +183,53 @@ impl Directory {
         Ok(room.is_public)
     }
 
-    /// The room's summary as the directory and the hierarchy show it.
-    pub async fn room_summary(&self, room_id: &RoomId) -> Result<Value> {
+    /// The room's summary as the directory, the hierarchy and room previews show it.
+    pub async fn room_summary(&self, room_id: &RoomId) -> Result<RoomSummary> {
         let state = self.rooms.current_state(room_id).await?;
-        let field = |kind: StateEventType, name: &'static str| {
+        let content = |kind: StateEventType| {
             let state = state.clone();
             async move {
-                Ok::<_, Error>(match self.rooms.state_event_in(&state, &kind, "").await? {
-                    Some(p) => p.content_field(name),
-                    None => None,
-                })
+                let pdu = self.rooms.state_event_in(&state, &kind, "").await?;
+                Ok::<_, Error>(pdu.map(|p| p.content.clone()))
             }
         };
-        let name = field(StateEventType::RoomName, "name").await?;
-        let topic = field(StateEventType::RoomTopic, "topic").await?;
-        let avatar = field(StateEventType::RoomAvatar, "url").await?;
-        let alias = field(StateEventType::RoomCanonicalAlias, "alias").await?;
-        let join_rule = field(StateEventType::RoomJoinRules, "join_rule").await?.unwrap_or(json!("invite"));
-        let visibility = field(StateEventType::RoomHistoryVisibility, "history_visibility").await?;
-        let guest = field(StateEventType::RoomGuestAccess, "guest_access").await?;
-        let room_type = field(StateEventType::RoomCreate, "type").await?;
-        let mut summary = json!({
-            "room_id": room_id,
-            "num_joined_members": self.rooms.joined_members(room_id).await?.len(),
-            "world_readable": visibility.is_some_and(|v| v == "world_readable"),
-            "guest_can_join": guest.is_some_and(|v| v == "can_join"),
-            "join_rule": join_rule,
-        });
-        for (key, value) in [
-            ("name", name),
-            ("topic", topic),
-            ("avatar_url", avatar),
-            ("canonical_alias", alias),
-            ("room_type", room_type),
-        ] {
-            if let Some(v) = value.filter(|v| !v.is_null()) {
-                summary[key] = v;
-            }
-        }
+        let parse = |raw: &serde_json::value::RawValue| serde_json::from_str::<Value>(raw.get()).ok();
+        let text = |raw: Option<Box<serde_json::value::RawValue>>, field: &str| {
+            raw.and_then(|r| parse(&r)).and_then(|mut v| v.get_mut(field).map(Value::take)).and_then(|v| match v {
+                Value::String(s) => Some(s),
+                _ => None,
+            })
+        };
+        let join_rule = content(StateEventType::RoomJoinRules)
+            .await?
+            .and_then(|c| serde_json::from_str::<RoomJoinRulesEventContent>(c.get()).ok())
+            .map_or(JoinRuleSummary::Invite, |c| c.join_rule.into());
+        let visibility = text(content(StateEventType::RoomHistoryVisibility).await?, "history_visibility");
+        let guest = text(content(StateEventType::RoomGuestAccess).await?, "guest_access");
+        let joined = self.rooms.joined_members(room_id).await?.len();
+        let mut summary = RoomSummary::new(
+            room_id.to_owned(),
+            join_rule,
+            guest.as_deref() == Some("can_join"),
+            UInt::try_from(joined).unwrap_or_default(),
+            visibility.as_deref() == Some("world_readable"),
+        );
+        summary.name = text(content(StateEventType::RoomName).await?, "name").filter(|n| !n.is_empty());
+        summary.topic = text(content(StateEventType::RoomTopic).await?, "topic").filter(|t| !t.is_empty());
+        summary.avatar_url = text(content(StateEventType::RoomAvatar).await?, "url")
+            .filter(|u| !u.is_empty())
+            .map(ruma::OwnedMxcUri::from);
+        summary.canonical_alias = text(content(StateEventType::RoomCanonicalAlias).await?, "alias")
+            .and_then(|a| OwnedRoomAliasId::try_from(a).ok());
+        let create = content(StateEventType::RoomCreate).await?;
+        summary.room_type = text(create.clone(), "type").map(RoomType::from);
+        summary.room_version = self.rooms.room_meta(room_id).await?.map(|m| m.version.clone());
+        summary.encryption = text(content(StateEventType::RoomEncryption).await?, "algorithm").map(Into::into);
         Ok(summary)
     }
 
     /// The public room directory, filtered by a search term, paginated by offset tokens.
-    pub async fn public_rooms(
-        &self,
-        term: Option<&str>,
-        since: Option<&str>,
-        limit: Option<usize>,
-    ) -> Result<(Vec<Value>, Option<String>, Option<String>, usize)> {
+    pub async fn public_rooms(&self, term: Option<&str>, since: Option<&str>, limit: Option<usize>) -> Result<RoomsPage> {
         let ids = diplomatie_storage::rooms::public_rooms(self.db.pool()).await?;
         let term = term.map(str::to_lowercase).filter(|t| !t.is_empty());
         let mut rooms = Vec::new();
@@ -219,9 +242,10 @@ impl Directory {
             }
             let summary = self.room_summary(&room_id).await?;
             if let Some(term) = &term {
-                let hay = ["name", "topic", "canonical_alias", "room_id"]
-                    .iter()
-                    .filter_map(|k| summary.get(*k).and_then(Value::as_str))
+                let alias = summary.canonical_alias.as_ref().map(|a| a.as_str());
+                let hay = [summary.name.as_deref(), summary.topic.as_deref(), alias, Some(summary.room_id.as_str())]
+                    .into_iter()
+                    .flatten()
                     .map(str::to_lowercase)
                     .collect::<Vec<_>>()
                     .join(" ");
@@ -232,12 +256,7 @@ impl Directory {
             rooms.push(summary);
         }
         // Largest rooms first, as Synapse orders them.
-        rooms.sort_by(|a, b| {
-            b["num_joined_members"]
-                .as_u64()
-                .cmp(&a["num_joined_members"].as_u64())
-                .then_with(|| a["room_id"].as_str().cmp(&b["room_id"].as_str()))
-        });
+        rooms.sort_by(|a, b| b.num_joined_members.cmp(&a.num_joined_members).then_with(|| a.room_id.cmp(&b.room_id)));
         let total = rooms.len();
         let offset = match since {
             Some(s) => {
@@ -246,10 +265,10 @@ impl Directory {
             None => 0,
         };
         let limit = limit.unwrap_or(usize::MAX).max(1);
-        let page: Vec<Value> = rooms.into_iter().skip(offset).take(limit).collect();
-        let next = (offset + page.len() < total).then(|| format!("o{}", offset + page.len()));
-        let prev = (offset > 0).then(|| format!("o{}", offset.saturating_sub(limit)));
-        Ok((page, next, prev, total))
+        let chunk: Vec<PublicRoomsChunk> = rooms.into_iter().skip(offset).take(limit).map(Into::into).collect();
+        let next_batch = (offset + chunk.len() < total).then(|| format!("o{}", offset + chunk.len()));
+        let prev_batch = (offset > 0).then(|| format!("o{}", offset.saturating_sub(limit)));
+        Ok(RoomsPage { chunk, next_batch, prev_batch, total_room_count_estimate: Some(UInt::try_from(total).unwrap_or_default()) })
     }
 
     /// The user directory: local users matching the term. Results are (user id, name, avatar).

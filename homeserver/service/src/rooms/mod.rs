@@ -13,6 +13,7 @@ pub mod event_core;
 pub mod members;
 pub mod membership;
 pub mod received;
+mod recent;
 pub mod resolve;
 pub mod spaces;
 pub mod timeline;
@@ -72,6 +73,8 @@ pub struct Rooms {
     events: Mutex<LruCache<OwnedEventId, Arc<Pdu>>>,
     /// Users whose membership is `join`, per room.
     joined: Mutex<HashMap<OwnedRoomId, Arc<HashSet<OwnedUserId>>>>,
+    /// The newest events of the rooms written to since start-up (`recent.rs`).
+    recent: Mutex<LruCache<OwnedRoomId, recent::RecentEvents>>,
     next_state_group: AtomicI64,
     /// Events waiting for the group commit.
     queue: Mutex<Vec<SendJob>>,
@@ -124,6 +127,7 @@ impl Rooms {
             states: Mutex::new(crate::lru(20_000)),
             events: Mutex::new(crate::lru(100_000)),
             joined: Mutex::default(),
+            recent: Mutex::new(crate::lru(10_000)),
             next_state_group: AtomicI64::new(-1),
             queue: Mutex::default(),
             recent_txns: Mutex::new(crate::lru(10_000)),
@@ -249,6 +253,22 @@ impl Rooms {
             None
         };
         pdu.client_view(with_room_id, txn.as_ref().map(|(_, id)| id.as_str())).to_raw()
+    }
+
+    /// The ids of a room's events with `from < stream position <= to`, newest first, `limit`
+    /// at most: from memory when the room's newest events cover the range.
+    pub(crate) async fn event_ids_between(
+        &self,
+        room_id: &RoomId,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> Result<Vec<OwnedEventId>> {
+        if let Some(ids) = self.recent.lock().unwrap().peek(room_id).and_then(|r| r.between(from, to, limit)) {
+            return Ok(ids);
+        }
+        let ids = ev_store::room_event_ids(self.db.pool(), room_id.as_str(), from, to, limit as i64).await?;
+        ids.into_iter().map(|id| OwnedEventId::try_from(id).map_err(crate::internal!())).collect()
     }
 
     pub async fn get_pdu(&self, event_id: &ruma::EventId) -> Result<Option<Arc<Pdu>>> {
@@ -1072,6 +1092,15 @@ impl<'a> RoomWriter<'a> {
             }
             for pdu in &redacted {
                 events.put(pdu.event_id.clone(), Arc::new(pdu.clone()));
+            }
+        }
+        {
+            let mut recent = caches.recent.lock().unwrap();
+            for pdu in &appended {
+                let room = recent.get_or_insert_mut(pdu.room_id.clone(), || {
+                    recent::RecentEvents::starting_at(pdu.stream_ordering)
+                });
+                room.push(pdu.stream_ordering, pdu.event_id.clone());
             }
         }
         for resolved in &resolved_rooms {

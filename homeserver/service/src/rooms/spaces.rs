@@ -12,7 +12,14 @@ use std::collections::HashSet;
 
 use ruma::events::room::member::MembershipState;
 use ruma::{
-    api::federation::space::get_hierarchy, events::StateEventType, OwnedRoomId, OwnedServerName, RoomId, UserId,
+    api::{
+        client::space::SpaceHierarchyRoomsChunk,
+        federation::space::{get_hierarchy, SpaceHierarchyParentSummary},
+    },
+    events::{space::child::HierarchySpaceChildEvent, StateEventType},
+    room::{JoinRuleSummary, RoomSummary},
+    serde::Raw,
+    OwnedRoomId, OwnedServerName, RoomId, UserId,
 };
 use serde_json::{json, Value};
 
@@ -22,7 +29,7 @@ use crate::{Error, Result};
 /// One page of the hierarchy.
 #[derive(Debug)]
 pub struct HierarchyPage {
-    pub rooms: Vec<Value>,
+    pub rooms: Vec<SpaceHierarchyRoomsChunk>,
     pub next_batch: Option<String>,
 }
 
@@ -78,6 +85,11 @@ impl Child {
     }
 }
 
+/// The children's `m.space.child` events as a hierarchy chunk lists them.
+fn children_state(children: &[Child]) -> Result<Vec<Raw<HierarchySpaceChildEvent>>> {
+    children.iter().map(|c| crate::to_raw(&c.stripped)).collect()
+}
+
 /// The spec's `order` key: at most 50 characters between 0x20 and 0x7E.
 fn valid_order(order: &str) -> bool {
     order.len() <= 50 && order.bytes().all(|b| (0x20..=0x7e).contains(&b))
@@ -131,18 +143,14 @@ impl Directory {
                 if rooms.len() == limit {
                     return Ok(HierarchyPage { rooms, next_batch: Some(format!("{shown}_{options}")) });
                 }
-                let summary = match summary {
+                let chunk = match summary {
                     Some(remote) => remote,
                     None => {
-                        let mut summary = self.room_summary(&room_id).await?;
-                        summary["children_state"] = Value::Array(children.iter().map(|c| c.stripped.clone()).collect());
-                        if let Some(allowed) = self.restricted_allow_rooms(&room_id).await? {
-                            summary["allowed_room_ids"] = json!(allowed);
-                        }
-                        summary
+                        let summary = self.room_summary(&room_id).await?;
+                        SpaceHierarchyRoomsChunk::new(summary, children_state(&children)?)
                     }
                 };
-                rooms.push(summary);
+                rooms.push(chunk);
             }
             shown += 1;
             if depth < max_depth {
@@ -183,7 +191,7 @@ impl Directory {
         room_id: &RoomId,
         via: &[OwnedServerName],
         suggested_only: bool,
-    ) -> Result<Option<(Value, Vec<Child>)>> {
+    ) -> Result<Option<(SpaceHierarchyRoomsChunk, Vec<Child>)>> {
         if !self.transport.federation_enabled() {
             return Ok(None);
         }
@@ -197,33 +205,34 @@ impl Directory {
                     continue;
                 }
             };
-            let summary = serde_json::to_value(&room)?;
-            if summary.get("room_id").and_then(Value::as_str) != Some(room_id.as_str()) {
+            if room.summary.room_id != room_id {
                 continue;
             }
-            if !self.may_see_remote_summary(user, &summary).await? {
+            if !self.may_see_remote_summary(user, &room.summary).await? {
                 return Ok(None);
             }
-            let stripped = summary.get("children_state").and_then(Value::as_array).cloned().unwrap_or_default();
-            let mut children: Vec<Child> =
-                stripped.into_iter().filter_map(|c| Child::from_stripped(c, suggested_only)).collect();
+            let mut children: Vec<Child> = room
+                .children_state
+                .iter()
+                .filter_map(|c| serde_json::from_str(c.json().get()).ok())
+                .filter_map(|c| Child::from_stripped(c, suggested_only))
+                .collect();
             Child::sort(&mut children);
-            return Ok(Some((summary, children)));
+            return Ok(Some((SpaceHierarchyRoomsChunk::new(room.summary, room.children_state), children)));
         }
         Ok(None)
     }
 
     /// Whether `user`, who is not in it, may see a remote room's summary.
-    async fn may_see_remote_summary(&self, user: &UserId, summary: &Value) -> Result<bool> {
-        if summary.get("world_readable").and_then(Value::as_bool) == Some(true) {
+    async fn may_see_remote_summary(&self, user: &UserId, summary: &RoomSummary) -> Result<bool> {
+        if summary.world_readable {
             return Ok(true);
         }
-        match summary.get("join_rule").and_then(Value::as_str).unwrap_or("public") {
-            "public" | "knock" | "knock_restricted" => Ok(true),
-            "restricted" => {
+        match &summary.join_rule {
+            JoinRuleSummary::Public | JoinRuleSummary::Knock | JoinRuleSummary::KnockRestricted(_) => Ok(true),
+            JoinRuleSummary::Restricted(r) => {
                 let joined = crate::rooms::joined_rooms(self, user).await?;
-                let allowed = summary.get("allowed_room_ids").and_then(Value::as_array).cloned().unwrap_or_default();
-                Ok(allowed.iter().any(|r| joined.iter().any(|j| r.as_str() == Some(j.as_str()))))
+                Ok(r.allowed_room_ids.iter().any(|a| joined.iter().any(|j| j.as_str() == a.as_str())))
             }
             _ => Ok(false),
         }
@@ -238,46 +247,21 @@ impl Directory {
             return Ok(true);
         }
         let summary = self.room_summary(room_id).await?;
-        if summary["world_readable"] == true {
+        if summary.world_readable {
             return Ok(true);
         }
-        match summary["join_rule"].as_str() {
-            Some("public" | "knock") => Ok(true),
-            Some("restricted" | "knock_restricted") => {
-                for allowed in self.restricted_allow_rooms(room_id).await?.unwrap_or_default() {
-                    if let Ok(r) = <&RoomId>::try_from(allowed.as_str()) {
-                        if self.rooms.room_meta(r).await?.is_some() && self.rooms.is_joined(r, user).await? {
-                            return Ok(true);
-                        }
+        match &summary.join_rule {
+            JoinRuleSummary::Public | JoinRuleSummary::Knock => Ok(true),
+            JoinRuleSummary::Restricted(r) | JoinRuleSummary::KnockRestricted(r) => {
+                for allowed in &r.allowed_room_ids {
+                    if self.rooms.room_meta(allowed).await?.is_some() && self.rooms.is_joined(allowed, user).await? {
+                        return Ok(true);
                     }
                 }
                 Ok(false)
             }
             _ => Ok(false),
         }
-    }
-
-    /// The rooms a restricted join rule names, when the room's rule is restricted.
-    async fn restricted_allow_rooms(&self, room_id: &RoomId) -> Result<Option<Vec<String>>> {
-        let Some(rules) = self.rooms.state_event(room_id, &StateEventType::RoomJoinRules, "").await? else {
-            return Ok(None);
-        };
-        let content = rules.content_value();
-        if !matches!(content.get("join_rule").and_then(Value::as_str), Some("restricted" | "knock_restricted")) {
-            return Ok(None);
-        }
-        let rooms = content
-            .get("allow")
-            .and_then(Value::as_array)
-            .map(|allow| {
-                allow
-                    .iter()
-                    .filter(|e| e.get("type").and_then(Value::as_str) == Some("m.room_membership"))
-                    .filter_map(|e| e.get("room_id").and_then(Value::as_str).map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(Some(rooms))
     }
 }
 
@@ -290,7 +274,7 @@ impl Directory {
         origin: &ruma::ServerName,
         room_id: &RoomId,
         suggested_only: bool,
-    ) -> Result<Value> {
+    ) -> Result<get_hierarchy::v1::Response> {
         if self.rooms.room_meta(room_id).await?.is_none() {
             return Err(Error::not_found("Unknown room"));
         }
@@ -298,11 +282,7 @@ impl Directory {
             return Err(Error::not_found("Unknown room"));
         }
         let children = self.space_children(room_id, suggested_only).await?;
-        let mut room = self.room_summary(room_id).await?;
-        room["children_state"] = Value::Array(children.iter().map(|c| c.stripped.clone()).collect());
-        if let Some(allowed) = self.restricted_allow_rooms(room_id).await? {
-            room["allowed_room_ids"] = json!(allowed);
-        }
+        let room = SpaceHierarchyParentSummary::new(self.room_summary(room_id).await?, children_state(&children)?);
         let mut shown = Vec::new();
         let mut inaccessible = Vec::new();
         for child in children {
@@ -310,16 +290,15 @@ impl Directory {
                 continue;
             }
             if !self.server_may_see(origin, &child.room_id).await? {
-                inaccessible.push(json!(child.room_id));
+                inaccessible.push(child.room_id);
                 continue;
             }
-            let mut summary = self.room_summary(&child.room_id).await?;
-            if let Some(allowed) = self.restricted_allow_rooms(&child.room_id).await? {
-                summary["allowed_room_ids"] = json!(allowed);
-            }
-            shown.push(summary);
+            shown.push(self.room_summary(&child.room_id).await?);
         }
-        Ok(json!({ "room": room, "children": shown, "inaccessible_children": inaccessible }))
+        let mut answer = get_hierarchy::v1::Response::new(room);
+        answer.children = shown;
+        answer.inaccessible_children = inaccessible;
+        Ok(answer)
     }
 
     /// Whether another server may see a room's summary: one of its users is in the room, or

@@ -25,9 +25,14 @@ use std::{
 };
 
 use diplomatie_storage::{events as ev_store, state as state_store, Db};
-use ruma::{events::TimelineEventType, EventId, UserId};
+use ruma::{
+    api::client::search::search_events::v3::{
+        EventContextResult, ResultGroup, ResultGroupMap, ResultRoomEvents, SearchResult, UserProfile,
+    },
+    events::TimelineEventType,
+    EventId, UInt, UserId,
+};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
 
 use self::index::{Covered, IndexedEvent, Key, SearchIndex};
 use crate::{
@@ -305,7 +310,7 @@ impl Search {
         user: &UserId,
         criteria: Criteria,
         next_batch: Option<&str>,
-    ) -> Result<Value> {
+    ) -> Result<ResultRoomEvents> {
         let keys: Vec<Key> = match &criteria.keys {
             None => vec![Key::Body, Key::Name, Key::Topic],
             Some(keys) => keys
@@ -398,79 +403,76 @@ impl Search {
         }
 
         let context = criteria.event_context.as_ref();
-        let mut out = Vec::new();
+        let mut body = ResultRoomEvents::new();
         for (score, pdu) in &results {
-            let mut result = json!({ "rank": score, "result": pdu.to_client(true) });
+            let mut result = SearchResult::new();
+            result.rank = Some(f64::from(*score));
+            result.result = Some(pdu.to_raw(true));
             if let Some(ctx) = context {
-                result["context"] = self.search_context(user, pdu, ctx).await?;
+                result.context = self.search_context(user, pdu, ctx).await?;
             }
-            out.push(result);
+            body.results.push(result);
         }
-        let mut body = json!({
-            "count": count,
-            "highlights": SearchIndex::words(&criteria.search_term),
-            "results": out,
-        });
-        if let Some(n) = next {
-            body["next_batch"] = json!(n);
-        }
+        body.count = Some(UInt::try_from(count).unwrap_or(UInt::MAX));
+        body.highlights = SearchIndex::words(&criteria.search_term);
+        body.next_batch = next;
         if criteria.include_state {
-            let mut state = Map::new();
             for (_, pdu) in &results {
-                let room = pdu.room_id.to_string();
-                if state.contains_key(&room) {
+                if body.state.contains_key(&pdu.room_id) {
                     continue;
                 }
                 let map = self.rooms.current_state(pdu.room()).await?;
                 let mut events = Vec::new();
                 for id in map.values() {
                     if let Some(p) = self.rooms.get_pdu(id).await? {
-                        events.push(p.to_client(true));
+                        events.push(p.to_raw(true));
                     }
                 }
-                state.insert(room, Value::Array(events));
+                body.state.insert(pdu.room_id.clone(), events);
             }
-            body["state"] = Value::Object(state);
         }
         if let Some(groupings) = &criteria.groupings {
-            let mut groups = Map::new();
             for group in &groupings.group_by {
-                let key_of = |p: &Pdu| match group.key.as_str() {
-                    "room_id" => Ok(p.room_id.to_string()),
-                    "sender" => Ok(p.sender.to_string()),
-                    other => Err(Error::invalid_param(format!("Unknown grouping key {other}"))),
-                };
-                let mut by_key: BTreeMap<String, (usize, Vec<String>)> = BTreeMap::new();
-                for (_, pdu) in &results {
-                    let order = by_key.len();
-                    let entry = by_key.entry(key_of(pdu)?).or_insert((order, Vec::new()));
-                    entry.1.push(pdu.event_id.to_string());
+                // Groups in the order their first result comes.
+                fn grouped<K: Ord + Clone>(
+                    results: &[(f32, Arc<Pdu>)],
+                    key_of: impl Fn(&Pdu) -> K,
+                ) -> BTreeMap<K, ResultGroup> {
+                    let mut groups: BTreeMap<K, ResultGroup> = BTreeMap::new();
+                    for (_, pdu) in results {
+                        let order = UInt::try_from(groups.len()).unwrap_or(UInt::MAX);
+                        let group = groups.entry(key_of(pdu)).or_insert_with(|| {
+                            let mut g = ResultGroup::new();
+                            g.order = Some(order);
+                            g
+                        });
+                        group.results.push(pdu.event_id.clone());
+                    }
+                    groups
                 }
-                let g: Map<String, Value> = by_key
-                    .into_iter()
-                    .map(|(k, (order, ids))| (k, json!({ "order": order, "results": ids })))
-                    .collect();
-                groups.insert(group.key.clone(), Value::Object(g));
+                let map = match group.key.as_str() {
+                    "room_id" => ResultGroupMap::RoomId(grouped(&results, |p| p.room_id.clone())),
+                    "sender" => ResultGroupMap::Sender(grouped(&results, |p| p.sender.clone())),
+                    other => return Err(Error::invalid_param(format!("Unknown grouping key {other}"))),
+                };
+                body.groups.insert(map);
             }
-            body["groups"] = Value::Object(groups);
         }
         Ok(body)
     }
 
     /// The `context` of a search result.
-    async fn search_context(&self, user: &UserId, pdu: &Pdu, ctx: &ContextRequest) -> Result<Value> {
+    async fn search_context(&self, user: &UserId, pdu: &Pdu, ctx: &ContextRequest) -> Result<EventContextResult> {
         let (before, after, start, end) =
             self.rooms.events_around(user, pdu, ctx.before_limit.min(50), ctx.after_limit.min(50)).await?;
-        let mut context = json!({
-            "events_before": before.iter().map(|p| p.to_client(true)).collect::<Vec<_>>(),
-            "events_after": after.iter().map(|p| p.to_client(true)).collect::<Vec<_>>(),
-            "start": start,
-            "end": end,
-        });
+        let mut context = EventContextResult::new();
+        context.events_before = before.iter().map(|p| p.to_raw(true)).collect();
+        context.events_after = after.iter().map(|p| p.to_raw(true)).collect();
+        context.start = Some(start);
+        context.end = Some(end);
         if ctx.include_profile {
-            let mut profiles = Map::new();
             for p in before.iter().chain(after.iter()).map(|p| &**p).chain(std::iter::once(pdu)) {
-                if profiles.contains_key(p.sender.as_str()) {
+                if context.profile_info.contains_key(&p.sender) {
                     continue;
                 }
                 let state = self.rooms.state_map(p.state_group).await?;
@@ -478,17 +480,14 @@ impl Search {
                     .rooms
                     .state_event_in(&state, &ruma::events::StateEventType::RoomMember, p.sender.as_str())
                     .await?;
-                let mut profile = json!({});
+                let mut profile = UserProfile::new();
                 if let Some(m) = member {
-                    for field in ["displayname", "avatar_url"] {
-                        if let Some(v) = m.content_field(field).filter(|v| !v.is_null()) {
-                            profile[field] = v;
-                        }
-                    }
+                    let text = |field| m.content_field(field).and_then(|v| v.as_str().map(str::to_owned));
+                    profile.displayname = text("displayname");
+                    profile.avatar_url = text("avatar_url").map(Into::into);
                 }
-                profiles.insert(p.sender.to_string(), profile);
+                context.profile_info.insert(p.sender.clone(), profile);
             }
-            context["profile_info"] = Value::Object(profiles);
         }
         Ok(context)
     }
