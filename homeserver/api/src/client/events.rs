@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::{extract::State, Json};
 use diplomatie_service::{
     pdu::raw,
     rooms::timeline::{EventFilter, Paging},
@@ -229,21 +229,39 @@ pub async fn threads(State(s): S, req: Ruma<get_threads::v1::Request>) -> ApiRes
     Ok(response.into())
 }
 
+/// What `POST /search` answers: ruma's result object, with `results` always stated (ruma
+/// leaves an empty list out; Synapse states it, and clients iterate it without a check).
+#[derive(serde::Serialize)]
+pub struct SearchAnswer {
+    search_categories: SearchCategories,
+}
+
+#[derive(serde::Serialize)]
+struct SearchCategories {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room_events: Option<RoomEvents>,
+}
+
+#[derive(serde::Serialize)]
+struct RoomEvents {
+    #[serde(flatten)]
+    found: search_events::v3::ResultRoomEvents,
+    results: Vec<search_events::v3::SearchResult>,
+}
+
 /// `POST /search` (client-server spec, "Server Side Search"): `room_events` only, the one
 /// category the spec defines.
-pub async fn search(
-    State(s): S,
-    req: Ruma<search_events::v3::Request>,
-) -> ApiResult<search_events::v3::Response> {
-    let mut categories = search_events::v3::ResultCategories::new();
+pub async fn search(State(s): S, req: Ruma<search_events::v3::Request>) -> Result<Json<SearchAnswer>, ApiError> {
+    let mut room_events = None;
     if let Some(criteria) = &req.body.search_categories.room_events {
         // Our own view of the criteria, as for filters.
         let criteria = serde_json::to_value(criteria)
             .and_then(serde_json::from_value)
             .map_err(|e| Error::bad_json(e.to_string()))?;
-        let result =
+        let mut found =
             s.search.search_room_events(&req.caller().user_id, criteria, req.body.next_batch.as_deref()).await?;
-        categories.room_events = result;
+        let results = std::mem::take(&mut found.results);
+        room_events = Some(RoomEvents { found, results });
     }
-    Ok(search_events::v3::Response::new(categories).into())
+    Ok(Json(SearchAnswer { search_categories: SearchCategories { room_events } }))
 }

@@ -14,7 +14,7 @@ use ruma::{
 use serde_json::{json, Value};
 
 use super::{
-    model::{normalise_tag, Kind},
+    model::{normalise_tag, ActionItem, JournalItems, Kind},
     status::{ItemStatus, Status},
     text, Correspondence,
 };
@@ -241,25 +241,4 @@ fn valid_tag(tag: &str) -> Result<String> {
 
 async fn policies_allow_journal(s: &Correspondence, user: &UserId) -> Result<bool> {
     Ok(s.portal.person(user).await?.kind != diplomatie_policies::AccountKind::External)
-}
-
-/// What an agent's journal holds besides its room: the action items of their groups, and the
-/// tags they follow.
-#[derive(Debug, serde::Serialize)]
-pub struct JournalItems {
-    pub action: Vec<ActionItem>,
-    pub tags: Vec<String>,
-}
-
-/// A correspondence one of the agent's groups must act on (its subject hidden above the
-/// agent's clearance).
-#[derive(Debug, serde::Serialize)]
-pub struct ActionItem {
-    pub reference: String,
-    pub group: String,
-    pub status: String,
-    pub assignee: Option<String>,
-    pub updated_by: Option<String>,
-    pub updated_ts: i64,
-    pub subject: Option<String>,
 }

@@ -16,7 +16,6 @@
 //! items, in **one** transaction: a refusal or a failure leaves nothing half-dispatched.
 
 mod journal;
-pub use journal::{ActionItem, JournalItems};
 mod model;
 mod state;
 mod status;
@@ -37,7 +36,7 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-pub use model::{normalise_tag, Composition, Kind};
+pub use model::{normalise_tag, ActionItem, Composition, JournalItems, Kind};
 pub(crate) use model::{Addressee, Community, OrgRoom};
 pub use status::Status;
 pub use text::parse_draft;

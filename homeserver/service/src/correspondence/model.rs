@@ -98,3 +98,24 @@ pub(crate) struct Community {
 pub fn normalise_tag(tag: &str) -> String {
     tag.trim().trim_start_matches('#').to_lowercase()
 }
+
+/// What an agent's journal holds besides its room: the action items of their groups, and the
+/// tags they follow.
+#[derive(Debug, Serialize)]
+pub struct JournalItems {
+    pub action: Vec<ActionItem>,
+    pub tags: Vec<String>,
+}
+
+/// A correspondence one of the agent's groups must act on (its subject hidden above the
+/// agent's clearance).
+#[derive(Debug, Serialize)]
+pub struct ActionItem {
+    pub reference: String,
+    pub group: String,
+    pub status: String,
+    pub assignee: Option<String>,
+    pub updated_by: Option<String>,
+    pub updated_ts: i64,
+    pub subject: Option<String>,
+}
