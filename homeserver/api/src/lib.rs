@@ -111,6 +111,8 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = route::<c::search::search_events::v3::Request, _, _>(r, events::search);
     // Sync and its streams
     let r = route::<c::sync::sync_events::v3::Request, _, _>(r, sync::sync);
+    let r = route::<c::sync::sync_events::v5::Request, _, _>(r, sync::sliding_sync);
+    let r = route::<c::room::get_summary::v1::Request, _, _>(r, rooms::room_summary);
     let r = route::<c::filter::create_filter::v3::Request, _, _>(r, sync::create_filter);
     let r = route::<c::filter::get_filter::v3::Request, _, _>(r, sync::get_filter);
     let r = route::<c::typing::create_typing_event::v3::Request, _, _>(r, sync::typing);

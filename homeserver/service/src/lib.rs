@@ -34,6 +34,7 @@ pub mod push;
 pub mod ratelimit;
 pub mod rooms;
 pub mod search;
+pub mod sliding;
 pub mod sessions;
 pub mod sync;
 pub mod uia;
@@ -81,6 +82,8 @@ pub struct Services {
     pub search: Arc<search::Search>,
     /// `/sync`.
     pub sync: Arc<sync::Syncer>,
+    /// Simplified sliding sync (MSC4186).
+    pub sliding: Arc<sliding::SlidingSync>,
     /// Joins, leaves, knocks and invites across servers.
     pub remote_membership: Arc<federation::membership::RemoteMembership>,
     /// Room creation and memberships.
@@ -146,6 +149,15 @@ impl Services {
         let timeline = Arc::new(rooms::timeline::Timeline::new(c(), rooms.clone(), portal.clone(), federation.clone()));
         let search = Arc::new(search::Search::new(c(), rooms.clone(), portal.clone(), search_state));
         let sync = Arc::new(sync::Syncer::new(c(), rooms.clone(), e2ee.clone(), push.clone(), ephemeral.clone()));
+        let sliding = Arc::new(sliding::SlidingSync::new(
+            c(),
+            rooms.clone(),
+            sync.clone(),
+            e2ee.clone(),
+            push.clone(),
+            ephemeral.clone(),
+            account_data.clone(),
+        ));
         let remote_membership = Arc::new(federation::membership::RemoteMembership::new(
             c(),
             rooms.clone(),
@@ -239,6 +251,7 @@ impl Services {
             timeline,
             search,
             sync,
+            sliding,
             remote_membership,
             membership,
             directory,

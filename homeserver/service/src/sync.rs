@@ -156,14 +156,7 @@ impl Syncer {
         let pool = self.db.pool();
         let marks = &self.marks;
         // The database is asked only about the streams that moved since the token.
-        let memberships = match marks.listed(user) {
-            Some(list) => list,
-            None => {
-                let list = Arc::new(state_store::rooms_for_user(pool, user.as_str()).await?);
-                marks.list(user, to.stream, list.clone());
-                list
-            }
-        };
+        let memberships = self.memberships(user, to).await?;
         let changed_rooms: HashSet<String> = if initial || marks.memberships_since(user, since.stream) {
             let changed = ev_store::membership_events_between(pool, user.as_str(), since.stream, to.stream).await?;
             changed.into_iter().map(|e| e.room_id).collect()
@@ -281,6 +274,16 @@ impl Syncer {
         Ok((response, empty))
     }
 
+    /// A user's memberships (room, membership), read from the database only when one changed.
+    pub(crate) async fn memberships(&self, user: &UserId, to: SyncToken) -> Result<crate::marks::Memberships> {
+        if let Some(list) = self.marks.listed(user) {
+            return Ok(list);
+        }
+        let list = Arc::new(state_store::rooms_for_user(self.db.pool(), user.as_str()).await?);
+        self.marks.list(user, to.stream, list.clone());
+        Ok(list)
+    }
+
     /// A joined room's section, or `None` when nothing changed in it.
     #[allow(clippy::too_many_arguments)]
     async fn sync_joined_room(
@@ -374,23 +377,8 @@ impl Syncer {
             Some(_) => changes.receipts.get(room_id.as_str()).cloned().unwrap_or_default(),
             None => streams::receipts_between(pool, room_id.as_str(), from, to.stream).await?,
         };
-        if !receipts.is_empty() {
-            let mut content = Map::new();
-            for r in receipts {
-                if r.receipt_type == "m.read.private" && r.user_id != user.as_str() {
-                    continue;
-                }
-                let mut receipt = json!({ "ts": r.ts });
-                if !r.thread_id.is_empty() {
-                    receipt["thread_id"] = json!(r.thread_id);
-                }
-                let entry = content.entry(r.event_id).or_insert_with(|| json!({}));
-                entry.as_object_mut().expect("object").entry(r.receipt_type).or_insert_with(|| json!({}))[r.user_id] =
-                    receipt;
-            }
-            if !content.is_empty() {
-                ephemeral.push(pdu::raw(&json!({ "type": "m.receipt", "content": content })));
-            }
+        if let Some(event) = receipt_event(receipts, user) {
+            ephemeral.push(event);
         }
 
         // Room account data.
@@ -447,7 +435,7 @@ impl Syncer {
     }
 
     /// `summary`: member counts and heroes.
-    async fn room_member_summary(&self, room_id: &RoomId, user: &UserId) -> Result<v3::RoomSummary> {
+    pub(crate) async fn room_member_summary(&self, room_id: &RoomId, user: &UserId) -> Result<v3::RoomSummary> {
         let members = state_store::room_members(self.db.pool(), room_id.as_str()).await?;
         let count = |m: &str| UInt::try_from(members.iter().filter(|(_, state, _)| state == m).count()).ok();
         let mut heroes: Vec<OwnedUserId> = members
@@ -466,7 +454,7 @@ impl Syncer {
 }
 
 /// Unread counts as the response gives them.
-fn notification_counts(notifications: u64, highlights: u64) -> UnreadNotificationsCount {
+pub(crate) fn notification_counts(notifications: u64, highlights: u64) -> UnreadNotificationsCount {
     let mut counts = UnreadNotificationsCount::new();
     counts.notification_count = UInt::try_from(notifications).ok();
     counts.highlight_count = UInt::try_from(highlights).ok();
@@ -474,7 +462,7 @@ fn notification_counts(notifications: u64, highlights: u64) -> UnreadNotificatio
 }
 
 /// An account data event, its content kept as stored.
-fn account_data_event(kind: &str, content: &str) -> Result<Box<RawValue>> {
+pub(crate) fn account_data_event(kind: &str, content: &str) -> Result<Box<RawValue>> {
     #[derive(serde::Serialize)]
     struct Event<'a> {
         #[serde(rename = "type")]
@@ -483,6 +471,26 @@ fn account_data_event(kind: &str, content: &str) -> Result<Box<RawValue>> {
     }
     let content: &RawValue = serde_json::from_str(content).map_err(crate::internal!())?;
     serde_json::value::to_raw_value(&Event { kind, content }).map_err(crate::internal!())
+}
+
+/// A room's read receipts as one `m.receipt` event (others' private receipts left out), or
+/// `None` when none is left.
+pub(crate) fn receipt_event<T>(receipts: Vec<streams::Receipt>, user: &UserId) -> Option<Raw<T>> {
+    let mut content = Map::new();
+    for r in receipts {
+        if r.receipt_type == "m.read.private" && r.user_id != user.as_str() {
+            continue;
+        }
+        let mut receipt = json!({ "ts": r.ts });
+        if !r.thread_id.is_empty() {
+            receipt["thread_id"] = json!(r.thread_id);
+        }
+        let entry = content.entry(r.event_id).or_insert_with(|| json!({}));
+        if let Some(by_type) = entry.as_object_mut() {
+            by_type.entry(r.receipt_type).or_insert_with(|| json!({}))[r.user_id] = receipt;
+        }
+    }
+    (!content.is_empty()).then(|| pdu::raw(&json!({ "type": "m.receipt", "content": content })))
 }
 
 /// A presence event, as `/sync` shows it.

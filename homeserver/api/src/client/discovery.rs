@@ -35,8 +35,14 @@ pub const SPEC_VERSIONS: &[&str] = &[
     "v1.11", "v1.12", "v1.13", "v1.14", "v1.15", "v1.16", "v1.17", "v1.18", "v1.19",
 ];
 
+/// The unstable features this server serves: simplified sliding sync (MSC4186) and room
+/// summaries (MSC3266, its unstable name).
+pub const UNSTABLE_FEATURES: &[&str] = &["org.matrix.simplified_msc3575", "im.nheko.summary"];
+
 pub async fn versions() -> RumaResponse<get_supported_versions::Response> {
-    get_supported_versions::Response::new(SPEC_VERSIONS.iter().map(|v| v.to_string()).collect()).into()
+    let mut answer = get_supported_versions::Response::new(SPEC_VERSIONS.iter().map(|v| v.to_string()).collect());
+    answer.unstable_features = UNSTABLE_FEATURES.iter().map(|f| (f.to_string(), true)).collect();
+    answer.into()
 }
 
 pub async fn well_known_client(State(s): S) -> RumaResponse<discover_homeserver::Response> {

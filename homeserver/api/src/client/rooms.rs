@@ -277,6 +277,20 @@ pub async fn search_users(State(s): S, req: Ruma<search_users::v3::Request>) -> 
     Ok(search_users::v3::Response::new(results, limited).into())
 }
 
+/// `GET /room_summary/{roomIdOrAlias}` (MSC3266): a room's preview before joining.
+pub async fn room_summary(
+    State(s): S,
+    req: Ruma<ruma::api::client::room::get_summary::v1::Request>,
+) -> ApiResult<ruma::api::client::room::get_summary::v1::Response> {
+    let (room_id, mut servers) = s.membership.resolve_room_and_servers(&req.body.room_id_or_alias).await?;
+    servers.extend(req.body.via.iter().cloned());
+    let user = req.caller.as_ref().map(|c| &*c.user_id);
+    let (summary, membership) = s.directory.room_preview(user, &room_id, &servers).await?;
+    let mut answer = ruma::api::client::room::get_summary::v1::Response::new(summary);
+    answer.membership = membership;
+    Ok(answer.into())
+}
+
 /// `GET /rooms/{roomId}/hierarchy` (client-server spec, "Spaces").
 pub async fn hierarchy(
     State(s): S,

@@ -9,6 +9,7 @@ use axum::{
 };
 use diplomatie_service::{
     pdu::raw,
+    sliding::SlidingRequest,
     sync::{SyncFilter, SyncRequest, SyncToken},
     Error, Services,
 };
@@ -75,6 +76,18 @@ pub async fn sync(State(s): S, req: Ruma<sync_events::v3::Request>) -> ApiResult
         })
         .await?;
     Ok(body.into())
+}
+
+/// `POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync` (simplified sliding
+/// sync, MSC4186).
+pub async fn sliding_sync(State(s): S, req: Ruma<sync_events::v5::Request>) -> ApiResult<sync_events::v5::Response> {
+    let caller = req.caller();
+    let presence = req.body.set_presence.to_string();
+    if presence != "offline" {
+        s.ephemeral.presence_on_sync(&caller.user_id, &presence).await?;
+    }
+    let request = SlidingRequest { user: &caller.user_id, device: caller.device_id.as_str(), body: &req.body };
+    Ok(s.sliding.sync(request).await?.into())
 }
 
 pub async fn create_filter(

@@ -534,6 +534,26 @@ impl E2ee {
     /// The encryption part of `/sync` for one device: to-device messages (acknowledging those
     /// up to `since`), device list changes, key counts.
     pub async fn sync_e2ee(&self, user: &UserId, device: &str, since: Option<i64>, to: i64) -> Result<SyncE2ee> {
+        let to_device = self.to_device_after(user, device, since, to).await?;
+        let keys = self.device_keys_news(user, device, since, to).await?;
+        Ok(SyncE2ee {
+            to_device,
+            changed: keys.changed,
+            left: keys.left,
+            one_time_keys_count: keys.one_time_keys_count,
+            unused_fallback_key_types: keys.unused_fallback_key_types,
+        })
+    }
+
+    /// A device's to-device messages up to position `to`, those up to `since` acknowledged
+    /// (deleted) first.
+    pub(crate) async fn to_device_after(
+        &self,
+        user: &UserId,
+        device: &str,
+        since: Option<i64>,
+        to: i64,
+    ) -> Result<Vec<Raw<AnyToDeviceEvent>>> {
         let pool = self.db.pool();
         let key = (user.to_string(), device.to_owned());
         let mut to_device = Vec::new();
@@ -555,6 +575,20 @@ impl E2ee {
                 }
             }
         }
+        Ok(to_device)
+    }
+
+    /// The device lists that changed between `since` and `to` (none without `since`), and the
+    /// device's key counts.
+    pub(crate) async fn device_keys_news(
+        &self,
+        user: &UserId,
+        device: &str,
+        since: Option<i64>,
+        to: i64,
+    ) -> Result<DeviceKeysNews> {
+        let pool = self.db.pool();
+        let key = (user.to_string(), device.to_owned());
         let (changed, left) = match since {
             Some(since) => self.device_list_updates(user, since, to).await?,
             None => (Vec::new(), Vec::new()),
@@ -577,14 +611,22 @@ impl E2ee {
                 entry
             }
         };
-        Ok(SyncE2ee {
-            to_device,
+        Ok(DeviceKeysNews {
             changed: users(changed),
             left: users(left),
             one_time_keys_count: counts.one_time_keys,
             unused_fallback_key_types: counts.unused_fallback,
         })
     }
+}
+
+/// What changed of the keys a device cares about: the device lists of users sharing a room,
+/// and its own key counts.
+pub struct DeviceKeysNews {
+    pub changed: Vec<OwnedUserId>,
+    pub left: Vec<OwnedUserId>,
+    pub one_time_keys_count: BTreeMap<OneTimeKeyAlgorithm, UInt>,
+    pub unused_fallback_key_types: Vec<OneTimeKeyAlgorithm>,
 }
 
 /// A device's unclaimed one-time keys by algorithm.

@@ -75,6 +75,8 @@ pub struct Rooms {
     joined: Mutex<HashMap<OwnedRoomId, Arc<HashSet<OwnedUserId>>>>,
     /// The newest events of the rooms written to since start-up (`recent.rs`).
     recent: Mutex<LruCache<OwnedRoomId, recent::RecentEvents>>,
+    /// Each room's last event of the kinds that move it up a client's list ([`BUMP_KINDS`]).
+    bumps: Mutex<LruCache<OwnedRoomId, i64>>,
     next_state_group: AtomicI64,
     /// Events waiting for the group commit.
     queue: Mutex<Vec<SendJob>>,
@@ -128,6 +130,7 @@ impl Rooms {
             events: Mutex::new(crate::lru(100_000)),
             joined: Mutex::default(),
             recent: Mutex::new(crate::lru(10_000)),
+            bumps: Mutex::new(crate::lru(100_000)),
             next_state_group: AtomicI64::new(-1),
             queue: Mutex::default(),
             recent_txns: Mutex::new(crate::lru(10_000)),
@@ -137,6 +140,18 @@ impl Rooms {
         })
     }
 }
+
+/// The event types that move a room up a client's list (sliding sync's `bump_stamp`), as
+/// Synapse counts them.
+pub const BUMP_KINDS: &[&str] = &[
+    "m.room.create",
+    "m.room.message",
+    "m.room.encrypted",
+    "m.sticker",
+    "m.call.invite",
+    "m.poll.start",
+    "m.beacon_info",
+];
 
 /// What [`EventPolicy::check`] answers.
 pub(crate) type Checking<'a> = futures::future::BoxFuture<'a, Result<()>>;
@@ -253,6 +268,20 @@ impl Rooms {
             None
         };
         pdu.client_view(with_room_id, txn.as_ref().map(|(_, id)| id.as_str())).to_raw()
+    }
+
+    /// The position of a room's last event of the kinds that move it up a client's list
+    /// (sliding sync's `bump_stamp`), 0 for none.
+    pub(crate) async fn bump_stamp(&self, room_id: &RoomId) -> Result<i64> {
+        if let Some(last) = self.bumps.lock().unwrap().get(room_id) {
+            return Ok(*last);
+        }
+        let read = ev_store::last_event_of_kinds(self.db.pool(), room_id.as_str(), BUMP_KINDS).await?.unwrap_or(0);
+        // A commit between the read and now may have raised it already.
+        let mut bumps = self.bumps.lock().unwrap();
+        let last = bumps.get_or_insert_mut(room_id.to_owned(), || read);
+        *last = (*last).max(read);
+        Ok(*last)
     }
 
     /// The ids of a room's events with `from < stream position <= to`, newest first, `limit`
@@ -1092,6 +1121,15 @@ impl<'a> RoomWriter<'a> {
             }
             for pdu in &redacted {
                 events.put(pdu.event_id.clone(), Arc::new(pdu.clone()));
+            }
+        }
+        {
+            let mut bumps = caches.bumps.lock().unwrap();
+            for pdu in appended.iter().filter(|p| BUMP_KINDS.contains(&p.kind.to_string().as_str())) {
+                // Only a room already read is kept up to date: the others are read when asked.
+                if let Some(last) = bumps.get_mut(&pdu.room_id) {
+                    *last = (*last).max(pdu.stream_ordering);
+                }
             }
         }
         {

@@ -238,6 +238,39 @@ impl Directory {
         }
     }
 
+    /// A room's summary as a room preview shows it (MSC3266), with `user`'s membership: for a
+    /// room `user` may see from outside (without a user: a world-readable or public room); a
+    /// room this server does not know is asked of `via` (or of the server its id names).
+    pub async fn room_preview(
+        &self,
+        user: Option<&UserId>,
+        room_id: &RoomId,
+        via: &[OwnedServerName],
+    ) -> Result<(RoomSummary, Option<MembershipState>)> {
+        if self.rooms.room_meta(room_id).await?.is_some() {
+            let summary = self.room_summary(room_id).await?;
+            let visible = match user {
+                Some(u) => self.can_peek_room(u, room_id).await?,
+                None => summary.world_readable || summary.join_rule == JoinRuleSummary::Public,
+            };
+            if !visible {
+                return Err(Error::forbidden("This room cannot be previewed"));
+            }
+            let membership = match user {
+                Some(u) => self.rooms.membership(room_id, u).await?,
+                None => None,
+            };
+            return Ok((summary, membership));
+        }
+        let Some(user) = user else { return Err(Error::not_found("Unknown room")) };
+        let mut servers = via.to_vec();
+        servers.extend(room_id.server_name().map(|s| s.to_owned()));
+        match self.remote_hierarchy(user, room_id, &servers, false).await? {
+            Some((chunk, _)) => Ok((chunk.summary, None)),
+            None => Err(Error::not_found("Unknown room")),
+        }
+    }
+
     /// Whether `user` may see a room's summary from outside.
     pub async fn can_peek_room(&self, user: &UserId, room_id: &RoomId) -> Result<bool> {
         if matches!(
