@@ -124,6 +124,18 @@ async fn lists_windows_and_incremental_rooms(backend: Backend) {
     assert_ne!(sahel["limited"], true, "false is left out");
     assert!(sahel.get("name").is_none(), "the name did not change: {sahel}");
 
+    // A room left after the position comes once more, with the leave, then no more.
+    let bob_first = sliding_ok(&bob, None, 0, &room_list(9, 1)).await;
+    assert!(bob_first["rooms"].get(&rooms[1]).is_some(), "{bob_first}");
+    let (status, _) = bob.post(&format!("/_matrix/client/v3/rooms/{}/leave", urlencode(&rooms[1])), &json!({})).await;
+    assert_eq!(status, 200);
+    let left = sliding_ok(&bob, bob_first["pos"].as_str(), 0, &room_list(9, 1)).await;
+    assert_eq!(left["lists"]["all"]["count"], 2, "{left}");
+    let last = left["rooms"][&rooms[1]]["timeline"].as_array().unwrap().last().cloned().unwrap();
+    assert_eq!((last["type"].as_str(), last["content"]["membership"].as_str()), (Some("m.room.member"), Some("leave")));
+    let after = sliding_ok(&bob, left["pos"].as_str(), 0, &room_list(9, 1)).await;
+    assert!(after["rooms"].get(&rooms[1]).is_none(), "{after}");
+
     // Filters: invites only.
     let carol = server.register("carol").await;
     let private = alice.create_room(json!({ "name": "Cabinet" })).await;
@@ -135,7 +147,8 @@ async fn lists_windows_and_incremental_rooms(backend: Backend) {
     assert_eq!(invited["name"], "Cabinet");
     let stripped = invited["invite_state"].as_array().unwrap();
     assert!(stripped.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == carol.user_id.as_str()));
-    let not_invites = json!({ "lists": { "rooms": { "ranges": [[0, 9]], "timeline_limit": 0, "filters": { "is_invite": false } } } });
+    let not_invites =
+        json!({ "lists": { "rooms": { "ranges": [[0, 9]], "timeline_limit": 0, "filters": { "is_invite": false } } } });
     assert_eq!(sliding_ok(&carol, None, 0, &not_invites).await["lists"]["rooms"]["count"], 0);
 
     // A room subscription brings a room outside every window.
@@ -207,7 +220,10 @@ async fn long_polls_wake_and_extensions_answer(backend: Backend) {
     .await;
     let event = woken["rooms"][&room]["timeline"][0]["event_id"].as_str().unwrap().to_owned();
     let (status, _) = bob
-        .post(&format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", urlencode(&room), urlencode(&event)), &json!({}))
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", urlencode(&room), urlencode(&event)),
+            &json!({}),
+        )
         .await;
     assert_eq!(status, 200);
     let got = sliding_ok(&alice, Some(&pos), 0, &body).await;
@@ -301,9 +317,17 @@ async fn room_previews_before_joining(backend: Backend) {
     assert_eq!(v["membership"], "join");
 
     // A private room is not previewed; an unknown one is not found.
-    assert_error(&bob.get(&format!("/_matrix/client/v1/room_summary/{}", urlencode(&private))).await, 403, "M_FORBIDDEN");
+    assert_error(
+        &bob.get(&format!("/_matrix/client/v1/room_summary/{}", urlencode(&private))).await,
+        403,
+        "M_FORBIDDEN",
+    );
     let unknown = format!("!nowhere:{}", alice.user_id.split(':').nth(1).unwrap());
-    assert_error(&bob.get(&format!("/_matrix/client/v1/room_summary/{}", urlencode(&unknown))).await, 404, "M_NOT_FOUND");
+    assert_error(
+        &bob.get(&format!("/_matrix/client/v1/room_summary/{}", urlencode(&unknown))).await,
+        404,
+        "M_NOT_FOUND",
+    );
     // Without a token: public rooms only.
     let anonymous = server.client();
     assert_eq!(anonymous.get(&format!("/_matrix/client/v1/room_summary/{}", urlencode(&public))).await.0, 200);

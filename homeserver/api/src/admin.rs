@@ -223,11 +223,7 @@ pub async fn create_group(State(s): S, parts: Parts, body: axum::body::Bytes) ->
 
 /// `POST /_diplomatie/client/v1/communities`: any agent creates a community of interest, with
 /// a named manager and project; its `members` are added.
-pub async fn create_community(
-    State(s): S,
-    parts: Parts,
-    body: axum::body::Bytes,
-) -> Result<Json<Created>, ApiError> {
+pub async fn create_community(State(s): S, parts: Parts, body: axum::body::Bytes) -> Result<Json<Created>, ApiError> {
     let caller = caller(&s, &parts).await?;
     let spec: CommunitySpec = parse_body(&body)?;
     let created = s.organisation.create_community(Some(&caller.user_id), &spec).await?;

@@ -123,11 +123,7 @@ pub async fn export(State(s): S, Path(reference): Path<String>, parts: Parts) ->
 }
 
 /// `GET /_diplomatie/client/v1/correspondence/{reference}/audience`.
-pub async fn audience(
-    State(s): S,
-    Path(reference): Path<String>,
-    parts: Parts,
-) -> Result<Json<Audience>, ApiError> {
+pub async fn audience(State(s): S, Path(reference): Path<String>, parts: Parts) -> Result<Json<Audience>, ApiError> {
     let caller = caller(&s, &parts).await?;
     Ok(Json(s.correspondence.audience(&caller, &reference).await?))
 }

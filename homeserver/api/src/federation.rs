@@ -342,14 +342,18 @@ async fn user_devices(State(s): S, req: Ruma<get_devices::v1::Request>) -> ApiRe
 }
 
 /// This server's public rooms, for another server's users.
-async fn public_rooms(State(s): S, req: Ruma<get_public_rooms::v1::Request>) -> ApiResult<get_public_rooms::v1::Response> {
+async fn public_rooms(
+    State(s): S,
+    req: Ruma<get_public_rooms::v1::Request>,
+) -> ApiResult<get_public_rooms::v1::Response> {
     let limit = req.body.limit.map(|l| u64::from(l) as usize);
     let page = s.directory.public_rooms(None, req.body.since.as_deref(), limit).await?;
     Ok(crate::client::rooms::rooms_page!(page, |chunk| {
         let mut r = get_public_rooms::v1::Response::new();
         r.chunk = chunk;
         r
-    }).into())
+    })
+    .into())
 }
 
 async fn public_rooms_filtered(
@@ -363,7 +367,8 @@ async fn public_rooms_filtered(
         let mut r = get_public_rooms_filtered::v1::Response::new();
         r.chunk = chunk;
         r
-    }).into())
+    })
+    .into())
 }
 
 /// `openid/userinfo`: a third party asks whose OpenID token it holds (no server signature).

@@ -31,8 +31,8 @@ use ruma::{
     },
     events::{room::power_levels::RoomPowerLevelsEventContent, StateEventType, TimelineEventType},
     push::{
-        Action, FlattenedJson, HttpPusherData, InsertPushRuleError, NewPushRule, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
-        RemovePushRuleError, RuleKind, RuleNotFoundError, Ruleset, Tweak,
+        Action, FlattenedJson, HttpPusherData, InsertPushRuleError, NewPushRule, PushConditionPowerLevelsCtx,
+        PushConditionRoomCtx, RemovePushRuleError, RuleKind, RuleNotFoundError, Ruleset, Tweak,
     },
     state_res::StateMap,
     MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedUserId, RoomId, UInt, UserId,

@@ -53,6 +53,8 @@ use crate::{
 const POSITIONS_KEPT: usize = 4;
 /// The longest timeline a room is sent with.
 const MAX_TIMELINE: u64 = 100;
+/// The longest timeline of a room sent as left.
+const LEFT_TIMELINE: usize = 10;
 
 type ConnectionKey = (OwnedUserId, String, String);
 
@@ -159,8 +161,7 @@ impl SlidingSync {
     pub async fn sync(&self, req: SlidingRequest<'_>) -> Result<v5::Response> {
         let body = req.body;
         check(body)?;
-        let key: ConnectionKey =
-            (req.user.to_owned(), req.device.to_owned(), body.conn_id.clone().unwrap_or_default());
+        let key: ConnectionKey = (req.user.to_owned(), req.device.to_owned(), body.conn_id.clone().unwrap_or_default());
         let since = match &body.pos {
             None => {
                 // A new chain: what the connection knew is forgotten.
@@ -251,8 +252,7 @@ impl SlidingSync {
                 }
             }
         }
-        let index: HashMap<&RoomId, usize> =
-            candidates.iter().enumerate().map(|(i, c)| (&*c.room_id, i)).collect();
+        let index: HashMap<&RoomId, usize> = candidates.iter().enumerate().map(|(i, c)| (&*c.room_id, i)).collect();
         for (room_id, sub) in &body.room_subscriptions {
             // Only rooms the user is in, invited to or knocking on.
             let Some(&i) = index.get(&**room_id) else { continue };
@@ -279,6 +279,21 @@ impl SlidingSync {
                     room.initial = Some(true);
                 }
                 response.rooms.insert(room_id.clone(), room);
+            }
+        }
+        // Rooms the connection was sent that the user has left since (or was kicked or banned
+        // from): once more, with the events up to the leave, then forgotten by the connection.
+        if since.token.is_some() {
+            let now: HashMap<&str, &str> = memberships.iter().map(|(r, m)| (r.as_str(), m.as_str())).collect();
+            for room_id in since.rooms.keys() {
+                let gone = matches!(now.get(room_id.as_str()), Some(&"leave" | &"ban") | None);
+                if wanted.contains_key(room_id) || !gone {
+                    continue;
+                }
+                if let Some(room) = self.left_room(req, room_id, since.token.unwrap_or_default()).await? {
+                    response.rooms.insert(room_id.clone(), room);
+                }
+                reached.rooms.remove(room_id);
             }
         }
         let shown: Vec<&RoomId> = wanted.keys().map(|r| &**r).collect();
@@ -468,6 +483,34 @@ impl SlidingSync {
         Ok(Some(room))
     }
 
+    /// A room the user left after `since`: the events after it that the user could read, up to
+    /// the leave.
+    async fn left_room(
+        &self,
+        req: &SlidingRequest<'_>,
+        room_id: &RoomId,
+        since: SyncToken,
+    ) -> Result<Option<response::Room>> {
+        let user = req.user;
+        let Ok(until) = self.rooms.readable_until(user, room_id).await else { return Ok(None) };
+        let ids = self.rooms.event_ids_between(room_id, since.stream, until, LEFT_TIMELINE + 1).await?;
+        let mut room = response::Room::new();
+        room.limited = ids.len() > LEFT_TIMELINE;
+        let mut timeline = Vec::new();
+        for id in ids.iter().take(LEFT_TIMELINE) {
+            if let Some(pdu) = self.rooms.get_pdu(id).await? {
+                if self.rooms.can_see_event(user, &pdu).await? {
+                    timeline.push(pdu);
+                }
+            }
+        }
+        timeline.reverse();
+        room.prev_batch = timeline.first().map(|p| (p.stream_ordering - 1).to_string());
+        room.num_live = UInt::try_from(timeline.len()).ok();
+        room.timeline = timeline.iter().map(|p| self.rooms.client_raw(p, user, req.device, false)).collect();
+        Ok(Some(room))
+    }
+
     /// The extensions asked for; answers whether they hold anything new.
     async fn extensions(
         &self,
@@ -502,10 +545,10 @@ impl SlidingSync {
             out.e2ee.device_unused_fallback_key_types = Some(keys.unused_fallback_key_types);
         }
         let from = since.map_or(0, |s| s.stream);
-        if asked.account_data.enabled == Some(true)
-            && (since.is_none() || self.marks.account_data_since(user, from))
-        {
-            for (room, kind, content) in streams::account_data_between(self.db.pool(), user.as_str(), from, to.stream).await? {
+        if asked.account_data.enabled == Some(true) && (since.is_none() || self.marks.account_data_since(user, from)) {
+            for (room, kind, content) in
+                streams::account_data_between(self.db.pool(), user.as_str(), from, to.stream).await?
+            {
                 let event = sync::account_data_event(&kind, &content)?;
                 if room.is_empty() {
                     out.account_data.global.push(Raw::from_json(event));

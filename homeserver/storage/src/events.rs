@@ -124,10 +124,8 @@ pub async fn room_event_ids<'e>(
 /// client's list), if any.
 pub async fn last_event_of_kinds<'e>(e: impl Exec<'e>, room_id: &str, kinds: &[&str]) -> Result<Option<i64>> {
     let marks: Vec<String> = (0..kinds.len()).map(|i| format!("${}", i + 2)).collect();
-    let sql = format!(
-        "SELECT MAX(stream_ordering) FROM events WHERE room_id = $1 AND event_type IN ({})",
-        marks.join(", ")
-    );
+    let sql =
+        format!("SELECT MAX(stream_ordering) FROM events WHERE room_id = $1 AND event_type IN ({})", marks.join(", "));
     let mut query = sqlx::query_as::<_, (Option<i64>,)>(&sql).bind(room_id);
     for kind in kinds {
         query = query.bind(*kind);

@@ -209,7 +209,10 @@ pub async fn put_session_key(
     Ok(add_backup_keys_for_session::v3::Response::new(c.etag, UInt::new_saturating(c.count)).into())
 }
 
-pub async fn get_keys(State(s): S, req: Ruma<get_backup_keys::v3::Request>) -> ApiResult<get_backup_keys::v3::Response> {
+pub async fn get_keys(
+    State(s): S,
+    req: Ruma<get_backup_keys::v3::Request>,
+) -> ApiResult<get_backup_keys::v3::Response> {
     let rooms = s.e2ee.get_backup_keys(&req.caller().user_id, &req.body.version, None, None).await?;
     Ok(get_backup_keys::v3::Response::new(rooms.into_iter().map(|(r, k)| (r, RoomKeyBackup::new(k))).collect()).into())
 }
@@ -304,5 +307,8 @@ pub async fn dehydrated_device_events(
     req: Ruma<get_events::unstable::Request>,
 ) -> ApiResult<get_events::unstable::Response> {
     let b = &req.body;
-    Ok(s.e2ee.dehydrated_device_events(&req.caller().user_id, b.device_id.as_str(), b.next_batch.as_deref()).await?.into())
+    Ok(s.e2ee
+        .dehydrated_device_events(&req.caller().user_id, b.device_id.as_str(), b.next_batch.as_deref())
+        .await?
+        .into())
 }

@@ -19,9 +19,7 @@ use ruma::api::client::{
 };
 use serde_json::Value;
 
-use crate::{
-    ruma_wrapper::{ApiResult, Ruma},
-};
+use crate::ruma_wrapper::{ApiResult, Ruma};
 
 type S = State<Arc<Services>>;
 
@@ -258,14 +256,17 @@ pub async fn public_rooms_filtered(
     let limit = req.body.limit.map(|l| u64::from(l) as usize);
     let term = req.body.filter.generic_search_term.clone();
     let page = match remote(&s, req.body.server.as_deref()) {
-        Some(server) => s.federation.remote_public_rooms(&server, term, req.body.since.clone(), req.body.limit).await?.into(),
+        Some(server) => {
+            s.federation.remote_public_rooms(&server, term, req.body.since.clone(), req.body.limit).await?.into()
+        }
         None => s.directory.public_rooms(term.as_deref(), req.body.since.as_deref(), limit).await?,
     };
     Ok(rooms_page!(page, |chunk| {
         let mut r = get_public_rooms_filtered::v3::Response::new();
         r.chunk = chunk;
         r
-    }).into())
+    })
+    .into())
 }
 
 /// `POST /user_directory/search`

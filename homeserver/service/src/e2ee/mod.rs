@@ -24,7 +24,8 @@ use ruma::{
     encryption::{CrossSigningKey, OneTimeKey},
     events::AnyToDeviceEvent,
     serde::{Base64, Raw},
-    CanonicalJsonObject, OneTimeKeyAlgorithm, OneTimeKeyId, OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId, UInt, UserId,
+    CanonicalJsonObject, OneTimeKeyAlgorithm, OneTimeKeyId, OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId, UInt,
+    UserId,
 };
 use serde_json::{json, Value};
 
@@ -368,7 +369,10 @@ impl E2ee {
                 if let Some((key_id, json)) = key {
                     let id = OneTimeKeyId::parse(format!("{algorithm}:{key_id}"))
                         .map_err(|_| Error::invalid_param("Invalid one-time key id"))?;
-                    user_keys.insert(OwnedDeviceId::from(device.as_str()), BTreeMap::from([(id, Raw::from_json_string(json)?)]));
+                    user_keys.insert(
+                        OwnedDeviceId::from(device.as_str()),
+                        BTreeMap::from([(id, Raw::from_json_string(json)?)]),
+                    );
                 }
             }
             claimed.insert(user.clone(), user_keys);

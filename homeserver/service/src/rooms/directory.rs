@@ -3,10 +3,7 @@
 use std::sync::Arc;
 
 use ruma::{
-    api::{
-        client::user_directory::search_users, error::ErrorKind,
-        federation::directory::get_public_rooms_filtered,
-    },
+    api::{client::user_directory::search_users, error::ErrorKind, federation::directory::get_public_rooms_filtered},
     directory::PublicRoomsChunk,
     events::{room::join_rules::RoomJoinRulesEventContent, StateEventType},
     room::{JoinRuleSummary, RoomSummary, RoomType},
@@ -229,7 +226,12 @@ impl Directory {
     }
 
     /// The public room directory, filtered by a search term, paginated by offset tokens.
-    pub async fn public_rooms(&self, term: Option<&str>, since: Option<&str>, limit: Option<usize>) -> Result<RoomsPage> {
+    pub async fn public_rooms(
+        &self,
+        term: Option<&str>,
+        since: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<RoomsPage> {
         let ids = diplomatie_storage::rooms::public_rooms(self.db.pool()).await?;
         let term = term.map(str::to_lowercase).filter(|t| !t.is_empty());
         let mut rooms = Vec::new();
@@ -268,7 +270,12 @@ impl Directory {
         let chunk: Vec<PublicRoomsChunk> = rooms.into_iter().skip(offset).take(limit).map(Into::into).collect();
         let next_batch = (offset + chunk.len() < total).then(|| format!("o{}", offset + chunk.len()));
         let prev_batch = (offset > 0).then(|| format!("o{}", offset.saturating_sub(limit)));
-        Ok(RoomsPage { chunk, next_batch, prev_batch, total_room_count_estimate: Some(UInt::try_from(total).unwrap_or_default()) })
+        Ok(RoomsPage {
+            chunk,
+            next_batch,
+            prev_batch,
+            total_room_count_estimate: Some(UInt::try_from(total).unwrap_or_default()),
+        })
     }
 
     /// The user directory: local users matching the term. Results are (user id, name, avatar).

@@ -1135,9 +1135,8 @@ impl<'a> RoomWriter<'a> {
         {
             let mut recent = caches.recent.lock().unwrap();
             for pdu in &appended {
-                let room = recent.get_or_insert_mut(pdu.room_id.clone(), || {
-                    recent::RecentEvents::starting_at(pdu.stream_ordering)
-                });
+                let room = recent
+                    .get_or_insert_mut(pdu.room_id.clone(), || recent::RecentEvents::starting_at(pdu.stream_ordering));
                 room.push(pdu.stream_ordering, pdu.event_id.clone());
             }
         }
