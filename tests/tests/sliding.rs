@@ -133,6 +133,11 @@ async fn lists_windows_and_incremental_rooms(backend: Backend) {
     assert_eq!(left["lists"]["all"]["count"], 2, "{left}");
     let last = left["rooms"][&rooms[1]]["timeline"].as_array().unwrap().last().cloned().unwrap();
     assert_eq!((last["type"].as_str(), last["content"]["membership"].as_str()), (Some("m.room.member"), Some("leave")));
+    let own = &left["rooms"][&rooms[1]]["required_state"][0];
+    assert_eq!(
+        (own["state_key"].as_str(), own["content"]["membership"].as_str()),
+        (Some(bob.user_id.as_str()), Some("leave"))
+    );
     let after = sliding_ok(&bob, left["pos"].as_str(), 0, &room_list(9, 1)).await;
     assert!(after["rooms"].get(&rooms[1]).is_none(), "{after}");
 

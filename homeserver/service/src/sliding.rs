@@ -508,6 +508,11 @@ impl SlidingSync {
         room.prev_batch = timeline.first().map(|p| (p.stream_ordering - 1).to_string());
         room.num_live = UInt::try_from(timeline.len()).ok();
         room.timeline = timeline.iter().map(|p| self.rooms.client_raw(p, user, req.device, false)).collect();
+        // The user's own membership, the leave, as state too: clients read the room's state
+        // from it whatever the timeline held.
+        if let Some(own) = self.rooms.state_event(room_id, &StateEventType::RoomMember, user.as_str()).await? {
+            room.required_state = vec![own.to_raw(false)];
+        }
         Ok(Some(room))
     }
 
