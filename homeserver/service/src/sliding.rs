@@ -14,7 +14,7 @@
 //! user or device ever reads it.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -30,10 +30,11 @@ use ruma::{
         error::ErrorKind,
     },
     directory::RoomTypeFilter,
-    events::{room::member::MembershipState, StateEventType},
+    events::{room::member::MembershipState, StateEventType, TimelineEventType},
     room::RoomType,
     serde::Raw,
-    JsOption, OwnedMxcUri, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    state_res::StateMap,
+    JsOption, OwnedEventId, OwnedMxcUri, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
 };
 use serde_json::Value;
 
@@ -90,21 +91,40 @@ impl RoomConfig {
         }
     }
 
-    /// Whether the state event `(kind, key)` is asked for; `lazy` holds the senders of the
-    /// timeline sent (for `$LAZY` members).
-    fn wants(&self, kind: &StateEventType, key: &str, me: &UserId, lazy: &HashSet<&str>) -> bool {
-        self.required_state.iter().any(|(k, v)| {
-            let kind_matches = k.to_string() == "*" || k == kind;
-            let key_matches = match v.as_str() {
-                "*" => true,
-                "$ME" => key == me.as_str(),
-                "$LAZY" => *kind == StateEventType::RoomMember && lazy.contains(key),
-                other => other == key,
+    /// The ids of the state events of `state` asked for; `lazy` holds the senders of the
+    /// timeline sent (for `$LAZY` members). Exact entries are looked up, wildcards scan.
+    fn select<'s>(
+        &self,
+        state: &'s StateMap<OwnedEventId>,
+        me: &UserId,
+        lazy: &HashSet<&str>,
+    ) -> BTreeSet<&'s OwnedEventId> {
+        let any_kind = StateEventType::from("*");
+        let mut ids = BTreeSet::new();
+        for (kind, key) in &self.required_state {
+            if *kind == any_kind || key == "*" {
+                let matches =
+                    |k: &StateEventType, v: &str| (*kind == any_kind || k == kind) && (key == "*" || key == v);
+                ids.extend(state.iter().filter(|((k, v), _)| matches(k, v)).map(|(_, id)| id));
+                continue;
+            }
+            let keys: Vec<&str> = match key.as_str() {
+                "$ME" => vec![me.as_str()],
+                "$LAZY" if *kind == StateEventType::RoomMember => lazy.iter().copied().collect(),
+                "$LAZY" => Vec::new(),
+                exact => vec![exact],
             };
-            kind_matches && key_matches
-        })
+            for k in keys {
+                ids.extend(state.get(&(kind.clone(), k.to_owned())));
+            }
+        }
+        ids
     }
 }
+
+/// The rooms `m.direct` names, read at most once an answer.
+#[derive(Default)]
+struct DirectRooms(tokio::sync::OnceCell<HashSet<OwnedRoomId>>);
 
 /// A room the user is in (or invited to, or knocking on), as the lists sort and filter it.
 struct Candidate {
@@ -218,7 +238,7 @@ impl SlidingSync {
     ) -> Result<(v5::Response, Position, bool)> {
         let (user, body) = (req.user, req.body);
         let memberships = self.syncer.memberships(user, to).await?;
-        let direct = self.direct_rooms(user).await?;
+        let direct = DirectRooms::default();
         let mut candidates = Vec::new();
         for (room, membership) in memberships.iter() {
             let membership = MembershipState::from(membership.as_str());
@@ -237,7 +257,7 @@ impl SlidingSync {
         for (name, list) in &body.lists {
             let mut listed = Vec::new();
             for (i, c) in candidates.iter().enumerate() {
-                if self.passes(list.filters.as_ref(), c, &direct).await? {
+                if self.passes(user, list.filters.as_ref(), c, &direct).await? {
                     listed.push(i);
                 }
             }
@@ -305,13 +325,16 @@ impl SlidingSync {
     /// Whether a room passes a list's filters.
     async fn passes(
         &self,
+        user: &UserId,
         filters: Option<&request::ListFilters>,
         c: &Candidate,
-        direct: &HashSet<OwnedRoomId>,
+        direct: &DirectRooms,
     ) -> Result<bool> {
         let Some(f) = filters else { return Ok(true) };
-        if f.is_dm.is_some_and(|dm| dm != direct.contains(&c.room_id)) {
-            return Ok(false);
+        if let Some(dm) = f.is_dm {
+            if dm != self.is_direct(user, direct, &c.room_id).await? {
+                return Ok(false);
+            }
         }
         if f.is_invite.is_some_and(|invite| invite != (c.membership == MembershipState::Invite)) {
             return Ok(false);
@@ -343,30 +366,31 @@ impl SlidingSync {
         Ok(true)
     }
 
-    /// The rooms `m.direct` names.
-    async fn direct_rooms(&self, user: &UserId) -> Result<HashSet<OwnedRoomId>> {
-        let direct = match self.account_data.get(user, None, "m.direct").await {
-            Ok(v) => v,
-            Err(Error::Matrix(ErrorKind::NotFound, _)) => return Ok(HashSet::new()),
-            Err(e) => return Err(e),
-        };
-        Ok(direct
-            .as_object()
-            .into_iter()
-            .flat_map(|users| users.values())
-            .filter_map(Value::as_array)
-            .flatten()
-            .filter_map(|r| r.as_str().and_then(|r| OwnedRoomId::try_from(r).ok()))
-            .collect())
+    /// Whether `m.direct` names the room (read once an answer, when first asked).
+    async fn is_direct(&self, user: &UserId, direct: &DirectRooms, room_id: &RoomId) -> Result<bool> {
+        let rooms = direct
+            .0
+            .get_or_try_init(|| async {
+                let content = match self.account_data.get(user, None, "m.direct").await {
+                    Ok(v) => v,
+                    Err(Error::Matrix(ErrorKind::NotFound, _)) => return Ok(HashSet::new()),
+                    Err(e) => return Err(e),
+                };
+                Ok(content
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|users| users.values())
+                    .filter_map(Value::as_array)
+                    .flatten()
+                    .filter_map(|r| r.as_str().and_then(|r| OwnedRoomId::try_from(r).ok()))
+                    .collect())
+            })
+            .await?;
+        Ok(rooms.contains(room_id))
     }
 
     /// A room the user is invited to (or knocking on): its stripped state.
-    async fn invited_room(
-        &self,
-        user: &UserId,
-        room_id: &RoomId,
-        direct: &HashSet<OwnedRoomId>,
-    ) -> Result<response::Room> {
+    async fn invited_room(&self, user: &UserId, room_id: &RoomId, direct: &DirectRooms) -> Result<response::Room> {
         let stripped = self.rooms.stripped_state(room_id, user).await?;
         let mut room = response::Room::new();
         for event in &stripped {
@@ -381,7 +405,7 @@ impl SlidingSync {
             }
         }
         room.invite_state = Some(stripped.iter().map(crate::pdu::raw).collect());
-        room.is_dm = Some(direct.contains(room_id));
+        room.is_dm = Some(self.is_direct(user, direct, room_id).await?);
         Ok(room)
     }
 
@@ -394,7 +418,7 @@ impl SlidingSync {
         config: &RoomConfig,
         since: Option<SyncToken>,
         to: SyncToken,
-        direct: &HashSet<OwnedRoomId>,
+        direct: &DirectRooms,
     ) -> Result<Option<response::Room>> {
         let user = req.user;
         let from = since.map_or(i64::MIN, |s| s.stream);
@@ -429,10 +453,7 @@ impl SlidingSync {
         let state = self.rooms.current_state(room_id).await?;
         let senders: HashSet<&str> = timeline.iter().map(|p| p.sender.as_str()).collect();
         let mut required = Vec::new();
-        for ((kind, key), id) in state.iter() {
-            if !config.wants(kind, key, user, &senders) {
-                continue;
-            }
+        for id in config.select(&state, user, &senders) {
             let Some(pdu) = self.rooms.get_pdu(id).await? else { continue };
             if since.is_some() && pdu.stream_ordering <= from {
                 continue;
@@ -442,14 +463,14 @@ impl SlidingSync {
         room.required_state = required.iter().map(|p| p.to_raw(false)).collect();
 
         // Name, avatar and heroes: when new, or when they changed.
-        let changed = |kind: StateEventType| {
-            since.is_none() || timeline.iter().any(|p| p.state_key.is_some() && p.kind.to_string() == kind.to_string())
+        let changed = |kind: TimelineEventType| {
+            since.is_none() || timeline.iter().any(|p| p.state_key.is_some() && p.kind == kind)
         };
-        if changed(StateEventType::RoomName) {
+        if changed(TimelineEventType::RoomName) {
             let name = self.rooms.state_event_in(&state, &StateEventType::RoomName, "").await?;
             room.name = name.and_then(|p| p.content_field("name")).and_then(|v| text(&v));
         }
-        if changed(StateEventType::RoomAvatar) {
+        if changed(TimelineEventType::RoomAvatar) {
             let avatar = self.rooms.state_event_in(&state, &StateEventType::RoomAvatar, "").await?;
             room.avatar = match avatar.and_then(|p| p.content_field("url")).and_then(|v| text(&v)) {
                 Some(url) => JsOption::Some(OwnedMxcUri::from(url)),
@@ -457,7 +478,7 @@ impl SlidingSync {
                 None => JsOption::Undefined,
             };
         }
-        if changed(StateEventType::RoomMember) {
+        if changed(TimelineEventType::RoomMember) {
             let summary = self.syncer.room_member_summary(room_id, user).await?;
             room.joined_count = summary.joined_member_count;
             room.invited_count = summary.invited_member_count;
@@ -478,7 +499,7 @@ impl SlidingSync {
         let counts = self.push.unread_counts(user, room_id, false).await?;
         room.unread_notifications = sync::notification_counts(counts.notifications, counts.highlights);
         if since.is_none() {
-            room.is_dm = Some(direct.contains(room_id));
+            room.is_dm = Some(self.is_direct(user, direct, room_id).await?);
         }
         Ok(Some(room))
     }
@@ -564,8 +585,18 @@ impl SlidingSync {
             }
         }
         if asked.receipts.enabled == Some(true) && (since.is_none() || self.marks.receipts_since(from)) {
+            let mut by_room: HashMap<String, Vec<streams::Receipt>> = HashMap::new();
+            if since.is_some() {
+                // What moved, read once for every room shown.
+                for (room, receipt) in streams::all_receipts_between(self.db.pool(), from, to.stream).await? {
+                    by_room.entry(room).or_default().push(receipt);
+                }
+            }
             for room_id in shown {
-                let receipts = streams::receipts_between(self.db.pool(), room_id.as_str(), from, to.stream).await?;
+                let receipts = match since {
+                    Some(_) => by_room.remove(room_id.as_str()).unwrap_or_default(),
+                    None => streams::receipts_between(self.db.pool(), room_id.as_str(), 0, to.stream).await?,
+                };
                 if let Some(event) = sync::receipt_event(receipts, user) {
                     out.receipts.rooms.insert((*room_id).to_owned(), event);
                     news = true;

@@ -153,6 +153,13 @@ pub const BUMP_KINDS: &[&str] = &[
     "m.beacon_info",
 ];
 
+/// Whether an event of this type moves its room up a client's list ([`BUMP_KINDS`]).
+fn is_bump(kind: &TimelineEventType) -> bool {
+    static KINDS: std::sync::LazyLock<Vec<TimelineEventType>> =
+        std::sync::LazyLock::new(|| BUMP_KINDS.iter().map(|k| TimelineEventType::from(*k)).collect());
+    KINDS.contains(kind)
+}
+
 /// What [`EventPolicy::check`] answers.
 pub(crate) type Checking<'a> = futures::future::BoxFuture<'a, Result<()>>;
 
@@ -1124,12 +1131,12 @@ impl<'a> RoomWriter<'a> {
             }
         }
         {
+            // A bump event committed now is its room's newest: recorded whether or not the room
+            // was read before (a read in flight keeps the larger of the two).
             let mut bumps = caches.bumps.lock().unwrap();
-            for pdu in appended.iter().filter(|p| BUMP_KINDS.contains(&p.kind.to_string().as_str())) {
-                // Only a room already read is kept up to date: the others are read when asked.
-                if let Some(last) = bumps.get_mut(&pdu.room_id) {
-                    *last = (*last).max(pdu.stream_ordering);
-                }
+            for pdu in appended.iter().filter(|p| is_bump(&p.kind)) {
+                let last = bumps.get_or_insert_mut(pdu.room_id.clone(), || pdu.stream_ordering);
+                *last = (*last).max(pdu.stream_ordering);
             }
         }
         {
