@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use diplomatie_service::{pdu::federation_json, Error, Services};
+use ruma::events::room::member::MembershipState;
 use ruma::{
     api::federation::{
         authenticated_media::{get_content, get_content_thumbnail, Content, ContentMetadata, FileOrLocation},
@@ -156,7 +157,7 @@ async fn make_join(
 ) -> ApiResult<prepare_join_event::v1::Response> {
     let (version, event) = s
         .remote_membership
-        .make_membership(req.origin(), &req.body.room_id, &req.body.user_id, "join", Some(&req.body.ver))
+        .make_membership(req.origin(), &req.body.room_id, &req.body.user_id, MembershipState::Join, Some(&req.body.ver))
         .await?;
     let mut response = prepare_join_event::v1::Response::new(event);
     response.room_version = Some(version);
@@ -168,8 +169,10 @@ async fn send_join(
     req: Ruma<create_join_event::v2::Request>,
 ) -> ApiResult<create_join_event::v2::Response> {
     let b = &req.body;
-    let (pdu, state_before, signed) =
-        s.remote_membership.send_membership_from(req.origin(), &b.room_id, &b.event_id, &b.pdu, "join").await?;
+    let (pdu, state_before, signed) = s
+        .remote_membership
+        .send_membership_from(req.origin(), &b.room_id, &b.event_id, &b.pdu, MembershipState::Join)
+        .await?;
     let state = s.remote_membership.join_response(&b.room_id, &pdu, &state_before, signed).await?;
     Ok(create_join_event::v2::Response::new(state).into())
 }
@@ -178,8 +181,10 @@ async fn make_leave(
     State(s): S,
     req: Ruma<prepare_leave_event::v1::Request>,
 ) -> ApiResult<prepare_leave_event::v1::Response> {
-    let (version, event) =
-        s.remote_membership.make_membership(req.origin(), &req.body.room_id, &req.body.user_id, "leave", None).await?;
+    let (version, event) = s
+        .remote_membership
+        .make_membership(req.origin(), &req.body.room_id, &req.body.user_id, MembershipState::Leave, None)
+        .await?;
     Ok(prepare_leave_event::v1::Response::new(Some(version), event).into())
 }
 
@@ -188,7 +193,9 @@ async fn send_leave(
     req: Ruma<create_leave_event::v2::Request>,
 ) -> ApiResult<create_leave_event::v2::Response> {
     let b = &req.body;
-    s.remote_membership.send_membership_from(req.origin(), &b.room_id, &b.event_id, &b.pdu, "leave").await?;
+    s.remote_membership
+        .send_membership_from(req.origin(), &b.room_id, &b.event_id, &b.pdu, MembershipState::Leave)
+        .await?;
     Ok(create_leave_event::v2::Response::new().into())
 }
 
@@ -198,7 +205,13 @@ async fn make_knock(
 ) -> ApiResult<prepare_knock_event::v1::Response> {
     let (version, event) = s
         .remote_membership
-        .make_membership(req.origin(), &req.body.room_id, &req.body.user_id, "knock", Some(&req.body.ver))
+        .make_membership(
+            req.origin(),
+            &req.body.room_id,
+            &req.body.user_id,
+            MembershipState::Knock,
+            Some(&req.body.ver),
+        )
         .await?;
     Ok(prepare_knock_event::v1::Response::new(version, event).into())
 }
@@ -208,8 +221,10 @@ async fn send_knock(
     req: Ruma<create_knock_event::v1::Request>,
 ) -> ApiResult<create_knock_event::v1::Response> {
     let b = &req.body;
-    let (pdu, _, _) =
-        s.remote_membership.send_membership_from(req.origin(), &b.room_id, &b.event_id, &b.pdu, "knock").await?;
+    let (pdu, _, _) = s
+        .remote_membership
+        .send_membership_from(req.origin(), &b.room_id, &b.event_id, &b.pdu, MembershipState::Knock)
+        .await?;
     let shown = s.remote_membership.state_shown_before_joining(&b.room_id, &pdu.sender).await?;
     Ok(create_knock_event::v1::Response::new(shown).into())
 }

@@ -1,6 +1,7 @@
 //! Accounts: registration, login and tokens, devices, passwords, deactivation, profiles.
 
 use hmac::{Hmac, Mac};
+use ruma::events::room::member::MembershipState;
 use ruma::{
     api::error::{ErrorKind, UnknownTokenErrorData},
     events::{StateEventType, TimelineEventType},
@@ -376,13 +377,10 @@ impl Accounts {
             "avatar_url" => store::set_avatar_url(self.db.pool(), user.as_str(), value).await?,
             _ => return Err(Error::bad_json("Unknown profile field")),
         }
-        for (room, membership) in diplomatie_storage::state::rooms_for_user(self.db.pool(), user.as_str()).await? {
-            if membership != "join" {
+        for (room_id, membership) in self.memberships_of(user).await? {
+            if membership != MembershipState::Join {
                 continue;
             }
-            let Ok(room_id) = ruma::OwnedRoomId::try_from(room) else {
-                continue;
-            };
             let current = self.rooms.state_event(&room_id, &StateEventType::RoomMember, user.as_str()).await?;
             let mut content = current.map(|p| p.content_value()).unwrap_or_else(|| json!({ "membership": "join" }));
             match value {

@@ -10,9 +10,9 @@ use std::sync::{
 };
 
 use diplomatie_storage::Db;
-use ruma::{OwnedServerName, ServerName};
+use ruma::{events::room::member::MembershipState, OwnedRoomId, OwnedServerName, ServerName, UserId};
 
-use crate::{config::Config, keys::ServerKeys, marks::StreamMarks, notifier::Notifier};
+use crate::{config::Config, keys::ServerKeys, marks::StreamMarks, notifier::Notifier, Result};
 
 /// Lets a service (a struct with a `core: Arc<Core>` field) read the core's fields as its own.
 macro_rules! over_core {
@@ -71,6 +71,16 @@ impl Core {
         let guard = self.writer.lock().await;
         let position = self.stream.load(Ordering::Acquire);
         StreamWrite { core: self, position, _guard: guard }
+    }
+
+    /// The rooms a user has a membership in (any, `leave` included), with that membership:
+    /// where the storage's strings become ruma's type.
+    pub(crate) async fn memberships_of(&self, user: &UserId) -> Result<Vec<(OwnedRoomId, MembershipState)>> {
+        Ok(diplomatie_storage::state::rooms_for_user(self.db.pool(), user.as_str())
+            .await?
+            .into_iter()
+            .filter_map(|(room, m)| Some((OwnedRoomId::try_from(room).ok()?, MembershipState::from(m.as_str()))))
+            .collect())
     }
 }
 

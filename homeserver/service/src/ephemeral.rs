@@ -2,7 +2,7 @@
 //! and filters are in [`crate::account_data`].)
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, Weak,
@@ -11,7 +11,18 @@ use std::{
 };
 
 use diplomatie_storage::{streams, Db};
-use ruma::{EventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{
+    api::{
+        client::receipt::create_receipt::v3::ReceiptType,
+        federation::transactions::edu::{Edu, PresenceUpdate, ReceiptContent, ReceiptData, ReceiptMap, TypingContent},
+    },
+    events::{
+        fully_read::FullyReadEventContent,
+        receipt::{Receipt, ReceiptThread},
+    },
+    presence::PresenceState,
+    EventId, MilliSecondsSinceUnixEpoch, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+};
 
 use crate::{
     account_data::AccountData, core::Core, federation::sender::Outbox, now_ms, push::Push, rooms::Rooms, Error, Result,
@@ -142,11 +153,8 @@ impl Ephemeral {
         }
         self.apply_typing(user, room_id, typing, timeout_ms).await?;
         if user.server_name() == self.server_name() {
-            let edu = serde_json::json!({
-                "edu_type": "m.typing",
-                "content": { "room_id": room_id, "user_id": user, "typing": typing },
-            });
-            self.outbox.federate_edu(room_id, edu).await?;
+            let edu = Edu::Typing(TypingContent::new(room_id.to_owned(), user.to_owned(), typing));
+            self.outbox.federate_edu(room_id, &edu).await?;
         }
         Ok(())
     }
@@ -183,9 +191,9 @@ impl Ephemeral {
         &self,
         user: &UserId,
         room_id: &RoomId,
-        receipt_type: &str,
+        receipt_type: &ReceiptType,
         event_id: &EventId,
-        thread_id: Option<&str>,
+        thread: &ReceiptThread,
     ) -> Result<()> {
         if !self.rooms.is_joined(room_id, user).await? {
             return Err(Error::forbidden("You are not joined to this room"));
@@ -196,30 +204,26 @@ impl Ephemeral {
             .await?
             .filter(|p| p.room() == room_id)
             .ok_or_else(|| Error::not_found("Event not found"))?;
-        if receipt_type == "m.fully_read" {
-            let content = serde_json::json!({ "event_id": event.event_id });
-            return self.account_data.set(user, Some(room_id), "m.fully_read", &content).await;
-        }
-        if !matches!(receipt_type, "m.read" | "m.read.private") {
-            return Err(Error::invalid_param("Unknown receipt type"));
-        }
-        if let Some(t) = thread_id {
-            if t != "main" && ruma::EventId::parse(t).is_err() {
-                return Err(Error::invalid_param("thread_id must be main or an event id"));
+        let kind = match receipt_type {
+            ReceiptType::FullyRead => {
+                let content = FullyReadEventContent::new(event.event_id.clone());
+                let content = serde_json::to_value(content)?;
+                return self.account_data.set(user, Some(room_id), "m.fully_read", &content).await;
             }
+            ReceiptType::Read | ReceiptType::ReadPrivate => receipt_type.as_str(),
+            _ => return Err(Error::invalid_param("Unknown receipt type")),
+        };
+        if !matches!(thread, ReceiptThread::Unthreaded | ReceiptThread::Main | ReceiptThread::Thread(_)) {
+            return Err(Error::invalid_param("thread_id must be main or an event id"));
         }
         let ts = now_ms();
-        self.store_receipt(user, room_id, receipt_type, event_id, thread_id, ts).await?;
-        if receipt_type == "m.read" && user.server_name() == self.server_name() {
-            let mut data = serde_json::json!({ "ts": ts });
-            if let Some(t) = thread_id {
-                data["thread_id"] = serde_json::json!(t);
-            }
-            let edu = serde_json::json!({
-                "edu_type": "m.receipt",
-                "content": { room_id.as_str(): { "m.read": { user.as_str(): { "event_ids": [event_id], "data": data } } } },
-            });
-            self.outbox.federate_edu(room_id, edu).await?;
+        self.store_receipt(user, room_id, kind, event_id, thread.as_str(), ts).await?;
+        if *receipt_type == ReceiptType::Read && user.server_name() == self.server_name() {
+            let mut data = Receipt::new(MilliSecondsSinceUnixEpoch(UInt::new_saturating(ts as u64)));
+            data.thread = thread.clone();
+            let read = BTreeMap::from([(user.to_owned(), ReceiptData::new(data, vec![event_id.to_owned()]))]);
+            let receipts = BTreeMap::from([(room_id.to_owned(), ReceiptMap::new(read))]);
+            self.outbox.federate_edu(room_id, &Edu::Receipt(ReceiptContent::new(receipts))).await?;
         }
         Ok(())
     }
@@ -259,21 +263,15 @@ impl Ephemeral {
         Ok(())
     }
 
-    pub async fn set_presence(&self, user: &UserId, state: &str, status_msg: Option<&str>) -> Result<()> {
-        if !matches!(state, "online" | "offline" | "unavailable") {
+    pub async fn set_presence(&self, user: &UserId, state: &PresenceState, status_msg: Option<&str>) -> Result<()> {
+        if !matches!(state, PresenceState::Online | PresenceState::Offline | PresenceState::Unavailable) {
             return Err(Error::invalid_param("Unknown presence state"));
         }
-        let targets = self.store_presence(user, state, status_msg, now_ms()).await?;
+        let targets = self.store_presence(user, state.as_str(), status_msg, now_ms()).await?;
         if user.server_name() == self.server_name() {
-            let mut presence = serde_json::json!({
-                "user_id": user,
-                "presence": state,
-                "last_active_ago": 0,
-                "currently_active": state == "online",
-            });
-            if let Some(m) = status_msg {
-                presence["status_msg"] = serde_json::json!(m);
-            }
+            let mut presence = PresenceUpdate::new(user.to_owned(), state.clone(), UInt::MIN);
+            presence.status_msg = status_msg.map(str::to_owned);
+            presence.currently_active = *state == PresenceState::Online;
             self.outbox.federate_presence(&targets, presence).await?;
         }
         Ok(())
@@ -308,13 +306,13 @@ impl Ephemeral {
 
     /// Presence set by a `/sync` request (`set_presence`): written only when it changes, and
     /// known in memory after the first time, so that syncing costs no query for it.
-    pub async fn presence_on_sync(&self, user: &UserId, state: &str) -> Result<()> {
-        if self.presence_states.lock().unwrap().get(user).is_some_and(|s| s == state) {
+    pub async fn presence_on_sync(&self, user: &UserId, state: &PresenceState) -> Result<()> {
+        if self.presence_states.lock().unwrap().get(user).is_some_and(|s| s == state.as_str()) {
             return Ok(());
         }
         let current = streams::get_presence(self.db.pool(), user.as_str()).await?;
         match current {
-            Some(p) if p.state == state => {
+            Some(p) if p.state == state.as_str() => {
                 self.presence_states.lock().unwrap().insert(user.to_owned(), p.state);
                 Ok(())
             }

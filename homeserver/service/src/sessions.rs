@@ -3,6 +3,7 @@
 //! Each tells push (pushers go with their devices), e2ee (device lists change) and, for a
 //! deactivation, the rooms the user leaves.
 
+use ruma::events::room::member::MembershipState;
 use std::sync::Arc;
 
 use diplomatie_storage::accounts as store;
@@ -95,12 +96,10 @@ impl Sessions {
 
     /// Deactivates an account: it leaves every room, loses its devices and can never log in.
     pub async fn deactivate(&self, user: &UserId) -> Result<()> {
-        for (room, membership) in diplomatie_storage::state::rooms_for_user(self.db.pool(), user.as_str()).await? {
-            if matches!(membership.as_str(), "join" | "invite" | "knock") {
-                if let Ok(room_id) = ruma::OwnedRoomId::try_from(room) {
-                    if let Err(e) = self.membership.leave(user, &room_id, Some("Account deactivated".into())).await {
-                        tracing::warn!(%room_id, error = %e, "could not leave room on deactivation");
-                    }
+        for (room_id, membership) in self.memberships_of(user).await? {
+            if matches!(membership, MembershipState::Join | MembershipState::Invite | MembershipState::Knock) {
+                if let Err(e) = self.membership.leave(user, &room_id, Some("Account deactivated".into())).await {
+                    tracing::warn!(%room_id, error = %e, "could not leave room on deactivation");
                 }
             }
         }

@@ -304,9 +304,11 @@ impl SlidingSync {
         // Rooms the connection was sent that the user has left since (or was kicked or banned
         // from): once more, with the events up to the leave, then forgotten by the connection.
         if since.token.is_some() {
-            let now: HashMap<&str, &str> = memberships.iter().map(|(r, m)| (r.as_str(), m.as_str())).collect();
+            let now: HashMap<&str, MembershipState> =
+                memberships.iter().map(|(r, m)| (r.as_str(), MembershipState::from(m.as_str()))).collect();
             for room_id in since.rooms.keys() {
-                let gone = matches!(now.get(room_id.as_str()), Some(&"leave" | &"ban") | None);
+                let gone =
+                    matches!(now.get(room_id.as_str()), Some(MembershipState::Leave | MembershipState::Ban) | None);
                 if wanted.contains_key(room_id) || !gone {
                     continue;
                 }

@@ -87,20 +87,7 @@ pub async fn send_to_device(
     State(s): S,
     req: Ruma<send_event_to_device::v3::Request>,
 ) -> ApiResult<send_event_to_device::v3::Response> {
-    let messages: BTreeMap<OwnedUserId, BTreeMap<String, Value>> = req
-        .body
-        .messages
-        .iter()
-        .map(|(u, devices)| {
-            let devices = devices
-                .iter()
-                .map(|(d, content)| (d.to_string(), serde_json::from_str(content.json().get()).unwrap_or(Value::Null)))
-                .collect();
-            (u.clone(), devices)
-        })
-        .collect();
-    let kind = req.body.event_type.to_string();
-    s.e2ee.send_to_device(req.caller(), &kind, req.body.txn_id.as_str(), &messages).await?;
+    s.e2ee.send_to_device(req.caller(), &req.body.event_type, &req.body.txn_id, &req.body.messages).await?;
     Ok(send_event_to_device::v3::Response::new().into())
 }
 

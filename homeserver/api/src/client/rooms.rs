@@ -17,6 +17,7 @@ use ruma::api::client::{
     state::{get_state_event_for_key, get_state_events, send_state_event},
     user_directory::search_users,
 };
+use ruma::events::room::member::MembershipState;
 use serde_json::Value;
 
 use crate::ruma_wrapper::{ApiResult, Ruma};
@@ -90,13 +91,17 @@ pub async fn forget(State(s): S, req: Ruma<forget_room::v3::Request>) -> ApiResu
 
 pub async fn kick(State(s): S, req: Ruma<kick_user::v3::Request>) -> ApiResult<kick_user::v3::Response> {
     let user = req.caller().user_id.clone();
-    s.membership.set_membership_of(&user, &req.body.room_id, &req.body.user_id, "leave", req.body.reason).await?;
+    s.membership
+        .set_membership_of(&user, &req.body.room_id, &req.body.user_id, MembershipState::Leave, req.body.reason)
+        .await?;
     Ok(kick_user::v3::Response::new().into())
 }
 
 pub async fn ban(State(s): S, req: Ruma<ban_user::v3::Request>) -> ApiResult<ban_user::v3::Response> {
     let user = req.caller().user_id.clone();
-    s.membership.set_membership_of(&user, &req.body.room_id, &req.body.user_id, "ban", req.body.reason).await?;
+    s.membership
+        .set_membership_of(&user, &req.body.room_id, &req.body.user_id, MembershipState::Ban, req.body.reason)
+        .await?;
     Ok(ban_user::v3::Response::new().into())
 }
 

@@ -19,7 +19,7 @@ use ruma::{
         filter::{create_filter, get_filter},
         presence::{get_presence, set_presence},
         read_marker::set_read_marker,
-        receipt::create_receipt,
+        receipt::create_receipt::{self, v3::ReceiptType},
         sync::sync_events,
         tag::{create_tag, delete_tag, get_tags},
         typing::create_typing_event,
@@ -59,10 +59,9 @@ pub async fn sync(State(s): S, req: Ruma<sync_events::v3::Request>) -> ApiResult
         Some(_) => SyncFilter::default(),
     };
     let since = req.body.since.as_deref().map(SyncToken::parse).transpose()?;
-    let presence = req.body.set_presence.to_string();
-    if presence != "offline" {
+    if req.body.set_presence != PresenceState::Offline {
         // Syncing marks the user online (or as the client asks), as Synapse does.
-        s.ephemeral.presence_on_sync(user, &presence).await?;
+        s.ephemeral.presence_on_sync(user, &req.body.set_presence).await?;
     }
     let body = s
         .sync
@@ -82,9 +81,8 @@ pub async fn sync(State(s): S, req: Ruma<sync_events::v3::Request>) -> ApiResult
 /// sync, MSC4186).
 pub async fn sliding_sync(State(s): S, req: Ruma<sync_events::v5::Request>) -> ApiResult<sync_events::v5::Response> {
     let caller = req.caller();
-    let presence = req.body.set_presence.to_string();
-    if presence != "offline" {
-        s.ephemeral.presence_on_sync(&caller.user_id, &presence).await?;
+    if req.body.set_presence != PresenceState::Offline {
+        s.ephemeral.presence_on_sync(&caller.user_id, &req.body.set_presence).await?;
     }
     let request = SlidingRequest { user: &caller.user_id, device: caller.device_id.as_str(), body: &req.body };
     Ok(s.sliding.sync(request).await?.into())
@@ -121,15 +119,7 @@ pub async fn typing(
 
 pub async fn receipt(State(s): S, req: Ruma<create_receipt::v3::Request>) -> ApiResult<create_receipt::v3::Response> {
     let b = &req.body;
-    let thread = match &b.thread {
-        ReceiptThread::Unthreaded => None,
-        ReceiptThread::Main => Some("main".to_owned()),
-        ReceiptThread::Thread(id) => Some(id.to_string()),
-        _ => None,
-    };
-    s.ephemeral
-        .set_receipt(&req.caller().user_id, &b.room_id, b.receipt_type.as_str(), &b.event_id, thread.as_deref())
-        .await?;
+    s.ephemeral.set_receipt(&req.caller().user_id, &b.room_id, &b.receipt_type, &b.event_id, &b.thread).await?;
     Ok(create_receipt::v3::Response::new().into())
 }
 
@@ -140,13 +130,13 @@ pub async fn read_markers(
     let b = &req.body;
     let user = &req.caller().user_id;
     if let Some(id) = &b.fully_read {
-        s.ephemeral.set_receipt(user, &b.room_id, "m.fully_read", id, None).await?;
+        s.ephemeral.set_receipt(user, &b.room_id, &ReceiptType::FullyRead, id, &ReceiptThread::Unthreaded).await?;
     }
     if let Some(id) = &b.read_receipt {
-        s.ephemeral.set_receipt(user, &b.room_id, "m.read", id, None).await?;
+        s.ephemeral.set_receipt(user, &b.room_id, &ReceiptType::Read, id, &ReceiptThread::Unthreaded).await?;
     }
     if let Some(id) = &b.private_read_receipt {
-        s.ephemeral.set_receipt(user, &b.room_id, "m.read.private", id, None).await?;
+        s.ephemeral.set_receipt(user, &b.room_id, &ReceiptType::ReadPrivate, id, &ReceiptThread::Unthreaded).await?;
     }
     Ok(set_read_marker::v3::Response::new().into())
 }
@@ -253,7 +243,7 @@ pub async fn delete_tag(State(s): S, req: Ruma<delete_tag::v3::Request>) -> ApiR
 
 pub async fn set_presence(State(s): S, req: Ruma<set_presence::v3::Request>) -> ApiResult<set_presence::v3::Response> {
     only_self(&req.caller().user_id, &req.body.user_id)?;
-    s.ephemeral.set_presence(&req.body.user_id, req.body.presence.as_str(), req.body.status_msg.as_deref()).await?;
+    s.ephemeral.set_presence(&req.body.user_id, &req.body.presence, req.body.status_msg.as_deref()).await?;
     Ok(set_presence::v3::Response::new().into())
 }
 

@@ -22,10 +22,11 @@ use ruma::{
         error::ErrorKind,
     },
     encryption::{CrossSigningKey, OneTimeKey},
-    events::AnyToDeviceEvent,
+    events::{room::member::MembershipState, AnyToDeviceEvent, AnyToDeviceEventContent, ToDeviceEventType},
     serde::{Base64, Raw},
-    CanonicalJsonObject, OneTimeKeyAlgorithm, OneTimeKeyId, OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId, UInt,
-    UserId,
+    to_device::DeviceIdOrAllDevices,
+    CanonicalJsonObject, OneTimeKeyAlgorithm, OneTimeKeyId, OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId,
+    TransactionId, UInt, UserId,
 };
 use serde_json::{json, Value};
 
@@ -37,6 +38,10 @@ use crate::{
     uia::Uia,
     Error, Result,
 };
+
+/// To-device messages by user and device (`*`: every device of the user), as clients send
+/// them and as other servers pass them on.
+pub type ToDeviceMessages = BTreeMap<OwnedUserId, BTreeMap<DeviceIdOrAllDevices, Raw<AnyToDeviceEventContent>>>;
 
 /// What `/sync` needs to skip the encryption queries when nothing changed: which devices have
 /// to-device messages waiting, where the device list stream and the membership events stand,
@@ -433,8 +438,8 @@ impl E2ee {
             diplomatie_storage::events::membership_changes_between(self.db.pool(), since, to).await?
         {
             let membership =
-                serde_json::from_str::<Value>(&json)?["content"]["membership"].as_str().unwrap_or_default().to_owned();
-            let joined = membership == "join";
+                serde_json::from_str::<Value>(&json)?["content"]["membership"].as_str().map(MembershipState::from);
+            let joined = membership == Some(MembershipState::Join);
             if member == user.as_str() {
                 // I joined a room: its members are new to me. I left one: some may be gone.
                 let Ok(room_id) = ruma::OwnedRoomId::try_from(room.as_str()) else { continue };
@@ -464,25 +469,19 @@ impl E2ee {
     pub async fn send_to_device(
         &self,
         caller: &Caller,
-        event_type: &str,
-        txn_id: &str,
-        messages: &BTreeMap<OwnedUserId, BTreeMap<String, Value>>,
+        event_type: &ToDeviceEventType,
+        txn_id: &TransactionId,
+        messages: &ToDeviceMessages,
     ) -> Result<()> {
-        let remote: BTreeMap<OwnedUserId, BTreeMap<String, Value>> = messages
+        let (local, remote): (ToDeviceMessages, ToDeviceMessages) = messages
             .iter()
-            .filter(|(u, _)| u.server_name() != self.server_name())
             .map(|(u, m)| (u.clone(), m.clone()))
-            .collect();
+            .partition(|(u, _)| u.server_name() == self.server_name());
         if !remote.is_empty() {
             // Sent on as `m.direct_to_device` EDUs, one per server.
             self.send_remote_to_device(&caller.user_id, event_type, txn_id, remote).await?;
         }
-        let local: BTreeMap<OwnedUserId, BTreeMap<String, Value>> = messages
-            .iter()
-            .filter(|(u, _)| u.server_name() == self.server_name())
-            .map(|(u, m)| (u.clone(), m.clone()))
-            .collect();
-        self.deliver_to_device(&caller.user_id, caller.device_id.as_str(), event_type, txn_id, &local).await
+        self.deliver_to_device(&caller.user_id, caller.device_id.as_str(), event_type, txn_id.as_str(), &local).await
     }
 
     /// Queues to-device messages for local users' devices (`*`: every device), once per
@@ -491,9 +490,9 @@ impl E2ee {
         &self,
         sender: &UserId,
         sender_device: &str,
-        event_type: &str,
+        event_type: &ToDeviceEventType,
         txn_id: &str,
-        messages: &BTreeMap<OwnedUserId, BTreeMap<String, Value>>,
+        messages: &ToDeviceMessages,
     ) -> Result<()> {
         let mut rows = Vec::new();
         let mut recipients = Vec::new();
@@ -503,14 +502,13 @@ impl E2ee {
             }
             let known: Vec<String> = self.accounts.devices(user).await?.into_iter().map(|d| d.device_id).collect();
             for (device, content) in devices {
-                let content = serde_json::to_string(content)?;
-                let targets: Vec<&String> = if device == "*" {
-                    known.iter().collect()
-                } else {
-                    known.iter().filter(|d| *d == device).collect()
+                let content = content.json().get();
+                let targets: Vec<&String> = match device {
+                    DeviceIdOrAllDevices::AllDevices => known.iter().collect(),
+                    DeviceIdOrAllDevices::DeviceId(d) => known.iter().filter(|k| *k == d.as_str()).collect(),
                 };
                 for target in targets {
-                    rows.push((user.to_string(), target.clone(), content.clone()));
+                    rows.push((user.to_string(), target.clone(), content.to_owned()));
                 }
             }
             recipients.push(user.clone());
@@ -522,7 +520,7 @@ impl E2ee {
             // A retry of a transaction already delivered.
             return Ok(());
         }
-        store::add_to_device(&mut tx, position, sender.as_str(), event_type, &rows).await?;
+        store::add_to_device(&mut tx, position, sender.as_str(), &event_type.to_string(), &rows).await?;
         diplomatie_storage::commit(tx).await?;
         {
             let mut pending = self.state.pending.lock().unwrap();

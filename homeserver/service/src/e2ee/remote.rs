@@ -6,14 +6,17 @@
 use std::collections::{BTreeMap, HashSet};
 
 use ruma::{
-    api::federation::keys::{claim_keys, get_keys},
+    api::federation::{
+        keys::{claim_keys, get_keys},
+        transactions::edu::{DeviceListUpdateContent, DirectDeviceContent, Edu},
+    },
     encryption::{CrossSigningKey, DeviceKeys},
+    events::ToDeviceEventType,
     serde::Raw,
-    OwnedDeviceId, OwnedServerName, OwnedUserId, ServerName, UserId,
+    OwnedDeviceId, OwnedServerName, OwnedUserId, ServerName, TransactionId, UInt, UserId,
 };
-use serde_json::{json, Map, Value};
 
-use super::E2ee;
+use super::{E2ee, ToDeviceMessages};
 use crate::Result;
 
 /// What another server answered about its users' keys (only its own users kept).
@@ -61,30 +64,20 @@ impl E2ee {
     pub(crate) async fn send_remote_to_device(
         &self,
         sender: &UserId,
-        event_type: &str,
-        txn_id: &str,
-        messages: BTreeMap<OwnedUserId, BTreeMap<String, Value>>,
+        event_type: &ToDeviceEventType,
+        txn_id: &TransactionId,
+        messages: ToDeviceMessages,
     ) -> Result<()> {
-        let mut by_server: BTreeMap<OwnedServerName, Map<String, Value>> = BTreeMap::new();
+        let mut by_server: BTreeMap<OwnedServerName, ToDeviceMessages> = BTreeMap::new();
         for (user, devices) in messages {
-            let devices: Map<String, Value> = devices.into_iter().collect();
-            by_server
-                .entry(user.server_name().to_owned())
-                .or_default()
-                .insert(user.to_string(), Value::Object(devices));
+            by_server.entry(user.server_name().to_owned()).or_default().insert(user, devices);
         }
         for (server, messages) in by_server {
             self.transport.check_server_allowed(&server)?;
-            let edu = json!({
-                "edu_type": "m.direct_to_device",
-                "content": {
-                    "sender": sender,
-                    "type": event_type,
-                    "message_id": format!("{}-{txn_id}", crate::random_string(8)),
-                    "messages": messages,
-                },
-            });
-            self.outbox.enqueue_edu(&[server], edu).await?;
+            let message_id = format!("{}-{txn_id}", crate::random_string(8));
+            let mut content = DirectDeviceContent::new(sender.to_owned(), event_type.clone(), message_id.into());
+            content.messages = messages;
+            self.outbox.enqueue_edu(&[server], &Edu::DirectToDevice(content)).await?;
         }
         Ok(())
     }
@@ -117,35 +110,19 @@ impl E2ee {
         }
         let keys: BTreeMap<String, String> =
             diplomatie_storage::e2ee::user_device_keys(self.db.pool(), user.as_str()).await?.into_iter().collect();
+        let stream_id = UInt::try_from(position).map_err(crate::internal!())?;
         for device in self.accounts.devices(user).await? {
-            let mut content = json!({
-                "user_id": user,
-                "device_id": device.device_id,
-                "stream_id": position,
-                "prev_id": [],
-                "deleted": false,
-            });
-            if let Some(name) = &device.display_name {
-                content["device_display_name"] = json!(name);
-            }
-            if let Some(k) = keys.get(&device.device_id) {
-                content["keys"] = serde_json::from_str(k)?;
-            }
-            self.outbox
-                .enqueue_edu(&servers, json!({ "edu_type": "m.device_list_update", "content": content }))
-                .await?;
+            let device_id: OwnedDeviceId = device.device_id.into();
+            let mut content = DeviceListUpdateContent::new(user.to_owned(), device_id.clone(), stream_id);
+            content.device_display_name = device.display_name;
+            content.deleted = Some(false);
+            content.keys = keys.get(device_id.as_str()).map(|k| Raw::from_json_string(k.clone())).transpose()?;
+            self.outbox.enqueue_edu(&servers, &Edu::DeviceListUpdate(content)).await?;
         }
         for device in deleted {
-            let content = json!({
-                "user_id": user,
-                "device_id": device,
-                "stream_id": position,
-                "prev_id": [],
-                "deleted": true,
-            });
-            self.outbox
-                .enqueue_edu(&servers, json!({ "edu_type": "m.device_list_update", "content": content }))
-                .await?;
+            let mut content = DeviceListUpdateContent::new(user.to_owned(), (*device).into(), stream_id);
+            content.deleted = Some(true);
+            self.outbox.enqueue_edu(&servers, &Edu::DeviceListUpdate(content)).await?;
         }
         Ok(())
     }

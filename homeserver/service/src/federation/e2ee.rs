@@ -13,7 +13,6 @@ use ruma::{
     },
     OwnedDeviceId, OwnedUserId, ServerName, UserId,
 };
-use serde_json::Value;
 
 use super::transactions::Peers;
 use crate::{Error, Result};
@@ -91,16 +90,16 @@ impl Peers {
         if sender.server_name() != origin {
             return Err(Error::forbidden("to-device messages of a user the origin does not speak for"));
         }
-        let mut messages: BTreeMap<OwnedUserId, BTreeMap<String, Value>> = BTreeMap::new();
-        for (user, devices) in content.messages {
-            let mut out = BTreeMap::new();
-            for (device, message) in devices {
-                out.insert(device.to_string(), serde_json::from_str(message.json().get())?);
-            }
-            messages.insert(user, out);
-        }
-        let (event_type, message_id) = (content.ev_type.to_string(), content.message_id.to_string());
-        self.e2ee.deliver_to_device(&sender, &format!("federation:{origin}"), &event_type, &message_id, &messages).await
+        let origin_device = format!("federation:{origin}");
+        self.e2ee
+            .deliver_to_device(
+                &sender,
+                &origin_device,
+                &content.ev_type,
+                content.message_id.as_str(),
+                &content.messages,
+            )
+            .await
     }
 
     /// `m.device_list_update` / `m.signing_key_update` from `origin`: local users sharing a room

@@ -51,7 +51,7 @@ pub fn supported_versions() -> Vec<RoomVersionId> {
 
 /// What a received membership event must be.
 struct Expected<'a> {
-    membership: &'a str,
+    membership: MembershipState,
     origin: &'a ServerName,
 }
 
@@ -90,7 +90,7 @@ impl RemoteMembership {
         origin: &ServerName,
         room_id: &RoomId,
         user: &UserId,
-        membership: &str,
+        membership: MembershipState,
         versions: Option<&[RoomVersionId]>,
     ) -> Result<(RoomVersionId, Box<RawValue>)> {
         if user.server_name() != origin {
@@ -101,7 +101,7 @@ impl RemoteMembership {
             return Err(Error::not_found("This server is no longer in the room"));
         }
         self.federation.check_server_acl(room_id, origin).await?;
-        if membership == "join" {
+        if membership == MembershipState::Join {
             self.portal.check_federation(room_id, origin).await?;
         }
         if let Some(versions) = versions {
@@ -112,8 +112,8 @@ impl RemoteMembership {
                 ));
             }
         }
-        let mut content = json!({ "membership": membership });
-        if membership == "join" {
+        let mut content = json!({ "membership": membership.as_str() });
+        if membership == MembershipState::Join {
             let state = self.rooms.current_state(room_id).await?;
             let current = self
                 .rooms
@@ -169,7 +169,7 @@ impl RemoteMembership {
         room_id: &RoomId,
         event_id: &ruma::EventId,
         raw: &RawValue,
-        membership: &str,
+        membership: MembershipState,
     ) -> Result<(Arc<Pdu>, Arc<StateMap<OwnedEventId>>, Option<CanonicalJsonObject>)> {
         let mut object = canonical(raw)?;
         if room_of(&object)? != room_id {
@@ -184,8 +184,8 @@ impl RemoteMembership {
         if event_id_of(&object, &rules)? != event_id {
             return Err(Error::bad_json("The event id does not match the event"));
         }
-        check_membership_shape(&object, &Expected { membership, origin })?;
-        if membership == "join" {
+        check_membership_shape(&object, &Expected { membership: membership.clone(), origin })?;
+        if membership == MembershipState::Join {
             self.portal.check_federation(room_id, origin).await?;
         }
         // A restricted join names a user of this server: vouch for it (sign) only now that it is
@@ -199,7 +199,7 @@ impl RemoteMembership {
             .and_then(|v| v.as_str())
             .and_then(|s| OwnedUserId::try_from(s).ok());
         if let Some(authoriser) = authoriser.filter(|u| u.server_name() == self.server_name()) {
-            if membership != "join" || !self.rooms.is_joined(room_id, &authoriser).await? {
+            if membership != MembershipState::Join || !self.rooms.is_joined(room_id, &authoriser).await? {
                 return Err(Error::forbidden("The authorising user cannot vouch for this join"));
             }
             ruma::signatures::sign_event(
@@ -216,9 +216,7 @@ impl RemoteMembership {
         let (pdu, state_before) =
             self.federation.handle_pdu(origin, &meta.version, object.clone(), Placement::Extend, 0).await?;
         drop(guard);
-        if pdu.kind != TimelineEventType::RoomMember
-            || pdu.membership().as_ref().map(MembershipState::as_str) != Some(membership)
-        {
+        if pdu.kind != TimelineEventType::RoomMember || pdu.membership() != Some(membership) {
             return Err(crate::internal!("a checked membership event stays one")());
         }
         // The other servers of the room learn of it from here.
@@ -704,7 +702,7 @@ fn check_membership_shape(object: &CanonicalJsonObject, expected: &Expected<'_>)
     }
     let membership =
         object.get("content").and_then(|c| c.as_object()).and_then(|c| c.get("membership")).and_then(|v| v.as_str());
-    if membership != Some(expected.membership) {
+    if membership != Some(expected.membership.as_str()) {
         return refuse("another membership");
     }
     Ok(())
@@ -746,7 +744,7 @@ mod tests {
         let join = |sender: &str, key: &str, kind: &str, m: &str| {
             object(json!({ "type": kind, "sender": sender, "state_key": key, "content": { "membership": m } }))
         };
-        let expected = Expected { membership: "join", origin };
+        let expected = Expected { membership: MembershipState::Join, origin };
         assert!(check_membership_shape(&join("@bob:b.test", "@bob:b.test", "m.room.member", "join"), &expected).is_ok());
         for bad in [
             join("@bob:b.test", "@alice:a.test", "m.room.member", "join"),

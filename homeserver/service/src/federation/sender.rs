@@ -18,10 +18,13 @@ use std::{
 use diplomatie_storage::federation as store;
 use ruma::events::room::member::MembershipState;
 use ruma::{
-    api::federation::transactions::send_transaction_message, serde::Raw, MilliSecondsSinceUnixEpoch, OwnedEventId,
-    OwnedServerName, OwnedTransactionId, OwnedUserId, RoomId, ServerName,
+    api::federation::transactions::{
+        edu::{Edu, PresenceContent, PresenceUpdate},
+        send_transaction_message,
+    },
+    serde::Raw,
+    MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedServerName, OwnedTransactionId, OwnedUserId, RoomId, ServerName,
 };
-use serde_json::{json, Value};
 
 use super::client::Transport;
 use crate::pdu::federation_json;
@@ -183,8 +186,8 @@ impl Outbox {
     }
 
     /// Queues an EDU for `servers`.
-    pub(crate) async fn enqueue_edu(&self, servers: &[OwnedServerName], edu: Value) -> Result<()> {
-        let payload = serde_json::to_string(&edu)?;
+    pub(crate) async fn enqueue_edu(&self, servers: &[OwnedServerName], edu: &Edu) -> Result<()> {
+        let payload = serde_json::to_string(edu)?;
         let mut out = Outgoing::default();
         for server in
             servers.iter().filter(|s| *s != self.server_name() && self.transport.check_server_allowed(s).is_ok())
@@ -196,7 +199,7 @@ impl Outbox {
     }
 
     /// Queues an EDU for every other server in the room.
-    pub(crate) async fn federate_edu(&self, room_id: &RoomId, edu: Value) -> Result<()> {
+    pub(crate) async fn federate_edu(&self, room_id: &RoomId, edu: &Edu) -> Result<()> {
         if !self.transport.federation_enabled() {
             return Ok(());
         }
@@ -327,7 +330,11 @@ async fn send_once_in_span(outbox: &Outbox, destination: &ServerName) -> Result<
 
 impl Outbox {
     /// Sends a local user's presence to the servers of the users sharing a room with them.
-    pub(crate) async fn federate_presence(&self, sharing: &HashSet<OwnedUserId>, presence: Value) -> Result<()> {
+    pub(crate) async fn federate_presence(
+        &self,
+        sharing: &HashSet<OwnedUserId>,
+        presence: PresenceUpdate,
+    ) -> Result<()> {
         if !self.transport.federation_enabled() {
             return Ok(());
         }
@@ -338,6 +345,6 @@ impl Outbox {
         if servers.is_empty() {
             return Ok(());
         }
-        self.enqueue_edu(&servers, json!({ "edu_type": "m.presence", "content": { "push": [presence] } })).await
+        self.enqueue_edu(&servers, &Edu::Presence(PresenceContent::new(vec![presence]))).await
     }
 }

@@ -4,6 +4,7 @@
 
 use diplomatie_policies::{self as policies, AccountKind, Entry, Level};
 use diplomatie_storage::org as store;
+use ruma::events::room::member::MembershipState;
 use ruma::UserId;
 
 use super::Organisation;
@@ -26,11 +27,10 @@ impl Organisation {
     /// knock from) every room the rules no longer let them in.
     async fn leave_rooms_no_longer_allowed(&self, target: &UserId, reason: &str) -> Result<()> {
         let person = self.portal.person(target).await?;
-        for (room, membership) in diplomatie_storage::state::rooms_for_user(self.db.pool(), target.as_str()).await? {
-            if !matches!(membership.as_str(), "join" | "invite" | "knock") {
+        for (room_id, membership) in self.memberships_of(target).await? {
+            if !matches!(membership, MembershipState::Join | MembershipState::Invite | MembershipState::Knock) {
                 continue;
             }
-            let Ok(room_id) = ruma::OwnedRoomId::try_from(room) else { continue };
             let facts = self.portal.room_facts_now(&room_id).await?;
             if policies::may_enter(person, facts, Entry::Join).is_err() {
                 self.membership.leave(target, &room_id, Some(reason.to_owned())).await?;

@@ -1,5 +1,6 @@
 //! Room creation (`POST /createRoom`), in the order the spec gives for the initial events.
 
+use ruma::events::room::member::MembershipState;
 use ruma::{
     api::{
         client::room::{create_room::v3::Request as CreateRoomRequest, Visibility},
@@ -146,7 +147,8 @@ impl Membership {
         }
         // 8. invites (a refusal is the invitee's, not the state's: M_FORBIDDEN)
         for invitee in req.invite.iter().filter(|u| u.server_name() == self.server_name()) {
-            let content = with_membership("invite", self.accounts.member_profile(invitee).await?, req.is_direct);
+            let content =
+                with_membership(MembershipState::Invite, self.accounts.member_profile(invitee).await?, req.is_direct);
             w.append(creator, PduBuilder::state(TimelineEventType::RoomMember, invitee.as_str(), content), None)
                 .await?;
         }
@@ -180,7 +182,7 @@ impl Membership {
         let room_id = w.room_id().ok_or_else(crate::internal!("a value present by construction"))?.to_owned();
         // 2. the creator joins
         let profile = self.accounts.member_profile(creator).await?;
-        let join = with_membership("join", profile, req.is_direct);
+        let join = with_membership(MembershipState::Join, profile, req.is_direct);
         w.append(creator, PduBuilder::state(TimelineEventType::RoomMember, creator.as_str(), join), None).await?;
 
         // 3. power levels: defaults, the preset's changes, then the client's override

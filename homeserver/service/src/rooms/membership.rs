@@ -90,7 +90,8 @@ impl Membership {
         if diplomatie_storage::accounts::get_user(self.db.pool(), invitee.as_str()).await?.is_none() {
             return Err(Error::not_found("Unknown user"));
         }
-        let mut content = with_membership("invite", self.accounts.member_profile(invitee).await?, is_direct);
+        let mut content =
+            with_membership(MembershipState::Invite, self.accounts.member_profile(invitee).await?, is_direct);
         add_reason(&mut content, reason);
         self.send_membership(sender, room_id, invitee, content).await
     }
@@ -123,7 +124,7 @@ impl Membership {
             .state_event_in(&state, &StateEventType::RoomMember, user.as_str())
             .await?
             .and_then(|p| p.membership());
-        let mut content = with_membership("join", self.accounts.member_profile(user).await?, false);
+        let mut content = with_membership(MembershipState::Join, self.accounts.member_profile(user).await?, false);
         add_reason(&mut content, reason);
 
         // Restricted rooms: a local member who may invite vouches for the joiner, when the joiner
@@ -179,12 +180,12 @@ impl Membership {
         sender: &UserId,
         room_id: &RoomId,
         target: &UserId,
-        membership: &str,
+        membership: MembershipState,
         reason: Option<String>,
     ) -> Result<()> {
         self.rooms.known_room(room_id).await?;
         let current = self.rooms.membership(room_id, target).await?;
-        if membership == "leave" && matches!(current, None | Some(MembershipState::Leave)) {
+        if membership == MembershipState::Leave && matches!(current, None | Some(MembershipState::Leave)) {
             return Err(Error::forbidden("The user is not a member of this room"));
         }
         let mut content = json!({ "membership": membership });
@@ -203,7 +204,7 @@ impl Membership {
         if self.rooms.membership(room_id, target).await? != Some(MembershipState::Ban) {
             return Err(Error::forbidden("The user is not banned"));
         }
-        self.set_membership_of(sender, room_id, target, "leave", reason).await
+        self.set_membership_of(sender, room_id, target, MembershipState::Leave, reason).await
     }
 
     pub async fn knock(&self, user: &UserId, room_id: &RoomId, reason: Option<String>) -> Result<OwnedRoomId> {
@@ -225,7 +226,7 @@ impl Membership {
         if self.rooms.room_meta(room_id).await?.is_none() {
             return Err(Error::not_found("This server does not know this room, and federation is not enabled"));
         }
-        let mut content = with_membership("knock", self.accounts.member_profile(user).await?, false);
+        let mut content = with_membership(MembershipState::Knock, self.accounts.member_profile(user).await?, false);
         add_reason(&mut content, reason);
         self.send_membership(user, room_id, user, content).await?;
         Ok(room_id.to_owned())
@@ -268,8 +269,8 @@ fn add_reason(content: &mut Value, reason: Option<String>) {
 }
 
 /// Member event content: `membership` plus the profile fields.
-pub(crate) fn with_membership(membership: &str, mut profile: Map<String, Value>, is_direct: bool) -> Value {
-    profile.insert("membership".into(), json!(membership));
+pub(crate) fn with_membership(membership: MembershipState, mut profile: Map<String, Value>, is_direct: bool) -> Value {
+    profile.insert("membership".into(), json!(membership.as_str()));
     if is_direct {
         profile.insert("is_direct".into(), json!(true));
     }

@@ -414,7 +414,7 @@ impl Rooms {
         let members = state_store::room_members(self.db.pool(), room_id.as_str()).await?;
         let joined: HashSet<OwnedUserId> = members
             .into_iter()
-            .filter(|(_, m, _)| m == "join")
+            .filter(|(_, m, _)| MembershipState::from(m.as_str()) == MembershipState::Join)
             .filter_map(|(u, _, _)| OwnedUserId::try_from(u).ok())
             .collect();
         let joined = Arc::new(joined);
@@ -1277,11 +1277,12 @@ fn relation_of(pdu: &Pdu) -> Option<(String, String)> {
 
 /// The rooms a user is joined to.
 pub async fn joined_rooms(core: &Core, user: &UserId) -> Result<Vec<OwnedRoomId>> {
-    Ok(state_store::rooms_for_user(core.db.pool(), user.as_str())
+    Ok(core
+        .memberships_of(user)
         .await?
         .into_iter()
-        .filter(|(_, m)| m == "join")
-        .filter_map(|(r, _)| OwnedRoomId::try_from(r).ok())
+        .filter(|(_, m)| *m == MembershipState::Join)
+        .map(|(r, _)| r)
         .collect())
 }
 
