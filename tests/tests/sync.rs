@@ -123,6 +123,7 @@ async fn invite_leave_and_knock_sections(backend: Backend) {
     let bob = server.register("bob").await;
     let since = bob.sync(None, "").await["next_batch"].as_str().unwrap().to_owned();
     let room = alice.create_room(json!({ "name": "Invitation", "invite": ["@bob:localhost"] })).await;
+    alice.send_text(&room, "avant l'arrivée").await;
     let s = bob.sync(Some(&since), "timeout=0").await;
     let invite = &s["rooms"]["invite"][&room]["invite_state"]["events"];
     assert!(invite
@@ -140,6 +141,22 @@ async fn invite_leave_and_knock_sections(backend: Backend) {
     let s = bob.sync(Some(&since), "timeout=0").await;
     assert!(s["rooms"]["join"].get(&room).is_some(), "joined room appears in join: {s}");
     assert!(s["rooms"]["invite"].get(&room).is_none());
+    // A room joined since the last sync starts as on a first sync: its newest events, those
+    // before the join included (the history visibility is `shared`), not only the join.
+    let joined = &s["rooms"]["join"][&room];
+    assert_eq!(timeline_bodies(&s, &room), vec!["avant l'arrivée"], "{s}");
+    assert!(joined["timeline"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"), "{s}");
+    assert!(joined["timeline"]["prev_batch"].is_string());
+    // Where the visibility is `joined`, what came before the join stays hidden.
+    let closed = alice
+        .create_room(json!({ "initial_state": [{ "type": "m.room.history_visibility", "state_key": "", "content": { "history_visibility": "joined" } }], "invite": ["@bob:localhost"] }))
+        .await;
+    alice.send_text(&closed, "secret").await;
+    let before = bob.sync(Some(s["next_batch"].as_str().unwrap()), "timeout=0").await;
+    bob.join(&closed).await;
+    let s2 = bob.sync(Some(before["next_batch"].as_str().unwrap()), "timeout=0").await;
+    assert!(s2["rooms"]["join"].get(&closed).is_some(), "{s2}");
+    assert!(timeline_bodies(&s2, &closed).is_empty(), "{s2}");
     let since = s["next_batch"].as_str().unwrap().to_owned();
     alice
         .ok(

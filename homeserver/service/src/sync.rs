@@ -298,15 +298,18 @@ impl Syncer {
     ) -> Result<Option<v3::JoinedRoom>> {
         let user = req.user;
         let pool = self.db.pool();
+        // A room new to the client (first sync, or joined since) starts its timeline with the
+        // room's newest events, those before the join included where the history visibility
+        // shows them, as on a first sync; otherwise the timeline starts at the since token
+        // (`full_state` only widens the state).
+        let from = if full { 0 } else { since.stream };
         let full = full || req.full_state;
         let mut timeline = Vec::new();
         let mut limited = false;
         let mut prev_batch = None;
-        // The timeline always starts at the since token; a full sync only widens the state.
-        let from = since.stream;
         if active || full {
             let limit = req.filter.room.timeline.limit.unwrap_or(10).clamp(1, 100) as usize;
-            let ids = self.rooms.event_ids_between(room_id, since.stream, to.stream, limit + 1).await?;
+            let ids = self.rooms.event_ids_between(room_id, from, to.stream, limit + 1).await?;
             limited = ids.len() > limit;
             for id in ids.iter().take(limit) {
                 if let Some(pdu) = self.rooms.get_pdu(id).await? {
@@ -437,18 +440,20 @@ impl Syncer {
     /// `summary`: member counts and heroes.
     pub(crate) async fn room_member_summary(&self, room_id: &RoomId, user: &UserId) -> Result<v3::RoomSummary> {
         let members = state_store::room_members(self.db.pool(), room_id.as_str()).await?;
-        let count = |m: &str| UInt::try_from(members.iter().filter(|(_, state, _)| state == m).count()).ok();
+        let members: Vec<(&str, MembershipState)> =
+            members.iter().map(|(u, m, _)| (u.as_str(), MembershipState::from(m.as_str()))).collect();
+        let count = |m: MembershipState| UInt::try_from(members.iter().filter(|(_, state)| *state == m).count()).ok();
         let mut heroes: Vec<OwnedUserId> = members
             .iter()
-            .filter(|(u, m, _)| u != user.as_str() && (m == "join" || m == "invite"))
-            .filter_map(|(u, _, _)| OwnedUserId::try_from(u.as_str()).ok())
+            .filter(|(u, m)| *u != user.as_str() && matches!(m, MembershipState::Join | MembershipState::Invite))
+            .filter_map(|(u, _)| OwnedUserId::try_from(*u).ok())
             .collect();
         heroes.sort();
         heroes.truncate(5);
         let mut summary = v3::RoomSummary::new();
         summary.heroes = heroes;
-        summary.joined_member_count = count("join");
-        summary.invited_member_count = count("invite");
+        summary.joined_member_count = count(MembershipState::Join);
+        summary.invited_member_count = count(MembershipState::Invite);
         Ok(summary)
     }
 }
