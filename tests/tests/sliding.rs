@@ -123,6 +123,23 @@ async fn lists_windows_and_incremental_rooms(backend: Backend) {
     assert_eq!(sahel["num_live"], 2);
     assert_ne!(sahel["limited"], true, "false is left out");
     assert!(sahel.get("name").is_none(), "the name did not change: {sahel}");
+    assert_eq!(sahel["notification_count"], 2, "{sahel}");
+
+    // Reading the room (a receipt, no new event) changes its counts: it comes again with them,
+    // and no timeline; a long poll is woken by the receipt.
+    let pos = more["pos"].as_str().unwrap().to_owned();
+    let last = sahel["timeline"].as_array().unwrap().last().unwrap()["event_id"].as_str().unwrap().to_owned();
+    let waiting = {
+        let (alice, pos, wider) = (alice.clone(), pos.clone(), wider.clone());
+        tokio::spawn(async move { sliding_ok(&alice, Some(&pos), 10_000, &wider).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let receipt = format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", urlencode(&rooms[0]), urlencode(&last));
+    assert_eq!(alice.post(&receipt, &json!({})).await.0, 200);
+    let read = waiting.await.unwrap();
+    let sahel = &read["rooms"][&rooms[0]];
+    assert_eq!(sahel["notification_count"], 0, "{read}");
+    assert!(bodies(sahel).is_empty(), "{read}");
 
     // A room left after the position comes once more, with the leave, then no more.
     let bob_first = sliding_ok(&bob, None, 0, &room_list(9, 1)).await;
@@ -341,4 +358,21 @@ async fn room_previews_before_joining(backend: Backend) {
         403,
         "M_FORBIDDEN",
     );
+
+    // A preview from the room's state (matrix-rust-sdk's `RoomPreview::from_state_events`):
+    // a world-readable room's state and joined members read by a non-member; not a room whose
+    // history is shared with members only.
+    let readable = alice
+        .create_room(json!({ "name": "Vitrine", "initial_state": [{ "type": "m.room.history_visibility", "state_key": "", "content": { "history_visibility": "world_readable" } }] }))
+        .await;
+    let carol = server.register("carol").await;
+    let (status, state) = carol.get(&format!("/_matrix/client/v3/rooms/{readable}/state")).await;
+    assert_eq!(status, 200, "{state}");
+    assert!(state.as_array().unwrap().iter().any(|e| e["type"] == "m.room.name"), "{state}");
+    let (status, members) = carol.get(&format!("/_matrix/client/v3/rooms/{readable}/joined_members")).await;
+    assert_eq!(status, 200, "{members}");
+    assert!(members["joined"].get(&alice.user_id).is_some(), "{members}");
+    for path in ["state", "joined_members"] {
+        assert_error(&carol.get(&format!("/_matrix/client/v3/rooms/{private}/{path}")).await, 403, "M_FORBIDDEN");
+    }
 }

@@ -280,6 +280,20 @@ impl SlidingSync {
             entry.0.widen(sub.timeline_limit, &sub.required_state);
         }
 
+        // Receipts that moved since the position, read once: the user's own ones change the
+        // rooms' unread counts, and the receipts extension sends them all.
+        let mut moved_receipts: HashMap<String, Vec<streams::Receipt>> = HashMap::new();
+        if let Some(from) = since.token.filter(|t| self.marks.receipts_since(t.stream)) {
+            for (room, receipt) in streams::all_receipts_between(self.db.pool(), from.stream, to.stream).await? {
+                moved_receipts.entry(room).or_default().push(receipt);
+            }
+        }
+        let read_by_user: HashSet<&str> = moved_receipts
+            .iter()
+            .filter(|(_, receipts)| receipts.iter().any(|r| r.user_id == user.as_str()))
+            .map(|(room, _)| room.as_str())
+            .collect();
+
         let mut reached = Position { token: Some(to), rooms: since.rooms.clone() };
         for (room_id, (config, i)) in &wanted {
             let candidate = &candidates[*i];
@@ -287,7 +301,9 @@ impl SlidingSync {
             let initial = known != Some(&candidate.membership);
             let room = match candidate.membership {
                 MembershipState::Join => {
-                    self.joined_room(req, room_id, config, since.token.filter(|_| !initial), to, &direct).await?
+                    let since = since.token.filter(|_| !initial);
+                    let read = read_by_user.contains(room_id.as_str());
+                    self.joined_room(req, room_id, config, since, to, read, &direct).await?
                 }
                 _ if initial => Some(self.invited_room(user, room_id, &direct).await?),
                 _ => None,
@@ -319,7 +335,7 @@ impl SlidingSync {
             }
         }
         let shown: Vec<&RoomId> = wanted.keys().map(|r| &**r).collect();
-        let news = self.extensions(req, since.token, to, &shown, &mut response.extensions).await?;
+        let news = self.extensions(req, since.token, to, &shown, moved_receipts, &mut response.extensions).await?;
         let news = news || !response.rooms.is_empty() || since.token.is_none();
         Ok((response, reached, news))
     }
@@ -412,7 +428,9 @@ impl SlidingSync {
     }
 
     /// A joined room: whole when `since` is `None` (new to the connection), else what changed
-    /// after it (`None` when nothing did).
+    /// after it (`None` when nothing did). `read`: the user's own receipt in the room moved
+    /// after `since`, so its unread counts changed even without new events.
+    #[allow(clippy::too_many_arguments)]
     async fn joined_room(
         &self,
         req: &SlidingRequest<'_>,
@@ -420,17 +438,22 @@ impl SlidingSync {
         config: &RoomConfig,
         since: Option<SyncToken>,
         to: SyncToken,
+        read: bool,
         direct: &DirectRooms,
     ) -> Result<Option<response::Room>> {
         let user = req.user;
         let from = since.map_or(i64::MIN, |s| s.stream);
-        if since.is_some() && !self.marks.room_since(room_id, from) {
+        let events_moved = since.is_none() || self.marks.room_since(room_id, from);
+        if !events_moved && !read {
             return Ok(None);
         }
         // The timeline: the newest events, or those after the position.
         let limit = config.timeline_limit as usize;
-        let ids = self.rooms.event_ids_between(room_id, from, to.stream, limit + 1).await?;
-        if since.is_some() && ids.is_empty() {
+        let ids = match events_moved {
+            true => self.rooms.event_ids_between(room_id, from, to.stream, limit + 1).await?,
+            false => Vec::new(),
+        };
+        if since.is_some() && ids.is_empty() && !read {
             return Ok(None);
         }
         let limited = ids.len() > limit;
@@ -546,6 +569,7 @@ impl SlidingSync {
         since: Option<SyncToken>,
         to: SyncToken,
         shown: &[&RoomId],
+        mut moved_receipts: HashMap<String, Vec<streams::Receipt>>,
         out: &mut response::Extensions,
     ) -> Result<bool> {
         let (user, asked) = (req.user, &req.body.extensions);
@@ -587,16 +611,9 @@ impl SlidingSync {
             }
         }
         if asked.receipts.enabled == Some(true) && (since.is_none() || self.marks.receipts_since(from)) {
-            let mut by_room: HashMap<String, Vec<streams::Receipt>> = HashMap::new();
-            if since.is_some() {
-                // What moved, read once for every room shown.
-                for (room, receipt) in streams::all_receipts_between(self.db.pool(), from, to.stream).await? {
-                    by_room.entry(room).or_default().push(receipt);
-                }
-            }
             for room_id in shown {
                 let receipts = match since {
-                    Some(_) => by_room.remove(room_id.as_str()).unwrap_or_default(),
+                    Some(_) => moved_receipts.remove(room_id.as_str()).unwrap_or_default(),
                     None => streams::receipts_between(self.db.pool(), room_id.as_str(), 0, to.stream).await?,
                 };
                 if let Some(event) = sync::receipt_event(receipts, user) {

@@ -293,13 +293,14 @@ impl Rooms {
     }
 
     /// `GET /rooms/{roomId}/joined_members`: each joined member's display name and avatar
-    /// (joined members only may ask).
+    /// (joined members may ask, and anyone of a world-readable room, as Synapse answers: room
+    /// previews read it).
     pub async fn joined_profiles(
         &self,
         user: &UserId,
         room_id: &RoomId,
     ) -> Result<BTreeMap<OwnedUserId, joined_members::v3::RoomMember>> {
-        if !self.is_joined(room_id, user).await? {
+        if !self.is_joined(room_id, user).await? && !self.is_world_readable(room_id).await? {
             return Err(Error::forbidden("You are not joined to this room"));
         }
         let state = self.current_state(room_id).await?;
