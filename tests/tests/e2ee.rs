@@ -407,6 +407,8 @@ mod cross_signing_and_backup {
             "user_signing_key": sign_with(&cs_key(&bob.user_id, "user_signing", &bob_usk), &bob.user_id, &bob_master),
         });
         bob.ok(Method::POST, "/_matrix/client/v3/keys/device_signing/upload", Some(&bob_upload)).await;
+        let bob_since = bob.sync(None, "").await["next_batch"].as_str().unwrap().to_owned();
+        let alice_since = alice.sync(None, "").await["next_batch"].as_str().unwrap().to_owned();
         let master_public = STANDARD_NO_PAD.encode(master.verifying_key().to_bytes());
         let signed_master = sign_with(&master_key, &bob.user_id, &bob_usk);
         let r = bob
@@ -421,6 +423,14 @@ mod cross_signing_and_backup {
             .ok(Method::POST, "/_matrix/client/v3/keys/query", Some(&json!({ "device_keys": { &alice.user_id: [] } })))
             .await;
         assert!(q["master_keys"][&alice.user_id]["signatures"][&bob.user_id].is_object(), "{q}");
+        // Bob's devices hear that Alice's keys changed (they fetch them again and see Bob's
+        // signature), though Bob and Alice share no room; Alice hears of nothing.
+        let s = bob.sync(Some(&bob_since), "timeout=0").await;
+        let changed = s["device_lists"]["changed"].as_array().cloned().unwrap_or_default();
+        assert!(changed.contains(&json!(alice.user_id)), "{s}");
+        let s = alice.sync(Some(&alice_since), "timeout=0").await;
+        let changed = s["device_lists"]["changed"].as_array().cloned().unwrap_or_default();
+        assert!(!changed.contains(&json!(bob.user_id)) && !changed.contains(&json!(alice.user_id)), "{s}");
         let q = server
             .register("carol")
             .await

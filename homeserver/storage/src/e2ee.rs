@@ -190,15 +190,39 @@ pub async fn record_device_list_change<'e>(e: impl Exec<'e>, user_id: &str, stre
     Ok(())
 }
 
-/// Users whose devices changed with `from < stream_id <= to`.
-pub async fn device_list_changes_between<'e>(e: impl Exec<'e>, from: i64, to: i64) -> Result<Vec<String>> {
-    let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT DISTINCT user_id FROM device_list_changes WHERE stream_id > $1 AND stream_id <= $2")
-            .bind(from)
-            .bind(to)
-            .fetch_all(e)
-            .await?;
-    Ok(rows.into_iter().map(|(u,)| u).collect())
+/// Records that `signer` signed `target`'s master key at `stream_id`: a change of `target`'s
+/// keys that only `signer` hears of.
+pub async fn record_signature_change<'e>(e: impl Exec<'e>, signer: &str, target: &str, stream_id: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO device_list_changes (stream_id, user_id, visible_to) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(stream_id)
+    .bind(target)
+    .bind(signer)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+/// Users whose devices changed with `from < stream_id <= to`, as `viewer` hears of them:
+/// (user, whether the change is the viewer's own signature of the user, which `viewer`
+/// hears of whether or not they share a room).
+pub async fn device_list_changes_between<'e>(
+    e: impl Exec<'e>,
+    viewer: &str,
+    from: i64,
+    to: i64,
+) -> Result<Vec<(String, bool)>> {
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT DISTINCT user_id, visible_to FROM device_list_changes \
+         WHERE stream_id > $1 AND stream_id <= $2 AND (visible_to IS NULL OR visible_to = $3)",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(viewer)
+    .fetch_all(e)
+    .await?;
+    Ok(rows.into_iter().map(|(u, v)| (u, v.is_some())).collect())
 }
 
 /// Queues to-device messages (user, device, content) from `sender`, at one stream position.

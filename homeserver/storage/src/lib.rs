@@ -75,6 +75,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "push_defaults", include_str!("../migrations/0008_push_defaults.sql")),
     (9, "correspondence", include_str!("../migrations/0009_correspondence.sql")),
     (10, "federation", include_str!("../migrations/0010_federation.sql")),
+    (11, "signature_changes", include_str!("../migrations/0011_signature_changes.sql")),
 ];
 
 #[derive(Debug)]

@@ -119,6 +119,7 @@ impl E2ee {
         };
         let mut failures: BTreeMap<OwnedUserId, BTreeMap<String, SignatureFailure>> = BTreeMap::new();
         let mut changed = false;
+        let mut signed_others: Vec<OwnedUserId> = Vec::new();
         for (user, objects) in signed {
             for (key_id, object) in objects {
                 let result: Result<()> = async {
@@ -182,12 +183,15 @@ impl E2ee {
                         let signature = object["signatures"][me][&usk_id].as_str().unwrap_or_default();
                         store::add_cross_signing_signature(pool, me, (user.as_str(), key_id), &usk_id, signature)
                             .await?;
+                        signed_others.push(user.clone());
+                        return Ok(());
                     }
+                    changed = true;
                     Ok(())
                 }
                 .await;
                 match result {
-                    Ok(()) => changed = true,
+                    Ok(()) => {}
                     Err(Error::Internal) => return Err(Error::Internal),
                     Err(e) => {
                         let failure = SignatureFailure { errcode: "M_INVALID_SIGNATURE", error: e.body().message };
@@ -198,6 +202,10 @@ impl E2ee {
         }
         if changed {
             self.device_list_changed(&caller.user_id).await?;
+        }
+        if !signed_others.is_empty() {
+            signed_others.dedup();
+            self.signatures_changed(&caller.user_id, &signed_others).await?;
         }
         Ok(SignatureFailures { failures })
     }

@@ -402,22 +402,47 @@ impl E2ee {
             return Ok(Vec::new());
         }
         let shared = self.rooms.users_sharing_rooms_with(user).await?;
-        let changed = self.device_changes_among(&shared, from, to).await?;
+        let changed = self.device_changes_among(user, &shared, from, to).await?;
         Ok(changed.into_iter().filter_map(|u| OwnedUserId::try_from(u).ok()).collect())
     }
 
-    /// Those of `shared` whose devices changed between the two positions, sorted.
-    async fn device_changes_among(&self, shared: &HashSet<OwnedUserId>, from: i64, to: i64) -> Result<Vec<String>> {
+    /// Those of `shared` whose devices changed between the two positions, and those `viewer`
+    /// signed (verified) meanwhile, sorted.
+    async fn device_changes_among(
+        &self,
+        viewer: &UserId,
+        shared: &HashSet<OwnedUserId>,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<String>> {
         if self.state.last_device_change.load(Ordering::Acquire) <= from {
             return Ok(Vec::new());
         }
-        let mut changed: Vec<String> = store::device_list_changes_between(self.db.pool(), from, to)
+        let mut changed: Vec<String> = store::device_list_changes_between(self.db.pool(), viewer.as_str(), from, to)
             .await?
             .into_iter()
-            .filter(|u| <&UserId>::try_from(u.as_str()).is_ok_and(|u| shared.contains(u)))
+            .filter(|(u, signed)| *signed || <&UserId>::try_from(u.as_str()).is_ok_and(|u| shared.contains(u)))
+            .map(|(u, _)| u)
             .collect();
         changed.sort();
+        changed.dedup();
         Ok(changed)
+    }
+
+    /// Records that `signer` signed `targets`' master keys: `signer`'s devices (only theirs)
+    /// hear that those users' keys changed, and fetch them again with the new signatures.
+    pub(crate) async fn signatures_changed(&self, signer: &UserId, targets: &[OwnedUserId]) -> Result<()> {
+        let mut write = self.begin_write().await;
+        let position = write.next_position();
+        let mut tx = self.db.begin().await?;
+        for target in targets {
+            store::record_signature_change(&mut *tx, signer.as_str(), target.as_str(), position).await?;
+        }
+        diplomatie_storage::commit(tx).await?;
+        write.publish();
+        self.state.last_device_change.fetch_max(position, Ordering::AcqRel);
+        self.notifier.notify([signer]);
+        Ok(())
     }
 
     /// Whose device lists a client must refresh (`changed`: their devices changed, or they
@@ -429,8 +454,8 @@ impl E2ee {
             return Ok((Vec::new(), Vec::new()));
         }
         let shared = self.rooms.users_sharing_rooms_with(user).await?;
-        let mut changed: std::collections::BTreeSet<String> =
-            self.device_changes_among(&shared, since, to).await?.into_iter().collect();
+        let listed = self.device_changes_among(user, &shared, since, to).await?;
+        let mut changed: std::collections::BTreeSet<String> = listed.iter().cloned().collect();
         let mut left = std::collections::BTreeSet::new();
         let my_rooms: HashSet<String> =
             crate::rooms::joined_rooms(self, user).await?.into_iter().map(|r| r.to_string()).collect();
@@ -459,7 +484,7 @@ impl E2ee {
                 }
             }
         }
-        changed.retain(|u| shared.iter().any(|s| s.as_str() == u));
+        changed.retain(|u| shared.iter().any(|s| s.as_str() == u) || listed.contains(u));
         left.retain(|u| !changed.contains(u));
         Ok((changed.into_iter().collect(), left.into_iter().collect()))
     }
