@@ -147,6 +147,15 @@ async fn invite_leave_and_knock_sections(backend: Backend) {
     assert_eq!(timeline_bodies(&s, &room), vec!["avant l'arrivée"], "{s}");
     assert!(joined["timeline"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"), "{s}");
     assert!(joined["timeline"]["prev_batch"].is_string());
+    // Each event says what the reader's membership was at it (MSC4115): invited when the
+    // message was sent, joined at the join, not yet a member at the room's creation.
+    let membership_at = |pick: &dyn Fn(&Value) -> bool| {
+        let events = joined["timeline"]["events"].as_array().unwrap();
+        events.iter().find(|e| pick(e)).map(|e| e["unsigned"]["membership"].clone()).unwrap()
+    };
+    assert_eq!(membership_at(&|e| e["content"]["body"] == "avant l'arrivée"), "invite");
+    assert_eq!(membership_at(&|e| e["type"] == "m.room.create"), "leave");
+    assert_eq!(membership_at(&|e| e["state_key"] == "@bob:localhost" && e["content"]["membership"] == "join"), "join");
     // Where the visibility is `joined`, what came before the join stays hidden.
     let closed = alice
         .create_room(json!({ "initial_state": [{ "type": "m.room.history_visibility", "state_key": "", "content": { "history_visibility": "joined" } }], "invite": ["@bob:localhost"] }))

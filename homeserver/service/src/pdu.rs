@@ -188,6 +188,7 @@ impl Pdu {
                 prev_sender: kept("prev_sender"),
                 invite_room_state: kept("invite_room_state"),
                 knock_room_state: kept("knock_room_state"),
+                membership: None,
             },
         }
     }
@@ -251,9 +252,19 @@ struct ClientUnsigned<'a> {
     invite_room_state: Option<&'a Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     knock_room_state: Option<&'a Value>,
+    /// The reader's membership at the event (MSC4115, spec 1.11): clients tell from it why
+    /// they cannot decrypt an event sent before they joined.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    membership: Option<&'a str>,
 }
 
-impl ClientEvent<'_> {
+impl<'a> ClientEvent<'a> {
+    /// The event with the reader's membership at it in `unsigned` (`membership`).
+    pub fn with_membership(mut self, membership: &'a str) -> Self {
+        self.unsigned.membership = Some(membership);
+        self
+    }
+
     /// The event as a typed raw value of the response types.
     pub fn to_raw<T>(&self) -> ruma::serde::Raw<T> {
         ruma::serde::Raw::from_json(serde_json::value::to_raw_value(self).expect("events serialise"))

@@ -472,7 +472,7 @@ impl SlidingSync {
         if since.is_some() {
             room.num_live = UInt::try_from(timeline.iter().filter(|p| p.stream_ordering > from).count()).ok();
         }
-        room.timeline = timeline.iter().map(|p| self.rooms.client_raw(p, user, req.device, false)).collect();
+        room.timeline = self.rooms.client_raws(&timeline, user, req.device, false).await?;
 
         // Required state: all of it that is asked when new, the changes asked for after.
         let state = self.rooms.current_state(room_id).await?;
@@ -553,7 +553,7 @@ impl SlidingSync {
         timeline.reverse();
         room.prev_batch = timeline.first().map(|p| (p.stream_ordering - 1).to_string());
         room.num_live = UInt::try_from(timeline.len()).ok();
-        room.timeline = timeline.iter().map(|p| self.rooms.client_raw(p, user, req.device, false)).collect();
+        room.timeline = self.rooms.client_raws(&timeline, user, req.device, false).await?;
         // The user's own membership, the leave, as state too: clients read the room's state
         // from it whatever the timeline held.
         if let Some(own) = self.rooms.state_event(room_id, &StateEventType::RoomMember, user.as_str()).await? {

@@ -391,7 +391,7 @@ impl Syncer {
             return Ok(None);
         }
         let mut room = v3::JoinedRoom::new();
-        room.timeline.events = filtered.iter().map(|p| self.rooms.client_raw(p, user, req.device, false)).collect();
+        room.timeline.events = self.rooms.client_raws(&filtered, user, req.device, false).await?;
         room.timeline.limited = limited;
         room.timeline.prev_batch = prev_batch;
         // The summary when the room is new to the client or its members changed.
@@ -429,7 +429,7 @@ impl Syncer {
             first = Some(stored.stream_ordering);
             let pdu = Pdu::from_stored(stored)?;
             if self.rooms.can_see_event(user, &pdu).await? {
-                left.timeline.events.push(self.rooms.client_raw(&pdu, user, req.device, false));
+                left.timeline.events.push(self.rooms.client_raw(&pdu, user, req.device, false).await?);
             }
         }
         left.timeline.events.reverse();

@@ -71,8 +71,8 @@ pub async fn redact(State(s): S, req: Ruma<redact_event::v3::Request>) -> ApiRes
 pub async fn get_event(State(s): S, req: Ruma<get_room_event::v3::Request>) -> ApiResult<get_room_event::v3::Response> {
     let caller = req.caller();
     let pdu = s.rooms.event_for_user(&caller.user_id, &req.body.room_id, &req.body.event_id).await?;
-    Ok(get_room_event::v3::Response::new(s.rooms.client_raw(&pdu, &caller.user_id, caller.device_id.as_str(), true))
-        .into())
+    let event = s.rooms.client_raw(&pdu, &caller.user_id, caller.device_id.as_str(), true).await?;
+    Ok(get_room_event::v3::Response::new(event).into())
 }
 
 /// `GET /rooms/{roomId}/messages`
@@ -90,8 +90,7 @@ pub async fn messages(
     let mut response = get_message_events::v3::Response::new();
     response.start = page.start;
     response.end = page.end;
-    response.chunk =
-        page.events.iter().map(|p| s.rooms.client_raw(p, &caller.user_id, caller.device_id.as_str(), true)).collect();
+    response.chunk = s.rooms.client_raws(&page.events, &caller.user_id, caller.device_id.as_str(), true).await?;
     response.state = page.state.iter().map(|p| p.to_raw(true)).collect();
     Ok(response.into())
 }
@@ -103,11 +102,11 @@ pub async fn context(State(s): S, req: Ruma<get_context::v3::Request>) -> ApiRes
     let caller = req.caller();
     let (event, before, after) =
         s.timeline.context(&caller.user_id, &b.room_id, &b.event_id, u64::from(b.limit) as usize, &filter).await?;
-    let client = |p: &diplomatie_service::Pdu| s.rooms.client_raw(p, &caller.user_id, caller.device_id.as_str(), true);
+    let (user, device) = (&caller.user_id, caller.device_id.as_str());
     let mut response = get_context::v3::Response::new();
-    response.event = Some(client(&event));
-    response.events_before = before.events.iter().map(|p| client(p)).collect();
-    response.events_after = after.events.iter().map(|p| client(p)).collect();
+    response.event = Some(s.rooms.client_raw(&event, user, device, true).await?);
+    response.events_before = s.rooms.client_raws(&before.events, user, device, true).await?;
+    response.events_after = s.rooms.client_raws(&after.events, user, device, true).await?;
     response.state = before.state.iter().map(|p| p.to_raw(true)).collect();
     response.start = Some(before.start);
     response.end = after.end;

@@ -260,21 +260,40 @@ impl Rooms {
         self.room_meta(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))
     }
 
-    /// The event in the client-server format for `user` on `device`: with
-    /// `unsigned.transaction_id` when that device sent it (recently), so that clients match
-    /// it with their local echo.
-    pub fn client_event(&self, pdu: &Pdu, user: &UserId, device: &str, with_room_id: bool) -> Value {
-        serde_json::to_value(self.client_raw::<Value>(pdu, user, device, with_room_id)).unwrap_or(Value::Null)
-    }
-
-    /// [`Rooms::client_event`] as a typed raw value, serialised once from the PDU.
-    pub fn client_raw<T>(&self, pdu: &Pdu, user: &UserId, device: &str, with_room_id: bool) -> ruma::serde::Raw<T> {
+    /// The event in the client-server format for `user` on `device`, serialised once from the
+    /// PDU: with `unsigned.transaction_id` when that device sent it (recently), so that clients
+    /// match it with their local echo, and `unsigned.membership`, the reader's membership at
+    /// the event.
+    pub async fn client_raw<T>(
+        &self,
+        pdu: &Pdu,
+        user: &UserId,
+        device: &str,
+        with_room_id: bool,
+    ) -> Result<ruma::serde::Raw<T>> {
         let txn = if pdu.sender == user {
             self.txn_of.lock().unwrap().get(&pdu.event_id).filter(|(sent_by, _)| sent_by == device).cloned()
         } else {
             None
         };
-        pdu.client_view(with_room_id, txn.as_ref().map(|(_, id)| id.as_str())).to_raw()
+        let membership = self.membership_at(user, pdu).await?;
+        let membership = membership.as_ref().map_or("leave", MembershipState::as_str);
+        Ok(pdu.client_view(with_room_id, txn.as_ref().map(|(_, id)| id.as_str())).with_membership(membership).to_raw())
+    }
+
+    /// [`Self::client_raw`] for several events.
+    pub async fn client_raws<T>(
+        &self,
+        pdus: &[Arc<Pdu>],
+        user: &UserId,
+        device: &str,
+        with_room_id: bool,
+    ) -> Result<Vec<ruma::serde::Raw<T>>> {
+        let mut out = Vec::with_capacity(pdus.len());
+        for pdu in pdus {
+            out.push(self.client_raw(pdu, user, device, with_room_id).await?);
+        }
+        Ok(out)
     }
 
     /// The position of a room's last event of the kinds that move it up a client's list

@@ -111,6 +111,12 @@ impl Rooms {
         }
     }
 
+    /// `user`'s membership in the room right after `pdu` (`None`: never a member by then).
+    pub async fn membership_at(&self, user: &UserId, pdu: &Pdu) -> Result<Option<MembershipState>> {
+        let state = self.state_map(pdu.state_group).await?;
+        Ok(self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await?.and_then(|p| p.membership()))
+    }
+
     /// The highest stream position of the room `user` may read: everything while joined, up
     /// to their leave (or ban) otherwise. `M_FORBIDDEN` for users never in the room, unless it is
     /// world readable.
