@@ -156,6 +156,16 @@ async fn invite_leave_and_knock_sections(backend: Backend) {
     assert_eq!(membership_at(&|e| e["content"]["body"] == "avant l'arrivée"), "invite");
     assert_eq!(membership_at(&|e| e["type"] == "m.room.create"), "leave");
     assert_eq!(membership_at(&|e| e["state_key"] == "@bob:localhost" && e["content"]["membership"] == "join"), "join");
+    // The next sync names the room once more, with nothing new in it, at once (a client may
+    // handle its /join response after the sync that brought the join, and wait for a sync that
+    // names the room); the one after does not.
+    let started = std::time::Instant::now();
+    let echo = bob.sync(Some(s["next_batch"].as_str().unwrap()), "timeout=5000").await;
+    assert!(started.elapsed() < Duration::from_secs(4), "answered at once");
+    assert!(echo["rooms"]["join"].get(&room).is_some(), "{echo}");
+    assert!(timeline_bodies(&echo, &room).is_empty(), "{echo}");
+    let after = bob.sync(Some(echo["next_batch"].as_str().unwrap()), "timeout=0").await;
+    assert!(after["rooms"]["join"].get(&room).is_none(), "{after}");
     // Where the visibility is `joined`, what came before the join stays hidden.
     let closed = alice
         .create_room(json!({ "initial_state": [{ "type": "m.room.history_visibility", "state_key": "", "content": { "history_visibility": "joined" } }], "invite": ["@bob:localhost"] }))

@@ -5,7 +5,11 @@
 //! [`Notifier`](crate::notifier::Notifier) until something for this user happens or the timeout
 //! passes; it never polls the database.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use diplomatie_storage::{events as ev_store, rooms as room_store, state as state_store, streams};
 use ruma::{
@@ -108,6 +112,12 @@ pub struct Syncer {
     e2ee: Arc<E2ee>,
     push: Arc<Push>,
     ephemeral: Arc<Ephemeral>,
+    /// Rooms a device's last incremental sync brought a join of, with that sync's token: its
+    /// next sync (from that token) names them once more, with nothing new in them. A client
+    /// may handle its `/join` response after the sync that brought the join, and matrix-rust-sdk
+    /// (0.18) then waits for a sync that names the room again before it takes the room as
+    /// synced; without this echo it would wait until something happens in the room.
+    join_echoes: Mutex<lru::LruCache<(OwnedUserId, String), (SyncToken, Vec<OwnedRoomId>)>>,
 }
 
 crate::core::over_core!(Syncer);
@@ -120,7 +130,7 @@ impl Syncer {
         push: Arc<Push>,
         ephemeral: Arc<Ephemeral>,
     ) -> Syncer {
-        Syncer { core, rooms, e2ee, push, ephemeral }
+        Syncer { core, rooms, e2ee, push, ephemeral, join_echoes: Mutex::new(crate::lru(4096)) }
     }
 
     pub fn current_token(&self) -> SyncToken {
@@ -131,25 +141,54 @@ impl Syncer {
     pub async fn sync(&self, req: SyncRequest<'_>) -> Result<v3::Response> {
         let mut changes = self.notifier.subscribe(req.user);
         let deadline = tokio::time::Instant::now() + req.timeout.min(Duration::from_secs(120));
+        let key = (req.user.to_owned(), req.device.to_owned());
+        let echo = match req.since {
+            Some(since) => self.join_echoes.lock().unwrap().pop(&key).filter(|(at, _)| *at == since).map(|(_, r)| r),
+            None => None,
+        };
+        let echo = echo.unwrap_or_default();
         loop {
             let to = self.current_token();
-            let (body, empty) = self.sync_between(&req, to).await?;
-            if !empty || req.since.is_none() || req.full_state || tokio::time::Instant::now() >= deadline {
-                return Ok(body);
-            }
-            if req.since == Some(to) || empty {
+            let (mut body, empty, mut joined) = self.sync_between(&req, to).await?;
+            let waiting = empty && echo.is_empty() && req.since.is_some() && !req.full_state;
+            if waiting && tokio::time::Instant::now() < deadline {
                 match tokio::time::timeout_at(deadline, changes.changed()).await {
                     Ok(Ok(())) => continue,
-                    _ => {
-                        let (body, _) = self.sync_between(&req, self.current_token()).await?;
-                        return Ok(body);
-                    }
+                    _ => (body, _, joined) = self.sync_between(&req, self.current_token()).await?,
                 }
             }
+            return self.echo_joins(&req, key, echo, (body, joined)).await;
         }
     }
 
-    async fn sync_between(&self, req: &SyncRequest<'_>, to: SyncToken) -> Result<(v3::Response, bool)> {
+    /// Names once more the rooms whose join the previous sync brought (see `join_echoes`), and
+    /// remembers those whose join this one brings.
+    async fn echo_joins(
+        &self,
+        req: &SyncRequest<'_>,
+        key: (OwnedUserId, String),
+        echo: Vec<OwnedRoomId>,
+        (mut body, joined): (v3::Response, Vec<OwnedRoomId>),
+    ) -> Result<v3::Response> {
+        for room_id in echo {
+            if !body.rooms.join.contains_key(&room_id) && self.rooms.is_joined(&room_id, req.user).await? {
+                body.rooms.join.insert(room_id, v3::JoinedRoom::new());
+            }
+        }
+        if !joined.is_empty() {
+            let token = SyncToken::parse(&body.next_batch)?;
+            self.join_echoes.lock().unwrap().put(key, (token, joined));
+        }
+        Ok(body)
+    }
+
+    /// The answer from the request's token up to `to`, whether it holds nothing new, and the
+    /// rooms it brings a join of (an incremental sync only).
+    async fn sync_between(
+        &self,
+        req: &SyncRequest<'_>,
+        to: SyncToken,
+    ) -> Result<(v3::Response, bool, Vec<OwnedRoomId>)> {
         let user = req.user;
         let since = req.since.unwrap_or_default();
         let initial = req.since.is_none();
@@ -186,6 +225,7 @@ impl Syncer {
         let mut response = v3::Response::new(to.to_string());
         let mut forgotten: Option<HashSet<String>> = None;
         let mut joined_rooms = Vec::new();
+        let mut joined_now = Vec::new();
         for (room, membership) in memberships.iter() {
             let Ok(room_id) = OwnedRoomId::try_from(room.as_str()) else {
                 continue;
@@ -201,6 +241,9 @@ impl Syncer {
                         self.sync_joined_room(req, &changes, &room_id, since, to, initial || newly, active).await?;
                     if let Some(section) = section {
                         response.rooms.join.insert(room_id.clone(), section);
+                    }
+                    if newly && !initial {
+                        joined_now.push(room_id.clone());
                     }
                     joined_rooms.push(room_id);
                 }
@@ -271,7 +314,7 @@ impl Syncer {
             && response.rooms.is_empty()
             && response.account_data.events.is_empty()
             && response.presence.events.is_empty();
-        Ok((response, empty))
+        Ok((response, empty, joined_now))
     }
 
     /// A user's memberships (room, membership), read from the database only when one changed.
