@@ -14,7 +14,7 @@ cargo build --release -p diplomatie -p diplomatie-load
 load=target/release/diplomatie-load
 args=(--senders "${SENDERS:-100}" --rooms "${ROOMS:-10}" --messages "${MESSAGES:-20}" --syncers "${SYNCERS:-200}" --probes "${PROBES:-100}")
 
-wait_up() { for _ in $(seq 1 300); do curl -sf "$1/_matrix/client/versions" >/dev/null && return 0; sleep 0.2; done; echo "$1 did not start" >&2; exit 1; }
+. clients/load/synapse.sh
 
 # Diplomatie, embedded SQLite.
 DIPLOMATIE_DATA_DIR="$work/dip" DIPLOMATIE_LISTEN=127.0.0.1:18101 DIPLOMATIE_REGISTRATION__ENABLED=true \
@@ -38,34 +38,9 @@ if [ -n "${TUWUNEL_BIN:-}" ]; then
 fi
 
 # Synapse, SQLite, the same workload.
-venv="${SYNAPSE_VENV:-$HOME/.cache/diplomatie-bench/synapse-venv}"
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet matrix-synapse
-fi
-mkdir -p "$work/syn"
-(cd "$work/syn" && "$venv/bin/python" -m synapse.app.homeserver --server-name localhost \
-  --config-path homeserver.yaml --generate-config --report-stats=no >/dev/null)
-python3 - "$work/syn/homeserver.yaml" <<'PY'
-import sys
-path = sys.argv[1]
-text = open(path).read().replace("port: 8008", "port: 18102").replace("bind_addresses: ['::1', '127.0.0.1']", "bind_addresses: ['127.0.0.1']")
-unlimited = "{per_second: 100000, burst_count: 100000}"
-text += f"""
-enable_registration: true
-enable_registration_without_verification: true
-rc_message: {unlimited}
-rc_registration: {unlimited}
-rc_joins: {{local: {unlimited}, remote: {unlimited}}}
-rc_login: {{address: {unlimited}, account: {unlimited}, failed_attempts: {unlimited}}}
-rc_presence: {{per_user: {unlimited}}}
-"""
-open(path, "w").write(text)
-PY
-(cd "$work/syn" && exec "$venv/bin/python" -m synapse.app.homeserver --config-path homeserver.yaml >/dev/null 2>&1) &
-wait_up http://127.0.0.1:18102
-syn=$(pgrep -f "synapse.app.homeserver --config-path homeserver.yaml" | head -n1)
-"$load" --url http://127.0.0.1:18102 --pid "$syn" --label "Synapse $("$venv/bin/python" -c 'import synapse; print(synapse.__version__)') (SQLite)" "${args[@]}" | tee "$work/syn.out"
+start_synapse "$work/syn" 18102
+syn=$synapse_pid
+"$load" --url http://127.0.0.1:18102 --pid "$syn" --label "Synapse $synapse_version (SQLite)" "${args[@]}" | tee "$work/syn.out"
 kill "$syn"
 
 # Side by side.

@@ -252,6 +252,21 @@ async fn long_polls_wake_and_extensions_answer(backend: Backend) {
     let ext = &got["extensions"];
     assert_eq!(ext["typing"]["rooms"][&room]["content"]["user_ids"], json!([bob.user_id]), "{got}");
     assert!(ext["receipts"]["rooms"][&room]["content"][&event]["m.read"].get(&bob.user_id).is_some(), "{got}");
+    // The extensions' selectors: typing for another list only, receipts for the room's
+    // subscription (the same changes, read again from the same position).
+    let mut selected = body.clone();
+    selected["lists"]["other"] = json!({ "ranges": [[0, 0]], "timeline_limit": 1, "filters": { "is_invite": true } });
+    selected["room_subscriptions"] = json!({ &room: { "timeline_limit": 1 } });
+    selected["extensions"]["typing"] = json!({ "enabled": true, "lists": ["other"], "rooms": [] });
+    selected["extensions"]["receipts"] = json!({ "enabled": true, "lists": [], "rooms": [&room] });
+    let picked = sliding_ok(&alice, Some(&pos), 0, &selected).await;
+    assert!(picked["extensions"]["typing"]["rooms"].get(&room).is_none(), "{picked}");
+    assert!(picked["extensions"]["receipts"]["rooms"].get(&room).is_some(), "{picked}");
+    selected["extensions"]["receipts"] = json!({ "enabled": true, "lists": ["other"], "rooms": ["*"] });
+    selected["extensions"]["typing"] = json!({ "enabled": true, "lists": ["*"] });
+    let picked = sliding_ok(&alice, Some(&pos), 0, &selected).await;
+    assert!(picked["extensions"]["typing"]["rooms"].get(&room).is_some(), "{picked}");
+    assert!(picked["extensions"]["receipts"]["rooms"].get(&room).is_some(), "every subscription: {picked}");
     let pos = got["pos"].as_str().unwrap().to_owned();
 
     // To-device messages, acknowledged by the extension's own token.

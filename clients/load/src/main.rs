@@ -13,10 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
+use diplomatie_load::{cpu_ms, memory_kib, percentile, Api, User};
 use futures::future::join_all;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::Mutex;
 
 #[derive(Parser, Clone)]
@@ -48,118 +49,10 @@ struct Args {
     label: String,
 }
 
-#[derive(Clone)]
-struct User {
-    id: String,
-    token: String,
-}
-
-struct Api {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Api {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
-    ) -> Result<(u16, Value)> {
-        let mut req = self.http.request(method, format!("{}{}", self.base, path));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await?;
-        let status = resp.status().as_u16();
-        let v = resp.json::<Value>().await.unwrap_or(Value::Null);
-        Ok((status, v))
-    }
-
-    /// Calls until the server stops answering 429 (it may rate-limit set-up traffic).
-    async fn ok(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
-    ) -> Result<Value> {
-        loop {
-            let (status, v) = self.call(method.clone(), path, token, body).await?;
-            match status {
-                200 => return Ok(v),
-                429 => {
-                    let wait = v["retry_after_ms"].as_u64().unwrap_or(500);
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
-                }
-                _ => bail!("{method} {path}: {status} {v}"),
-            }
-        }
-    }
-
-    async fn register(&self, name: &str) -> Result<User> {
-        let body = json!({ "username": name, "password": "load-test-password" });
-        let (status, first) =
-            self.call(reqwest::Method::POST, "/_matrix/client/v3/register", None, Some(&body)).await?;
-        if status != 401 {
-            bail!("register {name}: expected 401, got {status} {first}");
-        }
-        let mut body = body;
-        body["auth"] = json!({ "type": "m.login.dummy", "session": first["session"] });
-        let v = self.ok(reqwest::Method::POST, "/_matrix/client/v3/register", None, Some(&body)).await?;
-        Ok(User {
-            id: v["user_id"].as_str().context("user_id")?.to_owned(),
-            token: v["access_token"].as_str().context("token")?.to_owned(),
-        })
-    }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-fn memory_kib(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
-/// The CPU time a process has used (user and system), in milliseconds, from `/proc`.
-fn cpu_ms(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start at `) `.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf reads a constant of the system.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Some(ticks * 1000.0 / per_second)
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let host = args.url.trim_start_matches("http://").split(['/', ':']).next().unwrap_or("");
-    if !(host == "localhost" || host.starts_with("127.") || host == "[::1]") {
-        bail!("the load tool only targets loopback addresses");
-    }
-    let http = reqwest::Client::builder().pool_max_idle_per_host(1000).timeout(Duration::from_secs(120)).build()?;
-    let api = Arc::new(Api { http, base: args.url.trim_end_matches('/').to_owned() });
+    let api = Arc::new(Api::new(&args.url)?);
     let run = format!("{:x}", rand::random::<u32>());
 
     // Set-up: users and rooms.

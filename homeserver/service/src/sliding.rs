@@ -254,6 +254,7 @@ impl SlidingSync {
 
         let mut response = v5::Response::new(String::new());
         let mut wanted: BTreeMap<OwnedRoomId, (RoomConfig, usize)> = BTreeMap::new();
+        let mut shown = Shown::default();
         for (name, list) in &body.lists {
             let mut listed = Vec::new();
             for (i, c) in candidates.iter().enumerate() {
@@ -264,11 +265,13 @@ impl SlidingSync {
             let mut answer = response::List::default();
             answer.count = UInt::try_from(listed.len()).unwrap_or(UInt::MAX);
             response.lists.insert(name.clone(), answer);
+            let in_window = shown.lists.entry(name.clone()).or_default();
             for (start, end) in &list.ranges {
                 let (start, end) = (u64::from(*start) as usize, u64::from(*end) as usize);
                 for &i in listed.iter().skip(start).take(end.saturating_sub(start).saturating_add(1)) {
                     let entry = wanted.entry(candidates[i].room_id.clone()).or_insert((RoomConfig::default(), i));
                     entry.0.widen(list.room_details.timeline_limit, &list.room_details.required_state);
+                    in_window.push(candidates[i].room_id.clone());
                 }
             }
         }
@@ -278,6 +281,7 @@ impl SlidingSync {
             let Some(&i) = index.get(&**room_id) else { continue };
             let entry = wanted.entry(room_id.clone()).or_insert((RoomConfig::default(), i));
             entry.0.widen(sub.timeline_limit, &sub.required_state);
+            shown.subscribed.push(room_id.clone());
         }
 
         // Receipts that moved since the position, read once: the user's own ones change the
@@ -334,7 +338,6 @@ impl SlidingSync {
                 reached.rooms.remove(room_id);
             }
         }
-        let shown: Vec<&RoomId> = wanted.keys().map(|r| &**r).collect();
         let news = self.extensions(req, since.token, to, &shown, moved_receipts, &mut response.extensions).await?;
         let news = news || !response.rooms.is_empty() || since.token.is_none();
         Ok((response, reached, news))
@@ -568,7 +571,7 @@ impl SlidingSync {
         req: &SlidingRequest<'_>,
         since: Option<SyncToken>,
         to: SyncToken,
-        shown: &[&RoomId],
+        shown: &Shown,
         mut moved_receipts: HashMap<String, Vec<streams::Receipt>>,
         out: &mut response::Extensions,
     ) -> Result<bool> {
@@ -611,28 +614,57 @@ impl SlidingSync {
             }
         }
         if asked.receipts.enabled == Some(true) && (since.is_none() || self.marks.receipts_since(from)) {
-            for room_id in shown {
+            for room_id in shown.select(asked.receipts.lists.as_deref(), asked.receipts.rooms.as_deref()) {
                 let receipts = match since {
                     Some(_) => moved_receipts.remove(room_id.as_str()).unwrap_or_default(),
                     None => streams::receipts_between(self.db.pool(), room_id.as_str(), 0, to.stream).await?,
                 };
                 if let Some(event) = sync::receipt_event(receipts, user) {
-                    out.receipts.rooms.insert((*room_id).to_owned(), event);
+                    out.receipts.rooms.insert(room_id.to_owned(), event);
                     news = true;
                 }
             }
         }
         if asked.typing.enabled == Some(true) {
             let typing_since = since.map_or(0, |s| s.typing);
-            for room_id in shown {
+            for room_id in shown.select(asked.typing.lists.as_deref(), asked.typing.rooms.as_deref()) {
                 if let Some(users) = self.ephemeral.typing.changed_since(room_id, typing_since) {
                     let event = serde_json::json!({ "type": "m.typing", "content": { "user_ids": users } });
-                    out.typing.rooms.insert((*room_id).to_owned(), crate::pdu::raw(&event));
+                    out.typing.rooms.insert(room_id.to_owned(), crate::pdu::raw(&event));
                     news = true;
                 }
             }
         }
         Ok(news)
+    }
+}
+
+/// The rooms an answer shows: by list (those in the list's windows), and by subscription.
+#[derive(Default)]
+struct Shown {
+    lists: BTreeMap<String, Vec<OwnedRoomId>>,
+    subscribed: Vec<OwnedRoomId>,
+}
+
+impl Shown {
+    /// The rooms an extension covers: those of the lists it names (`*`: every list) and of the
+    /// subscriptions it names (`*`: every subscription); a selector left out means `*`, as
+    /// Synapse reads it.
+    fn select(&self, lists: Option<&[String]>, rooms: Option<&[request::ExtensionRoomConfig]>) -> BTreeSet<&RoomId> {
+        let mut out = BTreeSet::new();
+        let every_list = lists.is_none_or(|l| l.iter().any(|name| name == "*"));
+        for (name, in_window) in &self.lists {
+            if every_list || lists.is_some_and(|l| l.contains(name)) {
+                out.extend(in_window.iter().map(|r| &**r));
+            }
+        }
+        let every_room = rooms.is_none_or(|r| r.contains(&request::ExtensionRoomConfig::AllSubscribed));
+        for room_id in &self.subscribed {
+            if every_room || rooms.is_some_and(|r| r.contains(&request::ExtensionRoomConfig::Room(room_id.clone()))) {
+                out.insert(room_id);
+            }
+        }
+        out
     }
 }
 
