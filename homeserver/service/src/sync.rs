@@ -104,6 +104,9 @@ pub struct SyncRequest<'a> {
     pub timeout: Duration,
 }
 
+/// A user's device.
+type DeviceKey = (OwnedUserId, String);
+
 /// `/sync`, over the rooms, end-to-end encryption (to-device messages, device lists, key
 /// counts), push (unread counts, default rules) and the ephemeral streams (typing).
 pub struct Syncer {
@@ -117,7 +120,7 @@ pub struct Syncer {
     /// may handle its `/join` response after the sync that brought the join, and matrix-rust-sdk
     /// (0.18) then waits for a sync that names the room again before it takes the room as
     /// synced; without this echo it would wait until something happens in the room.
-    join_echoes: Mutex<lru::LruCache<(OwnedUserId, String), (SyncToken, Vec<OwnedRoomId>)>>,
+    join_echoes: Mutex<lru::LruCache<DeviceKey, (SyncToken, Vec<OwnedRoomId>)>>,
 }
 
 crate::core::over_core!(Syncer);
@@ -166,7 +169,7 @@ impl Syncer {
     async fn echo_joins(
         &self,
         req: &SyncRequest<'_>,
-        key: (OwnedUserId, String),
+        key: DeviceKey,
         echo: Vec<OwnedRoomId>,
         (mut body, joined): (v3::Response, Vec<OwnedRoomId>),
     ) -> Result<v3::Response> {
