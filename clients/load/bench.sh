@@ -14,13 +14,11 @@ cargo build --release -p diplomatie -p diplomatie-load
 load=target/release/diplomatie-load
 args=(--senders "${SENDERS:-100}" --rooms "${ROOMS:-10}" --messages "${MESSAGES:-20}" --syncers "${SYNCERS:-200}" --probes "${PROBES:-100}")
 
-. clients/load/synapse.sh
+. clients/load/servers.sh
 
 # Diplomatie, embedded SQLite.
-DIPLOMATIE_DATA_DIR="$work/dip" DIPLOMATIE_LISTEN=127.0.0.1:18101 DIPLOMATIE_REGISTRATION__ENABLED=true \
-  DIPLOMATIE_RATE_LIMITS__ENABLED=false DIPLOMATIE_LOG=warn target/release/diplomatie &
-dip=$!
-wait_up http://127.0.0.1:18101
+start_diplomatie "$work/dip" 18101
+dip=$diplomatie_pid
 "$load" --url http://127.0.0.1:18101 --pid "$dip" --label "Diplomatie $(git rev-parse --short HEAD) (SQLite)" "${args[@]}" | tee "$work/dip.out"
 kill "$dip"
 

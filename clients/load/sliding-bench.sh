@@ -13,12 +13,10 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 cargo build --release -p diplomatie -p diplomatie-load
 load=target/release/diplomatie-sliding-load
 args=(--rooms "${ROOMS:-1000}" --events "${EVENTS:-20}" --windows "${WINDOWS:-20}" --clients "${CLIENTS:-200}" --probes "${PROBES:-50}")
-. clients/load/synapse.sh
+. clients/load/servers.sh
 
-DIPLOMATIE_DATA_DIR="$work/dip" DIPLOMATIE_LISTEN=127.0.0.1:18111 DIPLOMATIE_REGISTRATION__ENABLED=true \
-  DIPLOMATIE_RATE_LIMITS__ENABLED=false DIPLOMATIE_LOG=warn target/release/diplomatie &
-dip=$!
-wait_up http://127.0.0.1:18111
+start_diplomatie "$work/dip" 18111
+dip=$diplomatie_pid
 "$load" --url http://127.0.0.1:18111 --pid "$dip" --label "Diplomatie $(git rev-parse --short HEAD) (SQLite)" "${args[@]}" | tee "$work/dip.out"
 kill "$dip"
 

@@ -2,9 +2,10 @@
 //! `m.login.dummy`, calls retried while the server answers 429), percentiles, and the server
 //! process's memory and CPU time read from `/proc`.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{bail, Context, Result};
+use futures::future::join_all;
 use serde_json::{json, Value};
 
 #[derive(Clone)]
@@ -118,4 +119,21 @@ pub fn cpu_ms(pid: u32) -> Option<f64> {
     // SAFETY: sysconf reads a constant of the system.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     Some(ticks * 1000.0 / per_second)
+}
+
+/// Registers `n` users named `{prefix}{i}`, 20 at a time.
+pub async fn register_many(api: &Arc<Api>, prefix: &str, n: usize) -> Result<Vec<User>> {
+    let mut users = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(20) {
+        let batch = join_all(chunk.iter().map(|i| {
+            let api = api.clone();
+            let name = format!("{prefix}{i}");
+            async move { api.register(&name).await }
+        }))
+        .await;
+        for u in batch {
+            users.push(u?);
+        }
+    }
+    Ok(users)
 }

@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use diplomatie_load::{cpu_ms, memory_kib, percentile, Api, User};
+use diplomatie_load::{cpu_ms, memory_kib, percentile, register_many, Api, User};
 use futures::future::join_all;
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -59,18 +59,7 @@ async fn main() -> Result<()> {
     // User 0 owns every room, so it stays out of the latency measurement.
     let total_users = args.senders.max(args.syncers + 1);
     eprintln!("registering {total_users} users…");
-    let mut users = Vec::new();
-    for chunk in (0..total_users).collect::<Vec<_>>().chunks(20) {
-        let batch = join_all(chunk.iter().map(|i| {
-            let api = api.clone();
-            let name = format!("load{run}u{i}");
-            async move { api.register(&name).await }
-        }))
-        .await;
-        for u in batch {
-            users.push(u?);
-        }
-    }
+    let users = register_many(&api, &format!("load{run}u"), total_users).await?;
     eprintln!("creating {} rooms…", args.rooms);
     let owner = users[0].clone();
     let mut rooms = Vec::new();

@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use diplomatie_load::{memory_kib, percentile, Api, User};
+use diplomatie_load::{memory_kib, percentile, register_many, Api};
 use futures::future::join_all;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -80,22 +80,6 @@ async fn sliding(api: &Api, token: &str, pos: Option<&str>, timeout_ms: u64, bod
         path.push_str(&format!("&pos={p}"));
     }
     api.ok(Method::POST, &path, Some(token), Some(body)).await
-}
-
-async fn register_many(api: &Arc<Api>, prefix: &str, n: usize) -> Result<Vec<User>> {
-    let mut users = Vec::with_capacity(n);
-    for chunk in (0..n).collect::<Vec<_>>().chunks(20) {
-        let batch = join_all(chunk.iter().map(|i| {
-            let api = api.clone();
-            let name = format!("{prefix}{i}");
-            async move { api.register(&name).await }
-        }))
-        .await;
-        for u in batch {
-            users.push(u?);
-        }
-    }
-    Ok(users)
 }
 
 #[tokio::main]

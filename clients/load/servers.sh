@@ -1,6 +1,16 @@
-# Sourced by the benchmark scripts: starts Synapse (from PyPI, in a virtual environment kept
-# in ~/.cache) on its embedded SQLite, on loopback, with open registration and rate limits off.
-#   start_synapse WORKDIR PORT    sets $synapse_pid and $synapse_version
+# Sourced by the benchmark scripts: starts the servers on their embedded databases, on
+# loopback, with open registration and rate limits off.
+#   start_diplomatie WORKDIR PORT  the release build; sets $diplomatie_pid
+#   start_synapse WORKDIR PORT     from PyPI, in a virtual environment kept in ~/.cache; sets
+#                                  $synapse_pid and $synapse_version
+
+start_diplomatie() {
+  DIPLOMATIE_DATA_DIR="$1" DIPLOMATIE_LISTEN="127.0.0.1:$2" DIPLOMATIE_REGISTRATION__ENABLED=true \
+    DIPLOMATIE_RATE_LIMITS__ENABLED=false DIPLOMATIE_LOG=warn target/release/diplomatie &
+  diplomatie_pid=$!
+  wait_up "http://127.0.0.1:$2"
+}
+
 start_synapse() {
   local dir="$1" port="$2"
   local venv="${SYNAPSE_VENV:-$HOME/.cache/diplomatie-bench/synapse-venv}"
