@@ -34,6 +34,8 @@ rc_registration: {unlimited}
 rc_joins: {{local: {unlimited}, remote: {unlimited}}}
 rc_login: {{address: {unlimited}, account: {unlimited}, failed_attempts: {unlimited}}}
 rc_presence: {{per_user: {unlimited}}}
+rc_room_creation: {unlimited}
+rc_invites: {{per_room: {unlimited}, per_user: {unlimited}, per_issuer: {unlimited}}}
 """
 open(path, "w").write(text)
 PY
