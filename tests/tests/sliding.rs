@@ -112,18 +112,28 @@ async fn lists_windows_and_incremental_rooms(backend: Backend) {
     assert_eq!(bodies(&next["rooms"][&rooms[0]]), ["nouvelles du Sahel"]);
     let pos = next["pos"].as_str().unwrap().to_owned();
 
-    // A room the connection knows comes with what is new only, counted live.
+    // A known room asked with a longer timeline than before comes with its newest events again,
+    // as many as now asked (Synapse's expanded timeline), those after the position counted live.
     bob.send_text(&rooms[0], "reçu").await;
     bob.send_text(&rooms[0], "je transmets").await;
     let wider = room_list(1, 5);
-    let more = sliding_ok(&alice, Some(&pos), 0, &wider).await;
+    let expanded = sliding_ok(&alice, Some(&pos), 0, &wider).await;
+    let sahel = &expanded["rooms"][&rooms[0]];
+    assert!(sahel.get("initial").is_none(), "{expanded}");
+    assert_eq!(bodies(sahel), ["premier", "nouvelles du Sahel", "reçu", "je transmets"], "{expanded}");
+    assert_eq!(sahel["num_live"], 2);
+    assert_eq!(sahel["limited"], true);
+
+    // Then, at the same limit, a known room comes with what is new only.
+    bob.send_text(&rooms[0], "et encore").await;
+    let more = sliding_ok(&alice, expanded["pos"].as_str(), 0, &wider).await;
     let sahel = &more["rooms"][&rooms[0]];
     assert!(sahel.get("initial").is_none(), "{more}");
-    assert_eq!(bodies(sahel), ["reçu", "je transmets"]);
-    assert_eq!(sahel["num_live"], 2);
+    assert_eq!(bodies(sahel), ["et encore"]);
+    assert_eq!(sahel["num_live"], 1);
     assert_ne!(sahel["limited"], true, "false is left out");
     assert!(sahel.get("name").is_none(), "the name did not change: {sahel}");
-    assert_eq!(sahel["notification_count"], 2, "{sahel}");
+    assert_eq!(sahel["notification_count"], 3, "{sahel}");
 
     // Reading the room (a receipt, no new event) changes its counts: it comes again with them,
     // and no timeline; a long poll is woken by the receipt.

@@ -64,8 +64,9 @@ type ConnectionKey = (OwnedUserId, String, String);
 struct Position {
     /// The stream token the connection reached (`None` before its first answer).
     token: Option<SyncToken>,
-    /// The rooms the connection was sent, with the membership it was sent them with.
-    rooms: HashMap<OwnedRoomId, MembershipState>,
+    /// The rooms the connection was sent, with the membership it was sent them with and the
+    /// largest timeline limit it asked for them.
+    rooms: HashMap<OwnedRoomId, (MembershipState, u64)>,
 }
 
 #[derive(Default)]
@@ -302,17 +303,22 @@ impl SlidingSync {
         for (room_id, (config, i)) in &wanted {
             let candidate = &candidates[*i];
             let known = since.rooms.get(room_id);
-            let initial = known != Some(&candidate.membership);
+            let initial = known.map(|(m, _)| m) != Some(&candidate.membership);
+            // A known room asked with a longer timeline than before (Element X opening a room
+            // of its list) comes with its newest events again, as many as now asked.
+            let expanded = known.is_some_and(|(_, limit)| config.timeline_limit > *limit);
             let room = match candidate.membership {
                 MembershipState::Join => {
-                    let since = since.token.filter(|_| !initial);
+                    let known_at = since.token.filter(|_| !initial);
                     let read = read_by_user.contains(room_id.as_str());
-                    self.joined_room(req, room_id, config, since, to, read, &direct).await?
+                    let asked = Asked { since: known_at.filter(|_| !expanded), known_at, read };
+                    self.joined_room(req, room_id, config, asked, to, &direct).await?
                 }
                 _ if initial => Some(self.invited_room(user, room_id, &direct).await?),
                 _ => None,
             };
-            reached.rooms.insert(room_id.clone(), candidate.membership.clone());
+            let limit = known.map_or(0, |(_, limit)| *limit).max(config.timeline_limit);
+            reached.rooms.insert(room_id.clone(), (candidate.membership.clone(), limit));
             if let Some(mut room) = room {
                 room.bump_stamp = UInt::try_from(candidate.bump.max(0)).ok();
                 if initial {
@@ -430,21 +436,18 @@ impl SlidingSync {
         Ok(room)
     }
 
-    /// A joined room: whole when `since` is `None` (new to the connection), else what changed
-    /// after it (`None` when nothing did). `read`: the user's own receipt in the room moved
-    /// after `since`, so its unread counts changed even without new events.
-    #[allow(clippy::too_many_arguments)]
+    /// A joined room: whole when `asked.since` is `None` (new to the connection, or asked with
+    /// a longer timeline than before), else what changed after it (`None` when nothing did).
     async fn joined_room(
         &self,
         req: &SlidingRequest<'_>,
         room_id: &RoomId,
         config: &RoomConfig,
-        since: Option<SyncToken>,
+        asked: Asked,
         to: SyncToken,
-        read: bool,
         direct: &DirectRooms,
     ) -> Result<Option<response::Room>> {
-        let user = req.user;
+        let (user, since, read) = (req.user, asked.since, asked.read);
         let from = since.map_or(i64::MIN, |s| s.stream);
         let events_moved = since.is_none() || self.marks.room_since(room_id, from);
         if !events_moved && !read {
@@ -472,8 +475,9 @@ impl SlidingSync {
         let mut room = response::Room::new();
         room.limited = limited;
         room.prev_batch = timeline.first().map(|p| (p.stream_ordering - 1).to_string());
-        if since.is_some() {
-            room.num_live = UInt::try_from(timeline.iter().filter(|p| p.stream_ordering > from).count()).ok();
+        if let Some(known_at) = asked.known_at {
+            let live = timeline.iter().filter(|p| p.stream_ordering > known_at.stream).count();
+            room.num_live = UInt::try_from(live).ok();
         }
         room.timeline = self.rooms.client_raws(&timeline, user, req.device, false).await?;
 
@@ -637,6 +641,15 @@ impl SlidingSync {
         }
         Ok(news)
     }
+}
+
+/// How a joined room is asked for: from which position its changes are sent (`None`: whole),
+/// the position the connection last saw it at (what came after is live), and whether the
+/// user's own receipt in it moved since.
+struct Asked {
+    since: Option<SyncToken>,
+    known_at: Option<SyncToken>,
+    read: bool,
 }
 
 /// The rooms an answer shows: by list (those in the list's windows), and by subscription.
