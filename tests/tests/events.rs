@@ -108,6 +108,10 @@ async fn redaction_strips_content_and_checks_power(backend: Backend) {
     for id in [&a_msg, &b_msg] {
         let ev = bob.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/event/{}", urlencode(id)), None).await;
         assert_eq!(ev["content"], json!({}));
+        // It says which redaction redacted it (`unsigned.redacted_because`).
+        let because = &ev["unsigned"]["redacted_because"];
+        assert_eq!(because["type"], "m.room.redaction", "{ev}");
+        assert_eq!(because["content"]["redacts"], id.as_str(), "{ev}");
     }
     // The redaction event itself carries `redacts` (in content since v11).
     let msgs = bob.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=3"), None).await;

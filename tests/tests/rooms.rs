@@ -316,9 +316,10 @@ async fn aliases_resolve_and_belong_to_their_creator(backend: Backend) {
     alice
         .ok(Method::PUT, "/_matrix/client/v3/directory/room/%23dgm:localhost", Some(&json!({ "room_id": room })))
         .await;
+    // An alias taken: the spec's 409 Conflict (with M_UNKNOWN).
     assert_error(
         &alice.put("/_matrix/client/v3/directory/room/%23dgm:localhost", &json!({ "room_id": room })).await,
-        400,
+        409,
         "M_UNKNOWN",
     );
     let (status, _) = bob.join("#dgm:localhost").await;

@@ -50,6 +50,10 @@ impl IntoResponse for ApiError {
                 let body = serde_json::json!({ "errcode": "M_UNKNOWN", "error": message });
                 (StatusCode::BAD_GATEWAY, axum::Json(body)).into_response()
             }
+            Error::Conflict(message) => {
+                let body = ruma::api::error::StandardErrorBody::new(ErrorKind::Unknown, message);
+                (StatusCode::CONFLICT, axum::Json(body)).into_response()
+            }
             Error::Matrix(kind, message) => {
                 let status = match kind {
                     // M_UNKNOWN for a refused request that is not the server's fault.

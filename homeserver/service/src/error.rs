@@ -20,6 +20,9 @@ pub enum Error {
     /// Another server could not be reached, or answered something that is not the spec's: the
     /// request may succeed later (answered `M_UNKNOWN` with 502 Bad Gateway).
     Remote(String),
+    /// The request would replace something that exists and may not be replaced (a room alias
+    /// taken): the spec's 409 Conflict, with `M_UNKNOWN`.
+    Conflict(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -57,7 +60,9 @@ impl Error {
                 .cloned()
                 .unwrap_or(StandardErrorBody::new(ErrorKind::Unauthorized, "Authentication required".into())),
             Error::Internal => StandardErrorBody::new(ErrorKind::Unknown, "Internal server error".into()),
-            Error::Remote(message) => StandardErrorBody::new(ErrorKind::Unknown, message.clone()),
+            Error::Remote(message) | Error::Conflict(message) => {
+                StandardErrorBody::new(ErrorKind::Unknown, message.clone())
+            }
         }
     }
 }

@@ -189,6 +189,7 @@ impl Pdu {
                 invite_room_state: kept("invite_room_state"),
                 knock_room_state: kept("knock_room_state"),
                 membership: None,
+                redacted_because: None,
             },
         }
     }
@@ -256,12 +257,21 @@ struct ClientUnsigned<'a> {
     /// they cannot decrypt an event sent before they joined.
     #[serde(skip_serializing_if = "Option::is_none")]
     membership: Option<&'a str>,
+    /// The redaction that redacted the event, in the client format.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redacted_because: Option<&'a RawValue>,
 }
 
 impl<'a> ClientEvent<'a> {
     /// The event with the reader's membership at it in `unsigned` (`membership`).
     pub fn with_membership(mut self, membership: &'a str) -> Self {
         self.unsigned.membership = Some(membership);
+        self
+    }
+
+    /// The event with the redaction that redacted it in `unsigned` (`redacted_because`).
+    pub fn with_redaction(mut self, redaction: Option<&'a RawValue>) -> Self {
+        self.unsigned.redacted_because = redaction;
         self
     }
 

@@ -80,7 +80,7 @@ impl Directory {
             .await
             .map_err(|e| {
                 if e.is_unique_violation() {
-                    Error::new(ErrorKind::Unknown, "Room alias already exists")
+                    Error::Conflict(format!("Room alias {alias} already exists"))
                 } else {
                     e.into()
                 }

@@ -278,7 +278,12 @@ impl Rooms {
         };
         let membership = self.membership_at(user, pdu).await?;
         let membership = membership.as_ref().map_or("leave", MembershipState::as_str);
-        Ok(pdu.client_view(with_room_id, txn.as_ref().map(|(_, id)| id.as_str())).with_membership(membership).to_raw())
+        let redaction = match pdu.redacted_by.as_deref().and_then(|id| ruma::OwnedEventId::try_from(id).ok()) {
+            Some(id) => self.get_pdu(&id).await?.map(|r| r.client_view(with_room_id, None).to_raw::<()>()),
+            None => None,
+        };
+        let view = pdu.client_view(with_room_id, txn.as_ref().map(|(_, id)| id.as_str()));
+        Ok(view.with_membership(membership).with_redaction(redaction.as_ref().map(|r| r.json())).to_raw())
     }
 
     /// [`Self::client_raw`] for several events.
