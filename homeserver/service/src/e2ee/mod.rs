@@ -498,15 +498,17 @@ impl E2ee {
         txn_id: &TransactionId,
         messages: &ToDeviceMessages,
     ) -> Result<()> {
-        let (local, remote): (ToDeviceMessages, ToDeviceMessages) = messages
+        let remote: ToDeviceMessages = messages
             .iter()
+            .filter(|(u, _)| u.server_name() != self.server_name())
             .map(|(u, m)| (u.clone(), m.clone()))
-            .partition(|(u, _)| u.server_name() == self.server_name());
+            .collect();
         if !remote.is_empty() {
             // Sent on as `m.direct_to_device` EDUs, one per server.
             self.send_remote_to_device(&caller.user_id, event_type, txn_id, remote).await?;
         }
-        self.deliver_to_device(&caller.user_id, caller.device_id.as_str(), event_type, txn_id.as_str(), &local).await
+        // Local users' messages (`deliver_to_device` passes over other servers' users).
+        self.deliver_to_device(&caller.user_id, caller.device_id.as_str(), event_type, txn_id.as_str(), messages).await
     }
 
     /// Queues to-device messages for local users' devices (`*`: every device), once per
