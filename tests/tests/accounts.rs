@@ -19,6 +19,7 @@ backend_tests!(
     profile_changes_propagate_to_member_events,
     shared_secret_registration_checks_the_hmac,
     cli_creates_users,
+    guests_are_off_by_default_and_limited_when_on,
 );
 
 async fn registration_follows_user_interactive_auth(backend: Backend) {
@@ -212,6 +213,9 @@ async fn devices_list_rename_and_delete_with_uia(backend: Backend) {
     let (status, uia) = alice.delete("/_matrix/client/v3/devices/LAPTOP").await;
     assert_eq!(status, 401);
     assert_eq!(uia["flows"][0]["stages"], json!(["m.login.password"]));
+    // `params` is always there (the spec's UIA response lists it), and empty: no stage has any.
+    assert_eq!(uia["params"], json!({}), "{uia}");
+    assert_eq!(uia["completed"], json!([]), "{uia}");
     let wrong = json!({ "auth": { "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "bad", "session": uia["session"] } });
     let (status, v) = alice.request(Method::DELETE, "/_matrix/client/v3/devices/LAPTOP", Some(&wrong)).await;
     assert_eq!((status, v["errcode"].clone()), (401, json!("M_FORBIDDEN")), "{v}");
@@ -342,4 +346,51 @@ async fn cli_creates_users(backend: Backend) {
     assert_eq!(status, 200);
     let p = c.get("/_matrix/client/v3/profile/@consul:localhost/displayname").await;
     assert_eq!(p.1["displayname"], "Consul général");
+}
+
+async fn guests_are_off_by_default_and_limited_when_on(backend: Backend) {
+    let closed = TestServer::start(backend, &[]).await;
+    let (status, v) = closed.client().post("/_matrix/client/v3/register?kind=guest", &json!({})).await;
+    assert_eq!((status, v["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{v}");
+    drop(closed);
+
+    let server = TestServer::start(backend, &[("REGISTRATION__ALLOW_GUESTS", "true")]).await;
+    let alice = server.register("alice").await;
+    let mut guest = server.client();
+    let (status, v) = guest.post("/_matrix/client/v3/register?kind=guest", &json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    guest.token = Some(v["access_token"].as_str().unwrap().to_owned());
+    guest.user_id = v["user_id"].as_str().unwrap().to_owned();
+    let localpart = guest.user_id[1..].split(':').next().unwrap().to_owned();
+    assert!(localpart.chars().all(|c| c.is_ascii_digit()), "{}", guest.user_id);
+    assert_eq!(guest.ok(Method::GET, "/_matrix/client/v3/account/whoami", None).await["user_id"], guest.user_id);
+    // Outside the guest endpoints: refused.
+    assert_error(&guest.post("/_matrix/client/v3/createRoom", &json!({})).await, 403, "M_GUEST_ACCESS_FORBIDDEN");
+
+    // A public room is closed to guests until its guest_access says can_join.
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let join = format!("/_matrix/client/v3/rooms/{room}/join");
+    assert_error(&guest.post(&join, &json!({})).await, 403, "M_GUEST_ACCESS_FORBIDDEN");
+    let access = format!("/_matrix/client/v3/rooms/{room}/state/m.room.guest_access/");
+    alice.ok(Method::PUT, &access, Some(&json!({ "guest_access": "can_join" }))).await;
+    guest.ok(Method::POST, &join, Some(&json!({}))).await;
+    // Guests send messages, and nothing else.
+    guest.send_text(&room, "bonjour").await;
+    let (status, v) = guest.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.reaction/r1"), &json!({})).await;
+    assert_eq!((status, v["errcode"].as_str()), (403, Some("M_GUEST_ACCESS_FORBIDDEN")), "{v}");
+    // Closing the room to guests makes them leave.
+    alice.ok(Method::PUT, &access, Some(&json!({ "guest_access": "forbidden" }))).await;
+    let member = format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{}", guest.user_id);
+    assert_eq!(alice.ok(Method::GET, &member, None).await["membership"], "leave");
+
+    // A guest upgrades its own account only, keeping its user id.
+    let other = json!({ "username": "alice2", "password": "pw", "guest_access_token": guest.token, "auth": { "type": "m.login.dummy" } });
+    assert_error(&server.client().post("/_matrix/client/v3/register", &other).await, 403, "M_FORBIDDEN");
+    let own = json!({ "username": localpart, "password": "pw", "guest_access_token": guest.token, "auth": { "type": "m.login.dummy" } });
+    let (status, v) = server.client().post("/_matrix/client/v3/register", &own).await;
+    assert_eq!((status, v["user_id"].as_str()), (200, Some(guest.user_id.as_str())), "{v}");
+    guest.token = Some(v["access_token"].as_str().unwrap().to_owned());
+    guest.create_room(json!({})).await;
+    let login = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": localpart }, "password": "pw" });
+    assert_eq!(server.client().post("/_matrix/client/v3/login", &login).await.0, 200);
 }

@@ -16,6 +16,8 @@ backend_tests!(
     aliases_resolve_and_belong_to_their_creator,
     public_directory_searches_and_paginates,
     user_directory_finds_users,
+    upgrades_replace_rooms_and_carry_their_state,
+    guest_and_legacy_endpoints,
 );
 
 async fn state(c: &diplomatie_tests::Client, room: &str, kind: &str, key: &str) -> Value {
@@ -428,4 +430,169 @@ mod same_millisecond {
     }
 
     backend_tests!(identical_rooms_created_at_once_are_distinct);
+}
+
+async fn upgrades_replace_rooms_and_carry_their_state(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let eve = server.register("eve").await;
+    let old = alice
+        .create_room(json!({
+            "room_version": "10",
+            "preset": "public_chat",
+            "visibility": "public",
+            "name": "Veille",
+            "room_alias_name": "veille",
+            "creation_content": { "m.federate": false },
+            "initial_state": [{ "type": "fr.diplomatie.classification", "state_key": "", "content": { "level": "NP" } }],
+        }))
+        .await;
+    bob.join(&old).await;
+    eve.join(&old).await;
+    alice
+        .ok(Method::POST, &format!("/_matrix/client/v3/rooms/{old}/ban"), Some(&json!({ "user_id": eve.user_id })))
+        .await;
+    // Bob's rule, tags and m.direct entry for the old room.
+    bob.ok(
+        Method::PUT,
+        &format!("/_matrix/client/v3/pushrules/global/room/{}", urlencode(&old)),
+        Some(&json!({ "actions": ["notify"] })),
+    )
+    .await;
+    bob.ok(
+        Method::PUT,
+        &format!("/_matrix/client/v3/user/{}/rooms/{old}/tags/u.travail", bob.user_id),
+        Some(&json!({})),
+    )
+    .await;
+    bob.ok(
+        Method::PUT,
+        &format!("/_matrix/client/v3/user/{}/account_data/m.direct", bob.user_id),
+        Some(&json!({ alice.user_id.clone(): [old] })),
+    )
+    .await;
+
+    let upgrade = format!("/_matrix/client/v3/rooms/{old}/upgrade");
+    // Refused: an unknown version, a member without the power, a room that does not exist.
+    assert_error(&alice.post(&upgrade, &json!({ "new_version": "nope" })).await, 400, "M_UNSUPPORTED_ROOM_VERSION");
+    assert_error(&bob.post(&upgrade, &json!({ "new_version": "11" })).await, 403, "M_FORBIDDEN");
+    let bogus = "/_matrix/client/v3/rooms/!nowhere:localhost/upgrade";
+    assert_error(&alice.post(bogus, &json!({ "new_version": "11" })).await, 404, "M_NOT_FOUND");
+    // Nothing was written by the refusals.
+    let (status, _) = alice.get(&format!("/_matrix/client/v3/rooms/{old}/state/m.room.tombstone/")).await;
+    assert_eq!(status, 404);
+
+    let new = alice.ok(Method::POST, &upgrade, Some(&json!({ "new_version": "11" }))).await["replacement_room"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tombstone = state(&alice, &old, "m.room.tombstone", "").await;
+    assert_eq!(tombstone["replacement_room"], new);
+    let create =
+        alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{new}/state/m.room.create/?format=event"), None).await;
+    assert_eq!(create["content"]["room_version"], "11");
+    assert_eq!(create["content"]["predecessor"]["room_id"], old);
+    assert_eq!(create["content"]["m.federate"], false);
+    // State, the classification and the ban carried over; the alias and the listing moved.
+    assert_eq!(state(&alice, &new, "m.room.name", "").await["name"], "Veille");
+    assert_eq!(state(&alice, &new, "fr.diplomatie.classification", "").await["level"], "NP");
+    assert_eq!(state(&alice, &new, "m.room.join_rules", "").await["join_rule"], "public");
+    assert_eq!(state(&alice, &new, "m.room.member", &eve.user_id).await["membership"], "ban");
+    let alias = alice.ok(Method::GET, "/_matrix/client/v3/directory/room/%23veille:localhost", None).await;
+    assert_eq!(alias["room_id"], new);
+    let listed = alice.ok(Method::GET, &format!("/_matrix/client/v3/directory/list/room/{new}"), None).await;
+    assert_eq!(listed["visibility"], "public");
+    let listed = alice.ok(Method::GET, &format!("/_matrix/client/v3/directory/list/room/{old}"), None).await;
+    assert_eq!(listed["visibility"], "private");
+    // The old room: only moderators may speak.
+    let levels = state(&alice, &old, "m.room.power_levels", "").await;
+    assert_eq!((levels["events_default"].clone(), levels["invite"].clone()), (json!(50), json!(50)));
+    let (status, _) = bob
+        .put(
+            &format!("/_matrix/client/v3/rooms/{old}/send/m.room.message/late"),
+            &json!({ "msgtype": "m.text", "body": "trop tard" }),
+        )
+        .await;
+    assert_eq!(status, 403);
+    // Bob joins the new room: his settings follow him.
+    bob.join(&new).await;
+    let rule =
+        bob.ok(Method::GET, &format!("/_matrix/client/v3/pushrules/global/room/{}", urlencode(&new)), None).await;
+    assert_eq!(rule["actions"], json!(["notify"]));
+    let tags = bob.ok(Method::GET, &format!("/_matrix/client/v3/user/{}/rooms/{new}/tags", bob.user_id), None).await;
+    assert!(tags["tags"].get("u.travail").is_some(), "{tags}");
+    let direct =
+        bob.ok(Method::GET, &format!("/_matrix/client/v3/user/{}/account_data/m.direct", bob.user_id), None).await;
+    assert_eq!(direct[&alice.user_id], json!([old, new]));
+    // A tombstone naming its own room is refused.
+    let (status, v) = alice
+        .put(&format!("/_matrix/client/v3/rooms/{new}/state/m.room.tombstone/"), &json!({ "replacement_room": new }))
+        .await;
+    assert_eq!((status, v["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{v}");
+}
+
+async fn guest_and_legacy_endpoints(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({ "name": "Ancien" })).await;
+    let first = alice.send_text(&room, "un").await;
+    // /initialSync: the room with its messages and state.
+    let init = alice.ok(Method::GET, "/_matrix/client/v3/initialSync?limit=5", None).await;
+    let entry = init["rooms"].as_array().unwrap().iter().find(|r| r["room_id"] == room).unwrap().clone();
+    assert_eq!(entry["membership"], "join");
+    assert!(entry["messages"]["chunk"].as_array().unwrap().iter().any(|e| e["event_id"] == first), "{entry}");
+    assert!(entry["state"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.name"), "{entry}");
+    // /events from /initialSync's end: what happened since, with its room.
+    let end = init["end"].as_str().unwrap().to_owned();
+    let second = alice.send_text(&room, "deux").await;
+    let events = alice.ok(Method::GET, &format!("/_matrix/client/v3/events?from={end}&timeout=1000"), None).await;
+    let chunk = events["chunk"].as_array().unwrap();
+    let got = chunk.iter().find(|e| e["event_id"] == second).expect("the new message");
+    assert_eq!(got["room_id"], room);
+    assert!(!chunk.iter().any(|e| e["event_id"] == first), "{events}");
+    // Nothing new: an empty chunk after the timeout, and the same position.
+    let next = events["end"].as_str().unwrap();
+    let quiet = alice.ok(Method::GET, &format!("/_matrix/client/v3/events?from={next}&timeout=50"), None).await;
+    assert_eq!(quiet["chunk"], json!([]));
+    // /rooms/{id}/initialSync: one room, for its members only.
+    let one = alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/initialSync"), None).await;
+    assert_eq!(one["membership"], "join");
+    let chunk = one["messages"]["chunk"].as_array().unwrap();
+    assert_eq!(chunk.last().unwrap()["event_id"], second);
+    let bob = server.register("bob").await;
+    let (status, _) = bob.get(&format!("/_matrix/client/v3/rooms/{room}/initialSync")).await;
+    assert_eq!(status, 403);
+    // Synapse's send and redact without a transaction id: each call is a new event.
+    let a = alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message"),
+            Some(&json!({ "msgtype": "m.text", "body": "x" })),
+        )
+        .await;
+    let b = alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message"),
+            Some(&json!({ "msgtype": "m.text", "body": "x" })),
+        )
+        .await;
+    assert_ne!(a["event_id"], b["event_id"]);
+    let r = alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{room}/redact/{}", urlencode(a["event_id"].as_str().unwrap())),
+            Some(&json!({})),
+        )
+        .await;
+    let redacted = alice
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{room}/event/{}", urlencode(a["event_id"].as_str().unwrap())),
+            None,
+        )
+        .await;
+    assert_eq!(redacted["unsigned"]["redacted_by"], r["event_id"]);
+    assert!(redacted["content"].get("body").is_none(), "{redacted}");
 }

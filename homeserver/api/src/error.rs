@@ -41,7 +41,14 @@ pub fn status_of(kind: &ErrorKind) -> StatusCode {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self.0 {
-            Error::Uiaa(info) => (StatusCode::UNAUTHORIZED, axum::Json(info)).into_response(),
+            Error::Uiaa(info) => {
+                // `completed` is listed even when empty, as Synapse does and Sytest expects.
+                let mut body = serde_json::to_value(&info).unwrap_or_default();
+                if let Some(o) = body.as_object_mut() {
+                    o.entry("completed").or_insert(serde_json::json!([]));
+                }
+                (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
+            }
             Error::Internal => {
                 let body = serde_json::json!({ "errcode": "M_UNKNOWN", "error": "Internal server error" });
                 (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()

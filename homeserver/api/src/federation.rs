@@ -48,6 +48,7 @@ pub fn routes(r: axum::Router<Arc<Services>>) -> axum::Router<Arc<Services>> {
     let r = route::<prepare_leave_event::v1::Request, _, _>(r, make_leave);
     let r = route::<create_leave_event::v2::Request, _, _>(r, send_leave);
     let r = route::<create_invite::v2::Request, _, _>(r, invite);
+    let r = route::<create_invite::v1::Request, _, _>(r, invite_v1);
     let r = route::<prepare_knock_event::v1::Request, _, _>(r, make_knock);
     let r = route::<create_knock_event::v1::Request, _, _>(r, send_knock);
     let r = route::<get_event::v1::Request, _, _>(r, event);
@@ -236,6 +237,26 @@ async fn invite(State(s): S, req: Ruma<create_invite::v2::Request>) -> ApiResult
         .receive_invite(req.origin(), &b.room_id, &b.event_id, &b.room_version, &b.event, &b.invite_room_state)
         .await?;
     Ok(create_invite::v2::Response::new(signed).into())
+}
+
+/// The deprecated `/v1/invite`: the event is the body, of a room of version 1 or 2 (the API
+/// names none; the spec's v1 invite predates room versions), answered in the v1 array form.
+async fn invite_v1(State(s): S, req: Ruma<create_invite::v1::Request>) -> ApiResult<create_invite::v1::Response> {
+    let b = &req.body;
+    let event = req.json.as_ref().ok_or_else(|| Error::bad_json("The invite event is missing"))?;
+    let raw = serde_json::value::to_raw_value(event).map_err(|e| Error::bad_json(e.to_string()))?;
+    let signed = s
+        .remote_membership
+        .receive_invite(
+            req.origin(),
+            &b.room_id,
+            &b.event_id,
+            &ruma::RoomVersionId::V1,
+            &raw,
+            &b.unsigned.invite_room_state,
+        )
+        .await?;
+    Ok(create_invite::v1::Response::new(signed).into())
 }
 
 async fn event(State(s): S, req: Ruma<get_event::v1::Request>) -> ApiResult<get_event::v1::Response> {

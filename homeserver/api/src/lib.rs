@@ -17,7 +17,7 @@ use std::{sync::Arc, time::Duration};
 use axum::{
     extract::Request,
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
     Router,
 };
 use diplomatie_service::{Error, Services};
@@ -86,6 +86,7 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = route::<c::state::get_state_event_for_key::v3::Request, _, _>(r, rooms::state_event);
     let r = route::<c::state::send_state_event::v3::Request, _, _>(r, rooms::send_state);
     let r = route::<c::room::aliases::v3::Request, _, _>(r, rooms::room_aliases);
+    let r = route::<c::room::upgrade_room::v3::Request, _, _>(r, rooms::upgrade);
     let r = route::<c::alias::get_alias::v3::Request, _, _>(r, rooms::get_alias);
     let r = route::<c::alias::create_alias::v3::Request, _, _>(r, rooms::create_alias);
     let r = route::<c::alias::delete_alias::v3::Request, _, _>(r, rooms::delete_alias);
@@ -98,6 +99,23 @@ pub fn router(services: Arc<Services>) -> Router {
     // Events
     let r = route::<c::message::send_message_event::v3::Request, _, _>(r, events::send_message);
     let r = route::<c::redact::redact_event::v3::Request, _, _>(r, events::redact);
+    let mut r = r;
+    for v in ["r0", "v3"] {
+        r = r
+            .route(&format!("/_matrix/client/{v}/pushrules/global/{{kind}}/"), get(push::of_kind))
+            .route(&format!("/_matrix/client/{v}/events"), get(legacy::events))
+            .route(&format!("/_matrix/client/{v}/initialSync"), get(legacy::initial_sync))
+            .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/initialSync"), get(legacy::room_initial_sync));
+        r = r
+            .route(
+                &format!("/_matrix/client/{v}/rooms/{{room_id}}/send/{{event_type}}"),
+                post(events::send_without_txn),
+            )
+            .route(
+                &format!("/_matrix/client/{v}/rooms/{{room_id}}/redact/{{event_id}}"),
+                post(events::redact_without_txn),
+            );
+    }
     let r = route::<c::room::get_room_event::v3::Request, _, _>(r, events::get_event);
     let r = route::<c::message::get_message_events::v3::Request, _, _>(r, events::messages);
     let r = route::<c::context::get_context::v3::Request, _, _>(r, events::context);
@@ -198,7 +216,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/_diplomatie/admin/v1/communities/{slug}/managers", axum::routing::put(admin::set_community_managers))
         .route("/_diplomatie/client/v1/communities", axum::routing::post(admin::create_community));
     // Formal correspondence and journals
-    use axum::routing::{delete, post, put};
+    use axum::routing::{delete, put};
     use correspondence as corr;
     let r = r
         .route("/_diplomatie/client/v1/correspondence", post(corr::send))

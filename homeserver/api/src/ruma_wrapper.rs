@@ -56,6 +56,67 @@ pub fn access_token(parts: &http::request::Parts) -> Option<String> {
     parts.uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token=").map(|t| t.to_owned())))
 }
 
+/// Whether a guest may call this endpoint: the spec's list ("Guest access"), plus what a
+/// client needs around it (filters, account data, push rules read, logout), as Synapse allows.
+pub fn guest_may(method: &http::Method, parts: &http::request::Parts) -> bool {
+    let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() else { return false };
+    let path = matched.as_str();
+    let Some(rest) = path.strip_prefix("/_matrix/client/") else { return false };
+    let endpoint = rest.split_once('/').map_or("", |(_, e)| e);
+    use http::Method as M;
+    let allowed: &[(M, &str)] = &[
+        (M::GET, "rooms/{room_id}/state"),
+        (M::GET, "rooms/{room_id}/context/{event_id}"),
+        (M::GET, "rooms/{room_id}/event/{event_id}"),
+        (M::GET, "rooms/{room_id}/state/{event_type}/{state_key}"),
+        (M::GET, "rooms/{room_id}/state/{event_type}"),
+        (M::GET, "rooms/{room_id}/messages"),
+        (M::GET, "rooms/{room_id}/members"),
+        (M::GET, "rooms/{room_id}/joined_members"),
+        (M::GET, "rooms/{room_id}/initialSync"),
+        (M::GET, "sync"),
+        (M::GET, "events"),
+        (M::GET, "profile/{user_id}"),
+        (M::GET, "profile/{user_id}/{field}"),
+        (M::PUT, "profile/{user_id}/{field}"),
+        (M::GET, "presence/{user_id}/status"),
+        (M::PUT, "presence/{user_id}/status"),
+        (M::POST, "rooms/{room_id}/join"),
+        (M::POST, "join/{room_id_or_alias}"),
+        (M::POST, "rooms/{room_id}/leave"),
+        (M::PUT, "rooms/{room_id}/send/{event_type}/{txn_id}"),
+        (M::POST, "rooms/{room_id}/send/{event_type}"),
+        (M::PUT, "sendToDevice/{event_type}/{txn_id}"),
+        (M::GET, "devices"),
+        (M::GET, "devices/{device_id}"),
+        (M::PUT, "devices/{device_id}"),
+        (M::POST, "keys/query"),
+        (M::POST, "keys/upload"),
+        (M::POST, "keys/claim"),
+        (M::GET, "keys/changes"),
+        (M::PUT, "rooms/{room_id}/typing/{user_id}"),
+        (M::POST, "rooms/{room_id}/receipt/{receipt_type}/{event_id}"),
+        (M::POST, "rooms/{room_id}/read_markers"),
+        (M::GET, "voip/turnServer"),
+        (M::GET, "account/whoami"),
+        (M::POST, "logout"),
+        (M::POST, "user/{user_id}/filter"),
+        (M::GET, "user/{user_id}/filter/{filter_id}"),
+        (M::GET, "user/{user_id}/account_data/{event_type}"),
+        (M::PUT, "user/{user_id}/account_data/{event_type}"),
+        (M::GET, "user/{user_id}/rooms/{room_id}/account_data/{event_type}"),
+        (M::PUT, "user/{user_id}/rooms/{room_id}/account_data/{event_type}"),
+        (M::GET, "pushrules/"),
+        (M::GET, "pushrules"),
+        (M::GET, "capabilities"),
+    ];
+    if !allowed.iter().any(|(m, e)| m == method && *e == endpoint) {
+        return false;
+    }
+    // Of events, guests send messages only.
+    !endpoint.starts_with("rooms/{room_id}/send/") || parts.uri.path().contains("/send/m.room.message")
+}
+
 /// Maps a ruma parse failure to the spec's error code.
 fn parse_error(e: FromHttpRequestError) -> ApiError {
     let (kind, message) = match e {
@@ -121,6 +182,10 @@ where
         } else {
             None
         };
+
+        if caller.as_ref().is_some_and(|c| c.is_guest) && !guest_may(&T::METHOD, &parts) {
+            return Err(ApiError(Error::new(ErrorKind::GuestAccessForbidden, "Guests may not use this endpoint")));
+        }
 
         // The request's span names who asks, and about which room.
         let span = tracing::Span::current();
@@ -204,12 +269,23 @@ where
                 return Err(ApiError(Error::invalid_param("A NUL character is not allowed in the path")));
             }
         }
-        let body_bytes: &[u8] =
-            if bytes.is_empty() && !raw && matches!(T::METHOD, http::Method::POST | http::Method::PUT) {
-                b"{}"
-            } else {
-                &bytes
-            };
+        // Typing without a `timeout` (which ruma requires) lasts Synapse's default, 30 s.
+        let typing = TypeId::of::<T>() == TypeId::of::<ruma::api::client::typing::create_typing_event::v3::Request>();
+        let patched = match json.as_ref() {
+            Some(j) if typing && j.get("typing") == Some(&Value::Bool(true)) && j.get("timeout").is_none() => {
+                let mut j = j.clone();
+                j["timeout"] = Value::from(30_000);
+                Some(serde_json::to_vec(&j).map_err(diplomatie_service::internal!())?)
+            }
+            _ => None,
+        };
+        let body_bytes: &[u8] = if let Some(p) = &patched {
+            p
+        } else if bytes.is_empty() && !raw && matches!(T::METHOD, http::Method::POST | http::Method::PUT) {
+            b"{}"
+        } else {
+            &bytes
+        };
         let origin = match signer {
             Some(signer) => {
                 let mut signed = http::Request::builder().method(parts.method.clone()).uri(parts.uri.clone());

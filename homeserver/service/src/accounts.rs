@@ -96,6 +96,8 @@ pub struct Caller {
     pub user_id: OwnedUserId,
     pub device_id: OwnedDeviceId,
     pub is_admin: bool,
+    /// A guest: limited to the spec's guest endpoints (the API checks).
+    pub is_guest: bool,
 }
 
 /// The accounts: registration, login and tokens, devices, passwords, profiles. Above the rooms
@@ -178,6 +180,53 @@ impl Accounts {
             })?;
         tracing::info!(user = %user_id, "account created");
         Ok(user_id)
+    }
+
+    /// `POST /register?kind=guest`: a guest account, with a numeric localpart as Synapse gives
+    /// (`@1234567:server`) and no password.
+    pub async fn create_guest(&self) -> Result<OwnedUserId> {
+        let user_id = loop {
+            let n: u64 = rand::random::<u64>() % 9_000_000_000 + 1_000_000_000;
+            if let Ok(id) = self.check_username_available(&n.to_string()).await {
+                break id;
+            }
+        };
+        let mut tx = self.db.begin().await?;
+        store::create_user(&mut *tx, user_id.as_str(), None, Some(user_id.localpart()), false, now_ms()).await?;
+        store::set_guest(&mut *tx, user_id.as_str(), true).await?;
+        diplomatie_storage::commit(tx).await?;
+        tracing::info!(user = %user_id, "guest account created");
+        Ok(user_id)
+    }
+
+    /// `POST /register` with `guest_access_token`: the guest whose token it is becomes a full
+    /// account, keeping its user id (a `username` must be its localpart) and its rooms.
+    pub async fn upgrade_guest(
+        &self,
+        guest_token: &str,
+        username: Option<&str>,
+        password: &str,
+    ) -> Result<OwnedUserId> {
+        let guest = self.authenticate(guest_token).await.map_err(|_| Error::forbidden("Invalid guest access token"))?;
+        if !guest.is_guest {
+            return Err(Error::forbidden("This access token is not a guest's"));
+        }
+        if username.is_some_and(|u| !u.eq_ignore_ascii_case(guest.user_id.localpart())) {
+            return Err(Error::forbidden("A guest can only upgrade its own account"));
+        }
+        let hash = hash_password(password).await?;
+        let mut tx = self.db.begin().await?;
+        store::set_password(&mut *tx, guest.user_id.as_str(), Some(&hash)).await?;
+        store::set_guest(&mut *tx, guest.user_id.as_str(), false).await?;
+        diplomatie_storage::commit(tx).await?;
+        self.tokens.forget_user(guest.user_id.as_str());
+        tracing::info!(user = %guest.user_id, "guest account upgraded");
+        Ok(guest.user_id)
+    }
+
+    /// Whether `user` is a guest of this server.
+    pub async fn is_guest(&self, user: &UserId) -> Result<bool> {
+        Ok(store::get_user(self.db.pool(), user.as_str()).await?.is_some_and(|u| u.is_guest))
     }
 
     /// Opens a session (device and tokens) for a user.
@@ -302,6 +351,7 @@ impl Accounts {
             user_id: OwnedUserId::try_from(t.user_id).map_err(crate::internal!())?,
             device_id: t.device_id.into(),
             is_admin: user.is_admin,
+            is_guest: user.is_guest,
         };
         self.tokens.put(token, &caller, t.expires_ts, generation);
         Ok(caller)

@@ -43,6 +43,9 @@ pub struct Config {
     pub media: Media,
     pub url_preview: UrlPreview,
     pub push: Push,
+    /// TLS trust of the requests made to other hosts than homeservers (push gateways, URL
+    /// previews, identity servers, application services, remote media locations).
+    pub outbound: Outbound,
     pub portal: Portal,
     pub federation: Federation,
 }
@@ -207,6 +210,18 @@ pub struct Push {
     pub max_backoff_ms: u64,
 }
 
+/// What the HTTP clients that reach other hosts than homeservers trust (federation has its own
+/// `federation.trusted_ca` and `federation.insecure_loopback_tls`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Outbound {
+    /// An extra certificate authority (PEM, one or more certificates) trusted besides the
+    /// built-in web roots: a ministry's own CA signing its push gateway or identity server.
+    pub trusted_ca: PathBuf,
+    /// Tests only: certificates are not checked for `localhost` and loopback addresses.
+    pub insecure_loopback_tls: bool,
+}
+
 /// The media repository (`/_matrix/client/v1/media`).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -257,6 +272,9 @@ pub struct Registration {
     pub require_token: bool,
     /// Shared secret of the Synapse-compatible admin registration endpoint; empty disables it.
     pub shared_secret: String,
+    /// Whether anyone may register a guest account (`/register?kind=guest`): read
+    /// world-readable rooms, join rooms whose `m.room.guest_access` is `can_join`. Off.
+    pub allow_guests: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -289,6 +307,7 @@ const OPTIONS: &[&str] = &[
     "media",
     "url_preview",
     "push",
+    "outbound",
     "portal",
     "federation",
 ];
@@ -311,6 +330,7 @@ impl Default for Config {
             media: Media::default(),
             url_preview: UrlPreview::default(),
             push: Push::default(),
+            outbound: Outbound::default(),
             portal: Portal::default(),
             federation: Federation::default(),
         }

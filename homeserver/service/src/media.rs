@@ -80,7 +80,7 @@ pub struct MediaState {
     /// One lock per remote media being fetched, so that concurrent downloads fetch it once.
     fetching: std::sync::Mutex<HashMap<(OwnedServerName, String), FetchLock>>,
     /// The client that follows another server's redirection to its media (`Location`).
-    redirect_client: OnceLock<reqwest::Client>,
+    redirect_client: OnceLock<crate::outbound::Client>,
 }
 
 impl MediaState {
@@ -545,7 +545,7 @@ impl Repository {
             Some(c) => c,
             None => {
                 let timeout = Duration::from_millis(self.config.federation.request_timeout_ms);
-                let c = crate::outbound::client(Arc::new(Vec::new()), timeout, "remote media")?;
+                let c = crate::outbound::client(&self.config.outbound, Arc::new(Vec::new()), timeout, "remote media")?;
                 self.files.redirect_client.get_or_init(|| c)
             }
         };

@@ -28,28 +28,93 @@ pub fn parse_allowlist(option: &str, ranges: &[String]) -> Result<Arc<Vec<IpNet>
     Ok(Arc::new(nets.collect::<Result<Vec<_>>>()?))
 }
 
-/// An HTTP client whose every connection, redirects included, passes the address check, with a
-/// bound on the time of a whole request.
-pub fn client(allowed: Arc<Vec<IpNet>>, timeout: std::time::Duration, purpose: &str) -> Result<reqwest::Client> {
-    let for_redirects = allowed.clone();
-    reqwest::Client::builder()
-        .dns_resolver(Arc::new(CheckingResolver::new(allowed)))
-        .redirect(reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() >= 5 {
-                attempt.error("too many redirects")
-            } else if literal_is_forbidden(attempt.url(), &for_redirects) {
-                attempt.error(Blocked)
-            } else {
-                attempt.follow()
-            }
-        }))
-        .timeout(timeout)
-        .user_agent(format!("Diplomatie/{} ({purpose})", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| {
+/// The HTTP clients of one purpose: one that checks certificates against the web roots and
+/// `outbound.trusted_ca`, and, when `outbound.insecure_loopback_tls` is on, one that does not,
+/// used for `localhost` and loopback addresses only.
+pub struct Client {
+    verified: reqwest::Client,
+    insecure: Option<reqwest::Client>,
+}
+
+impl Client {
+    /// The client to reach `url` with.
+    pub fn for_url(&self, url: &reqwest::Url) -> &reqwest::Client {
+        match &self.insecure {
+            Some(insecure) if is_loopback(url) => insecure,
+            _ => &self.verified,
+        }
+    }
+
+    pub fn get(&self, url: reqwest::Url) -> reqwest::RequestBuilder {
+        self.for_url(&url).get(url)
+    }
+
+    pub fn post(&self, url: reqwest::Url) -> reqwest::RequestBuilder {
+        self.for_url(&url).post(url)
+    }
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// HTTP clients whose every connection, redirects included, passes the address check, with a
+/// bound on the time of a whole request, trusting what `[outbound]` says.
+pub fn client(
+    tls: &crate::config::Outbound,
+    allowed: Arc<Vec<IpNet>>,
+    timeout: std::time::Duration,
+    purpose: &str,
+) -> Result<Client> {
+    let builder = || {
+        let for_redirects = allowed.clone();
+        reqwest::Client::builder()
+            .dns_resolver(Arc::new(CheckingResolver::new(allowed.clone())))
+            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() >= 5 {
+                    attempt.error("too many redirects")
+                } else if literal_is_forbidden(attempt.url(), &for_redirects) {
+                    attempt.error(Blocked)
+                } else {
+                    attempt.follow()
+                }
+            }))
+            .timeout(timeout)
+            .user_agent(format!("Diplomatie/{} ({purpose})", env!("CARGO_PKG_VERSION")))
+    };
+    let built = |b: reqwest::ClientBuilder| {
+        b.build().map_err(|e| {
             tracing::error!(error = %e, "cannot build an HTTP client");
             Error::Internal
         })
+    };
+    let mut verified = builder();
+    let certs = read_ca("outbound.trusted_ca", &tls.trusted_ca).map_err(|e| {
+        tracing::error!(error = %e, "outbound settings");
+        Error::Internal
+    })?;
+    for cert in certs {
+        verified = verified.add_root_certificate(cert);
+    }
+    let insecure =
+        if tls.insecure_loopback_tls { Some(built(builder().danger_accept_invalid_certs(true))?) } else { None };
+    Ok(Client { verified: built(verified)?, insecure })
+}
+
+/// The certificates of a `trusted_ca` option (`option` names it in errors); none when it is
+/// empty.
+pub fn read_ca(option: &str, path: &std::path::Path) -> std::result::Result<Vec<reqwest::Certificate>, String> {
+    if path.as_os_str().is_empty() {
+        return Ok(Vec::new());
+    }
+    let shown = path.display();
+    let pem = std::fs::read(path).map_err(|e| format!("{option} {shown}: {e}"))?;
+    reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("{option} {shown}: not PEM certificates: {e}"))
 }
 
 /// Whether a request failed because of the address check.

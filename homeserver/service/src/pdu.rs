@@ -190,6 +190,7 @@ impl Pdu {
                 knock_room_state: kept("knock_room_state"),
                 membership: None,
                 redacted_because: None,
+                redacted_by: None,
             },
         }
     }
@@ -260,6 +261,9 @@ struct ClientUnsigned<'a> {
     /// The redaction that redacted the event, in the client format.
     #[serde(skip_serializing_if = "Option::is_none")]
     redacted_because: Option<&'a RawValue>,
+    /// The id of that redaction, as Synapse also gives it (older clients and Sytest read it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redacted_by: Option<&'a str>,
 }
 
 impl<'a> ClientEvent<'a> {
@@ -269,9 +273,11 @@ impl<'a> ClientEvent<'a> {
         self
     }
 
-    /// The event with the redaction that redacted it in `unsigned` (`redacted_because`).
-    pub fn with_redaction(mut self, redaction: Option<&'a RawValue>) -> Self {
-        self.unsigned.redacted_because = redaction;
+    /// The event with the redaction that redacted it in `unsigned` (`redacted_because`, and
+    /// its id in `redacted_by`).
+    pub fn with_redaction(mut self, redaction: Option<(&'a str, &'a RawValue)>) -> Self {
+        self.unsigned.redacted_by = redaction.map(|r| r.0);
+        self.unsigned.redacted_because = redaction.map(|r| r.1);
         self
     }
 

@@ -74,7 +74,7 @@ pub struct PushState {
     pushers: Mutex<HashMap<String, Vec<store::Pusher>>>,
     wake: Arc<tokio::sync::Notify>,
     /// The gateways' HTTP client, built once (its resolver checks every address).
-    client: std::sync::OnceLock<reqwest::Client>,
+    client: std::sync::OnceLock<crate::outbound::Client>,
     /// Unread counts of the rooms `/sync` asked about lately.
     unread: Mutex<UnreadCache>,
     /// The default rules of a user no event names, and that user.
@@ -248,6 +248,39 @@ impl Push {
         change(&mut ruleset)?;
         self.account_data.set(user, None, "m.push_rules", &account_data_content(&ruleset)).await?;
         self.state.rules.lock().unwrap().put(user.to_owned(), Some(Arc::new(ruleset)));
+        Ok(())
+    }
+
+    /// What a user set for a room follows them into the room that replaced it (an upgrade):
+    /// the room's push rule, its tags, its place in `m.direct` (as Synapse carries them).
+    pub async fn follow_upgrade(&self, user: &UserId, old: &RoomId, new: &RoomId) -> Result<()> {
+        let rules = self.push_rules(user).await?;
+        if let Some(rule) = rules.room.iter().find(|r| r.rule_id == old) {
+            let mut copy = rule.clone();
+            copy.rule_id = new.to_owned();
+            self.edit_push_rules(user, |rules| {
+                rules.room.insert(copy);
+                Ok(())
+            })
+            .await?;
+        }
+        if let Ok(tags) = self.account_data.get(user, Some(old), "m.tag").await {
+            self.account_data.set(user, Some(new), "m.tag", &tags).await?;
+        }
+        if let Ok(mut direct) = self.account_data.get(user, None, "m.direct").await {
+            let mut changed = false;
+            for rooms in direct.as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+                if let Some(list) = rooms.as_array_mut() {
+                    if list.iter().any(|r| r == old.as_str()) && !list.iter().any(|r| r == new.as_str()) {
+                        list.push(json!(new));
+                        changed = true;
+                    }
+                }
+            }
+            if changed {
+                self.account_data.set(user, None, "m.direct", &direct).await?;
+            }
+        }
         Ok(())
     }
 
@@ -912,7 +945,9 @@ impl Push {
     /// gateway could not be reached or failed (the worker retries later).
     async fn deliver(&self, p: &store::Pusher) -> Result<bool> {
         let data: Value = serde_json::from_str(&p.data).unwrap_or(json!({}));
-        let Some(url) = data.get("url").and_then(Value::as_str) else { return Ok(true) };
+        let Some(url) = data.get("url").and_then(Value::as_str).and_then(|u| reqwest::Url::parse(u).ok()) else {
+            return Ok(true);
+        };
         let event_id_only = data.get("format").and_then(Value::as_str) == Some("event_id_only");
         let mut device_data = data.clone();
         if let Some(o) = device_data.as_object_mut() {
@@ -947,7 +982,7 @@ impl Push {
                     self.gateway_notification(&user, &n, unread, p, &device_data, event_id_only).await?
                 };
                 if let Some(body) = body {
-                    let response = match client.post(url).json(&body).send().await {
+                    let response = match client.post(url.clone()).json(&body).send().await {
                         Ok(r) => r,
                         Err(e) => {
                             tracing::warn!(error = %e, app_id = %p.app_id, "push gateway unreachable");
@@ -973,13 +1008,18 @@ impl Push {
         }
     }
 
-    fn push_client(&self) -> Result<&reqwest::Client> {
+    fn push_client(&self) -> Result<&crate::outbound::Client> {
         if let Some(c) = self.state.client.get() {
             return Ok(c);
         }
         let allowed =
             crate::outbound::parse_allowlist("push.ip_range_allowlist", &self.config.push.ip_range_allowlist)?;
-        let client = crate::outbound::client(allowed, Duration::from_millis(self.config.push.timeout_ms), "push")?;
+        let client = crate::outbound::client(
+            &self.config.outbound,
+            allowed,
+            Duration::from_millis(self.config.push.timeout_ms),
+            "push",
+        )?;
         Ok(self.state.client.get_or_init(|| client))
     }
 

@@ -377,41 +377,60 @@ impl Syncer {
             out
         };
 
-        // State: everything for a full sync, what changed before the timeline when limited.
+        // State: the room's state where the timeline starts, whole on a full sync, what changed
+        // since the last sync when the timeline skipped events (a gap). With lazy-loaded members
+        // (Synapse's behaviour, which clients and Sytest expect), a full sync keeps the members
+        // of the timeline's senders and the user's own; an incremental one sends the members of
+        // new senders, again each time with `include_redundant_members`, and a gap's own
+        // membership changes when there are some, its speakers' members otherwise.
         let mut state: Vec<Arc<Pdu>> = Vec::new();
+        let lazy = req.filter.room.state.lazy_load_members;
+        let redundant = req.filter.room.state.include_redundant_members;
+        let senders: HashSet<&str> = filtered.iter().map(|p| p.sender.as_str()).collect();
         if full || limited {
-            let group = match timeline.last() {
-                Some(last) => last.state_group,
-                None => self.rooms.known_room(room_id).await?.state_group,
+            let start = match timeline.first() {
+                Some(first) => self.rooms.state_at_position(room_id, first.stream_ordering - 1).await?,
+                None => self.rooms.state_at_position(room_id, to.stream).await?,
             };
-            let map = self.rooms.state_map(group).await?;
-            let in_timeline: HashSet<&ruma::EventId> = timeline.iter().map(|p| &*p.event_id).collect();
-            let lazy = req.filter.room.state.lazy_load_members;
-            let senders: HashSet<&str> =
-                filtered.iter().map(|p| p.sender.as_str()).chain(std::iter::once(user.as_str())).collect();
-            let first_so = timeline.first().map_or(i64::MAX, |p| p.stream_ordering);
-            for ((kind, key), id) in map.iter() {
-                if in_timeline.contains(&**id) {
-                    continue;
-                }
-                if lazy && *kind == StateEventType::RoomMember && !senders.contains(key.as_str()) {
+            let mut gap_members = false;
+            for ((kind, key), id) in start.iter() {
+                let member = *kind == StateEventType::RoomMember;
+                if full && lazy && member && !senders.contains(key.as_str()) && key != user.as_str() {
                     continue;
                 }
                 let Some(pdu) = self.rooms.get_pdu(id).await? else {
                     continue;
                 };
-                if !full && (pdu.stream_ordering <= from || pdu.stream_ordering >= first_so) {
+                if !full && pdu.stream_ordering <= from {
                     continue;
                 }
                 if req.filter.room.state.allows(&pdu) {
+                    gap_members |= member;
                     state.push(pdu);
                 }
             }
-        } else if req.filter.room.state.lazy_load_members {
-            // Members of the timeline's senders, so clients can show their names.
-            for p in self.rooms.member_events_for(room_id, &filtered, user).await? {
-                if !timeline.iter().any(|t| t.event_id == p.event_id) && p.stream_ordering > since.stream {
-                    state.push(p);
+            if !full && lazy && !gap_members {
+                for key in senders.iter().filter(|s| **s != user.as_str()) {
+                    if let Some(id) = start.get(&(StateEventType::RoomMember, (*key).to_owned())) {
+                        if let Some(pdu) = self.rooms.get_pdu(id).await? {
+                            state.push(pdu);
+                        }
+                    }
+                }
+            }
+        } else if lazy {
+            // Members of the timeline's senders, so clients can show their names (from the
+            // cached current state: those the timeline itself changed are in it already).
+            let current = self.rooms.current_state(room_id).await?;
+            for key in senders.iter().filter(|s| **s != user.as_str()) {
+                let Some(id) = current.get(&(StateEventType::RoomMember, (*key).to_owned())) else { continue };
+                if timeline.iter().any(|t| t.event_id == *id) {
+                    continue;
+                }
+                if let Some(pdu) = self.rooms.get_pdu(id).await? {
+                    if redundant || pdu.stream_ordering > since.stream {
+                        state.push(pdu);
+                    }
                 }
             }
         }
@@ -496,6 +515,15 @@ impl Syncer {
             .collect();
         heroes.sort();
         heroes.truncate(5);
+        // Heroes name a room that has no name nor alias: a named room has none (as Synapse).
+        let named = |p: Option<Arc<crate::Pdu>>, field: &str| {
+            p.and_then(|p| p.content_field(field)).is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+        };
+        if named(self.rooms.state_event(room_id, &StateEventType::RoomName, "").await?, "name")
+            || named(self.rooms.state_event(room_id, &StateEventType::RoomCanonicalAlias, "").await?, "alias")
+        {
+            heroes.clear();
+        }
         let mut summary = v3::RoomSummary::new();
         summary.heroes = heroes;
         summary.joined_member_count = count(MembershipState::Join);

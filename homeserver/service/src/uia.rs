@@ -26,6 +26,9 @@ struct Session {
 
 /// User-interactive authentication, over the accounts (whose passwords the password stage
 /// checks): the sessions in progress.
+/// The error of a password stage passed by another user than the one the operation is for.
+const OTHER_USER: &str = "The credentials are another user's";
+
 pub struct Uia {
     core: Arc<Core>,
     accounts: Arc<Accounts>,
@@ -52,6 +55,8 @@ impl Uia {
             let mut info = UiaaInfo::new(flows.iter().map(|f| AuthFlow::new(f.clone())).collect());
             info.session = Some(session);
             info.completed = completed;
+            // Always present, as clients and Sytest expect: no stage here takes parameters.
+            info.params = serde_json::value::to_raw_value(&serde_json::json!({})).ok();
             info.auth_error = error.map(Box::new);
             Error::Uiaa(Box::new(info))
         };
@@ -93,8 +98,12 @@ impl Uia {
             AuthData::RegistrationToken(t) => self.check_registration_token(&t.token).await,
             _ => Err(Error::new(ErrorKind::Unrecognized, "Unsupported stage")),
         };
-        if let Err(e) = check {
-            return Err(info(session_id, completed, Some(e.body())));
+        match check {
+            Err(Error::Matrix(ErrorKind::Forbidden, m)) if m == OTHER_USER => {
+                return Err(Error::forbidden(m));
+            }
+            Err(e) => return Err(info(session_id, completed, Some(e.body()))),
+            Ok(()) => {}
         }
         let stage = stage.expect("checked above");
         let mut completed = completed;
@@ -111,6 +120,7 @@ impl Uia {
         Err(info(session_id, completed, None))
     }
 
+    /// Checks a password stage: right credentials, and `user`'s when the operation is theirs.
     async fn check_password_stage(
         &self,
         identifier: &UserIdentifier,
@@ -121,10 +131,12 @@ impl Uia {
             return Err(Error::new(ErrorKind::Unrecognized, "Only user identifiers are supported"));
         };
         let claimed = self.accounts.parse_local_user(&id.user)?;
+        self.accounts.verify_password(&claimed, password).await?;
         if user.is_some_and(|u| u != claimed) {
-            return Err(Error::forbidden("Invalid username or password"));
+            // Right credentials of somebody else: not a stage to retry (Synapse's 403).
+            return Err(Error::Matrix(ErrorKind::Forbidden, OTHER_USER.to_owned()));
         }
-        self.accounts.verify_password(&claimed, password).await
+        Ok(())
     }
 
     async fn check_registration_token(&self, token: &str) -> Result<()> {

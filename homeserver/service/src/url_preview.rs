@@ -33,7 +33,7 @@ const CACHE_MS: i64 = 3600 * 1000;
 pub struct Previews {
     core: Arc<Core>,
     media: Arc<Repository>,
-    client: OnceLock<reqwest::Client>,
+    client: OnceLock<crate::outbound::Client>,
     cache: Mutex<Option<lru::LruCache<String, (i64, Value)>>>,
 }
 
@@ -48,12 +48,12 @@ impl Previews {
         crate::outbound::parse_allowlist("url_preview.ip_range_allowlist", &self.config.url_preview.ip_range_allowlist)
     }
 
-    fn preview_client(&self) -> Result<&reqwest::Client> {
+    fn preview_client(&self) -> Result<&crate::outbound::Client> {
         if let Some(c) = self.client.get() {
             return Ok(c);
         }
         let timeout = Duration::from_millis(self.config.url_preview.timeout_ms);
-        let client = crate::outbound::client(self.preview_allowlist()?, timeout, "URL preview")?;
+        let client = crate::outbound::client(&self.config.outbound, self.preview_allowlist()?, timeout, "URL preview")?;
         Ok(self.client.get_or_init(|| client))
     }
 

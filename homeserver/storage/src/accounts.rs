@@ -10,9 +10,12 @@ pub struct User {
     pub avatar_url: Option<String>,
     pub is_admin: bool,
     pub deactivated: bool,
+    /// A guest account (`/register?kind=guest`): no password, limited to the spec's guest
+    /// endpoints, until upgraded.
+    pub is_guest: bool,
 }
 
-type UserRow = (String, Option<String>, Option<String>, Option<String>, i64, i64);
+type UserRow = (String, Option<String>, Option<String>, Option<String>, i64, i64, i64);
 
 fn user_from_row(r: UserRow) -> User {
     User {
@@ -22,10 +25,11 @@ fn user_from_row(r: UserRow) -> User {
         avatar_url: r.3,
         is_admin: flag(r.4),
         deactivated: flag(r.5),
+        is_guest: flag(r.6),
     }
 }
 
-const USER_COLUMNS: &str = "user_id, password_hash, displayname, avatar_url, is_admin, deactivated";
+const USER_COLUMNS: &str = "user_id, password_hash, displayname, avatar_url, is_admin, deactivated, is_guest";
 
 /// Inserts a user; fails with a unique violation when the id is taken.
 pub async fn create_user<'e>(
@@ -62,6 +66,16 @@ pub async fn user_exists<'e>(e: impl Exec<'e>, user_id: &str) -> Result<bool> {
     let row: Option<(i64,)> =
         sqlx::query_as("SELECT 1 FROM users WHERE user_id = $1").bind(user_id).fetch_optional(e).await?;
     Ok(row.is_some())
+}
+
+/// Marks a user as a guest (`true`) or a full account (`false`, when a guest upgrades).
+pub async fn set_guest<'e>(e: impl Exec<'e>, user_id: &str, is_guest: bool) -> Result<()> {
+    sqlx::query("UPDATE users SET is_guest = $1 WHERE user_id = $2")
+        .bind(is_guest as i64)
+        .bind(user_id)
+        .execute(e)
+        .await?;
+    Ok(())
 }
 
 pub async fn set_password<'e>(e: impl Exec<'e>, user_id: &str, hash: Option<&str>) -> Result<()> {

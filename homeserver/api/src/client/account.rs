@@ -56,10 +56,23 @@ pub async fn registration_token_validity(
 pub async fn register(State(s): S, req: Ruma<register::v3::Request>) -> ApiResult<register::v3::Response> {
     let body = req.body;
     if body.kind == register::RegistrationKind::Guest {
-        return Err(Error::forbidden("Guest access is disabled").into());
+        if !s.config.registration.allow_guests {
+            return Err(Error::forbidden("Guest access is disabled").into());
+        }
+        let user_id = s.accounts.create_guest().await?;
+        return Ok(open_registered_session(&s, user_id, &body).await?.into());
     }
     if !s.config.registration.enabled {
         return Err(Error::forbidden("Registration is disabled").into());
+    }
+    // A guest becoming a full account: its token proves who it is.
+    let guest_token = req.json.as_ref().and_then(|j| j.get("guest_access_token")).and_then(|t| t.as_str());
+    if let Some(token) = guest_token {
+        s.uia.user_interactive_auth(&[vec![AuthType::Dummy]], body.auth.as_ref(), None).await?;
+        let password = body.password.as_deref().filter(|p| !p.is_empty());
+        let password = password.ok_or_else(|| Error::missing_param("A password is required"))?;
+        let user_id = s.accounts.upgrade_guest(token, body.username.as_deref(), password).await?;
+        return Ok(open_registered_session(&s, user_id, &body).await?.into());
     }
     // Check the username before asking for authentication, as Synapse does.
     if let Some(name) = &body.username {
@@ -86,6 +99,15 @@ pub async fn register(State(s): S, req: Ruma<register::v3::Request>) -> ApiResul
     if let Some(AuthData::RegistrationToken(t)) = &body.auth {
         s.accounts.consume_registration_token(&t.token).await?;
     }
+    Ok(open_registered_session(&s, user_id, &body).await?.into())
+}
+
+/// The answer to a registration: the user id, and a new session unless `inhibit_login`.
+async fn open_registered_session(
+    s: &Services,
+    user_id: ruma::OwnedUserId,
+    body: &register::v3::Request,
+) -> Result<register::v3::Response, Error> {
     let mut resp = register::v3::Response::new(user_id.clone());
     if !body.inhibit_login {
         let session = s
@@ -102,7 +124,7 @@ pub async fn register(State(s): S, req: Ruma<register::v3::Request>) -> ApiResul
         resp.refresh_token = session.refresh_token;
         resp.expires_in = session.expires_in_ms.map(Duration::from_millis);
     }
-    Ok(resp.into())
+    Ok(resp)
 }
 
 /// `GET /login`

@@ -4,6 +4,7 @@ pub mod account;
 pub mod discovery;
 pub mod events;
 pub mod keys;
+pub mod legacy;
 pub mod media;
 pub mod push;
 pub mod rooms;

@@ -35,6 +35,23 @@ pub async fn global(
     Ok(get_pushrules_global_scope::v3::Response::new((*rules).clone()).into())
 }
 
+/// `GET /pushrules/global/{kind}/`: the user's rules of one kind, in their order (Synapse
+/// serves it; clients and Sytest read it).
+pub async fn of_kind(
+    State(s): S,
+    axum::extract::Path(kind): axum::extract::Path<String>,
+    headers: http::HeaderMap,
+    uri: http::Uri,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let caller = crate::client::account::authenticate(&s, &headers, &uri).await?;
+    if !matches!(kind.as_str(), "override" | "content" | "room" | "sender" | "underride") {
+        return Err(Error::unrecognized("Unknown push rule kind").into());
+    }
+    let rules = s.push.push_rules(&caller.user_id).await?;
+    let all = serde_json::to_value(&*rules).map_err(diplomatie_service::internal!())?;
+    Ok(axum::Json(all.get(&kind).cloned().unwrap_or_else(|| serde_json::json!([]))))
+}
+
 /// One rule of the user's, or the spec's 404.
 async fn find(s: &Services, user: &UserId, kind: &RuleKind, rule_id: &str) -> Result<PushRule, ApiError> {
     let rules = s.push.push_rules(user).await?;

@@ -13,7 +13,7 @@ use ruma::api::client::{
         ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
         joined_members, joined_rooms, kick_user, leave_room, unban_user,
     },
-    room::{aliases, create_room, Visibility},
+    room::{aliases, create_room, upgrade_room, Visibility},
     state::{get_state_event_for_key, get_state_events, send_state_event},
     user_directory::search_users,
 };
@@ -38,8 +38,43 @@ pub async fn join_by_id(
     req: Ruma<join_room_by_id::v3::Request>,
 ) -> ApiResult<join_room_by_id::v3::Response> {
     let user = req.caller().user_id.clone();
-    let room_id = s.membership.join(&user, &req.body.room_id, req.body.reason).await?;
+    let room_id = s.membership.join_via(&user, &req.body.room_id, join_content(&req.json), &[]).await?;
+    follow_predecessor(&s, &user, &room_id).await;
     Ok(join_room_by_id::v3::Response::new(room_id).into())
+}
+
+/// Joining a room that replaced another (an upgrade) carries over what the user set for the
+/// old one. A failure there does not undo the join.
+async fn follow_predecessor(s: &Services, user: &ruma::UserId, room_id: &ruma::RoomId) {
+    let create = s.rooms.state_event(room_id, &ruma::events::StateEventType::RoomCreate, "").await;
+    let predecessor = create.ok().flatten().and_then(|c| {
+        let old = c.content_value().get("predecessor")?.get("room_id")?.as_str()?.to_owned();
+        ruma::OwnedRoomId::try_from(old).ok()
+    });
+    if let Some(old) = predecessor {
+        if let Err(e) = s.push.follow_upgrade(user, &old, room_id).await {
+            tracing::warn!(%user, %room_id, error = %e, "could not carry over the old room's settings");
+        }
+    }
+}
+
+/// `POST /rooms/{roomId}/upgrade`
+pub async fn upgrade(State(s): S, req: Ruma<upgrade_room::v3::Request>) -> ApiResult<upgrade_room::v3::Response> {
+    let user = &req.caller().user_id;
+    let new = s.membership.upgrade_room(user, &req.body.room_id, &req.body.new_version).await?;
+    follow_predecessor(&s, user, &new).await;
+    Ok(upgrade_room::v3::Response::new(new).into())
+}
+
+/// What a join request's body asks to put in the member event: its keys but the request's own
+/// (`third_party_signed`), as Synapse takes them.
+fn join_content(json: &Option<Value>) -> serde_json::Map<String, Value> {
+    let mut content = json.as_ref().and_then(Value::as_object).cloned().unwrap_or_default();
+    content.remove("third_party_signed");
+    if content.get("reason").is_some_and(|r| !r.is_string()) {
+        content.remove("reason");
+    }
+    content
 }
 
 pub async fn join_by_id_or_alias(
@@ -49,7 +84,8 @@ pub async fn join_by_id_or_alias(
     let (room_id, mut servers) = s.membership.resolve_room_and_servers(&req.body.room_id_or_alias).await?;
     servers.extend(req.body.via.iter().cloned());
     let user = req.caller().user_id.clone();
-    let room_id = s.membership.join_via(&user, &room_id, req.body.reason, &servers).await?;
+    let room_id = s.membership.join_via(&user, &room_id, join_content(&req.json), &servers).await?;
+    follow_predecessor(&s, &user, &room_id).await;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id).into())
 }
 
@@ -175,9 +211,13 @@ pub async fn send_state(
             &req.body.room_id,
             &req.body.event_type.to_string(),
             &req.body.state_key,
-            content,
+            content.clone(),
         )
         .await?;
+    if req.body.event_type.to_string() == "m.room.guest_access" && content["guest_access"] != "can_join" {
+        // Guests leave the rooms they may no longer join, as Synapse has them do.
+        s.membership.remove_guests(&req.body.room_id).await?;
+    }
     Ok(send_state_event::v3::Response::new(id).into())
 }
 

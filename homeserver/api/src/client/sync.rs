@@ -44,8 +44,71 @@ fn only_self(caller: &UserId, target: &UserId) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `GET /sync`
-pub async fn sync(State(s): S, req: Ruma<sync_events::v3::Request>) -> ApiResult<sync_events::v3::Response> {
+/// `GET /sync`, its answer with every section present, empty or not, as Synapse gives it.
+pub async fn sync(state: S, req: Ruma<sync_events::v3::Request>) -> Result<Response, ApiError> {
+    let body = sync_typed(state, req).await?.0;
+    Ok(axum::Json(sync_json(body)?).into_response())
+}
+
+/// A `/sync` answer as JSON, every section present.
+pub(crate) fn sync_json(body: sync_events::v3::Response) -> Result<Value, ApiError> {
+    use ruma::api::OutgoingResponseExt;
+    let http = body.try_into_http_response::<Vec<u8>>().map_err(diplomatie_service::internal!())?;
+    let mut v: Value = serde_json::from_slice(http.body()).map_err(diplomatie_service::internal!())?;
+    complete_sync_sections(&mut v);
+    Ok(v)
+}
+
+/// Adds the sections ruma leaves out when they are empty or false: clients and Sytest expect
+/// `timeline.limited`, `state.events` and the others to be there (the spec marks most of them
+/// required).
+fn complete_sync_sections(v: &mut Value) {
+    fn ensure<'a>(o: &'a mut Value, key: &str, default: Value) -> &'a mut Value {
+        let map = o.as_object_mut().expect("an object");
+        map.entry(key.to_owned()).or_insert(default)
+    }
+    let empty_events = || json!({ "events": [] });
+    for key in ["presence", "account_data", "to_device"] {
+        ensure(v, key, empty_events());
+    }
+    ensure(v, "device_lists", json!({ "changed": [], "left": [] }));
+    let rooms = ensure(v, "rooms", json!({}));
+    for section in ["join", "invite", "leave", "knock"] {
+        ensure(rooms, section, json!({}));
+    }
+    let sections = [
+        ("join", &["state", "timeline", "ephemeral", "account_data"][..]),
+        ("leave", &["state", "timeline", "account_data"][..]),
+    ];
+    for (section, parts) in sections {
+        let Some(map) = rooms.get_mut(section).and_then(Value::as_object_mut) else { continue };
+        for room in map.values_mut().filter(|r| r.is_object()) {
+            for part in parts {
+                let p = ensure(room, part, empty_events());
+                if p.is_object() {
+                    ensure(p, "events", json!([]));
+                }
+            }
+            if let Some(t) = room.get_mut("timeline").filter(|t| t.is_object()) {
+                ensure(t, "limited", json!(false));
+            }
+            if section == "join" {
+                ensure(room, "unread_notifications", json!({ "highlight_count": 0, "notification_count": 0 }));
+                ensure(room, "summary", json!({}));
+            }
+        }
+    }
+    if let Some(map) = rooms.get_mut("invite").and_then(Value::as_object_mut) {
+        for room in map.values_mut().filter(|r| r.is_object()) {
+            let p = ensure(room, "invite_state", empty_events());
+            if p.is_object() {
+                ensure(p, "events", json!([]));
+            }
+        }
+    }
+}
+
+async fn sync_typed(State(s): S, req: Ruma<sync_events::v3::Request>) -> ApiResult<sync_events::v3::Response> {
     let user = &req.caller().user_id;
     let filter: SyncFilter = match &req.body.filter {
         None => SyncFilter::default(),

@@ -47,7 +47,7 @@ pub struct BackupCount {
 impl E2ee {
     pub async fn create_backup(&self, user: &UserId, algorithm: &Value) -> Result<String> {
         if !algorithm.get("algorithm").is_some_and(Value::is_string)
-            || !algorithm.get("auth_data").is_some_and(Value::is_object)
+            || algorithm.get("auth_data").is_none_or(Value::is_null)
         {
             return Err(Error::bad_json("algorithm and auth_data are required"));
         }

@@ -168,14 +168,8 @@ fn build_clients(config: &crate::config::Federation) -> std::result::Result<Buil
             .user_agent(format!("Diplomatie/{}", env!("CARGO_PKG_VERSION")))
     };
     let mut verified = base();
-    if !config.trusted_ca.as_os_str().is_empty() {
-        let path = config.trusted_ca.display();
-        let pem = std::fs::read(&config.trusted_ca).map_err(|e| format!("federation.trusted_ca {path}: {e}"))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("federation.trusted_ca {path}: not PEM certificates: {e}"))?;
-        for cert in certs {
-            verified = verified.add_root_certificate(cert);
-        }
+    for cert in crate::outbound::read_ca("federation.trusted_ca", &config.trusted_ca)? {
+        verified = verified.add_root_certificate(cert);
     }
     let build =
         |b: reqwest::ClientBuilder| b.build().map_err(|e| format!("cannot build the federation HTTP client: {e}"));
@@ -370,6 +364,31 @@ impl Transport {
     where
         T: OutgoingRequest<PathBuilder = ruma::api::path_builder::SinglePath> + 'static,
     {
+        let answer = self.federation_http(server, request, max_bytes).await?;
+        Self::parse_answer::<T>(server, answer)
+    }
+
+    /// Parses another server's answer to a request of type `T`.
+    pub(crate) fn parse_answer<T: OutgoingRequest>(
+        server: &ServerName,
+        answer: http::Response<Vec<u8>>,
+    ) -> Result<T::IncomingResponse> {
+        let (parts, body) = answer.into_parts();
+        let answer = http::Response::from_parts(parts, &body[..]);
+        T::IncomingResponse::try_from_http_response(answer).map_err(|e| from_response_error(server, e))
+    }
+
+    /// Sends a typed request to another server as [`Self::federation_request_within`] does, and
+    /// gives its answer unparsed, for the callers that read it more leniently than ruma's types.
+    pub(crate) async fn federation_http<T>(
+        &self,
+        server: &ServerName,
+        request: T,
+        max_bytes: u64,
+    ) -> Result<http::Response<Vec<u8>>>
+    where
+        T: OutgoingRequest<PathBuilder = ruma::api::path_builder::SinglePath> + 'static,
+    {
         self.check_server_allowed(server)?;
         let destination = self.destination(server).await?;
         let built = self.federation_clients()?;
@@ -409,8 +428,7 @@ impl Transport {
         if let Some(h) = answer.headers_mut() {
             *h = headers;
         }
-        let answer = answer.body(&bytes[..]).map_err(crate::internal!())?;
-        T::IncomingResponse::try_from_http_response(answer).map_err(|e| from_response_error(server, e))
+        answer.body(bytes).map_err(crate::internal!())
     }
 }
 

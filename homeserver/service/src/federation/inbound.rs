@@ -211,7 +211,10 @@ impl Federation {
         for id in &pdu.auth_events {
             let event = match self.rooms.get_pdu(id).await? {
                 Some(p) => p,
-                None => self.fetch_outlier(origin, version, &room_id, id).await?,
+                // An event whose auth events cannot be had is rejected (it was processed).
+                None => self.fetch_outlier(origin, version, &room_id, id).await.map_err(|e| {
+                    rejection(&event_id, "rejected", format!("its auth event {id} is unavailable: {e}"))
+                })?,
             };
             auth.insert(id.clone(), event);
         }
@@ -224,7 +227,7 @@ impl Federation {
                 slot.insert(create);
             }
         }
-        let reject = |reason: String| Error::forbidden(format!("Event {event_id} rejected: {reason}"));
+        let reject = |reason: String| rejection(&event_id, "rejected", reason);
         check_auth_events(&rules, &pdu, &auth).map_err(reject)?;
 
         // 5. The state before it, and the checks against it.
@@ -250,7 +253,7 @@ impl Federation {
                     let mut tx = self.db.begin().await?;
                     store::insert_outliers(&mut tx, &[row]).await?;
                     diplomatie_storage::commit(tx).await?;
-                    return Err(Error::forbidden(format!("Event {event_id} soft-failed: {reason}")));
+                    return Err(rejection(&event_id, "soft-failed", reason));
                 }
             }
         }
@@ -566,4 +569,17 @@ mod tests {
         let known = HashMap::from([(create.event_id.clone(), create)]);
         check_join_state(&rules, &room, &[join], &[], &known).unwrap();
     }
+}
+
+/// The error of an event the authorisation rules refused (`rejected`), or that the room's
+/// current state forbids (`soft-failed`): the event was processed, and is not taken.
+fn rejection(event_id: &EventId, how: &str, reason: impl std::fmt::Display) -> Error {
+    Error::forbidden(format!("Event {event_id} {how}: {reason}"))
+}
+
+/// Whether `e` is a [`rejection`]: a processed event, which `/send` answers with an empty result
+/// as other servers expect (an error there means the event could not be processed).
+pub(crate) fn is_rejection(e: &Error) -> bool {
+    matches!(e, Error::Matrix(ruma::api::error::ErrorKind::Forbidden, m)
+        if m.starts_with("Event ") && (m.contains(" rejected: ") || m.contains(" soft-failed: ")))
 }

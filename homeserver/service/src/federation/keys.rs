@@ -261,8 +261,16 @@ impl Transport {
     /// more, and its body is never read.
     pub async fn request_signer(&self, headers: &http::HeaderMap) -> Result<RequestSigner> {
         let unauthorized = |m: String| Error::new(ErrorKind::Unauthorized, m);
-        let header = XMatrix::extract_from_http_headers(headers)
-            .map_err(|e| unauthorized(format!("Missing or malformed X-Matrix authorization: {e}")))?;
+        let header = XMatrix::extract_from_http_headers(headers).map_err(|e| {
+            let message = format!("Missing or malformed X-Matrix authorization: {e}");
+            if headers.contains_key(http::header::AUTHORIZATION) {
+                // Present but unreadable (an origin that is no server name): a bad request (400),
+                // as Synapse answers it.
+                Error::new(ErrorKind::InvalidParam, message)
+            } else {
+                unauthorized(message)
+            }
+        })?;
         if header.destination.as_deref().is_some_and(|d| d != self.server_name()) {
             return Err(unauthorized("The X-Matrix destination is another server".into()));
         }
@@ -284,6 +292,11 @@ impl Transport {
         let RequestSigner { header, keys } = signer;
         let origin = header.origin.clone();
         let map: PublicKeyMap = BTreeMap::from([(origin.to_string(), keys)]);
+        if !request.body().is_empty() && serde_json::from_slice::<CanonicalJsonObject>(request.body()).is_err() {
+            // Not canonical JSON (floats, numbers out of range): refused as such, not as a
+            // signature that cannot be checked.
+            return Err(Error::bad_json("The request body is not canonical JSON"));
+        }
         header
             .verify_http_request(request, self.server_name(), &map)
             .map_err(|e| Error::new(ErrorKind::Unauthorized, format!("Bad X-Matrix signature: {e}")))?;

@@ -7,7 +7,7 @@
 //! destination fails.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{
         atomic::{AtomicI64, Ordering},
         Arc, Mutex, Weak,
@@ -25,6 +25,7 @@ use ruma::{
     serde::Raw,
     MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedServerName, OwnedTransactionId, OwnedUserId, RoomId, ServerName,
 };
+use serde_json::Value;
 
 use super::client::Transport;
 use crate::pdu::federation_json;
@@ -318,9 +319,22 @@ async fn send_once_in_span(outbox: &Outbox, destination: &ServerName) -> Result<
     );
     request.pdus = pdus;
     request.edus = edus;
-    let response = outbox.transport.federation_request(destination, request).await?;
-    for (event_id, result) in response.pdus {
-        if let Err(e) = result {
+    let answer = outbox.transport.federation_http(destination, request, 1024 * 1024).await?;
+    if !answer.status().is_success() {
+        // The other server's own error, as ruma reads it.
+        Transport::parse_answer::<send_transaction_message::v1::Request>(destination, answer)?;
+        return Err(crate::federation::remote_error(destination, "the transaction was refused"));
+    }
+    // The spec requires `pdus` in the answer, but servers answer `{}` to a transaction of EDUs
+    // alone (Synapse accepts it): what matters is the success status.
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        pdus: BTreeMap<String, Value>,
+    }
+    let pdus = serde_json::from_slice::<Answer>(answer.body()).map(|a| a.pdus).unwrap_or_default();
+    for (event_id, result) in pdus {
+        if let Some(e) = result.get("error") {
             tracing::info!(%destination, %event_id, error = %e, "the other server did not accept an event");
         }
     }

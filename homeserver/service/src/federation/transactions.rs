@@ -92,7 +92,14 @@ impl Peers {
                 }
                 continue;
             };
-            results.insert(event_id, outcome.map(|_| ()).map_err(|e| e.to_string()));
+            let outcome = match outcome {
+                Err(e) if super::inbound::is_rejection(&e) => {
+                    tracing::info!(%origin, %event_id, error = %e, "refused a received event");
+                    Ok(())
+                }
+                other => other.map(|_| ()).map_err(|e| e.to_string()),
+            };
+            results.insert(event_id, outcome);
         }
         for raw in edus {
             if let Err(e) = self.receive_edu(origin, raw).await {

@@ -228,15 +228,19 @@ impl Membership {
         }
 
         // 5. the preset's join rules, history visibility and guest access
-        let (join_rule, guest) = match preset {
-            Preset::PublicChat => ("public", "forbidden"),
-            _ => ("invite", "can_join"),
-        };
-        let preset_events = [
+        let join_rule = if preset == Preset::PublicChat { "public" } else { "invite" };
+        let mut preset_events = vec![
             PduBuilder::state(TimelineEventType::RoomJoinRules, "", json!({ "join_rule": join_rule })),
             PduBuilder::state(TimelineEventType::RoomHistoryVisibility, "", json!({ "history_visibility": "shared" })),
-            PduBuilder::state(TimelineEventType::RoomGuestAccess, "", json!({ "guest_access": guest })),
         ];
+        // Public rooms keep the default guest access (forbidden) without an event, as Synapse.
+        if preset != Preset::PublicChat {
+            preset_events.push(PduBuilder::state(
+                TimelineEventType::RoomGuestAccess,
+                "",
+                json!({ "guest_access": "can_join" }),
+            ));
+        }
         for builder in preset_events {
             let overridden = initial_state.iter().any(|b| b.kind == builder.kind && b.state_key == builder.state_key);
             if !overridden {

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use ruma::events::room::member::MembershipState;
+use ruma::state_res::StateMap;
 use ruma::{
     api::error::ErrorKind,
     events::{StateEventType, TimelineEventType},
-    OwnedRoomId, OwnedServerName, RoomId, RoomOrAliasId, UserId,
+    OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomOrAliasId, UserId,
 };
 use serde_json::{json, Map, Value};
 
@@ -98,18 +99,24 @@ impl Membership {
 
     /// Joins `user` to a room known to this server.
     pub async fn join(&self, user: &UserId, room_id: &RoomId, reason: Option<String>) -> Result<OwnedRoomId> {
-        self.join_via(user, room_id, reason, &[]).await
+        let mut content = Map::new();
+        if let Some(r) = reason {
+            content.insert("reason".into(), json!(r));
+        }
+        self.join_via(user, room_id, content, &[]).await
     }
 
     /// Joins `user` to a room: here if this server is in the room, else through `via` (and
-    /// the servers this one knows to be in it).
+    /// the servers this one knows to be in it). `extra` is what the client asked to put in its
+    /// member event beside the membership and profile (`reason`, custom keys).
     pub async fn join_via(
         &self,
         user: &UserId,
         room_id: &RoomId,
-        reason: Option<String>,
+        extra: Map<String, Value>,
         via: &[OwnedServerName],
     ) -> Result<OwnedRoomId> {
+        let reason = extra.get("reason").and_then(Value::as_str).map(str::to_owned);
         if self.outside_room(room_id).await? {
             self.remote_membership.remote_join(user, room_id, via, reason).await?;
             return Ok(room_id.to_owned());
@@ -119,13 +126,15 @@ impl Membership {
             return Err(Error::not_found("This server does not know this room, and federation is not enabled"));
         };
         let state = self.rooms.state_map(meta.state_group).await?;
-        let current = self
-            .rooms
-            .state_event_in(&state, &StateEventType::RoomMember, user.as_str())
-            .await?
-            .and_then(|p| p.membership());
+        self.check_guest_may_join(user, &state).await?;
+        let current_event = self.rooms.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await?;
+        let current = current_event.as_ref().and_then(|p| p.membership());
         let mut content = with_membership(MembershipState::Join, self.accounts.member_profile(user).await?, false);
-        add_reason(&mut content, reason);
+        for (k, v) in extra {
+            if k != "membership" && k != "join_authorised_via_users_server" {
+                content[k] = v;
+            }
+        }
 
         // Restricted rooms: a local member who may invite vouches for the joiner, when the joiner
         // is in one of the rooms the join rule allows.
@@ -144,6 +153,10 @@ impl Membership {
                 }
             }
         }
+        // Joining again with the same member event changes nothing (as Synapse).
+        if current_event.is_some_and(|e| e.content_value() == content) {
+            return Ok(room_id.to_owned());
+        }
         match self.send_membership(user, room_id, user, content).await {
             Ok(_) => {
                 diplomatie_storage::rooms::unforget(self.db.pool(), user.as_str(), room_id.as_str()).await?;
@@ -154,6 +167,34 @@ impl Membership {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Has this server's guests leave a room whose `m.room.guest_access` no longer lets them in.
+    pub async fn remove_guests(&self, room_id: &RoomId) -> Result<()> {
+        let members = self.rooms.joined_members(room_id).await?;
+        for user in members.iter().filter(|u| u.server_name() == self.server_name()) {
+            if self.accounts.is_guest(user).await? {
+                let content = json!({ "membership": "leave" });
+                if let Err(e) = self.send_membership(user, room_id, user, content).await {
+                    tracing::warn!(%user, %room_id, error = %e, "a guest could not leave a room closed to guests");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a guest may join: the room's `m.room.guest_access` must be `can_join`.
+    async fn check_guest_may_join(&self, user: &UserId, state: &StateMap<OwnedEventId>) -> Result<()> {
+        if !self.accounts.is_guest(user).await? {
+            return Ok(());
+        }
+        let access = self.rooms.state_event_in(state, &StateEventType::RoomGuestAccess, "").await?;
+        if access.and_then(|p| p.content_field("guest_access")).and_then(|v| v.as_str().map(str::to_owned)).as_deref()
+            != Some("can_join")
+        {
+            return Err(Error::new(ErrorKind::GuestAccessForbidden, "Guests may not join this room"));
+        }
+        Ok(())
     }
 
     pub async fn leave(&self, user: &UserId, room_id: &RoomId, reason: Option<String>) -> Result<()> {

@@ -17,6 +17,7 @@ mod recent;
 pub mod resolve;
 pub mod spaces;
 pub mod timeline;
+pub mod upgrade;
 pub mod visibility;
 
 use std::{
@@ -279,11 +280,12 @@ impl Rooms {
         let membership = self.membership_at(user, pdu).await?;
         let membership = membership.as_ref().map_or("leave", MembershipState::as_str);
         let redaction = match pdu.redacted_by.as_deref().and_then(|id| ruma::OwnedEventId::try_from(id).ok()) {
-            Some(id) => self.get_pdu(&id).await?.map(|r| r.client_view(with_room_id, None).to_raw::<()>()),
+            Some(id) => self.get_pdu(&id).await?.map(|r| (id, r.client_view(with_room_id, None).to_raw::<()>())),
             None => None,
         };
         let view = pdu.client_view(with_room_id, txn.as_ref().map(|(_, id)| id.as_str()));
-        Ok(view.with_membership(membership).with_redaction(redaction.as_ref().map(|r| r.json())).to_raw())
+        let redaction = redaction.as_ref().map(|(id, r)| (id.as_str(), r.json()));
+        Ok(view.with_membership(membership).with_redaction(redaction).to_raw())
     }
 
     /// [`Self::client_raw`] for several events.

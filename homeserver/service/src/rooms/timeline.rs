@@ -84,6 +84,7 @@ impl Timeline {
         if kind == "m.room.redaction" {
             return Err(Error::bad_json("Redact with the /redact endpoint"));
         }
+        check_tombstone(room_id, kind, &content)?;
         self.portal.check_device_for_send(sender, device, room_id).await?;
         let pdu = self
             .rooms
@@ -117,11 +118,19 @@ impl Timeline {
         if kind == "m.room.canonical_alias" {
             self.check_canonical_alias(room_id, &content).await?;
         }
+        check_tombstone(room_id, kind, &content)?;
         if kind == "m.room.encryption" {
             if let Some(current) = self.rooms.state_event(room_id, &StateEventType::RoomEncryption, "").await? {
                 if current.content_value() != content {
                     return Err(Error::forbidden("Encryption cannot be changed or turned off once enabled"));
                 }
+            }
+        }
+        // The same state again, from the same sender, is the event already there (as Synapse):
+        // clients that re-send their settings do not fill the timeline.
+        if let Some(current) = self.rooms.state_event(room_id, &StateEventType::from(kind), state_key).await? {
+            if current.sender == sender && current.content_value() == content {
+                return Ok(current.event_id.clone());
             }
         }
         let pdu = self
@@ -414,4 +423,12 @@ impl Timeline {
         }
         Ok((out, if more { last.map(|l| l.to_string()) } else { None }))
     }
+}
+
+/// A tombstone cannot name its own room as the replacement (Synapse's 400).
+fn check_tombstone(room_id: &RoomId, kind: &str, content: &Value) -> Result<()> {
+    if kind == "m.room.tombstone" && content.get("replacement_room").and_then(Value::as_str) == Some(room_id.as_str()) {
+        return Err(Error::bad_json("A tombstone cannot point to its own room"));
+    }
+    Ok(())
 }
