@@ -235,6 +235,10 @@ async fn password_change_logs_out_other_devices(backend: Backend) {
     let (_, other) = c.post("/_matrix/client/v3/login", &json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "correct horse" })).await;
     let mut other_client = c.clone();
     other_client.token = Some(other["access_token"].as_str().unwrap().to_owned());
+    // A pusher of the other device, which goes with it.
+    let pusher = json!({ "app_id": "fr.diplomatie", "pushkey": "k1", "kind": "http", "app_display_name": "D", "device_display_name": "d", "lang": "fr", "data": { "url": "https://push.example/_matrix/push/v1/notify" } });
+    other_client.ok(Method::POST, "/_matrix/client/v3/pushers/set", Some(&pusher)).await;
+    assert_eq!(alice.ok(Method::GET, "/_matrix/client/v3/pushers", None).await["pushers"].as_array().unwrap().len(), 1);
     let (status, uia) =
         alice.post("/_matrix/client/v3/account/password", &json!({ "new_password": "new secret" })).await;
     assert_eq!(status, 401);
@@ -248,6 +252,7 @@ async fn password_change_logs_out_other_devices(backend: Backend) {
         .await;
     alice.ok(Method::GET, "/_matrix/client/v3/account/whoami", None).await;
     assert_error(&other_client.get("/_matrix/client/v3/account/whoami").await, 401, "M_UNKNOWN_TOKEN");
+    assert_eq!(alice.ok(Method::GET, "/_matrix/client/v3/pushers", None).await["pushers"], json!([]));
     let (status, _) = c.post("/_matrix/client/v3/login", &json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "new secret" })).await;
     assert_eq!(status, 200);
 }

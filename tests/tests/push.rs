@@ -323,6 +323,7 @@ async fn pushers_deliver_to_the_gateway_and_retry(backend: Backend) {
         n = next_push(&mut pushes).await;
     }
     assert_eq!(n["notification"]["event_id"], second.as_str());
+    assert_eq!(n["notification"]["id"], second.as_str(), "the older name gateways read");
     assert_eq!(n["notification"]["counts"]["unread"], 2);
 
     // Bad input.

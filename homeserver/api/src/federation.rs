@@ -41,6 +41,7 @@ pub fn routes(r: axum::Router<Arc<Services>>) -> axum::Router<Arc<Services>> {
         r.route("/_matrix/key/v2/server", get(server_keys)).route("/_matrix/key/v2/server/{key_id}", get(server_keys));
     let r = route::<get_remote_server_keys_batch::v2::Request, _, _>(r, notary_batch);
     let r = route::<get_remote_server_keys::v2::Request, _, _>(r, notary_one);
+    let r = r.route("/_matrix/key/v2/query/{server_name}/{key_id}", get(notary_one_with_key_id));
     let r = route::<get_server_version::v1::Request, _, _>(r, version);
     let r = route::<send_transaction_message::v1::Request, _, _>(r, send_transaction);
     let r = route::<prepare_join_event::v1::Request, _, _>(r, make_join);
@@ -124,6 +125,21 @@ async fn notary_one(
     req: Ruma<get_remote_server_keys::v2::Request>,
 ) -> ApiResult<get_remote_server_keys::v2::Response> {
     let keys = match s.transport.notary_keys(&req.body.server_name).await {
+        Ok(v) => vec![v],
+        Err(_) => vec![],
+    };
+    Ok(get_remote_server_keys::v2::Response::new(keys).into())
+}
+
+/// The notary's older path, naming a key id (deprecated in v1.x, still asked by some
+/// servers and Sytest): the answer covers every key of the server, as the key id is a hint.
+async fn notary_one_with_key_id(
+    State(s): S,
+    axum::extract::Path((server_name, _key_id)): axum::extract::Path<(String, String)>,
+) -> Result<crate::ruma_wrapper::RumaResponse<get_remote_server_keys::v2::Response>, crate::error::ApiError> {
+    let server =
+        ruma::OwnedServerName::try_from(server_name).map_err(|_| Error::invalid_param("Invalid server name"))?;
+    let keys = match s.transport.notary_keys(&server).await {
         Ok(v) => vec![v],
         Err(_) => vec![],
     };

@@ -1062,6 +1062,8 @@ impl Push {
         }
         let mut notification = json!({
             "event_id": pdu.event_id,
+            // The name push gateways read before the spec's `event_id` (Synapse sends both).
+            "id": pdu.event_id,
             "room_id": pdu.room_id,
             "prio": if n.highlight { "high" } else { "low" },
             "counts": { "unread": unread },

@@ -84,10 +84,15 @@ impl Sessions {
         store::set_password(&mut *tx, caller.user_id.as_str(), Some(&hash)).await?;
         if logout_devices {
             store::delete_all_devices(&mut tx, caller.user_id.as_str(), Some(caller.device_id.as_str())).await?;
+            // The other devices' pushers go with them, as on logout.
+            for d in &gone {
+                diplomatie_storage::push::delete_device_pushers(&mut *tx, caller.user_id.as_str(), d).await?;
+            }
         }
         diplomatie_storage::commit(tx).await?;
         self.accounts.tokens.forget_user(caller.user_id.as_str());
         if logout_devices {
+            self.push.pushers_changed().await?;
             let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
             self.e2ee.devices_changed(&caller.user_id, &gone).await?;
         }

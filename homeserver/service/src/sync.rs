@@ -69,6 +69,8 @@ impl RoomFilter {
 /// The changes beside the timelines, by room ("" for global account data).
 #[derive(Default)]
 struct Changes {
+    /// The users the syncing user ignores: their events and invites are not shown.
+    ignored: Arc<HashSet<String>>,
     account_data: std::collections::HashMap<String, Vec<Box<RawValue>>>,
     receipts: std::collections::HashMap<String, Vec<streams::Receipt>>,
 }
@@ -104,6 +106,9 @@ pub struct SyncRequest<'a> {
     pub timeout: Duration,
 }
 
+/// The most events a `/sync` reads in a room to fill a filtered timeline.
+const MAX_FILTER_SCAN: usize = 1000;
+
 /// A user's device.
 type DeviceKey = (OwnedUserId, String);
 
@@ -121,6 +126,8 @@ pub struct Syncer {
     /// (0.18) then waits for a sync that names the room again before it takes the room as
     /// synced; without this echo it would wait until something happens in the room.
     join_echoes: Mutex<lru::LruCache<DeviceKey, (SyncToken, Vec<OwnedRoomId>)>>,
+    /// Each user's `m.ignored_user_list`, with the stream position it was read at.
+    ignored: Mutex<lru::LruCache<OwnedUserId, (i64, Arc<HashSet<String>>)>>,
 }
 
 crate::core::over_core!(Syncer);
@@ -133,7 +140,34 @@ impl Syncer {
         push: Arc<Push>,
         ephemeral: Arc<Ephemeral>,
     ) -> Syncer {
-        Syncer { core, rooms, e2ee, push, ephemeral, join_echoes: Mutex::new(crate::lru(4096)) }
+        Syncer {
+            core,
+            rooms,
+            e2ee,
+            push,
+            ephemeral,
+            join_echoes: Mutex::new(crate::lru(4096)),
+            ignored: Mutex::new(crate::lru(4096)),
+        }
+    }
+
+    /// The users `user` ignores (`m.ignored_user_list`), read again only when their account
+    /// data moved.
+    async fn ignored_users(&self, user: &UserId) -> Result<Arc<HashSet<String>>> {
+        if let Some((at, set)) = self.ignored.lock().unwrap().get(user).cloned() {
+            if !self.marks.account_data_since(user, at) {
+                return Ok(set);
+            }
+        }
+        let at = self.stream_position();
+        let stored = streams::get_account_data(self.db.pool(), user.as_str(), "", "m.ignored_user_list").await?;
+        let set: HashSet<String> = stored
+            .and_then(|json| serde_json::from_str::<Value>(&json).ok())
+            .and_then(|v| v.get("ignored_users")?.as_object().map(|m| m.keys().cloned().collect()))
+            .unwrap_or_default();
+        let set = Arc::new(set);
+        self.ignored.lock().unwrap().put(user.to_owned(), (at, set.clone()));
+        Ok(set)
     }
 
     pub fn current_token(&self) -> SyncToken {
@@ -207,7 +241,7 @@ impl Syncer {
         };
 
         // What changed beside the timelines, read once for every room (not once a room).
-        let mut changes = Changes::default();
+        let mut changes = Changes { ignored: self.ignored_users(user).await?, ..Changes::default() };
         let mut global_kinds = HashSet::new();
         if initial || marks.account_data_since(user, since.stream) {
             let data_changes = streams::account_data_between(pool, user.as_str(), since.stream, to.stream).await?;
@@ -251,6 +285,10 @@ impl Syncer {
                     joined_rooms.push(room_id);
                 }
                 MembershipState::Invite if initial || newly => {
+                    let inviter = self.rooms.state_event(&room_id, &StateEventType::RoomMember, user.as_str()).await?;
+                    if inviter.is_some_and(|i| changes.ignored.contains(i.sender.as_str())) {
+                        continue;
+                    }
                     let state = InviteState::from(raws(&self.rooms.stripped_state(&room_id, user).await?));
                     response.rooms.invite.insert(room_id, state.into());
                 }
@@ -353,29 +391,63 @@ impl Syncer {
         let mut timeline = Vec::new();
         let mut limited = false;
         let mut prev_batch = None;
+        // A timeline filter picks among the events first: its `limit` counts the events it lets
+        // through (as Synapse), read backwards a page at a time, up to `MAX_FILTER_SCAN` events.
+        let mut filtered: Vec<Arc<Pdu>> = Vec::new();
         if active || full {
             let limit = req.filter.room.timeline.limit.unwrap_or(10).clamp(1, 100) as usize;
-            let ids = self.rooms.event_ids_between(room_id, from, to.stream, limit + 1).await?;
-            limited = ids.len() > limit;
-            for id in ids.iter().take(limit) {
-                if let Some(pdu) = self.rooms.get_pdu(id).await? {
-                    timeline.push(pdu);
+            let filter = &req.filter.room.timeline;
+            if !filter.selects_events() {
+                let ids = self.rooms.event_ids_between(room_id, from, to.stream, limit + 1).await?;
+                limited = ids.len() > limit;
+                for id in ids.iter().take(limit) {
+                    if let Some(pdu) = self.rooms.get_pdu(id).await? {
+                        timeline.push(pdu);
+                    }
                 }
+                timeline.reverse();
+                for p in &timeline {
+                    if changes.ignored.contains(p.sender.as_str()) {
+                        continue;
+                    }
+                    if filter.allows(p) && self.rooms.can_see_event(user, p).await? {
+                        filtered.push(p.clone());
+                    }
+                }
+            } else {
+                let page = 100;
+                let (mut upper, mut scanned) = (to.stream, 0);
+                'scan: loop {
+                    let ids = self.rooms.event_ids_between(room_id, from, upper, page).await?;
+                    let read = ids.len();
+                    for id in ids {
+                        let Some(pdu) = self.rooms.get_pdu(&id).await? else { continue };
+                        upper = pdu.stream_ordering - 1;
+                        scanned += 1;
+                        if filter.allows(&pdu) && self.rooms.can_see_event(user, &pdu).await? {
+                            if filtered.len() == limit {
+                                limited = true;
+                                break 'scan;
+                            }
+                            filtered.push(pdu.clone());
+                        }
+                        timeline.push(pdu);
+                    }
+                    if read < page || scanned >= MAX_FILTER_SCAN {
+                        limited |= read == page;
+                        break;
+                    }
+                }
+                // The timeline spans from the oldest event let through.
+                let oldest = filtered.last().map_or(i64::MAX, |p| p.stream_ordering);
+                timeline.retain(|p| p.stream_ordering >= oldest);
+                timeline.reverse();
+                filtered.reverse();
             }
-            timeline.reverse();
             if let Some(first) = timeline.first() {
                 prev_batch = Some((first.stream_ordering - 1).to_string());
             }
         }
-        let filtered: Vec<Arc<Pdu>> = {
-            let mut out = Vec::new();
-            for p in &timeline {
-                if req.filter.room.timeline.allows(p) && self.rooms.can_see_event(user, p).await? {
-                    out.push(p.clone());
-                }
-            }
-            out
-        };
 
         // State: the room's state where the timeline starts, whole on a full sync, what changed
         // since the last sync when the timeline skipped events (a gap). With lazy-loaded members

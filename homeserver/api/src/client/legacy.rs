@@ -51,8 +51,9 @@ fn with_room(events: Option<&Value>, room_id: &str, out: &mut Vec<Value>) {
 #[derive(Deserialize)]
 pub struct EventsQuery {
     from: Option<String>,
-    timeout: Option<u64>,
+    timeout: Option<String>,
     room_id: Option<String>,
+    limit: Option<String>,
 }
 
 /// `GET /events`: what happened since `from` in the caller's rooms (or in `room_id`), waiting
@@ -64,6 +65,12 @@ pub async fn events(
     uri: http::Uri,
 ) -> Result<Json<Value>, ApiError> {
     let caller = authenticate(&s, &headers, &uri).await?;
+    let number = |name: &str, v: Option<&str>| -> Result<Option<u64>, Error> {
+        v.map(|v| v.parse::<u64>().map_err(|_| Error::invalid_param(format!("{name} must be a non-negative integer"))))
+            .transpose()
+    };
+    number("limit", q.limit.as_deref())?;
+    let timeout = number("timeout", q.timeout.as_deref())?.unwrap_or(0);
     let from = match q.from.as_deref() {
         Some(t) => parse_position(t)?,
         None => s.sync.current_token(),
@@ -88,7 +95,7 @@ pub async fn events(
             since: Some(from),
             filter,
             full_state: false,
-            timeout: Duration::from_millis(q.timeout.unwrap_or(0).min(120_000)),
+            timeout: Duration::from_millis(timeout.min(120_000)),
         })
         .await?;
     let v = sync_json(body)?;
@@ -117,7 +124,7 @@ pub async fn events(
 
 #[derive(Deserialize)]
 pub struct InitialSyncQuery {
-    limit: Option<u64>,
+    limit: Option<String>,
     #[serde(default)]
     archived: bool,
 }
@@ -132,7 +139,9 @@ pub async fn initial_sync(
 ) -> Result<Json<Value>, ApiError> {
     let caller = authenticate(&s, &headers, &uri).await?;
     let mut filter = SyncFilter::default();
-    filter.room.timeline.limit = Some(q.limit.unwrap_or(10).clamp(1, 100));
+    let limit = q.limit.as_deref().map(str::parse::<u64>).transpose();
+    let limit = limit.map_err(|_| Error::invalid_param("limit must be a non-negative integer"))?;
+    filter.room.timeline.limit = Some(limit.unwrap_or(10).clamp(1, 100));
     filter.room.include_leave = q.archived;
     let body = s
         .sync

@@ -229,6 +229,22 @@ impl Membership {
         if membership == MembershipState::Leave && matches!(current, None | Some(MembershipState::Leave)) {
             return Err(Error::forbidden("The user is not a member of this room"));
         }
+        // A kick does not lift a ban (the auth rules would take it as an unban): /unban does.
+        if membership == MembershipState::Leave && current == Some(MembershipState::Ban) {
+            return Err(Error::forbidden("The user is banned from this room: unban them instead"));
+        }
+        self.send_membership_about(sender, room_id, target, membership, reason).await
+    }
+
+    /// Sends a membership event about `target`, `sender`'s.
+    async fn send_membership_about(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        membership: MembershipState,
+        reason: Option<String>,
+    ) -> Result<()> {
         let mut content = json!({ "membership": membership });
         add_reason(&mut content, reason);
         self.send_membership(sender, room_id, target, content).await?;
@@ -245,7 +261,7 @@ impl Membership {
         if self.rooms.membership(room_id, target).await? != Some(MembershipState::Ban) {
             return Err(Error::forbidden("The user is not banned"));
         }
-        self.set_membership_of(sender, room_id, target, MembershipState::Leave, reason).await
+        self.send_membership_about(sender, room_id, target, MembershipState::Leave, reason).await
     }
 
     pub async fn knock(&self, user: &UserId, room_id: &RoomId, reason: Option<String>) -> Result<OwnedRoomId> {

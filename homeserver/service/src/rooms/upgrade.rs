@@ -77,6 +77,9 @@ impl Membership {
         for kind in COPIED_STATE {
             if let Some(p) = self.rooms.state_event_in(&state, &StateEventType::from(*kind), "").await? {
                 copied.push(PduBuilder::state(*kind, "", p.content_value()));
+            } else if *kind == "m.room.guest_access" {
+                // Said explicitly in the new room, as Synapse's upgrades do (clients wait for it).
+                copied.push(PduBuilder::state(*kind, "", json!({ "guest_access": "forbidden" })));
             }
         }
         let mut bans = Vec::new();

@@ -44,6 +44,15 @@ fn type_matches(pattern: &str, kind: &str) -> bool {
 }
 
 impl EventFilter {
+    /// Whether the filter picks events by type, sender or URL (not only by number).
+    pub fn selects_events(&self) -> bool {
+        self.types.is_some()
+            || !self.not_types.is_empty()
+            || self.senders.is_some()
+            || !self.not_senders.is_empty()
+            || self.contains_url.is_some()
+    }
+
     pub fn allows(&self, pdu: &Pdu) -> bool {
         let kind = pdu.kind.to_string();
         if let Some(types) = &self.types {
