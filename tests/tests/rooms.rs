@@ -480,6 +480,11 @@ async fn upgrades_replace_rooms_and_carry_their_state(backend: Backend) {
     let upgrade = format!("/_matrix/client/v3/rooms/{old}/upgrade");
     // Refused: an unknown version, a member without the power, a room that does not exist.
     assert_error(&alice.post(&upgrade, &json!({ "new_version": "nope" })).await, 400, "M_UNSUPPORTED_ROOM_VERSION");
+    assert_error(
+        &alice.post(&upgrade, &json!({ "new_version": "my_bad_version" })).await,
+        400,
+        "M_UNSUPPORTED_ROOM_VERSION",
+    );
     assert_error(&bob.post(&upgrade, &json!({ "new_version": "11" })).await, 403, "M_FORBIDDEN");
     let bogus = "/_matrix/client/v3/rooms/!nowhere:localhost/upgrade";
     assert_error(&alice.post(bogus, &json!({ "new_version": "11" })).await, 404, "M_NOT_FOUND");
@@ -509,6 +514,8 @@ async fn upgrades_replace_rooms_and_carry_their_state(backend: Backend) {
     assert_eq!(listed["visibility"], "public");
     let listed = alice.ok(Method::GET, &format!("/_matrix/client/v3/directory/list/room/{old}"), None).await;
     assert_eq!(listed["visibility"], "private");
+    assert_eq!(state(&alice, &old, "m.room.canonical_alias", "").await, json!({}));
+    assert_eq!(state(&alice, &new, "m.room.canonical_alias", "").await["alias"], "#veille:localhost");
     // The old room: only moderators may speak.
     let levels = state(&alice, &old, "m.room.power_levels", "").await;
     assert_eq!((levels["events_default"].clone(), levels["invite"].clone()), (json!(50), json!(50)));

@@ -303,7 +303,14 @@ where
         // a body without `type`) must refuse the request, not take the worker down.
         let parsed =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| T::try_from_http_request(http_req, &args)));
+        let upgrade = TypeId::of::<T>() == TypeId::of::<ruma::api::client::room::upgrade_room::v3::Request>();
         let body = match parsed {
+            // A version ruma cannot even read is one this server does not support.
+            Ok(Err(_))
+                if upgrade && json.as_ref().is_some_and(|j| j.get("new_version").is_some_and(Value::is_string)) =>
+            {
+                return Err(ApiError(Error::new(ErrorKind::UnsupportedRoomVersion, "Unsupported room version")));
+            }
             Ok(parsed) => parsed.map_err(parse_error)?,
             Err(_) => return Err(ApiError(Error::bad_json("The request could not be parsed"))),
         };

@@ -109,6 +109,9 @@ pub struct SyncRequest<'a> {
 /// The most events a `/sync` reads in a room to fill a filtered timeline.
 const MAX_FILTER_SCAN: usize = 1000;
 
+/// A user's ignored users, and the stream position they were read at.
+type IgnoredAt = (i64, Arc<HashSet<String>>);
+
 /// A user's device.
 type DeviceKey = (OwnedUserId, String);
 
@@ -127,7 +130,7 @@ pub struct Syncer {
     /// synced; without this echo it would wait until something happens in the room.
     join_echoes: Mutex<lru::LruCache<DeviceKey, (SyncToken, Vec<OwnedRoomId>)>>,
     /// Each user's `m.ignored_user_list`, with the stream position it was read at.
-    ignored: Mutex<lru::LruCache<OwnedUserId, (i64, Arc<HashSet<String>>)>>,
+    ignored: Mutex<lru::LruCache<OwnedUserId, IgnoredAt>>,
 }
 
 crate::core::over_core!(Syncer);

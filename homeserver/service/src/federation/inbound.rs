@@ -474,6 +474,19 @@ impl Federation {
     }
 }
 
+/// The error of an event the authorisation rules refused (`rejected`), or that the room's
+/// current state forbids (`soft-failed`): the event was processed, and is not taken.
+fn rejection(event_id: &EventId, how: &str, reason: impl std::fmt::Display) -> Error {
+    Error::forbidden(format!("Event {event_id} {how}: {reason}"))
+}
+
+/// Whether `e` is a [`rejection`]: a processed event, which `/send` answers with an empty result
+/// as other servers expect (an error there means the event could not be processed).
+pub(crate) fn is_rejection(e: &Error) -> bool {
+    matches!(e, Error::Matrix(ruma::api::error::ErrorKind::Forbidden, m)
+        if m.starts_with("Event ") && (m.contains(" rejected: ") || m.contains(" soft-failed: ")))
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -569,17 +582,4 @@ mod tests {
         let known = HashMap::from([(create.event_id.clone(), create)]);
         check_join_state(&rules, &room, &[join], &[], &known).unwrap();
     }
-}
-
-/// The error of an event the authorisation rules refused (`rejected`), or that the room's
-/// current state forbids (`soft-failed`): the event was processed, and is not taken.
-fn rejection(event_id: &EventId, how: &str, reason: impl std::fmt::Display) -> Error {
-    Error::forbidden(format!("Event {event_id} {how}: {reason}"))
-}
-
-/// Whether `e` is a [`rejection`]: a processed event, which `/send` answers with an empty result
-/// as other servers expect (an error there means the event could not be processed).
-pub(crate) fn is_rejection(e: &Error) -> bool {
-    matches!(e, Error::Matrix(ruma::api::error::ErrorKind::Forbidden, m)
-        if m.starts_with("Event ") && (m.contains(" rejected: ") || m.contains(" soft-failed: ")))
 }

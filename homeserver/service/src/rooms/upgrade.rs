@@ -209,6 +209,13 @@ impl Membership {
         if was_public {
             diplomatie_storage::rooms::set_public(pool, old.as_str(), false).await?;
         }
+        // The old room names no alias any more: they lead to the new one.
+        if canonical.is_some() {
+            let builder = PduBuilder::state(TimelineEventType::RoomCanonicalAlias, "", json!({}));
+            if let Err(e) = self.rooms.append_event(Target::Room(old), user, builder, None).await {
+                tracing::warn!(room_id = %old, error = %e, "could not clear the upgraded room's canonical alias");
+            }
+        }
         tracing::info!(old = %old, new = %new_room, %version, "room upgraded");
         Ok(new_room)
     }
