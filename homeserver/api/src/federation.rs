@@ -124,11 +124,16 @@ async fn notary_one(
     State(s): S,
     req: Ruma<get_remote_server_keys::v2::Request>,
 ) -> ApiResult<get_remote_server_keys::v2::Response> {
-    let keys = match s.transport.notary_keys(&req.body.server_name).await {
-        Ok(v) => vec![v],
-        Err(_) => vec![],
-    };
-    Ok(get_remote_server_keys::v2::Response::new(keys).into())
+    Ok(notary_answer(&s, &req.body.server_name).await)
+}
+
+/// The notary's answer for one server: its keys, none when they cannot be had.
+async fn notary_answer(
+    s: &Services,
+    server: &ruma::ServerName,
+) -> crate::ruma_wrapper::RumaResponse<get_remote_server_keys::v2::Response> {
+    let keys = s.transport.notary_keys(server).await.map(|k| vec![k]).unwrap_or_default();
+    get_remote_server_keys::v2::Response::new(keys).into()
 }
 
 /// The notary's older path, naming a key id (deprecated in v1.x, still asked by some
@@ -139,11 +144,7 @@ async fn notary_one_with_key_id(
 ) -> Result<crate::ruma_wrapper::RumaResponse<get_remote_server_keys::v2::Response>, crate::error::ApiError> {
     let server =
         ruma::OwnedServerName::try_from(server_name).map_err(|_| Error::invalid_param("Invalid server name"))?;
-    let keys = match s.transport.notary_keys(&server).await {
-        Ok(v) => vec![v],
-        Err(_) => vec![],
-    };
-    Ok(get_remote_server_keys::v2::Response::new(keys).into())
+    Ok(notary_answer(&s, &server).await)
 }
 
 async fn version(_: S, _: Ruma<get_server_version::v1::Request>) -> ApiResult<get_server_version::v1::Response> {

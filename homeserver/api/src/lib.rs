@@ -86,7 +86,6 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = route::<c::state::get_state_event_for_key::v3::Request, _, _>(r, rooms::state_event);
     let r = route::<c::state::send_state_event::v3::Request, _, _>(r, rooms::send_state);
     let r = route::<c::room::aliases::v3::Request, _, _>(r, rooms::room_aliases);
-    let r = route::<c::room::upgrade_room::v3::Request, _, _>(r, rooms::upgrade);
     let r = route::<c::alias::get_alias::v3::Request, _, _>(r, rooms::get_alias);
     let r = route::<c::alias::create_alias::v3::Request, _, _>(r, rooms::create_alias);
     let r = route::<c::alias::delete_alias::v3::Request, _, _>(r, rooms::delete_alias);
@@ -102,6 +101,11 @@ pub fn router(services: Arc<Services>) -> Router {
     let mut r = r;
     for v in ["r0", "v3"] {
         r = r
+            .route(
+                &format!("/_matrix/client/{v}/rooms/{{room_id}}/typing/{{user_id}}"),
+                axum::routing::put(sync::typing),
+            )
+            .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/upgrade"), post(rooms::upgrade))
             .route(&format!("/_matrix/client/{v}/pushrules/global/{{kind}}/"), get(push::of_kind))
             .route(&format!("/_matrix/client/{v}/events"), get(legacy::events))
             .route(&format!("/_matrix/client/{v}/initialSync"), get(legacy::initial_sync))
@@ -133,7 +137,6 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = route::<c::room::get_summary::v1::Request, _, _>(r, rooms::room_summary);
     let r = route::<c::filter::create_filter::v3::Request, _, _>(r, sync::create_filter);
     let r = route::<c::filter::get_filter::v3::Request, _, _>(r, sync::get_filter);
-    let r = route::<c::typing::create_typing_event::v3::Request, _, _>(r, sync::typing);
     let r = route::<c::receipt::create_receipt::v3::Request, _, _>(r, sync::receipt);
     let r = route::<c::read_marker::set_read_marker::v3::Request, _, _>(r, sync::read_markers);
     let r = route::<c::config::set_global_account_data::v3::Request, _, _>(r, sync::set_global_account_data);

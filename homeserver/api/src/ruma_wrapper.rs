@@ -56,9 +56,60 @@ pub fn access_token(parts: &http::request::Parts) -> Option<String> {
     parts.uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token=").map(|t| t.to_owned())))
 }
 
+/// What every request passes once its caller is known, typed or not: a guest only on the
+/// guest endpoints, and the rate limits (the spec's rate-limited endpoints, and every change an
+/// authenticated user makes, as Synapse's rc_message does).
+pub fn admit(
+    services: &Services,
+    caller: Option<&Caller>,
+    parts: &http::request::Parts,
+    rate_limited: bool,
+) -> Result<(), ApiError> {
+    if caller.is_some_and(|c| c.is_guest) && !guest_may(parts) {
+        return Err(ApiError(Error::new(ErrorKind::GuestAccessForbidden, "Guests may not use this endpoint")));
+    }
+    let mutates = matches!(parts.method, http::Method::POST | http::Method::PUT | http::Method::DELETE);
+    if rate_limited || (caller.is_some() && mutates) {
+        let ip = || parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+        let key = caller.map(|c| c.user_id.to_string()).or_else(ip).unwrap_or_default();
+        services.ratelimiter.check(&key, caller.is_none()).map_err(|ms| {
+            let mut data = LimitExceededErrorData::new();
+            data.retry_after = Some(ruma::api::error::RetryAfter::Delay(std::time::Duration::from_millis(ms)));
+            ApiError(Error::new(ErrorKind::LimitExceeded(data), "Too many requests"))
+        })?;
+    }
+    Ok(())
+}
+
+/// Authentication for the handlers that do not take a typed ruma request, with the same
+/// admission as typed ones.
+pub async fn authenticate(services: &Services, parts: &http::request::Parts) -> Result<Caller, ApiError> {
+    let token =
+        access_token(parts).ok_or_else(|| ApiError(Error::new(ErrorKind::MissingToken, "Missing access token")))?;
+    let caller = services.accounts.authenticate(&token).await?;
+    admit(services, Some(&caller), parts, false)?;
+    Ok(caller)
+}
+
+/// The JSON object body of a handler that does not take a typed ruma request, checked as
+/// typed ones are: `M_NOT_JSON` when it is not JSON, `M_BAD_JSON` when it is no object or holds
+/// a NUL character.
+pub fn object_body(bytes: &[u8]) -> Result<Value, ApiError> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError(Error::new(ErrorKind::NotJson, format!("Body is not JSON: {e}"))))?;
+    if !value.is_object() {
+        return Err(ApiError(Error::bad_json("Body must be a JSON object")));
+    }
+    if let Some(path) = nul_in(&value) {
+        return Err(ApiError(Error::bad_json(format!("A NUL character is not allowed (at {path})"))));
+    }
+    Ok(value)
+}
+
 /// Whether a guest may call this endpoint: the spec's list ("Guest access"), plus what a
 /// client needs around it (filters, account data, push rules read, logout), as Synapse allows.
-pub fn guest_may(method: &http::Method, parts: &http::request::Parts) -> bool {
+fn guest_may(parts: &http::request::Parts) -> bool {
+    let method = &parts.method;
     let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() else { return false };
     let path = matched.as_str();
     let Some(rest) = path.strip_prefix("/_matrix/client/") else { return false };
@@ -183,10 +234,6 @@ where
             None
         };
 
-        if caller.as_ref().is_some_and(|c| c.is_guest) && !guest_may(&T::METHOD, &parts) {
-            return Err(ApiError(Error::new(ErrorKind::GuestAccessForbidden, "Guests may not use this endpoint")));
-        }
-
         // The request's span names who asks, and about which room.
         let span = tracing::Span::current();
         if let Some(c) = &caller {
@@ -196,18 +243,7 @@ where
             span.record("room", room.as_str());
         }
 
-        // The spec's rate-limited endpoints, and every change an authenticated user makes
-        // (sending, as Synapse's rc_message does).
-        let mutates = matches!(T::METHOD, http::Method::POST | http::Method::PUT | http::Method::DELETE);
-        if T::RATE_LIMITED || (caller.is_some() && mutates) {
-            let key = caller.as_ref().map(|c| c.user_id.to_string()).or_else(|| ip.clone()).unwrap_or_default();
-            let login = caller.is_none();
-            services.ratelimiter.check(&key, login).map_err(|ms| {
-                let mut data = LimitExceededErrorData::new();
-                data.retry_after = Some(ruma::api::error::RetryAfter::Delay(std::time::Duration::from_millis(ms)));
-                ApiError(Error::new(ErrorKind::LimitExceeded(data), "Too many requests"))
-            })?;
-        }
+        admit(services, caller.as_ref(), &parts, T::RATE_LIMITED)?;
 
         // Federation: the origin and its key are checked before the body is read; the
         // signature over the whole request after.
@@ -269,23 +305,12 @@ where
                 return Err(ApiError(Error::invalid_param("A NUL character is not allowed in the path")));
             }
         }
-        // Typing without a `timeout` (which ruma requires) lasts Synapse's default, 30 s.
-        let typing = TypeId::of::<T>() == TypeId::of::<ruma::api::client::typing::create_typing_event::v3::Request>();
-        let patched = match json.as_ref() {
-            Some(j) if typing && j.get("typing") == Some(&Value::Bool(true)) && j.get("timeout").is_none() => {
-                let mut j = j.clone();
-                j["timeout"] = Value::from(30_000);
-                Some(serde_json::to_vec(&j).map_err(diplomatie_service::internal!())?)
-            }
-            _ => None,
-        };
-        let body_bytes: &[u8] = if let Some(p) = &patched {
-            p
-        } else if bytes.is_empty() && !raw && matches!(T::METHOD, http::Method::POST | http::Method::PUT) {
-            b"{}"
-        } else {
-            &bytes
-        };
+        let body_bytes: &[u8] =
+            if bytes.is_empty() && !raw && matches!(T::METHOD, http::Method::POST | http::Method::PUT) {
+                b"{}"
+            } else {
+                &bytes
+            };
         let origin = match signer {
             Some(signer) => {
                 let mut signed = http::Request::builder().method(parts.method.clone()).uri(parts.uri.clone());
@@ -303,14 +328,7 @@ where
         // a body without `type`) must refuse the request, not take the worker down.
         let parsed =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| T::try_from_http_request(http_req, &args)));
-        let upgrade = TypeId::of::<T>() == TypeId::of::<ruma::api::client::room::upgrade_room::v3::Request>();
         let body = match parsed {
-            // A version ruma cannot even read is one this server does not support.
-            Ok(Err(_))
-                if upgrade && json.as_ref().is_some_and(|j| j.get("new_version").is_some_and(Value::is_string)) =>
-            {
-                return Err(ApiError(Error::new(ErrorKind::UnsupportedRoomVersion, "Unsupported room version")));
-            }
             Ok(parsed) => parsed.map_err(parse_error)?,
             Err(_) => return Err(ApiError(Error::bad_json("The request could not be parsed"))),
         };

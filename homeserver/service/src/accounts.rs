@@ -169,15 +169,23 @@ impl Accounts {
             None => None,
         };
         let display = displayname.map(str::to_owned).unwrap_or_else(|| user_id.localpart().to_owned());
-        store::create_user(self.db.pool(), user_id.as_str(), hash.as_deref(), Some(&display), is_admin, now_ms())
-            .await
-            .map_err(|e| {
-                if e.is_unique_violation() {
-                    Error::new(ErrorKind::UserInUse, "User id already taken")
-                } else {
-                    e.into()
-                }
-            })?;
+        store::create_user(
+            self.db.pool(),
+            user_id.as_str(),
+            hash.as_deref(),
+            Some(&display),
+            is_admin,
+            false,
+            now_ms(),
+        )
+        .await
+        .map_err(|e| {
+            if e.is_unique_violation() {
+                Error::new(ErrorKind::UserInUse, "User id already taken")
+            } else {
+                e.into()
+            }
+        })?;
         tracing::info!(user = %user_id, "account created");
         Ok(user_id)
     }
@@ -191,10 +199,8 @@ impl Accounts {
                 break id;
             }
         };
-        let mut tx = self.db.begin().await?;
-        store::create_user(&mut *tx, user_id.as_str(), None, Some(user_id.localpart()), false, now_ms()).await?;
-        store::set_guest(&mut *tx, user_id.as_str(), true).await?;
-        diplomatie_storage::commit(tx).await?;
+        store::create_user(self.db.pool(), user_id.as_str(), None, Some(user_id.localpart()), false, true, now_ms())
+            .await?;
         tracing::info!(user = %user_id, "guest account created");
         Ok(user_id)
     }

@@ -71,14 +71,17 @@ pub fn client(
     timeout: std::time::Duration,
     purpose: &str,
 ) -> Result<Client> {
-    let builder = || {
+    // `loopback_only`: the unchecked client never follows a redirect off loopback.
+    let builder = |loopback_only: bool| {
         let for_redirects = allowed.clone();
         reqwest::Client::builder()
             .dns_resolver(Arc::new(CheckingResolver::new(allowed.clone())))
             .redirect(reqwest::redirect::Policy::custom(move |attempt| {
                 if attempt.previous().len() >= 5 {
                     attempt.error("too many redirects")
-                } else if literal_is_forbidden(attempt.url(), &for_redirects) {
+                } else if literal_is_forbidden(attempt.url(), &for_redirects)
+                    || (loopback_only && !is_loopback(attempt.url()))
+                {
                     attempt.error(Blocked)
                 } else {
                     attempt.follow()
@@ -93,7 +96,7 @@ pub fn client(
             Error::Internal
         })
     };
-    let mut verified = builder();
+    let mut verified = builder(false);
     let certs = read_ca("outbound.trusted_ca", &tls.trusted_ca).map_err(|e| {
         tracing::error!(error = %e, "outbound settings");
         Error::Internal
@@ -102,7 +105,7 @@ pub fn client(
         verified = verified.add_root_certificate(cert);
     }
     let insecure =
-        if tls.insecure_loopback_tls { Some(built(builder().danger_accept_invalid_certs(true))?) } else { None };
+        if tls.insecure_loopback_tls { Some(built(builder(true).danger_accept_invalid_certs(true))?) } else { None };
     Ok(Client { verified: built(verified)?, insecure })
 }
 

@@ -173,6 +173,15 @@ impl Syncer {
         Ok(set)
     }
 
+    /// Whether a timeline event is shown to `user`: not an ignored user's, kept by the filter,
+    /// and let through by the history visibility.
+    async fn shown(&self, user: &UserId, ignored: &HashSet<String>, filter: &EventFilter, p: &Pdu) -> Result<bool> {
+        if ignored.contains(p.sender.as_str()) || !filter.allows(p) {
+            return Ok(false);
+        }
+        self.rooms.can_see_event(user, p).await
+    }
+
     pub fn current_token(&self) -> SyncToken {
         SyncToken { stream: self.stream_position(), typing: self.ephemeral.typing.serial() }
     }
@@ -288,11 +297,13 @@ impl Syncer {
                     joined_rooms.push(room_id);
                 }
                 MembershipState::Invite if initial || newly => {
-                    let inviter = self.rooms.state_event(&room_id, &StateEventType::RoomMember, user.as_str()).await?;
-                    if inviter.is_some_and(|i| changes.ignored.contains(i.sender.as_str())) {
+                    let stripped = self.rooms.stripped_state(&room_id, user).await?;
+                    let inviter =
+                        stripped.iter().find(|e| e["type"] == "m.room.member" && e["state_key"] == user.as_str());
+                    if inviter.and_then(|i| i["sender"].as_str()).is_some_and(|i| changes.ignored.contains(i)) {
                         continue;
                     }
-                    let state = InviteState::from(raws(&self.rooms.stripped_state(&room_id, user).await?));
+                    let state = InviteState::from(raws(&stripped));
                     response.rooms.invite.insert(room_id, state.into());
                 }
                 MembershipState::Knock if initial || newly => {
@@ -410,10 +421,7 @@ impl Syncer {
                 }
                 timeline.reverse();
                 for p in &timeline {
-                    if changes.ignored.contains(p.sender.as_str()) {
-                        continue;
-                    }
-                    if filter.allows(p) && self.rooms.can_see_event(user, p).await? {
+                    if self.shown(user, &changes.ignored, filter, p).await? {
                         filtered.push(p.clone());
                     }
                 }
@@ -427,7 +435,7 @@ impl Syncer {
                         let Some(pdu) = self.rooms.get_pdu(&id).await? else { continue };
                         upper = pdu.stream_ordering - 1;
                         scanned += 1;
-                        if filter.allows(&pdu) && self.rooms.can_see_event(user, &pdu).await? {
+                        if self.shown(user, &changes.ignored, filter, &pdu).await? {
                             if filtered.len() == limit {
                                 limited = true;
                                 break 'scan;

@@ -26,9 +26,6 @@ struct Session {
 
 /// User-interactive authentication, over the accounts (whose passwords the password stage
 /// checks): the sessions in progress.
-/// The error of a password stage passed by another user than the one the operation is for.
-const OTHER_USER: &str = "The credentials are another user's";
-
 pub struct Uia {
     core: Arc<Core>,
     accounts: Arc<Accounts>,
@@ -92,18 +89,20 @@ impl Uia {
             let err = StandardErrorBody::new(ErrorKind::Unrecognized, "This stage is not offered here".into());
             return Err(info(session_id, completed, Some(err)));
         }
+        // The stage's check; a password stage answers whom it authenticated.
         let check = match auth {
-            AuthData::Dummy(_) => Ok(()),
-            AuthData::Password(p) => self.check_password_stage(&p.identifier, &p.password, user).await,
-            AuthData::RegistrationToken(t) => self.check_registration_token(&t.token).await,
+            AuthData::Dummy(_) => Ok(None),
+            AuthData::Password(p) => self.check_password_stage(&p.identifier, &p.password).await.map(Some),
+            AuthData::RegistrationToken(t) => self.check_registration_token(&t.token).await.map(|()| None),
             _ => Err(Error::new(ErrorKind::Unrecognized, "Unsupported stage")),
         };
         match check {
-            Err(Error::Matrix(ErrorKind::Forbidden, m)) if m == OTHER_USER => {
-                return Err(Error::forbidden(m));
-            }
             Err(e) => return Err(info(session_id, completed, Some(e.body()))),
-            Ok(()) => {}
+            // Right credentials of somebody else: not a stage to retry (Synapse's 403).
+            Ok(Some(who)) if user.is_some_and(|u| u != who) => {
+                return Err(Error::forbidden("The credentials are another user's"));
+            }
+            Ok(_) => {}
         }
         let stage = stage.expect("checked above");
         let mut completed = completed;
@@ -120,23 +119,14 @@ impl Uia {
         Err(info(session_id, completed, None))
     }
 
-    /// Checks a password stage: right credentials, and `user`'s when the operation is theirs.
-    async fn check_password_stage(
-        &self,
-        identifier: &UserIdentifier,
-        password: &str,
-        user: Option<&UserId>,
-    ) -> Result<()> {
+    /// Checks a password stage; answers the user it authenticates.
+    async fn check_password_stage(&self, identifier: &UserIdentifier, password: &str) -> Result<ruma::OwnedUserId> {
         let UserIdentifier::Matrix(id) = identifier else {
             return Err(Error::new(ErrorKind::Unrecognized, "Only user identifiers are supported"));
         };
         let claimed = self.accounts.parse_local_user(&id.user)?;
         self.accounts.verify_password(&claimed, password).await?;
-        if user.is_some_and(|u| u != claimed) {
-            // Right credentials of somebody else: not a stage to retry (Synapse's 403).
-            return Err(Error::Matrix(ErrorKind::Forbidden, OTHER_USER.to_owned()));
-        }
-        Ok(())
+        Ok(claimed)
     }
 
     async fn check_registration_token(&self, token: &str) -> Result<()> {

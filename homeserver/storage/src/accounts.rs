@@ -38,16 +38,18 @@ pub async fn create_user<'e>(
     password_hash: Option<&str>,
     displayname: Option<&str>,
     is_admin: bool,
+    is_guest: bool,
     now: i64,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO users (user_id, password_hash, displayname, is_admin, created_ts) \
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO users (user_id, password_hash, displayname, is_admin, is_guest, created_ts) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(user_id)
     .bind(password_hash)
     .bind(displayname)
     .bind(is_admin as i64)
+    .bind(is_guest as i64)
     .bind(now)
     .execute(e)
     .await?;

@@ -19,10 +19,7 @@ use ruma::api::{
 };
 use serde_json::Value;
 
-use crate::{
-    error::ApiError,
-    ruma_wrapper::{ApiResult, Ruma},
-};
+use crate::ruma_wrapper::{ApiResult, Ruma};
 
 type S = State<Arc<Services>>;
 
@@ -302,18 +299,14 @@ pub async fn profile_field_untyped(
 pub async fn set_profile_field(
     State(s): S,
     axum::extract::Path((user_id, field)): axum::extract::Path<(String, String)>,
-    headers: http::HeaderMap,
-    uri: http::Uri,
+    parts: http::request::Parts,
     body: axum::body::Bytes,
 ) -> ApiResult<set_profile_field::v3::Response> {
-    let caller = authenticate(&s, &headers, &uri).await?;
+    let caller = crate::ruma_wrapper::authenticate(&s, &parts).await?;
     if caller.user_id.as_str() != user_id {
         return Err(Error::forbidden("You may only change your own profile").into());
     }
-    let value: Value = serde_json::from_slice(&body).map_err(|e| Error::new(ErrorKind::NotJson, e.to_string()))?;
-    if crate::ruma_wrapper::nul_in(&value).is_some() {
-        return Err(Error::bad_json("A NUL character is not allowed").into());
-    }
+    let value = crate::ruma_wrapper::object_body(&body)?;
     let v = match value.get(&field) {
         Some(Value::String(v)) => Some(v.clone()),
         Some(Value::Null) => None,
@@ -325,20 +318,6 @@ pub async fn set_profile_field(
     }
     s.accounts.set_profile_field(&caller.user_id, &field, v.as_deref()).await?;
     Ok(set_profile_field::v3::Response::new().into())
-}
-
-/// Authentication for the few handlers that do not use a typed ruma request.
-pub async fn authenticate(
-    s: &Services,
-    headers: &http::HeaderMap,
-    uri: &http::Uri,
-) -> Result<diplomatie_service::accounts::Caller, ApiError> {
-    let mut parts =
-        http::Request::builder().uri(uri.clone()).body(()).map_err(diplomatie_service::internal!())?.into_parts().0;
-    parts.headers = headers.clone();
-    let token = crate::ruma_wrapper::access_token(&parts)
-        .ok_or_else(|| ApiError(Error::new(ErrorKind::MissingToken, "Missing access token")))?;
-    Ok(s.accounts.authenticate(&token).await?)
 }
 
 /// `POST /user/{userId}/openid/request_token`

@@ -91,10 +91,9 @@ struct Capabilities {
 #[allow(deprecated)]
 pub async fn capabilities(
     State(s): S,
-    headers: http::HeaderMap,
-    uri: http::Uri,
+    parts: http::request::Parts,
 ) -> Result<Json<CapabilitiesAnswer>, crate::error::ApiError> {
-    super::account::authenticate(&s, &headers, &uri).await?;
+    crate::ruma_wrapper::authenticate(&s, &parts).await?;
     let available = SUPPORTED_ROOM_VERSIONS
         .iter()
         .filter_map(|v| RoomVersionId::try_from(*v).ok())

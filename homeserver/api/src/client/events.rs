@@ -68,69 +68,44 @@ pub async fn redact(State(s): S, req: Ruma<redact_event::v3::Request>) -> ApiRes
     Ok(redact_event::v3::Response::new(id).into())
 }
 
-/// Synapse's `POST /rooms/{roomId}/send/{eventType}` and `POST /rooms/{roomId}/redact/{eventId}`,
-/// without a transaction id: each request is a new event (older clients and Sytest use them).
+/// Synapse's `POST /rooms/{roomId}/send/{eventType}`, without a transaction id: each request
+/// is a new event (older clients and Sytest use it).
 pub async fn send_without_txn(
-    state: S,
-    axum::extract::Path((room_id, event_type)): axum::extract::Path<(String, String)>,
-    headers: http::HeaderMap,
-    uri: http::Uri,
-    body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
-    without_txn(state, room_id, "send", event_type, headers, uri, body).await
-}
-
-/// See [`send_without_txn`].
-pub async fn redact_without_txn(
-    state: S,
-    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
-    headers: http::HeaderMap,
-    uri: http::Uri,
-    body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
-    without_txn(state, room_id, "redact", event_id, headers, uri, body).await
-}
-
-async fn without_txn(
     State(s): S,
-    room_id: String,
-    what: &str,
-    target: String,
-    headers: http::HeaderMap,
-    uri: http::Uri,
+    axum::extract::Path((room_id, event_type)): axum::extract::Path<(String, String)>,
+    parts: http::request::Parts,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = crate::client::account::authenticate(&s, &headers, &uri).await?;
-    if caller.is_guest && (what != "send" || target != "m.room.message") {
-        return Err(
-            Error::new(ruma::api::error::ErrorKind::GuestAccessForbidden, "Guests may only send messages").into()
-        );
-    }
-    let room_id = ruma::OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
-    let content: Value = if body.is_empty() && what == "redact" {
-        Value::Object(Default::default())
-    } else {
-        serde_json::from_slice(&body).map_err(|e| Error::new(ruma::api::error::ErrorKind::NotJson, e.to_string()))?
-    };
-    if !content.is_object() {
-        return Err(Error::bad_json("The content must be a JSON object").into());
-    }
-    if crate::ruma_wrapper::nul_in(&content).is_some() {
-        return Err(Error::bad_json("A NUL character is not allowed").into());
-    }
+    let caller = crate::ruma_wrapper::authenticate(&s, &parts).await?;
+    let room_id = room_id_of(room_id)?;
+    let content = crate::ruma_wrapper::object_body(&body)?;
     let txn_id = ruma::TransactionId::new();
-    let id = match what {
-        "send" => {
-            s.timeline.send_message(&caller.user_id, &caller.device_id, &room_id, &target, &txn_id, content).await?
-        }
-        _ => {
-            let event_id =
-                ruma::OwnedEventId::try_from(target).map_err(|_| Error::invalid_param("Invalid event id"))?;
-            let reason = content.get("reason").and_then(Value::as_str).map(str::to_owned);
-            s.timeline.redact(&caller.user_id, &caller.device_id, &room_id, &event_id, &txn_id, reason).await?
-        }
-    };
+    let id =
+        s.timeline.send_message(&caller.user_id, &caller.device_id, &room_id, &event_type, &txn_id, content).await?;
     Ok(Json(serde_json::json!({ "event_id": id })))
+}
+
+/// Synapse's `POST /rooms/{roomId}/redact/{eventId}`, without a transaction id (the body, with
+/// its `reason`, may be empty).
+pub async fn redact_without_txn(
+    State(s): S,
+    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
+    parts: http::request::Parts,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let caller = crate::ruma_wrapper::authenticate(&s, &parts).await?;
+    let room_id = room_id_of(room_id)?;
+    let event_id = ruma::OwnedEventId::try_from(event_id).map_err(|_| Error::invalid_param("Invalid event id"))?;
+    let content =
+        if body.is_empty() { Value::Object(Default::default()) } else { crate::ruma_wrapper::object_body(&body)? };
+    let reason = content.get("reason").and_then(Value::as_str).map(str::to_owned);
+    let txn_id = ruma::TransactionId::new();
+    let id = s.timeline.redact(&caller.user_id, &caller.device_id, &room_id, &event_id, &txn_id, reason).await?;
+    Ok(Json(serde_json::json!({ "event_id": id })))
+}
+
+fn room_id_of(room_id: String) -> Result<ruma::OwnedRoomId, ApiError> {
+    Ok(ruma::OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?)
 }
 
 pub async fn get_event(State(s): S, req: Ruma<get_room_event::v3::Request>) -> ApiResult<get_room_event::v3::Response> {

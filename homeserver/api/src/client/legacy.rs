@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::{rejection::QueryRejection, Path, Query, State},
     Json,
 };
 use diplomatie_service::{
@@ -18,8 +18,8 @@ use ruma::events::room::member::MembershipState;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{account::authenticate, sync::sync_json};
-use crate::error::ApiError;
+use super::sync::sync_json;
+use crate::{error::ApiError, ruma_wrapper::authenticate};
 
 type S = State<Arc<Services>>;
 
@@ -31,10 +31,31 @@ fn parse_position(token: &str) -> Result<SyncToken, Error> {
     })
 }
 
-/// The device these endpoints sync as: never the caller's own, whose to-device messages and
-/// sync bookkeeping belong to its `/sync`.
-fn legacy_device(device: &str) -> String {
-    format!("legacy-stream:{device}")
+/// A query string as these endpoints read it: every parameter a string, a malformed one
+/// refused as the spec's error (axum's own answer is plain text).
+fn query<Q>(query: Result<Query<Q>, QueryRejection>) -> Result<Q, Error> {
+    query.map(|Query(q)| q).map_err(|e| Error::invalid_param(e.body_text()))
+}
+
+/// A numeric query parameter (`limit`, `timeout`).
+fn number(name: &str, value: Option<&str>) -> Result<Option<u64>, Error> {
+    value
+        .map(|v| v.parse::<u64>().map_err(|_| Error::invalid_param(format!("{name} must be a non-negative integer"))))
+        .transpose()
+}
+
+/// Runs `/sync` for these endpoints, as JSON. They sync as a device of their own, never the
+/// caller's, whose to-device messages and sync bookkeeping belong to its `/sync`.
+async fn legacy_sync(
+    s: &Services,
+    caller: &diplomatie_service::accounts::Caller,
+    since: Option<SyncToken>,
+    filter: SyncFilter,
+    timeout: Duration,
+) -> Result<Value, ApiError> {
+    let device = format!("legacy-stream:{}", caller.device_id);
+    let request = SyncRequest { user: &caller.user_id, device: &device, since, filter, full_state: false, timeout };
+    sync_json(s.sync.sync(request).await?)
 }
 
 /// Each event of a list, with its room.
@@ -56,21 +77,17 @@ pub struct EventsQuery {
     limit: Option<String>,
 }
 
-/// `GET /events`: what happened since `from` in the caller's rooms (or in `room_id`), waiting
-/// up to `timeout` ms for something.
+/// `GET /events`: what happened since `from` in the caller's rooms (or in `room_id`, one they
+/// joined: peeking is not built), waiting up to `timeout` ms for something.
 pub async fn events(
     State(s): S,
-    Query(q): Query<EventsQuery>,
-    headers: http::HeaderMap,
-    uri: http::Uri,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+    parts: http::request::Parts,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authenticate(&s, &headers, &uri).await?;
-    let number = |name: &str, v: Option<&str>| -> Result<Option<u64>, Error> {
-        v.map(|v| v.parse::<u64>().map_err(|_| Error::invalid_param(format!("{name} must be a non-negative integer"))))
-            .transpose()
-    };
+    let caller = authenticate(&s, &parts).await?;
+    let q = query(q)?;
     number("limit", q.limit.as_deref())?;
-    let timeout = number("timeout", q.timeout.as_deref())?.unwrap_or(0);
+    let timeout = Duration::from_millis(number("timeout", q.timeout.as_deref())?.unwrap_or(0).min(120_000));
     let from = match q.from.as_deref() {
         Some(t) => parse_position(t)?,
         None => s.sync.current_token(),
@@ -81,40 +98,30 @@ pub async fn events(
     if let Some(room) = &q.room_id {
         let room_id =
             ruma::OwnedRoomId::try_from(room.as_str()).map_err(|_| Error::invalid_param("Invalid room id"))?;
-        let member = s.rooms.membership(&room_id, &caller.user_id).await?;
-        if member != Some(MembershipState::Join) && !s.rooms.is_world_readable(&room_id).await? {
-            return Err(Error::forbidden("You are not joined to this room").into());
+        if s.rooms.membership(&room_id, &caller.user_id).await? != Some(MembershipState::Join) {
+            return Err(
+                Error::forbidden("Only the rooms you joined stream events here (peeking is not supported)").into()
+            );
         }
         filter.room.rooms = Some(vec![room.clone()]);
     }
-    let body = s
-        .sync
-        .sync(SyncRequest {
-            user: &caller.user_id,
-            device: &legacy_device(caller.device_id.as_str()),
-            since: Some(from),
-            filter,
-            full_state: false,
-            timeout: Duration::from_millis(timeout.min(120_000)),
-        })
-        .await?;
-    let v = sync_json(body)?;
+    let v = legacy_sync(&s, &caller, Some(from), filter, timeout).await?;
     let mut chunk = Vec::new();
     for section in ["join", "leave"] {
         for (room_id, room) in v["rooms"][section].as_object().into_iter().flatten() {
-            with_room(room.pointer("/state/events"), room_id, &mut chunk);
-            with_room(room.pointer("/timeline/events"), room_id, &mut chunk);
-            with_room(room.pointer("/ephemeral/events"), room_id, &mut chunk);
+            for part in ["/state/events", "/timeline/events", "/ephemeral/events"] {
+                with_room(room.pointer(part), room_id, &mut chunk);
+            }
         }
     }
+    // An invite shows as the invitee's member event.
     for (room_id, room) in v["rooms"]["invite"].as_object().into_iter().flatten() {
-        let invite = room
-            .pointer("/invite_state/events")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .find(|e| e["type"] == "m.room.member" && e["state_key"] == caller.user_id.as_str());
-        with_room(Some(&json!(invite.into_iter().collect::<Vec<_>>())), room_id, &mut chunk);
+        let events = room.pointer("/invite_state/events").and_then(Value::as_array).into_iter().flatten();
+        for invite in events.filter(|e| e["type"] == "m.room.member" && e["state_key"] == caller.user_id.as_str()) {
+            let mut invite = invite.clone();
+            invite["room_id"] = json!(room_id);
+            chunk.push(invite);
+        }
     }
     if q.room_id.is_none() {
         chunk.extend(v.pointer("/presence/events").and_then(Value::as_array).into_iter().flatten().cloned());
@@ -125,36 +132,26 @@ pub async fn events(
 #[derive(Deserialize)]
 pub struct InitialSyncQuery {
     limit: Option<String>,
-    #[serde(default)]
-    archived: bool,
+    archived: Option<String>,
 }
 
 /// `GET /initialSync`: every room of the caller with its newest events and current state,
 /// presence, account data and receipts.
 pub async fn initial_sync(
     State(s): S,
-    Query(q): Query<InitialSyncQuery>,
-    headers: http::HeaderMap,
-    uri: http::Uri,
+    q: Result<Query<InitialSyncQuery>, QueryRejection>,
+    parts: http::request::Parts,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authenticate(&s, &headers, &uri).await?;
+    let caller = authenticate(&s, &parts).await?;
+    let q = query(q)?;
     let mut filter = SyncFilter::default();
-    let limit = q.limit.as_deref().map(str::parse::<u64>).transpose();
-    let limit = limit.map_err(|_| Error::invalid_param("limit must be a non-negative integer"))?;
-    filter.room.timeline.limit = Some(limit.unwrap_or(10).clamp(1, 100));
-    filter.room.include_leave = q.archived;
-    let body = s
-        .sync
-        .sync(SyncRequest {
-            user: &caller.user_id,
-            device: &legacy_device(caller.device_id.as_str()),
-            since: None,
-            filter,
-            full_state: false,
-            timeout: Duration::ZERO,
-        })
-        .await?;
-    let v = sync_json(body)?;
+    filter.room.timeline.limit = Some(number("limit", q.limit.as_deref())?.unwrap_or(10).clamp(1, 100));
+    filter.room.include_leave = match q.archived.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(Error::invalid_param("archived must be true or false").into()),
+    };
+    let v = legacy_sync(&s, &caller, None, filter, Duration::ZERO).await?;
     let end = v["next_batch"].clone();
     let (mut rooms, mut receipts) = (Vec::new(), Vec::new());
     for (section, membership) in [("join", "join"), ("leave", "leave"), ("invite", "invite")] {
@@ -204,7 +201,7 @@ pub async fn initial_sync(
 
 #[derive(Deserialize)]
 pub struct RoomInitialSyncQuery {
-    limit: Option<u64>,
+    limit: Option<String>,
 }
 
 /// `GET /rooms/{roomId}/initialSync`: one room's newest events and state, for its members
@@ -212,16 +209,16 @@ pub struct RoomInitialSyncQuery {
 pub async fn room_initial_sync(
     State(s): S,
     Path(room_id): Path<String>,
-    Query(q): Query<RoomInitialSyncQuery>,
-    headers: http::HeaderMap,
-    uri: http::Uri,
+    q: Result<Query<RoomInitialSyncQuery>, QueryRejection>,
+    parts: http::request::Parts,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authenticate(&s, &headers, &uri).await?;
+    let caller = authenticate(&s, &parts).await?;
+    let q = query(q)?;
     let room_id = ruma::OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
     let user = &caller.user_id;
     // Who may read the room's state may read this (members, former members, world-readable).
     let state = s.rooms.state_for(user, &room_id).await?;
-    let limit = q.limit.unwrap_or(10).clamp(1, 100) as usize;
+    let limit = number("limit", q.limit.as_deref())?.unwrap_or(10).clamp(1, 100) as usize;
     let paging = Paging { from: None, to: None, backwards: true, limit };
     let page = s.timeline.messages(user, &room_id, paging, &EventFilter::default()).await?;
     let mut events = page.events.clone();
@@ -239,8 +236,6 @@ pub async fn room_initial_sync(
             "end": s.sync.current_token().to_string(),
         },
         "state": state.iter().map(|p| p.to_raw::<ruma::events::AnyStateEvent>(true)).collect::<Vec<_>>(),
-        "presence": [],
-        "account_data": [],
         "visibility": visibility,
     })))
 }

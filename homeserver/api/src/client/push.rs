@@ -40,10 +40,9 @@ pub async fn global(
 pub async fn of_kind(
     State(s): S,
     axum::extract::Path(kind): axum::extract::Path<String>,
-    headers: http::HeaderMap,
-    uri: http::Uri,
+    parts: http::request::Parts,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let caller = crate::client::account::authenticate(&s, &headers, &uri).await?;
+    let caller = crate::ruma_wrapper::authenticate(&s, &parts).await?;
     if !matches!(kind.as_str(), "override" | "content" | "room" | "sender" | "underride") {
         return Err(Error::unrecognized("Unknown push rule kind").into());
     }

@@ -58,10 +58,29 @@ async fn follow_predecessor(s: &Services, user: &ruma::UserId, room_id: &ruma::R
     }
 }
 
-/// `POST /rooms/{roomId}/upgrade`
-pub async fn upgrade(State(s): S, req: Ruma<upgrade_room::v3::Request>) -> ApiResult<upgrade_room::v3::Response> {
-    let user = &req.caller().user_id;
-    let new = s.membership.upgrade_room(user, &req.body.room_id, &req.body.new_version).await?;
+/// `POST /rooms/{roomId}/upgrade`, read by hand: a version ruma cannot even read is one this
+/// server does not support (`M_UNSUPPORTED_ROOM_VERSION`), not a bad request.
+pub async fn upgrade(
+    State(s): S,
+    axum::extract::Path(room_id): axum::extract::Path<String>,
+    parts: http::request::Parts,
+    body: axum::body::Bytes,
+) -> Result<crate::ruma_wrapper::RumaResponse<upgrade_room::v3::Response>, crate::error::ApiError> {
+    let caller = crate::ruma_wrapper::authenticate(&s, &parts).await?;
+    let room_id = ruma::OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
+    let body = crate::ruma_wrapper::object_body(&body)?;
+    let version = match body.get("new_version") {
+        Some(Value::String(v)) => ruma::RoomVersionId::try_from(v.as_str()).map_err(|_| {
+            Error::new(
+                ruma::api::error::ErrorKind::UnsupportedRoomVersion,
+                format!("Room version {v} is not supported"),
+            )
+        })?,
+        Some(_) => return Err(Error::bad_json("new_version must be a string").into()),
+        None => return Err(Error::missing_param("Missing new_version").into()),
+    };
+    let user = &caller.user_id;
+    let new = s.membership.upgrade_room(user, &room_id, &version).await?;
     follow_predecessor(&s, user, &new).await;
     Ok(upgrade_room::v3::Response::new(new).into())
 }

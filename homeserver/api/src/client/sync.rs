@@ -167,16 +167,29 @@ pub async fn get_filter(State(s): S, req: Ruma<get_filter::v3::Request>) -> ApiR
     Ok(get_filter::v3::Response::new(serde_json::from_value(filter).map_err(diplomatie_service::internal!())?).into())
 }
 
+/// `PUT /rooms/{roomId}/typing/{userId}`, read by hand: ruma's type requires `timeout`, which
+/// clients leave out (it then lasts 30 s, Synapse's default).
 pub async fn typing(
     State(s): S,
-    req: Ruma<create_typing_event::v3::Request>,
-) -> ApiResult<create_typing_event::v3::Response> {
-    only_self(&req.caller().user_id, &req.body.user_id)?;
-    let (typing, timeout) = match req.body.state {
-        create_typing_event::v3::Typing::Yes(info) => (true, Some(info.timeout.as_millis() as u64)),
-        _ => (false, None),
+    axum::extract::Path((room_id, user_id)): axum::extract::Path<(String, String)>,
+    parts: http::request::Parts,
+    body: axum::body::Bytes,
+) -> Result<RumaResponse<create_typing_event::v3::Response>, ApiError> {
+    let caller = crate::ruma_wrapper::authenticate(&s, &parts).await?;
+    let room_id = ruma::OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
+    let user_id = ruma::OwnedUserId::try_from(user_id).map_err(|_| Error::invalid_param("Invalid user id"))?;
+    only_self(&caller.user_id, &user_id)?;
+    let body = crate::ruma_wrapper::object_body(&body)?;
+    let typing = match body.get("typing") {
+        Some(Value::Bool(t)) => *t,
+        Some(_) => return Err(Error::bad_json("typing must be a boolean").into()),
+        None => return Err(Error::missing_param("Missing typing").into()),
     };
-    s.ephemeral.set_typing(&req.caller().user_id, &req.body.room_id, typing, timeout).await?;
+    let timeout = match body.get("timeout") {
+        None => 30_000,
+        Some(t) => t.as_u64().ok_or_else(|| Error::bad_json("timeout must be a non-negative integer"))?,
+    };
+    s.ephemeral.set_typing(&caller.user_id, &room_id, typing, typing.then_some(timeout)).await?;
     Ok(create_typing_event::v3::Response::new().into())
 }
 

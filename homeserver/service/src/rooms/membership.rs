@@ -174,7 +174,7 @@ impl Membership {
         let members = self.rooms.joined_members(room_id).await?;
         for user in members.iter().filter(|u| u.server_name() == self.server_name()) {
             if self.accounts.is_guest(user).await? {
-                let content = json!({ "membership": "leave" });
+                let content = membership_content(MembershipState::Leave, None);
                 if let Err(e) = self.send_membership(user, room_id, user, content).await {
                     tracing::warn!(%user, %room_id, error = %e, "a guest could not leave a room closed to guests");
                 }
@@ -209,10 +209,7 @@ impl Membership {
         if self.outside_room(room_id).await? {
             return self.remote_membership.remote_leave(user, room_id, &[]).await;
         }
-        let mut content = json!({ "membership": "leave" });
-        add_reason(&mut content, reason);
-        self.send_membership(user, room_id, user, content).await?;
-        Ok(())
+        self.send_membership(user, room_id, user, membership_content(MembershipState::Leave, reason)).await
     }
 
     /// Kick, ban and unban: a membership event about someone else.
@@ -233,22 +230,7 @@ impl Membership {
         if membership == MembershipState::Leave && current == Some(MembershipState::Ban) {
             return Err(Error::forbidden("The user is banned from this room: unban them instead"));
         }
-        self.send_membership_about(sender, room_id, target, membership, reason).await
-    }
-
-    /// Sends a membership event about `target`, `sender`'s.
-    async fn send_membership_about(
-        &self,
-        sender: &UserId,
-        room_id: &RoomId,
-        target: &UserId,
-        membership: MembershipState,
-        reason: Option<String>,
-    ) -> Result<()> {
-        let mut content = json!({ "membership": membership });
-        add_reason(&mut content, reason);
-        self.send_membership(sender, room_id, target, content).await?;
-        Ok(())
+        self.send_membership(sender, room_id, target, membership_content(membership, reason)).await
     }
 
     pub async fn unban(
@@ -261,7 +243,7 @@ impl Membership {
         if self.rooms.membership(room_id, target).await? != Some(MembershipState::Ban) {
             return Err(Error::forbidden("The user is not banned"));
         }
-        self.send_membership_about(sender, room_id, target, MembershipState::Leave, reason).await
+        self.send_membership(sender, room_id, target, membership_content(MembershipState::Leave, reason)).await
     }
 
     pub async fn knock(&self, user: &UserId, room_id: &RoomId, reason: Option<String>) -> Result<OwnedRoomId> {
@@ -317,6 +299,13 @@ impl Membership {
         self.rooms.append_event(Target::Room(room_id), sender, builder, None).await?;
         Ok(())
     }
+}
+
+/// A member event's content without profile: the membership and its reason.
+fn membership_content(membership: MembershipState, reason: Option<String>) -> Value {
+    let mut content = json!({ "membership": membership });
+    add_reason(&mut content, reason);
+    content
 }
 
 fn add_reason(content: &mut Value, reason: Option<String>) {
