@@ -606,4 +606,20 @@ async fn guest_and_legacy_endpoints(backend: Backend) {
         .await;
     assert_eq!(redacted["unsigned"]["redacted_by"], r["event_id"]);
     assert!(redacted["content"].get("body").is_none(), "{redacted}");
+    // Bad input gets the spec's errors.
+    assert_error(&alice.get("/_matrix/client/v3/events?timeout=soon").await, 400, "M_INVALID_PARAM");
+    assert_error(&alice.get("/_matrix/client/v3/initialSync?archived=maybe").await, 400, "M_INVALID_PARAM");
+    let (status, v) = alice
+        .raw(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message"), b"not json".to_vec())
+        .await;
+    assert_eq!((status, v["errcode"].as_str()), (400, Some("M_NOT_JSON")), "{v}");
+    let typing = format!("/_matrix/client/v3/rooms/{room}/typing/{}", alice.user_id);
+    assert_error(&alice.put(&typing, &json!({ "typing": "yes" })).await, 400, "M_BAD_JSON");
+    assert_error(&alice.put(&typing, &json!({})).await, 400, "M_MISSING_PARAM");
+    alice.ok(Method::PUT, &typing, Some(&json!({ "typing": true }))).await;
+    let upgrade = format!("/_matrix/client/v3/rooms/{room}/upgrade");
+    assert_error(&alice.post(&upgrade, &json!({})).await, 400, "M_MISSING_PARAM");
+    // /events reads only rooms the caller joined (peeking is not built).
+    let events = format!("/_matrix/client/v3/events?room_id={room}&timeout=0");
+    assert_error(&bob.get(&events).await, 403, "M_FORBIDDEN");
 }
