@@ -146,7 +146,7 @@ impl Rooms {
         }
     }
 
-    async fn is_world_readable(&self, room_id: &RoomId) -> Result<bool> {
+    pub async fn is_world_readable(&self, room_id: &RoomId) -> Result<bool> {
         Ok(self
             .state_event(room_id, &StateEventType::RoomHistoryVisibility, "")
             .await?
