@@ -1,10 +1,10 @@
 //! Accounts: registration (UIA, tokens, shared secret), login, tokens, devices, password,
 //! deactivation, profile (client-server spec, "Client Authentication" and following).
 
-use diplomatie_tests::{assert_error, backend_tests, Backend, TestServer};
+use diplomatie_tests::{assert_error, backend_tests, urlencode, Backend, TestServer};
 use hmac::{Hmac, Mac};
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{json, Value};
 
 backend_tests!(
     registration_follows_user_interactive_auth,
@@ -153,6 +153,40 @@ async fn login_logout_and_whoami(backend: Backend) {
     let me = phone.ok(Method::GET, "/_matrix/client/v3/account/whoami", None).await;
     assert_eq!(me["user_id"], "@alice:localhost");
     assert_eq!(me["device_id"], "PHONE");
+    // Sign in with another device: a login token, asked for with the password again, logs a
+    // new device in once.
+    assert_eq!(types["flows"][1], json!({ "type": "m.login.token", "get_login_token": true }));
+    let caps = phone.ok(Method::GET, "/_matrix/client/v3/capabilities", None).await;
+    assert_eq!(caps["capabilities"]["m.get_login_token"]["enabled"], true);
+    let (status, uia) = phone.post("/_matrix/client/v1/login/get_token", &json!({})).await;
+    assert_eq!(status, 401, "{uia}");
+    let password = |session: &Value, password: &str| json!({ "auth": { "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": password, "session": session } });
+    let (status, v) = phone.post("/_matrix/client/v1/login/get_token", &password(&uia["session"], "wrong")).await;
+    assert_eq!(status, 401, "a wrong password gives no token: {v}");
+    let token = phone.ok(Method::POST, "/_matrix/client/v1/login/get_token", Some(&password(&uia["session"], "correct horse"))).await;
+    assert_eq!(token["expires_in_ms"], 120_000);
+    let with_token = json!({ "type": "m.login.token", "token": token["login_token"], "device_id": "TABLET" });
+    let (status, tablet) = c.post("/_matrix/client/v3/login", &with_token).await;
+    assert_eq!(status, 200, "{tablet}");
+    assert_eq!((tablet["user_id"].as_str(), tablet["device_id"].as_str()), (Some("@alice:localhost"), Some("TABLET")));
+    assert_error(&c.post("/_matrix/client/v3/login", &with_token).await, 403, "M_FORBIDDEN");
+    let forged = json!({ "type": "m.login.token", "token": "forged" });
+    assert_error(&c.post("/_matrix/client/v3/login", &forged).await, 403, "M_FORBIDDEN");
+    // whois: where and when each device was last seen, for the user and administrators.
+    let whois = format!("/_matrix/client/v3/admin/whois/{}", urlencode("@alice:localhost"));
+    let v = phone.ok(Method::GET, &whois, None).await;
+    assert_eq!(v["user_id"], "@alice:localhost");
+    let seen = &v["devices"]["PHONE"]["sessions"][0]["connections"][0];
+    assert_eq!(seen["ip"], "127.0.0.1", "{v}");
+    assert!(seen["last_seen"].as_i64().unwrap() > 0, "{v}");
+    assert!(v["devices"]["TABLET"].is_object(), "{v}");
+    let devices = phone.ok(Method::GET, "/_matrix/client/v3/devices/PHONE", None).await;
+    assert_eq!(devices["last_seen_ip"], "127.0.0.1");
+    let bob = server.register("bob").await;
+    assert_error(&bob.get(&whois).await, 403, "M_FORBIDDEN");
+    let root = server.admin().await;
+    let v = root.ok(Method::GET, &whois, None).await;
+    assert!(v["devices"]["PHONE"].is_object(), "{v}");
     // Logging out kills that token only.
     phone.ok(Method::POST, "/_matrix/client/v3/logout", Some(&json!({}))).await;
     assert_error(&phone.get("/_matrix/client/v3/account/whoami").await, 401, "M_UNKNOWN_TOKEN");

@@ -12,6 +12,7 @@ backend_tests!(
     context_returns_events_around_one,
     relations_and_threads,
     history_visibility_bounds_what_users_read,
+    timestamp_to_event_finds_the_closest_event,
 );
 
 fn bodies(chunk: &Value) -> Vec<String> {
@@ -266,7 +267,30 @@ async fn relations_and_threads(backend: Backend) {
     assert_eq!(chunk[0]["event_id"], root.as_str());
     assert_eq!(chunk[0]["unsigned"]["m.relations"]["m.thread"]["count"], 2);
     assert_eq!(chunk[0]["unsigned"]["m.relations"]["m.thread"]["current_user_participated"], true);
-    let _ = other_root;
+    // The root carries its thread's summary (the bundled aggregation) wherever a client reads
+    // it: /event, /messages, /context and /sync; another event carries none.
+    let thread_of = |events: &Value, id: &str| {
+        events.as_array().unwrap().iter().find(|e| e["event_id"] == id).map(|e| e["unsigned"]["m.relations"]["m.thread"].clone())
+    };
+    let event = bob.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/event/{}", urlencode(&root)), None).await;
+    let summary = &event["unsigned"]["m.relations"]["m.thread"];
+    assert_eq!(summary["count"], 2);
+    assert_eq!(summary["latest_event"]["content"]["body"], "Merci");
+    assert_eq!(summary["current_user_participated"], true);
+    let msgs = bob.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"), None).await;
+    assert_eq!(thread_of(&msgs["chunk"], &root).unwrap()["count"], 2);
+    assert_eq!(thread_of(&msgs["chunk"], &other_root), Some(Value::Null));
+    let context =
+        bob.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/context/{}", urlencode(&other_root)), None).await;
+    assert_eq!(thread_of(&context["events_before"], &root).unwrap()["count"], 2);
+    let synced = bob.sync(None, "").await;
+    let timeline = &synced["rooms"]["join"][&room]["timeline"]["events"];
+    assert_eq!(thread_of(timeline, &root).unwrap()["latest_event"]["sender"], alice.user_id.as_str());
+    // A reader who took no part in the thread is told so.
+    let dave = server.register("dave").await;
+    dave.join(&room).await;
+    let event = dave.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/event/{}", urlencode(&root)), None).await;
+    assert_eq!(event["unsigned"]["m.relations"]["m.thread"]["current_user_participated"], false);
     let carol = server.register("carol").await;
     let mine = carol.get(&format!("/_matrix/client/v1/rooms/{room}/threads?include=participated")).await;
     assert_error(&mine, 403, "M_FORBIDDEN");
@@ -301,4 +325,42 @@ async fn history_visibility_bounds_what_users_read(backend: Backend) {
     carol.join(&shared).await;
     let msgs = carol.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{shared}/messages?dir=b&limit=50"), None).await;
     assert_eq!(bodies(&msgs["chunk"]), vec!["historique partagé"]);
+}
+
+async fn timestamp_to_event_finds_the_closest_event(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let carol = server.register("carol").await;
+    let room = alice.create_room(json!({ "preset": "private_chat" })).await;
+    let first = alice.send_text(&room, "premier").await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let second = alice.send_text(&room, "second").await;
+    let ts_of = |id: &str| {
+        let (alice, room, id) = (alice.clone(), room.clone(), id.to_owned());
+        async move {
+            let e = alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/event/{}", urlencode(&id)), None).await;
+            e["origin_server_ts"].as_i64().unwrap()
+        }
+    };
+    let (t1, t2) = (ts_of(&first).await, ts_of(&second).await);
+    assert!(t2 > t1);
+    let at = |ts: i64, dir: &str| format!("/_matrix/client/v1/rooms/{room}/timestamp_to_event?ts={ts}&dir={dir}");
+    let v = alice.ok(Method::GET, &at(t1, "f"), None).await;
+    assert_eq!((v["event_id"].as_str(), v["origin_server_ts"].as_i64()), (Some(first.as_str()), Some(t1)));
+    assert_eq!(alice.ok(Method::GET, &at(t1 + 1, "f"), None).await["event_id"], second.as_str());
+    assert_eq!(alice.ok(Method::GET, &at(t2 - 1, "b"), None).await["event_id"], first.as_str());
+    assert_eq!(alice.ok(Method::GET, &at(t2 + 60_000, "b"), None).await["event_id"], second.as_str());
+    assert_error(&alice.get(&at(t2 + 60_000, "f")).await, 404, "M_NOT_FOUND");
+    // The room's first event, from the start of time.
+    let created = alice.ok(Method::GET, &at(0, "f"), None).await;
+    let create = alice
+        .ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/event/{}", urlencode(created["event_id"].as_str().unwrap())), None)
+        .await;
+    assert_eq!(create["type"], "m.room.create");
+    // Not for someone outside the room; bad parameters are refused.
+    assert_error(&carol.get(&at(t1, "f")).await, 403, "M_FORBIDDEN");
+    let (status, v) = alice.get(&at(t1, "sideways")).await;
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = alice.get(&format!("/_matrix/client/v1/rooms/{room}/timestamp_to_event?dir=f")).await;
+    assert_eq!(status, 400, "{v}");
 }

@@ -79,6 +79,23 @@ async fn two_servers_share_a_room(backend: Backend) {
     let r = reqwest::get(userinfo("forged")).await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
 
+    // Both servers are named by an IP literal with a port: B's users resolve A's aliases and
+    // read A's users' profiles (the query endpoints over federation).
+    let public = alice.create_room(json!({ "preset": "public_chat", "room_alias_name": "annuaire" })).await;
+    let alias = format!("#annuaire:{}", a.server_name);
+    let v = bob.ok(Method::GET, &format!("/_matrix/client/v3/directory/room/{}", urlencode(&alias)), None).await;
+    assert_eq!((v["room_id"].as_str(), v["servers"][0].as_str()), (Some(public.as_str()), Some(a.server_name.as_str())));
+    let missing = format!("/_matrix/client/v3/directory/room/{}", urlencode(&format!("#absent:{}", a.server_name)));
+    assert_error(&bob.get(&missing).await, 404, "M_NOT_FOUND");
+    let path = format!("/_matrix/client/v3/profile/{}/displayname", urlencode(&alice.user_id));
+    alice.ok(Method::PUT, &path, Some(&json!({ "displayname": "Alice (DGM)" }))).await;
+    let v = bob.ok(Method::GET, &format!("/_matrix/client/v3/profile/{}", urlencode(&alice.user_id)), None).await;
+    assert_eq!(v["displayname"], "Alice (DGM)");
+    let v = bob.ok(Method::GET, &path, None).await;
+    assert_eq!(v["displayname"], "Alice (DGM)");
+    let nobody = format!("/_matrix/client/v3/profile/{}", urlencode(&format!("@personne:{}", a.server_name)));
+    assert_error(&bob.get(&nobody).await, 404, "M_NOT_FOUND");
+
     // Alice creates a room on A and invites Bob of B: B signs the invite, Bob sees it.
     let room = alice.create_room(json!({ "name": "Task force", "preset": "private_chat" })).await;
     let (status, v) = alice.invite(&room, &bob.user_id).await;
@@ -331,6 +348,10 @@ async fn a_remote_server_cannot_forge_or_force_its_way(backend: Backend) {
         assert_eq!(event_seen(&alice, &room, &id).await.0, 404);
     }
     assert_eq!(room_state(&alice, &room, "m.room.power_levels", "").await.1, levels_before);
+    // The event at a time: only for a server in the room.
+    let at_time = format!("/_matrix/federation/v1/timestamp_to_event/{}?ts=0&dir=f", urlencode(&room));
+    let (status, v) = evil.request(&a, Method::GET, &at_time, None, Signing::Good).await;
+    assert_eq!(status, 403, "{v}");
     // The join as the template says: accepted, with the room's state.
     let (join_id, join) = evil.sign(template);
     let path = format!("/_matrix/federation/v2/send_join/{}/{}", urlencode(&room), urlencode(&join_id));
@@ -338,6 +359,12 @@ async fn a_remote_server_cannot_forge_or_force_its_way(backend: Backend) {
     assert_eq!(status, 200, "{v}");
     assert!(v["state"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"), "{v}");
     assert_eq!(room_state(&alice, &room, "m.room.member", &eve).await.1["membership"], "join");
+    let (status, v) = evil.request(&a, Method::GET, &at_time, None, Signing::Good).await;
+    assert_eq!(status, 200, "{v}");
+    let first = event_seen(&alice, &room, v["event_id"].as_str().unwrap()).await.1;
+    assert_eq!(first["type"], "m.room.create", "the room's first event: {first}");
+    let (status, v) = evil.request(&a, Method::GET, &at_time.replace("dir=f", "dir=b"), None, Signing::Good).await;
+    assert_eq!(status, 404, "nothing before the epoch: {v}");
 
     // make_leave / send_leave: a leave, nothing else.
     let make_leave = format!("/_matrix/federation/v1/make_leave/{}/{}", urlencode(&room), urlencode(&eve));

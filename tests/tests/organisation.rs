@@ -280,9 +280,28 @@ async fn an_organisation_is_imported_once(backend: Backend) {
     assert_error(&import("users:\n  - localpart: y\n    colour: blue\n", false).await, 400, "M_BAD_JSON");
     assert_error(&import("users:\n  - localpart: z\n    clearance: TS\n", false).await, 400, "M_INVALID_PARAM");
     assert_error(&import("users:\n  - localpart: w\n    group: nowhere\n", false).await, 404, "M_NOT_FOUND");
-    for refused in ["z", "w"] {
+    // A manager or member nobody knows, named after accounts and a group the file would
+    // create: refused, and none of them made (nor any clearance set).
+    let unknown_manager = "users:\n  - localpart: v\n    clearance: DR\n    group: g-refusee\n\
+        groups:\n  - slug: g-refusee\n    name: Refusée\n    managers: [v]\n\
+        communities:\n  - slug: c-refusee\n    name: Refusée\n    project: P\n    manager: personne\n";
+    assert_error(&import(unknown_manager, false).await, 404, "M_NOT_FOUND");
+    let unknown_member = "users:\n  - localpart: u\n    group: g-refusee\n\
+        groups:\n  - slug: g-refusee\n    name: Refusée\n    managers: [fantome]\n";
+    assert_error(&import(unknown_member, false).await, 404, "M_NOT_FOUND");
+    let unknown_in_community = "users:\n  - localpart: t\n\
+        communities:\n  - slug: c-refusee\n    name: Refusée\n    project: P\n    manager: t\n    members: [t, absent]\n";
+    assert_error(&import(unknown_in_community, false).await, 404, "M_NOT_FOUND");
+    let no_project = "users:\n  - localpart: s\n\
+        communities:\n  - slug: c-refusee\n    name: Refusée\n    project: ' '\n    manager: s\n";
+    assert_error(&import(no_project, false).await, 400, "M_INVALID_PARAM");
+    for refused in ["z", "w", "v", "u", "t", "s"] {
         let (status, _) = root.get(&format!("/_diplomatie/admin/v1/users/%40{refused}%3Alocalhost/clearance")).await;
         assert_eq!(status, 404, "the refused file created nobody");
+    }
+    for alias in ["%23g.g-refusee%3Alocalhost", "%23c.c-refusee%3Alocalhost"] {
+        let (status, _) = root.get(&format!("/_matrix/client/v3/directory/room/{alias}")).await;
+        assert_eq!(status, 404, "the refused file made no space ({alias})");
     }
 }
 

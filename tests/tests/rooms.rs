@@ -18,6 +18,7 @@ backend_tests!(
     user_directory_finds_users,
     upgrades_replace_rooms_and_carry_their_state,
     guest_and_legacy_endpoints,
+    reports_reach_administrators_and_moderators,
 );
 
 async fn state(c: &diplomatie_tests::Client, room: &str, kind: &str, key: &str) -> Value {
@@ -140,6 +141,16 @@ async fn invite_join_leave_and_forget(backend: Backend) {
     let (status, v) = bob.post(&format!("/_matrix/client/v3/rooms/{room}/join"), &json!({ "reason": "hello" })).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["room_id"], room.as_str());
+    // The rooms they share (MSC2666, spec 1.19), stable and unstable; not with oneself.
+    alice.create_room(json!({ "name": "Sans Bob" })).await;
+    let mutual = alice.ok(Method::GET, "/_matrix/client/v1/mutual_rooms?user_id=%40bob%3Alocalhost", None).await;
+    assert_eq!(mutual, json!({ "count": 1, "joined": [room] }));
+    let path = "/_matrix/client/unstable/uk.half-shot.msc2666/user/mutual_rooms?user_id=%40alice%3Alocalhost";
+    assert_eq!(bob.ok(Method::GET, path, None).await["joined"], json!([room]));
+    let myself = alice.get("/_matrix/client/v1/mutual_rooms?user_id=%40alice%3Alocalhost").await;
+    assert_error(&myself, 400, "M_INVALID_PARAM");
+    let nobody = alice.ok(Method::GET, "/_matrix/client/v1/mutual_rooms?user_id=%40nobody%3Alocalhost", None).await;
+    assert_eq!(nobody["count"], 0);
     let joined = alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/joined_members"), None).await;
     assert_eq!(joined["joined"].as_object().unwrap().len(), 2);
     assert_eq!(joined["joined"]["@bob:localhost"]["display_name"], "bob");
@@ -622,4 +633,76 @@ async fn guest_and_legacy_endpoints(backend: Backend) {
     // /events reads only rooms the caller joined (peeking is not built).
     let events = format!("/_matrix/client/v3/events?room_id={room}&timeout=0");
     assert_error(&bob.get(&events).await, 403, "M_FORBIDDEN");
+}
+
+async fn reports_reach_administrators_and_moderators(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let root = server.admin().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await;
+    let insult = bob.send_text(&room, "propos déplacé").await;
+    let report_event = |id: &str| format!("/_matrix/client/v3/rooms/{room}/report/{}", urlencode(id));
+
+    // An event: by a member who sees it, with a reason and a score from -100 to 0.
+    alice.ok(Method::POST, &report_event(&insult), Some(&json!({ "reason": "injurieux", "score": -100 }))).await;
+    assert_error(&alice.post(&report_event(&insult), &json!({ "score": 5 })).await, 400, "M_INVALID_PARAM");
+    assert_error(&alice.post(&report_event(&insult), &json!({ "score": "bad" })).await, 400, "M_BAD_JSON");
+    assert_error(&alice.post(&report_event(&insult), &json!({ "reason": 3 })).await, 400, "M_BAD_JSON");
+    let long = "x".repeat(5000);
+    assert_error(&alice.post(&report_event(&insult), &json!({ "reason": long })).await, 413, "M_TOO_LARGE");
+    // Not joined, or no such event: the same 404.
+    assert_error(&carol.post(&report_event(&insult), &json!({ "reason": "?" })).await, 404, "M_NOT_FOUND");
+    assert_error(&alice.post(&report_event("$absent:localhost"), &json!({})).await, 404, "M_NOT_FOUND");
+    // A room, joined or not; a user. Unknown ones are 404.
+    let report_room = format!("/_matrix/client/v3/rooms/{room}/report");
+    carol.ok(Method::POST, &report_room, Some(&json!({ "reason": "salon douteux" }))).await;
+    let unknown_room = "/_matrix/client/v3/rooms/!absent:localhost/report";
+    assert_error(&carol.post(unknown_room, &json!({ "reason": "?" })).await, 404, "M_NOT_FOUND");
+    assert_error(&carol.post(&report_room, &json!({ "reason": 5 })).await, 400, "M_BAD_JSON");
+    let report_user = |u: &str| format!("/_matrix/client/v3/users/{}/report", urlencode(u));
+    carol.ok(Method::POST, &report_user(&bob.user_id), Some(&json!({ "reason": "harcèlement" }))).await;
+    assert_error(&carol.post(&report_user("@personne:localhost"), &json!({ "reason": "?" })).await, 404, "M_NOT_FOUND");
+
+    // Administrators read them all, newest first, page by page.
+    let all = root.ok(Method::GET, "/_diplomatie/admin/v1/reports", None).await;
+    assert_eq!(all["total"], 3, "{all}");
+    let kinds: Vec<&str> = all["reports"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["user", "room", "event"]);
+    let first = root.ok(Method::GET, "/_diplomatie/admin/v1/reports?limit=2", None).await;
+    let next = first["next_token"].as_str().unwrap();
+    let rest = root.ok(Method::GET, &format!("/_diplomatie/admin/v1/reports?limit=2&from={next}"), None).await;
+    assert_eq!(rest["reports"].as_array().unwrap().len(), 1);
+    assert!(rest["next_token"].is_null());
+    let event_report = &all["reports"][2];
+    assert_eq!(
+        (&event_report["user_id"], &event_report["target_user_id"], &event_report["score"], &event_report["reason"]),
+        (&json!(alice.user_id), &json!(bob.user_id), &json!(-100), &json!("injurieux"))
+    );
+    // Synapse's admin API lists the event reports, with the event.
+    let synapse = root.ok(Method::GET, "/_synapse/admin/v1/event_reports", None).await;
+    assert_eq!(synapse["total"], 1);
+    assert_eq!(synapse["event_reports"][0]["sender"], bob.user_id.as_str());
+    let id = synapse["event_reports"][0]["id"].as_i64().unwrap();
+    let one = root.ok(Method::GET, &format!("/_synapse/admin/v1/event_reports/{id}"), None).await;
+    assert_eq!(one["event_json"]["content"]["body"], "propos déplacé");
+    // Others are refused.
+    assert_error(&alice.get("/_diplomatie/admin/v1/reports").await, 403, "M_FORBIDDEN");
+    assert_error(&alice.get("/_synapse/admin/v1/event_reports").await, 403, "M_FORBIDDEN");
+    assert_error(&root.get("/_diplomatie/admin/v1/reports?kind=autre").await, 400, "M_INVALID_PARAM");
+
+    // The room's moderators read the reports about their room; its other members do not.
+    let room_reports = format!("/_diplomatie/client/v1/rooms/{room}/reports");
+    let mine = alice.ok(Method::GET, &room_reports, None).await;
+    assert_eq!(mine["total"], 2, "the event's and the room's: {mine}");
+    assert_error(&bob.get(&room_reports).await, 403, "M_FORBIDDEN");
+    let (status, v) = alice.get(&format!("/_diplomatie/admin/v1/reports/{id}")).await;
+    assert_eq!(status, 200, "a moderator reads a report about her room: {v}");
+    assert_error(&bob.get(&format!("/_diplomatie/admin/v1/reports/{id}")).await, 403, "M_FORBIDDEN");
+    // A report dealt with is removed.
+    alice.ok(Method::DELETE, &format!("/_diplomatie/admin/v1/reports/{id}"), None).await;
+    assert_error(&root.get(&format!("/_diplomatie/admin/v1/reports/{id}")).await, 404, "M_NOT_FOUND");
+    assert_eq!(root.ok(Method::GET, "/_diplomatie/admin/v1/reports", None).await["total"], 2);
 }

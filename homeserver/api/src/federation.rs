@@ -15,7 +15,7 @@ use ruma::{
         device::get_devices,
         directory::{get_public_rooms, get_public_rooms_filtered},
         discovery::{get_remote_server_keys, get_remote_server_keys_batch, get_server_keys, get_server_version},
-        event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
+        event::{get_event, get_event_by_timestamp, get_missing_events, get_room_state, get_room_state_ids},
         keys::{claim_keys, get_keys},
         membership::{
             create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event,
@@ -53,6 +53,7 @@ pub fn routes(r: axum::Router<Arc<Services>>) -> axum::Router<Arc<Services>> {
     let r = route::<prepare_knock_event::v1::Request, _, _>(r, make_knock);
     let r = route::<create_knock_event::v1::Request, _, _>(r, send_knock);
     let r = route::<get_event::v1::Request, _, _>(r, event);
+    let r = route::<get_event_by_timestamp::v1::Request, _, _>(r, timestamp_to_event);
     let r = route::<get_room_state_ids::v1::Request, _, _>(r, state_ids);
     let r = route::<get_room_state::v1::Request, _, _>(r, state);
     let r = route::<get_event_authorization::v1::Request, _, _>(r, event_auth);
@@ -284,6 +285,19 @@ async fn event(State(s): S, req: Ruma<get_event::v1::Request>) -> ApiResult<get_
         federation_json(&pdu)?,
     );
     Ok(response.into())
+}
+
+async fn timestamp_to_event(
+    State(s): S,
+    req: Ruma<get_event_by_timestamp::v1::Request>,
+) -> ApiResult<get_event_by_timestamp::v1::Response> {
+    let b = &req.body;
+    s.federation.check_origin_may_read(&b.room_id, req.origin()).await?;
+    let forward = b.dir == ruma::api::Direction::Forward;
+    let found = s.federation.event_at_timestamp(&b.room_id, i64::from(b.ts.get()), forward, i64::MAX).await?;
+    let (event_id, ts) = found.ok_or_else(|| Error::not_found("No event found at that time"))?;
+    let ts = MilliSecondsSinceUnixEpoch(ruma::UInt::try_from(ts).unwrap_or_default());
+    Ok(get_event_by_timestamp::v1::Response::new(event_id, ts).into())
 }
 
 async fn state_ids(

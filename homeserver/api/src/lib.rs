@@ -46,10 +46,12 @@ pub fn router(services: Arc<Services>) -> Router {
     );
     let r = route::<c::session::get_login_types::v3::Request, _, _>(r, account::login_types);
     let r = route::<c::session::login::v3::Request, _, _>(r, account::login);
+    let r = route::<c::session::get_login_token::v1::Request, _, _>(r, account::get_login_token);
     let r = route::<c::session::refresh_token::v3::Request, _, _>(r, account::refresh);
     let r = route::<c::session::logout::v3::Request, _, _>(r, account::logout);
     let r = route::<c::session::logout_all::v3::Request, _, _>(r, account::logout_all);
     let r = route::<c::account::whoami::v3::Request, _, _>(r, account::whoami);
+    let r = route::<c::admin::get_user_info::v3::Request, _, _>(r, account::whois);
     let r = route::<c::account::request_openid_token::v3::Request, _, _>(r, account::request_openid_token);
     let r = route::<c::account::change_password::v3::Request, _, _>(r, account::change_password);
     let r = route::<c::account::deactivate::v3::Request, _, _>(r, account::deactivate);
@@ -80,6 +82,8 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = route::<c::membership::ban_user::v3::Request, _, _>(r, rooms::ban);
     let r = route::<c::membership::unban_user::v3::Request, _, _>(r, rooms::unban);
     let r = route::<c::membership::joined_rooms::v3::Request, _, _>(r, rooms::joined_rooms);
+    let r = route::<c::membership::get_mutual_rooms::v1::Request, _, _>(r, rooms::mutual_rooms);
+    let r = route::<c::membership::get_mutual_rooms::unstable::Request, _, _>(r, rooms::mutual_rooms_unstable);
     let r = route::<c::membership::get_member_events::v3::Request, _, _>(r, rooms::members);
     let r = route::<c::membership::joined_members::v3::Request, _, _>(r, rooms::joined_members);
     let r = route::<c::state::get_state_events::v3::Request, _, _>(r, rooms::state);
@@ -95,6 +99,9 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = route::<c::directory::get_public_rooms_filtered::v3::Request, _, _>(r, rooms::public_rooms_filtered);
     let r = route::<c::user_directory::search_users::v3::Request, _, _>(r, rooms::search_users);
     let r = route::<c::space::get_hierarchy::v1::Request, _, _>(r, rooms::hierarchy);
+    // Reporting content
+    let r = route::<c::room::report_room::v3::Request, _, _>(r, reports::report_room);
+    let r = route::<c::reporting::report_user::v3::Request, _, _>(r, reports::report_user);
     // Events
     let r = route::<c::message::send_message_event::v3::Request, _, _>(r, events::send_message);
     let r = route::<c::redact::redact_event::v3::Request, _, _>(r, events::redact);
@@ -106,6 +113,7 @@ pub fn router(services: Arc<Services>) -> Router {
                 axum::routing::put(sync::typing),
             )
             .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/upgrade"), post(rooms::upgrade))
+            .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/report/{{event_id}}"), post(reports::report_event))
             .route(&format!("/_matrix/client/{v}/pushrules/global/{{kind}}/"), get(push::of_kind))
             .route(&format!("/_matrix/client/{v}/events"), get(legacy::events))
             .route(&format!("/_matrix/client/{v}/initialSync"), get(legacy::initial_sync))
@@ -123,6 +131,7 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = route::<c::room::get_room_event::v3::Request, _, _>(r, events::get_event);
     let r = route::<c::message::get_message_events::v3::Request, _, _>(r, events::messages);
     let r = route::<c::context::get_context::v3::Request, _, _>(r, events::context);
+    let r = route::<c::room::get_event_by_timestamp::v1::Request, _, _>(r, events::timestamp_to_event);
     let r = route::<c::relations::get_relating_events::v1::Request, _, _>(r, events::relations);
     let r = route::<c::relations::get_relating_events_with_rel_type::v1::Request, _, _>(r, events::relations_with_type);
     let r = route::<c::relations::get_relating_events_with_rel_type_and_event_type::v1::Request, _, _>(
@@ -203,7 +212,10 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = route::<c::media::create_content_async::v3::Request, _, _>(r, media::upload_to);
     let r = legacy_media_routes(r);
     // Synapse-compatible administration
-    let r = r.route("/_synapse/admin/v1/register", get(admin::register_nonce).post(admin::register));
+    let r = r
+        .route("/_synapse/admin/v1/register", get(admin::register_nonce).post(admin::register))
+        .route("/_synapse/admin/v1/event_reports", get(reports::synapse_list))
+        .route("/_synapse/admin/v1/event_reports/{id}", get(reports::synapse_get).delete(reports::delete));
     // The portal's administration
     let r = r
         .route("/_diplomatie/admin/v1/users/{user_id}/clearance", get(admin::get_clearance).put(admin::set_clearance))
@@ -215,6 +227,9 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/_diplomatie/admin/v1/users/{user_id}/primary_group", axum::routing::put(admin::set_primary_group))
         .route("/_diplomatie/admin/v1/groups", axum::routing::post(admin::create_group))
         .route("/_diplomatie/admin/v1/import", axum::routing::post(admin::import))
+        .route("/_diplomatie/admin/v1/reports", get(reports::list))
+        .route("/_diplomatie/admin/v1/reports/{id}", get(reports::get).delete(reports::delete))
+        .route("/_diplomatie/client/v1/rooms/{room_id}/reports", get(reports::room_list))
         .route("/_diplomatie/admin/v1/groups/{slug}/managers", axum::routing::put(admin::set_group_managers))
         .route("/_diplomatie/admin/v1/communities/{slug}/managers", axum::routing::put(admin::set_community_managers))
         .route("/_diplomatie/client/v1/communities", axum::routing::post(admin::create_community));

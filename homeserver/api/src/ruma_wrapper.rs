@@ -68,6 +68,11 @@ pub fn admit(
     if caller.is_some_and(|c| c.is_guest) && !guest_may(parts) {
         return Err(ApiError(Error::new(ErrorKind::GuestAccessForbidden, "Guests may not use this endpoint")));
     }
+    if let Some(caller) = caller {
+        let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+        let agent = parts.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok());
+        services.accounts.note_seen(caller, ip, agent);
+    }
     let mutates = matches!(parts.method, http::Method::POST | http::Method::PUT | http::Method::DELETE);
     if rate_limited || (caller.is_some() && mutates) {
         let ip = || parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());

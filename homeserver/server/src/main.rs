@@ -423,6 +423,9 @@ async fn serve(services: std::sync::Arc<Services>) -> anyhow::Result<()> {
     if let Some(tls) = tls {
         let _ = tls.await;
     }
+    if let Err(e) = services.accounts.flush_last_seen().await {
+        tracing::warn!(error = %e, "could not record when devices were last seen");
+    }
     services.db.close().await;
     tracing::info!("stopped");
     Ok(())

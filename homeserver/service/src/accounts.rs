@@ -106,13 +106,39 @@ pub struct Accounts {
     core: Arc<Core>,
     rooms: Arc<Rooms>,
     pub tokens: TokenCache,
+    /// Login tokens given out and not used yet: token → (user, when it expires). In memory
+    /// only: they live two minutes, and a restart merely ends those in flight.
+    login_tokens: std::sync::Mutex<std::collections::HashMap<String, (OwnedUserId, std::time::Instant)>>,
+    /// Where and when devices were last seen since the last write ([`Accounts::flush_last_seen`]):
+    /// every authenticated request notes it here, and it reaches the database in batches.
+    last_seen: std::sync::Mutex<std::collections::HashMap<(OwnedUserId, OwnedDeviceId), Seen>>,
 }
+
+/// Where, when and with what client a device was seen.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub ts: i64,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// How long a login token (`POST /login/get_token`) may be used.
+pub const LOGIN_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The most login tokens outstanding at once (each was asked for with a password).
+const MAX_LOGIN_TOKENS: usize = 10_000;
 
 crate::core::over_core!(Accounts);
 
 impl Accounts {
     pub(crate) fn new(core: Arc<Core>, rooms: Arc<Rooms>) -> Accounts {
-        Accounts { core, rooms, tokens: TokenCache::default() }
+        Accounts {
+            core,
+            rooms,
+            tokens: TokenCache::default(),
+            login_tokens: Default::default(),
+            last_seen: Default::default(),
+        }
     }
 
     /// Parses a user id or a bare localpart into a user of this server.
@@ -307,6 +333,37 @@ impl Accounts {
     }
 
     /// Checks a user's password (`M_FORBIDDEN` on any mismatch, without saying which part).
+    /// A single-use token with which another device of `user` logs in (`m.login.token`),
+    /// valid [`LOGIN_TOKEN_LIFETIME`].
+    pub fn issue_login_token(&self, user: &UserId) -> Result<String> {
+        let now = std::time::Instant::now();
+        let mut tokens = self.login_tokens.lock().unwrap();
+        tokens.retain(|_, (_, expiry)| *expiry > now);
+        if tokens.len() >= MAX_LOGIN_TOKENS {
+            let mut data = ruma::api::error::LimitExceededErrorData::new();
+            data.retry_after = Some(ruma::api::error::RetryAfter::Delay(LOGIN_TOKEN_LIFETIME));
+            return Err(Error::new(ErrorKind::LimitExceeded(data), "Too many login tokens outstanding"));
+        }
+        let token = random_string(32);
+        tokens.insert(token.clone(), (user.to_owned(), now + LOGIN_TOKEN_LIFETIME));
+        Ok(token)
+    }
+
+    /// The user a login token was given to; the token is used up. An unknown, used or expired
+    /// token, or a deactivated account, is refused (`M_FORBIDDEN`, as the spec says).
+    pub async fn take_login_token(&self, token: &str) -> Result<OwnedUserId> {
+        let taken = self.login_tokens.lock().unwrap().remove(token);
+        let user = match taken {
+            Some((user, expiry)) if expiry > std::time::Instant::now() => user,
+            _ => return Err(Error::forbidden("Invalid or expired login token")),
+        };
+        let account = store::get_user(self.db.pool(), user.as_str()).await?;
+        if account.is_none_or(|a| a.deactivated) {
+            return Err(Error::forbidden("Invalid or expired login token"));
+        }
+        Ok(user)
+    }
+
     pub async fn verify_password(&self, user_id: &UserId, password: &str) -> Result<()> {
         let denied = || Error::forbidden("Invalid username or password");
         let user = store::get_user(self.db.pool(), user_id.as_str()).await?.ok_or_else(denied)?;
@@ -398,13 +455,92 @@ impl Accounts {
     }
 
     pub async fn devices(&self, user: &UserId) -> Result<Vec<store::Device>> {
-        Ok(store::get_devices(self.db.pool(), user.as_str()).await?)
+        let mut devices = store::get_devices(self.db.pool(), user.as_str()).await?;
+        for d in &mut devices {
+            self.with_pending_seen(user, d);
+        }
+        Ok(devices)
     }
 
     pub async fn device(&self, user: &UserId, device_id: &str) -> Result<store::Device> {
-        store::get_device(self.db.pool(), user.as_str(), device_id)
+        let mut device = store::get_device(self.db.pool(), user.as_str(), device_id)
             .await?
-            .ok_or_else(|| Error::not_found("Unknown device"))
+            .ok_or_else(|| Error::not_found("Unknown device"))?;
+        self.with_pending_seen(user, &mut device);
+        Ok(device)
+    }
+
+    /// A device as last seen, counting what is not written yet.
+    fn with_pending_seen(&self, user: &UserId, device: &mut store::Device) {
+        let key = (user.to_owned(), OwnedDeviceId::from(device.device_id.as_str()));
+        if let Some(seen) = self.last_seen.lock().unwrap().get(&key) {
+            device.last_seen_ts = Some(seen.ts);
+            if seen.ip.is_some() {
+                device.last_seen_ip.clone_from(&seen.ip);
+            }
+            if seen.user_agent.is_some() {
+                device.last_seen_user_agent.clone_from(&seen.user_agent);
+            }
+        }
+    }
+
+    /// Notes that `caller`'s device made a request now, from `ip` with `user_agent`.
+    pub fn note_seen(&self, caller: &Caller, ip: Option<String>, user_agent: Option<&str>) {
+        let ts = now_ms();
+        // A header may be long: the first 512 bytes name the client well enough.
+        let user_agent = user_agent.map(|a| &a[..a.floor_char_boundary(512)]);
+        let mut seen = self.last_seen.lock().unwrap();
+        match seen.get_mut(&(caller.user_id.clone(), caller.device_id.clone())) {
+            Some(s) => {
+                s.ts = ts;
+                if ip.is_some() && s.ip != ip {
+                    s.ip = ip;
+                }
+                if user_agent.is_some() && s.user_agent.as_deref() != user_agent {
+                    s.user_agent = user_agent.map(str::to_owned);
+                }
+            }
+            None => {
+                let entry = Seen { ts, ip, user_agent: user_agent.map(str::to_owned) };
+                seen.insert((caller.user_id.clone(), caller.device_id.clone()), entry);
+            }
+        }
+    }
+
+    /// Writes where and when devices were last seen since the last call, in one transaction.
+    pub async fn flush_last_seen(&self) -> Result<()> {
+        let pending = std::mem::take(&mut *self.last_seen.lock().unwrap());
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<store::LastSeen<'_>> = pending
+            .iter()
+            .map(|((user, device), s)| store::LastSeen {
+                user_id: user.as_str(),
+                device_id: device.as_str(),
+                ts: s.ts,
+                ip: s.ip.as_deref(),
+                user_agent: s.user_agent.as_deref(),
+            })
+            .collect();
+        let mut tx = self.db.begin().await?;
+        store::record_last_seen(&mut tx, &rows).await?;
+        diplomatie_storage::commit(tx).await?;
+        Ok(())
+    }
+
+    /// Writes [`Accounts::flush_last_seen`] every few seconds, as long as the accounts live.
+    pub fn spawn_last_seen_writer(accounts: std::sync::Weak<Accounts>) {
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                let Some(accounts) = accounts.upgrade() else { return };
+                if let Err(e) = accounts.flush_last_seen().await {
+                    tracing::warn!(error = %e, "could not record when devices were last seen");
+                }
+            }
+        });
     }
 
     pub async fn rename_device(&self, user: &UserId, device_id: &str, name: Option<&str>) -> Result<()> {

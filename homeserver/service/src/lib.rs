@@ -32,6 +32,7 @@ pub mod pdu;
 pub mod portal;
 pub mod push;
 pub mod ratelimit;
+pub mod reports;
 pub mod rooms;
 pub mod search;
 pub mod sessions;
@@ -66,6 +67,8 @@ pub struct Services {
     pub rooms: Arc<rooms::Rooms>,
     pub accounts: Arc<accounts::Accounts>,
     pub uia: Arc<uia::Uia>,
+    /// Reports of events, rooms and users, for administrators and moderators.
+    pub reports: Arc<reports::Reports>,
     /// Account data and stored filters.
     pub account_data: Arc<account_data::AccountData>,
     pub portal: Arc<portal::Portal>,
@@ -130,6 +133,7 @@ impl Services {
         let rooms = rooms::Rooms::new(c(), clearances.clone());
         let accounts = Arc::new(accounts::Accounts::new(c(), rooms.clone()));
         let uia = Arc::new(uia::Uia::new(c(), accounts.clone()));
+        let reports = Arc::new(reports::Reports::new(c(), rooms.clone(), accounts.clone()));
         let account_data = Arc::new(account_data::AccountData::new(c(), rooms.clone()));
         let portal = Arc::new(portal::Portal::new(rooms.clone(), clearances));
         let outbox = federation::sender::Outbox::new(c(), rooms.clone(), transport.clone());
@@ -241,6 +245,7 @@ impl Services {
             rooms,
             accounts,
             uia,
+            reports,
             account_data,
             portal,
             outbox,
@@ -281,6 +286,7 @@ impl Services {
             .await
             .map_err(|e| anyhow_like::msg(format!("cannot open the search index: {e}")))?;
         push::spawn_pusher_worker(Arc::downgrade(&services.push));
+        accounts::Accounts::spawn_last_seen_writer(Arc::downgrade(&services.accounts));
         search::spawn_indexer(&services.search);
         correspondence::worker::spawn_worker(&services.correspondence);
         federation::sender::spawn_senders(&services.outbox);

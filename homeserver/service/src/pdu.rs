@@ -191,6 +191,7 @@ impl Pdu {
                 membership: None,
                 redacted_because: None,
                 redacted_by: None,
+                relations: None,
             },
         }
     }
@@ -264,6 +265,9 @@ struct ClientUnsigned<'a> {
     /// The id of that redaction, as Synapse also gives it (older clients and Sytest read it).
     #[serde(skip_serializing_if = "Option::is_none")]
     redacted_by: Option<&'a str>,
+    /// The bundled aggregations (`m.thread` for a thread root).
+    #[serde(rename = "m.relations", skip_serializing_if = "Option::is_none")]
+    relations: Option<&'a Value>,
 }
 
 impl<'a> ClientEvent<'a> {
@@ -278,6 +282,12 @@ impl<'a> ClientEvent<'a> {
     pub fn with_redaction(mut self, redaction: Option<(&'a str, &'a RawValue)>) -> Self {
         self.unsigned.redacted_by = redaction.map(|r| r.0);
         self.unsigned.redacted_because = redaction.map(|r| r.1);
+        self
+    }
+
+    /// The event with its bundled aggregations in `unsigned` (`m.relations`).
+    pub fn with_relations(mut self, relations: Option<&'a Value>) -> Self {
+        self.unsigned.relations = relations;
         self
     }
 

@@ -141,6 +141,7 @@ pub struct Device {
     pub display_name: Option<String>,
     pub last_seen_ts: Option<i64>,
     pub last_seen_ip: Option<String>,
+    pub last_seen_user_agent: Option<String>,
 }
 
 /// Creates the device, or keeps the existing one (a login may re-use a device id).
@@ -168,32 +169,60 @@ pub async fn upsert_device<'e>(
     Ok(())
 }
 
-type DeviceRow = (String, Option<String>, Option<i64>, Option<String>);
+type DeviceRow = (String, Option<String>, Option<i64>, Option<String>, Option<String>);
+
+fn device_from_row(r: DeviceRow) -> Device {
+    Device { device_id: r.0, display_name: r.1, last_seen_ts: r.2, last_seen_ip: r.3, last_seen_user_agent: r.4 }
+}
+
+/// Where, when and with what client a device was last seen.
+pub struct LastSeen<'a> {
+    pub user_id: &'a str,
+    pub device_id: &'a str,
+    pub ts: i64,
+    pub ip: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+}
+
+/// Records when devices were last seen (in the caller's transaction).
+pub async fn record_last_seen(conn: &mut crate::Connection, seen: &[LastSeen<'_>]) -> Result<()> {
+    for s in seen {
+        sqlx::query(
+            "UPDATE devices SET last_seen_ts = $1, last_seen_ip = COALESCE($2, last_seen_ip), \
+             last_seen_user_agent = COALESCE($3, last_seen_user_agent) WHERE user_id = $4 AND device_id = $5",
+        )
+        .bind(s.ts)
+        .bind(s.ip)
+        .bind(s.user_agent)
+        .bind(s.user_id)
+        .bind(s.device_id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
 
 pub async fn get_devices<'e>(e: impl Exec<'e>, user_id: &str) -> Result<Vec<Device>> {
     let rows: Vec<DeviceRow> = sqlx::query_as(
-        "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices \
+        "SELECT device_id, display_name, last_seen_ts, last_seen_ip, last_seen_user_agent FROM devices \
          WHERE user_id = $1 ORDER BY device_id",
     )
     .bind(user_id)
     .fetch_all(e)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Device { device_id: r.0, display_name: r.1, last_seen_ts: r.2, last_seen_ip: r.3 })
-        .collect())
+    Ok(rows.into_iter().map(device_from_row).collect())
 }
 
 pub async fn get_device<'e>(e: impl Exec<'e>, user_id: &str, device_id: &str) -> Result<Option<Device>> {
     let row: Option<DeviceRow> = sqlx::query_as(
-        "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices \
+        "SELECT device_id, display_name, last_seen_ts, last_seen_ip, last_seen_user_agent FROM devices \
          WHERE user_id = $1 AND device_id = $2",
     )
     .bind(user_id)
     .bind(device_id)
     .fetch_optional(e)
     .await?;
-    Ok(row.map(|r| Device { device_id: r.0, display_name: r.1, last_seen_ts: r.2, last_seen_ip: r.3 }))
+    Ok(row.map(device_from_row))
 }
 
 pub async fn rename_device<'e>(e: impl Exec<'e>, user_id: &str, device_id: &str, name: Option<&str>) -> Result<bool> {

@@ -265,16 +265,61 @@ pub async fn threads<'e>(e: impl Exec<'e>, room_id: &str, before: i64, limit: i6
     Ok(rows)
 }
 
-/// Summary of a thread: (number of replies, latest reply).
-pub async fn thread_summary<'e>(e: impl Exec<'e>, root: &str) -> Result<(i64, Option<String>)> {
-    let row: (i64, Option<i64>) = sqlx::query_as(
-        "SELECT COUNT(*), MAX(stream_ordering) FROM events WHERE relates_to = $1 \
-         AND rel_type = 'm.thread' AND redacted_by IS NULL",
-    )
-    .bind(root)
-    .fetch_one(e)
-    .await?;
-    Ok((row.0, row.1.map(|v| v.to_string())))
+/// The room's event closest to `ts` (the last at or before it, or with `forward` the first at
+/// or after it) among those at stream positions up to `until`: (event id, origin_server_ts).
+/// No index serves it (one on every event would slow every write for a rare request): it reads
+/// the room's events.
+pub async fn event_at_timestamp<'e>(
+    e: impl Exec<'e>,
+    room_id: &str,
+    ts: i64,
+    forward: bool,
+    until: i64,
+) -> Result<Option<(String, i64)>> {
+    let (cmp, order) = if forward { (">=", "ASC") } else { ("<=", "DESC") };
+    Ok(sqlx::query_as(&format!(
+        "SELECT event_id, origin_server_ts FROM events WHERE room_id = $1 AND origin_server_ts {cmp} $2 \
+         AND stream_ordering <= $3 ORDER BY origin_server_ts {order}, stream_ordering {order} LIMIT 1"
+    ))
+    .bind(room_id)
+    .bind(ts)
+    .bind(until)
+    .fetch_optional(e)
+    .await?)
+}
+
+/// What a thread root's clients are shown of its thread, one row per root of `roots` that has
+/// replies: (root, number of replies, latest reply's stream position, whether `user` sent one).
+pub async fn thread_summaries<'e>(
+    e: impl Exec<'e>,
+    roots: &[&str],
+    user: &str,
+) -> Result<Vec<(String, i64, i64, i64)>> {
+    if roots.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks: Vec<String> = (0..roots.len()).map(|i| format!("${}", i + 2)).collect();
+    let sql = format!(
+        "SELECT relates_to, COUNT(*), MAX(stream_ordering), MAX(CASE WHEN sender = $1 THEN 1 ELSE 0 END) \
+         FROM events WHERE relates_to IN ({}) AND rel_type = 'm.thread' AND redacted_by IS NULL \
+         GROUP BY relates_to",
+        marks.join(", ")
+    );
+    let mut query = sqlx::query_as::<_, (String, i64, i64, i64)>(&sql).persistent(false).bind(user);
+    for root in roots {
+        query = query.bind(*root);
+    }
+    Ok(query.fetch_all(e).await?)
+}
+
+/// Whether a room holds any thread reply (redacted or not).
+pub async fn room_has_threads<'e>(e: impl Exec<'e>, room_id: &str) -> Result<bool> {
+    let row: Option<(i64,)> =
+        sqlx::query_as("SELECT 1 FROM events WHERE room_id = $1 AND rel_type = 'm.thread' LIMIT 1")
+            .bind(room_id)
+            .fetch_optional(e)
+            .await?;
+    Ok(row.is_some())
 }
 
 pub async fn event_by_stream<'e>(e: impl Exec<'e>, stream_ordering: i64) -> Result<Option<StoredEvent>> {

@@ -16,6 +16,7 @@ pub mod federation;
 pub mod media;
 pub mod org;
 pub mod push;
+pub mod reports;
 pub mod rooms;
 pub mod state;
 pub mod streams;
@@ -76,6 +77,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "correspondence", include_str!("../migrations/0009_correspondence.sql")),
     (10, "federation", include_str!("../migrations/0010_federation.sql")),
     (11, "signature_changes", include_str!("../migrations/0011_signature_changes.sql")),
+    (12, "conformance", include_str!("../migrations/0012_conformance.sql")),
 ];
 
 #[derive(Debug)]

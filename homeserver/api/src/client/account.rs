@@ -7,12 +7,13 @@ use axum::extract::State;
 use diplomatie_service::{Error, Services};
 use ruma::api::{
     client::{
+        admin::get_user_info,
         account::{
             change_password, check_registration_token_validity, deactivate, get_username_availability, register, whoami,
         },
         device::{self, delete_device, delete_devices, get_device, get_devices, update_device},
         profile::{get_profile, set_profile_field},
-        session::{get_login_types, login, logout, logout_all, refresh_token},
+        session::{get_login_token, get_login_types, login, logout, logout_all, refresh_token},
         uiaa::{AuthData, AuthType, UserIdentifier},
     },
     error::ErrorKind,
@@ -126,25 +127,47 @@ async fn open_registered_session(
 
 /// `GET /login`
 pub async fn login_types(_: S, _req: Ruma<get_login_types::v3::Request>) -> ApiResult<get_login_types::v3::Response> {
-    let password = get_login_types::v3::LoginType::Password(Default::default());
-    Ok(get_login_types::v3::Response::new(vec![password]).into())
+    use get_login_types::v3::{LoginType, TokenLoginType};
+    let password = LoginType::Password(Default::default());
+    let mut token = TokenLoginType::new();
+    token.get_login_token = true;
+    Ok(get_login_types::v3::Response::new(vec![password, LoginType::Token(token)]).into())
+}
+
+/// `POST /login/get_token` (user-interactive: the password again): a single-use token for
+/// another device to log in with (`m.login.token`), as "sign in with another device" does.
+pub async fn get_login_token(
+    State(s): S,
+    req: Ruma<get_login_token::v1::Request>,
+) -> ApiResult<get_login_token::v1::Response> {
+    let caller = req.caller();
+    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
+    let token = s.accounts.issue_login_token(&caller.user_id)?;
+    Ok(get_login_token::v1::Response::new(diplomatie_service::accounts::LOGIN_TOKEN_LIFETIME, token).into())
 }
 
 /// `POST /login` with `m.login.password`.
 pub async fn login(State(s): S, req: Ruma<login::v3::Request>) -> ApiResult<login::v3::Response> {
     let body = req.body;
-    let login::v3::LoginInfo::Password(info) = &body.login_info else {
-        return Err(Error::new(ErrorKind::Unknown, "Only m.login.password is supported").into());
+    let user_id = match &body.login_info {
+        login::v3::LoginInfo::Password(info) => {
+            #[allow(deprecated)]
+            let user = match (&info.identifier, &info.user) {
+                (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
+                (None, Some(user)) => user.clone(),
+                (Some(_), _) => {
+                    return Err(Error::new(ErrorKind::Unknown, "Only user identifiers are supported").into())
+                }
+                (None, None) => return Err(Error::missing_param("identifier is required").into()),
+            };
+            let user_id =
+                s.accounts.parse_local_user(&user).map_err(|_| Error::forbidden("Invalid username or password"))?;
+            s.accounts.verify_password(&user_id, &info.password).await?;
+            user_id
+        }
+        login::v3::LoginInfo::Token(info) => s.accounts.take_login_token(&info.token).await?,
+        _ => return Err(Error::new(ErrorKind::Unknown, "Only m.login.password and m.login.token are supported").into()),
     };
-    #[allow(deprecated)]
-    let user = match (&info.identifier, &info.user) {
-        (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
-        (None, Some(user)) => user.clone(),
-        (Some(_), _) => return Err(Error::new(ErrorKind::Unknown, "Only user identifiers are supported").into()),
-        (None, None) => return Err(Error::missing_param("identifier is required").into()),
-    };
-    let user_id = s.accounts.parse_local_user(&user).map_err(|_| Error::forbidden("Invalid username or password"))?;
-    s.accounts.verify_password(&user_id, &info.password).await?;
     let session = s
         .accounts
         .open_session(
@@ -158,6 +181,37 @@ pub async fn login(State(s): S, req: Ruma<login::v3::Request>) -> ApiResult<logi
     resp.refresh_token = session.refresh_token;
     resp.expires_in = session.expires_in_ms.map(Duration::from_millis);
     Ok(resp.into())
+}
+
+/// `GET /admin/whois/{userId}`: where and when each of a user's devices was last seen, for
+/// administrators and the user themself.
+pub async fn whois(State(s): S, req: Ruma<get_user_info::v3::Request>) -> ApiResult<get_user_info::v3::Response> {
+    use get_user_info::v3::{ConnectionInfo, DeviceInfo, SessionInfo};
+    let caller = req.caller();
+    let user = &req.body.user_id;
+    if &caller.user_id != user && !caller.is_admin {
+        return Err(Error::forbidden("You are not a server administrator").into());
+    }
+    if user.server_name() != s.server_name() {
+        return Err(Error::invalid_param("Not a user of this server").into());
+    }
+    let mut response = get_user_info::v3::Response::new();
+    response.user_id = Some(user.clone());
+    for device in s.accounts.devices(user).await? {
+        let mut connection = ConnectionInfo::new();
+        connection.ip = device.last_seen_ip;
+        connection.last_seen = device
+            .last_seen_ts
+            .and_then(|t| ruma::UInt::try_from(t.max(0) as u64).ok())
+            .map(ruma::MilliSecondsSinceUnixEpoch);
+        connection.user_agent = device.last_seen_user_agent;
+        let mut session = SessionInfo::new();
+        session.connections = vec![connection];
+        let mut info = DeviceInfo::new();
+        info.sessions = vec![session];
+        response.devices.insert(device.device_id, info);
+    }
+    Ok(response.into())
 }
 
 /// `POST /refresh`
@@ -267,7 +321,7 @@ pub async fn delete_devices(
 
 /// `GET /profile/{userId}`
 pub async fn profile(State(s): S, req: Ruma<get_profile::v3::Request>) -> ApiResult<get_profile::v3::Response> {
-    let (displayname, avatar) = s.accounts.profile(&req.body.user_id).await?;
+    let (displayname, avatar) = s.directory.profile(&req.body.user_id).await?;
     let mut body = get_profile::v3::Response::new();
     for (field, value) in [("displayname", displayname), ("avatar_url", avatar)] {
         if let Some(v) = value {
@@ -283,7 +337,7 @@ pub async fn profile_field_untyped(
     axum::extract::Path((user_id, field)): axum::extract::Path<(String, String)>,
 ) -> ApiResult<get_profile::v3::Response> {
     let user_id = ruma::OwnedUserId::try_from(user_id).map_err(|_| Error::invalid_param("Invalid user id"))?;
-    let (displayname, avatar) = s.accounts.profile(&user_id).await?;
+    let (displayname, avatar) = s.directory.profile(&user_id).await?;
     let value = match field.as_str() {
         "displayname" => displayname,
         "avatar_url" => avatar,

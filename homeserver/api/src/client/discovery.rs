@@ -37,7 +37,12 @@ pub const SPEC_VERSIONS: &[&str] = &[
 
 /// The unstable features this server serves: simplified sliding sync (MSC4186) and room
 /// summaries (MSC3266, its unstable name).
-pub const UNSTABLE_FEATURES: &[&str] = &["org.matrix.simplified_msc3575", "im.nheko.summary"];
+pub const UNSTABLE_FEATURES: &[&str] = &[
+    "org.matrix.simplified_msc3575",
+    "im.nheko.summary",
+    "uk.half-shot.msc2666.query_mutual_rooms",
+    "uk.half-shot.msc2666.query_mutual_rooms.stable",
+];
 
 pub async fn versions() -> RumaResponse<get_supported_versions::Response> {
     let mut answer = get_supported_versions::Response::new(SPEC_VERSIONS.iter().map(|v| v.to_string()).collect());
@@ -106,7 +111,7 @@ pub async fn capabilities(
             set_displayname: SetDisplayNameCapability::new(true),
             set_avatar_url: SetAvatarUrlCapability::new(true),
             thirdparty_id_changes: ThirdPartyIdChangesCapability::new(false),
-            get_login_token: GetLoginTokenCapability::new(false),
+            get_login_token: GetLoginTokenCapability::new(true),
         },
     }))
 }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use axum::{extract::State, Json};
 use diplomatie_service::{
-    pdu::raw,
     rooms::timeline::{EventFilter, Paging},
     Error, Services,
 };
@@ -18,7 +17,7 @@ use ruma::api::{
         relations::{
             get_relating_events, get_relating_events_with_rel_type, get_relating_events_with_rel_type_and_event_type,
         },
-        room::get_room_event,
+        room::{get_event_by_timestamp, get_room_event},
         search::search_events,
         threads::get_threads,
     },
@@ -133,6 +132,19 @@ pub async fn messages(
     response.chunk = s.rooms.client_raws(&page.events, &caller.user_id, caller.device_id.as_str(), true).await?;
     response.state = page.state.iter().map(|p| p.to_raw(true)).collect();
     Ok(response.into())
+}
+
+/// `GET /rooms/{roomId}/timestamp_to_event?ts=&dir=`
+pub async fn timestamp_to_event(
+    State(s): S,
+    req: Ruma<get_event_by_timestamp::v1::Request>,
+) -> ApiResult<get_event_by_timestamp::v1::Response> {
+    let b = &req.body;
+    let forward = b.dir == ruma::api::Direction::Forward;
+    let ts = i64::from(b.ts.get());
+    let (event_id, ts) = s.timeline.event_at_timestamp(&req.caller().user_id, &b.room_id, ts, forward).await?;
+    let ts = ruma::MilliSecondsSinceUnixEpoch(ruma::UInt::try_from(ts).unwrap_or_default());
+    Ok(get_event_by_timestamp::v1::Response::new(event_id, ts).into())
 }
 
 /// `GET /rooms/{roomId}/context/{eventId}`
@@ -261,9 +273,10 @@ pub async fn threads(State(s): S, req: Ruma<get_threads::v1::Request>) -> ApiRes
     let b = &req.body;
     let participated = b.include == get_threads::v1::IncludeThreads::Participated;
     let limit = b.limit.map_or(50, |l| u64::from(l) as usize);
-    let (chunk, next) =
-        s.timeline.threads(&req.caller().user_id, &b.room_id, participated, b.from.as_deref(), limit).await?;
-    let mut response = get_threads::v1::Response::new(chunk.iter().map(raw).collect());
+    let caller = req.caller();
+    let (user, device) = (&caller.user_id, caller.device_id.as_str());
+    let (roots, next) = s.timeline.threads(user, device, &b.room_id, participated, b.from.as_deref(), limit).await?;
+    let mut response = get_threads::v1::Response::new(s.rooms.client_raws(&roots, user, device, true).await?);
     response.next_batch = next;
     Ok(response.into())
 }

@@ -7,5 +7,6 @@ pub mod keys;
 pub mod legacy;
 pub mod media;
 pub mod push;
+pub mod reports;
 pub mod rooms;
 pub mod sync;

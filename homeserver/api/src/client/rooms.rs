@@ -10,7 +10,7 @@ use ruma::api::client::{
     directory::{get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility},
     knock::knock_room,
     membership::{
-        ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
+        ban_user, forget_room, get_member_events, get_mutual_rooms, invite_user, join_room_by_id, join_room_by_id_or_alias,
         joined_members, joined_rooms, kick_user, leave_room, unban_user,
     },
     room::{aliases, create_room, upgrade_room, Visibility},
@@ -171,6 +171,51 @@ pub async fn joined_rooms(State(s): S, req: Ruma<joined_rooms::v3::Request>) -> 
     Ok(joined_rooms::v3::Response::new(rooms).into())
 }
 
+/// How many shared rooms a page of `/mutual_rooms` gives.
+const MUTUAL_ROOMS_PAGE: usize = 100;
+
+/// A page of the rooms the caller shares with a user, from `from` (an offset in the sorted list).
+async fn mutual_rooms_page(
+    s: &Services,
+    caller: &ruma::UserId,
+    other: &ruma::UserId,
+    from: Option<&str>,
+) -> Result<(usize, Vec<ruma::OwnedRoomId>, Option<String>), Error> {
+    let shared = s.rooms.mutual_rooms(caller, other).await?;
+    let start = match from {
+        Some(f) => f.parse::<usize>().map_err(|_| Error::invalid_param("Invalid from token"))?,
+        None => 0,
+    };
+    let end = (start + MUTUAL_ROOMS_PAGE).min(shared.len());
+    let next = (end < shared.len()).then(|| end.to_string());
+    let page = shared.get(start..end).map(<[_]>::to_vec).unwrap_or_default();
+    Ok((shared.len(), page, next))
+}
+
+/// `GET /v1/mutual_rooms?user_id=` (spec 1.19, MSC2666).
+pub async fn mutual_rooms(
+    State(s): S,
+    req: Ruma<get_mutual_rooms::v1::Request>,
+) -> ApiResult<get_mutual_rooms::v1::Response> {
+    let (count, joined, next) =
+        mutual_rooms_page(&s, &req.caller().user_id, &req.body.user_id, req.body.from.as_deref()).await?;
+    let mut response = get_mutual_rooms::v1::Response::new(ruma::UInt::try_from(count).unwrap_or_default(), joined);
+    response.next_batch = next;
+    Ok(response.into())
+}
+
+/// MSC2666's unstable endpoint, which clients still use.
+pub async fn mutual_rooms_unstable(
+    State(s): S,
+    req: Ruma<get_mutual_rooms::unstable::Request>,
+) -> ApiResult<get_mutual_rooms::unstable::Response> {
+    let (_, joined, next) =
+        mutual_rooms_page(&s, &req.caller().user_id, &req.body.user_id, req.body.from.as_deref()).await?;
+    let mut response = get_mutual_rooms::unstable::Response::new(joined);
+    response.next_batch = next;
+    Ok(response.into())
+}
+
 /// `GET /rooms/{roomId}/members`: member events, as far as the caller reads the room, filtered.
 pub async fn members(
     State(s): S,
@@ -246,8 +291,8 @@ pub async fn room_aliases(State(s): S, req: Ruma<aliases::v3::Request>) -> ApiRe
 }
 
 pub async fn get_alias(State(s): S, req: Ruma<get_alias::v3::Request>) -> ApiResult<get_alias::v3::Response> {
-    let room_id = s.directory.resolve_alias(&req.body.room_alias).await?;
-    Ok(get_alias::v3::Response::new(room_id, vec![s.server_name().to_owned()]).into())
+    let (room_id, servers) = s.directory.lookup_alias(&req.body.room_alias).await?;
+    Ok(get_alias::v3::Response::new(room_id, servers).into())
 }
 
 pub async fn create_alias(State(s): S, req: Ruma<create_alias::v3::Request>) -> ApiResult<create_alias::v3::Response> {

@@ -344,6 +344,21 @@ impl Transport {
         }
     }
 
+    /// The room another server's alias names, and servers in it (`/query/directory`).
+    pub async fn query_alias(&self, alias: &ruma::RoomAliasId) -> Result<(ruma::OwnedRoomId, Vec<OwnedServerName>)> {
+        let request = ruma::api::federation::query::get_room_information::v1::Request::new(alias.to_owned());
+        let answer = self.federation_request(alias.server_name(), request).await?;
+        Ok((answer.room_id, answer.servers))
+    }
+
+    /// Another server's user's display name and avatar (`/query/profile`).
+    pub async fn query_profile(&self, user: &ruma::UserId) -> Result<(Option<String>, Option<String>)> {
+        let request = ruma::api::federation::query::get_profile_information::v1::Request::new(user.to_owned());
+        let answer = self.federation_request(user.server_name(), request).await?;
+        let text = |field: &str| answer.get(field).and_then(serde_json::Value::as_str).map(str::to_owned);
+        Ok((text("displayname"), text("avatar_url")))
+    }
+
     /// Sends a typed request to another server, signed with `X-Matrix` when the endpoint
     /// requires it, and parses its answer. A Matrix error of the other server is passed on.
     pub async fn federation_request<T>(&self, server: &ServerName, request: T) -> Result<T::IncomingResponse>

@@ -15,6 +15,48 @@ use super::Federation;
 use crate::{Error, Pdu, Result};
 
 impl Federation {
+    /// The room's event closest to `ts` this server holds (`timestamp_to_event`): the last at or
+    /// before it, or with `forward` the first at or after it, among stream positions up to
+    /// `until`.
+    pub async fn event_at_timestamp(
+        &self,
+        room_id: &RoomId,
+        ts: i64,
+        forward: bool,
+        until: i64,
+    ) -> Result<Option<(OwnedEventId, i64)>> {
+        let found =
+            diplomatie_storage::events::event_at_timestamp(self.db.pool(), room_id.as_str(), ts, forward, until).await?;
+        Ok(found.and_then(|(id, ts)| OwnedEventId::try_from(id).ok().map(|id| (id, ts))))
+    }
+
+    /// [`Self::event_at_timestamp`] asked of the other servers in the room, in turn, when this
+    /// one holds none (its history may start later than theirs).
+    pub async fn remote_event_at_timestamp(
+        &self,
+        room_id: &RoomId,
+        ts: i64,
+        forward: bool,
+    ) -> Result<Option<(OwnedEventId, i64)>> {
+        use ruma::api::{federation::event::get_event_by_timestamp, Direction};
+        if !self.transport.federation_enabled() {
+            return Ok(None);
+        }
+        let dir = if forward { Direction::Forward } else { Direction::Backward };
+        let at = ruma::MilliSecondsSinceUnixEpoch(ruma::UInt::try_from(ts.max(0)).unwrap_or_default());
+        for server in self.rooms.servers_in_room(room_id).await? {
+            if server == self.server_name() {
+                continue;
+            }
+            let request = get_event_by_timestamp::v1::Request::new(room_id.to_owned(), at, dir);
+            match self.transport.federation_request(&server, request).await {
+                Ok(answer) => return Ok(Some((answer.event_id, i64::from(answer.origin_server_ts.get())))),
+                Err(e) => tracing::debug!(%server, error = %e, "no event at that time there"),
+            }
+        }
+        Ok(None)
+    }
+
     /// Refuses `origin` unless one of its users is (or was) a member of the room, or the room
     /// is world-readable; and if the room's server ACL denies it.
     pub async fn check_origin_may_read(&self, room_id: &RoomId, origin: &ServerName) -> Result<()> {

@@ -659,6 +659,28 @@ impl Organisation {
             valid_slug(&c.slug)?;
             level(c.classification.as_deref())?;
         }
+        // Every account the file names is in it or exists already: a refused file changes nothing.
+        let mut in_file = std::collections::HashSet::new();
+        for u in &org.users {
+            in_file.insert(self.accounts.parse_local_user(&u.localpart)?);
+        }
+        let mut named: Vec<&str> = Vec::new();
+        for g in &org.groups {
+            named.extend(g.managers.iter().map(String::as_str));
+        }
+        for c in &org.communities {
+            named.push(&c.manager);
+            named.extend(c.members.iter().map(String::as_str));
+        }
+        for name in named {
+            let user = self.accounts.parse_local_user(name)?;
+            if !in_file.contains(&user) && !diplomatie_storage::accounts::user_exists(self.db.pool(), user.as_str()).await? {
+                return Err(Error::not_found(format!("Unknown user {user}")));
+            }
+        }
+        if org.communities.iter().any(|c| c.project.trim().is_empty()) {
+            return Err(Error::invalid_param("A community is backed by a named project"));
+        }
         for u in &org.users {
             let Some(slug) = &u.group else { continue };
             let in_file = org.groups.iter().any(|g| &g.slug == slug);

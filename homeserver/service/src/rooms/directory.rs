@@ -7,7 +7,7 @@ use ruma::{
     directory::PublicRoomsChunk,
     events::{room::join_rules::RoomJoinRulesEventContent, StateEventType},
     room::{JoinRuleSummary, RoomSummary, RoomType},
-    OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UInt, UserId,
+    OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomAliasId, RoomId, UInt, UserId,
 };
 use serde_json::Value;
 
@@ -135,6 +135,23 @@ impl Directory {
             self.timeline.send_state(user, room_id, "m.room.canonical_alias", "", content).await?;
         }
         Ok(())
+    }
+
+    /// The room an alias names and servers that are in it: this server's aliases from the
+    /// database, another server's asked of it (`GET /directory/room/{alias}`).
+    pub async fn lookup_alias(&self, alias: &RoomAliasId) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
+        if alias.server_name() != self.server_name() && self.transport.federation_enabled() {
+            return self.transport.query_alias(alias).await;
+        }
+        Ok((self.resolve_alias(alias).await?, vec![self.server_name().to_owned()]))
+    }
+
+    /// A user's display name and avatar: another server's user's asked of their server.
+    pub async fn profile(&self, user: &UserId) -> Result<(Option<String>, Option<String>)> {
+        if user.server_name() != self.server_name() && self.transport.federation_enabled() {
+            return self.transport.query_profile(user).await;
+        }
+        self.accounts.profile(user).await
     }
 
     pub async fn resolve_alias(&self, alias: &RoomAliasId) -> Result<OwnedRoomId> {

@@ -52,9 +52,7 @@ impl Membership {
         match <&RoomId>::try_from(room) {
             Ok(id) => Ok((id.to_owned(), Vec::new())),
             Err(alias) if alias.server_name() != self.server_name() && self.transport.federation_enabled() => {
-                let request = ruma::api::federation::query::get_room_information::v1::Request::new(alias.to_owned());
-                let answer = self.transport.federation_request(alias.server_name(), request).await?;
-                Ok((answer.room_id, answer.servers))
+                self.transport.query_alias(alias).await
             }
             Err(alias) => {
                 let (room_id, _) = diplomatie_storage::rooms::get_alias(self.db.pool(), alias.as_str())

@@ -78,6 +78,8 @@ pub struct Rooms {
     recent: Mutex<LruCache<OwnedRoomId, recent::RecentEvents>>,
     /// Each room's last event of the kinds that move it up a client's list ([`BUMP_KINDS`]).
     bumps: Mutex<LruCache<OwnedRoomId, i64>>,
+    /// Whether each room holds a thread reply: thread roots are looked up only in those.
+    threaded: Mutex<LruCache<OwnedRoomId, bool>>,
     next_state_group: AtomicI64,
     /// Events waiting for the group commit.
     queue: Mutex<Vec<SendJob>>,
@@ -132,6 +134,7 @@ impl Rooms {
             joined: Mutex::default(),
             recent: Mutex::new(crate::lru(10_000)),
             bumps: Mutex::new(crate::lru(100_000)),
+            threaded: Mutex::new(crate::lru(100_000)),
             next_state_group: AtomicI64::new(-1),
             queue: Mutex::default(),
             recent_txns: Mutex::new(crate::lru(10_000)),
@@ -272,6 +275,19 @@ impl Rooms {
         device: &str,
         with_room_id: bool,
     ) -> Result<ruma::serde::Raw<T>> {
+        let thread = self.thread_summaries(&[pdu], user, device).await?.remove(&pdu.event_id);
+        self.client_raw_with(pdu, user, device, with_room_id, thread).await
+    }
+
+    /// [`Self::client_raw`] with the event's thread, if it is a thread root, already read.
+    async fn client_raw_with<T>(
+        &self,
+        pdu: &Pdu,
+        user: &UserId,
+        device: &str,
+        with_room_id: bool,
+        thread: Option<ThreadSummary>,
+    ) -> Result<ruma::serde::Raw<T>> {
         let txn = if pdu.sender == user {
             self.txn_of.lock().unwrap().get(&pdu.event_id).filter(|(sent_by, _)| sent_by == device).cloned()
         } else {
@@ -285,7 +301,12 @@ impl Rooms {
         };
         let view = pdu.client_view(with_room_id, txn.as_ref().map(|(_, id)| id.as_str()));
         let redaction = redaction.as_ref().map(|(id, r)| (id.as_str(), r.json()));
-        Ok(view.with_membership(membership).with_redaction(redaction).to_raw())
+        let relations = thread.map(|t| {
+            json!({ "m.thread": {
+                "latest_event": t.latest_event, "count": t.count, "current_user_participated": t.participated,
+            }})
+        });
+        Ok(view.with_membership(membership).with_redaction(redaction).with_relations(relations.as_ref()).to_raw())
     }
 
     /// [`Self::client_raw`] for several events.
@@ -296,11 +317,63 @@ impl Rooms {
         device: &str,
         with_room_id: bool,
     ) -> Result<Vec<ruma::serde::Raw<T>>> {
+        let refs: Vec<&Pdu> = pdus.iter().map(|p| &**p).collect();
+        let mut threads = self.thread_summaries(&refs, user, device).await?;
         let mut out = Vec::with_capacity(pdus.len());
         for pdu in pdus {
-            out.push(self.client_raw(pdu, user, device, with_room_id).await?);
+            let thread = threads.remove(&pdu.event_id);
+            out.push(self.client_raw_with(pdu, user, device, with_room_id, thread).await?);
         }
         Ok(out)
+    }
+
+    /// The threads of those of `pdus` that are thread roots (the spec's bundled aggregation
+    /// `m.thread`), read only in rooms that hold a thread reply.
+    pub async fn thread_summaries(
+        &self,
+        pdus: &[&Pdu],
+        user: &UserId,
+        device: &str,
+    ) -> Result<HashMap<OwnedEventId, ThreadSummary>> {
+        let mut roots = Vec::new();
+        for pdu in pdus {
+            if self.is_threaded(&pdu.room_id).await? {
+                roots.push(pdu.event_id.as_str());
+            }
+        }
+        let mut out = HashMap::new();
+        if roots.is_empty() {
+            return Ok(out);
+        }
+        for (root, count, latest, participated) in ev_store::thread_summaries(self.db.pool(), &roots, user.as_str()).await? {
+            let Ok(root) = OwnedEventId::try_from(root) else { continue };
+            let Some(latest) = ev_store::event_by_stream(self.db.pool(), latest).await? else { continue };
+            let latest = Pdu::from_stored(latest)?;
+            let root_sender = pdus.iter().find(|p| p.event_id == root).map(|p| p.sender.clone());
+            let latest_event = Box::pin(self.client_raw_with::<()>(&latest, user, device, true, None)).await?;
+            out.insert(
+                root,
+                ThreadSummary {
+                    latest_event: latest_event.into_json(),
+                    count,
+                    participated: participated != 0 || root_sender.as_deref() == Some(user),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Whether a room holds a thread reply (cached; a commit of one sets it).
+    async fn is_threaded(&self, room_id: &RoomId) -> Result<bool> {
+        if let Some(known) = self.threaded.lock().unwrap().get(room_id) {
+            return Ok(*known);
+        }
+        let read = ev_store::room_has_threads(self.db.pool(), room_id.as_str()).await?;
+        // A commit since the read may have set it already.
+        let mut threaded = self.threaded.lock().unwrap();
+        let known = threaded.get_or_insert_mut(room_id.to_owned(), || read);
+        *known |= read;
+        Ok(*known)
     }
 
     /// The position of a room's last event of the kinds that move it up a client's list
@@ -1166,6 +1239,12 @@ impl<'a> RoomWriter<'a> {
             }
         }
         {
+            let mut threaded = caches.threaded.lock().unwrap();
+            for pdu in appended.iter().filter(|p| relation_of(p).is_some_and(|(t, _)| t == "m.thread")) {
+                threaded.put(pdu.room_id.clone(), true);
+            }
+        }
+        {
             let mut recent = caches.recent.lock().unwrap();
             for pdu in &appended {
                 let room = recent
@@ -1282,6 +1361,16 @@ pub(crate) fn power_of(
     levels.get("users").and_then(|u| u.get(user.as_str())).and_then(Value::as_i64).unwrap_or(default)
 }
 
+/// A thread root's thread as its clients are shown it (`unsigned.m.relations.m.thread`).
+pub struct ThreadSummary {
+    /// The latest reply, in the client format.
+    pub latest_event: Box<serde_json::value::RawValue>,
+    /// The number of replies (redacted ones left out).
+    pub count: i64,
+    /// Whether the reader sent the root or a reply.
+    pub participated: bool,
+}
+
 /// A state map as (type, state key, event id) rows.
 fn state_rows(map: &StateMap<OwnedEventId>) -> Vec<[String; 3]> {
     map.iter().map(|((t, k), e)| [t.to_string(), k.clone(), e.to_string()]).collect()
@@ -1313,6 +1402,21 @@ pub async fn joined_rooms(core: &Core, user: &UserId) -> Result<Vec<OwnedRoomId>
 }
 
 impl Rooms {
+    /// The rooms both users are joined to, by room id (`GET /mutual_rooms`, MSC2666).
+    pub async fn mutual_rooms(&self, user: &UserId, other: &UserId) -> Result<Vec<OwnedRoomId>> {
+        if user == other {
+            return Err(Error::invalid_param("You share every room with yourself"));
+        }
+        let mut shared = Vec::new();
+        for room in joined_rooms(&self.core, user).await? {
+            if self.is_joined(&room, other).await? {
+                shared.push(room);
+            }
+        }
+        shared.sort();
+        Ok(shared)
+    }
+
     /// The room state as of a stream position (the state after the last event at or before it).
     pub async fn state_at_position(&self, room_id: &RoomId, position: i64) -> Result<Arc<StateMap<OwnedEventId>>> {
         let meta = self.known_room(room_id).await?;

@@ -376,15 +376,45 @@ impl Timeline {
         Ok((out, next))
     }
 
-    /// `GET /rooms/{roomId}/threads`: thread roots by latest activity, with their summaries.
+    /// `GET /rooms/{roomId}/timestamp_to_event`: the event closest to `ts` that `user` may
+    /// read, from this server's history, else from another server in the room.
+    pub async fn event_at_timestamp(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        ts: i64,
+        forward: bool,
+    ) -> Result<(OwnedEventId, i64)> {
+        let until = self.rooms.readable_until(user, room_id).await?;
+        let found = match self.federation.event_at_timestamp(room_id, ts, forward, until).await? {
+            Some(found) => Some(found),
+            // Another server's history is asked only for a member, who may read it all.
+            None if self.rooms.is_joined(room_id, user).await? => {
+                self.federation.remote_event_at_timestamp(room_id, ts, forward).await?
+            }
+            None => None,
+        };
+        let not_found = || Error::not_found("No event found at that time");
+        let (event_id, ts) = found.ok_or_else(not_found)?;
+        if let Some(pdu) = self.rooms.get_pdu(&event_id).await? {
+            if !self.rooms.can_see_event(user, &pdu).await? {
+                return Err(not_found());
+            }
+        }
+        Ok((event_id, ts))
+    }
+
+    /// `GET /rooms/{roomId}/threads`: thread roots by latest activity (their summaries are
+    /// bundled when they are given to the client, [`Rooms::client_raws`]).
     pub async fn threads(
         &self,
         user: &UserId,
+        device: &str,
         room_id: &RoomId,
         participated_only: bool,
         from: Option<&str>,
         limit: usize,
-    ) -> Result<(Vec<Value>, Option<String>)> {
+    ) -> Result<(Vec<Arc<Pdu>>, Option<String>)> {
         let until = self.rooms.readable_until(user, room_id).await?;
         let before = from.map(parse_token).transpose()?.unwrap_or(until + 1);
         let limit = limit.clamp(1, 100);
@@ -392,7 +422,7 @@ impl Timeline {
         let more = rows.len() > limit;
         let mut out = Vec::new();
         let mut last = None;
-        for (root_id, latest, count) in rows.into_iter().take(limit) {
+        for (root_id, latest, _) in rows.into_iter().take(limit) {
             last = Some(latest);
             let Ok(root_id) = OwnedEventId::try_from(root_id) else {
                 continue;
@@ -403,23 +433,13 @@ impl Timeline {
             if !self.rooms.can_see_event(user, &root).await? {
                 continue;
             }
-            let replies =
-                ev_store::relations(self.db.pool(), root_id.as_str(), Some("m.thread"), None, 0, i64::MAX, true, 1000)
-                    .await?;
-            let participated =
-                root.sender == user || replies.iter().any(|r| r.json.contains(&format!("\"sender\":\"{user}\"")));
-            if participated_only && !participated {
-                continue;
+            if participated_only {
+                let summary = self.rooms.thread_summaries(&[&root], user, device).await?;
+                if !summary.get(&root.event_id).is_some_and(|t| t.participated) {
+                    continue;
+                }
             }
-            let latest_event = match replies.first() {
-                Some(s) => Some(Pdu::from_stored(s.clone())?.to_client(true)),
-                None => None,
-            };
-            let mut value = root.to_client(true);
-            value["unsigned"]["m.relations"] = json!({
-                "m.thread": { "latest_event": latest_event, "count": count, "current_user_participated": participated }
-            });
-            out.push(value);
+            out.push(root);
         }
         Ok((out, if more { last.map(|l| l.to_string()) } else { None }))
     }
