@@ -220,6 +220,16 @@ pub fn may_federate(room: Room, server_on_dr_allowlist: bool) -> Decision {
     Ok(())
 }
 
+/// May someone be invited into `room` by an e-mail address (a third-party invite, through an
+/// identity server)? Not into a DR room: whoever binds the address joins, and nobody vouched
+/// for their clearance.
+pub fn may_invite_by_address(room: Room) -> Decision {
+    if room.classification == Level::DR {
+        return refuse("A DR (restricted distribution) room admits nobody invited by e-mail address");
+    }
+    Ok(())
+}
+
 /// Whether `room` may appear in the public room directory and in search results of people
 /// who are not in it.
 pub fn may_be_listed(room: Room) -> bool {
@@ -381,6 +391,13 @@ mod tests {
                 assert_eq!(may_enter(person, room, entry).is_ok(), allowed, "{person:?} {room:?} {entry:?}");
             }
         }
+    }
+
+    #[test]
+    fn invites_by_address_stay_out_of_dr_rooms() {
+        assert!(may_invite_by_address(NP_ROOM).is_ok());
+        assert!(may_invite_by_address(OPEN_ROOM).is_ok());
+        assert!(may_invite_by_address(DR_ROOM).unwrap_err().0.contains("DR"));
     }
 
     #[test]

@@ -25,7 +25,7 @@ def free_port():
 
 
 class Server:
-    def __init__(self, backend, federating=False):
+    def __init__(self, backend, federating=False, extra_env=None):
         self.backend = backend
         self.dir = tempfile.mkdtemp(prefix="diplomatie-nio-")
         self.pg_db = None
@@ -55,6 +55,7 @@ class Server:
             "DIPLOMATIE_LOG": os.environ.get("DIPLOMATIE_TEST_LOG", "warn") + ",diplomatie::listening=info",
             "NO_COLOR": "1",
         })
+        env.update(extra_env or {})
         if backend == "postgres":
             self.pg_db = "dip_nio_" + uuid.uuid4().hex[:12]
             subprocess.run(PG + [f"CREATE DATABASE {self.pg_db}"], check=True)
@@ -197,5 +198,130 @@ def federating_server(request):
 @pytest.fixture
 def synapse():
     s = Synapse()
+    yield s
+    s.stop()
+
+
+SYDENT_PYTHON = os.environ.get(
+    "SYDENT_PYTHON", os.path.expanduser("~/.cache/diplomatie-tests/sydent-venv/bin/python")
+)
+
+
+class Mailbox:
+    """An SMTP server on loopback (aiosmtpd) that keeps every message it receives."""
+
+    def __init__(self):
+        from aiosmtpd.controller import Controller
+
+        self.messages = []
+        box = self
+
+        class Keep:
+            async def handle_DATA(self, server, session, envelope):
+                box.messages.append((envelope.rcpt_tos, envelope.content.decode("utf-8", "replace")))
+                return "250 OK"
+
+        self.port = free_port()
+        self.controller = Controller(Keep(), hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def wait_for(self, to, containing, timeout=20):
+        """The first message to `to` whose text holds `containing`."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for rcpt, text in self.messages:
+                if to in rcpt and containing in text:
+                    return text
+            time.sleep(0.1)
+        raise AssertionError(f"no mail to {to} with {containing!r}; got {self.messages}")
+
+    def stop(self):
+        self.controller.stop()
+
+
+class Sydent:
+    """matrix-org's identity server (from PyPI, `tests/run` installs it) on loopback, plain
+    HTTP, sending its mail to `mailbox`. Its e-mail templates are the test's own (the package
+    ships none): a line `token=...` or `invite=...` the test reads back."""
+
+    def __init__(self, mailbox):
+        self.dir = tempfile.mkdtemp(prefix="sydent-")
+        d = self.dir
+        self.port = free_port()
+        self.server_name = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.server_name}"
+        os.makedirs(f"{d}/templates/matrix-org")
+        with open(f"{d}/templates/matrix-org/verification_template.eml", "w") as f:
+            f.write("From: %(from)s\nTo: %(to)s\nSubject: Validation\n\ntoken=%(token)s\n")
+        with open(f"{d}/templates/matrix-org/invite_template.eml", "w") as f:
+            f.write("From: %(from)s\nTo: %(to)s\nSubject: Invitation\n\ninvite=%(token)s room=%(room_name)s\n")
+        with open(f"{d}/sydent.conf", "w") as f:
+            f.write(f"""[general]
+server.name = {self.server_name}
+pidfile.path = {d}/sydent.pid
+templates.path = {d}/templates
+ip.whitelist = 127.0.0.0/8
+[db]
+db.file = {d}/sydent.db
+[http]
+clientapi.http.bind_address = 127.0.0.1
+clientapi.http.port = {self.port}
+federation.verifycerts = False
+[email]
+email.smtphost = 127.0.0.1
+email.smtpport = {mailbox.port}
+email.from = Sydent <sydent@example.org>
+email.hostname = localhost
+""")
+        env = dict(os.environ, SYDENT_CONF=f"{d}/sydent.conf")
+        self.log = open(f"{d}/sydent.log", "w")
+        self.proc = subprocess.Popen([SYDENT_PYTHON, "-m", "sydent.sydent"], cwd=d, env=env,
+                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/_matrix/identity/v2", timeout=1)
+                break
+            except Exception:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("sydent did not start; see " + d + "/sydent.log")
+                time.sleep(0.2)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+        if not os.environ.get("KEEP_SYDENT"):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def mailbox():
+    m = Mailbox()
+    yield m
+    m.stop()
+
+
+@pytest.fixture
+def sydent(mailbox):
+    s = Sydent(mailbox)
+    yield s
+    s.stop()
+
+
+IDENTITY_ENV = {
+    # The test's Sydent is on loopback, over plain HTTP.
+    "DIPLOMATIE_IDENTITY__IP_RANGE_ALLOWLIST": '["127.0.0.0/8"]',
+    "DIPLOMATIE_IDENTITY__PLAIN_HTTP_LOOPBACK": "true",
+}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def identity_server(request):
+    """A federating server (Sydent calls its `/3pid/onbind`) that may reach a Sydent on loopback."""
+    s = Server(request.param, federating=True, extra_env=IDENTITY_ENV)
     yield s
     s.stop()

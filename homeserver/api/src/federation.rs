@@ -24,6 +24,7 @@ use ruma::{
         openid::get_openid_userinfo,
         query::{get_profile_information, get_room_information},
         space::get_hierarchy,
+        thirdparty::{bind_callback, exchange_invite},
         transactions::send_transaction_message,
     },
     MilliSecondsSinceUnixEpoch, OwnedServerName,
@@ -37,8 +38,11 @@ type S = State<Arc<Services>>;
 /// Registers the federation routes.
 pub fn routes(r: axum::Router<Arc<Services>>) -> axum::Router<Arc<Services>> {
     use axum::routing::get;
-    let r =
-        r.route("/_matrix/key/v2/server", get(server_keys)).route("/_matrix/key/v2/server/{key_id}", get(server_keys));
+    // The trailing slash too: Sydent asks for `/_matrix/key/v2/server/`.
+    let r = r
+        .route("/_matrix/key/v2/server", get(server_keys))
+        .route("/_matrix/key/v2/server/", get(server_keys))
+        .route("/_matrix/key/v2/server/{key_id}", get(server_keys));
     let r = route::<get_remote_server_keys_batch::v2::Request, _, _>(r, notary_batch);
     let r = route::<get_remote_server_keys::v2::Request, _, _>(r, notary_one);
     let r = r.route("/_matrix/key/v2/query/{server_name}/{key_id}", get(notary_one_with_key_id));
@@ -54,6 +58,10 @@ pub fn routes(r: axum::Router<Arc<Services>>) -> axum::Router<Arc<Services>> {
     let r = route::<create_knock_event::v1::Request, _, _>(r, send_knock);
     let r = route::<get_event::v1::Request, _, _>(r, event);
     let r = route::<get_event_by_timestamp::v1::Request, _, _>(r, timestamp_to_event);
+    let r = route::<bind_callback::v1::Request, _, _>(r, on_bind);
+    // Sydent calls it with POST (the spec says PUT; Synapse takes both).
+    let r = r.route("/_matrix/federation/v1/3pid/onbind", axum::routing::post(on_bind_post));
+    let r = route::<exchange_invite::v1::Request, _, _>(r, exchange_third_party_invite);
     let r = route::<get_room_state_ids::v1::Request, _, _>(r, state_ids);
     let r = route::<get_room_state::v1::Request, _, _>(r, state);
     let r = route::<get_event_authorization::v1::Request, _, _>(r, event_auth);
@@ -285,6 +293,67 @@ async fn event(State(s): S, req: Ruma<get_event::v1::Request>) -> ApiResult<get_
         federation_json(&pdu)?,
     );
     Ok(response.into())
+}
+
+/// `PUT /3pid/onbind`, from an identity server (unauthenticated: each invite carries the
+/// identity server's signature, which the authorisation rules check).
+async fn on_bind(State(s): S, req: Ruma<bind_callback::v1::Request>) -> ApiResult<bind_callback::v1::Response> {
+    let invites: Vec<_> = req
+        .body
+        .invites
+        .iter()
+        .filter_map(|i| {
+            let signed = serde_json::from_str(i.signed.json().get()).ok()?;
+            Some((i.room_id.clone(), i.sender.clone(), signed))
+        })
+        .collect();
+    s.membership.on_bind(&req.body.mxid, &invites).await?;
+    Ok(bind_callback::v1::Response::new().into())
+}
+
+#[derive(serde::Deserialize)]
+struct OnBind {
+    mxid: ruma::OwnedUserId,
+    #[serde(default)]
+    invites: Vec<OnBindInvite>,
+}
+
+#[derive(serde::Deserialize)]
+struct OnBindInvite {
+    room_id: ruma::OwnedRoomId,
+    sender: ruma::OwnedUserId,
+    signed: serde_json::Value,
+}
+
+/// `POST /3pid/onbind`, as Sydent sends it.
+async fn on_bind_post(
+    State(s): S,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<serde_json::Map<String, serde_json::Value>>, crate::error::ApiError> {
+    let body: OnBind = crate::admin::parse_body(&body)?;
+    let invites: Vec<_> = body.invites.into_iter().map(|i| (i.room_id, i.sender, i.signed)).collect();
+    s.membership.on_bind(&body.mxid, &invites).await?;
+    Ok(axum::Json(serde_json::Map::new()))
+}
+
+/// `PUT /exchange_third_party_invite/{roomId}`: another server's user bound an address one of
+/// ours invited; the member event is ours to send.
+async fn exchange_third_party_invite(
+    State(s): S,
+    req: Ruma<exchange_invite::v1::Request>,
+) -> ApiResult<exchange_invite::v1::Response> {
+    let b = &req.body;
+    if b.state_key.server_name() != req.origin() {
+        return Err(Error::forbidden("The invited user is not of the asking server").into());
+    }
+    let content: serde_json::Value =
+        serde_json::from_str(b.content.json().get()).map_err(|_| Error::bad_json("Invalid content"))?;
+    let signed = content
+        .get("third_party_invite")
+        .and_then(|t| t.get("signed"))
+        .ok_or_else(|| Error::bad_json("content.third_party_invite.signed is missing"))?;
+    s.membership.exchange_third_party_invite(&b.room_id, &b.sender, &b.state_key, signed).await?;
+    Ok(exchange_invite::v1::Response::new().into())
 }
 
 async fn timestamp_to_event(

@@ -52,6 +52,15 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = route::<c::session::logout_all::v3::Request, _, _>(r, account::logout_all);
     let r = route::<c::account::whoami::v3::Request, _, _>(r, account::whoami);
     let r = route::<c::admin::get_user_info::v3::Request, _, _>(r, account::whois);
+    let r = route::<c::account::get_3pids::v3::Request, _, _>(r, account::threepids);
+    let r = route::<c::account::bind_3pid::v3::Request, _, _>(r, account::bind_threepid);
+    let r = route::<c::account::unbind_3pid::v3::Request, _, _>(r, account::unbind_threepid);
+    let r = route::<c::account::delete_3pid::v3::Request, _, _>(r, account::delete_threepid);
+    let r = route::<c::account::add_3pid::v3::Request, _, _>(r, account::add_threepid);
+    let r = route::<c::account::request_3pid_management_token_via_email::v3::Request, _, _>(
+        r,
+        account::request_threepid_email_token,
+    );
     let r = route::<c::account::request_openid_token::v3::Request, _, _>(r, account::request_openid_token);
     let r = route::<c::account::change_password::v3::Request, _, _>(r, account::change_password);
     let r = route::<c::account::deactivate::v3::Request, _, _>(r, account::deactivate);

@@ -43,6 +43,8 @@ pub struct Config {
     pub media: Media,
     pub url_preview: UrlPreview,
     pub push: Push,
+    /// The identity servers users name for third-party invites and bindings.
+    pub identity: IdentityServers,
     /// TLS trust of the requests made to other hosts than homeservers (push gateways, URL
     /// previews, identity servers, application services, remote media locations).
     pub outbound: Outbound,
@@ -210,6 +212,26 @@ pub struct Push {
     pub max_backoff_ms: u64,
 }
 
+/// Requests to the identity servers users name (`id_server`): third-party invites, lookups,
+/// bindings.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityServers {
+    /// Time allowed for one request to an identity server, in milliseconds.
+    pub timeout_ms: u64,
+    /// Internal address ranges (CIDR) identity servers may be reached at: users name them, so
+    /// the same address checks as URL previews apply. Allow a ministry's own Sydent here.
+    pub ip_range_allowlist: Vec<String>,
+    /// Tests only: identity servers on loopback are spoken to over plain HTTP.
+    pub plain_http_loopback: bool,
+}
+
+impl Default for IdentityServers {
+    fn default() -> Self {
+        IdentityServers { timeout_ms: 10_000, ip_range_allowlist: Vec::new(), plain_http_loopback: false }
+    }
+}
+
 /// What the HTTP clients that reach other hosts than homeservers trust (federation has its own
 /// `federation.trusted_ca` and `federation.insecure_loopback_tls`).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -307,6 +329,7 @@ const OPTIONS: &[&str] = &[
     "media",
     "url_preview",
     "push",
+    "identity",
     "outbound",
     "portal",
     "federation",
@@ -330,6 +353,7 @@ impl Default for Config {
             media: Media::default(),
             url_preview: UrlPreview::default(),
             push: Push::default(),
+            identity: IdentityServers::default(),
             outbound: Outbound::default(),
             portal: Portal::default(),
             federation: Federation::default(),

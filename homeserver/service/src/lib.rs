@@ -19,6 +19,7 @@ pub mod e2ee;
 pub mod ephemeral;
 pub mod error;
 pub mod federation;
+pub mod identity;
 pub mod keys;
 pub mod marks;
 pub mod media;
@@ -59,6 +60,8 @@ pub struct Services {
     pub transport: Arc<federation::client::Transport>,
     pub media: Arc<media::Repository>,
     pub previews: Arc<url_preview::Previews>,
+    /// The identity servers users name.
+    pub identity: Arc<identity::Identity>,
     /// OpenID tokens for third parties.
     pub openid: openid::OpenId,
     pub admin_nonces: uia::Nonces,
@@ -129,6 +132,7 @@ impl Services {
         let transport = Arc::new(federation::client::Transport::new(c()));
         let media = Arc::new(media::Repository::new(c(), transport.clone(), files));
         let previews = Arc::new(url_preview::Previews::new(c(), media.clone()));
+        let identity = Arc::new(identity::Identity::new(c()));
         let clearances = portal::Clearances::new(c());
         let rooms = rooms::Rooms::new(c(), clearances.clone());
         let accounts = Arc::new(accounts::Accounts::new(c(), rooms.clone()));
@@ -178,6 +182,7 @@ impl Services {
             portal.clone(),
             transport.clone(),
             remote_membership.clone(),
+            identity.clone(),
         ));
         let directory = Arc::new(rooms::directory::Directory::new(
             c(),
@@ -239,6 +244,7 @@ impl Services {
             transport,
             media,
             previews,
+            identity,
             openid: openid::OpenId::default(),
             admin_nonces: uia::Nonces::default(),
             ratelimiter,

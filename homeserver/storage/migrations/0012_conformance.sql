@@ -23,3 +23,16 @@ CREATE INDEX reports_room ON reports (room_id, id);
 -- The client a device last used (its User-Agent), beside where and when it was last seen:
 -- administrators read them (`/admin/whois`).
 ALTER TABLE devices ADD COLUMN last_seen_user_agent TEXT;
+
+-- The e-mail addresses and phone numbers of accounts (`/account/3pid`): bound through an
+-- identity server (`id_server` says which, to unbind there when removed).
+CREATE TABLE user_threepids (
+    medium TEXT NOT NULL,
+    address TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    validated_at BIGINT NOT NULL,
+    added_at BIGINT NOT NULL,
+    id_server TEXT,
+    PRIMARY KEY (medium, address)
+);
+CREATE INDEX user_threepids_user ON user_threepids (user_id);

@@ -20,6 +20,7 @@ pub mod reports;
 pub mod rooms;
 pub mod state;
 pub mod streams;
+pub mod threepids;
 
 use std::{borrow::Cow, str::FromStr, time::Duration};
 

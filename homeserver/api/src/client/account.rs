@@ -9,6 +9,7 @@ use ruma::api::{
     client::{
         admin::get_user_info,
         account::{
+            add_3pid, bind_3pid, delete_3pid, get_3pids, request_3pid_management_token_via_email, unbind_3pid,
             change_password, check_registration_token_validity, deactivate, get_username_availability, register, whoami,
         },
         device::{self, delete_device, delete_devices, get_device, get_devices, update_device},
@@ -212,6 +213,99 @@ pub async fn whois(State(s): S, req: Ruma<get_user_info::v3::Request>) -> ApiRes
         response.devices.insert(device.device_id, info);
     }
     Ok(response.into())
+}
+
+/// What `GET /account/3pid` answers: ruma's list, stated even when empty (ruma leaves it out;
+/// Synapse states it, and clients iterate it without a check).
+#[derive(serde::Serialize)]
+pub struct Threepids {
+    threepids: Vec<ruma::thirdparty::ThirdPartyIdentifier>,
+}
+
+/// `GET /account/3pid`: the addresses bound to the account through this server.
+pub async fn threepids(
+    State(s): S,
+    req: Ruma<get_3pids::v3::Request>,
+) -> Result<axum::Json<Threepids>, crate::error::ApiError> {
+    let ms = |t: i64| ruma::MilliSecondsSinceUnixEpoch(ruma::UInt::try_from(t.max(0) as u64).unwrap_or_default());
+    let threepids = s
+        .identity
+        .addresses(&req.caller().user_id)
+        .await?
+        .into_iter()
+        .map(|t| {
+            ruma::thirdparty::ThirdPartyIdentifierInit {
+                address: t.address,
+                medium: t.medium.as_str().into(),
+                validated_at: ms(t.validated_at),
+                added_at: ms(t.added_at),
+            }
+            .into()
+        })
+        .collect();
+    Ok(axum::Json(Threepids { threepids }))
+}
+
+/// `POST /account/3pid/bind`: binds an address an identity server validated.
+pub async fn bind_threepid(State(s): S, req: Ruma<bind_3pid::v3::Request>) -> ApiResult<bind_3pid::v3::Response> {
+    let b = &req.body;
+    let info = &b.identity_server_info;
+    s.identity
+        .bind_address(&req.caller().user_id, &info.id_server, &info.id_access_token, b.sid.as_str(), b.client_secret.as_str())
+        .await?;
+    Ok(bind_3pid::v3::Response::new().into())
+}
+
+fn removal(unbound: bool) -> ruma::api::client::account::ThirdPartyIdRemovalStatus {
+    if unbound {
+        ruma::api::client::account::ThirdPartyIdRemovalStatus::Success
+    } else {
+        ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport
+    }
+}
+
+/// `POST /account/3pid/unbind`: unbinds an address on its identity server; the account keeps it.
+pub async fn unbind_threepid(
+    State(s): S,
+    req: Ruma<unbind_3pid::v3::Request>,
+) -> ApiResult<unbind_3pid::v3::Response> {
+    let b = &req.body;
+    let unbound = s
+        .identity
+        .unbind_address(&req.caller().user_id, b.id_server.as_deref(), b.medium.as_str(), &b.address, false)
+        .await?;
+    Ok(unbind_3pid::v3::Response::new(removal(unbound)).into())
+}
+
+/// `POST /account/3pid/delete`: the account loses an address (unbound where it was bound).
+pub async fn delete_threepid(
+    State(s): S,
+    req: Ruma<delete_3pid::v3::Request>,
+) -> ApiResult<delete_3pid::v3::Response> {
+    let b = &req.body;
+    let unbound = s
+        .identity
+        .unbind_address(&req.caller().user_id, b.id_server.as_deref(), b.medium.as_str(), &b.address, true)
+        .await?;
+    Ok(delete_3pid::v3::Response::new(removal(unbound)).into())
+}
+
+/// `POST /account/3pid/email/requestToken`: this server sends no e-mail of its own (addresses
+/// are validated and bound by an identity server), as Synapse answers without e-mail settings.
+pub async fn request_threepid_email_token(
+    _: S,
+    _req: Ruma<request_3pid_management_token_via_email::v3::Request>,
+) -> ApiResult<request_3pid_management_token_via_email::v3::Response> {
+    Err(Error::new(ErrorKind::ThreepidDenied, "This server sends no e-mail: bind the address through an identity server")
+        .into())
+}
+
+/// `POST /account/3pid/add`: only addresses this server validated may be added, and it
+/// validates none (it sends no e-mail); binding through an identity server adds them.
+pub async fn add_threepid(State(s): S, req: Ruma<add_3pid::v3::Request>) -> ApiResult<add_3pid::v3::Response> {
+    let caller = req.caller();
+    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
+    Err(Error::new(ErrorKind::ThreepidAuthFailed, "No address validation session of this server has that id").into())
 }
 
 /// `POST /refresh`

@@ -117,8 +117,19 @@ pub async fn knock(State(s): S, req: Ruma<knock_room::v3::Request>) -> ApiResult
 }
 
 pub async fn invite(State(s): S, req: Ruma<invite_user::v3::Request>) -> ApiResult<invite_user::v3::Response> {
-    let invite_user::v3::InvitationRecipient::UserId(recipient) = &req.body.recipient else {
-        return Err(Error::unrecognized("Third-party invites are not supported").into());
+    let recipient = match &req.body.recipient {
+        invite_user::v3::InvitationRecipient::UserId(recipient) => recipient,
+        invite_user::v3::InvitationRecipient::ThirdPartyId(invite) => {
+            let invite = diplomatie_service::rooms::third_party::AddressInvite {
+                id_server: &invite.id_server,
+                id_access_token: &invite.id_access_token,
+                medium: invite.medium.as_str(),
+                address: &invite.address,
+            };
+            s.membership.invite_by_address(&req.caller().user_id, &req.body.room_id, invite).await?;
+            return Ok(invite_user::v3::Response::new().into());
+        }
+        _ => return Err(Error::bad_json("Unknown kind of invitation").into()),
     };
     let is_direct = req.json.as_ref().and_then(|j| j.get("is_direct")).and_then(Value::as_bool).unwrap_or(false);
     s.organisation

@@ -16,6 +16,7 @@ use crate::{
     accounts::Accounts,
     core::Core,
     federation::{client::Transport, membership::RemoteMembership},
+    identity::Identity,
     portal::Portal,
     Error, Result,
 };
@@ -27,9 +28,10 @@ pub struct Membership {
     core: Arc<Core>,
     pub(super) rooms: Arc<Rooms>,
     pub(super) accounts: Arc<Accounts>,
-    portal: Arc<Portal>,
+    pub(super) portal: Arc<Portal>,
     pub(super) transport: Arc<Transport>,
-    remote_membership: Arc<RemoteMembership>,
+    pub(super) remote_membership: Arc<RemoteMembership>,
+    pub(super) identity: Arc<Identity>,
 }
 
 crate::core::over_core!(Membership);
@@ -42,8 +44,9 @@ impl Membership {
         portal: Arc<Portal>,
         transport: Arc<Transport>,
         remote_membership: Arc<RemoteMembership>,
+        identity: Arc<Identity>,
     ) -> Membership {
-        Membership { core, rooms, accounts, portal, transport, remote_membership }
+        Membership { core, rooms, accounts, portal, transport, remote_membership, identity }
     }
 
     /// Resolves a room id or an alias (another server's through federation) to a room id and

@@ -16,6 +16,7 @@ pub mod received;
 mod recent;
 pub mod resolve;
 pub mod spaces;
+pub mod third_party;
 pub mod timeline;
 pub mod upgrade;
 pub mod visibility;
