@@ -24,6 +24,30 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_until_up(url, proc, what, timeout):
+    """Polls `url` until it answers; fails when `proc` exits or after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except Exception:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(what + " did not start")
+            time.sleep(0.2)
+
+
+def stop_process(proc, directory, keep):
+    """Stops `proc` (terminate, then kill) and removes its directory unless `keep`."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    if not keep:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 class Server:
     def __init__(self, backend, federating=False, extra_env=None):
         self.backend = backend
@@ -168,24 +192,10 @@ rc_federation: {{window_size: 1000, sleep_limit: 1000, sleep_delay: 1, reject_li
         subprocess.run(base + ["--generate-keys"], check=True, capture_output=True, cwd=d)
         self.proc = subprocess.Popen(base, cwd=d, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/_matrix/client/versions", timeout=1)
-                break
-            except Exception:
-                if self.proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("synapse did not start; see " + d + "/synapse.log")
-                time.sleep(0.2)
+        wait_until_up(self.url + "/_matrix/client/versions", self.proc, f"synapse (see {d}/synapse.log)", 90)
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        if not os.environ.get("KEEP_SYNAPSE"):
-            shutil.rmtree(self.dir, ignore_errors=True)
+        stop_process(self.proc, self.dir, os.environ.get("KEEP_SYNAPSE"))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -267,6 +277,8 @@ db.file = {d}/sydent.db
 clientapi.http.bind_address = 127.0.0.1
 clientapi.http.port = {self.port}
 federation.verifycerts = False
+# Where invites' key_validity_url points (relative without it).
+client_http_base = {self.url}
 [email]
 email.smtphost = 127.0.0.1
 email.smtpport = {mailbox.port}
@@ -277,25 +289,11 @@ email.hostname = localhost
         self.log = open(f"{d}/sydent.log", "w")
         self.proc = subprocess.Popen([SYDENT_PYTHON, "-m", "sydent.sydent"], cwd=d, env=env,
                                      stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/_matrix/identity/v2", timeout=1)
-                break
-            except Exception:
-                if self.proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("sydent did not start; see " + d + "/sydent.log")
-                time.sleep(0.2)
+        wait_until_up(self.url + "/_matrix/identity/v2", self.proc, f"sydent (see {d}/sydent.log)", 60)
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc, self.dir, os.environ.get("KEEP_SYDENT"))
         self.log.close()
-        if not os.environ.get("KEEP_SYDENT"):
-            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture

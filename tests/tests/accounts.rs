@@ -163,7 +163,9 @@ async fn login_logout_and_whoami(backend: Backend) {
     let password = |session: &Value, password: &str| json!({ "auth": { "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": password, "session": session } });
     let (status, v) = phone.post("/_matrix/client/v1/login/get_token", &password(&uia["session"], "wrong")).await;
     assert_eq!(status, 401, "a wrong password gives no token: {v}");
-    let token = phone.ok(Method::POST, "/_matrix/client/v1/login/get_token", Some(&password(&uia["session"], "correct horse"))).await;
+    let token = phone
+        .ok(Method::POST, "/_matrix/client/v1/login/get_token", Some(&password(&uia["session"], "correct horse")))
+        .await;
     assert_eq!(token["expires_in_ms"], 120_000);
     let with_token = json!({ "type": "m.login.token", "token": token["login_token"], "device_id": "TABLET" });
     let (status, tablet) = c.post("/_matrix/client/v3/login", &with_token).await;

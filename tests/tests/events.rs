@@ -270,7 +270,12 @@ async fn relations_and_threads(backend: Backend) {
     // The root carries its thread's summary (the bundled aggregation) wherever a client reads
     // it: /event, /messages, /context and /sync; another event carries none.
     let thread_of = |events: &Value, id: &str| {
-        events.as_array().unwrap().iter().find(|e| e["event_id"] == id).map(|e| e["unsigned"]["m.relations"]["m.thread"].clone())
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event_id"] == id)
+            .map(|e| e["unsigned"]["m.relations"]["m.thread"].clone())
     };
     let event = bob.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/event/{}", urlencode(&root)), None).await;
     let summary = &event["unsigned"]["m.relations"]["m.thread"];
@@ -289,7 +294,8 @@ async fn relations_and_threads(backend: Backend) {
     // A reader who took no part in the thread is told so.
     let dave = server.register("dave").await;
     dave.join(&room).await;
-    let event = dave.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/event/{}", urlencode(&root)), None).await;
+    let event =
+        dave.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/event/{}", urlencode(&root)), None).await;
     assert_eq!(event["unsigned"]["m.relations"]["m.thread"]["current_user_participated"], false);
     let carol = server.register("carol").await;
     let mine = carol.get(&format!("/_matrix/client/v1/rooms/{room}/threads?include=participated")).await;
@@ -338,7 +344,8 @@ async fn timestamp_to_event_finds_the_closest_event(backend: Backend) {
     let ts_of = |id: &str| {
         let (alice, room, id) = (alice.clone(), room.clone(), id.to_owned());
         async move {
-            let e = alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/event/{}", urlencode(&id)), None).await;
+            let e =
+                alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/event/{}", urlencode(&id)), None).await;
             e["origin_server_ts"].as_i64().unwrap()
         }
     };
@@ -354,7 +361,11 @@ async fn timestamp_to_event_finds_the_closest_event(backend: Backend) {
     // The room's first event, from the start of time.
     let created = alice.ok(Method::GET, &at(0, "f"), None).await;
     let create = alice
-        .ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/event/{}", urlencode(created["event_id"].as_str().unwrap())), None)
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{room}/event/{}", urlencode(created["event_id"].as_str().unwrap())),
+            None,
+        )
         .await;
     assert_eq!(create["type"], "m.room.create");
     // Not for someone outside the room; bad parameters are refused.

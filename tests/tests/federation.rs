@@ -84,7 +84,10 @@ async fn two_servers_share_a_room(backend: Backend) {
     let public = alice.create_room(json!({ "preset": "public_chat", "room_alias_name": "annuaire" })).await;
     let alias = format!("#annuaire:{}", a.server_name);
     let v = bob.ok(Method::GET, &format!("/_matrix/client/v3/directory/room/{}", urlencode(&alias)), None).await;
-    assert_eq!((v["room_id"].as_str(), v["servers"][0].as_str()), (Some(public.as_str()), Some(a.server_name.as_str())));
+    assert_eq!(
+        (v["room_id"].as_str(), v["servers"][0].as_str()),
+        (Some(public.as_str()), Some(a.server_name.as_str()))
+    );
     let missing = format!("/_matrix/client/v3/directory/room/{}", urlencode(&format!("#absent:{}", a.server_name)));
     assert_error(&bob.get(&missing).await, 404, "M_NOT_FOUND");
     let path = format!("/_matrix/client/v3/profile/{}/displayname", urlencode(&alice.user_id));

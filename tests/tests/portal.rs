@@ -63,7 +63,8 @@ async fn users_without_dr_clearance_stay_out_of_dr_rooms(backend: Backend) {
     forbidden_mentioning(&alice.invite(&room, &bob.user_id).await, "DR");
     forbidden_mentioning(&bob.join(&room).await, "DR");
     // Nor anyone invited by e-mail address (refused before any identity server is asked).
-    let by_address = json!({ "id_server": "127.0.0.1:1", "id_access_token": "t", "medium": "email", "address": "x@example.org" });
+    let by_address =
+        json!({ "id_server": "127.0.0.1:1", "id_access_token": "t", "medium": "email", "address": "x@example.org" });
     forbidden_mentioning(&alice.post(&format!("/_matrix/client/v3/rooms/{room}/invite"), &by_address).await, "DR");
     let knock_room = alice
         .create_room(json!({

@@ -48,15 +48,20 @@ impl Identity {
     }
 
     /// Whose `medium` `address` is, according to `id_server` (hashed lookup, `sha256`).
-    pub async fn lookup(&self, id_server: &str, token: &str, medium: &str, address: &str) -> Result<Option<OwnedUserId>> {
+    pub async fn lookup(
+        &self,
+        id_server: &str,
+        token: &str,
+        medium: &str,
+        address: &str,
+    ) -> Result<Option<OwnedUserId>> {
         use base64::Engine;
         use sha2::Digest;
-        let details = self.call(id_server, reqwest::Method::GET, "/_matrix/identity/v2/hash_details", token, None).await?;
+        let details =
+            self.call(id_server, reqwest::Method::GET, "/_matrix/identity/v2/hash_details", token, None).await?;
         let pepper = details.get("lookup_pepper").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let sha256 = details
-            .get("algorithms")
-            .and_then(Value::as_array)
-            .is_some_and(|a| a.iter().any(|x| x == "sha256"));
+        let sha256 =
+            details.get("algorithms").and_then(Value::as_array).is_some_and(|a| a.iter().any(|x| x == "sha256"));
         let (algorithm, key) = if sha256 {
             let digest = sha2::Sha256::digest(format!("{address} {medium} {pepper}").as_bytes());
             ("sha256", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest))
@@ -64,7 +69,8 @@ impl Identity {
             ("none", format!("{address} {medium}"))
         };
         let body = json!({ "addresses": [key], "algorithm": algorithm, "pepper": pepper });
-        let answer = self.call(id_server, reqwest::Method::POST, "/_matrix/identity/v2/lookup", token, Some(&body)).await?;
+        let answer =
+            self.call(id_server, reqwest::Method::POST, "/_matrix/identity/v2/lookup", token, Some(&body)).await?;
         let found = answer.get("mappings").and_then(|m| m.get(&key)).and_then(Value::as_str);
         Ok(found.and_then(|m| OwnedUserId::try_from(m).ok()))
     }
@@ -72,16 +78,26 @@ impl Identity {
     /// Stores an invite of `address` on `id_server` (`store-invite`), which e-mails it; `room`
     /// says what the invite shows of the room and its sender.
     pub async fn store_invite(&self, id_server: &str, token: &str, invite: &Value) -> Result<StoredInvite> {
-        let answer =
-            self.call(id_server, reqwest::Method::POST, "/_matrix/identity/v2/store-invite", token, Some(invite)).await?;
-        serde_json::from_value(answer)
-            .map_err(|e| Error::new(ruma::api::error::ErrorKind::Unknown, format!("{id_server}: bad store-invite answer: {e}")))
+        let answer = self
+            .call(id_server, reqwest::Method::POST, "/_matrix/identity/v2/store-invite", token, Some(invite))
+            .await?;
+        serde_json::from_value(answer).map_err(|e| {
+            Error::new(ruma::api::error::ErrorKind::Unknown, format!("{id_server}: bad store-invite answer: {e}"))
+        })
     }
 
     /// Binds the address `id_server` validated in session `sid` to `user`.
-    pub async fn bind(&self, id_server: &str, token: &str, sid: &str, client_secret: &str, user: &UserId) -> Result<Bound> {
+    pub async fn bind(
+        &self,
+        id_server: &str,
+        token: &str,
+        sid: &str,
+        client_secret: &str,
+        user: &UserId,
+    ) -> Result<Bound> {
         let body = json!({ "sid": sid, "client_secret": client_secret, "mxid": user });
-        let answer = self.call(id_server, reqwest::Method::POST, "/_matrix/identity/v2/3pid/bind", token, Some(&body)).await?;
+        let answer =
+            self.call(id_server, reqwest::Method::POST, "/_matrix/identity/v2/3pid/bind", token, Some(&body)).await?;
         serde_json::from_value(answer)
             .map_err(|e| Error::new(ruma::api::error::ErrorKind::Unknown, format!("{id_server}: bad bind answer: {e}")))
     }
@@ -118,12 +134,8 @@ impl Identity {
                 _ => None,
             })
             .ok_or(Error::Internal)?;
-        let header = format!(
-            "X-Matrix origin=\"{}\",key=\"{}\",sig=\"{}\"",
-            self.server_name(),
-            signature.0,
-            signature.1
-        );
+        let header =
+            format!("X-Matrix origin=\"{}\",key=\"{}\",sig=\"{}\"", self.server_name(), signature.0, signature.1);
         let url = self.url(id_server, path)?;
         let request = self
             .client()?
@@ -132,6 +144,23 @@ impl Identity {
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(&body)?);
         self.send(id_server, request).await.map(|_| ())
+    }
+
+    /// Whether the identity server still vouches for `public_key` (its `key_validity_url`, as
+    /// a third-party invite names it). Unreachable or unclear is not valid.
+    pub async fn key_is_valid(&self, validity_url: &str, public_key: &str) -> Result<bool> {
+        let mut url = reqwest::Url::parse(validity_url)
+            .map_err(|_| Error::forbidden("The invite's key_validity_url is not a URL"))?;
+        if !matches!(url.scheme(), "https" | "http") {
+            return Err(Error::forbidden("The invite's key_validity_url is not HTTP(S)"));
+        }
+        if url.scheme() == "https" && self.config.identity.plain_http_loopback && crate::outbound::is_loopback(&url) {
+            let _ = url.set_scheme("http");
+        }
+        url.query_pairs_mut().append_pair("public_key", public_key);
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let answer = self.send(&host, self.client()?.get(url)).await?;
+        Ok(answer.get("valid").and_then(Value::as_bool) == Some(true))
     }
 
     /// `POST /account/3pid/bind`: binds the address the identity server validated to `user`
@@ -247,7 +276,9 @@ impl Identity {
         };
         let response = request.send().await.map_err(|e| unreachable(e.to_string()))?;
         let status = response.status();
-        let body = crate::outbound::read_limited(response, MAX_ANSWER_BYTES).await.map_err(|e| unreachable(format!("{e:?}")))?;
+        let body = crate::outbound::read_limited(response, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| unreachable(format!("{e:?}")))?;
         let value: Value = serde_json::from_slice(&body).map_err(|_| unreachable(format!("{status}, not JSON")))?;
         if status.is_success() {
             return Ok(value);
@@ -271,10 +302,8 @@ impl Identity {
         if let Some(c) = self.client.get() {
             return Ok(c);
         }
-        let allowed = crate::outbound::parse_allowlist(
-            "identity.ip_range_allowlist",
-            &self.config.identity.ip_range_allowlist,
-        )?;
+        let allowed =
+            crate::outbound::parse_allowlist("identity.ip_range_allowlist", &self.config.identity.ip_range_allowlist)?;
         let client = crate::outbound::client(
             &self.config.outbound,
             allowed,

@@ -215,7 +215,8 @@ impl Reports {
     }
 
     async fn view(&self, r: Report, with_event: bool) -> Result<ReportView> {
-        let event_json = match r.event_id.as_deref().filter(|_| with_event).and_then(|e| OwnedEventId::try_from(e).ok()) {
+        let event_json = match r.event_id.as_deref().filter(|_| with_event).and_then(|e| OwnedEventId::try_from(e).ok())
+        {
             Some(id) => self.rooms.get_pdu(&id).await?.map(|p| p.to_client(true)),
             None => None,
         };

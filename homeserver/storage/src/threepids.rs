@@ -13,24 +13,21 @@ pub struct Threepid {
     pub id_server: Option<String>,
 }
 
+type Row = (String, String, i64, i64, Option<String>);
+
+fn from_row((medium, address, validated_at, added_at, id_server): Row) -> Threepid {
+    Threepid { medium, address, validated_at, added_at, id_server }
+}
+
 pub async fn list<'e>(e: impl Exec<'e>, user_id: &str) -> Result<Vec<Threepid>> {
-    let rows: Vec<(String, String, i64, i64, Option<String>)> = sqlx::query_as(
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT medium, address, validated_at, added_at, id_server FROM user_threepids \
          WHERE user_id = $1 ORDER BY added_at, medium, address",
     )
     .bind(user_id)
     .fetch_all(e)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(medium, address, validated_at, added_at, id_server)| Threepid {
-            medium,
-            address,
-            validated_at,
-            added_at,
-            id_server,
-        })
-        .collect())
+    Ok(rows.into_iter().map(from_row).collect())
 }
 
 /// Records `user_id`'s address; an address another account held moves to this one (the
@@ -54,7 +51,7 @@ pub async fn upsert<'e>(e: impl Exec<'e>, user_id: &str, t: &Threepid) -> Result
 
 /// Removes `user_id`'s address; answers it as it was.
 pub async fn delete<'e>(e: impl Exec<'e>, user_id: &str, medium: &str, address: &str) -> Result<Option<Threepid>> {
-    let row: Option<(String, String, i64, i64, Option<String>)> = sqlx::query_as(
+    let row: Option<Row> = sqlx::query_as(
         "DELETE FROM user_threepids WHERE user_id = $1 AND medium = $2 AND address = $3 \
          RETURNING medium, address, validated_at, added_at, id_server",
     )
@@ -63,11 +60,5 @@ pub async fn delete<'e>(e: impl Exec<'e>, user_id: &str, medium: &str, address: 
     .bind(address)
     .fetch_optional(e)
     .await?;
-    Ok(row.map(|(medium, address, validated_at, added_at, id_server)| Threepid {
-        medium,
-        address,
-        validated_at,
-        added_at,
-        id_server,
-    }))
+    Ok(row.map(from_row))
 }

@@ -7,11 +7,12 @@ use axum::extract::State;
 use diplomatie_service::{Error, Services};
 use ruma::api::{
     client::{
-        admin::get_user_info,
         account::{
-            add_3pid, bind_3pid, delete_3pid, get_3pids, request_3pid_management_token_via_email, unbind_3pid,
-            change_password, check_registration_token_validity, deactivate, get_username_availability, register, whoami,
+            add_3pid, bind_3pid, change_password, check_registration_token_validity, deactivate, delete_3pid,
+            get_3pids, get_username_availability, register, request_3pid_management_token_via_email, unbind_3pid,
+            whoami,
         },
+        admin::get_user_info,
         device::{self, delete_device, delete_devices, get_device, get_devices, update_device},
         profile::{get_profile, set_profile_field},
         session::{get_login_token, get_login_types, login, logout, logout_all, refresh_token},
@@ -251,7 +252,13 @@ pub async fn bind_threepid(State(s): S, req: Ruma<bind_3pid::v3::Request>) -> Ap
     let b = &req.body;
     let info = &b.identity_server_info;
     s.identity
-        .bind_address(&req.caller().user_id, &info.id_server, &info.id_access_token, b.sid.as_str(), b.client_secret.as_str())
+        .bind_address(
+            &req.caller().user_id,
+            &info.id_server,
+            &info.id_access_token,
+            b.sid.as_str(),
+            b.client_secret.as_str(),
+        )
         .await?;
     Ok(bind_3pid::v3::Response::new().into())
 }
@@ -265,10 +272,7 @@ fn removal(unbound: bool) -> ruma::api::client::account::ThirdPartyIdRemovalStat
 }
 
 /// `POST /account/3pid/unbind`: unbinds an address on its identity server; the account keeps it.
-pub async fn unbind_threepid(
-    State(s): S,
-    req: Ruma<unbind_3pid::v3::Request>,
-) -> ApiResult<unbind_3pid::v3::Response> {
+pub async fn unbind_threepid(State(s): S, req: Ruma<unbind_3pid::v3::Request>) -> ApiResult<unbind_3pid::v3::Response> {
     let b = &req.body;
     let unbound = s
         .identity
@@ -278,10 +282,7 @@ pub async fn unbind_threepid(
 }
 
 /// `POST /account/3pid/delete`: the account loses an address (unbound where it was bound).
-pub async fn delete_threepid(
-    State(s): S,
-    req: Ruma<delete_3pid::v3::Request>,
-) -> ApiResult<delete_3pid::v3::Response> {
+pub async fn delete_threepid(State(s): S, req: Ruma<delete_3pid::v3::Request>) -> ApiResult<delete_3pid::v3::Response> {
     let b = &req.body;
     let unbound = s
         .identity
@@ -296,8 +297,11 @@ pub async fn request_threepid_email_token(
     _: S,
     _req: Ruma<request_3pid_management_token_via_email::v3::Request>,
 ) -> ApiResult<request_3pid_management_token_via_email::v3::Response> {
-    Err(Error::new(ErrorKind::ThreepidDenied, "This server sends no e-mail: bind the address through an identity server")
-        .into())
+    Err(Error::new(
+        ErrorKind::ThreepidDenied,
+        "This server sends no e-mail: bind the address through an identity server",
+    )
+    .into())
 }
 
 /// `POST /account/3pid/add`: only addresses this server validated may be added, and it

@@ -87,7 +87,8 @@ pub async fn room_list(
 ) -> Result<Json<ReportPage>, ApiError> {
     let caller = authenticate(&s, &parts).await?;
     let room_id = OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
-    let page = s.reports.list(&caller.user_id, q.kind.as_deref(), Some(&room_id), q.from.as_deref(), q.limit.unwrap_or(100));
+    let page =
+        s.reports.list(&caller.user_id, q.kind.as_deref(), Some(&room_id), q.from.as_deref(), q.limit.unwrap_or(100));
     Ok(Json(page.await?))
 }
 

@@ -10,8 +10,8 @@ use ruma::api::client::{
     directory::{get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility},
     knock::knock_room,
     membership::{
-        ban_user, forget_room, get_member_events, get_mutual_rooms, invite_user, join_room_by_id, join_room_by_id_or_alias,
-        joined_members, joined_rooms, kick_user, leave_room, unban_user,
+        ban_user, forget_room, get_member_events, get_mutual_rooms, invite_user, join_room_by_id,
+        join_room_by_id_or_alias, joined_members, joined_rooms, kick_user, leave_room, unban_user,
     },
     room::{aliases, create_room, upgrade_room, Visibility},
     state::{get_state_event_for_key, get_state_events, send_state_event},

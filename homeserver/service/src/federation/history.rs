@@ -26,7 +26,8 @@ impl Federation {
         until: i64,
     ) -> Result<Option<(OwnedEventId, i64)>> {
         let found =
-            diplomatie_storage::events::event_at_timestamp(self.db.pool(), room_id.as_str(), ts, forward, until).await?;
+            diplomatie_storage::events::event_at_timestamp(self.db.pool(), room_id.as_str(), ts, forward, until)
+                .await?;
         Ok(found.and_then(|(id, ts)| OwnedEventId::try_from(id).ok().map(|id| (id, ts))))
     }
 

@@ -674,7 +674,9 @@ impl Organisation {
         }
         for name in named {
             let user = self.accounts.parse_local_user(name)?;
-            if !in_file.contains(&user) && !diplomatie_storage::accounts::user_exists(self.db.pool(), user.as_str()).await? {
+            if !in_file.contains(&user)
+                && !diplomatie_storage::accounts::user_exists(self.db.pool(), user.as_str()).await?
+            {
                 return Err(Error::not_found(format!("Unknown user {user}")));
             }
         }

@@ -346,7 +346,9 @@ impl Rooms {
         if roots.is_empty() {
             return Ok(out);
         }
-        for (root, count, latest, participated) in ev_store::thread_summaries(self.db.pool(), &roots, user.as_str()).await? {
+        for (root, count, latest, participated) in
+            ev_store::thread_summaries(self.db.pool(), &roots, user.as_str()).await?
+        {
             let Ok(root) = OwnedEventId::try_from(root) else { continue };
             let Some(latest) = ev_store::event_by_stream(self.db.pool(), latest).await? else { continue };
             let latest = Pdu::from_stored(latest)?;

@@ -103,7 +103,8 @@ impl Membership {
             return Err(Error::forbidden("The inviter is not a user of this server"));
         }
         self.rooms.known_room(room_id).await?;
-        let token = signed.get("token").and_then(Value::as_str).ok_or_else(|| Error::bad_json("signed.token is missing"))?;
+        let token =
+            signed.get("token").and_then(Value::as_str).ok_or_else(|| Error::bad_json("signed.token is missing"))?;
         if signed.get("mxid").and_then(Value::as_str) != Some(mxid.as_str()) {
             return Err(Error::bad_json("signed.mxid is not the user invited"));
         }
@@ -112,6 +113,7 @@ impl Membership {
             .state_event(room_id, &StateEventType::RoomThirdPartyInvite, token)
             .await?
             .ok_or_else(|| Error::not_found("No third-party invite with that token in the room"))?;
+        self.check_invite_signature(&promise.content_value(), signed).await?;
         let display_name = promise.content_field("display_name").unwrap_or(Value::Null);
         let mut content = json!({
             "membership": "invite",
@@ -129,15 +131,63 @@ impl Membership {
         Ok(())
     }
 
+    /// Checks, before anything is sent, that a key of the invite's promise signed `signed` and
+    /// that its identity server still vouches for that key (a key revoked since, or an
+    /// identity server that cannot be asked, refuses the invite).
+    async fn check_invite_signature(&self, promise: &Value, signed: &Value) -> Result<()> {
+        use ruma::{serde::Base64, signatures::PublicKeyMap, CanonicalJsonObject};
+        let mut keys: Vec<(&str, Option<&str>)> = Vec::new();
+        if let Some(key) = promise.get("public_key").and_then(Value::as_str) {
+            keys.push((key, promise.get("key_validity_url").and_then(Value::as_str)));
+        }
+        for k in promise.get("public_keys").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(key) = k.get("public_key").and_then(Value::as_str) {
+                keys.push((key, k.get("key_validity_url").and_then(Value::as_str)));
+            }
+        }
+        let object: CanonicalJsonObject =
+            serde_json::from_value(signed.clone()).map_err(|_| Error::bad_json("signed is not canonical JSON"))?;
+        let signers: Vec<(String, Vec<String>)> = signed
+            .get("signatures")
+            .and_then(Value::as_object)
+            .map(|by_entity| {
+                by_entity
+                    .iter()
+                    .map(|(entity, sigs)| {
+                        (entity.clone(), sigs.as_object().map(|s| s.keys().cloned().collect()).unwrap_or_default())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (key, validity_url) in keys {
+            let Ok(decoded) = Base64::parse(key) else { continue };
+            let map: PublicKeyMap = signers
+                .iter()
+                .map(|(entity, ids)| (entity.clone(), ids.iter().map(|id| (id.clone(), decoded.clone())).collect()))
+                .collect();
+            if map.is_empty() || ruma::signatures::verify_json(&map, &object).is_err() {
+                continue;
+            }
+            let Some(url) = validity_url else { return Ok(()) };
+            return match self.identity.key_is_valid(url, key).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(Error::forbidden("The identity server revoked the key that signed the invite")),
+                Err(e) => Err(Error::forbidden(format!("The invite's key could not be checked: {e}"))),
+            };
+        }
+        Err(Error::forbidden("No key of the invite signed it"))
+    }
+
     /// `/3pid/onbind`: an identity server says `mxid` now holds an address that had invites.
     /// Each is exchanged by the inviter's server: here when the inviter is a user of this
     /// server, else asked of theirs (`exchange_third_party_invite`). An invite that fails is
-    /// logged and the others go on.
+    /// logged, the others go on, and the first failure is answered.
     pub async fn on_bind(&self, mxid: &UserId, invites: &[(OwnedRoomId, OwnedUserId, Value)]) -> Result<()> {
         use ruma::api::federation::thirdparty::exchange_invite;
         if mxid.server_name() != self.server_name() {
             return Err(Error::invalid_param("Not a user of this server"));
         }
+        let mut failed = None;
         for (room_id, sender, signed) in invites {
             let done = if sender.server_name() == self.server_name() {
                 self.exchange_third_party_invite(room_id, sender, mxid, signed).await
@@ -156,8 +206,10 @@ impl Membership {
             };
             if let Err(e) = done {
                 tracing::warn!(%room_id, %sender, %mxid, error = %e, "a third-party invite could not be exchanged");
+                failed.get_or_insert(e);
             }
         }
-        Ok(())
+        // The identity server hears of a failure (and may try again), as from Synapse.
+        failed.map_or(Ok(()), Err)
     }
 }
