@@ -69,7 +69,7 @@ pub fn admit(
         return Err(ApiError(Error::new(ErrorKind::GuestAccessForbidden, "Guests may not use this endpoint")));
     }
     if let Some(caller) = caller {
-        let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+        let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
         let agent = parts.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok());
         services.accounts.note_seen(caller, ip, agent);
     }

@@ -111,14 +111,14 @@ pub struct Accounts {
     login_tokens: std::sync::Mutex<std::collections::HashMap<String, (OwnedUserId, std::time::Instant)>>,
     /// Where and when devices were last seen since the last write ([`Accounts::flush_last_seen`]):
     /// every authenticated request notes it here, and it reaches the database in batches.
-    last_seen: std::sync::Mutex<std::collections::HashMap<(OwnedUserId, OwnedDeviceId), Seen>>,
+    last_seen: std::sync::Mutex<std::collections::HashMap<OwnedUserId, std::collections::HashMap<OwnedDeviceId, Seen>>>,
 }
 
 /// Where, when and with what client a device was seen.
 #[derive(Clone, Debug)]
 pub struct Seen {
     pub ts: i64,
-    pub ip: Option<String>,
+    pub ip: Option<std::net::IpAddr>,
     pub user_agent: Option<String>,
 }
 
@@ -472,28 +472,34 @@ impl Accounts {
 
     /// A device as last seen, counting what is not written yet.
     fn with_pending_seen(&self, user: &UserId, device: &mut store::Device) {
-        let key = (user.to_owned(), OwnedDeviceId::from(device.device_id.as_str()));
-        if let Some(seen) = self.last_seen.lock().unwrap().get(&key) {
-            device.last_seen_ts = Some(seen.ts);
-            if seen.ip.is_some() {
-                device.last_seen_ip.clone_from(&seen.ip);
-            }
-            if seen.user_agent.is_some() {
-                device.last_seen_user_agent.clone_from(&seen.user_agent);
-            }
+        let seen = self.last_seen.lock().unwrap();
+        let Some(seen) = seen.get(user).and_then(|d| d.get(<&ruma::DeviceId>::from(device.device_id.as_str()))) else {
+            return;
+        };
+        device.last_seen_ts = Some(seen.ts);
+        if let Some(ip) = seen.ip {
+            device.last_seen_ip = Some(ip.to_string());
+        }
+        if seen.user_agent.is_some() {
+            device.last_seen_user_agent.clone_from(&seen.user_agent);
         }
     }
 
-    /// Notes that `caller`'s device made a request now, from `ip` with `user_agent`.
-    pub fn note_seen(&self, caller: &Caller, ip: Option<String>, user_agent: Option<&str>) {
+    /// Notes that `caller`'s device made a request now, from `ip` with `user_agent`: on every
+    /// authenticated request, so nothing is allocated once the device is known.
+    pub fn note_seen(&self, caller: &Caller, ip: Option<std::net::IpAddr>, user_agent: Option<&str>) {
         let ts = now_ms();
         // A header may be long: the first 512 bytes name the client well enough.
         let user_agent = user_agent.map(|a| &a[..a.floor_char_boundary(512)]);
         let mut seen = self.last_seen.lock().unwrap();
-        match seen.get_mut(&(caller.user_id.clone(), caller.device_id.clone())) {
+        let devices = match seen.get_mut(&*caller.user_id) {
+            Some(devices) => devices,
+            None => seen.entry(caller.user_id.clone()).or_default(),
+        };
+        match devices.get_mut(&*caller.device_id) {
             Some(s) => {
                 s.ts = ts;
-                if ip.is_some() && s.ip != ip {
+                if ip.is_some() {
                     s.ip = ip;
                 }
                 if user_agent.is_some() && s.user_agent.as_deref() != user_agent {
@@ -502,7 +508,7 @@ impl Accounts {
             }
             None => {
                 let entry = Seen { ts, ip, user_agent: user_agent.map(str::to_owned) };
-                seen.insert((caller.user_id.clone(), caller.device_id.clone()), entry);
+                devices.insert(caller.device_id.clone(), entry);
             }
         }
     }
@@ -513,13 +519,19 @@ impl Accounts {
         if pending.is_empty() {
             return Ok(());
         }
-        let rows: Vec<store::LastSeen<'_>> = pending
+        let seen: Vec<(&OwnedUserId, &OwnedDeviceId, &Seen, Option<String>)> = pending
             .iter()
-            .map(|((user, device), s)| store::LastSeen {
+            .flat_map(|(user, devices)| {
+                devices.iter().map(move |(device, s)| (user, device, s, s.ip.map(|ip| ip.to_string())))
+            })
+            .collect();
+        let rows: Vec<store::LastSeen<'_>> = seen
+            .iter()
+            .map(|(user, device, s, ip)| store::LastSeen {
                 user_id: user.as_str(),
                 device_id: device.as_str(),
                 ts: s.ts,
-                ip: s.ip.as_deref(),
+                ip: ip.as_deref(),
                 user_agent: s.user_agent.as_deref(),
             })
             .collect();

@@ -1243,8 +1243,11 @@ impl<'a> RoomWriter<'a> {
         }
         {
             let mut threaded = caches.threaded.lock().unwrap();
-            for pdu in appended.iter().filter(|p| relation_of(p).is_some_and(|(t, _)| t == "m.thread")) {
-                threaded.put(pdu.room_id.clone(), true);
+            // The rows hold each event's relation, read once when the event was built.
+            for row in rows.iter().filter(|r| r.relation.as_ref().is_some_and(|(t, _)| t == "m.thread")) {
+                if let Ok(room) = OwnedRoomId::try_from(row.room_id.as_str()) {
+                    threaded.put(room, true);
+                }
             }
         }
         {

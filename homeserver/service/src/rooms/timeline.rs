@@ -433,13 +433,13 @@ impl Timeline {
             if !self.rooms.can_see_event(user, &root).await? {
                 continue;
             }
-            if participated_only {
-                let summary = self.rooms.thread_summaries(&[&root], user, device).await?;
-                if !summary.get(&root.event_id).is_some_and(|t| t.participated) {
-                    continue;
-                }
-            }
             out.push(root);
+        }
+        if participated_only {
+            // One read of the page's summaries, not one a root.
+            let roots: Vec<&Pdu> = out.iter().map(|p| &**p).collect();
+            let summaries = self.rooms.thread_summaries(&roots, user, device).await?;
+            out.retain(|root| summaries.get(&root.event_id).is_some_and(|t| t.participated));
         }
         Ok((out, if more { last.map(|l| l.to_string()) } else { None }))
     }
