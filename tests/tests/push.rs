@@ -32,9 +32,17 @@ async fn push_rules_start_from_the_spec_defaults_and_change_through_the_api(back
     assert!(underrides.iter().any(|r| r["rule_id"] == ".m.rule.encrypted_room_one_to_one"));
     // The spec's defaults since the intentional mentions: no legacy name-matching rules.
     assert!(!overrides.contains(&".m.rule.contains_display_name"));
-    // Without the final slash too, and the global scope alone.
-    assert_eq!(alice.ok(Method::GET, "/_matrix/client/v3/pushrules", None).await, all);
+    // The global scope alone; paths the spec does not have answer as Synapse does: `/pushrules`
+    // without its slash is unknown (404), a malformed path below it is a bad request (400).
     assert_eq!(alice.ok(Method::GET, "/_matrix/client/v3/pushrules/global/", None).await, all["global"]);
+    assert_error(&alice.get("/_matrix/client/v3/pushrules").await, 404, "M_UNRECOGNIZED");
+    for path in ["global", "global/room", "not_a_scope/", "global/not_a_template/", "global/override/.m.rule.master/x"] {
+        assert_error(&alice.get(&format!("/_matrix/client/v3/pushrules/{path}")).await, 400, "M_UNRECOGNIZED");
+    }
+    for path in ["", "global", "global/", "global/room", "global/room/", "global/override/.m.rule.master/x"] {
+        let answer = alice.put(&format!("/_matrix/client/v3/pushrules/{path}"), &json!({ "actions": [] })).await;
+        assert_eq!(answer.0, 400, "PUT {path}: {}", answer.1);
+    }
     // An initial sync shows them as account data.
     let sync = alice.sync(None, "timeout=0").await;
     let event = sync["account_data"]["events"].as_array().unwrap().iter().find(|e| e["type"] == "m.push_rules");

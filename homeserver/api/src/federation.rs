@@ -52,6 +52,9 @@ pub fn routes(r: axum::Router<Arc<Services>>) -> axum::Router<Arc<Services>> {
     let r = route::<create_join_event::v2::Request, _, _>(r, send_join);
     let r = route::<prepare_leave_event::v1::Request, _, _>(r, make_leave);
     let r = route::<create_leave_event::v2::Request, _, _>(r, send_leave);
+    let r = r
+        .route("/_matrix/federation/v1/send_join/{room_id}/{event_id}", axum::routing::put(send_membership_v1))
+        .route("/_matrix/federation/v1/send_leave/{room_id}/{event_id}", axum::routing::put(send_membership_v1));
     let r = route::<create_invite::v2::Request, _, _>(r, invite);
     let r = route::<create_invite::v1::Request, _, _>(r, invite_v1);
     let r = route::<prepare_knock_event::v1::Request, _, _>(r, make_knock);
@@ -202,6 +205,31 @@ async fn send_join(
         .await?;
     let state = s.remote_membership.join_response(&b.room_id, &pdu, &state_before, signed).await?;
     Ok(create_join_event::v2::Response::new(state).into())
+}
+
+/// `/v1/send_join` and `/v1/send_leave`, which the spec keeps beside their `/v2/` forms (ruma
+/// carries only the latter): the same request, answered as `[200, body]`.
+async fn send_membership_v1(
+    State(s): S,
+    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
+    request: axum::extract::Request,
+) -> Result<axum::Json<serde_json::Value>, crate::error::ApiError> {
+    let join = request.uri().path().contains("/send_join/");
+    let (parts, bytes) = crate::ruma_wrapper::read_limited_body(request).await?;
+    let origin = crate::ruma_wrapper::server_origin(&s, &parts, &bytes).await?;
+    let room_id = ruma::OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    let event_id = ruma::OwnedEventId::try_from(event_id).map_err(|_| Error::invalid_param("Invalid event ID"))?;
+    let pdu: Box<RawValue> = serde_json::from_slice(&bytes).map_err(|e| Error::bad_json(e.to_string()))?;
+    let membership = if join { MembershipState::Join } else { MembershipState::Leave };
+    let (event, state_before, signed) =
+        s.remote_membership.send_membership_from(&origin, &room_id, &event_id, &pdu, membership).await?;
+    let body = if join {
+        let state = s.remote_membership.join_response(&room_id, &event, &state_before, signed).await?;
+        serde_json::to_value(state).map_err(diplomatie_service::internal!())?
+    } else {
+        serde_json::json!({})
+    };
+    Ok(axum::Json(serde_json::json!([200, body])))
 }
 
 async fn make_leave(

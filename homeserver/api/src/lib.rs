@@ -17,7 +17,7 @@ use std::{sync::Arc, time::Duration};
 use axum::{
     extract::Request,
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{any, get, post},
     Router,
 };
 use diplomatie_service::{Error, Services};
@@ -123,7 +123,10 @@ pub fn router(services: Arc<Services>) -> Router {
             )
             .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/upgrade"), post(rooms::upgrade))
             .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/report/{{event_id}}"), post(reports::report_event))
-            .route(&format!("/_matrix/client/{v}/pushrules/global/{{kind}}/"), get(push::of_kind))
+            .route(&format!("/_matrix/client/{v}/pushrules/global/{{kind}}/"), get(push::of_kind).put(push::malformed))
+            .route(&format!("/_matrix/client/{v}/pushrules/{{*rest}}"), any(push::malformed))
+            .route(&format!("/_matrix/client/{v}/pushrules/"), axum::routing::put(push::malformed))
+            .route(&format!("/_matrix/client/{v}/pushrules/global/"), axum::routing::put(push::malformed))
             .route(&format!("/_matrix/client/{v}/events"), get(legacy::events))
             .route(&format!("/_matrix/client/{v}/initialSync"), get(legacy::initial_sync))
             .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/initialSync"), get(legacy::room_initial_sync));

@@ -111,6 +111,39 @@ pub fn object_body(bytes: &[u8]) -> Result<Value, ApiError> {
     Ok(value)
 }
 
+/// A hand-read request's head and body (limited and timed by the `limits` middleware).
+pub async fn read_limited_body(request: Request) -> Result<(http::request::Parts, bytes::Bytes), ApiError> {
+    let (parts, body) = request.into_parts();
+    let bytes = body.collect().await.map_err(|e| crate::limits::body_error(&e))?.to_bytes();
+    Ok((parts, bytes))
+}
+
+/// The server a hand-read federation request comes from, once its `X-Matrix` signature over
+/// the whole request is checked (as the extractor does for typed requests).
+pub async fn server_origin(
+    services: &Services,
+    parts: &http::request::Parts,
+    bytes: &[u8],
+) -> Result<ruma::OwnedServerName, ApiError> {
+    let signer = services.transport.request_signer(&parts.headers).await.map_err(ApiError)?;
+    verify_signed(services, parts, bytes, signer)
+}
+
+/// Checks a request's signature over its method, path, headers and body.
+fn verify_signed(
+    services: &Services,
+    parts: &http::request::Parts,
+    bytes: &[u8],
+    signer: diplomatie_service::federation::keys::RequestSigner,
+) -> Result<ruma::OwnedServerName, ApiError> {
+    let mut signed = http::Request::builder().method(parts.method.clone()).uri(parts.uri.clone());
+    if let Some(h) = signed.headers_mut() {
+        *h = parts.headers.clone();
+    }
+    let signed = signed.body(bytes).map_err(diplomatie_service::internal!())?;
+    services.transport.verify_request(&signed, signer).map_err(ApiError)
+}
+
 /// Whether a guest may call this endpoint: the spec's list ("Guest access"), plus what a
 /// client needs around it (filters, account data, push rules read, logout), as Synapse allows.
 fn guest_may(parts: &http::request::Parts) -> bool {
@@ -317,14 +350,7 @@ where
                 &bytes
             };
         let origin = match signer {
-            Some(signer) => {
-                let mut signed = http::Request::builder().method(parts.method.clone()).uri(parts.uri.clone());
-                if let Some(h) = signed.headers_mut() {
-                    *h = parts.headers.clone();
-                }
-                let signed = signed.body(&bytes[..]).map_err(diplomatie_service::internal!())?;
-                Some(services.transport.verify_request(&signed, signer).map_err(ApiError)?)
-            }
+            Some(signer) => Some(verify_signed(services, &parts, &bytes, signer)?),
             None => None,
         };
         let http_req = http::Request::from_parts(parts, body_bytes);
@@ -400,10 +426,6 @@ where
     let filter = axum::routing::MethodFilter::try_from(method).expect("standard method");
     for path in T::PATH_BUILDER.all_paths() {
         router = router.route(path, axum::routing::on(filter, handler.clone()));
-        // `/pushrules/` is also asked for without its final slash.
-        if let Some(bare) = path.strip_suffix('/') {
-            router = router.route(bare, axum::routing::on(filter, handler.clone()));
-        }
         // State keys may be empty: the path then ends at the event type, with or without `/`.
         if let Some(short) = path.strip_suffix("/{state_key}") {
             router = router.route(short, axum::routing::on(filter, handler.clone()));

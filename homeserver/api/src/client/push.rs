@@ -41,14 +41,25 @@ pub async fn of_kind(
     State(s): S,
     axum::extract::Path(kind): axum::extract::Path<String>,
     parts: http::request::Parts,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let caller = crate::ruma_wrapper::authenticate(&s, &parts).await?;
     if !matches!(kind.as_str(), "override" | "content" | "room" | "sender" | "underride") {
-        return Err(Error::unrecognized("Unknown push rule kind").into());
+        return Ok(malformed().await);
     }
     let rules = s.push.push_rules(&caller.user_id).await?;
     let all = serde_json::to_value(&*rules).map_err(diplomatie_service::internal!())?;
-    Ok(axum::Json(all.get(&kind).cloned().unwrap_or_else(|| serde_json::json!([]))))
+    Ok(axum::Json(all.get(&kind).cloned().unwrap_or_else(|| serde_json::json!([]))).into_response())
+}
+
+/// A path under `/pushrules/` that names no scope, kind, rule or attribute the spec has (an
+/// unknown scope or kind, a missing or empty rule id, an unknown attribute, or a scope or kind
+/// without its final slash): 400 `M_UNRECOGNIZED`, as Synapse answers. Only `/pushrules` itself,
+/// without its slash, is unknown (404).
+pub async fn malformed() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = serde_json::json!({ "errcode": "M_UNRECOGNIZED", "error": "Malformed push rule path" });
+    (http::StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
 }
 
 /// One rule of the user's, or the spec's 404.

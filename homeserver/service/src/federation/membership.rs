@@ -97,7 +97,7 @@ impl RemoteMembership {
             return Err(Error::forbidden("A server may only ask for memberships of its own users"));
         }
         let meta = self.rooms.room_meta(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
-        if !self.rooms.server_in_room(room_id).await? {
+        if !self.rooms.may_write_membership(room_id, &membership).await? {
             return Err(Error::not_found("This server is no longer in the room"));
         }
         self.federation.check_server_acl(room_id, origin).await?;
@@ -176,7 +176,7 @@ impl RemoteMembership {
             return Err(Error::bad_json("The event is of another room than the path's"));
         }
         let meta = self.rooms.room_meta(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
-        if !self.rooms.server_in_room(room_id).await? {
+        if !self.rooms.may_write_membership(room_id, &membership).await? {
             return Err(Error::not_found("This server is no longer in the room"));
         }
         self.federation.check_server_acl(room_id, origin).await?;

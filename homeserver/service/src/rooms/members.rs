@@ -3,7 +3,10 @@
 
 use std::collections::HashSet;
 
-use ruma::{events::StateEventType, OwnedServerName, OwnedUserId, RoomId, UserId};
+use ruma::{
+    events::{room::member::MembershipState, StateEventType},
+    OwnedServerName, OwnedUserId, RoomId, UserId,
+};
 use serde_json::{Map, Value};
 
 use super::Rooms;
@@ -117,6 +120,22 @@ impl Rooms {
     pub async fn server_in_room(&self, room_id: &RoomId) -> Result<bool> {
         let me = self.server_name();
         Ok(self.joined_members(room_id).await?.iter().any(|u| u.server_name() == me))
+    }
+
+    /// Whether this server may write a membership in the room: it is in the room, or, for a
+    /// leave (an invite rejected, a knock withdrawn), nobody at all is: its state is then the
+    /// room's last, and no other server could take the leave.
+    pub async fn may_write_membership(&self, room_id: &RoomId, membership: &MembershipState) -> Result<bool> {
+        let joined = self.joined_members(room_id).await?;
+        let me = self.server_name();
+        Ok(joined.iter().any(|u| u.server_name() == me) || (*membership == MembershipState::Leave && joined.is_empty()))
+    }
+
+    /// Whether this server holds the room's state (its create event), not only what an invite
+    /// or a knock showed of it.
+    pub async fn has_full_state(&self, room_id: &RoomId) -> Result<bool> {
+        let state = self.current_state(room_id).await?;
+        Ok(self.state_event_in(&state, &StateEventType::RoomCreate, "").await?.is_some())
     }
 
     /// Stripped state for invites and knocks: what a client shows before joining (the room's

@@ -206,9 +206,18 @@ impl Membership {
             Some(MembershipState::Ban) => return Err(Error::forbidden("You are banned from this room")),
             _ => {}
         }
-        // An invite (or knock) to a room this server is not in is refused through another.
+        // An invite (or knock) to a room this server is not in is refused through another;
+        // when none takes it and nobody is in the room any more (the room was this server's,
+        // its members all left), this server's state is the room's last: it writes the leave.
         if self.outside_room(room_id).await? {
-            return self.remote_membership.remote_leave(user, room_id, &[]).await;
+            let remote = self.remote_membership.remote_leave(user, room_id, &[]).await;
+            let Err(e) = remote else { return Ok(()) };
+            let last = self.rooms.room_meta(room_id).await?.is_some()
+                && self.rooms.has_full_state(room_id).await?
+                && self.rooms.may_write_membership(room_id, &MembershipState::Leave).await?;
+            if !last {
+                return Err(e);
+            }
         }
         self.send_membership(user, room_id, user, membership_content(MembershipState::Leave, reason)).await
     }
