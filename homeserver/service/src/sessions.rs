@@ -10,7 +10,7 @@ use diplomatie_storage::accounts as store;
 use ruma::UserId;
 
 use crate::{
-    accounts::{hash_password, Accounts, Caller},
+    accounts::{hash_password, Accounts, Caller, Session},
     core::Core,
     e2ee::E2ee,
     push::Push,
@@ -38,6 +38,26 @@ impl Sessions {
         membership: Arc<Membership>,
     ) -> Sessions {
         Sessions { core, accounts, push, e2ee, membership }
+    }
+
+    /// Opens a session on a new (or re-used) device: users sharing a room with its owner, and
+    /// the owner's other devices, see the owner's device list change.
+    pub async fn open_session(
+        &self,
+        user: &UserId,
+        device_id: Option<&str>,
+        display_name: Option<&str>,
+        refresh: bool,
+    ) -> Result<Session> {
+        let session = self.accounts.open_session(user, device_id, display_name, refresh).await?;
+        self.e2ee.device_list_changed(user).await?;
+        Ok(session)
+    }
+
+    /// Renames a device; its name is part of the device list others see.
+    pub async fn rename_device(&self, user: &UserId, device_id: &str, name: Option<&str>) -> Result<()> {
+        self.accounts.rename_device(user, device_id, name).await?;
+        self.e2ee.device_list_changed(user).await
     }
 
     /// Logs out one device: its tokens and the device itself go.

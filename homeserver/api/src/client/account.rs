@@ -111,7 +111,7 @@ async fn open_registered_session(
     let mut resp = register::v3::Response::new(user_id.clone());
     if !body.inhibit_login {
         let session = s
-            .accounts
+            .sessions
             .open_session(
                 &user_id,
                 body.device_id.as_ref().map(|d| d.as_str()),
@@ -171,7 +171,7 @@ pub async fn login(State(s): S, req: Ruma<login::v3::Request>) -> ApiResult<logi
         _ => return Err(Error::new(ErrorKind::Unknown, "Only m.login.password and m.login.token are supported").into()),
     };
     let session = s
-        .accounts
+        .sessions
         .open_session(
             &user_id,
             body.device_id.as_ref().map(|d| d.as_str()),
@@ -387,7 +387,7 @@ pub async fn update_device(
     State(s): S,
     req: Ruma<update_device::v3::Request>,
 ) -> ApiResult<update_device::v3::Response> {
-    s.accounts
+    s.sessions
         .rename_device(&req.caller().user_id, req.body.device_id.as_str(), req.body.display_name.as_deref())
         .await?;
     Ok(update_device::v3::Response::new().into())

@@ -79,8 +79,8 @@ fn position(token: &str) -> Result<i64, ApiError> {
 
 pub async fn changes(State(s): S, req: Ruma<get_key_changes::v3::Request>) -> ApiResult<get_key_changes::v3::Response> {
     let (from, to) = (position(&req.body.from)?, position(&req.body.to)?);
-    let changed = s.e2ee.key_changes(&req.caller().user_id, from, to).await?;
-    Ok(get_key_changes::v3::Response::new(changed, Vec::new()).into())
+    let (changed, left) = s.e2ee.key_changes(&req.caller().user_id, from, to).await?;
+    Ok(get_key_changes::v3::Response::new(changed, left).into())
 }
 
 pub async fn send_to_device(

@@ -187,11 +187,11 @@ impl E2ee {
     ) -> Result<KeyUpload> {
         let user = user_id.as_str();
         let KeyUpload { device_keys, one_time_keys, fallback_keys, .. } = &upload;
-        let signing_key_id = format!("ed25519:{device}");
         let stored = if replacing { None } else { store::device_keys(self.db.pool(), user, device).await? };
         let stored: Option<Value> = stored.map(|s| serde_json::from_str(&s)).transpose()?;
 
-        // Device keys: for this very device, self-signed, and never replaced by other keys.
+        // Device keys: for this very device, and never replaced by other keys (a stolen token must
+        // not swap a known device's identity keys).
         let mut new_device_keys = None;
         if let Some(keys) = &device_keys {
             if keys.get("user_id").and_then(Value::as_str) != Some(user)
@@ -205,9 +205,8 @@ impl E2ee {
             {
                 return Err(Error::bad_json("device_keys needs algorithms, keys and signatures"));
             }
-            if keys["keys"].get(&signing_key_id).and_then(Value::as_str).is_none() {
-                return Err(Error::invalid_param(format!("device_keys.keys lacks {signing_key_id}")));
-            }
+            // A device without its own `ed25519:{device}` key cannot sign, and clients will not
+            // trust it; that is the uploader's loss only, so it is not refused (as Synapse).
             // Signatures are the clients' to verify (the spec asks every client to check them
             // before trusting a key), as Synapse leaves them: the uploader is the device itself,
             // so a check here would only refuse what its owner signed badly.
@@ -374,14 +373,18 @@ impl E2ee {
         Ok(out)
     }
 
-    /// `GET /keys/changes`: users sharing a room whose devices changed between two tokens.
-    pub async fn key_changes(&self, user: &UserId, from: i64, to: i64) -> Result<Vec<OwnedUserId>> {
-        if self.state.last_device_change.load(Ordering::Acquire) <= from {
-            return Ok(Vec::new());
-        }
-        let shared = self.rooms.users_sharing_rooms_with(user).await?;
-        let changed = self.device_changes_among(user, &shared, from, to).await?;
-        Ok(changed.into_iter().filter_map(|u| OwnedUserId::try_from(u).ok()).collect())
+    /// `GET /keys/changes`: between two tokens, the users (the caller included) whose devices
+    /// changed or who came to share a room with the caller, and those who no longer share one,
+    /// as `/sync`'s `device_lists` says.
+    pub async fn key_changes(
+        &self,
+        user: &UserId,
+        from: i64,
+        to: i64,
+    ) -> Result<(Vec<OwnedUserId>, Vec<OwnedUserId>)> {
+        let (changed, left) = self.device_list_updates(user, from, to).await?;
+        let users = |list: Vec<String>| list.into_iter().filter_map(|u| OwnedUserId::try_from(u).ok()).collect();
+        Ok((users(changed), users(left)))
     }
 
     /// Those of `shared` whose devices changed between the two positions, and those `viewer`
@@ -431,7 +434,9 @@ impl E2ee {
         if !moved(&self.state.last_device_change) && !moved(&self.state.last_member_change) {
             return Ok((Vec::new(), Vec::new()));
         }
-        let shared = self.rooms.users_sharing_rooms_with(user).await?;
+        // A user's own devices are news to their other devices.
+        let mut shared = self.rooms.users_sharing_rooms_with(user).await?;
+        shared.insert(user.to_owned());
         let listed = self.device_changes_among(user, &shared, since, to).await?;
         let mut changed: std::collections::BTreeSet<String> = listed.iter().cloned().collect();
         let mut left = std::collections::BTreeSet::new();
