@@ -58,6 +58,19 @@ async fn registration_follows_user_interactive_auth(backend: Backend) {
         .await;
     assert_eq!(status, 200);
     assert!(reg.get("access_token").is_none(), "{reg}");
+    // A later step may send its `auth` alone: the session keeps the first request's parameters.
+    let (_, f) = c
+        .post("/_matrix/client/v3/register", &json!({ "username": "dora", "password": "pw", "device_id": "XYZZY" }))
+        .await;
+    let auth = json!({ "auth": { "type": "m.login.dummy", "session": f["session"] } });
+    let (status, reg) = c.post("/_matrix/client/v3/register", &auth).await;
+    assert_eq!(status, 200, "{reg}");
+    assert_eq!((reg["user_id"].as_str(), reg["device_id"].as_str()), (Some("@dora:localhost"), Some("XYZZY")));
+    // Asked again once done, the session answers with the same account (a new session on it).
+    let (status, again) = c.post("/_matrix/client/v3/register", &auth).await;
+    assert_eq!((status, &again["user_id"]), (200, &reg["user_id"]), "{again}");
+    assert_ne!(again["access_token"], reg["access_token"]);
+    server.login("dora", "pw").await;
 }
 
 async fn registration_rejects_bad_and_taken_usernames(backend: Backend) {
@@ -256,6 +269,9 @@ async fn devices_list_rename_and_delete_with_uia(backend: Backend) {
     let (status, v) = alice.request(Method::DELETE, "/_matrix/client/v3/devices/LAPTOP", Some(&wrong)).await;
     assert_eq!((status, v["errcode"].clone()), (401, json!("M_FORBIDDEN")), "{v}");
     let right = json!({ "auth": { "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "correct horse", "session": uia["session"] } });
+    // A session opened to delete one device cannot delete another.
+    let (status, v) = alice.request(Method::DELETE, "/_matrix/client/v3/devices/OTHER", Some(&right)).await;
+    assert_eq!((status, v["errcode"].clone()), (403, json!("M_FORBIDDEN")), "{v}");
     alice.ok(Method::DELETE, "/_matrix/client/v3/devices/LAPTOP", Some(&right)).await;
     let devices = alice.ok(Method::GET, "/_matrix/client/v3/devices", None).await;
     assert_eq!(devices["devices"].as_array().unwrap().len(), 1);

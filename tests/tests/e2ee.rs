@@ -265,6 +265,17 @@ async fn to_device_messages_and_device_lists(backend: Backend) {
     let mut alice2 = alice.clone();
     alice2.token = Some(login["access_token"].as_str().unwrap().to_owned());
     alice2.device_id = "NEWDEV".into();
+    // The login alone is a change (the device is listed before it has keys), to Bob and to
+    // Alice's other device; so is a new name.
+    let s = bob.sync(Some(&next), "timeout=0").await;
+    assert_eq!(s["device_lists"]["changed"], json!([alice.user_id]), "{s}");
+    let alice_since = alice.sync(None, "").await["next_batch"].as_str().unwrap().to_owned();
+    let bob_since = s["next_batch"].as_str().unwrap().to_owned();
+    alice2.ok(Method::PUT, "/_matrix/client/v3/devices/NEWDEV", Some(&json!({ "display_name": "Poste" }))).await;
+    let s = bob.sync(Some(&bob_since), "timeout=0").await;
+    assert_eq!(s["device_lists"]["changed"], json!([alice.user_id]), "{s}");
+    let s = alice.sync(Some(&alice_since), "timeout=0").await;
+    assert_eq!(s["device_lists"]["changed"], json!([alice.user_id]), "{s}");
     let dev = Device::new(&alice2, 3);
     alice2.ok(Method::POST, "/_matrix/client/v3/keys/upload", Some(&json!({ "device_keys": dev.device_keys() }))).await;
     let s = bob.sync(Some(&next), "timeout=0").await;
@@ -303,6 +314,10 @@ async fn to_device_messages_and_device_lists(backend: Backend) {
     let s = bob.sync(Some(&next), "timeout=0").await;
     assert_eq!(s["device_lists"]["left"], json!([carol.user_id]), "{s}");
     assert!(s["device_lists"]["changed"].as_array().is_none_or(Vec::is_empty), "{s}");
+    // /keys/changes says the same.
+    let path = format!("/_matrix/client/v3/keys/changes?from={next}&to={}", s["next_batch"].as_str().unwrap());
+    let changes = bob.ok(Method::GET, &path, None).await;
+    assert_eq!((&changes["changed"], &changes["left"]), (&json!([]), &json!([carol.user_id])), "{changes}");
 }
 
 mod cross_signing_and_backup {

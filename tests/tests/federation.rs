@@ -20,6 +20,8 @@ backend_tests!(
     a_space_lists_rooms_of_another_server,
     the_outbound_queue_survives_restarts,
     servers_named_without_a_port_are_found_through_srv_records,
+    a_server_joins_and_leaves_through_the_v1_endpoints,
+    an_invite_to_a_room_everyone_left_can_be_rejected,
 );
 
 /// Syncs `client` until `found` holds for a response (20 s at most); answers that response.
@@ -924,4 +926,49 @@ async fn unusable_federation_settings_stop_the_server_at_start_up() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("federation.dns_servers") && stderr.contains("pas-une-adresse"), "{stderr}");
+}
+
+/// `/v1/send_join` and `/v1/send_leave`, which the spec keeps beside `/v2/`: the same checks,
+/// answered as `[200, body]`.
+async fn a_server_joins_and_leaves_through_the_v1_endpoints(backend: Backend) {
+    let other = FakeServer::new("partner.test");
+    let a = start_with_config(backend, &other.pinned()).await;
+    let alice = a.register("alice").await;
+    let room = alice.create_room(json!({ "preset": "public_chat", "room_version": "12" })).await;
+    let user = "@p:partner.test";
+    let template = |kind: &str| format!("/_matrix/federation/v1/{kind}/{}/{}?ver=12", urlencode(&room), urlencode(user));
+    for (make, send, membership) in [("make_join", "send_join", "join"), ("make_leave", "send_leave", "leave")] {
+        let (status, v) = other.request(&a, Method::GET, &template(make), None, Signing::Good).await;
+        assert_eq!(status, 200, "{make}: {v}");
+        let (id, event) = other.sign(v["event"].clone());
+        let path = format!("/_matrix/federation/v1/{send}/{}/{}", urlencode(&room), urlencode(&id));
+        // Unsigned, or of another server's user: refused.
+        let (status, v) = other.request(&a, Method::PUT, &path, Some(&event), Signing::None).await;
+        assert_eq!((status, v["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "{v}");
+        let (status, v) = other.request(&a, Method::PUT, &path, Some(&event), Signing::Good).await;
+        assert_eq!(status, 200, "{send}: {v}");
+        assert_eq!(v[0], 200, "{v}");
+        if membership == "join" {
+            assert!(v[1]["state"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"), "{v}");
+            assert!(!v[1]["auth_chain"].as_array().unwrap().is_empty(), "{v}");
+        } else {
+            assert_eq!(v[1], json!({}));
+        }
+        assert_eq!(room_state(&alice, &room, "m.room.member", user).await.1["membership"], membership);
+    }
+}
+
+/// An invite to a room whose members all left: no server is in the room any more, so the one
+/// that holds its state writes the rejection (a federating server would otherwise look for
+/// another to take it, and find none).
+async fn an_invite_to_a_room_everyone_left_can_be_rejected(backend: Backend) {
+    let a = TestServer::start_federating(backend, &[]).await;
+    let alice = a.register("alice").await;
+    let bob = a.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "private_chat" })).await;
+    assert_eq!(alice.invite(&room, &bob.user_id).await.0, 200);
+    alice.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&json!({}))).await;
+    bob.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&json!({}))).await;
+    let s = bob.sync(None, "timeout=0").await;
+    assert!(s["rooms"]["invite"].get(&room).is_none(), "{s}");
 }

@@ -34,6 +34,8 @@ pub struct Ruma<T> {
     /// A media upload's file, written to disk as it arrived (ruma's request then carries an
     /// empty `file`), with its place among the uploads in progress.
     pub upload: Option<(diplomatie_service::media::Spooled, crate::limits::UploadSlot)>,
+    /// The request's method and path, which binds a user-interactive authentication session.
+    pub operation: String,
 }
 
 impl<T> Ruma<T> {
@@ -353,6 +355,7 @@ where
             Some(signer) => Some(verify_signed(services, &parts, &bytes, signer)?),
             None => None,
         };
+        let operation = format!("{} {}", parts.method, parts.uri.path());
         let http_req = http::Request::from_parts(parts, body_bytes);
         let args: Vec<&str> = path_params.iter().map(String::as_str).collect();
         // ruma's parsers are not ours: one that panics on some input (as its login body did on
@@ -363,7 +366,7 @@ where
             Ok(parsed) => parsed.map_err(parse_error)?,
             Err(_) => return Err(ApiError(Error::bad_json("The request could not be parsed"))),
         };
-        Ok(Ruma { body, caller, json, ip, origin, upload })
+        Ok(Ruma { body, caller, json, ip, origin, upload, operation })
     }
 }
 

@@ -210,6 +210,9 @@ pub struct Push {
     pub ip_range_allowlist: Vec<String>,
     /// Longest wait between two attempts to reach a failing gateway, in milliseconds.
     pub max_backoff_ms: u64,
+    /// Whether connections to gateways stay open between notifications (on by default; a
+    /// gateway that cannot take two requests on one connection needs it off).
+    pub keep_alive: bool,
 }
 
 /// Requests to the identity servers users name (`id_server`): third-party invites, lookups,
@@ -379,7 +382,7 @@ impl Default for Media {
 
 impl Default for Push {
     fn default() -> Self {
-        Push { timeout_ms: 10_000, ip_range_allowlist: Vec::new(), max_backoff_ms: 600_000 }
+        Push { timeout_ms: 10_000, ip_range_allowlist: Vec::new(), max_backoff_ms: 600_000, keep_alive: true }
     }
 }
 

@@ -71,6 +71,17 @@ pub fn client(
     timeout: std::time::Duration,
     purpose: &str,
 ) -> Result<Client> {
+    client_with(tls, allowed, timeout, purpose, true)
+}
+
+/// [`client`], with or without keeping connections open between requests (`keep_alive`).
+pub fn client_with(
+    tls: &crate::config::Outbound,
+    allowed: Arc<Vec<IpNet>>,
+    timeout: std::time::Duration,
+    purpose: &str,
+    keep_alive: bool,
+) -> Result<Client> {
     // `loopback_only`: the unchecked client never follows a redirect off loopback.
     let builder = |loopback_only: bool| {
         let for_redirects = allowed.clone();
@@ -88,6 +99,7 @@ pub fn client(
                 }
             }))
             .timeout(timeout)
+            .pool_max_idle_per_host(if keep_alive { usize::MAX } else { 0 })
             .user_agent(format!("Diplomatie/{} ({purpose})", env!("CARGO_PKG_VERSION")))
     };
     let built = |b: reqwest::ClientBuilder| {

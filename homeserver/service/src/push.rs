@@ -1014,11 +1014,12 @@ impl Push {
         }
         let allowed =
             crate::outbound::parse_allowlist("push.ip_range_allowlist", &self.config.push.ip_range_allowlist)?;
-        let client = crate::outbound::client(
+        let client = crate::outbound::client_with(
             &self.config.outbound,
             allowed,
             Duration::from_millis(self.config.push.timeout_ms),
             "push",
+            self.config.push.keep_alive,
         )?;
         Ok(self.state.client.get_or_init(|| client))
     }

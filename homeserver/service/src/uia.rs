@@ -22,6 +22,27 @@ const SESSION_LIFETIME: Duration = Duration::from_secs(30 * 60);
 struct Session {
     completed: Vec<AuthType>,
     created: Instant,
+    /// The request that opened the session (method and path): a session authorises that
+    /// operation only, as Synapse binds it.
+    operation: String,
+    /// A registration's parameters from the session's first request: a later step may send
+    /// its `auth` alone (Synapse keeps them the same way).
+    params: Option<serde_json::Value>,
+    /// The account a completed registration created: the same session asked again answers
+    /// with it (registration is idempotent).
+    registered: Option<ruma::OwnedUserId>,
+}
+
+impl Session {
+    fn new(operation: &str) -> Session {
+        Session {
+            completed: vec![],
+            created: Instant::now(),
+            operation: operation.to_owned(),
+            params: None,
+            registered: None,
+        }
+    }
 }
 
 /// User-interactive authentication, over the accounts (whose passwords the password stage
@@ -41,12 +62,14 @@ impl Uia {
 
     /// Runs one step of user-interactive authentication. `Ok(())` once a flow is complete;
     /// otherwise the spec's 401 with the flows, the completed stages and the session.
-    /// `user` is whom the password stage must authenticate.
+    /// `user` is whom the password stage must authenticate; `operation` names the request
+    /// (method and path): a session opened by one operation cannot authorise another.
     pub async fn user_interactive_auth(
         &self,
         flows: &[Vec<AuthType>],
         auth: Option<&AuthData>,
         user: Option<&UserId>,
+        operation: &str,
     ) -> Result<()> {
         let info = |session: String, completed: Vec<AuthType>, error: Option<StandardErrorBody>| {
             let mut info = UiaaInfo::new(flows.iter().map(|f| AuthFlow::new(f.clone())).collect());
@@ -59,17 +82,14 @@ impl Uia {
         };
         let Some(auth) = auth else {
             let session = crate::random_string(24);
-            self.sessions
-                .lock()
-                .unwrap()
-                .insert(session.clone(), Session { completed: vec![], created: Instant::now() });
+            self.sessions.lock().unwrap().insert(session.clone(), Session::new(operation));
             return Err(info(session, vec![], None));
         };
         let session_id = match auth.session() {
             Some(s) => s.to_owned(),
             None => {
                 let s = crate::random_string(24);
-                self.sessions.lock().unwrap().insert(s.clone(), Session { completed: vec![], created: Instant::now() });
+                self.sessions.lock().unwrap().insert(s.clone(), Session::new(operation));
                 s
             }
         };
@@ -77,6 +97,9 @@ impl Uia {
             let mut sessions = self.sessions.lock().unwrap();
             sessions.retain(|_, s| s.created.elapsed() < SESSION_LIFETIME);
             match sessions.get(&session_id) {
+                Some(s) if s.operation != operation => {
+                    return Err(Error::forbidden("Requested operation has changed during the UI authentication session"));
+                }
                 Some(s) => s.completed.clone(),
                 None => return Err(Error::new(ErrorKind::Unknown, "Unknown or expired UIA session")),
             }
@@ -117,6 +140,31 @@ impl Uia {
             s.completed = completed.clone();
         }
         Err(info(session_id, completed, None))
+    }
+
+    /// Keeps a registration's parameters in its session (the first request's).
+    pub fn keep_params(&self, session: &str, params: serde_json::Value) {
+        if let Some(s) = self.sessions.lock().unwrap().get_mut(session) {
+            s.params.get_or_insert(params);
+        }
+    }
+
+    /// The parameters kept in a session, and the account it registered if it did.
+    pub fn kept(&self, session: &str) -> (Option<serde_json::Value>, Option<ruma::OwnedUserId>) {
+        let sessions = self.sessions.lock().unwrap();
+        match sessions.get(session).filter(|s| s.created.elapsed() < SESSION_LIFETIME) {
+            Some(s) => (s.params.clone(), s.registered.clone()),
+            None => (None, None),
+        }
+    }
+
+    /// Records the account a completed registration session created (its session stays, for
+    /// the same request asked again, until it expires).
+    pub fn registered(&self, session: &str, operation: &str, params: Option<serde_json::Value>, user: &UserId) {
+        let mut entry = Session::new(operation);
+        entry.params = params;
+        entry.registered = Some(user.to_owned());
+        self.sessions.lock().unwrap().insert(session.to_owned(), entry);
     }
 
     /// Checks a password stage; answers the user it authenticates.

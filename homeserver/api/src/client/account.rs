@@ -54,7 +54,8 @@ pub async fn registration_token_validity(
 
 /// `POST /register`: user-interactive, with `m.login.dummy` or `m.login.registration_token`.
 pub async fn register(State(s): S, req: Ruma<register::v3::Request>) -> ApiResult<register::v3::Response> {
-    let body = req.body;
+    let (operation, json) = (req.operation, req.json);
+    let mut body = req.body;
     if body.kind == register::RegistrationKind::Guest {
         if !s.config.registration.allow_guests {
             return Err(Error::forbidden("Guest access is disabled").into());
@@ -66,13 +67,25 @@ pub async fn register(State(s): S, req: Ruma<register::v3::Request>) -> ApiResul
         return Err(Error::forbidden("Registration is disabled").into());
     }
     // A guest becoming a full account: its token proves who it is.
-    let guest_token = req.json.as_ref().and_then(|j| j.get("guest_access_token")).and_then(|t| t.as_str());
+    let guest_token = json.as_ref().and_then(|j| j.get("guest_access_token")).and_then(|t| t.as_str());
     if let Some(token) = guest_token {
-        s.uia.user_interactive_auth(&[vec![AuthType::Dummy]], body.auth.as_ref(), None).await?;
+        s.uia.user_interactive_auth(&[vec![AuthType::Dummy]], body.auth.as_ref(), None, &operation).await?;
         let password = body.password.as_deref().filter(|p| !p.is_empty());
         let password = password.ok_or_else(|| Error::missing_param("A password is required"))?;
         let user_id = s.accounts.upgrade_guest(token, body.username.as_deref(), password).await?;
         return Ok(open_registered_session(&s, user_id, &body).await?.into());
+    }
+    // A later step of a session: it may send its `auth` alone, the first request's parameters
+    // stand; asked again once done, the session answers with the account it created.
+    let session = body.auth.as_ref().and_then(|a| a.session()).map(str::to_owned);
+    if let Some(session) = &session {
+        let (params, registered) = s.uia.kept(session);
+        if let Some(user_id) = registered {
+            return Ok(open_registered_session(&s, user_id, &body).await?.into());
+        }
+        if let Some(params) = params {
+            fill_registration(&mut body, &params);
+        }
     }
     // Check the username before asking for authentication, as Synapse does.
     if let Some(name) = &body.username {
@@ -83,7 +96,15 @@ pub async fn register(State(s): S, req: Ruma<register::v3::Request>) -> ApiResul
     } else {
         vec![vec![AuthType::Dummy]]
     };
-    s.uia.user_interactive_auth(&flows, body.auth.as_ref(), None).await?;
+    let step = s.uia.user_interactive_auth(&flows, body.auth.as_ref(), None, &operation).await;
+    if let (Err(Error::Uiaa(info)), Some(json)) = (&step, &json) {
+        if let (Some(id), Some(params)) = (&info.session, json.as_object()) {
+            let mut params = params.clone();
+            params.remove("auth");
+            s.uia.keep_params(id, params.into());
+        }
+    }
+    step?;
     if body.password.as_deref().is_none_or(str::is_empty) {
         return Err(Error::missing_param("A password is required").into());
     }
@@ -99,7 +120,30 @@ pub async fn register(State(s): S, req: Ruma<register::v3::Request>) -> ApiResul
     if let Some(AuthData::RegistrationToken(t)) = &body.auth {
         s.accounts.consume_registration_token(&t.token).await?;
     }
+    if let Some(session) = &session {
+        s.uia.registered(session, &operation, None, &user_id);
+    }
     Ok(open_registered_session(&s, user_id, &body).await?.into())
+}
+
+/// Fills what a registration request leaves out from its session's first request.
+fn fill_registration(body: &mut register::v3::Request, params: &serde_json::Value) {
+    let text = |key: &str| params.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    let flag = |key: &str| params.get(key).and_then(|v| v.as_bool()).unwrap_or(false);
+    if body.username.is_none() {
+        body.username = text("username");
+    }
+    if body.password.is_none() {
+        body.password = text("password");
+    }
+    if body.device_id.is_none() {
+        body.device_id = text("device_id").map(Into::into);
+    }
+    if body.initial_device_display_name.is_none() {
+        body.initial_device_display_name = text("initial_device_display_name");
+    }
+    body.inhibit_login |= flag("inhibit_login");
+    body.refresh_token |= flag("refresh_token");
 }
 
 /// The answer to a registration: the user id, and a new session unless `inhibit_login`.
@@ -143,7 +187,7 @@ pub async fn get_login_token(
     req: Ruma<get_login_token::v1::Request>,
 ) -> ApiResult<get_login_token::v1::Response> {
     let caller = req.caller();
-    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
+    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation).await?;
     let token = s.accounts.issue_login_token(&caller.user_id)?;
     Ok(get_login_token::v1::Response::new(diplomatie_service::accounts::LOGIN_TOKEN_LIFETIME, token).into())
 }
@@ -308,7 +352,7 @@ pub async fn request_threepid_email_token(
 /// validates none (it sends no e-mail); binding through an identity server adds them.
 pub async fn add_threepid(State(s): S, req: Ruma<add_3pid::v3::Request>) -> ApiResult<add_3pid::v3::Response> {
     let caller = req.caller();
-    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
+    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation).await?;
     Err(Error::new(ErrorKind::ThreepidAuthFailed, "No address validation session of this server has that id").into())
 }
 
@@ -348,7 +392,7 @@ pub async fn change_password(
     req: Ruma<change_password::v3::Request>,
 ) -> ApiResult<change_password::v3::Response> {
     let caller = req.caller();
-    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
+    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation).await?;
     if req.body.new_password.is_empty() {
         return Err(Error::new(ErrorKind::WeakPassword, "The password must not be empty").into());
     }
@@ -359,7 +403,7 @@ pub async fn change_password(
 /// `POST /account/deactivate` (user-interactive: the current password).
 pub async fn deactivate(State(s): S, req: Ruma<deactivate::v3::Request>) -> ApiResult<deactivate::v3::Response> {
     let caller = req.caller();
-    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
+    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation).await?;
     s.sessions.deactivate(&caller.user_id).await?;
     Ok(deactivate::v3::Response::new(ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport).into())
 }
@@ -400,7 +444,7 @@ pub async fn delete_device(
 ) -> ApiResult<delete_device::v3::Response> {
     let caller = req.caller();
     s.accounts.device(&caller.user_id, req.body.device_id.as_str()).await?;
-    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
+    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation).await?;
     s.sessions.delete_devices(&caller.user_id, &[req.body.device_id.as_str()]).await?;
     Ok(delete_device::v3::Response::new().into())
 }
@@ -411,7 +455,7 @@ pub async fn delete_devices(
     req: Ruma<delete_devices::v3::Request>,
 ) -> ApiResult<delete_devices::v3::Response> {
     let caller = req.caller();
-    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id)).await?;
+    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation).await?;
     let ids: Vec<&str> = req.body.devices.iter().map(|d| d.as_str()).collect();
     s.sessions.delete_devices(&caller.user_id, &ids).await?;
     Ok(delete_devices::v3::Response::new().into())

@@ -75,7 +75,12 @@ impl E2ee {
         let stored_master = store::cross_signing_key(self.db.pool(), user.as_str(), "master").await?;
         if stored_master.is_some() {
             self.uia
-                .user_interactive_auth(&[vec![ruma::api::client::uiaa::AuthType::Password]], auth, Some(user))
+                .user_interactive_auth(
+                    &[vec![ruma::api::client::uiaa::AuthType::Password]],
+                    auth,
+                    Some(user),
+                    "POST /keys/device_signing/upload",
+                )
                 .await?;
         }
         let master = body.get("master_key").filter(|v| !v.is_null());
