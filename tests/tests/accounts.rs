@@ -270,8 +270,10 @@ async fn devices_list_rename_and_delete_with_uia(backend: Backend) {
     assert_eq!((status, v["errcode"].clone()), (401, json!("M_FORBIDDEN")), "{v}");
     let right = json!({ "auth": { "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "correct horse", "session": uia["session"] } });
     // A session opened to delete one device cannot delete another.
-    let (status, v) = alice.request(Method::DELETE, "/_matrix/client/v3/devices/OTHER", Some(&right)).await;
+    let mine = format!("/_matrix/client/v3/devices/{}", alice.device_id);
+    let (status, v) = alice.request(Method::DELETE, &mine, Some(&right)).await;
     assert_eq!((status, v["errcode"].clone()), (403, json!("M_FORBIDDEN")), "{v}");
+    alice.ok(Method::GET, &mine, None).await;
     alice.ok(Method::DELETE, "/_matrix/client/v3/devices/LAPTOP", Some(&right)).await;
     let devices = alice.ok(Method::GET, "/_matrix/client/v3/devices", None).await;
     assert_eq!(devices["devices"].as_array().unwrap().len(), 1);

@@ -258,6 +258,10 @@ impl Syncer {
         if initial || marks.account_data_since(user, since.stream) {
             let data_changes = streams::account_data_between(pool, user.as_str(), since.stream, to.stream).await?;
             for (room, kind, content) in data_changes {
+                let filter = if room.is_empty() { &req.filter.account_data } else { &req.filter.room.account_data };
+                if !filter.allows_type(&kind) {
+                    continue;
+                }
                 let event = account_data_event(&kind, &content)?;
                 if room.is_empty() {
                     global_kinds.insert(kind);
@@ -332,7 +336,7 @@ impl Syncer {
 
         // Global account data; an initial sync always shows the push rules, defaults included.
         let mut account_data = changes.account_data.remove("").unwrap_or_default();
-        if initial && !global_kinds.contains("m.push_rules") {
+        if initial && !global_kinds.contains("m.push_rules") && req.filter.account_data.allows_type("m.push_rules") {
             let rules = self.push.default_push_rules_event(user).await?;
             account_data.push(serde_json::value::to_raw_value(&rules).map_err(crate::internal!())?);
         }

@@ -53,7 +53,10 @@ pub async fn registration_token_validity(
 }
 
 /// `POST /register`: user-interactive, with `m.login.dummy` or `m.login.registration_token`.
-pub async fn register(State(s): S, req: Ruma<register::v3::Request>) -> ApiResult<register::v3::Response> {
+pub async fn register(
+    State(s): S,
+    req: Ruma<register::v3::Request>,
+) -> Result<axum::Json<serde_json::Value>, crate::error::ApiError> {
     let (operation, json) = (req.operation, req.json);
     let mut body = req.body;
     if body.kind == register::RegistrationKind::Guest {
@@ -61,7 +64,7 @@ pub async fn register(State(s): S, req: Ruma<register::v3::Request>) -> ApiResul
             return Err(Error::forbidden("Guest access is disabled").into());
         }
         let user_id = s.accounts.create_guest().await?;
-        return Ok(open_registered_session(&s, user_id, &body).await?.into());
+        return Ok(open_registered_session(&s, user_id, &body).await?);
     }
     if !s.config.registration.enabled {
         return Err(Error::forbidden("Registration is disabled").into());
@@ -73,7 +76,7 @@ pub async fn register(State(s): S, req: Ruma<register::v3::Request>) -> ApiResul
         let password = body.password.as_deref().filter(|p| !p.is_empty());
         let password = password.ok_or_else(|| Error::missing_param("A password is required"))?;
         let user_id = s.accounts.upgrade_guest(token, body.username.as_deref(), password).await?;
-        return Ok(open_registered_session(&s, user_id, &body).await?.into());
+        return Ok(open_registered_session(&s, user_id, &body).await?);
     }
     // A later step of a session: it may send its `auth` alone, the first request's parameters
     // stand; asked again once done, the session answers with the account it created.
@@ -81,7 +84,7 @@ pub async fn register(State(s): S, req: Ruma<register::v3::Request>) -> ApiResul
     if let Some(session) = &session {
         let (params, registered) = s.uia.kept(session);
         if let Some(user_id) = registered {
-            return Ok(open_registered_session(&s, user_id, &body).await?.into());
+            return Ok(open_registered_session(&s, user_id, &body).await?);
         }
         if let Some(params) = params {
             fill_registration(&mut body, &params);
@@ -123,7 +126,7 @@ pub async fn register(State(s): S, req: Ruma<register::v3::Request>) -> ApiResul
     if let Some(session) = &session {
         s.uia.registered(session, &operation, None, &user_id);
     }
-    Ok(open_registered_session(&s, user_id, &body).await?.into())
+    Ok(open_registered_session(&s, user_id, &body).await?)
 }
 
 /// Fills what a registration request leaves out from its session's first request.
@@ -146,8 +149,29 @@ fn fill_registration(body: &mut register::v3::Request, params: &serde_json::Valu
     body.refresh_token |= flag("refresh_token");
 }
 
-/// The answer to a registration: the user id, and a new session unless `inhibit_login`.
+/// The answer to a registration: the user id, and a new session unless `inhibit_login`
+/// (without a session, no `device_id` at all: ruma's response would say `null`).
 async fn open_registered_session(
+    s: &Services,
+    user_id: ruma::OwnedUserId,
+    body: &register::v3::Request,
+) -> Result<axum::Json<serde_json::Value>, Error> {
+    let resp = registered(s, user_id, body).await?;
+    let mut json = serde_json::json!({ "user_id": resp.user_id });
+    if let (Some(token), Some(device)) = (resp.access_token, resp.device_id) {
+        json["access_token"] = token.into();
+        json["device_id"] = device.as_str().into();
+    }
+    if let Some(refresh) = resp.refresh_token {
+        json["refresh_token"] = refresh.into();
+    }
+    if let Some(expires) = resp.expires_in {
+        json["expires_in_ms"] = (expires.as_millis() as u64).into();
+    }
+    Ok(axum::Json(json))
+}
+
+async fn registered(
     s: &Services,
     user_id: ruma::OwnedUserId,
     body: &register::v3::Request,

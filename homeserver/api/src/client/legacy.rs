@@ -58,10 +58,41 @@ async fn legacy_sync(
     sync_json(s.sync.sync(request).await?)
 }
 
+/// An event in the old (v1) shape: its sender also as `user_id`.
+fn v1(mut e: Value) -> Value {
+    if let Some(o) = e.as_object_mut() {
+        if let Some(sender) = o.get("sender").cloned() {
+            o.entry("user_id").or_insert(sender);
+        }
+    }
+    e
+}
+
+/// The users' presence in the old shape (the user also in `content.user_id`).
+async fn presence_of(s: &Services, users: impl IntoIterator<Item = ruma::OwnedUserId>) -> Result<Vec<Value>, Error> {
+    let now = diplomatie_service::now_ms();
+    let mut out = Vec::new();
+    for user in users {
+        let p = s.ephemeral.presence(&user).await?;
+        out.push(json!({
+            "type": "m.presence",
+            "sender": user,
+            "content": {
+                "user_id": user,
+                "presence": p.state,
+                "last_active_ago": (now - p.last_active_ts).max(0),
+                "currently_active": p.state == "online",
+                "status_msg": p.status_msg,
+            },
+        }));
+    }
+    Ok(out)
+}
+
 /// Each event of a list, with its room.
 fn with_room(events: Option<&Value>, room_id: &str, out: &mut Vec<Value>) {
     for e in events.and_then(Value::as_array).into_iter().flatten() {
-        let mut e = e.clone();
+        let mut e = v1(e.clone());
         if let Some(o) = e.as_object_mut() {
             o.insert("room_id".into(), json!(room_id));
         }
@@ -125,7 +156,16 @@ pub async fn events(
         }
     }
     if q.room_id.is_none() {
-        chunk.extend(v.pointer("/presence/events").and_then(Value::as_array).into_iter().flatten().cloned());
+        for p in v.pointer("/presence/events").and_then(Value::as_array).into_iter().flatten() {
+            let mut p = p.clone();
+            p["content"]["user_id"] = p["sender"].clone();
+            chunk.push(p);
+        }
+        // Account data, global and of rooms, as the old stream carried it.
+        chunk.extend(v.pointer("/account_data/events").and_then(Value::as_array).into_iter().flatten().cloned());
+        for (room_id, room) in v["rooms"]["join"].as_object().into_iter().flatten() {
+            with_room(room.pointer("/account_data/events"), room_id, &mut chunk);
+        }
     }
     Ok(Json(json!({ "chunk": chunk, "start": from.to_string(), "end": v["next_batch"] })))
 }
@@ -146,7 +186,10 @@ pub async fn initial_sync(
     let caller = authenticate(&s, &parts).await?;
     let q = query(q)?;
     let mut filter = SyncFilter::default();
-    filter.room.timeline.limit = Some(number("limit", q.limit.as_deref())?.unwrap_or(10).clamp(1, 100));
+    let limit = number("limit", q.limit.as_deref())?.unwrap_or(10);
+    filter.room.timeline.limit = Some(limit.clamp(1, 100));
+    // The push rules are not account data in the old shape.
+    filter.account_data.not_types = vec!["m.push_rules".into()];
     filter.room.include_leave = match q.archived.as_deref() {
         None | Some("false") => false,
         Some("true") => true,
@@ -167,16 +210,31 @@ pub async fn initial_sync(
             }
             let (mut chunk, mut state) = (Vec::new(), Vec::new());
             with_room(room.pointer("/timeline/events"), room_id, &mut chunk);
-            with_room(room.pointer("/state/events"), room_id, &mut state);
-            // The current state: the state before the timeline, then the timeline's.
-            for e in chunk.iter().filter(|e| e.get("state_key").is_some()) {
-                state.retain(|s| s["type"] != e["type"] || s["state_key"] != e["state_key"]);
-                state.push(e.clone());
+            let id = ruma::RoomId::parse(room_id).map_err(diplomatie_service::internal!())?;
+            if section == "leave" {
+                // A departed room's state as it was when the caller left.
+                let at_leave: Vec<Value> = s
+                    .rooms
+                    .state_for(&caller.user_id, &id)
+                    .await?
+                    .iter()
+                    .filter_map(|p| serde_json::to_value(p.to_raw::<ruma::events::AnyStateEvent>(true)).ok())
+                    .collect();
+                with_room(Some(&Value::Array(at_leave)), room_id, &mut state);
+            } else {
+                with_room(room.pointer("/state/events"), room_id, &mut state);
+                // The current state: the state before the timeline, then the timeline's.
+                for e in chunk.iter().filter(|e| e.get("state_key").is_some()) {
+                    state.retain(|s| s["type"] != e["type"] || s["state_key"] != e["state_key"]);
+                    state.push(e.clone());
+                }
+            }
+            if limit == 0 {
+                chunk.clear();
             }
             entry["messages"] = json!({ "chunk": chunk, "start": room["timeline"]["prev_batch"], "end": end });
             entry["state"] = json!(state);
             entry["account_data"] = room.pointer("/account_data/events").cloned().unwrap_or(json!([]));
-            let id = ruma::RoomId::parse(room_id).map_err(diplomatie_service::internal!())?;
             let visibility = if s.directory.room_is_public(&id).await? { "public" } else { "private" };
             entry["visibility"] = json!(visibility);
             for e in room.pointer("/ephemeral/events").and_then(Value::as_array).into_iter().flatten() {
@@ -189,7 +247,10 @@ pub async fn initial_sync(
             rooms.push(entry);
         }
     }
-    let presence = v.pointer("/presence/events").cloned().unwrap_or(json!([]));
+    // Everyone's presence the caller may see: their own and that of who shares a room.
+    let mut users = s.rooms.users_sharing_rooms_with(&caller.user_id).await?;
+    users.insert(caller.user_id.clone());
+    let presence = presence_of(&s, users).await?;
     let account_data = v.pointer("/account_data/events").cloned().unwrap_or(json!([]));
     Ok(Json(json!({
         "end": end,
@@ -219,15 +280,34 @@ pub async fn room_initial_sync(
     let user = &caller.user_id;
     // Who may read the room's state may read this (members, former members, world-readable).
     let state = s.rooms.state_for(user, &room_id).await?;
-    let limit = number("limit", q.limit.as_deref())?.unwrap_or(10).clamp(1, 100) as usize;
+    let asked = number("limit", q.limit.as_deref())?.unwrap_or(10);
+    let limit = asked.clamp(1, 100) as usize;
     let paging = Paging { from: None, to: None, backwards: true, limit };
     let page = s.timeline.messages(user, &room_id, paging, &EventFilter::default()).await?;
     let mut events = page.events.clone();
     events.reverse();
+    if asked == 0 {
+        events.clear();
+    }
     let chunk =
         s.rooms.client_raws::<ruma::events::AnyTimelineEvent>(&events, user, caller.device_id.as_str(), true).await?;
+    let chunk: Vec<Value> = chunk.iter().filter_map(|e| serde_json::to_value(e).ok()).map(v1).collect();
+    let state: Vec<Value> = state
+        .iter()
+        .filter_map(|p| serde_json::to_value(p.to_raw::<ruma::events::AnyStateEvent>(true)).ok())
+        .map(v1)
+        .collect();
     let membership = s.rooms.membership(&room_id, user).await?;
     let visibility = if s.directory.room_is_public(&room_id).await? { "public" } else { "private" };
+    // A member sees the members' presence and their own account data of the room; a former
+    // member sees neither (what happened after they left is not theirs).
+    let joined = membership == Some(MembershipState::Join);
+    let (presence, account_data) = if joined {
+        let members = s.rooms.joined_members(&room_id).await?.iter().cloned().collect::<Vec<_>>();
+        (presence_of(&s, members).await?, s.account_data.all_in(user, Some(&room_id)).await?)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     Ok(Json(json!({
         "room_id": room_id,
         "membership": membership,
@@ -236,11 +316,11 @@ pub async fn room_initial_sync(
             "start": page.end.unwrap_or_else(|| page.start.clone()),
             "end": s.sync.current_token().to_string(),
         },
-        "state": state.iter().map(|p| p.to_raw::<ruma::events::AnyStateEvent>(true)).collect::<Vec<_>>(),
-        // The old shape's keys; their members' presence and the room's account data are not
-        // filled in yet.
-        "presence": [],
-        "account_data": [],
+        "state": state,
+        "presence": presence,
+        "account_data": account_data,
+        // Receipts are in `/sync` and the global `/initialSync`.
+        "receipts": [],
         "visibility": visibility,
     })))
 }

@@ -53,14 +53,15 @@ impl EventFilter {
             || self.contains_url.is_some()
     }
 
+    /// Whether the filter's `types` and `not_types` let an event of this type through (what
+    /// applies to events without a sender, such as account data).
+    pub fn allows_type(&self, kind: &str) -> bool {
+        self.types.as_ref().is_none_or(|types| types.iter().any(|t| type_matches(t, kind)))
+            && !self.not_types.iter().any(|t| type_matches(t, kind))
+    }
+
     pub fn allows(&self, pdu: &Pdu) -> bool {
-        let kind = pdu.kind.to_string();
-        if let Some(types) = &self.types {
-            if !types.iter().any(|t| type_matches(t, &kind)) {
-                return false;
-            }
-        }
-        if self.not_types.iter().any(|t| type_matches(t, &kind)) {
+        if !self.allows_type(&pdu.kind.to_string()) {
             return false;
         }
         if let Some(senders) = &self.senders {
