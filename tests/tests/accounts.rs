@@ -57,7 +57,7 @@ async fn registration_follows_user_interactive_auth(backend: Backend) {
         .post("/_matrix/client/v3/register", &json!({ "username": "carol", "password": "pw", "inhibit_login": true, "auth": { "type": "m.login.dummy", "session": f["session"] } }))
         .await;
     assert_eq!(status, 200);
-    assert!(reg.get("access_token").is_none(), "{reg}");
+    assert!(reg.get("access_token").is_none() && reg.get("device_id").is_none(), "{reg}");
     // A later step may send its `auth` alone: the session keeps the first request's parameters.
     let (_, f) = c
         .post("/_matrix/client/v3/register", &json!({ "username": "dora", "password": "pw", "device_id": "XYZZY" }))

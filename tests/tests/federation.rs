@@ -936,7 +936,8 @@ async fn a_server_joins_and_leaves_through_the_v1_endpoints(backend: Backend) {
     let alice = a.register("alice").await;
     let room = alice.create_room(json!({ "preset": "public_chat", "room_version": "12" })).await;
     let user = "@p:partner.test";
-    let template = |kind: &str| format!("/_matrix/federation/v1/{kind}/{}/{}?ver=12", urlencode(&room), urlencode(user));
+    let template =
+        |kind: &str| format!("/_matrix/federation/v1/{kind}/{}/{}?ver=12", urlencode(&room), urlencode(user));
     for (make, send, membership) in [("make_join", "send_join", "join"), ("make_leave", "send_leave", "leave")] {
         let (status, v) = other.request(&a, Method::GET, &template(make), None, Signing::Good).await;
         assert_eq!(status, 200, "{make}: {v}");

@@ -36,7 +36,8 @@ async fn push_rules_start_from_the_spec_defaults_and_change_through_the_api(back
     // without its slash is unknown (404), a malformed path below it is a bad request (400).
     assert_eq!(alice.ok(Method::GET, "/_matrix/client/v3/pushrules/global/", None).await, all["global"]);
     assert_error(&alice.get("/_matrix/client/v3/pushrules").await, 404, "M_UNRECOGNIZED");
-    for path in ["global", "global/room", "not_a_scope/", "global/not_a_template/", "global/override/.m.rule.master/x"] {
+    for path in ["global", "global/room", "not_a_scope/", "global/not_a_template/", "global/override/.m.rule.master/x"]
+    {
         assert_error(&alice.get(&format!("/_matrix/client/v3/pushrules/{path}")).await, 400, "M_UNRECOGNIZED");
     }
     for path in ["", "global", "global/", "global/room", "global/room/", "global/override/.m.rule.master/x"] {

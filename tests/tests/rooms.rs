@@ -565,6 +565,16 @@ async fn guest_and_legacy_endpoints(backend: Backend) {
     assert_eq!(entry["membership"], "join");
     assert!(entry["messages"]["chunk"].as_array().unwrap().iter().any(|e| e["event_id"] == first), "{entry}");
     assert!(entry["state"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.name"), "{entry}");
+    // The old shapes: events name their sender as `user_id`, presence its user in its content,
+    // the caller's own included; the push rules are not account data there.
+    let message = entry["messages"]["chunk"].as_array().unwrap().iter().find(|e| e["event_id"] == first).unwrap();
+    assert_eq!(message["user_id"], alice.user_id);
+    let presence = init["presence"].as_array().unwrap();
+    assert!(presence.iter().any(|p| p["content"]["user_id"] == alice.user_id), "{init}");
+    assert!(!init["account_data"].as_array().unwrap().iter().any(|e| e["type"] == "m.push_rules"), "{init}");
+    let none = alice.ok(Method::GET, "/_matrix/client/v3/initialSync?limit=0", None).await;
+    let entry = none["rooms"].as_array().unwrap().iter().find(|r| r["room_id"] == room).unwrap().clone();
+    assert_eq!(entry["messages"]["chunk"], json!([]), "{entry}");
     // /events from /initialSync's end: what happened since, with its room.
     let end = init["end"].as_str().unwrap().to_owned();
     let second = alice.send_text(&room, "deux").await;
@@ -582,6 +592,15 @@ async fn guest_and_legacy_endpoints(backend: Backend) {
     assert_eq!(one["membership"], "join");
     let chunk = one["messages"]["chunk"].as_array().unwrap();
     assert_eq!(chunk.last().unwrap()["event_id"], second);
+    // With its members' presence and the caller's account data of the room (tags).
+    assert!(one["presence"].as_array().unwrap().iter().any(|p| p["content"]["user_id"] == alice.user_id), "{one}");
+    let tag = format!("/_matrix/client/v3/user/{}/rooms/{room}/tags/u.work", urlencode(&alice.user_id));
+    alice.ok(Method::PUT, &tag, Some(&json!({ "order": 0.5 }))).await;
+    let one = alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/initialSync?limit=0"), None).await;
+    assert_eq!(one["messages"]["chunk"], json!([]), "{one}");
+    let tags = one["account_data"].as_array().unwrap().iter().find(|e| e["type"] == "m.tag").cloned();
+    assert_eq!(tags.expect("m.tag")["content"]["tags"]["u.work"]["order"], 0.5);
+    assert_eq!(one["receipts"], json!([]));
     let bob = server.register("bob").await;
     let (status, _) = bob.get(&format!("/_matrix/client/v3/rooms/{room}/initialSync")).await;
     assert_eq!(status, 403);

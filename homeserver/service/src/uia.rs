@@ -98,7 +98,9 @@ impl Uia {
             sessions.retain(|_, s| s.created.elapsed() < SESSION_LIFETIME);
             match sessions.get(&session_id) {
                 Some(s) if s.operation != operation => {
-                    return Err(Error::forbidden("Requested operation has changed during the UI authentication session"));
+                    return Err(Error::forbidden(
+                        "Requested operation has changed during the UI authentication session",
+                    ));
                 }
                 Some(s) => s.completed.clone(),
                 None => return Err(Error::new(ErrorKind::Unknown, "Unknown or expired UIA session")),

@@ -211,7 +211,9 @@ pub async fn get_login_token(
     req: Ruma<get_login_token::v1::Request>,
 ) -> ApiResult<get_login_token::v1::Response> {
     let caller = req.caller();
-    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation).await?;
+    s.uia
+        .user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
+        .await?;
     let token = s.accounts.issue_login_token(&caller.user_id)?;
     Ok(get_login_token::v1::Response::new(diplomatie_service::accounts::LOGIN_TOKEN_LIFETIME, token).into())
 }
@@ -376,7 +378,9 @@ pub async fn request_threepid_email_token(
 /// validates none (it sends no e-mail); binding through an identity server adds them.
 pub async fn add_threepid(State(s): S, req: Ruma<add_3pid::v3::Request>) -> ApiResult<add_3pid::v3::Response> {
     let caller = req.caller();
-    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation).await?;
+    s.uia
+        .user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
+        .await?;
     Err(Error::new(ErrorKind::ThreepidAuthFailed, "No address validation session of this server has that id").into())
 }
 
@@ -416,7 +420,9 @@ pub async fn change_password(
     req: Ruma<change_password::v3::Request>,
 ) -> ApiResult<change_password::v3::Response> {
     let caller = req.caller();
-    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation).await?;
+    s.uia
+        .user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
+        .await?;
     if req.body.new_password.is_empty() {
         return Err(Error::new(ErrorKind::WeakPassword, "The password must not be empty").into());
     }
@@ -427,7 +433,9 @@ pub async fn change_password(
 /// `POST /account/deactivate` (user-interactive: the current password).
 pub async fn deactivate(State(s): S, req: Ruma<deactivate::v3::Request>) -> ApiResult<deactivate::v3::Response> {
     let caller = req.caller();
-    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation).await?;
+    s.uia
+        .user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
+        .await?;
     s.sessions.deactivate(&caller.user_id).await?;
     Ok(deactivate::v3::Response::new(ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport).into())
 }
@@ -468,7 +476,9 @@ pub async fn delete_device(
 ) -> ApiResult<delete_device::v3::Response> {
     let caller = req.caller();
     s.accounts.device(&caller.user_id, req.body.device_id.as_str()).await?;
-    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation).await?;
+    s.uia
+        .user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
+        .await?;
     s.sessions.delete_devices(&caller.user_id, &[req.body.device_id.as_str()]).await?;
     Ok(delete_device::v3::Response::new().into())
 }
@@ -479,7 +489,9 @@ pub async fn delete_devices(
     req: Ruma<delete_devices::v3::Request>,
 ) -> ApiResult<delete_devices::v3::Response> {
     let caller = req.caller();
-    s.uia.user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation).await?;
+    s.uia
+        .user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
+        .await?;
     let ids: Vec<&str> = req.body.devices.iter().map(|d| d.as_str()).collect();
     s.sessions.delete_devices(&caller.user_id, &ids).await?;
     Ok(delete_devices::v3::Response::new().into())

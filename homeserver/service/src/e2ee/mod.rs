@@ -376,12 +376,7 @@ impl E2ee {
     /// `GET /keys/changes`: between two tokens, the users (the caller included) whose devices
     /// changed or who came to share a room with the caller, and those who no longer share one,
     /// as `/sync`'s `device_lists` says.
-    pub async fn key_changes(
-        &self,
-        user: &UserId,
-        from: i64,
-        to: i64,
-    ) -> Result<(Vec<OwnedUserId>, Vec<OwnedUserId>)> {
+    pub async fn key_changes(&self, user: &UserId, from: i64, to: i64) -> Result<(Vec<OwnedUserId>, Vec<OwnedUserId>)> {
         let (changed, left) = self.device_list_updates(user, from, to).await?;
         let users = |list: Vec<String>| list.into_iter().filter_map(|u| OwnedUserId::try_from(u).ok()).collect();
         Ok((users(changed), users(left)))
