@@ -946,6 +946,8 @@ async fn a_server_joins_and_leaves_through_the_v1_endpoints(backend: Backend) {
         // Unsigned, or of another server's user: refused.
         let (status, v) = other.request(&a, Method::PUT, &path, Some(&event), Signing::None).await;
         assert_eq!((status, v["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "{v}");
+        let (status, v) = other.request(&a, Method::PUT, &path, Some(&json!([event])), Signing::Good).await;
+        assert_eq!((status, v["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{v}");
         let (status, v) = other.request(&a, Method::PUT, &path, Some(&event), Signing::Good).await;
         assert_eq!(status, 200, "{send}: {v}");
         assert_eq!(v[0], 200, "{v}");

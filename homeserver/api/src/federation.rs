@@ -219,7 +219,11 @@ async fn send_membership_v1(
     let origin = crate::ruma_wrapper::server_origin(&s, &parts, &bytes).await?;
     let room_id = ruma::OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
     let event_id = ruma::OwnedEventId::try_from(event_id).map_err(|_| Error::invalid_param("Invalid event ID"))?;
-    let pdu: Box<RawValue> = serde_json::from_slice(&bytes).map_err(|e| Error::bad_json(e.to_string()))?;
+    let pdu: Box<RawValue> = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::new(ruma::api::error::ErrorKind::NotJson, format!("Body is not JSON: {e}")))?;
+    if !pdu.get().trim_start().starts_with('{') {
+        return Err(Error::bad_json("The event must be a JSON object").into());
+    }
     let membership = if join { MembershipState::Join } else { MembershipState::Leave };
     let (event, state_before, signed) =
         s.remote_membership.send_membership_from(&origin, &room_id, &event_id, &pdu, membership).await?;

@@ -64,9 +64,9 @@ impl AccountData {
     /// Every account data event of the user's in a room (`""` for the global ones), as events.
     pub async fn all_in(&self, user: &UserId, room_id: Option<&RoomId>) -> Result<Vec<Value>> {
         let room = room_id.map_or("", |r| r.as_str());
-        let rows = streams::account_data_between(self.db.pool(), user.as_str(), 0, i64::MAX).await?;
+        let rows = streams::account_data_in(self.db.pool(), user.as_str(), room).await?;
         let mut events = Vec::new();
-        for (_, kind, content) in rows.into_iter().filter(|(r, _, _)| r == room) {
+        for (kind, content) in rows {
             events.push(serde_json::json!({ "type": kind, "content": serde_json::from_str::<Value>(&content)? }));
         }
         Ok(events)

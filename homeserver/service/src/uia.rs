@@ -162,9 +162,8 @@ impl Uia {
 
     /// Records the account a completed registration session created (its session stays, for
     /// the same request asked again, until it expires).
-    pub fn registered(&self, session: &str, operation: &str, params: Option<serde_json::Value>, user: &UserId) {
+    pub fn registered(&self, session: &str, operation: &str, user: &UserId) {
         let mut entry = Session::new(operation);
-        entry.params = params;
         entry.registered = Some(user.to_owned());
         self.sessions.lock().unwrap().insert(session.to_owned(), entry);
     }

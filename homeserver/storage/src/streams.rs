@@ -60,6 +60,17 @@ pub async fn account_data_between<'e>(
     .await?)
 }
 
+/// A user's account data in one room (`""` for the global ones): type and content.
+pub async fn account_data_in<'e>(e: impl Exec<'e>, user_id: &str, room_id: &str) -> Result<Vec<(String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT data_type, content FROM account_data WHERE user_id = $1 AND room_id = $2 ORDER BY stream_id",
+    )
+    .bind(user_id)
+    .bind(room_id)
+    .fetch_all(e)
+    .await?)
+}
+
 #[derive(Clone, Debug)]
 pub struct Receipt {
     pub user_id: String,

@@ -124,7 +124,7 @@ pub async fn register(
         s.accounts.consume_registration_token(&t.token).await?;
     }
     if let Some(session) = &session {
-        s.uia.registered(session, &operation, None, &user_id);
+        s.uia.registered(session, &operation, &user_id);
     }
     Ok(open_registered_session(&s, user_id, &body).await?)
 }
@@ -150,33 +150,13 @@ fn fill_registration(body: &mut register::v3::Request, params: &serde_json::Valu
 }
 
 /// The answer to a registration: the user id, and a new session unless `inhibit_login`
-/// (without a session, no `device_id` at all: ruma's response would say `null`).
+/// (without a session, no `device_id` at all, where ruma's response would say `null`).
 async fn open_registered_session(
     s: &Services,
     user_id: ruma::OwnedUserId,
     body: &register::v3::Request,
 ) -> Result<axum::Json<serde_json::Value>, Error> {
-    let resp = registered(s, user_id, body).await?;
-    let mut json = serde_json::json!({ "user_id": resp.user_id });
-    if let (Some(token), Some(device)) = (resp.access_token, resp.device_id) {
-        json["access_token"] = token.into();
-        json["device_id"] = device.as_str().into();
-    }
-    if let Some(refresh) = resp.refresh_token {
-        json["refresh_token"] = refresh.into();
-    }
-    if let Some(expires) = resp.expires_in {
-        json["expires_in_ms"] = (expires.as_millis() as u64).into();
-    }
-    Ok(axum::Json(json))
-}
-
-async fn registered(
-    s: &Services,
-    user_id: ruma::OwnedUserId,
-    body: &register::v3::Request,
-) -> Result<register::v3::Response, Error> {
-    let mut resp = register::v3::Response::new(user_id.clone());
+    let mut json = serde_json::json!({ "user_id": user_id });
     if !body.inhibit_login {
         let session = s
             .sessions
@@ -187,12 +167,16 @@ async fn registered(
                 body.refresh_token,
             )
             .await?;
-        resp.access_token = Some(session.access_token);
-        resp.device_id = Some(session.device_id);
-        resp.refresh_token = session.refresh_token;
-        resp.expires_in = session.expires_in_ms.map(Duration::from_millis);
+        json["access_token"] = session.access_token.into();
+        json["device_id"] = session.device_id.as_str().into();
+        if let Some(refresh) = session.refresh_token {
+            json["refresh_token"] = refresh.into();
+        }
+        if let Some(ms) = session.expires_in_ms {
+            json["expires_in_ms"] = ms.into();
+        }
     }
-    Ok(resp)
+    Ok(axum::Json(json))
 }
 
 /// `GET /login`

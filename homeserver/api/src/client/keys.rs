@@ -96,7 +96,7 @@ pub async fn upload_signing_keys(
     req: Ruma<upload_signing_keys::v3::Request>,
 ) -> ApiResult<upload_signing_keys::v3::Response> {
     let body = req.json.clone().unwrap_or(Value::Null);
-    s.e2ee.upload_signing_keys(req.caller(), req.body.auth.as_ref(), &body).await?;
+    s.e2ee.upload_signing_keys(req.caller(), req.body.auth.as_ref(), &body, &req.operation).await?;
     Ok(upload_signing_keys::v3::Response::new().into())
 }
 

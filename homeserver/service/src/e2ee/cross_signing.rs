@@ -69,8 +69,15 @@ fn merge_signatures(into: &mut Value, from: &Value, signer: &str) {
 
 impl E2ee {
     /// `POST /keys/device_signing/upload`. The first upload needs no authentication
-    /// (MSC3967, in the spec since v1.11); replacing keys needs the password.
-    pub async fn upload_signing_keys(&self, caller: &Caller, auth: Option<&AuthData>, body: &Value) -> Result<()> {
+    /// (MSC3967, in the spec since v1.11); replacing keys needs the password (`operation`, the
+    /// request's method and path, binds its user-interactive session).
+    pub async fn upload_signing_keys(
+        &self,
+        caller: &Caller,
+        auth: Option<&AuthData>,
+        body: &Value,
+        operation: &str,
+    ) -> Result<()> {
         let user = &caller.user_id;
         let stored_master = store::cross_signing_key(self.db.pool(), user.as_str(), "master").await?;
         if stored_master.is_some() {
@@ -79,7 +86,7 @@ impl E2ee {
                     &[vec![ruma::api::client::uiaa::AuthType::Password]],
                     auth,
                     Some(user),
-                    "POST /keys/device_signing/upload",
+                    operation,
                 )
                 .await?;
         }

@@ -134,8 +134,10 @@ impl Rooms {
     /// Whether this server holds the room's state (its create event), not only what an invite
     /// or a knock showed of it.
     pub async fn has_full_state(&self, room_id: &RoomId) -> Result<bool> {
-        let state = self.current_state(room_id).await?;
-        Ok(self.state_event_in(&state, &StateEventType::RoomCreate, "").await?.is_some())
+        if self.room_meta(room_id).await?.is_none() {
+            return Ok(false);
+        }
+        Ok(self.state_event(room_id, &StateEventType::RoomCreate, "").await?.is_some())
     }
 
     /// Stripped state for invites and knocks: what a client shows before joining (the room's

@@ -212,8 +212,7 @@ impl Membership {
         if self.outside_room(room_id).await? {
             let remote = self.remote_membership.remote_leave(user, room_id, &[]).await;
             let Err(e) = remote else { return Ok(()) };
-            let last = self.rooms.room_meta(room_id).await?.is_some()
-                && self.rooms.has_full_state(room_id).await?
+            let last = self.rooms.has_full_state(room_id).await?
                 && self.rooms.may_write_membership(room_id, &MembershipState::Leave).await?;
             if !last {
                 return Err(e);
