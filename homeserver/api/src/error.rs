@@ -32,7 +32,8 @@ pub fn status_of(kind: &ErrorKind) -> StatusCode {
         UnknownToken(_) | MissingToken | Unauthorized => StatusCode::UNAUTHORIZED,
         LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
         TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        NotYetUploaded => StatusCode::GATEWAY_TIMEOUT,
+        NotYetUploaded | ConnectionTimeout => StatusCode::GATEWAY_TIMEOUT,
+        ConnectionFailed | BadStatus(_) => StatusCode::BAD_GATEWAY,
         Unknown => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     }

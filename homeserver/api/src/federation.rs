@@ -515,7 +515,8 @@ async fn public_rooms(
     req: Ruma<get_public_rooms::v1::Request>,
 ) -> ApiResult<get_public_rooms::v1::Response> {
     let limit = req.body.limit.map(|l| u64::from(l) as usize);
-    let page = s.directory.public_rooms(None, req.body.since.as_deref(), limit).await?;
+    let networks = crate::client::rooms::networks(&req.body.room_network);
+    let page = s.directory.public_rooms(networks, None, req.body.since.as_deref(), limit).await?;
     Ok(crate::client::rooms::rooms_page!(page, |chunk| {
         let mut r = get_public_rooms::v1::Response::new();
         r.chunk = chunk;
@@ -530,7 +531,9 @@ async fn public_rooms_filtered(
 ) -> ApiResult<get_public_rooms_filtered::v1::Response> {
     let b = &req.body;
     let limit = b.limit.map(|l| u64::from(l) as usize);
-    let page = s.directory.public_rooms(b.filter.generic_search_term.as_deref(), b.since.as_deref(), limit).await?;
+    let networks = crate::client::rooms::networks(&b.room_network);
+    let term = b.filter.generic_search_term.as_deref();
+    let page = s.directory.public_rooms(networks, term, b.since.as_deref(), limit).await?;
     Ok(crate::client::rooms::rooms_page!(page, |chunk| {
         let mut r = get_public_rooms_filtered::v1::Response::new();
         r.chunk = chunk;

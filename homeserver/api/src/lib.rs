@@ -114,7 +114,24 @@ pub fn router(services: Arc<Services>) -> Router {
     // Events
     let r = route::<c::message::send_message_event::v3::Request, _, _>(r, events::send_message);
     let r = route::<c::redact::redact_event::v3::Request, _, _>(r, events::redact);
+    // Application services and third-party networks
+    let r = route::<c::appservice::request_ping::v1::Request, _, _>(r, appservice::ping);
     let mut r = r;
+    for v in ["r0", "v3"] {
+        r = r
+            .route(
+                &format!("/_matrix/client/{v}/directory/list/appservice/{{network_id}}/{{room_id}}"),
+                axum::routing::put(appservice::set_listed).delete(appservice::unlist),
+            )
+            .route(&format!("/_matrix/client/{v}/thirdparty/protocols"), get(appservice::protocols))
+            .route(&format!("/_matrix/client/{v}/thirdparty/protocol/{{protocol}}"), get(appservice::protocol))
+            .route(
+                &format!("/_matrix/client/{v}/thirdparty/{{kind}}/{{protocol}}"),
+                get(appservice::lookup_in_protocol),
+            )
+            .route(&format!("/_matrix/client/{v}/thirdparty/user"), get(appservice::user_of_matrix_id))
+            .route(&format!("/_matrix/client/{v}/thirdparty/location"), get(appservice::location_of_alias));
+    }
     for v in ["r0", "v3"] {
         r = r
             .route(

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use diplomatie_service::{accounts::Caller, Error, Services};
 use http_body_util::BodyExt;
 use ruma::api::{
-    auth_scheme::{AccessToken, AccessTokenOptional, AppserviceToken},
+    auth_scheme::{AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional},
     error::{DeserializationError, ErrorKind, FromHttpRequestError, LimitExceededErrorData},
     federation::authentication::ServerSignatures,
     IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponse, OutgoingResponseExt,
@@ -58,6 +58,20 @@ pub fn access_token(parts: &http::request::Parts) -> Option<String> {
     parts.uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token=").map(|t| t.to_owned())))
 }
 
+/// A query parameter of the request, decoded.
+fn query_param(parts: &http::request::Parts, name: &str) -> Option<String> {
+    let query = parts.uri.query()?;
+    url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+/// The caller a token stands for: an application service's token acts as the user its
+/// `user_id` parameter names (on the device `device_id` names, MSC3202), any other is a user's.
+pub async fn caller_of(services: &Services, parts: &http::request::Parts, token: &str) -> Result<Caller, ApiError> {
+    let user_id = query_param(parts, "user_id");
+    let device_id = query_param(parts, "org.matrix.msc3202.device_id").or_else(|| query_param(parts, "device_id"));
+    Ok(services.accounts.authenticate_request(token, user_id.as_deref(), device_id.as_deref()).await?)
+}
+
 /// What every request passes once its caller is known, typed or not: a guest only on the
 /// guest endpoints, and the rate limits (the spec's rate-limited endpoints, and every change an
 /// authenticated user makes, as Synapse's rc_message does).
@@ -70,13 +84,21 @@ pub fn admit(
     if caller.is_some_and(|c| c.is_guest) && !guest_may(parts) {
         return Err(ApiError(Error::new(ErrorKind::GuestAccessForbidden, "Guests may not use this endpoint")));
     }
-    if let Some(caller) = caller {
+    if let Some(caller) = caller.filter(|c| c.appservice.is_none()) {
         let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
         let agent = parts.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok());
         services.accounts.note_seen(caller, ip, agent);
     }
+    // An application service's own user is never held to the limits, nor its users when its
+    // registration says `rate_limited: false`.
+    let unlimited = caller.is_some_and(|c| {
+        c.appservice
+            .as_deref()
+            .and_then(|id| services.registrations.by_id(id))
+            .is_some_and(|service| !service.rate_limited(c.user_id.as_str()))
+    });
     let mutates = matches!(parts.method, http::Method::POST | http::Method::PUT | http::Method::DELETE);
-    if rate_limited || (caller.is_some() && mutates) {
+    if !unlimited && (rate_limited || (caller.is_some() && mutates)) {
         let ip = || parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
         let key = caller.map(|c| c.user_id.to_string()).or_else(ip).unwrap_or_default();
         services.ratelimiter.check(&key, caller.is_none()).map_err(|ms| {
@@ -93,7 +115,7 @@ pub fn admit(
 pub async fn authenticate(services: &Services, parts: &http::request::Parts) -> Result<Caller, ApiError> {
     let token =
         access_token(parts).ok_or_else(|| ApiError(Error::new(ErrorKind::MissingToken, "Missing access token")))?;
-    let caller = services.accounts.authenticate(&token).await?;
+    let caller = caller_of(services, parts, &token).await?;
     admit(services, Some(&caller), parts, false)?;
     Ok(caller)
 }
@@ -262,12 +284,18 @@ where
         // Authenticate before reading the body.
         let token = access_token(&parts);
         let auth = TypeId::of::<T::Authentication>();
-        let caller = if auth == TypeId::of::<AccessToken>() {
+        let caller = if auth == TypeId::of::<AccessToken>() || auth == TypeId::of::<AppserviceToken>() {
             let token = token.ok_or_else(|| ApiError(Error::new(ErrorKind::MissingToken, "Missing access token")))?;
-            Some(services.accounts.authenticate(&token).await.map_err(ApiError)?)
-        } else if auth == TypeId::of::<AccessTokenOptional>() || auth == TypeId::of::<AppserviceToken>() {
+            Some(caller_of(services, &parts, &token).await?)
+        } else if auth == TypeId::of::<AccessTokenOptional>() {
             match token {
-                Some(t) => Some(services.accounts.authenticate(&t).await.map_err(ApiError)?),
+                Some(t) => Some(caller_of(services, &parts, &t).await?),
+                None => None,
+            }
+        } else if auth == TypeId::of::<AppserviceTokenOptional>() {
+            // Registration and login: only an application service's token means anything.
+            match token.filter(|t| services.registrations.by_token(t).is_some()) {
+                Some(t) => Some(caller_of(services, &parts, &t).await?),
                 None => None,
             }
         } else {

@@ -98,6 +98,8 @@ pub struct Caller {
     pub is_admin: bool,
     /// A guest: limited to the spec's guest endpoints (the API checks).
     pub is_guest: bool,
+    /// The application service acting as this user (its id), when it called with its token.
+    pub appservice: Option<String>,
 }
 
 /// The accounts: registration, login and tokens, devices, passwords, profiles. Above the rooms
@@ -123,6 +125,10 @@ pub struct Seen {
 }
 
 /// How long a login token (`POST /login/get_token`) may be used.
+/// The device of an application service's requests that name none: no device of the user's,
+/// as Synapse has none for them.
+pub const APPSERVICE_DEVICE: &str = "APPSERVICE";
+
 pub const LOGIN_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The most login tokens outstanding at once (each was asked for with a password).
@@ -156,7 +162,32 @@ impl Accounts {
     }
 
     /// Checks a requested localpart: the spec's grammar, and not taken.
+    /// [`Accounts::free_user_id`], outside every application service's exclusive namespace.
     pub async fn check_username_available(&self, localpart: &str) -> Result<OwnedUserId> {
+        let user_id = self.free_user_id(localpart).await?;
+        if let Some(service) = self.registrations.exclusive_owner_of_user(user_id.as_str()) {
+            return Err(Error::new(
+                ErrorKind::Exclusive,
+                format!("{user_id} is reserved by the application service {}", service.id()),
+            ));
+        }
+        Ok(user_id)
+    }
+
+    /// Creates each application service's own user (`sender_localpart`) that does not exist
+    /// yet: a service acts as it without registering it.
+    pub async fn create_appservice_users(&self) -> Result<()> {
+        for service in self.registrations.all() {
+            if store::get_user(self.db.pool(), service.sender.as_str()).await?.is_none() {
+                self.create_account(Some(service.sender.localpart()), None, false, None).await?;
+                tracing::info!(user = %service.sender, service = service.id(), "application service user created");
+            }
+        }
+        Ok(())
+    }
+
+    /// The user id of `localpart`, if it is valid and nobody has it.
+    pub async fn free_user_id(&self, localpart: &str) -> Result<OwnedUserId> {
         let valid = !localpart.is_empty()
             && localpart.chars().all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+'));
         if !valid {
@@ -182,7 +213,7 @@ impl Accounts {
         displayname: Option<&str>,
     ) -> Result<OwnedUserId> {
         let user_id = match localpart {
-            Some(l) => self.check_username_available(l).await?,
+            Some(l) => self.free_user_id(l).await?,
             None => loop {
                 let candidate = random_string(12).to_lowercase();
                 if let Ok(id) = self.check_username_available(&candidate).await {
@@ -384,6 +415,48 @@ impl Accounts {
     }
 
     /// Authenticates an access token.
+    /// The caller of a request: an application service's token acts as its own user, or as
+    /// `user_id` (the identity assertion) when that user is the service's and registered, on
+    /// the device `device_id` names when the user has it (MSC3202); any other token is a
+    /// user's own.
+    pub async fn authenticate_request(
+        &self,
+        token: &str,
+        user_id: Option<&str>,
+        device_id: Option<&str>,
+    ) -> Result<Caller> {
+        let Some(service) = self.registrations.by_token(token) else {
+            return self.authenticate(token).await;
+        };
+        let user = match user_id {
+            Some(u) => OwnedUserId::try_from(u).map_err(|_| Error::invalid_param("`user_id` is not a user id"))?,
+            None => service.sender.clone(),
+        };
+        if user.server_name() != self.server_name() || !service.owns_user(user.as_str()) {
+            return Err(Error::forbidden(format!("The application service cannot act as {user}")));
+        }
+        let row = store::get_user(self.db.pool(), user.as_str())
+            .await?
+            .filter(|u| !u.deactivated)
+            .ok_or_else(|| Error::forbidden(format!("The application service has not registered {user}")))?;
+        let device = match device_id {
+            Some(d) => {
+                if store::get_device(self.db.pool(), user.as_str(), d).await?.is_none() {
+                    return Err(Error::new(ErrorKind::UnknownToken(UnknownTokenErrorData::new()), "Unknown device"));
+                }
+                OwnedDeviceId::from(d)
+            }
+            None => OwnedDeviceId::from(APPSERVICE_DEVICE),
+        };
+        Ok(Caller {
+            user_id: user,
+            device_id: device,
+            is_admin: row.is_admin,
+            is_guest: false,
+            appservice: Some(service.id().to_owned()),
+        })
+    }
+
     pub async fn authenticate(&self, token: &str) -> Result<Caller> {
         let unknown = |soft_logout| {
             Error::new(
@@ -415,9 +488,15 @@ impl Accounts {
             device_id: t.device_id.into(),
             is_admin: user.is_admin,
             is_guest: user.is_guest,
+            appservice: None,
         };
         self.tokens.put(token, &caller, t.expires_ts, generation);
         Ok(caller)
+    }
+
+    /// Whether `user` is an account of this server that is not deactivated.
+    pub async fn is_active(&self, user: &UserId) -> Result<bool> {
+        Ok(store::get_user(self.db.pool(), user.as_str()).await?.is_some_and(|u| !u.deactivated))
     }
 
     pub async fn is_admin(&self, user: &UserId) -> Result<bool> {

@@ -50,6 +50,9 @@ pub struct Config {
     pub outbound: Outbound,
     pub portal: Portal,
     pub federation: Federation,
+    /// Registration files of application services (bridges, bots), in the YAML format Synapse
+    /// reads under the same name. Relative paths are read from the working directory.
+    pub app_service_config_files: Vec<PathBuf>,
 }
 
 /// What the HTTP listeners allow a client: time, connections and memory. A slow or idle
@@ -336,6 +339,7 @@ const OPTIONS: &[&str] = &[
     "outbound",
     "portal",
     "federation",
+    "app_service_config_files",
 ];
 
 impl Default for Config {
@@ -360,6 +364,7 @@ impl Default for Config {
             outbound: Outbound::default(),
             portal: Portal::default(),
             federation: Federation::default(),
+            app_service_config_files: Vec::new(),
         }
     }
 }

@@ -12,7 +12,9 @@ use std::sync::{
 use diplomatie_storage::Db;
 use ruma::{events::room::member::MembershipState, OwnedRoomId, OwnedServerName, ServerName, UserId};
 
-use crate::{config::Config, keys::ServerKeys, marks::StreamMarks, notifier::Notifier, Result};
+use crate::{
+    config::Config, keys::ServerKeys, marks::StreamMarks, notifier::Notifier, registrations::Registry, Result,
+};
 
 /// Lets a service (a struct with a `core: Arc<Core>` field) read the core's fields as its own.
 macro_rules! over_core {
@@ -40,10 +42,19 @@ pub struct Core {
     pub notifier: Notifier,
     /// Where the streams `/sync` reads last moved.
     pub marks: Arc<StreamMarks>,
+    /// The application services registered (`app_service_config_files`).
+    pub registrations: Registry,
 }
 
 impl Core {
-    pub(crate) fn new(config: Config, db: Db, server_name: OwnedServerName, keys: ServerKeys, stream: i64) -> Core {
+    pub(crate) fn new(
+        config: Config,
+        db: Db,
+        server_name: OwnedServerName,
+        keys: ServerKeys,
+        stream: i64,
+        registrations: Registry,
+    ) -> Core {
         Core {
             config,
             db,
@@ -53,6 +64,7 @@ impl Core {
             stream: AtomicI64::new(stream),
             notifier: Notifier::default(),
             marks: Arc::new(StreamMarks::new(stream)),
+            registrations,
         }
     }
 

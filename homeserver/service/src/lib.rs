@@ -12,6 +12,7 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod appservice;
 pub mod config;
 pub mod core;
 pub mod correspondence;
@@ -33,6 +34,7 @@ pub mod pdu;
 pub mod portal;
 pub mod push;
 pub mod ratelimit;
+pub mod registrations;
 pub mod reports;
 pub mod rooms;
 pub mod search;
@@ -41,6 +43,7 @@ pub mod sliding;
 pub mod sync;
 pub mod uia;
 pub mod url_preview;
+pub mod yaml;
 
 use std::sync::{Arc, Weak};
 
@@ -69,6 +72,8 @@ pub struct Services {
     /// The rooms' DAG, state and writer.
     pub rooms: Arc<rooms::Rooms>,
     pub accounts: Arc<accounts::Accounts>,
+    /// Application services: what they are sent, what they are asked.
+    pub appservices: Arc<appservice::Appservices>,
     pub uia: Arc<uia::Uia>,
     /// Reports of events, rooms and users, for administrators and moderators.
     pub reports: Arc<reports::Reports>,
@@ -127,7 +132,9 @@ impl Services {
         let search_state = search::SearchState::new(&config.data_dir);
         let push_state = push::PushState::load(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
 
-        let core = Arc::new(core::Core::new(config, db, server_name, keys, stream));
+        let appservices = registrations::Registry::load(&config.app_service_config_files, &server_name)
+            .map_err(|e| anyhow_like::msg(format!("app_service_config_files: {e}")))?;
+        let core = Arc::new(core::Core::new(config, db, server_name, keys, stream, appservices));
         let c = || core.clone();
         let transport = Arc::new(federation::client::Transport::new(c()));
         let media = Arc::new(media::Repository::new(c(), transport.clone(), files));
@@ -136,6 +143,7 @@ impl Services {
         let clearances = portal::Clearances::new(c());
         let rooms = rooms::Rooms::new(c(), clearances.clone());
         let accounts = Arc::new(accounts::Accounts::new(c(), rooms.clone()));
+        let appservices = Arc::new(appservice::Appservices::new(c(), rooms.clone()));
         let uia = Arc::new(uia::Uia::new(c(), accounts.clone()));
         let reports = Arc::new(reports::Reports::new(c(), rooms.clone(), accounts.clone()));
         let account_data = Arc::new(account_data::AccountData::new(c(), rooms.clone()));
@@ -183,6 +191,7 @@ impl Services {
             transport.clone(),
             remote_membership.clone(),
             identity.clone(),
+            appservices.clone(),
         ));
         let directory = Arc::new(rooms::directory::Directory::new(
             c(),
@@ -192,6 +201,7 @@ impl Services {
             timeline.clone(),
             transport.clone(),
             federation.clone(),
+            appservices.clone(),
         ));
         let peers = Arc::new(federation::transactions::Peers::new(
             c(),
@@ -230,6 +240,7 @@ impl Services {
             rows: vec![
                 Box::new(push::NotificationRows(Arc::downgrade(&push))),
                 Box::new(federation::sender::OutboxRows(Arc::downgrade(&outbox))),
+                Box::new(appservice::AppserviceRows(Arc::downgrade(&appservices))),
             ],
             others: vec![
                 Box::new(EventMarks(core.marks.clone())),
@@ -250,6 +261,7 @@ impl Services {
             ratelimiter,
             rooms,
             accounts,
+            appservices,
             uia,
             reports,
             account_data,
@@ -296,6 +308,8 @@ impl Services {
         search::spawn_indexer(&services.search);
         correspondence::worker::spawn_worker(&services.correspondence);
         federation::sender::spawn_senders(&services.outbox);
+        services.accounts.create_appservice_users().await.map_err(|e| anyhow_like::msg(e.to_string()))?;
+        appservice::spawn_senders(&services.appservices);
         Ok(services)
     }
 }

@@ -9,6 +9,7 @@
 //! Meaning is given by `diplomatie-service`, the only crate that calls it.
 
 pub mod accounts;
+pub mod appservices;
 pub mod correspondence;
 pub mod e2ee;
 pub mod events;
@@ -79,6 +80,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (10, "federation", include_str!("../migrations/0010_federation.sql")),
     (11, "signature_changes", include_str!("../migrations/0011_signature_changes.sql")),
     (12, "conformance", include_str!("../migrations/0012_conformance.sql")),
+    (13, "appservices", include_str!("../migrations/0013_appservices.sql")),
 ];
 
 #[derive(Debug)]

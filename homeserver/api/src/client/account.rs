@@ -59,6 +59,9 @@ pub async fn register(
 ) -> Result<axum::Json<serde_json::Value>, crate::error::ApiError> {
     let (operation, json) = (req.operation, req.json);
     let mut body = req.body;
+    if body.login_type.as_ref() == Some(&register::LoginType::ApplicationService) || req.caller.is_some() {
+        return Ok(register_for_appservice(&s, req.caller.as_ref(), &body).await?);
+    }
     if body.kind == register::RegistrationKind::Guest {
         if !s.config.registration.allow_guests {
             return Err(Error::forbidden("Guest access is disabled").into());
@@ -129,6 +132,39 @@ pub async fn register(
     Ok(open_registered_session(&s, user_id, &body).await?)
 }
 
+/// `POST /register` by an application service (`type: m.login.application_service`, its
+/// token): a user of its namespaces, without password nor user-interactive authentication.
+async fn register_for_appservice(
+    s: &Services,
+    caller: Option<&diplomatie_service::accounts::Caller>,
+    body: &register::v3::Request,
+) -> Result<axum::Json<serde_json::Value>, Error> {
+    let service = caller
+        .and_then(|c| c.appservice.as_deref())
+        .and_then(|id| s.registrations.by_id(id))
+        .ok_or_else(|| Error::new(ErrorKind::MissingToken, "An application service's token is required"))?;
+    if body.login_type.as_ref() != Some(&register::LoginType::ApplicationService) {
+        return Err(Error::new(
+            ErrorKind::AppserviceLoginUnsupported,
+            "An application service registers with `type: m.login.application_service`",
+        ));
+    }
+    let localpart = body
+        .username
+        .as_deref()
+        .map(|name| name.strip_prefix('@').and_then(|n| n.split(':').next()).unwrap_or(name).to_lowercase())
+        .ok_or_else(|| Error::missing_param("An application service names the user it registers"))?;
+    let user_id = s.accounts.free_user_id(&localpart).await?;
+    if !service.owns_user(user_id.as_str()) {
+        return Err(Error::new(
+            ErrorKind::Exclusive,
+            format!("{user_id} is outside the application service's namespaces"),
+        ));
+    }
+    let user_id = s.accounts.create_account(Some(&localpart), None, false, None).await?;
+    open_registered_session(s, user_id, body).await
+}
+
 /// Fills what a registration request leaves out from its session's first request.
 fn fill_registration(body: &mut register::v3::Request, params: &serde_json::Value) {
     let text = |key: &str| params.get(key).and_then(|v| v.as_str()).map(str::to_owned);
@@ -185,7 +221,8 @@ pub async fn login_types(_: S, _req: Ruma<get_login_types::v3::Request>) -> ApiR
     let password = LoginType::Password(Default::default());
     let mut token = TokenLoginType::new();
     token.get_login_token = true;
-    Ok(get_login_types::v3::Response::new(vec![password, LoginType::Token(token)]).into())
+    let appservice = LoginType::ApplicationService(Default::default());
+    Ok(get_login_types::v3::Response::new(vec![password, LoginType::Token(token), appservice]).into())
 }
 
 /// `POST /login/get_token` (user-interactive: the password again): a single-use token for
@@ -204,8 +241,34 @@ pub async fn get_login_token(
 
 /// `POST /login` with `m.login.password`.
 pub async fn login(State(s): S, req: Ruma<login::v3::Request>) -> ApiResult<login::v3::Response> {
-    let body = req.body;
+    let (body, caller) = (req.body, req.caller);
     let user_id = match &body.login_info {
+        // An application service opens a session for one of its users (with its token).
+        login::v3::LoginInfo::ApplicationService(info) => {
+            #[allow(deprecated)]
+            let user = match (&info.identifier, &info.user) {
+                (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
+                (None, Some(user)) => user.clone(),
+                _ => return Err(Error::missing_param("identifier is required").into()),
+            };
+            let service = caller
+                .as_ref()
+                .and_then(|c| c.appservice.as_deref())
+                .and_then(|id| s.registrations.by_id(id))
+                .ok_or_else(|| Error::new(ErrorKind::MissingToken, "An application service's token is required"))?;
+            let user_id = s.accounts.parse_local_user(&user).map_err(|_| Error::invalid_param("Invalid user id"))?;
+            if !service.owns_user(user_id.as_str()) {
+                return Err(Error::new(
+                    ErrorKind::Exclusive,
+                    "The user is outside the application service's namespaces",
+                )
+                .into());
+            }
+            if !s.accounts.is_active(&user_id).await? {
+                return Err(Error::forbidden("The application service has not registered this user").into());
+            }
+            user_id
+        }
         login::v3::LoginInfo::Password(info) => {
             #[allow(deprecated)]
             let user = match (&info.identifier, &info.user) {
@@ -417,9 +480,12 @@ pub async fn change_password(
 /// `POST /account/deactivate` (user-interactive: the current password).
 pub async fn deactivate(State(s): S, req: Ruma<deactivate::v3::Request>) -> ApiResult<deactivate::v3::Response> {
     let caller = req.caller();
-    s.uia
-        .user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
-        .await?;
+    // An application service deactivates its users without authenticating again.
+    if caller.appservice.is_none() {
+        s.uia
+            .user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
+            .await?;
+    }
     s.sessions.deactivate(&caller.user_id).await?;
     Ok(deactivate::v3::Response::new(ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport).into())
 }

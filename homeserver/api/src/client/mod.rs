@@ -1,6 +1,7 @@
 //! Client-server API handlers, one file per section of the spec.
 
 pub mod account;
+pub mod appservice;
 pub mod discovery;
 pub mod events;
 pub mod keys;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use diplomatie_service::{Error, Services};
+use diplomatie_service::{rooms::directory::Networks, Error, Services};
 use ruma::api::client::{
     alias::{create_alias, delete_alias, get_alias},
     directory::{get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility},
@@ -307,7 +307,10 @@ pub async fn get_alias(State(s): S, req: Ruma<get_alias::v3::Request>) -> ApiRes
 }
 
 pub async fn create_alias(State(s): S, req: Ruma<create_alias::v3::Request>) -> ApiResult<create_alias::v3::Response> {
-    s.directory.create_alias(&req.caller().user_id, &req.body.room_alias, &req.body.room_id).await?;
+    let caller = req.caller();
+    s.directory
+        .create_alias(&caller.user_id, caller.appservice.as_deref(), &req.body.room_alias, &req.body.room_id)
+        .await?;
     Ok(create_alias::v3::Response::new().into())
 }
 
@@ -353,6 +356,16 @@ fn remote(s: &Services, server: Option<&ruma::ServerName>) -> Option<ruma::Owned
     server.filter(|name| *name != s.server_name()).map(|n| n.to_owned())
 }
 
+/// The lists of the room directory a request asks for: the server's (by default), every list,
+/// or one application service's network.
+pub(crate) fn networks(network: &ruma::directory::RoomNetwork) -> Networks<'_> {
+    match network {
+        ruma::directory::RoomNetwork::All => Networks::All,
+        ruma::directory::RoomNetwork::ThirdParty(id) => Networks::Instance(id),
+        _ => Networks::Matrix,
+    }
+}
+
 /// `GET /publicRooms`
 pub async fn public_rooms(
     State(s): S,
@@ -363,7 +376,7 @@ pub async fn public_rooms(
         Some(server) => {
             s.federation.remote_public_rooms(&server, None, req.body.since.clone(), req.body.limit).await?.into()
         }
-        None => s.directory.public_rooms(None, req.body.since.as_deref(), limit).await?,
+        None => s.directory.public_rooms(Networks::Matrix, None, req.body.since.as_deref(), limit).await?,
     };
     Ok(rooms_page!(page, get_public_rooms::v3::Response::new).into())
 }
@@ -379,7 +392,10 @@ pub async fn public_rooms_filtered(
         Some(server) => {
             s.federation.remote_public_rooms(&server, term, req.body.since.clone(), req.body.limit).await?.into()
         }
-        None => s.directory.public_rooms(term.as_deref(), req.body.since.as_deref(), limit).await?,
+        None => {
+            let networks = networks(&req.body.room_network);
+            s.directory.public_rooms(networks, term.as_deref(), req.body.since.as_deref(), limit).await?
+        }
     };
     Ok(rooms_page!(page, |chunk| {
         let mut r = get_public_rooms_filtered::v3::Response::new();

@@ -140,7 +140,7 @@ impl OrganisationFile {
     ///
     /// Hostile files are refused before anything is built from them: a NUL character anywhere,
     /// a CSV line over [`MAX_CSV_LINE`] bytes, YAML anchors and aliases (an alias bomb expands
-    /// a few hundred bytes into gigabytes), YAML nested deeper than [`MAX_YAML_DEPTH`].
+    /// a few hundred bytes into gigabytes), YAML nested deeper than [`crate::yaml::MAX_DEPTH`].
     pub fn parse(text: &str, csv: bool) -> Result<OrganisationFile> {
         if text.contains('\0') {
             return Err(Error::bad_json("Organisation file: a NUL character is not allowed"));
@@ -165,10 +165,7 @@ impl OrganisationFile {
             }
             return Ok(OrganisationFile { users, ..Default::default() });
         }
-        check_yaml(text)?;
-        let docs = yaml_rust2::YamlLoader::load_from_str(text)
-            .map_err(|e| Error::bad_json(format!("Organisation file: {e}")))?;
-        let value = docs.first().map(yaml_to_json).unwrap_or(Value::Null);
+        let value = crate::yaml::parse(text).map_err(|e| Error::bad_json(format!("Organisation file: {e}")))?;
         if value.is_null() {
             return Ok(OrganisationFile::default());
         }
@@ -178,67 +175,6 @@ impl OrganisationFile {
 
 /// The longest line of an organisation CSV file, in bytes.
 pub const MAX_CSV_LINE: usize = 4096;
-/// The deepest nesting of an organisation YAML file (the format itself needs four levels).
-pub const MAX_YAML_DEPTH: usize = 32;
-
-/// Reads a YAML text's events without building anything, and refuses anchors, aliases, NUL
-/// characters in values (an escaped `"\0"`) and nesting deeper than [`MAX_YAML_DEPTH`].
-fn check_yaml(text: &str) -> Result<()> {
-    use yaml_rust2::parser::{Event, Parser};
-    let refuse = |m: String| Err(Error::bad_json(format!("Organisation file: {m}")));
-    let mut parser = Parser::new_from_str(text);
-    let mut depth = 0usize;
-    loop {
-        let (event, mark) = parser.next_token().map_err(|e| Error::bad_json(format!("Organisation file: {e}")))?;
-        let line = mark.line();
-        match event {
-            Event::StreamEnd => return Ok(()),
-            Event::Alias(_) => return refuse(format!("line {line}: aliases (*name) are not accepted")),
-            Event::Scalar(_, _, anchor, _) | Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _)
-                if anchor != 0 =>
-            {
-                return refuse(format!("line {line}: anchors (&name) are not accepted"))
-            }
-            Event::Scalar(value, ..) if value.contains('\0') => {
-                return refuse(format!("line {line}: a NUL character is not allowed"))
-            }
-            Event::SequenceStart(..) | Event::MappingStart(..) => {
-                depth += 1;
-                if depth > MAX_YAML_DEPTH {
-                    return refuse(format!("line {line}: nested deeper than {MAX_YAML_DEPTH} levels"));
-                }
-            }
-            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-}
-
-/// A YAML document as JSON, for serde (keys become strings).
-fn yaml_to_json(y: &yaml_rust2::Yaml) -> Value {
-    use yaml_rust2::Yaml;
-    match y {
-        Yaml::Real(r) => r.parse::<f64>().map(Value::from).unwrap_or(Value::Null),
-        Yaml::Integer(i) => json!(i),
-        Yaml::String(s) => json!(s),
-        Yaml::Boolean(b) => json!(b),
-        Yaml::Array(items) => Value::Array(items.iter().map(yaml_to_json).collect()),
-        Yaml::Hash(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| {
-                    let key = match k {
-                        Yaml::String(s) => s.clone(),
-                        Yaml::Integer(i) => i.to_string(),
-                        Yaml::Boolean(b) => b.to_string(),
-                        other => format!("{other:?}"),
-                    };
-                    (key, yaml_to_json(v))
-                })
-                .collect(),
-        ),
-        Yaml::Null | Yaml::BadValue | Yaml::Alias(_) => Value::Null,
-    }
-}
 
 #[derive(Deserialize)]
 struct CsvUser {

@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::{timeline::Timeline, Rooms};
 use crate::{
     accounts::Accounts,
+    appservice::Appservices,
     core::Core,
     federation::{client::Transport, Federation},
     portal::Portal,
@@ -39,6 +40,17 @@ impl From<get_public_rooms_filtered::v1::Response> for RoomsPage {
     }
 }
 
+/// Which lists of the room directory a request reads (`/publicRooms`).
+#[derive(Clone, Copy, Debug)]
+pub enum Networks<'a> {
+    /// The server's own list.
+    Matrix,
+    /// The server's and every application service's.
+    All,
+    /// One application service's list for one network: `service|network`.
+    Instance(&'a str),
+}
+
 /// Aliases, the public room directory, the user directory, room summaries and the space
 /// hierarchy (`spaces.rs`); over the rooms, the accounts, the portal (what may be listed), the
 /// timeline (alias state events), the transport and federation (server ACLs, other servers'
@@ -51,6 +63,7 @@ pub struct Directory {
     timeline: Arc<Timeline>,
     pub(super) transport: Arc<Transport>,
     pub(super) federation: Arc<Federation>,
+    appservices: Arc<Appservices>,
 }
 
 crate::core::over_core!(Directory);
@@ -64,17 +77,40 @@ impl Directory {
         timeline: Arc<Timeline>,
         transport: Arc<Transport>,
         federation: Arc<Federation>,
+        appservices: Arc<Appservices>,
     ) -> Directory {
-        Directory { core, rooms, accounts, portal, timeline, transport, federation }
+        Directory { core, rooms, accounts, portal, timeline, transport, federation, appservices }
     }
 
-    pub async fn create_alias(&self, user: &UserId, alias: &RoomAliasId, room_id: &RoomId) -> Result<()> {
+    /// Creates `alias` for the room. An alias in an application service's exclusive namespace
+    /// is that service's alone (`appservice`: the service calling, if one is); a service creates
+    /// aliases in its namespaces only, without being in the room.
+    pub async fn create_alias(
+        &self,
+        user: &UserId,
+        appservice: Option<&str>,
+        alias: &RoomAliasId,
+        room_id: &RoomId,
+    ) -> Result<()> {
         if alias.server_name() != self.server_name() {
             return Err(Error::invalid_param("Aliases must be on this server"));
         }
+        let exclusive = |m: String| Err(Error::new(ErrorKind::Exclusive, m));
+        if let Some(owner) = self.registrations.exclusive_owner_of_alias(alias.as_str()) {
+            if appservice != Some(owner.id()) {
+                return exclusive(format!("{alias} is reserved by the application service {}", owner.id()));
+            }
+        }
         self.rooms.known_room(room_id).await?;
-        if !self.rooms.is_joined(room_id, user).await? {
-            return Err(Error::forbidden("You are not joined to this room"));
+        match appservice.and_then(|id| self.registrations.by_id(id)) {
+            Some(service) if !service.owns_alias(alias.as_str()) => {
+                return exclusive(format!("{alias} is outside the application service's namespaces"));
+            }
+            Some(_) => {}
+            None if !self.rooms.is_joined(room_id, user).await? => {
+                return Err(Error::forbidden("You are not joined to this room"));
+            }
+            None => {}
         }
         diplomatie_storage::rooms::insert_alias(self.db.pool(), alias.as_str(), room_id.as_str(), user.as_str())
             .await
@@ -154,11 +190,10 @@ impl Directory {
         self.accounts.profile(user).await
     }
 
+    /// The room this server's alias names (an application service whose namespace holds it
+    /// is asked when none does).
     pub async fn resolve_alias(&self, alias: &RoomAliasId) -> Result<OwnedRoomId> {
-        let (room_id, _) = diplomatie_storage::rooms::get_alias(self.db.pool(), alias.as_str())
-            .await?
-            .ok_or_else(|| Error::not_found("Room alias not found"))?;
-        OwnedRoomId::try_from(room_id).map_err(crate::internal!())
+        self.appservices.local_alias(alias).await?.ok_or_else(|| Error::not_found("Room alias not found"))
     }
 
     /// The room an alias of this server names, or `None` when it names none.
@@ -245,11 +280,24 @@ impl Directory {
     /// The public room directory, filtered by a search term, paginated by offset tokens.
     pub async fn public_rooms(
         &self,
+        networks: Networks<'_>,
         term: Option<&str>,
         since: Option<&str>,
         limit: Option<usize>,
     ) -> Result<RoomsPage> {
-        let ids = diplomatie_storage::rooms::public_rooms(self.db.pool()).await?;
+        let ids: Vec<String> = match networks {
+            Networks::Matrix => diplomatie_storage::rooms::public_rooms(self.db.pool()).await?,
+            Networks::All => {
+                let mut ids = diplomatie_storage::rooms::public_rooms(self.db.pool()).await?;
+                ids.extend(self.appservices.listed_rooms(None).await?.into_iter().map(String::from));
+                ids.sort_unstable();
+                ids.dedup();
+                ids
+            }
+            Networks::Instance(id) => {
+                self.appservices.listed_rooms(Some(id)).await?.into_iter().map(String::from).collect()
+            }
+        };
         let term = term.map(str::to_lowercase).filter(|t| !t.is_empty());
         let mut rooms = Vec::new();
         for id in ids {

@@ -14,6 +14,7 @@ use serde_json::{json, Map, Value};
 use super::{PduBuilder, Rooms, Target};
 use crate::{
     accounts::Accounts,
+    appservice::Appservices,
     core::Core,
     federation::{client::Transport, membership::RemoteMembership},
     identity::Identity,
@@ -32,6 +33,7 @@ pub struct Membership {
     pub(super) transport: Arc<Transport>,
     pub(super) remote_membership: Arc<RemoteMembership>,
     pub(super) identity: Arc<Identity>,
+    appservices: Arc<Appservices>,
 }
 
 crate::core::over_core!(Membership);
@@ -45,8 +47,9 @@ impl Membership {
         transport: Arc<Transport>,
         remote_membership: Arc<RemoteMembership>,
         identity: Arc<Identity>,
+        appservices: Arc<Appservices>,
     ) -> Membership {
-        Membership { core, rooms, accounts, portal, transport, remote_membership, identity }
+        Membership { core, rooms, accounts, portal, transport, remote_membership, identity, appservices }
     }
 
     /// Resolves a room id or an alias (another server's through federation) to a room id and
@@ -58,10 +61,12 @@ impl Membership {
                 self.transport.query_alias(alias).await
             }
             Err(alias) => {
-                let (room_id, _) = diplomatie_storage::rooms::get_alias(self.db.pool(), alias.as_str())
+                let room_id = self
+                    .appservices
+                    .local_alias(alias)
                     .await?
                     .ok_or_else(|| Error::not_found("Room alias not found"))?;
-                Ok((OwnedRoomId::try_from(room_id).map_err(crate::internal!())?, Vec::new()))
+                Ok((room_id, Vec::new()))
             }
         }
     }
@@ -89,7 +94,9 @@ impl Membership {
             add_reason(&mut content, reason);
             return self.remote_membership.invite_remote(sender, room_id, invitee, content).await;
         }
-        if diplomatie_storage::accounts::get_user(self.db.pool(), invitee.as_str()).await?.is_none() {
+        let exists = || async { diplomatie_storage::accounts::get_user(self.db.pool(), invitee.as_str()).await };
+        // A user of an application service's namespace may be created when it is asked.
+        if exists().await?.is_none() && !(self.appservices.query_user(invitee).await && exists().await?.is_some()) {
             return Err(Error::not_found("Unknown user"));
         }
         let mut content =
