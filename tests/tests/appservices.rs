@@ -24,7 +24,7 @@ backend_tests!(
     transactions_wait_for_the_service_across_a_restart
 );
 
-const AS_TOKEN: &str = "as-token-for-the-bridge";
+const AS_TOKEN: &str = "as-token/for+the=bridge&`{^|}";
 const HS_TOKEN: &str = "hs-token-for-the-server";
 
 /// What the service in the test saw and how it answers.
@@ -148,7 +148,7 @@ async fn start_server(backend: Backend, bridge: &Arc<Bridge>, url: &str) -> (Tes
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bridge.yaml");
     let registration = format!(
-        "id: mailbridge\nurl: {url}\nas_token: {AS_TOKEN}\nhs_token: {HS_TOKEN}\nsender_localpart: mailbot\n\
+        "id: mailbridge\nurl: {url}\nas_token: '{AS_TOKEN}'\nhs_token: {HS_TOKEN}\nsender_localpart: mailbot\n\
          rate_limited: false\nprotocols: [email]\nnamespaces:\n  users:\n    - regex: '@bridge_.*:localhost'\n      exclusive: true\n\
          \x20 aliases:\n    - regex: '#bridge_.*:localhost'\n      exclusive: true\n  rooms: []\n"
     );
@@ -190,8 +190,12 @@ async fn an_application_service_bridges_users_rooms_and_aliases(backend: Backend
     let (server, _dir) = start_server(backend, &bridge, &url).await;
     let asc = as_client(&server);
 
-    // The service's own user exists, without registering.
+    // The service's own user exists, without registering; its token may come in the query
+    // (deprecated, but what older bridges send), percent-encoded.
     let (status, me) = asc.get("/_matrix/client/v3/account/whoami").await;
+    assert_eq!((status, me["user_id"].as_str()), (200, Some("@mailbot:localhost")), "{me}");
+    let in_query = format!("/_matrix/client/v3/account/whoami?access_token={}", urlencode(AS_TOKEN));
+    let (status, me) = server.client().get(&in_query).await;
     assert_eq!((status, me["user_id"].as_str()), (200, Some("@mailbot:localhost")), "{me}");
 
     // Registration: of its namespace, with its token only; nobody else there.

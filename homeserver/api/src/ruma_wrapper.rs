@@ -55,7 +55,7 @@ pub fn access_token(parts: &http::request::Parts) -> Option<String> {
     if let Some(h) = parts.headers.get(http::header::AUTHORIZATION).and_then(|h| h.to_str().ok()) {
         return h.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
     }
-    parts.uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token=").map(|t| t.to_owned())))
+    query_param(parts, "access_token")
 }
 
 /// A query parameter of the request, decoded.
