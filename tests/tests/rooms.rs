@@ -19,6 +19,7 @@ backend_tests!(
     upgrades_replace_rooms_and_carry_their_state,
     guest_and_legacy_endpoints,
     reports_reach_administrators_and_moderators,
+    presence_of_newcomers_comes_with_their_join,
 );
 
 async fn state(c: &diplomatie_tests::Client, room: &str, kind: &str, key: &str) -> Value {
@@ -724,4 +725,52 @@ async fn reports_reach_administrators_and_moderators(backend: Backend) {
     alice.ok(Method::DELETE, &format!("/_diplomatie/admin/v1/reports/{id}"), None).await;
     assert_error(&root.get(&format!("/_diplomatie/admin/v1/reports/{id}")).await, 404, "M_NOT_FOUND");
     assert_eq!(root.ok(Method::GET, "/_diplomatie/admin/v1/reports", None).await["total"], 2);
+}
+
+async fn presence_of_newcomers_comes_with_their_join(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let status = |c: &diplomatie_tests::Client| format!("/_matrix/client/v3/presence/{}/status", urlencode(&c.user_id));
+    bob.ok(Method::PUT, &status(&bob), Some(&json!({ "presence": "online", "status_msg": "au bureau" }))).await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let first = alice.sync(None, "").await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+
+    // Bob joins after Alice's last sync, and his presence did not change since: it comes with
+    // his join, once.
+    bob.join(&room).await;
+    let news = alice.sync(Some(&since), "").await;
+    let presence = news["presence"]["events"].as_array().cloned().unwrap_or_default();
+    let of_bob: Vec<&Value> = presence.iter().filter(|p| p["sender"] == bob.user_id.as_str()).collect();
+    assert_eq!(of_bob.len(), 1, "{news}");
+    assert_eq!(of_bob[0]["content"]["status_msg"], "au bureau");
+    let next = news["next_batch"].as_str().unwrap().to_owned();
+    alice.send_text(&room, "bienvenue").await;
+    let again = alice.sync(Some(&next), "").await;
+    let presence = again["presence"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(presence.iter().all(|p| p["sender"] != bob.user_id.as_str()), "{again}");
+
+    // Dave, never seen online, joins: he is said offline.
+    let dave = server.register("dave").await;
+    let since = again["next_batch"].as_str().unwrap().to_owned();
+    dave.join(&room).await;
+    let news = alice.sync(Some(&since), "").await;
+    let presence = news["presence"]["events"].as_array().cloned().unwrap_or_default();
+    let of_dave: Vec<&Value> = presence.iter().filter(|p| p["sender"] == dave.user_id.as_str()).collect();
+    assert_eq!(of_dave.len(), 1, "{news}");
+    assert_eq!(of_dave[0]["content"]["presence"], "offline");
+
+    // Alice joins a room of Carol's: Carol's presence comes with the room.
+    let carol = server.register("carol").await;
+    carol.ok(Method::PUT, &status(&carol), Some(&json!({ "presence": "unavailable" }))).await;
+    let other = carol.create_room(json!({ "preset": "public_chat" })).await;
+    let since = alice.sync(None, "").await["next_batch"].as_str().unwrap().to_owned();
+    alice.join(&other).await;
+    let news = alice.sync(Some(&since), "").await;
+    let presence = news["presence"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        presence.iter().any(|p| p["sender"] == carol.user_id.as_str() && p["content"]["presence"] == "unavailable"),
+        "{news}"
+    );
 }

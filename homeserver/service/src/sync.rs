@@ -115,6 +115,10 @@ type IgnoredAt = (i64, Arc<HashSet<String>>);
 /// A user's device.
 type DeviceKey = (OwnedUserId, String);
 
+/// Users whose presence an incremental `/sync` adds because the user has just come to share a
+/// room with them, at most.
+const NEWCOMERS_PRESENCE: usize = 200;
+
 /// `/sync`, over the rooms, end-to-end encryption (to-device messages, device lists, key
 /// counts), push (unread counts, default rules) and the ephemeral streams (typing).
 pub struct Syncer {
@@ -347,6 +351,7 @@ impl Syncer {
             Some(updates) => updates,
             None => streams::presence_between(pool, since.stream, to.stream).await?.into_iter().map(Arc::new).collect(),
         };
+        let mut told: HashSet<String> = HashSet::new();
         if !updates.is_empty() {
             let mut shared = Vec::with_capacity(joined_rooms.len());
             for room in &joined_rooms {
@@ -358,6 +363,44 @@ impl Syncer {
                 if sender != user && !shared.iter().any(|members| members.contains(sender)) {
                     continue;
                 }
+                told.insert(p.user_id.clone());
+                response.presence.events.push(presence_event(&p, now)?);
+            }
+        }
+        // Users the user has just come to share a room with: their presence as it stands, once
+        // (the members of a room the user joined, and those who joined the user's rooms).
+        if !initial {
+            let mut newcomers: Vec<OwnedUserId> = Vec::new();
+            for room in &joined_now {
+                newcomers.extend(self.rooms.joined_members(room).await?.iter().cloned());
+            }
+            for section in response.rooms.join.values() {
+                for raw in &section.timeline.events {
+                    if raw.get_field::<String>("type").ok().flatten().as_deref() != Some("m.room.member") {
+                        continue;
+                    }
+                    let joined = raw
+                        .get_field::<serde_json::Value>("content")
+                        .ok()
+                        .flatten()
+                        .is_some_and(|c| c.get("membership").and_then(|m| m.as_str()) == Some("join"));
+                    let target = raw.get_field::<OwnedUserId>("state_key").ok().flatten();
+                    newcomers.extend(target.filter(|_| joined));
+                }
+            }
+            // Bounded: in a large room joined, the others' presence comes as it changes.
+            let now = crate::now_ms();
+            for newcomer in newcomers.into_iter().take(NEWCOMERS_PRESENCE) {
+                if newcomer == user || !told.insert(newcomer.to_string()) {
+                    continue;
+                }
+                // Never seen: offline, as Synapse says of such a user.
+                let p = streams::get_presence(pool, newcomer.as_str()).await?.unwrap_or_else(|| streams::Presence {
+                    user_id: newcomer.to_string(),
+                    state: "offline".into(),
+                    status_msg: None,
+                    last_active_ts: 0,
+                });
                 response.presence.events.push(presence_event(&p, now)?);
             }
         }
@@ -664,7 +707,9 @@ fn presence_event(p: &streams::Presence, now: i64) -> Result<Raw<PresenceEvent>>
     #[derive(serde::Serialize)]
     struct Content<'a> {
         presence: &'a str,
-        last_active_ago: i64,
+        /// Left out for a user never seen active.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        last_active_ago: Option<i64>,
         currently_active: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
         status_msg: Option<&'a str>,
@@ -678,7 +723,7 @@ fn presence_event(p: &streams::Presence, now: i64) -> Result<Raw<PresenceEvent>>
     }
     let content = Content {
         presence: &p.state,
-        last_active_ago: (now - p.last_active_ts).max(0),
+        last_active_ago: (p.last_active_ts > 0).then(|| (now - p.last_active_ts).max(0)),
         currently_active: p.state == "online",
         status_msg: p.status_msg.as_deref(),
     };
