@@ -79,7 +79,13 @@ pub struct PushState {
     unread: Mutex<UnreadCache>,
     /// The default rules of a user no event names, and that user.
     anyone: std::sync::OnceLock<(OwnedUserId, Ruleset)>,
+    /// Pushers (app id, pushkey, user) whose badge a receipt may have changed, and the badge
+    /// each was last sent: a receipt that changes it sends it again (a push with counts only).
+    badges: Mutex<(HashSet<PusherKey>, HashMap<PusherKey, u64>)>,
 }
+
+/// A pusher: (app id, pushkey, user).
+type PusherKey = (String, String, String);
 
 /// Unread counts per (user, room), computed from the database once and then kept up to date
 /// by the writer (new notifications) and by receipts (which drop the entry), so that `/sync`
@@ -116,6 +122,7 @@ impl PushState {
             wake: Arc::new(tokio::sync::Notify::new()),
             client: std::sync::OnceLock::new(),
             anyone: std::sync::OnceLock::new(),
+            badges: Mutex::default(),
             unread: Mutex::new(UnreadCache { entries: crate::lru(65536), applied: 0, generation: 0 }),
         })
     }
@@ -748,9 +755,18 @@ impl Push {
 
     /// After a receipt's commit: the room's counts are computed again when next asked for.
     pub(crate) fn unread_receipt(&self, user: &UserId, room_id: &RoomId) {
-        let mut cache = self.state.unread.lock().unwrap();
-        cache.entries.pop(&(user.to_owned(), room_id.to_owned()));
-        cache.generation += 1;
+        {
+            let mut cache = self.state.unread.lock().unwrap();
+            cache.entries.pop(&(user.to_owned(), room_id.to_owned()));
+            cache.generation += 1;
+        }
+        // The user's devices may show another badge now: the pusher worker sees to it.
+        let keys: Vec<PusherKey> = match self.state.pushers.lock().unwrap().get(user.as_str()) {
+            Some(list) => list.iter().map(|p| (p.app_id.clone(), p.pushkey.clone(), p.user_id.clone())).collect(),
+            None => return,
+        };
+        self.state.badges.lock().unwrap().0.extend(keys);
+        self.state.wake.notify_one();
     }
 
     /// `GET /notifications`: newest first, `from` being the token of the previous page.
@@ -958,11 +974,13 @@ impl Push {
             let user = OwnedUserId::try_from(p.user_id.as_str()).map_err(crate::internal!())?;
             let scan = Scan { after: p_position(self, p), before: i64::MAX, newest_first: false, limit: 20 };
             let pending = self.user_notifications(&user, scan).await?;
+            let key: PusherKey = (p.app_id.clone(), p.pushkey.clone(), p.user_id.clone());
             if pending.is_empty() {
-                return Ok(true);
+                return self.send_badge(p, &key, &user, &url, &device_data).await;
             }
             // The badge and the receipts, once for the page.
             let unread = self.total_unread(&user).await?;
+            self.state.badges.lock().unwrap().1.insert(key, unread);
             let mut receipts = HashMap::new();
             for n in pending {
                 let still_there = self
@@ -1006,6 +1024,52 @@ impl Push {
                 self.set_cached_pusher_position(p, n.stream_ordering);
             }
         }
+    }
+
+    /// Sends the pusher its badge alone (a notification with counts only) when a receipt
+    /// asked for it and it differs from the last one sent. False when the gateway failed.
+    async fn send_badge(
+        &self,
+        p: &store::Pusher,
+        key: &PusherKey,
+        user: &UserId,
+        url: &reqwest::Url,
+        device_data: &Value,
+    ) -> Result<bool> {
+        if !self.state.badges.lock().unwrap().0.remove(key) {
+            return Ok(true);
+        }
+        let unread = self.total_unread(user).await?;
+        if self.state.badges.lock().unwrap().1.get(key) == Some(&unread) {
+            return Ok(true);
+        }
+        let body = json!({ "notification": {
+            "counts": { "unread": unread },
+            "devices": [{
+                "app_id": p.app_id,
+                "pushkey": p.pushkey,
+                "pushkey_ts": p.created_ts / 1000,
+                "data": device_data,
+            }],
+        }});
+        let sent = match self.push_client()?.post(url.clone()).json(&body).send().await {
+            Ok(r) if r.status().is_success() => true,
+            Ok(r) => {
+                tracing::warn!(status = %r.status(), app_id = %p.app_id, "push gateway failed a badge");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, app_id = %p.app_id, "push gateway unreachable");
+                false
+            }
+        };
+        let mut badges = self.state.badges.lock().unwrap();
+        if sent {
+            badges.1.insert(key.clone(), unread);
+        } else {
+            badges.0.insert(key.clone());
+        }
+        Ok(sent)
     }
 
     fn push_client(&self) -> Result<&crate::outbound::Client> {
@@ -1083,16 +1147,27 @@ impl Push {
             let state = self.rooms.current_state(pdu.room()).await?;
             let sender_name = self.display_name_in(&state, &pdu.sender).await?;
             notification["sender_display_name"] = json!(sender_name);
-            if let Some(name) = self
-                .rooms
-                .state_event_in(&state, &StateEventType::RoomName, "")
-                .await?
-                .and_then(|e| e.content_field("name"))
-            {
+            // The room's name, else its canonical alias, as Synapse names rooms in pushes.
+            let name = match self.rooms.state_event_in(&state, &StateEventType::RoomName, "").await? {
+                Some(e) => e.content_field("name").filter(|n| n.as_str().is_some_and(|n| !n.is_empty())),
+                None => None,
+            };
+            let name = match name {
+                Some(name) => Some(name),
+                None => self
+                    .rooms
+                    .state_event_in(&state, &StateEventType::RoomCanonicalAlias, "")
+                    .await?
+                    .and_then(|e| e.content_field("alias")),
+            };
+            if let Some(name) = name {
                 notification["room_name"] = name;
             }
             if pdu.kind == TimelineEventType::RoomMember {
                 notification["user_is_target"] = json!(pdu.state_key.as_deref() == Some(user.as_str()));
+                if let Some(membership) = pdu.content_field("membership") {
+                    notification["membership"] = membership;
+                }
             }
         }
         Ok(Some(json!({ "notification": notification })))
