@@ -70,8 +70,8 @@ async fn unknown_endpoints_are_unrecognized(backend: Backend) {
     let server = TestServer::start(backend, &[]).await;
     let c = server.client();
     assert_error(&c.get("/_matrix/client/v3/not_an_endpoint").await, 404, "M_UNRECOGNIZED");
-    // Application services are not built yet (their issue): the protocols they bridge.
-    assert_error(&c.get("/_matrix/client/v3/thirdparty/protocols").await, 404, "M_UNRECOGNIZED");
+    // An unknown path under a known prefix.
+    assert_error(&c.get("/_matrix/client/v3/thirdparty").await, 404, "M_UNRECOGNIZED");
     // A known path with the wrong method: 405, same errcode (spec, "Common error codes").
     assert_error(&c.request(Method::DELETE, "/_matrix/client/v3/login", None).await, 405, "M_UNRECOGNIZED");
     // CORS pre-flight for web clients.

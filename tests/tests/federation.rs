@@ -22,6 +22,7 @@ backend_tests!(
     servers_named_without_a_port_are_found_through_srv_records,
     a_server_joins_and_leaves_through_the_v1_endpoints,
     an_invite_to_a_room_everyone_left_can_be_rejected,
+    an_invite_from_a_server_gone_away_is_refused_here,
 );
 
 /// Syncs `client` until `found` holds for a response (20 s at most); answers that response.
@@ -974,4 +975,39 @@ async fn an_invite_to_a_room_everyone_left_can_be_rejected(backend: Backend) {
     bob.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&json!({}))).await;
     let s = bob.sync(None, "timeout=0").await;
     assert!(s["rooms"]["invite"].get(&room).is_none(), "{s}");
+}
+
+/// An invite from a server that has gone away is still refused: the refusal is kept here
+/// alone (an out-of-band leave), and the room shows as left.
+async fn an_invite_from_a_server_gone_away_is_refused_here(backend: Backend) {
+    let mut a = TestServer::start_federating(backend, &[]).await;
+    let b = TestServer::start_federating(backend, &[]).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "private_chat" })).await;
+    assert_eq!(alice.invite(&room, &bob.user_id).await.0, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let since = loop {
+        let s = bob.sync(None, "timeout=0").await;
+        if s["rooms"]["invite"].get(&room).is_some() {
+            break s["next_batch"].as_str().unwrap().to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "the invite did not arrive: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    a.kill().await;
+    bob.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&json!({}))).await;
+    let s = bob.sync(Some(&since), "timeout=0").await;
+    let left = &s["rooms"]["leave"][&room]["timeline"]["events"];
+    let leave = left.as_array().and_then(|l| l.last()).cloned().unwrap_or_default();
+    assert_eq!(
+        (leave["type"].as_str(), leave["content"]["membership"].as_str()),
+        (Some("m.room.member"), Some("leave")),
+        "{s}"
+    );
+    assert_eq!(leave["sender"], bob.user_id.as_str());
+    let s = bob.sync(None, "timeout=0").await;
+    assert!(s["rooms"]["invite"].get(&room).is_none(), "{s}");
+    // Joining it again is not possible from here: the room is not known beyond the invite.
+    assert!(bob.join(&room).await.0 >= 400);
 }

@@ -335,6 +335,28 @@ async fn pushers_deliver_to_the_gateway_and_retry(backend: Backend) {
     assert_eq!(n["notification"]["id"], second.as_str(), "the older name gateways read");
     assert_eq!(n["notification"]["counts"]["unread"], 2);
 
+    // Reading changes the badge: the devices are told, with counts only, once.
+    let receipt = format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{}", urlencode(&second));
+    bob.ok(Method::POST, &receipt, Some(&json!({}))).await;
+    let mut badge = next_push(&mut pushes).await;
+    while badge["notification"].get("event_id").is_some() {
+        badge = next_push(&mut pushes).await;
+    }
+    assert_eq!(badge["notification"]["counts"]["unread"], 0, "{badge}");
+    assert_eq!(badge["notification"]["devices"][0]["pushkey"], "key-1");
+    bob.ok(Method::POST, &receipt, Some(&json!({}))).await;
+
+    // An invite notifies its invitee, with the membership; a room without a name is named by
+    // its canonical alias.
+    let named = alice.create_room(json!({ "room_alias_name": "veille" })).await;
+    assert_eq!(alice.invite(&named, &bob.user_id).await.0, 200);
+    let invite = next_push(&mut pushes).await;
+    let n = &invite["notification"];
+    assert_eq!((n["type"].as_str(), n["membership"].as_str()), (Some("m.room.member"), Some("invite")), "{invite}");
+    assert_eq!(n["user_is_target"], true);
+    assert_eq!(n["room_name"], "#veille:localhost");
+    assert_eq!(n["counts"]["unread"], 1, "the unchanged badge was not sent again before: {invite}");
+
     // Bad input.
     let mut bad = pusher(port, "k");
     bad["data"]["url"] = json!(format!("http://127.0.0.1:{port}/elsewhere"));

@@ -54,9 +54,9 @@ pub fn routes(r: axum::Router<Arc<Services>>) -> axum::Router<Arc<Services>> {
     let r = route::<create_leave_event::v2::Request, _, _>(r, send_leave);
     let r = r
         .route("/_matrix/federation/v1/send_join/{room_id}/{event_id}", axum::routing::put(send_membership_v1))
-        .route("/_matrix/federation/v1/send_leave/{room_id}/{event_id}", axum::routing::put(send_membership_v1));
+        .route("/_matrix/federation/v1/send_leave/{room_id}/{event_id}", axum::routing::put(send_membership_v1))
+        .route("/_matrix/federation/v1/invite/{room_id}/{event_id}", axum::routing::put(invite_v1));
     let r = route::<create_invite::v2::Request, _, _>(r, invite);
-    let r = route::<create_invite::v1::Request, _, _>(r, invite_v1);
     let r = route::<prepare_knock_event::v1::Request, _, _>(r, make_knock);
     let r = route::<create_knock_event::v1::Request, _, _>(r, send_knock);
     let r = route::<get_event::v1::Request, _, _>(r, event);
@@ -299,22 +299,30 @@ async fn invite(State(s): S, req: Ruma<create_invite::v2::Request>) -> ApiResult
 
 /// The deprecated `/v1/invite`: the event is the body, of a room of version 1 or 2 (the API
 /// names none; the spec's v1 invite predates room versions), answered in the v1 array form.
-async fn invite_v1(State(s): S, req: Ruma<create_invite::v1::Request>) -> ApiResult<create_invite::v1::Response> {
-    let b = &req.body;
-    let event = req.json.as_ref().ok_or_else(|| Error::bad_json("The invite event is missing"))?;
-    let raw = serde_json::value::to_raw_value(event).map_err(|e| Error::bad_json(e.to_string()))?;
+/// Read by hand: ruma's type wants fields older servers' events do not all carry (`origin`).
+async fn invite_v1(
+    State(s): S,
+    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
+    request: axum::extract::Request,
+) -> Result<axum::Json<serde_json::Value>, crate::error::ApiError> {
+    let (parts, bytes) = crate::ruma_wrapper::read_limited_body(request).await?;
+    let origin = crate::ruma_wrapper::server_origin(&s, &parts, &bytes).await?;
+    let room_id = ruma::OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    let event_id = ruma::OwnedEventId::try_from(event_id).map_err(|_| Error::invalid_param("Invalid event ID"))?;
+    let event = crate::ruma_wrapper::object_body(&bytes)?;
+    let invite_state: Vec<ruma::api::federation::membership::RawStrippedState> =
+        match event.get("unsigned").and_then(|u| u.get("invite_room_state")) {
+            Some(state) => serde_json::from_value(state.clone())
+                .map_err(|e| Error::bad_json(format!("Invalid invite_room_state: {e}")))?,
+            None => Vec::new(),
+        };
+    let raw = serde_json::value::to_raw_value(&event).map_err(|e| Error::bad_json(e.to_string()))?;
     let signed = s
         .remote_membership
-        .receive_invite(
-            req.origin(),
-            &b.room_id,
-            &b.event_id,
-            &ruma::RoomVersionId::V1,
-            &raw,
-            &b.unsigned.invite_room_state,
-        )
+        .receive_invite(&origin, &room_id, &event_id, &ruma::RoomVersionId::V1, &raw, &invite_state)
         .await?;
-    Ok(create_invite::v1::Response::new(signed).into())
+    let signed: serde_json::Value = serde_json::from_str(signed.get()).map_err(diplomatie_service::internal!())?;
+    Ok(axum::Json(serde_json::json!([200, { "event": signed }])))
 }
 
 async fn event(State(s): S, req: Ruma<get_event::v1::Request>) -> ApiResult<get_event::v1::Response> {

@@ -1175,9 +1175,11 @@ impl Push {
 }
 
 impl Push {
-    /// The unread notifications of a user in all rooms (the badge a push carries).
+    /// The unread notifications of a user in all rooms, and the invites waiting (the badge a
+    /// push carries, as Synapse counts it).
     async fn total_unread(&self, user: &UserId) -> Result<u64> {
-        let mut total = 0;
+        let invites = self.memberships_of(user).await?.iter().filter(|(_, m)| *m == MembershipState::Invite).count();
+        let mut total = invites as u64;
         for room in crate::rooms::joined_rooms(self, user).await? {
             let counts = self.unread_counts(user, &room, false).await?;
             total += counts.notifications;

@@ -420,8 +420,47 @@ impl Transport {
                 format!("cannot build the request: {}", Into::<ruma::api::error::IntoHttpError>::into(e)),
             )
         })?;
-        let mut http = http::Request::from_parts(parts, body);
-        if TypeId::of::<T::Authentication>() == TypeId::of::<ServerSignatures>() {
+        let http = http::Request::from_parts(parts, body);
+        let signed = TypeId::of::<T::Authentication>() == TypeId::of::<ServerSignatures>();
+        self.send_http(server, &destination, built, http, signed, max_bytes).await
+    }
+
+    /// Sends a JSON body the caller built to another server, signed (`X-Matrix`): for the
+    /// deprecated endpoints ruma's types no longer carry whole (`/v1/invite`, whose body is the
+    /// event itself). `path` starts with `/_matrix/`.
+    pub(crate) async fn federation_json(
+        &self,
+        server: &ServerName,
+        method: http::Method,
+        path: &str,
+        body: &serde_json::Value,
+        max_bytes: u64,
+    ) -> Result<http::Response<Vec<u8>>> {
+        self.check_server_allowed(server)?;
+        let destination = self.destination(server).await?;
+        let built = self.federation_clients()?;
+        let bytes = serde_json::to_vec(body).map_err(crate::internal!())?;
+        let uri = format!("{}{path}", destination.base_url.trim_end_matches('/'));
+        let http = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(bytes)
+            .map_err(|e| remote_error(server, format!("cannot build the request: {e}")))?;
+        self.send_http(server, &destination, built, http, true, max_bytes).await
+    }
+
+    /// Signs (when `signed`) and sends a request, and reads its answer within `max_bytes`.
+    async fn send_http(
+        &self,
+        server: &ServerName,
+        destination: &Destination,
+        built: &Built,
+        mut http: http::Request<Vec<u8>>,
+        signed: bool,
+        max_bytes: u64,
+    ) -> Result<http::Response<Vec<u8>>> {
+        if signed {
             let input = XMatrixSigningInput::new(self.server_name().to_owned(), server.to_owned(), &self.keys.keypair);
             let header = XMatrix::sign_http_request(&http, input)
                 .map_err(|e| remote_error(server, format!("cannot sign the request: {e}")))?;

@@ -44,6 +44,9 @@ use crate::{
 };
 
 /// Room versions this server can join (those ruma knows the rules of, which it advertises).
+/// Longest answer to an invite (the event, signed): as much as a federation request's answer.
+const MAX_INVITE_ANSWER: u64 = 1024 * 1024;
+
 pub fn supported_versions() -> Vec<RoomVersionId> {
     use RoomVersionId::*;
     vec![V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12]
@@ -513,8 +516,42 @@ impl RemoteMembership {
         .await
     }
 
+    /// Refuses an invite to a room this server is not in when no server of the room takes the
+    /// refusal (unreachable, or refusing): a leave this server signs alone, after the invite
+    /// (an out-of-band membership, as Synapse writes one), so that the invitee is out of the
+    /// room here. The room's servers never hear of it.
+    pub async fn reject_locally(&self, user: &UserId, room_id: &RoomId) -> Result<()> {
+        let meta = self.rooms.known_room(room_id).await?;
+        let rules = meta.rules();
+        let invite = self
+            .rooms
+            .state_event(room_id, &StateEventType::RoomMember, user.as_str())
+            .await?
+            .filter(|p| matches!(p.membership(), Some(MembershipState::Invite | MembershipState::Knock)))
+            .ok_or_else(|| Error::forbidden("No invite to refuse"))?;
+        // Room versions 1 and 2 cite events with their hashes: this event is never sent, so
+        // none are given.
+        let cited = if rules.event_id_format == ruma::room_version_rules::EventIdFormatVersion::V1 {
+            json!([[invite.event_id, {}]])
+        } else {
+            json!([invite.event_id])
+        };
+        let template = json!({
+            "room_id": room_id,
+            "prev_events": cited,
+            "auth_events": cited,
+            "depth": u64::from(invite.depth) + 1,
+        });
+        let template = serde_json::value::to_raw_value(&template).map_err(crate::internal!())?;
+        let content = json!({ "membership": "leave" });
+        let (object, event_id, _) = self.build_from_template(&template, &meta.version, room_id, user, content)?;
+        let unsigned = json!({ "out_of_band_membership": true });
+        self.keep_outside_membership(room_id, &meta.version, user, object, event_id, Some(unsigned)).await
+    }
+
     /// Invites a user of another server: the event is built here, signed by the invitee's
-    /// server (`invite` v2), then persisted and sent to the room's other servers.
+    /// server (`invite` v2, or v1 for a server that has no v2), then persisted and sent to the
+    /// room's other servers.
     pub async fn invite_remote(
         &self,
         sender: &UserId,
@@ -540,8 +577,18 @@ impl RemoteMembership {
             event,
             invite_state,
         );
-        let answer = self.transport.federation_request(server, request).await?;
-        let signed = canonical(&answer.event)?;
+        let answer = self.transport.federation_http(server, request, MAX_INVITE_ANSWER).await?;
+        // A server that does not know `/v2/invite` is asked through `/v1/invite`, for the room
+        // versions that API can carry (1 and 2, as Synapse falls back).
+        let unknown_endpoint = answer.status() == http::StatusCode::NOT_FOUND
+            || (answer.status() == http::StatusCode::BAD_REQUEST
+                && serde_json::from_slice::<Value>(answer.body()).is_ok_and(|b| b["errcode"] == "M_UNRECOGNIZED"));
+        let event = if unknown_endpoint && matches!(meta.version, RoomVersionId::V1 | RoomVersionId::V2) {
+            self.invite_v1(server, room_id, &built).await?
+        } else {
+            super::client::Transport::parse_answer::<create_invite::v2::Request>(server, answer)?.event
+        };
+        let signed = canonical(&event)?;
         if event_id_of(&signed, &rules)? != built.event_id {
             return Err(super::client::remote_error(server, "the invite came back altered"));
         }
@@ -553,6 +600,35 @@ impl RemoteMembership {
         let _guard = lock.lock().await;
         self.federation.handle_pdu(self.server_name(), &meta.version, signed, Placement::Extend, 0).await?;
         Ok(())
+    }
+
+    /// `PUT /v1/invite`: the event is the body (with the invite room state in its
+    /// `unsigned`), and the answer `[200, {"event": ...}]`.
+    async fn invite_v1(&self, server: &ServerName, room_id: &RoomId, built: &Pdu) -> Result<Box<RawValue>> {
+        let mut event: Value = serde_json::from_str(federation_json(built)?.get()).map_err(crate::internal!())?;
+        let shown: Vec<Value> = self
+            .state_shown_before_joining(room_id, &built.sender)
+            .await?
+            .iter()
+            .filter_map(|s| serde_json::to_value(s).ok())
+            .collect();
+        event["unsigned"]["invite_room_state"] = Value::Array(shown);
+        let path = format!(
+            "/_matrix/federation/v1/invite/{}/{}",
+            url::form_urlencoded::byte_serialize(room_id.as_str().as_bytes()).collect::<String>(),
+            url::form_urlencoded::byte_serialize(built.event_id.as_str().as_bytes()).collect::<String>(),
+        );
+        let answer =
+            self.transport.federation_json(server, http::Method::PUT, &path, &event, MAX_INVITE_ANSWER).await?;
+        if !answer.status().is_success() {
+            let text = String::from_utf8_lossy(answer.body()).chars().take(200).collect::<String>();
+            return Err(super::client::remote_error(server, format!("[{}] {text}", answer.status())));
+        }
+        let body: Value = serde_json::from_slice(answer.body())
+            .map_err(|e| super::client::remote_error(server, format!("the v1 invite answer is not JSON: {e}")))?;
+        let signed = body.get(1).and_then(|b| b.get("event")).or_else(|| body.get("event"));
+        let signed = signed.ok_or_else(|| super::client::remote_error(server, "the v1 invite answer has no event"))?;
+        serde_json::value::to_raw_value(signed).map_err(crate::internal!())
     }
 
     /// What a server not in the room is shown of it (an invite's or a knock's room state):

@@ -222,6 +222,11 @@ impl Membership {
             let last = self.rooms.has_full_state(room_id).await?
                 && self.rooms.may_write_membership(room_id, &MembershipState::Leave).await?;
             if !last {
+                // Nobody takes it: an invite or a knock is refused here alone.
+                if matches!(current, Some(MembershipState::Invite | MembershipState::Knock)) {
+                    tracing::info!(%room_id, error = %e, "the refusal is kept here only");
+                    return self.remote_membership.reject_locally(user, room_id).await;
+                }
                 return Err(e);
             }
         }
