@@ -33,9 +33,6 @@ use serde_json::value::RawValue;
 use super::Federation;
 use crate::{rooms::received::Placement, Error, Pdu, Result};
 
-/// How deep a chain of missing events is followed through `get_missing_events`.
-const MAX_FETCH_DEPTH: usize = 2;
-
 /// The id of an event: carried by it (v1, v2), its reference hash since v3.
 pub fn event_id_of(object: &CanonicalJsonObject, rules: &RoomVersionRules) -> Result<OwnedEventId> {
     if rules.event_id_format == EventIdFormatVersion::V1 {
@@ -230,13 +227,16 @@ impl Federation {
         let reject = |reason: String| rejection(&event_id, "rejected", reason);
         check_auth_events(&rules, &pdu, &auth).map_err(reject)?;
 
-        // 5. The state before it, and the checks against it.
+        // 5. The state before it, and the checks against it. A rejected event stays known with
+        // that state, for the events that cite it.
         let state_before = Arc::new(self.state_before(origin, version, &pdu, depth).await?);
         let loaded = self.auth_state(&state_before, &pdu, &rules).await?;
-        state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |k, s| {
+        if let Err(reason) = state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |k, s| {
             loaded.get(&(k.clone(), s.to_owned())).cloned()
-        })
-        .map_err(reject)?;
+        }) {
+            self.rejected.lock().unwrap().put(event_id.clone(), state_before.clone());
+            return Err(reject(reason.to_string()));
+        }
 
         // 6. The current state: an event it forbids is soft-failed.
         if placement == Placement::Extend {
@@ -303,18 +303,29 @@ impl Federation {
     ) -> Result<StateMap<OwnedEventId>> {
         let mut missing: Vec<OwnedEventId> = Vec::new();
         for id in &pdu.prev_events {
-            if self.rooms.get_pdu(id).await?.is_none_or(|p| !p.in_timeline()) {
+            if self.known_state_after(id).await?.is_none() {
                 missing.push(id.clone());
             }
         }
-        if !missing.is_empty() && depth < MAX_FETCH_DEPTH {
+        // One round of `get_missing_events`, for an event pushed to this server (as Synapse):
+        // the events it brings that miss theirs are placed on the state their sender gives.
+        if !missing.is_empty() && depth == 0 {
             self.fill_gap(origin, version, pdu, depth).await;
         }
         let mut maps = Vec::new();
         for id in &pdu.prev_events {
-            match self.rooms.get_pdu(id).await? {
-                Some(p) if p.in_timeline() => maps.push((*self.rooms.state_map(p.state_group).await?).clone()),
-                _ => maps.push(self.state_at_remote_event(origin, version, &pdu.room_id, id).await?),
+            match self.known_state_after(id).await? {
+                Some(map) => maps.push((*map).clone()),
+                // An event pushed here whose history its sender does not give is refused: it
+                // could otherwise bring a state of its own making.
+                None if depth == 0 => {
+                    return Err(rejection(
+                        &pdu.event_id,
+                        "rejected",
+                        format!("its prev_event {id} is unavailable from {origin}"),
+                    ))
+                }
+                None => maps.push(self.state_at_remote_event(origin, version, &pdu.room_id, id).await?),
             }
         }
         match maps.len() {
@@ -322,6 +333,15 @@ impl Federation {
             1 => Ok(maps.pop().expect("one")),
             _ => self.rooms.resolve_states(version, maps).await,
         }
+    }
+
+    /// The state after an event of the room's graph this server holds: in the timeline, or
+    /// rejected lately (whose state after is the state before it).
+    async fn known_state_after(&self, id: &ruma::EventId) -> Result<Option<Arc<StateMap<OwnedEventId>>>> {
+        if let Some(p) = self.rooms.get_pdu(id).await?.filter(|p| p.in_timeline()) {
+            return Ok(Some(self.rooms.state_map(p.state_group).await?));
+        }
+        Ok(self.rejected.lock().unwrap().get(id).cloned())
     }
 
     /// Asks `origin` for the events between the room's extremities and `pdu`, and handles

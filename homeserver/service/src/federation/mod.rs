@@ -30,7 +30,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use ruma::{events::StateEventType, OwnedRoomId, RoomId, ServerName};
+use ruma::{events::StateEventType, state_res::StateMap, OwnedEventId, OwnedRoomId, RoomId, ServerName};
 
 use self::client::Transport;
 use crate::{core::Core, rooms::Rooms, Error, Result};
@@ -43,13 +43,17 @@ pub struct Federation {
     transport: Arc<Transport>,
     /// Received PDUs of a room are handled one at a time (their order matters to the checks).
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Events lately rejected by the authorisation rules, with the state before each: still
+    /// part of the graph (later events may cite them), changing no state (the state after one
+    /// is the state before it). In memory: after a restart, one cited is asked for again.
+    pub(crate) rejected: Mutex<lru::LruCache<OwnedEventId, Arc<StateMap<OwnedEventId>>>>,
 }
 
 crate::core::over_core!(Federation);
 
 impl Federation {
     pub(crate) fn new(core: Arc<Core>, rooms: Arc<Rooms>, transport: Arc<Transport>) -> Federation {
-        Federation { core, rooms, transport, room_locks: Mutex::default() }
+        Federation { core, rooms, transport, room_locks: Mutex::default(), rejected: Mutex::new(crate::lru(10_000)) }
     }
 
     /// Refuses `server` if the room's server ACL (`m.room.server_acl`) denies it.
