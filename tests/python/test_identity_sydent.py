@@ -131,3 +131,26 @@ def test_an_invite_by_email_reaches_whoever_binds_the_address(identity_server, s
     ok("POST", f"{hs.url}/_matrix/client/v3/rooms/{q(third)}/invite", alice_token, invite)
     state = ok("GET", f"{hs.url}/_matrix/client/v3/rooms/{q(third)}/state", alice_token)
     assert any(e["type"] == "m.room.third_party_invite" for e in state), "an invite waiting again"
+
+    # Bound again through the unstable path older clients use, then the account is closed: the
+    # address is unbound on Sydent, and an invite to it waits again.
+    mailbox.messages.clear()
+    secret = uuid.uuid4().hex
+    sid = ok("POST", sydent.url + "/_matrix/identity/v2/validate/email/requestToken", bob_is,
+             {"client_secret": secret, "email": "bob@example.org", "send_attempt": 2})["sid"]
+    mail = mailbox.wait_for("bob@example.org", "token=")
+    token = mail.split("token=", 1)[1].split()[0]
+    ok("POST", sydent.url + "/_matrix/identity/v2/validate/email/submitToken", bob_is,
+       {"sid": sid, "client_secret": secret, "token": token})
+    ok("POST", hs.url + "/_matrix/client/unstable/account/3pid/bind", bob_token,
+       {"client_secret": secret, "id_server": sydent.server_name, "id_access_token": bob_is, "sid": sid})
+    fourth = ok("POST", hs.url + "/_matrix/client/v3/createRoom", alice_token, {"preset": "private_chat"})["room_id"]
+    ok("POST", f"{hs.url}/_matrix/client/v3/rooms/{q(fourth)}/invite", alice_token, invite)
+    member = ok("GET", f"{hs.url}/_matrix/client/v3/rooms/{q(fourth)}/state/m.room.member/{q(bob)}", alice_token)
+    assert member["membership"] == "invite", member
+    auth = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": bob}, "password": "pw bob"}
+    ok("POST", hs.url + "/_matrix/client/v3/account/deactivate", bob_token, {"auth": auth})
+    fifth = ok("POST", hs.url + "/_matrix/client/v3/createRoom", alice_token, {"preset": "private_chat"})["room_id"]
+    ok("POST", f"{hs.url}/_matrix/client/v3/rooms/{q(fifth)}/invite", alice_token, invite)
+    state = ok("GET", f"{hs.url}/_matrix/client/v3/rooms/{q(fifth)}/state", alice_token)
+    assert any(e["type"] == "m.room.third_party_invite" for e in state), "the closed account's address is unbound"

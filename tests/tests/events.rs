@@ -123,6 +123,10 @@ async fn redaction_strips_content_and_checks_power(backend: Backend) {
         404,
         "M_NOT_FOUND",
     );
+    // An event of another room is not this room's to redact.
+    let other = alice.create_room(json!({})).await;
+    let elsewhere = format!("/_matrix/client/v3/rooms/{other}/redact/{}/r5", urlencode(&a_msg));
+    assert_error(&alice.put(&elsewhere, &json!({})).await, 400, "M_INVALID_PARAM");
 }
 
 async fn messages_paginate_both_ways_with_filters(backend: Backend) {

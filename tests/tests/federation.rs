@@ -81,6 +81,8 @@ async fn two_servers_share_a_room(backend: Backend) {
     assert_eq!(v["sub"], alice.user_id.as_str());
     let r = reqwest::get(userinfo("forged")).await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
+    let r = reqwest::get(format!("{}/_matrix/federation/v1/openid/userinfo", a.base)).await.unwrap();
+    assert_eq!(r.status().as_u16(), 401, "no token is unauthorised, not malformed");
 
     // Both servers are named by an IP literal with a port: B's users resolve A's aliases and
     // read A's users' profiles (the query endpoints over federation).

@@ -155,6 +155,8 @@ async fn invite_join_leave_and_forget(backend: Backend) {
     let joined = alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/joined_members"), None).await;
     assert_eq!(joined["joined"].as_object().unwrap().len(), 2);
     assert_eq!(joined["joined"]["@bob:localhost"]["display_name"], "bob");
+    // An unset avatar is said, as `null` (Synapse's answer, which clients read).
+    assert_eq!(joined["joined"]["@bob:localhost"].get("avatar_url"), Some(&Value::Null), "{joined}");
     let rooms = bob.ok(Method::GET, "/_matrix/client/v3/joined_rooms", None).await;
     assert_eq!(rooms["joined_rooms"], json!([room]));
     // Forgetting requires leaving first.

@@ -113,6 +113,26 @@ async fn filters_limit_and_lazy_load(backend: Backend) {
     let inline = urlencode(&json!({ "room": { "not_rooms": [room] } }).to_string());
     let s = alice.sync(None, &format!("filter={inline}")).await;
     assert!(s["rooms"]["join"].get(&room).is_none());
+    // A timeline limit of 0: no event, the room's state alone (here its members only), and
+    // where to page back from.
+    let none = urlencode(
+        &json!({ "room": { "timeline": { "limit": 0 }, "state": { "types": ["m.room.member"] } } }).to_string(),
+    );
+    let s = alice.sync(None, &format!("filter={none}")).await;
+    let joined = &s["rooms"]["join"][&room];
+    assert_eq!(joined["timeline"]["events"], json!([]), "{joined}");
+    assert_eq!(joined["timeline"]["limited"], true);
+    assert!(joined["timeline"]["prev_batch"].is_string(), "{joined}");
+    let state = joined["state"]["events"].as_array().unwrap();
+    assert!(!state.is_empty() && state.iter().all(|e| e["type"] == "m.room.member"), "{joined}");
+    // The federation format: events as servers exchange them, with their ids.
+    let pdus = urlencode(&json!({ "event_format": "federation", "room": { "timeline": { "limit": 1 } } }).to_string());
+    let s = alice.sync(None, &format!("filter={pdus}")).await;
+    let last = &s["rooms"]["join"][&room]["timeline"]["events"][0];
+    assert_eq!(last["content"]["body"], "b5", "{last}");
+    for key in ["event_id", "room_id", "prev_events", "auth_events", "depth", "hashes", "signatures"] {
+        assert!(last.get(key).is_some(), "{key} in {last}");
+    }
     assert_error(&alice.get("/_matrix/client/v3/user/@alice:localhost/filter/999").await, 404, "M_NOT_FOUND");
     assert_error(&alice.get("/_matrix/client/v3/user/@bob:localhost/filter/1").await, 403, "M_FORBIDDEN");
 }

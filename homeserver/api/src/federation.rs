@@ -72,7 +72,7 @@ pub fn routes(r: axum::Router<Arc<Services>>) -> axum::Router<Arc<Services>> {
     let r = route::<get_missing_events::v1::Request, _, _>(r, missing_events);
     let r = route::<get_profile_information::v1::Request, _, _>(r, query_profile);
     let r = route::<get_public_rooms::v1::Request, _, _>(r, public_rooms);
-    let r = route::<get_openid_userinfo::v1::Request, _, _>(r, openid_userinfo);
+    let r = r.route("/_matrix/federation/v1/openid/userinfo", axum::routing::get(openid_userinfo));
     let r = route::<get_hierarchy::v1::Request, _, _>(r, hierarchy);
     let r = route::<get_public_rooms_filtered::v1::Request, _, _>(r, public_rooms_filtered);
     let r = route::<get_keys::v1::Request, _, _>(r, keys_query);
@@ -551,11 +551,11 @@ async fn public_rooms_filtered(
 }
 
 /// `openid/userinfo`: a third party asks whose OpenID token it holds (no server signature).
-async fn openid_userinfo(
-    State(s): S,
-    req: Ruma<get_openid_userinfo::v1::Request>,
-) -> ApiResult<get_openid_userinfo::v1::Response> {
-    Ok(get_openid_userinfo::v1::Response::new(s.openid.userinfo(&req.body.access_token)?).into())
+/// Read by hand: a request without the token is unauthorised (401), not malformed.
+async fn openid_userinfo(State(s): S, parts: http::request::Parts) -> ApiResult<get_openid_userinfo::v1::Response> {
+    let token = crate::ruma_wrapper::access_token(&parts)
+        .ok_or_else(|| Error::new(ruma::api::error::ErrorKind::MissingToken, "Missing the OpenID access token"))?;
+    Ok(get_openid_userinfo::v1::Response::new(s.openid.userinfo(&token)?).into())
 }
 
 async fn hierarchy(State(s): S, req: Ruma<get_hierarchy::v1::Request>) -> ApiResult<get_hierarchy::v1::Response> {

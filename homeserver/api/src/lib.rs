@@ -116,6 +116,10 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = route::<c::redact::redact_event::v3::Request, _, _>(r, events::redact);
     // Application services and third-party networks
     let r = route::<c::appservice::request_ping::v1::Request, _, _>(r, appservice::ping);
+    // Sydent-era clients bind and unbind through the unstable prefix (as Synapse serves it).
+    let r = r
+        .route("/_matrix/client/unstable/account/3pid/bind", post(account::bind_threepid))
+        .route("/_matrix/client/unstable/account/3pid/unbind", post(account::unbind_threepid));
     let mut r = r;
     for v in ["r0", "v3"] {
         r = r

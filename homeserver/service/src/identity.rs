@@ -213,7 +213,17 @@ impl Identity {
             .into_iter()
             .find(|t| t.medium == medium && t.address == address);
         let Some(known) = known else {
-            return if forget { Err(Error::not_found("No such address on this account")) } else { Ok(false) };
+            // An address bound out of band (through the identity server itself) is unbound
+            // there when the client names the server.
+            return match id_server {
+                Some(server) => match self.unbind(server, user, medium, address).await {
+                    Ok(()) => Ok(true),
+                    Err(e) if forget => Err(e),
+                    Err(_) => Ok(false),
+                },
+                None if forget => Err(Error::not_found("No such address on this account")),
+                None => Ok(false),
+            };
         };
         let server = id_server.map(str::to_owned).or(known.id_server.clone());
         let unbound = match &server {
@@ -232,6 +242,20 @@ impl Identity {
             threepids::upsert(self.db.pool(), user.as_str(), &Threepid { id_server: None, ..known }).await?;
         }
         Ok(unbound)
+    }
+
+    /// Unbinds every address of `user` from the identity server it was bound at, and forgets
+    /// them all (a deactivation). An identity server out of reach does not stop it.
+    pub async fn forget_all(&self, user: &UserId) -> Result<()> {
+        for known in threepids::list(self.db.pool(), user.as_str()).await? {
+            if let Some(server) = &known.id_server {
+                if let Err(e) = self.unbind(server, user, &known.medium, &known.address).await {
+                    tracing::info!(%user, %server, error = %e, "could not unbind an address");
+                }
+            }
+            threepids::delete(self.db.pool(), user.as_str(), &known.medium, &known.address).await?;
+        }
+        Ok(())
     }
 
     /// `https://id_server/path`; plain HTTP for a server on loopback when

@@ -211,8 +211,14 @@ impl Services {
             ephemeral.clone(),
             e2ee.clone(),
         ));
-        let sessions =
-            Arc::new(sessions::Sessions::new(c(), accounts.clone(), push.clone(), e2ee.clone(), membership.clone()));
+        let sessions = Arc::new(sessions::Sessions::new(
+            c(),
+            accounts.clone(),
+            push.clone(),
+            e2ee.clone(),
+            membership.clone(),
+            identity.clone(),
+        ));
         let organisation = Arc::new(organisation::Organisation::new(
             c(),
             rooms.clone(),

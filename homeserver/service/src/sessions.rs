@@ -13,6 +13,7 @@ use crate::{
     accounts::{hash_password, Accounts, Caller, Session},
     core::Core,
     e2ee::E2ee,
+    identity::Identity,
     push::Push,
     rooms::membership::Membership,
     Result,
@@ -25,6 +26,7 @@ pub struct Sessions {
     push: Arc<Push>,
     e2ee: Arc<E2ee>,
     membership: Arc<Membership>,
+    identity: Arc<Identity>,
 }
 
 crate::core::over_core!(Sessions);
@@ -36,8 +38,9 @@ impl Sessions {
         push: Arc<Push>,
         e2ee: Arc<E2ee>,
         membership: Arc<Membership>,
+        identity: Arc<Identity>,
     ) -> Sessions {
-        Sessions { core, accounts, push, e2ee, membership }
+        Sessions { core, accounts, push, e2ee, membership, identity }
     }
 
     /// Opens a session on a new (or re-used) device: users sharing a room with its owner, and
@@ -128,6 +131,9 @@ impl Sessions {
                 }
             }
         }
+        // Its addresses are unbound where they were bound (the identity servers would
+        // otherwise go on naming a closed account), and forgotten here.
+        self.identity.forget_all(user).await?;
         let mut tx = self.db.begin().await?;
         store::delete_all_devices(&mut tx, user.as_str(), None).await?;
         store::set_deactivated(&mut *tx, user.as_str()).await?;

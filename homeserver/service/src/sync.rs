@@ -41,6 +41,15 @@ pub struct SyncFilter {
     pub room: RoomFilter,
     pub presence: EventFilter,
     pub account_data: EventFilter,
+    /// `client` (the default) or `federation`: events as other servers see them (the PDU,
+    /// with its id).
+    pub event_format: Option<String>,
+}
+
+impl SyncFilter {
+    fn federation_format(&self) -> bool {
+        self.event_format.as_deref() == Some("federation")
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -456,7 +465,8 @@ impl Syncer {
         // through (as Synapse), read backwards a page at a time, up to `MAX_FILTER_SCAN` events.
         let mut filtered: Vec<Arc<Pdu>> = Vec::new();
         if active || full {
-            let limit = req.filter.room.timeline.limit.unwrap_or(10).clamp(1, 100) as usize;
+            // A limit of 0 shows no event, only whether some came (`limited`).
+            let limit = req.filter.room.timeline.limit.unwrap_or(10).clamp(0, 100) as usize;
             let filter = &req.filter.room.timeline;
             if !filter.selects_events() {
                 let ids = self.rooms.event_ids_between(room_id, from, to.stream, limit + 1).await?;
@@ -502,9 +512,12 @@ impl Syncer {
                 timeline.reverse();
                 filtered.reverse();
             }
-            if let Some(first) = timeline.first() {
-                prev_batch = Some((first.stream_ordering - 1).to_string());
-            }
+            prev_batch = match timeline.first() {
+                Some(first) => Some((first.stream_ordering - 1).to_string()),
+                // Nothing shown (a limit of 0): the client pages back from the end.
+                None if limited => Some(to.stream.to_string()),
+                None => None,
+            };
         }
 
         // State: the room's state where the timeline starts, whole on a full sync, what changed
@@ -586,13 +599,22 @@ impl Syncer {
             return Ok(None);
         }
         let mut room = v3::JoinedRoom::new();
-        room.timeline.events = self.rooms.client_raws(&filtered, user, req.device, false).await?;
+        room.timeline.events = if req.filter.federation_format() {
+            filtered.iter().map(|p| in_federation_format(p)).collect::<Result<_>>()?
+        } else {
+            self.rooms.client_raws(&filtered, user, req.device, false).await?
+        };
         room.timeline.limited = limited;
         room.timeline.prev_batch = prev_batch;
         // The summary when the room is new to the client or its members changed.
         let members_changed =
             full || timeline.iter().chain(&state).any(|p| p.kind == ruma::events::TimelineEventType::RoomMember);
-        room.state = v3::State::Before(state.iter().map(|p| p.to_raw(false)).collect::<Vec<_>>().into());
+        let state: Vec<_> = if req.filter.federation_format() {
+            state.iter().map(|p| in_federation_format(p)).collect::<Result<_>>()?
+        } else {
+            state.iter().map(|p| p.to_raw(false)).collect()
+        };
+        room.state = v3::State::Before(state.into());
         room.ephemeral.events = ephemeral;
         room.account_data.events = account_data.into_iter().map(Raw::from_json).collect();
         if members_changed {
@@ -614,7 +636,7 @@ impl Syncer {
     async fn sync_left_room(&self, req: &SyncRequest<'_>, room_id: &RoomId, since: SyncToken) -> Result<v3::LeftRoom> {
         let user = req.user;
         let until = self.rooms.readable_until(user, room_id).await.unwrap_or(since.stream);
-        let limit = req.filter.room.timeline.limit.unwrap_or(10).clamp(1, 100) as i64;
+        let limit = req.filter.room.timeline.limit.unwrap_or(10).clamp(0, 100) as i64;
         let rows =
             ev_store::room_events(self.db.pool(), room_id.as_str(), since.stream, until, true, limit + 1).await?;
         let mut left = v3::LeftRoom::new();
@@ -700,6 +722,16 @@ pub(crate) fn receipt_event<T>(receipts: Vec<streams::Receipt>, user: &UserId) -
         }
     }
     (!content.is_empty()).then(|| pdu::raw(&json!({ "type": "m.receipt", "content": content })))
+}
+
+/// An event as other servers see it (a filter's `event_format: federation`), with its id.
+fn in_federation_format<T>(p: &Pdu) -> Result<Raw<T>> {
+    let mut value: Value = serde_json::from_str(pdu::federation_json(p)?.get()).map_err(crate::internal!())?;
+    if let Some(object) = value.as_object_mut() {
+        object.insert("event_id".into(), json!(p.event_id));
+        object.entry("room_id").or_insert_with(|| json!(p.room_id));
+    }
+    Ok(pdu::raw(&value))
 }
 
 /// A presence event, as `/sync` shows it.

@@ -240,12 +240,29 @@ pub async fn members(
     Ok(get_member_events::v3::Response::new(chunk.iter().map(|p| p.to_raw(true)).collect()).into())
 }
 
+/// `GET /rooms/{roomId}/joined_members`: each member's display name and avatar, `null` when
+/// unset (as Synapse answers; ruma's type would leave the key out).
 pub async fn joined_members(
     State(s): S,
     req: Ruma<joined_members::v3::Request>,
-) -> ApiResult<joined_members::v3::Response> {
+) -> Result<axum::Json<JoinedMembers>, crate::error::ApiError> {
     let joined = s.rooms.joined_profiles(&req.caller().user_id, &req.body.room_id).await?;
-    Ok(joined_members::v3::Response::new(joined).into())
+    let joined = joined
+        .into_iter()
+        .map(|(user, m)| (user, JoinedMember { display_name: m.display_name, avatar_url: m.avatar_url }))
+        .collect();
+    Ok(axum::Json(JoinedMembers { joined }))
+}
+
+#[derive(serde::Serialize)]
+pub struct JoinedMembers {
+    joined: std::collections::BTreeMap<ruma::OwnedUserId, JoinedMember>,
+}
+
+#[derive(serde::Serialize)]
+pub struct JoinedMember {
+    display_name: Option<String>,
+    avatar_url: Option<ruma::OwnedMxcUri>,
 }
 
 /// `GET /rooms/{roomId}/state`

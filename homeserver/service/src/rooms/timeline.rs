@@ -180,12 +180,11 @@ impl Timeline {
         if !self.rooms.is_joined(room_id, sender).await? {
             return Err(Error::forbidden("You are not joined to this room"));
         }
-        let original = self
-            .rooms
-            .get_pdu(target)
-            .await?
-            .filter(|p| p.room() == room_id)
-            .ok_or_else(|| Error::not_found("Event not found"))?;
+        let original = self.rooms.get_pdu(target).await?.ok_or_else(|| Error::not_found("Event not found"))?;
+        // An event of another room is no event of this one's to redact (Synapse answers 400).
+        if original.room() != room_id {
+            return Err(Error::invalid_param("The event is in another room"));
+        }
         if original.sender != sender {
             let levels = self.rooms.power_levels(room_id).await?;
             let needed = levels.get("redact").and_then(Value::as_i64).unwrap_or(50);
