@@ -109,7 +109,14 @@ fn room_id_of(room_id: String) -> Result<ruma::OwnedRoomId, ApiError> {
 
 pub async fn get_event(State(s): S, req: Ruma<get_room_event::v3::Request>) -> ApiResult<get_room_event::v3::Response> {
     let caller = req.caller();
-    let pdu = s.rooms.event_for_user(&caller.user_id, &req.body.room_id, &req.body.event_id).await?;
+    // A room the user may not read hides its events: "not found", as for one they may not see
+    // (Synapse's answer; it tells nothing of what the room holds).
+    let pdu = match s.rooms.event_for_user(&caller.user_id, &req.body.room_id, &req.body.event_id).await {
+        Err(Error::Matrix(ruma::api::error::ErrorKind::Forbidden, _)) => {
+            return Err(Error::not_found("Event not found").into());
+        }
+        other => other?,
+    };
     let event = s.rooms.client_raw(&pdu, &caller.user_id, caller.device_id.as_str(), true).await?;
     Ok(get_room_event::v3::Response::new(event).into())
 }

@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// The longest answer taken from another server (a `send_join` of a very large room fits).
-const MAX_RESPONSE_BYTES: u64 = 256 * 1024 * 1024;
+pub(crate) const MAX_RESPONSE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// How long a discovered destination is reused.
 const DESTINATION_TTL: Duration = Duration::from_secs(3600);

@@ -225,17 +225,32 @@ impl Federation {
             }
         }
         let reject = |reason: String| rejection(&event_id, "rejected", reason);
-        check_auth_events(&rules, &pdu, &auth).map_err(reject)?;
+        if let Err(reason) = check_auth_events(&rules, &pdu, &auth) {
+            // Still known, with the state after its prev_events when they are all held.
+            if let Some(state) = self.state_after_known(version, &pdu.prev_events).await? {
+                self.rejected.lock().unwrap().put(event_id.clone(), Arc::new(state));
+            }
+            return Err(reject(reason));
+        }
 
         // 5. The state before it, and the checks against it. A rejected event stays known with
         // that state, for the events that cite it.
         let state_before = Arc::new(self.state_before(origin, version, &pdu, depth).await?);
         let loaded = self.auth_state(&state_before, &pdu, &rules).await?;
-        if let Err(reason) = state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |k, s| {
+        let mut refused = state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |k, s| {
             loaded.get(&(k.clone(), s.to_owned())).cloned()
-        }) {
+        })
+        .err()
+        .map(|reason| reason.to_string());
+        // A redaction names an event of its own room: one aimed at another room's is refused.
+        if let Some(target) = pdu.redacts.as_ref().filter(|_| pdu.kind == TimelineEventType::RoomRedaction) {
+            if refused.is_none() && self.rooms.get_pdu(target).await?.is_some_and(|t| t.room_id != room_id) {
+                refused = Some(format!("it redacts {target}, an event of another room"));
+            }
+        }
+        if let Some(reason) = refused {
             self.rejected.lock().unwrap().put(event_id.clone(), state_before.clone());
-            return Err(reject(reason.to_string()));
+            return Err(reject(reason));
         }
 
         // 6. The current state: an event it forbids is soft-failed.
@@ -332,6 +347,27 @@ impl Federation {
             0 => Err(Error::bad_json("PDU without prev_events")),
             1 => Ok(maps.pop().expect("one")),
             _ => self.rooms.resolve_states(version, maps).await,
+        }
+    }
+
+    /// The state after `prev_events` when this server holds them all (resolved when several),
+    /// without asking any server.
+    async fn state_after_known(
+        &self,
+        version: &RoomVersionId,
+        prev_events: &[OwnedEventId],
+    ) -> Result<Option<StateMap<OwnedEventId>>> {
+        let mut maps = Vec::new();
+        for id in prev_events {
+            match self.known_state_after(id).await? {
+                Some(map) => maps.push((*map).clone()),
+                None => return Ok(None),
+            }
+        }
+        match maps.len() {
+            0 => Ok(None),
+            1 => Ok(maps.pop()),
+            _ => self.rooms.resolve_states(version, maps).await.map(Some),
         }
     }
 

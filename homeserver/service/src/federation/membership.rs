@@ -46,6 +46,37 @@ use crate::{
 /// Room versions this server can join (those ruma knows the rules of, which it advertises).
 /// Longest answer to an invite (the event, signed): as much as a federation request's answer.
 const MAX_INVITE_ANSWER: u64 = 1024 * 1024;
+/// Longest answer to a join (the room's whole state and auth chain): any federation answer's.
+const MAX_JOIN_ANSWER: u64 = super::client::MAX_RESPONSE_BYTES;
+
+/// Whether another server's answer says it does not know the endpoint (404, or 400
+/// `M_UNRECOGNIZED`): then the deprecated v1 form is tried.
+fn unknown_endpoint(answer: &http::Response<Vec<u8>>) -> bool {
+    answer.status() == http::StatusCode::NOT_FOUND
+        || (answer.status() == http::StatusCode::BAD_REQUEST
+            && serde_json::from_slice::<Value>(answer.body()).is_ok_and(|b| b["errcode"] == "M_UNRECOGNIZED"))
+}
+
+/// `/_matrix/federation/v1/<endpoint>/{roomId}/{eventId}`, percent-encoded.
+fn federation_path(endpoint: &str, room_id: &RoomId, event_id: &ruma::EventId) -> String {
+    let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    format!("/_matrix/federation/v1/{endpoint}/{}/{}", encode(room_id.as_str()), encode(event_id.as_str()))
+}
+
+/// The body of a v1 answer, `[200, body]` (the form of `/v1/invite` and `/v1/send_join`).
+fn v1_answer<T: serde::de::DeserializeOwned>(server: &ServerName, answer: &http::Response<Vec<u8>>) -> Result<T> {
+    if !answer.status().is_success() {
+        let text = String::from_utf8_lossy(answer.body()).chars().take(200).collect::<String>();
+        return Err(super::client::remote_error(server, format!("[{}] {text}", answer.status())));
+    }
+    let body: Value = serde_json::from_slice(answer.body())
+        .map_err(|e| super::client::remote_error(server, format!("the answer is not JSON: {e}")))?;
+    let inner = match body {
+        Value::Array(mut pair) if pair.len() == 2 => pair.pop().unwrap_or_default(),
+        other => other,
+    };
+    serde_json::from_value(inner).map_err(|e| super::client::remote_error(server, format!("unexpected answer: {e}")))
+}
 
 pub fn supported_versions() -> Vec<RoomVersionId> {
     use RoomVersionId::*;
@@ -343,7 +374,17 @@ impl RemoteMembership {
         let event_id = event_id_of(&object, &rules)?;
         let pdu_raw = serde_json::value::to_raw_value(&object).map_err(crate::internal!())?;
         let request = create_join_event::v2::Request::new(room_id.to_owned(), event_id.clone(), pdu_raw);
-        let answer = self.transport.federation_request(server, request).await?.room_state;
+        let answer = self.transport.federation_http(server, request, MAX_JOIN_ANSWER).await?;
+        // A server that does not know `/v2/send_join` is asked through `/v1/send_join`.
+        let answer = if unknown_endpoint(&answer) {
+            let path = federation_path("send_join", room_id, &event_id);
+            let body = serde_json::to_value(&object).map_err(crate::internal!())?;
+            let answer =
+                self.transport.federation_json(server, http::Method::PUT, &path, &body, MAX_JOIN_ANSWER).await?;
+            v1_answer::<create_join_event::v2::RoomState>(server, &answer)?
+        } else {
+            super::client::Transport::parse_answer::<create_join_event::v2::Request>(server, answer)?.room_state
+        };
 
         // The join as the resident server returns it (countersigned), if it is ours.
         let mut join = object;
@@ -580,10 +621,7 @@ impl RemoteMembership {
         let answer = self.transport.federation_http(server, request, MAX_INVITE_ANSWER).await?;
         // A server that does not know `/v2/invite` is asked through `/v1/invite`, for the room
         // versions that API can carry (1 and 2, as Synapse falls back).
-        let unknown_endpoint = answer.status() == http::StatusCode::NOT_FOUND
-            || (answer.status() == http::StatusCode::BAD_REQUEST
-                && serde_json::from_slice::<Value>(answer.body()).is_ok_and(|b| b["errcode"] == "M_UNRECOGNIZED"));
-        let event = if unknown_endpoint && matches!(meta.version, RoomVersionId::V1 | RoomVersionId::V2) {
+        let event = if unknown_endpoint(&answer) && matches!(meta.version, RoomVersionId::V1 | RoomVersionId::V2) {
             self.invite_v1(server, room_id, &built).await?
         } else {
             super::client::Transport::parse_answer::<create_invite::v2::Request>(server, answer)?.event
@@ -613,22 +651,14 @@ impl RemoteMembership {
             .filter_map(|s| serde_json::to_value(s).ok())
             .collect();
         event["unsigned"]["invite_room_state"] = Value::Array(shown);
-        let path = format!(
-            "/_matrix/federation/v1/invite/{}/{}",
-            url::form_urlencoded::byte_serialize(room_id.as_str().as_bytes()).collect::<String>(),
-            url::form_urlencoded::byte_serialize(built.event_id.as_str().as_bytes()).collect::<String>(),
-        );
+        let path = federation_path("invite", room_id, &built.event_id);
         let answer =
             self.transport.federation_json(server, http::Method::PUT, &path, &event, MAX_INVITE_ANSWER).await?;
-        if !answer.status().is_success() {
-            let text = String::from_utf8_lossy(answer.body()).chars().take(200).collect::<String>();
-            return Err(super::client::remote_error(server, format!("[{}] {text}", answer.status())));
+        #[derive(serde::Deserialize)]
+        struct Signed {
+            event: Box<RawValue>,
         }
-        let body: Value = serde_json::from_slice(answer.body())
-            .map_err(|e| super::client::remote_error(server, format!("the v1 invite answer is not JSON: {e}")))?;
-        let signed = body.get(1).and_then(|b| b.get("event")).or_else(|| body.get("event"));
-        let signed = signed.ok_or_else(|| super::client::remote_error(server, "the v1 invite answer has no event"))?;
-        serde_json::value::to_raw_value(signed).map_err(crate::internal!())
+        Ok(v1_answer::<Signed>(server, &answer)?.event)
     }
 
     /// What a server not in the room is shown of it (an invite's or a knock's room state):
