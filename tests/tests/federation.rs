@@ -449,6 +449,28 @@ async fn a_remote_server_cannot_forge_or_force_its_way(backend: Backend) {
         evil.request(&a, Method::PUT, "/_matrix/federation/v1/send/t1", Some(&txn), Signing::Good).await;
     assert_eq!((status, &again["pdus"]), (200, results));
 
+    // An event citing the rejected one stands on the state before it (a rejected event
+    // changes no state); one citing an event nobody gives is refused; a redaction aimed at
+    // another room's event is refused.
+    let mut after = with_auth(base("m.room.message", json!({ "msgtype": "m.text", "body": "après" }), None));
+    after["prev_events"] = json!([forbidden_id]);
+    after["depth"] = json!(101);
+    let (after_id, after) = evil.sign(after);
+    let mut orphan = with_auth(base("m.room.message", json!({ "msgtype": "m.text", "body": "orphelin" }), None));
+    orphan["prev_events"] = json!([format!("${}", "A".repeat(43))]);
+    let (orphan_id, orphan) = evil.sign(orphan);
+    let other = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let elsewhere = alice.send_text(&other, "ailleurs").await;
+    let (redaction_id, redaction) =
+        evil.sign(with_auth(base("m.room.redaction", json!({ "redacts": elsewhere }), None)));
+    let txn = json!({ "origin": evil.name, "origin_server_ts": 1_200, "pdus": [after, orphan, redaction] });
+    let (status, v) = evil.request(&a, Method::PUT, "/_matrix/federation/v1/send/t4", Some(&txn), Signing::Good).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(event_seen(&alice, &room, &after_id).await.1["content"]["body"], "après");
+    assert_eq!(event_seen(&alice, &room, &orphan_id).await.0, 404);
+    assert_eq!(event_seen(&alice, &room, &redaction_id).await.0, 404);
+    assert_eq!(event_seen(&alice, &other, &elsewhere).await.1["content"]["body"], "ailleurs");
+
     // Soft failure: an event the state before it allows, but the current state forbids (Eve
     // is banned meanwhile), is kept out of the timeline and the state.
     alice.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/ban"), Some(&json!({ "user_id": eve }))).await;
