@@ -182,7 +182,7 @@ mod tests {
              \x20   - regex: '@_.*'\n      exclusive: false\n  aliases:\n    - regex: '#mail_.*'\n      exclusive: true\n  rooms: []\n",
         );
         let server = ServerName::parse("example.org").unwrap();
-        let registry = Registry::load(&[file.clone()], &server).unwrap();
+        let registry = Registry::load(std::slice::from_ref(&file), &server).unwrap();
         let s = registry.by_token("@a[b").expect("found by its token");
         assert_eq!(s.sender, "@mailbot:example.org");
         assert!(s.owns_user("@mail_bob:example.org") && s.owns_user_exclusively("@mail_bob:example.org"));
@@ -202,7 +202,7 @@ mod tests {
             "bad.yaml",
             "id: x\nurl: null\nas_token: a\nhs_token: h\nsender_localpart: x\nnamespaces:\n  users:\n    - {regex: '(', exclusive: true}\n",
         );
-        let err = Registry::load(&[bad.clone()], &server).err().unwrap();
+        let err = Registry::load(std::slice::from_ref(&bad), &server).err().unwrap();
         assert!(err.starts_with(&bad.display().to_string()) && err.contains("namespaces.users"), "{err}");
         let missing =
             write(&dir, "missing.yaml", "id: x\nurl: null\nhs_token: h\nsender_localpart: x\nnamespaces: {}\n");

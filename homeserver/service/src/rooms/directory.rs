@@ -69,6 +69,8 @@ pub struct Directory {
 crate::core::over_core!(Directory);
 
 impl Directory {
+    // One argument per service held: the dependencies are explicit (ARCHITECTURE.md).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         core: Arc<Core>,
         rooms: Arc<Rooms>,

@@ -39,6 +39,8 @@ pub struct Membership {
 crate::core::over_core!(Membership);
 
 impl Membership {
+    // One argument per service held: the dependencies are explicit (ARCHITECTURE.md).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         core: Arc<Core>,
         rooms: Arc<Rooms>,
