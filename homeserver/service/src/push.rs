@@ -1045,12 +1045,7 @@ impl Push {
         }
         let body = json!({ "notification": {
             "counts": { "unread": unread },
-            "devices": [{
-                "app_id": p.app_id,
-                "pushkey": p.pushkey,
-                "pushkey_ts": p.created_ts / 1000,
-                "data": device_data,
-            }],
+            "devices": [gateway_device(p, device_data)],
         }});
         let sent = match self.push_client()?.post(url.clone()).json(&body).send().await {
             Ok(r) if r.status().is_success() => true,
@@ -1132,14 +1127,9 @@ impl Push {
             "room_id": pdu.room_id,
             "prio": if n.highlight { "high" } else { "low" },
             "counts": { "unread": unread },
-            "devices": [{
-                "app_id": p.app_id,
-                "pushkey": p.pushkey,
-                "pushkey_ts": p.created_ts / 1000,
-                "data": device_data,
-                "tweaks": tweaks,
-            }],
+            "devices": [gateway_device(p, device_data)],
         });
+        notification["devices"][0]["tweaks"] = Value::Object(tweaks);
         if !event_id_only {
             notification["type"] = json!(pdu.kind);
             notification["sender"] = json!(pdu.sender);
@@ -1186,6 +1176,16 @@ impl Push {
         }
         Ok(total)
     }
+}
+
+/// The device a push is for, as its gateway knows it (push gateway spec, `devices`).
+fn gateway_device(p: &store::Pusher, device_data: &Value) -> Value {
+    json!({
+        "app_id": p.app_id,
+        "pushkey": p.pushkey,
+        "pushkey_ts": p.created_ts / 1000,
+        "data": device_data,
+    })
 }
 
 /// A pusher's delivery position, as the cache knows it (ahead of the copy a task started with).
