@@ -16,6 +16,7 @@ backend_tests!(
     typing_receipts_and_unread_counts,
     account_data_tags_and_presence,
     every_stream_is_seen_across_a_restart,
+    what_the_filters_leave_and_what_a_left_room_shows,
 );
 
 fn timeline_bodies(sync: &Value, room: &str) -> Vec<String> {
@@ -423,4 +424,40 @@ async fn every_stream_is_seen_across_a_restart(backend: Backend) {
     let next = s["next_batch"].as_str().unwrap().to_owned();
     let quiet = bob.sync(Some(&next), "timeout=0&set_presence=offline").await;
     assert!(quiet["rooms"]["join"].get(&room).is_none() && quiet["presence"]["events"] == json!([]), "{quiet}");
+}
+
+/// A room the filters leave nothing of is not shown; a new display name is no new room; a
+/// room joined and left between two syncs shows its state in the leave section.
+async fn what_the_filters_leave_and_what_a_left_room_shows(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    alice
+        .ok(Method::PUT, &format!("/_matrix/client/v3/rooms/{room}/state/a.test.state/"), Some(&json!({ "k": 1 })))
+        .await;
+    let filter = json!({
+        "room": { "timeline": { "types": [] }, "state": { "types": ["a.test.state"] }, "ephemeral": { "types": [] } },
+        "presence": { "types": [] },
+    });
+    let filter = urlencode(&filter.to_string());
+    let first = alice.sync(None, &format!("filter={filter}")).await;
+    assert_eq!(first["rooms"]["join"][&room]["state"]["events"].as_array().map(Vec::len), Some(1), "{first}");
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    let me = format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{}", urlencode(&alice.user_id));
+    alice.ok(Method::PUT, &me, Some(&json!({ "membership": "join", "displayname": "Alice B." }))).await;
+    let sent = alice.send_text(&room, "filtered out").await;
+    let receipt = format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{}", urlencode(&sent));
+    alice.ok(Method::POST, &receipt, Some(&json!({}))).await;
+    let next = alice.sync(Some(&since), &format!("timeout=0&filter={filter}")).await;
+    assert!(next["rooms"]["join"].get(&room).is_none(), "nothing the filters let through: {next}");
+
+    // Bob comes and goes between two syncs: the leave section holds the state at his leave.
+    let since = bob.sync(None, "").await["next_batch"].as_str().unwrap().to_owned();
+    bob.join(&room).await;
+    bob.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&json!({}))).await;
+    let s = bob.sync(Some(&since), "timeout=0").await;
+    let state = s["rooms"]["leave"][&room]["state"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(state.iter().any(|e| e["type"] == "a.test.state"), "{s}");
+    assert!(state.iter().any(|e| e["type"] == "m.room.create"), "{s}");
 }

@@ -260,7 +260,19 @@ impl Syncer {
         let memberships = self.memberships(user, to).await?;
         let changed_rooms: HashSet<String> = if initial || marks.memberships_since(user, since.stream) {
             let changed = ev_store::membership_events_between(pool, user.as_str(), since.stream, to.stream).await?;
-            changed.into_iter().map(|e| e.room_id).collect()
+            // A new display name or avatar (a join after a join) changes no membership: the
+            // room is not new to the client.
+            let mut rooms = HashSet::new();
+            for stored in changed {
+                let room = stored.room_id.clone();
+                let pdu = Pdu::from_stored(stored)?;
+                let before = pdu.unsigned.get("prev_content").and_then(|c| c.get("membership")).and_then(Value::as_str);
+                let profile_only = pdu.membership() == Some(MembershipState::Join) && before == Some("join");
+                if initial || !profile_only {
+                    rooms.insert(room);
+                }
+            }
+            rooms
         } else {
             HashSet::new()
         };
@@ -581,21 +593,24 @@ impl Syncer {
         // Ephemeral: typing and receipts.
         let mut ephemeral = Vec::new();
         let typing_since = if full { 0 } else { since.typing };
-        if let Some(users) = self.ephemeral.typing.changed_since(room_id, typing_since) {
+        let wanted = |kind: &str| req.filter.room.ephemeral.allows_type(kind);
+        if let Some(users) = self.ephemeral.typing.changed_since(room_id, typing_since).filter(|_| wanted("m.typing")) {
             ephemeral.push(pdu::raw(&json!({ "type": "m.typing", "content": { "user_ids": users } })));
         }
         let receipts = match req.since {
             Some(_) => changes.receipts.get(room_id.as_str()).cloned().unwrap_or_default(),
             None => streams::receipts_between(pool, room_id.as_str(), from, to.stream).await?,
         };
-        if let Some(event) = receipt_event(receipts, user) {
+        if let Some(event) = receipt_event(receipts, user).filter(|_| wanted("m.receipt")) {
             ephemeral.push(event);
         }
 
         // Room account data.
         let account_data = changes.account_data.get(room_id.as_str()).cloned().unwrap_or_default();
 
-        if timeline.is_empty() && state.is_empty() && ephemeral.is_empty() && account_data.is_empty() && !full {
+        // A room the filters leave nothing of is not shown (as Synapse: what the client would
+        // see decides, not what happened).
+        if filtered.is_empty() && state.is_empty() && ephemeral.is_empty() && account_data.is_empty() && !full {
             return Ok(None);
         }
         let mut room = v3::JoinedRoom::new();
@@ -651,6 +666,25 @@ impl Syncer {
         }
         left.timeline.events.reverse();
         left.timeline.prev_batch = first.map(|f| (f - 1).to_string());
+        // The state where the timeline starts: what changed since the last sync when the user
+        // was in the room then, all of it (as the filter lets through) when they came and went
+        // in between, or on a first sync.
+        let start = self.rooms.state_at_position(room_id, first.map_or(until, |f| f - 1)).await?;
+        let member_key = (StateEventType::RoomMember, user.to_string());
+        let was_joined = since.stream > 0
+            && match self.rooms.state_at_position(room_id, since.stream).await?.get(&member_key) {
+                Some(id) => self.rooms.get_pdu(id).await?.and_then(|p| p.membership()) == Some(MembershipState::Join),
+                None => false,
+            };
+        let mut state = Vec::new();
+        for (_, id) in start.iter() {
+            let Some(pdu) = self.rooms.get_pdu(id).await? else { continue };
+            if (was_joined && pdu.stream_ordering <= since.stream) || !req.filter.room.state.allows(&pdu) {
+                continue;
+            }
+            state.push(pdu.to_raw(false));
+        }
+        left.state = v3::State::Before(state.into());
         Ok(left)
     }
 

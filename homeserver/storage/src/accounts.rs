@@ -258,12 +258,15 @@ pub async fn delete_all_devices(
     keep_device: Option<&str>,
 ) -> Result<Vec<String>> {
     let keep = keep_device.unwrap_or("");
-    let gone: Vec<(String,)> = sqlx::query_as("SELECT device_id FROM devices WHERE user_id = $1 AND device_id <> $2")
-        .bind(user_id)
-        .bind(keep)
-        .fetch_all(&mut *conn)
-        .await?;
-    for table in DEVICE_TABLES {
+    // A write first: on SQLite, a transaction that read before writing fails when another
+    // connection committed in between (SQLITE_BUSY_SNAPSHOT); one that writes first waits.
+    let gone: Vec<(String,)> =
+        sqlx::query_as("DELETE FROM devices WHERE user_id = $1 AND device_id <> $2 RETURNING device_id")
+            .bind(user_id)
+            .bind(keep)
+            .fetch_all(&mut *conn)
+            .await?;
+    for table in DEVICE_TABLES.iter().filter(|t| **t != "devices") {
         sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1 AND device_id <> $2"))
             .bind(user_id)
             .bind(keep)
