@@ -124,11 +124,11 @@ pub struct Seen {
     pub user_agent: Option<String>,
 }
 
-/// How long a login token (`POST /login/get_token`) may be used.
 /// The device of an application service's requests that name none: no device of the user's,
 /// as Synapse has none for them.
 pub const APPSERVICE_DEVICE: &str = "APPSERVICE";
 
+/// How long a login token (`POST /login/get_token`) may be used.
 pub const LOGIN_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The most login tokens outstanding at once (each was asked for with a password).
@@ -161,8 +161,8 @@ impl Accounts {
         Ok(id)
     }
 
-    /// Checks a requested localpart: the spec's grammar, and not taken.
-    /// [`Accounts::free_user_id`], outside every application service's exclusive namespace.
+    /// Checks a requested localpart: [`Accounts::free_user_id`], outside every application
+    /// service's exclusive namespace.
     pub async fn check_username_available(&self, localpart: &str) -> Result<OwnedUserId> {
         let user_id = self.free_user_id(localpart).await?;
         if let Some(service) = self.registrations.exclusive_owner_of_user(user_id.as_str()) {
@@ -186,7 +186,7 @@ impl Accounts {
         Ok(())
     }
 
-    /// The user id of `localpart`, if it is valid and nobody has it.
+    /// The user id of `localpart`, if it follows the spec's grammar and nobody has it.
     pub async fn free_user_id(&self, localpart: &str) -> Result<OwnedUserId> {
         let valid = !localpart.is_empty()
             && localpart.chars().all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+'));
@@ -414,7 +414,6 @@ impl Accounts {
         }
     }
 
-    /// Authenticates an access token.
     /// The caller of a request: an application service's token acts as its own user, or as
     /// `user_id` (the identity assertion) when that user is the service's and registered, on
     /// the device `device_id` names when the user has it (MSC3202); any other token is a
@@ -457,6 +456,7 @@ impl Accounts {
         })
     }
 
+    /// Authenticates an access token.
     pub async fn authenticate(&self, token: &str) -> Result<Caller> {
         let unknown = |soft_logout| {
             Error::new(
