@@ -652,9 +652,20 @@ async fn guest_and_legacy_endpoints(backend: Backend) {
     alice.ok(Method::PUT, &typing, Some(&json!({ "typing": true }))).await;
     let upgrade = format!("/_matrix/client/v3/rooms/{room}/upgrade");
     assert_error(&alice.post(&upgrade, &json!({})).await, 400, "M_MISSING_PARAM");
-    // /events reads only rooms the caller joined (peeking is not built).
+    // /events reads only rooms the caller joined, or may peek at (world-readable ones).
     let events = format!("/_matrix/client/v3/events?room_id={room}&timeout=0");
     assert_error(&bob.get(&events).await, 403, "M_FORBIDDEN");
+    let open = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let visibility = format!("/_matrix/client/v3/rooms/{open}/state/m.room.history_visibility/");
+    alice.ok(Method::PUT, &visibility, Some(&json!({ "history_visibility": "world_readable" }))).await;
+    let peek = bob.ok(Method::GET, &format!("/_matrix/client/v3/events?room_id={open}&timeout=0"), None).await;
+    let end = peek["end"].as_str().unwrap().to_owned();
+    alice.send_text(&open, "à qui veut lire").await;
+    let peek =
+        bob.ok(Method::GET, &format!("/_matrix/client/v3/events?room_id={open}&from={end}&timeout=5000"), None).await;
+    let chunk = peek["chunk"].as_array().unwrap();
+    assert!(chunk.iter().any(|e| e["content"]["body"] == "à qui veut lire" && e["room_id"] == open.as_str()), "{peek}");
+    assert!(chunk.iter().all(|e| e["user_id"] == e["sender"]), "{peek}");
 }
 
 async fn reports_reach_administrators_and_moderators(backend: Backend) {

@@ -129,11 +129,13 @@ pub async fn events(
     if let Some(room) = &q.room_id {
         let room_id =
             ruma::OwnedRoomId::try_from(room.as_str()).map_err(|_| Error::invalid_param("Invalid room id"))?;
-        // A world-readable room may be asked for by anyone (Sytest's guests do), but peeking
-        // is not built: a non-member waits and gets no event of it.
+        // A world-readable room may be asked for by anyone (Sytest's guests do).
         let member = s.rooms.membership(&room_id, &caller.user_id).await? == Some(MembershipState::Join);
         if !member && !s.rooms.is_world_readable(&room_id).await? {
             return Err(Error::forbidden("You are not joined to this room").into());
+        }
+        if !member {
+            return Ok(Json(peek(&s, &caller, &room_id, from, timeout).await?));
         }
         filter.room.rooms = Some(vec![room.clone()]);
     }
@@ -168,6 +170,37 @@ pub async fn events(
         }
     }
     Ok(Json(json!({ "chunk": chunk, "start": from.to_string(), "end": v["next_batch"] })))
+}
+
+/// `/events?room_id=` of a world-readable room the caller is not in (peeking, as the old
+/// stream allowed): the room's events after `from`, waited for up to `timeout` (checked every
+/// 100 ms: a non-member is not woken by the room's events).
+async fn peek(
+    s: &Services,
+    caller: &diplomatie_service::accounts::Caller,
+    room_id: &ruma::RoomId,
+    from: SyncToken,
+    timeout: Duration,
+) -> Result<Value, Error> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let now = s.sync.current_token();
+        let (after, upto) = (from.stream.to_string(), now.stream.to_string());
+        let paging = Paging { from: Some(&after), to: Some(&upto), backwards: false, limit: 100 };
+        let page = s.timeline.messages(&caller.user_id, room_id, paging, &EventFilter::default()).await?;
+        if !page.events.is_empty() || tokio::time::Instant::now() >= deadline {
+            let events =
+                s.rooms.client_raws::<Value>(&page.events, &caller.user_id, caller.device_id.as_str(), true).await?;
+            let chunk: Vec<Value> = events.iter().filter_map(|e| e.deserialize().ok()).map(v1).collect();
+            // The end: after the last event given, or the position read up to.
+            let end = match page.events.last() {
+                Some(last) if page.events.len() == 100 => SyncToken { stream: last.stream_ordering, ..now },
+                _ => now,
+            };
+            return Ok(json!({ "chunk": chunk, "start": from.to_string(), "end": end.to_string() }));
+        }
+        tokio::time::sleep(Duration::from_millis(100).min(deadline - tokio::time::Instant::now())).await;
+    }
 }
 
 #[derive(Deserialize)]
