@@ -296,35 +296,43 @@ impl Appservices {
         }
         let mut rooms: HashMap<&RoomId, (Arc<std::collections::HashSet<ruma::OwnedUserId>>, Vec<String>)> =
             HashMap::new();
+        // Whether a room's members or aliases interest a service: decided once per batch (a
+        // large room's members are not matched again for each of its events).
+        let mut by_room: HashMap<(&RoomId, usize), bool> = HashMap::new();
         for pdu in events {
-            for service in &services {
+            for (index, service) in services.iter().enumerate() {
                 let member = pdu.kind == TimelineEventType::RoomMember;
                 let direct = service.owns_user(pdu.sender.as_str())
                     || pdu.state_key.as_deref().is_some_and(|k| member && service.owns_user(k))
                     || service.owns_room(pdu.room_id.as_str());
                 let interested = direct
-                    || {
-                        if !rooms.contains_key(&*pdu.room_id) {
-                            // A room the batch creates has no members nor aliases yet; a read that
-                            // fails costs the services the event, never the batch its commit.
-                            let room = if created.contains(&*pdu.room_id) {
-                                Default::default()
-                            } else {
-                                let members = self.rooms.joined_members(&pdu.room_id).await;
-                                let aliases = self.aliases(&pdu.room_id).await;
-                                match (members, aliases) {
-                                    (Ok(m), Ok(a)) => (m, a),
-                                    (Err(e), _) | (_, Err(e)) => {
-                                        tracing::warn!(room = %pdu.room_id, error = %e, "application services: room not read");
-                                        Default::default()
+                    || match by_room.get(&(&*pdu.room_id, index)) {
+                        Some(known) => *known,
+                        None => {
+                            if !rooms.contains_key(&*pdu.room_id) {
+                                // A room the batch creates has no members nor aliases yet; a read that
+                                // fails costs the services the event, never the batch its commit.
+                                let room = if created.contains(&*pdu.room_id) {
+                                    Default::default()
+                                } else {
+                                    let members = self.rooms.joined_members(&pdu.room_id).await;
+                                    let aliases = self.aliases(&pdu.room_id).await;
+                                    match (members, aliases) {
+                                        (Ok(m), Ok(a)) => (m, a),
+                                        (Err(e), _) | (_, Err(e)) => {
+                                            tracing::warn!(room = %pdu.room_id, error = %e, "application services: room not read");
+                                            Default::default()
+                                        }
                                     }
-                                }
-                            };
-                            rooms.insert(&pdu.room_id, room);
+                                };
+                                rooms.insert(&pdu.room_id, room);
+                            }
+                            let (members, aliases) = &rooms[&*pdu.room_id];
+                            let found = members.iter().any(|u| service.owns_user(u.as_str()))
+                                || aliases.iter().any(|a| service.owns_alias(a));
+                            by_room.insert((&*pdu.room_id, index), found);
+                            found
                         }
-                        let (members, aliases) = &rooms[&*pdu.room_id];
-                        members.iter().any(|u| service.owns_user(u.as_str()))
-                            || aliases.iter().any(|a| service.owns_alias(a))
                     };
                 if interested {
                     rows.push((service.id().to_owned(), pdu.stream_ordering, pdu.event_id.to_string()));
