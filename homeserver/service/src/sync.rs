@@ -304,6 +304,8 @@ impl Syncer {
         let mut forgotten: Option<HashSet<String>> = None;
         let mut joined_rooms = Vec::new();
         let mut joined_now = Vec::new();
+        // Who joined the user's rooms in the timelines given (their presence comes with them).
+        let mut newcomers: Vec<OwnedUserId> = Vec::new();
         for (room, membership) in memberships.iter() {
             let Ok(room_id) = OwnedRoomId::try_from(room.as_str()) else {
                 continue;
@@ -315,8 +317,9 @@ impl Syncer {
             match MembershipState::from(membership.as_str()) {
                 MembershipState::Join => {
                     let active = initial || newly || marks.room_since(&room_id, since.stream);
-                    let section =
+                    let (section, joiners) =
                         self.sync_joined_room(req, &changes, &room_id, since, to, initial || newly, active).await?;
+                    newcomers.extend(joiners);
                     if let Some(section) = section {
                         response.rooms.join.insert(room_id.clone(), section);
                     }
@@ -391,23 +394,8 @@ impl Syncer {
         // Users the user has just come to share a room with: their presence as it stands, once
         // (the members of a room the user joined, and those who joined the user's rooms).
         if !initial {
-            let mut newcomers: Vec<OwnedUserId> = Vec::new();
             for room in &joined_now {
                 newcomers.extend(self.rooms.joined_members(room).await?.iter().cloned());
-            }
-            for section in response.rooms.join.values() {
-                for raw in &section.timeline.events {
-                    if raw.get_field::<String>("type").ok().flatten().as_deref() != Some("m.room.member") {
-                        continue;
-                    }
-                    let joined = raw
-                        .get_field::<serde_json::Value>("content")
-                        .ok()
-                        .flatten()
-                        .is_some_and(|c| c.get("membership").and_then(|m| m.as_str()) == Some("join"));
-                    let target = raw.get_field::<OwnedUserId>("state_key").ok().flatten();
-                    newcomers.extend(target.filter(|_| joined));
-                }
             }
             // Bounded: in a large room joined, the others' presence comes as it changes.
             let now = crate::now_ms();
@@ -461,7 +449,7 @@ impl Syncer {
         to: SyncToken,
         full: bool,
         active: bool,
-    ) -> Result<Option<v3::JoinedRoom>> {
+    ) -> Result<(Option<v3::JoinedRoom>, Vec<OwnedUserId>)> {
         let user = req.user;
         let pool = self.db.pool();
         // A room new to the client (first sync, or joined since) starts its timeline with the
@@ -611,7 +599,7 @@ impl Syncer {
         // A room the filters leave nothing of is not shown (as Synapse: what the client would
         // see decides, not what happened).
         if filtered.is_empty() && state.is_empty() && ephemeral.is_empty() && account_data.is_empty() && !full {
-            return Ok(None);
+            return Ok((None, Vec::new()));
         }
         let mut room = v3::JoinedRoom::new();
         room.timeline.events = if req.filter.federation_format() {
@@ -644,7 +632,16 @@ impl Syncer {
                 room.unread_thread_notifications.insert(thread, notification_counts(n, h));
             }
         }
-        Ok(Some(room))
+        // Those who joined in the timeline shown (not a new name of someone already in).
+        let joiners = filtered
+            .iter()
+            .filter(|p| p.membership() == Some(MembershipState::Join))
+            .filter(|p| {
+                p.unsigned.get("prev_content").and_then(|c| c.get("membership")).and_then(Value::as_str) != Some("join")
+            })
+            .filter_map(|p| p.state_key.as_deref().and_then(|k| OwnedUserId::try_from(k).ok()))
+            .collect();
+        Ok((Some(room), joiners))
     }
 
     /// A room the user left (or was kicked or banned from) since the last sync.
