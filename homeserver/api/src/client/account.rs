@@ -132,6 +132,18 @@ pub async fn register(
     Ok(open_registered_session(&s, user_id, &body).await?)
 }
 
+/// The application service whose token the request carries (registration and login take no
+/// other token), or `M_MISSING_TOKEN`.
+fn calling_service<'a>(
+    s: &'a Services,
+    caller: Option<&diplomatie_service::accounts::Caller>,
+) -> Result<&'a std::sync::Arc<diplomatie_service::registrations::Appservice>, Error> {
+    caller
+        .and_then(|c| c.appservice.as_deref())
+        .and_then(|id| s.registrations.by_id(id))
+        .ok_or_else(|| Error::new(ErrorKind::MissingToken, "An application service's token is required"))
+}
+
 /// `POST /register` by an application service (`type: m.login.application_service`, its
 /// token): a user of its namespaces, without password nor user-interactive authentication.
 async fn register_for_appservice(
@@ -139,10 +151,7 @@ async fn register_for_appservice(
     caller: Option<&diplomatie_service::accounts::Caller>,
     body: &register::v3::Request,
 ) -> Result<axum::Json<serde_json::Value>, Error> {
-    let service = caller
-        .and_then(|c| c.appservice.as_deref())
-        .and_then(|id| s.registrations.by_id(id))
-        .ok_or_else(|| Error::new(ErrorKind::MissingToken, "An application service's token is required"))?;
+    let service = calling_service(s, caller)?;
     if body.login_type.as_ref() != Some(&register::LoginType::ApplicationService) {
         return Err(Error::new(
             ErrorKind::AppserviceLoginUnsupported,
@@ -251,11 +260,7 @@ pub async fn login(State(s): S, req: Ruma<login::v3::Request>) -> ApiResult<logi
                 (None, Some(user)) => user.clone(),
                 _ => return Err(Error::missing_param("identifier is required").into()),
             };
-            let service = caller
-                .as_ref()
-                .and_then(|c| c.appservice.as_deref())
-                .and_then(|id| s.registrations.by_id(id))
-                .ok_or_else(|| Error::new(ErrorKind::MissingToken, "An application service's token is required"))?;
+            let service = calling_service(&s, caller.as_ref())?;
             let user_id = s.accounts.parse_local_user(&user).map_err(|_| Error::invalid_param("Invalid user id"))?;
             if !service.owns_user(user_id.as_str()) {
                 return Err(Error::new(
