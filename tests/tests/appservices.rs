@@ -308,6 +308,10 @@ async fn an_application_service_bridges_users_rooms_and_aliases(backend: Backend
     let (status, users) = human.get("/_matrix/client/v3/thirdparty/user/email?address=a%40example.org").await;
     assert_eq!(status, 200, "{users}");
     assert_eq!(users[0]["fields"]["address"], "a@example.org", "{users}");
+    // Bad input: no token, a missing parameter, an unknown kind of lookup.
+    assert_error(&server.client().get("/_matrix/client/v3/thirdparty/protocols").await, 401, "M_MISSING_TOKEN");
+    assert_error(&human.get("/_matrix/client/v3/thirdparty/location").await, 400, "M_MISSING_PARAM");
+    assert_error(&human.get("/_matrix/client/v3/thirdparty/nothing/email").await, 404, "M_UNRECOGNIZED");
 
     // Its own lists of the room directory, apart from the server's.
     let list = format!("/_matrix/client/v3/directory/list/appservice/smtp/{room}");
@@ -326,6 +330,10 @@ async fn an_application_service_bridges_users_rooms_and_aliases(backend: Backend
     assert!(!listed(json!({ "third_party_instance_id": "mailbridge|other" })).await);
     let (status, _) = asc.delete(&list).await;
     assert_eq!(status, 200);
+    let unknown = "/_matrix/client/v3/directory/list/appservice/smtp/!nowhere:localhost";
+    assert_error(&asc.put(unknown, &json!({ "visibility": "public" })).await, 404, "M_NOT_FOUND");
+    let malformed = "/_matrix/client/v3/directory/list/appservice/smtp/not-a-room";
+    assert_error(&asc.delete(malformed).await, 400, "M_INVALID_PARAM");
     assert!(!listed(json!({ "third_party_instance_id": "mailbridge|smtp" })).await);
 
     // Deactivating one of its users needs no password.
