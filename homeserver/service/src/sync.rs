@@ -513,6 +513,11 @@ impl Syncer {
                 filtered.reverse();
             }
             prev_batch = match timeline.first() {
+                // A room new to the client whose whole history fits in the timeline: as Synapse,
+                // the token is the sync's own position, so paging back from it returns the
+                // timeline again and ends (Sytest and clients written against Synapse expect
+                // events there, with an `end` token).
+                Some(_) if from == 0 && !limited => Some(to.stream.to_string()),
                 Some(first) => Some((first.stream_ordering - 1).to_string()),
                 // Nothing shown (a limit of 0): the client pages back from the end.
                 None if limited => Some(to.stream.to_string()),

@@ -249,11 +249,12 @@ impl Timeline {
                 .visible_page(user, room_id, Window { from: from_pos, to: hi, backwards: false, limit }, filter)
                 .await?
         };
-        // Forwards, the newest events are never the last ones: as Synapse does (and clients
-        // expect), a page that returned events has an `end` to wait for more from; only an
-        // empty page has none.
+        // As Synapse does (and clients and Sytest expect), a page that returned events has an
+        // `end`, even at the start of the room (the next page is then empty, without one):
+        // forwards, the newest events are never the last ones.
         let next = match (next, events.last()) {
             (None, Some(last)) if !backwards => Some(last.stream_ordering),
+            (None, Some(last)) => Some(last.stream_ordering - 1),
             (next, _) => next,
         };
         let state = if filter.lazy_load_members {
