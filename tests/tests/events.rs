@@ -177,16 +177,18 @@ async fn messages_paginate_both_ways_with_filters(backend: Backend) {
     let all = alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100"), None).await;
     assert_eq!(all["chunk"].as_array().unwrap().last().unwrap()["type"], "m.room.create");
     let end = all["end"].as_str().expect("an end after events");
-    let past =
-        alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100&from={end}"), None).await;
+    let past = alice
+        .ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100&from={end}"), None)
+        .await;
     assert!(past["chunk"].as_array().unwrap().is_empty() && past.get("end").is_none(), "{past}");
     // A first sync's whole timeline: its `prev_batch` pages back over it again (as Synapse).
     let wide = urlencode(&json!({ "room": { "timeline": { "limit": 50 } } }).to_string());
     let sync = alice.ok(Method::GET, &format!("/_matrix/client/v3/sync?filter={wide}"), None).await;
     assert_eq!(sync["rooms"]["join"][&room]["timeline"]["limited"], false);
     let prev = sync["rooms"]["join"][&room]["timeline"]["prev_batch"].as_str().unwrap();
-    let again =
-        alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100&from={prev}"), None).await;
+    let again = alice
+        .ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100&from={prev}"), None)
+        .await;
     assert_eq!(again["chunk"].as_array().unwrap().last().unwrap()["type"], "m.room.create");
     assert!(again["end"].is_string(), "{again}");
     assert_error(

@@ -129,6 +129,15 @@ async fn two_servers_share_a_room(backend: Backend) {
     })
     .await;
 
+    // Each finds the other in the user directory, through the room they share.
+    let v = alice
+        .ok(Method::POST, "/_matrix/client/v3/user_directory/search", Some(&json!({ "search_term": "bob" })))
+        .await;
+    assert_eq!(v["results"][0]["user_id"], bob.user_id.as_str(), "{v}");
+    let v =
+        bob.ok(Method::POST, "/_matrix/client/v3/user_directory/search", Some(&json!({ "search_term": "dgm" }))).await;
+    assert_eq!(v["results"][0]["display_name"], "Alice (DGM)", "{v}");
+
     // Messages both ways.
     alice.send_text(&room, "Bonjour de A").await;
     sync_until(&bob, "A's message on B", |v| has_message(v, &room, "Bonjour de A")).await;

@@ -16,6 +16,7 @@ backend_tests!(
     aliases_resolve_and_belong_to_their_creator,
     public_directory_searches_and_paginates,
     user_directory_finds_users,
+    user_directory_follows_rooms_unless_searching_all,
     upgrades_replace_rooms_and_carry_their_state,
     guest_and_legacy_endpoints,
     reports_reach_administrators_and_moderators,
@@ -422,6 +423,71 @@ async fn user_directory_finds_users(backend: Backend) {
         .await;
     assert_eq!(res["limited"], true);
     assert_error(&alice.post("/_matrix/client/v3/user_directory/search", &json!({})).await, 400, "M_MISSING_PARAM");
+}
+
+/// With `search_all_users` off (Synapse's default), a user finds the members of the rooms they
+/// are in and of the public rooms (joinable by anyone, or world-readable) someone of the server
+/// is in; nobody else, and nobody once they left.
+async fn user_directory_follows_rooms_unless_searching_all(backend: Backend) {
+    let server = TestServer::start(backend, &[("USER_DIRECTORY__SEARCH_ALL_USERS", "false")]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let dave = server.register("dave").await;
+    // Bob's private room: unseen until Alice is in it too.
+    let private = bob.create_room(json!({ "preset": "private_chat", "invite": [alice.user_id] })).await;
+    // Nobody yet: Alice is only invited.
+    let search = |term: &'static str| {
+        let alice = &alice;
+        async move {
+            let res = alice
+                .ok(Method::POST, "/_matrix/client/v3/user_directory/search", Some(&json!({ "search_term": term })))
+                .await;
+            res["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["user_id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(search("").await.is_empty());
+    alice.join(&private).await;
+    assert_eq!(search("bob").await, vec![bob.user_id.to_string()]);
+    // As in Synapse, sharing a private room with oneself does not list oneself.
+    assert!(search("alice").await.is_empty());
+    // Carol's public room: seen without joining it; no longer once it is invite-only, again
+    // once it is world-readable.
+    let public = carol.create_room(json!({ "preset": "public_chat" })).await;
+    assert_eq!(search("carol").await, vec![carol.user_id.to_string()]);
+    let set = |kind: &'static str, content: Value| {
+        let carol = &carol;
+        let public = &public;
+        async move {
+            carol.ok(Method::PUT, &format!("/_matrix/client/v3/rooms/{public}/state/{kind}/"), Some(&content)).await
+        }
+    };
+    set("m.room.join_rules", json!({ "join_rule": "invite" })).await;
+    assert!(search("carol").await.is_empty());
+    set("m.room.history_visibility", json!({ "history_visibility": "world_readable" })).await;
+    assert_eq!(search("carol").await, vec![carol.user_id.to_string()]);
+    // A display name is searched as well; Dave, in no room, stays unfound.
+    carol
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/profile/{}/displayname", carol.user_id),
+            Some(&json!({ "displayname": "Consule Générale" })),
+        )
+        .await;
+    let res = alice
+        .ok(Method::POST, "/_matrix/client/v3/user_directory/search", Some(&json!({ "search_term": "consule" })))
+        .await;
+    assert_eq!(res["results"][0]["display_name"], "Consule Générale", "{res}");
+    assert!(search("dave").await.is_empty());
+    assert_eq!(dave.user_id.as_str(), "@dave:localhost");
+    // Bob leaves: gone.
+    bob.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{private}/leave"), Some(&json!({}))).await;
+    assert!(search("bob").await.is_empty());
 }
 
 mod same_millisecond {

@@ -49,6 +49,7 @@ pub struct Config {
     /// previews, identity servers, application services, remote media locations).
     pub outbound: Outbound,
     pub portal: Portal,
+    pub user_directory: UserDirectory,
     pub federation: Federation,
     /// Registration files of application services (bridges, bots), in the YAML format Synapse
     /// reads under the same name. Relative paths are read from the working directory.
@@ -202,6 +203,24 @@ impl Default for Portal {
     }
 }
 
+/// Who `POST /user_directory/search` finds (Synapse's `user_directory` options).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UserDirectory {
+    /// Every agent of this server finds every active local account (the ministry's directory).
+    /// Off, as Synapse's default: only the users who share a room with the searcher or are
+    /// joined to a public room (joinable by anyone or world-readable) that one of this server's
+    /// users is in. Either way, users of other servers are found through those rooms, and
+    /// external persons find only the users they share a room with.
+    pub search_all_users: bool,
+}
+
+impl Default for UserDirectory {
+    fn default() -> Self {
+        UserDirectory { search_all_users: true }
+    }
+}
+
 /// Delivery of notifications to push gateways (`/_matrix/push/v1/notify`).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -338,6 +357,7 @@ const OPTIONS: &[&str] = &[
     "identity",
     "outbound",
     "portal",
+    "user_directory",
     "federation",
     "app_service_config_files",
 ];
@@ -363,6 +383,7 @@ impl Default for Config {
             identity: IdentityServers::default(),
             outbound: Outbound::default(),
             portal: Portal::default(),
+            user_directory: UserDirectory::default(),
             federation: Federation::default(),
             app_service_config_files: Vec::new(),
         }

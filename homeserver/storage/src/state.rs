@@ -157,3 +157,43 @@ pub async fn replace_current_state(
     }
     Ok(())
 }
+
+/// The current join rules and history visibility of every room: (room id, event type, the
+/// event's JSON, from the timeline or from the outliers a join brought), for the user
+/// directory's public rooms.
+pub async fn rooms_openness<'e>(e: impl Exec<'e>) -> Result<Vec<(String, String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT c.room_id, c.event_type, COALESCE(v.json, o.json, '{}') FROM current_state c \
+         LEFT JOIN events v ON v.event_id = c.event_id LEFT JOIN outliers o ON o.event_id = c.event_id \
+         WHERE c.event_type IN ('m.room.join_rules', 'm.room.history_visibility') AND c.state_key = ''",
+    )
+    .fetch_all(e)
+    .await?)
+}
+
+/// The joined members of `rooms` whose user id or membership event contains `term`
+/// (lower-cased, matched as itself): (user id, the member event's JSON). The JSON is a coarse
+/// match: the caller checks the display name.
+pub async fn joined_members_matching<'e>(
+    e: impl Exec<'e>,
+    rooms: &[&str],
+    term: &str,
+) -> Result<Vec<(String, String)>> {
+    if rooms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks: Vec<String> = (0..rooms.len()).map(|i| format!("${}", i + 2)).collect();
+    let sql = format!(
+        "SELECT c.state_key, COALESCE(v.json, o.json, '{{}}') FROM current_state c \
+         LEFT JOIN events v ON v.event_id = c.event_id LEFT JOIN outliers o ON o.event_id = c.event_id \
+         WHERE c.event_type = 'm.room.member' AND c.membership = 'join' AND c.room_id IN ({}) \
+         AND (LOWER(c.state_key) LIKE $1 ESCAPE '\\' OR LOWER(COALESCE(v.json, o.json, '')) LIKE $1 ESCAPE '\\')",
+        marks.join(", ")
+    );
+    let pattern = format!("%{}%", crate::accounts::like_escaped(term));
+    let mut query = sqlx::query_as::<_, (String, String)>(&sql).persistent(false).bind(pattern);
+    for room in rooms {
+        query = query.bind(*room);
+    }
+    Ok(query.fetch_all(e).await?)
+}

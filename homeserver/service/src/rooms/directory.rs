@@ -345,7 +345,13 @@ impl Directory {
         })
     }
 
-    /// The user directory: local users matching the term. Results are (user id, name, avatar).
+    /// The user directory: the users matching the term (in their id or display name) that
+    /// the searcher may find. Results are sorted by user id; the flag says more matched.
+    ///
+    /// An agent finds every active local account when `user_directory.search_all_users` is on
+    /// (the default), and in any case the members of the rooms they are joined to and of the
+    /// public rooms (joinable by anyone, or world-readable) one of this server's users is in,
+    /// local or remote. External persons find only the members of the rooms they are in.
     pub async fn search_users(
         &self,
         searcher: &UserId,
@@ -358,30 +364,81 @@ impl Directory {
         if term.len() > MAX_USER_SEARCH_TERM {
             return Ok((Vec::new(), false));
         }
-        // External persons do not see the internal directory: only people they share a room
-        // with, picked among the matches (so many are read that none of those is cut off).
+        let term = term.to_lowercase();
         let internal = diplomatie_policies::may_see_user_directory(self.portal.person(searcher).await?);
-        let wanted = if internal { limit as i64 + 1 } else { 10_000 };
-        let mut users = diplomatie_storage::accounts::search_users(self.db.pool(), term, wanted).await?;
-        if !internal {
-            let mut known = std::collections::HashSet::new();
-            for room in super::joined_rooms(self, searcher).await? {
-                known.extend(self.rooms.joined_members(&room).await?.iter().map(|u| u.to_string()));
-            }
-            users.retain(|u| known.contains(&u.user_id));
+        let mut found: std::collections::BTreeMap<String, (Option<String>, Option<String>)> = Default::default();
+        if internal && self.config.user_directory.search_all_users {
+            let local = diplomatie_storage::accounts::search_users(self.db.pool(), &term, limit as i64 + 1).await?;
+            found.extend(local.into_iter().map(|u| (u.user_id, (u.displayname, u.avatar_url))));
         }
-        let limited = users.len() > limit;
-        let results = users
+        // The public rooms first, then the searcher's others: as in Synapse, sharing a private
+        // room with oneself does not list oneself.
+        let public = if internal { self.public_rooms_with_local_members().await? } else { Default::default() };
+        let mut shared = super::joined_rooms(self, searcher).await?;
+        shared.retain(|r| !public.contains(r));
+        let public: Vec<&str> = public.iter().map(|r| r.as_str()).collect();
+        let shared: Vec<&str> = shared.iter().map(|r| r.as_str()).collect();
+        let chunks = public.chunks(500).map(|c| (c, false)).chain(shared.chunks(500).map(|c| (c, true)));
+        for (chunk, private) in chunks {
+            let members = diplomatie_storage::state::joined_members_matching(self.db.pool(), chunk, &term).await?;
+            for (user_id, json) in members {
+                if found.contains_key(&user_id) || (private && user_id == searcher.as_str()) {
+                    continue;
+                }
+                let Ok(user) = UserId::parse(&user_id) else { continue };
+                let profile = if user.server_name() == self.server_name() {
+                    match self.accounts.profile(&user).await {
+                        Ok(profile) => profile,
+                        Err(_) => continue,
+                    }
+                } else {
+                    let content = serde_json::from_str::<Value>(&json).ok().map(|mut v| v["content"].take());
+                    let field = |k: &str| content.as_ref().and_then(|c| c[k].as_str()).map(str::to_owned);
+                    (field("displayname"), field("avatar_url"))
+                };
+                let matches = user_id.to_lowercase().contains(&term)
+                    || profile.0.as_deref().is_some_and(|n| n.to_lowercase().contains(&term));
+                if matches {
+                    found.insert(user_id, profile);
+                }
+            }
+        }
+        let limited = found.len() > limit;
+        let results = found
             .into_iter()
             .take(limit)
-            .filter_map(|u| {
-                let mut user = search_users::v3::User::new(OwnedUserId::try_from(u.user_id).ok()?);
-                user.display_name = u.displayname;
-                user.avatar_url = u.avatar_url.map(Into::into);
+            .filter_map(|(id, (name, avatar))| {
+                let mut user = search_users::v3::User::new(OwnedUserId::try_from(id).ok()?);
+                user.display_name = name;
+                user.avatar_url = avatar.map(Into::into);
                 Some(user)
             })
             .collect();
         Ok((results, limited))
+    }
+
+    /// The rooms joinable by anyone or world-readable that one of this server's users is
+    /// joined to.
+    async fn public_rooms_with_local_members(&self) -> Result<std::collections::BTreeSet<OwnedRoomId>> {
+        let mut public = std::collections::BTreeSet::new();
+        for (room, kind, json) in diplomatie_storage::state::rooms_openness(self.db.pool()).await? {
+            let content = serde_json::from_str::<Value>(&json).map(|mut v| v["content"].take()).unwrap_or_default();
+            let open = match kind.as_str() {
+                "m.room.join_rules" => content["join_rule"] == "public",
+                _ => content["history_visibility"] == "world_readable",
+            };
+            let Ok(room) = OwnedRoomId::try_from(room) else { continue };
+            if open {
+                public.insert(room);
+            }
+        }
+        let mut with_local = std::collections::BTreeSet::new();
+        for room in public {
+            if self.rooms.joined_members(&room).await?.iter().any(|u| u.server_name() == self.server_name()) {
+                with_local.insert(room);
+            }
+        }
+        Ok(with_local)
     }
 }
 
