@@ -460,4 +460,37 @@ async fn what_the_filters_leave_and_what_a_left_room_shows(backend: Backend) {
     let state = s["rooms"]["leave"][&room]["state"]["events"].as_array().cloned().unwrap_or_default();
     assert!(state.iter().any(|e| e["type"] == "a.test.state"), "{s}");
     assert!(state.iter().any(|e| e["type"] == "m.room.create"), "{s}");
+
+    // A left room's timeline goes through the timeline filter too.
+    let messages = urlencode(&json!({ "room": { "timeline": { "types": ["m.room.message"] } } }).to_string());
+    let since = bob.sync(None, "").await["next_batch"].as_str().unwrap().to_owned();
+    bob.join(&room).await;
+    alice.send_text(&room, "avant le départ").await;
+    bob.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&json!({}))).await;
+    let s = bob.sync(Some(&since), &format!("timeout=0&filter={messages}")).await;
+    let timeline = s["rooms"]["leave"][&room]["timeline"]["events"].as_array().cloned().unwrap_or_default();
+    let kinds: Vec<&str> = timeline.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, vec!["m.room.message"], "{s}");
+
+    // History hidden from Bob (`joined`): he leaves, Carol joins, many messages follow, Bob
+    // comes back. The state event of Carol's join still shows in his timeline, the messages
+    // he may not read do not (as Synapse: clients read the state from the timeline).
+    let carol = server.register("carol").await;
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility/"),
+            Some(&json!({ "history_visibility": "joined" })),
+        )
+        .await;
+    let since = bob.sync(None, "").await["next_batch"].as_str().unwrap().to_owned();
+    carol.join(&room).await;
+    for i in 0..30 {
+        alice.send_text(&room, &format!("caché {i}")).await;
+    }
+    bob.join(&room).await;
+    let s = bob.sync(Some(&since), "timeout=0").await;
+    let timeline = s["rooms"]["join"][&room]["timeline"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(timeline.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == carol.user_id.as_str()), "{s}");
+    assert!(timeline_bodies(&s, &room).iter().all(|b| !b.starts_with("caché")), "{s}");
 }

@@ -192,7 +192,15 @@ impl Syncer {
         if ignored.contains(p.sender.as_str()) || !filter.allows(p) {
             return Ok(false);
         }
-        self.rooms.can_see_event(user, p).await
+        if self.rooms.can_see_event(user, p).await? {
+            return Ok(true);
+        }
+        // A joined room's timeline always shows the events of its current state, even those
+        // sent while the history was hidden from the user (as Synapse: clients read the state
+        // from the timeline too).
+        let Some(key) = &p.state_key else { return Ok(false) };
+        let current = self.rooms.current_state(&p.room_id).await?;
+        Ok(current.get(&(StateEventType::from(p.kind.to_string()), key.clone())) == Some(&p.event_id))
     }
 
     pub fn current_token(&self) -> SyncToken {
@@ -468,7 +476,10 @@ impl Syncer {
             // A limit of 0 shows no event, only whether some came (`limited`).
             let limit = req.filter.room.timeline.limit.unwrap_or(10).clamp(0, 100) as usize;
             let filter = &req.filter.room.timeline;
-            if !filter.selects_events() {
+            // Without a filter, the newest `limit` events; when the history visibility hid some
+            // of them and older ones exist, the scan below fills the timeline with those shown.
+            let mut scan = filter.selects_events();
+            if !scan {
                 let ids = self.rooms.event_ids_between(room_id, from, to.stream, limit + 1).await?;
                 limited = ids.len() > limit;
                 for id in ids.iter().take(limit) {
@@ -482,7 +493,13 @@ impl Syncer {
                         filtered.push(p.clone());
                     }
                 }
-            } else {
+                if limited && filtered.len() < timeline.len() {
+                    (scan, limited) = (true, false);
+                    timeline.clear();
+                    filtered.clear();
+                }
+            }
+            if scan {
                 let page = 100;
                 let (mut upper, mut scanned) = (to.stream, 0);
                 'scan: loop {
@@ -662,7 +679,7 @@ impl Syncer {
         for stored in rows.into_iter().take(limit as usize) {
             first = Some(stored.stream_ordering);
             let pdu = Pdu::from_stored(stored)?;
-            if self.rooms.can_see_event(user, &pdu).await? {
+            if req.filter.room.timeline.allows(&pdu) && self.rooms.can_see_event(user, &pdu).await? {
                 left.timeline.events.push(self.rooms.client_raw(&pdu, user, req.device, false).await?);
             }
         }
