@@ -103,6 +103,25 @@ async fn filters_limit_and_lazy_load(backend: Backend) {
         .collect();
     assert!(members.contains(&"@bob:localhost") && members.contains(&"@alice:localhost"), "{members:?}");
     assert!(!members.contains(&"@carol:localhost"), "carol sent nothing: {members:?}");
+    // Carol speaks: the next sync brings her member event, which the device was never sent;
+    // she speaks again, and it does not come a second time.
+    let members_in = |s: &Value| -> Vec<String> {
+        let state = s["rooms"]["join"][&room]["state"]["events"].as_array().cloned().unwrap_or_default();
+        state
+            .iter()
+            .filter(|e| e["type"] == "m.room.member")
+            .map(|e| e["state_key"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let since = s["next_batch"].as_str().unwrap().to_owned();
+    carol.send_text(&room, "c1").await;
+    let next = alice.sync(Some(&since), &format!("timeout=0&filter={id}")).await;
+    assert_eq!(members_in(&next), vec!["@carol:localhost"], "{next}");
+    let since = next["next_batch"].as_str().unwrap().to_owned();
+    carol.send_text(&room, "c2").await;
+    let next = alice.sync(Some(&since), &format!("timeout=0&filter={id}")).await;
+    assert_eq!(timeline_bodies(&next, &room), vec!["c2"]);
+    assert!(members_in(&next).is_empty(), "{next}");
     // prev_batch continues backwards where the timeline starts.
     let older = alice
         .ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=2&from={prev}"), None)
@@ -130,7 +149,7 @@ async fn filters_limit_and_lazy_load(backend: Backend) {
     let pdus = urlencode(&json!({ "event_format": "federation", "room": { "timeline": { "limit": 1 } } }).to_string());
     let s = alice.sync(None, &format!("filter={pdus}")).await;
     let last = &s["rooms"]["join"][&room]["timeline"]["events"][0];
-    assert_eq!(last["content"]["body"], "b5", "{last}");
+    assert_eq!(last["content"]["body"], "c2", "{last}");
     for key in ["event_id", "room_id", "prev_events", "auth_events", "depth", "hashes", "signatures"] {
         assert!(last.get(key).is_some(), "{key} in {last}");
     }

@@ -144,7 +144,15 @@ pub struct Syncer {
     join_echoes: Mutex<lru::LruCache<DeviceKey, (SyncToken, Vec<OwnedRoomId>)>>,
     /// Each user's `m.ignored_user_list`, with the stream position it was read at.
     ignored: Mutex<lru::LruCache<OwnedUserId, IgnoredAt>>,
+    /// With lazy-loaded members: the member events each device was sent in each room, so an
+    /// incremental sync sends a speaker's member event once (as Synapse's cache of the same,
+    /// it lives in memory: after a restart, or once forgotten, they are sent again).
+    lazy_members: Mutex<lru::LruCache<(DeviceKey, OwnedRoomId), HashSet<OwnedEventId>>>,
 }
+
+/// The member events remembered as sent to one device in one room, at most (then forgotten
+/// and sent again).
+const LAZY_MEMBERS_REMEMBERED: usize = 1000;
 
 crate::core::over_core!(Syncer);
 
@@ -164,6 +172,7 @@ impl Syncer {
             ephemeral,
             join_echoes: Mutex::new(crate::lru(4096)),
             ignored: Mutex::new(crate::lru(4096)),
+            lazy_members: Mutex::new(crate::lru(16_384)),
         }
     }
 
@@ -545,19 +554,23 @@ impl Syncer {
         // State: the room's state where the timeline starts, whole on a full sync, what changed
         // since the last sync when the timeline skipped events (a gap). With lazy-loaded members
         // (Synapse's behaviour, which clients and Sytest expect), a full sync keeps the members
-        // of the timeline's senders and the user's own; an incremental one sends the members of
-        // new senders, again each time with `include_redundant_members`, and a gap's own
-        // membership changes when there are some, its speakers' members otherwise.
+        // of the timeline's senders and the user's own; an incremental one sends, besides a
+        // gap's state changes, the members of the timeline's senders the device was not sent
+        // yet (`lazy_members`), again each time with `include_redundant_members`.
         let mut state: Vec<Arc<Pdu>> = Vec::new();
         let lazy = req.filter.room.state.lazy_load_members;
         let redundant = req.filter.room.state.include_redundant_members;
         let senders: HashSet<&str> = filtered.iter().map(|p| p.sender.as_str()).collect();
+        // The member events the device already has, when members are lazy-loaded.
+        let lazy_key = ((user.to_owned(), req.device.to_owned()), room_id.to_owned());
+        let known = |id: &OwnedEventId| {
+            !redundant && self.lazy_members.lock().unwrap().get(&lazy_key).is_some_and(|sent| sent.contains(id))
+        };
         if full || limited {
             let start = match timeline.first() {
                 Some(first) => self.rooms.state_at_position(room_id, first.stream_ordering - 1).await?,
                 None => self.rooms.state_at_position(room_id, to.stream).await?,
             };
-            let mut gap_members = false;
             for ((kind, key), id) in start.iter() {
                 let member = *kind == StateEventType::RoomMember;
                 if full && lazy && member && !senders.contains(key.as_str()) && key != user.as_str() {
@@ -570,33 +583,49 @@ impl Syncer {
                     continue;
                 }
                 if req.filter.room.state.allows(&pdu) {
-                    gap_members |= member;
                     state.push(pdu);
                 }
             }
-            if !full && lazy && !gap_members {
+            // A gap: its state changes, and the members of the timeline's speakers the device
+            // was not sent yet.
+            if !full && lazy {
                 for key in senders.iter().filter(|s| **s != user.as_str()) {
-                    if let Some(id) = start.get(&(StateEventType::RoomMember, (*key).to_owned())) {
-                        if let Some(pdu) = self.rooms.get_pdu(id).await? {
-                            state.push(pdu);
-                        }
+                    let Some(id) = start.get(&(StateEventType::RoomMember, (*key).to_owned())) else { continue };
+                    if state.iter().any(|p| p.event_id == *id) || known(id) {
+                        continue;
+                    }
+                    if let Some(pdu) = self.rooms.get_pdu(id).await? {
+                        state.push(pdu);
                     }
                 }
             }
         } else if lazy {
-            // Members of the timeline's senders, so clients can show their names (from the
-            // cached current state: those the timeline itself changed are in it already).
+            // Members of the timeline's speakers the device was not sent yet, so clients can
+            // show their names (from the cached current state: those the timeline itself
+            // changed are in it already).
             let current = self.rooms.current_state(room_id).await?;
             for key in senders.iter().filter(|s| **s != user.as_str()) {
                 let Some(id) = current.get(&(StateEventType::RoomMember, (*key).to_owned())) else { continue };
-                if timeline.iter().any(|t| t.event_id == *id) {
+                if timeline.iter().any(|t| t.event_id == *id) || known(id) {
                     continue;
                 }
                 if let Some(pdu) = self.rooms.get_pdu(id).await? {
-                    if redundant || pdu.stream_ordering > since.stream {
-                        state.push(pdu);
-                    }
+                    state.push(pdu);
                 }
+            }
+        }
+        if lazy {
+            let mut cache = self.lazy_members.lock().unwrap();
+            let sent = state.iter().chain(&filtered).filter(|p| p.kind == ruma::events::TimelineEventType::RoomMember);
+            let ids: Vec<OwnedEventId> = sent.map(|p| p.event_id.clone()).collect();
+            if full {
+                cache.put(lazy_key.clone(), ids.into_iter().collect());
+            } else if !ids.is_empty() {
+                let remembered = cache.get_or_insert_mut(lazy_key.clone(), HashSet::new);
+                if remembered.len() + ids.len() > LAZY_MEMBERS_REMEMBERED {
+                    remembered.clear();
+                }
+                remembered.extend(ids);
             }
         }
 
