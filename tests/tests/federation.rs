@@ -988,6 +988,17 @@ async fn a_server_joins_and_leaves_through_the_v1_endpoints(backend: Backend) {
         if membership == "join" {
             assert!(v[1]["state"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"), "{v}");
             assert!(!v[1]["auth_chain"].as_array().unwrap().is_empty(), "{v}");
+            // In the room, the server may ask for missing events: a body naming none asks for
+            // nothing (as Synapse), a malformed one is refused.
+            let missing = format!("/_matrix/federation/v1/get_missing_events/{}", urlencode(&room));
+            let (status, v) = other.request(&a, Method::POST, &missing, Some(&json!({})), Signing::Good).await;
+            assert_eq!((status, &v), (200, &json!({ "events": [] })));
+            let body = json!({ "earliest_events": [], "latest_events": [id], "limit": 3 });
+            let (status, v) = other.request(&a, Method::POST, &missing, Some(&body), Signing::Good).await;
+            assert_eq!((status, v["events"].as_array().map(Vec::len)), (200, Some(3)), "{v}");
+            let body = json!({ "latest_events": "pas une liste" });
+            let (status, v) = other.request(&a, Method::POST, &missing, Some(&body), Signing::Good).await;
+            assert_eq!((status, v["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{v}");
         } else {
             assert_eq!(v[1], json!({}));
         }

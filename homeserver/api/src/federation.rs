@@ -15,7 +15,7 @@ use ruma::{
         device::get_devices,
         directory::{get_public_rooms, get_public_rooms_filtered},
         discovery::{get_remote_server_keys, get_remote_server_keys_batch, get_server_keys, get_server_version},
-        event::{get_event, get_event_by_timestamp, get_missing_events, get_room_state, get_room_state_ids},
+        event::{get_event, get_event_by_timestamp, get_room_state, get_room_state_ids},
         keys::{claim_keys, get_keys},
         membership::{
             create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event,
@@ -69,7 +69,7 @@ pub fn routes(r: axum::Router<Arc<Services>>) -> axum::Router<Arc<Services>> {
     let r = route::<get_room_state::v1::Request, _, _>(r, state);
     let r = route::<get_event_authorization::v1::Request, _, _>(r, event_auth);
     let r = route::<get_backfill::v1::Request, _, _>(r, backfill);
-    let r = route::<get_missing_events::v1::Request, _, _>(r, missing_events);
+    let r = r.route("/_matrix/federation/v1/get_missing_events/{room_id}", axum::routing::post(missing_events));
     let r = route::<get_profile_information::v1::Request, _, _>(r, query_profile);
     let r = route::<get_public_rooms::v1::Request, _, _>(r, public_rooms);
     let r = r.route("/_matrix/federation/v1/openid/userinfo", axum::routing::get(openid_userinfo));
@@ -452,19 +452,42 @@ async fn backfill(State(s): S, req: Ruma<get_backfill::v1::Request>) -> ApiResul
     Ok(get_backfill::v1::Response::new(s.server_name().to_owned(), MilliSecondsSinceUnixEpoch::now(), pdus).into())
 }
 
+/// The body of `get_missing_events`, read by hand: as Synapse, a body without
+/// `earliest_events` or `latest_events` asks for nothing rather than being refused (the
+/// server ACL is checked first either way).
+#[derive(serde::Deserialize)]
+struct MissingEventsBody {
+    #[serde(default)]
+    earliest_events: Vec<ruma::OwnedEventId>,
+    #[serde(default)]
+    latest_events: Vec<ruma::OwnedEventId>,
+    #[serde(default = "default_missing_limit")]
+    limit: u64,
+    #[serde(default)]
+    min_depth: u64,
+}
+
+fn default_missing_limit() -> u64 {
+    10
+}
+
+/// `POST /get_missing_events/{roomId}`.
 async fn missing_events(
     State(s): S,
-    req: Ruma<get_missing_events::v1::Request>,
-) -> ApiResult<get_missing_events::v1::Response> {
-    let b = &req.body;
-    s.federation.check_origin_may_read(&b.room_id, req.origin()).await?;
-    let limit = u64::from(b.limit).min(100) as usize;
-    let events = s
-        .federation
-        .missing_events(&b.room_id, &b.earliest_events, &b.latest_events, limit, u64::from(b.min_depth))
-        .await?;
-    let pdus = events.iter().map(|p| federation_json(p)).collect::<Result<_, _>>()?;
-    Ok(get_missing_events::v1::Response::new(pdus).into())
+    axum::extract::Path(room_id): axum::extract::Path<String>,
+    request: axum::extract::Request,
+) -> Result<axum::Json<serde_json::Value>, crate::error::ApiError> {
+    let (parts, bytes) = crate::ruma_wrapper::read_limited_body(request).await?;
+    let origin = crate::ruma_wrapper::server_origin(&s, &parts, &bytes).await?;
+    let room_id = ruma::OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    s.federation.check_origin_may_read(&room_id, &origin).await?;
+    let body = crate::ruma_wrapper::object_body(&bytes)?;
+    let b: MissingEventsBody = serde_json::from_value(body).map_err(|e| Error::bad_json(e.to_string()))?;
+    let limit = b.limit.min(100) as usize;
+    let events =
+        s.federation.missing_events(&room_id, &b.earliest_events, &b.latest_events, limit, b.min_depth).await?;
+    let pdus: Vec<_> = events.iter().map(|p| federation_json(p)).collect::<Result<_, _>>()?;
+    Ok(axum::Json(serde_json::json!({ "events": pdus })))
 }
 
 async fn query_profile(
