@@ -751,11 +751,12 @@ impl RemoteMembership {
         if invitee.server_name() != self.server_name() {
             return Err(Error::bad_json("The invitee is not a user of this server"));
         }
-        if diplomatie_storage::accounts::get_user(self.db.pool(), invitee.as_str()).await?.is_none() {
-            return Err(Error::not_found("Unknown user"));
-        }
+        // A server the room's ACL bans learns nothing, not even whether the account exists.
         if self.rooms.room_meta(room_id).await?.is_some() {
             self.federation.check_server_acl(room_id, origin).await?;
+        }
+        if diplomatie_storage::accounts::get_user(self.db.pool(), invitee.as_str()).await?.is_none() {
+            return Err(Error::not_found("Unknown user"));
         }
         let object = self.transport.verify_pdu(&object, version).await?;
         let mut object = object;
