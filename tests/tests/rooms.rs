@@ -211,6 +211,10 @@ async fn kick_ban_and_unban(backend: Backend) {
         .await;
     assert_error(&carol.join(&room).await, 403, "M_FORBIDDEN");
     assert_error(&carol.send_raw(&room).await, 403, "M_FORBIDDEN");
+    // A banned user reads the room no more (one who left reads it as it was then).
+    let own = format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/@carol:localhost");
+    assert_error(&carol.get(&own).await, 403, "M_FORBIDDEN");
+    assert_error(&carol.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b")).await, 403, "M_FORBIDDEN");
     // Kicking a banned user is no way to unban them.
     let kick = json!({ "user_id": "@carol:localhost" });
     assert_error(&alice.post(&format!("/_matrix/client/v3/rooms/{room}/kick"), &kick).await, 403, "M_FORBIDDEN");

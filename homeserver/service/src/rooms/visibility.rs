@@ -128,8 +128,8 @@ impl Rooms {
     }
 
     /// The highest stream position of the room `user` may read: everything while joined, up
-    /// to their leave (or ban) otherwise. `M_FORBIDDEN` for users never in the room, unless it is
-    /// world readable.
+    /// to their leave otherwise. `M_FORBIDDEN` for users never in the room and for banned ones,
+    /// unless it is world readable.
     pub async fn readable_until(&self, user: &UserId, room_id: &RoomId) -> Result<i64> {
         self.known_room(room_id).await?;
         let Some(member) = self.state_event(room_id, &StateEventType::RoomMember, user.as_str()).await? else {
@@ -140,6 +140,11 @@ impl Rooms {
         };
         match member.membership() {
             Some(MembershipState::Join) => Ok(self.stream_position()),
+            // As Synapse: a user who left reads the room as it was then, a banned one no more
+            // (unless anyone may).
+            Some(MembershipState::Ban) if !self.is_world_readable(room_id).await? => {
+                Err(Error::forbidden("You are banned from this room"))
+            }
             Some(MembershipState::Invite | MembershipState::Knock) if !self.is_world_readable(room_id).await? => {
                 Ok(member.stream_ordering)
             }
