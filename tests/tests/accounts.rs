@@ -16,6 +16,7 @@ backend_tests!(
     devices_list_rename_and_delete_with_uia,
     password_change_logs_out_other_devices,
     deactivated_accounts_cannot_log_in,
+    erased_accounts_messages_are_redacted_for_newcomers,
     profile_changes_propagate_to_member_events,
     shared_secret_registration_checks_the_hmac,
     cli_creates_users,
@@ -327,6 +328,39 @@ async fn deactivated_accounts_cannot_log_in(backend: Backend) {
     bob.create_room(json!({})).await;
     let _ = room;
     assert_error(&c.get("/_matrix/client/v3/register/available?username=alice").await, 400, "M_USER_IN_USE");
+}
+
+/// Deactivation with `erase: true`: the account's messages stay whole for those who were in
+/// the room when they were sent, and are redacted for anyone else; also after a restart.
+async fn erased_accounts_messages_are_redacted_for_newcomers(backend: Backend) {
+    let mut server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await;
+    let sent = alice.send_text(&room, "à effacer").await;
+    carol.join(&room).await;
+    let event = format!("/_matrix/client/v3/rooms/{room}/event/{}", urlencode(&sent));
+    assert_eq!(carol.ok(Method::GET, &event, None).await["content"]["body"], "à effacer");
+    let (_, uia) = alice.post("/_matrix/client/v3/account/deactivate", &json!({ "erase": true })).await;
+    let auth = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "correct horse", "session": uia["session"] });
+    alice
+        .ok(Method::POST, "/_matrix/client/v3/account/deactivate", Some(&json!({ "auth": auth, "erase": true })))
+        .await;
+    for _ in 0..2 {
+        // Fresh sessions each round: the server restarts in between.
+        let bob = server.login("bob", "correct horse").await;
+        let carol = server.login("carol", "correct horse").await;
+        assert_eq!(bob.ok(Method::GET, &event, None).await["content"]["body"], "à effacer");
+        let seen = carol.ok(Method::GET, &event, None).await;
+        assert_eq!((seen["type"].as_str(), &seen["content"]), (Some("m.room.message"), &json!({})), "{seen}");
+        let page = carol.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b"), None).await;
+        let mine = page["chunk"].as_array().unwrap().iter().find(|e| e["event_id"] == sent.as_str()).cloned();
+        assert_eq!(mine.map(|e| e["content"].clone()), Some(json!({})), "{page}");
+        server.kill().await;
+        server.launch().await;
+    }
 }
 
 async fn profile_changes_propagate_to_member_events(backend: Backend) {

@@ -21,6 +21,7 @@ backend_tests!(
     the_outbound_queue_survives_restarts,
     servers_named_without_a_port_are_found_through_srv_records,
     a_server_joins_and_leaves_through_the_v1_endpoints,
+    an_erased_accounts_events_reach_other_servers_redacted,
     an_invite_to_a_room_everyone_left_can_be_rejected,
     an_invite_from_a_server_gone_away_is_refused_here,
 );
@@ -1003,6 +1004,42 @@ async fn a_server_joins_and_leaves_through_the_v1_endpoints(backend: Backend) {
             assert_eq!(v[1], json!({}));
         }
         assert_eq!(room_state(&alice, &room, "m.room.member", user).await.1["membership"], membership);
+    }
+}
+
+/// Once its sender's account is erased, an event reaches other servers redacted (`/event`,
+/// `/backfill`).
+async fn an_erased_accounts_events_reach_other_servers_redacted(backend: Backend) {
+    let other = FakeServer::new("partner.test");
+    let a = start_with_config(backend, &other.pinned()).await;
+    let alice = a.register("alice").await;
+    let bob = a.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat", "room_version": "12" })).await;
+    bob.join(&room).await;
+    let user = "@p:partner.test";
+    let make = format!("/_matrix/federation/v1/make_join/{}/{}?ver=12", urlencode(&room), urlencode(user));
+    let (status, v) = other.request(&a, Method::GET, &make, None, Signing::Good).await;
+    assert_eq!(status, 200, "{v}");
+    let (id, event) = other.sign(v["event"].clone());
+    let send = format!("/_matrix/federation/v2/send_join/{}/{}", urlencode(&room), urlencode(&id));
+    let (status, v) = other.request(&a, Method::PUT, &send, Some(&event), Signing::Good).await;
+    assert_eq!(status, 200, "{v}");
+    let sent = alice.send_text(&room, "à effacer").await;
+    let path = format!("/_matrix/federation/v1/event/{}", urlencode(&sent));
+    let backfill = format!("/_matrix/federation/v1/backfill/{}?v={}&limit=1", urlencode(&room), urlencode(&sent));
+    let (status, v) = other.request(&a, Method::GET, &path, None, Signing::Good).await;
+    assert_eq!((status, v["pdus"][0]["content"]["body"].as_str()), (200, Some("à effacer")), "{v}");
+    let (_, uia) = alice.post("/_matrix/client/v3/account/deactivate", &json!({ "erase": true })).await;
+    let auth = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "correct horse", "session": uia["session"] });
+    alice
+        .ok(Method::POST, "/_matrix/client/v3/account/deactivate", Some(&json!({ "auth": auth, "erase": true })))
+        .await;
+    for path in [path, backfill] {
+        let (status, v) = other.request(&a, Method::GET, &path, None, Signing::Good).await;
+        assert_eq!(status, 200, "{v}");
+        let pdu = &v["pdus"][0];
+        assert_eq!((pdu["event_id"].as_str(), pdu["type"].as_str()), (None, Some("m.room.message")), "{v}");
+        assert_eq!(pdu["content"], json!({}), "{path}: {v}");
     }
 }
 

@@ -380,7 +380,7 @@ mod send_checks {
     fn assert_send<T: Send>(_: &T) {}
     #[allow(dead_code)]
     fn futures_are_send(s: &Services, u: &ruma::UserId) {
-        assert_send(&s.sessions.deactivate(u));
+        assert_send(&s.sessions.deactivate(u, false));
         assert_send(&s.accounts.set_profile_field(u, "displayname", None));
     }
 }

@@ -123,7 +123,9 @@ impl Sessions {
     }
 
     /// Deactivates an account: it leaves every room, loses its devices and can never log in.
-    pub async fn deactivate(&self, user: &UserId) -> Result<()> {
+    /// With `erase`, the account's events are shown redacted from then on to whoever was not
+    /// in the room when they were sent, and to other servers.
+    pub async fn deactivate(&self, user: &UserId, erase: bool) -> Result<()> {
         for (room_id, membership) in self.memberships_of(user).await? {
             if matches!(membership, MembershipState::Join | MembershipState::Invite | MembershipState::Knock) {
                 if let Err(e) = self.membership.leave(user, &room_id, Some("Account deactivated".into())).await {
@@ -140,6 +142,9 @@ impl Sessions {
         diplomatie_storage::push::delete_user_pushers(&mut *tx, user.as_str()).await?;
         diplomatie_storage::commit(tx).await?;
         self.accounts.tokens.forget_user(user.as_str());
+        if erase {
+            self.membership.rooms.erase(user).await?;
+        }
         self.push.pushers_changed().await
     }
 }

@@ -85,6 +85,21 @@ pub async fn set_password<'e>(e: impl Exec<'e>, user_id: &str, hash: Option<&str
     Ok(())
 }
 
+/// Marks an account erased (deactivated with `erase: true`).
+pub async fn set_erased<'e>(e: impl Exec<'e>, user_id: &str) -> Result<()> {
+    sqlx::query("INSERT INTO erased_users (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING")
+        .bind(user_id)
+        .execute(e)
+        .await?;
+    Ok(())
+}
+
+/// Every erased account.
+pub async fn erased_users<'e>(e: impl Exec<'e>) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT user_id FROM erased_users").fetch_all(e).await?;
+    Ok(rows.into_iter().map(|(u,)| u).collect())
+}
+
 pub async fn set_deactivated<'e>(e: impl Exec<'e>, user_id: &str) -> Result<()> {
     sqlx::query(
         "UPDATE users SET deactivated = 1, password_hash = NULL, displayname = NULL, \

@@ -81,6 +81,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (11, "signature_changes", include_str!("../migrations/0011_signature_changes.sql")),
     (12, "conformance", include_str!("../migrations/0012_conformance.sql")),
     (13, "appservices", include_str!("../migrations/0013_appservices.sql")),
+    (14, "erasure", include_str!("../migrations/0014_erasure.sql")),
 ];
 
 #[derive(Debug)]

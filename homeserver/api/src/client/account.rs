@@ -491,7 +491,7 @@ pub async fn deactivate(State(s): S, req: Ruma<deactivate::v3::Request>) -> ApiR
             .user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
             .await?;
     }
-    s.sessions.deactivate(&caller.user_id).await?;
+    s.sessions.deactivate(&caller.user_id, req.body.erase).await?;
     Ok(deactivate::v3::Response::new(ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport).into())
 }
 

@@ -88,7 +88,7 @@ impl Federation {
     pub async fn event_for_server(&self, origin: &ServerName, event_id: &ruma::EventId) -> Result<Arc<Pdu>> {
         let pdu = self.rooms.get_pdu(event_id).await?.ok_or_else(|| Error::not_found("Unknown event"))?;
         self.check_origin_may_read(&pdu.room_id, origin).await?;
-        Ok(pdu)
+        self.rooms.for_federation(pdu).await
     }
 
     /// The room state before `event_id` (the state after its prev_events).
@@ -127,7 +127,11 @@ impl Federation {
         from: &[OwnedEventId],
         limit: usize,
     ) -> Result<Vec<Arc<Pdu>>> {
-        self.walk_back(room_id, from, &HashSet::new(), limit, 0).await
+        let mut events = Vec::new();
+        for pdu in self.walk_back(room_id, from, &HashSet::new(), limit, 0).await? {
+            events.push(self.rooms.for_federation(pdu).await?);
+        }
+        Ok(events)
     }
 
     /// `get_missing_events`: events between `earliest` (excluded) and `latest` (excluded), at
@@ -147,7 +151,10 @@ impl Federation {
             }
         }
         let stop: HashSet<OwnedEventId> = earliest.iter().cloned().chain(latest.iter().cloned()).collect();
-        let mut events = self.walk_back(room_id, &starts, &stop, limit, min_depth).await?;
+        let mut events = Vec::new();
+        for pdu in self.walk_back(room_id, &starts, &stop, limit, min_depth).await? {
+            events.push(self.rooms.for_federation(pdu).await?);
+        }
         events.reverse();
         Ok(events)
     }

@@ -27,7 +27,7 @@ use crate::{
 /// (the allow-list) and the memberships across servers.
 pub struct Membership {
     core: Arc<Core>,
-    pub(super) rooms: Arc<Rooms>,
+    pub(crate) rooms: Arc<Rooms>,
     pub(super) accounts: Arc<Accounts>,
     pub(super) portal: Arc<Portal>,
     pub(super) transport: Arc<Transport>,

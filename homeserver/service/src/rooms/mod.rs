@@ -93,6 +93,8 @@ pub struct Rooms {
     /// The lowest stream position given out (history from other servers goes below it);
     /// read from the database at first use.
     backfill_low: tokio::sync::Mutex<Option<i64>>,
+    /// Accounts deactivated with `erase: true` (few): read from the database at first use.
+    erased: tokio::sync::RwLock<Option<HashSet<OwnedUserId>>>,
 }
 
 crate::core::over_core!(Rooms);
@@ -142,6 +144,7 @@ impl Rooms {
             txn_of: Mutex::new(crate::lru(10_000)),
             last_create_ts: AtomicI64::new(0),
             backfill_low: tokio::sync::Mutex::default(),
+            erased: tokio::sync::RwLock::default(),
         })
     }
 }
@@ -280,6 +283,55 @@ impl Rooms {
         self.client_raw_with(pdu, user, device, with_room_id, thread).await
     }
 
+    /// Whether the account was deactivated with `erase: true`.
+    pub async fn is_erased(&self, user: &UserId) -> Result<bool> {
+        if let Some(erased) = self.erased.read().await.as_ref() {
+            return Ok(erased.contains(user));
+        }
+        let mut slot = self.erased.write().await;
+        if slot.is_none() {
+            let users = diplomatie_storage::accounts::erased_users(self.db.pool()).await?;
+            *slot = Some(users.into_iter().filter_map(|u| OwnedUserId::try_from(u).ok()).collect());
+        }
+        Ok(slot.as_ref().is_some_and(|erased| erased.contains(user)))
+    }
+
+    /// Erases an account: its events are shown redacted from now on to whoever was not in
+    /// the room when they were sent, and to other servers.
+    pub async fn erase(&self, user: &UserId) -> Result<()> {
+        diplomatie_storage::accounts::set_erased(self.db.pool(), user.as_str()).await?;
+        self.is_erased(user).await?;
+        if let Some(erased) = self.erased.write().await.as_mut() {
+            erased.insert(user.to_owned());
+        }
+        Ok(())
+    }
+
+    /// The event as its redaction leaves it (its stored form unchanged).
+    pub async fn redacted_copy(&self, pdu: &Pdu) -> Result<Pdu> {
+        if pdu.redacted_by.is_some() {
+            return Ok(pdu.clone());
+        }
+        let rules = self.known_room(&pdu.room_id).await?.rules();
+        let mut redacted = ruma::canonical_json::redact(pdu.canonical_object()?, &rules.redaction, None)
+            .map_err(crate::internal!())?;
+        redacted.remove("unsigned");
+        let json = serde_json::to_string(&redacted).map_err(crate::internal!())?;
+        let mut copy = Pdu::from_json(pdu.event_id.clone(), json, Some(pdu.room_id.clone()))?;
+        copy.stream_ordering = pdu.stream_ordering;
+        copy.state_group = pdu.state_group;
+        Ok(copy)
+    }
+
+    /// The event as other servers get it: redacted when its sender was erased.
+    pub async fn for_federation(&self, pdu: Arc<Pdu>) -> Result<Arc<Pdu>> {
+        if self.is_erased(&pdu.sender).await? {
+            Ok(Arc::new(self.redacted_copy(&pdu).await?))
+        } else {
+            Ok(pdu)
+        }
+    }
+
     /// [`Self::client_raw`] with the event's thread, if it is a thread root, already read.
     async fn client_raw_with<T>(
         &self,
@@ -295,6 +347,15 @@ impl Rooms {
             None
         };
         let membership = self.membership_at(user, pdu).await?;
+        // An erased user's event: whole to those in the room when it was sent, redacted to
+        // anyone else.
+        let erased_view;
+        let pdu = if membership != Some(MembershipState::Join) && self.is_erased(&pdu.sender).await? {
+            erased_view = self.redacted_copy(pdu).await?;
+            &erased_view
+        } else {
+            pdu
+        };
         let membership = membership.as_ref().map_or("leave", MembershipState::as_str);
         let redaction = match pdu.redacted_by.as_deref().and_then(|id| ruma::OwnedEventId::try_from(id).ok()) {
             Some(id) => self.get_pdu(&id).await?.map(|r| (id, r.client_view(with_room_id, None).to_raw::<()>())),
