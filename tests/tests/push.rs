@@ -16,6 +16,8 @@ backend_tests!(
     many_members_join_and_talk_at_once,
     each_member_keeps_their_own_outcome,
     an_invite_is_listed_whatever_rooms_the_invitee_is_in,
+    bodies_without_mentions_highlight_by_name,
+    an_invite_from_another_server_is_pushed_with_the_rooms_name,
 );
 
 async fn push_rules_start_from_the_spec_defaults_and_change_through_the_api(backend: Backend) {
@@ -30,8 +32,14 @@ async fn push_rules_start_from_the_spec_defaults_and_change_through_the_api(back
     assert!(overrides.contains(&".m.rule.is_room_mention"));
     let underrides = all["global"]["underride"].as_array().unwrap();
     assert!(underrides.iter().any(|r| r["rule_id"] == ".m.rule.encrypted_room_one_to_one"));
-    // The spec's defaults since the intentional mentions: no legacy name-matching rules.
-    assert!(!overrides.contains(&".m.rule.contains_display_name"));
+    // The legacy name-matching rules, as Synapse keeps them (clients' settings toggle them):
+    // the display name right after the intentional user mention, the localpart as content.
+    let mention = overrides.iter().position(|r| *r == ".m.rule.is_user_mention").unwrap();
+    assert_eq!(overrides[mention + 1], ".m.rule.contains_display_name");
+    assert_eq!(all["global"]["content"][0]["rule_id"], ".m.rule.contains_user_name");
+    assert_eq!(all["global"]["content"][0]["pattern"], "alice");
+    let toggle = "/_matrix/client/v3/pushrules/global/content/.m.rule.contains_user_name/enabled";
+    alice.ok(Method::PUT, toggle, Some(&json!({ "enabled": true }))).await;
     // The global scope alone; paths the spec does not have answer as Synapse does: `/pushrules`
     // without its slash is unknown (404), a malformed path below it is a bad request (400).
     assert_eq!(alice.ok(Method::GET, "/_matrix/client/v3/pushrules/global/", None).await, all["global"]);
@@ -115,6 +123,29 @@ async fn push_rules_start_from_the_spec_defaults_and_change_through_the_api(back
     assert_eq!(alice.ok(Method::GET, &path, None).await["global"]["content"][0]["rule_id"], "urgent");
 }
 
+/// A message without `m.mentions` (older clients, bridges) highlights the members whose
+/// localpart or display name it holds as a word; one with `m.mentions` only those it names
+/// there. A member whose rules were changed keeps the legacy rules too.
+async fn bodies_without_mentions_highlight_by_name(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await;
+    carol.join(&room).await;
+    let name = format!("/_matrix/client/v3/profile/{}/displayname", urlencode(&carol.user_id));
+    carol.ok(Method::PUT, &name, Some(&json!({ "displayname": "Consule" }))).await;
+    // Carol changes a rule: her set is stored, and still holds the legacy rules.
+    let rule = "/_matrix/client/v3/pushrules/global/content/crise";
+    carol.ok(Method::PUT, rule, Some(&json!({ "pattern": "crise", "actions": ["notify"] }))).await;
+    send(&alice, &room, json!({ "msgtype": "m.text", "body": "Bob, la Consule arrive" })).await;
+    send(&alice, &room, json!({ "msgtype": "m.text", "body": "bobine et consulat" })).await;
+    send(&alice, &room, json!({ "msgtype": "m.text", "body": "bob", "m.mentions": {} })).await;
+    assert_eq!(counts(&bob.sync(None, "timeout=0").await, &room), (3, 1));
+    assert_eq!(counts(&carol.sync(None, "timeout=0").await, &room), (3, 1));
+}
+
 fn counts(sync: &Value, room: &str) -> (u64, u64) {
     let n = &sync["rooms"]["join"][room]["unread_notifications"];
     (n["notification_count"].as_u64().unwrap(), n["highlight_count"].as_u64().unwrap())
@@ -153,8 +184,9 @@ async fn sync_counts_notifications_and_highlights_until_read(backend: Backend) {
     let sync = bob.sync(None, "timeout=0").await;
     assert_eq!(counts(&sync, &room), (2, 0));
     // Intentional mentions highlight: of the user, and of the room by someone allowed to.
-    // His display name in the body alone does not (the legacy rules left the spec).
-    send(&alice, &room, json!({ "msgtype": "m.text", "body": "Bob Martin, pouvez-vous relire ?" })).await;
+    // His display name in a body that has `m.mentions` does not (the legacy rules stand aside).
+    send(&alice, &room, json!({ "msgtype": "m.text", "body": "Bob Martin, pouvez-vous relire ?", "m.mentions": {} }))
+        .await;
     let mention =
         send(&alice, &room, json!({ "msgtype": "m.text", "body": "toi", "m.mentions": { "user_ids": [bob.user_id] } }))
             .await;
@@ -177,6 +209,7 @@ async fn sync_counts_notifications_and_highlights_until_read(backend: Backend) {
     assert_eq!(list[2]["event"]["event_id"], mention.as_str());
     assert_eq!(list[0]["room_id"], room.as_str());
     assert_eq!(list[0]["read"], false);
+    assert!(list.iter().all(|n| n.get("profile_tag") == Some(&Value::Null)), "as Synapse: {list:?}");
     assert!(list[2]["actions"].as_array().unwrap().iter().any(|a| a["set_tweak"] == "highlight"));
     // Dave may not notify the whole room (power 0 < notifications.room 50): a plain notification.
     assert!(!list[0]["actions"].as_array().unwrap().iter().any(|a| a["set_tweak"] == "highlight"));
@@ -387,6 +420,23 @@ async fn pushers_deliver_to_the_gateway_and_retry(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(gone, "the rejected pusher is removed");
+}
+
+/// An invite from another server, to a room this server is not in: the push names the room
+/// from the state the inviter showed.
+async fn an_invite_from_another_server_is_pushed_with_the_rooms_name(backend: Backend) {
+    let a = TestServer::start_federating(backend, &[]).await;
+    let b = TestServer::start_federating(backend, &[("PUSH__IP_RANGE_ALLOWLIST", "[\"127.0.0.1/32\"]")]).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let (port, mut pushes) = gateway(vec![], None).await;
+    bob.ok(Method::POST, "/_matrix/client/v3/pushers/set", Some(&pusher(port, "key-1"))).await;
+    let room = alice.create_room(json!({ "preset": "private_chat", "name": "Cellule de crise" })).await;
+    assert_eq!(alice.invite(&room, &bob.user_id).await.0, 200);
+    let n = next_push(&mut pushes).await["notification"].clone();
+    assert_eq!((n["type"].as_str(), n["membership"].as_str()), (Some("m.room.member"), Some("invite")), "{n}");
+    assert_eq!(n["room_name"], "Cellule de crise", "{n}");
+    assert_eq!(n["user_is_target"], true);
 }
 
 /// Notifications are computed for every write; under many concurrent joins and sends (each

@@ -1,7 +1,7 @@
 //! Push rules and notifications (client-server spec, "Push Notifications").
 //!
-//! Each user's rules are the spec's defaults (ruma's `Ruleset::server_default`) until the user
-//! changes one; the changed set is kept as the user's `m.push_rules` account data, so clients
+//! Each user's rules are the spec's defaults (ruma's `Ruleset::server_default`, with the legacy
+//! mention rules Synapse still has: see [`default_rules`]) until the user changes one; the changed set is kept as the user's `m.push_rules` account data, so clients
 //! see it through `/sync` as the spec says. Rules are evaluated with ruma for every event a
 //! batch writes, for every local member it may notify, and the notifications are written in
 //! the batch's own transaction: the counts `/sync` reports never lag behind the timeline it
@@ -206,6 +206,41 @@ async fn evaluate(
     Ok(None)
 }
 
+/// The default rules of `user`: the spec's, with the legacy mention rules.
+fn default_rules(user: &UserId) -> Ruleset {
+    let mut rules = Ruleset::server_default(user);
+    with_legacy_mentions(&mut rules, user);
+    rules
+}
+
+/// Adds the legacy mention rules where they are missing: `.m.rule.contains_user_name` (the
+/// user's localpart in a message's body) and `.m.rule.contains_display_name` (after
+/// `.m.rule.is_user_mention`), which Matrix 1.7 deprecated and ruma's defaults no longer hold.
+/// Synapse still has them, clients' settings (Element, FluffyChat) toggle them, and messages
+/// of older clients and bridges carry no `m.mentions` (events that do are not matched by them).
+fn with_legacy_mentions(rules: &mut Ruleset, user: &UserId) {
+    let highlight = json!(["notify", { "set_tweak": "sound", "value": "default" }, { "set_tweak": "highlight" }]);
+    if !rules.content.iter().any(|r| r.rule_id == ".m.rule.contains_user_name") {
+        let rule = json!({
+            "rule_id": ".m.rule.contains_user_name", "default": true, "enabled": true,
+            "pattern": user.localpart(), "actions": highlight,
+        });
+        if let Ok(rule) = serde_json::from_value(rule) {
+            rules.content.shift_insert(0, rule);
+        }
+    }
+    if !rules.override_.iter().any(|r| r.rule_id == ".m.rule.contains_display_name") {
+        let rule = json!({
+            "rule_id": ".m.rule.contains_display_name", "default": true, "enabled": true,
+            "conditions": [{ "kind": "contains_display_name" }], "actions": highlight,
+        });
+        let at = rules.override_.iter().position(|r| r.rule_id == ".m.rule.is_user_mention").map_or(0, |i| i + 1);
+        if let Ok(rule) = serde_json::from_value(rule) {
+            rules.override_.shift_insert(at, rule);
+        }
+    }
+}
+
 /// A user id no event names, to evaluate the default rules once for every recipient an event
 /// does not name.
 fn anonymous_recipient(server: &ruma::ServerName) -> OwnedUserId {
@@ -225,7 +260,7 @@ fn rule_error(e: impl std::fmt::Display, not_found: bool) -> Error {
 impl Push {
     /// A user's push rules.
     pub async fn push_rules(&self, user: &UserId) -> Result<Arc<Ruleset>> {
-        Ok(self.custom_push_rules(user).await?.unwrap_or_else(|| Arc::new(Ruleset::server_default(user))))
+        Ok(self.custom_push_rules(user).await?.unwrap_or_else(|| Arc::new(default_rules(user))))
     }
 
     /// The user's rules when they changed any, `None` when they are the spec's defaults.
@@ -237,7 +272,10 @@ impl Push {
         let ruleset = stored
             .and_then(|json| serde_json::from_str::<Value>(&json).ok())
             .and_then(|v| serde_json::from_value::<Ruleset>(v.get("global")?.clone()).ok())
-            .map(Arc::new);
+            .map(|mut rules| {
+                with_legacy_mentions(&mut rules, user);
+                Arc::new(rules)
+            });
         self.state.rules.lock().unwrap().put(user.to_owned(), ruleset.clone());
         Ok(ruleset)
     }
@@ -411,20 +449,32 @@ impl Push {
             };
             // Members with the default rules whom the event does not name (no mention, not the
             // target of a membership) all get the same outcome: computed and written once.
-            let (anyone, default_rules) = self.state.anyone.get_or_init(|| {
+            let (anyone, anyones_rules) = self.state.anyone.get_or_init(|| {
                 let anyone = anonymous_recipient(me);
-                let rules = Ruleset::server_default(&anyone);
+                let rules = default_rules(&anyone);
                 (anyone, rules)
             });
             ctx.user_id = anyone.clone();
-            let default = evaluate(default_rules, &event, &ctx).await?;
+            // A display name no body holds (an empty one would match an empty body).
+            ctx.user_display_name = anyone.to_string();
+            let default = evaluate(anyones_rules, &event, &ctx).await?;
+            // Without `m.mentions`, the legacy rules match a member's localpart or display name
+            // in the body: such members are named too (the rules then decide, word by word).
+            let legacy_body = match pdu.content_field("m.mentions") {
+                Some(_) => None,
+                None => pdu.content_field("body").and_then(|b| b.as_str().map(str::to_lowercase)),
+            };
             for user in recipients {
                 let custom = self.custom_push_rules(&user).await?;
-                let named = pdu.json.contains(user.as_str());
+                let mut named = pdu.json.contains(user.as_str());
+                if let (false, Some(body)) = (named, &legacy_body) {
+                    named = body.contains(&user.localpart().to_lowercase())
+                        || body.contains(&self.display_name_in(&state, &user).await?.to_lowercase());
+                }
                 if custom.is_none() && !named {
                     continue;
                 }
-                let rules = custom.unwrap_or_else(|| Arc::new(Ruleset::server_default(&user)));
+                let rules = custom.unwrap_or_else(|| Arc::new(default_rules(&user)));
                 ctx.user_display_name = self.display_name_in(&state, &user).await?;
                 ctx.user_id = user.clone();
                 let outcome = evaluate(&rules, &event, &ctx).await?;
@@ -1150,6 +1200,16 @@ impl Push {
                     .await?
                     .and_then(|e| e.content_field("alias")),
             };
+            // A room this server is not in (an invite over federation): what the inviter showed.
+            let name = name.or_else(|| {
+                let shown = pdu.unsigned.get("invite_room_state")?.as_array()?;
+                let of = |kind: &str, field: &str| {
+                    shown.iter().find(|e| e["type"] == kind).and_then(|e| e["content"].get(field)).cloned()
+                };
+                of("m.room.name", "name")
+                    .filter(|n| n.as_str().is_some_and(|n| !n.is_empty()))
+                    .or_else(|| of("m.room.canonical_alias", "alias"))
+            });
             if let Some(name) = name {
                 notification["room_name"] = name;
             }
