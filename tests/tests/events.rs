@@ -350,6 +350,27 @@ async fn history_visibility_bounds_what_users_read(backend: Backend) {
     carol.join(&shared).await;
     let msgs = carol.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{shared}/messages?dir=b&limit=50"), None).await;
     assert_eq!(bodies(&msgs["chunk"]), vec!["historique partagé"]);
+
+    // A change of the visibility is seen by whoever the visibility before or after it lets
+    // see it: here the change to `joined` (shared before it) and the one to `shared`, not the
+    // one to `invited` (joined before it), nor the messages they hid.
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility/");
+    for (visibility, text) in [("joined", "un"), ("invited", "deux"), ("shared", "trois")] {
+        alice.ok(Method::PUT, &path, Some(&json!({ "history_visibility": visibility }))).await;
+        alice.send_text(&room, text).await;
+    }
+    let dave = server.register("dave").await;
+    dave.join(&room).await;
+    let msgs = dave.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=50"), None).await;
+    let chunk = msgs["chunk"].as_array().unwrap();
+    let changes: Vec<&str> = chunk
+        .iter()
+        .filter(|e| e["type"] == "m.room.history_visibility")
+        .filter_map(|e| e["content"]["history_visibility"].as_str())
+        .collect();
+    assert_eq!(changes, vec!["shared", "joined", "shared"], "{msgs}");
+    assert_eq!(bodies(&msgs["chunk"]), vec!["trois"]);
 }
 
 async fn timestamp_to_event_finds_the_closest_event(backend: Backend) {

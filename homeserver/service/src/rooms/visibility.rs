@@ -92,11 +92,30 @@ pub(crate) struct Window {
 }
 
 impl Rooms {
-    /// Whether `user` may see `pdu`, by the history visibility at the event.
+    /// Whether `user` may see `pdu`, by the history visibility at the event. A change of the
+    /// history visibility itself is seen by whoever the visibility before it or after it lets
+    /// see it (client-server spec, "Room History Visibility").
     pub async fn can_see_event(&self, user: &UserId, pdu: &Pdu) -> Result<bool> {
         let state = self.state_map(pdu.state_group).await?;
+        if self.visible_under(user, pdu, &state).await? {
+            return Ok(true);
+        }
+        if pdu.kind == TimelineEventType::RoomHistoryVisibility && pdu.state_key.as_deref() == Some("") {
+            let before = self.state_at_position(pdu.room(), pdu.stream_ordering - 1).await?;
+            return self.visible_under(user, pdu, &before).await;
+        }
+        Ok(false)
+    }
+
+    /// Whether `user` may see `pdu` under the history visibility and membership of `state`.
+    async fn visible_under(
+        &self,
+        user: &UserId,
+        pdu: &Pdu,
+        state: &super::StateMap<ruma::OwnedEventId>,
+    ) -> Result<bool> {
         let visibility = self
-            .state_event_in(&state, &StateEventType::RoomHistoryVisibility, "")
+            .state_event_in(state, &StateEventType::RoomHistoryVisibility, "")
             .await?
             .and_then(|p| p.content_field("history_visibility"))
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -109,7 +128,7 @@ impl Rooms {
             return Ok(true);
         }
         let at_event =
-            self.state_event_in(&state, &StateEventType::RoomMember, user.as_str()).await?.and_then(|p| p.membership());
+            self.state_event_in(state, &StateEventType::RoomMember, user.as_str()).await?.and_then(|p| p.membership());
         if at_event == Some(MembershipState::Join) {
             return Ok(true);
         }
