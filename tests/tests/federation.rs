@@ -22,6 +22,7 @@ backend_tests!(
     servers_named_without_a_port_are_found_through_srv_records,
     a_server_joins_and_leaves_through_the_v1_endpoints,
     an_erased_accounts_events_reach_other_servers_redacted,
+    the_notary_answers_what_it_fetched_when_the_server_is_gone,
     an_invite_to_a_room_everyone_left_can_be_rejected,
     an_invite_from_a_server_gone_away_is_refused_here,
 );
@@ -1041,6 +1042,39 @@ async fn an_erased_accounts_events_reach_other_servers_redacted(backend: Backend
         assert_eq!((pdu["event_id"].as_str(), pdu["type"].as_str()), (None, Some("m.room.message")), "{v}");
         assert_eq!(pdu["content"], json!({}), "{path}: {v}");
     }
+}
+
+/// As a notary, a server answers another's keys signed by both; what it fetched stays
+/// answerable once that server is gone, and asked again with a validity it cannot meet.
+async fn the_notary_answers_what_it_fetched_when_the_server_is_gone(backend: Backend) {
+    let notary = TestServer::start_federating(backend, &[]).await;
+    let mut origin = TestServer::start_federating(backend, &[]).await;
+    let origin_name = origin.server_name.clone();
+    let query = |min: Option<u64>| {
+        let mut body = json!({ "server_keys": { origin_name.clone(): {} } });
+        if let Some(min) = min {
+            body["server_keys"][&origin_name] = json!({ "ed25519:x": { "minimum_valid_until_ts": min } });
+        }
+        let url = format!("{}/_matrix/key/v2/query", notary.base);
+        async move {
+            let r = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let first = query(None).await;
+    let keys = &first["server_keys"][0];
+    assert_eq!(keys["server_name"], origin_name.as_str(), "{first}");
+    assert!(keys["signatures"][&origin_name].is_object() && keys["signatures"][&notary.server_name].is_object());
+    origin.kill().await;
+    let far = 4_000_000_000_000u64;
+    for min in [None, Some(far)] {
+        let again = query(min).await;
+        assert_eq!(again["server_keys"][0]["verify_keys"], keys["verify_keys"], "{again}");
+    }
+    let url = format!("{}/_matrix/key/v2/query/{}", notary.base, urlencode("nowhere.invalid"));
+    let r: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    assert_eq!(r, json!({ "server_keys": [] }));
 }
 
 /// An invite to a room whose members all left: no server is in the room any more, so the one

@@ -123,9 +123,12 @@ async fn notary_batch(
     req: Ruma<get_remote_server_keys_batch::v2::Request>,
 ) -> ApiResult<get_remote_server_keys_batch::v2::Response> {
     let mut keys = Vec::new();
-    for server in req.body.server_keys.keys() {
-        match s.transport.notary_keys(server).await {
-            Ok(v) => keys.push(v),
+    for (server, wanted) in &req.body.server_keys {
+        let ids: Vec<String> = wanted.keys().map(|id| id.to_string()).collect();
+        // The latest of the validities asked.
+        let min_valid = wanted.values().filter_map(|c| c.minimum_valid_until_ts).map(|t| i64::from(t.get())).max();
+        match s.transport.notary_keys(server, &ids, min_valid).await {
+            Ok(found) => keys.extend(found),
             Err(e) => tracing::info!(%server, error = %e, "notary: no keys"),
         }
     }
@@ -136,27 +139,31 @@ async fn notary_one(
     State(s): S,
     req: Ruma<get_remote_server_keys::v2::Request>,
 ) -> ApiResult<get_remote_server_keys::v2::Response> {
-    Ok(notary_answer(&s, &req.body.server_name).await)
+    let min_valid = i64::from(req.body.minimum_valid_until_ts.get());
+    Ok(notary_answer(&s, &req.body.server_name, &[], Some(min_valid).filter(|t| *t > 0)).await)
 }
 
 /// The notary's answer for one server: its keys, none when they cannot be had.
 async fn notary_answer(
     s: &Services,
     server: &ruma::ServerName,
+    ids: &[String],
+    min_valid: Option<i64>,
 ) -> crate::ruma_wrapper::RumaResponse<get_remote_server_keys::v2::Response> {
-    let keys = s.transport.notary_keys(server).await.map(|k| vec![k]).unwrap_or_default();
+    let keys = s.transport.notary_keys(server, ids, min_valid).await.unwrap_or_default();
     get_remote_server_keys::v2::Response::new(keys).into()
 }
 
 /// The notary's older path, naming a key id (deprecated in v1.x, still asked by some
-/// servers and Sytest): the answer covers every key of the server, as the key id is a hint.
+/// servers and Sytest): the key id picks what is answered from what was fetched before; a
+/// fetch answers every key of the server.
 async fn notary_one_with_key_id(
     State(s): S,
-    axum::extract::Path((server_name, _key_id)): axum::extract::Path<(String, String)>,
+    axum::extract::Path((server_name, key_id)): axum::extract::Path<(String, String)>,
 ) -> Result<crate::ruma_wrapper::RumaResponse<get_remote_server_keys::v2::Response>, crate::error::ApiError> {
     let server =
         ruma::OwnedServerName::try_from(server_name).map_err(|_| Error::invalid_param("Invalid server name"))?;
-    Ok(notary_answer(&s, &server).await)
+    Ok(notary_answer(&s, &server, &[key_id], None).await)
 }
 
 async fn version(_: S, _: Ruma<get_server_version::v1::Request>) -> ApiResult<get_server_version::v1::Response> {

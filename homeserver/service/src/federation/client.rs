@@ -91,6 +91,11 @@ pub(crate) type KeySet = std::collections::BTreeMap<String, (String, i64)>;
 #[derive(Default)]
 pub struct KeyCache {
     pub(crate) servers: Mutex<HashMap<OwnedServerName, KeySet>>,
+    /// As a notary: the last key object each server gave for each of its key ids (checked,
+    /// not yet signed by this server), to answer from when it is still valid enough or the
+    /// server cannot be reached.
+    pub(crate) notarised:
+        Mutex<HashMap<OwnedServerName, std::collections::BTreeMap<String, ruma::CanonicalJsonObject>>>,
 }
 
 /// HTTP clients and discovered destinations.

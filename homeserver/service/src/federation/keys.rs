@@ -202,18 +202,79 @@ impl Transport {
         Ok((object, keys))
     }
 
-    /// `/_matrix/key/v2/query` (notary): a server's keys as it signed them, countersigned by
-    /// this server (fetched from that server itself, never through other notaries).
-    pub async fn notary_keys(&self, server: &ServerName) -> Result<Raw<ServerSigningKeys>> {
+    /// As a notary (`/_matrix/key/v2/query`): `server`'s key objects, signed by this server,
+    /// for the key ids asked (every key when none), each valid until `min_valid` at least
+    /// (`None`: now). What was fetched before and is valid enough is answered without asking
+    /// `server` again; otherwise `server` is asked, and when it cannot answer, what was last
+    /// fetched of it is answered, expired or not (as Synapse's notary). Nothing known: an error.
+    pub async fn notary_keys(
+        &self,
+        server: &ServerName,
+        key_ids: &[String],
+        min_valid: Option<i64>,
+    ) -> Result<Vec<Raw<ServerSigningKeys>>> {
         if server == self.server_name() {
-            return self.own_server_keys();
+            return Ok(vec![self.own_server_keys()?]);
         }
         self.check_server_allowed(server)?;
-        let (mut object, keys) = self.fetch_server_keys(server, false).await?;
-        self.remote_keys.servers.lock().unwrap().insert(server.to_owned(), keys);
-        ruma::signatures::sign_json(self.server_name().as_str(), &self.keys.keypair, &mut object)
-            .map_err(crate::internal!())?;
-        Ok(Raw::from_json(serde_json::value::to_raw_value(&object).map_err(crate::internal!())?))
+        let min_valid = min_valid.unwrap_or_else(now_ms);
+        let valid_until = |o: &CanonicalJsonObject| match o.get("valid_until_ts") {
+            Some(CanonicalJsonValue::Integer(i)) => i64::from(*i),
+            _ => 0,
+        };
+        let cached = |all: bool| -> Vec<CanonicalJsonObject> {
+            let notarised = self.remote_keys.notarised.lock().unwrap();
+            let Some(known) = notarised.get(server) else { return Vec::new() };
+            let mut out: Vec<CanonicalJsonObject> = Vec::new();
+            let mut wanted: Vec<&CanonicalJsonObject> = key_ids.iter().filter_map(|id| known.get(id)).collect();
+            // No key id asked, or (when the server is unreachable) none of those asked known:
+            // every key known of the server.
+            if key_ids.is_empty() || all && wanted.is_empty() {
+                wanted = known.values().collect();
+            }
+            if !all && (wanted.is_empty() || (!key_ids.is_empty() && wanted.len() < key_ids.len())) {
+                return Vec::new();
+            }
+            for object in wanted {
+                if !all && valid_until(object) < min_valid {
+                    return Vec::new();
+                }
+                if !out.contains(object) {
+                    out.push(object.clone());
+                }
+            }
+            out
+        };
+        let mut objects = cached(false);
+        if objects.is_empty() {
+            match self.fetch_server_keys(server, false).await {
+                Ok((object, keys)) => {
+                    self.remote_keys.servers.lock().unwrap().insert(server.to_owned(), keys);
+                    if let Some(CanonicalJsonValue::Object(verify)) = object.get("verify_keys") {
+                        let mut notarised = self.remote_keys.notarised.lock().unwrap();
+                        let known = notarised.entry(server.to_owned()).or_default();
+                        for id in verify.keys() {
+                            known.insert(id.clone(), object.clone());
+                        }
+                    }
+                    objects.push(object);
+                }
+                Err(e) => {
+                    objects = cached(true);
+                    if objects.is_empty() {
+                        return Err(e);
+                    }
+                    tracing::info!(%server, error = %e, "notary: answering the keys fetched before");
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for mut object in objects {
+            ruma::signatures::sign_json(self.server_name().as_str(), &self.keys.keypair, &mut object)
+                .map_err(crate::internal!())?;
+            out.push(Raw::from_json(serde_json::value::to_raw_value(&object).map_err(crate::internal!())?));
+        }
+        Ok(out)
     }
 
     /// Checks the signatures and content hash of a received event. A hash that does not match
