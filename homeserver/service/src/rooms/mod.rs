@@ -312,15 +312,7 @@ impl Rooms {
         if pdu.redacted_by.is_some() {
             return Ok(pdu.clone());
         }
-        let rules = self.known_room(&pdu.room_id).await?.rules();
-        let mut redacted = ruma::canonical_json::redact(pdu.canonical_object()?, &rules.redaction, None)
-            .map_err(crate::internal!())?;
-        redacted.remove("unsigned");
-        let json = serde_json::to_string(&redacted).map_err(crate::internal!())?;
-        let mut copy = Pdu::from_json(pdu.event_id.clone(), json, Some(pdu.room_id.clone()))?;
-        copy.stream_ordering = pdu.stream_ordering;
-        copy.state_group = pdu.state_group;
-        Ok(copy)
+        redacted_form(pdu, &self.known_room(&pdu.room_id).await?.rules())
     }
 
     /// The event as other servers get it: redacted when its sender was erased.
@@ -1154,22 +1146,16 @@ impl<'a> RoomWriter<'a> {
         rules: &RoomVersionRules,
     ) -> Result<Option<Pdu>> {
         let Some(target) = find_pdu(self.rooms, &self.appended, target_id).await? else { return Ok(None) };
-        let object = target.canonical_object()?;
-        let mut redacted = ruma::canonical_json::redact(object, &rules.redaction, None).map_err(crate::internal!())?;
-        redacted.remove("unsigned");
-        let json = serde_json::to_string(&redacted).map_err(crate::internal!())?;
+        let mut pdu = redacted_form(&target, rules)?;
         match self.rows.iter_mut().find(|r| r.event_id == target_id.as_str()) {
             // The target is in this very batch: its row is not written yet.
-            Some(row) => row.json = json.clone(),
+            Some(row) => row.json = pdu.json.clone(),
             None => self.writes.push(PendingWrite::Redaction {
                 target: target_id.to_string(),
                 by: redaction_id.to_string(),
-                json: json.clone(),
+                json: pdu.json.clone(),
             }),
         }
-        let mut pdu = Pdu::from_json(target.event_id.clone(), json, Some(target.room_id.clone()))?;
-        pdu.stream_ordering = target.stream_ordering;
-        pdu.state_group = target.state_group;
         pdu.redacted_by = Some(redaction_id.to_string());
         Ok(Some(pdu))
     }
@@ -1455,6 +1441,19 @@ fn relation_of(pdu: &Pdu) -> Option<(String, String)> {
             Some(("m.in_reply_to".to_owned(), reply.to_owned()))
         }
     }
+}
+
+/// An event as its redaction leaves it, at the same place in the room (its JSON without
+/// `unsigned`, what is stored for a redacted event).
+fn redacted_form(pdu: &Pdu, rules: &RoomVersionRules) -> Result<Pdu> {
+    let mut redacted =
+        ruma::canonical_json::redact(pdu.canonical_object()?, &rules.redaction, None).map_err(crate::internal!())?;
+    redacted.remove("unsigned");
+    let json = serde_json::to_string(&redacted).map_err(crate::internal!())?;
+    let mut copy = Pdu::from_json(pdu.event_id.clone(), json, Some(pdu.room_id.clone()))?;
+    copy.stream_ordering = pdu.stream_ordering;
+    copy.state_group = pdu.state_group;
+    Ok(copy)
 }
 
 /// The rooms a user is joined to.
