@@ -133,7 +133,15 @@ fn refuse(reason: impl Into<String>) -> Decision {
 
 /// Message types a DR room accepts outside encryption: the envelope of encrypted content, and
 /// redactions (which carry nothing but a reference).
-const CLEAR_TYPES_IN_DR: &[&str] = &["m.room.encrypted", "m.room.redaction"];
+/// Message events a DR room accepts: encrypted (Megolm, or MLS ciphertext), redactions, and
+/// the MLS handshakes (public key material, no content), which only the server writes.
+const CLEAR_TYPES_IN_DR: &[&str] = &[
+    "m.room.encrypted",
+    "m.room.redaction",
+    "fr.diplomatie.mls.message",
+    "fr.diplomatie.mls.commit",
+    "fr.diplomatie.mls.proposal",
+];
 
 /// May `person` come into `room` (invite, join, knock, including a join allowed through a
 /// restricted space)?

@@ -62,6 +62,14 @@ impl IntoResponse for ApiError {
                 let body = ruma::api::error::StandardErrorBody::new(ErrorKind::Unknown, message);
                 (StatusCode::CONFLICT, axum::Json(body)).into_response()
             }
+            Error::MlsWrongEpoch { current, got } => {
+                let body = serde_json::json!({
+                    "errcode": "FR_DIPLOMATIE_MLS_WRONG_EPOCH",
+                    "error": format!("The group is at epoch {current}, not {got}: fetch the commits since and try again"),
+                    "current_epoch": current,
+                });
+                (StatusCode::CONFLICT, axum::Json(body)).into_response()
+            }
             Error::Matrix(kind, message) => {
                 let status = match kind {
                     // M_UNKNOWN for a refused request that is not the server's fault.

@@ -10,6 +10,7 @@ pub mod correspondence;
 pub mod error;
 pub mod federation;
 pub mod limits;
+pub mod mls;
 pub mod ruma_wrapper;
 
 use std::{sync::Arc, time::Duration};
@@ -275,6 +276,16 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/_diplomatie/client/v1/correspondence/keys/{key_id}", put(corr::put_key))
         .route("/_diplomatie/client/v1/users/{user_id}/correspondence_keys", get(corr::keys))
         .route("/_diplomatie/client/v1/correspondence/{reference}", get(corr::export))
+        .route("/_diplomatie/client/v1/mls/config", get(crate::mls::config))
+        .route("/_diplomatie/client/v1/mls/key_packages", post(crate::mls::upload))
+        .route("/_diplomatie/client/v1/mls/key_packages/claim", post(crate::mls::claim))
+        .route(
+            "/_diplomatie/client/v1/mls/rooms/{room_id}/group",
+            get(crate::mls::group).post(crate::mls::create_group),
+        )
+        .route("/_diplomatie/client/v1/mls/rooms/{room_id}/handshakes", get(crate::mls::handshakes))
+        .route("/_diplomatie/client/v1/mls/rooms/{room_id}/commit", post(crate::mls::commit))
+        .route("/_diplomatie/client/v1/mls/rooms/{room_id}/send/{txn_id}", put(crate::mls::send))
         .route("/_diplomatie/client/v1/correspondence/{reference}/audience", get(corr::audience))
         .route("/_diplomatie/client/v1/correspondence/{reference}/status/{group}", put(corr::set_status))
         .route("/_diplomatie/client/v1/journal", get(corr::journal))

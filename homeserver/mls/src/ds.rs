@@ -14,13 +14,13 @@
 
 use openmls::{
     group::{GroupEpoch, GroupId, PublicGroup, StagedCommit},
+    messages::proposals::Proposal,
     prelude::{
         tls_codec::{Deserialize as _, Serialize as _},
-        ContentType, ExternalProposal, ExternalSender, KeyPackageIn, LeafNode, LeafNodeIndex, MlsMessageBodyIn, MlsMessageIn,
-        ProcessedMessageContent, ProposalStore, ProtocolMessage, ProtocolVersion, RatchetTreeIn, Sender,
+        ContentType, ExternalProposal, ExternalSender, KeyPackageIn, LeafNode, LeafNodeIndex, MlsMessageBodyIn,
+        MlsMessageIn, ProcessedMessageContent, ProposalStore, ProtocolMessage, ProtocolVersion, RatchetTreeIn, Sender,
         SenderExtensionIndex,
     },
-    messages::proposals::Proposal,
 };
 use openmls_traits::{signatures::Signer, OpenMlsProvider};
 
@@ -80,7 +80,11 @@ pub fn check_key_package(bytes: &[u8]) -> Result<CheckedKeyPackage> {
         .map_err(|e| Error::Invalid(format!("no reference: {e}")))?
         .as_slice()
         .to_vec();
-    Ok(CheckedKeyPackage { leaf: leaf_of(key_package.leaf_node(), None)?, reference, last_resort: key_package.last_resort() })
+    Ok(CheckedKeyPackage {
+        leaf: leaf_of(key_package.leaf_node(), None)?,
+        reference,
+        last_resort: key_package.last_resort(),
+    })
 }
 
 /// What a commit changes, checked by openmls and waiting for the server's policy.

@@ -101,8 +101,6 @@ pub mod b64 {
 
     /// Decodes padded or unpadded base64.
     pub fn decode(text: &str) -> super::Result<Vec<u8>> {
-        STANDARD_NO_PAD
-            .decode(text.trim_end_matches('='))
-            .map_err(|_| super::Error::Malformed("not base64".into()))
+        STANDARD_NO_PAD.decode(text.trim_end_matches('=')).map_err(|_| super::Error::Malformed("not base64".into()))
     }
 }

@@ -9,12 +9,14 @@
 //! tries again.
 
 use openmls::{
-    group::{GroupId, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, StagedWelcome, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY},
+    group::{
+        GroupId, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, StagedWelcome, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY,
+    },
     prelude::{
         tls_codec::{Deserialize as _, Serialize as _},
-        Capabilities, CredentialWithKey, Extension, ExtensionType, Extensions, ExternalSender, KeyPackage, KeyPackageIn,
-        LeafNodeIndex, LeafNodeParameters, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, ProcessedMessageContent,
-        ProtocolVersion, RatchetTreeIn, SignaturePublicKey,
+        Capabilities, CredentialWithKey, Extension, ExtensionType, Extensions, ExternalSender, KeyPackage,
+        KeyPackageIn, LeafNodeIndex, LeafNodeParameters, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
+        ProcessedMessageContent, ProtocolVersion, RatchetTreeIn, SignaturePublicKey,
     },
 };
 use openmls_basic_credential::SignatureKeyPair;
@@ -107,7 +109,8 @@ impl Device {
         if last_resort {
             builder = builder.mark_as_last_resort();
         }
-        let bundle = builder.build(CIPHERSUITE, &self.provider, &self.signer, self.credential()).map_err(err("key package"))?;
+        let bundle =
+            builder.build(CIPHERSUITE, &self.provider, &self.signer, self.credential()).map_err(err("key package"))?;
         bundle.key_package().tls_serialize_detached().map_err(err("cannot encode"))
     }
 
@@ -115,8 +118,7 @@ impl Device {
     /// signature key and credential) as the external sender that may propose removals. Returns
     /// the group info (an `MlsMessage`) and the ratchet tree the server starts from.
     pub fn create_group(&self, group_id: &[u8], server: ExternalSender) -> Result<(Vec<u8>, Vec<u8>)> {
-        let extensions =
-            Extensions::single(Extension::ExternalSenders(vec![server])).map_err(err("extensions"))?;
+        let extensions = Extensions::single(Extension::ExternalSenders(vec![server])).map_err(err("extensions"))?;
         let config = MlsGroupCreateConfig::builder()
             .ciphersuite(CIPHERSUITE)
             .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
@@ -182,8 +184,7 @@ impl Device {
     /// Stages a commit of the proposals received (the server's removals).
     pub fn commit_pending(&self, group_id: &[u8]) -> Result<Outgoing> {
         let mut group = self.group(group_id)?;
-        let staged =
-            group.commit_to_pending_proposals(&self.provider, &self.signer).map_err(err("cannot commit"))?;
+        let staged = group.commit_to_pending_proposals(&self.provider, &self.signer).map_err(err("cannot commit"))?;
         Self::outgoing(staged)
     }
 

@@ -23,6 +23,10 @@ pub enum Error {
     /// The request would replace something that exists and may not be replaced (a room alias
     /// taken): the spec's 409 Conflict, with `M_UNKNOWN`.
     Conflict(String),
+    /// An MLS commit or message made in another epoch than its group's current one: 409
+    /// Conflict with `FR_DIPLOMATIE_MLS_WRONG_EPOCH` and the `current_epoch`, so that the
+    /// client catches up and tries again.
+    MlsWrongEpoch { current: u64, got: u64 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -62,6 +66,9 @@ impl Error {
             Error::Internal => StandardErrorBody::new(ErrorKind::Unknown, "Internal server error".into()),
             Error::Remote(message) | Error::Conflict(message) => {
                 StandardErrorBody::new(ErrorKind::Unknown, message.clone())
+            }
+            Error::MlsWrongEpoch { current, got } => {
+                StandardErrorBody::new(ErrorKind::Unknown, format!("The group is at epoch {current}, not {got}"))
             }
         }
     }

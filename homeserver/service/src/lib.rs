@@ -24,6 +24,7 @@ pub mod identity;
 pub mod keys;
 pub mod marks;
 pub mod media;
+pub mod mls;
 pub mod names;
 pub mod notifier;
 pub mod openid;
@@ -109,6 +110,8 @@ pub struct Services {
     pub organisation: Arc<organisation::Organisation>,
     /// Formal correspondence and journals.
     pub correspondence: Arc<correspondence::Correspondence>,
+    /// The MLS delivery service of DR rooms.
+    pub mls: Arc<mls::Mls>,
 }
 
 crate::core::over_core!(Services);
@@ -237,6 +240,10 @@ impl Services {
             directory.clone(),
             membership.clone(),
         ));
+        let mls = Arc::new(
+            mls::Mls::new(c(), rooms.clone(), portal.clone(), accounts.clone(), e2ee.clone())
+                .map_err(|e| anyhow_like::msg(format!("the MLS signing key: {e}")))?,
+        );
 
         // What follows a commit, told to the services that subscribe (the writer names none):
         // notifications and the federation outbox write rows in its transaction; the marks
@@ -288,6 +295,7 @@ impl Services {
             sessions,
             organisation,
             correspondence,
+            mls,
         });
         ephemeral::spawn_typing_expiry(Arc::downgrade(&services.ephemeral));
         // Every process that writes (the server, an import) keeps the write-ahead log short.

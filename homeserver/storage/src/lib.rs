@@ -15,6 +15,7 @@ pub mod e2ee;
 pub mod events;
 pub mod federation;
 pub mod media;
+pub mod mls;
 pub mod org;
 pub mod push;
 pub mod reports;
@@ -82,6 +83,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (12, "conformance", include_str!("../migrations/0012_conformance.sql")),
     (13, "appservices", include_str!("../migrations/0013_appservices.sql")),
     (14, "erasure", include_str!("../migrations/0014_erasure.sql")),
+    (15, "mls", include_str!("../migrations/0015_mls.sql")),
 ];
 
 #[derive(Debug)]

@@ -85,6 +85,16 @@ impl Timeline {
             return Err(Error::bad_json("Redact with the /redact endpoint"));
         }
         check_tombstone(room_id, kind, &content)?;
+        // MLS rooms take messages through the delivery service only (`Mls::send`), which
+        // checks them against the group.
+        if kind.starts_with(diplomatie_mls::MODE_EVENT) {
+            return Err(Error::forbidden("MLS events are sent through /_diplomatie/client/v1/mls"));
+        }
+        if self.rooms.state_event(room_id, &StateEventType::from(diplomatie_mls::MODE_EVENT), "").await?.is_some() {
+            return Err(Error::forbidden(
+                "This room is end-to-end encrypted with MLS: send through /_diplomatie/client/v1/mls",
+            ));
+        }
         self.portal.check_device_for_send(sender, device, room_id).await?;
         let pdu = self
             .rooms
@@ -114,6 +124,9 @@ impl Timeline {
         }
         if kind == "m.room.create" {
             return Err(Error::forbidden("The create event cannot be replaced"));
+        }
+        if kind == diplomatie_mls::MODE_EVENT {
+            return Err(Error::forbidden("A room is an MLS room from its creation (initial_state), or never"));
         }
         if kind == "m.room.canonical_alias" {
             self.check_canonical_alias(room_id, &content).await?;
