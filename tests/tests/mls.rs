@@ -23,6 +23,8 @@ struct MlsDevice {
     client: Client,
     mls: Device,
     since: Option<String>,
+    /// Handshake messages already applied.
+    seen: std::collections::HashSet<String>,
 }
 
 impl MlsDevice {
@@ -43,7 +45,7 @@ impl MlsDevice {
         device_keys["signatures"] =
             json!({ client.user_id.clone(): { format!("ed25519:{}", client.device_id): signature } });
         client.ok(Method::POST, "/_matrix/client/v3/keys/upload", Some(&json!({ "device_keys": device_keys }))).await;
-        MlsDevice { client, mls, since: None }
+        MlsDevice { client, mls, since: None, seen: Default::default() }
     }
 
     async fn upload_key_packages(&self) -> (u16, Value) {
@@ -87,6 +89,9 @@ impl MlsDevice {
                 assert_eq!(self.mls.join(&welcome, &tree).unwrap(), room.as_bytes());
             }
         }
+        if self.mls.epoch(room.as_bytes()).is_some() {
+            self.catch_up(room).await;
+        }
         let mut read = Vec::new();
         let events = v["rooms"]["join"][room]["timeline"]["events"].as_array().cloned().unwrap_or_default();
         for event in events {
@@ -108,15 +113,19 @@ impl MlsDevice {
         read
     }
 
-    /// Applies the commits it missed from the handshake log.
-    async fn catch_up(&self, room: &str) {
+    /// Applies the commits and the server's proposals it missed, from the handshake log.
+    async fn catch_up(&mut self, room: &str) {
         let epoch = self.mls.epoch(room.as_bytes()).unwrap();
         let v = self
             .client
             .ok(Method::GET, &format!("/_diplomatie/client/v1/mls/rooms/{room}/handshakes?from_epoch={epoch}"), None)
             .await;
         for h in v["handshakes"].as_array().unwrap() {
-            let message = b64::decode(h["message"].as_str().unwrap()).unwrap();
+            let text = h["message"].as_str().unwrap();
+            if !self.seen.insert(text.to_owned()) {
+                continue;
+            }
+            let message = b64::decode(text).unwrap();
             self.mls.receive(room.as_bytes(), &message).unwrap();
         }
     }
@@ -347,9 +356,40 @@ async fn dr_rooms_speak_mls_through_the_delivery_service(backend: Backend) {
     assert!(matches!(bob2.commit(&room, &forged).await.0, 400 | 403 | 409));
     assert_eq!(alice.client.ok(Method::GET, &group_path, None).await["epoch"], 3);
 
+    // Alice's second device loses its approval: the server proposes its removal, nothing is
+    // sent until a commit includes it, and the device cannot read what follows.
+    alice2.sync(&room).await;
+    let path = format!(
+        "/_diplomatie/admin/v1/users/{}/devices/{}/clearance",
+        urlencode(&alice2.client.user_id),
+        urlencode(&alice2.client.device_id)
+    );
+    assert_eq!(root.put(&path, &json!({ "dr": false })).await.0, 200);
+    forbidden_mentioning(&alice.send(&room, "too early").await, "removal");
+    let early = alice.mls.update(room.as_bytes()).unwrap();
+    forbidden_mentioning(&alice.commit(&room, &early).await, "removal");
+    alice.mls.discard_pending(room.as_bytes()).unwrap();
+    alice.catch_up(&room).await;
+    let removal = alice.mls.commit_pending(room.as_bytes()).unwrap();
+    let (status, v) = alice.commit(&room, &removal).await;
+    assert_eq!(status, 200, "{v}");
+    alice.mls.merge_pending(room.as_bytes()).unwrap();
+    let group = alice.client.ok(Method::GET, &group_path, None).await;
+    assert_eq!(group["members"].as_array().unwrap().len(), 2);
+    assert!(!group["members"].as_array().unwrap().iter().any(|m| m["device_id"] == alice2.client.device_id));
+    const AFTER: &str = "apres le retrait du poste";
+    let (status, sent) = alice.send(&room, AFTER).await;
+    assert_eq!(status, 200, "{sent}");
+    assert_eq!(bob.sync(&room).await, vec![(alice.client.user_id.clone(), AFTER.to_owned())]);
+    let v = alice2.client.sync(alice2.since.as_deref(), "timeout=0").await;
+    let last = v["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["event_id"], sent["event_id"]);
+    let ciphertext = b64::decode(last["content"]["message"].as_str().unwrap()).unwrap();
+    assert!(alice2.mls.receive(room.as_bytes(), &ciphertext).is_err(), "the removed device reads nothing after");
+
     // After all this, the server holds no plaintext.
     let stored = everything_stored(&server).await;
-    for text in [SECRET, REPLY] {
+    for text in [SECRET, REPLY, AFTER] {
         assert!(!stored.windows(text.len()).any(|w| w == text.as_bytes()), "{text:?} is stored in clear");
     }
     // ...though it does hold the ciphertext events (the check reads what it should).

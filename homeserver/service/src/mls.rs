@@ -342,6 +342,78 @@ impl Mls {
             .collect())
     }
 
+    /// Whether a device may stay in a DR group: its user still in the room (joined or
+    /// invited), cleared DR, the device approved.
+    async fn may_stay(&self, room_id: &RoomId, leaf: &ds::Leaf) -> Result<bool> {
+        let Ok(user) = UserId::parse(&leaf.identity.user_id) else { return Ok(false) };
+        if !matches!(
+            self.rooms.membership(room_id, &user).await?,
+            Some(MembershipState::Join | MembershipState::Invite)
+        ) {
+            return Ok(false);
+        }
+        Ok(self.check_cleared(&user, leaf.identity.device_id.as_str().into()).await.is_ok())
+    }
+
+    /// Proposes, as the group's external sender, the removal of every device that may no
+    /// longer be in it (and is not proposed already); the proposals are logged for members to
+    /// fetch, and the next commit must include them. Called with the group's lock held.
+    async fn enforce(&self, room_id: &RoomId, group: &mut ds::Group) -> Result<usize> {
+        let pending = group.pending_removals();
+        let mut leaving = Vec::new();
+        for leaf in group.members() {
+            if leaf.index.is_some_and(|i| !pending.contains(&i)) && !self.may_stay(room_id, &leaf).await? {
+                leaving.push(leaf);
+            }
+        }
+        if leaving.is_empty() {
+            return Ok(0);
+        }
+        let epoch = group.epoch() as i64;
+        let mut proposals = Vec::new();
+        for leaf in &leaving {
+            let index = leaf.index.unwrap_or_default();
+            proposals.push((leaf, group.propose_removal(index, &self.signer, 0).map_err(refused)?));
+        }
+        let mut tx = self.db.begin().await?;
+        let state = b64::encode(group.save());
+        if !store::update_group(&mut tx, room_id.as_str(), epoch, epoch, &state).await? {
+            return Err(Error::MlsWrongEpoch { current: epoch as u64 + 1, got: epoch as u64 });
+        }
+        for (leaf, message) in &proposals {
+            let text = b64::encode(message);
+            tracing::info!(%room_id, device = %leaf.identity, "MLS: the server proposes a device's removal");
+            store::add_handshake(
+                &mut tx,
+                room_id.as_str(),
+                epoch,
+                "proposal",
+                self.server_name().as_str(),
+                &text,
+                now_ms(),
+            )
+            .await?;
+        }
+        diplomatie_storage::commit(tx).await?;
+        Ok(proposals.len())
+    }
+
+    /// After a change of `user`'s clearance or devices' approvals (or of their rooms): in each
+    /// of their rooms' groups, proposes the removal of the devices that may no longer be in it.
+    pub async fn enforce_clearances(&self, user: &UserId) -> Result<usize> {
+        let mut proposed = 0;
+        for room_id in crate::rooms::joined_rooms(&self.core, user).await? {
+            if store::group(self.db.pool(), room_id.as_str()).await?.is_none() {
+                continue;
+            }
+            let lock = self.lock(&room_id);
+            let _guard = lock.lock().await;
+            let mut group = self.load(&room_id).await?;
+            proposed += self.enforce(&room_id, &mut group).await?;
+        }
+        Ok(proposed)
+    }
+
     /// `POST /mls/rooms/{roomId}/commit`: the first valid commit of an epoch wins. The commit is
     /// checked by MLS (signature, proposals, path), then by the portal: the committer is the
     /// caller's device; added and updated devices are devices of this server bound to their
@@ -363,6 +435,7 @@ impl Mls {
         let lock = self.lock(room_id);
         let _guard = lock.lock().await;
         let mut group = self.load(room_id).await?;
+        self.enforce(room_id, &mut group).await?;
         let checked = group.check_commit(&bytes).map_err(refused)?;
         let caller = Identity::new(user.as_str(), device.as_str());
         if checked.committer.identity != caller {
@@ -397,7 +470,9 @@ impl Mls {
             }
         }
         if !group.includes_pending_removals(&checked) {
-            return Err(Error::forbidden("The commit must include the removals the server proposed"));
+            return Err(Error::forbidden(
+                "The commit must include the removals the server proposed: fetch the handshakes of this epoch",
+            ));
         }
         if !checked.added.is_empty() && welcome.is_none() {
             return Err(Error::missing_param("A commit that adds devices needs their Welcome"));
@@ -471,13 +546,19 @@ impl Mls {
         self.check_mls_member_of_room(room_id, user).await?;
         self.check_cleared(user, device).await?;
         let bytes = b64::decode(message).map_err(refused)?;
-        let group = self.load(room_id).await?;
+        let lock = self.lock(room_id);
+        let guard = lock.lock().await;
+        let mut group = self.load(room_id).await?;
+        self.enforce(room_id, &mut group).await?;
+        drop(guard);
         let caller = Identity::new(user.as_str(), device.as_str());
         if !group.members().iter().any(|m| m.identity == caller) {
             return Err(Error::forbidden("This device is not in the room's MLS group"));
         }
         if !group.pending_removals().is_empty() {
-            return Err(Error::forbidden("A removal the server proposed must be committed first"));
+            return Err(Error::forbidden(
+                "A removal the server proposed must be committed first: fetch the handshakes of this epoch",
+            ));
         }
         let epoch = group.check_application(&bytes).map_err(refused)?;
         let content = json!({ "epoch": epoch, "message": message.trim_end_matches('=') });
