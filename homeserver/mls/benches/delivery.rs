@@ -22,7 +22,8 @@ fn device(i: usize) -> Device {
 }
 
 fn main() {
-    let server = server_external_sender("bench", &ed25519_dalek::SigningKey::from_bytes(&[42; 32]).verifying_key().to_bytes());
+    let server =
+        server_external_sender("bench", &ed25519_dalek::SigningKey::from_bytes(&[42; 32]).verifying_key().to_bytes());
     // Key packages checked per second (what an upload costs the server).
     let d = device(0);
     let packages: Vec<Vec<u8>> = (0..200).map(|_| d.key_package(false).unwrap()).collect();

@@ -315,8 +315,7 @@ impl Mls {
     /// `GET /mls/rooms/{roomId}/group`: the group's epoch, ratchet tree and devices.
     pub async fn group(&self, user: &UserId, room_id: &RoomId) -> Result<GroupView> {
         self.rooms.known_room(room_id).await?;
-        if !matches!(self.rooms.membership(room_id, user).await?, Some(MembershipState::Join | MembershipState::Invite))
-        {
+        if !self.in_room(room_id, user).await? {
             return Err(Error::forbidden("You are not in this room"));
         }
         let group = self.load(room_id).await?;
@@ -331,8 +330,7 @@ impl Mls {
     /// proposals made in `from_epoch` and after, in order.
     pub async fn handshakes(&self, user: &UserId, room_id: &RoomId, from_epoch: i64) -> Result<Vec<HandshakeView>> {
         self.rooms.known_room(room_id).await?;
-        if !matches!(self.rooms.membership(room_id, user).await?, Some(MembershipState::Join | MembershipState::Invite))
-        {
+        if !self.in_room(room_id, user).await? {
             return Err(Error::forbidden("You are not in this room"));
         }
         let rows = store::handshakes_since(self.db.pool(), room_id.as_str(), from_epoch, HANDSHAKES_PER_PAGE).await?;
@@ -342,14 +340,17 @@ impl Mls {
             .collect())
     }
 
+    /// Whether a user is joined to the room or invited to it.
+    async fn in_room(&self, room_id: &RoomId, user: &UserId) -> Result<bool> {
+        let membership = self.rooms.membership(room_id, user).await?;
+        Ok(matches!(membership, Some(MembershipState::Join | MembershipState::Invite)))
+    }
+
     /// Whether a device may stay in a DR group: its user still in the room (joined or
     /// invited), cleared DR, the device approved.
     async fn may_stay(&self, room_id: &RoomId, leaf: &ds::Leaf) -> Result<bool> {
         let Ok(user) = UserId::parse(&leaf.identity.user_id) else { return Ok(false) };
-        if !matches!(
-            self.rooms.membership(room_id, &user).await?,
-            Some(MembershipState::Join | MembershipState::Invite)
-        ) {
+        if !self.in_room(room_id, &user).await? {
             return Ok(false);
         }
         Ok(self.check_cleared(&user, leaf.identity.device_id.as_str().into()).await.is_ok())
@@ -447,10 +448,7 @@ impl Mls {
         let pending = group.pending_removals();
         for leaf in checked.added.iter().chain(&checked.updated) {
             let (u, d) = self.check_binding(leaf).await?;
-            if !matches!(
-                self.rooms.membership(room_id, &u).await?,
-                Some(MembershipState::Join | MembershipState::Invite)
-            ) {
+            if !self.in_room(room_id, &u).await? {
                 return Err(Error::forbidden(format!("{u} is not in the room")));
             }
             self.check_cleared(&u, &d).await?;
@@ -459,10 +457,7 @@ impl Mls {
             let proposed = leaf.index.is_some_and(|i| pending.contains(&i));
             let own = leaf.identity.user_id == user.as_str();
             let gone = match UserId::parse(&leaf.identity.user_id) {
-                Ok(u) => !matches!(
-                    self.rooms.membership(room_id, &u).await?,
-                    Some(MembershipState::Join | MembershipState::Invite)
-                ),
+                Ok(u) => !self.in_room(room_id, &u).await?,
                 Err(_) => true,
             };
             if !(proposed || own || gone) {
@@ -486,7 +481,7 @@ impl Mls {
         if !store::update_group(&mut tx, room_id.as_str(), from as i64, epoch as i64, &state).await? {
             return Err(Error::MlsWrongEpoch { current: from + 1, got: from });
         }
-        store::add_handshake(&mut tx, room_id.as_str(), from as i64, "commit", caller_text(&caller), commit, now_ms())
+        store::add_handshake(&mut tx, room_id.as_str(), from as i64, "commit", &caller.user_id, commit, now_ms())
             .await?;
         diplomatie_storage::commit(tx).await?;
         let content = json!({ "epoch": from, "message": commit.trim_end_matches('=') });
@@ -573,8 +568,4 @@ impl Mls {
             .await?;
         Ok(pdu.event_id.clone())
     }
-}
-
-fn caller_text(identity: &Identity) -> &str {
-    &identity.user_id
 }
