@@ -93,6 +93,8 @@ pub struct Room {
     pub encrypted: bool,
     /// Messages were already sent in it.
     pub has_content: bool,
+    /// End-to-end encrypted with MLS (set at its creation): only the delivery service's events.
+    pub mls: bool,
 }
 
 /// How a person would come into a room.
@@ -133,15 +135,11 @@ fn refuse(reason: impl Into<String>) -> Decision {
 
 /// Message types a DR room accepts outside encryption: the envelope of encrypted content, and
 /// redactions (which carry nothing but a reference).
-/// Message events a DR room accepts: encrypted (Megolm, or MLS ciphertext), redactions, and
-/// the MLS handshakes (public key material, no content), which only the server writes.
-const CLEAR_TYPES_IN_DR: &[&str] = &[
-    "m.room.encrypted",
-    "m.room.redaction",
-    "fr.diplomatie.mls.message",
-    "fr.diplomatie.mls.commit",
-    "fr.diplomatie.mls.proposal",
-];
+const CLEAR_TYPES_IN_DR: &[&str] = &["m.room.encrypted", "m.room.redaction"];
+
+/// Message types an MLS room accepts: MLS ciphertext and commits (public key material, no
+/// content), which only the delivery service writes, and redactions.
+const MLS_TYPES: &[&str] = &["fr.diplomatie.mls.message", "fr.diplomatie.mls.commit", "m.room.redaction"];
 
 /// May `person` come into `room` (invite, join, knock, including a join allowed through a
 /// restricted space)?
@@ -166,6 +164,12 @@ pub fn may_enter(person: Person, room: Room, entry: Entry) -> Decision {
 /// May a message event of `event_type` be sent into `room` from a device whose DR flag is
 /// `device_dr`? State events are judged by [`may_set_state`].
 pub fn may_send(room: Room, event_type: &str, device_dr: bool, require_dr_device: bool) -> Decision {
+    if room.mls {
+        if !MLS_TYPES.contains(&event_type) {
+            return refuse("This room is end-to-end encrypted with MLS: send through /_diplomatie/client/v1/mls");
+        }
+        return Ok(());
+    }
     if room.classification != Level::DR {
         return Ok(());
     }
@@ -375,9 +379,12 @@ mod tests {
     const DR_AGENT: Person = Person { clearance: Level::DR, kind: AccountKind::Agent };
     const EXTERNAL: Person = Person { clearance: Level::NP, kind: AccountKind::External };
 
-    const NP_ROOM: Room = Room { classification: Level::NP, externals: false, encrypted: false, has_content: false };
-    const OPEN_ROOM: Room = Room { classification: Level::NP, externals: true, encrypted: false, has_content: true };
-    const DR_ROOM: Room = Room { classification: Level::DR, externals: false, encrypted: true, has_content: true };
+    const NP_ROOM: Room =
+        Room { classification: Level::NP, externals: false, encrypted: false, has_content: false, mls: false };
+    const OPEN_ROOM: Room =
+        Room { classification: Level::NP, externals: true, encrypted: false, has_content: true, mls: false };
+    const DR_ROOM: Room =
+        Room { classification: Level::DR, externals: false, encrypted: true, has_content: true, mls: false };
 
     #[test]
     fn who_may_enter() {
@@ -418,6 +425,7 @@ mod tests {
 
     #[test]
     fn what_may_be_sent() {
+        const MLS_ROOM: Room = Room { mls: true, ..DR_ROOM };
         let table: &[(Room, &str, bool, bool, bool)] = &[
             // room, type, device flag, flag required, allowed
             (NP_ROOM, "m.room.message", false, true, true),
@@ -429,6 +437,12 @@ mod tests {
             (DR_ROOM, "m.room.encrypted", false, true, false),
             (DR_ROOM, "m.room.encrypted", false, false, true),
             (DR_ROOM, "m.room.message", false, false, false),
+            // An MLS room takes the delivery service's events only.
+            (MLS_ROOM, "m.room.encrypted", true, true, false),
+            (MLS_ROOM, "m.room.message", true, true, false),
+            (MLS_ROOM, "fr.diplomatie.mls.message", true, true, true),
+            (MLS_ROOM, "fr.diplomatie.mls.commit", true, true, true),
+            (MLS_ROOM, "m.room.redaction", true, true, true),
         ];
         for &(room, kind, device, required, allowed) in table {
             assert_eq!(may_send(room, kind, device, required).is_ok(), allowed, "{room:?} {kind} {device} {required}");

@@ -31,8 +31,7 @@ impl MlsDevice {
     async fn new(client: Client) -> MlsDevice {
         let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
         let public = key.verifying_key().to_bytes();
-        let mls =
-            Device::new(Identity::new(&client.user_id, &client.device_id), &key.to_bytes(), &public, None).unwrap();
+        let mls = Device::new(Identity::new(&client.user_id, &client.device_id), &key.to_bytes(), None).unwrap();
         let mut device_keys = json!({
             "user_id": client.user_id,
             "device_id": client.device_id,
@@ -131,6 +130,12 @@ impl MlsDevice {
     }
 }
 
+/// A device with a key of its own (not the one the server holds for that device), naming
+/// `who`'s device: a forger.
+fn forger(who: &Client, seed: u8) -> Device {
+    Device::new(Identity::new(&who.user_id, &who.device_id), &[seed; 32], None).unwrap()
+}
+
 async fn clear(root: &Client, user: &Client, device: Option<&str>) {
     let path = match device {
         None => format!("/_diplomatie/admin/v1/users/{}/clearance", urlencode(&user.user_id)),
@@ -207,13 +212,7 @@ async fn dr_rooms_speak_mls_through_the_delivery_service(backend: Backend) {
         assert_eq!((status, v["count"].as_i64()), (200, Some(2)), "{v}");
     }
     // A key package must name the uploader's own device, signed with that device's key.
-    let someone_else = Device::new(
-        Identity::new(&alice.client.user_id, &alice.client.device_id),
-        &[7; 32],
-        &ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key().to_bytes(),
-        None,
-    )
-    .unwrap();
+    let someone_else = forger(&alice.client, 7);
     let forged = json!({ "key_packages": [b64::encode(someone_else.key_package(false).unwrap())] });
     forbidden_mentioning(&bob.client.post("/_diplomatie/client/v1/mls/key_packages", &forged).await, "uploading");
     forbidden_mentioning(&alice.client.post("/_diplomatie/client/v1/mls/key_packages", &forged).await, "key");
@@ -344,13 +343,7 @@ async fn dr_rooms_speak_mls_through_the_delivery_service(backend: Backend) {
     c.commit[20] ^= 0x40;
     assert!(matches!(alice.commit(&room, &c).await.0, 400 | 409));
     alice.mls.discard_pending(room.as_bytes()).unwrap();
-    let outsider = Device::new(
-        Identity::new(&bob2.client.user_id, &bob2.client.device_id),
-        &[9; 32],
-        &ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key().to_bytes(),
-        None,
-    )
-    .unwrap();
+    let outsider = forger(&bob2.client, 9);
     outsider.create_group(room.as_bytes(), server_external_sender("localhost", &server_key)).unwrap();
     let forged = outsider.update(room.as_bytes()).unwrap();
     assert!(matches!(bob2.commit(&room, &forged).await.0, 400 | 403 | 409));
@@ -386,6 +379,48 @@ async fn dr_rooms_speak_mls_through_the_delivery_service(backend: Backend) {
     assert_eq!(last["event_id"], sent["event_id"]);
     let ciphertext = b64::decode(last["content"]["message"].as_str().unwrap()).unwrap();
     assert!(alice2.mls.receive(room.as_bytes(), &ciphertext).is_err(), "the removed device reads nothing after");
+
+    // Bad input answers the spec's errors.
+    let commit_path = format!("/_diplomatie/client/v1/mls/rooms/{room}/commit");
+    let (status, v) = alice.client.raw(Method::POST, &commit_path, b"{not json".to_vec()).await;
+    assert_error(&(status, v), 400, "M_NOT_JSON");
+    assert_error(&alice.client.post(&commit_path, &json!({})).await, 400, "M_MISSING_PARAM");
+    assert_error(&alice.client.post(&commit_path, &json!({ "commit": "%%%" })).await, 400, "M_BAD_JSON");
+    assert_error(&alice.client.post(&commit_path, &json!({ "commit": "AAAA" })).await, 400, "M_BAD_JSON");
+    assert_error(
+        &alice.client.get("/_diplomatie/client/v1/mls/rooms/!nowhere:localhost/group").await,
+        404,
+        "M_NOT_FOUND",
+    );
+    let plain = alice.client.create_room(json!({ "preset": "private_chat" })).await;
+    forbidden_mentioning(
+        &alice
+            .client
+            .put(&format!("/_diplomatie/client/v1/mls/rooms/{plain}/send/p1"), &json!({ "message": "AAAA" }))
+            .await,
+        "not an MLS room",
+    );
+    assert_eq!(
+        alice.client.get(&format!("/_diplomatie/client/v1/mls/rooms/{room}/handshakes?from_epoch=x")).await.0,
+        400
+    );
+    assert_error(&server.client().get("/_diplomatie/client/v1/mls/config").await, 401, "M_MISSING_TOKEN");
+
+    // Bob leaves the room: the server proposes the removal of his device on its own.
+    assert_eq!(bob.client.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), &json!({})).await.0, 200);
+    let epoch = alice.mls.epoch(room.as_bytes()).unwrap();
+    let handshakes = format!("/_diplomatie/client/v1/mls/rooms/{room}/handshakes?from_epoch={epoch}");
+    let mut proposed = false;
+    for _ in 0..100 {
+        let v = alice.client.ok(Method::GET, &handshakes, None).await;
+        if v["handshakes"].as_array().unwrap().iter().any(|h| h["kind"] == "proposal") {
+            proposed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(proposed, "a departed member's device is proposed for removal");
+    forbidden_mentioning(&alice.send(&room, "bob is gone").await, "removal");
 
     // After all this, the server holds no plaintext.
     let stored = everything_stored(&server).await;

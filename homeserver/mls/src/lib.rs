@@ -31,9 +31,6 @@ pub const MESSAGE_EVENT: &str = "fr.diplomatie.mls.message";
 /// A Welcome for a device that a commit added, as a to-device message:
 /// `{"room_id", "epoch", "welcome"}`.
 pub const WELCOME_EVENT: &str = "fr.diplomatie.mls.welcome";
-/// A Remove the server proposed as the group's external sender, as a room event:
-/// `{"epoch", "message", "user_id", "device_id"}`.
-pub const PROPOSAL_EVENT: &str = "fr.diplomatie.mls.proposal";
 
 /// Who a leaf of a group is: a Matrix user's device. A leaf's credential is a basic
 /// credential whose identity is this value's JSON, and its signature key is the device's

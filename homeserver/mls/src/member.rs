@@ -68,11 +68,12 @@ pub struct Device {
 impl Device {
     /// A device whose MLS signing key is its Matrix ed25519 key (`seed`: the key's 32 secret
     /// bytes), with the state `saved` by [`Device::save`] (or none, for a new device).
-    pub fn new(identity: Identity, seed: &[u8; 32], public: &[u8; 32], saved: Option<&[u8]>) -> Result<Device> {
+    pub fn new(identity: Identity, seed: &[u8; 32], saved: Option<&[u8]>) -> Result<Device> {
         let provider = match saved {
             Some(bytes) => Provider::load(bytes)?,
             None => Provider::default(),
         };
+        let public = ed25519_dalek::SigningKey::from_bytes(seed).verifying_key().to_bytes();
         let signer = SignatureKeyPair::from_raw(SignatureScheme::ED25519, seed.to_vec(), public.to_vec());
         Ok(Device { identity, provider, signer })
     }

@@ -14,7 +14,7 @@ const GROUP: &[u8] = b"!dr:diplomatie.test";
 
 fn device(user: &str, device: &str) -> Device {
     let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-    Device::new(Identity::new(user, device), &key.to_bytes(), &key.verifying_key().to_bytes(), None).unwrap()
+    Device::new(Identity::new(user, device), &key.to_bytes(), None).unwrap()
 }
 
 struct Server {

@@ -260,6 +260,7 @@ impl Services {
                 Box::new(e2ee::MembershipPositions(Arc::downgrade(&e2ee))),
                 Box::new(search::Indexer(Arc::downgrade(&search))),
                 Box::new(correspondence::worker::Drafts(Arc::downgrade(&correspondence))),
+                Box::new(mls::MlsMembers(Arc::downgrade(&mls))),
             ],
         });
 

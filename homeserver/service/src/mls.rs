@@ -7,7 +7,7 @@
 //! (`{"mode": "mls"}`); its group id is the room id. The MLS checks are `diplomatie-mls`'s; this
 //! module adds what the server knows: which device a leaf is (its signature key must be the
 //! device's Matrix ed25519 key), who is in the room, who is cleared DR and which devices are
-//! approved. Clients may not send other message events into an MLS room (`Timeline`).
+//! approved. The portal's rules refuse any other message event in an MLS room.
 
 use std::{collections::HashMap, path::Path, sync::Arc};
 
@@ -35,7 +35,7 @@ use crate::{
     Error, Result,
 };
 
-pub use diplomatie_mls::{COMMIT_EVENT, MESSAGE_EVENT, MODE_EVENT, PROPOSAL_EVENT, WELCOME_EVENT};
+pub use diplomatie_mls::{COMMIT_EVENT, MESSAGE_EVENT, MODE_EVENT, WELCOME_EVENT};
 
 /// Most key packages a device may upload at once, and keep.
 const MAX_KEY_PACKAGES: usize = 100;
@@ -234,18 +234,17 @@ impl Mls {
         devices: Option<&[OwnedDeviceId]>,
     ) -> Result<HashMap<OwnedDeviceId, String>> {
         let mut claimed = HashMap::new();
+        let mut tx = self.db.begin().await?;
         for d in self.accounts.devices(user).await? {
             let id: OwnedDeviceId = d.device_id.as_str().into();
             if devices.is_some_and(|ds| !ds.contains(&id)) {
                 continue;
             }
-            let mut tx = self.db.begin().await?;
-            let package = store::claim_key_package(&mut tx, user.as_str(), id.as_str()).await?;
-            diplomatie_storage::commit(tx).await?;
-            if let Some(p) = package {
+            if let Some(p) = store::claim_key_package(&mut tx, user.as_str(), id.as_str()).await? {
                 claimed.insert(id, p);
             }
         }
+        diplomatie_storage::commit(tx).await?;
         Ok(claimed)
     }
 
@@ -404,15 +403,20 @@ impl Mls {
     pub async fn enforce_clearances(&self, user: &UserId) -> Result<usize> {
         let mut proposed = 0;
         for room_id in crate::rooms::joined_rooms(&self.core, user).await? {
-            if store::group(self.db.pool(), room_id.as_str()).await?.is_none() {
-                continue;
-            }
-            let lock = self.lock(&room_id);
-            let _guard = lock.lock().await;
-            let mut group = self.load(&room_id).await?;
-            proposed += self.enforce(&room_id, &mut group).await?;
+            proposed += self.enforce_room(&room_id).await?;
         }
         Ok(proposed)
+    }
+
+    /// [`Mls::enforce`] in one room, if it has a group.
+    async fn enforce_room(&self, room_id: &RoomId) -> Result<usize> {
+        if store::group(self.db.pool(), room_id.as_str()).await?.is_none() {
+            return Ok(0);
+        }
+        let lock = self.lock(room_id);
+        let _guard = lock.lock().await;
+        let mut group = self.load(room_id).await?;
+        self.enforce(room_id, &mut group).await
     }
 
     /// `POST /mls/rooms/{roomId}/commit`: the first valid commit of an epoch wins. The commit is
@@ -521,9 +525,10 @@ impl Mls {
             .await
     }
 
-    /// `POST /mls/rooms/{roomId}/send/{txnId}`: an application message of a device in the
+    /// `PUT /mls/rooms/{roomId}/send/{txnId}`: an application message of a device in the
     /// group, in its current epoch, while no removal the server proposed waits for its commit;
-    /// sent into the room as ciphertext.
+    /// sent into the room as ciphertext. Removals are proposed when their cause happens (a
+    /// clearance changed, a member gone: [`MlsMembers`]) and at each commit, not here.
     pub async fn send(
         &self,
         user: &UserId,
@@ -541,11 +546,7 @@ impl Mls {
         self.check_mls_member_of_room(room_id, user).await?;
         self.check_cleared(user, device).await?;
         let bytes = b64::decode(message).map_err(refused)?;
-        let lock = self.lock(room_id);
-        let guard = lock.lock().await;
-        let mut group = self.load(room_id).await?;
-        self.enforce(room_id, &mut group).await?;
-        drop(guard);
+        let group = self.load(room_id).await?;
         let caller = Identity::new(user.as_str(), device.as_str());
         if !group.members().iter().any(|m| m.identity == caller) {
             return Err(Error::forbidden("This device is not in the room's MLS group"));
@@ -567,5 +568,32 @@ impl Mls {
             )
             .await?;
         Ok(pdu.event_id.clone())
+    }
+}
+
+/// Hears of members leaving rooms (leave, kick, ban): in an MLS room, the server then proposes
+/// the removal of their devices from its group, so that they read nothing sent after.
+pub(crate) struct MlsMembers(pub(crate) std::sync::Weak<Mls>);
+
+impl crate::rooms::commit::Subscriber for MlsMembers {
+    fn published(&self, batch: &crate::rooms::commit::Batch<'_>, _at: &crate::rooms::commit::Committed<'_>) {
+        let rooms: std::collections::BTreeSet<&RoomId> = batch
+            .events
+            .iter()
+            .filter(|p| matches!(p.membership(), Some(MembershipState::Leave | MembershipState::Ban)))
+            .map(|p| &*p.room_id)
+            .collect();
+        if rooms.is_empty() {
+            return;
+        }
+        let Some(mls) = self.0.upgrade() else { return };
+        for room_id in rooms {
+            let (mls, room_id) = (mls.clone(), room_id.to_owned());
+            tokio::spawn(async move {
+                if let Err(e) = mls.enforce_room(&room_id).await {
+                    tracing::warn!(%room_id, error = ?e, "MLS: cannot propose the removal of a departed member");
+                }
+            });
+        }
     }
 }

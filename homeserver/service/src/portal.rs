@@ -128,6 +128,7 @@ impl Clearances {
             }
         }
         room.encrypted = event("m.room.encryption").is_some();
+        room.mls = event(diplomatie_mls::MODE_EVENT).is_some();
         Ok(room)
     }
 

@@ -250,9 +250,18 @@ pub async fn rename_device<'e>(e: impl Exec<'e>, user_id: &str, device_id: &str,
     Ok(done.rows_affected() > 0)
 }
 
-/// Everything bound to a device: its row, its tokens, its keys, its pending to-device messages.
-const DEVICE_TABLES: [&str; 7] =
-    ["devices", "access_tokens", "refresh_tokens", "device_keys", "one_time_keys", "fallback_keys", "to_device"];
+/// Everything bound to a device: its row, its tokens, its keys (MLS key packages too), its
+/// pending to-device messages.
+const DEVICE_TABLES: [&str; 8] = [
+    "devices",
+    "access_tokens",
+    "refresh_tokens",
+    "device_keys",
+    "one_time_keys",
+    "fallback_keys",
+    "mls_key_packages",
+    "to_device",
+];
 
 /// Removes a device with everything bound to it. Run it inside a transaction.
 pub async fn delete_device(conn: &mut crate::Connection, user_id: &str, device_id: &str) -> Result<()> {

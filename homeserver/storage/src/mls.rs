@@ -75,16 +75,6 @@ pub async fn claim_key_package(conn: &mut Connection, user_id: &str, device_id: 
     Ok(kept.map(|(p,)| p))
 }
 
-/// Forgets a device's key packages (the device was deleted).
-pub async fn delete_key_packages<'e>(e: impl Exec<'e>, user_id: &str, device_id: &str) -> Result<()> {
-    sqlx::query("DELETE FROM mls_key_packages WHERE user_id = $1 AND device_id = $2")
-        .bind(user_id)
-        .bind(device_id)
-        .execute(e)
-        .await?;
-    Ok(())
-}
-
 /// A room's group: (epoch, saved public state).
 pub async fn group<'e>(e: impl Exec<'e>, room_id: &str) -> Result<Option<(i64, String)>> {
     Ok(sqlx::query_as("SELECT epoch, state FROM mls_groups WHERE room_id = $1").bind(room_id).fetch_optional(e).await?)
