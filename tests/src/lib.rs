@@ -452,3 +452,50 @@ macro_rules! backend_tests {
         )*
     };
 }
+
+/// Clears `user` for DR (an administrator's call), or with `device`, approves that device of
+/// theirs for DR.
+pub async fn clear_dr(root: &Client, user_id: &str, device: Option<&str>) {
+    let path = match device {
+        None => format!("/_diplomatie/admin/v1/users/{}/clearance", urlencode(user_id)),
+        Some(d) => format!("/_diplomatie/admin/v1/users/{}/devices/{}/clearance", urlencode(user_id), urlencode(d)),
+    };
+    let body = if device.is_some() { json!({ "dr": true }) } else { json!({ "clearance": "DR" }) };
+    let (status, v) = root.put(&path, &body).await;
+    assert_eq!(status, 200, "{v}");
+}
+
+/// Every byte the server keeps: its data directory's files (database, search index) and, on
+/// PostgreSQL, every row of every table as text.
+pub async fn everything_stored(server: &TestServer) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut dirs = vec![server.data_dir.path().to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                all.extend(std::fs::read(&path).unwrap_or_default());
+            }
+        }
+    }
+    if server.backend == Backend::Postgres {
+        use sqlx::{Connection, Row};
+        let mut pg = sqlx::PgConnection::connect(&server.database_url).await.unwrap();
+        let tables: Vec<String> =
+            sqlx::query("SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'")
+                .fetch_all(&mut pg)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+        for table in tables {
+            for row in sqlx::query(&format!("SELECT t::text FROM \"{table}\" t")).fetch_all(&mut pg).await.unwrap() {
+                all.extend(row.get::<String, _>(0).into_bytes());
+            }
+        }
+    }
+    all
+}

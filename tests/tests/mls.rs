@@ -9,7 +9,9 @@ use diplomatie_mls::{
     member::{server_external_sender, Device, Received},
     Identity,
 };
-use diplomatie_tests::{assert_error, backend_tests, urlencode, Backend, Client, TestServer};
+use diplomatie_tests::{
+    assert_error, backend_tests, clear_dr, everything_stored, urlencode, Backend, Client, TestServer,
+};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -82,10 +84,8 @@ impl MlsDevice {
         for event in v["to_device"]["events"].as_array().into_iter().flatten() {
             if event["type"] == "fr.diplomatie.mls.welcome" && event["content"]["room_id"] == room {
                 let welcome = b64::decode(event["content"]["welcome"].as_str().unwrap()).unwrap();
-                let group =
-                    self.client.ok(Method::GET, &format!("/_diplomatie/client/v1/mls/rooms/{room}/group"), None).await;
-                let tree = b64::decode(group["ratchet_tree"].as_str().unwrap()).unwrap();
-                assert_eq!(self.mls.join(&welcome, &tree).unwrap(), room.as_bytes());
+                // The Welcome carries the ratchet tree of its epoch.
+                assert_eq!(self.mls.join(&welcome, None).unwrap(), room.as_bytes());
             }
         }
         if self.mls.epoch(room.as_bytes()).is_some() {
@@ -136,57 +136,10 @@ fn forger(who: &Client, seed: u8) -> Device {
     Device::new(Identity::new(&who.user_id, &who.device_id), &[seed; 32], None).unwrap()
 }
 
-async fn clear(root: &Client, user: &Client, device: Option<&str>) {
-    let path = match device {
-        None => format!("/_diplomatie/admin/v1/users/{}/clearance", urlencode(&user.user_id)),
-        Some(d) => {
-            format!("/_diplomatie/admin/v1/users/{}/devices/{}/clearance", urlencode(&user.user_id), urlencode(d))
-        }
-    };
-    let body = if device.is_some() { json!({ "dr": true }) } else { json!({ "clearance": "DR" }) };
-    let (status, v) = root.put(&path, &body).await;
-    assert_eq!(status, 200, "{v}");
-}
-
 fn forbidden_mentioning(resp: &(u16, Value), words: &str) {
     assert_error(resp, 403, "M_FORBIDDEN");
     let error = resp.1["error"].as_str().unwrap_or_default();
     assert!(error.contains(words), "the refusal says why ({words}): {error}");
-}
-
-/// Every byte the server keeps: its data directory's files (database, search index) and, on
-/// PostgreSQL, every row of every table as text.
-async fn everything_stored(server: &TestServer) -> Vec<u8> {
-    let mut all = Vec::new();
-    let mut dirs = vec![server.data_dir.path().to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else {
-                all.extend(std::fs::read(&path).unwrap_or_default());
-            }
-        }
-    }
-    if server.backend == Backend::Postgres {
-        use sqlx::{Connection, Row};
-        let mut pg = sqlx::PgConnection::connect(&server.database_url).await.unwrap();
-        let tables: Vec<String> =
-            sqlx::query("SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'")
-                .fetch_all(&mut pg)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-        for table in tables {
-            for row in sqlx::query(&format!("SELECT t::text FROM \"{table}\" t")).fetch_all(&mut pg).await.unwrap() {
-                all.extend(row.get::<String, _>(0).into_bytes());
-            }
-        }
-    }
-    all
 }
 
 async fn dr_rooms_speak_mls_through_the_delivery_service(backend: Backend) {
@@ -197,11 +150,11 @@ async fn dr_rooms_speak_mls_through_the_delivery_service(backend: Backend) {
     let alice2_client = server.login("alice", "correct horse").await;
     let bob2_client = server.login("bob", "correct horse").await;
     for user in [&alice_client, &bob_client] {
-        clear(&root, user, None).await;
+        clear_dr(&root, &user.user_id, None).await;
     }
     // Bob's second device is not approved for DR.
     for device in [&alice_client, &alice2_client, &bob_client] {
-        clear(&root, device, Some(&device.device_id)).await;
+        clear_dr(&root, &device.user_id, Some(&device.device_id)).await;
     }
     let mut alice = MlsDevice::new(alice_client).await;
     let mut alice2 = MlsDevice::new(alice2_client).await;

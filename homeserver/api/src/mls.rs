@@ -56,6 +56,8 @@ pub async fn upload(State(s): S, parts: Parts, body: axum::body::Bytes) -> Resul
 struct Claim {
     user_id: OwnedUserId,
     device_ids: Option<Vec<OwnedDeviceId>>,
+    /// Only the devices that may join this room's group.
+    room_id: Option<OwnedRoomId>,
 }
 
 #[derive(Serialize)]
@@ -63,11 +65,14 @@ struct Claimed {
     key_packages: HashMap<OwnedDeviceId, String>,
 }
 
-/// `POST /mls/key_packages/claim` `{"user_id", "device_ids"?}`: one key package per device.
+/// `POST /mls/key_packages/claim` `{"user_id", "device_ids"?, "room_id"?}`: one key package
+/// per device (with `room_id`, per device that may join that room's group).
 pub async fn claim(State(s): S, parts: Parts, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    caller(&s, &parts).await?;
+    let c = caller(&s, &parts).await?;
     let req: Claim = parse_body(&body)?;
-    to_json(Claimed { key_packages: s.mls.claim_key_packages(&req.user_id, req.device_ids.as_deref()).await? })
+    let claimed =
+        s.mls.claim_key_packages(&c.user_id, &req.user_id, req.device_ids.as_deref(), req.room_id.as_deref()).await?;
+    to_json(Claimed { key_packages: claimed })
 }
 
 #[derive(Deserialize)]

@@ -124,6 +124,9 @@ impl Device {
             .ciphersuite(CIPHERSUITE)
             .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
             .max_past_epochs(PAST_EPOCHS)
+            // Welcomes carry the ratchet tree of their epoch: a device that opens one later,
+            // after further commits, needs that tree, not the group's current one.
+            .use_ratchet_tree_extension(true)
             .with_group_context_extensions(extensions)
             .build();
         let group = MlsGroup::new_with_group_id(
@@ -202,15 +205,18 @@ impl Device {
         group.clear_pending_commit(self.provider.storage()).map_err(err("cannot discard"))
     }
 
-    /// Joins a group by a Welcome (an `MlsMessage`) and the group's ratchet tree; returns the
-    /// group's id.
-    pub fn join(&self, welcome: &[u8], ratchet_tree: &[u8]) -> Result<Vec<u8>> {
+    /// Joins a group by a Welcome (an `MlsMessage`), with the group's ratchet tree at the
+    /// Welcome's epoch unless the Welcome carries it (the portal's groups' Welcomes do);
+    /// returns the group's id.
+    pub fn join(&self, welcome: &[u8], ratchet_tree: Option<&[u8]>) -> Result<Vec<u8>> {
         let welcome = match MlsMessageIn::tls_deserialize_exact(welcome).map_err(err("not an MLS message"))?.extract() {
             MlsMessageBodyIn::Welcome(w) => w,
             _ => return Err(Error::Malformed("not a Welcome".into())),
         };
-        let tree = RatchetTreeIn::tls_deserialize_exact(ratchet_tree).map_err(err("not a ratchet tree"))?;
-        let group = StagedWelcome::new_from_welcome(&self.provider, &Self::join_config(), welcome, Some(tree))
+        let tree = ratchet_tree
+            .map(|t| RatchetTreeIn::tls_deserialize_exact(t).map_err(err("not a ratchet tree")))
+            .transpose()?;
+        let group = StagedWelcome::new_from_welcome(&self.provider, &Self::join_config(), welcome, tree)
             .map_err(err("the Welcome does not open"))?
             .into_group(&self.provider)
             .map_err(err("cannot join"))?;
@@ -259,6 +265,19 @@ impl Device {
     /// The group's current epoch, if this device is in it.
     pub fn epoch(&self, group_id: &[u8]) -> Option<u64> {
         self.group(group_id).ok().map(|g| g.epoch().as_u64())
+    }
+
+    /// Whether proposals received (the server's removals) wait for a commit.
+    pub fn has_pending_proposals(&self, group_id: &[u8]) -> bool {
+        self.group(group_id).is_ok_and(|g| g.pending_proposals().next().is_some())
+    }
+
+    /// Forgets a group (after leaving its room): its secrets are deleted.
+    pub fn forget(&self, group_id: &[u8]) -> Result<()> {
+        match MlsGroup::load(self.provider.storage(), &GroupId::from_slice(group_id)) {
+            Ok(Some(mut group)) => group.delete(self.provider.storage()).map_err(err("cannot delete")),
+            _ => Ok(()),
+        }
     }
 
     /// The devices of the group, as this device sees it.

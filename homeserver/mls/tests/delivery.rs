@@ -69,7 +69,7 @@ fn a_group_lives_through_the_delivery_service() {
     ds.merge(staged).unwrap();
     assert_eq!(ds.epoch(), 1);
     assert_eq!(alice.merge_pending(GROUP).unwrap(), 1);
-    assert_eq!(bob.join(&add.welcome.unwrap(), &ds.ratchet_tree()).unwrap(), GROUP);
+    assert_eq!(bob.join(&add.welcome.unwrap(), Some(&ds.ratchet_tree())).unwrap(), GROUP);
     assert_eq!(bob.epoch(GROUP), Some(1));
 
     // The state survives a save and a load, on both sides.

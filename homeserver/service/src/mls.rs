@@ -227,17 +227,30 @@ impl Mls {
     }
 
     /// `POST /mls/key_packages/claim`: one key package per device of `user` that has one
-    /// (only `devices`, if given).
+    /// (only `devices`, if given). With `for_room`, only the devices that may join that room's
+    /// group (the user in the room, cleared DR, the device approved), so that a client adding
+    /// a user takes no key package of a device the commit would be refused for.
     pub async fn claim_key_packages(
         &self,
+        caller: &UserId,
         user: &UserId,
         devices: Option<&[OwnedDeviceId]>,
+        for_room: Option<&RoomId>,
     ) -> Result<HashMap<OwnedDeviceId, String>> {
+        if let Some(room_id) = for_room {
+            self.check_mls_member_of_room(room_id, caller).await?;
+            if !self.in_room(room_id, user).await? {
+                return Err(Error::forbidden(format!("{user} is neither joined to this room nor invited")));
+            }
+        }
         let mut claimed = HashMap::new();
         let mut tx = self.db.begin().await?;
         for d in self.accounts.devices(user).await? {
             let id: OwnedDeviceId = d.device_id.as_str().into();
             if devices.is_some_and(|ds| !ds.contains(&id)) {
+                continue;
+            }
+            if for_room.is_some() && self.check_cleared(user, &id).await.is_err() {
                 continue;
             }
             if let Some(p) = store::claim_key_package(&mut tx, user.as_str(), id.as_str()).await? {

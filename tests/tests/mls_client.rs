@@ -1,0 +1,144 @@
+//! The DR rooms' MLS client (`clients/mls`: its library and its command line) against the real
+//! server: log in, create a DR room, invite and add a user's approved devices only, messages
+//! both ways, a restart from the store, two devices rotating their keys at once, an approval
+//! withdrawn (the client commits the server's removal before sending), leaving; and no
+//! plaintext in the server's data afterwards.
+
+use diplomatie_client::{Client, Error};
+use diplomatie_tests::{backend_tests, clear_dr, everything_stored, urlencode, Backend, TestServer};
+use serde_json::json;
+
+backend_tests!(the_client_speaks_mls_in_dr_rooms);
+
+const SECRET: &str = "note verbale 2026-118, projet de reponse";
+const REPLY: &str = "relu, deux corrections au paragraphe 3";
+const CLI_TEXT: &str = "envoye depuis la ligne de commande";
+const AFTER: &str = "apres le retrait de l'agrement du poste";
+
+fn texts(messages: &[diplomatie_client::Message]) -> Vec<&str> {
+    messages.iter().map(|m| m.text.as_str()).collect()
+}
+
+/// Runs the command line on a store; answers its success, standard output and error.
+async fn cli(store: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let bin = diplomatie_tests::binary().with_file_name("diplomatie-client");
+    assert!(bin.exists(), "{} is missing: cargo build -p diplomatie-client", bin.display());
+    let out = tokio::process::Command::new(bin).arg("--store").arg(store).args(args).output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn the_client_speaks_mls_in_dr_rooms(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let root = server.admin().await;
+    for user in ["alice", "bob", "carol"] {
+        server.register(user).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = |name: &str| dir.path().join(format!("{name}.json"));
+    let login = |name: &str, user: &'static str| {
+        let path = store(name);
+        let base = server.base.clone();
+        async move { Client::login(&path, &base, user, "correct horse").await.unwrap() }
+    };
+    let mut alice = login("alice", "alice").await;
+    let mut bob = login("bob", "bob").await;
+    let mut bob2 = login("bob2", "bob").await;
+    assert!(
+        matches!(Client::login(&store("alice"), &server.base, "alice", "correct horse").await, Err(Error::Usage(_))),
+        "a store is one device"
+    );
+    let wrong = Client::login(&store("mallory"), &server.base, "alice", "wrong").await.err().unwrap();
+    assert_eq!(wrong.errcode(), Some("M_FORBIDDEN"));
+    assert!(!store("mallory").exists(), "a failed login leaves no store");
+
+    // Alice and Bob are cleared DR; their first client devices are approved, Bob's second not.
+    for c in [&alice, &bob] {
+        clear_dr(&root, c.user_id(), None).await;
+        clear_dr(&root, c.user_id(), Some(c.device_id())).await;
+    }
+
+    let room = alice.create_room(Some("Cellule Berlin")).await.unwrap();
+    alice.invite(&room, bob.user_id()).await.unwrap();
+    bob.join(&room).await.unwrap();
+    // Only Bob's approved device is claimed and added: the unapproved one and the device
+    // without key packages are left out, and keep their key packages.
+    assert_eq!(alice.add(&room, bob.user_id()).await.unwrap(), vec![bob.device_id().to_owned()]);
+    assert!(bob.sync(0).await.unwrap().is_empty());
+    assert_eq!(bob.epoch(&room), Some(1), "Bob's device opened its Welcome");
+    bob2.sync(0).await.unwrap();
+    assert_eq!(bob2.epoch(&room), None, "no Welcome for the unapproved device");
+    let again = alice.add(&room, bob.user_id()).await.unwrap_err();
+    assert!(matches!(again, Error::Usage(_)), "nobody left to add: {again}");
+    // Carol is not in the room: her devices cannot be claimed for it.
+    let carol = format!("@carol:{}", server.server_name);
+    assert_eq!(alice.add(&room, &carol).await.unwrap_err().errcode(), Some("M_FORBIDDEN"));
+
+    // Messages both ways, and a restart from the store in between.
+    alice.send(&room, SECRET).await.unwrap();
+    assert_eq!(texts(&bob.sync(0).await.unwrap()), [SECRET]);
+    drop(bob);
+    let mut bob = Client::open(&store("bob")).unwrap();
+    assert_eq!(texts(&bob.history(&room)), [SECRET], "what was read survives a restart");
+    bob.send(&room, REPLY).await.unwrap();
+    assert_eq!(texts(&bob.history(&room)), [SECRET, REPLY]);
+
+    // The command line, on Alice's store.
+    let (ok, out, err) = cli(&store("alice"), &["sync"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains(REPLY) && out.contains(bob.user_id()), "{out}");
+    let (ok, out, err) = cli(&store("alice"), &["send", &room, CLI_TEXT]).await;
+    assert!(ok && out.trim().starts_with('$'), "{out} {err}");
+    let (ok, out, _) = cli(&store("alice"), &["history", &room]).await;
+    assert!(ok);
+    assert_eq!(out.lines().count(), 3, "{out}");
+    let (ok, out, _) = cli(&store("alice"), &["members", &room]).await;
+    assert!(ok && out.contains(bob.device_id()), "{out}");
+    let (ok, _, err) = cli(&store("nobody"), &["sync"]).await;
+    assert!(!ok && err.contains("cannot read"), "{err}");
+    let (ok, _, err) = cli(&store("alice"), &["send", "!nowhere:localhost", "x"]).await;
+    assert!(!ok && err.contains("not in the group"), "{err}");
+    // The command line wrote the store: the library reads it afresh.
+    let mut alice = Client::open(&store("alice")).unwrap();
+    assert_eq!(texts(&bob.sync(0).await.unwrap()), [CLI_TEXT]);
+
+    // Both devices rotate their keys at once: one wins the epoch, the other catches up and
+    // commits on top; both then read each other.
+    let epoch = alice.epoch(&room).unwrap();
+    let (a, b) = tokio::join!(alice.rotate(&room), bob.rotate(&room));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_ne!(a, b);
+    assert_eq!(a.max(b), epoch + 2);
+    alice.sync(0).await.unwrap();
+    bob.sync(0).await.unwrap();
+    assert_eq!(alice.epoch(&room), bob.epoch(&room));
+    alice.send(&room, "apres rotation").await.unwrap();
+    assert_eq!(texts(&bob.sync(0).await.unwrap()), ["apres rotation"]);
+
+    // Bob's device loses its approval: the server proposes its removal, Alice's client
+    // commits it before sending, and Bob's device reads nothing of what follows.
+    let path = format!(
+        "/_diplomatie/admin/v1/users/{}/devices/{}/clearance",
+        urlencode(bob.user_id()),
+        urlencode(bob.device_id())
+    );
+    assert_eq!(root.put(&path, &json!({ "dr": false })).await.0, 200);
+    alice.send(&room, AFTER).await.unwrap();
+    assert!(!alice.members(&room).unwrap().iter().any(|m| m.device_id == bob.device_id()));
+    assert!(bob.sync(0).await.unwrap().is_empty());
+    assert!(!texts(&bob.history(&room)).contains(&AFTER));
+    assert!(bob.send(&room, "still here?").await.is_err(), "a removed device sends nothing");
+
+    // Leaving forgets the group.
+    alice.leave(&room).await.unwrap();
+    assert_eq!(alice.epoch(&room), None);
+
+    // The server holds no plaintext.
+    let stored = everything_stored(&server).await;
+    for text in [SECRET, REPLY, CLI_TEXT, AFTER] {
+        assert!(!stored.windows(text.len()).any(|w| w == text.as_bytes()), "{text:?} is stored in clear");
+    }
+}
