@@ -136,6 +136,15 @@ async fn the_client_speaks_mls_in_dr_rooms(backend: Backend) {
     alice.leave(&room).await.unwrap();
     assert_eq!(alice.epoch(&room), None);
 
+    // Many claims at once are all answered (the server decides which devices before it
+    // takes a connection for the claim's transaction).
+    let body = json!({ "user_id": alice.user_id() });
+    let claims = (0..16).map(|_| root.post("/_diplomatie/client/v1/mls/key_packages/claim", &body));
+    for (status, v) in futures::future::join_all(claims).await {
+        assert_eq!(status, 200, "{v}");
+        assert!(v["key_packages"][alice.device_id()].is_string(), "{v}");
+    }
+
     // The server holds no plaintext.
     let stored = everything_stored(&server).await;
     for text in [SECRET, REPLY, CLI_TEXT, AFTER] {

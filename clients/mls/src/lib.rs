@@ -170,6 +170,15 @@ impl Client {
         &self.state.device_id
     }
 
+    pub fn access_token(&self) -> &str {
+        &self.state.access_token
+    }
+
+    /// The `/sync` position the store holds.
+    pub fn since(&self) -> Option<&str> {
+        self.state.since.as_deref()
+    }
+
     fn save(&mut self) -> Result<()> {
         self.state.mls = b64::encode(self.mls.save());
         self.state.save(&self.path)

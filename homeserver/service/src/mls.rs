@@ -243,8 +243,9 @@ impl Mls {
                 return Err(Error::forbidden(format!("{user} is neither joined to this room nor invited")));
             }
         }
-        let mut claimed = HashMap::new();
-        let mut tx = self.db.begin().await?;
+        // Which devices, decided before the transaction: a query on the pool while it holds a
+        // connection could wait for itself (SQLite's one writer).
+        let mut wanted = Vec::new();
         for d in self.accounts.devices(user).await? {
             let id: OwnedDeviceId = d.device_id.as_str().into();
             if devices.is_some_and(|ds| !ds.contains(&id)) {
@@ -253,6 +254,11 @@ impl Mls {
             if for_room.is_some() && self.check_cleared(user, &id).await.is_err() {
                 continue;
             }
+            wanted.push(id);
+        }
+        let mut claimed = HashMap::new();
+        let mut tx = self.db.begin().await?;
+        for id in wanted {
             if let Some(p) = store::claim_key_package(&mut tx, user.as_str(), id.as_str()).await? {
                 claimed.insert(id, p);
             }
