@@ -5,10 +5,10 @@
 //! plaintext in the server's data afterwards.
 
 use diplomatie_client::{Client, Error};
-use diplomatie_tests::{backend_tests, clear_dr, everything_stored, urlencode, Backend, TestServer};
+use diplomatie_tests::{assert_error, backend_tests, clear_dr, everything_stored, urlencode, Backend, TestServer};
 use serde_json::json;
 
-backend_tests!(the_client_speaks_mls_in_dr_rooms);
+backend_tests!(the_client_speaks_mls_in_dr_rooms, with_dr_rooms_mls_every_dr_room_is_an_mls_room);
 
 const SECRET: &str = "note verbale 2026-118, projet de reponse";
 const REPLY: &str = "relu, deux corrections au paragraphe 3";
@@ -150,4 +150,37 @@ async fn the_client_speaks_mls_in_dr_rooms(backend: Backend) {
     for text in [SECRET, REPLY, CLI_TEXT, AFTER] {
         assert!(!stored.windows(text.len()).any(|w| w == text.as_bytes()), "{text:?} is stored in clear");
     }
+}
+
+/// `portal.dr_rooms_mls`: a DR room is made an MLS room at its creation without asking, clear
+/// messages are refused in it, and no room is raised to DR afterwards.
+async fn with_dr_rooms_mls_every_dr_room_is_an_mls_room(backend: Backend) {
+    let server = TestServer::start(backend, &[("PORTAL__DR_ROOMS_MLS", "true")]).await;
+    let root = server.admin().await;
+    let alice = server.register("alice").await;
+    clear_dr(&root, &alice.user_id, None).await;
+    clear_dr(&root, &alice.user_id, Some(&alice.device_id)).await;
+    let classified =
+        |level: &str| json!({ "type": "fr.diplomatie.classification", "state_key": "", "content": { "level": level } });
+    let room = alice.create_room(json!({ "preset": "private_chat", "initial_state": [classified("DR")] })).await;
+    let (status, mode) = alice.get(&format!("/_matrix/client/v3/rooms/{room}/state/fr.diplomatie.mls/")).await;
+    assert_eq!((status, mode["mode"].as_str()), (200, Some("mls")), "{mode}");
+    let encrypted = json!({ "algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "x", "session_id": "s", "sender_key": "k", "device_id": alice.device_id });
+    let clear = alice.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.room.encrypted/e1"), &encrypted).await;
+    assert_error(&clear, 403, "M_FORBIDDEN");
+    assert!(clear.1["error"].as_str().unwrap_or_default().contains("MLS"), "{}", clear.1);
+    assert_eq!(alice.get(&format!("/_diplomatie/client/v1/mls/rooms/{room}/group")).await.0, 404, "no group yet");
+
+    // An NP room stays NP, and cannot be raised to DR.
+    let np = alice
+        .create_room(json!({ "preset": "private_chat", "initial_state": [
+            { "type": "m.room.encryption", "state_key": "", "content": { "algorithm": "m.megolm.v1.aes-sha2" } },
+        ]}))
+        .await;
+    assert_eq!(alice.get(&format!("/_matrix/client/v3/rooms/{np}/state/fr.diplomatie.mls/")).await.0, 404);
+    let raise = alice
+        .put(&format!("/_matrix/client/v3/rooms/{np}/state/fr.diplomatie.classification/"), &json!({ "level": "DR" }))
+        .await;
+    assert_error(&raise, 403, "M_FORBIDDEN");
+    assert!(raise.1["error"].as_str().unwrap_or_default().contains("MLS"), "{}", raise.1);
 }

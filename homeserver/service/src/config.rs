@@ -184,6 +184,10 @@ pub struct Portal {
     /// Sending into a DR room needs a device approved for DR (its flag set by an
     /// administrator).
     pub dr_requires_approved_device: bool,
+    /// Every DR room is an MLS room (`fr.diplomatie.mls`, added at its creation), and a room
+    /// cannot be raised to DR later. Off by default: Megolm DR rooms stay usable from Element
+    /// and the other Matrix clients, which do not speak MLS yet.
+    pub dr_rooms_mls: bool,
     /// Managers of a user's primary functional group may set the user's clearance and the DR
     /// flag of the user's devices, besides administrators.
     pub delegate_clearance_to_managers: bool,
@@ -197,6 +201,7 @@ impl Default for Portal {
         Portal {
             dr_federation_allowlist: Vec::new(),
             dr_requires_approved_device: true,
+            dr_rooms_mls: false,
             delegate_clearance_to_managers: true,
             max_import_bytes: 64 * 1024 * 1024,
         }

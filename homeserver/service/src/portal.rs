@@ -191,6 +191,11 @@ impl Clearances {
                 let manager =
                     self.power_in_state(rooms, state, appended, &pdu.sender, creators).await? >= MANAGER_LEVEL;
                 policies::may_classify(room, new, manager).map_err(forbidden)?;
+                if new == Level::DR && !room.mls && self.core.config.portal.dr_rooms_mls {
+                    return Err(Error::forbidden(
+                        "DR rooms are MLS rooms here: create the room as DR (an MLS room from its creation)",
+                    ));
+                }
                 if new == Level::DR && room.classification != Level::DR {
                     // Everyone already in (or invited, or knocking) must be cleared.
                     for ((kind, key), id) in state.iter() {

@@ -100,7 +100,16 @@ impl Membership {
                 let content = json!({ "algorithm": "m.megolm.v1.aes-sha2" });
                 initial_state.insert(0, PduBuilder::state(TimelineEventType::RoomEncryption, "", content));
             }
-            initial_state.sort_by_key(|b| b.kind != TimelineEventType::RoomEncryption);
+            let mls = |b: &PduBuilder| b.kind.to_string() == diplomatie_mls::MODE_EVENT;
+            if self.config.portal.dr_rooms_mls && !initial_state.iter().any(mls) {
+                initial_state.push(PduBuilder::state(
+                    TimelineEventType::from(diplomatie_mls::MODE_EVENT),
+                    "",
+                    json!({ "mode": "mls" }),
+                ));
+            }
+            // Encryption, then the MLS mode, come before the classification that needs them.
+            initial_state.sort_by_key(|b| (b.kind != TimelineEventType::RoomEncryption, !mls(b)));
         }
 
         let preset = match req.preset.as_ref().map(|p| p.as_str()) {
