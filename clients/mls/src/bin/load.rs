@@ -113,7 +113,7 @@ async fn main() {
     let mut committer = clients.remove(0);
     let room = committer.create_room(Some("load")).await.unwrap();
     for c in &mut clients {
-        committer.invite(&room, &c.user_id().to_owned()).await.unwrap();
+        committer.invite(&room, c.user_id()).await.unwrap();
         c.join(&room).await.unwrap();
     }
     let users: Vec<String> = clients.iter().map(|c| c.user_id().to_owned()).collect();
