@@ -183,10 +183,14 @@ pub fn may_send(room: Room, event_type: &str, device_dr: bool, require_dr_device
 }
 
 /// May the classification of `room` change from `room.classification` to `new`, set by a
-/// sender who is (`manager`) or is not one of its managers?
-pub fn may_classify(room: Room, new: Level, manager: bool) -> Decision {
+/// sender who is (`manager`) or is not one of its managers? With `dr_needs_mls` (the
+/// `portal.dr_rooms_mls` setting), only an MLS room may be DR.
+pub fn may_classify(room: Room, new: Level, manager: bool, dr_needs_mls: bool) -> Decision {
     if !manager {
         return refuse("Only a manager may set the classification of a room");
+    }
+    if new == Level::DR && dr_needs_mls && !room.mls {
+        return refuse("DR rooms are MLS rooms here: create the room as DR (an MLS room from its creation)");
     }
     if new < room.classification && room.has_content {
         return refuse("The classification of a room cannot be lowered once it holds messages");
@@ -466,8 +470,12 @@ mod tests {
             (DR_ROOM, Level::DR, false, false),
         ];
         for &(room, new, manager, allowed) in table {
-            assert_eq!(may_classify(room, new, manager).is_ok(), allowed, "{room:?} -> {new} manager={manager}");
+            assert_eq!(may_classify(room, new, manager, false).is_ok(), allowed, "{room:?} -> {new} manager={manager}");
         }
+        // Where DR rooms must be MLS rooms, only an MLS room is (or stays) DR.
+        assert!(may_classify(empty_np, Level::DR, true, true).is_err());
+        assert!(may_classify(Room { mls: true, ..empty_np }, Level::DR, true, true).is_ok());
+        assert!(may_classify(empty_np, Level::NP, true, true).is_ok());
     }
 
     #[test]

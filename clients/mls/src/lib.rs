@@ -74,7 +74,8 @@ fn seed_of(state: &State) -> Result<[u8; 32]> {
     b64::decode(&state.seed)?.try_into().map_err(|_| Error::Store("the device seed is not 32 bytes".into()))
 }
 
-fn enc(path: &str) -> String {
+/// A path segment, percent-encoded.
+pub fn enc(path: &str) -> String {
     path.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
@@ -87,7 +88,8 @@ fn digest(text: &str) -> String {
     hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
 
-async fn call(
+/// One request to the server: its JSON answer, or the Matrix error it answered.
+pub async fn call(
     http: &reqwest::Client,
     base: &str,
     token: Option<&str>,
@@ -270,10 +272,9 @@ impl Client {
 
     /// Joins a room this device's user was invited to. The device comes into the room's group
     /// when a member adds it: its Welcome arrives with a later [`Client::sync`].
-    pub async fn join(&mut self, room_id: &str) -> Result<()> {
+    pub async fn join(&self, room_id: &str) -> Result<()> {
         self.post(&format!("/_matrix/client/v3/join/{}", enc(room_id)), &json!({})).await?;
-        self.state.rooms.entry(room_id.to_owned()).or_default().left = false;
-        self.save()
+        Ok(())
     }
 
     /// Adds to the room's group the devices of `user_id` (joined or invited) that may join
@@ -310,7 +311,9 @@ impl Client {
     pub async fn leave(&mut self, room_id: &str) -> Result<()> {
         self.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(room_id)), &json!({})).await?;
         self.mls.forget(room_id.as_bytes())?;
-        self.state.rooms.entry(room_id.to_owned()).or_default().left = true;
+        if let Some(room) = self.state.rooms.get_mut(room_id) {
+            room.seen.clear();
+        }
         self.save()
     }
 
@@ -394,7 +397,8 @@ impl Client {
     }
 
     /// Applies the handshakes (commits, the server's proposals) of the group since this
-    /// device's epoch that it has not applied yet.
+    /// device's epoch that it has not applied yet. The caller saves: until then a restart
+    /// fetches and applies them again, from the state saved with the handshakes seen.
     async fn catch_up(&mut self, room_id: &str) -> Result<()> {
         let Some(epoch) = self.mls.epoch(room_id.as_bytes()) else {
             return Err(Error::Usage(format!("this device is not in the group of {room_id} (not added yet?)")));
@@ -402,7 +406,6 @@ impl Client {
         let v = self
             .get(&format!("/_diplomatie/client/v1/mls/rooms/{}/handshakes?from_epoch={epoch}", enc(room_id)))
             .await?;
-        let mut changed = false;
         for handshake in v["handshakes"].as_array().into_iter().flatten() {
             let text = handshake["message"].as_str().unwrap_or_default();
             let hash = digest(text);
@@ -415,10 +418,6 @@ impl Client {
                 Received::Commit { .. } => room.seen.clear(),
                 _ => room.seen.push(hash),
             }
-            changed = true;
-        }
-        if changed {
-            self.save()?;
         }
         Ok(())
     }
@@ -445,11 +444,7 @@ impl Client {
                 continue;
             }
             // A Welcome that does not open (not for this device's key packages) is dropped.
-            if let Ok(group) = self.mls.join(&b64::decode(welcome)?, None) {
-                if group == room_id.as_bytes() {
-                    self.state.rooms.entry(room_id.to_owned()).or_default().left = false;
-                }
-            }
+            let _ = self.mls.join(&b64::decode(welcome)?, None);
         }
         let mut read = Vec::new();
         for (room_id, room) in v["rooms"]["join"].as_object().into_iter().flatten() {
@@ -457,8 +452,13 @@ impl Client {
             if !self.mls.is_active(room_id.as_bytes()) {
                 continue;
             }
-            self.catch_up(room_id).await?;
-            for event in room["timeline"]["events"].as_array().into_iter().flatten() {
+            let events = room["timeline"]["events"].as_array().map(Vec::as_slice).unwrap_or_default();
+            // Commits are applied from the handshake log, in order, when some came (the
+            // timeline's may be cut short); the server's proposals wait for the next change.
+            if room["timeline"]["limited"] == true || events.iter().any(|e| e["type"] == COMMIT_EVENT) {
+                self.catch_up(room_id).await?;
+            }
+            for event in events {
                 if event["type"] != MESSAGE_EVENT && event["type"] != COMMIT_EVENT {
                     continue;
                 }

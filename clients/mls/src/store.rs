@@ -34,9 +34,6 @@ pub struct RoomState {
     /// The messages read, in the room's order.
     #[serde(default)]
     pub history: Vec<Message>,
-    /// The device left the room and forgot the group's secrets.
-    #[serde(default)]
-    pub left: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -190,12 +190,7 @@ impl Clearances {
                     || store::room_has_messages(self.db.pool(), pdu.room_id.as_str()).await?;
                 let manager =
                     self.power_in_state(rooms, state, appended, &pdu.sender, creators).await? >= MANAGER_LEVEL;
-                policies::may_classify(room, new, manager).map_err(forbidden)?;
-                if new == Level::DR && !room.mls && self.core.config.portal.dr_rooms_mls {
-                    return Err(Error::forbidden(
-                        "DR rooms are MLS rooms here: create the room as DR (an MLS room from its creation)",
-                    ));
-                }
+                policies::may_classify(room, new, manager, self.core.config.portal.dr_rooms_mls).map_err(forbidden)?;
                 if new == Level::DR && room.classification != Level::DR {
                     // Everyone already in (or invited, or knocking) must be cleared.
                     for ((kind, key), id) in state.iter() {

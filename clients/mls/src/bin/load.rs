@@ -41,26 +41,30 @@ struct Args {
     concurrency: usize,
 }
 
-async fn call(http: &reqwest::Client, url: &str, token: Option<&str>, method: reqwest::Method, body: Value) -> Value {
-    let mut request = http.request(method, url).json(&body);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
+/// One request ([`diplomatie_client::call`]): the load stops at any error but the 401 that
+/// opens a registration.
+async fn call(
+    http: &reqwest::Client,
+    base: &str,
+    token: Option<&str>,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Value {
+    match diplomatie_client::call(http, base, token, method, path, body).await {
+        Ok(v) => v,
+        Err(diplomatie_client::Error::Server { status: 401, body, .. }) => body,
+        Err(e) => panic!("{path}: {e}"),
     }
-    let response = request.send().await.expect("the server answers");
-    let status = response.status();
-    let v: Value = response.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success() || status.as_u16() == 401, "{url}: {status} {v}");
-    v
 }
 
 /// Registers a user (open registration, `m.login.dummy`).
 async fn register(http: &reqwest::Client, base: &str, name: &str) {
-    let url = format!("{base}/_matrix/client/v3/register");
-    let body = json!({ "username": name, "password": "load-password" });
-    let first = call(http, &url, None, reqwest::Method::POST, body.clone()).await;
-    let mut body = body;
+    let path = "/_matrix/client/v3/register";
+    let mut body = json!({ "username": name, "password": "load-password" });
+    let first = call(http, base, None, reqwest::Method::POST, path, Some(&body)).await;
     body["auth"] = json!({ "type": "m.login.dummy", "session": first["session"] });
-    call(http, &url, None, reqwest::Method::POST, body).await;
+    call(http, base, None, reqwest::Method::POST, path, Some(&body)).await;
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -78,14 +82,9 @@ async fn main() {
     let http = reqwest::Client::new();
     let dir = std::env::temp_dir().join(format!("diplomatie-mls-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let admin = call(
-        &http,
-        &format!("{base}/_matrix/client/v3/login"),
-        None,
-        reqwest::Method::POST,
-        json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": args.admin_user }, "password": args.admin_password }),
-    )
-    .await["access_token"]
+    let login = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": args.admin_user }, "password": args.admin_password });
+    let admin = call(&http, &base, None, reqwest::Method::POST, "/_matrix/client/v3/login", Some(&login)).await
+        ["access_token"]
         .as_str()
         .expect("the administrator logs in")
         .to_owned();
@@ -95,19 +94,11 @@ async fn main() {
         let name = format!("mls{run}x{i}");
         register(&http, &base, &name).await;
         let client = Client::login(&dir.join(format!("{name}.json")), &base, &name, "load-password").await.unwrap();
-        let user = client.user_id().to_owned();
-        let admin_url = |p: String| format!("{base}/_diplomatie/admin/v1/users/{p}");
-        let enc = user.replace('@', "%40").replace(':', "%3A");
-        call(
-            &http,
-            &admin_url(format!("{enc}/clearance")),
-            Some(&admin),
-            reqwest::Method::PUT,
-            json!({ "clearance": "DR" }),
-        )
-        .await;
-        let device = admin_url(format!("{enc}/devices/{}/clearance", client.device_id()));
-        call(&http, &device, Some(&admin), reqwest::Method::PUT, json!({ "dr": true })).await;
+        let user = format!("/_diplomatie/admin/v1/users/{}", diplomatie_client::enc(client.user_id()));
+        let (put, admin) = (reqwest::Method::PUT, Some(admin.as_str()));
+        call(&http, &base, admin, put.clone(), &format!("{user}/clearance"), Some(&json!({ "clearance": "DR" }))).await;
+        let device = format!("{user}/devices/{}/clearance", diplomatie_client::enc(client.device_id()));
+        call(&http, &base, admin, put, &device, Some(&json!({ "dr": true }))).await;
         clients.push(client);
     }
     let mut committer = clients.remove(0);
@@ -137,11 +128,11 @@ async fn main() {
         let (http, base, room, seen, stop) = (http.clone(), base.clone(), room.clone(), seen.clone(), stop.clone());
         pollers.push(tokio::spawn(async move {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let mut url = format!("{base}/_matrix/client/v3/sync?timeout=2000");
+                let mut path = "/_matrix/client/v3/sync?timeout=2000".to_owned();
                 if let Some(s) = &since {
-                    url.push_str(&format!("&since={s}"));
+                    path.push_str(&format!("&since={}", diplomatie_client::enc(s)));
                 }
-                let v = call(&http, &url, Some(&token), reqwest::Method::GET, Value::Null).await;
+                let v = call(&http, &base, Some(&token), reqwest::Method::GET, &path, None).await;
                 let now = Instant::now();
                 since = v["next_batch"].as_str().map(str::to_owned);
                 for e in v["rooms"]["join"][&room]["timeline"]["events"].as_array().into_iter().flatten() {
@@ -202,11 +193,12 @@ async fn main() {
     for task in 0..args.concurrency {
         let (http, base, token, users) = (http.clone(), base.clone(), token.clone(), users.clone());
         tasks.push(tokio::spawn(async move {
-            let url = format!("{base}/_diplomatie/client/v1/mls/key_packages/claim");
+            let path = "/_diplomatie/client/v1/mls/key_packages/claim";
             let mut got = 0;
             for i in 0..per_task {
                 let user = &users[(task * per_task + i) % users.len()];
-                let v = call(&http, &url, Some(&token), reqwest::Method::POST, json!({ "user_id": user })).await;
+                let body = json!({ "user_id": user });
+                let v = call(&http, &base, Some(&token), reqwest::Method::POST, path, Some(&body)).await;
                 got += v["key_packages"].as_object().map_or(0, |m| m.len());
             }
             got
