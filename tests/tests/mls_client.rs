@@ -2,13 +2,18 @@
 //! server: log in, create a DR room, invite and add a user's approved devices only, messages
 //! both ways, a restart from the store, two devices rotating their keys at once, an approval
 //! withdrawn (the client commits the server's removal before sending), leaving; and no
-//! plaintext in the server's data afterwards.
+//! plaintext in the server's data afterwards. A partner server (a second instance, on the DR
+//! allow-list) hosting members of the group, the room's server ordering its commits.
 
 use diplomatie_client::{Client, Error};
 use diplomatie_tests::{assert_error, backend_tests, clear_dr, everything_stored, urlencode, Backend, TestServer};
 use serde_json::json;
 
-backend_tests!(the_client_speaks_mls_in_dr_rooms, with_dr_rooms_mls_every_dr_room_is_an_mls_room);
+backend_tests!(
+    the_client_speaks_mls_in_dr_rooms,
+    with_dr_rooms_mls_every_dr_room_is_an_mls_room,
+    a_partner_server_hosts_members_of_a_dr_room
+);
 
 const SECRET: &str = "note verbale 2026-118, projet de reponse";
 const REPLY: &str = "relu, deux corrections au paragraphe 3";
@@ -183,4 +188,109 @@ async fn with_dr_rooms_mls_every_dr_room_is_an_mls_room(backend: Backend) {
         .await;
     assert_error(&raise, 403, "M_FORBIDDEN");
     assert!(raise.1["error"].as_str().unwrap_or_default().contains("MLS"), "{}", raise.1);
+}
+
+/// Syncs `client` until `done` holds of what it has read (federation takes its time).
+async fn sync_until(client: &mut Client, done: impl Fn(&Client) -> bool) {
+    for _ in 0..40 {
+        if done(client) {
+            return;
+        }
+        client.sync(500).await.unwrap();
+    }
+    panic!("{} never got there", client.user_id());
+}
+
+/// A DR room of server A shared with B, a partner on A's DR allow-list (and A on B's): B's
+/// approved device only is added (B hands out its key packages), messages go both ways, B's
+/// commits are ordered by A (a conflict through B is retried as on one server), and B's
+/// withdrawal of its device's approval gets the device removed by A's next commit.
+async fn a_partner_server_hosts_members_of_a_dr_room(backend: Backend) {
+    let (pa, pb) = (diplomatie_tests::free_port(), diplomatie_tests::free_port());
+    let (na, nb) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"));
+    let allow = |n: &str| format!("[\"{n}\"]");
+    let (allow_b, allow_a) = (allow(&nb), allow(&na));
+    let a =
+        TestServer::start_federating_named(backend, &na, pa, &[("PORTAL__DR_FEDERATION_ALLOWLIST", &allow_b)]).await;
+    let b =
+        TestServer::start_federating_named(backend, &nb, pb, &[("PORTAL__DR_FEDERATION_ALLOWLIST", &allow_a)]).await;
+    let (root_a, root_b) = (a.admin().await, b.admin().await);
+    a.register("alice").await;
+    b.register("bob").await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = |name: &str| dir.path().join(format!("{name}.json"));
+    let mut alice = Client::login(&store("alice"), &a.base, "alice", "correct horse").await.unwrap();
+    let mut bob = Client::login(&store("bob"), &b.base, "bob", "correct horse").await.unwrap();
+    let mut bob2 = Client::login(&store("bob2"), &b.base, "bob", "correct horse").await.unwrap();
+    clear_dr(&root_a, alice.user_id(), None).await;
+    clear_dr(&root_a, alice.user_id(), Some(alice.device_id())).await;
+    // Bob's clearance and his first device's approval are his own server's.
+    clear_dr(&root_b, bob.user_id(), None).await;
+    clear_dr(&root_b, bob.user_id(), Some(bob.device_id())).await;
+
+    let room = alice.create_room(Some("Cellule franco-allemande")).await.unwrap();
+    alice.invite(&room, bob.user_id()).await.unwrap();
+    let mut joined = bob.join(&room).await;
+    for _ in 0..20 {
+        if joined.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        joined = bob.join(&room).await;
+    }
+    joined.unwrap();
+    // B hands out the key package of Bob's approved device only; A checks its leaf against
+    // the device key B answers, and the Welcome travels to B.
+    assert_eq!(alice.add(&room, bob.user_id()).await.unwrap(), vec![bob.device_id().to_owned()]);
+    sync_until(&mut bob, |c| c.epoch(&room) == Some(1)).await;
+    bob2.sync(0).await.unwrap();
+    assert_eq!(bob2.epoch(&room), None, "no Welcome for the unapproved device");
+
+    // Messages both ways: B has A check Bob's message (device in the group, epoch) and sends it.
+    alice.send(&room, SECRET).await.unwrap();
+    sync_until(&mut bob, |c| texts(&c.history(&room)).contains(&SECRET)).await;
+    bob.send(&room, REPLY).await.unwrap();
+    sync_until(&mut alice, |c| texts(&c.history(&room)).contains(&REPLY)).await;
+
+    // Both rotate at once: A orders the commits, the loser (on either server) retries.
+    let epoch = alice.epoch(&room).unwrap();
+    let (x, y) = tokio::join!(alice.rotate(&room), bob.rotate(&room));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_ne!(x, y);
+    assert_eq!(x.max(y), epoch + 2);
+    bob.send(&room, "apres rotation").await.unwrap();
+    sync_until(&mut alice, |c| texts(&c.history(&room)).contains(&"apres rotation")).await;
+    assert_eq!(alice.epoch(&room), bob.epoch(&room));
+
+    assert_eq!(alice.members(&room).unwrap().len(), 2);
+    // The partners' endpoint takes signed requests from servers only.
+    let forged = json!({ "room_id": room, "user_id": bob.user_id(), "device_id": bob.device_id(), "message": "x" });
+    let r = reqwest::Client::new()
+        .post(format!("{}/_diplomatie/federation/v1/mls/check", a.base))
+        .json(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
+    // B withdraws the approval of Bob's device: B asks A, which proposes its removal; Alice's
+    // next message commits it first, and Bob's device reads nothing after.
+    let path = format!(
+        "/_diplomatie/admin/v1/users/{}/devices/{}/clearance",
+        urlencode(bob.user_id()),
+        urlencode(bob.device_id())
+    );
+    assert_eq!(root_b.put(&path, &json!({ "dr": false })).await.0, 200);
+    alice.send(&room, AFTER).await.unwrap();
+    assert!(!alice.members(&room).unwrap().iter().any(|m| m.device_id == bob.device_id()), "removed");
+    bob.sync(1000).await.unwrap();
+    assert!(!texts(&bob.history(&room)).contains(&AFTER));
+    assert!(bob.send(&room, "encore la?").await.is_err(), "a removed device sends nothing");
+
+    for server in [&a, &b] {
+        let stored = everything_stored(server).await;
+        for text in [SECRET, REPLY, AFTER] {
+            assert!(!stored.windows(text.len()).any(|w| w == text.as_bytes()), "{text:?} is stored in clear");
+        }
+    }
 }

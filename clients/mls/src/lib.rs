@@ -455,7 +455,11 @@ impl Client {
             let events = room["timeline"]["events"].as_array().map(Vec::as_slice).unwrap_or_default();
             // Commits are applied from the handshake log, in order, when some came (the
             // timeline's may be cut short); the server's proposals wait for the next change.
-            if room["timeline"]["limited"] == true || events.iter().any(|e| e["type"] == COMMIT_EVENT) {
+            // Or when a message of a later epoch came first (its commit travelling from another
+            // server).
+            let epoch = self.mls.epoch(room_id.as_bytes());
+            let ahead = events.iter().any(|e| e["type"] == MESSAGE_EVENT && e["content"]["epoch"].as_u64() > epoch);
+            if room["timeline"]["limited"] == true || ahead || events.iter().any(|e| e["type"] == COMMIT_EVENT) {
                 self.catch_up(room_id).await?;
             }
             for event in events {

@@ -73,6 +73,7 @@ pub fn routes(r: axum::Router<Arc<Services>>) -> axum::Router<Arc<Services>> {
     let r = route::<get_profile_information::v1::Request, _, _>(r, query_profile);
     let r = route::<get_public_rooms::v1::Request, _, _>(r, public_rooms);
     let r = r.route("/_matrix/federation/v1/openid/userinfo", axum::routing::get(openid_userinfo));
+    let r = r.route("/_diplomatie/federation/v1/mls/{op}", axum::routing::post(crate::mls::federation));
     let r = route::<get_hierarchy::v1::Request, _, _>(r, hierarchy);
     let r = route::<get_public_rooms_filtered::v1::Request, _, _>(r, public_rooms_filtered);
     let r = route::<get_keys::v1::Request, _, _>(r, keys_query);

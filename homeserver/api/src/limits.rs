@@ -115,7 +115,10 @@ pub fn body_kind(req: &http::request::Parts) -> BodyKind {
     if path == "/_diplomatie/admin/v1/import" {
         return BodyKind::Import;
     }
-    if path.starts_with("/_matrix/federation/") || path.starts_with("/_matrix/key/") {
+    if path.starts_with("/_matrix/federation/")
+        || path.starts_with("/_matrix/key/")
+        || path.starts_with("/_diplomatie/federation/")
+    {
         // Authenticated by their X-Matrix signature before the body is read.
         return BodyKind::Json;
     }

@@ -167,3 +167,15 @@ pub async fn send(
     let req: Message = parse_body(&body)?;
     to_json(Sent { event_id: s.mls.send(&c.user_id, &c.device_id, &room_id, &txn_id, &req.message).await? })
 }
+
+/// `POST /_diplomatie/federation/v1/mls/{op}`: a partner server's request for one of its
+/// users (signed `X-Matrix`; see `diplomatie_service::mls`'s partners).
+pub async fn federation(
+    State(s): S,
+    Path(op): Path<String>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let (parts, bytes) = crate::ruma_wrapper::read_limited_body(request).await?;
+    let origin = crate::ruma_wrapper::server_origin(&s, &parts, &bytes).await?;
+    to_json(s.mls.serve_partner(&origin, &op, &bytes).await?)
+}

@@ -241,7 +241,7 @@ impl Services {
             membership.clone(),
         ));
         let mls = Arc::new(
-            mls::Mls::new(c(), rooms.clone(), portal.clone(), accounts.clone(), e2ee.clone())
+            mls::Mls::new(c(), rooms.clone(), portal.clone(), accounts.clone(), e2ee.clone(), transport.clone())
                 .map_err(|e| anyhow_like::msg(format!("the MLS signing key: {e}")))?,
         );
 

@@ -9,6 +9,8 @@
 //! device's Matrix ed25519 key), who is in the room, who is cleared DR and which devices are
 //! approved. The portal's rules refuse any other message event in an MLS room.
 
+mod partners;
+
 use std::{collections::HashMap, path::Path, sync::Arc};
 
 use diplomatie_mls::{b64, ds, member::server_external_sender, Identity};
@@ -21,7 +23,7 @@ use ruma::{
     to_device::DeviceIdOrAllDevices,
     DeviceId, OwnedDeviceId, OwnedEventId, OwnedUserId, RoomId, TransactionId, UserId,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
@@ -29,6 +31,7 @@ use crate::{
     accounts::Accounts,
     core::Core,
     e2ee::E2ee,
+    federation::client::Transport,
     now_ms,
     portal::Portal,
     rooms::{PduBuilder, Rooms, Target},
@@ -50,6 +53,8 @@ pub struct Mls {
     portal: Arc<Portal>,
     accounts: Arc<Accounts>,
     e2ee: Arc<E2ee>,
+    /// Requests to partner servers (DR rooms shared over federation).
+    transport: Arc<Transport>,
     /// The server's signing key as the external sender of its groups.
     signer: SignatureKeyPair,
     /// One writer per group at a time (the database's compare-and-set guards across processes).
@@ -72,7 +77,7 @@ pub struct ExternalSenderInfo {
 }
 
 /// A group's public state, for devices joining it.
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub struct GroupView {
     pub epoch: u64,
     pub ratchet_tree: String,
@@ -80,7 +85,7 @@ pub struct GroupView {
 }
 
 /// A handshake message, as members catch up.
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub struct HandshakeView {
     pub epoch: i64,
     pub kind: String,
@@ -93,6 +98,20 @@ pub struct HandshakeView {
 pub struct Accepted {
     pub epoch: u64,
     pub event_id: OwnedEventId,
+}
+
+/// The orderer's decision on a commit: the epoch it ended, the new one, the devices added.
+#[derive(Serialize, Deserialize)]
+struct Decided {
+    from: u64,
+    epoch: u64,
+    added: Vec<Identity>,
+}
+
+/// The orderer's answer on an application message: its epoch.
+#[derive(Serialize, Deserialize)]
+struct Checked {
+    epoch: u64,
 }
 
 fn refused(e: diplomatie_mls::Error) -> Error {
@@ -130,9 +149,10 @@ impl Mls {
         portal: Arc<Portal>,
         accounts: Arc<Accounts>,
         e2ee: Arc<E2ee>,
+        transport: Arc<Transport>,
     ) -> std::io::Result<Mls> {
         let signer = load_signer(&core.config.data_dir)?;
-        Ok(Mls { core, rooms, portal, accounts, e2ee, signer, locks: Default::default() })
+        Ok(Mls { core, rooms, portal, accounts, e2ee, transport, signer, locks: Default::default() })
     }
 
     fn external_sender(&self) -> openmls::prelude::ExternalSender {
@@ -164,27 +184,38 @@ impl Mls {
         Ok(key.and_then(|k| b64::decode(k).ok()))
     }
 
-    /// A leaf names a device of this server whose Matrix key is the leaf's signature key.
+    /// A leaf names a device (of this server, or of a partner server on the DR allow-list,
+    /// which is asked) whose Matrix key is the leaf's signature key.
     async fn check_binding(&self, leaf: &ds::Leaf) -> Result<(OwnedUserId, OwnedDeviceId)> {
         let user = UserId::parse(&leaf.identity.user_id)
             .map_err(|_| Error::invalid_param("The credential does not name a user"))?;
-        if user.server_name() != self.server_name() {
-            return Err(Error::forbidden("Devices of other servers cannot join this server's MLS groups yet"));
-        }
         let device: OwnedDeviceId = leaf.identity.device_id.as_str().into();
-        match self.device_key(user.as_str(), device.as_str()).await? {
+        let key = if user.server_name() == self.server_name() {
+            self.device_key(user.as_str(), device.as_str()).await?
+        } else {
+            self.check_partner(user.server_name())?;
+            self.remote_device_key(&user, &device).await?
+        };
+        match key {
             Some(key) if key == leaf.signature_key => Ok((user, device)),
             Some(_) => {
                 Err(Error::forbidden(format!("The leaf of {} is not signed with that device's key", leaf.identity)))
             }
-            None => Err(Error::forbidden(format!("{} has no device keys on this server", leaf.identity))),
+            None => Err(Error::forbidden(format!("{} has no device keys", leaf.identity))),
         }
     }
 
     /// The portal's rule for a device in a DR group: its user cleared DR, the device approved.
+    /// Users of partner servers count as cleared when their server is on the DR allow-list;
+    /// their devices' approvals are their server's (which hands out only approved devices' key
+    /// packages, checks its devices before forwarding their commits and messages, and asks
+    /// for the removal of those it stops approving).
     async fn check_cleared(&self, user: &UserId, device: &DeviceId) -> Result<()> {
         if self.portal.person(user).await?.clearance != Level::DR {
             return Err(Error::forbidden(format!("{user} is not cleared for DR (restricted distribution)")));
+        }
+        if user.server_name() != self.server_name() {
+            return Ok(());
         }
         if !self.portal.device_is_dr(user, device).await? {
             return Err(Error::forbidden(format!("The device {device} of {user} is not approved for DR")));
@@ -243,6 +274,20 @@ impl Mls {
                 return Err(Error::forbidden(format!("{user} is neither joined to this room nor invited")));
             }
         }
+        if user.server_name() != self.server_name() {
+            return self.claim_remote(user, devices, for_room).await;
+        }
+        self.claim_local(user, devices, for_room.is_some()).await
+    }
+
+    /// Claims key packages of this server's `user`: with `cleared_only`, only of the devices
+    /// that may be in a DR group.
+    async fn claim_local(
+        &self,
+        user: &UserId,
+        devices: Option<&[OwnedDeviceId]>,
+        cleared_only: bool,
+    ) -> Result<HashMap<OwnedDeviceId, String>> {
         // Which devices, decided before the transaction: a query on the pool while it holds a
         // connection could wait for itself (SQLite's one writer).
         let mut wanted = Vec::new();
@@ -251,7 +296,7 @@ impl Mls {
             if devices.is_some_and(|ds| !ds.contains(&id)) {
                 continue;
             }
-            if for_room.is_some() && self.check_cleared(user, &id).await.is_err() {
+            if cleared_only && self.check_cleared(user, &id).await.is_err() {
                 continue;
             }
             wanted.push(id);
@@ -336,6 +381,9 @@ impl Mls {
         if !self.in_room(room_id, user).await? {
             return Err(Error::forbidden("You are not in this room"));
         }
+        if let Some(server) = self.orderer(room_id).await? {
+            return self.ask_json(&server, "group", json!({ "room_id": room_id, "user_id": user })).await;
+        }
         let group = self.load(room_id).await?;
         Ok(GroupView {
             epoch: group.epoch(),
@@ -350,6 +398,10 @@ impl Mls {
         self.rooms.known_room(room_id).await?;
         if !self.in_room(room_id, user).await? {
             return Err(Error::forbidden("You are not in this room"));
+        }
+        if let Some(server) = self.orderer(room_id).await? {
+            let body = json!({ "room_id": room_id, "user_id": user, "from_epoch": from_epoch });
+            return Ok(self.ask_json::<partners::Handshakes>(&server, "handshakes", body).await?.handshakes);
         }
         let rows = store::handshakes_since(self.db.pool(), room_id.as_str(), from_epoch, HANDSHAKES_PER_PAGE).await?;
         Ok(rows
@@ -376,12 +428,15 @@ impl Mls {
 
     /// Proposes, as the group's external sender, the removal of every device that may no
     /// longer be in it (and is not proposed already); the proposals are logged for members to
-    /// fetch, and the next commit must include them. Called with the group's lock held.
-    async fn enforce(&self, room_id: &RoomId, group: &mut ds::Group) -> Result<usize> {
+    /// fetch, and the next commit must include them. `revoked`: devices of partner servers
+    /// whose server withdrew their approval. Called with the group's lock held.
+    async fn enforce(&self, room_id: &RoomId, group: &mut ds::Group, revoked: &[Identity]) -> Result<usize> {
         let pending = group.pending_removals();
         let mut leaving = Vec::new();
         for leaf in group.members() {
-            if leaf.index.is_some_and(|i| !pending.contains(&i)) && !self.may_stay(room_id, &leaf).await? {
+            if leaf.index.is_some_and(|i| !pending.contains(&i))
+                && (revoked.contains(&leaf.identity) || !self.may_stay(room_id, &leaf).await?)
+            {
                 leaving.push(leaf);
             }
         }
@@ -419,32 +474,36 @@ impl Mls {
 
     /// After a change of `user`'s clearance or devices' approvals (or of their rooms): in each
     /// of their rooms' groups, proposes the removal of the devices that may no longer be in it.
+    /// In rooms whose group a partner server orders, that server is asked to propose them.
     pub async fn enforce_clearances(&self, user: &UserId) -> Result<usize> {
         let mut proposed = 0;
         for room_id in crate::rooms::joined_rooms(&self.core, user).await? {
-            proposed += self.enforce_room(&room_id).await?;
+            if store::group(self.db.pool(), room_id.as_str()).await?.is_some() {
+                proposed += self.enforce_room(&room_id, &[]).await?;
+            } else if self.is_mls_room(&room_id).await? {
+                if let Some(server) = self.orderer(&room_id).await? {
+                    proposed += self.revoke_remotely(&server, &room_id, user).await;
+                }
+            }
         }
         Ok(proposed)
     }
 
     /// [`Mls::enforce`] in one room, if it has a group.
-    async fn enforce_room(&self, room_id: &RoomId) -> Result<usize> {
+    async fn enforce_room(&self, room_id: &RoomId, revoked: &[Identity]) -> Result<usize> {
         if store::group(self.db.pool(), room_id.as_str()).await?.is_none() {
             return Ok(0);
         }
         let lock = self.lock(room_id);
         let _guard = lock.lock().await;
         let mut group = self.load(room_id).await?;
-        self.enforce(room_id, &mut group).await
+        self.enforce(room_id, &mut group, revoked).await
     }
 
-    /// `POST /mls/rooms/{roomId}/commit`: the first valid commit of an epoch wins. The commit is
-    /// checked by MLS (signature, proposals, path), then by the portal: the committer is the
-    /// caller's device; added and updated devices are devices of this server bound to their
-    /// keys, of users joined or invited, cleared DR and approved; removed devices are the
-    /// caller's own, of users no longer in the room, or those the server proposed to remove;
-    /// every removal the server proposed is included. Then the group moves on, the commit is
-    /// logged and sent into the room, and the Welcome goes to the added devices.
+    /// `POST /mls/rooms/{roomId}/commit`: the first valid commit of an epoch wins. The server
+    /// that orders the room's commits (the room creator's: this one, or a partner asked over
+    /// federation) checks it ([`Mls::decide_commit`]); then this server, the committer's, sends
+    /// it into the room and the Welcome to the added devices.
     pub async fn commit(
         &self,
         user: &UserId,
@@ -454,12 +513,47 @@ impl Mls {
         welcome: Option<&str>,
     ) -> Result<Accepted> {
         self.check_mls_member_of_room(room_id, user).await?;
-        let bytes = b64::decode(commit).map_err(refused)?;
         let welcome = welcome.map(b64::decode).transpose().map_err(refused)?;
+        let decided = match self.orderer(room_id).await? {
+            None => self.decide_commit(user, device, room_id, commit, welcome.is_some()).await?,
+            Some(server) => {
+                let mut body = json!({ "room_id": room_id, "user_id": user, "device_id": device, "commit": commit });
+                if let Some(w) = &welcome {
+                    body["welcome"] = json!(b64::encode(w));
+                }
+                self.ask_json(&server, "commit", body).await?
+            }
+        };
+        let content = json!({ "epoch": decided.from, "message": commit.trim_end_matches('=') });
+        let pdu = self
+            .rooms
+            .append_event(Target::Room(room_id), user, PduBuilder::message(COMMIT_EVENT, content), None)
+            .await?;
+        if let Some(welcome) = welcome {
+            self.send_welcome(user, device, room_id, decided.epoch, &welcome, &decided.added).await?;
+        }
+        Ok(Accepted { epoch: decided.epoch, event_id: pdu.event_id.clone() })
+    }
+
+    /// The orderer's part of a commit: checked by MLS (signature, proposals, path), then by
+    /// the portal: the committer is the caller's device; added and updated devices are bound
+    /// to their Matrix keys, of users joined or invited, cleared DR and approved; removed
+    /// devices are the caller's own, of users no longer in the room, or those the server
+    /// proposed to remove; every removal the server proposed is included. Then the group
+    /// moves on and the commit is logged.
+    async fn decide_commit(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        room_id: &RoomId,
+        commit: &str,
+        has_welcome: bool,
+    ) -> Result<Decided> {
+        let bytes = b64::decode(commit).map_err(refused)?;
         let lock = self.lock(room_id);
         let _guard = lock.lock().await;
         let mut group = self.load(room_id).await?;
-        self.enforce(room_id, &mut group).await?;
+        self.enforce(room_id, &mut group, &[]).await?;
         let checked = group.check_commit(&bytes).map_err(refused)?;
         let caller = Identity::new(user.as_str(), device.as_str());
         if checked.committer.identity != caller {
@@ -492,7 +586,7 @@ impl Mls {
                 "The commit must include the removals the server proposed: fetch the handshakes of this epoch",
             ));
         }
-        if !checked.added.is_empty() && welcome.is_none() {
+        if !checked.added.is_empty() && !has_welcome {
             return Err(Error::missing_param("A commit that adds devices needs their Welcome"));
         }
         let added: Vec<Identity> = checked.added.iter().map(|l| l.identity.clone()).collect();
@@ -507,15 +601,7 @@ impl Mls {
         store::add_handshake(&mut tx, room_id.as_str(), from as i64, "commit", &caller.user_id, commit, now_ms())
             .await?;
         diplomatie_storage::commit(tx).await?;
-        let content = json!({ "epoch": from, "message": commit.trim_end_matches('=') });
-        let pdu = self
-            .rooms
-            .append_event(Target::Room(room_id), user, PduBuilder::message(COMMIT_EVENT, content), None)
-            .await?;
-        if let Some(welcome) = welcome {
-            self.send_welcome(user, device, room_id, epoch, &welcome, &added).await?;
-        }
-        Ok(Accepted { epoch, event_id: pdu.event_id.clone() })
+        Ok(Decided { from, epoch, added })
     }
 
     async fn send_welcome(
@@ -530,18 +616,21 @@ impl Mls {
         let content = json!({ "room_id": room_id, "epoch": epoch, "welcome": b64::encode(welcome) });
         let raw: Raw<AnyToDeviceEventContent> =
             Raw::from_json(serde_json::value::to_raw_value(&content).map_err(crate::internal!())?);
-        let mut messages = crate::e2ee::ToDeviceMessages::new();
+        let (mut messages, mut remote) = (crate::e2ee::ToDeviceMessages::new(), crate::e2ee::ToDeviceMessages::new());
         for identity in to {
             let Ok(user) = UserId::parse(&identity.user_id) else { continue };
+            let messages = if user.server_name() == self.server_name() { &mut messages } else { &mut remote };
             messages
                 .entry(user)
                 .or_default()
                 .insert(DeviceIdOrAllDevices::DeviceId(identity.device_id.as_str().into()), raw.clone());
         }
         let txn = format!("mls-welcome-{room_id}-{epoch}");
-        self.e2ee
-            .deliver_to_device(sender, sender_device.as_str(), &ToDeviceEventType::from(WELCOME_EVENT), &txn, &messages)
-            .await
+        let event_type = ToDeviceEventType::from(WELCOME_EVENT);
+        if !remote.is_empty() {
+            self.e2ee.send_remote_to_device(sender, &event_type, txn.as_str().into(), remote).await?;
+        }
+        self.e2ee.deliver_to_device(sender, sender_device.as_str(), &event_type, &txn, &messages).await
     }
 
     /// `PUT /mls/rooms/{roomId}/send/{txnId}`: an application message of a device in the
@@ -564,18 +653,13 @@ impl Mls {
         }
         self.check_mls_member_of_room(room_id, user).await?;
         self.check_cleared(user, device).await?;
-        let bytes = b64::decode(message).map_err(refused)?;
-        let group = self.load(room_id).await?;
-        let caller = Identity::new(user.as_str(), device.as_str());
-        if !group.members().iter().any(|m| m.identity == caller) {
-            return Err(Error::forbidden("This device is not in the room's MLS group"));
-        }
-        if !group.pending_removals().is_empty() {
-            return Err(Error::forbidden(
-                "A removal the server proposed must be committed first: fetch the handshakes of this epoch",
-            ));
-        }
-        let epoch = group.check_application(&bytes).map_err(refused)?;
+        let epoch = match self.orderer(room_id).await? {
+            None => self.check_message(user, device, room_id, message).await?,
+            Some(server) => {
+                let body = json!({ "room_id": room_id, "user_id": user, "device_id": device, "message": message });
+                self.ask_json::<Checked>(&server, "check", body).await?.epoch
+            }
+        };
         let content = json!({ "epoch": epoch, "message": message.trim_end_matches('=') });
         let pdu = self
             .rooms
@@ -587,6 +671,24 @@ impl Mls {
             )
             .await?;
         Ok(pdu.event_id.clone())
+    }
+
+    /// The orderer's check of an application message: from a device in the group, in its
+    /// current epoch, while no removal the server proposed waits for its commit. Answers the
+    /// epoch.
+    async fn check_message(&self, user: &UserId, device: &DeviceId, room_id: &RoomId, message: &str) -> Result<u64> {
+        let bytes = b64::decode(message).map_err(refused)?;
+        let group = self.load(room_id).await?;
+        let caller = Identity::new(user.as_str(), device.as_str());
+        if !group.members().iter().any(|m| m.identity == caller) {
+            return Err(Error::forbidden("This device is not in the room's MLS group"));
+        }
+        if !group.pending_removals().is_empty() {
+            return Err(Error::forbidden(
+                "A removal the server proposed must be committed first: fetch the handshakes of this epoch",
+            ));
+        }
+        group.check_application(&bytes).map_err(refused)
     }
 }
 
@@ -609,7 +711,7 @@ impl crate::rooms::commit::Subscriber for MlsMembers {
         for room_id in rooms {
             let (mls, room_id) = (mls.clone(), room_id.to_owned());
             tokio::spawn(async move {
-                if let Err(e) = mls.enforce_room(&room_id).await {
+                if let Err(e) = mls.enforce_room(&room_id, &[]).await {
                     tracing::warn!(%room_id, error = ?e, "MLS: cannot propose the removal of a departed member");
                 }
             });

@@ -1,0 +1,205 @@
+//! DR rooms shared with partner servers (those on the DR allow-list, `portal.
+//! dr_federation_allowlist`). One server orders each group's commits: the room creator's,
+//! which registered the group. The partners' servers forward their devices' commits and
+//! messages to it, read the group and its handshakes from it, and hand out their own users'
+//! key packages; each vouches for its own devices (their Matrix keys, their DR approval) and
+//! asks the orderer to remove those it stops approving.
+//!
+//! Over federation, signed (`X-Matrix`): `POST /_diplomatie/federation/v1/mls/{op}` with a
+//! JSON object naming the room and the user (of the requesting server) it acts for; `op` is
+//! `claim`, `group`, `handshakes`, `commit`, `check` or `revoke`. Errors come back as the
+//! client-server API's, the wrong-epoch conflict included, so that the client's retry works
+//! the same through a partner.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ruma::{
+    api::error::StandardErrorBody, events::StateEventType, OwnedDeviceId, OwnedRoomId, OwnedServerName, OwnedUserId,
+    RoomId, ServerName, UserId,
+};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{Checked, HandshakeView, Mls};
+use crate::{federation::client::remote_error, Error, Result};
+use diplomatie_mls::{b64, Identity};
+
+/// Largest answer of a partner server (a group's ratchet tree, a page of handshakes).
+const MAX_ANSWER_BYTES: u64 = 64 * 1024 * 1024;
+
+/// What the federation requests carry.
+#[derive(Deserialize)]
+struct Request {
+    room_id: Option<OwnedRoomId>,
+    user_id: OwnedUserId,
+    device_id: Option<OwnedDeviceId>,
+    device_ids: Option<Vec<OwnedDeviceId>>,
+    #[serde(default)]
+    from_epoch: i64,
+    commit: Option<String>,
+    welcome: Option<String>,
+    message: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct Handshakes {
+    pub(super) handshakes: Vec<HandshakeView>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Claimed {
+    key_packages: HashMap<OwnedDeviceId, String>,
+}
+
+fn missing(what: &str) -> Error {
+    Error::missing_param(format!("Missing '{what}'"))
+}
+
+impl Mls {
+    /// The server that orders the room's commits (its creator's), when it is not this one.
+    pub(super) async fn orderer(&self, room_id: &RoomId) -> Result<Option<OwnedServerName>> {
+        let create = self
+            .rooms
+            .state_event(room_id, &StateEventType::RoomCreate, "")
+            .await?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        let server = create.sender.server_name();
+        Ok((server != self.server_name()).then(|| server.to_owned()))
+    }
+
+    /// A partner server: on the DR allow-list.
+    pub(super) fn check_partner(&self, server: &ServerName) -> Result<()> {
+        if self.config.portal.dr_federation_allowlist.iter().any(|s| s == server.as_str()) {
+            Ok(())
+        } else {
+            Err(Error::forbidden(format!("{server} is not on the DR allow-list: DR rooms are not shared with it")))
+        }
+    }
+
+    /// Asks the partner `server` for `op`, and reads its answer (its refusal as the error).
+    pub(super) async fn ask_json<T: DeserializeOwned>(&self, server: &ServerName, op: &str, body: Value) -> Result<T> {
+        self.check_partner(server)?;
+        let path = format!("/_diplomatie/federation/v1/mls/{op}");
+        let answer = self.transport.federation_json(server, http::Method::POST, &path, &body, MAX_ANSWER_BYTES).await?;
+        let status = answer.status();
+        let value: Value = serde_json::from_slice(answer.body())
+            .map_err(|e| remote_error(server, format!("{op}: not JSON ({status}): {e}")))?;
+        if status.is_success() {
+            return serde_json::from_value(value).map_err(|e| remote_error(server, format!("{op}: {e}")));
+        }
+        if value["errcode"] == "FR_DIPLOMATIE_MLS_WRONG_EPOCH" {
+            let current = value["current_epoch"].as_u64().unwrap_or_default();
+            return Err(Error::MlsWrongEpoch { current, got: current.saturating_sub(1) });
+        }
+        match serde_json::from_value::<StandardErrorBody>(value) {
+            Ok(body) => Err(Error::new(body.kind, format!("{server}: {}", body.message))),
+            Err(_) => Err(remote_error(server, format!("{op}: {status}"))),
+        }
+    }
+
+    /// The Matrix ed25519 key of a partner's device, as its server answers.
+    pub(super) async fn remote_device_key(&self, user: &UserId, device: &OwnedDeviceId) -> Result<Option<Vec<u8>>> {
+        let asked = BTreeMap::from([(user.to_owned(), vec![device.to_string()])]);
+        let answer = self.e2ee.query_remote_keys(user.server_name(), asked).await?;
+        let Some(keys) = answer.device_keys.get(user).and_then(|d| d.get(device)) else { return Ok(None) };
+        let keys: Value = keys.deserialize_as().map_err(|e| remote_error(user.server_name(), e))?;
+        if keys["user_id"] != user.as_str() || keys["device_id"] != device.as_str() {
+            return Ok(None);
+        }
+        let key = keys["keys"][format!("ed25519:{device}")].as_str();
+        Ok(key.and_then(|k| b64::decode(k).ok()))
+    }
+
+    /// Claims key packages of a partner's user, from its server (which hands out only those
+    /// of devices it approves for DR).
+    pub(super) async fn claim_remote(
+        &self,
+        user: &UserId,
+        devices: Option<&[OwnedDeviceId]>,
+        room_id: Option<&RoomId>,
+    ) -> Result<HashMap<OwnedDeviceId, String>> {
+        let body = json!({ "user_id": user, "device_ids": devices, "room_id": room_id });
+        let claimed: Claimed = self.ask_json(user.server_name(), "claim", body).await?;
+        Ok(claimed.key_packages)
+    }
+
+    /// Asks the orderer of a room to propose the removal of `user`'s devices this server no
+    /// longer approves (all of them when the user lost the DR clearance). A failure is logged:
+    /// the orderer's own rule (the user still in the room and its server listed) stays.
+    pub(super) async fn revoke_remotely(&self, server: &ServerName, room_id: &RoomId, user: &UserId) -> usize {
+        let revoked = async {
+            let cleared = self.portal.person(user).await?.clearance == diplomatie_policies::Level::DR;
+            let mut devices = Vec::new();
+            for d in self.accounts.devices(user).await? {
+                let id: OwnedDeviceId = d.device_id.as_str().into();
+                if !cleared || !self.portal.device_is_dr(user, &id).await? {
+                    devices.push(id);
+                }
+            }
+            if devices.is_empty() {
+                return Ok(0);
+            }
+            let body = json!({ "room_id": room_id, "user_id": user, "device_ids": devices });
+            let v: Value = self.ask_json(server, "revoke", body).await?;
+            Ok::<_, Error>(v["proposed"].as_u64().unwrap_or_default() as usize)
+        };
+        match revoked.await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(%room_id, %server, error = ?e, "MLS: cannot ask the orderer to remove devices");
+                0
+            }
+        }
+    }
+
+    /// `POST /_diplomatie/federation/v1/mls/{op}` from `origin`, a partner server acting for
+    /// one of its users.
+    pub async fn serve_partner(&self, origin: &ServerName, op: &str, body: &[u8]) -> Result<Value> {
+        let req: Request = serde_json::from_slice(body).map_err(|e| Error::bad_json(format!("{op}: {e}")))?;
+        self.check_partner(origin)?;
+        let user = &req.user_id;
+        if op == "claim" {
+            if user.server_name() != self.server_name() {
+                return Err(Error::not_found(format!("{user} is not a user of this server")));
+            }
+            let key_packages = self.claim_local(user, req.device_ids.as_deref(), true).await?;
+            return to_value(Claimed { key_packages });
+        }
+        if user.server_name() != origin {
+            return Err(Error::forbidden("A server acts only for its own users"));
+        }
+        let room_id = req.room_id.as_deref().ok_or_else(|| missing("room_id"))?;
+        self.rooms.known_room(room_id).await?;
+        if self.orderer(room_id).await?.is_some() {
+            return Err(Error::forbidden("This server does not order this room's MLS group"));
+        }
+        let device = req.device_id.as_deref();
+        match op {
+            "group" => to_value(self.group(user, room_id).await?),
+            "handshakes" => to_value(Handshakes { handshakes: self.handshakes(user, room_id, req.from_epoch).await? }),
+            "commit" => {
+                let device = device.ok_or_else(|| missing("device_id"))?;
+                let commit = req.commit.as_deref().ok_or_else(|| missing("commit"))?;
+                self.check_mls_member_of_room(room_id, user).await?;
+                to_value(self.decide_commit(user, device, room_id, commit, req.welcome.is_some()).await?)
+            }
+            "check" => {
+                let device = device.ok_or_else(|| missing("device_id"))?;
+                let message = req.message.as_deref().ok_or_else(|| missing("message"))?;
+                self.check_mls_member_of_room(room_id, user).await?;
+                self.check_cleared(user, device).await?;
+                to_value(Checked { epoch: self.check_message(user, device, room_id, message).await? })
+            }
+            "revoke" => {
+                let revoked: Vec<Identity> =
+                    req.device_ids.iter().flatten().map(|d| Identity::new(user.as_str(), d.as_str())).collect();
+                Ok(json!({ "proposed": self.enforce_room(room_id, &revoked).await? }))
+            }
+            _ => Err(Error::unrecognized(format!("Unknown MLS operation '{op}'"))),
+        }
+    }
+}
+
+fn to_value<T: Serialize>(v: T) -> Result<Value> {
+    serde_json::to_value(v).map_err(crate::internal!())
+}
