@@ -300,6 +300,19 @@ async fn dr_rooms_speak_mls_through_the_delivery_service(backend: Backend) {
     outsider.create_group(room.as_bytes(), server_external_sender("localhost", &server_key)).unwrap();
     let forged = outsider.update(room.as_bytes()).unwrap();
     assert!(matches!(bob2.commit(&room, &forged).await.0, 400 | 403 | 409));
+    // A commit whose GroupInfo (for later external joins) is not of the epoch it makes: the
+    // previous epoch's, or one tampered with.
+    let d = alice.mls.update(room.as_bytes()).unwrap();
+    let mut body = json!({ "commit": b64::encode(&d.commit) });
+    body["group_info"] = json!(b64::encode(b.group_info.as_ref().expect("commits come with their group info")));
+    let commit_path = format!("/_diplomatie/client/v1/mls/rooms/{room}/commit");
+    assert_error(&alice.client.post(&commit_path, &body).await, 400, "M_INVALID_PARAM");
+    let mut tampered = d.group_info.clone().unwrap();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x01;
+    body["group_info"] = json!(b64::encode(&tampered));
+    assert!(matches!(alice.client.post(&commit_path, &body).await.0, 400));
+    alice.mls.discard_pending(room.as_bytes()).unwrap();
     assert_eq!(alice.client.ok(Method::GET, &group_path, None).await["epoch"], 3);
 
     // Alice's second device loses its approval: the server proposes its removal, nothing is

@@ -19,6 +19,7 @@ const SECRET: &str = "note verbale 2026-118, projet de reponse";
 const REPLY: &str = "relu, deux corrections au paragraphe 3";
 const CLI_TEXT: &str = "envoye depuis la ligne de commande";
 const AFTER: &str = "apres le retrait de l'agrement du poste";
+const BACK: &str = "poste agree de nouveau";
 
 fn texts(messages: &[diplomatie_client::Message]) -> Vec<&str> {
     messages.iter().map(|m| m.text.as_str()).collect()
@@ -137,6 +138,22 @@ async fn the_client_speaks_mls_in_dr_rooms(backend: Backend) {
     assert!(!texts(&bob.history(&room)).contains(&AFTER));
     assert!(bob.send(&room, "still here?").await.is_err(), "a removed device sends nothing");
 
+    // While unapproved, it cannot come back by itself either (an external commit), and the
+    // refusal leaves the group as it was.
+    let epoch = alice.epoch(&room).unwrap();
+    assert_eq!(bob.rejoin(&room).await.unwrap_err().errcode(), Some("M_FORBIDDEN"));
+    assert_eq!(bob.epoch(&room), None);
+    let (_, group) = root.get(&format!("/_diplomatie/client/v1/mls/rooms/{}/group", urlencode(&room))).await;
+    assert_eq!(group["errcode"], "M_FORBIDDEN", "the administrator is not in the room: {group}");
+    // Approved again, it comes back by itself from the group info Alice's last commit left,
+    // and reads what is sent from then on, not what it missed.
+    assert_eq!(root.put(&path, &json!({ "dr": true })).await.0, 200);
+    assert_eq!(bob.rejoin(&room).await.unwrap(), epoch + 1);
+    alice.send(&room, BACK).await.unwrap();
+    assert!(alice.members(&room).unwrap().iter().any(|m| m.device_id == bob.device_id()));
+    assert_eq!(texts(&bob.sync(0).await.unwrap()), [BACK]);
+    assert!(!texts(&bob.history(&room)).contains(&AFTER));
+
     // Leaving forgets the group.
     alice.leave(&room).await.unwrap();
     assert_eq!(alice.epoch(&room), None);
@@ -152,7 +169,7 @@ async fn the_client_speaks_mls_in_dr_rooms(backend: Backend) {
 
     // The server holds no plaintext.
     let stored = everything_stored(&server).await;
-    for text in [SECRET, REPLY, CLI_TEXT, AFTER] {
+    for text in [SECRET, REPLY, CLI_TEXT, AFTER, BACK] {
         assert!(!stored.windows(text.len()).any(|w| w == text.as_bytes()), "{text:?} is stored in clear");
     }
 }
@@ -286,10 +303,17 @@ async fn a_partner_server_hosts_members_of_a_dr_room(backend: Backend) {
     bob.sync(1000).await.unwrap();
     assert!(!texts(&bob.history(&room)).contains(&AFTER));
     assert!(bob.send(&room, "encore la?").await.is_err(), "a removed device sends nothing");
+    // Approved again by B, Bob's device comes back by itself through B (an external commit A
+    // orders), and reads what follows.
+    assert_eq!(root_b.put(&path, &json!({ "dr": true })).await.0, 200);
+    bob.rejoin(&room).await.unwrap();
+    alice.send(&room, BACK).await.unwrap();
+    sync_until(&mut bob, |c| texts(&c.history(&room)).contains(&BACK)).await;
+    assert!(!texts(&bob.history(&room)).contains(&AFTER));
 
     for server in [&a, &b] {
         let stored = everything_stored(server).await;
-        for text in [SECRET, REPLY, AFTER] {
+        for text in [SECRET, REPLY, AFTER, BACK] {
             assert!(!stored.windows(text.len()).any(|w| w == text.as_bytes()), "{text:?} is stored in clear");
         }
     }

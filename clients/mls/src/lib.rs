@@ -300,6 +300,44 @@ impl Client {
         Ok(devices)
     }
 
+    /// Brings this device (back) into the room's group by itself, with an external commit
+    /// from the group's current GroupInfo and tree: after it was removed and approved again,
+    /// or lost its state. The server accepts it for a device of a user joined to the room,
+    /// cleared DR and approved. Returns the new epoch.
+    pub async fn rejoin(&mut self, room_id: &str) -> Result<u64> {
+        let path = format!("/_diplomatie/client/v1/mls/rooms/{}/commit", enc(room_id));
+        for _ in 0..COMMIT_ATTEMPTS {
+            let group = self.get(&format!("/_diplomatie/client/v1/mls/rooms/{}/group", enc(room_id))).await?;
+            let Some(info) = group["group_info"].as_str() else {
+                return Err(Error::Usage(format!("the group of {room_id} has no group info to join from yet")));
+            };
+            let tree = b64::decode(group["ratchet_tree"].as_str().unwrap_or_default())?;
+            let outgoing = self.mls.join_externally(&b64::decode(info)?, &tree)?;
+            let mut body = json!({ "commit": b64::encode(&outgoing.commit) });
+            if let Some(info) = &outgoing.group_info {
+                body["group_info"] = json!(b64::encode(info));
+            }
+            match self.post(&path, &body).await {
+                Ok(v) => {
+                    let room = self.state.rooms.entry(room_id.to_owned()).or_default();
+                    room.seen.clear();
+                    self.save()?;
+                    return Ok(v["epoch"].as_u64().unwrap_or_default());
+                }
+                Err(e) => {
+                    // openmls keeps the group at the epoch it made: drop it, and try again
+                    // from the newer group info (after a lost epoch) or give up.
+                    self.mls.forget(room_id.as_bytes())?;
+                    self.save()?;
+                    if e.errcode() != Some("FR_DIPLOMATIE_MLS_WRONG_EPOCH") {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Err(Error::Usage(format!("the group of {room_id} changed {COMMIT_ATTEMPTS} times under this join")))
+    }
+
     /// Renews this device's key material in the room's group (a commit of its own leaf), which
     /// also commits any removal the server proposed.
     pub async fn rotate(&mut self, room_id: &str) -> Result<u64> {
@@ -376,6 +414,9 @@ impl Client {
             let mut body = json!({ "commit": b64::encode(&outgoing.commit) });
             if let Some(welcome) = &outgoing.welcome {
                 body["welcome"] = json!(b64::encode(welcome));
+            }
+            if let Some(info) = &outgoing.group_info {
+                body["group_info"] = json!(b64::encode(info));
             }
             match self.post(&path, &body).await {
                 Ok(_) => {

@@ -48,6 +48,9 @@ enum Command {
     },
     /// Renews this device's key material in a room's group.
     Rotate { room: String },
+    /// Brings this device back into a room's group by itself (an external commit), once it
+    /// is approved again; prints the new epoch.
+    Rejoin { room: String },
     /// Leaves a room and forgets its group.
     Leave { room: String },
     /// Prints the messages read and sent in a room (from the store, offline).
@@ -87,6 +90,7 @@ async fn run(cli: Cli) -> diplomatie_client::Result<()> {
         Command::Send { room, text } => println!("{}", client.send(&room, &text).await?),
         Command::Sync { timeout } => print(&client.sync(timeout).await?),
         Command::Rotate { room } => println!("{}", client.rotate(&room).await?),
+        Command::Rejoin { room } => println!("{}", client.rejoin(&room).await?),
         Command::Leave { room } => client.leave(&room).await?,
         Command::History { room } => print(&client.history(&room)),
         Command::KeyPackages { count } => println!("{}", client.publish_key_packages(count).await?),

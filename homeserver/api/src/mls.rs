@@ -131,9 +131,11 @@ pub async fn handshakes(
 struct CommitRequest {
     commit: String,
     welcome: Option<String>,
+    /// The new epoch's signed GroupInfo, kept for devices joining by an external commit.
+    group_info: Option<String>,
 }
 
-/// `POST /mls/rooms/{roomId}/commit` `{"commit", "welcome"?}`: 409
+/// `POST /mls/rooms/{roomId}/commit` `{"commit", "welcome"?, "group_info"?}`: 409
 /// `FR_DIPLOMATIE_MLS_WRONG_EPOCH` when another commit won the epoch.
 pub async fn commit(
     State(s): S,
@@ -143,7 +145,11 @@ pub async fn commit(
 ) -> Result<Response, ApiError> {
     let c = caller(&s, &parts).await?;
     let req: CommitRequest = parse_body(&body)?;
-    to_json(s.mls.commit(&c.user_id, &c.device_id, &room_id, &req.commit, req.welcome.as_deref()).await?)
+    let accepted = s
+        .mls
+        .commit(&c.user_id, &c.device_id, &room_id, &req.commit, req.welcome.as_deref(), req.group_info.as_deref())
+        .await?;
+    to_json(accepted)
 }
 
 #[derive(Deserialize)]

@@ -304,6 +304,30 @@ impl Group {
         Ok(bytes)
     }
 
+    /// Checks a GroupInfo (an `MlsMessage`) a committer gives for the group's current epoch,
+    /// for devices joining by an external commit: signed by a member of the current tree,
+    /// naming the current group context (epoch, tree hash, transcript hash), with the external
+    /// public key such a join needs.
+    pub fn check_group_info(&self, bytes: &[u8]) -> Result<()> {
+        let info = match mls_message(bytes)?.extract() {
+            MlsMessageBodyIn::GroupInfo(info) => info,
+            _ => return Err(Error::Malformed("not a group info".into())),
+        };
+        if info.extensions().external_pub().is_none() {
+            return Err(Error::Invalid("the group info has no external public key".into()));
+        }
+        let tree = RatchetTreeIn::tls_deserialize_exact(self.ratchet_tree().as_slice())
+            .map_err(|e| Error::Malformed(format!("the group's own tree: {e}")))?;
+        let provider = Provider::default();
+        let (public, _) =
+            PublicGroup::from_external(provider.crypto(), provider.storage(), tree, info, ProposalStore::new())
+                .map_err(|e| Error::Invalid(format!("the group info does not verify: {e}")))?;
+        if public.group_context() != self.public.group_context() {
+            return Err(Error::Invalid("the group info is not of the group's current epoch".into()));
+        }
+        Ok(())
+    }
+
     /// Whether a commit includes every removal the server proposed in its epoch.
     pub fn includes_pending_removals(&self, commit: &Commit) -> bool {
         self.pending_removals().into_iter().all(|leaf| commit.removed.iter().any(|r| r.index == Some(leaf)))

@@ -93,6 +93,8 @@ impl Device {
         MlsGroupJoinConfig::builder()
             .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
             .max_past_epochs(PAST_EPOCHS)
+            // As at creation: Welcomes carry their tree, commits come with their group info.
+            .use_ratchet_tree_extension(true)
             .build()
     }
 
@@ -142,8 +144,18 @@ impl Device {
         Ok((out(&info)?, tree))
     }
 
-    fn outgoing<G>((commit, welcome, _): (MlsMessageOut, Option<MlsMessageOut>, G)) -> Result<Outgoing> {
-        Ok(Outgoing { commit: out(&commit)?, welcome: welcome.as_ref().map(out).transpose()?, group_info: None })
+    fn outgoing(
+        (commit, welcome, info): (
+            MlsMessageOut,
+            Option<MlsMessageOut>,
+            Option<openmls::messages::group_info::GroupInfo>,
+        ),
+    ) -> Result<Outgoing> {
+        Ok(Outgoing {
+            commit: out(&commit)?,
+            welcome: welcome.as_ref().map(out).transpose()?,
+            group_info: info.map(|i| out(&MlsMessageOut::from(i))).transpose()?,
+        })
     }
 
     /// Stages a commit adding the devices whose key packages (TLS-encoded) are given.
@@ -181,8 +193,12 @@ impl Device {
         let bundle = group
             .self_update(&self.provider, &self.signer, LeafNodeParameters::default())
             .map_err(err("cannot update"))?;
-        let (commit, welcome, _) = bundle.into_messages();
-        Ok(Outgoing { commit: out(&commit)?, welcome: welcome.as_ref().map(out).transpose()?, group_info: None })
+        let (commit, welcome, info) = bundle.into_messages();
+        Ok(Outgoing {
+            commit: out(&commit)?,
+            welcome: welcome.as_ref().map(out).transpose()?,
+            group_info: info.as_ref().map(out).transpose()?,
+        })
     }
 
     /// Stages a commit of the proposals received (the server's removals).
@@ -221,6 +237,38 @@ impl Device {
             .into_group(&self.provider)
             .map_err(err("cannot join"))?;
         Ok(group.group_id().as_slice().to_vec())
+    }
+
+    /// Joins a group by itself (an external commit, RFC 9420 §12.4.3.2) from its current group
+    /// info (an `MlsMessage`) and ratchet tree: a device coming back after it was removed,
+    /// its old leaf, if any, replaced. The group is kept at the new epoch at once (openmls
+    /// merges an external commit as it makes it): when the delivery service refuses the commit,
+    /// [`Device::forget`] the group and try again from the service's newer group info.
+    pub fn join_externally(&self, group_info: &[u8], ratchet_tree: &[u8]) -> Result<Outgoing> {
+        let info = match MlsMessageIn::tls_deserialize_exact(group_info).map_err(err("not an MLS message"))?.extract() {
+            MlsMessageBodyIn::GroupInfo(info) => info,
+            _ => return Err(Error::Malformed("not a group info".into())),
+        };
+        let tree = RatchetTreeIn::tls_deserialize_exact(ratchet_tree).map_err(err("not a ratchet tree"))?;
+        self.forget(info.group_id().as_slice())?;
+        let (_, bundle) = MlsGroup::external_commit_builder()
+            .with_ratchet_tree(tree)
+            .with_config(Self::join_config())
+            .build_group(&self.provider, info, self.credential())
+            .map_err(err("cannot join"))?
+            .load_psks(self.provider.storage())
+            .map_err(err("cannot join"))?
+            .create_group_info(true)
+            .build(self.provider.rand(), self.provider.crypto(), &self.signer, |_| true)
+            .map_err(err("cannot join"))?
+            .finalize(&self.provider)
+            .map_err(err("cannot join"))?;
+        let (commit, welcome, info) = bundle.into_messages();
+        Ok(Outgoing {
+            commit: out(&commit)?,
+            welcome: welcome.as_ref().map(out).transpose()?,
+            group_info: info.as_ref().map(out).transpose()?,
+        })
     }
 
     /// Encrypts an application message for the group's current epoch.

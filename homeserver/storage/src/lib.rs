@@ -84,6 +84,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (13, "appservices", include_str!("../migrations/0013_appservices.sql")),
     (14, "erasure", include_str!("../migrations/0014_erasure.sql")),
     (15, "mls", include_str!("../migrations/0015_mls.sql")),
+    (16, "mls_group_info", include_str!("../migrations/0016_mls_group_info.sql")),
 ];
 
 #[derive(Debug)]

@@ -114,6 +114,23 @@ pub async fn update_group(
     Ok(done.rows_affected() == 1)
 }
 
+/// Sets the signed GroupInfo of a group's current epoch (none: unknown for this epoch).
+pub async fn set_group_info(conn: &mut Connection, room_id: &str, group_info: Option<&str>) -> Result<()> {
+    sqlx::query("UPDATE mls_groups SET group_info = $1 WHERE room_id = $2")
+        .bind(group_info)
+        .bind(room_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The signed GroupInfo of a group's current epoch, if its last committer gave it.
+pub async fn group_info<'e>(e: impl Exec<'e>, room_id: &str) -> Result<Option<String>> {
+    let row: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT group_info FROM mls_groups WHERE room_id = $1").bind(room_id).fetch_optional(e).await?;
+    Ok(row.and_then(|(info,)| info))
+}
+
 /// One handshake message of a group, in the order accepted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Handshake {

@@ -82,6 +82,9 @@ pub struct GroupView {
     pub epoch: u64,
     pub ratchet_tree: String,
     pub members: Vec<Identity>,
+    /// The current epoch's signed GroupInfo, for an external join (when its committer gave it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_info: Option<String>,
 }
 
 /// A handshake message, as members catch up.
@@ -371,6 +374,8 @@ impl Mls {
         if !store::insert_group(&mut tx, room_id.as_str(), 0, &state, now_ms()).await? {
             return Err(Error::Conflict("This room already has its MLS group".into()));
         }
+        // The creator's GroupInfo, verified with the group: the first external joins use it.
+        store::set_group_info(&mut tx, room_id.as_str(), Some(group_info.trim_end_matches('='))).await?;
         diplomatie_storage::commit(tx).await?;
         Ok(0)
     }
@@ -389,6 +394,7 @@ impl Mls {
             epoch: group.epoch(),
             ratchet_tree: b64::encode(group.ratchet_tree()),
             members: group.members().into_iter().map(|m| m.identity).collect(),
+            group_info: store::group_info(self.db.pool(), room_id.as_str()).await?,
         })
     }
 
@@ -511,15 +517,19 @@ impl Mls {
         room_id: &RoomId,
         commit: &str,
         welcome: Option<&str>,
+        group_info: Option<&str>,
     ) -> Result<Accepted> {
         self.check_mls_member_of_room(room_id, user).await?;
         let welcome = welcome.map(b64::decode).transpose().map_err(refused)?;
         let decided = match self.orderer(room_id).await? {
-            None => self.decide_commit(user, device, room_id, commit, welcome.is_some()).await?,
+            None => self.decide_commit(user, device, room_id, commit, welcome.is_some(), group_info).await?,
             Some(server) => {
                 let mut body = json!({ "room_id": room_id, "user_id": user, "device_id": device, "commit": commit });
                 if let Some(w) = &welcome {
                     body["welcome"] = json!(b64::encode(w));
+                }
+                if let Some(info) = group_info {
+                    body["group_info"] = json!(info);
                 }
                 self.ask_json(&server, "commit", body).await?
             }
@@ -540,7 +550,12 @@ impl Mls {
     /// to their Matrix keys, of users joined or invited, cleared DR and approved; removed
     /// devices are the caller's own, of users no longer in the room, or those the server
     /// proposed to remove; every removal the server proposed is included. Then the group
-    /// moves on and the commit is logged.
+    /// moves on and the commit is logged, with the new epoch's GroupInfo if the committer
+    /// gave one (checked against the new state).
+    ///
+    /// An external commit is a device of the caller joining by itself (coming back after its
+    /// removal, its old leaf replaced): its user joined to the room, cleared DR, the device
+    /// approved and bound to its key; it adds nobody else.
     async fn decide_commit(
         &self,
         user: &UserId,
@@ -548,8 +563,10 @@ impl Mls {
         room_id: &RoomId,
         commit: &str,
         has_welcome: bool,
+        group_info: Option<&str>,
     ) -> Result<Decided> {
         let bytes = b64::decode(commit).map_err(refused)?;
+        let group_info = group_info.map(|i| b64::decode(i).map(|b| (i, b))).transpose().map_err(refused)?;
         let lock = self.lock(room_id);
         let _guard = lock.lock().await;
         let mut group = self.load(room_id).await?;
@@ -560,7 +577,11 @@ impl Mls {
             return Err(Error::forbidden("A device commits only its own commits"));
         }
         if checked.external {
-            return Err(Error::forbidden("External commits are not accepted yet"));
+            let (u, d) = self.check_binding(&checked.committer).await?;
+            self.check_cleared(&u, &d).await?;
+            if !checked.added.is_empty() {
+                return Err(Error::forbidden("An external commit brings in its own device only"));
+            }
         }
         let pending = group.pending_removals();
         for leaf in checked.added.iter().chain(&checked.updated) {
@@ -593,11 +614,16 @@ impl Mls {
         let from = checked.epoch;
         group.merge(checked).map_err(refused)?;
         let epoch = group.epoch();
+        if let Some((_, bytes)) = &group_info {
+            group.check_group_info(bytes).map_err(refused)?;
+        }
         let mut tx = self.db.begin().await?;
         let state = b64::encode(group.save());
         if !store::update_group(&mut tx, room_id.as_str(), from as i64, epoch as i64, &state).await? {
             return Err(Error::MlsWrongEpoch { current: from + 1, got: from });
         }
+        let info = group_info.as_ref().map(|(text, _)| text.trim_end_matches('='));
+        store::set_group_info(&mut tx, room_id.as_str(), info).await?;
         store::add_handshake(&mut tx, room_id.as_str(), from as i64, "commit", &caller.user_id, commit, now_ms())
             .await?;
         diplomatie_storage::commit(tx).await?;

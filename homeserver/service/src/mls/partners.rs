@@ -38,6 +38,7 @@ struct Request {
     from_epoch: i64,
     commit: Option<String>,
     welcome: Option<String>,
+    group_info: Option<String>,
     message: Option<String>,
 }
 
@@ -181,7 +182,8 @@ impl Mls {
                 let device = device.ok_or_else(|| missing("device_id"))?;
                 let commit = req.commit.as_deref().ok_or_else(|| missing("commit"))?;
                 self.check_mls_member_of_room(room_id, user).await?;
-                to_value(self.decide_commit(user, device, room_id, commit, req.welcome.is_some()).await?)
+                let info = req.group_info.as_deref();
+                to_value(self.decide_commit(user, device, room_id, commit, req.welcome.is_some(), info).await?)
             }
             "check" => {
                 let device = device.ok_or_else(|| missing("device_id"))?;
