@@ -154,6 +154,19 @@ async fn the_client_speaks_mls_in_dr_rooms(backend: Backend) {
     assert_eq!(texts(&bob.sync(0).await.unwrap()), [BACK]);
     assert!(!texts(&bob.history(&room)).contains(&AFTER));
 
+    // Bob's device logs out: its removal is proposed at once, and Alice's next message
+    // commits it first.
+    let r = reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/logout", server.base))
+        .bearer_auth(bob.access_token())
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    alice.send(&room, "apres la deconnexion").await.unwrap();
+    assert!(!alice.members(&room).unwrap().iter().any(|m| m.device_id == bob.device_id()), "logged out, removed");
+
     // Leaving forgets the group.
     alice.leave(&room).await.unwrap();
     assert_eq!(alice.epoch(&room), None);

@@ -138,7 +138,7 @@ pub async fn set_clearance(
     let req: ClearanceBody = parse_body(&body)?;
     let target = s.accounts.parse_local_user(&user)?;
     s.organisation.set_clearance(&caller.user_id, caller.is_admin, &target, level(&req.clearance)?).await?;
-    s.mls.enforce_clearances(&target).await?;
+    s.mls.enforce_clearances(&target, &[]).await?;
     Ok(Json(s.portal.clearance_report(&target).await?))
 }
 
@@ -171,7 +171,7 @@ pub async fn set_device_clearance(
     let req: DeviceBody = parse_body(&body)?;
     let (target, device) = (s.accounts.parse_local_user(&user)?, OwnedDeviceId::from(device));
     s.portal.set_device_clearance(&caller.user_id, caller.is_admin, &target, &device, req.dr).await?;
-    s.mls.enforce_clearances(&target).await?;
+    s.mls.enforce_clearances(&target, &[]).await?;
     Ok(Json(s.portal.device_clearance_report(&target, &device).await?))
 }
 

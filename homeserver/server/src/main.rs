@@ -302,14 +302,14 @@ async fn org_command(services: &Services, command: OrgCommand) -> Result<(), dip
             let level = Level::parse(&level).ok_or_else(|| bad("The level is NP or DR"))?;
             let user = services.accounts.parse_local_user(&user)?;
             services.organisation.set_clearance(&system, true, &user, level).await?;
-            services.mls.enforce_clearances(&user).await?;
+            services.mls.enforce_clearances(&user, &[]).await?;
             println!("{}", serde_json::to_string(&services.portal.clearance_report(&user).await?)?);
         }
         OrgCommand::DeviceClearance { user, device, dr } => {
             let user = services.accounts.parse_local_user(&user)?;
             let device = ruma::OwnedDeviceId::from(device);
             services.portal.set_device_clearance(&system, true, &user, &device, matches!(dr, OnOff::On)).await?;
-            services.mls.enforce_clearances(&user).await?;
+            services.mls.enforce_clearances(&user, &[]).await?;
             println!("{}", serde_json::to_string(&services.portal.device_clearance_report(&user, &device).await?)?);
         }
         OrgCommand::Kind { user, kind } => {

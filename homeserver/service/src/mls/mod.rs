@@ -481,14 +481,15 @@ impl Mls {
     /// After a change of `user`'s clearance or devices' approvals (or of their rooms): in each
     /// of their rooms' groups, proposes the removal of the devices that may no longer be in it.
     /// In rooms whose group a partner server orders, that server is asked to propose them.
-    pub async fn enforce_clearances(&self, user: &UserId) -> Result<usize> {
+    /// `gone`: devices of the user just deleted (logged out), which no longer exist here.
+    pub async fn enforce_clearances(&self, user: &UserId, gone: &[&str]) -> Result<usize> {
         let mut proposed = 0;
         for room_id in crate::rooms::joined_rooms(&self.core, user).await? {
             if store::group(self.db.pool(), room_id.as_str()).await?.is_some() {
                 proposed += self.enforce_room(&room_id, &[]).await?;
             } else if self.is_mls_room(&room_id).await? {
                 if let Some(server) = self.orderer(&room_id).await? {
-                    proposed += self.revoke_remotely(&server, &room_id, user).await;
+                    proposed += self.revoke_remotely(&server, &room_id, user, gone).await;
                 }
             }
         }

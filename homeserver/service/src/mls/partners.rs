@@ -125,12 +125,18 @@ impl Mls {
     }
 
     /// Asks the orderer of a room to propose the removal of `user`'s devices this server no
-    /// longer approves (all of them when the user lost the DR clearance). A failure is logged:
+    /// longer approves (all of them when the user lost the DR clearance) or deleted (`gone`). A failure is logged:
     /// the orderer's own rule (the user still in the room and its server listed) stays.
-    pub(super) async fn revoke_remotely(&self, server: &ServerName, room_id: &RoomId, user: &UserId) -> usize {
+    pub(super) async fn revoke_remotely(
+        &self,
+        server: &ServerName,
+        room_id: &RoomId,
+        user: &UserId,
+        gone: &[&str],
+    ) -> usize {
         let revoked = async {
             let cleared = self.portal.person(user).await?.clearance == diplomatie_policies::Level::DR;
-            let mut devices = Vec::new();
+            let mut devices: Vec<OwnedDeviceId> = gone.iter().map(|d| (*d).into()).collect();
             for d in self.accounts.devices(user).await? {
                 let id: OwnedDeviceId = d.device_id.as_str().into();
                 if !cleared || !self.portal.device_is_dr(user, &id).await? {
