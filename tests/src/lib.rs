@@ -115,6 +115,19 @@ impl TestServer {
         server
     }
 
+    /// Starts a server whose organisation (users, groups, communities: the YAML of
+    /// `diplomatie org import`) is imported through the command line before it starts.
+    pub async fn start_with_organisation(backend: Backend, yaml: &str, extra: &[(&str, &str)]) -> TestServer {
+        let mut server = TestServer::start(backend, extra).await;
+        server.kill().await;
+        let file = server.data_dir.path().join("organisation.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let out = server.command(&["org", "import", file.to_str().unwrap()]).await;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        server.launch().await;
+        server
+    }
+
     /// Starts a server that federates: its name is `127.0.0.1:<port>` where its built-in HTTPS
     /// listener serves (a self-signed certificate, accepted by the others since every test
     /// server skips certificate checks for loopback addresses only).

@@ -55,15 +55,7 @@ async fn login(server: &TestServer, user: &str) -> Client {
 
 /// Imports the organisation (through the command line, before the server starts).
 async fn organisation(backend: Backend) -> TestServer {
-    let mut server = TestServer::start(backend, &[]).await;
-    server.kill().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("org.yaml");
-    std::fs::write(&file, ORG).unwrap();
-    let out = server.command(&["org", "import", file.to_str().unwrap()]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    server.launch().await;
-    server
+    TestServer::start_with_organisation(backend, ORG, &[]).await
 }
 
 async fn room_of(c: &Client, alias: &str) -> String {

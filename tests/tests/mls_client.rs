@@ -3,16 +3,19 @@
 //! both ways, a restart from the store, two devices rotating their keys at once, an approval
 //! withdrawn (the client commits the server's removal before sending), leaving; and no
 //! plaintext in the server's data afterwards. A partner server (a second instance, on the DR
-//! allow-list) hosting members of the group, the room's server ordering its commits.
+//! allow-list) hosting members of the group, the room's server ordering its commits. DR
+//! formal correspondence signed and encrypted by the client, its metadata dispatched.
 
 use diplomatie_client::{Client, Error};
 use diplomatie_tests::{assert_error, backend_tests, clear_dr, everything_stored, urlencode, Backend, TestServer};
+use reqwest::Method;
 use serde_json::json;
 
 backend_tests!(
     the_client_speaks_mls_in_dr_rooms,
     with_dr_rooms_mls_every_dr_room_is_an_mls_room,
-    a_partner_server_hosts_members_of_a_dr_room
+    a_partner_server_hosts_members_of_a_dr_room,
+    dr_correspondence_travels_signed_and_encrypted
 );
 
 const SECRET: &str = "note verbale 2026-118, projet de reponse";
@@ -329,5 +332,116 @@ async fn a_partner_server_hosts_members_of_a_dr_room(backend: Backend) {
         for text in [SECRET, REPLY, AFTER, BACK] {
             assert!(!stored.windows(text.len()).any(|w| w == text.as_bytes()), "{text:?} is stored in clear");
         }
+    }
+}
+
+/// A request of the client's user (what the library does not wrap).
+async fn api(
+    c: &Client,
+    base: &str,
+    method: Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value, Error> {
+    diplomatie_client::call(&reqwest::Client::new(), base, Some(c.access_token()), method, path, body).await
+}
+
+const ORG: &str = r#"
+users:
+  - { localpart: root, password: pw, admin: true }
+  - { localpart: alice, password: pw, clearance: DR, group: paris }
+  - { localpart: bob, password: pw, clearance: DR, group: dgm }
+groups:
+  - { slug: paris, name: "Ambassade a Paris", classification: DR, managers: [alice] }
+  - { slug: dgm, name: DGM, classification: DR, managers: [bob] }
+"#;
+const SUBJECT: &str = "Negociation gaziere, position francaise";
+const TEXT: &str = "Le poste recommande de ne pas signer en l'etat.";
+
+/// A telegram of Paris for action of the DGM, DR: Alice's client signs it, sends it encrypted
+/// into both groups' DR rooms (MLS rooms their managers named), the server dispatches what it
+/// may see (reference, kind, groups: Bob's journal entry) and Bob's client reads and verifies
+/// it. Copies that are not the author's, replays and non-managers are refused; the server's
+/// data holds neither the subject nor the text.
+async fn dr_correspondence_travels_signed_and_encrypted(backend: Backend) {
+    let server = TestServer::start_with_organisation(backend, ORG, &[]).await;
+    let root = server.login("root", "pw").await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = |name: &str| dir.path().join(format!("{name}.json"));
+    let mut alice = Client::login(&store("alice"), &server.base, "alice", "pw").await.unwrap();
+    let mut bob = Client::login(&store("bob"), &server.base, "bob", "pw").await.unwrap();
+    for c in [&alice, &bob] {
+        clear_dr(&root, c.user_id(), Some(c.device_id())).await;
+    }
+    // Each manager makes the group's DR room and names it; Alice's device joins the DGM's.
+    let paris = alice.create_room(Some("Paris DR")).await.unwrap();
+    let dgm = bob.create_room(Some("DGM DR")).await.unwrap();
+    assert_eq!(bob.set_group_dr_room("paris", &dgm).await.unwrap_err().errcode(), Some("M_FORBIDDEN"));
+    alice.set_group_dr_room("paris", &paris).await.unwrap();
+    bob.set_group_dr_room("dgm", &dgm).await.unwrap();
+    assert_eq!(alice.group_dr_room("dgm").await.unwrap(), dgm);
+    bob.invite(&dgm, alice.user_id()).await.unwrap();
+    alice.join(&dgm).await.unwrap();
+    bob.add(&dgm, alice.user_id()).await.unwrap();
+    alice.sync(0).await.unwrap();
+
+    let telegram = diplomatie_client::correspondence::Composition {
+        kind: "telegram".into(),
+        from: "paris".into(),
+        subject: SUBJECT.into(),
+        body: TEXT.into(),
+        action: vec!["dgm".into()],
+        ..Default::default()
+    };
+    let (sent, record) = alice.send_correspondence(&telegram).await.unwrap();
+    let roles: Vec<&str> = sent.deliveries.iter().filter_map(|d| d["as"].as_str()).collect();
+    assert_eq!(roles, ["origin", "action", "journal_action_pointer"], "{:?}", sent.deliveries);
+    assert_eq!(sent.deliveries[1]["room_id"], dgm.as_str());
+    assert_eq!(sent.journal_entries, 1, "Bob's action entry");
+    let reference = sent.reference.clone();
+
+    // Bob's device reads it in the DGM's DR room, and it verifies.
+    let read = bob.sync(0).await.unwrap();
+    let got = read.iter().find_map(|m| m.correspondence()).expect("the correspondence");
+    assert_eq!((got["subject"].as_str(), got["reference"].as_str()), (Some(SUBJECT), Some(reference.as_str())));
+    assert!(bob.verify_correspondence(&got).await.unwrap());
+    let mut forged = got.clone();
+    forged["body"] = json!("Le poste recommande de signer.");
+    assert!(!bob.verify_correspondence(&forged).await.unwrap(), "a changed record does not verify");
+    // The DGM must act on it (Bob's journal); the server knows its reference and groups, not
+    // its subject.
+    let journal = api(&bob, &server.base, Method::GET, "/_diplomatie/client/v1/journal", None).await.unwrap();
+    let item = journal["action"].as_array().unwrap().iter().find(|i| i["reference"] == reference.as_str()).cloned();
+    let item = item.unwrap_or_else(|| panic!("no action item: {journal}"));
+    assert_eq!((item["group"].as_str(), item["status"].as_str()), (Some("dgm"), Some("new")));
+    assert!(item["subject"].as_str().unwrap_or_default().is_empty(), "{item}");
+    let path = format!("/_diplomatie/client/v1/correspondence/{reference}");
+    let export = api(&alice, &server.base, Method::GET, &path, None).await.unwrap();
+    assert_eq!(export["record"]["kind"], "telegram");
+    assert_eq!(export["record"]["action"], json!(["dgm"]));
+    assert!(export["record"].get("subject").is_none(), "the server never had it: {export}");
+
+    // A dispatch whose copy is someone else's message, and a replay: refused.
+    let path = "/_diplomatie/client/v1/correspondence/references";
+    let reserved = api(&alice, &server.base, Method::POST, path, Some(&json!({ "from": "paris" }))).await.unwrap();
+    let theirs = bob.send(&dgm, "pas une correspondance").await.unwrap();
+    let mine = alice.send(&paris, "copie").await.unwrap();
+    let body = json!({
+        "reference": reserved["reference"], "kind": "telegram", "from": "paris", "action": ["dgm"],
+        "copies": { "paris": mine, "dgm": theirs },
+    });
+    let path = "/_diplomatie/client/v1/correspondence/encrypted";
+    let refused = api(&alice, &server.base, Method::POST, path, Some(&body)).await.unwrap_err();
+    assert_eq!(refused.errcode(), Some("M_INVALID_PARAM"), "{refused}");
+    let mut replay = body.clone();
+    replay["reference"] = json!(reference);
+    replay["copies"]["dgm"] = json!(sent.deliveries.iter().find(|d| d["group"] == "dgm").unwrap()["event_id"]);
+    let refused = api(&alice, &server.base, Method::POST, path, Some(&replay)).await.unwrap_err();
+    assert_eq!(refused.errcode(), Some("M_FORBIDDEN"), "{refused}");
+    assert_eq!(record["signatures"].as_object().unwrap().len(), 1, "signed by its author alone");
+
+    let stored = everything_stored(&server).await;
+    for text in [SUBJECT, TEXT] {
+        assert!(!stored.windows(text.len()).any(|w| w == text.as_bytes()), "{text:?} is stored in clear");
     }
 }

@@ -12,6 +12,7 @@
 //! commit won the epoch (409 `FR_DIPLOMATIE_MLS_WRONG_EPOCH`), it drops its own, catches up
 //! and tries again. Removals the server proposed are committed before anything is sent.
 
+pub mod correspondence;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -198,22 +199,28 @@ impl Client {
         self.request(reqwest::Method::POST, path, Some(body)).await
     }
 
+    /// The device's ed25519 signature of a JSON object's canonical form (Matrix's signing
+    /// scheme: the caller leaves out `signatures` and `unsigned`), in unpadded base64.
+    fn sign(&self, value: &Value) -> Result<String> {
+        use ed25519_dalek::Signer as _;
+        let key = ed25519_dalek::SigningKey::from_bytes(&seed_of(&self.state)?);
+        let canonical = ruma::canonical_json::to_canonical_value(value)
+            .map_err(|e| Error::Usage(format!("not canonical JSON: {e}")))?
+            .to_string();
+        Ok(b64::encode(key.sign(canonical.as_bytes()).to_bytes()))
+    }
+
     /// Uploads the device's ed25519 key as its Matrix device key, self-signed: the server
     /// binds the device's MLS leaves to it.
     async fn upload_device_key(&self) -> Result<()> {
-        use ed25519_dalek::Signer as _;
-        let key = ed25519_dalek::SigningKey::from_bytes(&seed_of(&self.state)?);
         let (user, device) = (&self.state.user_id, &self.state.device_id);
         let mut device_keys = json!({
             "user_id": user,
             "device_id": device,
             "algorithms": ["fr.diplomatie.mls.v1"],
-            "keys": { format!("ed25519:{device}"): b64::encode(key.verifying_key().to_bytes()) },
+            "keys": { format!("ed25519:{device}"): b64::encode(self.mls.signature_key()) },
         });
-        let canonical = ruma::canonical_json::to_canonical_value(&device_keys)
-            .map_err(|e| Error::Usage(format!("device keys: {e}")))?
-            .to_string();
-        let signature = b64::encode(key.sign(canonical.as_bytes()).to_bytes());
+        let signature = self.sign(&device_keys)?;
         device_keys["signatures"] = json!({ user: { format!("ed25519:{device}"): signature } });
         self.post("/_matrix/client/v3/keys/upload", &json!({ "device_keys": device_keys })).await?;
         Ok(())

@@ -62,6 +62,27 @@ enum Command {
     },
     /// Prints the devices of a room's group and its epoch.
     Members { room: String },
+    /// Names a room (MLS, classified DR) as the DR room of a group this user manages.
+    SetDrRoom { group: String, room: String },
+    /// Signs and sends a DR correspondence, encrypted into each group's DR room; prints its
+    /// reference.
+    Correspond {
+        /// telegram, diplomatic_note or formal_letter.
+        #[arg(long)]
+        kind: String,
+        /// The sending group.
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        subject: String,
+        /// Addressee groups for action.
+        #[arg(long)]
+        action: Vec<String>,
+        /// Addressee groups for information.
+        #[arg(long)]
+        information: Vec<String>,
+        body: String,
+    },
 }
 
 fn print(messages: &[Message]) {
@@ -91,6 +112,19 @@ async fn run(cli: Cli) -> diplomatie_client::Result<()> {
         Command::Sync { timeout } => print(&client.sync(timeout).await?),
         Command::Rotate { room } => println!("{}", client.rotate(&room).await?),
         Command::Rejoin { room } => println!("{}", client.rejoin(&room).await?),
+        Command::SetDrRoom { group, room } => client.set_group_dr_room(&group, &room).await?,
+        Command::Correspond { kind, from, subject, action, information, body } => {
+            let c = diplomatie_client::correspondence::Composition {
+                kind,
+                from,
+                subject,
+                body,
+                action,
+                information,
+                tags: vec![],
+            };
+            println!("{}", client.send_correspondence(&c).await?.0.reference);
+        }
         Command::Leave { room } => client.leave(&room).await?,
         Command::History { room } => print(&client.history(&room)),
         Command::KeyPackages { count } => println!("{}", client.publish_key_packages(count).await?),

@@ -11,7 +11,7 @@ use axum::{
     Json,
 };
 use diplomatie_service::{
-    correspondence::{Audience, Composition, JournalItems, Status},
+    correspondence::{Audience, Composition, EncryptedDispatch, JournalItems, Status},
     Error, Services,
 };
 use ruma::{api::error::ErrorKind, OwnedUserId};
@@ -177,4 +177,37 @@ pub async fn unfollow(State(s): S, Path(tag): Path<String>, parts: Parts) -> Res
     let caller = caller(&s, &parts).await?;
     let removed = s.correspondence.unfollow_tag(&caller.user_id, &tag).await?;
     to_json(Unfollowed { unfollowed: removed })
+}
+
+/// `POST /_diplomatie/client/v1/correspondence/encrypted`: a DR correspondence whose signed
+/// record the author's client sent, MLS-encrypted, into each group's DR room; the server
+/// dispatches its metadata.
+pub async fn send_encrypted(State(s): S, parts: Parts, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let caller = caller(&s, &parts).await?;
+    let d: EncryptedDispatch = parse_body(&body)?;
+    to_json(s.correspondence.send_encrypted_correspondence(&caller, d).await?)
+}
+
+#[derive(Deserialize, Serialize)]
+struct DrRoom {
+    room_id: ruma::OwnedRoomId,
+}
+
+/// `GET /_diplomatie/client/v1/groups/{slug}/dr_room`: the group's DR room.
+pub async fn dr_room(State(s): S, Path(slug): Path<String>, parts: Parts) -> Result<Response, ApiError> {
+    caller(&s, &parts).await?;
+    to_json(DrRoom { room_id: s.correspondence.group_dr_room(&slug).await? })
+}
+
+/// `PUT /_diplomatie/client/v1/groups/{slug}/dr_room` `{"room_id"}`: a manager names it.
+pub async fn set_dr_room(
+    State(s): S,
+    Path(slug): Path<String>,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let caller = caller(&s, &parts).await?;
+    let req: DrRoom = parse_body(&body)?;
+    s.correspondence.set_group_dr_room(&caller, &slug, &req.room_id).await?;
+    to_json(Done {})
 }

@@ -273,6 +273,8 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = r
         .route("/_diplomatie/client/v1/correspondence", post(corr::send))
         .route("/_diplomatie/client/v1/correspondence/references", post(corr::reserve))
+        .route("/_diplomatie/client/v1/correspondence/encrypted", post(corr::send_encrypted))
+        .route("/_diplomatie/client/v1/groups/{slug}/dr_room", get(corr::dr_room).put(corr::set_dr_room))
         .route("/_diplomatie/client/v1/correspondence/keys/{key_id}", put(corr::put_key))
         .route("/_diplomatie/client/v1/users/{user_id}/correspondence_keys", get(corr::keys))
         .route("/_diplomatie/client/v1/correspondence/{reference}", get(corr::export))

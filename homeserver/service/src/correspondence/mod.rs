@@ -15,6 +15,7 @@
 //! of the agents concerned; with the record's row, its deliveries and the addressees' action
 //! items, in **one** transaction: a refusal or a failure leaves nothing half-dispatched.
 
+mod encrypted;
 mod journal;
 mod model;
 mod state;
@@ -36,6 +37,7 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+pub use encrypted::{EncryptedDispatch, DR_ROOM};
 pub use model::{normalise_tag, ActionItem, Composition, JournalItems, Kind};
 pub(crate) use model::{Addressee, Community, OrgRoom};
 pub use status::Status;
@@ -62,6 +64,9 @@ struct Plan {
     addressees: Vec<Addressee>,
     communities: Vec<Addressee>,
     tags: Vec<String>,
+    /// The copies an encrypted (MLS) correspondence already has, which its author's client
+    /// sent into each group's DR room: then dispatch posts no copy of its own.
+    copies: Option<Vec<store::Delivery>>,
 }
 
 /// What a dispatch made.
@@ -245,9 +250,25 @@ impl Correspondence {
                 return Err(Error::new(ErrorKind::NotFound, format!("Unknown reference {answered:?} to answer")));
             }
         }
-        let from = self.addressee(&c.from, "origin").await.map_err(|e| match e {
+        let from = self.sender_group(author, device, &c.from, level).await?;
+        let addressees = self.addressees(&c.action, &c.information, level).await?;
+        let tags: Vec<String> = c.tags.iter().map(|t| normalise_tag(t)).filter(|t| !t.is_empty()).collect();
+        let communities = self.matching_communities(&tags, level).await?;
+        Ok(Plan { kind, level, from, addressees, communities, tags, copies: None })
+    }
+
+    /// The sending group, if `author` (on `device`) may send a correspondence of `level` from
+    /// it: a member, cleared for the level, the device approved for DR.
+    async fn sender_group(
+        &self,
+        author: &UserId,
+        device: Option<&DeviceId>,
+        slug: &str,
+        level: Level,
+    ) -> Result<Addressee> {
+        let from = self.addressee(slug, "origin").await.map_err(|e| match e {
             Error::Matrix(ErrorKind::NotFound, _) => {
-                Error::new(ErrorKind::NotFound, format!("Unknown sending group {:?}", c.from))
+                Error::new(ErrorKind::NotFound, format!("Unknown sending group {slug:?}"))
             }
             e => e,
         })?;
@@ -260,10 +281,14 @@ impl Correspondence {
         let require_device = self.config.portal.dr_requires_approved_device;
         policies::may_send_correspondence(person, member, level, device_dr, require_device)
             .map_err(crate::error::forbidden)?;
+        Ok(from)
+    }
 
+    /// The addressee groups, each once, each one that may receive `level`.
+    async fn addressees(&self, action: &[String], information: &[String], level: Level) -> Result<Vec<Addressee>> {
         let mut seen = BTreeSet::new();
         let mut addressees = Vec::new();
-        for (slugs, role) in [(&c.action, "action"), (&c.information, "information")] {
+        for (slugs, role) in [(action, "action"), (information, "information")] {
             for slug in slugs {
                 if !seen.insert(slug.as_str()) {
                     return Err(Error::invalid_param(format!("Group {slug:?} is addressed twice")));
@@ -274,9 +299,7 @@ impl Correspondence {
                 addressees.push(a);
             }
         }
-        let tags: Vec<String> = c.tags.iter().map(|t| normalise_tag(t)).filter(|t| !t.is_empty()).collect();
-        let communities = self.matching_communities(&tags, level).await?;
-        Ok(Plan { kind, level, from, addressees, communities, tags })
+        Ok(addressees)
     }
 
     /// The communities whose interest tags meet `tags` and whose room may take `level`.
@@ -448,24 +471,29 @@ impl Correspondence {
         let keys = self.correspondence_keys(&caller.user_id).await?;
         verify_record(&record, author, &keys).map_err(|e| Error::forbidden(format!("Refused: {e}")))?;
         let c = composition_of(&record)?;
-        match store::reservation(self.db.pool(), &reference).await? {
-            Some((group, by)) if group == c.from && by == author => {}
-            _ => {
-                return Err(Error::forbidden(format!(
-                    "Reference {reference} was not reserved by you for group {}",
-                    c.from
-                )))
-            }
-        }
-        if store::get(self.db.pool(), &reference).await?.is_some() {
-            return Err(Error::forbidden(format!("Reference {reference} was already dispatched (replay)")));
-        }
+        self.check_reservation(&reference, &c.from, author).await?;
         let plan = self.plan(&caller.user_id, Some(&caller.device_id), &c).await?;
         // `plan` accepts the words agents type; a signed record names its kind canonically.
         if c.kind != plan.kind.as_str() {
             return Err(Error::invalid_param("The record's kind must be telegram, diplomatic_note or formal_letter"));
         }
         self.dispatch(&caller.user_id, None, plan, record).await
+    }
+
+    /// A reference reserved by `author` for `group`, not dispatched yet.
+    async fn check_reservation(&self, reference: &str, group: &str, author: &str) -> Result<()> {
+        match store::reservation(self.db.pool(), reference).await? {
+            Some((g, by)) if g == group && by == author => {}
+            _ => {
+                return Err(Error::forbidden(format!(
+                    "Reference {reference} was not reserved by you for group {group}"
+                )))
+            }
+        }
+        if store::get(self.db.pool(), reference).await?.is_some() {
+            return Err(Error::forbidden(format!("Reference {reference} was already dispatched (replay)")));
+        }
+        Ok(())
     }
 
     /// Delivers a signed record everywhere `plan` says, in one transaction.
@@ -517,9 +545,11 @@ impl Correspondence {
             content
         };
         let mut targets: Vec<(OwnedRoomId, Value, &'static str, String)> = Vec::new();
-        targets.push((plan.from.room.clone(), copy("origin", &plan.from), "origin", plan.from.slug.clone()));
-        for a in plan.addressees.iter().chain(plan.communities.iter()) {
-            targets.push((a.room.clone(), copy(a.role, a), a.role, a.slug.clone()));
+        if plan.copies.is_none() {
+            targets.push((plan.from.room.clone(), copy("origin", &plan.from), "origin", plan.from.slug.clone()));
+            for a in plan.addressees.iter().chain(plan.communities.iter()) {
+                targets.push((a.room.clone(), copy(a.role, a), a.role, a.slug.clone()));
+            }
         }
         let mut journal_entries = 0;
         for (user, i) in &action_readers {
@@ -540,7 +570,7 @@ impl Correspondence {
         }
 
         let mut writer = self.multi_room_writer().await;
-        let mut deliveries = Vec::with_capacity(targets.len());
+        let mut deliveries = plan.copies.clone().unwrap_or_default();
         for (room, content, role, group) in targets {
             writer.switch_to(&room).await?;
             let pdu = writer.append(&system, PduBuilder::message("m.room.message", content), None).await?;
