@@ -169,6 +169,16 @@ impl Mls {
             if user.server_name() != self.server_name() {
                 return Err(Error::not_found(format!("{user} is not a user of this server")));
             }
+            // Only for an MLS room the user is in and the partner takes part in: a partner
+            // cannot drain the key packages of users it shares no DR room with.
+            let room_id = req.room_id.as_deref().ok_or_else(|| missing("room_id"))?;
+            self.rooms.known_room(room_id).await?;
+            if !self.is_mls_room(room_id).await? || !self.in_room(room_id, user).await? {
+                return Err(Error::forbidden(format!("{user} is not in that MLS room")));
+            }
+            if !self.rooms.joined_members(room_id).await?.iter().any(|u| u.server_name() == origin) {
+                return Err(Error::forbidden("Your server has no member in that room"));
+            }
             let key_packages = self.claim_local(user, req.device_ids.as_deref(), true).await?;
             return to_value(Claimed { key_packages });
         }
