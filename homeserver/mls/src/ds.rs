@@ -48,6 +48,47 @@ fn mls_message(bytes: &[u8]) -> Result<MlsMessageIn> {
     MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| Error::Malformed(format!("not an MLS message: {e}")))
 }
 
+/// A message of the group `group_id` made in `epoch`.
+fn protocol_message(bytes: &[u8], group_id: &[u8], epoch: u64) -> Result<ProtocolMessage> {
+    let message = mls_message(bytes)?
+        .try_into_protocol_message()
+        .map_err(|_| Error::Malformed("not a public or private message".into()))?;
+    if message.group_id().as_slice() != group_id {
+        return Err(Error::Invalid("the message is for another group".into()));
+    }
+    let got = message.epoch().as_u64();
+    if got != epoch {
+        return Err(Error::WrongEpoch { current: epoch, got });
+    }
+    Ok(message)
+}
+
+fn application_epoch(bytes: &[u8], group_id: &[u8], epoch: u64) -> Result<u64> {
+    let message = protocol_message(bytes, group_id, epoch)?;
+    if !matches!(message, ProtocolMessage::PrivateMessage(_)) || message.content_type() != ContentType::Application {
+        return Err(Error::Invalid("an application message must be an encrypted MLS application message".into()));
+    }
+    Ok(epoch)
+}
+
+/// A group's epoch, devices and whether a removal the server proposed waits: all that
+/// checking an application message needs, without loading the group's whole state (which
+/// grows with the group: 1 MiB for 1,000 devices).
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub group_id: Vec<u8>,
+    pub epoch: u64,
+    pub members: std::collections::HashSet<Identity>,
+    pub removals_pending: bool,
+}
+
+impl Summary {
+    /// [`Group::check_application`], on the summary.
+    pub fn check_application(&self, bytes: &[u8]) -> Result<u64> {
+        application_epoch(bytes, &self.group_id, self.epoch)
+    }
+}
+
 /// A key package a device uploaded, verified: its signature, its lifetime, its ciphersuite.
 #[derive(Debug)]
 pub struct CheckedKeyPackage {
@@ -188,28 +229,23 @@ impl Group {
     }
 
     fn protocol_message(&self, bytes: &[u8]) -> Result<ProtocolMessage> {
-        let message = mls_message(bytes)?
-            .try_into_protocol_message()
-            .map_err(|_| Error::Malformed("not a public or private message".into()))?;
-        if message.group_id() != self.public.group_id() {
-            return Err(Error::Invalid("the message is for another group".into()));
-        }
-        let got = message.epoch().as_u64();
-        if got != self.epoch() {
-            return Err(Error::WrongEpoch { current: self.epoch(), got });
-        }
-        Ok(message)
+        protocol_message(bytes, self.public.group_id().as_slice(), self.epoch())
     }
 
     /// Checks an application message: a private message of this group, in its current epoch.
     /// Its content stays unreadable here; the answer is its epoch.
     pub fn check_application(&self, bytes: &[u8]) -> Result<u64> {
-        let message = self.protocol_message(bytes)?;
-        if !matches!(message, ProtocolMessage::PrivateMessage(_)) || message.content_type() != ContentType::Application
-        {
-            return Err(Error::Invalid("an application message must be an encrypted MLS application message".into()));
+        application_epoch(bytes, self.public.group_id().as_slice(), self.epoch())
+    }
+
+    /// What checking application messages needs of the group, kept between its changes.
+    pub fn summary(&self) -> Summary {
+        Summary {
+            group_id: self.group_id().to_vec(),
+            epoch: self.epoch(),
+            members: self.members().into_iter().map(|m| m.identity).collect(),
+            removals_pending: !self.pending_removals().is_empty(),
         }
-        Ok(message.epoch().as_u64())
     }
 
     /// Validates a commit (a public message) against the group and reports what it changes.

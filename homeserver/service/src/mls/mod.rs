@@ -59,6 +59,9 @@ pub struct Mls {
     signer: SignatureKeyPair,
     /// One writer per group at a time (the database's compare-and-set guards across processes).
     locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Each group's summary for checking messages, with the version of the state it was
+    /// made from (`store::group_version`): a message does not load the group's whole state.
+    summaries: std::sync::Mutex<HashMap<String, ((i64, i64), Arc<ds::Summary>)>>,
 }
 
 crate::core::over_core!(Mls);
@@ -155,7 +158,17 @@ impl Mls {
         transport: Arc<Transport>,
     ) -> std::io::Result<Mls> {
         let signer = load_signer(&core.config.data_dir)?;
-        Ok(Mls { core, rooms, portal, accounts, e2ee, transport, signer, locks: Default::default() })
+        Ok(Mls {
+            core,
+            rooms,
+            portal,
+            accounts,
+            e2ee,
+            transport,
+            signer,
+            locks: Default::default(),
+            summaries: Default::default(),
+        })
     }
 
     fn external_sender(&self) -> openmls::prelude::ExternalSender {
@@ -323,7 +336,11 @@ impl Mls {
         let (_, state) = store::group(self.db.pool(), room_id.as_str())
             .await?
             .ok_or_else(|| Error::not_found("This room has no MLS group yet"))?;
-        ds::Group::load(&b64::decode(&state).map_err(refused)?, room_id.as_bytes()).map_err(|e| {
+        self.parse_group(room_id, &state)
+    }
+
+    fn parse_group(&self, room_id: &RoomId, state: &str) -> Result<ds::Group> {
+        ds::Group::load(&b64::decode(state).map_err(refused)?, room_id.as_bytes()).map_err(|e| {
             tracing::error!(%room_id, error = %e, "unreadable MLS group state");
             Error::Internal
         })
@@ -705,17 +722,39 @@ impl Mls {
     /// epoch.
     async fn check_message(&self, user: &UserId, device: &DeviceId, room_id: &RoomId, message: &str) -> Result<u64> {
         let bytes = b64::decode(message).map_err(refused)?;
-        let group = self.load(room_id).await?;
+        let group = self.summary(room_id).await?;
         let caller = Identity::new(user.as_str(), device.as_str());
-        if !group.members().iter().any(|m| m.identity == caller) {
+        if !group.members.contains(&caller) {
             return Err(Error::forbidden("This device is not in the room's MLS group"));
         }
-        if !group.pending_removals().is_empty() {
+        if group.removals_pending {
             return Err(Error::forbidden(
                 "A removal the server proposed must be committed first: fetch the handshakes of this epoch",
             ));
         }
         group.check_application(&bytes).map_err(refused)
+    }
+
+    /// The group's summary, made again only when its state changed (here or in another
+    /// process: the version is read from the database each time).
+    async fn summary(&self, room_id: &RoomId) -> Result<Arc<ds::Summary>> {
+        let version = store::group_version(self.db.pool(), room_id.as_str())
+            .await?
+            .ok_or_else(|| Error::not_found("This room has no MLS group yet"))?;
+        if let Some((v, s)) = self.summaries.lock().unwrap().get(room_id.as_str()) {
+            if *v == version {
+                return Ok(s.clone());
+            }
+        }
+        // The state and its version, read by one statement (the state may be newer than the
+        // version read above).
+        let (epoch, proposals, state) = store::group_with_version(self.db.pool(), room_id.as_str())
+            .await?
+            .ok_or_else(|| Error::not_found("This room has no MLS group yet"))?;
+        let group = self.parse_group(room_id, &state)?;
+        let summary = Arc::new(group.summary());
+        self.summaries.lock().unwrap().insert(room_id.to_string(), ((epoch, proposals), summary.clone()));
+        Ok(summary)
     }
 }
 
