@@ -61,10 +61,13 @@ pub struct Mls {
     locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Each group's summary for checking messages, with the version of the state it was
     /// made from (`store::group_version`): a message does not load the group's whole state.
-    summaries: std::sync::Mutex<HashMap<String, ((i64, i64), Arc<ds::Summary>)>>,
+    summaries: std::sync::Mutex<HashMap<String, (StateVersion, Arc<ds::Summary>)>>,
 }
 
 crate::core::over_core!(Mls);
+
+/// A group state's version: its epoch, and the server's proposals in that epoch so far.
+type StateVersion = (i64, i64);
 
 /// What a client needs to create a group: the ciphersuite and the server as external sender.
 #[derive(Serialize)]
