@@ -10,35 +10,16 @@
 //! action items, journal pointers (reference and kind, never subject nor text), deliveries for
 //! the audience. Its record holds that metadata only; the signed record travels encrypted.
 
-use std::collections::BTreeMap;
-
 use diplomatie_policies::Level;
 use diplomatie_storage::correspondence as store;
-use ruma::{events::StateEventType, OwnedEventId, OwnedRoomId, RoomId};
-use serde::Deserialize;
+use ruma::{events::StateEventType, OwnedRoomId, RoomId};
 use serde_json::json;
 
-use super::{Correspondence, Dispatched, Kind, Plan};
+use super::{Correspondence, Dispatched, EncryptedDispatch, Kind, Plan};
 use crate::{accounts::Caller, rooms::PduBuilder, Error, Result};
 
 /// The state event, in a group's space, naming its DR room (`{"room_id"}`).
-pub const DR_ROOM: &str = "fr.diplomatie.dr_room";
-
-/// `POST /_diplomatie/client/v1/correspondence/encrypted`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EncryptedDispatch {
-    pub reference: String,
-    pub kind: String,
-    pub from: String,
-    #[serde(default)]
-    pub action: Vec<String>,
-    #[serde(default)]
-    pub information: Vec<String>,
-    /// The MLS message carrying the record in each group's DR room: `{group: event id}`,
-    /// the sending group included.
-    pub copies: BTreeMap<String, OwnedEventId>,
-}
+const DR_ROOM: &str = "fr.diplomatie.dr_room";
 
 impl Correspondence {
     /// The DR room of a group, where its encrypted DR correspondence arrives.

@@ -37,8 +37,7 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-pub use encrypted::{EncryptedDispatch, DR_ROOM};
-pub use model::{normalise_tag, ActionItem, Composition, JournalItems, Kind};
+pub use model::{normalise_tag, ActionItem, Composition, EncryptedDispatch, JournalItems, Kind};
 pub(crate) use model::{Addressee, Community, OrgRoom};
 pub use status::Status;
 pub use text::parse_draft;

@@ -119,3 +119,20 @@ pub struct ActionItem {
     pub updated_ts: i64,
     pub subject: Option<String>,
 }
+
+/// A DR correspondence the author's client signed and sent, MLS-encrypted, into each group's
+/// DR room: what the server may see of it (`POST /correspondence/encrypted`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptedDispatch {
+    pub reference: String,
+    pub kind: String,
+    pub from: String,
+    #[serde(default)]
+    pub action: Vec<String>,
+    #[serde(default)]
+    pub information: Vec<String>,
+    /// The MLS message carrying the record in each group's DR room: `{group: event id}`,
+    /// the sending group included.
+    pub copies: std::collections::BTreeMap<String, ruma::OwnedEventId>,
+}

@@ -102,6 +102,12 @@ pub struct HandshakeView {
     pub message: String,
 }
 
+/// A page of handshakes, as a partner server answers it.
+#[derive(Serialize, Deserialize)]
+struct Handshakes {
+    handshakes: Vec<HandshakeView>,
+}
+
 /// A commit accepted.
 #[derive(Serialize)]
 pub struct Accepted {
@@ -427,7 +433,7 @@ impl Mls {
         }
         if let Some(server) = self.orderer(room_id).await? {
             let body = json!({ "room_id": room_id, "user_id": user, "from_epoch": from_epoch });
-            return Ok(self.ask_json::<partners::Handshakes>(&server, "handshakes", body).await?.handshakes);
+            return Ok(self.ask_json::<Handshakes>(&server, "handshakes", body).await?.handshakes);
         }
         let rows = store::handshakes_since(self.db.pool(), room_id.as_str(), from_epoch, HANDSHAKES_PER_PAGE).await?;
         Ok(rows

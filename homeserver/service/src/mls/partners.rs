@@ -20,7 +20,7 @@ use ruma::{
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{Checked, HandshakeView, Mls};
+use super::{Checked, Handshakes, Mls};
 use crate::{federation::client::remote_error, Error, Result};
 use diplomatie_mls::{b64, Identity};
 
@@ -40,11 +40,6 @@ struct Request {
     welcome: Option<String>,
     group_info: Option<String>,
     message: Option<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub(super) struct Handshakes {
-    pub(super) handshakes: Vec<HandshakeView>,
 }
 
 #[derive(Serialize, Deserialize)]
