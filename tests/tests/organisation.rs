@@ -10,6 +10,7 @@ backend_tests!(
     communities_follow_their_join_rule,
     an_organisation_is_imported_once,
     the_command_line_imports_while_the_server_is_stopped,
+    the_organisations_aliases_are_its_own,
 );
 
 async fn joined_rooms(c: &Client) -> Vec<String> {
@@ -379,4 +380,31 @@ async fn the_command_line_imports_while_the_server_is_stopped(backend: Backend) 
         .await))
     .unwrap();
     assert_eq!(device["dr"], true);
+}
+
+/// Nobody but the organisation takes an alias of its namespaces (`#g.*`, `#c.*`): not a group
+/// or community that does not exist yet, nor a room of one that does.
+async fn the_organisations_aliases_are_its_own(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let root = server.admin().await;
+    let mallory = server.register("mallory").await;
+    for name in ["g.dgm", "c.energie.general", "g.paris.dr"] {
+        let body = json!({ "room_alias_name": name });
+        assert_error(&mallory.post("/_matrix/client/v3/createRoom", &body).await, 400, "M_EXCLUSIVE");
+        assert_error(&root.post("/_matrix/client/v3/createRoom", &body).await, 400, "M_EXCLUSIVE");
+    }
+    let room = mallory.create_room(json!({ "room_alias_name": "gdm-ordinaire" })).await;
+    for alias in ["#g.dgm.correspondence:localhost", "#c.sport:localhost"] {
+        let path = format!("/_matrix/client/v3/directory/room/{}", urlencode(alias));
+        assert_error(&mallory.put(&path, &json!({ "room_id": room })).await, 400, "M_EXCLUSIVE");
+    }
+    // The organisation's own still come to be.
+    let v = root
+        .ok(
+            Method::POST,
+            "/_diplomatie/admin/v1/groups",
+            Some(&json!({ "slug": "dgm", "name": "DGM", "managers": ["mallory"] })),
+        )
+        .await;
+    assert!(v["space_id"].is_string(), "{v}");
 }

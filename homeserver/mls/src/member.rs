@@ -151,10 +151,16 @@ impl Device {
             Option<openmls::messages::group_info::GroupInfo>,
         ),
     ) -> Result<Outgoing> {
+        Self::bundled((commit, welcome, info.map(MlsMessageOut::from)))
+    }
+
+    fn bundled(
+        (commit, welcome, info): (MlsMessageOut, Option<MlsMessageOut>, Option<MlsMessageOut>),
+    ) -> Result<Outgoing> {
         Ok(Outgoing {
             commit: out(&commit)?,
             welcome: welcome.as_ref().map(out).transpose()?,
-            group_info: info.map(|i| out(&MlsMessageOut::from(i))).transpose()?,
+            group_info: info.as_ref().map(out).transpose()?,
         })
     }
 
@@ -193,12 +199,7 @@ impl Device {
         let bundle = group
             .self_update(&self.provider, &self.signer, LeafNodeParameters::default())
             .map_err(err("cannot update"))?;
-        let (commit, welcome, info) = bundle.into_messages();
-        Ok(Outgoing {
-            commit: out(&commit)?,
-            welcome: welcome.as_ref().map(out).transpose()?,
-            group_info: info.as_ref().map(out).transpose()?,
-        })
+        Self::bundled(bundle.into_messages())
     }
 
     /// Stages a commit of the proposals received (the server's removals).
@@ -263,12 +264,7 @@ impl Device {
             .map_err(err("cannot join"))?
             .finalize(&self.provider)
             .map_err(err("cannot join"))?;
-        let (commit, welcome, info) = bundle.into_messages();
-        Ok(Outgoing {
-            commit: out(&commit)?,
-            welcome: welcome.as_ref().map(out).transpose()?,
-            group_info: info.as_ref().map(out).transpose()?,
-        })
+        Self::bundled(bundle.into_messages())
     }
 
     /// Encrypts an application message for the group's current epoch.

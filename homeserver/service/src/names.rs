@@ -14,3 +14,12 @@ pub const MANAGER_LEVEL: i64 = 100;
 pub const MSGTYPE: &str = "fr.diplomatie.correspondence";
 /// The content key telling how a copy was delivered (`{"as": ..., "group": ...}`).
 pub const DELIVERY: &str = "fr.diplomatie.delivery";
+/// The localpart of the organisation's service account.
+pub const SYSTEM_LOCALPART: &str = "diplomatie";
+
+/// Whether an alias localpart is of the organisation's namespaces (`g.<group>...`,
+/// `c.<community>...`): those aliases are the service account's alone, so that nobody takes a
+/// group's or community's name before it exists, nor points a room of it elsewhere.
+pub fn is_organisation_alias(localpart: &str) -> bool {
+    localpart.starts_with("g.") || localpart.starts_with("c.")
+}

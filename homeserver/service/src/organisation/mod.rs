@@ -42,7 +42,7 @@ pub use crate::names::GROUP;
 const PARALLEL_JOINS: usize = 32;
 
 /// The localpart of the server's own account, which creates groups and communities.
-pub const SYSTEM_LOCALPART: &str = "diplomatie";
+pub use crate::names::SYSTEM_LOCALPART;
 
 /// A functional group to create.
 #[derive(Clone, Debug, Deserialize, Serialize)]

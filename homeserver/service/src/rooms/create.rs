@@ -57,6 +57,9 @@ impl Membership {
                 if name.contains(':') || name.is_empty() {
                     return Err(Error::new(ErrorKind::InvalidParam, "Invalid room alias name"));
                 }
+                if crate::names::is_organisation_alias(name) && creator.localpart() != crate::names::SYSTEM_LOCALPART {
+                    return Err(Error::new(ErrorKind::Exclusive, "Aliases g.* and c.* are the organisation's"));
+                }
                 if diplomatie_storage::rooms::get_alias(self.db.pool(), alias.as_str()).await?.is_some() {
                     return Err(Error::new(ErrorKind::RoomInUse, "Room alias already taken"));
                 }

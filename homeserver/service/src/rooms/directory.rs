@@ -98,6 +98,9 @@ impl Directory {
             return Err(Error::invalid_param("Aliases must be on this server"));
         }
         let exclusive = |m: String| Err(Error::new(ErrorKind::Exclusive, m));
+        if crate::names::is_organisation_alias(alias.alias()) && user.localpart() != crate::names::SYSTEM_LOCALPART {
+            return exclusive(format!("{alias} is in the organisation's namespace (g.*, c.*)"));
+        }
         if let Some(owner) = self.registrations.exclusive_owner_of_alias(alias.as_str()) {
             if appservice != Some(owner.id()) {
                 return exclusive(format!("{alias} is reserved by the application service {}", owner.id()));
