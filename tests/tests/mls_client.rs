@@ -24,6 +24,11 @@ const CLI_TEXT: &str = "envoye depuis la ligne de commande";
 const AFTER: &str = "apres le retrait de l'agrement du poste";
 const BACK: &str = "poste agree de nouveau";
 
+/// Where an administrator sets a device's DR approval.
+fn approval_path(c: &Client) -> String {
+    format!("/_diplomatie/admin/v1/users/{}/devices/{}/clearance", urlencode(c.user_id()), urlencode(c.device_id()))
+}
+
 fn texts(messages: &[diplomatie_client::Message]) -> Vec<&str> {
     messages.iter().map(|m| m.text.as_str()).collect()
 }
@@ -129,11 +134,7 @@ async fn the_client_speaks_mls_in_dr_rooms(backend: Backend) {
 
     // Bob's device loses its approval: the server proposes its removal, Alice's client
     // commits it before sending, and Bob's device reads nothing of what follows.
-    let path = format!(
-        "/_diplomatie/admin/v1/users/{}/devices/{}/clearance",
-        urlencode(bob.user_id()),
-        urlencode(bob.device_id())
-    );
+    let path = approval_path(&bob);
     assert_eq!(root.put(&path, &json!({ "dr": false })).await.0, 200);
     alice.send(&room, AFTER).await.unwrap();
     assert!(!alice.members(&room).unwrap().iter().any(|m| m.device_id == bob.device_id()));
@@ -308,11 +309,7 @@ async fn a_partner_server_hosts_members_of_a_dr_room(backend: Backend) {
 
     // B withdraws the approval of Bob's device: B asks A, which proposes its removal; Alice's
     // next message commits it first, and Bob's device reads nothing after.
-    let path = format!(
-        "/_diplomatie/admin/v1/users/{}/devices/{}/clearance",
-        urlencode(bob.user_id()),
-        urlencode(bob.device_id())
-    );
+    let path = approval_path(&bob);
     assert_eq!(root_b.put(&path, &json!({ "dr": false })).await.0, 200);
     alice.send(&room, AFTER).await.unwrap();
     assert!(!alice.members(&room).unwrap().iter().any(|m| m.device_id == bob.device_id()), "removed");
