@@ -402,6 +402,10 @@ async fn dr_correspondence_travels_signed_and_encrypted(backend: Backend) {
     let got = read.iter().find_map(|m| m.correspondence()).expect("the correspondence");
     assert_eq!((got["subject"].as_str(), got["reference"].as_str()), (Some(SUBJECT), Some(reference.as_str())));
     assert!(bob.verify_correspondence(&got).await.unwrap());
+    // Bob's client acknowledged it with a read receipt: Alice sees her audience.
+    let path = format!("/_diplomatie/client/v1/correspondence/{reference}/audience");
+    let audience = api(&alice, &server.base, Method::GET, &path, None).await.unwrap();
+    assert_eq!((audience["readers"].as_u64(), audience["by_group"]["dgm"].as_u64()), (Some(1), Some(1)), "{audience}");
     let mut forged = got.clone();
     forged["body"] = json!("Le poste recommande de signer.");
     assert!(!bob.verify_correspondence(&forged).await.unwrap(), "a changed record does not verify");

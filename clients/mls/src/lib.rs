@@ -495,6 +495,7 @@ impl Client {
             let _ = self.mls.join(&b64::decode(welcome)?, None);
         }
         let mut read = Vec::new();
+        let mut receipts = Vec::new();
         for (room_id, room) in v["rooms"]["join"].as_object().into_iter().flatten() {
             // Groups this device is not in, or was removed from.
             if !self.mls.is_active(room_id.as_bytes()) {
@@ -532,9 +533,18 @@ impl Client {
                 self.state.rooms.entry(room_id.clone()).or_default().history.push(message.clone());
                 read.push(message);
             }
+            if let Some(last) = read.iter().rev().find(|m| &m.room_id == room_id) {
+                receipts.push((room_id.clone(), last.event_id.clone()));
+            }
         }
         self.state.since = v["next_batch"].as_str().map(str::to_owned);
         self.save()?;
+        // Read receipts, as Matrix clients send them: what the authors of formal
+        // correspondence see as its audience.
+        for (room_id, event_id) in receipts {
+            let path = format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room_id), enc(&event_id));
+            self.post(&path, &json!({})).await?;
+        }
         Ok(read)
     }
 }
