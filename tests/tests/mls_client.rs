@@ -441,6 +441,28 @@ async fn dr_correspondence_travels_signed_and_encrypted(backend: Backend) {
     assert_eq!(refused.errcode(), Some("M_FORBIDDEN"), "{refused}");
     assert_eq!(record["signatures"].as_object().unwrap().len(), 1, "signed by its author alone");
 
+    // Bad requests get the spec's errors.
+    let missing = json!({ "reference": reference, "kind": "telegram", "from": "paris", "action": ["dgm"] });
+    assert_eq!(
+        api(&alice, &server.base, Method::POST, path, Some(&missing)).await.unwrap_err().errcode(),
+        Some("M_MISSING_PARAM")
+    );
+    let mut unknown = body.clone();
+    unknown["action"] = json!(["nulle-part"]);
+    assert_eq!(
+        api(&alice, &server.base, Method::POST, path, Some(&unknown)).await.unwrap_err().errcode(),
+        Some("M_NOT_FOUND")
+    );
+    let mut letter = body.clone();
+    letter["kind"] = json!("lettre");
+    assert_eq!(
+        api(&alice, &server.base, Method::POST, path, Some(&letter)).await.unwrap_err().errcode(),
+        Some("M_INVALID_PARAM")
+    );
+    assert_eq!(alice.group_dr_room("nulle-part").await.unwrap_err().errcode(), Some("M_NOT_FOUND"));
+    let np = alice.set_group_dr_room("paris", "!inconnu:localhost").await.unwrap_err();
+    assert_eq!(np.errcode(), Some("M_NOT_FOUND"), "{np}");
+
     let stored = everything_stored(&server).await;
     for text in [SUBJECT, TEXT] {
         assert!(!stored.windows(text.len()).any(|w| w == text.as_bytes()), "{text:?} is stored in clear");
