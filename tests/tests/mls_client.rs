@@ -244,7 +244,7 @@ async fn a_partner_server_hosts_members_of_a_dr_room(backend: Backend) {
     let (na, nb) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"));
     let allow = |n: &str| format!("[\"{n}\"]");
     let (allow_b, allow_a) = (allow(&nb), allow(&na));
-    let a =
+    let mut a =
         TestServer::start_federating_named(backend, &na, pa, &[("PORTAL__DR_FEDERATION_ALLOWLIST", &allow_b)]).await;
     let b =
         TestServer::start_federating_named(backend, &nb, pb, &[("PORTAL__DR_FEDERATION_ALLOWLIST", &allow_a)]).await;
@@ -323,6 +323,27 @@ async fn a_partner_server_hosts_members_of_a_dr_room(backend: Backend) {
     alice.send(&room, BACK).await.unwrap();
     sync_until(&mut bob, |c| texts(&c.history(&room)).contains(&BACK)).await;
     assert!(!texts(&bob.history(&room)).contains(&AFTER));
+
+    // B withdraws the approval again while A is down: B keeps the removal to ask for, and asks
+    // once A is back; A proposes it, and Alice's next message commits it.
+    a.kill().await;
+    assert_eq!(root_b.put(&path, &json!({ "dr": false })).await.0, 200);
+    a.launch().await;
+    alice.set_homeserver(&a.base).unwrap();
+    let epoch = alice.epoch(&room).unwrap();
+    let handshakes = format!("/_diplomatie/client/v1/mls/rooms/{}/handshakes?from_epoch={epoch}", urlencode(&room));
+    let mut proposed = false;
+    for _ in 0..60 {
+        let v = api(&alice, &a.base, Method::GET, &handshakes, None).await.unwrap();
+        if v["handshakes"].as_array().unwrap().iter().any(|h| h["kind"] == "proposal") {
+            proposed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(proposed, "B asked A for the removal once A was back");
+    alice.send(&room, "apres la panne").await.unwrap();
+    assert!(!alice.members(&room).unwrap().iter().any(|m| m.device_id == bob.device_id()), "removed");
 
     for server in [&a, &b] {
         let stored = everything_stored(server).await;

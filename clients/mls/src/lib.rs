@@ -392,6 +392,12 @@ impl Client {
         Ok(event_id)
     }
 
+    /// Points this device at its homeserver's new address (the server moved), saved at once.
+    pub fn set_homeserver(&mut self, url: &str) -> Result<()> {
+        self.state.homeserver = url.trim_end_matches('/').to_owned();
+        self.save()
+    }
+
     /// The devices of the room's group, as this device sees it.
     pub fn members(&self, room_id: &str) -> Result<Vec<Identity>> {
         Ok(self.mls.members(room_id.as_bytes())?)

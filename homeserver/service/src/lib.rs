@@ -325,6 +325,7 @@ impl Services {
         federation::sender::spawn_senders(&services.outbox);
         services.accounts.create_appservice_users().await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         appservice::spawn_senders(&services.appservices);
+        mls::partners::spawn_revocation_retries(Arc::downgrade(&services.mls));
         Ok(services)
     }
 }

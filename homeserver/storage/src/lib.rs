@@ -85,6 +85,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (14, "erasure", include_str!("../migrations/0014_erasure.sql")),
     (15, "mls", include_str!("../migrations/0015_mls.sql")),
     (16, "mls_group_info", include_str!("../migrations/0016_mls_group_info.sql")),
+    (17, "mls_revocations", include_str!("../migrations/0017_mls_revocations.sql")),
 ];
 
 #[derive(Debug)]

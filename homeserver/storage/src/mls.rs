@@ -207,3 +207,47 @@ pub async fn handshakes_since<'e>(e: impl Exec<'e>, room_id: &str, from: i64, li
         .map(|(epoch, seq, kind, sender, message)| Handshake { epoch, seq, kind, sender, message })
         .collect())
 }
+
+/// Records removals to ask a partner's orderer for: (server, room, user, device).
+pub async fn add_revocations(conn: &mut Connection, rows: &[(String, String, String, String)], ts: i64) -> Result<()> {
+    for (server, room_id, user_id, device_id) in rows {
+        sqlx::query(
+            "INSERT INTO mls_revocations (server, room_id, user_id, device_id, ts) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (server, room_id, user_id, device_id) DO NOTHING",
+        )
+        .bind(server)
+        .bind(room_id)
+        .bind(user_id)
+        .bind(device_id)
+        .bind(ts)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The removals still to ask for, oldest first: (server, room, user, device).
+pub async fn pending_revocations<'e>(e: impl Exec<'e>, limit: i64) -> Result<Vec<(String, String, String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT server, room_id, user_id, device_id FROM mls_revocations ORDER BY ts, server, room_id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(e)
+    .await?)
+}
+
+/// Forgets removals the orderer took.
+pub async fn delete_revocations(conn: &mut Connection, rows: &[(String, String, String, String)]) -> Result<()> {
+    for (server, room_id, user_id, device_id) in rows {
+        sqlx::query(
+            "DELETE FROM mls_revocations WHERE server = $1 AND room_id = $2 AND user_id = $3 AND device_id = $4",
+        )
+        .bind(server)
+        .bind(room_id)
+        .bind(user_id)
+        .bind(device_id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}

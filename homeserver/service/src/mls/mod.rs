@@ -9,7 +9,7 @@
 //! device's Matrix ed25519 key), who is in the room, who is cleared DR and which devices are
 //! approved. The portal's rules refuse any other message event in an MLS room.
 
-mod partners;
+pub mod partners;
 
 use std::{collections::HashMap, path::Path, sync::Arc};
 
@@ -515,7 +515,7 @@ impl Mls {
                 proposed += self.enforce_room(&room_id, &[]).await?;
             } else if self.is_mls_room(&room_id).await? {
                 if let Some(server) = self.orderer(&room_id).await? {
-                    proposed += self.revoke_remotely(&server, &room_id, user, gone).await;
+                    proposed += self.revoke_remotely(&server, &room_id, user, gone).await?;
                 }
             }
         }

@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 use super::{Checked, Handshakes, Mls};
 use crate::{federation::client::remote_error, Error, Result};
 use diplomatie_mls::{b64, Identity};
+use diplomatie_storage::mls as store;
 
 /// Largest answer of a partner server (a group's ratchet tree, a page of handshakes).
 const MAX_ANSWER_BYTES: u64 = 64 * 1024 * 1024;
@@ -120,38 +121,78 @@ impl Mls {
     }
 
     /// Asks the orderer of a room to propose the removal of `user`'s devices this server no
-    /// longer approves (all of them when the user lost the DR clearance) or deleted (`gone`). A failure is logged:
-    /// the orderer's own rule (the user still in the room and its server listed) stays.
+    /// longer approves (all of them when the user lost the DR clearance) or deleted (`gone`).
+    /// When the orderer cannot be reached, the removals are kept and asked for again
+    /// ([`spawn_revocation_retries`]) until it answers.
     pub(super) async fn revoke_remotely(
         &self,
         server: &ServerName,
         room_id: &RoomId,
         user: &UserId,
         gone: &[&str],
-    ) -> usize {
-        let revoked = async {
-            let cleared = self.portal.person(user).await?.clearance == diplomatie_policies::Level::DR;
-            let mut devices: Vec<OwnedDeviceId> = gone.iter().map(|d| (*d).into()).collect();
-            for d in self.accounts.devices(user).await? {
-                let id: OwnedDeviceId = d.device_id.as_str().into();
-                if !cleared || !self.portal.device_is_dr(user, &id).await? {
-                    devices.push(id);
-                }
-            }
-            if devices.is_empty() {
-                return Ok(0);
-            }
-            let body = json!({ "room_id": room_id, "user_id": user, "device_ids": devices });
-            let v: Value = self.ask_json(server, "revoke", body).await?;
-            Ok::<_, Error>(v["proposed"].as_u64().unwrap_or_default() as usize)
-        };
-        match revoked.await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(%room_id, %server, error = ?e, "MLS: cannot ask the orderer to remove devices");
-                0
+    ) -> Result<usize> {
+        let cleared = self.portal.person(user).await?.clearance == diplomatie_policies::Level::DR;
+        let mut devices: Vec<OwnedDeviceId> = gone.iter().map(|d| (*d).into()).collect();
+        for d in self.accounts.devices(user).await? {
+            let id: OwnedDeviceId = d.device_id.as_str().into();
+            if !cleared || !self.portal.device_is_dr(user, &id).await? {
+                devices.push(id);
             }
         }
+        if devices.is_empty() {
+            return Ok(0);
+        }
+        match self.ask_revoke(server, room_id.as_str(), user.as_str(), &devices).await {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                tracing::warn!(%room_id, %server, error = ?e, "MLS: the orderer cannot be asked to remove devices yet");
+                let rows: Vec<_> = devices
+                    .iter()
+                    .map(|d| (server.to_string(), room_id.to_string(), user.to_string(), d.to_string()))
+                    .collect();
+                let mut tx = self.db.begin().await?;
+                store::add_revocations(&mut tx, &rows, crate::now_ms()).await?;
+                diplomatie_storage::commit(tx).await?;
+                Ok(0)
+            }
+        }
+    }
+
+    async fn ask_revoke(
+        &self,
+        server: &ServerName,
+        room_id: &str,
+        user: &str,
+        devices: &[OwnedDeviceId],
+    ) -> Result<usize> {
+        let body = json!({ "room_id": room_id, "user_id": user, "device_ids": devices });
+        let v: Value = self.ask_json(server, "revoke", body).await?;
+        Ok(v["proposed"].as_u64().unwrap_or_default() as usize)
+    }
+
+    /// Asks again for the removals kept (see [`Mls::revoke_remotely`]); those an orderer took
+    /// are forgotten. Answers how many it took.
+    pub(super) async fn retry_revocations(&self) -> Result<usize> {
+        let pending = store::pending_revocations(self.db.pool(), 500).await?;
+        let mut by_request: BTreeMap<(String, String, String), Vec<String>> = BTreeMap::new();
+        for (server, room, user, device) in pending {
+            by_request.entry((server, room, user)).or_default().push(device);
+        }
+        let mut taken = 0;
+        for ((server, room, user), devices) in by_request {
+            let Ok(name) = OwnedServerName::try_from(server.as_str()) else { continue };
+            let ids: Vec<OwnedDeviceId> = devices.iter().map(|d| d.as_str().into()).collect();
+            if let Err(e) = self.ask_revoke(&name, &room, &user, &ids).await {
+                tracing::debug!(%server, %room, error = ?e, "MLS: the orderer still cannot be asked to remove devices");
+                continue;
+            }
+            let rows: Vec<_> = devices.into_iter().map(|d| (server.clone(), room.clone(), user.clone(), d)).collect();
+            let mut tx = self.db.begin().await?;
+            store::delete_revocations(&mut tx, &rows).await?;
+            diplomatie_storage::commit(tx).await?;
+            taken += rows.len();
+        }
+        Ok(taken)
     }
 
     /// `POST /_diplomatie/federation/v1/mls/{op}` from `origin`, a partner server acting for
@@ -215,4 +256,22 @@ impl Mls {
 
 fn to_value<T: Serialize>(v: T) -> Result<Value> {
     serde_json::to_value(v).map_err(crate::internal!())
+}
+
+/// Asks again, in the background, for the removals partners' orderers could not be asked for
+/// (as often as the federation's longest back-off allows, at least every minute).
+pub fn spawn_revocation_retries(mls: std::sync::Weak<Mls>) {
+    tokio::spawn(async move {
+        loop {
+            let Some(service) = mls.upgrade() else { return };
+            let every = std::time::Duration::from_millis(service.config.federation.max_backoff_ms.clamp(1000, 60_000));
+            match service.retry_revocations().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(devices = n, "MLS: removals asked of partners' orderers at last"),
+                Err(e) => tracing::warn!(error = ?e, "MLS: cannot read the removals to ask for"),
+            }
+            drop(service);
+            tokio::time::sleep(every).await;
+        }
+    });
 }
