@@ -80,28 +80,22 @@ pub async fn group<'e>(e: impl Exec<'e>, room_id: &str) -> Result<Option<(i64, S
     Ok(sqlx::query_as("SELECT epoch, state FROM mls_groups WHERE room_id = $1").bind(room_id).fetch_optional(e).await?)
 }
 
+/// The handshakes logged so far in a group's (`g`) current epoch: its server's proposals.
+const PROPOSALS_OF_EPOCH: &str =
+    "(SELECT COUNT(*) FROM mls_handshakes h WHERE h.room_id = g.room_id AND h.epoch = g.epoch)";
+
 /// What identifies a group's state without reading it: its epoch and how many handshakes
 /// (the server's proposals) that epoch has so far. Every change of the state changes one.
 pub async fn group_version<'e>(e: impl Exec<'e>, room_id: &str) -> Result<Option<(i64, i64)>> {
-    Ok(sqlx::query_as(
-        "SELECT g.epoch, (SELECT COUNT(*) FROM mls_handshakes h WHERE h.room_id = g.room_id AND h.epoch = g.epoch) \
-         FROM mls_groups g WHERE g.room_id = $1",
-    )
-    .bind(room_id)
-    .fetch_optional(e)
-    .await?)
+    let sql = format!("SELECT g.epoch, {PROPOSALS_OF_EPOCH} FROM mls_groups g WHERE g.room_id = $1");
+    Ok(sqlx::query_as(&sql).bind(room_id).fetch_optional(e).await?)
 }
 
 /// A room's group with its version: (epoch, handshakes of that epoch, saved public state),
 /// read at once.
 pub async fn group_with_version<'e>(e: impl Exec<'e>, room_id: &str) -> Result<Option<(i64, i64, String)>> {
-    Ok(sqlx::query_as(
-        "SELECT g.epoch, (SELECT COUNT(*) FROM mls_handshakes h WHERE h.room_id = g.room_id AND h.epoch = g.epoch), \
-         g.state FROM mls_groups g WHERE g.room_id = $1",
-    )
-    .bind(room_id)
-    .fetch_optional(e)
-    .await?)
+    let sql = format!("SELECT g.epoch, {PROPOSALS_OF_EPOCH}, g.state FROM mls_groups g WHERE g.room_id = $1");
+    Ok(sqlx::query_as(&sql).bind(room_id).fetch_optional(e).await?)
 }
 
 /// Starts tracking a room's group; false if it already has one.

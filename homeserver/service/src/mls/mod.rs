@@ -511,7 +511,7 @@ impl Mls {
     pub async fn enforce_clearances(&self, user: &UserId, gone: &[&str]) -> Result<usize> {
         let mut proposed = 0;
         for room_id in crate::rooms::joined_rooms(&self.core, user).await? {
-            if store::group(self.db.pool(), room_id.as_str()).await?.is_some() {
+            if self.has_group(&room_id).await? {
                 proposed += self.enforce_room(&room_id, &[]).await?;
             } else if self.is_mls_room(&room_id).await? {
                 if let Some(server) = self.orderer(&room_id).await? {
@@ -522,9 +522,15 @@ impl Mls {
         Ok(proposed)
     }
 
+    /// Whether this server tracks the room's group (it orders its commits), read without its
+    /// state.
+    async fn has_group(&self, room_id: &RoomId) -> Result<bool> {
+        Ok(store::group_version(self.db.pool(), room_id.as_str()).await?.is_some())
+    }
+
     /// [`Mls::enforce`] in one room, if it has a group.
     async fn enforce_room(&self, room_id: &RoomId, revoked: &[Identity]) -> Result<usize> {
-        if store::group(self.db.pool(), room_id.as_str()).await?.is_none() {
+        if !self.has_group(room_id).await? {
             return Ok(0);
         }
         let lock = self.lock(room_id);
@@ -547,17 +553,14 @@ impl Mls {
         group_info: Option<&str>,
     ) -> Result<Accepted> {
         self.check_mls_member_of_room(room_id, user).await?;
-        let welcome = welcome.map(b64::decode).transpose().map_err(refused)?;
+        let welcome_bytes = welcome.map(b64::decode).transpose().map_err(refused)?;
         let decided = match self.orderer(room_id).await? {
             None => self.decide_commit(user, device, room_id, commit, welcome.is_some(), group_info).await?,
             Some(server) => {
-                let mut body = json!({ "room_id": room_id, "user_id": user, "device_id": device, "commit": commit });
-                if let Some(w) = &welcome {
-                    body["welcome"] = json!(b64::encode(w));
-                }
-                if let Some(info) = group_info {
-                    body["group_info"] = json!(info);
-                }
+                let body = json!({
+                    "room_id": room_id, "user_id": user, "device_id": device,
+                    "commit": commit, "welcome": welcome, "group_info": group_info,
+                });
                 self.ask_json(&server, "commit", body).await?
             }
         };
@@ -566,7 +569,7 @@ impl Mls {
             .rooms
             .append_event(Target::Room(room_id), user, PduBuilder::message(COMMIT_EVENT, content), None)
             .await?;
-        if let Some(welcome) = welcome {
+        if let Some(welcome) = welcome_bytes {
             self.send_welcome(user, device, room_id, decided.epoch, &welcome, &decided.added).await?;
         }
         Ok(Accepted { epoch: decided.epoch, event_id: pdu.event_id.clone() })

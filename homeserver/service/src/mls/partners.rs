@@ -28,6 +28,9 @@ use diplomatie_storage::mls as store;
 /// Largest answer of a partner server (a group's ratchet tree, a page of handshakes).
 const MAX_ANSWER_BYTES: u64 = 64 * 1024 * 1024;
 
+/// The operations partners ask for.
+const OPERATIONS: &[&str] = &["claim", "group", "handshakes", "commit", "check", "revoke"];
+
 /// What the federation requests carry.
 #[derive(Deserialize)]
 struct Request {
@@ -198,6 +201,9 @@ impl Mls {
     /// `POST /_diplomatie/federation/v1/mls/{op}` from `origin`, a partner server acting for
     /// one of its users.
     pub async fn serve_partner(&self, origin: &ServerName, op: &str, body: &[u8]) -> Result<Value> {
+        if !OPERATIONS.contains(&op) {
+            return Err(Error::unrecognized(format!("Unknown MLS operation '{op}'")));
+        }
         let req: Request = serde_json::from_slice(body).map_err(|e| Error::bad_json(format!("{op}: {e}")))?;
         self.check_partner(origin)?;
         let user = &req.user_id;
