@@ -214,11 +214,16 @@ impl Services {
             ephemeral.clone(),
             e2ee.clone(),
         ));
+        let mls = Arc::new(
+            mls::Mls::new(c(), rooms.clone(), portal.clone(), accounts.clone(), e2ee.clone(), transport.clone())
+                .map_err(|e| anyhow_like::msg(format!("the MLS signing key: {e}")))?,
+        );
         let sessions = Arc::new(sessions::Sessions::new(
             c(),
             accounts.clone(),
             push.clone(),
             e2ee.clone(),
+            mls.clone(),
             membership.clone(),
             identity.clone(),
         ));
@@ -240,10 +245,6 @@ impl Services {
             directory.clone(),
             membership.clone(),
         ));
-        let mls = Arc::new(
-            mls::Mls::new(c(), rooms.clone(), portal.clone(), accounts.clone(), e2ee.clone(), transport.clone())
-                .map_err(|e| anyhow_like::msg(format!("the MLS signing key: {e}")))?,
-        );
 
         // What follows a commit, told to the services that subscribe (the writer names none):
         // notifications and the federation outbox write rows in its transaction; the marks

@@ -1,7 +1,7 @@
 //! What ends devices, sessions or accounts reaches beyond the accounts: logging out, deleting
 //! devices, changing a password (and logging out the other devices), deactivating an account.
-//! Each tells push (pushers go with their devices), e2ee (device lists change) and, for a
-//! deactivation, the rooms the user leaves.
+//! Each tells push (pushers go with their devices), e2ee (device lists change), MLS (the
+//! devices leave the groups of DR rooms) and, for a deactivation, the rooms the user leaves.
 
 use ruma::events::room::member::MembershipState;
 use std::sync::Arc;
@@ -14,17 +14,19 @@ use crate::{
     core::Core,
     e2ee::E2ee,
     identity::Identity,
+    mls::Mls,
     push::Push,
     rooms::membership::Membership,
     Result,
 };
 
-/// The end of devices and accounts, over the accounts, push, e2ee and memberships.
+/// The end of devices and accounts, over the accounts, push, e2ee, MLS and memberships.
 pub struct Sessions {
     core: Arc<Core>,
     accounts: Arc<Accounts>,
     push: Arc<Push>,
     e2ee: Arc<E2ee>,
+    mls: Arc<Mls>,
     membership: Arc<Membership>,
     identity: Arc<Identity>,
 }
@@ -37,10 +39,25 @@ impl Sessions {
         accounts: Arc<Accounts>,
         push: Arc<Push>,
         e2ee: Arc<E2ee>,
+        mls: Arc<Mls>,
         membership: Arc<Membership>,
         identity: Arc<Identity>,
     ) -> Sessions {
-        Sessions { core, accounts, push, e2ee, membership, identity }
+        Sessions { core, accounts, push, e2ee, mls, membership, identity }
+    }
+
+    /// After devices were deleted: their device list changes, and their removal from the MLS
+    /// groups of DR rooms is proposed at once. A failure of the latter is logged, not answered:
+    /// the devices are gone, and the next commit in each group removes them anyway (a device
+    /// that no longer exists may not stay).
+    async fn devices_gone(&self, user: &UserId, gone: &[&str]) -> Result<()> {
+        self.e2ee.devices_changed(user, gone).await?;
+        if !gone.is_empty() {
+            if let Err(e) = self.mls.enforce_clearances(user, gone).await {
+                tracing::warn!(%user, error = ?e, "MLS: cannot propose the removal of deleted devices");
+            }
+        }
+        Ok(())
     }
 
     /// Opens a session on a new (or re-used) device: users sharing a room with its owner, and
@@ -77,7 +94,7 @@ impl Sessions {
         self.accounts.tokens.forget_user(user.as_str());
         self.push.pushers_changed().await?;
         let gone: Vec<&str> = gone.iter().map(|d| d.device_id.as_str()).collect();
-        self.e2ee.devices_changed(user, &gone).await
+        self.devices_gone(user, &gone).await
     }
 
     /// Deletes devices with their tokens and keys; users sharing a room learn it in `/sync`.
@@ -91,7 +108,7 @@ impl Sessions {
         diplomatie_storage::commit(tx).await?;
         self.accounts.tokens.forget_user(user.as_str());
         self.push.pushers_changed().await?;
-        self.e2ee.devices_changed(user, devices).await
+        self.devices_gone(user, devices).await
     }
 
     /// Changes the password; with `logout_devices`, every other device is logged out.
@@ -117,7 +134,7 @@ impl Sessions {
         if logout_devices {
             self.push.pushers_changed().await?;
             let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
-            self.e2ee.devices_changed(&caller.user_id, &gone).await?;
+            self.devices_gone(&caller.user_id, &gone).await?;
         }
         Ok(())
     }

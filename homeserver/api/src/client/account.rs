@@ -445,29 +445,13 @@ pub async fn refresh(State(s): S, req: Ruma<refresh_token::v3::Request>) -> ApiR
     Ok(resp.into())
 }
 
-/// After devices were deleted (logged out): their removal from the MLS groups of DR rooms is
-/// proposed at once. A failure is logged, not answered: the devices are gone, and the next
-/// commit in each group removes them anyway (a device that no longer exists may not stay).
-async fn devices_gone(s: &Services, user: &ruma::UserId, gone: &[&str]) {
-    if gone.is_empty() {
-        return;
-    }
-    if let Err(e) = s.mls.enforce_clearances(user, gone).await {
-        tracing::warn!(%user, error = ?e, "MLS: cannot propose the removal of deleted devices");
-    }
-}
-
 pub async fn logout(State(s): S, req: Ruma<logout::v3::Request>) -> ApiResult<logout::v3::Response> {
     s.sessions.logout(req.caller()).await?;
-    devices_gone(&s, &req.caller().user_id, &[req.caller().device_id.as_str()]).await;
     Ok(logout::v3::Response::new().into())
 }
 
 pub async fn logout_all(State(s): S, req: Ruma<logout_all::v3::Request>) -> ApiResult<logout_all::v3::Response> {
-    let user = &req.caller().user_id;
-    let all: Vec<String> = s.accounts.devices(user).await?.into_iter().map(|d| d.device_id).collect();
-    s.sessions.logout_all(user).await?;
-    devices_gone(&s, user, &all.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    s.sessions.logout_all(&req.caller().user_id).await?;
     Ok(logout_all::v3::Response::new().into())
 }
 
@@ -494,14 +478,7 @@ pub async fn change_password(
     if req.body.new_password.is_empty() {
         return Err(Error::new(ErrorKind::WeakPassword, "The password must not be empty").into());
     }
-    let others: Vec<String> = if req.body.logout_devices {
-        let all = s.accounts.devices(&caller.user_id).await?.into_iter().map(|d| d.device_id);
-        all.filter(|d| d != caller.device_id.as_str()).collect()
-    } else {
-        Vec::new()
-    };
     s.sessions.change_password(caller, &req.body.new_password, req.body.logout_devices).await?;
-    devices_gone(&s, &caller.user_id, &others.iter().map(String::as_str).collect::<Vec<_>>()).await;
     Ok(change_password::v3::Response::new().into())
 }
 
@@ -558,7 +535,6 @@ pub async fn delete_device(
         .user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
         .await?;
     s.sessions.delete_devices(&caller.user_id, &[req.body.device_id.as_str()]).await?;
-    devices_gone(&s, &caller.user_id, &[req.body.device_id.as_str()]).await;
     Ok(delete_device::v3::Response::new().into())
 }
 
@@ -573,7 +549,6 @@ pub async fn delete_devices(
         .await?;
     let ids: Vec<&str> = req.body.devices.iter().map(|d| d.as_str()).collect();
     s.sessions.delete_devices(&caller.user_id, &ids).await?;
-    devices_gone(&s, &caller.user_id, &ids).await;
     Ok(delete_devices::v3::Response::new().into())
 }
 
