@@ -15,7 +15,7 @@ use diplomatie_storage::correspondence as store;
 use ruma::{events::StateEventType, OwnedRoomId, RoomId};
 use serde_json::json;
 
-use super::{Correspondence, Dispatched, EncryptedDispatch, Kind, Plan};
+use super::{Addressee, Correspondence, Dispatched, EncryptedDispatch, Kind, Plan};
 use crate::{accounts::Caller, rooms::PduBuilder, Error, Result};
 
 /// The state event, in a group's space, naming its DR room (`{"room_id"}`).
@@ -24,12 +24,17 @@ const DR_ROOM: &str = "fr.diplomatie.dr_room";
 impl Correspondence {
     /// The DR room of a group, where its encrypted DR correspondence arrives.
     pub async fn group_dr_room(&self, slug: &str) -> Result<OwnedRoomId> {
-        let group = self.addressee(slug, "origin").await?;
+        self.dr_room_of(&self.addressee(slug, "origin").await?).await
+    }
+
+    async fn dr_room_of(&self, group: &Addressee) -> Result<OwnedRoomId> {
         let named = self.rooms.state_event(&group.space, &StateEventType::from(DR_ROOM), "").await?;
         named
             .and_then(|p| p.content_value().get("room_id").and_then(|r| r.as_str()).map(str::to_owned))
             .and_then(|r| OwnedRoomId::try_from(r).ok())
-            .ok_or_else(|| Error::not_found(format!("Group {slug:?} has no DR room for encrypted correspondence")))
+            .ok_or_else(|| {
+                Error::not_found(format!("Group {:?} has no DR room for encrypted correspondence", group.slug))
+            })
     }
 
     /// A manager of the group names its DR room: an MLS room classified DR, which the
@@ -37,8 +42,7 @@ impl Correspondence {
     pub async fn set_group_dr_room(&self, caller: &Caller, slug: &str, room_id: &RoomId) -> Result<()> {
         let group = self.addressee(slug, "origin").await?;
         let levels = self.rooms.power_levels(&group.space).await?;
-        let power = levels.get("users").and_then(|u| u.get(caller.user_id.as_str())).and_then(|p| p.as_i64());
-        if power.unwrap_or_default() < crate::names::MANAGER_LEVEL {
+        if self.rooms.user_power(&group.space, &levels, &caller.user_id).await? < crate::names::MANAGER_LEVEL {
             return Err(Error::forbidden("Only a manager of the group names its DR room"));
         }
         self.rooms.known_room(room_id).await?;
@@ -74,7 +78,7 @@ impl Correspondence {
         let addressees = self.addressees(&d.action, &d.information, Level::DR).await?;
         let mut copies = Vec::new();
         for group in std::iter::once(&from).chain(&addressees) {
-            let room = self.group_dr_room(&group.slug).await?;
+            let room = self.dr_room_of(group).await?;
             let event_id = d
                 .copies
                 .get(&group.slug)
