@@ -119,38 +119,20 @@ impl Client {
         Ok((dispatched, record))
     }
 
-    /// Whether a record carries a valid signature of its author, by one of the correspondence
-    /// keys the server lists for them.
+    /// Whether a record carries a valid signature of its author, and only of them, by one of
+    /// the correspondence keys the server lists for them (Matrix's signing scheme, checked by
+    /// ruma as the server checks the records clients sign).
     pub async fn verify_correspondence(&self, record: &Value) -> Result<bool> {
-        use ed25519_dalek::Verifier as _;
         let Some(author) = record["author"].as_str() else { return Ok(false) };
-        let Some(signatures) = record["signatures"][author].as_object() else { return Ok(false) };
-        let keys = self.get(&format!("/_diplomatie/client/v1/users/{}/correspondence_keys", enc(author))).await?;
-        let mut unsigned = record.clone();
-        if let Some(o) = unsigned.as_object_mut() {
-            o.remove("signatures");
-            o.remove("unsigned");
-        }
-        let canonical = ruma::canonical_json::to_canonical_value(&unsigned)
-            .map_err(|e| Error::Usage(format!("not canonical JSON: {e}")))?
-            .to_string();
-        for (key_id, signature) in signatures {
-            let Some(public) = keys["keys"][key_id].as_str() else { continue };
-            let (Ok(public), Ok(signature)) =
-                (b64::decode(public), b64::decode(signature.as_str().unwrap_or_default()))
-            else {
-                continue;
-            };
-            let (Ok(public), Ok(signature)) =
-                (<[u8; 32]>::try_from(public.as_slice()), ed25519_dalek::Signature::from_slice(&signature))
-            else {
-                continue;
-            };
-            let Ok(public) = ed25519_dalek::VerifyingKey::from_bytes(&public) else { continue };
-            if public.verify(canonical.as_bytes(), &signature).is_ok() {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        let listed = self.get(&format!("/_diplomatie/client/v1/users/{}/correspondence_keys", enc(author))).await?;
+        let keys: std::collections::BTreeMap<String, ruma::serde::Base64> = listed["keys"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(id, key)| Some((id.clone(), ruma::serde::Base64::parse(key.as_str()?).ok()?)))
+            .collect();
+        let Ok(object) = serde_json::from_value::<ruma::CanonicalJsonObject>(record.clone()) else { return Ok(false) };
+        let map = std::collections::BTreeMap::from([(author.to_owned(), keys)]);
+        Ok(ruma::signatures::verify_json(&map, &object).is_ok())
     }
 }

@@ -85,6 +85,15 @@ pub fn enc(path: &str) -> String {
         .collect()
 }
 
+/// What `POST .../mls/rooms/{roomId}/commit` carries of a staged change.
+fn commit_body(outgoing: &Outgoing) -> Value {
+    json!({
+        "commit": b64::encode(&outgoing.commit),
+        "welcome": outgoing.welcome.as_ref().map(b64::encode),
+        "group_info": outgoing.group_info.as_ref().map(b64::encode),
+    })
+}
+
 fn digest(text: &str) -> String {
     hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
@@ -320,11 +329,7 @@ impl Client {
             };
             let tree = b64::decode(group["ratchet_tree"].as_str().unwrap_or_default())?;
             let outgoing = self.mls.join_externally(&b64::decode(info)?, &tree)?;
-            let mut body = json!({ "commit": b64::encode(&outgoing.commit) });
-            if let Some(info) = &outgoing.group_info {
-                body["group_info"] = json!(b64::encode(info));
-            }
-            match self.post(&path, &body).await {
+            match self.post(&path, &commit_body(&outgoing)).await {
                 Ok(v) => {
                     let room = self.state.rooms.entry(room_id.to_owned()).or_default();
                     room.seen.clear();
@@ -424,14 +429,7 @@ impl Client {
         for _ in 0..COMMIT_ATTEMPTS {
             self.catch_up(room_id).await?;
             let outgoing = stage(&self.mls, group)?;
-            let mut body = json!({ "commit": b64::encode(&outgoing.commit) });
-            if let Some(welcome) = &outgoing.welcome {
-                body["welcome"] = json!(b64::encode(welcome));
-            }
-            if let Some(info) = &outgoing.group_info {
-                body["group_info"] = json!(b64::encode(info));
-            }
-            match self.post(&path, &body).await {
+            match self.post(&path, &commit_body(&outgoing)).await {
                 Ok(_) => {
                     let epoch = self.mls.merge_pending(group)?;
                     self.state.rooms.entry(room_id.to_owned()).or_default().seen.clear();
@@ -517,6 +515,7 @@ impl Client {
             if room["timeline"]["limited"] == true || ahead || events.iter().any(|e| e["type"] == COMMIT_EVENT) {
                 self.catch_up(room_id).await?;
             }
+            let mut last_read = None;
             for event in events {
                 if event["type"] != MESSAGE_EVENT && event["type"] != COMMIT_EVENT {
                     continue;
@@ -536,12 +535,11 @@ impl Client {
                     sender_device: sender.device_id,
                     text: String::from_utf8_lossy(&plaintext).into_owned(),
                 };
+                last_read = Some(message.event_id.clone());
                 self.state.rooms.entry(room_id.clone()).or_default().history.push(message.clone());
                 read.push(message);
             }
-            if let Some(last) = read.iter().rev().find(|m| &m.room_id == room_id) {
-                receipts.push((room_id.clone(), last.event_id.clone()));
-            }
+            receipts.extend(last_read.map(|event_id| (room_id.clone(), event_id)));
         }
         self.state.since = v["next_batch"].as_str().map(str::to_owned);
         self.save()?;
