@@ -49,9 +49,12 @@ def stop_process(proc, directory, keep):
 
 
 class Server:
-    def __init__(self, backend, federating=False, extra_env=None):
+    def __init__(self, backend, federating=False, extra_env=None, prepare=None):
         self.backend = backend
         self.dir = tempfile.mkdtemp(prefix="diplomatie-nio-")
+        if prepare:
+            # Files the server must find in its data directory when it starts.
+            prepare(self.dir)
         self.pg_db = None
         self.server_name = "localhost"
         env = {k: v for k, v in os.environ.items() if not k.startswith("DIPLOMATIE_")}

@@ -52,7 +52,8 @@ pub struct Config {
     pub user_directory: UserDirectory,
     pub federation: Federation,
     /// Registration files of application services (bridges, bots), in the YAML format Synapse
-    /// reads under the same name. Relative paths are read from the working directory.
+    /// reads under the same name. Relative paths are read from the working directory. Files
+    /// in `<data_dir>/appservices/` (where `diplomatie-email` writes its own) are read too.
     pub app_service_config_files: Vec<PathBuf>,
 }
 

@@ -135,7 +135,14 @@ impl Services {
         let search_state = search::SearchState::new(&config.data_dir);
         let push_state = push::PushState::load(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
 
-        let appservices = registrations::Registry::load(&config.app_service_config_files, &server_name)
+        let mut registration_files = config.app_service_config_files.clone();
+        let listed: Vec<_> = registration_files.iter().filter_map(|f| f.canonicalize().ok()).collect();
+        registration_files.extend(
+            registrations::dropped_in(&config.data_dir.join("appservices"))
+                .into_iter()
+                .filter(|f| f.canonicalize().is_ok_and(|c| !listed.contains(&c))),
+        );
+        let appservices = registrations::Registry::load(&registration_files, &server_name)
             .map_err(|e| anyhow_like::msg(format!("app_service_config_files: {e}")))?;
         let core = Arc::new(core::Core::new(config, db, server_name, keys, stream, appservices));
         let c = || core.clone();

@@ -72,6 +72,18 @@ pub struct Registry {
     by_token: HashMap<String, Arc<Appservice>>,
 }
 
+/// The registration files a bridge dropped in `dir` (`<data_dir>/appservices/`), `.yaml` or
+/// `.yml`, in name order; none when the directory does not exist.
+pub fn dropped_in(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml") && p.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
 impl Registry {
     /// Reads the registration files; any fault in one is an error naming the file, and so is a
     /// second service with the same id or token.

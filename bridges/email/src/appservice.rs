@@ -1,0 +1,142 @@
+//! The application-service API the homeserver calls (application-service spec): event
+//! transactions, user and alias queries, ping, and the third-party protocol `email`.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+    Json, Router,
+};
+use serde_json::{json, Value};
+
+use crate::{inbound::puppet_localpart, outbound::valid_address, Bridge};
+
+fn error(status: StatusCode, errcode: &str, message: &str) -> Response {
+    (status, Json(json!({ "errcode": errcode, "error": message }))).into_response()
+}
+
+/// The homeserver's token, in the `Authorization` header or (older servers) the query.
+fn authorised(
+    bridge: &Bridge,
+    headers: &HeaderMap,
+    query: &std::collections::HashMap<String, String>,
+) -> Result<(), Response> {
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| query.get("access_token").map(String::as_str));
+    match given {
+        None => Err(error(StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", "No token")),
+        Some(t) if t == bridge.hs_token => Ok(()),
+        Some(_) => Err(error(StatusCode::FORBIDDEN, "M_FORBIDDEN", "Wrong token")),
+    }
+}
+
+type Q = Query<std::collections::HashMap<String, String>>;
+
+async fn transaction(
+    State(bridge): State<Arc<Bridge>>,
+    Path(txn): Path<String>,
+    headers: HeaderMap,
+    query: Q,
+    body: Option<Json<Value>>,
+) -> Response {
+    if let Err(r) = authorised(&bridge, &headers, &query) {
+        return r;
+    }
+    let Some(Json(body)) = body else { return error(StatusCode::BAD_REQUEST, "M_NOT_JSON", "Expected JSON") };
+    let events = body["events"].as_array().cloned().unwrap_or_default();
+    match bridge.transaction(&txn, &events).await {
+        Ok(()) => Json(json!({})).into_response(),
+        Err(e) => {
+            tracing::warn!(txn, error = %e, "transaction failed; the homeserver will send it again");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", "Could not handle the transaction now")
+        }
+    }
+}
+
+async fn user(State(bridge): State<Arc<Bridge>>, Path(user): Path<String>, headers: HeaderMap, query: Q) -> Response {
+    if let Err(r) = authorised(&bridge, &headers, &query) {
+        return r;
+    }
+    match bridge.store.puppet(&user).await {
+        Ok(Some(_)) => Json(json!({})).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "No such puppet"),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", "Store unavailable"),
+    }
+}
+
+async fn alias(State(bridge): State<Arc<Bridge>>, headers: HeaderMap, query: Q) -> Response {
+    if let Err(r) = authorised(&bridge, &headers, &query) {
+        return r;
+    }
+    error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "The bridge makes no rooms on demand")
+}
+
+async fn ping(State(bridge): State<Arc<Bridge>>, headers: HeaderMap, query: Q) -> Response {
+    if let Err(r) = authorised(&bridge, &headers, &query) {
+        return r;
+    }
+    Json(json!({})).into_response()
+}
+
+async fn protocol(
+    State(bridge): State<Arc<Bridge>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    query: Q,
+) -> Response {
+    if let Err(r) = authorised(&bridge, &headers, &query) {
+        return r;
+    }
+    if name != "email" {
+        return error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "Unknown protocol");
+    }
+    Json(json!({
+        "user_fields": ["address"],
+        "location_fields": ["address"],
+        "icon": "",
+        "field_types": { "address": { "regexp": "[^@\\s]+@[^@\\s]+", "placeholder": "name@example.org" } },
+        "instances": [{ "desc": "E-mail", "network_id": "email", "fields": {}, "instance_id": "email" }],
+    }))
+    .into_response()
+}
+
+/// `/thirdparty/user/email?address=...`: the puppet that stands for an address.
+async fn third_party_user(
+    State(bridge): State<Arc<Bridge>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    query: Q,
+) -> Response {
+    if let Err(r) = authorised(&bridge, &headers, &query) {
+        return r;
+    }
+    let address = query.get("address").map(|a| a.to_lowercase()).unwrap_or_default();
+    if name != "email" || !valid_address(&address) {
+        return error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "No such user");
+    }
+    let user = format!("@{}:{}", puppet_localpart(&bridge.config.puppet_prefix, &address), bridge.matrix.server_name);
+    Json(json!([{ "userid": user, "protocol": "email", "fields": { "address": address } }])).into_response()
+}
+
+async fn unknown() -> Response {
+    error(StatusCode::NOT_FOUND, "M_UNRECOGNIZED", "Unrecognized request")
+}
+
+pub fn router(bridge: Arc<Bridge>) -> Router {
+    Router::new()
+        .route("/_matrix/app/v1/transactions/{txn}", put(transaction))
+        .route("/_matrix/app/v1/users/{user}", get(user))
+        .route("/_matrix/app/v1/rooms/{alias}", get(alias))
+        .route("/_matrix/app/v1/ping", post(ping))
+        .route("/_matrix/app/v1/thirdparty/protocol/{name}", get(protocol))
+        .route("/_matrix/app/v1/thirdparty/user/{name}", get(third_party_user))
+        .fallback(unknown)
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
+        .with_state(bridge)
+}
