@@ -29,7 +29,7 @@ import dkim
 import nacl.signing
 import pytest
 from dnslib import QTYPE, RCODE, RR, TXT
-from dnslib.server import BaseResolver, DNSServer
+from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 from conftest import PG, Mailbox, Server, free_port
 
@@ -77,7 +77,8 @@ class Dns:
             "partner.example": ["v=spf1 ip4:192.0.2.1 -all"],
             "_dmarc.partner.example": ["v=DMARC1; p=reject"],
         })
-        self.servers = [DNSServer(zone, port=self.port, address="127.0.0.1", tcp=tcp) for tcp in (False, True)]
+        self.servers = [DNSServer(zone, port=self.port, address="127.0.0.1", tcp=tcp,
+                         logger=DNSLogger(logf=lambda _: None)) for tcp in (False, True)]
         for s in self.servers:
             s.start_thread()
 
