@@ -477,3 +477,111 @@ def test_room_commands_and_recipients(setup):
     posted = wait_event(server.url, alice, room, lambda e: "Noted." in e["content"].get("body", ""))
     assert posted["sender"] == "@email:localhost"
     assert posted["content"]["body"].startswith("Ana Costa <ana@ngo.example>\n")
+
+
+ORG = """
+users:
+  - { localpart: alice, password: pw, group: paris, clearance: DR }
+groups:
+  - { slug: paris, name: "Ambassade à Paris", managers: [alice] }
+"""
+
+
+def login(server, user):
+    status, answer = api(server.url, "POST", "/_matrix/client/v3/login", body={
+        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": "pw"})
+    assert status == 200, answer
+    return answer["access_token"]
+
+
+def test_a_formal_letter_to_an_external_address_and_dr_never_bridged(setup):
+    server, bridge, relay = setup
+    out = server.command("user", "create", "setup", "--password", "pw", "--admin")
+    assert out.returncode == 0, out.stderr
+    status, answer = api(server.url, "POST", "/_diplomatie/admin/v1/import", login(server, "setup"),
+                         data=ORG.encode(), content_type="application/yaml")
+    assert status == 200, answer
+    alice = login(server, "alice")
+
+    # The group's correspondence room, bridged by its manager, takes the group's address.
+    status, resolved = api(server.url, "GET", f"/_matrix/client/v3/directory/room/{q('#g.paris.correspondence:localhost')}")
+    room = resolved["room_id"]
+    status, answer = api(server.url, "POST", f"/_matrix/client/v3/rooms/{q(room)}/invite", alice,
+                         {"user_id": "@email:localhost"})
+    assert status == 200, answer
+    wait_event(server.url, alice, room,
+               lambda e: f"paris.correspondence@{DOMAIN} now lands" in e["content"].get("body", ""))
+
+    # DR never leaves by e-mail.
+    letter = {"kind": "formal_letter", "from": "paris", "subject": "Invitation au colloque",
+              "body": "Madame la Directrice,\nnous avons l'honneur de vous inviter.", "tags": ["colloque"],
+              "external": ["directrice@ngo.example"]}
+    status, answer = api(server.url, "POST", "/_diplomatie/client/v1/correspondence", alice,
+                         dict(letter, classification="DR"))
+    assert status == 403 and answer["errcode"] == "M_FORBIDDEN", answer
+    status, answer = api(server.url, "POST", "/_diplomatie/client/v1/correspondence", alice,
+                         dict(letter, external=["not an address"]))
+    assert status == 400 and answer["errcode"] == "M_INVALID_PARAM", answer
+
+    # NP: it goes out as a formal letter, its signed record attached.
+    status, sent = api(server.url, "POST", "/_diplomatie/client/v1/correspondence", alice, letter)
+    assert status == 200, sent
+    reference = sent["reference"]
+    text = relay.wait_for("directrice@ngo.example", "nous avons l'honneur")
+    out = email.message_from_string(text, policy=email.policy.default)
+    assert reference in out["Subject"] and "Invitation au colloque" in out["Subject"]
+    assert out["From"].addresses[0].addr_spec == f"paris.correspondence@{DOMAIN}"
+    assert "diplomatie verify record.json" in out.get_body(("plain",)).get_content()
+    attached = [p for p in out.iter_attachments() if p.get_filename() == "record.json"]
+    record = json.loads(attached[0].get_content())
+    status, export = api(server.url, "GET", f"/_diplomatie/client/v1/correspondence/{q(reference)}", alice)
+    assert status == 200 and record == export["record"] and record["external"] == ["directrice@ngo.example"]
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        json.dump({"record": record, "public_keys": export["public_keys"]}, f)
+        f.flush()
+        assert server.command("verify", f.name).returncode == 0
+
+    # The answer comes back into the correspondence room, in the letter's thread.
+    with bridge.smtp() as smtp:
+        answer_mail = ngo_mail("Re: Invitation", "Avec plaisir.", "r1@ngo.example",
+                               reply_to=out["Message-ID"][1:-1], sender="directrice@ngo.example", name="La Directrice")
+        smtp.sendmail("directrice@ngo.example", [f"paris.correspondence@{DOMAIN}"],
+                      answer_mail.replace(f"paris@{DOMAIN}".encode(), f"paris.correspondence@{DOMAIN}".encode()))
+    reply = wait_event(server.url, alice, room, lambda e: "Avec plaisir." in e["content"].get("body", ""))
+    origin = wait_event(server.url, alice, room,
+                        lambda e: e["content"].get("fr.diplomatie.correspondence", {}).get("reference") == reference)
+    assert reply["content"]["m.relates_to"]["event_id"] == origin["event_id"]
+
+    # A DR room: the bot may not even be invited; a bridged room raised to DR is left at once.
+    status, dr_room = api(server.url, "POST", "/_matrix/client/v3/createRoom", alice, {
+        "preset": "private_chat", "initial_state": [
+            {"type": "fr.diplomatie.classification", "state_key": "", "content": {"level": "DR"}}]})
+    assert status == 200, dr_room
+    status, answer = api(server.url, "POST", f"/_matrix/client/v3/rooms/{q(dr_room['room_id'])}/invite", alice,
+                         {"user_id": "@email:localhost"})
+    assert status == 403, answer
+    np_room = bridged_room(server, alice, "bientot-dr")
+    status, answer = api(server.url, "PUT", f"/_matrix/client/v3/rooms/{q(np_room)}/state/m.room.encryption/",
+                         alice, {"algorithm": "m.megolm.v1.aes-sha2"})
+    assert status == 200, answer
+    # A bridged room cannot be raised to DR while the bridge is in it (the portal's rule).
+    dr = {"level": "DR"}
+    path = f"/_matrix/client/v3/rooms/{q(np_room)}/state/fr.diplomatie.classification/"
+    status, answer = api(server.url, "PUT", path, alice, dr)
+    assert status == 403 and "@email:localhost" in answer["error"], answer
+    # Once its managers remove the bridge, its address leads nowhere, and it may become DR.
+    status, answer = api(server.url, "POST", f"/_matrix/client/v3/rooms/{q(np_room)}/kick", alice,
+                         {"user_id": "@email:localhost"})
+    assert status == 200, answer
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        with bridge.smtp() as smtp:
+            try:
+                smtp.sendmail("ana@ngo.example", [f"bientot-dr@{DOMAIN}"], ngo_mail("x", "x", "dr1@ngo.example"))
+            except smtplib.SMTPRecipientsRefused:
+                break
+        time.sleep(0.3)
+    else:
+        raise AssertionError("a room the bridge was removed from is still bridged")
+    status, answer = api(server.url, "PUT", path, alice, dr)
+    assert status == 200, answer

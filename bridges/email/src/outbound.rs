@@ -25,6 +25,20 @@ pub fn valid_address(address: &str) -> bool {
         && !address.chars().any(|c| c.is_control() || c.is_whitespace() || "<>,;\"()[]\\".contains(c))
 }
 
+/// The address a room takes from its alias: a functional group's general room
+/// (`#g.<slug>.general`) the group's slug, another of its rooms `<slug>.<room>`, any other
+/// room its alias's name.
+fn alias_address(local: &str) -> String {
+    let local = local.to_lowercase();
+    match local.strip_prefix("g.") {
+        Some(rest) => match rest.strip_suffix(".general") {
+            Some(slug) => slug.to_owned(),
+            None => rest.to_owned(),
+        },
+        None => local,
+    }
+}
+
 /// A reply's own text: the body without the quoted fallback of the message it answers.
 fn without_fallback(body: &str) -> String {
     let mut lines = body.lines().peekable();
@@ -133,10 +147,7 @@ impl Bridge {
             .and_then(|a| a["alias"].as_str())
             .and_then(|a| a.strip_prefix('#'))
             .and_then(|a| a.split_once(':'))
-            .map(|(local, _)| match local.strip_prefix("g.").and_then(|s| s.strip_suffix(".general")) {
-                Some(slug) => slug.to_owned(),
-                None => local.to_owned(),
-            });
+            .map(|(local, _)| alias_address(local));
         let text = match local {
             Some(local) if self.store.set_address(room, &local.to_lowercase()).await? => {
                 format!(
@@ -240,7 +251,18 @@ impl Bridge {
                 break;
             }
         }
+        let msgtype = content["msgtype"].as_str().unwrap_or_default();
+        let record = &content[crate::CORRESPONDENCE];
         let recipients: Vec<String> = match &parent {
+            // A formal correspondence leaves once, from its sending group's room, to the
+            // external addressees its record names.
+            _ if msgtype == crate::CORRESPONDENCE => {
+                if content["fr.diplomatie.delivery"]["as"] != "origin" || record["classification"] == "DR" {
+                    return Ok(());
+                }
+                let external = record["external"].as_array().cloned().unwrap_or_default();
+                external.iter().filter_map(Value::as_str).filter(|a| valid_address(a)).map(str::to_lowercase).collect()
+            }
             Some(p) => p.peer.split(',').filter(|a| !a.is_empty()).map(str::to_owned).collect(),
             None if thread_root.is_none() && replied.is_none() => {
                 room.recipients.split(',').filter(|a| !a.is_empty()).map(str::to_owned).collect()
@@ -256,7 +278,11 @@ impl Bridge {
                 .await;
         };
         let from_address = format!("{local}@{}", self.mail_domain);
-        let sender = event["sender"].as_str().unwrap_or_default();
+        // A correspondence's author signed it; the server's account only carried it.
+        let sender = match record["author"].as_str() {
+            Some(author) if msgtype == crate::CORRESPONDENCE => author,
+            _ => event["sender"].as_str().unwrap_or_default(),
+        };
         let name =
             match self.matrix.call(reqwest::Method::GET, &["v3", "profile", sender, "displayname"], None, None).await {
                 Ok(v) => v["displayname"].as_str().map(one_line).unwrap_or_else(|| sender.to_owned()),
@@ -264,7 +290,6 @@ impl Bridge {
             };
 
         let message_id = format!("{}@{}", event_id.trim_start_matches('$'), self.mail_domain);
-        let msgtype = content["msgtype"].as_str().unwrap_or_default();
         let body = content["body"].as_str().unwrap_or_default();
         let mut text = without_fallback(body);
         let mut html = (content["format"] == "org.matrix.custom.html")
@@ -293,7 +318,6 @@ impl Bridge {
                 html = None;
             }
             crate::CORRESPONDENCE => {
-                let record = &content[crate::CORRESPONDENCE];
                 let reference = record["reference"].as_str().unwrap_or_default();
                 if parent.is_none() {
                     subject = one_line(&format!("{} — {}", reference, record["subject"].as_str().unwrap_or_default()));

@@ -236,8 +236,14 @@ impl Correspondence {
         if c.body.trim().is_empty() {
             return Err(Error::new(ErrorKind::MissingParam, "A correspondence has a body"));
         }
-        if c.action.is_empty() && c.information.is_empty() {
-            return Err(Error::new(ErrorKind::MissingParam, "A correspondence has at least one addressee group"));
+        if c.action.is_empty() && c.information.is_empty() && c.external.is_empty() {
+            return Err(Error::new(ErrorKind::MissingParam, "A correspondence has at least one addressee"));
+        }
+        if let Some(bad) = c.external.iter().find(|a| !model::is_mail_address(a)) {
+            return Err(Error::invalid_param(format!("External addressee {bad:?} is not an e-mail address")));
+        }
+        if !c.external.is_empty() && level == Level::DR {
+            return Err(Error::forbidden("DR correspondence never leaves by e-mail: no external addressees"));
         }
         for uri in &c.attachments {
             if ruma::OwnedMxcUri::from(uri.as_str()).validate().is_err() {

@@ -70,6 +70,22 @@ pub struct Composition {
     /// The reference of the correspondence this one answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_reply_to: Option<String>,
+    /// External addressees (e-mail addresses, NP only): the e-mail bridge, when the sending
+    /// group's correspondence room is bridged, sends them the correspondence as a formal letter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external: Vec<String>,
+}
+
+/// Whether `address` is an e-mail address a correspondence may name: `local@domain.tld`, no
+/// spaces, controls or characters that separate addresses in a header.
+pub fn is_mail_address(address: &str) -> bool {
+    let Some((local, domain)) = address.rsplit_once('@') else { return false };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && address.len() <= 254
+        && !address.chars().any(|c| c.is_control() || c.is_whitespace() || "<>,;\"()[]\\:".contains(c))
 }
 
 /// A group the correspondence goes to, and how.

@@ -87,6 +87,7 @@ pub fn parse_draft(body: &str, from: &str) -> Result<Composition> {
             "subject" | "objet" => c.subject = value.to_owned(),
             "reply-to" | "réponse à" | "reponse a" | "in-reply-to" => c.in_reply_to = Some(value.to_owned()),
             "attachments" | "pièces jointes" | "pieces jointes" => c.attachments.extend(list(value)),
+            "external" | "externe" | "courriel" | "e-mail" => c.external.extend(list(value)),
             other => return Err(Error::invalid_param(format!("Unknown header {other:?}"))),
         }
     }
@@ -111,6 +112,9 @@ pub fn preview(c: &Composition) -> String {
     }
     if !c.tags.is_empty() {
         out.push_str(&format!("Mots-clés : {}\n", c.tags.join(", ")));
+    }
+    if !c.external.is_empty() {
+        out.push_str(&format!("Destinataires externes (courriel) : {}\n", c.external.join(", ")));
     }
     if let Some(r) = &c.in_reply_to {
         out.push_str(&format!("En réponse à : {r}\n"));
@@ -158,6 +162,7 @@ fn rendering(record: &Value, kind: Kind) -> (String, String) {
     for (label, key) in [
         ("Pour action", "action"),
         ("Pour information", "information"),
+        ("Destinataires externes", "external"),
         ("Mots-clés", "tags"),
         ("Pièces jointes", "attachments"),
     ] {
