@@ -464,3 +464,34 @@ struct Incoming<'a> {
     verdict: &'a Verdict,
     automatic: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn puppets_are_named_by_their_address_in_localpart_characters() {
+        assert_eq!(puppet_localpart("email_", "Ana.Costa+x@NGO.example"), "email_ana.costa=2bx=40ngo.example");
+        assert_eq!(puppet_localpart("email_", "é@x.fr"), "email_=c3=a9=40x.fr");
+    }
+
+    #[test]
+    fn written_headers_are_one_line() {
+        assert_eq!(one_line(" Eve\r\nBcc: victim@evil.example "), "Eve  Bcc: victim@evil.example");
+    }
+
+    #[test]
+    fn html_keeps_what_clients_render_and_nothing_that_runs() {
+        let clean = sanitise(
+            r#"<p onclick="x()">Hi <a href="javascript:alert(1)">a</a> <a href="https://ok.example">b</a></p><script>alert(1)</script><img src="https://t.example/p.gif">"#,
+        );
+        assert!(!clean.contains("script") && !clean.contains("onclick") && !clean.contains("javascript"));
+        assert!(!clean.contains("<img"));
+        assert!(clean.contains(r#"<a href="https://ok.example" rel="noopener">b</a>"#), "{clean}");
+    }
+
+    #[test]
+    fn references_lose_their_brackets() {
+        assert_eq!(bare(" <m1@ngo.example> "), "m1@ngo.example");
+    }
+}

@@ -423,3 +423,38 @@ impl Bridge {
         matches!(errcode(e), Some("M_FORBIDDEN" | "M_NOT_FOUND" | "M_BAD_JSON" | "M_INVALID_PARAM"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rooms_take_their_address_from_their_alias() {
+        assert_eq!(alias_address("g.paris.general"), "paris");
+        assert_eq!(alias_address("g.paris.correspondence"), "paris.correspondence");
+        assert_eq!(alias_address("Cellule-Crise"), "cellule-crise");
+    }
+
+    #[test]
+    fn only_plain_addresses_are_sent_to() {
+        assert!(valid_address("desk@partner.example"));
+        for bad in [
+            "desk",
+            "@partner.example",
+            "a@b",
+            "a b@c.example",
+            "a@c.example\r\nBcc: x@y.z",
+            "<a@b.example>",
+            "a@b.example,c@d.example",
+        ] {
+            assert!(!valid_address(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_reply_is_sent_without_the_quote_of_what_it_answers() {
+        assert_eq!(without_fallback("> <@ana:x> Hello\n> there\n\nThank you"), "Thank you");
+        assert_eq!(without_fallback("Plain\n> quoted later"), "Plain\n> quoted later");
+        assert_eq!(without_html_fallback("<mx-reply><blockquote>q</blockquote></mx-reply><p>a</p>"), "<p>a</p>");
+    }
+}

@@ -152,3 +152,14 @@ pub struct EncryptedDispatch {
     /// the sending group included.
     pub copies: std::collections::BTreeMap<String, ruma::OwnedEventId>,
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn external_addressees_are_plain_addresses() {
+        assert!(super::is_mail_address("directrice@ngo.example"));
+        for bad in ["directrice", "a@b", "a b@c.example", "a@c.example\r\nBcc: x@y.z", "<a@b.example>", "a@.example"] {
+            assert!(!super::is_mail_address(bad), "{bad}");
+        }
+    }
+}
