@@ -230,6 +230,13 @@ class Mailbox:
         box = self
 
         class Keep:
+            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+                # A mailbox that does not exist, for the senders' handling of refusals.
+                if address.startswith("refused@"):
+                    return "550 5.1.1 No such mailbox"
+                envelope.rcpt_tos.append(address)
+                return "250 OK"
+
             async def handle_DATA(self, server, session, envelope):
                 box.messages.append((envelope.rcpt_tos, envelope.content.decode("utf-8", "replace")))
                 return "250 OK"

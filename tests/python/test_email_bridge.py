@@ -469,6 +469,17 @@ def test_room_commands_and_recipients(setup):
     attached = [p for p in out.iter_attachments() if p.get_filename() == "agenda.txt"]
     assert attached and attached[0].get_content().strip() == "agenda: 1. visas"
 
+    # A recipient the relay refuses for good: the room is told, and what follows still leaves.
+    say(alice, "a3", "!email to refused@partner.example")
+    wait_event(server.url, alice, room, lambda e: "also go to refused@partner.example" in e["content"].get("body", ""))
+    say(bob, "b4", "Anyone there?")
+    wait_event(server.url, alice, room,
+               lambda e: "Not sent by e-mail to refused@partner.example: 550" in e["content"].get("body", ""))
+    say(alice, "a4", "!email to desk@partner.example")
+    wait_event(server.url, alice, room, lambda e: "also go to desk@partner.example." in e["content"].get("body", ""))
+    say(bob, "b5", "Still on for Thursday")
+    relay.wait_for("desk@partner.example", "Still on for Thursday")
+
     # Mail to the new address lands, posted by the bot (it may not invite here).
     with bridge.smtp() as smtp:
         raw = ngo_mail("Agenda", "Noted.", "c1@ngo.example").replace(

@@ -72,7 +72,14 @@ impl Bridge {
             return Ok(());
         }
         for event in events {
-            self.event(event).await?;
+            match self.event(event).await {
+                Ok(()) => {}
+                // What cannot succeed later does not hold up the events behind it.
+                Err(e) if Bridge::permanent(&e) => {
+                    tracing::warn!(event = %event["event_id"], error = %e, "an event was not bridged")
+                }
+                Err(e) => return Err(e),
+            }
         }
         self.store.set_transaction_done(txn_id).await
     }
@@ -361,7 +368,16 @@ impl Bridge {
         }
         let body = builder.write_to_vec()?;
         let signed = self.sign(&body)?;
-        self.relay(&from_address, &recipients, signed).await?;
+        match self.relay(&from_address, &recipients, signed).await {
+            Ok(()) => {}
+            // The relay refuses for good: the room is told, and the mail is not tried again.
+            Err(mail_send::Error::UnexpectedReply(reply)) if reply.code() >= 500 => {
+                let text =
+                    format!("Not sent by e-mail to {}: {} {}", recipients.join(", "), reply.code(), reply.message());
+                self.notice(&room.room_id, &one_line(&text)).await?;
+            }
+            Err(e) => return Err(anyhow::anyhow!("relay: {e}")),
+        }
 
         let thread = thread_root.map(str::to_owned).or_else(|| parent.as_ref().map(|p| p.thread_root.clone()));
         self.store
@@ -392,10 +408,10 @@ impl Bridge {
     }
 
     /// Hands a message to the configured relay.
-    async fn relay(&self, from: &str, to: &[String], body: Vec<u8>) -> anyhow::Result<()> {
+    async fn relay(&self, from: &str, to: &[String], body: Vec<u8>) -> mail_send::Result<()> {
         let relay = &self.config.relay;
         let mut builder = mail_send::SmtpClientBuilder::new(relay.host.clone(), relay.port)
-            .map_err(|e| anyhow::anyhow!("relay: {e}"))?
+            .map_err(|e| mail_send::Error::Io(std::io::Error::other(e)))?
             .implicit_tls(relay.tls == "implicit")
             .helo_host(self.mail_domain.clone())
             .timeout(std::time::Duration::from_secs(60));
@@ -419,7 +435,7 @@ impl Bridge {
     }
 
     /// Whether a Matrix error means the bridge should give up on an event rather than retry.
-    pub fn permanent(e: &anyhow::Error) -> bool {
+    fn permanent(e: &anyhow::Error) -> bool {
         matches!(errcode(e), Some("M_FORBIDDEN" | "M_NOT_FOUND" | "M_BAD_JSON" | "M_INVALID_PARAM"))
     }
 }
