@@ -21,6 +21,8 @@ use crate::{inbound::Envelope, Bridge};
 const IDLE: Duration = Duration::from_secs(300);
 /// Recipients of one message, at most.
 const MAX_RECIPIENTS: usize = 100;
+/// Sessions at once; more are answered 421 (the sender retries later).
+const MAX_SESSIONS: usize = 1024;
 /// Commands refused in a row before the connection is closed.
 const MAX_ERRORS: usize = 10;
 
@@ -45,8 +47,9 @@ impl Reply {
 }
 
 pub async fn serve(bridge: Arc<Bridge>, listener: TcpListener) {
+    let sessions = Arc::new(tokio::sync::Semaphore::new(MAX_SESSIONS));
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let (mut stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "SMTP accept failed");
@@ -54,8 +57,15 @@ pub async fn serve(bridge: Arc<Bridge>, listener: TcpListener) {
                 continue;
             }
         };
+        let Ok(permit) = sessions.clone().try_acquire_owned() else {
+            let mut out = Vec::new();
+            Reply::new(421, [4, 3, 2], "Too many connections, try again later").write(&mut out);
+            let _ = stream.write_all(&out).await;
+            continue;
+        };
         let bridge = bridge.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let _ = stream.set_nodelay(true);
             match session(&bridge, stream, peer, false).await {
                 Ok(Some(stream)) => match bridge.tls.accept(stream).await {
