@@ -596,3 +596,23 @@ def test_a_formal_letter_to_an_external_address_and_dr_never_bridged(setup):
         raise AssertionError("a room the bridge was removed from is still bridged")
     status, answer = api(server.url, "PUT", path, alice, dr)
     assert status == 200, answer
+
+
+def test_the_application_service_api_answers_only_the_homeserver(setup):
+    server, bridge, relay = setup
+    alice = register(server.url, "alice")
+    base = f"http://127.0.0.1:{bridge.as_port}"
+    status, answer = api(base, "PUT", "/_matrix/app/v1/transactions/1", body={"events": []})
+    assert status == 401 and answer["errcode"] == "M_UNAUTHORIZED"
+    status, answer = api(base, "PUT", "/_matrix/app/v1/transactions/1", "wrong", {"events": []})
+    assert status == 403 and answer["errcode"] == "M_FORBIDDEN"
+    # Through the homeserver: the protocol, and the puppet standing for an address.
+    status, protocols = api(server.url, "GET", "/_matrix/client/v3/thirdparty/protocols", alice)
+    assert status == 200 and "email" in protocols, protocols
+    status, users = api(server.url, "GET", "/_matrix/client/v3/thirdparty/user/email?address=Ana%40NGO.example", alice)
+    assert status == 200 and users[0]["userid"] == "@email_ana=40ngo.example:localhost", users
+    # And the server's ping reaches it, asked with the bridge's own token.
+    with open(os.path.join(server.dir, "appservices", "email.yaml")) as f:
+        as_token = next(line.split(":", 1)[1].strip() for line in f if line.startswith("as_token:"))
+    status, answer = api(server.url, "POST", "/_matrix/client/v1/appservice/email/ping", as_token, {})
+    assert status == 200 and "duration_ms" in answer, answer

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use axum::{
-    extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode},
+    extract::{Path, Query, Request, State},
+    http::StatusCode,
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post, put},
     Json, Router,
@@ -18,36 +19,30 @@ fn error(status: StatusCode, errcode: &str, message: &str) -> Response {
     (status, Json(json!({ "errcode": errcode, "error": message }))).into_response()
 }
 
-/// The homeserver's token, in the `Authorization` header or (older servers) the query.
-fn authorised(
-    bridge: &Bridge,
-    headers: &HeaderMap,
-    query: &std::collections::HashMap<String, String>,
-) -> Result<(), Response> {
-    let given = headers
+/// Every request must carry the homeserver's token, in the `Authorization` header or (older
+/// servers) the `access_token` query parameter.
+async fn authorised(State(bridge): State<Arc<Bridge>>, request: Request, next: Next) -> Response {
+    let header = request
+        .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| query.get("access_token").map(String::as_str));
-    match given {
-        None => Err(error(StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", "No token")),
-        Some(t) if t == bridge.hs_token => Ok(()),
-        Some(_) => Err(error(StatusCode::FORBIDDEN, "M_FORBIDDEN", "Wrong token")),
+        .map(str::to_owned);
+    let query = request.uri().query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "access_token").map(|(_, v)| v.into_owned())
+    });
+    match header.or(query) {
+        None => error(StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", "No token"),
+        Some(t) if t == bridge.hs_token => next.run(request).await,
+        Some(_) => error(StatusCode::FORBIDDEN, "M_FORBIDDEN", "Wrong token"),
     }
 }
-
-type Q = Query<std::collections::HashMap<String, String>>;
 
 async fn transaction(
     State(bridge): State<Arc<Bridge>>,
     Path(txn): Path<String>,
-    headers: HeaderMap,
-    query: Q,
     body: Option<Json<Value>>,
 ) -> Response {
-    if let Err(r) = authorised(&bridge, &headers, &query) {
-        return r;
-    }
     let Some(Json(body)) = body else { return error(StatusCode::BAD_REQUEST, "M_NOT_JSON", "Expected JSON") };
     let events = body["events"].as_array().cloned().unwrap_or_default();
     match bridge.transaction(&txn, &events).await {
@@ -59,10 +54,7 @@ async fn transaction(
     }
 }
 
-async fn user(State(bridge): State<Arc<Bridge>>, Path(user): Path<String>, headers: HeaderMap, query: Q) -> Response {
-    if let Err(r) = authorised(&bridge, &headers, &query) {
-        return r;
-    }
+async fn user(State(bridge): State<Arc<Bridge>>, Path(user): Path<String>) -> Response {
     match bridge.store.puppet(&user).await {
         Ok(Some(_)) => Json(json!({})).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "No such puppet"),
@@ -70,29 +62,15 @@ async fn user(State(bridge): State<Arc<Bridge>>, Path(user): Path<String>, heade
     }
 }
 
-async fn alias(State(bridge): State<Arc<Bridge>>, headers: HeaderMap, query: Q) -> Response {
-    if let Err(r) = authorised(&bridge, &headers, &query) {
-        return r;
-    }
+async fn alias() -> Response {
     error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "The bridge makes no rooms on demand")
 }
 
-async fn ping(State(bridge): State<Arc<Bridge>>, headers: HeaderMap, query: Q) -> Response {
-    if let Err(r) = authorised(&bridge, &headers, &query) {
-        return r;
-    }
+async fn ping() -> Response {
     Json(json!({})).into_response()
 }
 
-async fn protocol(
-    State(bridge): State<Arc<Bridge>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    query: Q,
-) -> Response {
-    if let Err(r) = authorised(&bridge, &headers, &query) {
-        return r;
-    }
+async fn protocol(Path(name): Path<String>) -> Response {
     if name != "email" {
         return error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "Unknown protocol");
     }
@@ -110,12 +88,8 @@ async fn protocol(
 async fn third_party_user(
     State(bridge): State<Arc<Bridge>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    query: Q,
+    Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = authorised(&bridge, &headers, &query) {
-        return r;
-    }
     let address = query.get("address").map(|a| a.to_lowercase()).unwrap_or_default();
     if name != "email" || !valid_address(&address) {
         return error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "No such user");
@@ -137,6 +111,7 @@ pub fn router(bridge: Arc<Bridge>) -> Router {
         .route("/_matrix/app/v1/thirdparty/protocol/{name}", get(protocol))
         .route("/_matrix/app/v1/thirdparty/user/{name}", get(third_party_user))
         .fallback(unknown)
+        .layer(middleware::from_fn_with_state(bridge.clone(), authorised))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
         .with_state(bridge)
 }
