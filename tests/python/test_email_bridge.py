@@ -616,3 +616,20 @@ def test_the_application_service_api_answers_only_the_homeserver(setup):
         as_token = next(line.split(":", 1)[1].strip() for line in f if line.startswith("as_token:"))
     status, answer = api(server.url, "POST", "/_matrix/client/v1/appservice/email/ping", as_token, {})
     assert status == 200 and "duration_ms" in answer, answer
+
+
+def test_unauthenticated_mail_marked_when_so_configured(setup):
+    server, bridge, relay = setup
+    alice = register(server.url, "alice")
+    room = bridged_room(server, alice, "paris")
+    bridge.stop()
+    bridge.env["DIPLOMATIE_EMAIL_AUTH__ON_FAIL"] = "mark"
+    bridge.start(server)
+    with bridge.smtp() as smtp:
+        smtp.sendmail("boss@partner.example", [f"paris@{DOMAIN}"],
+                      ngo_mail("Wire the funds", "now please", "s2@partner.example", sender="boss@partner.example",
+                               sign=False))
+    posted = wait_event(server.url, alice, room, lambda e: "now please" in e["content"].get("body", ""))
+    assert posted["content"]["body"].startswith("⚠ Unauthenticated sender\nWire the funds")
+    assert posted["content"]["fr.diplomatie.email"]["auth"] == {"spf": "fail", "dkim": "none", "dmarc": "fail",
+                                                                "pass": False}
