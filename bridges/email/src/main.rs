@@ -58,6 +58,8 @@ pub struct Bridge {
     /// The DKIM key, PKCS#8 DER.
     pub dkim_key: Vec<u8>,
     pub tls: tokio_rustls::TlsAcceptor,
+    /// The relay outbound mail leaves through.
+    pub relay: mail_send::SmtpClientBuilder<String>,
     /// The token the homeserver presents.
     pub hs_token: String,
 }
@@ -218,6 +220,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let bridge = Arc::new(Bridge {
         tls: tls(&config, &mail_domain)?,
+        relay: outbound::relay_client(&config, &mail_domain)?,
         authenticator: authenticator(&config)?,
         store,
         matrix,

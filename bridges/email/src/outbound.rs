@@ -409,35 +409,48 @@ impl Bridge {
 
     /// Hands a message to the configured relay.
     async fn relay(&self, from: &str, to: &[String], body: Vec<u8>) -> mail_send::Result<()> {
-        let relay = &self.config.relay;
-        let mut builder = mail_send::SmtpClientBuilder::new(relay.host.clone(), relay.port)
-            .map_err(|e| mail_send::Error::Io(std::io::Error::other(e)))?
-            .implicit_tls(relay.tls == "implicit")
-            .helo_host(self.mail_domain.clone())
-            .timeout(std::time::Duration::from_secs(60));
-        if relay.allow_invalid_certs {
-            builder = builder.allow_invalid_certs();
-        }
-        if let (Some(user), Some(password)) = (&relay.username, &relay.password) {
-            builder = builder.credentials((user.clone(), password.clone()));
-        }
         let message = mail_send::smtp::message::Message {
             mail_from: from.into(),
             rcpt_to: to.iter().map(|a| a.as_str().into()).collect(),
             body: body.into(),
         };
-        if relay.tls == "none" {
-            builder.connect_plain().await?.send(message).await?;
+        // Without Nagle's algorithm: the message and its final dot, written apart, would wait
+        // for the relay's delayed acknowledgement.
+        if self.config.relay.tls == "none" {
+            let mut client = self.relay.connect_plain().await?;
+            client.stream.set_nodelay(true)?;
+            client.send(message).await
         } else {
-            builder.connect().await?.send(message).await?;
+            let mut client = self.relay.connect().await?;
+            client.stream.get_ref().0.set_nodelay(true)?;
+            client.send(message).await
         }
-        Ok(())
     }
 
     /// Whether a Matrix error means the bridge should give up on an event rather than retry.
     fn permanent(e: &anyhow::Error) -> bool {
         matches!(errcode(e), Some("M_FORBIDDEN" | "M_NOT_FOUND" | "M_BAD_JSON" | "M_INVALID_PARAM"))
     }
+}
+
+/// The relay's client, made once (its TLS verifier reads the system's roots).
+pub fn relay_client(
+    config: &crate::config::Config,
+    domain: &str,
+) -> anyhow::Result<mail_send::SmtpClientBuilder<String>> {
+    let relay = &config.relay;
+    let mut builder = mail_send::SmtpClientBuilder::new(relay.host.clone(), relay.port)
+        .map_err(|e| anyhow::anyhow!("relay: {e}"))?
+        .implicit_tls(relay.tls == "implicit")
+        .helo_host(domain.to_owned())
+        .timeout(std::time::Duration::from_secs(60));
+    if relay.allow_invalid_certs {
+        builder = builder.allow_invalid_certs();
+    }
+    if let (Some(user), Some(password)) = (&relay.username, &relay.password) {
+        builder = builder.credentials((user.clone(), password.clone()));
+    }
+    Ok(builder)
 }
 
 #[cfg(test)]
