@@ -334,6 +334,21 @@ def test_mail_threads_both_ways_and_survive_a_restart(setup):
     assert answer["content"]["m.relates_to"]["event_id"] == root["event_id"]
     assert answer["content"]["m.relates_to"]["m.in_reply_to"]["event_id"] == sent["event_id"]
 
+    # An edit does not leave again.
+    api(server.url, "PUT", f"/_matrix/client/v3/rooms/{q(room)}/send/m.room.message/t1e", alice, {
+        "msgtype": "m.text", "body": "* Dear Ana, we received it (edited).",
+        "m.new_content": {"msgtype": "m.text", "body": "Dear Ana, we received it (edited)."},
+        "m.relates_to": {"rel_type": "m.replace", "event_id": sent["event_id"]},
+    })
+    # A puppet removed from the room comes back with its sender's next mail.
+    status, answer = api(server.url, "POST", f"/_matrix/client/v3/rooms/{q(room)}/kick", alice, {"user_id": puppet})
+    assert status == 200, answer
+    with bridge.smtp() as smtp:
+        smtp.sendmail("ana@ngo.example", [f"paris@{DOMAIN}"], ngo_mail("Again", "Me again.", "m3@ngo.example"))
+    again = wait_event(server.url, alice, room, lambda e: "Me again." in e["content"].get("body", ""))
+    assert again["sender"] == puppet
+    assert not any("(edited)" in text for _, text in relay.messages) and len(relay.messages) == 1
+
 
 def test_bad_mail_gets_the_right_answer_and_nothing_half_posted(setup):
     server, bridge, relay = setup

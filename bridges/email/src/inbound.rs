@@ -400,7 +400,18 @@ impl Bridge {
             });
         }
         let user = sender.as_deref();
-        let event_id = self.matrix.send(room, user, &txn_id(mail.message_id, room, 0), &content).await?;
+        let txn = txn_id(mail.message_id, room, 0);
+        let event_id = match (self.matrix.send(room, user, &txn, &content).await, user) {
+            // The puppet left or was removed since the bridge brought it in: in again, once.
+            (Err(e), Some(puppet)) if errcode(&e) == Some("M_FORBIDDEN") => {
+                self.store.forget_puppet_in(puppet, room).await?;
+                match self.puppet(mail.from, mail.name, room).await? {
+                    Some(p) => self.matrix.send(room, Some(&p), &txn, &content).await?,
+                    None => return Err(e),
+                }
+            }
+            (sent, _) => sent?,
+        };
         let thread_root = parent.as_ref().map_or(event_id.clone(), |p| p.thread_root.clone());
 
         // Attachments, in the same thread.

@@ -248,6 +248,9 @@ impl Bridge {
         }
         let content = &event["content"];
         let relates = &content["m.relates_to"];
+        if relates["rel_type"] == "m.replace" {
+            return Ok(()); // An edit: the mail has left already.
+        }
         let thread_root = (relates["rel_type"] == "m.thread").then(|| relates["event_id"].as_str()).flatten();
         let replied = relates["m.in_reply_to"]["event_id"].as_str();
         // The mail this one answers: the event replied to, else the thread's root.

@@ -219,6 +219,15 @@ impl Store {
         Ok(row.is_some())
     }
 
+    pub async fn forget_puppet_in(&self, user_id: &str, room_id: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM puppet_rooms WHERE user_id = $1 AND room_id = $2")
+            .bind(user_id)
+            .bind(room_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn set_puppet_in(&self, user_id: &str, room_id: &str) -> anyhow::Result<()> {
         sqlx::query("INSERT INTO puppet_rooms (user_id, room_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(user_id)
