@@ -452,7 +452,8 @@ impl Bridge {
                 room_id: room.to_owned(),
                 event_id,
                 thread_root,
-                peer: mail.reply_to.to_owned(),
+                // A program's mail (bounce, auto-reply) has nobody to answer: none is sent.
+                peer: if mail.automatic { String::new() } else { mail.reply_to.to_owned() },
                 refs: refs.join(" "),
                 subject: mail.subject.to_owned(),
             })
