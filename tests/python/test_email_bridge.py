@@ -542,6 +542,13 @@ def test_a_formal_letter_to_an_external_address_and_dr_never_bridged(setup):
     assert status == 200, answer
     alice = login(server, "alice")
 
+    letter = {"kind": "formal_letter", "from": "paris", "subject": "Invitation au colloque",
+              "body": "Madame la Directrice,\nnous avons l'honneur de vous inviter.", "tags": ["colloque"],
+              "external": ["directrice@ngo.example"]}
+    # Without the bridge in the group's correspondence room, nothing could leave: refused.
+    status, answer = api(server.url, "POST", "/_diplomatie/client/v1/correspondence", alice, letter)
+    assert status == 403 and "No e-mail bridge" in answer["error"], answer
+
     # The group's correspondence room, bridged by its manager, takes the group's address.
     status, resolved = api(server.url, "GET", f"/_matrix/client/v3/directory/room/{q('#g.paris.correspondence:localhost')}")
     room = resolved["room_id"]
@@ -552,9 +559,6 @@ def test_a_formal_letter_to_an_external_address_and_dr_never_bridged(setup):
                lambda e: f"paris.correspondence@{DOMAIN} now lands" in e["content"].get("body", ""))
 
     # DR never leaves by e-mail.
-    letter = {"kind": "formal_letter", "from": "paris", "subject": "Invitation au colloque",
-              "body": "Madame la Directrice,\nnous avons l'honneur de vous inviter.", "tags": ["colloque"],
-              "external": ["directrice@ngo.example"]}
     status, answer = api(server.url, "POST", "/_diplomatie/client/v1/correspondence", alice,
                          dict(letter, classification="DR"))
     assert status == 403 and answer["errcode"] == "M_FORBIDDEN", answer

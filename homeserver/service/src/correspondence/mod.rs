@@ -256,10 +256,29 @@ impl Correspondence {
             }
         }
         let from = self.sender_group(author, device, &c.from, level).await?;
+        if !c.external.is_empty() && !self.has_mail_bridge(&from.room).await? {
+            return Err(Error::forbidden(format!(
+                "No e-mail bridge in the correspondence room of {:?}: its managers invite one before \
+                 correspondence goes to external addressees",
+                c.from
+            )));
+        }
         let addressees = self.addressees(&c.action, &c.information, level).await?;
         let tags: Vec<String> = c.tags.iter().map(|t| normalise_tag(t)).filter(|t| !t.is_empty()).collect();
         let communities = self.matching_communities(&tags, level).await?;
         Ok(Plan { kind, level, from, addressees, communities, tags, copies: None })
+    }
+
+    /// Whether an e-mail bridge (an application service of protocol `email`) is in `room`, to
+    /// send a correspondence's external addressees their letter.
+    async fn has_mail_bridge(&self, room: &ruma::RoomId) -> Result<bool> {
+        for service in self.registrations.all() {
+            let email = service.registration.protocols.as_ref().is_some_and(|p| p.iter().any(|p| p == "email"));
+            if email && self.rooms.is_joined(room, &service.sender).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The sending group, if `author` (on `device`) may send a correspondence of `level` from
