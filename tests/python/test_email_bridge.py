@@ -6,6 +6,7 @@ through, dnslib serves the senders' SPF, DKIM and DMARC records on loopback, and
 what the senders send and verifies what the bridge sends."""
 
 import base64
+import contextlib
 import email
 import email.policy
 import json
@@ -224,19 +225,28 @@ class Bridge:
             subprocess.run(PG + [f"DROP DATABASE IF EXISTS {self.pg_db} WITH (FORCE)"], check=False)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def setup(request):
+@contextlib.contextmanager
+def bridged_server(backend, server_env=None):
+    """A server and its bridge, the senders' DNS and the relay; all stopped afterwards."""
     dns = Dns()
     relay = Mailbox()
-    bridge = Bridge(request.param, dns, relay)
-    server = Server(request.param, prepare=bridge.prepare)
-    bridge.start(server)
-    yield server, bridge, relay
-    bridge.stop()
-    server.stop()
-    bridge.remove()
-    relay.stop()
-    dns.stop()
+    bridge = Bridge(backend, dns, relay)
+    server = Server(backend, prepare=bridge.prepare, extra_env=server_env)
+    try:
+        bridge.start(server)
+        yield server, bridge, relay
+    finally:
+        bridge.stop()
+        server.stop()
+        bridge.remove()
+        relay.stop()
+        dns.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def setup(request):
+    with bridged_server(request.param) as s:
+        yield s
 
 
 def bridged_room(server, token, alias, invite_level=0):
@@ -665,3 +675,24 @@ def test_unauthenticated_mail_marked_when_so_configured(setup):
     assert posted["content"]["body"].startswith("⚠ Unauthenticated sender\nWire the funds")
     assert posted["content"]["fr.diplomatie.email"]["auth"] == {"spf": "fail", "dkim": "none", "dmarc": "fail",
                                                                 "pass": False}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_an_attachment_the_server_refuses_refuses_the_whole_mail(backend):
+    with bridged_server(backend, {"DIPLOMATIE_MEDIA__MAX_UPLOAD_BYTES": "100000"}) as (server, bridge, relay):
+        alice = register(server.url, "alice")
+        room = bridged_room(server, alice, "paris")
+        before = len(messages(server.url, alice, room))
+        big = ngo_mail("Scan", "The scan, attached.", "big1@ngo.example", attachment=("scan.pdf", os.urandom(200_000)))
+        with bridge.smtp() as smtp:
+            with pytest.raises(smtplib.SMTPDataError) as e:
+                smtp.sendmail("ana@ngo.example", [f"paris@{DOMAIN}"], big)
+            assert e.value.smtp_code == 552
+            # Nothing of it was posted; a smaller one is.
+            assert smtp.sendmail("ana@ngo.example", [f"paris@{DOMAIN}"],
+                                 ngo_mail("Scan", "Smaller.", "small1@ngo.example",
+                                          attachment=("scan.pdf", os.urandom(20_000)))) == {}
+        wait_event(server.url, alice, room, lambda e: e["content"].get("msgtype") == "m.file")
+        posted = [e for e in messages(server.url, alice, room)[before:] if e["type"] == "m.room.message"]
+        assert [e["content"]["body"].split("\n\n")[1] for e in posted if e["content"]["msgtype"] == "m.text"] == \
+            ["Smaller."], posted

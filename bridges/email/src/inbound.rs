@@ -296,11 +296,39 @@ impl Bridge {
         parents.extend(references.iter().rev().cloned());
         let is_automatic = automatic(&env.mail_from, &message);
 
+        // The attachments are uploaded before anything is posted (media show nowhere until an
+        // event names them): one the server refuses refuses the whole mail, posted nowhere.
+        let uploader =
+            if is_automatic { self.matrix.bot.clone() } else { self.registered_puppet(&from, &name).await? };
+        let mut uploads = Vec::new();
+        for (i, part) in message.attachments().enumerate() {
+            let file = part.attachment_name().map(one_line).unwrap_or_else(|| format!("attachment-{}", i + 1));
+            let kind = part
+                .content_type()
+                .map(|c| match c.subtype() {
+                    Some(sub) => format!("{}/{}", c.ctype(), sub),
+                    None => c.ctype().to_owned(),
+                })
+                .unwrap_or_else(|| "application/octet-stream".into())
+                .to_ascii_lowercase();
+            let size = part.contents().len();
+            match self.matrix.upload(&uploader, &kind, &file, part.contents().to_vec()).await {
+                Ok(url) => uploads.push(Upload { file, kind, size, url }),
+                Err(e) if errcode(&e) == Some("M_TOO_LARGE") => {
+                    return Ok(Reply::new(
+                        552,
+                        [5, 3, 4],
+                        format!("Attachment {file} is larger than the server accepts"),
+                    ));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+
         for room in &env.rooms {
             self.post(
                 room,
                 &Incoming {
-                    message: &message,
                     message_id: &message_id,
                     from: &from,
                     name: &name,
@@ -312,6 +340,7 @@ impl Bridge {
                     references: &references,
                     verdict: &verdict,
                     automatic: is_automatic,
+                    uploads: &uploads,
                 },
             )
             .await?;
@@ -322,13 +351,7 @@ impl Bridge {
     /// A puppet for `address` in `room`, named `name`; `None` when the bot may not bring it in
     /// (it then posts itself, naming the sender).
     async fn puppet(&self, address: &str, name: &str, room: &str) -> anyhow::Result<Option<String>> {
-        let localpart = puppet_localpart(&self.config.puppet_prefix, address);
-        let user = format!("@{localpart}:{}", self.matrix.server_name);
-        if self.store.puppet(&user).await?.as_deref() != Some(name) {
-            self.matrix.register(&localpart).await?;
-            self.matrix.set_display_name(&user, name).await?;
-            self.store.set_puppet(&user, name).await?;
-        }
+        let user = self.registered_puppet(address, name).await?;
         if !self.store.puppet_in(&user, room).await? {
             if let Err(e) = self.matrix.invite(room, &user).await {
                 if errcode(&e) == Some("M_FORBIDDEN") {
@@ -341,6 +364,18 @@ impl Bridge {
             self.store.set_puppet_in(&user, room).await?;
         }
         Ok(Some(user))
+    }
+
+    /// The puppet for `address`, registered and named `name`.
+    async fn registered_puppet(&self, address: &str, name: &str) -> anyhow::Result<String> {
+        let localpart = puppet_localpart(&self.config.puppet_prefix, address);
+        let user = format!("@{localpart}:{}", self.matrix.server_name);
+        if self.store.puppet(&user).await?.as_deref() != Some(name) {
+            self.matrix.register(&localpart).await?;
+            self.matrix.set_display_name(&user, name).await?;
+            self.store.set_puppet(&user, name).await?;
+        }
+        Ok(user)
     }
 
     async fn post(&self, room: &str, mail: &Incoming<'_>) -> anyhow::Result<()> {
@@ -415,24 +450,11 @@ impl Bridge {
         let thread_root = parent.as_ref().map_or(event_id.clone(), |p| p.thread_root.clone());
 
         // Attachments, in the same thread.
-        for (i, part) in mail.message.attachments().enumerate() {
-            let name = part.attachment_name().map(one_line).unwrap_or_else(|| format!("attachment-{}", i + 1));
-            let kind = part
-                .content_type()
-                .map(|c| match c.subtype() {
-                    Some(sub) => format!("{}/{}", c.ctype(), sub),
-                    None => c.ctype().to_owned(),
-                })
-                .unwrap_or_else(|| "application/octet-stream".into())
-                .to_ascii_lowercase();
-            let bytes = part.contents().to_vec();
-            let size = bytes.len();
-            let uploader = user.unwrap_or(self.matrix.bot.as_str());
-            let url = self.matrix.upload(uploader, &kind, &name, bytes).await?;
-            let msgtype = if kind.starts_with("image/") { "m.image" } else { "m.file" };
+        for (i, upload) in mail.uploads.iter().enumerate() {
+            let msgtype = if upload.kind.starts_with("image/") { "m.image" } else { "m.file" };
             let attachment = json!({
-                "msgtype": msgtype, "body": name, "filename": name, "url": url,
-                "info": { "mimetype": kind, "size": size },
+                "msgtype": msgtype, "body": upload.file, "filename": upload.file, "url": upload.url,
+                "info": { "mimetype": upload.kind, "size": upload.size },
                 "m.relates_to": { "rel_type": "m.thread", "event_id": thread_root, "is_falling_back": true,
                                   "m.in_reply_to": { "event_id": event_id } },
             });
@@ -463,7 +485,6 @@ impl Bridge {
 
 /// One message, read, for one room.
 struct Incoming<'a> {
-    message: &'a Message<'a>,
     message_id: &'a str,
     from: &'a str,
     name: &'a str,
@@ -475,6 +496,15 @@ struct Incoming<'a> {
     references: &'a [String],
     verdict: &'a Verdict,
     automatic: bool,
+    uploads: &'a [Upload],
+}
+
+/// An attachment, uploaded.
+struct Upload {
+    file: String,
+    kind: String,
+    size: usize,
+    url: String,
 }
 
 #[cfg(test)]
