@@ -375,8 +375,41 @@ pub fn journal_view(person: Person, level: Level) -> JournalView {
     }
 }
 
+/// Whether `address` is an e-mail address the portal sends to (a correspondence's external
+/// addressee, a bridged room's recipient, a mail's sender to answer): `local@domain.tld`, at
+/// most 254 characters, without spaces, controls or the characters that separate or quote
+/// addresses in a mail header, so that it can stand alone in an envelope and in a header.
+pub fn is_mail_address(address: &str) -> bool {
+    let Some((local, domain)) = address.rsplit_once('@') else { return false };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && address.len() <= 254
+        && !address.chars().any(|c| c.is_control() || c.is_whitespace() || "<>,;\"()[]\\:".contains(c))
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn mail_addresses_are_plain_addresses() {
+        assert!(is_mail_address("directrice@ngo.example"));
+        assert!(is_mail_address("desk@partner.example"));
+        for bad in [
+            "directrice",
+            "desk",
+            "@partner.example",
+            "a@b",
+            "a b@c.example",
+            "a@c.example\r\nBcc: x@y.z",
+            "<a@b.example>",
+            "a@b.example,c@d.example",
+            "a@.example",
+        ] {
+            assert!(!is_mail_address(bad), "{bad}");
+        }
+    }
     use super::*;
 
     const NP_AGENT: Person = Person { clearance: Level::NP, kind: AccountKind::Agent };

@@ -651,6 +651,17 @@ def test_the_application_service_api_answers_only_the_homeserver(setup):
     assert status == 401 and answer["errcode"] == "M_UNAUTHORIZED"
     status, answer = api(base, "PUT", "/_matrix/app/v1/transactions/1", "wrong", {"events": []})
     assert status == 403 and answer["errcode"] == "M_FORBIDDEN"
+    # Bad input gets the spec's errors.
+    with open(os.path.join(server.dir, "appservices", "email.yaml")) as f:
+        hs_token = next(line.split(":", 1)[1].strip() for line in f if line.startswith("hs_token:"))
+    status, answer = api(base, "PUT", "/_matrix/app/v1/transactions/2", hs_token, {"events": "none"})
+    assert status == 400 and answer["errcode"] == "M_BAD_JSON", answer
+    status, answer = api(base, "PUT", "/_matrix/app/v1/transactions/3", hs_token, data=b"{", content_type="application/json")
+    assert status == 400 and answer["errcode"] in ("M_NOT_JSON", "M_BAD_JSON"), answer
+    status, answer = api(base, "GET", "/_matrix/app/v1/transactions/2", hs_token)
+    assert status == 405 and answer["errcode"] == "M_UNRECOGNIZED", answer
+    status, answer = api(base, "GET", "/_matrix/app/v1/nothing", hs_token)
+    assert status == 404 and answer["errcode"] == "M_UNRECOGNIZED", answer
     # Through the homeserver: the protocol, and the puppet standing for an address.
     status, protocols = api(server.url, "GET", "/_matrix/client/v3/thirdparty/protocols", alice)
     assert status == 200 and "email" in protocols, protocols

@@ -13,7 +13,9 @@ use axum::{
 };
 use serde_json::{json, Value};
 
-use crate::{inbound::puppet_localpart, outbound::valid_address, Bridge};
+use diplomatie_policies::is_mail_address;
+
+use crate::{inbound::puppet_localpart, Bridge};
 
 fn error(status: StatusCode, errcode: &str, message: &str) -> Response {
     (status, Json(json!({ "errcode": errcode, "error": message }))).into_response()
@@ -38,14 +40,14 @@ async fn authorised(State(bridge): State<Arc<Bridge>>, request: Request, next: N
     }
 }
 
-async fn transaction(
-    State(bridge): State<Arc<Bridge>>,
-    Path(txn): Path<String>,
-    body: Option<Json<Value>>,
-) -> Response {
-    let Some(Json(body)) = body else { return error(StatusCode::BAD_REQUEST, "M_NOT_JSON", "Expected JSON") };
-    let events = body["events"].as_array().cloned().unwrap_or_default();
-    match bridge.transaction(&txn, &events).await {
+async fn transaction(State(bridge): State<Arc<Bridge>>, Path(txn): Path<String>, body: axum::body::Bytes) -> Response {
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "M_NOT_JSON", "Expected JSON");
+    };
+    let Some(events) = body["events"].as_array() else {
+        return error(StatusCode::BAD_REQUEST, "M_BAD_JSON", "A transaction carries an array of events");
+    };
+    match bridge.transaction(&txn, events).await {
         Ok(()) => Json(json!({})).into_response(),
         Err(e) => {
             tracing::warn!(txn, error = %e, "transaction failed; the homeserver will send it again");
@@ -91,7 +93,7 @@ async fn third_party_user(
     Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
     let address = query.get("address").map(|a| a.to_lowercase()).unwrap_or_default();
-    if name != "email" || !valid_address(&address) {
+    if name != "email" || !is_mail_address(&address) {
         return error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "No such user");
     }
     let user = format!("@{}:{}", puppet_localpart(&bridge.config.puppet_prefix, &address), bridge.matrix.server_name);
@@ -100,6 +102,10 @@ async fn third_party_user(
 
 async fn unknown() -> Response {
     error(StatusCode::NOT_FOUND, "M_UNRECOGNIZED", "Unrecognized request")
+}
+
+async fn wrong_method() -> Response {
+    error(StatusCode::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED", "Method not allowed here")
 }
 
 pub fn router(bridge: Arc<Bridge>) -> Router {
@@ -111,6 +117,7 @@ pub fn router(bridge: Arc<Bridge>) -> Router {
         .route("/_matrix/app/v1/thirdparty/protocol/{name}", get(protocol))
         .route("/_matrix/app/v1/thirdparty/user/{name}", get(third_party_user))
         .fallback(unknown)
+        .method_not_allowed_fallback(wrong_method)
         .layer(middleware::from_fn_with_state(bridge.clone(), authorised))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
         .with_state(bridge)

@@ -6,6 +6,7 @@
 
 use std::{borrow::Cow, net::IpAddr};
 
+use diplomatie_policies::is_mail_address;
 use mail_auth::{AuthenticatedMessage, DkimResult, DmarcResult, SpfResult};
 use mail_parser::{Message, MessageParser, MimeHeaders};
 use serde_json::{json, Value};
@@ -244,7 +245,7 @@ impl Bridge {
         let Some(from) = message.from().and_then(|f| f.first()).and_then(|a| a.address()).map(str::to_lowercase) else {
             return Ok(Reply::new(550, [5, 6, 0], "Malformed message: no From: address"));
         };
-        if !from.contains('@') || from.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        if !is_mail_address(&from) {
             return Ok(Reply::new(550, [5, 6, 0], "Malformed message: invalid From: address"));
         }
         // Loops: a mail of ours come back, or one that went round too often.
@@ -278,7 +279,7 @@ impl Bridge {
             .and_then(|r| r.first())
             .and_then(|a| a.address())
             .map(str::to_lowercase)
-            .filter(|a| a.contains('@') && !a.chars().any(|c| c.is_control() || c.is_whitespace()))
+            .filter(|a| is_mail_address(a))
             .unwrap_or_else(|| from.clone());
         let subject = message.subject().map(one_line).unwrap_or_default();
         let text = message.body_text(0).map(Cow::into_owned).unwrap_or_default();
@@ -298,8 +299,9 @@ impl Bridge {
 
         // The attachments are uploaded before anything is posted (media show nowhere until an
         // event names them): one the server refuses refuses the whole mail, posted nowhere.
-        let uploader =
-            if is_automatic { self.matrix.bot.clone() } else { self.registered_puppet(&from, &name).await? };
+        // The sender's puppet (none for a program's mail, which the bot posts as a notice).
+        let puppet = if is_automatic { None } else { Some(self.registered_puppet(&from, &name).await?) };
+        let uploader = puppet.as_deref().unwrap_or(self.matrix.bot.as_str());
         let mut uploads = Vec::new();
         for (i, part) in message.attachments().enumerate() {
             let file = part.attachment_name().map(one_line).unwrap_or_else(|| format!("attachment-{}", i + 1));
@@ -312,7 +314,7 @@ impl Bridge {
                 .unwrap_or_else(|| "application/octet-stream".into())
                 .to_ascii_lowercase();
             let size = part.contents().len();
-            match self.matrix.upload(&uploader, &kind, &file, part.contents().to_vec()).await {
+            match self.matrix.upload(uploader, &kind, &file, part.contents().to_vec()).await {
                 Ok(url) => uploads.push(Upload { file, kind, size, url }),
                 Err(e) if errcode(&e) == Some("M_TOO_LARGE") => {
                     return Ok(Reply::new(
@@ -330,6 +332,7 @@ impl Bridge {
                 room,
                 &Incoming {
                     message_id: &message_id,
+                    puppet: puppet.as_deref(),
                     from: &from,
                     name: &name,
                     reply_to: &reply_to,
@@ -348,22 +351,21 @@ impl Bridge {
         Ok(Reply::new(250, [2, 0, 0], format!("Posted <{message_id}>")))
     }
 
-    /// A puppet for `address` in `room`, named `name`; `None` when the bot may not bring it in
-    /// (it then posts itself, naming the sender).
-    async fn puppet(&self, address: &str, name: &str, room: &str) -> anyhow::Result<Option<String>> {
-        let user = self.registered_puppet(address, name).await?;
-        if !self.store.puppet_in(&user, room).await? {
-            if let Err(e) = self.matrix.invite(room, &user).await {
+    /// Brings `puppet` into `room`; `None` when the bot may not (it then posts itself, naming
+    /// the sender). A puppet already there joins again harmlessly.
+    async fn bring_in(&self, puppet: &str, room: &str) -> anyhow::Result<Option<String>> {
+        if !self.store.puppet_in(puppet, room).await? {
+            let invited = self.matrix.invite(room, puppet).await;
+            if let Err(e) = self.matrix.join(puppet, room).await {
                 if errcode(&e) == Some("M_FORBIDDEN") {
-                    tracing::info!(room, error = %e, "the bot may not invite; posting as the bot");
+                    tracing::info!(room, error = %e, invited = ?invited.err(), "the puppet cannot join; posting as the bot");
                     return Ok(None);
                 }
                 return Err(e);
             }
-            self.matrix.join(&user, room).await?;
-            self.store.set_puppet_in(&user, room).await?;
+            self.store.set_puppet_in(puppet, room).await?;
         }
-        Ok(Some(user))
+        Ok(Some(puppet.to_owned()))
     }
 
     /// The puppet for `address`, registered and named `name`.
@@ -389,7 +391,10 @@ impl Bridge {
                 break;
             }
         }
-        let sender = if mail.automatic { None } else { self.puppet(mail.from, mail.name, room).await? };
+        let sender = match mail.puppet {
+            Some(puppet) => self.bring_in(puppet, room).await?,
+            None => None,
+        };
 
         let mut body = String::new();
         let mut formatted = String::new();
@@ -440,7 +445,7 @@ impl Bridge {
             // The puppet left or was removed since the bridge brought it in: in again, once.
             (Err(e), Some(puppet)) if errcode(&e) == Some("M_FORBIDDEN") => {
                 self.store.forget_puppet_in(puppet, room).await?;
-                match self.puppet(mail.from, mail.name, room).await? {
+                match self.bring_in(puppet, room).await? {
                     Some(p) => self.matrix.send(room, Some(&p), &txn, &content).await?,
                     None => return Err(e),
                 }
@@ -486,6 +491,8 @@ impl Bridge {
 /// One message, read, for one room.
 struct Incoming<'a> {
     message_id: &'a str,
+    /// The sender's puppet, registered; `None` for a program's mail.
+    puppet: Option<&'a str>,
     from: &'a str,
     name: &'a str,
     reply_to: &'a str,

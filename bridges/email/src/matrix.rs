@@ -107,13 +107,8 @@ impl Matrix {
     }
 
     pub async fn invite(&self, room: &str, user: &str) -> anyhow::Result<()> {
-        let body = json!({ "user_id": user });
-        match self.call(Method::POST, &["v3", "rooms", room, "invite"], None, Some(&body)).await {
-            Ok(_) => Ok(()),
-            // Already in the room.
-            Err(e) if errcode(&e) == Some("M_FORBIDDEN") && e.to_string().contains("already") => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.call(Method::POST, &["v3", "rooms", room, "invite"], None, Some(&json!({ "user_id": user }))).await?;
+        Ok(())
     }
 
     pub async fn leave(&self, room: &str, user: Option<&str>) -> anyhow::Result<()> {
@@ -128,17 +123,10 @@ impl Matrix {
         Ok(answer["event_id"].as_str().unwrap_or_default().to_owned())
     }
 
-    /// A state event's content, `None` when the room has none.
-    pub async fn state(&self, room: &str, kind: &str, key: &str) -> anyhow::Result<Option<Value>> {
-        match self.call(Method::GET, &["v3", "rooms", room, "state", kind, key], None, None).await {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if errcode(&e) == Some("M_NOT_FOUND") => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    pub async fn event(&self, room: &str, event_id: &str) -> anyhow::Result<Value> {
-        self.call(Method::GET, &["v3", "rooms", room, "event", event_id], None, None).await
+    /// The room's whole current state, as events.
+    pub async fn room_state(&self, room: &str) -> anyhow::Result<Vec<Value>> {
+        let state = self.call(Method::GET, &["v3", "rooms", room, "state"], None, None).await?;
+        Ok(state.as_array().cloned().unwrap_or_default())
     }
 
     /// Uploads a file as `user`; its `mxc://` URI.

@@ -6,6 +6,7 @@
 //! `In-Reply-To` and `References` continue the thread, so that mail clients thread it; each
 //! mail is DKIM-signed for the mail domain and carries the loop header.
 
+use diplomatie_policies::is_mail_address;
 use mail_auth::common::{crypto::Ed25519Key, headers::HeaderWriter};
 use mail_builder::{headers::message_id::MessageId, headers::raw::Raw, MessageBuilder};
 use serde_json::{json, Value};
@@ -16,14 +17,6 @@ use crate::{
     store::Mail,
     Bridge,
 };
-
-/// A valid address for the envelope and the headers: no spaces, controls, or list separators.
-pub fn valid_address(address: &str) -> bool {
-    let Some((local, domain)) = address.rsplit_once('@') else { return false };
-    !local.is_empty()
-        && domain.contains('.')
-        && !address.chars().any(|c| c.is_control() || c.is_whitespace() || "<>,;\"()[]\\".contains(c))
-}
 
 /// The address a room takes from its alias: a functional group's general room
 /// (`#g.<slug>.general`) the group's slug, another of its rooms `<slug>.<room>`, any other
@@ -140,60 +133,49 @@ impl Bridge {
             tracing::info!(room, error = %e, "could not join a room it was invited to");
             return Ok(());
         }
-        let level = self.matrix.state(room, crate::CLASSIFICATION, "").await?;
-        let mls = self.matrix.state(room, "fr.diplomatie.mls", "").await?;
-        if level.as_ref().is_some_and(|l| l["level"] == "DR") || mls.is_some() {
+        let state = self.matrix.room_state(room).await?;
+        let content =
+            |kind: &str| state.iter().find(|e| e["type"] == kind && e["state_key"] == "").map(|e| &e["content"]);
+        if content(crate::CLASSIFICATION).is_some_and(|c| c["level"] == "DR") || content("fr.diplomatie.mls").is_some()
+        {
             let _ = self.notice(room, "DR rooms are never bridged to e-mail.").await;
             self.matrix.leave(room, None).await?;
             return Ok(());
         }
         self.store.add_room(room).await?;
-        let alias = self.matrix.state(room, "m.room.canonical_alias", "").await?;
-        let local = alias
-            .as_ref()
+        let local = content("m.room.canonical_alias")
             .and_then(|a| a["alias"].as_str())
             .and_then(|a| a.strip_prefix('#'))
             .and_then(|a| a.split_once(':'))
             .map(|(local, _)| alias_address(local));
         let text = match local {
-            Some(local) if self.store.set_address(room, &local.to_lowercase()).await? => {
-                format!(
-                    "Mail to {}@{} now lands in this room. {}",
-                    local.to_lowercase(),
-                    self.mail_domain,
-                    "Say !email help for more."
-                )
+            Some(local) if self.store.set_address(room, &local).await? => {
+                format!("Mail to {local}@{} now lands in this room. Say !email help for more.", self.mail_domain)
             }
             _ => "This room has no mail address yet: a manager gives it one with !email address <name>.".to_owned(),
         };
         self.notice(room, &text).await
     }
 
-    /// Whether `user` may change the room's bridging: a manager (the power to send state).
+    /// Whether `user` may change the room's bridging: a manager (the power to send state), or
+    /// a creator of a room of version 12 or later (creators are above the power levels there).
     async fn manages(&self, room: &str, user: &str) -> anyhow::Result<bool> {
-        // Room version 12 gives its creators the highest power, outside the power levels.
-        if let Some(create) = self.matrix.state(room, "m.room.create", "").await? {
-            let creators = create["additional_creators"].as_array().cloned().unwrap_or_default();
-            let v12 = !matches!(
-                create["room_version"].as_str(),
-                Some("1" | "2" | "3" | "4" | "5" | "6" | "7" | "8" | "9" | "10" | "11") | None
-            );
-            if v12 && (creators.iter().any(|c| c == user) || self.creator(room).await?.as_deref() == Some(user)) {
+        let state = self.matrix.room_state(room).await?;
+        let event = |kind: &str| state.iter().find(|e| e["type"] == kind && e["state_key"] == "");
+        if let Some(create) = event("m.room.create") {
+            let version = create["content"]["room_version"].as_str().unwrap_or("1");
+            let creators_above_levels =
+                !matches!(version, "1" | "2" | "3" | "4" | "5" | "6" | "7" | "8" | "9" | "10" | "11");
+            let creator = create["sender"] == user
+                || create["content"]["additional_creators"].as_array().is_some_and(|c| c.iter().any(|c| c == user));
+            if creators_above_levels && creator {
                 return Ok(true);
             }
         }
-        let Some(levels) = self.matrix.state(room, "m.room.power_levels", "").await? else { return Ok(false) };
+        let Some(levels) = event("m.room.power_levels").map(|e| &e["content"]) else { return Ok(false) };
         let power = levels["users"][user].as_i64().or_else(|| levels["users_default"].as_i64()).unwrap_or(0);
         let needed = levels["state_default"].as_i64().unwrap_or(50);
         Ok(power >= needed)
-    }
-
-    /// The sender of the room's `m.room.create` event.
-    async fn creator(&self, room: &str) -> anyhow::Result<Option<String>> {
-        let state = self.matrix.call(reqwest::Method::GET, &["v3", "rooms", room, "state"], None, None).await?;
-        Ok(state.as_array().and_then(|events| {
-            events.iter().find(|e| e["type"] == "m.room.create").and_then(|e| e["sender"].as_str().map(str::to_owned))
-        }))
     }
 
     async fn command(&self, room: &crate::store::Room, sender: &str, command: &str) -> anyhow::Result<()> {
@@ -215,7 +197,7 @@ impl Bridge {
             "to" => {
                 let addresses: Vec<String> =
                     rest.split([' ', ',', ';']).filter(|a| !a.is_empty()).map(str::to_lowercase).collect();
-                if let Some(bad) = addresses.iter().find(|a| !valid_address(a)) {
+                if let Some(bad) = addresses.iter().find(|a| !is_mail_address(a)) {
                     format!("Not an e-mail address: {bad}")
                 } else {
                     self.store.set_recipients(&room.room_id, &addresses.join(",")).await?;
@@ -227,8 +209,7 @@ impl Bridge {
                 }
             }
             "status" => {
-                let room = self.store.room(&room.room_id).await?.unwrap_or_else(|| room.clone());
-                let address = room.address.map(|a| format!("{a}@{}", self.mail_domain));
+                let address = room.address.as_ref().map(|a| format!("{a}@{}", self.mail_domain));
                 format!(
                     "Receives mail at: {}. Sends new messages to: {}.",
                     address.as_deref().unwrap_or("no address"),
@@ -271,7 +252,12 @@ impl Bridge {
                     return Ok(());
                 }
                 let external = record["external"].as_array().cloned().unwrap_or_default();
-                external.iter().filter_map(Value::as_str).filter(|a| valid_address(a)).map(str::to_lowercase).collect()
+                external
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .filter(|a| is_mail_address(a))
+                    .map(str::to_lowercase)
+                    .collect()
             }
             Some(p) => p.peer.split(',').filter(|a| !a.is_empty()).map(str::to_owned).collect(),
             None if thread_root.is_none() && replied.is_none() => {
@@ -469,7 +455,7 @@ mod tests {
 
     #[test]
     fn only_plain_addresses_are_sent_to() {
-        assert!(valid_address("desk@partner.example"));
+        assert!(is_mail_address("desk@partner.example"));
         for bad in [
             "desk",
             "@partner.example",
@@ -479,7 +465,7 @@ mod tests {
             "<a@b.example>",
             "a@b.example,c@d.example",
         ] {
-            assert!(!valid_address(bad), "{bad}");
+            assert!(!is_mail_address(bad), "{bad}");
         }
     }
 

@@ -204,20 +204,15 @@ pub async fn handshakes_since<'e>(e: impl Exec<'e>, room_id: &str, from: i64, li
 
 /// Records removals to ask a partner's orderer for: (server, room, user, device).
 pub async fn add_revocations(conn: &mut Connection, rows: &[(String, String, String, String)], ts: i64) -> Result<()> {
-    for (server, room_id, user_id, device_id) in rows {
-        sqlx::query(
-            "INSERT INTO mls_revocations (server, room_id, user_id, device_id, ts) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (server, room_id, user_id, device_id) DO NOTHING",
-        )
-        .bind(server)
-        .bind(room_id)
-        .bind(user_id)
-        .bind(device_id)
-        .bind(ts)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
+    crate::insert_rows_with_tail(
+        conn,
+        "INSERT INTO mls_revocations (server, room_id, user_id, device_id, ts)",
+        5,
+        rows,
+        " ON CONFLICT (server, room_id, user_id, device_id) DO NOTHING",
+        |q, (server, room_id, user_id, device_id)| q.bind(server).bind(room_id).bind(user_id).bind(device_id).bind(ts),
+    )
+    .await
 }
 
 /// The removals still to ask for, oldest first: (server, room, user, device).

@@ -239,7 +239,7 @@ impl Correspondence {
         if c.action.is_empty() && c.information.is_empty() && c.external.is_empty() {
             return Err(Error::new(ErrorKind::MissingParam, "A correspondence has at least one addressee"));
         }
-        if let Some(bad) = c.external.iter().find(|a| !model::is_mail_address(a)) {
+        if let Some(bad) = c.external.iter().find(|a| !policies::is_mail_address(a)) {
             return Err(Error::invalid_param(format!("External addressee {bad:?} is not an e-mail address")));
         }
         if !c.external.is_empty() && level == Level::DR {
@@ -273,8 +273,7 @@ impl Correspondence {
     /// send a correspondence's external addressees their letter.
     async fn has_mail_bridge(&self, room: &ruma::RoomId) -> Result<bool> {
         for service in self.registrations.all() {
-            let email = service.registration.protocols.as_ref().is_some_and(|p| p.iter().any(|p| p == "email"));
-            if email && self.rooms.is_joined(room, &service.sender).await? {
+            if service.protocols().iter().any(|p| p == "email") && self.rooms.is_joined(room, &service.sender).await? {
                 return Ok(true);
             }
         }

@@ -76,18 +76,6 @@ pub struct Composition {
     pub external: Vec<String>,
 }
 
-/// Whether `address` is an e-mail address a correspondence may name: `local@domain.tld`, no
-/// spaces, controls or characters that separate addresses in a header.
-pub fn is_mail_address(address: &str) -> bool {
-    let Some((local, domain)) = address.rsplit_once('@') else { return false };
-    !local.is_empty()
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && address.len() <= 254
-        && !address.chars().any(|c| c.is_control() || c.is_whitespace() || "<>,;\"()[]\\:".contains(c))
-}
-
 /// A group the correspondence goes to, and how.
 #[derive(Clone, Debug)]
 pub(crate) struct Addressee {
@@ -151,15 +139,4 @@ pub struct EncryptedDispatch {
     /// The MLS message carrying the record in each group's DR room: `{group: event id}`,
     /// the sending group included.
     pub copies: std::collections::BTreeMap<String, ruma::OwnedEventId>,
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn external_addressees_are_plain_addresses() {
-        assert!(super::is_mail_address("directrice@ngo.example"));
-        for bad in ["directrice", "a@b", "a b@c.example", "a@c.example\r\nBcc: x@y.z", "<a@b.example>", "a@.example"] {
-            assert!(!super::is_mail_address(bad), "{bad}");
-        }
-    }
 }
