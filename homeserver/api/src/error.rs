@@ -62,6 +62,14 @@ impl IntoResponse for ApiError {
                 let body = ruma::api::error::StandardErrorBody::new(ErrorKind::Unknown, message);
                 (StatusCode::CONFLICT, axum::Json(body)).into_response()
             }
+            Error::MaxDelayExceeded { max_delay } => {
+                let body = serde_json::json!({
+                    "errcode": "M_MAX_DELAY_EXCEEDED",
+                    "error": "The requested delay exceeds the allowed maximum.",
+                    "max_delay": max_delay,
+                });
+                (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+            }
             Error::MlsWrongEpoch { current, got } => {
                 let body = serde_json::json!({
                     "errcode": "FR_DIPLOMATIE_MLS_WRONG_EPOCH",

@@ -115,6 +115,16 @@ pub fn router(services: Arc<Services>) -> Router {
     // Events
     let r = route::<c::message::send_message_event::v3::Request, _, _>(r, events::send_message);
     let r = route::<c::redact::redact_event::v3::Request, _, _>(r, events::redact);
+    // Calls: TURN, RTC transports, delayed events (MSC4140)
+    let r = route::<c::voip::get_turn_server_info::v3::Request, _, _>(r, voip::turn_server);
+    let r = route::<c::rtc::transports::v1::Request, _, _>(r, voip::rtc_transports);
+    let r = route::<c::delayed_events::send_delayed_event::unstable::Request, _, _>(r, voip::send_delayed);
+    let r = route::<c::delayed_events::update_delayed_event::unstable_v2::Request, _, _>(r, voip::update_by_path);
+    let r = r.route(
+        "/_matrix/client/unstable/org.matrix.msc4140/delayed_events/{delay_id}",
+        get(voip::get).post(voip::update_by_body),
+    );
+    let r = route::<c::delayed_events::get_all_delayed_events::unstable::Request, _, _>(r, voip::list);
     // Application services and third-party networks
     let r = route::<c::appservice::request_ping::v1::Request, _, _>(r, appservice::ping);
     // Sydent-era clients bind and unbind through the unstable prefix (as Synapse serves it).

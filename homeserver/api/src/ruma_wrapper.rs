@@ -55,20 +55,21 @@ pub fn access_token(parts: &http::request::Parts) -> Option<String> {
     if let Some(h) = parts.headers.get(http::header::AUTHORIZATION).and_then(|h| h.to_str().ok()) {
         return h.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
     }
-    query_param(parts, "access_token")
+    query_param(&parts.uri, "access_token")
 }
 
 /// A query parameter of the request, decoded.
-fn query_param(parts: &http::request::Parts, name: &str) -> Option<String> {
-    let query = parts.uri.query()?;
+pub fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
+    let query = uri.query()?;
     url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
 /// The caller a token stands for: an application service's token acts as the user its
 /// `user_id` parameter names (on the device `device_id` names, MSC3202), any other is a user's.
 pub async fn caller_of(services: &Services, parts: &http::request::Parts, token: &str) -> Result<Caller, ApiError> {
-    let user_id = query_param(parts, "user_id");
-    let device_id = query_param(parts, "org.matrix.msc3202.device_id").or_else(|| query_param(parts, "device_id"));
+    let user_id = query_param(&parts.uri, "user_id");
+    let device_id =
+        query_param(&parts.uri, "org.matrix.msc3202.device_id").or_else(|| query_param(&parts.uri, "device_id"));
     Ok(services.accounts.authenticate_request(token, user_id.as_deref(), device_id.as_deref()).await?)
 }
 

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use diplomatie_service::{Config, Services};
 
 mod listener;
+mod turn;
 
 #[derive(Parser)]
 #[command(name = "diplomatie", version, about = "The Diplomatie Matrix homeserver")]
@@ -237,8 +238,9 @@ async fn run() -> anyhow::Result<()> {
     if let Some(Command::Verify { file }) = &cli.command {
         return verify(file);
     }
-    let config = Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let mut config = Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let command = cli.command.unwrap_or(Command::Serve);
+    let relay = if matches!(command, Command::Serve) { turn::prepare(&mut config)? } else { None };
     // One process writes to a data directory at a time: the server, or a command that writes
     // rooms (those would race the server's stream positions and caches).
     let _lock = match &command {
@@ -250,7 +252,7 @@ async fn run() -> anyhow::Result<()> {
         _ => Services::start(config).await?,
     };
     match command {
-        Command::Serve => serve(services).await,
+        Command::Serve => serve(services, relay).await,
         Command::Verify { file } => verify(&file),
         Command::User { command: UserCommand::Create { localpart, password, displayname, admin } } => {
             let user = services
@@ -384,7 +386,10 @@ fn lock_data_dir(config: &Config) -> anyhow::Result<std::fs::File> {
     }
 }
 
-async fn serve(services: std::sync::Arc<Services>) -> anyhow::Result<()> {
+async fn serve(
+    services: std::sync::Arc<Services>,
+    relay: Option<diplomatie_turn::relay::RelayConfig>,
+) -> anyhow::Result<()> {
     let files = listener::raise_file_limit();
     let connections = listener::Connections::new(&services.config.http, files)?;
     let addr: SocketAddr =
@@ -394,6 +399,10 @@ async fn serve(services: std::sync::Arc<Services>) -> anyhow::Result<()> {
     // of its own so that a log filter can keep this line alone.
     let addr = tcp.local_addr().unwrap_or(addr);
     tracing::info!(target: "diplomatie::listening", server_name = %services.server_name(), %addr, open_files = files, "Diplomatie is listening");
+    let relay = match relay {
+        Some(config) => Some(diplomatie_turn::relay::Relay::start(config).await.map_err(|e| anyhow::anyhow!(e))?),
+        None => None,
+    };
     let app = diplomatie_api::router(services.clone());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -424,6 +433,9 @@ async fn serve(services: std::sync::Arc<Services>) -> anyhow::Result<()> {
     listener::serve(tcp, None, app, connections, stopped, grace).await;
     if let Some(tls) = tls {
         let _ = tls.await;
+    }
+    if let Some(relay) = relay {
+        relay.close().await;
     }
     if let Err(e) = services.accounts.flush_last_seen().await {
         tracing::warn!(error = %e, "could not record when devices were last seen");

@@ -27,6 +27,9 @@ pub enum Error {
     /// Conflict with `FR_DIPLOMATIE_MLS_WRONG_EPOCH` and the `current_epoch`, so that the
     /// client catches up and tries again.
     MlsWrongEpoch { current: u64, got: u64 },
+    /// A delayed event's delay above the server's maximum (MSC4140): 400 with
+    /// `M_MAX_DELAY_EXCEEDED` and the `max_delay` in milliseconds.
+    MaxDelayExceeded { max_delay: u64 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -70,6 +73,10 @@ impl Error {
             Error::MlsWrongEpoch { current, got } => {
                 StandardErrorBody::new(ErrorKind::Unknown, format!("The group is at epoch {current}, not {got}"))
             }
+            Error::MaxDelayExceeded { max_delay } => StandardErrorBody::new(
+                ErrorKind::Unknown,
+                format!("The requested delay exceeds the allowed maximum of {max_delay} ms"),
+            ),
         }
     }
 }

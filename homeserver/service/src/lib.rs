@@ -16,6 +16,7 @@ pub mod appservice;
 pub mod config;
 pub mod core;
 pub mod correspondence;
+pub mod delayed;
 pub mod e2ee;
 pub mod ephemeral;
 pub mod error;
@@ -44,6 +45,7 @@ pub mod sliding;
 pub mod sync;
 pub mod uia;
 pub mod url_preview;
+pub mod voip;
 pub mod yaml;
 
 use std::sync::{Arc, Weak};
@@ -91,6 +93,8 @@ pub struct Services {
     pub ephemeral: Arc<ephemeral::Ephemeral>,
     /// Sending events and reading the timeline.
     pub timeline: Arc<rooms::timeline::Timeline>,
+    /// Events clients scheduled (MSC4140).
+    pub delayed: Arc<delayed::DelayedEvents>,
     pub search: Arc<search::Search>,
     /// `/sync`.
     pub sync: Arc<sync::Syncer>,
@@ -173,6 +177,7 @@ impl Services {
         let ephemeral =
             Arc::new(ephemeral::Ephemeral::new(c(), rooms.clone(), account_data.clone(), push.clone(), outbox.clone()));
         let timeline = Arc::new(rooms::timeline::Timeline::new(c(), rooms.clone(), portal.clone(), federation.clone()));
+        let delayed = Arc::new(delayed::DelayedEvents::new(c(), timeline.clone()));
         let search = Arc::new(search::Search::new(c(), rooms.clone(), portal.clone(), search_state));
         let sync = Arc::new(sync::Syncer::new(c(), rooms.clone(), e2ee.clone(), push.clone(), ephemeral.clone()));
         let sliding = Arc::new(sliding::SlidingSync::new(
@@ -294,6 +299,7 @@ impl Services {
             push,
             ephemeral,
             timeline,
+            delayed,
             search,
             sync,
             sliding,
@@ -334,6 +340,7 @@ impl Services {
         services.accounts.create_appservice_users().await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         appservice::spawn_senders(&services.appservices);
         mls::partners::spawn_revocation_retries(Arc::downgrade(&services.mls));
+        delayed::spawn_worker(&services.delayed);
         Ok(services)
     }
 }

@@ -11,6 +11,7 @@
 pub mod accounts;
 pub mod appservices;
 pub mod correspondence;
+pub mod delayed;
 pub mod e2ee;
 pub mod events;
 pub mod federation;
@@ -86,6 +87,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (15, "mls", include_str!("../migrations/0015_mls.sql")),
     (16, "mls_group_info", include_str!("../migrations/0016_mls_group_info.sql")),
     (17, "mls_revocations", include_str!("../migrations/0017_mls_revocations.sql")),
+    (18, "delayed_events", include_str!("../migrations/0018_delayed_events.sql")),
 ];
 
 #[derive(Debug)]

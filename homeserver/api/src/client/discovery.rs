@@ -42,6 +42,7 @@ pub const UNSTABLE_FEATURES: &[&str] = &[
     "im.nheko.summary",
     "uk.half-shot.msc2666.query_mutual_rooms",
     "uk.half-shot.msc2666.query_mutual_rooms.stable",
+    "org.matrix.msc4140",
 ];
 
 pub async fn versions() -> RumaResponse<get_supported_versions::Response> {
@@ -50,8 +51,11 @@ pub async fn versions() -> RumaResponse<get_supported_versions::Response> {
     answer.into()
 }
 
+/// `/.well-known/matrix/client`: the base URL, and the MatrixRTC foci (SFUs) configured.
 pub async fn well_known_client(State(s): S) -> RumaResponse<discover_homeserver::Response> {
-    discover_homeserver::Response::new(HomeserverInfo::new(s.config.public_baseurl())).into()
+    let mut answer = discover_homeserver::Response::new(HomeserverInfo::new(s.config.public_baseurl()));
+    answer.rtc_foci = super::voip::rtc_foci(&s);
+    answer.into()
 }
 
 /// Delegation (`m.server`): as configured, or the server name on port 443 when the name has no

@@ -28,7 +28,7 @@ use serde_json::Value;
 
 use crate::{
     error::ApiError,
-    ruma_wrapper::{ApiResult, Ruma},
+    ruma_wrapper::{ApiResult, Ruma, RumaResponse},
 };
 
 type S = State<Arc<Services>>;
@@ -40,23 +40,32 @@ pub fn event_filter(filter: &RoomEventFilter) -> EventFilter {
 
 pub async fn send_message(
     State(s): S,
+    uri: http::Uri,
     req: Ruma<send_message_event::v3::Request>,
-) -> ApiResult<send_message_event::v3::Response> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
     let caller = req.caller();
     let content: Value =
         serde_json::from_str(req.body.body.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
+    let event_type = req.body.event_type.to_string();
+    // MSC4140's first form: the delay as a query parameter of `/send` (matrix-js-sdk's).
+    if let Some(delay_ms) = super::voip::asked_delay(&uri)? {
+        let schedule = diplomatie_service::delayed::Schedule {
+            room_id: &req.body.room_id,
+            event_type: &event_type,
+            state_key: None,
+            content,
+            delay_ms,
+            txn_id: Some(req.body.txn_id.as_str()),
+        };
+        let id = s.delayed.schedule(&caller.user_id, &caller.device_id, schedule).await?;
+        return Ok(super::voip::delayed_answer(id));
+    }
     let id = s
         .timeline
-        .send_message(
-            &caller.user_id,
-            &caller.device_id,
-            &req.body.room_id,
-            &req.body.event_type.to_string(),
-            &req.body.txn_id,
-            content,
-        )
+        .send_message(&caller.user_id, &caller.device_id, &req.body.room_id, &event_type, &req.body.txn_id, content)
         .await?;
-    Ok(send_message_event::v3::Response::new(id).into())
+    Ok(RumaResponse(send_message_event::v3::Response::new(id)).into_response())
 }
 
 pub async fn redact(State(s): S, req: Ruma<redact_event::v3::Request>) -> ApiResult<redact_event::v3::Response> {

@@ -11,3 +11,4 @@ pub mod push;
 pub mod reports;
 pub mod rooms;
 pub mod sync;
+pub mod voip;

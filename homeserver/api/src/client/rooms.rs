@@ -20,7 +20,10 @@ use ruma::api::client::{
 use ruma::events::room::member::MembershipState;
 use serde_json::Value;
 
-use crate::ruma_wrapper::{ApiResult, Ruma};
+use crate::{
+    error::ApiError,
+    ruma_wrapper::{ApiResult, Ruma, RumaResponse},
+};
 
 type S = State<Arc<Services>>;
 
@@ -289,28 +292,39 @@ pub async fn state_event(
     Ok(get_state_event_for_key::v3::Response::new(body).into())
 }
 
-/// `PUT /rooms/{roomId}/state/{eventType}/{stateKey}`
+/// `PUT /rooms/{roomId}/state/{eventType}/{stateKey}`, and with `?org.matrix.msc4140.delay=`
+/// a delayed state event (MSC4140's first form).
 pub async fn send_state(
     State(s): S,
+    uri: http::Uri,
     req: Ruma<send_state_event::v3::Request>,
-) -> ApiResult<send_state_event::v3::Response> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
     let content: Value =
         serde_json::from_str(req.body.body.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
+    let event_type = req.body.event_type.to_string();
+    if let Some(delay_ms) = super::voip::asked_delay(&uri)? {
+        let caller = req.caller();
+        let schedule = diplomatie_service::delayed::Schedule {
+            room_id: &req.body.room_id,
+            event_type: &event_type,
+            state_key: Some(&req.body.state_key),
+            content,
+            delay_ms,
+            txn_id: None,
+        };
+        let id = s.delayed.schedule(&caller.user_id, &caller.device_id, schedule).await?;
+        return Ok(super::voip::delayed_answer(id));
+    }
     let id = s
         .timeline
-        .send_state(
-            &req.caller().user_id,
-            &req.body.room_id,
-            &req.body.event_type.to_string(),
-            &req.body.state_key,
-            content.clone(),
-        )
+        .send_state(&req.caller().user_id, &req.body.room_id, &event_type, &req.body.state_key, content.clone())
         .await?;
-    if req.body.event_type.to_string() == "m.room.guest_access" && content["guest_access"] != "can_join" {
+    if event_type == "m.room.guest_access" && content["guest_access"] != "can_join" {
         // Guests leave the rooms they may no longer join, as Synapse has them do.
         s.membership.remove_guests(&req.body.room_id).await?;
     }
-    Ok(send_state_event::v3::Response::new(id).into())
+    Ok(RumaResponse(send_state_event::v3::Response::new(id)).into_response())
 }
 
 pub async fn room_aliases(State(s): S, req: Ruma<aliases::v3::Request>) -> ApiResult<aliases::v3::Response> {

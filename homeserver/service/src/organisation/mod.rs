@@ -412,7 +412,10 @@ impl Organisation {
             "users": users,
             "invite": 100,
             "kick": 100,
-            "events": { CLASSIFICATION: 100, EXTERNALS: 100, GROUP: 100, "m.space.child": 100 },
+            "events": {
+                CLASSIFICATION: 100, EXTERNALS: 100, GROUP: 100, "m.space.child": 100,
+                "org.matrix.msc3401.call.member": 0, "m.call.member": 0, "m.rtc.member": 0
+            },
         });
         let mut common =
             vec![json!({ "type": CLASSIFICATION, "state_key": "", "content": { "level": level.as_str() } })];

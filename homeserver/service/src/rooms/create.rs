@@ -213,7 +213,10 @@ impl Membership {
             "events": {
                 "m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
                 "m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
-                "m.room.server_acl": 100, "m.room.encryption": 100
+                "m.room.server_acl": 100, "m.room.encryption": 100,
+                // Every member may join a call (MatrixRTC): each sets only their own membership
+                // of it (`Rooms`' owned state keys).
+                "org.matrix.msc3401.call.member": 0, "m.call.member": 0, "m.rtc.member": 0
             },
             "events_default": 0, "state_default": 50, "ban": 50, "kick": 50, "redact": 50,
             "invite": if preset == Preset::PublicChat { 50 } else { 0 },

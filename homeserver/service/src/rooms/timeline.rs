@@ -19,6 +19,16 @@ pub use super::visibility::EventFilter;
 use super::{visibility::Window, PduBuilder, Rooms, Target};
 use crate::{core::Core, federation::Federation, portal::Portal, Error, Pdu, Result};
 
+/// The state of MatrixRTC call memberships: each member's own (MSC3401, MSC4143).
+const CALL_MEMBERSHIPS: [&str; 3] = ["org.matrix.msc3401.call.member", "m.call.member", "m.rtc.member"];
+
+/// Whether a state key is its sender's own, as MSC3757 and MatrixRTC name them: the user id,
+/// or the user id followed by `_` and more (a device), with or without a leading `_`.
+fn owns_state_key(sender: &UserId, key: &str) -> bool {
+    let key = key.strip_prefix('_').filter(|k| k.starts_with('@')).unwrap_or(key);
+    key == sender.as_str() || key.strip_prefix(sender.as_str()).is_some_and(|rest| rest.starts_with('_'))
+}
+
 /// A client's pagination request: tokens, direction and page size.
 #[derive(Clone, Copy)]
 pub struct Paging<'a> {
@@ -98,6 +108,30 @@ impl Timeline {
         Ok(pdu.event_id.clone())
     }
 
+    /// Whether `sender` may schedule an event of this type in this room (MSC4140): the room is
+    /// known and joined, and the event is one its endpoint would take. Power levels are those
+    /// of the moment it is sent.
+    pub async fn check_schedulable(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        kind: &str,
+        state_key: Option<&str>,
+    ) -> Result<()> {
+        self.rooms.known_room(room_id).await?;
+        if !self.rooms.is_joined(room_id, sender).await? {
+            return Err(Error::forbidden("You are not joined to this room"));
+        }
+        let refused = match state_key {
+            Some(_) => kind == "m.room.create" || kind == "m.room.member" || kind == diplomatie_mls::MODE_EVENT,
+            None => kind.starts_with(diplomatie_mls::MODE_EVENT),
+        };
+        if refused {
+            return Err(Error::forbidden(format!("{kind} cannot be a delayed event")));
+        }
+        Ok(())
+    }
+
     /// Sets a piece of room state.
     pub async fn send_state(
         &self,
@@ -125,6 +159,14 @@ impl Timeline {
         }
         if kind == "m.room.canonical_alias" {
             self.check_canonical_alias(room_id, &content).await?;
+        }
+        if CALL_MEMBERSHIPS.contains(&kind) && !owns_state_key(sender, state_key) {
+            // A member sets their own membership of a call, never another's; an administrator
+            // of the room may clear one left behind.
+            let levels = self.rooms.power_levels(room_id).await?;
+            if self.rooms.user_power(room_id, &levels, sender).await? < 100 {
+                return Err(Error::forbidden("A call membership's state key names its own sender"));
+            }
         }
         check_tombstone(room_id, kind, &content)?;
         if kind == "m.room.encryption" {
@@ -459,4 +501,22 @@ fn check_tombstone(room_id: &RoomId, kind: &str, content: &Value) -> Result<()> 
         return Err(Error::bad_json("A tombstone cannot point to its own room"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owns_state_key;
+
+    #[test]
+    fn call_memberships_belong_to_their_sender() {
+        let alice = ruma::user_id!("@alice:example.org");
+        for own in ["@alice:example.org", "_@alice:example.org_DEVICE", "@alice:example.org_DEVICE_m.call"] {
+            assert!(owns_state_key(alice, own), "{own}");
+        }
+        for other in
+            ["@bob:example.org", "_@bob:example.org_DEV", "@alice:example.org.evil", "", "_", "@alice:example.orgX"]
+        {
+            assert!(!owns_state_key(alice, other), "{other}");
+        }
+    }
 }
