@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod client;
 pub mod correspondence;
+pub mod crisis;
 pub mod error;
 pub mod federation;
 pub mod limits;
@@ -279,6 +280,13 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/_diplomatie/client/v1/communities", axum::routing::post(admin::create_community));
     // Formal correspondence and journals
     use axum::routing::{delete, put};
+    let r = r
+        .route("/_diplomatie/client/v1/crisis", post(crisis::activate))
+        .route("/_diplomatie/client/v1/crisis/{cell_id}", get(crisis::info))
+        .route("/_diplomatie/client/v1/crisis/{cell_id}/alert", post(crisis::alert))
+        .route("/_diplomatie/client/v1/crisis/{cell_id}/sitrep", get(crisis::sitreps).put(crisis::set_sitrep))
+        .route("/_diplomatie/client/v1/crisis/{cell_id}/log", get(crisis::log))
+        .route("/_diplomatie/client/v1/crisis/{cell_id}/stand_down", post(crisis::stand_down));
     use correspondence as corr;
     let r = r
         .route("/_diplomatie/client/v1/correspondence", post(corr::send))

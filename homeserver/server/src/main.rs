@@ -162,13 +162,20 @@ fn verify(file: &std::path::Path) -> anyhow::Result<()> {
     } else {
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
     };
-    let export: Export = serde_json::from_str(&text).context("not an exported correspondence")?;
+    let export: Export = serde_json::from_str(&text).context("not an exported correspondence nor a crisis log")?;
     match verify_export(&export) {
+        Ok(v) if v.entries > 0 && !v.closed => {
+            println!("valid: {} entries of the open log {}, each signed by its author", v.entries, v.reference);
+            Ok(())
+        }
         Ok(v) => {
             println!(
                 "valid: {} signed by {} with {} at {} (ms since the epoch)",
                 v.reference, v.author, v.key_id, v.signed_at
             );
+            if v.closed {
+                println!("{} entries, each signed by its author, all listed by the closed log", v.entries);
+            }
             Ok(())
         }
         Err(reason) => {

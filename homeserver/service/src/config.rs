@@ -57,6 +57,96 @@ pub struct Config {
     pub app_service_config_files: Vec<PathBuf>,
     pub voip: Voip,
     pub delayed_events: DelayedEvents,
+    pub crisis: Crisis,
+}
+
+/// Crisis cells: who activates them, and from which template.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Crisis {
+    /// Who may activate a cell: `agents` (any agent of this server) or `admins`.
+    pub activation: String,
+    /// The template used when a request names none.
+    pub default_template: String,
+    /// How long a stood-down cell is kept by the archives (ISO 8601 duration, as SEDA writes
+    /// it), handed to archiving with the cell.
+    pub retention: String,
+    /// How long a member may go without any device seen before an alert also goes to them by
+    /// e-mail (through the e-mail bridge), in milliseconds.
+    pub unreached_after_ms: u64,
+    /// The templates; `standard` (situation, decisions, logistics, press) when empty.
+    pub templates: Vec<CrisisTemplate>,
+}
+
+/// The rooms of a cell.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CrisisTemplate {
+    pub id: String,
+    pub rooms: Vec<CrisisRoom>,
+}
+
+/// A room of a cell's template.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CrisisRoom {
+    /// Its key in the cell (`situation`): part of its alias, `#x.<cell>.<key>`.
+    pub key: String,
+    pub name: String,
+    #[serde(default)]
+    pub topic: String,
+    /// `NP` or `DR` (a DR room is an MLS room, and only DR-cleared members are invited).
+    #[serde(default = "np")]
+    pub classification: String,
+    /// Whether outside experts (externals) are invited to it.
+    #[serde(default)]
+    pub externals: bool,
+    /// `situation` (alerts and the situation report go there), `log` (the main courante:
+    /// each message a sealed, numbered entry; no edits nor redactions), or none.
+    #[serde(default)]
+    pub role: String,
+}
+
+fn np() -> String {
+    "NP".into()
+}
+
+impl Default for Crisis {
+    fn default() -> Self {
+        Crisis {
+            activation: "agents".into(),
+            default_template: "standard".into(),
+            retention: "P10Y".into(),
+            unreached_after_ms: 3600 * 1000,
+            templates: Vec::new(),
+        }
+    }
+}
+
+impl Crisis {
+    /// A template by id: the configured ones, then the built-in `standard`.
+    pub fn template(&self, id: &str) -> Option<CrisisTemplate> {
+        if let Some(t) = self.templates.iter().find(|t| t.id == id) {
+            return Some(t.clone());
+        }
+        let room = |key: &str, name: &str, topic: &str, externals: bool, role: &str| CrisisRoom {
+            key: key.into(),
+            name: name.into(),
+            topic: topic.into(),
+            classification: "NP".into(),
+            externals,
+            role: role.into(),
+        };
+        (id == "standard").then(|| CrisisTemplate {
+            id: "standard".into(),
+            rooms: vec![
+                room("situation", "Situation", "Alertes et point de situation", false, "situation"),
+                room("decisions", "Décisions", "Main courante : chaque message est une entrée scellée", false, "log"),
+                room("logistique", "Logistique", "Moyens, déplacements, relèves", true, ""),
+                room("presse", "Presse", "Éléments de langage et communication", true, ""),
+            ],
+        })
+    }
 }
 
 /// Calls: the TURN servers clients are given, the built-in relay, and the MatrixRTC foci.
@@ -468,6 +558,7 @@ impl Default for Config {
             app_service_config_files: Vec::new(),
             voip: Voip::default(),
             delayed_events: DelayedEvents::default(),
+            crisis: Crisis::default(),
         }
     }
 }

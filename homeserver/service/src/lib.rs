@@ -16,6 +16,7 @@ pub mod appservice;
 pub mod config;
 pub mod core;
 pub mod correspondence;
+pub mod crisis;
 pub mod delayed;
 pub mod e2ee;
 pub mod ephemeral;
@@ -114,6 +115,8 @@ pub struct Services {
     pub organisation: Arc<organisation::Organisation>,
     /// Formal correspondence and journals.
     pub correspondence: Arc<correspondence::Correspondence>,
+    /// Crisis cells: activation, alerts, the sealed log, situation reports, stand-down.
+    pub crisis: Arc<crisis::Crisis>,
     /// The MLS delivery service of DR rooms.
     pub mls: Arc<mls::Mls>,
 }
@@ -257,6 +260,16 @@ impl Services {
             directory.clone(),
             membership.clone(),
         ));
+        let crisis = Arc::new(crisis::Crisis::new(
+            c(),
+            rooms.clone(),
+            accounts.clone(),
+            portal.clone(),
+            membership.clone(),
+            timeline.clone(),
+            organisation.clone(),
+            correspondence.clone(),
+        ));
 
         // What follows a commit, told to the services that subscribe (the writer names none):
         // notifications and the federation outbox write rows in its transaction; the marks
@@ -274,6 +287,7 @@ impl Services {
                 Box::new(search::Indexer(Arc::downgrade(&search))),
                 Box::new(correspondence::worker::Drafts(Arc::downgrade(&correspondence))),
                 Box::new(mls::MlsMembers(Arc::downgrade(&mls))),
+                Box::new(crisis::CellEvents(Arc::downgrade(&crisis))),
             ],
         });
 
@@ -310,6 +324,7 @@ impl Services {
             sessions,
             organisation,
             correspondence,
+            crisis,
             mls,
         });
         ephemeral::spawn_typing_expiry(Arc::downgrade(&services.ephemeral));
@@ -341,6 +356,7 @@ impl Services {
         appservice::spawn_senders(&services.appservices);
         mls::partners::spawn_revocation_retries(Arc::downgrade(&services.mls));
         delayed::spawn_worker(&services.delayed);
+        crisis::spawn_worker(&services.crisis);
         Ok(services)
     }
 }

@@ -144,6 +144,19 @@ impl Clearances {
         let creators = rules.authorization.explicitly_privilege_room_creators;
         let kind = pdu.kind.to_string();
         let Some(state_key) = pdu.state_key.as_deref() else {
+            // A crisis cell's main courante keeps every entry as written.
+            let edit = pdu.content.get().contains("m.replace")
+                && pdu.content_value()["m.relates_to"]["rel_type"].as_str() == Some("m.replace");
+            if kind == "m.room.redaction" || edit {
+                if let Some(id) = state.get(&(StateEventType::from(crate::names::CRISIS_CELL), String::new())) {
+                    let role = find_pdu(rooms, appended, id).await?.map(|p| p.content_value()["role"].clone());
+                    if role.as_ref().and_then(Value::as_str) == Some("log") {
+                        return Err(Error::forbidden(
+                            "The main courante keeps every entry as written: no edits nor redactions",
+                        ));
+                    }
+                }
+            }
             // A message: what a DR room accepts (the device is checked where it is known).
             let room = self.room_facts(rooms, state, appended).await?;
             // A sealed correspondence the server posts goes by its own classification.

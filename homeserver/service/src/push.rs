@@ -42,6 +42,7 @@ use serde_json::{json, Value};
 use crate::{
     account_data::AccountData,
     core::Core,
+    names::{CRISIS_ALERT, CRISIS_ALERT_RULE, CRISIS_CELL},
     now_ms,
     rooms::{commit, Rooms},
     Error, Pdu, Result,
@@ -209,8 +210,32 @@ async fn evaluate(
 /// The default rules of `user`: the spec's, with the legacy mention rules.
 fn default_rules(user: &UserId) -> Ruleset {
     let mut rules = Ruleset::server_default(user);
-    with_legacy_mentions(&mut rules, user);
+    with_server_rules(&mut rules, user);
     rules
+}
+
+/// The rules of this server every user has as they are: the crisis alert rule, first of all
+/// (before `.m.rule.master`, so that muting everything does not mute an alert), then the
+/// legacy mention rules.
+fn with_server_rules(rules: &mut Ruleset, user: &UserId) {
+    let alert = json!({
+        "rule_id": CRISIS_ALERT_RULE, "default": true, "enabled": true,
+        "conditions": [{ "kind": "event_match", "key": "type", "pattern": CRISIS_ALERT }],
+        "actions": ["notify", { "set_tweak": "sound", "value": "ring" }, { "set_tweak": "highlight" }],
+    });
+    rules.override_.shift_remove(CRISIS_ALERT_RULE);
+    if let Ok(rule) = serde_json::from_value(alert) {
+        rules.override_.shift_insert(0, rule);
+    }
+    with_legacy_mentions(rules, user);
+}
+
+/// Whether a rule is one of this server's that users cannot change.
+fn fixed_rule(rule_id: &str) -> Result<()> {
+    if rule_id == CRISIS_ALERT_RULE {
+        return Err(Error::forbidden("Crisis alerts always notify: this rule cannot be changed"));
+    }
+    Ok(())
 }
 
 /// Adds the legacy mention rules where they are missing: `.m.rule.contains_user_name` (the
@@ -273,7 +298,7 @@ impl Push {
             .and_then(|json| serde_json::from_str::<Value>(&json).ok())
             .and_then(|v| serde_json::from_value::<Ruleset>(v.get("global")?.clone()).ok())
             .map(|mut rules| {
-                with_legacy_mentions(&mut rules, user);
+                with_server_rules(&mut rules, user);
                 Arc::new(rules)
             });
         self.state.rules.lock().unwrap().put(user.to_owned(), ruleset.clone());
@@ -329,6 +354,12 @@ impl Push {
         Ok(())
     }
 
+    /// Whether a room's state is an active crisis cell's.
+    async fn active_cell(&self, state: &StateMap<OwnedEventId>) -> Result<bool> {
+        let cell = self.rooms.state_event_in(state, &StateEventType::from(CRISIS_CELL), "").await?;
+        Ok(cell.is_some_and(|p| p.content_value()["status"].as_str() == Some("active")))
+    }
+
     /// `PUT /pushrules/global/{kind}/{ruleId}`.
     pub async fn set_push_rule(
         &self,
@@ -348,6 +379,7 @@ impl Push {
 
     /// `DELETE /pushrules/global/{kind}/{ruleId}`.
     pub async fn delete_push_rule(&self, user: &UserId, kind: RuleKind, rule_id: &str) -> Result<()> {
+        fixed_rule(rule_id)?;
         self.edit_push_rules(user, |rules| {
             rules.remove(kind, rule_id).map_err(|e| {
                 let not_found = matches!(e, RemovePushRuleError::NotFound);
@@ -365,6 +397,7 @@ impl Push {
         rule_id: &str,
         enabled: bool,
     ) -> Result<()> {
+        fixed_rule(rule_id)?;
         self.edit_push_rules(user, |rules| {
             rules.set_enabled(kind, rule_id, enabled).map_err(|e: RuleNotFoundError| rule_error(e, true))
         })
@@ -379,6 +412,7 @@ impl Push {
         rule_id: &str,
         actions: Vec<Action>,
     ) -> Result<()> {
+        fixed_rule(rule_id)?;
         self.edit_push_rules(user, |rules| {
             rules.set_actions(kind, rule_id, actions).map_err(|e: RuleNotFoundError| rule_error(e, true))
         })
@@ -421,6 +455,11 @@ impl Push {
                 Some((_, map)) => map.clone(),
                 None => self.rooms.state_map(pdu.state_group).await?,
             };
+            // An alert notifies (first rule) where it is a cell's alert: in an active cell,
+            // whose power levels keep it to the coordinator. Elsewhere it notifies nobody.
+            if pdu.kind.to_string() == CRISIS_ALERT && !self.active_cell(&state).await? {
+                continue;
+            }
             let event = FlattenedJson::from_raw(&pdu.to_raw::<Value>(true));
             let power_levels = self.push_power_levels(pdu.room(), &state).await?;
             let mut ctx = PushConditionRoomCtx::new(

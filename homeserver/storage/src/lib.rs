@@ -11,6 +11,7 @@
 pub mod accounts;
 pub mod appservices;
 pub mod correspondence;
+pub mod crisis;
 pub mod delayed;
 pub mod e2ee;
 pub mod events;
@@ -88,6 +89,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (16, "mls_group_info", include_str!("../migrations/0016_mls_group_info.sql")),
     (17, "mls_revocations", include_str!("../migrations/0017_mls_revocations.sql")),
     (18, "delayed_events", include_str!("../migrations/0018_delayed_events.sql")),
+    (19, "crisis", include_str!("../migrations/0019_crisis.sql")),
 ];
 
 #[derive(Debug)]
@@ -188,6 +190,16 @@ impl Db {
     /// Opens a transaction: everything written through it lands together or not at all.
     pub async fn begin(&self) -> Result<Transaction<'static, Any>> {
         Ok(self.pool.begin().await?)
+    }
+
+    /// Opens a transaction that reads before it writes. SQLite takes its write lock at once
+    /// (`BEGIN IMMEDIATE`, waiting its busy timeout for it): a deferred transaction that read
+    /// first would fail (`SQLITE_BUSY_SNAPSHOT`) when another writer commits in between.
+    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 
     pub async fn close(&self) {

@@ -84,6 +84,11 @@ pub struct Export {
     pub record: Value,
     /// `{user_id: {key_id: base64 public key}}`.
     pub public_keys: BTreeMap<String, BTreeMap<String, String>>,
+    /// A crisis cell's log: its sealed entries, each signed by its author; the record is then
+    /// the closing record, which lists each entry's digest (or, while the cell is active, an
+    /// unsigned `"open": true` header).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entries: Vec<Value>,
 }
 
 /// A verified export: who signed, with which key, when.
@@ -93,13 +98,66 @@ pub struct Verified {
     pub author: String,
     pub key_id: String,
     pub signed_at: i64,
+    /// The log entries verified with it (a crisis cell's log).
+    pub entries: usize,
+    /// Whether a log is closed (its closing record signed): an open log is its entries only.
+    pub closed: bool,
 }
 
-/// Checks an exported correspondence's signature (offline: no server, no network).
+/// Checks an exported correspondence's signature, or a crisis log's: every entry's, and the
+/// closing record's with the digest of every entry (offline: no server, no network).
 pub fn verify_export(export: &Export) -> std::result::Result<Verified, String> {
+    let mut digests = Vec::new();
+    for (i, entry) in export.entries.iter().enumerate() {
+        let author = entry.get("author").and_then(Value::as_str).ok_or("an entry names no author")?;
+        let keys = export.public_keys.get(author).ok_or_else(|| format!("no public key of {author}"))?;
+        let v = verify_record(entry, author, keys).map_err(|e| format!("entry {}: {e}", i + 1))?;
+        if entry.get("number").and_then(Value::as_i64) != Some(i as i64 + 1) {
+            return Err(format!("entry {} is out of order or missing ({})", i + 1, v.reference));
+        }
+        digests.push(crate::crisis::digest(entry).map_err(|_| "an entry is not canonical JSON".to_owned())?);
+    }
+    let open =
+        export.record.get("open").and_then(Value::as_bool) == Some(true) && export.record.get("signatures").is_none();
+    if open {
+        if export.entries.is_empty() {
+            return Err("an open log with no entry".into());
+        }
+        let reference = export.record.get("reference").and_then(Value::as_str).unwrap_or_default().to_owned();
+        return Ok(Verified {
+            reference,
+            author: String::new(),
+            key_id: String::new(),
+            signed_at: 0,
+            entries: digests.len(),
+            closed: false,
+        });
+    }
     let author = export.record.get("author").and_then(Value::as_str).ok_or("the record names no author")?;
     let keys = export.public_keys.get(author).ok_or("no public key of the author")?;
-    verify_record(&export.record, author, keys)
+    let mut verified = verify_record(&export.record, author, keys)?;
+    if export.record.get("kind").and_then(Value::as_str) == Some("crisis_log") {
+        let listed: Vec<&str> = export.record["entries"]
+            .as_array()
+            .ok_or("the closing record lists no entries")?
+            .iter()
+            .map(|e| e["sha256"].as_str().unwrap_or_default())
+            .collect();
+        if listed != digests.iter().map(String::as_str).collect::<Vec<_>>() {
+            return Err("the entries are not those the closing record lists".into());
+        }
+        verified.entries = digests.len();
+        verified.closed = true;
+    }
+    Ok(verified)
+}
+
+/// Signs a record as `author` with `key` (the record's `signatures` replaced).
+pub(crate) fn sign_with(key: &ruma::signatures::Ed25519KeyPair, author: &str, record: Value) -> Result<Value> {
+    let mut object: CanonicalJsonObject = serde_json::from_value(record).map_err(crate::internal!())?;
+    object.remove("signatures");
+    ruma::signatures::sign_json(author, key, &mut object).map_err(crate::internal!())?;
+    serde_json::to_value(&object).map_err(crate::internal!())
 }
 
 /// Checks that `record` carries a valid signature of `author` by one of `keys`, and nobody
@@ -126,6 +184,8 @@ fn verify_record(
         author: author.to_owned(),
         key_id: key_id.clone(),
         signed_at: record.get("signed_at").and_then(Value::as_i64).ok_or("the record has no signed_at")?,
+        entries: 0,
+        closed: false,
     })
 }
 
@@ -375,7 +435,7 @@ impl Correspondence {
     }
 
     /// The key the server holds to seal `user`'s correspondence, created on first use.
-    async fn sealing_key(&self, user: &UserId) -> Result<ruma::signatures::Ed25519KeyPair> {
+    pub(crate) async fn sealing_key(&self, user: &UserId) -> Result<ruma::signatures::Ed25519KeyPair> {
         use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};
         use ruma::signatures::Ed25519KeyPair;
         let stored = match store::held_key(self.db.pool(), user.as_str()).await? {
@@ -442,7 +502,7 @@ impl Correspondence {
     async fn new_reference(&self, author: &UserId, group: &str) -> Result<String> {
         let now = crate::now_ms();
         let year = year_of(now);
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let reference = store::reserve_reference(&mut tx, group, year, author.as_str(), now, |n| {
             format!("{}-{year}-{n:06}", group.to_uppercase())
         })
@@ -469,11 +529,14 @@ impl Correspondence {
         record["author"] = json!(author);
         record["signed_at"] = json!(crate::now_ms());
         record["sealed"] = json!({ "by": self.server_name(), "device_id": device });
-        let mut object: CanonicalJsonObject = serde_json::from_value(record).map_err(crate::internal!())?;
-        let key = self.sealing_key(author).await?;
-        ruma::signatures::sign_json(author.as_str(), &key, &mut object).map_err(crate::internal!())?;
-        let record = serde_json::to_value(&object).map_err(crate::internal!())?;
+        let record = self.seal(author, record).await?;
         self.dispatch(author, device, plan, record).await
+    }
+
+    /// Signs a record with `author`'s key held by the server (made the first time).
+    pub(crate) async fn seal(&self, author: &UserId, record: Value) -> Result<Value> {
+        let key = self.sealing_key(author).await?;
+        sign_with(&key, author.as_str(), record)
     }
 
     /// Dispatches a record its author signed with a key of their own (registered before), under
@@ -669,7 +732,7 @@ impl Correspondence {
         let record: Value = serde_json::from_str(&stored.record).map_err(crate::internal!())?;
         let author = OwnedUserId::try_from(stored.author.clone()).map_err(crate::internal!())?;
         let keys = self.correspondence_keys(&author).await?;
-        Ok(Export { record, public_keys: BTreeMap::from([(stored.author, keys)]) })
+        Ok(Export { record, public_keys: BTreeMap::from([(stored.author, keys)]), entries: Vec::new() })
     }
 
     /// How many distinct agents read a correspondence (a public read receipt at or after one of
@@ -796,8 +859,11 @@ mod tests {
         ruma::signatures::sign_json("@a:x", &key, &mut object).unwrap();
         let record = serde_json::to_value(&object).unwrap();
         let keys = BTreeMap::from([("ed25519:k1".to_owned(), STANDARD_NO_PAD.encode(key.public_key()))]);
-        let export =
-            Export { record: record.clone(), public_keys: BTreeMap::from([("@a:x".to_owned(), keys.clone())]) };
+        let export = Export {
+            record: record.clone(),
+            public_keys: BTreeMap::from([("@a:x".to_owned(), keys.clone())]),
+            entries: Vec::new(),
+        };
         let ok = verify_export(&export).unwrap();
         assert_eq!((ok.reference.as_str(), ok.key_id.as_str(), ok.signed_at), ("DGM-2026-000001", "ed25519:k1", 1));
         let mut changed = record.clone();
@@ -805,7 +871,11 @@ mod tests {
         assert!(verify_record(&changed, "@a:x", &keys).is_err());
         let mut other_author = record;
         other_author["author"] = json!("@b:x");
-        let export = Export { record: other_author, public_keys: BTreeMap::from([("@b:x".to_owned(), keys)]) };
+        let export = Export {
+            record: other_author,
+            public_keys: BTreeMap::from([("@b:x".to_owned(), keys)]),
+            entries: Vec::new(),
+        };
         assert!(verify_export(&export).is_err());
     }
 }
