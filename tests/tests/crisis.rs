@@ -8,7 +8,11 @@ use diplomatie_tests::{assert_error, backend_tests, urlencode, Backend, Client, 
 use reqwest::Method;
 use serde_json::{json, Value};
 
-backend_tests!(a_cell_is_activated_alerts_logs_reports_and_stands_down, a_command_activates_a_cell_from_a_room,);
+backend_tests!(
+    a_cell_is_activated_alerts_logs_reports_and_stands_down,
+    a_command_activates_a_cell_from_a_room,
+    a_cell_spans_two_servers,
+);
 
 const CRISIS: &str = "/_diplomatie/client/v1/crisis";
 
@@ -280,4 +284,77 @@ async fn a_command_activates_a_cell_from_a_room(backend: Backend) {
             .is_some_and(|c| c.iter().any(|e| e["content"]["body"].as_str().is_some_and(|b| b.starts_with("⚠"))))
     })
     .await;
+}
+
+/// Joins a room of another server once the invitation has arrived.
+async fn join_when_invited(c: &Client, room: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, v) = c.join(room).await;
+        if status == 200 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{room}: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn a_cell_spans_two_servers(backend: Backend) {
+    let a = TestServer::start_federating(backend, &[]).await;
+    let b = TestServer::start_federating(backend, &[]).await;
+    let coord = a.register("coord").await;
+    let partner = b.register("partner").await;
+    let body = json!({ "name": "Tempête", "focal_points": [partner.user_id] });
+    let cell = coord.ok(Method::POST, CRISIS, Some(&body)).await;
+    assert_eq!(cell["invited"], 5, "{cell}");
+    let cell_id = cell["cell_id"].as_str().unwrap().to_owned();
+    let situation = cell["rooms"]["situation"].as_str().unwrap().to_owned();
+    let decisions = cell["rooms"]["decisions"].as_str().unwrap().to_owned();
+    for room in [&cell_id, &situation, &decisions] {
+        join_when_invited(&partner, room).await;
+    }
+    // The partner, at 50 on another server, mutes everything on theirs.
+    partner
+        .ok(Method::PUT, "/_matrix/client/v3/pushrules/global/override/.m.rule.master/enabled", Some(&json!({ "enabled": true })))
+        .await;
+    // Their focal point's power holds across servers: they update the report on A.
+    let levels = partner.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{situation}/state/m.room.power_levels/"), None).await;
+    assert_eq!(levels["users"][&partner.user_id], 50);
+
+    // The alert reaches B, whose own push rules put it through the mute.
+    let sent = coord.ok(Method::POST, &format!("{CRISIS}/{cell_id}/alert"), Some(&json!({ "body": "Vents à 150 km/h" }))).await;
+    let alert_id = sent["event_id"].as_str().unwrap().to_owned();
+    until(&partner, "/_matrix/client/v3/notifications?only=highlight", |v| {
+        v["notifications"].as_array().is_some_and(|n| n.iter().any(|x| x["event"]["event_id"] == alert_id.as_str()))
+    })
+    .await;
+
+    // B's member writes in the main courante: A seals it with its service account's key,
+    // naming who said it.
+    let (status, said) = send(&partner, &decisions, json!({ "msgtype": "m.text", "body": "Préfecture prévenue" })).await;
+    assert_eq!(status, 200, "{said}");
+    let log = until(&coord, &format!("{CRISIS}/{cell_id}/log"), |v| v["entries"].as_array().is_some_and(|e| e.len() == 1)).await;
+    assert_eq!(log["entries"][0]["said_by"], partner.user_id);
+    assert_eq!(log["entries"][0]["author"], format!("@diplomatie:{}", a.server_name));
+    // An edit from B is refused by B's server too (it holds the same state).
+    let edit = json!({ "msgtype": "m.text", "body": "* x", "m.new_content": { "msgtype": "m.text", "body": "x" },
+                       "m.relates_to": { "rel_type": "m.replace", "event_id": said["event_id"] } });
+    assert_error(&send(&partner, &decisions, edit).await, 403, "M_FORBIDDEN");
+
+    coord.ok(Method::POST, &format!("{CRISIS}/{cell_id}/stand_down"), Some(&json!({}))).await;
+    let log = coord.ok(Method::GET, &format!("{CRISIS}/{cell_id}/log"), None).await;
+    let file = a.data_dir.path().join("log.json");
+    std::fs::write(&file, serde_json::to_vec(&log).unwrap()).unwrap();
+    let out = a.command(&["verify", file.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Read-only on B as well, once the power levels arrive there.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _) = send(&partner, &situation, json!({ "msgtype": "m.text", "body": "encore" })).await;
+        if status == 403 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still writable on B");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
