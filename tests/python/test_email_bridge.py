@@ -710,3 +710,50 @@ def test_an_attachment_the_server_refuses_refuses_the_whole_mail(backend):
         posted = [e for e in messages(server.url, alice, room)[before:] if e["type"] == "m.room.message"]
         assert [e["content"]["body"].split("\n\n")[1] for e in posted if e["content"]["msgtype"] == "m.text"] == \
             ["Smaller."], posted
+
+
+CRISIS_ORG = """
+users:
+  - {localpart: coord, password: pw}
+  - {localpart: absent, password: pw, email: absent@agents.example}
+  - {localpart: present, password: pw, email: present@agents.example}
+"""
+
+
+def test_a_crisis_alert_is_mailed_to_the_members_not_seen_lately(setup):
+    server, bridge, relay = setup
+    out = server.command("user", "create", "setup", "--password", "pw", "--admin")
+    assert out.returncode == 0, out.stderr
+    status, answer = api(server.url, "POST", "/_diplomatie/admin/v1/import", login(server, "setup"),
+                         data=CRISIS_ORG.encode(), content_type="application/yaml")
+    assert status == 200, answer
+    coord = login(server, "coord")
+    login(server, "present")  # a device, seen now
+
+    status, cell = api(server.url, "POST", "/_diplomatie/client/v1/crisis", coord,
+                       {"name": "Inondations", "members": ["@absent:localhost", "@present:localhost"]})
+    assert status == 200, cell
+    situation = cell["rooms"]["situation"]
+    # The bridge's bot was invited into the situation room, and joined it.
+    wait_event(server.url, coord, situation, lambda e: e["sender"] == "@email:localhost")
+
+    status, sent = api(server.url, "POST", f"/_diplomatie/client/v1/crisis/{q(cell['cell_id'])}/alert", coord,
+                       {"body": "Évacuation de la rive gauche"})
+    assert status == 200, sent
+    status, event = api(server.url, "GET", f"/_matrix/client/v3/rooms/{q(situation)}/event/{q(sent['event_id'])}", coord)
+    assert event["content"]["unreached"] == ["@absent:localhost"], event
+
+    text = relay.wait_for("absent@agents.example", "rive gauche")
+    mail = email.message_from_string(text, policy=email.policy.default)
+    assert mail["Subject"] == "[ALERTE] Inondations"
+    assert mail["From"].addresses[0].addr_spec == f"alerte@{DOMAIN}"
+    assert mail["Auto-Submitted"] == "auto-generated"
+    assert "DKIM-Signature" in mail
+    # Only the unreached: the member seen now gets no mail, and the alert is mailed once.
+    time.sleep(1)
+    assert not [m for m in relay.messages if "present@agents.example" in m[0]]
+    assert len([m for m in relay.messages if "absent@agents.example" in m[0]]) == 1
+    # Nobody but the bridge (or an administrator) reads the addresses.
+    status, answer = api(server.url, "GET", f"/_diplomatie/client/v1/crisis/{q(cell['cell_id'])}/alerts/"
+                         f"{q(sent['event_id'])}/recipients", coord)
+    assert status == 403 and answer["errcode"] == "M_FORBIDDEN", answer

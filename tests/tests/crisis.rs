@@ -315,14 +315,22 @@ async fn a_cell_spans_two_servers(backend: Backend) {
     }
     // The partner, at 50 on another server, mutes everything on theirs.
     partner
-        .ok(Method::PUT, "/_matrix/client/v3/pushrules/global/override/.m.rule.master/enabled", Some(&json!({ "enabled": true })))
+        .ok(
+            Method::PUT,
+            "/_matrix/client/v3/pushrules/global/override/.m.rule.master/enabled",
+            Some(&json!({ "enabled": true })),
+        )
         .await;
     // Their focal point's power holds across servers: they update the report on A.
-    let levels = partner.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{situation}/state/m.room.power_levels/"), None).await;
+    let levels = partner
+        .ok(Method::GET, &format!("/_matrix/client/v3/rooms/{situation}/state/m.room.power_levels/"), None)
+        .await;
     assert_eq!(levels["users"][&partner.user_id], 50);
 
     // The alert reaches B, whose own push rules put it through the mute.
-    let sent = coord.ok(Method::POST, &format!("{CRISIS}/{cell_id}/alert"), Some(&json!({ "body": "Vents à 150 km/h" }))).await;
+    let sent = coord
+        .ok(Method::POST, &format!("{CRISIS}/{cell_id}/alert"), Some(&json!({ "body": "Vents à 150 km/h" })))
+        .await;
     let alert_id = sent["event_id"].as_str().unwrap().to_owned();
     until(&partner, "/_matrix/client/v3/notifications?only=highlight", |v| {
         v["notifications"].as_array().is_some_and(|n| n.iter().any(|x| x["event"]["event_id"] == alert_id.as_str()))
@@ -331,9 +339,12 @@ async fn a_cell_spans_two_servers(backend: Backend) {
 
     // B's member writes in the main courante: A seals it with its service account's key,
     // naming who said it.
-    let (status, said) = send(&partner, &decisions, json!({ "msgtype": "m.text", "body": "Préfecture prévenue" })).await;
+    let (status, said) =
+        send(&partner, &decisions, json!({ "msgtype": "m.text", "body": "Préfecture prévenue" })).await;
     assert_eq!(status, 200, "{said}");
-    let log = until(&coord, &format!("{CRISIS}/{cell_id}/log"), |v| v["entries"].as_array().is_some_and(|e| e.len() == 1)).await;
+    let log =
+        until(&coord, &format!("{CRISIS}/{cell_id}/log"), |v| v["entries"].as_array().is_some_and(|e| e.len() == 1))
+            .await;
     assert_eq!(log["entries"][0]["said_by"], partner.user_id);
     assert_eq!(log["entries"][0]["author"], format!("@diplomatie:{}", a.server_name));
     // An edit from B is refused by B's server too (it holds the same state).

@@ -85,6 +85,12 @@ impl Matrix {
         Self::answer(request.send().await?).await
     }
 
+    /// `/_diplomatie/client/<segments>`, the portal's API, as the bot.
+    pub async fn portal(&self, method: Method, segments: &[&str]) -> anyhow::Result<Value> {
+        let url = self.url(&["_diplomatie", "client"], segments, None)?;
+        Self::answer(self.http.request(method, url).bearer_auth(&self.as_token).send().await?).await
+    }
+
     /// Registers a puppet (no password: the namespace is the service's); one that exists is fine.
     pub async fn register(&self, localpart: &str) -> anyhow::Result<()> {
         let body = json!({ "type": "m.login.application_service", "username": localpart, "inhibit_login": true });

@@ -18,6 +18,9 @@ use crate::{
     Bridge,
 };
 
+/// A crisis cell's alert (the portal's event type).
+const ALERT: &str = "fr.diplomatie.crisis.alert";
+
 /// The address a room takes from its alias: a functional group's general room
 /// (`#g.<slug>.general`) the group's slug, another of its rooms `<slug>.<room>`, any other
 /// room its alias's name.
@@ -108,6 +111,7 @@ impl Bridge {
                 }
                 Ok(())
             }
+            ALERT if !self.is_ours(sender) => self.alert(event).await,
             "m.room.message" if !self.is_ours(sender) => {
                 let Some(bridged) = self.store.room(room).await? else { return Ok(()) };
                 let content = &event["content"];
@@ -219,6 +223,68 @@ impl Bridge {
             _ => HELP.replace("DOMAIN", &self.mail_domain),
         };
         self.notice(&room.room_id, &answer).await
+    }
+
+    /// A crisis alert: mailed, one mail each, to the members it names as unreached (no device
+    /// of theirs seen lately), at the addresses the server gives the bridge.
+    async fn alert(&self, event: &Value) -> anyhow::Result<()> {
+        let event_id = event["event_id"].as_str().unwrap_or_default();
+        let content = &event["content"];
+        let Some(cell) = content["cell"]["cell_id"].as_str() else { return Ok(()) };
+        if content["unreached"].as_array().is_none_or(|u| u.is_empty())
+            || self.store.mail_of_event(event_id).await?.is_some()
+        {
+            return Ok(());
+        }
+        let answer =
+            self.matrix.portal(reqwest::Method::GET, &["v1", "crisis", cell, "alerts", event_id, "recipients"]).await?;
+        let recipients: Vec<String> = answer["recipients"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["address"].as_str())
+            .filter(|a| is_mail_address(a))
+            .map(str::to_owned)
+            .collect();
+        if recipients.is_empty() {
+            return Ok(());
+        }
+        let name = one_line(content["cell"]["name"].as_str().unwrap_or("Cellule de crise"));
+        let text = content["text"].as_str().or(content["body"].as_str()).unwrap_or_default();
+        let from = format!("alerte@{}", self.mail_domain);
+        let subject = format!("[ALERTE] {name}");
+        let body = format!(
+            "{text}\n\n-- \nAlerte de la cellule de crise « {name} », envoyée par courriel parce qu'aucun de vos \
+             appareils n'a été vu récemment sur le portail. Ouvrez le portail pour la suite.\n"
+        );
+        let base = event_id.trim_start_matches('$');
+        for (i, to) in recipients.iter().enumerate() {
+            let message = MessageBuilder::new()
+                .from((format!("Cellule de crise — {name}"), from.clone()))
+                .to(to.as_str())
+                .subject(subject.clone())
+                .message_id(format!("{base}.{i}@{}", self.mail_domain))
+                .header(LOOP_HEADER, Raw::new(self.mail_domain.clone()))
+                .header("Auto-Submitted", Raw::new("auto-generated"))
+                .header("Importance", Raw::new("high"))
+                .text_body(body.clone())
+                .write_to_vec()?;
+            let signed = self.sign(&message)?;
+            if let Err(e) = self.relay(&from, std::slice::from_ref(to), signed).await {
+                tracing::warn!(to = %to, error = %e, "an alert could not be mailed");
+            }
+        }
+        self.store
+            .add_mail(&Mail {
+                message_id: format!("{base}@{}", self.mail_domain),
+                room_id: event["room_id"].as_str().unwrap_or_default().to_owned(),
+                event_id: event_id.to_owned(),
+                thread_root: event_id.to_owned(),
+                peer: String::new(),
+                refs: String::new(),
+                subject,
+            })
+            .await
     }
 
     /// Mails a message of a bridged room, when it answers a mail or its room has recipients.

@@ -109,3 +109,28 @@ pub async fn stand_down(State(s): S, Path(id): Path<String>, parts: Parts) -> Re
     let log_reference = s.crisis.stand_down(&caller.user_id, &cell_id(id)?).await?;
     Ok(Json(StoodDown { log_reference }).into_response())
 }
+
+#[derive(Serialize)]
+struct Recipient {
+    user_id: String,
+    address: String,
+}
+
+#[derive(Serialize)]
+struct Recipients {
+    recipients: Vec<Recipient>,
+}
+
+/// `GET /_diplomatie/client/v1/crisis/{cellId}/alerts/{eventId}/recipients`: where an alert
+/// goes by e-mail (for the e-mail bridge).
+pub async fn alert_recipients(
+    State(s): S,
+    Path((id, event)): Path<(String, String)>,
+    parts: Parts,
+) -> Result<Response, ApiError> {
+    let caller = crate::ruma_wrapper::authenticate(&s, &parts).await?;
+    let event = OwnedEventId::try_from(event).map_err(|_| Error::invalid_param("Invalid event id"))?;
+    let found = s.crisis.alert_recipients(&caller, &cell_id(id)?, &event).await?;
+    let recipients = found.into_iter().map(|(user_id, address)| Recipient { user_id, address }).collect();
+    Ok(Json(Recipients { recipients }).into_response())
+}

@@ -286,7 +286,8 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/_diplomatie/client/v1/crisis/{cell_id}/alert", post(crisis::alert))
         .route("/_diplomatie/client/v1/crisis/{cell_id}/sitrep", get(crisis::sitreps).put(crisis::set_sitrep))
         .route("/_diplomatie/client/v1/crisis/{cell_id}/log", get(crisis::log))
-        .route("/_diplomatie/client/v1/crisis/{cell_id}/stand_down", post(crisis::stand_down));
+        .route("/_diplomatie/client/v1/crisis/{cell_id}/stand_down", post(crisis::stand_down))
+        .route("/_diplomatie/client/v1/crisis/{cell_id}/alerts/{event_id}/recipients", get(crisis::alert_recipients));
     use correspondence as corr;
     let r = r
         .route("/_diplomatie/client/v1/correspondence", post(corr::send))

@@ -359,6 +359,16 @@ impl Crisis {
                 }
             }
         }
+        // The e-mail bridge mails alerts to members no device of theirs has been seen for: its
+        // bot is invited into the situation room (NP: a DR room is never bridged).
+        let situation_np = template.rooms.iter().any(|r| r.role == "situation" && r.classification == "NP");
+        if let (Some(situation), true) = (self.room_with_role(&rooms, "situation"), situation_np) {
+            for service in self.registrations.all().iter().filter(|s| s.protocols().iter().any(|p| p == "email")) {
+                if let Err(e) = self.membership.invite(&system, &situation, &service.sender, None, false).await {
+                    tracing::warn!(bridge = %service.sender, error = ?e, "the e-mail bridge could not be invited");
+                }
+            }
+        }
         if let Some(situation) = self.room_with_role(&rooms, "situation") {
             let text = format!(
                 "Cellule de crise « {name} » activée par {coordinator}. Commandes : !alerte <texte> (coordinateur), \
@@ -455,7 +465,8 @@ impl Crisis {
         Ok(pdu.event_id.clone())
     }
 
-    /// Members of this server, joined or invited, with no device seen for
+    /// Members of this server (people, not application services), joined or invited, with no
+    /// device seen for
     /// `crisis.unreached_after_ms` (or none at all).
     async fn unreached(&self, room: &RoomId) -> Result<Vec<OwnedUserId>> {
         let since = crate::now_ms() - self.config.crisis.unreached_after_ms as i64;
@@ -467,7 +478,9 @@ impl Crisis {
                 continue;
             }
             let Ok(user) = OwnedUserId::try_from(key.as_str()) else { continue };
-            if user == system || user.server_name() != self.server_name() {
+            // Application services' users (bridges, bots) have no devices to be seen on.
+            let service = self.registrations.all().iter().any(|s| s.owns_user(user.as_str()));
+            if user == system || user.server_name() != self.server_name() || service {
                 continue;
             }
             let membership = self.rooms.membership(room, &user).await?;
@@ -480,6 +493,36 @@ impl Crisis {
             }
         }
         out.sort();
+        Ok(out)
+    }
+
+    /// The e-mail addresses of the members an alert names as unreached, for an e-mail bridge
+    /// (an application service of the `email` protocol) or an administrator.
+    pub async fn alert_recipients(
+        &self,
+        caller: &crate::accounts::Caller,
+        id: &RoomId,
+        alert: &ruma::EventId,
+    ) -> Result<Vec<(String, String)>> {
+        let bridge = caller.appservice.as_deref().is_some_and(|id| {
+            self.registrations.all().iter().any(|s| s.id() == id && s.protocols().iter().any(|p| p == "email"))
+        });
+        if !bridge && !caller.is_admin {
+            return Err(Error::forbidden("Only an e-mail bridge reads where alerts go by mail"));
+        }
+        let (cell, rooms) = self.cell(id).await?;
+        let pdu = self.rooms.get_pdu(alert).await?.ok_or_else(|| Error::not_found("No such alert"))?;
+        if pdu.kind.to_string() != CRISIS_ALERT || !rooms.iter().any(|r| r.room_id == pdu.room_id.as_str()) {
+            return Err(Error::not_found(format!("No such alert in {}", cell.cell_id)));
+        }
+        let mut out = Vec::new();
+        for user in pdu.content_value()["unreached"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+            for t in diplomatie_storage::threepids::list(self.db.pool(), user).await? {
+                if t.medium == "email" {
+                    out.push((user.to_owned(), t.address));
+                }
+            }
+        }
         Ok(out)
     }
 

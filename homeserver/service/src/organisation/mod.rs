@@ -120,6 +120,10 @@ pub struct UserSpec {
     pub group: Option<String>,
     #[serde(default)]
     pub admin: bool,
+    /// The e-mail address the ministry's directory gives (recorded as validated: the
+    /// directory is the authority); alerts reach agents there when no device of theirs is seen.
+    #[serde(default)]
+    pub email: Option<String>,
 }
 
 /// A whole organisation, as an import file describes it.
@@ -135,8 +139,8 @@ pub struct OrganisationFile {
 }
 
 impl OrganisationFile {
-    /// Reads YAML, or CSV of users (`localpart,name,clearance,kind,group,admin`, with that
-    /// header line) when `csv` is true.
+    /// Reads YAML, or CSV of users (`localpart,name,clearance,kind,group,admin`, and
+    /// optionally `email`, with that header line) when `csv` is true.
     ///
     /// Hostile files are refused before anything is built from them: a NUL character anywhere,
     /// a CSV line over [`MAX_CSV_LINE`] bytes, YAML anchors and aliases (an alias bomb expands
@@ -161,6 +165,7 @@ impl OrganisationFile {
                     kind: u.kind.filter(|s| !s.is_empty()),
                     group: u.group.filter(|s| !s.is_empty()),
                     admin: u.admin.is_some_and(|a| matches!(a.as_str(), "true" | "yes" | "1")),
+                    email: u.email.filter(|s| !s.is_empty()),
                 });
             }
             return Ok(OrganisationFile { users, ..Default::default() });
@@ -189,6 +194,8 @@ struct CsvUser {
     group: Option<String>,
     #[serde(default)]
     admin: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
 }
 
 /// What an import changed (all zeros when the organisation was already there).
@@ -589,6 +596,11 @@ impl Organisation {
             if let Some(k) = &u.kind {
                 AccountKind::parse(k).ok_or_else(|| Error::invalid_param(format!("Unknown kind {k:?}")))?;
             }
+            if let Some(e) = &u.email {
+                if !diplomatie_policies::is_mail_address(e) {
+                    return Err(Error::invalid_param(format!("Not an e-mail address: {e:?} (user {})", u.localpart)));
+                }
+            }
         }
         for g in &org.groups {
             valid_slug(&g.slug)?;
@@ -649,6 +661,22 @@ impl Organisation {
             if person.clearance != clearance {
                 self.set_clearance(&system, true, &user, clearance).await?;
                 changed = true;
+            }
+            if let Some(address) = &u.email {
+                let address = address.to_lowercase();
+                let known = diplomatie_storage::threepids::list(self.db.pool(), user.as_str()).await?;
+                if !known.iter().any(|t| t.medium == "email" && t.address == address) {
+                    let now = crate::now_ms();
+                    let threepid = diplomatie_storage::threepids::Threepid {
+                        medium: "email".into(),
+                        address,
+                        validated_at: now,
+                        added_at: now,
+                        id_server: None,
+                    };
+                    diplomatie_storage::threepids::upsert(self.db.pool(), user.as_str(), &threepid).await?;
+                    changed = true;
+                }
             }
             report.users_updated += usize::from(changed);
         }
