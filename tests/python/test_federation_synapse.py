@@ -206,3 +206,75 @@ async def test_history_of_a_synapse_room_is_backfilled(federating_server, synaps
     finally:
         await alice.close()
         await bob.close()
+
+
+async def portal(client, method, path, body=None):
+    """The portal's API with the client's session: status and JSON answer."""
+    import json
+
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {client.access_token}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.request(method, client.homeserver + path, json=body, headers=headers) as r:
+            return r.status, json.loads(await r.read() or b"{}")
+
+
+@pytest.mark.asyncio
+async def test_a_crisis_cell_with_a_synapse_member(federating_server, synapse):
+    """A cell activated on our server with a focal point on Synapse: the invitation, the alert,
+    the sealed log, and the stand-down that Synapse's own auth rules then hold."""
+    coord = await register(federating_server.url, "coord")
+    bob = await register(synapse.url, "bob")
+    try:
+        status, cell = await portal(coord, "POST", "/_diplomatie/client/v1/crisis",
+                                    {"name": "Exercice Rhin", "focal_points": [bob.user_id]})
+        assert status == 200, cell
+        space, situation, decisions = cell["cell_id"], cell["rooms"]["situation"], cell["rooms"]["decisions"]
+        assert cell["invited"] == 5 and not cell["skipped"], cell
+        invited = set()
+
+        def all_invites(r):
+            invited.update(r.rooms.invite)
+            return {space, situation, decisions} <= invited
+        await sync_until(bob, all_invites, "the invitations on Synapse")
+        for room in (space, situation, decisions):
+            joined = await bob.join(room)
+            assert isinstance(joined, JoinResponse), joined
+
+        # Synapse computes Bob's power from the cell's levels: a focal point, at 50.
+        got = await bob.room_get_state_event(situation, "m.room.power_levels")
+        assert got.content["users"][bob.user_id] == 50, got
+
+        status, sent = await portal(coord, "POST", f"/_diplomatie/client/v1/crisis/{space}/alert", {"body": "Crue"})
+        assert status == 200, sent
+
+        def alert(r):
+            room = r.rooms.join.get(situation)
+            return bool(room) and any(getattr(e, "event_id", None) == sent["event_id"] for e in room.timeline.events)
+        await sync_until(bob, alert, "the alert on Synapse")
+
+        said = await bob.room_send(decisions, "m.room.message", {"msgtype": "m.text", "body": "Écluses fermées"})
+        assert isinstance(said, RoomSendResponse), said
+        deadline = asyncio.get_event_loop().time() + 30
+        while True:
+            status, log = await portal(coord, "GET", f"/_diplomatie/client/v1/crisis/{space}/log")
+            if status == 200 and log.get("entries"):
+                break
+            assert asyncio.get_event_loop().time() < deadline, log
+            await asyncio.sleep(0.3)
+        assert log["entries"][0]["said_by"] == bob.user_id and log["entries"][0]["text"] == "Écluses fermées"
+
+        status, done = await portal(coord, "POST", f"/_diplomatie/client/v1/crisis/{space}/stand_down", {})
+        assert status == 200, done
+        # Once the read-only levels reach Synapse, Synapse itself refuses Bob's messages.
+        deadline = asyncio.get_event_loop().time() + 30
+        while True:
+            refused = await bob.room_send(situation, "m.room.message", {"msgtype": "m.text", "body": "encore"})
+            if not isinstance(refused, RoomSendResponse):
+                break
+            assert asyncio.get_event_loop().time() < deadline, "Synapse still accepts messages"
+            await asyncio.sleep(0.5)
+    finally:
+        await coord.close()
+        await bob.close()

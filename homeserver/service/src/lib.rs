@@ -287,7 +287,7 @@ impl Services {
                 Box::new(search::Indexer(Arc::downgrade(&search))),
                 Box::new(correspondence::worker::Drafts(Arc::downgrade(&correspondence))),
                 Box::new(mls::MlsMembers(Arc::downgrade(&mls))),
-                Box::new(crisis::CellEvents(Arc::downgrade(&crisis))),
+                Box::new(crisis::worker::CellEvents(Arc::downgrade(&crisis))),
             ],
         });
 
@@ -356,7 +356,7 @@ impl Services {
         appservice::spawn_senders(&services.appservices);
         mls::partners::spawn_revocation_retries(Arc::downgrade(&services.mls));
         delayed::spawn_worker(&services.delayed);
-        crisis::spawn_worker(&services.crisis);
+        crisis::worker::spawn_worker(&services.crisis);
         Ok(services)
     }
 }

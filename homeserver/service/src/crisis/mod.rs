@@ -23,7 +23,7 @@
 //!   coordinator), every room becomes read-only, the cell is marked for archiving with its
 //!   retention.
 
-mod worker;
+pub mod worker;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -53,9 +53,6 @@ use crate::{
     rooms::{membership::Membership, timeline::Timeline, PduBuilder, Rooms, Target},
     Error, Pdu, Result,
 };
-
-pub use worker::spawn_worker;
-pub(crate) use worker::CellEvents;
 
 /// The power level of focal points.
 pub const FOCAL_POINT_LEVEL: i64 = 50;
