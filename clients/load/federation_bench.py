@@ -11,42 +11,15 @@ import time
 
 import aiohttp
 
+from bench_http import bounded, call, register
+
 host, host_name, dip, syn = sys.argv[1:5]
 N_MEMBERS = int(os.environ.get("N_MEMBERS", "1000"))
 N_EVENTS = int(os.environ.get("N_EVENTS", "10000"))
-CONCURRENCY = int(os.environ.get("CONCURRENCY", "16"))
-
-
-async def call(http, method, url, token=None, body=None, ok=(200,)):
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with http.request(method, url, headers=headers, json=body) as r:
-        data = await r.json(content_type=None)
-        if r.status not in ok:
-            raise RuntimeError(f"{method} {url}: {r.status} {data}")
-        return r.status, data
-
-
-async def register(http, base, name):
-    url = f"{base}/_matrix/client/v3/register"
-    body = {"username": name, "password": "bench password"}
-    _, first = await call(http, "POST", url, body=body, ok=(401,))
-    body["auth"] = {"type": "m.login.dummy", "session": first["session"]}
-    _, data = await call(http, "POST", url, body=body)
-    return data["access_token"]
-
-
-async def bounded(items, work):
-    sem = asyncio.Semaphore(CONCURRENCY)
-
-    async def one(i):
-        async with sem:
-            return await work(i)
-
-    return await asyncio.gather(*(one(i) for i in items))
 
 
 async def timed_join(http, base, label, room, members):
-    token = await register(http, base, "joiner")
+    _, token = await register(http, base, "joiner")
     started = time.monotonic()
     await call(http, "POST", f"{base}/_matrix/client/v3/join/{room}?via={host_name}", token, {})
     joined = time.monotonic() - started
@@ -64,7 +37,7 @@ async def main():
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         started = time.monotonic()
-        tokens = await bounded(range(N_MEMBERS), lambda i: register(http, host, f"member{i}"))
+        tokens = [t for _, t in await bounded(range(N_MEMBERS), lambda i: register(http, host, f"member{i}"))]
         _, created = await call(http, "POST", f"{host}/_matrix/client/v3/createRoom", tokens[0],
                                 {"preset": "public_chat", "name": "Cellule interministérielle"})
         room = created["room_id"]

@@ -543,13 +543,18 @@ def login(server, user):
     return answer["access_token"]
 
 
-def test_a_formal_letter_to_an_external_address_and_dr_never_bridged(setup):
-    server, bridge, relay = setup
+def import_organisation(server, yaml):
+    """Imports an organisation (YAML) as an administrator made with the command line."""
     out = server.command("user", "create", "setup", "--password", "pw", "--admin")
     assert out.returncode == 0, out.stderr
     status, answer = api(server.url, "POST", "/_diplomatie/admin/v1/import", login(server, "setup"),
-                         data=ORG.encode(), content_type="application/yaml")
+                         data=yaml.encode(), content_type="application/yaml")
     assert status == 200, answer
+
+
+def test_a_formal_letter_to_an_external_address_and_dr_never_bridged(setup):
+    server, bridge, relay = setup
+    import_organisation(server, ORG)
     alice = login(server, "alice")
 
     letter = {"kind": "formal_letter", "from": "paris", "subject": "Invitation au colloque",
@@ -722,11 +727,7 @@ users:
 
 def test_a_crisis_alert_is_mailed_to_the_members_not_seen_lately(setup):
     server, bridge, relay = setup
-    out = server.command("user", "create", "setup", "--password", "pw", "--admin")
-    assert out.returncode == 0, out.stderr
-    status, answer = api(server.url, "POST", "/_diplomatie/admin/v1/import", login(server, "setup"),
-                         data=CRISIS_ORG.encode(), content_type="application/yaml")
-    assert status == 200, answer
+    import_organisation(server, CRISIS_ORG)
     coord = login(server, "coord")
     login(server, "present")  # a device, seen now
 

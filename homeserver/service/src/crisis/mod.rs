@@ -433,20 +433,29 @@ impl Crisis {
         self.rooms.user_power(room, &levels, user).await
     }
 
-    /// Sends an alert into the cell's situation room, as its coordinator.
-    pub async fn alert(&self, sender: &UserId, id: &RoomId, body: &str) -> Result<OwnedEventId> {
+    /// An active cell's situation room, for a sender with at least `level` there.
+    async fn situation_for(
+        &self,
+        id: &RoomId,
+        sender: &UserId,
+        level: i64,
+        refusal: &str,
+    ) -> Result<(Cell, OwnedRoomId)> {
         let (cell, rooms) = self.cell(id).await?;
         Self::check_active(&cell).await?;
-        let body = body.trim();
-        if body.is_empty() {
-            return Err(Error::invalid_param("An alert has a text"));
-        }
         let situation = self
             .room_with_role(&rooms, "situation")
             .ok_or_else(|| Error::not_found("The cell has no situation room"))?;
-        if self.power(&situation, sender).await? < 100 {
-            return Err(Error::forbidden("Only the coordinator sends alerts"));
+        if self.power(&situation, sender).await? < level {
+            return Err(Error::forbidden(refusal));
         }
+        Ok((cell, situation))
+    }
+
+    /// Sends an alert into the cell's situation room, as its coordinator.
+    pub async fn alert(&self, sender: &UserId, id: &RoomId, body: &str) -> Result<OwnedEventId> {
+        let (cell, situation) = self.situation_for(id, sender, 100, "Only the coordinator sends alerts").await?;
+        let body = non_empty(body, "An alert has a text")?;
         let unreached = self.unreached(&situation).await?;
         let content = json!({
             "body": format!("🚨 ALERTE — {} : {body}", cell.name),
@@ -525,18 +534,9 @@ impl Crisis {
 
     /// Publishes a new situation report: its state event, pinned as a message.
     pub async fn set_sitrep(&self, sender: &UserId, id: &RoomId, body: &str) -> Result<Sitrep> {
-        let (cell, rooms) = self.cell(id).await?;
-        Self::check_active(&cell).await?;
-        let body = body.trim();
-        if body.is_empty() {
-            return Err(Error::invalid_param("A situation report has a text"));
-        }
-        let situation = self
-            .room_with_role(&rooms, "situation")
-            .ok_or_else(|| Error::not_found("The cell has no situation room"))?;
-        if self.power(&situation, sender).await? < FOCAL_POINT_LEVEL {
-            return Err(Error::forbidden("Only focal points and the coordinator update the situation report"));
-        }
+        let refusal = "Only focal points and the coordinator update the situation report";
+        let (cell, situation) = self.situation_for(id, sender, FOCAL_POINT_LEVEL, refusal).await?;
+        let body = non_empty(body, "A situation report has a text")?;
         let now = crate::now_ms();
         let message = json!({ "msgtype": "m.text", "body": format!("📌 Point de situation — {body}") });
         let shown = self
@@ -576,9 +576,9 @@ impl Crisis {
         for (_, author, record) in store::log(self.db.pool(), &cell.cell_id).await? {
             let record: Value = serde_json::from_str(&record).map_err(crate::internal!())?;
             let signer = record["author"].as_str().unwrap_or(&author).to_owned();
-            if !keys.contains_key(&signer) {
-                let u = OwnedUserId::try_from(signer.as_str()).map_err(crate::internal!())?;
-                keys.insert(signer, self.correspondence.correspondence_keys(&u).await?);
+            if let std::collections::btree_map::Entry::Vacant(slot) = keys.entry(signer) {
+                let u = OwnedUserId::try_from(slot.key().as_str()).map_err(crate::internal!())?;
+                slot.insert(self.correspondence.correspondence_keys(&u).await?);
             }
             entries.push(record);
         }
@@ -679,6 +679,15 @@ impl Crisis {
         self.known.lock().unwrap().insert(room.to_owned(), found.clone());
         Ok(found)
     }
+}
+
+/// A text, trimmed, that says something.
+fn non_empty<'a>(text: &'a str, refusal: &str) -> Result<&'a str> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(Error::invalid_param(refusal));
+    }
+    Ok(text)
 }
 
 /// A template's rooms: keys unique and alias-safe, one situation and one log room at most.
