@@ -58,6 +58,7 @@ enable_registration_without_verification: true
 rc_message: $limits
 rc_registration: $limits
 rc_joins: {local: $limits, remote: $limits}
+rc_joins_per_room: $limits
 rc_invites: {per_room: $limits, per_user: $limits, per_issuer: $limits}
 rc_login: {address: $limits, account: $limits, failed_attempts: $limits}
 YAML

@@ -342,7 +342,7 @@ async fn a_webrtc_call_crosses_the_built_in_relay() {
 
     // What clients discover: the relay's credentials, and the SFU of the deployment.
     let (a_user, a_pass, uris) = turn_credentials(&alice).await;
-    assert_eq!(uris, [format!("turn:127.0.0.1:{port}?transport=udp")]);
+    assert_eq!(uris, [format!("turn:127.0.0.1:{port}?transport=udp"), format!("turn:127.0.0.1:{port}?transport=tcp")]);
     let expiry: u64 = a_user.split_once(':').unwrap().0.parse().unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     assert!(expiry > now + 3500 && expiry <= now + 3601, "an hour: {a_user}");
@@ -434,6 +434,27 @@ async fn turn_client(port: u16, username: &str, password: &str) -> TurnClient {
     client
 }
 
+/// A TURN client of the relay at `port` over TCP (RFC 8656 §3.1: the relay's own framing).
+async fn turn_client_over_tcp(port: u16, username: &str, password: &str) -> TurnClient {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let frames = diplomatie_turn::tcp::Frames::new(stream).unwrap();
+    let client = TurnClient::new(ClientConfig {
+        stun_serv_addr: String::new(),
+        turn_serv_addr: format!("127.0.0.1:{port}"),
+        username: username.to_owned(),
+        password: password.to_owned(),
+        realm: String::new(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: Arc::new(frames),
+        vnet: None,
+    })
+    .await
+    .unwrap();
+    client.listen().await.unwrap();
+    client
+}
+
 /// Whether `data` sent through a relayed address reaches a peer on loopback.
 async fn reaches_loopback_peer(relay: &impl Conn) -> bool {
     let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -489,6 +510,20 @@ async fn the_relay_refuses_forged_and_expired_credentials_forbidden_peers_and_ex
     assert!(turn_client(port, &expired_user, &expired_pass).await.allocate().await.is_err(), "expired refused");
     assert!(turn_client(port, &fresh_user, &fresh_pass).await.allocate().await.is_ok(), "the same secret, in time");
     client.close().await.unwrap();
+
+    // Over TCP, on the same port, for networks that let no UDP out: the same credentials, the
+    // same quota, the same peers.
+    let (_, _, uris) = turn_credentials(&bob).await;
+    assert!(uris.contains(&format!("turn:127.0.0.1:{port}?transport=tcp")), "{uris:?}");
+    let dave = server.register("dave").await;
+    let (c_user, c_pass, _) = turn_credentials(&dave).await;
+    let over_tcp = turn_client_over_tcp(port, &c_user, &c_pass).await;
+    let relay = over_tcp.allocate().await.expect("allocation over TCP");
+    assert!(reaches_loopback_peer(&relay).await, "relayed from a TCP client");
+    let second = turn_client_over_tcp(port, &c_user, &c_pass).await;
+    assert!(second.allocate().await.is_err(), "the quota counts TCP allocations too");
+    assert!(turn_client_over_tcp(port, &c_user, "bm90IHRoZSBzZWNyZXQ=").await.allocate().await.is_err());
+    over_tcp.close().await.unwrap();
 
     // Loopback not allowed (the default): the allocation works, relaying to it does not.
     let (strict, strict_port) = server_with_relay(false, "10").await;

@@ -47,6 +47,9 @@ pub fn prepare(config: &mut Config) -> anyhow::Result<Option<RelayConfig>> {
             v4 => v4.to_string(),
         };
         config.voip.turn_uris = vec![format!("turn:{host}:{}?transport=udp", listen.port())];
+        if turn.tcp {
+            config.voip.turn_uris.push(format!("turn:{host}:{}?transport=tcp", listen.port()));
+        }
     }
     Ok(Some(RelayConfig {
         listen,
@@ -58,6 +61,7 @@ pub fn prepare(config: &mut Config) -> anyhow::Result<Option<RelayConfig>> {
         allowed_peers: nets(&turn.allowed_peers, "allowed_peers")?,
         denied_peers: nets(&turn.denied_peers, "denied_peers")?,
         max_allocations_per_user: turn.max_allocations_per_user,
+        tcp: turn.tcp,
     }))
 }
 

@@ -172,7 +172,7 @@ pub struct Voip {
     pub rtc_foci: Vec<serde_json::Value>,
 }
 
-/// The built-in TURN relay (UDP), off by default.
+/// The built-in TURN relay (UDP, and TCP on the same port), off by default.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Turn {
@@ -193,6 +193,9 @@ pub struct Turn {
     pub denied_peers: Vec<String>,
     /// Allocations one user may hold at once; 0: no limit.
     pub max_allocations_per_user: usize,
+    /// Whether clients may also reach it over TCP, on the same port (for networks that let
+    /// no UDP out; relayed traffic stays UDP).
+    pub tcp: bool,
 }
 
 /// Delayed events (MSC4140), which MatrixRTC clients use to leave a call they lost.
@@ -232,6 +235,7 @@ impl Default for Turn {
             allowed_peers: Vec::new(),
             denied_peers: Vec::new(),
             max_allocations_per_user: 10,
+            tcp: true,
         }
     }
 }

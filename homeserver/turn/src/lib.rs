@@ -58,3 +58,5 @@ pub mod credentials {
 
 #[cfg(feature = "relay")]
 pub mod relay;
+#[cfg(feature = "relay")]
+pub mod tcp;

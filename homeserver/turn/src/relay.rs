@@ -7,6 +7,9 @@
 //! indication towards one is dropped, and an `Allocate` from a user who holds
 //! `max_allocations_per_user` already is answered 486. Relayed data (channel data, the bulk of
 //! a call) passes through untouched.
+//!
+//! Clients reach it over UDP and, on the same port, over TCP (`tcp.rs`: each connection a
+//! `turn` server of its own, behind its own `Guard` and the same counts).
 
 use std::{
     collections::HashMap,
@@ -26,7 +29,11 @@ use stun::{
     },
     textattrs::Username,
 };
-use tokio::{net::UdpSocket, sync::mpsc};
+use tokio::{
+    net::{TcpListener, UdpSocket},
+    sync::{mpsc, Semaphore},
+    task::JoinHandle,
+};
 use turn::{
     allocation::AllocationInfo,
     auth::{generate_auth_key, AuthHandler},
@@ -40,6 +47,9 @@ use turn::{
 use webrtc_util::{vnet::net::Net, Conn};
 
 use crate::credentials;
+
+/// TCP connections served at once; more wait to be accepted.
+const MAX_TCP_CONNECTIONS: usize = 1024;
 
 /// What the relay is started with.
 #[derive(Clone, Debug)]
@@ -61,6 +71,8 @@ pub struct RelayConfig {
     pub denied_peers: Vec<IpNet>,
     /// Allocations one user may hold at once (0: no limit).
     pub max_allocations_per_user: usize,
+    /// Whether clients may also reach it over TCP, on the same port.
+    pub tcp: bool,
 }
 
 /// Where relayed traffic may go.
@@ -124,47 +136,78 @@ fn is_public_unicast(ip: IpAddr) -> bool {
 pub struct Relay {
     server: Server,
     local: SocketAddr,
+    tcp: Option<JoinHandle<()>>,
+}
+
+/// What every listener of the relay shares.
+#[derive(Clone)]
+struct Shared {
+    config: RelayConfig,
+    auth: Arc<RestAuth>,
+    counts: Arc<Mutex<Allocations>>,
+    closed: mpsc::Sender<AllocationInfo>,
+}
+
+impl Shared {
+    /// A `turn` server over `conn` (behind a guard), relaying from the configured ports.
+    async fn server(&self, conn: Arc<dyn Conn + Send + Sync>, address: IpAddr) -> Result<Server, String> {
+        let guard = Guard {
+            inner: conn,
+            policy: PeerPolicy::new(self.config.allowed_peers.clone(), self.config.denied_peers.clone()),
+            max_allocations: self.config.max_allocations_per_user,
+            counts: self.counts.clone(),
+        };
+        Server::new(ServerConfig {
+            conn_configs: vec![ConnConfig {
+                conn: Arc::new(guard),
+                relay_addr_generator: Box::new(RelayAddressGeneratorRanges {
+                    relay_address: self.config.public_ip,
+                    min_port: self.config.min_port,
+                    max_port: self.config.max_port,
+                    max_retries: 40,
+                    address: address.to_string(),
+                    net: Arc::new(Net::new(None)),
+                }),
+            }],
+            realm: self.config.realm.clone(),
+            auth_handler: self.auth.clone(),
+            channel_bind_timeout: Duration::from_secs(0),
+            alloc_close_notify: Some(self.closed.clone()),
+        })
+        .await
+        .map_err(|e| format!("TURN: {e}"))
+    }
 }
 
 impl Relay {
-    /// Binds the relay's socket and starts serving.
+    /// Binds the relay's sockets (UDP, and TCP on the same port when configured) and starts
+    /// serving.
     pub async fn start(config: RelayConfig) -> Result<Relay, String> {
         let socket = UdpSocket::bind(config.listen).await.map_err(|e| format!("TURN {}: {e}", config.listen))?;
         let local = socket.local_addr().map_err(|e| e.to_string())?;
         let counts = Arc::new(Mutex::new(Allocations::default()));
-        let guard = Guard {
-            inner: Arc::new(socket),
-            policy: PeerPolicy::new(config.allowed_peers.clone(), config.denied_peers.clone()),
-            max_allocations: config.max_allocations_per_user,
-            counts: counts.clone(),
-        };
         let (closed_tx, mut closed_rx) = mpsc::channel::<AllocationInfo>(64);
+        let forget = counts.clone();
         tokio::spawn(async move {
             while let Some(info) = closed_rx.recv().await {
-                counts.lock().expect("allocation counts").closed(info.five_tuple.src_addr);
+                forget.lock().expect("allocation counts").closed(info.five_tuple.src_addr);
             }
         });
-        let server = Server::new(ServerConfig {
-            conn_configs: vec![ConnConfig {
-                conn: Arc::new(guard),
-                relay_addr_generator: Box::new(RelayAddressGeneratorRanges {
-                    relay_address: config.public_ip,
-                    min_port: config.min_port,
-                    max_port: config.max_port,
-                    max_retries: 40,
-                    address: local.ip().to_string(),
-                    net: Arc::new(Net::new(None)),
-                }),
-            }],
-            realm: config.realm.clone(),
-            auth_handler: Arc::new(RestAuth { secret: config.secret.clone() }),
-            channel_bind_timeout: Duration::from_secs(0),
-            alloc_close_notify: Some(closed_tx),
-        })
-        .await
-        .map_err(|e| format!("TURN: {e}"))?;
-        tracing::info!(%local, public = %config.public_ip, "TURN relay listening (UDP)");
-        Ok(Relay { server, local })
+        let shared = Shared {
+            auth: Arc::new(RestAuth { secret: config.secret.clone() }),
+            config: config.clone(),
+            counts,
+            closed: closed_tx,
+        };
+        let server = shared.server(Arc::new(socket), local.ip()).await?;
+        let tcp = if config.tcp {
+            let listener = TcpListener::bind(local).await.map_err(|e| format!("TURN {local} (TCP): {e}"))?;
+            Some(tokio::spawn(serve_tcp(listener, shared.clone())))
+        } else {
+            None
+        };
+        tracing::info!(%local, public = %config.public_ip, tcp = config.tcp, "TURN relay listening");
+        Ok(Relay { server, local, tcp })
     }
 
     /// The address the relay listens at.
@@ -174,7 +217,38 @@ impl Relay {
 
     /// Stops the relay and its allocations.
     pub async fn close(&self) {
+        if let Some(tcp) = &self.tcp {
+            tcp.abort();
+        }
         let _ = self.server.close().await;
+    }
+}
+
+/// Accepts TCP clients: each connection a `turn` server of its own, closed with it.
+async fn serve_tcp(listener: TcpListener, shared: Shared) {
+    let slots = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let (stream, client) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::debug!(error = %e, "TURN TCP accept");
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let Ok(frames) = crate::tcp::Frames::new(stream).map(Arc::new) else { return };
+            let address = frames.local_addr().map(|a| a.ip()).unwrap_or(shared.config.public_ip);
+            match shared.server(frames.clone(), address).await {
+                Ok(server) => {
+                    frames.closed().await;
+                    let _ = server.close().await;
+                }
+                Err(e) => tracing::warn!(%client, error = %e, "TURN TCP connection"),
+            }
+            drop(slot);
+        });
     }
 }
 
@@ -228,10 +302,10 @@ impl Allocations {
     }
 }
 
-/// The relay's socket, as the `turn` crate sees it: requests the policy refuses are answered
-/// here and never reach the crate.
+/// The relay's socket (UDP, or one TCP connection), as the `turn` crate sees it: requests the
+/// policy refuses are answered here and never reach the crate.
 struct Guard {
-    inner: Arc<UdpSocket>,
+    inner: Arc<dyn Conn + Send + Sync>,
     policy: PeerPolicy,
     max_allocations: usize,
     counts: Arc<Mutex<Allocations>>,
@@ -334,7 +408,7 @@ fn error(request: &Message, code: u16, reason: &str) -> Message {
 #[async_trait]
 impl Conn for Guard {
     async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
-        self.inner.connect(addr).await.map_err(Into::into)
+        self.inner.connect(addr).await
     }
 
     async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
@@ -355,20 +429,20 @@ impl Conn for Guard {
     }
 
     async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
-        self.inner.send(buf).await.map_err(Into::into)
+        self.inner.send(buf).await
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
         self.note_response(buf);
-        self.inner.send_to(buf, target).await.map_err(Into::into)
+        self.inner.send_to(buf, target).await
     }
 
     fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
-        self.inner.local_addr().map_err(Into::into)
+        self.inner.local_addr()
     }
 
     fn remote_addr(&self) -> Option<SocketAddr> {
-        None
+        self.inner.remote_addr()
     }
 
     async fn close(&self) -> webrtc_util::Result<()> {

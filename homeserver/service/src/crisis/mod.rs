@@ -32,6 +32,7 @@ use std::{
 
 use diplomatie_policies::{AccountKind, Level};
 use diplomatie_storage::crisis::{self as store, Cell, CellRoom};
+use futures::StreamExt as _;
 use ruma::{
     api::client::room::{create_room::v3::Request as CreateRoomRequest, Visibility},
     canonical_json::CanonicalJsonObject,
@@ -56,6 +57,8 @@ use crate::{
 
 /// The power level of focal points.
 pub const FOCAL_POINT_LEVEL: i64 = 50;
+/// Invitations sent at once at activation.
+const PARALLEL_INVITES: usize = 32;
 /// The level every action needs in a stood-down cell: above everyone but the rooms' creator.
 const READ_ONLY_LEVEL: i64 = 1000;
 
@@ -326,8 +329,11 @@ impl Crisis {
         self.known.lock().unwrap().clear();
 
         // The invitations: the space, then each room the person may enter.
-        let mut invited = 0;
+        // Who goes where, then the invitations, many at a time: an invitation to another
+        // server waits for its answer (it signs the event), and local ones share the writer's
+        // group commits.
         let mut skipped = Vec::new();
+        let mut invitations: Vec<(OwnedUserId, String, OwnedRoomId)> = Vec::new();
         for (user, _, expert) in &people {
             let person = self.portal.person(user).await?;
             let external = *expert || person.kind == AccountKind::External;
@@ -347,13 +353,26 @@ impl Crisis {
                 } else if external && !any_externals {
                     continue;
                 }
-                match self.membership.invite(&system, &room, user, None, false).await {
-                    Ok(()) => invited += 1,
-                    Err(Error::Matrix(_, reason)) => {
-                        skipped.push(json!({ "user": user, "room": key, "reason": reason }));
-                    }
-                    Err(e) => return Err(e),
+                invitations.push((user.clone(), key.to_owned(), room));
+            }
+        }
+        let outcomes: Vec<(OwnedUserId, String, Result<()>)> = futures::stream::iter(invitations)
+            .map(|(user, key, room)| {
+                let system = system.clone();
+                async move {
+                    let outcome = self.membership.invite(&system, &room, &user, None, false).await;
+                    (user, key, outcome)
                 }
+            })
+            .buffer_unordered(PARALLEL_INVITES)
+            .collect()
+            .await;
+        let mut invited = 0;
+        for (user, key, outcome) in outcomes {
+            match outcome {
+                Ok(()) => invited += 1,
+                Err(Error::Matrix(_, reason)) => skipped.push(json!({ "user": user, "room": key, "reason": reason })),
+                Err(e) => return Err(e),
             }
         }
         // The e-mail bridge mails alerts to members no device of theirs has been seen for: its
