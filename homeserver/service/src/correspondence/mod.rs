@@ -115,7 +115,7 @@ pub fn verify_export(export: &Export) -> std::result::Result<Verified, String> {
         if entry.get("number").and_then(Value::as_i64) != Some(i as i64 + 1) {
             return Err(format!("entry {} is out of order or missing ({})", i + 1, v.reference));
         }
-        digests.push(crate::crisis::digest(entry).map_err(|_| "an entry is not canonical JSON".to_owned())?);
+        digests.push(record_digest(entry).map_err(|_| "an entry is not canonical JSON".to_owned())?);
     }
     let open =
         export.record.get("open").and_then(Value::as_bool) == Some(true) && export.record.get("signatures").is_none();
@@ -150,6 +150,15 @@ pub fn verify_export(export: &Export) -> std::result::Result<Verified, String> {
         verified.closed = true;
     }
     Ok(verified)
+}
+
+/// The SHA-256 (unpadded base64) of a record's canonical JSON, as the closing record lists it.
+pub fn record_digest(record: &Value) -> Result<String> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let object: CanonicalJsonObject = serde_json::from_value(record.clone()).map_err(crate::internal!())?;
+    let canonical = serde_json::to_string(&object).map_err(crate::internal!())?;
+    Ok(base64::engine::general_purpose::STANDARD_NO_PAD.encode(sha2::Sha256::digest(canonical.as_bytes())))
 }
 
 /// Signs a record as `author` with `key` (the record's `signatures` replaced).

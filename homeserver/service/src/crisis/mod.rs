@@ -35,7 +35,6 @@ use diplomatie_storage::crisis::{self as store, Cell, CellRoom};
 use futures::StreamExt as _;
 use ruma::{
     api::client::room::{create_room::v3::Request as CreateRoomRequest, Visibility},
-    canonical_json::CanonicalJsonObject,
     events::{room::member::MembershipState, StateEventType},
     room::RoomType,
     OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
@@ -47,7 +46,7 @@ use crate::{
     accounts::Accounts,
     config::{CrisisRoom, CrisisTemplate},
     core::Core,
-    correspondence::{Correspondence, Export},
+    correspondence::{record_digest, Correspondence, Export},
     names::{CLASSIFICATION, CRISIS_ALERT, CRISIS_CELL, CRISIS_SITREP, EXTERNALS},
     organisation::{raw, Organisation},
     portal::Portal,
@@ -628,7 +627,7 @@ impl Crisis {
         let mut listed = Vec::new();
         for (number, _, record) in store::log(self.db.pool(), &cell.cell_id).await? {
             let value: Value = serde_json::from_str(&record).map_err(crate::internal!())?;
-            listed.push(json!({ "number": number, "reference": value["reference"], "sha256": digest(&value)? }));
+            listed.push(json!({ "number": number, "reference": value["reference"], "sha256": record_digest(&value)? }));
         }
         let reference = format!("{}-MC", cell.slug.to_uppercase());
         let record = json!({
@@ -731,15 +730,6 @@ fn check_template(t: &CrisisTemplate) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// The SHA-256 (unpadded base64) of a record's canonical JSON, as the closing record lists it.
-pub fn digest(record: &Value) -> Result<String> {
-    use base64::Engine as _;
-    use sha2::Digest as _;
-    let object: CanonicalJsonObject = serde_json::from_value(record.clone()).map_err(crate::internal!())?;
-    let canonical = serde_json::to_string(&object).map_err(crate::internal!())?;
-    Ok(base64::engine::general_purpose::STANDARD_NO_PAD.encode(sha2::Sha256::digest(canonical.as_bytes())))
 }
 
 #[cfg(test)]
