@@ -414,9 +414,8 @@ async fn a_webrtc_call_crosses_the_built_in_relay() {
     callee.close().await.unwrap();
 }
 
-/// A TURN client of the relay at `port` with these credentials.
-async fn turn_client(port: u16, username: &str, password: &str) -> TurnClient {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+/// A TURN client of the relay at `port` with these credentials, over `conn`.
+async fn turn_client_on(conn: Arc<dyn Conn + Send + Sync>, port: u16, username: &str, password: &str) -> TurnClient {
     let client = TurnClient::new(ClientConfig {
         stun_serv_addr: String::new(),
         turn_serv_addr: format!("127.0.0.1:{port}"),
@@ -425,7 +424,7 @@ async fn turn_client(port: u16, username: &str, password: &str) -> TurnClient {
         realm: String::new(),
         software: String::new(),
         rto_in_ms: 0,
-        conn: Arc::new(socket),
+        conn,
         vnet: None,
     })
     .await
@@ -434,25 +433,17 @@ async fn turn_client(port: u16, username: &str, password: &str) -> TurnClient {
     client
 }
 
+/// A TURN client of the relay at `port` over UDP.
+async fn turn_client(port: u16, username: &str, password: &str) -> TurnClient {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    turn_client_on(Arc::new(socket), port, username, password).await
+}
+
 /// A TURN client of the relay at `port` over TCP (RFC 8656 §3.1: the relay's own framing).
 async fn turn_client_over_tcp(port: u16, username: &str, password: &str) -> TurnClient {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let frames = diplomatie_turn::tcp::Frames::new(stream).unwrap();
-    let client = TurnClient::new(ClientConfig {
-        stun_serv_addr: String::new(),
-        turn_serv_addr: format!("127.0.0.1:{port}"),
-        username: username.to_owned(),
-        password: password.to_owned(),
-        realm: String::new(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn: Arc::new(frames),
-        vnet: None,
-    })
-    .await
-    .unwrap();
-    client.listen().await.unwrap();
-    client
+    turn_client_on(Arc::new(frames), port, username, password).await
 }
 
 /// Whether `data` sent through a relayed address reaches a peer on loopback.
