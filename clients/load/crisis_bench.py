@@ -95,8 +95,9 @@ async def main():
         _, coordinator = await register(http, host, "coordinator")
         spread = await members_on(http, [host, dip, syn], N_MEMBERS, "member")
         await cell_round(http, "Three servers", coordinator, spread, f"{N_MEMBERS} members over three servers")
-        local = await members_on(http, [host], ALERT_MEMBERS, "agent")
-        await cell_round(http, "One server", coordinator, local, f"{ALERT_MEMBERS} members of the host")
+        if ALERT_MEMBERS:
+            local = await members_on(http, [host], ALERT_MEMBERS, "agent")
+            await cell_round(http, "One server", coordinator, local, f"{ALERT_MEMBERS} members of the host")
 
 
 asyncio.run(main())

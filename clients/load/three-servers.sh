@@ -13,6 +13,8 @@ fi
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 free() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# LOG_DIR: where the servers' logs go (nowhere by default).
+log_of() { if [ -n "${LOG_DIR:-}" ]; then mkdir -p "$LOG_DIR"; echo "$LOG_DIR/$1.log"; else echo /dev/null; fi; }
 wait_up() { for _ in $(seq 1 600); do curl -sf "$1/_matrix/client/versions" >/dev/null && return 0; sleep 0.2; done; echo "$1 did not start" >&2; exit 1; }
 
 start_diplomatie() { # data dir name, client port, HTTPS port (the server's name)
@@ -20,7 +22,7 @@ start_diplomatie() { # data dir name, client port, HTTPS port (the server's name
     DIPLOMATIE_REGISTRATION__ENABLED=true DIPLOMATIE_RATE_LIMITS__ENABLED=false DIPLOMATIE_LOG=warn \
     DIPLOMATIE_FEDERATION__ENABLED=true DIPLOMATIE_FEDERATION__TLS_LISTEN="127.0.0.1:$3" \
     DIPLOMATIE_FEDERATION__INSECURE_LOOPBACK_TLS=true DIPLOMATIE_FEDERATION__IP_RANGE_ALLOWLIST='["127.0.0.0/8"]' \
-    "$bin" >/dev/null &
+    "$bin" >"$(log_of "$1")" 2>&1 &
 }
 host_port=$(free); host_tls=$(free); dip_port=$(free); dip_tls=$(free)
 start_diplomatie host "$host_port" "$host_tls"
@@ -63,7 +65,8 @@ rc_invites: {per_room: $limits, per_user: $limits, per_issuer: $limits}
 rc_login: {address: $limits, account: $limits, failed_attempts: $limits}
 YAML
 (cd "$s" && "$venv/bin/python" -m synapse.app.homeserver --config-path homeserver.yaml --generate-keys >/dev/null 2>&1)
-(cd "$s" && exec "$venv/bin/python" -m synapse.app.homeserver --config-path homeserver.yaml >/dev/null 2>&1) &
+(cd "$s" && exec "$venv/bin/python" -m synapse.app.homeserver --config-path homeserver.yaml >"$(log_of synapse)" 2>&1) &
 syn_url="http://127.0.0.1:$syn_port"; syn_name="127.0.0.1:$syn_tls"
 for url in "$host_url" "$dip_url" "$syn_url"; do wait_up "$url"; done
+echo "host $host_url ($host_name), Diplomatie $dip_url ($dip_name), Synapse $syn_url ($syn_name)"
 echo "Synapse $("$venv/bin/python" -c 'import synapse; print(synapse.__version__)'), Diplomatie $(git rev-parse --short HEAD)"

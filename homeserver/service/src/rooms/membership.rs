@@ -34,6 +34,10 @@ pub struct Membership {
     pub(super) remote_membership: Arc<RemoteMembership>,
     pub(super) identity: Arc<Identity>,
     appservices: Arc<Appservices>,
+    /// One join through another server at a time per room: two users of this server joining
+    /// a room it is not in yet would both store the room's state (the second would fail);
+    /// the second waits, then joins here.
+    joining: std::sync::Mutex<std::collections::HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 crate::core::over_core!(Membership);
@@ -51,7 +55,17 @@ impl Membership {
         identity: Arc<Identity>,
         appservices: Arc<Appservices>,
     ) -> Membership {
-        Membership { core, rooms, accounts, portal, transport, remote_membership, identity, appservices }
+        Membership {
+            core,
+            rooms,
+            accounts,
+            portal,
+            transport,
+            remote_membership,
+            identity,
+            appservices,
+            joining: Default::default(),
+        }
     }
 
     /// Resolves a room id or an alias (another server's through federation) to a room id and
@@ -128,8 +142,25 @@ impl Membership {
     ) -> Result<OwnedRoomId> {
         let reason = extra.get("reason").and_then(Value::as_str).map(str::to_owned);
         if self.outside_room(room_id).await? {
-            self.remote_membership.remote_join(user, room_id, via, reason).await?;
-            return Ok(room_id.to_owned());
+            let lock = self.joining.lock().unwrap().entry(room_id.to_owned()).or_default().clone();
+            let guard = lock.lock().await;
+            // Another user's join may have brought this server in meanwhile: then here.
+            let outside = self.outside_room(room_id).await;
+            let joined = match outside {
+                Ok(true) => Some(self.remote_membership.remote_join(user, room_id, via, reason.clone()).await),
+                Ok(false) => None,
+                Err(e) => Some(Err(e)),
+            };
+            drop(guard);
+            let mut joining = self.joining.lock().unwrap();
+            if Arc::strong_count(&lock) <= 2 {
+                joining.remove(room_id);
+            }
+            drop(joining);
+            if let Some(joined) = joined {
+                joined?;
+                return Ok(room_id.to_owned());
+            }
         }
         let meta = self.rooms.room_meta(room_id).await?;
         let Some(meta) = meta else {
