@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 backend_tests!(
     two_servers_share_a_room,
+    users_of_one_server_join_a_remote_room_at_once,
     a_remote_server_cannot_forge_or_force_its_way,
     only_allowed_servers_federate,
     bans_and_acls_hold_across_servers,
@@ -1125,4 +1126,33 @@ async fn an_invite_from_a_server_gone_away_is_refused_here(backend: Backend) {
     assert!(s["rooms"]["invite"].get(&room).is_none(), "{s}");
     // Joining it again is not possible from here: the room is not known beyond the invite.
     assert!(bob.join(&room).await.0 >= 400);
+}
+
+/// Users of one server joining, all at once, a room of another server theirs is not in yet:
+/// every join succeeds (the first goes through the other server, the others join here).
+async fn users_of_one_server_join_a_remote_room_at_once(backend: Backend) {
+    let a = TestServer::start_federating(backend, &[]).await;
+    let b = TestServer::start_federating(backend, &[]).await;
+    let alice = a.register("alice").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let mut joiners = Vec::new();
+    for i in 0..8 {
+        joiners.push(b.register(&format!("joiner{i}")).await);
+    }
+    let via = format!("?via={}", urlencode(&a.server_name));
+    let path = format!("/_matrix/client/v3/join/{}{via}", urlencode(&room));
+    let empty = json!({});
+    let answers = futures::future::join_all(joiners.iter().map(|j| j.post(&path, &empty))).await;
+    for (status, v) in &answers {
+        assert_eq!(*status, 200, "{v}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let members = alice.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/joined_members"), None).await;
+        if members["joined"].as_object().map_or(0, |m| m.len()) == 9 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{members}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
