@@ -21,7 +21,7 @@ impl commit::Subscriber for CellEvents {
         let Some(queue) = crisis.queue.get() else { return };
         let system = crisis.portal.system.get();
         for pdu in batch.events.iter().filter(|p| p.kind == TimelineEventType::RoomMessage) {
-            if Some(&pdu.sender) != system {
+            if Some(&pdu.sender) != system && crisis.may_concern(pdu) {
                 let _ = queue.send(pdu.clone());
             }
         }
@@ -46,6 +46,20 @@ pub fn spawn_worker(crisis: &Arc<Crisis>) {
 }
 
 impl Crisis {
+    /// Whether a message may concern the service, without I/O (on the commit path): a command,
+    /// a message of a log room, or one of a room not looked up yet (the worker looks it up
+    /// once; after that, the rooms of no cell cost a lookup in memory).
+    fn may_concern(&self, pdu: &Pdu) -> bool {
+        if pdu.content.get().contains("\"body\":\"!") {
+            return true;
+        }
+        match self.known.lock().unwrap().get(&pdu.room_id) {
+            Some(Some((_, role))) => role == "log",
+            Some(None) => false,
+            None => true,
+        }
+    }
+
     async fn handle(&self, pdu: &Pdu) -> Result<()> {
         let content = pdu.content_value();
         let Some(body) = content.get("body").and_then(Value::as_str) else { return Ok(()) };
