@@ -3,6 +3,8 @@
 # host ($host_url, named $host_name), another Diplomatie ($dip_url, $dip_name) and Synapse from
 # PyPI ($syn_url, $syn_name). BIN: a binary to use instead of building the release one. They
 # stop with the calling script.
+# The drivers speak HTTP with aiohttp.
+python3 -c 'import aiohttp' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check aiohttp
 bin=${BIN:-./target/release/diplomatie}
 [ -n "${BIN:-}" ] || cargo build --release -p diplomatie
 venv="${SYNAPSE_VENV:-$HOME/.cache/diplomatie-tests/synapse-venv}"
@@ -13,13 +15,14 @@ fi
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 free() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# LOG_DIR: where the servers' logs go (nowhere by default).
+# LOG_DIR: where the servers' logs go (nowhere by default); BENCH_LOG: the Diplomatie servers'
+# log filter (warn).
 log_of() { if [ -n "${LOG_DIR:-}" ]; then mkdir -p "$LOG_DIR"; echo "$LOG_DIR/$1.log"; else echo /dev/null; fi; }
 wait_up() { for _ in $(seq 1 600); do curl -sf "$1/_matrix/client/versions" >/dev/null && return 0; sleep 0.2; done; echo "$1 did not start" >&2; exit 1; }
 
 start_diplomatie() { # data dir name, client port, HTTPS port (the server's name)
   DIPLOMATIE_DATA_DIR="$work/$1" DIPLOMATIE_LISTEN="127.0.0.1:$2" DIPLOMATIE_SERVER_NAME="127.0.0.1:$3" \
-    DIPLOMATIE_REGISTRATION__ENABLED=true DIPLOMATIE_RATE_LIMITS__ENABLED=false DIPLOMATIE_LOG=warn \
+    DIPLOMATIE_REGISTRATION__ENABLED=true DIPLOMATIE_RATE_LIMITS__ENABLED=false DIPLOMATIE_LOG="${BENCH_LOG:-warn}" \
     DIPLOMATIE_FEDERATION__ENABLED=true DIPLOMATIE_FEDERATION__TLS_LISTEN="127.0.0.1:$3" \
     DIPLOMATIE_FEDERATION__INSECURE_LOOPBACK_TLS=true DIPLOMATIE_FEDERATION__IP_RANGE_ALLOWLIST='["127.0.0.0/8"]' \
     "$bin" >"$(log_of "$1")" 2>&1 &

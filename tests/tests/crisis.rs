@@ -222,7 +222,7 @@ async fn a_cell_is_activated_alerts_logs_reports_and_stands_down(backend: Backen
     let info = member.ok(Method::GET, &format!("{CRISIS}/{cell_id}"), None).await;
     assert_eq!(
         (info["status"].as_str(), info["archive_status"].as_str(), info["retention"].as_str()),
-        (Some("stood_down"), Some("pending"), Some("P10Y"))
+        (Some("stood_down"), Some("exported"), Some("P10Y"))
     );
 
     // The whole log, verified offline; a changed entry fails.

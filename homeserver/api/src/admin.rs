@@ -98,7 +98,7 @@ pub(crate) async fn caller(s: &Services, parts: &Parts) -> Result<Caller, Error>
     s.accounts.authenticate(&token).await
 }
 
-async fn admin(s: &Services, parts: &Parts) -> Result<Caller, Error> {
+pub(crate) async fn admin(s: &Services, parts: &Parts) -> Result<Caller, Error> {
     let caller = caller(s, parts).await?;
     if !caller.is_admin {
         return Err(Error::forbidden("You are not a server administrator"));

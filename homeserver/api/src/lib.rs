@@ -5,6 +5,7 @@
 //! of a path the spec lists (`r0`, `v3`, unstable prefixes) reaches the same handler.
 
 pub mod admin;
+pub mod archive;
 pub mod client;
 pub mod correspondence;
 pub mod crisis;
@@ -272,6 +273,8 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/_diplomatie/admin/v1/users/{user_id}/primary_group", axum::routing::put(admin::set_primary_group))
         .route("/_diplomatie/admin/v1/groups", axum::routing::post(admin::create_group))
         .route("/_diplomatie/admin/v1/import", axum::routing::post(admin::import))
+        .route("/_diplomatie/admin/v1/archive/export", axum::routing::post(archive::export))
+        .route("/_diplomatie/admin/v1/archive/check", axum::routing::post(archive::check))
         .route("/_diplomatie/admin/v1/reports", get(reports::list))
         .route("/_diplomatie/admin/v1/reports/{id}", get(reports::get).delete(reports::delete))
         .route("/_diplomatie/client/v1/rooms/{room_id}/reports", get(reports::room_list))

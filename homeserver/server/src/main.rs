@@ -44,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         command: OrgCommand,
     },
+    /// Transfers to the archives service (SEDA 2.3 packages).
+    Archive {
+        #[command(subcommand)]
+        command: ArchiveCommand,
+    },
     /// Checks, offline, the signature of an exported correspondence (the JSON that
     /// GET /_diplomatie/client/v1/correspondence/{reference} answers). Exit status 0 when it
     /// verifies, 1 when it does not.
@@ -51,6 +56,32 @@ enum Command {
         /// The exported correspondence ("-" for standard input).
         file: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum ArchiveCommand {
+    /// Writes the SEDA 2.3 transfer of a functional group for a period (--group, --from,
+    /// --to: days, both included), or of a stood-down crisis cell (--cell). The same export
+    /// twice gives the same file.
+    Export {
+        #[arg(long, conflicts_with = "cell", requires_all = ["from", "to"])]
+        group: Option<String>,
+        /// First day (YYYY-MM-DD, UTC).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day (YYYY-MM-DD, UTC), included.
+        #[arg(long)]
+        to: Option<String>,
+        /// The cell's space room id.
+        #[arg(long, required_unless_present = "group")]
+        cell: Option<String>,
+        /// Where to write the zip.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Checks a package offline: every file its manifest lists is there, with its size and
+    /// SHA-512 digest, and nothing else. Exit status 0 when sound, 1 when not.
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -245,6 +276,9 @@ async fn run() -> anyhow::Result<()> {
     if let Some(Command::Verify { file }) = &cli.command {
         return verify(file);
     }
+    if let Some(Command::Archive { command: ArchiveCommand::Check { file } }) = &cli.command {
+        return check_package(file);
+    }
     let mut config = Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let command = cli.command.unwrap_or(Command::Serve);
     let relay = if matches!(command, Command::Serve) { turn::prepare(&mut config)? } else { None };
@@ -291,12 +325,55 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Org { command } => org_command(&services, command).await.map_err(|e| anyhow::anyhow!("{e}")),
+        Command::Archive { command: ArchiveCommand::Check { file } } => check_package(&file),
+        Command::Archive { command: ArchiveCommand::Export { group, from, to, cell, out } } => {
+            let package = export_package(&services, group, from, to, cell).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            std::fs::write(&out, &package).with_context(|| format!("cannot write {}", out.display()))?;
+            println!("{} ({} bytes)", out.display(), package.len());
+            Ok(())
+        }
         Command::Search { command: SearchCommand::Rebuild } => {
             let covered = services.search.rebuild_search_index().await.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("search index rebuilt up to stream position {}", covered.high);
             Ok(())
         }
     }
+}
+
+/// `diplomatie archive export`: a group's period, or a cell.
+async fn export_package(
+    services: &Services,
+    group: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    cell: Option<String>,
+) -> Result<Vec<u8>, diplomatie_service::Error> {
+    use diplomatie_service::archive::parse_day;
+    match (group, from, to, cell) {
+        (Some(group), Some(from), Some(to), None) => {
+            services.archive.group_package(&group, parse_day(&from)?, parse_day(&to)? + 86_400_000).await
+        }
+        (None, None, None, Some(cell)) => {
+            let id = ruma::OwnedRoomId::try_from(cell)
+                .map_err(|_| diplomatie_service::Error::invalid_param("Invalid cell id"))?;
+            services.crisis.cell_package(&id).await
+        }
+        _ => Err(diplomatie_service::Error::invalid_param("Export either --group with --from and --to, or --cell")),
+    }
+}
+
+/// `diplomatie archive check`: needs no configuration, database nor network.
+fn check_package(file: &std::path::Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let report = diplomatie_archive::check(&bytes);
+    if report.ok() {
+        println!("sound: {} files, each with the size and SHA-512 digest its manifest states", report.files);
+        return Ok(());
+    }
+    for problem in &report.problems {
+        eprintln!("INVALID: {problem}");
+    }
+    std::process::exit(1);
 }
 
 /// The organisation's subcommands other than the import, as the server's own account.

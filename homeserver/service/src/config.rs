@@ -58,6 +58,26 @@ pub struct Config {
     pub voip: Voip,
     pub delayed_events: DelayedEvents,
     pub crisis: Crisis,
+    pub archive: Archive,
+}
+
+/// Transfers to the archives service (SEDA 2.3).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Archive {
+    /// The archives service's identifier (`ArchivalAgency`).
+    pub archival_agency: String,
+    /// The service agreement with it (`ArchivalAgreement`), when there is one.
+    pub agreement: Option<String>,
+    /// Where the packages of stood-down crisis cells are written; empty means
+    /// `<data_dir>/archives`.
+    pub directory: std::path::PathBuf,
+}
+
+impl Default for Archive {
+    fn default() -> Self {
+        Archive { archival_agency: "archives".into(), agreement: None, directory: Default::default() }
+    }
 }
 
 /// Crisis cells: who activates them, and from which template.
@@ -563,6 +583,7 @@ impl Default for Config {
             voip: Voip::default(),
             delayed_events: DelayedEvents::default(),
             crisis: Crisis::default(),
+            archive: Archive::default(),
         }
     }
 }

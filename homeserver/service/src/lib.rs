@@ -13,6 +13,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod appservice;
+pub mod archive;
 pub mod config;
 pub mod core;
 pub mod correspondence;
@@ -115,6 +116,8 @@ pub struct Services {
     pub organisation: Arc<organisation::Organisation>,
     /// Formal correspondence and journals.
     pub correspondence: Arc<correspondence::Correspondence>,
+    /// Transfers to the archives service (SEDA 2.3).
+    pub archive: Arc<archive::Archive>,
     /// Crisis cells: activation, alerts, the sealed log, situation reports, stand-down.
     pub crisis: Arc<crisis::Crisis>,
     /// The MLS delivery service of DR rooms.
@@ -260,6 +263,7 @@ impl Services {
             directory.clone(),
             membership.clone(),
         ));
+        let archive = Arc::new(archive::Archive::new(c(), accounts.clone(), media.clone(), correspondence.clone()));
         let crisis = Arc::new(crisis::Crisis::new(
             c(),
             rooms.clone(),
@@ -269,6 +273,7 @@ impl Services {
             timeline.clone(),
             organisation.clone(),
             correspondence.clone(),
+            archive.clone(),
         ));
 
         // What follows a commit, told to the services that subscribe (the writer names none):
@@ -324,6 +329,7 @@ impl Services {
             sessions,
             organisation,
             correspondence,
+            archive,
             crisis,
             mls,
         });

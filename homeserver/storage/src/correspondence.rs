@@ -131,7 +131,28 @@ pub async fn get<'e>(e: impl Exec<'e>, reference: &str) -> Result<Option<Stored>
     .bind(reference)
     .fetch_optional(e)
     .await?;
-    Ok(row.map(|r| Stored {
+    Ok(row.map(stored))
+}
+
+/// The correspondence a group sent, or received for action or information, signed in
+/// `from <= ts < to`, oldest first (then by reference): what its archive holds for a period.
+pub async fn of_group_between<'e>(e: impl Exec<'e>, group_slug: &str, from: i64, to: i64) -> Result<Vec<Stored>> {
+    let rows: Vec<StoredRow> = sqlx::query_as(
+        "SELECT reference, kind, group_slug, author, sealed_for_device, classification, subject, record, ts \
+         FROM correspondence WHERE ts >= $2 AND ts < $3 AND (group_slug = $1 OR reference IN \
+         (SELECT reference FROM correspondence_deliveries WHERE group_slug = $1 AND role IN ('action', 'information'))) \
+         ORDER BY ts, reference",
+    )
+    .bind(group_slug)
+    .bind(from)
+    .bind(to)
+    .fetch_all(e)
+    .await?;
+    Ok(rows.into_iter().map(stored).collect())
+}
+
+fn stored(r: StoredRow) -> Stored {
+    Stored {
         reference: r.0,
         kind: r.1,
         group_slug: r.2,
@@ -141,7 +162,7 @@ pub async fn get<'e>(e: impl Exec<'e>, reference: &str) -> Result<Option<Stored>
         subject: r.6,
         record: r.7,
         ts: r.8,
-    }))
+    }
 }
 
 /// One event carrying a correspondence.

@@ -220,3 +220,13 @@ pub async fn stand_down<'e>(e: impl Exec<'e>, cell_id: &str, ts: i64, closing_re
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Records where a stood-down cell's archiving stands (`pending`, then `exported`).
+pub async fn set_archive_status<'e>(e: impl Exec<'e>, cell_id: &str, status: &str) -> Result<()> {
+    sqlx::query("UPDATE crisis_cells SET archive_status = $2 WHERE cell_id = $1")
+        .bind(cell_id)
+        .bind(status)
+        .execute(e)
+        .await?;
+    Ok(())
+}

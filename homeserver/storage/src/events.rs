@@ -98,6 +98,30 @@ pub async fn room_events<'e>(
     Ok(rows.into_iter().map(from_row).collect())
 }
 
+/// A room's events sent (by their `origin_server_ts`) in `from_ts <= ts < to_ts`, after the
+/// stream position `after`, in stream order, at most `limit`: pages of a room's archive.
+pub async fn room_events_sent_between<'e>(
+    e: impl Exec<'e>,
+    room_id: &str,
+    from_ts: i64,
+    to_ts: i64,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<StoredEvent>> {
+    let rows: Vec<EventRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM events WHERE room_id = $1 AND origin_server_ts >= $2 AND origin_server_ts < $3 \
+         AND stream_ordering > $4 ORDER BY stream_ordering LIMIT $5"
+    ))
+    .bind(room_id)
+    .bind(from_ts)
+    .bind(to_ts)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(e)
+    .await?;
+    Ok(rows.into_iter().map(from_row).collect())
+}
+
 /// The ids of a room's newest events with `from < stream_ordering <= to`, newest first: for
 /// readers that hold the events themselves in memory.
 pub async fn room_event_ids<'e>(

@@ -255,7 +255,7 @@ impl Correspondence {
 
     /// A group's or community's space, name and room (`key`: `correspondence`, `general`),
     /// from the cache of the organisation's directory (see [`CorrespondenceState`]).
-    async fn org_room(&self, prefix: &str, slug: &str, key: &str) -> Result<Option<OrgRoom>> {
+    pub(crate) async fn org_room(&self, prefix: &str, slug: &str, key: &str) -> Result<Option<OrgRoom>> {
         let cache_key = format!("{prefix}.{slug}.{key}");
         if let Some(found) = self.state.directory.lock().unwrap().get(&cache_key) {
             return Ok(found.clone());

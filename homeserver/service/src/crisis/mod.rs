@@ -20,9 +20,10 @@
 //! - **Situation report**: a state event of the situation room (power 50: focal points),
 //!   pinned as a message, every version kept.
 //! - **Stand-down**: the log is closed (a record listing every entry's digest, signed by the
-//!   coordinator), every room becomes read-only, the cell is marked for archiving with its
-//!   retention.
+//!   coordinator), every room becomes read-only, and the cell is handed to archiving with its
+//!   retention: its SEDA 2.3 transfer (`handover.rs`) is written to the archive directory.
 
+mod handover;
 pub mod worker;
 
 use std::{
@@ -44,6 +45,7 @@ use serde_json::{json, Value};
 
 use crate::{
     accounts::Accounts,
+    archive::Archive,
     config::{CrisisRoom, CrisisTemplate},
     core::Core,
     correspondence::{record_digest, Correspondence, Export},
@@ -127,6 +129,7 @@ pub struct Crisis {
     timeline: Arc<Timeline>,
     organisation: Arc<Organisation>,
     correspondence: Arc<Correspondence>,
+    archive: Arc<Archive>,
     /// Which rooms are a cell's (and which cell, which role): read on the commit path.
     known: Mutex<HashMap<OwnedRoomId, Option<(String, String)>>>,
     queue: OnceLock<tokio::sync::mpsc::UnboundedSender<Arc<Pdu>>>,
@@ -172,6 +175,7 @@ impl Crisis {
         timeline: Arc<Timeline>,
         organisation: Arc<Organisation>,
         correspondence: Arc<Correspondence>,
+        archive: Arc<Archive>,
     ) -> Crisis {
         Crisis {
             core,
@@ -182,6 +186,7 @@ impl Crisis {
             timeline,
             organisation,
             correspondence,
+            archive,
             known: Mutex::new(HashMap::new()),
             queue: OnceLock::new(),
         }
@@ -589,6 +594,10 @@ impl Crisis {
     pub async fn export_log(&self, user: &UserId, id: &RoomId) -> Result<Export> {
         let (cell, _) = self.cell(id).await?;
         self.check_member(user, &cell).await?;
+        self.log_document(&cell).await
+    }
+
+    async fn log_document(&self, cell: &Cell) -> Result<Export> {
         let mut entries = Vec::new();
         let mut keys = BTreeMap::new();
         for (_, author, record) in store::log(self.db.pool(), &cell.cell_id).await? {
@@ -676,6 +685,7 @@ impl Crisis {
             self.timeline.send_state(&system, &room, "m.room.power_levels", "", Value::Object(levels)).await?;
         }
         tracing::info!(cell = %cell.cell_id, reference, "crisis cell stood down");
+        self.hand_over(&cell.cell_id).await;
         Ok(reference)
     }
 
