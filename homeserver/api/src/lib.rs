@@ -13,6 +13,7 @@ pub mod error;
 pub mod federation;
 pub mod limits;
 pub mod mls;
+pub mod retention;
 pub mod ruma_wrapper;
 
 use std::{sync::Arc, time::Duration};
@@ -275,6 +276,11 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/_diplomatie/admin/v1/import", axum::routing::post(admin::import))
         .route("/_diplomatie/admin/v1/archive/export", axum::routing::post(archive::export))
         .route("/_diplomatie/admin/v1/archive/check", axum::routing::post(archive::check))
+        .route("/_diplomatie/admin/v1/rooms/{room_id}/retention", get(retention::get_policy).put(retention::set_policy))
+        .route("/_diplomatie/admin/v1/retention/purge", axum::routing::post(retention::purge))
+        .route("/_diplomatie/admin/v1/retention/runs", get(retention::runs))
+        .route("/_diplomatie/admin/v1/holds", get(retention::holds).post(retention::place))
+        .route("/_diplomatie/admin/v1/holds/{hold_id}/release", axum::routing::post(retention::release))
         .route("/_diplomatie/admin/v1/reports", get(reports::list))
         .route("/_diplomatie/admin/v1/reports/{id}", get(reports::get).delete(reports::delete))
         .route("/_diplomatie/client/v1/rooms/{room_id}/reports", get(reports::room_list))

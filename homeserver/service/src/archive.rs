@@ -255,24 +255,61 @@ impl Archive {
             after = last.stream_ordering;
             let full = page.len() as i64 == PAGE;
             for stored in page {
-                listed.push(Pdu::from_stored(stored)?);
+                listed.push(self.as_archived(stored).await?);
             }
             if !full {
                 break;
             }
         }
         let (Some(first), Some(last)) = (listed.first(), listed.last()) else { return Ok(None) };
-        let (start, end) = (i64::from(first.origin_server_ts.get()), i64::from(last.origin_server_ts.get()));
-        let document = json!({
-            "room_id": room,
-            "events": listed.iter().map(archived_event).collect::<Vec<_>>(),
-        });
+        let ts = |e: &Value| e["origin_server_ts"].as_i64().unwrap_or_default();
+        let (start, end) = (ts(first), ts(last));
+        let document = json!({ "room_id": room, "events": listed });
         let mut unit = Unit::new(UnitLevel::File, title);
         unit.system_id = Some(room.to_string());
         unit.start_ms = Some(start);
         unit.end_ms = Some(end);
         unit.files.push(json_file(path, &document)?);
         Ok(Some((unit, end)))
+    }
+
+    /// An event as the archive keeps it: what was said, by whom, when (no `age`, nothing that
+    /// changes between two exports). A redacted event keeps what redaction left, unless it was
+    /// under a legal hold: then its original, kept for the archive.
+    async fn as_archived(&self, stored: events::StoredEvent) -> Result<Value> {
+        let redacted_by = stored.redacted_by.clone();
+        let original = match &redacted_by {
+            Some(_) => diplomatie_storage::retention::held_original(self.db.pool(), &stored.event_id).await?,
+            None => None,
+        };
+        let pdu = match &original {
+            Some(json) => {
+                let id = ruma::OwnedEventId::try_from(stored.event_id.as_str()).map_err(crate::internal!())?;
+                let room = ruma::OwnedRoomId::try_from(stored.room_id.as_str()).ok();
+                Pdu::from_json(id, json.clone(), room)?
+            }
+            None => Pdu::from_stored(stored)?,
+        };
+        let mut event = json!({
+            "event_id": pdu.event_id,
+            "type": pdu.kind,
+            "sender": pdu.sender,
+            "origin_server_ts": pdu.origin_server_ts,
+            "content": pdu.content_value(),
+        });
+        if let Some(key) = &pdu.state_key {
+            event["state_key"] = json!(key);
+        }
+        if let Some(redacts) = &pdu.redacts {
+            event["redacts"] = json!(redacts);
+        }
+        if let Some(by) = redacted_by {
+            event["redacted_by"] = json!(by);
+            if original.is_some() {
+                event["original_kept_under_legal_hold"] = json!(true);
+            }
+        }
+        Ok(event)
     }
 
     /// A person as an agent: their display name (or user id), and their user id.
@@ -298,28 +335,6 @@ impl Archive {
             .await?
             .map_or_else(|| slug.to_owned(), |(_, name, _)| name))
     }
-}
-
-/// An event as the archive keeps it: what was said, by whom, when (no `age`, nothing that
-/// changes between two exports); a redacted event keeps what redaction left, and says so.
-fn archived_event(pdu: &Pdu) -> Value {
-    let mut event = json!({
-        "event_id": pdu.event_id,
-        "type": pdu.kind,
-        "sender": pdu.sender,
-        "origin_server_ts": pdu.origin_server_ts,
-        "content": pdu.content_value(),
-    });
-    if let Some(key) = &pdu.state_key {
-        event["state_key"] = json!(key);
-    }
-    if let Some(redacts) = &pdu.redacts {
-        event["redacts"] = json!(redacts);
-    }
-    if let Some(by) = &pdu.redacted_by {
-        event["redacted_by"] = json!(by);
-    }
-    event
 }
 
 /// A functional group (or cell) as an organisation agent.

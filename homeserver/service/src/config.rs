@@ -59,6 +59,43 @@ pub struct Config {
     pub delayed_events: DelayedEvents,
     pub crisis: Crisis,
     pub archive: Archive,
+    pub retention: Retention,
+}
+
+/// How long content is kept, and the purge that removes what has passed it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// Whether the purge runs by itself every `interval_ms` (an administrator can always run
+    /// one: `POST /_diplomatie/admin/v1/retention/purge`).
+    pub enabled: bool,
+    pub interval_ms: u64,
+    /// Events emptied per transaction.
+    pub batch_size: u32,
+    /// The defaults of NP rooms and of DR rooms, where a room has no policy of its own.
+    pub np: Lifetimes,
+    pub dr: Lifetimes,
+}
+
+/// Lifetimes by kind of content, in milliseconds; none: kept.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Lifetimes {
+    pub messages_ms: Option<u64>,
+    pub media_ms: Option<u64>,
+    pub correspondence_ms: Option<u64>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            enabled: false,
+            interval_ms: 3600 * 1000,
+            batch_size: 200,
+            np: Lifetimes::default(),
+            dr: Lifetimes::default(),
+        }
+    }
 }
 
 /// Transfers to the archives service (SEDA 2.3).
@@ -584,6 +621,7 @@ impl Default for Config {
             delayed_events: DelayedEvents::default(),
             crisis: Crisis::default(),
             archive: Archive::default(),
+            retention: Retention::default(),
         }
     }
 }

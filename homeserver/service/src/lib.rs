@@ -40,6 +40,7 @@ pub mod push;
 pub mod ratelimit;
 pub mod registrations;
 pub mod reports;
+pub mod retention;
 pub mod rooms;
 pub mod search;
 pub mod sessions;
@@ -118,6 +119,8 @@ pub struct Services {
     pub correspondence: Arc<correspondence::Correspondence>,
     /// Transfers to the archives service (SEDA 2.3).
     pub archive: Arc<archive::Archive>,
+    /// Retention policies, the purge, legal holds.
+    pub retention: Arc<retention::Retention>,
     /// Crisis cells: activation, alerts, the sealed log, situation reports, stand-down.
     pub crisis: Arc<crisis::Crisis>,
     /// The MLS delivery service of DR rooms.
@@ -264,6 +267,14 @@ impl Services {
             membership.clone(),
         ));
         let archive = Arc::new(archive::Archive::new(c(), accounts.clone(), media.clone(), correspondence.clone()));
+        let retention = Arc::new(retention::Retention::new(
+            c(),
+            rooms.clone(),
+            portal.clone(),
+            media.clone(),
+            search.clone(),
+            correspondence.clone(),
+        ));
         let crisis = Arc::new(crisis::Crisis::new(
             c(),
             rooms.clone(),
@@ -330,6 +341,7 @@ impl Services {
             organisation,
             correspondence,
             archive,
+            retention,
             crisis,
             mls,
         });
@@ -363,6 +375,7 @@ impl Services {
         mls::partners::spawn_revocation_retries(Arc::downgrade(&services.mls));
         delayed::spawn_worker(&services.delayed);
         crisis::worker::spawn_worker(&services.crisis);
+        retention::spawn_worker(&services.retention);
         Ok(services)
     }
 }

@@ -103,6 +103,18 @@ impl MediaState {
         self.dir.join(&sha256[..2]).join(&sha256[2..4]).join(sha256)
     }
 
+    /// Removes a stored file (once nothing refers to it); a file already gone is no error.
+    pub(crate) async fn remove(&self, sha256: &str) {
+        if sha256.len() < 4 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+            return;
+        }
+        if let Err(e) = tokio::fs::remove_file(self.path_of(sha256)).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(sha256, error = %e, "cannot remove a media file");
+            }
+        }
+    }
+
     /// Stores `bytes` (unless the same bytes are already stored) and returns their SHA-256.
     /// The file is complete and synced before this returns: a crash leaves at worst an
     /// unreferenced temporary file, never a truncated one under its final name.

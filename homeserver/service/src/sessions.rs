@@ -17,7 +17,7 @@ use crate::{
     mls::Mls,
     push::Push,
     rooms::membership::Membership,
-    Result,
+    Error, Result,
 };
 
 /// The end of devices and accounts, over the accounts, push, e2ee, MLS and memberships.
@@ -143,6 +143,11 @@ impl Sessions {
     /// With `erase`, the account's events are shown redacted from then on to whoever was not
     /// in the room when they were sent, and to other servers.
     pub async fn deactivate(&self, user: &UserId, erase: bool) -> Result<()> {
+        if erase && diplomatie_storage::retention::user_held(self.db.pool(), user.as_str()).await? {
+            return Err(Error::forbidden(
+                "This account is under a legal hold: it can be deactivated, not erased, until the hold is lifted",
+            ));
+        }
         for (room_id, membership) in self.memberships_of(user).await? {
             if matches!(membership, MembershipState::Join | MembershipState::Invite | MembershipState::Knock) {
                 if let Err(e) = self.membership.leave(user, &room_id, Some("Account deactivated".into())).await {

@@ -21,6 +21,7 @@ pub mod mls;
 pub mod org;
 pub mod push;
 pub mod reports;
+pub mod retention;
 pub mod rooms;
 pub mod state;
 pub mod streams;
@@ -90,6 +91,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (17, "mls_revocations", include_str!("../migrations/0017_mls_revocations.sql")),
     (18, "delayed_events", include_str!("../migrations/0018_delayed_events.sql")),
     (19, "crisis", include_str!("../migrations/0019_crisis.sql")),
+    (20, "retention", include_str!("../migrations/0020_retention.sql")),
 ];
 
 #[derive(Debug)]

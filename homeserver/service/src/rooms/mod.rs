@@ -307,6 +307,11 @@ impl Rooms {
         Ok(())
     }
 
+    /// After a purge emptied an event in the database: the emptied form is what readers get.
+    pub(crate) fn replace_cached(&self, pdu: Pdu) {
+        self.events.lock().unwrap().put(pdu.event_id.clone(), Arc::new(pdu));
+    }
+
     /// The event as its redaction leaves it (its stored form unchanged).
     pub async fn redacted_copy(&self, pdu: &Pdu) -> Result<Pdu> {
         if pdu.redacted_by.is_some() {
@@ -801,7 +806,11 @@ impl PendingWrite {
                 let entry = (t.as_str(), k.as_str(), e.as_str());
                 state_store::set_current_state(tx, room_id, entry, membership.as_deref(), *position).await?
             }
-            PendingWrite::Redaction { target, by, json } => ev_store::redact_event(tx, target, by, json).await?,
+            PendingWrite::Redaction { target, by, json } => {
+                // Under a legal hold, the original stays for the archive.
+                diplomatie_storage::retention::keep_original_if_held(tx, target, by).await?;
+                ev_store::redact_event(tx, target, by, json).await?
+            }
             PendingWrite::Public { room_id } => room_store::set_public(&mut *tx, room_id, true).await?,
             PendingWrite::Correspondence(c) => {
                 let (stored, deliveries, actions) = &**c;

@@ -282,6 +282,27 @@ impl Search {
         let _ = self.state.queue.send(Job { add, delete, covered, seq });
     }
 
+    /// Removes events from the index and waits until the removal is committed: false when it
+    /// was not (no index in this process, which is a command; or the indexer failing), for the
+    /// caller to try again later.
+    pub(crate) async fn forget(&self, event_ids: Vec<String>) -> bool {
+        if event_ids.is_empty() {
+            return true;
+        }
+        if self.state.index.get().is_none() {
+            return false;
+        }
+        let seq = self.state.enqueued.fetch_add(1, Ordering::AcqRel) + 1;
+        let job = Job { add: Vec::new(), delete: event_ids, covered: Covered::default(), seq };
+        if self.state.queue.send(job).is_err() {
+            return false;
+        }
+        self.state.wanted.notify_one();
+        let mut processed = self.state.processed.subscribe();
+        let done = tokio::time::timeout(Duration::from_secs(30), processed.wait_for(|p| *p >= seq)).await;
+        matches!(done, Ok(Ok(_)))
+    }
+
     /// Waits until every event committed so far is searchable (at most a few seconds).
     async fn search_caught_up(&self) {
         let target = self.state.enqueued.load(Ordering::Acquire);
