@@ -189,14 +189,54 @@ users:
   - { localpart: root, password: pw, admin: true }
   - { localpart: alice, password: pw, group: paris }
   - { localpart: bob, password: pw, group: paris }
+  - { localpart: carol, password: pw, group: dgm }
 groups:
   - { slug: paris, name: "Ambassade à Paris", managers: [alice] }
+  - { slug: dgm, name: DGM, managers: [carol] }
 "#;
 
 async fn a_hold_keeps_originals_and_refuses_erasure(backend: Backend) {
     let server = TestServer::start_with_organisation(backend, ORG, &[]).await;
     let root = server.login("root", "pw").await;
     let bob = server.login("bob", "pw").await;
+    let carol = server.login("carol", "pw").await;
+
+    // A correspondence whose retention passes in its sending group's room: that copy is
+    // emptied and its record deleted; the addressee's copy follows its own room's policy.
+    let directory = |alias: &str| format!("/_matrix/client/v3/directory/room/{}", urlencode(alias));
+    let paris_room = bob.ok(Method::GET, &directory("#g.paris.correspondence:localhost"), None).await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dgm_room = carol.ok(Method::GET, &directory("#g.dgm.correspondence:localhost"), None).await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    root.ok(Method::PUT, &policy_path(&paris_room), Some(&json!({ "correspondence_ms": 1500 }))).await;
+    let telegram =
+        json!({ "kind": "telegram", "from": "paris", "subject": "Objet", "body": "Texte", "action": ["dgm"] });
+    let reference = bob.ok(Method::POST, "/_diplomatie/client/v1/correspondence", Some(&telegram)).await["reference"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let record = format!("/_diplomatie/client/v1/correspondence/{reference}");
+    bob.ok(Method::GET, &record, None).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let run = root.ok(Method::POST, PURGE, None).await;
+    assert_eq!((run["events"].as_i64(), run["records"].as_i64()), (Some(1), Some(1)), "{run}");
+    assert_error(&bob.get(&record).await, 404, "M_NOT_FOUND");
+    let copies = |room: String, c: Client| async move {
+        let v = c.ok(Method::GET, &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"), None).await;
+        v["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["content"]["msgtype"] == "fr.diplomatie.correspondence")
+            .count()
+    };
+    assert_eq!(copies(paris_room.clone(), bob.clone()).await, 0);
+    assert_eq!(copies(dgm_room.clone(), carol.clone()).await, 1);
+
     let general = bob.ok(Method::GET, "/_matrix/client/v3/directory/room/%23g.paris.general%3Alocalhost", None).await;
     let room = general["room_id"].as_str().unwrap().to_owned();
     let held = root
