@@ -145,7 +145,7 @@ impl Archive {
         unit.tags = strings(&record["tags"]);
         unit.originating_agency = Some(group_agent(&c.group_slug, &self.group_name(&c.group_slug).await?, None));
         let author = self.person(&c.author, Some("Auteur")).await?;
-        unit.writers.push(author.clone());
+        unit.writers.push(author);
         for slug in strings(&record["action"]) {
             let name = self.group_name(&slug).await?;
             unit.addressees.push(group_agent(&slug, &name, Some("Pour action")));
@@ -165,15 +165,7 @@ impl Archive {
         let signed_ms = record["signed_at"].as_i64().unwrap_or(c.ts);
         unit.sent_ms = Some(signed_ms);
         unit.restricted = c.classification == "DR";
-        if record.get("signatures").is_some() {
-            unit.signers.push(Signer {
-                name: author.name,
-                identifier: c.author.clone(),
-                signed_ms,
-                role: "Auteur".into(),
-                signing_type: SIGNING_TYPE.into(),
-            });
-        }
+        unit.signers.extend(self.signer(&record, "Auteur".into()).await?);
 
         let dir = safe_name(&c.reference);
         let author_id = OwnedUserId::try_from(c.author.as_str()).map_err(crate::internal!())?;
@@ -310,6 +302,18 @@ impl Archive {
             }
         }
         Ok(event)
+    }
+
+    /// Who signed a signed record (its `author`, at its `signed_at`), in the role given; none
+    /// for a record without signatures.
+    pub(crate) async fn signer(&self, record: &Value, role: String) -> Result<Option<Signer>> {
+        let (Some(author), Some(signed_ms), Some(_)) =
+            (record["author"].as_str(), record["signed_at"].as_i64(), record.get("signatures"))
+        else {
+            return Ok(None);
+        };
+        let name = self.person(author, None).await?.name;
+        Ok(Some(Signer { name, identifier: author.to_owned(), signed_ms, role, signing_type: SIGNING_TYPE.into() }))
     }
 
     /// A person as an agent: their display name (or user id), and their user id.

@@ -3,14 +3,14 @@
 //! cell's retention as the appraisal rule, written to the archive directory at stand-down and
 //! exported again on demand (the same bytes: everything in it predates the stand-down).
 
-use diplomatie_archive::{Appraisal, Level as UnitLevel, Signer, Unit};
+use diplomatie_archive::{Appraisal, Level as UnitLevel, Unit};
 use diplomatie_storage::crisis::{self as store, Cell};
 use ruma::{OwnedRoomId, RoomId};
 use serde_json::json;
 
 use super::Crisis;
 use crate::{
-    archive::{day, group_agent, json_file, SIGNING_TYPE},
+    archive::{day, group_agent, json_file},
     Error, Result,
 };
 
@@ -64,29 +64,10 @@ impl Crisis {
         unit.system_id = Some(reference);
         unit.document_type = Some("Main courante".into());
         for (n, entry) in document.entries.iter().enumerate() {
-            if let (Some(author), Some(at)) = (entry["author"].as_str(), entry["signed_at"].as_i64()) {
-                let name = self.archive.person(author, None).await?.name;
-                let role = format!("Entrée {}", entry["number"].as_i64().unwrap_or(n as i64 + 1));
-                unit.signers.push(Signer {
-                    name,
-                    identifier: author.to_owned(),
-                    signed_ms: at,
-                    role,
-                    signing_type: SIGNING_TYPE.into(),
-                });
-            }
+            let role = format!("Entrée {}", entry["number"].as_i64().unwrap_or(n as i64 + 1));
+            unit.signers.extend(self.archive.signer(entry, role).await?);
         }
-        if let (Some(author), Some(at)) = (document.record["author"].as_str(), document.record["signed_at"].as_i64()) {
-            let name = self.archive.person(author, None).await?.name;
-            let role = "Clôture de la main courante".to_owned();
-            unit.signers.push(Signer {
-                name,
-                identifier: author.to_owned(),
-                signed_ms: at,
-                role,
-                signing_type: SIGNING_TYPE.into(),
-            });
-        }
+        unit.signers.extend(self.archive.signer(&document.record, "Clôture de la main courante".into()).await?);
         unit.files.push(json_file("cellule/main-courante.json".into(), &document)?);
         Ok(unit)
     }
