@@ -378,6 +378,18 @@ impl Client {
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.request(reqwest::Method::GET, path, None).await
     }
+    /// Waits until `check` holds of GET `path` answered 200 (up to 20 s), and answers it.
+    pub async fn until(&self, path: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (status, v) = self.get(path).await;
+            if status == 200 && check(&v) {
+                return v;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{path}: {v}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.request(reqwest::Method::POST, path, Some(body)).await
     }

@@ -23,19 +23,6 @@ async fn join_all(c: &Client, rooms: &[&str]) {
     }
 }
 
-/// Waits until `check` holds of `c`'s GET `path` (up to 20 s).
-async fn until(c: &Client, path: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, v) = c.get(path).await;
-        if status == 200 && check(&v) {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{path}: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn send(c: &Client, room: &str, content: Value) -> (u16, Value) {
     let txn = format!("t{}", rand::random::<u64>());
     c.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}"), &content).await
@@ -124,10 +111,11 @@ async fn a_cell_is_activated_alerts_logs_reports_and_stands_down(backend: Backen
     assert!(event["content"]["body"].as_str().unwrap().contains("Évacuation du quai Branly"));
     assert_eq!(event["content"]["unreached"], json!([absent]), "{event}");
     // It notified the member through both mutes, as a highlight.
-    let notes = until(&member, "/_matrix/client/v3/notifications?only=highlight", |v| {
-        v["notifications"].as_array().is_some_and(|n| n.iter().any(|x| x["event"]["event_id"] == alert_id.as_str()))
-    })
-    .await;
+    let notes = member
+        .until("/_matrix/client/v3/notifications?only=highlight", |v| {
+            v["notifications"].as_array().is_some_and(|n| n.iter().any(|x| x["event"]["event_id"] == alert_id.as_str()))
+        })
+        .await;
     let note = notes["notifications"]
         .as_array()
         .unwrap()
@@ -153,10 +141,11 @@ async fn a_cell_is_activated_alerts_logs_reports_and_stands_down(backend: Backen
         .await;
     assert_eq!(status, 200);
     let marker = coord.send_text(&plain, "after").await;
-    until(&member, "/_matrix/client/v3/notifications", |v| {
-        v["notifications"].as_array().is_some_and(|n| n.iter().any(|x| x["event"]["event_id"] == marker.as_str()))
-    })
-    .await;
+    member
+        .until("/_matrix/client/v3/notifications", |v| {
+            v["notifications"].as_array().is_some_and(|n| n.iter().any(|x| x["event"]["event_id"] == marker.as_str()))
+        })
+        .await;
     let all = member.ok(Method::GET, "/_matrix/client/v3/notifications", None).await;
     assert!(
         !all["notifications"].as_array().unwrap().iter().any(|x| x["event"]["event_id"] == fake["event_id"]),
@@ -181,9 +170,9 @@ async fn a_cell_is_activated_alerts_logs_reports_and_stands_down(backend: Backen
     let edit = json!({ "msgtype": "m.text", "body": "* 4", "m.new_content": { "msgtype": "m.text", "body": "4" },
                        "m.relates_to": { "rel_type": "m.replace", "event_id": note["event_id"] } });
     assert_eq!(send(&coord, &logistics, edit).await.0, 200);
-    let log =
-        until(&member, &format!("{CRISIS}/{cell_id}/log"), |v| v["entries"].as_array().is_some_and(|e| e.len() == 2))
-            .await;
+    let log = member
+        .until(&format!("{CRISIS}/{cell_id}/log"), |v| v["entries"].as_array().is_some_and(|e| e.len() == 2))
+        .await;
     assert_eq!(log["entries"][0]["number"], 1);
     assert_eq!(log["entries"][0]["author"], coord.user_id);
     assert_eq!(log["entries"][1]["text"], "Décision 2 : relève à 20 h");
@@ -257,7 +246,7 @@ async fn a_command_activates_a_cell_from_a_room(backend: Backend) {
     send(&coord, &room, json!({ "msgtype": "m.text", "body": "!crise Séisme Nice" })).await;
     // The cell exists under its alias, and the room's members are invited to it.
     let path = format!("/_matrix/client/v3/directory/room/{}", urlencode("#x.seisme-nice:localhost"));
-    let alias = until(&member, &path, |_| true).await;
+    let alias = member.until(&path, |_| true).await;
     let space = alias["room_id"].as_str().unwrap();
     // The invitations follow the rooms' creation.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -272,18 +261,20 @@ async fn a_command_activates_a_cell_from_a_room(backend: Backend) {
     send(&coord, &situation, json!({ "msgtype": "m.text", "body": "!alerte Réplique attendue" })).await;
     assert_eq!(member.join(&situation).await.0, 200);
     let path = format!("/_matrix/client/v3/rooms/{situation}/messages?dir=b&limit=30");
-    until(&member, &path, |v| {
-        v["chunk"].as_array().is_some_and(|c| c.iter().any(|e| e["type"] == "fr.diplomatie.crisis.alert"))
-    })
-    .await;
+    member
+        .until(&path, |v| {
+            v["chunk"].as_array().is_some_and(|c| c.iter().any(|e| e["type"] == "fr.diplomatie.crisis.alert"))
+        })
+        .await;
     // Someone else's `!alerte` is answered with the refusal.
     send(&member, &situation, json!({ "msgtype": "m.text", "body": "!alerte moi aussi" })).await;
-    until(&member, &path, |v| {
-        v["chunk"]
-            .as_array()
-            .is_some_and(|c| c.iter().any(|e| e["content"]["body"].as_str().is_some_and(|b| b.starts_with("⚠"))))
-    })
-    .await;
+    member
+        .until(&path, |v| {
+            v["chunk"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|e| e["content"]["body"].as_str().is_some_and(|b| b.starts_with("⚠"))))
+        })
+        .await;
 }
 
 /// Joins a room of another server once the invitation has arrived.
@@ -332,19 +323,20 @@ async fn a_cell_spans_two_servers(backend: Backend) {
         .ok(Method::POST, &format!("{CRISIS}/{cell_id}/alert"), Some(&json!({ "body": "Vents à 150 km/h" })))
         .await;
     let alert_id = sent["event_id"].as_str().unwrap().to_owned();
-    until(&partner, "/_matrix/client/v3/notifications?only=highlight", |v| {
-        v["notifications"].as_array().is_some_and(|n| n.iter().any(|x| x["event"]["event_id"] == alert_id.as_str()))
-    })
-    .await;
+    partner
+        .until("/_matrix/client/v3/notifications?only=highlight", |v| {
+            v["notifications"].as_array().is_some_and(|n| n.iter().any(|x| x["event"]["event_id"] == alert_id.as_str()))
+        })
+        .await;
 
     // B's member writes in the main courante: A seals it with its service account's key,
     // naming who said it.
     let (status, said) =
         send(&partner, &decisions, json!({ "msgtype": "m.text", "body": "Préfecture prévenue" })).await;
     assert_eq!(status, 200, "{said}");
-    let log =
-        until(&coord, &format!("{CRISIS}/{cell_id}/log"), |v| v["entries"].as_array().is_some_and(|e| e.len() == 1))
-            .await;
+    let log = coord
+        .until(&format!("{CRISIS}/{cell_id}/log"), |v| v["entries"].as_array().is_some_and(|e| e.len() == 1))
+        .await;
     assert_eq!(log["entries"][0]["said_by"], partner.user_id);
     assert_eq!(log["entries"][0]["author"], format!("@diplomatie:{}", a.server_name));
     // An edit from B is refused by B's server too (it holds the same state).

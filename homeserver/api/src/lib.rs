@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod archive;
+pub mod circuits;
 pub mod client;
 pub mod correspondence;
 pub mod crisis;
@@ -306,6 +307,14 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/_diplomatie/client/v1/correspondence/keys/{key_id}", put(corr::put_key))
         .route("/_diplomatie/client/v1/users/{user_id}/correspondence_keys", get(corr::keys))
         .route("/_diplomatie/client/v1/correspondence/{reference}", get(corr::export))
+        .route("/_diplomatie/client/v1/circuits", post(circuits::start))
+        .route("/_diplomatie/client/v1/circuits/{circuit_id}", get(circuits::get))
+        .route("/_diplomatie/client/v1/circuits/{circuit_id}/approve", post(circuits::approve))
+        .route("/_diplomatie/client/v1/circuits/{circuit_id}/refuse", post(circuits::refuse))
+        .route("/_diplomatie/client/v1/circuits/{circuit_id}/sign", post(circuits::sign))
+        .route("/_diplomatie/client/v1/circuits/{circuit_id}/draft", put(circuits::resubmit))
+        .route("/_diplomatie/client/v1/delegations", post(circuits::delegate))
+        .route("/_diplomatie/admin/v1/groups/{slug}/signatories", put(circuits::set_signatories))
         .route("/_diplomatie/client/v1/mls/config", get(crate::mls::config))
         .route("/_diplomatie/client/v1/mls/key_packages", post(crate::mls::upload))
         .route("/_diplomatie/client/v1/mls/key_packages/claim", post(crate::mls::claim))

@@ -207,6 +207,9 @@ fn verify(file: &std::path::Path) -> anyhow::Result<()> {
             if v.closed {
                 println!("{} entries, each signed by its author, all listed by the closed log", v.entries);
             }
+            if let Some(n) = v.approvals {
+                println!("signature circuit: {n} approvals of the final draft, in the named order, each signed");
+            }
             Ok(())
         }
         Err(reason) => {

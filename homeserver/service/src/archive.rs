@@ -8,11 +8,11 @@
 //! Invariant: an export reads only what was stored, never the clock, so exporting the same
 //! period twice gives the same package (see the crate's invariant).
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use diplomatie_archive::{Agent, File, Level as UnitLevel, Package, Signer, Unit};
 use diplomatie_storage::{correspondence as store, events};
-use ruma::{OwnedUserId, RoomId, UserId};
+use ruma::{RoomId, UserId};
 use serde_json::{json, Value};
 
 use crate::{
@@ -165,15 +165,19 @@ impl Archive {
         let signed_ms = record["signed_at"].as_i64().unwrap_or(c.ts);
         unit.sent_ms = Some(signed_ms);
         unit.restricted = c.classification == "DR";
+        for decision in record["circuit"]["decisions"].as_array().into_iter().flatten() {
+            let role = match decision["decision"].as_str() {
+                Some("approved") => "Visa",
+                Some("refused") => "Refus",
+                _ => "Signature (circuit)",
+            };
+            unit.signers.extend(self.signer(decision, role.into()).await?);
+        }
         unit.signers.extend(self.signer(&record, "Auteur".into()).await?);
 
         let dir = safe_name(&c.reference);
-        let author_id = OwnedUserId::try_from(c.author.as_str()).map_err(crate::internal!())?;
         let export = Export {
-            public_keys: BTreeMap::from([(
-                c.author.clone(),
-                self.correspondence.correspondence_keys(&author_id).await?,
-            )]),
+            public_keys: self.correspondence.record_keys(&record).await?,
             record: record.clone(),
             entries: Vec::new(),
         };

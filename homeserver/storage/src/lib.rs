@@ -10,6 +10,7 @@
 
 pub mod accounts;
 pub mod appservices;
+pub mod circuits;
 pub mod correspondence;
 pub mod crisis;
 pub mod delayed;
@@ -92,6 +93,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (18, "delayed_events", include_str!("../migrations/0018_delayed_events.sql")),
     (19, "crisis", include_str!("../migrations/0019_crisis.sql")),
     (20, "retention", include_str!("../migrations/0020_retention.sql")),
+    (21, "circuits", include_str!("../migrations/0021_circuits.sql")),
 ];
 
 #[derive(Debug)]

@@ -15,6 +15,7 @@
 //! of the agents concerned; with the record's row, its deliveries and the addressees' action
 //! items, in **one** transaction: a refusal or a failure leaves nothing half-dispatched.
 
+mod circuit;
 mod encrypted;
 mod journal;
 mod model;
@@ -37,7 +38,10 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-pub use model::{normalise_tag, ActionItem, Composition, EncryptedDispatch, JournalItems, Kind};
+pub use model::{
+    normalise_tag, ActionItem, CircuitRequest, CircuitView, Composition, Decision, DelegationRequest, DelegationView,
+    EncryptedDispatch, JournalItems, Kind, Signatory,
+};
 pub(crate) use model::{Addressee, Community, OrgRoom};
 pub use status::Status;
 pub use text::parse_draft;
@@ -102,6 +106,8 @@ pub struct Verified {
     pub entries: usize,
     /// Whether a log is closed (its closing record signed): an open log is its entries only.
     pub closed: bool,
+    /// The approvals of a record signed at the end of a circuit (each verified, in order).
+    pub approvals: Option<usize>,
 }
 
 /// Checks an exported correspondence's signature, or a crisis log's: every entry's, and the
@@ -131,11 +137,13 @@ pub fn verify_export(export: &Export) -> std::result::Result<Verified, String> {
             signed_at: 0,
             entries: digests.len(),
             closed: false,
+            approvals: None,
         });
     }
     let author = export.record.get("author").and_then(Value::as_str).ok_or("the record names no author")?;
     let keys = export.public_keys.get(author).ok_or("no public key of the author")?;
     let mut verified = verify_record(&export.record, author, keys)?;
+    verified.approvals = verify_circuit(&export.record, &export.public_keys)?;
     if export.record.get("kind").and_then(Value::as_str) == Some("crisis_log") {
         let listed: Vec<&str> = export.record["entries"]
             .as_array()
@@ -150,6 +158,70 @@ pub fn verify_export(export: &Export) -> std::result::Result<Verified, String> {
         verified.closed = true;
     }
     Ok(verified)
+}
+
+/// Checks the signature circuit a record went through, if any: every decision signed by who
+/// gave it; the approvals of the final draft (after the last refusal) those of the named
+/// approvers, in their order (a delegate names whom it acted for); the last decision the
+/// signatory's signature over that draft, by the record's author.
+fn verify_circuit(
+    record: &Value,
+    keys: &BTreeMap<String, BTreeMap<String, String>>,
+) -> std::result::Result<Option<usize>, String> {
+    let Some(circuit) = record.get("circuit") else { return Ok(None) };
+    let draft = composition_of(record).map_err(|_| "the record's draft cannot be read".to_owned())?;
+    let draft = serde_json::to_value(&draft).map_err(|e| e.to_string())?;
+    let digest = record_digest(&draft).map_err(|_| "the draft is not canonical JSON".to_owned())?;
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect()
+    };
+    let approvers = strings(&circuit["approvers"]);
+    let decisions = circuit["decisions"].as_array().ok_or("the circuit lists no decisions")?;
+    let mut round: Vec<&Value> = Vec::new();
+    for (i, d) in decisions.iter().enumerate() {
+        let author = d["author"].as_str().ok_or_else(|| format!("decision {} names no author", i + 1))?;
+        let signer_keys = keys.get(author).ok_or_else(|| format!("no public key of {author}"))?;
+        verify_record(d, author, signer_keys).map_err(|e| format!("decision {}: {e}", i + 1))?;
+        if d["circuit_id"] != circuit["circuit_id"] {
+            return Err(format!("decision {} belongs to another circuit", i + 1));
+        }
+        if d["decision"] == "refused" {
+            round.clear();
+        } else {
+            round.push(d);
+        }
+    }
+    let Some((signature, approvals)) = round.split_last() else { return Err("the circuit was not signed".into()) };
+    let on_draft = |d: &Value| d["draft_sha256"].as_str() == Some(digest.as_str());
+    let approved: Vec<String> = approvals
+        .iter()
+        .filter(|d| d["decision"] == "approved" && on_draft(d))
+        .filter_map(|d| d["by"].as_str().map(str::to_owned))
+        .collect();
+    if approvals.len() != approved.len() || approved != approvers {
+        return Err("the approvals of the final draft are not the named approvers', in their order".into());
+    }
+    if signature["decision"] != "signed" || !on_draft(signature) || signature["by"] != circuit["signatory"] {
+        return Err("the last decision is not the signatory's signature of the final draft".into());
+    }
+    if signature["author"] != record["author"] {
+        return Err("the record is not signed by whoever signed in the circuit".into());
+    }
+    Ok(Some(approved.len()))
+}
+
+/// The people whose signatures a record carries: its author, and its circuit's deciders.
+fn record_signers(record: &Value) -> Vec<OwnedUserId> {
+    let mut out: Vec<OwnedUserId> = Vec::new();
+    let deciders = record["circuit"]["decisions"].as_array().into_iter().flatten().map(|d| &d["author"]);
+    for id in std::iter::once(&record["author"]).chain(deciders).filter_map(Value::as_str) {
+        if let Ok(u) = OwnedUserId::try_from(id) {
+            if !out.contains(&u) {
+                out.push(u);
+            }
+        }
+    }
+    out
 }
 
 /// The SHA-256 (unpadded base64) of a record's canonical JSON, as the closing record lists it.
@@ -195,13 +267,14 @@ fn verify_record(
         signed_at: record.get("signed_at").and_then(Value::as_i64).ok_or("the record has no signed_at")?,
         entries: 0,
         closed: false,
+        approvals: None,
     })
 }
 
 /// The record's fields (without signatures) as the author composed them.
 fn composition_of(record: &Value) -> Result<Composition> {
     let mut fields = record.as_object().cloned().ok_or_else(|| Error::bad_json("The record is not an object"))?;
-    for k in ["reference", "author", "signed_at", "signatures", "sealed", "unsigned"] {
+    for k in ["reference", "author", "signed_at", "signatures", "sealed", "unsigned", "circuit"] {
         fields.remove(k);
     }
     serde_json::from_value(Value::Object(fields)).map_err(|e| Error::bad_json(format!("Invalid record: {e}")))
@@ -739,9 +812,17 @@ impl Correspondence {
             return Err(Error::not_found(format!("Unknown correspondence {reference}")));
         }
         let record: Value = serde_json::from_str(&stored.record).map_err(crate::internal!())?;
-        let author = OwnedUserId::try_from(stored.author.clone()).map_err(crate::internal!())?;
-        let keys = self.correspondence_keys(&author).await?;
-        Ok(Export { record, public_keys: BTreeMap::from([(stored.author, keys)]), entries: Vec::new() })
+        let public_keys = self.record_keys(&record).await?;
+        Ok(Export { record, public_keys, entries: Vec::new() })
+    }
+
+    /// The public keys of everyone who signed a record (its author, its circuit's deciders).
+    pub async fn record_keys(&self, record: &Value) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+        let mut keys = BTreeMap::new();
+        for signer in record_signers(record) {
+            keys.insert(signer.to_string(), self.correspondence_keys(&signer).await?);
+        }
+        Ok(keys)
     }
 
     /// How many distinct agents read a correspondence (a public read receipt at or after one of

@@ -76,6 +76,81 @@ pub struct Composition {
     pub external: Vec<String>,
 }
 
+/// A draft submitted to a signature circuit: the approvers in order, then the signatory.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitRequest {
+    pub correspondence: Composition,
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    pub signatory: String,
+}
+
+/// A circuit as its people see it.
+#[derive(Clone, Debug, Serialize)]
+pub struct CircuitView {
+    pub circuit_id: String,
+    pub group: String,
+    pub drafter: String,
+    /// `pending`, `returned` (refused, back with its drafter) or `signed` (dispatched).
+    pub status: String,
+    pub approvers: Vec<String>,
+    pub signatory: String,
+    /// Whose decision the circuit waits for.
+    pub awaiting: Option<String>,
+    pub draft: Composition,
+    /// Every decision so far, each signed by whoever gave it.
+    pub decisions: Vec<serde_json::Value>,
+    pub reference: Option<String>,
+    /// The circuit's notice in the group's correspondence room (reactions act on it).
+    pub event_id: Option<String>,
+}
+
+/// A decision in a circuit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Approve,
+    Refuse,
+    Sign,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Approve => "approved",
+            Decision::Refuse => "refused",
+            Decision::Sign => "signed",
+        }
+    }
+}
+
+/// Who signs for a functional group, and as what (head of post, director).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Signatory {
+    pub user_id: String,
+    pub title: String,
+}
+
+/// A delegation asked for: `delegate` acts for the caller in circuits until `until_ts`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelegationRequest {
+    pub delegate: String,
+    #[serde(default)]
+    pub from_ts: Option<i64>,
+    pub until_ts: i64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DelegationView {
+    pub delegation_id: String,
+    pub delegator: String,
+    pub delegate: String,
+    pub from_ts: i64,
+    pub until_ts: i64,
+}
+
 /// A group the correspondence goes to, and how.
 #[derive(Clone, Debug)]
 pub(crate) struct Addressee {

@@ -168,6 +168,13 @@ impl Correspondence {
             return Ok(());
         };
         let key = key.trim_end_matches('\u{fe0f}');
+        // ✅ or ❌ on a circuit's notice, by the person awaited (or their delegate).
+        if let Some(circuit) = diplomatie_storage::circuits::by_event(self.db.pool(), target).await? {
+            if let Err(Error::Matrix(_, message)) = self.on_circuit_reaction(&pdu.sender, &circuit, key).await {
+                self.notice(&pdu.room_id, &format!("⚠ {message}"), Some(&pdu.event_id)).await?;
+            }
+            return Ok(());
+        }
         // ✅ on a preview, by its author: seal and dispatch.
         if let Some(draft) = store::draft(self.db.pool(), target).await? {
             if draft.author != pdu.sender.as_str() || !matches!(key, "✅" | "✔") {
