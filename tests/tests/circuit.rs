@@ -7,7 +7,7 @@ use diplomatie_tests::{assert_error, backend_tests, urlencode, Backend, TestServ
 use reqwest::Method;
 use serde_json::{json, Value};
 
-backend_tests!(a_draft_goes_through_approvals_and_a_signature_before_it_leaves);
+backend_tests!(a_draft_goes_through_approvals_and_a_signature_before_it_leaves, a_circuit_runs_from_a_standard_client);
 
 const ORG: &str = r#"
 users:
@@ -159,4 +159,69 @@ async fn a_draft_goes_through_approvals_and_a_signature_before_it_leaves(backend
     assert_error(&outsider.get(&path).await, 404, "M_NOT_FOUND");
     assert_error(&alice.get(&format!("{CIRCUITS}/C-nope")).await, 404, "M_NOT_FOUND");
     assert_error(&alice.raw(Method::POST, CIRCUITS, b"{".to_vec()).await, 400, "M_NOT_JSON");
+}
+
+/// The newest message of `room` whose body contains `needle`, once there is one.
+async fn message_with(c: &diplomatie_tests::Client, room: &str, needle: &str) -> Value {
+    let path = format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50");
+    let find = |v: &Value| {
+        v["chunk"]
+            .as_array()
+            .and_then(|c| c.iter().find(|e| e["content"]["body"].as_str().is_some_and(|b| b.contains(needle))).cloned())
+    };
+    let page = c.until(&path, |v| find(v).is_some()).await;
+    find(&page).unwrap()
+}
+
+async fn a_circuit_runs_from_a_standard_client(backend: Backend) {
+    let server = TestServer::start_with_organisation(backend, ORG, &[]).await;
+    let login = |u: &'static str| server.login(u, "pw");
+    let (root, alice, bob, dan, erin) =
+        (login("root").await, login("alice").await, login("bob").await, login("dan").await, login("erin").await);
+    let signatories = json!({ "signatories": [{ "user_id": dan.user_id, "title": "Chef de poste" }] });
+    root.ok(Method::PUT, "/_diplomatie/admin/v1/groups/paris/signatories", Some(&signatories)).await;
+    let room = alice
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/directory/room/{}", urlencode("#g.paris.correspondence:localhost")),
+            None,
+        )
+        .await;
+    let room = room["room_id"].as_str().unwrap().to_owned();
+    let react = |c: &'static str, target: String| {
+        let who = match c {
+            "bob" => &bob,
+            _ => &dan,
+        };
+        let content = json!({ "m.relates_to": { "rel_type": "m.annotation", "event_id": target, "key": "✅" } });
+        let path = format!("/_matrix/client/v3/rooms/{room}/send/m.reaction/{}", rand::random::<u64>());
+        async move { who.ok(Method::PUT, &path, Some(&content)).await }
+    };
+
+    // Approvers without a signatory: the service says what is missing, nothing opens.
+    alice.send_text(&room, "!telegram\nAction: dgm\nObjet: Sans signataire\nVisas: @bob:localhost\n\nTexte.").await;
+    message_with(&alice, &room, "Signataire").await;
+    // A draft naming its approver and signatory opens a circuit: its notice shows the text.
+    let draft = "!telegram\nAction: dgm\nObjet: Relève de la garde\nVisas: @bob:localhost\nSignataire: @dan:localhost\n\nLa relève a lieu à midi.";
+    alice.send_text(&room, draft).await;
+    let opened = message_with(&alice, &room, "ouvert par").await;
+    let text = opened["content"]["body"].as_str().unwrap();
+    assert!(text.contains("La relève a lieu à midi.") && text.contains("Visa attendu de @bob:localhost"), "{text}");
+    let id = text.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(id.starts_with("C-"), "{text}");
+    let path = format!("{CIRCUITS}/{id}");
+
+    // Dan's ✅ before bob's approval is refused (a notice says why); bob's counts, then dan's.
+    react("dan", opened["event_id"].as_str().unwrap().to_owned()).await;
+    message_with(&alice, &room, "awaits @bob:localhost").await;
+    assert_eq!(alice.ok(Method::GET, &path, None).await["awaiting"], bob.user_id);
+    react("bob", opened["event_id"].as_str().unwrap().to_owned()).await;
+    alice.until(&path, |v| v["awaiting"] == dan.user_id.as_str()).await;
+    react("dan", opened["event_id"].as_str().unwrap().to_owned()).await;
+    let signed = alice.until(&path, |v| v["status"] == "signed").await;
+    let reference = signed["reference"].as_str().unwrap();
+    let export = erin.ok(Method::GET, &format!("/_diplomatie/client/v1/correspondence/{reference}"), None).await;
+    assert_eq!(export["record"]["circuit"]["decisions"].as_array().unwrap().len(), 2);
+    assert_eq!(export["record"]["body"], "La relève a lieu à midi.");
+    message_with(&alice, &room, &format!("envoyé : {reference}")).await;
 }

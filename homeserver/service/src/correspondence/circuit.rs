@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::{
     model::{CircuitRequest, CircuitView, Composition, Decision, DelegationRequest, DelegationView, Signatory},
-    record_digest, Correspondence,
+    record_digest, text, Correspondence,
 };
 use crate::{Error, Result};
 use diplomatie_storage::circuits as store;
@@ -95,7 +95,8 @@ impl Correspondence {
             updated_ts: now,
         };
         store::insert(self.db.pool(), &c).await?;
-        let notice = self.circuit_notice(&c, &format!("Circuit {} ouvert par {drafter}", c.circuit_id)).await?;
+        let opened = format!("Circuit {} ouvert par {drafter}\n\n{}\n", c.circuit_id, text::summary(&draft));
+        let notice = self.circuit_notice(&c, &opened).await?;
         store::set_event(self.db.pool(), &c.circuit_id, &notice).await?;
         c.event_id = Some(notice);
         tracing::info!(circuit = c.circuit_id, group = c.group_slug, "signature circuit started");
@@ -290,8 +291,8 @@ impl Correspondence {
         if !store::advance(self.db.pool(), &next, c.step, &c.status).await? {
             return Err(Error::forbidden("Another decision on this circuit was recorded first"));
         }
-        let notice =
-            self.circuit_notice(&next, &format!("Circuit {} soumis à nouveau par {drafter}", c.circuit_id)).await?;
+        let again = format!("Circuit {} soumis à nouveau par {drafter}\n\n{}\n", c.circuit_id, text::summary(&draft));
+        let notice = self.circuit_notice(&next, &again).await?;
         store::set_event(self.db.pool(), &c.circuit_id, &notice).await?;
         next.event_id = Some(notice);
         view(&next)

@@ -21,6 +21,10 @@
 //! First lines: `!telegram` / `!télégramme`, `!note`, `!letter` / `!courrier`. Header names
 //! also in French: `Pour action`, `Pour information`, `Mots-clés`, `Objet`, `Réponse à`,
 //! `Pièces jointes`.
+//!
+//! A draft that names its signatory (`Signatory:` / `Signataire:`, and its approvers in order,
+//! `Approvers:` / `Visas:`) opens a signature circuit instead of waiting for its author's ✅;
+//! `Circuit: C-...` submits a returned circuit's draft again.
 
 use diplomatie_policies::JournalView;
 use serde_json::{json, Value};
@@ -52,8 +56,29 @@ fn list(value: &str) -> Vec<String> {
     value.split([',', ';']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
 
-/// Parses a draft typed in the correspondence room of group `from`.
+/// A draft as typed: the composition, and the circuit it goes through, if any.
+#[derive(Debug, Default)]
+pub struct TypedDraft {
+    pub composition: Composition,
+    /// Approvers in order (`Visas:`).
+    pub approvers: Vec<String>,
+    /// Who signs (`Signataire:`): the draft opens a circuit.
+    pub signatory: Option<String>,
+    /// A returned circuit this draft amends (`Circuit:`).
+    pub circuit: Option<String>,
+}
+
+/// Parses a draft typed in the correspondence room of group `from` (its circuit headers refused).
 pub fn parse_draft(body: &str, from: &str) -> Result<Composition> {
+    let typed = parse_typed_draft(body, from)?;
+    if typed.signatory.is_some() || typed.circuit.is_some() || !typed.approvers.is_empty() {
+        return Err(Error::invalid_param("Circuit headers (Visas:, Signataire:, Circuit:) are not read here"));
+    }
+    Ok(typed.composition)
+}
+
+/// Parses a draft typed in the correspondence room of group `from`, with its circuit headers.
+pub fn parse_typed_draft(body: &str, from: &str) -> Result<TypedDraft> {
     let mut lines = body.lines();
     let first = lines.next().unwrap_or("").trim().to_lowercase();
     let kind = DRAFT_STARTS
@@ -61,7 +86,10 @@ pub fn parse_draft(body: &str, from: &str) -> Result<Composition> {
         .find(|(s, _)| first == *s)
         .map(|(_, k)| *k)
         .ok_or_else(|| Error::invalid_param("A draft starts with !telegram, !note or !letter"))?;
-    let mut c = Composition { kind: kind.as_str().to_owned(), from: from.to_owned(), ..Default::default() };
+    let mut typed = TypedDraft::default();
+    let c = &mut typed.composition;
+    c.kind = kind.as_str().to_owned();
+    c.from = from.to_owned();
     let mut body_lines = Vec::new();
     let mut in_body = false;
     for line in lines {
@@ -88,15 +116,26 @@ pub fn parse_draft(body: &str, from: &str) -> Result<Composition> {
             "reply-to" | "réponse à" | "reponse a" | "in-reply-to" => c.in_reply_to = Some(value.to_owned()),
             "attachments" | "pièces jointes" | "pieces jointes" => c.attachments.extend(list(value)),
             "external" | "externe" | "courriel" | "e-mail" => c.external.extend(list(value)),
+            "approvers" | "visas" | "visa" => typed.approvers.extend(list(value)),
+            "signatory" | "signataire" => typed.signatory = Some(value.to_owned()),
+            "circuit" => typed.circuit = Some(value.to_owned()),
             other => return Err(Error::invalid_param(format!("Unknown header {other:?}"))),
         }
     }
     c.body = body_lines.join("\n").trim().to_owned();
-    Ok(c)
+    if !typed.approvers.is_empty() && typed.signatory.is_none() && typed.circuit.is_none() {
+        return Err(Error::missing_param("A circuit names its signatory (Signataire:)"));
+    }
+    Ok(typed)
 }
 
 /// The preview the service answers to a draft.
 pub fn preview(c: &Composition) -> String {
+    format!("{}\n\nRéagissez avec ✅ à ce message pour signer et envoyer.", summary(c))
+}
+
+/// What a draft says, as its preview and a circuit's notices show it.
+pub fn summary(c: &Composition) -> String {
     let kind = Kind::parse(&c.kind).map(Kind::label).unwrap_or("?");
     let mut out = format!(
         "Aperçu — {kind} ({}) de {}\nObjet : {}\n",
@@ -119,7 +158,7 @@ pub fn preview(c: &Composition) -> String {
     if let Some(r) = &c.in_reply_to {
         out.push_str(&format!("En réponse à : {r}\n"));
     }
-    out.push_str(&format!("\n{}\n\nRéagissez avec ✅ à ce message pour signer et envoyer.", c.body));
+    out.push_str(&format!("\n{}", c.body));
     out
 }
 
@@ -277,6 +316,21 @@ pub(super) fn journal_entry(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn circuit_headers_parse_only_where_circuits_are_opened() {
+        let text = "!note\nAction: dgm\nVisas: @b:x, @c:x\nSignataire: @d:x\n\nTexte";
+        let typed = parse_typed_draft(text, "paris").unwrap();
+        assert_eq!(
+            (typed.approvers, typed.signatory.as_deref()),
+            (vec!["@b:x".to_owned(), "@c:x".to_owned()], Some("@d:x"))
+        );
+        assert_eq!(typed.composition.body, "Texte");
+        assert!(parse_draft(text, "paris").is_err());
+        assert!(parse_typed_draft("!note\nVisas: @b:x\n\nTexte", "g").unwrap_err().to_string().contains("Signataire"));
+        let again = parse_typed_draft("!note\nCircuit: C-1\nVisas: @b:x\n\nTexte", "g").unwrap();
+        assert_eq!(again.circuit.as_deref(), Some("C-1"));
+    }
 
     #[test]
     fn drafts_parse() {

@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::sync::mpsc::unbounded_channel;
 
 use super::{
-    model::{normalise_tag, Composition},
+    model::{normalise_tag, CircuitRequest, Composition},
     state::{CorrespondenceState, Job},
     status::Status,
     text, Correspondence,
@@ -44,7 +44,8 @@ fn changes_directory(state: &CorrespondenceState, pdu: &Pdu) -> bool {
 const HELP: &str = "Commandes : !suivre <mot-clé> · !ne-plus-suivre <mot-clé> · !mots-clés · \
      !statut <référence> nouveau|attribué|traité · !audience <référence> · !aide. \
      Dans le salon de correspondance d'un groupe, un brouillon commence par !telegram, !note ou !letter \
-     (en-têtes Action:, Information:, Tags:, Classification:, Subject:, puis une ligne vide et le texte).";
+     (en-têtes Action:, Information:, Tags:, Classification:, Subject:, puis une ligne vide et le texte) ; \
+     avec Visas: et Signataire:, il suit un circuit de signature (✅ ou ❌ sur son avis).";
 
 /// Starts the service account's worker (serving processes only).
 pub fn spawn_worker(correspondence: &Arc<Correspondence>) {
@@ -144,7 +145,17 @@ impl Correspondence {
         group: &str,
         device: Option<&ruma::DeviceId>,
     ) -> Result<Option<String>> {
-        let c = text::parse_draft(body, group)?;
+        let typed = text::parse_typed_draft(body, group)?;
+        let c = typed.composition;
+        if let Some(circuit_id) = typed.circuit {
+            self.resubmit(&pdu.sender, device, &circuit_id, &c).await?;
+            return Ok(None);
+        }
+        if let Some(signatory) = typed.signatory {
+            let request = CircuitRequest { correspondence: c, approvers: typed.approvers, signatory };
+            self.start_circuit(&pdu.sender, device, request).await?;
+            return Ok(None);
+        }
         self.plan(&pdu.sender, device, &c).await?;
         let preview = self.notice(&pdu.room_id, &text::preview(&c), Some(&pdu.event_id)).await?;
         let draft = store::Draft {
