@@ -2,7 +2,7 @@
 //! device lists in `/sync` (client-server spec, "End-to-End Encryption").
 
 use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};
-use diplomatie_tests::{assert_error, backend_tests, Backend, Client, TestServer};
+use diplomatie_tests::{assert_error, backend_tests, urlencode, Backend, Client, TestServer};
 use ed25519_dalek::{Signer, SigningKey};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -12,6 +12,7 @@ backend_tests!(
     bad_keys_are_refused_and_lose_nothing,
     to_device_messages_and_device_lists,
     dehydrated_devices_receive_to_device_messages,
+    remote_device_lists_are_kept_and_followed,
 );
 
 const DEHYDRATED: &str = "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device";
@@ -536,5 +537,87 @@ mod cross_signing_and_backup {
         alice.ok(Method::DELETE, &format!("/_matrix/client/v3/room_keys/version/{v2}"), None).await;
         assert_error(&alice.get(&format!("/_matrix/client/v3/room_keys/version/{v2}")).await, 404, "M_NOT_FOUND");
         assert_eq!(alice.ok(Method::GET, "/_matrix/client/v3/room_keys/version", None).await["version"], v1.as_str());
+    }
+}
+
+/// Syncs `client` until `found` holds (20 s at most), from `since`; answers that response.
+async fn sync_until(client: &Client, since: Option<String>, found: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut since = since;
+    loop {
+        let v = client.sync(since.as_deref(), "timeout=1000").await;
+        if found(&v) {
+            return v;
+        }
+        since = v["next_batch"].as_str().map(str::to_owned);
+        assert!(std::time::Instant::now() < deadline, "not seen in time; last sync: {v}");
+    }
+}
+
+fn changed(v: &Value, user: &str) -> bool {
+    v["device_lists"]["changed"].as_array().is_some_and(|c| c.iter().any(|u| u == user))
+}
+
+/// Another server's user's devices: fetched once a room is shared, followed as they change
+/// (their server's `m.device_list_update`), answered from the list kept when their server
+/// is down, and forgotten when no room is shared anymore.
+async fn remote_device_lists_are_kept_and_followed(backend: Backend) {
+    let a = TestServer::start_federating(backend, &[]).await;
+    let mut b = TestServer::start_federating(backend, &[]).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let dev = Device::new(&bob, 7);
+    bob.ok(Method::POST, "/_matrix/client/v3/keys/upload", Some(&json!({ "device_keys": dev.device_keys() }))).await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let join = format!("/_matrix/client/v3/join/{}?via={}", urlencode(&room), urlencode(&a.server_name));
+    bob.ok(Method::POST, &join, Some(&json!({}))).await;
+    let query = json!({ "device_keys": { &bob.user_id: [] } });
+    let first = alice.ok(Method::POST, "/_matrix/client/v3/keys/query", Some(&query)).await;
+    assert_eq!(
+        first["device_keys"][&bob.user_id][&bob.device_id]["keys"][format!("ed25519:{}", bob.device_id)],
+        dev.public()
+    );
+    assert_eq!(first["failures"], json!({}), "{first}");
+
+    // Bob signs in on a second device: B tells A, Alice's sync says so, her query shows it.
+    let since = alice.sync(None, "").await["next_batch"].as_str().map(str::to_owned);
+    let phone = b.login("bob", "correct horse").await;
+    let phone_dev = Device::new(&phone, 8);
+    phone
+        .ok(Method::POST, "/_matrix/client/v3/keys/upload", Some(&json!({ "device_keys": phone_dev.device_keys() })))
+        .await;
+    sync_until(&alice, since, |v| changed(v, &bob.user_id)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let second = loop {
+        let v = alice.ok(Method::POST, "/_matrix/client/v3/keys/query", Some(&query)).await;
+        if v["device_keys"][&bob.user_id][&phone.device_id]["keys"].is_object() {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "the second device never showed: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(second["device_keys"][&bob.user_id].as_object().unwrap().len(), 2, "{second}");
+
+    // B goes down: A still answers what it keeps, with no failure.
+    b.kill().await;
+    let down = alice.ok(Method::POST, "/_matrix/client/v3/keys/query", Some(&query)).await;
+    assert_eq!(down["device_keys"], second["device_keys"]);
+    assert_eq!(down["failures"], json!({}), "{down}");
+
+    // Alice leaves: no local user shares a room with Bob anymore, A forgets his list and
+    // asks B again (down: a failure, not a stale answer).
+    alice.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&json!({}))).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let v = alice.ok(Method::POST, "/_matrix/client/v3/keys/query", Some(&query)).await;
+        if v["failures"].get(&b.server_name).is_some() {
+            assert!(
+                v["device_keys"].get(&bob.user_id).is_none_or(|d| d.as_object().is_some_and(|d| d.is_empty())),
+                "{v}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still answered from a list no room justifies: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

@@ -374,12 +374,14 @@ where
                 return Err(ApiError(Error::invalid_param("A NUL character is not allowed in the path")));
             }
         }
-        let body_bytes: &[u8] =
-            if bytes.is_empty() && !raw && matches!(T::METHOD, http::Method::POST | http::Method::PUT) {
-                b"{}"
-            } else {
-                &bytes
-            };
+        // A password stage in the deprecated form (`user` beside the password, before the
+        // spec's `identifier`), as older clients and Sytest send it: the spec's form for ruma.
+        let legacy_auth = json.as_ref().filter(|_| signer.is_none()).and_then(legacy_password_auth);
+        let body_bytes: &[u8] = match &legacy_auth {
+            Some(rewritten) => rewritten,
+            None if bytes.is_empty() && !raw && matches!(T::METHOD, http::Method::POST | http::Method::PUT) => b"{}",
+            None => &bytes,
+        };
         let origin = match signer {
             Some(signer) => Some(verify_signed(services, &parts, &bytes, signer)?),
             None => None,
@@ -420,6 +422,19 @@ fn has_raw_body<T: 'static>() -> bool {
     use ruma::api::client::media::{create_content, create_content_async};
     let t = TypeId::of::<T>();
     t == TypeId::of::<create_content::v3::Request>() || t == TypeId::of::<create_content_async::v3::Request>()
+}
+
+/// A body whose `auth` is a password stage naming its user the deprecated way (`user`, no
+/// `identifier`), rewritten with the spec's `identifier`; `None` for every other body.
+fn legacy_password_auth(json: &Value) -> Option<Vec<u8>> {
+    let auth = json.get("auth")?.as_object()?;
+    if auth.get("type")?.as_str()? != "m.login.password" || auth.contains_key("identifier") {
+        return None;
+    }
+    let user = auth.get("user")?.as_str()?;
+    let mut json = json.clone();
+    json["auth"]["identifier"] = serde_json::json!({ "type": "m.id.user", "user": user });
+    serde_json::to_vec(&json).ok()
 }
 
 /// A typed ruma response.

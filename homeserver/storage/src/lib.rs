@@ -21,6 +21,7 @@ pub mod media;
 pub mod mls;
 pub mod org;
 pub mod push;
+pub mod remote_devices;
 pub mod reports;
 pub mod retention;
 pub mod rooms;
@@ -94,6 +95,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (19, "crisis", include_str!("../migrations/0019_crisis.sql")),
     (20, "retention", include_str!("../migrations/0020_retention.sql")),
     (21, "circuits", include_str!("../migrations/0021_circuits.sql")),
+    (22, "remote_devices", include_str!("../migrations/0022_remote_devices.sql")),
 ];
 
 #[derive(Debug)]

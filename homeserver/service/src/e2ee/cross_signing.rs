@@ -113,6 +113,10 @@ impl E2ee {
             store::set_cross_signing_key(&mut tx, user.as_str(), kind, &serde_json::to_string(key)?).await?;
         }
         diplomatie_storage::commit(tx).await?;
+        // A user-signing key is the user's own business: only their devices are told of it.
+        if writes.iter().all(|(kind, _)| *kind == "user_signing") {
+            return self.signatures_changed(user, std::slice::from_ref(user)).await;
+        }
         self.device_list_changed(user).await
     }
 

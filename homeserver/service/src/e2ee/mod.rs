@@ -50,6 +50,9 @@ pub struct E2eeState {
     last_device_change: AtomicI64,
     last_member_change: AtomicI64,
     counts: Mutex<HashMap<(String, String), KeyCounts>>,
+    /// A lock per remote user whose device list is being read, resynced or moved on (one
+    /// thing at a time per user; as many entries as remote users ever tracked at once).
+    remote_lists: Mutex<HashMap<OwnedUserId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// End-to-end encryption: device and one-time keys, cross-signing, key backups, dehydrated
@@ -307,9 +310,34 @@ impl E2ee {
                 cross_signing_slot(&mut out, kind).insert(user.clone(), key);
             }
         }
-        // Users of other servers: asked of their servers (a server that fails is a failure).
+        // Users of other servers: from the lists kept of those a local user shares a room
+        // with, else asked of their servers (a server that fails is a failure).
         for (server, users) in remote {
-            match self.query_remote_keys(&server, users).await {
+            let mut ask = BTreeMap::new();
+            for (user, devices) in users {
+                match self.kept_keys(&user, &devices).await {
+                    Ok(Some(kept)) => {
+                        out.device_keys.insert(user.clone(), kept.devices);
+                        if let Some(key) = kept.master_key {
+                            out.master_keys.insert(user.clone(), key);
+                        }
+                        if let Some(key) = kept.self_signing_key {
+                            out.self_signing_keys.insert(user.clone(), key);
+                        }
+                    }
+                    Ok(None) => {
+                        ask.insert(user, devices);
+                    }
+                    Err(e) => {
+                        out.failures
+                            .insert(server.to_string(), json!({ "errcode": "M_UNKNOWN", "error": e.to_string() }));
+                    }
+                }
+            }
+            if ask.is_empty() {
+                continue;
+            }
+            match self.query_remote_keys(&server, ask).await {
                 Ok(answer) => {
                     out.device_keys.extend(answer.device_keys);
                     out.master_keys.extend(answer.master_keys);
@@ -435,6 +463,7 @@ impl E2ee {
         let listed = self.device_changes_among(user, &shared, since, to).await?;
         let mut changed: std::collections::BTreeSet<String> = listed.iter().cloned().collect();
         let mut left = std::collections::BTreeSet::new();
+        let mut invited = std::collections::BTreeSet::new();
         let my_rooms: HashSet<String> =
             crate::rooms::joined_rooms(self, user).await?.into_iter().map(|r| r.to_string()).collect();
         for (room, member, json) in
@@ -454,15 +483,19 @@ impl E2ee {
                     }
                 }
             } else if my_rooms.contains(&room) {
-                // Someone joined or left a room of mine.
+                // Someone joined or left a room of mine; someone invited to one is news too
+                // (as Synapse says it: a client encrypts for invited members).
                 if joined {
+                    changed.insert(member);
+                } else if membership == Some(MembershipState::Invite) {
+                    invited.insert(member.clone());
                     changed.insert(member);
                 } else if !shared.iter().any(|u| u.as_str() == member) {
                     left.insert(member);
                 }
             }
         }
-        changed.retain(|u| shared.iter().any(|s| s.as_str() == u) || listed.contains(u));
+        changed.retain(|u| shared.iter().any(|s| s.as_str() == u) || listed.contains(u) || invited.contains(u));
         left.retain(|u| !changed.contains(u));
         Ok((changed.into_iter().collect(), left.into_iter().collect()))
     }
@@ -686,8 +719,23 @@ impl commit::Subscriber for MembershipPositions {
     fn committed(&self, batch: &commit::Batch<'_>, _at: &commit::Committed<'_>) {
         let Some(e2ee) = self.0.upgrade() else { return };
         let members = batch.events.iter().filter(|p| p.kind == ruma::events::TimelineEventType::RoomMember);
+        let mut departures = Vec::new();
         for pdu in members {
             e2ee.state.membership_changed(pdu.stream_ordering);
+            let gone = !matches!(
+                pdu.membership(),
+                Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock)
+            );
+            if let (true, Some(member)) = (gone, pdu.state_key.as_deref()) {
+                departures.push((pdu.room_id.clone(), member.to_owned()));
+            }
+        }
+        if !departures.is_empty() {
+            tokio::spawn(async move {
+                if let Err(e) = e2ee.untrack_after(departures).await {
+                    tracing::warn!(error = %e, "remote device lists: not forgotten");
+                }
+            });
         }
     }
 }

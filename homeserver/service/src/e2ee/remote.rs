@@ -2,22 +2,31 @@
 //! (asked at once), to-device messages and device list changes (queued as EDUs). As on one
 //! server, only public keys and ciphertext travel. What other servers ask of this one is
 //! answered in `federation::e2ee`.
+//!
+//! The device lists of other servers' users that a local user shares a room with are kept
+//! here (as Synapse keeps them): fetched whole (`user/devices`) the first time, moved on by
+//! each `m.device_list_update` whose `prev_id` this server has seen, fetched again when one
+//! was missed, and forgotten when no local user shares a room with them anymore. A query is
+//! answered from the list kept; when the user's server is down, from the last copy.
 
 use std::collections::{BTreeMap, HashSet};
 
+use diplomatie_storage::remote_devices::{self as kept, DeviceList, RemoteDevice};
 use ruma::{
     api::federation::{
+        device::get_devices,
         keys::{claim_keys, get_keys},
-        transactions::edu::{DeviceListUpdateContent, DirectDeviceContent, Edu},
+        transactions::edu::{DeviceListUpdateContent, DirectDeviceContent, Edu, SigningKeyUpdateContent},
     },
     encryption::{CrossSigningKey, DeviceKeys},
     events::ToDeviceEventType,
     serde::Raw,
-    OwnedDeviceId, OwnedServerName, OwnedUserId, ServerName, TransactionId, UInt, UserId,
+    OwnedDeviceId, OwnedRoomId, OwnedServerName, OwnedUserId, ServerName, TransactionId, UInt, UserId,
 };
+use serde_json::{json, Value};
 
 use super::{E2ee, ToDeviceMessages};
-use crate::Result;
+use crate::{now_ms, Result};
 
 /// What another server answered about its users' keys (only its own users kept).
 pub struct RemoteKeys {
@@ -26,7 +35,197 @@ pub struct RemoteKeys {
     pub self_signing_keys: BTreeMap<OwnedUserId, Raw<CrossSigningKey>>,
 }
 
+/// A remote user's keys as this server keeps them, for a `/keys/query` answer.
+pub struct KeptKeys {
+    pub devices: BTreeMap<OwnedDeviceId, Raw<DeviceKeys>>,
+    pub master_key: Option<Raw<CrossSigningKey>>,
+    pub self_signing_key: Option<Raw<CrossSigningKey>>,
+}
+
+fn stream(id: UInt) -> i64 {
+    i64::try_from(u64::from(id)).unwrap_or(i64::MAX)
+}
+
 impl E2ee {
+    /// Whether a local user shares a room with `user` (then this server keeps their list).
+    async fn tracks(&self, user: &UserId) -> Result<bool> {
+        let me = self.server_name();
+        Ok(self.rooms.users_sharing_rooms_with(user).await?.iter().any(|u| u.server_name() == me))
+    }
+
+    /// The lock of `user`'s kept list.
+    async fn lock_list(&self, user: &UserId) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self.state.remote_lists.lock().unwrap().entry(user.to_owned()).or_default().clone();
+        lock.lock_owned().await
+    }
+
+    /// `m.device_list_update` from the user's own server: taken in when it follows what this
+    /// server saw (every `prev_id` seen), ignored when seen already, else the whole list is
+    /// fetched again; then the local users sharing a room with them are told.
+    pub(crate) async fn take_device_list_update(&self, update: DeviceListUpdateContent) -> Result<()> {
+        let user = update.user_id.clone();
+        if !self.tracks(&user).await? {
+            return Ok(());
+        }
+        {
+            let _one = self.lock_list(&user).await;
+            let stream_id = stream(update.stream_id);
+            match kept::list(self.db.pool(), user.as_str()).await? {
+                // Seen already (our own server sends one stream id for every device of a change:
+                // an equal one is taken in again, which changes nothing when it was).
+                Some(list) if !list.stale && stream_id < list.stream_id => return Ok(()),
+                Some(mut list) if !list.stale && update.prev_id.iter().all(|p| stream(*p) <= list.stream_id) => {
+                    list.stream_id = stream_id;
+                    let device = if update.deleted == Some(true) {
+                        None
+                    } else {
+                        let known = kept::devices(self.db.pool(), user.as_str())
+                            .await?
+                            .into_iter()
+                            .find(|d| d.device_id == update.device_id.as_str());
+                        let device_keys = match (&update.keys, &known) {
+                            (Some(keys), _) => keys.json().get().to_owned(),
+                            (None, Some(d)) => d.device_keys.clone(),
+                            (None, None) => "{}".to_owned(),
+                        };
+                        let display_name = update.device_display_name.clone().or(known.and_then(|d| d.display_name));
+                        Some(RemoteDevice { device_id: update.device_id.to_string(), device_keys, display_name })
+                    };
+                    let mut tx = self.db.begin_write().await?;
+                    kept::update(&mut tx, user.as_str(), &list, update.device_id.as_str(), device.as_ref(), now_ms())
+                        .await?;
+                    diplomatie_storage::commit(tx).await?;
+                }
+                _ => {
+                    self.resync_devices(&user).await?;
+                }
+            }
+        }
+        self.device_list_changed(&user).await
+    }
+
+    /// `m.signing_key_update` from the user's own server: their kept cross-signing keys.
+    pub(crate) async fn take_signing_key_update(&self, update: SigningKeyUpdateContent) -> Result<()> {
+        let user = update.user_id.clone();
+        if !self.tracks(&user).await? {
+            return Ok(());
+        }
+        {
+            let _one = self.lock_list(&user).await;
+            if let Some(mut list) = kept::list(self.db.pool(), user.as_str()).await? {
+                if let Some(key) = &update.master_key {
+                    list.master_key = Some(key.json().get().to_owned());
+                }
+                if let Some(key) = &update.self_signing_key {
+                    list.self_signing_key = Some(key.json().get().to_owned());
+                }
+                kept::put_list(self.db.pool(), user.as_str(), &list, now_ms()).await?;
+            }
+        }
+        self.device_list_changed(&user).await
+    }
+
+    /// Fetches a remote user's whole device list and keeps it; when their server does not
+    /// answer, the copy kept (if any) is marked stale. Answers whether it was fetched.
+    async fn resync_devices(&self, user: &UserId) -> Result<bool> {
+        let request = get_devices::v1::Request::new(user.to_owned());
+        let answer = match self.transport.federation_request(user.server_name(), request).await {
+            Ok(answer) if answer.user_id == user => answer,
+            outcome => {
+                let error = outcome.err().map(|e| e.to_string()).unwrap_or_else(|| "another user's list".into());
+                tracing::warn!(user = %user, error, "remote device list: not fetched");
+                kept::mark_stale(self.db.pool(), user.as_str()).await?;
+                return Ok(false);
+            }
+        };
+        let devices: Vec<RemoteDevice> = answer
+            .devices
+            .iter()
+            .map(|d| RemoteDevice {
+                device_id: d.device_id.to_string(),
+                device_keys: d.keys.json().get().to_owned(),
+                display_name: d.device_display_name.clone(),
+            })
+            .collect();
+        let list = DeviceList {
+            stream_id: stream(answer.stream_id),
+            stale: false,
+            master_key: answer.master_key.as_ref().map(|k| k.json().get().to_owned()),
+            self_signing_key: answer.self_signing_key.as_ref().map(|k| k.json().get().to_owned()),
+        };
+        let mut tx = self.db.begin_write().await?;
+        kept::replace(&mut tx, user.as_str(), &list, &devices, now_ms()).await?;
+        diplomatie_storage::commit(tx).await?;
+        Ok(true)
+    }
+
+    /// A tracked remote user's keys (`devices` of them, or all) from the list kept, fetched
+    /// first when there is none or it is stale; the last copy when their server does not
+    /// answer. `None`: the user is not tracked (ask their server).
+    pub(crate) async fn kept_keys(&self, user: &UserId, devices: &[String]) -> Result<Option<KeptKeys>> {
+        if !self.tracks(user).await? {
+            return Ok(None);
+        }
+        let _one = self.lock_list(user).await;
+        let list = match kept::list(self.db.pool(), user.as_str()).await? {
+            Some(list) if !list.stale => list,
+            _ => {
+                // Fetched: what the list kept said before may have been behind (as Synapse
+                // does, the users sharing a room with them are told the list changed).
+                if self.resync_devices(user).await? {
+                    self.device_list_changed(user).await?;
+                }
+                match kept::list(self.db.pool(), user.as_str()).await? {
+                    Some(list) => list,
+                    None => return Err(crate::Error::not_found(format!("{} did not answer", user.server_name()))),
+                }
+            }
+        };
+        let mut out = BTreeMap::new();
+        for d in kept::devices(self.db.pool(), user.as_str()).await? {
+            if !devices.is_empty() && !devices.contains(&d.device_id) {
+                continue;
+            }
+            let mut keys: Value = serde_json::from_str(&d.device_keys)?;
+            if let (Some(object), Some(name)) = (keys.as_object_mut(), d.display_name) {
+                object.insert("unsigned".into(), json!({ "device_display_name": name }));
+            }
+            out.insert(OwnedDeviceId::from(d.device_id), crate::to_raw(&keys)?);
+        }
+        let key = |k: Option<String>| k.map(Raw::from_json_string).transpose();
+        Ok(Some(KeptKeys {
+            devices: out,
+            master_key: key(list.master_key)?,
+            self_signing_key: key(list.self_signing_key)?,
+        }))
+    }
+
+    /// After members left rooms: the lists of remote users no local user shares a room with
+    /// anymore are forgotten (a later join fetches them again).
+    pub(crate) async fn untrack_after(&self, departures: Vec<(OwnedRoomId, String)>) -> Result<()> {
+        let me = self.server_name().to_owned();
+        let mut candidates = HashSet::new();
+        for (room, member) in departures {
+            let Ok(member) = OwnedUserId::try_from(member) else { continue };
+            if member.server_name() != me {
+                candidates.insert(member);
+            } else {
+                candidates
+                    .extend(self.rooms.joined_members(&room).await?.iter().filter(|u| u.server_name() != me).cloned());
+            }
+        }
+        for user in candidates {
+            if kept::list(self.db.pool(), user.as_str()).await?.is_none() || self.tracks(&user).await? {
+                continue;
+            }
+            let _one = self.lock_list(&user).await;
+            let mut tx = self.db.begin_write().await?;
+            kept::forget(&mut tx, user.as_str()).await?;
+            diplomatie_storage::commit(tx).await?;
+        }
+        Ok(())
+    }
+
     /// Asks `server` for its users' device and cross-signing keys.
     pub(crate) async fn query_remote_keys(
         &self,

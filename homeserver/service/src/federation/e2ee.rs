@@ -9,7 +9,7 @@ use ruma::{
     api::federation::{
         device::get_devices,
         keys::{claim_keys, get_keys},
-        transactions::edu::DirectDeviceContent,
+        transactions::edu::{DeviceListUpdateContent, DirectDeviceContent, SigningKeyUpdateContent},
     },
     OwnedDeviceId, OwnedUserId, ServerName, UserId,
 };
@@ -102,12 +102,35 @@ impl Peers {
             .await
     }
 
-    /// `m.device_list_update` / `m.signing_key_update` from `origin`: local users sharing a room
-    /// with that user are told to fetch its keys again.
-    pub(crate) async fn receive_device_list_update(&self, origin: &ServerName, user: &UserId) -> Result<()> {
-        if user.server_name() != origin {
+    /// `m.device_list_update` from `origin`: the list kept of its user moves on (or is fetched
+    /// again, which asks `origin`: done apart, so that the transaction is answered at once),
+    /// and local users sharing a room with that user are told.
+    pub(crate) async fn receive_device_list_update(
+        &self,
+        origin: &ServerName,
+        update: DeviceListUpdateContent,
+    ) -> Result<()> {
+        if update.user_id.server_name() != origin {
             return Err(Error::forbidden("devices of a user the origin does not speak for"));
         }
-        self.e2ee.device_list_changed(user).await
+        let e2ee = self.e2ee.clone();
+        tokio::spawn(async move {
+            if let Err(e) = e2ee.take_device_list_update(update).await {
+                tracing::warn!(error = %e, "device list update not taken in");
+            }
+        });
+        Ok(())
+    }
+
+    /// `m.signing_key_update` from `origin`: the cross-signing keys kept of its user.
+    pub(crate) async fn receive_signing_key_update(
+        &self,
+        origin: &ServerName,
+        update: SigningKeyUpdateContent,
+    ) -> Result<()> {
+        if update.user_id.server_name() != origin {
+            return Err(Error::forbidden("devices of a user the origin does not speak for"));
+        }
+        self.e2ee.take_signing_key_update(update).await
     }
 }

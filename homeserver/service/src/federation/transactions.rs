@@ -153,8 +153,8 @@ impl Peers {
                 Ok(())
             }
             Edu::DirectToDevice(content) => self.receive_to_device(origin, content).await,
-            Edu::DeviceListUpdate(update) => self.receive_device_list_update(origin, &update.user_id).await,
-            Edu::SigningKeyUpdate(update) => self.receive_device_list_update(origin, &update.user_id).await,
+            Edu::DeviceListUpdate(update) => self.receive_device_list_update(origin, update).await,
+            Edu::SigningKeyUpdate(update) => self.receive_signing_key_update(origin, update).await,
             Edu::Presence(presence) => self.receive_presence(origin, presence).await,
             _ => Ok(()),
         }
