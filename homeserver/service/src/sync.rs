@@ -136,8 +136,9 @@ pub struct Syncer {
     e2ee: Arc<E2ee>,
     push: Arc<Push>,
     ephemeral: Arc<Ephemeral>,
-    /// Rooms a device's last incremental sync brought a join of, with that sync's token: its
-    /// next sync (from that token) names them once more, with nothing new in them. A client
+    /// Rooms a device's last incremental sync brought a join of (a join after an invite or a
+    /// leave, one a client may be waiting on), with that sync's token: its next sync (from
+    /// that token) names them once more, with nothing new in them. A client
     /// may handle its `/join` response after the sync that brought the join, and matrix-rust-sdk
     /// (0.18) then waits for a sync that names the room again before it takes the room as
     /// synced; without this echo it would wait until something happens in the room.
@@ -275,6 +276,10 @@ impl Syncer {
         let marks = &self.marks;
         // The database is asked only about the streams that moved since the token.
         let memberships = self.memberships(user, to).await?;
+        // Rooms joined after another membership (an invite, a leave): their join is echoed
+        // (see `join_echoes`); a room the user created is not (nothing waits on it, and an
+        // unchanged room is not named again).
+        let mut joined_after: HashSet<String> = HashSet::new();
         let changed_rooms: HashSet<String> = if initial || marks.memberships_since(user, since.stream) {
             let changed = ev_store::membership_events_between(pool, user.as_str(), since.stream, to.stream).await?;
             // A new display name or avatar (a join after a join) changes no membership: the
@@ -284,7 +289,11 @@ impl Syncer {
                 let room = stored.room_id.clone();
                 let pdu = Pdu::from_stored(stored)?;
                 let before = pdu.unsigned.get("prev_content").and_then(|c| c.get("membership")).and_then(Value::as_str);
-                let profile_only = pdu.membership() == Some(MembershipState::Join) && before == Some("join");
+                let joined = pdu.membership() == Some(MembershipState::Join);
+                let profile_only = joined && before == Some("join");
+                if joined && before.is_some() && !profile_only {
+                    joined_after.insert(room.clone());
+                }
                 if initial || !profile_only {
                     rooms.insert(room);
                 }
@@ -340,7 +349,7 @@ impl Syncer {
                     if let Some(section) = section {
                         response.rooms.join.insert(room_id.clone(), section);
                     }
-                    if newly && !initial {
+                    if newly && !initial && joined_after.contains(room) {
                         joined_now.push(room_id.clone());
                     }
                     joined_rooms.push(room_id);
@@ -474,6 +483,7 @@ impl Syncer {
         // shows them, as on a first sync; otherwise the timeline starts at the since token
         // (`full_state` only widens the state).
         let from = if full { 0 } else { since.stream };
+        let joined_since = full && since.stream > 0;
         let full = full || req.full_state;
         let mut timeline = Vec::new();
         let mut limited = false;
@@ -532,8 +542,11 @@ impl Syncer {
                         break;
                     }
                 }
-                // The timeline spans from the oldest event let through.
+                // The timeline spans from the oldest event let through. In a room joined since
+                // the last sync, events left before it make the timeline limited (as Synapse:
+                // the client pages back for the history it has not seen).
                 let oldest = filtered.last().map_or(i64::MAX, |p| p.stream_ordering);
+                limited |= joined_since && timeline.iter().any(|p| p.stream_ordering < oldest);
                 timeline.retain(|p| p.stream_ordering >= oldest);
                 timeline.reverse();
                 filtered.reverse();
@@ -545,9 +558,9 @@ impl Syncer {
                 // events there, with an `end` token).
                 Some(_) if from == 0 && !limited => Some(to.stream.to_string()),
                 Some(first) => Some((first.stream_ordering - 1).to_string()),
-                // Nothing shown (a limit of 0): the client pages back from the end.
-                None if limited => Some(to.stream.to_string()),
-                None => None,
+                // Nothing shown (a limit of 0, or nothing new on a `full_state` sync): the
+                // client pages back from the end (Synapse always gives the token).
+                None => Some(to.stream.to_string()),
             };
         }
 

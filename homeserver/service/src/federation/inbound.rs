@@ -469,8 +469,8 @@ impl Federation {
         Ok(pdus)
     }
 
-    /// The events of `objects` whose signatures and hashes hold (an error if one does not),
-    /// each once.
+    /// The events of `objects` whose signatures hold (those that do not are left out; one
+    /// whose content hash does not hold is kept redacted), each once.
     pub(crate) async fn verify_outliers(
         &self,
         version: &RoomVersionId,
@@ -485,7 +485,16 @@ impl Federation {
             if !seen.insert(event_id.clone()) {
                 continue;
             }
-            let object = self.transport.verify_pdu(&object, version).await?;
+            // An event whose signature does not hold is left out, as Synapse leaves it out: if
+            // the state or the auth chain needs it, the checks that follow find it missing.
+            let object = match self.transport.verify_pdu(&object, version).await {
+                Ok(object) => object,
+                Err(Error::Matrix(ErrorKind::Forbidden, reason)) => {
+                    tracing::warn!(event = %event_id, reason, "an event of a state or auth chain left out");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let mut value = serde_json::to_value(&object).map_err(crate::internal!())?;
             if let Some(o) = value.as_object_mut() {
                 o.remove("unsigned");
