@@ -548,6 +548,19 @@ pub async fn devices_with_to_device<'e>(e: impl Exec<'e>) -> Result<Vec<(String,
     Ok(sqlx::query_as("SELECT DISTINCT user_id, device_id FROM to_device").fetch_all(e).await?)
 }
 
+/// The position of `user_id`'s last device list change that other servers were told of (not a
+/// signature only its signer hears of) before `before`, if any.
+pub async fn user_device_list_change_before<'e>(e: impl Exec<'e>, user_id: &str, before: i64) -> Result<Option<i64>> {
+    let row: (Option<i64>,) = sqlx::query_as(
+        "SELECT MAX(stream_id) FROM device_list_changes WHERE user_id = $1 AND visible_to IS NULL AND stream_id < $2",
+    )
+    .bind(user_id)
+    .bind(before)
+    .fetch_one(e)
+    .await?;
+    Ok(row.0)
+}
+
 /// The last position of the device list stream (0 when empty).
 pub async fn last_device_list_change<'e>(e: impl Exec<'e>) -> Result<i64> {
     let row: (Option<i64>,) = sqlx::query_as("SELECT MAX(stream_id) FROM device_list_changes").fetch_one(e).await?;

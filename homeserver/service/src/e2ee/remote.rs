@@ -42,6 +42,21 @@ pub struct KeptKeys {
     pub self_signing_key: Option<Raw<CrossSigningKey>>,
 }
 
+/// The `m.device_list_update` EDUs one change of a user's devices sends at most (one a device).
+const EDUS_PER_CHANGE: usize = 1024;
+
+/// The stream id of the `k`th update of the change at `position` (not its last).
+fn update_id(position: i64, k: usize) -> Result<UInt> {
+    let id = position.checked_mul(EDUS_PER_CHANGE as i64).and_then(|b| b.checked_add(k as i64));
+    id.and_then(|i| UInt::try_from(i).ok()).ok_or_else(crate::internal!("a stream id within bounds"))
+}
+
+/// The stream id of the last update of the change at `position`, which `user/devices` also
+/// answers when that change is the user's last.
+pub(crate) fn last_update_id(position: i64) -> Result<UInt> {
+    update_id(position, EDUS_PER_CHANGE - 1)
+}
+
 fn stream(id: UInt) -> i64 {
     i64::try_from(u64::from(id)).unwrap_or(i64::MAX)
 }
@@ -307,20 +322,38 @@ impl E2ee {
         if servers.is_empty() {
             return Ok(());
         }
+        let pool = self.db.pool();
         let keys: BTreeMap<String, String> =
-            diplomatie_storage::e2ee::user_device_keys(self.db.pool(), user.as_str()).await?.into_iter().collect();
-        let stream_id = UInt::try_from(position).map_err(crate::internal!())?;
+            diplomatie_storage::e2ee::user_device_keys(pool, user.as_str()).await?.into_iter().collect();
+        let mut updates = Vec::new();
         for device in self.accounts.devices(user).await? {
             let device_id: OwnedDeviceId = device.device_id.into();
-            let mut content = DeviceListUpdateContent::new(user.to_owned(), device_id.clone(), stream_id);
+            let mut content = DeviceListUpdateContent::new(user.to_owned(), device_id.clone(), UInt::MIN);
             content.device_display_name = device.display_name;
             content.deleted = Some(false);
             content.keys = keys.get(device_id.as_str()).map(|k| Raw::from_json_string(k.clone())).transpose()?;
-            self.outbox.enqueue_edu(&servers, &Edu::DeviceListUpdate(content)).await?;
+            updates.push(content);
         }
         for device in deleted {
-            let mut content = DeviceListUpdateContent::new(user.to_owned(), (*device).into(), stream_id);
+            let mut content = DeviceListUpdateContent::new(user.to_owned(), (*device).into(), UInt::MIN);
             content.deleted = Some(true);
+            updates.push(content);
+        }
+        if updates.len() > EDUS_PER_CHANGE {
+            tracing::warn!(user = %user, devices = updates.len(), "device list change: only the first updates are sent");
+            updates.truncate(EDUS_PER_CHANGE);
+        }
+        // Each update has a stream id of its own, chained by `prev_id` to the one before (the
+        // last of the previous change first), so that a server that missed one fetches the
+        // list again, and none takes two updates for one.
+        let previous = diplomatie_storage::e2ee::user_device_list_change_before(pool, user.as_str(), position).await?;
+        let mut prev = previous.map(last_update_id).transpose()?;
+        let count = updates.len();
+        for (k, mut content) in updates.into_iter().enumerate() {
+            let id = if k + 1 == count { last_update_id(position)? } else { update_id(position, k)? };
+            content.stream_id = id;
+            content.prev_id = prev.into_iter().collect();
+            prev = Some(id);
             self.outbox.enqueue_edu(&servers, &Edu::DeviceListUpdate(content)).await?;
         }
         Ok(())

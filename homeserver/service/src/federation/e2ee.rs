@@ -65,8 +65,14 @@ impl Peers {
             device.device_display_name = d.display_name.clone();
             devices.push(device);
         }
-        let position = u64::try_from(self.stream_position()).unwrap_or(0);
-        let mut response = get_devices::v1::Response::new(user.to_owned(), ruma::UInt::new_saturating(position));
+        // The stream id of the last update sent of this user's devices (see `e2ee::remote`).
+        let last =
+            diplomatie_storage::e2ee::user_device_list_change_before(self.db.pool(), user.as_str(), i64::MAX).await?;
+        let stream_id = match last {
+            Some(position) => crate::e2ee::remote::last_update_id(position)?,
+            None => ruma::UInt::MIN,
+        };
+        let mut response = get_devices::v1::Response::new(user.to_owned(), stream_id);
         response.devices = devices;
         let me = self.federation_reader();
         for (kind, key) in self.e2ee.cross_signing_keys_for(&me, user).await? {
