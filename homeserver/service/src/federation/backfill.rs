@@ -12,7 +12,10 @@
 use std::{collections::HashMap, sync::Arc};
 
 use ruma::{
-    api::federation::{backfill::get_backfill, event::get_room_state},
+    api::federation::{
+        backfill::get_backfill,
+        event::{get_room_state, get_room_state_ids},
+    },
     events::StateEventType,
     state_res::StateMap,
     OwnedEventId, OwnedServerName, RoomId, RoomVersionId, ServerName, UInt,
@@ -22,6 +25,10 @@ use serde_json::value::RawValue;
 use super::inbound::{authorise_in_depth_order, canonical, event_id_of, implicit_create_id, room_of};
 use super::Federation;
 use crate::{Pdu, Result};
+
+/// The state and auth chain events a backfill fetches one by one at most (by `/state_ids`;
+/// beyond, the whole state is asked for at once).
+const MAX_STATE_FETCHED: usize = 500;
 
 /// The most events asked for at once.
 const MAX_BACKFILL: usize = 100;
@@ -145,8 +152,28 @@ impl Federation {
         Ok(stored.len())
     }
 
-    /// The room state before `pdu` as `server` gives it (`/state`), its events checked like a
-    /// join's state and kept as outliers.
+    /// The events `ids`: those held here, the others fetched from `server` (and kept).
+    async fn held_or_fetched(
+        &self,
+        server: &ServerName,
+        version: &RoomVersionId,
+        room_id: &RoomId,
+        ids: &[OwnedEventId],
+    ) -> Result<Vec<Arc<Pdu>>> {
+        let mut events = Vec::new();
+        for id in ids {
+            match self.rooms.get_pdu(id).await? {
+                Some(p) if p.room_id == room_id => events.push(p),
+                Some(_) => return Err(crate::Error::bad_json(format!("{server} named an event of another room"))),
+                None => events.push(self.fetch_outlier(server, version, room_id, id).await?),
+            }
+        }
+        Ok(events)
+    }
+
+    /// The room state before `pdu` as `server` gives it, its events checked like a join's
+    /// state and kept as outliers: by their ids (`/state_ids`, as Synapse asks), fetching only
+    /// the events not held here, else whole (`/state`).
     async fn remote_state_before(
         &self,
         server: &ServerName,
@@ -154,12 +181,22 @@ impl Federation {
         pdu: &Pdu,
     ) -> Result<StateMap<OwnedEventId>> {
         let rules = version.rules().ok_or_else(crate::internal!("a value present by construction"))?;
-        let request = get_room_state::v1::Request::new(pdu.event_id.clone(), pdu.room_id.clone());
-        let answer = self.transport.federation_request(server, request).await?;
-        let objects = |raws: &[Box<RawValue>]| raws.iter().map(|r| canonical(r)).collect::<Result<Vec<_>>>();
-        let state = self.verify_outliers(version, &pdu.room_id, objects(&answer.pdus)?).await?;
-        let auth_chain = self.verify_outliers(version, &pdu.room_id, objects(&answer.auth_chain)?).await?;
-        self.check_join_state(&rules, &pdu.room_id, &state, &auth_chain).await?;
+        let room_id = &pdu.room_id;
+        let by_ids = get_room_state_ids::v1::Request::new(pdu.event_id.clone(), room_id.clone());
+        let (state, auth_chain) = match self.transport.federation_request(server, by_ids).await {
+            Ok(ids) if ids.pdu_ids.len() + ids.auth_chain_ids.len() <= MAX_STATE_FETCHED => {
+                let state = self.held_or_fetched(server, version, room_id, &ids.pdu_ids).await?;
+                (state, self.held_or_fetched(server, version, room_id, &ids.auth_chain_ids).await?)
+            }
+            _ => {
+                let request = get_room_state::v1::Request::new(pdu.event_id.clone(), room_id.clone());
+                let answer = self.transport.federation_request(server, request).await?;
+                let objects = |raws: &[Box<RawValue>]| raws.iter().map(|r| canonical(r)).collect::<Result<Vec<_>>>();
+                let state = self.verify_outliers(version, room_id, objects(&answer.pdus)?).await?;
+                (state, self.verify_outliers(version, room_id, objects(&answer.auth_chain)?).await?)
+            }
+        };
+        self.check_join_state(&rules, room_id, &state, &auth_chain).await?;
         self.persist_outliers(&state).await?;
         self.persist_outliers(&auth_chain).await?;
         Ok(state
