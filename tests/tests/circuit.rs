@@ -26,6 +26,12 @@ groups:
 
 const CIRCUITS: &str = "/_diplomatie/client/v1/circuits";
 
+/// The room id of the Paris embassy's correspondence room, by its alias.
+async fn correspondence_room(c: &diplomatie_tests::Client) -> String {
+    let path = format!("/_matrix/client/v3/directory/room/{}", urlencode("#g.paris.correspondence:localhost"));
+    c.ok(Method::GET, &path, None).await["room_id"].as_str().unwrap().to_owned()
+}
+
 /// `diplomatie verify` on an export: its success and what it printed.
 async fn verify(server: &TestServer, export: &Value, name: &str) -> (bool, String) {
     let file = server.data_dir.path().join(name);
@@ -81,14 +87,7 @@ async fn a_draft_goes_through_approvals_and_a_signature_before_it_leaves(backend
 
     // Bob approves from a standard client: ✅ on the circuit's notice.
     let notice = again["event_id"].as_str().unwrap().to_owned();
-    let room = bob
-        .ok(
-            Method::GET,
-            &format!("/_matrix/client/v3/directory/room/{}", urlencode("#g.paris.correspondence:localhost")),
-            None,
-        )
-        .await;
-    let room = room["room_id"].as_str().unwrap().to_owned();
+    let room = correspondence_room(&bob).await;
     let reaction = json!({ "m.relates_to": { "rel_type": "m.annotation", "event_id": notice, "key": "✅" } });
     let (status, _) = bob.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.reaction/r1"), &reaction).await;
     assert_eq!(status, 200);
@@ -159,6 +158,8 @@ async fn a_draft_goes_through_approvals_and_a_signature_before_it_leaves(backend
     assert_error(&outsider.get(&path).await, 404, "M_NOT_FOUND");
     assert_error(&alice.get(&format!("{CIRCUITS}/C-nope")).await, 404, "M_NOT_FOUND");
     assert_error(&alice.raw(Method::POST, CIRCUITS, b"{".to_vec()).await, 400, "M_NOT_JSON");
+    assert_error(&alice.post(&format!("{path}/stamp"), &json!({})).await, 404, "M_UNRECOGNIZED");
+    assert_error(&alice.post(&format!("{path}/approve"), &json!({ "colour": "red" })).await, 400, "M_BAD_JSON");
 }
 
 /// The newest message of `room` whose body contains `needle`, once there is one.
@@ -180,14 +181,7 @@ async fn a_circuit_runs_from_a_standard_client(backend: Backend) {
         (login("root").await, login("alice").await, login("bob").await, login("dan").await, login("erin").await);
     let signatories = json!({ "signatories": [{ "user_id": dan.user_id, "title": "Chef de poste" }] });
     root.ok(Method::PUT, "/_diplomatie/admin/v1/groups/paris/signatories", Some(&signatories)).await;
-    let room = alice
-        .ok(
-            Method::GET,
-            &format!("/_matrix/client/v3/directory/room/{}", urlencode("#g.paris.correspondence:localhost")),
-            None,
-        )
-        .await;
-    let room = room["room_id"].as_str().unwrap().to_owned();
+    let room = correspondence_room(&alice).await;
     let react = |c: &'static str, target: String| {
         let who = match c {
             "bob" => &bob,

@@ -45,46 +45,24 @@ struct DecisionBody {
     comment: Option<String>,
 }
 
-async fn decide(
-    s: &Services,
-    id: &str,
-    parts: &Parts,
-    body: &[u8],
-    decision: Decision,
-) -> Result<Json<CircuitView>, ApiError> {
-    let caller = caller(s, parts).await?;
-    let req: DecisionBody = if body.is_empty() { DecisionBody::default() } else { parse_body(body)? };
-    Ok(Json(s.correspondence.decide(&caller.user_id, id, decision, req.comment.as_deref()).await?))
-}
-
-/// `POST .../circuits/{circuitId}/approve` `{"comment": ...}` (optional).
-pub async fn approve(
+/// `POST .../circuits/{circuitId}/{approve|refuse|sign}` `{"comment": ...}` (optional to
+/// approve or sign, required to refuse: the draft goes back to its drafter). Signing seals and
+/// dispatches the record.
+pub async fn decide(
     State(s): S,
-    Path(id): Path<String>,
+    Path((id, action)): Path<(String, String)>,
     parts: Parts,
     body: axum::body::Bytes,
 ) -> Result<Json<CircuitView>, ApiError> {
-    decide(&s, &id, &parts, &body, Decision::Approve).await
-}
-
-/// `POST .../circuits/{circuitId}/refuse` `{"comment": ...}` (required): back to the drafter.
-pub async fn refuse(
-    State(s): S,
-    Path(id): Path<String>,
-    parts: Parts,
-    body: axum::body::Bytes,
-) -> Result<Json<CircuitView>, ApiError> {
-    decide(&s, &id, &parts, &body, Decision::Refuse).await
-}
-
-/// `POST .../circuits/{circuitId}/sign`: the signatory's; the record is sealed and dispatched.
-pub async fn sign(
-    State(s): S,
-    Path(id): Path<String>,
-    parts: Parts,
-    body: axum::body::Bytes,
-) -> Result<Json<CircuitView>, ApiError> {
-    decide(&s, &id, &parts, &body, Decision::Sign).await
+    let decision = match action.as_str() {
+        "approve" => Decision::Approve,
+        "refuse" => Decision::Refuse,
+        "sign" => Decision::Sign,
+        _ => return Err(Error::unrecognized("Unrecognized request").into()),
+    };
+    let caller = caller(&s, &parts).await?;
+    let req: DecisionBody = if body.is_empty() { DecisionBody::default() } else { parse_body(&body)? };
+    Ok(Json(s.correspondence.decide(&caller.user_id, &id, decision, req.comment.as_deref()).await?))
 }
 
 /// `PUT .../circuits/{circuitId}/draft` (a composition): a returned draft, submitted again.

@@ -59,13 +59,13 @@ pub async fn query(State(s): S, req: Ruma<get_keys::v3::Request>) -> Result<Json
         .map(|(u, devices)| (u.clone(), devices.iter().map(|d| d.to_string()).collect()))
         .collect();
     let answer = s.e2ee.query_keys(&req.caller().user_id, &requested).await?;
-    let http = ruma::api::OutgoingResponseExt::try_into_http_response::<Vec<u8>>(answer)
-        .map_err(diplomatie_service::internal!())?;
-    let mut body: serde_json::Value = serde_json::from_slice(http.body()).map_err(diplomatie_service::internal!())?;
-    if let Some(object) = body.as_object_mut() {
-        object.entry("failures").or_insert_with(|| serde_json::json!({}));
-    }
-    Ok(Json(body))
+    Ok(Json(serde_json::json!({
+        "device_keys": answer.device_keys,
+        "master_keys": answer.master_keys,
+        "self_signing_keys": answer.self_signing_keys,
+        "user_signing_keys": answer.user_signing_keys,
+        "failures": answer.failures,
+    })))
 }
 
 pub async fn claim(State(s): S, req: Ruma<claim_keys::v3::Request>) -> ApiResult<claim_keys::v3::Response> {

@@ -330,7 +330,7 @@ impl Correspondence {
     }
 
     /// A reaction on a circuit's notice: ✅ approves (or signs at the signatory's turn), ❌
-    /// refuses. Answers the notice to post when the decision is refused.
+    /// refuses; other keys are ignored. A refused decision is the error (the worker posts it).
     pub(super) async fn on_circuit_reaction(&self, user: &UserId, c: &store::Circuit, key: &str) -> Result<()> {
         let decision = match key {
             "✅" | "✔" if c.step as usize >= approvers(c)?.len() => Decision::Sign,
