@@ -64,8 +64,12 @@ fn stream(id: UInt) -> i64 {
 impl E2ee {
     /// Whether a local user shares a room with `user` (then this server keeps their list).
     async fn tracks(&self, user: &UserId) -> Result<bool> {
-        let me = self.server_name();
-        Ok(self.rooms.users_sharing_rooms_with(user).await?.iter().any(|u| u.server_name() == me))
+        for room in crate::rooms::joined_rooms(self, user).await? {
+            if self.rooms.server_in_room(&room).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The lock of `user`'s kept list.
