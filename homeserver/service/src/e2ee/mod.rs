@@ -264,8 +264,10 @@ impl E2ee {
         let mut write = self.begin_write().await;
         let position = write.next_position();
         store::record_device_list_change(self.db.pool(), user.as_str(), position).await?;
-        write.publish();
+        // The mark moves before the position is published: a `/sync` that reads the position
+        // must not find the mark behind it (it would skip the change, then start past it).
         self.state.last_device_change.fetch_max(position, Ordering::AcqRel);
+        write.publish();
         self.state.forget_user_counts(user.as_str());
         let mut targets = self.rooms.users_sharing_rooms_with(user).await?;
         targets.insert(user.to_owned());
@@ -443,8 +445,9 @@ impl E2ee {
             store::record_signature_change(&mut *tx, signer.as_str(), target.as_str(), position).await?;
         }
         diplomatie_storage::commit(tx).await?;
-        write.publish();
+        // Before publishing, as in `devices_changed`.
         self.state.last_device_change.fetch_max(position, Ordering::AcqRel);
+        write.publish();
         self.notifier.notify([signer]);
         Ok(())
     }

@@ -90,17 +90,16 @@ impl E2ee {
             let _one = self.lock_list(&user).await;
             let stream_id = stream(update.stream_id);
             // Keys that are not this device's (or not device keys at all) are not kept: the
-            // whole list is fetched instead.
-            let keys_hold = update.keys.as_ref().is_none_or(|keys| {
-                keys.deserialize().is_ok_and(|k| k.user_id == user && k.device_id == update.device_id)
-            });
+            // device keeps those it had (as fetched whole).
+            let keys = update
+                .keys
+                .as_ref()
+                .filter(|keys| keys.deserialize().is_ok_and(|k| k.user_id == user && k.device_id == update.device_id));
             match kept::list(self.db.pool(), user.as_str()).await? {
                 // Seen already (our own server sends one stream id for every device of a change:
                 // an equal one is taken in again, which changes nothing when it was).
                 Some(list) if !list.stale && stream_id < list.stream_id => return Ok(()),
-                Some(mut list)
-                    if !list.stale && keys_hold && update.prev_id.iter().all(|p| stream(*p) <= list.stream_id) =>
-                {
+                Some(mut list) if !list.stale && update.prev_id.iter().all(|p| stream(*p) <= list.stream_id) => {
                     list.stream_id = stream_id;
                     let device = if update.deleted == Some(true) {
                         None
@@ -109,7 +108,7 @@ impl E2ee {
                             .await?
                             .into_iter()
                             .find(|d| d.device_id == update.device_id.as_str());
-                        let device_keys = match (&update.keys, &known) {
+                        let device_keys = match (keys, &known) {
                             (Some(keys), _) => keys.json().get().to_owned(),
                             (None, Some(d)) => d.device_keys.clone(),
                             (None, None) => "{}".to_owned(),
