@@ -16,6 +16,7 @@ pub mod limits;
 pub mod mls;
 pub mod retention;
 pub mod ruma_wrapper;
+pub mod synapse_admin;
 
 use std::{sync::Arc, time::Duration};
 
@@ -264,6 +265,23 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/_synapse/admin/v1/register", get(admin::register_nonce).post(admin::register))
         .route("/_synapse/admin/v1/event_reports", get(reports::synapse_list))
         .route("/_synapse/admin/v1/event_reports/{id}", get(reports::synapse_get).delete(reports::delete));
+    use synapse_admin as sa;
+    let r = r
+        .route("/_synapse/admin/v1/server_version", get(sa::server_version))
+        .route("/_synapse/admin/v2/users", get(sa::list_users))
+        .route("/_synapse/admin/v2/users/{user_id}", get(sa::get_user).put(sa::put_user))
+        .route("/_synapse/admin/v1/deactivate/{user_id}", post(sa::deactivate))
+        .route("/_synapse/admin/v1/reset_password/{user_id}", post(sa::reset_password))
+        .route("/_synapse/admin/v2/users/{user_id}/devices", get(sa::devices))
+        .route("/_synapse/admin/v2/users/{user_id}/devices/{device_id}", get(sa::device).delete(sa::delete_device))
+        .route("/_synapse/admin/v2/users/{user_id}/delete_devices", post(sa::delete_devices))
+        .route("/_synapse/admin/v1/users/{user_id}/joined_rooms", get(sa::joined_rooms))
+        .route("/_synapse/admin/v1/whois/{user_id}", get(sa::whois))
+        .route("/_synapse/admin/v1/rooms", get(sa::list_rooms))
+        .route("/_synapse/admin/v1/rooms/{room_id}", get(sa::get_room))
+        .route("/_synapse/admin/v1/rooms/{room_id}/members", get(sa::room_members))
+        .route("/_synapse/admin/v1/rooms/{room_id}/state", get(sa::room_state))
+        .route("/_diplomatie/admin/v1/audit", get(sa::audit));
     // The portal's administration
     let r = r
         .route("/_diplomatie/admin/v1/users/{user_id}/clearance", get(admin::get_clearance).put(admin::set_clearance))

@@ -12,6 +12,7 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod admin;
 pub mod appservice;
 pub mod archive;
 pub mod config;
@@ -113,6 +114,7 @@ pub struct Services {
     pub peers: Arc<federation::transactions::Peers>,
     /// Logging out, deleting devices, changing passwords, deactivating accounts.
     pub sessions: Arc<sessions::Sessions>,
+    pub admin: Arc<admin::Admin>,
     /// Groups, communities, people's clearances and kinds.
     pub organisation: Arc<organisation::Organisation>,
     /// Formal correspondence and journals.
@@ -248,6 +250,8 @@ impl Services {
             membership.clone(),
             identity.clone(),
         ));
+        let admin =
+            Arc::new(admin::Admin::new(c(), accounts.clone(), sessions.clone(), rooms.clone(), directory.clone()));
         let organisation = Arc::new(organisation::Organisation::new(
             c(),
             rooms.clone(),
@@ -338,6 +342,7 @@ impl Services {
             directory,
             peers,
             sessions,
+            admin,
             organisation,
             correspondence,
             archive,

@@ -113,28 +113,39 @@ impl Sessions {
 
     /// Changes the password; with `logout_devices`, every other device is logged out.
     pub async fn change_password(&self, caller: &Caller, new_password: &str, logout_devices: bool) -> Result<()> {
+        self.set_password(&caller.user_id, Some(caller.device_id.as_str()), new_password, logout_devices).await
+    }
+
+    /// Sets a user's password; with `logout_devices`, every device but `keep` is logged out.
+    pub async fn set_password(
+        &self,
+        user: &UserId,
+        keep: Option<&str>,
+        new_password: &str,
+        logout_devices: bool,
+    ) -> Result<()> {
         let hash = hash_password(new_password).await?;
         let gone: Vec<String> = if logout_devices {
-            let devices = self.accounts.devices(&caller.user_id).await?.into_iter().map(|d| d.device_id);
-            devices.filter(|d| d != caller.device_id.as_str()).collect()
+            let devices = self.accounts.devices(user).await?.into_iter().map(|d| d.device_id);
+            devices.filter(|d| Some(d.as_str()) != keep).collect()
         } else {
             Vec::new()
         };
         let mut tx = self.db.begin().await?;
-        store::set_password(&mut *tx, caller.user_id.as_str(), Some(&hash)).await?;
+        store::set_password(&mut *tx, user.as_str(), Some(&hash)).await?;
         if logout_devices {
-            store::delete_all_devices(&mut tx, caller.user_id.as_str(), Some(caller.device_id.as_str())).await?;
+            store::delete_all_devices(&mut tx, user.as_str(), keep).await?;
             // The other devices' pushers go with them, as on logout.
             for d in &gone {
-                diplomatie_storage::push::delete_device_pushers(&mut *tx, caller.user_id.as_str(), d).await?;
+                diplomatie_storage::push::delete_device_pushers(&mut *tx, user.as_str(), d).await?;
             }
         }
         diplomatie_storage::commit(tx).await?;
-        self.accounts.tokens.forget_user(caller.user_id.as_str());
+        self.accounts.tokens.forget_user(user.as_str());
         if logout_devices {
             self.push.pushers_changed().await?;
             let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
-            self.devices_gone(&caller.user_id, &gone).await?;
+            self.devices_gone(user, &gone).await?;
         }
         Ok(())
     }

@@ -9,6 +9,7 @@
 //! Meaning is given by `diplomatie-service`, the only crate that calls it.
 
 pub mod accounts;
+pub mod admin;
 pub mod appservices;
 pub mod circuits;
 pub mod correspondence;
@@ -96,6 +97,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (20, "retention", include_str!("../migrations/0020_retention.sql")),
     (21, "circuits", include_str!("../migrations/0021_circuits.sql")),
     (22, "remote_devices", include_str!("../migrations/0022_remote_devices.sql")),
+    (23, "admin", include_str!("../migrations/0023_admin.sql")),
 ];
 
 #[derive(Debug)]

@@ -1,0 +1,349 @@
+//! Synapse's admin API (`/_synapse/admin`), the subset its tools use (synapse-admin, scripts):
+//! the server's version, accounts (list, read, create or change, deactivate, reset password,
+//! devices, rooms, whois) and rooms (list, read, members, state); and the portal's audit log
+//! of what administrators did. Requests and answers keep Synapse's shapes; every endpoint is
+//! for the server's administrators only (`M_FORBIDDEN` otherwise), and its parameters are
+//! checked with the spec's errors.
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    extract::{Path, Query, State},
+    http::{request::Parts, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use diplomatie_service::{
+    accounts::Caller,
+    admin::{AuditPage, RoomOrder, RoomPage, RoomView, UserChange, UserFilter, UserOrder, UserPage, UserView},
+    Error, Services,
+};
+use ruma::{OwnedRoomId, OwnedUserId};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::{admin::parse_body, error::ApiError};
+
+type S = State<Arc<Services>>;
+type Params = Query<HashMap<String, String>>;
+type Answer<T> = Result<Json<T>, ApiError>;
+
+/// The caller, who must be an administrator.
+async fn admin(s: &Services, parts: &Parts) -> Result<Caller, Error> {
+    crate::admin::admin(s, parts).await
+}
+
+fn user_id(raw: &str) -> Result<OwnedUserId, Error> {
+    OwnedUserId::try_from(raw).map_err(|_| Error::invalid_param(format!("Invalid user id: {raw}")))
+}
+
+fn room_id(raw: &str) -> Result<OwnedRoomId, Error> {
+    OwnedRoomId::try_from(raw).map_err(|_| Error::invalid_param(format!("Invalid room id: {raw}")))
+}
+
+/// A non-negative integer parameter, `default` when absent.
+fn count(params: &HashMap<String, String>, name: &str, default: i64) -> Result<i64, Error> {
+    match params.get(name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| Error::invalid_param(format!("Query parameter {name} must be a non-negative integer"))),
+    }
+}
+
+/// A boolean parameter (`true` or `false`), `default` when absent.
+fn flag(params: &HashMap<String, String>, name: &str, default: bool) -> Result<bool, Error> {
+    match params.get(name).map(String::as_str) {
+        None => Ok(default),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(_) => Err(Error::invalid_param(format!("Query parameter {name} must be true or false"))),
+    }
+}
+
+/// `dir`: `f` (forwards, the default) or `b`; answers whether backwards.
+fn backwards(params: &HashMap<String, String>) -> Result<bool, Error> {
+    match params.get("dir").map(String::as_str) {
+        None | Some("f") => Ok(false),
+        Some("b") => Ok(true),
+        Some(_) => Err(Error::invalid_param("Query parameter dir must be f or b")),
+    }
+}
+
+/// The limit of a page: at most 1000 entries.
+fn limit(params: &HashMap<String, String>) -> Result<i64, Error> {
+    Ok(count(params, "limit", 100)?.min(1000))
+}
+
+/// `GET /_synapse/admin/v1/server_version`.
+pub async fn server_version(State(s): S, parts: Parts) -> Answer<Value> {
+    admin(&s, &parts).await?;
+    Ok(Json(json!({ "server_version": env!("CARGO_PKG_VERSION"), "server": "Diplomatie" })))
+}
+
+/// `GET /_synapse/admin/v2/users`: `from`, `limit`, `user_id`, `name`, `guests`,
+/// `deactivated`, `admins`, `order_by`, `dir`.
+pub async fn list_users(State(s): S, Query(q): Params, parts: Parts) -> Answer<UserPage> {
+    admin(&s, &parts).await?;
+    let order = match q.get("order_by").map(String::as_str) {
+        None | Some("name") => UserOrder::Name,
+        Some("displayname") => UserOrder::DisplayName,
+        Some("creation_ts") => UserOrder::CreationTs,
+        Some("admin") => UserOrder::Admin,
+        Some("deactivated") => UserOrder::Deactivated,
+        Some("is_guest") => UserOrder::Guest,
+        Some(other) => return Err(Error::invalid_param(format!("Unknown value for order_by: {other}")).into()),
+    };
+    let filter = UserFilter {
+        user_id: q.get("user_id").filter(|v| !v.is_empty()).cloned(),
+        name: q.get("name").filter(|v| !v.is_empty()).cloned(),
+        guests: flag(&q, "guests", true)?,
+        deactivated: flag(&q, "deactivated", false)?,
+        admins: q.get("admins").map(|_| flag(&q, "admins", false)).transpose()?,
+        order,
+        descending: backwards(&q)?,
+    };
+    Ok(Json(s.admin.list_users(&filter, count(&q, "from", 0)?, limit(&q)?).await?))
+}
+
+/// `GET /_synapse/admin/v2/users/{userId}`.
+pub async fn get_user(State(s): S, Path(user): Path<String>, parts: Parts) -> Answer<UserView> {
+    admin(&s, &parts).await?;
+    Ok(Json(s.admin.user(&user_id(&user)?).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutUser {
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default = "yes")]
+    logout_devices: bool,
+    #[serde(default, deserialize_with = "present")]
+    displayname: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    avatar_url: Option<Option<String>>,
+    #[serde(default)]
+    admin: Option<bool>,
+    #[serde(default)]
+    deactivated: Option<bool>,
+    #[serde(default)]
+    threepids: Option<Vec<PutThreepid>>,
+    // Accepted as Synapse does, and not kept: this server has no external identities, no
+    // locked accounts nor user types beyond its own kinds.
+    #[serde(default)]
+    external_ids: Option<Vec<Value>>,
+    #[serde(default)]
+    locked: Option<bool>,
+    #[serde(default)]
+    user_type: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct PutThreepid {
+    medium: String,
+    address: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A field that may be given as `null` (cleared) or left out (unchanged).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Ok(Some(Option::<String>::deserialize(d)?))
+}
+
+/// `PUT /_synapse/admin/v2/users/{userId}`: creates (201) or changes (200) an account.
+pub async fn put_user(
+    State(s): S,
+    Path(user): Path<String>,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let caller = admin(&s, &parts).await?;
+    let user = user_id(&user)?;
+    let req: PutUser = parse_body(&body)?;
+    if req.external_ids.as_ref().is_some_and(|ids| !ids.is_empty()) {
+        return Err(Error::invalid_param("External identities are not supported by this server").into());
+    }
+    if req.locked == Some(true) {
+        return Err(Error::invalid_param("Locked accounts are not supported: deactivate the account").into());
+    }
+    let _ = req.user_type;
+    if req.password.as_ref().is_some_and(|p| p.is_empty() || p.len() > 512) {
+        return Err(Error::invalid_param("The password must be 1 to 512 characters").into());
+    }
+    let threepids = match req.threepids {
+        Some(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for t in list {
+                if !matches!(t.medium.as_str(), "email" | "msisdn") {
+                    return Err(Error::invalid_param(format!("Unknown medium: {}", t.medium)).into());
+                }
+                let address = if t.medium == "email" { t.address.to_lowercase() } else { t.address };
+                out.push((t.medium, address));
+            }
+            Some(out)
+        }
+        None => None,
+    };
+    let change = UserChange {
+        password: req.password,
+        logout_devices: req.logout_devices,
+        displayname: req.displayname,
+        avatar_url: req.avatar_url,
+        admin: req.admin,
+        deactivated: req.deactivated,
+        threepids,
+    };
+    let (created, view) = s.admin.put_user(&caller.user_id, &user, change).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(view)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct Deactivate {
+    #[serde(default)]
+    erase: bool,
+}
+
+/// `POST /_synapse/admin/v1/deactivate/{userId}`.
+pub async fn deactivate(State(s): S, Path(user): Path<String>, parts: Parts, body: axum::body::Bytes) -> Answer<Value> {
+    let caller = admin(&s, &parts).await?;
+    let user = user_id(&user)?;
+    let req: Deactivate = if body.is_empty() { Deactivate::default() } else { parse_body(&body)? };
+    s.admin.deactivate(&caller.user_id, &user, req.erase).await?;
+    Ok(Json(json!({ "id_server_unbind_result": "success" })))
+}
+
+#[derive(Deserialize)]
+struct ResetPassword {
+    new_password: String,
+    #[serde(default = "yes")]
+    logout_devices: bool,
+}
+
+/// `POST /_synapse/admin/v1/reset_password/{userId}`.
+pub async fn reset_password(
+    State(s): S,
+    Path(user): Path<String>,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Answer<Value> {
+    let caller = admin(&s, &parts).await?;
+    let user = user_id(&user)?;
+    let req: ResetPassword = parse_body(&body)?;
+    if req.new_password.is_empty() || req.new_password.len() > 512 {
+        return Err(Error::invalid_param("The password must be 1 to 512 characters").into());
+    }
+    s.admin.reset_password(&caller.user_id, &user, &req.new_password, req.logout_devices).await?;
+    Ok(Json(json!({})))
+}
+
+/// `GET /_synapse/admin/v2/users/{userId}/devices`.
+pub async fn devices(State(s): S, Path(user): Path<String>, parts: Parts) -> Answer<Value> {
+    admin(&s, &parts).await?;
+    let devices = s.admin.devices(&user_id(&user)?).await?;
+    Ok(Json(json!({ "total": devices.len(), "devices": devices })))
+}
+
+/// `GET /_synapse/admin/v2/users/{userId}/devices/{deviceId}`.
+pub async fn device(State(s): S, Path((user, device)): Path<(String, String)>, parts: Parts) -> Answer<Value> {
+    admin(&s, &parts).await?;
+    Ok(Json(s.admin.device(&user_id(&user)?, &device).await?))
+}
+
+/// `DELETE /_synapse/admin/v2/users/{userId}/devices/{deviceId}`.
+pub async fn delete_device(State(s): S, Path((user, device)): Path<(String, String)>, parts: Parts) -> Answer<Value> {
+    let caller = admin(&s, &parts).await?;
+    s.admin.delete_devices(&caller.user_id, &user_id(&user)?, &[device]).await?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+struct DeleteDevices {
+    devices: Vec<String>,
+}
+
+/// `POST /_synapse/admin/v2/users/{userId}/delete_devices`.
+pub async fn delete_devices(
+    State(s): S,
+    Path(user): Path<String>,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Answer<Value> {
+    let caller = admin(&s, &parts).await?;
+    let req: DeleteDevices = parse_body(&body)?;
+    s.admin.delete_devices(&caller.user_id, &user_id(&user)?, &req.devices).await?;
+    Ok(Json(json!({})))
+}
+
+/// `GET /_synapse/admin/v1/users/{userId}/joined_rooms`.
+pub async fn joined_rooms(State(s): S, Path(user): Path<String>, parts: Parts) -> Answer<Value> {
+    admin(&s, &parts).await?;
+    let rooms = s.admin.joined_rooms(&user_id(&user)?).await?;
+    Ok(Json(json!({ "total": rooms.len(), "joined_rooms": rooms })))
+}
+
+/// `GET /_synapse/admin/v1/whois/{userId}`: where and when the user's devices were last seen,
+/// as the client API's `/admin/whois` says it.
+pub async fn whois(State(s): S, Path(user): Path<String>, parts: Parts) -> Answer<Value> {
+    admin(&s, &parts).await?;
+    let user = user_id(&user)?;
+    let mut sessions = Vec::new();
+    for device in s.admin.devices(&user).await? {
+        let connection = json!({
+            "ip": device["last_seen_ip"],
+            "last_seen": device["last_seen_ts"],
+            "user_agent": device["last_seen_user_agent"],
+        });
+        sessions.push((device["device_id"].as_str().unwrap_or_default().to_owned(), connection));
+    }
+    let devices: serde_json::Map<String, Value> =
+        sessions.into_iter().map(|(id, c)| (id, json!({ "sessions": [{ "connections": [c] }] }))).collect();
+    Ok(Json(json!({ "user_id": user, "devices": devices })))
+}
+
+/// `GET /_synapse/admin/v1/rooms`: `from`, `limit`, `order_by`, `dir`, `search_term`.
+pub async fn list_rooms(State(s): S, Query(q): Params, parts: Parts) -> Answer<RoomPage> {
+    admin(&s, &parts).await?;
+    let order = match q.get("order_by") {
+        None => RoomOrder::Name,
+        Some(name) => {
+            RoomOrder::parse(name).ok_or_else(|| Error::invalid_param(format!("Unknown value for order_by: {name}")))?
+        }
+    };
+    let from = count(&q, "from", 0)? as usize;
+    let limit = limit(&q)? as usize;
+    let term = q.get("search_term").map(String::as_str).filter(|t| !t.is_empty());
+    Ok(Json(s.admin.list_rooms(term, order, backwards(&q)?, from, limit).await?))
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}`.
+pub async fn get_room(State(s): S, Path(room): Path<String>, parts: Parts) -> Answer<RoomView> {
+    admin(&s, &parts).await?;
+    Ok(Json(s.admin.room(&room_id(&room)?).await?))
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}/members`.
+pub async fn room_members(State(s): S, Path(room): Path<String>, parts: Parts) -> Answer<Value> {
+    admin(&s, &parts).await?;
+    let members = s.admin.room_members(&room_id(&room)?).await?;
+    Ok(Json(json!({ "total": members.len(), "members": members })))
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}/state`.
+pub async fn room_state(State(s): S, Path(room): Path<String>, parts: Parts) -> Answer<Value> {
+    admin(&s, &parts).await?;
+    Ok(Json(json!({ "state": s.admin.room_state(&room_id(&room)?).await? })))
+}
+
+/// `GET /_diplomatie/admin/v1/audit?from=&limit=`: what administrators did, newest first.
+pub async fn audit(State(s): S, Query(q): Params, parts: Parts) -> Answer<AuditPage> {
+    admin(&s, &parts).await?;
+    let before = q.get("from").map(|_| count(&q, "from", 0)).transpose()?;
+    Ok(Json(s.admin.audit_log(before, limit(&q)?.max(1)).await?))
+}

@@ -1,0 +1,542 @@
+//! The server's administration of accounts and rooms, in the shapes of Synapse's admin API
+//! (so that the tools written for it, synapse-admin among them, work unchanged): accounts
+//! listed, read, created or changed, deactivated, their passwords reset and devices deleted;
+//! rooms listed and read. Only administrators get here (the API checks), and every change is
+//! written to the audit log, in the change's transaction when it has one.
+
+use std::sync::Arc;
+
+use diplomatie_storage::accounts as accounts_store;
+use diplomatie_storage::admin::{self as store, ListedUser};
+pub use diplomatie_storage::admin::{UserFilter, UserOrder};
+use ruma::{events::StateEventType, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::{
+    accounts::Accounts,
+    core::Core,
+    now_ms,
+    rooms::{directory::Directory, Rooms},
+    sessions::Sessions,
+    Error, Result,
+};
+
+/// The administration of accounts and rooms, over the accounts, sessions, rooms and directory.
+pub struct Admin {
+    core: Arc<Core>,
+    accounts: Arc<Accounts>,
+    sessions: Arc<Sessions>,
+    rooms: Arc<Rooms>,
+    directory: Arc<Directory>,
+}
+
+crate::core::over_core!(Admin);
+
+/// An account as Synapse's admin API shows it (`GET /_synapse/admin/v2/users/{userId}`, and
+/// each entry of the list).
+#[derive(Serialize)]
+pub struct UserView {
+    pub name: String,
+    pub displayname: Option<String>,
+    pub avatar_url: Option<String>,
+    pub is_guest: bool,
+    pub admin: bool,
+    pub deactivated: bool,
+    pub erased: bool,
+    pub shadow_banned: bool,
+    pub locked: bool,
+    /// Seconds since the epoch, as Synapse counts it.
+    pub creation_ts: i64,
+    pub user_type: Option<String>,
+    pub appservice_id: Option<String>,
+    /// The portal's kind of account (`agent` or `external`).
+    pub account_kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threepids: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_ids: Option<Vec<Value>>,
+}
+
+impl From<ListedUser> for UserView {
+    fn from(u: ListedUser) -> Self {
+        UserView {
+            name: u.user_id,
+            displayname: u.displayname,
+            avatar_url: u.avatar_url,
+            is_guest: u.is_guest,
+            admin: u.is_admin,
+            deactivated: u.deactivated,
+            erased: u.erased,
+            shadow_banned: false,
+            locked: false,
+            creation_ts: u.created_ts / 1000,
+            user_type: None,
+            appservice_id: None,
+            account_kind: u.account_kind,
+            threepids: None,
+            external_ids: None,
+        }
+    }
+}
+
+/// A page of accounts (`GET /_synapse/admin/v2/users`).
+#[derive(Serialize)]
+pub struct UserPage {
+    pub users: Vec<UserView>,
+    /// The offset of the next page, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+    pub total: i64,
+}
+
+/// What `PUT /_synapse/admin/v2/users/{userId}` may set; what it leaves out stays.
+#[derive(Default)]
+pub struct UserChange {
+    pub password: Option<String>,
+    pub logout_devices: bool,
+    pub displayname: Option<Option<String>>,
+    pub avatar_url: Option<Option<String>>,
+    pub admin: Option<bool>,
+    pub deactivated: Option<bool>,
+    /// E-mail addresses and phone numbers, replacing those the account has.
+    pub threepids: Option<Vec<(String, String)>>,
+}
+
+/// A room as Synapse's admin API lists it.
+#[derive(Serialize, Clone)]
+pub struct RoomView {
+    pub room_id: OwnedRoomId,
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    pub avatar: Option<String>,
+    pub canonical_alias: Option<String>,
+    pub joined_members: u64,
+    pub joined_local_members: u64,
+    pub version: Option<String>,
+    pub creator: Option<String>,
+    pub encryption: Option<String>,
+    pub federatable: bool,
+    pub public: bool,
+    pub join_rules: Option<String>,
+    pub guest_access: Option<String>,
+    pub history_visibility: Option<String>,
+    pub state_events: u64,
+    pub room_type: Option<String>,
+}
+
+/// A page of rooms (`GET /_synapse/admin/v1/rooms`).
+#[derive(Serialize)]
+pub struct RoomPage {
+    pub rooms: Vec<RoomView>,
+    pub offset: usize,
+    pub total_rooms: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_batch: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prev_batch: Option<usize>,
+}
+
+/// The columns a room list may be ordered by (Synapse's `order_by`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoomOrder {
+    Name,
+    CanonicalAlias,
+    JoinedMembers,
+    JoinedLocalMembers,
+    Version,
+    Creator,
+    Encryption,
+    Federatable,
+    Public,
+    JoinRules,
+    GuestAccess,
+    HistoryVisibility,
+    StateEvents,
+}
+
+impl RoomOrder {
+    /// Synapse's name of the order, `None` for one it does not have.
+    pub fn parse(name: &str) -> Option<RoomOrder> {
+        Some(match name {
+            "name" | "alphabetical" => RoomOrder::Name,
+            "canonical_alias" => RoomOrder::CanonicalAlias,
+            "joined_members" | "size" => RoomOrder::JoinedMembers,
+            "joined_local_members" => RoomOrder::JoinedLocalMembers,
+            "version" => RoomOrder::Version,
+            "creator" => RoomOrder::Creator,
+            "encryption" => RoomOrder::Encryption,
+            "federatable" => RoomOrder::Federatable,
+            "public" => RoomOrder::Public,
+            "join_rules" => RoomOrder::JoinRules,
+            "guest_access" => RoomOrder::GuestAccess,
+            "history_visibility" => RoomOrder::HistoryVisibility,
+            "state_events" => RoomOrder::StateEvents,
+            _ => return None,
+        })
+    }
+
+    fn compare(self, a: &RoomView, b: &RoomView) -> std::cmp::Ordering {
+        let text = |v: &Option<String>| v.clone().unwrap_or_default().to_lowercase();
+        match self {
+            RoomOrder::Name => text(&a.name).cmp(&text(&b.name)),
+            RoomOrder::CanonicalAlias => text(&a.canonical_alias).cmp(&text(&b.canonical_alias)),
+            // The largest first, as Synapse lists them (`dir=b` turns it round).
+            RoomOrder::JoinedMembers => b.joined_members.cmp(&a.joined_members),
+            RoomOrder::JoinedLocalMembers => b.joined_local_members.cmp(&a.joined_local_members),
+            RoomOrder::Version => text(&a.version).cmp(&text(&b.version)),
+            RoomOrder::Creator => text(&a.creator).cmp(&text(&b.creator)),
+            RoomOrder::Encryption => text(&a.encryption).cmp(&text(&b.encryption)),
+            RoomOrder::Federatable => a.federatable.cmp(&b.federatable),
+            RoomOrder::Public => a.public.cmp(&b.public),
+            RoomOrder::JoinRules => text(&a.join_rules).cmp(&text(&b.join_rules)),
+            RoomOrder::GuestAccess => text(&a.guest_access).cmp(&text(&b.guest_access)),
+            RoomOrder::HistoryVisibility => text(&a.history_visibility).cmp(&text(&b.history_visibility)),
+            RoomOrder::StateEvents => b.state_events.cmp(&a.state_events),
+        }
+    }
+}
+
+/// One line of the audit log as administrators read it.
+#[derive(Serialize)]
+pub struct AuditView {
+    pub id: i64,
+    pub ts: i64,
+    pub admin: String,
+    pub action: String,
+    pub target: String,
+    pub detail: Option<Value>,
+}
+
+/// A page of the audit log, newest first.
+#[derive(Serialize)]
+pub struct AuditPage {
+    pub entries: Vec<AuditView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+impl Admin {
+    pub(crate) fn new(
+        core: Arc<Core>,
+        accounts: Arc<Accounts>,
+        sessions: Arc<Sessions>,
+        rooms: Arc<Rooms>,
+        directory: Arc<Directory>,
+    ) -> Admin {
+        Admin { core, accounts, sessions, rooms, directory }
+    }
+
+    /// Writes a line of the audit log (outside any change's transaction: the change was made).
+    async fn audit(&self, admin: &UserId, action: &str, target: &str, detail: Option<Value>) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        let detail = detail.map(|d| d.to_string());
+        store::record(&mut tx, now_ms(), admin.as_str(), action, target, detail.as_deref()).await?;
+        diplomatie_storage::commit(tx).await?;
+        tracing::info!(%admin, action, target, "administration");
+        Ok(())
+    }
+
+    /// A user of this server, who must exist.
+    async fn local_user(&self, user: &UserId) -> Result<ListedUser> {
+        if user.server_name() != self.server_name() {
+            return Err(Error::invalid_param("Only local users can be administered"));
+        }
+        store::listed_user(self.db.pool(), user.as_str()).await?.ok_or_else(|| Error::not_found("User not found"))
+    }
+
+    /// `GET /_synapse/admin/v2/users`: a page of accounts.
+    pub async fn list_users(&self, filter: &UserFilter, from: i64, limit: i64) -> Result<UserPage> {
+        let (users, total) = store::list_users(self.db.pool(), filter, from, limit).await?;
+        let next = from + users.len() as i64;
+        Ok(UserPage {
+            next_token: (next < total && !users.is_empty()).then(|| next.to_string()),
+            users: users.into_iter().map(UserView::from).collect(),
+            total,
+        })
+    }
+
+    /// `GET /_synapse/admin/v2/users/{userId}`: an account with its addresses.
+    pub async fn user(&self, user: &UserId) -> Result<UserView> {
+        let listed = self.local_user(user).await?;
+        let mut view = UserView::from(listed);
+        let threepids = diplomatie_storage::threepids::list(self.db.pool(), user.as_str()).await?;
+        view.threepids = Some(
+            threepids
+                .into_iter()
+                .map(|t| {
+                    json!({ "medium": t.medium, "address": t.address,
+                            "added_at": t.added_at, "validated_at": t.validated_at })
+                })
+                .collect(),
+        );
+        view.external_ids = Some(Vec::new());
+        view.appservice_id = None;
+        Ok(view)
+    }
+
+    /// `PUT /_synapse/admin/v2/users/{userId}`: creates the account (answers `true`) or changes
+    /// it. A new account needs a password unless it is created deactivated.
+    pub async fn put_user(&self, admin: &UserId, user: &UserId, change: UserChange) -> Result<(bool, UserView)> {
+        if user.server_name() != self.server_name() {
+            return Err(Error::invalid_param("Only local users can be administered"));
+        }
+        let existing = store::listed_user(self.db.pool(), user.as_str()).await?;
+        let created = existing.is_none();
+        if created {
+            let displayname = change.displayname.clone().flatten();
+            self.accounts
+                .create_account(
+                    Some(user.localpart()),
+                    change.password.as_deref(),
+                    change.admin.unwrap_or(false),
+                    displayname.as_deref(),
+                )
+                .await?;
+        } else if let Some(password) = &change.password {
+            if existing.as_ref().is_some_and(|u| u.deactivated) && change.deactivated != Some(false) {
+                return Err(Error::invalid_param("A deactivated account cannot be given a password"));
+            }
+            self.sessions.set_password(user, None, password, change.logout_devices).await?;
+        }
+        if let Some(admin_flag) = change.admin.filter(|_| !created) {
+            store::set_admin(self.db.pool(), user.as_str(), admin_flag).await?;
+        }
+        if let Some(name) = change.displayname.as_ref().filter(|_| !created) {
+            self.accounts.set_profile_field(user, "displayname", name.as_deref()).await?;
+        }
+        if let Some(url) = &change.avatar_url {
+            self.accounts.set_profile_field(user, "avatar_url", url.as_deref()).await?;
+        }
+        if let Some(threepids) = &change.threepids {
+            // Set by an administrator: validated now, bound on no identity server.
+            use diplomatie_storage::threepids as addresses;
+            let mut tx = self.db.begin().await?;
+            for old in addresses::list(&mut *tx, user.as_str()).await? {
+                addresses::delete(&mut *tx, user.as_str(), &old.medium, &old.address).await?;
+            }
+            let now = now_ms();
+            for (medium, address) in threepids {
+                let t = addresses::Threepid {
+                    medium: medium.clone(),
+                    address: address.clone(),
+                    validated_at: now,
+                    added_at: now,
+                    id_server: None,
+                };
+                addresses::upsert(&mut *tx, user.as_str(), &t).await?;
+            }
+            diplomatie_storage::commit(tx).await?;
+        }
+        match (change.deactivated, existing.as_ref().map(|u| u.deactivated)) {
+            (Some(true), Some(false)) => self.sessions.deactivate(user, false).await?,
+            (Some(false), Some(true)) => {
+                if change.password.is_none() {
+                    return Err(Error::invalid_param("An account is reactivated with a new password"));
+                }
+                store::reactivate(self.db.pool(), user.as_str()).await?;
+                self.sessions.set_password(user, None, change.password.as_deref().unwrap_or_default(), false).await?;
+            }
+            (Some(true), None) => self.sessions.deactivate(user, false).await?,
+            _ => {}
+        }
+        let detail = json!({
+            "password_set": change.password.is_some(),
+            "displayname": change.displayname,
+            "avatar_url": change.avatar_url,
+            "admin": change.admin,
+            "deactivated": change.deactivated,
+            "threepids": change.threepids.as_ref().map(Vec::len),
+        });
+        self.audit(admin, if created { "user.create" } else { "user.modify" }, user.as_str(), Some(detail)).await?;
+        Ok((created, self.user(user).await?))
+    }
+
+    /// `POST /_synapse/admin/v1/deactivate/{userId}`: the account leaves its rooms, loses its
+    /// devices and can no longer log in; with `erase`, its messages are shown redacted to
+    /// those who join later.
+    pub async fn deactivate(&self, admin: &UserId, user: &UserId, erase: bool) -> Result<()> {
+        self.local_user(user).await?;
+        self.sessions.deactivate(user, erase).await?;
+        self.audit(admin, "user.deactivate", user.as_str(), Some(json!({ "erase": erase }))).await
+    }
+
+    /// `POST /_synapse/admin/v1/reset_password/{userId}`.
+    pub async fn reset_password(&self, admin: &UserId, user: &UserId, password: &str, logout: bool) -> Result<()> {
+        let listed = self.local_user(user).await?;
+        if listed.deactivated {
+            return Err(Error::invalid_param("The account is deactivated"));
+        }
+        self.sessions.set_password(user, None, password, logout).await?;
+        self.audit(admin, "user.reset_password", user.as_str(), Some(json!({ "logout_devices": logout }))).await
+    }
+
+    /// `GET /_synapse/admin/v2/users/{userId}/devices`.
+    pub async fn devices(&self, user: &UserId) -> Result<Vec<Value>> {
+        self.local_user(user).await?;
+        Ok(self.accounts.devices(user).await?.into_iter().map(|d| device_json(user, d)).collect())
+    }
+
+    /// `GET /_synapse/admin/v2/users/{userId}/devices/{deviceId}`.
+    pub async fn device(&self, user: &UserId, device: &str) -> Result<Value> {
+        self.local_user(user).await?;
+        Ok(device_json(user, self.accounts.device(user, device).await?))
+    }
+
+    /// `DELETE /_synapse/admin/v2/users/{userId}/devices/{deviceId}` and `POST .../delete_devices`:
+    /// the devices and their sessions end (those already gone are passed over).
+    pub async fn delete_devices(&self, admin: &UserId, user: &UserId, devices: &[String]) -> Result<()> {
+        self.local_user(user).await?;
+        let known: Vec<String> = self.accounts.devices(user).await?.into_iter().map(|d| d.device_id).collect();
+        let gone: Vec<&str> = devices.iter().filter(|d| known.contains(d)).map(String::as_str).collect();
+        self.sessions.delete_devices(user, &gone).await?;
+        self.audit(admin, "user.delete_devices", user.as_str(), Some(json!({ "devices": gone }))).await
+    }
+
+    /// `GET /_synapse/admin/v1/users/{userId}/joined_rooms`.
+    pub async fn joined_rooms(&self, user: &UserId) -> Result<Vec<OwnedRoomId>> {
+        self.local_user(user).await?;
+        crate::rooms::joined_rooms(self, user).await
+    }
+
+    /// `GET /_diplomatie/admin/v1/audit`: the audit log, newest first.
+    pub async fn audit_log(&self, before: Option<i64>, limit: i64) -> Result<AuditPage> {
+        let entries = store::audit(self.db.pool(), before, limit).await?;
+        let next_token = (entries.len() as i64 == limit).then(|| entries.last().map(|e| e.id.to_string())).flatten();
+        Ok(AuditPage {
+            entries: entries
+                .into_iter()
+                .map(|e| AuditView {
+                    id: e.id,
+                    ts: e.ts,
+                    admin: e.admin,
+                    action: e.action,
+                    target: e.target,
+                    detail: e.detail.and_then(|d| serde_json::from_str(&d).ok()),
+                })
+                .collect(),
+            next_token,
+        })
+    }
+
+    /// A room as the admin API shows it.
+    pub async fn room(&self, room_id: &RoomId) -> Result<RoomView> {
+        let meta = diplomatie_storage::rooms::get_room(self.db.pool(), room_id.as_str())
+            .await?
+            .ok_or_else(|| Error::not_found("Room not found"))?;
+        let summary = self.directory.room_summary(room_id).await?;
+        let state = self.rooms.current_state(room_id).await?;
+        let members = self.rooms.joined_members(room_id).await?;
+        let local = members.iter().filter(|m| m.server_name() == self.server_name()).count();
+        let content = |kind: StateEventType| {
+            let state = state.clone();
+            async move {
+                let pdu = self.rooms.state_event_in(&state, &kind, "").await?;
+                Ok::<_, Error>(pdu.map(|p| p.content_value()))
+            }
+        };
+        let field =
+            |v: &Option<Value>, f: &str| v.as_ref().and_then(|v| v.get(f)).and_then(Value::as_str).map(str::to_owned);
+        let create = content(StateEventType::RoomCreate).await?;
+        let join_rules = content(StateEventType::RoomJoinRules).await?;
+        let guest = content(StateEventType::RoomGuestAccess).await?;
+        let history = content(StateEventType::RoomHistoryVisibility).await?;
+        Ok(RoomView {
+            room_id: room_id.to_owned(),
+            name: summary.name,
+            topic: summary.topic,
+            avatar: summary.avatar_url.map(|u| u.to_string()),
+            canonical_alias: summary.canonical_alias.map(|a| a.to_string()),
+            joined_members: members.len() as u64,
+            joined_local_members: local as u64,
+            version: summary.room_version.map(|v| v.to_string()),
+            creator: Some(meta.creator),
+            encryption: summary.encryption.map(|e| e.to_string()),
+            federatable: create.as_ref().and_then(|c| c.get("m.federate")).and_then(Value::as_bool).unwrap_or(true),
+            public: meta.is_public,
+            join_rules: field(&join_rules, "join_rule"),
+            guest_access: field(&guest, "guest_access"),
+            history_visibility: field(&history, "history_visibility"),
+            state_events: state.len() as u64,
+            room_type: field(&create, "type"),
+        })
+    }
+
+    /// `GET /_synapse/admin/v1/rooms`: every room this server knows, filtered by a term in
+    /// their name, alias or id, ordered, a page from `from`.
+    pub async fn list_rooms(
+        &self,
+        term: Option<&str>,
+        order: RoomOrder,
+        backwards: bool,
+        from: usize,
+        limit: usize,
+    ) -> Result<RoomPage> {
+        let term = term.map(str::to_lowercase);
+        let mut rooms = Vec::new();
+        for room_id in diplomatie_storage::retention::all_rooms(self.db.pool()).await? {
+            let Ok(room_id) = OwnedRoomId::try_from(room_id) else { continue };
+            let view = match self.room(&room_id).await {
+                Ok(view) => view,
+                // A room whose state this server never had (an invite over federation).
+                Err(_) => continue,
+            };
+            if let Some(term) = &term {
+                let hit = |v: &Option<String>| v.as_ref().is_some_and(|v| v.to_lowercase().contains(term.as_str()));
+                if !hit(&view.name)
+                    && !hit(&view.canonical_alias)
+                    && !view.room_id.as_str().to_lowercase().contains(term.as_str())
+                {
+                    continue;
+                }
+            }
+            rooms.push(view);
+        }
+        rooms.sort_by(|a, b| order.compare(a, b).then_with(|| a.room_id.cmp(&b.room_id)));
+        if backwards {
+            rooms.reverse();
+        }
+        let total = rooms.len();
+        let page: Vec<RoomView> = rooms.into_iter().skip(from).take(limit).collect();
+        let end = from + page.len();
+        Ok(RoomPage {
+            offset: from,
+            total_rooms: total,
+            next_batch: (end < total).then_some(end),
+            prev_batch: (from > 0).then(|| from.saturating_sub(limit)),
+            rooms: page,
+        })
+    }
+
+    /// `GET /_synapse/admin/v1/rooms/{roomId}/members`.
+    pub async fn room_members(&self, room_id: &RoomId) -> Result<Vec<OwnedUserId>> {
+        self.room(room_id).await?;
+        let mut members: Vec<OwnedUserId> = self.rooms.joined_members(room_id).await?.iter().cloned().collect();
+        members.sort();
+        Ok(members)
+    }
+
+    /// `GET /_synapse/admin/v1/rooms/{roomId}/state`: the room's current state events.
+    pub async fn room_state(&self, room_id: &RoomId) -> Result<Vec<Value>> {
+        self.room(room_id).await?;
+        let state = self.rooms.current_state(room_id).await?;
+        let mut events = Vec::with_capacity(state.len());
+        for event_id in state.values() {
+            if let Some(pdu) = self.rooms.get_pdu(event_id).await? {
+                events.push(pdu.to_client(true));
+            }
+        }
+        Ok(events)
+    }
+}
+
+fn device_json(user: &UserId, d: accounts_store::Device) -> Value {
+    json!({
+        "device_id": d.device_id,
+        "display_name": d.display_name,
+        "last_seen_ip": d.last_seen_ip,
+        "last_seen_ts": d.last_seen_ts,
+        "last_seen_user_agent": d.last_seen_user_agent,
+        "user_id": user,
+    })
+}

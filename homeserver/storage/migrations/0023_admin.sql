@@ -1,0 +1,11 @@
+-- What administrators did through the administration APIs (Synapse's and the portal's): who,
+-- when, what and to whom, for other administrators to read.
+CREATE TABLE admin_audit (
+    id BIGINT PRIMARY KEY NOT NULL,
+    ts BIGINT NOT NULL,
+    admin TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    -- The request's parameters that matter (JSON), never a password.
+    detail TEXT
+);
