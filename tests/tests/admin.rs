@@ -8,7 +8,12 @@ use diplomatie_tests::{assert_error, backend_tests, urlencode, Backend, TestServ
 use reqwest::Method;
 use serde_json::{json, Value};
 
-backend_tests!(accounts_are_administered_as_synapse_does, rooms_are_listed_and_read, only_administrators_get_in);
+backend_tests!(
+    accounts_are_administered_as_synapse_does,
+    rooms_are_listed_and_read,
+    registration_tokens_are_administered,
+    only_administrators_get_in,
+);
 
 fn user_path(user: &str) -> String {
     format!("/_synapse/admin/v2/users/{}", urlencode(user))
@@ -114,7 +119,10 @@ async fn accounts_are_administered_as_synapse_does(backend: Backend) {
     assert!(names(&listed).contains(&alice.user_id));
     let members = root.ok(Method::GET, &format!("/_synapse/admin/v1/rooms/{}/members", urlencode(&room)), None).await;
     assert_eq!(members["total"], 0, "{members}");
-    // Reactivated with a password.
+    // Reactivated with a password, never without.
+    let refused = root.put(&user_path(&alice.user_id), &json!({ "deactivated": false })).await;
+    assert_error(&refused, 400, "M_INVALID_PARAM");
+    assert_eq!(root.ok(Method::GET, &user_path(&alice.user_id), None).await["deactivated"], true);
     let (status, back) =
         root.put(&user_path(&alice.user_id), &json!({ "deactivated": false, "password": "again" })).await;
     assert_eq!(status, 200, "{back}");
@@ -237,6 +245,7 @@ async fn only_administrators_get_in(backend: Backend) {
         format!("/_synapse/admin/v1/rooms/{room}/members"),
         format!("/_synapse/admin/v1/rooms/{room}/state"),
         "/_diplomatie/admin/v1/audit".to_owned(),
+        "/_synapse/admin/v1/registration_tokens".to_owned(),
     ];
     for path in &gets {
         assert_error(&alice.get(path).await, 403, "M_FORBIDDEN");
@@ -247,6 +256,7 @@ async fn only_administrators_get_in(backend: Backend) {
         (Method::POST, format!("/_synapse/admin/v1/deactivate/{user}"), json!({})),
         (Method::POST, format!("/_synapse/admin/v1/reset_password/{user}"), json!({ "new_password": "x" })),
         (Method::POST, format!("/_synapse/admin/v2/users/{user}/delete_devices"), json!({ "devices": [] })),
+        (Method::POST, "/_synapse/admin/v1/registration_tokens/new".to_owned(), json!({})),
     ];
     for (method, path, body) in &writes {
         let refused = alice.request(method.clone(), path, Some(body)).await;
@@ -258,4 +268,56 @@ async fn only_administrators_get_in(backend: Backend) {
     server.login("root", "pw").await;
     let audit = root.ok(Method::GET, "/_diplomatie/admin/v1/audit", None).await;
     assert_eq!(audit["entries"], json!([]), "refusals change nothing: {audit}");
+}
+
+async fn registration_tokens_are_administered(backend: Backend) {
+    let server = TestServer::start(backend, &[("REGISTRATION__REQUIRE_TOKEN", "true")]).await;
+    let root = server.admin().await;
+    const TOKENS: &str = "/_synapse/admin/v1/registration_tokens";
+
+    let made =
+        root.ok(Method::POST, &format!("{TOKENS}/new"), Some(&json!({ "token": "abc", "uses_allowed": 1 }))).await;
+    assert_eq!(made, json!({ "token": "abc", "uses_allowed": 1, "pending": 0, "completed": 0, "expiry_time": null }));
+    let random = root.ok(Method::POST, &format!("{TOKENS}/new"), Some(&json!({ "length": 20 }))).await;
+    let random = random["token"].as_str().unwrap().to_owned();
+    assert_eq!(random.len(), 20);
+
+    // Used once by a registration, the first is no longer valid.
+    let c = server.client();
+    let body = json!({ "username": "dave", "password": "dave's password" });
+    let (status, first) = c.post("/_matrix/client/v3/register", &body).await;
+    assert_eq!(status, 401, "{first}");
+    let mut body = body;
+    body["auth"] = json!({ "type": "m.login.registration_token", "token": "abc", "session": first["session"] });
+    let (status, reg) = c.post("/_matrix/client/v3/register", &body).await;
+    assert_eq!(status, 200, "{reg}");
+    let valid = root.ok(Method::GET, &format!("{TOKENS}?valid=true"), None).await;
+    let valid: Vec<&str> =
+        valid["registration_tokens"].as_array().unwrap().iter().map(|t| t["token"].as_str().unwrap()).collect();
+    assert_eq!(valid, [random.as_str()]);
+    let abc = root.ok(Method::GET, &format!("{TOKENS}/abc"), None).await;
+    assert_eq!(abc["completed"], 1, "{abc}");
+
+    // More uses, then deleted.
+    let changed = root.ok(Method::PUT, &format!("{TOKENS}/abc"), Some(&json!({ "uses_allowed": null }))).await;
+    assert_eq!(changed["uses_allowed"], Value::Null);
+    let all = root.ok(Method::GET, TOKENS, None).await;
+    assert_eq!(all["registration_tokens"].as_array().unwrap().len(), 2);
+    root.ok(Method::DELETE, &format!("{TOKENS}/abc"), None).await;
+    assert_error(&root.get(&format!("{TOKENS}/abc")).await, 404, "M_NOT_FOUND");
+
+    // Bad input: the spec's errors.
+    assert_error(&root.post(&format!("{TOKENS}/new"), &json!({ "token": random })).await, 400, "M_INVALID_PARAM");
+    assert_error(&root.post(&format!("{TOKENS}/new"), &json!({ "token": "a b" })).await, 400, "M_INVALID_PARAM");
+    assert_error(&root.post(&format!("{TOKENS}/new"), &json!({ "length": 65 })).await, 400, "M_INVALID_PARAM");
+    assert_error(&root.post(&format!("{TOKENS}/new"), &json!({ "uses_allowed": -1 })).await, 400, "M_INVALID_PARAM");
+    assert_error(&root.post(&format!("{TOKENS}/new"), &json!({ "expiry_time": 1000 })).await, 400, "M_INVALID_PARAM");
+    assert_error(&root.put(&format!("{TOKENS}/nothing"), &json!({})).await, 404, "M_NOT_FOUND");
+    assert_error(&root.get(&format!("{TOKENS}?valid=perhaps")).await, 400, "M_INVALID_PARAM");
+    assert_eq!(root.ok(Method::GET, TOKENS, None).await["registration_tokens"].as_array().unwrap().len(), 1);
+
+    // The health check answers without a token.
+    let health = reqwest::get(format!("http://{}/health", server.addr())).await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.unwrap(), "OK");
 }

@@ -267,6 +267,8 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/_synapse/admin/v1/event_reports/{id}", get(reports::synapse_get).delete(reports::delete));
     use synapse_admin as sa;
     let r = r
+        // For load balancers, as Synapse has it: the process answers.
+        .route("/health", get(|| async { "OK" }))
         .route("/_synapse/admin/v1/server_version", get(sa::server_version))
         .route("/_synapse/admin/v2/users", get(sa::list_users))
         .route("/_synapse/admin/v2/users/{user_id}", get(sa::get_user).put(sa::put_user))
@@ -281,6 +283,12 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/_synapse/admin/v1/rooms/{room_id}", get(sa::get_room))
         .route("/_synapse/admin/v1/rooms/{room_id}/members", get(sa::room_members))
         .route("/_synapse/admin/v1/rooms/{room_id}/state", get(sa::room_state))
+        .route("/_synapse/admin/v1/registration_tokens", get(sa::registration_tokens))
+        .route("/_synapse/admin/v1/registration_tokens/new", post(sa::new_registration_token))
+        .route(
+            "/_synapse/admin/v1/registration_tokens/{token}",
+            get(sa::registration_token).put(sa::update_registration_token).delete(sa::delete_registration_token),
+        )
         .route("/_diplomatie/admin/v1/audit", get(sa::audit));
     // The portal's administration
     let r = r

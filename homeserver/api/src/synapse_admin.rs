@@ -347,3 +347,101 @@ pub async fn audit(State(s): S, Query(q): Params, parts: Parts) -> Answer<AuditP
     let before = q.get("from").map(|_| count(&q, "from", 0)).transpose()?;
     Ok(Json(s.admin.audit_log(before, limit(&q)?.max(1)).await?))
 }
+
+/// `GET /_synapse/admin/v1/registration_tokens?valid=`.
+pub async fn registration_tokens(State(s): S, Query(q): Params, parts: Parts) -> Answer<Value> {
+    admin(&s, &parts).await?;
+    let valid = q.get("valid").map(|_| flag(&q, "valid", true)).transpose()?;
+    Ok(Json(json!({ "registration_tokens": s.admin.registration_tokens(valid).await? })))
+}
+
+/// `GET /_synapse/admin/v1/registration_tokens/{token}`.
+pub async fn registration_token(State(s): S, Path(token): Path<String>, parts: Parts) -> Answer<Value> {
+    admin(&s, &parts).await?;
+    Ok(Json(s.admin.registration_token(&token).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    length: Option<i64>,
+    #[serde(default)]
+    uses_allowed: Option<i64>,
+    #[serde(default)]
+    expiry_time: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenChange {
+    #[serde(default, deserialize_with = "present_number")]
+    uses_allowed: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present_number")]
+    expiry_time: Option<Option<i64>>,
+}
+
+fn present_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
+    Ok(Some(Option::<i64>::deserialize(d)?))
+}
+
+/// Synapse's checks of a token's uses and expiry.
+fn check_token_limits(uses_allowed: Option<i64>, expiry_time: Option<i64>) -> Result<(), Error> {
+    if uses_allowed.is_some_and(|n| n < 0) {
+        return Err(Error::invalid_param("uses_allowed must be a non-negative integer or null"));
+    }
+    if expiry_time.is_some_and(|t| t < diplomatie_service::now_ms()) {
+        return Err(Error::invalid_param("expiry_time must not be in the past"));
+    }
+    Ok(())
+}
+
+/// `POST /_synapse/admin/v1/registration_tokens/new`.
+pub async fn new_registration_token(State(s): S, parts: Parts, body: axum::body::Bytes) -> Answer<Value> {
+    let caller = admin(&s, &parts).await?;
+    let req: NewToken = parse_body(&body)?;
+    if let Some(token) = &req.token {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '-');
+        if token.is_empty() || token.len() > 64 || !token.chars().all(allowed) {
+            return Err(Error::invalid_param("token must be 1 to 64 characters of [A-Za-z0-9._~-]").into());
+        }
+    }
+    let length = req.length.unwrap_or(16);
+    if !(1..=64).contains(&length) {
+        return Err(Error::invalid_param("length must be an integer from 1 to 64").into());
+    }
+    check_token_limits(req.uses_allowed, req.expiry_time)?;
+    let made = s
+        .admin
+        .new_registration_token(
+            &caller.user_id,
+            req.token.as_deref(),
+            length as usize,
+            req.uses_allowed,
+            req.expiry_time,
+        )
+        .await?;
+    Ok(Json(made))
+}
+
+/// `PUT /_synapse/admin/v1/registration_tokens/{token}`.
+pub async fn update_registration_token(
+    State(s): S,
+    Path(token): Path<String>,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Answer<Value> {
+    let caller = admin(&s, &parts).await?;
+    let req: TokenChange = parse_body(&body)?;
+    check_token_limits(req.uses_allowed.flatten(), req.expiry_time.flatten())?;
+    Ok(Json(s.admin.update_registration_token(&caller.user_id, &token, req.uses_allowed, req.expiry_time).await?))
+}
+
+/// `DELETE /_synapse/admin/v1/registration_tokens/{token}`.
+pub async fn delete_registration_token(State(s): S, Path(token): Path<String>, parts: Parts) -> Answer<Value> {
+    let caller = admin(&s, &parts).await?;
+    s.admin.delete_registration_token(&caller.user_id, &token).await?;
+    Ok(Json(json!({})))
+}

@@ -283,6 +283,10 @@ impl Admin {
         }
         let existing = store::listed_user(self.db.pool(), user.as_str()).await?;
         let created = existing.is_none();
+        let reactivated = existing.as_ref().is_some_and(|u| u.deactivated) && change.deactivated == Some(false);
+        if reactivated && change.password.is_none() {
+            return Err(Error::invalid_param("An account is reactivated with a new password"));
+        }
         if created {
             let displayname = change.displayname.clone().flatten();
             self.accounts
@@ -294,7 +298,7 @@ impl Admin {
                 )
                 .await?;
         } else if let Some(password) = &change.password {
-            if existing.as_ref().is_some_and(|u| u.deactivated) && change.deactivated != Some(false) {
+            if existing.as_ref().is_some_and(|u| u.deactivated) && !reactivated {
                 return Err(Error::invalid_param("A deactivated account cannot be given a password"));
             }
             self.sessions.set_password(user, None, password, change.logout_devices).await?;
@@ -330,13 +334,8 @@ impl Admin {
         }
         match (change.deactivated, existing.as_ref().map(|u| u.deactivated)) {
             (Some(true), Some(false)) => self.sessions.deactivate(user, false).await?,
-            (Some(false), Some(true)) => {
-                if change.password.is_none() {
-                    return Err(Error::invalid_param("An account is reactivated with a new password"));
-                }
-                store::reactivate(self.db.pool(), user.as_str()).await?;
-                self.sessions.set_password(user, None, change.password.as_deref().unwrap_or_default(), false).await?;
-            }
+            // Reactivated: its new password was set above.
+            (Some(false), Some(true)) => store::reactivate(self.db.pool(), user.as_str()).await?,
             (Some(true), None) => self.sessions.deactivate(user, false).await?,
             _ => {}
         }
@@ -417,6 +416,70 @@ impl Admin {
                 .collect(),
             next_token,
         })
+    }
+
+    /// `GET /_synapse/admin/v1/registration_tokens`: every token, or only the valid ones
+    /// (`Some(true)`) or the others (`Some(false)`).
+    pub async fn registration_tokens(&self, valid: Option<bool>) -> Result<Vec<Value>> {
+        let now = now_ms();
+        let tokens = store::registration_tokens(self.db.pool()).await?;
+        Ok(tokens
+            .into_iter()
+            .filter(|t| valid.is_none_or(|v| token_valid(t, now) == v))
+            .map(|t| token_json(&t))
+            .collect())
+    }
+
+    /// `GET /_synapse/admin/v1/registration_tokens/{token}`.
+    pub async fn registration_token(&self, token: &str) -> Result<Value> {
+        let t = accounts_store::get_registration_token(self.db.pool(), token)
+            .await?
+            .ok_or_else(|| Error::not_found("No such registration token"))?;
+        Ok(token_json(&t))
+    }
+
+    /// `POST /_synapse/admin/v1/registration_tokens/new`.
+    pub async fn new_registration_token(
+        &self,
+        admin: &UserId,
+        token: Option<&str>,
+        length: usize,
+        uses_allowed: Option<i64>,
+        expiry_ts: Option<i64>,
+    ) -> Result<Value> {
+        let token = token.map(str::to_owned).unwrap_or_else(|| crate::random_string(length));
+        let token = self.accounts.create_registration_token(Some(&token), uses_allowed, expiry_ts).await?;
+        let detail = json!({ "uses_allowed": uses_allowed, "expiry_time": expiry_ts });
+        self.audit(admin, "registration_token.create", &token, Some(detail)).await?;
+        self.registration_token(&token).await
+    }
+
+    /// `PUT /_synapse/admin/v1/registration_tokens/{token}`: what is given changes (`null`:
+    /// unlimited, never expires), the rest stays.
+    pub async fn update_registration_token(
+        &self,
+        admin: &UserId,
+        token: &str,
+        uses_allowed: Option<Option<i64>>,
+        expiry_ts: Option<Option<i64>>,
+    ) -> Result<Value> {
+        let t = accounts_store::get_registration_token(self.db.pool(), token)
+            .await?
+            .ok_or_else(|| Error::not_found("No such registration token"))?;
+        let uses = uses_allowed.unwrap_or(t.uses_allowed);
+        let expiry = expiry_ts.unwrap_or(t.expiry_ts);
+        store::update_registration_token(self.db.pool(), token, uses, expiry).await?;
+        let detail = json!({ "uses_allowed": uses, "expiry_time": expiry });
+        self.audit(admin, "registration_token.update", token, Some(detail)).await?;
+        self.registration_token(token).await
+    }
+
+    /// `DELETE /_synapse/admin/v1/registration_tokens/{token}`.
+    pub async fn delete_registration_token(&self, admin: &UserId, token: &str) -> Result<()> {
+        if !store::delete_registration_token(self.db.pool(), token).await? {
+            return Err(Error::not_found("No such registration token"));
+        }
+        self.audit(admin, "registration_token.delete", token, None).await
     }
 
     /// A room as the admin API shows it.
@@ -538,5 +601,19 @@ fn device_json(user: &UserId, d: accounts_store::Device) -> Value {
         "last_seen_ts": d.last_seen_ts,
         "last_seen_user_agent": d.last_seen_user_agent,
         "user_id": user,
+    })
+}
+
+fn token_valid(t: &accounts_store::RegistrationToken, now: i64) -> bool {
+    t.uses_allowed.is_none_or(|n| t.completed + t.pending < n) && t.expiry_ts.is_none_or(|e| e > now)
+}
+
+fn token_json(t: &accounts_store::RegistrationToken) -> Value {
+    json!({
+        "token": t.token,
+        "uses_allowed": t.uses_allowed,
+        "pending": t.pending,
+        "completed": t.completed,
+        "expiry_time": t.expiry_ts,
     })
 }

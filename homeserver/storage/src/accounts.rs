@@ -408,7 +408,11 @@ pub async fn create_registration_token<'e>(
     Ok(())
 }
 
-type TokenRow = (String, Option<i64>, i64, i64, Option<i64>);
+pub(crate) type TokenRow = (String, Option<i64>, i64, i64, Option<i64>);
+
+pub(crate) fn token_from_row(r: TokenRow) -> RegistrationToken {
+    RegistrationToken { token: r.0, uses_allowed: r.1, pending: r.2, completed: r.3, expiry_ts: r.4 }
+}
 
 pub async fn get_registration_token<'e>(e: impl Exec<'e>, token: &str) -> Result<Option<RegistrationToken>> {
     let row: Option<TokenRow> = sqlx::query_as(
@@ -417,7 +421,7 @@ pub async fn get_registration_token<'e>(e: impl Exec<'e>, token: &str) -> Result
     .bind(token)
     .fetch_optional(e)
     .await?;
-    Ok(row.map(|r| RegistrationToken { token: r.0, uses_allowed: r.1, pending: r.2, completed: r.3, expiry_ts: r.4 }))
+    Ok(row.map(token_from_row))
 }
 
 /// Counts one completed use of a registration token.

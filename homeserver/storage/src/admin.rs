@@ -205,3 +205,35 @@ pub async fn audit<'e>(e: impl Exec<'e>, before: Option<i64>, limit: i64) -> Res
         .map(|(id, ts, admin, action, target, detail)| AuditEntry { id, ts, admin, action, target, detail })
         .collect())
 }
+
+/// Every registration token, by token.
+pub async fn registration_tokens<'e>(e: impl Exec<'e>) -> Result<Vec<crate::accounts::RegistrationToken>> {
+    let rows: Vec<crate::accounts::TokenRow> = sqlx::query_as(
+        "SELECT token, uses_allowed, pending, completed, expiry_ts FROM registration_tokens ORDER BY token",
+    )
+    .fetch_all(e)
+    .await?;
+    Ok(rows.into_iter().map(crate::accounts::token_from_row).collect())
+}
+
+/// Sets a token's allowed uses and expiry (`None`: unlimited, never); answers whether it exists.
+pub async fn update_registration_token<'e>(
+    e: impl Exec<'e>,
+    token: &str,
+    uses_allowed: Option<i64>,
+    expiry_ts: Option<i64>,
+) -> Result<bool> {
+    let done = sqlx::query("UPDATE registration_tokens SET uses_allowed = $1, expiry_ts = $2 WHERE token = $3")
+        .bind(uses_allowed)
+        .bind(expiry_ts)
+        .bind(token)
+        .execute(e)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Deletes a token; answers whether it existed.
+pub async fn delete_registration_token<'e>(e: impl Exec<'e>, token: &str) -> Result<bool> {
+    let done = sqlx::query("DELETE FROM registration_tokens WHERE token = $1").bind(token).execute(e).await?;
+    Ok(done.rows_affected() > 0)
+}
