@@ -15,14 +15,17 @@ use axum::{
 };
 use diplomatie_service::{
     accounts::Caller,
-    admin::{AuditPage, RoomOrder, RoomPage, RoomView, UserChange, UserFilter, UserOrder, UserPage, UserView},
+    admin::{
+        AuditPage, DeviceList, DeviceView, JoinedRooms, Members, RoomOrder, RoomPage, RoomState, RoomView, TokenList,
+        TokenView, UserChange, UserFilter, UserOrder, UserPage, UserView,
+    },
     Error, Services,
 };
 use ruma::{OwnedRoomId, OwnedUserId};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use crate::{admin::parse_body, error::ApiError};
+use crate::{admin::parse_body, error::ApiError, ruma_wrapper::ApiResult};
 
 type S = State<Arc<Services>>;
 type Params = Query<HashMap<String, String>>;
@@ -77,11 +80,21 @@ fn limit(params: &HashMap<String, String>) -> Result<i64, Error> {
     Ok(count(params, "limit", 100)?.min(1000))
 }
 
-/// `GET /_synapse/admin/v1/server_version`.
-pub async fn server_version(State(s): S, parts: Parts) -> Answer<Value> {
-    admin(&s, &parts).await?;
-    Ok(Json(json!({ "server_version": env!("CARGO_PKG_VERSION"), "server": "Diplomatie" })))
+#[derive(Serialize)]
+pub struct ServerVersion {
+    server_version: &'static str,
+    server: &'static str,
 }
+
+/// `GET /_synapse/admin/v1/server_version`.
+pub async fn server_version(State(s): S, parts: Parts) -> Answer<ServerVersion> {
+    admin(&s, &parts).await?;
+    Ok(Json(ServerVersion { server_version: env!("CARGO_PKG_VERSION"), server: "Diplomatie" }))
+}
+
+/// An empty answer, `{}`.
+#[derive(Serialize)]
+pub struct Empty {}
 
 /// `GET /_synapse/admin/v2/users`: `from`, `limit`, `user_id`, `name`, `guests`,
 /// `deactivated`, `admins`, `order_by`, `dir`.
@@ -210,13 +223,25 @@ struct Deactivate {
     erase: bool,
 }
 
+#[derive(Serialize)]
+pub struct Deactivated {
+    /// Addresses are unbound from the identity servers that had them (a failure there is
+    /// logged, not answered, so this is always `success`).
+    id_server_unbind_result: &'static str,
+}
+
 /// `POST /_synapse/admin/v1/deactivate/{userId}`.
-pub async fn deactivate(State(s): S, Path(user): Path<String>, parts: Parts, body: axum::body::Bytes) -> Answer<Value> {
+pub async fn deactivate(
+    State(s): S,
+    Path(user): Path<String>,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Answer<Deactivated> {
     let caller = admin(&s, &parts).await?;
     let user = user_id(&user)?;
     let req: Deactivate = if body.is_empty() { Deactivate::default() } else { parse_body(&body)? };
     s.admin.deactivate(&caller.user_id, &user, req.erase).await?;
-    Ok(Json(json!({ "id_server_unbind_result": "success" })))
+    Ok(Json(Deactivated { id_server_unbind_result: "success" }))
 }
 
 #[derive(Deserialize)]
@@ -232,7 +257,7 @@ pub async fn reset_password(
     Path(user): Path<String>,
     parts: Parts,
     body: axum::body::Bytes,
-) -> Answer<Value> {
+) -> Answer<Empty> {
     let caller = admin(&s, &parts).await?;
     let user = user_id(&user)?;
     let req: ResetPassword = parse_body(&body)?;
@@ -240,27 +265,26 @@ pub async fn reset_password(
         return Err(Error::invalid_param("The password must be 1 to 512 characters").into());
     }
     s.admin.reset_password(&caller.user_id, &user, &req.new_password, req.logout_devices).await?;
-    Ok(Json(json!({})))
+    Ok(Json(Empty {}))
 }
 
 /// `GET /_synapse/admin/v2/users/{userId}/devices`.
-pub async fn devices(State(s): S, Path(user): Path<String>, parts: Parts) -> Answer<Value> {
+pub async fn devices(State(s): S, Path(user): Path<String>, parts: Parts) -> Answer<DeviceList> {
     admin(&s, &parts).await?;
-    let devices = s.admin.devices(&user_id(&user)?).await?;
-    Ok(Json(json!({ "total": devices.len(), "devices": devices })))
+    Ok(Json(s.admin.devices(&user_id(&user)?).await?))
 }
 
 /// `GET /_synapse/admin/v2/users/{userId}/devices/{deviceId}`.
-pub async fn device(State(s): S, Path((user, device)): Path<(String, String)>, parts: Parts) -> Answer<Value> {
+pub async fn device(State(s): S, Path((user, device)): Path<(String, String)>, parts: Parts) -> Answer<DeviceView> {
     admin(&s, &parts).await?;
     Ok(Json(s.admin.device(&user_id(&user)?, &device).await?))
 }
 
 /// `DELETE /_synapse/admin/v2/users/{userId}/devices/{deviceId}`.
-pub async fn delete_device(State(s): S, Path((user, device)): Path<(String, String)>, parts: Parts) -> Answer<Value> {
+pub async fn delete_device(State(s): S, Path((user, device)): Path<(String, String)>, parts: Parts) -> Answer<Empty> {
     let caller = admin(&s, &parts).await?;
     s.admin.delete_devices(&caller.user_id, &user_id(&user)?, &[device]).await?;
-    Ok(Json(json!({})))
+    Ok(Json(Empty {}))
 }
 
 #[derive(Deserialize)]
@@ -274,37 +298,30 @@ pub async fn delete_devices(
     Path(user): Path<String>,
     parts: Parts,
     body: axum::body::Bytes,
-) -> Answer<Value> {
+) -> Answer<Empty> {
     let caller = admin(&s, &parts).await?;
     let req: DeleteDevices = parse_body(&body)?;
     s.admin.delete_devices(&caller.user_id, &user_id(&user)?, &req.devices).await?;
-    Ok(Json(json!({})))
+    Ok(Json(Empty {}))
 }
 
 /// `GET /_synapse/admin/v1/users/{userId}/joined_rooms`.
-pub async fn joined_rooms(State(s): S, Path(user): Path<String>, parts: Parts) -> Answer<Value> {
+pub async fn joined_rooms(State(s): S, Path(user): Path<String>, parts: Parts) -> Answer<JoinedRooms> {
     admin(&s, &parts).await?;
-    let rooms = s.admin.joined_rooms(&user_id(&user)?).await?;
-    Ok(Json(json!({ "total": rooms.len(), "joined_rooms": rooms })))
+    Ok(Json(s.admin.joined_rooms(&user_id(&user)?).await?))
 }
 
 /// `GET /_synapse/admin/v1/whois/{userId}`: where and when the user's devices were last seen,
 /// as the client API's `/admin/whois` says it.
-pub async fn whois(State(s): S, Path(user): Path<String>, parts: Parts) -> Answer<Value> {
+pub async fn whois(
+    State(s): S,
+    Path(user): Path<String>,
+    parts: Parts,
+) -> ApiResult<ruma::api::client::admin::get_user_info::v3::Response> {
     admin(&s, &parts).await?;
     let user = user_id(&user)?;
-    let mut sessions = Vec::new();
-    for device in s.admin.devices(&user).await? {
-        let connection = json!({
-            "ip": device["last_seen_ip"],
-            "last_seen": device["last_seen_ts"],
-            "user_agent": device["last_seen_user_agent"],
-        });
-        sessions.push((device["device_id"].as_str().unwrap_or_default().to_owned(), connection));
-    }
-    let devices: serde_json::Map<String, Value> =
-        sessions.into_iter().map(|(id, c)| (id, json!({ "sessions": [{ "connections": [c] }] }))).collect();
-    Ok(Json(json!({ "user_id": user, "devices": devices })))
+    s.admin.user(&user).await?;
+    Ok(crate::client::account::whois_of(&s, &user).await?.into())
 }
 
 /// `GET /_synapse/admin/v1/rooms`: `from`, `limit`, `order_by`, `dir`, `search_term`.
@@ -329,16 +346,15 @@ pub async fn get_room(State(s): S, Path(room): Path<String>, parts: Parts) -> An
 }
 
 /// `GET /_synapse/admin/v1/rooms/{roomId}/members`.
-pub async fn room_members(State(s): S, Path(room): Path<String>, parts: Parts) -> Answer<Value> {
+pub async fn room_members(State(s): S, Path(room): Path<String>, parts: Parts) -> Answer<Members> {
     admin(&s, &parts).await?;
-    let members = s.admin.room_members(&room_id(&room)?).await?;
-    Ok(Json(json!({ "total": members.len(), "members": members })))
+    Ok(Json(s.admin.room_members(&room_id(&room)?).await?))
 }
 
 /// `GET /_synapse/admin/v1/rooms/{roomId}/state`.
-pub async fn room_state(State(s): S, Path(room): Path<String>, parts: Parts) -> Answer<Value> {
+pub async fn room_state(State(s): S, Path(room): Path<String>, parts: Parts) -> Answer<RoomState> {
     admin(&s, &parts).await?;
-    Ok(Json(json!({ "state": s.admin.room_state(&room_id(&room)?).await? })))
+    Ok(Json(s.admin.room_state(&room_id(&room)?).await?))
 }
 
 /// `GET /_diplomatie/admin/v1/audit?from=&limit=`: what administrators did, newest first.
@@ -349,14 +365,14 @@ pub async fn audit(State(s): S, Query(q): Params, parts: Parts) -> Answer<AuditP
 }
 
 /// `GET /_synapse/admin/v1/registration_tokens?valid=`.
-pub async fn registration_tokens(State(s): S, Query(q): Params, parts: Parts) -> Answer<Value> {
+pub async fn registration_tokens(State(s): S, Query(q): Params, parts: Parts) -> Answer<TokenList> {
     admin(&s, &parts).await?;
     let valid = q.get("valid").map(|_| flag(&q, "valid", true)).transpose()?;
-    Ok(Json(json!({ "registration_tokens": s.admin.registration_tokens(valid).await? })))
+    Ok(Json(s.admin.registration_tokens(valid).await?))
 }
 
 /// `GET /_synapse/admin/v1/registration_tokens/{token}`.
-pub async fn registration_token(State(s): S, Path(token): Path<String>, parts: Parts) -> Answer<Value> {
+pub async fn registration_token(State(s): S, Path(token): Path<String>, parts: Parts) -> Answer<TokenView> {
     admin(&s, &parts).await?;
     Ok(Json(s.admin.registration_token(&token).await?))
 }
@@ -399,7 +415,7 @@ fn check_token_limits(uses_allowed: Option<i64>, expiry_time: Option<i64>) -> Re
 }
 
 /// `POST /_synapse/admin/v1/registration_tokens/new`.
-pub async fn new_registration_token(State(s): S, parts: Parts, body: axum::body::Bytes) -> Answer<Value> {
+pub async fn new_registration_token(State(s): S, parts: Parts, body: axum::body::Bytes) -> Answer<TokenView> {
     let caller = admin(&s, &parts).await?;
     let req: NewToken = parse_body(&body)?;
     if let Some(token) = &req.token {
@@ -432,7 +448,7 @@ pub async fn update_registration_token(
     Path(token): Path<String>,
     parts: Parts,
     body: axum::body::Bytes,
-) -> Answer<Value> {
+) -> Answer<TokenView> {
     let caller = admin(&s, &parts).await?;
     let req: TokenChange = parse_body(&body)?;
     check_token_limits(req.uses_allowed.flatten(), req.expiry_time.flatten())?;
@@ -440,8 +456,8 @@ pub async fn update_registration_token(
 }
 
 /// `DELETE /_synapse/admin/v1/registration_tokens/{token}`.
-pub async fn delete_registration_token(State(s): S, Path(token): Path<String>, parts: Parts) -> Answer<Value> {
+pub async fn delete_registration_token(State(s): S, Path(token): Path<String>, parts: Parts) -> Answer<Empty> {
     let caller = admin(&s, &parts).await?;
     s.admin.delete_registration_token(&caller.user_id, &token).await?;
-    Ok(Json(json!({})))
+    Ok(Json(Empty {}))
 }

@@ -53,9 +53,19 @@ pub struct UserView {
     /// The portal's kind of account (`agent` or `external`).
     pub account_kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub threepids: Option<Vec<Value>>,
+    pub threepids: Option<Vec<ThreepidView>>,
+    /// Always empty: this server links no external identities yet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external_ids: Option<Vec<Value>>,
+}
+
+/// An account's e-mail address or phone number, as the admin API shows it.
+#[derive(Serialize)]
+pub struct ThreepidView {
+    pub medium: String,
+    pub address: String,
+    pub added_at: i64,
+    pub validated_at: i64,
 }
 
 impl From<ListedUser> for UserView {
@@ -216,6 +226,60 @@ pub struct AuditPage {
     pub next_token: Option<String>,
 }
 
+/// A device as the admin API shows it.
+#[derive(Serialize)]
+pub struct DeviceView {
+    pub device_id: String,
+    pub display_name: Option<String>,
+    pub last_seen_ip: Option<String>,
+    pub last_seen_ts: Option<i64>,
+    pub last_seen_user_agent: Option<String>,
+    pub user_id: OwnedUserId,
+}
+
+/// `GET /_synapse/admin/v2/users/{userId}/devices`.
+#[derive(Serialize)]
+pub struct DeviceList {
+    pub devices: Vec<DeviceView>,
+    pub total: usize,
+}
+
+/// `GET /_synapse/admin/v1/users/{userId}/joined_rooms`.
+#[derive(Serialize)]
+pub struct JoinedRooms {
+    pub joined_rooms: Vec<OwnedRoomId>,
+    pub total: usize,
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}/members`.
+#[derive(Serialize)]
+pub struct Members {
+    pub members: Vec<OwnedUserId>,
+    pub total: usize,
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}/state`: events in the client format.
+#[derive(Serialize)]
+pub struct RoomState {
+    pub state: Vec<Value>,
+}
+
+/// A registration token as the admin API shows it (`expiry_time` in milliseconds).
+#[derive(Serialize)]
+pub struct TokenView {
+    pub token: String,
+    pub uses_allowed: Option<i64>,
+    pub pending: i64,
+    pub completed: i64,
+    pub expiry_time: Option<i64>,
+}
+
+/// `GET /_synapse/admin/v1/registration_tokens`.
+#[derive(Serialize)]
+pub struct TokenList {
+    pub registration_tokens: Vec<TokenView>,
+}
+
 impl Admin {
     pub(crate) fn new(
         core: Arc<Core>,
@@ -264,9 +328,11 @@ impl Admin {
         view.threepids = Some(
             threepids
                 .into_iter()
-                .map(|t| {
-                    json!({ "medium": t.medium, "address": t.address,
-                            "added_at": t.added_at, "validated_at": t.validated_at })
+                .map(|t| ThreepidView {
+                    medium: t.medium,
+                    address: t.address,
+                    added_at: t.added_at,
+                    validated_at: t.validated_at,
                 })
                 .collect(),
         );
@@ -371,15 +437,17 @@ impl Admin {
     }
 
     /// `GET /_synapse/admin/v2/users/{userId}/devices`.
-    pub async fn devices(&self, user: &UserId) -> Result<Vec<Value>> {
+    pub async fn devices(&self, user: &UserId) -> Result<DeviceList> {
         self.local_user(user).await?;
-        Ok(self.accounts.devices(user).await?.into_iter().map(|d| device_json(user, d)).collect())
+        let devices: Vec<DeviceView> =
+            self.accounts.devices(user).await?.into_iter().map(|d| device_view(user, d)).collect();
+        Ok(DeviceList { total: devices.len(), devices })
     }
 
     /// `GET /_synapse/admin/v2/users/{userId}/devices/{deviceId}`.
-    pub async fn device(&self, user: &UserId, device: &str) -> Result<Value> {
+    pub async fn device(&self, user: &UserId, device: &str) -> Result<DeviceView> {
         self.local_user(user).await?;
-        Ok(device_json(user, self.accounts.device(user, device).await?))
+        Ok(device_view(user, self.accounts.device(user, device).await?))
     }
 
     /// `DELETE /_synapse/admin/v2/users/{userId}/devices/{deviceId}` and `POST .../delete_devices`:
@@ -393,9 +461,10 @@ impl Admin {
     }
 
     /// `GET /_synapse/admin/v1/users/{userId}/joined_rooms`.
-    pub async fn joined_rooms(&self, user: &UserId) -> Result<Vec<OwnedRoomId>> {
+    pub async fn joined_rooms(&self, user: &UserId) -> Result<JoinedRooms> {
         self.local_user(user).await?;
-        crate::rooms::joined_rooms(self, user).await
+        let joined_rooms = crate::rooms::joined_rooms(self, user).await?;
+        Ok(JoinedRooms { total: joined_rooms.len(), joined_rooms })
     }
 
     /// `GET /_diplomatie/admin/v1/audit`: the audit log, newest first.
@@ -420,22 +489,20 @@ impl Admin {
 
     /// `GET /_synapse/admin/v1/registration_tokens`: every token, or only the valid ones
     /// (`Some(true)`) or the others (`Some(false)`).
-    pub async fn registration_tokens(&self, valid: Option<bool>) -> Result<Vec<Value>> {
+    pub async fn registration_tokens(&self, valid: Option<bool>) -> Result<TokenList> {
         let now = now_ms();
         let tokens = store::registration_tokens(self.db.pool()).await?;
-        Ok(tokens
-            .into_iter()
-            .filter(|t| valid.is_none_or(|v| token_valid(t, now) == v))
-            .map(|t| token_json(&t))
-            .collect())
+        let registration_tokens =
+            tokens.into_iter().filter(|t| valid.is_none_or(|v| token_valid(t, now) == v)).map(token_view).collect();
+        Ok(TokenList { registration_tokens })
     }
 
     /// `GET /_synapse/admin/v1/registration_tokens/{token}`.
-    pub async fn registration_token(&self, token: &str) -> Result<Value> {
+    pub async fn registration_token(&self, token: &str) -> Result<TokenView> {
         let t = accounts_store::get_registration_token(self.db.pool(), token)
             .await?
             .ok_or_else(|| Error::not_found("No such registration token"))?;
-        Ok(token_json(&t))
+        Ok(token_view(t))
     }
 
     /// `POST /_synapse/admin/v1/registration_tokens/new`.
@@ -446,7 +513,7 @@ impl Admin {
         length: usize,
         uses_allowed: Option<i64>,
         expiry_ts: Option<i64>,
-    ) -> Result<Value> {
+    ) -> Result<TokenView> {
         let token = token.map(str::to_owned).unwrap_or_else(|| crate::random_string(length));
         let token = self.accounts.create_registration_token(Some(&token), uses_allowed, expiry_ts).await?;
         let detail = json!({ "uses_allowed": uses_allowed, "expiry_time": expiry_ts });
@@ -462,7 +529,7 @@ impl Admin {
         token: &str,
         uses_allowed: Option<Option<i64>>,
         expiry_ts: Option<Option<i64>>,
-    ) -> Result<Value> {
+    ) -> Result<TokenView> {
         let t = accounts_store::get_registration_token(self.db.pool(), token)
             .await?
             .ok_or_else(|| Error::not_found("No such registration token"))?;
@@ -572,15 +639,15 @@ impl Admin {
     }
 
     /// `GET /_synapse/admin/v1/rooms/{roomId}/members`.
-    pub async fn room_members(&self, room_id: &RoomId) -> Result<Vec<OwnedUserId>> {
+    pub async fn room_members(&self, room_id: &RoomId) -> Result<Members> {
         self.room(room_id).await?;
         let mut members: Vec<OwnedUserId> = self.rooms.joined_members(room_id).await?.iter().cloned().collect();
         members.sort();
-        Ok(members)
+        Ok(Members { total: members.len(), members })
     }
 
     /// `GET /_synapse/admin/v1/rooms/{roomId}/state`: the room's current state events.
-    pub async fn room_state(&self, room_id: &RoomId) -> Result<Vec<Value>> {
+    pub async fn room_state(&self, room_id: &RoomId) -> Result<RoomState> {
         self.room(room_id).await?;
         let state = self.rooms.current_state(room_id).await?;
         let mut events = Vec::with_capacity(state.len());
@@ -589,31 +656,31 @@ impl Admin {
                 events.push(pdu.to_client(true));
             }
         }
-        Ok(events)
+        Ok(RoomState { state: events })
     }
 }
 
-fn device_json(user: &UserId, d: accounts_store::Device) -> Value {
-    json!({
-        "device_id": d.device_id,
-        "display_name": d.display_name,
-        "last_seen_ip": d.last_seen_ip,
-        "last_seen_ts": d.last_seen_ts,
-        "last_seen_user_agent": d.last_seen_user_agent,
-        "user_id": user,
-    })
+fn device_view(user: &UserId, d: accounts_store::Device) -> DeviceView {
+    DeviceView {
+        device_id: d.device_id,
+        display_name: d.display_name,
+        last_seen_ip: d.last_seen_ip,
+        last_seen_ts: d.last_seen_ts,
+        last_seen_user_agent: d.last_seen_user_agent,
+        user_id: user.to_owned(),
+    }
 }
 
 fn token_valid(t: &accounts_store::RegistrationToken, now: i64) -> bool {
     t.uses_allowed.is_none_or(|n| t.completed + t.pending < n) && t.expiry_ts.is_none_or(|e| e > now)
 }
 
-fn token_json(t: &accounts_store::RegistrationToken) -> Value {
-    json!({
-        "token": t.token,
-        "uses_allowed": t.uses_allowed,
-        "pending": t.pending,
-        "completed": t.completed,
-        "expiry_time": t.expiry_ts,
-    })
+fn token_view(t: accounts_store::RegistrationToken) -> TokenView {
+    TokenView {
+        token: t.token,
+        uses_allowed: t.uses_allowed,
+        pending: t.pending,
+        completed: t.completed,
+        expiry_time: t.expiry_ts,
+    }
 }

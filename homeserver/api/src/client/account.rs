@@ -310,7 +310,6 @@ pub async fn login(State(s): S, req: Ruma<login::v3::Request>) -> ApiResult<logi
 /// `GET /admin/whois/{userId}`: where and when each of a user's devices was last seen, for
 /// administrators and the user themself.
 pub async fn whois(State(s): S, req: Ruma<get_user_info::v3::Request>) -> ApiResult<get_user_info::v3::Response> {
-    use get_user_info::v3::{ConnectionInfo, DeviceInfo, SessionInfo};
     let caller = req.caller();
     let user = &req.body.user_id;
     if &caller.user_id != user && !caller.is_admin {
@@ -319,8 +318,15 @@ pub async fn whois(State(s): S, req: Ruma<get_user_info::v3::Request>) -> ApiRes
     if user.server_name() != s.server_name() {
         return Err(Error::invalid_param("Not a user of this server").into());
     }
+    Ok(whois_of(&s, user).await?.into())
+}
+
+/// Where and when each of `user`'s devices was last seen, and with which client (also served
+/// by Synapse's `/_synapse/admin/v1/whois`).
+pub(crate) async fn whois_of(s: &Services, user: &ruma::UserId) -> Result<get_user_info::v3::Response, Error> {
+    use get_user_info::v3::{ConnectionInfo, DeviceInfo, SessionInfo};
     let mut response = get_user_info::v3::Response::new();
-    response.user_id = Some(user.clone());
+    response.user_id = Some(user.to_owned());
     for device in s.accounts.devices(user).await? {
         let mut connection = ConnectionInfo::new();
         connection.ip = device.last_seen_ip;
@@ -335,7 +341,7 @@ pub async fn whois(State(s): S, req: Ruma<get_user_info::v3::Request>) -> ApiRes
         info.sessions = vec![session];
         response.devices.insert(device.device_id, info);
     }
-    Ok(response.into())
+    Ok(response)
 }
 
 /// What `GET /account/3pid` answers: ruma's list, stated even when empty (ruma leaves it out;
