@@ -219,6 +219,31 @@ async fn rooms_are_listed_and_read(backend: Backend) {
     assert_eq!(names.len(), 1, "{state}");
     assert_eq!(names[0]["content"]["name"], "Zebra crossing");
 
+    // A blocked room: no local user joins or is invited; unblocked, they are again.
+    let block = format!("/_synapse/admin/v1/rooms/{}/block", urlencode(&small));
+    let blocked = root.ok(Method::PUT, &block, Some(&json!({ "block": true }))).await;
+    assert_eq!(blocked, json!({ "block": true, "user_id": root.user_id }));
+    assert_error(&alice.invite(&small, &bob.user_id).await, 403, "M_FORBIDDEN");
+    let carol = server.register("carol").await;
+    let block_big = format!("/_synapse/admin/v1/rooms/{}/block", urlencode(&big));
+    root.ok(Method::PUT, &block_big, Some(&json!({ "block": true }))).await;
+    assert_error(&carol.join(&big).await, 403, "M_FORBIDDEN");
+    root.ok(Method::PUT, &block_big, Some(&json!({ "block": false }))).await;
+    let (status, v) = carol.join(&big).await;
+    assert_eq!(status, 200, "a public room, unblocked: {v}");
+    assert_eq!(root.ok(Method::GET, &block, None).await["block"], true);
+    let unblocked = root.ok(Method::PUT, &block, Some(&json!({ "block": false }))).await;
+    assert_eq!(unblocked, json!({ "block": false }));
+    let (status, v) = alice.invite(&small, &bob.user_id).await;
+    assert_eq!(status, 200, "{v}");
+    // A room not known here may be blocked ahead.
+    let ahead = root
+        .ok(Method::PUT, "/_synapse/admin/v1/rooms/!later:elsewhere.example/block", Some(&json!({ "block": true })))
+        .await;
+    assert_eq!(ahead["block"], true);
+    assert_error(&root.put(&block, &json!({})).await, 400, "M_MISSING_PARAM");
+    assert_error(&root.put(&block, &json!({ "block": "yes" })).await, 400, "M_BAD_JSON");
+
     assert_error(&root.get("/_synapse/admin/v1/rooms?order_by=colour").await, 400, "M_INVALID_PARAM");
     assert_error(&root.get("/_synapse/admin/v1/rooms/!nowhere:elsewhere.example").await, 404, "M_NOT_FOUND");
     assert_error(&root.get("/_synapse/admin/v1/rooms/not-a-room").await, 400, "M_INVALID_PARAM");

@@ -16,8 +16,8 @@ use axum::{
 use diplomatie_service::{
     accounts::Caller,
     admin::{
-        AuditPage, DeviceList, DeviceView, JoinedRooms, Members, RoomOrder, RoomPage, RoomState, RoomView, TokenList,
-        TokenView, UserChange, UserFilter, UserOrder, UserPage, UserView,
+        AuditPage, DeviceList, DeviceView, JoinedRooms, Members, RoomBlock, RoomOrder, RoomPage, RoomState, RoomView,
+        TokenList, TokenView, UserChange, UserFilter, UserOrder, UserPage, UserView,
     },
     Error, Services,
 };
@@ -460,4 +460,29 @@ pub async fn delete_registration_token(State(s): S, Path(token): Path<String>, p
     let caller = admin(&s, &parts).await?;
     s.admin.delete_registration_token(&caller.user_id, &token).await?;
     Ok(Json(Empty {}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Block {
+    block: bool,
+}
+
+/// `PUT /_synapse/admin/v1/rooms/{roomId}/block` `{"block": bool}`.
+pub async fn block_room(
+    State(s): S,
+    Path(room): Path<String>,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Answer<RoomBlock> {
+    let caller = admin(&s, &parts).await?;
+    let room = room_id(&room)?;
+    let req: Block = parse_body(&body)?;
+    Ok(Json(s.admin.block_room(&caller.user_id, &room, req.block).await?))
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}/block`.
+pub async fn room_block(State(s): S, Path(room): Path<String>, parts: Parts) -> Answer<RoomBlock> {
+    admin(&s, &parts).await?;
+    Ok(Json(s.admin.room_block(&room_id(&room)?).await?))
 }

@@ -274,6 +274,14 @@ pub struct TokenView {
     pub expiry_time: Option<i64>,
 }
 
+/// Whether a room is blocked, and by whom.
+#[derive(Serialize)]
+pub struct RoomBlock {
+    pub block: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+}
+
 /// `GET /_synapse/admin/v1/registration_tokens`.
 #[derive(Serialize)]
 pub struct TokenList {
@@ -547,6 +555,24 @@ impl Admin {
             return Err(Error::not_found("No such registration token"));
         }
         self.audit(admin, "registration_token.delete", token, None).await
+    }
+
+    /// `PUT /_synapse/admin/v1/rooms/{roomId}/block`: blocks or unblocks a room (known here or
+    /// not); a block does not make members leave.
+    pub async fn block_room(&self, admin: &UserId, room_id: &RoomId, block: bool) -> Result<RoomBlock> {
+        if block {
+            store::block_room(self.db.pool(), room_id.as_str(), admin.as_str(), now_ms()).await?;
+        } else {
+            store::unblock_room(self.db.pool(), room_id.as_str()).await?;
+        }
+        self.audit(admin, if block { "room.block" } else { "room.unblock" }, room_id.as_str(), None).await?;
+        self.room_block(room_id).await
+    }
+
+    /// `GET /_synapse/admin/v1/rooms/{roomId}/block`.
+    pub async fn room_block(&self, room_id: &RoomId) -> Result<RoomBlock> {
+        let by = store::room_blocked_by(self.db.pool(), room_id.as_str()).await?;
+        Ok(RoomBlock { block: by.is_some(), user_id: by })
     }
 
     /// A room as the admin API shows it.

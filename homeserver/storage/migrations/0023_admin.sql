@@ -9,3 +9,11 @@ CREATE TABLE admin_audit (
     -- The request's parameters that matter (JSON), never a password.
     detail TEXT
 );
+
+-- Rooms an administrator blocked: no local user may join them or be invited to them (the
+-- room need not be known here yet).
+CREATE TABLE blocked_rooms (
+    room_id TEXT PRIMARY KEY NOT NULL,
+    blocked_by TEXT NOT NULL,
+    blocked_ts BIGINT NOT NULL
+);

@@ -237,3 +237,31 @@ pub async fn delete_registration_token<'e>(e: impl Exec<'e>, token: &str) -> Res
     let done = sqlx::query("DELETE FROM registration_tokens WHERE token = $1").bind(token).execute(e).await?;
     Ok(done.rows_affected() > 0)
 }
+
+/// Blocks a room (again: who and when are kept from the first time).
+pub async fn block_room<'e>(e: impl Exec<'e>, room_id: &str, by: &str, ts: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO blocked_rooms (room_id, blocked_by, blocked_ts) VALUES ($1, $2, $3) \
+         ON CONFLICT (room_id) DO NOTHING",
+    )
+    .bind(room_id)
+    .bind(by)
+    .bind(ts)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+pub async fn unblock_room<'e>(e: impl Exec<'e>, room_id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM blocked_rooms WHERE room_id = $1").bind(room_id).execute(e).await?;
+    Ok(())
+}
+
+/// Who blocked the room, when it is blocked.
+pub async fn room_blocked_by<'e>(e: impl Exec<'e>, room_id: &str) -> Result<Option<String>> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT blocked_by FROM blocked_rooms WHERE room_id = $1")
+        .bind(room_id)
+        .fetch_optional(e)
+        .await?;
+    Ok(row.map(|(by,)| by))
+}

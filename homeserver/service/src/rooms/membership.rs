@@ -110,6 +110,7 @@ impl Membership {
             add_reason(&mut content, reason);
             return self.remote_membership.invite_remote(sender, room_id, invitee, content).await;
         }
+        self.check_not_blocked(room_id).await?;
         let exists = || async { diplomatie_storage::accounts::get_user(self.db.pool(), invitee.as_str()).await };
         // A user of an application service's namespace may be created when it is asked.
         if exists().await?.is_none() && !(self.appservices.query_user(invitee).await && exists().await?.is_some()) {
@@ -119,6 +120,14 @@ impl Membership {
             with_membership(MembershipState::Invite, self.accounts.member_profile(invitee).await?, is_direct);
         add_reason(&mut content, reason);
         self.send_membership(sender, room_id, invitee, content).await
+    }
+
+    /// A room an administrator blocked is closed to this server's users.
+    async fn check_not_blocked(&self, room_id: &RoomId) -> Result<()> {
+        if diplomatie_storage::admin::room_blocked_by(self.db.pool(), room_id.as_str()).await?.is_some() {
+            return Err(Error::forbidden("This room has been blocked on this server"));
+        }
+        Ok(())
     }
 
     /// Joins `user` to a room known to this server.
@@ -141,6 +150,7 @@ impl Membership {
         via: &[OwnedServerName],
     ) -> Result<OwnedRoomId> {
         let reason = extra.get("reason").and_then(Value::as_str).map(str::to_owned);
+        self.check_not_blocked(room_id).await?;
         if self.outside_room(room_id).await? {
             let lock = self.joining.lock().unwrap().entry(room_id.to_owned()).or_default().clone();
             let guard = lock.lock().await;
