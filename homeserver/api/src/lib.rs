@@ -13,6 +13,7 @@ pub mod crisis;
 pub mod error;
 pub mod federation;
 pub mod limits;
+pub mod metrics;
 pub mod mls;
 pub mod retention;
 pub mod ruma_wrapper;
@@ -364,7 +365,8 @@ pub fn router(services: Arc<Services>) -> Router {
         // Bodies are limited by `limits` (per endpoint, answered as Matrix errors), not by
         // axum's plain-text default of 2 MiB.
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .layer(axum::middleware::from_fn_with_state((services, limits), limits::limit_requests))
+        .layer(axum::middleware::from_fn_with_state((services.clone(), limits), limits::limit_requests))
+        .layer(axum::middleware::from_fn_with_state(services, metrics::record))
         .layer(CorsLayer::very_permissive().max_age(Duration::from_secs(86400)))
         .layer(CatchPanicLayer::custom(|_| ApiError(Error::Internal).into_response()))
         .layer(TraceLayer::new_for_http().make_span_with(

@@ -517,9 +517,26 @@ async fn serve(
             listener::serve(tls_tcp, Some(acceptor), app.clone(), connections.clone(), stopped.clone(), grace);
         Some(tokio::spawn(serving))
     };
+    // Prometheus's listener, apart from the API's (plain HTTP: a private address).
+    let metrics = if services.config.metrics.listen.is_empty() {
+        None
+    } else {
+        let listen = &services.config.metrics.listen;
+        let metrics_addr: SocketAddr = listen.parse().with_context(|| format!("invalid metrics.listen {listen}"))?;
+        let metrics_tcp = tokio::net::TcpListener::bind(metrics_addr)
+            .await
+            .with_context(|| format!("cannot listen on {metrics_addr}"))?;
+        tracing::info!(addr = %metrics_tcp.local_addr().unwrap_or(metrics_addr), "metrics listener");
+        let router = diplomatie_api::metrics::router(services.clone());
+        let serving = listener::serve(metrics_tcp, None, router, connections.clone(), stopped.clone(), grace);
+        Some(tokio::spawn(serving))
+    };
     listener::serve(tcp, None, app, connections, stopped, grace).await;
     if let Some(tls) = tls {
         let _ = tls.await;
+    }
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
     }
     if let Some(relay) = relay {
         relay.close().await;

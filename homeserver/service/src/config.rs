@@ -50,6 +50,7 @@ pub struct Config {
     pub outbound: Outbound,
     pub portal: Portal,
     pub user_directory: UserDirectory,
+    pub metrics: Metrics,
     pub federation: Federation,
     /// Registration files of application services (bridges, bots), in the YAML format Synapse
     /// reads under the same name. Relative paths are read from the working directory. Files
@@ -459,6 +460,15 @@ impl Default for Portal {
     }
 }
 
+/// Prometheus's endpoint.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Metrics {
+    /// Address and port of a listener of its own serving `/metrics` (and `/health`), plain
+    /// HTTP: keep it on a private address. Empty (the default): no metrics listener.
+    pub listen: String,
+}
+
 /// Who `POST /user_directory/search` finds (Synapse's `user_directory` options).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -615,6 +625,7 @@ impl Default for Config {
             outbound: Outbound::default(),
             portal: Portal::default(),
             user_directory: UserDirectory::default(),
+            metrics: Metrics::default(),
             federation: Federation::default(),
             app_service_config_files: Vec::new(),
             voip: Voip::default(),

@@ -44,6 +44,8 @@ pub struct Core {
     pub marks: Arc<StreamMarks>,
     /// The application services registered (`app_service_config_files`).
     pub registrations: Registry,
+    /// What `/metrics` tells (counted where things happen).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Core {
@@ -65,6 +67,7 @@ impl Core {
             notifier: Notifier::default(),
             marks: Arc::new(StreamMarks::new(stream)),
             registrations,
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 

@@ -28,6 +28,7 @@ pub mod identity;
 pub mod keys;
 pub mod marks;
 pub mod media;
+pub mod metrics;
 pub mod mls;
 pub mod names;
 pub mod notifier;

@@ -1093,13 +1093,16 @@ impl Push {
                         Ok(r) => r,
                         Err(e) => {
                             tracing::warn!(error = %e, app_id = %p.app_id, "push gateway unreachable");
+                            self.metrics.push_deliveries.with_label_values(&["failed"]).inc();
                             return Ok(false);
                         }
                     };
                     if !response.status().is_success() {
                         tracing::warn!(status = %response.status(), app_id = %p.app_id, "push gateway failed");
+                        self.metrics.push_deliveries.with_label_values(&["failed"]).inc();
                         return Ok(false);
                     }
+                    self.metrics.push_deliveries.with_label_values(&["sent"]).inc();
                     let answer: Value = response.json().await.unwrap_or(json!({}));
                     let rejected = answer.get("rejected").and_then(Value::as_array);
                     if rejected.is_some_and(|r| r.iter().any(|k| k.as_str() == Some(p.pushkey.as_str()))) {

@@ -232,6 +232,8 @@ impl Syncer {
             let (mut body, empty, mut joined) = self.sync_between(&req, to).await?;
             let waiting = empty && echo.is_empty() && req.since.is_some() && !req.full_state;
             if waiting && tokio::time::Instant::now() < deadline {
+                // Counted while it waits (the guard also uncounts a request dropped meanwhile).
+                let _waiting = Waiting::new(&self.metrics.sync_waiting);
                 match tokio::time::timeout_at(deadline, changes.changed()).await {
                     Ok(Ok(())) => continue,
                     _ => (body, _, joined) = self.sync_between(&req, self.current_token()).await?,
@@ -861,4 +863,20 @@ fn presence_event(p: &streams::Presence, now: i64) -> Result<Raw<PresenceEvent>>
 /// JSON values as typed raw values of the response.
 fn raws<T>(values: &[Value]) -> Vec<Raw<T>> {
     values.iter().map(pdu::raw).collect()
+}
+
+/// A `/sync` waiting for news, counted in the metrics for as long as it lives.
+struct Waiting<'a>(&'a prometheus::IntGauge);
+
+impl<'a> Waiting<'a> {
+    fn new(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Waiting(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }

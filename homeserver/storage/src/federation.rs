@@ -119,3 +119,8 @@ pub async fn put_txn_response<'e>(e: impl Exec<'e>, origin: &str, txn_id: &str, 
     .await?;
     Ok(())
 }
+
+/// How many items wait for each destination (the federation queue, for the metrics).
+pub async fn outbox_lengths<'e>(e: impl Exec<'e>) -> Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as("SELECT destination, COUNT(*) FROM federation_outbox GROUP BY destination").fetch_all(e).await?)
+}

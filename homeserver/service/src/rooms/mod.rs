@@ -1356,6 +1356,7 @@ impl<'a> RoomWriter<'a> {
             p.committed(&at);
         }
         write.publish();
+        rooms.metrics.events_persisted.inc_by(appended.len() as u64);
         for p in &prepared {
             p.published();
         }

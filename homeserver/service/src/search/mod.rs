@@ -177,6 +177,7 @@ pub fn spawn_indexer(search: &Search) {
     let processed = search.state.processed.clone();
     let wanted = search.state.wanted.clone();
     let ready = search.state.ready.clone();
+    let core = search.core.clone();
     tokio::spawn(async move {
         let caught_up = match catch_up(&db, &index).await {
             Ok(c) => c,
@@ -200,6 +201,7 @@ pub fn spawn_indexer(search: &Search) {
                 }
             }
             let index = index.clone();
+            let batches = jobs.len() as i64;
             let done = tokio::task::spawn_blocking(move || {
                 let mut covered = committed;
                 let mut seq = 0;
@@ -225,6 +227,8 @@ pub fn spawn_indexer(search: &Search) {
                 }
                 Err(_) => tracing::error!("the search indexer panicked"),
             }
+            // Done with, indexed or not (a failure is logged; the next start catches up).
+            core.metrics.search_pending.sub(batches);
         }
     });
 }
@@ -279,6 +283,7 @@ impl Search {
             return;
         }
         let seq = self.state.enqueued.fetch_add(1, Ordering::AcqRel) + 1;
+        self.metrics.search_pending.inc();
         let _ = self.state.queue.send(Job { add, delete, covered, seq });
     }
 
@@ -293,6 +298,7 @@ impl Search {
             return false;
         }
         let seq = self.state.enqueued.fetch_add(1, Ordering::AcqRel) + 1;
+        self.metrics.search_pending.inc();
         let job = Job { add: Vec::new(), delete: event_ids, covered: Covered::default(), seq };
         if self.state.queue.send(job).is_err() {
             return false;
