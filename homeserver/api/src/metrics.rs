@@ -1,5 +1,6 @@
-//! Requests counted for Prometheus (by method, route template and status, with their latency),
-//! and the `/metrics` answer, served on the metrics listener only (`metrics.listen`).
+//! Requests counted for Prometheus (by method, route template and status, with their latency;
+//! only when the metrics listener is on), and the `/metrics` answer, served on that listener
+//! only (`metrics.listen`).
 
 use std::{sync::Arc, time::Instant};
 
@@ -16,6 +17,10 @@ use crate::error::ApiError;
 /// Counts a request once answered. The route is the path's template (`/_matrix/client/v3/
 /// rooms/{room_id}/send/...`), never the path itself, so the series stay few.
 pub async fn record(State(s): State<Arc<Services>>, req: Request, next: Next) -> Response {
+    // Nothing reads them without the metrics listener: no cost then.
+    if s.config.metrics.listen.is_empty() {
+        return next.run(req).await;
+    }
     let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
     let method = req.method().as_str().to_owned();
     let started = Instant::now();
