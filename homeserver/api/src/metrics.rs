@@ -33,7 +33,7 @@ pub async fn record(State(s): State<Arc<Services>>, req: Request, next: Next) ->
 
 /// `GET /metrics`: Prometheus's text format.
 pub async fn metrics(State(s): State<Arc<Services>>) -> Result<Response, ApiError> {
-    let text = s.metrics.render(&s).await?;
+    let text = s.metrics.render(&s.db).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }
 

@@ -9,9 +9,11 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::{core::Core, Result};
+use diplomatie_storage::Db;
 
-/// The server's metrics, registered once (held by [`Core`]).
+use crate::Result;
+
+/// The server's metrics, registered once (held by `Core`).
 pub struct Metrics {
     registry: Registry,
     /// Requests answered, by method, route (the path's template) and status.
@@ -91,8 +93,8 @@ impl Default for Metrics {
 
 impl Metrics {
     /// The text exposition of every metric, the scrape-time ones read now.
-    pub async fn render(&self, core: &Core) -> Result<String> {
-        let pool = core.db.pool();
+    pub async fn render(&self, db: &Db) -> Result<String> {
+        let pool = db.pool();
         let size = i64::from(pool.size());
         let idle = pool.num_idle() as i64;
         self.db_connections.with_label_values(&["idle"]).set(idle);
