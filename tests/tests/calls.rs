@@ -285,7 +285,15 @@ async fn delayed_events_refuse_what_the_msc_refuses(backend: Backend) {
 }
 
 fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    // The relay listens on this port over UDP and TCP: one free on both (a TCP port the
+    // system left to a client connection meanwhile would refuse the relay).
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A server with its TURN relay on loopback; `lab` lets it relay to loopback (peers on this
