@@ -268,8 +268,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/_synapse/admin/v1/event_reports/{id}", get(reports::synapse_get).delete(reports::delete));
     use synapse_admin as sa;
     let r = r
-        // For load balancers, as Synapse has it: the process answers.
-        .route("/health", get(|| async { "OK" }))
+        .route("/health", get(metrics::health))
         .route("/_synapse/admin/v1/server_version", get(sa::server_version))
         .route("/_synapse/admin/v2/users", get(sa::list_users))
         .route("/_synapse/admin/v2/users/{user_id}", get(sa::get_user).put(sa::put_user))

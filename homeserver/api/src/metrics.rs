@@ -37,10 +37,15 @@ pub async fn metrics(State(s): State<Arc<Services>>) -> Result<Response, ApiErro
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }
 
+/// `GET /health`, for load balancers (as Synapse has it): the process answers.
+pub async fn health() -> &'static str {
+    "OK"
+}
+
 /// The metrics listener's routes: `/metrics`, and `/health`.
 pub fn router(services: Arc<Services>) -> axum::Router {
     axum::Router::new()
         .route("/metrics", axum::routing::get(metrics))
-        .route("/health", axum::routing::get(|| async { "OK" }))
+        .route("/health", axum::routing::get(health))
         .with_state(services)
 }

@@ -14,7 +14,6 @@ use axum::{
     Json,
 };
 use diplomatie_service::{
-    accounts::Caller,
     admin::{
         AuditPage, DeviceList, DeviceView, JoinedRooms, Members, RoomBlock, RoomOrder, RoomPage, RoomState, RoomView,
         TokenList, TokenView, UserChange, UserFilter, UserOrder, UserPage, UserView,
@@ -25,16 +24,15 @@ use ruma::{OwnedRoomId, OwnedUserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{admin::parse_body, error::ApiError, ruma_wrapper::ApiResult};
+use crate::{
+    admin::{admin, parse_body},
+    error::ApiError,
+    ruma_wrapper::ApiResult,
+};
 
 type S = State<Arc<Services>>;
 type Params = Query<HashMap<String, String>>;
 type Answer<T> = Result<Json<T>, ApiError>;
-
-/// The caller, who must be an administrator.
-async fn admin(s: &Services, parts: &Parts) -> Result<Caller, Error> {
-    crate::admin::admin(s, parts).await
-}
 
 fn user_id(raw: &str) -> Result<OwnedUserId, Error> {
     OwnedUserId::try_from(raw).map_err(|_| Error::invalid_param(format!("Invalid user id: {raw}")))
@@ -150,8 +148,8 @@ struct PutUser {
     external_ids: Option<Vec<Value>>,
     #[serde(default)]
     locked: Option<bool>,
-    #[serde(default)]
-    user_type: Option<Value>,
+    #[serde(default, rename = "user_type")]
+    _user_type: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -164,9 +162,18 @@ fn yes() -> bool {
     true
 }
 
-/// A field that may be given as `null` (cleared) or left out (unchanged).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Ok(Some(Option::<String>::deserialize(d)?))
+/// A field that may be given as `null` (cleared) or left out (unchanged, with
+/// `#[serde(default)]`).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Ok(Some(Option::<T>::deserialize(d)?))
+}
+
+/// A password an administrator sets: 1 to 512 bytes, as Synapse allows.
+fn check_password(password: &str) -> Result<(), Error> {
+    if password.is_empty() || password.len() > 512 {
+        return Err(Error::invalid_param("The password must be 1 to 512 characters"));
+    }
+    Ok(())
 }
 
 /// `PUT /_synapse/admin/v2/users/{userId}`: creates (201) or changes (200) an account.
@@ -185,9 +192,8 @@ pub async fn put_user(
     if req.locked == Some(true) {
         return Err(Error::invalid_param("Locked accounts are not supported: deactivate the account").into());
     }
-    let _ = req.user_type;
-    if req.password.as_ref().is_some_and(|p| p.is_empty() || p.len() > 512) {
-        return Err(Error::invalid_param("The password must be 1 to 512 characters").into());
+    if let Some(password) = &req.password {
+        check_password(password)?;
     }
     let threepids = match req.threepids {
         Some(list) => {
@@ -261,9 +267,7 @@ pub async fn reset_password(
     let caller = admin(&s, &parts).await?;
     let user = user_id(&user)?;
     let req: ResetPassword = parse_body(&body)?;
-    if req.new_password.is_empty() || req.new_password.len() > 512 {
-        return Err(Error::invalid_param("The password must be 1 to 512 characters").into());
-    }
+    check_password(&req.new_password)?;
     s.admin.reset_password(&caller.user_id, &user, &req.new_password, req.logout_devices).await?;
     Ok(Json(Empty {}))
 }
@@ -320,7 +324,7 @@ pub async fn whois(
 ) -> ApiResult<ruma::api::client::admin::get_user_info::v3::Response> {
     admin(&s, &parts).await?;
     let user = user_id(&user)?;
-    s.admin.user(&user).await?;
+    s.admin.check_user(&user).await?;
     Ok(crate::client::account::whois_of(&s, &user).await?.into())
 }
 
@@ -393,14 +397,10 @@ struct NewToken {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TokenChange {
-    #[serde(default, deserialize_with = "present_number")]
+    #[serde(default, deserialize_with = "present")]
     uses_allowed: Option<Option<i64>>,
-    #[serde(default, deserialize_with = "present_number")]
+    #[serde(default, deserialize_with = "present")]
     expiry_time: Option<Option<i64>>,
-}
-
-fn present_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
-    Ok(Some(Option::<i64>::deserialize(d)?))
 }
 
 /// Synapse's checks of a token's uses and expiry.

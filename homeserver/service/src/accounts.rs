@@ -357,10 +357,7 @@ impl Accounts {
     }
 
     pub async fn registration_token_valid(&self, token: &str) -> Result<bool> {
-        Ok(match store::get_registration_token(self.db.pool(), token).await? {
-            Some(t) => t.uses_allowed.is_none_or(|n| t.completed < n) && t.expiry_ts.is_none_or(|e| e > now_ms()),
-            None => false,
-        })
+        Ok(store::get_registration_token(self.db.pool(), token).await?.is_some_and(|t| t.valid_at(now_ms())))
     }
 
     /// Checks a user's password (`M_FORBIDDEN` on any mismatch, without saying which part).

@@ -1,34 +1,26 @@
 //! The server's administration of accounts and rooms, in the shapes of Synapse's admin API
 //! (so that the tools written for it, synapse-admin among them, work unchanged): accounts
 //! listed, read, created or changed, deactivated, their passwords reset and devices deleted;
-//! rooms listed and read. Only administrators get here (the API checks), and every change is
-//! written to the audit log, in the change's transaction when it has one.
+//! rooms listed, read and blocked; registration tokens. Only administrators get here (the API
+//! checks), and every change is written to the audit log once made.
 
 use std::sync::Arc;
 
 use diplomatie_storage::accounts as accounts_store;
 use diplomatie_storage::admin::{self as store, ListedUser};
 pub use diplomatie_storage::admin::{UserFilter, UserOrder};
-use ruma::{events::StateEventType, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{api::error::ErrorKind, events::StateEventType, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::{
-    accounts::Accounts,
-    core::Core,
-    now_ms,
-    rooms::{directory::Directory, Rooms},
-    sessions::Sessions,
-    Error, Result,
-};
+use crate::{accounts::Accounts, core::Core, now_ms, rooms::Rooms, sessions::Sessions, Error, Result};
 
-/// The administration of accounts and rooms, over the accounts, sessions, rooms and directory.
+/// The administration of accounts and rooms, over the accounts, sessions and rooms.
 pub struct Admin {
     core: Arc<Core>,
     accounts: Arc<Accounts>,
     sessions: Arc<Sessions>,
     rooms: Arc<Rooms>,
-    directory: Arc<Directory>,
 }
 
 crate::core::over_core!(Admin);
@@ -187,21 +179,21 @@ impl RoomOrder {
     }
 
     fn compare(self, a: &RoomView, b: &RoomView) -> std::cmp::Ordering {
-        let text = |v: &Option<String>| v.clone().unwrap_or_default().to_lowercase();
+        let text = |x: &Option<String>, y: &Option<String>| lowered(x).cmp(lowered(y));
         match self {
-            RoomOrder::Name => text(&a.name).cmp(&text(&b.name)),
-            RoomOrder::CanonicalAlias => text(&a.canonical_alias).cmp(&text(&b.canonical_alias)),
+            RoomOrder::Name => text(&a.name, &b.name),
+            RoomOrder::CanonicalAlias => text(&a.canonical_alias, &b.canonical_alias),
             // The largest first, as Synapse lists them (`dir=b` turns it round).
             RoomOrder::JoinedMembers => b.joined_members.cmp(&a.joined_members),
             RoomOrder::JoinedLocalMembers => b.joined_local_members.cmp(&a.joined_local_members),
-            RoomOrder::Version => text(&a.version).cmp(&text(&b.version)),
-            RoomOrder::Creator => text(&a.creator).cmp(&text(&b.creator)),
-            RoomOrder::Encryption => text(&a.encryption).cmp(&text(&b.encryption)),
+            RoomOrder::Version => text(&a.version, &b.version),
+            RoomOrder::Creator => text(&a.creator, &b.creator),
+            RoomOrder::Encryption => text(&a.encryption, &b.encryption),
             RoomOrder::Federatable => a.federatable.cmp(&b.federatable),
             RoomOrder::Public => a.public.cmp(&b.public),
-            RoomOrder::JoinRules => text(&a.join_rules).cmp(&text(&b.join_rules)),
-            RoomOrder::GuestAccess => text(&a.guest_access).cmp(&text(&b.guest_access)),
-            RoomOrder::HistoryVisibility => text(&a.history_visibility).cmp(&text(&b.history_visibility)),
+            RoomOrder::JoinRules => text(&a.join_rules, &b.join_rules),
+            RoomOrder::GuestAccess => text(&a.guest_access, &b.guest_access),
+            RoomOrder::HistoryVisibility => text(&a.history_visibility, &b.history_visibility),
             RoomOrder::StateEvents => b.state_events.cmp(&a.state_events),
         }
     }
@@ -289,14 +281,8 @@ pub struct TokenList {
 }
 
 impl Admin {
-    pub(crate) fn new(
-        core: Arc<Core>,
-        accounts: Arc<Accounts>,
-        sessions: Arc<Sessions>,
-        rooms: Arc<Rooms>,
-        directory: Arc<Directory>,
-    ) -> Admin {
-        Admin { core, accounts, sessions, rooms, directory }
+    pub(crate) fn new(core: Arc<Core>, accounts: Arc<Accounts>, sessions: Arc<Sessions>, rooms: Arc<Rooms>) -> Admin {
+        Admin { core, accounts, sessions, rooms }
     }
 
     /// Writes a line of the audit log (outside any change's transaction: the change was made).
@@ -309,11 +295,16 @@ impl Admin {
         Ok(())
     }
 
-    /// A user of this server, who must exist.
-    async fn local_user(&self, user: &UserId) -> Result<ListedUser> {
+    fn check_local(&self, user: &UserId) -> Result<()> {
         if user.server_name() != self.server_name() {
             return Err(Error::invalid_param("Only local users can be administered"));
         }
+        Ok(())
+    }
+
+    /// A user of this server, who must exist.
+    async fn local_user(&self, user: &UserId) -> Result<ListedUser> {
+        self.check_local(user)?;
         store::listed_user(self.db.pool(), user.as_str()).await?.ok_or_else(|| Error::not_found("User not found"))
     }
 
@@ -345,16 +336,13 @@ impl Admin {
                 .collect(),
         );
         view.external_ids = Some(Vec::new());
-        view.appservice_id = None;
         Ok(view)
     }
 
     /// `PUT /_synapse/admin/v2/users/{userId}`: creates the account (answers `true`) or changes
     /// it. A new account needs a password unless it is created deactivated.
     pub async fn put_user(&self, admin: &UserId, user: &UserId, change: UserChange) -> Result<(bool, UserView)> {
-        if user.server_name() != self.server_name() {
-            return Err(Error::invalid_param("Only local users can be administered"));
-        }
+        self.check_local(user)?;
         let existing = store::listed_user(self.db.pool(), user.as_str()).await?;
         let created = existing.is_none();
         let reactivated = existing.as_ref().is_some_and(|u| u.deactivated) && change.deactivated == Some(false);
@@ -444,6 +432,11 @@ impl Admin {
         self.audit(admin, "user.reset_password", user.as_str(), Some(json!({ "logout_devices": logout }))).await
     }
 
+    /// Whether `user` is an account of this server (`M_NOT_FOUND`, `M_INVALID_PARAM` if not).
+    pub async fn check_user(&self, user: &UserId) -> Result<()> {
+        self.local_user(user).await.map(drop)
+    }
+
     /// `GET /_synapse/admin/v2/users/{userId}/devices`.
     pub async fn devices(&self, user: &UserId) -> Result<DeviceList> {
         self.local_user(user).await?;
@@ -501,7 +494,7 @@ impl Admin {
         let now = now_ms();
         let tokens = store::registration_tokens(self.db.pool()).await?;
         let registration_tokens =
-            tokens.into_iter().filter(|t| valid.is_none_or(|v| token_valid(t, now) == v)).map(token_view).collect();
+            tokens.into_iter().filter(|t| valid.is_none_or(|v| t.valid_at(now) == v)).map(token_view).collect();
         Ok(TokenList { registration_tokens })
     }
 
@@ -575,12 +568,11 @@ impl Admin {
         Ok(RoomBlock { block: by.is_some(), user_id: by })
     }
 
-    /// A room as the admin API shows it.
+    /// A room as the admin API shows it, from one reading of its current state.
     pub async fn room(&self, room_id: &RoomId) -> Result<RoomView> {
-        let meta = diplomatie_storage::rooms::get_room(self.db.pool(), room_id.as_str())
+        let room = diplomatie_storage::rooms::get_room(self.db.pool(), room_id.as_str())
             .await?
             .ok_or_else(|| Error::not_found("Room not found"))?;
-        let summary = self.directory.room_summary(room_id).await?;
         let state = self.rooms.current_state(room_id).await?;
         let members = self.rooms.joined_members(room_id).await?;
         let local = members.iter().filter(|m| m.server_name() == self.server_name()).count();
@@ -591,28 +583,27 @@ impl Admin {
                 Ok::<_, Error>(pdu.map(|p| p.content_value()))
             }
         };
-        let field =
-            |v: &Option<Value>, f: &str| v.as_ref().and_then(|v| v.get(f)).and_then(Value::as_str).map(str::to_owned);
+        // A field of a state event's content, a non-empty string.
+        let field = |v: &Option<Value>, f: &str| {
+            v.as_ref().and_then(|v| v.get(f)).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned)
+        };
         let create = content(StateEventType::RoomCreate).await?;
-        let join_rules = content(StateEventType::RoomJoinRules).await?;
-        let guest = content(StateEventType::RoomGuestAccess).await?;
-        let history = content(StateEventType::RoomHistoryVisibility).await?;
         Ok(RoomView {
             room_id: room_id.to_owned(),
-            name: summary.name,
-            topic: summary.topic,
-            avatar: summary.avatar_url.map(|u| u.to_string()),
-            canonical_alias: summary.canonical_alias.map(|a| a.to_string()),
+            name: field(&content(StateEventType::RoomName).await?, "name"),
+            topic: field(&content(StateEventType::RoomTopic).await?, "topic"),
+            avatar: field(&content(StateEventType::RoomAvatar).await?, "url"),
+            canonical_alias: field(&content(StateEventType::RoomCanonicalAlias).await?, "alias"),
             joined_members: members.len() as u64,
             joined_local_members: local as u64,
-            version: summary.room_version.map(|v| v.to_string()),
-            creator: Some(meta.creator),
-            encryption: summary.encryption.map(|e| e.to_string()),
+            version: Some(room.room_version),
+            creator: Some(room.creator),
+            encryption: field(&content(StateEventType::RoomEncryption).await?, "algorithm"),
             federatable: create.as_ref().and_then(|c| c.get("m.federate")).and_then(Value::as_bool).unwrap_or(true),
-            public: meta.is_public,
-            join_rules: field(&join_rules, "join_rule"),
-            guest_access: field(&guest, "guest_access"),
-            history_visibility: field(&history, "history_visibility"),
+            public: room.is_public,
+            join_rules: field(&content(StateEventType::RoomJoinRules).await?, "join_rule"),
+            guest_access: field(&content(StateEventType::RoomGuestAccess).await?, "guest_access"),
+            history_visibility: field(&content(StateEventType::RoomHistoryVisibility).await?, "history_visibility"),
             state_events: state.len() as u64,
             room_type: field(&create, "type"),
         })
@@ -635,7 +626,8 @@ impl Admin {
             let view = match self.room(&room_id).await {
                 Ok(view) => view,
                 // A room whose state this server never had (an invite over federation).
-                Err(_) => continue,
+                Err(Error::Matrix(ErrorKind::NotFound, _)) => continue,
+                Err(e) => return Err(e),
             };
             if let Some(term) = &term {
                 let hit = |v: &Option<String>| v.as_ref().is_some_and(|v| v.to_lowercase().contains(term.as_str()));
@@ -666,7 +658,7 @@ impl Admin {
 
     /// `GET /_synapse/admin/v1/rooms/{roomId}/members`.
     pub async fn room_members(&self, room_id: &RoomId) -> Result<Members> {
-        self.room(room_id).await?;
+        self.rooms.known_room(room_id).await?;
         let mut members: Vec<OwnedUserId> = self.rooms.joined_members(room_id).await?.iter().cloned().collect();
         members.sort();
         Ok(Members { total: members.len(), members })
@@ -674,7 +666,7 @@ impl Admin {
 
     /// `GET /_synapse/admin/v1/rooms/{roomId}/state`: the room's current state events.
     pub async fn room_state(&self, room_id: &RoomId) -> Result<RoomState> {
-        self.room(room_id).await?;
+        self.rooms.known_room(room_id).await?;
         let state = self.rooms.current_state(room_id).await?;
         let mut events = Vec::with_capacity(state.len());
         for event_id in state.values() {
@@ -686,6 +678,12 @@ impl Admin {
     }
 }
 
+/// A text's characters in lower case (an absent text is empty, so first), compared without
+/// allocating.
+fn lowered(v: &Option<String>) -> impl Iterator<Item = char> + '_ {
+    v.as_deref().unwrap_or_default().chars().flat_map(char::to_lowercase)
+}
+
 fn device_view(user: &UserId, d: accounts_store::Device) -> DeviceView {
     DeviceView {
         device_id: d.device_id,
@@ -695,10 +693,6 @@ fn device_view(user: &UserId, d: accounts_store::Device) -> DeviceView {
         last_seen_user_agent: d.last_seen_user_agent,
         user_id: user.to_owned(),
     }
-}
-
-fn token_valid(t: &accounts_store::RegistrationToken, now: i64) -> bool {
-    t.uses_allowed.is_none_or(|n| t.completed + t.pending < n) && t.expiry_ts.is_none_or(|e| e > now)
 }
 
 fn token_view(t: accounts_store::RegistrationToken) -> TokenView {

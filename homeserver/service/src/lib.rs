@@ -251,8 +251,7 @@ impl Services {
             membership.clone(),
             identity.clone(),
         ));
-        let admin =
-            Arc::new(admin::Admin::new(c(), accounts.clone(), sessions.clone(), rooms.clone(), directory.clone()));
+        let admin = Arc::new(admin::Admin::new(c(), accounts.clone(), sessions.clone(), rooms.clone()));
         let organisation = Arc::new(organisation::Organisation::new(
             c(),
             rooms.clone(),

@@ -32,57 +32,65 @@ pub struct Metrics {
     federation_queue: IntGaugeVec,
 }
 
-fn registered<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
-    // Names are fixed and distinct: registering cannot fail.
-    let _ = registry.register(Box::new(c.clone()));
-    c
+/// A metric made and registered: its name and labels are fixed here and distinct, so neither
+/// step can fail but for a mistake in this file, which the metrics test would show at once.
+fn registered<C: Collector + Clone + 'static>(registry: &Registry, made: prometheus::Result<C>) -> C {
+    let metric = made.expect("a valid metric");
+    let _ = registry.register(Box::new(metric.clone()));
+    metric
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let registry = Registry::new_custom(Some("diplomatie".into()), None).unwrap_or_default();
         let r = &registry;
-        let requests = IntCounterVec::new(
-            Opts::new("http_requests_total", "Requests answered, by method, route and status"),
-            &["method", "route", "status"],
-        );
         let buckets = prometheus::exponential_buckets(0.001, 2.0, 16).unwrap_or_default();
-        let request_seconds = HistogramVec::new(
-            HistogramOpts::new("http_request_duration_seconds", "Time to answer a request, by method and route")
-                .buckets(buckets),
-            &["method", "route"],
-        );
-        let push = IntCounterVec::new(
-            Opts::new("push_deliveries_total", "Notifications handed to push gateways, by outcome"),
-            &["outcome"],
-        );
-        let db = IntGaugeVec::new(
-            Opts::new("database_connections", "Connections of the database pool, by state (idle, in_use)"),
-            &["state"],
-        );
-        let queue = IntGaugeVec::new(
-            Opts::new("federation_queue_items", "Items waiting to be sent, by destination server"),
-            &["destination"],
-        );
         let metrics = Metrics {
-            requests: registered(r, requests.expect("valid metric")),
-            request_seconds: registered(r, request_seconds.expect("valid metric")),
-            events_persisted: registered(
+            requests: registered(
                 r,
-                IntCounter::new("events_persisted_total", "Events written to rooms").expect("valid metric"),
+                IntCounterVec::new(
+                    Opts::new("http_requests_total", "Requests answered, by method, route and status"),
+                    &["method", "route", "status"],
+                ),
             ),
-            sync_waiting: registered(
+            request_seconds: registered(
                 r,
-                IntGauge::new("sync_waiting", "/sync requests waiting for something new").expect("valid metric"),
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "http_request_duration_seconds",
+                        "Time to answer a request, by method and route",
+                    )
+                    .buckets(buckets),
+                    &["method", "route"],
+                ),
             ),
-            push_deliveries: registered(r, push.expect("valid metric")),
+            events_persisted: registered(r, IntCounter::new("events_persisted_total", "Events written to rooms")),
+            sync_waiting: registered(r, IntGauge::new("sync_waiting", "/sync requests waiting for something new")),
+            push_deliveries: registered(
+                r,
+                IntCounterVec::new(
+                    Opts::new("push_deliveries_total", "Notifications handed to push gateways, by outcome"),
+                    &["outcome"],
+                ),
+            ),
             search_pending: registered(
                 r,
-                IntGauge::new("search_index_pending_batches", "Batches of events committed, not yet searchable")
-                    .expect("valid metric"),
+                IntGauge::new("search_index_pending_batches", "Batches of events committed, not yet searchable"),
             ),
-            db_connections: registered(r, db.expect("valid metric")),
-            federation_queue: registered(r, queue.expect("valid metric")),
+            db_connections: registered(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("database_connections", "Connections of the database pool, by state (idle, in_use)"),
+                    &["state"],
+                ),
+            ),
+            federation_queue: registered(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("federation_queue_items", "Items waiting to be sent, by destination server"),
+                    &["destination"],
+                ),
+            ),
             registry,
         };
         // The process's resident memory, CPU seconds, open files (Linux).

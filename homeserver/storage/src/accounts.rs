@@ -393,6 +393,13 @@ pub struct RegistrationToken {
     pub expiry_ts: Option<i64>,
 }
 
+impl RegistrationToken {
+    /// Whether a registration may still use it at `now` (uses left, not expired).
+    pub fn valid_at(&self, now: i64) -> bool {
+        self.uses_allowed.is_none_or(|n| self.completed + self.pending < n) && self.expiry_ts.is_none_or(|e| e > now)
+    }
+}
+
 pub async fn create_registration_token<'e>(
     e: impl Exec<'e>,
     token: &str,

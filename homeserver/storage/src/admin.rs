@@ -84,29 +84,28 @@ pub async fn list_users<'e, E: Exec<'e> + Copy>(
     from: i64,
     limit: i64,
 ) -> Result<(Vec<ListedUser>, i64)> {
-    let mut clauses = Vec::new();
+    let mut clauses: Vec<&str> = Vec::new();
     if !filter.guests {
-        clauses.push("u.is_guest = 0".to_owned());
+        clauses.push("u.is_guest = 0");
     }
     if !filter.deactivated {
-        clauses.push("u.deactivated = 0".to_owned());
+        clauses.push("u.deactivated = 0");
     }
     match filter.admins {
-        Some(true) => clauses.push("u.is_admin <> 0".to_owned()),
-        Some(false) => clauses.push("u.is_admin = 0".to_owned()),
+        Some(true) => clauses.push("u.is_admin <> 0"),
+        Some(false) => clauses.push("u.is_admin = 0"),
         None => {}
     }
     // The name filter wins over the user id filter (as Synapse's does).
     let pattern = match (&filter.name, &filter.user_id) {
         (Some(name), _) => {
             clauses.push(
-                "(LOWER(u.user_id) LIKE $1 ESCAPE '\\' OR LOWER(COALESCE(u.displayname, '')) LIKE $1 ESCAPE '\\')"
-                    .to_owned(),
+                "(LOWER(u.user_id) LIKE $1 ESCAPE '\\' OR LOWER(COALESCE(u.displayname, '')) LIKE $1 ESCAPE '\\')",
             );
             Some(name)
         }
         (None, Some(id)) => {
-            clauses.push("LOWER(u.user_id) LIKE $1 ESCAPE '\\'".to_owned());
+            clauses.push("LOWER(u.user_id) LIKE $1 ESCAPE '\\'");
             Some(id)
         }
         (None, None) => None,

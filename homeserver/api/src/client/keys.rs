@@ -49,9 +49,19 @@ pub async fn upload(State(s): S, req: Ruma<upload_keys::v3::Request>) -> ApiResu
     Ok(upload_keys::v3::Response::new(counts).into())
 }
 
+/// ruma's `/keys/query` answer with `failures` always there (ruma leaves it out when empty).
+#[derive(serde::Serialize)]
+pub struct KeysAnswer {
+    device_keys: BTreeMap<OwnedUserId, BTreeMap<ruma::OwnedDeviceId, ruma::serde::Raw<ruma::encryption::DeviceKeys>>>,
+    master_keys: BTreeMap<OwnedUserId, ruma::serde::Raw<ruma::encryption::CrossSigningKey>>,
+    self_signing_keys: BTreeMap<OwnedUserId, ruma::serde::Raw<ruma::encryption::CrossSigningKey>>,
+    user_signing_keys: BTreeMap<OwnedUserId, ruma::serde::Raw<ruma::encryption::CrossSigningKey>>,
+    failures: BTreeMap<String, serde_json::Value>,
+}
+
 /// `POST /keys/query`, in Synapse's shape: `failures` is always there (empty when every
 /// server answered), as clients and Sytest read it.
-pub async fn query(State(s): S, req: Ruma<get_keys::v3::Request>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn query(State(s): S, req: Ruma<get_keys::v3::Request>) -> Result<Json<KeysAnswer>, ApiError> {
     let requested: BTreeMap<OwnedUserId, Vec<String>> = req
         .body
         .device_keys
@@ -59,13 +69,13 @@ pub async fn query(State(s): S, req: Ruma<get_keys::v3::Request>) -> Result<Json
         .map(|(u, devices)| (u.clone(), devices.iter().map(|d| d.to_string()).collect()))
         .collect();
     let answer = s.e2ee.query_keys(&req.caller().user_id, &requested).await?;
-    Ok(Json(serde_json::json!({
-        "device_keys": answer.device_keys,
-        "master_keys": answer.master_keys,
-        "self_signing_keys": answer.self_signing_keys,
-        "user_signing_keys": answer.user_signing_keys,
-        "failures": answer.failures,
-    })))
+    Ok(Json(KeysAnswer {
+        device_keys: answer.device_keys,
+        master_keys: answer.master_keys,
+        self_signing_keys: answer.self_signing_keys,
+        user_signing_keys: answer.user_signing_keys,
+        failures: answer.failures,
+    }))
 }
 
 pub async fn claim(State(s): S, req: Ruma<claim_keys::v3::Request>) -> ApiResult<claim_keys::v3::Response> {
