@@ -13,6 +13,7 @@ backend_tests!(
     rooms_are_listed_and_read,
     registration_tokens_are_administered,
     only_administrators_get_in,
+    rooms_are_deleted_and_purged,
 );
 
 fn user_path(user: &str) -> String {
@@ -247,8 +248,6 @@ async fn rooms_are_listed_and_read(backend: Backend) {
     assert_error(&root.get("/_synapse/admin/v1/rooms?order_by=colour").await, 400, "M_INVALID_PARAM");
     assert_error(&root.get("/_synapse/admin/v1/rooms/!nowhere:elsewhere.example").await, 404, "M_NOT_FOUND");
     assert_error(&root.get("/_synapse/admin/v1/rooms/not-a-room").await, 400, "M_INVALID_PARAM");
-    // Not built yet: room deletion is answered as such, not faked.
-    assert_error(&root.delete(&format!("/_synapse/admin/v2/rooms/{}", urlencode(&big))).await, 404, "M_UNRECOGNIZED");
 }
 
 async fn only_administrators_get_in(backend: Backend) {
@@ -271,6 +270,8 @@ async fn only_administrators_get_in(backend: Backend) {
         format!("/_synapse/admin/v1/rooms/{room}/state"),
         "/_diplomatie/admin/v1/audit".to_owned(),
         "/_synapse/admin/v1/registration_tokens".to_owned(),
+        format!("/_synapse/admin/v2/rooms/{room}/delete_status"),
+        "/_synapse/admin/v2/rooms/delete_status/abc".to_owned(),
     ];
     for path in &gets {
         assert_error(&alice.get(path).await, 403, "M_FORBIDDEN");
@@ -282,12 +283,16 @@ async fn only_administrators_get_in(backend: Backend) {
         (Method::POST, format!("/_synapse/admin/v1/reset_password/{user}"), json!({ "new_password": "x" })),
         (Method::POST, format!("/_synapse/admin/v2/users/{user}/delete_devices"), json!({ "devices": [] })),
         (Method::POST, "/_synapse/admin/v1/registration_tokens/new".to_owned(), json!({})),
+        (Method::DELETE, format!("/_synapse/admin/v2/rooms/{room}"), json!({})),
+        (Method::DELETE, format!("/_synapse/admin/v1/rooms/{room}"), json!({})),
     ];
     for (method, path, body) in &writes {
         let refused = alice.request(method.clone(), path, Some(body)).await;
         assert_error(&refused, 403, "M_FORBIDDEN");
     }
-    // Nothing changed: root is still an administrator and can log in with its password.
+    // Nothing changed: root is still an administrator and can log in with its password; the
+    // room is still there.
+    root.ok(Method::GET, &format!("/_synapse/admin/v1/rooms/{room}"), None).await;
     let me = root.ok(Method::GET, &format!("/_synapse/admin/v2/users/{user}"), None).await;
     assert_eq!(me["admin"], true);
     server.login("root", "pw").await;
@@ -345,4 +350,120 @@ async fn registration_tokens_are_administered(backend: Backend) {
     let health = reqwest::get(format!("http://{}/health", server.addr())).await.unwrap();
     assert_eq!(health.status(), 200);
     assert_eq!(health.text().await.unwrap(), "OK");
+}
+
+/// Waits for a room deletion to end; answers its status.
+async fn deletion_end(root: &diplomatie_tests::Client, delete_id: &str) -> Value {
+    let path = format!("/_synapse/admin/v2/rooms/delete_status/{delete_id}");
+    for _ in 0..200 {
+        let status = root.ok(Method::GET, &path, None).await;
+        if status["status"] == "complete" || status["status"] == "failed" {
+            return status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the deletion {delete_id} did not end");
+}
+
+async fn found_by(c: &diplomatie_tests::Client, term: &str) -> usize {
+    let body = json!({ "search_categories": { "room_events": { "search_term": term } } });
+    let v = c.ok(Method::POST, "/_matrix/client/v3/search", Some(&body)).await;
+    v["search_categories"]["room_events"]["results"].as_array().unwrap().len()
+}
+
+async fn rooms_are_deleted_and_purged(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let root = server.admin().await;
+    let host = root.user_id.split_once(':').unwrap().1.to_owned();
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let doomed = alice
+        .create_room(json!({ "name": "Doomed", "preset": "public_chat",
+                                           "room_alias_name": "doomed", "visibility": "public" }))
+        .await;
+    bob.join(&doomed).await;
+    alice.invite(&doomed, &carol.user_id).await;
+    alice.send_text(&doomed, "the quartermaster's ledger").await;
+    let kept = alice.create_room(json!({ "name": "Kept" })).await;
+    alice.send_text(&kept, "the quartermaster's diary").await;
+    let search_until = |c, n| async move {
+        for _ in 0..100 {
+            if found_by(c, "quartermaster").await == n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the search never found {n} results");
+    };
+    search_until(&alice, 2).await;
+    let path = format!("/_synapse/admin/v2/rooms/{}", urlencode(&doomed));
+
+    // Bad requests change nothing.
+    assert_error(&root.request(Method::DELETE, &path, Some(&json!({ "block": "yes" }))).await, 400, "M_BAD_JSON");
+    let moved = json!({ "new_room_user_id": root.user_id });
+    assert_error(&root.request(Method::DELETE, &path, Some(&moved)).await, 400, "M_INVALID_PARAM");
+    assert_error(&root.delete("/_synapse/admin/v2/rooms/!nowhere:elsewhere.example").await, 404, "M_NOT_FOUND");
+    assert_error(&root.delete("/_synapse/admin/v2/rooms/not-a-room").await, 400, "M_INVALID_PARAM");
+    assert_error(&root.get("/_synapse/admin/v2/rooms/delete_status/nothing").await, 404, "M_NOT_FOUND");
+    assert_error(&root.get(&format!("{path}/delete_status")).await, 404, "M_NOT_FOUND");
+    // A room a legal hold keeps is not purged.
+    let hold = json!({ "scope": "room", "target": doomed, "reason": "Enquête" });
+    let hold = root.ok(Method::POST, "/_diplomatie/admin/v1/holds", Some(&hold)).await;
+    assert_error(&root.request(Method::DELETE, &path, Some(&json!({}))).await, 403, "M_FORBIDDEN");
+    let hold_id = hold["hold_id"].as_str().unwrap();
+    let release = format!("/_diplomatie/admin/v1/holds/{hold_id}/release");
+    root.ok(Method::POST, &release, Some(&json!({ "reason": "Classée" }))).await;
+    let room = root.ok(Method::GET, &format!("/_synapse/admin/v1/rooms/{}", urlencode(&doomed)), None).await;
+    assert_eq!(room["joined_local_members"], 2, "nothing was lost: {room}");
+
+    // The deletion: members leave (the invite is refused), the alias goes, the room is
+    // blocked and purged.
+    let started = root.ok(Method::DELETE, &path, Some(&json!({ "block": true }))).await;
+    let delete_id = started["delete_id"].as_str().unwrap().to_owned();
+    let done = deletion_end(&root, &delete_id).await;
+    assert_eq!(done["status"], "complete", "{done}");
+    let mut kicked: Vec<String> =
+        done["shutdown_room"]["kicked_users"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().into()).collect();
+    kicked.sort();
+    assert_eq!(kicked, [alice.user_id.clone(), bob.user_id.clone(), carol.user_id.clone()], "{done}");
+    assert_eq!(done["shutdown_room"]["failed_to_kick_users"], json!([]));
+    assert_eq!(done["shutdown_room"]["local_aliases"], json!([format!("#doomed:{host}")]));
+    let listed = root.ok(Method::GET, &format!("{path}/delete_status"), None).await;
+    assert_eq!(listed["results"][0]["delete_id"], delete_id.as_str(), "{listed}");
+    assert_eq!(listed["results"][0]["status"], "complete");
+
+    assert_error(&root.get(&format!("/_synapse/admin/v1/rooms/{}", urlencode(&doomed))).await, 404, "M_NOT_FOUND");
+    let rooms = root.ok(Method::GET, "/_synapse/admin/v1/rooms", None).await;
+    assert_eq!(rooms["total_rooms"], 1, "{rooms}");
+    let joined = bob.ok(Method::GET, "/_matrix/client/v3/joined_rooms", None).await;
+    assert_eq!(joined["joined_rooms"], json!([]));
+    let alias = format!("/_matrix/client/v3/directory/room/{}", urlencode(&format!("#doomed:{host}")));
+    assert_error(&bob.get(&alias).await, 404, "M_NOT_FOUND");
+    let public = bob.ok(Method::GET, "/_matrix/client/v3/publicRooms", None).await;
+    assert_eq!(public["chunk"], json!([]), "{public}");
+    assert_error(&bob.join(&doomed).await, 403, "M_FORBIDDEN");
+    assert_eq!(found_by(&alice, "quartermaster").await, 1, "only the kept room's message is found");
+    // A sync after the purge answers (the room is gone from it), and the other room lives on.
+    let (status, _) = bob.get("/_matrix/client/v3/sync?timeout=0").await;
+    assert_eq!(status, 200);
+    alice.send_text(&kept, "still here").await;
+    // The same room cannot be deleted twice (it is unknown now) unless only blocked.
+    assert_error(&root.request(Method::DELETE, &path, Some(&json!({}))).await, 404, "M_NOT_FOUND");
+
+    // Without purge: the members leave, the room stays (empty) and is not blocked.
+    let quiet = alice.create_room(json!({ "name": "Quiet" })).await;
+    let v1 = format!("/_synapse/admin/v1/rooms/{}", urlencode(&quiet));
+    let shutdown = root.ok(Method::DELETE, &v1, Some(&json!({ "purge": false }))).await;
+    assert_eq!(shutdown["kicked_users"], json!([alice.user_id]), "{shutdown}");
+    assert_eq!(shutdown["new_room_id"], Value::Null);
+    let room = root.ok(Method::GET, &v1, None).await;
+    assert_eq!(room["joined_members"], 0, "{room}");
+    let block = root.ok(Method::GET, &format!("{v1}/block"), None).await;
+    assert_eq!(block["block"], false);
+
+    let audit = root.ok(Method::GET, "/_diplomatie/admin/v1/audit", None).await;
+    let deleted: Vec<&Value> =
+        audit["entries"].as_array().unwrap().iter().filter(|e| e["action"] == "room.delete").collect();
+    assert_eq!(deleted.len(), 2, "{audit}");
 }

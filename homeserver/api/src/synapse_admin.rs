@@ -15,8 +15,9 @@ use axum::{
 };
 use diplomatie_service::{
     admin::{
-        AuditPage, DeviceList, DeviceView, JoinedRooms, Members, RoomBlock, RoomOrder, RoomPage, RoomState, RoomView,
-        TokenList, TokenView, UserChange, UserFilter, UserOrder, UserPage, UserView,
+        AuditPage, DeleteRoom, DeletionList, DeletionStarted, DeletionStatus, DeviceList, DeviceView, JoinedRooms,
+        Members, RoomBlock, RoomOrder, RoomPage, RoomState, RoomView, Shutdown, TokenList, TokenView, UserChange,
+        UserFilter, UserOrder, UserPage, UserView,
     },
     Error, Services,
 };
@@ -125,8 +126,9 @@ pub async fn get_user(State(s): S, Path(user): Path<String>, parts: Parts) -> An
     Ok(Json(s.admin.user(&user_id(&user)?).await?))
 }
 
+/// Fields it does not know are ignored, as Synapse does: the admin UI sends back the whole
+/// account it read (its id, creation time, erasure and so on).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct PutUser {
     #[serde(default)]
     password: Option<String>,
@@ -485,4 +487,68 @@ pub async fn block_room(
 pub async fn room_block(State(s): S, Path(room): Path<String>, parts: Parts) -> Answer<RoomBlock> {
     admin(&s, &parts).await?;
     Ok(Json(s.admin.room_block(&room_id(&room)?).await?))
+}
+
+/// The body of a room's deletion (every field optional; an empty body asks for the defaults).
+#[derive(Deserialize)]
+struct DeleteRoomBody {
+    #[serde(default)]
+    block: bool,
+    #[serde(default = "yes")]
+    purge: bool,
+    #[serde(default)]
+    force_purge: bool,
+    /// Synapse moves the members to a new room made by this user: not done here.
+    new_room_user_id: Option<String>,
+    #[serde(default, rename = "room_name")]
+    _room_name: Option<String>,
+    #[serde(default, rename = "message")]
+    _message: Option<String>,
+}
+
+fn deletion_request(body: &[u8]) -> Result<DeleteRoom, Error> {
+    let req: DeleteRoomBody =
+        if body.iter().all(u8::is_ascii_whitespace) { parse_body(b"{}")? } else { parse_body(body)? };
+    if req.new_room_user_id.is_some() {
+        return Err(Error::invalid_param("This server does not move the members to a new room (new_room_user_id)"));
+    }
+    Ok(DeleteRoom { block: req.block, purge: req.purge, force_purge: req.force_purge })
+}
+
+/// `DELETE /_synapse/admin/v2/rooms/{roomId}`: starts the room's deletion, answers its id.
+pub async fn delete_room(
+    State(s): S,
+    Path(room): Path<String>,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Answer<DeletionStarted> {
+    let caller = admin(&s, &parts).await?;
+    let room = room_id(&room)?;
+    let ask = deletion_request(&body)?;
+    Ok(Json(s.admin.delete_room(&caller.user_id, &room, ask).await?))
+}
+
+/// `DELETE /_synapse/admin/v1/rooms/{roomId}`: deletes the room, answers once done.
+pub async fn delete_room_now(
+    State(s): S,
+    Path(room): Path<String>,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Answer<Shutdown> {
+    let caller = admin(&s, &parts).await?;
+    let room = room_id(&room)?;
+    let ask = deletion_request(&body)?;
+    Ok(Json(s.admin.delete_room_now(&caller.user_id, &room, ask).await?))
+}
+
+/// `GET /_synapse/admin/v2/rooms/{roomId}/delete_status`.
+pub async fn room_deletions(State(s): S, Path(room): Path<String>, parts: Parts) -> Answer<DeletionList> {
+    admin(&s, &parts).await?;
+    Ok(Json(s.admin.room_deletions(&room_id(&room)?).await?))
+}
+
+/// `GET /_synapse/admin/v2/rooms/delete_status/{deleteId}`.
+pub async fn deletion_status(State(s): S, Path(delete_id): Path<String>, parts: Parts) -> Answer<DeletionStatus> {
+    admin(&s, &parts).await?;
+    Ok(Json(s.admin.deletion_status(&delete_id).await?))
 }

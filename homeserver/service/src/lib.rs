@@ -251,7 +251,14 @@ impl Services {
             membership.clone(),
             identity.clone(),
         ));
-        let admin = Arc::new(admin::Admin::new(c(), accounts.clone(), sessions.clone(), rooms.clone()));
+        let admin = admin::Admin::new(
+            c(),
+            accounts.clone(),
+            sessions.clone(),
+            rooms.clone(),
+            membership.clone(),
+            search.clone(),
+        );
         let organisation = Arc::new(organisation::Organisation::new(
             c(),
             rooms.clone(),
@@ -381,6 +388,7 @@ impl Services {
         delayed::spawn_worker(&services.delayed);
         crisis::worker::spawn_worker(&services.crisis);
         retention::spawn_worker(&services.retention);
+        admin::resume_deletions(&services.admin);
         Ok(services)
     }
 }

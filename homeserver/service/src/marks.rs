@@ -150,6 +150,23 @@ impl StreamMarks {
     }
 }
 
+impl StreamMarks {
+    /// Users whose memberships went without an event (a room purged): their lists are read
+    /// again.
+    pub(crate) fn memberships_dropped(&self, users: &[ruma::OwnedUserId], position: i64) {
+        let mut members = self.memberships.lock().unwrap();
+        for user in users {
+            let mark = members.entry(user.clone()).or_insert(position);
+            *mark = (*mark).max(position);
+        }
+        drop(members);
+        let mut listed = self.listed.lock().unwrap();
+        for user in users {
+            listed.pop(user);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

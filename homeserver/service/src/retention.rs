@@ -310,7 +310,7 @@ impl Retention {
         let now = crate::now_ms();
         let run_id = format!("purge-{now}-{}", crate::random_string(6));
         store::start_run(self.db.pool(), &run_id, now).await?;
-        self.forget_in_search().await?;
+        self.search.forget_purged().await?;
         let held_rooms: HashSet<String> = store::held_rooms(self.db.pool()).await?.into_iter().collect();
         let held_users: HashSet<String> = store::held_users(self.db.pool()).await?.into_iter().collect();
         for room in store::all_rooms(self.db.pool()).await? {
@@ -423,20 +423,6 @@ impl Retention {
         }
         Ok(())
     }
-
-    /// Makes the search index forget what earlier purges emptied and it has not confirmed
-    /// forgetting (a stop between a batch's commit and the index's).
-    async fn forget_in_search(&self) -> Result<()> {
-        loop {
-            let ids = store::search_not_cleared(self.db.pool(), 1000).await?;
-            if ids.is_empty() || !self.search.forget(ids.clone()).await {
-                return Ok(());
-            }
-            let mut tx = self.db.begin_write().await?;
-            store::mark_search_cleared(&mut tx, &ids).await?;
-            diplomatie_storage::commit(tx).await?;
-        }
-    }
 }
 
 fn view(h: Hold, rooms: Vec<String>) -> HoldView {
@@ -482,7 +468,7 @@ pub fn spawn_worker(retention: &Arc<Retention>) {
     let (enabled, interval) = (retention.config.retention.enabled, retention.config.retention.interval_ms.max(1000));
     tokio::spawn(async move {
         if let Some(r) = weak.upgrade() {
-            if let Err(e) = r.forget_in_search().await {
+            if let Err(e) = r.search.forget_purged().await {
                 tracing::warn!(error = %e, "the search index could not forget purged events");
             }
         }

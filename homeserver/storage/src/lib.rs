@@ -15,6 +15,7 @@ pub mod circuits;
 pub mod correspondence;
 pub mod crisis;
 pub mod delayed;
+pub mod deletions;
 pub mod e2ee;
 pub mod events;
 pub mod federation;
@@ -98,6 +99,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (21, "circuits", include_str!("../migrations/0021_circuits.sql")),
     (22, "remote_devices", include_str!("../migrations/0022_remote_devices.sql")),
     (23, "admin", include_str!("../migrations/0023_admin.sql")),
+    (24, "room_deletions", include_str!("../migrations/0024_room_deletions.sql")),
 ];
 
 #[derive(Debug)]

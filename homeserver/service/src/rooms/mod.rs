@@ -12,6 +12,7 @@ pub mod directory;
 pub mod event_core;
 pub mod members;
 pub mod membership;
+mod purge;
 pub mod received;
 mod recent;
 pub mod resolve;

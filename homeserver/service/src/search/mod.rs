@@ -287,6 +287,21 @@ impl Search {
         let _ = self.state.queue.send(Job { add, delete, covered, seq });
     }
 
+    /// Makes the index forget what purges emptied (a retention run, a room deleted) and it
+    /// has not confirmed forgetting yet (a stop between a purge's commit and the index's).
+    pub(crate) async fn forget_purged(&self) -> Result<()> {
+        use diplomatie_storage::retention as store;
+        loop {
+            let ids = store::search_not_cleared(self.db.pool(), 1000).await?;
+            if ids.is_empty() || !self.forget(ids.clone()).await {
+                return Ok(());
+            }
+            let mut tx = self.db.begin_write().await?;
+            store::mark_search_cleared(&mut tx, &ids).await?;
+            diplomatie_storage::commit(tx).await?;
+        }
+    }
+
     /// Removes events from the index and waits until the removal is committed: false when it
     /// was not (no index in this process, which is a command; or the indexer failing), for the
     /// caller to try again later.

@@ -6,6 +6,10 @@
 
 use std::sync::Arc;
 
+mod deletions;
+pub(crate) use deletions::resume_deletions;
+pub use deletions::{DeleteRoom, DeletionList, DeletionStarted, DeletionStatus, Shutdown};
+
 use diplomatie_storage::accounts as accounts_store;
 use diplomatie_storage::admin::{self as store, ListedUser};
 pub use diplomatie_storage::admin::{UserFilter, UserOrder};
@@ -13,7 +17,10 @@ use ruma::{api::error::ErrorKind, events::StateEventType, OwnedRoomId, OwnedUser
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::{accounts::Accounts, core::Core, now_ms, rooms::Rooms, sessions::Sessions, Error, Result};
+use crate::{
+    accounts::Accounts, core::Core, now_ms, rooms::membership::Membership, rooms::Rooms, search::Search,
+    sessions::Sessions, Error, Result,
+};
 
 /// The administration of accounts and rooms, over the accounts, sessions and rooms.
 pub struct Admin {
@@ -21,6 +28,10 @@ pub struct Admin {
     accounts: Arc<Accounts>,
     sessions: Arc<Sessions>,
     rooms: Arc<Rooms>,
+    membership: Arc<Membership>,
+    search: Arc<Search>,
+    /// This very value, for the tasks that delete rooms.
+    me: std::sync::Weak<Admin>,
 }
 
 crate::core::over_core!(Admin);
@@ -281,8 +292,15 @@ pub struct TokenList {
 }
 
 impl Admin {
-    pub(crate) fn new(core: Arc<Core>, accounts: Arc<Accounts>, sessions: Arc<Sessions>, rooms: Arc<Rooms>) -> Admin {
-        Admin { core, accounts, sessions, rooms }
+    pub(crate) fn new(
+        core: Arc<Core>,
+        accounts: Arc<Accounts>,
+        sessions: Arc<Sessions>,
+        rooms: Arc<Rooms>,
+        membership: Arc<Membership>,
+        search: Arc<Search>,
+    ) -> Arc<Admin> {
+        Arc::new_cyclic(|me| Admin { core, accounts, sessions, rooms, membership, search, me: me.clone() })
     }
 
     /// Writes a line of the audit log (outside any change's transaction: the change was made).

@@ -1,0 +1,21 @@
+-- Rooms an administrator deleted (`DELETE /_synapse/admin/v2/rooms/{roomId}`): where each
+-- deletion stands (shutting_down, purging, complete, failed) and what it did. A deletion
+-- a stop interrupted is taken up again at start-up.
+CREATE TABLE room_deletions (
+    delete_id TEXT PRIMARY KEY NOT NULL,
+    room_id TEXT NOT NULL,
+    admin TEXT NOT NULL,
+    status TEXT NOT NULL,
+    block BIGINT NOT NULL,
+    purge BIGINT NOT NULL,
+    -- Purge even when members of this server could not be made to leave.
+    force_purge BIGINT NOT NULL,
+    error TEXT,
+    -- JSON arrays of user ids and aliases.
+    kicked_users TEXT NOT NULL,
+    failed_to_kick_users TEXT NOT NULL,
+    local_aliases TEXT NOT NULL,
+    started_ts BIGINT NOT NULL,
+    finished_ts BIGINT
+);
+CREATE INDEX room_deletions_room ON room_deletions (room_id, started_ts);
