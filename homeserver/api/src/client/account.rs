@@ -304,6 +304,12 @@ pub async fn login(State(s): S, req: Ruma<login::v3::Request>) -> ApiResult<logi
     let mut resp = login::v3::Response::new(session.user_id, session.access_token, session.device_id);
     resp.refresh_token = session.refresh_token;
     resp.expires_in = session.expires_in_ms.map(Duration::from_millis);
+    // Deprecated by the spec, still given by Synapse and read by tools (synapse-admin builds
+    // user ids with it).
+    #[allow(deprecated)]
+    {
+        resp.home_server = Some(s.server_name().to_owned());
+    }
     Ok(resp.into())
 }
 
