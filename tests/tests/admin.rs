@@ -14,6 +14,8 @@ backend_tests!(
     registration_tokens_are_administered,
     only_administrators_get_in,
     rooms_are_deleted_and_purged,
+    media_is_listed_quarantined_and_deleted,
+    users_get_rate_limits_of_their_own,
 );
 
 fn user_path(user: &str) -> String {
@@ -143,7 +145,6 @@ async fn accounts_are_administered_as_synapse_does(backend: Backend) {
         "M_INVALID_PARAM",
     );
     assert_error(&root.put(&user_path(&carol_id), &json!({ "admin": "yes" })).await, 400, "M_BAD_JSON");
-    assert_error(&root.put(&user_path(&carol_id), &json!({ "shoe_size": 44 })).await, 400, "M_BAD_JSON");
     assert_error(
         &root.put(&user_path(&carol_id), &json!({ "threepids": [{ "medium": "pigeon", "address": "x" }] })).await,
         400,
@@ -178,6 +179,9 @@ async fn accounts_are_administered_as_synapse_does(backend: Backend) {
     let next = older["next_token"].as_str().unwrap().to_owned();
     let after = root.ok(Method::GET, &format!("/_diplomatie/admin/v1/audit?limit=2&from={next}"), None).await;
     assert_eq!(after["entries"][0]["action"], "user.reset_password", "{after}");
+    // Fields it does not know are ignored, as by Synapse (the admin UI sends the whole account).
+    let (status, same) = root.put(&user_path(&carol_id), &json!({ "shoe_size": 44, "name": "ignored" })).await;
+    assert_eq!((status, &same["name"]), (200, &json!(carol_id)), "{same}");
 }
 
 async fn rooms_are_listed_and_read(backend: Backend) {
@@ -468,4 +472,156 @@ async fn rooms_are_deleted_and_purged(backend: Backend) {
     let deleted: Vec<&Value> =
         audit["entries"].as_array().unwrap().iter().filter(|e| e["action"] == "room.delete").collect();
     assert_eq!(deleted.len(), 2, "{audit}");
+}
+
+/// Uploads a file; answers its `server/media_id`.
+async fn upload(c: &diplomatie_tests::Client, name: &str, bytes: &[u8]) -> String {
+    let resp = c
+        .http
+        .post(format!("{}/_matrix/media/v3/upload?filename={name}", c.base))
+        .bearer_auth(c.token.as_deref().unwrap())
+        .header("content-type", "text/plain")
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let v: Value = resp.json().await.unwrap();
+    v["content_uri"].as_str().unwrap().strip_prefix("mxc://").unwrap().to_owned()
+}
+
+/// The status of a download of `server/media_id`.
+async fn download(c: &diplomatie_tests::Client, media: &str) -> u16 {
+    let url = format!("{}/_matrix/client/v1/media/download/{media}", c.base);
+    c.http.get(url).bearer_auth(c.token.as_deref().unwrap()).send().await.unwrap().status().as_u16()
+}
+
+async fn media_is_listed_quarantined_and_deleted(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let root = server.admin().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let shown = upload(&alice, "shown.txt", b"shown in the room").await;
+    let kept = upload(&alice, "kept.txt", b"kept aside, longer").await;
+    let (host, shown_id) = shown.split_once('/').unwrap();
+    let kept_id = kept.split_once('/').unwrap().1;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await;
+    let content = json!({ "msgtype": "m.file", "body": "shown.txt", "url": format!("mxc://{shown}") });
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/f1", urlencode(&room)),
+            Some(&content),
+        )
+        .await;
+    let alice_media = format!("/_synapse/admin/v1/users/{}/media", urlencode(&alice.user_id));
+
+    let listed = root.ok(Method::GET, &format!("{alice_media}?order_by=media_length&dir=b"), None).await;
+    assert_eq!(listed["total"], 2, "{listed}");
+    assert_eq!(listed["media"][0]["media_id"], kept_id, "the larger first");
+    assert_eq!(listed["media"][0]["upload_name"], "kept.txt");
+    assert_eq!(listed["media"][0]["media_length"], 18);
+    assert_eq!(listed["media"][1]["quarantined_by"], Value::Null);
+    let page = root.ok(Method::GET, &format!("{alice_media}?limit=1"), None).await;
+    assert_eq!(page["next_token"], 1, "{page}");
+    assert_error(&root.get(&format!("{alice_media}?order_by=colour")).await, 400, "M_INVALID_PARAM");
+
+    let room_media = root.ok(Method::GET, &format!("/_synapse/admin/v1/room/{}/media", urlencode(&room)), None).await;
+    assert_eq!(room_media, json!({ "local": [format!("mxc://{shown}")], "remote": [] }));
+
+    // A quarantine: the room's media is served no more, to anyone; released, it is again.
+    assert_eq!(download(&bob, &shown).await, 200);
+    let quarantine = format!("/_synapse/admin/v1/room/{}/media/quarantine", urlencode(&room));
+    let done = root.ok(Method::POST, &quarantine, Some(&json!({}))).await;
+    assert_eq!(done["num_quarantined"], 1);
+    assert_eq!(download(&bob, &shown).await, 404);
+    assert_eq!(download(&alice, &shown).await, 404);
+    assert_eq!(download(&bob, &kept).await, 200);
+    let listed = root.ok(Method::GET, &format!("{alice_media}?order_by=media_id"), None).await;
+    let item = listed["media"].as_array().unwrap().iter().find(|m| m["media_id"] == shown_id).unwrap().clone();
+    assert_eq!(item["quarantined_by"], root.user_id.as_str(), "{listed}");
+    root.ok(Method::POST, &format!("/_synapse/admin/v1/media/unquarantine/{shown}"), Some(&json!({}))).await;
+    assert_eq!(download(&bob, &shown).await, 200);
+
+    // A protected media item is not quarantined.
+    root.ok(Method::POST, &format!("/_synapse/admin/v1/media/protect/{kept_id}"), Some(&json!({}))).await;
+    let user_quarantine = format!("/_synapse/admin/v1/user/{}/media/quarantine", urlencode(&alice.user_id));
+    let done = root.ok(Method::POST, &user_quarantine, Some(&json!({}))).await;
+    assert_eq!(done["num_quarantined"], 1, "only the unprotected one");
+    assert_eq!(download(&bob, &kept).await, 200);
+    assert_eq!(download(&bob, &shown).await, 404);
+    root.ok(Method::POST, &format!("/_synapse/admin/v1/media/unquarantine/{shown}"), Some(&json!({}))).await;
+
+    // Deletion: the file goes; twice is not found; another server's media is not deleted.
+    let one = format!("/_synapse/admin/v1/media/{shown}");
+    let deleted = root.ok(Method::DELETE, &one, None).await;
+    assert_eq!(deleted, json!({ "deleted_media": [shown_id], "total": 1 }));
+    assert_eq!(download(&bob, &shown).await, 404);
+    assert_error(&root.delete(&one).await, 404, "M_NOT_FOUND");
+    assert_error(&root.delete("/_synapse/admin/v1/media/elsewhere.example/abc").await, 400, "M_INVALID_PARAM");
+    assert_error(
+        &root.post(&format!("/_synapse/admin/v1/media/{host}/delete"), &json!({})).await,
+        400,
+        "M_MISSING_PARAM",
+    );
+    // By date: the protected one stays.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() + 60_000;
+    let by_date = root
+        .ok(Method::POST, &format!("/_synapse/admin/v1/media/{host}/delete?before_ts={now}"), Some(&json!({})))
+        .await;
+    assert_eq!(by_date["total"], 0, "{by_date}");
+    root.ok(Method::POST, &format!("/_synapse/admin/v1/media/unprotect/{kept_id}"), Some(&json!({}))).await;
+    let all = root.ok(Method::DELETE, &alice_media, None).await;
+    assert_eq!(all, json!({ "deleted_media": [kept_id], "total": 1 }));
+    assert_eq!(root.ok(Method::GET, &alice_media, None).await["total"], 0);
+    assert_eq!(download(&bob, &kept).await, 404);
+
+    for path in [alice_media.clone(), format!("/_synapse/admin/v1/room/{}/media", urlencode(&room))] {
+        assert_error(&bob.get(&path).await, 403, "M_FORBIDDEN");
+    }
+    assert_error(&bob.post(&quarantine, &json!({})).await, 403, "M_FORBIDDEN");
+    let audit = root.ok(Method::GET, "/_diplomatie/admin/v1/audit", None).await;
+    let actions: Vec<&str> =
+        audit["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert!(actions.contains(&"media.quarantine") && actions.contains(&"media.delete"), "{actions:?}");
+}
+
+async fn users_get_rate_limits_of_their_own(backend: Backend) {
+    let limits = [("RATE_LIMITS__ENABLED", "true"), ("RATE_LIMITS__PER_SECOND", "0.01"), ("RATE_LIMITS__BURST", "3")];
+    let server = TestServer::start(backend, &limits).await;
+    let root = server.admin().await;
+    let alice = server.register("alice").await;
+    let room = root.create_room(json!({ "preset": "public_chat" })).await;
+    alice.join(&room).await;
+    let send = |i: usize| {
+        let alice = alice.clone();
+        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/t{i}", urlencode(&room));
+        async move { alice.put(&path, &json!({ "msgtype": "m.text", "body": "x" })).await.0 }
+    };
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        statuses.push(send(i).await);
+    }
+    assert_eq!(statuses.last(), Some(&429), "the server's limit holds: {statuses:?}");
+
+    let path = format!("/_synapse/admin/v1/users/{}/override_ratelimit", urlencode(&alice.user_id));
+    assert_eq!(root.ok(Method::GET, &path, None).await, json!({}));
+    let none = json!({ "messages_per_second": 0, "burst_count": 0 });
+    assert_eq!(root.ok(Method::POST, &path, Some(&none)).await, none);
+    for i in 10..30 {
+        assert_eq!(send(i).await, 200, "no limit for alice now");
+    }
+    assert_eq!(root.ok(Method::GET, &path, None).await, none);
+    root.ok(Method::DELETE, &path, None).await;
+    assert_eq!(root.ok(Method::GET, &path, None).await, json!({}));
+    let mut statuses = Vec::new();
+    for i in 40..44 {
+        statuses.push(send(i).await);
+    }
+    assert_eq!(statuses.last(), Some(&429), "the server's limit again: {statuses:?}");
+
+    assert_error(&root.post(&path, &json!({ "messages_per_second": -1 })).await, 400, "M_INVALID_PARAM");
+    assert_error(&root.post(&path, &json!({ "burst_count": "many" })).await, 400, "M_BAD_JSON");
+    let nobody = "/_synapse/admin/v1/users/%40nobody%3Alocalhost/override_ratelimit";
+    assert_error(&root.get(nobody).await, 404, "M_NOT_FOUND");
 }

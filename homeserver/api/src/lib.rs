@@ -279,6 +279,20 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/_synapse/admin/v2/users/{user_id}/delete_devices", post(sa::delete_devices))
         .route("/_synapse/admin/v1/users/{user_id}/joined_rooms", get(sa::joined_rooms))
         .route("/_synapse/admin/v1/whois/{user_id}", get(sa::whois))
+        .route("/_synapse/admin/v1/users/{user_id}/media", get(sa::user_media).delete(sa::delete_user_media))
+        .route("/_synapse/admin/v1/media/{server}/{media_id}", delete(sa::delete_media))
+        .route("/_synapse/admin/v1/media/{server}/delete", post(sa::delete_media_before))
+        .route("/_synapse/admin/v1/media/quarantine/{server}/{media_id}", post(sa::quarantine_media))
+        .route("/_synapse/admin/v1/media/unquarantine/{server}/{media_id}", post(sa::unquarantine_media))
+        .route("/_synapse/admin/v1/media/protect/{media_id}", post(sa::protect_media))
+        .route("/_synapse/admin/v1/media/unprotect/{media_id}", post(sa::unprotect_media))
+        .route("/_synapse/admin/v1/room/{room_id}/media", get(sa::room_media))
+        .route("/_synapse/admin/v1/room/{room_id}/media/quarantine", post(sa::quarantine_room_media))
+        .route("/_synapse/admin/v1/user/{user_id}/media/quarantine", post(sa::quarantine_user_media))
+        .route(
+            "/_synapse/admin/v1/users/{user_id}/override_ratelimit",
+            get(sa::ratelimit_override).post(sa::set_ratelimit_override).delete(sa::delete_ratelimit_override),
+        )
         .route("/_synapse/admin/v1/rooms", get(sa::list_rooms))
         .route("/_synapse/admin/v1/rooms/{room_id}", get(sa::get_room).delete(sa::delete_room_now))
         .route("/_synapse/admin/v2/rooms/{room_id}", delete(sa::delete_room))

@@ -15,9 +15,10 @@ use axum::{
 };
 use diplomatie_service::{
     admin::{
-        AuditPage, DeleteRoom, DeletionList, DeletionStarted, DeletionStatus, DeviceList, DeviceView, JoinedRooms,
-        Members, RoomBlock, RoomOrder, RoomPage, RoomState, RoomView, Shutdown, TokenList, TokenView, UserChange,
-        UserFilter, UserOrder, UserPage, UserView,
+        AuditPage, DeleteRoom, DeletedMedia, DeletionList, DeletionStarted, DeletionStatus, DeviceList, DeviceView,
+        JoinedRooms, MediaOrder, MediaPage, Members, Quarantined, RateLimitView, RoomBlock, RoomMedia, RoomOrder,
+        RoomPage, RoomState, RoomView, Shutdown, TokenList, TokenView, UserChange, UserFilter, UserOrder, UserPage,
+        UserView,
     },
     Error, Services,
 };
@@ -505,9 +506,17 @@ struct DeleteRoomBody {
     _message: Option<String>,
 }
 
+/// A body every field of which is optional: an empty one is `{}`.
+fn optional_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        parse_body(b"{}")
+    } else {
+        parse_body(body)
+    }
+}
+
 fn deletion_request(body: &[u8]) -> Result<DeleteRoom, Error> {
-    let req: DeleteRoomBody =
-        if body.iter().all(u8::is_ascii_whitespace) { parse_body(b"{}")? } else { parse_body(body)? };
+    let req: DeleteRoomBody = optional_body(body)?;
     if req.new_room_user_id.is_some() {
         return Err(Error::invalid_param("This server does not move the members to a new room (new_room_user_id)"));
     }
@@ -550,4 +559,139 @@ pub async fn room_deletions(State(s): S, Path(room): Path<String>, parts: Parts)
 pub async fn deletion_status(State(s): S, Path(delete_id): Path<String>, parts: Parts) -> Answer<DeletionStatus> {
     admin(&s, &parts).await?;
     Ok(Json(s.admin.deletion_status(&delete_id).await?))
+}
+
+#[derive(Deserialize)]
+struct RateLimitBody {
+    #[serde(default)]
+    messages_per_second: i64,
+    #[serde(default)]
+    burst_count: i64,
+}
+
+/// `GET /_synapse/admin/v1/users/{userId}/override_ratelimit`.
+pub async fn ratelimit_override(State(s): S, Path(user): Path<String>, parts: Parts) -> Answer<RateLimitView> {
+    admin(&s, &parts).await?;
+    Ok(Json(s.admin.ratelimit_override(&user_id(&user)?).await?))
+}
+
+/// `POST /_synapse/admin/v1/users/{userId}/override_ratelimit`.
+pub async fn set_ratelimit_override(
+    State(s): S,
+    Path(user): Path<String>,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Answer<RateLimitView> {
+    let caller = admin(&s, &parts).await?;
+    let user = user_id(&user)?;
+    let req: RateLimitBody = optional_body(&body)?;
+    Ok(Json(s.admin.set_ratelimit_override(&caller.user_id, &user, req.messages_per_second, req.burst_count).await?))
+}
+
+/// `DELETE /_synapse/admin/v1/users/{userId}/override_ratelimit`.
+pub async fn delete_ratelimit_override(State(s): S, Path(user): Path<String>, parts: Parts) -> Answer<Empty> {
+    let caller = admin(&s, &parts).await?;
+    s.admin.delete_ratelimit_override(&caller.user_id, &user_id(&user)?).await?;
+    Ok(Json(Empty {}))
+}
+
+/// `GET /_synapse/admin/v1/users/{userId}/media`.
+pub async fn user_media(State(s): S, Path(user): Path<String>, Query(q): Params, parts: Parts) -> Answer<MediaPage> {
+    admin(&s, &parts).await?;
+    let order = match q.get("order_by").map(String::as_str) {
+        None | Some("created_ts") | Some("last_access_ts") => MediaOrder::Created,
+        Some("media_id") => MediaOrder::MediaId,
+        Some("upload_name") => MediaOrder::Name,
+        Some("media_length") => MediaOrder::Size,
+        Some("media_type") => MediaOrder::Type,
+        Some("quarantined_by") => MediaOrder::Quarantined,
+        Some("safe_from_quarantine") => MediaOrder::Protected,
+        Some(other) => return Err(Error::invalid_param(format!("Unknown value for order_by: {other}")).into()),
+    };
+    let page = s.admin.user_media(&user_id(&user)?, order, backwards(&q)?, count(&q, "from", 0)?, limit(&q)?).await?;
+    Ok(Json(page))
+}
+
+/// `DELETE /_synapse/admin/v1/users/{userId}/media`.
+pub async fn delete_user_media(State(s): S, Path(user): Path<String>, parts: Parts) -> Answer<DeletedMedia> {
+    let caller = admin(&s, &parts).await?;
+    Ok(Json(s.admin.delete_user_media(&caller.user_id, &user_id(&user)?).await?))
+}
+
+/// `DELETE /_synapse/admin/v1/media/{serverName}/{mediaId}`.
+pub async fn delete_media(
+    State(s): S,
+    Path((server, media_id)): Path<(String, String)>,
+    parts: Parts,
+) -> Answer<DeletedMedia> {
+    let caller = admin(&s, &parts).await?;
+    Ok(Json(s.admin.delete_media(&caller.user_id, &server, &media_id).await?))
+}
+
+/// `POST /_synapse/admin/v1/media/{serverName}/delete?before_ts=&size_gt=`.
+pub async fn delete_media_before(
+    State(s): S,
+    Path(server): Path<String>,
+    Query(q): Params,
+    parts: Parts,
+) -> Answer<DeletedMedia> {
+    let caller = admin(&s, &parts).await?;
+    let before = q.get("before_ts").ok_or_else(|| Error::missing_param("Missing integer query parameter before_ts"))?;
+    let before = count(&q, "before_ts", 0).map_err(|_| Error::invalid_param(format!("Invalid before_ts: {before}")))?;
+    let size_gt = count(&q, "size_gt", 0)?;
+    Ok(Json(s.admin.delete_media_before(&caller.user_id, &server, before, size_gt).await?))
+}
+
+/// `POST /_synapse/admin/v1/media/quarantine/{serverName}/{mediaId}`.
+pub async fn quarantine_media(
+    State(s): S,
+    Path((server, media_id)): Path<(String, String)>,
+    parts: Parts,
+) -> Answer<Empty> {
+    let caller = admin(&s, &parts).await?;
+    s.admin.quarantine_media(&caller.user_id, &server, &media_id, true).await?;
+    Ok(Json(Empty {}))
+}
+
+/// `POST /_synapse/admin/v1/media/unquarantine/{serverName}/{mediaId}`.
+pub async fn unquarantine_media(
+    State(s): S,
+    Path((server, media_id)): Path<(String, String)>,
+    parts: Parts,
+) -> Answer<Empty> {
+    let caller = admin(&s, &parts).await?;
+    s.admin.quarantine_media(&caller.user_id, &server, &media_id, false).await?;
+    Ok(Json(Empty {}))
+}
+
+/// `POST /_synapse/admin/v1/media/protect/{mediaId}`.
+pub async fn protect_media(State(s): S, Path(media_id): Path<String>, parts: Parts) -> Answer<Empty> {
+    let caller = admin(&s, &parts).await?;
+    s.admin.protect_media(&caller.user_id, &media_id, true).await?;
+    Ok(Json(Empty {}))
+}
+
+/// `POST /_synapse/admin/v1/media/unprotect/{mediaId}`.
+pub async fn unprotect_media(State(s): S, Path(media_id): Path<String>, parts: Parts) -> Answer<Empty> {
+    let caller = admin(&s, &parts).await?;
+    s.admin.protect_media(&caller.user_id, &media_id, false).await?;
+    Ok(Json(Empty {}))
+}
+
+/// `GET /_synapse/admin/v1/room/{roomId}/media`.
+pub async fn room_media(State(s): S, Path(room): Path<String>, parts: Parts) -> Answer<RoomMedia> {
+    admin(&s, &parts).await?;
+    Ok(Json(s.admin.room_media(&room_id(&room)?).await?))
+}
+
+/// `POST /_synapse/admin/v1/room/{roomId}/media/quarantine`.
+pub async fn quarantine_room_media(State(s): S, Path(room): Path<String>, parts: Parts) -> Answer<Quarantined> {
+    let caller = admin(&s, &parts).await?;
+    Ok(Json(s.admin.quarantine_room_media(&caller.user_id, &room_id(&room)?).await?))
+}
+
+/// `POST /_synapse/admin/v1/user/{userId}/media/quarantine`.
+pub async fn quarantine_user_media(State(s): S, Path(user): Path<String>, parts: Parts) -> Answer<Quarantined> {
+    let caller = admin(&s, &parts).await?;
+    Ok(Json(s.admin.quarantine_user_media(&caller.user_id, &user_id(&user)?).await?))
 }

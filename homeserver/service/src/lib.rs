@@ -76,7 +76,7 @@ pub struct Services {
     /// OpenID tokens for third parties.
     pub openid: openid::OpenId,
     pub admin_nonces: uia::Nonces,
-    pub ratelimiter: ratelimit::RateLimiter,
+    pub ratelimiter: Arc<ratelimit::RateLimiter>,
     /// The rooms' DAG, state and writer.
     pub rooms: Arc<rooms::Rooms>,
     pub accounts: Arc<accounts::Accounts>,
@@ -145,7 +145,7 @@ impl Services {
             .map_err(|e| anyhow_like::msg(format!("cannot open the database: {e}")))?;
         let keys = keys::ServerKeys::load_or_create(&config.data_dir)?;
         let stream = ephemeral::max_stream_position(&db).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
-        let ratelimiter = ratelimit::RateLimiter::new(&config.rate_limits);
+        let ratelimiter = Arc::new(ratelimit::RateLimiter::new(&config.rate_limits));
         let e2ee_state = e2ee::E2eeState::load(&db, stream).await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         let files = media::MediaState::new(&config.data_dir);
         let search_state = search::SearchState::new(&config.data_dir);
@@ -258,6 +258,8 @@ impl Services {
             rooms.clone(),
             membership.clone(),
             search.clone(),
+            ratelimiter.clone(),
+            media.clone(),
         );
         let organisation = Arc::new(organisation::Organisation::new(
             c(),
@@ -389,6 +391,7 @@ impl Services {
         crisis::worker::spawn_worker(&services.crisis);
         retention::spawn_worker(&services.retention);
         admin::resume_deletions(&services.admin);
+        services.admin.load_ratelimit_overrides().await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         Ok(services)
     }
 }

@@ -452,8 +452,16 @@ impl Repository {
         Ok(())
     }
 
-    /// The metadata of an uploaded media item, waiting up to `timeout` for a pending upload.
+    /// The metadata of an uploaded media item, waiting up to `timeout` for a pending upload;
+    /// not found when an administrator quarantined it.
     async fn uploaded_media(&self, server: &ServerName, media_id: &str, timeout: Duration) -> Result<Media> {
+        if store::quarantined(self.db.pool(), server.as_str(), media_id).await? {
+            return Err(Error::not_found("Media not found"));
+        }
+        self.unquarantined_media(server, media_id, timeout).await
+    }
+
+    async fn unquarantined_media(&self, server: &ServerName, media_id: &str, timeout: Duration) -> Result<Media> {
         let unknown = || Error::not_found("Media not found");
         if server != self.server_name() {
             return self.remote_media(server, media_id, timeout).await;
@@ -751,5 +759,44 @@ mod tests {
         assert!(!is_inline("text/html"));
         assert!(!is_inline("image/svg+xml"));
         assert!(!is_inline("application/pdf"));
+    }
+}
+
+/// The media an event's content carries (`url`, `file.url`, and their thumbnails'), as
+/// (server, media id).
+pub(crate) fn media_of(content: &serde_json::Value) -> Vec<(String, String)> {
+    let uris = [
+        &content["url"],
+        &content["file"]["url"],
+        &content["info"]["thumbnail_url"],
+        &content["info"]["thumbnail_file"]["url"],
+    ];
+    let mut out = Vec::new();
+    for uri in uris.into_iter().filter_map(serde_json::Value::as_str) {
+        let mxc = ruma::OwnedMxcUri::from(uri);
+        if let Ok((server, media_id)) = mxc.parts() {
+            out.push((server.to_string(), media_id.to_owned()));
+        }
+    }
+    out
+}
+
+impl Repository {
+    /// Deletes a local media item: its rows, then its files when nothing else uses them.
+    /// Answers whether it existed.
+    pub(crate) async fn delete_local(&self, media_id: &str) -> Result<bool> {
+        use diplomatie_storage::retention as rstore;
+        let mut tx = self.db.begin_write().await?;
+        let files = rstore::delete_media(&mut tx, self.server_name().as_str(), media_id).await?;
+        store::unquarantine(&mut *tx, self.server_name().as_str(), media_id).await?;
+        store::set_protected(&mut *tx, media_id, false).await?;
+        diplomatie_storage::commit(tx).await?;
+        let existed = !files.is_empty();
+        for file in files {
+            if !rstore::file_in_use(self.db.pool(), &file).await? {
+                self.files.remove(&file).await;
+            }
+        }
+        Ok(existed)
     }
 }

@@ -9,6 +9,8 @@ pub struct RateLimiter {
     normal: (f64, f64),
     login: (f64, f64),
     buckets: Mutex<HashMap<(bool, String), (f64, Instant)>>,
+    /// Users with a limit of their own (rate, burst), set by an administrator; (0, 0) is none.
+    overrides: std::sync::RwLock<HashMap<String, (f64, f64)>>,
 }
 
 impl RateLimiter {
@@ -18,7 +20,20 @@ impl RateLimiter {
             normal: (config.per_second, config.burst),
             login: (config.login_per_second, config.login_burst),
             buckets: Mutex::default(),
+            overrides: Default::default(),
         }
+    }
+
+    /// Gives a user a limit of their own (`None`: the server's again).
+    pub fn set_override(&self, user: &str, limit: Option<(f64, f64)>) {
+        let mut overrides = self.overrides.write().unwrap();
+        match limit {
+            Some(limit) => overrides.insert(user.to_owned(), limit),
+            None => overrides.remove(user),
+        };
+        drop(overrides);
+        // A new limit starts with a full bucket.
+        self.buckets.lock().unwrap().remove(&(false, user.to_owned()));
     }
 
     /// Takes one request from `key`'s bucket. `Err(ms)` says how long to wait before retrying.
@@ -26,7 +41,13 @@ impl RateLimiter {
         if !self.enabled {
             return Ok(());
         }
-        let (rate, burst) = if login { self.login } else { self.normal };
+        let own = if login { None } else { self.overrides.read().unwrap().get(key).copied() };
+        let (rate, burst) = match own {
+            Some((rate, burst)) if rate <= 0.0 && burst <= 0.0 => return Ok(()),
+            Some(limit) => limit,
+            None if login => self.login,
+            None => self.normal,
+        };
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap();
         if buckets.len() > 100_000 {
@@ -39,7 +60,7 @@ impl RateLimiter {
             *tokens -= 1.0;
             Ok(())
         } else {
-            Err((((1.0 - *tokens) / rate) * 1000.0).ceil() as u64)
+            Err((((1.0 - *tokens) / rate.max(0.001)) * 1000.0).ceil() as u64)
         }
     }
 }

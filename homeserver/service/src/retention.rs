@@ -443,22 +443,7 @@ fn view(h: Hold, rooms: Vec<String>) -> HoldView {
 /// The files of this server an event's content carries (`url`, `file.url`, and their
 /// thumbnails'), as (origin, media id).
 fn local_media(content: &Value, server_name: &str) -> Vec<(String, String)> {
-    let uris = [
-        &content["url"],
-        &content["file"]["url"],
-        &content["info"]["thumbnail_url"],
-        &content["info"]["thumbnail_file"]["url"],
-    ];
-    let mut out = Vec::new();
-    for uri in uris.into_iter().filter_map(Value::as_str) {
-        let mxc = ruma::OwnedMxcUri::from(uri);
-        if let Ok((server, media_id)) = mxc.parts() {
-            if server.as_str() == server_name {
-                out.push((server.to_string(), media_id.to_owned()));
-            }
-        }
-    }
-    out
+    crate::media::media_of(content).into_iter().filter(|(server, _)| server == server_name).collect()
 }
 
 /// The purge's own schedule (`retention.enabled`): at start, the search entries an

@@ -264,3 +264,35 @@ pub async fn room_blocked_by<'e>(e: impl Exec<'e>, room_id: &str) -> Result<Opti
         .await?;
     Ok(row.map(|(by,)| by))
 }
+
+/// Every user's own rate limit: (user, messages per second, burst).
+pub async fn ratelimit_overrides<'e>(e: impl Exec<'e>) -> Result<Vec<(String, i64, i64)>> {
+    Ok(sqlx::query_as("SELECT user_id, messages_per_second, burst_count FROM ratelimit_overrides ORDER BY user_id")
+        .fetch_all(e)
+        .await?)
+}
+
+pub async fn ratelimit_override<'e>(e: impl Exec<'e>, user_id: &str) -> Result<Option<(i64, i64)>> {
+    Ok(sqlx::query_as("SELECT messages_per_second, burst_count FROM ratelimit_overrides WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_optional(e)
+        .await?)
+}
+
+pub async fn set_ratelimit_override<'e>(e: impl Exec<'e>, user_id: &str, per_second: i64, burst: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO ratelimit_overrides (user_id, messages_per_second, burst_count) VALUES ($1, $2, $3) \
+         ON CONFLICT (user_id) DO UPDATE SET messages_per_second = $2, burst_count = $3",
+    )
+    .bind(user_id)
+    .bind(per_second)
+    .bind(burst)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+pub async fn delete_ratelimit_override<'e>(e: impl Exec<'e>, user_id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM ratelimit_overrides WHERE user_id = $1").bind(user_id).execute(e).await?;
+    Ok(())
+}

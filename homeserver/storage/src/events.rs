@@ -418,3 +418,14 @@ pub async fn oldest_room_event<'e>(e: impl Exec<'e>, room_id: &str) -> Result<Op
     .await?;
     Ok(row.map(from_row))
 }
+
+/// The contents of a room's events that were not redacted (as their JSON), for what they
+/// carry (media).
+pub async fn room_event_jsons<'e>(e: impl Exec<'e>, room_id: &str) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT json FROM events WHERE room_id = $1 AND redacted_by IS NULL ORDER BY stream_ordering")
+            .bind(room_id)
+            .fetch_all(e)
+            .await?;
+    Ok(rows.into_iter().map(|(j,)| j).collect())
+}

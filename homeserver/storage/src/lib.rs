@@ -99,7 +99,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (21, "circuits", include_str!("../migrations/0021_circuits.sql")),
     (22, "remote_devices", include_str!("../migrations/0022_remote_devices.sql")),
     (23, "admin", include_str!("../migrations/0023_admin.sql")),
-    (24, "room_deletions", include_str!("../migrations/0024_room_deletions.sql")),
+    (24, "admin_rooms_limits", include_str!("../migrations/0024_admin_rooms_limits.sql")),
 ];
 
 #[derive(Debug)]

@@ -149,3 +149,168 @@ pub async fn insert_thumbnail<'e>(e: impl Exec<'e>, origin: &str, media_id: &str
     .await?;
     Ok(())
 }
+
+/// A media item as the admin API lists it, with its quarantine and protection.
+#[derive(Clone, Debug)]
+pub struct AdminMedia {
+    pub origin: String,
+    pub media_id: String,
+    pub uploader: String,
+    pub content_type: Option<String>,
+    pub filename: Option<String>,
+    pub size: Option<i64>,
+    pub created_ts: i64,
+    pub quarantined_by: Option<String>,
+    pub protected: bool,
+}
+
+type AdminRow = (String, String, String, Option<String>, Option<String>, Option<i64>, i64, Option<String>, i64);
+
+const ADMIN_COLUMNS: &str = "m.origin, m.media_id, m.uploader, m.content_type, m.filename, m.size, m.created_ts, \
+     q.quarantined_by, CASE WHEN p.media_id IS NULL THEN 0 ELSE 1 END \
+     FROM media m LEFT JOIN media_quarantine q ON q.origin = m.origin AND q.media_id = m.media_id \
+     LEFT JOIN media_protected p ON p.media_id = m.media_id AND m.uploader <> ''";
+
+fn admin_media(r: AdminRow) -> AdminMedia {
+    AdminMedia {
+        origin: r.0,
+        media_id: r.1,
+        uploader: r.2,
+        content_type: r.3,
+        filename: r.4,
+        size: r.5,
+        created_ts: r.6,
+        quarantined_by: r.7,
+        protected: crate::flag(r.8),
+    }
+}
+
+/// The columns a user's media may be ordered by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MediaOrder {
+    #[default]
+    Created,
+    MediaId,
+    Name,
+    Size,
+    Type,
+    Quarantined,
+    Protected,
+}
+
+impl MediaOrder {
+    fn column(self) -> &'static str {
+        match self {
+            MediaOrder::Created => "m.created_ts",
+            MediaOrder::MediaId => "m.media_id",
+            MediaOrder::Name => "m.filename",
+            MediaOrder::Size => "m.size",
+            MediaOrder::Type => "m.content_type",
+            MediaOrder::Quarantined => "q.quarantined_by",
+            MediaOrder::Protected => "p.media_id",
+        }
+    }
+}
+
+/// A page of the media a user uploaded (done uploads), and how many there are.
+pub async fn user_media<'e, E: Exec<'e> + Copy>(
+    e: E,
+    uploader: &str,
+    order: MediaOrder,
+    descending: bool,
+    from: i64,
+    limit: i64,
+) -> Result<(Vec<AdminMedia>, i64)> {
+    let dir = if descending { "DESC" } else { "ASC" };
+    let rows: Vec<AdminRow> = sqlx::query_as(&format!(
+        "SELECT {ADMIN_COLUMNS} WHERE m.uploader = $1 AND m.sha256 IS NOT NULL \
+         ORDER BY {} {dir}, m.media_id {dir} LIMIT $2 OFFSET $3",
+        order.column()
+    ))
+    .bind(uploader)
+    .bind(limit)
+    .bind(from)
+    .fetch_all(e)
+    .await?;
+    let (total,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM media WHERE uploader = $1 AND sha256 IS NOT NULL")
+        .bind(uploader)
+        .fetch_one(e)
+        .await?;
+    Ok((rows.into_iter().map(admin_media).collect(), total))
+}
+
+pub async fn admin_media_item<'e>(e: impl Exec<'e>, origin: &str, media_id: &str) -> Result<Option<AdminMedia>> {
+    let row: Option<AdminRow> =
+        sqlx::query_as(&format!("SELECT {ADMIN_COLUMNS} WHERE m.origin = $1 AND m.media_id = $2"))
+            .bind(origin)
+            .bind(media_id)
+            .fetch_optional(e)
+            .await?;
+    Ok(row.map(admin_media))
+}
+
+/// Local media uploaded before `before_ts` and larger than `size_gt` bytes, not protected.
+pub async fn local_media_before<'e>(
+    e: impl Exec<'e>,
+    origin: &str,
+    before_ts: i64,
+    size_gt: i64,
+) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT m.media_id FROM media m WHERE m.origin = $1 AND m.created_ts < $2 AND COALESCE(m.size, 0) > $3 \
+         AND NOT EXISTS (SELECT 1 FROM media_protected p WHERE p.media_id = m.media_id) ORDER BY m.media_id",
+    )
+    .bind(origin)
+    .bind(before_ts)
+    .bind(size_gt)
+    .fetch_all(e)
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// Whether a media item is quarantined.
+pub async fn quarantined<'e>(e: impl Exec<'e>, origin: &str, media_id: &str) -> Result<bool> {
+    let row: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM media_quarantine WHERE origin = $1 AND media_id = $2")
+        .bind(origin)
+        .bind(media_id)
+        .fetch_optional(e)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Quarantines a media item unless it is protected; answers whether it is quarantined now
+/// (and was not before).
+pub async fn quarantine<'e>(e: impl Exec<'e>, origin: &str, media_id: &str, by: &str, ts: i64) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO media_quarantine (origin, media_id, quarantined_by, quarantined_ts) \
+         SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM media_protected p, media m \
+         WHERE p.media_id = $2 AND m.media_id = $2 AND m.origin = $1 AND m.uploader <> '') \
+         ON CONFLICT (origin, media_id) DO NOTHING",
+    )
+    .bind(origin)
+    .bind(media_id)
+    .bind(by)
+    .bind(ts)
+    .execute(e)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+pub async fn unquarantine<'e>(e: impl Exec<'e>, origin: &str, media_id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM media_quarantine WHERE origin = $1 AND media_id = $2")
+        .bind(origin)
+        .bind(media_id)
+        .execute(e)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_protected<'e>(e: impl Exec<'e>, media_id: &str, protected: bool) -> Result<()> {
+    let sql = if protected {
+        "INSERT INTO media_protected (media_id) VALUES ($1) ON CONFLICT (media_id) DO NOTHING"
+    } else {
+        "DELETE FROM media_protected WHERE media_id = $1"
+    };
+    sqlx::query(sql).bind(media_id).execute(e).await?;
+    Ok(())
+}

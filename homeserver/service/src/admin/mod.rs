@@ -7,8 +7,10 @@
 use std::sync::Arc;
 
 mod deletions;
+mod media;
 pub(crate) use deletions::resume_deletions;
 pub use deletions::{DeleteRoom, DeletionList, DeletionStarted, DeletionStatus, Shutdown};
+pub use media::{DeletedMedia, MediaOrder, MediaPage, MediaView, Quarantined, RoomMedia};
 
 use diplomatie_storage::accounts as accounts_store;
 use diplomatie_storage::admin::{self as store, ListedUser};
@@ -18,8 +20,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::{
-    accounts::Accounts, core::Core, now_ms, rooms::membership::Membership, rooms::Rooms, search::Search,
-    sessions::Sessions, Error, Result,
+    accounts::Accounts, core::Core, media::Repository, now_ms, ratelimit::RateLimiter, rooms::membership::Membership,
+    rooms::Rooms, search::Search, sessions::Sessions, Error, Result,
 };
 
 /// The administration of accounts and rooms, over the accounts, sessions and rooms.
@@ -30,6 +32,8 @@ pub struct Admin {
     rooms: Arc<Rooms>,
     membership: Arc<Membership>,
     search: Arc<Search>,
+    ratelimiter: Arc<RateLimiter>,
+    media: Arc<Repository>,
     /// This very value, for the tasks that delete rooms.
     me: std::sync::Weak<Admin>,
 }
@@ -267,6 +271,16 @@ pub struct RoomState {
     pub state: Vec<Value>,
 }
 
+/// A user's own rate limit (`/_synapse/admin/v1/users/{userId}/override_ratelimit`); both
+/// absent when the user has none.
+#[derive(Serialize, Default)]
+pub struct RateLimitView {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages_per_second: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst_count: Option<i64>,
+}
+
 /// A registration token as the admin API shows it (`expiry_time` in milliseconds).
 #[derive(Serialize)]
 pub struct TokenView {
@@ -299,8 +313,20 @@ impl Admin {
         rooms: Arc<Rooms>,
         membership: Arc<Membership>,
         search: Arc<Search>,
+        ratelimiter: Arc<RateLimiter>,
+        media: Arc<Repository>,
     ) -> Arc<Admin> {
-        Arc::new_cyclic(|me| Admin { core, accounts, sessions, rooms, membership, search, me: me.clone() })
+        Arc::new_cyclic(|me| Admin {
+            core,
+            accounts,
+            sessions,
+            rooms,
+            membership,
+            search,
+            ratelimiter,
+            media,
+            me: me.clone(),
+        })
     }
 
     /// Writes a line of the audit log (outside any change's transaction: the change was made).
@@ -720,5 +746,53 @@ fn token_view(t: accounts_store::RegistrationToken) -> TokenView {
         pending: t.pending,
         completed: t.completed,
         expiry_time: t.expiry_ts,
+    }
+}
+
+impl Admin {
+    /// Reads the users' own rate limits into the limiter (at start-up).
+    pub(crate) async fn load_ratelimit_overrides(&self) -> Result<()> {
+        for (user, rate, burst) in store::ratelimit_overrides(self.db.pool()).await? {
+            self.ratelimiter.set_override(&user, Some((rate as f64, burst as f64)));
+        }
+        Ok(())
+    }
+
+    /// `GET /_synapse/admin/v1/users/{userId}/override_ratelimit`.
+    pub async fn ratelimit_override(&self, user: &UserId) -> Result<RateLimitView> {
+        self.local_user(user).await?;
+        let found = store::ratelimit_override(self.db.pool(), user.as_str()).await?;
+        Ok(found.map_or_else(RateLimitView::default, |(rate, burst)| RateLimitView {
+            messages_per_second: Some(rate),
+            burst_count: Some(burst),
+        }))
+    }
+
+    /// `POST /_synapse/admin/v1/users/{userId}/override_ratelimit`: the user's own limit
+    /// (0 and 0: none at all), in force at once.
+    pub async fn set_ratelimit_override(
+        &self,
+        admin: &UserId,
+        user: &UserId,
+        rate: i64,
+        burst: i64,
+    ) -> Result<RateLimitView> {
+        if rate < 0 || burst < 0 {
+            return Err(Error::invalid_param("messages_per_second and burst_count must be non-negative integers"));
+        }
+        self.local_user(user).await?;
+        store::set_ratelimit_override(self.db.pool(), user.as_str(), rate, burst).await?;
+        self.ratelimiter.set_override(user.as_str(), Some((rate as f64, burst as f64)));
+        let detail = json!({ "messages_per_second": rate, "burst_count": burst });
+        self.audit(admin, "user.ratelimit", user.as_str(), Some(detail)).await?;
+        Ok(RateLimitView { messages_per_second: Some(rate), burst_count: Some(burst) })
+    }
+
+    /// `DELETE /_synapse/admin/v1/users/{userId}/override_ratelimit`: the server's limit again.
+    pub async fn delete_ratelimit_override(&self, admin: &UserId, user: &UserId) -> Result<()> {
+        self.local_user(user).await?;
+        store::delete_ratelimit_override(self.db.pool(), user.as_str()).await?;
+        self.ratelimiter.set_override(user.as_str(), None);
+        self.audit(admin, "user.ratelimit.delete", user.as_str(), None).await
     }
 }

@@ -19,3 +19,26 @@ CREATE TABLE room_deletions (
     finished_ts BIGINT
 );
 CREATE INDEX room_deletions_room ON room_deletions (room_id, started_ts);
+
+-- Users an administrator exempted from the request rate limit or gave one of their own
+-- (`/_synapse/admin/v1/users/{userId}/override_ratelimit`); 0 and 0: no limit at all.
+CREATE TABLE ratelimit_overrides (
+    user_id TEXT PRIMARY KEY NOT NULL,
+    messages_per_second BIGINT NOT NULL,
+    burst_count BIGINT NOT NULL
+);
+
+-- Media an administrator quarantined: never served again (local or fetched from another
+-- server), until released.
+CREATE TABLE media_quarantine (
+    origin TEXT NOT NULL,
+    media_id TEXT NOT NULL,
+    quarantined_by TEXT NOT NULL,
+    quarantined_ts BIGINT NOT NULL,
+    PRIMARY KEY (origin, media_id)
+);
+
+-- Local media protected from quarantine (an administrator's own, a logo).
+CREATE TABLE media_protected (
+    media_id TEXT PRIMARY KEY NOT NULL
+);
