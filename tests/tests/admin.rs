@@ -16,6 +16,7 @@ backend_tests!(
     rooms_are_deleted_and_purged,
     media_is_listed_quarantined_and_deleted,
     users_get_rate_limits_of_their_own,
+    shadow_banned_users_reach_nobody,
 );
 
 fn user_path(user: &str) -> String {
@@ -624,4 +625,59 @@ async fn users_get_rate_limits_of_their_own(backend: Backend) {
     assert_error(&root.post(&path, &json!({ "burst_count": "many" })).await, 400, "M_BAD_JSON");
     let nobody = "/_synapse/admin/v1/users/%40nobody%3Alocalhost/override_ratelimit";
     assert_error(&root.get(nobody).await, 404, "M_NOT_FOUND");
+}
+
+/// The bodies of a room's last messages, as `reader` sees them.
+async fn bodies(reader: &diplomatie_tests::Client, room: &str) -> Vec<String> {
+    let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", urlencode(room));
+    let page = reader.ok(Method::GET, &path, None).await;
+    page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect()
+}
+
+async fn shadow_banned_users_reach_nobody(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let root = server.admin().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = bob.create_room(json!({ "preset": "public_chat", "name": "Before" })).await;
+    alice.join(&room).await;
+    let ban = format!("/_synapse/admin/v1/users/{}/shadow_ban", urlencode(&alice.user_id));
+    root.ok(Method::POST, &ban, Some(&json!({}))).await;
+    let view = root.ok(Method::GET, &user_path(&alice.user_id), None).await;
+    assert_eq!(view["shadow_banned"], true);
+
+    // Everything seems to succeed, and nothing reaches anyone.
+    let send = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/s1", urlencode(&room));
+    let first = alice.ok(Method::PUT, &send, Some(&json!({ "msgtype": "m.text", "body": "spam" }))).await;
+    let again = alice.ok(Method::PUT, &send, Some(&json!({ "msgtype": "m.text", "body": "spam" }))).await;
+    assert!(first["event_id"].as_str().unwrap().starts_with('$'));
+    assert_eq!(first, again, "a retry is answered the same id");
+    let topic = format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", urlencode(&room));
+    alice.ok(Method::PUT, &topic, Some(&json!({ "name": "Defaced" }))).await;
+    let (status, _) = alice.invite(&room, &carol.user_id).await;
+    assert_eq!(status, 200);
+    assert!(!bodies(&bob, &room).await.contains(&"spam".to_owned()));
+    let event = format!(
+        "/_matrix/client/v3/rooms/{}/event/{}",
+        urlencode(&room),
+        urlencode(first["event_id"].as_str().unwrap())
+    );
+    assert_error(&bob.get(&event).await, 404, "M_NOT_FOUND");
+    let name = bob.ok(Method::GET, &topic, None).await;
+    assert_eq!(name["name"], "Before");
+    let carol_sync = carol.ok(Method::GET, "/_matrix/client/v3/sync?timeout=0", None).await;
+    assert!(carol_sync["rooms"]["invite"].get(room.as_str()).is_none(), "{carol_sync}");
+
+    // Lifted: what alice sends arrives again.
+    root.ok(Method::DELETE, &ban, None).await;
+    assert_eq!(root.ok(Method::GET, &user_path(&alice.user_id), None).await["shadow_banned"], false);
+    alice.send_text(&room, "hello again").await;
+    assert!(bodies(&bob, &room).await.contains(&"hello again".to_owned()));
+    assert_error(&bob.post(&ban, &json!({})).await, 403, "M_FORBIDDEN");
+    assert_error(
+        &root.post("/_synapse/admin/v1/users/%40x%3Aelsewhere.example/shadow_ban", &json!({})).await,
+        400,
+        "M_INVALID_PARAM",
+    );
 }

@@ -279,6 +279,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/_synapse/admin/v2/users/{user_id}/delete_devices", post(sa::delete_devices))
         .route("/_synapse/admin/v1/users/{user_id}/joined_rooms", get(sa::joined_rooms))
         .route("/_synapse/admin/v1/whois/{user_id}", get(sa::whois))
+        .route("/_synapse/admin/v1/users/{user_id}/shadow_ban", post(sa::shadow_ban).delete(sa::shadow_unban))
         .route("/_synapse/admin/v1/users/{user_id}/media", get(sa::user_media).delete(sa::delete_user_media))
         .route("/_synapse/admin/v1/media/{server}/{media_id}", delete(sa::delete_media))
         .route("/_synapse/admin/v1/media/{server}/delete", post(sa::delete_media_before))

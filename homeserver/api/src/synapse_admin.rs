@@ -695,3 +695,17 @@ pub async fn quarantine_user_media(State(s): S, Path(user): Path<String>, parts:
     let caller = admin(&s, &parts).await?;
     Ok(Json(s.admin.quarantine_user_media(&caller.user_id, &user_id(&user)?).await?))
 }
+
+/// `POST /_synapse/admin/v1/users/{userId}/shadow_ban`.
+pub async fn shadow_ban(State(s): S, Path(user): Path<String>, parts: Parts) -> Answer<Empty> {
+    let caller = admin(&s, &parts).await?;
+    s.admin.shadow_ban(&caller.user_id, &user_id(&user)?, true).await?;
+    Ok(Json(Empty {}))
+}
+
+/// `DELETE /_synapse/admin/v1/users/{userId}/shadow_ban`.
+pub async fn shadow_unban(State(s): S, Path(user): Path<String>, parts: Parts) -> Answer<Empty> {
+    let caller = admin(&s, &parts).await?;
+    s.admin.shadow_ban(&caller.user_id, &user_id(&user)?, false).await?;
+    Ok(Json(Empty {}))
+}

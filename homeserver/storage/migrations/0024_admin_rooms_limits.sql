@@ -42,3 +42,10 @@ CREATE TABLE media_quarantine (
 CREATE TABLE media_protected (
     media_id TEXT PRIMARY KEY NOT NULL
 );
+
+-- Users an administrator shadow-banned: what they send seems to succeed and reaches nobody.
+CREATE TABLE shadow_banned_users (
+    user_id TEXT PRIMARY KEY NOT NULL,
+    banned_by TEXT NOT NULL,
+    banned_ts BIGINT NOT NULL
+);

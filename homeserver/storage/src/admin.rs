@@ -296,3 +296,26 @@ pub async fn delete_ratelimit_override<'e>(e: impl Exec<'e>, user_id: &str) -> R
     sqlx::query("DELETE FROM ratelimit_overrides WHERE user_id = $1").bind(user_id).execute(e).await?;
     Ok(())
 }
+
+/// Every shadow-banned user.
+pub async fn shadow_banned<'e>(e: impl Exec<'e>) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT user_id FROM shadow_banned_users ORDER BY user_id").fetch_all(e).await?;
+    Ok(rows.into_iter().map(|(u,)| u).collect())
+}
+
+pub async fn set_shadow_banned<'e>(e: impl Exec<'e>, user_id: &str, by: Option<(&str, i64)>) -> Result<()> {
+    match by {
+        Some((by, ts)) => sqlx::query(
+            "INSERT INTO shadow_banned_users (user_id, banned_by, banned_ts) VALUES ($1, $2, $3) \
+             ON CONFLICT (user_id) DO NOTHING",
+        )
+        .bind(user_id)
+        .bind(by)
+        .bind(ts),
+        None => sqlx::query("DELETE FROM shadow_banned_users WHERE user_id = $1").bind(user_id),
+    }
+    .execute(e)
+    .await?;
+    Ok(())
+}

@@ -356,11 +356,15 @@ impl Admin {
     pub async fn list_users(&self, filter: &UserFilter, from: i64, limit: i64) -> Result<UserPage> {
         let (users, total) = store::list_users(self.db.pool(), filter, from, limit).await?;
         let next = from + users.len() as i64;
-        Ok(UserPage {
-            next_token: (next < total && !users.is_empty()).then(|| next.to_string()),
-            users: users.into_iter().map(UserView::from).collect(),
-            total,
-        })
+        let mut views = Vec::with_capacity(users.len());
+        for user in users {
+            let mut view = UserView::from(user);
+            if let Ok(id) = <&UserId>::try_from(view.name.as_str()) {
+                view.shadow_banned = self.rooms.is_shadow_banned(id).await?;
+            }
+            views.push(view);
+        }
+        Ok(UserPage { next_token: (next < total && !views.is_empty()).then(|| next.to_string()), users: views, total })
     }
 
     /// `GET /_synapse/admin/v2/users/{userId}`: an account with its addresses.
@@ -380,6 +384,7 @@ impl Admin {
                 .collect(),
         );
         view.external_ids = Some(Vec::new());
+        view.shadow_banned = self.rooms.is_shadow_banned(user).await?;
         Ok(view)
     }
 
@@ -794,5 +799,16 @@ impl Admin {
         store::delete_ratelimit_override(self.db.pool(), user.as_str()).await?;
         self.ratelimiter.set_override(user.as_str(), None);
         self.audit(admin, "user.ratelimit.delete", user.as_str(), None).await
+    }
+}
+
+impl Admin {
+    /// `POST` (and `DELETE`) `/_synapse/admin/v1/users/{userId}/shadow_ban`: what the user
+    /// sends (messages, state, redactions, invites) seems to succeed and reaches nobody.
+    pub async fn shadow_ban(&self, admin: &UserId, user: &UserId, ban: bool) -> Result<()> {
+        self.local_user(user).await?;
+        self.rooms.set_shadow_banned(user, ban.then_some(admin)).await?;
+        let action = if ban { "user.shadow_ban" } else { "user.shadow_unban" };
+        self.audit(admin, action, user.as_str(), None).await
     }
 }

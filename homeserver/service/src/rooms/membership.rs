@@ -99,6 +99,10 @@ impl Membership {
         if !self.rooms.is_joined(room_id, sender).await? {
             return Err(Error::forbidden("You are not joined to this room"));
         }
+        // A shadow-banned sender's invites seem to succeed and reach nobody.
+        if self.rooms.is_shadow_banned(sender).await? {
+            return Ok(());
+        }
         if invitee.server_name() != self.server_name() {
             // The portal's rule for sharing a room with another server comes first.
             self.portal.check_federation(room_id, invitee.server_name()).await?;

@@ -96,6 +96,8 @@ pub struct Rooms {
     backfill_low: tokio::sync::Mutex<Option<i64>>,
     /// Accounts deactivated with `erase: true` (few): read from the database at first use.
     erased: tokio::sync::RwLock<Option<HashSet<OwnedUserId>>>,
+    /// Accounts an administrator shadow-banned (few): read from the database at first use.
+    shadow_banned: tokio::sync::RwLock<Option<HashSet<OwnedUserId>>>,
 }
 
 crate::core::over_core!(Rooms);
@@ -146,6 +148,7 @@ impl Rooms {
             last_create_ts: AtomicI64::new(0),
             backfill_low: tokio::sync::Mutex::default(),
             erased: tokio::sync::RwLock::default(),
+            shadow_banned: tokio::sync::RwLock::default(),
         })
     }
 }
@@ -306,6 +309,44 @@ impl Rooms {
             erased.insert(user.to_owned());
         }
         Ok(())
+    }
+
+    /// Whether an administrator shadow-banned the account: what it sends reaches nobody.
+    pub async fn is_shadow_banned(&self, user: &UserId) -> Result<bool> {
+        if let Some(banned) = self.shadow_banned.read().await.as_ref() {
+            return Ok(banned.contains(user));
+        }
+        let mut slot = self.shadow_banned.write().await;
+        if slot.is_none() {
+            let users = diplomatie_storage::admin::shadow_banned(self.db.pool()).await?;
+            *slot = Some(users.into_iter().filter_map(|u| OwnedUserId::try_from(u).ok()).collect());
+        }
+        Ok(slot.as_ref().is_some_and(|banned| banned.contains(user)))
+    }
+
+    /// Shadow-bans an account (`by`: the administrator), or lifts its ban (`None`).
+    pub(crate) async fn set_shadow_banned(&self, user: &UserId, by: Option<&UserId>) -> Result<()> {
+        let by = by.map(|admin| (admin.as_str(), now_ms()));
+        diplomatie_storage::admin::set_shadow_banned(self.db.pool(), user.as_str(), by).await?;
+        self.is_shadow_banned(user).await?;
+        if let Some(banned) = self.shadow_banned.write().await.as_mut() {
+            if by.is_some() {
+                banned.insert(user.to_owned());
+            } else {
+                banned.remove(user);
+            }
+        }
+        Ok(())
+    }
+
+    /// The id a shadow-banned sender is answered instead of its event's: shaped as an event
+    /// id, the same for a retry of the same transaction.
+    pub(crate) fn shadow_event_id(&self, sender: &UserId, salt: &str) -> OwnedEventId {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(format!("{sender}\u{0}{salt}").as_bytes());
+        let id = format!("${}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest));
+        OwnedEventId::try_from(id).expect("a well-formed event id")
     }
 
     /// After a purge emptied an event in the database: the emptied form is what readers get.

@@ -101,6 +101,9 @@ impl Timeline {
             return Err(Error::forbidden("MLS events are sent through /_diplomatie/client/v1/mls"));
         }
         self.portal.check_device_for_send(sender, device, room_id).await?;
+        if self.rooms.is_shadow_banned(sender).await? {
+            return Ok(self.rooms.shadow_event_id(sender, &format!("{device}\u{0}{txn_id}")));
+        }
         let pdu = self
             .rooms
             .append_event(Target::Room(room_id), sender, PduBuilder::message(kind, content), Some((device, txn_id)))
@@ -183,6 +186,11 @@ impl Timeline {
                 return Ok(current.event_id.clone());
             }
         }
+        if self.rooms.is_shadow_banned(sender).await? {
+            return Ok(self
+                .rooms
+                .shadow_event_id(sender, &format!("{room_id}\u{0}{kind}\u{0}{state_key}\u{0}{content}")));
+        }
         let pdu = self
             .rooms
             .append_event(Target::Room(room_id), sender, PduBuilder::state(kind, state_key, content), None)
@@ -256,6 +264,9 @@ impl Timeline {
             redacts: Some(target.to_owned()),
             timestamp: None,
         };
+        if self.rooms.is_shadow_banned(sender).await? {
+            return Ok(self.rooms.shadow_event_id(sender, &format!("{device}\u{0}{txn_id}")));
+        }
         let pdu = self.rooms.append_event(Target::Room(room_id), sender, builder, Some((device, txn_id))).await?;
         Ok(pdu.event_id.clone())
     }
