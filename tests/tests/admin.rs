@@ -225,6 +225,27 @@ async fn rooms_are_listed_and_read(backend: Backend) {
     assert_eq!(names.len(), 1, "{state}");
     assert_eq!(names[0]["content"]["name"], "Zebra crossing");
 
+    // Its messages, to an administrator who is not in the room: newest first, in pages,
+    // filtered.
+    for text in ["un", "deux", "trois"] {
+        alice.send_text(&big, text).await;
+    }
+    let messages = format!("/_synapse/admin/v1/rooms/{}/messages", urlencode(&big));
+    let filter = urlencode(r#"{"types":["m.room.message"]}"#);
+    let page = root.ok(Method::GET, &format!("{messages}?dir=b&limit=2&filter={filter}"), None).await;
+    let texts = |page: &Value| -> Vec<String> {
+        page["chunk"].as_array().unwrap().iter().map(|e| e["content"]["body"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(texts(&page), ["trois", "deux"], "{page}");
+    let end = page["end"].as_str().unwrap();
+    let next = root.ok(Method::GET, &format!("{messages}?dir=b&limit=2&filter={filter}&from={end}"), None).await;
+    assert_eq!(texts(&next), ["un"], "{next}");
+    let all = root.ok(Method::GET, &format!("{messages}?dir=f&limit=100"), None).await;
+    assert_eq!(all["chunk"][0]["type"], "m.room.create", "forwards from the start");
+    assert_error(&root.get(&format!("{messages}?filter=notjson")).await, 400, "M_INVALID_PARAM");
+    assert_error(&root.get("/_synapse/admin/v1/rooms/!nowhere:elsewhere.example/messages").await, 404, "M_NOT_FOUND");
+    assert_error(&alice.get(&messages).await, 403, "M_FORBIDDEN");
+
     // A blocked room: no local user joins or is invited; unblocked, they are again.
     let block = format!("/_synapse/admin/v1/rooms/{}/block", urlencode(&small));
     let blocked = root.ok(Method::PUT, &block, Some(&json!({ "block": true }))).await;

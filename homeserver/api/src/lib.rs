@@ -301,6 +301,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/_synapse/admin/v2/rooms/delete_status/{delete_id}", get(sa::deletion_status))
         .route("/_synapse/admin/v1/rooms/{room_id}/members", get(sa::room_members))
         .route("/_synapse/admin/v1/rooms/{room_id}/state", get(sa::room_state))
+        .route("/_synapse/admin/v1/rooms/{room_id}/messages", get(sa::room_messages))
         .route("/_synapse/admin/v1/rooms/{room_id}/block", get(sa::room_block).put(sa::block_room))
         .route("/_synapse/admin/v1/registration_tokens", get(sa::registration_tokens))
         .route("/_synapse/admin/v1/registration_tokens/new", post(sa::new_registration_token))

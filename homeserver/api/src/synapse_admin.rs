@@ -16,10 +16,11 @@ use axum::{
 use diplomatie_service::{
     admin::{
         AuditPage, DeleteRoom, DeletedMedia, DeletionList, DeletionStarted, DeletionStatus, DeviceList, DeviceView,
-        JoinedRooms, MediaOrder, MediaPage, Members, Quarantined, RateLimitView, RoomBlock, RoomMedia, RoomOrder,
-        RoomPage, RoomState, RoomView, Shutdown, TokenList, TokenView, UserChange, UserFilter, UserOrder, UserPage,
-        UserView,
+        JoinedRooms, MediaOrder, MediaPage, Members, Messages, Quarantined, RateLimitView, RoomBlock, RoomMedia,
+        RoomOrder, RoomPage, RoomState, RoomView, Shutdown, TokenList, TokenView, UserChange, UserFilter, UserOrder,
+        UserPage, UserView,
     },
+    rooms::visibility::EventFilter,
     Error, Services,
 };
 use ruma::{OwnedRoomId, OwnedUserId};
@@ -708,4 +709,19 @@ pub async fn shadow_unban(State(s): S, Path(user): Path<String>, parts: Parts) -
     let caller = admin(&s, &parts).await?;
     s.admin.shadow_ban(&caller.user_id, &user_id(&user)?, false).await?;
     Ok(Json(Empty {}))
+}
+
+/// `GET /_synapse/admin/v1/rooms/{roomId}/messages?from=&to=&dir=&limit=&filter=`.
+pub async fn room_messages(State(s): S, Path(room): Path<String>, Query(q): Params, parts: Parts) -> Answer<Messages> {
+    admin(&s, &parts).await?;
+    let room = room_id(&room)?;
+    let filter: EventFilter = match q.get("filter") {
+        None => EventFilter::default(),
+        Some(raw) => serde_json::from_str(raw).map_err(|e| Error::invalid_param(format!("Invalid filter: {e}")))?,
+    };
+    let backwards = backwards(&q)?;
+    let limit = count(&q, "limit", 10)?.min(1000) as usize;
+    let from = q.get("from").map(String::as_str);
+    let to = q.get("to").map(String::as_str);
+    Ok(Json(s.admin.room_messages(&room, from, to, backwards, limit, &filter).await?))
 }

@@ -281,6 +281,15 @@ pub struct RateLimitView {
     pub burst_count: Option<i64>,
 }
 
+/// A page of a room's events (`GET /_synapse/admin/v1/rooms/{roomId}/messages`).
+#[derive(Serialize)]
+pub struct Messages {
+    pub chunk: Vec<Value>,
+    pub start: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+}
+
 /// A registration token as the admin API shows it (`expiry_time` in milliseconds).
 #[derive(Serialize)]
 pub struct TokenView {
@@ -810,5 +819,66 @@ impl Admin {
         self.rooms.set_shadow_banned(user, ban.then_some(admin)).await?;
         let action = if ban { "user.shadow_ban" } else { "user.shadow_unban" };
         self.audit(admin, action, user.as_str(), None).await
+    }
+}
+
+impl Admin {
+    /// `GET /_synapse/admin/v1/rooms/{roomId}/messages`: a page of the room's events as this
+    /// server holds them, whoever could see them (an administrator's view), filtered.
+    pub async fn room_messages(
+        &self,
+        room_id: &RoomId,
+        from: Option<&str>,
+        to: Option<&str>,
+        backwards: bool,
+        limit: usize,
+        filter: &crate::rooms::visibility::EventFilter,
+    ) -> Result<Messages> {
+        use crate::rooms::timeline::parse_token;
+        self.rooms.known_room(room_id).await?;
+        let limit = limit.clamp(1, 1000);
+        let from_pos = match from {
+            Some(t) => parse_token(t)?,
+            None if backwards => self.stream_position(),
+            None => i64::MIN,
+        };
+        let to_pos = to.map(parse_token).transpose()?;
+        let (mut lo, mut hi) =
+            if backwards { (to_pos.unwrap_or(i64::MIN), from_pos) } else { (from_pos, to_pos.unwrap_or(i64::MAX)) };
+        let mut chunk = Vec::new();
+        let mut end = None;
+        'pages: loop {
+            let batch = diplomatie_storage::events::room_events(
+                self.db.pool(),
+                room_id.as_str(),
+                lo,
+                hi,
+                backwards,
+                (limit * 2) as i64,
+            )
+            .await?;
+            let exhausted = batch.len() < limit * 2;
+            for stored in batch {
+                let position = stored.stream_ordering;
+                if backwards {
+                    hi = position - 1
+                } else {
+                    lo = position
+                }
+                let Ok(event_id) = <&ruma::EventId>::try_from(stored.event_id.as_str()) else { continue };
+                let Some(pdu) = self.rooms.get_pdu(event_id).await? else { continue };
+                if filter.allows(&pdu) {
+                    chunk.push(pdu.to_client(true));
+                    if chunk.len() >= limit {
+                        end = Some(if backwards { position - 1 } else { position }.to_string());
+                        break 'pages;
+                    }
+                }
+            }
+            if exhausted {
+                break;
+            }
+        }
+        Ok(Messages { chunk, start: from_pos.to_string(), end })
     }
 }
