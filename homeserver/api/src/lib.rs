@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod mls;
 pub mod retention;
 pub mod ruma_wrapper;
+pub mod sso;
 pub mod synapse_admin;
 
 use std::{sync::Arc, time::Duration};
@@ -53,6 +54,8 @@ pub fn router(services: Arc<Services>) -> Router {
     );
     let r = route::<c::session::get_login_types::v3::Request, _, _>(r, account::login_types);
     let r = route::<c::session::login::v3::Request, _, _>(r, account::login);
+    let r = route::<c::session::sso_login::v3::Request, _, _>(r, sso::redirect);
+    let r = route::<c::session::sso_login_with_provider::v3::Request, _, _>(r, sso::redirect_to);
     let r = route::<c::session::get_login_token::v1::Request, _, _>(r, account::get_login_token);
     let r = route::<c::session::refresh_token::v3::Request, _, _>(r, account::refresh);
     let r = route::<c::session::logout::v3::Request, _, _>(r, account::logout);
@@ -269,6 +272,7 @@ pub fn router(services: Arc<Services>) -> Router {
     use synapse_admin as sa;
     let r = r
         .route("/health", get(metrics::health))
+        .route(diplomatie_service::sso::CALLBACK_PATH, get(sso::callback))
         .route("/_synapse/admin/v1/server_version", get(sa::server_version))
         .route("/_synapse/admin/v2/users", get(sa::list_users))
         .route("/_synapse/admin/v2/users/{user_id}", get(sa::get_user).put(sa::put_user))

@@ -61,6 +61,61 @@ pub struct Config {
     pub crisis: Crisis,
     pub archive: Archive,
     pub retention: Retention,
+    pub sso: Sso,
+}
+
+/// Single sign-on through OpenID Connect providers (`m.login.sso`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sso {
+    pub oidc_providers: Vec<OidcProvider>,
+    /// Where a client may be sent back with its login token without a confirmation page
+    /// (URL prefixes, as Synapse's `sso.client_whitelist`).
+    pub client_allowlist: Vec<String>,
+}
+
+/// One OpenID Connect provider. Its callback on this server is
+/// `<public_baseurl>/_synapse/client/oidc/callback` (Synapse's, so that a provider's
+/// registration carries over).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcProvider {
+    /// The provider's id in the login flows (`oidc-<id>`, as Synapse names them).
+    pub id: String,
+    /// Its name on the client's login page.
+    pub name: String,
+    /// The issuer, whose `/.well-known/openid-configuration` is read.
+    pub issuer: String,
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: String,
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    /// The claim the localpart comes from (lower-cased, characters a user id refuses
+    /// replaced by `_`).
+    #[serde(default = "default_localpart_claim")]
+    pub localpart_claim: String,
+    #[serde(default = "default_display_name_claim")]
+    pub display_name_claim: String,
+    /// The claim that makes an account an outside person's: `external` when its value is one
+    /// of `external_values`, an agent's otherwise. Empty: every account is an agent's.
+    #[serde(default)]
+    pub kind_claim: String,
+    #[serde(default = "default_external_values")]
+    pub external_values: Vec<String>,
+}
+
+fn default_scopes() -> Vec<String> {
+    vec!["openid".into(), "profile".into()]
+}
+fn default_localpart_claim() -> String {
+    "preferred_username".into()
+}
+fn default_display_name_claim() -> String {
+    "name".into()
+}
+fn default_external_values() -> Vec<String> {
+    vec!["external".into()]
 }
 
 /// How long content is kept, and the purge that removes what has passed it.
@@ -633,6 +688,7 @@ impl Default for Config {
             crisis: Crisis::default(),
             archive: Archive::default(),
             retention: Retention::default(),
+            sso: Sso::default(),
         }
     }
 }

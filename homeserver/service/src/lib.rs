@@ -47,6 +47,7 @@ pub mod rooms;
 pub mod search;
 pub mod sessions;
 pub mod sliding;
+pub mod sso;
 pub mod sync;
 pub mod uia;
 pub mod url_preview;
@@ -118,6 +119,7 @@ pub struct Services {
     pub admin: Arc<admin::Admin>,
     /// Groups, communities, people's clearances and kinds.
     pub organisation: Arc<organisation::Organisation>,
+    pub sso: Arc<sso::Sso>,
     /// Formal correspondence and journals.
     pub correspondence: Arc<correspondence::Correspondence>,
     /// Transfers to the archives service (SEDA 2.3).
@@ -270,6 +272,9 @@ impl Services {
             directory.clone(),
             timeline.clone(),
         ));
+        let sso = Arc::new(
+            sso::Sso::new(c(), accounts.clone(), organisation.clone()).map_err(|e| anyhow_like::msg(e.to_string()))?,
+        );
         let correspondence = Arc::new(correspondence::Correspondence::new(
             c(),
             rooms.clone(),
@@ -353,6 +358,7 @@ impl Services {
             sessions,
             admin,
             organisation,
+            sso,
             correspondence,
             archive,
             retention,

@@ -49,3 +49,12 @@ CREATE TABLE shadow_banned_users (
     banned_by TEXT NOT NULL,
     banned_ts BIGINT NOT NULL
 );
+
+-- Accounts linked to an identity at a single sign-on provider (Synapse's external ids).
+CREATE TABLE user_external_ids (
+    auth_provider TEXT NOT NULL,
+    external_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    PRIMARY KEY (auth_provider, external_id)
+);
+CREATE INDEX user_external_ids_user ON user_external_ids (user_id);

@@ -439,3 +439,37 @@ pub async fn use_registration_token<'e>(e: impl Exec<'e>, token: &str) -> Result
         .await?;
     Ok(())
 }
+
+/// The account linked to an identity at a single sign-on provider.
+pub async fn user_by_external_id<'e>(e: impl Exec<'e>, provider: &str, external_id: &str) -> Result<Option<String>> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT user_id FROM user_external_ids WHERE auth_provider = $1 AND external_id = $2")
+            .bind(provider)
+            .bind(external_id)
+            .fetch_optional(e)
+            .await?;
+    Ok(row.map(|(u,)| u))
+}
+
+pub async fn link_external_id<'e>(e: impl Exec<'e>, provider: &str, external_id: &str, user_id: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO user_external_ids (auth_provider, external_id, user_id) VALUES ($1, $2, $3) \
+         ON CONFLICT (auth_provider, external_id) DO NOTHING",
+    )
+    .bind(provider)
+    .bind(external_id)
+    .bind(user_id)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+/// An account's identities at single sign-on providers: (provider, external id).
+pub async fn external_ids<'e>(e: impl Exec<'e>, user_id: &str) -> Result<Vec<(String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT auth_provider, external_id FROM user_external_ids WHERE user_id = $1 ORDER BY auth_provider",
+    )
+    .bind(user_id)
+    .fetch_all(e)
+    .await?)
+}

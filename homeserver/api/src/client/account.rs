@@ -225,13 +225,23 @@ async fn open_registered_session(
 }
 
 /// `GET /login`
-pub async fn login_types(_: S, _req: Ruma<get_login_types::v3::Request>) -> ApiResult<get_login_types::v3::Response> {
-    use get_login_types::v3::{LoginType, TokenLoginType};
+pub async fn login_types(
+    State(s): S,
+    _req: Ruma<get_login_types::v3::Request>,
+) -> ApiResult<get_login_types::v3::Response> {
+    use get_login_types::v3::{IdentityProvider, LoginType, SsoLoginType, TokenLoginType};
     let password = LoginType::Password(Default::default());
     let mut token = TokenLoginType::new();
     token.get_login_token = true;
     let appservice = LoginType::ApplicationService(Default::default());
-    Ok(get_login_types::v3::Response::new(vec![password, LoginType::Token(token), appservice]).into())
+    let mut flows = vec![password, LoginType::Token(token), appservice];
+    let providers = s.sso.providers();
+    if !providers.is_empty() {
+        let mut sso = SsoLoginType::new();
+        sso.identity_providers = providers.into_iter().map(|(id, name)| IdentityProvider::new(id, name)).collect();
+        flows.push(LoginType::Sso(sso));
+    }
+    Ok(get_login_types::v3::Response::new(flows).into())
 }
 
 /// `POST /login/get_token` (user-interactive: the password again): a single-use token for

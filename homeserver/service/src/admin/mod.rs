@@ -61,7 +61,7 @@ pub struct UserView {
     pub account_kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threepids: Option<Vec<ThreepidView>>,
-    /// Always empty: this server links no external identities yet.
+    /// The identities at single sign-on providers linked to the account.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external_ids: Option<Vec<Value>>,
 }
@@ -392,7 +392,13 @@ impl Admin {
                 })
                 .collect(),
         );
-        view.external_ids = Some(Vec::new());
+        let external = diplomatie_storage::accounts::external_ids(self.db.pool(), user.as_str()).await?;
+        view.external_ids = Some(
+            external
+                .into_iter()
+                .map(|(auth_provider, external_id)| json!({ "auth_provider": auth_provider, "external_id": external_id }))
+                .collect(),
+        );
         view.shadow_banned = self.rooms.is_shadow_banned(user).await?;
         Ok(view)
     }
