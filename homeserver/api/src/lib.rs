@@ -18,6 +18,7 @@ pub mod mls;
 pub mod retention;
 pub mod ruma_wrapper;
 pub mod sso;
+pub mod stats;
 pub mod synapse_admin;
 
 use std::{sync::Arc, time::Duration};
@@ -273,6 +274,9 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = r
         .route("/health", get(metrics::health))
         .route(diplomatie_service::sso::CALLBACK_PATH, get(sso::callback))
+        .route("/_diplomatie/dashboard", get(stats::dashboard))
+        .route("/_diplomatie/admin/v1/stats/units", get(stats::units))
+        .route("/_diplomatie/admin/v1/stats/server", get(stats::server))
         .route("/_synapse/admin/v1/server_version", get(sa::server_version))
         .route("/_synapse/admin/v2/users", get(sa::list_users))
         .route("/_synapse/admin/v2/users/{user_id}", get(sa::get_user).put(sa::put_user))

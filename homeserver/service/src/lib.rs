@@ -48,6 +48,7 @@ pub mod search;
 pub mod sessions;
 pub mod sliding;
 pub mod sso;
+pub mod stats;
 pub mod sync;
 pub mod uia;
 pub mod url_preview;
@@ -120,6 +121,7 @@ pub struct Services {
     /// Groups, communities, people's clearances and kinds.
     pub organisation: Arc<organisation::Organisation>,
     pub sso: Arc<sso::Sso>,
+    pub stats: Arc<stats::Stats>,
     /// Formal correspondence and journals.
     pub correspondence: Arc<correspondence::Correspondence>,
     /// Transfers to the archives service (SEDA 2.3).
@@ -284,6 +286,7 @@ impl Services {
             directory.clone(),
             membership.clone(),
         ));
+        let stats = Arc::new(stats::Stats::new(c(), rooms.clone(), organisation.clone(), correspondence.clone()));
         let archive = Arc::new(archive::Archive::new(c(), accounts.clone(), media.clone(), correspondence.clone()));
         let retention = Arc::new(retention::Retention::new(
             c(),
@@ -359,6 +362,7 @@ impl Services {
             admin,
             organisation,
             sso,
+            stats,
             correspondence,
             archive,
             retention,

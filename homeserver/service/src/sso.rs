@@ -242,7 +242,10 @@ impl Sso {
         let mut url = reqwest::Url::parse(&pending.client_redirect).map_err(crate::internal!())?;
         url.query_pairs_mut().append_pair("loginToken", &token);
         let url = url.to_string();
-        let allowed = self.config.sso.client_allowlist.iter().any(|prefix| pending.client_redirect.starts_with(prefix));
+        // The server's own dashboards are always allowed.
+        let dashboard = format!("{}/_diplomatie/dashboard", self.config.public_baseurl().trim_end_matches('/'));
+        let allowed = pending.client_redirect.starts_with(&dashboard)
+            || self.config.sso.client_allowlist.iter().any(|prefix| pending.client_redirect.starts_with(prefix));
         Ok(if allowed { Return::Redirect(url) } else { Return::Confirm { url, user } })
     }
 

@@ -28,6 +28,7 @@ pub mod reports;
 pub mod retention;
 pub mod rooms;
 pub mod state;
+pub mod stats;
 pub mod streams;
 pub mod threepids;
 
