@@ -700,6 +700,45 @@ fn make_thumbnail(
     Ok((out.into_inner(), content_type))
 }
 
+/// The media an event's content carries (`url`, `file.url`, and their thumbnails'), as
+/// (server, media id).
+pub(crate) fn media_of(content: &serde_json::Value) -> Vec<(String, String)> {
+    let uris = [
+        &content["url"],
+        &content["file"]["url"],
+        &content["info"]["thumbnail_url"],
+        &content["info"]["thumbnail_file"]["url"],
+    ];
+    let mut out = Vec::new();
+    for uri in uris.into_iter().filter_map(serde_json::Value::as_str) {
+        let mxc = ruma::OwnedMxcUri::from(uri);
+        if let Ok((server, media_id)) = mxc.parts() {
+            out.push((server.to_string(), media_id.to_owned()));
+        }
+    }
+    out
+}
+
+impl Repository {
+    /// Deletes a local media item: its rows, then its files when nothing else uses them.
+    /// Answers whether it existed.
+    pub(crate) async fn delete_local(&self, media_id: &str) -> Result<bool> {
+        use diplomatie_storage::retention as rstore;
+        let mut tx = self.db.begin_write().await?;
+        let files = rstore::delete_media(&mut tx, self.server_name().as_str(), media_id).await?;
+        store::unquarantine(&mut *tx, self.server_name().as_str(), media_id).await?;
+        store::set_protected(&mut *tx, media_id, false).await?;
+        diplomatie_storage::commit(tx).await?;
+        let existed = !files.is_empty();
+        for file in files {
+            if !rstore::file_in_use(self.db.pool(), &file).await? {
+                self.files.remove(&file).await;
+            }
+        }
+        Ok(existed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -759,44 +798,5 @@ mod tests {
         assert!(!is_inline("text/html"));
         assert!(!is_inline("image/svg+xml"));
         assert!(!is_inline("application/pdf"));
-    }
-}
-
-/// The media an event's content carries (`url`, `file.url`, and their thumbnails'), as
-/// (server, media id).
-pub(crate) fn media_of(content: &serde_json::Value) -> Vec<(String, String)> {
-    let uris = [
-        &content["url"],
-        &content["file"]["url"],
-        &content["info"]["thumbnail_url"],
-        &content["info"]["thumbnail_file"]["url"],
-    ];
-    let mut out = Vec::new();
-    for uri in uris.into_iter().filter_map(serde_json::Value::as_str) {
-        let mxc = ruma::OwnedMxcUri::from(uri);
-        if let Ok((server, media_id)) = mxc.parts() {
-            out.push((server.to_string(), media_id.to_owned()));
-        }
-    }
-    out
-}
-
-impl Repository {
-    /// Deletes a local media item: its rows, then its files when nothing else uses them.
-    /// Answers whether it existed.
-    pub(crate) async fn delete_local(&self, media_id: &str) -> Result<bool> {
-        use diplomatie_storage::retention as rstore;
-        let mut tx = self.db.begin_write().await?;
-        let files = rstore::delete_media(&mut tx, self.server_name().as_str(), media_id).await?;
-        store::unquarantine(&mut *tx, self.server_name().as_str(), media_id).await?;
-        store::set_protected(&mut *tx, media_id, false).await?;
-        diplomatie_storage::commit(tx).await?;
-        let existed = !files.is_empty();
-        for file in files {
-            if !rstore::file_in_use(self.db.pool(), &file).await? {
-                self.files.remove(&file).await;
-            }
-        }
-        Ok(existed)
     }
 }

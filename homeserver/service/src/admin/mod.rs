@@ -315,6 +315,7 @@ pub struct TokenList {
 }
 
 impl Admin {
+    #[allow(clippy::too_many_arguments)] // the services it works over, each named once
     pub(crate) fn new(
         core: Arc<Core>,
         accounts: Arc<Accounts>,
