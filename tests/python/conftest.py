@@ -1,5 +1,6 @@
 """Starts the real `diplomatie` binary for the real-client tests, on both storage backends."""
 
+import json
 import os
 import queue
 import shutil
@@ -9,6 +10,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 
@@ -16,6 +18,20 @@ import pytest
 
 BIN = os.environ.get("DIPLOMATIE_BIN", os.path.join(os.path.dirname(__file__), "..", "..", "target", "debug", "diplomatie"))
 PG = ["psql", "-h", "127.0.0.1", "-p", "5432", "-U", "postgres", "-d", "test", "-v", "ON_ERROR_STOP=1", "-q", "-c"]
+
+
+def call(method, url, token=None, body=None):
+    """(status, JSON answer) of an HTTP request."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
 
 
 def free_port():

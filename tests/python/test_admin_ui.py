@@ -11,7 +11,6 @@ DIPLOMATIE_ADMIN_UI_REQUIRED=1 (CI), where it fails."""
 
 import functools
 import http.server
-import json
 import os
 import re
 import threading
@@ -20,6 +19,8 @@ import urllib.parse
 import urllib.request
 
 import pytest
+
+from conftest import call
 
 UI = os.environ.get("DIPLOMATIE_ADMIN_UI", os.path.expanduser("~/.cache/diplomatie-tests/synapse-admin/dist"))
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -39,16 +40,7 @@ def ui_available():
 
 def api(server, method, path, token=None, body=None):
     """A request to the server; answers (status, JSON)."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(server.url + path, data=data, method=method)
-    req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
+    return call(method, server.url + path, token, body)
 
 
 def login(server, user, password):

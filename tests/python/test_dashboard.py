@@ -9,7 +9,6 @@ import json
 import os
 import urllib.parse
 
-import pytest
 
 from test_admin_ui import CHROMIUM, CHROMIUM_ARGS, api, login
 

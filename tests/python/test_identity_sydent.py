@@ -3,26 +3,13 @@ PyPI), with its mail caught by an SMTP server on loopback: an invite by e-mail a
 in the room until someone binds the address, then becomes their invite; bound addresses are
 listed, looked up and unbound."""
 
-import json
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 
-
-def call(method, url, token=None, body=None):
-    """(status, JSON answer) of an HTTP request."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
+from conftest import call
 
 
 def ok(method, url, token=None, body=None):
