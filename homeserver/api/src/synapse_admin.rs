@@ -15,10 +15,10 @@ use axum::{
 };
 use diplomatie_service::{
     admin::{
-        AuditPage, DeleteRoom, DeletedMedia, DeletionList, DeletionStarted, DeletionStatus, DeviceList, DeviceView,
-        JoinedRooms, MediaOrder, MediaPage, Members, Messages, Quarantined, RateLimitView, RoomBlock, RoomMedia,
-        RoomOrder, RoomPage, RoomState, RoomView, Shutdown, TokenList, TokenView, UserChange, UserFilter, UserOrder,
-        UserPage, UserView,
+        content::{DeletedMedia, MediaOrder, MediaPage, Quarantined, RoomMedia},
+        deletions::{DeleteRoom, DeletionList, DeletionStarted, DeletionStatus, Shutdown},
+        AuditPage, DeviceList, DeviceView, JoinedRooms, Members, Messages, RateLimitView, RoomBlock, RoomOrder,
+        RoomPage, RoomState, RoomView, TokenList, TokenView, UserChange, UserFilter, UserOrder, UserPage, UserView,
     },
     rooms::visibility::EventFilter,
     Error, Services,

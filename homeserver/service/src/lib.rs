@@ -400,7 +400,7 @@ impl Services {
         delayed::spawn_worker(&services.delayed);
         crisis::worker::spawn_worker(&services.crisis);
         retention::spawn_worker(&services.retention);
-        admin::resume_deletions(&services.admin);
+        admin::deletions::resume_deletions(&services.admin);
         services.admin.load_ratelimit_overrides().await.map_err(|e| anyhow_like::msg(e.to_string()))?;
         Ok(services)
     }

@@ -6,11 +6,8 @@
 
 use std::sync::Arc;
 
-mod deletions;
-mod media;
-pub(crate) use deletions::resume_deletions;
-pub use deletions::{DeleteRoom, DeletionList, DeletionStarted, DeletionStatus, Shutdown};
-pub use media::{DeletedMedia, MediaOrder, MediaPage, MediaView, Quarantined, RoomMedia};
+pub mod content;
+pub mod deletions;
 
 use diplomatie_storage::accounts as accounts_store;
 use diplomatie_storage::admin::{self as store, ListedUser};
