@@ -256,6 +256,19 @@ def test_sso_logs_in_through_a_real_openid_provider(sso):
             assert session["user_id"] == f"@mleroy:{host}", session
             page.close()
 
+            # The dashboards sign in through the same provider (their address is always
+            # allowed): back on the page, signed in as the linked account.
+            context = browser.new_context(locale="fr-FR")
+            page = context.new_page()
+            page.goto(server.url + "/_diplomatie/dashboard")
+            page.click("#sso-link")
+            sign_in_at_provider(page, "jdupont", shots, "6-dashboard")
+            page.wait_for_selector("#whoami:text('@jdupont')")
+            assert page.inner_text("#whoami") == f"@jdupont:{host}"
+            page.wait_for_selector("text=Vous ne gérez aucun groupe")
+            page.screenshot(path=os.path.join(shots, "6-dashboard-signed-in.png"))
+            context.close()
+
             # An expired code: the provider's answer held back past the code's lifetime.
             step, callback = walk_to_callback(start, "tardif")
             time.sleep(CODE_TTL + 1)

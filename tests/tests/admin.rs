@@ -17,6 +17,7 @@ backend_tests!(
     media_is_listed_quarantined_and_deleted,
     users_get_rate_limits_of_their_own,
     shadow_banned_users_reach_nobody,
+    the_portals_administration_is_audited,
 );
 
 fn user_path(user: &str) -> String {
@@ -701,4 +702,23 @@ async fn shadow_banned_users_reach_nobody(backend: Backend) {
         400,
         "M_INVALID_PARAM",
     );
+}
+
+async fn the_portals_administration_is_audited(backend: Backend) {
+    let server = TestServer::start(backend, &[]).await;
+    let root = server.admin().await;
+    let alice = server.register("alice").await;
+    let path = format!("/_diplomatie/admin/v1/users/{}/clearance", urlencode(&alice.user_id));
+    root.ok(Method::PUT, &path, Some(&json!({ "clearance": "DR" }))).await;
+    // Refused or bad requests change nothing and are not written.
+    assert_error(&alice.put(&path, &json!({ "clearance": "DR" })).await, 403, "M_FORBIDDEN");
+    assert_error(&root.put(&path, &json!({ "clearance": "TS" })).await, 400, "M_INVALID_PARAM");
+    // Reading is not a change.
+    root.ok(Method::GET, &path, None).await;
+    let audit = root.ok(Method::GET, "/_diplomatie/admin/v1/audit", None).await;
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{audit}");
+    assert_eq!(entries[0]["admin"], root.user_id.as_str());
+    assert_eq!(entries[0]["action"], "PUT /_diplomatie/admin/v1/users/{user_id}/clearance");
+    assert_eq!(entries[0]["target"], alice.user_id.as_str());
 }

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod archive;
+pub mod audit;
 pub mod circuits;
 pub mod client;
 pub mod correspondence;
@@ -392,6 +393,7 @@ pub fn router(services: Arc<Services>) -> Router {
         // axum's plain-text default of 2 MiB.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state((services.clone(), limits), limits::limit_requests))
+        .layer(axum::middleware::from_fn_with_state(services.clone(), audit::portal_changes))
         .layer(axum::middleware::from_fn_with_state(services, metrics::record))
         .layer(CorsLayer::very_permissive().max_age(Duration::from_secs(86400)))
         .layer(CatchPanicLayer::custom(|_| ApiError(Error::Internal).into_response()))

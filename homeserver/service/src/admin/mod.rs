@@ -346,6 +346,12 @@ impl Admin {
         Ok(())
     }
 
+    /// Writes a line of the audit log for a change made elsewhere (the portal's
+    /// administration, whose routes the API records).
+    pub async fn record(&self, who: &UserId, action: &str, target: &str) -> Result<()> {
+        self.audit(who, action, target, None).await
+    }
+
     fn check_local(&self, user: &UserId) -> Result<()> {
         if user.server_name() != self.server_name() {
             return Err(Error::invalid_param("Only local users can be administered"));
