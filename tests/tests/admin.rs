@@ -611,19 +611,19 @@ async fn media_is_listed_quarantined_and_deleted(backend: Backend) {
 
 async fn users_get_rate_limits_of_their_own(backend: Backend) {
     let limits = [("RATE_LIMITS__ENABLED", "true"), ("RATE_LIMITS__PER_SECOND", "0.01"), ("RATE_LIMITS__BURST", "3")];
-    let server = TestServer::start(backend, &limits).await;
+    let mut server = TestServer::start(backend, &limits).await;
     let root = server.admin().await;
     let alice = server.register("alice").await;
     let room = root.create_room(json!({ "preset": "public_chat" })).await;
     alice.join(&room).await;
-    let send = |i: usize| {
+    let send = |alice: &diplomatie_tests::Client, i: usize| {
         let alice = alice.clone();
         let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/t{i}", urlencode(&room));
         async move { alice.put(&path, &json!({ "msgtype": "m.text", "body": "x" })).await.0 }
     };
     let mut statuses = Vec::new();
     for i in 0..4 {
-        statuses.push(send(i).await);
+        statuses.push(send(&alice, i).await);
     }
     assert_eq!(statuses.last(), Some(&429), "the server's limit holds: {statuses:?}");
 
@@ -632,14 +632,22 @@ async fn users_get_rate_limits_of_their_own(backend: Backend) {
     let none = json!({ "messages_per_second": 0, "burst_count": 0 });
     assert_eq!(root.ok(Method::POST, &path, Some(&none)).await, none);
     for i in 10..30 {
-        assert_eq!(send(i).await, 200, "no limit for alice now");
+        assert_eq!(send(&alice, i).await, 200, "no limit for alice now");
+    }
+    // Kept across a restart.
+    server.kill().await;
+    server.launch().await;
+    let root = server.login("root", "pw").await;
+    let alice = server.login("alice", "correct horse").await;
+    for i in 30..40 {
+        assert_eq!(send(&alice, i).await, 200, "still no limit for alice after a restart");
     }
     assert_eq!(root.ok(Method::GET, &path, None).await, none);
     root.ok(Method::DELETE, &path, None).await;
     assert_eq!(root.ok(Method::GET, &path, None).await, json!({}));
     let mut statuses = Vec::new();
     for i in 40..44 {
-        statuses.push(send(i).await);
+        statuses.push(send(&alice, i).await);
     }
     assert_eq!(statuses.last(), Some(&429), "the server's limit again: {statuses:?}");
 
@@ -647,6 +655,7 @@ async fn users_get_rate_limits_of_their_own(backend: Backend) {
     assert_error(&root.post(&path, &json!({ "burst_count": "many" })).await, 400, "M_BAD_JSON");
     let nobody = "/_synapse/admin/v1/users/%40nobody%3Alocalhost/override_ratelimit";
     assert_error(&root.get(nobody).await, 404, "M_NOT_FOUND");
+    assert_error(&alice.get(&path).await, 403, "M_FORBIDDEN");
 }
 
 /// The bodies of a room's last messages, as `reader` sees them.
