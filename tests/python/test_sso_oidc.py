@@ -177,6 +177,18 @@ def token_login(server, token):
     return status, v
 
 
+def sso_session(server, page, start, landing, account, shots, name):
+    """Signs in at the provider from `start` until back at `landing`; answers the session the
+    login token opened, and that token."""
+    page.goto(start)
+    sign_in_at_provider(page, account, shots, name)
+    page.wait_for_url(landing + "?loginToken=*")
+    token = login_token_of(page.url)
+    status, session = token_login(server, token)
+    assert status == 200, session
+    return session, token
+
+
 def login_token_of(url):
     return urllib.parse.parse_qs(urllib.parse.urlparse(url).query)["loginToken"][0]
 
@@ -201,15 +213,11 @@ def test_sso_logs_in_through_a_real_openid_provider(sso):
             # An agent: the account is made from the claims at the first login.
             page = browser.new_page()
             page.set_default_timeout(20_000)
-            page.goto(start)
-            sign_in_at_provider(page, "jdupont", shots, "1-agent")
-            page.wait_for_url(landing + "?loginToken=*")
+            session, token = sso_session(server, page, start, landing, "jdupont", shots, "1-agent")
             page.screenshot(path=os.path.join(shots, "1-agent-back-in-client.png"))
-            status, session = token_login(server, login_token_of(page.url))
-            assert status == 200, session
             assert session["user_id"] == f"@jdupont:{host}"
             # Single use.
-            status, again = token_login(server, login_token_of(page.url))
+            status, again = token_login(server, token)
             assert status == 403 and again["errcode"] == "M_FORBIDDEN", again
             out = server.command("user", "create", "root", "--password", "pw", "--admin")
             assert out.returncode == 0, out.stderr
@@ -223,19 +231,13 @@ def test_sso_logs_in_through_a_real_openid_provider(sso):
             # The same identity again, in a new browser: the same account.
             context = browser.new_context()
             page = context.new_page()
-            page.goto(start)
-            sign_in_at_provider(page, "jdupont", shots, "2-again")
-            page.wait_for_url(landing + "?loginToken=*")
-            status, session = token_login(server, login_token_of(page.url))
+            session, _ = sso_session(server, page, start, landing, "jdupont", shots, "2-again")
             assert session["user_id"] == f"@jdupont:{host}", session
             context.close()
 
             # An outside partner: the claim makes the account external.
             page = browser.new_page()
-            page.goto(start)
-            sign_in_at_provider(page, "ext-ong", shots, "3-external")
-            page.wait_for_url(landing + "?loginToken=*")
-            status, session = token_login(server, login_token_of(page.url))
+            session, _ = sso_session(server, page, start, landing, "ext-ong", shots, "3-external")
             assert session["user_id"] == f"@ext-ong:{host}", session
             status, user = api(server, "GET", f"/_synapse/admin/v2/users/@ext-ong:{host}", root)
             assert user["account_kind"] == "external", user

@@ -637,8 +637,10 @@ pub async fn delete_media_before(
     parts: Parts,
 ) -> Answer<DeletedMedia> {
     let caller = admin(&s, &parts).await?;
-    let before = q.get("before_ts").ok_or_else(|| Error::missing_param("Missing integer query parameter before_ts"))?;
-    let before = count(&q, "before_ts", 0).map_err(|_| Error::invalid_param(format!("Invalid before_ts: {before}")))?;
+    if !q.contains_key("before_ts") {
+        return Err(Error::missing_param("Missing integer query parameter before_ts").into());
+    }
+    let before = count(&q, "before_ts", 0)?;
     let size_gt = count(&q, "size_gt", 0)?;
     Ok(Json(s.admin.delete_media_before(&caller.user_id, &server, before, size_gt).await?))
 }

@@ -455,14 +455,10 @@ impl Repository {
     /// The metadata of an uploaded media item, waiting up to `timeout` for a pending upload;
     /// not found when an administrator quarantined it.
     async fn uploaded_media(&self, server: &ServerName, media_id: &str, timeout: Duration) -> Result<Media> {
-        if store::quarantined(self.db.pool(), server.as_str(), media_id).await? {
-            return Err(Error::not_found("Media not found"));
-        }
-        self.unquarantined_media(server, media_id, timeout).await
-    }
-
-    async fn unquarantined_media(&self, server: &ServerName, media_id: &str, timeout: Duration) -> Result<Media> {
         let unknown = || Error::not_found("Media not found");
+        if store::quarantined(self.db.pool(), server.as_str(), media_id).await? {
+            return Err(unknown());
+        }
         if server != self.server_name() {
             return self.remote_media(server, media_id, timeout).await;
         }

@@ -115,8 +115,8 @@ impl Stats {
         Stats { core, rooms, organisation, correspondence, started: Instant::now() }
     }
 
-    /// The users with power 100 in a space.
-    async fn managers(&self, space: &RoomId) -> Result<Vec<String>> {
+    /// The users with power 100 in a space, the server's own account left out.
+    async fn managers(&self, space: &RoomId, system: &UserId) -> Result<Vec<String>> {
         let levels = self.rooms.power_levels(space).await?;
         let mut managers: Vec<String> = levels
             .get("users")
@@ -125,7 +125,6 @@ impl Stats {
                 users.iter().filter(|(_, level)| level.as_i64().unwrap_or(0) >= 100).map(|(u, _)| u.clone()).collect()
             })
             .unwrap_or_default();
-        let system = self.organisation.system_user().await?;
         managers.retain(|m| m != system.as_str());
         managers.sort();
         Ok(managers)
@@ -144,7 +143,7 @@ impl Stats {
             let Ok(event) = serde_json::from_str::<Value>(&marker) else { continue };
             let content = &event["content"];
             let text = |f: &str| content.get(f).and_then(Value::as_str).unwrap_or_default().to_owned();
-            let managers = self.managers(&space).await?;
+            let managers = self.managers(&space, &system).await?;
             if !is_admin && !managers.iter().any(|m| m == caller.as_str()) {
                 continue;
             }

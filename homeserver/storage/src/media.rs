@@ -153,9 +153,7 @@ pub async fn insert_thumbnail<'e>(e: impl Exec<'e>, origin: &str, media_id: &str
 /// A media item as the admin API lists it, with its quarantine and protection.
 #[derive(Clone, Debug)]
 pub struct AdminMedia {
-    pub origin: String,
     pub media_id: String,
-    pub uploader: String,
     pub content_type: Option<String>,
     pub filename: Option<String>,
     pub size: Option<i64>,
@@ -164,24 +162,22 @@ pub struct AdminMedia {
     pub protected: bool,
 }
 
-type AdminRow = (String, String, String, Option<String>, Option<String>, Option<i64>, i64, Option<String>, i64);
+type AdminRow = (String, Option<String>, Option<String>, Option<i64>, i64, Option<String>, i64);
 
-const ADMIN_COLUMNS: &str = "m.origin, m.media_id, m.uploader, m.content_type, m.filename, m.size, m.created_ts, \
+const ADMIN_COLUMNS: &str = "m.media_id, m.content_type, m.filename, m.size, m.created_ts, \
      q.quarantined_by, CASE WHEN p.media_id IS NULL THEN 0 ELSE 1 END \
      FROM media m LEFT JOIN media_quarantine q ON q.origin = m.origin AND q.media_id = m.media_id \
      LEFT JOIN media_protected p ON p.media_id = m.media_id AND m.uploader <> ''";
 
 fn admin_media(r: AdminRow) -> AdminMedia {
     AdminMedia {
-        origin: r.0,
-        media_id: r.1,
-        uploader: r.2,
-        content_type: r.3,
-        filename: r.4,
-        size: r.5,
-        created_ts: r.6,
-        quarantined_by: r.7,
-        protected: crate::flag(r.8),
+        media_id: r.0,
+        content_type: r.1,
+        filename: r.2,
+        size: r.3,
+        created_ts: r.4,
+        quarantined_by: r.5,
+        protected: crate::flag(r.6),
     }
 }
 
@@ -239,14 +235,15 @@ pub async fn user_media<'e, E: Exec<'e> + Copy>(
     Ok((rows.into_iter().map(admin_media).collect(), total))
 }
 
-pub async fn admin_media_item<'e>(e: impl Exec<'e>, origin: &str, media_id: &str) -> Result<Option<AdminMedia>> {
-    let row: Option<AdminRow> =
-        sqlx::query_as(&format!("SELECT {ADMIN_COLUMNS} WHERE m.origin = $1 AND m.media_id = $2"))
-            .bind(origin)
-            .bind(media_id)
-            .fetch_optional(e)
-            .await?;
-    Ok(row.map(admin_media))
+/// The ids of the media a user uploaded (done uploads).
+pub async fn uploads_of<'e>(e: impl Exec<'e>, uploader: &str) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT media_id FROM media WHERE uploader = $1 AND sha256 IS NOT NULL ORDER BY created_ts, media_id",
+    )
+    .bind(uploader)
+    .fetch_all(e)
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
 /// Local media uploaded before `before_ts` and larger than `size_gt` bytes, not protected.

@@ -123,9 +123,8 @@ impl Admin {
     /// `DELETE /_synapse/admin/v1/users/{userId}/media`: every media item the user uploaded.
     pub async fn delete_user_media(&self, admin: &UserId, user: &UserId) -> Result<DeletedMedia> {
         self.local_user(user).await?;
-        let (media, _) =
-            store::user_media(self.db.pool(), user.as_str(), MediaOrder::Created, false, 0, i64::MAX).await?;
-        self.delete_each(admin, media.into_iter().map(|m| m.media_id).collect(), user.as_str()).await
+        let ids = store::uploads_of(self.db.pool(), user.as_str()).await?;
+        self.delete_each(admin, ids, user.as_str()).await
     }
 
     /// `POST /_synapse/admin/v1/media/{serverName}/delete?before_ts=&size_gt=`: this server's
@@ -143,10 +142,11 @@ impl Admin {
     }
 
     /// The media item, which must be known here.
-    async fn known_media(&self, server: &str, media_id: &str) -> Result<AdminMedia> {
-        store::admin_media_item(self.db.pool(), server, media_id)
-            .await?
-            .ok_or_else(|| Error::not_found("Media not found"))
+    async fn known_media(&self, server: &str, media_id: &str) -> Result<()> {
+        match store::get_media(self.db.pool(), server, media_id).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::not_found("Media not found")),
+        }
     }
 
     /// `POST /_synapse/admin/v1/media/quarantine/{serverName}/{mediaId}` (and `unquarantine`).
@@ -221,10 +221,9 @@ impl Admin {
     /// `POST /_synapse/admin/v1/user/{userId}/media/quarantine`.
     pub async fn quarantine_user_media(&self, admin: &UserId, user: &UserId) -> Result<Quarantined> {
         self.local_user(user).await?;
-        let (media, _) =
-            store::user_media(self.db.pool(), user.as_str(), MediaOrder::Created, false, 0, i64::MAX).await?;
         let server = self.server_name().to_string();
-        let items = media.into_iter().map(|m| (server.clone(), m.media_id)).collect();
+        let ids = store::uploads_of(self.db.pool(), user.as_str()).await?;
+        let items = ids.into_iter().map(|id| (server.clone(), id)).collect();
         self.quarantine_each(admin, items, user.as_str()).await
     }
 }

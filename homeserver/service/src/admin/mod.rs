@@ -60,7 +60,14 @@ pub struct UserView {
     pub threepids: Option<Vec<ThreepidView>>,
     /// The identities at single sign-on providers linked to the account.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub external_ids: Option<Vec<Value>>,
+    pub external_ids: Option<Vec<ExternalId>>,
+}
+
+/// An identity at a single sign-on provider linked to an account.
+#[derive(Serialize)]
+pub struct ExternalId {
+    pub auth_provider: String,
+    pub external_id: String,
 }
 
 /// An account's e-mail address or phone number, as the admin API shows it.
@@ -400,7 +407,7 @@ impl Admin {
         view.external_ids = Some(
             external
                 .into_iter()
-                .map(|(auth_provider, external_id)| json!({ "auth_provider": auth_provider, "external_id": external_id }))
+                .map(|(auth_provider, external_id)| ExternalId { auth_provider, external_id })
                 .collect(),
         );
         view.shadow_banned = self.rooms.is_shadow_banned(user).await?;
@@ -844,7 +851,7 @@ impl Admin {
         limit: usize,
         filter: &crate::rooms::visibility::EventFilter,
     ) -> Result<Messages> {
-        use crate::rooms::timeline::parse_token;
+        use crate::rooms::{timeline::parse_token, visibility::Window};
         self.rooms.known_room(room_id).await?;
         let limit = limit.clamp(1, 1000);
         let from_pos = match from {
@@ -853,42 +860,14 @@ impl Admin {
             None => i64::MIN,
         };
         let to_pos = to.map(parse_token).transpose()?;
-        let (mut lo, mut hi) =
-            if backwards { (to_pos.unwrap_or(i64::MIN), from_pos) } else { (from_pos, to_pos.unwrap_or(i64::MAX)) };
-        let mut chunk = Vec::new();
-        let mut end = None;
-        'pages: loop {
-            let batch = diplomatie_storage::events::room_events(
-                self.db.pool(),
-                room_id.as_str(),
-                lo,
-                hi,
-                backwards,
-                (limit * 2) as i64,
-            )
-            .await?;
-            let exhausted = batch.len() < limit * 2;
-            for stored in batch {
-                let position = stored.stream_ordering;
-                if backwards {
-                    hi = position - 1
-                } else {
-                    lo = position
-                }
-                let Ok(event_id) = <&ruma::EventId>::try_from(stored.event_id.as_str()) else { continue };
-                let Some(pdu) = self.rooms.get_pdu(event_id).await? else { continue };
-                if filter.allows(&pdu) {
-                    chunk.push(pdu.to_client(true));
-                    if chunk.len() >= limit {
-                        end = Some(if backwards { position - 1 } else { position }.to_string());
-                        break 'pages;
-                    }
-                }
-            }
-            if exhausted {
-                break;
-            }
-        }
+        let window = if backwards {
+            Window { from: to_pos.unwrap_or(i64::MIN), to: from_pos, backwards, limit }
+        } else {
+            Window { from: from_pos, to: to_pos.unwrap_or(i64::MAX), backwards, limit }
+        };
+        let (events, next) = self.rooms.visible_page(None, room_id, window, filter).await?;
+        let chunk = events.iter().map(|pdu| pdu.to_client(true)).collect();
+        let end = next.map(|n| n.to_string());
         Ok(Messages { chunk, start: from_pos.to_string(), end })
     }
 }

@@ -293,21 +293,21 @@ impl Timeline {
             let hi = from_pos.min(until);
             let lo = to_pos.unwrap_or(i64::MIN);
             let window = Window { from: lo, to: hi, backwards: true, limit };
-            let (events, next) = self.rooms.visible_page(user, room_id, window, filter).await?;
+            let (events, next) = self.rooms.visible_page(Some(user), room_id, window, filter).await?;
             // At the start of what this server holds: ask the room's other servers for more.
             if next.is_none()
                 && to_pos.is_none()
                 && events.len() < limit
                 && self.federation.backfill(room_id, limit).await? > 0
             {
-                self.rooms.visible_page(user, room_id, window, filter).await?
+                self.rooms.visible_page(Some(user), room_id, window, filter).await?
             } else {
                 (events, next)
             }
         } else {
             let hi = to_pos.unwrap_or(i64::MAX).min(until);
             self.rooms
-                .visible_page(user, room_id, Window { from: from_pos, to: hi, backwards: false, limit }, filter)
+                .visible_page(Some(user), room_id, Window { from: from_pos, to: hi, backwards: false, limit }, filter)
                 .await?
         };
         // As Synapse does (and clients and Sytest expect), a page that returned events has an
@@ -342,7 +342,7 @@ impl Timeline {
         let (before, before_next) = if before_n > 0 {
             self.rooms
                 .visible_page(
-                    user,
+                    Some(user),
                     room_id,
                     Window { from: 0, to: event.stream_ordering - 1, backwards: true, limit: before_n },
                     filter,
@@ -354,7 +354,7 @@ impl Timeline {
         let (after, after_next) = if after_n > 0 {
             self.rooms
                 .visible_page(
-                    user,
+                    Some(user),
                     room_id,
                     Window { from: event.stream_ordering, to: until, backwards: false, limit: after_n },
                     filter,
