@@ -275,6 +275,12 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = r
         .route("/health", get(metrics::health))
         .route(diplomatie_service::sso::CALLBACK_PATH, get(sso::callback))
+        .route("/_matrix/client/r0/login/cas/redirect", get(sso::cas_redirect))
+        .route("/_matrix/client/v3/login/cas/redirect", get(sso::cas_redirect))
+        .route(diplomatie_service::cas::TICKET_PATH, get(sso::cas_ticket))
+        .route("/_matrix/client/v3/login/cas/ticket", get(sso::cas_ticket))
+        .route("/_matrix/client/r0/auth/{auth_type}/fallback/web", get(sso::fallback))
+        .route("/_matrix/client/v3/auth/{auth_type}/fallback/web", get(sso::fallback))
         .route("/_diplomatie/dashboard", get(stats::dashboard))
         .route("/_diplomatie/admin/v1/stats/units", get(stats::units))
         .route("/_diplomatie/admin/v1/stats/server", get(stats::server))

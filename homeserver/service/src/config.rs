@@ -62,6 +62,8 @@ pub struct Config {
     pub archive: Archive,
     pub retention: Retention,
     pub sso: Sso,
+    /// Single sign-on through a CAS server (Synapse's `cas_config`).
+    pub cas: Cas,
 }
 
 /// Single sign-on through OpenID Connect providers (`m.login.sso`).
@@ -103,6 +105,29 @@ pub struct OidcProvider {
     pub kind_claim: String,
     #[serde(default = "default_external_values")]
     pub external_values: Vec<String>,
+}
+
+/// A CAS server (protocol 2 and 3: `/login`, then `/proxyValidate`), offered as the
+/// `m.login.sso` provider `cas` and as the older `m.login.cas`. Its users come back to
+/// `<public_baseurl>/_matrix/client/r0/login/cas/ticket` (Synapse's path).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cas {
+    pub enabled: bool,
+    /// The CAS server's base URL (`https://cas.example/cas`).
+    pub server_url: String,
+    /// The base of the service URL sent to it; empty: `public_baseurl`.
+    pub service_url: String,
+    /// The provider's name on the clients' login pages.
+    pub display_name: String,
+    /// The attribute a new account's display name comes from; empty: none.
+    pub displayname_attribute: String,
+    /// Attributes (name, value) the CAS server must send for an identity to be let in.
+    pub required_attributes: std::collections::BTreeMap<String, String>,
+    /// A CAS user whose name is a local account's not yet linked to CAS logs into that
+    /// account (as Synapse does); off: a new account gets a free user id. Turn it on only
+    /// when the CAS server and the local accounts name the same people.
+    pub allow_existing_users: bool,
 }
 
 fn default_scopes() -> Vec<String> {
@@ -689,6 +714,7 @@ impl Default for Config {
             archive: Archive::default(),
             retention: Retention::default(),
             sso: Sso::default(),
+            cas: Cas::default(),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod accounts;
 pub mod admin;
 pub mod appservice;
 pub mod archive;
+pub mod cas;
 pub mod config;
 pub mod core;
 pub mod correspondence;
@@ -121,6 +122,7 @@ pub struct Services {
     /// Groups, communities, people's clearances and kinds.
     pub organisation: Arc<organisation::Organisation>,
     pub sso: Arc<sso::Sso>,
+    pub cas: Arc<cas::Cas>,
     pub stats: Arc<stats::Stats>,
     /// Formal correspondence and journals.
     pub correspondence: Arc<correspondence::Correspondence>,
@@ -275,8 +277,10 @@ impl Services {
             timeline.clone(),
         ));
         let sso = Arc::new(
-            sso::Sso::new(c(), accounts.clone(), organisation.clone()).map_err(|e| anyhow_like::msg(e.to_string()))?,
+            sso::Sso::new(c(), accounts.clone(), organisation.clone(), uia.clone())
+                .map_err(|e| anyhow_like::msg(e.to_string()))?,
         );
+        let cas = Arc::new(cas::Cas::new(c(), sso.clone()).map_err(|e| anyhow_like::msg(e.to_string()))?);
         let correspondence = Arc::new(correspondence::Correspondence::new(
             c(),
             rooms.clone(),
@@ -362,6 +366,7 @@ impl Services {
             admin,
             organisation,
             sso,
+            cas,
             stats,
             correspondence,
             archive,

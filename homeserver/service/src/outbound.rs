@@ -102,23 +102,43 @@ pub fn client_with(
             .pool_max_idle_per_host(if keep_alive { usize::MAX } else { 0 })
             .user_agent(format!("Diplomatie/{} ({purpose})", env!("CARGO_PKG_VERSION")))
     };
-    let built = |b: reqwest::ClientBuilder| {
-        b.build().map_err(|e| {
-            tracing::error!(error = %e, "cannot build an HTTP client");
-            Error::Internal
-        })
-    };
-    let mut verified = builder(false);
+    let insecure =
+        if tls.insecure_loopback_tls { Some(built(builder(true).danger_accept_invalid_certs(true))?) } else { None };
+    Ok(Client { verified: built(trusting(builder(false), tls)?)?, insecure })
+}
+
+fn built(b: reqwest::ClientBuilder) -> Result<reqwest::Client> {
+    b.build().map_err(|e| {
+        tracing::error!(error = %e, "cannot build an HTTP client");
+        Error::Internal
+    })
+}
+
+/// `b`, also trusting `outbound.trusted_ca`.
+fn trusting(mut b: reqwest::ClientBuilder, tls: &crate::config::Outbound) -> Result<reqwest::ClientBuilder> {
     let certs = read_ca("outbound.trusted_ca", &tls.trusted_ca).map_err(|e| {
         tracing::error!(error = %e, "outbound settings");
         Error::Internal
     })?;
     for cert in certs {
-        verified = verified.add_root_certificate(cert);
+        b = b.add_root_certificate(cert);
     }
-    let insecure =
-        if tls.insecure_loopback_tls { Some(built(builder(true).danger_accept_invalid_certs(true))?) } else { None };
-    Ok(Client { verified: built(verified)?, insecure })
+    Ok(b)
+}
+
+/// HTTP clients to servers the operator configured (identity providers, a CAS server): no
+/// address check (they are often on the ministry's own network), no redirect followed, the
+/// web roots and `outbound.trusted_ca` trusted, loopback unchecked when
+/// `outbound.insecure_loopback_tls` is on.
+pub fn operator_client(tls: &crate::config::Outbound, timeout: std::time::Duration, purpose: &str) -> Result<Client> {
+    let builder = || {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .user_agent(format!("Diplomatie/{} ({purpose})", env!("CARGO_PKG_VERSION")))
+    };
+    let insecure = if tls.insecure_loopback_tls { Some(built(builder().danger_accept_invalid_certs(true))?) } else { None };
+    Ok(Client { verified: built(trusting(builder(), tls)?)?, insecure })
 }
 
 /// The certificates of a `trusted_ca` option (`option` names it in errors); none when it is

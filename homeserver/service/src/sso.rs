@@ -9,6 +9,10 @@
 //! from claims. The browser then goes back to the client with a single-use login token
 //! (`m.login.token`), at once when the client's URL is on the allow-list, else after a page that
 //! asks the person to confirm. Pending attempts live in memory for ten minutes.
+//!
+//! The same journey, started from a user-interactive session's fallback page, completes that
+//! session's `m.login.sso` stage instead (when the identity is the session's user). CAS
+//! (`crate::cas`) maps its identities and ends its journeys through the same functions.
 
 use std::{
     collections::HashMap,
@@ -23,11 +27,12 @@ use openidconnect::{
     AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl,
     Nonce, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope, TokenResponse,
 };
-use ruma::OwnedUserId;
+use ruma::{OwnedUserId, UserId};
 use serde_json::Value;
 
 use crate::{
-    accounts::Accounts, config::OidcProvider, core::Core, organisation::Organisation, random_string, Error, Result,
+    accounts::Accounts, config::OidcProvider, core::Core, organisation::Organisation, random_string, uia::Uia, Error,
+    Result,
 };
 
 /// How long a browser has between leaving for the provider and coming back.
@@ -42,7 +47,7 @@ pub const CALLBACK_PATH: &str = "/_synapse/client/oidc/callback";
 /// An attempt waiting for the provider's answer, by its `state`.
 struct Pending {
     provider: String,
-    client_redirect: String,
+    purpose: Purpose,
     verifier: String,
     nonce: String,
     browser: String,
@@ -53,8 +58,9 @@ pub struct Sso {
     core: Arc<Core>,
     accounts: Arc<Accounts>,
     organisation: Arc<Organisation>,
+    uia: Arc<Uia>,
     /// To the providers: redirects are not followed (the library's advice against SSRF).
-    http: reqwest::Client,
+    http: crate::outbound::Client,
     metadata: Mutex<HashMap<String, (CoreProviderMetadata, Instant)>>,
     pending: Mutex<HashMap<String, Pending>>,
 }
@@ -72,12 +78,51 @@ pub struct Departure {
     pub cookie: String,
 }
 
-/// Where the callback sends the browser back.
+/// What a journey to the identity provider is for.
+#[derive(Clone, Debug)]
+pub enum Purpose {
+    /// Logging in to the client at this URL (absolute, http or https).
+    Login(String),
+    /// Completing this user-interactive session's `m.login.sso` stage.
+    Uia(String),
+}
+
+impl Purpose {
+    /// A login whose client URL is checked.
+    pub fn login(client_redirect: &str) -> Result<Purpose> {
+        let url = reqwest::Url::parse(client_redirect)
+            .map_err(|_| Error::invalid_param("redirectUrl must be an absolute URL"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(Error::invalid_param("redirectUrl must be an http or https URL"));
+        }
+        Ok(Purpose::Login(client_redirect.to_owned()))
+    }
+}
+
+/// Where the browser goes once the provider has answered.
 pub enum Return {
     /// Straight to the client, with the login token.
     Redirect(String),
     /// To a page that asks the person to confirm going to this client as this user.
     Confirm { url: String, user: OwnedUserId },
+    /// To a page that ends a user-interactive session's fallback: `done` when the stage is
+    /// complete, not when the provider named another user than the session's.
+    AuthDone { done: bool },
+}
+
+/// An identity a provider vouched for, to map to an account.
+pub(crate) struct Identity<'a> {
+    /// The provider, as `user_external_ids` names it (`oidc-<id>`, `cas`).
+    pub auth_provider: &'a str,
+    /// The identity at that provider.
+    pub subject: &'a str,
+    /// The localpart a new account takes (with a number added when it is taken).
+    pub localpart: String,
+    pub display_name: Option<&'a str>,
+    /// The portal's kind of account the provider says, if it says one.
+    pub kind: Option<AccountKind>,
+    /// Whether an unlinked identity named like an existing account logs into it.
+    pub allow_existing: bool,
 }
 
 fn remote(provider: &str, what: impl std::fmt::Display) -> Error {
@@ -104,13 +149,14 @@ pub fn localpart_from(claim: &str) -> String {
 }
 
 impl Sso {
-    pub(crate) fn new(core: Arc<Core>, accounts: Arc<Accounts>, organisation: Arc<Organisation>) -> Result<Sso> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| Error::Remote(e.to_string()))?;
-        Ok(Sso { core, accounts, organisation, http, metadata: Mutex::default(), pending: Mutex::default() })
+    pub(crate) fn new(
+        core: Arc<Core>,
+        accounts: Arc<Accounts>,
+        organisation: Arc<Organisation>,
+        uia: Arc<Uia>,
+    ) -> Result<Sso> {
+        let http = crate::outbound::operator_client(&core.config.outbound, Duration::from_secs(10), "sso")?;
+        Ok(Sso { core, accounts, organisation, uia, http, metadata: Mutex::default(), pending: Mutex::default() })
     }
 
     /// The providers, as the login flows name them: (`oidc-<id>`, name).
@@ -139,7 +185,8 @@ impl Sso {
             Some((metadata, at)) if at.elapsed() < METADATA_LIFETIME => metadata,
             _ => {
                 let issuer = IssuerUrl::new(provider.issuer.clone()).map_err(|e| remote(&provider.id, e))?;
-                let metadata = CoreProviderMetadata::discover_async(issuer, &self.http)
+                let http = self.http.for_url(issuer.url());
+                let metadata = CoreProviderMetadata::discover_async(issuer, http)
                     .await
                     .map_err(|e| remote(&provider.id, e))?;
                 self.metadata.lock().unwrap().insert(provider.id.clone(), (metadata.clone(), Instant::now()));
@@ -152,13 +199,9 @@ impl Sso {
             .set_redirect_uri(RedirectUrl::new(callback).map_err(|e| remote(&provider.id, e))?))
     }
 
-    /// `GET /login/sso/redirect[/{idpId}]`: where to send the browser, and the cookie to set.
-    pub async fn depart(&self, idp: Option<&str>, client_redirect: &str) -> Result<Departure> {
-        let url = reqwest::Url::parse(client_redirect)
-            .map_err(|_| Error::invalid_param("redirectUrl must be an absolute URL"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(Error::invalid_param("redirectUrl must be an http or https URL"));
-        }
+    /// `GET /login/sso/redirect[/{idpId}]`, or a session's fallback page: where to send the
+    /// browser, and the cookie to set.
+    pub async fn depart(&self, idp: Option<&str>, purpose: Purpose) -> Result<Departure> {
         let provider = self.provider(idp)?;
         let client = self.client(provider).await?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
@@ -182,7 +225,7 @@ impl Sso {
             state.secret().clone(),
             Pending {
                 provider: provider.id.clone(),
-                client_redirect: client_redirect.to_owned(),
+                purpose,
                 verifier: verifier.secret().clone(),
                 nonce: nonce.secret().clone(),
                 browser: browser.clone(),
@@ -224,7 +267,8 @@ impl Sso {
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .map_err(|e| remote(&provider.id, e))?
             .set_pkce_verifier(PkceCodeVerifier::new(pending.verifier));
-        let tokens = exchange.request_async(&self.http).await.map_err(|e| match e {
+        let issuer = reqwest::Url::parse(&provider.issuer).map_err(|e| remote(&provider.id, e))?;
+        let tokens = exchange.request_async(self.http.for_url(&issuer)).await.map_err(|e| match e {
             openidconnect::RequestTokenError::ServerResponse(r) => {
                 refused(format!("the code was refused ({})", r.error()))
             }
@@ -237,44 +281,91 @@ impl Sso {
         let subject = claims.subject().to_string();
         // Every claim, as the token carries them (its signature checked above).
         let all = id_token_claims(&id_token.to_string()).ok_or_else(|| refused("unreadable ID token"))?;
-        let user = self.account_for(provider, &subject, &all).await?;
-        let token = self.accounts.issue_login_token(&user)?;
-        let mut url = reqwest::Url::parse(&pending.client_redirect).map_err(crate::internal!())?;
+        let claim = |name: &str| all.get(name).and_then(Value::as_str).filter(|v| !v.is_empty());
+        let kind = (!provider.kind_claim.is_empty()).then(|| match claim(&provider.kind_claim) {
+            Some(v) if provider.external_values.iter().any(|e| e == v) => AccountKind::External,
+            _ => AccountKind::Agent,
+        });
+        let auth_provider = format!("oidc-{}", provider.id);
+        let identity = Identity {
+            auth_provider: &auth_provider,
+            subject: &subject,
+            localpart: localpart_from(claim(&provider.localpart_claim).unwrap_or(&subject)),
+            display_name: claim(&provider.display_name_claim),
+            kind,
+            allow_existing: false,
+        };
+        let user = self.account_for(identity).await?;
+        self.conclude(&user, pending.purpose)
+    }
+
+    /// The providers an account is linked to, as the login flows name them.
+    pub async fn linked_providers(&self, user: &UserId) -> Result<Vec<String>> {
+        let ids = store::external_ids(self.db.pool(), user.as_str()).await?;
+        Ok(ids.into_iter().map(|(provider, _)| provider).collect())
+    }
+
+    /// Ends a journey: `user` logs in to the client, or has done a session's stage.
+    pub(crate) fn conclude(&self, user: &UserId, purpose: Purpose) -> Result<Return> {
+        let client_redirect = match purpose {
+            Purpose::Login(url) => url,
+            Purpose::Uia(session) => {
+                let done = match self.uia.sso_done(&session, user) {
+                    Ok(()) => true,
+                    Err(Error::Matrix(ruma::api::error::ErrorKind::Forbidden { .. }, _)) => false,
+                    Err(e) => return Err(e),
+                };
+                return Ok(Return::AuthDone { done });
+            }
+        };
+        let token = self.accounts.issue_login_token(user)?;
+        let mut url = reqwest::Url::parse(&client_redirect).map_err(crate::internal!())?;
         url.query_pairs_mut().append_pair("loginToken", &token);
         let url = url.to_string();
         // The server's own dashboards are always allowed.
         let dashboard = format!("{}/_diplomatie/dashboard", self.config.public_baseurl().trim_end_matches('/'));
-        let allowed = pending.client_redirect.starts_with(&dashboard)
-            || self.config.sso.client_allowlist.iter().any(|prefix| pending.client_redirect.starts_with(prefix));
-        Ok(if allowed { Return::Redirect(url) } else { Return::Confirm { url, user } })
+        let allowed = client_redirect.starts_with(&dashboard)
+            || self.config.sso.client_allowlist.iter().any(|prefix| client_redirect.starts_with(prefix));
+        Ok(if allowed { Return::Redirect(url) } else { Return::Confirm { url, user: user.to_owned() } })
     }
 
-    /// The account of an identity: the one linked to it, or a new one made from its claims.
-    /// Its kind follows the provider's claim at each login.
-    async fn account_for(&self, provider: &OidcProvider, subject: &str, claims: &Value) -> Result<OwnedUserId> {
-        let claim = |name: &str| claims.get(name).and_then(Value::as_str).filter(|v| !v.is_empty());
-        let kind = match claim(&provider.kind_claim) {
-            Some(v) if provider.external_values.iter().any(|e| e == v) => AccountKind::External,
-            _ => AccountKind::Agent,
+    /// The account of an identity: the one linked to it; else, when allowed, the existing
+    /// account of its name; else a new one. Its kind follows the provider at each login.
+    pub(crate) async fn account_for(&self, identity: Identity<'_>) -> Result<OwnedUserId> {
+        let Identity { auth_provider, subject, localpart, display_name, kind, allow_existing } = identity;
+        let linked = match store::user_by_external_id(self.db.pool(), auth_provider, subject).await? {
+            Some(user) => Some(OwnedUserId::try_from(user).map_err(crate::internal!())?),
+            None if allow_existing => {
+                let user = self.accounts.parse_local_user(&localpart).ok();
+                let existing = match &user {
+                    Some(u) => store::user_exists(self.db.pool(), u.as_str()).await?,
+                    None => false,
+                };
+                match user.filter(|_| existing) {
+                    Some(user) => {
+                        store::link_external_id(self.db.pool(), auth_provider, subject, user.as_str()).await?;
+                        tracing::info!(%user, provider = auth_provider, "existing account linked at single sign-on");
+                        Some(user)
+                    }
+                    None => None,
+                }
+            }
+            None => None,
         };
-        let auth_provider = format!("oidc-{}", provider.id);
-        if let Some(user) = store::user_by_external_id(self.db.pool(), &auth_provider, subject).await? {
-            let user = OwnedUserId::try_from(user).map_err(crate::internal!())?;
+        if let Some(user) = linked {
             let listed = diplomatie_storage::admin::listed_user(self.db.pool(), user.as_str()).await?;
             let Some(listed) = listed.filter(|u| !u.deactivated) else {
                 return Err(refused("this account is deactivated"));
             };
-            if !provider.kind_claim.is_empty() && listed.account_kind != kind.as_str() {
+            if let Some(kind) = kind.filter(|k| listed.account_kind != k.as_str()) {
                 self.organisation.set_account_kind(&user, kind).await?;
             }
             return Ok(user);
         }
-        let base = localpart_from(claim(&provider.localpart_claim).unwrap_or(subject));
-        let display = claim(&provider.display_name_claim);
         let mut created = None;
         for n in 0..100 {
-            let localpart = if n == 0 { base.clone() } else { format!("{base}{n}") };
-            match self.accounts.create_account(Some(&localpart), None, false, display).await {
+            let candidate = if n == 0 { localpart.clone() } else { format!("{localpart}{n}") };
+            match self.accounts.create_account(Some(&candidate), None, false, display_name).await {
                 Ok(user) => {
                     created = Some(user);
                     break;
@@ -284,9 +375,10 @@ impl Sso {
             }
         }
         let user = created.ok_or_else(|| refused("no free user id for this identity"))?;
+        let kind = kind.unwrap_or(AccountKind::Agent);
         diplomatie_storage::org::set_kind(self.db.pool(), user.as_str(), kind.as_str()).await?;
-        store::link_external_id(self.db.pool(), &auth_provider, subject, user.as_str()).await?;
-        tracing::info!(%user, provider = %provider.id, "account created at its first single sign-on");
+        store::link_external_id(self.db.pool(), auth_provider, subject, user.as_str()).await?;
+        tracing::info!(%user, provider = auth_provider, "account created at its first single sign-on");
         Ok(user)
     }
 }

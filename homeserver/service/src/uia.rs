@@ -31,16 +31,23 @@ struct Session {
     /// The account a completed registration created: the same session asked again answers
     /// with it (registration is idempotent).
     registered: Option<ruma::OwnedUserId>,
+    /// Whom the session must authenticate (none for a registration).
+    user: Option<ruma::OwnedUserId>,
+    /// Single sign-on, done in the fallback page, named somebody else: the session's next
+    /// step is refused.
+    sso_mismatch: bool,
 }
 
 impl Session {
-    fn new(operation: &str) -> Session {
+    fn new(operation: &str, user: Option<&UserId>) -> Session {
         Session {
             completed: vec![],
             created: Instant::now(),
             operation: operation.to_owned(),
             params: None,
             registered: None,
+            user: user.map(ToOwned::to_owned),
+            sso_mismatch: false,
         }
     }
 }
@@ -82,14 +89,14 @@ impl Uia {
         };
         let Some(auth) = auth else {
             let session = crate::random_string(24);
-            self.sessions.lock().unwrap().insert(session.clone(), Session::new(operation));
+            self.sessions.lock().unwrap().insert(session.clone(), Session::new(operation, user));
             return Err(info(session, vec![], None));
         };
         let session_id = match auth.session() {
             Some(s) => s.to_owned(),
             None => {
                 let s = crate::random_string(24);
-                self.sessions.lock().unwrap().insert(s.clone(), Session::new(operation));
+                self.sessions.lock().unwrap().insert(s.clone(), Session::new(operation, user));
                 s
             }
         };
@@ -102,10 +109,22 @@ impl Uia {
                         "Requested operation has changed during the UI authentication session",
                     ));
                 }
+                Some(s) if s.sso_mismatch => {
+                    return Err(Error::forbidden("Single sign-on authenticated another user"));
+                }
                 Some(s) => s.completed.clone(),
                 None => return Err(Error::new(ErrorKind::Unknown, "Unknown or expired UIA session")),
             }
         };
+        let complete = |completed: &[AuthType]| flows.iter().any(|f| f.iter().all(|s| completed.contains(s)));
+        // The session alone, after a stage done in its fallback page (single sign-on).
+        if matches!(auth, AuthData::FallbackAcknowledgement(_)) {
+            if complete(&completed) {
+                self.sessions.lock().unwrap().remove(&session_id);
+                return Ok(());
+            }
+            return Err(info(session_id, completed, None));
+        }
 
         // Check the stage the client just completed.
         let stage = auth.auth_type();
@@ -134,7 +153,7 @@ impl Uia {
         if !completed.contains(&stage) {
             completed.push(stage);
         }
-        if flows.iter().any(|f| f.iter().all(|s| completed.contains(s))) {
+        if complete(&completed) {
             self.sessions.lock().unwrap().remove(&session_id);
             return Ok(());
         }
@@ -142,6 +161,48 @@ impl Uia {
             s.completed = completed.clone();
         }
         Err(info(session_id, completed, None))
+    }
+
+    /// The flows that authenticate an account again (deleting devices, changing the password,
+    /// cross-signing keys...): its password, if it has one, or single sign-on, when this server
+    /// has an identity provider.
+    pub async fn reauth_flows(&self, user: &UserId) -> Result<Vec<Vec<AuthType>>> {
+        let sso = !self.config.sso.oidc_providers.is_empty() || self.config.cas.enabled;
+        let password = diplomatie_storage::accounts::get_user(self.db.pool(), user.as_str())
+            .await?
+            .is_some_and(|u| u.password_hash.as_deref().is_some_and(|h| !h.is_empty()));
+        let mut flows = vec![];
+        if password || !sso {
+            flows.push(vec![AuthType::Password]);
+        }
+        if sso {
+            flows.push(vec![AuthType::Sso]);
+        }
+        Ok(flows)
+    }
+
+    /// The account a session must authenticate, if it is still open.
+    pub fn session_user(&self, session: &str) -> Option<ruma::OwnedUserId> {
+        let sessions = self.sessions.lock().unwrap();
+        sessions.get(session).filter(|s| s.created.elapsed() < SESSION_LIFETIME).and_then(|s| s.user.clone())
+    }
+
+    /// Single sign-on done in a session's fallback page authenticated `who`: the stage is
+    /// complete if that is the session's user, else the session's next step is refused.
+    pub fn sso_done(&self, session: &str, who: &UserId) -> Result<()> {
+        let mut sessions = self.sessions.lock().unwrap();
+        let Some(s) = sessions.get_mut(session).filter(|s| s.created.elapsed() < SESSION_LIFETIME) else {
+            return Err(Error::new(ErrorKind::Unknown, "Unknown or expired UIA session"));
+        };
+        if s.user.as_deref() == Some(who) {
+            if !s.completed.contains(&AuthType::Sso) {
+                s.completed.push(AuthType::Sso);
+            }
+            Ok(())
+        } else {
+            s.sso_mismatch = true;
+            Err(Error::forbidden("Single sign-on authenticated another user than this session's"))
+        }
     }
 
     /// Keeps a registration's parameters in its session (the first request's).
@@ -163,7 +224,7 @@ impl Uia {
     /// Records the account a completed registration session created (its session stays, for
     /// the same request asked again, until it expires).
     pub fn registered(&self, session: &str, operation: &str, user: &UserId) {
-        let mut entry = Session::new(operation);
+        let mut entry = Session::new(operation, None);
         entry.registered = Some(user.to_owned());
         self.sessions.lock().unwrap().insert(session.to_owned(), entry);
     }

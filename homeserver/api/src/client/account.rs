@@ -235,7 +235,12 @@ pub async fn login_types(
     token.get_login_token = true;
     let appservice = LoginType::ApplicationService(Default::default());
     let mut flows = vec![password, LoginType::Token(token), appservice];
-    let providers = s.sso.providers();
+    let mut providers = s.sso.providers();
+    if s.cas.enabled() {
+        providers.push((diplomatie_service::cas::PROVIDER_ID.to_owned(), s.cas.name().to_owned()));
+        // Synapse's login type before `m.login.sso`, which older clients and Sytest look for.
+        flows.push(LoginType::new("m.login.cas", Default::default()).map_err(diplomatie_service::internal!())?);
+    }
     if !providers.is_empty() {
         let mut sso = SsoLoginType::new();
         sso.identity_providers = providers.into_iter().map(|(id, name)| IdentityProvider::new(id, name)).collect();
@@ -252,7 +257,7 @@ pub async fn get_login_token(
 ) -> ApiResult<get_login_token::v1::Response> {
     let caller = req.caller();
     s.uia
-        .user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
+        .user_interactive_auth(&s.uia.reauth_flows(&caller.user_id).await?, req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
         .await?;
     let token = s.accounts.issue_login_token(&caller.user_id)?;
     Ok(get_login_token::v1::Response::new(diplomatie_service::accounts::LOGIN_TOKEN_LIFETIME, token).into())
@@ -453,7 +458,7 @@ pub async fn request_threepid_email_token(
 pub async fn add_threepid(State(s): S, req: Ruma<add_3pid::v3::Request>) -> ApiResult<add_3pid::v3::Response> {
     let caller = req.caller();
     s.uia
-        .user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
+        .user_interactive_auth(&s.uia.reauth_flows(&caller.user_id).await?, req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
         .await?;
     Err(Error::new(ErrorKind::ThreepidAuthFailed, "No address validation session of this server has that id").into())
 }
@@ -484,10 +489,6 @@ pub async fn whoami(_: S, req: Ruma<whoami::v3::Request>) -> ApiResult<whoami::v
     Ok(resp.into())
 }
 
-fn password_flow() -> Vec<Vec<AuthType>> {
-    vec![vec![AuthType::Password]]
-}
-
 /// `POST /account/password` (user-interactive: the current password).
 pub async fn change_password(
     State(s): S,
@@ -495,7 +496,7 @@ pub async fn change_password(
 ) -> ApiResult<change_password::v3::Response> {
     let caller = req.caller();
     s.uia
-        .user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
+        .user_interactive_auth(&s.uia.reauth_flows(&caller.user_id).await?, req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
         .await?;
     if req.body.new_password.is_empty() {
         return Err(Error::new(ErrorKind::WeakPassword, "The password must not be empty").into());
@@ -510,7 +511,7 @@ pub async fn deactivate(State(s): S, req: Ruma<deactivate::v3::Request>) -> ApiR
     // An application service deactivates its users without authenticating again.
     if caller.appservice.is_none() {
         s.uia
-            .user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
+            .user_interactive_auth(&s.uia.reauth_flows(&caller.user_id).await?, req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
             .await?;
     }
     s.sessions.deactivate(&caller.user_id, req.body.erase).await?;
@@ -554,7 +555,7 @@ pub async fn delete_device(
     let caller = req.caller();
     s.accounts.device(&caller.user_id, req.body.device_id.as_str()).await?;
     s.uia
-        .user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
+        .user_interactive_auth(&s.uia.reauth_flows(&caller.user_id).await?, req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
         .await?;
     s.sessions.delete_devices(&caller.user_id, &[req.body.device_id.as_str()]).await?;
     Ok(delete_device::v3::Response::new().into())
@@ -567,7 +568,7 @@ pub async fn delete_devices(
 ) -> ApiResult<delete_devices::v3::Response> {
     let caller = req.caller();
     s.uia
-        .user_interactive_auth(&password_flow(), req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
+        .user_interactive_auth(&s.uia.reauth_flows(&caller.user_id).await?, req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
         .await?;
     let ids: Vec<&str> = req.body.devices.iter().map(|d| d.as_str()).collect();
     s.sessions.delete_devices(&caller.user_id, &ids).await?;

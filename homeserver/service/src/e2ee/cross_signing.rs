@@ -69,7 +69,7 @@ fn merge_signatures(into: &mut Value, from: &Value, signer: &str) {
 
 impl E2ee {
     /// `POST /keys/device_signing/upload`. The first upload needs no authentication
-    /// (MSC3967, in the spec since v1.11); replacing keys needs the password (`operation`, the
+    /// (MSC3967, in the spec since v1.11); replacing keys needs the password or single sign-on (`operation`, the
     /// request's method and path, binds its user-interactive session).
     pub async fn upload_signing_keys(
         &self,
@@ -81,14 +81,8 @@ impl E2ee {
         let user = &caller.user_id;
         let stored_master = store::cross_signing_key(self.db.pool(), user.as_str(), "master").await?;
         if stored_master.is_some() {
-            self.uia
-                .user_interactive_auth(
-                    &[vec![ruma::api::client::uiaa::AuthType::Password]],
-                    auth,
-                    Some(user),
-                    operation,
-                )
-                .await?;
+            let flows = self.uia.reauth_flows(user).await?;
+            self.uia.user_interactive_auth(&flows, auth, Some(user), operation).await?;
         }
         let master = body.get("master_key").filter(|v| !v.is_null());
         let master_json: Value = match (master, &stored_master) {
