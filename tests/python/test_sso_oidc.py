@@ -233,6 +233,21 @@ def test_sso_logs_in_through_a_real_openid_provider(sso):
             page = context.new_page()
             session, _ = sso_session(server, page, start, landing, "jdupont", shots, "2-again")
             assert session["user_id"] == f"@jdupont:{host}", session
+            # The account has no password: deleting a device asks for single sign-on, done in
+            # its fallback page through the provider the account is linked to.
+            path = f"/_matrix/client/v3/devices/{session['device_id']}"
+            status, uia = api(server, "DELETE", path, session["access_token"], body={})
+            assert status == 401 and [f["stages"] for f in uia["flows"]] == [["m.login.sso"]], uia
+            page.goto(f"{server.url}/_matrix/client/v3/auth/m.login.sso/fallback/web?"
+                      + urllib.parse.urlencode({"session": uia["session"]}))
+            # (the provider asks for consent again, or remembers it)
+            if page.wait_for_selector("#done, #refused, button[type=submit]").get_attribute("id") is None:
+                page.click("button[type=submit]")
+            page.wait_for_selector("#done")
+            page.screenshot(path=os.path.join(shots, "2-fallback-done.png"))
+            status, body = api(server, "DELETE", path, session["access_token"],
+                               body={"auth": {"session": uia["session"]}})
+            assert status == 200, body
             context.close()
 
             # An outside partner: the claim makes the account external.

@@ -94,7 +94,8 @@ pub async fn fallback(
     let user = s.uia.session_user(session).ok_or_else(|| Error::not_found("Unknown or expired session"))?;
     let linked = s.sso.linked_providers(&user).await?;
     let idp = linked.iter().map(String::as_str).find(|p| {
-        (*p == diplomatie_service::cas::PROVIDER_ID && s.cas.enabled()) || s.sso.providers().iter().any(|(id, _)| id == p)
+        (*p == diplomatie_service::cas::PROVIDER_ID && s.cas.enabled())
+            || s.sso.providers().iter().any(|(id, _)| id == p)
     });
     let departure = depart(&s, idp, Purpose::Uia(session.to_owned())).await?;
     let mut resp = (StatusCode::FOUND, [(header::LOCATION, departure.location.clone())]).into_response();

@@ -137,7 +137,8 @@ pub fn operator_client(tls: &crate::config::Outbound, timeout: std::time::Durati
             .timeout(timeout)
             .user_agent(format!("Diplomatie/{} ({purpose})", env!("CARGO_PKG_VERSION")))
     };
-    let insecure = if tls.insecure_loopback_tls { Some(built(builder().danger_accept_invalid_certs(true))?) } else { None };
+    let insecure =
+        if tls.insecure_loopback_tls { Some(built(builder().danger_accept_invalid_certs(true))?) } else { None };
     Ok(Client { verified: built(trusting(builder(), tls)?)?, insecure })
 }
 

@@ -186,9 +186,8 @@ impl Sso {
             _ => {
                 let issuer = IssuerUrl::new(provider.issuer.clone()).map_err(|e| remote(&provider.id, e))?;
                 let http = self.http.for_url(issuer.url());
-                let metadata = CoreProviderMetadata::discover_async(issuer, http)
-                    .await
-                    .map_err(|e| remote(&provider.id, e))?;
+                let metadata =
+                    CoreProviderMetadata::discover_async(issuer, http).await.map_err(|e| remote(&provider.id, e))?;
                 self.metadata.lock().unwrap().insert(provider.id.clone(), (metadata.clone(), Instant::now()));
                 metadata
             }
@@ -312,7 +311,7 @@ impl Sso {
             Purpose::Uia(session) => {
                 let done = match self.uia.sso_done(&session, user) {
                     Ok(()) => true,
-                    Err(Error::Matrix(ruma::api::error::ErrorKind::Forbidden { .. }, _)) => false,
+                    Err(Error::Matrix(ruma::api::error::ErrorKind::Forbidden, _)) => false,
                     Err(e) => return Err(e),
                 };
                 return Ok(Return::AuthDone { done });

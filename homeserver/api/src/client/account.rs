@@ -257,7 +257,12 @@ pub async fn get_login_token(
 ) -> ApiResult<get_login_token::v1::Response> {
     let caller = req.caller();
     s.uia
-        .user_interactive_auth(&s.uia.reauth_flows(&caller.user_id).await?, req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
+        .user_interactive_auth(
+            &s.uia.reauth_flows(&caller.user_id).await?,
+            req.body.auth.as_ref(),
+            Some(&caller.user_id),
+            &req.operation,
+        )
         .await?;
     let token = s.accounts.issue_login_token(&caller.user_id)?;
     Ok(get_login_token::v1::Response::new(diplomatie_service::accounts::LOGIN_TOKEN_LIFETIME, token).into())
@@ -458,7 +463,12 @@ pub async fn request_threepid_email_token(
 pub async fn add_threepid(State(s): S, req: Ruma<add_3pid::v3::Request>) -> ApiResult<add_3pid::v3::Response> {
     let caller = req.caller();
     s.uia
-        .user_interactive_auth(&s.uia.reauth_flows(&caller.user_id).await?, req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
+        .user_interactive_auth(
+            &s.uia.reauth_flows(&caller.user_id).await?,
+            req.body.auth.as_ref(),
+            Some(&caller.user_id),
+            &req.operation,
+        )
         .await?;
     Err(Error::new(ErrorKind::ThreepidAuthFailed, "No address validation session of this server has that id").into())
 }
@@ -496,7 +506,12 @@ pub async fn change_password(
 ) -> ApiResult<change_password::v3::Response> {
     let caller = req.caller();
     s.uia
-        .user_interactive_auth(&s.uia.reauth_flows(&caller.user_id).await?, req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
+        .user_interactive_auth(
+            &s.uia.reauth_flows(&caller.user_id).await?,
+            req.body.auth.as_ref(),
+            Some(&caller.user_id),
+            &req.operation,
+        )
         .await?;
     if req.body.new_password.is_empty() {
         return Err(Error::new(ErrorKind::WeakPassword, "The password must not be empty").into());
@@ -511,7 +526,12 @@ pub async fn deactivate(State(s): S, req: Ruma<deactivate::v3::Request>) -> ApiR
     // An application service deactivates its users without authenticating again.
     if caller.appservice.is_none() {
         s.uia
-            .user_interactive_auth(&s.uia.reauth_flows(&caller.user_id).await?, req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
+            .user_interactive_auth(
+                &s.uia.reauth_flows(&caller.user_id).await?,
+                req.body.auth.as_ref(),
+                Some(&caller.user_id),
+                &req.operation,
+            )
             .await?;
     }
     s.sessions.deactivate(&caller.user_id, req.body.erase).await?;
@@ -555,7 +575,12 @@ pub async fn delete_device(
     let caller = req.caller();
     s.accounts.device(&caller.user_id, req.body.device_id.as_str()).await?;
     s.uia
-        .user_interactive_auth(&s.uia.reauth_flows(&caller.user_id).await?, req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
+        .user_interactive_auth(
+            &s.uia.reauth_flows(&caller.user_id).await?,
+            req.body.auth.as_ref(),
+            Some(&caller.user_id),
+            &req.operation,
+        )
         .await?;
     s.sessions.delete_devices(&caller.user_id, &[req.body.device_id.as_str()]).await?;
     Ok(delete_device::v3::Response::new().into())
@@ -568,7 +593,12 @@ pub async fn delete_devices(
 ) -> ApiResult<delete_devices::v3::Response> {
     let caller = req.caller();
     s.uia
-        .user_interactive_auth(&s.uia.reauth_flows(&caller.user_id).await?, req.body.auth.as_ref(), Some(&caller.user_id), &req.operation)
+        .user_interactive_auth(
+            &s.uia.reauth_flows(&caller.user_id).await?,
+            req.body.auth.as_ref(),
+            Some(&caller.user_id),
+            &req.operation,
+        )
         .await?;
     let ids: Vec<&str> = req.body.devices.iter().map(|d| d.as_str()).collect();
     s.sessions.delete_devices(&caller.user_id, &ids).await?;
