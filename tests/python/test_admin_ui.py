@@ -171,7 +171,10 @@ def test_synapse_admin_ui_administers_users_and_rooms(server, ui_url):
             assert alice_id in deletions["results"][0]["shutdown_room"]["kicked_users"], deletions
             status, _ = api(server, "GET", f"/_synapse/admin/v1/rooms/{quoted(doomed)}", root)
             assert status == 404
+            # A fresh page: the list as the server gives it now (the UI may still hold the one it
+            # read before the deletion ended, and the URL may already be the list's).
             page.goto(ui_url + "#/rooms")
+            page.reload()
             expect(page.get_by_text("Veille presse")).to_be_visible()
             expect(page.get_by_text("Cellule Sahel")).to_have_count(0)
             page.screenshot(path=os.path.join(shots, "6-room-deleted.png"))

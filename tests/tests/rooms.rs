@@ -232,6 +232,30 @@ async fn kick_ban_and_unban(backend: Backend) {
         403,
         "M_FORBIDDEN",
     );
+
+    // The same through the state endpoint, as Synapse takes it: a ban (of a user of another
+    // server too), an unban, a kick, an invite, each with the same checks.
+    let member = |who: &str| format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{who}");
+    let (status, banned) = alice.put(&member("@carol:localhost"), &json!({ "membership": "ban", "reason": "r" })).await;
+    assert_eq!(status, 200, "{banned}");
+    let m = state(&alice, &room, "m.room.member", "@carol:localhost").await;
+    assert_eq!((m["membership"].clone(), m["reason"].clone()), (json!("ban"), json!("r")));
+    assert_error(&carol.join(&room).await, 403, "M_FORBIDDEN");
+    alice.ok(Method::PUT, &member("@bob:elsewhere.example"), Some(&json!({ "membership": "ban" }))).await;
+    assert_eq!(state(&alice, &room, "m.room.member", "@bob:elsewhere.example").await["membership"], "ban");
+    alice.ok(Method::PUT, &member("@carol:localhost"), Some(&json!({ "membership": "leave" }))).await;
+    assert_eq!(carol.join(&room).await.0, 200);
+    // Without power, refused; a kick; an invite of one who left.
+    assert_error(&bob.put(&member("@carol:localhost"), &json!({ "membership": "leave" })).await, 403, "M_FORBIDDEN");
+    alice.ok(Method::PUT, &member("@carol:localhost"), Some(&json!({ "membership": "leave" }))).await;
+    assert_eq!(state(&alice, &room, "m.room.member", "@carol:localhost").await["membership"], "leave");
+    alice.ok(Method::PUT, &member("@carol:localhost"), Some(&json!({ "membership": "invite" }))).await;
+    assert_eq!(state(&alice, &room, "m.room.member", "@carol:localhost").await["membership"], "invite");
+    // Joining someone else, a member event without membership, a state key that is no user.
+    assert_error(&alice.put(&member("@bob:localhost"), &json!({ "membership": "join" })).await, 403, "M_FORBIDDEN");
+    assert_error(&alice.put(&member("@bob:localhost"), &json!({ "displayname": "B" })).await, 400, "M_BAD_JSON");
+    assert_error(&alice.put(&member("not-a-user"), &json!({ "membership": "ban" })).await, 400, "M_INVALID_PARAM");
+    assert_eq!(state(&alice, &room, "m.room.member", "@bob:localhost").await["membership"], "join");
 }
 
 trait SendRaw {

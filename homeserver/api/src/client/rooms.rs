@@ -316,10 +316,12 @@ pub async fn send_state(
         let id = s.delayed.schedule(&caller.user_id, &caller.device_id, schedule).await?;
         return Ok(super::voip::delayed_answer(id));
     }
-    let id = s
-        .timeline
-        .send_state(&req.caller().user_id, &req.body.room_id, &event_type, &req.body.state_key, content.clone())
-        .await?;
+    let sender = &req.caller().user_id;
+    let id = if event_type == "m.room.member" && req.body.state_key != sender.as_str() {
+        s.membership.set_member_state(sender, &req.body.room_id, &req.body.state_key, &content).await?
+    } else {
+        s.timeline.send_state(sender, &req.body.room_id, &event_type, &req.body.state_key, content.clone()).await?
+    };
     if event_type == "m.room.guest_access" && content["guest_access"] != "can_join" {
         // Guests leave the rooms they may no longer join, as Synapse has them do.
         s.membership.remove_guests(&req.body.room_id).await?;

@@ -166,13 +166,15 @@ impl Membership {
                 Err(e) => Some(Err(e)),
             };
             drop(guard);
-            let mut joining = self.joining.lock().unwrap();
-            if Arc::strong_count(&lock) <= 2 {
-                joining.remove(room_id);
+            {
+                let mut joining = self.joining.lock().unwrap();
+                if Arc::strong_count(&lock) <= 2 {
+                    joining.remove(room_id);
+                }
             }
-            drop(joining);
             if let Some(joined) = joined {
                 joined?;
+                self.after_join(room_id).await;
                 return Ok(room_id.to_owned());
             }
         }
@@ -215,12 +217,20 @@ impl Membership {
         match self.send_membership(user, room_id, user, content).await {
             Ok(_) => {
                 diplomatie_storage::rooms::unforget(self.db.pool(), user.as_str(), room_id.as_str()).await?;
+                self.after_join(room_id).await;
                 Ok(room_id.to_owned())
             }
             Err(Error::Matrix(ErrorKind::Forbidden, reason)) => {
                 Err(Error::forbidden(format!("You are not allowed to join this room ({reason})")))
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// What follows a join, which has happened whatever it meets.
+    async fn after_join(&self, room_id: &RoomId) {
+        if let Err(e) = self.follow_upgrade(room_id).await {
+            tracing::warn!(%room_id, error = %e, "could not follow a room upgrade");
         }
     }
 
@@ -299,6 +309,40 @@ impl Membership {
             return Err(Error::forbidden("The user is banned from this room: unban them instead"));
         }
         self.send_membership(sender, room_id, target, membership_content(membership, reason)).await
+    }
+
+    /// `PUT /rooms/{roomId}/state/m.room.member/{userId}` about someone else, as Synapse takes
+    /// it: a ban, an unban or a kick (`leave`), or an invite, each with its own checks.
+    /// Answers the member event now in the room.
+    pub async fn set_member_state(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &str,
+        content: &Value,
+    ) -> Result<OwnedEventId> {
+        let target = UserId::parse(target).map_err(|_| Error::invalid_param("The state key must be a user id"))?;
+        let reason = content.get("reason").and_then(Value::as_str).map(str::to_owned);
+        match content.get("membership").and_then(Value::as_str) {
+            Some("ban") => self.set_membership_of(sender, room_id, &target, MembershipState::Ban, reason).await?,
+            Some("leave") if self.rooms.membership(room_id, &target).await? == Some(MembershipState::Ban) => {
+                self.unban(sender, room_id, &target, reason).await?
+            }
+            Some("leave") => self.set_membership_of(sender, room_id, &target, MembershipState::Leave, reason).await?,
+            Some("invite") => {
+                let direct = content.get("is_direct").and_then(Value::as_bool).unwrap_or(false);
+                self.invite(sender, room_id, &target, reason, direct).await?
+            }
+            Some(_) => {
+                return Err(Error::forbidden("Only a ban, an unban, a kick or an invite is sent for another user"))
+            }
+            None => return Err(Error::bad_json("A member event needs a membership")),
+        }
+        match self.rooms.state_event(room_id, &StateEventType::RoomMember, target.as_str()).await? {
+            Some(event) => Ok(event.event_id.clone()),
+            // A shadow-banned sender's invite, which reached nobody.
+            None => Ok(self.rooms.shadow_event_id(sender, &format!("{room_id}\u{0}{target}\u{0}{content}"))),
+        }
     }
 
     pub async fn unban(

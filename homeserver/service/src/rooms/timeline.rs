@@ -146,8 +146,9 @@ impl Timeline {
     ) -> Result<OwnedEventId> {
         self.rooms.known_room(room_id).await?;
         if kind == "m.room.member" {
-            // Membership changes go through their own endpoints, but clients (and Element) also
-            // set their own member event to change their per-room profile.
+            // Another user's membership changes through `Membership` (the membership endpoints,
+            // or `Membership::set_member_state`); here, clients (and Element) set their own member
+            // event to change their per-room profile.
             if state_key != sender.as_str() {
                 return Err(Error::forbidden("Use the membership endpoints to change another user's membership"));
             }

@@ -1,5 +1,7 @@
 //! Room upgrades (`POST /rooms/{roomId}/upgrade`, client-server spec "Room Upgrades"): a new
-//! room of another version replaces the old one, which a tombstone closes.
+//! room of another version replaces the old one, which a tombstone closes. When a user of
+//! another server joins the new room, that server moves its own aliases and directory listing
+//! the same way (`Membership::follow_upgrade`).
 //!
 //! The new room starts with the old room's create options (`m.federate`, `type`), its important
 //! state (join rules, history visibility, guest access, name, topic, avatar, encryption, server
@@ -197,17 +199,9 @@ impl Membership {
             }
         }
         // Local aliases and the directory listing move to the new room.
-        let pool = self.db.pool();
-        for alias in diplomatie_storage::rooms::room_aliases(pool, old.as_str()).await? {
-            if let Some((_, creator)) = diplomatie_storage::rooms::get_alias(pool, &alias).await? {
-                let mut tx = self.db.begin().await?;
-                diplomatie_storage::rooms::delete_alias(&mut *tx, &alias).await?;
-                diplomatie_storage::rooms::insert_alias(&mut *tx, &alias, new_room.as_str(), &creator).await?;
-                diplomatie_storage::commit(tx).await?;
-            }
-        }
+        self.move_aliases(old, &new_room).await?;
         if was_public {
-            diplomatie_storage::rooms::set_public(pool, old.as_str(), false).await?;
+            diplomatie_storage::rooms::set_public(self.db.pool(), old.as_str(), false).await?;
         }
         // The old room names no alias any more: they lead to the new one.
         if canonical.is_some() {
@@ -218,6 +212,45 @@ impl Membership {
         }
         tracing::info!(old = %old, new = %new_room, %version, "room upgraded");
         Ok(new_room)
+    }
+
+    /// This server's aliases of `old` now lead to `new`.
+    async fn move_aliases(&self, old: &RoomId, new: &RoomId) -> Result<()> {
+        let pool = self.db.pool();
+        for alias in diplomatie_storage::rooms::room_aliases(pool, old.as_str()).await? {
+            if let Some((_, creator)) = diplomatie_storage::rooms::get_alias(pool, &alias).await? {
+                let mut tx = self.db.begin().await?;
+                diplomatie_storage::rooms::delete_alias(&mut *tx, &alias).await?;
+                diplomatie_storage::rooms::insert_alias(&mut *tx, &alias, new.as_str(), &creator).await?;
+                diplomatie_storage::commit(tx).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a user of this server joined `room_id`: when it replaces an upgraded room (its
+    /// create event names a predecessor whose tombstone names it back), this server's aliases
+    /// and directory listing of the old room move to it, as the upgrading server moved its own.
+    pub(crate) async fn follow_upgrade(&self, room_id: &RoomId) -> Result<()> {
+        let Some(create) = self.rooms.state_event(room_id, &StateEventType::RoomCreate, "").await? else {
+            return Ok(());
+        };
+        let old = create.content_field("predecessor").and_then(|p| p.get("room_id").cloned());
+        let Some(old) = old.as_ref().and_then(Value::as_str).and_then(|r| RoomId::parse(r).ok()) else {
+            return Ok(());
+        };
+        let tombstone = self.rooms.state_event(&old, &StateEventType::RoomTombstone, "").await?;
+        let replacement = tombstone.and_then(|t| t.content_field("replacement_room"));
+        if replacement.as_ref().and_then(Value::as_str) != Some(room_id.as_str()) {
+            return Ok(());
+        }
+        self.move_aliases(&old, room_id).await?;
+        if self.directory_listed(&old).await? {
+            let pool = self.db.pool();
+            diplomatie_storage::rooms::set_public(pool, room_id.as_str(), true).await?;
+            diplomatie_storage::rooms::set_public(pool, old.as_str(), false).await?;
+        }
+        Ok(())
     }
 
     async fn directory_listed(&self, room_id: &RoomId) -> Result<bool> {
