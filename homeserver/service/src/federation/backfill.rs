@@ -30,13 +30,13 @@ use crate::{Pdu, Result};
 /// beyond, the whole state is asked for at once).
 const MAX_STATE_FETCHED: usize = 500;
 
-/// The most events asked for at once.
+/// The events asked for at once.
 const MAX_BACKFILL: usize = 100;
 
 impl Federation {
-    /// Asks the room's other servers for up to `limit` events before the oldest one held here;
+    /// Asks the room's other servers for up to [`MAX_BACKFILL`] events before the oldest one held here;
     /// answers how many were added. A failure of theirs adds nothing and is not an error.
-    pub(crate) async fn backfill(&self, room_id: &RoomId, limit: usize) -> Result<usize> {
+    pub(crate) async fn backfill(&self, room_id: &RoomId) -> Result<usize> {
         if !self.transport.federation_enabled() {
             return Ok(0);
         }
@@ -64,7 +64,9 @@ impl Federation {
             .into_iter()
             .filter(|s| s != self.server_name() && self.transport.check_server_allowed(s).is_ok())
             .collect();
-        let limit = UInt::new_saturating(limit.clamp(1, MAX_BACKFILL) as u64);
+        // As many as a request may bring (Synapse asks 100 too): a batch that reaches the
+        // room's creation needs no state from the other server.
+        let limit = UInt::new_saturating(MAX_BACKFILL as u64);
         for server in servers.iter().take(3) {
             let request = get_backfill::v1::Request::new(room_id.to_owned(), missing.clone(), limit);
             let pdus = match self.transport.federation_request(server, request).await {

@@ -299,7 +299,7 @@ impl Timeline {
             if next.is_none()
                 && to_pos.is_none()
                 && events.len() < limit
-                && self.federation.backfill(room_id, limit).await? > 0
+                && self.federation.backfill(room_id).await? > 0
             {
                 self.rooms.visible_page(Some(user), room_id, window, filter).await?
             } else {
