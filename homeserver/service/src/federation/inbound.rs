@@ -203,6 +203,19 @@ impl Federation {
             return Err(Error::forbidden("A create event cannot be added to an existing room"));
         }
 
+        // Missing prev_events first, whatever becomes of this event (as Synapse): one round of
+        // `get_missing_events` for an event pushed to this server; the events it brings that miss
+        // theirs are placed on the state their sender gives.
+        if depth == 0 {
+            let mut missing = false;
+            for id in &pdu.prev_events {
+                missing |= self.known_state_after(id).await?.is_none();
+            }
+            if missing {
+                self.fill_gap(origin, version, &pdu, depth).await;
+            }
+        }
+
         // 4. The auth events, fetched when unknown, and the checks against them.
         let mut auth: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
         for id in &pdu.auth_events {
@@ -225,17 +238,16 @@ impl Federation {
             }
         }
         let reject = |reason: String| rejection(&event_id, "rejected", reason);
+        // The state before it (asked of `origin` where a gap remains), before any check, as
+        // Synapse computes it: a rejected event stays known with that state, for the events
+        // that cite it.
+        let state_before = Arc::new(self.state_before(origin, version, &pdu, depth).await?);
         if let Err(reason) = check_auth_events(&rules, &pdu, &auth) {
-            // Still known, with the state after its prev_events when they are all held.
-            if let Some(state) = self.state_after_known(version, &pdu.prev_events).await? {
-                self.rejected.lock().unwrap().put(event_id.clone(), Arc::new(state));
-            }
+            self.rejected.lock().unwrap().put(event_id.clone(), state_before.clone());
             return Err(reject(reason));
         }
 
-        // 5. The state before it, and the checks against it. A rejected event stays known with
-        // that state, for the events that cite it.
-        let state_before = Arc::new(self.state_before(origin, version, &pdu, depth).await?);
+        // 5. The checks against the state before it.
         let loaded = self.auth_state(&state_before, &pdu, &rules).await?;
         let mut refused = state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |k, s| {
             loaded.get(&(k.clone(), s.to_owned())).cloned()
@@ -316,17 +328,6 @@ impl Federation {
         pdu: &Pdu,
         depth: usize,
     ) -> Result<StateMap<OwnedEventId>> {
-        let mut missing: Vec<OwnedEventId> = Vec::new();
-        for id in &pdu.prev_events {
-            if self.known_state_after(id).await?.is_none() {
-                missing.push(id.clone());
-            }
-        }
-        // One round of `get_missing_events`, for an event pushed to this server (as Synapse):
-        // the events it brings that miss theirs are placed on the state their sender gives.
-        if !missing.is_empty() && depth == 0 {
-            self.fill_gap(origin, version, pdu, depth).await;
-        }
         let mut maps = Vec::new();
         for id in &pdu.prev_events {
             match self.known_state_after(id).await? {
@@ -347,27 +348,6 @@ impl Federation {
             0 => Err(Error::bad_json("PDU without prev_events")),
             1 => Ok(maps.pop().expect("one")),
             _ => self.rooms.resolve_states(version, maps).await,
-        }
-    }
-
-    /// The state after `prev_events` when this server holds them all (resolved when several),
-    /// without asking any server.
-    async fn state_after_known(
-        &self,
-        version: &RoomVersionId,
-        prev_events: &[OwnedEventId],
-    ) -> Result<Option<StateMap<OwnedEventId>>> {
-        let mut maps = Vec::new();
-        for id in prev_events {
-            match self.known_state_after(id).await? {
-                Some(map) => maps.push((*map).clone()),
-                None => return Ok(None),
-            }
-        }
-        match maps.len() {
-            0 => Ok(None),
-            1 => Ok(maps.pop()),
-            _ => self.rooms.resolve_states(version, maps).await.map(Some),
         }
     }
 
