@@ -14,6 +14,7 @@ backend_tests!(
     only_allowed_servers_federate,
     bans_and_acls_hold_across_servers,
     knocking_across_servers,
+    guests_follow_a_remote_rooms_guest_access,
     a_space_seen_from_another_server,
     media_travels_between_servers,
     every_room_version_federates,
@@ -609,6 +610,40 @@ async fn knocking_across_servers(backend: Backend) {
     let (status, v) = bob.join(&room).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(room_state(&alice, &room, "m.room.member", &bob.user_id).await.1["membership"], "join");
+}
+
+/// A guest of B in a room of A: refused when the invite shows guests are not let in; in a room
+/// that lets them in, made to leave when a user of A closes it (B follows the change it receives).
+async fn guests_follow_a_remote_rooms_guest_access(backend: Backend) {
+    let a = TestServer::start_federating(backend, &[]).await;
+    let b = TestServer::start_federating(backend, &[("REGISTRATION__ALLOW_GUESTS", "true")]).await;
+    let alice = a.register("alice").await;
+    let mut guest = b.client();
+    let (status, v) = guest.post("/_matrix/client/v3/register?kind=guest", &json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    guest.token = Some(v["access_token"].as_str().unwrap().to_owned());
+    guest.user_id = v["user_id"].as_str().unwrap().to_owned();
+    let access = |room: &str| format!("/_matrix/client/v3/rooms/{room}/state/m.room.guest_access/");
+
+    let closed = alice.create_room(json!({ "preset": "private_chat" })).await;
+    alice.ok(Method::PUT, &access(&closed), Some(&json!({ "guest_access": "forbidden" }))).await;
+    assert_eq!(alice.invite(&closed, &guest.user_id).await.0, 200);
+    sync_until(&guest, "invite on B", |v| v["rooms"]["invite"][&closed].is_object()).await;
+    assert_error(&guest.join(&closed).await, 403, "M_GUEST_ACCESS_FORBIDDEN");
+    assert_eq!(room_state(&alice, &closed, "m.room.member", &guest.user_id).await.1["membership"], "invite");
+
+    let open = alice.create_room(json!({ "preset": "private_chat" })).await;
+    alice.ok(Method::PUT, &access(&open), Some(&json!({ "guest_access": "can_join" }))).await;
+    assert_eq!(alice.invite(&open, &guest.user_id).await.0, 200);
+    sync_until(&guest, "invite on B", |v| v["rooms"]["invite"][&open].is_object()).await;
+    let (status, v) = guest.join(&open).await;
+    assert_eq!(status, 200, "{v}");
+    alice.ok(Method::PUT, &access(&open), Some(&json!({ "guest_access": "forbidden" }))).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while room_state(&alice, &open, "m.room.member", &guest.user_id).await.1["membership"] != "leave" {
+        assert!(Instant::now() < deadline, "the guest of B never left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn a_space_seen_from_another_server(backend: Backend) {

@@ -324,7 +324,7 @@ pub async fn send_state(
     };
     if event_type == "m.room.guest_access" && content["guest_access"] != "can_join" {
         // Guests leave the rooms they may no longer join, as Synapse has them do.
-        s.membership.remove_guests(&req.body.room_id).await?;
+        s.rooms.remove_guests(&req.body.room_id).await?;
     }
     Ok(RumaResponse(send_state_event::v3::Response::new(id)).into_response())
 }

@@ -168,8 +168,15 @@ impl Federation {
         }
         self.check_server_acl(&room_id, origin).await?;
         let lock = self.room_lock(&room_id);
-        let _guard = lock.lock().await;
+        let guard = lock.lock().await;
         let (pdu, _) = self.handle_pdu(origin, &meta.version, object, Placement::Extend, 0).await?;
+        drop(guard);
+        // Guests of this server leave a room that no longer lets them in, whoever closed it.
+        if pdu.kind == TimelineEventType::RoomGuestAccess {
+            if let Err(e) = self.rooms.remove_guests(&room_id).await {
+                tracing::warn!(%room_id, error = %e, "guests could not leave a room closed to them");
+            }
+        }
         Ok(pdu.event_id.clone())
     }
 

@@ -13,9 +13,11 @@ use super::Rooms;
 use crate::Result;
 
 /// The state events shown of a room to someone not in it (invites, knocks, over federation).
-pub(crate) const STRIPPED_STATE: [StateEventType; 7] = [
+pub(crate) const STRIPPED_STATE: [StateEventType; 8] = [
     StateEventType::RoomCreate,
     StateEventType::RoomJoinRules,
+    // Whether guests may join: their server cannot know it otherwise before joining.
+    StateEventType::RoomGuestAccess,
     StateEventType::RoomName,
     StateEventType::RoomAvatar,
     StateEventType::RoomCanonicalAlias,
@@ -138,6 +140,30 @@ impl Rooms {
             return Ok(false);
         }
         Ok(self.state_event(room_id, &StateEventType::RoomCreate, "").await?.is_some())
+    }
+
+    /// Has this server's guests leave a room whose `m.room.guest_access` no longer lets them
+    /// in (as Synapse has them do), whoever changed it, here or on another server.
+    pub async fn remove_guests(&self, room_id: &RoomId) -> Result<()> {
+        let access = self.state_event(room_id, &StateEventType::RoomGuestAccess, "").await?;
+        if access.and_then(|p| p.content_field("guest_access")).as_ref().and_then(Value::as_str) == Some("can_join") {
+            return Ok(());
+        }
+        let members = self.joined_members(room_id).await?;
+        for user in members.iter().filter(|u| u.server_name() == self.server_name()) {
+            if diplomatie_storage::accounts::get_user(self.db.pool(), user.as_str()).await?.is_some_and(|u| u.is_guest)
+            {
+                let leave = super::PduBuilder::state(
+                    ruma::events::TimelineEventType::RoomMember,
+                    user.as_str(),
+                    serde_json::json!({ "membership": "leave" }),
+                );
+                if let Err(e) = self.append_event(super::Target::Room(room_id), user, leave, None).await {
+                    tracing::warn!(%user, %room_id, error = %e, "a guest could not leave a room closed to guests");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Stripped state for invites and knocks: what a client shows before joining (the room's

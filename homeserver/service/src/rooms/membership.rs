@@ -156,6 +156,15 @@ impl Membership {
         let reason = extra.get("reason").and_then(Value::as_str).map(str::to_owned);
         self.check_not_blocked(room_id).await?;
         if self.outside_room(room_id).await? {
+            // A guest joins a room of other servers only when what the invite showed of it
+            // lets guests in (its state is not known here before the join).
+            if self.accounts.is_guest(user).await? {
+                let shown = self.rooms.stripped_state(room_id, user).await?;
+                let access = shown.iter().find(|e| e["type"] == "m.room.guest_access");
+                if access.and_then(|e| e["content"]["guest_access"].as_str()) != Some("can_join") {
+                    return Err(Error::new(ErrorKind::GuestAccessForbidden, "Guests may not join this room"));
+                }
+            }
             let lock = self.joining.lock().unwrap().entry(room_id.to_owned()).or_default().clone();
             let guard = lock.lock().await;
             // Another user's join may have brought this server in meanwhile: then here.
@@ -234,21 +243,6 @@ impl Membership {
         }
     }
 
-    /// Has this server's guests leave a room whose `m.room.guest_access` no longer lets them in.
-    pub async fn remove_guests(&self, room_id: &RoomId) -> Result<()> {
-        let members = self.rooms.joined_members(room_id).await?;
-        for user in members.iter().filter(|u| u.server_name() == self.server_name()) {
-            if self.accounts.is_guest(user).await? {
-                let content = membership_content(MembershipState::Leave, None);
-                if let Err(e) = self.send_membership(user, room_id, user, content).await {
-                    tracing::warn!(%user, %room_id, error = %e, "a guest could not leave a room closed to guests");
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether a guest may join: the room's `m.room.guest_access` must be `can_join`.
     async fn check_guest_may_join(&self, user: &UserId, state: &StateMap<OwnedEventId>) -> Result<()> {
         if !self.accounts.is_guest(user).await? {
             return Ok(());
