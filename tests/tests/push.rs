@@ -381,6 +381,11 @@ async fn pushers_deliver_to_the_gateway_and_retry(backend: Backend) {
     assert_eq!(badge["notification"]["counts"]["unread"], 0, "{badge}");
     assert_eq!(badge["notification"]["devices"][0]["pushkey"], "key-1");
     bob.ok(Method::POST, &receipt, Some(&json!({}))).await;
+    // A receipt never moves back: one for the older message leaves the room read.
+    let older = format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{}", urlencode(&event));
+    bob.ok(Method::POST, &older, Some(&json!({}))).await;
+    let v = bob.sync(None, "").await;
+    assert_eq!(v["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 0, "{v}");
 
     // An invite notifies its invitee, with the membership; a room without a name is named by
     // its canonical alias.
