@@ -437,18 +437,13 @@ impl Syncer {
                 if (newcomer == user && !initial) || !told.insert(newcomer.to_string()) {
                     continue;
                 }
-                // Never seen: offline, as Synapse says of such a user, on an initial sync only
-                // (an incremental one leaves out who is offline, as Synapse's does).
-                let p = match streams::get_presence(pool, newcomer.as_str()).await? {
-                    Some(p) => p,
-                    None if initial => streams::Presence {
-                        user_id: newcomer.to_string(),
-                        state: "offline".into(),
-                        status_msg: None,
-                        last_active_ts: 0,
-                    },
-                    None => continue,
-                };
+                // Never seen: offline, as Synapse says of such a user.
+                let p = streams::get_presence(pool, newcomer.as_str()).await?.unwrap_or_else(|| streams::Presence {
+                    user_id: newcomer.to_string(),
+                    state: "offline".into(),
+                    status_msg: None,
+                    last_active_ts: 0,
+                });
                 response.presence.events.push(presence_event(&p, now)?);
             }
         }
