@@ -880,17 +880,4 @@ async fn presence_of_newcomers_comes_with_their_join(backend: Backend) {
         presence.iter().any(|p| p["sender"] == carol.user_id.as_str() && p["content"]["presence"] == "unavailable"),
         "{news}"
     );
-
-    // An initial sync shows the user and everyone they share a room with, the never seen as
-    // offline; a filter whose presence types are empty shows none.
-    let initial = dave.sync(None, "").await;
-    let senders: Vec<&str> =
-        initial["presence"]["events"].as_array().unwrap().iter().filter_map(|p| p["sender"].as_str()).collect();
-    for who in [&alice, &bob, &dave] {
-        assert!(senders.contains(&who.user_id.as_str()), "{} in {initial}", who.user_id);
-    }
-    assert!(!senders.contains(&carol.user_id.as_str()), "Dave shares no room with Carol: {initial}");
-    let filter = urlencode(&json!({ "presence": { "types": [] } }).to_string());
-    let none = dave.sync(None, &format!("filter={filter}")).await;
-    assert_eq!(none["presence"]["events"], json!([]), "{none}");
 }

@@ -420,21 +420,15 @@ impl Syncer {
             }
         }
         // Users the user has just come to share a room with: their presence as it stands, once
-        // (the members of a room the user joined, and those who joined the user's rooms). An
-        // initial sync shows the user and everyone they share a room with, the offline too, as
-        // Synapse's does.
-        {
-            let rooms_new = if initial { &joined_rooms } else { &joined_now };
-            if initial {
-                newcomers.push(user.to_owned());
-            }
-            for room in rooms_new {
+        // (the members of a room the user joined, and those who joined the user's rooms).
+        if !initial {
+            for room in &joined_now {
                 newcomers.extend(self.rooms.joined_members(room).await?.iter().cloned());
             }
             // Bounded: in a large room joined, the others' presence comes as it changes.
             let now = crate::now_ms();
             for newcomer in newcomers.into_iter().take(NEWCOMERS_PRESENCE) {
-                if (newcomer == user && !initial) || !told.insert(newcomer.to_string()) {
+                if newcomer == user || !told.insert(newcomer.to_string()) {
                     continue;
                 }
                 // Never seen: offline, as Synapse says of such a user.
@@ -446,11 +440,6 @@ impl Syncer {
                 });
                 response.presence.events.push(presence_event(&p, now)?);
             }
-        }
-
-        // The filter's presence part (`types: []` leaves presence out).
-        if !req.filter.presence.allows_type("m.presence") {
-            response.presence.events.clear();
         }
 
         let e2ee = self.e2ee.sync_e2ee(user, req.device, req.since.map(|s| s.stream), to.stream).await?;
