@@ -27,7 +27,7 @@ type S = State<Arc<Services>>;
 
 /// Where a journey to provider `idp` (the first one when none is named) starts.
 async fn depart(s: &Services, idp: Option<&str>, purpose: Purpose) -> Result<Departure, Error> {
-    let cas = idp == Some(diplomatie_service::cas::PROVIDER_ID) || (idp.is_none() && s.sso.providers().is_empty());
+    let cas = idp == Some(diplomatie_service::cas::PROVIDER_ID) || (idp.is_none() && !s.sso.has_providers());
     if cas && s.cas.enabled() {
         return Ok(Departure { location: s.cas.depart(&purpose)?, cookie: String::new() });
     }
@@ -93,10 +93,10 @@ pub async fn fallback(
     let session = query(&q, "session")?;
     let user = s.uia.session_user(session).ok_or_else(|| Error::not_found("Unknown or expired session"))?;
     let linked = s.sso.linked_providers(&user).await?;
-    let idp = linked.iter().map(String::as_str).find(|p| {
-        (*p == diplomatie_service::cas::PROVIDER_ID && s.cas.enabled())
-            || s.sso.providers().iter().any(|(id, _)| id == p)
-    });
+    let idp = linked
+        .iter()
+        .map(String::as_str)
+        .find(|p| (*p == diplomatie_service::cas::PROVIDER_ID && s.cas.enabled()) || s.sso.offers(p));
     let departure = depart(&s, idp, Purpose::Uia(session.to_owned())).await?;
     let mut resp = (StatusCode::FOUND, [(header::LOCATION, departure.location.clone())]).into_response();
     if let Some(cookie) = cookie(&departure).and_then(|c| c.parse().ok()) {

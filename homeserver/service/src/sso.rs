@@ -164,6 +164,16 @@ impl Sso {
         self.config.sso.oidc_providers.iter().map(|p| (format!("oidc-{}", p.id), p.name.clone())).collect()
     }
 
+    /// Whether an OpenID Connect provider is configured under this login-flow id (`oidc-<id>`).
+    pub fn offers(&self, idp: &str) -> bool {
+        idp.strip_prefix("oidc-").is_some_and(|id| self.config.sso.oidc_providers.iter().any(|p| p.id == id))
+    }
+
+    /// Whether any OpenID Connect provider is configured.
+    pub fn has_providers(&self) -> bool {
+        !self.config.sso.oidc_providers.is_empty()
+    }
+
     fn provider(&self, idp: Option<&str>) -> Result<&OidcProvider> {
         let providers = &self.config.sso.oidc_providers;
         if providers.is_empty() {
@@ -308,14 +318,7 @@ impl Sso {
     pub(crate) fn conclude(&self, user: &UserId, purpose: Purpose) -> Result<Return> {
         let client_redirect = match purpose {
             Purpose::Login(url) => url,
-            Purpose::Uia(session) => {
-                let done = match self.uia.sso_done(&session, user) {
-                    Ok(()) => true,
-                    Err(Error::Matrix(ruma::api::error::ErrorKind::Forbidden, _)) => false,
-                    Err(e) => return Err(e),
-                };
-                return Ok(Return::AuthDone { done });
-            }
+            Purpose::Uia(session) => return Ok(Return::AuthDone { done: self.uia.sso_done(&session, user)? }),
         };
         let token = self.accounts.issue_login_token(user)?;
         let mut url = reqwest::Url::parse(&client_redirect).map_err(crate::internal!())?;

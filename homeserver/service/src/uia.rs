@@ -166,7 +166,7 @@ impl Uia {
     /// The flows that authenticate an account again (deleting devices, changing the password,
     /// cross-signing keys...): its password, if it has one, or single sign-on, when this server
     /// has an identity provider.
-    pub async fn reauth_flows(&self, user: &UserId) -> Result<Vec<Vec<AuthType>>> {
+    async fn reauth_flows(&self, user: &UserId) -> Result<Vec<Vec<AuthType>>> {
         let sso = !self.config.sso.oidc_providers.is_empty() || self.config.cas.enabled;
         let password = diplomatie_storage::accounts::get_user(self.db.pool(), user.as_str())
             .await?
@@ -181,6 +181,12 @@ impl Uia {
         Ok(flows)
     }
 
+    /// One step of authenticating `user` again for `operation`, by [`Uia::reauth_flows`].
+    pub async fn reauthenticate(&self, user: &UserId, auth: Option<&AuthData>, operation: &str) -> Result<()> {
+        let flows = self.reauth_flows(user).await?;
+        self.user_interactive_auth(&flows, auth, Some(user), operation).await
+    }
+
     /// The account a session must authenticate, if it is still open.
     pub fn session_user(&self, session: &str) -> Option<ruma::OwnedUserId> {
         let sessions = self.sessions.lock().unwrap();
@@ -188,21 +194,21 @@ impl Uia {
     }
 
     /// Single sign-on done in a session's fallback page authenticated `who`: the stage is
-    /// complete if that is the session's user, else the session's next step is refused.
-    pub fn sso_done(&self, session: &str, who: &UserId) -> Result<()> {
+    /// complete if that is the session's user (`true`); else the session's next step is
+    /// refused (`false`).
+    pub fn sso_done(&self, session: &str, who: &UserId) -> Result<bool> {
         let mut sessions = self.sessions.lock().unwrap();
         let Some(s) = sessions.get_mut(session).filter(|s| s.created.elapsed() < SESSION_LIFETIME) else {
             return Err(Error::new(ErrorKind::Unknown, "Unknown or expired UIA session"));
         };
-        if s.user.as_deref() == Some(who) {
-            if !s.completed.contains(&AuthType::Sso) {
-                s.completed.push(AuthType::Sso);
-            }
-            Ok(())
-        } else {
+        if s.user.as_deref() != Some(who) {
             s.sso_mismatch = true;
-            Err(Error::forbidden("Single sign-on authenticated another user than this session's"))
+            return Ok(false);
         }
+        if !s.completed.contains(&AuthType::Sso) {
+            s.completed.push(AuthType::Sso);
+        }
+        Ok(true)
     }
 
     /// Keeps a registration's parameters in its session (the first request's).

@@ -256,14 +256,7 @@ pub async fn get_login_token(
     req: Ruma<get_login_token::v1::Request>,
 ) -> ApiResult<get_login_token::v1::Response> {
     let caller = req.caller();
-    s.uia
-        .user_interactive_auth(
-            &s.uia.reauth_flows(&caller.user_id).await?,
-            req.body.auth.as_ref(),
-            Some(&caller.user_id),
-            &req.operation,
-        )
-        .await?;
+    s.uia.reauthenticate(&caller.user_id, req.body.auth.as_ref(), &req.operation).await?;
     let token = s.accounts.issue_login_token(&caller.user_id)?;
     Ok(get_login_token::v1::Response::new(diplomatie_service::accounts::LOGIN_TOKEN_LIFETIME, token).into())
 }
@@ -462,14 +455,7 @@ pub async fn request_threepid_email_token(
 /// validates none (it sends no e-mail); binding through an identity server adds them.
 pub async fn add_threepid(State(s): S, req: Ruma<add_3pid::v3::Request>) -> ApiResult<add_3pid::v3::Response> {
     let caller = req.caller();
-    s.uia
-        .user_interactive_auth(
-            &s.uia.reauth_flows(&caller.user_id).await?,
-            req.body.auth.as_ref(),
-            Some(&caller.user_id),
-            &req.operation,
-        )
-        .await?;
+    s.uia.reauthenticate(&caller.user_id, req.body.auth.as_ref(), &req.operation).await?;
     Err(Error::new(ErrorKind::ThreepidAuthFailed, "No address validation session of this server has that id").into())
 }
 
@@ -505,14 +491,7 @@ pub async fn change_password(
     req: Ruma<change_password::v3::Request>,
 ) -> ApiResult<change_password::v3::Response> {
     let caller = req.caller();
-    s.uia
-        .user_interactive_auth(
-            &s.uia.reauth_flows(&caller.user_id).await?,
-            req.body.auth.as_ref(),
-            Some(&caller.user_id),
-            &req.operation,
-        )
-        .await?;
+    s.uia.reauthenticate(&caller.user_id, req.body.auth.as_ref(), &req.operation).await?;
     if req.body.new_password.is_empty() {
         return Err(Error::new(ErrorKind::WeakPassword, "The password must not be empty").into());
     }
@@ -525,14 +504,7 @@ pub async fn deactivate(State(s): S, req: Ruma<deactivate::v3::Request>) -> ApiR
     let caller = req.caller();
     // An application service deactivates its users without authenticating again.
     if caller.appservice.is_none() {
-        s.uia
-            .user_interactive_auth(
-                &s.uia.reauth_flows(&caller.user_id).await?,
-                req.body.auth.as_ref(),
-                Some(&caller.user_id),
-                &req.operation,
-            )
-            .await?;
+        s.uia.reauthenticate(&caller.user_id, req.body.auth.as_ref(), &req.operation).await?;
     }
     s.sessions.deactivate(&caller.user_id, req.body.erase).await?;
     Ok(deactivate::v3::Response::new(ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport).into())
@@ -574,14 +546,7 @@ pub async fn delete_device(
 ) -> ApiResult<delete_device::v3::Response> {
     let caller = req.caller();
     s.accounts.device(&caller.user_id, req.body.device_id.as_str()).await?;
-    s.uia
-        .user_interactive_auth(
-            &s.uia.reauth_flows(&caller.user_id).await?,
-            req.body.auth.as_ref(),
-            Some(&caller.user_id),
-            &req.operation,
-        )
-        .await?;
+    s.uia.reauthenticate(&caller.user_id, req.body.auth.as_ref(), &req.operation).await?;
     s.sessions.delete_devices(&caller.user_id, &[req.body.device_id.as_str()]).await?;
     Ok(delete_device::v3::Response::new().into())
 }
@@ -592,14 +557,7 @@ pub async fn delete_devices(
     req: Ruma<delete_devices::v3::Request>,
 ) -> ApiResult<delete_devices::v3::Response> {
     let caller = req.caller();
-    s.uia
-        .user_interactive_auth(
-            &s.uia.reauth_flows(&caller.user_id).await?,
-            req.body.auth.as_ref(),
-            Some(&caller.user_id),
-            &req.operation,
-        )
-        .await?;
+    s.uia.reauthenticate(&caller.user_id, req.body.auth.as_ref(), &req.operation).await?;
     let ids: Vec<&str> = req.body.devices.iter().map(|d| d.as_str()).collect();
     s.sessions.delete_devices(&caller.user_id, &ids).await?;
     Ok(delete_devices::v3::Response::new().into())

@@ -81,8 +81,7 @@ impl E2ee {
         let user = &caller.user_id;
         let stored_master = store::cross_signing_key(self.db.pool(), user.as_str(), "master").await?;
         if stored_master.is_some() {
-            let flows = self.uia.reauth_flows(user).await?;
-            self.uia.user_interactive_auth(&flows, auth, Some(user), operation).await?;
+            self.uia.reauthenticate(user, auth, operation).await?;
         }
         let master = body.get("master_key").filter(|v| !v.is_null());
         let master_json: Value = match (master, &stored_master) {
