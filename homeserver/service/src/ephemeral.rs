@@ -216,14 +216,13 @@ impl Ephemeral {
         if !matches!(thread, ReceiptThread::Unthreaded | ReceiptThread::Main | ReceiptThread::Thread(_)) {
             return Err(Error::invalid_param("thread_id must be main or an event id"));
         }
-        // A receipt only moves forward (as Synapse has it): one for an event before the one it
-        // is at changes nothing, so that unread counts never grow back.
-        if matches!(thread, ReceiptThread::Unthreaded | ReceiptThread::Main) {
-            let current = streams::user_receipt(self.db.pool(), room_id.as_str(), user.as_str(), kind).await?;
-            if let Some(current) = current.as_deref().and_then(|id| <&EventId>::try_from(id).ok()) {
-                if self.rooms.get_pdu(current).await?.is_some_and(|c| c.stream_ordering > event.stream_ordering) {
-                    return Ok(());
-                }
+        // A receipt only moves forward (as Synapse has it): one for an event before the one
+        // the same receipt is at changes nothing, so that unread counts never grow back.
+        let thread_id = thread.as_str().unwrap_or("");
+        let current = streams::user_receipt(self.db.pool(), room_id.as_str(), user.as_str(), kind, thread_id).await?;
+        if let Some(current) = current.as_deref().and_then(|id| <&EventId>::try_from(id).ok()) {
+            if self.rooms.get_pdu(current).await?.is_some_and(|c| c.stream_ordering > event.stream_ordering) {
+                return Ok(());
             }
         }
         let ts = now_ms();

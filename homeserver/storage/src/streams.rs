@@ -141,20 +141,22 @@ pub async fn all_receipts_between<'e>(e: impl Exec<'e>, from: i64, to: i64) -> R
         .collect())
 }
 
-/// The event a user's receipt of a type points at in a room (main timeline or unthreaded).
+/// The event a user's receipt of a type points at in a room's thread (`""` unthreaded,
+/// `main`, or a thread root).
 pub async fn user_receipt<'e>(
     e: impl Exec<'e>,
     room_id: &str,
     user_id: &str,
     receipt_type: &str,
+    thread_id: &str,
 ) -> Result<Option<String>> {
     let row: Option<(String,)> = sqlx::query_as(
-        "SELECT event_id FROM receipts WHERE room_id = $1 AND user_id = $2 AND receipt_type = $3 \
-         ORDER BY stream_id DESC LIMIT 1",
+        "SELECT event_id FROM receipts WHERE room_id = $1 AND user_id = $2 AND receipt_type = $3 AND thread_id = $4",
     )
     .bind(room_id)
     .bind(user_id)
     .bind(receipt_type)
+    .bind(thread_id)
     .fetch_optional(e)
     .await?;
     Ok(row.map(|(r,)| r))
