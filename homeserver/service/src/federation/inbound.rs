@@ -216,7 +216,7 @@ impl Federation {
         if depth == 0 {
             let mut missing = false;
             for id in &pdu.prev_events {
-                missing |= self.known_state_after(id).await?.is_none();
+                missing |= !self.holds_state_after(id).await?;
             }
             if missing {
                 self.fill_gap(origin, version, &pdu, depth).await;
@@ -356,6 +356,14 @@ impl Federation {
             1 => Ok(maps.pop().expect("one")),
             _ => self.rooms.resolve_states(version, maps).await,
         }
+    }
+
+    /// Whether [`Federation::known_state_after`] has `id`'s state, without reading it.
+    async fn holds_state_after(&self, id: &ruma::EventId) -> Result<bool> {
+        if self.rooms.get_pdu(id).await?.is_some_and(|p| p.in_timeline()) {
+            return Ok(true);
+        }
+        Ok(self.rejected.lock().unwrap().contains(id))
     }
 
     /// The state after an event of the room's graph this server holds: in the timeline, or
