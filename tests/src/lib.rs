@@ -288,6 +288,16 @@ impl TestServer {
         self.login("root", "pw").await
     }
 
+    /// Registers a guest (`kind=guest`; the server must allow guests) and returns its client.
+    pub async fn register_guest(&self) -> Client {
+        let mut guest = self.client();
+        let (status, v) = guest.post("/_matrix/client/v3/register?kind=guest", &json!({})).await;
+        assert_eq!(status, 200, "{v}");
+        guest.token = Some(v["access_token"].as_str().unwrap().to_owned());
+        guest.user_id = v["user_id"].as_str().unwrap().to_owned();
+        guest
+    }
+
     /// Registers a user through the spec's UIA flow (`m.login.dummy`) and returns its client.
     pub async fn register(&self, localpart: &str) -> Client {
         let mut c = self.client();

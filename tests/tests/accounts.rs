@@ -449,11 +449,7 @@ async fn guests_are_off_by_default_and_limited_when_on(backend: Backend) {
 
     let server = TestServer::start(backend, &[("REGISTRATION__ALLOW_GUESTS", "true")]).await;
     let alice = server.register("alice").await;
-    let mut guest = server.client();
-    let (status, v) = guest.post("/_matrix/client/v3/register?kind=guest", &json!({})).await;
-    assert_eq!(status, 200, "{v}");
-    guest.token = Some(v["access_token"].as_str().unwrap().to_owned());
-    guest.user_id = v["user_id"].as_str().unwrap().to_owned();
+    let mut guest = server.register_guest().await;
     let localpart = guest.user_id[1..].split(':').next().unwrap().to_owned();
     assert!(localpart.chars().all(|c| c.is_ascii_digit()), "{}", guest.user_id);
     assert_eq!(guest.ok(Method::GET, "/_matrix/client/v3/account/whoami", None).await["user_id"], guest.user_id);

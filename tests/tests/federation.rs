@@ -618,11 +618,7 @@ async fn guests_follow_a_remote_rooms_guest_access(backend: Backend) {
     let a = TestServer::start_federating(backend, &[]).await;
     let b = TestServer::start_federating(backend, &[("REGISTRATION__ALLOW_GUESTS", "true")]).await;
     let alice = a.register("alice").await;
-    let mut guest = b.client();
-    let (status, v) = guest.post("/_matrix/client/v3/register?kind=guest", &json!({})).await;
-    assert_eq!(status, 200, "{v}");
-    guest.token = Some(v["access_token"].as_str().unwrap().to_owned());
-    guest.user_id = v["user_id"].as_str().unwrap().to_owned();
+    let guest = b.register_guest().await;
     let access = |room: &str| format!("/_matrix/client/v3/rooms/{room}/state/m.room.guest_access/");
 
     let closed = alice.create_room(json!({ "preset": "private_chat" })).await;
