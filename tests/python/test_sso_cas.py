@@ -12,13 +12,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.parse
-import urllib.request
 
 import pytest
 
-from conftest import Server, free_port
+from conftest import Server, free_port, wait_until_up
 from test_admin_ui import CHROMIUM, CHROMIUM_ARGS, api, login, register
 from test_sso_oidc import App, login_token_of, raw_get, token_login
 
@@ -40,15 +38,7 @@ class CasServer:
         if not line.startswith("ready"):
             raise RuntimeError(f"the CAS server did not start: {line!r}{self.proc.stdout.read()}")
         threading.Thread(target=lambda: [sys.stdout.write(l) for l in self.proc.stdout], daemon=True).start()
-        deadline = time.time() + 30
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/login", timeout=1)
-                return
-            except Exception:
-                if self.proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("the CAS server did not answer")
-                time.sleep(0.1)
+        wait_until_up(self.url + "/login", self.proc, "the CAS server", 30)
 
     def stop(self):
         self.proc.kill()
