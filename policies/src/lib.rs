@@ -103,6 +103,8 @@ pub enum Entry {
     Invite,
     Join,
     Knock,
+    /// Reading a world-readable room without joining it (MSC2753 peeking).
+    Peek,
 }
 
 impl Entry {
@@ -111,6 +113,7 @@ impl Entry {
             Entry::Invite => "be invited to",
             Entry::Join => "join",
             Entry::Knock => "knock on",
+            Entry::Peek => "peek into",
         }
     }
 }

@@ -17,6 +17,7 @@ backend_tests!(
     account_data_tags_and_presence,
     every_stream_is_seen_across_a_restart,
     what_the_filters_leave_and_what_a_left_room_shows,
+    peeking_follows_a_world_readable_room_on_one_device,
 );
 
 fn timeline_bodies(sync: &Value, room: &str) -> Vec<String> {
@@ -512,4 +513,113 @@ async fn what_the_filters_leave_and_what_a_left_room_shows(backend: Backend) {
     let timeline = s["rooms"]["join"][&room]["timeline"]["events"].as_array().cloned().unwrap_or_default();
     assert!(timeline.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == carol.user_id.as_str()), "{s}");
     assert!(timeline_bodies(&s, &room).iter().all(|b| !b.starts_with("caché")), "{s}");
+}
+
+fn peeked_bodies(sync: &Value, room: &str) -> Vec<String> {
+    sync["rooms"]["peek"][room]["timeline"]["events"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+/// MSC2753: `POST /peek/{roomIdOrAlias}` on a world-readable room shows it in the peeking
+/// device's `/sync` under `rooms.peek` (whole the first time, then what is new, waking a
+/// waiting sync), on that device only, across a restart, until `unpeek` or a join.
+async fn peeking_follows_a_world_readable_room_on_one_device(backend: Backend) {
+    let mut server = TestServer::start(backend, &[]).await;
+    let mut alice = server.register("alice").await;
+    let mut bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat", "room_alias_name": "lecture" })).await;
+    let alias = urlencode(&format!("#lecture:{}", alice.user_id.split_once(':').unwrap().1));
+    let peek = |target: &str| format!("/_matrix/client/v3/peek/{target}");
+
+    // Shared history (the default): members only.
+    assert_error(&bob.post(&peek(&room), &json!({})).await, 403, "M_FORBIDDEN");
+    assert_error(&bob.post(&peek("!nowhere:localhost"), &json!({})).await, 404, "M_NOT_FOUND");
+    assert_error(&bob.post(&peek("not-a-room"), &json!({})).await, 400, "M_INVALID_PARAM");
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility/"),
+            Some(&json!({ "history_visibility": "world_readable" })),
+        )
+        .await;
+    alice.send_text(&room, "à lire").await;
+    let since = bob.sync(None, "").await["next_batch"].as_str().unwrap().to_owned();
+    let mut other_device = server.login("bob", "correct horse").await;
+    let other_since = other_device.sync(None, "").await["next_batch"].as_str().unwrap().to_owned();
+
+    let (status, body) = bob.post(&peek(&alias), &json!({})).await;
+    assert_eq!((status, body["room_id"].as_str()), (200, Some(room.as_str())), "{body}");
+    // The first sync after the peek: the whole room, its creation first, nothing joined.
+    let first = bob.sync(Some(&since), "timeout=0").await;
+    let events = first["rooms"]["peek"][&room]["timeline"]["events"].as_array().cloned().unwrap_or_default();
+    assert_eq!(events.first().map(|e| e["type"].clone()), Some(json!("m.room.create")), "{first}");
+    assert_eq!(peeked_bodies(&first, &room), vec!["à lire"]);
+    assert!(first["rooms"]["join"].as_object().unwrap().is_empty(), "{first}");
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    // Nothing new: the room is not named again.
+    let quiet = bob.sync(Some(&since), "timeout=0").await;
+    assert!(quiet["rooms"]["peek"].get(&room).is_none(), "{quiet}");
+
+    // A new event wakes the peeking device's waiting sync.
+    let waiting = {
+        let bob = bob.clone();
+        let since = since.clone();
+        tokio::spawn(async move { bob.sync(Some(&since), "timeout=20000").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the sync waits while nothing happens");
+    alice.send_text(&room, "nouvelle").await;
+    let woke = waiting.await.unwrap();
+    assert_eq!(peeked_bodies(&woke, &room), vec!["nouvelle"]);
+    let since = woke["next_batch"].as_str().unwrap().to_owned();
+    // The peek is the device's: Bob's other device sees no such room.
+    let elsewhere = other_device.sync(Some(&other_since), "timeout=0").await;
+    assert!(elsewhere["rooms"].get("peek").is_none_or(|p| p.get(&room).is_none()), "{elsewhere}");
+    assert!(elsewhere["rooms"]["join"].get(&room).is_none(), "{elsewhere}");
+
+    // The peek outlives a restart.
+    server.kill().await;
+    server.launch().await;
+    for c in [&mut alice, &mut bob, &mut other_device] {
+        c.base = server.base.clone();
+    }
+    alice.send_text(&room, "après le redémarrage").await;
+    let after = bob.sync(Some(&since), "timeout=0").await;
+    assert_eq!(peeked_bodies(&after, &room), vec!["après le redémarrage"], "{after}");
+    let since = after["next_batch"].as_str().unwrap().to_owned();
+
+    // Unpeeked: nothing more comes.
+    bob.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/unpeek"), Some(&json!({}))).await;
+    alice.send_text(&room, "plus pour Bob").await;
+    let gone = bob.sync(Some(&since), "timeout=0").await;
+    assert!(gone["rooms"].get("peek").is_none_or(|p| p.get(&room).is_none()), "{gone}");
+    let since = gone["next_batch"].as_str().unwrap().to_owned();
+
+    // Peeking again, then joining: the room moves to `join`, and after a leave the peek does
+    // not come back.
+    bob.ok(Method::POST, &peek(&room), Some(&json!({}))).await;
+    bob.join(&room).await;
+    let joined = bob.sync(Some(&since), "timeout=0").await;
+    assert!(joined["rooms"]["join"].get(&room).is_some(), "{joined}");
+    assert!(joined["rooms"].get("peek").is_none_or(|p| p.get(&room).is_none()), "{joined}");
+    bob.ok(Method::POST, &format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&json!({}))).await;
+    let since = bob.sync(Some(joined["next_batch"].as_str().unwrap()), "timeout=0").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice.send_text(&room, "après le départ").await;
+    let left = bob.sync(Some(&since), "timeout=0").await;
+    assert!(left["rooms"].get("peek").is_none_or(|p| p.get(&room).is_none()), "{left}");
+
+    // A room that stops being world readable can no longer be peeked into.
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility/"),
+            Some(&json!({ "history_visibility": "joined" })),
+        )
+        .await;
+    assert_error(&other_device.post(&peek(&room), &json!({})).await, 403, "M_FORBIDDEN");
 }

@@ -165,6 +165,8 @@ pub fn router(services: Arc<Services>) -> Router {
                 axum::routing::put(sync::typing),
             )
             .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/upgrade"), post(rooms::upgrade))
+            .route(&format!("/_matrix/client/{v}/peek/{{room}}"), post(rooms::peek))
+            .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/unpeek"), post(rooms::unpeek))
             .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/report/{{event_id}}"), post(reports::report_event))
             .route(&format!("/_matrix/client/{v}/pushrules/global/{{kind}}/"), get(push::of_kind).put(push::malformed))
             .route(&format!("/_matrix/client/{v}/pushrules/{{*rest}}"), any(push::malformed))

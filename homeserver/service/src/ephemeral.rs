@@ -134,6 +134,7 @@ pub fn spawn_typing_expiry(services: Weak<Ephemeral>) {
                 if let Ok(members) = services.rooms.joined_members(&room_id).await {
                     services.notifier.notify(members.iter().map(|u| &**u));
                 }
+                services.notifier.notify_watchers(&room_id);
             }
         }
     });
@@ -183,6 +184,7 @@ impl Ephemeral {
         }
         let members = self.rooms.joined_members(room_id).await?;
         self.notifier.notify(members.iter().map(|u| &**u));
+        self.notifier.notify_watchers(room_id);
         Ok(())
     }
 
@@ -268,6 +270,7 @@ impl Ephemeral {
         } else {
             let members = self.rooms.joined_members(room_id).await?;
             self.notifier.notify(members.iter().map(|u| &**u));
+            self.notifier.notify_watchers(room_id);
         }
         Ok(())
     }

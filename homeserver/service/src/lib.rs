@@ -38,6 +38,7 @@ pub mod organisation;
 pub mod outbound;
 pub mod password;
 pub mod pdu;
+pub mod peeks;
 pub mod portal;
 pub mod push;
 pub mod ratelimit;
@@ -104,6 +105,8 @@ pub struct Services {
     /// Events clients scheduled (MSC4140).
     pub delayed: Arc<delayed::DelayedEvents>,
     pub search: Arc<search::Search>,
+    /// Devices following world-readable rooms they are not in (MSC2753).
+    pub peeks: Arc<peeks::Peeks>,
     /// `/sync`.
     pub sync: Arc<sync::Syncer>,
     /// Simplified sliding sync (MSC4186).
@@ -197,7 +200,19 @@ impl Services {
         let timeline = Arc::new(rooms::timeline::Timeline::new(c(), rooms.clone(), portal.clone(), federation.clone()));
         let delayed = Arc::new(delayed::DelayedEvents::new(c(), timeline.clone()));
         let search = Arc::new(search::Search::new(c(), rooms.clone(), portal.clone(), search_state));
-        let sync = Arc::new(sync::Syncer::new(c(), rooms.clone(), e2ee.clone(), push.clone(), ephemeral.clone()));
+        let peeks = Arc::new(
+            peeks::Peeks::load(c(), rooms.clone(), portal.clone())
+                .await
+                .map_err(|e| anyhow_like::msg(e.to_string()))?,
+        );
+        let sync = Arc::new(sync::Syncer::new(
+            c(),
+            rooms.clone(),
+            e2ee.clone(),
+            push.clone(),
+            ephemeral.clone(),
+            peeks.clone(),
+        ));
         let sliding = Arc::new(sliding::SlidingSync::new(
             c(),
             rooms.clone(),
@@ -356,6 +371,7 @@ impl Services {
             timeline,
             delayed,
             search,
+            peeks,
             sync,
             sliding,
             remote_membership,

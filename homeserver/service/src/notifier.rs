@@ -2,12 +2,15 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use ruma::{OwnedUserId, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use tokio::sync::watch;
 
 #[derive(Default)]
 pub struct Notifier {
     users: Mutex<HashMap<OwnedUserId, watch::Sender<u64>>>,
+    /// Users who follow rooms they are not in (peeks, see `peeks`), with how many of their
+    /// devices do: woken by the rooms' events as members are.
+    watchers: Mutex<HashMap<OwnedRoomId, HashMap<OwnedUserId, usize>>>,
 }
 
 impl Notifier {
@@ -29,5 +32,34 @@ impl Notifier {
                 }
             }
         }
+    }
+
+    /// One more of `user`'s devices follows `room`.
+    pub fn watch(&self, room: &RoomId, user: &UserId) {
+        *self.watchers.lock().unwrap().entry(room.to_owned()).or_default().entry(user.to_owned()).or_default() += 1;
+    }
+
+    /// `devices` of `user`'s devices no longer follow `room`.
+    pub fn unwatch(&self, room: &RoomId, user: &UserId, devices: usize) {
+        let mut watchers = self.watchers.lock().unwrap();
+        let Some(users) = watchers.get_mut(room) else { return };
+        if let Some(count) = users.get_mut(user) {
+            *count = count.saturating_sub(devices);
+            if *count == 0 {
+                users.remove(user);
+            }
+        }
+        if users.is_empty() {
+            watchers.remove(room);
+        }
+    }
+
+    /// Wakes those who follow `room` without being in it.
+    pub fn notify_watchers(&self, room: &RoomId) {
+        let users: Vec<OwnedUserId> = match self.watchers.lock().unwrap().get(room) {
+            Some(users) => users.keys().cloned().collect(),
+            None => return,
+        };
+        self.notify(users.iter().map(|u| &**u));
     }
 }

@@ -4,9 +4,12 @@
 //! account data, presence) and the typing serial. A request with nothing new waits on the
 //! [`Notifier`](crate::notifier::Notifier) until something for this user happens or the timeout
 //! passes; it never polls the database.
+//!
+//! Beside ruma's response, an answer holds the rooms the device peeks into (`rooms.peek`, see
+//! [`Peeks`]), each built as a joined room's section.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -29,6 +32,7 @@ use crate::{
     e2ee::E2ee,
     ephemeral::Ephemeral,
     pdu::{self, Pdu},
+    peeks::Peeks,
     push::Push,
     rooms::{timeline::EventFilter, Rooms},
     Error, Result,
@@ -106,6 +110,14 @@ impl std::fmt::Display for SyncToken {
     }
 }
 
+/// A `/sync` answer: ruma's response, and the rooms the device peeks into (MSC2753's
+/// `rooms.peek`, which ruma's response has no field for), each as a joined room.
+#[derive(Debug)]
+pub struct SyncAnswer {
+    pub body: v3::Response,
+    pub peek: BTreeMap<OwnedRoomId, v3::JoinedRoom>,
+}
+
 pub struct SyncRequest<'a> {
     pub user: &'a UserId,
     pub device: &'a str,
@@ -136,6 +148,7 @@ pub struct Syncer {
     e2ee: Arc<E2ee>,
     push: Arc<Push>,
     ephemeral: Arc<Ephemeral>,
+    peeks: Arc<Peeks>,
     /// Rooms a device's last incremental sync brought a join of (a join after an invite or a
     /// leave, one a client may be waiting on), with that sync's token: its next sync (from
     /// that token) names them once more, with nothing new in them. A client
@@ -164,6 +177,7 @@ impl Syncer {
         e2ee: Arc<E2ee>,
         push: Arc<Push>,
         ephemeral: Arc<Ephemeral>,
+        peeks: Arc<Peeks>,
     ) -> Syncer {
         Syncer {
             core,
@@ -171,6 +185,7 @@ impl Syncer {
             e2ee,
             push,
             ephemeral,
+            peeks,
             join_echoes: Mutex::new(crate::lru(4096)),
             ignored: Mutex::new(crate::lru(4096)),
             lazy_members: Mutex::new(crate::lru(16_384)),
@@ -218,7 +233,7 @@ impl Syncer {
     }
 
     /// Answers a sync request, waiting up to its timeout when nothing is new.
-    pub async fn sync(&self, req: SyncRequest<'_>) -> Result<v3::Response> {
+    pub async fn sync(&self, req: SyncRequest<'_>) -> Result<SyncAnswer> {
         let mut changes = self.notifier.subscribe(req.user);
         let deadline = tokio::time::Instant::now() + req.timeout.min(Duration::from_secs(120));
         let key = (req.user.to_owned(), req.device.to_owned());
@@ -250,8 +265,9 @@ impl Syncer {
         req: &SyncRequest<'_>,
         key: DeviceKey,
         echo: Vec<OwnedRoomId>,
-        (mut body, joined): (v3::Response, Vec<OwnedRoomId>),
-    ) -> Result<v3::Response> {
+        (mut answer, joined): (SyncAnswer, Vec<OwnedRoomId>),
+    ) -> Result<SyncAnswer> {
+        let body = &mut answer.body;
         for room_id in echo {
             if !body.rooms.join.contains_key(&room_id) && self.rooms.is_joined(&room_id, req.user).await? {
                 body.rooms.join.insert(room_id, v3::JoinedRoom::new());
@@ -261,16 +277,12 @@ impl Syncer {
             let token = SyncToken::parse(&body.next_batch)?;
             self.join_echoes.lock().unwrap().put(key, (token, joined));
         }
-        Ok(body)
+        Ok(answer)
     }
 
     /// The answer from the request's token up to `to`, whether it holds nothing new, and the
     /// rooms it brings a join of (an incremental sync only).
-    async fn sync_between(
-        &self,
-        req: &SyncRequest<'_>,
-        to: SyncToken,
-    ) -> Result<(v3::Response, bool, Vec<OwnedRoomId>)> {
+    async fn sync_between(&self, req: &SyncRequest<'_>, to: SyncToken) -> Result<(SyncAnswer, bool, Vec<OwnedRoomId>)> {
         let user = req.user;
         let since = req.since.unwrap_or_default();
         let initial = req.since.is_none();
@@ -390,6 +402,28 @@ impl Syncer {
             }
         }
 
+        // The rooms the device peeks into, as joined rooms: whole on the first sync after the
+        // peek, then what is new. A peek ends when the user joined the room, or when it is no
+        // longer world readable.
+        let mut peek = BTreeMap::new();
+        for (room_id, peeked_at) in self.peeks.of_device(user, req.device) {
+            if memberships.iter().any(|(r, m)| r == room_id.as_str() && m == "join")
+                || !self.rooms.is_world_readable(&room_id).await?
+            {
+                self.peeks.end(user, None, &room_id).await?;
+                continue;
+            }
+            if !req.filter.room.allows(&room_id) {
+                continue;
+            }
+            let newly = initial || peeked_at > since.stream;
+            let active = newly || marks.room_since(&room_id, since.stream);
+            let (section, _) = self.sync_joined_room(req, &changes, &room_id, since, to, newly, active).await?;
+            if let Some(section) = section {
+                peek.insert(room_id, section);
+            }
+        }
+
         // Global account data; an initial sync always shows the push rules, defaults included.
         let mut account_data = changes.account_data.remove("").unwrap_or_default();
         if initial && !global_kinds.contains("m.push_rules") && req.filter.account_data.allows_type("m.push_rules") {
@@ -450,10 +484,11 @@ impl Syncer {
         response.device_one_time_keys_count = e2ee.one_time_keys_count;
         response.device_unused_fallback_key_types = Some(e2ee.unused_fallback_key_types);
         let empty = !e2ee_news
+            && peek.is_empty()
             && response.rooms.is_empty()
             && response.account_data.events.is_empty()
             && response.presence.events.is_empty();
-        Ok((response, empty, joined_now))
+        Ok((SyncAnswer { body: response, peek }, empty, joined_now))
     }
 
     /// A user's memberships (room, membership), read from the database only when one changed.

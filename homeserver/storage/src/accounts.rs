@@ -251,8 +251,8 @@ pub async fn rename_device<'e>(e: impl Exec<'e>, user_id: &str, device_id: &str,
 }
 
 /// Everything bound to a device: its row, its tokens, its keys (MLS key packages too), its
-/// pending to-device messages.
-const DEVICE_TABLES: [&str; 8] = [
+/// pending to-device messages, the rooms it peeks into.
+const DEVICE_TABLES: [&str; 9] = [
     "devices",
     "access_tokens",
     "refresh_tokens",
@@ -261,6 +261,7 @@ const DEVICE_TABLES: [&str; 8] = [
     "fallback_keys",
     "mls_key_packages",
     "to_device",
+    "room_peeks",
 ];
 
 /// Removes a device with everything bound to it. Run it inside a transaction.

@@ -162,10 +162,11 @@ pub async fn held<'e>(e: impl Exec<'e>, room_id: &str) -> Result<bool> {
 /// formal correspondence's records and deliveries, the crisis cells' logs and the signature
 /// circuits (records of the organisation, archived on their own terms), the key backups
 /// (their owners'), reports, media, and the room's block.
-const ROOM_TABLES: [&str; 19] = [
+const ROOM_TABLES: [&str; 20] = [
     "forward_extremities",
     "current_state",
     "room_forgotten",
+    "room_peeks",
     "room_aliases",
     "account_data",
     "receipts",

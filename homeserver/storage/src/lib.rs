@@ -101,6 +101,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (22, "remote_devices", include_str!("../migrations/0022_remote_devices.sql")),
     (23, "admin", include_str!("../migrations/0023_admin.sql")),
     (24, "admin_rooms_limits", include_str!("../migrations/0024_admin_rooms_limits.sql")),
+    (25, "peeks", include_str!("../migrations/0025_peeks.sql")),
 ];
 
 #[derive(Debug)]

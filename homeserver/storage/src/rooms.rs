@@ -118,3 +118,49 @@ pub async fn forgotten_rooms<'e>(e: impl Exec<'e>, user_id: &str) -> Result<Vec<
         sqlx::query_as("SELECT room_id FROM room_forgotten WHERE user_id = $1").bind(user_id).fetch_all(e).await?;
     Ok(rows.into_iter().map(|(r,)| r).collect())
 }
+
+/// A room a device peeks into (MSC2753), from the stream position `since`.
+#[derive(Clone, Debug)]
+pub struct Peek {
+    pub user_id: String,
+    pub device_id: String,
+    pub room_id: String,
+    pub since: i64,
+}
+
+/// Records a peek, or moves an existing one's position.
+pub async fn add_peek<'e>(e: impl Exec<'e>, peek: &Peek) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO room_peeks (user_id, device_id, room_id, since) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (user_id, device_id, room_id) DO UPDATE SET since = excluded.since",
+    )
+    .bind(&peek.user_id)
+    .bind(&peek.device_id)
+    .bind(&peek.room_id)
+    .bind(peek.since)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+/// Ends the peeks of a user's devices into a room (`device`: of that device only).
+pub async fn remove_peeks<'e>(e: impl Exec<'e>, user_id: &str, device_id: Option<&str>, room_id: &str) -> Result<u64> {
+    let done =
+        sqlx::query("DELETE FROM room_peeks WHERE user_id = $1 AND room_id = $2 AND ($3 IS NULL OR device_id = $3)")
+            .bind(user_id)
+            .bind(room_id)
+            .bind(device_id)
+            .execute(e)
+            .await?;
+    Ok(done.rows_affected())
+}
+
+/// Every peek, read at start-up.
+pub async fn all_peeks<'e>(e: impl Exec<'e>) -> Result<Vec<Peek>> {
+    let rows: Vec<(String, String, String, i64)> =
+        sqlx::query_as("SELECT user_id, device_id, room_id, since FROM room_peeks").fetch_all(e).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(user_id, device_id, room_id, since)| Peek { user_id, device_id, room_id, since })
+        .collect())
+}

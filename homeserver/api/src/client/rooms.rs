@@ -3,7 +3,11 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::{
+    extract::{Path, State},
+    http::request::Parts,
+    Json,
+};
 use diplomatie_service::{rooms::directory::Networks, Error, Services};
 use ruma::api::client::{
     alias::{create_alias, delete_alias, get_alias},
@@ -18,11 +22,12 @@ use ruma::api::client::{
     user_directory::search_users,
 };
 use ruma::events::room::member::MembershipState;
-use serde_json::Value;
+use ruma::{OwnedRoomId, OwnedRoomOrAliasId};
+use serde_json::{json, Value};
 
 use crate::{
     error::ApiError,
-    ruma_wrapper::{ApiResult, Ruma, RumaResponse},
+    ruma_wrapper::{authenticate, object_body, ApiResult, Ruma, RumaResponse},
 };
 
 type S = State<Arc<Services>>;
@@ -486,4 +491,39 @@ pub async fn hierarchy(
     body.rooms = page.rooms;
     body.next_batch = page.next_batch;
     Ok(body.into())
+}
+
+/// `POST /peek/{roomIdOrAlias}` (MSC2753): the caller's device follows a world-readable room
+/// without joining it (its `/sync` shows the room under `rooms.peek`); `{"room_id": ...}`.
+/// MSC2753 has no typed request in ruma: read by hand.
+pub async fn peek(
+    State(s): S,
+    Path(room): Path<String>,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let caller = authenticate(&s, &parts).await?;
+    if !body.is_empty() {
+        object_body(&body)?;
+    }
+    let room = OwnedRoomOrAliasId::try_from(room).map_err(|_| Error::invalid_param("Not a room id or alias"))?;
+    let (room_id, _) = s.membership.resolve_room_and_servers(&room).await?;
+    s.peeks.peek(&caller.user_id, caller.device_id.as_str(), &room_id).await?;
+    Ok(Json(json!({ "room_id": room_id })))
+}
+
+/// `POST /rooms/{roomId}/unpeek` (MSC2753): the caller's device no longer follows the room.
+pub async fn unpeek(
+    State(s): S,
+    Path(room_id): Path<String>,
+    parts: Parts,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let caller = authenticate(&s, &parts).await?;
+    if !body.is_empty() {
+        object_body(&body)?;
+    }
+    let room_id = OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
+    s.peeks.unpeek(&caller.user_id, caller.device_id.as_str(), &room_id).await?;
+    Ok(Json(json!({})))
 }

@@ -10,7 +10,7 @@ use axum::{
 use diplomatie_service::{
     pdu::raw,
     sliding::SlidingRequest,
-    sync::{SyncFilter, SyncRequest, SyncToken},
+    sync::{SyncAnswer, SyncFilter, SyncRequest, SyncToken},
     Error, Services,
 };
 use ruma::{
@@ -46,15 +46,22 @@ fn only_self(caller: &UserId, target: &UserId) -> Result<(), ApiError> {
 
 /// `GET /sync`, its answer with every section present, empty or not, as Synapse gives it.
 pub async fn sync(state: S, req: Ruma<sync_events::v3::Request>) -> Result<Response, ApiError> {
-    let body = sync_typed(state, req).await?.0;
-    Ok(axum::Json(sync_json(body)?).into_response())
+    let answer = sync_answer(state, req).await?;
+    Ok(axum::Json(sync_json(answer)?).into_response())
 }
 
-/// A `/sync` answer as JSON, every section present.
-pub(crate) fn sync_json(body: sync_events::v3::Response) -> Result<Value, ApiError> {
+/// A `/sync` answer as JSON, every section present, with the rooms peeked into (MSC2753's
+/// `rooms.peek`) when there are any.
+pub(crate) fn sync_json(answer: SyncAnswer) -> Result<Value, ApiError> {
     use ruma::api::OutgoingResponseExt;
-    let http = body.try_into_http_response::<Vec<u8>>().map_err(diplomatie_service::internal!())?;
+    let http = answer.body.try_into_http_response::<Vec<u8>>().map_err(diplomatie_service::internal!())?;
     let mut v: Value = serde_json::from_slice(http.body()).map_err(diplomatie_service::internal!())?;
+    if !answer.peek.is_empty() {
+        let peek = serde_json::to_value(&answer.peek).map_err(diplomatie_service::internal!())?;
+        if let Some(rooms) = v.as_object_mut().map(|o| o.entry("rooms").or_insert_with(|| json!({}))) {
+            rooms["peek"] = peek;
+        }
+    }
     complete_sync_sections(&mut v);
     Ok(v)
 }
@@ -78,6 +85,7 @@ fn complete_sync_sections(v: &mut Value) {
     }
     let sections = [
         ("join", &["state", "timeline", "ephemeral", "account_data"][..]),
+        ("peek", &["state", "timeline", "ephemeral", "account_data"][..]),
         ("leave", &["state", "timeline", "account_data"][..]),
     ];
     for (section, parts) in sections {
@@ -108,7 +116,7 @@ fn complete_sync_sections(v: &mut Value) {
     }
 }
 
-async fn sync_typed(State(s): S, req: Ruma<sync_events::v3::Request>) -> ApiResult<sync_events::v3::Response> {
+async fn sync_answer(State(s): S, req: Ruma<sync_events::v3::Request>) -> Result<SyncAnswer, ApiError> {
     let user = &req.caller().user_id;
     let filter: SyncFilter = match &req.body.filter {
         None => SyncFilter::default(),
@@ -126,7 +134,7 @@ async fn sync_typed(State(s): S, req: Ruma<sync_events::v3::Request>) -> ApiResu
         // Syncing marks the user online (or as the client asks), as Synapse does.
         s.ephemeral.presence_on_sync(user, &req.body.set_presence).await?;
     }
-    let body = s
+    let answer = s
         .sync
         .sync(SyncRequest {
             user,
@@ -137,7 +145,7 @@ async fn sync_typed(State(s): S, req: Ruma<sync_events::v3::Request>) -> ApiResu
             timeout: req.body.timeout.unwrap_or(Duration::ZERO),
         })
         .await?;
-    Ok(body.into())
+    Ok(answer)
 }
 
 /// `POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync` (simplified sliding

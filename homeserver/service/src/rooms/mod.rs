@@ -1408,6 +1408,7 @@ impl<'a> RoomWriter<'a> {
         for room_id in others.keys() {
             let joined = rooms.joined_members(room_id).await?;
             rooms.notifier.notify(joined.iter().map(|u| &**u));
+            rooms.notifier.notify_watchers(room_id);
         }
         rooms.notifier.notify(wake.iter().map(|u| &**u));
         Ok(())
