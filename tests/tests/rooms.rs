@@ -760,6 +760,42 @@ async fn guest_and_legacy_endpoints(backend: Backend) {
     let chunk = peek["chunk"].as_array().unwrap();
     assert!(chunk.iter().any(|e| e["content"]["body"] == "à qui veut lire" && e["room_id"] == open.as_str()), "{peek}");
     assert!(chunk.iter().all(|e| e["user_id"] == e["sender"]), "{peek}");
+    // The room's typing wakes a waiting call.
+    let end = peek["end"].as_str().unwrap().to_owned();
+    let waiting = {
+        let (bob, path) = (bob.clone(), format!("/_matrix/client/v3/events?room_id={open}&from={end}&timeout=20000"));
+        tokio::spawn(async move { bob.ok(Method::GET, &path, None).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the call waits while nothing happens");
+    let typing = format!("/_matrix/client/v3/rooms/{open}/typing/{}", alice.user_id);
+    alice.ok(Method::PUT, &typing, Some(&json!({ "typing": true, "timeout": 10000 }))).await;
+    let woke = waiting.await.unwrap();
+    let chunk = woke["chunk"].as_array().unwrap();
+    assert!(
+        chunk.iter().any(|e| e["type"] == "m.typing"
+            && e["room_id"] == open.as_str()
+            && e["content"]["user_ids"][0] == alice.user_id.as_str()),
+        "{woke}"
+    );
+    // The presence of the room's members comes; of others, not.
+    let dora = server.register("dora").await;
+    let end = woke["end"].as_str().unwrap().to_owned();
+    let presence =
+        |c: &diplomatie_tests::Client| format!("/_matrix/client/v3/presence/{}/status", urlencode(&c.user_id));
+    dora.ok(Method::PUT, &presence(&dora), Some(&json!({ "presence": "online", "status_msg": "ailleurs" }))).await;
+    alice.ok(Method::PUT, &presence(&alice), Some(&json!({ "presence": "online", "status_msg": "ici" }))).await;
+    let got =
+        bob.ok(Method::GET, &format!("/_matrix/client/v3/events?room_id={open}&from={end}&timeout=5000"), None).await;
+    let chunk = got["chunk"].as_array().unwrap();
+    assert!(
+        chunk.iter().any(|e| e["type"] == "m.presence" && e["content"]["user_id"] == alice.user_id.as_str()),
+        "{got}"
+    );
+    assert!(
+        !chunk.iter().any(|e| e["type"] == "m.presence" && e["content"]["user_id"] == dora.user_id.as_str()),
+        "{got}"
+    );
 }
 
 async fn reports_reach_administrators_and_moderators(backend: Backend) {

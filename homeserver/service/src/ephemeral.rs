@@ -313,6 +313,12 @@ impl Ephemeral {
         let mut targets = self.rooms.users_sharing_rooms_with(user).await?;
         targets.insert(user.to_owned());
         self.notifier.notify(targets.iter().map(|u| &**u));
+        // Who peeks into a room the user is in sees their presence too.
+        for room in self.notifier.watched_rooms() {
+            if self.rooms.is_joined(&room, user).await? {
+                self.notifier.notify_watchers(&room);
+            }
+        }
         Ok(targets)
     }
 

@@ -54,6 +54,11 @@ impl Notifier {
         }
     }
 
+    /// The rooms some users follow without being in them.
+    pub fn watched_rooms(&self) -> Vec<OwnedRoomId> {
+        self.watchers.lock().unwrap().keys().cloned().collect()
+    }
+
     /// Wakes those who follow `room` without being in it.
     pub fn notify_watchers(&self, room: &RoomId) {
         let users: Vec<OwnedUserId> = match self.watchers.lock().unwrap().get(room) {

@@ -51,8 +51,10 @@ impl Peeks {
     }
 
     /// `POST /peek/{roomIdOrAlias}` once the alias is resolved: `device` of `user` follows the
-    /// room. A member of the room has nothing to peek at: nothing is recorded.
-    pub async fn peek(&self, user: &UserId, device: &str, room_id: &RoomId) -> Result<()> {
+    /// room. `whole`: the next sync shows the room whole, as a newly joined one (MSC2753);
+    /// otherwise only what happens from the caller's sync token on (the old `/events` stream's
+    /// peeking). A member of the room has nothing to peek at: nothing is recorded.
+    pub async fn peek(&self, user: &UserId, device: &str, room_id: &RoomId, whole: bool) -> Result<()> {
         self.rooms.known_room(room_id).await.map_err(|_| {
             Error::not_found("This server is in no such room (peeking into other servers' rooms is not supported)")
         })?;
@@ -67,7 +69,8 @@ impl Peeks {
         policies::may_enter(person, room, Entry::Peek).map_err(crate::portal::forbidden)?;
 
         let mut write = self.begin_write().await;
-        let since = write.next_position();
+        let position = write.next_position();
+        let since = if whole { position } else { 0 };
         let peek = store::Peek {
             user_id: user.to_string(),
             device_id: device.to_owned(),

@@ -406,6 +406,7 @@ impl Syncer {
         // peek, then what is new. A peek ends when the user joined the room, or when it is no
         // longer world readable.
         let mut peek = BTreeMap::new();
+        let mut peeked = Vec::new();
         for (room_id, peeked_at) in self.peeks.of_device(user, req.device) {
             if memberships.iter().any(|(r, m)| r == room_id.as_str() && m == "join")
                 || !self.rooms.is_world_readable(&room_id).await?
@@ -420,8 +421,9 @@ impl Syncer {
             let active = newly || marks.room_since(&room_id, since.stream);
             let (section, _) = self.sync_joined_room(req, &changes, &room_id, since, to, newly, active).await?;
             if let Some(section) = section {
-                peek.insert(room_id, section);
+                peek.insert(room_id.clone(), section);
             }
+            peeked.push(room_id);
         }
 
         // Global account data; an initial sync always shows the push rules, defaults included.
@@ -432,15 +434,16 @@ impl Syncer {
         }
         response.account_data.events = account_data.into_iter().map(Raw::from_json).collect();
 
-        // Presence of the users the user shares a room with.
+        // Presence of the users the user shares a room with, or who are in a room the device
+        // peeks into.
         let updates = match marks.presence_between(since.stream, to.stream) {
             Some(updates) => updates,
             None => streams::presence_between(pool, since.stream, to.stream).await?.into_iter().map(Arc::new).collect(),
         };
         let mut told: HashSet<String> = HashSet::new();
         if !updates.is_empty() {
-            let mut shared = Vec::with_capacity(joined_rooms.len());
-            for room in &joined_rooms {
+            let mut shared = Vec::with_capacity(joined_rooms.len() + peeked.len());
+            for room in joined_rooms.iter().chain(&peeked) {
                 shared.push(self.rooms.joined_members(room).await?);
             }
             let now = crate::now_ms();

@@ -53,9 +53,14 @@ async fn legacy_sync(
     filter: SyncFilter,
     timeout: Duration,
 ) -> Result<Value, ApiError> {
-    let device = format!("legacy-stream:{}", caller.device_id);
+    let device = legacy_device(caller);
     let request = SyncRequest { user: &caller.user_id, device: &device, since, filter, full_state: false, timeout };
     sync_json(s.sync.sync(request).await?)
+}
+
+/// The device the old endpoints sync as, beside the caller's.
+fn legacy_device(caller: &diplomatie_service::accounts::Caller) -> String {
+    format!("legacy-stream:{}", caller.device_id)
 }
 
 /// An event in the old (v1) shape: its sender also as `user_id`.
@@ -126,22 +131,25 @@ pub async fn events(
     let mut filter = SyncFilter::default();
     filter.room.timeline.limit = Some(100);
     filter.room.include_leave = true;
+    let mut peeking = None;
     if let Some(room) = &q.room_id {
         let room_id =
             ruma::OwnedRoomId::try_from(room.as_str()).map_err(|_| Error::invalid_param("Invalid room id"))?;
-        // A world-readable room may be asked for by anyone (Sytest's guests do).
+        // A world-readable room may be followed by anyone (Sytest's guests do): its stream
+        // device peeks into it, from `from` on (see `Peeks`).
         let member = s.rooms.membership(&room_id, &caller.user_id).await? == Some(MembershipState::Join);
         if !member && !s.rooms.is_world_readable(&room_id).await? {
             return Err(Error::forbidden("You are not joined to this room").into());
         }
         if !member {
-            return Ok(Json(peek(&s, &caller, &room_id, from, timeout).await?));
+            s.peeks.peek(&caller.user_id, &legacy_device(&caller), &room_id, false).await?;
+            peeking = Some(s.rooms.joined_members(&room_id).await?);
         }
         filter.room.rooms = Some(vec![room.clone()]);
     }
     let v = legacy_sync(&s, &caller, Some(from), filter, timeout).await?;
     let mut chunk = Vec::new();
-    for section in ["join", "leave"] {
+    for section in ["join", "leave", "peek"] {
         for (room_id, room) in v["rooms"][section].as_object().into_iter().flatten() {
             for part in ["/state/events", "/timeline/events", "/ephemeral/events"] {
                 with_room(room.pointer(part), room_id, &mut chunk);
@@ -157,12 +165,25 @@ pub async fn events(
             chunk.push(invite);
         }
     }
-    if q.room_id.is_none() {
+    // Presence: of everyone the caller shares a room with, or of the members of the room
+    // peeked into.
+    if q.room_id.is_none() || peeking.is_some() {
         for p in v.pointer("/presence/events").and_then(Value::as_array).into_iter().flatten() {
+            let in_room = |members: &Arc<std::collections::HashSet<ruma::OwnedUserId>>| {
+                p["sender"]
+                    .as_str()
+                    .and_then(|u| <&ruma::UserId>::try_from(u).ok())
+                    .is_some_and(|u| members.contains(u))
+            };
+            if peeking.as_ref().is_some_and(|members| !in_room(members)) {
+                continue;
+            }
             let mut p = p.clone();
             p["content"]["user_id"] = p["sender"].clone();
             chunk.push(p);
         }
+    }
+    if q.room_id.is_none() {
         // Account data, global and of rooms, as the old stream carried it.
         chunk.extend(v.pointer("/account_data/events").and_then(Value::as_array).into_iter().flatten().cloned());
         for (room_id, room) in v["rooms"]["join"].as_object().into_iter().flatten() {
@@ -170,37 +191,6 @@ pub async fn events(
         }
     }
     Ok(Json(json!({ "chunk": chunk, "start": from.to_string(), "end": v["next_batch"] })))
-}
-
-/// `/events?room_id=` of a world-readable room the caller is not in (peeking, as the old
-/// stream allowed): the room's events after `from`, waited for up to `timeout` (checked every
-/// 100 ms: a non-member is not woken by the room's events).
-async fn peek(
-    s: &Services,
-    caller: &diplomatie_service::accounts::Caller,
-    room_id: &ruma::RoomId,
-    from: SyncToken,
-    timeout: Duration,
-) -> Result<Value, Error> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let now = s.sync.current_token();
-        let (after, upto) = (from.stream.to_string(), now.stream.to_string());
-        let paging = Paging { from: Some(&after), to: Some(&upto), backwards: false, limit: 100 };
-        let page = s.timeline.messages(&caller.user_id, room_id, paging, &EventFilter::default()).await?;
-        if !page.events.is_empty() || tokio::time::Instant::now() >= deadline {
-            let events =
-                s.rooms.client_raws::<Value>(&page.events, &caller.user_id, caller.device_id.as_str(), true).await?;
-            let chunk: Vec<Value> = events.iter().filter_map(|e| e.deserialize().ok()).map(v1).collect();
-            // The end: after the last event given, or the position read up to.
-            let end = match page.events.last() {
-                Some(last) if page.events.len() == 100 => SyncToken { stream: last.stream_ordering, ..now },
-                _ => now,
-            };
-            return Ok(json!({ "chunk": chunk, "start": from.to_string(), "end": end.to_string() }));
-        }
-        tokio::time::sleep(Duration::from_millis(100).min(deadline - tokio::time::Instant::now())).await;
-    }
 }
 
 #[derive(Deserialize)]

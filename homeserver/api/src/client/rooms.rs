@@ -508,7 +508,7 @@ pub async fn peek(
     }
     let room = OwnedRoomOrAliasId::try_from(room).map_err(|_| Error::invalid_param("Not a room id or alias"))?;
     let (room_id, _) = s.membership.resolve_room_and_servers(&room).await?;
-    s.peeks.peek(&caller.user_id, caller.device_id.as_str(), &room_id).await?;
+    s.peeks.peek(&caller.user_id, caller.device_id.as_str(), &room_id, true).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
 
