@@ -397,8 +397,14 @@ impl Federation {
             Some(ruma::CanonicalJsonValue::Integer(i)) => i64::from(*i),
             _ => 0,
         });
+        let rules = version.rules();
         for object in objects {
             if room_of(&object).ok().as_deref() != Some(&*pdu.room_id) {
+                continue;
+            }
+            // The event being handled comes back among them (Sytest's server, with its
+            // `latest_events`): it is handled once, by its caller.
+            if rules.as_ref().and_then(|r| event_id_of(&object, r).ok()).is_some_and(|id| id == pdu.event_id) {
                 continue;
             }
             if let Err(e) = Box::pin(self.handle_pdu(origin, version, object, Placement::Extend, depth + 1)).await {
@@ -418,18 +424,48 @@ impl Federation {
     ) -> Result<StateMap<OwnedEventId>> {
         let request = get_room_state_ids::v1::Request::new(event_id.to_owned(), room_id.to_owned());
         let response = self.transport.federation_request(origin, request).await?;
+        let rules = version.rules().ok_or_else(crate::internal!("a value present by construction"))?;
         let mut map = StateMap::new();
         for id in response.pdu_ids.iter().chain(std::iter::once(&event_id.to_owned())) {
             let event = match self.rooms.get_pdu(id).await? {
                 Some(p) => p,
                 None => self.fetch_outlier(origin, version, room_id, id).await?,
             };
-            if let Some(sk) = &event.state_key {
-                map.insert((StateEventType::from(event.kind.to_string()), sk.clone()), id.clone());
+            let Some(sk) = &event.state_key else { continue };
+            // A state event its own auth events do not allow is left out, as Synapse rejects
+            // it: a made-up state (power levels of the sender's making) cannot enter this way.
+            if let Err(reason) = self.check_own_auth_events(origin, version, &rules, &event).await {
+                tracing::info!(event = %id, %reason, "a state event another server gave is left out");
+                continue;
             }
+            map.insert((StateEventType::from(event.kind.to_string()), sk.clone()), id.clone());
         }
         // `state_ids` gives the state before the event; the event itself completes it.
         Ok(map)
+    }
+
+    /// Checks an event against its own auth events (step 4 of the checks on receipt), fetching
+    /// from `origin` those this server does not hold.
+    async fn check_own_auth_events(
+        &self,
+        origin: &ServerName,
+        version: &RoomVersionId,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+    ) -> std::result::Result<(), String> {
+        let create_id = implicit_create_id(rules, &pdu.room_id).filter(|c| *c != pdu.event_id);
+        let mut auth = HashMap::new();
+        for id in pdu.auth_events.iter().chain(&create_id) {
+            let event = match self.rooms.get_pdu(id).await {
+                Ok(Some(p)) => p,
+                _ => self
+                    .fetch_outlier(origin, version, &pdu.room_id, id)
+                    .await
+                    .map_err(|e| format!("its auth event {id} is unavailable: {e}"))?,
+            };
+            auth.insert(id.clone(), event);
+        }
+        check_auth_events(rules, pdu, &auth)
     }
 
     /// Fetches one event from `origin`, checks its signatures, and keeps it as an outlier.

@@ -226,10 +226,7 @@ pub fn resolve(
         return Ok(maps.pop().expect("one map"));
     }
     let Some(v2) = rules.state_res.v2_rules() else {
-        return Err(Error::new(
-            ErrorKind::UnsupportedRoomVersion,
-            "State resolution v1 (room versions 1 and 2) is not available to merge forks",
-        ));
+        return Ok(resolve_v1(rules, &maps, events));
     };
     let auth_chains: Vec<_> = maps.iter().map(|map| auth_chain(map.values(), events)).collect();
     let subgraph = v2.consider_conflicted_state_subgraph.then(|| conflicted_subgraph(&conflicted(&maps), events));
@@ -245,6 +242,73 @@ pub fn resolve(
         tracing::error!(error = %e, "state resolution failed");
         Error::Internal
     })
+}
+
+/// State resolution v1 (room version 1, "Room Version 1", "State resolution"; ruma
+/// implements v2 only). The keys every state agrees on (or that only some states hold, with one
+/// event) stand; then the conflicts of power levels, of join rules, and of members, in that
+/// order, each taken in ascending depth (then descending SHA-1 of the event id): the first
+/// event, then each next one while the authorisation rules allow it on the state resolved so
+/// far. Any other conflict goes to the deepest event (then lowest SHA-1) the rules allow, or
+/// the least deep when none is allowed.
+fn resolve_v1(
+    rules: &RoomVersionRules,
+    maps: &[StateMap<OwnedEventId>],
+    events: &HashMap<OwnedEventId, Arc<Pdu>>,
+) -> StateMap<OwnedEventId> {
+    let mut candidates: BTreeMap<(StateEventType, String), Vec<Arc<Pdu>>> = BTreeMap::new();
+    let mut resolved = StateMap::new();
+    let mut all: HashMap<&(StateEventType, String), HashSet<&OwnedEventId>> = HashMap::new();
+    for map in maps {
+        for (key, id) in map {
+            all.entry(key).or_default().insert(id);
+        }
+    }
+    for (key, ids) in all {
+        if ids.len() == 1 {
+            resolved.insert(key.clone(), ids.into_iter().next().expect("one id").clone());
+        } else {
+            // An event not loaded cannot be judged: it is left out.
+            let pdus = ids.into_iter().filter_map(|id| events.get(id).cloned()).collect();
+            candidates.insert(key.clone(), pdus);
+        }
+    }
+    let sha1 = |id: &EventId| {
+        use sha1::Digest;
+        sha1::Sha1::digest(id.as_str().as_bytes())
+    };
+    // Ascending depth, then descending SHA-1.
+    let order =
+        |a: &Arc<Pdu>, b: &Arc<Pdu>| a.depth.cmp(&b.depth).then_with(|| sha1(&b.event_id).cmp(&sha1(&a.event_id)));
+    let allowed = |pdu: &Pdu, state: &StateMap<OwnedEventId>| {
+        state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |kind, key| {
+            state.get(&(kind.clone(), key.to_owned())).and_then(|id| events.get(id)).cloned()
+        })
+        .is_ok()
+    };
+    for kind in [StateEventType::RoomPowerLevels, StateEventType::RoomJoinRules, StateEventType::RoomMember] {
+        let keys: Vec<_> = candidates.keys().filter(|(k, _)| *k == kind).cloned().collect();
+        for key in keys {
+            let mut pdus = candidates.remove(&key).unwrap_or_default();
+            pdus.sort_by(order);
+            let Some(first) = pdus.first() else { continue };
+            resolved.insert(key.clone(), first.event_id.clone());
+            for pdu in &pdus[1..] {
+                if !allowed(pdu, &resolved) {
+                    break;
+                }
+                resolved.insert(key.clone(), pdu.event_id.clone());
+            }
+        }
+    }
+    for (key, mut pdus) in candidates {
+        pdus.sort_by(order);
+        let chosen = pdus.iter().rev().find(|p| allowed(p, &resolved)).or(pdus.first());
+        if let Some(chosen) = chosen {
+            resolved.insert(key, chosen.event_id.clone());
+        }
+    }
+    resolved
 }
 
 /// The events in conflict between several states: those of a key the states disagree on, or

@@ -16,7 +16,7 @@ use diplomatie_storage::events as ev_store;
 
 use super::Rooms;
 use super::{find_pdu, state_rows, EventRow, PendingWrite, RoomMeta, RoomWriter, MAX_STATE_CHAIN};
-use crate::{Error, Pdu, Result};
+use crate::{Pdu, Result};
 
 /// How a received event changes the room's position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,15 +211,7 @@ impl Rooms {
             1 => Ok(states.pop().expect("one")),
             _ => {
                 let maps = states.iter().map(|s| (**s).clone()).collect();
-                match self.resolve_states_with(version, maps, pending).await {
-                    Ok(resolved) => Ok(Arc::new(resolved)),
-                    // Room versions 1 and 2 (state resolution v1): the first branch's state.
-                    Err(Error::Matrix(ruma::api::error::ErrorKind::UnsupportedRoomVersion, _)) => {
-                        tracing::info!(event_id = %pdu.event_id, "backfilled fork left unresolved (state resolution v1)");
-                        Ok(states.swap_remove(0))
-                    }
-                    Err(e) => Err(e),
-                }
+                Ok(Arc::new(self.resolve_states_with(version, maps, pending).await?))
             }
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! A room whose forward extremities are several (forks, which federation brings) has as its
 //! state the resolution of the states after each extremity, by the version's algorithm
-//! (v2, or v2.1 with the conflicted state subgraph since v12), computed by ruma-state-res over
+//! (v2, or v2.1 with the conflicted state subgraph since v12, computed by ruma-state-res; v1
+//! for room version 1, which ruma does not implement, by `event_core::resolve_v1`) over
 //! the events loaded here (`event_core::resolve`).
 
 use std::{
@@ -10,11 +11,11 @@ use std::{
     sync::Arc,
 };
 
-use ruma::{api::error::ErrorKind, state_res::StateMap, OwnedEventId, RoomVersionId};
+use ruma::{state_res::StateMap, OwnedEventId, RoomVersionId};
 
 use super::event_core;
 use super::Rooms;
-use crate::{Error, Pdu, Result};
+use crate::{Pdu, Result};
 
 impl Rooms {
     /// The state of a room at the meeting point of `extremities`.
@@ -31,7 +32,8 @@ impl Rooms {
         self.resolve_states(version, maps).await
     }
 
-    /// The resolution of several states of a room (v2, or v2.1 since v12).
+    /// The resolution of several states of a room (v1 for version 1, v2, or v2.1 since
+    /// v12).
     pub async fn resolve_states(
         &self,
         version: &RoomVersionId,
@@ -54,12 +56,6 @@ impl Rooms {
             return Ok(maps.pop().expect("one map"));
         }
         let rules = version.rules().ok_or_else(crate::internal!("a value present by construction"))?;
-        if rules.state_res.v2_rules().is_none() {
-            return Err(Error::new(
-                ErrorKind::UnsupportedRoomVersion,
-                "State resolution v1 (room versions 1 and 2) is not available to merge forks",
-            ));
-        }
         // Every event the algorithm may read: the states' events and their auth ancestors.
         let mut events: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
         let mut queue: VecDeque<OwnedEventId> = maps.iter().flat_map(|m| m.values().cloned()).collect();
