@@ -96,6 +96,17 @@ def test_an_invite_by_email_reaches_whoever_binds_the_address(identity_server, s
     ok("POST", f"{hs.url}/_matrix/client/v3/rooms/{q(other)}/invite", alice_token, invite)
     member = ok("GET", f"{hs.url}/_matrix/client/v3/rooms/{q(other)}/state/m.room.member/{q(bob)}", alice_token)
     assert member["membership"] == "invite" and "third_party_invite" not in member, member
+    # So does a room created with the address among its invites (`invite_3pid`).
+    created = ok("POST", hs.url + "/_matrix/client/v3/createRoom", alice_token,
+                 {"preset": "private_chat", "invite_3pid": [invite]})["room_id"]
+    member = ok("GET", f"{hs.url}/_matrix/client/v3/rooms/{q(created)}/state/m.room.member/{q(bob)}", alice_token)
+    assert member["membership"] == "invite", member
+    # An unknown medium there is refused before any room is made.
+    rooms_before = ok("GET", hs.url + "/_matrix/client/v3/joined_rooms", alice_token)["joined_rooms"]
+    status, answer = call("POST", hs.url + "/_matrix/client/v3/createRoom", alice_token,
+                          {"invite_3pid": [dict(invite, medium="pigeon")]})
+    assert (status, answer.get("errcode")) == (400, "M_THREEPID_MEDIUM_NOT_SUPPORTED"), answer
+    assert ok("GET", hs.url + "/_matrix/client/v3/joined_rooms", alice_token)["joined_rooms"] == rooms_before
 
     # Bad requests: an unknown medium, an identity server that is no host name.
     status, answer = call("POST", f"{hs.url}/_matrix/client/v3/rooms/{q(other)}/invite", alice_token,

@@ -124,7 +124,8 @@ pub async fn events(
     let q = query(q)?;
     number("limit", q.limit.as_deref())?;
     let timeout = Duration::from_millis(number("timeout", q.timeout.as_deref())?.unwrap_or(0).min(120_000));
-    let from = match q.from.as_deref() {
+    // An empty `from` is no token (clients of the old API send `from=` before their first).
+    let from = match q.from.as_deref().filter(|t| !t.is_empty()) {
         Some(t) => parse_position(t)?,
         None => s.sync.current_token(),
     };

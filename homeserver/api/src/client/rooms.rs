@@ -34,9 +34,28 @@ type S = State<Arc<Services>>;
 
 pub async fn create_room(State(s): S, req: Ruma<create_room::v3::Request>) -> ApiResult<create_room::v3::Response> {
     let user = req.caller().user_id.clone();
+    // Invites by address (`invite_3pid`) go once the room exists; what they name is checked
+    // before it is created.
+    let by_address = req.body.invite_3pid.clone();
+    if let Some(bad) = by_address.iter().find(|i| !matches!(i.medium.as_str(), "email" | "msisdn")) {
+        let message = format!("Cannot invite by {}: only e-mail addresses and phone numbers", bad.medium);
+        return Err(Error::new(ruma::api::error::ErrorKind::ThreepidMediumNotSupported, message).into());
+    }
     // Spawned: a client that disconnects must not interrupt the room's creation half-way
     // between its commit and the update of the caches.
-    let task = tokio::spawn(async move { s.membership.create_room(&user, req.body).await });
+    let task = tokio::spawn(async move {
+        let room_id = s.membership.create_room(&user, req.body).await?;
+        for invite in &by_address {
+            let invite = diplomatie_service::rooms::third_party::AddressInvite {
+                id_server: &invite.id_server,
+                id_access_token: &invite.id_access_token,
+                medium: invite.medium.as_str(),
+                address: &invite.address,
+            };
+            s.membership.invite_by_address(&user, &room_id, invite).await?;
+        }
+        Ok::<_, Error>(room_id)
+    });
     let room_id = task.await.map_err(diplomatie_service::internal!())??;
     Ok(create_room::v3::Response::new(room_id).into())
 }
