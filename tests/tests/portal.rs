@@ -97,6 +97,11 @@ async fn users_without_dr_clearance_stay_out_of_dr_rooms(backend: Backend) {
         assert!(members["joined"].get(&bob.user_id).is_none());
     }
 
+    // Nor peek into it (MSC2753), were its history world readable.
+    let visibility = format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility/");
+    alice.ok(Method::PUT, &visibility, Some(&json!({ "history_visibility": "world_readable" }))).await;
+    forbidden_mentioning(&bob.post(&format!("/_matrix/client/v3/peek/{room}"), &json!({})).await, "DR");
+
     // Cleared, he may.
     assert_eq!(set_clearance(&root, &bob, "DR").await.0, 200);
     assert_eq!(bob.join(&restricted).await.0, 200);
