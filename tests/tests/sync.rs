@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use diplomatie_tests::{assert_error, backend_tests, urlencode, Backend, TestServer};
+use diplomatie_tests::{assert_error, backend_tests, urlencode, Backend, Client, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -21,7 +21,12 @@ backend_tests!(
 );
 
 fn timeline_bodies(sync: &Value, room: &str) -> Vec<String> {
-    sync["rooms"]["join"][room]["timeline"]["events"]
+    section_bodies(sync, "join", room)
+}
+
+/// The bodies of the messages in a room's timeline, in a section of `rooms` (`join`, `peek`).
+fn section_bodies(sync: &Value, section: &str, room: &str) -> Vec<String> {
+    sync["rooms"][section][room]["timeline"]["events"]
         .as_array()
         .map(|a| a.iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect())
         .unwrap_or_default()
@@ -60,17 +65,27 @@ async fn long_poll_wakes_on_new_events(backend: Backend) {
     let room = alice.create_room(json!({ "preset": "public_chat" })).await;
     bob.join(&room).await;
     let since = bob.sync(None, "").await["next_batch"].as_str().unwrap().to_owned();
+    // The waiting sync returns with the event (it would return empty after 20 s otherwise).
+    let woke = sync_woken_by_message(&bob, &since, &alice, &room, "réveil").await;
+    assert_eq!(timeline_bodies(&woke, &room), vec!["réveil"]);
+}
+
+async fn set_history_visibility(by: &Client, room: &str, visibility: &str) {
+    let path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility/");
+    by.ok(Method::PUT, &path, Some(&json!({ "history_visibility": visibility }))).await;
+}
+
+/// A sync of `reader` from `since` that waits (for up to 20 s), then `writer`'s message into
+/// `room`: the sync's answer, once the message woke it.
+async fn sync_woken_by_message(reader: &Client, since: &str, writer: &Client, room: &str, text: &str) -> Value {
     let waiting = {
-        let bob = bob.clone();
-        let since = since.clone();
-        tokio::spawn(async move { bob.sync(Some(&since), "timeout=20000").await })
+        let (reader, since) = (reader.clone(), since.to_owned());
+        tokio::spawn(async move { reader.sync(Some(&since), "timeout=20000").await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "the sync waits while nothing happens");
-    alice.send_text(&room, "réveil").await;
-    // The waiting sync returns with the event (it would return empty after 20 s otherwise).
-    let woke = waiting.await.unwrap();
-    assert_eq!(timeline_bodies(&woke, &room), vec!["réveil"]);
+    writer.send_text(room, text).await;
+    waiting.await.unwrap()
 }
 
 async fn filters_limit_and_lazy_load(backend: Backend) {
@@ -496,13 +511,7 @@ async fn what_the_filters_leave_and_what_a_left_room_shows(backend: Backend) {
     // comes back. The state event of Carol's join still shows in his timeline, the messages
     // he may not read do not (as Synapse: clients read the state from the timeline).
     let carol = server.register("carol").await;
-    alice
-        .ok(
-            Method::PUT,
-            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility/"),
-            Some(&json!({ "history_visibility": "joined" })),
-        )
-        .await;
+    set_history_visibility(&alice, &room, "joined").await;
     let since = bob.sync(None, "").await["next_batch"].as_str().unwrap().to_owned();
     carol.join(&room).await;
     for i in 0..30 {
@@ -516,10 +525,7 @@ async fn what_the_filters_leave_and_what_a_left_room_shows(backend: Backend) {
 }
 
 fn peeked_bodies(sync: &Value, room: &str) -> Vec<String> {
-    sync["rooms"]["peek"][room]["timeline"]["events"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect())
-        .unwrap_or_default()
+    section_bodies(sync, "peek", room)
 }
 
 /// MSC2753: `POST /peek/{roomIdOrAlias}` on a world-readable room shows it in the peeking
@@ -537,13 +543,7 @@ async fn peeking_follows_a_world_readable_room_on_one_device(backend: Backend) {
     assert_error(&bob.post(&peek(&room), &json!({})).await, 403, "M_FORBIDDEN");
     assert_error(&bob.post(&peek("!nowhere:localhost"), &json!({})).await, 404, "M_NOT_FOUND");
     assert_error(&bob.post(&peek("not-a-room"), &json!({})).await, 400, "M_INVALID_PARAM");
-    alice
-        .ok(
-            Method::PUT,
-            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility/"),
-            Some(&json!({ "history_visibility": "world_readable" })),
-        )
-        .await;
+    set_history_visibility(&alice, &room, "world_readable").await;
     alice.send_text(&room, "à lire").await;
     let since = bob.sync(None, "").await["next_batch"].as_str().unwrap().to_owned();
     let mut other_device = server.login("bob", "correct horse").await;
@@ -563,15 +563,7 @@ async fn peeking_follows_a_world_readable_room_on_one_device(backend: Backend) {
     assert!(quiet["rooms"]["peek"].get(&room).is_none(), "{quiet}");
 
     // A new event wakes the peeking device's waiting sync.
-    let waiting = {
-        let bob = bob.clone();
-        let since = since.clone();
-        tokio::spawn(async move { bob.sync(Some(&since), "timeout=20000").await })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "the sync waits while nothing happens");
-    alice.send_text(&room, "nouvelle").await;
-    let woke = waiting.await.unwrap();
+    let woke = sync_woken_by_message(&bob, &since, &alice, &room, "nouvelle").await;
     assert_eq!(peeked_bodies(&woke, &room), vec!["nouvelle"]);
     let since = woke["next_batch"].as_str().unwrap().to_owned();
     // The peek is the device's: Bob's other device sees no such room.
@@ -614,12 +606,6 @@ async fn peeking_follows_a_world_readable_room_on_one_device(backend: Backend) {
     assert!(left["rooms"].get("peek").is_none_or(|p| p.get(&room).is_none()), "{left}");
 
     // A room that stops being world readable can no longer be peeked into.
-    alice
-        .ok(
-            Method::PUT,
-            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility/"),
-            Some(&json!({ "history_visibility": "joined" })),
-        )
-        .await;
+    set_history_visibility(&alice, &room, "joined").await;
     assert_error(&other_device.post(&peek(&room), &json!({})).await, 403, "M_FORBIDDEN");
 }

@@ -512,6 +512,20 @@ pub async fn hierarchy(
     Ok(body.into())
 }
 
+/// The caller of `/peek` or `/unpeek`, whose body, if any, must be a JSON object (MSC2753
+/// gives it no field this server reads).
+async fn peek_caller(
+    s: &Services,
+    parts: &Parts,
+    body: &[u8],
+) -> Result<diplomatie_service::accounts::Caller, ApiError> {
+    let caller = authenticate(s, parts).await?;
+    if !body.is_empty() {
+        object_body(body)?;
+    }
+    Ok(caller)
+}
+
 /// `POST /peek/{roomIdOrAlias}` (MSC2753): the caller's device follows a world-readable room
 /// without joining it (its `/sync` shows the room under `rooms.peek`); `{"room_id": ...}`.
 /// MSC2753 has no typed request in ruma: read by hand.
@@ -521,10 +535,7 @@ pub async fn peek(
     parts: Parts,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authenticate(&s, &parts).await?;
-    if !body.is_empty() {
-        object_body(&body)?;
-    }
+    let caller = peek_caller(&s, &parts, &body).await?;
     let room = OwnedRoomOrAliasId::try_from(room).map_err(|_| Error::invalid_param("Not a room id or alias"))?;
     let (room_id, _) = s.membership.resolve_room_and_servers(&room).await?;
     s.peeks.peek(&caller.user_id, caller.device_id.as_str(), &room_id, true).await?;
@@ -538,10 +549,7 @@ pub async fn unpeek(
     parts: Parts,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authenticate(&s, &parts).await?;
-    if !body.is_empty() {
-        object_body(&body)?;
-    }
+    let caller = peek_caller(&s, &parts, &body).await?;
     let room_id = OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
     s.peeks.unpeek(&caller.user_id, caller.device_id.as_str(), &room_id).await?;
     Ok(Json(json!({})))
