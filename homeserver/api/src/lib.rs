@@ -65,6 +65,14 @@ pub fn router(services: Arc<Services>) -> Router {
     let r = route::<c::account::whoami::v3::Request, _, _>(r, account::whoami);
     let r = route::<c::admin::get_user_info::v3::Request, _, _>(r, account::whois);
     let r = route::<c::account::get_3pids::v3::Request, _, _>(r, account::threepids);
+    let r = route::<c::account::request_registration_token_via_email::v3::Request, _, _>(
+        r,
+        account::request_registration_email_token,
+    );
+    let r = route::<c::account::request_password_change_token_via_email::v3::Request, _, _>(
+        r,
+        account::request_password_email_token,
+    );
     let r = route::<c::account::bind_3pid::v3::Request, _, _>(r, account::bind_threepid);
     let r = route::<c::account::unbind_3pid::v3::Request, _, _>(r, account::unbind_threepid);
     let r = route::<c::account::delete_3pid::v3::Request, _, _>(r, account::delete_threepid);
@@ -166,6 +174,7 @@ pub fn router(services: Arc<Services>) -> Router {
             )
             .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/upgrade"), post(rooms::upgrade))
             .route(&format!("/_matrix/client/{v}/peek/{{room}}"), post(rooms::peek))
+            .route(&format!("/_matrix/client/{v}/account/3pid"), post(account::add_threepid_deprecated))
             .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/unpeek"), post(rooms::unpeek))
             .route(&format!("/_matrix/client/{v}/rooms/{{room_id}}/report/{{event_id}}"), post(reports::report_event))
             .route(&format!("/_matrix/client/{v}/pushrules/global/{{kind}}/"), get(push::of_kind).put(push::malformed))
@@ -348,6 +357,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .route("/_diplomatie/admin/v1/reports", get(reports::list))
         .route("/_diplomatie/admin/v1/reports/{id}", get(reports::get).delete(reports::delete))
         .route("/_diplomatie/client/v1/rooms/{room_id}/reports", get(reports::room_list))
+        .route("/_diplomatie/client/v1/email/submit_token", get(account::email_link).post(account::email_submit_token))
         .route("/_diplomatie/admin/v1/groups/{slug}/managers", axum::routing::put(admin::set_group_managers))
         .route("/_diplomatie/admin/v1/communities/{slug}/managers", axum::routing::put(admin::set_community_managers))
         .route("/_diplomatie/client/v1/communities", axum::routing::post(admin::create_community));

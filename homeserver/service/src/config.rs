@@ -64,6 +64,50 @@ pub struct Config {
     pub sso: Sso,
     /// Single sign-on through a CAS server (Synapse's `cas_config`).
     pub cas: Cas,
+    /// The mail this server sends itself (address validation), Synapse's `email` settings.
+    pub email: Email,
+}
+
+/// The SMTP relay this server sends its own mail through: the links that validate an e-mail
+/// address (registering with it, adding it to an account). No `smtp_host`: no mail is sent,
+/// and addresses are validated by identity servers only.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Email {
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    pub smtp_user: Option<String>,
+    pub smtp_pass: Option<String>,
+    /// How the relay is reached: `starttls` (the default), `implicit` (TLS from the start)
+    /// or `none` (plain text: a relay on loopback).
+    pub tls: SmtpTls,
+    /// The sender of the mail; empty: `noreply@<server_name>`.
+    pub notif_from: String,
+    /// How long a validation link holds, in milliseconds.
+    pub validation_token_lifetime_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    None,
+    #[default]
+    Starttls,
+    Implicit,
+}
+
+impl Default for Email {
+    fn default() -> Self {
+        Email {
+            smtp_host: String::new(),
+            smtp_port: 25,
+            smtp_user: None,
+            smtp_pass: None,
+            tls: SmtpTls::Starttls,
+            notif_from: String::new(),
+            validation_token_lifetime_ms: 3600 * 1000,
+        }
+    }
 }
 
 /// Single sign-on through OpenID Connect providers (`m.login.sso`).
@@ -715,6 +759,7 @@ impl Default for Config {
             retention: Retention::default(),
             sso: Sso::default(),
             cas: Cas::default(),
+            email: Email::default(),
         }
     }
 }

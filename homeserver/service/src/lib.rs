@@ -22,6 +22,7 @@ pub mod correspondence;
 pub mod crisis;
 pub mod delayed;
 pub mod e2ee;
+pub mod email;
 pub mod ephemeral;
 pub mod error;
 pub mod federation;
@@ -77,6 +78,8 @@ pub struct Services {
     pub previews: Arc<url_preview::Previews>,
     /// The identity servers users name.
     pub identity: Arc<identity::Identity>,
+    /// The addresses this server validates itself, by mail.
+    pub email: Arc<email::AddressValidation>,
     /// OpenID tokens for third parties.
     pub openid: openid::OpenId,
     pub admin_nonces: uia::Nonces,
@@ -175,11 +178,12 @@ impl Services {
         let media = Arc::new(media::Repository::new(c(), transport.clone(), files));
         let previews = Arc::new(url_preview::Previews::new(c(), media.clone()));
         let identity = Arc::new(identity::Identity::new(c()));
+        let email = Arc::new(email::AddressValidation::new(c()));
         let clearances = portal::Clearances::new(c());
         let rooms = rooms::Rooms::new(c(), clearances.clone());
         let accounts = Arc::new(accounts::Accounts::new(c(), rooms.clone()));
         let appservices = Arc::new(appservice::Appservices::new(c(), rooms.clone()));
-        let uia = Arc::new(uia::Uia::new(c(), accounts.clone()));
+        let uia = Arc::new(uia::Uia::new(c(), accounts.clone(), email.clone()));
         let reports = Arc::new(reports::Reports::new(c(), rooms.clone(), accounts.clone()));
         let account_data = Arc::new(account_data::AccountData::new(c(), rooms.clone()));
         let portal = Arc::new(portal::Portal::new(rooms.clone(), clearances));
@@ -353,6 +357,7 @@ impl Services {
             media,
             previews,
             identity,
+            email,
             openid: openid::OpenId::default(),
             admin_nonces: uia::Nonces::default(),
             ratelimiter,

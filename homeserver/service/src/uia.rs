@@ -14,7 +14,7 @@ use ruma::{
     UserId,
 };
 
-use crate::{accounts::Accounts, core::Core, Error, Result};
+use crate::{accounts::Accounts, core::Core, email::AddressValidation, Error, Result};
 
 /// How long a UIA session may stay unfinished.
 const SESSION_LIFETIME: Duration = Duration::from_secs(30 * 60);
@@ -53,18 +53,20 @@ impl Session {
 }
 
 /// User-interactive authentication, over the accounts (whose passwords the password stage
-/// checks): the sessions in progress.
+/// checks) and the addresses this server validates (the e-mail stage): the sessions in
+/// progress.
 pub struct Uia {
     core: Arc<Core>,
     accounts: Arc<Accounts>,
+    email: Arc<AddressValidation>,
     sessions: Mutex<HashMap<String, Session>>,
 }
 
 crate::core::over_core!(Uia);
 
 impl Uia {
-    pub(crate) fn new(core: Arc<Core>, accounts: Arc<Accounts>) -> Uia {
-        Uia { core, accounts, sessions: Mutex::default() }
+    pub(crate) fn new(core: Arc<Core>, accounts: Arc<Accounts>, email: Arc<AddressValidation>) -> Uia {
+        Uia { core, accounts, email, sessions: Mutex::default() }
     }
 
     /// Runs one step of user-interactive authentication. `Ok(())` once a flow is complete;
@@ -138,6 +140,10 @@ impl Uia {
             AuthData::Dummy(_) => Ok(None),
             AuthData::Password(p) => self.check_password_stage(&p.identifier, &p.password).await.map(Some),
             AuthData::RegistrationToken(t) => self.check_registration_token(&t.token).await.map(|()| None),
+            AuthData::EmailIdentity(e) => {
+                let creds = &e.thirdparty_id_creds;
+                self.email.validated(creds.sid.as_str(), creds.client_secret.as_str()).await.map(|_| None)
+            }
             _ => Err(Error::new(ErrorKind::Unrecognized, "Unsupported stage")),
         };
         match check {

@@ -102,6 +102,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (23, "admin", include_str!("../migrations/0023_admin.sql")),
     (24, "admin_rooms_limits", include_str!("../migrations/0024_admin_rooms_limits.sql")),
     (25, "peeks", include_str!("../migrations/0025_peeks.sql")),
+    (26, "threepid_validation", include_str!("../migrations/0026_threepid_validation.sql")),
 ];
 
 #[derive(Debug)]

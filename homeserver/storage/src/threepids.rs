@@ -1,4 +1,5 @@
-//! The e-mail addresses and phone numbers of accounts (`/account/3pid`).
+//! The e-mail addresses and phone numbers of accounts (`/account/3pid`), and the validation
+//! sessions of the addresses this server validates itself.
 
 use crate::{Exec, Result};
 
@@ -61,4 +62,120 @@ pub async fn delete<'e>(e: impl Exec<'e>, user_id: &str, medium: &str, address: 
     .fetch_optional(e)
     .await?;
     Ok(row.map(from_row))
+}
+
+/// The account holding an address, if any.
+pub async fn owner<'e>(e: impl Exec<'e>, medium: &str, address: &str) -> Result<Option<String>> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT user_id FROM user_threepids WHERE medium = $1 AND address = $2")
+            .bind(medium)
+            .bind(address)
+            .fetch_optional(e)
+            .await?;
+    Ok(row.map(|(u,)| u))
+}
+
+/// A validation session of this server: the token mailed to an address.
+#[derive(Clone, Debug)]
+pub struct ValidationSession {
+    pub session_id: String,
+    pub client_secret: String,
+    pub medium: String,
+    pub address: String,
+    pub token: String,
+    pub send_attempt: i64,
+    pub next_link: Option<String>,
+    pub created_ts: i64,
+    pub validated_ts: Option<i64>,
+}
+
+type SessionRow = (String, String, String, String, String, i64, Option<String>, i64, Option<i64>);
+
+const SESSION_COLUMNS: &str =
+    "session_id, client_secret, medium, address, token, send_attempt, next_link, created_ts, validated_ts";
+
+fn session_from_row(r: SessionRow) -> ValidationSession {
+    let (session_id, client_secret, medium, address, token, send_attempt, next_link, created_ts, validated_ts) = r;
+    ValidationSession {
+        session_id,
+        client_secret,
+        medium,
+        address,
+        token,
+        send_attempt,
+        next_link,
+        created_ts,
+        validated_ts,
+    }
+}
+
+pub async fn insert_session<'e>(e: impl Exec<'e>, s: &ValidationSession) -> Result<()> {
+    sqlx::query(&format!(
+        "INSERT INTO threepid_validation ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+    ))
+    .bind(&s.session_id)
+    .bind(&s.client_secret)
+    .bind(&s.medium)
+    .bind(&s.address)
+    .bind(&s.token)
+    .bind(s.send_attempt)
+    .bind(&s.next_link)
+    .bind(s.created_ts)
+    .bind(s.validated_ts)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+/// A session sent again (a new `send_attempt`): its new token and next link, from now on.
+pub async fn renew_session<'e>(e: impl Exec<'e>, s: &ValidationSession) -> Result<()> {
+    sqlx::query(
+        "UPDATE threepid_validation SET token = $2, send_attempt = $3, next_link = $4, created_ts = $5 \
+         WHERE session_id = $1",
+    )
+    .bind(&s.session_id)
+    .bind(&s.token)
+    .bind(s.send_attempt)
+    .bind(&s.next_link)
+    .bind(s.created_ts)
+    .execute(e)
+    .await?;
+    Ok(())
+}
+
+/// The session of a client secret for an address, if one was opened.
+pub async fn find_session<'e>(
+    e: impl Exec<'e>,
+    client_secret: &str,
+    medium: &str,
+    address: &str,
+) -> Result<Option<ValidationSession>> {
+    let row: Option<SessionRow> = sqlx::query_as(&format!(
+        "SELECT {SESSION_COLUMNS} FROM threepid_validation \
+         WHERE client_secret = $1 AND medium = $2 AND address = $3"
+    ))
+    .bind(client_secret)
+    .bind(medium)
+    .bind(address)
+    .fetch_optional(e)
+    .await?;
+    Ok(row.map(session_from_row))
+}
+
+pub async fn get_session<'e>(e: impl Exec<'e>, session_id: &str) -> Result<Option<ValidationSession>> {
+    let row: Option<SessionRow> =
+        sqlx::query_as(&format!("SELECT {SESSION_COLUMNS} FROM threepid_validation WHERE session_id = $1"))
+            .bind(session_id)
+            .fetch_optional(e)
+            .await?;
+    Ok(row.map(session_from_row))
+}
+
+pub async fn mark_validated<'e>(e: impl Exec<'e>, session_id: &str, at: i64) -> Result<()> {
+    sqlx::query("UPDATE threepid_validation SET validated_ts = $2 WHERE session_id = $1 AND validated_ts IS NULL")
+        .bind(session_id)
+        .bind(at)
+        .execute(e)
+        .await?;
+    Ok(())
 }

@@ -4,13 +4,13 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::extract::State;
-use diplomatie_service::{Error, Services};
+use diplomatie_service::{email::Purpose, Error, Services};
 use ruma::api::{
     client::{
         account::{
             add_3pid, bind_3pid, change_password, check_registration_token_validity, deactivate, delete_3pid,
-            get_3pids, get_username_availability, register, request_3pid_management_token_via_email, unbind_3pid,
-            whoami,
+            get_3pids, get_username_availability, register, request_3pid_management_token_via_email,
+            request_password_change_token_via_email, request_registration_token_via_email, unbind_3pid, whoami,
         },
         admin::get_user_info,
         device::{self, delete_device, delete_devices, get_device, get_devices, update_device},
@@ -97,11 +97,18 @@ pub async fn register(
     if let Some(name) = &body.username {
         s.accounts.check_username_available(&name.to_lowercase()).await?;
     }
-    let flows = if s.config.registration.require_token {
+    let mut flows = if s.config.registration.require_token {
         vec![vec![AuthType::RegistrationToken]]
     } else {
         vec![vec![AuthType::Dummy]]
     };
+    // With an address this server validated by mail, which the account then holds.
+    if s.email.enabled() {
+        let mut with_address = flows[0].clone();
+        with_address.retain(|t| *t != AuthType::Dummy);
+        with_address.push(AuthType::EmailIdentity);
+        flows.push(with_address);
+    }
     let step = s.uia.user_interactive_auth(&flows, body.auth.as_ref(), None, &operation).await;
     if let (Err(Error::Uiaa(info)), Some(json)) = (&step, &json) {
         if let (Some(id), Some(params)) = (&info.session, json.as_object()) {
@@ -114,6 +121,11 @@ pub async fn register(
     if body.password.as_deref().is_none_or(str::is_empty) {
         return Err(Error::missing_param("A password is required").into());
     }
+    // The address the account will hold is checked before the account is made.
+    if let Some(AuthData::EmailIdentity(e)) = &body.auth {
+        let creds = &e.thirdparty_id_creds;
+        s.email.claimable(None, creds.sid.as_str(), creds.client_secret.as_str()).await?;
+    }
     let user_id = s
         .accounts
         .create_account(
@@ -123,8 +135,13 @@ pub async fn register(
             None,
         )
         .await?;
-    if let Some(AuthData::RegistrationToken(t)) = &body.auth {
-        s.accounts.consume_registration_token(&t.token).await?;
+    match &body.auth {
+        Some(AuthData::RegistrationToken(t)) => s.accounts.consume_registration_token(&t.token).await?,
+        Some(AuthData::EmailIdentity(e)) => {
+            let creds = &e.thirdparty_id_creds;
+            s.email.add_to_account(&user_id, creds.sid.as_str(), creds.client_secret.as_str()).await?;
+        }
+        _ => {}
     }
     if let Some(session) = &session {
         s.uia.registered(session, &operation, &user_id);
@@ -288,14 +305,31 @@ pub async fn login(State(s): S, req: Ruma<login::v3::Request>) -> ApiResult<logi
             user_id
         }
         login::v3::LoginInfo::Password(info) => {
+            // An address of the account (`m.id.thirdparty`, or the older `medium` and
+            // `address`): the account holding it, if any; the same refusal as a wrong password
+            // otherwise.
             #[allow(deprecated)]
-            let user = match (&info.identifier, &info.user) {
-                (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
-                (None, Some(user)) => user.clone(),
-                (Some(_), _) => {
-                    return Err(Error::new(ErrorKind::Unknown, "Only user identifiers are supported").into())
+            let address = match (&info.identifier, &info.medium, &info.address) {
+                (Some(UserIdentifier::Email(e)), _, _) => Some(("email", e.address.as_str())),
+                (None, Some(medium), Some(address)) => Some((medium.as_str(), address.as_str())),
+                _ => None,
+            };
+            #[allow(deprecated)]
+            let user = match (&info.identifier, &info.user, address) {
+                (_, _, Some((medium, address))) => match s.email.account_of(medium, address).await? {
+                    Some(user) => user.to_string(),
+                    None => return Err(Error::forbidden("Invalid username or password").into()),
+                },
+                (Some(UserIdentifier::Matrix(id)), _, _) => id.user.clone(),
+                (None, Some(user), _) => user.clone(),
+                (Some(_), _, _) => {
+                    return Err(Error::new(
+                        ErrorKind::Unknown,
+                        "Only user identifiers and e-mail addresses are supported",
+                    )
+                    .into())
                 }
-                (None, None) => return Err(Error::missing_param("identifier is required").into()),
+                (None, None, None) => return Err(Error::missing_param("identifier is required").into()),
             };
             let user_id =
                 s.accounts.parse_local_user(&user).map_err(|_| Error::forbidden("Invalid username or password"))?;
@@ -438,25 +472,151 @@ pub async fn delete_threepid(State(s): S, req: Ruma<delete_3pid::v3::Request>) -
     Ok(delete_3pid::v3::Response::new(removal(unbound)).into())
 }
 
-/// `POST /account/3pid/email/requestToken`: this server sends no e-mail of its own (addresses
-/// are validated and bound by an identity server), as Synapse answers without e-mail settings.
+/// `POST /account/3pid/email/requestToken`: mails a validation link to an address no account
+/// holds, to add it to the caller's (`/account/3pid/add`). Without `[email]`, this server
+/// sends no mail (addresses are validated and bound by an identity server), as Synapse
+/// answers without e-mail settings.
 pub async fn request_threepid_email_token(
-    _: S,
-    _req: Ruma<request_3pid_management_token_via_email::v3::Request>,
+    State(s): S,
+    req: Ruma<request_3pid_management_token_via_email::v3::Request>,
 ) -> ApiResult<request_3pid_management_token_via_email::v3::Response> {
-    Err(Error::new(
-        ErrorKind::ThreepidDenied,
-        "This server sends no e-mail: bind the address through an identity server",
-    )
-    .into())
+    let b = &req.body;
+    let (sid, submit_url) =
+        mail_link(&s, Purpose::NewAddress, &b.client_secret, &b.email, b.send_attempt, b.next_link.as_deref()).await?;
+    let mut response = request_3pid_management_token_via_email::v3::Response::new(sid);
+    response.submit_url = Some(submit_url);
+    Ok(response.into())
 }
 
-/// `POST /account/3pid/add`: only addresses this server validated may be added, and it
-/// validates none (it sends no e-mail); binding through an identity server adds them.
+/// `POST /register/email/requestToken`: mails a validation link to an address no account
+/// holds, to register with it (the `m.login.email.identity` stage).
+pub async fn request_registration_email_token(
+    State(s): S,
+    req: Ruma<request_registration_token_via_email::v3::Request>,
+) -> ApiResult<request_registration_token_via_email::v3::Response> {
+    if !s.config.registration.enabled {
+        return Err(Error::forbidden("Registration is disabled").into());
+    }
+    let b = &req.body;
+    let (sid, submit_url) =
+        mail_link(&s, Purpose::NewAddress, &b.client_secret, &b.email, b.send_attempt, b.next_link.as_deref()).await?;
+    let mut response = request_registration_token_via_email::v3::Response::new(sid);
+    response.submit_url = Some(submit_url);
+    Ok(response.into())
+}
+
+/// `POST /account/password/email/requestToken`: mails a validation link to an address an
+/// account holds, to reset that account's password (`POST /account/password` without an
+/// access token).
+pub async fn request_password_email_token(
+    State(s): S,
+    req: Ruma<request_password_change_token_via_email::v3::Request>,
+) -> ApiResult<request_password_change_token_via_email::v3::Response> {
+    let b = &req.body;
+    let (sid, submit_url) =
+        mail_link(&s, Purpose::PasswordReset, &b.client_secret, &b.email, b.send_attempt, b.next_link.as_deref())
+            .await?;
+    let mut response = request_password_change_token_via_email::v3::Response::new(sid);
+    response.submit_url = Some(submit_url);
+    Ok(response.into())
+}
+
+/// Mails a validation link (the three `requestToken` endpoints): the session's id and where
+/// its token may be submitted.
+async fn mail_link(
+    s: &Services,
+    purpose: Purpose,
+    client_secret: &ruma::ClientSecret,
+    address: &str,
+    send_attempt: ruma::UInt,
+    next_link: Option<&str>,
+) -> Result<(ruma::OwnedSessionId, String), Error> {
+    let requested =
+        s.email.request_token(purpose, client_secret.as_str(), address, send_attempt.into(), next_link).await?;
+    let sid = ruma::OwnedSessionId::try_from(requested.sid).map_err(diplomatie_service::internal!())?;
+    Ok((sid, requested.submit_url))
+}
+
+/// `POST /account/3pid/add`: the address of a session this server validated joins the
+/// caller's account (after authenticating again).
 pub async fn add_threepid(State(s): S, req: Ruma<add_3pid::v3::Request>) -> ApiResult<add_3pid::v3::Response> {
     let caller = req.caller();
     s.uia.reauthenticate(&caller.user_id, req.body.auth.as_ref(), &req.operation).await?;
-    Err(Error::new(ErrorKind::ThreepidAuthFailed, "No address validation session of this server has that id").into())
+    s.email.add_to_account(&caller.user_id, req.body.sid.as_str(), req.body.client_secret.as_str()).await?;
+    Ok(add_3pid::v3::Response::new().into())
+}
+
+/// The credentials of a validation session (`POST /account/3pid`, deprecated).
+#[derive(serde::Deserialize)]
+struct ThreepidCreds {
+    sid: String,
+    client_secret: String,
+}
+
+/// `POST /account/3pid` (deprecated since r0.6, which clients and Sytest still call):
+/// `three_pid_creds` (or `threePidCreds`) of a session this server validated, whose address
+/// joins the caller's account. Binding on an identity server is `/account/3pid/bind`.
+pub async fn add_threepid_deprecated(
+    State(s): S,
+    parts: axum::http::request::Parts,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<serde_json::Map<String, Value>>, crate::error::ApiError> {
+    let caller = crate::ruma_wrapper::authenticate(&s, &parts).await?;
+    let body = crate::ruma_wrapper::object_body(&body)?;
+    let creds = body
+        .get("three_pid_creds")
+        .or_else(|| body.get("threePidCreds"))
+        .ok_or_else(|| Error::missing_param("three_pid_creds is required"))?;
+    let creds: ThreepidCreds =
+        serde_json::from_value(creds.clone()).map_err(|e| Error::bad_json(format!("three_pid_creds: {e}")))?;
+    s.email.add_to_account(&caller.user_id, &creds.sid, &creds.client_secret).await?;
+    Ok(axum::Json(serde_json::Map::new()))
+}
+
+/// The query or body naming a validation session's token.
+#[derive(serde::Deserialize)]
+pub struct SubmittedToken {
+    sid: String,
+    client_secret: String,
+    token: String,
+}
+
+/// `GET /_diplomatie/client/v1/email/submit_token`: the link of a validation mail. Validates
+/// the session and says so in a page, or sends the browser to where the client asked.
+pub async fn email_link(
+    State(s): S,
+    q: Result<axum::extract::Query<SubmittedToken>, axum::extract::rejection::QueryRejection>,
+) -> axum::response::Response {
+    use axum::response::{Html, IntoResponse, Redirect};
+    let page = |status: axum::http::StatusCode, text: &str| {
+        let html = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{text}</title></head>\
+             <body><p>{text}</p></body></html>"
+        );
+        (status, Html(html)).into_response()
+    };
+    let Ok(axum::extract::Query(q)) = q else {
+        return page(axum::http::StatusCode::BAD_REQUEST, "This link is incomplete.");
+    };
+    match s.email.submit_token(&q.sid, &q.client_secret, &q.token).await {
+        Ok(Some(next)) => Redirect::to(&next).into_response(),
+        Ok(None) => {
+            page(axum::http::StatusCode::OK, "Your e-mail address is confirmed. You may go back to your application.")
+        }
+        Err(_) => page(axum::http::StatusCode::BAD_REQUEST, "This link is unknown, used up or expired."),
+    }
+}
+
+/// `POST /_diplomatie/client/v1/email/submit_token` (the `submit_url` of `requestToken`):
+/// `{"sid", "client_secret", "token"}` validates the session; `{"success": true}`.
+pub async fn email_submit_token(
+    State(s): S,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<Value>, crate::error::ApiError> {
+    let body = crate::ruma_wrapper::object_body(&body)?;
+    let q: SubmittedToken = serde_json::from_value(body).map_err(|e| Error::bad_json(e.to_string()))?;
+    s.email.submit_token(&q.sid, &q.client_secret, &q.token).await?;
+    Ok(axum::Json(serde_json::json!({ "success": true })))
 }
 
 /// `POST /refresh`
@@ -490,12 +650,37 @@ pub async fn change_password(
     State(s): S,
     req: Ruma<change_password::v3::Request>,
 ) -> ApiResult<change_password::v3::Response> {
-    let caller = req.caller();
-    s.uia.reauthenticate(&caller.user_id, req.body.auth.as_ref(), &req.operation).await?;
     if req.body.new_password.is_empty() {
         return Err(Error::new(ErrorKind::WeakPassword, "The password must not be empty").into());
     }
+    let Some(caller) = req.caller.as_ref() else {
+        return reset_password_by_email(&s, req).await;
+    };
+    s.uia.reauthenticate(&caller.user_id, req.body.auth.as_ref(), &req.operation).await?;
     s.sessions.change_password(caller, &req.body.new_password, req.body.logout_devices).await?;
+    Ok(change_password::v3::Response::new().into())
+}
+
+/// `POST /account/password` without an access token: a forgotten password, reset through an
+/// address of the account this server validated by mail (the `m.login.email.identity` stage,
+/// after `/account/password/email/requestToken`). Without mail, an access token is required.
+async fn reset_password_by_email(
+    s: &Services,
+    req: Ruma<change_password::v3::Request>,
+) -> ApiResult<change_password::v3::Response> {
+    if !s.email.enabled() {
+        return Err(Error::new(ErrorKind::MissingToken, "Missing access token").into());
+    }
+    let auth = req.body.auth.as_ref();
+    s.uia.user_interactive_auth(&[vec![AuthType::EmailIdentity]], auth, None, &req.operation).await?;
+    let Some(AuthData::EmailIdentity(e)) = auth else {
+        return Err(Error::new(ErrorKind::ThreepidAuthFailed, "The e-mail stage is required").into());
+    };
+    let creds = &e.thirdparty_id_creds;
+    let session = s.email.validated(creds.sid.as_str(), creds.client_secret.as_str()).await?;
+    let user = s.email.account_of(&session.medium, &session.address).await?;
+    let user = user.ok_or_else(|| Error::new(ErrorKind::ThreepidNotFound, "No account has this e-mail address"))?;
+    s.sessions.set_password(&user, None, &req.body.new_password, req.body.logout_devices).await?;
     Ok(change_password::v3::Response::new().into())
 }
 
