@@ -50,14 +50,18 @@ def link_of_session(mailbox, to, sid, timeout=20):
     raise AssertionError(f"no mail to {to} for session {sid}")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def mailing_server(request, mailbox):
-    s = Server(request.param, extra_env={
+def mail_env(mailbox):
+    return {
         "DIPLOMATIE_EMAIL__SMTP_HOST": "127.0.0.1",
         "DIPLOMATIE_EMAIL__SMTP_PORT": str(mailbox.port),
         "DIPLOMATIE_EMAIL__TLS": "none",
         "DIPLOMATIE_EMAIL__NOTIF_FROM": "Diplomatie <noreply@example.org>",
-    })
+    }
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def mailing_server(request, mailbox):
+    s = Server(request.param, extra_env=mail_env(mailbox))
     yield s
     s.stop()
 
@@ -164,3 +168,24 @@ def test_a_server_without_mail_validates_no_address(server):
     assert (status, answer.get("errcode")) == (403, "M_THREEPID_DENIED"), answer
     status, first = call("POST", server.url + "/_matrix/client/v3/register", body={"username": "carol", "password": "pw"})
     assert status == 401 and all("m.login.email.identity" not in f["stages"] for f in first["flows"]), first
+
+
+def test_an_address_is_sent_few_mails(mailbox):
+    """With rate limits on (the default), an address gets 5 mails at once, whatever the client
+    secret, then must wait: nobody floods an inbox through the server."""
+    hs = Server("sqlite", extra_env=dict(mail_env(mailbox), DIPLOMATIE_RATE_LIMITS__ENABLED="true"))
+    try:
+        url = hs.url + "/_matrix/client/v3/register/email/requestToken"
+        for attempt in range(1, 6):
+            ok("POST", url, body={"client_secret": "flood", "email": "victim@example.org", "send_attempt": attempt})
+        for secret, attempt in (("flood", 6), ("other", 1)):
+            status, answer = call("POST", url, body={"client_secret": secret, "email": "victim@example.org",
+                                                      "send_attempt": attempt})
+            assert (status, answer.get("errcode")) == (429, "M_LIMIT_EXCEEDED"), answer
+            assert answer.get("retry_after_ms", 0) > 0, answer
+        # The same attempt again is no new mail, and answers its session.
+        ok("POST", url, body={"client_secret": "flood", "email": "victim@example.org", "send_attempt": 5})
+        ok("POST", url, body={"client_secret": "flood", "email": "other@example.org", "send_attempt": 1})
+        assert sum(1 for rcpt, _ in mailbox.messages if "victim@example.org" in rcpt) == 5
+    finally:
+        hs.stop()

@@ -14,7 +14,12 @@ use std::sync::Arc;
 use diplomatie_storage::threepids as store;
 use ruma::{api::error::ErrorKind, OwnedUserId, UserId};
 
-use crate::{config::SmtpTls, core::Core, Error, Result};
+use crate::{
+    config::{RateLimits, SmtpTls},
+    core::Core,
+    ratelimit::RateLimiter,
+    Error, Result,
+};
 
 /// What an address asked for must be: held by no account (to register with it, or to add it
 /// to one), or held by an account (to reset that account's password).
@@ -33,6 +38,9 @@ pub struct Requested {
 
 pub struct AddressValidation {
     core: Arc<Core>,
+    /// The mail each address may be sent: 5 at once, then one every 5 minutes or so (as
+    /// Synapse's `rc_3pid_validation`), so that nobody floods an inbox through this server.
+    mails: RateLimiter,
 }
 
 crate::core::over_core!(AddressValidation);
@@ -44,7 +52,15 @@ pub fn canonical_email(address: &str) -> String {
 
 impl AddressValidation {
     pub(crate) fn new(core: Arc<Core>) -> AddressValidation {
-        AddressValidation { core }
+        let (per_second, burst) = (0.003, 5.0);
+        let limits = RateLimits {
+            enabled: core.config.rate_limits.enabled,
+            per_second,
+            burst,
+            login_per_second: per_second,
+            login_burst: burst,
+        };
+        AddressValidation { mails: RateLimiter::new(&limits), core }
     }
 
     /// Whether this server sends mail (an SMTP relay is configured).
@@ -98,12 +114,24 @@ impl AddressValidation {
         let attempt = i64::try_from(send_attempt).map_err(|_| Error::invalid_param("send_attempt is too large"))?;
         let submit_url = self.link_base();
         let existing = store::find_session(pool, client_secret, "email", &address).await?;
+        if let Some(s) = existing.as_ref().filter(|s| s.send_attempt >= attempt) {
+            return Ok(Requested { sid: s.session_id.clone(), submit_url });
+        }
+        // A mail is to be sent: counted before anything is written.
+        if let Err(ms) = self.mails.check(&address, false) {
+            let mut data = ruma::api::error::LimitExceededErrorData::new();
+            data.retry_after = Some(ruma::api::error::RetryAfter::Delay(std::time::Duration::from_millis(ms)));
+            return Err(Error::new(ErrorKind::LimitExceeded(data), "Too many mails to this address: try again later"));
+        }
+        // The mail first: a session is written (or renewed) only once its link is sent, so
+        // that a failed send leaves nothing a retry of the same attempt would take as sent.
         let session = match existing {
-            Some(s) if s.send_attempt >= attempt => return Ok(Requested { sid: s.session_id, submit_url }),
             Some(mut s) => {
                 s.token = crate::random_string(32);
                 s.send_attempt = attempt;
                 s.next_link = next_link.map(str::to_owned);
+                s.created_ts = crate::now_ms();
+                self.send_link(&s).await?;
                 store::renew_session(pool, &s).await?;
                 s
             }
@@ -119,11 +147,11 @@ impl AddressValidation {
                     created_ts: crate::now_ms(),
                     validated_ts: None,
                 };
+                self.send_link(&s).await?;
                 store::insert_session(pool, &s).await?;
                 s
             }
         };
-        self.send_link(&session).await?;
         Ok(Requested { sid: session.session_id, submit_url })
     }
 
