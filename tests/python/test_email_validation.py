@@ -125,6 +125,8 @@ def test_registering_adding_and_logging_in_with_an_address(mailing_server, mailb
     asked = ok("POST", hs.url + "/_matrix/client/v3/account/3pid/email/requestToken", bob_token,
                {"client_secret": "secret-bob", "email": "bob@example.org", "send_attempt": 1})
     token = urllib.parse.parse_qs(urllib.parse.urlparse(link_in(mailbox.wait_for("bob@example.org", "Confirm"))).query)["token"][0]
+    status, answer = call("POST", at(hs, asked["submit_url"]), body={"sid": asked["sid"], "client_secret": "secret-bob"})
+    assert (status, answer.get("errcode")) == (400, "M_MISSING_PARAM"), answer
     status, answer = call("POST", at(hs, asked["submit_url"]), body={"sid": asked["sid"], "client_secret": "secret-bob", "token": "wrong"})
     assert (status, answer.get("errcode")) == (400, "M_THREEPID_AUTH_FAILED"), answer
     creds = {"sid": asked["sid"], "client_secret": "secret-bob"}
@@ -168,6 +170,9 @@ def test_a_server_without_mail_validates_no_address(server):
     assert (status, answer.get("errcode")) == (403, "M_THREEPID_DENIED"), answer
     status, first = call("POST", server.url + "/_matrix/client/v3/register", body={"username": "carol", "password": "pw"})
     assert status == 401 and all("m.login.email.identity" not in f["stages"] for f in first["flows"]), first
+    # Without mail, no password is reset without an access token (this once answered 500).
+    status, answer = call("POST", server.url + "/_matrix/client/v3/account/password", body={"new_password": "x"})
+    assert (status, answer.get("errcode")) == (401, "M_MISSING_TOKEN"), answer
 
 
 def test_an_address_is_sent_few_mails(mailbox):

@@ -226,8 +226,7 @@ impl AddressValidation {
     /// The link followed, or the token submitted: validates the session. Answers where the
     /// client asked to be sent next, if anywhere.
     pub async fn submit_token(&self, sid: &str, client_secret: &str, token: &str) -> Result<Option<String>> {
-        let failed =
-            || Error::new(ErrorKind::ThreepidAuthFailed, "This validation link is unknown, used up or expired");
+        let failed = || Error::new(ErrorKind::ThreepidAuthFailed, "This validation link is unknown or expired");
         let session = store::get_session(self.db.pool(), sid).await?.ok_or_else(failed)?;
         let expired = session.created_ts + self.config.email.validation_token_lifetime_ms as i64 <= crate::now_ms();
         if session.client_secret != client_secret || session.token != token || expired {
@@ -271,6 +270,12 @@ impl AddressValidation {
     /// Adds the address of a validated session to `user`'s account.
     pub async fn add_to_account(&self, user: &UserId, sid: &str, client_secret: &str) -> Result<()> {
         let session = self.claimable(Some(user), sid, client_secret).await?;
+        self.add_address(user, session).await
+    }
+
+    /// Adds the address of a session [`AddressValidation::claimable`] answered to `user`'s
+    /// account.
+    pub async fn add_address(&self, user: &UserId, session: store::ValidationSession) -> Result<()> {
         let threepid = store::Threepid {
             medium: session.medium,
             address: session.address,

@@ -131,10 +131,9 @@ pub fn spawn_typing_expiry(services: Weak<Ephemeral>) {
                 rooms.retain(|_, r| !r.users.is_empty() || r.changed + 1_000_000 > services.typing.serial());
             }
             for room_id in changed_rooms {
-                if let Ok(members) = services.rooms.joined_members(&room_id).await {
-                    services.notifier.notify(members.iter().map(|u| &**u));
-                }
-                services.notifier.notify_watchers(&room_id);
+                // A room whose members cannot be read now wakes nobody; the expiry is in the
+                // typing stream all the same.
+                let _ = services.rooms.wake(&room_id).await;
             }
         }
     });
@@ -182,10 +181,7 @@ impl Ephemeral {
                 room.changed = self.typing.serial.fetch_add(1, Ordering::AcqRel) + 1;
             }
         }
-        let members = self.rooms.joined_members(room_id).await?;
-        self.notifier.notify(members.iter().map(|u| &**u));
-        self.notifier.notify_watchers(room_id);
-        Ok(())
+        self.rooms.wake(room_id).await
     }
 
     /// Records a receipt (`m.read`, `m.read.private`) or a read marker.
@@ -268,9 +264,7 @@ impl Ephemeral {
         if receipt_type == "m.read.private" {
             self.notifier.notify([user]);
         } else {
-            let members = self.rooms.joined_members(room_id).await?;
-            self.notifier.notify(members.iter().map(|u| &**u));
-            self.notifier.notify_watchers(room_id);
+            self.rooms.wake(room_id).await?;
         }
         Ok(())
     }

@@ -22,15 +22,17 @@ use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
 use crate::{core::Core, portal::Portal, rooms::Rooms, Error, Result};
 
-/// A user's device.
-type DeviceKey = (OwnedUserId, String);
+/// A device's peeks: each room, with the stream position the peek took (0: from the caller's
+/// token on, not the whole room).
+type DevicePeeks = Vec<(OwnedRoomId, i64)>;
 
 pub struct Peeks {
     core: Arc<Core>,
     rooms: Arc<Rooms>,
     portal: Arc<Portal>,
-    /// Each device's peeks: the room, and the stream position the peek took.
-    devices: Mutex<HashMap<DeviceKey, Vec<(OwnedRoomId, i64)>>>,
+    /// Each user's devices that peek, with their peeks (looked up by reference on every
+    /// `/sync`: no key is built).
+    users: Mutex<HashMap<OwnedUserId, HashMap<String, DevicePeeks>>>,
 }
 
 crate::core::over_core!(Peeks);
@@ -38,22 +40,24 @@ crate::core::over_core!(Peeks);
 impl Peeks {
     /// The peeks kept in the database, in memory, their rooms watched.
     pub(crate) async fn load(core: Arc<Core>, rooms: Arc<Rooms>, portal: Arc<Portal>) -> Result<Peeks> {
-        let mut devices: HashMap<DeviceKey, Vec<(OwnedRoomId, i64)>> = HashMap::new();
+        let mut users: HashMap<OwnedUserId, HashMap<String, DevicePeeks>> = HashMap::new();
         for peek in store::all_peeks(core.db.pool()).await? {
             let (Ok(user), Ok(room)) = (OwnedUserId::try_from(peek.user_id), OwnedRoomId::try_from(peek.room_id))
             else {
                 continue;
             };
             core.notifier.watch(&room, &user);
-            devices.entry((user, peek.device_id)).or_default().push((room, peek.since));
+            users.entry(user).or_default().entry(peek.device_id).or_default().push((room, peek.since));
         }
-        Ok(Peeks { core, rooms, portal, devices: Mutex::new(devices) })
+        Ok(Peeks { core, rooms, portal, users: Mutex::new(users) })
     }
 
     /// `POST /peek/{roomIdOrAlias}` once the alias is resolved: `device` of `user` follows the
     /// room. `whole`: the next sync shows the room whole, as a newly joined one (MSC2753);
     /// otherwise only what happens from the caller's sync token on (the old `/events` stream's
-    /// peeking). A member of the room has nothing to peek at: nothing is recorded.
+    /// peeking, asked again at every call: once the device follows the room, the call checks
+    /// that it still may and records nothing). A member of the room has nothing to peek at:
+    /// nothing is recorded.
     pub async fn peek(&self, user: &UserId, device: &str, room_id: &RoomId, whole: bool) -> Result<()> {
         self.rooms.known_room(room_id).await.map_err(|_| {
             Error::not_found("This server is in no such room (peeking into other servers' rooms is not supported)")
@@ -67,10 +71,15 @@ impl Peeks {
         let person = self.portal.person(user).await?;
         let room = self.portal.room_facts_now(room_id).await?;
         policies::may_enter(person, room, Entry::Peek).map_err(crate::portal::forbidden)?;
+        let follows = self.of_device(user, device).iter().any(|(r, _)| r == room_id);
+        if follows && !whole {
+            return Ok(());
+        }
 
-        let mut write = self.begin_write().await;
-        let position = write.next_position();
-        let since = if whole { position } else { 0 };
+        // A whole room takes a stream position, so that the device's next sync (whose token is
+        // before it) shows the room as new.
+        let mut write = if whole { Some(self.begin_write().await) } else { None };
+        let since = write.as_mut().map_or(0, |w| w.next_position());
         let peek = store::Peek {
             user_id: user.to_string(),
             device_id: device.to_owned(),
@@ -78,25 +87,20 @@ impl Peeks {
             since,
         };
         store::add_peek(self.db.pool(), &peek).await?;
-        let fresh = {
-            let mut devices = self.devices.lock().unwrap();
-            let rooms = devices.entry((user.to_owned(), device.to_owned())).or_default();
-            match rooms.iter_mut().find(|(r, _)| r == room_id) {
-                Some(existing) => {
-                    existing.1 = since;
-                    false
-                }
-                None => {
-                    rooms.push((room_id.to_owned(), since));
-                    true
-                }
-            }
-        };
-        if fresh {
+        {
+            let mut users = self.users.lock().unwrap();
+            let rooms = users.entry(user.to_owned()).or_default().entry(device.to_owned()).or_default();
+            rooms.retain(|(r, _)| r != room_id);
+            rooms.push((room_id.to_owned(), since));
+        }
+        if !follows {
             self.notifier.watch(room_id, user);
         }
-        write.publish();
-        self.notifier.notify([user]);
+        // The device's waiting sync wakes to show the room.
+        if let Some(write) = write {
+            write.publish();
+            self.notifier.notify([user]);
+        }
         Ok(())
     }
 
@@ -109,23 +113,29 @@ impl Peeks {
     pub(crate) async fn end(&self, user: &UserId, device: Option<&str>, room_id: &RoomId) -> Result<()> {
         store::remove_peeks(self.db.pool(), user.as_str(), device, room_id.as_str()).await?;
         let mut ended = 0;
-        let mut devices = self.devices.lock().unwrap();
-        devices.retain(|(u, d), rooms| {
-            if u == user && device.is_none_or(|device| device == d) {
-                let before = rooms.len();
-                rooms.retain(|(r, _)| r != room_id);
-                ended += before - rooms.len();
+        {
+            let mut users = self.users.lock().unwrap();
+            if let Some(devices) = users.get_mut(user) {
+                devices.retain(|d, rooms| {
+                    if device.is_none_or(|device| device == d) {
+                        let before = rooms.len();
+                        rooms.retain(|(r, _)| r != room_id);
+                        ended += before - rooms.len();
+                    }
+                    !rooms.is_empty()
+                });
+                if devices.is_empty() {
+                    users.remove(user);
+                }
             }
-            !rooms.is_empty()
-        });
-        drop(devices);
+        }
         self.notifier.unwatch(room_id, user, ended);
         Ok(())
     }
 
     /// The rooms a device peeks into, with the stream positions their peeks took.
-    pub(crate) fn of_device(&self, user: &UserId, device: &str) -> Vec<(OwnedRoomId, i64)> {
-        let devices = self.devices.lock().unwrap();
-        devices.get(&(user.to_owned(), device.to_owned())).cloned().unwrap_or_default()
+    pub(crate) fn of_device(&self, user: &UserId, device: &str) -> DevicePeeks {
+        let users = self.users.lock().unwrap();
+        users.get(user).and_then(|devices| devices.get(device)).cloned().unwrap_or_default()
     }
 }

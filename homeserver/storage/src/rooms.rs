@@ -144,15 +144,14 @@ pub async fn add_peek<'e>(e: impl Exec<'e>, peek: &Peek) -> Result<()> {
 }
 
 /// Ends the peeks of a user's devices into a room (`device`: of that device only).
-pub async fn remove_peeks<'e>(e: impl Exec<'e>, user_id: &str, device_id: Option<&str>, room_id: &str) -> Result<u64> {
-    let done =
-        sqlx::query("DELETE FROM room_peeks WHERE user_id = $1 AND room_id = $2 AND ($3 IS NULL OR device_id = $3)")
-            .bind(user_id)
-            .bind(room_id)
-            .bind(device_id)
-            .execute(e)
-            .await?;
-    Ok(done.rows_affected())
+pub async fn remove_peeks<'e>(e: impl Exec<'e>, user_id: &str, device_id: Option<&str>, room_id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM room_peeks WHERE user_id = $1 AND room_id = $2 AND ($3 IS NULL OR device_id = $3)")
+        .bind(user_id)
+        .bind(room_id)
+        .bind(device_id)
+        .execute(e)
+        .await?;
+    Ok(())
 }
 
 /// Every peek, read at start-up.

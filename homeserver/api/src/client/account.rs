@@ -122,10 +122,13 @@ pub async fn register(
         return Err(Error::missing_param("A password is required").into());
     }
     // The address the account will hold is checked before the account is made.
-    if let Some(AuthData::EmailIdentity(e)) = &body.auth {
-        let creds = &e.thirdparty_id_creds;
-        s.email.claimable(None, creds.sid.as_str(), creds.client_secret.as_str()).await?;
-    }
+    let address = match &body.auth {
+        Some(AuthData::EmailIdentity(e)) => {
+            let creds = &e.thirdparty_id_creds;
+            Some(s.email.claimable(None, creds.sid.as_str(), creds.client_secret.as_str()).await?)
+        }
+        _ => None,
+    };
     let user_id = s
         .accounts
         .create_account(
@@ -135,13 +138,11 @@ pub async fn register(
             None,
         )
         .await?;
-    match &body.auth {
-        Some(AuthData::RegistrationToken(t)) => s.accounts.consume_registration_token(&t.token).await?,
-        Some(AuthData::EmailIdentity(e)) => {
-            let creds = &e.thirdparty_id_creds;
-            s.email.add_to_account(&user_id, creds.sid.as_str(), creds.client_secret.as_str()).await?;
-        }
-        _ => {}
+    if let Some(AuthData::RegistrationToken(t)) = &body.auth {
+        s.accounts.consume_registration_token(&t.token).await?;
+    }
+    if let Some(session) = address {
+        s.email.add_address(&user_id, session).await?;
     }
     if let Some(session) = &session {
         s.uia.registered(session, &operation, &user_id);
@@ -573,7 +574,7 @@ pub async fn add_threepid_deprecated(
     Ok(axum::Json(serde_json::Map::new()))
 }
 
-/// The query or body naming a validation session's token.
+/// The query of a validation link.
 #[derive(serde::Deserialize)]
 pub struct SubmittedToken {
     sid: String,
@@ -603,7 +604,7 @@ pub async fn email_link(
         Ok(None) => {
             page(axum::http::StatusCode::OK, "Your e-mail address is confirmed. You may go back to your application.")
         }
-        Err(_) => page(axum::http::StatusCode::BAD_REQUEST, "This link is unknown, used up or expired."),
+        Err(_) => page(axum::http::StatusCode::BAD_REQUEST, "This link is unknown or expired."),
     }
 }
 
@@ -614,8 +615,12 @@ pub async fn email_submit_token(
     body: axum::body::Bytes,
 ) -> Result<axum::Json<Value>, crate::error::ApiError> {
     let body = crate::ruma_wrapper::object_body(&body)?;
-    let q: SubmittedToken = serde_json::from_value(body).map_err(|e| Error::bad_json(e.to_string()))?;
-    s.email.submit_token(&q.sid, &q.client_secret, &q.token).await?;
+    let field = |name: &str| match body.get(name) {
+        None | Some(Value::Null) => Err(Error::missing_param(format!("{name} is required"))),
+        Some(Value::String(v)) => Ok(v.as_str()),
+        Some(_) => Err(Error::bad_json(format!("{name} must be a string"))),
+    };
+    s.email.submit_token(field("sid")?, field("client_secret")?, field("token")?).await?;
     Ok(axum::Json(serde_json::json!({ "success": true })))
 }
 

@@ -137,11 +137,8 @@ pub async fn events(
         let room_id =
             ruma::OwnedRoomId::try_from(room.as_str()).map_err(|_| Error::invalid_param("Invalid room id"))?;
         // A world-readable room may be followed by anyone (Sytest's guests do): its stream
-        // device peeks into it, from `from` on (see `Peeks`).
+        // device peeks into it, from `from` on (`Peeks::peek` refuses other rooms).
         let member = s.rooms.membership(&room_id, &caller.user_id).await? == Some(MembershipState::Join);
-        if !member && !s.rooms.is_world_readable(&room_id).await? {
-            return Err(Error::forbidden("You are not joined to this room").into());
-        }
         if !member {
             s.peeks.peek(&caller.user_id, &legacy_device(&caller), &room_id, false).await?;
             peeking = Some(s.rooms.joined_members(&room_id).await?);

@@ -37,9 +37,8 @@ pub async fn create_room(State(s): S, req: Ruma<create_room::v3::Request>) -> Ap
     // Invites by address (`invite_3pid`) go once the room exists; what they name is checked
     // before it is created.
     let by_address = req.body.invite_3pid.clone();
-    if let Some(bad) = by_address.iter().find(|i| !matches!(i.medium.as_str(), "email" | "msisdn")) {
-        let message = format!("Cannot invite by {}: only e-mail addresses and phone numbers", bad.medium);
-        return Err(Error::new(ruma::api::error::ErrorKind::ThreepidMediumNotSupported, message).into());
+    for invite in &by_address {
+        diplomatie_service::rooms::third_party::check_medium(invite.medium.as_str())?;
     }
     // Spawned: a client that disconnects must not interrupt the room's creation half-way
     // between its commit and the update of the caches.

@@ -224,26 +224,11 @@ impl Federation {
         }
 
         // 4. The auth events, fetched when unknown, and the checks against them.
-        let mut auth: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
-        for id in &pdu.auth_events {
-            let event = match self.rooms.get_pdu(id).await? {
-                Some(p) => p,
-                // An event whose auth events cannot be had is rejected (it was processed).
-                None => self.fetch_outlier(origin, version, &room_id, id).await.map_err(|e| {
-                    rejection(&event_id, "rejected", format!("its auth event {id} is unavailable: {e}"))
-                })?,
-            };
-            auth.insert(id.clone(), event);
-        }
-        if let Some(create_id) = implicit_create_id(&rules, &room_id) {
-            if let std::collections::hash_map::Entry::Vacant(slot) = auth.entry(create_id.clone()) {
-                let create = match self.rooms.get_pdu(&create_id).await? {
-                    Some(p) => p,
-                    None => self.fetch_outlier(origin, version, &room_id, &create_id).await?,
-                };
-                slot.insert(create);
-            }
-        }
+        // An event whose auth events cannot be had is rejected (it was processed).
+        let auth = self
+            .own_auth_events(origin, version, &rules, &pdu)
+            .await?
+            .map_err(|reason| rejection(&event_id, "rejected", reason))?;
         let reject = |reason: String| rejection(&event_id, "rejected", reason);
         // The state before it (asked of `origin` where a gap remains), before any check, as
         // Synapse computes it: a rejected event stays known with that state, for the events
@@ -434,9 +419,16 @@ impl Federation {
             let Some(sk) = &event.state_key else { continue };
             // A state event its own auth events do not allow is left out, as Synapse rejects
             // it: a made-up state (power levels of the sender's making) cannot enter this way.
-            if let Err(reason) = self.check_own_auth_events(origin, version, &rules, &event).await {
-                tracing::info!(event = %id, %reason, "a state event another server gave is left out");
-                continue;
+            // Events of the timeline passed these checks when they came.
+            if !event.in_timeline() {
+                let refused = match self.own_auth_events(origin, version, &rules, &event).await? {
+                    Ok(auth) => check_auth_events(&rules, &event, &auth).err(),
+                    Err(reason) => Some(reason),
+                };
+                if let Some(reason) = refused {
+                    tracing::info!(event = %id, %reason, "a state event another server gave is left out");
+                    continue;
+                }
             }
             map.insert((StateEventType::from(event.kind.to_string()), sk.clone()), id.clone());
         }
@@ -444,28 +436,32 @@ impl Federation {
         Ok(map)
     }
 
-    /// Checks an event against its own auth events (step 4 of the checks on receipt), fetching
-    /// from `origin` those this server does not hold.
-    async fn check_own_auth_events(
+    /// An event's own auth events, with the room's create event since v12 (where it is not
+    /// among them), fetched from `origin` where this server does not hold them (step 4 of the
+    /// checks on receipt); `Ok(Err(reason))` when one cannot be had.
+    async fn own_auth_events(
         &self,
         origin: &ServerName,
         version: &RoomVersionId,
         rules: &RoomVersionRules,
         pdu: &Pdu,
-    ) -> std::result::Result<(), String> {
+    ) -> Result<std::result::Result<HashMap<OwnedEventId, Arc<Pdu>>, String>> {
         let create_id = implicit_create_id(rules, &pdu.room_id).filter(|c| *c != pdu.event_id);
         let mut auth = HashMap::new();
         for id in pdu.auth_events.iter().chain(&create_id) {
-            let event = match self.rooms.get_pdu(id).await {
-                Ok(Some(p)) => p,
-                _ => self
-                    .fetch_outlier(origin, version, &pdu.room_id, id)
-                    .await
-                    .map_err(|e| format!("its auth event {id} is unavailable: {e}"))?,
+            if auth.contains_key(id) {
+                continue;
+            }
+            let event = match self.rooms.get_pdu(id).await? {
+                Some(p) => p,
+                None => match self.fetch_outlier(origin, version, &pdu.room_id, id).await {
+                    Ok(p) => p,
+                    Err(e) => return Ok(Err(format!("its auth event {id} is unavailable: {e}"))),
+                },
             };
             auth.insert(id.clone(), event);
         }
-        check_auth_events(rules, pdu, &auth)
+        Ok(Ok(auth))
     }
 
     /// Fetches one event from `origin`, checks its signatures, and keeps it as an outlier.

@@ -608,6 +608,15 @@ impl Rooms {
         Ok(self.joined_members(room_id).await?.contains(user_id))
     }
 
+    /// Wakes the `/sync` of whoever follows a room: its joined members, and the devices that
+    /// peek into it (the notifier's watchers).
+    pub async fn wake(&self, room_id: &RoomId) -> Result<()> {
+        let members = self.joined_members(room_id).await?;
+        self.notifier.notify(members.iter().map(|u| &**u));
+        self.notifier.notify_watchers(room_id);
+        Ok(())
+    }
+
     /// Users whose membership in the room is `join`.
     pub async fn joined_members(&self, room_id: &RoomId) -> Result<Arc<HashSet<OwnedUserId>>> {
         if let Some(j) = self.joined.lock().unwrap().get(room_id) {
@@ -1406,9 +1415,7 @@ impl<'a> RoomWriter<'a> {
             s.published(&batch, &at);
         }
         for room_id in others.keys() {
-            let joined = rooms.joined_members(room_id).await?;
-            rooms.notifier.notify(joined.iter().map(|u| &**u));
-            rooms.notifier.notify_watchers(room_id);
+            rooms.wake(room_id).await?;
         }
         rooms.notifier.notify(wake.iter().map(|u| &**u));
         Ok(())

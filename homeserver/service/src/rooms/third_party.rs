@@ -25,6 +25,15 @@ pub struct AddressInvite<'a> {
     pub address: &'a str,
 }
 
+/// Whether an invite may go to an address of `medium`: e-mail addresses and phone numbers.
+pub fn check_medium(medium: &str) -> Result<()> {
+    if !matches!(medium, "email" | "msisdn") {
+        let message = format!("Cannot invite by {medium}: only e-mail addresses and phone numbers");
+        return Err(Error::new(ErrorKind::ThreepidMediumNotSupported, message));
+    }
+    Ok(())
+}
+
 impl Membership {
     /// Invites whoever holds `invite.address` into the room. Answers the user invited when the
     /// identity server knew them, `None` when the invite waits for the address to be bound.
@@ -38,9 +47,7 @@ impl Membership {
         if !self.rooms.is_joined(room_id, sender).await? {
             return Err(Error::forbidden("You are not joined to this room"));
         }
-        if !matches!(invite.medium, "email" | "msisdn") {
-            return Err(Error::new(ErrorKind::ThreepidMediumNotSupported, "Only e-mail addresses and phone numbers"));
-        }
+        check_medium(invite.medium)?;
         let room = self.portal.room_facts_now(room_id).await?;
         diplomatie_policies::may_invite_by_address(room).map_err(crate::error::forbidden)?;
         let AddressInvite { id_server, id_access_token: token, medium, address } = invite;
